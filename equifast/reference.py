@@ -1,0 +1,144 @@
+"""The oracle: SPEC section 1 in plain PyTorch, in float64.
+
+Written for clarity, not speed: it materialises ``T_l(f(x))`` and the whole ``K x K``
+similarity matrix of every image. Tests check the fused operator against it, and
+:func:`equifast.functional.equivariance_scores` falls back to it when the compiled operator
+is missing.
+
+Undefined pairs. A vector ``u`` over the compared positions is *undefined* when
+``||v|| <= TOLERANCE * ||u||``, where ``v`` is ``u`` centred (correlation) or ``u`` itself
+(cosine). So an all-zero vector is undefined for both metrics and a constant one for
+correlation, while a vector that varies by more than ``TOLERANCE`` of its size is compared.
+Every backend uses this one rule. Non-finite inputs are not scored: NaN propagates here, and
+the public function rejects them before any backend runs.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+
+from .transforms import Identity, Transform
+
+__all__ = ["TOLERANCE", "METRICS", "VECTOR_MODES", "Scores", "equivariance_scores",
+           "compared_pairs", "similarity_matrix", "scores_from_similarity"]
+
+TOLERANCE = 1e-5
+METRICS = ("correlation", "cosine")
+VECTOR_MODES = ("per_image", "across_images")
+
+
+class Scores(NamedTuple):
+    """Scores of one representation under one transform.
+
+    Attributes:
+        channel: ``[N, K]`` float32, channel score ``c[n, k]`` (NaN where undefined).
+        layer: ``[N, K]`` float32, layer score ``l[n, k]`` (NaN where undefined).
+        layer_index: ``[N, K]`` int64, the ``k'`` that gives ``l[n, k]`` (-1 where undefined).
+    """
+
+    channel: torch.Tensor
+    layer: torch.Tensor
+    layer_index: torch.Tensor
+
+
+def is_vector(f: torch.Tensor) -> bool:
+    """True for ``[N, K]`` tensors and maps of size 1x1 (``T_l`` is the identity there)."""
+    return f.dim() == 2 or (f.dim() == 4 and f.shape[-2] == 1 and f.shape[-1] == 1)
+
+
+def compared_pairs(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional[Transform],
+                   input_size) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``T_l(fx)`` and ``ftx`` at the compared positions, both ``[N, K, P]``."""
+    if transform is None or isinstance(transform, Identity):
+        return fx.flatten(2), ftx.flatten(2)
+    moved = transform.on_map(fx, input_size, fill=float("nan"))
+    ones = torch.ones(fx.shape[-2:], dtype=torch.float64)
+    valid = transform.on_map(ones, input_size, fill=0.0) > 0
+    return moved[..., valid], ftx[..., valid]
+
+
+def _normalise(u: torch.Tensor, metric: str, eps: float):
+    """Rows of ``u`` (``[..., P]``) scaled to unit norm, and a mask of defined rows."""
+    v = u - u.mean(dim=-1, keepdim=True) if metric == "correlation" else u
+    norm = v.norm(dim=-1, keepdim=True)
+    defined = norm > eps * u.norm(dim=-1, keepdim=True)
+    return v / torch.where(defined, norm, torch.ones_like(norm)), defined.squeeze(-1)
+
+
+def similarity_matrix(a: torch.Tensor, b: torch.Tensor, metric: str = "correlation",
+                      eps: float = TOLERANCE) -> torch.Tensor:
+    """Similarities of every row of ``a`` with every row of ``b``.
+
+    Args:
+        a, b: ``[..., K, P]``.
+
+    Returns:
+        ``[..., K, K]`` float64: entry ``[k, k']`` compares ``a[k]`` with ``b[k']``; NaN where
+        either row is undefined.
+    """
+    an, da = _normalise(a.double(), metric, eps)
+    bn, db = _normalise(b.double(), metric, eps)
+    s = an @ bn.transpose(-1, -2)
+    undefined = ~(da.unsqueeze(-1) & db.unsqueeze(-2))
+    return s.masked_fill(undefined, float("nan"))
+
+
+def scores_from_similarity(s: torch.Tensor) -> Scores:
+    """Channel and layer scores from similarity matrices ``[N, K, K]`` (SPEC section 1)."""
+    channel = torch.diagonal(s, dim1=-2, dim2=-1).clamp_min(0)  # clamp keeps NaN
+    filled = torch.nan_to_num(s, nan=float("-inf"))
+    best, index = filled.max(dim=-1)
+    none = torch.isneginf(best)
+    layer = best.clamp_min(0).masked_fill(none, float("nan"))
+    index = index.masked_fill(none, -1)
+    return Scores(channel.float(), layer.float(), index)
+
+
+def _check_metric(metric, vector_mode):
+    if metric not in METRICS:
+        raise ValueError(f"Expected `metric` to be one of {METRICS}, but got {metric!r}.")
+    if vector_mode not in VECTOR_MODES:
+        raise ValueError(f"Expected `vector_mode` to be one of {VECTOR_MODES}, but got {vector_mode!r}.")
+
+
+def vector_scores(fx: torch.Tensor, ftx: torch.Tensor, metric: str, vector_mode: str,
+                  eps: float = TOLERANCE) -> Scores:
+    """Scores of vectors ``[N, K]`` (``T_l`` is the identity)."""
+    n, k = fx.shape
+    if vector_mode == "per_image":
+        s = similarity_matrix(fx.unsqueeze(1), ftx.unsqueeze(1), metric, eps)  # [N, 1, 1]
+        value = s.reshape(n, 1).clamp_min(0).float().expand(n, k).contiguous()
+        index = torch.arange(k).expand(n, k).masked_fill(torch.isnan(value), -1)
+        return Scores(value, value.clone(), index.contiguous())
+    if n < 2:
+        raise ValueError(
+            f"Expected at least two images for vector_mode='across_images', but got {n}."
+        )
+    s = similarity_matrix(fx.T, ftx.T, metric, eps).unsqueeze(0)  # [1, K, K] over images
+    sc = scores_from_similarity(s)
+    return Scores(*(t.expand(n, k).contiguous() for t in sc))
+
+
+def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional[Transform] = None,
+                        metric: str = "correlation", input_size=None,
+                        vector_mode: str = "per_image", eps: float = TOLERANCE) -> Scores:
+    """Channel and layer scores of one representation, the plain way (see module docs).
+
+    Args:
+        fx: ``f_l(x)``, ``[N, K, h, w]`` or ``[N, K]``.
+        ftx: ``f_l(T(x))``, same shape.
+        transform: ``T``; ``T_l`` is applied to ``fx`` here. ``None`` means the identity.
+        metric: ``"correlation"`` or ``"cosine"``.
+        input_size: ``(H, W)`` of the image ``T`` acted on; defaults to the map's size.
+        vector_mode: ``"per_image"`` or ``"across_images"`` (vectors only).
+        eps: the tolerance for undefined vectors.
+
+    Returns:
+        :class:`Scores`, each ``[N, K]``.
+    """
+    _check_metric(metric, vector_mode)
+    if is_vector(fx):
+        return vector_scores(fx.flatten(1), ftx.flatten(1), metric, vector_mode, eps)
+    a, b = compared_pairs(fx, ftx, transform, input_size or tuple(fx.shape[-2:]))
+    return scores_from_similarity(similarity_matrix(a, b, metric, eps))

@@ -1,0 +1,305 @@
+"""Transforms of the input image and their counterparts on a representation (SPEC section 2).
+
+Each transform ``T`` acts on an image batch ``[N, C, H, W]`` and, scaled to the size of a
+representation, on a feature map ``[N, K, h, w]`` (``T_l``). The operator never builds
+``T_l(f)``: it reads ``f`` through :meth:`Transform.index_map`, which is ``T_l`` applied to the
+grid of positions, so values and indices always move the same way.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+
+__all__ = [
+    "Transform",
+    "Rotation",
+    "Flip",
+    "Translation",
+    "Identity",
+    "diagonal_shifts",
+    "rotations",
+    "flips",
+    "parse_transforms",
+]
+
+Size = Tuple[int, int]
+
+
+def _size(x) -> Size:
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[-2]), int(x.shape[-1])
+    h, w = x
+    return int(h), int(w)
+
+
+def _check_image(x: torch.Tensor, what: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Expected `{what}` to be a torch.Tensor, but got {type(x).__name__}.")
+    if x.dim() < 2:
+        raise ValueError(
+            f"Expected `{what}` to have spatial dims last ([N, C, H, W]), but got shape {tuple(x.shape)}."
+        )
+
+
+class Transform(abc.ABC):
+    """A transform of the input image with a counterpart on every representation.
+
+    Subclasses define :meth:`on_map`, which moves values of a map of size ``(h, w)`` that
+    came from an input of size ``input_size``; positions left without a source take ``fill``.
+    """
+
+    family: str = "transform"
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """A short stable name, e.g. ``translation(2,2)`` or ``rotation(90)``."""
+
+    @abc.abstractmethod
+    def on_map(self, f: torch.Tensor, input_size: Size, fill: float = 0.0) -> torch.Tensor:
+        """Apply ``T_l`` to a map ``f`` (``[..., h, w]``) that came from an input of ``input_size``."""
+
+    def check_input(self, size: Size) -> None:
+        """Raise ``ValueError`` if this transform cannot act on an image of ``size``."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the transform to an image batch ``x`` (``[N, C, H, W]``)."""
+        _check_image(x)
+        self.check_input(_size(x))
+        return self.on_map(x, _size(x), fill=0.0)
+
+    def index_map(self, map_size: Size, input_size: Size, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Flat positions compared on a map of ``map_size``.
+
+        Returns ``(a_index, b_index)``, int64 ``[P]``: ``T_l(f)`` at flat position
+        ``b_index[p]`` is ``f`` at ``a_index[p]``, so the operator compares
+        ``fx[..., a_index[p]]`` with ``ftx[..., b_index[p]]``.
+        """
+        h, w = _size(map_size)
+        grid = torch.arange(h * w, dtype=torch.int64, device=device).view(1, h, w)
+        moved = self.on_map(grid, input_size, fill=-1).reshape(-1)
+        valid = moved >= 0
+        b_index = torch.nonzero(valid).reshape(-1)
+        a_index = moved[valid]
+        if a_index.numel() == 0:
+            raise ValueError(
+                f"{self.name} leaves no position to compare on a {h}x{w} map (input {input_size}); "
+                "use a smaller shift or mode='circular'."
+            )
+        return a_index, b_index
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, repr=False)
+class Identity(Transform):
+    """The identity: every representation is compared with itself (scores 1 where defined)."""
+
+    family: str = "identity"
+
+    @property
+    def name(self) -> str:
+        return "identity"
+
+    def on_map(self, f, input_size, fill=0.0):
+        return f
+
+
+@dataclass(frozen=True, repr=False)
+class Rotation(Transform):
+    """Rotation by ``quarter_turns`` x 90 degrees, as ``torch.rot90(x, q, dims=(-2, -1))``."""
+
+    quarter_turns: int = 1
+    family: str = "rotation"
+
+    def __post_init__(self):
+        if not isinstance(self.quarter_turns, int) or isinstance(self.quarter_turns, bool):
+            raise TypeError(
+                f"Expected `quarter_turns` to be an int, but got {self.quarter_turns!r}."
+            )
+
+    @property
+    def name(self) -> str:
+        return f"rotation({90 * (self.quarter_turns % 4)})"
+
+    def check_input(self, size):
+        h, w = size
+        if h != w:
+            raise ValueError(
+                f"Expected a square image or map for {self.name}, but got {h}x{w}; "
+                "crop or resize to a square first."
+            )
+
+    def on_map(self, f, input_size, fill=0.0):
+        self.check_input(_size(f))
+        return torch.rot90(f, self.quarter_turns, dims=(-2, -1))
+
+
+@dataclass(frozen=True, repr=False)
+class Flip(Transform):
+    """Mirror: ``"horizontal"`` flips the last dim (columns), ``"vertical"`` the one before."""
+
+    direction: str = "horizontal"
+    family: str = "flip"
+
+    def __post_init__(self):
+        if self.direction not in ("horizontal", "vertical"):
+            raise ValueError(
+                f"Expected `direction` to be 'horizontal' or 'vertical', but got {self.direction!r}."
+            )
+
+    @property
+    def name(self) -> str:
+        return f"flip({self.direction})"
+
+    def on_map(self, f, input_size, fill=0.0):
+        return torch.flip(f, dims=(-1,) if self.direction == "horizontal" else (-2,))
+
+
+def scale_shift(shift: int, map_len: int, input_len: int, rounding: str = "down") -> int:
+    """The shift on a map of length ``map_len`` for a shift on an input of ``input_len``.
+
+    ``rounding="down"`` rounds ``shift * map_len / input_len`` toward zero (the thesis'
+    "rounding down"); ``"nearest"`` rounds half away from zero. Integer arithmetic, so no
+    float error decides a boundary case.
+    """
+    num = abs(shift) * map_len
+    if rounding == "down":
+        mag = num // input_len
+    elif rounding == "nearest":
+        mag = (2 * num + input_len) // (2 * input_len)
+    else:
+        raise ValueError(f"Expected `rounding` to be 'down' or 'nearest', but got {rounding!r}.")
+    return mag if shift >= 0 else -mag
+
+
+@dataclass(frozen=True, repr=False)
+class Translation(Transform):
+    """Shift content by ``(dy, dx)`` pixels of the input.
+
+    ``mode="circular"`` rolls (``torch.roll``) and compares all positions; ``mode="zero"``
+    moves content and fills vacated pixels with 0, and compares only the positions inside the
+    overlap of both maps. On a map of height ``h`` from an input of height ``H`` the shift is
+    ``dy * h / H`` rounded by ``rounding`` (see :func:`scale_shift`); it may be 0, which makes
+    ``T_l`` the identity on that map.
+    """
+
+    dy: int = 1
+    dx: int = 1
+    mode: str = "circular"
+    rounding: str = "down"
+    family: str = "translation"
+
+    def __post_init__(self):
+        for arg in ("dy", "dx"):
+            v = getattr(self, arg)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"Expected `{arg}` to be an int, but got {v!r}.")
+        if self.mode not in ("circular", "zero"):
+            raise ValueError(f"Expected `mode` to be 'circular' or 'zero', but got {self.mode!r}.")
+        if self.rounding not in ("down", "nearest"):
+            raise ValueError(
+                f"Expected `rounding` to be 'down' or 'nearest', but got {self.rounding!r}."
+            )
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.mode == "circular" else ",zero"
+        return f"translation({self.dy},{self.dx}{suffix})"
+
+    def check_input(self, size):
+        h, w = size
+        if abs(self.dy) >= h or abs(self.dx) >= w:
+            raise ValueError(
+                f"{self.name} is larger than the {h}x{w} image: expected |dy| < {h} and |dx| < {w}; "
+                "use smaller shifts or larger images."
+            )
+
+    def map_shift(self, map_size: Size, input_size: Size) -> Size:
+        """The scaled ``(dy, dx)`` on a map of ``map_size``."""
+        (h, w), (H, W) = _size(map_size), _size(input_size)
+        return (scale_shift(self.dy, h, H, self.rounding), scale_shift(self.dx, w, W, self.rounding))
+
+    def on_map(self, f, input_size, fill=0.0):
+        h, w = _size(f)
+        sy, sx = self.map_shift((h, w), input_size)
+        if self.mode == "circular":
+            return torch.roll(f, shifts=(sy, sx), dims=(-2, -1))
+        if abs(sy) >= h or abs(sx) >= w:
+            raise ValueError(
+                f"{self.name} scales to a shift of ({sy},{sx}) on a {h}x{w} map, which leaves no "
+                "overlap to compare; use smaller shifts, rounding='down', or mode='circular'."
+            )
+        out = torch.full_like(f, fill)
+        out[..., max(sy, 0): h + min(sy, 0), max(sx, 0): w + min(sx, 0)] = \
+            f[..., max(-sy, 0): h + min(-sy, 0), max(-sx, 0): w + min(-sx, 0)]
+        return out
+
+
+def diagonal_shifts(start: int = 1, stop: int = 32, mode: str = "circular",
+                    rounding: str = "down") -> List[Translation]:
+    """The thesis' translation family: ``Translation(s, s)`` for ``s`` in ``start..stop``."""
+    if start < 1 or stop < start:
+        raise ValueError(f"Expected 1 <= start <= stop, but got start={start}, stop={stop}.")
+    return [Translation(s, s, mode=mode, rounding=rounding) for s in range(start, stop + 1)]
+
+
+def rotations() -> List[Rotation]:
+    """The thesis' rotation family: quarter turns 1, 2 and 3 (90, 180, 270 degrees)."""
+    return [Rotation(q) for q in (1, 2, 3)]
+
+
+def flips() -> List[Flip]:
+    """Both mirrors: horizontal and vertical."""
+    return [Flip("horizontal"), Flip("vertical")]
+
+
+def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
+    """Parse command-line transform specs into transforms.
+
+    Accepted: ``translation:1-32`` (diagonal shifts 1..32), ``translation:4`` (shift 4),
+    ``translation:1-16:zero``, ``rotation`` (90/180/270), ``rotation:90``, ``flip``,
+    ``flip:horizontal``, ``identity``. Several specs may be joined with commas.
+
+    >>> [t.name for t in parse_transforms("translation:1-2,rotation:180")]
+    ['translation(1,1)', 'translation(2,2)', 'rotation(180)']
+    """
+    if isinstance(specs, str):
+        specs = [specs]
+    out: List[Transform] = []
+    for spec in (s.strip() for chunk in specs for s in chunk.split(",")):
+        if not spec:
+            continue
+        kind, _, rest = spec.partition(":")
+        kind = kind.lower()
+        try:
+            if kind in ("translation", "shift", "shifts"):
+                rng, _, mode = rest.partition(":")
+                lo, _, hi = (rng or "1-32").partition("-")
+                out += diagonal_shifts(int(lo), int(hi or lo), mode=mode or "circular")
+            elif kind in ("rotation", "rotations"):
+                if rest:
+                    deg = int(rest)
+                    if deg % 90:
+                        raise ValueError("rotation angles must be multiples of 90")
+                    out.append(Rotation(deg // 90))
+                else:
+                    out += rotations()
+            elif kind in ("flip", "flips"):
+                out += [Flip(rest)] if rest else flips()
+            elif kind == "identity":
+                out.append(Identity())
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+        except ValueError as err:
+            raise ValueError(
+                f"Expected a transform spec like 'translation:1-32', 'rotation', 'rotation:90', "
+                f"'flip:horizontal' or 'identity', but got {spec!r} ({err})."
+            ) from None
+    if not out:
+        raise ValueError(f"Expected at least one transform spec, but got {specs!r}.")
+    return out
