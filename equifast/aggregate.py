@@ -1,0 +1,163 @@
+"""Streaming aggregation (SPEC section 1, "Aggregation"), in states that merge exactly.
+
+Each state is a set of sums with an ``update`` (one batch), a ``merge`` (another state of
+the same quantity: another batch stream, process or Ray worker) and a ``compute``. Score
+sums are kept as integers in fixed point (``2**-40``, Python ints, so they never overflow):
+addition of integers is associative, so a result does not depend on how the images were cut
+into batches or workers. Activation moments and the ``across_images`` cross products are
+float64 sums.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+
+from .reference import TOLERANCE, Scores, scores_from_similarity
+
+__all__ = ["ScoreState", "VectorState", "ActivationState", "FIXED_POINT"]
+
+FIXED_POINT = 2 ** 40
+
+
+def _fixed_sum(values: torch.Tensor) -> int:
+    """Exact integer sum of ``round(v * 2**40)`` over the non-NaN entries of ``values``."""
+    v = values[~torch.isnan(values)].double()
+    return int(torch.round(v * FIXED_POINT).long().sum().item()) if v.numel() else 0
+
+
+@dataclass
+class ScoreState:
+    """Sums of the channel and layer scores of one (point, transform) over the images seen."""
+
+    channel_sum: int = 0
+    layer_sum: int = 0
+    channel_defined: int = 0
+    layer_defined: int = 0
+    entries: int = 0
+    offdiagonal: int = 0  # layer maxima found at k' != k: rotated copies live in other channels
+    n_images: int = 0
+
+    def update(self, scores: Scores) -> "ScoreState":
+        """Add the scores of one batch (each ``[N, K]``)."""
+        channel, layer, index = (t.detach().cpu() for t in scores)
+        n, k = channel.shape
+        self.channel_sum += _fixed_sum(channel)
+        self.layer_sum += _fixed_sum(layer)
+        self.channel_defined += int((~torch.isnan(channel)).sum())
+        self.layer_defined += int((~torch.isnan(layer)).sum())
+        self.entries += n * k
+        own = torch.arange(k).expand(n, k)
+        self.offdiagonal += int(((index >= 0) & (index != own)).sum())
+        self.n_images += n
+        return self
+
+    def merge(self, other: "ScoreState") -> "ScoreState":
+        """Add another state's sums (exact)."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+    def compute(self) -> Dict[str, float]:
+        """Means over the defined entries, and the fraction of undefined ones beside them."""
+        nan = float("nan")
+        return {
+            "channel": self.channel_sum / FIXED_POINT / self.channel_defined if self.channel_defined else nan,
+            "layer": self.layer_sum / FIXED_POINT / self.layer_defined if self.layer_defined else nan,
+            "undefined_fraction": 1 - self.channel_defined / self.entries if self.entries else nan,
+            "layer_undefined_fraction": 1 - self.layer_defined / self.entries if self.entries else nan,
+            "offdiagonal_fraction": self.offdiagonal / self.layer_defined if self.layer_defined else nan,
+            "n_images": self.n_images,
+        }
+
+
+@dataclass
+class VectorState:
+    """Sums for ``vector_mode="across_images"``: per channel, similarity across all images.
+
+    Holds ``sum u``, ``sum v``, ``sum u^2``, ``sum v^2`` per channel and ``sum u v^T``
+    (``K x K``) in float64, so any number of images fits in memory.
+    """
+
+    metric: str = "correlation"
+    eps: float = TOLERANCE
+    n: int = 0
+    su: Optional[torch.Tensor] = None
+    sv: Optional[torch.Tensor] = None
+    suu: Optional[torch.Tensor] = None
+    svv: Optional[torch.Tensor] = None
+    suv: Optional[torch.Tensor] = None
+
+    def update(self, fx: torch.Tensor, ftx: torch.Tensor) -> "VectorState":
+        """Add a batch of vectors ``fx = f(x)``, ``ftx = f(T(x))`` (``[N, K]``)."""
+        u, v = fx.detach().flatten(1).double().cpu(), ftx.detach().flatten(1).double().cpu()
+        sums = (u.sum(0), v.sum(0), (u * u).sum(0), (v * v).sum(0), u.T @ v)
+        if self.su is None:
+            self.su, self.sv, self.suu, self.svv, self.suv = sums
+        else:
+            for name, s in zip(("su", "sv", "suu", "svv", "suv"), sums):
+                setattr(self, name, getattr(self, name) + s)
+        self.n += u.shape[0]
+        return self
+
+    def merge(self, other: "VectorState") -> "VectorState":
+        """Add another state's sums."""
+        if other.su is None:
+            return self
+        if self.su is None:
+            self.su, self.sv, self.suu, self.svv, self.suv = (
+                other.su.clone(), other.sv.clone(), other.suu.clone(), other.svv.clone(), other.suv.clone())
+        else:
+            for name in ("su", "sv", "suu", "svv", "suv"):
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.n += other.n
+        return self
+
+    def scores(self) -> Scores:
+        """Channel and layer scores ``[1, K]`` across the images seen."""
+        if self.n < 2:
+            raise ValueError(
+                f"Expected at least two images for vector_mode='across_images', but got {self.n}."
+            )
+        n = self.n
+        if self.metric == "correlation":
+            mu, mv = self.su / n, self.sv / n
+            cuu = (self.suu - n * mu * mu).clamp_min(0)
+            cvv = (self.svv - n * mv * mv).clamp_min(0)
+            cuv = self.suv - n * torch.outer(mu, mv)
+        else:
+            cuu, cvv, cuv = self.suu, self.svv, self.suv
+        nu, nv = cuu.sqrt(), cvv.sqrt()
+        du = nu > self.eps * self.suu.sqrt()
+        dv = nv > self.eps * self.svv.sqrt()
+        s = cuv / torch.outer(torch.where(du, nu, 1.0), torch.where(dv, nv, 1.0))
+        s = s.masked_fill(~(du.unsqueeze(1) & dv.unsqueeze(0)), float("nan"))
+        return scores_from_similarity(s.unsqueeze(0))
+
+
+@dataclass
+class ActivationState:
+    """Mean and mean magnitude of a representation's activations (the metric-bias analysis)."""
+
+    total: float = 0.0
+    magnitude: float = 0.0
+    count: int = 0
+
+    def update(self, f: torch.Tensor) -> "ActivationState":
+        f = f.detach().double()
+        self.total += float(f.sum())
+        self.magnitude += float(f.abs().sum())
+        self.count += f.numel()
+        return self
+
+    def merge(self, other: "ActivationState") -> "ActivationState":
+        self.total += other.total
+        self.magnitude += other.magnitude
+        self.count += other.count
+        return self
+
+    def compute(self) -> Dict[str, float]:
+        nan = float("nan")
+        return {"mean_activation": self.total / self.count if self.count else nan,
+                "mean_magnitude": self.magnitude / self.count if self.count else nan}

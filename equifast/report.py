@@ -1,0 +1,181 @@
+"""Reports: the per-point and per-part tables of a measurement, saved and drawn.
+
+``report.points`` has one row per (point, transform, metric) with the columns of SPEC
+section 4 (``point, part, transform, family, channel, layer, undefined_fraction, n_images``)
+and more (``metric``, ``offdiagonal_fraction``, ``mean_activation``, ``shape``, ...).
+``report.parts`` follows the aggregation order of SPEC section 1: per point, the plain mean
+over the transforms of a family; per part, the plain mean over its points.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Report", "PARTS", "part_table", "combine_runs", "metric_bias"]
+
+PARTS = ("early", "middle", "late", "pool", "final")
+SCORES = ["channel", "layer", "undefined_fraction"]
+
+
+def part_table(points: pd.DataFrame) -> pd.DataFrame:
+    """Per (part, family[, metric]) scores from a points table (SPEC aggregation order)."""
+    keys = ["metric"] if "metric" in points.columns else []
+    per_point = (points.groupby(["point", "part", "family"] + keys, sort=False)[SCORES]
+                 .mean().reset_index())
+    parts = (per_point.groupby(["part", "family"] + keys, sort=False)
+             .agg(channel=("channel", "mean"), layer=("layer", "mean"),
+                  undefined_fraction=("undefined_fraction", "mean"), n_points=("point", "nunique"))
+             .reset_index())
+    parts["part"] = pd.Categorical(parts["part"], categories=PARTS, ordered=True)
+    return parts.sort_values(keys + ["family", "part"]).reset_index(drop=True)
+
+
+def metric_bias(points: pd.DataFrame) -> Dict[str, object]:
+    """The metric-bias analysis of thesis section 4.1.1 (Fig. 5b).
+
+    Needs a points table measured with both metrics. Returns ``{"table": per point and
+    family: mean activation, cosine and correlation channel scores; "correlation": Pearson
+    correlation, across points, of the mean activation with each metric's score}``.
+    """
+    if not {"cosine", "correlation"} <= set(points.get("metric", pd.Series(dtype=str)).unique()):
+        raise ValueError("Expected a report measured with metric=['correlation', 'cosine'] "
+                         "(CLI: --metric correlation,cosine), but it lacks one of them.")
+    table = (points.pivot_table(index=["order", "point", "part", "family"], columns="metric",
+                                values="channel", aggfunc="mean", sort=False)
+             .reset_index())
+    act = points.groupby("point", sort=False)["mean_activation"].first()
+    table.insert(4, "mean_activation", table["point"].map(act))
+    table = table.sort_values(["family", "order"]).drop(columns="order").reset_index(drop=True)
+    table.columns.name = None
+    corr = {}
+    for fam, g in table.groupby("family", sort=False):
+        for m in ("cosine", "correlation"):
+            ok = g[[m, "mean_activation"]].dropna()
+            corr[(fam, m)] = (float(np.corrcoef(ok[m], ok["mean_activation"])[0, 1])
+                              if len(ok) > 2 else float("nan"))
+    summary = pd.DataFrame([{"family": f, "metric": m, "correlation_with_mean_activation": v}
+                            for (f, m), v in corr.items()])
+    return {"table": table, "correlation": summary}
+
+
+def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.DataFrame:
+    """Mean and standard deviation over runs (seeds) of each part's scores.
+
+    Args:
+        reports: reports of repeated runs; ``report.meta`` keys named in ``by`` (e.g. the
+            setting of a study) group them.
+    """
+    frames = []
+    for i, r in enumerate(reports):
+        df = r.parts.copy()
+        df["run"] = i
+        for k in by:
+            df[k] = r.meta.get(k)
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    keys = list(by) + ["part", "family"] + (["metric"] if "metric" in df else [])
+    out = df.groupby(keys, observed=True).agg(
+        channel=("channel", "mean"), channel_std=("channel", "std"),
+        layer=("layer", "mean"), layer_std=("layer", "std"), runs=("run", "nunique")).reset_index()
+    return out
+
+
+class Report:
+    """What :func:`equifast.measure` returns: ``points`` and ``parts`` tables and ``meta``."""
+
+    def __init__(self, points: pd.DataFrame, meta: Optional[dict] = None):
+        self.points = points
+        self.meta = dict(meta or {})
+        self.parts = part_table(points) if len(points) else pd.DataFrame(
+            columns=["part", "family", "channel", "layer", "undefined_fraction", "n_points"])
+
+    @classmethod
+    def from_rows(cls, rows: List[dict], meta: Optional[dict] = None) -> "Report":
+        return cls(pd.DataFrame(rows), meta)
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        """Top-1 accuracy on the measured images, when labels were given."""
+        return self.meta.get("accuracy")
+
+    def metric_bias(self) -> Dict[str, object]:
+        """See :func:`metric_bias`."""
+        return metric_bias(self.points)
+
+    def summary(self, metric: Optional[str] = None) -> pd.DataFrame:
+        """The per-part table as the CLI prints it: parts as rows, (family, score) columns."""
+        parts = self.parts
+        if metric is not None and "metric" in parts:
+            parts = parts[parts.metric == metric]
+        wide = parts.pivot_table(index="part", columns="family", values=["channel", "layer"],
+                                 observed=True, sort=False)
+        return wide.swaplevel(0, 1, axis=1).sort_index(axis=1)
+
+    # ---- files ---------------------------------------------------------------------------
+    def save(self, path) -> List[Path]:
+        """Save to ``.json`` (one file), ``.csv`` or ``.parquet`` (``<stem>.points``/
+        ``<stem>.parts`` plus ``<stem>.meta.json``). Returns the files written."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            doc = {"meta": self.meta, "points": json.loads(self.points.to_json(orient="records"))}
+            _write_atomic(path, json.dumps(doc, indent=1, default=str))
+            return [path]
+        if suffix not in (".csv", ".parquet"):
+            raise ValueError(f"Expected a .json, .csv or .parquet path, but got {str(path)!r}.")
+        stem = path.with_suffix("")
+        written = []
+        for name, df in (("points", self.points), ("parts", self.parts)):
+            target = stem.with_name(f"{stem.name}.{name}{suffix}")
+            tmp = target.with_name(target.name + ".tmp")
+            (df.to_csv(tmp, index=False) if suffix == ".csv" else df.to_parquet(tmp, index=False))
+            tmp.replace(target)
+            written.append(target)
+        meta = stem.with_name(f"{stem.name}.meta.json")
+        _write_atomic(meta, json.dumps(self.meta, indent=1, default=str))
+        return written + [meta]
+
+    @classmethod
+    def load(cls, path) -> "Report":
+        """Load what :meth:`save` wrote (give the same path)."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            if not path.is_file():
+                raise FileNotFoundError(f"Expected a saved report at {str(path)!r}, but there is none.")
+            doc = json.loads(path.read_text())
+            return cls(pd.DataFrame(doc["points"]), doc.get("meta"))
+        stem = path.with_suffix("")
+        points = stem.with_name(f"{stem.name}.points{suffix}")
+        if not points.is_file():
+            raise FileNotFoundError(f"Expected {str(points)!r} (saved by Report.save), but it is missing.")
+        df = pd.read_csv(points) if suffix == ".csv" else pd.read_parquet(points)
+        meta_path = stem.with_name(f"{stem.name}.meta.json")
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        return cls(df, meta)
+
+    def plot(self, path=None, label: Optional[str] = None, others: Optional[Dict[str, "Report"]] = None,
+             metric: Optional[str] = None):
+        """The thesis' figure: channel (left) and layer (right) score per part, one row per
+        transform family, one line per report (this one, labelled ``label``, and ``others``).
+        Saves to ``path`` when given; returns the matplotlib figure."""
+        from .figures import plot_parts
+
+        frames = {label or str(self.meta.get("model", "model")): self.parts}
+        for name, rep in (others or {}).items():
+            frames[name] = rep.parts
+        return plot_parts(frames, path=path, metric=metric)
+
+    def __repr__(self) -> str:
+        return f"Report(model={self.meta.get('model')!r}, points={len(self.points)} rows, parts={len(self.parts)} rows)"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

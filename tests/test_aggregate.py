@@ -1,0 +1,70 @@
+"""Streaming sums: exact merges, batch-independence, undefined fractions."""
+import math
+
+import torch
+
+from equifast import reference as R
+from equifast.aggregate import ActivationState, ScoreState, VectorState
+from equifast.reference import Scores
+
+
+def _scores(n=7, k=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.rand(n, k, generator=g)
+    l = torch.maximum(c, torch.rand(n, k, generator=g))
+    c[0, 1] = float("nan")
+    l[0, 1] = float("nan")
+    idx = torch.randint(0, k, (n, k), generator=g)
+    idx[0, 1] = -1
+    return Scores(c, l, idx)
+
+
+def test_mean_over_defined_and_undefined_fraction():
+    s = _scores()
+    out = ScoreState().update(s).compute()
+    assert math.isclose(out["channel"], float(s.channel.double().nanmean()), rel_tol=1e-9)
+    assert math.isclose(out["layer"], float(s.layer.double().nanmean()), rel_tol=1e-9)
+    assert math.isclose(out["undefined_fraction"], 1 / 35)
+    assert out["n_images"] == 7
+    assert out["layer"] >= out["channel"]
+
+
+def test_merge_is_exact_whatever_the_split():
+    s = _scores(n=40)
+    whole = ScoreState().update(s)
+    parts = [ScoreState().update(Scores(*(t[i:i + 7] for t in s))) for i in range(0, 40, 7)]
+    merged = ScoreState()
+    for p in reversed(parts):
+        merged.merge(p)
+    assert merged == whole  # integers: bit-identical
+
+
+def test_offdiagonal_fraction_counts_argmax_elsewhere():
+    c = torch.ones(1, 3)
+    s = Scores(c, c, torch.tensor([[0, 2, 1]]))
+    assert math.isclose(ScoreState().update(s).compute()["offdiagonal_fraction"], 2 / 3)
+
+
+def test_vector_state_streams_to_the_reference_across_images():
+    g = torch.Generator().manual_seed(1)
+    fx, ftx = torch.randn(50, 6, generator=g), torch.randn(50, 6, generator=g)
+    ftx[:, 0] = 3 * fx[:, 2] + 1
+    for metric in ("correlation", "cosine"):
+        st = VectorState(metric)
+        for i in range(0, 50, 8):
+            st.update(fx[i:i + 8], ftx[i:i + 8])
+        other = VectorState(metric).update(fx, ftx)
+        want = R.equivariance_scores(fx, ftx, metric=metric, vector_mode="across_images")
+        got = st.scores()
+        torch.testing.assert_close(got.channel[0], want.channel[0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(got.layer[0], want.layer[0], atol=1e-6, rtol=0)
+        assert torch.equal(got.layer_index[0], want.layer_index[0])
+        torch.testing.assert_close(st.suv, other.suv)
+    assert VectorState().update(fx, ftx).scores().layer_index[0, 2] == 0
+
+
+def test_activation_state():
+    f = torch.randn(4, 3, 5, 5)
+    a = ActivationState().update(f[:2]).merge(ActivationState().update(f[2:])).compute()
+    assert math.isclose(a["mean_activation"], float(f.double().mean()), rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(a["mean_magnitude"], float(f.double().abs().mean()), rel_tol=1e-9)

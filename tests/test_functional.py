@@ -1,0 +1,71 @@
+"""The public function: input checks, dispatch, and agreement of the backends."""
+import pytest
+import torch
+
+import equifast as ef
+from equifast import reference as R
+from equifast.functional import equivariance_scores
+
+BACKENDS = ["reference"] + (["operator"] if ef.ops.available() else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_identity_scores_one(backend):
+    x = torch.randn(2, 6, 7, 7)
+    s = equivariance_scores(x, x, None, backend=backend)
+    assert torch.allclose(s.channel, torch.ones(2, 6), atol=1e-5)
+    assert (s.layer >= s.channel - 1e-6).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_matches_reference_on_scaled_translation(backend):
+    fx, ftx = torch.randn(3, 8, 16, 16), torch.randn(3, 8, 16, 16)
+    t = ef.Translation(5, -3)
+    got = equivariance_scores(fx, ftx, t, input_size=(32, 32), backend=backend)
+    want = R.equivariance_scores(fx, ftx, t, input_size=(32, 32))
+    torch.testing.assert_close(got.channel, want.channel, atol=1e-5, rtol=0, equal_nan=True)
+    torch.testing.assert_close(got.layer, want.layer, atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_backend_is_reported():
+    assert ef.backend() in ("operator", "reference")
+    assert ef.backend() == ("operator" if ef.ops.available() else "reference")
+
+
+@pytest.mark.parametrize("fx,ftx,kwargs,err,match", [
+    (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 5), {}, ValueError, "same shape"),
+    (torch.randn(2, 3, 4), torch.randn(2, 3, 4), {}, ValueError, "patch grid"),
+    (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), {"metric": "l2"}, ValueError, "`metric`"),
+    (torch.randn(2, 3), torch.randn(2, 3), {"vector_mode": "all"}, ValueError, "`vector_mode`"),
+    (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), {"backend": "gpu"}, ValueError, "`backend`"),
+    (torch.zeros(2, 3, 4, 4, dtype=torch.int64), torch.zeros(2, 3, 4, 4, dtype=torch.int64), {}, TypeError, "floating"),
+    ([1.0], torch.randn(2, 3), {}, TypeError, "torch.Tensor"),
+])
+def test_bad_inputs(fx, ftx, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        equivariance_scores(fx, ftx, **kwargs)
+
+
+def test_nan_input_is_a_clear_error():
+    fx = torch.randn(2, 3, 4, 4)
+    fx[0, 1, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        equivariance_scores(fx, fx)
+
+
+def test_non_square_rotation_and_empty_overlap():
+    fx = torch.randn(1, 2, 4, 6)
+    with pytest.raises(ValueError, match="square"):
+        equivariance_scores(fx, fx, ef.Rotation(1))
+    with pytest.raises(ValueError, match="overlap"):
+        equivariance_scores(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4),
+                            ef.Translation(7, 0, mode="zero", rounding="nearest"), input_size=(8, 8))
+
+
+def test_half_precision_inputs():
+    x = torch.randn(2, 4, 6, 6)
+    t = ef.Rotation(2)
+    for dtype in (torch.float16, torch.bfloat16):
+        s = equivariance_scores(x.to(dtype), t(x).to(dtype), t)
+        assert s.channel.dtype == torch.float32
+        assert torch.allclose(s.channel, torch.ones(2, 4), atol=1e-3)

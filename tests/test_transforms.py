@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+import equifast as ef
+from equifast.transforms import scale_shift
+
+
+def test_rotation_matches_rot90_and_hand_case():
+    x = torch.arange(4.0).view(1, 1, 2, 2)  # [[0, 1], [2, 3]]
+    assert torch.equal(ef.Rotation(1)(x), torch.tensor([[[[1.0, 3.0], [0.0, 2.0]]]]))
+    y = torch.randn(2, 3, 5, 5)
+    for q in (1, 2, 3):
+        assert torch.equal(ef.Rotation(q)(y), torch.rot90(y, q, dims=(-2, -1)))
+
+
+def test_flips_match_torch_flip():
+    y = torch.randn(2, 3, 4, 6)
+    assert torch.equal(ef.Flip("horizontal")(y), torch.flip(y, dims=(-1,)))
+    assert torch.equal(ef.Flip("vertical")(y), torch.flip(y, dims=(-2,)))
+
+
+def test_circular_translation_is_roll():
+    y = torch.randn(2, 3, 8, 8)
+    assert torch.equal(ef.Translation(3, -2)(y), torch.roll(y, (3, -2), (-2, -1)))
+
+
+def test_zero_translation_moves_content_and_fills_zero():
+    x = torch.arange(9.0).view(1, 1, 3, 3)
+    out = ef.Translation(1, 1, mode="zero")(x)
+    want = torch.tensor([[0.0, 0, 0], [0, 0, 1], [0, 3, 4]]).view(1, 1, 3, 3)
+    assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("shift,map_len,input_len,down,nearest", [
+    (5, 112, 224, 2, 3), (5, 7, 224, 0, 0), (32, 7, 224, 1, 1), (-5, 112, 224, -2, -3),
+    (3, 2, 4, 1, 2), (1, 1, 2, 0, 1)])
+def test_scaled_shift_rounding(shift, map_len, input_len, down, nearest):
+    assert scale_shift(shift, map_len, input_len, "down") == down
+    assert scale_shift(shift, map_len, input_len, "nearest") == nearest
+
+
+def test_scaled_shift_zero_is_identity_on_small_maps():
+    t = ef.Translation(3, 3)
+    f = torch.randn(1, 2, 4, 4)
+    assert torch.equal(t.on_map(f, (32, 32)), f)  # 3 * 4 / 32 rounds down to 0
+
+
+def test_index_map_reads_values_like_the_transform():
+    f = torch.randn(2, 3, 6, 6)
+    for t in ef.rotations() + ef.flips() + [ef.Translation(2, -1), ef.Translation(-2, 3, mode="zero"),
+                                            ef.Identity()]:
+        a, b = t.index_map((6, 6), (12, 12))
+        moved = t.on_map(f, (12, 12))
+        assert torch.equal(moved.flatten(2)[..., b], f.flatten(2)[..., a]), t.name
+
+
+def test_zero_index_map_is_the_overlap():
+    a, b = ef.Translation(1, 0, mode="zero").index_map((3, 3), (3, 3))
+    assert b.tolist() == [3, 4, 5, 6, 7, 8] and a.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_families():
+    assert [t.name for t in ef.diagonal_shifts(1, 3)] == ["translation(1,1)", "translation(2,2)", "translation(3,3)"]
+    assert [t.quarter_turns for t in ef.rotations()] == [1, 2, 3]
+    assert {t.family for t in ef.rotations()} == {"rotation"}
+
+
+def test_parse_transforms():
+    ts = ef.parse_transforms("translation:1-4:zero,rotation:270,flip:vertical")
+    assert [t.name for t in ts] == ["translation(1,1,zero)", "translation(2,2,zero)", "translation(3,3,zero)",
+                                    "translation(4,4,zero)", "rotation(270)", "flip(vertical)"]
+    with pytest.raises(ValueError, match="transform spec"):
+        ef.parse_transforms("shear:3")
+    with pytest.raises(ValueError, match="multiples of 90"):
+        ef.parse_transforms("rotation:45")
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="square"):
+        ef.Rotation(1)(torch.randn(1, 1, 4, 5))
+    with pytest.raises(ValueError, match="larger than the 8x8 image"):
+        ef.Translation(8, 0)(torch.randn(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="no overlap"):
+        ef.Translation(3, 3, mode="zero", rounding="nearest").on_map(torch.randn(1, 1, 2, 2), (4, 4))
+    with pytest.raises(ValueError, match="'circular' or 'zero'"):
+        ef.Translation(1, 1, mode="reflect")
+    with pytest.raises(TypeError, match="`dy` to be an int"):
+        ef.Translation(1.5, 1)
+    with pytest.raises(ValueError, match="horizontal"):
+        ef.Flip("diagonal")
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        ef.Rotation(1)(torch.randn(4))
