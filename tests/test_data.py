@@ -1,0 +1,52 @@
+"""Inputs: tensors, loaders, datasets, folders."""
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from equifast import data
+
+
+def _collect(it):
+    xs, ys = zip(*it)
+    return torch.cat(xs), (None if ys[0] is None else torch.cat(ys))
+
+
+def test_tensor_batches_and_limit():
+    x, y = torch.rand(10, 3, 8, 8), torch.arange(10)
+    bx, by = _collect(data.batches(x, y, batch_size=4, n_images=7))
+    assert torch.equal(bx, x[:7]) and torch.equal(by, y[:7])
+    bx, by = _collect(data.batches((x, y), batch_size=3))
+    assert torch.equal(bx, x) and torch.equal(by, y)
+
+
+def test_loader_and_dataset():
+    x, y = torch.rand(9, 3, 8, 8), torch.arange(9)
+    bx, by = _collect(data.batches(DataLoader(TensorDataset(x, y), batch_size=4), n_images=6))
+    assert torch.equal(bx, x[:6]) and torch.equal(by, y[:6])
+    bx, by = _collect(data.batches(TensorDataset(x, y), batch_size=4, n_images=5, seed=1))
+    assert len(bx) == 5 and all(any(torch.equal(b, xi) for xi in x) for b in bx)
+
+
+def test_image_folder_with_classes(tmp_path):
+    for cls, color in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.new("RGB", (20, 16), color).save(tmp_path / cls / f"{i}.png")
+    import torchvision.transforms as T
+
+    pre = T.Compose([T.Resize((8, 8)), T.ToTensor()])
+    bx, by = _collect(data.batches(str(tmp_path), batch_size=3, preprocess=pre))
+    assert bx.shape == (4, 3, 8, 8) and by.tolist() == [0, 0, 1, 1]
+    assert float(bx[0, 0].mean()) == 1.0 and float(bx[3, 2].mean()) == 1.0
+
+
+def test_bad_inputs():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list(data.batches("/no/such/folder"))
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        list(data.batches(torch.rand(3, 8, 8)))
+    with pytest.raises(TypeError, match="Expected `images`"):
+        list(data.batches(42))
+    with pytest.raises(ValueError, match="labels"):
+        list(data.batches(torch.rand(3, 3, 8, 8), torch.arange(2)))

@@ -1,0 +1,59 @@
+"""Models by name and the embedded ImageNet weights (real, offline)."""
+import pytest
+import torch
+
+from equifast import data
+from equifast.models import load_model
+
+
+def test_embedded_lite0_classifies_real_photos():
+    import skimage.data
+    from PIL import Image
+
+    model, preprocess = load_model("efficientnet_lite0")
+    cat = preprocess(Image.fromarray(skimage.data.chelsea())).unsqueeze(0)
+    coffee = preprocess(Image.fromarray(skimage.data.coffee())).unsqueeze(0)
+    with torch.no_grad():
+        top = model(torch.cat([cat, coffee])).argmax(-1).tolist()
+    assert top[0] in (281, 282, 285)   # tabby, tiger cat, Egyptian cat
+    assert top[1] in (967, 968)        # espresso, cup
+
+
+def test_random_init_torchvision_and_timm():
+    m, pre = load_model("resnet18", weights=None, num_classes=7)
+    assert m(torch.rand(1, 3, 32, 32)).shape == (1, 7)
+    m, pre = load_model("mixer_s16_224", weights=None, num_classes=3)
+    assert not m.training
+
+
+def test_checkpoint_path_round_trip(tmp_path):
+    m, _ = load_model("resnet18", weights=None, num_classes=4)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in m.state_dict().items()}}, path)
+    m2, _ = load_model("resnet18", weights=str(path), num_classes=4)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+
+
+def test_unknown_name_suggests_close_ones():
+    with pytest.raises(ValueError, match="Did you mean.*resnet50"):
+        load_model("resnet5O")
+
+
+def test_missing_checkpoint_is_clear():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model("resnet18", weights="/no/such/ckpt.pt")
+
+
+def test_embedded_weights_only_for_lite0():
+    with pytest.raises(ValueError, match="efficientnet_lite0"):
+        load_model("resnet18", weights="embedded")
+
+
+def test_embedded_photos_are_seeded_real_crops():
+    a = data.embedded_photos(6, size=32, seed=3)
+    b = data.embedded_photos(6, size=32, seed=3)
+    assert a.shape == (6, 3, 32, 32) and torch.equal(a, b)
+    assert 0 <= float(a.min()) and float(a.max()) <= 1 and float(a.std()) > 0.05
+    assert not torch.equal(a, data.embedded_photos(6, size=32, seed=4))

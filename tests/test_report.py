@@ -1,0 +1,86 @@
+"""Reports: SPEC columns, aggregation order, files, figures, metric bias, seeds."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from equifast.report import Report, combine_runs, part_table
+
+
+def _rows():
+    rows = []
+    # early: p0, p1; middle: p2; pool; final. Two translation transforms, one rotation.
+    for order, (point, part) in enumerate([("p0", "early"), ("p1", "early"), ("p2", "middle"),
+                                           ("pool", "pool"), ("final", "final")]):
+        for t, fam, base in (("translation(1,1)", "translation", 0.9), ("translation(2,2)", "translation", 0.7),
+                             ("rotation(90)", "rotation", 0.3)):
+            for metric, shift in (("correlation", 0.0), ("cosine", 0.05 * order)):
+                c = base - 0.1 * order + shift
+                rows.append({"point": point, "part": part, "transform": t, "family": fam, "metric": metric,
+                             "channel": c, "layer": c + 0.05, "undefined_fraction": 0.1 * (t == "rotation(90)"),
+                             "n_images": 4, "order": order, "mean_activation": float(order)})
+    return rows
+
+
+def test_parts_follow_the_spec_aggregation_order():
+    rep = Report.from_rows(_rows(), {"model": "toy"})
+    parts = rep.parts[rep.parts.metric == "correlation"]
+    early_t = parts[(parts.part == "early") & (parts.family == "translation")].iloc[0]
+    # per point: mean over shifts (0.8 - 0.1*order); per part: mean over p0, p1
+    assert math.isclose(early_t.channel, ((0.8) + (0.7)) / 2)
+    assert math.isclose(early_t.layer, early_t.channel + 0.05)
+    assert early_t.n_points == 2
+    assert set(parts.part.astype(str)) == {"early", "middle", "pool", "final"}
+    for col in ("point", "part", "transform", "family", "channel", "layer", "undefined_fraction", "n_images"):
+        assert col in rep.points.columns
+    for col in ("part", "family", "channel", "layer"):
+        assert col in rep.parts.columns
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
+def test_save_load_round_trip(tmp_path, suffix):
+    rep = Report.from_rows(_rows(), {"model": "toy", "accuracy": 0.5})
+    files = rep.save(tmp_path / f"r{suffix}")
+    assert all(f.exists() for f in files) and not list(tmp_path.glob("*.tmp"))
+    back = Report.load(tmp_path / f"r{suffix}")
+    pd.testing.assert_frame_equal(back.points[rep.points.columns], rep.points, check_dtype=False)
+    assert back.meta["model"] == "toy" and back.accuracy == 0.5
+    with pytest.raises(FileNotFoundError):
+        Report.load(tmp_path / f"missing{suffix}")
+
+
+def test_plot_writes_a_png(tmp_path):
+    rep = Report.from_rows(_rows(), {"model": "toy"})
+    other = Report.from_rows(_rows(), {"model": "toy2"})
+    fig = rep.plot(tmp_path / "f.png", others={"toy2": other})
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    assert len(fig.axes) == 4  # two families x (channel, layer)
+
+
+def test_metric_bias_correlates_cosine_with_activation():
+    pattern = [0.5, 0.7, 0.4, 0.6, 0.5]
+    rows = []
+    for r in _rows():
+        o = r["order"]
+        c = 0.1 + 0.15 * o if r["metric"] == "cosine" else pattern[o]  # cosine follows the activation
+        rows.append(dict(r, channel=c))
+    bias = Report.from_rows(rows).metric_bias()
+    corr = bias["correlation"].set_index(["family", "metric"])["correlation_with_mean_activation"]
+    assert math.isclose(corr[("rotation", "cosine")], 1.0)
+    assert math.isclose(corr[("rotation", "correlation")], float(np.corrcoef(pattern, range(5))[0, 1]))
+    assert {"mean_activation", "cosine", "correlation"} <= set(bias["table"].columns)
+    only = Report.from_rows([r for r in _rows() if r["metric"] == "correlation"])
+    with pytest.raises(ValueError, match="cosine"):
+        only.metric_bias()
+
+
+def test_combine_runs_mean_and_std():
+    reps = []
+    for seed, bump in enumerate((0.0, 0.02, 0.04)):
+        rows = [dict(r, channel=r["channel"] + bump) for r in _rows()]
+        reps.append(Report.from_rows(rows, {"setting": "a", "seed": seed}))
+    out = combine_runs(reps, by=["setting"])
+    row = out[(out.part == "early") & (out.family == "translation") & (out.metric == "correlation")].iloc[0]
+    assert math.isclose(row.channel, 0.75 + 0.02) and math.isclose(row.channel_std, 0.02)
+    assert row.runs == 3
