@@ -28,9 +28,9 @@ def _cuda_wanted() -> bool:
 
 
 def _extension():
+    # py_limited_api=True makes torch define Py_LIMITED_API itself (the module has no pybind).
     sources = ["csrc/equifast.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
-    define = [("Py_LIMITED_API", "0x030b0000")]
+    cxx = ["-O3", "-std=c++20", "-fopenmp"]
     if _cuda_wanted():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         return cpp_extension.CUDAExtension(
@@ -38,9 +38,8 @@ def _extension():
             sources + sorted(glob.glob("csrc/cuda/*.cu")),
             include_dirs=[os.path.abspath("csrc")],
             extra_compile_args={"cxx": cxx + ["-DEQUIFAST_WITH_CUDA"],
-                                "nvcc": ["-O3", "-std=c++17", "-DEQUIFAST_WITH_CUDA"]},
+                                "nvcc": ["-O3", "-std=c++20", "-DEQUIFAST_WITH_CUDA"]},
             extra_link_args=["-fopenmp"],
-            define_macros=define,
             py_limited_api=True,
         )
     return cpp_extension.CppExtension(
@@ -49,7 +48,6 @@ def _extension():
         include_dirs=[os.path.abspath("csrc")],
         extra_compile_args={"cxx": cxx},
         extra_link_args=["-fopenmp"],
-        define_macros=define,
         py_limited_api=True,
     )
 

@@ -48,7 +48,7 @@ def _run_measure(args) -> int:
     import pandas as pd
 
     from . import functional
-    from .measure import measure
+    from .measurement import measure
     from .transforms import parse_transforms
 
     transforms = parse_transforms(args.transforms)

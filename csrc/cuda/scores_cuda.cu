@@ -1,0 +1,353 @@
+// CUDA kernels of `equifast::equivariance_scores`.
+//
+//   1. `position_offsets_kernel`: flat positions -> memory offsets (shared header rule).
+//   2. `row_stats_kernel`: one warp per (image, channel) row of A = fx (through a_index) and
+//      B = ftx (through b_index), reading through strides: float64 mean, then the centred and
+//      raw sums of squares (two passes), and the defined rule of `scores.h`.
+//   3. `similarity_tile_kernel`: grid over (row tile of K, image, column split). A 64 x 64
+//      block tile of S = Â B̂ᵀ is built from shared-memory tiles of the normalised rows
+//      (normalised on load, float32 accumulation); its epilogue keeps, per row, the running
+//      max / arg-max over defined columns in registers and captures the diagonal when the
+//      column tile holds it. Only per-row partial results leave the block: S is never stored.
+//   4. `combine_kernel`: merges the column splits (ties: smallest k') and applies the
+//      undefined rules and the score (ReLU).
+// Everything runs on the current CUDA stream. Only c10/cuda headers are used (no
+// ATen/cuda/CUDAContext.h), so the build needs just the CUDA runtime headers.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "scores.h"
+
+namespace equifast {
+namespace {
+
+constexpr int kTileM = 64;   // rows (channels k of fx) per block
+constexpr int kTileN = 64;   // columns (channels k' of ftx) per column tile
+constexpr int kTileP = 16;   // positions per shared-memory step
+constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
+constexpr int kWarpsPerStatsBlock = 8;
+
+__global__ void position_offsets_kernel(const int64_t* __restrict__ index, int64_t P,
+                                        int64_t width, int64_t stride_h, int64_t stride_w,
+                                        int64_t* __restrict__ out) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p < P) out[p] = position_offset(index[p], width, stride_h, stride_w);
+}
+
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// One warp per row (n, k): mean, 1 / norm and the defined flag, all from float64 sums.
+template <typename scalar_t>
+__global__ void row_stats_kernel(const scalar_t* __restrict__ data, int64_t stride_n,
+                                 int64_t stride_k, const int64_t* __restrict__ offsets,
+                                 int64_t P, int64_t K, int64_t rows, bool centered, double eps,
+                                 double* __restrict__ mean_out, double* __restrict__ inv_out,
+                                 uint8_t* __restrict__ defined_out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kWarpsPerStatsBlock) + (threadIdx.x >> 5);
+  if (row >= rows) return;  // whole warps leave together
+  const int64_t n = row / K, k = row - n * K;
+  const scalar_t* base = data + n * stride_n + k * stride_k;
+  double mean = 0.0;
+  if (centered) {
+    double sum = 0.0;
+    for (int64_t p = lane; p < P; p += 32) sum += static_cast<double>(static_cast<float>(base[offsets[p]]));
+    mean = warp_sum(sum) / static_cast<double>(P);
+  }
+  double ss_centred = 0.0, ss_raw = 0.0;
+  for (int64_t p = lane; p < P; p += 32) {
+    const double v = static_cast<double>(static_cast<float>(base[offsets[p]]));
+    const double d = v - mean;
+    ss_centred += d * d;
+    ss_raw += v * v;
+  }
+  ss_centred = warp_sum(ss_centred);
+  ss_raw = warp_sum(ss_raw);
+  if (lane == 0) {
+    const RowStats st = finish_row_stats(mean, ss_centred, ss_raw, eps);
+    mean_out[row] = st.mean;
+    inv_out[row] = st.inv_norm;
+    defined_out[row] = st.defined ? 1 : 0;
+  }
+}
+
+template <typename scalar_t>
+struct SideArgs {
+  const scalar_t* data;
+  int64_t stride_n, stride_k;
+  const int64_t* offsets;
+  const double* mean;  // [N * K]
+  const double* inv;   // [N * K]
+  bool k_fastest;      // channels adjacent in memory: let consecutive threads take channels
+};
+
+// Load a [rows_tile x kTileP] tile of normalised rows (channels c0.., positions p0..) into
+// shared memory, transposed: tile[p][c]. Out-of-range entries are 0.
+template <typename scalar_t, int kRows>
+__device__ __forceinline__ void load_tile(const SideArgs<scalar_t>& s, int64_t n, int64_t c0,
+                                          int64_t p0, int64_t K, int64_t P,
+                                          float (*tile)[kRows + 4]) {
+  constexpr int kElems = kRows * kTileP;
+  for (int e = threadIdx.x; e < kElems; e += kThreads) {
+    int r, pp;
+    if (s.k_fastest) {
+      r = e % kRows;
+      pp = e / kRows;
+    } else {
+      r = e / kTileP;
+      pp = e % kTileP;
+    }
+    const int64_t c = c0 + r, p = p0 + pp;
+    float v = 0.f;
+    if (c < K && p < P) {
+      const int64_t row = n * K + c;
+      const float x = static_cast<float>(s.data[n * s.stride_n + c * s.stride_k + s.offsets[p]]);
+      v = normalise_value(x, s.mean[row], s.inv[row]);
+    }
+    tile[pp][r] = v;
+  }
+}
+
+// Block (row tile, image, column split): per-row max / arg-max over the defined columns of
+// the split, and the diagonal when the split holds it.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+similarity_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
+                       const uint8_t* __restrict__ defined_b, int64_t N, int64_t K, int64_t P,
+                       int col_tiles_per_split, float* __restrict__ part_best,
+                       int64_t* __restrict__ part_index, float* __restrict__ diagonal) {
+  __shared__ __align__(16) float As[kTileP][kTileM + 4];
+  __shared__ __align__(16) float Bs[kTileP][kTileN + 4];
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileM;
+  const int64_t n = blockIdx.y;
+  const int split = blockIdx.z;
+  const int64_t col_tiles = (K + kTileN - 1) / kTileN;
+  const int64_t ct_begin = static_cast<int64_t>(split) * col_tiles_per_split;
+  const int64_t ct_end = min(col_tiles, ct_begin + col_tiles_per_split);
+
+  float best[4];
+  int64_t best_index[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    best[i] = -INFINITY;
+    best_index[i] = -1;
+  }
+
+  for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
+    const int64_t col0 = ct * kTileN;
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+
+    for (int64_t p0 = 0; p0 < P; p0 += kTileP) {
+      load_tile<scalar_t, kTileM>(A, n, row0, p0, K, P, As);
+      load_tile<scalar_t, kTileN>(B, n, col0, p0, K, P, Bs);
+      __syncthreads();
+#pragma unroll
+      for (int pp = 0; pp < kTileP; ++pp) {
+        const float4 a4 = *reinterpret_cast<const float4*>(&As[pp][ty * 4]);
+        const float4 b4 = *reinterpret_cast<const float4*>(&Bs[pp][tx * 4]);
+        const float a[4] = {a4.x, a4.y, a4.z, a4.w};
+        const float b[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+      }
+      __syncthreads();
+    }
+
+    // Tile epilogue: columns in increasing order, so a strict '>' keeps the smallest k'.
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t row = row0 + ty * 4 + i;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t col = col0 + tx * 4 + j;
+        if (row < K && col < K) {
+          if (col == row) diagonal[n * K + row] = acc[i][j];
+          if (defined_b[n * K + col] && better(acc[i][j], col, best[i], best_index[i])) {
+            best[i] = acc[i][j];
+            best_index[i] = col;
+          }
+        }
+      }
+    }
+  }
+
+  // Combine the 16 threads of a row group (lanes with the same ty share a half warp).
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int offset = 8; offset > 0; offset >>= 1) {
+      const float other = __shfl_xor_sync(0xffffffffu, best[i], offset);
+      const int64_t other_index = __shfl_xor_sync(0xffffffffu, best_index[i], offset);
+      if (better(other, other_index, best[i], best_index[i])) {
+        best[i] = other;
+        best_index[i] = other_index;
+      }
+    }
+    const int64_t row = row0 + ty * 4 + i;
+    if (tx == 0 && row < K) {
+      const int64_t at = (static_cast<int64_t>(split) * N + n) * K + row;
+      part_best[at] = best[i];
+      part_index[at] = best_index[i];
+    }
+  }
+}
+
+__global__ void combine_kernel(const float* __restrict__ part_best,
+                               const int64_t* __restrict__ part_index,
+                               const float* __restrict__ diagonal,
+                               const uint8_t* __restrict__ defined_a,
+                               const uint8_t* __restrict__ defined_b, int64_t rows, int splits,
+                               float* __restrict__ channel, float* __restrict__ layer,
+                               int64_t* __restrict__ layer_index) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  if (!defined_a[r]) {
+    channel[r] = nan_value();
+    layer[r] = nan_value();
+    layer_index[r] = -1;
+    return;
+  }
+  float best = -INFINITY;
+  int64_t index = -1;
+  for (int s = 0; s < splits; ++s) {
+    const float v = part_best[s * rows + r];
+    const int64_t i = part_index[s * rows + r];
+    if (better(v, i, best, index)) {
+      best = v;
+      index = i;
+    }
+  }
+  channel[r] = defined_b[r] ? score(diagonal[r]) : nan_value();
+  layer[r] = index < 0 ? nan_value() : score(best);
+  layer_index[r] = index;
+}
+
+at::Tensor position_offsets(const at::Tensor& index, int64_t width, int64_t stride_h,
+                            int64_t stride_w, cudaStream_t stream) {
+  at::Tensor idx = index.contiguous();
+  at::Tensor out = at::empty_like(idx);
+  const int64_t P = idx.size(0);
+  const int threads = 256;
+  const int64_t blocks = (P + threads - 1) / threads;
+  position_offsets_kernel<<<blocks, threads, 0, stream>>>(
+      idx.const_data_ptr<int64_t>(), P, width, stride_h, stride_w, out.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+bool channels_fastest(const at::Tensor& f) {
+  return f.size(1) > 1 && f.stride(1) == 1 && f.stride(2) != 1 && f.stride(3) != 1;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
+    const at::Tensor& fx, const at::Tensor& ftx, const at::Tensor& a_index,
+    const at::Tensor& b_index, bool centered, double eps) {
+  check_inputs(fx, ftx, a_index, b_index, eps);
+  TORCH_INTERNAL_ASSERT(fx.device().is_cuda());
+  const c10::cuda::CUDAGuard guard(fx.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int64_t N = fx.size(0), K = fx.size(1), W = fx.size(3), P = a_index.size(0);
+  auto fopts = fx.options().dtype(at::kFloat);
+  at::Tensor channel = at::empty({N, K}, fopts);
+  at::Tensor layer = at::empty({N, K}, fopts);
+  at::Tensor layer_index = at::empty({N, K}, fx.options().dtype(at::kLong));
+  if (N == 0 || K == 0) return {channel, layer, layer_index};
+
+  at::Tensor off_a = position_offsets(a_index, W, fx.stride(2), fx.stride(3), stream);
+  at::Tensor off_b = position_offsets(b_index, W, ftx.stride(2), ftx.stride(3), stream);
+  const int64_t rows = N * K;
+  auto dopts = fx.options().dtype(at::kDouble);
+  auto bopts = fx.options().dtype(at::kByte);
+  at::Tensor mean_a = at::empty({rows}, dopts), inv_a = at::empty({rows}, dopts);
+  at::Tensor mean_b = at::empty({rows}, dopts), inv_b = at::empty({rows}, dopts);
+  at::Tensor def_a = at::empty({rows}, bopts), def_b = at::empty({rows}, bopts);
+  at::Tensor diagonal = at::empty({rows}, fopts);
+
+  // Column splits: enough blocks to fill the device when N x row tiles alone does not.
+  const int64_t row_tiles = (K + kTileM - 1) / kTileM;
+  const int64_t col_tiles = (K + kTileN - 1) / kTileN;
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, fx.get_device()));
+  const int64_t want = 4LL * sms;
+  int64_t splits = std::min<int64_t>(col_tiles, std::max<int64_t>(1, (want + N * row_tiles - 1) /
+                                                                        (N * row_tiles)));
+  const int64_t per_split = (col_tiles + splits - 1) / splits;
+  splits = (col_tiles + per_split - 1) / per_split;
+  TORCH_CHECK(row_tiles <= std::numeric_limits<int32_t>::max() && splits <= 65535,
+              "equivariance_scores: K = ", K, " is too large for the CUDA kernel.");
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, fx.scalar_type(), "equivariance_scores_cuda", [&] {
+        const int64_t stats_blocks = (rows + kWarpsPerStatsBlock - 1) / kWarpsPerStatsBlock;
+        row_stats_kernel<scalar_t><<<stats_blocks, 32 * kWarpsPerStatsBlock, 0, stream>>>(
+            fx.const_data_ptr<scalar_t>(), fx.stride(0), fx.stride(1),
+            off_a.const_data_ptr<int64_t>(), P, K, rows, centered, eps,
+            mean_a.data_ptr<double>(), inv_a.data_ptr<double>(), def_a.data_ptr<uint8_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        row_stats_kernel<scalar_t><<<stats_blocks, 32 * kWarpsPerStatsBlock, 0, stream>>>(
+            ftx.const_data_ptr<scalar_t>(), ftx.stride(0), ftx.stride(1),
+            off_b.const_data_ptr<int64_t>(), P, K, rows, centered, eps,
+            mean_b.data_ptr<double>(), inv_b.data_ptr<double>(), def_b.data_ptr<uint8_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+        // gridDim.y <= 65535: images in chunks, pointers offset per chunk.
+        constexpr int64_t kMaxImages = 65535;
+        for (int64_t n0 = 0; n0 < N; n0 += kMaxImages) {
+          const int64_t nc = std::min(kMaxImages, N - n0);
+          SideArgs<scalar_t> A{fx.const_data_ptr<scalar_t>() + n0 * fx.stride(0), fx.stride(0),
+                               fx.stride(1), off_a.const_data_ptr<int64_t>(),
+                               mean_a.const_data_ptr<double>() + n0 * K,
+                               inv_a.const_data_ptr<double>() + n0 * K, channels_fastest(fx)};
+          SideArgs<scalar_t> B{ftx.const_data_ptr<scalar_t>() + n0 * ftx.stride(0),
+                               ftx.stride(0), ftx.stride(1), off_b.const_data_ptr<int64_t>(),
+                               mean_b.const_data_ptr<double>() + n0 * K,
+                               inv_b.const_data_ptr<double>() + n0 * K, channels_fastest(ftx)};
+          // Per-row partial results of each column split: [splits, nc * K].
+          at::Tensor pb = at::empty({splits, nc * K}, fopts);
+          at::Tensor pi = at::empty({splits, nc * K}, fx.options().dtype(at::kLong));
+          dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(nc),
+                    static_cast<unsigned>(splits));
+          similarity_tile_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+              A, B, def_b.const_data_ptr<uint8_t>() + n0 * K, nc, K, P,
+              static_cast<int>(per_split), pb.data_ptr<float>(), pi.data_ptr<int64_t>(),
+              diagonal.data_ptr<float>() + n0 * K);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          const int64_t crow = nc * K;
+          combine_kernel<<<(crow + 255) / 256, 256, 0, stream>>>(
+              pb.const_data_ptr<float>(), pi.const_data_ptr<int64_t>(),
+              diagonal.const_data_ptr<float>() + n0 * K, def_a.const_data_ptr<uint8_t>() + n0 * K,
+              def_b.const_data_ptr<uint8_t>() + n0 * K, crow, static_cast<int>(splits),
+              channel.data_ptr<float>() + n0 * K, layer.data_ptr<float>() + n0 * K,
+              layer_index.data_ptr<int64_t>() + n0 * K);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+  return {channel, layer, layer_index};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(equifast, CUDA, m) {
+  m.impl("equivariance_scores", &equivariance_scores_cuda);
+}
+
+}  // namespace equifast

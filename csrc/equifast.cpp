@@ -1,0 +1,34 @@
+// The schema of the one fused operator, and the module init of `equifast._C`.
+//
+// Importing `equifast._C` runs the static registrations below and in the backend files
+// (`cpu/scores_cpu.cpp`, `cuda/scores_cuda.cu`); the module itself holds no Python
+// functions, so it is built without pybind and against the limited Python API. The Python
+// surface (typed wrapper and fake) is `equifast/ops.py`.
+#include <Python.h>
+
+#include <torch/library.h>
+
+extern "C" {
+// `import equifast._C` needs a PyInit; the operators are registered by static
+// initialisers when the shared library is loaded.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT,
+      "_C",  // name
+      "Compiled kernels of equifast; use them through equifast.ops.",  // doc
+      -1,    // per-interpreter state: none
+      nullptr,
+  };
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(equifast, m) {
+  // Channel and layer scores of one representation under one transform (SPEC section 1),
+  // reading `fx` through the transform's index map: pair p compares fx[n, k, a_index[p]]
+  // with ftx[n, k', b_index[p]] (flat positions i * W + j). `centered` picks Pearson
+  // correlation (true) or cosine (false); `eps` is the undefined-row tolerance.
+  m.def(
+      "equivariance_scores(Tensor fx, Tensor ftx, Tensor a_index, Tensor b_index, "
+      "bool centered, float eps) -> (Tensor channel, Tensor layer, Tensor layer_index)");
+}

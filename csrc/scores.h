@@ -1,0 +1,168 @@
+// Code shared by the CPU and CUDA kernels of `equifast::equivariance_scores`.
+//
+// Everything that decides a result lives here, once: how a flat position becomes a memory
+// offset, the per-row statistics and the "undefined" rule (SPEC section 1, the same rule as
+// `equifast.reference`), the normalisation of a value, the score (ReLU) and the tie rule
+// of the arg-max. The functions are `__host__ __device__` so that the CPU tests exercise the
+// very code the CUDA kernels run. The input checks (`check_inputs`) are host-only and are
+// mirrored one for one by the fake in `equifast/ops.py`.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/aminmax.h>
+#include <c10/util/Exception.h>
+
+#if defined(__CUDACC__)
+#define EQUIFAST_HD __host__ __device__ __forceinline__
+#else
+#define EQUIFAST_HD inline
+#endif
+
+namespace equifast {
+
+// ---------------------------------------------------------------------------------------
+// Index maps
+// ---------------------------------------------------------------------------------------
+
+// Memory offset (in elements, relative to the start of a channel) of the flat position
+// `index` = i * W + j of an [H, W] map whose last two strides are `stride_h`, `stride_w`.
+EQUIFAST_HD int64_t position_offset(int64_t index, int64_t width, int64_t stride_h,
+                                    int64_t stride_w) {
+  const int64_t i = index / width;
+  return i * stride_h + (index - i * width) * stride_w;
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-row statistics and the undefined rule
+// ---------------------------------------------------------------------------------------
+
+// Statistics of one row u (one channel of one image over the P compared positions),
+// computed in float64 with two passes: `mean` (0 for cosine), then
+//   ss_centred = sum (u - mean)^2   and   ss_raw = sum u^2.
+struct RowStats {
+  double mean;      // subtracted from every value (0 for cosine)
+  double inv_norm;  // 1 / ||u - mean||, or 0 when the row is undefined
+  bool defined;
+};
+
+// The rule of SPEC section 1 (and `reference._normalise`): a row is undefined iff
+// ||u - mean|| <= eps * ||u||. For cosine both norms are the same, so the row is undefined
+// iff it is all zero. Non-finite statistics (NaN input) also make the row undefined.
+EQUIFAST_HD bool is_defined(double ss_centred, double ss_raw, double eps) {
+  return sqrt(ss_centred) > eps * sqrt(ss_raw);  // false for NaN
+}
+
+EQUIFAST_HD RowStats finish_row_stats(double mean, double ss_centred, double ss_raw,
+                                      double eps) {
+  RowStats s;
+  s.mean = mean;
+  s.defined = is_defined(ss_centred, ss_raw, eps);
+  s.inv_norm = s.defined ? 1.0 / sqrt(ss_centred) : 0.0;
+  return s;
+}
+
+// One normalised value (u - mean) / ||u - mean||, formed in float64, stored as float32.
+// Undefined rows have inv_norm == 0, so they normalise to zeros (and are masked anyway).
+EQUIFAST_HD float normalise_value(float x, double mean, double inv_norm) {
+  return static_cast<float>((static_cast<double>(x) - mean) * inv_norm);
+}
+
+// ---------------------------------------------------------------------------------------
+// Scores
+// ---------------------------------------------------------------------------------------
+
+EQUIFAST_HD float nan_value() {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(0x7fc00000);
+#else
+  return std::numeric_limits<float>::quiet_NaN();
+#endif
+}
+
+// max(0, s), the thesis' ReLU. The similarity of unit vectors is at most 1, but a float32
+// dot product may land a few ulps above it: the clamp keeps scores in [0, 1].
+EQUIFAST_HD float score(float s) { return s > 1.f ? 1.f : (s > 0.f ? s : 0.f); }
+
+// The arg-max tie rule: a candidate (value, index) beats the current best when its value is
+// larger, or equal with a smaller index (so ties go to the smallest k'). An index of -1
+// means "nothing yet".
+EQUIFAST_HD bool better(float value, int64_t index, float best, int64_t best_index) {
+  if (index < 0) return false;
+  if (best_index < 0) return true;
+  return value > best || (value == best && index < best_index);
+}
+
+// ---------------------------------------------------------------------------------------
+// Input checks (host only). `equifast/ops.py` mirrors each check, in this order, with the
+// same message, in the fake implementation; the value check on the indices (the last one)
+// cannot be made on fake tensors and is the only one without a mirror.
+// ---------------------------------------------------------------------------------------
+
+inline std::string dtype_name(c10::ScalarType t) {
+  switch (t) {
+    case c10::kFloat: return "torch.float32";
+    case c10::kHalf: return "torch.float16";
+    case c10::kBFloat16: return "torch.bfloat16";
+    case c10::kDouble: return "torch.float64";
+    case c10::kLong: return "torch.int64";
+    case c10::kInt: return "torch.int32";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
+inline bool is_supported_float(c10::ScalarType t) {
+  return t == c10::kFloat || t == c10::kHalf || t == c10::kBFloat16;
+}
+
+inline void check_inputs(const at::Tensor& fx, const at::Tensor& ftx, const at::Tensor& a_index,
+                         const at::Tensor& b_index, double eps) {
+  TORCH_CHECK(fx.dim() == 4, "Expected `fx` to be 4-D [N, K, H, W], but got shape ",
+              fx.sizes(), "; flatten vectors to [N, K, 1, 1] or use equifast.reference.");
+  TORCH_CHECK(fx.sizes() == ftx.sizes(),
+              "Expected `fx` and `ftx` to have the same shape, but got ", fx.sizes(), " and ",
+              ftx.sizes(), ".");
+  TORCH_CHECK(is_supported_float(fx.scalar_type()),
+              "Expected `fx` to be float32, float16 or bfloat16, but got ",
+              dtype_name(fx.scalar_type()), ".");
+  TORCH_CHECK(ftx.scalar_type() == fx.scalar_type(),
+              "Expected `fx` and `ftx` to have the same dtype, but got ",
+              dtype_name(fx.scalar_type()), " and ", dtype_name(ftx.scalar_type()), ".");
+  TORCH_CHECK(a_index.dim() == 1 && b_index.dim() == 1,
+              "Expected `a_index` and `b_index` to be 1-D [P], but got shapes ",
+              a_index.sizes(), " and ", b_index.sizes(), ".");
+  TORCH_CHECK(a_index.scalar_type() == c10::kLong && b_index.scalar_type() == c10::kLong,
+              "Expected `a_index` and `b_index` to be torch.int64, but got ",
+              dtype_name(a_index.scalar_type()), " and ", dtype_name(b_index.scalar_type()),
+              "; build them with Transform.index_map.");
+  TORCH_CHECK(a_index.size(0) == b_index.size(0),
+              "Expected `a_index` and `b_index` to have the same length P, but got ",
+              a_index.size(0), " and ", b_index.size(0), ".");
+  TORCH_CHECK(a_index.size(0) > 0,
+              "Expected at least one compared position (P >= 1), but got P = 0.");
+  TORCH_CHECK(ftx.device() == fx.device() && a_index.device() == fx.device() &&
+                  b_index.device() == fx.device(),
+              "Expected all inputs on the same device, but got fx on ", fx.device(),
+              ", ftx on ", ftx.device(), ", a_index on ", a_index.device(), " and b_index on ",
+              b_index.device(), ".");
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0,
+              "Expected `eps` to be a finite number >= 0, but got ", eps, ".");
+  // Value check (data dependent: no fake mirror). One host sync on CUDA.
+  const int64_t hw = fx.size(2) * fx.size(3);
+  for (const auto& named : {std::make_pair("a_index", &a_index),
+                            std::make_pair("b_index", &b_index)}) {
+    auto mm = at::aminmax(*named.second);
+    const int64_t lo = std::get<0>(mm).item<int64_t>();
+    const int64_t hi = std::get<1>(mm).item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < hw, "Expected `", named.first,
+                "` values to be flat positions in [0, H*W) = [0, ", hw,
+                "), but got values in [", lo, ", ", hi,
+                "]; build the indices with Transform.index_map(map_size, input_size).");
+  }
+}
+
+}  // namespace equifast

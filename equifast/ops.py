@@ -1,0 +1,159 @@
+"""The compiled operator ``equifast::equivariance_scores``: typed wrapper and fake.
+
+The operator is defined in ``csrc/`` (schema in ``csrc/equifast.cpp``, kernels in
+``csrc/cpu`` and ``csrc/cuda``) and registered with PyTorch's dispatcher when
+``equifast._C`` is imported. This module is its Python surface:
+
+- :func:`load` / :func:`available`: import the extension, without failing when it was not
+  built (then :mod:`equifast.reference` is the fallback, see :mod:`equifast.functional`);
+- :func:`equivariance_scores`: the typed wrapper;
+- the fake (meta) implementation right under it, whose ``torch._check`` calls mirror the
+  C++ ``TORCH_CHECK`` calls of ``csrc/scores.h`` one for one, with the same messages, so the
+  operator works under ``torch.compile`` and ``torch.export``.
+
+The operator is also callable as ``torch.ops.equifast.equivariance_scores`` (for instance
+from a ``torch.jit.script`` function) once :func:`load` returned ``True``.
+
+Example:
+    >>> import torch, equifast as ef
+    >>> from equifast import ops
+    >>> fx, ftx = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
+    >>> a, b = ef.Rotation(1).index_map((4, 4), (32, 32))
+    >>> if ops.available():
+    ...     channel, layer, index = ops.equivariance_scores(fx, ftx, a, b, True, 1e-5)
+    ...     channel.shape
+    torch.Size([2, 8])
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["load", "available", "load_error", "equivariance_scores"]
+
+_OP_NAME = "equifast::equivariance_scores"
+_loaded: Optional[bool] = None
+_error: Optional[str] = None
+
+
+def load() -> bool:
+    """Import ``equifast._C`` (registering the operator) once; ``True`` if that worked.
+
+    Never raises: when the extension is missing or fails to load, the reason is kept in
+    :func:`load_error` and ``False`` is returned.
+    """
+    global _loaded, _error
+    if _loaded is None:
+        try:
+            from . import _C  # noqa: F401  (registers torch.ops.equifast.*)
+        except (ImportError, OSError) as err:
+            _loaded, _error = False, f"{type(err).__name__}: {err}"
+        else:
+            _loaded = True
+            _register_fake()
+    return _loaded
+
+
+def available() -> bool:
+    """``True`` when the compiled operator is registered and can be called."""
+    return load()
+
+
+def load_error() -> Optional[str]:
+    """Why :func:`load` failed (``None`` if it did not, or was not tried yet)."""
+    return _error
+
+
+def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tensor,
+                        centered: bool, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Channel and layer scores of one representation, in one fused pass (SPEC section 1).
+
+    Pair ``p`` compares ``fx[n, k, a_index[p]]`` with ``ftx[n, k', b_index[p]]`` (flat
+    positions ``i * W + j``); ``Transform.index_map(map_size, input_size)`` gives the indices,
+    so no transformed copy of ``fx`` is made and the ``K x K`` similarity matrix is only ever
+    held in tiles. Per-row statistics are float64, the dot products float32-accumulated.
+
+    Args:
+        fx: ``f_l(x)``, ``[N, K, H, W]`` float32, float16 or bfloat16, any strides.
+        ftx: ``f_l(T(x))``, same shape, dtype and device.
+        a_index: int64 ``[P]``, flat positions in ``[0, H*W)`` read from ``fx``.
+        b_index: int64 ``[P]``, flat positions in ``[0, H*W)`` read from ``ftx``.
+        centered: ``True`` for Pearson correlation, ``False`` for cosine.
+        eps: a row ``u`` is undefined when ``||u - mean|| <= eps * ||u||``
+            (``equifast.reference.TOLERANCE`` by default elsewhere).
+
+    Returns:
+        ``(channel, layer, layer_index)``, each ``[N, K]`` on ``fx``'s device: float32
+        scores in ``[0, 1]`` (NaN where undefined) and the int64 arg-max ``k'`` of the layer
+        score (ties: smallest ``k'``; -1 where the layer score is NaN).
+
+    Raises:
+        RuntimeError: if the extension is not built (see :func:`load_error`), or on bad
+            inputs (the messages say what was expected and what was received).
+
+    Example:
+        >>> import torch, equifast as ef
+        >>> from equifast import ops
+        >>> f = torch.randn(1, 3, 4, 4)
+        >>> a, b = ef.Flip("horizontal").index_map((4, 4), (4, 4))
+        >>> if ops.available():
+        ...     c, l, i = ops.equivariance_scores(f, torch.flip(f, dims=(-1,)), a, b, True, 1e-5)
+        ...     bool(torch.allclose(c, torch.ones(1, 3)))
+        True
+    """
+    if not load():
+        raise RuntimeError(
+            f"The compiled operator {_OP_NAME} is not available ({_error}); build it with "
+            "`pip install --no-build-isolation -e .` or use equifast.reference."
+        )
+    return torch.ops.equifast.equivariance_scores.default(fx, ftx, a_index, b_index,
+                                                          bool(centered), float(eps))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype)
+
+
+def _register_fake() -> None:
+    """Register the fake (meta) implementation; called once, after ``_C`` loaded."""
+
+    @torch.library.register_fake(_OP_NAME)
+    def _equivariance_scores_fake(fx, ftx, a_index, b_index, centered, eps):
+        # One torch._check per TORCH_CHECK in csrc/scores.h (check_inputs), same order and
+        # messages. The value range of the indices is data dependent: checked in C++ only.
+        torch._check(fx.dim() == 4, lambda: (
+            f"Expected `fx` to be 4-D [N, K, H, W], but got shape {list(fx.shape)}; "
+            "flatten vectors to [N, K, 1, 1] or use equifast.reference."))
+        torch._check(fx.shape == ftx.shape, lambda: (
+            f"Expected `fx` and `ftx` to have the same shape, but got {list(fx.shape)} and "
+            f"{list(ftx.shape)}."))
+        torch._check(fx.dtype in (torch.float32, torch.float16, torch.bfloat16), lambda: (
+            f"Expected `fx` to be float32, float16 or bfloat16, but got {_dtype_name(fx.dtype)}."))
+        torch._check(ftx.dtype == fx.dtype, lambda: (
+            f"Expected `fx` and `ftx` to have the same dtype, but got {_dtype_name(fx.dtype)} "
+            f"and {_dtype_name(ftx.dtype)}."))
+        torch._check(a_index.dim() == 1 and b_index.dim() == 1, lambda: (
+            f"Expected `a_index` and `b_index` to be 1-D [P], but got shapes "
+            f"{list(a_index.shape)} and {list(b_index.shape)}."))
+        torch._check(a_index.dtype == torch.int64 and b_index.dtype == torch.int64, lambda: (
+            f"Expected `a_index` and `b_index` to be torch.int64, but got "
+            f"{_dtype_name(a_index.dtype)} and {_dtype_name(b_index.dtype)}; build them with "
+            "Transform.index_map."))
+        torch._check(a_index.shape[0] == b_index.shape[0], lambda: (
+            f"Expected `a_index` and `b_index` to have the same length P, but got "
+            f"{a_index.shape[0]} and {b_index.shape[0]}."))
+        torch._check(a_index.shape[0] > 0, lambda: (
+            "Expected at least one compared position (P >= 1), but got P = 0."))
+        torch._check(ftx.device == fx.device and a_index.device == fx.device
+                     and b_index.device == fx.device, lambda: (
+            f"Expected all inputs on the same device, but got fx on {fx.device}, ftx on "
+            f"{ftx.device}, a_index on {a_index.device} and b_index on {b_index.device}."))
+        torch._check(eps == eps and abs(eps) != float("inf") and eps >= 0, lambda: (
+            f"Expected `eps` to be a finite number >= 0, but got {eps}."))
+        n, k = fx.shape[0], fx.shape[1]
+        channel = fx.new_empty((n, k), dtype=torch.float32)
+        layer = fx.new_empty((n, k), dtype=torch.float32)
+        layer_index = fx.new_empty((n, k), dtype=torch.int64)
+        return channel, layer, layer_index

@@ -1,0 +1,804 @@
+"""Representation points of a model and their parts (SPEC section 3).
+
+A **point** is a representation the measure compares: the output of the stem and of every
+top-level block, in execution order, up to global pooling; then ``pool`` (the pooled vector
+that enters the classifier) and ``final`` (the logits). The points before pooling are split
+into three contiguous parts with :func:`numpy.array_split` semantics (the earlier parts take
+the extra points): ``early``, ``middle``, ``late``; then ``pool`` and ``final``.
+
+How the points are found (one generic rule, no per-model table). One forward pass of
+``example_input`` with hooks on every module records the execution order, the inputs and the
+outputs. Then, from the model down:
+
+- a *weight layer* is a convolution or a linear layer;
+- a *unit* is a called module with at most one weight layer inside (``Conv2d``, ``BatchNorm``,
+  ``ReLU``, ``MaxPool``, torchvision's ``Conv2dNormActivation``, Inception's ``BasicConv2d``,
+  timm's ``PatchEmbed``, a downsampling layer);
+- a *container* (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) with two or more
+  weight layers is opened: its children take its place, in call order;
+- a *stage* is opened too: a module with a container child that holds at least two modules
+  of one class with two or more weight layers each (timm ``ConvNeXtStage``,
+  ``SwinTransformerStage``), or whose output is its last child's output and which has two
+  such children itself (chained blocks held as attributes);
+- any other module with two or more weight layers is a **block** (residual blocks, inception
+  modules, MBConv, ConvNeXt, transformer and mixer blocks).
+
+Global pooling ends the search: the first unit or block whose output is no longer a map
+(``[N, K]``), an adaptive pooling layer, or a weightless layer that pools a map to 1x1.
+Units are grouped into *layers*: a unit with a weight layer starts a layer, weightless units
+that follow it on the same tensor (normalisation, activation, pooling) join it; the layer's
+point is its last unit's output. Layers before the first block are stem points (one layer:
+named ``"stem"``; several: named by their last module); layers between blocks are
+transitions (ConvNeXt downsampling, Swin patch merging, DenseNet transitions) and are not
+points; a layer with a weight layer after the last block (the 1x1 ``conv_head`` of
+MobileNet/EfficientNet) is a point. Weightless layers (a final ``LayerNorm``, dropout) are
+never points. A model without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
+layer. ``pool`` is the input of the first ``nn.Linear`` applied to a vector after global
+pooling; ``final`` is the model's output.
+
+=========================================  =====================================================  ==========================
+family                                     points before pooling                                  pool (input of)
+=========================================  =====================================================  ==========================
+torchvision ResNet / ResNeXt / WideResNet  ``stem`` (conv1, bn1, relu, maxpool), every            ``fc``
+                                           Bottleneck/BasicBlock ``layer1.0`` ... (resnet50: 17)
+VGG                                        one point per conv layer (conv, ReLU and a following   ``classifier.0`` (flattened
+                                           max-pool), named by its last module, e.g.              7x7 adaptive pool; VGG has
+                                           ``features.2`` (vgg11: 8)                              no global pooling)
+MobileNet v2 / v3 (torchvision)            every entry of ``features``: ``stem`` = features.0,    first ``Linear`` of
+                                           the inverted residuals, the last 1x1 conv              ``classifier``
+Inception v3 (eval, no aux logits)         the five stem convs (``Conv2d_1a_3x3``,                ``fc``
+                                           ``Conv2d_2a_3x3``, ``maxpool1``, ``Conv2d_3b_1x1``,
+                                           ``maxpool2``) and every ``Mixed_*`` (16)
+EfficientNet (torchvision)                 ``stem`` = features.0, every MBConv ``features.i.j``,  ``classifier.1``
+                                           the 1x1 conv head ``features.8`` (b0: 18)
+EfficientNet / -lite (timm)                ``stem`` (conv_stem, bn1), every block                 ``classifier``
+                                           ``blocks.i.j``, conv_head + ``bn2`` (b0, lite0: 18)
+ConvNeXt (torchvision and timm)            ``stem``, every ConvNeXt block (downsampling layers    ``classifier.2`` / ``head.fc``
+                                           are transitions; tiny: 19)                             (after the head's norm)
+ViT / DeiT (timm)                          ``stem`` = ``patch_embed`` (patch grid, before the     ``head`` (the token after
+                                           position embedding), every ``blocks.i``; prefix        timm's pool: cls token or
+                                           tokens (class, distillation, register) dropped         average)
+MLP-Mixer (timm)                           ``stem``, every ``blocks.i``                           ``head``
+Swin (timm)                                ``stem`` = ``patch_embed``, every                      ``head.fc``
+                                           ``layers.i.blocks.j`` (NHWC -> NCHW; patch merging is
+                                           a transition; tiny: 13)
+plain CNN (``nn.Sequential`` or modules    one point per conv layer up to global pooling; with    the first ``Linear``
+called in order)                           residual blocks: the stem layers and the blocks        after pooling
+=========================================  =====================================================  ==========================
+
+Every representation is returned as ``[N, C, h, w]`` (feature maps; token sequences
+``[N, L, C]`` drop their ``L - h*w`` prefix tokens and are laid out on the patch grid;
+channels-last maps of timm models whose ``output_fmt`` is ``NHWC`` are permuted) or ``[N, K]``
+(``pool``, ``final``).
+
+Extraction: with ``method="fx"`` a :mod:`torch.fx` graph from
+:func:`torchvision.models.feature_extraction.create_feature_extractor` (with timm's leaf
+modules and autowrapped functions, so timm models trace); a module's point is the last node
+inside the module (torchvision's naming, e.g. ``layer1.0.relu_2``). With ``method="hooks"``
+forward hooks on the modules, for code that fx cannot trace. ``"auto"`` tries fx and falls
+back to hooks with a warning. Graphs are traced for evaluation mode (the mode measurements
+run in).
+
+Names of your own: ``split(model, x, points=["layer1", "layer2.1", "layer3"])`` takes
+module names or fx node names (list them with
+:func:`torchvision.models.feature_extraction.get_graph_node_names` or
+``[n for n, _ in model.named_modules()]``); they become the points before pooling, in
+execution order, with parts assigned by the same rule; ``pool`` and ``final`` are appended
+(name them in the list to place them yourself).
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Point", "PARTS", "split", "representations", "Representations"]
+
+PARTS = ("early", "middle", "late", "pool", "final")
+METHODS = ("auto", "fx", "hooks")
+LAYOUTS = ("NCHW", "NHWC", "NLC", "NC")
+_RESERVED = ("pool", "final")
+
+_LIST_HINT = (
+    "List candidate names with `[n for n, _ in model.named_modules()]` or "
+    "`torchvision.models.feature_extraction.get_graph_node_names(model)`."
+)
+_HINT = (
+    "Name the points yourself: `equifast.split(model, x, points=[...])` with module names "
+    "(`[n for n, _ in model.named_modules()]`) or fx node names (list them with "
+    "`torchvision.models.feature_extraction.get_graph_node_names(model)`)."
+)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One representation of a model.
+
+    Attributes:
+        name: the point's name: ``"stem"``, a module name (``"layer1.0"``), ``"pool"``, ``"final"``.
+        part: ``"early"``, ``"middle"``, ``"late"``, ``"pool"`` or ``"final"``.
+        index: position in execution order (0-based).
+        module: qualified name of the module whose output (or input, see ``take``) is the
+            point; ``""`` is the model itself; ``None`` for an fx node that is no module's output.
+        take: ``"output"`` or ``"input"`` (``pool`` is the input of the classifier).
+        node: the fx node name (torchvision's naming) of the value, ``""`` when not traced.
+        layout: how the raw value comes: ``"NCHW"``, ``"NHWC"``, ``"NLC"`` (tokens) or ``"NC"``.
+        prefix_tokens: tokens dropped from the front of an ``"NLC"`` sequence.
+        grid: ``(h, w)`` patch grid of an ``"NLC"`` sequence at the example size.
+        shape: the normalised shape (without the batch dim) at the example input.
+    """
+
+    name: str
+    part: str
+    index: int
+    module: Optional[str] = None
+    take: str = "output"
+    node: str = ""
+    layout: str = "NCHW"
+    prefix_tokens: int = 0
+    grid: Optional[Tuple[int, int]] = None
+    shape: Tuple[int, ...] = ()
+
+
+# ----------------------------------------------------------------------------- analysis
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    start: int
+    end: int = -1
+    inp: Any = None
+    out: Any = None
+    calls: int = 0
+
+
+def _first_tensor(obj) -> Optional[Tensor]:
+    if isinstance(obj, Tensor):
+        return obj
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        for o in obj:
+            t = _first_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
+    """Run ``model(x)`` once in eval mode with hooks everywhere; restore every mode after."""
+    calls: Dict[str, _Call] = {}
+    step = [0]
+    handles = []
+
+    def pre(name):
+        def hook(mod, args):
+            step[0] += 1
+            if name not in calls:
+                calls[name] = _Call(name, mod, step[0])
+            calls[name].inp = _first_tensor(args)
+        return hook
+
+    def post(name):
+        def hook(mod, args, out):
+            step[0] += 1
+            c = calls[name]
+            c.end, c.out, c.calls = step[0], _first_tensor(out), c.calls + 1
+        return hook
+
+    modes = {m: m.training for m in model.modules()}
+    try:
+        for name, mod in model.named_modules():
+            handles.append(mod.register_forward_pre_hook(pre(name)))
+            handles.append(mod.register_forward_hook(post(name)))
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in modes.items():
+            m.training = t
+    return calls, out
+
+
+def _is_weight(m: nn.Module) -> bool:
+    return isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+
+
+def _is_container(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+
+
+def _is_adaptive_pool(m: nn.Module) -> bool:
+    cls = type(m).__name__
+    return isinstance(m, (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)) or (
+        "Adaptive" in cls and "Pool" in cls)
+
+
+def _spatial_size(t: Optional[Tensor]) -> int:
+    return int(t.shape[-1] * t.shape[-2]) if t is not None and t.dim() == 4 else -1
+
+
+class _Analysis:
+    """The recorded forward pass and the module tree, with the block rule on top."""
+
+    def __init__(self, model: nn.Module, x: Tensor):
+        self.model = model
+        self.calls, self.output = _record(model, x)
+        self.input_size = (int(x.shape[-2]), int(x.shape[-1]))
+        weights = [n for n, c in self.calls.items() if _is_weight(c.module)]
+        self._weights = weights
+        self._wcount: Dict[str, int] = {}
+
+    def weights(self, name: str) -> int:
+        if name not in self._wcount:
+            pre = name + "." if name else ""
+            self._wcount[name] = sum(1 for w in self._weights if w == name or w.startswith(pre))
+        return self._wcount[name]
+
+    def children(self, name: str) -> List[_Call]:
+        mod = self.calls[name].module
+        pre = name + "." if name else ""
+        kids = [self.calls[pre + n] for n, _ in mod.named_children() if pre + n in self.calls]
+        return sorted(kids, key=lambda c: c.start)
+
+    def _repeats(self, calls: List[_Call]) -> bool:
+        seen: Dict[type, int] = {}
+        for c in calls:
+            if self.weights(c.name) >= 2:
+                seen[type(c.module)] = seen.get(type(c.module), 0) + 1
+        return any(v >= 2 for v in seen.values())
+
+    def is_stage(self, call: _Call) -> bool:
+        kids = self.children(call.name)
+        for k in kids:
+            if _is_container(k.module) and self._repeats(self.children(k.name)):
+                return True
+        if kids and self._repeats(kids):
+            last = max(kids, key=lambda c: c.end)
+            return call.out is not None and call.out is last.out
+        return False
+
+    def items(self, name: str = "") -> List[Tuple[str, _Call]]:
+        """``("unit" | "block", call)`` in execution order, below module ``name``."""
+        out: List[Tuple[str, _Call]] = []
+        for c in self.children(name):
+            if self.weights(c.name) <= 1:
+                out.append(("unit", c))
+            elif _is_container(c.module) or self.is_stage(c):
+                out.extend(self.items(c.name))
+            else:
+                out.append(("block", c))
+        return out
+
+    def body(self) -> Tuple[List[Tuple[str, _Call]], Optional[_Call]]:
+        """The items before global pooling, and the item that pools (``None``: none found)."""
+        items = self.items("")
+        for i, (kind, c) in enumerate(items):
+            if c.out is None:
+                continue
+            pools = (c.out.dim() < 3 or _is_adaptive_pool(c.module) or (
+                kind == "unit" and self.weights(c.name) == 0 and _spatial_size(c.out) == 1
+                and _spatial_size(c.inp) > 1))
+            if pools:
+                return [it for it in items[:i] if it[1].out is not None], c
+        return [it for it in items if it[1].out is not None], None
+
+    def classifier(self, after: _Call) -> Optional[_Call]:
+        """The first ``nn.Linear`` applied to a vector once pooling has started."""
+        cands = [c for c in self.calls.values() if isinstance(c.module, nn.Linear)
+                 and c.start >= after.start and c.inp is not None and c.inp.dim() == 2]
+        return min(cands, key=lambda c: c.start) if cands else None
+
+    def token_grid(self) -> Optional[Tuple[int, int]]:
+        """Spatial size of the last conv map computed before the first token sequence."""
+        grid = None
+        for c in sorted(self.calls.values(), key=lambda c: c.end):
+            if c.out is None:
+                continue
+            if c.out.dim() == 3 and c.name:
+                return grid
+            if isinstance(c.module, nn.modules.conv._ConvNd) and c.out.dim() == 4:
+                grid = (int(c.out.shape[-2]), int(c.out.shape[-1]))
+        return grid
+
+
+def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
+    """``(point name, module, take)`` found by the block rule (see the module docstring)."""
+    body, pooling = an.body()
+    # group units into layers; blocks stand alone
+    seq: List[Tuple[str, List[_Call]]] = []
+    for kind, c in body:
+        if isinstance(c.module, nn.Identity):
+            continue
+        if kind == "block":
+            seq.append(("block", [c]))
+            continue
+        if an.weights(c.name) >= 1:
+            seq.append(("layer", [c]))
+            continue
+        prev = seq[-1] if seq else None
+        if prev is not None and prev[0] != "block" and c.inp is not None and prev[1][-1].out is not None and (
+                c.inp is prev[1][-1].out or c.inp.shape == prev[1][-1].out.shape):
+            prev[1].append(c)
+        else:
+            seq.append(("weightless", [c]))
+    kinds = [k for k, _ in seq]
+    blocks = [i for i, k in enumerate(kinds) if k == "block"]
+    layer = lambda i: kinds[i] == "layer" and any(an.weights(c.name) for c in seq[i][1])  # noqa: E731
+    found: List[Tuple[str, str, str]] = []
+    if not blocks:
+        found = [(seq[i][1][-1].name, seq[i][1][-1].name, "output") for i in range(len(seq)) if layer(i)]
+    else:
+        first, last = blocks[0], blocks[-1]
+        stem = [i for i in range(first) if layer(i)]
+        if len(stem) == 1:
+            found.append(("stem", seq[stem[0]][1][-1].name, "output"))
+        else:
+            found += [(seq[i][1][-1].name, seq[i][1][-1].name, "output") for i in stem]
+        found += [(seq[i][1][0].name, seq[i][1][0].name, "output") for i in blocks]
+        found += [(seq[i][1][-1].name, seq[i][1][-1].name, "output")
+                  for i in range(last + 1, len(seq)) if layer(i)]
+    if not found:
+        raise ValueError(
+            f"Could not find the stem or any block of {type(an.model).__name__} before global "
+            f"pooling (no convolution or block runs on a feature map). {_HINT}")
+    return found + _head_points(an, pooling)
+
+
+def _head_points(an: _Analysis, pooling: Optional[_Call] = None) -> List[Tuple[str, str, str]]:
+    """``pool`` (the input of the classifier) and ``final`` (the model's output)."""
+    if pooling is None:
+        pooling = an.body()[1]
+    if pooling is None:
+        raise ValueError(
+            f"Could not find global pooling in {type(an.model).__name__}: its output keeps a "
+            f"map or token shape. equifast needs a classifier ending in a vector. {_HINT}")
+    head = an.classifier(pooling)
+    if head is None:
+        raise ValueError(
+            f"Could not find the classifier of {type(an.model).__name__}: no nn.Linear is applied "
+            f"to the pooled vector, so the `pool` point is undefined. {_HINT}")
+    return [("pool", head.name, "input"), ("final", "", "output")]
+
+
+# ---------------------------------------------------------------------------------- fx
+def _tracer_kwargs() -> Dict[str, Any]:
+    kwargs: Dict[str, Any] = {}
+    try:
+        from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+
+        kwargs = {"leaf_modules": list(get_notrace_modules()),
+                  "autowrap_functions": list(get_notrace_functions())}
+    except ImportError:  # timm is optional for tracing torchvision and plain models
+        pass
+    try:  # torchvision's defaults (torchvision.ops leaves), exactly as create_feature_extractor
+        from torchvision.models.feature_extraction import _set_default_tracer_kwargs
+
+        kwargs = _set_default_tracer_kwargs(kwargs)
+    except ImportError:
+        pass
+    return kwargs
+
+
+class _Graph:
+    """The eval-mode graph of ``model`` with torchvision's node names."""
+
+    def __init__(self, model: nn.Module):
+        from torchvision.models.feature_extraction import NodePathTracer
+
+        modes = {m: m.training for m in model.modules()}
+        try:
+            model.eval()
+            tracer = NodePathTracer(**_tracer_kwargs())
+            graph = tracer.trace(model)
+        finally:
+            for m, t in modes.items():
+                m.training = t
+        self.nodes = [n for n in graph.nodes]
+        self.qualname = {n: tracer.node_to_qualname[n] for n in self.nodes if n in tracer.node_to_qualname}
+        self.order = {self.qualname[n]: i for i, n in enumerate(self.nodes) if n in self.qualname}
+
+    def output_of(self, module: str) -> str:
+        """The last node inside ``module`` ('' is the model: the node it returns)."""
+        if module == "":
+            out = [n for n in self.nodes if n.op == "output"][-1]
+            arg = out.args[0]
+            if not isinstance(arg, torch.fx.Node) or arg not in self.qualname:
+                raise RuntimeError("the model's output is not a single traced tensor")
+            return self.qualname[arg]
+        pat = re.compile(rf"^{re.escape(module)}(\.|$)")
+        hits = [q for q in self.order if pat.match(q)]
+        if not hits:
+            raise RuntimeError(f"no fx node inside module {module!r}")
+        return max(hits, key=self.order.__getitem__)
+
+    def input_of(self, module: str) -> str:
+        for n in self.nodes:
+            if n.op == "call_module" and n.target == module:
+                arg = n.args[0] if n.args else None
+                if isinstance(arg, torch.fx.Node) and arg in self.qualname:
+                    return self.qualname[arg]
+        raise RuntimeError(f"module {module!r} is not called as a leaf on a traced value")
+
+    def resolve(self, name: str) -> Optional[str]:
+        """A node name or a prefix of node names (torchvision's shortcut) -> the full name."""
+        if name in self.order:
+            return name
+        try:
+            return self.output_of(name)
+        except RuntimeError:
+            return None
+
+
+def _fx_extractor(model: nn.Module, nodes: Sequence[str]) -> nn.Module:
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    ret = {n: f"p{i}" for i, n in enumerate(dict.fromkeys(nodes))}
+    return create_feature_extractor(model, eval_return_nodes=ret, train_return_nodes=ret,
+                                    tracer_kwargs=_tracer_kwargs(), suppress_diff_warning=True)
+
+
+# ------------------------------------------------------------------------------ layouts
+def _channels_last(model: nn.Module, module: Optional[str]) -> bool:
+    """timm marks channels-last models and stems with ``output_fmt == 'NHWC'``."""
+    names = [""]
+    if module:
+        parts = module.split(".")
+        names = [".".join(parts[:i]) for i in range(len(parts), -1, -1)]
+    for n in names:
+        try:
+            m = model.get_submodule(n)
+        except AttributeError:
+            continue
+        fmt = getattr(m, "output_fmt", None)
+        if fmt is not None:
+            return str(getattr(fmt, "value", fmt)).upper().endswith("NHWC")
+    return False
+
+
+def _layout(model, module, raw: Tensor, grid, num_prefix) -> Tuple[str, int, Optional[Tuple[int, int]]]:
+    if raw.dim() == 2:
+        return "NC", 0, None
+    if raw.dim() == 4:
+        return ("NHWC" if _channels_last(model, module) else "NCHW"), 0, None
+    if raw.dim() == 3:
+        length = int(raw.shape[1])
+        if grid is not None and 0 <= length - grid[0] * grid[1] <= max(8, num_prefix or 0):
+            return "NLC", length - grid[0] * grid[1], tuple(grid)
+        for prefix in ([num_prefix] if num_prefix else []) + [0]:
+            side = math.isqrt(max(length - prefix, 0))
+            if side > 0 and side * side == length - prefix:
+                return "NLC", prefix, (side, side)
+        raise ValueError(
+            f"Cannot lay the tokens of point {module!r} ({tuple(raw.shape)}) out on a patch grid: "
+            f"{length} tokens are neither a square nor the patch grid plus prefix tokens. {_HINT}")
+    raise ValueError(f"Expected point {module!r} to be a map, tokens or a vector, but got shape "
+                     f"{tuple(raw.shape)}. {_HINT}")
+
+
+def _normalise(t: Tensor, p: Point) -> Tensor:
+    if p.layout == "NC":
+        return t.flatten(1)
+    if p.layout == "NCHW":
+        return t
+    if p.layout == "NHWC":
+        return t.permute(0, 3, 1, 2)
+    if p.layout == "NLC":
+        t = t[:, p.prefix_tokens:]
+        n = int(t.shape[1])
+        h, w = p.grid if p.grid is not None and p.grid[0] * p.grid[1] == n else (math.isqrt(n),) * 2
+        if h * w != n:
+            raise ValueError(
+                f"Point {p.name!r} has {n} patch tokens, which is not its {p.grid} grid nor a square; "
+                "measure at the size the points were found at (or split again at this size).")
+        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
+    raise ValueError(f"Expected `layout` to be one of {LAYOUTS}, but got {p.layout!r}.")
+
+
+# ---------------------------------------------------------------------------- extractor
+class Representations(nn.Module):
+    """``forward(x) -> {point name: tensor}``: every point of a model in one forward pass.
+
+    Tensors come in the points' order, normalised to ``[N, C, h, w]`` or ``[N, K]``.
+
+    Args:
+        model: the model the points were found in (shared, not copied).
+        points: from :func:`split`.
+        method: ``"fx"``, ``"hooks"`` or ``None`` (fx when every point has an fx node).
+
+    Example:
+        >>> import torch, torchvision, equifast as ef
+        >>> model = torchvision.models.resnet18(num_classes=10).eval()
+        >>> x = torch.rand(2, 3, 64, 64)
+        >>> reps = ef.representations(model, ef.split(model, x))
+        >>> {k: tuple(v.shape) for k, v in reps(x).items() if k in ("stem", "pool", "final")}
+        {'stem': (2, 64, 16, 16), 'pool': (2, 512), 'final': (2, 10)}
+    """
+
+    def __init__(self, model: nn.Module, points: Sequence[Point], method: Optional[str] = None):
+        super().__init__()
+        points = list(points)
+        if not points or not all(isinstance(p, Point) for p in points):
+            raise TypeError(f"Expected `points` to be a non-empty list of Point (from equifast.split), "
+                            f"but got {points!r}.")
+        if len({p.name for p in points}) != len(points):
+            raise ValueError(f"Expected distinct point names, but got {[p.name for p in points]}.")
+        chosen = method
+        if method is None:
+            method = "fx" if all(p.node for p in points) else "hooks"
+        if method not in ("fx", "hooks"):
+            raise ValueError(f"Expected `method` to be 'fx', 'hooks' or None, but got {method!r}.")
+        self.points = points
+        self.method = method
+        if method == "fx":
+            missing = [p.name for p in points if not p.node]
+            if missing:
+                raise ValueError(f"Expected every point to have an fx node for method='fx', but "
+                                 f"{missing} have none; split with method='fx' or use method='hooks'.")
+            self._keys = {n: f"p{i}" for i, n in enumerate(dict.fromkeys(p.node for p in points))}
+            try:
+                self.graph = _fx_extractor(model, list(self._keys))
+                object.__setattr__(self, "_model", model)  # mode sync only, not a submodule
+            except Exception as e:  # noqa: BLE001 - e.g. the train-mode graph does not trace
+                if chosen == "fx" or any(p.module is None for p in points):
+                    raise
+                warnings.warn(f"torch.fx extraction failed ({type(e).__name__}: {e}); using forward "
+                              "hooks instead.", stacklevel=2)
+                method = self.method = "hooks"
+        if method == "hooks":
+            bad = [p.name for p in points if p.module is None]
+            if bad:
+                raise ValueError(f"Expected module points for method='hooks', but {bad} are fx nodes "
+                                 "only; use method='fx'.")
+            self.model = model
+
+    def _hooked(self, x: Tensor) -> Dict[str, Tensor]:
+        model = self.model
+        store: Dict[Tuple[str, str], Tensor] = {}
+        handles = []
+
+        def keep(key, take):
+            if take == "input":
+                return lambda m, args: store.__setitem__(key, _first_tensor(args))
+            return lambda m, args, out: store.__setitem__(key, _first_tensor(out))
+
+        try:
+            for key in dict.fromkeys((p.module, p.take) for p in self.points if p.module):
+                mod = model.get_submodule(key[0])
+                handles.append(mod.register_forward_pre_hook(keep(key, "input")) if key[1] == "input"
+                               else mod.register_forward_hook(keep(key, "output")))
+            out = _first_tensor(model(x))
+        finally:
+            for h in handles:
+                h.remove()
+        raw = {}
+        for p in self.points:
+            key = (p.module, p.take)
+            if p.module == "" and p.take == "output":
+                raw[p.name] = out
+            elif key not in store or store[key] is None:
+                raise RuntimeError(f"Point {p.name!r}: module {p.module!r} did not run in this forward pass.")
+            else:
+                raw[p.name] = store[key]
+        return raw
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        if self.method == "fx":
+            if self.graph.training != self._model.training:
+                self.graph.train(self._model.training)
+            got = self.graph(x)
+            raw = {p.name: got[self._keys[p.node]] for p in self.points}
+        else:
+            raw = self._hooked(x)
+        return OrderedDict((p.name, _normalise(raw[p.name], p)) for p in self.points)
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, points={[p.name for p in self.points]}"
+
+
+def representations(model: nn.Module, points: Sequence[Point], method: Optional[str] = None) -> Representations:
+    """The extractor of ``points``: ``extractor(x) -> {name: [N, C, h, w] or [N, K]}``.
+
+    Args:
+        model: the model :func:`split` was run on.
+        points: the points from :func:`split` (or a subset of them).
+        method: ``"fx"``, ``"hooks"``, or ``None``: fx when the points were traced.
+
+    Returns:
+        :class:`Representations`, an ``nn.Module`` sharing the model's parameters.
+
+    Example:
+        >>> import torch, torchvision, equifast as ef
+        >>> model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+        >>> x = torch.rand(2, 3, 64, 64)
+        >>> fx = ef.representations(model, ef.split(model, x))(x)
+        >>> fx["stem"].shape, fx["final"].shape
+        (torch.Size([2, 16, 32, 32]), torch.Size([2, 10]))
+    """
+    return Representations(model, points, method)
+
+
+# -------------------------------------------------------------------------------- split
+def _parts(n: int) -> List[str]:
+    sizes = [len(a) for a in np.array_split(np.arange(n), 3)]
+    return [part for part, k in zip(PARTS[:3], sizes) for _ in range(k)]
+
+
+def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str]] = None,
+          method: str = "auto") -> List[Point]:
+    """The representation points of ``model`` in execution order, each with its part.
+
+    One forward pass of ``example_input`` in eval mode (modes are restored after; no
+    gradients) finds the points with the rule of the module docstring.
+
+    Args:
+        model: an image classifier (torchvision, timm, or your own ``nn.Module``).
+        example_input: ``[N, C, H, W]``, a batch of the size you will measure at.
+        points: names of your own (module names or fx node names) for the points before
+            pooling; ``"pool"`` / ``"final"`` in the list place those two, otherwise both are
+            appended. ``None``: find the points automatically.
+        method: ``"fx"`` (trace with torch.fx), ``"hooks"`` (forward hooks), or ``"auto"``
+            (fx, falling back to hooks with a warning when the model does not trace).
+
+    Returns:
+        ``list[Point]``: the points before pooling (parts early/middle/late, split as
+        :func:`numpy.array_split`), then ``pool`` and ``final``.
+
+    Raises:
+        ValueError: the model has no recognisable stem/blocks, global pooling or classifier;
+            the message says how to name the points yourself.
+
+    Example:
+        >>> import torch, torchvision, equifast as ef
+        >>> model = torchvision.models.resnet50(num_classes=10)
+        >>> pts = ef.split(model, torch.rand(2, 3, 64, 64))
+        >>> [p.name for p in pts][:3], len(pts)
+        (['stem', 'layer1.0', 'layer1.1'], 19)
+        >>> [sum(p.part == part for p in pts) for part in ("early", "middle", "late", "pool", "final")]
+        [6, 6, 5, 1, 1]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected `model` to be an nn.Module, but got {type(model).__name__}.")
+    if not isinstance(example_input, Tensor) or example_input.dim() != 4:
+        got = (tuple(example_input.shape) if isinstance(example_input, Tensor)
+               else type(example_input).__name__)
+        raise ValueError(f"Expected `example_input` to be a tensor [N, C, H, W], but got {got}.")
+    if method not in METHODS:
+        raise ValueError(f"Expected `method` to be one of {METHODS}, but got {method!r}.")
+    if points is not None and (isinstance(points, str) or not all(isinstance(p, str) for p in points)):
+        raise TypeError(f"Expected `points` to be a list of names (str), but got {points!r}.")
+
+    graph: Optional[_Graph] = None
+    if method in ("fx", "auto"):
+        try:
+            graph = _Graph(model)
+        except Exception as e:  # noqa: BLE001 - any tracing failure means: use hooks
+            if method == "fx":
+                raise ValueError(
+                    f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}). Use "
+                    "method='hooks', or register the untraceable modules/functions as leaves "
+                    "(timm.layers.register_notrace_module / register_notrace_function).") from e
+            warnings.warn(f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}); "
+                          "using forward hooks instead.", stacklevel=2)
+
+    an = _Analysis(model, example_input)
+    modules = dict(model.named_modules())
+    if points is None:
+        found = _auto_points(an)
+    else:
+        found = _named_points(list(points), an, modules, graph)
+
+    # fx nodes for every point (a failure falls back to hooks, or fails for method='fx')
+    nodes: Dict[str, str] = {}
+    if graph is not None:
+        try:
+            for name, module, take in found:
+                if module is None:
+                    nodes[name] = graph.resolve(name) or ""
+                elif take == "input":
+                    nodes[name] = graph.input_of(module)
+                else:
+                    nodes[name] = graph.output_of(module)
+        except RuntimeError as e:
+            if method == "fx":
+                raise ValueError(f"Cannot map the points of {type(model).__name__} to fx nodes ({e}). "
+                                 "Use method='hooks'.") from e
+            warnings.warn(f"Cannot map the points to fx nodes ({e}); using forward hooks instead.",
+                          stacklevel=2)
+            nodes = {}
+
+    # raw values at the example, for layouts
+    raw: Dict[str, Tensor] = {}
+    fx_only = [name for name, module, _ in found if module is None]
+    for name, module, take in found:
+        if module == "" and take == "output":
+            raw[name] = _first_tensor(an.output)
+        elif module is not None and module in an.calls:
+            raw[name] = an.calls[module].inp if take == "input" else an.calls[module].out
+    if fx_only:
+        ext = _fx_extractor(model, [nodes[n] for n in fx_only])
+        modes = {m: m.training for m in model.modules()}
+        try:
+            model.eval()
+            ext.eval()
+            with torch.no_grad():
+                got = ext(example_input)
+        finally:
+            for m, t in modes.items():
+                m.training = t
+        keys = {n: f"p{i}" for i, n in enumerate(dict.fromkeys(nodes[n] for n in fx_only))}
+        for n in fx_only:
+            raw[n] = _first_tensor(got[keys[nodes[n]]])
+
+    grid = an.token_grid()
+    num_prefix = getattr(model, "num_prefix_tokens", None)
+    pre = [f for f in found if f[0] not in _RESERVED]
+    parts = dict(zip([f[0] for f in pre], _parts(len(pre))))
+    parts.update(pool="pool", final="final")
+    result = []
+    for i, (name, module, take) in enumerate(found):
+        t = raw.get(name)
+        if t is None:
+            raise ValueError(f"Point {name!r} (module {module!r}) did not produce a tensor on the "
+                             f"example input. {_HINT}")
+        layout, prefix, g = _layout(model, module, t, grid, num_prefix)
+        p = Point(name=name, part=parts[name], index=i, module=module, take=take,
+                  node=nodes.get(name, ""), layout=layout, prefix_tokens=prefix, grid=g)
+        result.append(replace(p, shape=tuple(_normalise(t, p).shape[1:])))
+    return result
+
+
+def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module],
+                  graph: Optional[_Graph]) -> List[Tuple[str, Optional[str], str]]:
+    if not names:
+        raise ValueError(f"Expected `points` to name at least one point, but got an empty list. {_HINT}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"Expected distinct point names, but got {names}.")
+    try:
+        special = {f[0]: f for f in _head_points(an)}
+    except ValueError:
+        special = {"final": ("final", "", "output")}
+    found: List[Tuple[Optional[int], Tuple[str, Optional[str], str]]] = []
+    for n in names:
+        if n in _RESERVED:
+            if n not in special:
+                raise ValueError(f"Could not find the `{n}` point of {type(an.model).__name__} "
+                                 f"automatically; name the classifier's input node instead. {_HINT}")
+            continue
+        if n in modules:
+            if n not in an.calls:
+                raise ValueError(f"Expected point {n!r} to run in the forward pass, but module {n!r} "
+                                 f"is never called on the example input. {_HINT}")
+            found.append((an.calls[n].end, (n, n, "output")))
+        elif graph is not None and graph.resolve(n) is not None:
+            found.append((None, (n, None, "output")))
+        else:
+            where = ("a module name or an fx node name" if graph is not None else
+                     "a module name (fx node names need method='fx' or 'auto' and a traceable model)")
+            raise ValueError(f"Expected each of `points` to be {where} of {type(an.model).__name__}, "
+                             f"but got {n!r}. {_LIST_HINT}")
+    # execution order: fx graph order when traced, else the order modules finish in
+    if graph is not None:
+        def key(item):
+            name = item[1][0]
+            q = graph.resolve(name) if item[1][1] is None else graph.resolve(item[1][1])
+            return graph.order.get(q, -1) if q else -1
+        if all(key(it) >= 0 for it in found):
+            found.sort(key=key)
+    elif all(k is not None for k, _ in found):
+        found.sort(key=lambda it: it[0])
+    out = [f for _, f in found]
+    explicit = [n for n in names if n in _RESERVED]
+    if not explicit and "pool" not in special:
+        warnings.warn(f"Could not find the `pool` point of {type(an.model).__name__}; only `final` "
+                      "is appended to the named points.", stacklevel=3)
+    return out + [special[r] for r in (explicit or [r for r in _RESERVED if r in special])]

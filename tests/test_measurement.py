@@ -1,0 +1,117 @@
+"""End to end on small real models: exact cases, batch independence, merges, errors."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import equifast as ef
+
+
+def circular_net(channels=6, classes=5):
+    """Stride-1 circularly padded convs: exactly equivariant to circular translations."""
+    torch.manual_seed(0)
+    conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1, padding_mode="circular")
+    return nn.Sequential(
+        nn.Sequential(conv(3, channels), nn.GELU()),
+        nn.Sequential(conv(channels, channels), nn.BatchNorm2d(channels), nn.GELU()),
+        nn.Sequential(conv(channels, channels), nn.GELU()),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes)).eval()
+
+
+def test_circular_net_scores_one_at_every_point_under_circular_shifts():
+    rep = ef.measure(circular_net(), torch.rand(6, 3, 16, 16), transforms=ef.diagonal_shifts(1, 5),
+                     batch_size=6)
+    pts = rep.points
+    assert list(rep.parts.part.astype(str)) == ["early", "middle", "late", "pool", "final"]
+    assert (pts.channel > 1 - 1e-5).all() and (pts.layer > 1 - 1e-5).all(), pts[["point", "channel"]]
+    assert (pts.undefined_fraction == 0).all()
+
+
+def test_identity_scores_one_and_layer_at_least_channel():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    rep = ef.measure(model, torch.rand(4, 3, 48, 48), transforms=[ef.Identity(), ef.Rotation(1)], batch_size=8)
+    ident = rep.points[rep.points["transform"] == "identity"]
+    assert (ident.channel > 1 - 1e-5).all() and (ident.layer > 1 - 1e-5).all()
+    assert (rep.points.layer >= rep.points.channel - 1e-7).all()
+    rot = rep.points[rep.points["transform"] == "rotation(90)"]
+    assert (rot.channel < 0.999).any()  # a random ResNet is not rotation equivariant
+
+
+def test_one_batch_or_many_give_identical_results():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.rand(10, 3, 32, 32)
+    ts = ef.diagonal_shifts(1, 3) + [ef.Rotation(2)]
+    whole = ef.measure(model, x, transforms=ts, batch_size=10)
+    many = ef.measure(model, x, transforms=ts, batch_size=3)
+    cols = ["channel", "layer", "undefined_fraction", "n_images"]
+    pd.testing.assert_frame_equal(whole.points[cols], many.points[cols], check_exact=False, atol=1e-6, rtol=0)
+
+
+def test_shards_merge_into_the_single_process_result():
+    model = circular_net()
+    x = torch.rand(9, 3, 12, 12)
+    ts = [ef.Translation(1, 2, mode="zero"), ef.Flip("vertical")]
+    whole = ef.measure(model, x, transforms=ts, batch_size=9, return_state=True)
+    a = ef.measure(model, x[:4], transforms=ts, batch_size=9, return_state=True)
+    b = ef.measure(model, x[4:], transforms=ts, batch_size=9, return_state=True)
+    merged = a.merge(b)
+    assert merged.n_images == 9
+    for key, st in whole.scores.items():
+        assert math.isclose(st.compute()["channel"], merged.scores[key].compute()["channel"], abs_tol=1e-6)
+
+
+def test_accuracy_from_labels():
+    model = circular_net()
+    x = torch.rand(8, 3, 12, 12)
+    with torch.no_grad():
+        pred = model(x).argmax(-1)
+    labels = pred.clone()
+    labels[:3] = (labels[:3] + 1) % 5
+    rep = ef.measure(model, x, labels=labels, transforms=[ef.Rotation(1)], batch_size=4)
+    assert rep.accuracy == pytest.approx(5 / 8)
+
+
+def test_across_images_vector_mode_and_both_metrics():
+    model = circular_net()
+    x = torch.rand(8, 3, 12, 12)
+    rep = ef.measure(model, x, transforms=[ef.Translation(2, 2)], metric=["correlation", "cosine"],
+                     vector_mode="across_images", batch_size=3)
+    vec = rep.points[rep.points.part.isin(["pool", "final"])]
+    assert (vec.channel > 1 - 1e-6).all() and len(vec) == 4  # invariant across images too
+    assert set(rep.points.metric) == {"correlation", "cosine"}
+
+
+def test_bfloat16_autocast_is_close_to_float32():
+    model = circular_net()
+    x = torch.rand(4, 3, 12, 12)
+    ts = [ef.Rotation(1)]
+    f32 = ef.measure(model, x, transforms=ts, batch_size=4)
+    bf16 = ef.measure(model, x, transforms=ts, batch_size=4, amp="bfloat16", device="cpu")
+    assert (f32.points.channel - bf16.points.channel).abs().max() < 0.05
+
+
+def test_bad_inputs_are_clear():
+    with pytest.raises(ValueError, match="Did you mean"):
+        ef.measure("resnet5O", torch.rand(2, 3, 32, 32))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ef.measure(circular_net(), "/no/such/images", transforms=[ef.Rotation(1)])
+    with pytest.raises(ValueError, match="larger than the 12x12 image"):
+        ef.measure(circular_net(), torch.rand(2, 3, 12, 12), transforms=ef.diagonal_shifts(1, 16))
+    with pytest.raises(ValueError, match="square"):
+        ef.measure(circular_net(), torch.rand(2, 3, 12, 16), transforms=[ef.Rotation(1)])
+    with pytest.raises(ValueError, match="`metric`"):
+        ef.measure(circular_net(), torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1)], metric="l1")
+    x = torch.rand(2, 3, 12, 12)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        ef.measure(circular_net(), x, transforms=[ef.Rotation(1)])
+
+
+def test_seeded_runs_repeat():
+    kw = dict(transforms=[ef.Translation(4, 4)], n_images=6, batch_size=3, seed=5)
+    a = ef.measure(circular_net(), None, **kw)
+    b = ef.measure(circular_net(), None, **kw)
+    pd.testing.assert_frame_equal(a.points, b.points)

@@ -1,0 +1,410 @@
+"""Tests of the fused operator ``equifast::equivariance_scores`` (``equifast/ops.py``, ``csrc/``).
+
+The oracle is :mod:`equifast.reference` (float64): the operator must give what
+``reference.equivariance_scores`` gives for every transform, metric, dtype and memory layout.
+Maps of size 1x1 are vectors for the reference (SPEC section 1); there the operator is
+checked against the reference's pairwise maths (``scores_from_similarity`` of
+``similarity_matrix`` of ``compared_pairs``), which is what the operator computes for any map.
+
+Tolerances. float32 inputs: 1e-5 (float32 dot products of unit vectors, float64 statistics).
+float16 / bfloat16 inputs: also 1e-5 (``_HALF_ATOL``), because the operator widens every half
+value exactly to float32 and the reference widens the very same half values exactly to
+float64, so both compute on identical numbers; only the float32 accumulation differs. Arg-max
+indices are compared where the two best defined similarities differ by more than 1e-4.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from equifast import ops, reference
+from equifast.transforms import Flip, Identity, Rotation, Transform, Translation
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not ops.available(),
+                                reason=f"equifast._C not built ({ops.load_error()})")
+
+ATOL = 1e-5
+_HALF_ATOL = 1e-5  # see the module docstring: identical inputs on both sides
+EPS = reference.TOLERANCE
+METRICS = {"correlation": True, "cosine": False}
+
+TRANSFORMS = [
+    Identity(),
+    Rotation(1), Rotation(2), Rotation(3),
+    Flip("horizontal"), Flip("vertical"),
+    Translation(1, 1), Translation(-2, 3), Translation(5, -7),
+    Translation(1, 1, mode="zero"), Translation(-3, 2, mode="zero"),
+    Translation(4, -6, mode="zero"),
+    Translation(1, 1, mode="zero", rounding="nearest"),
+]
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+def _run_op(fx, ftx, transform: Transform, metric: str, input_size):
+    a, b = transform.index_map(tuple(fx.shape[-2:]), input_size, device=fx.device)
+    return ops.equivariance_scores(fx, ftx, a, b, METRICS[metric], EPS)
+
+
+def _oracle(fx, ftx, transform, metric, input_size):
+    """Reference scores and the float64 similarity matrices they come from."""
+    a, b = reference.compared_pairs(fx.cpu(), ftx.cpu(), transform, input_size)
+    s = reference.similarity_matrix(a, b, metric, EPS)
+    if reference.is_vector(fx):  # 1x1 maps: the reference scores them as vectors
+        return reference.scores_from_similarity(s), s
+    return reference.equivariance_scores(fx.cpu(), ftx.cpu(), transform, metric, input_size), s
+
+
+def _assert_matches(got, fx, ftx, transform, metric, input_size, atol=ATOL):
+    want, s = _oracle(fx, ftx, transform, metric, input_size)
+    channel, layer, index = (t.cpu() for t in got)
+    n, k = fx.shape[:2]
+    for name, g in (("channel", channel), ("layer", layer), ("layer_index", index)):
+        assert g.shape == (n, k), f"{name}: shape {tuple(g.shape)}"
+    assert channel.dtype == layer.dtype == torch.float32 and index.dtype == torch.int64
+    torch.testing.assert_close(channel, want.channel, atol=atol, rtol=0, equal_nan=True)
+    torch.testing.assert_close(layer, want.layer, atol=atol, rtol=0, equal_nan=True)
+    # -1 exactly where the layer score is NaN
+    assert torch.equal(index == -1, torch.isnan(want.layer))
+    # the arg-max where it is well separated from the runner-up
+    filled = torch.nan_to_num(s, nan=float("-inf"))
+    if k >= 2:
+        top = filled.topk(2, dim=-1).values
+        clear = (top[..., 0] - top[..., 1] > 1e-4) & ~torch.isnan(want.layer)
+    else:
+        clear = ~torch.isnan(want.layer)
+    assert torch.equal(index[clear], want.layer_index[clear])
+    # wherever the index is given, it points at a column achieving the layer score
+    ok = index >= 0
+    if ok.any():
+        picked = filled.gather(-1, index.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        assert torch.allclose(picked[ok].clamp_min(0).float(), layer[ok], atol=1e-4)
+
+
+def _features(n, k, h, w, *, device="cpu", dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    fx = torch.randn(n, k, h, w, generator=g)
+    ftx = torch.randn(n, k, h, w, generator=g) + 0.5 * fx
+    return fx.to(device=device, dtype=dtype), ftx.to(device=device, dtype=dtype)
+
+
+def sample_inputs(device, *, requires_grad=False):
+    """Argument tuples for the operator, as extension-cpp's tests do (used by opcheck)."""
+    out = []
+    for (n, k, h, w), transform, centered in [
+        ((2, 3, 4, 4), Rotation(1), True),
+        ((1, 5, 6, 6), Translation(1, -2, mode="zero"), False),
+        ((3, 1, 1, 1), Identity(), False),
+        ((2, 4, 3, 5), Flip("vertical"), True),
+    ]:
+        fx, ftx = _features(n, k, h, w, device=device)
+        a, b = transform.index_map((h, w), (h, w), device=device)
+        out.append((fx, ftx, a, b, centered, EPS))
+    return out
+
+
+def _test_correctness(device):
+    h = w = 8
+    fx, ftx = _features(2, 6, h, w, device=device)
+    fx[0, 1] = 0.0    # dead channel: undefined for both metrics
+    ftx[1, 2] = 3.0   # constant channel: undefined for correlation only
+    for transform in TRANSFORMS:
+        for metric in METRICS:
+            got = _run_op(fx, ftx, transform, metric, (16, 16))
+            assert all(t.device == fx.device for t in got)
+            _assert_matches(got, fx, ftx, transform, metric, (16, 16))
+
+
+# --------------------------------------------------------------------------------------
+# correctness
+# --------------------------------------------------------------------------------------
+
+def test_cpu():
+    _test_correctness("cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda():
+    _test_correctness("cuda")
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=lambda t: t.name)
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_transforms_scaled(transform, metric):
+    # maps of 6x6 from a 16x16 input: shifts are scaled (and some round to 0)
+    fx, ftx = _features(2, 7, 6, 6, seed=1)
+    _assert_matches(_run_op(fx, ftx, transform, metric, (16, 16)), fx, ftx, transform, metric,
+                    (16, 16))
+
+
+@pytest.mark.parametrize("shift", [(1, 1), (3, -1), (-1, 3)])
+def test_shift_that_scales_to_zero_is_identity(shift):
+    fx, ftx = _features(2, 4, 4, 4, seed=2)
+    t = Translation(*shift, mode="zero")
+    a, b = t.index_map((4, 4), (32, 32))
+    assert torch.equal(a, torch.arange(16)) and torch.equal(b, torch.arange(16))
+    _assert_matches(_run_op(fx, ftx, t, "correlation", (32, 32)), fx, ftx, t, "correlation",
+                    (32, 32))
+
+
+def test_identity_scores_one():
+    fx, _ = _features(3, 5, 4, 4, seed=3)
+    channel, layer, index = _run_op(fx, fx, Identity(), "correlation", (4, 4))
+    torch.testing.assert_close(channel, torch.ones(3, 5), atol=ATOL, rtol=0)
+    torch.testing.assert_close(layer, torch.ones(3, 5), atol=ATOL, rtol=0)
+    assert torch.equal(index, torch.arange(5).expand(3, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_half_dtypes(dtype, metric):
+    fx, ftx = _features(2, 9, 6, 6, dtype=dtype, seed=4)
+    for t in (Rotation(1), Translation(2, -1, mode="zero")):
+        _assert_matches(_run_op(fx, ftx, t, metric, (12, 12)), fx, ftx, t, metric, (12, 12),
+                        atol=_HALF_ATOL)
+
+
+@pytest.mark.parametrize("layout", ["sliced", "channels_last", "transposed_hw", "expanded"])
+def test_memory_layouts(layout):
+    fx, ftx = _features(2, 16, 10, 10, seed=5)
+    if layout == "sliced":
+        fx, ftx = fx[:, ::2, 1:-1, 2:], ftx[:, 1::2, 1:-1, :-2]
+    elif layout == "channels_last":
+        fx = fx.to(memory_format=torch.channels_last)
+        ftx = ftx.to(memory_format=torch.channels_last)
+    elif layout == "transposed_hw":
+        fx, ftx = fx.transpose(-1, -2), ftx.transpose(-1, -2)
+    else:
+        fx = fx[:1].expand(3, -1, -1, -1)
+        ftx = ftx[:1].expand(3, -1, -1, -1)
+    assert not (fx.is_contiguous() and ftx.is_contiguous())
+    size = tuple(fx.shape[-2:])
+    for t in (Rotation(1) if size[0] == size[1] else Flip("horizontal"),
+              Translation(1, -2), Translation(-1, 1, mode="zero")):
+        for metric in METRICS:
+            _assert_matches(_run_op(fx, ftx, t, metric, size), fx, ftx, t, metric, size)
+
+
+@pytest.mark.parametrize("n,k,h,w", [(1, 1, 1, 1), (2, 1, 3, 3), (3, 4, 1, 1), (2, 3, 1, 5),
+                                     (1, 70, 3, 3), (2, 2048, 2, 2), (5, 33, 7, 7)])
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_shapes(n, k, h, w, metric):
+    fx, ftx = _features(n, k, h, w, seed=6)
+    t = Flip("horizontal")
+    _assert_matches(_run_op(fx, ftx, t, metric, (h, w)), fx, ftx, t, metric, (h, w))
+
+
+def test_many_images_path():
+    # enough images that each thread takes whole images (the other CPU path)
+    fx, ftx = _features(4 * torch.get_num_threads() + 1, 12, 5, 5, seed=7)
+    fx[3, 4] = 0.0
+    ftx[5, :] = 1.0  # a whole image of constant channels: no defined k' at all
+    for metric in METRICS:
+        _assert_matches(_run_op(fx, ftx, Rotation(3), metric, (5, 5)), fx, ftx, Rotation(3),
+                        metric, (5, 5))
+
+
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_dead_and_constant_channels(metric):
+    fx, ftx = _features(2, 5, 4, 4, seed=8)
+    fx[0, 0] = 0.0
+    ftx[0, 3] = 0.0
+    fx[1, 2] = 7.0
+    ftx[1, 4] = -2.0
+    ftx[1, 1] = 1e3 + 1e-6 * torch.randn(4, 4)  # varies by far less than the tolerance
+    channel, layer, index = got = _run_op(fx, ftx, Identity(), metric, (4, 4))
+    _assert_matches(got, fx, ftx, Identity(), metric, (4, 4))
+    assert torch.isnan(channel[0, 0]) and torch.isnan(layer[0, 0]) and index[0, 0] == -1
+    assert torch.isnan(channel[0, 3]) and not torch.isnan(layer[0, 3])
+    if metric == "correlation":
+        assert torch.isnan(layer[1, 2]) and index[1, 2] == -1
+        assert torch.isnan(channel[1, 4]) and torch.isnan(channel[1, 1])
+    else:
+        assert not torch.isnan(layer[1, 2])
+
+
+def test_no_defined_column():
+    fx, _ = _features(1, 3, 3, 3)
+    ftx = torch.zeros(1, 3, 3, 3)
+    channel, layer, index = _run_op(fx, ftx, Identity(), "cosine", (3, 3))
+    assert torch.isnan(channel).all() and torch.isnan(layer).all()
+    assert (index == -1).all()
+
+
+def test_ties_take_smallest_index():
+    fx, _ = _features(1, 4, 3, 3)
+    ftx = fx[:, [1, 1, 0, 0]].clone()  # k'=0 and 1 equal, 2 and 3 equal
+    _, layer, index = _run_op(fx, ftx, Identity(), "correlation", (3, 3))
+    assert index[0, 0].item() == 2 and index[0, 1].item() == 0
+
+
+def test_empty_batch_and_channels():
+    for shape in [(0, 3, 4, 4), (2, 0, 4, 4)]:
+        fx = torch.randn(shape)
+        a, b = Rotation(1).index_map((4, 4), (4, 4))
+        channel, layer, index = ops.equivariance_scores(fx, fx, a, b, True, EPS)
+        assert channel.shape == layer.shape == index.shape == shape[:2]
+
+
+# --------------------------------------------------------------------------------------
+# properties (hypothesis)
+# --------------------------------------------------------------------------------------
+
+_T_STRATEGY = st.one_of(
+    st.just(Identity()),
+    st.builds(Rotation, st.integers(1, 3)),
+    st.builds(Flip, st.sampled_from(["horizontal", "vertical"])),
+    st.builds(Translation, st.integers(-7, 7), st.integers(-7, 7),
+              mode=st.sampled_from(["circular", "zero"]),
+              rounding=st.sampled_from(["down", "nearest"])),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), k=st.integers(1, 12), size=st.integers(1, 6),
+       scale=st.sampled_from([1, 2, 3]), transform=_T_STRATEGY,
+       metric=st.sampled_from(list(METRICS)), seed=st.integers(0, 2**16),
+       dead=st.booleans())
+def test_property_matches_reference(n, k, size, scale, transform, metric, seed, dead):
+    input_size = (size * scale, size * scale)
+    try:
+        transform.index_map((size, size), input_size)
+    except ValueError:
+        assume(False)
+    fx, ftx = _features(n, k, size, size, seed=seed)
+    if dead:
+        fx[0, 0] = 0.0
+        ftx[-1, -1] = 2.0
+    got = _run_op(fx, ftx, transform, metric, input_size)
+    _assert_matches(got, fx, ftx, transform, metric, input_size)
+    channel, layer, _ = got
+    both = ~torch.isnan(channel) & ~torch.isnan(layer)
+    assert (layer[both] >= channel[both]).all()          # l >= c where both are defined
+    for score in (channel, layer):
+        defined = score[~torch.isnan(score)]
+        assert ((defined >= 0) & (defined <= 1)).all()   # scores in [0, 1]
+
+
+# --------------------------------------------------------------------------------------
+# PyTorch integration: opcheck, compile, export, TorchScript, meta
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", sample_inputs("cpu"), ids=lambda a: str(tuple(a[0].shape)))
+def test_opcheck(args):
+    torch.library.opcheck(torch.ops.equifast.equivariance_scores.default, args)
+
+
+def test_torch_compile_fullgraph():
+    (fx, ftx, a, b, centered, eps) = sample_inputs("cpu")[0]
+
+    def f(fx, ftx, a, b):
+        channel, layer, index = ops.equivariance_scores(fx, ftx, a, b, True, eps)
+        return channel.nanmean(), layer, index
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(fx, ftx, a, b), f(fx, ftx, a, b)):
+        torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_torch_export():
+    class Scores(torch.nn.Module):
+        def forward(self, fx, ftx, a, b):
+            return ops.equivariance_scores(fx, ftx, a, b, False, EPS)
+
+    args = sample_inputs("cpu")[1][:4]
+    exported = torch.export.export(Scores(), args)
+    assert any("equivariance_scores" in str(node.target) for node in exported.graph.nodes)
+    for got, want in zip(exported.module()(*args), Scores()(*args)):
+        torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_torchscript():
+    def scores(fx: torch.Tensor, ftx: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
+        return torch.ops.equifast.equivariance_scores(fx, ftx, a, b, True, 1e-5)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated since 2.14, still supported
+        scripted = torch.jit.script(scores)
+    args = sample_inputs("cpu")[0][:4]
+    for got, want in zip(scripted(*args), scores(*args)):
+        torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_meta_shapes():
+    fx = torch.empty(3, 7, 5, 5, device="meta", dtype=torch.bfloat16)
+    a = torch.empty(20, device="meta", dtype=torch.int64)
+    channel, layer, index = ops.equivariance_scores(fx, fx, a, a, True, EPS)
+    assert channel.shape == layer.shape == index.shape == (3, 7)
+    assert channel.dtype == torch.float32 and index.dtype == torch.int64
+
+
+# --------------------------------------------------------------------------------------
+# bad inputs: the C++ checks and their fake mirrors give the same messages
+# --------------------------------------------------------------------------------------
+
+def _good(device="cpu"):
+    fx, ftx = _features(2, 3, 4, 4)
+    a, b = Rotation(1).index_map((4, 4), (4, 4))
+    return [x.to(device) for x in (fx, ftx, a, b)]
+
+
+_BAD = [
+    (lambda fx, ftx, a, b: (fx[0], ftx[0], a, b, EPS),
+     r"Expected `fx` to be 4-D \[N, K, H, W\], but got shape \[3, 4, 4\]"),
+    (lambda fx, ftx, a, b: (fx, ftx[:, :2], a, b, EPS),
+     r"Expected `fx` and `ftx` to have the same shape, but got \[2, 3, 4, 4\] and \[2, 2, 4, 4\]"),
+    (lambda fx, ftx, a, b: (fx.double(), ftx.double(), a, b, EPS),
+     r"Expected `fx` to be float32, float16 or bfloat16, but got torch.float64"),
+    (lambda fx, ftx, a, b: (fx, ftx.half(), a, b, EPS),
+     r"Expected `fx` and `ftx` to have the same dtype, but got torch.float32 and torch.float16"),
+    (lambda fx, ftx, a, b: (fx, ftx, a.view(4, 4), b, EPS),
+     r"Expected `a_index` and `b_index` to be 1-D \[P\], but got shapes \[4, 4\] and \[16\]"),
+    (lambda fx, ftx, a, b: (fx, ftx, a.int(), b, EPS),
+     r"Expected `a_index` and `b_index` to be torch.int64, but got torch.int32 and torch.int64"),
+    (lambda fx, ftx, a, b: (fx, ftx, a[:5], b, EPS),
+     r"Expected `a_index` and `b_index` to have the same length P, but got 5 and 16"),
+    (lambda fx, ftx, a, b: (fx, ftx, a[:0], b[:0], EPS),
+     r"Expected at least one compared position \(P >= 1\), but got P = 0"),
+    (lambda fx, ftx, a, b: (fx, ftx, a, b, -1.0),
+     r"Expected `eps` to be a finite number >= 0, but got -1"),
+    (lambda fx, ftx, a, b: (fx, ftx, a, b, math.nan),
+     r"Expected `eps` to be a finite number >= 0, but got nan"),
+]
+
+
+@pytest.mark.parametrize("make,message", _BAD, ids=[f"bad{i}" for i in range(len(_BAD))])
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_bad_inputs(make, message, device):
+    fx, ftx, a, b, eps = make(*_good(device))
+    with pytest.raises(RuntimeError, match=message):
+        ops.equivariance_scores(fx, ftx, a, b, True, eps)
+
+
+@pytest.mark.parametrize("which", ["a_index", "b_index"])
+@pytest.mark.parametrize("value", [-1, 16])
+def test_index_out_of_range(which, value):
+    fx, ftx, _, _ = _good()
+    a, b = torch.arange(16), torch.arange(16)
+    (a if which == "a_index" else b)[3] = value
+    lo, hi = (value, 15) if value < 0 else (0, value)
+    with pytest.raises(RuntimeError, match=(
+            rf"Expected `{which}` values to be flat positions in \[0, H\*W\) = \[0, 16\), "
+            rf"but got values in \[{lo}, {hi}\]")):
+        ops.equivariance_scores(fx, ftx, a, b, True, EPS)
+
+
+def test_mixed_devices_message():
+    fx, ftx, a, b = _good()
+    with pytest.raises(RuntimeError, match=r"Expected all inputs on the same device, but got "
+                                           r"fx on meta, ftx on meta, a_index on cpu"):
+        ops.equivariance_scores(fx.to("meta"), ftx.to("meta"), a, b, True, EPS)

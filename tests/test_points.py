@@ -1,0 +1,283 @@
+"""Points and parts (SPEC section 3): per family, with random weights and small inputs."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from equifast.points import PARTS, Point, Representations, representations, split
+
+tv = pytest.importorskip("torchvision").models
+timm = pytest.importorskip("timm")
+
+
+def _timm(name, **kw):
+    return lambda: timm.create_model(name, pretrained=False, num_classes=10, **kw)
+
+
+def _sizes(points):
+    return [sum(p.part == part for p in points) for part in PARTS]
+
+
+# name: (builder, input size, points before pooling, first names, map/token layout of the blocks)
+FAMILIES = {
+    "resnet18": (lambda: tv.resnet18(num_classes=10), 64, 9, ["stem", "layer1.0", "layer1.1"], "NCHW"),
+    "resnet50": (lambda: tv.resnet50(num_classes=10), 64, 17, ["stem", "layer1.0", "layer1.1"], "NCHW"),
+    "vgg11": (lambda: tv.vgg11(num_classes=10), 64, 8, ["features.2", "features.5", "features.7"], "NCHW"),
+    "mobilenet_v2": (lambda: tv.mobilenet_v2(num_classes=10), 64, 19, ["stem", "features.1", "features.2"], "NCHW"),
+    "mobilenet_v3_small": (lambda: tv.mobilenet_v3_small(num_classes=10), 64, 13,
+                           ["stem", "features.1", "features.2"], "NCHW"),
+    "efficientnet_b0": (lambda: tv.efficientnet_b0(num_classes=10), 64, 18,
+                        ["stem", "features.1.0", "features.2.0"], "NCHW"),
+    "efficientnet_lite0": (_timm("efficientnet_lite0"), 64, 18, ["stem", "blocks.0.0", "blocks.1.0"], "NCHW"),
+    "convnext_tiny_timm": (_timm("convnext_tiny"), 64, 19,
+                           ["stem", "stages.0.blocks.0", "stages.0.blocks.1"], "NCHW"),
+    "deit_tiny_distilled": (_timm("deit_tiny_distilled_patch16_224", img_size=64), 64, 13,
+                            ["stem", "blocks.0", "blocks.1"], "NLC"),
+    "mixer_s16": (_timm("mixer_s16_224", img_size=64), 64, 9, ["stem", "blocks.0", "blocks.1"], "NLC"),
+}
+SLOW_FAMILIES = {
+    "inception_v3": (lambda: tv.inception_v3(num_classes=10, aux_logits=False, init_weights=False), 96, 16,
+                     ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "maxpool1", "Conv2d_3b_1x1", "maxpool2", "Mixed_5b"],
+                     "NCHW"),
+    "convnext_tiny_tv": (lambda: tv.convnext_tiny(num_classes=10), 64, 19,
+                         ["stem", "features.1.0", "features.1.1", "features.1.2", "features.3.0"], "NCHW"),
+    "swin_tiny": (_timm("swin_tiny_patch4_window7_224", img_size=112), 112, 13,
+                  ["stem", "layers.0.blocks.0", "layers.0.blocks.1", "layers.1.blocks.0"], "NHWC"),
+    "vit_tiny": (_timm("vit_tiny_patch16_224", img_size=64), 64, 13, ["stem", "blocks.0", "blocks.1"], "NLC"),
+}
+
+
+def _check_family(builder, size, n_pre, first, layout):
+    torch.manual_seed(0)
+    model = builder().eval()
+    x = torch.randn(2, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every family traces with fx: no fallback warning
+        points = split(model, x)
+    names = [p.name for p in points]
+    assert len(points) == n_pre + 2
+    assert names[:len(first)] == first
+    assert names[-2:] == ["pool", "final"]
+    assert [p.index for p in points] == list(range(len(points)))
+    want = [len(a) for a in np.array_split(np.arange(n_pre), 3)]
+    assert _sizes(points) == want + [1, 1]
+    assert all(p.node for p in points)  # traced
+    assert all(p.layout == layout for p in points[1:n_pre])
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+        logits = model(x)
+    assert list(reps) == names
+    for p in points[:n_pre]:
+        assert reps[p.name].dim() == 4 and reps[p.name].shape[0] == 2, p.name
+        assert tuple(reps[p.name].shape[1:]) == p.shape
+    assert reps["pool"].dim() == 2 and reps["pool"].shape[0] == 2
+    torch.testing.assert_close(reps["final"], logits)
+    # pool is the vector the classifier's (first) linear layer reads
+    fc = model.get_submodule(points[-2].module)
+    assert isinstance(fc, nn.Linear) and reps["pool"].shape[1] == fc.in_features
+    return model, x, points, reps
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_points_parts_and_shapes(family):
+    _check_family(*FAMILIES[family])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(SLOW_FAMILIES))
+def test_family_points_parts_and_shapes_slow(family):
+    _check_family(*SLOW_FAMILIES[family])
+
+
+def test_resnet50_parts_and_pool_match_the_model():
+    model, x, points, reps = _check_family(*FAMILIES["resnet50"])
+    assert _sizes(points) == [6, 6, 5, 1, 1]
+    assert points[0].module == "maxpool" and points[0].part == "early"
+    assert all(tuple(reps[f"layer1.{i}"].shape) == (2, 256, 16, 16) for i in range(3))
+    assert tuple(reps["layer4.2"].shape) == (2, 2048, 2, 2)
+    with torch.no_grad():
+        m = model
+        stem = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        l4 = m.layer4(m.layer3(m.layer2(m.layer1(stem))))
+    torch.testing.assert_close(reps["stem"], stem)
+    torch.testing.assert_close(reps["layer4.2"], l4)
+    torch.testing.assert_close(reps["pool"], torch.flatten(m.avgpool(l4), 1))
+
+
+@pytest.mark.parametrize("depth, n_pre", [(34, 17), (101, 34)])
+def test_deeper_resnets_count_blocks(depth, n_pre):
+    model = getattr(tv, f"resnet{depth}")(num_classes=10)
+    points = split(model, torch.randn(1, 3, 32, 32))
+    assert len(points) == n_pre + 2 and points[0].name == "stem"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, n_pre", [("resnext101_32x8d", 34), ("wide_resnet50_2", 17), ("resnet152", 51)])
+def test_big_resnets_count_blocks(name, n_pre):
+    points = split(getattr(tv, name)(num_classes=10), torch.randn(1, 3, 32, 32), method="hooks")
+    assert len(points) == n_pre + 2
+
+
+def test_vit_drops_prefix_tokens_on_the_14x14_grid():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, depth=3).eval()
+    x = torch.randn(1, 3, 224, 224)
+    points = split(model, x)
+    assert [p.name for p in points] == ["stem", "blocks.0", "blocks.1", "blocks.2", "pool", "final"]
+    assert [p.prefix_tokens for p in points[:4]] == [0, 1, 1, 1]  # the stem has no class token yet
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+        tokens = model.blocks(model.norm_pre(model._pos_embed(model.patch_embed(x))))
+        feats = model.forward_features(x)
+        pre_logits = model.forward_head(feats, pre_logits=True)
+    assert all(tuple(reps[n].shape) == (1, 192, 14, 14) for n in ["stem", "blocks.0", "blocks.2"])
+    # token (i, j) of the patch grid is map position (i, j), the class token is gone
+    torch.testing.assert_close(reps["blocks.2"][0, :, 3, 5], tokens[0, 1 + 3 * 14 + 5])
+    torch.testing.assert_close(reps["pool"], pre_logits)
+    torch.testing.assert_close(reps["final"], model(x))
+
+
+def test_deit_distilled_drops_two_prefix_tokens():
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=10,
+                              img_size=64, depth=2).eval()
+    x = torch.randn(2, 3, 64, 64)
+    points = split(model, x)
+    assert [p.prefix_tokens for p in points[:3]] == [0, 2, 2]
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+        blocks = model.blocks(model.norm_pre(model._pos_embed(model.patch_embed(x))))
+    assert blocks.shape[1] == 2 + 16
+    torch.testing.assert_close(reps["blocks.1"].flatten(2).transpose(1, 2), blocks[:, 2:])
+    torch.testing.assert_close(reps["final"], model(x))
+
+
+@pytest.mark.slow
+def test_swin_channels_last_is_permuted():
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=10,
+                              img_size=112).eval()
+    x = torch.randn(1, 3, 112, 112)
+    points = split(model, x)
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+        stem = model.patch_embed(x)  # [N, H, W, C]
+    assert stem.shape[-1] == 96 and tuple(reps["stem"].shape) == (1, 96, 28, 28)
+    torch.testing.assert_close(reps["stem"], stem.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("builder, size", [
+    (lambda: tv.resnet18(num_classes=10), 64),
+    (_timm("vit_tiny_patch16_224", img_size=32, depth=2), 32),
+])
+def test_fx_and_hooks_give_the_same_tensors(builder, size):
+    torch.manual_seed(0)
+    model = builder().eval()
+    x = torch.randn(2, 3, size, size)
+    fx_points = split(model, x, method="fx")
+    hook_points = split(model, x, method="hooks")
+    assert [p.name for p in fx_points] == [p.name for p in hook_points]
+    assert all(p.node for p in fx_points) and not any(p.node for p in hook_points)
+    fx_ext = representations(model, fx_points)
+    hook_ext = representations(model, hook_points)
+    assert isinstance(fx_ext, Representations) and fx_ext.method == "fx" and hook_ext.method == "hooks"
+    with torch.no_grad():
+        a, b = fx_ext(x), hook_ext(x)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+def test_user_named_points_override():
+    model = tv.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    # module names and an fx node name, in any order: sorted by execution; pool/final appended
+    points = split(model, x, points=["layer4", "layer1", "layer2.1.relu_1", "layer3"])
+    assert [p.name for p in points] == ["layer1", "layer2.1.relu_1", "layer3", "layer4", "pool", "final"]
+    assert _sizes(points) == [2, 1, 1, 1, 1]
+    assert points[1].module is None and points[1].node == "layer2.1.relu_1"
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+        l1 = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))
+    torch.testing.assert_close(reps["layer1"], l1)
+    assert tuple(reps["layer2.1.relu_1"].shape) == (2, 128, 8, 8)
+    # naming pool / final places exactly those
+    points = split(model, x, points=["layer2", "final"], method="hooks")
+    assert [(p.name, p.part) for p in points] == [("layer2", "early"), ("final", "final")]
+
+
+def test_plain_sequential_cnn_has_one_point_per_conv_layer():
+    def layer(c_in, pool=False):
+        return [nn.Conv2d(c_in, 20, 3), nn.BatchNorm2d(20), nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
+
+    mods = layer(1) + layer(20, pool=True)
+    for _ in range(5):
+        mods += layer(20)
+    model = nn.Sequential(*mods, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(20, 6)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    points = split(model, x)
+    assert [p.name for p in points] == ["2", "6", "9", "12", "15", "18", "21", "pool", "final"]
+    assert _sizes(points) == [3, 2, 2, 1, 1]
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+    assert [tuple(reps[p.name].shape[1:]) for p in points] == [
+        (20, 26, 26), (20, 12, 12), (20, 10, 10), (20, 8, 8), (20, 6, 6), (20, 4, 4), (20, 2, 2), (20,), (6,)]
+    torch.testing.assert_close(reps["pool"], model[:-1](x))
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+        self.conv = nn.Sequential(nn.Conv2d(8, 8, 3), nn.ReLU())
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if x.sum() > 0:  # data-dependent control flow: fx cannot trace this
+            x = x * 1.0
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_untraceable_model_falls_back_to_hooks():
+    model, x = _Untraceable().eval(), torch.randn(2, 3, 16, 16)
+    with pytest.warns(UserWarning, match="using forward hooks"):
+        points = split(model, x)
+    assert [p.name for p in points] == ["stem", "conv", "pool", "final"]
+    assert not any(p.node for p in points)
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+    torch.testing.assert_close(reps["final"], model(x))
+    with pytest.raises(ValueError, match="method='hooks'"):
+        split(model, x, method="fx")
+
+
+def test_unsupported_model_error_says_how_to_name_points():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))  # no pooling, no classifier
+    with pytest.raises(ValueError, match=r"points=\[\.\.\.\]") as err:
+        split(model, torch.randn(1, 3, 16, 16))
+    assert "get_graph_node_names" in str(err.value)
+    with pytest.raises(ValueError, match="get_graph_node_names"):
+        split(tv.resnet18(num_classes=10), torch.randn(1, 3, 32, 32), points=["layer9"])
+
+
+def test_split_leaves_the_model_untouched():
+    model = tv.resnet18(num_classes=10).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    split(model, torch.randn(2, 3, 32, 32))
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_point_is_frozen_and_argument_errors():
+    p = Point("stem", "early", 0)
+    with pytest.raises(Exception):
+        p.name = "x"
+    model = tv.resnet18(num_classes=10)
+    with pytest.raises(ValueError, match="method"):
+        split(model, torch.randn(1, 3, 32, 32), method="magic")
+    with pytest.raises(ValueError, match="example_input"):
+        split(model, torch.randn(3, 32, 32))
+    with pytest.raises(TypeError, match="points"):
+        representations(model, ["stem"])
