@@ -19,6 +19,8 @@ from .transforms import (Flip, Identity, Rotation, Transform, Translation, diago
 
 __version__ = "0.1.0"
 
+ops.load()  # registers the operator and its fake, so torch.compile/export see it
+
 
 __all__ = ["functional", "reference", "transforms", "ops", "backend", "TOLERANCE", "Scores",
            "Report", "Transform", "Rotation", "Flip", "Translation", "Identity", "diagonal_shifts",

@@ -17,7 +17,7 @@ from . import ops, reference
 from .reference import METRICS, TOLERANCE, VECTOR_MODES, Scores, is_vector
 from .transforms import Identity, Transform
 
-__all__ = ["equivariance_scores", "backend", "Scores", "TOLERANCE"]
+__all__ = ["equivariance_scores", "check_finite", "backend", "Scores", "TOLERANCE"]
 
 _BACKENDS = ("auto", "operator", "reference")
 
@@ -68,17 +68,24 @@ def _check(fx, ftx, metric, vector_mode, backend_name):
         raise ValueError(f"Expected `vector_mode` to be one of {VECTOR_MODES}, but got {vector_mode!r}.")
     if backend_name not in _BACKENDS:
         raise ValueError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend_name!r}.")
-    for name, t in (("fx", fx), ("ftx", ftx)):
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(
-                f"Expected `{name}` to be finite, but it holds NaN or infinity; check the model "
-                "and its input (a diverged checkpoint, or unnormalised images under float16)."
-            )
+
+
+def check_finite(t: torch.Tensor, name: str = "fx") -> None:
+    """Raise ``ValueError`` if ``t`` holds NaN or infinity.
+
+    One float64 sum instead of an elementwise mask: a NaN or infinity anywhere makes the sum
+    non-finite, and finite float32/float16 values cannot overflow a float64 sum.
+    """
+    if not bool(torch.isfinite(t.sum(dtype=torch.float64))):
+        raise ValueError(
+            f"Expected `{name}` to be finite, but it holds NaN or infinity; check the model "
+            "and its input (a diverged checkpoint, or unnormalised images under float16)."
+        )
 
 
 def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional[Transform] = None,
                         metric: str = "correlation", input_size=None, vector_mode: str = "per_image",
-                        eps: float = TOLERANCE, backend: str = "auto") -> Scores:
+                        eps: float = TOLERANCE, backend: str = "auto", check: bool = True) -> Scores:
     """Channel and layer equivariance scores of one representation under one transform.
 
     Args:
@@ -95,6 +102,8 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
         eps: the tolerance below which a vector is undefined (see :mod:`equifast.reference`).
         backend: ``"auto"`` (the operator if compiled, else the reference), ``"operator"`` or
             ``"reference"``.
+        check: check that ``fx`` and ``ftx`` are finite (callers that checked them already,
+            like :func:`equifast.measure`, pass ``False``).
 
     Returns:
         :class:`Scores` ``(channel, layer, layer_index)``, each ``[N, K]``: float32 scores in
@@ -110,6 +119,9 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
         True
     """
     _check(fx, ftx, metric, vector_mode, backend)
+    if check:
+        check_finite(fx, "fx")
+        check_finite(ftx, "ftx")
     if input_size is not None:
         input_size = (int(input_size[0]), int(input_size[1]))
     if is_vector(fx):

@@ -1,0 +1,394 @@
+"""Tests of equifast.training: data sets, augmentations, models, recipes, trainer, studies, CLI.
+
+Real data: Fashion-MNIST idx files in /usr/share/datasets/fashion-mnist (skipped without).
+MNIST and CIFAR-10 are not needed: MNIST is faked with idx files written here, and the
+CIFAR-10 augmentations are checked on synthetic images.
+"""
+import gzip
+import json
+import os
+import struct
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from equifast.training import (KEPT_CLASSES, REMOVED_CLASSES, build_dataset, build_model,
+                               get_recipe, list_recipes, train)
+from equifast.training.data import (FASHION_MNIST_ROOT, BatchCollate, CIFAR10Dataset,
+                                    image_transform, load_fashion_mnist, read_idx)
+from equifast.training.studies import STUDIES, plot_study, run_study, summarize
+from equifast.training.trainer import load_model
+
+needs_fmnist = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(FASHION_MNIST_ROOT, "train-images-idx3-ubyte.gz")),
+    reason="Fashion-MNIST idx files not found")
+
+QUICK = dict(epochs=2, train_subset=512, test_subset=256, batch_size=64, device="cpu")
+
+
+# ----------------------------------------------------------------------------- data sets
+def _write_idx(path, array):
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with (gzip.open if path.endswith(".gz") else open)(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+@pytest.fixture(scope="module")
+def fake_mnist(tmp_path_factory):
+    """A tiny MNIST in the torchvision layout root/MNIST/raw (plain idx files)."""
+    root = tmp_path_factory.mktemp("mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 200), ("t10k", 50)):
+        _write_idx(str(raw / f"{prefix}-images-idx3-ubyte"), rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(str(raw / f"{prefix}-labels-idx1-ubyte"), np.arange(n) % 10)
+    return str(root)
+
+
+def test_read_idx_roundtrip(tmp_path):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    for name in ("x-idx3-ubyte", "x-idx3-ubyte.gz"):
+        _write_idx(str(tmp_path / name), a)
+        np.testing.assert_array_equal(read_idx(str(tmp_path / name)), a)
+
+
+def test_mnist6_from_local_root(fake_mnist):
+    ds = build_dataset("mnist6", fake_mnist, train=True)
+    original = np.arange(200) % 10
+    kept = original[ds.source_index.numpy()]
+    assert not np.isin(kept, REMOVED_CLASSES).any()
+    assert len(ds) == int(np.isin(original, KEPT_CLASSES).sum())
+    # documented mapping (2, 3, 4, 5, 7, 9) -> (0..5)
+    np.testing.assert_array_equal(ds.labels.numpy(),
+                                  [KEPT_CLASSES.index(c) for c in kept])
+    x, y = ds[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+@needs_fmnist
+def test_fmnist6_variants():
+    images, labels = load_fashion_mnist(train=False)
+    plain = build_dataset("fmnist6", train=False)
+    inv = build_dataset("fmnist6-rot-inv", train=False)
+    eq = build_dataset("fmnist6-rot-eq", train=False)
+    for ds in (plain, inv, eq):
+        src = ds.source_index.numpy()
+        assert not np.isin(labels[src], REMOVED_CLASSES).any()
+        assert set(ds.labels.tolist()) == set(range(6))
+        np.testing.assert_array_equal(ds.labels.numpy(),
+                                      [KEPT_CLASSES.index(c) for c in labels[src]])
+    assert len(plain) == 6000
+    assert (plain.turns == 0).all()
+    # Rot-Inv: labels unchanged, images are rot90 of the originals by the recorded turn.
+    assert torch.equal(inv.labels, plain.labels)
+    assert set(inv.turns.tolist()) == {0, 1, 2, 3}
+    for i in range(0, len(inv), 97):
+        orig = torch.from_numpy(images[inv.source_index[i].item()].copy())
+        assert torch.equal(inv.images[i, 0], torch.rot90(orig, int(inv.turns[i]), dims=(-2, -1)))
+    # Rot-Eq: same images, the target carries the applied turn.
+    assert torch.equal(eq.images, inv.images) and torch.equal(eq.turns, inv.turns)
+    for i in range(0, len(eq), 501):
+        x, target = eq[i]
+        assert target.tolist() == [eq.labels[i].item(), eq.turns[i].item()]
+        assert torch.equal(x, inv[i][0])
+    # turns are fixed per image: a subset sees the same turn for the same image
+    sub = build_dataset("fmnist6-rot-inv", train=False, subset=100)
+    where = {s: i for i, s in enumerate(inv.source_index.tolist())}
+    assert all(sub.turns[j] == inv.turns[where[s]] for j, s in enumerate(sub.source_index.tolist()))
+
+
+def test_missing_root_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data-root.*download=True"):
+        build_dataset("mnist6", str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="Expected `root` to be the MNIST folder"):
+        build_dataset("mnist6-rot-eq", None)
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py.*--data-root"):
+        CIFAR10Dataset(str(tmp_path))
+    with pytest.raises(ValueError, match="Expected a data set name"):
+        build_dataset("mnist7")
+
+
+# ------------------------------------------------------------------------- augmentations
+def _pil(seed=0):
+    from PIL import Image
+    a = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    return Image.fromarray(a), a
+
+
+def test_crop_is_shifted_zero_padded_copy():
+    from torchvision.transforms import functional as TF
+    torch.manual_seed(0)
+    img, _ = _pil()
+    base = TF.to_tensor(img)
+    padded = torch.nn.functional.pad(base, (4, 4, 4, 4))
+    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
+    offsets = set()
+    for _ in range(8):
+        out = image_transform("crop")(img)
+        assert out.shape == (3, 32, 32)
+        raw = out * std[:, None, None] + mean[:, None, None]
+        hits = [(i, j) for i in range(9) for j in range(9)
+                if torch.allclose(raw, padded[:, i:i + 32, j:j + 32], atol=1e-5)]
+        assert hits, "crop output is not a window of the 4-pixel zero-padded image"
+        offsets.add(hits[0])
+    assert len(offsets) > 1
+
+
+def test_flip_equals_torch_flip_on_some_samples():
+    torch.manual_seed(0)
+    img, _ = _pil(1)
+    plain = image_transform("none")(img)
+    outs = [image_transform("flip")(img) for _ in range(12)]
+    flipped = [torch.equal(o, torch.flip(plain, dims=(-1,))) for o in outs]
+    kept = [torch.equal(o, plain) for o in outs]
+    assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+
+
+def test_randaugment_and_eval_pipeline():
+    torch.manual_seed(0)
+    img, _ = _pil(2)
+    assert image_transform("randaugment")(img).shape == (3, 32, 32)
+    # no augmentation at test time, whatever the name
+    assert torch.equal(image_transform("crop", train=False)(img), image_transform("none")(img))
+    with pytest.raises(ValueError, match="Expected `augment`"):
+        image_transform("mixup")
+
+
+def test_cutmix_mixes_labels_by_box_area():
+    torch.manual_seed(0)
+    n = 6
+    batch = [(torch.full((3, 32, 32), float(i)), torch.tensor(i)) for i in range(n)]
+    collate = BatchCollate("cutmix", num_classes=10)
+    mixed = 0
+    for _ in range(5):
+        x, y = collate(batch)
+        assert x.shape == (n, 3, 32, 32) and y.shape == (n, 10)
+        torch.testing.assert_close(y.sum(1), torch.ones(n))
+        for i in range(n):
+            own = (x[i] == i).float().mean().item()
+            other = (x[i] == (i - 1) % n).float().mean().item()  # pasted from the rolled batch
+            assert own + other == pytest.approx(1.0)
+            assert y[i, i].item() == pytest.approx(own, abs=1e-6)
+            assert y[i, (i - 1) % n].item() == pytest.approx(other, abs=1e-6)
+        mixed += int((y.max(1).values < 1).any())
+    assert mixed > 0
+    x, y = BatchCollate("none")(batch)
+    assert y.tolist() == list(range(n))
+
+
+# ---------------------------------------------------------------------------------- models
+def test_cnn7_structure_and_heads():
+    m = build_model("cnn7", num_classes=6)
+    assert [n for n, _ in m.named_children()] == ["stem", "layers", "pool", "head"]
+    assert len(m.layers) == 6 and m.head.out_features == 6
+    convs = [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)]
+    assert len(convs) == 7 and all(c.out_channels == 20 and c.kernel_size == (3, 3) for c in convs)
+    x = torch.randn(2, 1, 28, 28)
+    assert m.forward_features(x).shape == (2, 20, 2, 2)
+    eq = build_model("cnn7", num_classes=6, num_rotations=4)
+    assert eq(x).shape == (2, 10)
+
+
+def test_resnet44_structure_and_widths():
+    m = build_model("resnet44")
+    assert [n for n, _ in m.named_children()] == ["stem", "layer1", "layer2", "layer3", "pool",
+                                                  "head"]
+    assert [len(m.layer1), len(m.layer2), len(m.layer3)] == [7, 7, 7]
+    assert len(m.point_names()) == 22
+    assert sum(p.numel() for p in m.parameters()) == 658_586  # ResNet-44 (option A): 0.66M
+    for w in (1, 2):
+        mw = build_model("resnet44", width=w)
+        assert mw.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 64 * w, 8, 8)
+    with pytest.raises(ValueError, match="Expected `name`"):
+        build_model("vgg")
+
+
+# --------------------------------------------------------------------------------- recipes
+def test_recipes_follow_tables():
+    names = list_recipes()
+    for ds in ("mnist6", "mnist6-rot-inv", "mnist6-rot-eq", "fmnist6", "fmnist6-rot-inv",
+               "fmnist6-rot-eq"):
+        r = get_recipe(f"cnn7-{ds}")
+        assert (r.optimizer, r.lr, r.weight_decay, r.epochs, r.milestones, r.batch_size) == \
+            ("adam", 0.01, 5e-4, 100, (25, 50), 128)
+    for n in ["resnet44-" + a for a in ("none", "crop", "flip", "cutmix", "randaugment")] + \
+            [f"resnet44-w{w}" for w in (1, 2, 4, 8)]:
+        r = get_recipe(n)
+        assert n in names
+        assert (r.optimizer, r.lr, r.momentum, r.weight_decay, r.epochs, r.milestones,
+                r.batch_size) == ("sgd", 0.1, 0.9, 1e-4, 200, (100, 150), 128)
+    assert get_recipe("resnet44-w4").width == 4 and get_recipe("resnet44-cutmix").augment == "cutmix"
+    with pytest.raises(ValueError, match="Expected recipe fields"):
+        get_recipe("cnn7-mnist6", epoch=3)
+    with pytest.raises(ValueError, match="Expected a recipe name"):
+        get_recipe("cnn8")
+
+
+# --------------------------------------------------------------------------------- trainer
+@needs_fmnist
+def test_short_real_run_learns(tmp_path):
+    recipe = get_recipe("cnn7-fmnist6", epochs=2, train_subset=2000, test_subset=2000,
+                        device="cpu")
+    result = train(recipe, str(tmp_path))
+    assert result.test_acc > 0.5, result.metrics  # chance is 1/6
+    for name in ("checkpoint.pt", "metrics.csv", "model.pt", "result.json", "recipe.json"):
+        assert (tmp_path / name).is_file()
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(metrics.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc",
+                                     "lr", "seconds"]
+    assert metrics["epoch"].tolist() == [1, 2]
+    assert json.loads((tmp_path / "result.json").read_text())["test_acc"] == result.test_acc
+    model = load_model(str(tmp_path))
+    assert not model.training
+    # a finished run is reused, not retrained
+    stamp = os.stat(tmp_path / "checkpoint.pt").st_mtime_ns
+    again = train(recipe, str(tmp_path))
+    assert again.test_acc == result.test_acc and again.resumed_from == 2
+    assert os.stat(tmp_path / "checkpoint.pt").st_mtime_ns == stamp
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+@needs_fmnist
+def test_resume_after_crash_equals_uninterrupted(tmp_path):
+    recipe = get_recipe("cnn7-fmnist6-rot-eq", **QUICK)
+    straight = train(recipe, str(tmp_path / "straight"))
+
+    def crash(epoch, row):
+        if epoch == 1:
+            raise _Crash("simulated crash after epoch 1")
+
+    with pytest.raises(_Crash):
+        train(recipe, str(tmp_path / "crashed"), callback=crash)
+    assert not (tmp_path / "crashed" / "result.json").exists()
+    with pytest.raises(FileExistsError, match="resume=True"):
+        train(recipe, str(tmp_path / "crashed"), resume=False)
+    resumed = train(recipe, str(tmp_path / "crashed"))
+    assert resumed.resumed_from == 1 and resumed.epochs == 2
+
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "crashed" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    drop = ["seconds"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "straight" / "metrics.csv").drop(columns=drop),
+        pd.read_csv(tmp_path / "crashed" / "metrics.csv").drop(columns=drop))
+    # Rot-Eq reports class and rotation accuracy
+    assert straight.test_rot_acc is not None and 0 <= straight.test_rot_acc <= 1
+    assert resumed.test_rot_acc == straight.test_rot_acc
+
+
+@needs_fmnist
+def test_out_dir_protection(tmp_path):
+    recipe = get_recipe("cnn7-fmnist6", **{**QUICK, "epochs": 1})
+    first = train(recipe, str(tmp_path))
+    with pytest.raises(ValueError, match="overwrite=True"):
+        train(recipe.replace(lr=0.1), str(tmp_path))
+    # harmless fields (device, data_root) may differ
+    again = train(recipe.replace(data_root=FASHION_MNIST_ROOT), str(tmp_path))
+    assert again.test_acc == first.test_acc
+    redone = train(recipe.replace(lr=0.001), str(tmp_path), overwrite=True)
+    assert redone.resumed_from == 0 and redone.recipe.lr == 0.001
+
+
+# --------------------------------------------------------------------------------- studies
+def _fake_measure(model, images, transforms=(), metric="correlation", batch_size=64,
+                  n_images=2000, device=None, seed=0):
+    """Stands in for equifast.measure: one row per part with scores from the weights."""
+    base = float(torch.sigmoid(next(model.parameters()).detach().mean()))
+    parts = pd.DataFrame({"part": ["early", "middle", "late", "pool", "final"],
+                          "family": "rotation", "channel": base, "layer": min(1.0, base + 0.1)})
+    assert images.shape[1:] == (1, 28, 28) and len(transforms) == 3
+    return types.SimpleNamespace(parts=parts)
+
+
+@needs_fmnist
+def test_run_study_tables_and_figure(tmp_path, monkeypatch):
+    import equifast
+    monkeypatch.setattr(equifast, "measure", _fake_measure, raising=False)
+    summary = run_study("objective-fashion", str(tmp_path), seeds=[0, 1],
+                        overrides={**QUICK, "epochs": 1, "train_subset": 128, "test_subset": 64},
+                        n_images=16)
+    assert (tmp_path / "figure.png").stat().st_size > 0
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert len(runs) == 3 * 2 * 5 and set(runs["seed"]) == {0, 1}
+    assert runs.loc[runs.setting == "FMNIST6-Rot-Eq", "test_rot_acc"].notna().all()
+    labels = [s for s, _ in STUDIES["objective-fashion"].settings]
+    assert list(summary["setting"].unique()) == labels
+    assert list(summary["part"][:5]) == ["early", "middle", "late", "pool", "final"]
+    assert {"channel_mean", "channel_std", "layer_mean", "test_acc_mean", "n_seeds"} <= set(summary)
+    assert (summary["n_seeds"] == 2).all()
+    assert (tmp_path / "FMNIST6-Rot-Inv" / "seed1" / "model.pt").is_file()
+
+
+def test_summarize_and_plot(tmp_path):
+    rows = [dict(setting=s, recipe=s, seed=k, part=p, family="translation", channel=c + k * 0.1,
+                 layer=c + 0.05, test_acc=0.9) for s, c in (("none", 0.3), ("crop", 0.5))
+            for k in (0, 1) for p in ("early", "middle", "late", "pool", "final")]
+    summary = summarize(pd.DataFrame(rows))
+    first = summary.iloc[0]
+    assert (first.setting, first.part) == ("none", "early")
+    assert first.channel_mean == pytest.approx(0.35)
+    assert first.channel_std == pytest.approx(0.0707, abs=1e-3)
+    fig = plot_study(summary, str(tmp_path / "f.png"), "t")
+    assert len(fig.axes) == 2 and (tmp_path / "f.png").is_file()
+
+
+def test_studies_transforms():
+    assert STUDIES["augmentation"].transforms == "translation:1-16"
+    assert STUDIES["capacity"].transforms == "translation:1-16"
+    assert STUDIES["objective"].transforms == "rotation"
+    assert [r for _, r in STUDIES["capacity"].settings] == [f"resnet44-w{w}" for w in (1, 2, 4, 8)]
+
+
+# ------------------------------------------------------------------------------------- CLI
+@needs_fmnist
+def test_cli_train(tmp_path, capsys):
+    from equifast.training.cli import main
+    assert main(["train", "--list"]) == 0
+    assert "resnet44-randaugment" in capsys.readouterr().out
+    out = str(tmp_path / "run")
+    assert main(["train", "cnn7-fmnist6-rot-inv", "--epochs", "1", "--subset", "256",
+                 "--test-subset", "128", "--seed", "3", "--device", "cpu", "--out", out]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["epochs"] == 1 and 0 <= printed["test_acc"] <= 1
+    assert json.loads(open(os.path.join(out, "recipe.json")).read())["seed"] == 3
+    with pytest.raises(SystemExit):
+        main(["train", "cnn7-fmnist6", "--epochs", "x"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "cnn7-mnist6", "--epochs", "1", "--out", str(tmp_path / "no-data")])
+    assert exit_.value.code == 2 and "--data-root" in capsys.readouterr().err
+
+
+def test_cli_parsers_plug_into_a_parent():
+    import argparse
+    from equifast.training.cli import add_study_parser, add_train_parser
+    parser = argparse.ArgumentParser(prog="equifast")
+    sub = parser.add_subparsers(dest="command")
+    add_train_parser(sub)
+    add_study_parser(sub)
+    args = parser.parse_args(["study", "capacity", "--seeds", "0", "1", "--epochs", "3",
+                              "--out", "x"])
+    assert (args.study, args.seeds, args.epochs, args.out) == ("capacity", [0, 1], 3, "x")
+    assert callable(args.func)
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_study_with_real_measure(tmp_path):
+    import equifast
+    if not hasattr(equifast, "measure"):
+        pytest.skip("equifast.measure is not available yet")
+    summary = run_study("objective-fashion", str(tmp_path), seeds=[0],
+                        overrides={**QUICK, "epochs": 1}, n_images=64)
+    assert set(summary["part"]) >= {"early", "middle", "late", "pool", "final"}
+    assert summary["channel_mean"].between(0, 1).all()

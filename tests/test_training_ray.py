@@ -1,0 +1,55 @@
+"""Ray Train data-parallel training on CPU (two gloo workers in a local Ray instance).
+
+Slow (~35 s on 2 cores: most of it is starting Ray and the worker group), hence marked.
+"""
+import json
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.train.torch")
+
+from equifast.training import get_recipe  # noqa: E402
+from equifast.training.data import FASHION_MNIST_ROOT  # noqa: E402
+from equifast.training.ray_train import train_ray  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.isfile(os.path.join(FASHION_MNIST_ROOT,
+                                                       "train-images-idx3-ubyte.gz")),
+                       reason="Fashion-MNIST idx files not found"),
+]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def test_two_worker_run_writes_single_process_format(tmp_path, local_ray):
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=1000, test_subset=500,
+                        device="cpu")
+    result = train_ray(recipe, str(tmp_path), num_workers=2)
+    for name in ("checkpoint.pt", "metrics.csv", "model.pt", "result.json", "recipe.json"):
+        assert (tmp_path / name).is_file(), name
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(metrics.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc",
+                                     "lr", "seconds"]
+    assert metrics["epoch"].tolist() == [1]
+    assert result.epochs == 1 and result.test_acc > 1 / 6  # above chance after one epoch
+    assert json.loads((tmp_path / "result.json").read_text())["test_acc"] == result.test_acc
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and len(ckpt["rng_per_rank"]) == 2 and ckpt["epoch"] == 1
+    # the weights load into the plain model (no DDP "module." prefix)
+    from equifast.training.trainer import load_model
+    load_model(str(tmp_path))
+    # a finished run is reused without starting workers
+    assert train_ray(recipe, str(tmp_path), num_workers=2).test_acc == result.test_acc

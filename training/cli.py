@@ -1,0 +1,143 @@
+"""Command-line entry points ``equifast train`` and ``equifast study``.
+
+The ``equifast`` CLI adds them with :func:`add_train_parser` and :func:`add_study_parser`;
+each sets ``func`` on its sub-parser (``args.func(args)`` runs it). :func:`main` runs them
+on their own (for tests and ``python -m equifast.training.cli``).
+
+Examples::
+
+    equifast train cnn7-fmnist6 --epochs 2 --subset 2000 --out runs/quick
+    equifast train resnet44-crop --data-root ~/data/cifar10 --workers 2
+    equifast train --list
+    equifast study objective-fashion --seeds 0 1 --epochs 10 --out runs/objective-fashion
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import List, Optional
+
+__all__ = ["add_train_parser", "add_study_parser", "main", "build_parser"]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="data folder (Fashion-MNIST has a default)")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="let torchvision download missing data")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--batch-size", type=int, help="override the global batch size")
+    p.add_argument("--lr", type=float, help="override the learning rate")
+    p.add_argument("--subset", type=int, help="train on a random subset of N images")
+    p.add_argument("--test-subset", type=int, help="test on a random subset of N images")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="Ray Train data-parallel workers (1: train in this process)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per Ray worker")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain and replace finished runs in the output folder")
+
+
+def _overrides(args) -> dict:
+    return dict(data_root=args.data_root, download=args.download, epochs=args.epochs,
+                batch_size=args.batch_size, lr=args.lr, train_subset=args.subset,
+                test_subset=args.test_subset, device=args.device)
+
+
+def _run_train(args) -> int:
+    from .recipes import get_recipe, list_recipes
+    if args.list or not args.recipe:
+        print("\n".join(list_recipes()))
+        return 0
+    recipe = get_recipe(args.recipe, seed=args.seed, **_overrides(args))
+    out = args.out or os.path.join("runs", recipe.name, f"seed{recipe.seed}")
+    if args.workers > 1 or args.gpu:
+        from .ray_train import train_ray
+        result = train_ray(recipe, out, num_workers=args.workers, use_gpu=args.gpu,
+                           overwrite=args.overwrite)
+    else:
+        from .trainer import train
+        result = train(recipe, out, overwrite=args.overwrite)
+    summary = {"out": result.out_dir, "epochs": result.epochs, "test_acc": result.test_acc,
+               "test_loss": result.test_loss}
+    if result.test_rot_acc is not None:
+        summary["test_rot_acc"] = result.test_rot_acc
+    print(json.dumps(summary))
+    return 0
+
+
+def _run_study(args) -> int:
+    from .studies import STUDIES, get_study, run_study
+    if args.list or not args.study:
+        print("\n".join(STUDIES))
+        return 0
+    study = get_study(args.study)
+    out = args.out or os.path.join("runs", study.name)
+    summary = run_study(study.name, out, seeds=args.seeds, overrides=_overrides(args),
+                        workers=args.workers, measure=not args.no_measure,
+                        n_images=args.n_images, device=args.device, overwrite=args.overwrite)
+    if summary is not None:
+        print(summary.to_string(index=False))
+        print(f"figure: {os.path.join(out, 'figure.png')}")
+    return 0
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``train RECIPE`` to an argparse sub-parser set; returns the new parser."""
+    p = subparsers.add_parser("train", help="train a thesis recipe",
+                              description="Train a named recipe (see --list); resumes an "
+                                          "unfinished run in --out, reuses a finished one.")
+    p.add_argument("recipe", nargs="?", help="recipe name, e.g. cnn7-fmnist6, resnet44-crop")
+    p.add_argument("--list", action="store_true", help="list the recipes and exit")
+    p.add_argument("--seed", type=int, help="training seed (default 0)")
+    p.add_argument("--out", help="run folder (default runs/RECIPE/seedS)")
+    _add_common(p)
+    p.set_defaults(func=_run_train)
+    return p
+
+
+def add_study_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``study NAME`` to an argparse sub-parser set; returns the new parser."""
+    p = subparsers.add_parser("study", help="rerun a thesis study (train, measure, draw)",
+                              description="Train every setting and seed of a study, measure "
+                                          "the models with equifast.measure, write runs.csv, "
+                                          "summary.csv and figure.png.")
+    p.add_argument("study", nargs="?", help="objective, objective-fashion, augmentation, capacity")
+    p.add_argument("--list", action="store_true", help="list the studies and exit")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
+    p.add_argument("--out", help="study folder (default runs/STUDY)")
+    p.add_argument("--n-images", type=int, help="validation images to measure (default 2000)")
+    p.add_argument("--no-measure", action="store_true", help="train only")
+    _add_common(p)
+    p.set_defaults(func=_run_study)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with just the ``train`` and ``study`` commands."""
+    parser = argparse.ArgumentParser(prog="equifast")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_study_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``train`` or ``study`` from ``argv``; returns the exit code.
+
+    Example:
+        >>> main(["train", "--list"])  # doctest: +ELLIPSIS
+        cnn7-mnist6
+        ...
+        0
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        parser.exit(2, f"equifast {args.command}: error: {err}\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

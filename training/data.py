@@ -1,0 +1,356 @@
+"""Data sets and augmentations of the thesis studies (section 4.2).
+
+Data sets (``build_dataset(name, ...)``):
+
+================== ===================================================================
+name               content
+================== ===================================================================
+``mnist6``         MNIST without the classes 0, 1, 6, 8; labels remapped (see below)
+``mnist6-rot-inv`` every image turned by a random quarter turn, label unchanged
+``mnist6-rot-eq``  same images; the target is ``(label, turn)``
+``fmnist6*``       the same three on Fashion-MNIST
+``cifar10``        CIFAR-10 (the augmentation and capacity studies)
+================== ===================================================================
+
+Label mapping of the ``*6`` sets: the kept classes ``(2, 3, 4, 5, 7, 9)`` become
+``(0, 1, 2, 3, 4, 5)`` (:data:`KEPT_CLASSES`). Fashion-MNIST drops the same indices,
+0 T-shirt/top, 1 Trouser, 6 Shirt, 8 Bag, and keeps Pullover, Dress, Coat, Sandal, Sneaker,
+Ankle boot.
+
+Rotations: image ``i`` is turned by ``turns[i]`` quarter turns, ``torch.rot90(x, turns[i],
+dims=(-2, -1))`` (counter-clockwise), drawn once from ``data_seed`` over the whole split
+(before any subset), so the same image always gets the same turn. The turns are kept on the
+data set (``dataset.turns``).
+
+Roots: MNIST is read from raw idx files (plain or ``.gz``) in ``root``, ``root/raw`` or
+``root/MNIST/raw`` (the ``torchvision.datasets.MNIST(root)`` layout); Fashion-MNIST likewise
+(``root/FashionMNIST/raw``), by default from :data:`FASHION_MNIST_ROOT`. ``download=True``
+fetches with torchvision (never the default). CIFAR-10 uses
+``torchvision.datasets.CIFAR10(root)``.
+
+Augmentations (:data:`AUGMENTATIONS`, CIFAR-10 only): ``none``, ``crop``
+(``RandomCrop(32, padding=4)``), ``flip`` (``RandomHorizontalFlip()``), ``randaugment``
+(``RandAugment()``), all per image, and ``cutmix`` (``torchvision.transforms.v2.CutMix``
+on batches: see :class:`BatchCollate`; targets become class probabilities).
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+__all__ = [
+    "DATASETS", "AUGMENTATIONS", "KEPT_CLASSES", "REMOVED_CLASSES", "FASHION_MNIST_ROOT",
+    "read_idx", "load_mnist", "load_fashion_mnist", "DigitsDataset", "CIFAR10Dataset",
+    "build_dataset", "image_transform", "BatchCollate", "dataset_info", "measure_images",
+]
+
+REMOVED_CLASSES: Tuple[int, ...] = (0, 1, 6, 8)
+KEPT_CLASSES: Tuple[int, ...] = (2, 3, 4, 5, 7, 9)
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+AUGMENTATIONS = ("none", "crop", "flip", "cutmix", "randaugment")
+DATASETS = ("mnist6", "mnist6-rot-inv", "mnist6-rot-eq",
+            "fmnist6", "fmnist6-rot-inv", "fmnist6-rot-eq", "cifar10")
+
+_MEAN_STD = {"mnist": (0.1307, 0.3081), "fmnist": (0.2860, 0.3530),
+             "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))}
+
+
+# ------------------------------------------------------------------------------ idx files
+def read_idx(path: str) -> np.ndarray:
+    """Read an idx file (``*-idx3-ubyte`` or ``*-idx1-ubyte``, optionally ``.gz``).
+
+    Example:
+        >>> read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").shape
+        (10000,)
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise ValueError(f"Expected an unsigned-byte idx file at {path!r}, but its header is "
+                         f"{data[:4]!r}; re-download the file.")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(root: str, sub: str, stem: str) -> Optional[str]:
+    for d in (root, os.path.join(root, "raw"), os.path.join(root, sub, "raw")):
+        for ext in ("", ".gz"):
+            p = os.path.join(d, stem + ext)
+            if os.path.isfile(p):
+                return p
+    return None
+
+
+def _load_idx_pair(root: str, sub: str, train: bool, what: str, option: str,
+                   download: bool, tv_cls: str) -> Tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if train else "t10k"
+    stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    root = os.path.expanduser(str(root)) if root is not None else None
+    paths = [_find_idx(root, sub, s) for s in stems] if root else [None, None]
+    if None in paths and download and root:
+        import torchvision
+        getattr(torchvision.datasets, tv_cls)(root, train=train, download=True)
+        paths = [_find_idx(root, sub, s) for s in stems]
+    if None in paths:
+        raise FileNotFoundError(
+            f"Expected the {what} idx files {stems[0]}[.gz] and {stems[1]}[.gz] in `root`, "
+            f"`root`/raw or `root`/{sub}/raw, but got root={root!r} without them. Put the files "
+            f"there and pass that folder as `root` ({option} on the command line), or pass "
+            f"download=True (--download) to fetch them with torchvision.")
+    images, labels = (_read_idx_cached(p, os.stat(p).st_mtime_ns) for p in paths)
+    return images, labels.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_cached(path: str, mtime_ns: int) -> np.ndarray:
+    """:func:`read_idx` memoised per file version (runs of a study share the data)."""
+    return read_idx(path)  # read-only array: callers index (copy) it
+
+
+def load_mnist(root: str, train: bool = True, download: bool = False
+               ) -> Tuple[np.ndarray, np.ndarray]:
+    """MNIST as ``(images uint8 [N, 28, 28], labels int64 [N])`` from raw idx files."""
+    return _load_idx_pair(root, "MNIST", train, "MNIST", "--data-root", download, "MNIST")
+
+
+def load_fashion_mnist(root: Optional[str] = None, train: bool = True, download: bool = False
+                       ) -> Tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST as ``(images, labels)``; ``root`` defaults to :data:`FASHION_MNIST_ROOT`."""
+    return _load_idx_pair(root or FASHION_MNIST_ROOT, "FashionMNIST", train, "Fashion-MNIST",
+                          "--data-root", download, "FashionMNIST")
+
+
+# ------------------------------------------------------------------------------ data sets
+def _subset_indices(n: int, subset: Optional[int], seed: int) -> np.ndarray:
+    if subset is None or subset >= n:
+        return np.arange(n)
+    if subset < 1:
+        raise ValueError(f"Expected `subset` to be a positive number of images, but got {subset}.")
+    return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:subset])
+
+
+class DigitsDataset(Dataset):
+    """MNIST6 / Fashion-MNIST6 and their rotated variants, held in memory.
+
+    Items are ``(image float32 [1, 28, 28] normalised, target)``; ``target`` is the class
+    (``int64`` scalar) or, for Rot-Eq, ``int64 [2]`` = ``(class, turn)``.
+
+    Attributes:
+        images: uint8 ``[N, 1, 28, 28]``, already turned.
+        labels: int64 ``[N]``, remapped classes ``0..5``.
+        turns: int64 ``[N]``, quarter turns applied (all 0 without rotation).
+        source_index: int64 ``[N]``, index of each image in the original split.
+
+    Args:
+        images: uint8 ``[M, 28, 28]`` of the whole split.
+        labels: original labels ``[M]``.
+        rotate: turn every image by a random quarter turn.
+        predict_turn: make the target ``(class, turn)`` (Rot-Eq).
+        data_seed: seed of the turns and of the subset.
+        subset: keep this many images (a seeded random subset) for quick runs.
+        mean_std: normalisation.
+        train: which split (only changes the turn stream).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, rotate: bool = False,
+                 predict_turn: bool = False, data_seed: int = 0, subset: Optional[int] = None,
+                 mean_std: Tuple[float, float] = _MEAN_STD["mnist"], train: bool = True):
+        keep = np.flatnonzero(np.isin(labels, KEPT_CLASSES))
+        remap = np.full(10, -1, dtype=np.int64)
+        remap[list(KEPT_CLASSES)] = np.arange(len(KEPT_CLASSES))
+        turns = (np.random.default_rng([data_seed, int(train)]).integers(0, 4, len(keep))
+                 if rotate else np.zeros(len(keep), dtype=np.int64))
+        pick = _subset_indices(len(keep), subset, data_seed)
+        self.source_index = torch.from_numpy(keep[pick].astype(np.int64))
+        self.labels = torch.from_numpy(remap[labels[keep[pick]]])
+        self.turns = torch.from_numpy(turns[pick].astype(np.int64))
+        imgs = torch.from_numpy(np.ascontiguousarray(images[keep[pick]])).unsqueeze(1)
+        for q in (1, 2, 3):
+            sel = self.turns == q
+            if sel.any():
+                imgs[sel] = torch.rot90(imgs[sel], q, dims=(-2, -1))
+        self.images = imgs.contiguous()
+        self.predict_turn = predict_turn
+        self.mean, self.std = mean_std
+        self.num_classes = len(KEPT_CLASSES)
+        self.num_rotations = 4 if predict_turn else 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[..., 28, 28]`` -> normalised float32."""
+        return (images.float() / 255.0 - self.mean) / self.std
+
+    def __getitem__(self, i: int):
+        x = self.normalise(self.images[i])
+        if self.predict_turn:
+            return x, torch.stack([self.labels[i], self.turns[i]])
+        return x, self.labels[i]
+
+
+class CIFAR10Dataset(Dataset):
+    """CIFAR-10 from ``torchvision.datasets.CIFAR10(root)`` with a per-image transform.
+
+    Items are ``(image float32 [3, 32, 32] normalised, class int64)``.
+    """
+
+    def __init__(self, root: str, train: bool = True, transform: Optional[Callable] = None,
+                 download: bool = False, subset: Optional[int] = None, data_seed: int = 0):
+        import torchvision
+        root = os.path.expanduser(str(root)) if root else None
+        folder = os.path.join(root, "cifar-10-batches-py") if root else None
+        if not download and (folder is None or not os.path.isdir(folder)):
+            raise FileNotFoundError(
+                f"Expected CIFAR-10 in `root`/cifar-10-batches-py (the torchvision.datasets."
+                f"CIFAR10 layout), but got root={root!r} without it. Extract cifar-10-python."
+                f"tar.gz there and pass that folder as `root` (--data-root), or pass "
+                f"download=True (--download).")
+        self.base = torchvision.datasets.CIFAR10(root, train=train, download=download)
+        self.indices = _subset_indices(len(self.base), subset, data_seed)
+        self.transform = transform
+        self.num_classes, self.num_rotations = 10, 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        img, label = self.base[int(self.indices[i])]
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, torch.tensor(label, dtype=torch.int64)
+
+
+# -------------------------------------------------------------------------- augmentations
+def image_transform(augment: str = "none", train: bool = True) -> Callable:
+    """The per-image CIFAR-10 pipeline: augmentation (train only), ToTensor, Normalize.
+
+    ``cutmix`` adds nothing here: it acts on batches (:class:`BatchCollate`).
+
+    Example:
+        >>> from PIL import Image
+        >>> image_transform("crop")(Image.new("RGB", (32, 32))).shape
+        torch.Size([3, 32, 32])
+    """
+    from torchvision import transforms as T
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"Expected `augment` to be one of {AUGMENTATIONS}, but got {augment!r}.")
+    steps: List[Callable] = []
+    if train and augment == "crop":
+        steps.append(T.RandomCrop(32, padding=4))
+    elif train and augment == "flip":
+        steps.append(T.RandomHorizontalFlip())
+    elif train and augment == "randaugment":
+        steps.append(T.RandAugment())
+    mean, std = _MEAN_STD["cifar10"]
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
+
+
+class BatchCollate:
+    """``default_collate`` followed by an optional batch transform (CutMix).
+
+    With ``augment="cutmix"`` each batch goes through ``torchvision.transforms.v2.CutMix(
+    num_classes=num_classes)``: a box of area ratio ``1 - lam`` (``lam ~ Beta(1, 1)``) is
+    pasted from the batch rolled by one, and the targets become ``lam * onehot(y) +
+    (1 - lam) * onehot(y_rolled)`` with ``lam`` corrected to the exact box area.
+    A picklable class, so it works with loader worker processes.
+    """
+
+    def __init__(self, augment: str = "none", num_classes: int = 10):
+        self.augment, self.num_classes = augment, num_classes
+        self._cutmix = None
+        if augment == "cutmix":
+            from torchvision.transforms import v2
+            self._cutmix = v2.CutMix(num_classes=num_classes)
+
+    def __call__(self, batch: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+        x, y = default_collate(batch)
+        if self._cutmix is not None:
+            x, y = self._cutmix(x, y)
+        return x, y
+
+
+# ----------------------------------------------------------------------------- factory
+def dataset_info(name: str) -> dict:
+    """Static facts of a data set: family, rotate, predict_turn, num_classes, channels.
+
+    Example:
+        >>> dataset_info("mnist6-rot-eq")["num_rotations"]
+        4
+    """
+    if name not in DATASETS:
+        raise ValueError(f"Expected a data set name in {DATASETS}, but got {name!r}.")
+    if name == "cifar10":
+        return dict(family="cifar10", rotate=False, predict_turn=False, num_classes=10,
+                    num_rotations=0, in_channels=3, image_size=32)
+    return dict(family=name.split("-")[0][:-1], rotate="-rot-" in name,
+                predict_turn=name.endswith("-rot-eq"), num_classes=6,
+                num_rotations=4 if name.endswith("-rot-eq") else 0, in_channels=1,
+                image_size=28)
+
+
+def build_dataset(name: str, root: Optional[str] = None, train: bool = True,
+                  augment: str = "none", download: bool = False, subset: Optional[int] = None,
+                  data_seed: int = 0) -> Dataset:
+    """Build one of :data:`DATASETS`.
+
+    Args:
+        name: data set name, e.g. ``"fmnist6-rot-inv"``.
+        root: data folder (see the module docstring); ``None`` is allowed for the
+            Fashion-MNIST sets only (then :data:`FASHION_MNIST_ROOT`).
+        train: training or test split.
+        augment: one of :data:`AUGMENTATIONS` (CIFAR-10 only; applied to the training split).
+        download: fetch missing files with torchvision.
+        subset: keep a seeded random subset of this many images.
+        data_seed: seed of the rotations and of the subset.
+
+    Raises:
+        FileNotFoundError: the files are not under ``root``.
+
+    Example:
+        >>> ds = build_dataset("fmnist6-rot-eq", train=False, subset=10)
+        >>> x, (label, turn) = ds[0]
+        >>> x.shape
+        torch.Size([1, 28, 28])
+    """
+    info = dataset_info(name)
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"Expected `augment` to be one of {AUGMENTATIONS}, but got {augment!r}.")
+    if info["family"] == "cifar10":
+        return CIFAR10Dataset(root, train=train, transform=image_transform(augment, train),
+                              download=download, subset=subset, data_seed=data_seed)
+    if augment != "none":
+        raise ValueError(f"Expected `augment` to be 'none' for {name!r} (augmentations are "
+                         f"defined for cifar10 only), but got {augment!r}.")
+    if info["family"] == "mnist":
+        if root is None:
+            raise ValueError(f"Expected `root` to be the MNIST folder for {name!r}, but got "
+                             f"None. Pass root=... (--data-root): the folder that holds the idx files, or "
+                             f"where to fetch them with download=True (--download).")
+        images, labels = load_mnist(root, train, download)
+    else:
+        images, labels = load_fashion_mnist(root, train, download)
+    return DigitsDataset(images, labels, rotate=info["rotate"], predict_turn=info["predict_turn"],
+                         data_seed=data_seed, subset=subset, mean_std=_MEAN_STD[info["family"]],
+                         train=train)
+
+
+def measure_images(name: str, root: Optional[str] = None, n_images: int = 2000,
+                   data_seed: int = 0, download: bool = False) -> torch.Tensor:
+    """The first ``n_images`` test images of a data set, as the model sees them.
+
+    Returns:
+        float32 ``[n, C, H, W]``, normalised (and turned for the rotated sets); the
+        thesis measures on 2000 validation images.
+    """
+    ds = build_dataset(name, root, train=False, download=download, data_seed=data_seed)
+    n = min(n_images, len(ds))
+    return torch.stack([ds[i][0] for i in range(n)])

@@ -1,0 +1,223 @@
+"""The networks of the thesis studies (section 4.2): the 7-layer CNN and ResNet-44.
+
+Both are plain :class:`torch.nn.Module` s whose top-level children are the representation
+points in order, so :func:`equifast.split` (and a reader) finds them without tracing:
+
+- ``stem``: the first convolution block (its output is the first point);
+- the blocks: ``layers`` (CNN, an ``nn.Sequential``) or ``layer1``, ``layer2``, ``layer3``
+  (ResNet, one ``nn.Sequential`` of basic blocks per stage; every block is a point);
+- ``pool``: global average pooling and flatten, ``[N, C, h, w] -> [N, C]`` (the **pool** part);
+- ``head``: one ``nn.Linear`` (the **final** part, the logits).
+
+:meth:`point_names` lists the qualified names of the points before pooling, for users who
+name the points themselves.
+
+Example:
+    >>> model = build_model("cnn7", num_classes=6)
+    >>> model(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 6])
+    >>> model.point_names()[:3]
+    ['stem', 'layers.0', 'layers.1']
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CNN7", "ResNet", "BasicBlock", "cnn7", "resnet44", "build_model", "MODELS"]
+
+
+# --------------------------------------------------------------------------------- blocks
+def _conv_bn_relu(c_in: int, c_out: int, padding: int) -> List[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=padding, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True)]
+
+
+class BasicBlock(nn.Module):
+    """The CIFAR ResNet basic block: two 3x3 conv + BN, ReLU after the residual sum.
+
+    The shortcut is He et al.'s **option A** (parameter free, as in the original CIFAR
+    ResNets): identity when the shape is kept; otherwise the input is subsampled with
+    stride 2 and the new channels are zero-padded.
+
+    Args:
+        c_in: input channels.
+        c_out: output channels.
+        stride: 1, or 2 for the first block of a stage that halves the resolution.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.stride = stride
+        self.pad = c_out - c_in
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """Option-A shortcut: subsample by ``stride``, zero-pad the extra channels."""
+        if self.stride != 1:
+            x = x[:, :, ::self.stride, ::self.stride]
+        if self.pad:
+            x = F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class _Backbone(nn.Module):
+    """Shared ``forward_features`` / ``forward_head`` / ``point_names`` plumbing."""
+
+    block_names: tuple = ()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and blocks: ``[N, C_in, H, W] -> [N, C, h, w]`` (before global pooling)."""
+        x = self.stem(x)
+        for name in self.block_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Global pooling and the linear head: ``[N, C, h, w] -> [N, num_outputs]``."""
+        return self.head(self.pool(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def point_names(self) -> List[str]:
+        """Qualified module names of the points before pooling, in execution order."""
+        names = ["stem"]
+        for name in self.block_names:
+            names += [f"{name}.{i}" for i in range(len(getattr(self, name)))]
+        return names
+
+
+# ---------------------------------------------------------------------------------- models
+class CNN7(_Backbone):
+    """The 7-layer CNN of the objective study (Cohen & Welling's Z2CNN baseline).
+
+    Seven 3x3 convolutions with ``width`` (20) channels, each followed by batch norm and
+    ReLU; 2x2 max-pooling after layer 2; global average pooling; one linear head.
+
+    Padding: ``padding=0`` (valid convolutions, as in Z2CNN) by default. A 28x28 input gives
+    maps 26, 24 -> pool 12, 10, 8, 6, 4, 2. Valid convolutions and the even-sized pooling
+    crop symmetrically, so a quarter turn of the input is exactly a quarter turn of every
+    map (no border asymmetry). ``padding=1`` keeps 28 then 14.
+
+    Heads (``num_outputs`` logits from one ``nn.Linear``):
+
+    - MNIST6 / Rot-Inv: ``num_classes=6`` logits.
+    - Rot-Eq: ``num_classes=6, num_rotations=4``: one linear layer with ``6 + 4`` outputs;
+      the first 6 are the class logits, the last 4 the quarter-turn logits (two linear
+      heads sharing one module, so the **final** point stays one vector). The loss is the
+      sum of the two cross-entropies.
+
+    Module tree: ``stem`` (layer 1), ``layers`` (layers 2..7; layer 2 ends with the
+    max-pool), ``pool``, ``head``.
+
+    Args:
+        num_classes: number of classes.
+        num_rotations: 0, or 4 to also predict the quarter turn (Rot-Eq).
+        in_channels: image channels (1 for (Fashion-)MNIST).
+        width: channels of every convolution.
+        padding: 0 (valid, default) or 1 (same).
+    """
+
+    block_names = ("layers",)
+
+    def __init__(self, num_classes: int = 6, num_rotations: int = 0, in_channels: int = 1,
+                 width: int = 20, padding: int = 0):
+        super().__init__()
+        if padding not in (0, 1):
+            raise ValueError(f"Expected `padding` to be 0 or 1, but got {padding!r}.")
+        self.num_classes, self.num_rotations = num_classes, num_rotations
+        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, width, padding))
+        blocks = [nn.Sequential(*_conv_bn_relu(width, width, padding), nn.MaxPool2d(2))]
+        blocks += [nn.Sequential(*_conv_bn_relu(width, width, padding)) for _ in range(5)]
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.head = nn.Linear(width, num_classes + num_rotations)
+
+
+class ResNet(_Backbone):
+    """CIFAR ResNet-(6n+2) with a width multiplier (ResNet-44: ``n=7``).
+
+    A 3x3 stem conv (+BN, ReLU) with ``16*width`` channels, three stages of ``n`` basic
+    blocks with ``16, 32, 64`` times ``width`` channels (stride 2 at the start of stages 2
+    and 3), global average pooling, one linear head. Shortcuts are option A (see
+    :class:`BasicBlock`).
+
+    Capacity study: the thesis text trains WideResNet-40 at widths ``s in {1, 2, 4, 8}``;
+    SPEC section 6 uses ResNet-44 at several widths. Here ``width`` scales every stage of
+    ResNet-44 (the WideResNet widening applied to ResNet-44), so ``width=1`` is exactly the
+    augmentation-study network.
+
+    Module tree: ``stem``, ``layer1``, ``layer2``, ``layer3`` (each an ``nn.Sequential`` of
+    blocks), ``pool``, ``head``. With ``n=7`` there are 22 points before pooling; split
+    8/7/7 they give early = 32x32, middle = 16x16, late = 8x8 maps.
+
+    Args:
+        depth: ``6n + 2`` (44 for ResNet-44).
+        num_classes: classes (10 for CIFAR-10).
+        width: channel multiplier (1, 2, 4, 8 in the capacity study).
+        in_channels: image channels.
+    """
+
+    block_names = ("layer1", "layer2", "layer3")
+
+    def __init__(self, depth: int = 44, num_classes: int = 10, width: int = 1,
+                 in_channels: int = 3):
+        super().__init__()
+        if (depth - 2) % 6 or depth < 8:
+            raise ValueError(f"Expected `depth` to be 6n+2 (20, 32, 44, 56, ...), but got {depth}.")
+        if int(width) != width or width < 1:
+            raise ValueError(f"Expected `width` to be a positive integer, but got {width!r}.")
+        n, c = (depth - 2) // 6, 16 * int(width)
+        self.num_classes, self.num_rotations = num_classes, 0
+        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, c, 1))
+        self.layer1 = self._stage(c, c, n, 1)
+        self.layer2 = self._stage(c, 2 * c, n, 2)
+        self.layer3 = self._stage(2 * c, 4 * c, n, 2)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.head = nn.Linear(4 * c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @staticmethod
+    def _stage(c_in: int, c_out: int, n: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(BasicBlock(c_in, c_out, stride),
+                             *[BasicBlock(c_out, c_out) for _ in range(n - 1)])
+
+
+# ------------------------------------------------------------------------- entry points
+def cnn7(num_classes: int = 6, num_rotations: int = 0, **kwargs) -> CNN7:
+    """The 7-layer, 20-channel CNN of the objective study (see :class:`CNN7`)."""
+    return CNN7(num_classes=num_classes, num_rotations=num_rotations, **kwargs)
+
+
+def resnet44(num_classes: int = 10, width: int = 1, **kwargs) -> ResNet:
+    """ResNet-44 for CIFAR-10, optionally widened (see :class:`ResNet`)."""
+    return ResNet(depth=44, num_classes=num_classes, width=width, **kwargs)
+
+
+MODELS = {"cnn7": cnn7, "resnet44": resnet44}
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a model by name (``"cnn7"`` or ``"resnet44"``).
+
+    Example:
+        >>> build_model("resnet44", width=2).head.in_features
+        128
+    """
+    if name not in MODELS:
+        raise ValueError(f"Expected `name` to be one of {sorted(MODELS)}, but got {name!r}.")
+    return MODELS[name](**kwargs)

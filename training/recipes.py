@@ -1,0 +1,162 @@
+"""Named training recipes with the settings of the thesis' appendix tables 1 and 2.
+
+================================ ====================================================
+recipes                          settings
+================================ ====================================================
+``cnn7-mnist6``,                 objective study (table 1): 7-layer CNN, Adam lr 0.01,
+``cnn7-mnist6-rot-inv``,         L2 5e-4, 100 epochs, lr /10 at epochs 25 and 50,
+``cnn7-mnist6-rot-eq``,          batch 128
+``cnn7-fmnist6[-rot-inv|-rot-eq]``
+``resnet44-{none,crop,flip,      augmentation study (table 2): ResNet-44 on CIFAR-10, SGD
+cutmix,randaugment}``            lr 0.1, momentum 0.9, L2 1e-4, 200 epochs, /10 at 100
+                                 and 150, batch 128
+``resnet44-w{1,2,4,8}``          capacity study: table 2 at width multipliers 1, 2, 4, 8
+                                 (no augmentation)
+================================ ====================================================
+
+"L2 reg." is the optimiser's ``weight_decay`` (coupled L2, also for Adam, not AdamW). The
+learning-rate milestones are epochs; overriding ``epochs`` leaves them where they are.
+
+Example:
+    >>> r = get_recipe("cnn7-fmnist6", epochs=2, train_subset=2000)
+    >>> (r.optimizer, r.lr, r.epochs, r.milestones)
+    ('adam', 0.01, 2, (25, 50))
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+__all__ = ["Recipe", "RECIPES", "get_recipe", "list_recipes", "IGNORED_ON_RESUME"]
+
+# Fields that may change between a run and its resumption without changing the result.
+IGNORED_ON_RESUME = ("data_root", "download", "device", "num_workers", "name")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a training run needs; every field may be overridden.
+
+    Attributes:
+        name: recipe name (also the default output folder name).
+        model: ``"cnn7"`` or ``"resnet44"``; ``width`` is ResNet-44's channel multiplier.
+        dataset: a name of :data:`equifast.training.data.DATASETS`.
+        augment: one of :data:`equifast.training.data.AUGMENTATIONS`.
+        optimizer: ``"adam"`` or ``"sgd"``; ``lr``, ``momentum`` (SGD), ``weight_decay`` (L2).
+        epochs: epochs to train; ``milestones`` and ``gamma`` form the MultiStepLR schedule.
+        batch_size: global batch size (split across Ray workers).
+        seed: training seed (weights, shuffling, augmentation).
+        data_seed: seed of the data set itself (rotations, subsets); fixed across seeds.
+        data_root: data folder (``None``: Fashion-MNIST's default folder; required otherwise).
+        download: let torchvision download missing data.
+        train_subset, test_subset: use a seeded random subset of this many images.
+        measure_images: validation images used to measure the trained model (thesis: 2000).
+        device: ``"cpu"``, ``"cuda"``, ... (``None``: CUDA when available).
+        num_workers: data-loader worker processes.
+    """
+
+    name: str = "custom"
+    model: str = "cnn7"
+    width: int = 1
+    dataset: str = "mnist6"
+    augment: str = "none"
+    optimizer: str = "adam"
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 5e-4
+    epochs: int = 100
+    milestones: Tuple[int, ...] = (25, 50)
+    gamma: float = 0.1
+    batch_size: int = 128
+    seed: int = 0
+    data_seed: int = 0
+    data_root: Optional[str] = None
+    download: bool = False
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    measure_images: int = 2000
+    device: Optional[str] = None
+    num_workers: int = 0
+
+    def __post_init__(self):
+        from .data import AUGMENTATIONS, DATASETS
+        from .models import MODELS
+        checks = [("model", self.model, tuple(MODELS)), ("dataset", self.dataset, DATASETS),
+                  ("augment", self.augment, AUGMENTATIONS),
+                  ("optimizer", self.optimizer, ("adam", "sgd"))]
+        for what, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"Expected `{what}` to be one of {list(allowed)}, "
+                                 f"but got {value!r}.")
+        for what in ("epochs", "batch_size", "width"):
+            if int(getattr(self, what)) < 1:
+                raise ValueError(f"Expected `{what}` to be >= 1, but got {getattr(self, what)!r}.")
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+
+    def replace(self, **overrides) -> "Recipe":
+        """A copy with some fields changed; ``None`` values are ignored (CLI defaults).
+
+        Example:
+            >>> get_recipe("resnet44-crop").replace(epochs=1, seed=None).seed
+            0
+        """
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"Expected recipe fields among {sorted(names)}, but got {unknown}.")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> Dict:
+        """JSON-ready dict (``milestones`` as a list)."""
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "Recipe":
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        return cls(**{**d, "milestones": tuple(d.get("milestones", ()))})
+
+    def same_run(self, other: "Recipe") -> bool:
+        """Whether two recipes train the same model (ignores :data:`IGNORED_ON_RESUME`)."""
+        a, b = self.to_dict(), other.to_dict()
+        return all(a[k] == b[k] for k in a if k not in IGNORED_ON_RESUME)
+
+
+def _objective(dataset: str) -> Recipe:
+    return Recipe(name=f"cnn7-{dataset}", model="cnn7", dataset=dataset, optimizer="adam",
+                  lr=0.01, weight_decay=5e-4, epochs=100, milestones=(25, 50), batch_size=128)
+
+
+def _resnet(name: str, augment: str = "none", width: int = 1) -> Recipe:
+    return Recipe(name=name, model="resnet44", width=width, dataset="cifar10", augment=augment,
+                  optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, epochs=200,
+                  milestones=(100, 150), batch_size=128)
+
+
+RECIPES: Dict[str, Recipe] = {}
+for _ds in ("mnist6", "mnist6-rot-inv", "mnist6-rot-eq",
+            "fmnist6", "fmnist6-rot-inv", "fmnist6-rot-eq"):
+    RECIPES[f"cnn7-{_ds}"] = _objective(_ds)
+for _aug in ("none", "crop", "flip", "cutmix", "randaugment"):
+    RECIPES[f"resnet44-{_aug}"] = _resnet(f"resnet44-{_aug}", augment=_aug)
+for _w in (1, 2, 4, 8):
+    RECIPES[f"resnet44-w{_w}"] = _resnet(f"resnet44-w{_w}", width=_w)
+
+
+def list_recipes() -> List[str]:
+    """The recipe names, in study order."""
+    return list(RECIPES)
+
+
+def get_recipe(name: str, **overrides) -> Recipe:
+    """The recipe ``name`` with optional field overrides (``None`` overrides are ignored).
+
+    Raises:
+        ValueError: unknown name or field.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"Expected a recipe name in {list_recipes()}, but got {name!r}. "
+                         f"List them with `equifast train --list`.")
+    return RECIPES[name].replace(**overrides)

@@ -1,0 +1,259 @@
+"""The thesis studies of section 4.2: train every setting and seed, measure, tabulate, draw.
+
+============================ ================================ =========================
+study                        settings (recipes)               measured with
+============================ ================================ =========================
+``objective``                ``cnn7-mnist6``, ``-rot-inv``,   rotations 90, 180, 270
+                             ``-rot-eq`` (figure 7)
+``objective-fashion``        the same on Fashion-MNIST        rotations 90, 180, 270
+``augmentation``             ``resnet44-{none,crop,flip,      diagonal shifts 1..16
+                             cutmix,randaugment}`` (fig. 9)
+``capacity``                 ``resnet44-w{1,2,4,8}`` (fig. 10) diagonal shifts 1..16
+============================ ================================ =========================
+
+Each run lives in ``out/<setting>/seed<k>/`` (see :mod:`equifast.training.trainer`).
+:func:`measure_study` measures every finished run with :func:`equifast.measure` on the first
+``measure_images`` (2000) test images of its data set and returns one row per (setting,
+seed, part, family); :func:`summarize` joins accuracy and part scores over seeds (mean and
+std); :func:`plot_study` draws channel and layer scores per part, one line per setting.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pandas as pd
+
+from .recipes import Recipe, get_recipe
+
+__all__ = ["Study", "STUDIES", "get_study", "run_study", "measure_study", "summarize",
+           "plot_study", "PART_ORDER"]
+
+PART_ORDER = ("early", "middle", "late", "pool", "final")
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study: its settings, seeds and the transforms it measures with.
+
+    Attributes:
+        name: study name.
+        settings: ``(label, recipe name)`` pairs, one line each in the figure.
+        transforms: transform spec for :func:`equifast.parse_transforms`.
+        seeds: default seeds (the thesis repeats every setting 3 times).
+        title: figure title.
+    """
+
+    name: str
+    settings: Tuple[Tuple[str, str], ...]
+    transforms: str
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    title: str = ""
+
+    def make_transforms(self) -> List:
+        """The transforms as :mod:`equifast.transforms` objects."""
+        from equifast.transforms import parse_transforms
+        return parse_transforms(self.transforms)
+
+    def runs(self, seeds: Optional[Sequence[int]] = None) -> List[Tuple[str, str, int]]:
+        """``(label, recipe name, seed)`` of every run."""
+        return [(label, recipe, s) for label, recipe in self.settings
+                for s in (self.seeds if seeds is None else seeds)]
+
+
+STUDIES: Dict[str, Study] = {
+    "objective": Study(
+        "objective", (("MNIST6", "cnn7-mnist6"), ("MNIST6-Rot-Inv", "cnn7-mnist6-rot-inv"),
+                      ("MNIST6-Rot-Eq", "cnn7-mnist6-rot-eq")),
+        "rotation", title="Rotation equivariance per objective (7-layer CNN)"),
+    "objective-fashion": Study(
+        "objective-fashion",
+        (("FMNIST6", "cnn7-fmnist6"), ("FMNIST6-Rot-Inv", "cnn7-fmnist6-rot-inv"),
+         ("FMNIST6-Rot-Eq", "cnn7-fmnist6-rot-eq")),
+        "rotation", title="Rotation equivariance per objective (7-layer CNN, Fashion-MNIST)"),
+    "augmentation": Study(
+        "augmentation", tuple((aug, f"resnet44-{aug}")
+                              for aug in ("none", "crop", "flip", "cutmix", "randaugment")),
+        "translation:1-16", title="Translation equivariance per augmentation (ResNet-44)"),
+    "capacity": Study(
+        "capacity", tuple((f"width {w}", f"resnet44-w{w}") for w in (1, 2, 4, 8)),
+        "translation:1-16", title="Translation equivariance per width (ResNet-44)"),
+}
+
+
+def get_study(name: str) -> Study:
+    """The study ``name`` (see :data:`STUDIES`)."""
+    if name not in STUDIES:
+        raise ValueError(f"Expected a study name in {list(STUDIES)}, but got {name!r}.")
+    return STUDIES[name]
+
+
+def _run_dir(out: str, label: str, seed: int) -> str:
+    safe = label.replace(" ", "-").replace("/", "-")
+    return os.path.join(out, safe, f"seed{seed}")
+
+
+def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] = None,
+                  n_images: Optional[int] = None, batch_size: int = 64, device=None,
+                  metric: str = "correlation") -> pd.DataFrame:
+    """Measure every trained run of a study with :func:`equifast.measure`.
+
+    Args:
+        study: a :class:`Study` or its name.
+        out: the study folder given to :func:`run_study`.
+        seeds: seeds to measure (default: the study's).
+        n_images: validation images (default: each recipe's ``measure_images``, 2000).
+        batch_size, device, metric: passed to :func:`equifast.measure`.
+
+    Returns:
+        One row per (setting, seed, part, family): ``setting, recipe, seed, part, family,
+        channel, layer, test_acc`` (+ ``test_rot_acc``).
+    """
+    import equifast  # lazy: the measuring side of the library
+
+    from .data import measure_images
+    from .trainer import load_model, prepare_out_dir
+    study = get_study(study) if isinstance(study, str) else study
+    transforms = study.make_transforms()
+    rows, cache = [], {}
+    for label, recipe_name, seed in study.runs(seeds):
+        run = _run_dir(out, label, seed)
+        if not os.path.isfile(os.path.join(run, "result.json")):
+            raise FileNotFoundError(f"Expected a finished run in {run!r}, but it has no "
+                                    f"result.json. Train it with `equifast study {study.name}`.")
+        recipe = Recipe.from_dict(json.loads(Path(run, "recipe.json").read_text()))
+        result = prepare_out_dir(recipe, run)  # reads the finished result, trains nothing
+        n = n_images or recipe.measure_images
+        key = (recipe.dataset, recipe.data_root, recipe.data_seed, n)
+        if key not in cache:
+            cache[key] = measure_images(recipe.dataset, recipe.data_root, n, recipe.data_seed)
+        report = equifast.measure(load_model(run), cache[key], transforms=transforms,
+                                  metric=metric, batch_size=batch_size, n_images=n,
+                                  device=device, seed=0)
+        parts = report.parts.copy()
+        parts.insert(0, "seed", seed)
+        parts.insert(0, "recipe", recipe_name)
+        parts.insert(0, "setting", label)
+        parts["test_acc"] = result.test_acc
+        if result.test_rot_acc is not None:
+            parts["test_rot_acc"] = result.test_rot_acc
+        rows.append(parts)
+    return pd.concat(rows, ignore_index=True)
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of accuracy and part scores.
+
+    Args:
+        runs: the output of :func:`measure_study`.
+
+    Returns:
+        One row per (setting, part, family) with ``<x>_mean`` and ``<x>_std`` for ``x`` in
+        ``channel, layer, test_acc`` (+ ``test_rot_acc``) and ``n_seeds``; settings keep
+        their study order and parts the order early, middle, late, pool, final.
+    """
+    # equifast.measure may give categorical columns: compare and group them as strings
+    runs = runs.astype({c: str for c in ("setting", "part", "family") if c in runs})
+    values = [c for c in ("channel", "layer", "test_acc", "test_rot_acc") if c in runs]
+    g = runs.groupby(["setting", "part", "family"], sort=False)
+    out = g[values].agg(["mean", "std"])
+    out.columns = [f"{a}_{b}" for a, b in out.columns]
+    out["n_seeds"] = g["seed"].nunique()
+    out = out.reset_index()
+    order = {p: i for i, p in enumerate(PART_ORDER)}
+    settings = {s: i for i, s in enumerate(dict.fromkeys(runs["setting"]))}
+    key = (out["setting"].map(settings).astype(int) * 100
+           + out["part"].map(lambda p: order.get(p, 99)).astype(int))
+    return out.iloc[key.argsort(kind="stable")].reset_index(drop=True)
+
+
+def plot_study(summary: pd.DataFrame, path: Optional[str] = None, title: str = ""):
+    """Draw channel (left) and layer (right) scores per part, one line per setting.
+
+    Error bars are the std over seeds (thesis figures 7, 9, 10).
+
+    Args:
+        summary: the output of :func:`summarize`.
+        path: where to save the figure (PNG, PDF, ...), or ``None``.
+        title: figure title.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    parts = [p for p in PART_ORDER if p in set(summary["part"])]
+    parts += [p for p in dict.fromkeys(summary["part"]) if p not in parts]
+    for ax, score in zip(axes, ("channel", "layer")):
+        for setting, df in summary.groupby("setting", sort=False):
+            df = df.groupby("part").mean(numeric_only=True).reindex(parts)
+            ax.errorbar(range(len(parts)), df[f"{score}_mean"], yerr=df[f"{score}_std"].fillna(0),
+                        marker="o", capsize=3, label=str(setting))
+        ax.set_xticks(range(len(parts)), [p.capitalize() for p in parts])
+        ax.set_title(f"{score.capitalize()} equivariance")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("score")
+    axes[1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=150)
+    return fig
+
+
+def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
+              overrides: Optional[Dict] = None, workers: int = 1, measure: bool = True,
+              n_images: Optional[int] = None, device=None, overwrite: bool = False
+              ) -> Optional[pd.DataFrame]:
+    """Train every setting and seed of a study, then measure, tabulate and draw it.
+
+    Finished runs are reused (nothing is retrained), so an interrupted study continues
+    where it stopped. Writes ``out/runs.csv`` (per seed), ``out/summary.csv`` (mean/std
+    over seeds) and ``out/figure.png``.
+
+    Args:
+        name: a name of :data:`STUDIES`.
+        out: study folder.
+        seeds: seeds (default: the study's three).
+        overrides: recipe fields to change for every run (``epochs``, ``data_root``, ...).
+        workers: Ray Train workers per run (1: in this process).
+        measure: measure and draw after training.
+        n_images, device: passed to :func:`measure_study`.
+        overwrite: retrain runs that are already finished.
+
+    Returns:
+        The summary table, or ``None`` when ``measure=False``.
+
+    Example:
+        >>> run_study("objective-fashion", "runs/objective-fashion",
+        ...           overrides={"epochs": 2, "train_subset": 2000})  # doctest: +SKIP
+    """
+    from .trainer import train
+    study = get_study(name)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for label, recipe_name, seed in study.runs(seeds):
+        recipe = get_recipe(recipe_name, **{**overrides, "seed": seed})
+        run = _run_dir(out, label, seed)
+        if workers > 1:
+            from .ray_train import train_ray
+            train_ray(recipe, run, num_workers=workers, overwrite=overwrite)
+        else:
+            train(recipe, run, overwrite=overwrite)
+    if not measure:
+        return None
+    runs = measure_study(study, out, seeds, n_images=n_images, device=device)
+    runs.to_csv(os.path.join(out, "runs.csv"), index=False)
+    summary = summarize(runs)
+    summary.to_csv(os.path.join(out, "summary.csv"), index=False)
+    import matplotlib.pyplot as plt
+    plt.close(plot_study(summary, os.path.join(out, "figure.png"), study.title))
+    return summary

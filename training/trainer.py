@@ -1,0 +1,460 @@
+"""Train a :class:`~equifast.training.recipes.Recipe` in one process, resumably.
+
+Files written to ``out_dir`` (the same by :mod:`equifast.training.ray_train`):
+
+=================== ====================================================================
+``recipe.json``     the recipe of the run
+``checkpoint.pt``   after every epoch: model, optimiser, scheduler, RNG states (torch,
+                    CUDA, numpy, python, the data-loader generator; one set per Ray
+                    worker), completed epochs, metric history. Written to a temporary file
+                    and moved in place with ``os.replace``, so it is never half written.
+``metrics.csv``     one row per epoch: ``epoch, train_loss, train_acc, test_loss,
+                    test_acc, lr, seconds`` (+ ``train_rot_acc, test_rot_acc`` for Rot-Eq);
+                    rewritten from the checkpoint's history, so it always matches it
+``tb/``             TensorBoard scalars (when tensorboard is installed)
+``model.pt``        the final ``state_dict`` (when finished)
+``result.json``     final accuracies; its presence marks a finished run
+=================== ====================================================================
+
+Resuming reloads ``checkpoint.pt`` and continues; the parameters after resuming are
+bitwise those of an uninterrupted run on the same machine (on CPU; on GPU only as
+deterministic as the kernels, see ``torch.use_deterministic_algorithms``; with Ray, when
+resumed with the same number of workers). A finished run is never
+retrained or overwritten unless ``overwrite=True``.
+
+Accuracy: ``test_acc`` is the class accuracy; Rot-Eq also reports ``test_rot_acc``, the
+quarter-turn accuracy. With CutMix the training accuracy counts the arg-max of the mixed
+target.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from .data import BatchCollate, build_dataset, dataset_info
+from .models import build_model
+from .recipes import Recipe
+
+__all__ = ["TrainResult", "train", "build_model_for", "load_model", "evaluate",
+           "prepare_out_dir", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
+
+CHECKPOINT, METRICS, RESULT, MODEL, RECIPE = (
+    "checkpoint.pt", "metrics.csv", "result.json", "model.pt", "recipe.json")
+_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+_ROT_COLUMNS = ["train_rot_acc", "test_rot_acc"]
+
+
+@dataclass
+class TrainResult:
+    """The outcome of a run (also read back from a finished ``out_dir``).
+
+    Attributes:
+        out_dir: the run folder.
+        recipe: the recipe trained.
+        epochs: completed epochs.
+        test_acc: final test (class) accuracy.
+        test_loss: final test loss.
+        test_rot_acc: final quarter-turn accuracy (Rot-Eq), else ``None``.
+        metrics: per-epoch rows as dicts (``metrics.csv``).
+        resumed_from: epochs already done when this call started (0 for a fresh run).
+    """
+
+    out_dir: str
+    recipe: Recipe
+    epochs: int
+    test_acc: float
+    test_loss: float
+    test_rot_acc: Optional[float]
+    metrics: List[Dict]
+    resumed_from: int = 0
+
+    @property
+    def model_path(self) -> str:
+        """Path of the final ``state_dict``."""
+        return os.path.join(self.out_dir, MODEL)
+
+    def load_model(self, map_location: str = "cpu") -> nn.Module:
+        """The trained model in eval mode."""
+        return load_model(self.out_dir, map_location)
+
+
+# ---------------------------------------------------------------------------- building
+def build_model_for(recipe: Recipe) -> nn.Module:
+    """The model of a recipe, with the head its data set needs."""
+    info = dataset_info(recipe.dataset)
+    if recipe.model == "cnn7":
+        return build_model("cnn7", num_classes=info["num_classes"],
+                           num_rotations=info["num_rotations"], in_channels=info["in_channels"])
+    return build_model("resnet44", num_classes=info["num_classes"], width=recipe.width,
+                       in_channels=info["in_channels"])
+
+
+def load_model(out_dir: str, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a run's model from ``recipe.json`` and its weights (``model.pt``, else the
+    latest ``checkpoint.pt``), in eval mode.
+
+    Example:
+        >>> model = load_model("runs/cnn7-fmnist6/seed0")  # doctest: +SKIP
+    """
+    out = Path(out_dir)
+    if not (out / RECIPE).is_file():
+        raise FileNotFoundError(f"Expected a run folder with {RECIPE}, but got {str(out)!r}. "
+                                f"Train it first with `equifast train`.")
+    recipe = Recipe.from_dict(json.loads((out / RECIPE).read_text()))
+    model = build_model_for(recipe)
+    if (out / MODEL).is_file():
+        state = torch.load(out / MODEL, map_location=map_location, weights_only=True)
+    else:
+        state = _load_checkpoint(out / CHECKPOINT, map_location)["model"]
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                           weight_decay=recipe.weight_decay)
+
+
+def _device(recipe: Recipe) -> torch.device:
+    if recipe.device:
+        return torch.device(recipe.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ------------------------------------------------------------------------ loss/metrics
+def _loss_and_counts(out: torch.Tensor, target: torch.Tensor, num_classes: int):
+    """Loss (batch mean) and ``(class correct, turn correct)`` counts of a batch."""
+    if target.dim() == 2 and target.dtype == torch.int64:  # Rot-Eq: (class, turn)
+        cls, rot = out[:, :num_classes], out[:, num_classes:]
+        loss = F.cross_entropy(cls, target[:, 0]) + F.cross_entropy(rot, target[:, 1])
+        return loss, (cls.argmax(1) == target[:, 0]).sum(), (rot.argmax(1) == target[:, 1]).sum()
+    loss = F.cross_entropy(out, target)  # class indices or (CutMix) probabilities
+    label = target.argmax(1) if target.dim() == 2 else target
+    return loss, (out.argmax(1) == label).sum(), torch.zeros((), dtype=torch.int64)
+
+
+def _run_epoch(model, loader, device, num_classes, optimizer=None) -> torch.Tensor:
+    """One pass; returns float64 sums ``[loss * n, n, correct, rot_correct]``."""
+    train = optimizer is not None
+    model.train(train)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # no host sync per batch
+    with torch.set_grad_enabled(train):
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss, correct, rot_correct = _loss_and_counts(model(x), y, num_classes)
+            if train:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            n = x.shape[0]
+            sums += torch.stack([loss.detach().double() * n, torch.tensor(n, device=device),
+                                 correct.double(), rot_correct.to(device).double()])
+    return sums.cpu()
+
+
+def evaluate(model: nn.Module, dataset, batch_size: int = 256, device=None) -> Dict[str, float]:
+    """Test loss and accuracies of ``model`` on ``dataset``.
+
+    Returns:
+        ``{"loss", "acc"}`` (+ ``"rot_acc"`` for Rot-Eq models).
+    """
+    device = torch.device(device) if device else next(model.parameters()).device
+    num_classes = getattr(model, "num_classes", None) or 10
+    sums = _run_epoch(model, DataLoader(dataset, batch_size=batch_size), device, num_classes)
+    return _summarise(sums, getattr(model, "num_rotations", 0) > 0)
+
+
+def _summarise(sums: torch.Tensor, rot: bool) -> Dict[str, float]:
+    n = max(sums[1].item(), 1.0)
+    out = {"loss": sums[0].item() / n, "acc": sums[2].item() / n}
+    if rot:
+        out["rot_acc"] = sums[3].item() / n
+    return out
+
+
+# --------------------------------------------------------------------------- run files
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def _write_csv(path: Path, rows: List[Dict]) -> None:
+    def write(p):
+        with open(p, "w", newline="") as f:
+            cols = _COLUMNS + [c for c in _ROT_COLUMNS if rows and c in rows[0]]
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    _atomic_write(path, write)
+
+
+def _load_checkpoint(path: Path, map_location="cpu") -> Dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _rng_state(generator: torch.Generator) -> Dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+            "python": random.getstate(), "loader": generator.get_state()}
+
+
+def _set_rng_state(state: Dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, key, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
+    random.setstate(state["python"])
+    generator.set_state(state["loader"])
+
+
+def _result_from_dir(out: Path, resumed_from: Optional[int] = None) -> TrainResult:
+    d = json.loads((out / RESULT).read_text())
+    rows = []
+    if (out / METRICS).is_file():
+        with open(out / METRICS, newline="") as f:
+            rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items() if v != ""}
+                    for r in csv.DictReader(f)]
+    return TrainResult(out_dir=str(out), recipe=Recipe.from_dict(d["recipe"]),
+                       epochs=d["epochs"], test_acc=d["test_acc"], test_loss=d["test_loss"],
+                       test_rot_acc=d.get("test_rot_acc"), metrics=rows,
+                       resumed_from=d["epochs"] if resumed_from is None else resumed_from)
+
+
+def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
+                    overwrite: bool = False) -> Optional[TrainResult]:
+    """Check ``out_dir`` before training; returns the result when the run is finished.
+
+    - empty or missing: created, ``recipe.json`` written;
+    - ``overwrite=True``: its run files are deleted first;
+    - finished (``result.json``): the stored :class:`TrainResult` (nothing is retrained);
+    - unfinished: resumed when ``resume`` (the recipe must describe the same run), else an
+      error.
+
+    Raises:
+        FileExistsError: an unfinished run is there and ``resume=False``.
+        ValueError: the stored recipe differs from ``recipe``.
+    """
+    out = Path(out_dir)
+    if overwrite and out.exists():
+        for name in (CHECKPOINT, METRICS, RESULT, MODEL, RECIPE):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tb", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / RECIPE).is_file():
+        stored = Recipe.from_dict(json.loads((out / RECIPE).read_text()))
+        if not stored.same_run(recipe):
+            diff = {k: (v, recipe.to_dict()[k]) for k, v in stored.to_dict().items()
+                    if v != recipe.to_dict()[k]}
+            raise ValueError(f"Expected `out_dir` {str(out)!r} to hold a run of the same recipe, "
+                             f"but the stored recipe differs (stored, given): {diff}. Use another "
+                             f"`out_dir` or pass overwrite=True (--overwrite) to replace it.")
+        if (out / RESULT).is_file():
+            return _result_from_dir(out)
+        if (out / CHECKPOINT).is_file() and not resume:
+            raise FileExistsError(f"Expected `out_dir` {str(out)!r} to be empty with resume=False, "
+                                  f"but it holds an unfinished run. Pass resume=True to continue "
+                                  f"it or overwrite=True (--overwrite) to start again.")
+    _write_text(out / RECIPE, json.dumps(recipe.to_dict(), indent=2))
+    return None
+
+
+# ------------------------------------------------------------------------------- fitting
+class _Dist:
+    """Rank, world size and sum-reduction; trivial without ``torch.distributed``."""
+
+    def __init__(self):
+        import torch.distributed as dist
+        self.on = dist.is_available() and dist.is_initialized()
+        self.dist = dist
+        self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.on:
+            nccl = self.dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+            t = t.cuda() if nccl else t
+            self.dist.all_reduce(t)
+            t = t.cpu()
+        return t
+
+    def gather(self, obj) -> List:
+        if not self.on:
+            return [obj]
+        out = [None] * self.world
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.on:
+            self.dist.barrier()
+
+
+def _tensorboard(out: Path, purge_step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: CSV only
+        return None
+    return SummaryWriter(str(out / "tb"), purge_step=purge_step)
+
+
+def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], None]] = None,
+         device: Optional[torch.device] = None) -> TrainResult:
+    """The training loop shared by :func:`train` and each Ray worker."""
+    out, dist = Path(out_dir), _Dist()
+    device = device or _device(recipe)
+    info = dataset_info(recipe.dataset)
+    rot = info["num_rotations"] > 0
+
+    data = dict(root=recipe.data_root, download=recipe.download, data_seed=recipe.data_seed)
+    train_set = build_dataset(recipe.dataset, train=True, augment=recipe.augment,
+                              subset=recipe.train_subset, **data)
+    test_set = build_dataset(recipe.dataset, train=False, subset=recipe.test_subset, **data)
+    if dist.world > 1:  # every rank scores its own share; sums are reduced
+        test_set = Subset(test_set, range(dist.rank, len(test_set), dist.world))
+
+    torch.manual_seed(recipe.seed)
+    model = build_model_for(recipe).to(device)
+    optimizer = _optimizer(recipe, model)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones),
+                                                     recipe.gamma)
+    # Per-rank streams: the same as a single process on rank 0.
+    seed = recipe.seed + 1_000_003 * dist.rank
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+
+    sampler = None
+    batch = recipe.batch_size
+    if dist.world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+        sampler = DistributedSampler(train_set, dist.world, dist.rank, shuffle=True,
+                                     seed=recipe.seed)
+        batch = max(1, recipe.batch_size // dist.world)
+    loader_kw = dict(num_workers=recipe.num_workers, pin_memory=device.type == "cuda")
+    train_loader = DataLoader(train_set, batch_size=batch, shuffle=sampler is None,
+                              sampler=sampler, generator=generator,
+                              collate_fn=BatchCollate(recipe.augment, info["num_classes"]),
+                              **loader_kw)
+    test_loader = DataLoader(test_set, batch_size=256, **loader_kw)
+
+    start, history = 0, []
+    if (out / CHECKPOINT).is_file():
+        ckpt = _load_checkpoint(out / CHECKPOINT)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        states = ckpt["rng_per_rank"]
+        if len(states) == dist.world:
+            _set_rng_state(states[dist.rank], generator)
+        else:  # weights and optimiser continue; the random streams restart from the seed
+            warnings.warn(f"Resuming a run of {len(states)} worker(s) on {dist.world}: the "
+                          f"result will not equal an uninterrupted run. Resume with "
+                          f"{len(states)} worker(s) for an exact continuation.")
+        start, history = ckpt["epoch"], ckpt["history"]
+
+    net = model
+    if dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    writer = _tensorboard(out, start + 1) if dist.rank == 0 else None
+    for epoch in range(start + 1, recipe.epochs + 1):
+        t0 = time.perf_counter()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        tr = _summarise(dist.sum(_run_epoch(net, train_loader, device, info["num_classes"],
+                                            optimizer)), rot)
+        scheduler.step()
+        te = _summarise(dist.sum(_run_epoch(net, test_loader, device, info["num_classes"])), rot)
+        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+               "test_loss": te["loss"], "test_acc": te["acc"], "lr": lr,
+               "seconds": round(time.perf_counter() - t0, 3)}
+        if rot:
+            row.update(train_rot_acc=tr["rot_acc"], test_rot_acc=te["rot_acc"])
+        history.append(row)
+        states = dist.gather(_rng_state(generator))
+        if dist.rank == 0:
+            ckpt = {"format": 1, "epoch": epoch, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": states[0], "rng_per_rank": states, "world_size": dist.world,
+                    "history": history, "recipe": recipe.to_dict()}
+            _atomic_write(out / CHECKPOINT, lambda p: torch.save(ckpt, p))
+            _write_csv(out / METRICS, history)
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch)
+                writer.flush()
+        dist.barrier()
+        if callback is not None:
+            callback(epoch, row)
+    if writer is not None:
+        writer.close()
+
+    last = history[-1] if history else {}
+    result = TrainResult(out_dir=str(out), recipe=recipe, epochs=len(history),
+                         test_acc=last.get("test_acc", math.nan),
+                         test_loss=last.get("test_loss", math.nan),
+                         test_rot_acc=last.get("test_rot_acc"), metrics=history,
+                         resumed_from=start)
+    if dist.rank == 0:
+        _atomic_write(out / MODEL, lambda p: torch.save(model.state_dict(), p))
+        _write_csv(out / METRICS, history)
+        d = {k: v for k, v in asdict(result).items() if k not in ("metrics", "out_dir")}
+        d["recipe"] = recipe.to_dict()
+        _write_text(out / RESULT, json.dumps(d, indent=2))
+    dist.barrier()
+    return result
+
+
+def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = False,
+          callback: Optional[Callable[[int, Dict], None]] = None) -> TrainResult:
+    """Train ``recipe`` in this process, writing checkpoints and metrics to ``out_dir``.
+
+    Args:
+        recipe: what to train (see :func:`~equifast.training.recipes.get_recipe`).
+        out_dir: run folder (see the module docstring for its files).
+        resume: continue an unfinished run found in ``out_dir``.
+        overwrite: delete a previous run in ``out_dir`` first (finished or not).
+        callback: ``callback(epoch, row)`` after each epoch's checkpoint is written.
+
+    Returns:
+        The :class:`TrainResult`; for a finished ``out_dir``, the stored one (no training).
+
+    Example:
+        >>> from equifast.training import get_recipe, train
+        >>> r = get_recipe("cnn7-fmnist6", epochs=1, train_subset=500, test_subset=200)
+        >>> train(r, "/tmp/run").test_acc  # doctest: +SKIP
+        0.62
+    """
+    done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
+    if done is not None:
+        return done
+    return _fit(recipe, out_dir, callback)
