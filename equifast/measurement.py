@@ -9,6 +9,7 @@ single-process result.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -190,8 +191,10 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     """Channel and layer equivariance of every representation of ``model``.
 
     Args:
-        model: an ``nn.Module`` (a classifier) or a torchvision/timm name (see
-            :func:`equifast.models.load_model`, with ``weights``).
+        model: an ``nn.Module`` (a classifier), a torchvision/timm name (see
+            :func:`equifast.models.load_model`, with ``weights``), or the folder of an
+            ``equifast train`` run (then ``images`` defaults to its data set's test images,
+            and a path given as ``images`` is that data set's root).
         images: a tensor ``[N, C, H, W]`` (model-ready), ``(images, labels)``, a
             ``DataLoader``, a ``Dataset`` or a folder path (preprocessed with ``preprocess``,
             by default the model's own). ``None``: the embedded photos (224x224 crops).
@@ -226,8 +229,12 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     meta = {"seed": seed, "backend": backend_name() if backend == "auto" else backend}
     if isinstance(model, str):
         meta.update(model=model, weights=str(weights))
+        run = model if os.path.isfile(os.path.join(model, "recipe.json")) else None
         model, model_preprocess = load_model(model, weights=weights)
         preprocess = preprocess or model_preprocess
+        if run is not None and (images is None or isinstance(images, (str, os.PathLike))):
+            images = _run_images(run, images, n_images or 2000, seed)
+            meta["images"] = "test set of the run's recipe"
     else:
         meta["model"] = type(model).__name__
     if preprocess is None and not isinstance(images, torch.Tensor):
@@ -262,6 +269,17 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         return measurer.state
     meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size)
     return measurer.state.report(meta)
+
+
+def _run_images(run: str, root, n: int, seed: int) -> torch.Tensor:
+    """The test images of a training run's data set (``root`` overrides the recipe's)."""
+    import json
+
+    from .training import measure_images
+
+    recipe = json.loads(open(os.path.join(run, "recipe.json")).read())
+    return measure_images(recipe["dataset"], str(root) if root else recipe.get("data_root"), n,
+                          recipe.get("data_seed", seed))
 
 
 def _chain(first, rest):

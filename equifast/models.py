@@ -103,8 +103,10 @@ def load_model(name: str, weights: Optional[str] = "default",
     """A classifier by name, in eval mode, and its preprocessing.
 
     Args:
-        name: a torchvision name (``resnet50``, ``vit_b_16``, ...) or a timm name
-            (``efficientnet_b0``, ``mixer_b16_224``, ...). torchvision wins where both exist.
+        name: a torchvision name (``resnet50``, ``vit_b_16``, ...), a timm name
+            (``efficientnet_b0``, ``mixer_b16_224``, ...; torchvision wins where both exist),
+            or the folder of a run of ``equifast train`` (its model takes tensors: no
+            preprocessing is returned).
         weights: ``"default"`` (the hub's pretrained weights; needs internet or a filled
             hub cache, except ``efficientnet_lite0`` whose default is the embedded weights),
             ``"embedded"`` (``efficientnet_lite0`` only), a path to a checkpoint file
@@ -120,6 +122,10 @@ def load_model(name: str, weights: Optional[str] = "default",
 
     if not isinstance(name, str) or not name:
         raise TypeError(f"Expected `name` to be a model name, but got {name!r}.")
+    if os.path.isdir(name):
+        from .training import load_model as load_run  # a run folder of `equifast train`
+
+        return load_run(name), None
     path = weights if weights not in (None, "default", "embedded", "none") else None
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if name == EMBEDDED and weights in ("default", "embedded"):

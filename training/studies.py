@@ -173,7 +173,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 def plot_study(summary: pd.DataFrame, path: Optional[str] = None, title: str = ""):
     """Draw channel (left) and layer (right) scores per part, one line per setting.
 
-    Error bars are the std over seeds (thesis figures 7, 9, 10).
+    Error bars are the std over seeds (thesis figures 7, 9, 10); drawn by
+    :func:`equifast.figures.plot_parts`, like every part figure of equifast.
 
     Args:
         summary: the output of :func:`summarize`.
@@ -183,31 +184,11 @@ def plot_study(summary: pd.DataFrame, path: Optional[str] = None, title: str = "
     Returns:
         The matplotlib figure.
     """
-    import matplotlib
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from equifast.figures import plot_parts
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    parts = [p for p in PART_ORDER if p in set(summary["part"])]
-    parts += [p for p in dict.fromkeys(summary["part"]) if p not in parts]
-    for ax, score in zip(axes, ("channel", "layer")):
-        for setting, df in summary.groupby("setting", sort=False):
-            df = df.groupby("part").mean(numeric_only=True).reindex(parts)
-            ax.errorbar(range(len(parts)), df[f"{score}_mean"], yerr=df[f"{score}_std"].fillna(0),
-                        marker="o", capsize=3, label=str(setting))
-        ax.set_xticks(range(len(parts)), [p.capitalize() for p in parts])
-        ax.set_title(f"{score.capitalize()} equivariance")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("score")
-    axes[1].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=150)
-    return fig
+    frames = {str(setting): df.rename(columns={"channel_mean": "channel", "layer_mean": "layer"})
+              for setting, df in summary.groupby("setting", sort=False)}
+    return plot_parts(frames, path=path, title=title or None)
 
 
 def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,

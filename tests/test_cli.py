@@ -1,0 +1,50 @@
+"""The command line, end to end on the embedded default (real weights, real photos)."""
+import json
+
+import pytest
+
+from equifast.cli import build_parser, main
+from equifast.report import Report
+
+
+def test_measure_embedded_default_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["measure", "--n-images", "4", "--batch-size", "8", "--transforms", "translation:8-9,rotation:90",
+               "--metric", "correlation,cosine", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "early" in text and "final" in text and "Metric bias" in text
+    rep = Report.load(out / "report.json")
+    assert rep.meta["model"] == "efficientnet_lite0" and rep.meta["n_images"] == 4
+    assert list(rep.parts.part.astype(str).unique()) == ["early", "middle", "late", "pool", "final"]
+    assert set(rep.parts.family) == {"translation", "rotation"}
+    assert (rep.points.layer >= rep.points.channel - 1e-6).all()
+    for name in ("report.parts.csv", "report.points.parquet", "figure.png", "metric_bias.csv"):
+        assert (out / name).stat().st_size > 0
+    # real ImageNet features: translation equivariance of the early part is clearly positive
+    early = rep.parts[(rep.parts.part == "early") & (rep.parts.family == "translation") &
+                      (rep.parts.metric == "correlation")]
+    assert float(early.channel.iloc[0]) > 0.3
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for cmd in ("measure", "models", "train", "study", "sweep"):
+        assert cmd in text
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["measure", "--model", "resnet5O"], "Did you mean"),
+    (["measure", "--data", "/no/such/dir"], "does not exist"),
+    (["measure", "--transforms", "shear:2"], "transform spec"),
+])
+def test_user_errors_exit_2_with_a_message(argv, match, capsys):
+    assert main(argv + ["--no-progress"]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_models_lists_names(capsys):
+    assert main(["models", "efficientnet_lite"]) == 0
+    assert "efficientnet_lite0" in capsys.readouterr().out.split()
