@@ -1,0 +1,210 @@
+"""Analysis of a sweep: part scores per model, and their rank correlation with accuracy.
+
+Thesis section 4.3: figures 11 and 12 show each model's channel and layer equivariance per
+part (early, middle, late, pool, final) for translations and rotations; section 4.3.3 and
+figure 13 give, per part and transform family, Spearman's rank correlation between the
+part's score and the models' top-1 accuracy.
+
+    >>> from equifast.distributed import analysis
+    >>> scores = analysis.part_scores("runs/sweep")                 # doctest: +SKIP
+    >>> analysis.accuracy_correlation(scores)                       # doctest: +SKIP
+    >>> analysis.sweep_figures("runs/sweep", "runs/sweep/figures")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+import pandas as pd
+
+from .store import ResultStore
+
+__all__ = ["part_scores", "accuracy_correlation", "sweep_figures", "ACCURACY_CHOICES"]
+
+PARTS = ("early", "middle", "late", "pool", "final")
+#: Which accuracy a correlation uses: measured on the labels when the data had them, else the
+#: model's known accuracy ("auto"); or only one of the two.
+ACCURACY_CHOICES = ("auto", "known", "measured")
+
+_KEYS = ["dataset", "metric", "transforms", "family", "model"]
+_FAMILY_ORDER = {"translation": 0, "rotation": 1}  # as in the thesis' figures
+
+
+def _parts_table(source) -> pd.DataFrame:
+    if isinstance(source, pd.DataFrame):
+        return source.copy()
+    store = source if isinstance(source, ResultStore) else ResultStore(source)
+    if not store.root.is_dir():
+        raise FileNotFoundError(f"Expected a sweep results folder, but {str(store.root)!r} does not exist; "
+                                "run `equifast sweep run SPEC --out DIR` first.")
+    return store.tables()["parts"]
+
+
+def _accuracy_column(df: pd.DataFrame, accuracy: str) -> pd.Series:
+    if accuracy not in ACCURACY_CHOICES:
+        raise ValueError(f"Expected `accuracy` to be one of {ACCURACY_CHOICES}, but got {accuracy!r}.")
+    col = {"auto": "accuracy", "known": "accuracy_known", "measured": "accuracy_measured"}[accuracy]
+    if col not in df:
+        col = "accuracy"
+    if col not in df:
+        return pd.Series(np.nan, index=df.index)
+    return pd.to_numeric(df[col], errors="coerce")
+
+
+def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
+                metric: Optional[str] = "correlation", accuracy: str = "auto") -> pd.DataFrame:
+    """Each model's channel and layer score per part, averaged over seeds.
+
+    Args:
+        source: a results folder, a :class:`ResultStore`, or a combined ``parts`` table
+            (columns ``model, dataset, transforms, family, part, channel, layer, accuracy``,
+            ``metric`` and ``seed`` optional).
+        metric: keep this metric's rows (``None``: keep all).
+        accuracy: ``"auto"``, ``"known"`` or ``"measured"`` (see :data:`ACCURACY_CHOICES`).
+
+    Returns:
+        One row per ``(dataset, metric, transforms, family, model, part)`` with ``channel``,
+        ``layer``, their standard deviations over seeds (``channel_std``, ``layer_std``),
+        ``seeds`` and ``accuracy`` (the mean over seeds).
+    """
+    df = _parts_table(source)
+    if df.empty:
+        raise ValueError("Expected finished jobs in the sweep, but there are none; run the sweep "
+                         "(`equifast sweep run SPEC`) or check `equifast sweep status`.")
+    df = df.assign(accuracy=_accuracy_column(df, accuracy))
+    for col, default in (("metric", "correlation"), ("dataset", "data"), ("seed", 0)):
+        if col not in df:
+            df[col] = default
+    if "transforms" not in df:
+        df["transforms"] = df["family"]
+    if metric is not None:
+        if metric not in set(df["metric"]):
+            raise ValueError(f"Expected `metric` to be one of {sorted(set(df['metric']))}, but got {metric!r}.")
+        df = df[df["metric"] == metric]
+    df = df.assign(part=df["part"].astype(str))
+    out = (df.groupby(_KEYS + ["part"], sort=False, dropna=False)
+           .agg(channel=("channel", "mean"), channel_std=("channel", "std"),
+                layer=("layer", "mean"), layer_std=("layer", "std"),
+                seeds=("seed", "nunique"), accuracy=("accuracy", "mean"))
+           .reset_index())
+    out["part"] = pd.Categorical(out["part"], categories=PARTS, ordered=True)
+    return out.sort_values(_KEYS + ["part"], kind="stable").reset_index(drop=True)
+
+
+def accuracy_correlation(scores: Union[pd.DataFrame, str, os.PathLike, ResultStore],
+                         metric: Optional[str] = "correlation", accuracy: str = "auto",
+                         min_models: int = 3) -> pd.DataFrame:
+    """Spearman's rank correlation of each part's score with top-1 accuracy (thesis Fig. 13).
+
+    For every ``(dataset, metric, transforms, family, part)`` and score (``channel`` and
+    ``layer``), ``scipy.stats.spearmanr`` across the models that have an accuracy.
+
+    Args:
+        scores: :func:`part_scores`' table, or anything it takes.
+        metric, accuracy: as :func:`part_scores` (used when ``scores`` is not its table).
+        min_models: fewer models with an accuracy give NaN.
+
+    Returns:
+        Columns ``dataset, metric, transforms, family, part, score, spearman, p_value,
+        n_models`` (``part, family, score, spearman`` are what
+        :func:`equifast.figures.plot_accuracy_correlation` draws).
+
+    Example:
+        >>> t = pd.DataFrame({"model": list("abcd"), "part": "final", "family": "rotation",
+        ...                   "channel": [.1, .4, .3, .9], "layer": [.1, .4, .3, .9],
+        ...                   "accuracy": [.5, .6, .7, .8]})
+        >>> round(float(accuracy_correlation(t).spearman.iloc[0]), 12)    # 1 - 6 * 2 / (4 * 15)
+        0.8
+    """
+    from scipy.stats import spearmanr
+
+    if not (isinstance(scores, pd.DataFrame) and {"channel_std", "seeds"} <= set(scores.columns)):
+        scores = part_scores(scores, metric=metric, accuracy=accuracy)
+    if not isinstance(min_models, int) or min_models < 2:
+        raise ValueError(f"Expected `min_models` to be an integer >= 2, but got {min_models!r}.")
+    rows = []
+    keys = [k for k in _KEYS if k != "model"] + ["part"]
+    for key, g in scores.groupby(keys, sort=False, observed=True, dropna=False):
+        for score in ("channel", "layer"):
+            ok = g[[score, "accuracy"]].astype(float).dropna()
+            rho = p = float("nan")
+            if len(ok) >= min_models:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # constant input: NaN, as documented
+                    res = spearmanr(ok[score], ok["accuracy"])
+                rho, p = float(res.statistic), float(res.pvalue)
+            rows.append({**dict(zip(keys, key)), "score": score, "spearman": rho, "p_value": p,
+                         "n_models": len(ok)})
+    out = pd.DataFrame(rows, columns=keys + ["score", "spearman", "p_value", "n_models"])
+    out["part"] = pd.Categorical(out["part"].astype(str), categories=PARTS, ordered=True)
+    rank = out["family"].map(lambda f: (_FAMILY_ORDER.get(f, len(_FAMILY_ORDER)), str(f)))
+    out = out.assign(_family=rank)
+    return (out.sort_values(["dataset", "metric", "_family", "transforms", "score", "part"], kind="stable")
+            .drop(columns="_family").reset_index(drop=True))
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text)).strip("_") or "x"
+
+
+def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], out_dir: os.PathLike,
+                  metric: str = "correlation", accuracy: str = "auto",
+                  min_models: int = 3) -> Dict[str, List[Path]]:
+    """Draw the thesis' figures 11-13 of a sweep and write their tables.
+
+    Files in ``out_dir``: ``part_scores.csv``, ``accuracy_correlation.csv``,
+    ``fig11_translation.png`` and ``fig12_rotation.png`` (parts per model, via
+    :func:`equifast.figures.plot_parts`; other families as ``parts_<family>.png``), and
+    ``fig13_accuracy_correlation.png`` (via :func:`equifast.figures.plot_accuracy_correlation`;
+    drawn when at least ``min_models`` models have an accuracy). With several datasets or
+    transform sets, their names are added to the file names.
+
+    Returns:
+        ``{"tables": [...], "figures": [...]}`` paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from equifast.figures import plot_accuracy_correlation, plot_parts
+
+    scores = part_scores(source, metric=metric, accuracy=accuracy)
+    corr = accuracy_correlation(scores, min_models=min_models)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = [out / "part_scores.csv", out / "accuracy_correlation.csv"]
+    scores.to_csv(tables[0], index=False)
+    corr.to_csv(tables[1], index=False)
+    figures: List[Path] = []
+    datasets = list(dict.fromkeys(scores["dataset"]))
+    for ds in datasets:
+        d = scores[scores["dataset"] == ds]
+        suffix = f"_{_slug(ds)}" if len(datasets) > 1 else ""
+        for fam in dict.fromkeys(d["family"]):
+            f = d[d["family"] == fam]
+            keys = list(dict.fromkeys(f["transforms"]))
+            frames = {}
+            for (model, key), g in f.groupby(["model", "transforms"], sort=False):
+                label = model if len(keys) == 1 else f"{model} ({key})"
+                frames[label] = g[["part", "family", "channel", "layer"]
+                                  + (["channel_std", "layer_std"] if (g["seeds"] > 1).any() else [])]
+            name = {"translation": "fig11_translation", "rotation": "fig12_rotation"}.get(
+                fam, f"parts_{_slug(fam)}")
+            path = out / f"{name}{suffix}.png"
+            fig = plot_parts(frames, path=path, title=f"{fam} equivariance per part ({ds}, {metric})")
+            plt.close(fig)
+            figures.append(path)
+        c = corr[(corr["dataset"] == ds) & corr["spearman"].notna()]
+        if len(c):
+            path = out / f"fig13_accuracy_correlation{suffix}.png"
+            n = int(c["n_models"].max())
+            fig = plot_accuracy_correlation(c[["part", "family", "score", "spearman"]], path=path,
+                                            title=f"Spearman of part scores with top-1 accuracy "
+                                                  f"({ds}, {n} models)")
+            plt.close(fig)
+            figures.append(path)
+    return {"tables": tables, "figures": figures}

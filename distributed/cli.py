@@ -1,0 +1,156 @@
+"""``equifast sweep``: run a sweep, watch it, and draw its figures.
+
+    equifast sweep run distributed/examples/small.yaml --out runs/sweep-small
+    equifast sweep run seminal.yaml --address auto          # on a running Ray cluster
+    equifast sweep status --out runs/sweep-small            # from another shell, any time
+    equifast sweep report --out runs/sweep-small            # figures 11-13 and their tables
+
+``add_sweep_parser(subparsers)`` adds the ``sweep`` command to ``equifast``'s parser;
+``main(argv)`` runs it alone (``main(["run", "spec.yaml"])``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+__all__ = ["add_sweep_parser", "main"]
+
+
+def _out(args, spec=None) -> Path:
+    from .sweep import DEFAULT_OUT
+
+    if args.out:
+        return Path(args.out)
+    if spec is not None and spec.out:
+        return Path(spec.out)
+    return Path(DEFAULT_OUT)
+
+
+def _run(args) -> int:
+    from .spec import load_spec
+    from .sweep import run_sweep
+
+    spec = load_spec(args.spec)
+    out = _out(args, spec)
+    jobs = spec.jobs()
+    if args.dry_run:
+        from .store import ResultStore
+
+        states = ResultStore(out).states()
+        print(f"{spec.name}: {len(jobs)} jobs -> {out}")
+        for job in jobs:
+            print(f"  {job.id}  {states.get(job.id, 'pending'):8s}  {job.title}  "
+                  f"(shards {job.shards}, cpus {job.num_cpus:g}, gpus {job.num_gpus:g})")
+        return 0
+    result = run_sweep(spec, out=out, address=args.address, retry_failed=not args.no_retry_failed,
+                       num_cpus=args.num_cpus, progress=not args.quiet)
+    if result.failures:
+        print(f"{len(result.failures)} job(s) failed; their errors are in {out}/records and "
+              f"{out}/jobs.csv. Rerun the same command to retry them.", file=sys.stderr)
+    return 0 if result.complete else 1
+
+
+def _status(args) -> int:
+    from .store import ResultStore
+
+    store = ResultStore(_out(args))
+    if not store.root.is_dir():
+        raise FileNotFoundError(f"Expected a sweep results folder, but {str(store.root)!r} does not exist; "
+                                "pass the sweep's --out.")
+    counts = store.counts()
+    live = store.read_status() or {}
+    total = sum(counts.values())
+    if args.json:
+        print(json.dumps({"out": str(store.root), "total": total, **counts,
+                          "state": live.get("state")}))
+        return 0
+    state = live.get("state", "unknown")
+    print(f"{live.get('sweep', store.root.name)} ({store.root}): {state}")
+    print(f"  finished {counts['finished']}/{total}, running {counts['running']}, "
+          f"failed {counts['failed']}, pending {counts['pending']}")
+    for rec in store.records(status="failed"):
+        job = rec.get("job", {})
+        print(f"  failed {rec['id']} {job.get('model', {}).get('label')} / "
+              f"{job.get('dataset', {}).get('label')} / {job.get('family')} / seed {job.get('seed')}: "
+              f"{rec.get('error')}")
+    return 0
+
+
+def _report(args) -> int:
+    import pandas as pd
+
+    from .analysis import sweep_figures
+
+    out = _out(args)
+    figures = Path(args.figures) if args.figures else out / "figures"
+    files = sweep_figures(out, figures, metric=args.metric, accuracy=args.accuracy,
+                          min_models=args.min_models)
+    corr = pd.read_csv(files["tables"][1])
+    with pd.option_context("display.width", 160, "display.precision", 3):
+        wide = corr.pivot_table(index=["dataset", "family", "score"], columns="part",
+                                values="spearman", sort=False, dropna=False)
+        wide = wide[[p for p in ("early", "middle", "late", "pool", "final") if p in wide.columns]]
+        print("Spearman rank correlation of part scores with top-1 accuracy:")
+        print(wide.to_string())
+    print("wrote " + ", ".join(str(p) for p in files["tables"] + files["figures"]))
+    return 0
+
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``sweep run | status | report`` to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "sweep", help="measure many models on Ray (run, status, report)",
+        description="Sweeps over models, datasets, transform families and seeds, on a laptop or a "
+                    "Ray cluster; every job's result is stored once, and a rerun skips finished jobs.")
+    sub = p.add_subparsers(dest="sweep_command", metavar="SWEEP_COMMAND")
+    run = sub.add_parser("run", help="run every unfinished job of a spec",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run.add_argument("spec", help="sweep spec (YAML); see distributed/examples/")
+    run.add_argument("--out", default=None, help="results folder (default: the spec's 'out', else runs/sweep)")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster address ('auto', 'ray://head:10001'); default: RAY_ADDRESS or a local Ray")
+    run.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    run.add_argument("--no-retry-failed", action="store_true", help="leave jobs that failed before alone")
+    run.add_argument("--dry-run", action="store_true", help="validate and list the jobs, run nothing")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.set_defaults(func=_run)
+    status = sub.add_parser("status", help="counts of finished, running, failed and pending jobs")
+    status.add_argument("--out", default=None, help="results folder (default: runs/sweep)")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=_status)
+    report = sub.add_parser("report", help="figures 11-13 (parts per model; Spearman with accuracy)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    report.add_argument("--out", default=None, help="results folder (default: runs/sweep)")
+    report.add_argument("--figures", default=None, help="where figures go (default: OUT/figures)")
+    report.add_argument("--metric", default="correlation")
+    report.add_argument("--accuracy", default="auto", choices=["auto", "known", "measured"],
+                        help="measured on labels when the data had them, else the model's known accuracy")
+    report.add_argument("--min-models", type=int, default=3, help="fewer models with an accuracy give NaN")
+    report.set_defaults(func=_report)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1], _sweep_parser=p)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``equifast sweep`` with ``argv`` (``["run", "spec.yaml", "--out", "runs/x"]``).
+
+    Returns the exit status: 0 success, 1 some jobs failed, 2 a usage or spec error.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(prog="equifast")
+    add_sweep_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["sweep"] + argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"equifast sweep: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,684 @@
+"""Sweep specs: which models, datasets, transform families, metrics and seeds to measure.
+
+A spec is YAML (or the same structure as a Python dict); :func:`load_spec` reads and
+validates it, and :meth:`SweepSpec.jobs` expands it into :class:`Job` s, one per
+(model, dataset, transform family, seed). Every job has a stable id: a hash of what it
+measures (model, weights, data, transforms, metrics, seed, number of images, batch size),
+not of how it runs (resources, shards, retries), so changing a cluster setting never
+re-measures a finished job.
+
+Example (``distributed/examples/small.yaml`` runs offline)::
+
+    name: small
+    out: runs/sweep-small
+    models:
+      - {name: resnet18, weights: none, num_classes: 10, accuracy: 0.70}
+      - {name: resnet50, accuracy: hub}           # top-1 from torchvision's weight metadata
+      - {name: my_net, arch: resnet18, weights: ckpt/resnet18.pt, num_classes: 10}
+    datasets:
+      - {name: photos, kind: embedded, image_size: 64}
+      - {name: val, path: /data/imagenet/val}     # class subfolders give labels
+      - {name: cifar10, torchvision: CIFAR10, root: /data, args: {train: false}, image_size: 32}
+    transforms: {translation: "translation:1-32", rotation: rotation}
+    metrics: [correlation]
+    seeds: [0]
+    n_images: 2000
+    batch_size: 64
+    resources: {num_cpus: 4, num_gpus: 0.5}
+    shards: 1
+    max_retries: 2
+
+Validation happens before any job starts and reports every problem at once in one
+:class:`SpecError` (a ``ValueError``).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+__all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
+           "validate_spec", "job_id", "hub_accuracy", "SPEC_VERSION"]
+
+#: Bumped when the meaning of a job's content changes (its id changes with it).
+SPEC_VERSION = 1
+
+_TOP_KEYS = {"name", "out", "models", "datasets", "transforms", "metrics", "seeds", "n_images",
+             "batch_size", "vector_mode", "resources", "shards", "max_retries", "retry_exceptions",
+             "device", "amp"}
+_MODEL_KEYS = {"name", "arch", "weights", "num_classes", "accuracy", "label", "resources",
+               "batch_size", "shards"}
+_DATASET_KEYS = {"name", "kind", "path", "torchvision", "root", "args", "image_size", "crop_pct",
+                 "n_images", "labels"}
+_KINDS = ("folder", "embedded", "random", "torchvision")
+_NO_WEIGHTS = (None, "none", "None", "random")
+
+
+class SpecError(ValueError):
+    """An invalid sweep spec; ``problems`` lists every problem found, one line each."""
+
+    def __init__(self, problems: Sequence[str], source: str = "spec"):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"Invalid sweep spec {source} ({len(self.problems)} "
+                         f"problem{'s' if len(self.problems) != 1 else ''}); no job was started:\n{lines}")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of a sweep.
+
+    Attributes:
+        label: the name shown in tables and figures (unique in a sweep).
+        arch: the torchvision/timm architecture name.
+        weights: ``"default"`` (hub), ``None`` (random init), ``"embedded"``, or a checkpoint path.
+        num_classes: classifier size (``None``: the architecture's default).
+        accuracy: known top-1 accuracy in [0, 1] (used when the data has no labels), or None.
+        resources, batch_size, shards: per-model overrides of the sweep's settings.
+    """
+
+    label: str
+    arch: str
+    weights: Optional[str] = "default"
+    num_classes: Optional[int] = None
+    accuracy: Optional[float] = None
+    resources: Optional[Tuple[Tuple[str, float], ...]] = None
+    batch_size: Optional[int] = None
+    shards: Optional[int] = None
+
+    def content(self) -> Dict[str, Any]:
+        """What the measurement depends on (part of a job's id)."""
+        return {"arch": self.arch, "weights": self.weights, "num_classes": self.num_classes}
+
+    def entry(self) -> Dict[str, Any]:
+        """The spec entry, as recorded with each result."""
+        return {"label": self.label, "arch": self.arch, "weights": self.weights,
+                "num_classes": self.num_classes, "accuracy": self.accuracy}
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset of a sweep.
+
+    Attributes:
+        label: its name in tables.
+        kind: ``"folder"`` (``path``; class subfolders give labels), ``"embedded"`` (the
+            scikit-image photos), ``"random"`` (seeded Gaussian noise, for smoke tests), or
+            ``"torchvision"`` (``torchvision.datasets.<name>(root, **args)``, never downloaded).
+        image_size: model input size; overrides the model's own preprocessing with the
+            ImageNet evaluation pipeline at this size (resize, centre crop ``crop_pct``).
+        n_images: overrides the sweep's ``n_images`` for this dataset.
+        labels: use the labels the data has (``False``: ignore them; accuracy then comes
+            from the model's known accuracy).
+    """
+
+    label: str
+    kind: str
+    path: Optional[str] = None
+    name: Optional[str] = None
+    root: Optional[str] = None
+    args: Tuple[Tuple[str, Any], ...] = ()
+    image_size: Optional[int] = None
+    crop_pct: float = 0.875
+    n_images: Optional[int] = None
+    labels: bool = True
+
+    def content(self) -> Dict[str, Any]:
+        """What the measurement depends on (part of a job's id)."""
+        out = {"kind": self.kind, "image_size": self.image_size, "labels": self.labels}
+        if self.kind == "folder":
+            out["path"] = self.path
+        if self.kind == "torchvision":
+            out.update(name=self.name, root=self.root, args=dict(self.args))
+        if self.image_size is not None and self.kind in ("folder", "torchvision"):
+            out["crop_pct"] = self.crop_pct
+        return out
+
+    def entry(self) -> Dict[str, Any]:
+        """The spec entry, as recorded with each result."""
+        return {"label": self.label, **self.content()}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of a sweep: a model measured on a dataset under one transform family and seed.
+
+    ``id`` is :func:`job_id` of :meth:`content`. ``base_dir`` resolves relative paths.
+    """
+
+    id: str
+    model: ModelEntry
+    dataset: DatasetEntry
+    family: str
+    transforms: Tuple[str, ...]
+    transform_spec: str
+    metrics: Tuple[str, ...]
+    seed: int
+    n_images: Optional[int]
+    batch_size: int
+    vector_mode: str = "per_image"
+    shards: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    device: Optional[str] = None
+    amp: Optional[str] = None
+    base_dir: str = "."
+
+    def content(self) -> Dict[str, Any]:
+        """The canonical content the id hashes."""
+        return _job_content(self.model, self.dataset, self.transforms, self.metrics, self.seed,
+                            self.n_images, self.batch_size, self.vector_mode, self.amp)
+
+    def entry(self) -> Dict[str, Any]:
+        """Everything about the job, JSON-ready, as stored in its result record."""
+        return {"id": self.id, "model": self.model.entry(), "dataset": self.dataset.entry(),
+                "family": self.family, "transform_spec": self.transform_spec,
+                "transforms": list(self.transforms),
+                "metrics": list(self.metrics), "seed": self.seed, "n_images": self.n_images,
+                "batch_size": self.batch_size, "vector_mode": self.vector_mode,
+                "shards": self.shards, "resources": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+                "device": self.device, "amp": self.amp}
+
+    def resolve(self, path: Optional[str]) -> Optional[str]:
+        """``path`` made absolute against the spec's folder (``None`` stays ``None``)."""
+        return None if path is None else _resolve(path, self.base_dir)
+
+    @property
+    def title(self) -> str:
+        """A short human description: ``resnet18 / photos / rotation / seed 0``."""
+        return f"{self.model.label} / {self.dataset.label} / {self.family} / seed {self.seed}"
+
+
+def _job_content(model, dataset, transforms, metrics, seed, n_images, batch_size, vector_mode, amp):
+    return {"version": SPEC_VERSION, "model": model.content(), "dataset": dataset.content(),
+            "transforms": list(transforms), "metrics": list(metrics), "seed": seed,
+            "n_images": n_images, "batch_size": batch_size, "vector_mode": vector_mode, "amp": amp}
+
+
+def job_id(content: Mapping[str, Any]) -> str:
+    """A stable id: the first 16 hex digits of SHA-256 of the canonical JSON of ``content``."""
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class SweepSpec:
+    """A validated sweep. Build with :func:`load_spec`; expand with :meth:`jobs`."""
+
+    name: str
+    models: List[ModelEntry]
+    datasets: List[DatasetEntry]
+    families: Dict[str, str]
+    metrics: List[str] = field(default_factory=lambda: ["correlation"])
+    seeds: List[int] = field(default_factory=lambda: [0])
+    n_images: Optional[int] = None
+    batch_size: int = 64
+    vector_mode: str = "per_image"
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    shards: int = 1
+    max_retries: int = 2
+    retry_exceptions: bool = False
+    device: Optional[str] = None
+    amp: Optional[str] = None
+    out: Optional[str] = None
+    base_dir: str = "."
+    raw: Dict[str, Any] = field(default_factory=dict)
+
+    def jobs(self) -> List[Job]:
+        """Every job, in a stable order (model, dataset, family, seed)."""
+        from equifast.transforms import parse_transforms
+
+        names = {fam: tuple(t.name for t in parse_transforms(text)) for fam, text in self.families.items()}
+        out = []
+        for m in self.models:
+            res = dict(m.resources or ())
+            for d in self.datasets:
+                n = d.n_images if d.n_images is not None else self.n_images
+                for fam in self.families:
+                    for seed in self.seeds:
+                        bs = m.batch_size or self.batch_size
+                        content = _job_content(m, d, names[fam], self.metrics, seed, n, bs,
+                                               self.vector_mode, self.amp)
+                        out.append(Job(
+                            id=job_id(content), model=m, dataset=d, family=fam,
+                            transforms=names[fam], transform_spec=self.families[fam],
+                            metrics=tuple(self.metrics), seed=seed,
+                            n_images=n, batch_size=bs, vector_mode=self.vector_mode,
+                            shards=m.shards or self.shards,
+                            num_cpus=float(res.get("num_cpus", self.num_cpus)),
+                            num_gpus=float(res.get("num_gpus", self.num_gpus)),
+                            device=self.device, amp=self.amp, base_dir=self.base_dir))
+        ids = [j.id for j in out]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise SpecError([f"jobs: Expected every job to measure something different, but "
+                             f"{len(ids) - len(set(ids))} repeat (ids {', '.join(dup)}); "
+                             "remove the repeated model, dataset or seed."])
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The spec as a plain dict (what the YAML said, with defaults filled in)."""
+        return {
+            "name": self.name, "out": self.out,
+            "models": [{**m.entry(), **({"resources": dict(m.resources)} if m.resources else {}),
+                        **({"batch_size": m.batch_size} if m.batch_size else {}),
+                        **({"shards": m.shards} if m.shards else {})} for m in self.models],
+            "datasets": [d.entry() for d in self.datasets],
+            "transforms": dict(self.families), "metrics": list(self.metrics),
+            "seeds": list(self.seeds), "n_images": self.n_images, "batch_size": self.batch_size,
+            "vector_mode": self.vector_mode,
+            "resources": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "shards": self.shards, "max_retries": self.max_retries,
+            "retry_exceptions": self.retry_exceptions, "device": self.device, "amp": self.amp,
+        }
+
+
+# ---- loading and validation -----------------------------------------------------------------
+
+def load_spec(spec: Union[str, os.PathLike, Mapping[str, Any], SweepSpec],
+              base_dir: Optional[str] = None) -> SweepSpec:
+    """Read and validate a sweep spec.
+
+    Args:
+        spec: a YAML (or JSON) file path, a dict of the same structure, or a ``SweepSpec``.
+        base_dir: the folder relative paths are resolved against (default: the spec file's
+            folder, or the current directory for a dict).
+
+    Raises:
+        SpecError: listing every problem (unknown model names, missing paths and
+            checkpoints, bad transform specs, bad values); nothing has run yet.
+        FileNotFoundError: when the spec file itself is missing.
+
+    Example:
+        >>> spec = load_spec({"models": [{"name": "resnet18", "weights": "none"}],
+        ...                   "datasets": [{"kind": "random", "image_size": 32}],
+        ...                   "transforms": {"rotation": "rotation"}, "n_images": 8})
+        >>> [j.title for j in spec.jobs()]
+        ['resnet18 / random / rotation / seed 0']
+    """
+    if isinstance(spec, SweepSpec):
+        return spec
+    source = "(dict)"
+    if isinstance(spec, (str, os.PathLike)):
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"Expected a sweep spec file (YAML), but {str(path)!r} does not exist.")
+        import yaml
+
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise SpecError([f"Expected valid YAML, but parsing failed: {err}"], str(path)) from None
+        source = str(path)
+        base_dir = base_dir or str(path.resolve().parent)
+    else:
+        raw = copy.deepcopy(dict(spec))
+    return validate_spec(raw, base_dir=base_dir or os.getcwd(), source=source)
+
+
+def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> SweepSpec:
+    """Check a raw spec dict, collecting every problem; see :func:`load_spec`."""
+    problems: List[str] = []
+    if not isinstance(raw, Mapping):
+        raise SpecError([f"Expected the spec to be a mapping (models:, datasets:, transforms:, ...), "
+                         f"but got {type(raw).__name__}."], source)
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    for key in unknown:
+        problems.append(f"{key}: Expected a known key ({', '.join(sorted(_TOP_KEYS))}), but got "
+                        f"{key!r}{_suggest(key, _TOP_KEYS)}.")
+
+    def number(key, value, lo, kind=int, allow_none=False, where=None):
+        where = where or key
+        if value is None and allow_none:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                kind is int and not float(value).is_integer()) or not (value >= lo):
+            problems.append(f"{where}: Expected {'an integer' if kind is int else 'a number'} >= {lo}"
+                            f"{' or null' if allow_none else ''}, but got {value!r}.")
+            return None
+        return kind(value)
+
+    # settings ---------------------------------------------------------------------------
+    name = raw.get("name", "sweep")
+    if not isinstance(name, str) or not name:
+        problems.append(f"name: Expected a non-empty string, but got {name!r}.")
+        name = "sweep"
+    n_images = number("n_images", raw.get("n_images"), 1, allow_none=True)
+    batch_size = number("batch_size", raw.get("batch_size", 64), 1) or 64
+    shards = number("shards", raw.get("shards", 1), 1) or 1
+    max_retries = raw.get("max_retries", 2)
+    max_retries = number("max_retries", max_retries, 0) if max_retries is not None else 0
+    retry_exceptions = raw.get("retry_exceptions", False)
+    if not isinstance(retry_exceptions, bool):
+        problems.append(f"retry_exceptions: Expected true or false, but got {retry_exceptions!r}.")
+        retry_exceptions = False
+    vector_mode = raw.get("vector_mode", "per_image")
+    if vector_mode not in ("per_image", "across_images"):
+        problems.append(f"vector_mode: Expected 'per_image' or 'across_images', but got {vector_mode!r}.")
+    amp = raw.get("amp")
+    if amp not in (None, "float16", "bfloat16"):
+        problems.append(f"amp: Expected null, 'float16' or 'bfloat16', but got {amp!r}.")
+    device = raw.get("device")
+    if device is not None and not isinstance(device, str):
+        problems.append(f"device: Expected null (CUDA when the worker has a GPU) or a string like 'cpu', "
+                        f"but got {device!r}.")
+    num_cpus, num_gpus = _resources(raw.get("resources"), "resources", problems) or (1.0, 0.0)
+    out = raw.get("out")
+    if out is not None and not isinstance(out, str):
+        problems.append(f"out: Expected a folder path, but got {out!r}.")
+        out = None
+
+    metrics = raw.get("metrics", ["correlation"])
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    from equifast.reference import METRICS
+
+    if not isinstance(metrics, list) or not metrics:
+        problems.append(f"metrics: Expected a non-empty list of {list(METRICS)}, but got {metrics!r}.")
+        metrics = ["correlation"]
+    for m in metrics:
+        if m not in METRICS:
+            problems.append(f"metrics: Expected each metric to be one of {list(METRICS)}, but got {m!r}.")
+    if len(set(metrics)) != len(metrics):
+        problems.append(f"metrics: Expected distinct metrics, but got {metrics!r}.")
+
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        problems.append(f"seeds: Expected a non-empty list of integers, but got {seeds!r}.")
+        seeds = [0]
+    elif len(set(seeds)) != len(seeds):
+        problems.append(f"seeds: Expected distinct seeds, but got {seeds!r}.")
+
+    # transforms -------------------------------------------------------------------------
+    families = _families(raw.get("transforms"), problems)
+
+    # models -----------------------------------------------------------------------------
+    models: List[ModelEntry] = []
+    entries = raw.get("models")
+    if not isinstance(entries, list) or not entries:
+        problems.append("models: Expected a non-empty list of models (e.g. '- {name: resnet50}'), "
+                        f"but got {entries!r}.")
+        entries = []
+    for i, entry in enumerate(entries):
+        m = _model(entry, f"models[{i}]", base_dir, problems, number)
+        if m is not None:
+            models.append(m)
+    labels = [m.label for m in models]
+    for lab in sorted({lab for lab in labels if labels.count(lab) > 1}):
+        problems.append(f"models: Expected distinct model labels, but {lab!r} repeats; give each "
+                        "entry its own 'label:'.")
+
+    # datasets ---------------------------------------------------------------------------
+    datasets: List[DatasetEntry] = []
+    entries = raw.get("datasets", ["embedded"])
+    if not isinstance(entries, list) or not entries:
+        problems.append(f"datasets: Expected a non-empty list of datasets, but got {entries!r}.")
+        entries = []
+    for i, entry in enumerate(entries):
+        d = _dataset(entry, f"datasets[{i}]", base_dir, problems, number)
+        if d is None:
+            continue
+        n = d.n_images if d.n_images is not None else n_images
+        if d.kind == "random" and n is None:
+            problems.append(f"datasets[{i}]: Expected n_images (here or at the top) for random data, "
+                            "but got none.")
+        if n is not None:
+            for m in models:
+                if (m.shards or shards) > n:
+                    problems.append(f"shards: Expected at most n_images={n} shards for dataset "
+                                    f"{d.label!r}, but model {m.label!r} has {m.shards or shards}.")
+        datasets.append(d)
+    dlabels = [d.label for d in datasets]
+    for lab in sorted({lab for lab in dlabels if dlabels.count(lab) > 1}):
+        problems.append(f"datasets: Expected distinct dataset labels, but {lab!r} repeats; give each "
+                        "entry its own 'name:'.")
+
+    if problems:
+        raise SpecError(problems, source)
+    spec = SweepSpec(name=name, models=models, datasets=datasets, families=families,
+                     metrics=list(metrics), seeds=list(seeds), n_images=n_images,
+                     batch_size=batch_size, vector_mode=vector_mode, num_cpus=num_cpus,
+                     num_gpus=num_gpus, shards=shards, max_retries=max_retries,
+                     retry_exceptions=retry_exceptions, device=device, amp=amp, out=out,
+                     base_dir=str(base_dir), raw=dict(raw))
+    spec.jobs()  # raises on repeated jobs
+    return spec
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _resolve(path: str, base_dir: str) -> str:
+    p = Path(os.path.expanduser(str(path)))
+    return str(p if p.is_absolute() else Path(base_dir) / p)
+
+
+def _resources(value, where, problems) -> Optional[Tuple[float, float]]:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        problems.append(f"{where}: Expected a mapping like {{num_cpus: 1, num_gpus: 0.5}}, but got {value!r}.")
+        return None
+    for key in set(value) - {"num_cpus", "num_gpus"}:
+        problems.append(f"{where}.{key}: Expected num_cpus or num_gpus, but got {key!r}.")
+    cpus, gpus = value.get("num_cpus", 1), value.get("num_gpus", 0)
+    ok = True
+    for key, v in (("num_cpus", cpus), ("num_gpus", gpus)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (key == "num_cpus" and v <= 0):
+            problems.append(f"{where}.{key}: Expected a number {'> 0' if key == 'num_cpus' else '>= 0'}, "
+                            f"but got {v!r}.")
+            ok = False
+        elif v > 1 and not float(v).is_integer():
+            problems.append(f"{where}.{key}: Expected a fraction <= 1 or a whole number (Ray's rule), "
+                            f"but got {v!r}.")
+            ok = False
+    return (float(cpus), float(gpus)) if ok else None
+
+
+def _families(value, problems) -> Dict[str, str]:
+    from equifast.transforms import parse_transforms
+
+    if value is None:
+        value = {"translation": "translation:1-32", "rotation": "rotation"}
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        named = {}
+        for text in value:
+            if not isinstance(text, str):
+                problems.append(f"transforms: Expected transform specs as strings, but got {text!r}.")
+                continue
+            try:
+                fams = {t.family for t in parse_transforms(text)}
+            except ValueError as err:
+                problems.append(f"transforms: {err}")
+                continue
+            key = "+".join(sorted(fams))
+            if key in named:
+                problems.append(f"transforms: Expected one spec per family, but {key!r} repeats; "
+                                "name them with a mapping ({name: spec}).")
+            named[key] = text
+        return named
+    if not isinstance(value, Mapping) or not value:
+        problems.append(f"transforms: Expected a mapping {{family: spec}} like "
+                        f"{{translation: 'translation:1-32', rotation: rotation}}, but got {value!r}.")
+        return {}
+    out = {}
+    for fam, text in value.items():
+        if not isinstance(text, str):
+            problems.append(f"transforms.{fam}: Expected a spec string like 'translation:1-32', but got {text!r}.")
+            continue
+        try:
+            parse_transforms(text)
+        except ValueError as err:
+            problems.append(f"transforms.{fam}: {err}")
+            continue
+        out[str(fam)] = text
+    return out
+
+
+def _known_model(name: str) -> bool:
+    import timm
+    import torchvision
+
+    return name in torchvision.models.list_models(module=torchvision.models) or timm.is_model(name)
+
+
+def _unknown_model_hint(name: str) -> str:
+    from equifast.models import available_models
+
+    close = difflib.get_close_matches(name, available_models(), n=4, cutoff=0.6)
+    return (f" (did you mean {', '.join(close)}?)" if close else "") + \
+        "; list names with `equifast models PATTERN`"
+
+
+def hub_accuracy(arch: str) -> Optional[float]:
+    """Top-1 ImageNet accuracy in [0, 1] of torchvision's default weights for ``arch``, from
+    the weights' metadata (no download); ``None`` for other models."""
+    import torchvision
+
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        return None
+    try:
+        meta = torchvision.models.get_model_weights(arch).DEFAULT.meta
+        return float(meta["_metrics"]["ImageNet-1K"]["acc@1"]) / 100.0
+    except (KeyError, AttributeError, ValueError):
+        return None
+
+
+def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, Mapping):
+        problems.append(f"{where}: Expected a model name or a mapping {{name: ..., weights: ...}}, "
+                        f"but got {entry!r}.")
+        return None
+    for key in sorted(set(entry) - _MODEL_KEYS):
+        problems.append(f"{where}.{key}: Expected a known key ({', '.join(sorted(_MODEL_KEYS))}), "
+                        f"but got {key!r}{_suggest(key, _MODEL_KEYS)}.")
+    name = entry.get("name")
+    arch = entry.get("arch", name)
+    if not isinstance(arch, str) or not arch:
+        problems.append(f"{where}.name: Expected a torchvision or timm model name, but got {arch!r}.")
+        return None
+    ok = True
+    if not _known_model(arch):
+        problems.append(f"{where}.{'arch' if 'arch' in entry else 'name'}: Expected a torchvision or timm "
+                        f"model name, but got {arch!r}{_unknown_model_hint(arch)}.")
+        ok = False
+    weights = entry.get("weights", "default")
+    if weights in _NO_WEIGHTS:
+        weights = None
+    elif not isinstance(weights, str):
+        problems.append(f"{where}.weights: Expected 'default', 'none' or a checkpoint path, but got {weights!r}.")
+        ok = False
+    elif weights == "embedded" and arch != "efficientnet_lite0":
+        problems.append(f"{where}.weights: Expected 'embedded' only with efficientnet_lite0, but the "
+                        f"model is {arch!r}.")
+        ok = False
+    elif weights not in ("default", "embedded") and not os.path.isfile(_resolve(weights, base_dir)):
+        problems.append(f"{where}.weights: Expected a checkpoint file, but {weights!r} does not exist "
+                        f"(looked at {_resolve(weights, base_dir)!r}); fix the path or use 'default'/'none'.")
+        ok = False
+    num_classes = number("num_classes", entry.get("num_classes"), 1, allow_none=True,
+                         where=f"{where}.num_classes")
+    accuracy = entry.get("accuracy")
+    if accuracy == "hub":
+        accuracy = hub_accuracy(arch) if weights == "default" else None
+        if accuracy is None and ok:
+            problems.append(f"{where}.accuracy: Expected torchvision hub metadata for 'hub' (a torchvision "
+                            f"model with weights: default), but {arch!r} with weights {weights!r} has none; "
+                            "write the top-1 accuracy as a number instead.")
+    elif accuracy is not None:
+        if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not 0 <= accuracy <= 100:
+            problems.append(f"{where}.accuracy: Expected a top-1 accuracy in [0, 1] (or a percentage), "
+                            f"'hub', or null, but got {accuracy!r}.")
+            accuracy = None
+        else:
+            accuracy = float(accuracy) / 100.0 if accuracy > 1 else float(accuracy)
+    elif weights == "default":
+        accuracy = hub_accuracy(arch) if ok else None
+    label = entry.get("label") or name or arch
+    res = _resources(entry.get("resources"), f"{where}.resources", problems)
+    batch_size = number("batch_size", entry.get("batch_size"), 1, allow_none=True,
+                        where=f"{where}.batch_size")
+    shards = number("shards", entry.get("shards"), 1, allow_none=True, where=f"{where}.shards")
+    if not ok:
+        return None
+    return ModelEntry(label=str(label), arch=arch, weights=weights, num_classes=num_classes,
+                      accuracy=accuracy,
+                      resources=(("num_cpus", res[0]), ("num_gpus", res[1])) if res else None,
+                      batch_size=batch_size, shards=shards)
+
+
+def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]:
+    if isinstance(entry, str):
+        entry = {"kind": entry} if entry in ("embedded", "random") else {"path": entry}
+    if not isinstance(entry, Mapping):
+        problems.append(f"{where}: Expected 'embedded', a folder path or a mapping, but got {entry!r}.")
+        return None
+    for key in sorted(set(entry) - _DATASET_KEYS):
+        problems.append(f"{where}.{key}: Expected a known key ({', '.join(sorted(_DATASET_KEYS))}), "
+                        f"but got {key!r}{_suggest(key, _DATASET_KEYS)}.")
+    kind = entry.get("kind") or ("torchvision" if "torchvision" in entry else
+                                 "folder" if "path" in entry else None)
+    if kind not in _KINDS:
+        problems.append(f"{where}.kind: Expected one of {list(_KINDS)} (or a 'path:' / 'torchvision:' key), "
+                        f"but got {kind!r}.")
+        return None
+    image_size = number("image_size", entry.get("image_size"), 8, allow_none=True, where=f"{where}.image_size")
+    crop_pct = entry.get("crop_pct", 0.875)
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+        problems.append(f"{where}.crop_pct: Expected a number in (0, 1], but got {crop_pct!r}.")
+        crop_pct = 0.875
+    n_images = number("n_images", entry.get("n_images"), 1, allow_none=True, where=f"{where}.n_images")
+    labels = entry.get("labels", True)
+    if not isinstance(labels, bool):
+        problems.append(f"{where}.labels: Expected true or false, but got {labels!r}.")
+        labels = True
+    path = name = root = None
+    args: Tuple[Tuple[str, Any], ...] = ()
+    if kind == "folder":
+        path = entry.get("path")
+        if not isinstance(path, str) or not path:
+            problems.append(f"{where}.path: Expected a folder of images, but got {path!r}.")
+            return None
+        if not os.path.isdir(_resolve(path, base_dir)):
+            problems.append(f"{where}.path: Expected a folder of images, but {path!r} does not exist "
+                            f"(looked at {_resolve(path, base_dir)!r}); fix the path or mount the data.")
+    elif kind == "torchvision":
+        import torchvision.datasets
+
+        name = entry.get("torchvision")
+        if not isinstance(name, str) or not hasattr(torchvision.datasets, name):
+            known = [n for n in dir(torchvision.datasets) if n[:1].isupper()]
+            problems.append(f"{where}.torchvision: Expected a torchvision.datasets class name like "
+                            f"'CIFAR10', but got {name!r}{_suggest(name, known)}.")
+        root = entry.get("root")
+        if not isinstance(root, str) or not os.path.isdir(_resolve(root, base_dir)):
+            problems.append(f"{where}.root: Expected the dataset's root folder (datasets are never "
+                            f"downloaded by a sweep), but {root!r} does not exist.")
+        raw_args = entry.get("args", {}) or {}
+        if not isinstance(raw_args, Mapping):
+            problems.append(f"{where}.args: Expected a mapping of dataset arguments, but got {raw_args!r}.")
+            raw_args = {}
+        if "download" in raw_args:
+            problems.append(f"{where}.args.download: Expected no download argument (workers never "
+                            "download); put the data under 'root' first.")
+        args = tuple(sorted(raw_args.items()))
+    label = entry.get("name") or (
+        Path(path).name if kind == "folder" and path else name if kind == "torchvision" else kind)
+    return DatasetEntry(label=str(label), kind=kind, path=path, name=name, root=root, args=args,
+                        image_size=image_size, crop_pct=float(crop_pct), n_images=n_images,
+                        labels=labels)

@@ -1,0 +1,349 @@
+"""The results store of a sweep: one record per job, written atomically, and combined tables.
+
+Layout of a store folder::
+
+    OUT/
+      spec.json              the sweep spec and its job ids (written when a sweep starts)
+      status.json            live counts while a sweep runs (read by `equifast sweep status`)
+      records/<job id>.json  one record per job: status "ok" or "failed"
+      points.parquet/.csv    every finished job's per-point table, with the job's columns
+      parts.parquet/.csv     every finished job's per-part table, with the job's columns
+      jobs.parquet/.csv      one row per record: model, dataset, family, seed, accuracy, timings
+      sweep.lock             held by the sweep that writes here (host and pid inside)
+
+A record file appears only complete (written to a temporary name in the same folder, then
+``os.replace``), so a killed driver never leaves a half-written result, and there is exactly
+one record per job id: a rerun replaces a failed record and skips a finished one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pandas as pd
+
+__all__ = ["ResultStore", "write_atomic", "records_frame", "STATES"]
+
+#: The states a job can be in, as counted by the status file.
+STATES = ("finished", "running", "failed", "pending")
+
+_JOB_COLUMNS = ["job_id", "model", "arch", "weights", "dataset", "transforms", "seed", "accuracy",
+                "accuracy_measured", "accuracy_known", "accuracy_source"]
+
+
+def write_atomic(path: os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    Writes a uniquely named temporary file in the same folder, flushes it to disk and renames
+    it over ``path`` (``os.replace`` is atomic on POSIX and Windows).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    try:
+        with open(tmp, mode) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON values: NaN/inf become null, numpy scalars Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (ValueError, AttributeError):
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _frame_records(df: pd.DataFrame) -> List[Dict[str, Any]]:
+    """A DataFrame as JSON-ready row dicts with full float precision."""
+    df = df.copy()
+    for col in df.columns:
+        if isinstance(df[col].dtype, pd.CategoricalDtype):
+            df[col] = df[col].astype(str)
+    return [_json_safe(row) for row in df.to_dict(orient="records")]
+
+
+def records_frame(rows: List[Dict[str, Any]]) -> pd.DataFrame:
+    """Rows stored by :meth:`ResultStore.write_record` back as a DataFrame (null -> NaN)."""
+    df = pd.DataFrame(rows)
+    for col in ("channel", "layer", "undefined_fraction", "layer_undefined_fraction",
+                "offdiagonal_fraction", "mean_activation", "mean_magnitude"):
+        if col in df:
+            df[col] = df[col].astype(float)
+    return df
+
+
+class ResultStore:
+    """A sweep's results folder (see the module docstring for the layout).
+
+    Args:
+        root: the folder; created when the first file is written.
+
+    Example:
+        >>> store = ResultStore("runs/sweep")                       # doctest: +SKIP
+        >>> store.counts(total=12)                                  # doctest: +SKIP
+        {'finished': 10, 'running': 0, 'failed': 1, 'pending': 1}
+    """
+
+    def __init__(self, root: os.PathLike):
+        self.root = Path(root)
+        self.records_dir = self.root / "records"
+
+    # ---- records ----------------------------------------------------------------------------
+    def record_path(self, job_id: str) -> Path:
+        """Where the record of ``job_id`` lives."""
+        return self.records_dir / f"{job_id}.json"
+
+    def get(self, job_id: str) -> Optional[Dict[str, Any]]:
+        """The record of ``job_id``, or ``None`` (also for an unreadable file, which reruns)."""
+        path = self.record_path(job_id)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            return None
+
+    def write_record(self, record: Dict[str, Any]) -> Path:
+        """Write (or replace) the record of ``record["id"]`` atomically."""
+        if not isinstance(record, dict) or not record.get("id") or record.get("status") not in ("ok", "failed"):
+            got = ({k: record.get(k) for k in ("id", "status")} if isinstance(record, dict)
+                   else type(record).__name__)
+            raise ValueError("Expected a record dict with an 'id' and status 'ok' or 'failed', "
+                             f"but got {got!r}.")
+        return write_atomic(self.record_path(record["id"]),
+                            json.dumps(_json_safe(record), indent=1, allow_nan=False))
+
+    def records(self, status: Optional[str] = None) -> Iterator[Dict[str, Any]]:
+        """Every readable record (``status``: only ``"ok"`` or only ``"failed"`` ones), by id."""
+        if not self.records_dir.is_dir():
+            return
+        for path in sorted(self.records_dir.glob("*.json")):
+            rec = self.get(path.stem)
+            if rec is not None and (status is None or rec.get("status") == status):
+                yield rec
+
+    def states(self) -> Dict[str, str]:
+        """``{job id: "ok" | "failed"}`` of every readable record."""
+        out = {}
+        if self.records_dir.is_dir():
+            for path in self.records_dir.glob("*.json"):
+                rec = self.get(path.stem)
+                if rec is not None:
+                    out[path.stem] = rec.get("status")
+        return out
+
+    def finished(self) -> set:
+        """Ids of the jobs with an ``ok`` record."""
+        return {k for k, v in self.states().items() if v == "ok"}
+
+    def failed(self) -> set:
+        """Ids of the jobs with a ``failed`` record."""
+        return {k for k, v in self.states().items() if v == "failed"}
+
+    # ---- spec and status --------------------------------------------------------------------
+    def write_spec(self, spec_dict: Dict[str, Any], job_ids: List[str]) -> Path:
+        """Save the sweep's spec and its job ids (so status works without the spec file)."""
+        return write_atomic(self.root / "spec.json",
+                            json.dumps(_json_safe({"spec": spec_dict, "jobs": job_ids}), indent=1))
+
+    def read_spec(self) -> Optional[Dict[str, Any]]:
+        """What :meth:`write_spec` saved, or ``None``."""
+        try:
+            return json.loads((self.root / "spec.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_status(self, status: Dict[str, Any]) -> Path:
+        """Replace ``status.json`` (the live counts)."""
+        return write_atomic(self.root / "status.json", json.dumps(_json_safe(status), indent=1))
+
+    def read_status(self) -> Optional[Dict[str, Any]]:
+        """The live status a running (or the last) sweep wrote, or ``None``."""
+        try:
+            return json.loads((self.root / "status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def counts(self, job_ids: Optional[List[str]] = None) -> Dict[str, int]:
+        """Finished, running, failed and pending jobs, from the records and the status file.
+
+        Args:
+            job_ids: the sweep's jobs (default: those saved in ``spec.json``).
+        """
+        if job_ids is None:
+            saved = self.read_spec()
+            job_ids = saved["jobs"] if saved else sorted(self.states())
+        states = self.states()
+        status = self.read_status() or {}
+        live = status.get("state") == "running" and _alive(status.get("host"), status.get("pid"))
+        running = set(status.get("running_ids", [])) if live else set()
+        out = dict.fromkeys(STATES, 0)
+        for jid in job_ids:
+            s = states.get(jid)
+            if s == "ok":
+                out["finished"] += 1
+            elif jid in running:
+                out["running"] += 1
+            elif s == "failed":
+                out["failed"] += 1
+            else:
+                out["pending"] += 1
+        return out
+
+    # ---- single writer ----------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take ``sweep.lock`` so that two sweeps never write the same store at once.
+
+        Raises:
+            RuntimeError: when a live process on this host holds it (a stale lock is taken over).
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "sweep.lock"
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    other = json.loads(path.read_text() or "{}")
+                except (json.JSONDecodeError, OSError):
+                    other = {}
+                if other.get("pid") == os.getpid() and other.get("host") == me["host"]:
+                    return
+                if _alive(other.get("host"), other.get("pid")):
+                    raise RuntimeError(
+                        f"Expected no other sweep writing to {str(self.root)!r}, but pid {other.get('pid')} "
+                        f"on {other.get('host')} holds {str(path)!r}; wait for it, or delete the lock "
+                        "if that process is gone.") from None
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            return
+        raise RuntimeError(f"Expected to take {str(path)!r}, but another process keeps taking it.")
+
+    def unlock(self) -> None:
+        """Release the lock this process holds."""
+        path = self.root / "sweep.lock"
+        try:
+            other = json.loads(path.read_text() or "{}")
+        except (FileNotFoundError, json.JSONDecodeError):
+            return
+        if other.get("pid") == os.getpid() and other.get("host") == socket.gethostname():
+            path.unlink(missing_ok=True)
+
+    # ---- combined tables --------------------------------------------------------------------
+    def tables(self) -> Dict[str, pd.DataFrame]:
+        """``{"points", "parts", "jobs"}`` DataFrames of every record.
+
+        ``points`` and ``parts`` hold finished jobs only, each row with the job's columns
+        (``job_id, model, arch, weights, dataset, transforms, seed, accuracy, ...``); ``jobs``
+        has one row per record, failed ones included with their error. A model's known
+        accuracy comes from the latest saved spec, so fixing it there needs no re-measuring.
+        """
+        known = {}
+        saved = self.read_spec()
+        if saved:
+            known = {m["label"]: m.get("accuracy") for m in saved["spec"].get("models", [])}
+        points, parts, jobs = [], [], []
+        for rec in self.records():
+            job = rec.get("job", {})
+            model, dataset = job.get("model", {}), job.get("dataset", {})
+            acc_known = known.get(model.get("label"), model.get("accuracy"))
+            acc_measured = rec.get("accuracy_measured")
+            cols = {"job_id": rec["id"], "model": model.get("label"), "arch": model.get("arch"),
+                    "weights": model.get("weights"), "dataset": dataset.get("label"),
+                    "transforms": job.get("family"), "seed": job.get("seed"),
+                    "accuracy": acc_measured if acc_measured is not None else acc_known,
+                    "accuracy_measured": acc_measured, "accuracy_known": acc_known,
+                    "accuracy_source": "measured" if acc_measured is not None else (
+                        "known" if acc_known is not None else None)}
+            timings = rec.get("timings", {})
+            jobs.append({**cols, "status": rec.get("status"), "n_images": rec.get("n_images"),
+                         "shards": job.get("shards"), "attempts": rec.get("attempts"),
+                         "total_attempts": rec.get("total_attempts"),
+                         "seconds": timings.get("total_s"), "host": ",".join(rec.get("hosts", [])),
+                         "finished_at": rec.get("finished_at"), "error": rec.get("error")})
+            if rec.get("status") != "ok":
+                continue
+            for name, sink in (("points", points), ("parts", parts)):
+                df = records_frame(rec.get(name, []))
+                for k, v in reversed(list(cols.items())):
+                    df.insert(0, k, v)
+                sink.append(df)
+        empty = pd.DataFrame(columns=_JOB_COLUMNS)
+        return {"points": pd.concat(points, ignore_index=True) if points else empty,
+                "parts": pd.concat(parts, ignore_index=True) if parts else empty.copy(),
+                "jobs": pd.DataFrame(jobs) if jobs else pd.DataFrame(columns=_JOB_COLUMNS + ["status"])}
+
+    def write_tables(self) -> List[Path]:
+        """Write the combined tables as Parquet and CSV (atomically); returns the files."""
+        written = []
+        for name, df in self.tables().items():
+            for suffix in (".parquet", ".csv"):
+                target = self.root / f"{name}{suffix}"
+                tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+                try:
+                    if suffix == ".csv":
+                        df.to_csv(tmp, index=False)
+                    else:
+                        _for_parquet(df).to_parquet(tmp, index=False)
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                written.append(target)
+        return written
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.root)!r})"
+
+
+def _for_parquet(df: pd.DataFrame) -> pd.DataFrame:
+    """Object columns with mixed types (e.g. weights: None or a path) as strings for Arrow."""
+    df = df.copy()
+    for col in df.columns:
+        if df[col].dtype == object:
+            kinds = {type(v) for v in df[col] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+            if len(kinds) > 1 or (kinds and not kinds <= {str}):
+                df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
+                                      else str(v))
+    return df
+
+
+def _alive(host: Optional[str], pid: Optional[int]) -> bool:
+    """Whether process ``pid`` on ``host`` still runs (assumed so for another host)."""
+    if not pid:
+        return False
+    if host and host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,515 @@
+"""Run a sweep on Ray: one task per job (or per shard of a job), results into a store.
+
+    >>> from equifast.distributed import run_sweep
+    >>> result = run_sweep("distributed/examples/small.yaml", out="runs/sweep-small")  # doctest: +SKIP
+    >>> result.complete                                                                 # doctest: +SKIP
+    True
+
+How it keeps every result exactly once:
+
+- A job's id is a hash of what it measures (:mod:`equifast.distributed.spec`); the store
+  holds one record file per id, written atomically by the driver (workers only return
+  results, so workers need no shared disk). A rerun skips jobs with an ``ok`` record.
+- Each task runs with Ray's ``max_retries`` (a worker that dies, e.g. killed or out of
+  memory, is retried) and ``retry_exceptions`` from the spec. A small tracker actor counts
+  every attempt that starts, crashed ones included; when the retries are spent, the job gets
+  a ``failed`` record with its error and attempt counts, which the next run retries.
+- A job with ``shards: k`` is measured by ``k`` tasks, each on a contiguous slice of the
+  job's images; their :class:`equifast.MeasureState` s merge exactly (integer sums) into the
+  single-process result.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from .spec import Job, SweepSpec, load_spec
+from .store import ResultStore, _frame_records
+
+__all__ = ["run_sweep", "measure_job", "job_inputs", "job_record", "SweepResult", "DEFAULT_OUT"]
+
+#: Where results go when neither ``--out`` nor the spec's ``out`` says.
+DEFAULT_OUT = "runs/sweep"
+
+Hook = Callable[[Job, int, Optional[int]], None]
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` did.
+
+    Attributes:
+        out: the store folder. total: jobs in the spec. finished / failed / pending: counts
+        at the end. ran: jobs submitted this run. skipped: jobs already finished before.
+        failures: ``{job id: error}`` of the jobs failed in this run. seconds: wall time.
+    """
+
+    out: Path
+    total: int
+    finished: int
+    failed: int
+    pending: int
+    ran: int
+    skipped: int
+    seconds: float
+    failures: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Every job of the spec has an ``ok`` record."""
+        return self.finished == self.total
+
+
+# ---- one job (runs on a worker) ------------------------------------------------------------
+
+def _normalise(images: torch.Tensor, preprocess) -> torch.Tensor:
+    """Apply the ``Normalize`` step of a torchvision/timm pipeline to images in [0, 1]."""
+    from torchvision import transforms as T
+
+    for step in getattr(preprocess, "transforms", []):
+        if isinstance(step, T.Normalize):
+            return T.functional.normalize(images, step.mean, step.std)
+    return images
+
+
+class _NoLabels(torch.utils.data.Dataset):
+    """A dataset whose labels are hidden (``labels: false`` in the spec)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        return (item[0] if isinstance(item, (tuple, list)) else item), -1
+
+
+def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.utils.data.Dataset], Any]:
+    """The images a job measures, before sharding, and the preprocessing they need.
+
+    Args:
+        job: the job.
+        preprocess: the model's own preprocessing (replaced when the dataset sets ``image_size``).
+
+    Returns:
+        ``(images, preprocess)``: a model-ready tensor ``[N, 3, S, S]`` (``embedded``,
+        ``random``) or a dataset already cut to the job's seeded subset of ``n_images``
+        (``folder``, ``torchvision``; the same subset :func:`equifast.measure` takes).
+    """
+    from equifast import data as data_mod
+    from equifast.models import default_preprocess
+
+    d = job.dataset
+    if d.image_size is not None:
+        preprocess = default_preprocess(d.image_size, d.crop_pct)
+    if preprocess is None:
+        preprocess = default_preprocess()
+    size = d.image_size or 224
+    if d.kind == "random":
+        gen = torch.Generator().manual_seed(job.seed)
+        return torch.randn(job.n_images, 3, size, size, generator=gen), preprocess
+    if d.kind == "embedded":
+        photos = data_mod.embedded_photos(job.n_images or 256, size=size, seed=job.seed)
+        return _normalise(photos, preprocess), preprocess
+    if d.kind == "folder":
+        dataset = data_mod.ImageFiles(job.resolve(d.path))
+    else:
+        import torchvision.datasets
+
+        dataset = getattr(torchvision.datasets, d.name)(root=job.resolve(d.root), **dict(d.args))
+    if not d.labels:
+        dataset = _NoLabels(dataset)
+    n = job.n_images
+    if n is not None and n < len(dataset):  # the subset of equifast.data.batches, exactly
+        gen = torch.Generator().manual_seed(job.seed)
+        keep = torch.randperm(len(dataset), generator=gen)[:n].sort().values.tolist()
+        dataset = torch.utils.data.Subset(dataset, keep)
+    return dataset, preprocess
+
+
+def _shard(images, shard: int, shards: int):
+    """The ``shard``-th of ``shards`` contiguous slices (``numpy.array_split`` sizes)."""
+    n = len(images)
+    index = np.array_split(np.arange(n), shards)[shard]
+    if isinstance(images, torch.Tensor):
+        return images[int(index[0]):int(index[-1]) + 1] if len(index) else images[:0]
+    return torch.utils.data.Subset(images, index.tolist())
+
+
+def measure_job(job: Job, shard: int = 0, shards: Optional[int] = None):
+    """Measure one job (or one shard of it) in this process.
+
+    Seeds torch with the job's seed before building the model, so every shard of a
+    randomly initialised model gets the same weights.
+
+    Args:
+        job: the job. shard: which slice of its images. shards: how many slices (default
+            ``job.shards``).
+
+    Returns:
+        ``(state, info)``: the :class:`equifast.MeasureState` (``None`` for an empty shard) and
+        ``{"host", "pid", "shard", "n_images", "load_s", "measure_s", "device", "backend", ...}``.
+
+    Example:
+        >>> from equifast.distributed import load_spec, measure_job
+        >>> job = load_spec("distributed/examples/small.yaml").jobs()[0]    # doctest: +SKIP
+        >>> state, info = measure_job(job)                                 # doctest: +SKIP
+        >>> state.report().parts                                           # doctest: +SKIP
+    """
+    import equifast
+    from equifast.models import load_model
+    from equifast.transforms import parse_transforms
+
+    shards = job.shards if shards is None else shards
+    if not 0 <= shard < shards:
+        raise ValueError(f"Expected 0 <= shard < {shards}, but got shard={shard}.")
+    started = time.time()
+    torch.manual_seed(job.seed)
+    weights = job.model.weights
+    if weights not in (None, "default", "embedded"):
+        weights = job.resolve(weights)
+    model, preprocess = load_model(job.model.arch, weights=weights, num_classes=job.model.num_classes)
+    images, preprocess = job_inputs(job, preprocess)
+    part = _shard(images, shard, shards)
+    loaded = time.time()
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "shard": shard, "shards": shards,
+            "started_at": started, "load_s": loaded - started, "backend": equifast.backend(),
+            "n_images": len(part)}
+    if len(part) == 0:
+        info.update(measure_s=0.0, finished_at=time.time(), device=None)
+        return None, info
+    state = equifast.measure(model, part, transforms=parse_transforms(job.transform_spec),
+                             metric=list(job.metrics), batch_size=job.batch_size, n_images=None,
+                             vector_mode=job.vector_mode, device=job.device, amp=job.amp,
+                             seed=job.seed, preprocess=preprocess, return_state=True)
+    finished = time.time()
+    device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    info.update(measure_s=finished - loaded, finished_at=finished, device=device)
+    return state, info
+
+
+def job_record(job: Job, results: List[Tuple[Any, Dict[str, Any]]], attempts: int = 1,
+               previous: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The ``ok`` record of a job from its shards' ``(state, info)`` (merged in shard order)."""
+    results = sorted(results, key=lambda r: r[1]["shard"])
+    states = [s for s, _ in results if s is not None]
+    if not states:
+        raise ValueError(f"Expected at least one image for job {job.title}, but every shard was empty.")
+    state = states[0]
+    for other in states[1:]:
+        state = state.merge(other)
+    infos = [i for _, i in results]
+    meta = {"model": job.model.label, "arch": job.model.arch, "weights": job.model.weights,
+            "dataset": job.dataset.label, "family": job.family, "seed": job.seed,
+            "batch_size": job.batch_size, "backend": infos[0].get("backend"),
+            "device": infos[0].get("device"), "amp": job.amp, "shards": len(infos)}
+    report = state.report(meta)
+    measured = report.meta.get("accuracy")
+    known = job.model.accuracy
+    start = min(i["started_at"] for i in infos)
+    end = max(i["finished_at"] for i in infos)
+    return {
+        "id": job.id, "status": "ok", "job": job.entry(), "meta": report.meta,
+        "accuracy": measured if measured is not None else known,
+        "accuracy_measured": measured, "accuracy_known": known,
+        "accuracy_source": "measured" if measured is not None else ("known" if known is not None else None),
+        "n_images": state.n_images,
+        "points": _frame_records(report.points), "parts": _frame_records(report.parts),
+        "timings": {"started_at": start, "finished_at": end, "total_s": end - start,
+                    "load_s": sum(i["load_s"] for i in infos),
+                    "measure_s": sum(i["measure_s"] for i in infos), "shards": infos},
+        "hosts": sorted({i["host"] for i in infos}), "attempts": attempts,
+        "total_attempts": attempts + int((previous or {}).get("total_attempts") or 0),
+        "finished_at": time.time(), "versions": _versions(),
+    }
+
+
+def _failure_record(job: Job, error: BaseException, attempts: int, previous: Optional[dict],
+                    hosts: List[str]) -> Dict[str, Any]:
+    return {"id": job.id, "status": "failed", "job": job.entry(), "error": _describe(error),
+            "traceback": "".join(traceback.format_exception(error))[-20000:],
+            "attempts": attempts,
+            "total_attempts": attempts + int((previous or {}).get("total_attempts") or 0),
+            "hosts": hosts, "finished_at": time.time(), "versions": _versions()}
+
+
+def _system_failure(error: BaseException) -> bool:
+    """A worker or node died (as opposed to an exception raised by the measurement)."""
+    import ray.exceptions as rex
+
+    kinds = tuple(getattr(rex, n) for n in ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError",
+                                            "LocalRayletDiedError") if hasattr(rex, n))
+    return isinstance(error, kinds)
+
+
+def _describe(error: BaseException) -> str:
+    """One line: what went wrong in a task."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
+    text = str(error).strip().splitlines()
+    first = next((line for line in text if line.strip()), "")
+    return f"{type(error).__name__}: {first}"[:500]
+
+
+def _versions() -> Dict[str, str]:
+    import equifast
+
+    out = {"equifast": getattr(equifast, "__version__", "?"), "torch": torch.__version__}
+    try:
+        import ray
+
+        out["ray"] = ray.__version__
+    except ImportError:
+        pass
+    return out
+
+
+# ---- Ray side ------------------------------------------------------------------------------
+
+class _Tracker:
+    """A tiny actor that counts the attempts each task starts (crashed ones included)."""
+
+    def __init__(self):
+        self.starts: Dict[str, Dict[int, int]] = {}
+        self.hosts: Dict[str, set] = {}
+        self.active: set = set()
+
+    def started(self, job_id: str, shard: int, host: str) -> int:
+        shards = self.starts.setdefault(job_id, {})
+        shards[shard] = shards.get(shard, 0) + 1
+        self.hosts.setdefault(job_id, set()).add(host)
+        self.active.add((job_id, shard))
+        return shards[shard]
+
+    def ended(self, job_id: str, shard: int) -> None:
+        self.active.discard((job_id, shard))
+
+    def snapshot(self) -> Dict[str, Dict[str, Any]]:
+        running = {j for j, _ in self.active}
+        return {k: {"attempts": max(v.values()), "hosts": sorted(self.hosts.get(k, ())),
+                    "running": k in running} for k, v in self.starts.items()}
+
+
+def _task(job: Job, shard: int, shards: int, tracker, before_job: Optional[Hook]):
+    """One Ray task: report the start to the tracker, run the hook, measure.
+
+    The start is confirmed through ``ObjectRef.future()``, not ``ray.get``: a task blocked in
+    ``ray.get`` lends its CPUs to the next task, which would oversubscribe the node.
+    """
+    attempt = None
+    if tracker is not None:
+        ref = tracker.started.remote(job.id, shard, socket.gethostname())
+        try:  # delivered before anything can crash this worker
+            attempt = ref.future().result(timeout=60)
+        except Exception:  # noqa: BLE001 -- bookkeeping only; never fail a job for it
+            attempt = None
+    try:
+        if before_job is not None:
+            before_job(job, shard, attempt)
+        state, info = measure_job(job, shard, shards)
+        info["attempt"] = attempt
+    finally:  # a crashed worker never gets here: its shard stays running until retried
+        if tracker is not None:
+            tracker.ended.remote(job.id, shard)
+    return state, info
+
+
+def _init_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
+    """Connect to Ray (``address``) or start it locally; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: Dict[str, Any] = {"address": address}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        kwargs.update(include_dashboard=False)
+        if num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
+    ray.init(**kwargs)
+    return True
+
+
+def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.PathLike] = None,
+              address: Optional[str] = None, *, retry_failed: bool = True, progress: bool = True,
+              before_job: Optional[Hook] = None, num_cpus: Optional[int] = None,
+              poll_s: float = 0.5, echo: Callable[[str], None] = print) -> SweepResult:
+    """Run every unfinished job of a sweep on Ray and store the results.
+
+    Args:
+        spec: a spec file, dict or :class:`SweepSpec`; validated before anything runs.
+        out: the store folder (default: the spec's ``out``, else ``runs/sweep``).
+        address: a Ray cluster (``"auto"``, ``"ray://head:10001"``); ``None`` uses the Ray
+            this process is connected to, ``RAY_ADDRESS`` (as under ``ray job submit``), or
+            starts a local one (with ``num_cpus``, default all cores).
+        retry_failed: also rerun jobs whose record says ``failed`` (default True).
+        progress: print a line whenever the counts change (and one per finished job).
+        before_job: ``f(job, shard, attempt)`` called on the worker before measuring: setup,
+            or fault injection in tests (``attempt`` counts from 1, crashed attempts included;
+            ``None`` if the tracker did not answer).
+        poll_s: how often the counts and ``status.json`` are refreshed.
+        echo: where progress lines go.
+
+    Returns:
+        :class:`SweepResult`. The combined tables (``points``, ``parts``, ``jobs`` in Parquet
+        and CSV) are rewritten at the end, also after an interruption.
+
+    Raises:
+        SpecError: an invalid spec (nothing ran). RuntimeError: another live sweep writes ``out``.
+    """
+    import ray
+
+    spec = load_spec(spec)
+    jobs = spec.jobs()
+    store = ResultStore(out or spec.out or DEFAULT_OUT)
+    t0 = time.time()
+    store.lock()
+    started_ray = False
+    tracker = None
+    pending: Dict[Any, Tuple[Job, int]] = {}
+    try:
+        store.write_spec(spec.to_dict(), [j.id for j in jobs])
+        before = {j.id: store.get(j.id) for j in jobs}
+        done = {jid for jid, rec in before.items() if rec and rec.get("status") == "ok"}
+        old_failed = {jid for jid, rec in before.items() if rec and rec.get("status") == "failed"}
+        todo = [j for j in jobs if j.id not in done and (retry_failed or j.id not in old_failed)]
+        failed_now: Dict[str, str] = {}
+        say = echo if progress else (lambda _line: None)
+        say(f"[{spec.name}] {len(jobs)} jobs: {len(done)} already finished, {len(todo)} to run "
+            f"-> {store.root}")
+        status = {"sweep": spec.name, "state": "running", "total": len(jobs), "out": str(store.root),
+                  "host": socket.gethostname(), "pid": os.getpid(), "started_at": t0}
+        counts = _Counts(jobs, done, set() if retry_failed else old_failed)
+        store.write_status({**status, **counts.as_dict(set())})
+        if todo:
+            started_ray = _init_ray(address, num_cpus)
+            tracker = ray.remote(_Tracker).options(num_cpus=0).remote()
+            remote = ray.remote(_task)
+            for job in todo:
+                opts = dict(num_cpus=job.num_cpus, num_gpus=job.num_gpus,
+                            max_retries=spec.max_retries, retry_exceptions=spec.retry_exceptions,
+                            name=f"equifast:{job.model.label}:{job.family}:{job.seed}")
+                for shard in range(job.shards):
+                    ref = remote.options(**opts).remote(job, shard, job.shards, tracker, before_job)
+                    pending[ref] = (job, shard)
+        partial: Dict[str, List[Tuple[Any, dict]]] = {}
+        last_line, last_write = None, 0.0
+        snapshot: Dict[str, dict] = {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=poll_s, fetch_local=False)
+            if ready:
+                snapshot = ray.get(tracker.snapshot.remote())
+            for ref in ready:
+                job, shard = pending.pop(ref)
+                if job.id in failed_now:
+                    continue
+                attempts = max(1, snapshot.get(job.id, {}).get("attempts", 1))
+                rec = None
+                try:
+                    result = ray.get(ref)
+                    partial.setdefault(job.id, []).append(result)
+                    if len(partial[job.id]) == job.shards:
+                        rec = job_record(job, partial.pop(job.id), attempts, before[job.id])
+                except Exception as err:  # noqa: BLE001 -- any task error becomes a failure record
+                    if _system_failure(err):  # Ray spent every retry on it
+                        attempts = max(attempts, spec.max_retries + 1)
+                    for other in [r for r, (j, _) in pending.items() if j.id == job.id]:
+                        pending.pop(other)  # the job failed: its other shards are moot
+                        try:
+                            ray.cancel(other, force=True)
+                        except Exception:  # noqa: BLE001 -- already finished or gone
+                            pass
+                    partial.pop(job.id, None)
+                    hosts = snapshot.get(job.id, {}).get("hosts", [])
+                    rec = _failure_record(job, err, attempts, before[job.id], hosts)
+                    store.write_record(rec)
+                    failed_now[job.id] = rec["error"]
+                    counts.fail(job.id)
+                    say(f"  FAILED {job.title} after {attempts} attempt(s): {rec['error']}")
+                    continue
+                if rec is not None:
+                    store.write_record(rec)
+                    counts.finish(job.id)
+                    say(f"  ok {job.title} ({rec['timings']['total_s']:.1f} s on "
+                        f"{', '.join(rec['hosts'])}, attempt {attempts})")
+            if tracker is not None and not ready:
+                snapshot = ray.get(tracker.snapshot.remote())
+            running = {jid for jid, s in snapshot.items() if s["running"] and jid not in counts.closed}
+            line = counts.line(running)
+            now = time.time()
+            if line != last_line or now - last_write > 10:
+                store.write_status({**status, "updated_at": now, **counts.as_dict(running)})
+                last_write = now
+                if line != last_line:
+                    say(f"[{spec.name}] {line}")
+                    last_line = line
+        final = counts.as_dict(set())
+        store.write_status({**status, "state": "done", "updated_at": time.time(), **final})
+        say(f"[{spec.name}] done in {time.time() - t0:.1f} s: {counts.line(set())}")
+        return SweepResult(out=store.root, total=len(jobs), finished=final["finished"],
+                           failed=final["failed"], pending=final["pending"], ran=len(todo),
+                           skipped=len(done), seconds=time.time() - t0, failures=failed_now)
+    except BaseException:
+        for ref in list(pending):
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 -- best effort on the way out
+                pass
+        st = store.read_status() or {}
+        if st.get("state") == "running":
+            store.write_status({**st, "state": "interrupted", "updated_at": time.time(),
+                                "running": 0, "running_ids": []})
+        raise
+    finally:
+        try:
+            store.write_tables()
+        finally:
+            if tracker is not None:
+                try:
+                    ray.kill(tracker)
+                except Exception:  # noqa: BLE001
+                    pass
+            if started_ray:
+                ray.shutdown()
+            store.unlock()
+
+
+class _Counts:
+    """Finished / running / failed / pending bookkeeping of the driver."""
+
+    def __init__(self, jobs: List[Job], done: set, failed: set):
+        self.ids = [j.id for j in jobs]
+        self.done = set(done)
+        self.failed = set(failed)
+
+    @property
+    def closed(self) -> set:
+        return self.done | self.failed
+
+    def finish(self, job_id: str) -> None:
+        self.done.add(job_id)
+        self.failed.discard(job_id)
+
+    def fail(self, job_id: str) -> None:
+        self.failed.add(job_id)
+
+    def as_dict(self, running: set) -> Dict[str, Any]:
+        running = set(running) - self.closed
+        return {"finished": len(self.done), "running": len(running), "failed": len(self.failed),
+                "pending": len(self.ids) - len(self.done) - len(self.failed) - len(running),
+                "running_ids": sorted(running), "failed_ids": sorted(self.failed)}
+
+    def line(self, running: set) -> str:
+        c = self.as_dict(running)
+        return (f"finished {c['finished']}/{len(self.ids)}, running {c['running']}, "
+                f"failed {c['failed']}, pending {c['pending']}")

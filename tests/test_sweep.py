@@ -1,0 +1,342 @@
+"""Sweeps on Ray (equifast.distributed): specs, execution, store, retries, shards, analysis.
+
+Small on purpose (2 cores): random-init models at 32x32, 8 images, two short transform
+families. The Ray fixture is shared by the module.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+import equifast as ef  # noqa: E402
+from equifast.distributed import (ResultStore, SpecError, analysis, load_spec, measure_job,  # noqa: E402
+                                  run_sweep)
+from equifast.distributed.cli import main as sweep_main  # noqa: E402
+from equifast.distributed.spec import hub_accuracy  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "distributed" / "examples"
+
+MODELS = [
+    {"name": "resnet18", "weights": "none", "num_classes": 10, "accuracy": 0.70},        # torchvision
+    {"name": "mobilenet_v3_small", "weights": "none", "num_classes": 10, "accuracy": 0.62},
+    {"name": "resnet10t", "weights": "none", "num_classes": 10, "accuracy": 0.66},       # timm
+]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    if ray.is_initialized():  # another module's Ray: use it, leave it to its owner
+        yield
+        return
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """8 small PNGs in two class subfolders (so the sweep measures accuracy too)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        cls = root / f"class{i % 2}"
+        cls.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(cls / f"{i}.png")
+    return root
+
+
+def _spec(folder, **over):
+    spec = {"name": "test", "models": MODELS,
+            "datasets": [{"name": "tiny", "path": str(folder), "image_size": 32}],
+            "transforms": {"translation": "translation:1-2", "rotation": "rotation:90"},
+            "n_images": 8, "batch_size": 8, "resources": {"num_cpus": 1}, "max_retries": 1}
+    spec.update(over)
+    return spec
+
+
+# ---- spec ------------------------------------------------------------------------------------
+
+def test_spec_expands_into_jobs_with_stable_ids(folder):
+    spec = load_spec(_spec(folder))
+    jobs = spec.jobs()
+    assert len(jobs) == 3 * 2
+    assert len({j.id for j in jobs}) == 6
+    assert [j.id for j in load_spec(_spec(folder)).jobs()] == [j.id for j in jobs]
+    # how a job runs is not part of what it measures
+    other = load_spec(_spec(folder, resources={"num_cpus": 2, "num_gpus": 0.5}, shards=2,
+                            max_retries=5)).jobs()
+    assert [j.id for j in other] == [j.id for j in jobs]
+    assert other[0].num_gpus == 0.5 and other[0].shards == 2
+    # what it measures is
+    assert not {j.id for j in load_spec(_spec(folder, seeds=[1])).jobs()} & {j.id for j in jobs}
+    # the canonical transform names, not their spelling
+    alias = load_spec(_spec(folder, transforms={"translation": "shift:1-2", "rotation": "rotation:90"}))
+    assert [j.id for j in alias.jobs()] == [j.id for j in jobs]
+
+
+def test_example_specs_load():
+    small = load_spec(EXAMPLES / "small.yaml")
+    assert len(small.jobs()) == len(small.models) * 2
+    with pytest.raises(SpecError, match="imagenet/val"):  # everything but the data is valid here
+        load_spec(EXAMPLES / "seminal.yaml")
+    assert hub_accuracy("resnet50") == pytest.approx(0.80858)
+
+
+def test_bad_spec_fails_before_any_job(folder, tmp_path, capsys):
+    bad = _spec(folder, models=MODELS + [{"name": "resnet5O"},
+                                         {"name": "resnet18", "label": "ckpt", "weights": "missing.pt"}],
+                datasets=[{"path": str(tmp_path / "nowhere")}],
+                transforms={"translation": "translaton:1-2"})
+    with pytest.raises(SpecError) as err:
+        run_sweep(bad, out=tmp_path / "out")
+    text = str(err.value)
+    assert "no job was started" in text and "4 problems" in text
+    assert "'resnet5O'" in text and "did you mean resnet50" in text
+    assert "missing.pt" in text and "nowhere" in text and "translaton" in text
+    assert not (tmp_path / "out").exists()
+    spec_file = tmp_path / "bad.yaml"
+    import yaml
+
+    spec_file.write_text(yaml.safe_dump(bad))
+    assert sweep_main(["run", str(spec_file), "--out", str(tmp_path / "out")]) == 2
+    assert "resnet5O" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_path_is_relative_to_the_spec(folder, tmp_path):
+    from equifast.models import default_preprocess, load_model
+
+    torch.manual_seed(3)
+    model, _ = load_model("resnet10t", weights=None, num_classes=10)
+    (tmp_path / "ckpt").mkdir()
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "ckpt" / "r10.pt")
+    import yaml
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec(
+        folder, models=[{"name": "mine", "arch": "resnet10t", "weights": "ckpt/r10.pt", "num_classes": 10,
+                         "accuracy": 91}],
+        transforms={"rotation": "rotation:90"}, n_images=4, batch_size=4)))
+    (job,) = load_spec(spec_file).jobs()
+    assert job.model.label == "mine" and job.model.accuracy == pytest.approx(0.91)
+    state, info = measure_job(job)
+    ref = ef.measure(model, str(folder), transforms=ef.parse_transforms("rotation:90"), batch_size=4,
+                     n_images=4, preprocess=default_preprocess(32))
+    _assert_same(state.report().points, ref.points)
+    assert info["n_images"] == 4
+
+
+# ---- store -----------------------------------------------------------------------------------
+
+def test_store_records_are_atomic_and_unique(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write_record({"id": "abc", "status": "failed", "error": "boom", "job": {}})
+    store.write_record({"id": "abc", "status": "ok", "job": {}, "points": [], "parts": [],
+                        "x": float("nan")})
+    assert [p.name for p in (tmp_path / "records").iterdir()] == ["abc.json"]
+    assert store.get("abc")["status"] == "ok" and store.get("abc")["x"] is None
+    (tmp_path / "records" / "half.json").write_text('{"id": "half", "sta')  # a torn write reruns
+    assert store.states() == {"abc": "ok"}
+    with pytest.raises(ValueError, match="status 'ok' or 'failed'"):
+        store.write_record({"id": "x", "status": "done"})
+
+
+# ---- analysis --------------------------------------------------------------------------------
+
+def test_spearman_against_hand_computed_values():
+    rows = []
+    models, acc = ["a", "b", "c", "d"], [0.5, 0.6, 0.7, 0.8]
+    channel = {"early": [0.1, 0.4, 0.3, 0.9],   # ranks 1 3 2 4: rho = 1 - 6*2/(4*15) = 0.8
+               "final": [0.9, 0.7, 0.5, 0.1]}   # reversed: -1
+    layer = {"early": [1.0, 2.0, 2.0, 3.0],     # a tie: ranks 1 2.5 2.5 4 -> 4.5/sqrt(4.5*5)
+             "final": [0.3, 0.3, 0.3, 0.3]}     # constant: undefined
+    for part in ("early", "final"):
+        for i, m in enumerate(models):
+            rows.append({"model": m, "dataset": "d", "transforms": "rotation", "family": "rotation",
+                         "part": part, "metric": "correlation", "seed": 0,
+                         "channel": channel[part][i], "layer": layer[part][i], "accuracy": acc[i]})
+    corr = analysis.accuracy_correlation(pd.DataFrame(rows))
+    got = {(r.part, r.score): r.spearman for r in corr.itertuples()}
+    assert got[("early", "channel")] == pytest.approx(0.8)
+    assert got[("final", "channel")] == pytest.approx(-1.0)
+    assert got[("early", "layer")] == pytest.approx(4.5 / np.sqrt(22.5))
+    assert np.isnan(got[("final", "layer")])
+    assert set(corr["n_models"]) == {4}
+    few = analysis.accuracy_correlation(pd.DataFrame(rows[:2] + rows[4:6]))
+    assert few["spearman"].isna().all()  # fewer than 3 models
+
+
+# ---- sweeps on Ray ---------------------------------------------------------------------------
+
+def test_sweep_of_three_models_and_two_families(ray_session, folder, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    result = run_sweep(_spec(folder), out=out)
+    assert result.complete and result.total == 6 and result.ran == 6 and not result.failures
+    lines = capsys.readouterr().out
+    assert "finished 6/6, running 0, failed 0, pending 0" in lines
+
+    store = ResultStore(out)
+    tables = store.tables()
+    jobs = pd.read_parquet(out / "jobs.parquet")
+    assert len(jobs) == 6 and jobs["job_id"].is_unique and (jobs["status"] == "ok").all()
+    assert set(jobs["model"]) == {"resnet18", "mobilenet_v3_small", "resnet10t"}
+    parts = pd.read_parquet(out / "parts.parquet")
+    assert set(parts["family"]) == {"translation", "rotation"}
+    assert set(parts["part"]) == {"early", "middle", "late", "pool", "final"}
+    assert len(pd.read_csv(out / "points.csv")) == len(tables["points"])
+    assert not tables["points"].duplicated(["job_id", "point", "transform", "metric"]).any()
+    rec = store.get(jobs["job_id"].iloc[0])
+    assert rec["n_images"] == 8 and rec["accuracy_source"] == "measured"  # class subfolders
+    assert rec["hosts"] and rec["timings"]["measure_s"] > 0 and rec["job"]["model"]["label"]
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "done" and status["finished"] == 6 and status["pending"] == 0
+
+    again = run_sweep(_spec(folder), out=out, progress=False)  # a rerun skips finished jobs
+    assert again.complete and again.ran == 0 and again.skipped == 6
+    assert sweep_main(["status", "--out", str(out)]) == 0
+    assert "finished 6/6, running 0, failed 0, pending 0" in capsys.readouterr().out
+
+    assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
+    assert "Spearman" in capsys.readouterr().out
+    for name in ("fig11_translation.png", "fig12_rotation.png", "fig13_accuracy_correlation.png",
+                 "part_scores.csv", "accuracy_correlation.csv"):
+        assert (out / "figures" / name).is_file(), name
+    scores = analysis.part_scores(out, accuracy="known")
+    assert dict(zip(scores["model"], scores["accuracy"]))["resnet10t"] == pytest.approx(0.66)
+
+
+def _crash_first_attempt(marker_dir, family="rotation"):
+    """A hook that kills the worker process the first time a job of ``family`` starts."""
+    def hook(job, shard, attempt):
+        marker = Path(marker_dir) / f"{job.id}.{shard}"
+        if job.family == family and not marker.exists():
+            marker.touch()
+            os._exit(1)
+    return hook
+
+
+def test_worker_killed_mid_sweep_is_retried_then_recorded(ray_session, folder, tmp_path):
+    one = _spec(folder, models=MODELS[2:])
+    # Ray retries the killed worker's task: the sweep completes, and the record counts both attempts.
+    out = tmp_path / "retried"
+    result = run_sweep(one, out=out, before_job=_crash_first_attempt(tmp_path), progress=False)
+    assert result.complete
+    jobs = ResultStore(out).tables()["jobs"].set_index("transforms")
+    assert jobs.loc["rotation", "attempts"] == 2 and jobs.loc["translation", "attempts"] == 1
+
+    # No retries left: the job gets a failure record with its error; a rerun completes it.
+    out = tmp_path / "failed"
+    marker = tmp_path / "markers"
+    marker.mkdir()
+    result = run_sweep({**one, "max_retries": 0}, out=out, before_job=_crash_first_attempt(marker),
+                       progress=False)
+    assert not result.complete and result.failed == 1 and result.finished == 1
+    store = ResultStore(out)
+    failed = list(store.records(status="failed"))
+    assert len(failed) == 1 and failed[0]["job"]["family"] == "rotation"
+    assert "Worker" in failed[0]["error"] or "died" in failed[0]["error"], failed[0]["error"]
+    assert store.counts() == {"finished": 1, "running": 0, "failed": 1, "pending": 0}
+    again = run_sweep({**one, "max_retries": 0}, out=out, progress=False)
+    assert again.complete and again.ran == 1 and again.skipped == 1
+    jobs = store.tables()["jobs"]
+    assert len(jobs) == 2 and jobs["job_id"].is_unique and (jobs["status"] == "ok").all()
+    assert jobs.set_index("transforms").loc["rotation", "total_attempts"] == 2
+    assert len(list((out / "records").iterdir())) == 2
+
+
+def _single_process(folder, seed=0, n_images=6, threads=None):
+    """``equifast.measure`` in this process; ``threads``: as many as a Ray worker with that
+    many CPUs uses (float32 convolutions round differently with another thread count)."""
+    from equifast.models import default_preprocess, load_model
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        torch.manual_seed(seed)
+        model, _ = load_model("resnet10t", weights=None, num_classes=10)
+        return ef.measure(model, str(folder), transforms=ef.parse_transforms("translation:1-2"),
+                          batch_size=4, n_images=n_images, seed=seed,
+                          preprocess=default_preprocess(32))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _assert_same(a: pd.DataFrame, b: pd.DataFrame):
+    key = ["point", "transform", "metric"]
+    a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+    assert a[key].equals(b[key])
+    for col in ("channel", "layer"):
+        np.testing.assert_allclose(a[col].to_numpy(float), b[col].to_numpy(float), rtol=0, atol=1e-12)
+    assert (a["n_images"].to_numpy() == b["n_images"].to_numpy()).all()
+
+
+def test_shards_in_process_merge_exactly(folder):
+    spec = load_spec(_spec(folder, models=MODELS[2:], transforms={"translation": "translation:1-2"},
+                           n_images=6, batch_size=4, shards=2))
+    job = spec.jobs()[0]
+    (s0, i0), (s1, i1) = measure_job(job, 0), measure_job(job, 1)
+    assert (i0["n_images"], i1["n_images"]) == (3, 3)
+    merged = s0.merge(s1).report()
+    single = _single_process(folder)
+    _assert_same(merged.points, single.points)
+    assert merged.meta["accuracy"] == single.meta["accuracy"]
+
+
+def test_dataset_split_over_two_workers_equals_single_process(ray_session, folder, tmp_path):
+    spec = _spec(folder, models=MODELS[2:], transforms={"translation": "translation:1-2"},
+                 n_images=6, batch_size=4, shards=2)
+    out = tmp_path / "sharded"
+    assert run_sweep(spec, out=out, progress=False).complete
+    (rec,) = ResultStore(out).records()
+    assert len(rec["timings"]["shards"]) == 2 and rec["n_images"] == 6
+    single = _single_process(folder, threads=1)  # resources: {num_cpus: 1}
+    stored = pd.DataFrame(rec["points"])
+    _assert_same(stored, single.points)
+    assert rec["accuracy_measured"] == single.meta["accuracy"]
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_sweep_loses_and_duplicates_nothing(folder, tmp_path):
+    """SIGKILL the driver after its first record; the rerun finishes the rest exactly once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec(folder)))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "equifast.distributed.cli", "run", str(spec_file), "--out", str(out),
+           "--num-cpus", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list((out / "records").glob("*.json")):
+            time.sleep(0.2)
+        assert list((out / "records").glob("*.json")), "no job finished in time"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait()
+    store = ResultStore(out)
+    before = store.finished()
+    assert 1 <= len(before) < 6
+    assert store.counts()["running"] == 0  # the writer is gone
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = store.tables()["jobs"]
+    assert len(jobs) == 6 and jobs["job_id"].is_unique and (jobs["status"] == "ok").all()
+    assert before <= store.finished()
+    assert f"{len(before)} already finished, {6 - len(before)} to run" in result.stdout
