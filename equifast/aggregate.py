@@ -145,9 +145,9 @@ class ActivationState:
     count: int = 0
 
     def update(self, f: torch.Tensor) -> "ActivationState":
-        f = f.detach().double()
-        self.total += float(f.sum())
-        self.magnitude += float(f.abs().sum())
+        f = f.detach()
+        self.total += float(f.sum(dtype=torch.float64))
+        self.magnitude += float(torch.linalg.vector_norm(f, ord=1, dtype=torch.float64))
         self.count += f.numel()
         return self
 

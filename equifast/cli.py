@@ -66,7 +66,8 @@ def _run_measure(args) -> int:
                      weights=weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    files = report.save(out / "report.json") + report.save(out / "report.csv") + report.save(out / "report.parquet")
+    files = list(dict.fromkeys(report.save(out / "report.json") + report.save(out / "report.csv")
+                               + report.save(out / "report.parquet")))
     fig = out / "figure.png"
     report.plot(fig, label=args.model, metric=metrics[0])
     files.append(fig)

@@ -138,7 +138,7 @@ class Report:
             written.append(target)
         meta = stem.with_name(f"{stem.name}.meta.json")
         _write_atomic(meta, json.dumps(self.meta, indent=1, default=str))
-        return written + [meta]
+        return written + [meta]  # .csv and .parquet share the meta file
 
     @classmethod
     def load(cls, path) -> "Report":

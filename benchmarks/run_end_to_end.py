@@ -1,0 +1,105 @@
+"""End-to-end throughput: what ``equifast.measure`` adds to the model's own forward passes.
+
+The baseline is the forward passes ``measure`` itself must run: ``x`` and every transformed
+batch, through the same model at the same batch size and memory format. The ratio
+``measure / forward`` - 1 is the overhead of the scores, the transforms and the bookkeeping
+(issue target: at most 25%).
+
+    python benchmarks/run_end_to_end.py                    # ResNet-18 at 112x112 on CPU
+    python benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 --device cuda
+
+Writes its table into the ``end-to-end`` section of ``benchmarks/RESULTS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import equifast as ef
+from equifast.models import load_model
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+BEGIN, END = "<!-- end-to-end:begin -->", "<!-- end-to-end:end -->"
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def forward_only(model, x, transforms, batch_size, device, channels_last=True):
+    """Time the forward passes that measure runs: x, then the transformed batches stacked."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt)
+    with torch.no_grad():
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device).contiguous(memory_format=fmt)
+            model(xb)
+            per = max(1, batch_size // len(xb))
+            for s in range(0, len(transforms), per):
+                model(torch.cat([t(xb) for t in transforms[s:s + per]]).contiguous(memory_format=fmt))
+        _sync(device)
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--shifts", type=int, default=32)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    model, _ = load_model(args.model, weights=None)
+    x = torch.randn(args.images, 3, args.size, args.size)
+    transforms = ef.diagonal_shifts(1, args.shifts)
+    ef.measure(model, x[:args.batch], transforms=transforms[:2], batch_size=args.batch, device=device)  # warm up
+    fwd, meas = [], []
+    for _ in range(args.repeats):
+        fwd.append(forward_only(model, x, transforms, args.batch, device))
+        _sync(device)
+        t0 = time.perf_counter()
+        ef.measure(model, x, transforms=transforms, batch_size=args.batch, device=device)
+        _sync(device)
+        meas.append(time.perf_counter() - t0)
+    f, m = statistics.median(fwd), statistics.median(meas)
+    passes = args.images * (1 + len(transforms))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    row = (f"| {args.model} | {args.size}x{args.size} | {args.batch} | 1..{args.shifts} | {device.type} ({name}, "
+           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}) | {f:.2f} | {m:.2f} | {100 * (m / f - 1):+.0f}% | "
+           f"{args.images / m:.1f} | {passes / m:.0f} |")
+    header = ("| model | input | batch | shifts | device | forward s | measure s | overhead | images/s | "
+              "forward passes/s |\n|---|---|---|---|---|---|---|---|---|---|")
+    print(header)
+    print(row)
+    print(f"backend: {ef.backend()}, torch {torch.__version__}")
+    if not args.no_write:
+        _write(header, row)
+
+
+def _write(header, row):
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    section = (f"{BEGIN}\n## End to end: `equifast.measure` vs the model's own forward passes\n\n"
+               f"Written by `benchmarks/run_end_to_end.py` on {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
+               f"backend {ef.backend()}.\n\n{header}\n{row}\n{END}")
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
