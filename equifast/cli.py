@@ -34,7 +34,7 @@ def _add_measure(sub) -> None:
     p.add_argument("--metric", default="correlation",
                    help="correlation, cosine, or both (correlation,cosine: adds the metric-bias analysis)")
     p.add_argument("--vector-mode", default="per_image", choices=["per_image", "across_images"])
-    p.add_argument("--n-images", type=int, default=None, help="images to use (default: 128 embedded, all of --data)")
+    p.add_argument("--n-images", type=int, default=None, help="images to use (default: 192 embedded, all of --data)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--amp", default=None, choices=["float16", "bfloat16"], help="autocast dtype")
@@ -56,7 +56,7 @@ def _run_measure(args) -> int:
     weights = None if args.weights == "none" else args.weights
     if args.data is not None and not Path(args.data).exists():
         raise FileNotFoundError(f"Expected --data to be a folder of images, but {args.data!r} does not exist.")
-    n_images = args.n_images if args.n_images is not None else (128 if args.data is None else None)
+    n_images = args.n_images if args.n_images is not None else (192 if args.data is None else None)
     print(f"equifast: {args.model} ({'embedded photos' if args.data is None else args.data}), "
           f"{len(transforms)} transforms, metric {','.join(metrics)}, backend {functional.backend()}",
           flush=True)

@@ -382,12 +382,8 @@ def test_cli_parsers_plug_into_a_parent():
     assert callable(args.func)
 
 
-@pytest.mark.slow
 @needs_fmnist
 def test_study_with_real_measure(tmp_path):
-    import equifast
-    if not hasattr(equifast, "measure"):
-        pytest.skip("equifast.measure is not available yet")
     summary = run_study("objective-fashion", str(tmp_path), seeds=[0],
                         overrides={**QUICK, "epochs": 1}, n_images=64)
     assert set(summary["part"]) >= {"early", "middle", "late", "pool", "final"}

@@ -1,6 +1,7 @@
 """Ray Train data-parallel training on CPU (two gloo workers in a local Ray instance).
 
-Slow (~35 s on 2 cores: most of it is starting Ray and the worker group), hence marked.
+About 35 s on 2 cores, most of it starting Ray and the worker group: the one real
+distributed training run of the suite, so it stays in CI.
 """
 import json
 import os
@@ -17,7 +18,6 @@ from equifast.training.data import FASHION_MNIST_ROOT  # noqa: E402
 from equifast.training.ray_train import train_ray  # noqa: E402
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(not os.path.isfile(os.path.join(FASHION_MNIST_ROOT,
                                                        "train-images-idx3-ubyte.gz")),
                        reason="Fashion-MNIST idx files not found"),
