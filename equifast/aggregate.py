@@ -10,7 +10,7 @@ float64 sums.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -21,10 +21,11 @@ __all__ = ["ScoreState", "VectorState", "ActivationState", "FIXED_POINT"]
 FIXED_POINT = 2 ** 40
 
 
-def _fixed_sum(values: torch.Tensor) -> int:
-    """Exact integer sum of ``round(v * 2**40)`` over the non-NaN entries of ``values``."""
-    v = values[~torch.isnan(values)].double()
-    return int(torch.round(v * FIXED_POINT).long().sum().item()) if v.numel() else 0
+def _fixed_sums(values: torch.Tensor) -> List[int]:
+    """Exact integer sums of ``round(v * 2**40)`` over the non-NaN entries of each row of
+    ``values`` (``[R, ...]``), computed where the scores live (one small transfer)."""
+    fixed = torch.round(torch.nan_to_num(values.double(), nan=0.0) * FIXED_POINT).long()
+    return fixed.flatten(1).sum(1).tolist()
 
 
 @dataclass
@@ -41,15 +42,20 @@ class ScoreState:
 
     def update(self, scores: Scores) -> "ScoreState":
         """Add the scores of one batch (each ``[N, K]``)."""
-        channel, layer, index = (t.detach().cpu() for t in scores)
+        channel, layer, index = (t.detach() for t in scores)
         n, k = channel.shape
-        self.channel_sum += _fixed_sum(channel)
-        self.layer_sum += _fixed_sum(layer)
-        self.channel_defined += int((~torch.isnan(channel)).sum())
-        self.layer_defined += int((~torch.isnan(layer)).sum())
+        both = torch.stack([channel, layer])
+        self_sums = _fixed_sums(both)
+        defined = (~torch.isnan(both)).flatten(1).sum(1)
+        own = torch.arange(k, device=index.device)
+        offdiagonal = ((index >= 0) & (index != own)).sum()
+        counts = torch.cat([defined, offdiagonal.view(1)]).tolist()
+        self.channel_sum += self_sums[0]
+        self.layer_sum += self_sums[1]
+        self.channel_defined += counts[0]
+        self.layer_defined += counts[1]
+        self.offdiagonal += counts[2]
         self.entries += n * k
-        own = torch.arange(k).expand(n, k)
-        self.offdiagonal += int(((index >= 0) & (index != own)).sum())
         self.n_images += n
         return self
 
@@ -144,12 +150,16 @@ class ActivationState:
     magnitude: float = 0.0
     count: int = 0
 
-    def update(self, f: torch.Tensor) -> "ActivationState":
+    def update(self, f: torch.Tensor) -> float:
+        """Add a batch of activations; returns the batch's sum (non-finite iff ``f`` is, since
+        a float64 sum of float32/float16 values cannot overflow), so callers can reuse it as
+        the finiteness check."""
         f = f.detach()
-        self.total += float(f.sum(dtype=torch.float64))
+        total = float(f.sum(dtype=torch.float64))
+        self.total += total
         self.magnitude += float(torch.linalg.vector_norm(f, ord=1, dtype=torch.float64))
         self.count += f.numel()
-        return self
+        return total
 
     def merge(self, other: "ActivationState") -> "ActivationState":
         self.total += other.total

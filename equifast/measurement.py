@@ -9,6 +9,7 @@ single-process result.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -153,8 +154,8 @@ class Measurer:
         size = (int(x.shape[-2]), int(x.shape[-1]))
         fx = self._forward(x)
         for p in self.points:
-            check_finite(fx[p.name], f"f(x) at point {p.name!r}")
-            st.activations.setdefault(p.name, ActivationState()).update(fx[p.name])
+            if not math.isfinite(st.activations.setdefault(p.name, ActivationState()).update(fx[p.name])):
+                check_finite(fx[p.name], f"f(x) at point {p.name!r}")
             st.shapes[p.name] = tuple(fx[p.name].shape[1:])
         if y is not None:
             logits = fx[self.points[-1].name]
