@@ -98,7 +98,7 @@ class Measurer:
     Args: as :func:`measure`; ``example`` is one batch used to find the points.
     """
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, transforms: Sequence[Transform],
+    def __init__(self, model: nn.Module, example: torch.Tensor, transforms: Sequence[Transform], *,
                  metric: Union[str, Sequence[str]] = "correlation", points=None,
                  vector_mode: str = "per_image", device=None, amp: Optional[str] = None,
                  batch_size: int = 64, eps: float = TOLERANCE, backend: str = "auto",
@@ -251,8 +251,10 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     first = next(stream, None)
     if first is None:
         raise ValueError("Expected at least one image, but the input is empty.")
-    measurer = Measurer(model, first[0], transforms, metric, points, vector_mode, device, amp,
-                        batch_size, eps, backend, split_method, channels_last)
+    measurer = Measurer(model, first[0], transforms, metric=metric, points=points,
+                        vector_mode=vector_mode, device=device, amp=amp, batch_size=batch_size,
+                        eps=eps, backend=backend, split_method=split_method,
+                        channels_last=channels_last)
     total = data_mod.count(images)
     total = min(total, n_images) if (total is not None and n_images) else (total or n_images)
     bar = None
