@@ -8,10 +8,15 @@ For each shape (N = 64 images; (K, map) = (64, 56x56), (256, 28x28), (512, 14x14
 - ``ref/op``: the float64 reference's time over the operator's (target: at least 3);
 - the operator's achieved GFLOP/s, ``2 N K^2 P / t``.
 
+The operator and ``torch.bmm`` are timed in alternation (op, bmm, op, bmm, ...) and each is
+given the median of its runs, so that load from other processes, which comes and goes,
+weighs on both sides of the ratio alike; the load average before and after the run is
+recorded beside the table. On a shared machine, compare ratios from one run only.
+
 Usage::
 
-    python benchmarks/run_ratios.py            # full: best of 5 (reference: best of 2)
-    python benchmarks/run_ratios.py --quick    # N = 16, best of 3 (reference: once)
+    python benchmarks/run_ratios.py            # full: median of 9 (reference: best of 2)
+    python benchmarks/run_ratios.py --quick    # N = 16, median of 5 (reference: once)
     python benchmarks/run_ratios.py --device cuda --output benchmarks/RESULTS.md
 """
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -40,6 +46,26 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _alternating_medians(fns, repeat: int, device: str):
+    """Median time of each function, running them in turn ``repeat`` times (after a warm-up)."""
+    for fn in fns:  # warm up (and first-touch the buffers)
+        fn()
+    _sync(device)
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def _best(fn, repeat: int, device: str) -> float:
@@ -64,9 +90,9 @@ def measure(n: int, k: int, side: int, device: str, repeat: int, ref_repeat: int
     p = a.numel()
     x = torch.randn(n, k, p, generator=g).to(device)
     y = torch.randn(n, p, k, generator=g).to(device)
-    t_op = _best(lambda: ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE),
-                 repeat, device)
-    t_bmm = _best(lambda: torch.bmm(x, y), repeat, device)
+    t_op, t_bmm = _alternating_medians(
+        [lambda: ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE),
+         lambda: torch.bmm(x, y)], repeat, device)
     t_ref = _best(lambda: reference.equivariance_scores(fx, ftx, TRANSFORM, "correlation",
                                                         INPUT), ref_repeat, device)
     flops = 2 * n * k * k * p
@@ -75,12 +101,19 @@ def measure(n: int, k: int, side: int, device: str, repeat: int, ref_repeat: int
                 bmm_gflops=flops / t_bmm / 1e9)
 
 
-def machine(device: str) -> str:
+def _load() -> str:
+    if not hasattr(os, "getloadavg"):
+        return "n/a"
+    return "%.1f, %.1f, %.1f" % os.getloadavg()
+
+
+def machine(device: str, load_before: str) -> str:
     parts = [f"CPU: {_cpu_model()}, {os.cpu_count()} logical cores, "
              f"{torch.get_num_threads()} torch threads",
              f"torch {torch.__version__}, Python {platform.python_version()}"]
-    if hasattr(os, "getloadavg"):  # other work on the machine skews every number
-        parts.append("load average before the run: %.1f, %.1f, %.1f" % os.getloadavg())
+    # other work on the machine skews every number: say how much there was
+    parts.append(f"load average (1, 5, 15 min) before the run: {load_before}; "
+                 f"after: {_load()}")
     if device.startswith("cuda"):
         parts.append(f"GPU: {torch.cuda.get_device_name()}")
     return "; ".join(parts)
@@ -106,7 +139,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not ops.available():
         parser.error(f"the compiled operator is not available: {ops.load_error()}")
-    n, repeat, ref_repeat = (16, 3, 1) if args.quick else (64, 5, 2)
+    n, repeat, ref_repeat = (16, 5, 1) if args.quick else (64, 9, 2)
+    load_before = _load()
     rows = []
     for k, side in SHAPES:
         r = measure(n, k, side, args.device, repeat, ref_repeat)
@@ -117,9 +151,10 @@ def main(argv=None) -> int:
               f"{r['gflops']:6.1f} GFLOP/s", flush=True)
     text = (f"# Operator benchmark ({'quick' if args.quick else 'full'} run, "
             f"device {args.device})\n\n"
-            f"{machine(args.device)}\n\n"
-            f"Correlation, Translation(1, 1) on a 224x224 input; times are the best of "
-            f"{repeat} (reference: {ref_repeat}). `op/bmm` compares with torch.bmm on "
+            f"{machine(args.device, load_before)}\n\n"
+            f"Correlation, Translation(1, 1) on a 224x224 input; op and bmm times are the "
+            f"medians of {repeat} alternated runs, the reference's the best of {ref_repeat}. "
+            f"`op/bmm` compares with torch.bmm on "
             f"operands of the same shapes ([N, K, P] x [N, P, K]); `ref/op` is the speed-up "
             f"over the float64 reference. Generated by `python benchmarks/run_ratios.py"
             f"{' --quick' if args.quick else ''}`.\n\n" + table(rows))

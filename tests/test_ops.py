@@ -248,6 +248,66 @@ def test_ties_take_smallest_index():
     assert index[0, 0].item() == 2 and index[0, 1].item() == 0
 
 
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_long_contiguous_rows(metric):
+    # Identity on 20x20 maps: each row is one contiguous run of P = 400 floats, read in place
+    # by the fast float32 path (sums in one streaming read, normalisation from cache), with
+    # enough images for the per-image schedule. Rows with a large mean and a small (but
+    # defined) spread check the centring keeps float64 accuracy.
+    fx, ftx = _features(2 * torch.get_num_threads() + 1, 40, 20, 20, seed=9)
+    fx[0, 1] = 1e3 + 0.1 * torch.randn(20, 20)
+    ftx[0, 1] = 1e3 + 0.1 * (fx[0, 1] - 1e3) + 0.05 * torch.randn(20, 20)
+    ftx[1, 2] = -5e2 + 1e-2 * torch.randn(20, 20)
+    fx[2, 3] = 0.0
+    ftx[3, 4] = 2.5
+    for layout in ("contiguous", "channels_last"):
+        if layout == "channels_last":
+            fx = fx.to(memory_format=torch.channels_last)
+            ftx = ftx.to(memory_format=torch.channels_last)
+        _assert_matches(_run_op(fx, ftx, Identity(), metric, (20, 20)), fx, ftx, Identity(),
+                        metric, (20, 20))
+
+
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_tiny_and_huge_rows(metric):
+    # Rows near float32's underflow (1 / norm beyond float range) and near its top: the
+    # normalisation must stay finite and accurate at both ends.
+    fx, ftx = _features(2 * torch.get_num_threads(), 6, 12, 12, seed=11)
+    fx[0, 0] *= 1e-41  # subnormal floats: the centred norm is about 1e-40
+    ftx[0, 0] = fx[0, 0] * 2.0 + 1e-42 * torch.randn(12, 12)
+    fx[1, 2] *= 1e30
+    ftx[1, 3] = 3e30 + 1e29 * torch.randn(12, 12)
+    _assert_matches(_run_op(fx, ftx, Identity(), metric, (12, 12)), fx, ftx, Identity(),
+                    metric, (12, 12))
+
+
+def test_ties_across_lanes():
+    # Rows of +-1 with eight of each on a 4x4 map normalise to +-0.25 exactly, so every
+    # similarity is an exact sum: ties are exact whatever the GEMM's summation order. With
+    # K = 80 they span the vectorised arg-max's lanes and iterations (and its tail); the
+    # smallest k' must win, as in the reference, and undefined columns must never win.
+    g = torch.Generator().manual_seed(10)
+    n, k = 2 * torch.get_num_threads(), 80
+    base = torch.tensor([1.0] * 8 + [-1.0] * 8)
+    def rows():
+        return torch.stack([torch.stack([base[torch.randperm(16, generator=g)] for _ in range(k)])
+                            for _ in range(n)]).view(n, k, 4, 4)
+    fx, ftx = rows(), rows()
+    for dup in (3, 40, 72, 79):    # same lane (8) in different iterations, and the tail
+        ftx[:, dup] = ftx[:, 3]
+    for dup in (50, 65):           # different lanes
+        ftx[:, dup] = ftx[:, 50]
+    ftx[:, 20] = ftx[:, 2]
+    ftx[:, 2] = 1.0                # an undefined column equal to nothing
+    fx[:, 0], fx[:, 1], fx[:, 5] = ftx[:, 40], ftx[:, 65], ftx[:, 20]
+    got = _run_op(fx, ftx, Identity(), "correlation", (4, 4))
+    want, _ = _oracle(fx, ftx, Identity(), "correlation", (4, 4))
+    assert torch.equal(got[2], want.layer_index)
+    assert (got[2][:, 0] == 3).all() and (got[2][:, 1] == 50).all()
+    assert (got[2][:, 5] == 20).all()
+    torch.testing.assert_close(got[1], want.layer, atol=ATOL, rtol=0, equal_nan=True)
+
+
 def test_empty_batch_and_channels():
     for shape in [(0, 3, 4, 4), (2, 0, 4, 4)]:
         fx = torch.randn(shape)

@@ -1,31 +1,50 @@
 // CPU kernel of `equifast::equivariance_scores`.
 //
-// Per image n, with u_k = fx[n, k, a_index] and v_k' = ftx[n, k', b_index] (length P):
-//   1. pack B = the normalised rows v̂ of the image (stored transposed, [P, K] float32, read through strides and
-//      the index map; float16/bfloat16 are widened here) with per-row statistics in float64;
-//   2. for each row tile of Kt channels: pack the normalised A tile û ([Kt, P]), compute the
-//      similarity tile S = Â B̂ᵀ ([Kt, K], a plain row-major GEMM on the packed tiles) with one BLAS call (float32 accumulation), and take
-//      the diagonal and the masked row max / arg-max in the tile's epilogue, while S is in
-//      cache. The K x K matrix of an image, let alone of the batch, is never stored.
+// Per image n, with u_k = fx[n, k, a_index] and v_k' = ftx[n, k', b_index] (length P), the
+// layer score is a normalised GEMM followed by a row max, so the GEMM bounds its speed:
+//   1. pack B = the normalised rows v̂ of the image ([K, P] float32, read through strides and
+//      the index map; float16/bfloat16 are widened here), row by row (`pack_rows`): one read
+//      of the row takes its float64 sums (shifted one-pass sums, see LaneSums), and the
+//      normalisation reads it again while it is in L1, writing the packed row. Float32 rows
+//      made of long contiguous runs are read in place; others are gathered into the packed
+//      row first (runs copied, or one indexed load per position) and processed there;
+//   2. for each row tile of Kt channels: pack the normalised A tile û ([Kt, P]) the same way,
+//      compute the similarity tile S = Â B̂ᵀ ([Kt, K]) with one BLAS call (float32
+//      accumulation on centred, unit-norm rows: no cancellation), and take the diagonal and
+//      the masked row max / arg-max in the tile's epilogue, while S is in cache. The K x K
+//      matrix of an image, let alone of the batch, is never stored.
 //
 // With many images, threads take whole images (B packed once per image, all in per-thread
 // buffers that stay in cache); with few images and many channels, B is packed for a chunk of
 // images in parallel and threads take (image, row tile) tasks. Memory is bounded either way.
+// The BLAS call runs inside `at::parallel_for`, so it is single-threaded: no nested
+// parallelism, and each call is a whole row tile (at least 8 rows x K x P).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "scores.h"
 
-// The row statistics and the epilogue are plain loops that gcc vectorises under
-// `omp simd`; compile them for AVX-512 and AVX2 too, picked at load time by the CPU.
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define EQUIFAST_AVX512_PATH 1
+#else
+#define EQUIFAST_AVX512_PATH 0
+#endif
+
+// The portable loops (statistics, normalisation, arg-max) are written so that gcc vectorises
+// them; compile them for AVX-512 and AVX2 too, picked at load time by the CPU. The two where
+// gcc's vectorisation falls short (the float64 sums and the arg-max) also have an AVX-512
+// intrinsics version, used when the CPU has AVX-512 (EQUIFAST_AVX512_PATH).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define EQUIFAST_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
@@ -39,6 +58,33 @@ constexpr int64_t kSimilarityTileFloats = 64 * 1024;  // S tile: 256 KiB, stays 
 constexpr int64_t kRowTileFloats = 256 * 1024;         // A tile: at most 1 MiB
 constexpr int64_t kPackedBudgetFloats = 16 * 1024 * 1024;  // shared B chunk: 64 MiB
 
+// Packed rows and similarity rows start on a cache line: their leading dimension is rounded up
+// to 16 floats (64 bytes), and the buffers are 64-byte aligned (see AlignedFloats).
+constexpr int64_t kAlignFloats = 16;
+int64_t padded(int64_t n) { return (n + kAlignFloats - 1) / kAlignFloats * kAlignFloats; }
+
+// 64-byte aligned float storage (std::vector's is only 16-byte aligned), so that packed rows
+// start on a cache line and no AVX-512 load of the GEMM or of our loops straddles two lines.
+// `resize` keeps no contents: every user rewrites its buffer.
+class AlignedFloats {
+ public:
+  float* data() { return data_.get(); }
+  void resize(int64_t n) {
+    if (n <= capacity_) return;
+    const size_t bytes = static_cast<size_t>(padded(n)) * sizeof(float);
+    data_.reset(static_cast<float*>(std::aligned_alloc(kAlignFloats * sizeof(float), bytes)));
+    TORCH_CHECK(data_ != nullptr, "equivariance_scores: out of memory (", bytes, " bytes)");
+    capacity_ = n;
+  }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float, Free> data_;
+  int64_t capacity_ = 0;
+};
+
 // Rows per tile: S tile (Kt x K) and A tile (Kt x P) bounded, a multiple of 8, at most K.
 int64_t row_tile(int64_t K, int64_t P) {
   int64_t kt = std::min(kSimilarityTileFloats / K, kRowTileFloats / P);
@@ -46,9 +92,13 @@ int64_t row_tile(int64_t K, int64_t P) {
   return std::min(kt, K);
 }
 
+// ---------------------------------------------------------------------------------------
+// Gathering rows through the index map
+// ---------------------------------------------------------------------------------------
+
 // Runs of compared positions whose memory offsets are consecutive (offset, offset + 1,
-// ...): translations and flips of contiguous maps are a few long runs, which are copied
-// with vector loads instead of one indexed load per position.
+// ...): the identity and translations of contiguous maps are a few long runs, which are read
+// as such instead of with one indexed load per position.
 struct Run {
   int64_t p, length, offset;
 };
@@ -74,55 +124,203 @@ inline void copy_widen(const scalar_t* src, int64_t n, float* dst) {
   }
 }
 
-// Gather `rows` rows of one image (`base` points at channel k0 of image n) at the compared
-// positions into dst [rows, P] as float32. `k_fastest`: channels are adjacent in memory
-// (channels-last), so walk positions outer and channels inner; `runs` are used when they
-// are long on average.
+// One row (one channel of one image, `src` at its channel start) at the compared positions,
+// as float32, into out[0, P).
 template <typename scalar_t>
-void gather_rows(const scalar_t* base, int64_t stride_k, const int64_t* offsets, int64_t P,
-                 const std::vector<Run>& runs, int64_t rows, bool k_fastest, float* dst) {
-  if (k_fastest) {
-    for (int64_t p = 0; p < P; ++p) {
-      const scalar_t* src = base + offsets[p];
-      for (int64_t r = 0; r < rows; ++r) dst[r * P + p] = static_cast<float>(src[r * stride_k]);
-    }
-    return;
+void gather_row(const scalar_t* src, const int64_t* offsets, int64_t P,
+                const std::vector<Run>& runs, bool use_runs, float* out) {
+  if (use_runs) {
+    for (const Run& run : runs) copy_widen(src + run.offset, run.length, out + run.p);
+  } else {
+    for (int64_t p = 0; p < P; ++p) out[p] = static_cast<float>(src[offsets[p]]);
   }
-  const bool use_runs = static_cast<int64_t>(runs.size()) * 8 <= P;
-  for (int64_t r = 0; r < rows; ++r) {
-    const scalar_t* src = base + r * stride_k;
-    float* out = dst + r * P;
-    if (use_runs) {
-      for (const Run& run : runs) copy_widen(src + run.offset, run.length, out + run.p);
-    } else {
-      for (int64_t p = 0; p < P; ++p) out[p] = static_cast<float>(src[offsets[p]]);
+}
+
+// Channels adjacent in memory (channels-last): gather `rows` rows at once, positions outer and
+// a block of 16 channels inner, so that each position reads one contiguous run of channels
+// (a cache line for float32) and writes 16 row streams.
+template <typename scalar_t>
+void gather_rows_channels_last(const scalar_t* base, int64_t stride_k, const int64_t* offsets,
+                               int64_t P, int64_t rows, float* dst, int64_t ld) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    const int64_t nr = std::min(kBlock, rows - r0);
+    const scalar_t* block = base + r0 * stride_k;
+    float* out = dst + r0 * ld;
+    for (int64_t p = 0; p < P; ++p) {
+      const scalar_t* src = block + offsets[p];
+      for (int64_t r = 0; r < nr; ++r) out[r * ld + p] = static_cast<float>(src[r * stride_k]);
     }
   }
 }
 
-// Normalise one gathered row in place (two passes in float64: mean, then the sums of
-// squares); returns whether the row is defined.
-EQUIFAST_CLONES uint8_t normalise_row(float* x, int64_t P, bool centered, double eps) {
-  double mean = 0.0;
-  if (centered) {
-    double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t p = 0; p < P; ++p) sum += static_cast<double>(x[p]);
-    mean = sum / static_cast<double>(P);
+// ---------------------------------------------------------------------------------------
+// Row statistics (float64) and normalisation
+// ---------------------------------------------------------------------------------------
+
+// Lanes of independent float64 partial sums: a single vector accumulator would make every
+// reduction wait on the add latency (about 4x slower than the loads it consumes).
+constexpr int64_t kLanes = 32;
+
+// Software prefetch distance of the streaming read of the sums, in floats (1 KiB ahead).
+// Measured on a 2-core Xeon VM: worth a few per cent at most (the read runs at about the
+// single-core memory bandwidth either way); larger distances and L2-only hints were no better.
+constexpr int64_t kPrefetchFloats = 256;
+
+// Partial sums of one row, shifted by its first value c:  Σ(x - c)  and  Σ(x - c)^2, per lane.
+// The shift makes the one-pass centred sum of squares  Σ(x-c)^2 - (Σ(x-c))^2 / P  safe: it is
+// exactly 0 for a constant row (so the undefined rule holds for any eps, as with two passes),
+// and its relative rounding error is at most about 2 P^2 2^-53 (c is one of the values, so
+// (mean - c)^2 <= P var): below 1e-6 for maps up to 224 x 224, far under the 1e-5 agreement
+// the scores are held to. So the statistics take one read of the row, not two.
+struct LaneSums {
+  double shifted[kLanes] = {}, shifted_sq[kLanes] = {};
+};
+
+// Accumulate x[0, n) into the lane sums. Portable version, vectorised by the compiler where
+// it can (AVX2 and older CPUs).
+EQUIFAST_CLONES void accumulate_generic(const float* x, int64_t n, double shift,
+                                        LaneSums& acc) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const double d = static_cast<double>(x[i + l]) - shift;
+      acc.shifted[l] += d;
+      acc.shifted_sq[l] += d * d;
+    }
   }
-  double ss_centred = 0.0, ss_raw = 0.0;
-#pragma omp simd reduction(+ : ss_centred, ss_raw)
-  for (int64_t p = 0; p < P; ++p) {
-    const double v = static_cast<double>(x[p]);
-    const double d = v - mean;
-    ss_centred += d * d;
-    ss_raw += v * v;
+  for (int64_t l = 0; i < n; ++i, ++l) {  // the tail, one lane per value
+    const double d = static_cast<double>(x[i]) - shift;
+    acc.shifted[l] += d;
+    acc.shifted_sq[l] += d * d;
   }
-  const RowStats st = finish_row_stats(mean, ss_centred, ss_raw, eps);
-  const double inv = st.inv_norm;
+}
+
+#if EQUIFAST_AVX512_PATH
+// The same with AVX-512 intrinsics: the eight accumulators (4 x 8 lanes per sum) stay in
+// registers, and each 8 floats cost one widening load, a subtraction, an add and an FMA.
+// gcc spills arrays of partial sums to the stack, so the portable loop runs at a fraction of
+// this speed (and the read would no longer keep up with memory).
+// gcc 12's _mm512_cvtps_pd starts from an "undefined" vector and warns about it (a false
+// positive, GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"))) void accumulate_avx512(const float* x, int64_t n,
+                                                          double shift, LaneSums& acc) {
+  static_assert(kLanes == 32, "four vectors of eight doubles per sum");
+  __m512d s[4], q[4];
+  for (int v = 0; v < 4; ++v) {
+    s[v] = _mm512_loadu_pd(acc.shifted + 8 * v);
+    q[v] = _mm512_loadu_pd(acc.shifted_sq + 8 * v);
+  }
+  const __m512d c = _mm512_set1_pd(shift);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats + 16), _MM_HINT_T0);
+    for (int v = 0; v < 4; ++v) {
+      const __m512d d = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8 * v)), c);
+      s[v] = _mm512_add_pd(s[v], d);
+      q[v] = _mm512_fmadd_pd(d, d, q[v]);
+    }
+  }
+  for (int v = 0; v < 4; ++v) {
+    _mm512_storeu_pd(acc.shifted + 8 * v, s[v]);
+    _mm512_storeu_pd(acc.shifted_sq + 8 * v, q[v]);
+  }
+  accumulate_generic(x + i, n - i, shift, acc);  // the tail
+}
+#pragma GCC diagnostic pop
+#endif
+
+bool cpu_has_avx512() {
+#if EQUIFAST_AVX512_PATH
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+
+void accumulate(const float* x, int64_t n, double shift, LaneSums& acc) {
+#if EQUIFAST_AVX512_PATH
+  if (cpu_has_avx512()) return accumulate_avx512(x, n, shift, acc);
+#endif
+  accumulate_generic(x, n, shift, acc);
+}
+
+// The statistics of scores.h from the lane sums of a row shifted by c (c = 0 for cosine):
+// mean, ss_centred = Σ(x-c)^2 - (Σ(x-c))^2 / P  and  ss_raw = Σ x^2 = Σ(x-c)^2 + 2cΣ(x-c) + Pc^2
+// (every term there is at most about P Σ x^2, since c^2 <= Σ x^2, so its rounding error is
+// far below what the eps test can see).
+RowStats stats_from_sums(const LaneSums& acc, double shift, int64_t P, bool centered,
+                         double eps) {
+  double sum = 0.0, sum_sq = 0.0;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    sum += acc.shifted[l];
+    sum_sq += acc.shifted_sq[l];
+  }
+  if (!centered) return finish_row_stats(0.0, sum_sq, sum_sq, eps);
+  const double count = static_cast<double>(P);
+  const double mean_shifted = sum / count;
+  double ss_centred = sum_sq - sum * mean_shifted;
+  if (ss_centred < 0.0) ss_centred = 0.0;  // rounding; NaN stays NaN (undefined)
+  const double ss_raw = sum_sq + shift * (2.0 * sum + count * shift);
+  return finish_row_stats(shift + mean_shifted, ss_centred, ss_raw, eps);
+}
+
+// dst <- (src - mean) / norm, in float32 through the shared `normalise_value_split` (the mean
+// split into two floats, so the centring keeps float64 accuracy: see scores.h). Three float
+// operations per value instead of two widenings, two float64 operations and a narrowing.
+// `src` may be `dst` (in place).
+EQUIFAST_CLONES void normalise_values(const float* src, int64_t n, float* dst, SplitMean mean,
+                                      float inv_norm) {
 #pragma omp simd
-  for (int64_t p = 0; p < P; ++p) x[p] = normalise_value(x[p], mean, inv);
-  return st.defined ? 1 : 0;
+  for (int64_t p = 0; p < n; ++p) dst[p] = normalise_value_split(src[p], mean, inv_norm);
+}
+
+// dst <- normalised src for a defined row with statistics st. The float32 form needs 1 / norm
+// to be a float (and the centred values normal floats); rows whose norm is below 1e-30
+// (entries near float32's underflow) take the float64 form of scores.h instead.
+void normalise_into(const float* src, int64_t n, float* dst, const RowStats& st) {
+  if (st.inv_norm <= 1e30) {
+    normalise_values(src, n, dst, split_mean(st.mean), static_cast<float>(st.inv_norm));
+    return;
+  }
+  for (int64_t p = 0; p < n; ++p) dst[p] = normalise_value(src[p], st.mean, st.inv_norm);
+}
+
+// Sums and normalisation of a row already gathered into x (in L1), in place; returns whether
+// the row is defined. An undefined row is zeroed: it is masked out of the scores anyway, and
+// zeros (unlike a non-finite input scaled by 0) cannot leak NaN into the similarity tile.
+uint8_t normalise_gathered_row(float* x, int64_t P, bool centered, double eps) {
+  const double shift = centered ? static_cast<double>(x[0]) : 0.0;
+  LaneSums acc;
+  accumulate(x, P, shift, acc);
+  const RowStats st = stats_from_sums(acc, shift, P, centered, eps);
+  if (!st.defined) {
+    std::memset(x, 0, P * sizeof(float));
+    return 0;
+  }
+  normalise_into(x, P, x, st);
+  return 1;
+}
+
+// The same for a float32 row made of contiguous runs, read straight from the input: the sums
+// take one streaming read (no stores, so the core keeps the most misses in flight), and the
+// normalisation reads the row again, now from L1/L2, writing the packed row.
+uint8_t normalise_runs(const float* src, const std::vector<Run>& runs, int64_t P, bool centered,
+                       double eps, float* out) {
+  const double shift = centered ? static_cast<double>(src[runs[0].offset]) : 0.0;
+  LaneSums acc;
+  for (const Run& run : runs) accumulate(src + run.offset, run.length, shift, acc);
+  const RowStats st = stats_from_sums(acc, shift, P, centered, eps);
+  if (!st.defined) {
+    std::memset(out, 0, P * sizeof(float));
+    return 0;
+  }
+  for (const Run& run : runs) normalise_into(src + run.offset, run.length, out + run.p, st);
+  return 1;
 }
 
 template <typename scalar_t>
@@ -132,65 +330,197 @@ struct Side {
   const int64_t* offsets;  // [P] memory offsets of the compared positions
   bool k_fastest;
   std::vector<Run> runs;
+  bool use_runs;    // runs long on average: copy them instead of indexed loads
+  bool long_runs;   // runs long enough to read them in place, without a gathered copy
 };
 
-// Pack and normalise rows [k0, k0 + rows) of image n into dst [rows, P] and defined[rows].
+// Pack and normalise rows [k0, k0 + rows) of image n into dst [rows, P] (leading dimension
+// ld) and defined[rows].
+// Row by row, the input is read once (by the fused copy and sums, or by the gather) and the
+// rest works on the row while it is in L1 (P floats: 12 KiB for a 56 x 56 map).
 template <typename scalar_t>
 void pack_rows(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, int64_t P,
-               bool centered, double eps, float* dst, uint8_t* defined) {
-  gather_rows(side.data + n * side.stride_n + k0 * side.stride_k, side.stride_k, side.offsets,
-              P, side.runs, rows, side.k_fastest, dst);
-  for (int64_t r = 0; r < rows; ++r) defined[r] = normalise_row(dst + r * P, P, centered, eps);
+               int64_t ld, bool centered, double eps, float* dst, uint8_t* defined) {
+  const scalar_t* base = side.data + n * side.stride_n + k0 * side.stride_k;
+  if (side.k_fastest) {
+    gather_rows_channels_last(base, side.stride_k, side.offsets, P, rows, dst, ld);
+    for (int64_t r = 0; r < rows; ++r)
+      defined[r] = normalise_gathered_row(dst + r * ld, P, centered, eps);
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t* src = base + r * side.stride_k;
+    float* out = dst + r * ld;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (side.long_runs) {
+        defined[r] = normalise_runs(src, side.runs, P, centered, eps, out);
+        continue;
+      }
+    }
+    gather_row(src, side.offsets, P, side.runs, side.use_runs, out);
+    defined[r] = normalise_gathered_row(out, P, centered, eps);
+  }
 }
 
-// Pack and normalise rows [k0, k0 + rows) of image n transposed, into columns
-// [k0, k0 + rows) of the image's bt [P, K] and entries [k0, k0 + rows) of its defined [K]
-// (so the similarity GEMM is the fast "NN" case), through a small row block `tmp` [16, P].
-template <typename scalar_t>
-void pack_rows_transposed(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows,
-                          int64_t P, int64_t K, bool centered, double eps,
-                          std::vector<float>& tmp, float* bt, uint8_t* defined) {
-  constexpr int64_t kBlock = 16;
-  tmp.resize(kBlock * P);
-  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
-    const int64_t nr = std::min(kBlock, rows - r0);
-    pack_rows(side, n, k0 + r0, nr, P, centered, eps, tmp.data(), defined + k0 + r0);
-    for (int64_t p = 0; p < P; ++p) {
-      float* out = bt + p * K + k0 + r0;
-      for (int64_t r = 0; r < nr; ++r) out[r] = tmp[r * P + p];
+// dst[p * ldd + r] = src[r * lds + p] for r < rows (at most 16), p < P: a block of packed rows
+// written transposed, as columns of B^T [P, K].
+#if EQUIFAST_AVX512_PATH
+// (gcc 12 warns about the "undefined" start vectors of its own unpack intrinsics: GCC bug
+// 105593, a false positive.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// One 16 x 16 tile in registers: unpack pairs, then quads, then 128-bit lanes twice.
+__attribute__((target("avx512f"))) void transpose_16x16_avx512(const float* src, int64_t lds,
+                                                               float* dst, int64_t ldd) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int h = 0; h < 16; h += 8) {
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ldd, r[i]);
+}
+#pragma GCC diagnostic pop
+#endif
+
+void transpose_rows(const float* src, int64_t lds, int64_t rows, int64_t P, float* dst,
+                    int64_t ldd) {
+  int64_t p = 0;
+#if EQUIFAST_AVX512_PATH
+  if (rows == 16 && cpu_has_avx512())
+    for (; p + 16 <= P; p += 16) transpose_16x16_avx512(src + p, lds, dst + p * ldd, ldd);
+#endif
+  for (; p < P; ++p)
+    for (int64_t r = 0; r < rows; ++r) dst[p * ldd + r] = src[r * lds + p];
+}
+
+// ---------------------------------------------------------------------------------------
+// Similarity tile and its epilogue
+// ---------------------------------------------------------------------------------------
+
+// S [rows, K] = A [rows, P] @ B [K, P]^T, single-threaded (we are inside parallel_for). A has
+// leading dimension ld, S ld_s. B is either packed rows [K, P] (leading dimension ld; BLAS
+// takes the transpose as a flag) or, with `transposed_b`, B^T [P, K] (leading dimension ld_s),
+// the layout MKL multiplies fastest, worth its transposition when rows are short (see
+// Problem::transposed_b).
+void similarity_tile(const float* a, const float* b, bool transposed_b, int64_t rows,
+                     int64_t K, int64_t P, int64_t ld, float* s, int64_t ld_s) {
+  auto opts = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor ta = at::from_blob(const_cast<float*>(a), {rows, P}, {ld, 1}, opts);
+  at::Tensor ts = at::from_blob(s, {rows, K}, {ld_s, 1}, opts);
+  if (transposed_b) {
+    at::Tensor tbt = at::from_blob(const_cast<float*>(b), {P, K}, {ld_s, 1}, opts);
+    at::mm_out(ts, ta, tbt);
+    return;
+  }
+  at::Tensor tb = at::from_blob(const_cast<float*>(b), {K, P}, {ld, 1}, opts);
+  at::mm_out(ts, ta, tb.t());
+}
+
+// Row max of s[0, K) and the first index holding it (ties: smallest index), in one
+// vectorised pass: each of kLanes lanes keeps its own max and the first index reaching it
+// (strict >), then the lanes are merged (max value, smallest index among equals). Entries
+// are finite or -inf (masked columns); a row that is all -inf gives index -1.
+struct ArgmaxLanes {
+  float value[kLanes];
+  int32_t at[kLanes];  // K < 2^31, checked by the caller; -1: nothing yet
+};
+
+// Columns [j, K) into the lanes (portable; the whole row, or the tail of the AVX-512 loop).
+void argmax_lanes_from(const float* s, int64_t j, int64_t K, ArgmaxLanes& lanes) {
+  for (int64_t l = 0; j < K; ++j, l = (l + 1) % kLanes) {
+    if (s[j] > lanes.value[l]) {  // later columns only: still the first occurrence per lane
+      lanes.value[l] = s[j];
+      lanes.at[l] = static_cast<int32_t>(j);
     }
   }
 }
 
-// S [rows, K] = A [rows, P] @ Bt [P, K], single-threaded (we are inside parallel_for).
-void similarity_tile(const float* a, const float* bt, int64_t rows, int64_t K, int64_t P,
-                     float* s) {
-  auto opts = at::TensorOptions().dtype(at::kFloat);
-  at::Tensor ta = at::from_blob(const_cast<float*>(a), {rows, P}, opts);
-  at::Tensor tb = at::from_blob(const_cast<float*>(bt), {P, K}, opts);
-  at::Tensor ts = at::from_blob(s, {rows, K}, opts);
-  at::mm_out(ts, ta, tb);
+#if EQUIFAST_AVX512_PATH
+// The main loop with AVX-512 intrinsics: two vectors of 16 lanes, a compare into a mask and
+// two masked moves per 16 columns (gcc's own vectorisation of the portable loop spills the
+// lanes to the stack around every update). Returns the first column it did not take.
+__attribute__((target("avx512f"))) int64_t argmax_lanes_avx512(const float* s, int64_t K,
+                                                               ArgmaxLanes& lanes) {
+  static_assert(kLanes == 32, "two vectors of sixteen lanes");
+  __m512 v0 = _mm512_loadu_ps(lanes.value), v1 = _mm512_loadu_ps(lanes.value + 16);
+  __m512i i0 = _mm512_loadu_si512(lanes.at), i1 = _mm512_loadu_si512(lanes.at + 16);
+  __m512i col0 = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  __m512i col1 = _mm512_add_epi32(col0, _mm512_set1_epi32(16));
+  const __m512i step = _mm512_set1_epi32(kLanes);
+  int64_t j = 0;
+  for (; j + kLanes <= K; j += kLanes) {
+    const __m512 x0 = _mm512_loadu_ps(s + j), x1 = _mm512_loadu_ps(s + j + 16);
+    const __mmask16 m0 = _mm512_cmp_ps_mask(x0, v0, _CMP_GT_OQ);
+    const __mmask16 m1 = _mm512_cmp_ps_mask(x1, v1, _CMP_GT_OQ);
+    v0 = _mm512_mask_mov_ps(v0, m0, x0);
+    v1 = _mm512_mask_mov_ps(v1, m1, x1);
+    i0 = _mm512_mask_mov_epi32(i0, m0, col0);
+    i1 = _mm512_mask_mov_epi32(i1, m1, col1);
+    col0 = _mm512_add_epi32(col0, step);
+    col1 = _mm512_add_epi32(col1, step);
+  }
+  _mm512_storeu_ps(lanes.value, v0);
+  _mm512_storeu_ps(lanes.value + 16, v1);
+  _mm512_storeu_si512(lanes.at, i0);
+  _mm512_storeu_si512(lanes.at + 16, i1);
+  return j;
 }
+#endif
 
-// Row max of s[0, K) and the first index holding it (ties: smallest index).
-EQUIFAST_CLONES void row_max(const float* s, int64_t K, float* best, int64_t* index) {
-  float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < K; ++j) m = s[j] > m ? s[j] : m;
-  int64_t i = 0;
-  while (i < K && !(s[i] == m)) ++i;
+void row_argmax(const float* s, int64_t K, float* best, int64_t* index) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  ArgmaxLanes lanes;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    lanes.value[l] = kNegInf;
+    lanes.at[l] = -1;
+  }
+  int64_t j = 0;
+#if EQUIFAST_AVX512_PATH
+  if (cpu_has_avx512()) j = argmax_lanes_avx512(s, K, lanes);
+#endif
+  argmax_lanes_from(s, j, K, lanes);
+  float m = kNegInf;
+  int64_t i = -1;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    if (lanes.at[l] < 0) continue;
+    if (i < 0 || lanes.value[l] > m || (lanes.value[l] == m && lanes.at[l] < i)) {
+      m = lanes.value[l];
+      i = lanes.at[l];
+    }
+  }
   *best = m;
-  *index = i < K ? i : -1;
+  *index = i;
 }
 
-// Epilogue of one tile: rows [k0, k0 + rows) of image n. Undefined columns are set to -inf
-// in the tile first, so a row's max is over defined k' only (-inf: none defined).
-void tile_epilogue(float* s, int64_t rows, int64_t K, int64_t k0, const uint8_t* def_a,
+// Epilogue of one tile: rows [k0, k0 + rows) of image n. Undefined columns (rare) are set to
+// -inf in the tile first, so a row's max is over defined k' only (-inf: none defined).
+void tile_epilogue(float* s, int64_t ld_s, int64_t rows, int64_t K, int64_t k0,
+                   const uint8_t* def_a,
                    const uint8_t* def_b, const std::vector<int64_t>& undefined_cols,
                    float* channel, float* layer, int64_t* layer_index) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  for (int64_t c : undefined_cols)
-    for (int64_t r = 0; r < rows; ++r) s[r * K + c] = kNegInf;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c : undefined_cols) s[r * ld_s + c] = kNegInf;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t k = k0 + r;
     if (!def_a[r]) {
@@ -199,12 +529,12 @@ void tile_epilogue(float* s, int64_t rows, int64_t K, int64_t k0, const uint8_t*
       layer_index[k] = -1;
       continue;
     }
-    const float* row = s + r * K;
+    const float* row = s + r * ld_s;
     channel[k] = def_b[k] ? score(row[k]) : nan_value();
     float best;
     int64_t index;
-    row_max(row, K, &best, &index);
-    if (best == kNegInf || index < 0) {
+    row_argmax(row, K, &best, &index);
+    if (index < 0) {
       layer[k] = nan_value();
       layer_index[k] = -1;
     } else {
@@ -214,8 +544,13 @@ void tile_epilogue(float* s, int64_t rows, int64_t K, int64_t k0, const uint8_t*
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// Scheduling
+// ---------------------------------------------------------------------------------------
+
 struct Buffers {
-  std::vector<float> b, a, s, tmp;  // b: packed B transposed [P, K]
+  AlignedFloats b, a, s;  // b: packed B (see Problem::pack_b); a: A tile; s: similarity tile
+  AlignedFloats block;    // 16 packed rows of B on their way to B^T
   std::vector<uint8_t> def_b, def_a;
   std::vector<int64_t> undefined_cols;
 };
@@ -231,6 +566,12 @@ template <typename scalar_t>
 struct Problem {
   Side<scalar_t> A, B;
   int64_t N, K, P, Kt;
+  int64_t LD, LD_S;  // leading dimensions: packed rows (P padded), similarity rows (K padded)
+  // B packed as B^T [P, K], so that the GEMM is MKL's fastest (row-major "NN") case. Measured
+  // on AVX-512 (2 threads, N = 64): 10-25% faster for K >= P (512 x 14x14, 2048 x 7x7), where
+  // the rows are short and the transposition cheap next to the GEMM; 5-10% slower for long
+  // rows (64 x 56x56, 256 x 28x28), which keep B as rows.
+  bool transposed_b;
   bool centered;
   double eps;
   float *channel, *layer;
@@ -242,16 +583,33 @@ struct Problem {
       if (!def_b[c]) out.push_back(c);
   }
 
-  // One row tile of image n against its packed B (b [K, P], def_b [K]).
+  // Floats of one image's packed B, and packing its rows [k0, k0 + rows): as rows [K, LD], or
+  // transposed, 16 rows at a time through a block in L1/L2, into B^T [P, LD_S].
+  int64_t b_floats() const { return transposed_b ? P * LD_S : K * LD; }
+  void pack_b(int64_t n, int64_t k0, int64_t rows, float* b, uint8_t* def_b) const {
+    if (!transposed_b) {
+      pack_rows(B, n, k0, rows, P, LD, centered, eps, b + k0 * LD, def_b + k0);
+      return;
+    }
+    AlignedFloats& block = thread_buffers().block;
+    block.resize(16 * LD);
+    for (int64_t r0 = k0; r0 < k0 + rows; r0 += 16) {
+      const int64_t nr = std::min<int64_t>(16, k0 + rows - r0);
+      pack_rows(B, n, r0, nr, P, LD, centered, eps, block.data(), def_b + r0);
+      transpose_rows(block.data(), LD, nr, P, b + r0, LD_S);
+    }
+  }
+
+  // One row tile of image n against its packed B (b, def_b [K]).
   void tile(int64_t n, int64_t t, const float* b, const uint8_t* def_b,
             const std::vector<int64_t>& undefined_cols, Buffers& buf) const {
     const int64_t k0 = t * Kt, rows = std::min(Kt, K - k0);
-    buf.a.resize(Kt * P);
-    buf.s.resize(Kt * K);
+    buf.a.resize(Kt * LD);
+    buf.s.resize(Kt * LD_S);
     buf.def_a.resize(Kt);
-    pack_rows(A, n, k0, rows, P, centered, eps, buf.a.data(), buf.def_a.data());
-    similarity_tile(buf.a.data(), b, rows, K, P, buf.s.data());
-    tile_epilogue(buf.s.data(), rows, K, k0, buf.def_a.data(), def_b, undefined_cols,
+    pack_rows(A, n, k0, rows, P, LD, centered, eps, buf.a.data(), buf.def_a.data());
+    similarity_tile(buf.a.data(), b, transposed_b, rows, K, P, LD, buf.s.data(), LD_S);
+    tile_epilogue(buf.s.data(), LD_S, rows, K, k0, buf.def_a.data(), def_b, undefined_cols,
                   channel + n * K, layer + n * K, layer_index + n * K);
   }
 
@@ -260,11 +618,10 @@ struct Problem {
     const int64_t tiles = (K + Kt - 1) / Kt;
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       Buffers& buf = thread_buffers();
-      buf.b.resize(K * P);
+      buf.b.resize(b_floats());
       buf.def_b.resize(K);
       for (int64_t n = begin; n < end; ++n) {
-        pack_rows_transposed(B, n, 0, K, P, K, centered, eps, buf.tmp, buf.b.data(),
-                             buf.def_b.data());
+        pack_b(n, 0, K, buf.b.data(), buf.def_b.data());
         undefined_columns(buf.def_b.data(), buf.undefined_cols);
         for (int64_t t = 0; t < tiles; ++t)
           tile(n, t, buf.b.data(), buf.def_b.data(), buf.undefined_cols, buf);
@@ -274,22 +631,21 @@ struct Problem {
 
   // Few images, many channels: B packed for a chunk of images, then (image, tile) tasks.
   void run_shared_b() const {
-    const int64_t chunk = std::max<int64_t>(1, std::min(N, kPackedBudgetFloats / (K * P)));
+    const int64_t chunk = std::max<int64_t>(1, std::min(N, kPackedBudgetFloats / b_floats()));
     const int64_t tiles = (K + Kt - 1) / Kt;
-    std::vector<float> b(chunk * K * P);
+    AlignedFloats b;
+    b.resize(chunk * b_floats());
     std::vector<uint8_t> def_b(chunk * K);
     std::vector<std::vector<int64_t>> undefined(chunk);
     constexpr int64_t kPackRows = 16;
+    const int64_t blocks_per_image = (K + kPackRows - 1) / kPackRows;
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
       const int64_t nc = std::min(chunk, N - n0);
-      const int64_t blocks_per_image = (K + kPackRows - 1) / kPackRows;
       at::parallel_for(0, nc * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
-        Buffers& buf = thread_buffers();
         for (int64_t i = begin; i < end; ++i) {
           const int64_t n = i / blocks_per_image, k0 = (i % blocks_per_image) * kPackRows;
           const int64_t rows = std::min(kPackRows, K - k0);
-          pack_rows_transposed(B, n0 + n, k0, rows, P, K, centered, eps, buf.tmp,
-                               b.data() + n * K * P, def_b.data() + n * K);
+          pack_b(n0 + n, k0, rows, b.data() + n * b_floats(), def_b.data() + n * K);
         }
       });
       for (int64_t n = 0; n < nc; ++n) undefined_columns(def_b.data() + n * K, undefined[n]);
@@ -297,7 +653,7 @@ struct Problem {
         Buffers& buf = thread_buffers();
         for (int64_t i = begin; i < end; ++i) {
           const int64_t n = i / tiles, t = i % tiles;
-          tile(n0 + n, t, b.data() + n * K * P, def_b.data() + n * K, undefined[n], buf);
+          tile(n0 + n, t, b.data() + n * b_floats(), def_b.data() + n * K, undefined[n], buf);
         }
       });
     }
@@ -320,12 +676,30 @@ bool channels_fastest(const at::Tensor& f) {
   return f.size(1) > 1 && f.stride(1) == 1 && f.stride(2) != 1 && f.stride(3) != 1;
 }
 
+template <typename scalar_t>
+Side<scalar_t> make_side(const at::Tensor& f, const at::Tensor& offsets) {
+  const int64_t P = offsets.size(0);
+  Side<scalar_t> side;
+  side.data = f.const_data_ptr<scalar_t>();
+  side.stride_n = f.stride(0);
+  side.stride_k = f.stride(1);
+  side.offsets = offsets.const_data_ptr<int64_t>();
+  side.k_fastest = channels_fastest(f);
+  side.runs = contiguous_runs(side.offsets, P);
+  side.use_runs = static_cast<int64_t>(side.runs.size()) * 8 <= P;
+  side.long_runs = static_cast<int64_t>(side.runs.size()) * 4 * kLanes <= P;
+  return side;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
     const at::Tensor& fx, const at::Tensor& ftx, const at::Tensor& a_index,
     const at::Tensor& b_index, bool centered, double eps) {
   check_inputs(fx, ftx, a_index, b_index, eps);
   TORCH_INTERNAL_ASSERT(fx.device().is_cpu());
   const int64_t N = fx.size(0), K = fx.size(1), W = fx.size(3), P = a_index.size(0);
+  // The arg-max keeps int32 column indices (twice the lanes per vector).
+  TORCH_CHECK(K <= std::numeric_limits<int32_t>::max(),
+              "Expected fewer than 2^31 channels, but got K = ", K, ".");
   auto fopts = fx.options().dtype(at::kFloat);
   at::Tensor channel = at::empty({N, K}, fopts);
   at::Tensor layer = at::empty({N, K}, fopts);
@@ -338,16 +712,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, fx.scalar_type(), "equivariance_scores_cpu", [&] {
         Problem<scalar_t> pb;
-        pb.A = {fx.const_data_ptr<scalar_t>(), fx.stride(0), fx.stride(1),
-                off_a.const_data_ptr<int64_t>(), channels_fastest(fx),
-                contiguous_runs(off_a.const_data_ptr<int64_t>(), P)};
-        pb.B = {ftx.const_data_ptr<scalar_t>(), ftx.stride(0), ftx.stride(1),
-                off_b.const_data_ptr<int64_t>(), channels_fastest(ftx),
-                contiguous_runs(off_b.const_data_ptr<int64_t>(), P)};
+        pb.A = make_side<scalar_t>(fx, off_a);
+        pb.B = make_side<scalar_t>(ftx, off_b);
         pb.N = N;
         pb.K = K;
         pb.P = P;
         pb.Kt = row_tile(K, P);
+        pb.LD = padded(P);
+        pb.LD_S = padded(K);
+        pb.transposed_b = K >= P;
         pb.centered = centered;
         pb.eps = eps;
         pb.channel = channel.data_ptr<float>();
