@@ -1,8 +1,9 @@
 """Tests of equifast.training: data sets, augmentations, models, recipes, trainer, studies, CLI.
 
 Real data: Fashion-MNIST idx files in /usr/share/datasets/fashion-mnist (skipped without).
-MNIST and CIFAR-10 are not needed: MNIST is faked with idx files written here, and the
-CIFAR-10 augmentations are checked on synthetic images.
+MNIST and CIFAR-10 are not needed: the tests write small files in their on-disk formats (MNIST
+idx files, CIFAR-10 pickled batches) so the real loaders run; CIFAR-10 augmentations are checked
+on synthetic images.
 """
 import gzip
 import json
@@ -388,3 +389,47 @@ def test_study_with_real_measure(tmp_path):
                         overrides={**QUICK, "epochs": 1}, n_images=64)
     assert set(summary["part"]) >= {"early", "middle", "late", "pool", "final"}
     assert summary["channel_mean"].between(0, 1).all()
+
+
+def _write_cifar10(root, n_train=64, n_test=32, seed=0):
+    """A small CIFAR-10 in torchvision's on-disk format (pickled batches), so the real
+    loader runs; images are class-coloured noise, so there is something to learn."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def batch(n):
+        labels = rng.integers(0, 10, n)
+        base = (labels[:, None] * 25).astype(np.int64)
+        data = np.clip(base + rng.integers(0, 40, (n, 3 * 32 * 32)), 0, 255).astype(np.uint8)
+        return {"data": data, "labels": labels.tolist()}
+
+    for i in range(1, 6):
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump(batch(n_train // 5 + 1), f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch(n_test), f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+
+
+def test_resnet44_crop_on_a_cifar10_folder_then_measure(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar
+
+    import equifast as ef
+
+    _write_cifar10(tmp_path / "data")
+    # the files are ours, so their checksums are not CIFAR-10's; everything else is the real path
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+    recipe = get_recipe("resnet44-crop", epochs=1, batch_size=16, device="cpu",
+                        data_root=str(tmp_path / "data"))
+    result = train(recipe, str(tmp_path / "run"))
+    assert result.epochs == 1 and 0 <= result.test_acc <= 1
+    report = ef.measure(str(tmp_path / "run"), transforms=ef.diagonal_shifts(1, 2), n_images=8,
+                        batch_size=8)
+    assert report.meta["images"] == "test set of the run's recipe" and report.meta["n_images"] == 8
+    assert list(report.parts.part.astype(str).unique()) == ["early", "middle", "late", "pool", "final"]
+    # ResNet-44: 22 points before pooling, 8/7/7 (stages of 32x32, 16x16, 8x8 maps)
+    assert report.parts.groupby("part", observed=True).n_points.first().tolist()[:3] == [8, 7, 7]
