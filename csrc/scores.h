@@ -185,4 +185,10 @@ inline void check_inputs(const at::Tensor& fx, const at::Tensor& ftx, const at::
   }
 }
 
+// Channels adjacent in memory and closer than neighbouring positions (channels-last): both
+// backends then gather across channels rather than along rows.
+inline bool channels_fastest(const at::Tensor& f) {
+  return f.size(1) > 1 && f.stride(1) == 1 && f.stride(2) != 1 && f.stride(3) != 1;
+}
+
 }  // namespace equifast

@@ -671,10 +671,6 @@ at::Tensor position_offsets(const at::Tensor& index, int64_t width, int64_t stri
   return out;
 }
 
-// Channels adjacent in memory and closer than neighbouring positions (channels-last).
-bool channels_fastest(const at::Tensor& f) {
-  return f.size(1) > 1 && f.stride(1) == 1 && f.stride(2) != 1 && f.stride(3) != 1;
-}
 
 template <typename scalar_t>
 Side<scalar_t> make_side(const at::Tensor& f, const at::Tensor& offsets) {

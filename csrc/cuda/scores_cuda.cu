@@ -254,9 +254,6 @@ at::Tensor position_offsets(const at::Tensor& index, int64_t width, int64_t stri
   return out;
 }
 
-bool channels_fastest(const at::Tensor& f) {
-  return f.size(1) > 1 && f.stride(1) == 1 && f.stride(2) != 1 && f.stride(3) != 1;
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
     const at::Tensor& fx, const at::Tensor& ftx, const at::Tensor& a_index,
