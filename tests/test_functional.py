@@ -69,3 +69,18 @@ def test_half_precision_inputs():
         s = equivariance_scores(x.to(dtype), t(x).to(dtype), t)
         assert s.channel.dtype == torch.float32
         assert torch.allclose(s.channel, torch.ones(2, 4), atol=1e-3)
+
+
+@pytest.mark.skipif(not ef.ops.available(), reason="equifast._C not built")
+def test_backends_agree_on_non_finite_rows_below_the_check():
+    fx = torch.randn(2, 4, 5, 5)
+    ftx = fx.clone()
+    fx[0, 1, 2, 2] = float("nan")
+    ftx[1, 2, 0, 0] = float("inf")
+    a, b = ef.Identity().index_map((5, 5), (5, 5))
+    channel, layer, index = ef.ops.equivariance_scores(fx, ftx, a, b, True, ef.TOLERANCE)
+    want = R.equivariance_scores(fx, ftx)
+    torch.testing.assert_close(channel, want.channel, equal_nan=True)
+    torch.testing.assert_close(layer, want.layer, equal_nan=True)
+    assert torch.isnan(channel[0, 1]) and index[0, 1] == -1 and torch.isnan(channel[1, 2])
+    assert index[1, 2] != 2  # the inf column is left out of the max
