@@ -128,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input, missing files, weights not downloadable
         print(f"equifast: error: {err}", file=sys.stderr)
         return 2
 

