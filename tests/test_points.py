@@ -281,3 +281,17 @@ def test_point_is_frozen_and_argument_errors():
         split(model, torch.randn(3, 32, 32))
     with pytest.raises(TypeError, match="points"):
         representations(model, ["stem"])
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b3", "efficientnet_b7"])
+def test_efficientnet_family_points_are_stem_blocks_and_head(name):
+    from torchvision.models.efficientnet import MBConv
+
+    model = getattr(tv, name)(num_classes=10).eval()
+    blocks = sum(isinstance(m, MBConv) for m in model.modules())  # counted another way
+    pts = split(model, torch.rand(1, 3, 64, 64))
+    before = [p for p in pts if p.part in ("early", "middle", "late")]
+    assert len(before) == blocks + 2  # stem, every MBConv, the 1x1 conv head
+    assert before[0].name == "stem" and before[-1].name == "features.8"
+    sizes = [sum(p.part == part for p in before) for part in ("early", "middle", "late")]
+    assert sizes == [len(a) for a in np.array_split(np.arange(len(before)), 3)]
