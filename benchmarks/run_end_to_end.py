@@ -15,17 +15,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 import equifast as ef
 from equifast.models import load_model
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- end-to-end:begin -->", "<!-- end-to-end:end -->"
+sys.path.insert(0, os.path.dirname(__file__))
+from results import write_section  # noqa: E402
+
 
 
 def _sync(device):
@@ -90,15 +91,9 @@ def main(argv=None):
 
 
 def _write(header, row):
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = (f"{BEGIN}\n## End to end: `equifast.measure` vs the model's own forward passes\n\n"
-               f"Written by `benchmarks/run_end_to_end.py` on {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
-               f"backend {ef.backend()}.\n\n{header}\n{row}\n{END}")
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    write_section("end-to-end", f"## End to end: `equifast.measure` vs the model's own forward passes\n\n"
+                  f"Written by `benchmarks/run_end_to_end.py` on {time.strftime('%Y-%m-%d')}, torch "
+                  f"{torch.__version__}, backend {ef.backend()}.\n\n{header}\n{row}")
 
 
 if __name__ == "__main__":
