@@ -22,41 +22,20 @@ import math
 import os
 import socket
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import pandas as pd
 
-__all__ = ["ResultStore", "write_atomic", "records_frame", "STATES"]
+from equifast._io import atomic_write, write_text_atomic
+
+__all__ = ["ResultStore", "records_frame", "STATES"]
 
 #: The states a job can be in, as counted by the status file.
 STATES = ("finished", "running", "failed", "pending")
 
 _JOB_COLUMNS = ["job_id", "model", "arch", "weights", "dataset", "transforms", "seed", "accuracy",
                 "accuracy_measured", "accuracy_known", "accuracy_source"]
-
-
-def write_atomic(path: os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
-
-    Writes a uniquely named temporary file in the same folder, flushes it to disk and renames
-    it over ``path`` (``os.replace`` is atomic on POSIX and Windows).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    try:
-        with open(tmp, mode) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def _json_safe(value: Any) -> Any:
@@ -134,7 +113,7 @@ class ResultStore:
                    else type(record).__name__)
             raise ValueError("Expected a record dict with an 'id' and status 'ok' or 'failed', "
                              f"but got {got!r}.")
-        return write_atomic(self.record_path(record["id"]),
+        return write_text_atomic(self.record_path(record["id"]),
                             json.dumps(_json_safe(record), indent=1, allow_nan=False))
 
     def records(self, status: Optional[str] = None) -> Iterator[Dict[str, Any]]:
@@ -167,7 +146,7 @@ class ResultStore:
     # ---- spec and status --------------------------------------------------------------------
     def write_spec(self, spec_dict: Dict[str, Any], job_ids: List[str]) -> Path:
         """Save the sweep's spec and its job ids (so status works without the spec file)."""
-        return write_atomic(self.root / "spec.json",
+        return write_text_atomic(self.root / "spec.json",
                             json.dumps(_json_safe({"spec": spec_dict, "jobs": job_ids}), indent=1))
 
     def read_spec(self) -> Optional[Dict[str, Any]]:
@@ -179,7 +158,7 @@ class ResultStore:
 
     def write_status(self, status: Dict[str, Any]) -> Path:
         """Replace ``status.json`` (the live counts)."""
-        return write_atomic(self.root / "status.json", json.dumps(_json_safe(status), indent=1))
+        return write_text_atomic(self.root / "status.json", json.dumps(_json_safe(status), indent=1))
 
     def read_status(self) -> Optional[Dict[str, Any]]:
         """The live status a running (or the last) sweep wrote, or ``None``."""
@@ -306,15 +285,9 @@ class ResultStore:
         for name, df in self.tables().items():
             for suffix in (".parquet", ".csv"):
                 target = self.root / f"{name}{suffix}"
-                tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-                try:
-                    if suffix == ".csv":
-                        df.to_csv(tmp, index=False)
-                    else:
-                        _for_parquet(df).to_parquet(tmp, index=False)
-                    os.replace(tmp, target)
-                finally:
-                    tmp.unlink(missing_ok=True)
+                atomic_write(target, lambda tmp, df=df, suffix=suffix: (
+                    df.to_csv(tmp, index=False) if suffix == ".csv"
+                    else _for_parquet(df).to_parquet(tmp, index=False)))
                 written.append(target)
         return written
 

@@ -1,7 +1,7 @@
 """The thesis' figures, drawn with matplotlib from part tables and correlation tables."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Mapping, Optional
 
 import pandas as pd
 

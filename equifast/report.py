@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from ._io import atomic_write, write_text_atomic
 
 __all__ = ["Report", "PARTS", "part_table", "combine_runs", "metric_bias"]
 
@@ -124,7 +126,7 @@ class Report:
         suffix = path.suffix.lower()
         if suffix == ".json":
             doc = {"meta": self.meta, "points": json.loads(self.points.to_json(orient="records"))}
-            _write_atomic(path, json.dumps(doc, indent=1, default=str))
+            write_text_atomic(path, json.dumps(doc, indent=1, default=str))
             return [path]
         if suffix not in (".csv", ".parquet"):
             raise ValueError(f"Expected a .json, .csv or .parquet path, but got {str(path)!r}.")
@@ -132,12 +134,11 @@ class Report:
         written = []
         for name, df in (("points", self.points), ("parts", self.parts)):
             target = stem.with_name(f"{stem.name}.{name}{suffix}")
-            tmp = target.with_name(target.name + ".tmp")
-            (df.to_csv(tmp, index=False) if suffix == ".csv" else df.to_parquet(tmp, index=False))
-            tmp.replace(target)
+            atomic_write(target, lambda tmp, df=df: (df.to_csv(tmp, index=False) if suffix == ".csv"
+                                                     else df.to_parquet(tmp, index=False)))
             written.append(target)
         meta = stem.with_name(f"{stem.name}.meta.json")
-        _write_atomic(meta, json.dumps(self.meta, indent=1, default=str))
+        write_text_atomic(meta, json.dumps(self.meta, indent=1, default=str))
         return written + [meta]  # .csv and .parquet share the meta file
 
     @classmethod
@@ -174,8 +175,3 @@ class Report:
     def __repr__(self) -> str:
         return f"Report(model={self.meta.get('model')!r}, points={len(self.points)} rows, parts={len(self.parts)} rows)"
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -1,5 +1,4 @@
 """The command line, end to end on the embedded default (real weights, real photos)."""
-import json
 
 import pytest
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from equifast.report import Report, combine_runs, part_table
+from equifast.report import Report, combine_runs
 
 
 def _rows():

@@ -46,6 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from equifast._io import atomic_write, write_text_atomic
+
 from .data import BatchCollate, build_dataset, dataset_info
 from .models import build_model
 from .recipes import Recipe
@@ -190,16 +192,6 @@ def _summarise(sums: torch.Tensor, rot: bool) -> Dict[str, float]:
 
 
 # --------------------------------------------------------------------------- run files
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: Path(p).write_text(text))
-
-
 def _write_csv(path: Path, rows: List[Dict]) -> None:
     def write(p):
         with open(p, "w", newline="") as f:
@@ -207,7 +199,7 @@ def _write_csv(path: Path, rows: List[Dict]) -> None:
             w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _load_checkpoint(path: Path, map_location="cpu") -> Dict:
@@ -279,7 +271,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
             raise FileExistsError(f"Expected `out_dir` {str(out)!r} to be empty with resume=False, "
                                   f"but it holds an unfinished run. Pass resume=True to continue "
                                   f"it or overwrite=True (--overwrite) to start again.")
-    _write_text(out / RECIPE, json.dumps(recipe.to_dict(), indent=2))
+    write_text_atomic(out / RECIPE, json.dumps(recipe.to_dict(), indent=2))
     return None
 
 
@@ -405,7 +397,7 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": states[0], "rng_per_rank": states, "world_size": dist.world,
                     "history": history, "recipe": recipe.to_dict()}
-            _atomic_write(out / CHECKPOINT, lambda p: torch.save(ckpt, p))
+            atomic_write(out / CHECKPOINT, lambda p: torch.save(ckpt, p))
             _write_csv(out / METRICS, history)
             if writer is not None:
                 for k, v in row.items():
@@ -425,11 +417,11 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
                          test_rot_acc=last.get("test_rot_acc"), metrics=history,
                          resumed_from=start)
     if dist.rank == 0:
-        _atomic_write(out / MODEL, lambda p: torch.save(model.state_dict(), p))
+        atomic_write(out / MODEL, lambda p: torch.save(model.state_dict(), p))
         _write_csv(out / METRICS, history)
         d = {k: v for k, v in asdict(result).items() if k not in ("metrics", "out_dir")}
         d["recipe"] = recipe.to_dict()
-        _write_text(out / RESULT, json.dumps(d, indent=2))
+        write_text_atomic(out / RESULT, json.dumps(d, indent=2))
     dist.barrier()
     return result
 

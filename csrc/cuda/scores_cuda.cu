@@ -254,7 +254,6 @@ at::Tensor position_offsets(const at::Tensor& index, int64_t width, int64_t stri
   return out;
 }
 
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
     const at::Tensor& fx, const at::Tensor& ftx, const at::Tensor& a_index,
     const at::Tensor& b_index, bool centered, double eps) {

@@ -1,0 +1,35 @@
+"""Atomic file writes: readers see the old file or the whole new one, never half of it.
+
+Shared by reports, training runs (checkpoints, metrics) and the sweep results store.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Callable, Union
+
+__all__ = ["atomic_write", "write_text_atomic"]
+
+
+def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a uniquely named file beside ``path``, flush it to disk and
+    rename it over ``path`` (``os.replace`` is atomic on POSIX and Windows). The temporary
+    file is removed if ``write`` fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(path: Union[str, os.PathLike], data: Union[str, bytes]) -> Path:
+    """Write text or bytes to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data) if isinstance(data, bytes)
+                        else tmp.write_text(data))
