@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import pandas as pd
 
+from equifast.report import over_runs
+
 from .store import ResultStore
 
 __all__ = ["part_scores", "accuracy_correlation", "sweep_figures", "ACCURACY_CHOICES"]
@@ -85,11 +87,9 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
             raise ValueError(f"Expected `metric` to be one of {sorted(set(df['metric']))}, but got {metric!r}.")
         df = df[df["metric"] == metric]
     df = df.assign(part=df["part"].astype(str))
-    out = (df.groupby(_KEYS + ["part"], sort=False, dropna=False)
-           .agg(channel=("channel", "mean"), channel_std=("channel", "std"),
-                layer=("layer", "mean"), layer_std=("layer", "std"),
-                seeds=("seed", "nunique"), accuracy=("accuracy", "mean"))
-           .reset_index())
+    out = over_runs(df, _KEYS + ["part"], ["channel", "layer", "accuracy"], run="seed", count="seeds")
+    out = out.drop(columns="accuracy_std")[_KEYS + ["part", "channel", "channel_std", "layer",
+                                                   "layer_std", "seeds", "accuracy"]]
     out["part"] = pd.Categorical(out["part"], categories=PARTS, ordered=True)
     return out.sort_values(_KEYS + ["part"], kind="stable").reset_index(drop=True)
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ._io import atomic_write, write_text_atomic
 
-__all__ = ["Report", "PARTS", "part_table", "combine_runs", "metric_bias"]
+__all__ = ["Report", "PARTS", "part_table", "over_runs", "combine_runs", "metric_bias"]
 
 PARTS = ("early", "middle", "late", "pool", "final")
 SCORES = ["channel", "layer", "undefined_fraction"]
@@ -64,6 +64,23 @@ def metric_bias(points: pd.DataFrame) -> Dict[str, object]:
     return {"table": table, "correlation": summary}
 
 
+def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run: str = "run",
+              count: str = "runs") -> pd.DataFrame:
+    """SPEC aggregation step 4: mean and standard deviation over repeated runs (seeds).
+
+    One row per ``keys`` (in order of appearance) with ``<v>`` (mean) and ``<v>_std`` for each
+    of ``values``, and ``count``: the number of distinct ``run`` values. Studies, sweeps and
+    :func:`combine_runs` all aggregate seeds here.
+    """
+    g = df.groupby(list(keys), sort=False, observed=True, dropna=False)
+    agg = {}
+    for v in values:
+        agg[v] = (v, "mean")
+        agg[f"{v}_std"] = (v, "std")
+    agg[count] = (run, "nunique")
+    return g.agg(**agg).reset_index()
+
+
 def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.DataFrame:
     """Mean and standard deviation over runs (seeds) of each part's scores.
 
@@ -80,10 +97,7 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     keys = list(by) + ["part", "family"] + (["metric"] if "metric" in df else [])
-    out = df.groupby(keys, observed=True).agg(
-        channel=("channel", "mean"), channel_std=("channel", "std"),
-        layer=("layer", "mean"), layer_std=("layer", "std"), runs=("run", "nunique")).reset_index()
-    return out
+    return over_runs(df, keys, ["channel", "layer"])
 
 
 class Report:

@@ -27,6 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from equifast.report import over_runs
+
 from .recipes import Recipe, get_recipe
 
 __all__ = ["Study", "STUDIES", "get_study", "run_study", "measure_study", "summarize",
@@ -158,11 +160,10 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     # equifast.measure may give categorical columns: compare and group them as strings
     runs = runs.astype({c: str for c in ("setting", "part", "family") if c in runs})
     values = [c for c in ("channel", "layer", "test_acc", "test_rot_acc") if c in runs]
-    g = runs.groupby(["setting", "part", "family"], sort=False)
-    out = g[values].agg(["mean", "std"])
-    out.columns = [f"{a}_{b}" for a, b in out.columns]
-    out["n_seeds"] = g["seed"].nunique()
-    out = out.reset_index()
+    out = over_runs(runs, ["setting", "part", "family"], values, run="seed", count="n_seeds")
+    out = out.rename(columns={v: f"{v}_mean" for v in values})
+    out = out[["setting", "part", "family"]
+              + [f"{v}_{s}" for v in values for s in ("mean", "std")] + ["n_seeds"]]
     order = {p: i for i, p in enumerate(PART_ORDER)}
     settings = {s: i for i, s in enumerate(dict.fromkeys(runs["setting"]))}
     key = (out["setting"].map(settings).astype(int) * 100
