@@ -70,16 +70,6 @@ class SweepResult:
 
 # ---- one job (runs on a worker) ------------------------------------------------------------
 
-def _normalise(images: torch.Tensor, preprocess) -> torch.Tensor:
-    """Apply the ``Normalize`` step of a torchvision/timm pipeline to images in [0, 1]."""
-    from torchvision import transforms as T
-
-    for step in getattr(preprocess, "transforms", []):
-        if isinstance(step, T.Normalize):
-            return T.functional.normalize(images, step.mean, step.std)
-    return images
-
-
 class _NoLabels(torch.utils.data.Dataset):
     """A dataset whose labels are hidden (``labels: false`` in the spec)."""
 
@@ -120,7 +110,7 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
         return torch.randn(job.n_images, 3, size, size, generator=gen), preprocess
     if d.kind == "embedded":
         photos = data_mod.embedded_photos(job.n_images or 256, size=size, seed=job.seed)
-        return _normalise(photos, preprocess), preprocess
+        return data_mod.normalise_like(photos, preprocess), preprocess
     if d.kind == "folder":
         dataset = data_mod.ImageFiles(job.resolve(d.path))
     else:
@@ -129,12 +119,7 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
         dataset = getattr(torchvision.datasets, d.name)(root=job.resolve(d.root), **dict(d.args))
     if not d.labels:
         dataset = _NoLabels(dataset)
-    n = job.n_images
-    if n is not None and n < len(dataset):  # the subset of equifast.data.batches, exactly
-        gen = torch.Generator().manual_seed(job.seed)
-        keep = torch.randperm(len(dataset), generator=gen)[:n].sort().values.tolist()
-        dataset = torch.utils.data.Subset(dataset, keep)
-    return dataset, preprocess
+    return data_mod.seeded_subset(dataset, job.n_images, job.seed), preprocess
 
 
 def _shard(images, shard: int, shards: int):

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["batches", "embedded_photos", "PHOTOS", "ImageFiles", "count"]
+__all__ = ["batches", "embedded_photos", "PHOTOS", "ImageFiles", "count", "normalise_like",
+           "seeded_subset"]
 
 # Real photographs shipped inside scikit-image (no download): name -> what it shows.
 PHOTOS = {
@@ -129,6 +130,25 @@ def _with_transform(dataset: Dataset, preprocess: Optional[Callable]) -> Dataset
     return _Preprocessed()
 
 
+def normalise_like(images: torch.Tensor, preprocess) -> torch.Tensor:
+    """Apply the ``Normalize`` step of a torchvision/timm pipeline to tensors in [0, 1]."""
+    from torchvision import transforms as T
+
+    for step in getattr(preprocess, "transforms", []):
+        if isinstance(step, T.Normalize):
+            return T.functional.normalize(images, step.mean, step.std)
+    return images
+
+
+def seeded_subset(dataset: Dataset, n: Optional[int], seed: int) -> Dataset:
+    """``n`` images of ``dataset`` drawn with ``seed``, kept in dataset order (all if ``n`` is
+    ``None`` or not smaller): the subset :func:`batches` and the sweeps measure."""
+    if n is None or n >= len(dataset):
+        return dataset
+    gen = torch.Generator().manual_seed(seed)
+    return Subset(dataset, torch.randperm(len(dataset), generator=gen)[:n].sort().values.tolist())
+
+
 def count(images) -> Optional[int]:
     """The number of images an input holds, when it is known up front."""
     if isinstance(images, torch.Tensor):
@@ -193,10 +213,7 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
                 return
         return
     if isinstance(images, Dataset):
-        dataset = _with_transform(images, preprocess)
-        if n_images is not None and n_images < len(dataset):
-            gen = torch.Generator().manual_seed(seed)
-            dataset = Subset(dataset, torch.randperm(len(dataset), generator=gen)[:n_images].sort().values.tolist())
+        dataset = seeded_subset(_with_transform(images, preprocess), n_images, seed)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, collate_fn=_collate)
         for x, y in loader:

@@ -244,7 +244,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         preprocess = default_preprocess()
     if images is None:
         images = data_mod.embedded_photos(n_images or 256, seed=seed)
-        images = _normalise_like(images, preprocess)
+        images = data_mod.normalise_like(images, preprocess)
         meta["images"] = "embedded scikit-image photos"
     transforms = list(transforms) if transforms is not None else diagonal_shifts(1, 32) + rotations()
     stream = data_mod.batches(images, labels, batch_size, n_images, preprocess, seed)
@@ -288,14 +288,3 @@ def _run_images(run: str, root, n: int, seed: int) -> torch.Tensor:
 def _chain(first, rest):
     yield first
     yield from rest
-
-
-def _normalise_like(images: torch.Tensor, preprocess) -> torch.Tensor:
-    """Apply the Normalize step of a torchvision/timm pipeline to tensors in [0, 1]."""
-    from torchvision import transforms as T
-
-    steps = getattr(preprocess, "transforms", [])
-    for step in steps:
-        if isinstance(step, T.Normalize):
-            return T.functional.normalize(images, step.mean, step.std)
-    return images
