@@ -268,6 +268,27 @@ def test_long_contiguous_rows(metric):
                         metric, (20, 20))
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("n", [1, 2 * torch.get_num_threads()], ids=["shared-b", "per-image"])
+@pytest.mark.parametrize("transform", [Rotation(1), Translation(3, -2)], ids=str)
+def test_b_read_in_place_or_packed(transform, n, layout):
+    # ftx's compared positions are the identity map, so the operator reads B where it lies,
+    # unnormalised, unless a row has f = ||v|| / ||v - mean|| above 16 (csrc: kMaxInPlaceGrowth)
+    # in that image, which then packs B centred. Rows just under and over the limit, a row
+    # far over it in one image only, and K = 300 on 32x32 maps (two row tiles, so the in-place
+    # statistics come after the first tile's GEMM) must all match the reference.
+    fx, ftx = _features(n, 300, 32, 32, seed=12)
+    sd = ftx.std(dim=(-2, -1), keepdim=True)
+    for img, row, ratio in [(0, 5, 15.8), (0, 150, 16.2), (n - 1, 299, 1e4), (n - 1, 7, 3.0)]:
+        ftx[img, row] += ratio * sd[img, row] + 0.01 * ftx[img, row].mean()
+    if layout == "channels_last":
+        fx = fx.to(memory_format=torch.channels_last)
+        ftx = ftx.to(memory_format=torch.channels_last)
+    for metric in METRICS:
+        _assert_matches(_run_op(fx, ftx, transform, metric, (32, 32)), fx, ftx, transform,
+                        metric, (32, 32))
+
+
 @pytest.mark.parametrize("metric", list(METRICS))
 def test_tiny_and_huge_rows(metric):
     # Rows near float32's underflow (1 / norm beyond float range) and near its top: the

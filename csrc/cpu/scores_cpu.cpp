@@ -124,12 +124,39 @@ inline void copy_widen(const scalar_t* src, int64_t n, float* dst) {
   }
 }
 
+bool cpu_has_avx512();
+
+#if EQUIFAST_AVX512_PATH
+// Float32 runs copied with 16-float moves and a masked tail (masked-off lanes are not read):
+// the runs of a translated map are a map row or shorter, where a memcpy call per run costs
+// more than the copy itself.
+__attribute__((target("avx512f"))) void copy_runs_avx512(const float* src,
+                                                         const std::vector<Run>& runs,
+                                                         float* out) {
+  for (const Run& run : runs) {
+    const float* from = src + run.offset;
+    float* to = out + run.p;
+    int64_t i = 0;
+    for (; i + 16 <= run.length; i += 16) _mm512_storeu_ps(to + i, _mm512_loadu_ps(from + i));
+    if (i < run.length) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (run.length - i)) - 1u);
+      _mm512_mask_storeu_ps(to + i, m, _mm512_maskz_loadu_ps(m, from + i));
+    }
+  }
+}
+#endif
+
 // One row (one channel of one image, `src` at its channel start) at the compared positions,
 // as float32, into out[0, P).
 template <typename scalar_t>
 void gather_row(const scalar_t* src, const int64_t* offsets, int64_t P,
                 const std::vector<Run>& runs, bool use_runs, float* out) {
   if (use_runs) {
+#if EQUIFAST_AVX512_PATH
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (cpu_has_avx512()) return copy_runs_avx512(src, runs, out);
+    }
+#endif
     for (const Run& run : runs) copy_widen(src + run.offset, run.length, out + run.p);
   } else {
     for (int64_t p = 0; p < P; ++p) out[p] = static_cast<float>(src[offsets[p]]);
@@ -253,13 +280,8 @@ void accumulate(const float* x, int64_t n, double shift, LaneSums& acc) {
 // mean, ss_centred = Σ(x-c)^2 - (Σ(x-c))^2 / P  and  ss_raw = Σ x^2 = Σ(x-c)^2 + 2cΣ(x-c) + Pc^2
 // (every term there is at most about P Σ x^2, since c^2 <= Σ x^2, so its rounding error is
 // far below what the eps test can see).
-RowStats stats_from_sums(const LaneSums& acc, double shift, int64_t P, bool centered,
+RowStats stats_from_sums(double sum, double sum_sq, double shift, int64_t P, bool centered,
                          double eps) {
-  double sum = 0.0, sum_sq = 0.0;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    sum += acc.shifted[l];
-    sum_sq += acc.shifted_sq[l];
-  }
   if (!centered) return finish_row_stats(0.0, sum_sq, sum_sq, eps);
   const double count = static_cast<double>(P);
   const double mean_shifted = sum / count;
@@ -267,6 +289,16 @@ RowStats stats_from_sums(const LaneSums& acc, double shift, int64_t P, bool cent
   if (ss_centred < 0.0) ss_centred = 0.0;  // rounding; NaN stays NaN (undefined)
   const double ss_raw = sum_sq + shift * (2.0 * sum + count * shift);
   return finish_row_stats(shift + mean_shifted, ss_centred, ss_raw, eps);
+}
+
+RowStats stats_from_sums(const LaneSums& acc, double shift, int64_t P, bool centered,
+                         double eps) {
+  double sum = 0.0, sum_sq = 0.0;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    sum += acc.shifted[l];
+    sum_sq += acc.shifted_sq[l];
+  }
+  return stats_from_sums(sum, sum_sq, shift, P, centered, eps);
 }
 
 // dst <- (src - mean) / norm, in float32 through the shared `normalise_value_split` (the mean
@@ -332,7 +364,85 @@ struct Side {
   std::vector<Run> runs;
   bool use_runs;    // runs long on average: copy them instead of indexed loads
   bool long_runs;   // runs long enough to read them in place, without a gathered copy
+  // Positions `step` apart (offsets[p] = offsets[0] + p * step) with unit-stride rows
+  // (step == 1) or channels (stride_k == 1), in float32: a matrix BLAS can read where it lies.
+  int64_t step;
+  bool in_place;
 };
+
+// ---------------------------------------------------------------------------------------
+// B read in place
+// ---------------------------------------------------------------------------------------
+// When ftx's compared positions form such a matrix (the identity map, which is B's map for
+// every transform of equifast.transforms, on a map contiguous in its positions, NCHW or
+// channels-last), the GEMM reads B where it lies, unnormalised, and only its statistics are
+// taken (one streaming read):
+//   S[a, b] = <û_a, v_b - μ_b> / ||v_b - μ_b|| = <û_a, v_b> / ||v_b - μ_b||,
+// since û_a sums to zero; the epilogue scales the tile's columns by 1 / ||v_b - μ_b||. That
+// saves normalising and writing B, half of the packing. The float32 GEMM then sums terms of
+// size |v_b| rather than |v_b - μ_b|, so its rounding error (and that of Σ û_a = 0, at most
+// 2^-23 f) grows by f = ||v_b|| / ||v_b - μ_b||. An image in which a defined row has
+// f > kMaxInPlaceGrowth (a row varying little around a large mean), or a norm near float32's
+// range limits, packs B normalised as before. For cosine f = 1.
+constexpr double kMaxInPlaceGrowth = 16.0;
+
+bool fits_in_place(const RowStats& st, int64_t P) {
+  if (!st.defined) return true;  // masked out of the scores: its values do not matter
+  if (!(st.inv_norm >= 1e-30 && st.inv_norm <= 1e30)) return false;
+  const double m = st.mean * st.inv_norm;  // f^2 = ||v||^2 / ||v - μ||^2 = 1 + P m^2
+  return static_cast<double>(P) * m * m <= kMaxInPlaceGrowth * kMaxInPlaceGrowth - 1.0;
+}
+
+// Float64 shifted sums of `rows` adjacent channels over P positions `step` apart (channels-last
+// B read in place): positions outer and channels inner, so the read streams through memory.
+EQUIFAST_CLONES void accumulate_columns(const float* x, int64_t step, int64_t P, int64_t rows,
+                                        const double* shift, double* sum, double* sum_sq) {
+  for (int64_t p = 0; p < P; ++p) {
+    const float* xp = x + p * step;
+#pragma omp simd
+    for (int64_t r = 0; r < rows; ++r) {
+      const double d = static_cast<double>(xp[r]) - shift[r];
+      sum[r] += d;
+      sum_sq[r] += d * d;
+    }
+  }
+}
+
+// Statistics of rows [0, rows) of an in-place matrix (element (k, p) at x[k * stride_k +
+// p * step]) into def[rows] and scale[rows] (1 / ||v - μ||, 0 when undefined). Returns whether
+// every row fits in place.
+bool in_place_rows(const float* x, int64_t stride_k, int64_t step, int64_t rows, int64_t P,
+                   bool centered, double eps, uint8_t* def, float* scale) {
+  bool fit = true;
+  auto finish = [&](int64_t r, const RowStats& st) {
+    def[r] = st.defined;
+    scale[r] = st.defined ? static_cast<float>(st.inv_norm) : 0.f;
+    fit = fit && fits_in_place(st, P);
+  };
+  if (step == 1) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = x + r * stride_k;
+      const double shift = centered ? static_cast<double>(row[0]) : 0.0;
+      LaneSums acc;
+      accumulate(row, P, shift, acc);
+      finish(r, stats_from_sums(acc, shift, P, centered, eps));
+    }
+    return fit;
+  }
+  constexpr int64_t kBlock = 64;  // channels per sweep: their sums stay in L1
+  double shift[kBlock], sum[kBlock], sum_sq[kBlock];
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    const int64_t nr = std::min(kBlock, rows - r0);
+    for (int64_t r = 0; r < nr; ++r) {
+      shift[r] = centered ? static_cast<double>(x[r0 + r]) : 0.0;
+      sum[r] = sum_sq[r] = 0.0;
+    }
+    accumulate_columns(x + r0, step, P, nr, shift, sum, sum_sq);
+    for (int64_t r = 0; r < nr; ++r)
+      finish(r0 + r, stats_from_sums(sum[r], sum_sq[r], shift[r], P, centered, eps));
+  }
+  return fit;
+}
 
 // Pack and normalise rows [k0, k0 + rows) of image n into dst [rows, P] (leading dimension
 // ld) and defined[rows].
@@ -417,23 +527,32 @@ void transpose_rows(const float* src, int64_t lds, int64_t rows, int64_t P, floa
 // Similarity tile and its epilogue
 // ---------------------------------------------------------------------------------------
 
-// S [rows, K] = A [rows, P] @ B [K, P]^T, single-threaded (we are inside parallel_for). A has
-// leading dimension ld, S ld_s. B is either packed rows [K, P] (leading dimension ld; BLAS
-// takes the transpose as a flag) or, with `transposed_b`, B^T [P, K] (leading dimension ld_s),
-// the layout MKL multiplies fastest, worth its transposition when rows are short (see
-// Problem::transposed_b).
-void similarity_tile(const float* a, const float* b, bool transposed_b, int64_t rows,
-                     int64_t K, int64_t P, int64_t ld, float* s, int64_t ld_s) {
+// One image's B as the GEMM reads it: element (k, p) at data[k * stride_k + p * stride_p].
+// Packed rows [K, P] are normalised (scale == nullptr), as is packed B^T [P, K] (stride_k 1);
+// B read in place is not, and `scale` [K] holds its columns' 1 / ||v - μ|| (see in_place_rows).
+struct BView {
+  const float* data;
+  int64_t stride_k, stride_p;
+  const float* scale;
+};
+
+// S [rows, K] = A [rows, P] @ B^T, single-threaded (we are inside parallel_for). A has leading
+// dimension ld, S ld_s; BLAS takes B's layout (rows, or B^T when stride_k == 1: the row-major
+// "NN" case MKL multiplies fastest) as a flag.
+void similarity_tile(const float* a, const BView& b, int64_t rows, int64_t K, int64_t P,
+                     int64_t ld, float* s, int64_t ld_s) {
   auto opts = at::TensorOptions().dtype(at::kFloat);
   at::Tensor ta = at::from_blob(const_cast<float*>(a), {rows, P}, {ld, 1}, opts);
   at::Tensor ts = at::from_blob(s, {rows, K}, {ld_s, 1}, opts);
-  if (transposed_b) {
-    at::Tensor tbt = at::from_blob(const_cast<float*>(b), {P, K}, {ld_s, 1}, opts);
-    at::mm_out(ts, ta, tbt);
-    return;
-  }
-  at::Tensor tb = at::from_blob(const_cast<float*>(b), {K, P}, {ld, 1}, opts);
+  at::Tensor tb =
+      at::from_blob(const_cast<float*>(b.data), {K, P}, {b.stride_k, b.stride_p}, opts);
   at::mm_out(ts, ta, tb.t());
+}
+
+// s[c] *= scale[c]: the columns of a tile of B read in place, normalised.
+EQUIFAST_CLONES void scale_columns(float* s, const float* scale, int64_t K) {
+#pragma omp simd
+  for (int64_t c = 0; c < K; ++c) s[c] *= scale[c];
 }
 
 // Row max of s[0, K) and the first index holding it (ties: smallest index), in one
@@ -512,13 +631,16 @@ void row_argmax(const float* s, int64_t K, float* best, int64_t* index) {
   *index = i;
 }
 
-// Epilogue of one tile: rows [k0, k0 + rows) of image n. Undefined columns (rare) are set to
-// -inf in the tile first, so a row's max is over defined k' only (-inf: none defined).
+// Epilogue of one tile: rows [k0, k0 + rows) of image n. Columns of B read in place are
+// normalised first (`scale`, or nullptr). Undefined columns (rare) are set to -inf in the tile,
+// so a row's max is over defined k' only (-inf: none defined).
 void tile_epilogue(float* s, int64_t ld_s, int64_t rows, int64_t K, int64_t k0,
-                   const uint8_t* def_a,
-                   const uint8_t* def_b, const std::vector<int64_t>& undefined_cols,
-                   float* channel, float* layer, int64_t* layer_index) {
+                   const uint8_t* def_a, const uint8_t* def_b, const float* scale,
+                   const std::vector<int64_t>& undefined_cols, float* channel, float* layer,
+                   int64_t* layer_index) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  if (scale != nullptr)
+    for (int64_t r = 0; r < rows; ++r) scale_columns(s + r * ld_s, scale, K);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c : undefined_cols) s[r * ld_s + c] = kNegInf;
   for (int64_t r = 0; r < rows; ++r) {
@@ -551,6 +673,7 @@ void tile_epilogue(float* s, int64_t ld_s, int64_t rows, int64_t K, int64_t k0,
 struct Buffers {
   AlignedFloats b, a, s;  // b: packed B (see Problem::pack_b); a: A tile; s: similarity tile
   AlignedFloats block;    // 16 packed rows of B on their way to B^T
+  AlignedFloats scale_b;  // 1 / ||v - μ|| of B's rows when B is read in place
   std::vector<uint8_t> def_b, def_a;
   std::vector<int64_t> undefined_cols;
 };
@@ -567,7 +690,7 @@ struct Problem {
   Side<scalar_t> A, B;
   int64_t N, K, P, Kt;
   int64_t LD, LD_S;  // leading dimensions: packed rows (P padded), similarity rows (K padded)
-  // B packed as B^T [P, K], so that the GEMM is MKL's fastest (row-major "NN") case. Measured
+  // Packed B as B^T [P, K], so that the GEMM is MKL's fastest (row-major "NN") case. Measured
   // on AVX-512 (2 threads, N = 64): 10-25% faster for K >= P (512 x 14x14, 2048 x 7x7), where
   // the rows are short and the transposition cheap next to the GEMM; 5-10% slower for long
   // rows (64 x 56x56, 256 x 28x28), which keep B as rows.
@@ -599,61 +722,144 @@ struct Problem {
       transpose_rows(block.data(), LD, nr, P, b + r0, LD_S);
     }
   }
+  BView packed_view(const float* b) const {
+    return transposed_b ? BView{b, 1, LD_S, nullptr} : BView{b, LD, 1, nullptr};
+  }
 
-  // One row tile of image n against its packed B (b, def_b [K]).
-  void tile(int64_t n, int64_t t, const float* b, const uint8_t* def_b,
+  // B read in place (see in_place_rows): the statistics of image n's rows [k0, k0 + rows), and
+  // whether they fit; then the view of the image.
+  bool b_in_place_rows(int64_t n, int64_t k0, int64_t rows, uint8_t* def_b,
+                       float* scale) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      return in_place_rows(B.data + n * B.stride_n + k0 * B.stride_k + B.offsets[0],
+                           B.stride_k, B.step, rows, P, centered, eps, def_b + k0,
+                           scale + k0);
+    }
+    return false;
+  }
+  BView in_place_view(int64_t n, const float* scale) const {
+    if constexpr (std::is_same_v<scalar_t, float>)
+      return BView{B.data + n * B.stride_n + B.offsets[0], B.stride_k, B.step, scale};
+    TORCH_INTERNAL_ASSERT(false, "B is read in place in float32 only");
+    return BView{nullptr, 0, 0, nullptr};
+  }
+
+  // One row tile of image n against its prepared B (bv, def_b [K]).
+  void tile(int64_t n, int64_t t, const BView& bv, const uint8_t* def_b,
             const std::vector<int64_t>& undefined_cols, Buffers& buf) const {
     const int64_t k0 = t * Kt, rows = std::min(Kt, K - k0);
     buf.a.resize(Kt * LD);
     buf.s.resize(Kt * LD_S);
     buf.def_a.resize(Kt);
     pack_rows(A, n, k0, rows, P, LD, centered, eps, buf.a.data(), buf.def_a.data());
-    similarity_tile(buf.a.data(), b, transposed_b, rows, K, P, LD, buf.s.data(), LD_S);
-    tile_epilogue(buf.s.data(), LD_S, rows, K, k0, buf.def_a.data(), def_b, undefined_cols,
-                  channel + n * K, layer + n * K, layer_index + n * K);
+    similarity_tile(buf.a.data(), bv, rows, K, P, LD, buf.s.data(), LD_S);
+    tile_epilogue(buf.s.data(), LD_S, rows, K, k0, buf.def_a.data(), def_b, bv.scale,
+                  undefined_cols, channel + n * K, layer + n * K, layer_index + n * K);
+  }
+
+  // One image. B read in place needs its statistics only in the epilogue, so they are taken
+  // after the first tile's GEMM, which has just brought B into cache: a read from L2 rather
+  // than from memory. If B does not fit in place after all (rare), it is packed and the first
+  // tile's GEMM repeated.
+  void image(int64_t n, Buffers& buf) const {
+    uint8_t* def_b = buf.def_b.data();
+    float* scale = buf.scale_b.data();
+    BView bv;
+    bool b_stats_pending = B.in_place;
+    if (B.in_place) {
+      bv = in_place_view(n, scale);
+    } else {
+      pack_b(n, 0, K, buf.b.data(), def_b);
+      bv = packed_view(buf.b.data());
+      undefined_columns(def_b, buf.undefined_cols);
+    }
+    const int64_t tiles = (K + Kt - 1) / Kt;
+    buf.a.resize(Kt * LD);
+    buf.s.resize(Kt * LD_S);
+    buf.def_a.resize(Kt);
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t k0 = t * Kt, rows = std::min(Kt, K - k0);
+      pack_rows(A, n, k0, rows, P, LD, centered, eps, buf.a.data(), buf.def_a.data());
+      similarity_tile(buf.a.data(), bv, rows, K, P, LD, buf.s.data(), LD_S);
+      if (b_stats_pending) {
+        b_stats_pending = false;
+        if (!b_in_place_rows(n, 0, K, def_b, scale)) {
+          pack_b(n, 0, K, buf.b.data(), def_b);
+          bv = packed_view(buf.b.data());
+          similarity_tile(buf.a.data(), bv, rows, K, P, LD, buf.s.data(), LD_S);
+        }
+        undefined_columns(def_b, buf.undefined_cols);
+      }
+      tile_epilogue(buf.s.data(), LD_S, rows, K, k0, buf.def_a.data(), def_b, bv.scale,
+                    buf.undefined_cols, channel + n * K, layer + n * K, layer_index + n * K);
+    }
   }
 
   // Many images: a thread takes whole images.
   void run_per_image() const {
-    const int64_t tiles = (K + Kt - 1) / Kt;
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       Buffers& buf = thread_buffers();
-      buf.b.resize(b_floats());
+      buf.b.resize(b_floats());  // untouched (no page faults) while B is read in place
+      buf.scale_b.resize(K);
       buf.def_b.resize(K);
-      for (int64_t n = begin; n < end; ++n) {
-        pack_b(n, 0, K, buf.b.data(), buf.def_b.data());
-        undefined_columns(buf.def_b.data(), buf.undefined_cols);
-        for (int64_t t = 0; t < tiles; ++t)
-          tile(n, t, buf.b.data(), buf.def_b.data(), buf.undefined_cols, buf);
-      }
+      for (int64_t n = begin; n < end; ++n) image(n, buf);
     });
   }
 
-  // Few images, many channels: B packed for a chunk of images, then (image, tile) tasks.
+  // Few images, many channels: B prepared for a chunk of images (in parallel, 16 rows a task),
+  // then (image, tile) tasks.
   void run_shared_b() const {
-    const int64_t chunk = std::max<int64_t>(1, std::min(N, kPackedBudgetFloats / b_floats()));
+    const int64_t per_image = B.in_place ? K : b_floats();
+    const int64_t chunk = std::max<int64_t>(1, std::min(N, kPackedBudgetFloats / per_image));
     const int64_t tiles = (K + Kt - 1) / Kt;
-    AlignedFloats b;
-    b.resize(chunk * b_floats());
+    AlignedFloats b, scale;
+    b.resize(B.in_place ? 0 : chunk * b_floats());
+    scale.resize(chunk * K);
     std::vector<uint8_t> def_b(chunk * K);
+    std::vector<uint8_t> fits;
+    std::vector<BView> views(chunk);
     std::vector<std::vector<int64_t>> undefined(chunk);
     constexpr int64_t kPackRows = 16;
     const int64_t blocks_per_image = (K + kPackRows - 1) / kPackRows;
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
       const int64_t nc = std::min(chunk, N - n0);
-      at::parallel_for(0, nc * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t n = i / blocks_per_image, k0 = (i % blocks_per_image) * kPackRows;
-          const int64_t rows = std::min(kPackRows, K - k0);
-          pack_b(n0 + n, k0, rows, b.data() + n * b_floats(), def_b.data() + n * K);
+      fits.assign(nc * blocks_per_image, 0);
+      // Pack (or, for B read in place, take the statistics of) blocks of 16 rows of B.
+      auto prepare = [&](bool pack) {
+        at::parallel_for(0, nc * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t n = i / blocks_per_image, k0 = (i % blocks_per_image) * kPackRows;
+            const int64_t rows = std::min(kPackRows, K - k0);
+            if (!pack)
+              fits[i] = b_in_place_rows(n0 + n, k0, rows, def_b.data() + n * K,
+                                        scale.data() + n * K);
+            else if (views[n].data == nullptr)
+              pack_b(n0 + n, k0, rows, b.data() + n * b_floats(), def_b.data() + n * K);
+          }
+        });
+      };
+      std::fill(views.begin(), views.end(), BView{nullptr, 0, 0, nullptr});
+      if (B.in_place) {
+        prepare(false);
+        for (int64_t n = 0; n < nc; ++n) {
+          const uint8_t* f = fits.data() + n * blocks_per_image;
+          if (std::all_of(f, f + blocks_per_image, [](uint8_t x) { return x != 0; }))
+            views[n] = in_place_view(n0 + n, scale.data() + n * K);
         }
-      });
-      for (int64_t n = 0; n < nc; ++n) undefined_columns(def_b.data() + n * K, undefined[n]);
+        if (std::any_of(views.begin(), views.begin() + nc,
+                        [](const BView& v) { return v.data == nullptr; }))
+          b.resize(chunk * b_floats());  // rare: some image packs its B after all
+      }
+      prepare(true);
+      for (int64_t n = 0; n < nc; ++n) {
+        if (views[n].data == nullptr) views[n] = packed_view(b.data() + n * b_floats());
+        undefined_columns(def_b.data() + n * K, undefined[n]);
+      }
       at::parallel_for(0, nc * tiles, 1, [&](int64_t begin, int64_t end) {
         Buffers& buf = thread_buffers();
         for (int64_t i = begin; i < end; ++i) {
           const int64_t n = i / tiles, t = i % tiles;
-          tile(n0 + n, t, b.data() + n * b_floats(), def_b.data() + n * K, undefined[n], buf);
+          tile(n0 + n, t, views[n], def_b.data() + n * K, undefined[n], buf);
         }
       });
     }
@@ -684,6 +890,12 @@ Side<scalar_t> make_side(const at::Tensor& f, const at::Tensor& offsets) {
   side.runs = contiguous_runs(side.offsets, P);
   side.use_runs = static_cast<int64_t>(side.runs.size()) * 8 <= P;
   side.long_runs = static_cast<int64_t>(side.runs.size()) * 4 * kLanes <= P;
+  side.step = P > 1 ? side.offsets[1] - side.offsets[0] : 1;
+  bool strided = side.step > 0;
+  for (int64_t p = 1; strided && p < P; ++p)
+    strided = side.offsets[p] == side.offsets[0] + p * side.step;
+  side.in_place = std::is_same_v<scalar_t, float> && strided &&
+                  (side.step == 1 || side.stride_k == 1);
   return side;
 }
 
@@ -717,6 +929,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
         pb.LD = padded(P);
         pb.LD_S = padded(K);
         pb.transposed_b = K >= P;
+        // B in place is read as rows ("NT" GEMM) or, channels-last, as B^T ("NN"); for K >= P
+        // the packed, transposed B is faster than reading NCHW rows in place.
+        pb.B.in_place = pb.B.in_place && (!pb.transposed_b || pb.B.stride_k == 1);
         pb.centered = centered;
         pb.eps = eps;
         pb.channel = channel.data_ptr<float>();
