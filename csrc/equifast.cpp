@@ -28,7 +28,10 @@ TORCH_LIBRARY(equifast, m) {
   // reading `fx` through the transform's index map: pair p compares fx[n, k, a_index[p]]
   // with ftx[n, k', b_index[p]] (flat positions i * W + j). `centered` picks Pearson
   // correlation (true) or cosine (false); `eps` is the undefined-row tolerance.
+  // `tensor_cores` lets CUDA multiply on tensor cores (TF32 for float32, native float16 /
+  // bfloat16); false keeps float32 arithmetic, as the CPU always does.
   m.def(
       "equivariance_scores(Tensor fx, Tensor ftx, Tensor a_index, Tensor b_index, "
-      "bool centered, float eps) -> (Tensor channel, Tensor layer, Tensor layer_index)");
+      "bool centered, float eps, bool tensor_cores=True) -> "
+      "(Tensor channel, Tensor layer, Tensor layer_index)");
 }

@@ -13,6 +13,7 @@
 #include <limits>
 #include <string>
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/aminmax.h>
 #include <c10/util/Exception.h>
@@ -22,6 +23,12 @@
 #else
 #define EQUIFAST_HD inline
 #endif
+
+// Dispatch over the input types check_inputs accepts (float32, float16, bfloat16) only.
+#define EQUIFAST_DISPATCH_INPUT_TYPES(TYPE, NAME, ...)                                  \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)             \
+                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)          \
+                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 namespace equifast {
 

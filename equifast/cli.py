@@ -38,6 +38,8 @@ def _add_measure(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--amp", default=None, choices=["float16", "bfloat16"], help="autocast dtype")
+    p.add_argument("--no-tensor-cores", dest="tensor_cores", action="store_false",
+                   help="CUDA: multiply in float32 instead of TF32/float16/bfloat16 tensor cores")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/measure", help="output folder (report.json, CSV, Parquet, figure.png)")
     p.add_argument("--no-progress", action="store_true")
@@ -63,7 +65,7 @@ def _run_measure(args) -> int:
     report = measure(args.model, args.data, transforms=transforms, metric=metrics,
                      batch_size=args.batch_size, n_images=n_images, vector_mode=args.vector_mode,
                      device=args.device, amp=args.amp, seed=args.seed, progress=not args.no_progress,
-                     weights=weights)
+                     weights=weights, tensor_cores=args.tensor_cores)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     files = list(dict.fromkeys(report.save(out / "report.json") + report.save(out / "report.csv")

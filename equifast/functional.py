@@ -87,7 +87,8 @@ def check_finite(t: torch.Tensor, name: str = "fx") -> None:
 
 def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional[Transform] = None,
                         metric: str = "correlation", input_size=None, vector_mode: str = "per_image",
-                        eps: float = TOLERANCE, backend: str = "auto", check: bool = True) -> Scores:
+                        eps: float = TOLERANCE, backend: str = "auto", check: bool = True,
+                        tensor_cores: bool = True) -> Scores:
     """Channel and layer equivariance scores of one representation under one transform.
 
     Args:
@@ -106,6 +107,9 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
             ``"reference"``.
         check: check that ``fx`` and ``ftx`` are finite (callers that checked them already,
             like :func:`equifast.measure`, pass ``False``).
+        tensor_cores: let the operator multiply on CUDA tensor cores (TF32 / float16 /
+            bfloat16, within about 1e-3 of the reference; see :func:`equifast.ops.equivariance_scores`);
+            ``False`` keeps float32 arithmetic (1e-5). The CPU and the reference ignore it.
 
     Returns:
         :class:`Scores` ``(channel, layer, layer_index)``, each ``[N, K]``: float32 scores in
@@ -142,5 +146,6 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
         ftx = ftx.to(fx.dtype)
     a_index, b_index = _index_map(transform, map_size, size, fx.device)
     channel, layer, index = ops.equivariance_scores(fx, ftx, a_index, b_index,
-                                                    metric == "correlation", float(eps))
+                                                    metric == "correlation", float(eps),
+                                                    bool(tensor_cores))
     return Scores(channel, layer, index)

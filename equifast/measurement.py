@@ -102,7 +102,8 @@ class Measurer:
                  metric: Union[str, Sequence[str]] = "correlation", points=None,
                  vector_mode: str = "per_image", device=None, amp: Optional[str] = None,
                  batch_size: int = 64, eps: float = TOLERANCE, backend: str = "auto",
-                 split_method: str = "auto", channels_last: bool = True):
+                 split_method: str = "auto", channels_last: bool = True,
+                 tensor_cores: bool = True):
         metrics = [metric] if isinstance(metric, str) else list(metric)
         for m in metrics:
             if m not in METRICS:
@@ -138,6 +139,7 @@ class Measurer:
         self.batch_size = batch_size
         self.eps = eps
         self.backend = backend
+        self.tensor_cores = tensor_cores
         self.state = MeasureState(self.points, transforms, metrics, vector_mode)
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -177,7 +179,8 @@ class Measurer:
                             st.vectors.setdefault(key, VectorState(m, self.eps)).update(a, bt)
                             continue
                         s = equivariance_scores(a, bt, t, metric=m, input_size=size,
-                                                eps=self.eps, backend=self.backend, check=False)
+                                                eps=self.eps, backend=self.backend, check=False,
+                                                tensor_cores=self.tensor_cores)
                         st.scores.setdefault(key, ScoreState()).update(s)
         st.n_images += b
 
@@ -188,7 +191,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             vector_mode: str = "per_image", device=None, amp: Optional[str] = None, seed: int = 0,
             progress: bool = False, preprocess=None, eps: float = TOLERANCE, backend: str = "auto",
             weights: Optional[str] = "default", split_method: str = "auto",
-            channels_last: bool = True, return_state: bool = False):
+            channels_last: bool = True, tensor_cores: bool = True, return_state: bool = False):
     """Channel and layer equivariance of every representation of ``model``.
 
     Args:
@@ -211,6 +214,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         progress: show a progress bar (tqdm).
         backend: ``"auto"``, ``"operator"`` or ``"reference"``.
         channels_last: run the model channels-last (faster convolutions on CPU and GPU).
+        tensor_cores: on CUDA, let the operator multiply on tensor cores (TF32 for float32
+            features, native float16/bfloat16; scores within about 1e-3 of float32 arithmetic).
+            ``False`` keeps float32 arithmetic everywhere, as on the CPU.
         return_state: return the mergeable :class:`MeasureState` instead of a report.
 
     Returns:
@@ -254,7 +260,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     measurer = Measurer(model, first[0], transforms, metric=metric, points=points,
                         vector_mode=vector_mode, device=device, amp=amp, batch_size=batch_size,
                         eps=eps, backend=backend, split_method=split_method,
-                        channels_last=channels_last)
+                        channels_last=channels_last, tensor_cores=tensor_cores)
     total = data_mod.count(images)
     total = min(total, n_images) if (total is not None and n_images) else (total or n_images)
     bar = None

@@ -25,13 +25,17 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
                                                               reason="needs a CUDA device"))]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_circular_net_scores_one_at_every_point_under_circular_shifts(device):
+@pytest.mark.parametrize("device,tensor_cores,tol", [
+    ("cpu", True, 1e-5),  # the CPU multiplies in float32 either way
+    pytest.param("cuda", False, 1e-5, marks=DEVICES[1].marks),
+    pytest.param("cuda", True, 2e-3, marks=DEVICES[1].marks),  # TF32 (tests/test_ops.py)
+])
+def test_circular_net_scores_one_at_every_point_under_circular_shifts(device, tensor_cores, tol):
     rep = ef.measure(circular_net(), torch.rand(6, 3, 16, 16), transforms=ef.diagonal_shifts(1, 5),
-                     batch_size=6, device=device)
+                     batch_size=6, device=device, tensor_cores=tensor_cores)
     pts = rep.points
     assert list(rep.parts.part.astype(str)) == ["early", "middle", "late", "pool", "final"]
-    assert (pts.channel > 1 - 1e-5).all() and (pts.layer > 1 - 1e-5).all(), pts[["point", "channel"]]
+    assert (pts.channel > 1 - tol).all() and (pts.layer > 1 - tol).all(), pts[["point", "channel"]]
     assert (pts.undefined_fraction == 0).all()
 
 

@@ -32,6 +32,9 @@ pytestmark = pytest.mark.skipif(not ops.available(),
 
 ATOL = 1e-5
 _HALF_ATOL = 1e-5  # see the module docstring: identical inputs on both sides
+# CUDA tensor cores round the normalised values (unit rows) to TF32 / float16 (2^-11) or
+# bfloat16 (2^-8) before multiplying: a similarity moves by at most about twice that.
+TENSOR_CORE_ATOL = {torch.float32: 2e-3, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 EPS = reference.TOLERANCE
 METRICS = {"correlation": True, "cosine": False}
 
@@ -50,9 +53,9 @@ TRANSFORMS = [
 # helpers
 # --------------------------------------------------------------------------------------
 
-def _run_op(fx, ftx, transform: Transform, metric: str, input_size):
+def _run_op(fx, ftx, transform: Transform, metric: str, input_size, tensor_cores=False):
     a, b = transform.index_map(tuple(fx.shape[-2:]), input_size, device=fx.device)
-    return ops.equivariance_scores(fx, ftx, a, b, METRICS[metric], EPS)
+    return ops.equivariance_scores(fx, ftx, a, b, METRICS[metric], EPS, tensor_cores)
 
 
 def _oracle(fx, ftx, transform, metric, input_size):
@@ -65,6 +68,8 @@ def _oracle(fx, ftx, transform, metric, input_size):
 
 
 def _assert_matches(got, fx, ftx, transform, metric, input_size, atol=ATOL):
+    """``got`` equals the reference within ``atol``; arg-max indices where the best two
+    similarities are further apart than ``max(1e-4, 2 * atol)``."""
     want, s = _oracle(fx, ftx, transform, metric, input_size)
     channel, layer, index = (t.cpu() for t in got)
     n, k = fx.shape[:2]
@@ -79,7 +84,7 @@ def _assert_matches(got, fx, ftx, transform, metric, input_size, atol=ATOL):
     filled = torch.nan_to_num(s, nan=float("-inf"))
     if k >= 2:
         top = filled.topk(2, dim=-1).values
-        clear = (top[..., 0] - top[..., 1] > 1e-4) & ~torch.isnan(want.layer)
+        clear = (top[..., 0] - top[..., 1] > max(1e-4, 2 * atol)) & ~torch.isnan(want.layer)
     else:
         clear = ~torch.isnan(want.layer)
     assert torch.equal(index[clear], want.layer_index[clear])
@@ -87,7 +92,7 @@ def _assert_matches(got, fx, ftx, transform, metric, input_size, atol=ATOL):
     ok = index >= 0
     if ok.any():
         picked = filled.gather(-1, index.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        assert torch.allclose(picked[ok].clamp_min(0).float(), layer[ok], atol=1e-4)
+        assert torch.allclose(picked[ok].clamp_min(0).float(), layer[ok], atol=max(1e-4, atol))
 
 
 def _features(n, k, h, w, *, device="cpu", dtype=torch.float32, seed=0):
@@ -109,19 +114,20 @@ def sample_inputs(device, *, requires_grad=False):
         fx, ftx = _features(n, k, h, w, device=device)
         a, b = transform.index_map((h, w), (h, w), device=device)
         out.append((fx, ftx, a, b, centered, EPS))
+    out.append(out[0] + (False,))  # the optional `tensor_cores` argument
     return out
 
 
-def _test_correctness(device):
+def _test_correctness(device, tensor_cores=False, atol=ATOL):
     h = w = 8
     fx, ftx = _features(2, 6, h, w, device=device)
     fx[0, 1] = 0.0    # dead channel: undefined for both metrics
     ftx[1, 2] = 3.0   # constant channel: undefined for correlation only
     for transform in TRANSFORMS:
         for metric in METRICS:
-            got = _run_op(fx, ftx, transform, metric, (16, 16))
+            got = _run_op(fx, ftx, transform, metric, (16, 16), tensor_cores)
             assert all(t.device == fx.device for t in got)
-            _assert_matches(got, fx, ftx, transform, metric, (16, 16))
+            _assert_matches(got, fx, ftx, transform, metric, (16, 16), atol=atol)
 
 
 # --------------------------------------------------------------------------------------
@@ -132,10 +138,44 @@ def test_cpu():
     _test_correctness("cpu")
 
 
+def test_cpu_multiplies_in_float32_whatever_tensor_cores_says():
+    fx, ftx = _features(3, 20, 9, 9, seed=13)
+    a, b = Rotation(1).index_map((9, 9), (9, 9))
+    for centered in (True, False):
+        with_tc = ops.equivariance_scores(fx, ftx, a, b, centered, EPS, True)
+        without = ops.equivariance_scores(fx, ftx, a, b, centered, EPS, False)
+        for x, y in zip(with_tc, without):
+            assert torch.equal(x.nan_to_num(-7.0), y.nan_to_num(-7.0))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda():
-    _test_correctness("cuda")
+@needs_cuda
+@pytest.mark.parametrize("tensor_cores", [False, True], ids=["float32", "tensor-cores"])
+def test_cuda(tensor_cores):
+    _test_correctness("cuda", tensor_cores, TENSOR_CORE_ATOL[torch.float32] if tensor_cores else ATOL)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("tensor_cores", [False, True], ids=["float32", "tensor-cores"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_tiles_and_dtypes(tensor_cores, dtype, layout):
+    # K = 150 and P = 23 x 23 = 529 span several 64 x 64 tiles, column splits and position
+    # steps (with ragged edges), on both memory layouts and every input type.
+    fx, ftx = _features(3, 150, 23, 23, device="cuda", dtype=dtype, seed=14)
+    fx[0, 3] = 0.0
+    if layout == "channels_last":
+        fx = fx.to(memory_format=torch.channels_last)
+        ftx = ftx.to(memory_format=torch.channels_last)
+    atol = TENSOR_CORE_ATOL[dtype] if tensor_cores else ATOL
+    for t in (Rotation(1), Translation(3, -2), Translation(2, 5, mode="zero")):
+        for metric in METRICS:
+            _assert_matches(_run_op(fx, ftx, t, metric, (23, 23), tensor_cores), fx, ftx, t,
+                            metric, (23, 23), atol=atol)
 
 
 @pytest.mark.parametrize("transform", TRANSFORMS, ids=lambda t: t.name)

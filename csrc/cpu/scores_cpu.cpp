@@ -2,12 +2,16 @@
 //
 // Per image n, with u_k = fx[n, k, a_index] and v_k' = ftx[n, k', b_index] (length P), the
 // layer score is a normalised GEMM followed by a row max, so the GEMM bounds its speed:
-//   1. pack B = the normalised rows v̂ of the image ([K, P] float32, read through strides and
-//      the index map; float16/bfloat16 are widened here), row by row (`pack_rows`): one read
-//      of the row takes its float64 sums (shifted one-pass sums, see LaneSums), and the
-//      normalisation reads it again while it is in L1, writing the packed row. Float32 rows
-//      made of long contiguous runs are read in place; others are gathered into the packed
-//      row first (runs copied, or one indexed load per position) and processed there;
+//   1. B: when ftx's compared positions form a matrix BLAS can read (the identity map of every
+//      transform's B side, NCHW or channels-last, float32), B is read where it lies and only
+//      its statistics are taken, after the first GEMM has brought it into cache; the epilogue
+//      scales the columns (see "B read in place"). Otherwise pack B = the normalised rows v̂
+//      ([K, P] float32, read through strides and the index map; float16/bfloat16 are widened
+//      here), row by row (`pack_rows`): one read of the row takes its float64 sums (shifted
+//      one-pass sums, see LaneSums), and the normalisation reads it again while it is in L1,
+//      writing the packed row. Float32 rows made of long contiguous runs are read in place;
+//      others are gathered into the packed row first (runs copied, or one indexed load per
+//      position) and processed there;
 //   2. for each row tile of Kt channels: pack the normalised A tile û ([Kt, P]) the same way,
 //      compute the similarity tile S = Â B̂ᵀ ([Kt, K]) with one BLAS call (float32
 //      accumulation on centred, unit-norm rows: no cancellation), and take the diagonal and
@@ -901,7 +905,8 @@ Side<scalar_t> make_side(const at::Tensor& f, const at::Tensor& offsets) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
     const at::Tensor& fx, const at::Tensor& ftx, const at::Tensor& a_index,
-    const at::Tensor& b_index, bool centered, double eps) {
+    const at::Tensor& b_index, bool centered, double eps, bool /*tensor_cores*/) {
+  // The CPU always multiplies in float32 (`tensor_cores` is a CUDA choice).
   check_inputs(fx, ftx, a_index, b_index, eps);
   TORCH_INTERNAL_ASSERT(fx.device().is_cpu());
   const int64_t N = fx.size(0), K = fx.size(1), W = fx.size(3), P = a_index.size(0);
@@ -917,8 +922,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
   at::Tensor off_a = position_offsets(a_index, W, fx.stride(2), fx.stride(3));
   at::Tensor off_b = position_offsets(b_index, W, ftx.stride(2), ftx.stride(3));
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, fx.scalar_type(), "equivariance_scores_cpu", [&] {
+  EQUIFAST_DISPATCH_INPUT_TYPES(
+      fx.scalar_type(), "equivariance_scores_cpu", [&] {
         Problem<scalar_t> pb;
         pb.A = make_side<scalar_t>(fx, off_a);
         pb.B = make_side<scalar_t>(ftx, off_b);

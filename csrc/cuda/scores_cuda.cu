@@ -9,6 +9,12 @@
 //      (normalised on load, float32 accumulation); its epilogue keeps, per row, the running
 //      max / arg-max over defined columns in registers and captures the diagonal when the
 //      column tile holds it. Only per-row partial results leave the block: S is never stored.
+//   3'. `tensor_core_tile_kernel` (the default on sm_80 and newer, `tensor_cores`): the same
+//      block tile and epilogue, with the products on tensor cores through WMMA: TF32 for
+//      float32 inputs, native float16 / bfloat16 otherwise (float32 accumulation). The rows
+//      are normalised on load as in 3, then rounded to the tensor-core type, so scores are
+//      within about 1e-3 (TF32, float16) or 1e-2 (bfloat16) of the float64 reference;
+//      `tensor_cores=false` takes kernel 3 (float32 FMA, 1e-5, as on the CPU).
 //   4. `combine_kernel`: merges the column splits (ties: smallest k') and applies the
 //      undefined rules and the score (ReLU).
 // Everything runs on the current CUDA stream. Only c10/cuda headers are used (no
@@ -18,7 +24,10 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -211,6 +220,181 @@ similarity_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// Tensor-core tiles (WMMA)
+// ---------------------------------------------------------------------------------------
+
+constexpr int kTcTile = 64;      // 64 x 64 similarity tile per block, as kernel 3
+constexpr int kTcP = 32;         // positions per shared-memory step
+constexpr int kTcThreads = 128;  // 4 warps, each a 32 x 32 quadrant (2 x 2 fragments)
+constexpr int kTcLd = kTcP + 8;  // staged rows, padded (a multiple of 8 elements, 32 bytes)
+constexpr int kTcLdC = kTcTile + 4;
+static_assert(kTcTile == kTileM && kTcTile == kTileN, "the grid and splits are shared");
+
+// What the staged tiles hold and the WMMA shape, per input type.
+template <typename scalar_t>
+struct TensorCore;
+template <>
+struct TensorCore<float> {  // TF32: float staging, rounded to TF32 in the fragments
+  using staged = float;
+  using fragment_type = nvcuda::wmma::precision::tf32;
+  static constexpr int kK = 8;
+  __device__ static staged from_float(float x) { return x; }
+};
+template <>
+struct TensorCore<at::Half> {
+  using staged = __half;
+  using fragment_type = __half;
+  static constexpr int kK = 16;
+  __device__ static staged from_float(float x) { return __float2half_rn(x); }
+};
+template <>
+struct TensorCore<at::BFloat16> {
+  using staged = __nv_bfloat16;
+  using fragment_type = __nv_bfloat16;
+  static constexpr int kK = 16;
+  __device__ static staged from_float(float x) { return __float2bfloat16_rn(x); }
+};
+
+// Stage a [kTcTile rows x kTcP positions] tile of normalised rows (channels c0.., positions
+// p0..) as tile[row][position], the layout both WMMA operands read (A row-major, B^T
+// column-major). Out-of-range entries are 0.
+template <typename scalar_t>
+__device__ __forceinline__ void stage_tile(const SideArgs<scalar_t>& s, int64_t n, int64_t c0,
+                                           int64_t p0, int64_t K, int64_t P,
+                                           typename TensorCore<scalar_t>::staged (*tile)[kTcLd]) {
+  constexpr int kElems = kTcTile * kTcP;
+  for (int e = threadIdx.x; e < kElems; e += kTcThreads) {
+    int r, pp;
+    if (s.k_fastest) {  // consecutive threads read consecutive channels
+      r = e % kTcTile;
+      pp = e / kTcTile;
+    } else {            // ... or consecutive positions
+      r = e / kTcP;
+      pp = e % kTcP;
+    }
+    const int64_t c = c0 + r, p = p0 + pp;
+    float v = 0.f;
+    if (c < K && p < P) {
+      const int64_t row = n * K + c;
+      const float x = static_cast<float>(s.data[n * s.stride_n + c * s.stride_k + s.offsets[p]]);
+      v = normalise_value(x, s.mean[row], s.inv[row]);
+    }
+    tile[r][pp] = TensorCore<scalar_t>::from_float(v);
+  }
+}
+
+// Block (row tile, image, column split), as `similarity_tile_kernel`, with the 64 x 64 tile
+// of S computed by four warps on tensor cores, then read back from shared memory by the
+// epilogue: thread t keeps the running max / arg-max of row t / 2 over the columns of half
+// t % 2 of each column tile, in increasing order; the two halves merge at the end.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kTcThreads)
+tensor_core_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
+                        const uint8_t* __restrict__ defined_b, int64_t N, int64_t K, int64_t P,
+                        int col_tiles_per_split, float* __restrict__ part_best,
+                        int64_t* __restrict__ part_index, float* __restrict__ diagonal) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  using TC = TensorCore<scalar_t>;
+  using staged = typename TC::staged;
+  constexpr int kK = TC::kK;
+  __shared__ __align__(128) staged As[kTcTile][kTcLd];
+  __shared__ __align__(128) staged Bs[kTcTile][kTcLd];
+  __shared__ __align__(128) float Cs[kTcTile][kTcLdC];
+
+  const int warp = threadIdx.x / 32;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;  // the warp's quadrant
+  const int my_row = threadIdx.x / 2, half = threadIdx.x % 2;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTcTile;
+  const int64_t n = blockIdx.y;
+  const int split = blockIdx.z;
+  const int64_t col_tiles = (K + kTcTile - 1) / kTcTile;
+  const int64_t ct_begin = static_cast<int64_t>(split) * col_tiles_per_split;
+  const int64_t ct_end = min(col_tiles, ct_begin + col_tiles_per_split);
+  const int64_t row = row0 + my_row;
+
+  float best = -INFINITY;
+  int64_t best_index = -1;
+
+  for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
+    const int64_t col0 = ct * kTcTile;
+    wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+
+    for (int64_t p0 = 0; p0 < P; p0 += kTcP) {
+      stage_tile<scalar_t>(A, n, row0, p0, K, P, As);
+      stage_tile<scalar_t>(B, n, col0, p0, K, P, Bs);
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < kTcP; kk += kK) {
+        wmma::fragment<wmma::matrix_a, 16, 16, kK, typename TC::fragment_type, wmma::row_major>
+            a[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, kK, typename TC::fragment_type, wmma::col_major>
+            b[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          wmma::load_matrix_sync(a[i], &As[wm + 16 * i][kk], kTcLd);
+          wmma::load_matrix_sync(b[i], &Bs[wn + 16 * i][kk], kTcLd);
+          if constexpr (std::is_same_v<scalar_t, float>) {
+#pragma unroll
+            for (int t = 0; t < a[i].num_elements; ++t) a[i].x[t] = wmma::__float_to_tf32(a[i].x[t]);
+#pragma unroll
+            for (int t = 0; t < b[i].num_elements; ++t) b[i].x[t] = wmma::__float_to_tf32(b[i].x[t]);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        wmma::store_matrix_sync(&Cs[wm + 16 * i][wn + 16 * j], acc[i][j], kTcLdC,
+                                wmma::mem_row_major);
+    __syncthreads();
+
+    // Epilogue: columns in increasing order, so a strict '>' keeps the smallest k'.
+    if (row < K) {
+      for (int jj = 0; jj < kTcTile / 2; ++jj) {
+        const int j = half * (kTcTile / 2) + jj;
+        const int64_t col = col0 + j;
+        if (col >= K) break;
+        const float v = Cs[my_row][j];
+        if (col == row) diagonal[n * K + row] = v;
+        if (defined_b[n * K + col] && better(v, col, best, best_index)) {
+          best = v;
+          best_index = col;
+        }
+      }
+    }
+    __syncthreads();  // Cs is rewritten by the next column tile
+  }
+
+  // Merge the two halves of each row (threads 2r and 2r + 1, in the same warp).
+  const float other = __shfl_xor_sync(0xffffffffu, best, 1);
+  const int64_t other_index = __shfl_xor_sync(0xffffffffu, best_index, 1);
+  if (better(other, other_index, best, best_index)) {
+    best = other;
+    best_index = other_index;
+  }
+  if (half == 0 && row < K) {
+    const int64_t at = (static_cast<int64_t>(split) * N + n) * K + row;
+    part_best[at] = best;
+    part_index[at] = best_index;
+  }
+#else
+  __trap();  // launched only on sm_80 and newer (see equivariance_scores_cuda)
+#endif
+}
+
 __global__ void combine_kernel(const float* __restrict__ part_best,
                                const int64_t* __restrict__ part_index,
                                const float* __restrict__ diagonal,
@@ -256,7 +440,7 @@ at::Tensor position_offsets(const at::Tensor& index, int64_t width, int64_t stri
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
     const at::Tensor& fx, const at::Tensor& ftx, const at::Tensor& a_index,
-    const at::Tensor& b_index, bool centered, double eps) {
+    const at::Tensor& b_index, bool centered, double eps, bool tensor_cores) {
   check_inputs(fx, ftx, a_index, b_index, eps);
   TORCH_INTERNAL_ASSERT(fx.device().is_cuda());
   const c10::cuda::CUDAGuard guard(fx.device());
@@ -281,8 +465,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
   // Column splits: enough blocks to fill the device when N x row tiles alone does not.
   const int64_t row_tiles = (K + kTileM - 1) / kTileM;
   const int64_t col_tiles = (K + kTileN - 1) / kTileN;
-  int sms = 0;
+  int sms = 0, major = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, fx.get_device()));
+  C10_CUDA_CHECK(
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, fx.get_device()));
+  // TF32 and bfloat16 WMMA need sm_80; older devices take the float32 kernel.
+  const bool use_tensor_cores = tensor_cores && major >= 8;
   const int64_t want = 4LL * sms;
   int64_t splits = std::min<int64_t>(col_tiles, std::max<int64_t>(1, (want + N * row_tiles - 1) /
                                                                         (N * row_tiles)));
@@ -291,8 +479,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
   TORCH_CHECK(row_tiles <= std::numeric_limits<int32_t>::max() && splits <= 65535,
               "equivariance_scores: K = ", K, " is too large for the CUDA kernel.");
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, fx.scalar_type(), "equivariance_scores_cuda", [&] {
+  EQUIFAST_DISPATCH_INPUT_TYPES(
+      fx.scalar_type(), "equivariance_scores_cuda", [&] {
         const int64_t stats_blocks = (rows + kWarpsPerStatsBlock - 1) / kWarpsPerStatsBlock;
         row_stats_kernel<scalar_t><<<stats_blocks, 32 * kWarpsPerStatsBlock, 0, stream>>>(
             fx.const_data_ptr<scalar_t>(), fx.stride(0), fx.stride(1),
@@ -322,10 +510,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
           at::Tensor pi = at::empty({splits, nc * K}, fx.options().dtype(at::kLong));
           dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(nc),
                     static_cast<unsigned>(splits));
-          similarity_tile_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-              A, B, def_b.const_data_ptr<uint8_t>() + n0 * K, nc, K, P,
-              static_cast<int>(per_split), pb.data_ptr<float>(), pi.data_ptr<int64_t>(),
-              diagonal.data_ptr<float>() + n0 * K);
+          if (use_tensor_cores)
+            tensor_core_tile_kernel<scalar_t><<<grid, kTcThreads, 0, stream>>>(
+                A, B, def_b.const_data_ptr<uint8_t>() + n0 * K, nc, K, P,
+                static_cast<int>(per_split), pb.data_ptr<float>(), pi.data_ptr<int64_t>(),
+                diagonal.data_ptr<float>() + n0 * K);
+          else
+            similarity_tile_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+                A, B, def_b.const_data_ptr<uint8_t>() + n0 * K, nc, K, P,
+                static_cast<int>(per_split), pb.data_ptr<float>(), pi.data_ptr<int64_t>(),
+                diagonal.data_ptr<float>() + n0 * K);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
           const int64_t crow = nc * K;
           combine_kernel<<<(crow + 255) / 256, 256, 0, stream>>>(
