@@ -27,6 +27,7 @@ Example (``distributed/examples/small.yaml`` runs offline)::
     resources: {num_cpus: 4, num_gpus: 0.5}
     shards: 1
     max_retries: 2
+    tensor_cores: true        # false: float32 arithmetic on CUDA (a distinct job id)
 
 Validation happens before any job starts and reports every problem at once in one
 :class:`SpecError` (a ``ValueError``).
@@ -52,7 +53,7 @@ SPEC_VERSION = 1
 
 _TOP_KEYS = {"name", "out", "models", "datasets", "transforms", "metrics", "seeds", "n_images",
              "batch_size", "vector_mode", "resources", "shards", "max_retries", "retry_exceptions",
-             "device", "amp"}
+             "device", "amp", "tensor_cores"}
 _MODEL_KEYS = {"name", "arch", "weights", "num_classes", "accuracy", "label", "resources",
                "batch_size", "shards"}
 _DATASET_KEYS = {"name", "kind", "path", "torchvision", "root", "args", "image_size", "crop_pct",
@@ -169,12 +170,14 @@ class Job:
     num_gpus: float = 0.0
     device: Optional[str] = None
     amp: Optional[str] = None
+    tensor_cores: bool = True
     base_dir: str = "."
 
     def content(self) -> Dict[str, Any]:
         """The canonical content the id hashes."""
         return _job_content(self.model, self.dataset, self.transforms, self.metrics, self.seed,
-                            self.n_images, self.batch_size, self.vector_mode, self.amp)
+                            self.n_images, self.batch_size, self.vector_mode, self.amp,
+                            tensor_cores=self.tensor_cores)
 
     def entry(self) -> Dict[str, Any]:
         """Everything about the job, JSON-ready, as stored in its result record."""
@@ -184,7 +187,7 @@ class Job:
                 "metrics": list(self.metrics), "seed": self.seed, "n_images": self.n_images,
                 "batch_size": self.batch_size, "vector_mode": self.vector_mode,
                 "shards": self.shards, "resources": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
-                "device": self.device, "amp": self.amp}
+                "device": self.device, "amp": self.amp, "tensor_cores": self.tensor_cores}
 
     def resolve(self, path: Optional[str]) -> Optional[str]:
         """``path`` made absolute against the spec's folder (``None`` stays ``None``)."""
@@ -196,10 +199,14 @@ class Job:
         return f"{self.model.label} / {self.dataset.label} / {self.family} / seed {self.seed}"
 
 
-def _job_content(model, dataset, transforms, metrics, seed, n_images, batch_size, vector_mode, amp):
-    return {"version": SPEC_VERSION, "model": model.content(), "dataset": dataset.content(),
-            "transforms": list(transforms), "metrics": list(metrics), "seed": seed,
-            "n_images": n_images, "batch_size": batch_size, "vector_mode": vector_mode, "amp": amp}
+def _job_content(model, dataset, transforms, metrics, seed, n_images, batch_size, vector_mode, amp,
+                 tensor_cores=True):
+    out = {"version": SPEC_VERSION, "model": model.content(), "dataset": dataset.content(),
+           "transforms": list(transforms), "metrics": list(metrics), "seed": seed,
+           "n_images": n_images, "batch_size": batch_size, "vector_mode": vector_mode, "amp": amp}
+    if not tensor_cores:  # only when off, so the ids of existing (default) sweeps stay the same
+        out["tensor_cores"] = False
+    return out
 
 
 def job_id(content: Mapping[str, Any]) -> str:
@@ -228,6 +235,7 @@ class SweepSpec:
     retry_exceptions: bool = False
     device: Optional[str] = None
     amp: Optional[str] = None
+    tensor_cores: bool = True
     out: Optional[str] = None
     base_dir: str = "."
     raw: Dict[str, Any] = field(default_factory=dict)
@@ -246,7 +254,8 @@ class SweepSpec:
                     for seed in self.seeds:
                         bs = m.batch_size or self.batch_size
                         content = _job_content(m, d, names[fam], self.metrics, seed, n, bs,
-                                               self.vector_mode, self.amp)
+                                               self.vector_mode, self.amp,
+                                               tensor_cores=self.tensor_cores)
                         out.append(Job(
                             id=job_id(content), model=m, dataset=d, family=fam,
                             transforms=names[fam], transform_spec=self.families[fam],
@@ -255,7 +264,8 @@ class SweepSpec:
                             shards=m.shards or self.shards,
                             num_cpus=float(res.get("num_cpus", self.num_cpus)),
                             num_gpus=float(res.get("num_gpus", self.num_gpus)),
-                            device=self.device, amp=self.amp, base_dir=self.base_dir))
+                            device=self.device, amp=self.amp,
+                            tensor_cores=self.tensor_cores, base_dir=self.base_dir))
         ids = [j.id for j in out]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -278,6 +288,7 @@ class SweepSpec:
             "resources": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
             "shards": self.shards, "max_retries": self.max_retries,
             "retry_exceptions": self.retry_exceptions, "device": self.device, "amp": self.amp,
+            "tensor_cores": self.tensor_cores,
         }
 
 
@@ -366,6 +377,11 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
     amp = raw.get("amp")
     if amp not in (None, "float16", "bfloat16"):
         problems.append(f"amp: Expected null, 'float16' or 'bfloat16', but got {amp!r}.")
+    tensor_cores = raw.get("tensor_cores", True)
+    if not isinstance(tensor_cores, bool):
+        problems.append(f"tensor_cores: Expected true (CUDA multiplies on tensor cores) or false "
+                        f"(float32 arithmetic), but got {tensor_cores!r}.")
+        tensor_cores = True
     device = raw.get("device")
     if device is not None and not isinstance(device, str):
         problems.append(f"device: Expected null (CUDA when the worker has a GPU) or a string like 'cpu', "
@@ -450,7 +466,8 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
                      metrics=list(metrics), seeds=list(seeds), n_images=n_images,
                      batch_size=batch_size, vector_mode=vector_mode, num_cpus=num_cpus,
                      num_gpus=num_gpus, shards=shards, max_retries=max_retries,
-                     retry_exceptions=retry_exceptions, device=device, amp=amp, out=out,
+                     retry_exceptions=retry_exceptions, device=device, amp=amp,
+                     tensor_cores=tensor_cores, out=out,
                      base_dir=str(base_dir), raw=dict(raw))
     spec.jobs()  # raises on repeated jobs
     return spec

@@ -176,7 +176,8 @@ def measure_job(job: Job, shard: int = 0, shards: Optional[int] = None):
     state = equifast.measure(model, part, transforms=parse_transforms(job.transform_spec),
                              metric=list(job.metrics), batch_size=job.batch_size, n_images=None,
                              vector_mode=job.vector_mode, device=job.device, amp=job.amp,
-                             seed=job.seed, preprocess=preprocess, return_state=True)
+                             tensor_cores=job.tensor_cores, seed=job.seed, preprocess=preprocess,
+                             return_state=True)
     finished = time.time()
     device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
     info.update(measure_s=finished - loaded, finished_at=finished, device=device)

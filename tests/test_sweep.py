@@ -84,6 +84,36 @@ def test_spec_expands_into_jobs_with_stable_ids(folder):
     assert [j.id for j in alias.jobs()] == [j.id for j in jobs]
 
 
+def test_tensor_cores_off_gets_its_own_job_ids(folder):
+    default = [j.id for j in load_spec(_spec(folder)).jobs()]
+    on = load_spec(_spec(folder, tensor_cores=True)).jobs()
+    assert [j.id for j in on] == default  # the default keeps the ids of existing sweeps
+    assert all(j.tensor_cores is True for j in on)
+    off = load_spec(_spec(folder, tensor_cores=False))
+    assert off.tensor_cores is False and off.to_dict()["tensor_cores"] is False
+    jobs = off.jobs()
+    assert all(j.tensor_cores is False for j in jobs)
+    assert all(j.entry()["tensor_cores"] is False for j in jobs)
+    assert not {j.id for j in jobs} & set(default)
+    assert [j.id for j in load_spec(_spec(folder, tensor_cores=False)).jobs()] == [j.id for j in jobs]
+
+
+def test_tensor_cores_in_yaml(folder, tmp_path):
+    import yaml
+
+    spec_file = tmp_path / "fp32.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec(folder)) + "tensor_cores: false\n")
+    jobs = load_spec(spec_file).jobs()
+    assert jobs and all(j.tensor_cores is False for j in jobs)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_tensor_cores_must_be_a_boolean(folder, value):
+    with pytest.raises(SpecError, match=r"tensor_cores: Expected true .* or false") as err:
+        load_spec(_spec(folder, tensor_cores=value))
+    assert "1 problem)" in str(err.value)
+
+
 def test_example_specs_load():
     small = load_spec(EXAMPLES / "small.yaml")
     assert len(small.jobs()) == len(small.models) * 2
