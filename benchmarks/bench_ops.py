@@ -22,17 +22,18 @@ from equifast.transforms import Translation
 N = 64
 SHAPES = [(64, 56), (256, 28), (512, 14), (2048, 7)]  # (K, map side)
 DEVICE = os.environ.get("EQUIFAST_BENCH_DEVICE", "cpu")
-TRANSFORM = Translation(1, 1)  # one pixel on a 224 input: a shift of 0 or 1 on these maps
+TRANSFORM = Translation(1, 1)  # one pixel on a 224 input: a shift of 0 on these maps
+SHIFT = Translation(32, 32)     # 32 pixels: shifts of 8, 4, 2, 1 on the maps (fx gathered)
 INPUT = (224, 224)
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason="equifast._C not built")
 
 
-def _inputs(k, side):
+def _inputs(k, side, transform=TRANSFORM):
     g = torch.Generator().manual_seed(0)
     fx = torch.randn(N, k, side, side, generator=g).to(DEVICE)
     ftx = torch.randn(N, k, side, side, generator=g).to(DEVICE)
-    a, b = TRANSFORM.index_map((side, side), INPUT, device=DEVICE)
+    a, b = transform.index_map((side, side), INPUT, device=DEVICE)
     return fx, ftx, a, b
 
 
@@ -52,6 +53,20 @@ def _record(benchmark, k, p):
 def test_operator(benchmark, k, side):
     benchmark.group = f"K={k} map={side}x{side} N={N}"
     fx, ftx, a, b = _inputs(k, side)
+
+    def run():
+        out = ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE)
+        _sync()
+        return out
+
+    benchmark(run)
+    _record(benchmark, k, a.numel())
+
+
+@pytest.mark.parametrize("k,side", SHAPES, ids=[f"K{k}-{s}x{s}" for k, s in SHAPES])
+def test_operator_shifted(benchmark, k, side):
+    benchmark.group = f"K={k} map={side}x{side} N={N}"
+    fx, ftx, a, b = _inputs(k, side, SHIFT)
 
     def run():
         out = ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE)

@@ -1,12 +1,22 @@
 """Time the fused operator against ``torch.bmm`` and the reference; write RESULTS.md.
 
 For each shape (N = 64 images; (K, map) = (64, 56x56), (256, 28x28), (512, 14x14),
-(2048, 7x7); Translation(1, 1) on a 224x224 input) it prints and records:
+(2048, 7x7)) and two translations on a 224x224 input, Translation(1, 1) (a shift that rounds
+to 0 on these maps: the identity map on both sides) and Translation(32, 32) (shifts of 8, 4,
+2 and 1 on the maps: ``fx`` is gathered), it prints and records:
 
 - ``op/bmm``: the operator's time over ``torch.bmm`` on operands of the same shapes
-  (``[N, K, P] x [N, P, K]``), the GEMM at its core (target: at most 1.3);
+  (``[N, K, P] x [N, P, K]``, both contiguous: MKL's fastest layout), the GEMM at its core
+  (target: at most 1.3);
+- ``op/bmm(fx, ftx)``: the same against ``torch.bmm`` of the operator's own inputs,
+  ``fx.flatten(2) @ ftx.flatten(2).transpose(1, 2)`` (the layout the features come in);
 - ``ref/op``: the float64 reference's time over the operator's (target: at least 3);
-- the operator's achieved GFLOP/s, ``2 N K^2 P / t``.
+- the operator's achieved GFLOP/s, ``2 N K^2 P / t``;
+- on CUDA, the roofline: the larger of the tensor-core time (``2 N K^2 P`` at the device's
+  dense TF32 peak) and the time to read both inputs once (at its memory bandwidth), and the
+  fraction of it the operator reaches (target: at least 70%); the float32 kernel
+  (``tensor_cores=False``) is timed beside it. Peaks come from a table of known GPUs, or
+  ``--peak-tflops`` / ``--peak-gbs``.
 
 The operator and ``torch.bmm`` are timed in alternation (op, bmm, op, bmm, ...) and each is
 given the median of its runs, so that load from other processes, which comes and goes,
@@ -38,8 +48,20 @@ sys.path.insert(0, os.path.dirname(__file__))
 from results import write_section  # noqa: E402
 
 SHAPES = [(64, 56), (256, 28), (512, 14), (2048, 7)]
-TRANSFORM = Translation(1, 1)
+TRANSFORMS = [Translation(1, 1), Translation(32, 32)]
 INPUT = (224, 224)
+
+# Dense TF32 tensor-core TFLOP/s and memory GB/s of known GPUs (vendor datasheets).
+GPU_PEAKS = [("H200", 494.7, 4800.0), ("H100 SXM", 494.7, 3350.0), ("H100 PCIe", 378.0, 2000.0),
+             ("H100", 494.7, 3350.0), ("A100-SXM4-80GB", 156.0, 2039.0), ("A100", 156.0, 1555.0)]
+
+
+def gpu_peaks(name: str):
+    """(TF32 TFLOP/s, GB/s) for a device name, or None when it is not in GPU_PEAKS."""
+    for key, tflops, gbs in GPU_PEAKS:
+        if key.lower() in name.lower():
+            return tflops, gbs
+    return None
 
 
 def _cpu_model() -> str:
@@ -86,23 +108,38 @@ def _best(fn, repeat: int, device: str) -> float:
     return min(times)
 
 
-def measure(n: int, k: int, side: int, device: str, repeat: int, ref_repeat: int) -> dict:
+def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_repeat: int,
+            peaks=None) -> dict:
     g = torch.Generator().manual_seed(0)
     fx = torch.randn(n, k, side, side, generator=g).to(device)
     ftx = torch.randn(n, k, side, side, generator=g).to(device)
-    a, b = TRANSFORM.index_map((side, side), INPUT, device=device)
+    a, b = transform.index_map((side, side), INPUT, device=device)
     p = a.numel()
+    shift = transform.map_shift((side, side), INPUT)[0]
     x = torch.randn(n, k, p, generator=g).to(device)
     y = torch.randn(n, p, k, generator=g).to(device)
-    t_op, t_bmm = _alternating_medians(
-        [lambda: ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE),
-         lambda: torch.bmm(x, y)], repeat, device)
-    t_ref = _best(lambda: reference.equivariance_scores(fx, ftx, TRANSFORM, "correlation",
+    fns = [lambda: ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE),
+           lambda: torch.bmm(x, y),
+           lambda: torch.bmm(fx.flatten(2), ftx.flatten(2).transpose(1, 2))]
+    if device.startswith("cuda"):
+        fns.append(lambda: ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE,
+                                                   False))
+    times = _alternating_medians(fns, repeat, device)
+    t_op, t_bmm, t_own = times[:3]
+    t_ref = _best(lambda: reference.equivariance_scores(fx, ftx, transform, "correlation",
                                                         INPUT), ref_repeat, device)
     flops = 2 * n * k * k * p
-    return dict(n=n, k=k, map=f"{side}x{side}", p=p, op=t_op, bmm=t_bmm, ref=t_ref,
-                op_bmm=t_op / t_bmm, ref_op=t_ref / t_op, gflops=flops / t_op / 1e9,
-                bmm_gflops=flops / t_bmm / 1e9)
+    row = dict(n=n, k=k, map=f"{side}x{side}", shift=shift, p=p, op=t_op, bmm=t_bmm, ref=t_ref,
+               op_bmm=t_op / t_bmm, op_own=t_op / t_own, ref_op=t_ref / t_op,
+               gflops=flops / t_op / 1e9, bmm_gflops=flops / t_bmm / 1e9)
+    if len(times) > 3:
+        row["op_fp32"] = times[3]
+    if peaks is not None:
+        tflops, gbs = peaks
+        read = 2 * fx.numel() * fx.element_size()
+        row["roofline"] = max(flops / (tflops * 1e12), read / (gbs * 1e9))
+        row["of_roofline"] = row["roofline"] / t_op
+    return row
 
 
 def _load() -> str:
@@ -124,14 +161,24 @@ def machine(device: str, load_before: str) -> str:
 
 
 def table(rows) -> str:
-    head = ("| N | K | map | P | op (ms) | bmm (ms) | reference (ms) | op/bmm | ref/op "
-            "| op GFLOP/s | bmm GFLOP/s |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
-    body = "".join(
-        f"| {r['n']} | {r['k']} | {r['map']} | {r['p']} | {1e3 * r['op']:.2f} | "
-        f"{1e3 * r['bmm']:.2f} | {1e3 * r['ref']:.1f} | {r['op_bmm']:.2f} | "
-        f"{r['ref_op']:.1f} | {r['gflops']:.1f} | {r['bmm_gflops']:.1f} |\n" for r in rows)
-    return head + body
+    gpu = "op_fp32" in rows[0]
+    roof = "roofline" in rows[0]
+    cols = ["N", "K", "map", "shift", "P", "op (ms)", "bmm (ms)", "reference (ms)", "op/bmm",
+            "op/bmm(fx, ftx)", "ref/op", "op GFLOP/s", "bmm GFLOP/s"]
+    cols += ["op float32 (ms)"] if gpu else []
+    cols += ["roofline (ms)", "of roofline"] if roof else []
+
+    def cells(r):
+        out = [r["n"], r["k"], r["map"], r["shift"], r["p"], f"{1e3 * r['op']:.2f}",
+               f"{1e3 * r['bmm']:.2f}", f"{1e3 * r['ref']:.1f}", f"{r['op_bmm']:.2f}",
+               f"{r['op_own']:.2f}", f"{r['ref_op']:.1f}", f"{r['gflops']:.1f}", f"{r['bmm_gflops']:.1f}"]
+        out += [f"{1e3 * r['op_fp32']:.2f}"] if gpu else []
+        out += [f"{1e3 * r['roofline']:.3f}", f"{100 * r['of_roofline']:.0f}%"] if roof else []
+        return out
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(c) for c in cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -140,27 +187,43 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--output", default=str(Path(__file__).with_name("RESULTS.md")),
                         help="markdown file to write (default: benchmarks/RESULTS.md)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="CUDA: dense TF32 TFLOP/s for the roofline (default: GPU table)")
+    parser.add_argument("--peak-gbs", type=float, default=None,
+                        help="CUDA: memory bandwidth in GB/s for the roofline (default: GPU table)")
     args = parser.parse_args(argv)
     if not ops.available():
         parser.error(f"the compiled operator is not available: {ops.load_error()}")
     n, repeat, ref_repeat = (16, 5, 1) if args.quick else (64, 9, 2)
+    peaks = None
+    if args.device.startswith("cuda"):
+        peaks = gpu_peaks(torch.cuda.get_device_name(args.device))
+        if args.peak_tflops and args.peak_gbs:
+            peaks = (args.peak_tflops, args.peak_gbs)
     load_before = _load()
     rows = []
-    for k, side in SHAPES:
-        r = measure(n, k, side, args.device, repeat, ref_repeat)
-        rows.append(r)
-        print(f"N={n} K={k:5d} map={r['map']:>5}  op {1e3 * r['op']:8.2f} ms  "
-              f"bmm {1e3 * r['bmm']:8.2f} ms  ref {1e3 * r['ref']:9.1f} ms  "
-              f"op/bmm {r['op_bmm']:5.2f}  ref/op {r['ref_op']:6.1f}  "
-              f"{r['gflops']:6.1f} GFLOP/s", flush=True)
+    for transform in TRANSFORMS:
+        for k, side in SHAPES:
+            r = measure(n, k, side, transform, args.device, repeat, ref_repeat, peaks)
+            rows.append(r)
+            print(f"N={n} K={k:5d} map={r['map']:>5} shift={r['shift']}  "
+                  f"op {1e3 * r['op']:8.2f} ms  bmm {1e3 * r['bmm']:8.2f} ms  "
+                  f"ref {1e3 * r['ref']:9.1f} ms  op/bmm {r['op_bmm']:5.2f}  "
+                  f"op/bmm(fx, ftx) {r['op_own']:5.2f}  "
+                  f"ref/op {r['ref_op']:6.1f}  {r['gflops']:6.1f} GFLOP/s"
+                  + (f"  {100 * r['of_roofline']:.0f}% of roofline" if peaks else ""),
+                  flush=True)
     text = (f"## Operator benchmark ({'quick' if args.quick else 'full'} run, "
             f"device {args.device})\n\n"
             f"{machine(args.device, load_before)}\n\n"
-            f"Correlation, Translation(1, 1) on a 224x224 input; op and bmm times are the "
+            f"Correlation; Translation(1, 1) and Translation(32, 32) on a 224x224 input "
+            f"(`shift`: the shift on the map, 0 = identity map); op and bmm times are the "
             f"medians of {repeat} alternated runs, the reference's the best of {ref_repeat}. "
             f"`op/bmm` compares with torch.bmm on "
-            f"operands of the same shapes ([N, K, P] x [N, P, K]); `ref/op` is the speed-up "
-            f"over the float64 reference. Generated by `python benchmarks/run_ratios.py"
+            f"contiguous operands of the same shapes ([N, K, P] x [N, P, K]), `op/bmm(fx, ftx)` "
+            f"with torch.bmm of the operator's own inputs (fx.flatten(2) @ "
+            f"ftx.flatten(2).transpose(1, 2)); `ref/op` is the speed-up over the float64 "
+            f"reference. Generated by `python benchmarks/run_ratios.py"
             f"{' --quick' if args.quick else ''}`.\n\n" + table(rows))
     write_section(f"operator-{args.device.split(':')[0]}", text, Path(args.output))
     print(f"wrote {args.output}")

@@ -167,9 +167,50 @@ void gather_row(const scalar_t* src, const int64_t* offsets, int64_t P,
   }
 }
 
+// 16 x 16 transposition in registers: dst[j * ldd + i] = rows[i][j] for i, j < 16. It writes
+// packed rows transposed, as columns of B^T [P, K], and gathers channels-last rows.
+#if EQUIFAST_AVX512_PATH
+// (gcc 12 warns about the "undefined" start vectors of its own unpack intrinsics: GCC bug
+// 105593, a false positive.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// One 16 x 16 tile in registers: unpack pairs, then quads, then 128-bit lanes twice.
+__attribute__((target("avx512f"))) void transpose_16x16_avx512(const float* const* rows,
+                                                               float* dst, int64_t ldd) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(rows[i]);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int h = 0; h < 16; h += 8) {
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ldd, r[i]);
+}
+#pragma GCC diagnostic pop
+#endif
+
 // Channels adjacent in memory (channels-last): gather `rows` rows at once, positions outer and
 // a block of 16 channels inner, so that each position reads one contiguous run of channels
-// (a cache line for float32) and writes 16 row streams.
+// (a cache line for float32) and writes 16 row streams. Float32 blocks of 16 channels x 16
+// positions go through registers (one load per position, transposed, one store per row).
 template <typename scalar_t>
 void gather_rows_channels_last(const scalar_t* base, int64_t stride_k, const int64_t* offsets,
                                int64_t P, int64_t rows, float* dst, int64_t ld) {
@@ -178,7 +219,19 @@ void gather_rows_channels_last(const scalar_t* base, int64_t stride_k, const int
     const int64_t nr = std::min(kBlock, rows - r0);
     const scalar_t* block = base + r0 * stride_k;
     float* out = dst + r0 * ld;
-    for (int64_t p = 0; p < P; ++p) {
+    int64_t p = 0;
+#if EQUIFAST_AVX512_PATH
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (nr == kBlock && stride_k == 1 && cpu_has_avx512()) {
+        const float* at[kBlock];
+        for (; p + kBlock <= P; p += kBlock) {
+          for (int64_t i = 0; i < kBlock; ++i) at[i] = block + offsets[p + i];
+          transpose_16x16_avx512(at, out + p, ld);
+        }
+      }
+    }
+#endif
+    for (; p < P; ++p) {
       const scalar_t* src = block + offsets[p];
       for (int64_t r = 0; r < nr; ++r) out[r * ld + p] = static_cast<float>(src[r * stride_k]);
     }
@@ -476,52 +529,17 @@ void pack_rows(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, 
   }
 }
 
-// dst[p * ldd + r] = src[r * lds + p] for r < rows (at most 16), p < P: a block of packed rows
-// written transposed, as columns of B^T [P, K].
-#if EQUIFAST_AVX512_PATH
-// (gcc 12 warns about the "undefined" start vectors of its own unpack intrinsics: GCC bug
-// 105593, a false positive.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-// One 16 x 16 tile in registers: unpack pairs, then quads, then 128-bit lanes twice.
-__attribute__((target("avx512f"))) void transpose_16x16_avx512(const float* src, int64_t lds,
-                                                               float* dst, int64_t ldd) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
-    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
-    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-  for (int h = 0; h < 16; h += 8) {
-    for (int i = 0; i < 4; ++i) {
-      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
-      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
-    }
-  }
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-  }
-  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ldd, r[i]);
-}
-#pragma GCC diagnostic pop
-#endif
-
 void transpose_rows(const float* src, int64_t lds, int64_t rows, int64_t P, float* dst,
                     int64_t ldd) {
   int64_t p = 0;
 #if EQUIFAST_AVX512_PATH
-  if (rows == 16 && cpu_has_avx512())
-    for (; p + 16 <= P; p += 16) transpose_16x16_avx512(src + p, lds, dst + p * ldd, ldd);
+  if (rows == 16 && cpu_has_avx512()) {
+    const float* at[16];
+    for (; p + 16 <= P; p += 16) {
+      for (int i = 0; i < 16; ++i) at[i] = src + i * lds + p;
+      transpose_16x16_avx512(at, dst + p * ldd, ldd);
+    }
+  }
 #endif
   for (; p < P; ++p)
     for (int64_t r = 0; r < rows; ++r) dst[p * ldd + r] = src[r * lds + p];
