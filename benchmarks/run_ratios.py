@@ -3,7 +3,8 @@
 For each shape (N = 64 images; (K, map) = (64, 56x56), (256, 28x28), (512, 14x14),
 (2048, 7x7)) and two translations on a 224x224 input, Translation(1, 1) (a shift that rounds
 to 0 on these maps: the identity map on both sides) and Translation(32, 32) (shifts of 8, 4,
-2 and 1 on the maps: ``fx`` is gathered), it prints and records:
+2 and 1 on the maps: ``fx`` is gathered), with features in NCHW and channels-last memory
+(``equifast.measure`` runs models channels-last), it prints and records:
 
 - ``op/bmm``: the operator's time over ``torch.bmm`` on operands of the same shapes
   (``[N, K, P] x [N, P, K]``, both contiguous: MKL's fastest layout), the GEMM at its core
@@ -49,6 +50,7 @@ from results import write_section  # noqa: E402
 
 SHAPES = [(64, 56), (256, 28), (512, 14), (2048, 7)]
 TRANSFORMS = [Translation(1, 1), Translation(32, 32)]
+LAYOUTS = ["NCHW", "channels-last"]
 INPUT = (224, 224)
 
 # Dense TF32 tensor-core TFLOP/s and memory GB/s of known GPUs (vendor datasheets).
@@ -109,10 +111,11 @@ def _best(fn, repeat: int, device: str) -> float:
 
 
 def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_repeat: int,
-            peaks=None) -> dict:
+            peaks=None, layout: str = "NCHW") -> dict:
     g = torch.Generator().manual_seed(0)
-    fx = torch.randn(n, k, side, side, generator=g).to(device)
-    ftx = torch.randn(n, k, side, side, generator=g).to(device)
+    fmt = torch.channels_last if layout == "channels-last" else torch.contiguous_format
+    fx = torch.randn(n, k, side, side, generator=g).to(device, memory_format=fmt)
+    ftx = torch.randn(n, k, side, side, generator=g).to(device, memory_format=fmt)
     a, b = transform.index_map((side, side), INPUT, device=device)
     p = a.numel()
     shift = transform.map_shift((side, side), INPUT)[0]
@@ -129,7 +132,7 @@ def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_
     t_ref = _best(lambda: reference.equivariance_scores(fx, ftx, transform, "correlation",
                                                         INPUT), ref_repeat, device)
     flops = 2 * n * k * k * p
-    row = dict(n=n, k=k, map=f"{side}x{side}", shift=shift, p=p, op=t_op, bmm=t_bmm, ref=t_ref,
+    row = dict(n=n, k=k, map=f"{side}x{side}", shift=shift, layout=layout, p=p, op=t_op, bmm=t_bmm, ref=t_ref,
                op_bmm=t_op / t_bmm, op_own=t_op / t_own, ref_op=t_ref / t_op,
                gflops=flops / t_op / 1e9, bmm_gflops=flops / t_bmm / 1e9)
     if len(times) > 3:
@@ -163,13 +166,13 @@ def machine(device: str, load_before: str) -> str:
 def table(rows) -> str:
     gpu = "op_fp32" in rows[0]
     roof = "roofline" in rows[0]
-    cols = ["N", "K", "map", "shift", "P", "op (ms)", "bmm (ms)", "reference (ms)", "op/bmm",
+    cols = ["N", "K", "map", "shift", "layout", "P", "op (ms)", "bmm (ms)", "reference (ms)", "op/bmm",
             "op/bmm(fx, ftx)", "ref/op", "op GFLOP/s", "bmm GFLOP/s"]
     cols += ["op float32 (ms)"] if gpu else []
     cols += ["roofline (ms)", "of roofline"] if roof else []
 
     def cells(r):
-        out = [r["n"], r["k"], r["map"], r["shift"], r["p"], f"{1e3 * r['op']:.2f}",
+        out = [r["n"], r["k"], r["map"], r["shift"], r["layout"], r["p"], f"{1e3 * r['op']:.2f}",
                f"{1e3 * r['bmm']:.2f}", f"{1e3 * r['ref']:.1f}", f"{r['op_bmm']:.2f}",
                f"{r['op_own']:.2f}", f"{r['ref_op']:.1f}", f"{r['gflops']:.1f}", f"{r['bmm_gflops']:.1f}"]
         out += [f"{1e3 * r['op_fp32']:.2f}"] if gpu else []
@@ -202,11 +205,11 @@ def main(argv=None) -> int:
             peaks = (args.peak_tflops, args.peak_gbs)
     load_before = _load()
     rows = []
-    for transform in TRANSFORMS:
+    for layout, transform in [(lay, t) for lay in LAYOUTS for t in TRANSFORMS]:
         for k, side in SHAPES:
-            r = measure(n, k, side, transform, args.device, repeat, ref_repeat, peaks)
+            r = measure(n, k, side, transform, args.device, repeat, ref_repeat, peaks, layout)
             rows.append(r)
-            print(f"N={n} K={k:5d} map={r['map']:>5} shift={r['shift']}  "
+            print(f"N={n} K={k:5d} map={r['map']:>5} shift={r['shift']} {layout:>13}  "
                   f"op {1e3 * r['op']:8.2f} ms  bmm {1e3 * r['bmm']:8.2f} ms  "
                   f"ref {1e3 * r['ref']:9.1f} ms  op/bmm {r['op_bmm']:5.2f}  "
                   f"op/bmm(fx, ftx) {r['op_own']:5.2f}  "
