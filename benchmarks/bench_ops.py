@@ -49,24 +49,11 @@ def _record(benchmark, k, p):
         benchmark.extra_info["gflops"] = 2 * N * k * k * p / stats.stats.min / 1e9
 
 
+@pytest.mark.parametrize("transform", [TRANSFORM, SHIFT], ids=["identity-map", "shifted"])
 @pytest.mark.parametrize("k,side", SHAPES, ids=[f"K{k}-{s}x{s}" for k, s in SHAPES])
-def test_operator(benchmark, k, side):
+def test_operator(benchmark, k, side, transform):
     benchmark.group = f"K={k} map={side}x{side} N={N}"
-    fx, ftx, a, b = _inputs(k, side)
-
-    def run():
-        out = ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE)
-        _sync()
-        return out
-
-    benchmark(run)
-    _record(benchmark, k, a.numel())
-
-
-@pytest.mark.parametrize("k,side", SHAPES, ids=[f"K{k}-{s}x{s}" for k, s in SHAPES])
-def test_operator_shifted(benchmark, k, side):
-    benchmark.group = f"K={k} map={side}x{side} N={N}"
-    fx, ftx, a, b = _inputs(k, side, SHIFT)
+    fx, ftx, a, b = _inputs(k, side, transform)
 
     def run():
         out = ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE)

@@ -102,30 +102,41 @@ struct SideArgs {
   bool k_fastest;      // channels adjacent in memory: let consecutive threads take channels
 };
 
+// Element e of a [kRows channels x kCols positions] tile: its channel r and position pp.
+// Consecutive threads take consecutive channels when channels are adjacent in memory
+// (channels-last), else consecutive positions, so that their reads coalesce.
+template <int kRows, int kCols>
+__device__ __forceinline__ void tile_element(bool k_fastest, int e, int& r, int& pp) {
+  if (k_fastest) {
+    r = e % kRows;
+    pp = e / kRows;
+  } else {
+    r = e / kCols;
+    pp = e % kCols;
+  }
+}
+
+// The normalised value of channel c at compared position p of image n, read through the
+// index map (0 outside [0, K) x [0, P)).
+template <typename scalar_t>
+__device__ __forceinline__ float normalised_at(const SideArgs<scalar_t>& s, int64_t n, int64_t c,
+                                               int64_t p, int64_t K, int64_t P) {
+  if (c >= K || p >= P) return 0.f;
+  const int64_t row = n * K + c;
+  const float x = static_cast<float>(s.data[n * s.stride_n + c * s.stride_k + s.offsets[p]]);
+  return normalise_value(x, s.mean[row], s.inv[row]);
+}
+
 // Load a [rows_tile x kTileP] tile of normalised rows (channels c0.., positions p0..) into
-// shared memory, transposed: tile[p][c]. Out-of-range entries are 0.
+// shared memory, transposed: tile[p][c].
 template <typename scalar_t, int kRows>
 __device__ __forceinline__ void load_tile(const SideArgs<scalar_t>& s, int64_t n, int64_t c0,
                                           int64_t p0, int64_t K, int64_t P,
                                           float (*tile)[kRows + 4]) {
-  constexpr int kElems = kRows * kTileP;
-  for (int e = threadIdx.x; e < kElems; e += kThreads) {
+  for (int e = threadIdx.x; e < kRows * kTileP; e += kThreads) {
     int r, pp;
-    if (s.k_fastest) {
-      r = e % kRows;
-      pp = e / kRows;
-    } else {
-      r = e / kTileP;
-      pp = e % kTileP;
-    }
-    const int64_t c = c0 + r, p = p0 + pp;
-    float v = 0.f;
-    if (c < K && p < P) {
-      const int64_t row = n * K + c;
-      const float x = static_cast<float>(s.data[n * s.stride_n + c * s.stride_k + s.offsets[p]]);
-      v = normalise_value(x, s.mean[row], s.inv[row]);
-    }
-    tile[pp][r] = v;
+    tile_element<kRows, kTileP>(s.k_fastest, e, r, pp);
+    tile[pp][r] = normalised_at(s, n, c0 + r, p0 + pp, K, P);
   }
 }
 
@@ -258,29 +269,15 @@ struct TensorCore<at::BFloat16> {
 
 // Stage a [kTcTile rows x kTcP positions] tile of normalised rows (channels c0.., positions
 // p0..) as tile[row][position], the layout both WMMA operands read (A row-major, B^T
-// column-major). Out-of-range entries are 0.
+// column-major), in the tensor-core type.
 template <typename scalar_t>
 __device__ __forceinline__ void stage_tile(const SideArgs<scalar_t>& s, int64_t n, int64_t c0,
                                            int64_t p0, int64_t K, int64_t P,
                                            typename TensorCore<scalar_t>::staged (*tile)[kTcLd]) {
-  constexpr int kElems = kTcTile * kTcP;
-  for (int e = threadIdx.x; e < kElems; e += kTcThreads) {
+  for (int e = threadIdx.x; e < kTcTile * kTcP; e += kTcThreads) {
     int r, pp;
-    if (s.k_fastest) {  // consecutive threads read consecutive channels
-      r = e % kTcTile;
-      pp = e / kTcTile;
-    } else {            // ... or consecutive positions
-      r = e / kTcP;
-      pp = e % kTcP;
-    }
-    const int64_t c = c0 + r, p = p0 + pp;
-    float v = 0.f;
-    if (c < K && p < P) {
-      const int64_t row = n * K + c;
-      const float x = static_cast<float>(s.data[n * s.stride_n + c * s.stride_k + s.offsets[p]]);
-      v = normalise_value(x, s.mean[row], s.inv[row]);
-    }
-    tile[r][pp] = TensorCore<scalar_t>::from_float(v);
+    tile_element<kTcTile, kTcP>(s.k_fastest, e, r, pp);
+    tile[r][pp] = TensorCore<scalar_t>::from_float(normalised_at(s, n, c0 + r, p0 + pp, K, P));
   }
 }
 
