@@ -276,7 +276,11 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         bar.close()
     if return_state:
         return measurer.state
-    meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size)
+    # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only
+    on_tensor_cores = (tensor_cores and measurer.device.type == "cuda"
+                       and torch.cuda.get_device_capability(measurer.device)[0] >= 8)
+    meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size,
+                tensor_cores=bool(on_tensor_cores))
     return measurer.state.report(meta)
 
 

@@ -37,6 +37,8 @@ def test_circular_net_scores_one_at_every_point_under_circular_shifts(device, te
     assert list(rep.parts.part.astype(str)) == ["early", "middle", "late", "pool", "final"]
     assert (pts.channel > 1 - tol).all() and (pts.layer > 1 - tol).all(), pts[["point", "channel"]]
     assert (pts.undefined_fraction == 0).all()
+    assert rep.meta["tensor_cores"] is (tensor_cores and device == "cuda"
+                                        and torch.cuda.get_device_capability()[0] >= 8)
 
 
 def test_identity_scores_one_and_layer_at_least_channel():
