@@ -140,6 +140,23 @@ __device__ __forceinline__ void load_tile(const SideArgs<scalar_t>& s, int64_t n
   }
 }
 
+// A block's place in the grid (row tile, image, column split) of both tile kernels: its
+// first row, image, split and range of 64-wide column tiles; `partial` is where a row's
+// partial max / arg-max goes ([splits, N * K]).
+struct BlockPlace {
+  int64_t row0, n, ct_begin, ct_end;
+  int split;
+  __device__ BlockPlace(int64_t K, int col_tiles_per_split)
+      : row0(static_cast<int64_t>(blockIdx.x) * kTileM), n(blockIdx.y), split(blockIdx.z) {
+    const int64_t col_tiles = (K + kTileN - 1) / kTileN;
+    ct_begin = static_cast<int64_t>(split) * col_tiles_per_split;
+    ct_end = min(col_tiles, ct_begin + col_tiles_per_split);
+  }
+  __device__ int64_t partial(int64_t N, int64_t K, int64_t row) const {
+    return (static_cast<int64_t>(split) * N + n) * K + row;
+  }
+};
+
 // Block (row tile, image, column split): per-row max / arg-max over the defined columns of
 // the split, and the diagonal when the split holds it.
 template <typename scalar_t>
@@ -151,12 +168,8 @@ similarity_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
   __shared__ __align__(16) float As[kTileP][kTileM + 4];
   __shared__ __align__(16) float Bs[kTileP][kTileN + 4];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileM;
-  const int64_t n = blockIdx.y;
-  const int split = blockIdx.z;
-  const int64_t col_tiles = (K + kTileN - 1) / kTileN;
-  const int64_t ct_begin = static_cast<int64_t>(split) * col_tiles_per_split;
-  const int64_t ct_end = min(col_tiles, ct_begin + col_tiles_per_split);
+  const BlockPlace place(K, col_tiles_per_split);
+  const int64_t row0 = place.row0, n = place.n;
 
   float best[4];
   int64_t best_index[4];
@@ -166,7 +179,7 @@ similarity_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
     best_index[i] = -1;
   }
 
-  for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
+  for (int64_t ct = place.ct_begin; ct < place.ct_end; ++ct) {
     const int64_t col0 = ct * kTileN;
     float acc[4][4];
 #pragma unroll
@@ -224,7 +237,7 @@ similarity_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
     }
     const int64_t row = row0 + ty * 4 + i;
     if (tx == 0 && row < K) {
-      const int64_t at = (static_cast<int64_t>(split) * N + n) * K + row;
+      const int64_t at = place.partial(N, K, row);
       part_best[at] = best[i];
       part_index[at] = best_index[i];
     }
@@ -303,18 +316,14 @@ tensor_core_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
   const int warp = threadIdx.x / 32;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;  // the warp's quadrant
   const int my_row = threadIdx.x / 2, half = threadIdx.x % 2;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTcTile;
-  const int64_t n = blockIdx.y;
-  const int split = blockIdx.z;
-  const int64_t col_tiles = (K + kTcTile - 1) / kTcTile;
-  const int64_t ct_begin = static_cast<int64_t>(split) * col_tiles_per_split;
-  const int64_t ct_end = min(col_tiles, ct_begin + col_tiles_per_split);
+  const BlockPlace place(K, col_tiles_per_split);
+  const int64_t row0 = place.row0, n = place.n;
   const int64_t row = row0 + my_row;
 
   float best = -INFINITY;
   int64_t best_index = -1;
 
-  for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
+  for (int64_t ct = place.ct_begin; ct < place.ct_end; ++ct) {
     const int64_t col0 = ct * kTcTile;
     wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[2][2];
 #pragma unroll
@@ -383,7 +392,7 @@ tensor_core_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
     best_index = other_index;
   }
   if (half == 0 && row < K) {
-    const int64_t at = (static_cast<int64_t>(split) * N + n) * K + row;
+    const int64_t at = place.partial(N, K, row);
     part_best[at] = best;
     part_index[at] = best_index;
   }
