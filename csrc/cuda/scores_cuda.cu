@@ -140,6 +140,19 @@ __device__ __forceinline__ void load_tile(const SideArgs<scalar_t>& s, int64_t n
   }
 }
 
+// What both tile kernels read and write: the two sides, defined_b [N * K], and per row the
+// partial max / arg-max of each column split ([splits, N * K]) and the diagonal [N * K].
+template <typename scalar_t>
+struct TileArgs {
+  SideArgs<scalar_t> A, B;
+  const uint8_t* defined_b;
+  int64_t N, K, P;
+  int col_tiles_per_split;
+  float* part_best;
+  int64_t* part_index;
+  float* diagonal;
+};
+
 // A block's place in the grid (row tile, image, column split) of both tile kernels: its
 // first row, image, split and range of 64-wide column tiles; `partial` is where a row's
 // partial max / arg-max goes ([splits, N * K]).
@@ -161,14 +174,14 @@ struct BlockPlace {
 // the split, and the diagonal when the split holds it.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-similarity_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
-                       const uint8_t* __restrict__ defined_b, int64_t N, int64_t K, int64_t P,
-                       int col_tiles_per_split, float* __restrict__ part_best,
-                       int64_t* __restrict__ part_index, float* __restrict__ diagonal) {
+similarity_tile_kernel(const TileArgs<scalar_t> t) {
+  const SideArgs<scalar_t>& A = t.A;
+  const SideArgs<scalar_t>& B = t.B;
+  const int64_t N = t.N, K = t.K, P = t.P;
   __shared__ __align__(16) float As[kTileP][kTileM + 4];
   __shared__ __align__(16) float Bs[kTileP][kTileN + 4];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const BlockPlace place(K, col_tiles_per_split);
+  const BlockPlace place(K, t.col_tiles_per_split);
   const int64_t row0 = place.row0, n = place.n;
 
   float best[4];
@@ -213,8 +226,8 @@ similarity_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
       for (int j = 0; j < 4; ++j) {
         const int64_t col = col0 + tx * 4 + j;
         if (row < K && col < K) {
-          if (col == row) diagonal[n * K + row] = acc[i][j];
-          if (defined_b[n * K + col] && better(acc[i][j], col, best[i], best_index[i])) {
+          if (col == row) t.diagonal[n * K + row] = acc[i][j];
+          if (t.defined_b[n * K + col] && better(acc[i][j], col, best[i], best_index[i])) {
             best[i] = acc[i][j];
             best_index[i] = col;
           }
@@ -238,8 +251,8 @@ similarity_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
     const int64_t row = row0 + ty * 4 + i;
     if (tx == 0 && row < K) {
       const int64_t at = place.partial(N, K, row);
-      part_best[at] = best[i];
-      part_index[at] = best_index[i];
+      t.part_best[at] = best[i];
+      t.part_index[at] = best_index[i];
     }
   }
 }
@@ -300,11 +313,11 @@ __device__ __forceinline__ void stage_tile(const SideArgs<scalar_t>& s, int64_t 
 // t % 2 of each column tile, in increasing order; the two halves merge at the end.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kTcThreads)
-tensor_core_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
-                        const uint8_t* __restrict__ defined_b, int64_t N, int64_t K, int64_t P,
-                        int col_tiles_per_split, float* __restrict__ part_best,
-                        int64_t* __restrict__ part_index, float* __restrict__ diagonal) {
+tensor_core_tile_kernel(const TileArgs<scalar_t> t) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const SideArgs<scalar_t>& A = t.A;
+  const SideArgs<scalar_t>& B = t.B;
+  const int64_t N = t.N, K = t.K, P = t.P;
   namespace wmma = nvcuda::wmma;
   using TC = TensorCore<scalar_t>;
   using staged = typename TC::staged;
@@ -316,7 +329,7 @@ tensor_core_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
   const int warp = threadIdx.x / 32;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;  // the warp's quadrant
   const int my_row = threadIdx.x / 2, half = threadIdx.x % 2;
-  const BlockPlace place(K, col_tiles_per_split);
+  const BlockPlace place(K, t.col_tiles_per_split);
   const int64_t row0 = place.row0, n = place.n;
   const int64_t row = row0 + my_row;
 
@@ -374,8 +387,8 @@ tensor_core_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
         const int64_t col = col0 + j;
         if (col >= K) break;
         const float v = Cs[my_row][j];
-        if (col == row) diagonal[n * K + row] = v;
-        if (defined_b[n * K + col] && better(v, col, best, best_index)) {
+        if (col == row) t.diagonal[n * K + row] = v;
+        if (t.defined_b[n * K + col] && better(v, col, best, best_index)) {
           best = v;
           best_index = col;
         }
@@ -393,8 +406,8 @@ tensor_core_tile_kernel(SideArgs<scalar_t> A, SideArgs<scalar_t> B,
   }
   if (half == 0 && row < K) {
     const int64_t at = place.partial(N, K, row);
-    part_best[at] = best;
-    part_index[at] = best_index;
+    t.part_best[at] = best;
+    t.part_index[at] = best_index;
   }
 #else
   __trap();  // launched only on sm_80 and newer (see equivariance_scores_cuda)
@@ -516,16 +529,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
           at::Tensor pi = at::empty({splits, nc * K}, fx.options().dtype(at::kLong));
           dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(nc),
                     static_cast<unsigned>(splits));
+          const TileArgs<scalar_t> args{A, B, def_b.const_data_ptr<uint8_t>() + n0 * K,
+                                        nc, K, P, static_cast<int>(per_split),
+                                        pb.data_ptr<float>(), pi.data_ptr<int64_t>(),
+                                        diagonal.data_ptr<float>() + n0 * K};
           if (use_tensor_cores)
-            tensor_core_tile_kernel<scalar_t><<<grid, kTcThreads, 0, stream>>>(
-                A, B, def_b.const_data_ptr<uint8_t>() + n0 * K, nc, K, P,
-                static_cast<int>(per_split), pb.data_ptr<float>(), pi.data_ptr<int64_t>(),
-                diagonal.data_ptr<float>() + n0 * K);
+            tensor_core_tile_kernel<scalar_t><<<grid, kTcThreads, 0, stream>>>(args);
           else
-            similarity_tile_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-                A, B, def_b.const_data_ptr<uint8_t>() + n0 * K, nc, K, P,
-                static_cast<int>(per_split), pb.data_ptr<float>(), pi.data_ptr<int64_t>(),
-                diagonal.data_ptr<float>() + n0 * K);
+            similarity_tile_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(args);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
           const int64_t crow = nc * K;
           combine_kernel<<<(crow + 255) / 256, 256, 0, stream>>>(
