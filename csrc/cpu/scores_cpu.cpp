@@ -38,19 +38,13 @@
 
 #include "scores.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define EQUIFAST_AVX512_PATH 1
-#else
-#define EQUIFAST_AVX512_PATH 0
-#endif
-
-// The portable loops (statistics, normalisation, arg-max) are written so that gcc vectorises
-// them; compile them for AVX-512 and AVX2 too, picked at load time by the CPU. The two where
-// gcc's vectorisation falls short (the float64 sums and the arg-max) also have an AVX-512
-// intrinsics version, used when the CPU has AVX-512 (EQUIFAST_AVX512_PATH).
+// The inner loops (copies, transpositions, float64 sums, normalisation, arg-max) are written
+// once, with GCC's vector extensions or as loops gcc vectorises, and compiled for AVX-512, AVX2
+// and the baseline, picked at load time by the CPU (EQUIFAST_CLONES): the same source runs on
+// every x86-64 CPU, so the tests on any of them check the code the others run.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define EQUIFAST_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define EQUIFAST_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define EQUIFAST_CLONES
 #endif
@@ -128,27 +122,109 @@ inline void copy_widen(const scalar_t* src, int64_t n, float* dst) {
   }
 }
 
-bool cpu_has_avx512();
+// Functions whose vector width must be the register width (gcc lowers wider vectors badly):
+// impl<64> compiled for AVX-512 (x86-64-v4), impl<32> for AVX2 + FMA (x86-64-v3), impl<16>
+// otherwise, picked once by the CPU.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+enum class Isa { kV4, kV3, kBaseline };
 
-#if EQUIFAST_AVX512_PATH
-// Float32 runs copied with 16-float moves and a masked tail (masked-off lanes are not read):
-// the runs of a translated map are a map row or shorter, where a memcpy call per run costs
-// more than the copy itself.
-__attribute__((target("avx512f"))) void copy_runs_avx512(const float* src,
-                                                         const std::vector<Run>& runs,
-                                                         float* out) {
+Isa cpu_isa() {
+  static const Isa isa = __builtin_cpu_supports("x86-64-v4")   ? Isa::kV4
+                         : __builtin_cpu_supports("x86-64-v3") ? Isa::kV3
+                                                               : Isa::kBaseline;
+  return isa;
+}
+
+#define EQUIFAST_PER_ISA(ret, name, impl, params, args)                                    \
+  __attribute__((target("arch=x86-64-v4"))) ret name##_v4 params { return impl<64> args; } \
+  __attribute__((target("arch=x86-64-v3"))) ret name##_v3 params { return impl<32> args; } \
+  ret name params {                                                                        \
+    switch (cpu_isa()) {                                                                   \
+      case Isa::kV4: return name##_v4 args;                                                \
+      case Isa::kV3: return name##_v3 args;                                                \
+      default: return impl<16> args;                                                       \
+    }                                                                                      \
+  }
+#else
+#define EQUIFAST_PER_ISA(ret, name, impl, params, args) \
+  ret name params { return impl<16> args; }
+#endif
+
+// Vectors of 8 floats, and unaligned loads and stores of any vector.
+// (gcc warns that vector arguments change the ABI of the baseline clone: these functions are
+// always inlined, so no call passes a vector.)
+#pragma GCC diagnostic ignored "-Wpsabi"
+using f8 = float __attribute__((vector_size(32)));
+
+// A register of doubles and the floats that widen into it (gcc takes no vector size that
+// depends on a template parameter).
+template <int kBytes>
+struct Widening;
+template <>
+struct Widening<64> {
+  typedef double doubles __attribute__((vector_size(64)));
+  typedef float floats __attribute__((vector_size(32)));
+};
+template <>
+struct Widening<32> {
+  typedef double doubles __attribute__((vector_size(32)));
+  typedef float floats __attribute__((vector_size(16)));
+};
+template <>
+struct Widening<16> {
+  typedef double doubles __attribute__((vector_size(16)));
+  typedef float floats __attribute__((vector_size(8)));
+};
+
+template <typename V>
+__attribute__((always_inline)) inline V load_vector(const void* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V>
+__attribute__((always_inline)) inline void store_vector(void* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+// dst[j * ldd + i] = rows[i][j] for i, j < 8: unpack pairs, then quads, then 128-bit halves
+// (gcc emits the classic vunpck / vshufps / vperm2f128 sequence for these shuffles).
+__attribute__((always_inline)) inline void transpose_8x8(const float* const* rows, float* dst,
+                                                        int64_t ldd) {
+  f8 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = load_vector<f8>(rows[i]);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    for (int h = 0; h < 2; ++h) {
+      r[i + h] = __builtin_shufflevector(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      r[i + h + 2] = __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  }
+  // r[0..3] hold rows 0-3 of columns (0, 4), (2, 6), (1, 5), (3, 7) as 128-bit halves
+  constexpr int kColumn[4] = {0, 2, 1, 3};
+  for (int i = 0; i < 4; ++i) {
+    store_vector(dst + kColumn[i] * ldd,
+                 __builtin_shufflevector(r[i], r[i + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+    store_vector(dst + (kColumn[i] + 4) * ldd,
+                 __builtin_shufflevector(r[i], r[i + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+  }
+}
+
+// Float32 runs copied with 8-float moves (the runs of a translated map are a map row or
+// shorter, where a memcpy call per run costs more than the copy itself).
+EQUIFAST_CLONES void copy_runs(const float* src, const std::vector<Run>& runs, float* out) {
   for (const Run& run : runs) {
     const float* from = src + run.offset;
     float* to = out + run.p;
     int64_t i = 0;
-    for (; i + 16 <= run.length; i += 16) _mm512_storeu_ps(to + i, _mm512_loadu_ps(from + i));
-    if (i < run.length) {
-      const __mmask16 m = static_cast<__mmask16>((1u << (run.length - i)) - 1u);
-      _mm512_mask_storeu_ps(to + i, m, _mm512_maskz_loadu_ps(m, from + i));
-    }
+    for (; i + 8 <= run.length; i += 8) store_vector(to + i, load_vector<f8>(from + i));
+    for (; i < run.length; ++i) to[i] = from[i];
   }
 }
-#endif
 
 // One row (one channel of one image, `src` at its channel start) at the compared positions,
 // as float32, into out[0, P).
@@ -156,82 +232,49 @@ template <typename scalar_t>
 void gather_row(const scalar_t* src, const int64_t* offsets, int64_t P,
                 const std::vector<Run>& runs, bool use_runs, float* out) {
   if (use_runs) {
-#if EQUIFAST_AVX512_PATH
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (cpu_has_avx512()) return copy_runs_avx512(src, runs, out);
-    }
-#endif
+    if constexpr (std::is_same_v<scalar_t, float>) return copy_runs(src, runs, out);
     for (const Run& run : runs) copy_widen(src + run.offset, run.length, out + run.p);
   } else {
     for (int64_t p = 0; p < P; ++p) out[p] = static_cast<float>(src[offsets[p]]);
   }
 }
 
-// 16 x 16 transposition in registers: dst[j * ldd + i] = rows[i][j] for i, j < 16. It writes
-// packed rows transposed, as columns of B^T [P, K], and gathers channels-last rows.
-#if EQUIFAST_AVX512_PATH
-// (gcc 12 warns about the "undefined" start vectors of its own unpack intrinsics: GCC bug
-// 105593, a false positive.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-// One 16 x 16 tile in registers: unpack pairs, then quads, then 128-bit lanes twice.
-__attribute__((target("avx512f"))) void transpose_16x16_avx512(const float* const* rows,
-                                                               float* dst, int64_t ldd) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(rows[i]);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
-    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
-    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-  for (int h = 0; h < 16; h += 8) {
-    for (int i = 0; i < 4; ++i) {
-      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
-      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+// Float32 channels-last rows [0, rows) (channel r of position p at base[r + offsets[p]]) into
+// dst [rows, ld], 8 channels x 8 positions at a time through registers: one load per position,
+// transposed, one store per row.
+EQUIFAST_CLONES void gather_channels_last_float(const float* base, const int64_t* offsets,
+                                                int64_t P, int64_t rows, float* dst,
+                                                int64_t ld) {
+  const float* at[8];
+  int64_t r0 = 0;
+  for (; r0 + 8 <= rows; r0 += 8) {
+    int64_t p = 0;
+    for (; p + 8 <= P; p += 8) {
+      for (int i = 0; i < 8; ++i) at[i] = base + r0 + offsets[p + i];
+      transpose_8x8(at, dst + r0 * ld + p, ld);
     }
+    for (; p < P; ++p)
+      for (int64_t r = r0; r < r0 + 8; ++r) dst[r * ld + p] = base[r + offsets[p]];
   }
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-  }
-  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ldd, r[i]);
+  for (int64_t p = 0; r0 < rows && p < P; ++p)
+    for (int64_t r = r0; r < rows; ++r) dst[r * ld + p] = base[r + offsets[p]];
 }
-#pragma GCC diagnostic pop
-#endif
 
 // Channels adjacent in memory (channels-last): gather `rows` rows at once, positions outer and
 // a block of 16 channels inner, so that each position reads one contiguous run of channels
-// (a cache line for float32) and writes 16 row streams. Float32 blocks of 16 channels x 16
-// positions go through registers (one load per position, transposed, one store per row).
+// (a cache line for float32) and writes 16 row streams.
 template <typename scalar_t>
 void gather_rows_channels_last(const scalar_t* base, int64_t stride_k, const int64_t* offsets,
                                int64_t P, int64_t rows, float* dst, int64_t ld) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (stride_k == 1) return gather_channels_last_float(base, offsets, P, rows, dst, ld);
+  }
   constexpr int64_t kBlock = 16;
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t nr = std::min(kBlock, rows - r0);
     const scalar_t* block = base + r0 * stride_k;
     float* out = dst + r0 * ld;
-    int64_t p = 0;
-#if EQUIFAST_AVX512_PATH
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (nr == kBlock && stride_k == 1 && cpu_has_avx512()) {
-        const float* at[kBlock];
-        for (; p + kBlock <= P; p += kBlock) {
-          for (int64_t i = 0; i < kBlock; ++i) at[i] = block + offsets[p + i];
-          transpose_16x16_avx512(at, out + p, ld);
-        }
-      }
-    }
-#endif
-    for (; p < P; ++p) {
+    for (int64_t p = 0; p < P; ++p) {
       const scalar_t* src = block + offsets[p];
       for (int64_t r = 0; r < nr; ++r) out[r * ld + p] = static_cast<float>(src[r * stride_k]);
     }
@@ -243,7 +286,8 @@ void gather_rows_channels_last(const scalar_t* base, int64_t stride_k, const int
 // ---------------------------------------------------------------------------------------
 
 // Lanes of independent float64 partial sums: a single vector accumulator would make every
-// reduction wait on the add latency (about 4x slower than the loads it consumes).
+// reduction wait on the add latency (about 4x slower than the loads it consumes). The sums
+// use four vectors of doubles per sum: 32 lanes with AVX-512, 16 with AVX2, 8 otherwise.
 constexpr int64_t kLanes = 32;
 
 // Software prefetch distance of the streaming read of the sums, in floats (1 KiB ahead).
@@ -261,17 +305,37 @@ struct LaneSums {
   double shifted[kLanes] = {}, shifted_sq[kLanes] = {};
 };
 
-// Accumulate x[0, n) into the lane sums. Portable version, vectorised by the compiler where
-// it can (AVX2 and older CPUs).
-EQUIFAST_CLONES void accumulate_generic(const float* x, int64_t n, double shift,
-                                        LaneSums& acc) {
+// Accumulate x[0, n) into the lane sums, with vectors of kBytes (the register width of the
+// instruction set it is compiled for). The eight accumulators are vector variables, so they
+// stay in registers (gcc spills arrays of partial sums to the stack, and the read would no
+// longer keep up with memory); each vector of floats costs a widening, a subtraction, an add
+// and an FMA.
+template <int kBytes>
+__attribute__((always_inline)) inline void accumulate_lanes(const float* x, int64_t n,
+                                                            double shift, LaneSums& acc) {
+  using dv = typename Widening<kBytes>::doubles;
+  using fv = typename Widening<kBytes>::floats;
+  constexpr int kWidth = kBytes / 8, kStep = 4 * kWidth;
+  static_assert(kStep <= kLanes, "LaneSums holds every lane");
+  dv s[4], q[4];
+  for (int v = 0; v < 4; ++v) {
+    s[v] = load_vector<dv>(acc.shifted + v * kWidth);
+    q[v] = load_vector<dv>(acc.shifted_sq + v * kWidth);
+  }
+  const dv c = dv{} + shift;
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const double d = static_cast<double>(x[i + l]) - shift;
-      acc.shifted[l] += d;
-      acc.shifted_sq[l] += d * d;
+  for (; i + kStep <= n; i += kStep) {
+    __builtin_prefetch(x + i + kPrefetchFloats);
+    if constexpr (kStep > 16) __builtin_prefetch(x + i + kPrefetchFloats + 16);
+    for (int v = 0; v < 4; ++v) {
+      const dv d = __builtin_convertvector(load_vector<fv>(x + i + v * kWidth), dv) - c;
+      s[v] += d;
+      q[v] += d * d;
     }
+  }
+  for (int v = 0; v < 4; ++v) {
+    store_vector(acc.shifted + v * kWidth, s[v]);
+    store_vector(acc.shifted_sq + v * kWidth, q[v]);
   }
   for (int64_t l = 0; i < n; ++i, ++l) {  // the tail, one lane per value
     const double d = static_cast<double>(x[i]) - shift;
@@ -280,58 +344,8 @@ EQUIFAST_CLONES void accumulate_generic(const float* x, int64_t n, double shift,
   }
 }
 
-#if EQUIFAST_AVX512_PATH
-// The same with AVX-512 intrinsics: the eight accumulators (4 x 8 lanes per sum) stay in
-// registers, and each 8 floats cost one widening load, a subtraction, an add and an FMA.
-// gcc spills arrays of partial sums to the stack, so the portable loop runs at a fraction of
-// this speed (and the read would no longer keep up with memory).
-// gcc 12's _mm512_cvtps_pd starts from an "undefined" vector and warns about it (a false
-// positive, GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-__attribute__((target("avx512f"))) void accumulate_avx512(const float* x, int64_t n,
-                                                          double shift, LaneSums& acc) {
-  static_assert(kLanes == 32, "four vectors of eight doubles per sum");
-  __m512d s[4], q[4];
-  for (int v = 0; v < 4; ++v) {
-    s[v] = _mm512_loadu_pd(acc.shifted + 8 * v);
-    q[v] = _mm512_loadu_pd(acc.shifted_sq + 8 * v);
-  }
-  const __m512d c = _mm512_set1_pd(shift);
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats + 16), _MM_HINT_T0);
-    for (int v = 0; v < 4; ++v) {
-      const __m512d d = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8 * v)), c);
-      s[v] = _mm512_add_pd(s[v], d);
-      q[v] = _mm512_fmadd_pd(d, d, q[v]);
-    }
-  }
-  for (int v = 0; v < 4; ++v) {
-    _mm512_storeu_pd(acc.shifted + 8 * v, s[v]);
-    _mm512_storeu_pd(acc.shifted_sq + 8 * v, q[v]);
-  }
-  accumulate_generic(x + i, n - i, shift, acc);  // the tail
-}
-#pragma GCC diagnostic pop
-#endif
-
-bool cpu_has_avx512() {
-#if EQUIFAST_AVX512_PATH
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-#else
-  return false;
-#endif
-}
-
-void accumulate(const float* x, int64_t n, double shift, LaneSums& acc) {
-#if EQUIFAST_AVX512_PATH
-  if (cpu_has_avx512()) return accumulate_avx512(x, n, shift, acc);
-#endif
-  accumulate_generic(x, n, shift, acc);
-}
+EQUIFAST_PER_ISA(void, accumulate, accumulate_lanes,
+                 (const float* x, int64_t n, double shift, LaneSums& acc), (x, n, shift, acc))
 
 // The statistics of scores.h from the lane sums of a row shifted by c (c = 0 for cosine):
 // mean, ss_centred = Σ(x-c)^2 - (Σ(x-c))^2 / P  and  ss_raw = Σ x^2 = Σ(x-c)^2 + 2cΣ(x-c) + Pc^2
@@ -412,6 +426,10 @@ uint8_t normalise_runs(const float* src, const std::vector<Run>& runs, int64_t P
   return 1;
 }
 
+// Runs at least this long on average are read in place by the sums (a shorter run costs a
+// partial vector per run: cheaper to gather the row first).
+constexpr int64_t kLongRun = 128;
+
 template <typename scalar_t>
 struct Side {
   const scalar_t* data;
@@ -420,7 +438,7 @@ struct Side {
   bool k_fastest;
   std::vector<Run> runs;
   bool use_runs;    // runs long on average: copy them instead of indexed loads
-  bool long_runs;   // runs long enough to read them in place, without a gathered copy
+  bool long_runs;   // runs long enough to read them in place (kLongRun), without a copy
   // Positions `step` apart (offsets[p] = offsets[0] + p * step) with unit-stride rows
   // (step == 1) or channels (stride_k == 1), in float32: a matrix BLAS can read where it lies.
   int64_t step;
@@ -529,20 +547,22 @@ void pack_rows(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, 
   }
 }
 
-void transpose_rows(const float* src, int64_t lds, int64_t rows, int64_t P, float* dst,
-                    int64_t ldd) {
-  int64_t p = 0;
-#if EQUIFAST_AVX512_PATH
-  if (rows == 16 && cpu_has_avx512()) {
-    const float* at[16];
-    for (; p + 16 <= P; p += 16) {
-      for (int i = 0; i < 16; ++i) at[i] = src + i * lds + p;
-      transpose_16x16_avx512(at, dst + p * ldd, ldd);
+// dst[p * ldd + r] = src[r * lds + p] (rows of B into B^T), 8 x 8 at a time in registers.
+EQUIFAST_CLONES void transpose_rows(const float* src, int64_t lds, int64_t rows, int64_t P,
+                                    float* dst, int64_t ldd) {
+  const float* at[8];
+  int64_t r0 = 0;
+  for (; r0 + 8 <= rows; r0 += 8) {
+    int64_t p = 0;
+    for (; p + 8 <= P; p += 8) {
+      for (int i = 0; i < 8; ++i) at[i] = src + (r0 + i) * lds + p;
+      transpose_8x8(at, dst + p * ldd + r0, ldd);
     }
+    for (; p < P; ++p)
+      for (int64_t r = r0; r < r0 + 8; ++r) dst[p * ldd + r] = src[r * lds + p];
   }
-#endif
-  for (; p < P; ++p)
-    for (int64_t r = 0; r < rows; ++r) dst[p * ldd + r] = src[r * lds + p];
+  for (int64_t p = 0; r0 < rows && p < P; ++p)
+    for (int64_t r = r0; r < rows; ++r) dst[p * ldd + r] = src[r * lds + p];
 }
 
 // ---------------------------------------------------------------------------------------
@@ -577,80 +597,26 @@ EQUIFAST_CLONES void scale_columns(float* s, const float* scale, int64_t K) {
   for (int64_t c = 0; c < K; ++c) s[c] *= scale[c];
 }
 
-// Row max of s[0, K) and the first index holding it (ties: smallest index), in one
-// vectorised pass: each of kLanes lanes keeps its own max and the first index reaching it
-// (strict >), then the lanes are merged (max value, smallest index among equals). Entries
-// are finite or -inf (masked columns); a row that is all -inf gives index -1.
-struct ArgmaxLanes {
-  float value[kLanes];
-  int32_t at[kLanes];  // K < 2^31, checked by the caller; -1: nothing yet
-};
-
-// Columns [j, K) into the lanes (portable; the whole row, or the tail of the AVX-512 loop).
-void argmax_lanes_from(const float* s, int64_t j, int64_t K, ArgmaxLanes& lanes) {
-  for (int64_t l = 0; j < K; ++j, l = (l + 1) % kLanes) {
-    if (s[j] > lanes.value[l]) {  // later columns only: still the first occurrence per lane
-      lanes.value[l] = s[j];
-      lanes.at[l] = static_cast<int32_t>(j);
-    }
-  }
-}
-
-#if EQUIFAST_AVX512_PATH
-// The main loop with AVX-512 intrinsics: two vectors of 16 lanes, a compare into a mask and
-// two masked moves per 16 columns (gcc's own vectorisation of the portable loop spills the
-// lanes to the stack around every update). Returns the first column it did not take.
-__attribute__((target("avx512f"))) int64_t argmax_lanes_avx512(const float* s, int64_t K,
-                                                               ArgmaxLanes& lanes) {
-  static_assert(kLanes == 32, "two vectors of sixteen lanes");
-  __m512 v0 = _mm512_loadu_ps(lanes.value), v1 = _mm512_loadu_ps(lanes.value + 16);
-  __m512i i0 = _mm512_loadu_si512(lanes.at), i1 = _mm512_loadu_si512(lanes.at + 16);
-  __m512i col0 = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  __m512i col1 = _mm512_add_epi32(col0, _mm512_set1_epi32(16));
-  const __m512i step = _mm512_set1_epi32(kLanes);
-  int64_t j = 0;
-  for (; j + kLanes <= K; j += kLanes) {
-    const __m512 x0 = _mm512_loadu_ps(s + j), x1 = _mm512_loadu_ps(s + j + 16);
-    const __mmask16 m0 = _mm512_cmp_ps_mask(x0, v0, _CMP_GT_OQ);
-    const __mmask16 m1 = _mm512_cmp_ps_mask(x1, v1, _CMP_GT_OQ);
-    v0 = _mm512_mask_mov_ps(v0, m0, x0);
-    v1 = _mm512_mask_mov_ps(v1, m1, x1);
-    i0 = _mm512_mask_mov_epi32(i0, m0, col0);
-    i1 = _mm512_mask_mov_epi32(i1, m1, col1);
-    col0 = _mm512_add_epi32(col0, step);
-    col1 = _mm512_add_epi32(col1, step);
-  }
-  _mm512_storeu_ps(lanes.value, v0);
-  _mm512_storeu_ps(lanes.value + 16, v1);
-  _mm512_storeu_si512(lanes.at, i0);
-  _mm512_storeu_si512(lanes.at + 16, i1);
-  return j;
-}
-#endif
-
-void row_argmax(const float* s, int64_t K, float* best, int64_t* index) {
+// Row max of s[0, K) and the first index holding it (ties: smallest index), in two vectorised
+// passes over the row (in L1): the max, then the first block of 16 holding it. Entries are
+// finite or -inf (masked columns); a row that is all -inf gives index -1.
+EQUIFAST_CLONES void row_argmax(const float* s, int64_t K, float* best, int64_t* index) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  ArgmaxLanes lanes;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    lanes.value[l] = kNegInf;
-    lanes.at[l] = -1;
-  }
-  int64_t j = 0;
-#if EQUIFAST_AVX512_PATH
-  if (cpu_has_avx512()) j = argmax_lanes_avx512(s, K, lanes);
-#endif
-  argmax_lanes_from(s, j, K, lanes);
   float m = kNegInf;
-  int64_t i = -1;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    if (lanes.at[l] < 0) continue;
-    if (i < 0 || lanes.value[l] > m || (lanes.value[l] == m && lanes.at[l] < i)) {
-      m = lanes.value[l];
-      i = lanes.at[l];
-    }
-  }
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < K; ++j) m = s[j] > m ? s[j] : m;
   *best = m;
-  *index = i;
+  *index = -1;
+  if (m == kNegInf) return;
+  int64_t j = 0;
+  for (; j + 16 <= K; j += 16) {
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t i = 0; i < 16; ++i) hit |= s[j + i] == m;
+    if (hit) break;
+  }
+  while (s[j] != m) ++j;  // m is in the row: this stops at its first occurrence
+  *index = j;
 }
 
 // Epilogue of one tile: rows [k0, k0 + rows) of image n. Columns of B read in place are
@@ -911,7 +877,7 @@ Side<scalar_t> make_side(const at::Tensor& f, const at::Tensor& offsets) {
   side.k_fastest = channels_fastest(f);
   side.runs = contiguous_runs(side.offsets, P);
   side.use_runs = static_cast<int64_t>(side.runs.size()) * 8 <= P;
-  side.long_runs = static_cast<int64_t>(side.runs.size()) * 4 * kLanes <= P;
+  side.long_runs = static_cast<int64_t>(side.runs.size()) * kLongRun <= P;
   side.step = P > 1 ? side.offsets[1] - side.offsets[0] : 1;
   bool strided = side.step > 0;
   for (int64_t p = 1; strided && p < P; ++p)
