@@ -214,6 +214,11 @@ __attribute__((always_inline)) inline void transpose_8x8(const float* const* row
   }
 }
 
+// Software prefetch distance of the streaming read of the sums, in floats (1 KiB ahead).
+// Measured on a 2-core Xeon VM: worth a few per cent at most (the read runs at about the
+// single-core memory bandwidth either way); larger distances and L2-only hints were no better.
+constexpr int64_t kPrefetchFloats = 256;
+
 // Float32 runs copied with 8-float moves (the runs of a translated map are a map row or
 // shorter, where a memcpy call per run costs more than the copy itself).
 EQUIFAST_CLONES void copy_runs(const float* src, const std::vector<Run>& runs, float* out) {
@@ -221,7 +226,10 @@ EQUIFAST_CLONES void copy_runs(const float* src, const std::vector<Run>& runs, f
     const float* from = src + run.offset;
     float* to = out + run.p;
     int64_t i = 0;
-    for (; i + 8 <= run.length; i += 8) store_vector(to + i, load_vector<f8>(from + i));
+    for (; i + 8 <= run.length; i += 8) {
+      __builtin_prefetch(from + i + kPrefetchFloats);
+      store_vector(to + i, load_vector<f8>(from + i));
+    }
     for (; i < run.length; ++i) to[i] = from[i];
   }
 }
@@ -240,21 +248,32 @@ void gather_row(const scalar_t* src, const int64_t* offsets, int64_t P,
 }
 
 // Float32 channels-last rows [0, rows) (channel r of position p at base[r + offsets[p]]) into
-// dst [rows, ld], 8 channels x 8 positions at a time through registers: one load per position,
-// transposed, one store per row.
+// dst [rows, ld]. A sweep over the positions takes 16 channels (one cache line per position,
+// read whole: a line left half read would be fetched again from memory by the next sweep),
+// 8 positions at a time through registers: one load per position and 8 channels, transposed,
+// one store per row.
 EQUIFAST_CLONES void gather_channels_last_float(const float* base, const int64_t* offsets,
                                                 int64_t P, int64_t rows, float* dst,
                                                 int64_t ld) {
+  constexpr int64_t kAhead = 32;  // positions
   const float* at[8];
   int64_t r0 = 0;
-  for (; r0 + 8 <= rows; r0 += 8) {
-    int64_t p = 0;
-    for (; p + 8 <= P; p += 8) {
-      for (int i = 0; i < 8; ++i) at[i] = base + r0 + offsets[p + i];
-      transpose_8x8(at, dst + r0 * ld + p, ld);
+  for (int64_t block = 16; block >= 8; block -= 8) {
+    for (; r0 + block <= rows; r0 += block) {
+      int64_t p = 0;
+      for (; p + 8 <= P; p += 8) {
+        // The sweep reads one line per position: software prefetches keep enough of them in
+        // flight (the hardware prefetchers follow such strides poorly).
+        for (int i = 0; i < 8 && p + kAhead + i < P; ++i)
+          __builtin_prefetch(base + r0 + offsets[p + kAhead + i]);
+        for (int64_t h = 0; h < block; h += 8) {
+          for (int i = 0; i < 8; ++i) at[i] = base + r0 + h + offsets[p + i];
+          transpose_8x8(at, dst + (r0 + h) * ld + p, ld);
+        }
+      }
+      for (; p < P; ++p)
+        for (int64_t r = r0; r < r0 + block; ++r) dst[r * ld + p] = base[r + offsets[p]];
     }
-    for (; p < P; ++p)
-      for (int64_t r = r0; r < r0 + 8; ++r) dst[r * ld + p] = base[r + offsets[p]];
   }
   for (int64_t p = 0; r0 < rows && p < P; ++p)
     for (int64_t r = r0; r < rows; ++r) dst[r * ld + p] = base[r + offsets[p]];
@@ -290,11 +309,6 @@ void gather_rows_channels_last(const scalar_t* base, int64_t stride_k, const int
 // use four vectors of doubles per sum: 32 lanes with AVX-512, 16 with AVX2, 8 otherwise.
 constexpr int64_t kLanes = 32;
 
-// Software prefetch distance of the streaming read of the sums, in floats (1 KiB ahead).
-// Measured on a 2-core Xeon VM: worth a few per cent at most (the read runs at about the
-// single-core memory bandwidth either way); larger distances and L2-only hints were no better.
-constexpr int64_t kPrefetchFloats = 256;
-
 // Partial sums of one row, shifted by its first value c:  Σ(x - c)  and  Σ(x - c)^2, per lane.
 // The shift makes the one-pass centred sum of squares  Σ(x-c)^2 - (Σ(x-c))^2 / P  safe: it is
 // exactly 0 for a constant row (so the undefined rule holds for any eps, as with two passes),
@@ -305,14 +319,17 @@ struct LaneSums {
   double shifted[kLanes] = {}, shifted_sq[kLanes] = {};
 };
 
-// Accumulate x[0, n) into the lane sums, with vectors of kBytes (the register width of the
-// instruction set it is compiled for). The eight accumulators are vector variables, so they
-// stay in registers (gcc spills arrays of partial sums to the stack, and the read would no
-// longer keep up with memory); each vector of floats costs a widening, a subtraction, an add
-// and an FMA.
+// Accumulate the runs of a row (`src` at its channel start) into the lane sums, with vectors
+// of kBytes (the register width of the instruction set it is compiled for). The eight
+// accumulators are vector variables, so they stay in registers across the runs (gcc spills
+// arrays of partial sums to the stack, and the read would no longer keep up with memory); each
+// vector of floats costs a widening, a subtraction, an add and an FMA. A run's last partial
+// vector is padded with the shift, which adds exactly 0 to both sums: short runs (the rows of a
+// translated map) cost a vector per run, not a scalar loop.
 template <int kBytes>
-__attribute__((always_inline)) inline void accumulate_lanes(const float* x, int64_t n,
-                                                            double shift, LaneSums& acc) {
+__attribute__((always_inline)) inline void accumulate_lanes(const float* src, const Run* runs,
+                                                            int64_t n_runs, double shift,
+                                                            LaneSums& acc) {
   using dv = typename Widening<kBytes>::doubles;
   using fv = typename Widening<kBytes>::floats;
   constexpr int kWidth = kBytes / 8, kStep = 4 * kWidth;
@@ -323,29 +340,47 @@ __attribute__((always_inline)) inline void accumulate_lanes(const float* x, int6
     q[v] = load_vector<dv>(acc.shifted_sq + v * kWidth);
   }
   const dv c = dv{} + shift;
-  int64_t i = 0;
-  for (; i + kStep <= n; i += kStep) {
-    __builtin_prefetch(x + i + kPrefetchFloats);
-    if constexpr (kStep > 16) __builtin_prefetch(x + i + kPrefetchFloats + 16);
-    for (int v = 0; v < 4; ++v) {
-      const dv d = __builtin_convertvector(load_vector<fv>(x + i + v * kWidth), dv) - c;
-      s[v] += d;
-      q[v] += d * d;
+  auto add = [&](int v, fv x) {
+    const dv d = __builtin_convertvector(x, dv) - c;
+    s[v] += d;
+    q[v] += d * d;
+  };
+  float padded_tail[kWidth];
+  for (int64_t r = 0; r < n_runs; ++r) {
+    const float* x = src + runs[r].offset;
+    const int64_t n = runs[r].length;
+    int64_t i = 0;
+    for (; i + kStep <= n; i += kStep) {
+      __builtin_prefetch(x + i + kPrefetchFloats);
+      if constexpr (kStep > 16) __builtin_prefetch(x + i + kPrefetchFloats + 16);
+      for (int v = 0; v < 4; ++v) add(v, load_vector<fv>(x + i + v * kWidth));
+    }
+    for (int v = 0; i < n; i += kWidth, ++v) {  // at most three whole vectors and a part
+      if (i + kWidth <= n) {
+        add(v, load_vector<fv>(x + i));
+      } else {
+        std::fill(padded_tail, padded_tail + kWidth, static_cast<float>(shift));
+        std::memcpy(padded_tail, x + i, (n - i) * sizeof(float));
+        add(v, load_vector<fv>(padded_tail));
+      }
     }
   }
   for (int v = 0; v < 4; ++v) {
     store_vector(acc.shifted + v * kWidth, s[v]);
     store_vector(acc.shifted_sq + v * kWidth, q[v]);
   }
-  for (int64_t l = 0; i < n; ++i, ++l) {  // the tail, one lane per value
-    const double d = static_cast<double>(x[i]) - shift;
-    acc.shifted[l] += d;
-    acc.shifted_sq[l] += d * d;
-  }
 }
 
-EQUIFAST_PER_ISA(void, accumulate, accumulate_lanes,
-                 (const float* x, int64_t n, double shift, LaneSums& acc), (x, n, shift, acc))
+EQUIFAST_PER_ISA(void, accumulate_runs, accumulate_lanes,
+                 (const float* src, const Run* runs, int64_t n_runs, double shift,
+                  LaneSums& acc),
+                 (src, runs, n_runs, shift, acc))
+
+// Accumulate x[0, n): one run.
+void accumulate(const float* x, int64_t n, double shift, LaneSums& acc) {
+  const Run whole{0, n, 0};
+  accumulate_runs(x, &whole, 1, shift, acc);
+}
 
 // The statistics of scores.h from the lane sums of a row shifted by c (c = 0 for cosine):
 // mean, ss_centred = Σ(x-c)^2 - (Σ(x-c))^2 / P  and  ss_raw = Σ x^2 = Σ(x-c)^2 + 2cΣ(x-c) + Pc^2
@@ -416,7 +451,7 @@ uint8_t normalise_runs(const float* src, const std::vector<Run>& runs, int64_t P
                        double eps, float* out) {
   const double shift = centered ? static_cast<double>(src[runs[0].offset]) : 0.0;
   LaneSums acc;
-  for (const Run& run : runs) accumulate(src + run.offset, run.length, shift, acc);
+  accumulate_runs(src, runs.data(), static_cast<int64_t>(runs.size()), shift, acc);
   const RowStats st = stats_from_sums(acc, shift, P, centered, eps);
   if (!st.defined) {
     std::memset(out, 0, P * sizeof(float));
@@ -426,8 +461,8 @@ uint8_t normalise_runs(const float* src, const std::vector<Run>& runs, int64_t P
   return 1;
 }
 
-// Runs at least this long on average are read in place by the sums (a shorter run costs a
-// partial vector per run: cheaper to gather the row first).
+// Runs at least this long on average are read in place by the sums; shorter ones are copied
+// into the packed row first (per-run work costs more than the copy).
 constexpr int64_t kLongRun = 128;
 
 template <typename scalar_t>
@@ -437,8 +472,8 @@ struct Side {
   const int64_t* offsets;  // [P] memory offsets of the compared positions
   bool k_fastest;
   std::vector<Run> runs;
-  bool use_runs;    // runs long on average: copy them instead of indexed loads
-  bool long_runs;   // runs long enough to read them in place (kLongRun), without a copy
+  bool use_runs;   // runs of 8 or more on average: copied run by run, not position by position
+  bool long_runs;  // runs of kLongRun or more on average: float32 rows read in place
   // Positions `step` apart (offsets[p] = offsets[0] + p * step) with unit-stride rows
   // (step == 1) or channels (stride_k == 1), in float32: a matrix BLAS can read where it lies.
   int64_t step;
@@ -468,8 +503,40 @@ bool fits_in_place(const RowStats& st, int64_t P) {
   return static_cast<double>(P) * m * m <= kMaxInPlaceGrowth * kMaxInPlaceGrowth - 1.0;
 }
 
-// Float64 shifted sums of `rows` adjacent channels over P positions `step` apart (channels-last
-// B read in place): positions outer and channels inner, so the read streams through memory.
+// Float64 shifted sums of kChannelBlock adjacent channels over P positions `step` apart
+// (channels-last B read in place): positions outer, so the read streams through memory, one
+// cache line per position read whole, and the sums in vector registers.
+constexpr int64_t kChannelBlock = 16;
+
+template <int kBytes>
+__attribute__((always_inline)) inline void accumulate_channels(const float* x, int64_t step,
+                                                               int64_t P, const double* shift,
+                                                               double* sum, double* sum_sq) {
+  using dv = typename Widening<kBytes>::doubles;
+  using fv = typename Widening<kBytes>::floats;
+  constexpr int kWidth = kBytes / 8, kVectors = kChannelBlock / kWidth;
+  dv c[kVectors], s[kVectors] = {}, q[kVectors] = {};
+  for (int v = 0; v < kVectors; ++v) c[v] = load_vector<dv>(shift + v * kWidth);
+  for (int64_t p = 0; p < P; ++p) {
+    const float* xp = x + p * step;
+    for (int v = 0; v < kVectors; ++v) {
+      const dv d = __builtin_convertvector(load_vector<fv>(xp + v * kWidth), dv) - c[v];
+      s[v] += d;
+      q[v] += d * d;
+    }
+  }
+  for (int v = 0; v < kVectors; ++v) {
+    store_vector(sum + v * kWidth, s[v]);
+    store_vector(sum_sq + v * kWidth, q[v]);
+  }
+}
+
+EQUIFAST_PER_ISA(void, accumulate_channel_block, accumulate_channels,
+                 (const float* x, int64_t step, int64_t P, const double* shift, double* sum,
+                  double* sum_sq),
+                 (x, step, P, shift, sum, sum_sq))
+
+// The same for the last `rows` < kChannelBlock channels.
 EQUIFAST_CLONES void accumulate_columns(const float* x, int64_t step, int64_t P, int64_t rows,
                                         const double* shift, double* sum, double* sum_sq) {
   for (int64_t p = 0; p < P; ++p) {
@@ -504,15 +571,17 @@ bool in_place_rows(const float* x, int64_t stride_k, int64_t step, int64_t rows,
     }
     return fit;
   }
-  constexpr int64_t kBlock = 64;  // channels per sweep: their sums stay in L1
-  double shift[kBlock], sum[kBlock], sum_sq[kBlock];
-  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
-    const int64_t nr = std::min(kBlock, rows - r0);
+  double shift[kChannelBlock], sum[kChannelBlock], sum_sq[kChannelBlock];
+  for (int64_t r0 = 0; r0 < rows; r0 += kChannelBlock) {
+    const int64_t nr = std::min(kChannelBlock, rows - r0);
     for (int64_t r = 0; r < nr; ++r) {
       shift[r] = centered ? static_cast<double>(x[r0 + r]) : 0.0;
       sum[r] = sum_sq[r] = 0.0;
     }
-    accumulate_columns(x + r0, step, P, nr, shift, sum, sum_sq);
+    if (nr == kChannelBlock)
+      accumulate_channel_block(x + r0, step, P, shift, sum, sum_sq);
+    else
+      accumulate_columns(x + r0, step, P, nr, shift, sum, sum_sq);
     for (int64_t r = 0; r < nr; ++r)
       finish(r0 + r, stats_from_sums(sum[r], sum_sq[r], shift[r], P, centered, eps));
   }
@@ -528,9 +597,14 @@ void pack_rows(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, 
                int64_t ld, bool centered, double eps, float* dst, uint8_t* defined) {
   const scalar_t* base = side.data + n * side.stride_n + k0 * side.stride_k;
   if (side.k_fastest) {
-    gather_rows_channels_last(base, side.stride_k, side.offsets, P, rows, dst, ld);
-    for (int64_t r = 0; r < rows; ++r)
-      defined[r] = normalise_gathered_row(dst + r * ld, P, centered, eps);
+    // 16 rows at a time, normalised while they are in L2
+    for (int64_t r0 = 0; r0 < rows; r0 += kChannelBlock) {
+      const int64_t nr = std::min(kChannelBlock, rows - r0);
+      gather_rows_channels_last(base + r0 * side.stride_k, side.stride_k, side.offsets, P, nr,
+                                dst + r0 * ld, ld);
+      for (int64_t r = r0; r < r0 + nr; ++r)
+        defined[r] = normalise_gathered_row(dst + r * ld, P, centered, eps);
+    }
     return;
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -875,7 +949,12 @@ Side<scalar_t> make_side(const at::Tensor& f, const at::Tensor& offsets) {
   side.stride_k = f.stride(1);
   side.offsets = offsets.const_data_ptr<int64_t>();
   side.k_fastest = channels_fastest(f);
+  // In the order of their memory offsets: the read then streams through memory, as the
+  // hardware prefetchers expect (a translated map read in map order starts mid-channel and
+  // jumps back once per map row: measured 1.3-2x slower to copy than in memory order).
   side.runs = contiguous_runs(side.offsets, P);
+  std::sort(side.runs.begin(), side.runs.end(),
+            [](const Run& a, const Run& b) { return a.offset < b.offset; });
   side.use_runs = static_cast<int64_t>(side.runs.size()) * 8 <= P;
   side.long_runs = static_cast<int64_t>(side.runs.size()) * kLongRun <= P;
   side.step = P > 1 ? side.offsets[1] - side.offsets[0] : 1;
