@@ -31,8 +31,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <limits>
+#include <memory>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -160,32 +161,43 @@ using f8 = float __attribute__((vector_size(32)));
 // depends on a template parameter).
 template <int kBytes>
 struct Widening;
+// `widen` is written element by element: gcc makes that one vcvtps2pd, where it splits
+// __builtin_convertvector into halves.
 template <>
 struct Widening<64> {
   typedef double doubles __attribute__((vector_size(64)));
   typedef float floats __attribute__((vector_size(32)));
+  static doubles widen(floats x) { return doubles{x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]}; }
 };
 template <>
 struct Widening<32> {
   typedef double doubles __attribute__((vector_size(32)));
   typedef float floats __attribute__((vector_size(16)));
+  static doubles widen(floats x) { return doubles{x[0], x[1], x[2], x[3]}; }
 };
 template <>
 struct Widening<16> {
   typedef double doubles __attribute__((vector_size(16)));
   typedef float floats __attribute__((vector_size(8)));
+  static doubles widen(floats x) { return doubles{x[0], x[1]}; }
 };
 
+// (Through a packed struct rather than memcpy: gcc expands a memcpy before the function is
+// inlined into its instruction set's clone, into 16-byte moves through the stack.)
 template <typename V>
 __attribute__((always_inline)) inline V load_vector(const void* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
+  struct __attribute__((packed, may_alias)) Unaligned {
+    V v;
+  };
+  return static_cast<const Unaligned*>(p)->v;
 }
 
 template <typename V>
 __attribute__((always_inline)) inline void store_vector(void* p, V v) {
-  std::memcpy(p, &v, sizeof(V));
+  struct __attribute__((packed, may_alias)) Unaligned {
+    V v;
+  };
+  static_cast<Unaligned*>(p)->v = v;
 }
 
 // dst[j * ldd + i] = rows[i][j] for i, j < 8: unpack pairs, then quads, then 128-bit halves
@@ -341,7 +353,7 @@ __attribute__((always_inline)) inline void accumulate_lanes(const float* src, co
   }
   const dv c = dv{} + shift;
   auto add = [&](int v, fv x) {
-    const dv d = __builtin_convertvector(x, dv) - c;
+    const dv d = Widening<kBytes>::widen(x) - c;
     s[v] += d;
     q[v] += d * d;
   };
@@ -474,6 +486,10 @@ struct Side {
   std::vector<Run> runs;
   bool use_runs;   // runs of 8 or more on average: copied run by run, not position by position
   bool long_runs;  // runs of kLongRun or more on average: float32 rows read in place
+  // Float32 with adjacent channels (channels-last): packed and summed by columns, position by
+  // position, every channel of a position at once (see "Channels-last sides").
+  bool columns;
+  std::vector<int64_t> order;  // positions in the order of their offsets (memory order)
   // Positions `step` apart (offsets[p] = offsets[0] + p * step) with unit-stride rows
   // (step == 1) or channels (stride_k == 1), in float32: a matrix BLAS can read where it lies.
   int64_t step;
@@ -503,24 +519,44 @@ bool fits_in_place(const RowStats& st, int64_t P) {
   return static_cast<double>(P) * m * m <= kMaxInPlaceGrowth * kMaxInPlaceGrowth - 1.0;
 }
 
-// Float64 shifted sums of kChannelBlock adjacent channels over P positions `step` apart
-// (channels-last B read in place): positions outer, so the read streams through memory, one
-// cache line per position read whole, and the sums in vector registers.
+// ---------------------------------------------------------------------------------------
+// Channels-last sides: statistics and packing by columns
+// ---------------------------------------------------------------------------------------
+// A float32 side whose channels are adjacent in memory is never transposed: its statistics are
+// summed position by position, vectorised across channels, and it is packed normalised as
+// columns (dst[p * ld + k], one copy of a position's channels each), a layout BLAS reads as
+// well as rows. Positions are read in memory order, a block of positions (kPositionBlockBytes)
+// whole (every channel) before the next, so that the read streams through memory; within a
+// block, the sums of kChannelBlock channels stay in vector registers. (Sweeping all positions for 16
+// channels at a time reads one cache line per position: measured 1.7x slower from memory.)
 constexpr int64_t kChannelBlock = 16;
+constexpr int64_t kPositionBlockBytes = 16 * 1024;
 
+// Float64 shifted sums of channels [0, kChannelBlock) at `base` over the positions at offsets
+// [p0, p1), added to sum and sum_sq; the same channels `ahead` positions further on (before
+// `end`) are prefetched: the sweep reads one cache line per position, a stride the hardware
+// prefetchers follow poorly (measured 2x slower from memory without).
 template <int kBytes>
-__attribute__((always_inline)) inline void accumulate_channels(const float* x, int64_t step,
-                                                               int64_t P, const double* shift,
+__attribute__((always_inline)) inline void accumulate_channels(const float* base,
+                                                               const int64_t* offsets,
+                                                               int64_t p0, int64_t p1,
+                                                               int64_t ahead, int64_t end,
+                                                               const double* shift,
                                                                double* sum, double* sum_sq) {
   using dv = typename Widening<kBytes>::doubles;
   using fv = typename Widening<kBytes>::floats;
   constexpr int kWidth = kBytes / 8, kVectors = kChannelBlock / kWidth;
-  dv c[kVectors], s[kVectors] = {}, q[kVectors] = {};
-  for (int v = 0; v < kVectors; ++v) c[v] = load_vector<dv>(shift + v * kWidth);
-  for (int64_t p = 0; p < P; ++p) {
-    const float* xp = x + p * step;
+  dv c[kVectors], s[kVectors], q[kVectors];
+  for (int v = 0; v < kVectors; ++v) {
+    c[v] = load_vector<dv>(shift + v * kWidth);
+    s[v] = load_vector<dv>(sum + v * kWidth);
+    q[v] = load_vector<dv>(sum_sq + v * kWidth);
+  }
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* x = base + offsets[p];
+    if (p + ahead < end) __builtin_prefetch(base + offsets[p + ahead]);
     for (int v = 0; v < kVectors; ++v) {
-      const dv d = __builtin_convertvector(load_vector<fv>(xp + v * kWidth), dv) - c[v];
+      const dv d = Widening<kBytes>::widen(load_vector<fv>(x + v * kWidth)) - c[v];
       s[v] += d;
       q[v] += d * d;
     }
@@ -532,28 +568,118 @@ __attribute__((always_inline)) inline void accumulate_channels(const float* x, i
 }
 
 EQUIFAST_PER_ISA(void, accumulate_channel_block, accumulate_channels,
-                 (const float* x, int64_t step, int64_t P, const double* shift, double* sum,
+                 (const float* base, const int64_t* offsets, int64_t p0, int64_t p1,
+                  int64_t ahead, int64_t end, const double* shift, double* sum,
                   double* sum_sq),
-                 (x, step, P, shift, sum, sum_sq))
+                 (base, offsets, p0, p1, ahead, end, shift, sum, sum_sq))
 
-// The same for the last `rows` < kChannelBlock channels.
-EQUIFAST_CLONES void accumulate_columns(const float* x, int64_t step, int64_t P, int64_t rows,
-                                        const double* shift, double* sum, double* sum_sq) {
-  for (int64_t p = 0; p < P; ++p) {
-    const float* xp = x + p * step;
+// The same for `rows` < kChannelBlock channels.
+EQUIFAST_CLONES void accumulate_columns(const float* base, const int64_t* offsets, int64_t p0,
+                                        int64_t p1, int64_t rows, const double* shift,
+                                        double* sum, double* sum_sq) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* x = base + offsets[p];
 #pragma omp simd
     for (int64_t r = 0; r < rows; ++r) {
-      const double d = static_cast<double>(xp[r]) - shift[r];
+      const double d = static_cast<double>(x[r]) - shift[r];
       sum[r] += d;
       sum_sq[r] += d * d;
     }
   }
 }
 
-// Statistics of rows [0, rows) of an in-place matrix (element (k, p) at x[k * stride_k +
-// p * step]) into def[rows] and scale[rows] (1 / ||v - μ||, 0 when undefined). Returns whether
-// every row fits in place.
-bool in_place_rows(const float* x, int64_t stride_k, int64_t step, int64_t rows, int64_t P,
+// Per-channel scratch of the column statistics (rows up to K), kept per thread.
+struct ColumnScratch {
+  std::vector<double> shift, sum, sum_sq;
+  std::vector<float> hi, lo, inv;
+  std::vector<int64_t> positions;  // offsets in memory order
+  void resize(int64_t rows, int64_t P) {
+    for (auto* v : {&shift, &sum, &sum_sq}) v->resize(rows);
+    for (auto* v : {&hi, &lo, &inv}) v->resize(rows);
+    positions.resize(P);
+  }
+};
+
+ColumnScratch& column_scratch() {
+  static thread_local ColumnScratch scratch;
+  return scratch;
+}
+
+// Statistics of channels [0, rows) at `base` (channel r of position p at base[offsets[p] + r])
+// over the P compared positions, shifted by their values at position 0 (see LaneSums).
+// Calls finish(r, stats) for each channel.
+template <typename Finish>
+void column_stats(const float* base, const int64_t* offsets, const std::vector<int64_t>& order,
+                  int64_t P, int64_t rows, bool centered, double eps, Finish&& finish) {
+  ColumnScratch& c = column_scratch();
+  c.resize(rows, P);
+  for (int64_t i = 0; i < P; ++i) c.positions[i] = offsets[order[i]];
+  for (int64_t r = 0; r < rows; ++r) {
+    c.shift[r] = centered ? static_cast<double>(base[offsets[0] + r]) : 0.0;
+    c.sum[r] = c.sum_sq[r] = 0.0;
+  }
+  const int64_t block = std::clamp<int64_t>(kPositionBlockBytes / (4 * rows), 8, 256);
+  for (int64_t p0 = 0; p0 < P; p0 += block) {
+    const int64_t p1 = std::min(P, p0 + block);
+    int64_t r0 = 0;
+    for (; r0 + kChannelBlock <= rows; r0 += kChannelBlock)
+      accumulate_channel_block(base + r0, c.positions.data(), p0, p1, block, P,
+                               c.shift.data() + r0, c.sum.data() + r0, c.sum_sq.data() + r0);
+    if (r0 < rows)
+      accumulate_columns(base + r0, c.positions.data(), p0, p1, rows - r0,
+                         c.shift.data() + r0, c.sum.data() + r0, c.sum_sq.data() + r0);
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    finish(r, stats_from_sums(c.sum[r], c.sum_sq[r], c.shift[r], P, centered, eps));
+}
+
+// dst[p * ld + r] = (x - mean_r) / norm_r for channels [0, rows), positions in memory order,
+// through the float32 form of scores.h (mean split as hi + lo, inv = 1 / norm).
+EQUIFAST_CLONES void normalise_columns(const float* base, const int64_t* offsets,
+                                       const int64_t* order, int64_t P, int64_t rows,
+                                       const float* hi, const float* lo, const float* inv,
+                                       float* dst, int64_t ld) {
+  for (int64_t i = 0; i < P; ++i) {
+    const int64_t p = order[i];
+    const float* x = base + offsets[p];
+    float* out = dst + p * ld;
+#pragma omp simd
+    for (int64_t r = 0; r < rows; ++r)
+      out[r] = normalise_value_split(x[r], SplitMean{hi[r], lo[r]}, inv[r]);
+  }
+}
+
+// Pack and normalise channels [k0, k0 + rows) of image n of a float32 channels-last side into
+// columns dst[p * ld + r], and defined[rows]. Two reads of the image's channels: the sums, then
+// the normalisation. Undefined channels pack as zeros (inv = 0; a non-finite input gives NaN,
+// which stays in its own row of the similarity tile, masked out). Channels whose norm is near
+// float32's underflow (1 / norm > 1e30) are normalised in float64, as by normalise_into.
+void pack_columns(const Side<float>& side, int64_t n, int64_t k0, int64_t rows, int64_t P,
+                  int64_t ld, bool centered, double eps, float* dst, uint8_t* defined) {
+  const float* base = side.data + n * side.stride_n + k0;
+  ColumnScratch& c = column_scratch();
+  std::vector<std::pair<int64_t, RowStats>> tiny;
+  column_stats(base, side.offsets, side.order, P, rows, centered, eps,
+               [&](int64_t r, const RowStats& st) {
+                 defined[r] = st.defined;
+                 const bool single = st.defined && st.inv_norm <= 1e30;
+                 const SplitMean m = split_mean(single ? st.mean : 0.0);
+                 c.hi[r] = m.hi;
+                 c.lo[r] = m.lo;
+                 c.inv[r] = single ? static_cast<float>(st.inv_norm) : 0.f;
+                 if (st.defined && !single) tiny.emplace_back(r, st);
+               });
+  normalise_columns(base, side.offsets, side.order.data(), P, rows, c.hi.data(), c.lo.data(),
+                    c.inv.data(), dst, ld);
+  for (const auto& [r, st] : tiny)
+    for (int64_t p = 0; p < P; ++p)
+      dst[p * ld + r] = normalise_value(base[side.offsets[p] + r], st.mean, st.inv_norm);
+}
+
+// Statistics of rows [0, rows) of B read in place at `x` (element (k, p) at x[k * stride_k +
+// offsets[p]], offsets p * step apart) into def[rows] and scale[rows] (1 / ||v - μ||, 0 when
+// undefined). Returns whether every row fits in place.
+bool in_place_rows(const Side<float>& side, const float* x, int64_t rows, int64_t P,
                    bool centered, double eps, uint8_t* def, float* scale) {
   bool fit = true;
   auto finish = [&](int64_t r, const RowStats& st) {
@@ -561,29 +687,16 @@ bool in_place_rows(const float* x, int64_t stride_k, int64_t step, int64_t rows,
     scale[r] = st.defined ? static_cast<float>(st.inv_norm) : 0.f;
     fit = fit && fits_in_place(st, P);
   };
-  if (step == 1) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* row = x + r * stride_k;
-      const double shift = centered ? static_cast<double>(row[0]) : 0.0;
-      LaneSums acc;
-      accumulate(row, P, shift, acc);
-      finish(r, stats_from_sums(acc, shift, P, centered, eps));
-    }
+  if (side.columns) {
+    column_stats(x, side.offsets, side.order, P, rows, centered, eps, finish);
     return fit;
   }
-  double shift[kChannelBlock], sum[kChannelBlock], sum_sq[kChannelBlock];
-  for (int64_t r0 = 0; r0 < rows; r0 += kChannelBlock) {
-    const int64_t nr = std::min(kChannelBlock, rows - r0);
-    for (int64_t r = 0; r < nr; ++r) {
-      shift[r] = centered ? static_cast<double>(x[r0 + r]) : 0.0;
-      sum[r] = sum_sq[r] = 0.0;
-    }
-    if (nr == kChannelBlock)
-      accumulate_channel_block(x + r0, step, P, shift, sum, sum_sq);
-    else
-      accumulate_columns(x + r0, step, P, nr, shift, sum, sum_sq);
-    for (int64_t r = 0; r < nr; ++r)
-      finish(r0 + r, stats_from_sums(sum[r], sum_sq[r], shift[r], P, centered, eps));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * side.stride_k + side.offsets[0];
+    const double shift = centered ? static_cast<double>(row[0]) : 0.0;
+    LaneSums acc;
+    accumulate(row, P, shift, acc);
+    finish(r, stats_from_sums(acc, shift, P, centered, eps));
   }
   return fit;
 }
@@ -621,6 +734,17 @@ void pack_rows(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, 
   }
 }
 
+// Pack a side's channels [k0, k0 + rows) of image n: as columns (dst[p * ld + r]) for a
+// channels-last float32 side, as rows (dst[r * ld + p]) otherwise.
+template <typename scalar_t>
+void pack(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, int64_t P,
+          int64_t ld, bool centered, double eps, float* dst, uint8_t* defined) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (side.columns) return pack_columns(side, n, k0, rows, P, ld, centered, eps, dst, defined);
+  }
+  pack_rows(side, n, k0, rows, P, ld, centered, eps, dst, defined);
+}
+
 // dst[p * ldd + r] = src[r * lds + p] (rows of B into B^T), 8 x 8 at a time in registers.
 EQUIFAST_CLONES void transpose_rows(const float* src, int64_t lds, int64_t rows, int64_t P,
                                     float* dst, int64_t ldd) {
@@ -643,22 +767,22 @@ EQUIFAST_CLONES void transpose_rows(const float* src, int64_t lds, int64_t rows,
 // Similarity tile and its epilogue
 // ---------------------------------------------------------------------------------------
 
-// One image's B as the GEMM reads it: element (k, p) at data[k * stride_k + p * stride_p].
-// Packed rows [K, P] are normalised (scale == nullptr), as is packed B^T [P, K] (stride_k 1);
-// B read in place is not, and `scale` [K] holds its columns' 1 / ||v - μ|| (see in_place_rows).
+// An operand as the GEMM reads it: element (k, p) at data[k * stride_k + p * stride_p]. Packed
+// rows [K, P] are normalised (scale == nullptr), as are packed columns [P, K] (stride_k 1); B
+// read in place is not, and `scale` [K] holds its columns' 1 / ||v - μ|| (see in_place_rows).
 struct BView {
   const float* data;
   int64_t stride_k, stride_p;
   const float* scale;
 };
 
-// S [rows, K] = A [rows, P] @ B^T, single-threaded (we are inside parallel_for). A has leading
-// dimension ld, S ld_s; BLAS takes B's layout (rows, or B^T when stride_k == 1: the row-major
-// "NN" case MKL multiplies fastest) as a flag.
-void similarity_tile(const float* a, const BView& b, int64_t rows, int64_t K, int64_t P,
-                     int64_t ld, float* s, int64_t ld_s) {
+// S [rows, K] = A [rows, P] @ B^T, single-threaded (we are inside parallel_for); S has leading
+// dimension ld_s. BLAS takes each operand's layout (rows or columns) as a flag.
+void similarity_tile(const BView& a, const BView& b, int64_t rows, int64_t K, int64_t P,
+                     float* s, int64_t ld_s) {
   auto opts = at::TensorOptions().dtype(at::kFloat);
-  at::Tensor ta = at::from_blob(const_cast<float*>(a), {rows, P}, {ld, 1}, opts);
+  at::Tensor ta =
+      at::from_blob(const_cast<float*>(a.data), {rows, P}, {a.stride_k, a.stride_p}, opts);
   at::Tensor ts = at::from_blob(s, {rows, K}, {ld_s, 1}, opts);
   at::Tensor tb =
       at::from_blob(const_cast<float*>(b.data), {K, P}, {b.stride_k, b.stride_p}, opts);
@@ -751,7 +875,9 @@ template <typename scalar_t>
 struct Problem {
   Side<scalar_t> A, B;
   int64_t N, K, P, Kt;
-  int64_t LD, LD_S;  // leading dimensions: packed rows (P padded), similarity rows (K padded)
+  // Leading dimensions: packed rows (P padded), similarity rows and packed B columns (K
+  // padded).
+  int64_t LD, LD_S;
   // Packed B as B^T [P, K], so that the GEMM is MKL's fastest (row-major "NN") case. Measured
   // on AVX-512 (2 threads, N = 64): 10-25% faster for K >= P (512 x 14x14, 2048 x 7x7), where
   // the rows are short and the transposition cheap next to the GEMM; 5-10% slower for long
@@ -769,11 +895,17 @@ struct Problem {
   }
 
   // Floats of one image's packed B, and packing its rows [k0, k0 + rows): as rows [K, LD], or
-  // transposed, 16 rows at a time through a block in L1/L2, into B^T [P, LD_S].
-  int64_t b_floats() const { return transposed_b ? P * LD_S : K * LD; }
+  // as columns [P, LD_S]: directly for a channels-last side, else transposed, 16 rows at a
+  // time through a block in L1/L2.
+  bool b_columns() const { return transposed_b || B.columns; }
+  int64_t b_floats() const { return b_columns() ? P * LD_S : K * LD; }
   void pack_b(int64_t n, int64_t k0, int64_t rows, float* b, uint8_t* def_b) const {
-    if (!transposed_b) {
-      pack_rows(B, n, k0, rows, P, LD, centered, eps, b + k0 * LD, def_b + k0);
+    if (!b_columns()) {
+      pack(B, n, k0, rows, P, LD, centered, eps, b + k0 * LD, def_b + k0);
+      return;
+    }
+    if (B.columns) {
+      pack(B, n, k0, rows, P, LD_S, centered, eps, b + k0, def_b + k0);
       return;
     }
     AlignedFloats& block = thread_buffers().block;
@@ -785,7 +917,17 @@ struct Problem {
     }
   }
   BView packed_view(const float* b) const {
-    return transposed_b ? BView{b, 1, LD_S, nullptr} : BView{b, LD, 1, nullptr};
+    return b_columns() ? BView{b, 1, LD_S, nullptr} : BView{b, LD, 1, nullptr};
+  }
+
+  // The A tile, always rows [Kt, LD], channels-last too: MKL multiplies rows of A by B^T
+  // ("NN") about 10% faster than A^T by B^T ("TN"), which outweighs the transposition (measured
+  // at K = 64, 56 x 56 on AVX2).
+  BView a_view(const float* a) const { return BView{a, LD, 1, nullptr}; }
+  void pack_a(int64_t n, int64_t k0, int64_t rows, Buffers& buf) const {
+    buf.a.resize(Kt * LD);
+    buf.def_a.resize(Kt);
+    pack_rows(A, n, k0, rows, P, LD, centered, eps, buf.a.data(), buf.def_a.data());
   }
 
   // B read in place (see in_place_rows): the statistics of image n's rows [k0, k0 + rows), and
@@ -793,9 +935,8 @@ struct Problem {
   bool b_in_place_rows(int64_t n, int64_t k0, int64_t rows, uint8_t* def_b,
                        float* scale) const {
     if constexpr (std::is_same_v<scalar_t, float>) {
-      return in_place_rows(B.data + n * B.stride_n + k0 * B.stride_k + B.offsets[0],
-                           B.stride_k, B.step, rows, P, centered, eps, def_b + k0,
-                           scale + k0);
+      return in_place_rows(B, B.data + n * B.stride_n + k0 * B.stride_k, rows, P, centered,
+                           eps, def_b + k0, scale + k0);
     }
     return false;
   }
@@ -810,11 +951,9 @@ struct Problem {
   void tile(int64_t n, int64_t t, const BView& bv, const uint8_t* def_b,
             const std::vector<int64_t>& undefined_cols, Buffers& buf) const {
     const int64_t k0 = t * Kt, rows = std::min(Kt, K - k0);
-    buf.a.resize(Kt * LD);
     buf.s.resize(Kt * LD_S);
-    buf.def_a.resize(Kt);
-    pack_rows(A, n, k0, rows, P, LD, centered, eps, buf.a.data(), buf.def_a.data());
-    similarity_tile(buf.a.data(), bv, rows, K, P, LD, buf.s.data(), LD_S);
+    pack_a(n, k0, rows, buf);
+    similarity_tile(a_view(buf.a.data()), bv, rows, K, P, buf.s.data(), LD_S);
     tile_epilogue(buf.s.data(), LD_S, rows, K, k0, buf.def_a.data(), def_b, bv.scale,
                   undefined_cols, channel + n * K, layer + n * K, layer_index + n * K);
   }
@@ -836,19 +975,18 @@ struct Problem {
       undefined_columns(def_b, buf.undefined_cols);
     }
     const int64_t tiles = (K + Kt - 1) / Kt;
-    buf.a.resize(Kt * LD);
     buf.s.resize(Kt * LD_S);
-    buf.def_a.resize(Kt);
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t k0 = t * Kt, rows = std::min(Kt, K - k0);
-      pack_rows(A, n, k0, rows, P, LD, centered, eps, buf.a.data(), buf.def_a.data());
-      similarity_tile(buf.a.data(), bv, rows, K, P, LD, buf.s.data(), LD_S);
+      pack_a(n, k0, rows, buf);
+      const BView av = a_view(buf.a.data());
+      similarity_tile(av, bv, rows, K, P, buf.s.data(), LD_S);
       if (b_stats_pending) {
         b_stats_pending = false;
         if (!b_in_place_rows(n, 0, K, def_b, scale)) {
           pack_b(n, 0, K, buf.b.data(), def_b);
           bv = packed_view(buf.b.data());
-          similarity_tile(buf.a.data(), bv, rows, K, P, LD, buf.s.data(), LD_S);
+          similarity_tile(av, bv, rows, K, P, buf.s.data(), LD_S);
         }
         undefined_columns(def_b, buf.undefined_cols);
       }
@@ -957,6 +1095,12 @@ Side<scalar_t> make_side(const at::Tensor& f, const at::Tensor& offsets) {
             [](const Run& a, const Run& b) { return a.offset < b.offset; });
   side.use_runs = static_cast<int64_t>(side.runs.size()) * 8 <= P;
   side.long_runs = static_cast<int64_t>(side.runs.size()) * kLongRun <= P;
+  side.columns = std::is_same_v<scalar_t, float> && side.k_fastest && side.stride_k == 1;
+  side.order.resize(P);
+  std::iota(side.order.begin(), side.order.end(), int64_t{0});
+  std::stable_sort(side.order.begin(), side.order.end(), [&](int64_t a, int64_t b) {
+    return side.offsets[a] < side.offsets[b];
+  });
   side.step = P > 1 ? side.offsets[1] - side.offsets[0] : 1;
   bool strided = side.step > 0;
   for (int64_t p = 1; strided && p < P; ++p)
