@@ -329,17 +329,22 @@ def test_b_read_in_place_or_packed(transform, n, layout):
                         metric, (32, 32))
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("metric", list(METRICS))
-def test_tiny_and_huge_rows(metric):
+def test_tiny_and_huge_rows(metric, layout):
     # Rows near float32's underflow (1 / norm beyond float range) and near its top: the
-    # normalisation must stay finite and accurate at both ends.
+    # normalisation must stay finite and accurate at both ends, whether B is read in place
+    # (identity) or packed (a zero-padded shift: rows, or columns for channels-last).
     fx, ftx = _features(2 * torch.get_num_threads(), 6, 12, 12, seed=11)
     fx[0, 0] *= 1e-41  # subnormal floats: the centred norm is about 1e-40
     ftx[0, 0] = fx[0, 0] * 2.0 + 1e-42 * torch.randn(12, 12)
     fx[1, 2] *= 1e30
     ftx[1, 3] = 3e30 + 1e29 * torch.randn(12, 12)
-    _assert_matches(_run_op(fx, ftx, Identity(), metric, (12, 12)), fx, ftx, Identity(),
-                    metric, (12, 12))
+    if layout == "channels_last":
+        fx = fx.to(memory_format=torch.channels_last)
+        ftx = ftx.to(memory_format=torch.channels_last)
+    for t in (Identity(), Translation(1, -1, mode="zero")):
+        _assert_matches(_run_op(fx, ftx, t, metric, (12, 12)), fx, ftx, t, metric, (12, 12))
 
 
 def test_ties_across_lanes():
@@ -391,12 +396,15 @@ _T_STRATEGY = st.one_of(
 )
 
 
-@settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 3), k=st.integers(1, 12), size=st.integers(1, 6),
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), k=st.integers(1, 40), size=st.integers(1, 9),
        scale=st.sampled_from([1, 2, 3]), transform=_T_STRATEGY,
        metric=st.sampled_from(list(METRICS)), seed=st.integers(0, 2**16),
-       dead=st.booleans())
-def test_property_matches_reference(n, k, size, scale, transform, metric, seed, dead):
+       dead=st.booleans(), channels_last=st.booleans())
+def test_property_matches_reference(n, k, size, scale, transform, metric, seed, dead,
+                                    channels_last):
+    # channels-last features take the CPU's column paths (statistics by position blocks of
+    # 16-channel groups and a remainder, B packed as columns) and the 8 x 8 transpositions
     input_size = (size * scale, size * scale)
     try:
         transform.index_map((size, size), input_size)
@@ -406,6 +414,9 @@ def test_property_matches_reference(n, k, size, scale, transform, metric, seed, 
     if dead:
         fx[0, 0] = 0.0
         ftx[-1, -1] = 2.0
+    if channels_last:
+        fx = fx.to(memory_format=torch.channels_last)
+        ftx = ftx.to(memory_format=torch.channels_last)
     got = _run_op(fx, ftx, transform, metric, input_size)
     _assert_matches(got, fx, ftx, transform, metric, input_size)
     channel, layer, _ = got

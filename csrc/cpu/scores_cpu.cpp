@@ -10,9 +10,11 @@
 //      here), row by row (`pack_rows`): one read of the row takes its float64 sums (shifted
 //      one-pass sums, see LaneSums), and the normalisation reads it again while it is in L1,
 //      writing the packed row. Float32 rows made of long contiguous runs are read in place;
-//      others are gathered into the packed row first (runs copied, or one indexed load per
-//      position) and processed there;
-//   2. for each row tile of Kt channels: pack the normalised A tile û ([Kt, P]) the same way,
+//      others are gathered into the packed row first (runs copied in memory order, or one
+//      indexed load per position) and processed there. A float32 channels-last B is summed
+//      and packed by columns instead (see "Channels-last B");
+//   2. for each row tile of Kt channels: pack the normalised A tile û ([Kt, P]) as rows (a
+//      channels-last A through 8 x 8 transpositions, 16 rows at a time),
 //      compute the similarity tile S = Â B̂ᵀ ([Kt, K]) with one BLAS call (float32
 //      accumulation on centred, unit-norm rows: no cancellation), and take the diagonal and
 //      the masked row max / arg-max in the tile's epilogue, while S is in cache. The K x K
@@ -267,17 +269,12 @@ void gather_row(const scalar_t* src, const int64_t* offsets, int64_t P,
 EQUIFAST_CLONES void gather_channels_last_float(const float* base, const int64_t* offsets,
                                                 int64_t P, int64_t rows, float* dst,
                                                 int64_t ld) {
-  constexpr int64_t kAhead = 32;  // positions
   const float* at[8];
   int64_t r0 = 0;
   for (int64_t block = 16; block >= 8; block -= 8) {
     for (; r0 + block <= rows; r0 += block) {
       int64_t p = 0;
       for (; p + 8 <= P; p += 8) {
-        // The sweep reads one line per position: software prefetches keep enough of them in
-        // flight (the hardware prefetchers follow such strides poorly).
-        for (int i = 0; i < 8 && p + kAhead + i < P; ++i)
-          __builtin_prefetch(base + r0 + offsets[p + kAhead + i]);
         for (int64_t h = 0; h < block; h += 8) {
           for (int i = 0; i < 8; ++i) at[i] = base + r0 + h + offsets[p + i];
           transpose_8x8(at, dst + (r0 + h) * ld + p, ld);
@@ -486,8 +483,8 @@ struct Side {
   std::vector<Run> runs;
   bool use_runs;   // runs of 8 or more on average: copied run by run, not position by position
   bool long_runs;  // runs of kLongRun or more on average: float32 rows read in place
-  // Float32 with adjacent channels (channels-last): packed and summed by columns, position by
-  // position, every channel of a position at once (see "Channels-last sides").
+  // Float32 with adjacent channels (channels-last): as B, summed and packed by columns (see
+  // "Channels-last B"); A's tile is rows whatever the layout.
   bool columns;
   std::vector<int64_t> order;  // positions in the order of their offsets (memory order)
   // Positions `step` apart (offsets[p] = offsets[0] + p * step) with unit-stride rows
@@ -520,22 +517,24 @@ bool fits_in_place(const RowStats& st, int64_t P) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Channels-last sides: statistics and packing by columns
+// Channels-last B: statistics and packing by columns
 // ---------------------------------------------------------------------------------------
-// A float32 side whose channels are adjacent in memory is never transposed: its statistics are
-// summed position by position, vectorised across channels, and it is packed normalised as
-// columns (dst[p * ld + k], one copy of a position's channels each), a layout BLAS reads as
-// well as rows. Positions are read in memory order, a block of positions (kPositionBlockBytes)
-// whole (every channel) before the next, so that the read streams through memory; within a
-// block, the sums of kChannelBlock channels stay in vector registers. (Sweeping all positions for 16
-// channels at a time reads one cache line per position: measured 1.7x slower from memory.)
+// The statistics of a float32 B whose channels are adjacent in memory are summed position by
+// position, vectorised across channels, and when B must be packed it is packed normalised as
+// columns (dst[p * ld + k], one copy of a position's channels each), the B^T layout MKL
+// multiplies fastest: no transposition. Positions are read in memory order, a block of
+// positions (kPositionBlockBytes) whole (every channel) before the next, so that the read
+// streams through memory; within a block, the sums of kChannelBlock channels stay in vector
+// registers. (Sweeping all positions for 16 channels at a time reads one cache line per
+// position: measured about 1.4x slower from memory.) A is gathered into rows instead (see
+// Problem::pack_a).
 constexpr int64_t kChannelBlock = 16;
 constexpr int64_t kPositionBlockBytes = 16 * 1024;
 
 // Float64 shifted sums of channels [0, kChannelBlock) at `base` over the positions at offsets
 // [p0, p1), added to sum and sum_sq; the same channels `ahead` positions further on (before
 // `end`) are prefetched: the sweep reads one cache line per position, a stride the hardware
-// prefetchers follow poorly (measured 2x slower from memory without).
+// prefetchers follow poorly (measured 1.3x slower from memory without).
 template <int kBytes>
 __attribute__((always_inline)) inline void accumulate_channels(const float* base,
                                                                const int64_t* offsets,
@@ -652,8 +651,8 @@ EQUIFAST_CLONES void normalise_columns(const float* base, const int64_t* offsets
 // Pack and normalise channels [k0, k0 + rows) of image n of a float32 channels-last side into
 // columns dst[p * ld + r], and defined[rows]. Two reads of the image's channels: the sums, then
 // the normalisation. Undefined channels pack as zeros (inv = 0; a non-finite input gives NaN,
-// which stays in its own row of the similarity tile, masked out). Channels whose norm is near
-// float32's underflow (1 / norm > 1e30) are normalised in float64, as by normalise_into.
+// which stays in its own column of the similarity tile, masked out). Channels whose norm is
+// near float32's underflow (1 / norm > 1e30) are normalised in float64, as by normalise_into.
 void pack_columns(const Side<float>& side, int64_t n, int64_t k0, int64_t rows, int64_t P,
                   int64_t ld, bool centered, double eps, float* dst, uint8_t* defined) {
   const float* base = side.data + n * side.stride_n + k0;
@@ -734,10 +733,10 @@ void pack_rows(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, 
   }
 }
 
-// Pack a side's channels [k0, k0 + rows) of image n: as columns (dst[p * ld + r]) for a
-// channels-last float32 side, as rows (dst[r * ld + p]) otherwise.
+// Pack B's channels [k0, k0 + rows) of image n: as columns (dst[p * ld + r]) for a
+// channels-last float32 B, as rows (dst[r * ld + p]) otherwise.
 template <typename scalar_t>
-void pack(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, int64_t P,
+void pack_b_rows_or_columns(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, int64_t P,
           int64_t ld, bool centered, double eps, float* dst, uint8_t* defined) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (side.columns) return pack_columns(side, n, k0, rows, P, ld, centered, eps, dst, defined);
@@ -901,11 +900,11 @@ struct Problem {
   int64_t b_floats() const { return b_columns() ? P * LD_S : K * LD; }
   void pack_b(int64_t n, int64_t k0, int64_t rows, float* b, uint8_t* def_b) const {
     if (!b_columns()) {
-      pack(B, n, k0, rows, P, LD, centered, eps, b + k0 * LD, def_b + k0);
+      pack_b_rows_or_columns(B, n, k0, rows, P, LD, centered, eps, b + k0 * LD, def_b + k0);
       return;
     }
     if (B.columns) {
-      pack(B, n, k0, rows, P, LD_S, centered, eps, b + k0, def_b + k0);
+      pack_b_rows_or_columns(B, n, k0, rows, P, LD_S, centered, eps, b + k0, def_b + k0);
       return;
     }
     AlignedFloats& block = thread_buffers().block;
