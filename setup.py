@@ -30,7 +30,9 @@ def _cuda_wanted() -> bool:
 def _extension():
     # py_limited_api=True makes torch define Py_LIMITED_API itself (the module has no pybind).
     sources = ["csrc/equifast.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++20", "-fopenmp"]
+    # -fno-trapping-math (as torch builds itself): lets gcc turn float compares and selects into
+    # vector blends, e.g. the masked row max of the CPU epilogue; no code here reads FP exceptions.
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math"]
     if _cuda_wanted():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         return cpp_extension.CUDAExtension(

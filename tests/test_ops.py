@@ -404,7 +404,8 @@ _T_STRATEGY = st.one_of(
 def test_property_matches_reference(n, k, size, scale, transform, metric, seed, dead,
                                     channels_last):
     # channels-last features take the CPU's column paths (statistics by position blocks of
-    # 16-channel groups and a remainder, B packed as columns) and the 8 x 8 transpositions
+    # 16-channel groups and a remainder, packing as columns); K >= P on NCHW, B's rows
+    # transposed 8 x 8
     input_size = (size * scale, size * scale)
     try:
         transform.index_map((size, size), input_size)

@@ -11,10 +11,10 @@
 //      one-pass sums, see LaneSums), and the normalisation reads it again while it is in L1,
 //      writing the packed row. Float32 rows made of long contiguous runs are read in place;
 //      others are gathered into the packed row first (runs copied in memory order, or one
-//      indexed load per position) and processed there. A float32 channels-last B is summed
-//      and packed by columns instead (see "Channels-last B");
-//   2. for each row tile of Kt channels: pack the normalised A tile û ([Kt, P]) as rows (a
-//      channels-last A through 8 x 8 transpositions, 16 rows at a time),
+//      indexed load per position) and processed there. A float32 channels-last side is summed
+//      and packed by columns instead (see "Channels-last sides");
+//   2. for each row tile of Kt channels: pack the normalised A tile û ([Kt, P]) the same way
+//      (rows, or columns for channels-last),
 //      compute the similarity tile S = Â B̂ᵀ ([Kt, K]) with one BLAS call (float32
 //      accumulation on centred, unit-norm rows: no cancellation), and take the diagonal and
 //      the masked row max / arg-max in the tile's epilogue, while S is in cache. The K x K
@@ -261,42 +261,12 @@ void gather_row(const scalar_t* src, const int64_t* offsets, int64_t P,
   }
 }
 
-// Float32 channels-last rows [0, rows) (channel r of position p at base[r + offsets[p]]) into
-// dst [rows, ld]. A sweep over the positions takes 16 channels (one cache line per position,
-// read whole: a line left half read would be fetched again from memory by the next sweep),
-// 8 positions at a time through registers: one load per position and 8 channels, transposed,
-// one store per row.
-EQUIFAST_CLONES void gather_channels_last_float(const float* base, const int64_t* offsets,
-                                                int64_t P, int64_t rows, float* dst,
-                                                int64_t ld) {
-  const float* at[8];
-  int64_t r0 = 0;
-  for (int64_t block = 16; block >= 8; block -= 8) {
-    for (; r0 + block <= rows; r0 += block) {
-      int64_t p = 0;
-      for (; p + 8 <= P; p += 8) {
-        for (int64_t h = 0; h < block; h += 8) {
-          for (int i = 0; i < 8; ++i) at[i] = base + r0 + h + offsets[p + i];
-          transpose_8x8(at, dst + (r0 + h) * ld + p, ld);
-        }
-      }
-      for (; p < P; ++p)
-        for (int64_t r = r0; r < r0 + block; ++r) dst[r * ld + p] = base[r + offsets[p]];
-    }
-  }
-  for (int64_t p = 0; r0 < rows && p < P; ++p)
-    for (int64_t r = r0; r < rows; ++r) dst[r * ld + p] = base[r + offsets[p]];
-}
-
-// Channels adjacent in memory (channels-last): gather `rows` rows at once, positions outer and
-// a block of 16 channels inner, so that each position reads one contiguous run of channels
-// (a cache line for float32) and writes 16 row streams.
+// Channels adjacent in memory (channels-last, float16/bfloat16; float32 is packed by columns):
+// gather `rows` rows at once, positions outer and a block of 16 channels inner, so that each
+// position reads one contiguous run of channels and writes 16 row streams.
 template <typename scalar_t>
 void gather_rows_channels_last(const scalar_t* base, int64_t stride_k, const int64_t* offsets,
                                int64_t P, int64_t rows, float* dst, int64_t ld) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (stride_k == 1) return gather_channels_last_float(base, offsets, P, rows, dst, ld);
-  }
   constexpr int64_t kBlock = 16;
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t nr = std::min(kBlock, rows - r0);
@@ -483,8 +453,8 @@ struct Side {
   std::vector<Run> runs;
   bool use_runs;   // runs of 8 or more on average: copied run by run, not position by position
   bool long_runs;  // runs of kLongRun or more on average: float32 rows read in place
-  // Float32 with adjacent channels (channels-last): as B, summed and packed by columns (see
-  // "Channels-last B"); A's tile is rows whatever the layout.
+  // Float32 with adjacent channels (channels-last): summed and packed by columns (see
+  // "Channels-last sides").
   bool columns;
   std::vector<int64_t> order;  // positions in the order of their offsets (memory order)
   // Positions `step` apart (offsets[p] = offsets[0] + p * step) with unit-stride rows
@@ -517,17 +487,18 @@ bool fits_in_place(const RowStats& st, int64_t P) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Channels-last B: statistics and packing by columns
+// Channels-last sides: statistics and packing by columns
 // ---------------------------------------------------------------------------------------
-// The statistics of a float32 B whose channels are adjacent in memory are summed position by
-// position, vectorised across channels, and when B must be packed it is packed normalised as
-// columns (dst[p * ld + k], one copy of a position's channels each), the B^T layout MKL
-// multiplies fastest: no transposition. Positions are read in memory order, a block of
-// positions (kPositionBlockBytes) whole (every channel) before the next, so that the read
-// streams through memory; within a block, the sums of kChannelBlock channels stay in vector
-// registers. (Sweeping all positions for 16 channels at a time reads one cache line per
-// position: measured about 1.4x slower from memory.) A is gathered into rows instead (see
-// Problem::pack_a).
+// A float32 side whose channels are adjacent in memory is never transposed: its statistics are
+// summed position by position, vectorised across channels, and it is packed normalised as
+// columns (dst[p * ld + k], one copy of a position's channels each), which BLAS multiplies as
+// fast as rows. Positions are read in memory order, a block of positions (kPositionBlockBytes)
+// whole (every channel) before the next, so that the read streams through memory; within a
+// block, the sums of kChannelBlock channels stay in vector registers. (Sweeping all positions
+// for 16 channels at a time reads one cache line per position: measured about 1.4x slower from
+// memory.) Against rows gathered through 8 x 8 transpositions, measured on AVX2: as fast for
+// long rows (64 x 56 x 56), 2-4x faster to pack for short ones (7 x 7 to 28 x 28 maps), where
+// the per-row work dominated.
 constexpr int64_t kChannelBlock = 16;
 constexpr int64_t kPositionBlockBytes = 16 * 1024;
 
@@ -733,10 +704,10 @@ void pack_rows(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, 
   }
 }
 
-// Pack B's channels [k0, k0 + rows) of image n: as columns (dst[p * ld + r]) for a
-// channels-last float32 B, as rows (dst[r * ld + p]) otherwise.
+// Pack a side's channels [k0, k0 + rows) of image n: as columns (dst[p * ld + r]) for a
+// channels-last float32 side, as rows (dst[r * ld + p]) otherwise.
 template <typename scalar_t>
-void pack_b_rows_or_columns(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, int64_t P,
+void pack(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, int64_t P,
           int64_t ld, bool centered, double eps, float* dst, uint8_t* defined) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (side.columns) return pack_columns(side, n, k0, rows, P, ld, centered, eps, dst, defined);
@@ -788,46 +759,69 @@ void similarity_tile(const BView& a, const BView& b, int64_t rows, int64_t K, in
   at::mm_out(ts, ta, tb.t());
 }
 
-// s[c] *= scale[c]: the columns of a tile of B read in place, normalised.
-EQUIFAST_CLONES void scale_columns(float* s, const float* scale, int64_t K) {
-#pragma omp simd
-  for (int64_t c = 0; c < K; ++c) s[c] *= scale[c];
+// The factor of each column of an image's similarity tiles: 1 / ||v - μ|| for B read in place
+// (its columns normalised in the epilogue), 1 for packed B, 0 for an undefined column (masked
+// out of the scores).
+void column_factors(const uint8_t* def_b, const float* scale, int64_t K, float* factor) {
+  for (int64_t c = 0; c < K; ++c) factor[c] = def_b[c] ? (scale ? scale[c] : 1.f) : 0.f;
 }
 
-// Row max of s[0, K) and the first index holding it (ties: smallest index), in two vectorised
-// passes over the row (in L1): the max, then the first block of 16 holding it. Entries are
-// finite or -inf (masked columns); a row that is all -inf gives index -1.
-EQUIFAST_CLONES void row_argmax(const float* s, int64_t K, float* best, int64_t* index) {
+// A tile entry with its column factor applied: -inf for masked columns (whatever the entry, NaN
+// from a non-finite input included). The product is formed unconditionally, so that gcc turns
+// the choice into a vector blend.
+__attribute__((always_inline)) inline float scaled_entry(float s, float factor) {
+  const float scaled = s * factor;
+  return factor > 0.f ? scaled : -std::numeric_limits<float>::infinity();
+}
+
+// Row max of the scaled entries of s[0, K) and the first index holding it (ties: smallest
+// index), in two vectorised passes over the row (in L1): the max, with four accumulators (one
+// would wait on the max latency), then the first vector holding it. A row with every column
+// masked gives index -1.
+EQUIFAST_CLONES void row_argmax(const float* s, const float* factor, int64_t K, float* best,
+                                int64_t* index) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const f8 negative_inf = f8{} + kNegInf;
+  auto scaled = [&](int64_t j) {
+    const f8 f = load_vector<f8>(factor + j);
+    const f8 x = load_vector<f8>(s + j) * f;
+    return f > 0.f ? x : negative_inf;
+  };
+  f8 lanes[4] = {negative_inf, negative_inf, negative_inf, negative_inf};
+  int64_t j = 0;
+  for (; j + 32 <= K; j += 32) {
+    for (int v = 0; v < 4; ++v) {
+      const f8 x = scaled(j + 8 * v);
+      lanes[v] = x > lanes[v] ? x : lanes[v];
+    }
+  }
+  for (; j + 8 <= K; j += 8) {
+    const f8 x = scaled(j);
+    lanes[0] = x > lanes[0] ? x : lanes[0];
+  }
   float m = kNegInf;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < K; ++j) m = s[j] > m ? s[j] : m;
+  for (int v = 0; v < 4; ++v)
+    for (int l = 0; l < 8; ++l) m = lanes[v][l] > m ? lanes[v][l] : m;
+  for (; j < K; ++j) m = std::max(m, scaled_entry(s[j], factor[j]));
   *best = m;
   *index = -1;
   if (m == kNegInf) return;
-  int64_t j = 0;
-  for (; j + 16 <= K; j += 16) {
-    int hit = 0;
-#pragma omp simd reduction(| : hit)
-    for (int64_t i = 0; i < 16; ++i) hit |= s[j + i] == m;
-    if (hit) break;
+  j = 0;
+  for (; j + 32 <= K; j += 32) {  // lanes of all ones where equal, one test per 32 entries
+    const auto hit =
+        (scaled(j) == m) | (scaled(j + 8) == m) | (scaled(j + 16) == m) | (scaled(j + 24) == m);
+    int64_t words[4];
+    std::memcpy(words, &hit, sizeof(words));
+    if ((words[0] | words[1] | words[2] | words[3]) != 0) break;
   }
-  while (s[j] != m) ++j;  // m is in the row: this stops at its first occurrence
+  while (scaled_entry(s[j], factor[j]) != m) ++j;  // m is in the row: stops at its first place
   *index = j;
 }
 
-// Epilogue of one tile: rows [k0, k0 + rows) of image n. Columns of B read in place are
-// normalised first (`scale`, or nullptr). Undefined columns (rare) are set to -inf in the tile,
-// so a row's max is over defined k' only (-inf: none defined).
-void tile_epilogue(float* s, int64_t ld_s, int64_t rows, int64_t K, int64_t k0,
-                   const uint8_t* def_a, const uint8_t* def_b, const float* scale,
-                   const std::vector<int64_t>& undefined_cols, float* channel, float* layer,
+// Epilogue of one tile: rows [k0, k0 + rows) of image n, with the image's column factors.
+void tile_epilogue(const float* s, int64_t ld_s, int64_t rows, int64_t K, int64_t k0,
+                   const uint8_t* def_a, const float* factor, float* channel, float* layer,
                    int64_t* layer_index) {
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  if (scale != nullptr)
-    for (int64_t r = 0; r < rows; ++r) scale_columns(s + r * ld_s, scale, K);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c : undefined_cols) s[r * ld_s + c] = kNegInf;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t k = k0 + r;
     if (!def_a[r]) {
@@ -837,10 +831,10 @@ void tile_epilogue(float* s, int64_t ld_s, int64_t rows, int64_t K, int64_t k0,
       continue;
     }
     const float* row = s + r * ld_s;
-    channel[k] = def_b[k] ? score(row[k]) : nan_value();
+    channel[k] = factor[k] > 0.f ? score(row[k] * factor[k]) : nan_value();
     float best;
     int64_t index;
-    row_argmax(row, K, &best, &index);
+    row_argmax(row, factor, K, &best, &index);
     if (index < 0) {
       layer[k] = nan_value();
       layer_index[k] = -1;
@@ -860,7 +854,7 @@ struct Buffers {
   AlignedFloats block;    // 16 packed rows of B on their way to B^T
   AlignedFloats scale_b;  // 1 / ||v - μ|| of B's rows when B is read in place
   std::vector<uint8_t> def_b, def_a;
-  std::vector<int64_t> undefined_cols;
+  std::vector<float> factor_b;  // column factors (see column_factors)
 };
 
 // Per-thread tiles, kept between calls: fresh pages for every call would cost page faults
@@ -875,8 +869,8 @@ struct Problem {
   Side<scalar_t> A, B;
   int64_t N, K, P, Kt;
   // Leading dimensions: packed rows (P padded), similarity rows and packed B columns (K
-  // padded).
-  int64_t LD, LD_S;
+  // padded), packed A columns (Kt padded).
+  int64_t LD, LD_S, LD_AC;
   // Packed B as B^T [P, K], so that the GEMM is MKL's fastest (row-major "NN") case. Measured
   // on AVX-512 (2 threads, N = 64): 10-25% faster for K >= P (512 x 14x14, 2048 x 7x7), where
   // the rows are short and the transposition cheap next to the GEMM; 5-10% slower for long
@@ -887,12 +881,6 @@ struct Problem {
   float *channel, *layer;
   int64_t* layer_index;
 
-  void undefined_columns(const uint8_t* def_b, std::vector<int64_t>& out) const {
-    out.clear();
-    for (int64_t c = 0; c < K; ++c)
-      if (!def_b[c]) out.push_back(c);
-  }
-
   // Floats of one image's packed B, and packing its rows [k0, k0 + rows): as rows [K, LD], or
   // as columns [P, LD_S]: directly for a channels-last side, else transposed, 16 rows at a
   // time through a block in L1/L2.
@@ -900,11 +888,11 @@ struct Problem {
   int64_t b_floats() const { return b_columns() ? P * LD_S : K * LD; }
   void pack_b(int64_t n, int64_t k0, int64_t rows, float* b, uint8_t* def_b) const {
     if (!b_columns()) {
-      pack_b_rows_or_columns(B, n, k0, rows, P, LD, centered, eps, b + k0 * LD, def_b + k0);
+      pack(B, n, k0, rows, P, LD, centered, eps, b + k0 * LD, def_b + k0);
       return;
     }
     if (B.columns) {
-      pack_b_rows_or_columns(B, n, k0, rows, P, LD_S, centered, eps, b + k0, def_b + k0);
+      pack(B, n, k0, rows, P, LD_S, centered, eps, b + k0, def_b + k0);
       return;
     }
     AlignedFloats& block = thread_buffers().block;
@@ -919,14 +907,15 @@ struct Problem {
     return b_columns() ? BView{b, 1, LD_S, nullptr} : BView{b, LD, 1, nullptr};
   }
 
-  // The A tile, always rows [Kt, LD], channels-last too: MKL multiplies rows of A by B^T
-  // ("NN") about 10% faster than A^T by B^T ("TN"), which outweighs the transposition (measured
-  // at K = 64, 56 x 56 on AVX2).
-  BView a_view(const float* a) const { return BView{a, LD, 1, nullptr}; }
+  // The A tile: rows [Kt, LD], or columns [P, LD_AC] for a channels-last side.
+  BView a_view(const float* a) const {
+    return A.columns ? BView{a, 1, LD_AC, nullptr} : BView{a, LD, 1, nullptr};
+  }
   void pack_a(int64_t n, int64_t k0, int64_t rows, Buffers& buf) const {
-    buf.a.resize(Kt * LD);
+    buf.a.resize(A.columns ? P * LD_AC : Kt * LD);
     buf.def_a.resize(Kt);
-    pack_rows(A, n, k0, rows, P, LD, centered, eps, buf.a.data(), buf.def_a.data());
+    pack(A, n, k0, rows, P, A.columns ? LD_AC : LD, centered, eps, buf.a.data(),
+         buf.def_a.data());
   }
 
   // B read in place (see in_place_rows): the statistics of image n's rows [k0, k0 + rows), and
@@ -946,15 +935,14 @@ struct Problem {
     return BView{nullptr, 0, 0, nullptr};
   }
 
-  // One row tile of image n against its prepared B (bv, def_b [K]).
-  void tile(int64_t n, int64_t t, const BView& bv, const uint8_t* def_b,
-            const std::vector<int64_t>& undefined_cols, Buffers& buf) const {
+  // One row tile of image n against its prepared B (bv, column factors [K]).
+  void tile(int64_t n, int64_t t, const BView& bv, const float* factor, Buffers& buf) const {
     const int64_t k0 = t * Kt, rows = std::min(Kt, K - k0);
     buf.s.resize(Kt * LD_S);
     pack_a(n, k0, rows, buf);
     similarity_tile(a_view(buf.a.data()), bv, rows, K, P, buf.s.data(), LD_S);
-    tile_epilogue(buf.s.data(), LD_S, rows, K, k0, buf.def_a.data(), def_b, bv.scale,
-                  undefined_cols, channel + n * K, layer + n * K, layer_index + n * K);
+    tile_epilogue(buf.s.data(), LD_S, rows, K, k0, buf.def_a.data(), factor, channel + n * K,
+                  layer + n * K, layer_index + n * K);
   }
 
   // One image. B read in place needs its statistics only in the epilogue, so they are taken
@@ -971,7 +959,7 @@ struct Problem {
     } else {
       pack_b(n, 0, K, buf.b.data(), def_b);
       bv = packed_view(buf.b.data());
-      undefined_columns(def_b, buf.undefined_cols);
+      column_factors(def_b, bv.scale, K, buf.factor_b.data());
     }
     const int64_t tiles = (K + Kt - 1) / Kt;
     buf.s.resize(Kt * LD_S);
@@ -987,10 +975,10 @@ struct Problem {
           bv = packed_view(buf.b.data());
           similarity_tile(av, bv, rows, K, P, buf.s.data(), LD_S);
         }
-        undefined_columns(def_b, buf.undefined_cols);
+        column_factors(def_b, bv.scale, K, buf.factor_b.data());
       }
-      tile_epilogue(buf.s.data(), LD_S, rows, K, k0, buf.def_a.data(), def_b, bv.scale,
-                    buf.undefined_cols, channel + n * K, layer + n * K, layer_index + n * K);
+      tile_epilogue(buf.s.data(), LD_S, rows, K, k0, buf.def_a.data(), buf.factor_b.data(),
+                    channel + n * K, layer + n * K, layer_index + n * K);
     }
   }
 
@@ -1001,6 +989,7 @@ struct Problem {
       buf.b.resize(b_floats());  // untouched (no page faults) while B is read in place
       buf.scale_b.resize(K);
       buf.def_b.resize(K);
+      buf.factor_b.resize(K);
       for (int64_t n = begin; n < end; ++n) image(n, buf);
     });
   }
@@ -1017,7 +1006,7 @@ struct Problem {
     std::vector<uint8_t> def_b(chunk * K);
     std::vector<uint8_t> fits;
     std::vector<BView> views(chunk);
-    std::vector<std::vector<int64_t>> undefined(chunk);
+    std::vector<float> factors(chunk * K);
     constexpr int64_t kPackRows = 16;
     const int64_t blocks_per_image = (K + kPackRows - 1) / kPackRows;
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
@@ -1052,13 +1041,13 @@ struct Problem {
       prepare(true);
       for (int64_t n = 0; n < nc; ++n) {
         if (views[n].data == nullptr) views[n] = packed_view(b.data() + n * b_floats());
-        undefined_columns(def_b.data() + n * K, undefined[n]);
+        column_factors(def_b.data() + n * K, views[n].scale, K, factors.data() + n * K);
       }
       at::parallel_for(0, nc * tiles, 1, [&](int64_t begin, int64_t end) {
         Buffers& buf = thread_buffers();
         for (int64_t i = begin; i < end; ++i) {
           const int64_t n = i / tiles, t = i % tiles;
-          tile(n0 + n, t, views[n], def_b.data() + n * K, undefined[n], buf);
+          tile(n0 + n, t, views[n], factors.data() + n * K, buf);
         }
       });
     }
@@ -1139,6 +1128,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
         pb.Kt = row_tile(K, P);
         pb.LD = padded(P);
         pb.LD_S = padded(K);
+        pb.LD_AC = padded(pb.Kt);
         pb.transposed_b = K >= P;
         // B in place is read as rows ("NT" GEMM) or, channels-last, as B^T ("NN"); for K >= P
         // the packed, transposed B is faster than reading NCHW rows in place.
