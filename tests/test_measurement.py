@@ -127,3 +127,23 @@ def test_seeded_runs_repeat():
     a = ef.measure(circular_net(), None, **kw)
     b = ef.measure(circular_net(), None, **kw)
     pd.testing.assert_frame_equal(a.points, b.points)
+
+
+@pytest.mark.skipif(not ef.ops.available(), reason="needs the compiled operator")
+def test_operator_matches_reference_on_real_features():
+    # Real weights (EfficientNet-Lite0, ImageNet) on real photos: post-ReLU6 maps with large
+    # means, sparse and dead channels, channels-last, K from 16 to 1280 and maps from 48x48 to
+    # 3x3. Every point's mean scores and arg-max agreement must match the float64 reference.
+    from equifast.data import embedded_photos, normalise_like
+    from equifast.models import load_model
+
+    model, preprocess = load_model("efficientnet_lite0")
+    x = normalise_like(embedded_photos(3, size=96, seed=1), preprocess)
+    ts = [ef.Translation(8, 8), ef.Translation(-16, 8, mode="zero"), ef.Rotation(1)]
+    got, want = (ef.measure(model, x, transforms=ts, batch_size=3, backend=b).points
+                 .sort_values(["point", "transform"]).reset_index(drop=True)
+                 for b in ("operator", "reference"))
+    assert len(got) == len(want) > 40
+    for col in ("channel", "layer", "undefined_fraction"):
+        torch.testing.assert_close(torch.tensor(got[col].values), torch.tensor(want[col].values),
+                                   atol=2e-5, rtol=0, equal_nan=True, msg=col)
