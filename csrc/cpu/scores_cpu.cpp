@@ -456,9 +456,11 @@ struct Side {
   // Float32 with adjacent channels (channels-last): summed and packed by columns (see
   // "Channels-last sides").
   bool columns;
-  std::vector<int64_t> order;  // positions in the order of their offsets (memory order)
+  // Columns only, computed once per call of the operator: the positions in the order of their
+  // offsets (memory order), and those offsets.
+  std::vector<int64_t> order, memory_offsets;
   // Positions `step` apart (offsets[p] = offsets[0] + p * step) with unit-stride rows
-  // (step == 1) or channels (stride_k == 1), in float32: a matrix BLAS can read where it lies.
+  // (step == 1) or channels (columns), in float32: a matrix BLAS can read where it lies.
   int64_t step;
   bool in_place;
 };
@@ -562,11 +564,9 @@ EQUIFAST_CLONES void accumulate_columns(const float* base, const int64_t* offset
 struct ColumnScratch {
   std::vector<double> shift, sum, sum_sq;
   std::vector<float> hi, lo, inv;
-  std::vector<int64_t> positions;  // offsets in memory order
-  void resize(int64_t rows, int64_t P) {
+  void resize(int64_t rows) {
     for (auto* v : {&shift, &sum, &sum_sq}) v->resize(rows);
     for (auto* v : {&hi, &lo, &inv}) v->resize(rows);
-    positions.resize(P);
   }
 };
 
@@ -576,16 +576,16 @@ ColumnScratch& column_scratch() {
 }
 
 // Statistics of channels [0, rows) at `base` (channel r of position p at base[offsets[p] + r])
-// over the P compared positions, shifted by their values at position 0 (see LaneSums).
+// over the P compared positions (memory_offsets: their offsets in memory order), shifted by
+// their values at the first of them (see LaneSums).
 // Calls finish(r, stats) for each channel.
 template <typename Finish>
-void column_stats(const float* base, const int64_t* offsets, const std::vector<int64_t>& order,
-                  int64_t P, int64_t rows, bool centered, double eps, Finish&& finish) {
+void column_stats(const float* base, const int64_t* memory_offsets, int64_t P, int64_t rows,
+                  bool centered, double eps, Finish&& finish) {
   ColumnScratch& c = column_scratch();
-  c.resize(rows, P);
-  for (int64_t i = 0; i < P; ++i) c.positions[i] = offsets[order[i]];
+  c.resize(rows);
   for (int64_t r = 0; r < rows; ++r) {
-    c.shift[r] = centered ? static_cast<double>(base[offsets[0] + r]) : 0.0;
+    c.shift[r] = centered ? static_cast<double>(base[memory_offsets[0] + r]) : 0.0;
     c.sum[r] = c.sum_sq[r] = 0.0;
   }
   const int64_t block = std::clamp<int64_t>(kPositionBlockBytes / (4 * rows), 8, 256);
@@ -593,10 +593,10 @@ void column_stats(const float* base, const int64_t* offsets, const std::vector<i
     const int64_t p1 = std::min(P, p0 + block);
     int64_t r0 = 0;
     for (; r0 + kChannelBlock <= rows; r0 += kChannelBlock)
-      accumulate_channel_block(base + r0, c.positions.data(), p0, p1, block, P,
+      accumulate_channel_block(base + r0, memory_offsets, p0, p1, block, P,
                                c.shift.data() + r0, c.sum.data() + r0, c.sum_sq.data() + r0);
     if (r0 < rows)
-      accumulate_columns(base + r0, c.positions.data(), p0, p1, rows - r0,
+      accumulate_columns(base + r0, memory_offsets, p0, p1, rows - r0,
                          c.shift.data() + r0, c.sum.data() + r0, c.sum_sq.data() + r0);
   }
   for (int64_t r = 0; r < rows; ++r)
@@ -605,14 +605,13 @@ void column_stats(const float* base, const int64_t* offsets, const std::vector<i
 
 // dst[p * ld + r] = (x - mean_r) / norm_r for channels [0, rows), positions in memory order,
 // through the float32 form of scores.h (mean split as hi + lo, inv = 1 / norm).
-EQUIFAST_CLONES void normalise_columns(const float* base, const int64_t* offsets,
+EQUIFAST_CLONES void normalise_columns(const float* base, const int64_t* memory_offsets,
                                        const int64_t* order, int64_t P, int64_t rows,
                                        const float* hi, const float* lo, const float* inv,
                                        float* dst, int64_t ld) {
   for (int64_t i = 0; i < P; ++i) {
-    const int64_t p = order[i];
-    const float* x = base + offsets[p];
-    float* out = dst + p * ld;
+    const float* x = base + memory_offsets[i];
+    float* out = dst + order[i] * ld;
 #pragma omp simd
     for (int64_t r = 0; r < rows; ++r)
       out[r] = normalise_value_split(x[r], SplitMean{hi[r], lo[r]}, inv[r]);
@@ -629,7 +628,7 @@ void pack_columns(const Side<float>& side, int64_t n, int64_t k0, int64_t rows, 
   const float* base = side.data + n * side.stride_n + k0;
   ColumnScratch& c = column_scratch();
   std::vector<std::pair<int64_t, RowStats>> tiny;
-  column_stats(base, side.offsets, side.order, P, rows, centered, eps,
+  column_stats(base, side.memory_offsets.data(), P, rows, centered, eps,
                [&](int64_t r, const RowStats& st) {
                  defined[r] = st.defined;
                  const bool single = st.defined && st.inv_norm <= 1e30;
@@ -639,8 +638,8 @@ void pack_columns(const Side<float>& side, int64_t n, int64_t k0, int64_t rows, 
                  c.inv[r] = single ? static_cast<float>(st.inv_norm) : 0.f;
                  if (st.defined && !single) tiny.emplace_back(r, st);
                });
-  normalise_columns(base, side.offsets, side.order.data(), P, rows, c.hi.data(), c.lo.data(),
-                    c.inv.data(), dst, ld);
+  normalise_columns(base, side.memory_offsets.data(), side.order.data(), P, rows, c.hi.data(),
+                    c.lo.data(), c.inv.data(), dst, ld);
   for (const auto& [r, st] : tiny)
     for (int64_t p = 0; p < P; ++p)
       dst[p * ld + r] = normalise_value(base[side.offsets[p] + r], st.mean, st.inv_norm);
@@ -658,7 +657,7 @@ bool in_place_rows(const Side<float>& side, const float* x, int64_t rows, int64_
     fit = fit && fits_in_place(st, P);
   };
   if (side.columns) {
-    column_stats(x, side.offsets, side.order, P, rows, centered, eps, finish);
+    column_stats(x, side.memory_offsets.data(), P, rows, centered, eps, finish);
     return fit;
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -887,12 +886,12 @@ struct Problem {
   bool b_columns() const { return transposed_b || B.columns; }
   int64_t b_floats() const { return b_columns() ? P * LD_S : K * LD; }
   void pack_b(int64_t n, int64_t k0, int64_t rows, float* b, uint8_t* def_b) const {
-    if (!b_columns()) {
-      pack(B, n, k0, rows, P, LD, centered, eps, b + k0 * LD, def_b + k0);
-      return;
-    }
     if (B.columns) {
       pack(B, n, k0, rows, P, LD_S, centered, eps, b + k0, def_b + k0);
+      return;
+    }
+    if (!transposed_b) {
+      pack_rows(B, n, k0, rows, P, LD, centered, eps, b + k0 * LD, def_b + k0);
       return;
     }
     AlignedFloats& block = thread_buffers().block;
@@ -1084,17 +1083,21 @@ Side<scalar_t> make_side(const at::Tensor& f, const at::Tensor& offsets) {
   side.use_runs = static_cast<int64_t>(side.runs.size()) * 8 <= P;
   side.long_runs = static_cast<int64_t>(side.runs.size()) * kLongRun <= P;
   side.columns = std::is_same_v<scalar_t, float> && side.k_fastest && side.stride_k == 1;
-  side.order.resize(P);
-  std::iota(side.order.begin(), side.order.end(), int64_t{0});
-  std::stable_sort(side.order.begin(), side.order.end(), [&](int64_t a, int64_t b) {
-    return side.offsets[a] < side.offsets[b];
-  });
+  if (side.columns) {
+    side.order.resize(P);
+    std::iota(side.order.begin(), side.order.end(), int64_t{0});
+    std::stable_sort(side.order.begin(), side.order.end(), [&](int64_t a, int64_t b) {
+      return side.offsets[a] < side.offsets[b];
+    });
+    side.memory_offsets.resize(P);
+    for (int64_t i = 0; i < P; ++i) side.memory_offsets[i] = side.offsets[side.order[i]];
+  }
   side.step = P > 1 ? side.offsets[1] - side.offsets[0] : 1;
   bool strided = side.step > 0;
   for (int64_t p = 1; strided && p < P; ++p)
     strided = side.offsets[p] == side.offsets[0] + p * side.step;
-  side.in_place = std::is_same_v<scalar_t, float> && strided &&
-                  (side.step == 1 || side.stride_k == 1);
+  // in_place_rows sums rows (step 1) or columns
+  side.in_place = std::is_same_v<scalar_t, float> && strided && (side.step == 1 || side.columns);
   return side;
 }
 
@@ -1132,7 +1135,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
         pb.transposed_b = K >= P;
         // B in place is read as rows ("NT" GEMM) or, channels-last, as B^T ("NN"); for K >= P
         // the packed, transposed B is faster than reading NCHW rows in place.
-        pb.B.in_place = pb.B.in_place && (!pb.transposed_b || pb.B.stride_k == 1);
+        pb.B.in_place = pb.B.in_place && (!pb.transposed_b || pb.B.columns);
         pb.centered = centered;
         pb.eps = eps;
         pb.channel = channel.data_ptr<float>();
