@@ -845,6 +845,317 @@ void tile_epilogue(const float* s, int64_t ld_s, int64_t rows, int64_t K, int64_
 }
 
 // ---------------------------------------------------------------------------------------
+// Streamed images: channels-last sides read once, statistics taken while packing, our GEMM
+// ---------------------------------------------------------------------------------------
+// For channels-last features with few channels (64 channels of a 56 x 56 map), normalising
+// before a BLAS call reads each side twice from memory (an image's side does not stay in L2
+// between its sums and its normalisation) and BLAS then packs the normalised copy again. A
+// streamed image instead walks the compared positions in chunks of kc: each chunk of both
+// sides is gathered through the index map (read once from memory), shifted by its own
+// per-channel mean and packed into the panels of a register-blocked GEMM that accumulates the
+// image's whole similarity matrix C [K, K] (in L1/L2). The shift keeps C's float32 sums as
+// accurate as sums of normalised values: the chunk-centred values u' = u - c_t are no larger
+// than u - μ. The exact centred products follow from the chunks' statistics (n_t values, shift
+// c_t, Σu', Σu'^2, summed in float64):
+//   Σ_p (u - μ)(v - ν) = C + Σ_t [α_t Σv'_t + β_t Σu'_t + n_t α_t β_t],  α_t = c_t - μ,
+// β_t = d_t - ν: a GEMM of 2T more positions. c_t = u_0 + Σ(u - u_0) / n_t (u_0 the chunk's
+// first value) is exactly u_0 for a constant channel, which so stays exactly undefined.
+// The products are float32: an image with a channel out of their range (see
+// streamed_channel_stats) is computed again by the normalised path.
+// Measured on AVX2 (N = 64, 2 threads): 1.1-1.6x faster than the normalised path for
+// channels-last K <= 128; slower for NCHW sides (their 8 x 8 transpositions into panels cost
+// more than BLAS's packing) and for K = 256, which keep the normalised path.
+constexpr int64_t kMaxStreamedChannels = 128;
+constexpr int64_t kStreamedPanelFloats = 16 * 1024;  // a chunk's panels: 64 KiB a side
+
+template <int kBytes>
+struct FloatVector;
+template <>
+struct FloatVector<64> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct FloatVector<32> {
+  typedef float type __attribute__((vector_size(32)));
+};
+
+// The register blocking per instruction set: panels of kWidth channels (one vector);
+// micro-tiles of kRows rows of A by kVectors vectors of B (12 accumulators of 16 AVX2
+// registers, 16 of 32 AVX-512 ones).
+template <int kBytes>
+struct Blocking {
+  static constexpr int kWidth = kBytes / 4;
+  static constexpr int kRows = kBytes == 64 ? 8 : 4;
+  static constexpr int kVectors = kBytes == 64 ? 2 : 3;
+};
+
+// c[r * ldc + v * W + l] += Σ_{p < n} a[p * W + r] b[v * b_block + p * W + l] for r < MR,
+// v < NV, l < W: A broadcast from its panel, B loaded from NV panels, C in registers.
+template <int kBytes, int MR, int NV>
+__attribute__((always_inline)) inline void micro_tile(const float* a, const float* b,
+                                                      int64_t b_block, int64_t n, float* c,
+                                                      int64_t ldc) {
+  using fv = typename FloatVector<kBytes>::type;
+  constexpr int W = kBytes / 4;
+  fv acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = fv{};
+  for (int64_t p = 0; p < n; ++p) {
+    fv bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load_vector<fv>(b + v * b_block + p * W);
+    for (int r = 0; r < MR; ++r) {
+      const fv av = a[p * W + r] - fv{};  // a broadcast (x - 0 is x)
+      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) {
+      float* to = c + r * ldc + v * W;
+      store_vector(to, load_vector<fv>(to) + acc[r][v]);
+    }
+}
+
+// C [KP, KP] += A B^T over n positions of panels [KP / W][kc][W].
+template <int kBytes>
+__attribute__((always_inline)) inline void multiply_chunk(const float* a_panels,
+                                                          const float* b_panels, int64_t KP,
+                                                          int64_t kc, int64_t n, float* c) {
+  using B = Blocking<kBytes>;
+  constexpr int W = B::kWidth;
+  const int64_t blocks = KP / W, block = kc * W;
+  for (int64_t jb = 0; jb < blocks; jb += B::kVectors) {
+    const float* b = b_panels + jb * block;
+    const int64_t nv = std::min<int64_t>(B::kVectors, blocks - jb);
+    for (int64_t i = 0; i < KP; i += B::kRows) {
+      const float* a = a_panels + (i / W) * block + i % W;
+      float* ci = c + i * KP + jb * W;
+      if (nv == B::kVectors)
+        micro_tile<kBytes, B::kRows, B::kVectors>(a, b, block, n, ci, KP);
+      else if (nv == 2)
+        micro_tile<kBytes, B::kRows, 2>(a, b, block, n, ci, KP);
+      else
+        micro_tile<kBytes, B::kRows, 1>(a, b, block, n, ci, KP);
+    }
+  }
+}
+
+// The statistics of one chunk of a side, per channel: shift c_t, Σu', Σu'^2 (float32: at most
+// kc values each, as accurate as the GEMM's own float32 sums).
+struct ChunkStats {
+  float *shift, *sum, *sum_sq;
+};
+
+// Pack chunk positions [0, n) of a channels-last side (channel k of position p at
+// image[offsets[p] + k]) into panels [KP / W][kc][W], a panel of W channels at a time: their
+// shift (one pass), then their centred values and sums (a second pass, from L1/L2), reading a
+// position's W channels as one vector.
+template <int kBytes>
+__attribute__((always_inline)) inline void pack_chunk(const float* image,
+                                                      const int64_t* offsets, int64_t n,
+                                                      int64_t K, int64_t KP, int64_t kc,
+                                                      bool centered, float* panels,
+                                                      ChunkStats st) {
+  using fv = typename FloatVector<kBytes>::type;
+  constexpr int W = kBytes / 4;
+  const fv count = fv{} + static_cast<float>(n);
+  for (int64_t k = 0; k < KP; k += W) {
+    float* dst = panels + (k / W) * kc * W;
+    const int64_t nk = std::min<int64_t>(W, K - k);
+    if (nk < W) {  // the last, partial panel: element by element, zeros past K
+      for (int64_t l = 0; l < W; ++l) {
+        if (l >= nk) {
+          for (int64_t p = 0; p < n; ++p) dst[p * W + l] = 0.f;
+          continue;
+        }
+        const float* x = image + k + l;
+        const float x0 = x[offsets[0]];
+        float d = 0.f;
+        for (int64_t p = 0; p < n; ++p) d += x[offsets[p]] - x0;
+        const float c = centered ? x0 + d / static_cast<float>(n) : 0.f;
+        float s = 0.f, q = 0.f;
+        for (int64_t p = 0; p < n; ++p) {
+          const float t = x[offsets[p]] - c;
+          dst[p * W + l] = t;
+          s += t;
+          q += t * t;
+        }
+        st.shift[k + l] = c;
+        st.sum[k + l] = s;
+        st.sum_sq[k + l] = q;
+      }
+      continue;
+    }
+    // two accumulators per sum: one would wait on the add latency at every position
+    const float* x = image + k;
+    fv c{};
+    if (centered) {
+      const fv x0 = load_vector<fv>(x + offsets[0]);
+      fv d0{}, d1{};
+      int64_t p = 0;
+      for (; p + 2 <= n; p += 2) {
+        d0 += load_vector<fv>(x + offsets[p]) - x0;
+        d1 += load_vector<fv>(x + offsets[p + 1]) - x0;
+      }
+      if (p < n) d0 += load_vector<fv>(x + offsets[p]) - x0;
+      c = x0 + (d0 + d1) / count;
+    }
+    fv s0{}, s1{}, q0{}, q1{};
+    int64_t p = 0;
+    for (; p + 2 <= n; p += 2) {
+      const fv t0 = load_vector<fv>(x + offsets[p]) - c;
+      const fv t1 = load_vector<fv>(x + offsets[p + 1]) - c;
+      store_vector(dst + p * W, t0);
+      store_vector(dst + (p + 1) * W, t1);
+      s0 += t0;
+      s1 += t1;
+      q0 += t0 * t0;
+      q1 += t1 * t1;
+    }
+    if (p < n) {
+      const fv t0 = load_vector<fv>(x + offsets[p]) - c;
+      store_vector(dst + p * W, t0);
+      s0 += t0;
+      q0 += t0 * t0;
+    }
+    store_vector(st.shift + k, c);
+    store_vector(st.sum + k, s0 + s1);
+    store_vector(st.sum_sq + k, q0 + q1);
+  }
+}
+
+// Per-thread storage of a streamed image.
+struct StreamedBuffers {
+  AlignedFloats a_panels, b_panels, c;
+  std::vector<float> stats;  // [2 sides][shift, Σu', Σu'^2][T][KP]
+  std::vector<float> inv_a, inv_b, factor;
+  std::vector<uint8_t> def_a, def_b;
+};
+
+// Float64 statistics of channel k of a side from its chunks (counts n_t: kc, the last P -
+// (T - 1) kc), and its entries of the correction panel at panel[t * W] (t < 2T): α_t = c_t - μ,
+// then B's Σv'_t (side_b) or A's Σu'_t + n_t α_t. Returns false when the channel does not fit
+// the float32 products: a non-finite statistic, entries so small that their squares underflow
+// (Σu^2 in (0, 1e-20)), or a defined norm outside [1e-15, 1e15].
+bool streamed_channel_stats(const float* stats, int64_t T, int64_t KP, int64_t k, int64_t P,
+                            int64_t kc, bool centered, double eps, bool side_b, float* panel,
+                            int64_t W, RowStats* out) {
+  const float *shift = stats + k, *sum = stats + T * KP + k, *sum_sq = stats + 2 * T * KP + k;
+  auto count = [&](int64_t t) { return static_cast<double>(std::min(kc, P - t * kc)); };
+  double total = 0.0;
+  for (int64_t t = 0; t < T; ++t) total += count(t) * shift[t * KP] + sum[t * KP];
+  const double mean = centered ? total / static_cast<double>(P) : 0.0;
+  double ss_centred = 0.0, ss_raw = 0.0;
+  for (int64_t t = 0; t < T; ++t) {
+    const double c = shift[t * KP], s = sum[t * KP], q = sum_sq[t * KP], a = c - mean;
+    if (q == 0.0 && s != 0.0) return false;  // squares that underflowed
+    ss_centred += q + a * (2.0 * s + count(t) * a);
+    ss_raw += q + c * (2.0 * s + count(t) * c);
+    panel[t * W] = static_cast<float>(a);
+    panel[(T + t) * W] = static_cast<float>(side_b ? s : s + count(t) * a);
+  }
+  // Squares of entries below about 1e-19 underflow in float32 (a channel of such entries
+  // could look constant), and above 1e19 overflow (non-finite sums).
+  if (!std::isfinite(ss_raw) || !std::isfinite(ss_centred)) return false;
+  if (ss_raw != 0.0 && ss_raw < 1e-20) return false;
+  *out = finish_row_stats(mean, std::max(ss_centred, 0.0), ss_raw, eps);
+  return !out->defined || (out->inv_norm >= 1e-15 && out->inv_norm <= 1e15);
+}
+
+// The float32 part of a streamed image (a, b: the image's data; offsets [P] per side):
+// C [KP, KP] = Σ_t A'_t B'_t^T plus the correction, one more GEMM of 2T positions: A's
+// [α_t, Σu'_t + n_t α_t] against B's [Σv'_t, β_t] (every term is at most ||u - μ|| ||v - ν||,
+// so float32 keeps it accurate). Each channel's definition and 1 / norm go to def_* and
+// inv_*. Returns false when a channel does not fit the float32 products.
+template <int kBytes>
+__attribute__((always_inline)) inline bool stream_image_impl(
+    const float* a, const int64_t* a_offsets, const float* b, const int64_t* b_offsets,
+    int64_t K, int64_t KP, int64_t P, int64_t kc, bool centered, double eps,
+    StreamedBuffers& buf) {
+  constexpr int W = kBytes / 4;
+  const int64_t T = (P + kc - 1) / kc;
+  float* c = buf.c.data();
+  std::memset(c, 0, KP * KP * sizeof(float));
+  float* pa = buf.a_panels.data();
+  float* pb = buf.b_panels.data();
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t n = std::min(kc, P - t * kc);
+    auto stats = [&](int side) {
+      float* base = buf.stats.data() + side * 3 * T * KP + t * KP;
+      return ChunkStats{base, base + T * KP, base + 2 * T * KP};
+    };
+    pack_chunk<kBytes>(a, a_offsets + t * kc, n, K, KP, kc, centered, pa, stats(0));
+    pack_chunk<kBytes>(b, b_offsets + t * kc, n, K, KP, kc, centered, pb, stats(1));
+    multiply_chunk<kBytes>(pa, pb, KP, kc, n, c);
+  }
+  // the statistics, and the correction panels [KP / W][2T][W]
+  const float* stats_a = buf.stats.data();
+  const float* stats_b = stats_a + 3 * T * KP;
+  std::memset(pa, 0, KP * 2 * T * sizeof(float));
+  std::memset(pb, 0, KP * 2 * T * sizeof(float));
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t at = (k / W) * 2 * T * W + k % W;
+    RowStats sa, sb;
+    if (!streamed_channel_stats(stats_a, T, KP, k, P, kc, centered, eps, false, pa + at, W,
+                                &sa) ||
+        !streamed_channel_stats(stats_b, T, KP, k, P, kc, centered, eps, true, pb + at, W, &sb))
+      return false;
+    buf.def_a[k] = sa.defined;
+    buf.def_b[k] = sb.defined;
+    buf.inv_a[k] = static_cast<float>(sa.inv_norm);
+    buf.inv_b[k] = static_cast<float>(sb.inv_norm);
+  }
+  if (centered) {
+    // B's panel holds [β_t, Σv'_t]: swapped into [Σv'_t, β_t] to face A's [α_t, Σu'_t + n_t α_t]
+    for (int64_t k = 0; k < K; ++k) {
+      float* col = pb + (k / W) * 2 * T * W + k % W;
+      for (int64_t t = 0; t < T; ++t) std::swap(col[t * W], col[(T + t) * W]);
+    }
+    multiply_chunk<kBytes>(pa, pb, KP, 2 * T, 2 * T, c);
+  }
+  return true;
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define EQUIFAST_STREAM_IMAGE(suffix, arch, bytes)                                         \
+  __attribute__((target(arch))) bool stream_image_##suffix(                                \
+      const float* a, const int64_t* a_offsets, const float* b, const int64_t* b_offsets, \
+      int64_t K, int64_t KP, int64_t P, int64_t kc, bool centered, double eps,            \
+      StreamedBuffers& buf) {                                                              \
+    return stream_image_impl<bytes>(a, a_offsets, b, b_offsets, K, KP, P, kc, centered,   \
+                                    eps, buf);                                             \
+  }
+EQUIFAST_STREAM_IMAGE(v4, "arch=x86-64-v4", 64)
+EQUIFAST_STREAM_IMAGE(v3, "arch=x86-64-v3", 32)
+#undef EQUIFAST_STREAM_IMAGE
+
+// Vector width in bytes of the streamed kernels on this CPU; 0 where they are not built (the
+// baseline instruction set keeps the normalised path).
+int streamed_vector_bytes() {
+  switch (cpu_isa()) {
+    case Isa::kV4: return 64;
+    case Isa::kV3: return 32;
+    default: return 0;
+  }
+}
+
+bool stream_image(int bytes, const float* a, const int64_t* a_offsets, const float* b,
+                  const int64_t* b_offsets, int64_t K, int64_t KP, int64_t P, int64_t kc,
+                  bool centered, double eps, StreamedBuffers& buf) {
+  if (bytes == 64)
+    return stream_image_v4(a, a_offsets, b, b_offsets, K, KP, P, kc, centered, eps, buf);
+  return stream_image_v3(a, a_offsets, b, b_offsets, K, KP, P, kc, centered, eps, buf);
+}
+#else
+int streamed_vector_bytes() { return 0; }
+bool stream_image(int, const float*, const int64_t*, const float*, const int64_t*, int64_t,
+                  int64_t, int64_t, int64_t, bool, double, StreamedBuffers&) {
+  TORCH_INTERNAL_ASSERT(false, "streamed images need GCC on x86-64");
+  return false;
+}
+#endif
+
+
+// ---------------------------------------------------------------------------------------
 // Scheduling
 // ---------------------------------------------------------------------------------------
 
@@ -854,6 +1165,7 @@ struct Buffers {
   AlignedFloats scale_b;  // 1 / ||v - μ|| of B's rows when B is read in place
   std::vector<uint8_t> def_b, def_a;
   std::vector<float> factor_b;  // column factors (see column_factors)
+  StreamedBuffers streamed;
 };
 
 // Per-thread tiles, kept between calls: fresh pages for every call would cost page faults
@@ -879,6 +1191,44 @@ struct Problem {
   double eps;
   float *channel, *layer;
   int64_t* layer_index;
+  // Streamed images (see "Streamed images"): the kernels' vector width in bytes (0: not
+  // streamed), positions per chunk, and channels padded to whole panels.
+  int streamed_bytes = 0;
+  int64_t kc = 0, KP = 0;
+
+  void prepare_streamed(int bytes) {
+    const int64_t width = bytes / 4;
+    streamed_bytes = bytes;
+    KP = (K + width - 1) / width * width;
+    kc = std::clamp<int64_t>(kStreamedPanelFloats / KP / 8 * 8, 32, 512);
+  }
+
+  // Image n streamed; false (nothing written) when a channel does not fit the float32 products.
+  bool stream(int64_t n, Buffers& buffers) const {
+    StreamedBuffers& buf = buffers.streamed;
+    const int64_t T = (P + kc - 1) / kc, positions = std::max(kc, 2 * T);
+    buf.a_panels.resize(KP * positions);
+    buf.b_panels.resize(KP * positions);
+    buf.c.resize(KP * KP);
+    buf.stats.resize(6 * T * KP);
+    for (auto* v : {&buf.inv_a, &buf.inv_b, &buf.factor}) v->resize(K);
+    for (auto* v : {&buf.def_a, &buf.def_b}) v->resize(K);
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (!stream_image(streamed_bytes, A.data + n * A.stride_n, A.offsets,
+                        B.data + n * B.stride_n, B.offsets, K, KP, P, kc, centered, eps, buf))
+        return false;
+    }
+    float* c = buf.c.data();
+    for (int64_t i = 0; i < K; ++i) {
+      float* row = c + i * KP;
+      const float inv = buf.inv_a[i];
+      for (int64_t j = 0; j < K; ++j) row[j] *= inv;
+    }
+    column_factors(buf.def_b.data(), buf.inv_b.data(), K, buf.factor.data());
+    tile_epilogue(c, KP, K, K, 0, buf.def_a.data(), buf.factor.data(), channel + n * K,
+                  layer + n * K, layer_index + n * K);
+    return true;
+  }
 
   // Floats of one image's packed B, and packing its rows [k0, k0 + rows): as rows [K, LD], or
   // as columns [P, LD_S]: directly for a channels-last side, else transposed, 16 rows at a
@@ -949,6 +1299,7 @@ struct Problem {
   // than from memory. If B does not fit in place after all (rare), it is packed and the first
   // tile's GEMM repeated.
   void image(int64_t n, Buffers& buf) const {
+    if (streamed_bytes && stream(n, buf)) return;
     uint8_t* def_b = buf.def_b.data();
     float* scale = buf.scale_b.data();
     BView bv;
@@ -1141,6 +1492,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
         pb.channel = channel.data_ptr<float>();
         pb.layer = layer.data_ptr<float>();
         pb.layer_index = layer_index.data_ptr<int64_t>();
+        const int bytes = streamed_vector_bytes();
+        if (pb.A.columns && pb.B.columns && bytes > 0 && K <= kMaxStreamedChannels &&
+            N >= 2 * at::get_num_threads())
+          pb.prepare_streamed(bytes);
         if (N >= 2 * at::get_num_threads())
           pb.run_per_image();
         else
