@@ -350,7 +350,7 @@ def test_tiny_and_huge_rows(metric, layout):
 @pytest.mark.parametrize("eps", [EPS, 0.0], ids=["eps", "eps0"])
 @pytest.mark.parametrize("metric", list(METRICS))
 def test_streamed_channels_last(metric, eps, monkeypatch):
-    # Channels-last float32 images, K <= 128, at least two per thread, are streamed: chunks of
+    # Channels-last float32 images with K <= 128 are streamed (any N): chunks of
     # positions centred on their own means, our GEMM, and the exact centring added from the
     # chunks' statistics. 20 x 20 maps span two chunks, K = 70 a partial panel. The channels
     # stress the correction: a constant (exactly undefined even at eps = 0, at a value whose
@@ -426,7 +426,7 @@ _T_STRATEGY = st.one_of(
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 5), k=st.integers(1, 40), size=st.integers(1, 9),
+@given(n=st.integers(1, 3), k=st.integers(1, 40), size=st.integers(1, 9),
        scale=st.sampled_from([1, 2, 3]), transform=_T_STRATEGY,
        metric=st.sampled_from(list(METRICS)), seed=st.integers(0, 2**16),
        dead=st.booleans(), channels_last=st.booleans())

@@ -1213,10 +1213,12 @@ struct Problem {
     buf.stats.resize(6 * T * KP);
     for (auto* v : {&buf.inv_a, &buf.inv_b, &buf.factor}) v->resize(K);
     for (auto* v : {&buf.def_a, &buf.def_b}) v->resize(K);
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (!stream_image(streamed_bytes, A.data + n * A.stride_n, A.offsets,
-                        B.data + n * B.stride_n, B.offsets, K, KP, P, kc, centered, eps, buf))
-        return false;
+    if constexpr (!std::is_same_v<scalar_t, float>) {
+      return false;  // streamed images are float32 (see prepare_streamed's caller)
+    } else if (!stream_image(streamed_bytes, A.data + n * A.stride_n, A.offsets,
+                             B.data + n * B.stride_n, B.offsets, K, KP, P, kc, centered, eps,
+                             buf)) {
+      return false;
     }
     float* c = buf.c.data();
     for (int64_t i = 0; i < K; ++i) {
@@ -1492,11 +1494,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
         pb.channel = channel.data_ptr<float>();
         pb.layer = layer.data_ptr<float>();
         pb.layer_index = layer_index.data_ptr<int64_t>();
+        // Streamed whatever N (a thread an image), so that an image's scores do not depend
+        // on the batch it came in (sharded sweeps merge exactly).
         const int bytes = streamed_vector_bytes();
-        if (pb.A.columns && pb.B.columns && bytes > 0 && K <= kMaxStreamedChannels &&
-            N >= 2 * at::get_num_threads())
-          pb.prepare_streamed(bytes);
-        if (N >= 2 * at::get_num_threads())
+        const bool streamed =
+            pb.A.columns && pb.B.columns && bytes > 0 && K <= kMaxStreamedChannels;
+        if (streamed) pb.prepare_streamed(bytes);
+        if (streamed || N >= 2 * at::get_num_threads())
           pb.run_per_image();
         else
           pb.run_shared_b();
