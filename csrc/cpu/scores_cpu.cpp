@@ -864,7 +864,9 @@ void tile_epilogue(const float* s, int64_t ld_s, int64_t rows, int64_t K, int64_
 // streamed_channel_stats) is computed again by the normalised path.
 // Measured on AVX2 (N = 64, 2 threads): 1.1-1.6x faster than the normalised path for
 // channels-last K <= 128; slower for NCHW sides (their 8 x 8 transpositions into panels cost
-// more than BLAS's packing) and for K = 256, which keep the normalised path.
+// more than BLAS's packing) and for K = 256, which keep the normalised path. Like the other
+// loops, the GEMM and the packing are compiled per instruction set (EQUIFAST_PER_ISA); the
+// baseline (SSE) build passes the same tests but was not timed.
 constexpr int64_t kMaxStreamedChannels = 128;
 constexpr int64_t kStreamedPanelFloats = 16 * 1024;  // a chunk's panels: 64 KiB a side
 
@@ -878,9 +880,16 @@ template <>
 struct FloatVector<32> {
   typedef float type __attribute__((vector_size(32)));
 };
+template <>
+struct FloatVector<16> {
+  typedef float type __attribute__((vector_size(16)));
+};
+
+// Channels are padded to whole panels of the widest vector (16 floats), whatever the CPU.
+constexpr int64_t kStreamedChannelAlign = 16;
 
 // The register blocking per instruction set: panels of kWidth channels (one vector);
-// micro-tiles of kRows rows of A by kVectors vectors of B (12 accumulators of 16 AVX2
+// micro-tiles of kRows rows of A by kVectors vectors of B (12 accumulators of 16 AVX2 or SSE
 // registers, 16 of 32 AVX-512 ones).
 template <int kBytes>
 struct Blocking {
@@ -960,50 +969,34 @@ __attribute__((always_inline)) inline void pack_chunk(const float* image,
   const fv count = fv{} + static_cast<float>(n);
   for (int64_t k = 0; k < KP; k += W) {
     float* dst = panels + (k / W) * kc * W;
-    const int64_t nk = std::min<int64_t>(W, K - k);
-    if (nk < W) {  // the last, partial panel: element by element, zeros past K
-      for (int64_t l = 0; l < W; ++l) {
-        if (l >= nk) {
-          for (int64_t p = 0; p < n; ++p) dst[p * W + l] = 0.f;
-          continue;
-        }
-        const float* x = image + k + l;
-        const float x0 = x[offsets[0]];
-        float d = 0.f;
-        for (int64_t p = 0; p < n; ++p) d += x[offsets[p]] - x0;
-        const float c = centered ? x0 + d / static_cast<float>(n) : 0.f;
-        float s = 0.f, q = 0.f;
-        for (int64_t p = 0; p < n; ++p) {
-          const float t = x[offsets[p]] - c;
-          dst[p * W + l] = t;
-          s += t;
-          q += t * t;
-        }
-        st.shift[k + l] = c;
-        st.sum[k + l] = s;
-        st.sum_sq[k + l] = q;
-      }
-      continue;
-    }
-    // two accumulators per sum: one would wait on the add latency at every position
     const float* x = image + k;
+    const int64_t nk = std::clamp<int64_t>(K - k, 0, W);
+    // A position's channels [k, k + W) as a vector; past K (the last, partial panel, or the
+    // padding) zeros, which pack as zeros with zero statistics.
+    auto load = [&](int64_t p) __attribute__((always_inline)) {
+      if (nk == W) return load_vector<fv>(x + offsets[p]);
+      fv v{};
+      for (int64_t l = 0; l < nk; ++l) v[l] = x[offsets[p] + l];
+      return v;
+    };
+    // two accumulators per sum: one would wait on the add latency at every position
     fv c{};
     if (centered) {
-      const fv x0 = load_vector<fv>(x + offsets[0]);
+      const fv x0 = load(0);
       fv d0{}, d1{};
       int64_t p = 0;
       for (; p + 2 <= n; p += 2) {
-        d0 += load_vector<fv>(x + offsets[p]) - x0;
-        d1 += load_vector<fv>(x + offsets[p + 1]) - x0;
+        d0 += load(p) - x0;
+        d1 += load(p + 1) - x0;
       }
-      if (p < n) d0 += load_vector<fv>(x + offsets[p]) - x0;
+      if (p < n) d0 += load(p) - x0;
       c = x0 + (d0 + d1) / count;
     }
     fv s0{}, s1{}, q0{}, q1{};
     int64_t p = 0;
     for (; p + 2 <= n; p += 2) {
-      const fv t0 = load_vector<fv>(x + offsets[p]) - c;
-      const fv t1 = load_vector<fv>(x + offsets[p + 1]) - c;
+      const fv t0 = load(p) - c;
+      const fv t1 = load(p + 1) - c;
       store_vector(dst + p * W, t0);
       store_vector(dst + (p + 1) * W, t1);
       s0 += t0;
@@ -1012,7 +1005,7 @@ __attribute__((always_inline)) inline void pack_chunk(const float* image,
       q1 += t1 * t1;
     }
     if (p < n) {
-      const fv t0 = load_vector<fv>(x + offsets[p]) - c;
+      const fv t0 = load(p) - c;
       store_vector(dst + p * W, t0);
       s0 += t0;
       q0 += t0 * t0;
@@ -1115,44 +1108,11 @@ __attribute__((always_inline)) inline bool stream_image_impl(
   return true;
 }
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define EQUIFAST_STREAM_IMAGE(suffix, arch, bytes)                                         \
-  __attribute__((target(arch))) bool stream_image_##suffix(                                \
-      const float* a, const int64_t* a_offsets, const float* b, const int64_t* b_offsets, \
-      int64_t K, int64_t KP, int64_t P, int64_t kc, bool centered, double eps,            \
-      StreamedBuffers& buf) {                                                              \
-    return stream_image_impl<bytes>(a, a_offsets, b, b_offsets, K, KP, P, kc, centered,   \
-                                    eps, buf);                                             \
-  }
-EQUIFAST_STREAM_IMAGE(v4, "arch=x86-64-v4", 64)
-EQUIFAST_STREAM_IMAGE(v3, "arch=x86-64-v3", 32)
-#undef EQUIFAST_STREAM_IMAGE
-
-// Vector width in bytes of the streamed kernels on this CPU; 0 where they are not built (the
-// baseline instruction set keeps the normalised path).
-int streamed_vector_bytes() {
-  switch (cpu_isa()) {
-    case Isa::kV4: return 64;
-    case Isa::kV3: return 32;
-    default: return 0;
-  }
-}
-
-bool stream_image(int bytes, const float* a, const int64_t* a_offsets, const float* b,
+EQUIFAST_PER_ISA(bool, stream_image, stream_image_impl,
+                 (const float* a, const int64_t* a_offsets, const float* b,
                   const int64_t* b_offsets, int64_t K, int64_t KP, int64_t P, int64_t kc,
-                  bool centered, double eps, StreamedBuffers& buf) {
-  if (bytes == 64)
-    return stream_image_v4(a, a_offsets, b, b_offsets, K, KP, P, kc, centered, eps, buf);
-  return stream_image_v3(a, a_offsets, b, b_offsets, K, KP, P, kc, centered, eps, buf);
-}
-#else
-int streamed_vector_bytes() { return 0; }
-bool stream_image(int, const float*, const int64_t*, const float*, const int64_t*, int64_t,
-                  int64_t, int64_t, int64_t, bool, double, StreamedBuffers&) {
-  TORCH_INTERNAL_ASSERT(false, "streamed images need GCC on x86-64");
-  return false;
-}
-#endif
+                  bool centered, double eps, StreamedBuffers& buf),
+                 (a, a_offsets, b, b_offsets, K, KP, P, kc, centered, eps, buf))
 
 
 // ---------------------------------------------------------------------------------------
@@ -1191,15 +1151,14 @@ struct Problem {
   double eps;
   float *channel, *layer;
   int64_t* layer_index;
-  // Streamed images (see "Streamed images"): the kernels' vector width in bytes (0: not
-  // streamed), positions per chunk, and channels padded to whole panels.
-  int streamed_bytes = 0;
+  // Streamed images (see "Streamed images"): whether, positions per chunk, and channels
+  // padded to whole panels.
+  bool streamed = false;
   int64_t kc = 0, KP = 0;
 
-  void prepare_streamed(int bytes) {
-    const int64_t width = bytes / 4;
-    streamed_bytes = bytes;
-    KP = (K + width - 1) / width * width;
+  void prepare_streamed() {
+    streamed = true;
+    KP = (K + kStreamedChannelAlign - 1) / kStreamedChannelAlign * kStreamedChannelAlign;
     kc = std::clamp<int64_t>(kStreamedPanelFloats / KP / 8 * 8, 32, 512);
   }
 
@@ -1215,9 +1174,8 @@ struct Problem {
     for (auto* v : {&buf.def_a, &buf.def_b}) v->resize(K);
     if constexpr (!std::is_same_v<scalar_t, float>) {
       return false;  // streamed images are float32 (see prepare_streamed's caller)
-    } else if (!stream_image(streamed_bytes, A.data + n * A.stride_n, A.offsets,
-                             B.data + n * B.stride_n, B.offsets, K, KP, P, kc, centered, eps,
-                             buf)) {
+    } else if (!stream_image(A.data + n * A.stride_n, A.offsets, B.data + n * B.stride_n,
+                             B.offsets, K, KP, P, kc, centered, eps, buf)) {
       return false;
     }
     float* c = buf.c.data();
@@ -1301,7 +1259,7 @@ struct Problem {
   // than from memory. If B does not fit in place after all (rare), it is packed and the first
   // tile's GEMM repeated.
   void image(int64_t n, Buffers& buf) const {
-    if (streamed_bytes && stream(n, buf)) return;
+    if (streamed && stream(n, buf)) return;
     uint8_t* def_b = buf.def_b.data();
     float* scale = buf.scale_b.data();
     BView bv;
@@ -1461,9 +1419,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
   check_inputs(fx, ftx, a_index, b_index, eps);
   TORCH_INTERNAL_ASSERT(fx.device().is_cpu());
   const int64_t N = fx.size(0), K = fx.size(1), W = fx.size(3), P = a_index.size(0);
-  // The arg-max keeps int32 column indices (twice the lanes per vector).
-  TORCH_CHECK(K <= std::numeric_limits<int32_t>::max(),
-              "Expected fewer than 2^31 channels, but got K = ", K, ".");
   auto fopts = fx.options().dtype(at::kFloat);
   at::Tensor channel = at::empty({N, K}, fopts);
   at::Tensor layer = at::empty({N, K}, fopts);
@@ -1496,11 +1451,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
         pb.layer_index = layer_index.data_ptr<int64_t>();
         // Streamed whatever N (a thread an image), so that an image's scores do not depend
         // on the batch it came in (sharded sweeps merge exactly).
-        const int bytes = streamed_vector_bytes();
-        const bool streamed =
-            pb.A.columns && pb.B.columns && bytes > 0 && K <= kMaxStreamedChannels;
-        if (streamed) pb.prepare_streamed(bytes);
-        if (streamed || N >= 2 * at::get_num_threads())
+        if (pb.A.columns && pb.B.columns && K <= kMaxStreamedChannels) pb.prepare_streamed();
+        if (pb.streamed || N >= 2 * at::get_num_threads())
           pb.run_per_image();
         else
           pb.run_shared_b();
