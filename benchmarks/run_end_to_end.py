@@ -61,6 +61,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--output", default=None, help="markdown file to write (default: benchmarks/RESULTS.md)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     model, _ = load_model(args.model, weights=None)
@@ -87,13 +88,16 @@ def main(argv=None):
     print(row)
     print(f"backend: {ef.backend()}, torch {torch.__version__}")
     if not args.no_write:
-        _write(header, row)
+        _write(header, row, device, args.output)
 
 
-def _write(header, row):
-    write_section("end-to-end", f"## End to end: `equifast.measure` vs the model's own forward passes\n\n"
-                  f"Written by `benchmarks/run_end_to_end.py` on {time.strftime('%Y-%m-%d')}, torch "
-                  f"{torch.__version__}, backend {ef.backend()}.\n\n{header}\n{row}")
+def _write(header, row, device, output=None):
+    # CPU and GPU rows sit side by side: each device type has its own section.
+    name = "end-to-end" if device.type == "cpu" else f"end-to-end-{device.type}"
+    write_section(name, f"## End to end ({device.type}): `equifast.measure` vs the model's own forward "
+                  f"passes\n\nWritten by `benchmarks/run_end_to_end.py` on {time.strftime('%Y-%m-%d')}, torch "
+                  f"{torch.__version__}, backend {ef.backend()}.\n\n{header}\n{row}",
+                  *([output] if output else []))
 
 
 if __name__ == "__main__":
