@@ -16,7 +16,8 @@ to 0 on these maps: the identity map on both sides) and Translation(32, 32) (shi
 - on CUDA, the roofline: the larger of the tensor-core time (``2 N K^2 P`` at the device's
   dense TF32 peak) and the time to read both inputs once (at its memory bandwidth), and the
   fraction of it the operator reaches (target: at least 70%); the float32 kernel
-  (``tensor_cores=False``) is timed beside it. Peaks come from a table of known GPUs, or
+  (``tensor_cores=False``) and the opt-in single pass (``EQUIFAST_CUDA_SINGLE_PASS=1``) are
+  timed beside it. Peaks come from a table of known GPUs, or
   ``--peak-tflops`` / ``--peak-gbs``.
 
 The operator and ``torch.bmm`` are timed in alternation (op, bmm, op, bmm, ...) and each is
@@ -110,6 +111,15 @@ def _best(fn, repeat: int, device: str) -> float:
     return min(times)
 
 
+def _single_pass(fx, ftx, a, b):
+    """The CUDA single pass (opt-in while it is new: ``EQUIFAST_CUDA_SINGLE_PASS=1``)."""
+    os.environ["EQUIFAST_CUDA_SINGLE_PASS"] = "1"
+    try:
+        return ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE)
+    finally:
+        del os.environ["EQUIFAST_CUDA_SINGLE_PASS"]
+
+
 def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_repeat: int,
             peaks=None, layout: str = "NCHW") -> dict:
     g = torch.Generator().manual_seed(0)
@@ -127,6 +137,7 @@ def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_
     if device.startswith("cuda"):
         fns.append(lambda: ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE,
                                                    False))
+        fns.append(lambda: _single_pass(fx, ftx, a, b))
     times = _alternating_medians(fns, repeat, device)
     t_op, t_bmm, t_own = times[:3]
     t_ref = _best(lambda: reference.equivariance_scores(fx, ftx, transform, "correlation",
@@ -136,7 +147,7 @@ def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_
                op_bmm=t_op / t_bmm, op_own=t_op / t_own, ref_op=t_ref / t_op,
                gflops=flops / t_op / 1e9, bmm_gflops=flops / t_bmm / 1e9)
     if len(times) > 3:
-        row["op_fp32"] = times[3]
+        row["op_fp32"], row["op_single"] = times[3], times[4]
     if peaks is not None:
         tflops, gbs = peaks
         read = 2 * fx.numel() * fx.element_size()
@@ -168,15 +179,16 @@ def table(rows) -> str:
     roof = "roofline" in rows[0]
     cols = ["N", "K", "map", "shift", "layout", "P", "op (ms)", "bmm (ms)", "reference (ms)", "op/bmm",
             "op/bmm(fx, ftx)", "ref/op", "op GFLOP/s", "bmm GFLOP/s"]
-    cols += ["op float32 (ms)"] if gpu else []
-    cols += ["roofline (ms)", "of roofline"] if roof else []
+    cols += ["op float32 (ms)", "op single pass (ms)"] if gpu else []
+    cols += ["roofline (ms)", "of roofline", "single pass: of roofline"] if roof else []
 
     def cells(r):
         out = [r["n"], r["k"], r["map"], r["shift"], r["layout"], r["p"], f"{1e3 * r['op']:.2f}",
                f"{1e3 * r['bmm']:.2f}", f"{1e3 * r['ref']:.1f}", f"{r['op_bmm']:.2f}",
                f"{r['op_own']:.2f}", f"{r['ref_op']:.1f}", f"{r['gflops']:.1f}", f"{r['bmm_gflops']:.1f}"]
-        out += [f"{1e3 * r['op_fp32']:.2f}"] if gpu else []
-        out += [f"{1e3 * r['roofline']:.3f}", f"{100 * r['of_roofline']:.0f}%"] if roof else []
+        out += [f"{1e3 * r['op_fp32']:.2f}", f"{1e3 * r['op_single']:.2f}"] if gpu else []
+        out += [f"{1e3 * r['roofline']:.3f}", f"{100 * r['of_roofline']:.0f}%",
+                f"{100 * r['roofline'] / r['op_single']:.0f}%"] if roof else []
         return out
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -214,7 +226,8 @@ def main(argv=None) -> int:
                   f"ref {1e3 * r['ref']:9.1f} ms  op/bmm {r['op_bmm']:5.2f}  "
                   f"op/bmm(fx, ftx) {r['op_own']:5.2f}  "
                   f"ref/op {r['ref_op']:6.1f}  {r['gflops']:6.1f} GFLOP/s"
-                  + (f"  {100 * r['of_roofline']:.0f}% of roofline" if peaks else ""),
+                  + (f"  {100 * r['of_roofline']:.0f}% of roofline (single pass "
+                     f"{100 * r['roofline'] / r['op_single']:.0f}%)" if peaks else ""),
                   flush=True)
     text = (f"## Operator benchmark ({'quick' if args.quick else 'full'} run, "
             f"device {args.device})\n\n"

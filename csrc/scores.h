@@ -73,6 +73,54 @@ EQUIFAST_HD RowStats finish_row_stats(double mean, double ss_centred, double ss_
   return s;
 }
 
+// The same statistics when they come from float32 sums of values scaled for float32 products
+// (the CPU's streamed images, the CUDA single pass): `ss_centred` and `ss_raw` formed in float64
+// from those sums. Returns false when float32 products cannot score the row as the float64
+// rule would: a non-finite statistic (squares that overflowed, or NaN input), entries whose
+// squares underflow (ss_raw in (0, 1e-20): such a row could look constant), or a defined norm
+// outside [1e-15, 1e15]. The caller then scores the row by the normalised path.
+EQUIFAST_HD bool is_finite(double x) {
+#if defined(__CUDA_ARCH__)
+  return isfinite(x);
+#else
+  return std::isfinite(x);
+#endif
+}
+
+EQUIFAST_HD bool finish_float32_row_stats(double mean, double ss_centred, double ss_raw, double eps,
+                                          RowStats* out) {
+  if (!is_finite(ss_raw) || !is_finite(ss_centred)) return false;
+  if (ss_raw != 0.0 && ss_raw < 1e-20) return false;
+  *out = finish_row_stats(mean, ss_centred > 0.0 ? ss_centred : 0.0, ss_raw, eps);
+  return !out->defined || (out->inv_norm >= 1e-15 && out->inv_norm <= 1e15);
+}
+
+// The statistics' inputs from a row's sums shifted by c (c = 0 for cosine): s = Σ(u - c) and
+// q = Σ(u - c)^2 over P values give the mean c + s / P, ss_centred = q - s^2 / P and
+// ss_raw = Σu^2 = q + 2cs + Pc^2. With c one of the row's values (its first), a constant row
+// has s = q = 0 exactly, and every term is at most about P Σu^2 (c^2 <= Σu^2), so rounding
+// stays far below what the eps test can see.
+struct ShiftedSums {
+  double mean, ss_centred, ss_raw;
+};
+
+EQUIFAST_HD ShiftedSums shifted_sums(double c, double s, double q, int64_t P, bool centered) {
+  if (!centered) return {0.0, q, q};
+  const double n = static_cast<double>(P), m = s / n;
+  const double ss_centred = q - s * m;
+  return {c + m, ss_centred < 0.0 ? 0.0 : ss_centred, q + c * (2.0 * s + n * c)};  // NaN stays
+}
+
+// A row whose shifted sums s, q were taken in float32 (the CUDA single pass): its statistics, or
+// false when float32 could not hold it (squares that underflowed to q = 0 with s != 0, or
+// finish_float32_row_stats).
+EQUIFAST_HD bool float32_shifted_row_stats(double c, double s, double q, int64_t P, bool centered,
+                                           double eps, RowStats* out) {
+  if (q == 0.0 && s != 0.0) return false;
+  const ShiftedSums r = shifted_sums(c, s, q, P, centered);
+  return finish_float32_row_stats(r.mean, r.ss_centred, r.ss_raw, eps, out);
+}
+
 // One normalised value (u - mean) / ||u - mean||, formed in float64, stored as float32.
 // Undefined rows have inv_norm == 0, so they normalise to zeros (and are masked anyway).
 EQUIFAST_HD float normalise_value(float x, double mean, double inv_norm) {

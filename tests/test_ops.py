@@ -178,6 +178,37 @@ def test_cuda_tiles_and_dtypes(tensor_cores, dtype, layout):
                             metric, (23, 23), atol=atol)
 
 
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_single_pass(dtype, layout, monkeypatch):
+    # EQUIFAST_CUDA_SINGLE_PASS=1: each row shifted by its first value as it is staged, its
+    # statistics from float32 sums of the staged values, the centring applied in the epilogue.
+    # K = 150 on 23 x 23 maps spans tiles, column splits and ragged steps. The rows stress the
+    # shift: a constant (undefined), a large mean with small variations, a first value far from
+    # the mean, a ramp, zeros. An image with a NaN, and (float32) one whose squares overflow
+    # float32 sums, are flagged and computed again by the two-pass kernels.
+    monkeypatch.setenv("EQUIFAST_CUDA_SINGLE_PASS", "1")
+    fx, ftx = _features(4, 150, 23, 23, seed=15)
+    fx[0, 3] = 0.0
+    fx[:, 4], ftx[:, 4] = 0.1, 0.1
+    fx[:, 5] += 100.0
+    fx[:, 6, 0, 0] = 8.0
+    ftx[:, 6] = torch.linspace(-3.0, 5.0, 23 * 23).reshape(23, 23)
+    fx[2, 7, 5, 5] = float("nan")
+    if dtype == torch.float32:
+        fx[3, 2] *= 1e30
+    fx, ftx = fx.to("cuda", dtype), ftx.to("cuda", dtype)
+    if layout == "channels_last":
+        fx = fx.to(memory_format=torch.channels_last)
+        ftx = ftx.to(memory_format=torch.channels_last)
+    for t in (Rotation(1), Translation(3, -2), Translation(2, 5, mode="zero")):
+        for metric in METRICS:
+            _assert_matches(_run_op(fx, ftx, t, metric, (23, 23), True), fx, ftx, t, metric,
+                            (23, 23), atol=TENSOR_CORE_ATOL[dtype])
+
+
 @pytest.mark.parametrize("transform", TRANSFORMS, ids=lambda t: t.name)
 @pytest.mark.parametrize("metric", list(METRICS))
 def test_transforms_scaled(transform, metric):

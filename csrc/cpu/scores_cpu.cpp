@@ -361,19 +361,11 @@ void accumulate(const float* x, int64_t n, double shift, LaneSums& acc) {
   accumulate_runs(x, &whole, 1, shift, acc);
 }
 
-// The statistics of scores.h from the lane sums of a row shifted by c (c = 0 for cosine):
-// mean, ss_centred = Σ(x-c)^2 - (Σ(x-c))^2 / P  and  ss_raw = Σ x^2 = Σ(x-c)^2 + 2cΣ(x-c) + Pc^2
-// (every term there is at most about P Σ x^2, since c^2 <= Σ x^2, so its rounding error is
-// far below what the eps test can see).
+// The statistics of scores.h from the lane sums of a row shifted by c (c = 0 for cosine).
 RowStats stats_from_sums(double sum, double sum_sq, double shift, int64_t P, bool centered,
                          double eps) {
-  if (!centered) return finish_row_stats(0.0, sum_sq, sum_sq, eps);
-  const double count = static_cast<double>(P);
-  const double mean_shifted = sum / count;
-  double ss_centred = sum_sq - sum * mean_shifted;
-  if (ss_centred < 0.0) ss_centred = 0.0;  // rounding; NaN stays NaN (undefined)
-  const double ss_raw = sum_sq + shift * (2.0 * sum + count * shift);
-  return finish_row_stats(shift + mean_shifted, ss_centred, ss_raw, eps);
+  const ShiftedSums r = shifted_sums(shift, sum, sum_sq, P, centered);
+  return finish_row_stats(r.mean, r.ss_centred, r.ss_raw, eps);
 }
 
 RowStats stats_from_sums(const LaneSums& acc, double shift, int64_t P, bool centered,
@@ -1027,8 +1019,7 @@ struct StreamedBuffers {
 // Float64 statistics of channel k of a side from its chunks (counts n_t: kc, the last P -
 // (T - 1) kc), and its entries of the correction panel at panel[t * W] (t < 2T): α_t = c_t - μ,
 // then B's Σv'_t (side_b) or A's Σu'_t + n_t α_t. Returns false when the channel does not fit
-// the float32 products: a non-finite statistic, entries so small that their squares underflow
-// (Σu^2 in (0, 1e-20)), or a defined norm outside [1e-15, 1e15].
+// the float32 products (squares that underflow, finish_float32_row_stats in scores.h).
 bool streamed_channel_stats(const float* stats, int64_t T, int64_t KP, int64_t k, int64_t P,
                             int64_t kc, bool centered, double eps, bool side_b, float* panel,
                             int64_t W, RowStats* out) {
@@ -1046,12 +1037,7 @@ bool streamed_channel_stats(const float* stats, int64_t T, int64_t KP, int64_t k
     panel[t * W] = static_cast<float>(a);
     panel[(T + t) * W] = static_cast<float>(side_b ? s : s + count(t) * a);
   }
-  // Squares of entries below about 1e-19 underflow in float32 (a channel of such entries
-  // could look constant), and above 1e19 overflow (non-finite sums).
-  if (!std::isfinite(ss_raw) || !std::isfinite(ss_centred)) return false;
-  if (ss_raw != 0.0 && ss_raw < 1e-20) return false;
-  *out = finish_row_stats(mean, std::max(ss_centred, 0.0), ss_raw, eps);
-  return !out->defined || (out->inv_norm >= 1e-15 && out->inv_norm <= 1e15);
+  return finish_float32_row_stats(mean, ss_centred, ss_raw, eps, out);
 }
 
 // The float32 part of a streamed image (a, b: the image's data; offsets [P] per side):

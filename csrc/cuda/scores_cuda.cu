@@ -31,6 +31,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <limits>
 
 #include "scores.h"
@@ -57,17 +59,20 @@ __device__ __forceinline__ double warp_sum(double v) {
   return v;
 }
 
-// One warp per row (n, k): mean, 1 / norm and the defined flag, all from float64 sums.
+// One warp per row (n, k): mean, 1 / norm and the defined flag, all from float64 sums; only
+// the rows of the images flagged in `only_images` when it is given (the single pass's fallback).
 template <typename scalar_t>
 __global__ void row_stats_kernel(const scalar_t* __restrict__ data, int64_t stride_n,
                                  int64_t stride_k, const int64_t* __restrict__ offsets,
                                  int64_t P, int64_t K, int64_t rows, bool centered, double eps,
                                  double* __restrict__ mean_out, double* __restrict__ inv_out,
-                                 uint8_t* __restrict__ defined_out) {
+                                 uint8_t* __restrict__ defined_out,
+                                 const uint8_t* __restrict__ only_images) {
   const int lane = threadIdx.x & 31;
   const int64_t row = blockIdx.x * static_cast<int64_t>(kWarpsPerStatsBlock) + (threadIdx.x >> 5);
   if (row >= rows) return;  // whole warps leave together
   const int64_t n = row / K, k = row - n * K;
+  if (only_images != nullptr && !only_images[n]) return;
   const scalar_t* base = data + n * stride_n + k * stride_k;
   double mean = 0.0;
   if (centered) {
@@ -151,6 +156,7 @@ struct TileArgs {
   float* part_best;
   int64_t* part_index;
   float* diagonal;
+  const uint8_t* only_images;  // [N] when given: the blocks of other images return at once
 };
 
 // A block's place in the grid (row tile, image, column split) of both tile kernels: its
@@ -183,6 +189,7 @@ similarity_tile_kernel(const TileArgs<scalar_t> t) {
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const BlockPlace place(K, t.col_tiles_per_split);
   const int64_t row0 = place.row0, n = place.n;
+  if (t.only_images != nullptr && !t.only_images[n]) return;
 
   float best[4];
   int64_t best_index[4];
@@ -272,11 +279,12 @@ static_assert(kTcTile == kTileM && kTcTile == kTileN, "the grid and splits are s
 template <typename scalar_t>
 struct TensorCore;
 template <>
-struct TensorCore<float> {  // TF32: float staging, rounded to TF32 in the fragments
+struct TensorCore<float> {  // TF32: float staging, rounded to TF32 when staged
   using staged = float;
   using fragment_type = nvcuda::wmma::precision::tf32;
   static constexpr int kK = 8;
-  __device__ static staged from_float(float x) { return x; }
+  __device__ static staged from_float(float x) { return nvcuda::wmma::__float_to_tf32(x); }
+  __device__ static float to_float(staged x) { return x; }
 };
 template <>
 struct TensorCore<at::Half> {
@@ -284,6 +292,7 @@ struct TensorCore<at::Half> {
   using fragment_type = __half;
   static constexpr int kK = 16;
   __device__ static staged from_float(float x) { return __float2half_rn(x); }
+  __device__ static float to_float(staged x) { return __half2float(x); }
 };
 template <>
 struct TensorCore<at::BFloat16> {
@@ -291,6 +300,7 @@ struct TensorCore<at::BFloat16> {
   using fragment_type = __nv_bfloat16;
   static constexpr int kK = 16;
   __device__ static staged from_float(float x) { return __float2bfloat16_rn(x); }
+  __device__ static float to_float(staged x) { return __bfloat162float(x); }
 };
 
 // Stage a [kTcTile rows x kTcP positions] tile of normalised rows (channels c0.., positions
@@ -307,6 +317,55 @@ __device__ __forceinline__ void stage_tile(const SideArgs<scalar_t>& s, int64_t 
   }
 }
 
+// A warp's 32 x 32 quadrant (rows wm.., columns wn..) of the block's 64 x 64 tile: 2 x 2
+// accumulator fragments.
+template <typename scalar_t>
+struct Accumulators {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, TensorCore<scalar_t>::kK, float> f[2][2];
+  __device__ void zero() {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(f[i][j], 0.f);
+  }
+};
+
+// acc += the warp's quadrant of As Bs^T over the kTcP staged positions (values already in the
+// tensor-core type: TF32-rounded floats, halves or bfloat16s).
+template <typename scalar_t>
+__device__ __forceinline__ void warp_tile_mma(
+    const typename TensorCore<scalar_t>::staged (*As)[kTcLd],
+    const typename TensorCore<scalar_t>::staged (*Bs)[kTcLd], int wm, int wn,
+    Accumulators<scalar_t>& acc) {
+  namespace wmma = nvcuda::wmma;
+  using TC = TensorCore<scalar_t>;
+#pragma unroll
+  for (int kk = 0; kk < kTcP; kk += TC::kK) {
+    wmma::fragment<wmma::matrix_a, 16, 16, TC::kK, typename TC::fragment_type, wmma::row_major> a[2];
+    wmma::fragment<wmma::matrix_b, 16, 16, TC::kK, typename TC::fragment_type, wmma::col_major> b[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      wmma::load_matrix_sync(a[i], &As[wm + 16 * i][kk], kTcLd);
+      wmma::load_matrix_sync(b[i], &Bs[wn + 16 * i][kk], kTcLd);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::mma_sync(acc.f[i][j], a[i], b[j], acc.f[i][j]);
+  }
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ void store_warp_tile(const Accumulators<scalar_t>& acc, int wm, int wn,
+                                                float (*Cs)[kTcLdC]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      nvcuda::wmma::store_matrix_sync(&Cs[wm + 16 * i][wn + 16 * j], acc.f[i][j], kTcLdC,
+                                      nvcuda::wmma::mem_row_major);
+}
+
 // Block (row tile, image, column split), as `similarity_tile_kernel`, with the 64 x 64 tile
 // of S computed by four warps on tensor cores, then read back from shared memory by the
 // epilogue: thread t keeps the running max / arg-max of row t / 2 over the columns of half
@@ -318,10 +377,7 @@ tensor_core_tile_kernel(const TileArgs<scalar_t> t) {
   const SideArgs<scalar_t>& A = t.A;
   const SideArgs<scalar_t>& B = t.B;
   const int64_t N = t.N, K = t.K, P = t.P;
-  namespace wmma = nvcuda::wmma;
-  using TC = TensorCore<scalar_t>;
-  using staged = typename TC::staged;
-  constexpr int kK = TC::kK;
+  using staged = typename TensorCore<scalar_t>::staged;
   __shared__ __align__(128) staged As[kTcTile][kTcLd];
   __shared__ __align__(128) staged Bs[kTcTile][kTcLd];
   __shared__ __align__(128) float Cs[kTcTile][kTcLdC];
@@ -331,6 +387,7 @@ tensor_core_tile_kernel(const TileArgs<scalar_t> t) {
   const int my_row = threadIdx.x / 2, half = threadIdx.x % 2;
   const BlockPlace place(K, t.col_tiles_per_split);
   const int64_t row0 = place.row0, n = place.n;
+  if (t.only_images != nullptr && !t.only_images[n]) return;
   const int64_t row = row0 + my_row;
 
   float best = -INFINITY;
@@ -338,46 +395,17 @@ tensor_core_tile_kernel(const TileArgs<scalar_t> t) {
 
   for (int64_t ct = place.ct_begin; ct < place.ct_end; ++ct) {
     const int64_t col0 = ct * kTcTile;
-    wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[2][2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+    Accumulators<scalar_t> acc;
+    acc.zero();
 
     for (int64_t p0 = 0; p0 < P; p0 += kTcP) {
       stage_tile<scalar_t>(A, n, row0, p0, K, P, As);
       stage_tile<scalar_t>(B, n, col0, p0, K, P, Bs);
       __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < kTcP; kk += kK) {
-        wmma::fragment<wmma::matrix_a, 16, 16, kK, typename TC::fragment_type, wmma::row_major>
-            a[2];
-        wmma::fragment<wmma::matrix_b, 16, 16, kK, typename TC::fragment_type, wmma::col_major>
-            b[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          wmma::load_matrix_sync(a[i], &As[wm + 16 * i][kk], kTcLd);
-          wmma::load_matrix_sync(b[i], &Bs[wn + 16 * i][kk], kTcLd);
-          if constexpr (std::is_same_v<scalar_t, float>) {
-#pragma unroll
-            for (int t = 0; t < a[i].num_elements; ++t) a[i].x[t] = wmma::__float_to_tf32(a[i].x[t]);
-#pragma unroll
-            for (int t = 0; t < b[i].num_elements; ++t) b[i].x[t] = wmma::__float_to_tf32(b[i].x[t]);
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-#pragma unroll
-          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
-      }
+      warp_tile_mma<scalar_t>(As, Bs, wm, wn, acc);
       __syncthreads();
     }
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-        wmma::store_matrix_sync(&Cs[wm + 16 * i][wn + 16 * j], acc[i][j], kTcLdC,
-                                wmma::mem_row_major);
+    store_warp_tile(acc, wm, wn, Cs);
     __syncthreads();
 
     // Epilogue: columns in increasing order, so a strict '>' keeps the smallest k'.
@@ -398,6 +426,221 @@ tensor_core_tile_kernel(const TileArgs<scalar_t> t) {
   }
 
   // Merge the two halves of each row (threads 2r and 2r + 1, in the same warp).
+  const float other = __shfl_xor_sync(0xffffffffu, best, 1);
+  const int64_t other_index = __shfl_xor_sync(0xffffffffu, best_index, 1);
+  if (better(other, other_index, best, best_index)) {
+    best = other;
+    best_index = other_index;
+  }
+  if (half == 0 && row < K) {
+    const int64_t at = place.partial(N, K, row);
+    t.part_best[at] = best;
+    t.part_index[at] = best_index;
+  }
+#else
+  __trap();  // launched only on sm_80 and newer (see equivariance_scores_cuda)
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
+// Single pass on tensor cores (opt-in: EQUIFAST_CUDA_SINGLE_PASS=1)
+// ---------------------------------------------------------------------------------------
+// Kernels 2 and 3' read each side twice from memory (statistics, then products), which caps
+// them at half the bandwidth roofline where the products are cheap (64 channels of 56 x 56).
+// The single pass reads each value once. Every row (a channel of A or of B) is shifted by its
+// first compared value c (0 for cosine) as it is staged, and one thread per row keeps the
+// float32 sums s = Σu' and q = Σu'^2 of its staged (rounded) values u'. The epilogue
+// turns the tile of shifted products S' into the centred, normalised one with the shared rule
+// of scores.h (`float32_shifted_row_stats`): (S'_ij - s_i s_j / P) / (||u_i - μ_i|| ||v_j - ν_j||).
+// The shift keeps S' of the order of the centred products when c lies within a few standard
+// deviations of the mean, the TF32 / float16 rounding of u' being what bounds the accuracy
+// either way; a constant row has u' = 0 exactly and stays undefined. An image with a row that
+// float32 sums cannot hold is flagged and computed again by kernels 2 and 3' (only the blocks
+// of flagged images run). The loads of the next step are issued into registers before the
+// products of the current one, so that memory and tensor cores overlap.
+// Not yet run on a GPU (no GPU was lent to the session that wrote it): opt-in until
+// benchmarks/gpu_check.sh has passed with it.
+
+constexpr int kSpPerThread = kTcTile * kTcP / kTcThreads;  // values of a side a thread stages
+static_assert(kTcThreads == 2 * kTcTile, "one thread per row of each side for the statistics");
+static_assert(kTcThreads % kTcP == 0 && kTcThreads % kTcTile == 0, "StepValues::load's slots");
+
+template <typename scalar_t>
+struct SinglePassArgs {
+  TileArgs<scalar_t> t;  // A/B mean and inv, defined_b and only_images are not read
+  bool centered;
+  double eps;
+  uint8_t* defined_a;  // [N * K], written
+  uint8_t* defined_b;  // [N * K], written
+  uint8_t* fallback;   // [N]: set for an image to compute again
+};
+
+// The raw values of one side that a thread stages in one step (slot i: tile element
+// threadIdx.x + i * kTcThreads), held in registers from their load to their staging.
+struct StepValues {
+  float x[kSpPerThread];
+
+  // Slot i is tile element threadIdx.x + i * kTcThreads (tile_element): for rows along
+  // positions, one position and rows r0 + 4i; for channels-last, one row and positions pp0 + 2i.
+  template <typename scalar_t>
+  __device__ __forceinline__ void load(const SideArgs<scalar_t>& s, int64_t n, int64_t c0,
+                                       int64_t p0, int64_t K, int64_t P) {
+    const scalar_t* base = s.data + n * s.stride_n;
+    if (!s.k_fastest) {
+      constexpr int kRowStep = kTcThreads / kTcP;
+      const int64_t p = p0 + threadIdx.x % kTcP, c = c0 + threadIdx.x / kTcP;
+      const scalar_t* at = base + c * s.stride_k + (p < P ? s.offsets[p] : 0);
+#pragma unroll
+      for (int i = 0; i < kSpPerThread; ++i)
+        x[i] = (p < P && c + i * kRowStep < K)
+                   ? static_cast<float>(at[static_cast<int64_t>(i * kRowStep) * s.stride_k])
+                   : 0.f;
+    } else {
+      constexpr int kPositionStep = kTcThreads / kTcTile;
+      const int64_t c = c0 + threadIdx.x % kTcTile, p = p0 + threadIdx.x / kTcTile;
+      const scalar_t* row = base + c * s.stride_k;
+#pragma unroll
+      for (int i = 0; i < kSpPerThread; ++i)
+        x[i] = (c < K && p + i * kPositionStep < P)
+                   ? static_cast<float>(row[s.offsets[p + i * kPositionStep]])
+                   : 0.f;
+    }
+  }
+};
+
+// Stage one side's step: u' = x - shift[row] (0 outside [0, K) x [0, P)), rounded to the
+// tensor-core type, into tile[row][position].
+template <typename scalar_t>
+__device__ __forceinline__ void stage_shifted(const StepValues& v, bool k_fastest, int64_t c0,
+                                              int64_t p0, int64_t K, int64_t P,
+                                              const float* shift,
+                                              typename TensorCore<scalar_t>::staged (*tile)[kTcLd]) {
+  using TC = TensorCore<scalar_t>;
+#pragma unroll
+  for (int i = 0; i < kSpPerThread; ++i) {
+    int r, pp;
+    tile_element<kTcTile, kTcP>(k_fastest, threadIdx.x + i * kTcThreads, r, pp);
+    const bool inside = c0 + r < K && p0 + pp < P;
+    tile[r][pp] = TC::from_float(inside ? v.x[i] - shift[r] : 0.f);
+  }
+}
+
+// Add a staged row's values and squares (as rounded: the values the products see) to s, q.
+// Threads of a warp start at different positions (r + pp), so that their reads of rows kTcLd
+// apart fall in different banks.
+template <typename scalar_t>
+__device__ __forceinline__ void add_row_sums(const typename TensorCore<scalar_t>::staged* row,
+                                             int r, float& s, float& q) {
+#pragma unroll 8
+  for (int pp = 0; pp < kTcP; ++pp) {
+    const float u = TensorCore<scalar_t>::to_float(row[(pp + r) % kTcP]);
+    s += u;
+    q = fmaf(u, u, q);
+  }
+}
+
+// Block (row tile, image, column split), as `tensor_core_tile_kernel`, reading each value once.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kTcThreads)
+single_pass_tile_kernel(const SinglePassArgs<scalar_t> sp) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const TileArgs<scalar_t>& t = sp.t;
+  const SideArgs<scalar_t>& A = t.A;
+  const SideArgs<scalar_t>& B = t.B;
+  const int64_t N = t.N, K = t.K, P = t.P;
+  using staged = typename TensorCore<scalar_t>::staged;
+  __shared__ __align__(128) staged As[kTcTile][kTcLd];
+  __shared__ __align__(128) staged Bs[kTcTile][kTcLd];
+  __shared__ __align__(128) float Cs[kTcTile][kTcLdC];
+  // Per row of each side (0: A's rows, 1: B's columns): shift, Σu', 1 / norm, defined.
+  __shared__ float shift[2][kTcTile], row_s[2][kTcTile], inv[2][kTcTile];
+  __shared__ uint8_t defined[2][kTcTile];
+
+  const int warp = threadIdx.x / 32;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  const int my_row = threadIdx.x / 2, half = threadIdx.x % 2;
+  const int side = threadIdx.x / kTcTile, side_row = threadIdx.x % kTcTile;  // statistics
+  const BlockPlace place(K, t.col_tiles_per_split);
+  const int64_t row0 = place.row0, n = place.n;
+  const int64_t row = row0 + my_row;
+  const float inv_p = 1.f / static_cast<float>(P);
+
+  float best = -INFINITY;
+  int64_t best_index = -1;
+
+  for (int64_t ct = place.ct_begin; ct < place.ct_end; ++ct) {
+    const int64_t col0 = ct * kTcTile;
+    {  // each row's shift: its first compared value (correlation), 0 (cosine)
+      const SideArgs<scalar_t>& s = side == 0 ? A : B;
+      const int64_t c = (side == 0 ? row0 : col0) + side_row;
+      shift[side][side_row] =
+          sp.centered && c < K
+              ? static_cast<float>(s.data[n * s.stride_n + c * s.stride_k + s.offsets[0]])
+              : 0.f;
+    }
+    Accumulators<scalar_t> acc;
+    acc.zero();
+    float sum = 0.f, sum_sq = 0.f;  // of row side_row of side `side`
+    StepValues va, vb;
+    va.load(A, n, row0, 0, K, P);
+    vb.load(B, n, col0, 0, K, P);
+    __syncthreads();  // the shifts
+
+    for (int64_t p0 = 0; p0 < P; p0 += kTcP) {
+      stage_shifted<scalar_t>(va, A.k_fastest, row0, p0, K, P, shift[0], As);
+      stage_shifted<scalar_t>(vb, B.k_fastest, col0, p0, K, P, shift[1], Bs);
+      __syncthreads();
+      if (p0 + kTcP < P) {  // the next step's loads, in flight during the products
+        va.load(A, n, row0, p0 + kTcP, K, P);
+        vb.load(B, n, col0, p0 + kTcP, K, P);
+      }
+      add_row_sums<scalar_t>(side == 0 ? As[side_row] : Bs[side_row], side_row, sum, sum_sq);
+      warp_tile_mma<scalar_t>(As, Bs, wm, wn, acc);
+      __syncthreads();
+    }
+
+    {  // statistics: thread side_row of each side
+      const int64_t c = (side == 0 ? row0 : col0) + side_row;
+      float inv_norm = 0.f;
+      uint8_t def = 0;
+      if (c < K) {
+        RowStats st;
+        if (float32_shifted_row_stats(shift[side][side_row], sum, sum_sq, P, sp.centered, sp.eps,
+                                      &st)) {
+          inv_norm = static_cast<float>(st.inv_norm);
+          def = st.defined ? 1 : 0;
+        } else {
+          sp.fallback[n] = 1;  // every writer stores the same 1
+        }
+        (side == 0 ? sp.defined_a : sp.defined_b)[n * K + c] = def;
+      }
+      row_s[side][side_row] = sum;
+      inv[side][side_row] = inv_norm;
+      defined[side][side_row] = def;
+    }
+    __syncthreads();  // the statistics
+    store_warp_tile(acc, wm, wn, Cs);
+    __syncthreads();
+
+    // Epilogue, as kernel 3': columns in increasing order (ties keep the smallest k').
+    if (row < K) {
+      const float s_a = sp.centered ? row_s[0][my_row] * inv_p : 0.f;
+      const float inv_a = inv[0][my_row];
+      for (int jj = 0; jj < kTcTile / 2; ++jj) {
+        const int j = half * (kTcTile / 2) + jj;
+        const int64_t col = col0 + j;
+        if (col >= K) break;
+        const float v = (Cs[my_row][j] - s_a * row_s[1][j]) * inv_a * inv[1][j];
+        if (col == row) t.diagonal[n * K + row] = v;
+        if (defined[1][j] && better(v, col, best, best_index)) {
+          best = v;
+          best_index = col;
+        }
+      }
+    }
+    __syncthreads();  // Cs, the shifts and the statistics are rewritten by the next column tile
+  }
+
   const float other = __shfl_xor_sync(0xffffffffu, best, 1);
   const int64_t other_index = __shfl_xor_sync(0xffffffffu, best_index, 1);
   if (better(other, other_index, best, best_index)) {
@@ -498,19 +741,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
   TORCH_CHECK(row_tiles <= std::numeric_limits<int32_t>::max() && splits <= 65535,
               "equivariance_scores: K = ", K, " is too large for the CUDA kernel.");
 
+  // The single pass (tensor cores only) stays opt-in until it has run on a GPU.
+  const char* single_pass_env = std::getenv("EQUIFAST_CUDA_SINGLE_PASS");
+  const bool single_pass = use_tensor_cores && single_pass_env != nullptr &&
+                           std::string(single_pass_env) == "1";
+  at::Tensor fallback;
+  if (single_pass) fallback = at::zeros({N}, bopts);
+
   EQUIFAST_DISPATCH_INPUT_TYPES(
       fx.scalar_type(), "equivariance_scores_cuda", [&] {
-        const int64_t stats_blocks = (rows + kWarpsPerStatsBlock - 1) / kWarpsPerStatsBlock;
-        row_stats_kernel<scalar_t><<<stats_blocks, 32 * kWarpsPerStatsBlock, 0, stream>>>(
-            fx.const_data_ptr<scalar_t>(), fx.stride(0), fx.stride(1),
-            off_a.const_data_ptr<int64_t>(), P, K, rows, centered, eps,
-            mean_a.data_ptr<double>(), inv_a.data_ptr<double>(), def_a.data_ptr<uint8_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        row_stats_kernel<scalar_t><<<stats_blocks, 32 * kWarpsPerStatsBlock, 0, stream>>>(
-            ftx.const_data_ptr<scalar_t>(), ftx.stride(0), ftx.stride(1),
-            off_b.const_data_ptr<int64_t>(), P, K, rows, centered, eps,
-            mean_b.data_ptr<double>(), inv_b.data_ptr<double>(), def_b.data_ptr<uint8_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        // Statistics of images [n0, n0 + nc) (kernel 2), only those flagged in `only` if given.
+        auto row_stats = [&](int64_t n0, int64_t nc, const uint8_t* only) {
+          const int64_t count = nc * K;
+          const int64_t blocks = (count + kWarpsPerStatsBlock - 1) / kWarpsPerStatsBlock;
+          for (int side = 0; side < 2; ++side) {
+            const at::Tensor& f = side == 0 ? fx : ftx;
+            row_stats_kernel<scalar_t><<<blocks, 32 * kWarpsPerStatsBlock, 0, stream>>>(
+                f.const_data_ptr<scalar_t>() + n0 * f.stride(0), f.stride(0), f.stride(1),
+                (side == 0 ? off_a : off_b).const_data_ptr<int64_t>(), P, K, count, centered,
+                eps, (side == 0 ? mean_a : mean_b).data_ptr<double>() + n0 * K,
+                (side == 0 ? inv_a : inv_b).data_ptr<double>() + n0 * K,
+                (side == 0 ? def_a : def_b).data_ptr<uint8_t>() + n0 * K, only);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+        };
+        if (!single_pass) row_stats(0, N, nullptr);
 
         // gridDim.y <= 65535: images in chunks, pointers offset per chunk.
         constexpr int64_t kMaxImages = 65535;
@@ -529,10 +784,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
           at::Tensor pi = at::empty({splits, nc * K}, fx.options().dtype(at::kLong));
           dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(nc),
                     static_cast<unsigned>(splits));
-          const TileArgs<scalar_t> args{A, B, def_b.const_data_ptr<uint8_t>() + n0 * K,
-                                        nc, K, P, static_cast<int>(per_split),
-                                        pb.data_ptr<float>(), pi.data_ptr<int64_t>(),
-                                        diagonal.data_ptr<float>() + n0 * K};
+          TileArgs<scalar_t> args{A, B, def_b.const_data_ptr<uint8_t>() + n0 * K,
+                                  nc, K, P, static_cast<int>(per_split),
+                                  pb.data_ptr<float>(), pi.data_ptr<int64_t>(),
+                                  diagonal.data_ptr<float>() + n0 * K, nullptr};
+          if (single_pass) {
+            uint8_t* flags = fallback.data_ptr<uint8_t>() + n0;
+            const SinglePassArgs<scalar_t> sp{args, centered, eps,
+                                              def_a.data_ptr<uint8_t>() + n0 * K,
+                                              def_b.data_ptr<uint8_t>() + n0 * K, flags};
+            single_pass_tile_kernel<scalar_t><<<grid, kTcThreads, 0, stream>>>(sp);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            // Flagged images again, by kernels 2 and 3' (the other blocks return at once).
+            row_stats(n0, nc, flags);
+            args.only_images = flags;
+          }
           if (use_tensor_cores)
             tensor_core_tile_kernel<scalar_t><<<grid, kTcThreads, 0, stream>>>(args);
           else
