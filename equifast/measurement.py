@@ -19,6 +19,7 @@ from torch import nn
 
 from . import data as data_mod
 from .aggregate import ActivationState, ScoreState, VectorState
+from .devices import resolve_device
 from .functional import backend as backend_name
 from .functional import check_finite, equivariance_scores
 from .reference import METRICS, TOLERANCE, VECTOR_MODES, is_vector
@@ -117,8 +118,7 @@ class Measurer:
             raise TypeError(f"Expected `transforms` to be a non-empty list of equifast transforms, but got {transforms!r}.")
         if len({t.name for t in transforms}) != len(transforms):
             raise ValueError("Expected distinct transforms, but some repeat.")
-        self.device = torch.device(device) if device is not None else (
-            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         # Convolutions run faster channels-last on CPUs and tensor cores; the operator reads any strides.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -120,6 +120,12 @@ def test_bad_inputs_are_clear():
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="finite"):
         ef.measure(circular_net(), x, transforms=[ef.Rotation(1)])
+    with pytest.raises(ValueError, match="a device like"):
+        ef.measure(circular_net(), torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1)], device="tpu")
+    # a GPU this machine does not have: no GPU at all, or an index past the last one
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(ValueError, match="CUDA device"):
+        ef.measure(circular_net(), torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1)], device=missing)
 
 
 def test_seeded_runs_repeat():

@@ -47,6 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from equifast._io import atomic_write, write_text_atomic
+from equifast.devices import resolve_device
 
 from .data import BatchCollate, build_dataset, dataset_info
 from .models import build_model
@@ -135,9 +136,7 @@ def _optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def _device(recipe: Recipe) -> torch.device:
-    if recipe.device:
-        return torch.device(recipe.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device(recipe.device)
 
 
 # ------------------------------------------------------------------------ loss/metrics

@@ -1,0 +1,31 @@
+"""Which device a run uses: the one asked for, checked before any work, or the best present."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+__all__ = ["resolve_device"]
+
+
+def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """``device`` as a ``torch.device`` (default: ``cuda`` when present, else ``cpu``).
+
+    Raises:
+        ValueError: an unknown device string, or a CUDA device this machine does not have
+            (no GPU, or an index past the last one).
+    """
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"Expected a device like 'cpu', 'cuda' or 'cuda:1', but got {device!r}.") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"Expected a CUDA device for {str(dev)!r}, but torch sees none on this "
+                             "machine; use --device cpu (or leave it out).")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"Expected a CUDA device index below {torch.cuda.device_count()}, but got "
+                             f"{str(dev)!r}.")
+    return dev
