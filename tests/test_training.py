@@ -231,6 +231,13 @@ def test_recipes_follow_tables():
 
 
 # --------------------------------------------------------------------------------- trainer
+def test_missing_gpu_fails_before_the_run_folder(tmp_path):
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(ValueError, match="CUDA device"):
+        train(get_recipe("cnn7-fmnist6", epochs=1, device=missing), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 @needs_fmnist
 def test_short_real_run_learns(tmp_path):
     recipe = get_recipe("cnn7-fmnist6", epochs=2, train_subset=2000, test_subset=2000,

@@ -445,7 +445,8 @@ def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = F
         >>> train(r, "/tmp/run").test_acc  # doctest: +SKIP
         0.62
     """
+    device = _device(recipe)  # a missing GPU fails here, before the run folder is touched
     done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
     if done is not None:
         return done
-    return _fit(recipe, out_dir, callback)
+    return _fit(recipe, out_dir, callback, device)
