@@ -317,6 +317,14 @@ __device__ __forceinline__ void stage_tile(const SideArgs<scalar_t>& s, int64_t 
   }
 }
 
+// The shared memory of the tensor-core kernels: the staged rows of both sides for one step of
+// positions, and the block's similarity tile read back for the epilogue.
+template <typename scalar_t>
+struct TensorCoreTiles {
+  __align__(128) typename TensorCore<scalar_t>::staged A[kTcTile][kTcLd], B[kTcTile][kTcLd];
+  __align__(128) float C[kTcTile][kTcLdC];
+};
+
 // A warp's 32 x 32 quadrant (rows wm.., columns wn..) of the block's 64 x 64 tile: 2 x 2
 // accumulator fragments.
 template <typename scalar_t>
@@ -366,6 +374,48 @@ __device__ __forceinline__ void store_warp_tile(const Accumulators<scalar_t>& ac
                                       nvcuda::wmma::mem_row_major);
 }
 
+// The epilogue of a column tile in the tensor-core kernels: thread (row, half) walks its half of
+// the tile's columns in increasing order (so a strict '>' keeps the smallest k'), value(j) being
+// the similarity at tile column j; it writes the diagonal and keeps the running max / arg-max
+// over the columns for which defined(j, col) holds.
+template <typename Value, typename Defined>
+__device__ __forceinline__ void half_row_epilogue(int64_t row, int64_t col0, int half, int64_t n,
+                                                  int64_t K, float* diagonal, Value value,
+                                                  Defined defined, float& best,
+                                                  int64_t& best_index) {
+  if (row >= K) return;
+  for (int jj = 0; jj < kTcTile / 2; ++jj) {
+    const int j = half * (kTcTile / 2) + jj;
+    const int64_t col = col0 + j;
+    if (col >= K) break;
+    const float v = value(j);
+    if (col == row) diagonal[n * K + row] = v;
+    if (defined(j, col) && better(v, col, best, best_index)) {
+      best = v;
+      best_index = col;
+    }
+  }
+}
+
+// Merge the two halves of a row (threads 2r and 2r + 1, in the same warp) and store the row's
+// partial max / arg-max for the block's column split.
+template <typename scalar_t>
+__device__ __forceinline__ void store_row_partial(float best, int64_t best_index, int half,
+                                                  int64_t row, const BlockPlace& place,
+                                                  const TileArgs<scalar_t>& t) {
+  const float other = __shfl_xor_sync(0xffffffffu, best, 1);
+  const int64_t other_index = __shfl_xor_sync(0xffffffffu, best_index, 1);
+  if (better(other, other_index, best, best_index)) {
+    best = other;
+    best_index = other_index;
+  }
+  if (half == 0 && row < t.K) {
+    const int64_t at = place.partial(t.N, t.K, row);
+    t.part_best[at] = best;
+    t.part_index[at] = best_index;
+  }
+}
+
 // Block (row tile, image, column split), as `similarity_tile_kernel`, with the 64 x 64 tile
 // of S computed by four warps on tensor cores, then read back from shared memory by the
 // epilogue: thread t keeps the running max / arg-max of row t / 2 over the columns of half
@@ -376,11 +426,8 @@ tensor_core_tile_kernel(const TileArgs<scalar_t> t) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const SideArgs<scalar_t>& A = t.A;
   const SideArgs<scalar_t>& B = t.B;
-  const int64_t N = t.N, K = t.K, P = t.P;
-  using staged = typename TensorCore<scalar_t>::staged;
-  __shared__ __align__(128) staged As[kTcTile][kTcLd];
-  __shared__ __align__(128) staged Bs[kTcTile][kTcLd];
-  __shared__ __align__(128) float Cs[kTcTile][kTcLdC];
+  const int64_t K = t.K, P = t.P;
+  __shared__ TensorCoreTiles<scalar_t> tiles;
 
   const int warp = threadIdx.x / 32;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;  // the warp's quadrant
@@ -399,44 +446,22 @@ tensor_core_tile_kernel(const TileArgs<scalar_t> t) {
     acc.zero();
 
     for (int64_t p0 = 0; p0 < P; p0 += kTcP) {
-      stage_tile<scalar_t>(A, n, row0, p0, K, P, As);
-      stage_tile<scalar_t>(B, n, col0, p0, K, P, Bs);
+      stage_tile<scalar_t>(A, n, row0, p0, K, P, tiles.A);
+      stage_tile<scalar_t>(B, n, col0, p0, K, P, tiles.B);
       __syncthreads();
-      warp_tile_mma<scalar_t>(As, Bs, wm, wn, acc);
+      warp_tile_mma<scalar_t>(tiles.A, tiles.B, wm, wn, acc);
       __syncthreads();
     }
-    store_warp_tile(acc, wm, wn, Cs);
+    store_warp_tile(acc, wm, wn, tiles.C);
     __syncthreads();
 
-    // Epilogue: columns in increasing order, so a strict '>' keeps the smallest k'.
-    if (row < K) {
-      for (int jj = 0; jj < kTcTile / 2; ++jj) {
-        const int j = half * (kTcTile / 2) + jj;
-        const int64_t col = col0 + j;
-        if (col >= K) break;
-        const float v = Cs[my_row][j];
-        if (col == row) t.diagonal[n * K + row] = v;
-        if (t.defined_b[n * K + col] && better(v, col, best, best_index)) {
-          best = v;
-          best_index = col;
-        }
-      }
-    }
-    __syncthreads();  // Cs is rewritten by the next column tile
+    half_row_epilogue(
+        row, col0, half, n, K, t.diagonal, [&](int j) { return tiles.C[my_row][j]; },
+        [&](int, int64_t col) { return t.defined_b[n * K + col] != 0; }, best, best_index);
+    __syncthreads();  // tiles.C is rewritten by the next column tile
   }
 
-  // Merge the two halves of each row (threads 2r and 2r + 1, in the same warp).
-  const float other = __shfl_xor_sync(0xffffffffu, best, 1);
-  const int64_t other_index = __shfl_xor_sync(0xffffffffu, best_index, 1);
-  if (better(other, other_index, best, best_index)) {
-    best = other;
-    best_index = other_index;
-  }
-  if (half == 0 && row < K) {
-    const int64_t at = place.partial(N, K, row);
-    t.part_best[at] = best;
-    t.part_index[at] = best_index;
-  }
+  store_row_partial(best, best_index, half, row, place, t);
 #else
   __trap();  // launched only on sm_80 and newer (see equivariance_scores_cuda)
 #endif
@@ -547,11 +572,8 @@ single_pass_tile_kernel(const SinglePassArgs<scalar_t> sp) {
   const TileArgs<scalar_t>& t = sp.t;
   const SideArgs<scalar_t>& A = t.A;
   const SideArgs<scalar_t>& B = t.B;
-  const int64_t N = t.N, K = t.K, P = t.P;
-  using staged = typename TensorCore<scalar_t>::staged;
-  __shared__ __align__(128) staged As[kTcTile][kTcLd];
-  __shared__ __align__(128) staged Bs[kTcTile][kTcLd];
-  __shared__ __align__(128) float Cs[kTcTile][kTcLdC];
+  const int64_t K = t.K, P = t.P;
+  __shared__ TensorCoreTiles<scalar_t> tiles;
   // Per row of each side (0: A's rows, 1: B's columns): shift, Σu', 1 / norm, defined.
   __shared__ float shift[2][kTcTile], row_s[2][kTcTile], inv[2][kTcTile];
   __shared__ uint8_t defined[2][kTcTile];
@@ -587,15 +609,16 @@ single_pass_tile_kernel(const SinglePassArgs<scalar_t> sp) {
     __syncthreads();  // the shifts
 
     for (int64_t p0 = 0; p0 < P; p0 += kTcP) {
-      stage_shifted<scalar_t>(va, A.k_fastest, row0, p0, K, P, shift[0], As);
-      stage_shifted<scalar_t>(vb, B.k_fastest, col0, p0, K, P, shift[1], Bs);
+      stage_shifted<scalar_t>(va, A.k_fastest, row0, p0, K, P, shift[0], tiles.A);
+      stage_shifted<scalar_t>(vb, B.k_fastest, col0, p0, K, P, shift[1], tiles.B);
       __syncthreads();
       if (p0 + kTcP < P) {  // the next step's loads, in flight during the products
         va.load(A, n, row0, p0 + kTcP, K, P);
         vb.load(B, n, col0, p0 + kTcP, K, P);
       }
-      add_row_sums<scalar_t>(side == 0 ? As[side_row] : Bs[side_row], side_row, sum, sum_sq);
-      warp_tile_mma<scalar_t>(As, Bs, wm, wn, acc);
+      add_row_sums<scalar_t>(side == 0 ? tiles.A[side_row] : tiles.B[side_row], side_row, sum,
+                             sum_sq);
+      warp_tile_mma<scalar_t>(tiles.A, tiles.B, wm, wn, acc);
       __syncthreads();
     }
 
@@ -619,39 +642,20 @@ single_pass_tile_kernel(const SinglePassArgs<scalar_t> sp) {
       defined[side][side_row] = def;
     }
     __syncthreads();  // the statistics
-    store_warp_tile(acc, wm, wn, Cs);
+    store_warp_tile(acc, wm, wn, tiles.C);
     __syncthreads();
 
-    // Epilogue, as kernel 3': columns in increasing order (ties keep the smallest k').
-    if (row < K) {
-      const float s_a = sp.centered ? row_s[0][my_row] * inv_p : 0.f;
-      const float inv_a = inv[0][my_row];
-      for (int jj = 0; jj < kTcTile / 2; ++jj) {
-        const int j = half * (kTcTile / 2) + jj;
-        const int64_t col = col0 + j;
-        if (col >= K) break;
-        const float v = (Cs[my_row][j] - s_a * row_s[1][j]) * inv_a * inv[1][j];
-        if (col == row) t.diagonal[n * K + row] = v;
-        if (defined[1][j] && better(v, col, best, best_index)) {
-          best = v;
-          best_index = col;
-        }
-      }
-    }
-    __syncthreads();  // Cs, the shifts and the statistics are rewritten by the next column tile
+    // Epilogue: the centring and the norms applied to the shifted products.
+    const float s_a = sp.centered ? row_s[0][my_row] * inv_p : 0.f;
+    const float inv_a = inv[0][my_row];
+    half_row_epilogue(
+        row, col0, half, n, K, t.diagonal,
+        [&](int j) { return (tiles.C[my_row][j] - s_a * row_s[1][j]) * inv_a * inv[1][j]; },
+        [&](int j, int64_t) { return defined[1][j] != 0; }, best, best_index);
+    __syncthreads();  // the next column tile rewrites tiles.C, the shifts and the statistics
   }
 
-  const float other = __shfl_xor_sync(0xffffffffu, best, 1);
-  const int64_t other_index = __shfl_xor_sync(0xffffffffu, best_index, 1);
-  if (better(other, other_index, best, best_index)) {
-    best = other;
-    best_index = other_index;
-  }
-  if (half == 0 && row < K) {
-    const int64_t at = place.partial(N, K, row);
-    t.part_best[at] = best;
-    t.part_index[at] = best_index;
-  }
+  store_row_partial(best, best_index, half, row, place, t);
 #else
   __trap();  // launched only on sm_80 and newer (see equivariance_scores_cuda)
 #endif
