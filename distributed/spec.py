@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
+
 from equifast.models import close_model_names, is_known_model
 
 __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
@@ -383,9 +385,9 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
                         f"(float32 arithmetic), but got {tensor_cores!r}.")
         tensor_cores = True
     device = raw.get("device")
-    if device is not None and not isinstance(device, str):
-        problems.append(f"device: Expected null (CUDA when the worker has a GPU) or a string like 'cpu', "
-                        f"but got {device!r}.")
+    if device is not None and not _is_device_name(device):
+        problems.append(f"device: Expected null (CUDA when the worker has a GPU) or a device like 'cpu', "
+                        f"'cuda' or 'cuda:1', but got {device!r}.")
     num_cpus, num_gpus = _resources(raw.get("resources"), "resources", problems) or (1.0, 0.0)
     out = raw.get("out")
     if out is not None and not isinstance(out, str):
@@ -481,6 +483,17 @@ def _suggest(word: str, choices) -> str:
 def _resolve(path: str, base_dir: str) -> str:
     p = Path(os.path.expanduser(str(path)))
     return str(p if p.is_absolute() else Path(base_dir) / p)
+
+
+def _is_device_name(device) -> bool:
+    """Whether ``device`` names a torch device (whether a worker has it is checked there)."""
+    if not isinstance(device, str):
+        return False
+    try:
+        torch.device(device)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _resources(value, where, problems) -> Optional[Tuple[float, float]]:

@@ -114,6 +114,14 @@ def test_tensor_cores_must_be_a_boolean(folder, value):
     assert "1 problem)" in str(err.value)
 
 
+@pytest.mark.parametrize("value", ["tpu", 3])
+def test_device_must_name_a_device(folder, value):
+    with pytest.raises(SpecError, match=r"device: Expected null .* 'cuda:1', but got") as err:
+        load_spec(_spec(folder, device=value))
+    assert "1 problem)" in str(err.value)
+    assert all(j.device == "cuda:1" for j in load_spec(_spec(folder, device="cuda:1")).jobs())
+
+
 def test_example_specs_load():
     small = load_spec(EXAMPLES / "small.yaml")
     assert len(small.jobs()) == len(small.models) * 2
