@@ -98,8 +98,12 @@ class ImageFiles(Dataset):
         from PIL import Image
 
         path = self.files[i]
-        with Image.open(path) as img:
-            img = img.convert("RGB")
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable files
+            raise ValueError(f"Expected {str(path)!r} to be a readable image, but PIL could not decode "
+                             f"it ({e}); remove or replace that file.") from e
         x = self.transform(img) if self.transform else img
         if self.labelled:
             return x, self.class_index[path.relative_to(self.root).parts[0]]

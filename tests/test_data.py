@@ -50,3 +50,18 @@ def test_bad_inputs():
         list(data.batches(42))
     with pytest.raises(ValueError, match="labels"):
         list(data.batches(torch.rand(3, 3, 8, 8), torch.arange(2)))
+
+
+def test_image_folder_modes_and_unreadable_file(tmp_path):
+    # grayscale and RGBA files load as RGB; a file that is not an image names itself
+    Image.new("L", (8, 8), 128).save(tmp_path / "gray.png")
+    Image.new("RGBA", (8, 8), (0, 255, 0, 10)).save(tmp_path / "rgba.png")
+    import torchvision.transforms as T
+
+    bx, by = _collect(data.batches(str(tmp_path), batch_size=2, preprocess=T.ToTensor()))
+    assert bx.shape == (2, 3, 8, 8) and (by is None or bool((by == -1).all()))
+    assert torch.allclose(bx[0], torch.full((3, 8, 8), 128 / 255))
+    assert bx[1, 1].eq(1.0).all() and bx[1, 0].eq(0.0).all()
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"broken\.jpg' to be a readable image"):
+        list(data.batches(str(tmp_path), batch_size=2, preprocess=T.ToTensor()))
