@@ -846,12 +846,16 @@ void tile_epilogue(const float* s, int64_t ld_s, int64_t rows, int64_t K, int64_
 // sides is gathered through the index map (read once from memory), shifted by its own
 // per-channel mean and packed into the panels of a register-blocked GEMM that accumulates the
 // image's whole similarity matrix C [K, K] (in L1/L2). The shift keeps C's float32 sums as
-// accurate as sums of normalised values: the chunk-centred values u' = u - c_t are no larger
-// than u - μ. The exact centred products follow from the chunks' statistics (n_t values, shift
-// c_t, Σu', Σu'^2, summed in float64):
+// accurate as sums of normalised values: the shifted values u' = u - c_t are of the size of
+// u - μ. The exact centred products follow from the chunks' statistics (n_t values, shift
+// c_t, Σu', Σu'^2, summed in float64), whatever the shifts:
 //   Σ_p (u - μ)(v - ν) = C + Σ_t [α_t Σv'_t + β_t Σu'_t + n_t α_t β_t],  α_t = c_t - μ,
-// β_t = d_t - ν: a GEMM of 2T more positions. c_t = u_0 + Σ(u - u_0) / n_t (u_0 the chunk's
-// first value) is exactly u_0 for a constant channel, which so stays exactly undefined.
+// β_t = d_t - ν: a GEMM of 2T more positions. The first chunk's shift is its mean,
+// c_0 = u_0 + Σ(u - u_0) / n_0 (u_0 its first value: exactly u_0 for a constant channel,
+// which so stays exactly undefined); a later chunk's is the previous chunk's mean, which spares
+// a pass over the chunk (read once from memory), unless it lies further from the chunk's own
+// mean than the chunk's spread (then the chunk is packed again around its own mean; see
+// pack_chunk). Measured: 0.90-0.93x the time of a mean pass per chunk at 64 @ 56 x 56.
 // The products are float32: an image with a channel out of their range (see
 // streamed_channel_stats) is computed again by the normalised path.
 // Measured on AVX2 (N = 64, 2 threads): 1.1-1.6x faster than the normalised path for
@@ -947,15 +951,22 @@ struct ChunkStats {
 };
 
 // Pack chunk positions [0, n) of a channels-last side (channel k of position p at
-// image[offsets[p] + k]) into panels [KP / W][kc][W], a panel of W channels at a time: their
-// shift (one pass), then their centred values and sums (a second pass, from L1/L2), reading a
-// position's W channels as one vector.
+// image[offsets[p] + k]) into panels [KP / W][kc][W], a panel of W channels at a time, reading
+// a position's W channels as one vector: their centred values and sums. The shift of the first
+// chunk is its mean (a pass of its own). A later chunk (`prev`: the previous chunk's
+// statistics and count) is shifted by the previous chunk's mean, so that it is read once from
+// memory; when that shift is further from the chunk's own mean than the chunk's spread
+// (a^2 > Σu'^2 / n - a^2, a = Σu' / n, in any channel of the panel), the panel is packed again
+// around its own mean, from L1/L2, so that the products stay as accurate as centred ones. A
+// constant channel keeps a shift equal to its value (its first chunk's mean is its first value
+// plus zero), so it stays exactly constant.
 template <int kBytes>
 __attribute__((always_inline)) inline void pack_chunk(const float* image,
                                                       const int64_t* offsets, int64_t n,
                                                       int64_t K, int64_t KP, int64_t kc,
                                                       bool centered, float* panels,
-                                                      ChunkStats st) {
+                                                      ChunkStats st, const ChunkStats* prev,
+                                                      float prev_count) {
   using fv = typename FloatVector<kBytes>::type;
   constexpr int W = kBytes / 4;
   const fv count = fv{} + static_cast<float>(n);
@@ -972,8 +983,7 @@ __attribute__((always_inline)) inline void pack_chunk(const float* image,
       return v;
     };
     // two accumulators per sum: one would wait on the add latency at every position
-    fv c{};
-    if (centered) {
+    auto mean_pass = [&]() __attribute__((always_inline)) {
       const fv x0 = load(0);
       fv d0{}, d1{};
       int64_t p = 0;
@@ -982,29 +992,47 @@ __attribute__((always_inline)) inline void pack_chunk(const float* image,
         d1 += load(p + 1) - x0;
       }
       if (p < n) d0 += load(p) - x0;
-      c = x0 + (d0 + d1) / count;
-    }
-    fv s0{}, s1{}, q0{}, q1{};
-    int64_t p = 0;
-    for (; p + 2 <= n; p += 2) {
-      const fv t0 = load(p) - c;
-      const fv t1 = load(p + 1) - c;
-      store_vector(dst + p * W, t0);
-      store_vector(dst + (p + 1) * W, t1);
-      s0 += t0;
-      s1 += t1;
-      q0 += t0 * t0;
-      q1 += t1 * t1;
-    }
-    if (p < n) {
-      const fv t0 = load(p) - c;
-      store_vector(dst + p * W, t0);
-      s0 += t0;
-      q0 += t0 * t0;
+      return x0 + (d0 + d1) / count;
+    };
+    fv sum{}, sum_sq{};
+    auto pack_pass = [&](fv c) __attribute__((always_inline)) {
+      fv s0{}, s1{}, q0{}, q1{};
+      int64_t p = 0;
+      for (; p + 2 <= n; p += 2) {
+        const fv t0 = load(p) - c;
+        const fv t1 = load(p + 1) - c;
+        store_vector(dst + p * W, t0);
+        store_vector(dst + (p + 1) * W, t1);
+        s0 += t0;
+        s1 += t1;
+        q0 += t0 * t0;
+        q1 += t1 * t1;
+      }
+      if (p < n) {
+        const fv t0 = load(p) - c;
+        store_vector(dst + p * W, t0);
+        s0 += t0;
+        q0 += t0 * t0;
+      }
+      sum = s0 + s1;
+      sum_sq = q0 + q1;
+    };
+    fv c{};
+    if (centered && prev != nullptr) {
+      c = load_vector<fv>(prev->shift + k) + load_vector<fv>(prev->sum + k) / prev_count;
+      pack_pass(c);
+      const fv a = sum / count;
+      const auto far = a * a > sum_sq / count - a * a;
+      bool again = false;
+      for (int l = 0; l < W; ++l) again |= far[l] != 0;
+      if (again) pack_pass(c = c + a);
+    } else {
+      if (centered) c = mean_pass();
+      pack_pass(c);
     }
     store_vector(st.shift + k, c);
-    store_vector(st.sum + k, s0 + s1);
-    store_vector(st.sum_sq + k, q0 + q1);
+    store_vector(st.sum + k, sum);
+    store_vector(st.sum_sq + k, sum_sq);
   }
 }
 
@@ -1058,12 +1086,16 @@ __attribute__((always_inline)) inline bool stream_image_impl(
   float* pb = buf.b_panels.data();
   for (int64_t t = 0; t < T; ++t) {
     const int64_t n = std::min(kc, P - t * kc);
-    auto stats = [&](int side) {
-      float* base = buf.stats.data() + side * 3 * T * KP + t * KP;
+    auto stats = [&](int side, int64_t chunk) {  // chunk -1: unused (t = 0)
+      float* base = buf.stats.data() + side * 3 * T * KP + std::max<int64_t>(chunk, 0) * KP;
       return ChunkStats{base, base + T * KP, base + 2 * T * KP};
     };
-    pack_chunk<kBytes>(a, a_offsets + t * kc, n, K, KP, kc, centered, pa, stats(0));
-    pack_chunk<kBytes>(b, b_offsets + t * kc, n, K, KP, kc, centered, pb, stats(1));
+    const ChunkStats prev_a = stats(0, t - 1), prev_b = stats(1, t - 1);
+    const float prev_count = static_cast<float>(kc);  // chunks before the last are whole
+    pack_chunk<kBytes>(a, a_offsets + t * kc, n, K, KP, kc, centered, pa, stats(0, t),
+                       t > 0 ? &prev_a : nullptr, prev_count);
+    pack_chunk<kBytes>(b, b_offsets + t * kc, n, K, KP, kc, centered, pb, stats(1, t),
+                       t > 0 ? &prev_b : nullptr, prev_count);
     multiply_chunk<kBytes>(pa, pb, KP, kc, n, c);
   }
   // the statistics, and the correction panels [KP / W][2T][W]
