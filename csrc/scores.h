@@ -73,12 +73,6 @@ EQUIFAST_HD RowStats finish_row_stats(double mean, double ss_centred, double ss_
   return s;
 }
 
-// The same statistics when they come from float32 sums of values scaled for float32 products
-// (the CPU's streamed images, the CUDA single pass): `ss_centred` and `ss_raw` formed in float64
-// from those sums. Returns false when float32 products cannot score the row as the float64
-// rule would: a non-finite statistic (squares that overflowed, or NaN input), entries whose
-// squares underflow (ss_raw in (0, 1e-20): such a row could look constant), or a defined norm
-// outside [1e-15, 1e15]. The caller then scores the row by the normalised path.
 EQUIFAST_HD bool is_finite(double x) {
 #if defined(__CUDA_ARCH__)
   return isfinite(x);
@@ -87,6 +81,12 @@ EQUIFAST_HD bool is_finite(double x) {
 #endif
 }
 
+// The same statistics when they come from float32 sums of values scaled for float32 products
+// (the CPU's streamed images, the CUDA single pass): `ss_centred` and `ss_raw` formed in float64
+// from those sums. Returns false when float32 products cannot score the row as the float64
+// rule would: a non-finite statistic (squares that overflowed, or NaN input), entries whose
+// squares underflow (ss_raw in (0, 1e-20): such a row could look constant), or a defined norm
+// outside [1e-15, 1e15]. The caller then scores the row by the normalised path.
 EQUIFAST_HD bool finish_float32_row_stats(double mean, double ss_centred, double ss_raw, double eps,
                                           RowStats* out) {
   if (!is_finite(ss_raw) || !is_finite(ss_centred)) return false;
