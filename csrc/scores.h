@@ -16,6 +16,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/aminmax.h>
+#include <ATen/ops/stack.h>
 #include <c10/util/Exception.h>
 
 #if defined(__CUDACC__)
@@ -226,14 +227,16 @@ inline void check_inputs(const at::Tensor& fx, const at::Tensor& ftx, const at::
               b_index.device(), ".");
   TORCH_CHECK(std::isfinite(eps) && eps >= 0,
               "Expected `eps` to be a finite number >= 0, but got ", eps, ".");
-  // Value check (data dependent: no fake mirror). One host sync on CUDA.
+  // Value check (data dependent: no fake mirror): the bounds of both maps in one transfer, the
+  // call's only host sync on CUDA.
   const int64_t hw = fx.size(2) * fx.size(3);
-  for (const auto& named : {std::make_pair("a_index", &a_index),
-                            std::make_pair("b_index", &b_index)}) {
-    auto mm = at::aminmax(*named.second);
-    const int64_t lo = std::get<0>(mm).item<int64_t>();
-    const int64_t hi = std::get<1>(mm).item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < hw, "Expected `", named.first,
+  const auto ma = at::aminmax(a_index), mb = at::aminmax(b_index);
+  const at::Tensor bounds =
+      at::stack({std::get<0>(ma), std::get<1>(ma), std::get<0>(mb), std::get<1>(mb)}).cpu();
+  const int64_t* bound = bounds.const_data_ptr<int64_t>();
+  for (int side = 0; side < 2; ++side) {
+    const int64_t lo = bound[2 * side], hi = bound[2 * side + 1];
+    TORCH_CHECK(lo >= 0 && hi < hw, "Expected `", side == 0 ? "a_index" : "b_index",
                 "` values to be flat positions in [0, H*W) = [0, ", hw,
                 "), but got values in [", lo, ", ", hi,
                 "]; build the indices with Transform.index_map(map_size, input_size).");

@@ -10,7 +10,7 @@ float64 sums.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -21,11 +21,11 @@ __all__ = ["ScoreState", "VectorState", "ActivationState", "FIXED_POINT"]
 FIXED_POINT = 2 ** 40
 
 
-def _fixed_sums(values: torch.Tensor) -> List[int]:
+def _fixed_sums(values: torch.Tensor) -> torch.Tensor:
     """Exact integer sums of ``round(v * 2**40)`` over the non-NaN entries of each row of
-    ``values`` (``[R, ...]``), computed where the scores live (one small transfer)."""
+    ``values`` (``[R, ...]``), as an int64 tensor where the scores live."""
     fixed = torch.round(torch.nan_to_num(values.double(), nan=0.0) * FIXED_POINT).long()
-    return fixed.flatten(1).sum(1).tolist()
+    return fixed.flatten(1).sum(1)
 
 
 @dataclass
@@ -45,16 +45,16 @@ class ScoreState:
         channel, layer, index = (t.detach() for t in scores)
         n, k = channel.shape
         both = torch.stack([channel, layer])
-        self_sums = _fixed_sums(both)
         defined = (~torch.isnan(both)).flatten(1).sum(1)
         own = torch.arange(k, device=index.device)
         offdiagonal = ((index >= 0) & (index != own)).sum()
-        counts = torch.cat([defined, offdiagonal.view(1)]).tolist()
-        self.channel_sum += self_sums[0]
-        self.layer_sum += self_sums[1]
-        self.channel_defined += counts[0]
-        self.layer_defined += counts[1]
-        self.offdiagonal += counts[2]
+        # one transfer (one host sync on CUDA) for the batch's five sums
+        sums = torch.cat([_fixed_sums(both), defined, offdiagonal.view(1)]).tolist()
+        self.channel_sum += sums[0]
+        self.layer_sum += sums[1]
+        self.channel_defined += sums[2]
+        self.layer_defined += sums[3]
+        self.offdiagonal += sums[4]
         self.entries += n * k
         self.n_images += n
         return self
