@@ -43,8 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import torch
-
+from equifast.devices import parse_device
 from equifast.models import close_model_names, is_known_model
 
 __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
@@ -490,8 +489,8 @@ def _is_device_name(device) -> bool:
     if not isinstance(device, str):
         return False
     try:
-        torch.device(device)
-    except RuntimeError:
+        parse_device(device)
+    except ValueError:
         return False
     return True
 

@@ -5,7 +5,19 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["parse_device", "resolve_device"]
+
+
+def parse_device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` as a ``torch.device``, whether or not this machine has it.
+
+    Raises:
+        ValueError: a value torch does not take as a device.
+    """
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"Expected a device like 'cpu', 'cuda' or 'cuda:1', but got {device!r}.") from e
 
 
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
@@ -17,10 +29,7 @@ def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.d
     """
     if device is None or device == "":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"Expected a device like 'cpu', 'cuda' or 'cuda:1', but got {device!r}.") from e
+    dev = parse_device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"Expected a CUDA device for {str(dev)!r}, but torch sees none on this "

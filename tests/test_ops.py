@@ -382,8 +382,9 @@ def test_tiny_and_huge_rows(metric, layout):
 @pytest.mark.parametrize("metric", list(METRICS))
 def test_streamed_channels_last(metric, eps, monkeypatch):
     # Channels-last float32 images with K <= 128 are streamed (any N): chunks of
-    # positions centred on their own means, our GEMM, and the exact centring added from the
-    # chunks' statistics. 20 x 20 maps span two chunks, K = 70 a partial panel. The channels
+    # positions shifted near their means (the first chunk's own, then the previous chunk's,
+    # packed again when too far, as the ramps are), our GEMM, and the exact centring added
+    # from the chunks' statistics. 20 x 20 maps span two chunks, K = 70 a partial panel. The channels
     # stress the correction: a constant (exactly undefined even at eps = 0, at a value whose
     # float32 sums round), ramps whose chunk means differ far more than the values within a
     # chunk, a large mean with small variations, zeros; and an image with a NaN, which the

@@ -135,10 +135,6 @@ def _optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
                            weight_decay=recipe.weight_decay)
 
 
-def _device(recipe: Recipe) -> torch.device:
-    return resolve_device(recipe.device)
-
-
 # ------------------------------------------------------------------------ loss/metrics
 def _loss_and_counts(out: torch.Tensor, target: torch.Tensor, num_classes: int):
     """Loss (batch mean) and ``(class correct, turn correct)`` counts of a batch."""
@@ -317,7 +313,7 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
          device: Optional[torch.device] = None) -> TrainResult:
     """The training loop shared by :func:`train` and each Ray worker."""
     out, dist = Path(out_dir), _Dist()
-    device = device or _device(recipe)
+    device = device or resolve_device(recipe.device)
     info = dataset_info(recipe.dataset)
     rot = info["num_rotations"] > 0
 
@@ -445,7 +441,7 @@ def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = F
         >>> train(r, "/tmp/run").test_acc  # doctest: +SKIP
         0.62
     """
-    device = _device(recipe)  # a missing GPU fails here, before the run folder is touched
+    device = resolve_device(recipe.device)  # a missing GPU fails here, before the run folder is touched
     done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
     if done is not None:
         return done

@@ -843,7 +843,7 @@ void tile_epilogue(const float* s, int64_t ld_s, int64_t rows, int64_t K, int64_
 // before a BLAS call reads each side twice from memory (an image's side does not stay in L2
 // between its sums and its normalisation) and BLAS then packs the normalised copy again. A
 // streamed image instead walks the compared positions in chunks of kc: each chunk of both
-// sides is gathered through the index map (read once from memory), shifted by its own
+// sides is gathered through the index map (read once from memory), shifted near its
 // per-channel mean and packed into the panels of a register-blocked GEMM that accumulates the
 // image's whole similarity matrix C [K, K] (in L1/L2). The shift keeps C's float32 sums as
 // accurate as sums of normalised values: the shifted values u' = u - c_t are of the size of
@@ -1084,12 +1084,12 @@ __attribute__((always_inline)) inline bool stream_image_impl(
   std::memset(c, 0, KP * KP * sizeof(float));
   float* pa = buf.a_panels.data();
   float* pb = buf.b_panels.data();
+  auto stats = [&](int side, int64_t chunk) {  // chunk -1: unused (t = 0)
+    float* base = buf.stats.data() + side * 3 * T * KP + std::max<int64_t>(chunk, 0) * KP;
+    return ChunkStats{base, base + T * KP, base + 2 * T * KP};
+  };
   for (int64_t t = 0; t < T; ++t) {
     const int64_t n = std::min(kc, P - t * kc);
-    auto stats = [&](int side, int64_t chunk) {  // chunk -1: unused (t = 0)
-      float* base = buf.stats.data() + side * 3 * T * KP + std::max<int64_t>(chunk, 0) * KP;
-      return ChunkStats{base, base + T * KP, base + 2 * T * KP};
-    };
     const ChunkStats prev_a = stats(0, t - 1), prev_b = stats(1, t - 1);
     const float prev_count = static_cast<float>(kc);  // chunks before the last are whole
     pack_chunk<kBytes>(a, a_offsets + t * kc, n, K, KP, kc, centered, pa, stats(0, t),

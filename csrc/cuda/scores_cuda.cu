@@ -769,7 +769,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           }
         };
-        if (!single_pass) row_stats(0, N, nullptr);
 
         // gridDim.y <= 65535: images in chunks, pointers offset per chunk.
         constexpr int64_t kMaxImages = 65535;
@@ -802,6 +801,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
             // Flagged images again, by kernels 2 and 3' (the other blocks return at once).
             row_stats(n0, nc, flags);
             args.only_images = flags;
+          } else {
+            row_stats(n0, nc, nullptr);
           }
           if (use_tensor_cores)
             tensor_core_tile_kernel<scalar_t><<<grid, kTcThreads, 0, stream>>>(args);
