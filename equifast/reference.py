@@ -53,7 +53,7 @@ def compared_pairs(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional[Tran
     if transform is None or isinstance(transform, Identity):
         return fx.flatten(2), ftx.flatten(2)
     moved = transform.on_map(fx, input_size, fill=float("nan"))
-    ones = torch.ones(fx.shape[-2:], dtype=torch.float64)
+    ones = torch.ones(fx.shape[-2:], dtype=torch.float64, device=fx.device)
     valid = transform.on_map(ones, input_size, fill=0.0) > 0
     return moved[..., valid], ftx[..., valid]
 
@@ -109,7 +109,7 @@ def vector_scores(fx: torch.Tensor, ftx: torch.Tensor, metric: str, vector_mode:
     if vector_mode == "per_image":
         s = similarity_matrix(fx.unsqueeze(1), ftx.unsqueeze(1), metric, eps)  # [N, 1, 1]
         value = s.reshape(n, 1).clamp_min(0).float().expand(n, k).contiguous()
-        index = torch.arange(k).expand(n, k).masked_fill(torch.isnan(value), -1)
+        index = torch.arange(k, device=fx.device).expand(n, k).masked_fill(torch.isnan(value), -1)
         return Scores(value, value.clone(), index.contiguous())
     if n < 2:
         raise ValueError(

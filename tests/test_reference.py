@@ -88,6 +88,15 @@ def test_vectors_per_image_and_across_images():
         R.equivariance_scores(fx[:1], fx[:1], vector_mode="across_images")
 
 
+def test_vector_scores_stay_on_the_inputs_device():
+    # 'meta' stands in for a GPU here: a tensor made on the CPU inside the reference would
+    # meet the inputs' device and fail, as it did on CUDA.
+    fx = torch.randn(6, 4, device="meta")
+    for mode in ("per_image", "across_images"):
+        s = R.equivariance_scores(fx, fx, vector_mode=mode)
+        assert {t.device.type for t in s} == {"meta"} and s.layer_index.shape == (6, 4)
+
+
 def test_one_by_one_maps_are_vectors():
     f = torch.randn(3, 5, 1, 1)
     t = ef.Rotation(1)
