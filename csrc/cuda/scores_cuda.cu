@@ -6,15 +6,20 @@
 //      raw sums of squares (two passes), and the defined rule of `scores.h`.
 //   3. `similarity_tile_kernel`: grid over (row tile of K, image, column split). A 64 x 64
 //      block tile of S = Â B̂ᵀ is built from shared-memory tiles of the normalised rows
-//      (normalised on load, float32 accumulation); its epilogue keeps, per row, the running
+//      (normalised as staged, float32 accumulation); its epilogue keeps, per row, the running
 //      max / arg-max over defined columns in registers and captures the diagonal when the
 //      column tile holds it. Only per-row partial results leave the block: S is never stored.
+//      A step's raw values are loaded into registers all at once (`StepValues`), the next
+//      step's during the current products, and the rows' kernel-2 statistics and B's defined
+//      flags are read once per tile into shared memory.
 //   3'. `tensor_core_tile_kernel` (the default on sm_80 and newer, `tensor_cores`): the same
 //      block tile and epilogue, with the products on tensor cores through WMMA: TF32 for
 //      float32 inputs, native float16 / bfloat16 otherwise (float32 accumulation). The rows
-//      are normalised on load as in 3, then rounded to the tensor-core type, so scores are
+//      are normalised as staged as in 3, then rounded to the tensor-core type, so scores are
 //      within about 1e-3 (TF32, float16) or 1e-2 (bfloat16) of the float64 reference;
-//      `tensor_cores=false` takes kernel 3 (float32 FMA, 1e-5, as on the CPU).
+//      `tensor_cores=false` takes kernel 3 (float32 FMA, 1e-5, as on the CPU). On sm_90, large
+//      maps split their positions over a thread-block cluster whose partial tiles are summed
+//      through distributed shared memory (`PositionRange`, `cluster_sum`).
 //   4. `combine_kernel`: merges the column splits (ties: smallest k') and applies the
 //      undefined rules and the score (ReLU).
 // Everything runs on the current CUDA stream. Only c10/cuda headers are used (no
@@ -24,6 +29,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -121,29 +127,75 @@ __device__ __forceinline__ void tile_element(bool k_fastest, int e, int& r, int&
   }
 }
 
-// The normalised value of channel c at compared position p of image n, read through the
-// index map (0 outside [0, K) x [0, P)).
-template <typename scalar_t>
-__device__ __forceinline__ float normalised_at(const SideArgs<scalar_t>& s, int64_t n, int64_t c,
-                                               int64_t p, int64_t K, int64_t P) {
-  if (c >= K || p >= P) return 0.f;
-  const int64_t row = n * K + c;
-  const float x = static_cast<float>(s.data[n * s.stride_n + c * s.stride_k + s.offsets[p]]);
-  return normalise_value(x, s.mean[row], s.inv[row]);
-}
+// The raw values of one side that a thread loads for one step of a [kRows channels x kCols
+// positions] tile staged by kT threads (slot i: tile element threadIdx.x + i * kT, as
+// tile_element places it), held in registers from their load to their staging, so that all of
+// a step's loads are in flight at once and the next step's overlap the current products.
+// Outside [0, K) x [0, P) a slot holds 0.
+template <int kRows, int kCols, int kT>
+struct StepValues {
+  static_assert(kT % kRows == 0 && kT % kCols == 0 && (kRows * kCols) % kT == 0, "the slots");
+  static constexpr int kCount = kRows * kCols / kT;
+  float x[kCount];
 
-// Load a [rows_tile x kTileP] tile of normalised rows (channels c0.., positions p0..) into
-// shared memory, transposed: tile[p][c].
-template <typename scalar_t, int kRows>
-__device__ __forceinline__ void load_tile(const SideArgs<scalar_t>& s, int64_t n, int64_t c0,
-                                          int64_t p0, int64_t K, int64_t P,
-                                          float (*tile)[kRows + 4]) {
-  for (int e = threadIdx.x; e < kRows * kTileP; e += kThreads) {
+  // Rows along positions: one position and rows c0 + threadIdx.x / kCols + i * kT / kCols;
+  // channels-last: one row and positions p0 + threadIdx.x / kRows + i * kT / kRows.
+  template <typename scalar_t>
+  __device__ __forceinline__ void load(const SideArgs<scalar_t>& s, int64_t n, int64_t c0,
+                                       int64_t p0, int64_t K, int64_t P) {
+    const scalar_t* base = s.data + n * s.stride_n;
+    if (!s.k_fastest) {
+      constexpr int kRowStep = kT / kCols;
+      const int64_t p = p0 + threadIdx.x % kCols, c = c0 + threadIdx.x / kCols;
+      const scalar_t* at = base + c * s.stride_k + (p < P ? s.offsets[p] : 0);
+#pragma unroll
+      for (int i = 0; i < kCount; ++i)
+        x[i] = (p < P && c + i * kRowStep < K)
+                   ? static_cast<float>(at[static_cast<int64_t>(i * kRowStep) * s.stride_k])
+                   : 0.f;
+    } else {
+      constexpr int kPositionStep = kT / kRows;
+      const int64_t c = c0 + threadIdx.x % kRows, p = p0 + threadIdx.x / kRows;
+      const scalar_t* row = base + c * s.stride_k;
+#pragma unroll
+      for (int i = 0; i < kCount; ++i)
+        x[i] = (c < K && p + i * kPositionStep < P)
+                   ? static_cast<float>(row[s.offsets[p + i * kPositionStep]])
+                   : 0.f;
+    }
+  }
+};
+
+// Stage a step's values: tile element (r, pp) gets value(r, x) inside [0, K) x [0, P) and 0
+// outside, written by store(r, pp, v).
+template <int kRows, int kCols, int kT, typename Value, typename Store>
+__device__ __forceinline__ void stage_step(const StepValues<kRows, kCols, kT>& v, bool k_fastest,
+                                           int64_t c0, int64_t p0, int64_t K, int64_t P,
+                                           Value value, Store store) {
+#pragma unroll
+  for (int i = 0; i < StepValues<kRows, kCols, kT>::kCount; ++i) {
     int r, pp;
-    tile_element<kRows, kTileP>(s.k_fastest, e, r, pp);
-    tile[pp][r] = normalised_at(s, n, c0 + r, p0 + pp, K, P);
+    tile_element<kRows, kCols>(k_fastest, threadIdx.x + i * kT, r, pp);
+    store(r, pp, c0 + r < K && p0 + pp < P ? value(r, v.x[i]) : 0.f);
   }
 }
+
+// Kernel 2's float64 mean and 1 / norm of a tile's rows (row j: channel c0 + j), read once per
+// tile into shared memory rather than once per staged value.
+struct TileRowNorms {
+  double mean[kTileM], inv[kTileM];
+
+  template <typename scalar_t>
+  __device__ __forceinline__ void load(const SideArgs<scalar_t>& s, int64_t n, int64_t c0,
+                                       int64_t K, int j) {
+    const bool inside = c0 + j < K;
+    mean[j] = inside ? s.mean[n * K + c0 + j] : 0.0;
+    inv[j] = inside ? s.inv[n * K + c0 + j] : 0.0;
+  }
+  __device__ __forceinline__ float operator()(int r, float x) const {
+    return normalise_value(x, mean[r], inv[r]);
+  }
+};
 
 // What both tile kernels read and write: the two sides, defined_b [N * K], and per row the
 // partial max / arg-max of each column split ([splits, N * K]) and the diagonal [N * K].
@@ -157,16 +209,19 @@ struct TileArgs {
   int64_t* part_index;
   float* diagonal;
   const uint8_t* only_images;  // [N] when given: the blocks of other images return at once
+  int cluster;  // blocks per cluster that split the positions (tensor-core kernels; else 1)
 };
 
-// A block's place in the grid (row tile, image, column split) of both tile kernels: its
-// first row, image, split and range of 64-wide column tiles; `partial` is where a row's
-// partial max / arg-max goes ([splits, N * K]).
+// A block's place in the grid (row tile x cluster rank, image, column split) of the tile
+// kernels: its first row, image, split and range of 64-wide column tiles; `partial` is where
+// a row's partial max / arg-max goes ([splits, N * K]).
 struct BlockPlace {
   int64_t row0, n, ct_begin, ct_end;
   int split;
-  __device__ BlockPlace(int64_t K, int col_tiles_per_split)
-      : row0(static_cast<int64_t>(blockIdx.x) * kTileM), n(blockIdx.y), split(blockIdx.z) {
+  __device__ BlockPlace(int64_t K, int col_tiles_per_split, int cluster)
+      : row0(static_cast<int64_t>(blockIdx.x / cluster) * kTileM),
+        n(blockIdx.y),
+        split(blockIdx.z) {
     const int64_t col_tiles = (K + kTileN - 1) / kTileN;
     ct_begin = static_cast<int64_t>(split) * col_tiles_per_split;
     ct_end = min(col_tiles, ct_begin + col_tiles_per_split);
@@ -186,10 +241,16 @@ similarity_tile_kernel(const TileArgs<scalar_t> t) {
   const int64_t N = t.N, K = t.K, P = t.P;
   __shared__ __align__(16) float As[kTileP][kTileM + 4];
   __shared__ __align__(16) float Bs[kTileP][kTileN + 4];
+  __shared__ TileRowNorms norms_a, norms_b;
+  __shared__ uint8_t defined_cols[kTileN];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const BlockPlace place(K, t.col_tiles_per_split);
+  const BlockPlace place(K, t.col_tiles_per_split, 1);
   const int64_t row0 = place.row0, n = place.n;
   if (t.only_images != nullptr && !t.only_images[n]) return;
+  if (threadIdx.x < kTileM) norms_a.load(A, n, row0, K, threadIdx.x);
+  using Step = StepValues<kTileM, kTileP, kThreads>;
+  auto normalised_a = [&](int r, float x) { return norms_a(r, x); };
+  auto normalised_b = [&](int r, float x) { return norms_b(r, x); };
 
   float best[4];
   int64_t best_index[4];
@@ -207,10 +268,26 @@ similarity_tile_kernel(const TileArgs<scalar_t> t) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
 
+    if (threadIdx.x >= kTileM && threadIdx.x < kTileM + kTileN) {
+      const int j = threadIdx.x - kTileM;
+      norms_b.load(B, n, col0, K, j);
+      defined_cols[j] = col0 + j < K ? t.defined_b[n * K + col0 + j] : 0;
+    }
+    Step va, vb;
+    va.load(A, n, row0, 0, K, P);
+    vb.load(B, n, col0, 0, K, P);
+    __syncthreads();  // the row norms and flags
+
     for (int64_t p0 = 0; p0 < P; p0 += kTileP) {
-      load_tile<scalar_t, kTileM>(A, n, row0, p0, K, P, As);
-      load_tile<scalar_t, kTileN>(B, n, col0, p0, K, P, Bs);
+      stage_step(va, A.k_fastest, row0, p0, K, P, normalised_a,
+                 [&](int r, int pp, float v) { As[pp][r] = v; });
+      stage_step(vb, B.k_fastest, col0, p0, K, P, normalised_b,
+                 [&](int r, int pp, float v) { Bs[pp][r] = v; });
       __syncthreads();
+      if (p0 + kTileP < P) {  // the next step's loads, in flight during the products
+        va.load(A, n, row0, p0 + kTileP, K, P);
+        vb.load(B, n, col0, p0 + kTileP, K, P);
+      }
 #pragma unroll
       for (int pp = 0; pp < kTileP; ++pp) {
         const float4 a4 = *reinterpret_cast<const float4*>(&As[pp][ty * 4]);
@@ -234,13 +311,14 @@ similarity_tile_kernel(const TileArgs<scalar_t> t) {
         const int64_t col = col0 + tx * 4 + j;
         if (row < K && col < K) {
           if (col == row) t.diagonal[n * K + row] = acc[i][j];
-          if (t.defined_b[n * K + col] && better(acc[i][j], col, best[i], best_index[i])) {
+          if (defined_cols[col - col0] && better(acc[i][j], col, best[i], best_index[i])) {
             best[i] = acc[i][j];
             best_index[i] = col;
           }
         }
       }
     }
+    __syncthreads();  // the next column tile rewrites the row norms and flags of B
   }
 
   // Combine the 16 threads of a row group (lanes with the same ty share a half warp).
@@ -303,18 +381,57 @@ struct TensorCore<at::BFloat16> {
   __device__ static float to_float(staged x) { return __bfloat162float(x); }
 };
 
-// Stage a [kTcTile rows x kTcP positions] tile of normalised rows (channels c0.., positions
-// p0..) as tile[row][position], the layout both WMMA operands read (A row-major, B^T
-// column-major), in the tensor-core type.
+// A thread's values of one side for one step of the tensor-core kernels, and the store of a
+// staged value into tile[row][position] (the layout both WMMA operands read: A row-major, B^T
+// column-major), rounded to the tensor-core type.
+using TcStep = StepValues<kTcTile, kTcP, kTcThreads>;
+
 template <typename scalar_t>
-__device__ __forceinline__ void stage_tile(const SideArgs<scalar_t>& s, int64_t n, int64_t c0,
-                                           int64_t p0, int64_t K, int64_t P,
-                                           typename TensorCore<scalar_t>::staged (*tile)[kTcLd]) {
-  for (int e = threadIdx.x; e < kTcTile * kTcP; e += kTcThreads) {
-    int r, pp;
-    tile_element<kTcTile, kTcP>(s.k_fastest, e, r, pp);
-    tile[r][pp] = TensorCore<scalar_t>::from_float(normalised_at(s, n, c0 + r, p0 + pp, K, P));
+struct StoreStaged {
+  typename TensorCore<scalar_t>::staged (*tile)[kTcLd];
+  __device__ __forceinline__ void operator()(int r, int pp, float v) const {
+    tile[r][pp] = TensorCore<scalar_t>::from_float(v);
   }
+};
+
+// Positions split over a thread-block cluster (sm_90): when the row tiles, images and column
+// splits alone leave the device idle (few channels, large maps: 64 @ 56x56 gives 64 blocks
+// for 132 SMs), the `cluster` blocks of a cluster take consecutive ranges of the positions of
+// the same tile, and rank 0 sums their partial tiles through distributed shared memory, so
+// that S still never leaves the chip. A block's range: whole kTcP steps, the last ones
+// possibly empty.
+struct PositionRange {
+  int64_t begin, end;
+  int rank;
+  __device__ PositionRange(int64_t P, int cluster) : rank(blockIdx.x % cluster) {
+    const int64_t steps = (P + kTcP - 1) / kTcP;
+    const int64_t per_rank = (steps + cluster - 1) / cluster;
+    begin = min(P, rank * per_rank * kTcP);
+    end = min(P, (rank + 1) * per_rank * kTcP);
+  }
+};
+
+// Add the `count` floats at `data` (shared memory, 16-byte aligned, count a multiple of 4) of
+// every block of the cluster into rank 0's, in rank order. Every block of the cluster calls
+// it; a cluster of 1 returns at once.
+__device__ __forceinline__ void cluster_sum(float* data, int count, int cluster, int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (cluster == 1) return;
+  cooperative_groups::cluster_group blocks = cooperative_groups::this_cluster();
+  blocks.sync();  // every block's partial values are in its shared memory
+  if (rank == 0) {
+    float4* mine = reinterpret_cast<float4*>(data);
+    for (int q = 1; q < cluster; ++q) {
+      const float4* other = reinterpret_cast<const float4*>(blocks.map_shared_rank(data, q));
+#pragma unroll 4
+      for (int e = threadIdx.x; e < count / 4; e += blockDim.x) {
+        const float4 a = mine[e], b = other[e];
+        mine[e] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+      }
+    }
+  }
+  blocks.sync();  // the other blocks keep their shared memory until rank 0 has read it
+#endif
 }
 
 // The shared memory of the tensor-core kernels: the staged rows of both sides for one step of
@@ -420,48 +537,71 @@ __device__ __forceinline__ void store_row_partial(float best, int64_t best_index
 // of S computed by four warps on tensor cores, then read back from shared memory by the
 // epilogue: thread t keeps the running max / arg-max of row t / 2 over the columns of half
 // t % 2 of each column tile, in increasing order; the two halves merge at the end.
+// Three blocks per SM (at most 168 registers; a few bytes spill) hide more of the loads'
+// latency than two.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kTcThreads)
+__global__ void __launch_bounds__(kTcThreads, 3)
 tensor_core_tile_kernel(const TileArgs<scalar_t> t) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const SideArgs<scalar_t>& A = t.A;
   const SideArgs<scalar_t>& B = t.B;
   const int64_t K = t.K, P = t.P;
   __shared__ TensorCoreTiles<scalar_t> tiles;
+  __shared__ TileRowNorms norms_a, norms_b;
+  __shared__ uint8_t defined_cols[kTcTile];
 
   const int warp = threadIdx.x / 32;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;  // the warp's quadrant
   const int my_row = threadIdx.x / 2, half = threadIdx.x % 2;
-  const BlockPlace place(K, t.col_tiles_per_split);
+  const BlockPlace place(K, t.col_tiles_per_split, t.cluster);
+  const PositionRange range(P, t.cluster);
   const int64_t row0 = place.row0, n = place.n;
-  if (t.only_images != nullptr && !t.only_images[n]) return;
+  if (t.only_images != nullptr && !t.only_images[n]) return;  // the whole cluster returns
   const int64_t row = row0 + my_row;
+  if (threadIdx.x < kTcTile) norms_a.load(A, n, row0, K, threadIdx.x);
+  auto normalised_a = [&](int r, float x) { return norms_a(r, x); };
+  auto normalised_b = [&](int r, float x) { return norms_b(r, x); };
 
   float best = -INFINITY;
   int64_t best_index = -1;
 
   for (int64_t ct = place.ct_begin; ct < place.ct_end; ++ct) {
     const int64_t col0 = ct * kTcTile;
+    if (threadIdx.x >= kTcTile) {
+      const int j = threadIdx.x - kTcTile;
+      norms_b.load(B, n, col0, K, j);
+      defined_cols[j] = col0 + j < K ? t.defined_b[n * K + col0 + j] : 0;
+    }
     Accumulators<scalar_t> acc;
     acc.zero();
+    TcStep va, vb;
+    va.load(A, n, row0, range.begin, K, P);
+    vb.load(B, n, col0, range.begin, K, P);
+    __syncthreads();  // the row norms and flags
 
-    for (int64_t p0 = 0; p0 < P; p0 += kTcP) {
-      stage_tile<scalar_t>(A, n, row0, p0, K, P, tiles.A);
-      stage_tile<scalar_t>(B, n, col0, p0, K, P, tiles.B);
+    for (int64_t p0 = range.begin; p0 < range.end; p0 += kTcP) {
+      stage_step(va, A.k_fastest, row0, p0, K, P, normalised_a, StoreStaged<scalar_t>{tiles.A});
+      stage_step(vb, B.k_fastest, col0, p0, K, P, normalised_b, StoreStaged<scalar_t>{tiles.B});
       __syncthreads();
+      if (p0 + kTcP < range.end) {  // the next step's loads, in flight during the products
+        va.load(A, n, row0, p0 + kTcP, K, P);
+        vb.load(B, n, col0, p0 + kTcP, K, P);
+      }
       warp_tile_mma<scalar_t>(tiles.A, tiles.B, wm, wn, acc);
       __syncthreads();
     }
     store_warp_tile(acc, wm, wn, tiles.C);
     __syncthreads();
+    cluster_sum(&tiles.C[0][0], kTcTile * kTcLdC, t.cluster, range.rank);
 
-    half_row_epilogue(
-        row, col0, half, n, K, t.diagonal, [&](int j) { return tiles.C[my_row][j]; },
-        [&](int, int64_t col) { return t.defined_b[n * K + col] != 0; }, best, best_index);
-    __syncthreads();  // tiles.C is rewritten by the next column tile
+    if (range.rank == 0)
+      half_row_epilogue(
+          row, col0, half, n, K, t.diagonal, [&](int j) { return tiles.C[my_row][j]; },
+          [&](int j, int64_t) { return defined_cols[j] != 0; }, best, best_index);
+    __syncthreads();  // the next column tile rewrites tiles.C, B's row norms and flags
   }
 
-  store_row_partial(best, best_index, half, row, place, t);
+  if (range.rank == 0) store_row_partial(best, best_index, half, row, place, t);
 #else
   __trap();  // launched only on sm_80 and newer (see equivariance_scores_cuda)
 #endif
@@ -483,12 +623,11 @@ tensor_core_tile_kernel(const TileArgs<scalar_t> t) {
 // float32 sums cannot hold is flagged and computed again by kernels 2 and 3' (only the blocks
 // of flagged images run). The loads of the next step are issued into registers before the
 // products of the current one, so that memory and tensor cores overlap.
-// Not yet run on a GPU (no GPU was lent to the session that wrote it): opt-in until
-// benchmarks/gpu_check.sh has passed with it.
+// It passes the CUDA tests on an H200 (benchmarks/gpu_check.sh) but is no faster than the two
+// passes there (benchmarks/RESULTS.md: both are bound by the instructions of their staging and
+// epilogue, not by memory), so it stays opt-in.
 
-constexpr int kSpPerThread = kTcTile * kTcP / kTcThreads;  // values of a side a thread stages
 static_assert(kTcThreads == 2 * kTcTile, "one thread per row of each side for the statistics");
-static_assert(kTcThreads % kTcP == 0 && kTcThreads % kTcTile == 0, "StepValues::load's slots");
 
 template <typename scalar_t>
 struct SinglePassArgs {
@@ -499,56 +638,6 @@ struct SinglePassArgs {
   uint8_t* defined_b;  // [N * K], written
   uint8_t* fallback;   // [N]: set for an image to compute again
 };
-
-// The raw values of one side that a thread stages in one step (slot i: tile element
-// threadIdx.x + i * kTcThreads), held in registers from their load to their staging.
-struct StepValues {
-  float x[kSpPerThread];
-
-  // Slot i is tile element threadIdx.x + i * kTcThreads (tile_element): for rows along
-  // positions, one position and rows r0 + 4i; for channels-last, one row and positions pp0 + 2i.
-  template <typename scalar_t>
-  __device__ __forceinline__ void load(const SideArgs<scalar_t>& s, int64_t n, int64_t c0,
-                                       int64_t p0, int64_t K, int64_t P) {
-    const scalar_t* base = s.data + n * s.stride_n;
-    if (!s.k_fastest) {
-      constexpr int kRowStep = kTcThreads / kTcP;
-      const int64_t p = p0 + threadIdx.x % kTcP, c = c0 + threadIdx.x / kTcP;
-      const scalar_t* at = base + c * s.stride_k + (p < P ? s.offsets[p] : 0);
-#pragma unroll
-      for (int i = 0; i < kSpPerThread; ++i)
-        x[i] = (p < P && c + i * kRowStep < K)
-                   ? static_cast<float>(at[static_cast<int64_t>(i * kRowStep) * s.stride_k])
-                   : 0.f;
-    } else {
-      constexpr int kPositionStep = kTcThreads / kTcTile;
-      const int64_t c = c0 + threadIdx.x % kTcTile, p = p0 + threadIdx.x / kTcTile;
-      const scalar_t* row = base + c * s.stride_k;
-#pragma unroll
-      for (int i = 0; i < kSpPerThread; ++i)
-        x[i] = (c < K && p + i * kPositionStep < P)
-                   ? static_cast<float>(row[s.offsets[p + i * kPositionStep]])
-                   : 0.f;
-    }
-  }
-};
-
-// Stage one side's step: u' = x - shift[row] (0 outside [0, K) x [0, P)), rounded to the
-// tensor-core type, into tile[row][position].
-template <typename scalar_t>
-__device__ __forceinline__ void stage_shifted(const StepValues& v, bool k_fastest, int64_t c0,
-                                              int64_t p0, int64_t K, int64_t P,
-                                              const float* shift,
-                                              typename TensorCore<scalar_t>::staged (*tile)[kTcLd]) {
-  using TC = TensorCore<scalar_t>;
-#pragma unroll
-  for (int i = 0; i < kSpPerThread; ++i) {
-    int r, pp;
-    tile_element<kTcTile, kTcP>(k_fastest, threadIdx.x + i * kTcThreads, r, pp);
-    const bool inside = c0 + r < K && p0 + pp < P;
-    tile[r][pp] = TC::from_float(inside ? v.x[i] - shift[r] : 0.f);
-  }
-}
 
 // Add a staged row's values and squares (as rounded: the values the products see) to s, q.
 // Threads of a warp start at different positions (r + pp), so that their reads of rows kTcLd
@@ -574,18 +663,23 @@ single_pass_tile_kernel(const SinglePassArgs<scalar_t> sp) {
   const SideArgs<scalar_t>& B = t.B;
   const int64_t K = t.K, P = t.P;
   __shared__ TensorCoreTiles<scalar_t> tiles;
-  // Per row of each side (0: A's rows, 1: B's columns): shift, Σu', 1 / norm, defined.
-  __shared__ float shift[2][kTcTile], row_s[2][kTcTile], inv[2][kTcTile];
+  // Per row of each side (0: A's rows, 1: B's columns): shift, Σu' and Σu'^2 (summed over the
+  // cluster), 1 / norm, defined.
+  __shared__ float shift[2][kTcTile], inv[2][kTcTile];
+  __shared__ __align__(16) float sums[2][2][kTcTile];
   __shared__ uint8_t defined[2][kTcTile];
 
   const int warp = threadIdx.x / 32;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
   const int my_row = threadIdx.x / 2, half = threadIdx.x % 2;
   const int side = threadIdx.x / kTcTile, side_row = threadIdx.x % kTcTile;  // statistics
-  const BlockPlace place(K, t.col_tiles_per_split);
+  const BlockPlace place(K, t.col_tiles_per_split, t.cluster);
+  const PositionRange range(P, t.cluster);
   const int64_t row0 = place.row0, n = place.n;
   const int64_t row = row0 + my_row;
   const float inv_p = 1.f / static_cast<float>(P);
+  auto shifted_a = [&](int r, float x) { return x - shift[0][r]; };
+  auto shifted_b = [&](int r, float x) { return x - shift[1][r]; };
 
   float best = -INFINITY;
   int64_t best_index = -1;
@@ -602,17 +696,17 @@ single_pass_tile_kernel(const SinglePassArgs<scalar_t> sp) {
     }
     Accumulators<scalar_t> acc;
     acc.zero();
-    float sum = 0.f, sum_sq = 0.f;  // of row side_row of side `side`
-    StepValues va, vb;
-    va.load(A, n, row0, 0, K, P);
-    vb.load(B, n, col0, 0, K, P);
+    float sum = 0.f, sum_sq = 0.f;  // of row side_row of side `side`, over the block's range
+    TcStep va, vb;
+    va.load(A, n, row0, range.begin, K, P);
+    vb.load(B, n, col0, range.begin, K, P);
     __syncthreads();  // the shifts
 
-    for (int64_t p0 = 0; p0 < P; p0 += kTcP) {
-      stage_shifted<scalar_t>(va, A.k_fastest, row0, p0, K, P, shift[0], tiles.A);
-      stage_shifted<scalar_t>(vb, B.k_fastest, col0, p0, K, P, shift[1], tiles.B);
+    for (int64_t p0 = range.begin; p0 < range.end; p0 += kTcP) {
+      stage_step(va, A.k_fastest, row0, p0, K, P, shifted_a, StoreStaged<scalar_t>{tiles.A});
+      stage_step(vb, B.k_fastest, col0, p0, K, P, shifted_b, StoreStaged<scalar_t>{tiles.B});
       __syncthreads();
-      if (p0 + kTcP < P) {  // the next step's loads, in flight during the products
+      if (p0 + kTcP < range.end) {  // the next step's loads, in flight during the products
         va.load(A, n, row0, p0 + kTcP, K, P);
         vb.load(B, n, col0, p0 + kTcP, K, P);
       }
@@ -622,40 +716,46 @@ single_pass_tile_kernel(const SinglePassArgs<scalar_t> sp) {
       __syncthreads();
     }
 
-    {  // statistics: thread side_row of each side
-      const int64_t c = (side == 0 ? row0 : col0) + side_row;
-      float inv_norm = 0.f;
-      uint8_t def = 0;
-      if (c < K) {
-        RowStats st;
-        if (float32_shifted_row_stats(shift[side][side_row], sum, sum_sq, P, sp.centered, sp.eps,
-                                      &st)) {
-          inv_norm = static_cast<float>(st.inv_norm);
-          def = st.defined ? 1 : 0;
-        } else {
-          sp.fallback[n] = 1;  // every writer stores the same 1
-        }
-        (side == 0 ? sp.defined_a : sp.defined_b)[n * K + c] = def;
-      }
-      row_s[side][side_row] = sum;
-      inv[side][side_row] = inv_norm;
-      defined[side][side_row] = def;
-    }
-    __syncthreads();  // the statistics
+    sums[side][0][side_row] = sum;
+    sums[side][1][side_row] = sum_sq;
     store_warp_tile(acc, wm, wn, tiles.C);
     __syncthreads();
+    cluster_sum(&tiles.C[0][0], kTcTile * kTcLdC, t.cluster, range.rank);
+    cluster_sum(&sums[0][0][0], 4 * kTcTile, t.cluster, range.rank);
 
-    // Epilogue: the centring and the norms applied to the shifted products.
-    const float s_a = sp.centered ? row_s[0][my_row] * inv_p : 0.f;
-    const float inv_a = inv[0][my_row];
-    half_row_epilogue(
-        row, col0, half, n, K, t.diagonal,
-        [&](int j) { return (tiles.C[my_row][j] - s_a * row_s[1][j]) * inv_a * inv[1][j]; },
-        [&](int j, int64_t) { return defined[1][j] != 0; }, best, best_index);
+    if (range.rank == 0) {
+      {  // statistics: thread side_row of each side
+        const int64_t c = (side == 0 ? row0 : col0) + side_row;
+        float inv_norm = 0.f;
+        uint8_t def = 0;
+        if (c < K) {
+          RowStats st;
+          if (float32_shifted_row_stats(shift[side][side_row], sums[side][0][side_row],
+                                        sums[side][1][side_row], P, sp.centered, sp.eps, &st)) {
+            inv_norm = static_cast<float>(st.inv_norm);
+            def = st.defined ? 1 : 0;
+          } else {
+            sp.fallback[n] = 1;  // every writer stores the same 1
+          }
+          (side == 0 ? sp.defined_a : sp.defined_b)[n * K + c] = def;
+        }
+        inv[side][side_row] = inv_norm;
+        defined[side][side_row] = def;
+      }
+      __syncthreads();  // the statistics
+
+      // Epilogue: the centring and the norms applied to the shifted products.
+      const float s_a = sp.centered ? sums[0][0][my_row] * inv_p : 0.f;
+      const float inv_a = inv[0][my_row];
+      half_row_epilogue(
+          row, col0, half, n, K, t.diagonal,
+          [&](int j) { return (tiles.C[my_row][j] - s_a * sums[1][0][j]) * inv_a * inv[1][j]; },
+          [&](int j, int64_t) { return defined[1][j] != 0; }, best, best_index);
+    }
     __syncthreads();  // the next column tile rewrites tiles.C, the shifts and the statistics
   }
 
-  store_row_partial(best, best_index, half, row, place, t);
+  if (range.rank == 0) store_row_partial(best, best_index, half, row, place, t);
 #else
   __trap();  // launched only on sm_80 and newer (see equivariance_scores_cuda)
 #endif
@@ -689,6 +789,46 @@ __global__ void combine_kernel(const float* __restrict__ part_best,
   channel[r] = defined_b[r] ? score(diagonal[r]) : nan_value();
   layer[r] = index < 0 ? nan_value() : score(best);
   layer_index[r] = index;
+}
+
+// Launch a tile kernel on `grid` (x: row tiles x cluster), with `cluster` blocks per cluster
+// along x when it is more than 1 (sm_90 and newer).
+template <typename Args>
+void launch_tiles(void (*kernel)(Args), dim3 grid, int threads, int cluster, cudaStream_t stream,
+                  const Args& args) {
+  if (cluster == 1) {
+    kernel<<<grid, threads, 0, stream>>>(args);
+  } else {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(threads);
+    config.stream = stream;
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = static_cast<unsigned>(cluster);
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Blocks per cluster for the tensor-core kernels: the largest power of two up to 8 (the
+// portable cluster size) and `max_cluster` that leaves each block at least 8 steps of positions;
+// 1 before sm_90. On an H200 (N = 64) a cluster of 8 halved the kernel time at 64 @ 56x56 (98
+// steps), one of 2 cut 13% at 256 @ 28x28 (25 steps) where one of 4 gained nothing: below 8
+// steps a block's share no longer pays for the reduction. It depends on P alone, not on the
+// batch, so that an image's scores are the same bits whatever batch it is measured in (its sums
+// over positions run in the same order).
+int cluster_size(int64_t P, int major, int max_cluster) {
+  if (major < 9) return 1;
+  const int64_t limit = std::min<int64_t>(
+      {8, static_cast<int64_t>(max_cluster), (P + kTcP - 1) / kTcP / 8});
+  int cluster = 1;
+  while (2 * cluster <= limit) cluster *= 2;
+  return cluster;
 }
 
 at::Tensor position_offsets(const at::Tensor& index, int64_t width, int64_t stride_h,
@@ -742,13 +882,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
                                                                         (N * row_tiles)));
   const int64_t per_split = (col_tiles + splits - 1) / splits;
   splits = (col_tiles + per_split - 1) / per_split;
-  TORCH_CHECK(row_tiles <= std::numeric_limits<int32_t>::max() && splits <= 65535,
+  TORCH_CHECK(row_tiles <= std::numeric_limits<int32_t>::max() / 8 && splits <= 65535,
               "equivariance_scores: K = ", K, " is too large for the CUDA kernel.");
 
-  // The single pass (tensor cores only) stays opt-in until it has run on a GPU.
+  // The single pass (tensor cores only) stays opt-in: on an H200 it is no faster.
   const char* single_pass_env = std::getenv("EQUIFAST_CUDA_SINGLE_PASS");
   const bool single_pass = use_tensor_cores && single_pass_env != nullptr &&
                            std::string(single_pass_env) == "1";
+  // EQUIFAST_CUDA_MAX_CLUSTER=1 turns the position split off (to compare, or to rule it out).
+  const char* max_cluster_env = std::getenv("EQUIFAST_CUDA_MAX_CLUSTER");
+  const int max_cluster = max_cluster_env != nullptr ? std::max(1, std::atoi(max_cluster_env)) : 8;
   at::Tensor fallback;
   if (single_pass) fallback = at::zeros({N}, bopts);
 
@@ -785,19 +928,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
           // Per-row partial results of each column split: [splits, nc * K].
           at::Tensor pb = at::empty({splits, nc * K}, fopts);
           at::Tensor pi = at::empty({splits, nc * K}, fx.options().dtype(at::kLong));
-          dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(nc),
+          const int cluster = use_tensor_cores ? cluster_size(P, major, max_cluster) : 1;
+          dim3 grid(static_cast<unsigned>(row_tiles * cluster), static_cast<unsigned>(nc),
                     static_cast<unsigned>(splits));
           TileArgs<scalar_t> args{A, B, def_b.const_data_ptr<uint8_t>() + n0 * K,
                                   nc, K, P, static_cast<int>(per_split),
                                   pb.data_ptr<float>(), pi.data_ptr<int64_t>(),
-                                  diagonal.data_ptr<float>() + n0 * K, nullptr};
+                                  diagonal.data_ptr<float>() + n0 * K, nullptr, cluster};
           if (single_pass) {
             uint8_t* flags = fallback.data_ptr<uint8_t>() + n0;
             const SinglePassArgs<scalar_t> sp{args, centered, eps,
                                               def_a.data_ptr<uint8_t>() + n0 * K,
                                               def_b.data_ptr<uint8_t>() + n0 * K, flags};
-            single_pass_tile_kernel<scalar_t><<<grid, kTcThreads, 0, stream>>>(sp);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            launch_tiles(single_pass_tile_kernel<scalar_t>, grid, kTcThreads, cluster, stream, sp);
             // Flagged images again, by kernels 2 and 3' (the other blocks return at once).
             row_stats(n0, nc, flags);
             args.only_images = flags;
@@ -805,10 +948,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
             row_stats(n0, nc, nullptr);
           }
           if (use_tensor_cores)
-            tensor_core_tile_kernel<scalar_t><<<grid, kTcThreads, 0, stream>>>(args);
+            launch_tiles(tensor_core_tile_kernel<scalar_t>, grid, kTcThreads, cluster, stream,
+                         args);
           else
-            similarity_tile_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(args);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+            launch_tiles(similarity_tile_kernel<scalar_t>, grid, kThreads, 1, stream, args);
           const int64_t crow = nc * K;
           combine_kernel<<<(crow + 255) / 256, 256, 0, stream>>>(
               pb.const_data_ptr<float>(), pi.const_data_ptr<int64_t>(),
