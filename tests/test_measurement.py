@@ -56,10 +56,17 @@ def test_one_batch_or_many_give_identical_results(device):
     model = torchvision.models.resnet18(num_classes=10).eval()
     x = torch.rand(10, 3, 32, 32)
     ts = ef.diagonal_shifts(1, 3) + [ef.Rotation(2)]
-    whole = ef.measure(model, x, transforms=ts, batch_size=10, device=device)
-    many = ef.measure(model, x, transforms=ts, batch_size=3, device=device)
+    # On CUDA the model's own features depend on the batch: cuDNN picks its convolution
+    # algorithm per batch shape, and they round differently (with TF32, cuDNN's default, an
+    # H200 gave scores up to 5e-5 apart from the fourth point on). The operator's sums do not
+    # depend on the batch; the tolerance covers the model's float32 rounding.
+    atol = 1e-6 if device == "cpu" else 1e-4
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True,
+                                    allow_tf32=False):
+        whole = ef.measure(model, x, transforms=ts, batch_size=10, device=device)
+        many = ef.measure(model, x, transforms=ts, batch_size=3, device=device)
     cols = ["channel", "layer", "undefined_fraction", "n_images"]
-    pd.testing.assert_frame_equal(whole.points[cols], many.points[cols], check_exact=False, atol=1e-6, rtol=0)
+    pd.testing.assert_frame_equal(whole.points[cols], many.points[cols], check_exact=False, atol=atol, rtol=0)
 
 
 def test_shards_merge_into_the_single_process_result():
