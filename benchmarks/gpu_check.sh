@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # The GPU checks of the operator in one run, for a machine with a CUDA GPU, its own torch and
-# no network (about 8 minutes on an H200, build included; give it 9):
+# no network (about 5 minutes on an H200, build included, with E2E_IMAGES=64; the default 256
+# images add about 2 minutes):
 #
-#   1. build the extension in place against that machine's torch (its GPU's architecture only);
+#   1. build the extension in place against that machine's torch (its GPU's architecture only),
+#      then a smoke run of every kernel (a failure or a hang there stops the script);
 #   2. the CUDA tests: tests/test_ops.py and tests/test_measurement.py (CUDA cases only), then
-#      again with the opt-in single pass (EQUIFAST_CUDA_SINGLE_PASS=1) for every tensor-core case;
+#      again with the opt-in single pass (EQUIFAST_CUDA_SINGLE_PASS=1) for every tensor-core case,
+#      and the operator's without the position split over clusters (EQUIFAST_CUDA_MAX_CLUSTER=1);
 #   3. benchmarks/run_ratios.py --device cuda: each shape against bmm and the roofline, the
-#      two-pass kernels (tensor cores, float32) and the single pass;
-#   4. benchmarks/run_end_to_end.py on ResNet-50, 224x224, batch 64, shifts 1..32;
-#   5. compute-sanitizer memcheck over a few calls of each kernel (where it is installed).
+#      two-pass kernels (tensor cores, float32), the single pass and no clusters, wall-clock and
+#      kernel times;
+#   4. compute-sanitizer memcheck and racecheck over a few calls of each kernel (where installed);
+#   5. Nsight Compute counters (where the warps wait) of the tile kernels at 64 @ 56x56 and
+#      2048 @ 7x7;
+#   6. benchmarks/run_end_to_end.py on ResNet-50, 224x224, batch 64, shifts 1..32, and a
+#      profile of one measure call.
 #
 #   OUT=some/folder bash benchmarks/gpu_check.sh
 #
@@ -47,21 +54,14 @@ arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())
   { echo "gpu_check.sh: no CUDA device is visible to $PY's torch" | tee -a "$LOG"; exit 2; }
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch}
 step build 240 $PY setup.py build_ext --inplace || { tail -40 "$LOG"; exit 1; }
-step tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_measurement.py -k cuda
-tests=$?
-step tests-single-pass 150 env EQUIFAST_CUDA_SINGLE_PASS=1 $PY -m pytest -q -p no:cacheprovider \
-  tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
-step ratios 150 $PY benchmarks/run_ratios.py --device cuda --output "$OUT/RESULTS.md"
-step end-to-end 120 $PY benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 \
-  --images 256 --device cuda --output "$OUT/RESULTS.md"
-if command -v compute-sanitizer >/dev/null; then
-  step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 3 $PY -c "
+# A few calls of each kernel (both layouts, every input type; 24 x 24 maps: clusters of 2).
+SANITIZE="
 import os
 import torch
 from equifast import ops
 from equifast.transforms import Rotation, Translation
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
-    for k, side, fmt in ((70, 9, torch.contiguous_format), (130, 5, torch.channels_last)):
+    for k, side, fmt in ((70, 24, torch.contiguous_format), (130, 5, torch.channels_last)):
         fx = torch.randn(3, k, side, side, device='cuda', dtype=dtype).contiguous(memory_format=fmt)
         for t in (Translation(2, -1), Rotation(1)):
             a, b = t.index_map((side, side), (side, side), device='cuda')
@@ -71,7 +71,40 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
             ops.equivariance_scores(fx, fx.clone(), a, b, True, 1e-5, True)
             del os.environ['EQUIFAST_CUDA_SINGLE_PASS']
 torch.cuda.synchronize()
-print('memcheck calls done')"
+print('sanitizer calls done')"
+# A kernel that fails or hangs here would fail or hang every later step: stop at once.
+step smoke 60 $PY -c "$SANITIZE" || { tail -40 "$LOG"; exit 1; }
+step tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_measurement.py -k cuda
+tests=$?
+step tests-single-pass 120 env EQUIFAST_CUDA_SINGLE_PASS=1 $PY -m pytest -q -p no:cacheprovider \
+  tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
+step tests-no-clusters 90 env EQUIFAST_CUDA_MAX_CLUSTER=1 $PY -m pytest -q -p no:cacheprovider \
+  tests/test_ops.py -k cuda || tests=1
+step ratios 120 $PY benchmarks/run_ratios.py --device cuda --output "$OUT/RESULTS.md"
+if command -v compute-sanitizer >/dev/null; then
+  step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 $PY -c "$SANITIZE"
+  step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 3 $PY -c "$SANITIZE"
 fi
+if command -v ncu >/dev/null; then
+  # Hardware counters of each kernel at the shapes at both ends: memory-bound 64 @ 56x56 and
+  # compute-bound 2048 @ 7x7 (the two passes, then the single pass).
+  step ncu 60 ncu --section SpeedOfLight --section LaunchStats --section Occupancy \
+    --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+    --section SourceCounters -k regex:"tile_kernel" $PY -c "
+import os
+import torch
+from equifast import ops
+from equifast.transforms import Translation
+for k, side in ((64, 56), (2048, 7)):
+    fx = torch.randn(64, k, side, side, device='cuda')
+    a, b = Translation(1, 1).index_map((side, side), (224, 224), device='cuda')
+    ops.equivariance_scores(fx, fx.clone(), a, b, True, 1e-5, True)
+    os.environ['EQUIFAST_CUDA_SINGLE_PASS'] = '1'
+    ops.equivariance_scores(fx, fx.clone(), a, b, True, 1e-5, True)
+    del os.environ['EQUIFAST_CUDA_SINGLE_PASS']
+torch.cuda.synchronize()"
+fi
+step end-to-end 120 $PY benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 \
+  --images ${E2E_IMAGES:-256} --device cuda --output "$OUT/RESULTS.md" --profile
 grep -E "passed|failed|error" "$LOG" | tail -5
 exit $tests

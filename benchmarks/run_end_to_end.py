@@ -62,6 +62,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--output", default=None, help="markdown file to write (default: benchmarks/RESULTS.md)")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, print torch.profiler's top operators for one measure call")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     model, _ = load_model(args.model, weights=None)
@@ -87,8 +89,26 @@ def main(argv=None):
     print(header)
     print(row)
     print(f"backend: {ef.backend()}, torch {torch.__version__}")
+    if args.profile:
+        _profile(lambda: ef.measure(model, x, transforms=transforms, batch_size=args.batch, device=device),
+                 device)
     if not args.no_write:
         _write(header, row, device, args.output)
+
+
+def _profile(fn, device):
+    """Print where one call's time goes, by operator (device time first on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
+    if device.type == "cuda":
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15,
+                                        max_name_column_width=60))
 
 
 def _write(header, row, device, output=None):

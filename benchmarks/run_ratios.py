@@ -111,13 +111,39 @@ def _best(fn, repeat: int, device: str) -> float:
     return min(times)
 
 
-def _single_pass(fx, ftx, a, b):
-    """The CUDA single pass (opt-in while it is new: ``EQUIFAST_CUDA_SINGLE_PASS=1``)."""
-    os.environ["EQUIFAST_CUDA_SINGLE_PASS"] = "1"
+def device_times(fn, calls: int = 5):
+    """CUDA: (device seconds per call, {kernel name: device seconds per call}) from the profiler.
+
+    Wall-clock medians of single calls include launches and host syncs, which at these sizes
+    (tens of microseconds) can outweigh the kernels; the roofline compares with the kernels.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    per_kernel = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            us = e.time_range.elapsed_us()
+            per_kernel[e.name] = per_kernel.get(e.name, 0.0) + us * 1e-6 / calls
+    if not per_kernel:
+        raise RuntimeError("the profiler recorded no device events")
+    return sum(per_kernel.values()), per_kernel
+
+
+def _with_env(name, value, fx, ftx, a, b):
+    """The operator with one of its CUDA switches set (``EQUIFAST_CUDA_SINGLE_PASS=1``: the
+    single pass; ``EQUIFAST_CUDA_MAX_CLUSTER=1``: no position split over clusters)."""
+    os.environ[name] = value
     try:
         return ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE)
     finally:
-        del os.environ["EQUIFAST_CUDA_SINGLE_PASS"]
+        del os.environ[name]
 
 
 def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_repeat: int,
@@ -137,7 +163,8 @@ def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_
     if device.startswith("cuda"):
         fns.append(lambda: ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE,
                                                    False))
-        fns.append(lambda: _single_pass(fx, ftx, a, b))
+        fns.append(lambda: _with_env("EQUIFAST_CUDA_SINGLE_PASS", "1", fx, ftx, a, b))
+        fns.append(lambda: _with_env("EQUIFAST_CUDA_MAX_CLUSTER", "1", fx, ftx, a, b))
     times = _alternating_medians(fns, repeat, device)
     t_op, t_bmm, t_own = times[:3]
     t_ref = _best(lambda: reference.equivariance_scores(fx, ftx, transform, "correlation",
@@ -147,12 +174,27 @@ def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_
                op_bmm=t_op / t_bmm, op_own=t_op / t_own, ref_op=t_ref / t_op,
                gflops=flops / t_op / 1e9, bmm_gflops=flops / t_bmm / 1e9)
     if len(times) > 3:
-        row["op_fp32"], row["op_single"] = times[3], times[4]
+        row["op_fp32"], row["op_single"], row["op_no_cluster"] = times[3:6]
+        try:
+            kernels = [device_times(fn) for fn in fns]
+        except Exception as e:  # the profiler is a diagnostic: its failure must not lose the run
+            print(f"profiler failed: {e!r}")
+        else:
+            (row["dev_op"], row["dev_bmm"], _, row["dev_fp32"], row["dev_single"],
+             row["dev_no_cluster"]) = (t for t, _ in kernels)
+            for label, (t, parts) in zip(["op", "bmm", "bmm(fx, ftx)", "op float32", "single pass",
+                                          "no clusters"], kernels):
+                print(f"  {label:>12}: {1e6 * t:8.1f} us on the device: " + "; ".join(
+                    f"{name[:60]} {1e6 * v:.1f}" for name, v in sorted(parts.items(),
+                                                                     key=lambda kv: -kv[1])))
     if peaks is not None:
         tflops, gbs = peaks
         read = 2 * fx.numel() * fx.element_size()
         row["roofline"] = max(flops / (tflops * 1e12), read / (gbs * 1e9))
         row["of_roofline"] = row["roofline"] / t_op
+        if "dev_op" in row:
+            row["dev_of_roofline"] = row["roofline"] / row["dev_op"]
+            row["dev_single_of_roofline"] = row["roofline"] / row["dev_single"]
     return row
 
 
@@ -179,16 +221,24 @@ def table(rows) -> str:
     roof = "roofline" in rows[0]
     cols = ["N", "K", "map", "shift", "layout", "P", "op (ms)", "bmm (ms)", "reference (ms)", "op/bmm",
             "op/bmm(fx, ftx)", "ref/op", "op GFLOP/s", "bmm GFLOP/s"]
-    cols += ["op float32 (ms)", "op single pass (ms)"] if gpu else []
+    cols += ["op float32 (ms)", "op single pass (ms)", "op no clusters (ms)"] if gpu else []
     cols += ["roofline (ms)", "of roofline", "single pass: of roofline"] if roof else []
+    dev = "dev_op" in rows[0]
+    cols += ["op kernels (ms)", "bmm kernels (ms)", "float32 kernels (ms)",
+             "single pass kernels (ms)", "no clusters kernels (ms)"] if dev else []
+    cols += ["kernels: of roofline", "single pass kernels: of roofline"] if dev and roof else []
 
     def cells(r):
-        out = [r["n"], r["k"], r["map"], r["shift"], r["layout"], r["p"], f"{1e3 * r['op']:.2f}",
-               f"{1e3 * r['bmm']:.2f}", f"{1e3 * r['ref']:.1f}", f"{r['op_bmm']:.2f}",
+        out = [r["n"], r["k"], r["map"], r["shift"], r["layout"], r["p"], f"{1e3 * r['op']:.3f}",
+               f"{1e3 * r['bmm']:.3f}", f"{1e3 * r['ref']:.1f}", f"{r['op_bmm']:.2f}",
                f"{r['op_own']:.2f}", f"{r['ref_op']:.1f}", f"{r['gflops']:.1f}", f"{r['bmm_gflops']:.1f}"]
-        out += [f"{1e3 * r['op_fp32']:.2f}", f"{1e3 * r['op_single']:.2f}"] if gpu else []
+        out += [f"{1e3 * r[c]:.3f}" for c in ("op_fp32", "op_single", "op_no_cluster")] if gpu else []
         out += [f"{1e3 * r['roofline']:.3f}", f"{100 * r['of_roofline']:.0f}%",
                 f"{100 * r['roofline'] / r['op_single']:.0f}%"] if roof else []
+        out += [f"{1e3 * r[c]:.3f}" for c in ("dev_op", "dev_bmm", "dev_fp32", "dev_single",
+                                                "dev_no_cluster")] if dev else []
+        out += [f"{100 * r['dev_of_roofline']:.0f}%",
+                f"{100 * r['dev_single_of_roofline']:.0f}%"] if dev and roof else []
         return out
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -227,7 +277,9 @@ def main(argv=None) -> int:
                   f"op/bmm(fx, ftx) {r['op_own']:5.2f}  "
                   f"ref/op {r['ref_op']:6.1f}  {r['gflops']:6.1f} GFLOP/s"
                   + (f"  {100 * r['of_roofline']:.0f}% of roofline (single pass "
-                     f"{100 * r['roofline'] / r['op_single']:.0f}%)" if peaks else ""),
+                     f"{100 * r['roofline'] / r['op_single']:.0f}%)" if peaks else "")
+                  + (f"; kernels {100 * r['dev_of_roofline']:.0f}% (single pass "
+                     f"{100 * r['dev_single_of_roofline']:.0f}%)" if "dev_of_roofline" in r else ""),
                   flush=True)
     text = (f"## Operator benchmark ({'quick' if args.quick else 'full'} run, "
             f"device {args.device})\n\n"
