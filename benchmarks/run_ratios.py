@@ -16,9 +16,10 @@ to 0 on these maps: the identity map on both sides) and Translation(32, 32) (shi
 - on CUDA, the roofline: the larger of the tensor-core time (``2 N K^2 P`` at the device's
   dense TF32 peak) and the time to read both inputs once (at its memory bandwidth), and the
   fraction of it the operator reaches (target: at least 70%); the float32 kernel
-  (``tensor_cores=False``) and the opt-in single pass (``EQUIFAST_CUDA_SINGLE_PASS=1``) are
-  timed beside it. Peaks come from a table of known GPUs, or
-  ``--peak-tflops`` / ``--peak-gbs``.
+  (``tensor_cores=False``), the opt-in single pass (``EQUIFAST_CUDA_SINGLE_PASS=1``) and the
+  tensor-core kernels without clusters (``EQUIFAST_CUDA_MAX_CLUSTER=1``) are timed beside it,
+  each also by the GPU time of its kernels (torch.profiler), which leaves out launches and
+  host syncs. Peaks come from a table of known GPUs, or ``--peak-tflops`` / ``--peak-gbs``.
 
 The operator and ``torch.bmm`` are timed in alternation (op, bmm, op, bmm, ...) and each is
 given the median of its runs, so that load from other processes, which comes and goes,

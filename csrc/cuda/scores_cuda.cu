@@ -622,7 +622,8 @@ tensor_core_tile_kernel(const TileArgs<scalar_t> t) {
 // either way; a constant row has u' = 0 exactly and stays undefined. An image with a row that
 // float32 sums cannot hold is flagged and computed again by kernels 2 and 3' (only the blocks
 // of flagged images run). The loads of the next step are issued into registers before the
-// products of the current one, so that memory and tensor cores overlap.
+// products of the current one, so that memory and tensor cores overlap. Split over a cluster,
+// each block sums its own positions and rank 0 adds up the partial tiles and row sums.
 // It passes the CUDA tests on an H200 (benchmarks/gpu_check.sh) but is no faster than the two
 // passes there (benchmarks/RESULTS.md: both are bound by the instructions of their staging and
 // epilogue, not by memory), so it stays opt-in.
