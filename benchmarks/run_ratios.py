@@ -100,14 +100,12 @@ def _alternating_medians(fns, repeat: int, device: str):
 
 def _best(fn, repeat: int, device: str) -> float:
     fn()  # warm up (and first-touch the buffers)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    _sync(device)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -122,11 +120,11 @@ def device_times(fn, calls: int = 5):
     from torch.profiler import ProfilerActivity, profile
 
     fn()
-    torch.cuda.synchronize()
+    _sync("cuda")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             fn()
-        torch.cuda.synchronize()
+        _sync("cuda")
     per_kernel = {}
     for e in prof.events():
         if e.device_type == DeviceType.CUDA:

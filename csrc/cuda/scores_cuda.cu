@@ -533,6 +533,39 @@ __device__ __forceinline__ void store_row_partial(float best, int64_t best_index
   }
 }
 
+// The products of a column tile in the tensor-core kernels, over the block's range of
+// positions: each step's rows of A (channels row0..) and B (channels col0..) staged through
+// value_a / value_b, the next step's loads in flight during the products; during_step() runs
+// between the staging barrier and the products (the single pass's row sums).
+template <typename scalar_t, typename ValueA, typename ValueB, typename DuringStep>
+__device__ __forceinline__ void tile_products(const TileArgs<scalar_t>& t, int64_t n,
+                                              int64_t row0, int64_t col0,
+                                              const PositionRange& range, ValueA value_a,
+                                              ValueB value_b, TensorCoreTiles<scalar_t>& tiles,
+                                              int wm, int wn, Accumulators<scalar_t>& acc,
+                                              DuringStep during_step) {
+  const SideArgs<scalar_t>& A = t.A;
+  const SideArgs<scalar_t>& B = t.B;
+  const int64_t K = t.K, P = t.P;
+  TcStep va, vb;
+  va.load(A, n, row0, range.begin, K, P);
+  vb.load(B, n, col0, range.begin, K, P);
+  __syncthreads();  // what value_a / value_b read (row norms, shifts) and B's flags
+
+  for (int64_t p0 = range.begin; p0 < range.end; p0 += kTcP) {
+    stage_step(va, A.k_fastest, row0, p0, K, P, value_a, StoreStaged<scalar_t>{tiles.A});
+    stage_step(vb, B.k_fastest, col0, p0, K, P, value_b, StoreStaged<scalar_t>{tiles.B});
+    __syncthreads();
+    if (p0 + kTcP < range.end) {  // the next step's loads, in flight during the products
+      va.load(A, n, row0, p0 + kTcP, K, P);
+      vb.load(B, n, col0, p0 + kTcP, K, P);
+    }
+    during_step();
+    warp_tile_mma<scalar_t>(tiles.A, tiles.B, wm, wn, acc);
+    __syncthreads();
+  }
+}
+
 // Block (row tile, image, column split), as `similarity_tile_kernel`, with the 64 x 64 tile
 // of S computed by four warps on tensor cores, then read back from shared memory by the
 // epilogue: thread t keeps the running max / arg-max of row t / 2 over the columns of half
@@ -574,22 +607,8 @@ tensor_core_tile_kernel(const TileArgs<scalar_t> t) {
     }
     Accumulators<scalar_t> acc;
     acc.zero();
-    TcStep va, vb;
-    va.load(A, n, row0, range.begin, K, P);
-    vb.load(B, n, col0, range.begin, K, P);
-    __syncthreads();  // the row norms and flags
-
-    for (int64_t p0 = range.begin; p0 < range.end; p0 += kTcP) {
-      stage_step(va, A.k_fastest, row0, p0, K, P, normalised_a, StoreStaged<scalar_t>{tiles.A});
-      stage_step(vb, B.k_fastest, col0, p0, K, P, normalised_b, StoreStaged<scalar_t>{tiles.B});
-      __syncthreads();
-      if (p0 + kTcP < range.end) {  // the next step's loads, in flight during the products
-        va.load(A, n, row0, p0 + kTcP, K, P);
-        vb.load(B, n, col0, p0 + kTcP, K, P);
-      }
-      warp_tile_mma<scalar_t>(tiles.A, tiles.B, wm, wn, acc);
-      __syncthreads();
-    }
+    tile_products(t, n, row0, col0, range, normalised_a, normalised_b, tiles, wm, wn, acc,
+                  [] {});
     store_warp_tile(acc, wm, wn, tiles.C);
     __syncthreads();
     cluster_sum(&tiles.C[0][0], kTcTile * kTcLdC, t.cluster, range.rank);
@@ -698,24 +717,10 @@ single_pass_tile_kernel(const SinglePassArgs<scalar_t> sp) {
     Accumulators<scalar_t> acc;
     acc.zero();
     float sum = 0.f, sum_sq = 0.f;  // of row side_row of side `side`, over the block's range
-    TcStep va, vb;
-    va.load(A, n, row0, range.begin, K, P);
-    vb.load(B, n, col0, range.begin, K, P);
-    __syncthreads();  // the shifts
-
-    for (int64_t p0 = range.begin; p0 < range.end; p0 += kTcP) {
-      stage_step(va, A.k_fastest, row0, p0, K, P, shifted_a, StoreStaged<scalar_t>{tiles.A});
-      stage_step(vb, B.k_fastest, col0, p0, K, P, shifted_b, StoreStaged<scalar_t>{tiles.B});
-      __syncthreads();
-      if (p0 + kTcP < range.end) {  // the next step's loads, in flight during the products
-        va.load(A, n, row0, p0 + kTcP, K, P);
-        vb.load(B, n, col0, p0 + kTcP, K, P);
-      }
+    tile_products(t, n, row0, col0, range, shifted_a, shifted_b, tiles, wm, wn, acc, [&] {
       add_row_sums<scalar_t>(side == 0 ? tiles.A[side_row] : tiles.B[side_row], side_row, sum,
                              sum_sq);
-      warp_tile_mma<scalar_t>(tiles.A, tiles.B, wm, wn, acc);
-      __syncthreads();
-    }
+    });
 
     sums[side][0][side_row] = sum;
     sums[side][1][side_row] = sum_sq;
