@@ -1,0 +1,34 @@
+"""The benchmark scripts' own logic, on the CPU (their timings are not asserted)."""
+import importlib.util
+from pathlib import Path
+
+import torch
+
+import equifast as ef
+from equifast.models import load_model
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_end_to_end_profile_names_the_operator_and_counts_its_calls(capsys):
+    e2e = _script("run_end_to_end")
+    e2e.main(["--model", "resnet18", "--size", "32", "--images", "4", "--batch", "4",
+              "--shifts", "2", "--repeats", "1", "--device", "cpu", "--no-write", "--profile"])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| resnet18"))
+    assert "| 1..2 |" in row
+    # One operator call per (point with a spatial map, transform): the profile's call count
+    # is what the model's points say it must be.
+    model, _ = load_model("resnet18", weights=None)
+    points = ef.split(model, torch.zeros(1, 3, 32, 32))
+    maps = sum(1 for p in points if len(p.shape) == 3 and p.shape[-1] > 1)  # 1x1: vectors
+    assert maps == 7
+    line = next(l for l in out.splitlines() if l.strip().startswith("equifast::equivariance_scores"))
+    assert int(line.split()[-1]) == 2 * maps
