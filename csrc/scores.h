@@ -148,6 +148,14 @@ EQUIFAST_HD float normalise_value_split(float x, SplitMean mean, float inv_norm)
   return ((x - mean.hi) - mean.lo) * inv_norm;
 }
 
+// Whether `normalise_value_split` may normalise a defined row with this 1 / norm: 1 / norm must
+// be a normal float, and so must every centred value x - mean, which is at most the norm in
+// size (1 / norm > 1e30: entries near float32's underflow; 1 / norm < 1e-30: values near its
+// top whose difference with the mean would overflow). Other rows take `normalise_value`.
+EQUIFAST_HD bool split_normalisable(double inv_norm) {
+  return inv_norm >= 1e-30 && inv_norm <= 1e30;
+}
+
 // ---------------------------------------------------------------------------------------
 // Scores
 // ---------------------------------------------------------------------------------------

@@ -364,14 +364,20 @@ def test_b_read_in_place_or_packed(transform, n, layout):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("metric", list(METRICS))
 def test_tiny_and_huge_rows(metric, layout):
-    # Rows near float32's underflow (1 / norm beyond float range) and near its top: the
-    # normalisation must stay finite and accurate at both ends, whether B is read in place
-    # (identity) or packed (a zero-padded shift: rows, or columns for channels-last).
+    # Rows near float32's underflow (1 / norm beyond float range) and near its top (values
+    # whose centred value overflows float32): the normalisation must stay finite and accurate
+    # at both ends, whether B is read in place (identity) or packed (a zero-padded shift: rows,
+    # or columns for channels-last), and for channels-last images that are otherwise streamed.
     fx, ftx = _features(2 * torch.get_num_threads(), 6, 12, 12, seed=11)
     fx[0, 0] *= 1e-41  # subnormal floats: the centred norm is about 1e-40
     ftx[0, 0] = fx[0, 0] * 2.0 + 1e-42 * torch.randn(12, 12)
     fx[1, 2] *= 1e30
     ftx[1, 3] = 3e30 + 1e29 * torch.randn(12, 12)
+    # near float32's top with one value of the other sign: the centred value (about -6e38)
+    # overflows float32, so the normalisation must not be done in float32
+    fx[2, 4] = 3e38 - 1e37 * torch.rand(12, 12, generator=torch.Generator().manual_seed(5))
+    fx[2, 4, 0, 0] = -3e38
+    ftx[2, 5] = 0.5 * fx[2, 4]
     if layout == "channels_last":
         fx = fx.to(memory_format=torch.channels_last)
         ftx = ftx.to(memory_format=torch.channels_last)

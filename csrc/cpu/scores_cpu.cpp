@@ -388,11 +388,10 @@ EQUIFAST_CLONES void normalise_values(const float* src, int64_t n, float* dst, S
   for (int64_t p = 0; p < n; ++p) dst[p] = normalise_value_split(src[p], mean, inv_norm);
 }
 
-// dst <- normalised src for a defined row with statistics st. The float32 form needs 1 / norm
-// to be a float (and the centred values normal floats); rows whose norm is below 1e-30
-// (entries near float32's underflow) take the float64 form of scores.h instead.
+// dst <- normalised src for a defined row with statistics st: in float32 where scores.h's
+// `split_normalisable` allows it, else in float64 (`normalise_value`).
 void normalise_into(const float* src, int64_t n, float* dst, const RowStats& st) {
-  if (st.inv_norm <= 1e30) {
+  if (split_normalisable(st.inv_norm)) {
     normalise_values(src, n, dst, split_mean(st.mean), static_cast<float>(st.inv_norm));
     return;
   }
@@ -475,7 +474,7 @@ constexpr double kMaxInPlaceGrowth = 16.0;
 
 bool fits_in_place(const RowStats& st, int64_t P) {
   if (!st.defined) return true;  // masked out of the scores: its values do not matter
-  if (!(st.inv_norm >= 1e-30 && st.inv_norm <= 1e30)) return false;
+  if (!split_normalisable(st.inv_norm)) return false;
   const double m = st.mean * st.inv_norm;  // f^2 = ||v||^2 / ||v - μ||^2 = 1 + P m^2
   return static_cast<double>(P) * m * m <= kMaxInPlaceGrowth * kMaxInPlaceGrowth - 1.0;
 }
@@ -613,8 +612,8 @@ EQUIFAST_CLONES void normalise_columns(const float* base, const int64_t* memory_
 // Pack and normalise channels [k0, k0 + rows) of image n of a float32 channels-last side into
 // columns dst[p * ld + r], and defined[rows]. Two reads of the image's channels: the sums, then
 // the normalisation. Undefined channels pack as zeros (inv = 0; a non-finite input gives NaN,
-// which stays in its own column of the similarity tile, masked out). Channels whose norm is
-// near float32's underflow (1 / norm > 1e30) are normalised in float64, as by normalise_into.
+// which stays in its own column of the similarity tile, masked out). Channels out of
+// `split_normalisable`'s range are normalised in float64, as by normalise_into.
 void pack_columns(const Side<float>& side, int64_t n, int64_t k0, int64_t rows, int64_t P,
                   int64_t ld, bool centered, double eps, float* dst, uint8_t* defined) {
   const float* base = side.data + n * side.stride_n + k0;
@@ -623,7 +622,7 @@ void pack_columns(const Side<float>& side, int64_t n, int64_t k0, int64_t rows, 
   column_stats(base, side.memory_offsets.data(), P, rows, centered, eps,
                [&](int64_t r, const RowStats& st) {
                  defined[r] = st.defined;
-                 const bool single = st.defined && st.inv_norm <= 1e30;
+                 const bool single = st.defined && split_normalisable(st.inv_norm);
                  const SplitMean m = split_mean(single ? st.mean : 0.0);
                  c.hi[r] = m.hi;
                  c.lo[r] = m.lo;
