@@ -363,7 +363,11 @@ def test_b_read_in_place_or_packed(transform, n, layout):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("metric", list(METRICS))
-def test_tiny_and_huge_rows(metric, layout):
+@pytest.mark.parametrize("device, tensor_cores", [
+    ("cpu", False),
+    pytest.param("cuda", False, marks=[pytest.mark.cuda, needs_cuda], id="cuda-float32"),
+    pytest.param("cuda", True, marks=[pytest.mark.cuda, needs_cuda], id="cuda-tensor-cores")])
+def test_tiny_and_huge_rows(metric, layout, device, tensor_cores):
     # Rows near float32's underflow (1 / norm beyond float range) and near its top (values
     # whose centred value overflows float32): the normalisation must stay finite and accurate
     # at both ends, whether B is read in place (identity) or packed (a zero-padded shift: rows,
@@ -378,11 +382,14 @@ def test_tiny_and_huge_rows(metric, layout):
     fx[2, 4] = 3e38 - 1e37 * torch.rand(12, 12, generator=torch.Generator().manual_seed(5))
     fx[2, 4, 0, 0] = -3e38
     ftx[2, 5] = 0.5 * fx[2, 4]
+    fx, ftx = fx.to(device), ftx.to(device)
     if layout == "channels_last":
         fx = fx.to(memory_format=torch.channels_last)
         ftx = ftx.to(memory_format=torch.channels_last)
+    atol = TENSOR_CORE_ATOL[torch.float32] if tensor_cores else ATOL
     for t in (Identity(), Translation(1, -1, mode="zero")):
-        _assert_matches(_run_op(fx, ftx, t, metric, (12, 12)), fx, ftx, t, metric, (12, 12))
+        _assert_matches(_run_op(fx, ftx, t, metric, (12, 12), tensor_cores), fx, ftx, t, metric,
+                        (12, 12), atol=atol)
 
 
 @pytest.mark.parametrize("eps", [EPS, 0.0], ids=["eps", "eps0"])
