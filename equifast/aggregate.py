@@ -10,7 +10,7 @@ float64 sums.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -42,14 +42,23 @@ class ScoreState:
 
     def update(self, scores: Scores) -> "ScoreState":
         """Add the scores of one batch (each ``[N, K]``)."""
+        n, k = scores.channel.shape
+        return self.add(self.batch_sums(scores).tolist(), n, k)
+
+    @staticmethod
+    def batch_sums(scores: Scores) -> torch.Tensor:
+        """The five sums :meth:`add` takes for one batch, as an int64 tensor where the scores
+        live: no host transfer, so that a caller can fetch the sums of many batches (points,
+        transforms) at once."""
         channel, layer, index = (t.detach() for t in scores)
-        n, k = channel.shape
         both = torch.stack([channel, layer])
         defined = (~torch.isnan(both)).flatten(1).sum(1)
-        own = torch.arange(k, device=index.device)
+        own = torch.arange(channel.shape[1], device=index.device)
         offdiagonal = ((index >= 0) & (index != own)).sum()
-        # one transfer (one host sync on CUDA) for the batch's five sums
-        sums = torch.cat([_fixed_sums(both), defined, offdiagonal.view(1)]).tolist()
+        return torch.cat([_fixed_sums(both), defined, offdiagonal.view(1)])
+
+    def add(self, sums: Sequence[int], n: int, k: int) -> "ScoreState":
+        """Add :meth:`batch_sums` of a batch of ``n`` images and ``k`` channels (as ints)."""
         self.channel_sum += sums[0]
         self.layer_sum += sums[1]
         self.channel_defined += sums[2]

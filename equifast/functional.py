@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -17,7 +17,7 @@ from . import ops, reference
 from .reference import METRICS, TOLERANCE, VECTOR_MODES, Scores, is_vector
 from .transforms import Identity, Transform
 
-__all__ = ["equivariance_scores", "check_finite", "backend", "Scores", "TOLERANCE"]
+__all__ = ["equivariance_scores", "check_finite", "check_all_finite", "backend", "Scores", "TOLERANCE"]
 
 _BACKENDS = ("auto", "operator", "reference")
 
@@ -77,12 +77,22 @@ def check_finite(t: torch.Tensor, name: str = "fx") -> None:
     non-finite. Only then is the elementwise test run, so that a finite tensor whose sum
     overflows is not taken for a broken one.
     """
-    if bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all()):
+    check_all_finite({name: t})
+
+
+def check_all_finite(tensors: Dict[str, torch.Tensor]) -> None:
+    """:func:`check_finite` for several tensors (by name) with one host transfer: their sums
+    are fetched together, and only a tensor whose sum is not finite is tested elementwise."""
+    if not tensors:
         return
-    raise ValueError(
-        f"Expected `{name}` to be finite, but it holds NaN or infinity; check the model "
-        "and its input (a diverged checkpoint, or unnormalised images under float16)."
-    )
+    sums = torch.stack([t.sum().double().to(next(iter(tensors.values())).device)
+                        for t in tensors.values()])
+    for (name, t), finite in zip(tensors.items(), torch.isfinite(sums).tolist()):
+        if not finite and not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                f"Expected `{name}` to be finite, but it holds NaN or infinity; check the model "
+                "and its input (a diverged checkpoint, or unnormalised images under float16)."
+            )
 
 
 def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional[Transform] = None,

@@ -21,7 +21,7 @@ from . import data as data_mod
 from .aggregate import ActivationState, ScoreState, VectorState
 from .devices import resolve_device
 from .functional import backend as backend_name
-from .functional import check_finite, equivariance_scores
+from .functional import check_all_finite, check_finite, equivariance_scores
 from .reference import METRICS, TOLERANCE, VECTOR_MODES, is_vector
 from .report import Report
 from .points import Point, representations, split
@@ -165,11 +165,14 @@ class Measurer:
             st.labelled += len(y)
         b = x.shape[0]
         per_pass = max(1, self.batch_size // b)
+        # The score sums of every (point, transform, metric) stay where the scores are until the
+        # batch is done, then come back in one transfer (on a GPU, one host sync a batch rather
+        # than one a score).
+        pending = []
         for start in range(0, len(self.transforms), per_pass):
             group = self.transforms[start:start + per_pass]
             ftx = self._forward(torch.cat([t(x) for t in group]).contiguous(memory_format=self.memory_format))
-            for p in self.points:
-                check_finite(ftx[p.name], f"f(T(x)) at point {p.name!r}")
+            check_all_finite({f"f(T(x)) at point {p.name!r}": ftx[p.name] for p in self.points})
             for i, t in enumerate(group):
                 for p in self.points:
                     a, bt = fx[p.name], ftx[p.name][i * b:(i + 1) * b]
@@ -181,7 +184,11 @@ class Measurer:
                         s = equivariance_scores(a, bt, t, metric=m, input_size=size,
                                                 eps=self.eps, backend=self.backend, check=False,
                                                 tensor_cores=self.tensor_cores)
-                        st.scores.setdefault(key, ScoreState()).update(s)
+                        pending.append((key, ScoreState.batch_sums(s), tuple(s.channel.shape)))
+        if pending:
+            sums = torch.stack([p_sums for _, p_sums, _ in pending]).tolist()
+            for (key, _, (n, k)), batch in zip(pending, sums):
+                st.scores.setdefault(key, ScoreState()).add(batch, n, k)
         st.n_images += b
 
 

@@ -4,7 +4,7 @@ import torch
 
 import equifast as ef
 from equifast import reference as R
-from equifast.functional import equivariance_scores
+from equifast.functional import check_all_finite, equivariance_scores
 
 BACKENDS = ["reference"] + (["operator"] if ef.ops.available() else [])
 
@@ -51,6 +51,16 @@ def test_nan_input_is_a_clear_error():
     fx[0, 1, 2, 2] = float("nan")
     with pytest.raises(ValueError, match="finite"):
         equivariance_scores(fx, fx)
+
+
+def test_check_all_finite_names_the_broken_tensor():
+    # one transfer for all sums; a finite tensor whose float32 sum overflows is not an error
+    overflowing = torch.full((4, 4), 3e38)
+    broken = torch.randn(3, 3)
+    broken[1, 1] = float("inf")
+    check_all_finite({"a": overflowing, "b": torch.randn(2, dtype=torch.float16)})
+    with pytest.raises(ValueError, match="`b`"):
+        check_all_finite({"a": overflowing, "b": broken, "c": torch.randn(2)})
 
 
 def test_non_square_rotation_and_empty_overlap():
