@@ -82,6 +82,25 @@ def test_shards_merge_into_the_single_process_result():
         assert math.isclose(st.compute()["channel"], merged.scores[key].compute()["channel"], abs_tol=1e-6)
 
 
+def test_each_score_is_its_own_point_and_transform():
+    # measure fetches the sums of every (point, transform) of a batch at once; each must still
+    # be the mean of that point's scores under that transform, computed here directly from the
+    # network's own stages with equifast.functional (distinct values: no symmetry to hide a mix-up)
+    torch.manual_seed(3)
+    x = torch.rand(4, 3, 12, 12)
+    ts = [ef.Rotation(1), ef.Translation(3, -2, mode="zero"), ef.Flip("horizontal")]
+    net = circular_net()
+    got = ef.measure(net, x, transforms=ts, batch_size=2).points.set_index(["point", "transform"])
+    with torch.no_grad():
+        for depth in range(3):
+            stages = net[:depth + 1]
+            for t in ts:
+                s = ef.functional.equivariance_scores(stages(x), stages(t(x)), t)
+                row = got.loc[(str(depth), t.name)]
+                assert math.isclose(row["channel"], s.channel.nanmean().item(), abs_tol=1e-5)
+                assert math.isclose(row["layer"], s.layer.nanmean().item(), abs_tol=1e-5)
+
+
 def test_accuracy_from_labels():
     model = circular_net()
     x = torch.rand(8, 3, 12, 12)
