@@ -85,8 +85,8 @@ def check_all_finite(tensors: Dict[str, torch.Tensor]) -> None:
     are fetched together, and only a tensor whose sum is not finite is tested elementwise."""
     if not tensors:
         return
-    sums = torch.stack([t.sum().float().to(next(iter(tensors.values())).device)
-                        for t in tensors.values()])
+    device = next(iter(tensors.values())).device
+    sums = torch.stack([t.sum().float().to(device) for t in tensors.values()])
     for (name, t), finite in zip(tensors.items(), torch.isfinite(sums).tolist()):
         if not finite and not bool(torch.isfinite(t).all()):
             raise ValueError(
