@@ -29,9 +29,11 @@ TORCH_LIBRARY(equifast, m) {
   // with ftx[n, k', b_index[p]] (flat positions i * W + j). `centered` picks Pearson
   // correlation (true) or cosine (false); `eps` is the undefined-row tolerance.
   // `tensor_cores` lets CUDA multiply on tensor cores (TF32 for float32, native float16 /
-  // bfloat16); false keeps float32 arithmetic, as the CPU always does.
+  // bfloat16); false keeps float32 arithmetic, as the CPU always does. `check_indices=false`
+  // lets CUDA skip the bounds check of the indices (a host sync per call there) for maps
+  // checked when they were built (Transform.index_map); the CPU always checks.
   m.def(
       "equivariance_scores(Tensor fx, Tensor ftx, Tensor a_index, Tensor b_index, "
-      "bool centered, float eps, bool tensor_cores=True) -> "
+      "bool centered, float eps, bool tensor_cores=True, bool check_indices=True) -> "
       "(Tensor channel, Tensor layer, Tensor layer_index)");
 }

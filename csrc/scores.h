@@ -204,7 +204,7 @@ inline bool is_supported_float(c10::ScalarType t) {
 }
 
 inline void check_inputs(const at::Tensor& fx, const at::Tensor& ftx, const at::Tensor& a_index,
-                         const at::Tensor& b_index, double eps) {
+                         const at::Tensor& b_index, double eps, bool check_indices) {
   TORCH_CHECK(fx.dim() == 4, "Expected `fx` to be 4-D [N, K, H, W], but got shape ",
               fx.sizes(), "; flatten vectors to [N, K, 1, 1] or use equifast.reference.");
   TORCH_CHECK(fx.sizes() == ftx.sizes(),
@@ -236,7 +236,9 @@ inline void check_inputs(const at::Tensor& fx, const at::Tensor& ftx, const at::
   TORCH_CHECK(std::isfinite(eps) && eps >= 0,
               "Expected `eps` to be a finite number >= 0, but got ", eps, ".");
   // Value check (data dependent: no fake mirror): the bounds of both maps in one transfer, the
-  // call's only host sync on CUDA.
+  // call's only host sync on CUDA. Skipped on request (CUDA only) for maps checked when they
+  // were built: equifast.functional passes the cached maps of Transform.index_map.
+  if (!check_indices) return;
   const int64_t hw = fx.size(2) * fx.size(3);
   const auto ma = at::aminmax(a_index), mb = at::aminmax(b_index);
   const at::Tensor bounds =

@@ -67,8 +67,8 @@ def load_error() -> Optional[str]:
 
 
 def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tensor,
-                        centered: bool, eps: float,
-                        tensor_cores: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+                        centered: bool, eps: float, tensor_cores: bool = True,
+                        check_indices: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
     """Channel and layer scores of one representation, in one fused pass (SPEC section 1).
 
     Pair ``p`` compares ``fx[n, k, a_index[p]]`` with ``ftx[n, k', b_index[p]]`` (flat
@@ -88,6 +88,9 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
             inputs, native float16/bfloat16, float32 accumulation; scores then lie within
             about 1e-3 (TF32, float16) or 1e-2 (bfloat16) of the float64 reference.
             ``False`` multiplies in float32 (within 1e-5), as the CPU always does.
+        check_indices: check that the indices lie in ``[0, H*W)``. On CUDA that costs a host
+            sync per call, so ``False`` skips it there, for maps that were checked when they
+            were built (``Transform.index_map`` checks its own); the CPU always checks.
 
     Returns:
         ``(channel, layer, layer_index)``, each ``[N, K]`` on ``fx``'s device: float32
@@ -115,7 +118,8 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
         )
     return torch.ops.equifast.equivariance_scores.default(fx, ftx, a_index, b_index,
                                                           bool(centered), float(eps),
-                                                          bool(tensor_cores))
+                                                          bool(tensor_cores),
+                                                          bool(check_indices))
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -126,7 +130,8 @@ def _register_fake() -> None:
     """Register the fake (meta) implementation; called once, after ``_C`` loaded."""
 
     @torch.library.register_fake(_OP_NAME)
-    def _equivariance_scores_fake(fx, ftx, a_index, b_index, centered, eps, tensor_cores=True):
+    def _equivariance_scores_fake(fx, ftx, a_index, b_index, centered, eps, tensor_cores=True,
+                                   check_indices=True):
         # One torch._check per TORCH_CHECK in csrc/scores.h (check_inputs), same order and
         # messages. The value range of the indices is data dependent: checked in C++ only.
         torch._check(fx.dim() == 4, lambda: (

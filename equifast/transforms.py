@@ -76,11 +76,23 @@ class Transform(abc.ABC):
 
         Returns ``(a_index, b_index)``, int64 ``[P]``: ``T_l(f)`` at flat position
         ``b_index[p]`` is ``f`` at ``a_index[p]``, so the operator compares
-        ``fx[..., a_index[p]]`` with ``ftx[..., b_index[p]]``.
+        ``fx[..., a_index[p]]`` with ``ftx[..., b_index[p]]``. Both are checked to lie in
+        ``[0, h*w)`` here, so the operator need not check them again (on CUDA, a host sync).
         """
         h, w = _size(map_size)
         grid = torch.arange(h * w, dtype=torch.int64, device=device).view(1, h, w)
-        moved = self.on_map(grid, input_size, fill=-1).reshape(-1)
+        moved = self.on_map(grid, input_size, fill=-1)
+        # A subclass's on_map may be wrong; a map that does not only move positions would make
+        # the operator read outside the feature map.
+        lo, hi = (int(v) for v in torch.aminmax(moved)) if moved.numel() else (0, 0)
+        if moved.shape != grid.shape or moved.dtype != torch.int64 or lo < -1 or hi >= h * w:
+            raise ValueError(
+                f"Expected {self.name}.on_map to move the positions of a {h}x{w} map (int64 "
+                f"values in [0, {h * w}), `fill` where vacated), but it returned a "
+                f"{moved.dtype} tensor of shape {tuple(moved.shape)} with values in [{lo}, {hi}]; "
+                "on_map must only move, drop or fill values."
+            )
+        moved = moved.reshape(-1)
         valid = moved >= 0
         b_index = torch.nonzero(valid).reshape(-1)
         a_index = moved[valid]

@@ -20,7 +20,7 @@ import warnings
 import pytest
 import torch
 
-from equifast import ops, reference
+from equifast import functional, ops, reference
 from equifast.transforms import Flip, Identity, Rotation, Transform, Translation
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -115,6 +115,7 @@ def sample_inputs(device, *, requires_grad=False):
         a, b = transform.index_map((h, w), (h, w), device=device)
         out.append((fx, ftx, a, b, centered, EPS))
     out.append(out[0] + (False,))  # the optional `tensor_cores` argument
+    out.append(out[1] + (True, False))  # and `check_indices`
     return out
 
 
@@ -609,6 +610,36 @@ def test_index_out_of_range(which, value):
             rf"Expected `{which}` values to be flat positions in \[0, H\*W\) = \[0, 16\), "
             rf"but got values in \[{lo}, {hi}\]")):
         ops.equivariance_scores(fx, ftx, a, b, True, EPS)
+
+
+def test_cpu_checks_indices_even_when_told_not_to():
+    # check_indices=False only spares CUDA a host sync; the CPU check costs none.
+    fx, ftx, _, _ = _good()
+    a = torch.arange(16)
+    a[3] = 16
+    with pytest.raises(RuntimeError, match=r"Expected `a_index` values to be flat positions"):
+        ops.equivariance_scores(fx, ftx, a, torch.arange(16), True, EPS, check_indices=False)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_scores_without_host_sync():
+    # What measure calls per (point, transform, metric): with the index map cached and the
+    # finiteness checked per pass, nothing may wait for the device.
+    fx, ftx = _features(4, 32, 14, 14, device="cuda")
+    t = Translation(2, 2)
+    expected = functional.equivariance_scores(fx, ftx, t, input_size=(56, 56))  # caches the map
+    a, b = t.index_map((14, 14), (56, 56), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = functional.equivariance_scores(fx, ftx, t, input_size=(56, 56), check=False)
+        with pytest.raises(RuntimeError, match="synchroniz"):  # the default checks the bounds
+            ops.equivariance_scores(fx, ftx, a, b, True, EPS)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
 
 
 def test_mixed_devices_message():

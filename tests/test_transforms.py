@@ -90,3 +90,30 @@ def test_bad_inputs_raise_clear_errors():
         ef.Flip("diagonal")
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
         ef.Rotation(1)(torch.randn(4))
+
+
+class _Broken(ef.transforms.Transform):
+    """A user's transform whose on_map does more than move values."""
+
+    def __init__(self, on_map):
+        self._on_map = on_map
+
+    @property
+    def name(self):
+        return "broken"
+
+    def on_map(self, f, input_size, fill=0.0):
+        return self._on_map(f)
+
+
+@pytest.mark.parametrize("on_map, what", [
+    (lambda f: f + 1, r"values in \[1, 16\]"),                        # one past the map
+    (lambda f: f - 2, r"values in \[-2, 13\]"),                       # below `fill`
+    (lambda f: f[..., :3], r"shape \(1, 4, 3\)"),                     # cropped
+    (lambda f: f.double(), "torch.float64 tensor"),                   # interpolated
+], ids=["past-end", "below-fill", "cropped", "float"])
+def test_index_map_rejects_an_on_map_that_does_not_move_positions(on_map, what):
+    # The operator trusts these maps (no bounds check, hence no host sync, on CUDA).
+    with pytest.raises(ValueError, match=rf"Expected broken.on_map to move the positions of a "
+                                         rf"4x4 map .*{what}"):
+        _Broken(on_map).index_map((4, 4), (4, 4))

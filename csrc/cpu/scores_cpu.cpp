@@ -1431,9 +1431,11 @@ Side<scalar_t> make_side(const at::Tensor& f, const at::Tensor& offsets) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
     const at::Tensor& fx, const at::Tensor& ftx, const at::Tensor& a_index,
-    const at::Tensor& b_index, bool centered, double eps, bool /*tensor_cores*/) {
-  // The CPU always multiplies in float32 (`tensor_cores` is a CUDA choice).
-  check_inputs(fx, ftx, a_index, b_index, eps);
+    const at::Tensor& b_index, bool centered, double eps, bool /*tensor_cores*/,
+    bool /*check_indices*/) {
+  // The CPU always multiplies in float32 (`tensor_cores` is a CUDA choice), and always checks
+  // the indices' bounds: here that costs no host sync, and a bad map would read out of bounds.
+  check_inputs(fx, ftx, a_index, b_index, eps, /*check_indices=*/true);
   TORCH_INTERNAL_ASSERT(fx.device().is_cpu());
   const int64_t N = fx.size(0), K = fx.size(1), W = fx.size(3), P = a_index.size(0);
   auto fopts = fx.options().dtype(at::kFloat);

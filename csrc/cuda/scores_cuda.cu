@@ -852,8 +852,9 @@ at::Tensor position_offsets(const at::Tensor& index, int64_t width, int64_t stri
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
     const at::Tensor& fx, const at::Tensor& ftx, const at::Tensor& a_index,
-    const at::Tensor& b_index, bool centered, double eps, bool tensor_cores) {
-  check_inputs(fx, ftx, a_index, b_index, eps);
+    const at::Tensor& b_index, bool centered, double eps, bool tensor_cores,
+    bool check_indices) {
+  check_inputs(fx, ftx, a_index, b_index, eps, check_indices);
   TORCH_INTERNAL_ASSERT(fx.device().is_cuda());
   const c10::cuda::CUDAGuard guard(fx.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
