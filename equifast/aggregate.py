@@ -2,7 +2,8 @@
 
 Each state is a set of sums with an ``update`` (one batch), a ``merge`` (another state of
 the same quantity: another batch stream, process or Ray worker) and a ``compute``. Score
-sums are kept as integers in fixed point (``2**-40``, Python ints, so they never overflow):
+sums are kept as integers in fixed point (``2**-40``, Python ints, so they never overflow;
+a batch's sums on the device are split in high and low bits so that int64 cannot wrap):
 addition of integers is associative, so a result does not depend on how the images were cut
 into batches or workers. Activation moments and the ``across_images`` cross products are
 float64 sums.
@@ -21,11 +22,16 @@ __all__ = ["ScoreState", "VectorState", "ActivationState", "FIXED_POINT"]
 FIXED_POINT = 2 ** 40
 
 
+_LOW_BITS = 20
+
+
 def _fixed_sums(values: torch.Tensor) -> torch.Tensor:
     """Exact integer sums of ``round(v * 2**40)`` over the non-NaN entries of each row of
-    ``values`` (``[R, ...]``), as an int64 tensor where the scores live."""
-    fixed = torch.round(torch.nan_to_num(values.double(), nan=0.0) * FIXED_POINT).long()
-    return fixed.flatten(1).sum(1)
+    ``values`` (``[R, ...]``, scores in [0, 1]), as int64 ``[2, R]`` where the scores live: the
+    sums of the high and of the low 20 bits, each below ``entries * 2**20`` (one int64 sum of
+    whole values would wrap past 2**23 entries); ``high * 2**20 + low`` is the sum."""
+    fixed = torch.round(torch.nan_to_num(values.double(), nan=0.0) * FIXED_POINT).long().flatten(1)
+    return torch.stack([(fixed >> _LOW_BITS).sum(1), (fixed & ((1 << _LOW_BITS) - 1)).sum(1)])
 
 
 @dataclass
@@ -55,15 +61,15 @@ class ScoreState:
         defined = (~torch.isnan(both)).flatten(1).sum(1)
         own = torch.arange(channel.shape[1], device=index.device)
         offdiagonal = ((index >= 0) & (index != own)).sum()
-        return torch.cat([_fixed_sums(both), defined, offdiagonal.view(1)])
+        return torch.cat([_fixed_sums(both).flatten(), defined, offdiagonal.view(1)])
 
     def add(self, sums: Sequence[int], n: int, k: int) -> "ScoreState":
         """Add :meth:`batch_sums` of a batch of ``n`` images and ``k`` channels (as ints)."""
-        self.channel_sum += sums[0]
-        self.layer_sum += sums[1]
-        self.channel_defined += sums[2]
-        self.layer_defined += sums[3]
-        self.offdiagonal += sums[4]
+        self.channel_sum += (sums[0] << _LOW_BITS) + sums[2]
+        self.layer_sum += (sums[1] << _LOW_BITS) + sums[3]
+        self.channel_defined += sums[4]
+        self.layer_defined += sums[5]
+        self.offdiagonal += sums[6]
         self.entries += n * k
         self.n_images += n
         return self

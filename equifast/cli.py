@@ -30,7 +30,7 @@ def _add_measure(sub) -> None:
     p.add_argument("--data", default=None,
                    help="folder of images (class subfolders give labels and accuracy); default: embedded photos")
     p.add_argument("--transforms", default="translation:1-32,rotation",
-                   help="comma-separated: translation:1-32, translation:1-16:zero, rotation, rotation:90, flip, flip:horizontal")
+                   help="comma-separated: translation:1-32, translation:1-16:zero, translation:1-8:nearest, rotation, rotation:90, flip, flip:horizontal")
     p.add_argument("--metric", default="correlation",
                    help="correlation, cosine, or both (correlation,cosine: adds the metric-bias analysis)")
     p.add_argument("--vector-mode", default="per_image", choices=["per_image", "across_images"])

@@ -8,6 +8,7 @@ The streaming side (:mod:`equifast.aggregate`) calls this same function on every
 from __future__ import annotations
 
 import functools
+import operator
 import warnings
 from typing import Dict, Optional, Tuple
 
@@ -43,6 +44,16 @@ def _warn_fallback() -> None:
 def _index_map(transform: Transform, map_size: Tuple[int, int], input_size: Tuple[int, int],
                device: torch.device):
     return transform.index_map(map_size, input_size, device=device)
+
+
+def _image_size(size) -> Tuple[int, int]:
+    try:
+        h, w = (operator.index(v) for v in size)
+    except (TypeError, ValueError):
+        h = w = 0
+    if h < 1 or w < 1:
+        raise ValueError(f"Expected `input_size` to be (H, W), two positive ints, but got {size!r}.")
+    return h, w
 
 
 def _check(fx, ftx, metric, vector_mode, backend_name):
@@ -137,16 +148,25 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
         True
     """
     _check(fx, ftx, metric, vector_mode, backend)
+    if transform is not None and not isinstance(transform, Transform):
+        raise TypeError(f"Expected `transform` to be an equifast transform (ef.Rotation(1), "
+                        f"ef.Translation(1, 1), ...) or None, but got {transform!r}.")
+    if input_size is not None:
+        input_size = _image_size(input_size)
+    if ftx.dtype != fx.dtype:  # compare in the wider type: float16 would overflow float32 values
+        common = torch.promote_types(fx.dtype, ftx.dtype)
+        fx, ftx = fx.to(common), ftx.to(common)
     if check:
         check_finite(fx, "fx")
         check_finite(ftx, "ftx")
-    if input_size is not None:
-        input_size = (int(input_size[0]), int(input_size[1]))
     if is_vector(fx):
+        if transform is not None and input_size is not None:
+            transform.check_input(input_size)
         return reference.vector_scores(fx.flatten(1), ftx.flatten(1), metric, vector_mode, eps)
     transform = transform if transform is not None else Identity()
     map_size = (int(fx.shape[-2]), int(fx.shape[-1]))
     size = input_size or map_size
+    transform.check_input(size)  # a shift as large as the image would wrap around silently
     if backend == "reference" or (backend == "auto" and not ops.available()):
         if backend == "auto":
             _warn_fallback()
@@ -154,8 +174,6 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
     if not ops.available():
         raise RuntimeError("backend='operator' was asked for, but equifast._C is not built; "
                            "run `pip install --no-build-isolation -e .`.")
-    if ftx.dtype != fx.dtype:
-        ftx = ftx.to(fx.dtype)
     a_index, b_index = _index_map(transform, map_size, size, fx.device)
     channel, layer, index = ops.equivariance_scores(fx, ftx, a_index, b_index,
                                                     metric == "correlation", float(eps),

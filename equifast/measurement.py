@@ -9,6 +9,7 @@ single-process result.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -60,8 +61,8 @@ class MeasureState:
             for key, state in theirs.items():
                 if key in mine:
                     mine[key].merge(state)
-                else:
-                    mine[key] = state
+                else:  # a copy: later merges into this state must not change the other
+                    mine[key] = copy.deepcopy(state)
         self.correct += other.correct
         self.labelled += other.labelled
         self.n_images += other.n_images
@@ -109,6 +110,8 @@ class Measurer:
         for m in metrics:
             if m not in METRICS:
                 raise ValueError(f"Expected `metric` to be one of {METRICS}, but got {m!r}.")
+        if not metrics or len(set(metrics)) != len(metrics):
+            raise ValueError(f"Expected distinct metrics, but got {metrics}.")
         if vector_mode not in VECTOR_MODES:
             raise ValueError(f"Expected `vector_mode` to be one of {VECTOR_MODES}, but got {vector_mode!r}.")
         if amp not in (None, "float16", "bfloat16"):
@@ -159,8 +162,8 @@ class Measurer:
             if not math.isfinite(st.activations.setdefault(p.name, ActivationState()).update(fx[p.name])):
                 check_finite(fx[p.name], f"f(x) at point {p.name!r}")
             st.shapes[p.name] = tuple(fx[p.name].shape[1:])
-        if y is not None:
-            logits = fx[self.points[-1].name]
+        if y is not None and "final" in fx:  # top-1 accuracy of the logits, when measured
+            logits = fx["final"]
             st.correct += int((logits.argmax(-1).cpu() == y.cpu()).sum())
             st.labelled += len(y)
         b = x.shape[0]
@@ -237,58 +240,70 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         >>> list(report.parts.part.unique())
         ['early', 'middle', 'late', 'pool', 'final']
     """
-    from .models import load_model
+    # A model being trained is put back in train mode after (measuring runs it in eval mode).
+    with _modes_kept(model):
+        from .models import load_model
 
-    torch.manual_seed(seed)
-    meta = {"seed": seed, "backend": backend_name() if backend == "auto" else backend}
-    if isinstance(model, str):
-        meta.update(model=model, weights=str(weights))
-        run = model if os.path.isfile(os.path.join(model, "recipe.json")) else None
-        model, model_preprocess = load_model(model, weights=weights)
-        preprocess = preprocess or model_preprocess
-        if run is not None and (images is None or isinstance(images, (str, os.PathLike))):
-            images = _run_images(run, images, n_images or 2000, seed)
-            meta["images"] = "test set of the run's recipe"
-    else:
-        meta["model"] = type(model).__name__
-    if preprocess is None and not isinstance(images, torch.Tensor):
-        from .models import default_preprocess
+        torch.manual_seed(seed)
+        meta = {"seed": seed, "backend": backend_name() if backend == "auto" else backend}
+        if isinstance(model, str):
+            meta.update(model=model, weights=str(weights))
+            run = model if os.path.isfile(os.path.join(model, "recipe.json")) else None
+            model, model_preprocess = load_model(model, weights=weights)
+            preprocess = preprocess or model_preprocess
+            if run is not None and (images is None or isinstance(images, (str, os.PathLike))):
+                images = _run_images(run, images, n_images or 2000, seed)
+                meta["images"] = "test set of the run's recipe"
+        else:
+            meta["model"] = type(model).__name__
+        if preprocess is None and not isinstance(images, torch.Tensor):
+            from .models import default_preprocess
 
-        preprocess = default_preprocess()
-    if images is None:
-        images = data_mod.embedded_photos(n_images or 256, seed=seed)
-        images = data_mod.normalise_like(images, preprocess)
-        meta["images"] = "embedded scikit-image photos"
-    transforms = list(transforms) if transforms is not None else diagonal_shifts(1, 32) + rotations()
-    stream = data_mod.batches(images, labels, batch_size, n_images, preprocess, seed)
-    first = next(stream, None)
-    if first is None:
-        raise ValueError("Expected at least one image, but the input is empty.")
-    measurer = Measurer(model, first[0], transforms, metric=metric, points=points,
-                        vector_mode=vector_mode, device=device, amp=amp, batch_size=batch_size,
-                        eps=eps, backend=backend, split_method=split_method,
-                        channels_last=channels_last, tensor_cores=tensor_cores)
-    total = data_mod.count(images)
-    total = min(total, n_images) if (total is not None and n_images) else (total or n_images)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+            preprocess = default_preprocess()
+        if images is None:
+            images = data_mod.embedded_photos(n_images or 256, seed=seed)
+            images = data_mod.normalise_like(images, preprocess)
+            meta["images"] = "embedded scikit-image photos"
+        transforms = list(transforms) if transforms is not None else diagonal_shifts(1, 32) + rotations()
+        stream = data_mod.batches(images, labels, batch_size, n_images, preprocess, seed)
+        first = next(stream, None)
+        if first is None:
+            raise ValueError("Expected at least one image, but the input is empty.")
+        measurer = Measurer(model, first[0], transforms, metric=metric, points=points,
+                            vector_mode=vector_mode, device=device, amp=amp, batch_size=batch_size,
+                            eps=eps, backend=backend, split_method=split_method,
+                            channels_last=channels_last, tensor_cores=tensor_cores)
+        total = data_mod.count(images)
+        total = min(total, n_images) if (total is not None and n_images) else (total or n_images)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, unit="img", desc="measuring")
-    for x, y in _chain(first, stream):
-        measurer.update(x, y)
+            bar = tqdm(total=total, unit="img", desc="measuring")
+        for x, y in _chain(first, stream):
+            measurer.update(x, y)
+            if bar is not None:
+                bar.update(len(x))
         if bar is not None:
-            bar.update(len(x))
-    if bar is not None:
-        bar.close()
-    if return_state:
-        return measurer.state
-    # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only
-    on_tensor_cores = (tensor_cores and measurer.device.type == "cuda"
-                       and torch.cuda.get_device_capability(measurer.device)[0] >= 8)
-    meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size,
-                tensor_cores=bool(on_tensor_cores))
-    return measurer.state.report(meta)
+            bar.close()
+        if return_state:
+            return measurer.state
+        # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only
+        on_tensor_cores = (tensor_cores and measurer.device.type == "cuda"
+                           and torch.cuda.get_device_capability(measurer.device)[0] >= 8)
+        meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size,
+                    tensor_cores=bool(on_tensor_cores))
+        return measurer.state.report(meta)
+
+
+@contextlib.contextmanager
+def _modes_kept(model):
+    modes = {m: m.training for m in model.modules()} if isinstance(model, nn.Module) else {}
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
 
 def _run_images(run: str, root, n: int, seed: int) -> torch.Tensor:

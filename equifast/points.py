@@ -32,7 +32,9 @@ named ``"stem"``; several: named by their last module); layers between blocks ar
 transitions (ConvNeXt downsampling, Swin patch merging, DenseNet transitions) and are not
 points; a layer with a weight layer after the last block (the 1x1 ``conv_head`` of
 MobileNet/EfficientNet) is a point. Weightless layers (a final ``LayerNorm``, dropout) are
-never points. A model without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
+never points. A weightless module run more than once in a pass (one ReLU shared by several
+layers) joins no layer, since hooks would see its last call only; a weight layer or block run
+more than once (tied weights) is an error: name its calls by their fx node names. A model without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
 layer. ``pool`` is the input of the first ``nn.Linear`` applied to a vector after global
 pooling; ``final`` is the model's output.
 
@@ -109,6 +111,10 @@ _RESERVED = ("pool", "final")
 _LIST_HINT = (
     "List candidate names with `[n for n, _ in model.named_modules()]` or "
     "`torchvision.models.feature_extraction.get_graph_node_names(model)`."
+)
+_REPEATED_HINT = (
+    "Name one of its calls by its fx node name instead (`relu_1` for the second call of "
+    "`relu`; list them with `torchvision.models.feature_extraction.get_graph_node_names(model)`)."
 )
 _HINT = (
     "Name the points yourself: `equifast.split(model, x, points=[...])` with module names "
@@ -318,6 +324,14 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
     seq: List[Tuple[str, List[_Call]]] = []
     for kind, c in body:
         if isinstance(c.module, nn.Identity):
+            continue
+        if c.calls > 1:
+            # One module run several times in a pass (a shared ReLU, tied weights): its recorded
+            # output is its last call's, so it cannot stand for the first.
+            if an.weights(c.name):
+                raise ValueError(
+                    f"Module {c.name!r} of {type(an.model).__name__} runs {c.calls} times in one "
+                    f"forward pass, so it is not one point. {_REPEATED_HINT}")
             continue
         if kind == "block":
             seq.append(("block", [c]))
@@ -566,10 +580,16 @@ class Representations(nn.Module):
         store: Dict[Tuple[str, str], Tensor] = {}
         handles = []
 
+        def put(key, t):
+            if key in store:  # a module run twice: which call is the point would be a guess
+                raise RuntimeError(f"Module {key[0]!r} ran more than once in this forward pass, so "
+                                   f"it is not one point. {_REPEATED_HINT}")
+            store[key] = t
+
         def keep(key, take):
             if take == "input":
-                return lambda m, args: store.__setitem__(key, _first_tensor(args))
-            return lambda m, args, out: store.__setitem__(key, _first_tensor(out))
+                return lambda m, args: put(key, _first_tensor(args))
+            return lambda m, args, out: put(key, _first_tensor(out))
 
         try:
             for key in dict.fromkeys((p.module, p.take) for p in self.points if p.module):
@@ -778,6 +798,9 @@ def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module]
             if n not in an.calls:
                 raise ValueError(f"Expected point {n!r} to run in the forward pass, but module {n!r} "
                                  f"is never called on the example input. {_HINT}")
+            if an.calls[n].calls > 1:
+                raise ValueError(f"Expected point {n!r} to run once in the forward pass, but module "
+                                 f"{n!r} runs {an.calls[n].calls} times. {_REPEATED_HINT}")
             found.append((an.calls[n].end, (n, n, "output")))
         elif graph is not None and graph.resolve(n) is not None:
             found.append((None, (n, None, "output")))

@@ -220,7 +220,8 @@ class Translation(Transform):
 
     @property
     def name(self) -> str:
-        suffix = "" if self.mode == "circular" else ",zero"
+        suffix = ("" if self.mode == "circular" else ",zero") + (
+            "" if self.rounding == "down" else ",nearest")
         return f"translation({self.dy},{self.dx}{suffix})"
 
     def check_input(self, size):
@@ -274,7 +275,8 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
     """Parse command-line transform specs into transforms.
 
     Accepted: ``translation:1-32`` (diagonal shifts 1..32), ``translation:4`` (shift 4),
-    ``translation:1-16:zero``, ``rotation`` (90/180/270), ``rotation:90``, ``flip``,
+    ``translation:1-16:zero``, ``translation:1-16:nearest`` (scaled shifts rounded to nearest),
+    ``rotation`` (90/180/270), ``rotation:90``, ``flip``,
     ``flip:horizontal``, ``identity``. Several specs may be joined with commas.
 
     >>> [t.name for t in parse_transforms("translation:1-2,rotation:180")]
@@ -290,9 +292,13 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
         kind = kind.lower()
         try:
             if kind in ("translation", "shift", "shifts"):
-                rng, _, mode = rest.partition(":")
+                rng, _, options = rest.partition(":")
                 lo, _, hi = (rng or "1-32").partition("-")
-                out += diagonal_shifts(int(lo), int(hi or lo), mode=mode or "circular")
+                kw = {"mode": "circular", "rounding": "down"}
+                for opt in filter(None, options.split(":")):
+                    key = "mode" if opt in ("circular", "zero") else "rounding"
+                    kw[key] = opt  # an unknown option fails in Translation, naming both lists
+                out += diagonal_shifts(int(lo), int(hi or lo), **kw)
             elif kind in ("rotation", "rotations"):
                 if rest:
                     deg = int(rest)

@@ -71,3 +71,12 @@ def test_activation_state():
     a = first.merge(second).compute()
     assert math.isclose(a["mean_activation"], float(f.double().mean()), rel_tol=1e-9, abs_tol=1e-12)
     assert math.isclose(a["mean_magnitude"], float(f.double().abs().mean()), rel_tol=1e-9)
+
+
+def test_batch_sums_do_not_wrap_past_two_to_the_23_entries():
+    # one int64 sum of 2**40-scaled scores would wrap at 2**23 entries of 1.0
+    n, k = 4200, 2048
+    ones = torch.ones(n, k)
+    st = ScoreState().update(Scores(ones, ones * 0.5, torch.zeros(n, k, dtype=torch.int64)))
+    got = st.compute()
+    assert got["channel"] == 1.0 and got["layer"] == 0.5

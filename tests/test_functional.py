@@ -40,6 +40,16 @@ def test_backend_is_reported():
     (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), {"backend": "gpu"}, ValueError, "`backend`"),
     (torch.zeros(2, 3, 4, 4, dtype=torch.int64), torch.zeros(2, 3, 4, 4, dtype=torch.int64), {}, TypeError, "floating"),
     ([1.0], torch.randn(2, 3), {}, TypeError, "torch.Tensor"),
+    (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), {"transform": "rotation"}, TypeError,
+     "equifast transform"),
+    (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), {"input_size": (0, 0)}, ValueError,
+     r"`input_size` to be \(H, W\), two positive ints, but got \(0, 0\)"),
+    (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), {"input_size": 32}, ValueError, "`input_size`"),
+    # a shift as large as the image would wrap around to another shift's scores
+    (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8),
+     {"transform": ef.Translation(40, 40), "input_size": (32, 32)}, ValueError, "larger than the 32x32"),
+    (torch.randn(2, 3), torch.randn(2, 3),
+     {"transform": ef.Translation(4, 0), "input_size": (4, 4)}, ValueError, "larger than the 4x4"),
 ])
 def test_bad_inputs(fx, ftx, kwargs, err, match):
     with pytest.raises(err, match=match):
@@ -79,6 +89,15 @@ def test_half_precision_inputs():
         s = equivariance_scores(x.to(dtype), t(x).to(dtype), t)
         assert s.channel.dtype == torch.float32
         assert torch.allclose(s.channel, torch.ones(2, 4), atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_dtypes_compare_in_the_wider_one(backend):
+    # float32 values past float16's range: narrowing ftx to fx's float16 would make them inf
+    fx = torch.randn(2, 3, 4, 4).half()
+    ftx = torch.flip(fx.float(), dims=(-1,)) * 1e5
+    s = equivariance_scores(fx, ftx, ef.Flip("horizontal"), backend=backend)
+    assert torch.allclose(s.channel, torch.ones(2, 3), atol=1e-5)
 
 
 @pytest.mark.skipif(not ef.ops.available(), reason="equifast._C not built")

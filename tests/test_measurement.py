@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 import equifast as ef
+from equifast.measurement import MeasureState
 
 
 def circular_net(channels=6, classes=5):
@@ -112,6 +113,39 @@ def test_accuracy_from_labels():
     assert rep.accuracy == pytest.approx(5 / 8)
 
 
+def test_accuracy_is_the_logits_whatever_the_order_of_the_named_points():
+    model = circular_net()
+    x = torch.rand(8, 3, 12, 12)
+    with torch.no_grad():
+        labels = model(x).argmax(-1)
+    rep = ef.measure(model, x, labels=labels, transforms=[ef.Rotation(1)], batch_size=4,
+                     points=["0", "final", "pool"])
+    assert rep.accuracy == 1.0
+    rep = ef.measure(model, x, labels=labels, transforms=[ef.Rotation(1)], points=["0", "pool"])
+    assert rep.accuracy is None  # no logits measured: no accuracy rather than a wrong one
+
+
+def test_merged_shards_are_left_as_they_were():
+    model = circular_net()
+    x = torch.rand(4, 3, 12, 12)
+    a, b = (ef.measure(model, x[i:i + 2], transforms=[ef.Rotation(1)], return_state=True)
+            for i in (0, 2))
+    empty = MeasureState(a.points, a.transforms, a.metrics, a.vector_mode)
+    key = next(iter(a.scores))
+    before = a.scores[key].n_images
+    empty.merge(a).merge(b)
+    assert a.scores[key].n_images == before and empty.scores[key].n_images == 4
+
+
+def test_measure_leaves_a_training_model_in_train_mode():
+    model = circular_net().train()
+    ef.measure(model, torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1)])
+    assert all(m.training for m in model.modules())
+    model.eval()
+    ef.measure(model, torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1)])
+    assert not any(m.training for m in model.modules())
+
+
 def test_across_images_vector_mode_and_both_metrics():
     model = circular_net()
     x = torch.rand(8, 3, 12, 12)
@@ -142,6 +176,9 @@ def test_bad_inputs_are_clear():
         ef.measure(circular_net(), torch.rand(2, 3, 12, 16), transforms=[ef.Rotation(1)])
     with pytest.raises(ValueError, match="`metric`"):
         ef.measure(circular_net(), torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1)], metric="l1")
+    with pytest.raises(ValueError, match="distinct metrics"):  # each score would count twice
+        ef.measure(circular_net(), torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1)],
+                   metric=["correlation", "correlation"])
     x = torch.rand(2, 3, 12, 12)
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="finite"):

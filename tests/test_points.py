@@ -226,6 +226,47 @@ def test_plain_sequential_cnn_has_one_point_per_conv_layer():
     torch.testing.assert_close(reps["pool"], model[:-1](x))
 
 
+class _SharedReLU(nn.Module):
+    """One ReLU module after every conv: hooks see its last call, fx its first."""
+
+    def __init__(self, tied=False):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = (nn.Conv2d(c, 8, 3, padding=1) for c in (3, 8, 8))
+        if tied:
+            self.conv3 = self.conv2
+        self.relu, self.fc = nn.ReLU(), nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.relu(self.conv1(x))
+        x = self.relu(self.conv2(x))
+        x = self.relu(self.conv3(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_module_run_several_times_is_not_a_point():
+    torch.manual_seed(0)
+    model, x = _SharedReLU().eval(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        conv1 = model.conv1(x)
+        conv2 = model.conv2(model.relu(conv1))
+    for method in ("fx", "hooks"):
+        points = split(model, x, method=method)
+        assert [p.name for p in points] == ["conv1", "conv2", "conv3", "pool", "final"], method
+        with torch.no_grad():
+            reps = representations(model, points)(x)
+        torch.testing.assert_close(reps["conv1"], conv1, rtol=0, atol=0)
+        torch.testing.assert_close(reps["conv2"], conv2, rtol=0, atol=0)
+        with pytest.raises(ValueError, match=r"'relu' to run once .* runs 3 times.*relu_1"):
+            split(model, x, points=["relu"], method=method)
+    # a tied weight layer: which call is the point cannot be guessed
+    with pytest.raises(ValueError, match=r"'conv2' .* runs 2 times in one forward pass"):
+        split(_SharedReLU(tied=True).eval(), x)
+    # fx names each call
+    points = split(model, x, points=["relu_1"], method="fx")
+    with torch.no_grad():
+        torch.testing.assert_close(representations(model, points)(x)["relu_1"], model.relu(conv2))
+
+
 class _Untraceable(nn.Module):
     def __init__(self):
         super().__init__()

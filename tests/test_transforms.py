@@ -65,6 +65,16 @@ def test_families():
     assert {t.family for t in ef.rotations()} == {"rotation"}
 
 
+def test_rounding_is_part_of_the_name():
+    # two different transforms must not share a report row
+    assert ef.Translation(1, 1, rounding="nearest").name == "translation(1,1,nearest)"
+    assert [t.name for t in ef.parse_transforms("translation:2:zero:nearest")] == [
+        "translation(2,2,zero,nearest)"]
+    assert ef.parse_transforms("translation:2:nearest")[0] == ef.Translation(2, 2, rounding="nearest")
+    with pytest.raises(ValueError, match="'down' or 'nearest'"):
+        ef.parse_transforms("translation:2:up")
+
+
 def test_parse_transforms():
     ts = ef.parse_transforms("translation:1-4:zero,rotation:270,flip:vertical")
     assert [t.name for t in ts] == ["translation(1,1,zero)", "translation(2,2,zero)", "translation(3,3,zero)",
