@@ -8,6 +8,8 @@ Layout of a store folder::
       records/<job id>.json  one record per job: status "ok" or "failed"
       points.parquet/.csv    every finished job's per-point table, with the job's columns
       parts.parquet/.csv     every finished job's per-part table, with the job's columns
+                             (the tables hold the jobs of spec.json; records of an earlier
+                             spec stay in records/, see ResultStore.tables)
       jobs.parquet/.csv      one row per record: model, dataset, family, seed, accuracy, timings
       sweep.lock             held by the sweep that writes here (host and pid inside)
 
@@ -236,20 +238,29 @@ class ResultStore:
             path.unlink(missing_ok=True)
 
     # ---- combined tables --------------------------------------------------------------------
-    def tables(self) -> Dict[str, pd.DataFrame]:
-        """``{"points", "parts", "jobs"}`` DataFrames of every record.
+    def tables(self, all_records: bool = False) -> Dict[str, pd.DataFrame]:
+        """``{"points", "parts", "jobs"}`` DataFrames of the saved spec's jobs.
 
         ``points`` and ``parts`` hold finished jobs only, each row with the job's columns
         (``job_id, model, arch, weights, dataset, transforms, seed, accuracy, ...``); ``jobs``
         has one row per record, failed ones included with their error. A model's known
         accuracy comes from the latest saved spec, so fixing it there needs no re-measuring.
+
+        Args:
+            all_records: also the records of jobs that are not in the saved spec (a sweep of
+                an earlier spec in the same folder: other settings make other jobs). They stay
+                on disk, but by default are left out, so that they are not averaged in as if
+                they were more seeds.
         """
-        known = {}
+        known, wanted = {}, None
         saved = self.read_spec()
         if saved:
             known = {m["label"]: m.get("accuracy") for m in saved["spec"].get("models", [])}
+            wanted = None if all_records else set(saved["jobs"])
         points, parts, jobs = [], [], []
         for rec in self.records():
+            if wanted is not None and rec["id"] not in wanted:
+                continue
             job = rec.get("job", {})
             model, dataset = job.get("model", {}), job.get("dataset", {})
             acc_known = known.get(model.get("label"), model.get("accuracy"))
@@ -280,7 +291,8 @@ class ResultStore:
                 "jobs": pd.DataFrame(jobs) if jobs else pd.DataFrame(columns=_JOB_COLUMNS + ["status"])}
 
     def write_tables(self) -> List[Path]:
-        """Write the combined tables as Parquet and CSV (atomically); returns the files."""
+        """Write the combined tables of the saved spec's jobs as Parquet and CSV (atomically);
+        returns the files."""
         written = []
         for name, df in self.tables().items():
             for suffix in (".parquet", ".csv"):

@@ -189,6 +189,21 @@ def test_store_records_are_atomic_and_unique(tmp_path):
         store.write_record({"id": "x", "status": "done"})
 
 
+def test_tables_hold_the_saved_specs_jobs_only(tmp_path):
+    # a sweep of other settings in the same folder makes other jobs: their records stay on disk,
+    # but must not be averaged in with the current spec's as if they were more seeds
+    store = ResultStore(tmp_path)
+    part = [{"part": "early", "family": "rotation", "metric": "correlation", "channel": 0.5,
+             "layer": 0.6}]
+    for jid in ("old", "new"):
+        store.write_record({"id": jid, "status": "ok", "points": [], "parts": part,
+                            "job": {"model": {"label": "m"}, "family": "rotation", "seed": 0}})
+    store.write_spec({"models": [{"label": "m"}]}, ["new"])
+    assert list(store.tables()["parts"]["job_id"]) == ["new"]
+    assert list(store.tables()["jobs"]["job_id"]) == ["new"]
+    assert sorted(store.tables(all_records=True)["parts"]["job_id"]) == ["new", "old"]
+
+
 # ---- analysis --------------------------------------------------------------------------------
 
 def test_spearman_against_hand_computed_values():
