@@ -112,6 +112,22 @@ def test_missing_root_errors(tmp_path):
         CIFAR10Dataset(str(tmp_path))
     with pytest.raises(ValueError, match="Expected a data set name"):
         build_dataset("mnist7")
+    with pytest.raises(ValueError, match=r"`root` \(--data-root\) for CIFAR-10"):
+        CIFAR10Dataset(None, download=True)
+
+
+def test_ray_training_checks_data_and_batch_before_starting(tmp_path):
+    ray = pytest.importorskip("ray")
+    from equifast.training.ray_train import train_ray
+
+    before = ray.is_initialized()
+    recipe = get_recipe("cnn7-mnist6", data_root=str(tmp_path / "nowhere"), epochs=1)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train_ray(recipe, str(tmp_path / "run"), num_workers=2)
+    with pytest.raises(ValueError, match=r"batch size \(128\) to be divisible by `num_workers` "
+                                         r"\(3\).*Use 2 or 4 workers"):
+        train_ray(recipe, str(tmp_path / "run3"), num_workers=3)
+    assert ray.is_initialized() == before  # no cluster was started for a run that cannot go
 
 
 # ------------------------------------------------------------------------- augmentations
@@ -308,6 +324,19 @@ def test_out_dir_protection(tmp_path):
     assert redone.resumed_from == 0 and redone.recipe.lr == 0.001
 
 
+def test_a_folder_that_is_not_a_run_is_never_written(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.pt").write_text("my own model")
+    recipe = get_recipe("cnn7-fmnist6", epochs=1)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"run folder .* or empty, but it holds other "
+                                                  r"files: \['model.pt'\]"):
+            train(recipe, str(mine), overwrite=overwrite)
+    assert (mine / "model.pt").read_text() == "my own model"
+    assert sorted(p.name for p in mine.iterdir()) == ["model.pt"]
+
+
 # --------------------------------------------------------------------------------- studies
 def _fake_measure(model, images, transforms=(), metric="correlation", batch_size=64,
                   n_images=2000, device=None, seed=0):
@@ -336,6 +365,15 @@ def test_run_study_tables_and_figure(tmp_path, monkeypatch):
     assert {"channel_mean", "channel_std", "layer_mean", "test_acc_mean", "n_seeds"} <= set(summary)
     assert (summary["n_seeds"] == 2).all()
     assert (tmp_path / "FMNIST6-Rot-Inv" / "seed1" / "model.pt").is_file()
+    # the finished runs are measured on the data root given now, not the one they trained on
+    with pytest.raises(FileNotFoundError, match="moved-away"):
+        run_study("objective-fashion", str(tmp_path), seeds=[0, 1],
+                  overrides={**QUICK, "epochs": 1, "train_subset": 128, "test_subset": 64,
+                             "data_root": str(tmp_path / "moved-away")}, n_images=16)
+    # another study's folder is refused: its tables and figure would be replaced
+    with pytest.raises(FileExistsError, match="holds study 'objective-fashion'"):
+        run_study("objective", str(tmp_path), seeds=[0])
+    assert (tmp_path / "summary.csv").is_file()
 
 
 def test_summarize_and_plot(tmp_path):

@@ -208,6 +208,9 @@ class CIFAR10Dataset(Dataset):
         import torchvision
         root = os.path.expanduser(str(root)) if root else None
         folder = os.path.join(root, "cifar-10-batches-py") if root else None
+        if root is None and download:
+            raise ValueError("Expected a `root` (--data-root) for CIFAR-10: the folder to fetch "
+                             "it into with download=True (--download), but got None.")
         if not download and (folder is None or not os.path.isdir(folder)):
             raise FileNotFoundError(
                 f"Expected CIFAR-10 in `root`/cifar-10-batches-py (the torchvision.datasets."

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Dict, Optional
 
+from .data import build_dataset
 from .recipes import Recipe
 from .trainer import (CHECKPOINT, TrainResult, _fit, _load_checkpoint, _result_from_dir,
                       prepare_out_dir)
@@ -78,15 +79,23 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    if recipe.batch_size % int(num_workers):
+        raise ValueError(f"Expected the recipe's batch size ({recipe.batch_size}) to be divisible "
+                         f"by `num_workers` ({num_workers}): each worker trains on an equal share "
+                         f"of it. Use {_divisors(recipe.batch_size, int(num_workers))} workers.")
     out_dir = os.path.abspath(out_dir)
     done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
     if done is not None:
         return done
-    if not ray.is_initialized():
-        ray.init()
     # Workers run elsewhere: they need absolute data paths.
     if recipe.data_root:
         recipe = recipe.replace(data_root=os.path.abspath(os.path.expanduser(recipe.data_root)))
+    # The data is found (or fetched) here first: a missing root fails with its own message,
+    # before a cluster starts, not wrapped in a Ray Train worker error.
+    build_dataset(recipe.dataset, recipe.data_root, train=True, download=recipe.download,
+                  data_seed=recipe.data_seed)
+    if not ray.is_initialized():
+        ray.init()
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"recipe": recipe.to_dict(), "out_dir": out_dir, "use_gpu": use_gpu},
@@ -100,3 +109,9 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     start = _load_checkpoint(ckpt)["epoch"] if ckpt.is_file() else 0
     trainer.fit()
     return _result_from_dir(Path(out_dir), resumed_from=start)
+
+
+def _divisors(n: int, near: int) -> str:
+    """Worker counts that divide ``n``, the two closest to ``near``."""
+    ds = sorted((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
+    return " or ".join(map(str, sorted(ds[:2])))

@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from equifast._io import write_text_atomic
 from equifast.report import over_runs
 
 from .recipes import Recipe, get_recipe
@@ -93,6 +94,20 @@ def get_study(name: str) -> Study:
     return STUDIES[name]
 
 
+def _claim_folder(out: str, name: str) -> None:
+    """Mark ``out`` as study ``name``'s (``study.json``); another study's folder is refused, so
+    that its runs.csv, summary.csv and figure.png are never replaced."""
+    marker = Path(out, "study.json")
+    if marker.is_file():
+        other = json.loads(marker.read_text()).get("study")
+        if other != name:
+            raise FileExistsError(f"Expected `out` {out!r} to be a folder of study {name!r}, but it "
+                                  f"holds study {other!r}. Use another --out.")
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(marker, json.dumps({"study": name}))
+
+
 def _run_dir(out: str, label: str, seed: int) -> str:
     safe = label.replace(" ", "-").replace("/", "-")
     return os.path.join(out, safe, f"seed{seed}")
@@ -100,7 +115,8 @@ def _run_dir(out: str, label: str, seed: int) -> str:
 
 def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] = None,
                   n_images: Optional[int] = None, batch_size: int = 64, device=None,
-                  metric: str = "correlation") -> pd.DataFrame:
+                  metric: str = "correlation", data_root: Optional[str] = None,
+                  download: bool = False) -> pd.DataFrame:
     """Measure every trained run of a study with :func:`equifast.measure`.
 
     Args:
@@ -109,6 +125,8 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
         seeds: seeds to measure (default: the study's).
         n_images: validation images (default: each recipe's ``measure_images``, 2000).
         batch_size, device, metric: passed to :func:`equifast.measure`.
+        data_root, download: where the test images are (default: each run's recipe's
+            ``data_root``, which may have moved since it trained).
 
     Returns:
         One row per (setting, seed, part, family): ``setting, recipe, seed, part, family,
@@ -129,9 +147,11 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
         recipe = Recipe.from_dict(json.loads(Path(run, "recipe.json").read_text()))
         result = prepare_out_dir(recipe, run)  # reads the finished result, trains nothing
         n = n_images or recipe.measure_images
-        key = (recipe.dataset, recipe.data_root, recipe.data_seed, n)
+        root = data_root or recipe.data_root
+        key = (recipe.dataset, root, recipe.data_seed, n)
         if key not in cache:
-            cache[key] = measure_images(recipe.dataset, recipe.data_root, n, recipe.data_seed)
+            cache[key] = measure_images(recipe.dataset, root, n, recipe.data_seed,
+                                        download=download)
         report = equifast.measure(load_model(run), cache[key], transforms=transforms,
                                   metric=metric, batch_size=batch_size, n_images=n,
                                   device=device, seed=0)
@@ -200,7 +220,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
 
     Finished runs are reused (nothing is retrained), so an interrupted study continues
     where it stopped. Writes ``out/runs.csv`` (per seed), ``out/summary.csv`` (mean/std
-    over seeds) and ``out/figure.png``.
+    over seeds) and ``out/figure.png``; ``out/study.json`` names the study, and a folder of
+    another study is refused.
 
     Args:
         name: a name of :data:`STUDIES`.
@@ -222,6 +243,7 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     from .trainer import train
     study = get_study(name)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _claim_folder(out, study.name)
     for label, recipe_name, seed in study.runs(seeds):
         recipe = get_recipe(recipe_name, **{**overrides, "seed": seed})
         run = _run_dir(out, label, seed)
@@ -232,7 +254,9 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
             train(recipe, run, overwrite=overwrite)
     if not measure:
         return None
-    runs = measure_study(study, out, seeds, n_images=n_images, device=device)
+    runs = measure_study(study, out, seeds, n_images=n_images, device=device,
+                         data_root=overrides.get("data_root"),
+                         download=bool(overrides.get("download", False)))
     runs.to_csv(os.path.join(out, "runs.csv"), index=False)
     summary = summarize(runs)
     summary.to_csv(os.path.join(out, "summary.csv"), index=False)

@@ -243,10 +243,18 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
       error.
 
     Raises:
-        FileExistsError: an unfinished run is there and ``resume=False``.
+        FileExistsError: an unfinished run is there and ``resume=False``; or ``out_dir`` holds
+            files but no run (they are never replaced, even with ``overwrite``).
         ValueError: the stored recipe differs from ``recipe``.
     """
     out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not (out / RECIPE).is_file():
+        # not a run (no recipe.json): files of the user's, never replaced, even with overwrite
+        raise FileExistsError(f"Expected `out_dir` {str(out)!r} to be a run folder (with "
+                              f"{RECIPE}) or empty, but it holds other files: "
+                              f"{sorted(p.name for p in out.iterdir())[:5]}. Use another `out_dir`.")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"Expected `out_dir` {str(out)!r} to be a folder, but it is a file.")
     if overwrite and out.exists():
         for name in (CHECKPOINT, METRICS, RESULT, MODEL, RECIPE):
             (out / name).unlink(missing_ok=True)
