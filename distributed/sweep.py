@@ -104,7 +104,7 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
         preprocess = default_preprocess(d.image_size, d.crop_pct)
     if preprocess is None:
         preprocess = default_preprocess()
-    size = d.image_size or 224
+    size = d.image_size or data_mod.input_size(preprocess)
     if d.kind == "random":
         gen = torch.Generator().manual_seed(job.seed)
         return torch.randn(job.n_images, 3, size, size, generator=gen), preprocess

@@ -41,7 +41,9 @@ def _add_measure(sub) -> None:
     p.add_argument("--no-tensor-cores", dest="tensor_cores", action="store_false",
                    help="CUDA: multiply in float32 instead of TF32/float16/bfloat16 tensor cores")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/measure", help="output folder (report.json, CSV, Parquet, figure.png)")
+    p.add_argument("--out", default="runs/measure",
+                   help="output folder: report.json, report.{points,parts}.{csv,parquet}, "
+                        "report.meta.json, figure.png (replaced if there)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_measure)
 
@@ -53,11 +55,20 @@ def _run_measure(args) -> int:
     from .measurement import measure
     from .transforms import parse_transforms
 
+    from .reference import METRICS
+
+    # Every input is checked before the model runs: a measurement can take hours.
     transforms = parse_transforms(args.transforms)
     metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
+    if not metrics or len(set(metrics)) != len(metrics) or not set(metrics) <= set(METRICS):
+        raise ValueError(f"Expected --metric to be correlation, cosine or correlation,cosine, but "
+                         f"got {args.metric!r}.")
+    if args.n_images is not None and args.n_images < 1:
+        raise ValueError(f"Expected --n-images >= 1, but got {args.n_images}.")
     weights = None if args.weights == "none" else args.weights
     if args.data is not None and not Path(args.data).exists():
         raise FileNotFoundError(f"Expected --data to be a folder of images, but {args.data!r} does not exist.")
+    out = _output_folder(args.out)
     n_images = args.n_images if args.n_images is not None else (192 if args.data is None else None)
     print(f"equifast: {args.model} ({'embedded photos' if args.data is None else args.data}), "
           f"{len(transforms)} transforms, metric {','.join(metrics)}, backend {functional.backend()}",
@@ -66,8 +77,6 @@ def _run_measure(args) -> int:
                      batch_size=args.batch_size, n_images=n_images, vector_mode=args.vector_mode,
                      device=args.device, amp=args.amp, seed=args.seed, progress=not args.no_progress,
                      weights=weights, tensor_cores=args.tensor_cores)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     files = list(dict.fromkeys(report.save(out / "report.json") + report.save(out / "report.csv")
                                + report.save(out / "report.parquet")))
     fig = out / "figure.png"
@@ -78,7 +87,9 @@ def _run_measure(args) -> int:
         print(report.summary(metrics[0]).to_string())
         if report.accuracy is not None:
             print(f"\ntop-1 accuracy: {report.accuracy:.4f}")
-        if len(metrics) > 1:
+        if len(metrics) == 1:  # an earlier run's analysis would read as this report's
+            (out / "metric_bias.csv").unlink(missing_ok=True)
+        else:
             bias = report.metric_bias()
             bias["table"].to_csv(out / "metric_bias.csv", index=False)
             files.append(out / "metric_bias.csv")
@@ -86,6 +97,21 @@ def _run_measure(args) -> int:
             print(bias["correlation"].to_string(index=False))
     print("\nwrote " + ", ".join(str(f) for f in files))
     return 0
+
+
+def _output_folder(path: str) -> Path:
+    """``--out``, created, and checked to take files, before anything is measured."""
+    import tempfile
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"Expected --out to be a folder, but {path!r} is a file; pass a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as err:
+        raise PermissionError(f"Expected --out {path!r} to be writable, but it is not ({err}).") from err
+    return out
 
 
 def _add_models(sub) -> None:

@@ -7,6 +7,7 @@ seeded crops of the real photographs that scikit-image ships.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple
 
@@ -15,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 __all__ = ["batches", "embedded_photos", "PHOTOS", "ImageFiles", "count", "normalise_like",
-           "seeded_subset"]
+           "input_size", "image_folder", "seeded_subset"]
 
 # Real photographs shipped inside scikit-image (no download): name -> what it shows.
 PHOTOS = {
@@ -25,6 +26,8 @@ PHOTOS = {
     "coins": "coins", "moon": "the moon's surface", "brick": "a brick wall", "grass": "grass",
     "gravel": "gravel", "clock": "a clock", "retina": "a retina",
 }
+
+_SYNSET = re.compile(r"n\d{8}")  # an ImageNet (WordNet) class id, e.g. n02123045
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -65,11 +68,14 @@ def embedded_photos(n: int = 256, size: int = 224, seed: int = 0) -> torch.Tenso
 
 
 class ImageFiles(Dataset):
-    """The images of a folder (recursively), sorted by path; labels from class subfolders.
+    """The images of a folder (recursively, following links), sorted by path; labels from
+    class subfolders.
 
-    With class subfolders (ImageNet's ``val/<wnid>/*.JPEG`` layout) the label of an image is
-    the index of its folder in sorted order, as in ``torchvision.datasets.ImageFolder``; a
-    flat folder has no labels.
+    Class subfolders named by ImageNet synset ids (``val/n02123045/*.JPEG``) give the ImageNet
+    class index of that synset, so a folder of some of the classes is labelled as the model
+    predicts; other class subfolders give the index of the folder in sorted order, as in
+    ``torchvision.datasets.ImageFolder`` (:attr:`imagenet_labels` tells which). A flat folder
+    has no labels.
     """
 
     def __init__(self, root, transform: Optional[Callable] = None):
@@ -79,7 +85,9 @@ class ImageFiles(Dataset):
                 f"Expected `images` to be a folder of images, but {str(root)!r} does not exist or is "
                 "not a folder."
             )
-        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        # os.walk: Path.rglob does not enter linked folders (a class folder may be a link)
+        self.files = sorted(Path(d, f) for d, _, names in os.walk(root, followlinks=True)
+                            for f in names if Path(f).suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise FileNotFoundError(
                 f"Expected image files ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}, but found none."
@@ -87,7 +95,15 @@ class ImageFiles(Dataset):
         classes = sorted({p.parent.relative_to(root).parts[0] for p in self.files
                           if p.parent != root})
         self.labelled = bool(classes) and all(p.parent != root for p in self.files)
-        self.class_index = {c: i for i, c in enumerate(classes)}
+        self.classes = classes
+        self.imagenet_labels = bool(classes) and all(_SYNSET.fullmatch(c) for c in classes)
+        if self.imagenet_labels:
+            from timm.data import ImageNetInfo
+
+            index = {s: i for i, s in enumerate(ImageNetInfo().label_names())}
+            self.imagenet_labels = all(c in index for c in classes)
+        self.class_index = ({c: index[c] for c in classes} if self.imagenet_labels
+                            else {c: i for i, c in enumerate(classes)})
         self.root = root
         self.transform = transform
 
@@ -108,6 +124,13 @@ class ImageFiles(Dataset):
         if self.labelled:
             return x, self.class_index[path.relative_to(self.root).parts[0]]
         return x, -1
+
+
+def image_folder(images) -> Optional[ImageFiles]:
+    """The :class:`ImageFiles` that ``images`` reads (itself, or under subsets), else ``None``."""
+    while isinstance(images, Subset):
+        images = images.dataset
+    return images if isinstance(images, ImageFiles) else None
 
 
 def _collate(items):
@@ -135,13 +158,32 @@ def _with_transform(dataset: Dataset, preprocess: Optional[Callable]) -> Dataset
 
 
 def normalise_like(images: torch.Tensor, preprocess) -> torch.Tensor:
-    """Apply the ``Normalize`` step of a torchvision/timm pipeline to tensors in [0, 1]."""
+    """Apply the normalisation of a torchvision/timm pipeline to tensors in [0, 1]: its
+    ``Normalize`` step, or the ``mean``/``std`` of a torchvision weights' preset
+    (``ImageClassification``, which holds no steps)."""
     from torchvision import transforms as T
 
-    for step in getattr(preprocess, "transforms", []):
-        if isinstance(step, T.Normalize):
-            return T.functional.normalize(images, step.mean, step.std)
+    for step in [preprocess] + list(getattr(preprocess, "transforms", [])):
+        if isinstance(step, T.Normalize) or (
+                getattr(step, "mean", None) is not None and getattr(step, "std", None) is not None):
+            return T.functional.normalize(images, list(step.mean), list(step.std))
     return images
+
+
+def input_size(preprocess, default: int = 224) -> int:
+    """The square size a pipeline crops images to: the ``crop_size`` of a torchvision weights'
+    preset, or the size of its ``CenterCrop`` (``Resize`` to a square) step; ``default``."""
+    from torchvision import transforms as T
+
+    crop = getattr(preprocess, "crop_size", None)
+    if crop is not None:
+        return int(crop[0] if isinstance(crop, (list, tuple)) else crop)
+    for cls in (T.CenterCrop, T.Resize):
+        for step in getattr(preprocess, "transforms", []):
+            size = getattr(step, "size", None) if isinstance(step, cls) else None
+            if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(set(size)) == 1):
+                return int(size if isinstance(size, int) else size[0])
+    return default
 
 
 def seeded_subset(dataset: Dataset, n: Optional[int], seed: int) -> Dataset:

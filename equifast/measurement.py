@@ -12,6 +12,7 @@ import contextlib
 import copy
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -111,7 +112,7 @@ class Measurer:
             if m not in METRICS:
                 raise ValueError(f"Expected `metric` to be one of {METRICS}, but got {m!r}.")
         if not metrics or len(set(metrics)) != len(metrics):
-            raise ValueError(f"Expected distinct metrics, but got {metrics}.")
+            raise ValueError(f"Expected one or more distinct metrics, but got {metrics}.")
         if vector_mode not in VECTOR_MODES:
             raise ValueError(f"Expected `vector_mode` to be one of {VECTOR_MODES}, but got {vector_mode!r}.")
         if amp not in (None, "float16", "bfloat16"):
@@ -211,7 +212,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             and a path given as ``images`` is that data set's root).
         images: a tensor ``[N, C, H, W]`` (model-ready), ``(images, labels)``, a
             ``DataLoader``, a ``Dataset`` or a folder path (preprocessed with ``preprocess``,
-            by default the model's own). ``None``: the embedded photos (224x224 crops).
+            by default the model's own; see :class:`equifast.data.ImageFiles` for its labels).
+            ``None``: the embedded photos, cropped to the model's input size.
         transforms: default: diagonal shifts 1..32 and the three rotations.
         metric: ``"correlation"``, ``"cosine"``, or both (a list) in the same passes.
         batch_size: images per forward pass (transformed batches are stacked up to it).
@@ -244,6 +246,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     with _modes_kept(model):
         from .models import load_model
 
+        if n_images is not None and n_images < 1:
+            raise ValueError(f"Expected `n_images` >= 1 (or None: all), but got {n_images}.")
         torch.manual_seed(seed)
         meta = {"seed": seed, "backend": backend_name() if backend == "auto" else backend}
         if isinstance(model, str):
@@ -260,8 +264,12 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             from .models import default_preprocess
 
             preprocess = default_preprocess()
+        if isinstance(images, (str, os.PathLike)):
+            images = data_mod.ImageFiles(images)
+        folder = data_mod.image_folder(images)
         if images is None:
-            images = data_mod.embedded_photos(n_images or 256, seed=seed)
+            images = data_mod.embedded_photos(n_images or 256, size=data_mod.input_size(preprocess),
+                                              seed=seed)
             images = data_mod.normalise_like(images, preprocess)
             meta["images"] = "embedded scikit-image photos"
         transforms = list(transforms) if transforms is not None else diagonal_shifts(1, 32) + rotations()
@@ -286,6 +294,13 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 bar.update(len(x))
         if bar is not None:
             bar.close()
+        logits = measurer.state.shapes.get("final")
+        if (folder is not None and folder.labelled and not folder.imagenet_labels and logits
+                and logits[0] != len(folder.classes)):
+            # folder i is class i only when the folders are all of the model's classes
+            warnings.warn(f"No accuracy: {len(folder.classes)} class folders that are not ImageNet "
+                          f"synset ids, for a model of {logits[0]} classes.", stacklevel=3)
+            measurer.state.correct = measurer.state.labelled = 0
         if return_state:
             return measurer.state
         # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -116,18 +116,50 @@ def _unknown(name: str) -> ValueError:
     )
 
 
-def _load_checkpoint(model: nn.Module, path: str) -> None:
+def _read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
+    """The state dict in a checkpoint file (bare, or under ``state_dict``/``model``)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Expected `weights` to be a checkpoint file, but {path!r} does not exist.")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # unpickling raises many kinds: all mean "not a checkpoint"
+        raise ValueError(f"Expected `weights` {path!r} to be a checkpoint saved with torch.save, but "
+                         f"it could not be read ({type(err).__name__}: {err}).") from err
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
             break
     if not isinstance(state, dict):
         raise ValueError(f"Expected {path!r} to hold a state dict, but got {type(state).__name__}.")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    model.load_state_dict(state)
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _checkpoint_classes(model: nn.Module, state: Dict[str, torch.Tensor]) -> Optional[int]:
+    """The classes of a checkpoint whose classifier (the model's last ``nn.Linear``) has
+    another size than ``model``'s, else ``None``."""
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return None
+    name, head = linears[-1]
+    weight = state.get(f"{name}.weight")
+    if weight is None or weight.dim() != 2 or weight.shape[0] == head.out_features:
+        return None
+    return int(weight.shape[0])
+
+
+def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], path: str, name: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"Expected `weights` {path!r} to be a checkpoint of {name!r}, but its "
+                         f"entries do not fit that model ({_first_problem(err)}). Name the "
+                         "architecture the checkpoint was saved from.") from err
+
+
+def _first_problem(err: RuntimeError) -> str:
+    lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    text = lines[0] if lines else str(err)
+    return text if len(text) <= 240 else text[:240] + "..."
 
 
 def load_model(name: str, weights: Optional[str] = "default",
@@ -144,7 +176,8 @@ def load_model(name: str, weights: Optional[str] = "default",
             ``"embedded"`` (``efficientnet_lite0`` only), a path to a checkpoint file
             (a state dict, or a dict holding one under ``state_dict``/``model``), or ``None``
             (random initialisation).
-        num_classes: the classifier size, for checkpoints trained on other label sets.
+        num_classes: the classifier size (default: the model's, or the checkpoint's when it
+            was fine-tuned on another label set).
 
     Example:
         >>> model, preprocess = load_model("efficientnet_lite0")   # real ImageNet weights, offline
@@ -154,11 +187,13 @@ def load_model(name: str, weights: Optional[str] = "default",
 
     if not isinstance(name, str) or not name:
         raise TypeError(f"Expected `name` to be a model name, but got {name!r}.")
-    if os.path.isdir(name):
+    if os.path.isdir(name) and (os.path.isfile(os.path.join(name, "recipe.json"))
+                                or not is_known_model(name)):
         from .training import load_model as load_run  # a run folder of `equifast train`
 
         return load_run(name), None
     path = weights if weights not in (None, "default", "embedded", "none") else None
+    state = _read_checkpoint(path) if path else None
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if name == EMBEDDED and weights in ("default", "embedded"):
         model = embedded_lite0()
@@ -167,19 +202,44 @@ def load_model(name: str, weights: Optional[str] = "default",
         raise ValueError(f"Expected weights='embedded' only with {EMBEDDED!r}, but got model {name!r}.")
     if name in torchvision.models.list_models(module=torchvision.models):
         hub = weights == "default" and path is None
-        with _hub(name):
-            model = torchvision.models.get_model(name, weights="DEFAULT" if hub else None, **kwargs)
-        if path:
-            _load_checkpoint(model, path)
-        if hub:
+
+        def build(**kw):
+            with _hub(name):
+                return torchvision.models.get_model(name, weights="DEFAULT" if hub else None, **kw)
+
+        model = _with_checkpoint(build, kwargs, state, path, name)
+        try:  # the weights' own preset (sizes, interpolation): known offline, whatever weights
             preprocess = torchvision.models.get_model_weights(name).DEFAULT.transforms()
-        else:
+        except (ValueError, AttributeError):
             preprocess = default_preprocess(299 if name.startswith("inception") else 224)
         return model.eval(), preprocess
     if timm.is_model(name):
-        with _hub(name):
-            model = timm.create_model(name, pretrained=weights == "default" and path is None, **kwargs)
-        if path:
-            _load_checkpoint(model, path)
+        pretrained = weights == "default" and path is None
+
+        def build(**kw):
+            with _hub(name):
+                try:
+                    return timm.create_model(name, pretrained=pretrained, **kw)
+                except RuntimeError as err:
+                    if pretrained and "No pretrained weights" in str(err):
+                        raise ValueError(f"timm has no pretrained weights for {name!r}: pass a "
+                                         "checkpoint (weights='path/to/ckpt.pt', --weights PATH) "
+                                         "or weights=None (--weights none).") from err
+                    raise
+
+        model = _with_checkpoint(build, kwargs, state, path, name)
         return model.eval(), _timm_preprocess(model)
     raise _unknown(name)
+
+
+def _with_checkpoint(build: Callable[..., nn.Module], kwargs: Dict, state, path, name) -> nn.Module:
+    """``build(**kwargs)``, with the checkpoint ``state`` loaded; a checkpoint of another number
+    of classes (fine-tuned on another label set) rebuilds the classifier to its size."""
+    model = build(**kwargs)
+    if state is None:
+        return model
+    classes = _checkpoint_classes(model, state) if "num_classes" not in kwargs else None
+    if classes is not None:
+        model = build(**{**kwargs, "num_classes": classes})
+    _load_state(model, state, path, name)
+    return model

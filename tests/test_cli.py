@@ -38,6 +38,10 @@ def test_help_lists_every_command(capsys):
     (["measure", "--model", "resnet5O"], "Did you mean"),
     (["measure", "--data", "/no/such/dir"], "does not exist"),
     (["measure", "--transforms", "shear:2"], "transform spec"),
+    (["measure", "--metric", ""], "Expected --metric"),
+    (["measure", "--metric", "correlation,correlation"], "Expected --metric"),
+    (["measure", "--n-images", "0"], "Expected --n-images >= 1"),
+    (["measure", "--out", __file__], "is a file"),  # checked before measuring, file kept
 ])
 def test_user_errors_exit_2_with_a_message(argv, match, capsys):
     assert main(argv + ["--no-progress"]) == 2

@@ -65,3 +65,37 @@ def test_image_folder_modes_and_unreadable_file(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match=r"broken\.jpg' to be a readable image"):
         list(data.batches(str(tmp_path), batch_size=2, preprocess=T.ToTensor()))
+
+
+def test_normalise_like_reads_every_kind_of_pipeline():
+    import torchvision
+    import torchvision.transforms as T
+
+    x = torch.rand(2, 3, 8, 8)
+    want = T.functional.normalize(x, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    preset = torchvision.models.ResNet18_Weights.DEFAULT.transforms()  # no steps, mean/std only
+    compose = T.Compose([T.Resize(10), T.CenterCrop(8), T.ToTensor(),
+                         T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    for pre in (preset, compose):
+        torch.testing.assert_close(data.normalise_like(x, pre), want)
+    assert data.input_size(preset) == 224 and data.input_size(compose) == 8
+    assert data.input_size(T.Compose([T.ToTensor()]), default=99) == 99
+
+
+def test_image_folder_follows_linked_class_folders(tmp_path):
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    for folder in (root / "a", elsewhere):
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (4, 4)).save(folder / f"{i}.png")
+    (root / "b").symlink_to(elsewhere, target_is_directory=True)
+    files = data.ImageFiles(root)
+    assert len(files) == 6 and files.class_index == {"a": 0, "b": 1}
+
+
+def test_synset_folders_are_labelled_with_their_imagenet_class(tmp_path):
+    for wnid in ("n07920052", "n02123045"):  # espresso (967), tabby (281)
+        (tmp_path / wnid).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / wnid / "0.png")
+    files = data.ImageFiles(tmp_path)
+    assert files.imagenet_labels and [files[i][1] for i in range(2)] == [281, 967]

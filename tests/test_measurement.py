@@ -146,6 +146,30 @@ def test_measure_leaves_a_training_model_in_train_mode():
     assert not any(m.training for m in model.modules())
 
 
+def test_folder_of_some_imagenet_classes_gives_real_accuracy(tmp_path):
+    # the embedded EfficientNet-Lite0 classifies these two real photos correctly
+    import skimage.data
+    from PIL import Image
+
+    for wnid, photo in (("n02123045", "chelsea"), ("n07920052", "coffee")):
+        (tmp_path / wnid).mkdir()
+        Image.fromarray(getattr(skimage.data, photo)()).save(tmp_path / wnid / f"{photo}.png")
+    rep = ef.measure("efficientnet_lite0", str(tmp_path), transforms=[ef.Rotation(2)])
+    assert rep.accuracy == 1.0
+    # class folders that are not synsets, fewer than the model's classes: no accuracy at all
+    (tmp_path / "n02123045").rename(tmp_path / "cats")
+    (tmp_path / "n07920052").rename(tmp_path / "cups")
+    with pytest.warns(UserWarning, match="No accuracy: 2 class folders"):
+        rep = ef.measure("efficientnet_lite0", str(tmp_path), transforms=[ef.Rotation(2)])
+    assert rep.accuracy is None
+
+
+def test_embedded_photos_are_normalised_at_the_models_own_size():
+    # resnet10t's timm preprocessing crops to 176: its first (stride 2) stage sees 176 / 2
+    rep = ef.measure("resnet10t", None, weights=None, n_images=2, transforms=[ef.Rotation(1)])
+    assert rep.points["shape"].iloc[0].endswith("x88x88")
+
+
 def test_across_images_vector_mode_and_both_metrics():
     model = circular_net()
     x = torch.rand(8, 3, 12, 12)

@@ -70,3 +70,42 @@ def test_hub_weights_without_internet_say_what_to_do(monkeypatch):
     monkeypatch.setattr(torchvision.models, "get_model", offline)
     with pytest.raises(WeightsUnavailableError, match="--weights none"):
         load_model("resnet18")
+
+
+def test_checkpoint_of_another_label_set_gets_its_classifier(tmp_path):
+    # fine-tuned on 10 classes: loaded by name without saying so
+    m, _ = load_model("resnet18", weights=None, num_classes=10)
+    torch.save(m.state_dict(), tmp_path / "ten.pt")
+    m2, _ = load_model("resnet18", weights=str(tmp_path / "ten.pt"))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+
+
+def test_bad_checkpoints_say_what_is_wrong(tmp_path):
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="saved with torch.save, but it could not be read"):
+        load_model("resnet18", weights=str(tmp_path / "notes.pt"))
+    m, _ = load_model("resnet18", weights=None)
+    torch.save(m.state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(ValueError, match=r"checkpoint of 'resnet34', but its entries do not fit "
+                                         r"that model \(Missing key"):
+        load_model("resnet34", weights=str(tmp_path / "r18.pt"))
+
+
+def test_timm_model_without_pretrained_weights_says_what_to_do():
+    name = "convnext_atto_rms"  # in timm's registry, with no pretrained weights
+    with pytest.raises(ValueError, match="no pretrained weights for 'convnext_atto_rms'.*--weights none"):
+        load_model(name)
+
+
+def test_a_folder_named_like_a_model_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "resnet18").mkdir()  # e.g. an earlier --out
+    model, _ = load_model("resnet18", weights=None, num_classes=3)
+    assert model.fc.out_features == 3
+
+
+def test_torchvision_preprocessing_is_the_models_own_whatever_the_weights():
+    _, pre = load_model("efficientnet_b3", weights=None)
+    assert data.input_size(pre) == 300  # its weights' preset: resize 320, crop 300

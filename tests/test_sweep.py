@@ -25,9 +25,9 @@ from equifast.distributed.spec import hub_accuracy  # noqa: E402
 EXAMPLES = Path(__file__).resolve().parents[1] / "distributed" / "examples"
 
 MODELS = [
-    {"name": "resnet18", "weights": "none", "num_classes": 10, "accuracy": 0.70},        # torchvision
-    {"name": "mobilenet_v3_small", "weights": "none", "num_classes": 10, "accuracy": 0.62},
-    {"name": "resnet10t", "weights": "none", "num_classes": 10, "accuracy": 0.66},       # timm
+    {"name": "resnet18", "weights": "none", "num_classes": 2, "accuracy": 0.70},        # torchvision
+    {"name": "mobilenet_v3_small", "weights": "none", "num_classes": 2, "accuracy": 0.62},
+    {"name": "resnet10t", "weights": "none", "num_classes": 2, "accuracy": 0.66},       # timm
 ]
 
 
@@ -43,7 +43,8 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """8 small PNGs in two class subfolders (so the sweep measures accuracy too)."""
+    """8 small PNGs in two class subfolders (so the sweep measures accuracy too: the models have
+    two classes)."""
     from PIL import Image
 
     root = tmp_path_factory.mktemp("images")
@@ -155,14 +156,14 @@ def test_checkpoint_path_is_relative_to_the_spec(folder, tmp_path):
     from equifast.models import default_preprocess, load_model
 
     torch.manual_seed(3)
-    model, _ = load_model("resnet10t", weights=None, num_classes=10)
+    model, _ = load_model("resnet10t", weights=None, num_classes=2)
     (tmp_path / "ckpt").mkdir()
     torch.save({"state_dict": model.state_dict()}, tmp_path / "ckpt" / "r10.pt")
     import yaml
 
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(_spec(
-        folder, models=[{"name": "mine", "arch": "resnet10t", "weights": "ckpt/r10.pt", "num_classes": 10,
+        folder, models=[{"name": "mine", "arch": "resnet10t", "weights": "ckpt/r10.pt", "num_classes": 2,
                          "accuracy": 91}],
         transforms={"rotation": "rotation:90"}, n_images=4, batch_size=4)))
     (job,) = load_spec(spec_file).jobs()
@@ -316,7 +317,7 @@ def _single_process(folder, seed=0, n_images=6, threads=None):
     torch.set_num_threads(threads or before)
     try:
         torch.manual_seed(seed)
-        model, _ = load_model("resnet10t", weights=None, num_classes=10)
+        model, _ = load_model("resnet10t", weights=None, num_classes=2)
         return ef.measure(model, str(folder), transforms=ef.parse_transforms("translation:1-2"),
                           batch_size=4, n_images=n_images, seed=seed,
                           preprocess=default_preprocess(32))
