@@ -133,6 +133,9 @@ class Rotation(Transform):
             raise TypeError(
                 f"Expected `quarter_turns` to be an int, but got {self.quarter_turns!r}."
             )
+        if self.quarter_turns % 4 == 0:  # it would count as a rotation in the family's mean
+            raise ValueError(f"Expected `quarter_turns` not to be a whole turn, but got "
+                             f"{self.quarter_turns}; that is the identity: use ef.Identity().")
 
     @property
     def name(self) -> str:

@@ -83,6 +83,9 @@ def test_parse_transforms():
         ef.parse_transforms("shear:3")
     with pytest.raises(ValueError, match="multiples of 90"):
         ef.parse_transforms("rotation:45")
+    for whole in ("rotation:0", "rotation:360"):  # the identity, not a rotation to average in
+        with pytest.raises(ValueError, match="whole turn.*ef.Identity"):
+            ef.parse_transforms(whole)
 
 
 def test_bad_inputs_raise_clear_errors():
