@@ -3,7 +3,8 @@
 A spec is YAML (or the same structure as a Python dict); :func:`load_spec` reads and
 validates it, and :meth:`SweepSpec.jobs` expands it into :class:`Job` s, one per
 (model, dataset, transform family, seed). Every job has a stable id: a hash of what it
-measures (model, weights, data, transforms, metrics, seed, number of images, batch size),
+measures (model, weights and a checkpoint's content, data, transforms, metrics, seed, number
+of images, batch size),
 not of how it runs (resources, shards, retries), so changing a cluster setting never
 re-measures a finished job.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -178,7 +180,7 @@ class Job:
         """The canonical content the id hashes."""
         return _job_content(self.model, self.dataset, self.transforms, self.metrics, self.seed,
                             self.n_images, self.batch_size, self.vector_mode, self.amp,
-                            tensor_cores=self.tensor_cores)
+                            tensor_cores=self.tensor_cores, base_dir=self.base_dir)
 
     def entry(self) -> Dict[str, Any]:
         """Everything about the job, JSON-ready, as stored in its result record."""
@@ -201,13 +203,29 @@ class Job:
 
 
 def _job_content(model, dataset, transforms, metrics, seed, n_images, batch_size, vector_mode, amp,
-                 tensor_cores=True):
+                 tensor_cores=True, base_dir="."):
     out = {"version": SPEC_VERSION, "model": model.content(), "dataset": dataset.content(),
            "transforms": list(transforms), "metrics": list(metrics), "seed": seed,
            "n_images": n_images, "batch_size": batch_size, "vector_mode": vector_mode, "amp": amp}
     if not tensor_cores:  # only when off, so the ids of existing (default) sweeps stay the same
         out["tensor_cores"] = False
+    if model.weights not in (None, "default", "embedded"):
+        # a checkpoint retrained in place measures something else: a new job, not a skip
+        path = _resolve(model.weights, base_dir)
+        if os.path.isfile(path):
+            stat = os.stat(path)
+            out["weights_sha256"] = _file_sha256(path, stat.st_size, stat.st_mtime_ns)
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file (cached per path, size and modification time)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def job_id(content: Mapping[str, Any]) -> str:
@@ -256,7 +274,8 @@ class SweepSpec:
                         bs = m.batch_size or self.batch_size
                         content = _job_content(m, d, names[fam], self.metrics, seed, n, bs,
                                                self.vector_mode, self.amp,
-                                               tensor_cores=self.tensor_cores)
+                                               tensor_cores=self.tensor_cores,
+                                               base_dir=self.base_dir)
                         out.append(Job(
                             id=job_id(content), model=m, dataset=d, family=fam,
                             transforms=names[fam], transform_spec=self.families[fam],

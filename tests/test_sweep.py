@@ -20,7 +20,7 @@ import equifast as ef  # noqa: E402
 from equifast.distributed import (ResultStore, SpecError, analysis, load_spec, measure_job,  # noqa: E402
                                   run_sweep)
 from equifast.distributed.cli import main as sweep_main  # noqa: E402
-from equifast.distributed.spec import hub_accuracy  # noqa: E402
+from equifast.distributed.spec import hub_accuracy, job_id  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "distributed" / "examples"
 
@@ -168,6 +168,12 @@ def test_checkpoint_path_is_relative_to_the_spec(folder, tmp_path):
         transforms={"rotation": "rotation:90"}, n_images=4, batch_size=4)))
     (job,) = load_spec(spec_file).jobs()
     assert job.model.label == "mine" and job.model.accuracy == pytest.approx(0.91)
+    assert job.id == job_id(job.content())
+    # the checkpoint retrained in place: another job (a rerun must not skip it as done)
+    torch.save({"state_dict": {k: v + 1 for k, v in model.state_dict().items()}}, tmp_path / "ckpt" / "r10.pt")
+    (retrained,) = load_spec(spec_file).jobs()
+    assert retrained.id != job.id and retrained.id == job_id(retrained.content())
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "ckpt" / "r10.pt")
     state, info = measure_job(job)
     ref = ef.measure(model, str(folder), transforms=ef.parse_transforms("rotation:90"), batch_size=4,
                      n_images=4, preprocess=default_preprocess(32))
