@@ -165,16 +165,23 @@ class ActivationState:
     magnitude: float = 0.0
     count: int = 0
 
-    def update(self, f: torch.Tensor) -> float:
-        """Add a batch of activations; returns the batch's sum (non-finite iff ``f`` is, since
-        a float64 sum of float32/float16 values cannot overflow), so callers can reuse it as
-        the finiteness check."""
+    def update(self, f: torch.Tensor) -> "ActivationState":
+        """Add a batch of activations."""
+        return self.add(self.batch_sums(f).tolist(), f.numel())
+
+    @staticmethod
+    def batch_sums(f: torch.Tensor) -> torch.Tensor:
+        """The float64 sum and sum of magnitudes of ``f``, where ``f`` lives (no host transfer)."""
         f = f.detach()
-        total = float(f.sum(dtype=torch.float64))
-        self.total += total
-        self.magnitude += float(torch.linalg.vector_norm(f, ord=1, dtype=torch.float64))
-        self.count += f.numel()
-        return total
+        return torch.stack([f.sum(dtype=torch.float64),
+                            torch.linalg.vector_norm(f, ord=1, dtype=torch.float64)])
+
+    def add(self, sums: Sequence[float], count: int) -> "ActivationState":
+        """Add :meth:`batch_sums` of ``count`` activations (as floats)."""
+        self.total += sums[0]
+        self.magnitude += sums[1]
+        self.count += count
+        return self
 
     def merge(self, other: "ActivationState") -> "ActivationState":
         self.total += other.total

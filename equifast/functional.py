@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import operator
 import warnings
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -18,7 +18,8 @@ from . import ops, reference
 from .reference import METRICS, TOLERANCE, VECTOR_MODES, Scores, is_vector
 from .transforms import Identity, Transform
 
-__all__ = ["equivariance_scores", "check_finite", "check_all_finite", "backend", "Scores", "TOLERANCE"]
+__all__ = ["equivariance_scores", "check_finite", "check_all_finite", "finite_bounds",
+           "raise_unless_finite", "backend", "Scores", "TOLERANCE"]
 
 _BACKENDS = ("auto", "operator", "reference")
 
@@ -84,28 +85,37 @@ def _check(fx, ftx, metric, vector_mode, backend_name):
 
 
 def check_finite(t: torch.Tensor, name: str = "fx") -> None:
-    """Raise ``ValueError`` if ``t`` holds NaN or infinity.
-
-    One sum instead of an elementwise mask: a NaN or infinity anywhere makes the sum
-    non-finite. Only then is the elementwise test run, so that a finite tensor whose sum
-    overflows is not taken for a broken one.
-    """
+    """Raise ``ValueError`` if ``t`` holds NaN or infinity."""
     check_all_finite({name: t})
 
 
-def check_all_finite(tensors: Dict[str, torch.Tensor]) -> None:
-    """:func:`check_finite` for several tensors (by name) with one host transfer: their sums
-    are fetched together, and only a tensor whose sum is not finite is tested elementwise."""
-    if not tensors:
-        return
-    device = next(iter(tensors.values())).device
-    sums = torch.stack([t.sum().float().to(device) for t in tensors.values()])
-    for (name, t), finite in zip(tensors.items(), torch.isfinite(sums).tolist()):
-        if not finite and not bool(torch.isfinite(t).all()):
+def finite_bounds(t: torch.Tensor) -> torch.Tensor:
+    """``[min, max]`` of ``t`` where it lives (float32, or float64 for float64 ``t``): both are
+    finite exactly when every value is (NaN and infinities carry through; unlike a sum, nothing
+    can overflow). No host transfer, so that a caller can fetch many at once."""
+    t = t.detach()
+    if t.numel() == 0:
+        return t.new_zeros(2, dtype=torch.float32)
+    return torch.stack(torch.aminmax(t)).to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
+def raise_unless_finite(names: Sequence[str], bounds: Sequence[torch.Tensor]) -> None:
+    """Raise ``ValueError`` naming the first tensor whose :func:`finite_bounds` (``bounds``, in
+    the order of ``names``) are not finite: one host transfer for all."""
+    dtype = torch.float64 if any(b.dtype == torch.float64 for b in bounds) else torch.float32
+    stacked = torch.stack([b.to(dtype) for b in bounds])
+    for name, finite in zip(names, torch.isfinite(stacked).all(1).tolist()):
+        if not finite:
             raise ValueError(
                 f"Expected `{name}` to be finite, but it holds NaN or infinity; check the model "
                 "and its input (a diverged checkpoint, or unnormalised images under float16)."
             )
+
+
+def check_all_finite(tensors: Dict[str, torch.Tensor]) -> None:
+    """:func:`check_finite` for several tensors (by name), with one host transfer."""
+    if tensors:
+        raise_unless_finite(list(tensors), [finite_bounds(t) for t in tensors.values()])
 
 
 def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional[Transform] = None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from . import data as data_mod
 from .aggregate import ActivationState, ScoreState, VectorState
 from .devices import resolve_device
 from .functional import backend as backend_name
-from .functional import check_all_finite, check_finite, equivariance_scores
+from .functional import equivariance_scores, finite_bounds, raise_unless_finite
 from .reference import METRICS, TOLERANCE, VECTOR_MODES, is_vector
 from .report import Report
 from .points import Point, representations, split
@@ -159,36 +158,45 @@ class Measurer:
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         size = (int(x.shape[-2]), int(x.shape[-1]))
         fx = self._forward(x)
+        # What a batch adds to the state stays on the device until the batch is done, then comes
+        # back at once, after the finiteness of every f(x) and f(T(x)) is known: on a GPU, one wait
+        # a batch rather than one a check, an activation sum or a score.
+        names = [f"f(x) at point {p.name!r}" for p in self.points]
+        bounds = [finite_bounds(fx[p.name]) for p in self.points]
+        activations = torch.stack([ActivationState.batch_sums(fx[p.name]) for p in self.points])
         for p in self.points:
-            if not math.isfinite(st.activations.setdefault(p.name, ActivationState()).update(fx[p.name])):
-                check_finite(fx[p.name], f"f(x) at point {p.name!r}")
             st.shapes[p.name] = tuple(fx[p.name].shape[1:])
+        correct = None
         if y is not None and "final" in fx:  # top-1 accuracy of the logits, when measured
-            logits = fx["final"]
-            st.correct += int((logits.argmax(-1).cpu() == y.cpu()).sum())
-            st.labelled += len(y)
+            correct = (fx["final"].argmax(-1) == y.to(self.device, non_blocking=True)).sum()
         b = x.shape[0]
         per_pass = max(1, self.batch_size // b)
-        # The score sums of every (point, transform, metric) stay where the scores are until the
-        # batch is done, then come back in one transfer (on a GPU, one host sync a batch rather
-        # than one a score).
-        pending = []
+        pending, vectors = [], []
         for start in range(0, len(self.transforms), per_pass):
             group = self.transforms[start:start + per_pass]
             ftx = self._forward(torch.cat([t(x) for t in group]).contiguous(memory_format=self.memory_format))
-            check_all_finite({f"f(T(x)) at point {p.name!r}": ftx[p.name] for p in self.points})
+            names += [f"f(T(x)) at point {p.name!r}" for p in self.points]
+            bounds += [finite_bounds(ftx[p.name]) for p in self.points]
             for i, t in enumerate(group):
                 for p in self.points:
                     a, bt = fx[p.name], ftx[p.name][i * b:(i + 1) * b]
                     for m in st.metrics:
                         key = (p.name, t.name, m)
                         if is_vector(a) and st.vector_mode == "across_images":
-                            st.vectors.setdefault(key, VectorState(m, self.eps)).update(a, bt)
+                            vectors.append((key, m, a, bt))
                             continue
                         s = equivariance_scores(a, bt, t, metric=m, input_size=size,
                                                 eps=self.eps, backend=self.backend, check=False,
                                                 tensor_cores=self.tensor_cores)
                         pending.append((key, ScoreState.batch_sums(s), tuple(s.channel.shape)))
+        raise_unless_finite(names, bounds)  # the one wait
+        for p, sums in zip(self.points, activations.tolist()):
+            st.activations.setdefault(p.name, ActivationState()).add(sums, fx[p.name].numel())
+        if correct is not None:
+            st.correct += int(correct)
+            st.labelled += len(y)
+        for key, m, a, bt in vectors:
+            st.vectors.setdefault(key, VectorState(m, self.eps)).update(a, bt)
         if pending:
             sums = torch.stack([p_sums for _, p_sums, _ in pending]).tolist()
             for (key, _, (n, k)), batch in zip(pending, sums):

@@ -66,7 +66,8 @@ def test_vector_state_streams_to_the_reference_across_images():
 def test_activation_state():
     f = torch.randn(4, 3, 5, 5)
     first, second = ActivationState(), ActivationState()
-    assert math.isclose(first.update(f[:2]), float(f[:2].double().sum()), rel_tol=1e-9, abs_tol=1e-12)
+    first.update(f[:2])
+    assert math.isclose(first.total, float(f[:2].double().sum()), rel_tol=1e-9, abs_tol=1e-12)
     second.update(f[2:])
     a = first.merge(second).compute()
     assert math.isclose(a["mean_activation"], float(f.double().mean()), rel_tol=1e-9, abs_tol=1e-12)

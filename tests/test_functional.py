@@ -64,13 +64,21 @@ def test_nan_input_is_a_clear_error():
 
 
 def test_check_all_finite_names_the_broken_tensor():
-    # one transfer for all sums; a finite tensor whose float32 sum overflows is not an error
+    # one transfer for all; a finite tensor whose float32 sum overflows is not an error, nor are
+    # float64 values past float32's range
     overflowing = torch.full((4, 4), 3e38)
     broken = torch.randn(3, 3)
     broken[1, 1] = float("inf")
-    check_all_finite({"a": overflowing, "b": torch.randn(2, dtype=torch.float16)})
-    with pytest.raises(ValueError, match="`b`"):
-        check_all_finite({"a": overflowing, "b": broken, "c": torch.randn(2)})
+    check_all_finite({"a": overflowing, "b": torch.randn(2, dtype=torch.float16),
+                      "c": torch.full((2,), 1e300, dtype=torch.float64)})
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        broken[1, 1] = bad
+        with pytest.raises(ValueError, match="`b`"):
+            check_all_finite({"a": overflowing, "b": broken, "c": torch.randn(2)})
+    half = torch.randn(5, dtype=torch.bfloat16)
+    half[0] = float("nan")
+    with pytest.raises(ValueError, match="`h`"):
+        check_all_finite({"h": half})
 
 
 def test_non_square_rotation_and_empty_overlap():

@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 import equifast as ef
-from equifast.measurement import MeasureState
+from equifast.measurement import Measurer, MeasureState
 
 
 def circular_net(channels=6, classes=5):
@@ -213,6 +213,25 @@ def test_bad_inputs_are_clear():
     missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
     with pytest.raises(ValueError, match="CUDA device"):
         ef.measure(circular_net(), torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1)], device=missing)
+
+
+class _InfWhereTheCornerIsZero(nn.Module):
+    def forward(self, x):
+        return x / (x[:, :, :1, :1] != 0)
+
+
+def test_a_non_finite_transformed_batch_is_named_and_adds_nothing():
+    # f(x) is finite, f(T(x)) is not: the batch is refused whole, after its one host transfer
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Sequential(_InfWhereTheCornerIsZero(), nn.Conv2d(3, 4, 3, padding=1)),
+                        nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.GELU()),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    x = torch.rand(2, 3, 8, 8) + 0.1
+    m = Measurer(net, x, [ef.Rotation(1), ef.Translation(1, 1, mode="zero")], batch_size=2)
+    with pytest.raises(ValueError, match=r"`f\(T\(x\)\) at point '0'` to be finite"):
+        m.update(x, torch.zeros(2, dtype=torch.long))
+    st = m.state
+    assert st.n_images == 0 and not st.scores and not st.activations and st.labelled == 0
 
 
 def test_seeded_runs_repeat():
