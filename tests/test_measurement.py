@@ -42,6 +42,34 @@ def test_circular_net_scores_one_at_every_point_under_circular_shifts(device, te
                                         and torch.cuda.get_device_capability()[0] >= 8)
 
 
+def _waits_for_the_device(measurer, x, y):
+    """How often ``measurer.update`` waits for the GPU (torch's sync debug mode)."""
+    import warnings
+
+    measurer.update(x, y)  # the index maps are built (and cached) in the first batch
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            measurer.update(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_batch_waits_for_the_device_a_fixed_few_times():
+    # not once per point, transform or score: the checks and sums come back together
+    x, y = torch.rand(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)
+    one = Measurer(circular_net(), x, [ef.Rotation(1)], device="cuda", batch_size=4)
+    six = Measurer(circular_net(), x, ef.diagonal_shifts(1, 3) + ef.rotations(), device="cuda",
+                   batch_size=8)
+    waits = _waits_for_the_device(one, x, y)
+    assert waits == _waits_for_the_device(six, x, y) and waits <= 4
+
+
 def test_identity_scores_one_and_layer_at_least_channel():
     model = torchvision.models.resnet18(num_classes=10).eval()
     rep = ef.measure(model, torch.rand(4, 3, 48, 48), transforms=[ef.Identity(), ef.Rotation(1)], batch_size=8)
