@@ -50,8 +50,11 @@ from equifast.models import close_model_names, is_known_model
 __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
            "validate_spec", "job_id", "hub_accuracy", "SPEC_VERSION"]
 
-#: Bumped when the meaning of a job's content changes (its id changes with it).
-SPEC_VERSION = 1
+#: Bumped when the meaning of a job's content changes (its id changes with it). 2: embedded
+#: photos normalised by torchvision presets and cut at the model's input size, checkpoints of
+#: torchvision models preprocessed by their preset, checkpoints hashed: results of version 1
+#: jobs may differ, so they are measured again (their records stay, out of the tables).
+SPEC_VERSION = 2
 
 _TOP_KEYS = {"name", "out", "models", "datasets", "transforms", "metrics", "seeds", "n_images",
              "batch_size", "vector_mode", "resources", "shards", "max_retries", "retry_exceptions",

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 __all__ = ["batches", "embedded_photos", "PHOTOS", "ImageFiles", "count", "normalise_like",
-           "input_size", "image_folder", "seeded_subset"]
+           "input_size", "image_folder", "model_classes", "seeded_subset"]
 
 # Real photographs shipped inside scikit-image (no download): name -> what it shows.
 PHOTOS = {
@@ -71,11 +71,9 @@ class ImageFiles(Dataset):
     """The images of a folder (recursively, following links), sorted by path; labels from
     class subfolders.
 
-    Class subfolders named by ImageNet synset ids (``val/n02123045/*.JPEG``) give the ImageNet
-    class index of that synset, so a folder of some of the classes is labelled as the model
-    predicts; other class subfolders give the index of the folder in sorted order, as in
-    ``torchvision.datasets.ImageFolder`` (:attr:`imagenet_labels` tells which). A flat folder
-    has no labels.
+    With class subfolders (ImageNet's ``val/<wnid>/*.JPEG`` layout) the label of an image is
+    the index of its folder in sorted order, as in ``torchvision.datasets.ImageFolder``; a
+    flat folder has no labels. :func:`model_classes` says which class of a model each label is.
     """
 
     def __init__(self, root, transform: Optional[Callable] = None):
@@ -85,9 +83,7 @@ class ImageFiles(Dataset):
                 f"Expected `images` to be a folder of images, but {str(root)!r} does not exist or is "
                 "not a folder."
             )
-        # os.walk: Path.rglob does not enter linked folders (a class folder may be a link)
-        self.files = sorted(Path(d, f) for d, _, names in os.walk(root, followlinks=True)
-                            for f in names if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        self.files = sorted(_image_paths(root))
         if not self.files:
             raise FileNotFoundError(
                 f"Expected image files ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}, but found none."
@@ -96,14 +92,7 @@ class ImageFiles(Dataset):
                           if p.parent != root})
         self.labelled = bool(classes) and all(p.parent != root for p in self.files)
         self.classes = classes
-        self.imagenet_labels = bool(classes) and all(_SYNSET.fullmatch(c) for c in classes)
-        if self.imagenet_labels:
-            from timm.data import ImageNetInfo
-
-            index = {s: i for i, s in enumerate(ImageNetInfo().label_names())}
-            self.imagenet_labels = all(c in index for c in classes)
-        self.class_index = ({c: index[c] for c in classes} if self.imagenet_labels
-                            else {c: i for i, c in enumerate(classes)})
+        self.class_index = {c: i for i, c in enumerate(classes)}
         self.root = root
         self.transform = transform
 
@@ -124,6 +113,38 @@ class ImageFiles(Dataset):
         if self.labelled:
             return x, self.class_index[path.relative_to(self.root).parts[0]]
         return x, -1
+
+
+def _image_paths(root: Path) -> Iterator[Path]:
+    """Image files under ``root``, entering linked folders (``Path.rglob`` does not: a class
+    folder may be a link), each real folder once (a link back up would loop)."""
+    seen = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        yield from (Path(folder, n) for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES)
+
+
+def model_classes(folder: ImageFiles, n_classes: int) -> Optional[torch.Tensor]:
+    """The class of a model of ``n_classes`` that each label of ``folder`` stands for
+    (``[n_folders]``), or ``None`` when that cannot be known.
+
+    Folders named by ImageNet synset ids (``n02123045``) are their ImageNet-1k class for a model
+    of 1000 classes, whichever of the classes the folder holds; otherwise folder ``i`` (sorted)
+    is class ``i`` when there is one folder per class of the model.
+    """
+    if n_classes == 1000 and all(_SYNSET.fullmatch(c) for c in folder.classes):
+        from timm.data import ImageNetInfo
+
+        index = {s: i for i, s in enumerate(ImageNetInfo().label_names())}
+        if all(c in index for c in folder.classes):
+            return torch.tensor([index[c] for c in folder.classes])
+    if len(folder.classes) == n_classes:
+        return torch.arange(n_classes)
+    return None
 
 
 def image_folder(images) -> Optional[ImageFiles]:

@@ -39,17 +39,33 @@ def _warn_fallback() -> None:
     )
 
 
-# Cached (building a map syncs with the device), and checked when built, so the operator is
+# Cached (building a map syncs with the device), and checked here once, so the operator is
 # called with check_indices=False: no host sync per call on CUDA.
 @functools.lru_cache(maxsize=4096)
 def _index_map(transform: Transform, map_size: Tuple[int, int], input_size: Tuple[int, int],
                device: torch.device):
-    return transform.index_map(map_size, input_size, device=device)
+    a, b = transform.index_map(map_size, input_size, device=device)
+    hw = map_size[0] * map_size[1]
+    ok = all(isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.dim() == 1
+             for t in (a, b)) and a.shape == b.shape and a.numel() > 0
+    if ok:  # a subclass may override index_map itself
+        lo_a, hi_a, lo_b, hi_b = torch.stack([a.min(), a.max(), b.min(), b.max()]).tolist()
+        ok = min(lo_a, lo_b) >= 0 and max(hi_a, hi_b) < hw
+    if not ok:
+        raise ValueError(f"Expected {transform.name}.index_map{(map_size, input_size)} to return "
+                         f"two int64 [P] tensors of flat positions in [0, {hw}), but it did not.")
+    return a, b
+
+
+def _whole(v) -> int:
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return operator.index(v)
 
 
 def _image_size(size) -> Tuple[int, int]:
     try:
-        h, w = (operator.index(v) for v in size)
+        h, w = (_whole(v) for v in size)
     except (TypeError, ValueError):
         h = w = 0
     if h < 1 or w < 1:
@@ -165,6 +181,8 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
         input_size = _image_size(input_size)
     if ftx.dtype != fx.dtype:  # compare in the wider type: float16 would overflow float32 values
         common = torch.promote_types(fx.dtype, ftx.dtype)
+        if common == torch.float64 and backend != "reference":
+            common = torch.float32  # the operator's widest (a float64 pair goes as it is)
         fx, ftx = fx.to(common), ftx.to(common)
     if check:
         check_finite(fx, "fx")

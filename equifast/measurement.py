@@ -144,6 +144,9 @@ class Measurer:
         self.backend = backend
         self.tensor_cores = tensor_cores
         self.state = MeasureState(self.points, transforms, metrics, vector_mode)
+        # labels -> the model's classes (class folders: see equifast.data.model_classes)
+        self.label_classes: Optional[torch.Tensor] = None
+        self.count_accuracy = True
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         ctx = (torch.autocast(self.device.type, dtype=getattr(torch, self.amp)) if self.amp
@@ -167,8 +170,11 @@ class Measurer:
         for p in self.points:
             st.shapes[p.name] = tuple(fx[p.name].shape[1:])
         correct = None
-        if y is not None and "final" in fx:  # top-1 accuracy of the logits, when measured
-            correct = (fx["final"].argmax(-1) == y.to(self.device, non_blocking=True)).sum()
+        if y is not None and "final" in fx and self.count_accuracy:  # top-1 of the logits
+            y = y.to(self.device, non_blocking=True)
+            if self.label_classes is not None:
+                y = self.label_classes.to(self.device)[y]
+            correct = (fx["final"].argmax(-1) == y).sum()
         b = x.shape[0]
         per_pass = max(1, self.batch_size // b)
         pending, vectors = [], []
@@ -289,6 +295,14 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                             vector_mode=vector_mode, device=device, amp=amp, batch_size=batch_size,
                             eps=eps, backend=backend, split_method=split_method,
                             channels_last=channels_last, tensor_cores=tensor_cores)
+        final = next((p for p in measurer.points if p.name == "final"), None)
+        if folder is not None and folder.labelled and final is not None and len(final.shape) == 1:
+            measurer.label_classes = data_mod.model_classes(folder, final.shape[0])
+            if measurer.label_classes is None:
+                warnings.warn(f"No accuracy: which of the model's {final.shape[0]} classes the "
+                              f"{len(folder.classes)} class folders are is unknown (not one folder "
+                              "per class, nor ImageNet synsets for 1000 classes).", stacklevel=3)
+                measurer.count_accuracy = False
         total = data_mod.count(images)
         total = min(total, n_images) if (total is not None and n_images) else (total or n_images)
         bar = None
@@ -302,13 +316,6 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 bar.update(len(x))
         if bar is not None:
             bar.close()
-        logits = measurer.state.shapes.get("final")
-        if (folder is not None and folder.labelled and not folder.imagenet_labels and logits
-                and logits[0] != len(folder.classes)):
-            # folder i is class i only when the folders are all of the model's classes
-            warnings.warn(f"No accuracy: {len(folder.classes)} class folders that are not ImageNet "
-                          f"synset ids, for a model of {logits[0]} classes.", stacklevel=3)
-            measurer.state.correct = measurer.state.labelled = 0
         if return_state:
             return measurer.state
         # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only

@@ -208,11 +208,7 @@ def load_model(name: str, weights: Optional[str] = "default",
                 return torchvision.models.get_model(name, weights="DEFAULT" if hub else None, **kw)
 
         model = _with_checkpoint(build, kwargs, state, path, name)
-        try:  # the weights' own preset (sizes, interpolation): known offline, whatever weights
-            preprocess = torchvision.models.get_model_weights(name).DEFAULT.transforms()
-        except (ValueError, AttributeError):
-            preprocess = default_preprocess(299 if name.startswith("inception") else 224)
-        return model.eval(), preprocess
+        return model.eval(), _torchvision_preprocess(name, model)
     if timm.is_model(name):
         pretrained = weights == "default" and path is None
 
@@ -230,6 +226,24 @@ def load_model(name: str, weights: Optional[str] = "default",
         model = _with_checkpoint(build, kwargs, state, path, name)
         return model.eval(), _timm_preprocess(model)
     raise _unknown(name)
+
+
+def _torchvision_preprocess(name: str, model: nn.Module) -> Callable:
+    """The preset of the model's default weights (sizes, interpolation; known offline, whatever
+    weights were loaded), unless it is for another input size than the model was built for
+    (vit_h_14's default weights take 518 px, the model built without them 224)."""
+    import torchvision
+
+    from .data import input_size
+
+    built_for = getattr(model, "image_size", None)
+    try:
+        preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    except (ValueError, AttributeError):
+        preset = None
+    if preset is not None and built_for in (None, input_size(preset)):
+        return preset
+    return default_preprocess(built_for or (299 if name.startswith("inception") else 224))
 
 
 def _with_checkpoint(build: Callable[..., nn.Module], kwargs: Dict, state, path, name) -> nn.Module:

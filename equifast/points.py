@@ -32,9 +32,9 @@ named ``"stem"``; several: named by their last module); layers between blocks ar
 transitions (ConvNeXt downsampling, Swin patch merging, DenseNet transitions) and are not
 points; a layer with a weight layer after the last block (the 1x1 ``conv_head`` of
 MobileNet/EfficientNet) is a point. Weightless layers (a final ``LayerNorm``, dropout) are
-never points. A weightless module run more than once in a pass (one ReLU shared by several
-layers) joins no layer, since hooks would see its last call only; a weight layer or block run
-more than once (tied weights) is an error: name its calls by their fx node names. A model without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
+never points. A module run more than once in a pass (one ReLU shared by several layers, tied
+weights) is no point and joins no layer, since hooks would see its last call only (with a
+warning if it has weights); name its calls by their fx node names to measure them. A model without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
 layer. ``pool`` is the input of the first ``nn.Linear`` applied to a vector after global
 pooling; ``final`` is the model's output.
 
@@ -322,16 +322,16 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
     body, pooling = an.body()
     # group units into layers; blocks stand alone
     seq: List[Tuple[str, List[_Call]]] = []
+    repeated: List[str] = []
     for kind, c in body:
         if isinstance(c.module, nn.Identity):
             continue
         if c.calls > 1:
-            # One module run several times in a pass (a shared ReLU, tied weights): its recorded
-            # output is its last call's, so it cannot stand for the first.
+            # One module run several times in a pass (a shared ReLU, tied weights, CoaT's
+            # position encodings): its recorded output is its last call's, so it cannot stand for
+            # the first; it is no point (its calls can be named, see the warning).
             if an.weights(c.name):
-                raise ValueError(
-                    f"Module {c.name!r} of {type(an.model).__name__} runs {c.calls} times in one "
-                    f"forward pass, so it is not one point. {_REPEATED_HINT}")
+                repeated.append(f"{c.name!r} ({c.calls} times)")
             continue
         if kind == "block":
             seq.append(("block", [c]))
@@ -345,6 +345,9 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
             prev[1].append(c)
         else:
             seq.append(("weightless", [c]))
+    if repeated:
+        warnings.warn(f"Modules of {type(an.model).__name__} that run more than once in one forward "
+                      f"pass are not points: {', '.join(repeated)}. {_REPEATED_HINT}", stacklevel=4)
     kinds = [k for k, _ in seq]
     blocks = [i for i, k in enumerate(kinds) if k == "block"]
     layer = lambda i: kinds[i] == "layer" and any(an.weights(c.name) for c in seq[i][1])  # noqa: E731

@@ -93,9 +93,21 @@ def test_image_folder_follows_linked_class_folders(tmp_path):
     assert len(files) == 6 and files.class_index == {"a": 0, "b": 1}
 
 
-def test_synset_folders_are_labelled_with_their_imagenet_class(tmp_path):
+def test_image_folder_enters_each_real_folder_once(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "a" / "0.png")
+    for name in ("a", "b"):  # links back up: a walk that follows them loops
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "up").symlink_to(tmp_path, target_is_directory=True)
+    assert [p.name for p in data.ImageFiles(tmp_path).files] == ["0.png"]
+
+
+def test_model_classes_of_class_folders(tmp_path):
     for wnid in ("n07920052", "n02123045"):  # espresso (967), tabby (281)
         (tmp_path / wnid).mkdir()
         Image.new("RGB", (4, 4)).save(tmp_path / wnid / "0.png")
     files = data.ImageFiles(tmp_path)
-    assert files.imagenet_labels and [files[i][1] for i in range(2)] == [281, 967]
+    assert [files[i][1] for i in range(2)] == [0, 1]  # sorted folders, as ImageFolder
+    assert data.model_classes(files, 1000).tolist() == [281, 967]  # ImageNet-1k's synsets
+    assert data.model_classes(files, 2).tolist() == [0, 1]  # a model of these two classes
+    assert data.model_classes(files, 10) is None  # some of 10 classes: which is unknown

@@ -106,6 +106,9 @@ def test_mixed_dtypes_compare_in_the_wider_one(backend):
     ftx = torch.flip(fx.float(), dims=(-1,)) * 1e5
     s = equivariance_scores(fx, ftx, ef.Flip("horizontal"), backend=backend)
     assert torch.allclose(s.channel, torch.ones(2, 3), atol=1e-5)
+    # float32 with float64: the operator's float32
+    s = equivariance_scores(fx.float(), ftx.double(), ef.Flip("horizontal"), backend=backend)
+    assert torch.allclose(s.channel, torch.ones(2, 3), atol=1e-5)
 
 
 @pytest.mark.skipif(not ef.ops.available(), reason="equifast._C not built")

@@ -187,12 +187,12 @@ def test_folder_of_some_imagenet_classes_gives_real_accuracy(tmp_path):
     # class folders that are not synsets, fewer than the model's classes: no accuracy at all
     (tmp_path / "n02123045").rename(tmp_path / "cats")
     (tmp_path / "n07920052").rename(tmp_path / "cups")
-    with pytest.warns(UserWarning, match="No accuracy: 2 class folders"):
+    with pytest.warns(UserWarning, match="No accuracy: which of the model's 1000 classes the 2 "):
         rep = ef.measure("efficientnet_lite0", str(tmp_path), transforms=[ef.Rotation(2)])
     assert rep.accuracy is None
 
 
-def test_embedded_photos_are_normalised_at_the_models_own_size():
+def test_embedded_photos_are_cut_at_the_models_own_size():
     # resnet10t's timm preprocessing crops to 176: its first (stride 2) stage sees 176 / 2
     rep = ef.measure("resnet10t", None, weights=None, n_images=2, transforms=[ef.Rotation(1)])
     assert rep.points["shape"].iloc[0].endswith("x88x88")

@@ -109,3 +109,13 @@ def test_a_folder_named_like_a_model_does_not_hide_it(tmp_path, monkeypatch):
 def test_torchvision_preprocessing_is_the_models_own_whatever_the_weights():
     _, pre = load_model("efficientnet_b3", weights=None)
     assert data.input_size(pre) == 300  # its weights' preset: resize 320, crop 300
+
+
+def test_torchvision_preset_only_for_the_size_the_model_is_built_for():
+    import torchvision
+
+    from equifast.models import _torchvision_preprocess
+
+    with torch.device("meta"):  # no memory for the weights
+        vit_h = torchvision.models.vit_h_14()  # built for 224; its default weights take 518
+    assert data.input_size(_torchvision_preprocess("vit_h_14", vit_h)) == 224

@@ -130,3 +130,26 @@ def test_index_map_rejects_an_on_map_that_does_not_move_positions(on_map, what):
     with pytest.raises(ValueError, match=rf"Expected broken.on_map to move the positions of a "
                                          rf"4x4 map .*{what}"):
         _Broken(on_map).index_map((4, 4), (4, 4))
+
+
+class _OwnIndexMap(ef.transforms.Transform):
+    """A user's transform that overrides index_map itself, wrongly."""
+
+    @property
+    def name(self):
+        return "own"
+
+    def on_map(self, f, input_size, fill=0.0):
+        return f
+
+    def index_map(self, map_size, input_size, device=None):
+        n = map_size[0] * map_size[1]
+        return torch.arange(1, n + 1, device=device), torch.arange(n, device=device)
+
+
+@pytest.mark.skipif(not ef.ops.available(), reason="the operator's path")
+def test_functional_checks_an_overridden_index_map():
+    # the operator is called without its own bounds check: the cached map is checked instead
+    x = torch.randn(1, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"own.index_map.* flat positions in \[0, 16\)"):
+        ef.functional.equivariance_scores(x, x, _OwnIndexMap())

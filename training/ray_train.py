@@ -90,11 +90,12 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     # Workers run elsewhere: they need absolute data paths.
     if recipe.data_root:
         recipe = recipe.replace(data_root=os.path.abspath(os.path.expanduser(recipe.data_root)))
-    # The data is found (or fetched) here first: a missing root fails with its own message,
-    # before a cluster starts, not wrapped in a Ray Train worker error.
-    build_dataset(recipe.dataset, recipe.data_root, train=True, download=recipe.download,
-                  data_seed=recipe.data_seed)
     if not ray.is_initialized():
+        # A local cluster shares this machine's files: the data is found (or fetched) here
+        # first, so a missing root fails with its own message before workers start, not wrapped
+        # in a Ray Train worker error. (On a cluster the data may be on the workers only.)
+        build_dataset(recipe.dataset, recipe.data_root, train=True, download=recipe.download,
+                      data_seed=recipe.data_seed)
         ray.init()
     trainer = TorchTrainer(
         _worker_loop,
