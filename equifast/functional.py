@@ -18,7 +18,7 @@ from . import ops, reference
 from .reference import METRICS, TOLERANCE, VECTOR_MODES, Scores, is_vector
 from .transforms import Identity, Transform
 
-__all__ = ["equivariance_scores", "check_finite", "check_all_finite", "finite_bounds",
+__all__ = ["equivariance_scores", "check_finite", "check_all_finite", "finite_marker",
            "raise_unless_finite", "backend", "Scores", "TOLERANCE"]
 
 _BACKENDS = ("auto", "operator", "reference")
@@ -105,22 +105,19 @@ def check_finite(t: torch.Tensor, name: str = "fx") -> None:
     check_all_finite({name: t})
 
 
-def finite_bounds(t: torch.Tensor) -> torch.Tensor:
-    """``[min, max]`` of ``t`` where it lives (float32, or float64 for float64 ``t``): both are
-    finite exactly when every value is (NaN and infinities carry through; unlike a sum, nothing
-    can overflow). No host transfer, so that a caller can fetch many at once."""
-    t = t.detach()
-    if t.numel() == 0:
-        return t.new_zeros(2, dtype=torch.float32)
-    return torch.stack(torch.aminmax(t)).to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+def finite_marker(t: torch.Tensor) -> torch.Tensor:
+    """A float32 scalar where ``t`` lives: 0 when every value of ``t`` is finite, else NaN
+    (``0 * v`` is 0 for a finite ``v`` and NaN for NaN and infinities; unlike a plain sum,
+    nothing can overflow). No host transfer, so that a caller can fetch many at once."""
+    return t.detach().mul(0).sum(dtype=torch.float32)
 
 
-def raise_unless_finite(names: Sequence[str], bounds: Sequence[torch.Tensor]) -> None:
-    """Raise ``ValueError`` naming the first tensor whose :func:`finite_bounds` (``bounds``, in
-    the order of ``names``) are not finite: one host transfer for all."""
-    dtype = torch.float64 if any(b.dtype == torch.float64 for b in bounds) else torch.float32
-    stacked = torch.stack([b.to(dtype) for b in bounds])
-    for name, finite in zip(names, torch.isfinite(stacked).all(1).tolist()):
+def raise_unless_finite(names: Sequence[str], markers: Sequence[torch.Tensor]) -> None:
+    """Raise ``ValueError`` naming the first tensor whose :func:`finite_marker` (``markers``, in
+    the order of ``names``) is not finite: one host transfer for all."""
+    device = markers[0].device
+    stacked = torch.stack([m.to(device, non_blocking=True) for m in markers])
+    for name, finite in zip(names, torch.isfinite(stacked).tolist()):
         if not finite:
             raise ValueError(
                 f"Expected `{name}` to be finite, but it holds NaN or infinity; check the model "
@@ -131,7 +128,7 @@ def raise_unless_finite(names: Sequence[str], bounds: Sequence[torch.Tensor]) ->
 def check_all_finite(tensors: Dict[str, torch.Tensor]) -> None:
     """:func:`check_finite` for several tensors (by name), with one host transfer."""
     if tensors:
-        raise_unless_finite(list(tensors), [finite_bounds(t) for t in tensors.values()])
+        raise_unless_finite(list(tensors), [finite_marker(t) for t in tensors.values()])
 
 
 def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional[Transform] = None,

@@ -22,7 +22,7 @@ from . import data as data_mod
 from .aggregate import ActivationState, ScoreState, VectorState
 from .devices import resolve_device
 from .functional import backend as backend_name
-from .functional import equivariance_scores, finite_bounds, raise_unless_finite
+from .functional import equivariance_scores, finite_marker, raise_unless_finite
 from .reference import METRICS, TOLERANCE, VECTOR_MODES, is_vector
 from .report import Report
 from .points import Point, representations, split
@@ -165,7 +165,7 @@ class Measurer:
         # back at once, after the finiteness of every f(x) and f(T(x)) is known: on a GPU, one wait
         # a batch rather than one a check, an activation sum or a score.
         names = [f"f(x) at point {p.name!r}" for p in self.points]
-        bounds = [finite_bounds(fx[p.name]) for p in self.points]
+        markers = [finite_marker(fx[p.name]) for p in self.points]
         activations = torch.stack([ActivationState.batch_sums(fx[p.name]) for p in self.points])
         for p in self.points:
             st.shapes[p.name] = tuple(fx[p.name].shape[1:])
@@ -182,7 +182,7 @@ class Measurer:
             group = self.transforms[start:start + per_pass]
             ftx = self._forward(torch.cat([t(x) for t in group]).contiguous(memory_format=self.memory_format))
             names += [f"f(T(x)) at point {p.name!r}" for p in self.points]
-            bounds += [finite_bounds(ftx[p.name]) for p in self.points]
+            markers += [finite_marker(ftx[p.name]) for p in self.points]
             for i, t in enumerate(group):
                 for p in self.points:
                     a, bt = fx[p.name], ftx[p.name][i * b:(i + 1) * b]
@@ -195,7 +195,7 @@ class Measurer:
                                                 eps=self.eps, backend=self.backend, check=False,
                                                 tensor_cores=self.tensor_cores)
                         pending.append((key, ScoreState.batch_sums(s), tuple(s.channel.shape)))
-        raise_unless_finite(names, bounds)  # the one wait
+        raise_unless_finite(names, markers)  # the one wait
         for p, sums in zip(self.points, activations.tolist()):
             st.activations.setdefault(p.name, ActivationState()).add(sums, fx[p.name].numel())
         if correct is not None:
