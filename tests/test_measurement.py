@@ -60,7 +60,7 @@ def _waits_for_the_device(measurer, x, y):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_batch_waits_for_the_device_a_fixed_few_times():
+def test_cuda_batch_waits_for_the_device_a_fixed_few_times():
     # not once per point, transform or score: the checks and sums come back together
     x, y = torch.rand(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)
     one = Measurer(circular_net(), x, [ef.Rotation(1)], device="cuda", batch_size=4)
