@@ -2,7 +2,6 @@
 # and `make test` (set up, run the test suite). `make setup` alone installs everything.
 PY ?= python3
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-export CUDA_HOME ?= /usr/local/cuda
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: setup demo test test-all bench clean

@@ -6,6 +6,9 @@ CUDA build and a CUDA toolkit is found; ``EQUIFAST_NO_CUDA=1`` turns that off. I
 """
 import glob
 import os
+import re
+import shutil
+import subprocess
 
 from setuptools import setup
 
@@ -13,18 +16,60 @@ import torch
 from torch.utils import cpp_extension
 
 
+def _cuda_home():
+    """The CUDA toolkit to build with: CUDA_HOME / CUDA_PATH, else /usr/local/cuda, else the one
+    whose nvcc is on PATH (torch's own guess, /usr/local, fails to link on some machines)."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home:
+        if not os.path.exists(os.path.join(home, "bin", "nvcc")):
+            raise SystemExit(f"equifast: CUDA_HOME/CUDA_PATH is {home!r}, which has no bin/nvcc; "
+                             "point it at a CUDA toolkit, unset it, or set EQUIFAST_NO_CUDA=1.")
+        return home
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    nvcc = shutil.which("nvcc")
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else None
+
+
 def _cuda_wanted() -> bool:
-    if os.environ.get("EQUIFAST_NO_CUDA", "0") not in ("", "0"):
+    """Whether to compile the CUDA kernels; says why not when it does not."""
+    if os.environ.get("EQUIFAST_NO_CUDA", "0").lower() not in ("", "0", "false", "no"):
         return False
     if torch.version.cuda is None:
+        print("equifast: torch is a CPU build: building the CPU operator only")
         return False
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if not home and os.path.exists("/usr/local/cuda/bin/nvcc"):
-        # torch's own guess (/usr/local) fails to link on some machines: prefer the toolkit.
-        home = "/usr/local/cuda"
-        os.environ["CUDA_HOME"] = home
-        cpp_extension.CUDA_HOME = home
-    return bool(home) and os.path.exists(os.path.join(home, "bin", "nvcc"))
+    home = _cuda_home()
+    if home is None:
+        print("equifast: no CUDA toolkit found (CUDA_HOME, /usr/local/cuda, nvcc on PATH): "
+              "building the CPU operator only")
+        return False
+    out = subprocess.run([os.path.join(home, "bin", "nvcc"), "--version"], capture_output=True,
+                         text=True).stdout
+    found = re.search(r"release (\d+)\.(\d+)", out)
+    if found is None or found.group(1) != torch.version.cuda.split(".")[0]:
+        print(f"equifast: the CUDA toolkit in {home} ({found.group(0) if found else 'unknown'}) "
+              f"does not match torch's CUDA {torch.version.cuda}: building the CPU operator only; "
+              "set CUDA_HOME to a matching toolkit for the CUDA kernels")
+        return False
+    os.environ["CUDA_HOME"] = home
+    cpp_extension.CUDA_HOME = home
+    print(f"equifast: building the CPU operator and the CUDA kernels ({home}, {found.group(0)})")
+    return True
+
+
+def _check_compiler() -> None:
+    """The CPU kernels use GCC 12's vector builtins (__builtin_shufflevector, x86-64-v3/v4
+    targets): an older GCC is refused here, with the fix, rather than deep in the build."""
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        text = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+        major = int(subprocess.run([cxx, "-dumpversion"], capture_output=True,
+                                   text=True).stdout.split(".")[0])
+    except (OSError, ValueError):
+        return  # no usable compiler: the build says so itself
+    if "clang" not in text.lower() and major < 12:
+        raise SystemExit(f"equifast: the C++ compiler {cxx!r} is GCC {major}; the CPU kernels need "
+                         "GCC 12 or newer. Install g++-12 (or newer) and build with CXX=g++-12.")
 
 
 def _extension():
@@ -34,7 +79,9 @@ def _extension():
     # vector blends, e.g. the masked row max of the CPU epilogue; no code here reads FP exceptions.
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math"]
     if _cuda_wanted():
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # Ampere, Hopper, and PTX that newer GPUs compile when loaded (older GPUs: a clear error
+        # at the first call, see csrc/cuda)
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         return cpp_extension.CUDAExtension(
             "equifast._C",
             sources + sorted(glob.glob("csrc/cuda/*.cu")),
@@ -54,8 +101,9 @@ def _extension():
     )
 
 
+_check_compiler()
 setup(
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
-    options={"bdist_wheel": {"py_limited_api": "cp311"}},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},  # the oldest Python supported
 )

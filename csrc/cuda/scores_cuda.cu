@@ -882,8 +882,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, fx.get_device()));
   C10_CUDA_CHECK(
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, fx.get_device()));
-  // TF32 and bfloat16 WMMA need sm_80; older devices take the float32 kernel.
-  const bool use_tensor_cores = tensor_cores && major >= 8;
+  // The kernels are built for sm_80 and newer (TF32 and bfloat16 need it): an older device
+  // would fail at launch with no kernel image.
+  TORCH_CHECK(major >= 8, "Expected a CUDA device of compute capability 8.0 or newer (the "
+              "kernels are built for sm_80 and sm_90, with PTX for newer devices), but got ",
+              major, ".x on ", fx.device(), "; measure on the CPU (device='cpu') or with "
+              "backend='reference'.");
+  const bool use_tensor_cores = tensor_cores;
   const int64_t want = 4LL * sms;
   int64_t splits = std::min<int64_t>(col_tiles, std::max<int64_t>(1, (want + N * row_tiles - 1) /
                                                                         (N * row_tiles)));
