@@ -3,9 +3,23 @@ between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``: a script rewrites its
 and keeps the others, so CPU and GPU figures sit side by side."""
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
+from equifast._io import write_text_atomic
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def write_section(name: str, body: str, path: Path = RESULTS) -> None:
@@ -18,4 +32,4 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> None:
         text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    write_text_atomic(path, text)  # a killed run leaves the other sections whole

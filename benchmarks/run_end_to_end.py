@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import statistics
 import time
@@ -25,13 +24,13 @@ import equifast as ef
 from equifast.models import load_model
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results import write_section  # noqa: E402
+from results import cpu_model, write_section  # noqa: E402
 
 
 
 def _sync(device):
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def forward_only(model, x, transforms, batch_size, device, channels_last=True):
@@ -58,7 +57,7 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--shifts", type=int, default=32)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cpu", help="cpu (the issue's CPU row) or cuda")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--output", default=None, help="markdown file to write (default: benchmarks/RESULTS.md)")
@@ -80,12 +79,12 @@ def main(argv=None):
         meas.append(time.perf_counter() - t0)
     f, m = statistics.median(fwd), statistics.median(meas)
     passes = args.images * (1 + len(transforms))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    row = (f"| {args.model} | {args.size}x{args.size} | {args.batch} | 1..{args.shifts} | {device.type} ({name}, "
-           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}) | {f:.2f} | {m:.2f} | {100 * (m / f - 1):+.0f}% | "
-           f"{args.images / m:.1f} | {passes / m:.0f} |")
-    header = ("| model | input | batch | shifts | device | forward s | measure s | overhead | images/s | "
-              "forward passes/s |\n|---|---|---|---|---|---|---|---|---|---|")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    row = (f"| {args.model} | {args.size}x{args.size} | {args.images} | {args.batch} | 1..{args.shifts} | "
+           f"{device.type} ({name}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}) | {f:.2f} | "
+           f"{m:.2f} | {100 * (m / f - 1):+.0f}% | {args.images / m:.1f} | {passes / m:.0f} |")
+    header = ("| model | input | images | batch | shifts | device | forward s | measure s | overhead | "
+              "images/s | forward passes/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
     print(header)
     print(row)
     print(f"backend: {ef.backend()}, torch {torch.__version__}")

@@ -48,7 +48,7 @@ from equifast import ops, reference
 from equifast.transforms import Translation
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results import write_section  # noqa: E402
+from results import cpu_model, write_section  # noqa: E402
 
 SHAPES = [(64, 56), (256, 28), (512, 14), (2048, 7)]
 TRANSFORMS = [Translation(1, 1), Translation(32, 32)]
@@ -68,19 +68,9 @@ def gpu_peaks(name: str):
     return None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def _alternating_medians(fns, repeat: int, device: str):
@@ -204,7 +194,7 @@ def _load() -> str:
 
 
 def machine(device: str, load_before: str) -> str:
-    parts = [f"CPU: {_cpu_model()}, {os.cpu_count()} logical cores, "
+    parts = [f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, "
              f"{torch.get_num_threads()} torch threads",
              f"torch {torch.__version__}, Python {platform.python_version()}"]
     # other work on the machine skews every number: say how much there was
