@@ -44,12 +44,15 @@ def _conv(weight: torch.Tensor, bias: float) -> nn.Conv2d:
 
 
 def gaussian_cnn(channels: int = 4, in_channels: int = 3, size: int = 5) -> nn.Sequential:
-    """Three conv + ReLU layers whose filters are all isotropic Gaussians (channel-equivariant)."""
+    """Three conv + ReLU layers whose filters are all isotropic Gaussians (channel-equivariant).
+
+    The mixing weights are positive, so that on images in [0, 1] no channel dies (a dead
+    channel is undefined, and would leave the check with fewer channels than it claims)."""
     layers: List[nn.Module] = []
     cin = in_channels
     for depth in range(3):
         w = torch.stack([torch.stack([gaussian_kernel(size, SIGMAS[(o + i + depth) % len(SIGMAS)])
-                                      * (1.0 if (o + i) % 2 == 0 else -0.5)
+                                      * (1.0 if (o + i) % 2 == 0 else 0.5)
                                       for i in range(cin)]) for o in range(channels)])
         layers += [_conv(w, bias=0.05 * (depth + 1)), nn.ReLU()]
         cin = channels
@@ -84,7 +87,8 @@ def rotated_copies_cnn(in_channels: int = 3, size: int = 5) -> nn.Sequential:
 @torch.no_grad()
 def layer_scores(net: nn.Sequential, x: torch.Tensor, transforms: List[Transform],
                  metric: str = "correlation") -> List[Dict[str, float]]:
-    """Mean channel and layer score after each ReLU of ``net``, averaged over ``transforms``."""
+    """Mean channel and layer score after each ReLU of ``net``, averaged over ``transforms``,
+    with the fraction of undefined (dead or constant) channel scores beside them."""
     rows = []
     for t in transforms:
         fx, ftx, depth = x, t(x), 0
@@ -94,12 +98,14 @@ def layer_scores(net: nn.Sequential, x: torch.Tensor, transforms: List[Transform
                 depth += 1
                 s = equivariance_scores(fx, ftx, t, metric=metric, input_size=x.shape[-2:])
                 rows.append({"layer": depth, "transform": t.name,
-                             "channel": float(s.channel.nanmean()), "layer_score": float(s.layer.nanmean())})
+                             "channel": float(s.channel.nanmean()), "layer_score": float(s.layer.nanmean()),
+                             "undefined_fraction": float(s.channel.isnan().float().mean())})
     out = []
     for depth in sorted({r["layer"] for r in rows}):
         rs = [r for r in rows if r["layer"] == depth]
-        out.append({"layer": depth, "channel": sum(r["channel"] for r in rs) / len(rs),
-                    "layer_score": sum(r["layer_score"] for r in rs) / len(rs)})
+        out.append({key: sum(r[key] for r in rs) / len(rs)
+                    for key in ("channel", "layer_score", "undefined_fraction")})
+        out[-1]["layer"] = depth
     return out
 
 
@@ -126,7 +132,8 @@ def main() -> int:
                                ("rotated copies (cut corners)", rotated_copies_cnn(), "layer = 1, channel < 1")):
         print(f"{title} (expected: {expect})")
         for r in layer_scores(net, x, rotations()):
-            print(f"  layer {r['layer']}: channel {r['channel']:.6f}  layer {r['layer_score']:.6f}")
+            print(f"  layer {r['layer']}: channel {r['channel']:.6f}  layer {r['layer_score']:.6f}"
+                  f"  undefined {r['undefined_fraction']:.0%}")
     mc = metric_check()
     print(f"\nMetric check (Fig. 5a): maps + 0.5 vs maps: correlation {mc['correlation']:.6f}, "
           f"cosine {mc['cosine']:.6f}")

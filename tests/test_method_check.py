@@ -9,6 +9,7 @@ def test_gaussian_filters_give_channel_equivariance_one():
     x = torch.rand(4, 3, 24, 24)
     for row in mc.layer_scores(mc.gaussian_cnn(), x, ef.rotations()):
         assert abs(row["channel"] - 1) < 1e-5 and abs(row["layer_score"] - 1) < 1e-5
+        assert row["undefined_fraction"] == 0  # every channel counts, none dead
 
 
 def test_rotated_copies_give_layer_one_and_channel_below_one():
@@ -16,6 +17,7 @@ def test_rotated_copies_give_layer_one_and_channel_below_one():
     for row in mc.layer_scores(mc.rotated_copies_cnn(), x, ef.rotations()):
         assert abs(row["layer_score"] - 1) < 1e-5
         assert row["channel"] < 0.99
+        assert row["undefined_fraction"] == 0
 
 
 def test_gaussian_kernel_is_rotation_invariant():
