@@ -50,7 +50,10 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
                 if d.empty:
                     continue
                 err = d[f"{score}_std"] if f"{score}_std" in d else None
-                ax.errorbar(d["part"].astype(str), d[score], yerr=err, marker="o", capsize=3, label=label)
+                # at the parts' positions: as strings, a part missing from the first line would
+                # be put after the others
+                ax.errorbar(d["part"].cat.codes, d[score], yerr=err, marker="o", capsize=3, label=label)
+            ax.set_xticks(range(len(PARTS)), PARTS)
             ax.set_title(f"{score} equivariance: {fam}")
             ax.set_ylim(0, 1.05)
             ax.grid(alpha=0.3)

@@ -123,8 +123,11 @@ class Report:
         return metric_bias(self.points)
 
     def summary(self, metric: Optional[str] = None) -> pd.DataFrame:
-        """The per-part table as the CLI prints it: parts as rows, (family, score) columns."""
+        """The per-part table as the CLI prints it: parts as rows, (family, score) columns;
+        ``metric`` picks one when several were measured (default: correlation, as the plots)."""
         parts = self.parts
+        if "metric" in parts and parts.metric.nunique() > 1 and metric is None:
+            metric = "correlation"
         if metric is not None and "metric" in parts:
             parts = parts[parts.metric == metric]
         wide = parts.pivot_table(index="part", columns="family", values=["channel", "layer"],
@@ -139,7 +142,9 @@ class Report:
         path.parent.mkdir(parents=True, exist_ok=True)
         suffix = path.suffix.lower()
         if suffix == ".json":
-            doc = {"meta": self.meta, "points": json.loads(self.points.to_json(orient="records"))}
+            # records through json.dumps, which writes floats exactly (to_json keeps 10 digits)
+            records = self.points.astype(object).where(self.points.notna(), None).to_dict("records")
+            doc = {"meta": self.meta, "points": records}
             write_text_atomic(path, json.dumps(doc, indent=1, default=str))
             return [path]
         if suffix not in (".csv", ".parquet"):
@@ -164,7 +169,11 @@ class Report:
             if not path.is_file():
                 raise FileNotFoundError(f"Expected a saved report at {str(path)!r}, but there is none.")
             doc = json.loads(path.read_text())
-            return cls(pd.DataFrame(doc["points"]), doc.get("meta"))
+            points = pd.DataFrame(doc["points"])
+            for col in points.columns:  # a column of NaN only was written as nulls
+                if points[col].isna().all():
+                    points[col] = points[col].astype(float)
+            return cls(points, doc.get("meta"))
         stem = path.with_suffix("")
         points = stem.with_name(f"{stem.name}.points{suffix}")
         if not points.is_file():

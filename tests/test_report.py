@@ -40,11 +40,15 @@ def test_parts_follow_the_spec_aggregation_order():
 
 @pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
 def test_save_load_round_trip(tmp_path, suffix):
-    rep = Report.from_rows(_rows(), {"model": "toy", "accuracy": 0.5})
+    rows = _rows()
+    for i, r in enumerate(rows):  # full float64 digits, a NaN, a column of NaN only
+        r.update(channel=r["channel"] + i * 1.234567890123e-13, dead=float("nan"))
+    rows[3]["layer"] = float("nan")
+    rep = Report.from_rows(rows, {"model": "toy", "accuracy": 0.5})
     files = rep.save(tmp_path / f"r{suffix}")
     assert all(f.exists() for f in files) and not list(tmp_path.glob("*.tmp"))
     back = Report.load(tmp_path / f"r{suffix}")
-    pd.testing.assert_frame_equal(back.points[rep.points.columns], rep.points, check_dtype=False)
+    pd.testing.assert_frame_equal(back.points[rep.points.columns], rep.points, check_exact=True)
     assert back.meta["model"] == "toy" and back.accuracy == 0.5
     with pytest.raises(FileNotFoundError):
         Report.load(tmp_path / f"missing{suffix}")
@@ -84,3 +88,19 @@ def test_combine_runs_mean_and_std():
     row = out[(out.part == "early") & (out.family == "translation") & (out.metric == "correlation")].iloc[0]
     assert math.isclose(row.channel, 0.75 + 0.02) and math.isclose(row.channel_std, 0.02)
     assert row.runs == 3
+
+
+def test_summary_of_two_metrics_is_correlations():
+    rep = Report.from_rows(_rows())
+    assert rep.summary().equals(rep.summary("correlation"))
+    assert not rep.summary("cosine").equals(rep.summary("correlation"))
+
+
+def test_parts_figure_keeps_the_parts_in_order():
+    full = Report.from_rows(_rows())
+    few = Report.from_rows([r for r in _rows() if r["part"] in ("pool", "final")])
+    fig = few.plot(None, others={"full": full})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["early", "middle", "late", "pool", "final"]
+    xs = [list(line.get_xdata()) for line in ax.get_lines() if len(line.get_xdata()) > 1]
+    assert [3, 4] in xs and [0, 1, 3, 4] in xs  # pool and final at their places in both lines
