@@ -325,6 +325,16 @@ def test_out_dir_protection(tmp_path):
     assert redone.resumed_from == 0 and redone.recipe.lr == 0.001
 
 
+def test_resuming_with_other_workers_or_device_warns(tmp_path):
+    from equifast.training.trainer import CHECKPOINT, prepare_out_dir
+
+    recipe = get_recipe("resnet44-flip", num_workers=0)
+    assert prepare_out_dir(recipe, str(tmp_path)) is None
+    (tmp_path / CHECKPOINT).write_bytes(b"")  # an unfinished run (only its presence counts here)
+    with pytest.warns(UserWarning, match="another num_workers.*not be bitwise"):
+        prepare_out_dir(recipe.replace(num_workers=2), str(tmp_path))
+
+
 def test_a_folder_that_is_not_a_run_is_never_written(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -270,6 +270,12 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
                              f"`out_dir` or pass overwrite=True (--overwrite) to replace it.")
         if (out / RESULT).is_file():
             return _result_from_dir(out)
+        changed = [k for k in ("device", "num_workers")
+                   if getattr(stored, k) != getattr(recipe, k)]
+        if (out / CHECKPOINT).is_file() and resume and changed:
+            warnings.warn(f"Resuming {str(out)!r} with another {' and '.join(changed)}: the rest of "
+                          "the run computes (or draws its augmentations) differently, so it will "
+                          "not be bitwise the uninterrupted run.", stacklevel=3)
         if (out / CHECKPOINT).is_file() and not resume:
             raise FileExistsError(f"Expected `out_dir` {str(out)!r} to be empty with resume=False, "
                                   f"but it holds an unfinished run. Pass resume=True to continue "
