@@ -9,8 +9,9 @@ Undefined pairs. A vector ``u`` over the compared positions is *undefined* when
 ``||v|| <= TOLERANCE * ||u||``, where ``v`` is ``u`` centred (correlation) or ``u`` itself
 (cosine). So an all-zero vector is undefined for both metrics and a constant one for
 correlation, while a vector that varies by more than ``TOLERANCE`` of its size is compared.
-Every backend uses this one rule. Non-finite inputs are not scored: NaN propagates here, and
-the public function rejects them before any backend runs.
+Every backend uses this one rule. Non-finite inputs are not scored: a row holding NaN or an
+infinity makes its pairs undefined here, and the public function rejects such inputs before
+any backend runs.
 """
 from __future__ import annotations
 

@@ -24,7 +24,11 @@ SCORES = ["channel", "layer", "undefined_fraction"]
 
 
 def part_table(points: pd.DataFrame) -> pd.DataFrame:
-    """Per (part, family[, metric]) scores from a points table (SPEC aggregation order)."""
+    """Per (part, family[, metric]) scores from a points table (SPEC aggregation order).
+
+    A (point, transform) with no defined entry at all has no score (NaN): the family and part
+    means skip it, as they skip undefined entries, and ``undefined_fraction`` (its mean, with
+    that point's 1.0 in it) shows it."""
     keys = ["metric"] if "metric" in points.columns else []
     per_point = (points.groupby(["point", "part", "family"] + keys, sort=False)[SCORES]
                  .mean().reset_index())
