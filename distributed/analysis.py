@@ -202,7 +202,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
         if len(c):
             path = out / f"fig13_accuracy_correlation{suffix}.png"
             n = int(c["n_models"].max())
-            fig = plot_accuracy_correlation(c[["part", "family", "score", "spearman"]], path=path,
+            fig = plot_accuracy_correlation(c[["part", "family", "transforms", "score", "spearman"]], path=path,
                                             title=f"Spearman of part scores with top-1 accuracy "
                                                   f"({ds}, {n} models)")
             plt.close(fig)

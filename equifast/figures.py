@@ -76,16 +76,20 @@ def plot_accuracy_correlation(table: pd.DataFrame, path=None, title: Optional[st
     """Spearman correlation of each part's score with accuracy (thesis Fig. 13).
 
     Args:
-        table: columns ``part, family, score`` ("channel"/"layer"), ``spearman``.
+        table: columns ``part, family, score`` ("channel"/"layer"), ``spearman``; with a
+            ``transforms`` column holding several transform sets of a family, one line each.
     """
     plt = _pyplot()
     families = list(table["family"].unique())
     fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 3.4), squeeze=False)
     for ax, fam in zip(axes[0], families):
         d = table[table["family"] == fam]
-        for score, g in d.groupby("score", sort=False):
+        sets = "transforms" in d and d["transforms"].nunique() > 1
+        for key, g in d.groupby(["score", "transforms"] if sets else ["score"], sort=False):
             g = g.assign(part=pd.Categorical(g["part"].astype(str), PARTS, ordered=True)).sort_values("part")
-            ax.plot(g["part"].astype(str), g["spearman"], marker="o", label=score)
+            label = f"{key[0]} ({key[1]})" if sets else key[0]
+            ax.plot(g["part"].cat.codes, g["spearman"], marker="o", label=label)
+        ax.set_xticks(range(len(PARTS)), PARTS)
         ax.set_title(f"{fam}: Spearman with top-1 accuracy")
         ax.set_ylim(-1.05, 1.05)
         ax.axhline(0, color="grey", lw=0.5)

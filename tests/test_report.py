@@ -104,3 +104,17 @@ def test_parts_figure_keeps_the_parts_in_order():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["early", "middle", "late", "pool", "final"]
     xs = [list(line.get_xdata()) for line in ax.get_lines() if len(line.get_xdata()) > 1]
     assert [3, 4] in xs and [0, 1, 3, 4] in xs  # pool and final at their places in both lines
+
+
+def test_accuracy_figure_draws_each_transform_set_of_a_family_apart():
+    from equifast.figures import plot_accuracy_correlation
+    from equifast.points import PARTS
+
+    rows = [{"part": p, "family": "translation", "transforms": t, "score": "channel",
+             "spearman": rho + 0.1 * i}
+            for t, rho in (("circular", 0.2), ("zero", -0.4)) for i, p in enumerate(PARTS)]
+    fig = plot_accuracy_correlation(pd.DataFrame(rows))
+    drawn = {line.get_label(): list(line.get_xdata()) for line in fig.axes[0].get_lines()
+             if line.get_label().startswith("channel")}
+    # one line per transform set, each part at its place (not one zigzag line through both)
+    assert drawn == {"channel (circular)": [0, 1, 2, 3, 4], "channel (zero)": [0, 1, 2, 3, 4]}
