@@ -56,8 +56,12 @@ LAYOUTS = ["NCHW", "channels-last"]
 INPUT = (224, 224)
 
 # Dense TF32 tensor-core TFLOP/s and memory GB/s of known GPUs (vendor datasheets).
-GPU_PEAKS = [("H200", 494.7, 4800.0), ("H100 SXM", 494.7, 3350.0), ("H100 PCIe", 378.0, 2000.0),
-             ("H100", 494.7, 3350.0), ("A100-SXM4-80GB", 156.0, 2039.0), ("A100", 156.0, 1555.0)]
+# First match wins: the more specific names come first (GH200 before H200, the 80 GB A100s
+# before the 40 GB ones).
+GPU_PEAKS = [("GH200", 494.7, 4000.0), ("H200", 494.7, 4800.0), ("H100 SXM", 494.7, 3350.0),
+             ("H100 PCIe", 378.0, 2000.0), ("H100", 494.7, 3350.0),
+             ("A100-SXM4-80GB", 156.0, 2039.0), ("A100 80GB PCIe", 156.0, 1935.0),
+             ("A100", 156.0, 1555.0)]
 
 
 def gpu_peaks(name: str):
@@ -251,9 +255,12 @@ def main(argv=None) -> int:
     n, repeat, ref_repeat = (16, 5, 1) if args.quick else (64, 9, 2)
     peaks = None
     if args.device.startswith("cuda"):
-        peaks = gpu_peaks(torch.cuda.get_device_name(args.device))
-        if args.peak_tflops and args.peak_gbs:
-            peaks = (args.peak_tflops, args.peak_gbs)
+        known = gpu_peaks(torch.cuda.get_device_name(args.device))
+        tflops = args.peak_tflops or (known[0] if known else None)
+        gbs = args.peak_gbs or (known[1] if known else None)
+        if (tflops is None) != (gbs is None):
+            parser.error("this GPU is not in the peak table: give both --peak-tflops and --peak-gbs")
+        peaks = (tflops, gbs) if tflops is not None else None
     load_before = _load()
     rows = []
     for layout, transform in [(lay, t) for lay in LAYOUTS for t in TRANSFORMS]:
