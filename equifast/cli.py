@@ -135,16 +135,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_measure(sub)
     _add_models(sub)
-    for module, adders in (("equifast.training.cli", ("add_train_parser", "add_study_parser")),
-                           ("equifast.distributed.cli", ("add_sweep_parser",))):
+    for module, adders, commands in (
+            ("equifast.training.cli", ("add_train_parser", "add_study_parser"), ("train", "study")),
+            ("equifast.distributed.cli", ("add_sweep_parser",), ("sweep",))):
         try:
             mod = __import__(module, fromlist=list(adders))
-        except ImportError:
+        except ImportError as err:  # an optional dependency missing (ray, ...): say which
+            for command in commands:
+                _add_unavailable(sub, command, f"{type(err).__name__}: {err}")
             continue
         for name in adders:
             if hasattr(mod, name):
                 getattr(mod, name)(sub)
     return parser
+
+
+def _add_unavailable(sub, command: str, why: str) -> None:
+    """A command whose module could not be imported: it says why, rather than 'invalid choice'."""
+    p = sub.add_parser(command, help=f"(unavailable: {why})", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(args):
+        print(f"equifast: error: `equifast {command}` is unavailable here ({why}); install "
+              "the extras with `pip install --no-build-isolation -e \".[all]\"`.", file=sys.stderr)
+        return 2
+
+    p.set_defaults(func=run)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

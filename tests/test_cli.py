@@ -51,3 +51,19 @@ def test_user_errors_exit_2_with_a_message(argv, match, capsys):
 def test_models_lists_names(capsys):
     assert main(["models", "efficientnet_lite"]) == 0
     assert "efficientnet_lite0" in capsys.readouterr().out.split()
+
+
+def test_a_command_whose_module_cannot_import_says_why(monkeypatch, capsys):
+    import builtins
+
+    real = builtins.__import__
+
+    def without_ray(name, *args, **kwargs):
+        if name == "equifast.distributed.cli":
+            raise ModuleNotFoundError("No module named 'ray'", name="ray")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_ray)
+    assert main(["sweep", "run", "spec.yaml"]) == 2
+    assert "`equifast sweep` is unavailable here (ModuleNotFoundError: No module named 'ray')" in \
+        capsys.readouterr().err
