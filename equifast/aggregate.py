@@ -22,16 +22,7 @@ __all__ = ["ScoreState", "VectorState", "ActivationState", "FIXED_POINT"]
 FIXED_POINT = 2 ** 40
 
 
-_LOW_BITS = 20
-
-
-def _fixed_sums(values: torch.Tensor) -> torch.Tensor:
-    """Exact integer sums of ``round(v * 2**40)`` over the non-NaN entries of each row of
-    ``values`` (``[R, ...]``, scores in [0, 1]), as int64 ``[2, R]`` where the scores live: the
-    sums of the high and of the low 20 bits, each below ``entries * 2**20`` (one int64 sum of
-    whole values would wrap past 2**23 entries); ``high * 2**20 + low`` is the sum."""
-    fixed = torch.round(torch.nan_to_num(values.double(), nan=0.0) * FIXED_POINT).long().flatten(1)
-    return torch.stack([(fixed >> _LOW_BITS).sum(1), (fixed & ((1 << _LOW_BITS) - 1)).sum(1)])
+_LOW_BITS = 20  # a batch's fixed-point values are summed as high and low bits (see batch_sums)
 
 
 @dataclass
@@ -49,19 +40,38 @@ class ScoreState:
     def update(self, scores: Scores) -> "ScoreState":
         """Add the scores of one batch (each ``[N, K]``)."""
         n, k = scores.channel.shape
-        return self.add(self.batch_sums(scores).tolist(), n, k)
+        return self.add(self.batch_sums([scores])[0].tolist(), n, k)
 
     @staticmethod
-    def batch_sums(scores: Scores) -> torch.Tensor:
-        """The five sums :meth:`add` takes for one batch, as an int64 tensor where the scores
-        live: no host transfer, so that a caller can fetch the sums of many batches (points,
-        transforms) at once."""
-        channel, layer, index = (t.detach() for t in scores)
+    def batch_sums(batches: Sequence[Scores]) -> torch.Tensor:
+        """The sums :meth:`add` takes, for each of several batches of scores (``[N, K]`` each,
+        any sizes), as int64 ``[len(batches), 7]`` where the scores live.
+
+        No host transfer, so that a caller fetches the sums of many batches (points, transforms)
+        at once; and one set of kernels for all of them (a few dozen, not a few dozen each: on a
+        GPU each launch costs more than these small sums). Scores are summed in fixed point,
+        ``round(v * 2**40)``, as their high and low 20 bits: each sum stays below
+        ``entries * 2**20``, where one int64 sum of whole values would wrap past 2**23 entries.
+        """
+        device = batches[0].channel.device
+        sizes = [s.channel.numel() for s in batches]
+        total = sum(sizes)
+        channel, layer, index = (torch.cat([t.detach().reshape(-1) for t in ts])
+                                 for ts in zip(*batches))
+        # batch of each entry, and the entry's own channel k (its position modulo K)
+        starts = torch.tensor([0] + sizes[:-1]).cumsum(0).to(device, non_blocking=True)
+        widths = torch.tensor([s.channel.shape[1] for s in batches]).to(device, non_blocking=True)
+        batch = torch.repeat_interleave(torch.arange(len(batches), device=device),
+                                        torch.tensor(sizes).to(device, non_blocking=True),
+                                        output_size=total)
+        own = (torch.arange(total, device=device) - starts[batch]) % widths[batch]
         both = torch.stack([channel, layer])
-        defined = (~torch.isnan(both)).flatten(1).sum(1)
-        own = torch.arange(channel.shape[1], device=index.device)
-        offdiagonal = ((index >= 0) & (index != own)).sum()
-        return torch.cat([_fixed_sums(both).flatten(), defined, offdiagonal.view(1)])
+        fixed = torch.round(torch.nan_to_num(both.double(), nan=0.0) * FIXED_POINT).long()
+        values = torch.cat([fixed >> _LOW_BITS, fixed & ((1 << _LOW_BITS) - 1),
+                            (both == both).long(),  # defined: not NaN
+                            ((index >= 0) & (index != own)).long().view(1, -1)])
+        sums = torch.zeros(values.shape[0], len(batches), dtype=torch.long, device=device)
+        return sums.index_add_(1, batch, values).T  # integer sums: exact in any order
 
     def add(self, sums: Sequence[int], n: int, k: int) -> "ScoreState":
         """Add :meth:`batch_sums` of a batch of ``n`` images and ``k`` channels (as ints)."""

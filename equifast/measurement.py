@@ -177,8 +177,9 @@ class Measurer:
             correct = (fx["final"].argmax(-1) == y).sum()
         b = x.shape[0]
         per_pass = max(1, self.batch_size // b)
-        pending, vectors = [], []
+        keys, sums, vectors = [], [], []  # sums: per pass, [scores of the pass, 7] where they live
         for start in range(0, len(self.transforms), per_pass):
+            scores = []
             group = self.transforms[start:start + per_pass]
             ftx = self._forward(torch.cat([t(x) for t in group]).contiguous(memory_format=self.memory_format))
             names += [f"f(T(x)) at point {p.name!r}" for p in self.points]
@@ -194,18 +195,20 @@ class Measurer:
                         s = equivariance_scores(a, bt, t, metric=m, input_size=size,
                                                 eps=self.eps, backend=self.backend, check=False,
                                                 tensor_cores=self.tensor_cores)
-                        pending.append((key, ScoreState.batch_sums(s), tuple(s.channel.shape)))
+                        keys.append((key, tuple(s.channel.shape)))
+                        scores.append(s)
+            if scores:  # the pass's scores summed together: a few dozen kernels, not each
+                sums.append(ScoreState.batch_sums(scores))
         raise_unless_finite(names, markers)  # the one wait
-        for p, sums in zip(self.points, activations.tolist()):
-            st.activations.setdefault(p.name, ActivationState()).add(sums, fx[p.name].numel())
+        for p, moments in zip(self.points, activations.tolist()):
+            st.activations.setdefault(p.name, ActivationState()).add(moments, fx[p.name].numel())
         if correct is not None:
             st.correct += int(correct)
             st.labelled += len(y)
         for key, m, a, bt in vectors:
             st.vectors.setdefault(key, VectorState(m, self.eps)).update(a, bt)
-        if pending:
-            sums = torch.stack([p_sums for _, p_sums, _ in pending]).tolist()
-            for (key, _, (n, k)), batch in zip(pending, sums):
+        if sums:
+            for (key, (n, k)), batch in zip(keys, torch.cat(sums).tolist()):
                 st.scores.setdefault(key, ScoreState()).add(batch, n, k)
         st.n_images += b
 

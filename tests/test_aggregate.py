@@ -81,3 +81,23 @@ def test_batch_sums_do_not_wrap_past_two_to_the_23_entries():
     st = ScoreState().update(Scores(ones, ones * 0.5, torch.zeros(n, k, dtype=torch.int64)))
     got = st.compute()
     assert got["channel"] == 1.0 and got["layer"] == 0.5
+
+
+def test_batch_sums_of_many_batches_equal_each_alone():
+    # one set of kernels for batches of different shapes; each row is that batch's own sums
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for n, k in ((3, 5), (2, 1), (4, 7)):
+        channel = torch.rand(n, k, generator=g)
+        channel[0, 0] = float("nan")
+        layer = torch.maximum(channel, torch.rand(n, k, generator=g))
+        index = torch.randint(-1, k, (n, k), generator=g)
+        batches.append(Scores(channel, layer, index))
+    together = ScoreState.batch_sums(batches).tolist()
+    for b, row in zip(batches, together):
+        one = ScoreState().add(row, *b.channel.shape)
+        want_c = sum(round(v * 2 ** 40) for v in b.channel.flatten().tolist() if v == v)
+        assert one.channel_sum == want_c and one.channel_defined == b.channel.numel() - 1
+        own = torch.arange(b.channel.shape[1])
+        assert one.offdiagonal == int(((b.layer_index >= 0) & (b.layer_index != own)).sum())
+        assert row == ScoreState.batch_sums([b])[0].tolist()
