@@ -25,7 +25,7 @@ from .functional import backend as backend_name
 from .functional import equivariance_scores, finite_marker, raise_unless_finite
 from .reference import METRICS, TOLERANCE, VECTOR_MODES, is_vector
 from .report import Report
-from .points import Point, representations, split
+from .points import Point, modes_kept, representations, split
 from .transforms import Transform, diagonal_shifts, rotations
 
 __all__ = ["measure", "MeasureState", "Measurer"]
@@ -260,7 +260,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         ['early', 'middle', 'late', 'pool', 'final']
     """
     # A model being trained is put back in train mode after (measuring runs it in eval mode).
-    with _modes_kept(model):
+    with modes_kept(model):
         from .models import load_model
 
         if n_images is not None and n_images < 1:
@@ -327,16 +327,6 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size,
                     tensor_cores=bool(on_tensor_cores))
         return measurer.state.report(meta)
-
-
-@contextlib.contextmanager
-def _modes_kept(model):
-    modes = {m: m.training for m in model.modules()} if isinstance(model, nn.Module) else {}
-    try:
-        yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 def _run_images(run: str, root, n: int, seed: int) -> torch.Tensor:

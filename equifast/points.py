@@ -90,6 +90,7 @@ execution order, with parts assigned by the same rule; ``pool`` and ``final`` ar
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
@@ -178,6 +179,17 @@ def _first_tensor(obj) -> Optional[Tensor]:
     return None
 
 
+@contextlib.contextmanager
+def modes_kept(model):
+    """Put back the train/eval mode of every module of ``model`` (if it is one) afterwards."""
+    modes = {m: m.training for m in model.modules()} if isinstance(model, nn.Module) else {}
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
 def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
     """Run ``model(x)`` once in eval mode with hooks everywhere; restore every mode after."""
     calls: Dict[str, _Call] = {}
@@ -199,19 +211,17 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
             c.end, c.out, c.calls = step[0], _first_tensor(out), c.calls + 1
         return hook
 
-    modes = {m: m.training for m in model.modules()}
-    try:
-        for name, mod in model.named_modules():
-            handles.append(mod.register_forward_pre_hook(pre(name)))
-            handles.append(mod.register_forward_hook(post(name)))
-        model.eval()
-        with torch.no_grad():
-            out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, t in modes.items():
-            m.training = t
+    with modes_kept(model):
+        try:
+            for name, mod in model.named_modules():
+                handles.append(mod.register_forward_pre_hook(pre(name)))
+                handles.append(mod.register_forward_hook(post(name)))
+            model.eval()
+            with torch.no_grad():
+                out = model(x)
+        finally:
+            for h in handles:
+                h.remove()
     return calls, out
 
 
@@ -412,14 +422,10 @@ class _Graph:
     def __init__(self, model: nn.Module):
         from torchvision.models.feature_extraction import NodePathTracer
 
-        modes = {m: m.training for m in model.modules()}
-        try:
+        with modes_kept(model):
             model.eval()
             tracer = NodePathTracer(**_tracer_kwargs())
             graph = tracer.trace(model)
-        finally:
-            for m, t in modes.items():
-                m.training = t
         self.nodes = [n for n in graph.nodes]
         self.qualname = {n: tracer.node_to_qualname[n] for n in self.nodes if n in tracer.node_to_qualname}
         self.order = {self.qualname[n]: i for i, n in enumerate(self.nodes) if n in self.qualname}
@@ -749,15 +755,11 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
             raw[name] = an.calls[module].inp if take == "input" else an.calls[module].out
     if fx_only:
         ext = _fx_extractor(model, [nodes[n] for n in fx_only])
-        modes = {m: m.training for m in model.modules()}
-        try:
+        with modes_kept(model):
             model.eval()
             ext.eval()
             with torch.no_grad():
                 got = ext(example_input)
-        finally:
-            for m, t in modes.items():
-                m.training = t
         keys = {n: f"p{i}" for i, n in enumerate(dict.fromkeys(nodes[n] for n in fx_only))}
         for n in fx_only:
             raw[n] = _first_tensor(got[keys[nodes[n]]])
