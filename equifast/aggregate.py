@@ -10,6 +10,7 @@ float64 sums.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
@@ -59,10 +60,10 @@ class ScoreState:
         channel, layer, index = (torch.cat([t.detach().reshape(-1) for t in ts])
                                  for ts in zip(*batches))
         # batch of each entry, and the entry's own channel k (its position modulo K)
-        starts = torch.tensor([0] + sizes[:-1]).cumsum(0).to(device, non_blocking=True)
-        widths = torch.tensor([s.channel.shape[1] for s in batches]).to(device, non_blocking=True)
-        batch = torch.repeat_interleave(torch.arange(len(batches), device=device),
-                                        torch.tensor(sizes).to(device, non_blocking=True),
+        starts, widths, counts = torch.tensor(
+            [[0, *itertools.accumulate(sizes[:-1])], [s.channel.shape[1] for s in batches],
+             sizes]).to(device, non_blocking=True)
+        batch = torch.repeat_interleave(torch.arange(len(batches), device=device), counts,
                                         output_size=total)
         own = (torch.arange(total, device=device) - starts[batch]) % widths[batch]
         both = torch.stack([channel, layer])

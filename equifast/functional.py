@@ -182,8 +182,7 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
             common = torch.float32  # the operator's widest (a float64 pair goes as it is)
         fx, ftx = fx.to(common), ftx.to(common)
     if check:
-        check_finite(fx, "fx")
-        check_finite(ftx, "ftx")
+        check_all_finite({"fx": fx, "ftx": ftx})
     if is_vector(fx):
         if transform is not None and input_size is not None:
             transform.check_input(input_size)

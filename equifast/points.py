@@ -34,7 +34,8 @@ points; a layer with a weight layer after the last block (the 1x1 ``conv_head`` 
 MobileNet/EfficientNet) is a point. Weightless layers (a final ``LayerNorm``, dropout) are
 never points. A module run more than once in a pass (one ReLU shared by several layers, tied
 weights) is no point and joins no layer, since hooks would see its last call only (with a
-warning if it has weights); name its calls by their fx node names to measure them. A model without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
+warning if it has weights); name its calls by their fx node names to measure them. A model
+without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
 layer. ``pool`` is the input of the first ``nn.Linear`` applied to a vector after global
 pooling; ``final`` is the model's output.
 

@@ -76,8 +76,8 @@ class Transform(abc.ABC):
 
         Returns ``(a_index, b_index)``, int64 ``[P]``: ``T_l(f)`` at flat position
         ``b_index[p]`` is ``f`` at ``a_index[p]``, so the operator compares
-        ``fx[..., a_index[p]]`` with ``ftx[..., b_index[p]]``. Both are checked to lie in
-        ``[0, h*w)`` here, so the operator need not check them again (on CUDA, a host sync).
+        ``fx[..., a_index[p]]`` with ``ftx[..., b_index[p]]``. What ``on_map`` returns is checked
+        here (it must only move, drop or fill positions), so that the maps lie in ``[0, h*w)``.
         """
         h, w = _size(map_size)
         grid = torch.arange(h * w, dtype=torch.int64, device=device).view(1, h, w)
