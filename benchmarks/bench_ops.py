@@ -12,12 +12,16 @@ Achieved GFLOP/s (``2 N K^2 P / t``) is stored in each benchmark's ``extra_info`
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
 
 from equifast import ops, reference
 from equifast.transforms import Translation
+
+sys.path.insert(0, os.path.dirname(__file__))
+from results import sync  # noqa: E402
 
 N = 64
 SHAPES = [(64, 56), (256, 28), (512, 14), (2048, 7)]  # (K, map side)
@@ -37,11 +41,6 @@ def _inputs(k, side, transform=TRANSFORM):
     return fx, ftx, a, b
 
 
-def _sync():
-    if DEVICE.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _record(benchmark, k, p):
     benchmark.extra_info["flops"] = 2 * N * k * k * p
     stats = getattr(benchmark, "stats", None)
@@ -57,7 +56,7 @@ def test_operator(benchmark, k, side, transform):
 
     def run():
         out = ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE)
-        _sync()
+        sync(DEVICE)
         return out
 
     benchmark(run)
@@ -73,7 +72,7 @@ def test_bmm(benchmark, k, side):
 
     def run():
         out = torch.bmm(x, y)
-        _sync()
+        sync(DEVICE)
         return out
 
     benchmark(run)

@@ -6,9 +6,18 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import torch
+
 from equifast._io import write_text_atomic
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def sync(device) -> None:
+    """Wait for ``device`` (a name or torch.device) when it is a GPU, before reading a clock."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def cpu_model() -> str:

@@ -24,13 +24,8 @@ import equifast as ef
 from equifast.models import load_model
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results import cpu_model, write_section  # noqa: E402
+from results import cpu_model, sync, write_section  # noqa: E402
 
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def forward_only(model, x, transforms, batch_size, device, channels_last=True):
@@ -38,7 +33,7 @@ def forward_only(model, x, transforms, batch_size, device, channels_last=True):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
     with torch.no_grad():
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(device).contiguous(memory_format=fmt)
@@ -46,7 +41,7 @@ def forward_only(model, x, transforms, batch_size, device, channels_last=True):
             per = max(1, batch_size // len(xb))
             for s in range(0, len(transforms), per):
                 model(torch.cat([t(xb) for t in transforms[s:s + per]]).contiguous(memory_format=fmt))
-        _sync(device)
+        sync(device)
     return time.perf_counter() - t0
 
 
@@ -72,10 +67,10 @@ def main(argv=None):
     fwd, meas = [], []
     for _ in range(args.repeats):
         fwd.append(forward_only(model, x, transforms, args.batch, device))
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         ef.measure(model, x, transforms=transforms, batch_size=args.batch, device=device)
-        _sync(device)
+        sync(device)
         meas.append(time.perf_counter() - t0)
     f, m = statistics.median(fwd), statistics.median(meas)
     passes = args.images * (1 + len(transforms))
@@ -102,7 +97,7 @@ def _profile(fn, device):
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         fn()
-        _sync(device)
+        sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
     if device.type == "cuda":

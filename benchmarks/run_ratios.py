@@ -48,7 +48,7 @@ from equifast import ops, reference
 from equifast.transforms import Translation
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results import cpu_model, write_section  # noqa: E402
+from results import cpu_model, sync, write_section  # noqa: E402
 
 SHAPES = [(64, 56), (256, 28), (512, 14), (2048, 7)]
 TRANSFORMS = [Translation(1, 1), Translation(32, 32)]
@@ -72,34 +72,29 @@ def gpu_peaks(name: str):
     return None
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
 def _alternating_medians(fns, repeat: int, device: str):
     """Median time of each function, running them in turn ``repeat`` times (after a warm-up)."""
     for fn in fns:  # warm up (and first-touch the buffers)
         fn()
-    _sync(device)
+    sync(device)
     times = [[] for _ in fns]
     for _ in range(repeat):
         for fn, ts in zip(fns, times):
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             ts.append(time.perf_counter() - t0)
     return [statistics.median(ts) for ts in times]
 
 
 def _best(fn, repeat: int, device: str) -> float:
     fn()  # warm up (and first-touch the buffers)
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -114,11 +109,11 @@ def device_times(fn, calls: int = 5):
     from torch.profiler import ProfilerActivity, profile
 
     fn()
-    _sync("cuda")
+    sync("cuda")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             fn()
-        _sync("cuda")
+        sync("cuda")
     per_kernel = {}
     for e in prof.events():
         if e.device_type == DeviceType.CUDA:
