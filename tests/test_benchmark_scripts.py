@@ -32,3 +32,22 @@ def test_end_to_end_profile_names_the_operator_and_counts_its_calls(capsys):
     assert maps == 7
     line = next(l for l in out.splitlines() if l.strip().startswith("equifast::equivariance_scores"))
     assert int(line.split()[-1]) == 2 * maps
+
+
+def test_results_sections_are_replaced_alone(tmp_path):
+    results = _script("results")
+    path = tmp_path / "RESULTS.md"
+    results.write_section("a", "first", path)
+    results.write_section("b", "second", path)
+    results.write_section("a", "again", path)
+    text = path.read_text()
+    assert "again" in text and "second" in text and "first" not in text
+    assert text.index("<!-- a:begin -->") < text.index("<!-- b:begin -->")
+    assert not list(tmp_path.glob("*.tmp*"))  # written through a temporary file, then moved
+
+
+def test_gpu_peaks_match_the_most_specific_name():
+    ratios = _script("run_ratios")
+    assert ratios.gpu_peaks("NVIDIA GH200 480GB")[1] != ratios.gpu_peaks("NVIDIA H200")[1]
+    assert ratios.gpu_peaks("NVIDIA A100 80GB PCIe") != ratios.gpu_peaks("NVIDIA A100-SXM4-40GB")
+    assert ratios.gpu_peaks("NVIDIA RTX 4090") is None

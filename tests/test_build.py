@@ -1,0 +1,48 @@
+"""setup.py's choices, decided before anything compiles: the compiler and the CUDA toolkit."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _setup(**env):
+    """Run ``setup.py --name`` (decides, builds nothing) with ``env``; (exit code, output)."""
+    full = {**os.environ, **env}
+    full.pop("EQUIFAST_NO_CUDA", None)
+    done = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _fake(tmp_path, name, script):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return path
+
+
+def test_an_old_gcc_is_refused_with_the_fix(tmp_path):
+    gcc11 = _fake(tmp_path, "g++", 'case "$1" in --version) echo "g++ (GCC) 11.4.0";; '
+                                   '-dumpversion) echo 11;; esac\n')
+    code, out = _setup(CXX=str(gcc11))
+    assert code != 0 and "is GCC 11; the CPU kernels need GCC 12 or newer" in out
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="a CPU build of torch never looks for a toolkit")
+def test_a_cuda_home_without_nvcc_is_an_error(tmp_path):
+    code, out = _setup(CUDA_HOME=str(tmp_path))
+    assert code != 0 and "which has no bin/nvcc" in out
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="a CPU build of torch never looks for a toolkit")
+def test_a_toolkit_of_another_cuda_major_builds_the_cpu_operator_only(tmp_path):
+    other = int(torch.version.cuda.split(".")[0]) - 1
+    _fake(tmp_path, "bin/nvcc", f'echo "Cuda compilation tools, release {other}.4, V{other}.4.99"\n')
+    code, out = _setup(CUDA_HOME=str(tmp_path))
+    assert code == 0 and f"release {other}.4" in out and "building the CPU operator only" in out
