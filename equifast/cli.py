@@ -93,7 +93,7 @@ def _run_measure(args) -> int:
             bias = report.metric_bias()
             bias["table"].to_csv(out / "metric_bias.csv", index=False)
             files.append(out / "metric_bias.csv")
-            print("\nMetric bias (correlation of each score with the mean activation, across points):")
+            print("\nMetric bias (correlation of each score with the mean activation, across the points before global pooling):")
             print(bias["correlation"].to_string(index=False))
     print("\nwrote " + ", ".join(str(f) for f in files))
     return 0

@@ -40,12 +40,16 @@ def part_table(points: pd.DataFrame) -> pd.DataFrame:
     return parts.sort_values(keys + ["family", "part"]).reset_index(drop=True)
 
 
-def metric_bias(points: pd.DataFrame) -> Dict[str, object]:
+def metric_bias(points: pd.DataFrame,
+                parts: Optional[Sequence[str]] = ("early", "middle", "late")) -> Dict[str, object]:
     """The metric-bias analysis of thesis section 4.1.1 (Fig. 5b).
 
     Needs a points table measured with both metrics. Returns ``{"table": per point and
     family: mean activation, cosine and correlation channel scores; "correlation": Pearson
-    correlation, across points, of the mean activation with each metric's score}``.
+    correlation, across the points of ``parts``, of the mean activation with each metric's
+    score}``. The thesis correlates the scores "after each residual block", i.e. the maps
+    before global pooling: ``pool`` and ``final`` (invariance scores near 1, logits with any
+    mean) are in the table but not in the correlation unless ``parts=None`` (all points).
     """
     if not {"cosine", "correlation"} <= set(points.get("metric", pd.Series(dtype=str)).unique()):
         raise ValueError("Expected a report measured with metric=['correlation', 'cosine'] "
@@ -59,6 +63,8 @@ def metric_bias(points: pd.DataFrame) -> Dict[str, object]:
     table.columns.name = None
     corr = {}
     for fam, g in table.groupby("family", sort=False):
+        if parts is not None:
+            g = g[g["part"].astype(str).isin(list(parts))]
         for m in ("cosine", "correlation"):
             ok = g[[m, "mean_activation"]].dropna()
             corr[(fam, m)] = (float(np.corrcoef(ok[m], ok["mean_activation"])[0, 1])
@@ -122,9 +128,9 @@ class Report:
         """Top-1 accuracy on the measured images, when labels were given."""
         return self.meta.get("accuracy")
 
-    def metric_bias(self) -> Dict[str, object]:
+    def metric_bias(self, parts: Optional[Sequence[str]] = ("early", "middle", "late")) -> Dict[str, object]:
         """See :func:`metric_bias`."""
-        return metric_bias(self.points)
+        return metric_bias(self.points, parts)
 
     def summary(self, metric: Optional[str] = None) -> pd.DataFrame:
         """The per-part table as the CLI prints it: parts as rows, (family, score) columns;

@@ -72,7 +72,11 @@ def test_metric_bias_correlates_cosine_with_activation():
     bias = Report.from_rows(rows).metric_bias()
     corr = bias["correlation"].set_index(["family", "metric"])["correlation_with_mean_activation"]
     assert math.isclose(corr[("rotation", "cosine")], 1.0)
-    assert math.isclose(corr[("rotation", "correlation")], float(np.corrcoef(pattern, range(5))[0, 1]))
+    # only the points before global pooling (p0, p1, p2), as the thesis' "after each residual block"
+    assert math.isclose(corr[("rotation", "correlation")], float(np.corrcoef(pattern[:3], range(3))[0, 1]))
+    every = Report.from_rows(rows).metric_bias(parts=None)["correlation"].set_index(
+        ["family", "metric"])["correlation_with_mean_activation"]
+    assert math.isclose(every[("rotation", "correlation")], float(np.corrcoef(pattern, range(5))[0, 1]))
     assert {"mean_activation", "cosine", "correlation"} <= set(bias["table"].columns)
     only = Report.from_rows([r for r in _rows() if r["metric"] == "correlation"])
     with pytest.raises(ValueError, match="cosine"):
