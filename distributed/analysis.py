@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import pandas as pd
 
+from equifast._io import write_csv_atomic
 from equifast.report import over_runs
 
 from .store import ResultStore
@@ -177,8 +178,8 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = [out / "part_scores.csv", out / "accuracy_correlation.csv"]
-    scores.to_csv(tables[0], index=False)
-    corr.to_csv(tables[1], index=False)
+    write_csv_atomic(tables[0], scores)
+    write_csv_atomic(tables[1], corr)
     figures: List[Path] = []
     datasets = list(dict.fromkeys(scores["dataset"]))
     for ds in datasets:

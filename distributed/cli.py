@@ -147,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(["sweep"] + argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # OSError: --out a file, unwritable, ...
         print(f"equifast sweep: error: {err}", file=sys.stderr)
         return 2
 

@@ -477,6 +477,20 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
                     problems.append(f"shards: Expected at most n_images={n} shards for dataset "
                                     f"{d.label!r}, but model {m.label!r} has {m.shards or shards}.")
         datasets.append(d)
+    # a shift as large as the images would fail every job of that family on the workers
+    from equifast.transforms import parse_transforms
+
+    for d in datasets:
+        if d.image_size is None:
+            continue  # the model's own size: checked when the job starts
+        for fam, text in families.items():
+            for t in parse_transforms(text):
+                try:
+                    t.check_input((d.image_size, d.image_size))
+                except ValueError as err:
+                    problems.append(f"transforms.{fam}: Expected transforms that fit dataset "
+                                    f"{d.label!r} (image_size {d.image_size}), but {err}")
+                    break
     dlabels = [d.label for d in datasets]
     for lab in sorted({lab for lab in dlabels if dlabels.count(lab) > 1}):
         problems.append(f"datasets: Expected distinct dataset labels, but {lab!r} repeats; give each "
@@ -539,7 +553,7 @@ def _resources(value, where, problems) -> Optional[Tuple[float, float]]:
 
 
 def _families(value, problems) -> Dict[str, str]:
-    from equifast.transforms import parse_transforms
+    from equifast.transforms import check_distinct, parse_transforms
 
     if value is None:
         value = {"translation": "translation:1-32", "rotation": "rotation"}
@@ -552,7 +566,9 @@ def _families(value, problems) -> Dict[str, str]:
                 problems.append(f"transforms: Expected transform specs as strings, but got {text!r}.")
                 continue
             try:
-                fams = {t.family for t in parse_transforms(text)}
+                ts = parse_transforms(text)
+                check_distinct(ts)
+                fams = {t.family for t in ts}
             except ValueError as err:
                 problems.append(f"transforms: {err}")
                 continue
@@ -572,7 +588,7 @@ def _families(value, problems) -> Dict[str, str]:
             problems.append(f"transforms.{fam}: Expected a spec string like 'translation:1-32', but got {text!r}.")
             continue
         try:
-            parse_transforms(text)
+            check_distinct(parse_transforms(text))
         except ValueError as err:
             problems.append(f"transforms.{fam}: {err}")
             continue

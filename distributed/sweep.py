@@ -359,6 +359,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     jobs = spec.jobs()
     store = ResultStore(out or spec.out or DEFAULT_OUT)
     t0 = time.time()
+    store.check_folder()
     store.lock()
     started_ray = False
     tracker = None

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Union
 
-__all__ = ["atomic_write", "write_text_atomic"]
+__all__ = ["atomic_write", "write_text_atomic", "write_csv_atomic", "save_figure_atomic"]
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:
@@ -33,3 +33,14 @@ def write_text_atomic(path: Union[str, os.PathLike], data: Union[str, bytes]) ->
     """Write text or bytes to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda tmp: tmp.write_bytes(data) if isinstance(data, bytes)
                         else tmp.write_text(data))
+
+
+def write_csv_atomic(path: Union[str, os.PathLike], table) -> Path:
+    """Write a pandas table to ``path`` as CSV (no index), atomically."""
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def save_figure_atomic(fig, path: Union[str, os.PathLike], dpi: int = 120) -> Path:
+    """Save a matplotlib figure atomically, in the format of ``path``'s suffix."""
+    fmt = Path(path).suffix.lstrip(".").lower() or None
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))

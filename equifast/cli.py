@@ -52,13 +52,15 @@ def _run_measure(args) -> int:
     import pandas as pd
 
     from . import functional
+    from ._io import write_csv_atomic
     from .measurement import measure
-    from .transforms import parse_transforms
+    from .transforms import check_distinct, parse_transforms
 
     from .reference import METRICS
 
     # Every input is checked before the model runs: a measurement can take hours.
     transforms = parse_transforms(args.transforms)
+    check_distinct(transforms)
     metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
     if not metrics or len(set(metrics)) != len(metrics) or not set(metrics) <= set(METRICS):
         raise ValueError(f"Expected --metric to be correlation, cosine or correlation,cosine, but "
@@ -91,7 +93,7 @@ def _run_measure(args) -> int:
             (out / "metric_bias.csv").unlink(missing_ok=True)
         else:
             bias = report.metric_bias()
-            bias["table"].to_csv(out / "metric_bias.csv", index=False)
+            write_csv_atomic(out / "metric_bias.csv", bias["table"])
             files.append(out / "metric_bias.csv")
             print("\nMetric bias (correlation of each score with the mean activation, across the points before global pooling):")
             print(bias["correlation"].to_string(index=False))

@@ -258,8 +258,16 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
                 f"Expected `images` to be [N, C, H, W], but got shape {tuple(images.shape)}; "
                 "add a batch dim with images.unsqueeze(0)."
             )
+        if not images.is_floating_point():
+            raise TypeError(f"Expected `images` to be a floating tensor, model-ready (scaled and "
+                            f"normalised as the model expects), but got {images.dtype}; convert "
+                            "uint8 images with images.float() / 255 and normalise them.")
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"Expected {len(images)} labels, but got {len(labels)}.")
+        if labels is not None and (torch.as_tensor(labels).is_floating_point()
+                                   or torch.as_tensor(labels).is_complex()):
+            raise TypeError(f"Expected `labels` to be integer class indices, but got "
+                            f"{torch.as_tensor(labels).dtype}.")
         stop = len(images) if n_images is None else min(n_images, len(images))
         for i in range(0, stop, batch_size):
             j = min(i + batch_size, stop)

@@ -5,6 +5,8 @@ from typing import Mapping, Optional
 
 import pandas as pd
 
+from ._io import save_figure_atomic
+
 __all__ = ["plot_parts", "plot_accuracy_correlation"]
 
 PARTS = ("early", "middle", "late", "pool", "final")
@@ -68,7 +70,7 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure_atomic(fig, path)
     return fig
 
 
@@ -99,5 +101,5 @@ def plot_accuracy_correlation(table: pd.DataFrame, path=None, title: Optional[st
         fig.suptitle(title)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure_atomic(fig, path)
     return fig

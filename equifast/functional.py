@@ -176,11 +176,12 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
                         f"ef.Translation(1, 1), ...) or None, but got {transform!r}.")
     if input_size is not None:
         input_size = _image_size(input_size)
-    if ftx.dtype != fx.dtype:  # compare in the wider type: float16 would overflow float32 values
-        common = torch.promote_types(fx.dtype, ftx.dtype)
-        if common == torch.float64 and backend != "reference":
-            common = torch.float32  # the operator's widest (a float64 pair goes as it is)
-        fx, ftx = fx.to(common), ftx.to(common)
+    # compare in the wider type (float16 would overflow float32 values), at most the
+    # operator's float32 (a float64 model's features too), unless the float64 oracle is asked for
+    common = torch.promote_types(fx.dtype, ftx.dtype)
+    if common == torch.float64 and backend != "reference":
+        common = torch.float32
+    fx, ftx = fx.to(common), ftx.to(common)
     if check:
         check_all_finite({"fx": fx, "ftx": ftx})
     if is_vector(fx):

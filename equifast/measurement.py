@@ -26,7 +26,7 @@ from .functional import equivariance_scores, finite_marker, raise_unless_finite
 from .reference import METRICS, TOLERANCE, VECTOR_MODES, is_vector
 from .report import Report
 from .points import Point, modes_kept, representations, split
-from .transforms import Transform, diagonal_shifts, rotations
+from .transforms import Transform, check_distinct, diagonal_shifts, rotations
 
 __all__ = ["measure", "MeasureState", "Measurer"]
 
@@ -119,8 +119,7 @@ class Measurer:
         transforms = list(transforms)
         if not transforms or not all(isinstance(t, Transform) for t in transforms):
             raise TypeError(f"Expected `transforms` to be a non-empty list of equifast transforms, but got {transforms!r}.")
-        if len({t.name for t in transforms}) != len(transforms):
-            raise ValueError("Expected distinct transforms, but some repeat.")
+        check_distinct(transforms)
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         # Convolutions run faster channels-last on CPUs and tensor cores; the operator reads any strides.
@@ -171,6 +170,11 @@ class Measurer:
             st.shapes[p.name] = tuple(fx[p.name].shape[1:])
         correct = None
         if y is not None and "final" in fx and self.count_accuracy:  # top-1 of the logits
+            classes = fx["final"].shape[-1]
+            if self.label_classes is None and y.device.type == "cpu" and y.numel() and (
+                    int(y.min()) < 0 or int(y.max()) >= classes):  # labels on the host: no sync
+                raise ValueError(f"Expected `labels` to be class indices in [0, {classes}) of the "
+                                 f"model's logits, but got values in [{int(y.min())}, {int(y.max())}].")
             y = y.to(self.device, non_blocking=True)
             if self.label_classes is not None:
                 y = self.label_classes.to(self.device)[y]
@@ -231,7 +235,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             ``DataLoader``, a ``Dataset`` or a folder path (preprocessed with ``preprocess``,
             by default the model's own; see :class:`equifast.data.ImageFiles` for its labels).
             ``None``: the embedded photos, cropped to the model's input size.
-        transforms: default: diagonal shifts 1..32 and the three rotations.
+        transforms: a list of transforms, or one; default: diagonal shifts 1..32 and the
+            three rotations.
         metric: ``"correlation"``, ``"cosine"``, or both (a list) in the same passes.
         batch_size: images per forward pass (transformed batches are stacked up to it).
         n_images: at most this many images (a seeded subset for datasets and folders).
@@ -259,6 +264,11 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         >>> list(report.parts.part.unique())
         ['early', 'middle', 'late', 'pool', 'final']
     """
+    if not isinstance(model, (nn.Module, str)):
+        raise TypeError(f"Expected `model` to be an nn.Module, a torchvision/timm name or a run "
+                        f"folder, but got {type(model).__name__}.")
+    if isinstance(transforms, Transform):  # one transform
+        transforms = [transforms]
     # A model being trained is put back in train mode after (measuring runs it in eval mode).
     with modes_kept(model):
         from .models import load_model

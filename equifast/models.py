@@ -191,6 +191,10 @@ def load_model(name: str, weights: Optional[str] = "default",
                                 or not is_known_model(name)):
         from .training import load_model as load_run  # a run folder of `equifast train`
 
+        if weights not in (None, "default", "none") or num_classes is not None:
+            raise ValueError(f"Expected no `weights` or `num_classes` for the run folder {name!r} "
+                             "(its model is its own checkpoint.pt), but got "
+                             f"weights={weights!r}, num_classes={num_classes!r}.")
         return load_run(name), None
     path = weights if weights not in (None, "default", "embedded", "none") else None
     state = _read_checkpoint(path) if path else None

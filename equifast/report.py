@@ -40,6 +40,14 @@ def part_table(points: pd.DataFrame) -> pd.DataFrame:
     return parts.sort_values(keys + ["family", "part"]).reset_index(drop=True)
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"Expected a report saved by Report.save in {str(path)!r}, but it is "
+                         f"not valid JSON ({err}).") from None
+
+
 def metric_bias(points: pd.DataFrame,
                 parts: Optional[Sequence[str]] = ("early", "middle", "late")) -> Dict[str, object]:
     """The metric-bias analysis of thesis section 4.1.1 (Fig. 5b).
@@ -178,7 +186,10 @@ class Report:
         if suffix == ".json":
             if not path.is_file():
                 raise FileNotFoundError(f"Expected a saved report at {str(path)!r}, but there is none.")
-            doc = json.loads(path.read_text())
+            doc = _read_json(path)
+            if not isinstance(doc, dict) or "points" not in doc:
+                raise ValueError(f"Expected a report saved by Report.save in {str(path)!r}, but "
+                                 "it has no 'points'.")
             points = pd.DataFrame(doc["points"])
             for col in points.columns:  # a column of NaN only was written as nulls
                 if points[col].isna().all():
@@ -190,7 +201,7 @@ class Report:
             raise FileNotFoundError(f"Expected {str(points)!r} (saved by Report.save), but it is missing.")
         df = pd.read_csv(points) if suffix == ".csv" else pd.read_parquet(points)
         meta_path = stem.with_name(f"{stem.name}.meta.json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = _read_json(meta_path) if meta_path.is_file() else {}
         return cls(df, meta)
 
     def plot(self, path=None, label: Optional[str] = None, others: Optional[Dict[str, "Report"]] = None,

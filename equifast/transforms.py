@@ -274,6 +274,14 @@ def flips() -> List[Flip]:
     return [Flip("horizontal"), Flip("vertical")]
 
 
+def check_distinct(transforms: Sequence[Transform]) -> None:
+    """Raise ``ValueError`` if a transform repeats (its scores would count twice)."""
+    names = [t.name for t in transforms]
+    repeats = sorted({n for n in names if names.count(n) > 1})
+    if repeats:
+        raise ValueError(f"Expected distinct transforms, but {', '.join(repeats)} repeat.")
+
+
 def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
     """Parse command-line transform specs into transforms.
 
@@ -297,10 +305,12 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
             if kind in ("translation", "shift", "shifts"):
                 rng, _, options = rest.partition(":")
                 lo, _, hi = (rng or "1-32").partition("-")
-                kw = {"mode": "circular", "rounding": "down"}
+                kw, given = {"mode": "circular", "rounding": "down"}, {}
                 for opt in filter(None, options.split(":")):
                     key = "mode" if opt in ("circular", "zero") else "rounding"
-                    kw[key] = opt  # an unknown option fails in Translation, naming both lists
+                    if key in given:  # e.g. translation:1-3:zero:circular
+                        raise ValueError(f"two {key} options, {given[key]!r} and {opt!r}")
+                    kw[key] = given[key] = opt  # an unknown option fails in Translation
                 out += diagonal_shifts(int(lo), int(hi or lo), **kw)
             elif kind in ("rotation", "rotations"):
                 if rest:
@@ -313,6 +323,8 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
             elif kind in ("flip", "flips"):
                 out += [Flip(rest)] if rest else flips()
             elif kind == "identity":
+                if rest:
+                    raise ValueError("identity takes no options")
                 out.append(Identity())
             else:
                 raise ValueError(f"unknown kind {kind!r}")

@@ -42,6 +42,8 @@ def test_help_lists_every_command(capsys):
     (["measure", "--metric", "correlation,correlation"], "Expected --metric"),
     (["measure", "--n-images", "0"], "Expected --n-images >= 1"),
     (["measure", "--out", __file__], "is a file"),  # checked before measuring, file kept
+    (["measure", "--transforms", "rotation,rotation:90"], "rotation(90) repeat"),
+    (["measure", "--transforms", "translation:1-2:zero:circular"], "two mode options"),
 ])
 def test_user_errors_exit_2_with_a_message(argv, match, capsys):
     assert main(argv + ["--no-progress"]) == 2
@@ -67,3 +69,11 @@ def test_a_command_whose_module_cannot_import_says_why(monkeypatch, capsys):
     assert main(["sweep", "run", "spec.yaml"]) == 2
     assert "`equifast sweep` is unavailable here (ModuleNotFoundError: No module named 'ray')" in \
         capsys.readouterr().err
+
+
+def test_method_check_takes_no_options(capsys):
+    from equifast.method_check import main as method_check
+
+    with pytest.raises(SystemExit) as exit_:
+        method_check(["--bogus"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

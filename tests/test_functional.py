@@ -106,9 +106,11 @@ def test_mixed_dtypes_compare_in_the_wider_one(backend):
     ftx = torch.flip(fx.float(), dims=(-1,)) * 1e5
     s = equivariance_scores(fx, ftx, ef.Flip("horizontal"), backend=backend)
     assert torch.allclose(s.channel, torch.ones(2, 3), atol=1e-5)
-    # float32 with float64: the operator's float32
-    s = equivariance_scores(fx.float(), ftx.double(), ef.Flip("horizontal"), backend=backend)
-    assert torch.allclose(s.channel, torch.ones(2, 3), atol=1e-5)
+    # float32 with float64, and a float64 pair (a model.double()): the operator's float32
+    for a, b in ((fx.float(), ftx.double()), (fx.double(), ftx.double())):
+        s = equivariance_scores(a, b, ef.Flip("horizontal"), backend=backend)
+        assert s.channel.dtype == torch.float32
+        assert torch.allclose(s.channel, torch.ones(2, 3), atol=1e-5)
 
 
 @pytest.mark.skipif(not ef.ops.available(), reason="equifast._C not built")

@@ -139,6 +139,8 @@ def test_accuracy_from_labels():
     labels[:3] = (labels[:3] + 1) % 5
     rep = ef.measure(model, x, labels=labels, transforms=[ef.Rotation(1)], batch_size=4)
     assert rep.accuracy == pytest.approx(5 / 8)
+    one = ef.measure(model, x, labels=labels, transforms=ef.Rotation(1), batch_size=4)  # not a list
+    pd.testing.assert_frame_equal(one.points, rep.points)
 
 
 def test_accuracy_is_the_logits_whatever_the_order_of_the_named_points():
@@ -241,6 +243,17 @@ def test_bad_inputs_are_clear():
     missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
     with pytest.raises(ValueError, match="CUDA device"):
         ef.measure(circular_net(), torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1)], device=missing)
+    with pytest.raises(TypeError, match="nn.Module, a torchvision/timm name"):
+        ef.measure(42, torch.rand(2, 3, 12, 12))
+    # raw uint8 images would fail deep inside the first convolution
+    with pytest.raises(TypeError, match=r"floating tensor.*torch.uint8.*float\(\) / 255"):
+        ef.measure(circular_net(), torch.zeros(2, 3, 12, 12, dtype=torch.uint8), transforms=[ef.Rotation(1)])
+    # labels that are not class indices of the logits would give a silent accuracy of 0
+    with pytest.raises(TypeError, match="integer class indices"):
+        ef.measure(circular_net(), x.nan_to_num(), labels=torch.tensor([0.0, 1.0]), transforms=[ef.Rotation(1)])
+    for bad in ([0, 5], [-1, 0]):  # circular_net has 5 classes
+        with pytest.raises(ValueError, match=r"class indices in \[0, 5\)"):
+            ef.measure(circular_net(), x.nan_to_num(), labels=torch.tensor(bad), transforms=[ef.Rotation(1)])
 
 
 class _InfWhereTheCornerIsZero(nn.Module):

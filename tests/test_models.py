@@ -119,3 +119,9 @@ def test_torchvision_preset_only_for_the_size_the_model_is_built_for():
     with torch.device("meta"):  # no memory for the weights
         vit_h = torchvision.models.vit_h_14()  # built for 224; its default weights take 518
     assert data.input_size(_torchvision_preprocess("vit_h_14", vit_h)) == 224
+
+
+def test_a_run_folder_takes_no_weights(tmp_path):
+    (tmp_path / "recipe.json").write_text("{}")  # refused before the run is read
+    with pytest.raises(ValueError, match="no `weights` or `num_classes` for the run folder"):
+        load_model(str(tmp_path), weights="other.pt")

@@ -52,6 +52,15 @@ def test_save_load_round_trip(tmp_path, suffix):
     assert back.meta["model"] == "toy" and back.accuracy == 0.5
     with pytest.raises(FileNotFoundError):
         Report.load(tmp_path / f"missing{suffix}")
+    # a damaged file is named, not a bare JSONDecodeError / KeyError
+    damaged = tmp_path / ("r.json" if suffix == ".json" else "r.meta.json")
+    damaged.write_text('{"points": [')
+    with pytest.raises(ValueError, match=r"r(\.meta)?\.json'.*not valid JSON"):
+        Report.load(tmp_path / f"r{suffix}")
+    if suffix == ".json":
+        damaged.write_text('{"meta": {}}')
+        with pytest.raises(ValueError, match="has no 'points'"):
+            Report.load(damaged)
 
 
 def test_plot_writes_a_png(tmp_path):
@@ -59,6 +68,8 @@ def test_plot_writes_a_png(tmp_path):
     other = Report.from_rows(_rows(), {"model": "toy2"})
     fig = rep.plot(tmp_path / "f.png", others={"toy2": other})
     assert (tmp_path / "f.png").stat().st_size > 1000
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # saved atomically, as PNG
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png"]
     assert len(fig.axes) == 4  # two families x (channel, layer)
 
 

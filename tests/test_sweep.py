@@ -152,6 +152,31 @@ def test_bad_spec_fails_before_any_job(folder, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_shift_as_large_as_the_images_fails_before_any_job(folder, tmp_path):
+    with pytest.raises(SpecError, match=r"fit dataset 'tiny' \(image_size 32\).*32x32 image"):
+        run_sweep(_spec(folder, transforms={"translation": "translation:1-32"}), out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    load_spec(_spec(folder, transforms={"translation": "translation:1-31"}))  # fits
+
+
+def test_a_folder_of_users_files_is_never_a_sweeps_out(folder, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "points.csv").write_text("my own table")  # a name the sweep's tables take
+    with pytest.raises(FileExistsError, match=r"sweep results folder .* holds other files: \['points.csv'\]"):
+        run_sweep(_spec(folder), out=mine)
+    spec_file = tmp_path / "spec.yaml"
+    import yaml
+
+    spec_file.write_text(yaml.safe_dump(_spec(folder)))
+    assert sweep_main(["run", str(spec_file), "--out", str(mine)]) == 2
+    assert "points.csv" in capsys.readouterr().err
+    assert sweep_main(["run", str(spec_file), "--out", str(mine / "points.csv")]) == 2  # a file
+    assert "is a file" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["points.csv"]
+    assert (mine / "points.csv").read_text() == "my own table"
+
+
 def test_checkpoint_path_is_relative_to_the_spec(folder, tmp_path):
     from equifast.models import default_preprocess, load_model
 

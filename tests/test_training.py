@@ -348,7 +348,43 @@ def test_a_folder_that_is_not_a_run_is_never_written(tmp_path):
     assert sorted(p.name for p in mine.iterdir()) == ["model.pt"]
 
 
+def test_bad_recipe_values_are_refused_before_the_run_folder(tmp_path):
+    for bad in ({"train_subset": 0}, {"test_subset": -3}, {"measure_images": 0}, {"lr": -1.0},
+                {"lr": float("nan")}, {"lr": float("inf")}):
+        with pytest.raises(ValueError, match=rf"Expected `{next(iter(bad))}`"):
+            get_recipe("cnn7-fmnist6", **bad)
+
+
+def test_a_run_that_never_started_does_not_block_the_corrected_one(tmp_path):
+    from equifast.training.trainer import CHECKPOINT, prepare_out_dir
+
+    recipe = get_recipe("cnn7-fmnist6", epochs=1)
+    assert prepare_out_dir(recipe.replace(lr=0.5), str(tmp_path)) is None  # then it failed
+    assert prepare_out_dir(recipe, str(tmp_path)) is None  # nothing was trained: no conflict
+    (tmp_path / CHECKPOINT).write_bytes(b"")  # now an epoch was: the run is protected
+    with pytest.raises(ValueError, match="overwrite=True"):
+        prepare_out_dir(recipe.replace(lr=0.5), str(tmp_path))
+
+
 # --------------------------------------------------------------------------------- studies
+def test_study_checks_its_arguments_and_folder_before_training(tmp_path):
+    from equifast.training.studies import measure_study
+
+    out = tmp_path / "study"
+    for kwargs, match in (({"n_images": 0}, "n_images"), ({"n_images": -1}, "n_images"),
+                          ({"seeds": [0, 0]}, "distinct seeds")):
+        with pytest.raises(ValueError, match=match):
+            run_study("objective-fashion", str(out), **{"seeds": [0], **kwargs})
+        with pytest.raises(ValueError, match=match):
+            measure_study("objective-fashion", str(out), **{"seeds": [0], **kwargs})
+    assert not out.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.csv").write_text("my own table")  # a name the study's tables take
+    with pytest.raises(FileExistsError, match=r"study folder .* holds other files: \['summary.csv'\]"):
+        run_study("objective-fashion", str(mine), seeds=[0])
+    assert sorted(p.name for p in mine.iterdir()) == ["summary.csv"]
+    assert (mine / "summary.csv").read_text() == "my own table"
 def _fake_measure(model, images, transforms=(), metric="correlation", batch_size=64,
                   n_images=2000, device=None, seed=0):
     """Stands in for equifast.measure: one row per part with scores from the weights."""
@@ -424,6 +460,11 @@ def test_cli_train(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "cnn7-mnist6", "--epochs", "1", "--out", str(tmp_path / "no-data")])
     assert exit_.value.code == 2 and "--data-root" in capsys.readouterr().err
+    for argv in (["train", "cnn7-fmnist6"], ["study", "objective-fashion"]):  # not silently 1 worker
+        with pytest.raises(SystemExit) as exit_:
+            main(argv + ["--workers", "0", "--out", str(tmp_path / "never")])
+        assert exit_.value.code == 2 and "--workers >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
 
 
 def test_cli_parsers_plug_into_a_parent():

@@ -86,6 +86,13 @@ def test_parse_transforms():
     for whole in ("rotation:0", "rotation:360"):  # the identity, not a rotation to average in
         with pytest.raises(ValueError, match="whole turn.*ef.Identity"):
             ef.parse_transforms(whole)
+    # options that contradict each other, or options where there are none, are not dropped
+    with pytest.raises(ValueError, match="two mode options, 'zero' and 'circular'"):
+        ef.parse_transforms("translation:1-3:zero:circular")
+    with pytest.raises(ValueError, match="two rounding options"):
+        ef.parse_transforms("translation:1-3:down:nearest")
+    with pytest.raises(ValueError, match="identity takes no options"):
+        ef.parse_transforms("identity:foo")
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -44,11 +44,17 @@ def _overrides(args) -> dict:
                 test_subset=args.test_subset, device=args.device)
 
 
+def _check_workers(args) -> None:
+    if args.workers < 1:
+        raise ValueError(f"Expected --workers >= 1 (1: train in this process), but got {args.workers}.")
+
+
 def _run_train(args) -> int:
     from .recipes import get_recipe, list_recipes
     if args.list or not args.recipe:
         print("\n".join(list_recipes()))
         return 0
+    _check_workers(args)
     recipe = get_recipe(args.recipe, seed=args.seed, **_overrides(args))
     out = args.out or os.path.join("runs", recipe.name, f"seed{recipe.seed}")
     if args.workers > 1 or args.gpu:
@@ -72,6 +78,7 @@ def _run_study(args) -> int:
         print("\n".join(STUDIES))
         return 0
     study = get_study(args.study)
+    _check_workers(args)
     out = args.out or os.path.join("runs", study.name)
     summary = run_study(study.name, out, seeds=args.seeds, overrides=_overrides(args),
                         workers=args.workers, measure=not args.no_measure,

@@ -94,6 +94,12 @@ class Recipe:
         for what in ("epochs", "batch_size", "width"):
             if int(getattr(self, what)) < 1:
                 raise ValueError(f"Expected `{what}` to be >= 1, but got {getattr(self, what)!r}.")
+        for what in ("train_subset", "test_subset", "measure_images"):
+            v = getattr(self, what)
+            if v is not None and int(v) < 1:
+                raise ValueError(f"Expected `{what}` to be >= 1 (or None: all), but got {v!r}.")
+        if not (0 <= float(self.lr) < float("inf")):
+            raise ValueError(f"Expected `lr` to be a finite number >= 0, but got {self.lr!r}.")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
 
     def replace(self, **overrides) -> "Recipe":

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from equifast._io import write_text_atomic
+from equifast._io import write_csv_atomic, write_text_atomic
 from equifast.report import over_runs
 
 from .recipes import Recipe, get_recipe
@@ -98,6 +98,13 @@ def _claim_folder(out: str, name: str) -> None:
     """Mark ``out`` as study ``name``'s (``study.json``); another study's folder is refused, so
     that its runs.csv, summary.csv and figure.png are never replaced."""
     marker = Path(out, "study.json")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise FileExistsError(f"Expected `out` {out!r} to be a folder, but it is a file.")
+    if not marker.is_file() and Path(out).is_dir() and any(Path(out).iterdir()):
+        # not a study folder: the user's files (runs.csv, summary.csv, figure.png would be replaced)
+        raise FileExistsError(f"Expected `out` {out!r} to be a study folder (with study.json) or "
+                              f"empty, but it holds other files: "
+                              f"{sorted(p.name for p in Path(out).iterdir())[:5]}. Use another --out.")
     if marker.is_file():
         other = json.loads(marker.read_text()).get("study")
         if other != name:
@@ -106,6 +113,17 @@ def _claim_folder(out: str, name: str) -> None:
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(marker, json.dumps({"study": name}))
+
+
+def _check_seeds_and_images(seeds: Optional[Sequence[int]], n_images: Optional[int]) -> None:
+    """Checked before anything trains: a bad value must not surface after hours of training."""
+    if n_images is not None and (isinstance(n_images, bool) or not isinstance(n_images, int)
+                                 or n_images < 1):
+        raise ValueError(f"Expected `n_images` (--n-images) to be an integer >= 1, or None for "
+                         f"each recipe's measure_images, but got {n_images!r}.")
+    if seeds is not None and len(set(seeds)) != len(list(seeds)):
+        raise ValueError(f"Expected distinct seeds (--seeds), but got {list(seeds)}: a repeated "
+                         "seed would count as another run in the mean and standard deviation.")
 
 
 def _run_dir(out: str, label: str, seed: int) -> str:
@@ -137,6 +155,7 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
     from .data import measure_images
     from .trainer import load_model, prepare_out_dir
     study = get_study(study) if isinstance(study, str) else study
+    _check_seeds_and_images(seeds, n_images)
     transforms = study.make_transforms()
     rows, cache = [], {}
     for label, recipe_name, seed in study.runs(seeds):
@@ -146,7 +165,7 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
                                     f"result.json. Train it with `equifast study {study.name}`.")
         recipe = Recipe.from_dict(json.loads(Path(run, "recipe.json").read_text()))
         result = prepare_out_dir(recipe, run)  # reads the finished result, trains nothing
-        n = n_images or recipe.measure_images
+        n = recipe.measure_images if n_images is None else n_images
         root = data_root or recipe.data_root
         key = (recipe.dataset, root, recipe.data_seed, n)
         if key not in cache:
@@ -242,6 +261,7 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     """
     from .trainer import train
     study = get_study(name)
+    _check_seeds_and_images(seeds, n_images)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     _claim_folder(out, study.name)
     for label, recipe_name, seed in study.runs(seeds):
@@ -257,9 +277,9 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     runs = measure_study(study, out, seeds, n_images=n_images, device=device,
                          data_root=overrides.get("data_root"),
                          download=bool(overrides.get("download", False)))
-    runs.to_csv(os.path.join(out, "runs.csv"), index=False)
+    write_csv_atomic(os.path.join(out, "runs.csv"), runs)
     summary = summarize(runs)
-    summary.to_csv(os.path.join(out, "summary.csv"), index=False)
+    write_csv_atomic(os.path.join(out, "summary.csv"), summary)
     import matplotlib.pyplot as plt
     plt.close(plot_study(summary, os.path.join(out, "figure.png"), study.title))
     return summary

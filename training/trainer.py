@@ -260,7 +260,8 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "tb", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / RECIPE).is_file():
+    started = (out / CHECKPOINT).is_file() or (out / RESULT).is_file()
+    if (out / RECIPE).is_file() and started:  # without them no epoch was trained: nothing to keep
         stored = Recipe.from_dict(json.loads((out / RECIPE).read_text()))
         if not stored.same_run(recipe):
             diff = {k: (v, recipe.to_dict()[k]) for k, v in stored.to_dict().items()
