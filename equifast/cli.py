@@ -123,9 +123,12 @@ def _add_models(sub) -> None:
     def run(args):
         from .models import available_models
 
-        for name in available_models():
-            if args.pattern in name:
-                print(name)
+        names = [name for name in available_models() if args.pattern in name]
+        if not names:
+            print(f"equifast models: no torchvision or timm model name contains {args.pattern!r}",
+                  file=sys.stderr)
+            return 1
+        print("\n".join(names))
         return 0
 
     p.set_defaults(func=run)

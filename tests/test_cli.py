@@ -53,6 +53,8 @@ def test_user_errors_exit_2_with_a_message(argv, match, capsys):
 def test_models_lists_names(capsys):
     assert main(["models", "efficientnet_lite"]) == 0
     assert "efficientnet_lite0" in capsys.readouterr().out.split()
+    assert main(["models", "zzzz"]) == 1  # an empty list would read as a success
+    assert "no torchvision or timm model name contains 'zzzz'" in capsys.readouterr().err
 
 
 def test_a_command_whose_module_cannot_import_says_why(monkeypatch, capsys):
