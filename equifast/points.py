@@ -15,11 +15,17 @@ outputs. Then, from the model down:
   ``ReLU``, ``MaxPool``, torchvision's ``Conv2dNormActivation``, Inception's ``BasicConv2d``,
   timm's ``PatchEmbed``, a downsampling layer);
 - a *container* (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) with two or more
-  weight layers is opened: its children take its place, in call order;
+  weight layers is opened: its children take its place, in call order; so is a container
+  the model iterates without calling it (``for blk in self.blocks: x = blk(x)``) when its
+  called children are chained, each reading the very tensor the previous one returned
+  (BEiT, EVA-02, XCiT, FastViT, torchvision MaxViT), and a small container that holds the
+  global pooling (SqueezeNet's ``classifier``);
 - a *stage* is opened too: a module with a container child that holds at least two modules
   of one class with two or more weight layers each (timm ``ConvNeXtStage``,
   ``SwinTransformerStage``), or whose output is its last child's output and which has two
-  such children itself (chained blocks held as attributes);
+  such children itself (chained blocks held as attributes; two ``nn.Sequential`` do not
+  count); blocks whose output does not hold the images on its first axis (MobileViT's
+  transformer on unfolded patches ``[N*P, L, C]``) never make a stage;
 - any other module with two or more weight layers is a **block** (residual blocks, inception
   modules, MBConv, ConvNeXt, transformer and mixer blocks).
 
@@ -32,12 +38,17 @@ named ``"stem"``; several: named by their last module); layers between blocks ar
 transitions (ConvNeXt downsampling, Swin patch merging, DenseNet transitions) and are not
 points; a layer with a weight layer after the last block (the 1x1 ``conv_head`` of
 MobileNet/EfficientNet) is a point. Weightless layers (a final ``LayerNorm``, dropout) are
-never points. A module run more than once in a pass (one ReLU shared by several layers, tied
+never points; neither is a module that reads no tensor (XCiT's ``pos_embed(B, H, W)``) or
+whose output does not hold the ``N`` images on its first axis (TNT's pixel tokens
+``[N*L, 16, C]``; skipped with a warning, refused when named; of a tuple output the first
+tensor with ``N`` first is the value). A module run more than once in a pass (one ReLU shared by several layers, tied
 weights) is no point and joins no layer, since hooks would see its last call only (with a
 warning if it has weights); name its calls by their fx node names to measure them. A model
 without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
 layer. ``pool`` is the input of the first ``nn.Linear`` applied to a vector after global
-pooling; ``final`` is the model's output.
+pooling (without one, of a convolution applied to the pooled ``[N, K, 1, 1]`` map: timm DLA);
+when no weight layer runs after global pooling (SqueezeNet's conv classifier runs on the map)
+there is no ``pool`` point, with a warning; ``final`` is the model's output.
 
 =========================================  =====================================================  ==========================
 family                                     points before pooling                                  pool (input of)
@@ -65,14 +76,26 @@ MLP-Mixer (timm)                           ``stem``, every ``blocks.i``         
 Swin (timm)                                ``stem`` = ``patch_embed``, every                      ``head.fc``
                                            ``layers.i.blocks.j`` (NHWC -> NCHW; patch merging is
                                            a transition; tiny: 13)
+Swin v1/v2 (torchvision)                   ``stem`` = features.0, every ``features.i.j`` (NHWC    ``head``
+                                           by the width rule below; tiny: 13)
+BEiT / EVA-02 / XCiT (timm)                ``stem``/``patch_embed``, every iterated ``blocks.i``  ``head``
+                                           (XCiT: then ``cls_attn_blocks.i``, no ``pos_embed``)
+SqueezeNet (torchvision)                   ``stem``, every Fire module, the class map             none (no ``pool``)
+                                           ``classifier.2`` (1_1: 10)
 plain CNN (``nn.Sequential`` or modules    one point per conv layer up to global pooling; with    the first ``Linear``
 called in order)                           residual blocks: the stem layers and the blocks        after pooling
 =========================================  =====================================================  ==========================
 
 Every representation is returned as ``[N, C, h, w]`` (feature maps; token sequences
 ``[N, L, C]`` drop their ``L - h*w`` prefix tokens and are laid out on the patch grid;
-channels-last maps of timm models whose ``output_fmt`` is ``NHWC`` are permuted) or ``[N, K]``
-(``pool``, ``final``).
+channels-last maps are permuted) or ``[N, K]`` (``pool``, ``final``). A 4-D point is
+channels-last when the last ``Linear`` / ``LayerNorm`` that ran inside its module has the width
+of the last axis and not of dim 1 (torchvision Swin, timm TinyViT), channels-first when that
+width (or a last convolution's) is dim 1 only; otherwise timm's ``output_fmt`` marker decides,
+then (a map with as many channels as columns) the nearest point that the width decided, then
+NCHW. Token prefixes are ``num_prefix_tokens`` or the model's ``cls_token`` / ``dist_token`` /
+``reg_token`` tokens (PiT); token grids are the patch grid or its stride-2 downsamplings
+(LeViT, PiT at non-square sizes).
 
 Extraction: with ``method="fx"`` a :mod:`torch.fx` graph from
 :func:`torchvision.models.feature_extraction.create_feature_extractor` (with timm's leaf
