@@ -188,6 +188,7 @@ class _Call:
     inp: Any = None
     out: Any = None
     calls: int = 0
+    several: bool = False  # returned a tuple/list/dict, not one tensor (TNT, PiT pooling, CrossViT)
 
 
 def _tensors(obj):
@@ -245,6 +246,7 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
             step[0] += 1
             c = calls[name]
             c.end, c.out, c.calls = step[0], _first_tensor(out, n), c.calls + 1
+            c.several = not isinstance(out, Tensor)
         return hook
 
     with modes_kept(model):
@@ -941,6 +943,12 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
             for name, module, take in found:
                 if module is None:
                     nodes[name] = graph.resolve(name) or ""
+                elif take == "output" and module in an.calls and an.calls[module].several:
+                    # fx's last node inside the module is one of its outputs, not necessarily the
+                    # one taken (PiT's pooling returns (map, class token)): hooks take this point
+                    if method == "fx":
+                        raise RuntimeError(f"module {module!r} returns several tensors")
+                    nodes[name] = ""
                 elif take == "input":
                     nodes[name] = graph.input_of(module)
                 else:

@@ -433,8 +433,14 @@ def test_iterated_blocks_are_points_maxvit_and_hrnet_heads_stay_out():
     assert len(points) == 2 + 11 * 3 + 2  # stem convs, MBConv + window + grid attention per layer
     assert points[2].name == "blocks.0.layers.0.layers.MBconv" and points[-2].module == "classifier.3"
     model = timm.create_model("hrnet_w18_small", pretrained=False, num_classes=10).eval()
-    names = [p.name for p in split(model, torch.randn(1, 3, 64, 64))]
-    assert names == ["act1", "act2", "layer1.0", "stage2.0", "stage3.0", "stage4.0", "final_layer", "pool", "final"]
+    x = torch.randn(1, 3, 64, 64)
+    points = split(model, x)
+    assert [p.name for p in points] == ["act1", "act2", "layer1.0", "stage2.0", "stage3.0", "stage4.0",
+                                        "final_layer", "pool", "final"]
+    # a stage returns a list of branches: the point is branch 0 (hooks), the shape split reports
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+    assert all(tuple(reps[p.name].shape[1:]) == p.shape == (16, 16, 16) and not p.node for p in points[3:6])
 
 
 def test_points_have_the_images_on_their_first_axis_tnt():
@@ -505,8 +511,11 @@ def test_pit_prefix_tokens_from_its_class_token(name, prefix):
     blocks = [p for p in points if ".blocks." in p.name]
     assert len(blocks) == 12 and all(p.prefix_tokens == prefix for p in blocks)
     assert [p.grid for p in blocks[::4]] == [(7, 11), (4, 6), (2, 3)]
+    # the pooling layers return (map, class token): no fx node (fx would pick the class token)
+    assert points[3].name == "transformers.1.pool" and not points[3].node
     with torch.no_grad():
         reps = representations(model, points)(x)
+    assert all(tuple(reps[p.name].shape[1:]) == p.shape for p in points)
     assert reps["transformers.2.blocks.3"].shape == (1, 256, 2, 3)
 
 
