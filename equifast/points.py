@@ -15,11 +15,17 @@ outputs. Then, from the model down:
   ``ReLU``, ``MaxPool``, torchvision's ``Conv2dNormActivation``, Inception's ``BasicConv2d``,
   timm's ``PatchEmbed``, a downsampling layer);
 - a *container* (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) with two or more
-  weight layers is opened: its children take its place, in call order;
+  weight layers is opened: its children take its place, in call order; so is a container
+  the model iterates without calling it (``for blk in self.blocks: x = blk(x)``) when its
+  called children are chained, each reading the very tensor the previous one returned
+  (BEiT, EVA-02, XCiT, FastViT, torchvision MaxViT), and a small container that holds the
+  global pooling (SqueezeNet's ``classifier``);
 - a *stage* is opened too: a module with a container child that holds at least two modules
   of one class with two or more weight layers each (timm ``ConvNeXtStage``,
   ``SwinTransformerStage``), or whose output is its last child's output and which has two
-  such children itself (chained blocks held as attributes);
+  such children itself (chained blocks held as attributes; two ``nn.Sequential`` do not
+  count); blocks whose output does not hold the images on its first axis (MobileViT's
+  transformer on unfolded patches ``[N*P, L, C]``) never make a stage;
 - any other module with two or more weight layers is a **block** (residual blocks, inception
   modules, MBConv, ConvNeXt, transformer and mixer blocks).
 
@@ -32,12 +38,17 @@ named ``"stem"``; several: named by their last module); layers between blocks ar
 transitions (ConvNeXt downsampling, Swin patch merging, DenseNet transitions) and are not
 points; a layer with a weight layer after the last block (the 1x1 ``conv_head`` of
 MobileNet/EfficientNet) is a point. Weightless layers (a final ``LayerNorm``, dropout) are
-never points. A module run more than once in a pass (one ReLU shared by several layers, tied
+never points; neither is a module that reads no tensor (XCiT's ``pos_embed(B, H, W)``) or
+whose output does not hold the ``N`` images on its first axis (TNT's pixel tokens
+``[N*L, 16, C]``; skipped with a warning, refused when named; of a tuple output the first
+tensor with ``N`` first is the value). A module run more than once in a pass (one ReLU shared by several layers, tied
 weights) is no point and joins no layer, since hooks would see its last call only (with a
 warning if it has weights); name its calls by their fx node names to measure them. A model
 without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
 layer. ``pool`` is the input of the first ``nn.Linear`` applied to a vector after global
-pooling; ``final`` is the model's output.
+pooling (without one, of a convolution applied to the pooled ``[N, K, 1, 1]`` map: timm DLA);
+when no weight layer runs after global pooling (SqueezeNet's conv classifier runs on the map)
+there is no ``pool`` point, with a warning; ``final`` is the model's output.
 
 =========================================  =====================================================  ==========================
 family                                     points before pooling                                  pool (input of)
@@ -65,19 +76,33 @@ MLP-Mixer (timm)                           ``stem``, every ``blocks.i``         
 Swin (timm)                                ``stem`` = ``patch_embed``, every                      ``head.fc``
                                            ``layers.i.blocks.j`` (NHWC -> NCHW; patch merging is
                                            a transition; tiny: 13)
+Swin v1/v2 (torchvision)                   ``stem`` = features.0, every ``features.i.j`` (NHWC    ``head``
+                                           by the width rule below; tiny: 13)
+BEiT / EVA-02 / XCiT (timm)                ``stem``/``patch_embed``, every iterated ``blocks.i``  ``head``
+                                           (XCiT: then ``cls_attn_blocks.i``, no ``pos_embed``)
+SqueezeNet (torchvision)                   ``stem``, every Fire module, the class map             none (no ``pool``)
+                                           ``classifier.2`` (1_1: 10)
 plain CNN (``nn.Sequential`` or modules    one point per conv layer up to global pooling; with    the first ``Linear``
 called in order)                           residual blocks: the stem layers and the blocks        after pooling
 =========================================  =====================================================  ==========================
 
 Every representation is returned as ``[N, C, h, w]`` (feature maps; token sequences
 ``[N, L, C]`` drop their ``L - h*w`` prefix tokens and are laid out on the patch grid;
-channels-last maps of timm models whose ``output_fmt`` is ``NHWC`` are permuted) or ``[N, K]``
-(``pool``, ``final``).
+channels-last maps are permuted) or ``[N, K]`` (``pool``, ``final``). A 4-D point is
+channels-last when the last ``Linear`` / ``LayerNorm`` that ran inside its module has the width
+of the last axis and not of dim 1 (torchvision Swin, timm TinyViT), channels-first when that
+width (or a last convolution's) is dim 1 only; otherwise timm's ``output_fmt`` marker decides,
+then (a map with as many channels as columns) the nearest point that the width decided, then
+NCHW. Token prefixes are ``num_prefix_tokens`` or the model's ``cls_token`` / ``dist_token`` /
+``reg_token`` tokens (PiT); token grids are the patch grid or its stride-2 downsamplings
+(LeViT, PiT at non-square sizes).
 
 Extraction: with ``method="fx"`` a :mod:`torch.fx` graph from
 :func:`torchvision.models.feature_extraction.create_feature_extractor` (with timm's leaf
 modules and autowrapped functions, so timm models trace); a module's point is the last node
-inside the module (torchvision's naming, e.g. ``layer1.0.relu_2``). With ``method="hooks"``
+inside the module (torchvision's naming, e.g. ``layer1.0.relu_2``); a module that returns
+several tensors (HRNet stages, PiT pooling, TNT and CrossViT blocks) gets no node and is read
+with hooks, so ``representations`` uses hooks for that model. With ``method="hooks"``
 forward hooks on the modules, for code that fx cannot trace. ``"auto"`` tries fx and falls
 back to hooks with a warning. Graphs are traced for evaluation mode (the mode measurements
 run in).
@@ -165,19 +190,31 @@ class _Call:
     inp: Any = None
     out: Any = None
     calls: int = 0
+    several: bool = False  # returned a tuple/list/dict, not one tensor (TNT, PiT pooling, CrossViT)
 
 
-def _first_tensor(obj) -> Optional[Tensor]:
+def _tensors(obj):
     if isinstance(obj, Tensor):
-        return obj
+        yield obj
+        return
     if isinstance(obj, dict):
         obj = list(obj.values())
     if isinstance(obj, (tuple, list)):
         for o in obj:
-            t = _first_tensor(o)
-            if t is not None:
-                return t
-    return None
+            yield from _tensors(o)
+
+
+def _first_tensor(obj, n: Optional[int] = None) -> Optional[Tensor]:
+    """The first tensor in ``obj`` (nested tuples, lists, dicts). With ``n`` (the image count),
+    the first whose first axis is ``n`` when there is one: TNT blocks return
+    ``(pixel tokens [N*L, 16, C], patch tokens [N, L, C])``, and the patch tokens are the point."""
+    first = None
+    for t in _tensors(obj):
+        if n is None or (t.dim() >= 1 and int(t.shape[0]) == n):
+            return t
+        if first is None:
+            first = t
+    return first
 
 
 @contextlib.contextmanager
@@ -196,20 +233,22 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
     calls: Dict[str, _Call] = {}
     step = [0]
     handles = []
+    n = int(x.shape[0])
 
     def pre(name):
         def hook(mod, args):
             step[0] += 1
             if name not in calls:
                 calls[name] = _Call(name, mod, step[0])
-            calls[name].inp = _first_tensor(args)
+            calls[name].inp = _first_tensor(args, n)
         return hook
 
     def post(name):
         def hook(mod, args, out):
             step[0] += 1
             c = calls[name]
-            c.end, c.out, c.calls = step[0], _first_tensor(out), c.calls + 1
+            c.end, c.out, c.calls = step[0], _first_tensor(out, n), c.calls + 1
+            c.several = not isinstance(out, Tensor)
         return hook
 
     with modes_kept(model):
@@ -251,6 +290,7 @@ class _Analysis:
         self.model = model
         self.calls, self.output = _record(model, x)
         self.input_size = (int(x.shape[-2]), int(x.shape[-1]))
+        self.n = int(x.shape[0])
         weights = [n for n, c in self.calls.items() if _is_weight(c.module)]
         self._weights = weights
         self._wcount: Dict[str, int] = {}
@@ -261,16 +301,43 @@ class _Analysis:
             self._wcount[name] = sum(1 for w in self._weights if w == name or w.startswith(pre))
         return self._wcount[name]
 
+    def batched(self, c: _Call) -> bool:
+        """Whether ``c``'s output has the images on its first axis (TNT's pixel tokens
+        ``[N*L, 16, C]`` and MobileViT's unfolded patches ``[N*P, L, C]`` do not)."""
+        return c.out is not None and c.out.dim() >= 1 and int(c.out.shape[0]) == self.n
+
     def children(self, name: str) -> List[_Call]:
-        mod = self.calls[name].module
+        """The called children of module ``name``, in call order. A container the model
+        iterates instead of calling (``for blk in self.blocks: x = blk(x)``: timm BEiT, EVA,
+        XCiT, MetaFormer heads, torchvision MaxViT) is opened in place when its called children
+        are chained (each one's input is the very tensor the previous one returned; a single
+        child keeps its input's shape); containers iterated otherwise (HRNet's per-branch
+        ``incre_modules`` and ``downsamp_modules``, CaiT's class-attention ``blocks_token_only``, which read the patch
+        tokens and return the class token) stay out."""
+        mod = self.calls[name].module if name in self.calls else self.model.get_submodule(name)
         pre = name + "." if name else ""
-        kids = [self.calls[pre + n] for n, _ in mod.named_children() if pre + n in self.calls]
+        kids: List[_Call] = []
+        for n, child in mod.named_children():
+            if pre + n in self.calls:
+                kids.append(self.calls[pre + n])
+            elif _is_container(child):
+                inner = self.children(pre + n)
+                if self._chained(inner):
+                    kids.extend(inner)
         return sorted(kids, key=lambda c: c.start)
 
-    def _repeats(self, calls: List[_Call]) -> bool:
+    @staticmethod
+    def _chained(calls: List[_Call]) -> bool:
+        if not calls or any(c.inp is None or c.out is None for c in calls):
+            return False
+        if len(calls) == 1:
+            return calls[0].inp.shape == calls[0].out.shape
+        return all(a.end <= b.start and b.inp is a.out for a, b in zip(calls, calls[1:]))
+
+    def _repeats(self, calls: List[_Call], containers: bool = True) -> bool:
         seen: Dict[type, int] = {}
         for c in calls:
-            if self.weights(c.name) >= 2:
+            if self.weights(c.name) >= 2 and self.batched(c) and (containers or not _is_container(c.module)):
                 seen[type(c.module)] = seen.get(type(c.module), 0) + 1
         return any(v >= 2 for v in seen.values())
 
@@ -279,7 +346,7 @@ class _Analysis:
         for k in kids:
             if _is_container(k.module) and self._repeats(self.children(k.name)):
                 return True
-        if kids and self._repeats(kids):
+        if kids and self._repeats(kids, containers=False):  # two nn.Sequential are no blocks of a class
             last = max(kids, key=lambda c: c.end)
             return call.out is not None and call.out is last.out
         return False
@@ -288,7 +355,10 @@ class _Analysis:
         """``("unit" | "block", call)`` in execution order, below module ``name``."""
         out: List[Tuple[str, _Call]] = []
         for c in self.children(name):
-            if self.weights(c.name) <= 1:
+            if _is_container(c.module) and self.weights(c.name) <= 1 and any(
+                    _is_adaptive_pool(m) for m in c.module.children()):
+                out.extend(self.items(c.name))  # SqueezeNet's classifier: conv, ReLU, pool
+            elif self.weights(c.name) <= 1:
                 out.append(("unit", c))
             elif _is_container(c.module) or self.is_stage(c):
                 out.extend(self.items(c.name))
@@ -300,7 +370,7 @@ class _Analysis:
         """The items before global pooling, and the item that pools (``None``: none found)."""
         items = self.items("")
         for i, (kind, c) in enumerate(items):
-            if c.out is None:
+            if c.out is None or not self.batched(c):
                 continue
             pools = (c.out.dim() < 3 or _is_adaptive_pool(c.module) or (
                 kind == "unit" and self.weights(c.name) == 0 and _spatial_size(c.out) == 1
@@ -310,10 +380,17 @@ class _Analysis:
         return [it for it in items if it[1].out is not None], None
 
     def classifier(self, after: _Call) -> Optional[_Call]:
-        """The first ``nn.Linear`` applied to a vector once pooling has started."""
-        cands = [c for c in self.calls.values() if isinstance(c.module, nn.Linear)
-                 and c.start >= after.start and c.inp is not None and c.inp.dim() == 2]
-        return min(cands, key=lambda c: c.start) if cands else None
+        """The first ``nn.Linear`` applied to a vector once pooling has started; without one, the
+        first convolution applied to a pooled ``[N, K, 1, 1]`` map (timm DLA's 1x1 ``fc``)."""
+        def reads_vector(c: _Call) -> bool:
+            if c.inp is None or c.start < after.start or int(c.inp.shape[0]) != self.n:
+                return False
+            if isinstance(c.module, nn.Linear):
+                return c.inp.dim() == 2
+            return isinstance(c.module, nn.modules.conv._ConvNd) and c.inp.dim() == 4 and _spatial_size(c.inp) == 1
+        cands = [c for c in self.calls.values() if reads_vector(c)]
+        linear = [c for c in cands if isinstance(c.module, nn.Linear)]
+        return min(linear or cands, key=lambda c: c.start) if cands else None
 
     def token_grid(self) -> Optional[Tuple[int, int]]:
         """Spatial size of the last conv map computed before the first token sequence."""
@@ -334,8 +411,15 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
     # group units into layers; blocks stand alone
     seq: List[Tuple[str, List[_Call]]] = []
     repeated: List[str] = []
+    unbatched: List[str] = []
     for kind, c in body:
         if isinstance(c.module, nn.Identity):
+            continue
+        if c.inp is None:
+            continue  # reads no tensor (XCiT's pos_embed(B, H, W)): not a representation of the image
+        if not an.batched(c):
+            # TNT's pixel tokens [N*L, 16, C], MobileViT's unfolded patches [N*P, L, C]: no map per image
+            unbatched.append(f"{c.name!r} {tuple(c.out.shape)}")
             continue
         if c.calls > 1:
             # One module run several times in a pass (a shared ReLU, tied weights, CoaT's
@@ -359,6 +443,9 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
     if repeated:
         warnings.warn(f"Modules of {type(an.model).__name__} that run more than once in one forward "
                       f"pass are not points: {', '.join(repeated)}. {_REPEATED_HINT}", stacklevel=4)
+    if unbatched:
+        warnings.warn(f"Modules of {type(an.model).__name__} whose output does not have the {an.n} "
+                      f"images on its first axis are not points: {', '.join(unbatched)}.", stacklevel=4)
     kinds = [k for k, _ in seq]
     blocks = [i for i, k in enumerate(kinds) if k == "block"]
     layer = lambda i: kinds[i] == "layer" and any(an.weights(c.name) for c in seq[i][1])  # noqa: E731
@@ -382,20 +469,48 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
     return found + _head_points(an, pooling)
 
 
-def _head_points(an: _Analysis, pooling: Optional[_Call] = None) -> List[Tuple[str, str, str]]:
-    """``pool`` (the input of the classifier) and ``final`` (the model's output)."""
+def _head_points(an: _Analysis, pooling: Optional[_Call] = None,
+                 warn: bool = True) -> List[Tuple[str, str, str]]:
+    """``pool`` (the input of the classifier) and ``final`` (the model's output); only ``final``
+    when no weight layer runs after global pooling (SqueezeNet: the classifier is a convolution
+    on the map, then pooling), with a warning."""
+    name = type(an.model).__name__
     if pooling is None:
         pooling = an.body()[1]
     if pooling is None:
+        out = _first_tensor(an.output, an.n)
+        shape = tuple(out.shape) if out is not None else None
+        if out is not None and out.dim() == 2:
+            raise ValueError(
+                f"Could not find global pooling in {name}: its output is a vector {shape}, but no "
+                f"module (called on the example input) outputs a vector or pools a map to 1x1 before "
+                f"it; the pooling may be in its forward code. {_HINT}")
         raise ValueError(
-            f"Could not find global pooling in {type(an.model).__name__}: its output keeps a "
-            f"map or token shape. equifast needs a classifier ending in a vector. {_HINT}")
+            f"Could not find global pooling in {name}: its output {shape} is not a vector [N, K]. "
+            f"equifast needs a classifier ending in a vector. {_HINT}")
     head = an.classifier(pooling)
     if head is None:
+        if not any(_is_weight(c.module) and c.start > pooling.start for c in an.calls.values()):
+            if warn:
+                warnings.warn(
+                    f"No weight layer of {name} runs after its global pooling ({pooling.name!r}): "
+                    f"its classifier runs on the map before pooling, so there is no pooled vector "
+                    f"entering a classifier and no `pool` point; `final` (the logits) follows the "
+                    f"points before pooling.", stacklevel=4)
+            return [("final", "", "output")]
         raise ValueError(
-            f"Could not find the classifier of {type(an.model).__name__}: no nn.Linear is applied "
-            f"to the pooled vector, so the `pool` point is undefined. {_HINT}")
+            f"Could not find the classifier of {name}: no nn.Linear is applied to the pooled "
+            f"vector and no convolution to a pooled 1x1 map, so the `pool` point is undefined. {_HINT}")
     return [("pool", head.name, "input"), ("final", "", "output")]
+
+
+def _check_batched(name: str, t: Optional[Tensor], n: int) -> None:
+    if t is not None and (t.dim() == 0 or int(t.shape[0]) != n):
+        raise ValueError(
+            f"Expected point {name!r} to have the {n} images on its first axis, but it is "
+            f"{tuple(t.shape)} (e.g. TNT's pixel tokens [N*L, 16, C] or MobileViT's unfolded "
+            f"patches [N*P, L, C]): it holds no map per image, so it cannot be measured. Name the "
+            f"module that folds it back instead. {_LIST_HINT}")
 
 
 # ---------------------------------------------------------------------------------- fx
@@ -472,8 +587,9 @@ def _fx_extractor(model: nn.Module, nodes: Sequence[str]) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------ layouts
-def _channels_last(model: nn.Module, module: Optional[str]) -> bool:
-    """timm marks channels-last models and stems with ``output_fmt == 'NHWC'``."""
+def _output_fmt(model: nn.Module, module: Optional[str]) -> Optional[str]:
+    """``"NHWC"`` / ``"NCHW"`` from timm's ``output_fmt`` marker on the module or the nearest
+    module above it (channels-last models and stems); ``None`` without a marker."""
     names = [""]
     if module:
         parts = module.split(".")
@@ -485,26 +601,112 @@ def _channels_last(model: nn.Module, module: Optional[str]) -> bool:
             continue
         fmt = getattr(m, "output_fmt", None)
         if fmt is not None:
-            return str(getattr(fmt, "value", fmt)).upper().endswith("NHWC")
-    return False
+            return "NHWC" if str(getattr(fmt, "value", fmt)).upper().endswith("NHWC") else "NCHW"
+    return None
 
 
-def _layout(model, module, raw: Tensor, grid, num_prefix) -> Tuple[str, int, Optional[Tuple[int, int]]]:
+def _num_prefix_tokens(model: nn.Module) -> Optional[int]:
+    """timm's ``num_prefix_tokens``; without it, the tokens of the model's own ``cls_token``,
+    ``dist_token`` and ``reg_token`` parameters (PiT: ``cls_token`` is ``[1, 1 or 2, C]``)."""
+    n = getattr(model, "num_prefix_tokens", None)
+    if isinstance(n, int):
+        return n
+    tokens = [getattr(model, a, None) for a in ("cls_token", "dist_token", "reg_token")]
+    tokens = [t for t in tokens if isinstance(t, Tensor) and t.dim() == 3]
+    return sum(int(t.shape[1]) for t in tokens) if tokens else None
+
+
+_LAST_AXIS = (nn.Linear, nn.LayerNorm)  # layers that act on the last axis of what they get
+
+
+def _width_evidence(an: _Analysis, module: Optional[str], raw: Optional[Tensor]) -> Optional[str]:
+    """The layout of a 4-D point from the width of the last layer that ran inside its module.
+
+    A ``Linear`` or ``LayerNorm`` (``LayerNorm2d`` included) of width ``C`` last: ``"NHWC"``
+    when ``C`` is the last axis and not dim 1 (torchvision Swin, timm TinyViT), ``"NCHW"`` when
+    it is dim 1 and not the last axis (ConvNeXt blocks, which permute back), ``"?"`` when it is
+    both. A convolution last only ever says ``"NCHW"`` (its output is channels-first; a
+    concatenation after it, as in Inception, says nothing). ``None``: no evidence.
+    """
+    if not module or raw is None or raw.dim() != 4:
+        return None
+    pre = module + "."
+    inside = [c for c in an.calls.values() if (c.name == module or c.name.startswith(pre))
+              and isinstance(c.module, _LAST_AXIS + (nn.modules.conv._ConvNd,))]
+    if not inside:
+        return None
+    last = max(inside, key=lambda c: c.end).module
+    first, end = int(raw.shape[1]), int(raw.shape[-1])
+    if isinstance(last, nn.modules.conv._ConvNd):
+        return "NCHW" if last.out_channels == first != end else None
+    width = last.out_features if isinstance(last, nn.Linear) else int(last.normalized_shape[-1])
+    if width == end != first:
+        return "NHWC"
+    if width == first != end:
+        return "NCHW"
+    return "?" if width == first == end else None
+
+
+def _map_layouts(model: nn.Module, an: _Analysis,
+                 points: Sequence[Tuple[str, Optional[str], Optional[Tensor]]]) -> Dict[str, str]:
+    """``"NCHW"`` or ``"NHWC"`` for every 4-D point: the width evidence, else timm's
+    ``output_fmt`` marker, else (evidence that cannot tell, a map with as many channels as
+    columns) the nearest point with evidence, else ``"NCHW"``."""
+    ev = {name: _width_evidence(an, module, t) for name, module, t in points}
+    order = [name for name, _, t in points if t is not None and t.dim() == 4]
+    decided = [name for name in order if ev[name] in ("NCHW", "NHWC")]
+    out: Dict[str, str] = {}
+    for name, module, t in points:
+        if t is None or t.dim() != 4:
+            continue
+        if ev[name] in ("NCHW", "NHWC"):
+            out[name] = ev[name]
+            continue
+        fmt = _output_fmt(model, module)
+        if fmt is not None:
+            out[name] = fmt
+        elif ev[name] == "?" and decided:
+            i = order.index(name)
+            out[name] = ev[min(decided, key=lambda d: (abs(order.index(d) - i), order.index(d) > i))]
+        else:
+            out[name] = "NCHW"
+    return out
+
+
+def _token_grids(grid: Optional[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """The patch grid, then its stride-2 downsamplings (``ceil(h / 2)``: LeViT, PiT)."""
+    grids = []
+    while grid is not None and grid not in grids:
+        grids.append(grid)
+        grid = (-(-grid[0] // 2), -(-grid[1] // 2))
+    return grids
+
+
+def _layout(model, module, raw: Tensor, grid, num_prefix,
+            layout: Optional[str] = None) -> Tuple[str, int, Optional[Tuple[int, int]]]:
     if raw.dim() == 2:
         return "NC", 0, None
     if raw.dim() == 4:
-        return ("NHWC" if _channels_last(model, module) else "NCHW"), 0, None
+        if layout is None:
+            layout = _output_fmt(model, module) or "NCHW"
+        return layout, 0, None
     if raw.dim() == 3:
         length = int(raw.shape[1])
         if grid is not None and 0 <= length - grid[0] * grid[1] <= max(8, num_prefix or 0):
             return "NLC", length - grid[0] * grid[1], tuple(grid)
-        for prefix in ([num_prefix] if num_prefix else []) + [0]:
+        prefixes = list(dict.fromkeys(([num_prefix] if num_prefix else []) + [0]))
+        for g in _token_grids(grid)[1:]:
+            for prefix in prefixes:
+                if length - prefix == g[0] * g[1]:
+                    return "NLC", prefix, g
+        for prefix in prefixes:
             side = math.isqrt(max(length - prefix, 0))
             if side > 0 and side * side == length - prefix:
                 return "NLC", prefix, (side, side)
         raise ValueError(
             f"Cannot lay the tokens of point {module!r} ({tuple(raw.shape)}) out on a patch grid: "
-            f"{length} tokens are neither a square nor the patch grid plus prefix tokens. {_HINT}")
+            f"{length} tokens are neither the patch grid {grid} (or a stride-2 downsampling of it) "
+            f"nor a square, after {prefixes} prefix tokens. {_HINT}")
     raise ValueError(f"Expected point {module!r} to be a map, tokens or a vector, but got shape "
                      f"{tuple(raw.shape)}. {_HINT}")
 
@@ -587,6 +789,7 @@ class Representations(nn.Module):
 
     def _hooked(self, x: Tensor) -> Dict[str, Tensor]:
         model = self.model
+        n = int(x.shape[0])
         store: Dict[Tuple[str, str], Tensor] = {}
         handles = []
 
@@ -598,15 +801,15 @@ class Representations(nn.Module):
 
         def keep(key, take):
             if take == "input":
-                return lambda m, args: put(key, _first_tensor(args))
-            return lambda m, args, out: put(key, _first_tensor(out))
+                return lambda m, args: put(key, _first_tensor(args, n))
+            return lambda m, args, out: put(key, _first_tensor(out, n))
 
         try:
             for key in dict.fromkeys((p.module, p.take) for p in self.points if p.module):
                 mod = model.get_submodule(key[0])
                 handles.append(mod.register_forward_pre_hook(keep(key, "input")) if key[1] == "input"
                                else mod.register_forward_hook(keep(key, "output")))
-            out = _first_tensor(model(x))
+            out = _first_tensor(model(x), n)
         finally:
             for h in handles:
                 h.remove()
@@ -629,6 +832,14 @@ class Representations(nn.Module):
             raw = {p.name: got[self._keys[p.node]] for p in self.points}
         else:
             raw = self._hooked(x)
+        n = int(x.shape[0])
+        for p in self.points:
+            t = raw[p.name]
+            if not isinstance(t, Tensor) or t.dim() == 0 or int(t.shape[0]) != n:
+                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"Expected point {p.name!r} to have the {n} images on its first "
+                                 f"axis, but got {got}; split the model again (equifast.split "
+                                 "skips or refuses such values).")
         return OrderedDict((p.name, _normalise(raw[p.name], p)) for p in self.points)
 
     def extra_repr(self) -> str:
@@ -734,6 +945,12 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
             for name, module, take in found:
                 if module is None:
                     nodes[name] = graph.resolve(name) or ""
+                elif take == "output" and module in an.calls and an.calls[module].several:
+                    # fx's last node inside the module is one of its outputs, not necessarily the
+                    # one taken (PiT's pooling returns (map, class token)): hooks take this point
+                    if method == "fx":
+                        raise RuntimeError(f"module {module!r} returns several tensors")
+                    nodes[name] = ""
                 elif take == "input":
                     nodes[name] = graph.input_of(module)
                 else:
@@ -751,7 +968,7 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
     fx_only = [name for name, module, _ in found if module is None]
     for name, module, take in found:
         if module == "" and take == "output":
-            raw[name] = _first_tensor(an.output)
+            raw[name] = _first_tensor(an.output, an.n)
         elif module is not None and module in an.calls:
             raw[name] = an.calls[module].inp if take == "input" else an.calls[module].out
     if fx_only:
@@ -763,10 +980,11 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
                 got = ext(example_input)
         keys = {n: f"p{i}" for i, n in enumerate(dict.fromkeys(nodes[n] for n in fx_only))}
         for n in fx_only:
-            raw[n] = _first_tensor(got[keys[nodes[n]]])
+            raw[n] = _first_tensor(got[keys[nodes[n]]], an.n)
 
     grid = an.token_grid()
-    num_prefix = getattr(model, "num_prefix_tokens", None)
+    num_prefix = _num_prefix_tokens(model)
+    layouts = _map_layouts(model, an, [(name, module, raw.get(name)) for name, module, _ in found])
     pre = [f for f in found if f[0] not in _RESERVED]
     parts = dict(zip([f[0] for f in pre], _parts(len(pre))))
     parts.update(pool="pool", final="final")
@@ -776,7 +994,11 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
         if t is None:
             raise ValueError(f"Point {name!r} (module {module!r}) did not produce a tensor on the "
                              f"example input. {_HINT}")
-        layout, prefix, g = _layout(model, module, t, grid, num_prefix)
+        _check_batched(name, t, an.n)
+        if name == "pool" and t.dim() == 4 and _spatial_size(t) == 1:
+            layout, prefix, g = "NC", 0, None  # the pooled [N, K, 1, 1] map a 1x1 conv reads (DLA)
+        else:
+            layout, prefix, g = _layout(model, module, t, grid, num_prefix, layouts.get(name))
         p = Point(name=name, part=parts[name], index=i, module=module, take=take,
                   node=nodes.get(name, ""), layout=layout, prefix_tokens=prefix, grid=g)
         result.append(replace(p, shape=tuple(_normalise(t, p).shape[1:])))
@@ -790,7 +1012,7 @@ def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module]
     if len(set(names)) != len(names):
         raise ValueError(f"Expected distinct point names, but got {names}.")
     try:
-        special = {f[0]: f for f in _head_points(an)}
+        special = {f[0]: f for f in _head_points(an, warn=False)}
     except ValueError:
         special = {"final": ("final", "", "output")}
     found: List[Tuple[Optional[int], Tuple[str, Optional[str], str]]] = []
@@ -807,6 +1029,7 @@ def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module]
             if an.calls[n].calls > 1:
                 raise ValueError(f"Expected point {n!r} to run once in the forward pass, but module "
                                  f"{n!r} runs {an.calls[n].calls} times. {_REPEATED_HINT}")
+            _check_batched(n, an.calls[n].out, an.n)
             found.append((an.calls[n].end, (n, n, "output")))
         elif graph is not None and graph.resolve(n) is not None:
             found.append((None, (n, None, "output")))

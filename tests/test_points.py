@@ -338,3 +338,196 @@ def test_efficientnet_family_points_are_stem_blocks_and_head(name):
     assert before[0].name == "stem" and before[-1].name == "features.8"
     sizes = [sum(p.part == part for p in before) for part in ("early", "middle", "late")]
     assert sizes == [len(a) for a in np.array_split(np.arange(len(before)), 3)]
+
+
+# ------------------------------------------------------------------ coverage of more families
+def _measure_channel(model, x, transforms, points=None):
+    from equifast import measure
+
+    rep = measure(model, x, transforms=transforms, batch_size=len(x), device="cpu", points=points)
+    return rep.points.groupby("point", sort=False).channel.min()
+
+
+def test_torchvision_swin_maps_are_channels_last():
+    """swin_t keeps [N, H, W, C] through `features` with no output_fmt marker: the LayerNorm /
+    Linear width on the last axis says NHWC; a 4-px circular shift moves the patch grid by one
+    patch, so the stem (4x4 stride-4 conv + LayerNorm) scores exactly 1."""
+    torch.manual_seed(0)
+    model = tv.swin_t(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    points = split(model, x)
+    assert len(points) == 15 and [p.name for p in points[:3]] == ["stem", "features.1.0", "features.1.1"]
+    assert all(p.layout == "NHWC" for p in points[:13])
+    assert points[0].shape == (96, 16, 16) and points[12].shape == (768, 2, 2)
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+        stem = model.features[0](x)  # [N, H, W, C]
+    torch.testing.assert_close(reps["stem"], stem.permute(0, 3, 1, 2))
+    from equifast import Translation
+
+    scores = _measure_channel(model, x, [Translation(4, 4), Translation(8, 4)], points=["features.0"])
+    assert scores["features.0"] > 1 - 1e-4
+
+
+def test_tiny_vit_stages_are_channels_last_after_a_conv_stage():
+    torch.manual_seed(0)
+    model = timm.create_model("tiny_vit_5m_224", pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    points = split(model, x)
+    layouts = {p.name: p.layout for p in points}
+    assert len(points) == 18
+    assert layouts["stages.0.blocks.0"] == "NCHW" and layouts["stages.1.blocks.0"] == "NHWC"
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+        s1 = model.stages[1](model.stages[0](model.patch_embed(x)))  # the stage permutes back: NCHW
+    torch.testing.assert_close(reps["stages.1.blocks.1"], s1)
+
+
+def _beit_no_positions():
+    return timm.create_model("beit_base_patch16_224", pretrained=False, num_classes=10, img_size=64, depth=3,
+                             embed_dim=64, num_heads=2, use_abs_pos_emb=False, use_rel_pos_bias=False)
+
+
+def test_iterated_blocks_are_points_beit():
+    """BEiT runs `for blk in self.blocks`: the ModuleList is never called, its blocks are. Without
+    position terms, attention commutes with a whole-patch circular shift: every block scores 1."""
+    torch.manual_seed(0)
+    model = _beit_no_positions().eval()
+    x = torch.randn(2, 3, 64, 64)
+    points = split(model, x)
+    assert [p.name for p in points] == ["stem", "blocks.0", "blocks.1", "blocks.2", "pool", "final"]
+    assert [p.prefix_tokens for p in points[:4]] == [0, 1, 1, 1] and points[3].shape == (64, 4, 4)
+    from equifast import Translation
+
+    scores = _measure_channel(model, x, [Translation(16, 16), Translation(16, 32)])
+    assert (scores[["stem", "blocks.0", "blocks.1", "blocks.2"]] > 1 - 1e-4).all(), scores
+
+
+@pytest.mark.parametrize("name, kw, size, n_pre, first, absent", [
+    ("poolformer_s12", {}, 32, 13, ["stem", "stages.0.blocks.0"], []),  # head is iterated too
+    ("xcit_nano_12_p16_224", {"img_size": 32, "depth": 2}, 32, 5,
+     ["patch_embed", "blocks.0", "blocks.1", "cls_attn_blocks.0"], ["pos_embed"]),
+    ("cait_xxs24_224", {"img_size": 32, "depth": 2}, 32, 3, ["stem", "blocks.0", "blocks.1"],
+     ["blocks_token_only.0", "blocks_token_only.1"]),  # 1-token class attention: not chained
+    ("fastvit_t8", {}, 64, 16, ["stem.0", "stem.1", "stages.0.blocks.0"], []),
+])
+def test_iterated_containers_are_opened_only_when_chained(name, kw, size, n_pre, first, absent):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kw).eval()
+    x = torch.randn(2, 3, size, size)
+    points = split(model, x)
+    names = [p.name for p in points]
+    assert len(points) == n_pre + 2 and names[:len(first)] == first and names[-2:] == ["pool", "final"]
+    assert not set(absent) & set(names)
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+    assert all(reps[n].dim() == 4 and reps[n].shape[0] == 2 for n in names[:-2])
+    torch.testing.assert_close(reps["final"], model(x))
+
+
+@pytest.mark.slow
+def test_iterated_blocks_are_points_maxvit_and_hrnet_heads_stay_out():
+    torch.manual_seed(0)
+    model = tv.maxvit_t(num_classes=10).eval()
+    points = split(model, torch.randn(1, 3, 224, 224))
+    assert len(points) == 2 + 11 * 3 + 2  # stem convs, MBConv + window + grid attention per layer
+    assert points[2].name == "blocks.0.layers.0.layers.MBconv" and points[-2].module == "classifier.3"
+    model = timm.create_model("hrnet_w18_small", pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    points = split(model, x)
+    assert [p.name for p in points] == ["act1", "act2", "layer1.0", "stage2.0", "stage3.0", "stage4.0",
+                                        "final_layer", "pool", "final"]
+    # a stage returns a list of branches: the point is branch 0 (hooks), the shape split reports
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+    assert all(tuple(reps[p.name].shape[1:]) == p.shape == (16, 16, 16) and not p.node for p in points[3:6])
+
+
+def test_points_have_the_images_on_their_first_axis_tnt():
+    torch.manual_seed(0)
+    model = timm.create_model("tnt_s_patch16_224", pretrained=False, num_classes=10, img_size=32, depth=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match=r"not have the 2 images on its first axis .*'pixel_embed' \(8, 16, 24\)"):
+        points = split(model, x)
+    assert [p.name for p in points] == ["stem", "blocks.0", "blocks.1", "pool", "final"]
+    assert points[1].prefix_tokens == 1 and points[1].shape == (384, 2, 2)
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+    assert reps["blocks.1"].shape == (2, 384, 2, 2)
+    with pytest.raises(ValueError, match=r"'pixel_embed' to have the 2 images on its first axis"):
+        split(model, x, points=["pixel_embed"])
+
+
+def test_mobilevit_transformer_inside_a_block_is_not_opened():
+    torch.manual_seed(0)
+    model = timm.create_model("mobilevit_xxs", pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        points = split(model, x)
+    names = [p.name for p in points]
+    assert len(points) == 14 and not any("transformer" in n for n in names)
+    assert names[6:8] == ["stages.2.1", "stages.3.0"] and points[6].shape == (48, 8, 8)
+
+
+def test_squeezenet_has_no_pool_point_and_says_why():
+    torch.manual_seed(0)
+    model = tv.squeezenet1_1(num_classes=10).eval()
+    x = torch.randn(2, 3, 48, 48)
+    with pytest.warns(UserWarning, match=r"No weight layer of SqueezeNet runs after its global pooling "
+                                         r"\('classifier.3'\).*no `pool` point"):
+        points = split(model, x)
+    names = [p.name for p in points]
+    assert names[0] == "stem" and names[-2:] == ["classifier.2", "final"] and len(points) == 11
+    assert _sizes(points) == [4, 3, 3, 0, 1] and points[-2].shape == (10, 2, 2)
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+        feats = model.features(x)
+    torch.testing.assert_close(reps["features.12"], feats)
+    torch.testing.assert_close(reps["final"], model(x))
+
+
+def test_dla_classifier_is_a_1x1_conv_on_the_pooled_map():
+    torch.manual_seed(0)
+    model = timm.create_model("dla46_c", pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    points = split(model, x)
+    assert points[-2].name == "pool" and points[-2].module == "fc" and points[-2].layout == "NC"
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+        pooled = model.global_pool(model.forward_features(x))
+    assert reps["pool"].shape == (2, model.num_features)
+    torch.testing.assert_close(reps["pool"], pooled.flatten(1))
+    torch.testing.assert_close(reps["final"], model(x))
+
+
+@pytest.mark.parametrize("name, prefix", [("pit_ti_224", 1), ("pit_ti_distilled_224", 2)])
+def test_pit_prefix_tokens_from_its_class_token(name, prefix):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, img_size=(64, 96)).eval()
+    assert getattr(model, "num_prefix_tokens", None) is None
+    x = torch.randn(1, 3, 64, 64 + 32)
+    points = split(model, x)
+    blocks = [p for p in points if ".blocks." in p.name]
+    assert len(blocks) == 12 and all(p.prefix_tokens == prefix for p in blocks)
+    assert [p.grid for p in blocks[::4]] == [(7, 11), (4, 6), (2, 3)]
+    # the pooling layers return (map, class token): no fx node (fx would pick the class token)
+    assert points[3].name == "transformers.1.pool" and not points[3].node
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+    assert all(tuple(reps[p.name].shape[1:]) == p.shape for p in points)
+    assert reps["transformers.2.blocks.3"].shape == (1, 256, 2, 3)
+
+
+def test_levit_token_grid_after_downsampling_on_a_non_square_input():
+    torch.manual_seed(0)
+    model = timm.create_model("levit_128s", pretrained=False, num_classes=10, img_size=(64, 96)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    points = split(model, x)
+    grids = {p.name: p.grid for p in points}
+    assert len(points) == 17
+    assert grids["stages.0.blocks.0"] == (4, 6) and grids["stages.1.downsample"] == (2, 3)
+    assert grids["stages.2.blocks.3"] == (1, 2)
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+    assert reps["stages.1.blocks.0"].shape == (1, 256, 2, 3)
