@@ -32,5 +32,5 @@ def test_metric_check_correlation_ignores_offset_cosine_does_not():
 
 
 def test_main_runs(capsys):
-    assert mc.main() == 0
+    assert mc.main([]) == 0
     assert "layer 3" in capsys.readouterr().out
