@@ -236,11 +236,11 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
     n = int(x.shape[0])
 
     def pre(name):
-        def hook(mod, args):
+        def hook(mod, args, kwargs):  # kwargs too: a block called as blk(x=x) reads a tensor
             step[0] += 1
             if name not in calls:
                 calls[name] = _Call(name, mod, step[0])
-            calls[name].inp = _first_tensor(args, n)
+            calls[name].inp = _first_tensor((args, kwargs), n)
         return hook
 
     def post(name):
@@ -254,7 +254,7 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
     with modes_kept(model):
         try:
             for name, mod in model.named_modules():
-                handles.append(mod.register_forward_pre_hook(pre(name)))
+                handles.append(mod.register_forward_pre_hook(pre(name), with_kwargs=True))
                 handles.append(mod.register_forward_hook(post(name)))
             model.eval()
             with torch.no_grad():
@@ -639,8 +639,15 @@ def _width_evidence(an: _Analysis, module: Optional[str], raw: Optional[Tensor])
     first, end = int(raw.shape[1]), int(raw.shape[-1])
     if isinstance(last, nn.modules.conv._ConvNd):
         return "NCHW" if last.out_channels == first != end else None
+    if isinstance(last, nn.LayerNorm) and len(last.normalized_shape) != 1:
+        return None  # LayerNorm([C, H, W]) normalises a whole map, not the channels of one axis
     width = last.out_features if isinstance(last, nn.Linear) else int(last.normalized_shape[-1])
     if width == end != first:
+        # a Linear along the width of an NCHW map (spatial MLPs) also has the last axis' width:
+        # a convolution in the module that made dim-1 channels says the map is channels-first
+        if any(isinstance(c.module, nn.modules.conv._ConvNd) and c.module.out_channels == first
+               for c in inside):
+            return "NCHW"
         return "NHWC"
     if width == first != end:
         return "NCHW"
@@ -653,6 +660,7 @@ def _map_layouts(model: nn.Module, an: _Analysis,
     ``output_fmt`` marker, else (evidence that cannot tell, a map with as many channels as
     columns) the nearest point with evidence, else ``"NCHW"``."""
     ev = {name: _width_evidence(an, module, t) for name, module, t in points}
+    mods = {name: module for name, module, _ in points}
     order = [name for name, _, t in points if t is not None and t.dim() == 4]
     decided = [name for name in order if ev[name] in ("NCHW", "NHWC")]
     out: Dict[str, str] = {}
@@ -666,8 +674,12 @@ def _map_layouts(model: nn.Module, an: _Analysis,
         if fmt is not None:
             out[name] = fmt
         elif ev[name] == "?" and decided:
+            # the nearest point of the same module class that the width decided (TinyViT at a size
+            # where a stage's width equals its channels: its conv stage is nearer, but NCHW)
             i = order.index(name)
-            out[name] = ev[min(decided, key=lambda d: (abs(order.index(d) - i), order.index(d) > i))]
+            kind = type(an.calls[module].module) if module in an.calls else None
+            same = [d for d in decided if kind is not None and type(an.calls[mods[d]].module) is kind]
+            out[name] = ev[min(same or decided, key=lambda d: (abs(order.index(d) - i), order.index(d) > i))]
         else:
             out[name] = "NCHW"
     return out
@@ -692,13 +704,12 @@ def _layout(model, module, raw: Tensor, grid, num_prefix,
         return layout, 0, None
     if raw.dim() == 3:
         length = int(raw.shape[1])
-        if grid is not None and 0 <= length - grid[0] * grid[1] <= max(8, num_prefix or 0):
-            return "NLC", length - grid[0] * grid[1], tuple(grid)
+        # the patch grid or a stride-2 downsampling of it, after a few prefix tokens (class,
+        # distillation, registers; CoaT's stages each carry a class token of their own)
+        for g in _token_grids(grid):
+            if 0 <= length - g[0] * g[1] <= max(8, num_prefix or 0):
+                return "NLC", length - g[0] * g[1], tuple(g)
         prefixes = list(dict.fromkeys(([num_prefix] if num_prefix else []) + [0]))
-        for g in _token_grids(grid)[1:]:
-            for prefix in prefixes:
-                if length - prefix == g[0] * g[1]:
-                    return "NLC", prefix, g
         for prefix in prefixes:
             side = math.isqrt(max(length - prefix, 0))
             if side > 0 and side * side == length - prefix:

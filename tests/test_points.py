@@ -531,3 +531,70 @@ def test_levit_token_grid_after_downsampling_on_a_non_square_input():
     with torch.no_grad():
         reps = representations(model, points)(x)
     assert reps["stages.1.blocks.0"].shape == (1, 256, 2, 3)
+
+
+def test_coat_stages_carry_a_class_token_each():
+    """CoaT's serial blocks (iterated) hold a class token of their own (cls_token1..4, no
+    num_prefix_tokens) on the patch grid or its stride-2 downsamplings."""
+    torch.manual_seed(0)
+    model = timm.create_model("coat_lite_tiny", pretrained=False, num_classes=10).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its convolutional position encodings run twice
+        points = split(model, torch.randn(1, 3, 224, 224))
+    grids = {p.name: (p.prefix_tokens, p.grid) for p in points}
+    assert grids["serial_blocks1.0"] == (1, (56, 56)) and grids["serial_blocks2.1"] == (1, (28, 28))
+    assert grids["serial_blocks4.1"] == (1, (7, 7)) and _sizes(points) == [3, 3, 3, 1, 1]
+
+
+class _ConvThen(nn.Module):
+    """A channels-first block whose last layer is a LayerNorm over the whole map, or a Linear
+    along the width (a spatial MLP): neither makes the map channels-last."""
+
+    def __init__(self, c, w, last):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.last = nn.LayerNorm([c, w, w]) if last == "layernorm" else nn.Linear(w, w)
+
+    def forward(self, x):
+        return x + self.last(torch.relu(self.conv(x)))
+
+
+class _Net(nn.Module):
+    def __init__(self, blocks, c=8, keywords=False):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.blocks = nn.ModuleList(blocks)
+        self.keywords = keywords
+        self.fc = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x=x) if self.keywords and i < 2 else blk(x)
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("last", ["layernorm", "linear"])
+def test_a_last_layer_across_the_width_does_not_make_a_map_channels_last(last):
+    model = _Net([_ConvThen(8, 16, last) for _ in range(3)]).eval()
+    points = split(model, torch.randn(2, 3, 16, 16))
+    blocks = [p for p in points if p.name.startswith("blocks.")]
+    assert len(blocks) == 3 and all(p.layout == "NCHW" and p.shape == (8, 16, 16) for p in blocks)
+
+
+def test_blocks_called_with_keywords_are_points():
+    model = _Net([_ConvThen(8, 16, "layernorm") for _ in range(3)], keywords=True).eval()
+    names = [p.name for p in split(model, torch.randn(2, 3, 16, 16))]
+    assert names[:4] == ["stem", "blocks.0", "blocks.1", "blocks.2"]
+
+
+def test_a_map_with_as_many_channels_as_columns_takes_the_layout_of_its_own_kind():
+    """TinyViT at a size where stage 1 has 32 channels on a 32x32 map: the width cannot tell,
+    and its nearest decided point (the conv stage, NCHW) is of another kind than its NHWC blocks."""
+    torch.manual_seed(0)
+    model = timm.create_model("tiny_vit_5m_224", pretrained=False, num_classes=10,
+                              embed_dims=(16, 32, 64, 128), num_heads=(1, 1, 2, 4)).eval()
+    x = torch.randn(1, 3, 256, 256)
+    layouts = {p.name: p.layout for p in split(model, x)}
+    assert layouts["stages.0.blocks.0"] == "NCHW"
+    assert layouts["stages.1.blocks.0"] == layouts["stages.2.blocks.0"] == "NHWC"
