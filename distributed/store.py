@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pandas as pd
 
-from equifast._io import atomic_write, write_text_atomic
+from equifast._io import atomic_write, check_own_folder, write_text_atomic
 
 __all__ = ["ResultStore", "records_frame", "STATES"]
 
@@ -200,15 +200,8 @@ class ResultStore:
         """Raise ``FileExistsError`` unless the folder is missing, empty or a sweep store (with
         ``spec.json``, ``records/`` or ``sweep.lock``): the tables written here would replace a
         user's files of the same names (points.csv, jobs.csv, ...)."""
-        if self.root.exists() and not self.root.is_dir():
-            raise FileExistsError(f"Expected --out {str(self.root)!r} to be a folder, but it is a file.")
-        if (self.root.is_dir() and any(self.root.iterdir())
-                and not (self.root / "spec.json").is_file() and not self.records_dir.is_dir()
-                and not (self.root / "sweep.lock").is_file()):
-            raise FileExistsError(
-                f"Expected --out {str(self.root)!r} to be a sweep results folder (with spec.json) or "
-                f"empty, but it holds other files: {sorted(p.name for p in self.root.iterdir())[:5]}. "
-                "Use another --out.")
+        check_own_folder(self.root, ["spec.json", self.records_dir.name, "sweep.lock"],
+                         "a sweep results folder", "--out")
 
     def lock(self) -> None:
         """Take ``sweep.lock`` so that two sweeps never write the same store at once.

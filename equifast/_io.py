@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Sequence, Union
 
-__all__ = ["atomic_write", "write_text_atomic", "write_csv_atomic", "save_figure_atomic"]
+__all__ = ["atomic_write", "write_text_atomic", "write_csv_atomic", "save_figure_atomic",
+           "check_own_folder"]
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:
@@ -44,3 +45,20 @@ def save_figure_atomic(fig, path: Union[str, os.PathLike], dpi: int = 120) -> Pa
     """Save a matplotlib figure atomically, in the format of ``path``'s suffix."""
     fmt = Path(path).suffix.lstrip(".").lower() or None
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
+
+
+def check_own_folder(path: Union[str, os.PathLike], markers: Sequence[str], what: str,
+                     flag: str) -> Path:
+    """Raise ``FileExistsError`` unless ``path`` is missing, empty, or holds one of ``markers``
+    (what this library writes there first): a user's own files are never replaced. ``what``
+    names the folder ("a run folder"), ``flag`` the argument that gave it (``--out``)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"Expected {flag} {str(path)!r} to be a folder, but it is a file.")
+    if path.is_dir() and not any((path / m).exists() for m in markers):
+        others = sorted(p.name for p in path.iterdir())
+        if others:
+            raise FileExistsError(f"Expected {flag} {str(path)!r} to be {what} (with {markers[0]}) "
+                                  f"or empty, but it holds other files: {others[:5]}. "
+                                  f"Use another {flag}.")
+    return path

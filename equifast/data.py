@@ -264,10 +264,10 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
                             "uint8 images with images.float() / 255 and normalise them.")
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"Expected {len(images)} labels, but got {len(labels)}.")
-        if labels is not None and (torch.as_tensor(labels).is_floating_point()
-                                   or torch.as_tensor(labels).is_complex()):
-            raise TypeError(f"Expected `labels` to be integer class indices, but got "
-                            f"{torch.as_tensor(labels).dtype}.")
+        if labels is not None:
+            kind = torch.as_tensor(labels).dtype
+            if kind.is_floating_point or kind.is_complex:
+                raise TypeError(f"Expected `labels` to be integer class indices, but got {kind}.")
         stop = len(images) if n_images is None else min(n_images, len(images))
         for i in range(0, stop, batch_size):
             j = min(i + batch_size, stop)

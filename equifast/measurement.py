@@ -171,10 +171,11 @@ class Measurer:
         correct = None
         if y is not None and "final" in fx and self.count_accuracy:  # top-1 of the logits
             classes = fx["final"].shape[-1]
-            if self.label_classes is None and y.device.type == "cpu" and y.numel() and (
-                    int(y.min()) < 0 or int(y.max()) >= classes):  # labels on the host: no sync
-                raise ValueError(f"Expected `labels` to be class indices in [0, {classes}) of the "
-                                 f"model's logits, but got values in [{int(y.min())}, {int(y.max())}].")
+            if self.label_classes is None and y.device.type == "cpu" and y.numel():
+                lo, hi = (int(v) for v in torch.aminmax(y))  # labels on the host: no sync
+                if lo < 0 or hi >= classes:
+                    raise ValueError(f"Expected `labels` to be class indices in [0, {classes}) of "
+                                     f"the model's logits, but got values in [{lo}, {hi}].")
             y = y.to(self.device, non_blocking=True)
             if self.label_classes is not None:
                 y = self.label_classes.to(self.device)[y]

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from equifast._io import write_csv_atomic, write_text_atomic
+from equifast._io import check_own_folder, write_csv_atomic, write_text_atomic
 from equifast.report import over_runs
 
 from .recipes import Recipe, get_recipe
@@ -98,13 +98,7 @@ def _claim_folder(out: str, name: str) -> None:
     """Mark ``out`` as study ``name``'s (``study.json``); another study's folder is refused, so
     that its runs.csv, summary.csv and figure.png are never replaced."""
     marker = Path(out, "study.json")
-    if Path(out).exists() and not Path(out).is_dir():
-        raise FileExistsError(f"Expected `out` {out!r} to be a folder, but it is a file.")
-    if not marker.is_file() and Path(out).is_dir() and any(Path(out).iterdir()):
-        # not a study folder: the user's files (runs.csv, summary.csv, figure.png would be replaced)
-        raise FileExistsError(f"Expected `out` {out!r} to be a study folder (with study.json) or "
-                              f"empty, but it holds other files: "
-                              f"{sorted(p.name for p in Path(out).iterdir())[:5]}. Use another --out.")
+    check_own_folder(out, [marker.name], "a study folder", "`out`")  # runs.csv, summary.csv, ...
     if marker.is_file():
         other = json.loads(marker.read_text()).get("study")
         if other != name:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from equifast._io import atomic_write, write_text_atomic
+from equifast._io import atomic_write, check_own_folder, write_text_atomic
 from equifast.devices import resolve_device
 
 from .data import BatchCollate, build_dataset, dataset_info
@@ -247,14 +247,8 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
             files but no run (they are never replaced, even with ``overwrite``).
         ValueError: the stored recipe differs from ``recipe``.
     """
-    out = Path(out_dir)
-    if out.is_dir() and any(out.iterdir()) and not (out / RECIPE).is_file():
-        # not a run (no recipe.json): files of the user's, never replaced, even with overwrite
-        raise FileExistsError(f"Expected `out_dir` {str(out)!r} to be a run folder (with "
-                              f"{RECIPE}) or empty, but it holds other files: "
-                              f"{sorted(p.name for p in out.iterdir())[:5]}. Use another `out_dir`.")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"Expected `out_dir` {str(out)!r} to be a folder, but it is a file.")
+    # not a run (no recipe.json): files of the user's, never replaced, even with overwrite
+    out = check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir`")
     if overwrite and out.exists():
         for name in (CHECKPOINT, METRICS, RESULT, MODEL, RECIPE):
             (out / name).unlink(missing_ok=True)
