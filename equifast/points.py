@@ -210,7 +210,7 @@ def _first_tensor(obj, n: Optional[int] = None) -> Optional[Tensor]:
     ``(pixel tokens [N*L, 16, C], patch tokens [N, L, C])``, and the patch tokens are the point."""
     first = None
     for t in _tensors(obj):
-        if n is None or (t.dim() >= 1 and int(t.shape[0]) == n):
+        if n is None or _has_images_first(t, n):
             return t
         if first is None:
             first = t
@@ -304,7 +304,7 @@ class _Analysis:
     def batched(self, c: _Call) -> bool:
         """Whether ``c``'s output has the images on its first axis (TNT's pixel tokens
         ``[N*L, 16, C]`` and MobileViT's unfolded patches ``[N*P, L, C]`` do not)."""
-        return c.out is not None and c.out.dim() >= 1 and int(c.out.shape[0]) == self.n
+        return _has_images_first(c.out, self.n)
 
     def children(self, name: str) -> List[_Call]:
         """The called children of module ``name``, in call order. A container the model
@@ -504,8 +504,12 @@ def _head_points(an: _Analysis, pooling: Optional[_Call] = None,
     return [("pool", head.name, "input"), ("final", "", "output")]
 
 
+def _has_images_first(t: Optional[Tensor], n: int) -> bool:
+    return t is not None and t.dim() >= 1 and int(t.shape[0]) == n
+
+
 def _check_batched(name: str, t: Optional[Tensor], n: int) -> None:
-    if t is not None and (t.dim() == 0 or int(t.shape[0]) != n):
+    if t is not None and not _has_images_first(t, n):
         raise ValueError(
             f"Expected point {name!r} to have the {n} images on its first axis, but it is "
             f"{tuple(t.shape)} (e.g. TNT's pixel tokens [N*L, 16, C] or MobileViT's unfolded "
