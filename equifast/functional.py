@@ -45,10 +45,12 @@ def _warn_fallback() -> None:
 def _index_map(transform: Transform, map_size: Tuple[int, int], input_size: Tuple[int, int],
                device: torch.device):
     a, b = transform.index_map(map_size, input_size, device=device)
-    hw = map_size[0] * map_size[1]
+    if type(transform).index_map is Transform.index_map:
+        return a, b  # the base method checked what on_map returned
+    hw = map_size[0] * map_size[1]  # a subclass overrides index_map itself: checked here
     ok = all(isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.dim() == 1
              for t in (a, b)) and a.shape == b.shape and a.numel() > 0
-    if ok:  # a subclass may override index_map itself
+    if ok:
         lo_a, hi_a, lo_b, hi_b = torch.stack([a.min(), a.max(), b.min(), b.max()]).tolist()
         ok = min(lo_a, lo_b) >= 0 and max(hi_a, hi_b) < hw
     if not ok:
@@ -106,10 +108,13 @@ def check_finite(t: torch.Tensor, name: str = "fx") -> None:
 
 
 def finite_marker(t: torch.Tensor) -> torch.Tensor:
-    """A float32 scalar where ``t`` lives: 0 when every value of ``t`` is finite, else NaN
-    (``0 * v`` is 0 for a finite ``v`` and NaN for NaN and infinities; unlike a plain sum,
-    nothing can overflow). No host transfer, so that a caller can fetch many at once."""
-    return t.detach().mul(0).sum(dtype=torch.float32)
+    """A float64 scalar where ``t`` lives, finite exactly when every value of ``t`` is. No host
+    transfer, so that a caller can fetch many at once."""
+    t = t.detach()
+    if t.dtype == torch.float64:  # its plain sum could overflow: 0 * v is 0, or NaN for NaN/inf
+        return t.mul(0).sum()
+    # a float64 sum of float32/16 values cannot overflow, and reads t once without a temporary
+    return t.sum(dtype=torch.float64)
 
 
 def raise_unless_finite(names: Sequence[str], markers: Sequence[torch.Tensor]) -> None:

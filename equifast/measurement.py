@@ -178,7 +178,7 @@ class Measurer:
                                      f"the model's logits, but got values in [{lo}, {hi}].")
             y = y.to(self.device, non_blocking=True)
             if self.label_classes is not None:
-                y = self.label_classes.to(self.device)[y]
+                y = self.label_classes[y]
             correct = (fx["final"].argmax(-1) == y).sum()
         b = x.shape[0]
         per_pass = max(1, self.batch_size // b)
@@ -311,7 +311,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                             channels_last=channels_last, tensor_cores=tensor_cores)
         final = next((p for p in measurer.points if p.name == "final"), None)
         if folder is not None and folder.labelled and final is not None and len(final.shape) == 1:
-            measurer.label_classes = data_mod.model_classes(folder, final.shape[0])
+            classes = data_mod.model_classes(folder, final.shape[0])
+            measurer.label_classes = None if classes is None else classes.to(measurer.device)
             if measurer.label_classes is None:
                 warnings.warn(f"No accuracy: which of the model's {final.shape[0]} classes the "
                               f"{len(folder.classes)} class folders are is unknown (not one folder "
