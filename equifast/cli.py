@@ -53,18 +53,14 @@ def _run_measure(args) -> int:
 
     from . import functional
     from ._io import write_csv_atomic
-    from .measurement import measure
+    from .measurement import measure, metric_list
     from .transforms import check_distinct, parse_transforms
 
-    from .reference import METRICS
 
     # Every input is checked before the model runs: a measurement can take hours.
     transforms = parse_transforms(args.transforms)
     check_distinct(transforms)
-    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
-    if not metrics or len(set(metrics)) != len(metrics) or not set(metrics) <= set(METRICS):
-        raise ValueError(f"Expected --metric to be correlation, cosine or correlation,cosine, but "
-                         f"got {args.metric!r}.")
+    metrics = metric_list([m.strip() for m in args.metric.split(",") if m.strip()], "--metric")
     if args.n_images is not None and args.n_images < 1:
         raise ValueError(f"Expected --n-images >= 1, but got {args.n_images}.")
     weights = None if args.weights == "none" else args.weights

@@ -94,6 +94,17 @@ class MeasureState:
         return Report.from_rows(rows, meta)
 
 
+def metric_list(metric: Union[str, Sequence[str]], name: str = "`metric`") -> List[str]:
+    """``metric`` as a list of distinct metric names; ``ValueError`` (naming ``name``) otherwise."""
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    for m in metrics:
+        if m not in METRICS:
+            raise ValueError(f"Expected {name} to be one of {METRICS}, but got {m!r}.")
+    if not metrics or len(set(metrics)) != len(metrics):
+        raise ValueError(f"Expected {name} to be one or more distinct metrics, but got {metrics}.")
+    return metrics
+
+
 class Measurer:
     """The streaming face of :func:`measure`: ``update`` per batch, ``state`` at any time.
 
@@ -106,12 +117,7 @@ class Measurer:
                  batch_size: int = 64, eps: float = TOLERANCE, backend: str = "auto",
                  split_method: str = "auto", channels_last: bool = True,
                  tensor_cores: bool = True):
-        metrics = [metric] if isinstance(metric, str) else list(metric)
-        for m in metrics:
-            if m not in METRICS:
-                raise ValueError(f"Expected `metric` to be one of {METRICS}, but got {m!r}.")
-        if not metrics or len(set(metrics)) != len(metrics):
-            raise ValueError(f"Expected one or more distinct metrics, but got {metrics}.")
+        metrics = metric_list(metric)
         if vector_mode not in VECTOR_MODES:
             raise ValueError(f"Expected `vector_mode` to be one of {VECTOR_MODES}, but got {vector_mode!r}.")
         if amp not in (None, "float16", "bfloat16"):
@@ -270,6 +276,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                         f"folder, but got {type(model).__name__}.")
     if isinstance(transforms, Transform):  # one transform
         transforms = [transforms]
+    metric_list(metric)  # before the model and the data load
     # A model being trained is put back in train mode after (measuring runs it in eval mode).
     with modes_kept(model):
         from .models import load_model
