@@ -56,7 +56,6 @@ def _run_measure(args) -> int:
     from .measurement import measure, metric_list
     from .transforms import check_distinct, parse_transforms
 
-
     # Every input is checked before the model runs: a measurement can take hours.
     transforms = parse_transforms(args.transforms)
     check_distinct(transforms)
