@@ -126,3 +126,15 @@ def test_backends_agree_on_non_finite_rows_below_the_check():
     torch.testing.assert_close(layer, want.layer, equal_nan=True)
     assert torch.isnan(channel[0, 1]) and index[0, 1] == -1 and torch.isnan(channel[1, 2])
     assert index[1, 2] != 2  # the inf column is left out of the max
+
+
+def test_finite_marker_is_finite_exactly_when_the_tensor_is():
+    from equifast.functional import finite_marker
+
+    for big in (torch.full((1000,), 3e38), torch.full((1000,), 65504.0).half(),
+                torch.full((1000,), 3e38).bfloat16(), torch.full((1000,), 1e308, dtype=torch.float64)):
+        assert torch.isfinite(finite_marker(big))  # large sums must not overflow into a false alarm
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            t = big.clone()
+            t[7] = bad
+            assert not torch.isfinite(finite_marker(t))
