@@ -45,8 +45,9 @@ tensor with ``N`` first is the value). A module run more than once in a pass (on
 weights) is no point and joins no layer, since hooks would see its last call only (with a
 warning if it has weights); name its calls by their fx node names to measure them. A model
 without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
-layer. ``pool`` is the input of the first ``nn.Linear`` applied to a vector after global
-pooling (without one, of a convolution applied to the pooled ``[N, K, 1, 1]`` map: timm DLA);
+layer. ``pool`` is the input of the first weight layer after global pooling: an ``nn.Linear``
+on the vector or a convolution on the pooled ``[N, K, 1, 1]`` map (timm DLA's ``fc``, the
+``conv_head`` of timm's MobileNetV3, LCNet, GhostNet and MobileNetV4);
 when no weight layer runs after global pooling (SqueezeNet's conv classifier runs on the map)
 there is no ``pool`` point, with a warning; ``final`` is the model's output.
 
@@ -60,6 +61,8 @@ VGG                                        one point per conv layer (conv, ReLU 
                                            ``features.2`` (vgg11: 8)                              no global pooling)
 MobileNet v2 / v3 (torchvision)            every entry of ``features``: ``stem`` = features.0,    first ``Linear`` of
                                            the inverted residuals, the last 1x1 conv              ``classifier``
+MobileNetV3 / LCNet / GhostNet (timm)      ``stem`` (conv_stem, bn1), every block ``blocks.i.j``  ``conv_head`` (1x1 conv
+                                                                                                  after pooling)
 Inception v3 (eval, no aux logits)         the five stem convs (``Conv2d_1a_3x3``,                ``fc``
                                            ``Conv2d_2a_3x3``, ``maxpool1``, ``Conv2d_3b_1x1``,
                                            ``maxpool2``) and every ``Mixed_*`` (16)
@@ -380,8 +383,10 @@ class _Analysis:
         return [it for it in items if it[1].out is not None], None
 
     def classifier(self, after: _Call) -> Optional[_Call]:
-        """The first ``nn.Linear`` applied to a vector once pooling has started; without one, the
-        first convolution applied to a pooled ``[N, K, 1, 1]`` map (timm DLA's 1x1 ``fc``)."""
+        """The first weight layer that reads the pooled vector once pooling has started: an
+        ``nn.Linear`` on ``[N, K]`` or a convolution on a pooled ``[N, K, 1, 1]`` map (timm DLA's
+        1x1 ``fc``; the 1x1 ``conv_head`` that timm's MobileNetV3 family runs after pooling, the
+        counterpart of the first ``Linear`` of torchvision's MobileNetV3 classifier)."""
         def reads_vector(c: _Call) -> bool:
             if c.inp is None or c.start < after.start or int(c.inp.shape[0]) != self.n:
                 return False
@@ -389,8 +394,7 @@ class _Analysis:
                 return c.inp.dim() == 2
             return isinstance(c.module, nn.modules.conv._ConvNd) and c.inp.dim() == 4 and _spatial_size(c.inp) == 1
         cands = [c for c in self.calls.values() if reads_vector(c)]
-        linear = [c for c in cands if isinstance(c.module, nn.Linear)]
-        return min(linear or cands, key=lambda c: c.start) if cands else None
+        return min(cands, key=lambda c: c.start) if cands else None
 
     def token_grid(self) -> Optional[Tuple[int, int]]:
         """Spatial size of the last conv map computed before the first token sequence."""

@@ -598,3 +598,23 @@ def test_a_map_with_as_many_channels_as_columns_takes_the_layout_of_its_own_kind
     layouts = {p.name: p.layout for p in split(model, x)}
     assert layouts["stages.0.blocks.0"] == "NCHW"
     assert layouts["stages.1.blocks.0"] == layouts["stages.2.blocks.0"] == "NHWC"
+
+
+def test_timm_mobilenetv3_pool_is_the_pooled_vector_like_torchvision():
+    # timm runs a 1x1 conv_head (576 -> 1024) after global pooling where torchvision runs the
+    # classifier's first Linear (576 -> 1024): in both the pool point is the pooled 576-vector.
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    pools = {}
+    for lib, model in [("timm", timm.create_model("mobilenetv3_small_100", num_classes=10)),
+                       ("torchvision", tv.mobilenet_v3_small(num_classes=10))]:
+        model.eval()
+        points = split(model, x)
+        assert [p.name for p in points][-2:] == ["pool", "final"]
+        with torch.no_grad():
+            reps = representations(model, points)(x)
+            last_map = reps[points[-3].name]
+        torch.testing.assert_close(reps["pool"], last_map.mean((2, 3)))
+        pools[lib] = points[-2]
+    assert pools["timm"].module == "conv_head" and pools["torchvision"].module == "classifier.0"
+    assert pools["timm"].shape == pools["torchvision"].shape == (576,)
