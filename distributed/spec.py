@@ -54,7 +54,9 @@ __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_
 #: photos normalised by torchvision presets and cut at the model's input size, checkpoints of
 #: torchvision models preprocessed by their preset, checkpoints hashed: results of version 1
 #: jobs may differ, so they are measured again (their records stay, out of the tables).
-SPEC_VERSION = 2
+#: 3: model splits found the blocks of more models (iterated blocks, channels-last maps by
+#: width, multi-output modules) and timm MobileNetV3's ``pool`` moved to its pooled vector.
+SPEC_VERSION = 3
 
 _TOP_KEYS = {"name", "out", "models", "datasets", "transforms", "metrics", "seeds", "n_images",
              "batch_size", "vector_mode", "resources", "shards", "max_retries", "retry_exceptions",
