@@ -261,7 +261,13 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
                 handles.append(mod.register_forward_hook(post(name)))
             model.eval()
             with torch.no_grad():
-                out = model(x)
+                try:
+                    out = model(x)
+                except RuntimeError as e:  # usually an input the model cannot take
+                    raise ValueError(
+                        f"{type(model).__name__} failed on an example input of shape "
+                        f"{tuple(x.shape)}; is the image too small for it, or of another channel "
+                        f"count? The model said: {e}") from e
         finally:
             for h in handles:
                 h.remove()
@@ -377,10 +383,17 @@ class _Analysis:
                 continue
             pools = (c.out.dim() < 3 or _is_adaptive_pool(c.module) or (
                 kind == "unit" and self.weights(c.name) == 0 and _spatial_size(c.out) == 1
-                and _spatial_size(c.inp) > 1))
+                and _spatial_size(c.inp) > 1 and not self.spatial_conv_after(c)))
             if pools:
                 return [it for it in items[:i] if it[1].out is not None], c
         return [it for it in items if it[1].out is not None], None
+
+    def spatial_conv_after(self, c: _Call) -> bool:
+        """Whether a convolution wider than 1x1 runs after ``c``: then a layer of ``c``'s that
+        leaves a 1x1 map is a downsampling of a small input (DLA's stage max-pool at 32 px), not
+        global pooling, after which only the head's 1x1 convolutions and Linears run."""
+        return any(isinstance(k.module, nn.modules.conv._ConvNd) and k.start > c.start
+                   and any(int(s) > 1 for s in k.module.kernel_size) for k in self.calls.values())
 
     def classifier(self, after: _Call) -> Optional[_Call]:
         """The first weight layer that reads the pooled vector once pooling has started: an

@@ -501,6 +501,18 @@ def test_dla_classifier_is_a_1x1_conv_on_the_pooled_map():
     torch.testing.assert_close(reps["final"], model(x))
 
 
+def test_small_input_downsampled_to_1x1_is_not_global_pooling():
+    # At 32 px DLA's last stage max-pools a 2x2 map to 1x1, then runs 3x3 convs on it: the split
+    # must be the one at 64 px (the same points, pool = the 512-vector fc reads), not stop there.
+    model = timm.create_model("dla34", pretrained=False, num_classes=10).eval()
+    big, small = split(model, torch.randn(1, 3, 64, 64)), split(model, torch.randn(1, 3, 32, 32))
+    assert [p.name for p in small] == [p.name for p in big]
+    assert small[-2].module == "fc" and small[-2].shape == (model.num_features,)
+    assert small[-3].shape == (model.num_features, 1, 1)
+    with pytest.raises(ValueError, match=r"failed on an example input of shape \(1, 3, 16, 16\)"):
+        split(model, torch.randn(1, 3, 16, 16))  # its stage max-pool cannot halve a 1x1 map
+
+
 @pytest.mark.parametrize("name, prefix", [("pit_ti_224", 1), ("pit_ti_distilled_224", 2)])
 def test_pit_prefix_tokens_from_its_class_token(name, prefix):
     torch.manual_seed(0)
