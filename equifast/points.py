@@ -30,7 +30,8 @@ outputs. Then, from the model down:
   modules, MBConv, ConvNeXt, transformer and mixer blocks).
 
 Global pooling ends the search: the first unit or block whose output is no longer a map
-(``[N, K]``), an adaptive pooling layer, or a weightless layer that pools a map to 1x1.
+(``[N, K]``), an adaptive pooling layer, or a weightless layer that pools a map to 1x1 with
+no convolution wider than 1x1 after it (a small input's downsampling is no global pooling).
 Units are grouped into *layers*: a unit with a weight layer starts a layer, weightless units
 that follow it on the same tensor (normalisation, activation, pooling) join it; the layer's
 point is its last unit's output. Layers before the first block are stem points (one layer:
