@@ -344,10 +344,17 @@ class _Analysis:
             return calls[0].inp.shape == calls[0].out.shape
         return all(a.end <= b.start and b.inp is a.out for a, b in zip(calls, calls[1:]))
 
+    def _wrapper(self, c: _Call) -> bool:
+        """Whether ``c`` wraps one weighted module that is no container (``Residual(m)``:
+        EfficientViT's sub-units), so that repeats of it make a block, not a stage of blocks."""
+        weighted = [k for k in self.children(c.name) if self.weights(k.name)]
+        return len(weighted) == 1 and not _is_container(weighted[0].module)
+
     def _repeats(self, calls: List[_Call], containers: bool = True) -> bool:
         seen: Dict[type, int] = {}
         for c in calls:
-            if self.weights(c.name) >= 2 and self.batched(c) and (containers or not _is_container(c.module)):
+            if self.weights(c.name) >= 2 and self.batched(c) and (containers or not (
+                    _is_container(c.module) or self._wrapper(c))):
                 seen[type(c.module)] = seen.get(type(c.module), 0) + 1
         return any(v >= 2 for v in seen.values())
 

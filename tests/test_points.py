@@ -630,3 +630,15 @@ def test_timm_mobilenetv3_pool_is_the_pooled_vector_like_torchvision():
         pools[lib] = points[-2]
     assert pools["timm"].module == "conv_head" and pools["torchvision"].module == "classifier.0"
     assert pools["timm"].shape == pools["torchvision"].shape == (576,)
+
+
+@pytest.mark.parametrize("name", ["efficientvit_b0", "efficientvit_m0"])
+def test_blocks_of_residual_wrappers_are_blocks_efficientvit(name):
+    # An EfficientViT block is a sequence of Residual(m) wrappers (context + local modules, or
+    # ffn / mixer / ffn): it is one block, not a stage whose wrappers are the blocks.
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    points = split(model, torch.randn(1, 3, 96, 96))
+    names = [p.name for p in points]
+    blocks = [f"stages.{i}.blocks.{j}" for i, s in enumerate(model.stages) for j in range(len(s.blocks))]
+    inside = [n for n in names if n.startswith("stages.") and ".blocks." in n]
+    assert inside == [b for b in blocks if b in names] and len(inside) >= len(blocks) - 1
