@@ -2,7 +2,8 @@
 
     equifast measure                      # the embedded default: EfficientNet-Lite0, real photos
     equifast measure --model resnet50 --data /data/imagenet/val --n-images 2000
-    equifast measure --model my_net --weights ckpt.pt --transforms rotation --metric correlation,cosine
+    equifast measure --model resnet18 --weights ckpt.pt --transforms rotation --metric correlation,cosine
+    equifast measure --model runs/cnn7-fmnist6/seed0   # a run of `equifast train`, on its test set
     equifast models resnet                # list model names
     equifast train / study / sweep ...    # training studies and Ray sweeps (see --help)
 """
@@ -13,7 +14,18 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "HelpFormatter"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` only where the help text does not already say it, and not for
+    flags or options without a default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or isinstance(action.default, bool):
+            return text
+        return super()._get_help_string(action)
 
 
 def _add_measure(sub) -> None:
@@ -23,28 +35,35 @@ def _add_measure(sub) -> None:
                     "per point and per part (early, middle, late, pool, final). With no options: "
                     "EfficientNet-Lite0 with its real ImageNet weights on crops of real photos "
                     "(no download), diagonal shifts 1..32 and rotations.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="efficientnet_lite0", help="torchvision or timm model name")
+        formatter_class=HelpFormatter)
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="torchvision or timm model name, or the folder of an `equifast train` run "
+                        "(measured on its recipe's test set)"),
     p.add_argument("--weights", default="default",
-                   help="'default' (hub; embedded for efficientnet_lite0), 'none' (random), or a checkpoint path")
+                   help="'default' (the default: hub weights; embedded for efficientnet_lite0), 'none' "
+                        "(random), or a checkpoint path")
     p.add_argument("--data", default=None,
                    help="folder of images (class subfolders give labels and accuracy); default: embedded photos")
     p.add_argument("--transforms", default="translation:1-32,rotation",
                    help="comma-separated: translation:1-32, translation:1-16:zero, translation:1-8:nearest, rotation, rotation:90, flip, flip:horizontal")
     p.add_argument("--metric", default="correlation",
                    help="correlation, cosine, or both (correlation,cosine: adds the metric-bias analysis)")
-    p.add_argument("--vector-mode", default="per_image", choices=["per_image", "across_images"])
-    p.add_argument("--n-images", type=int, default=None, help="images to use (default: 192 embedded, all of --data)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--vector-mode", default="per_image", choices=["per_image", "across_images"],
+                   help="vectors (pool, final): one score per image over its K entries (invariance), "
+                        "or per channel across the images")
+    p.add_argument("--n-images", type=int, default=None,
+                   help="images to use (default: 192 embedded photos, 2000 of a run's test set, "
+                        "all of --data)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--amp", default=None, choices=["float16", "bfloat16"], help="autocast dtype")
     p.add_argument("--no-tensor-cores", dest="tensor_cores", action="store_false",
                    help="CUDA: multiply in float32 instead of TF32/float16/bfloat16 tensor cores")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds torch and the image subset")
     p.add_argument("--out", default="runs/measure",
                    help="output folder: report.json, report.{points,parts}.{csv,parquet}, "
                         "report.meta.json, figure.png (replaced if there)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_measure)
 
 
@@ -54,6 +73,7 @@ def _run_measure(args) -> int:
     from . import functional
     from ._io import write_csv_atomic
     from .measurement import measure, metric_list
+    from .models import check_model_name
     from .transforms import check_distinct, parse_transforms
 
     # Every input is checked before the model runs: a measurement can take hours.
@@ -62,12 +82,17 @@ def _run_measure(args) -> int:
     metrics = metric_list([m.strip() for m in args.metric.split(",") if m.strip()], "--metric")
     if args.n_images is not None and args.n_images < 1:
         raise ValueError(f"Expected --n-images >= 1, but got {args.n_images}.")
+    check_model_name(args.model)
     weights = None if args.weights == "none" else args.weights
-    if args.data is not None and not Path(args.data).exists():
-        raise FileNotFoundError(f"Expected --data to be a folder of images, but {args.data!r} does not exist.")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise FileNotFoundError(f"Expected --data to be a folder of images, but {args.data!r} "
+                                f"{'is a file' if Path(args.data).exists() else 'does not exist'}.")
     out = _output_folder(args.out)
-    n_images = args.n_images if args.n_images is not None else (192 if args.data is None else None)
-    print(f"equifast: {args.model} ({'embedded photos' if args.data is None else args.data}), "
+    run = (Path(args.model) / "recipe.json").is_file()  # a run folder: its recipe's test set
+    n_images = args.n_images if args.n_images is not None else (
+        192 if args.data is None and not run else None)
+    images = args.data or ("test set of the run" if run else "embedded photos")
+    print(f"equifast: {args.model} ({images}), "
           f"{len(transforms)} transforms, metric {','.join(metrics)}, backend {functional.backend()}",
           flush=True)
     report = measure(args.model, args.data, transforms=transforms, metric=metrics,
@@ -103,7 +128,10 @@ def _output_folder(path: str) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"Expected --out to be a folder, but {path!r} is a file; pass a folder.")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"Cannot create the --out folder {path!r} ({err.strerror or err}).") from err
     try:
         tempfile.TemporaryFile(dir=out).close()
     except OSError as err:

