@@ -116,6 +116,18 @@ def test_missing_root_errors(tmp_path):
         CIFAR10Dataset(None, download=True)
 
 
+def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
+    # torchvision's own downloads, pointed at a port that refuses (no internet needed or used)
+    import torchvision
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:1/"])
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", "http://127.0.0.1:1/cifar-10-python.tar.gz")
+    with pytest.raises(FileNotFoundError, match=r"^Could not download MNIST into .*drop --download\.$") as err:
+        build_dataset("mnist6", str(tmp_path), download=True)
+    assert "\n" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match=r"^Could not download CIFAR-10 into .*URLError"):
+        CIFAR10Dataset(str(tmp_path), download=True)
+
+
 def test_ray_training_checks_data_and_batch_before_starting(tmp_path):
     ray = pytest.importorskip("ray")
     from equifast.training.ray_train import train_ray

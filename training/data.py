@@ -80,6 +80,17 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def _fetch(what: str, root: str, fetch: Callable[[], object]):
+    """``fetch()`` (a torchvision download), with a one-line error when it fails (offline)."""
+    try:
+        return fetch()
+    except (RuntimeError, OSError) as err:  # torchvision: RuntimeError (MNIST), URLError (CIFAR)
+        raise FileNotFoundError(
+            f"Could not download {what} into {root!r} ({type(err).__name__}: "
+            f"{' '.join(str(err).split())}). Without "
+            f"internet, put its files in that folder yourself and drop --download.") from err
+
+
 def _find_idx(root: str, sub: str, stem: str) -> Optional[str]:
     for d in (root, os.path.join(root, "raw"), os.path.join(root, sub, "raw")):
         for ext in ("", ".gz"):
@@ -97,7 +108,7 @@ def _load_idx_pair(root: str, sub: str, train: bool, what: str, option: str,
     paths = [_find_idx(root, sub, s) for s in stems] if root else [None, None]
     if None in paths and download and root:
         import torchvision
-        getattr(torchvision.datasets, tv_cls)(root, train=train, download=True)
+        _fetch(what, root, lambda: getattr(torchvision.datasets, tv_cls)(root, train=train, download=True))
         paths = [_find_idx(root, sub, s) for s in stems]
     if None in paths:
         raise FileNotFoundError(
@@ -217,7 +228,8 @@ class CIFAR10Dataset(Dataset):
                 f"CIFAR10 layout), but got root={root!r} without it. Extract cifar-10-python."
                 f"tar.gz there and pass that folder as `root` (--data-root), or pass "
                 f"download=True (--download).")
-        self.base = torchvision.datasets.CIFAR10(root, train=train, download=download)
+        self.base = _fetch("CIFAR-10", root, lambda: torchvision.datasets.CIFAR10(
+            root, train=train, download=download))
         self.indices = _subset_indices(len(self.base), subset, data_seed)
         self.transform = transform
         self.num_classes, self.num_rotations = 10, 0
