@@ -305,7 +305,7 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path):
     with pytest.raises(_Crash):
         train(recipe, str(tmp_path / "crashed"), callback=crash)
     assert not (tmp_path / "crashed" / "result.json").exists()
-    with pytest.raises(FileExistsError, match="resume=True"):
+    with pytest.raises(FileExistsError, match=r"`out_dir` \(--out\) .* resume=True"):
         train(recipe, str(tmp_path / "crashed"), resume=False)
     resumed = train(recipe, str(tmp_path / "crashed"))
     assert resumed.resumed_from == 1 and resumed.epochs == 2

@@ -248,7 +248,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
         ValueError: the stored recipe differs from ``recipe``.
     """
     # not a run (no recipe.json): files of the user's, never replaced, even with overwrite
-    out = check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir`")
+    out = check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir` (--out)")
     if overwrite and out.exists():
         for name in (CHECKPOINT, METRICS, RESULT, MODEL, RECIPE):
             (out / name).unlink(missing_ok=True)
@@ -260,7 +260,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
         if not stored.same_run(recipe):
             diff = {k: (v, recipe.to_dict()[k]) for k, v in stored.to_dict().items()
                     if v != recipe.to_dict()[k]}
-            raise ValueError(f"Expected `out_dir` {str(out)!r} to hold a run of the same recipe, "
+            raise ValueError(f"Expected `out_dir` (--out) {str(out)!r} to hold a run of the same recipe, "
                              f"but the stored recipe differs (stored, given): {diff}. Use another "
                              f"`out_dir` or pass overwrite=True (--overwrite) to replace it.")
         if (out / RESULT).is_file():
@@ -272,7 +272,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
                           "the run computes (or draws its augmentations) differently, so it will "
                           "not be bitwise the uninterrupted run.", stacklevel=3)
         if (out / CHECKPOINT).is_file() and not resume:
-            raise FileExistsError(f"Expected `out_dir` {str(out)!r} to be empty with resume=False, "
+            raise FileExistsError(f"Expected `out_dir` (--out) {str(out)!r} to be empty with resume=False, "
                                   f"but it holds an unfinished run. Pass resume=True to continue "
                                   f"it or overwrite=True (--overwrite) to start again.")
     write_text_atomic(out / RECIPE, json.dumps(recipe.to_dict(), indent=2))
