@@ -22,6 +22,7 @@ import torch
 
 import equifast as ef
 from equifast.models import load_model
+from equifast.devices import resolve_device
 
 sys.path.insert(0, os.path.dirname(__file__))
 from results import cpu_model, sync, write_section  # noqa: E402
@@ -59,7 +60,10 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true",
                     help="after timing, print torch.profiler's top operators for one measure call")
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        ap.error(str(err))
     model, _ = load_model(args.model, weights=None)
     x = torch.randn(args.images, 3, args.size, args.size)
     transforms = ef.diagonal_shifts(1, args.shifts)

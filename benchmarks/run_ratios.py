@@ -46,6 +46,7 @@ import torch
 
 from equifast import ops, reference
 from equifast.transforms import Translation
+from equifast.devices import resolve_device
 
 sys.path.insert(0, os.path.dirname(__file__))
 from results import cpu_model, sync, write_section  # noqa: E402
@@ -245,6 +246,10 @@ def main(argv=None) -> int:
     parser.add_argument("--peak-gbs", type=float, default=None,
                         help="CUDA: memory bandwidth in GB/s for the roofline (default: GPU table)")
     args = parser.parse_args(argv)
+    try:
+        args.device = str(resolve_device(args.device))
+    except ValueError as err:
+        parser.error(str(err))
     if not ops.available():
         parser.error(f"the compiled operator is not available: {ops.load_error()}")
     n, repeat, ref_repeat = (16, 5, 1) if args.quick else (64, 9, 2)

@@ -2,6 +2,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 import equifast as ef
@@ -51,3 +52,12 @@ def test_gpu_peaks_match_the_most_specific_name():
     assert ratios.gpu_peaks("NVIDIA GH200 480GB")[1] != ratios.gpu_peaks("NVIDIA H200")[1]
     assert ratios.gpu_peaks("NVIDIA A100 80GB PCIe") != ratios.gpu_peaks("NVIDIA A100-SXM4-40GB")
     assert ratios.gpu_peaks("NVIDIA RTX 4090") is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a GPU")
+@pytest.mark.parametrize("name", ["run_ratios", "run_end_to_end"])
+def test_cuda_without_a_gpu_is_a_usage_error(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _script(name).main(["--device", "cuda"])
+    assert exit_.value.code == 2
+    assert "Expected a CUDA device for 'cuda', but torch sees none" in capsys.readouterr().err
