@@ -383,9 +383,11 @@ class _Analysis:
                 out.append(("block", c))
         return out
 
-    def body(self) -> Tuple[List[Tuple[str, _Call]], Optional[_Call]]:
-        """The items before global pooling, and the item that pools (``None``: none found)."""
-        items = self.items("")
+    def body(self, name: str = "") -> Tuple[List[Tuple[str, _Call]], Optional[_Call]]:
+        """The items before global pooling, and the item that pools (``None``: none found). A
+        head block that pools inside (timm EfficientViT's ``head``: a 1x1 conv on the map, then
+        pooling and the classifier) is opened: its layers on the map come before pooling."""
+        items = self.items(name)
         for i, (kind, c) in enumerate(items):
             if c.out is None or not self.batched(c):
                 continue
@@ -393,7 +395,12 @@ class _Analysis:
                 kind == "unit" and self.weights(c.name) == 0 and _spatial_size(c.out) == 1
                 and _spatial_size(c.inp) > 1 and not self.spatial_conv_after(c)))
             if pools:
-                return [it for it in items[:i] if it[1].out is not None], c
+                before = [it for it in items[:i] if it[1].out is not None]
+                if kind == "block":
+                    inner, inner_pooling = self.body(c.name)
+                    if inner_pooling is not None and inner:
+                        return before + inner, inner_pooling
+                return before, c
         return [it for it in items if it[1].out is not None], None
 
     def spatial_conv_after(self, c: _Call) -> bool:

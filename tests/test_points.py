@@ -642,3 +642,6 @@ def test_blocks_of_residual_wrappers_are_blocks_efficientvit(name):
     blocks = [f"stages.{i}.blocks.{j}" for i, s in enumerate(model.stages) for j in range(len(s.blocks))]
     inside = [n for n in names if n.startswith("stages.") and ".blocks." in n]
     assert inside == [b for b in blocks if b in names] and len(inside) >= len(blocks) - 1
+    if name == "efficientvit_b0":  # its head convolves the map before pooling: that is a point
+        assert names[-3:] == ["head.in_conv", "pool", "final"]
+        assert points[-3].shape[0] == points[-2].shape[0] == model.head.in_conv.conv.out_channels
