@@ -101,3 +101,38 @@ def test_batch_sums_of_many_batches_equal_each_alone():
         own = torch.arange(b.channel.shape[1])
         assert one.offdiagonal == int(((b.layer_index >= 0) & (b.layer_index != own)).sum())
         assert row == ScoreState.batch_sums([b])[0].tolist()
+
+
+def test_channel_and_layer_undefined_entries_are_counted_apart():
+    # the layer max skips undefined targets, so a NaN channel score can have a defined layer score
+    nan = float("nan")
+    s = Scores(torch.tensor([[nan, 0.5], [0.2, nan]]), torch.tensor([[0.7, 0.6], [0.3, nan]]),
+               torch.tensor([[1, 1], [0, -1]]))
+    out = ScoreState().update(s).compute()
+    defined_c, defined_l = (~torch.isnan(s.channel)).sum().item(), (~torch.isnan(s.layer)).sum().item()
+    assert math.isclose(out["undefined_fraction"], 1 - defined_c / 4)
+    assert math.isclose(out["layer_undefined_fraction"], 1 - defined_l / 4)
+    assert math.isclose(out["layer"], float(s.layer.double().nanmean()), rel_tol=1e-9)
+    off = ((s.layer_index >= 0) & (s.layer_index != torch.arange(2))).sum().item()
+    assert math.isclose(out["offdiagonal_fraction"], off / defined_l)  # over defined layer entries
+
+
+def test_vector_state_undefined_channels_match_the_reference():
+    # dead and constant channels on one side only (an asymmetric mask), tiny activations (the
+    # tolerance is relative), eps = 1 with cosine (undefined exactly at the tolerance), and a
+    # merge with an empty state
+    g = torch.Generator().manual_seed(3)
+    fx, ftx = torch.randn(12, 4, generator=g), torch.randn(12, 4, generator=g)
+    fx[:, 1] = 0.0
+    ftx[:, 2] = 3.0
+    for metric, eps, scale in (("correlation", R.TOLERANCE, 1.0), ("cosine", R.TOLERANCE, 1e-9),
+                               ("correlation", R.TOLERANCE, 1e-9), ("cosine", 1.0, 1.0)):
+        a, b = scale * fx, scale * ftx
+        st = VectorState(metric, eps).update(a[:5], b[:5]).merge(VectorState(metric, eps))
+        st.merge(VectorState(metric, eps).update(a[5:], b[5:]))
+        want = R.equivariance_scores(a, b, metric=metric, vector_mode="across_images", eps=eps)
+        got = st.scores()
+        torch.testing.assert_close(got.channel[0], want.channel[0], atol=1e-6, rtol=0, equal_nan=True)
+        torch.testing.assert_close(got.layer[0], want.layer[0], atol=1e-6, rtol=0, equal_nan=True)
+        assert torch.equal(got.layer_index[0], want.layer_index[0]), (metric, eps, scale)
+    assert torch.isnan(want.channel).all()  # the last case: nothing is defined

@@ -138,3 +138,100 @@ def test_finite_marker_is_finite_exactly_when_the_tensor_is():
             t = big.clone()
             t[7] = bad
             assert not torch.isfinite(finite_marker(t))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["correlation", "cosine"])
+def test_backend_matches_hand_computed_metric(backend, metric):
+    # an offset makes the two metrics differ; each is checked against its definition by hand
+    g = torch.Generator().manual_seed(4)
+    fx = torch.randn(2, 3, 5, 5, generator=g) + 2.0
+    ftx = torch.randn(2, 3, 5, 5, generator=g) + fx
+    s = equivariance_scores(fx, ftx, metric=metric, backend=backend)
+    u, v = fx.double().flatten(2), ftx.double().flatten(2)
+    if metric == "correlation":
+        u, v = u - u.mean(-1, keepdim=True), v - v.mean(-1, keepdim=True)
+    sim = u @ v.transpose(-1, -2) / (u.norm(dim=-1).unsqueeze(-1) * v.norm(dim=-1).unsqueeze(-2))
+    torch.testing.assert_close(s.channel, sim.diagonal(dim1=-2, dim2=-1).clamp_min(0).float(),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(s.layer, sim.max(-1).values.clamp_min(0).float(), atol=1e-5, rtol=0)
+    other = equivariance_scores(fx, ftx, metric=({"correlation", "cosine"} - {metric}).pop(),
+                                backend=backend)
+    assert (other.channel - s.channel).abs().max() > 1e-2  # the metric really changes the answer
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(3, 4, 5, 5), (3, 4)], ids=["map", "vector"])
+def test_eps_is_the_relative_tolerance_in_every_backend(backend, shape):
+    # one compared vector varies by about 1e-3 of its size (channel 0 of a map; image 0's [K]
+    # vector): defined under the default tolerance (1e-5), undefined with eps=1e-2; the rule
+    # (undefined when ||u - mean|| <= eps ||u||) is evaluated here by hand
+    g = torch.Generator().manual_seed(5)
+    fx = torch.randn(*shape, generator=g)
+    if len(shape) == 4:
+        fx[:, 0] = 1.0 + 1e-3 * torch.randn(3, 5, 5, generator=g)
+        rows = fx.double().flatten(2)  # [N, K, P]: each (n, k) is one compared vector
+    else:
+        fx[0] = 1.0 + 1e-3 * torch.randn(4, generator=g)
+        rows = fx.double()  # [N, K]: per image, one vector over the K entries
+    ratio = (rows - rows.mean(-1, keepdim=True)).norm(dim=-1) / rows.norm(dim=-1)
+    for eps in (ef.TOLERANCE, 1e-2):
+        s = equivariance_scores(fx, fx.clone(), eps=eps, backend=backend)
+        want_defined = ratio > eps
+        if len(shape) == 2:
+            want_defined = want_defined.unsqueeze(-1).expand(3, 4)
+        assert torch.equal(~torch.isnan(s.channel), want_defined), eps
+    assert not (ratio > 1e-2).all() and (ratio > ef.TOLERANCE).all()  # both cases occur
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_by_one_maps_are_scored_as_vectors(backend):
+    # T_l is the identity on 1x1 maps, and they are scored like [N, K] vectors (per image)
+    g = torch.Generator().manual_seed(6)
+    f, ftx = torch.randn(3, 5, 1, 1, generator=g), torch.randn(3, 5, 1, 1, generator=g)
+    got = equivariance_scores(f, ftx, ef.Rotation(1), backend=backend, input_size=(8, 8))
+    want = equivariance_scores(f[..., 0, 0], ftx[..., 0, 0], backend=backend)
+    torch.testing.assert_close(got.channel, want.channel, atol=1e-6, rtol=0)
+    assert not torch.isnan(got.channel).any()
+
+
+@pytest.mark.parametrize("metric", ["correlation", "cosine"])
+def test_vector_modes_against_hand_computed_similarities(metric):
+    g = torch.Generator().manual_seed(7)
+    fx = torch.randn(6, 4, generator=g) + 1.0
+    ftx = -fx + 0.5 * torch.randn(6, 4, generator=g)  # anti-correlated: the ReLU matters
+    ftx[:, 3] = fx[:, 0] + 0.1 * torch.randn(6, generator=g)  # channel 3 of f(Tx) follows channel 0
+
+    def sim(a, b):  # rows of a with rows of b
+        a, b = a.double(), b.double()
+        if metric == "correlation":
+            a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+        return a @ b.T / (a.norm(dim=-1).unsqueeze(-1) * b.norm(dim=-1).unsqueeze(-2))
+
+    per_image = sim(fx, ftx).diagonal().clamp_min(0).float()  # one score per image
+    s = equivariance_scores(fx, ftx, metric=metric)
+    torch.testing.assert_close(s.channel, per_image.unsqueeze(1).expand(6, 4), atol=1e-6, rtol=0)
+    assert torch.equal(s.layer_index, torch.arange(4).expand(6, 4))
+    across = sim(fx.T, ftx.T)  # [K, K] over the images
+    s = equivariance_scores(fx, ftx, metric=metric, vector_mode="across_images")
+    torch.testing.assert_close(s.channel[0], across.diagonal().clamp_min(0).float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(s.layer[0], across.max(-1).values.clamp_min(0).float(), atol=1e-6, rtol=0)
+    assert torch.equal(s.layer_index[0], across.argmax(-1)) and s.layer_index[0, 0] == 3
+    assert (s.channel[0, :3] == 0).all()  # negative similarities are 0, not negative
+
+
+def test_input_size_accepts_whole_floats_only():
+    x, y = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    t = ef.Translation(5, 3)
+    want = equivariance_scores(x, y, t, input_size=(16, 16))
+    got = equivariance_scores(x, y, t, input_size=(16.0, 16.0))  # e.g. from a float config
+    assert torch.equal(got.channel, want.channel)
+    for bad in ((16.5, 16), (8, 0), (0, 8), (16,), (16, 16, 3)):
+        with pytest.raises(ValueError, match="`input_size`"):
+            equivariance_scores(x, y, t, input_size=bad)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 4, 4), (0, 3), (2, 0)])
+def test_empty_batch_or_channels_is_a_clear_error(shape):
+    with pytest.raises(ValueError, match="at least one image and one channel"):
+        equivariance_scores(torch.randn(*shape), torch.randn(*shape))

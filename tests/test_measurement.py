@@ -300,3 +300,60 @@ def test_operator_matches_reference_on_real_features():
     for col in ("channel", "layer", "undefined_fraction"):
         torch.testing.assert_close(torch.tensor(got[col].values), torch.tensor(want[col].values),
                                    atol=2e-5, rtol=0, equal_nan=True, msg=col)
+
+
+def test_strided_maps_get_the_scaled_shift_and_each_metric_its_own_scores():
+    # a stride-2 stage sees the 16x16 input's shift (2, 2) as (1, 1): measure must pass the input
+    # size along; computed here directly with equifast.functional, for both metrics
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.GELU()),
+                        nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.GELU()),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    x = torch.rand(4, 3, 16, 16) + 0.5  # a positive offset: cosine and correlation differ
+    ts = [ef.Translation(2, 2), ef.Translation(3, -2, mode="zero")]
+    got = (ef.measure(net, x, transforms=ts, metric=["correlation", "cosine"], batch_size=4,
+                      channels_last=False)
+           .points.set_index(["point", "transform", "metric"]))
+    with torch.no_grad():
+        for depth in range(2):
+            stages = net[:depth + 1]
+            for t in ts:
+                for m in ("correlation", "cosine"):
+                    s = ef.functional.equivariance_scores(stages(x), stages(t(x)), t, metric=m,
+                                                          input_size=(16, 16))
+                    row = got.loc[(str(depth), t.name, m)]
+                    assert math.isclose(row["channel"], s.channel.nanmean().item(), abs_tol=1e-5)
+                    assert math.isclose(row["layer"], s.layer.nanmean().item(), abs_tol=1e-5)
+        unscaled = ef.functional.equivariance_scores(net[:1](x), net[:1](ts[0](x)), ts[0])
+        assert abs(got.loc[("0", ts[0].name, "correlation")]["channel"]
+                   - unscaled.channel.nanmean().item()) > 1e-3  # the input size matters here
+
+
+def test_across_images_streams_the_whole_set():
+    # vectors (pool, logits) are compared across all 8 images, not per batch of 3, with each
+    # metric: the reference over the whole set, computed here in one go
+    from equifast import reference as R
+
+    model = circular_net()
+    x = torch.rand(8, 3, 12, 12)
+    t = ef.Rotation(1)  # a circular net is not rotation invariant: scores below 1
+    rep = ef.measure(model, x, transforms=[t], metric=["correlation", "cosine"],
+                     vector_mode="across_images", batch_size=3)
+    pts = rep.points.set_index(["point", "metric"])
+    with torch.no_grad():
+        for name, stages in (("pool", model[:5]), ("final", model)):
+            for m in ("correlation", "cosine"):
+                want = R.equivariance_scores(stages(x), stages(t(x)), metric=m, vector_mode="across_images")
+                row = pts.loc[(name, m)]
+                assert math.isclose(row["channel"], want.channel[0].nanmean().item(), abs_tol=1e-6)
+                assert math.isclose(row["layer"], want.layer[0].nanmean().item(), abs_tol=1e-6)
+                assert row["n_images"] == 8
+    assert (pts.channel < 0.999).any()
+
+
+@pytest.mark.parametrize("vector_mode", ["per_image", "across_images"])
+def test_eps_reaches_every_score(vector_mode):
+    # with cosine, a vector is undefined when ||u|| <= eps ||u||: with eps = 1 every one is
+    rep = ef.measure(circular_net(), torch.rand(4, 3, 12, 12), transforms=[ef.Rotation(1)],
+                     metric="cosine", vector_mode=vector_mode, eps=1.0, batch_size=2)
+    assert (rep.points.undefined_fraction == 1).all() and rep.points.channel.isna().all()

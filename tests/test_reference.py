@@ -101,3 +101,66 @@ def test_one_by_one_maps_are_vectors():
     f = torch.randn(3, 5, 1, 1)
     t = ef.Rotation(1)
     assert torch.equal(R.equivariance_scores(f, f, t).channel, R.equivariance_scores(f[..., 0, 0], f[..., 0, 0]).channel)
+
+
+def test_undefined_is_at_or_below_the_tolerance():
+    # with cosine, v = u: ||v|| <= eps ||u|| holds with equality for eps = 1, so every pair is
+    # undefined there, and none is just below it
+    x = torch.randn(2, 3, 4, 4)
+    at = R.equivariance_scores(x, x.clone(), metric="cosine", eps=1.0)
+    assert torch.isnan(at.channel).all() and torch.isnan(at.layer).all() and (at.layer_index == -1).all()
+    below = R.equivariance_scores(x, x.clone(), metric="cosine", eps=1.0 - 1e-9)
+    assert torch.allclose(below.channel, torch.ones(2, 3))
+
+
+def test_tolerance_is_relative_to_the_vectors_size():
+    # scores do not depend on the scale of the features (tiny activations are compared), and a
+    # vector that varies by 1e-7 of its size is constant up to the tolerance (1e-5): undefined
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 5, 5, generator=g)
+    y = x + 0.5 * torch.randn(2, 3, 5, 5, generator=g)
+    s = R.equivariance_scores(x, y)
+    tiny = R.equivariance_scores(1e-12 * x, 1e-12 * y)
+    torch.testing.assert_close(tiny.channel, s.channel) and torch.testing.assert_close(tiny.layer, s.layer)
+    flat = x.double().clone()
+    flat[:, 1] = 1e3 * (1.0 + 1e-7 * torch.randn(2, 5, 5, generator=g, dtype=torch.float64))
+    u = flat[:, 1].flatten(1)
+    assert ((u - u.mean(-1, keepdim=True)).norm(dim=-1) < R.TOLERANCE * u.norm(dim=-1)).all()
+    f = R.equivariance_scores(flat, flat.clone())
+    assert torch.isnan(f.channel[:, 1]).all() and not torch.isnan(f.channel[:, [0, 2]]).any()
+
+
+def test_undefined_vector_per_image_has_index_minus_one():
+    fx = torch.randn(3, 4)
+    fx[1] = 2.5  # a constant vector: undefined for correlation
+    s = R.equivariance_scores(fx, fx.clone())
+    assert torch.isnan(s.channel[1]).all() and (s.layer_index[1] == -1).all()
+    assert torch.equal(s.layer_index[[0, 2]], torch.arange(4).expand(2, 4))
+
+
+def test_across_images_index_points_at_the_transformed_channel():
+    # not an involution: f(Tx) channel k' holds f(x) channel perm[k'], so l[k] is found at argsort(perm)[k]
+    fx = torch.randn(10, 4)
+    perm = torch.tensor([1, 2, 3, 0])
+    s = R.equivariance_scores(fx, fx[:, perm], vector_mode="across_images")
+    assert torch.allclose(s.layer, torch.ones(10, 4))
+    assert torch.equal(s.layer_index, torch.argsort(perm).expand(10, 4))
+
+
+def test_one_row_or_one_column_maps_are_maps():
+    # only a 1x1 map is a vector: a 1xW strip is a map that a flip moves
+    x = torch.randn(2, 3, 1, 6)
+    t = ef.Flip("horizontal")
+    s = R.equivariance_scores(x, t(x), t)
+    assert torch.allclose(s.channel, torch.ones(2, 3))
+    xt = x.transpose(-1, -2)
+    v = ef.Flip("vertical")
+    assert torch.allclose(R.equivariance_scores(xt, v(xt), v).channel, torch.ones(2, 3))
+
+
+def test_reference_rejects_unknown_metric_and_mode():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="`metric`"):
+        R.equivariance_scores(x, x, metric="l2")
+    with pytest.raises(ValueError, match="`vector_mode`"):
+        R.equivariance_scores(x[..., 0, 0], x[..., 0, 0], vector_mode="all")

@@ -160,3 +160,94 @@ def test_functional_checks_an_overridden_index_map():
     x = torch.randn(1, 2, 4, 4)
     with pytest.raises(ValueError, match=r"own.index_map.* flat positions in \[0, 16\)"):
         ef.functional.equivariance_scores(x, x, _OwnIndexMap())
+
+
+class _ReturnsIndexMap(_OwnIndexMap):
+    """A user's index_map returning given tensors."""
+
+    def __init__(self, make):
+        self._make = make
+
+    def index_map(self, map_size, input_size, device=None):
+        return self._make(map_size[0] * map_size[1])
+
+
+@pytest.mark.skipif(not ef.ops.available(), reason="the operator's path")
+@pytest.mark.parametrize("make", [
+    lambda n: (torch.arange(n) - 1, torch.arange(n)),                       # reads before the map
+    lambda n: (torch.arange(n), torch.arange(n).flip(0) - 1),               # writes before it
+    lambda n: (torch.arange(0), torch.arange(0)),                           # compares nothing
+    lambda n: (torch.arange(n), torch.arange(n - 1)),                       # unpaired positions
+    lambda n: (torch.arange(n, dtype=torch.int32), torch.arange(n, dtype=torch.int32)),
+    lambda n: (torch.arange(n).view(2, -1), torch.arange(n).view(2, -1)),    # not flat
+], ids=["negative-a", "negative-b", "empty", "lengths", "int32", "2d"])
+def test_functional_rejects_every_kind_of_bad_overridden_index_map(make):
+    x = torch.randn(1, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"own.index_map.* two int64 \[P\] tensors"):
+        ef.functional.equivariance_scores(x, x, _ReturnsIndexMap(make))
+    good = _ReturnsIndexMap(lambda n: (torch.arange(n).flip(0), torch.arange(n)))  # a 180° turn
+    s = ef.functional.equivariance_scores(x, torch.rot90(x, 2, dims=(-2, -1)), good)
+    assert torch.allclose(s.channel, torch.ones(1, 2))
+
+
+def test_scaled_shift_uses_height_for_dy_and_width_for_dx():
+    # a non-square input and map: dy scales by h / H, dx by w / W (by hand: 4 * 4 / 8 = 2 and
+    # 6 * 8 / 32 = 1.5, rounded down to 1)
+    t = ef.Translation(4, 6)
+    assert t.map_shift((4, 8), (8, 32)) == (2, 1)
+    f = torch.randn(1, 2, 4, 8)
+    assert torch.equal(t.on_map(f, (8, 32)), torch.roll(f, (2, 1), (-2, -1)))
+    z = ef.Translation(4, 6, mode="zero")
+    a, b = z.index_map((4, 8), (8, 32))
+    want = torch.zeros(4, 8)
+    want[2:, 1:] = f[0, 0, :2, :7]
+    assert torch.equal(z.on_map(f, (8, 32))[0, 0], want) and len(a) == 2 * 7
+
+
+def test_every_axis_is_checked_for_a_shift_too_large():
+    with pytest.raises(ValueError, match="larger than the 8x8 image"):
+        ef.Translation(0, 8)(torch.randn(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="larger than the 8x4 image"):
+        ef.Translation(1, -4)(torch.randn(1, 1, 8, 4))
+    with pytest.raises(ValueError, match="no overlap"):  # dx = 3 * 2 / 4 = 1.5, nearest: 2
+        ef.Translation(0, 3, mode="zero", rounding="nearest").on_map(torch.randn(1, 1, 2, 2), (4, 4))
+
+
+def test_index_map_rejects_an_on_map_that_leaves_nothing_to_compare():
+    # values in range, but every position vacated: no compared position rather than NaN scores
+    with pytest.raises(ValueError, match="leaves no position to compare on a 4x4 map"):
+        _Broken(lambda f: torch.full_like(f, -1)).index_map((4, 4), (4, 4))
+
+
+@pytest.mark.parametrize("start,stop", [(0, 3), (-1, 2), (5, 3)])
+def test_diagonal_shifts_rejects_bad_ranges(start, stop):
+    with pytest.raises(ValueError, match="1 <= start <= stop"):
+        ef.diagonal_shifts(start, stop)
+
+
+def test_names_identify_the_transform_so_repeats_are_caught():
+    # a quarter turn back is three forward: one name, so the pair is a repeat
+    assert ef.Rotation(-1).name == ef.Rotation(3).name == "rotation(270)"
+    assert ef.Rotation(5).name == ef.Rotation(1).name == "rotation(90)"
+    from equifast.transforms import check_distinct
+
+    check_distinct(ef.rotations() + ef.flips())
+    for repeated in ([ef.Rotation(3), ef.Rotation(-1)], [ef.Flip(), ef.Rotation(1), ef.Flip()]):
+        with pytest.raises(ValueError, match="distinct transforms"):
+            check_distinct(repeated)
+    assert [t.name for t in ef.parse_transforms("ROTATION:90, Flip:vertical")] == [
+        "rotation(90)", "flip(vertical)"]  # kinds are case-insensitive, spaces ignored
+    assert ef.parse_transforms("translation") == ef.diagonal_shifts(1, 32)  # the thesis' 1..32
+
+
+def test_bools_are_not_shifts_or_turns():
+    with pytest.raises(TypeError, match="`dx` to be an int"):
+        ef.Translation(1, True)
+    with pytest.raises(TypeError, match="`quarter_turns` to be an int"):
+        ef.Rotation(True)
+
+
+def test_rotation_of_a_non_square_map_is_a_clear_error():
+    # a square input can still give a non-square map (asymmetric strides or padding)
+    with pytest.raises(ValueError, match="square image or map for rotation\\(90\\), but got 4x6"):
+        ef.Rotation(1).on_map(torch.randn(1, 2, 4, 6), (8, 8))
