@@ -1,4 +1,5 @@
 """Reports: SPEC columns, aggregation order, files, figures, metric bias, seeds."""
+import json
 import math
 
 import numpy as np
@@ -49,6 +50,11 @@ def test_save_load_round_trip(tmp_path, suffix):
     assert all(f.exists() for f in files) and not list(tmp_path.glob("*.tmp"))
     back = Report.load(tmp_path / f"r{suffix}")
     pd.testing.assert_frame_equal(back.points[rep.points.columns], rep.points, check_exact=True)
+    def strict(constant):  # NaN / Infinity are not JSON: other readers (jq, JavaScript) refuse them
+        raise AssertionError(f"{constant} written into a .json file")
+    for f in files:
+        if f.suffix == ".json":
+            json.loads(f.read_text(), parse_constant=strict)
     assert back.meta["model"] == "toy" and back.accuracy == 0.5
     with pytest.raises(FileNotFoundError):
         Report.load(tmp_path / f"missing{suffix}")
