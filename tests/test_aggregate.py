@@ -1,6 +1,7 @@
 """Streaming sums: exact merges, batch-independence, undefined fractions."""
 import math
 
+import pytest
 import torch
 
 from equifast import reference as R
@@ -61,6 +62,14 @@ def test_vector_state_streams_to_the_reference_across_images():
         assert torch.equal(got.layer_index[0], want.layer_index[0])
         torch.testing.assert_close(st.suv, other.suv)
     assert VectorState().update(fx, ftx).scores().layer_index[0, 2] == 0
+    # as the reference: one image has no correlation across images (streamed one at a time)
+    with pytest.raises(ValueError, match="at least two images"):
+        R.equivariance_scores(fx[:1], ftx[:1], vector_mode="across_images")
+    with pytest.raises(ValueError, match="at least two images .* got 1"):
+        VectorState().update(fx[:1], ftx[:1]).scores()
+    two = VectorState().update(fx[:1], ftx[:1]).update(fx[1:2], ftx[1:2]).scores()
+    want = R.equivariance_scores(fx[:2], ftx[:2], vector_mode="across_images")
+    torch.testing.assert_close(two.channel[0], want.channel[0], atol=1e-6, rtol=0, equal_nan=True)
 
 
 def test_activation_state():
