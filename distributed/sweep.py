@@ -365,7 +365,8 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     tracker = None
     pending: Dict[Any, Tuple[Job, int]] = {}
     try:
-        store.write_spec(spec.to_dict(), [j.id for j in jobs])
+        store.write_spec(spec.to_dict(), [j.id for j in jobs],
+                         {j.id: j.model.label for j in jobs})
         before = {j.id: store.get(j.id) for j in jobs}
         done = {jid for jid, rec in before.items() if rec and rec.get("status") == "ok"}
         old_failed = {jid for jid, rec in before.items() if rec and rec.get("status") == "failed"}

@@ -236,6 +236,29 @@ def test_tables_hold_the_saved_specs_jobs_only(tmp_path):
     assert sorted(store.tables(all_records=True)["parts"]["job_id"]) == ["new", "old"]
 
 
+def test_relabelled_model_shows_its_new_label_and_accuracy(folder, tmp_path):
+    # ids ignore labels and accuracies, so a rerun skips every job (no Ray starts); the tables
+    # must still show each job's model as the latest spec names it
+    out, part = tmp_path / "sweep", [{"part": "early", "family": "rotation",
+                                      "metric": "correlation", "channel": 0.5, "layer": 0.6}]
+    store = ResultStore(out)
+    for job in load_spec(_spec(folder)).jobs():
+        store.write_record({"id": job.id, "status": "ok", "job": job.entry(), "points": [],
+                            "parts": part})
+    models = [dict(MODELS[0], accuracy=0.99, label="r18-renamed")] + MODELS[1:]
+    relabelled = load_spec(_spec(folder, models=models))
+    again = run_sweep(relabelled, out=out, progress=False)
+    assert again.ran == 0 and again.skipped == 6
+    want = {j.id: (j.model.label, j.model.accuracy) for j in relabelled.jobs()}
+    for name in ("jobs", "parts"):
+        table = pd.read_csv(out / f"{name}.csv")
+        got = {r.job_id: (r.model, r.accuracy_known) for r in table.itertuples()}
+        assert got == {jid: want[jid] for jid in got} and set(got) == set(want)
+    scores = analysis.part_scores(out, accuracy="known")
+    assert dict(zip(scores["model"], scores["accuracy"])) == {
+        m.label: pytest.approx(m.accuracy) for m in relabelled.models}
+
+
 # ---- analysis --------------------------------------------------------------------------------
 
 def test_spearman_against_hand_computed_values():
