@@ -259,6 +259,26 @@ def test_relabelled_model_shows_its_new_label_and_accuracy(folder, tmp_path):
         m.label: pytest.approx(m.accuracy) for m in relabelled.models}
 
 
+def test_wrong_ray_address_fails_fast(folder, tmp_path, capsys):
+    # ray.init retries an address where nothing listens for many minutes
+    if ray.is_initialized():
+        pytest.skip("another test's Ray is running: the sweep would use it, not the address")
+    import socket
+    import time
+    with socket.socket() as s:  # a port that refuses connections: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(json.dumps(_spec(folder)))
+        t0 = time.time()
+        code = sweep_main(["run", str(spec), "--out", str(tmp_path / "sweep"), "--address", address])
+        elapsed = time.time() - t0
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and elapsed < 10 and not ray.is_initialized()
+    assert not (tmp_path / "sweep").exists()  # nothing written for a sweep that cannot run
+    assert len(err.splitlines()) == 1 and f"Expected a Ray cluster at '{address}'" in err, err
+
+
 # ---- analysis --------------------------------------------------------------------------------
 
 def test_spearman_against_hand_computed_values():
