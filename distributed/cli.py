@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -86,8 +87,10 @@ def _report(args) -> int:
 
     out = _out(args)
     figures = Path(args.figures) if args.figures else out / "figures"
-    files = sweep_figures(out, figures, metric=args.metric, accuracy=args.accuracy,
-                          min_models=args.min_models)
+    with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's format
+        warnings.simplefilter("always", UserWarning)
+        files = sweep_figures(out, figures, metric=args.metric, accuracy=args.accuracy,
+                              min_models=args.min_models)
     corr = pd.read_csv(files["tables"][1])
     with pd.option_context("display.width", 160, "display.precision", 3):
         wide = corr.pivot_table(index=["dataset", "family", "score"], columns="part",
@@ -96,6 +99,8 @@ def _report(args) -> int:
         print("Spearman rank correlation of part scores with top-1 accuracy:")
         print(wide.to_string())
     print("wrote " + ", ".join(str(p) for p in files["tables"] + files["figures"]))
+    for w in dict.fromkeys(str(w.message) for w in caught):  # last, where they are seen
+        print(f"equifast sweep: warning: {w}", file=sys.stderr)
     return 0
 
 

@@ -236,15 +236,26 @@ def test_tables_hold_the_saved_specs_jobs_only(tmp_path):
     assert sorted(store.tables(all_records=True)["parts"]["job_id"]) == ["new", "old"]
 
 
+def _finished_records(spec, out):
+    """An ``ok`` record for every job of ``spec`` (no accuracy measured), as if a sweep had run:
+    a rerun of ``spec`` then skips every job and starts no Ray."""
+    store = ResultStore(out)
+    labels = [m.label for m in spec.models]
+    for job in spec.jobs():
+        i = labels.index(job.model.label)
+        parts = [{"part": p, "family": job.family, "metric": "correlation",
+                  "channel": 0.1 * (i + 1) + 0.01 * k, "layer": 0.5 - 0.1 * i}
+                 for k, p in enumerate(("early", "final"))]
+        store.write_record({"id": job.id, "status": "ok", "job": job.entry(), "points": [],
+                            "parts": parts})
+    return store
+
+
 def test_relabelled_model_shows_its_new_label_and_accuracy(folder, tmp_path):
     # ids ignore labels and accuracies, so a rerun skips every job (no Ray starts); the tables
     # must still show each job's model as the latest spec names it
-    out, part = tmp_path / "sweep", [{"part": "early", "family": "rotation",
-                                      "metric": "correlation", "channel": 0.5, "layer": 0.6}]
-    store = ResultStore(out)
-    for job in load_spec(_spec(folder)).jobs():
-        store.write_record({"id": job.id, "status": "ok", "job": job.entry(), "points": [],
-                            "parts": part})
+    out = tmp_path / "sweep"
+    _finished_records(load_spec(_spec(folder)), out)
     models = [dict(MODELS[0], accuracy=0.99, label="r18-renamed")] + MODELS[1:]
     relabelled = load_spec(_spec(folder, models=models))
     again = run_sweep(relabelled, out=out, progress=False)
@@ -277,6 +288,26 @@ def test_wrong_ray_address_fails_fast(folder, tmp_path, capsys):
     assert code == 2 and elapsed < 10 and not ray.is_initialized()
     assert not (tmp_path / "sweep").exists()  # nothing written for a sweep that cannot run
     assert len(err.splitlines()) == 1 and f"Expected a Ray cluster at '{address}'" in err, err
+
+
+def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    spec = load_spec(_spec(folder))
+    _finished_records(spec, out)
+    assert run_sweep(spec, out=out, progress=False).skipped == 6  # writes the tables, no Ray
+    assert sweep_main(["report", "--out", str(out), "--accuracy", "measured"]) == 0
+    err = capsys.readouterr().err
+    assert "no job has a measured accuracy" in err and "--accuracy known" in err, err
+    assert not (out / "figures" / "fig13_accuracy_correlation.png").exists()
+    with pytest.warns(UserWarning, match="no job has a measured accuracy"):
+        assert analysis.part_scores(out, accuracy="measured")["accuracy"].isna().all()
+    # the known accuracies are there, and give figure 13 without a warning
+    assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert (out / "figures" / "fig13_accuracy_correlation.png").is_file()
+    scores = pd.read_csv(out / "figures" / "part_scores.csv")
+    assert dict(zip(scores["model"], scores["accuracy"])) == {
+        m.label: pytest.approx(m.accuracy) for m in spec.models}
 
 
 # ---- analysis --------------------------------------------------------------------------------
