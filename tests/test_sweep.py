@@ -310,6 +310,26 @@ def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, ca
         m.label: pytest.approx(m.accuracy) for m in spec.models}
 
 
+def test_sweep_help_describes_every_command_and_option_once():
+    import argparse
+    import re
+
+    from equifast.distributed.cli import add_sweep_parser
+
+    sweep = add_sweep_parser(argparse.ArgumentParser(prog="equifast").add_subparsers())
+    commands = next(a for a in sweep._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"run", "status", "report"}
+    for name, parser in commands.items():
+        assert parser.description, name
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, (name, action.option_strings)
+                if action.default not in (None, False):  # a default shown is the real one
+                    assert f"(default: {action.default})" in text, (name, action.dest)
+        assert not re.search(r"\(default: [^)]*\) \(default:", text), (name, text)
+
+
 # ---- analysis --------------------------------------------------------------------------------
 
 def test_spearman_against_hand_computed_values():
