@@ -10,7 +10,8 @@ Layout of a store folder::
       parts.parquet/.csv     every finished job's per-part table, with the job's columns
                              (the tables hold the jobs of spec.json; records of an earlier
                              spec stay in records/, see ResultStore.tables)
-      jobs.parquet/.csv      one row per record: model, dataset, family, seed, accuracy, timings
+      jobs.parquet/.csv      one row per record: model, dataset, transforms (the spec's family
+                             name), seed, accuracy, status, seconds, error
       sweep.lock             held by the sweep that writes here (host and pid inside)
 
 A record file appears only complete (written to a temporary name in the same folder, then
