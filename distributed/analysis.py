@@ -33,6 +33,16 @@ PARTS = ("early", "middle", "late", "pool", "final")
 ACCURACY_CHOICES = ("auto", "known", "measured")
 
 _KEYS = ["dataset", "metric", "transforms", "family", "model"]
+#: Why every accuracy is NaN, per ``accuracy`` choice, and what to use instead.
+_NO_ACCURACY = {
+    "measured": "no job has a measured accuracy (the data had no labels, or `labels: false`)",
+    "known": "no model has a known accuracy (`accuracy:` in the spec's model entries)",
+    "auto": "no job has a measured or known accuracy (no labels in the data, no `accuracy:` "
+            "in the spec's model entries)",
+}
+_INSTEAD = {"measured": "use --accuracy known or auto (accuracy='known' or 'auto' in Python)",
+            "known": "set them in the spec, or use --accuracy measured with labelled data",
+            "auto": "add `accuracy:` to the spec's model entries, or sweep labelled data"}
 _FAMILY_ORDER = {"translation": 0, "rotation": 1}  # as in the thesis' figures
 
 
@@ -71,13 +81,17 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
     Returns:
         One row per ``(dataset, metric, transforms, family, model, part)`` with ``channel``,
         ``layer``, their standard deviations over seeds (``channel_std``, ``layer_std``),
-        ``seeds`` and ``accuracy`` (the mean over seeds).
+        ``seeds`` and ``accuracy`` (the mean over seeds). A ``UserWarning`` says so when no
+        row has an accuracy of the chosen kind.
     """
     df = _parts_table(source)
     if df.empty:
         raise ValueError("Expected finished jobs in the sweep, but there are none; run the sweep "
                          "(`equifast sweep run SPEC`) or check `equifast sweep status`.")
     df = df.assign(accuracy=_accuracy_column(df, accuracy))
+    if df["accuracy"].isna().all():  # else a silent all-NaN correlation and no figure 13
+        warnings.warn(f"{_NO_ACCURACY[accuracy]}: the accuracies are NaN and no Spearman "
+                      f"correlation (figure 13) is computed; {_INSTEAD[accuracy]}.", stacklevel=2)
     for col, default in (("metric", "correlation"), ("dataset", "data"), ("seed", 0)):
         if col not in df:
             df[col] = default

@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
+
+from equifast.cli import HelpFormatter
 
 __all__ = ["add_sweep_parser", "main"]
 
@@ -86,8 +89,10 @@ def _report(args) -> int:
 
     out = _out(args)
     figures = Path(args.figures) if args.figures else out / "figures"
-    files = sweep_figures(out, figures, metric=args.metric, accuracy=args.accuracy,
-                          min_models=args.min_models)
+    with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's format
+        warnings.simplefilter("always", UserWarning)
+        files = sweep_figures(out, figures, metric=args.metric, accuracy=args.accuracy,
+                              min_models=args.min_models)
     corr = pd.read_csv(files["tables"][1])
     with pd.option_context("display.width", 160, "display.precision", 3):
         wide = corr.pivot_table(index=["dataset", "family", "score"], columns="part",
@@ -96,6 +101,8 @@ def _report(args) -> int:
         print("Spearman rank correlation of part scores with top-1 accuracy:")
         print(wide.to_string())
     print("wrote " + ", ".join(str(p) for p in files["tables"] + files["figures"]))
+    for w in dict.fromkeys(str(w.message) for w in caught):  # last, where they are seen
+        print(f"equifast sweep: warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -107,27 +114,38 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
                     "Ray cluster; every job's result is stored once, and a rerun skips finished jobs.")
     sub = p.add_subparsers(dest="sweep_command", metavar="SWEEP_COMMAND")
     run = sub.add_parser("run", help="run every unfinished job of a spec",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         description="Validate a sweep spec, then run every job without a "
+                                     "finished record on Ray; results go to --out, and a rerun "
+                                     "skips finished jobs.", formatter_class=HelpFormatter)
     run.add_argument("spec", help="sweep spec (YAML); see distributed/examples/")
     run.add_argument("--out", default=None, help="results folder (default: the spec's 'out', else runs/sweep)")
     run.add_argument("--address", default=None,
-                     help="Ray cluster address ('auto', 'ray://head:10001'); default: RAY_ADDRESS or a local Ray")
+                     help="Ray cluster address ('auto', 'ray://head:10001', 'host:6379') "
+                          "(default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     run.add_argument("--no-retry-failed", action="store_true", help="leave jobs that failed before alone")
     run.add_argument("--dry-run", action="store_true", help="validate and list the jobs, run nothing")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.set_defaults(func=_run)
-    status = sub.add_parser("status", help="counts of finished, running, failed and pending jobs")
+    status = sub.add_parser("status", help="counts of finished, running, failed and pending jobs",
+                            description="Count a sweep's finished, running, failed and pending "
+                                        "jobs (while it runs, or after) and list the failed ones "
+                                        "with their errors.", formatter_class=HelpFormatter)
     status.add_argument("--out", default=None, help="results folder (default: runs/sweep)")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(func=_status)
     report = sub.add_parser("report", help="figures 11-13 (parts per model; Spearman with accuracy)",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            description="Draw figures 11-13 of a sweep's finished jobs (scores "
+                                        "per part and model; their Spearman correlation with "
+                                        "top-1 accuracy) and write their tables.",
+                            formatter_class=HelpFormatter)
     report.add_argument("--out", default=None, help="results folder (default: runs/sweep)")
     report.add_argument("--figures", default=None, help="where figures go (default: OUT/figures)")
-    report.add_argument("--metric", default="correlation")
+    report.add_argument("--metric", default="correlation",
+                        help="the equivariance metric whose scores are drawn")
     report.add_argument("--accuracy", default="auto", choices=["auto", "known", "measured"],
-                        help="measured on labels when the data had them, else the model's known accuracy")
+                        help="measured: top-1 on the data's labels; known: the spec's accuracy; "
+                             "auto: measured when the data had labels, else known")
     report.add_argument("--min-models", type=int, default=3, help="fewer models with an accuracy give NaN")
     report.set_defaults(func=_report)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1], _sweep_parser=p)

@@ -10,7 +10,8 @@ Layout of a store folder::
       parts.parquet/.csv     every finished job's per-part table, with the job's columns
                              (the tables hold the jobs of spec.json; records of an earlier
                              spec stay in records/, see ResultStore.tables)
-      jobs.parquet/.csv      one row per record: model, dataset, family, seed, accuracy, timings
+      jobs.parquet/.csv      one row per record: model, dataset, transforms (the spec's family
+                             name), seed, accuracy, status, seconds, error
       sweep.lock             held by the sweep that writes here (host and pid inside)
 
 A record file appears only complete (written to a temporary name in the same folder, then
@@ -146,10 +147,19 @@ class ResultStore:
         return {k for k, v in self.states().items() if v == "failed"}
 
     # ---- spec and status --------------------------------------------------------------------
-    def write_spec(self, spec_dict: Dict[str, Any], job_ids: List[str]) -> Path:
-        """Save the sweep's spec and its job ids (so status works without the spec file)."""
-        return write_text_atomic(self.root / "spec.json",
-                            json.dumps(_json_safe({"spec": spec_dict, "jobs": job_ids}), indent=1))
+    def write_spec(self, spec_dict: Dict[str, Any], job_ids: List[str],
+                   job_models: Optional[Dict[str, str]] = None) -> Path:
+        """Save the sweep's spec and its job ids (so status works without the spec file).
+
+        Args:
+            job_models: ``{job id: model label}``, so that the tables show each job's model as
+                the latest spec names it (ids do not depend on labels: a relabelled model
+                skips its finished jobs, whose records keep the old label).
+        """
+        saved = {"spec": spec_dict, "jobs": job_ids}
+        if job_models is not None:
+            saved["job_models"] = dict(job_models)
+        return write_text_atomic(self.root / "spec.json", json.dumps(_json_safe(saved), indent=1))
 
     def read_spec(self) -> Optional[Dict[str, Any]]:
         """What :meth:`write_spec` saved, or ``None``."""
@@ -250,8 +260,9 @@ class ResultStore:
 
         ``points`` and ``parts`` hold finished jobs only, each row with the job's columns
         (``job_id, model, arch, weights, dataset, transforms, seed, accuracy, ...``); ``jobs``
-        has one row per record, failed ones included with their error. A model's known
-        accuracy comes from the latest saved spec, so fixing it there needs no re-measuring.
+        has one row per record, failed ones included with their error. A job's model label and
+        known accuracy come from the latest saved spec, so fixing them there needs no
+        re-measuring.
 
         Args:
             all_records: also the records of jobs that are not in the saved spec (a sweep of
@@ -259,10 +270,11 @@ class ResultStore:
                 on disk, but by default are left out, so that they are not averaged in as if
                 they were more seeds.
         """
-        known, wanted = {}, None
+        entries, job_models, wanted = {}, {}, None
         saved = self.read_spec()
         if saved:
-            known = {m["label"]: m.get("accuracy") for m in saved["spec"].get("models", [])}
+            entries = {m["label"]: m for m in saved["spec"].get("models", [])}
+            job_models = saved.get("job_models", {})
             wanted = None if all_records else set(saved["jobs"])
         points, parts, jobs = [], [], []
         for rec in self.records():
@@ -270,7 +282,11 @@ class ResultStore:
                 continue
             job = rec.get("job", {})
             model, dataset = job.get("model", {}), job.get("dataset", {})
-            acc_known = known.get(model.get("label"), model.get("accuracy"))
+            # the latest spec's label and known accuracy; the record's own for jobs not in it
+            latest = entries.get(job_models.get(rec["id"], model.get("label")))
+            if latest is not None:
+                model = {**model, "label": latest["label"], "accuracy": latest.get("accuracy")}
+            acc_known = model.get("accuracy")
             acc_measured = rec.get("accuracy_measured")
             cols = {"job_id": rec["id"], "model": model.get("label"), "arch": model.get("arch"),
                     "weights": model.get("weights"), "dataset": dataset.get("label"),

@@ -326,6 +326,25 @@ def _init_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
     return True
 
 
+def _check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
+    """Raise ConnectionError unless ``address`` (or ``RAY_ADDRESS``), when it names a host and
+    port, accepts a TCP connection within ``timeout_s``: ``ray.init`` retries a wrong address
+    for many minutes."""
+    where = "--address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local") or "://" in address.replace("ray://", "", 1):
+        return  # found by Ray itself, or a scheme (http://...) Ray handles
+    host, _, port = address.replace("ray://", "", 1).rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port; Ray reports its own error
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConnectionError(f"Expected a Ray cluster at {address!r} ({where}), but {host}:{port} "
+                              f"does not accept connections ({err.strerror or err}); start one "
+                              "(`ray start --head`) or fix the address.") from None
+
+
 def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.PathLike] = None,
               address: Optional[str] = None, *, retry_failed: bool = True, progress: bool = True,
               before_job: Optional[Hook] = None, num_cpus: Optional[int] = None,
@@ -352,11 +371,14 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
 
     Raises:
         SpecError: an invalid spec (nothing ran). RuntimeError: another live sweep writes ``out``.
+        ConnectionError: nothing accepts connections at ``address`` (``host:port``).
     """
     import ray
 
     spec = load_spec(spec)
     jobs = spec.jobs()
+    if not ray.is_initialized():
+        _check_reachable(address)  # before the store is touched
     store = ResultStore(out or spec.out or DEFAULT_OUT)
     t0 = time.time()
     store.check_folder()
@@ -365,7 +387,8 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     tracker = None
     pending: Dict[Any, Tuple[Job, int]] = {}
     try:
-        store.write_spec(spec.to_dict(), [j.id for j in jobs])
+        store.write_spec(spec.to_dict(), [j.id for j in jobs],
+                         {j.id: j.model.label for j in jobs})
         before = {j.id: store.get(j.id) for j in jobs}
         done = {jid for jid, rec in before.items() if rec and rec.get("status") == "ok"}
         old_failed = {jid for jid, rec in before.items() if rec and rec.get("status") == "failed"}

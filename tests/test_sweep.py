@@ -236,6 +236,100 @@ def test_tables_hold_the_saved_specs_jobs_only(tmp_path):
     assert sorted(store.tables(all_records=True)["parts"]["job_id"]) == ["new", "old"]
 
 
+def _finished_records(spec, out):
+    """An ``ok`` record for every job of ``spec`` (no accuracy measured), as if a sweep had run:
+    a rerun of ``spec`` then skips every job and starts no Ray."""
+    store = ResultStore(out)
+    labels = [m.label for m in spec.models]
+    for job in spec.jobs():
+        i = labels.index(job.model.label)
+        parts = [{"part": p, "family": job.family, "metric": "correlation",
+                  "channel": 0.1 * (i + 1) + 0.01 * k, "layer": 0.5 - 0.1 * i}
+                 for k, p in enumerate(("early", "final"))]
+        store.write_record({"id": job.id, "status": "ok", "job": job.entry(), "points": [],
+                            "parts": parts})
+    return store
+
+
+def test_relabelled_model_shows_its_new_label_and_accuracy(folder, tmp_path):
+    # ids ignore labels and accuracies, so a rerun skips every job (no Ray starts); the tables
+    # must still show each job's model as the latest spec names it
+    out = tmp_path / "sweep"
+    _finished_records(load_spec(_spec(folder)), out)
+    models = [dict(MODELS[0], accuracy=0.99, label="r18-renamed")] + MODELS[1:]
+    relabelled = load_spec(_spec(folder, models=models))
+    again = run_sweep(relabelled, out=out, progress=False)
+    assert again.ran == 0 and again.skipped == 6
+    want = {j.id: (j.model.label, j.model.accuracy) for j in relabelled.jobs()}
+    for name in ("jobs", "parts"):
+        table = pd.read_csv(out / f"{name}.csv")
+        got = {r.job_id: (r.model, r.accuracy_known) for r in table.itertuples()}
+        assert got == {jid: want[jid] for jid in got} and set(got) == set(want)
+    scores = analysis.part_scores(out, accuracy="known")
+    assert dict(zip(scores["model"], scores["accuracy"])) == {
+        m.label: pytest.approx(m.accuracy) for m in relabelled.models}
+
+
+def test_wrong_ray_address_fails_fast(folder, tmp_path, capsys):
+    # ray.init retries an address where nothing listens for many minutes
+    if ray.is_initialized():
+        pytest.skip("another test's Ray is running: the sweep would use it, not the address")
+    import socket
+    import time
+    with socket.socket() as s:  # a port that refuses connections: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(json.dumps(_spec(folder)))
+        t0 = time.time()
+        code = sweep_main(["run", str(spec), "--out", str(tmp_path / "sweep"), "--address", address])
+        elapsed = time.time() - t0
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and elapsed < 10 and not ray.is_initialized()
+    assert not (tmp_path / "sweep").exists()  # nothing written for a sweep that cannot run
+    assert len(err.splitlines()) == 1 and f"Expected a Ray cluster at '{address}'" in err, err
+
+
+def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    spec = load_spec(_spec(folder))
+    _finished_records(spec, out)
+    assert run_sweep(spec, out=out, progress=False).skipped == 6  # writes the tables, no Ray
+    assert sweep_main(["report", "--out", str(out), "--accuracy", "measured"]) == 0
+    err = capsys.readouterr().err
+    assert "no job has a measured accuracy" in err and "--accuracy known" in err, err
+    assert not (out / "figures" / "fig13_accuracy_correlation.png").exists()
+    with pytest.warns(UserWarning, match="no job has a measured accuracy"):
+        assert analysis.part_scores(out, accuracy="measured")["accuracy"].isna().all()
+    # the known accuracies are there, and give figure 13 without a warning
+    assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert (out / "figures" / "fig13_accuracy_correlation.png").is_file()
+    scores = pd.read_csv(out / "figures" / "part_scores.csv")
+    assert dict(zip(scores["model"], scores["accuracy"])) == {
+        m.label: pytest.approx(m.accuracy) for m in spec.models}
+
+
+def test_sweep_help_describes_every_command_and_option_once():
+    import argparse
+    import re
+
+    from equifast.distributed.cli import add_sweep_parser
+
+    sweep = add_sweep_parser(argparse.ArgumentParser(prog="equifast").add_subparsers())
+    commands = next(a for a in sweep._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"run", "status", "report"}
+    for name, parser in commands.items():
+        assert parser.description, name
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, (name, action.option_strings)
+                if action.default not in (None, False):  # a default shown is the real one
+                    assert f"(default: {action.default})" in text, (name, action.dest)
+        assert not re.search(r"\(default: [^)]*\) \(default:", text), (name, text)
+
+
 # ---- analysis --------------------------------------------------------------------------------
 
 def test_spearman_against_hand_computed_values():

@@ -24,6 +24,20 @@ pytestmark = [
 ]
 
 
+def test_too_many_workers_for_a_local_cluster_fail_before_ray_starts(tmp_path, monkeypatch):
+    # Ray Train would retry starting the worker group forever (WorkerGroupStartupTimeoutError)
+    if ray.is_initialized():
+        pytest.skip("another test's Ray is running: the local-cluster path is not taken")
+    from equifast.training import ray_train
+    monkeypatch.setattr(ray_train, "_local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, device="cpu")
+    with pytest.raises(ValueError, match=r"4 workers \(1 CPU each: 4 CPU in all\), but it has 2 CPU;"):
+        train_ray(recipe, str(tmp_path / "run"), num_workers=4)
+    with pytest.raises(ValueError, match=r"2 workers \(1 GPU each: 2 GPU in all\), but it has 0 GPU;"):
+        train_ray(recipe, str(tmp_path / "run"), num_workers=2, use_gpu=True)
+    assert not ray.is_initialized() and not (tmp_path / "run").exists()  # nothing started or made
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     started = not ray.is_initialized()
@@ -53,3 +67,13 @@ def test_two_worker_run_writes_single_process_format(tmp_path, local_ray):
     load_model(str(tmp_path))
     # a finished run is reused without starting workers
     assert train_ray(recipe, str(tmp_path), num_workers=2).test_acc == result.test_acc
+
+
+def test_too_many_workers_for_the_running_cluster_fail_at_once(tmp_path, local_ray):
+    cpus = ray.cluster_resources()["CPU"]
+    workers = int(cpus) + 2
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, device="cpu", batch_size=16 * workers)
+    with pytest.raises(ValueError, match=rf"{workers} workers \(1 CPU each: {workers} CPU in all\), "
+                                         rf"but it has {cpus:g} CPU;"):
+        train_ray(recipe, str(tmp_path), num_workers=workers)
+    assert not any(tmp_path.iterdir())  # the run folder was not touched

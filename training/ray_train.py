@@ -52,7 +52,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
               storage_path: Optional[str] = None) -> TrainResult:
     """Train ``recipe`` on ``num_workers`` Ray Train workers; files as in :func:`train`.
 
-    Uses the running Ray cluster, or starts a local one (``ray.init()``) when none is.
+    Uses the running Ray cluster (or the one ``RAY_ADDRESS`` names), or starts a local one
+    with this machine's CPUs and GPUs when none is.
 
     Args:
         recipe: what to train.
@@ -66,6 +67,10 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
 
     Returns:
         The :class:`~equifast.training.trainer.TrainResult` read back from ``out_dir``.
+
+    Raises:
+        ValueError: the cluster has fewer CPUs or GPUs than the workers need (checked before
+            anything starts: Ray Train would wait for them forever).
 
     Example:
         >>> import ray
@@ -83,6 +88,14 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         raise ValueError(f"Expected the recipe's batch size ({recipe.batch_size}) to be divisible "
                          f"by `num_workers` ({num_workers}): each worker trains on an equal share "
                          f"of it. Use {_divisors(recipe.batch_size, int(num_workers))} workers.")
+    scaling = ScalingConfig(num_workers=int(num_workers), use_gpu=use_gpu,
+                            resources_per_worker=resources_per_worker)
+    if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
+        ray.init()  # the cluster RAY_ADDRESS names (as under `ray job submit`)
+    local = None if ray.is_initialized() else _local_resources()
+    # before the run folder is touched (--overwrite deletes): Ray Train waits forever, retrying
+    # the worker group, for resources the cluster does not have
+    _check_resources(scaling, ray.cluster_resources() if local is None else local)
     out_dir = os.path.abspath(out_dir)
     done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
     if done is not None:
@@ -90,19 +103,18 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     # Workers run elsewhere: they need absolute data paths.
     if recipe.data_root:
         recipe = recipe.replace(data_root=os.path.abspath(os.path.expanduser(recipe.data_root)))
-    if not ray.is_initialized():
+    if local is not None:
         # A local cluster shares this machine's files: the data is found (or fetched) here
         # first, so a missing root fails with its own message before workers start, not wrapped
         # in a Ray Train worker error. (On a cluster the data may be on the workers only.)
         build_dataset(recipe.dataset, recipe.data_root, train=True, download=recipe.download,
                       data_seed=recipe.data_seed)
-        ray.init()
+        ray.init(num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]))  # what was checked
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"recipe": recipe.to_dict(), "out_dir": out_dir, "use_gpu": use_gpu},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=int(num_workers), use_gpu=use_gpu,
-                                     resources_per_worker=resources_per_worker),
+        scaling_config=scaling,
         run_config=RunConfig(name=f"equifast-{recipe.name}",
                              storage_path=storage_path or os.path.join(out_dir, "ray")),
     )
@@ -110,6 +122,29 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     start = _load_checkpoint(ckpt)["epoch"] if ckpt.is_file() else 0
     trainer.fit()
     return _result_from_dir(Path(out_dir), resumed_from=start)
+
+
+def _local_resources() -> Dict[str, float]:
+    """The CPUs and GPUs of a local Ray cluster started by :func:`train_ray`."""
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"CPU": float(cpus or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def _check_resources(scaling, available: Dict[str, float]) -> None:
+    """Raise ValueError when the Ray cluster (``available``: its total resources) cannot hold
+    the trainer and all workers of ``scaling`` (a ``ray.train.ScalingConfig``) at once."""
+    need = scaling.total_resources
+    short = {k: v for k, v in need.items() if v > available.get(k, 0) + 1e-9}
+    if short:
+        per = scaling._resources_per_worker_not_none  # Ray Train's own default (CPU 1 or GPU 1)
+        have = ", ".join(f"{available.get(k, 0):g} {k}" for k in short)
+        raise ValueError(
+            f"Expected the Ray cluster to have the resources of {scaling.num_workers} workers "
+            f"({', '.join(f'{v:g} {k}' for k, v in per.items())} each: "
+            f"{', '.join(f'{need[k]:g} {k}' for k in short)} in all), but it has {have}; use fewer "
+            "workers (--workers) or a larger cluster.")
 
 
 def _divisors(n: int, near: int) -> str:
