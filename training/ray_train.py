@@ -19,6 +19,7 @@ file system on a cluster).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -69,8 +70,9 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         The :class:`~equifast.training.trainer.TrainResult` read back from ``out_dir``.
 
     Raises:
-        ValueError: the cluster has fewer CPUs or GPUs than the workers need (checked before
-            anything starts: Ray Train would wait for them forever).
+        ValueError: the local cluster it would start has fewer CPUs or GPUs than the workers
+            need (checked before anything starts: Ray Train would wait for them for ever); for
+            a running cluster, which may autoscale, this is a warning.
 
     Example:
         >>> import ray
@@ -94,8 +96,10 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         ray.init()  # the cluster RAY_ADDRESS names (as under `ray job submit`)
     local = None if ray.is_initialized() else _local_resources()
     # before the run folder is touched (--overwrite deletes): Ray Train waits forever, retrying
-    # the worker group, for resources the cluster does not have
-    _check_resources(scaling, ray.cluster_resources() if local is None else local)
+    # the worker group, for resources the cluster does not have. A running cluster may grow
+    # (distributed/cluster.yaml autoscales from 0 workers): there it is a warning.
+    _check_resources(scaling, ray.cluster_resources() if local is None else local,
+                     can_grow=local is None)
     out_dir = os.path.abspath(out_dir)
     done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
     if done is not None:
@@ -132,19 +136,22 @@ def _local_resources() -> Dict[str, float]:
     return {"CPU": float(cpus or 1), "GPU": float(torch.cuda.device_count())}
 
 
-def _check_resources(scaling, available: Dict[str, float]) -> None:
+def _check_resources(scaling, available: Dict[str, float], can_grow: bool = False) -> None:
     """Raise ValueError when the Ray cluster (``available``: its total resources) cannot hold
-    the trainer and all workers of ``scaling`` (a ``ray.train.ScalingConfig``) at once."""
+    the trainer and all workers of ``scaling`` (a ``ray.train.ScalingConfig``) at once; only
+    warn when the cluster ``can_grow`` (a running cluster may autoscale)."""
     need = scaling.total_resources
     short = {k: v for k, v in need.items() if v > available.get(k, 0) + 1e-9}
     if short:
         per = scaling._resources_per_worker_not_none  # Ray Train's own default (CPU 1 or GPU 1)
         have = ", ".join(f"{available.get(k, 0):g} {k}" for k in short)
-        raise ValueError(
-            f"Expected the Ray cluster to have the resources of {scaling.num_workers} workers "
-            f"({', '.join(f'{v:g} {k}' for k, v in per.items())} each: "
-            f"{', '.join(f'{need[k]:g} {k}' for k in short)} in all), but it has {have}; use fewer "
-            "workers (--workers) or a larger cluster.")
+        what = (f"the Ray cluster to have the resources of {scaling.num_workers} workers "
+                f"({', '.join(f'{v:g} {k}' for k, v in per.items())} each: "
+                f"{', '.join(f'{need[k]:g} {k}' for k in short)} in all), but it has {have}")
+        if not can_grow:
+            raise ValueError(f"Expected {what}; use fewer workers (--workers) or a larger cluster.")
+        warnings.warn(f"Expected {what} now; Ray Train waits until an autoscaling cluster adds "
+                      "them (stop it otherwise: it waits for ever).", stacklevel=3)
 
 
 def _divisors(n: int, near: int) -> str:
