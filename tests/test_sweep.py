@@ -20,7 +20,7 @@ import equifast as ef  # noqa: E402
 from equifast.distributed import (ResultStore, SpecError, analysis, load_spec, measure_job,  # noqa: E402
                                   run_sweep)
 from equifast.distributed.cli import main as sweep_main  # noqa: E402
-from equifast.distributed.spec import hub_accuracy, job_id  # noqa: E402
+from equifast.distributed.spec import hub_accuracy, job_id, validate_spec  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "distributed" / "examples"
 
@@ -519,3 +519,19 @@ def test_driver_killed_mid_sweep_loses_and_duplicates_nothing(folder, tmp_path):
     assert len(jobs) == 6 and jobs["job_id"].is_unique and (jobs["status"] == "ok").all()
     assert before <= store.finished()
     assert f"{len(before)} already finished, {6 - len(before)} to run" in result.stdout
+
+
+def test_the_readme_spec_validates(tmp_path):
+    # distributed/README.md's annotated spec, with its paths pointed at files made here
+    import re
+
+    import yaml
+    text = (EXAMPLES.parent / "README.md").read_text()
+    spec = yaml.safe_load(re.search(r"## The spec.*?```yaml\n(.*?)```", text, re.S).group(1))
+    (tmp_path / "val" / "n01440764").mkdir(parents=True)
+    torch.save(torch.nn.Linear(1, 1).state_dict(), tmp_path / "r18.pt")
+    by_name = {d["name"]: d for d in spec["datasets"]}
+    by_name["imagenet-val"]["path"] = str(tmp_path / "val")
+    by_name["cifar10"]["root"] = str(tmp_path)
+    next(m for m in spec["models"] if m["name"] == "my_net")["weights"] = str(tmp_path / "r18.pt")
+    validate_spec(spec)  # raises SpecError listing every problem
