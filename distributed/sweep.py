@@ -122,6 +122,12 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
     return data_mod.seeded_subset(dataset, job.n_images, job.seed), preprocess
 
 
+def _loader_workers(job: Job, images) -> int:
+    """Processes decoding a folder's or dataset's images: the CPUs the task reserved beyond
+    its own (``resources.num_cpus`` - 1, at most 8); none for tensors (random, embedded)."""
+    return 0 if isinstance(images, torch.Tensor) else min(8, max(0, int(job.num_cpus) - 1))
+
+
 def _shard(images, shard: int, shards: int):
     """The ``shard``-th of ``shards`` contiguous slices (``numpy.array_split`` sizes)."""
     n = len(images)
@@ -167,9 +173,10 @@ def measure_job(job: Job, shard: int = 0, shards: Optional[int] = None):
     images, preprocess = job_inputs(job, preprocess)
     part = _shard(images, shard, shards)
     loaded = time.time()
+    workers = _loader_workers(job, part)
     info = {"host": socket.gethostname(), "pid": os.getpid(), "shard": shard, "shards": shards,
             "started_at": started, "load_s": loaded - started, "backend": equifast.backend(),
-            "n_images": len(part)}
+            "n_images": len(part), "loader_workers": workers}
     if len(part) == 0:
         info.update(measure_s=0.0, finished_at=time.time(), device=None)
         return None, info
@@ -177,7 +184,7 @@ def measure_job(job: Job, shard: int = 0, shards: Optional[int] = None):
                              metric=list(job.metrics), batch_size=job.batch_size, n_images=None,
                              vector_mode=job.vector_mode, device=job.device, amp=job.amp,
                              tensor_cores=job.tensor_cores, seed=job.seed, preprocess=preprocess,
-                             return_state=True)
+                             return_state=True, num_workers=workers)
     finished = time.time()
     device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
     info.update(measure_s=finished - loaded, finished_at=finished, device=device)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -55,6 +56,9 @@ def _add_measure(sub) -> None:
                    help="images to use (default: 192 embedded photos, 2000 of a run's test set, "
                         "all of --data)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--loader-workers", type=int, default=None,
+                   help="processes decoding the images of --data while the model runs (default: "
+                        "this machine's CPUs less one, at most 8; 0: in this process)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--amp", default=None, choices=["float16", "bfloat16"], help="autocast dtype")
     p.add_argument("--no-tensor-cores", dest="tensor_cores", action="store_false",
@@ -80,6 +84,8 @@ def _run_measure(args) -> int:
     transforms = parse_transforms(args.transforms)
     check_distinct(transforms)
     metrics = metric_list([m.strip() for m in args.metric.split(",") if m.strip()], "--metric")
+    if args.loader_workers is not None and args.loader_workers < 0:
+        raise ValueError(f"Expected --loader-workers >= 0, but got {args.loader_workers}.")
     if args.n_images is not None and args.n_images < 1:
         raise ValueError(f"Expected --n-images >= 1, but got {args.n_images}.")
     check_model_name(args.model)
@@ -95,7 +101,11 @@ def _run_measure(args) -> int:
     print(f"equifast: {args.model} ({images}), "
           f"{len(transforms)} transforms, metric {','.join(metrics)}, backend {functional.backend()}",
           flush=True)
+    workers = args.loader_workers
+    if workers is None:
+        workers = min(8, max(0, len(os.sched_getaffinity(0)) - 1)) if args.data is not None else 0
     report = measure(args.model, args.data, transforms=transforms, metric=metrics,
+                     num_workers=workers,
                      batch_size=args.batch_size, n_images=n_images, vector_mode=args.vector_mode,
                      device=args.device, amp=args.amp, seed=args.seed, progress=not args.no_progress,
                      weights=weights, tensor_cores=args.tensor_cores)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 __all__ = ["batches", "embedded_photos", "PHOTOS", "ImageFiles", "count", "normalise_like",
-           "input_size", "image_folder", "model_classes", "seeded_subset"]
+           "input_size", "image_folder", "model_classes", "seeded_subset", "check_num_workers"]
 
 # Real photographs shipped inside scikit-image (no download): name -> what it shows.
 PHOTOS = {
@@ -161,21 +161,25 @@ def _collate(items):
     return x, y
 
 
+class _Preprocessed(Dataset):
+    """``dataset`` with ``preprocess`` applied to the PIL images it yields (tensors pass
+    through); a module-level class, so DataLoader workers can receive it by pickling too."""
+
+    def __init__(self, dataset: Dataset, preprocess: Callable):
+        self.dataset, self.preprocess = dataset, preprocess
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        x, y = item if isinstance(item, (tuple, list)) else (item, -1)
+        return (x if isinstance(x, torch.Tensor) else self.preprocess(x)), y
+
+
 def _with_transform(dataset: Dataset, preprocess: Optional[Callable]) -> Dataset:
     """Apply ``preprocess`` to PIL images a dataset yields (tensors pass through)."""
-    if preprocess is None:
-        return dataset
-
-    class _Preprocessed(Dataset):
-        def __len__(self):
-            return len(dataset)
-
-        def __getitem__(self, i):
-            item = dataset[i]
-            x, y = item if isinstance(item, (tuple, list)) else (item, -1)
-            return (x if isinstance(x, torch.Tensor) else preprocess(x)), y
-
-    return _Preprocessed()
+    return dataset if preprocess is None else _Preprocessed(dataset, preprocess)
 
 
 def normalise_like(images: torch.Tensor, preprocess) -> torch.Tensor:
@@ -229,6 +233,12 @@ def count(images) -> Optional[int]:
     return None
 
 
+def check_num_workers(num_workers) -> None:
+    """Raise ValueError unless ``num_workers`` (DataLoader worker processes) is an int >= 0."""
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"Expected `num_workers` to be an int >= 0, but got {num_workers!r}.")
+
+
 def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
             n_images: Optional[int] = None, preprocess: Optional[Callable] = None,
             seed: int = 0, num_workers: int = 0) -> Iterator[Batch]:
@@ -245,9 +255,12 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
             subset of this size (the thesis measures 2000 validation images).
         preprocess: PIL image -> tensor (the model's own preprocessing).
         seed: the seed of the subset.
+        num_workers: processes that read and preprocess a dataset's or folder's images
+            (``DataLoader`` workers; 0: in this process). The batches are the same either way.
     """
     if batch_size < 1:
         raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size}.")
+    check_num_workers(num_workers)
     if isinstance(images, (str, os.PathLike)):
         images = ImageFiles(images)
     if isinstance(images, (tuple, list)) and len(images) == 2 and isinstance(images[0], torch.Tensor):

@@ -44,6 +44,7 @@ def test_help_lists_every_command(capsys):
     (["measure", "--metric", ""], "Expected --metric"),
     (["measure", "--metric", "correlation,correlation"], "Expected --metric"),
     (["measure", "--n-images", "0"], "Expected --n-images >= 1"),
+    (["measure", "--loader-workers", "-1"], "Expected --loader-workers >= 0"),
     (["measure", "--out", __file__], "is a file"),  # checked before measuring, file kept
     (["measure", "--transforms", "rotation,rotation:90"], "rotation(90) repeat"),
     (["measure", "--transforms", "translation:1-2:zero:circular"], "two mode options"),

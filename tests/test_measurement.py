@@ -9,6 +9,7 @@ from torch import nn
 
 import equifast as ef
 from equifast.measurement import Measurer, MeasureState
+from equifast.models import default_preprocess
 
 
 def circular_net(channels=6, classes=5):
@@ -192,6 +193,24 @@ def test_folder_of_some_imagenet_classes_gives_real_accuracy(tmp_path):
     with pytest.warns(UserWarning, match="No accuracy: which of the model's 1000 classes the 2 "):
         rep = ef.measure("efficientnet_lite0", str(tmp_path), transforms=[ef.Rotation(2)])
     assert rep.accuracy is None
+
+
+def test_loader_workers_read_a_folder_into_the_same_scores(tmp_path):
+    # images decoded in two DataLoader worker processes: the same subset, order and scores
+    import skimage.data
+    from PIL import Image
+
+    for i, photo in enumerate(("chelsea", "coffee", "astronaut", "rocket", "camera")):
+        Image.fromarray(getattr(skimage.data, photo)()).save(tmp_path / f"{i}.png")
+    model = torchvision.models.resnet18(num_classes=10)
+    kw = dict(transforms=[ef.Rotation(1), ef.Translation(4, 4)], n_images=4, batch_size=2, seed=3,
+              preprocess=default_preprocess(64))
+    inline = ef.measure(model, str(tmp_path), **kw)
+    workers = ef.measure(model, str(tmp_path), num_workers=2, **kw)
+    pd.testing.assert_frame_equal(workers.points, inline.points, check_exact=True)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="`num_workers` to be an int >= 0"):
+            ef.measure(model, str(tmp_path), num_workers=bad, **kw)
 
 
 def test_embedded_photos_are_cut_at_the_models_own_size():

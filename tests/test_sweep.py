@@ -471,6 +471,16 @@ def test_shards_in_process_merge_exactly(folder):
     assert merged.meta["accuracy"] == single.meta["accuracy"]
 
 
+def test_a_task_with_more_cpus_decodes_in_loader_processes_with_the_same_result(folder):
+    spec = _spec(folder, models=MODELS[2:], transforms={"translation": "translation:1-2"},
+                 n_images=6, batch_size=4)
+    (one,) = load_spec(spec).jobs()
+    (three,) = load_spec({**spec, "resources": {"num_cpus": 3}}).jobs()
+    (s1, i1), (s3, i3) = measure_job(one), measure_job(three)
+    assert (i1["loader_workers"], i3["loader_workers"]) == (0, 2)  # num_cpus - 1
+    _assert_same(s3.report().points, s1.report().points)
+
+
 def test_dataset_split_over_two_workers_equals_single_process(ray_session, folder, tmp_path):
     spec = _spec(folder, models=MODELS[2:], transforms={"translation": "translation:1-2"},
                  n_images=6, batch_size=4, shards=2)
