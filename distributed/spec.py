@@ -55,7 +55,8 @@ __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_
 #: torchvision models preprocessed by their preset, checkpoints hashed: results of version 1
 #: jobs may differ, so they are measured again (their records stay, out of the tables).
 #: 3: model splits found the blocks of more models (iterated blocks, channels-last maps by
-#: width, multi-output modules) and timm MobileNetV3's ``pool`` moved to its pooled vector.
+#: width, multi-output modules, EfficientViT's blocks and head conv, DLA at 32 px), and timm
+#: MobileNetV3's ``pool`` moved to its pooled vector.
 SPEC_VERSION = 3
 
 _TOP_KEYS = {"name", "out", "models", "datasets", "transforms", "metrics", "seeds", "n_images",
