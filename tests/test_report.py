@@ -269,3 +269,48 @@ def test_missing_report_file_is_named():
     for suffix in (".json", ".csv"):
         with pytest.raises(FileNotFoundError, match="Expected .*/no/such/report"):
             Report.load(f"/no/such/report{suffix}")
+
+
+def test_atomic_writes_keep_the_old_file_when_writing_fails(tmp_path):
+    # equifast._io, which reports, figures, runs and studies write through
+    from equifast._io import atomic_write, save_figure_atomic, write_text_atomic
+
+    target = tmp_path / "deep" / "er" / "r.json"  # missing folders are made
+    write_text_atomic(target, "old")
+    write_text_atomic(tmp_path / "b.bin", b"\x00\x01")
+    assert target.read_text() == "old" and (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+
+    def half(tmp):
+        tmp.write_text("half of the new")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, half)
+    assert target.read_text() == "old" and sorted(p.name for p in target.parent.iterdir()) == ["r.json"]
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    save_figure_atomic(fig, tmp_path / "f.svg")  # the format of the suffix, not the default PNG
+    save_figure_atomic(fig, tmp_path / "f.pdf")
+    plt.close(fig)
+    assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:400]
+    assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_check_own_folder_never_takes_a_users_folder(tmp_path):
+    from equifast._io import check_own_folder
+
+    args = (["recipe.json"], "a run folder", "--out")
+    assert check_own_folder(tmp_path / "new", *args) == tmp_path / "new"  # missing: fine
+    (tmp_path / "empty").mkdir()
+    check_own_folder(tmp_path / "empty", *args)  # empty: fine
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.json").write_text("{}")
+    (tmp_path / "run" / "metrics.csv").write_text("")
+    check_own_folder(tmp_path / "run", *args)  # ours: fine
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("")
+    with pytest.raises(FileExistsError, match=r"holds other files: \['thesis.tex'\]"):
+        check_own_folder(tmp_path / "mine", *args)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError, match="is a file"):
+        check_own_folder(tmp_path / "file", *args)
