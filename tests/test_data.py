@@ -111,3 +111,59 @@ def test_model_classes_of_class_folders(tmp_path):
     assert data.model_classes(files, 1000).tolist() == [281, 967]  # ImageNet-1k's synsets
     assert data.model_classes(files, 2).tolist() == [0, 1]  # a model of these two classes
     assert data.model_classes(files, 10) is None  # some of 10 classes: which is unknown
+
+
+def test_embedded_photos_go_through_every_photo():
+    import skimage.data
+
+    x = data.embedded_photos(2 * len(data.PHOTOS), size=16, seed=0)
+    for i in range(len(x)):  # crop i is of photo i mod 15: grey photos give three equal channels
+        name = list(data.PHOTOS)[i % len(data.PHOTOS)]
+        grey = getattr(skimage.data, name)().ndim == 2
+        assert (torch.equal(x[i, 0], x[i, 1]) and torch.equal(x[i, 1], x[i, 2])) == grey, name
+    with pytest.raises(ValueError, match="`n` >= 1"):
+        data.embedded_photos(0)
+
+
+def test_image_folder_labels_suffixes_and_order(tmp_path):
+    import random
+
+    names = [f"class{i:02d}" for i in range(12)]
+    for name in random.Random(0).sample(names, len(names)):  # made in a shuffled order
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "x.JPEG", format="JPEG")  # ImageNet's suffix
+    (tmp_path / "class03" / "notes.txt").write_text("not an image")
+    files = data.ImageFiles(tmp_path)
+    assert files.labelled and files.classes == names
+    assert [files[i][1] for i in range(len(files))] == list(range(12))
+    # a loose image beside the class folders: not every image has a class, so none has
+    Image.new("RGB", (4, 4)).save(tmp_path / "loose.PNG")
+    files = data.ImageFiles(tmp_path)
+    assert len(files) == 13 and not files.labelled
+    assert [files[i][1] for i in range(13)] == [-1] * 13
+
+
+def test_model_classes_of_synset_like_folders_outside_imagenet(tmp_path):
+    for wnid in ("n02123045", "n00000001"):  # the second is no ImageNet-1k class
+        (tmp_path / wnid).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / wnid / "0.png")
+    assert data.model_classes(data.ImageFiles(tmp_path), 1000) is None
+
+
+def test_helpers_of_subsets_sizes_and_batches(tmp_path):
+    import torchvision.transforms as T
+    from torch.utils.data import Subset
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "0.png")
+    files = data.ImageFiles(tmp_path)
+    assert data.image_folder(Subset(Subset(files, [0]), [0])) is files
+    assert data.input_size(T.Compose([T.Resize((8, 16))]), default=99) == 99  # not square
+    assert data.input_size(T.Compose([T.Resize((8, 8))]), default=99) == 8
+    # a seeded subset keeps the dataset's order; another seed, other images
+    x, y = torch.rand(20, 3, 4, 4), torch.arange(20)
+    _, a = _collect(data.batches(TensorDataset(x, y), batch_size=3, n_images=6, seed=1))
+    _, b = _collect(data.batches(TensorDataset(x, y), batch_size=3, n_images=6, seed=2))
+    assert len(set(a.tolist())) == 6 and a.tolist() == sorted(a.tolist())
+    assert a.tolist() != b.tolist()
+    with pytest.raises(ValueError, match="`batch_size` >= 1"):
+        list(data.batches(x, batch_size=0))

@@ -376,3 +376,150 @@ def test_eps_reaches_every_score(vector_mode):
     rep = ef.measure(circular_net(), torch.rand(4, 3, 12, 12), transforms=[ef.Rotation(1)],
                      metric="cosine", vector_mode=vector_mode, eps=1.0, batch_size=2)
     assert (rep.points.undefined_fraction == 1).all() and rep.points.channel.isna().all()
+
+
+def test_shards_with_labels_merge_into_the_single_process_accuracy_and_meta():
+    model = circular_net()
+    x = torch.rand(8, 3, 12, 12)
+    with torch.no_grad():
+        labels = model(x).argmax(-1)
+    labels[[0, 5, 6]] = (labels[[0, 5, 6]] + 1) % 5  # wrong in both shards: accuracy 5/8
+    ts = [ef.Rotation(1)]
+    a, b = (ef.measure(model, x[s], labels=labels[s], transforms=ts, return_state=True)
+            for s in (slice(0, 3), slice(3, 8)))
+    empty = MeasureState(a.points, a.transforms, a.metrics, a.vector_mode)
+    rep = empty.merge(a).merge(b).report()
+    assert rep.accuracy == pytest.approx(5 / 8) and rep.meta["n_images"] == 8
+    whole = ef.measure(model, x, labels=labels, transforms=ts)
+    assert list(rep.points["shape"]) == list(whole.points["shape"]) == ["6x12x12"] * 3 + ["6", "5"]
+    # the point's place in the model, which metric_bias orders its table by
+    assert list(rep.points["order"]) == list(range(5))
+
+
+def test_accuracy_of_all_wrong_labels_is_zero_and_no_labels_none():
+    model = circular_net()
+    x = torch.rand(6, 3, 12, 12)
+    with torch.no_grad():
+        wrong = (model(x).argmax(-1) + 1) % 5
+    rep = ef.measure(model, x, labels=wrong, transforms=[ef.Rotation(1)], batch_size=4)
+    assert rep.accuracy == 0.0 and rep.meta["n_images"] == 6
+    rep = ef.measure(model, x, transforms=[ef.Rotation(1)], batch_size=4)
+    assert rep.accuracy is None and rep.meta["n_images"] == 6
+
+
+def test_merge_refuses_states_of_other_settings():
+    model = circular_net()
+    x = torch.rand(2, 3, 12, 12)
+    base = dict(transforms=[ef.Rotation(1)], return_state=True)
+    a = ef.measure(model, x, **base)
+    for other in (dict(base, transforms=[ef.Rotation(2)]), dict(base, vector_mode="across_images"),
+                  dict(base, metric="cosine"), dict(base, points=["0", "final"])):
+        with pytest.raises(ValueError, match="same points, transforms, metrics and vector mode"):
+            copy_of_a = ef.measure(model, x, **base)
+            copy_of_a.merge(ef.measure(model, x, **other))
+    assert a.n_images == 2
+
+
+def test_bad_settings_are_refused():
+    x = torch.rand(2, 3, 12, 12)
+    with pytest.raises(ValueError, match="one or more distinct metrics"):
+        ef.measure(circular_net(), x, transforms=[ef.Rotation(1)], metric=[])
+    with pytest.raises(ValueError, match="`vector_mode`"):
+        ef.measure(circular_net(), x, transforms=[ef.Rotation(1)], vector_mode="all")
+    with pytest.raises(ValueError, match="`amp`"):
+        ef.measure(circular_net(), x, transforms=[ef.Rotation(1)], amp="float32")
+    with pytest.raises(ValueError, match="`n_images` >= 1"):
+        ef.measure(circular_net(), x, transforms=[ef.Rotation(1)], n_images=0)
+
+
+def test_transformed_batches_are_stacked_up_to_batch_size():
+    # 2 images, 4 transforms, batch_size 8: f(x) in one pass, the four T(x) stacked in one more
+    x = torch.rand(2, 3, 12, 12)
+    m = Measurer(circular_net(), x, ef.diagonal_shifts(1, 2) + [ef.Rotation(1), ef.Rotation(2)],
+                 batch_size=8)
+    sizes, forward = [], m._forward
+    m._forward = lambda batch: sizes.append(len(batch)) or forward(batch)
+    m.update(x)
+    assert sizes == [2, 8]
+    m.batch_size = 4  # two transforms a pass
+    sizes.clear()
+    m.update(x)
+    assert sizes == [2, 4, 4] and m.state.n_images == 4
+
+
+def test_default_images_are_the_seeded_embedded_photos_normalised():
+    from equifast.data import embedded_photos, normalise_like
+    from equifast.models import default_preprocess
+
+    pre = default_preprocess(size=16)  # the photos are cut at 16 px, then ImageNet-normalised
+    ts = [ef.Rotation(1)]
+    got = ef.measure(circular_net(), None, transforms=ts, n_images=3, seed=7, preprocess=pre)
+    want = ef.measure(circular_net(), normalise_like(embedded_photos(3, size=16, seed=7), pre),
+                      transforms=ts)
+    pd.testing.assert_frame_equal(got.points, want.points)
+    assert got.meta["n_images"] == 3 and got.meta["seed"] == 7
+    every = ef.measure(circular_net(), None, transforms=ts, preprocess=pre, batch_size=128)
+    assert every.meta["n_images"] == 256  # the default set
+
+
+def test_random_weights_by_name_follow_the_seed():
+    from equifast.models import default_preprocess
+
+    kw = dict(weights=None, n_images=2, transforms=[ef.Rotation(1)],
+              preprocess=default_preprocess(size=32), points=["layer1", "final"])
+    a, b = (ef.measure("resnet10t", None, seed=3, **kw).points for _ in range(2))
+    pd.testing.assert_frame_equal(a, b)
+    c = ef.measure("resnet10t", None, seed=4, **kw).points
+    assert not a["channel"].equals(c["channel"])
+
+
+def test_a_dataset_subset_is_the_seeded_one():
+    from torch.utils.data import TensorDataset
+
+    from equifast.data import seeded_subset
+
+    x = torch.rand(10, 3, 12, 12)
+    ds = TensorDataset(x, torch.zeros(10, dtype=torch.long))
+    picked = {s: seeded_subset(ds, 3, s).indices for s in (0, 5)}
+    assert picked[0] != picked[5]
+    ts = [ef.Rotation(1)]
+    got = ef.measure(circular_net(), ds, n_images=3, seed=5, transforms=ts).points
+    want = ef.measure(circular_net(), x[picked[5]], transforms=ts).points
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_mean_activation_is_each_points_own_mean():
+    # the metric-bias input: the mean (and mean magnitude) of all activations at a point over
+    # every image, streamed in batches of 3, against the network's own stages here
+    torch.manual_seed(5)
+    net = circular_net()
+    x = torch.rand(7, 3, 12, 12) - 0.3
+    rep = ef.measure(net, x, transforms=[ef.Rotation(1)], batch_size=3)
+    got = rep.points.set_index("point")
+    with torch.no_grad():
+        for name, stages in (("0", net[:1]), ("1", net[:2]), ("2", net[:3]), ("pool", net[:5]),
+                             ("final", net)):
+            f = stages(x).double()
+            assert math.isclose(got.loc[name, "mean_activation"], f.mean().item(), rel_tol=1e-5)
+            assert math.isclose(got.loc[name, "mean_magnitude"], f.abs().mean().item(), rel_tol=1e-5)
+
+
+def test_a_repeated_transform_is_refused():
+    # it would count twice in its family's mean
+    with pytest.raises(ValueError, match="distinct transforms"):
+        ef.measure(circular_net(), torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1), ef.Rotation(1)])
+
+
+def test_a_flat_folder_has_no_labels_and_no_accuracy_warning(tmp_path):
+    import warnings
+
+    import torchvision.transforms as T
+    from PIL import Image
+
+    for i, color in enumerate(((255, 0, 0), (0, 90, 255))):
+        Image.new("RGB", (12, 12), color).save(tmp_path / f"{i}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "which classes the folders are is unknown"
+        rep = ef.measure(circular_net(), str(tmp_path), transforms=[ef.Rotation(1)],
+                         preprocess=T.ToTensor())
+    assert rep.accuracy is None and rep.meta["n_images"] == 2

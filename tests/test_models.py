@@ -125,3 +125,57 @@ def test_a_run_folder_takes_no_weights(tmp_path):
     (tmp_path / "recipe.json").write_text("{}")  # refused before the run is read
     with pytest.raises(ValueError, match="no `weights` or `num_classes` for the run folder"):
         load_model(str(tmp_path), weights="other.pt")
+
+
+def test_checkpoint_under_model_key_and_weights_none_string(tmp_path):
+    m, _ = load_model("resnet18", weights=None, num_classes=4)
+    torch.save({"model": m.state_dict(), "epoch": 3}, tmp_path / "run.pt")  # a training checkpoint
+    m2, _ = load_model("resnet18", weights=str(tmp_path / "run.pt"), num_classes=4)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+    a, _ = load_model("resnet18", weights="none", num_classes=3)  # the CLI's --weights none
+    assert a.fc.out_features == 3
+    assert not a.training and not m2.training  # torchvision models come back in eval mode
+
+
+def test_checkpoint_classes_are_read_from_the_last_linear(tmp_path):
+    # mobilenet_v3_small's classifier is Linear(576, 1024) then Linear(1024, classes)
+    m, _ = load_model("mobilenet_v3_small", weights=None, num_classes=6)
+    torch.save(m.state_dict(), tmp_path / "six.pt")
+    m2, _ = load_model("mobilenet_v3_small", weights=str(tmp_path / "six.pt"))
+    assert m2.classifier[-1].out_features == 6
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+    # classes given explicitly are kept: a checkpoint of another size does not fit them
+    with pytest.raises(ValueError, match="do not fit that model"):
+        load_model("mobilenet_v3_small", weights=str(tmp_path / "six.pt"), num_classes=4)
+
+
+def test_torchvision_only_names_are_known():
+    from equifast.models import check_model_name, is_known_model
+
+    assert is_known_model("vit_b_16") and is_known_model("efficientnet_lite0")  # torchvision, timm
+    assert not is_known_model("resnet5O")
+    check_model_name("vit_b_16")  # no error
+
+
+def test_a_pickled_module_is_not_a_state_dict(tmp_path):
+    m, _ = load_model("resnet18", weights=None, num_classes=2)
+    torch.save(m, tmp_path / "whole.pt")  # the module itself, not its state dict
+    with pytest.raises(ValueError, match="to hold a state dict, but got ResNet"):
+        load_model("resnet18", weights=str(tmp_path / "whole.pt"))
+
+
+def test_default_preprocess_resizes_to_size_over_crop_pct_then_crops():
+    from PIL import Image
+
+    from equifast.models import default_preprocess
+
+    img = Image.new("RGB", (400, 400))
+    img.paste((255, 255, 255), (50, 50, 350, 350))  # a white square, 3/4 of the side
+    x = default_preprocess()(img)  # resize 400 -> 256 (224 / 0.875): square 192; crop 224
+    assert x.shape == (3, 224, 224)
+    # a black border of (224 - 192) / 2 = 16 px, white inside (normalised: black < 0 < white)
+    assert (x[:, 112, :12] < 0).all() and (x[:, 112, 20:204] > 0).all() and (x[:, 112, 212:] < 0).all()

@@ -139,3 +139,178 @@ def test_accuracy_figure_draws_each_transform_set_of_a_family_apart():
              if line.get_label().startswith("channel")}
     # one line per transform set, each part at its place (not one zigzag line through both)
     assert drawn == {"channel (circular)": [0, 1, 2, 3, 4], "channel (zero)": [0, 1, 2, 3, 4]}
+
+
+def _part_case():
+    """Four points of the early part under three rotations, with NaN entries; the expected part
+    scores below are worked out by hand (SPEC aggregation: per point the mean over the family's
+    defined transforms, per part the mean over the points that have a score)."""
+    nan = float("nan")
+    channel = {"a": (0.1, 0.2, 0.9), "b": (0.5, nan, nan), "c": (0.0, 0.3, 0.3), "d": (nan, nan, nan)}
+    layer = {"a": (0.2, 0.3, 1.0), "b": (0.9, nan, nan), "c": (0.1, 0.4, 0.7), "d": (nan, nan, nan)}
+    undefined = {"a": (0.0, 0.0, 0.5), "b": (0.2, 1.0, 1.0), "c": (0.1, 0.1, 0.1), "d": (1.0, 1.0, 1.0)}
+    rows = []
+    for order, point in enumerate("abcd"):
+        for i, t in enumerate(("rotation(90)", "rotation(180)", "rotation(270)")):
+            rows.append({"point": point, "part": "early", "transform": t, "family": "rotation",
+                         "channel": channel[point][i], "layer": layer[point][i],
+                         "undefined_fraction": undefined[point][i], "n_images": 2, "order": order})
+    return rows
+
+
+def test_part_mean_is_the_mean_of_per_point_means_skipping_undefined():
+    # per point: a 0.4 (median 0.2), b 0.5 (its NaN skipped), c 0.2 (median 0.3), d none.
+    # part: (0.4 + 0.5 + 0.2) / 3; not the mean of the 7 defined entries (2.3 / 7), not a median
+    # (0.4) or max (0.5), not NaN because b or d has undefined entries
+    parts = Report.from_rows(_part_case()).parts
+    assert len(parts) == 1
+    row = parts.iloc[0]
+    assert math.isclose(row.channel, (0.4 + 0.5 + 0.2) / 3)
+    assert math.isclose(row.layer, (0.5 + 0.9 + 0.4) / 3)  # layer per point: 0.5, 0.9, 0.4
+    # undefined_fraction: the mean over all four points, d's 1.0 in it
+    assert math.isclose(row.undefined_fraction, (1 / 6 + 2.2 / 3 + 0.1 + 1.0) / 4)
+    assert row.n_points == 4
+
+
+def test_parts_are_ordered_by_family_then_part():
+    rows = [r for r in reversed(_rows()) if r["metric"] == "correlation"]  # final first
+    parts = Report.from_rows(rows).parts
+    got = list(zip(parts.family, parts.part.astype(str)))
+    order = ["early", "middle", "pool", "final"]
+    assert got == [("rotation", p) for p in order] + [("translation", p) for p in order]
+
+
+def test_metric_bias_table_and_its_edge_cases():
+    # the table: per point and family, the mean over the family's transforms of each metric
+    bias = Report.from_rows(list(reversed(_rows()))).metric_bias()  # rows in reverse order
+    table = bias["table"]
+    trans = table[table.family == "translation"]
+    assert list(trans.point) == ["p0", "p1", "p2", "pool", "final"]  # in the model's order
+    p1 = trans[trans.point == "p1"].iloc[0]
+    # _rows: translation(1,1) 0.9 - 0.1 order, translation(2,2) 0.7 - 0.1 order; cosine + 0.05 order
+    assert math.isclose(p1.correlation, (0.8 + 0.6) / 2) and math.isclose(p1.cosine, 0.75)
+    assert p1.mean_activation == 1.0
+    # an undefined score is left out of the correlation; fewer than three defined points
+    # correlate to NaN (two points always give +-1)
+    rows = []
+    for order, cos in enumerate((0.2, 0.9, 0.4, float("nan"))):
+        for metric, c in (("cosine", cos), ("correlation", 0.5 + 0.1 * order)):
+            rows.append({"point": f"q{order}", "part": "early", "transform": "rotation(90)",
+                         "family": "rotation", "metric": metric, "channel": c, "layer": c,
+                         "undefined_fraction": 0.0, "n_images": 2, "order": order,
+                         "mean_activation": [0.0, 1.0, 3.0, 5.0][order]})
+    corr = Report.from_rows(rows).metric_bias()["correlation"].set_index("metric")
+    want = float(np.corrcoef([0.2, 0.9, 0.4], [0.0, 1.0, 3.0])[0, 1])
+    assert math.isclose(corr.loc["cosine", "correlation_with_mean_activation"], want)
+    two = Report.from_rows(rows).metric_bias(parts=None)
+    rows[4]["channel"] = float("nan")  # q2's cosine: two defined points left
+    corr = Report.from_rows(rows).metric_bias()["correlation"].set_index("metric")
+    assert math.isnan(corr.loc["cosine", "correlation_with_mean_activation"])
+    assert len(two["table"]) == 4
+
+
+def test_over_runs_counts_distinct_runs_and_keeps_missing_keys():
+    from equifast.report import over_runs
+
+    df = pd.DataFrame({"setting": ["a", "a", "a", None, None],
+                       "run": [0, 0, 1, 0, 1],
+                       "channel": [0.1, 0.3, 0.5, 0.2, 0.4]})
+    out = over_runs(df, ["setting"], ["channel"])
+    assert len(out) == 2
+    a = out[out.setting == "a"].iloc[0]
+    assert a.runs == 2  # run 0 gave two rows: still two runs
+    assert math.isclose(a.channel, 0.3)
+    missing = out[out.setting.isna()].iloc[0]  # a setting a run did not record is kept
+    assert missing.runs == 2 and math.isclose(missing.channel, 0.3)
+    assert math.isclose(missing.channel_std, float(np.std([0.2, 0.4], ddof=1)))
+
+
+def test_combine_runs_keeps_settings_apart():
+    reps = [Report.from_rows([dict(r, channel=r["channel"] + bump) for r in _rows()], meta)
+            for bump, meta in ((0.0, {"setting": "a"}), (0.1, {"setting": "a"}),
+                               (0.4, {"setting": "b"}), (0.2, {}))]
+    out = combine_runs(reps, by=["setting"])
+    sel = out[(out.part == "early") & (out.family == "translation") & (out.metric == "correlation")]
+    by = {(None if pd.isna(s) else s): row for s, row in zip(sel.setting, sel.itertuples())}
+    assert set(by) == {"a", "b", None} and len(sel) == 3
+    assert math.isclose(by["a"].channel, 0.75 + 0.05) and by["a"].runs == 2
+    assert math.isclose(by["b"].channel, 0.75 + 0.4) and by["b"].runs == 1
+    assert math.isclose(by[None].channel, 0.75 + 0.2) and by[None].runs == 1
+
+
+def test_summary_holds_the_part_scores():
+    rep = Report.from_rows(_rows())
+    for metric in ("correlation", "cosine"):
+        wide = rep.summary(metric)
+        assert list(wide.columns) == [(f, s) for f in ("rotation", "translation")
+                                      for s in ("channel", "layer")]
+        parts = rep.parts[rep.parts.metric == metric]
+        for row in parts.itertuples():
+            assert math.isclose(wide.loc[row.part, (row.family, "channel")], row.channel)
+            assert math.isclose(wide.loc[row.part, (row.family, "layer")], row.layer)
+    # early, correlation, translation: p0 0.8, p1 0.7 (as test_parts_follow_the_spec_aggregation_order)
+    assert math.isclose(rep.summary().loc["early", ("translation", "channel")], 0.75)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_saved_parts_file_is_the_parts_table(tmp_path, suffix):
+    rep = Report.from_rows(_rows(), {"model": "toy"})
+    files = rep.save(tmp_path / f"r{suffix}")
+    assert sorted(files) == sorted(tmp_path.iterdir())  # every file written, and only those
+    parts_file = tmp_path / f"r.parts{suffix}"
+    saved = pd.read_csv(parts_file) if suffix == ".csv" else pd.read_parquet(parts_file)
+    assert list(saved.columns) == list(rep.parts.columns)
+    np.testing.assert_allclose(saved[["channel", "layer", "undefined_fraction"]].to_numpy(float),
+                               rep.parts[["channel", "layer", "undefined_fraction"]].to_numpy(float))
+    assert list(saved.part.astype(str)) == list(rep.parts.part.astype(str))
+
+
+def test_missing_report_file_is_named():
+    for suffix in (".json", ".csv"):
+        with pytest.raises(FileNotFoundError, match="Expected .*/no/such/report"):
+            Report.load(f"/no/such/report{suffix}")
+
+
+def test_atomic_writes_keep_the_old_file_when_writing_fails(tmp_path):
+    # equifast._io, which reports, figures, runs and studies write through
+    from equifast._io import atomic_write, save_figure_atomic, write_text_atomic
+
+    target = tmp_path / "deep" / "er" / "r.json"  # missing folders are made
+    write_text_atomic(target, "old")
+    write_text_atomic(tmp_path / "b.bin", b"\x00\x01")
+    assert target.read_text() == "old" and (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+
+    def half(tmp):
+        tmp.write_text("half of the new")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, half)
+    assert target.read_text() == "old" and sorted(p.name for p in target.parent.iterdir()) == ["r.json"]
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    save_figure_atomic(fig, tmp_path / "f.svg")  # the format of the suffix, not the default PNG
+    save_figure_atomic(fig, tmp_path / "f.pdf")
+    plt.close(fig)
+    assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:400]
+    assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_check_own_folder_never_takes_a_users_folder(tmp_path):
+    from equifast._io import check_own_folder
+
+    args = (["recipe.json"], "a run folder", "--out")
+    assert check_own_folder(tmp_path / "new", *args) == tmp_path / "new"  # missing: fine
+    (tmp_path / "empty").mkdir()
+    check_own_folder(tmp_path / "empty", *args)  # empty: fine
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.json").write_text("{}")
+    (tmp_path / "run" / "metrics.csv").write_text("")
+    check_own_folder(tmp_path / "run", *args)  # ours: fine
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("")
+    with pytest.raises(FileExistsError, match=r"holds other files: \['thesis.tex'\]"):
+        check_own_folder(tmp_path / "mine", *args)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError, match="is a file"):
+        check_own_folder(tmp_path / "file", *args)
