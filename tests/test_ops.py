@@ -15,6 +15,9 @@ indices are compared where the two best defined similarities differ by more than
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -673,3 +676,62 @@ def test_mixed_devices_message():
     with pytest.raises(RuntimeError, match=r"Expected all inputs on the same device, but got "
                                            r"fx on meta, ftx on meta, a_index on cpu"):
         ops.equivariance_scores(fx.to("meta"), ftx.to("meta"), a, b, True, EPS)
+
+
+# The CPU kernels' instruction sets, widest first (EQUIFAST_CPU_ISA; csrc/cpu/scores_cpu.cpp).
+CPU_ISAS = ["x86-64-v4", "x86-64-v3", "baseline"]
+_ISA_FLAGS = {"x86-64-v4": {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
+              "x86-64-v3": {"avx2", "fma", "bmi2"}, "baseline": set()}
+
+
+def _cpu_isa_available(isa, monkeypatch) -> bool:
+    monkeypatch.setenv("EQUIFAST_CPU_ISA", isa)
+    fx, ftx, a, b = _good()
+    try:
+        ops.equivariance_scores(fx, ftx, a, b, True, EPS)
+    except RuntimeError as e:
+        if "is not available on this CPU or build" not in str(e):
+            raise
+        return False
+    return True
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f
+                         if line.startswith("flags")), None)
+    except OSError:
+        return None
+
+
+def test_cpu_isa_choice(monkeypatch):
+    available = [_cpu_isa_available(isa, monkeypatch) for isa in CPU_ISAS]
+    # The baseline runs everywhere, and a CPU that has an instruction set has the narrower ones.
+    assert available[-1] and available == sorted(available), dict(zip(CPU_ISAS, available))
+    flags = _cpu_flags()
+    if flags is not None:  # one the CPU lacks is refused, not silently run
+        for isa, ok in zip(CPU_ISAS, available):
+            assert not ok or _ISA_FLAGS[isa] <= flags, (isa, _ISA_FLAGS[isa] - flags)
+    monkeypatch.setenv("EQUIFAST_CPU_ISA", "avx9")
+    with pytest.raises(RuntimeError, match=r"EQUIFAST_CPU_ISA='avx9' is not an instruction set "
+                                           r"equifast builds: use baseline, x86-64-v3"):
+        ops.equivariance_scores(*_good(), True, EPS)
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS[1:])
+def test_narrower_cpu_isa_passes_these_tests(isa, monkeypatch):
+    """The kernels older or non-x86 CPUs run (an instruction set narrower than this CPU's widest)
+    pass every CPU test of this module, run again with EQUIFAST_CPU_ISA set."""
+    if os.environ.get("EQUIFAST_CPU_ISA"):
+        pytest.skip("this run already has its instruction set forced")
+    env = {**os.environ, "EQUIFAST_CPU_ISA": isa}
+    available = [i for i in CPU_ISAS if _cpu_isa_available(i, monkeypatch)]
+    if isa not in available[1:]:
+        pytest.skip(f"{isa} is this CPU's widest instruction set (the other tests run it) "
+                    "or one it lacks")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          "-m", "not cuda", __file__], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout.splitlines()[-1], run.stdout[-500:]

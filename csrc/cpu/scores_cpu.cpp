@@ -31,6 +31,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -41,16 +42,11 @@
 
 #include "scores.h"
 
-// The inner loops (copies, transpositions, float64 sums, normalisation, arg-max) are written
-// once, with GCC's vector extensions or as loops gcc vectorises, and compiled for AVX-512, AVX2
-// and the baseline, picked at load time by the CPU (EQUIFAST_CLONES): the same source runs on
-// every x86-64 CPU, so the tests on any of them check the code the others run.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define EQUIFAST_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define EQUIFAST_CLONES
-#endif
+// The inner loops (copies, transpositions, float64 sums, normalisation, arg-max, the streamed
+// GEMM) are written once, with GCC's vector extensions or as loops gcc vectorises, and compiled
+// for AVX-512, AVX2 and the baseline (EQUIFAST_PER_ISA), picked at every call: the CPU's widest,
+// or a narrower one named by EQUIFAST_CPU_ISA, so that the tests on any machine can check the
+// code the others run.
 
 namespace equifast {
 namespace {
@@ -127,11 +123,17 @@ inline void copy_widen(const scalar_t* src, int64_t n, float* dst) {
 
 // Functions whose vector width must be the register width (gcc lowers wider vectors badly):
 // impl<64> compiled for AVX-512 (x86-64-v4), impl<32> for AVX2 + FMA (x86-64-v3), impl<16>
-// otherwise, picked once by the CPU.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-enum class Isa { kV4, kV3, kBaseline };
+// otherwise. Their bodies are always inlined into the wrappers, so each wrapper's target
+// compiles the whole loop. cpu_isa() is set by select_cpu_isa() at the start of every call.
+enum class Isa { kV4, kV3, kBaseline };  // widest first
+constexpr const char* kIsaNames[] = {"x86-64-v4", "x86-64-v3", "baseline"};
 
-Isa cpu_isa() {
+std::atomic<Isa> g_isa{Isa::kBaseline};
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+Isa cpu_isa() { return g_isa.load(std::memory_order_relaxed); }
+
+Isa widest_isa() {
   static const Isa isa = __builtin_cpu_supports("x86-64-v4")   ? Isa::kV4
                          : __builtin_cpu_supports("x86-64-v3") ? Isa::kV3
                                                                : Isa::kBaseline;
@@ -149,13 +151,32 @@ Isa cpu_isa() {
     }                                                                                      \
   }
 #else
+Isa widest_isa() { return Isa::kBaseline; }
+
 #define EQUIFAST_PER_ISA(ret, name, impl, params, args) \
   ret name params { return impl<16> args; }
 #endif
 
-// Vectors of 8 floats, and unaligned loads and stores of any vector.
-// (gcc warns that vector arguments change the ABI of the baseline clone: these functions are
-// always inlined, so no call passes a vector.)
+// EQUIFAST_CPU_ISA (unset or empty: the CPU's widest) may name a narrower instruction set
+// than the CPU's; one it lacks, or an unknown name, is an error rather than a silent fallback.
+void select_cpu_isa() {
+  Isa isa = widest_isa();
+  const char* asked = std::getenv("EQUIFAST_CPU_ISA");
+  if (asked != nullptr && *asked != '\0') {
+    const auto* name = std::find_if(std::begin(kIsaNames), std::end(kIsaNames),
+                                    [&](const char* n) { return std::strcmp(n, asked) == 0; });
+    TORCH_CHECK(name != std::end(kIsaNames), "EQUIFAST_CPU_ISA='", asked,
+                "' is not an instruction set equifast builds: use baseline, x86-64-v3 or "
+                "x86-64-v4, or unset it");
+    const auto wanted = static_cast<Isa>(name - std::begin(kIsaNames));
+    TORCH_CHECK(wanted >= isa, "EQUIFAST_CPU_ISA=", asked,
+                " is not available on this CPU or build (the widest here is ",
+                kIsaNames[static_cast<int>(isa)], ")");
+    isa = wanted;
+  }
+  g_isa.store(isa, std::memory_order_relaxed);
+}
+
 #pragma GCC diagnostic ignored "-Wpsabi"
 using f8 = float __attribute__((vector_size(32)));
 
@@ -185,7 +206,7 @@ struct Widening<16> {
 };
 
 // (Through a packed struct rather than memcpy: gcc expands a memcpy before the function is
-// inlined into its instruction set's clone, into 16-byte moves through the stack.)
+// inlined into its instruction set's wrapper, into 16-byte moves through the stack.)
 template <typename V>
 __attribute__((always_inline)) inline V load_vector(const void* p) {
   struct __attribute__((packed, may_alias)) Unaligned {
@@ -235,7 +256,9 @@ constexpr int64_t kPrefetchFloats = 256;
 
 // Float32 runs copied with 8-float moves (the runs of a translated map are a map row or
 // shorter, where a memcpy call per run costs more than the copy itself).
-EQUIFAST_CLONES void copy_runs(const float* src, const std::vector<Run>& runs, float* out) {
+template <int>
+__attribute__((always_inline)) inline void copy_runs_body(
+    const float* src, const std::vector<Run>& runs, float* out) {
   for (const Run& run : runs) {
     const float* from = src + run.offset;
     float* to = out + run.p;
@@ -247,6 +270,9 @@ EQUIFAST_CLONES void copy_runs(const float* src, const std::vector<Run>& runs, f
     for (; i < run.length; ++i) to[i] = from[i];
   }
 }
+EQUIFAST_PER_ISA(void, copy_runs, copy_runs_body,
+                 (const float* src, const std::vector<Run>& runs, float* out),
+                 (src, runs, out))
 
 // One row (one channel of one image, `src` at its channel start) at the compared positions,
 // as float32, into out[0, P).
@@ -382,11 +408,15 @@ RowStats stats_from_sums(const LaneSums& acc, double shift, int64_t P, bool cent
 // split into two floats, so the centring keeps float64 accuracy: see scores.h). Three float
 // operations per value instead of two widenings, two float64 operations and a narrowing.
 // `src` may be `dst` (in place).
-EQUIFAST_CLONES void normalise_values(const float* src, int64_t n, float* dst, SplitMean mean,
-                                      float inv_norm) {
+template <int>
+__attribute__((always_inline)) inline void normalise_values_body(
+    const float* src, int64_t n, float* dst, SplitMean mean, float inv_norm) {
 #pragma omp simd
   for (int64_t p = 0; p < n; ++p) dst[p] = normalise_value_split(src[p], mean, inv_norm);
 }
+EQUIFAST_PER_ISA(void, normalise_values, normalise_values_body,
+                 (const float* src, int64_t n, float* dst, SplitMean mean, float inv_norm),
+                 (src, n, dst, mean, inv_norm))
 
 // dst <- normalised src for a defined row with statistics st: in float32 where scores.h's
 // `split_normalisable` allows it, else in float64 (`normalise_value`).
@@ -537,9 +567,10 @@ EQUIFAST_PER_ISA(void, accumulate_channel_block, accumulate_channels,
                  (base, offsets, p0, p1, ahead, end, shift, sum, sum_sq))
 
 // The same for `rows` < kChannelBlock channels.
-EQUIFAST_CLONES void accumulate_columns(const float* base, const int64_t* offsets, int64_t p0,
-                                        int64_t p1, int64_t rows, const double* shift,
-                                        double* sum, double* sum_sq) {
+template <int>
+__attribute__((always_inline)) inline void accumulate_columns_body(
+    const float* base, const int64_t* offsets, int64_t p0, int64_t p1, int64_t rows,
+    const double* shift, double* sum, double* sum_sq) {
   for (int64_t p = p0; p < p1; ++p) {
     const float* x = base + offsets[p];
 #pragma omp simd
@@ -550,6 +581,10 @@ EQUIFAST_CLONES void accumulate_columns(const float* base, const int64_t* offset
     }
   }
 }
+EQUIFAST_PER_ISA(void, accumulate_columns, accumulate_columns_body,
+                 (const float* base, const int64_t* offsets, int64_t p0, int64_t p1, int64_t rows,
+                  const double* shift, double* sum, double* sum_sq),
+                 (base, offsets, p0, p1, rows, shift, sum, sum_sq))
 
 // Per-channel scratch of the column statistics (rows up to K), kept per thread.
 struct ColumnScratch {
@@ -596,10 +631,10 @@ void column_stats(const float* base, const int64_t* memory_offsets, int64_t P, i
 
 // dst[p * ld + r] = (x - mean_r) / norm_r for channels [0, rows), positions in memory order,
 // through the float32 form of scores.h (mean split as hi + lo, inv = 1 / norm).
-EQUIFAST_CLONES void normalise_columns(const float* base, const int64_t* memory_offsets,
-                                       const int64_t* order, int64_t P, int64_t rows,
-                                       const float* hi, const float* lo, const float* inv,
-                                       float* dst, int64_t ld) {
+template <int>
+__attribute__((always_inline)) inline void normalise_columns_body(
+    const float* base, const int64_t* memory_offsets, const int64_t* order, int64_t P, int64_t rows,
+    const float* hi, const float* lo, const float* inv, float* dst, int64_t ld) {
   for (int64_t i = 0; i < P; ++i) {
     const float* x = base + memory_offsets[i];
     float* out = dst + order[i] * ld;
@@ -608,6 +643,11 @@ EQUIFAST_CLONES void normalise_columns(const float* base, const int64_t* memory_
       out[r] = normalise_value_split(x[r], SplitMean{hi[r], lo[r]}, inv[r]);
   }
 }
+EQUIFAST_PER_ISA(void, normalise_columns, normalise_columns_body,
+                 (const float* base, const int64_t* memory_offsets, const int64_t* order,
+                  int64_t P, int64_t rows, const float* hi, const float* lo, const float* inv,
+                  float* dst, int64_t ld),
+                 (base, memory_offsets, order, P, rows, hi, lo, inv, dst, ld))
 
 // Pack and normalise channels [k0, k0 + rows) of image n of a float32 channels-last side into
 // columns dst[p * ld + r], and defined[rows]. Two reads of the image's channels: the sums, then
@@ -706,8 +746,9 @@ void pack(const Side<scalar_t>& side, int64_t n, int64_t k0, int64_t rows, int64
 }
 
 // dst[p * ldd + r] = src[r * lds + p] (rows of B into B^T), 8 x 8 at a time in registers.
-EQUIFAST_CLONES void transpose_rows(const float* src, int64_t lds, int64_t rows, int64_t P,
-                                    float* dst, int64_t ldd) {
+template <int>
+__attribute__((always_inline)) inline void transpose_rows_body(
+    const float* src, int64_t lds, int64_t rows, int64_t P, float* dst, int64_t ldd) {
   const float* at[8];
   int64_t r0 = 0;
   for (; r0 + 8 <= rows; r0 += 8) {
@@ -722,6 +763,9 @@ EQUIFAST_CLONES void transpose_rows(const float* src, int64_t lds, int64_t rows,
   for (int64_t p = 0; r0 < rows && p < P; ++p)
     for (int64_t r = r0; r < rows; ++r) dst[p * ldd + r] = src[r * lds + p];
 }
+EQUIFAST_PER_ISA(void, transpose_rows, transpose_rows_body,
+                 (const float* src, int64_t lds, int64_t rows, int64_t P, float* dst, int64_t ldd),
+                 (src, lds, rows, P, dst, ldd))
 
 // ---------------------------------------------------------------------------------------
 // Similarity tile and its epilogue
@@ -768,8 +812,9 @@ __attribute__((always_inline)) inline float scaled_entry(float s, float factor) 
 // index), in two vectorised passes over the row (in L1): the max, with four accumulators (one
 // would wait on the max latency), then the first vector holding it. A row with every column
 // masked gives index -1.
-EQUIFAST_CLONES void row_argmax(const float* s, const float* factor, int64_t K, float* best,
-                                int64_t* index) {
+template <int>
+__attribute__((always_inline)) inline void row_argmax_body(
+    const float* s, const float* factor, int64_t K, float* best, int64_t* index) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const f8 negative_inf = f8{} + kNegInf;
   auto scaled = [&](int64_t j) {
@@ -807,6 +852,9 @@ EQUIFAST_CLONES void row_argmax(const float* s, const float* factor, int64_t K, 
   while (scaled_entry(s[j], factor[j]) != m) ++j;  // m is in the row: stops at its first place
   *index = j;
 }
+EQUIFAST_PER_ISA(void, row_argmax, row_argmax_body,
+                 (const float* s, const float* factor, int64_t K, float* best, int64_t* index),
+                 (s, factor, K, best, index))
 
 // Epilogue of one tile: rows [k0, k0 + rows) of image n, with the image's column factors.
 void tile_epilogue(const float* s, int64_t ld_s, int64_t rows, int64_t K, int64_t k0,
@@ -1487,6 +1535,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
   // the indices' bounds: here that costs no host sync, and a bad map would read out of bounds.
   check_inputs(fx, ftx, a_index, b_index, eps, /*check_indices=*/true);
   TORCH_INTERNAL_ASSERT(fx.device().is_cpu());
+  select_cpu_isa();
   const int64_t N = fx.size(0), K = fx.size(1), W = fx.size(3), P = a_index.size(0);
   auto fopts = fx.options().dtype(at::kFloat);
   at::Tensor channel = at::empty({N, K}, fopts);
