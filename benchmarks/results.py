@@ -3,6 +3,7 @@ between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``: a script rewrites its
 and keeps the others, so CPU and GPU figures sit side by side."""
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -21,14 +22,24 @@ def sync(device) -> None:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    """The CPU's model name and widest vector extension (``/proc/cpuinfo``; the CPU kernels
+    run AVX-512, AVX2 or baseline code by it), else what ``platform`` knows; with the
+    instruction set ``EQUIFAST_CPU_ISA`` forces, if any."""
+    name, flags = platform.processor() or platform.machine(), set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first CPU's
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if flags:
+        name += " (AVX-512)" if "avx512f" in flags else " (AVX2)" if "avx2" in flags else ""
+    forced = os.environ.get("EQUIFAST_CPU_ISA")
+    return name + (f", kernels forced to {forced}" if forced else "")
 
 
 def write_section(name: str, body: str, path: Path = RESULTS) -> None:

@@ -61,3 +61,19 @@ def test_cuda_without_a_gpu_is_a_usage_error(name, capsys):
         _script(name).main(["--device", "cuda"])
     assert exit_.value.code == 2
     assert "Expected a CUDA device for 'cuda', but torch sees none" in capsys.readouterr().err
+
+
+def test_machine_line_says_which_kernels_ran(monkeypatch):
+    # A CPU's figures depend on the vector width its kernels ran with.
+    results = _script("results")
+    monkeypatch.delenv("EQUIFAST_CPU_ISA", raising=False)
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = next((l.split(":", 1)[1].split() for l in cpuinfo.read_text().splitlines()
+                  if l.startswith("flags")), []) if cpuinfo.exists() else []
+    plain = results.cpu_model()
+    if "avx512f" in flags:
+        assert plain.endswith(" (AVX-512)")
+    elif "avx2" in flags:
+        assert plain.endswith(" (AVX2)")
+    monkeypatch.setenv("EQUIFAST_CPU_ISA", "baseline")
+    assert results.cpu_model() == plain + ", kernels forced to baseline"
