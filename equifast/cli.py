@@ -1,4 +1,4 @@
-"""``equifast`` on the command line.
+"""equifast on the command line: measure the channel and layer equivariance of image models.
 
     equifast measure                      # the embedded default: EfficientNet-Lite0, real photos
     equifast measure --model resnet50 --data /data/imagenet/val --n-images 2000
