@@ -138,6 +138,16 @@ def test_finite_marker_is_finite_exactly_when_the_tensor_is():
             t = big.clone()
             t[7] = bad
             assert not torch.isfinite(finite_marker(t))
+    # any layout (read in memory order) and a strided view, holding the bad value or not
+    for view in (lambda m: m.contiguous(memory_format=torch.channels_last),
+                 lambda m: m.transpose(2, 3), lambda m: m[:, ::2, 1:]):
+        maps = torch.randn(2, 5, 4, 3)
+        assert torch.isfinite(finite_marker(view(maps)))
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            m = maps.clone()
+            m[1, 2, 2, 1] = bad  # inside each view
+            assert not torch.isfinite(finite_marker(view(m))), bad
+    assert finite_marker(torch.empty(0, 3)).item() == 0.0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
