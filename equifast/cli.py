@@ -3,7 +3,7 @@
     equifast measure                      # the embedded default: EfficientNet-Lite0, real photos
     equifast measure --model resnet50 --data /data/imagenet/val --n-images 2000
     equifast measure --model resnet18 --weights ckpt.pt --transforms rotation --metric correlation,cosine
-    equifast measure --model runs/cnn7-fmnist6/seed0   # a run of `equifast train`, on its test set
+    equifast measure --model runs/cnn7-fmnist6/seed0 --transforms rotation   # a run of `equifast train`, on its test set
     equifast models resnet                # list model names
     equifast train / study / sweep ...    # training studies and Ray sweeps (see --help)
 """
