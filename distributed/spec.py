@@ -18,7 +18,7 @@ Example (``distributed/examples/small.yaml`` runs offline)::
     datasets:
       - {name: photos, kind: embedded, image_size: 64}
       - {name: val, path: /data/imagenet/val}     # class subfolders give labels
-      - {name: cifar10, torchvision: CIFAR10, root: /data, args: {train: false}, image_size: 32}
+      - {name: cifar10, torchvision: CIFAR10, root: /data, args: {train: false}, image_size: 64}
     transforms: {translation: "translation:1-32", rotation: rotation}
     metrics: [correlation]
     seeds: [0]

@@ -86,7 +86,7 @@ class ResultStore:
 
     Example:
         >>> store = ResultStore("runs/sweep")                       # doctest: +SKIP
-        >>> store.counts(total=12)                                  # doctest: +SKIP
+        >>> store.counts()                                          # doctest: +SKIP
         {'finished': 10, 'running': 0, 'failed': 1, 'pending': 1}
     """
 

@@ -3,7 +3,7 @@
     equifast measure                      # the embedded default: EfficientNet-Lite0, real photos
     equifast measure --model resnet50 --data /data/imagenet/val --n-images 2000
     equifast measure --model resnet18 --weights ckpt.pt --transforms rotation --metric correlation,cosine
-    equifast measure --model runs/cnn7-fmnist6/seed0   # a run of `equifast train`, on its test set
+    equifast measure --model runs/cnn7-fmnist6/seed0 --transforms rotation   # a run of `equifast train`, on its test set
     equifast models resnet                # list model names
     equifast train / study / sweep ...    # training studies and Ray sweeps (see --help)
 """
@@ -66,7 +66,7 @@ def _add_measure(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds torch and the image subset")
     p.add_argument("--out", default="runs/measure",
                    help="output folder: report.json, report.{points,parts}.{csv,parquet}, "
-                        "report.meta.json, figure.png (replaced if there)")
+                        "report.meta.json, figure.png, metric_bias.csv with two metrics (replaced if there)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_measure)
 

@@ -76,6 +76,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
 
     Example:
         >>> import ray
+        >>> from equifast.training import get_recipe, train_ray
         >>> ray.init(num_cpus=2)  # doctest: +SKIP
         >>> recipe = get_recipe("cnn7-fmnist6", epochs=1)
         >>> train_ray(recipe, "runs/ddp", num_workers=2).test_acc  # doctest: +SKIP
