@@ -128,6 +128,16 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
         CIFAR10Dataset(str(tmp_path), download=True)
 
 
+def test_damaged_cifar10_files_are_not_called_a_failed_download(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(b"not a pickle")  # an interrupted extraction
+    with pytest.raises(FileNotFoundError, match=r"^Could not read CIFAR-10 in .*incomplete or "
+                                                r"damaged\. Extract them there again, or pass "
+                                                r"--download\.$"):
+        CIFAR10Dataset(str(tmp_path))
+
+
 def test_ray_training_checks_data_and_batch_before_starting(tmp_path):
     ray = pytest.importorskip("ray")
     from equifast.training.ray_train import train_ray

@@ -80,14 +80,19 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _fetch(what: str, root: str, fetch: Callable[[], object]):
-    """``fetch()`` (a torchvision download), with a one-line error when it fails (offline)."""
+def _fetch(what: str, root: str, fetch: Callable[[], object], download: bool = True):
+    """``fetch()`` (a torchvision data set, downloading it if ``download``), with a one-line
+    error when it fails: offline, or files that are there but damaged."""
     try:
         return fetch()
     except (RuntimeError, OSError) as err:  # torchvision: RuntimeError (MNIST), URLError (CIFAR)
+        cause = f"({type(err).__name__}: {' '.join(str(err).split())})"
+        if not download:
+            raise FileNotFoundError(
+                f"Could not read {what} in {root!r} {cause}: its files are incomplete or "
+                f"damaged. Extract them there again, or pass --download.") from err
         raise FileNotFoundError(
-            f"Could not download {what} into {root!r} ({type(err).__name__}: "
-            f"{' '.join(str(err).split())}). Without "
+            f"Could not download {what} into {root!r} {cause}. Without "
             f"internet, put its files in that folder yourself and drop --download.") from err
 
 
@@ -229,7 +234,7 @@ class CIFAR10Dataset(Dataset):
                 f"tar.gz there and pass that folder as `root` (--data-root), or pass "
                 f"download=True (--download).")
         self.base = _fetch("CIFAR-10", root, lambda: torchvision.datasets.CIFAR10(
-            root, train=train, download=download))
+            root, train=train, download=download), download)
         self.indices = _subset_indices(len(self.base), subset, data_seed)
         self.transform = transform
         self.num_classes, self.num_rotations = 10, 0
