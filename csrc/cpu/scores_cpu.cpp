@@ -177,6 +177,9 @@ void select_cpu_isa() {
   g_isa.store(isa, std::memory_order_relaxed);
 }
 
+// Vectors of 8 floats, and unaligned loads and stores of any vector.
+// (gcc warns that vector arguments change the ABI of the baseline build: these functions are
+// always inlined, so no call passes a vector.)
 #pragma GCC diagnostic ignored "-Wpsabi"
 using f8 = float __attribute__((vector_size(32)));
 
