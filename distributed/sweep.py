@@ -125,7 +125,9 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
 def _loader_workers(job: Job, images) -> int:
     """Processes decoding a folder's or dataset's images: the CPUs the task reserved beyond
     its own (``resources.num_cpus`` - 1, at most 8); none for tensors (random, embedded)."""
-    return 0 if isinstance(images, torch.Tensor) else min(8, max(0, int(job.num_cpus) - 1))
+    from equifast.data import default_num_workers
+
+    return 0 if isinstance(images, torch.Tensor) else default_num_workers(job.num_cpus)
 
 
 def _shard(images, shard: int, shards: int):

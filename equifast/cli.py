@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -76,6 +75,7 @@ def _run_measure(args) -> int:
 
     from . import functional
     from ._io import write_csv_atomic
+    from .data import default_num_workers
     from .measurement import measure, metric_list
     from .models import check_model_name
     from .transforms import check_distinct, parse_transforms
@@ -103,7 +103,7 @@ def _run_measure(args) -> int:
           flush=True)
     workers = args.loader_workers
     if workers is None:
-        workers = min(8, max(0, len(os.sched_getaffinity(0)) - 1)) if args.data is not None else 0
+        workers = default_num_workers() if args.data is not None else 0
     report = measure(args.model, args.data, transforms=transforms, metric=metrics,
                      num_workers=workers,
                      batch_size=args.batch_size, n_images=n_images, vector_mode=args.vector_mode,

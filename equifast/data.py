@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 __all__ = ["batches", "embedded_photos", "PHOTOS", "ImageFiles", "count", "normalise_like",
-           "input_size", "image_folder", "model_classes", "seeded_subset", "check_num_workers"]
+           "input_size", "image_folder", "model_classes", "seeded_subset", "check_num_workers",
+           "usable_cpus", "default_num_workers"]
 
 # Real photographs shipped inside scikit-image (no download): name -> what it shows.
 PHOTOS = {
@@ -231,6 +232,19 @@ def count(images) -> Optional[int]:
     if isinstance(images, Dataset) and hasattr(images, "__len__"):
         return len(images)
     return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS says, else all)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; not macOS or Windows
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_num_workers(cpus: Optional[int] = None) -> int:
+    """Loader processes to decode images beside the model's: the CPUs (default:
+    :func:`usable_cpus`) less the one that runs the model, at most 8."""
+    return min(8, max(0, int(usable_cpus() if cpus is None else cpus) - 1))
 
 
 def check_num_workers(num_workers) -> None:

@@ -167,3 +167,10 @@ def test_helpers_of_subsets_sizes_and_batches(tmp_path):
     assert a.tolist() != b.tolist()
     with pytest.raises(ValueError, match="`batch_size` >= 1"):
         list(data.batches(x, batch_size=0))
+
+
+def test_default_loader_workers_leave_one_cpu_to_the_model():
+    from equifast.data import default_num_workers, usable_cpus
+
+    assert [default_num_workers(c) for c in (1, 2, 4, 9, 64)] == [0, 1, 3, 8, 8]
+    assert default_num_workers() == min(8, usable_cpus() - 1) and usable_cpus() >= 1

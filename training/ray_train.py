@@ -133,8 +133,9 @@ def _local_resources() -> Dict[str, float]:
     """The CPUs and GPUs of a local Ray cluster started by :func:`train_ray`."""
     import torch
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"CPU": float(cpus or 1), "GPU": float(torch.cuda.device_count())}
+    from equifast.data import usable_cpus
+
+    return {"CPU": float(usable_cpus()), "GPU": float(torch.cuda.device_count())}
 
 
 def _check_resources(scaling, available: Dict[str, float], can_grow: bool = False) -> None:
