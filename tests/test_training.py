@@ -267,6 +267,9 @@ def test_recipes_follow_tables():
         get_recipe("cnn7-mnist6", epoch=3)
     with pytest.raises(ValueError, match="Expected a recipe name"):
         get_recipe("cnn8")
+    for bad in ((5, 5), (6, 3), (0, 3), (-1,)):  # MultiStepLR: a repeat drops twice, 0 never
+        with pytest.raises(ValueError, match="increasing epochs >= 1"):
+            get_recipe("cnn7-mnist6", milestones=bad)
 
 
 # --------------------------------------------------------------------------------- trainer
@@ -472,11 +475,16 @@ def test_cli_train(tmp_path, capsys):
     assert main(["train", "--list"]) == 0
     assert "resnet44-randaugment" in capsys.readouterr().out
     out = str(tmp_path / "run")
-    assert main(["train", "cnn7-fmnist6-rot-inv", "--epochs", "1", "--subset", "256",
-                 "--test-subset", "128", "--seed", "3", "--device", "cpu", "--out", out]) == 0
+    assert main(["train", "cnn7-fmnist6-rot-inv", "--epochs", "2", "--milestones", "1",
+                 "--subset", "256", "--test-subset", "128", "--seed", "3", "--device", "cpu",
+                 "--out", out]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["epochs"] == 1 and 0 <= printed["test_acc"] <= 1
-    assert json.loads(open(os.path.join(out, "recipe.json")).read())["seed"] == 3
+    assert printed["epochs"] == 2 and 0 <= printed["test_acc"] <= 1
+    saved = json.loads(open(os.path.join(out, "recipe.json")).read())
+    assert saved["seed"] == 3 and saved["milestones"] == [1]
+    # the shortened schedule ran: the recipe's lr in epoch 1, gamma times it after milestone 1
+    lrs = pd.read_csv(os.path.join(out, "metrics.csv"))["lr"].tolist()
+    assert lrs == pytest.approx([0.01, 0.01 * get_recipe("cnn7-fmnist6").gamma])
     # the run measured from `equifast measure`: on its recipe's test set, and said so
     from equifast.cli import main as equifast_main
     assert equifast_main(["measure", "--model", out, "--transforms", "rotation:90", "--n-images", "16",
@@ -506,6 +514,11 @@ def test_cli_parsers_plug_into_a_parent():
     args = parser.parse_args(["study", "capacity", "--seeds", "0", "1", "--epochs", "3",
                               "--out", "x"])
     assert (args.study, args.seeds, args.epochs, args.out) == ("capacity", [0, 1], 3, "x")
+    assert args.milestones is None  # the recipe's schedule
+    from equifast.training.cli import _overrides
+    for given, milestones in ((["--milestones", "2", "5"], (2, 5)), (["--milestones"], ())):
+        args = parser.parse_args(["train", "resnet44-crop"] + given)
+        assert get_recipe("resnet44-crop", **_overrides(args)).milestones == milestones
     assert callable(args.func)
 
 

@@ -10,6 +10,7 @@ Examples::
     equifast train resnet44-crop --data-root ~/data/cifar10 --workers 2
     equifast train --list
     equifast study objective-fashion --seeds 0 1 --epochs 10 --out runs/objective-fashion
+    equifast study objective-fashion --epochs 12 --milestones 3 6   # the schedule, shortened
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", default=None,
                    help="let torchvision download missing data")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--milestones", type=int, nargs="*", metavar="EPOCH",
+                   help="epochs after which the learning rate drops by the recipe's gamma "
+                        "(default: the recipe's, which --epochs leaves in place; none given: "
+                        "no drop)")
     p.add_argument("--batch-size", type=int, help="override the global batch size")
     p.add_argument("--lr", type=float, help="override the learning rate")
     p.add_argument("--subset", type=int, help="train on a random subset of N images")
@@ -40,7 +45,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _overrides(args) -> dict:
     return dict(data_root=args.data_root, download=args.download, epochs=args.epochs,
-                batch_size=args.batch_size, lr=args.lr, train_subset=args.subset,
+                milestones=args.milestones, batch_size=args.batch_size, lr=args.lr, train_subset=args.subset,
                 test_subset=args.test_subset, device=args.device)
 
 

@@ -15,7 +15,8 @@ cutmix,randaugment}``            lr 0.1, momentum 0.9, L2 1e-4, 200 epochs, /10 
 ================================ ====================================================
 
 "L2 reg." is the optimiser's ``weight_decay`` (coupled L2, also for Adam, not AdamW). The
-learning-rate milestones are epochs; overriding ``epochs`` leaves them where they are.
+learning-rate milestones are epochs; overriding ``epochs`` leaves them where they are
+(override ``milestones`` too to shorten the schedule: ``--milestones`` on the command line).
 
 Example:
     >>> r = get_recipe("cnn7-fmnist6", epochs=2, train_subset=2000)
@@ -101,6 +102,10 @@ class Recipe:
         if not (0 <= float(self.lr) < float("inf")):
             raise ValueError(f"Expected `lr` to be a finite number >= 0, but got {self.lr!r}.")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            # MultiStepLR would take a repeat as two drops and silently ignore epoch 0
+            raise ValueError(f"Expected `milestones` to be increasing epochs >= 1, but got "
+                             f"{list(self.milestones)}.")
 
     def replace(self, **overrides) -> "Recipe":
         """A copy with some fields changed; ``None`` values are ignored (CLI defaults).
