@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from equifast import reference as R
-from equifast.aggregate import ActivationState, ScoreState, VectorState
+from equifast.aggregate import ActivationState, ScoreState, VectorState, flat_in_memory_order
 from equifast.reference import Scores
 
 
@@ -74,13 +74,40 @@ def test_vector_state_streams_to_the_reference_across_images():
 
 def test_activation_state():
     f = torch.randn(4, 3, 5, 5)
+    # images are summed in float32 (relative error ~1e-7 of the magnitudes), then in float64
+    tol = 1e-6 * float(f.double().abs().sum())
     first, second = ActivationState(), ActivationState()
     first.update(f[:2])
-    assert math.isclose(first.total, float(f[:2].double().sum()), rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(first.total, float(f[:2].double().sum()), rel_tol=0, abs_tol=tol)
     second.update(f[2:])
     a = first.merge(second).compute()
-    assert math.isclose(a["mean_activation"], float(f.double().mean()), rel_tol=1e-9, abs_tol=1e-12)
-    assert math.isclose(a["mean_magnitude"], float(f.double().abs().mean()), rel_tol=1e-9)
+    assert a["mean_activation"] == pytest.approx(float(f.double().mean()), rel=0, abs=tol / f.numel())
+    assert a["mean_magnitude"] == pytest.approx(float(f.double().abs().mean()), rel=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced", "half", "vector", "scalar",
+                                    "empty"])
+def test_activation_sums_in_any_layout(layout):
+    g = torch.Generator().manual_seed(3)
+    f = torch.randn(6, 8, 7, 9, generator=g) + 0.5  # a mean away from 0, so relative errors show
+    f = {"nchw": f, "channels_last": f.contiguous(memory_format=torch.channels_last),
+         "sliced": f[1:5, ::2, :, 2:],  # not dense: copied
+         "half": f.half().contiguous(memory_format=torch.channels_last),
+         "vector": f[:, :, 0, 0], "scalar": f[0, 0, 0, 0], "empty": f[:0]}[layout]
+    want = torch.tensor([f.double().sum(), f.double().abs().sum()], dtype=torch.float64)
+    got = ActivationState.batch_sums(f)
+    assert got.dtype == torch.float64 and got.shape == (2,)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    assert flat_in_memory_order(f).tolist() == sorted_by_address(f)
+
+
+def sorted_by_address(t):
+    """``t``'s values ordered by their offsets in memory (the meaning of memory order)."""
+    if t.dim() == 0:
+        return [t.item()]
+    idx = torch.stack(torch.meshgrid(*[torch.arange(s) for s in t.shape], indexing="ij"), -1)
+    offsets = (idx.reshape(-1, t.dim()) * torch.tensor(t.stride())).sum(-1)
+    return t.reshape(-1)[offsets.argsort(stable=True)].tolist()
 
 
 def test_batch_sums_do_not_wrap_past_two_to_the_23_entries():
