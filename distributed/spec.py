@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from equifast.devices import parse_device
-from equifast.models import close_model_names, is_known_model
+from equifast.models import (close_model_names, is_known_model, torchvision_weights,
+                             torchvision_weights_names)
 
 __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
            "validate_spec", "job_id", "hub_accuracy", "SPEC_VERSION"]
@@ -214,7 +215,8 @@ def _job_content(model, dataset, transforms, metrics, seed, n_images, batch_size
            "n_images": n_images, "batch_size": batch_size, "vector_mode": vector_mode, "amp": amp}
     if not tensor_cores:  # only when off, so the ids of existing (default) sweeps stay the same
         out["tensor_cores"] = False
-    if model.weights not in (None, "default", "embedded"):
+    if model.weights not in (None, "default", "embedded") and \
+            torchvision_weights(model.arch, model.weights) is None:
         # a checkpoint retrained in place measures something else: a new job, not a skip
         path = _resolve(model.weights, base_dir)
         if os.path.isfile(path):
@@ -605,15 +607,15 @@ def _unknown_model_hint(name: str) -> str:
         "; list names with `equifast models PATTERN`"
 
 
-def hub_accuracy(arch: str) -> Optional[float]:
-    """Top-1 ImageNet accuracy in [0, 1] of torchvision's default weights for ``arch``, from
-    the weights' metadata (no download); ``None`` for other models."""
-    import torchvision
-
-    if arch not in torchvision.models.list_models(module=torchvision.models):
+def hub_accuracy(arch: str, weights: str = "default") -> Optional[float]:
+    """Top-1 ImageNet accuracy in [0, 1] of torchvision's weights for ``arch`` (its default
+    ones, or those ``weights`` names: ``IMAGENET1K_V1``), from the weights' metadata (no
+    download); ``None`` for other models and weights."""
+    named = torchvision_weights(arch, "DEFAULT" if weights == "default" else weights)
+    if named is None:
         return None
     try:
-        meta = torchvision.models.get_model_weights(arch).DEFAULT.meta
+        meta = named.meta
         return float(meta["_metrics"]["ImageNet-1K"]["acc@1"]) / 100.0
     except (KeyError, AttributeError, ValueError):
         return None
@@ -649,19 +651,22 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
         problems.append(f"{where}.weights: Expected 'embedded' only with efficientnet_lite0, but the "
                         f"model is {arch!r}.")
         ok = False
-    elif weights not in ("default", "embedded") and not os.path.isfile(_resolve(weights, base_dir)):
-        problems.append(f"{where}.weights: Expected a checkpoint file, but {weights!r} does not exist "
-                        f"(looked at {_resolve(weights, base_dir)!r}); fix the path or use 'default'/'none'.")
+    elif weights not in ("default", "embedded") and torchvision_weights(arch, weights) is None \
+            and not os.path.isfile(_resolve(weights, base_dir)):
+        problems.append(f"{where}.weights: Expected a checkpoint file or the name of torchvision "
+                        f"weights, but {weights!r} is neither (looked at "
+                        f"{_resolve(weights, base_dir)!r}); fix the path or use "
+                        f"{', '.join(repr(w) for w in ['default', 'none'] + torchvision_weights_names(arch))}.")
         ok = False
     num_classes = number("num_classes", entry.get("num_classes"), 1, allow_none=True,
                          where=f"{where}.num_classes")
     accuracy = entry.get("accuracy")
     if accuracy == "hub":
-        accuracy = hub_accuracy(arch) if weights == "default" else None
+        accuracy = hub_accuracy(arch, weights) if weights is not None else None
         if accuracy is None and ok:
             problems.append(f"{where}.accuracy: Expected torchvision hub metadata for 'hub' (a torchvision "
-                            f"model with weights: default), but {arch!r} with weights {weights!r} has none; "
-                            "write the top-1 accuracy as a number instead.")
+                            f"model with weights: default or named weights), but {arch!r} with weights "
+                            f"{weights!r} has none; write the top-1 accuracy as a number instead.")
     elif accuracy is not None:
         if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not 0 <= accuracy <= 100:
             problems.append(f"{where}.accuracy: Expected a top-1 accuracy in [0, 1] (or a percentage), "
@@ -669,8 +674,8 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
             accuracy = None
         else:
             accuracy = float(accuracy) / 100.0 if accuracy > 1 else float(accuracy)
-    elif weights == "default":
-        accuracy = hub_accuracy(arch) if ok else None
+    elif weights is not None:  # 'default' or named torchvision weights; None for other weights
+        accuracy = hub_accuracy(arch, weights) if ok else None
     label = entry.get("label") or name or arch
     res = _resources(entry.get("resources"), f"{where}.resources", problems)
     batch_size = number("batch_size", entry.get("batch_size"), 1, allow_none=True,

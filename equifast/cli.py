@@ -41,7 +41,7 @@ def _add_measure(sub) -> None:
                         "(measured on its recipe's test set)"),
     p.add_argument("--weights", default="default",
                    help="'default' (the default: hub weights; embedded for efficientnet_lite0), 'none' "
-                        "(random), or a checkpoint path")
+                        "(random), a checkpoint path, or torchvision weights by name (IMAGENET1K_V1)")
     p.add_argument("--data", default=None,
                    help="folder of images (class subfolders give labels and accuracy); default: embedded photos")
     p.add_argument("--transforms", default="translation:1-32,rotation",

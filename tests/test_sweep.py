@@ -123,12 +123,39 @@ def test_device_must_name_a_device(folder, value):
     assert all(j.device == "cuda:1" for j in load_spec(_spec(folder, device="cuda:1")).jobs())
 
 
-def test_example_specs_load():
+def test_example_specs_load(folder):
     small = load_spec(EXAMPLES / "small.yaml")
     assert len(small.jobs()) == len(small.models) * 2
     with pytest.raises(SpecError, match="imagenet/val"):  # everything but the data is valid here
         load_spec(EXAMPLES / "seminal.yaml")
+    import yaml
+
+    seminal = yaml.safe_load((EXAMPLES / "seminal.yaml").read_text())
+    seminal["datasets"][0]["path"] = str(folder)
+    models = {m.label: m for m in load_spec(seminal).models}
+    # `--accuracy known` ranks every model, with the thesis-era (2017) ResNet weights' top-1
+    assert all(m.accuracy is not None for m in models.values())
+    assert (models["resnet50"].accuracy, models["resnext101_32x8d"].accuracy) == \
+        pytest.approx((0.7613, 0.79312))
     assert hub_accuracy("resnet50") == pytest.approx(0.80858)
+
+
+def test_named_torchvision_weights_in_a_spec(folder):
+    models = [{"name": "resnet50", "label": "v1", "weights": "IMAGENET1K_V1"},
+              {"name": "resnet50", "label": "v2"}]
+    spec = load_spec(_spec(folder, models=models))
+    # each weights' own top-1 from torchvision's metadata: 76.13 (2017 recipe), 80.858 (2022)
+    assert [m.accuracy for m in spec.models] == pytest.approx([0.7613, 0.80858])
+    ids = {m.label: {j.id for j in spec.jobs() if j.model.label == m.label} for m in spec.models}
+    assert len(ids["v1"]) == 2 and not ids["v1"] & ids["v2"]  # other weights: other jobs
+    hub = load_spec(_spec(folder, models=[dict(models[0], accuracy="hub")])).models[0]
+    assert hub.accuracy == pytest.approx(0.7613)
+    with pytest.raises(SpecError, match=r"weights: Expected a checkpoint file or the name of "
+                                        r"torchvision weights, but 'IMAGENET1K_V3' is neither.*"
+                                        r"'IMAGENET1K_V1', 'IMAGENET1K_V2', 'DEFAULT'"):
+        load_spec(_spec(folder, models=[{"name": "resnet50", "weights": "IMAGENET1K_V3"}]))
+    with pytest.raises(SpecError, match="has none; write the top-1 accuracy"):  # timm: no metadata
+        load_spec(_spec(folder, models=[{"name": "resnet10t", "accuracy": "hub"}]))
 
 
 def test_bad_spec_fails_before_any_job(folder, tmp_path, capsys):
