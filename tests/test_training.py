@@ -203,7 +203,7 @@ def test_cutmix_mixes_labels_by_box_area():
     torch.manual_seed(0)
     n = 6
     batch = [(torch.full((3, 32, 32), float(i)), torch.tensor(i)) for i in range(n)]
-    collate = BatchCollate("cutmix", num_classes=10)
+    collate = BatchCollate("cutmix", num_classes=10, cutmix_prob=1.0)
     mixed = 0
     for _ in range(5):
         x, y = collate(batch)
@@ -219,6 +219,38 @@ def test_cutmix_mixes_labels_by_box_area():
     assert mixed > 0
     x, y = BatchCollate("none")(batch)
     assert y.tolist() == list(range(n))
+    # cutmix_prob 0: the images untouched, their one-hot targets (one kind of target for all)
+    x, y = BatchCollate("cutmix", num_classes=10, cutmix_prob=0.0)(batch)
+    assert torch.equal(x, torch.stack([b[0] for b in batch]))
+    assert torch.equal(y, torch.eye(10)[:n])
+    # the default (the CutMix paper's CIFAR setting) mixes about half of the batches
+    collate = BatchCollate("cutmix", num_classes=10)
+    assert collate.cutmix_prob == 0.5 and collate._cutmix.alpha == 1.0
+    kept = sum(torch.equal(collate(batch)[0], x) for _ in range(400))
+    assert 160 < kept < 240  # binomial(400, 0.5): 200 +- 10
+
+
+def test_augmentation_parameters_come_from_the_recipe(tmp_path, monkeypatch):
+    from torchvision import transforms as T
+
+    steps = image_transform("randaugment", randaugment=(3, 5)).transforms
+    assert (steps[0].num_ops, steps[0].magnitude) == (3, 5)
+    default = image_transform("randaugment").transforms[0]
+    assert (default.num_ops, default.magnitude) == (2, 9)  # torchvision's defaults
+    assert isinstance(default, T.RandAugment)
+    r = get_recipe("resnet44-cutmix", cutmix_prob=0.25, cutmix_alpha=0.5)
+    assert (r.cutmix_prob, r.cutmix_alpha, r.randaugment_ops, r.randaugment_magnitude) == \
+        (0.25, 0.5, 2, 9)
+    for bad in (dict(cutmix_prob=1.5), dict(cutmix_alpha=0), dict(randaugment_magnitude=31),
+                dict(randaugment_ops=-1)):
+        with pytest.raises(ValueError, match="Expected `(cutmix|randaugment)_"):
+            get_recipe("resnet44-cutmix", **bad)
+    # a run stored before these fields existed is read with what it did (CutMix on every batch)
+    from equifast.training.recipes import Recipe
+    old = {k: v for k, v in get_recipe("resnet44-cutmix").to_dict().items()
+           if not k.startswith(("cutmix_", "randaugment_"))}
+    assert Recipe.from_dict(old).cutmix_prob == 1.0
+    assert Recipe.from_dict(get_recipe("resnet44-cutmix").to_dict()).cutmix_prob == 0.5
 
 
 # ---------------------------------------------------------------------------------- models

@@ -30,8 +30,10 @@ fetches with torchvision (never the default). CIFAR-10 uses
 
 Augmentations (:data:`AUGMENTATIONS`, CIFAR-10 only): ``none``, ``crop``
 (``RandomCrop(32, padding=4)``), ``flip`` (``RandomHorizontalFlip()``), ``randaugment``
-(``RandAugment()``), all per image, and ``cutmix`` (``torchvision.transforms.v2.CutMix``
-on batches: see :class:`BatchCollate`; targets become class probabilities).
+(``RandAugment(num_ops, magnitude)``, torchvision's defaults 2 and 9 of 31 bins), all per
+image, and ``cutmix`` (``torchvision.transforms.v2.CutMix`` on batches, ``alpha`` 1 and
+applied to half of them, the CutMix paper's CIFAR setting: see :class:`BatchCollate`; targets
+become class probabilities). The thesis names the augmentations only.
 """
 from __future__ import annotations
 
@@ -250,10 +252,12 @@ class CIFAR10Dataset(Dataset):
 
 
 # -------------------------------------------------------------------------- augmentations
-def image_transform(augment: str = "none", train: bool = True) -> Callable:
+def image_transform(augment: str = "none", train: bool = True,
+                    randaugment: Tuple[int, int] = (2, 9)) -> Callable:
     """The per-image CIFAR-10 pipeline: augmentation (train only), ToTensor, Normalize.
 
-    ``cutmix`` adds nothing here: it acts on batches (:class:`BatchCollate`).
+    ``randaugment`` is RandAugment's ``(num_ops, magnitude)``. ``cutmix`` adds nothing here:
+    it acts on batches (:class:`BatchCollate`).
 
     Example:
         >>> from PIL import Image
@@ -269,7 +273,8 @@ def image_transform(augment: str = "none", train: bool = True) -> Callable:
     elif train and augment == "flip":
         steps.append(T.RandomHorizontalFlip())
     elif train and augment == "randaugment":
-        steps.append(T.RandAugment())
+        num_ops, magnitude = randaugment
+        steps.append(T.RandAugment(num_ops=num_ops, magnitude=magnitude))
     mean, std = _MEAN_STD["cifar10"]
     return T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
 
@@ -277,25 +282,30 @@ def image_transform(augment: str = "none", train: bool = True) -> Callable:
 class BatchCollate:
     """``default_collate`` followed by an optional batch transform (CutMix).
 
-    With ``augment="cutmix"`` each batch goes through ``torchvision.transforms.v2.CutMix(
-    num_classes=num_classes)``: a box of area ratio ``1 - lam`` (``lam ~ Beta(1, 1)``) is
-    pasted from the batch rolled by one, and the targets become ``lam * onehot(y) +
-    (1 - lam) * onehot(y_rolled)`` with ``lam`` corrected to the exact box area.
-    A picklable class, so it works with loader worker processes.
+    With ``augment="cutmix"`` a batch goes, with probability ``cutmix_prob``, through
+    ``torchvision.transforms.v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)``: a box of
+    area ratio ``1 - lam`` (``lam ~ Beta(alpha, alpha)``) is pasted from the batch rolled by
+    one, and the targets become ``lam * onehot(y) + (1 - lam) * onehot(y_rolled)`` with
+    ``lam`` corrected to the exact box area; the other batches keep their images, with one-hot
+    targets. A picklable class, so it works with loader worker processes.
     """
 
-    def __init__(self, augment: str = "none", num_classes: int = 10):
-        self.augment, self.num_classes = augment, num_classes
+    def __init__(self, augment: str = "none", num_classes: int = 10, cutmix_alpha: float = 1.0,
+                 cutmix_prob: float = 0.5):
+        self.augment, self.num_classes, self.cutmix_prob = augment, num_classes, cutmix_prob
         self._cutmix = None
         if augment == "cutmix":
             from torchvision.transforms import v2
-            self._cutmix = v2.CutMix(num_classes=num_classes)
+            self._cutmix = v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)
 
     def __call__(self, batch: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
         x, y = default_collate(batch)
-        if self._cutmix is not None:
-            x, y = self._cutmix(x, y)
-        return x, y
+        if self._cutmix is None:
+            return x, y
+        if float(torch.rand(())) < self.cutmix_prob:
+            return self._cutmix(x, y)
+        # one kind of target for every batch: probabilities
+        return x, torch.nn.functional.one_hot(y, self.num_classes).to(torch.float32)
 
 
 # ----------------------------------------------------------------------------- factory
@@ -319,7 +329,7 @@ def dataset_info(name: str) -> dict:
 
 def build_dataset(name: str, root: Optional[str] = None, train: bool = True,
                   augment: str = "none", download: bool = False, subset: Optional[int] = None,
-                  data_seed: int = 0) -> Dataset:
+                  data_seed: int = 0, randaugment: Tuple[int, int] = (2, 9)) -> Dataset:
     """Build one of :data:`DATASETS`.
 
     Args:
@@ -331,6 +341,7 @@ def build_dataset(name: str, root: Optional[str] = None, train: bool = True,
         download: fetch missing files with torchvision.
         subset: keep a seeded random subset of this many images.
         data_seed: seed of the rotations and of the subset.
+        randaugment: RandAugment's ``(num_ops, magnitude)`` for ``augment="randaugment"``.
 
     Raises:
         FileNotFoundError: the files are not under ``root``.
@@ -345,7 +356,7 @@ def build_dataset(name: str, root: Optional[str] = None, train: bool = True,
     if augment not in AUGMENTATIONS:
         raise ValueError(f"Expected `augment` to be one of {AUGMENTATIONS}, but got {augment!r}.")
     if info["family"] == "cifar10":
-        return CIFAR10Dataset(root, train=train, transform=image_transform(augment, train),
+        return CIFAR10Dataset(root, train=train, transform=image_transform(augment, train, randaugment),
                               download=download, subset=subset, data_seed=data_seed)
     if augment != "none":
         raise ValueError(f"Expected `augment` to be 'none' for {name!r} (augmentations are "

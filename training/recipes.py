@@ -37,6 +37,11 @@ __all__ = ["Recipe", "RECIPES", "get_recipe", "list_recipes", "IGNORED_ON_RESUME
 IGNORED_ON_RESUME = ("data_root", "download", "device", "num_workers", "name")
 
 
+# What runs saved before a field existed did: CutMix mixed every batch.
+_BEFORE_FIELDS = {"randaugment_ops": 2, "randaugment_magnitude": 9, "cutmix_alpha": 1.0,
+                  "cutmix_prob": 1.0}
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything a training run needs; every field may be overridden.
@@ -45,7 +50,11 @@ class Recipe:
         name: recipe name (also the default output folder name).
         model: ``"cnn7"`` or ``"resnet44"``; ``width`` is ResNet-44's channel multiplier.
         dataset: a name of :data:`equifast.training.data.DATASETS`.
-        augment: one of :data:`equifast.training.data.AUGMENTATIONS`.
+        augment: one of :data:`equifast.training.data.AUGMENTATIONS`;
+            ``randaugment_ops`` and ``randaugment_magnitude`` (of 31 bins) parametrise
+            ``randaugment``, ``cutmix_alpha`` (the Beta distribution's) and ``cutmix_prob`` (the
+            share of batches mixed) ``cutmix``. The thesis names the augmentations only: these
+            are torchvision's RandAugment defaults and the CutMix paper's CIFAR setting.
         optimizer: ``"adam"`` or ``"sgd"``; ``lr``, ``momentum`` (SGD), ``weight_decay`` (L2).
         epochs: epochs to train; ``milestones`` and ``gamma`` form the MultiStepLR schedule.
         batch_size: global batch size (split across Ray workers).
@@ -64,6 +73,10 @@ class Recipe:
     width: int = 1
     dataset: str = "mnist6"
     augment: str = "none"
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 9
+    cutmix_alpha: float = 1.0
+    cutmix_prob: float = 0.5
     optimizer: str = "adam"
     lr: float = 0.01
     momentum: float = 0.0
@@ -99,6 +112,13 @@ class Recipe:
             v = getattr(self, what)
             if v is not None and int(v) < 1:
                 raise ValueError(f"Expected `{what}` to be >= 1 (or None: all), but got {v!r}.")
+        if not (0 <= int(self.randaugment_ops) and 0 <= int(self.randaugment_magnitude) <= 30):
+            raise ValueError(f"Expected `randaugment_ops` >= 0 and `randaugment_magnitude` in "
+                             f"0..30 (of RandAugment's 31 bins), but got {self.randaugment_ops!r} "
+                             f"and {self.randaugment_magnitude!r}.")
+        if not (0 < float(self.cutmix_alpha) < float("inf") and 0 <= float(self.cutmix_prob) <= 1):
+            raise ValueError(f"Expected `cutmix_alpha` > 0 and `cutmix_prob` in [0, 1], but got "
+                             f"{self.cutmix_alpha!r} and {self.cutmix_prob!r}.")
         if not (0 <= float(self.lr) < float("inf")):
             raise ValueError(f"Expected `lr` to be a finite number >= 0, but got {self.lr!r}.")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
@@ -128,8 +148,9 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: Dict) -> "Recipe":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        return cls(**{**d, "milestones": tuple(d.get("milestones", ()))})
+        """Inverse of :meth:`to_dict`; unknown keys are an error. A field that a stored run
+        predates takes the value that run used (:data:`_BEFORE_FIELDS`), not today's default."""
+        return cls(**{**_BEFORE_FIELDS, **d, "milestones": tuple(d.get("milestones", ()))})
 
     def same_run(self, other: "Recipe") -> bool:
         """Whether two recipes train the same model (ignores :data:`IGNORED_ON_RESUME`)."""

@@ -328,7 +328,9 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
 
     data = dict(root=recipe.data_root, download=recipe.download, data_seed=recipe.data_seed)
     train_set = build_dataset(recipe.dataset, train=True, augment=recipe.augment,
-                              subset=recipe.train_subset, **data)
+                              subset=recipe.train_subset,
+                              randaugment=(recipe.randaugment_ops, recipe.randaugment_magnitude),
+                              **data)
     test_set = build_dataset(recipe.dataset, train=False, subset=recipe.test_subset, **data)
     if dist.world > 1:  # every rank scores its own share; sums are reduced
         test_set = Subset(test_set, range(dist.rank, len(test_set), dist.world))
@@ -355,7 +357,8 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
     loader_kw = dict(num_workers=recipe.num_workers, pin_memory=device.type == "cuda")
     train_loader = DataLoader(train_set, batch_size=batch, shuffle=sampler is None,
                               sampler=sampler, generator=generator,
-                              collate_fn=BatchCollate(recipe.augment, info["num_classes"]),
+                              collate_fn=BatchCollate(recipe.augment, info["num_classes"],
+                                                     recipe.cutmix_alpha, recipe.cutmix_prob),
                               **loader_kw)
     test_loader = DataLoader(test_set, batch_size=256, **loader_kw)
 
