@@ -280,6 +280,37 @@ def test_resnet44_structure_and_widths():
         build_model("vgg")
 
 
+def test_wrn40_structure_widths_and_parts():
+    import equifast as ef
+
+    # Zagoruyko & Komodakis, table 1: WRN-40-1, 2, 4, 8 have 0.6M, 2.2M, 8.9M, 35.7M parameters
+    for k, millions in ((1, 0.6), (2, 2.2), (4, 8.9), (8, 35.7)):
+        m = build_model("wrn40", width=k)
+        assert round(sum(p.numel() for p in m.parameters()) / 1e6, 1) == millions
+    m = build_model("wrn40", width=2).eval()
+    assert [len(m.layer1), len(m.layer2), len(m.layer3)] == [6, 6, 6]
+    shortcuts = [n for n, b in m.named_modules() if getattr(b, "shortcut", None) is not None]
+    assert shortcuts == ["layer1.0", "layer2.0", "layer3.0"]  # 1x1 convs where the shape changes
+    assert m.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 128, 8, 8)
+    # parts: the stem and 18 blocks before pooling, in three groups of one resolution each
+    points = ef.split(m, torch.rand(1, 3, 32, 32))
+    assert [p.name for p in points] == m.point_names() + ["pool", "final"]
+    sizes = {p.part: set() for p in points}
+    modules = dict(m.named_modules())
+    hooks = [modules[p.name].register_forward_hook(
+        lambda mod, i, out, part=p.part: sizes[part].add(tuple(out.shape[2:])))
+        for p in points if p.part in ("early", "middle", "late")]
+    m(torch.rand(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert sizes == {"early": {(32, 32)}, "middle": {(16, 16)}, "late": {(8, 8)}, "pool": set(),
+                     "final": set()}
+    assert [p.part for p in points].count("early") == 7
+    from equifast.training.models import WideResNet
+    with pytest.raises(ValueError, match="6n\\+4"):
+        WideResNet(depth=41)
+
+
 # --------------------------------------------------------------------------------- recipes
 def test_recipes_follow_tables():
     names = list_recipes()
@@ -294,6 +325,10 @@ def test_recipes_follow_tables():
         assert n in names
         assert (r.optimizer, r.lr, r.momentum, r.weight_decay, r.epochs, r.milestones,
                 r.batch_size) == ("sgd", 0.1, 0.9, 1e-4, 200, (100, 150), 128)
+    for w in (1, 2, 4, 8):  # the thesis: WideResNet-40 "same as ... (Table 2)"
+        r, same = get_recipe(f"wrn40-w{w}"), get_recipe(f"resnet44-w{w}")
+        assert (r.model, r.width) == ("wrn40", w)
+        assert r.to_dict() == {**same.to_dict(), "name": r.name, "model": "wrn40"}
     assert get_recipe("resnet44-w4").width == 4 and get_recipe("resnet44-cutmix").augment == "cutmix"
     with pytest.raises(ValueError, match="Expected recipe fields"):
         get_recipe("cnn7-mnist6", epoch=3)
@@ -498,6 +533,8 @@ def test_studies_transforms():
     assert STUDIES["capacity"].transforms == "translation:1-16"
     assert STUDIES["objective"].transforms == "rotation"
     assert [r for _, r in STUDIES["capacity"].settings] == [f"resnet44-w{w}" for w in (1, 2, 4, 8)]
+    assert STUDIES["capacity-wrn40"].transforms == "translation:1-16"
+    assert [r for _, r in STUDIES["capacity-wrn40"].settings] == [f"wrn40-w{w}" for w in (1, 2, 4, 8)]
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -586,7 +623,9 @@ def _write_cifar10(root, n_train=64, n_test=32, seed=0):
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
 
 
-def test_resnet44_crop_on_a_cifar10_folder_then_measure(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, parts", [("resnet44-crop", [8, 7, 7]),  # 22 points
+                                         ("wrn40-w1", [7, 6, 6])])     # 19 points
+def test_cifar10_recipe_on_a_folder_then_measure(tmp_path, monkeypatch, name, parts):
     import torchvision.datasets.cifar
 
     import equifast as ef
@@ -594,7 +633,7 @@ def test_resnet44_crop_on_a_cifar10_folder_then_measure(tmp_path, monkeypatch):
     _write_cifar10(tmp_path / "data")
     # the files are ours, so their checksums are not CIFAR-10's; everything else is the real path
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
-    recipe = get_recipe("resnet44-crop", epochs=1, batch_size=16, device="cpu",
+    recipe = get_recipe(name, epochs=1, batch_size=16, device="cpu",
                         data_root=str(tmp_path / "data"))
     result = train(recipe, str(tmp_path / "run"))
     assert result.epochs == 1 and 0 <= result.test_acc <= 1
@@ -602,5 +641,5 @@ def test_resnet44_crop_on_a_cifar10_folder_then_measure(tmp_path, monkeypatch):
                         batch_size=8)
     assert report.meta["images"] == "test set of the run's recipe" and report.meta["n_images"] == 8
     assert list(report.parts.part.astype(str).unique()) == ["early", "middle", "late", "pool", "final"]
-    # ResNet-44: 22 points before pooling, 8/7/7 (stages of 32x32, 16x16, 8x8 maps)
-    assert report.parts.groupby("part", observed=True).n_points.first().tolist()[:3] == [8, 7, 7]
+    # the points before pooling in three groups: the stages of 32x32, 16x16, 8x8 maps
+    assert report.parts.groupby("part", observed=True).n_points.first().tolist()[:3] == parts

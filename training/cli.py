@@ -114,7 +114,7 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
                               description="Train every setting and seed of a study, measure "
                                           "the models with equifast.measure, write runs.csv, "
                                           "summary.csv and figure.png.")
-    p.add_argument("study", nargs="?", help="objective, objective-fashion, augmentation, capacity")
+    p.add_argument("study", nargs="?", help="objective, objective-fashion, augmentation, capacity, capacity-wrn40")
     p.add_argument("--list", action="store_true", help="list the studies and exit")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
     p.add_argument("--out", help="study folder (default runs/STUDY)")

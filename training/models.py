@@ -1,4 +1,4 @@
-"""The networks of the thesis studies (section 4.2): the 7-layer CNN and ResNet-44.
+"""The networks of the thesis studies (section 4.2): the 7-layer CNN, ResNet-44 and WRN-40.
 
 Both are plain :class:`torch.nn.Module` s whose top-level children are the representation
 points in order, so :func:`equifast.split` (and a reader) finds them without tracing:
@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CNN7", "ResNet", "BasicBlock", "cnn7", "resnet44", "build_model", "MODELS"]
+__all__ = ["CNN7", "ResNet", "BasicBlock", "WideResNet", "WideBasicBlock", "cnn7", "resnet44",
+           "wrn40", "build_model", "MODELS"]
 
 
 # --------------------------------------------------------------------------------- blocks
@@ -197,6 +198,80 @@ class ResNet(_Backbone):
                              *[BasicBlock(c_out, c_out) for _ in range(n - 1)])
 
 
+class WideBasicBlock(nn.Module):
+    """The WideResNet block (Zagoruyko & Komodakis, 2016): pre-activation, BN-ReLU-conv3x3
+    twice, with a 1x1 convolution as the shortcut where the shape changes (it reads the
+    activated input, as theirs does), identity elsewhere. No dropout.
+
+    Args:
+        c_in: input channels.
+        c_out: output channels.
+        stride: 1, or 2 for the first block of a stage that halves the resolution.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.shortcut = None if stride == 1 and c_in == c_out else \
+            nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(a))))
+        return out + (x if self.shortcut is None else self.shortcut(a))
+
+
+class WideResNet(_Backbone):
+    """WideResNet-``depth``-``width`` for CIFAR (WRN-40-k: ``depth=40``, 6 blocks a stage).
+
+    A 3x3 stem conv with 16 channels, three stages of ``(depth - 4) / 6`` pre-activation
+    blocks (:class:`WideBasicBlock`) with ``16, 32, 64`` times ``width`` channels (stride 2 at
+    the start of stages 2 and 3), then BN-ReLU, global average pooling and one linear head.
+    The network the thesis' text names for the capacity study (``s in {1, 2, 4, 8}``); its
+    parameters: 0.6M, 2.2M, 8.9M, 35.7M (their table 1 for WRN-40-1, 2, 4, 8).
+
+    Module tree: ``stem`` (a conv; its output is the first point), ``layer1``, ``layer2``,
+    ``layer3`` (every block is a point), ``pool`` (the final BN-ReLU, pooling, flatten: the
+    **pool** part), ``head``.
+
+    Args:
+        depth: ``6n + 4`` (40 for WRN-40).
+        num_classes: classes (10 for CIFAR-10).
+        width: the widening factor ``k``.
+        in_channels: image channels.
+    """
+
+    block_names = ("layer1", "layer2", "layer3")
+
+    def __init__(self, depth: int = 40, num_classes: int = 10, width: int = 1,
+                 in_channels: int = 3):
+        super().__init__()
+        if (depth - 4) % 6 or depth < 10:
+            raise ValueError(f"Expected `depth` to be 6n+4 (16, 22, 28, 40, ...), but got {depth}.")
+        if int(width) != width or width < 1:
+            raise ValueError(f"Expected `width` to be a positive integer, but got {width!r}.")
+        n, c = (depth - 4) // 6, 16 * int(width)
+        self.num_classes, self.num_rotations = num_classes, 0
+        self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.layer1 = self._stage(16, c, n, 1)
+        self.layer2 = self._stage(c, 2 * c, n, 2)
+        self.layer3 = self._stage(2 * c, 4 * c, n, 2)
+        self.pool = nn.Sequential(nn.BatchNorm2d(4 * c), nn.ReLU(inplace=True),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.head = nn.Linear(4 * c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @staticmethod
+    def _stage(c_in: int, c_out: int, n: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(WideBasicBlock(c_in, c_out, stride),
+                             *[WideBasicBlock(c_out, c_out) for _ in range(n - 1)])
+
+
 # ------------------------------------------------------------------------- entry points
 def cnn7(num_classes: int = 6, num_rotations: int = 0, **kwargs) -> CNN7:
     """The 7-layer, 20-channel CNN of the objective study (see :class:`CNN7`)."""
@@ -208,11 +283,16 @@ def resnet44(num_classes: int = 10, width: int = 1, **kwargs) -> ResNet:
     return ResNet(depth=44, num_classes=num_classes, width=width, **kwargs)
 
 
-MODELS = {"cnn7": cnn7, "resnet44": resnet44}
+def wrn40(num_classes: int = 10, width: int = 1, **kwargs) -> WideResNet:
+    """WideResNet-40-``width`` for CIFAR-10 (see :class:`WideResNet`)."""
+    return WideResNet(depth=40, num_classes=num_classes, width=width, **kwargs)
+
+
+MODELS = {"cnn7": cnn7, "resnet44": resnet44, "wrn40": wrn40}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a model by name (``"cnn7"`` or ``"resnet44"``).
+    """Build a model by name (``"cnn7"``, ``"resnet44"`` or ``"wrn40"``).
 
     Example:
         >>> build_model("resnet44", width=2).head.in_features

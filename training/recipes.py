@@ -10,8 +10,10 @@ recipes                          settings
 ``resnet44-{none,crop,flip,      augmentation study (table 2): ResNet-44 on CIFAR-10, SGD
 cutmix,randaugment}``            lr 0.1, momentum 0.9, L2 1e-4, 200 epochs, /10 at 100
                                  and 150, batch 128
-``resnet44-w{1,2,4,8}``          capacity study: table 2 at width multipliers 1, 2, 4, 8
-                                 (no augmentation)
+``resnet44-w{1,2,4,8}``          capacity study (SPEC): table 2 at width multipliers 1, 2,
+                                 4, 8 (no augmentation)
+``wrn40-w{1,2,4,8}``             capacity study as the thesis' text has it: WideResNet-40
+                                 with widening factors 1, 2, 4, 8, table 2 (no augmentation)
 ================================ ====================================================
 
 "L2 reg." is the optimiser's ``weight_decay`` (coupled L2, also for Adam, not AdamW). The
@@ -48,7 +50,8 @@ class Recipe:
 
     Attributes:
         name: recipe name (also the default output folder name).
-        model: ``"cnn7"`` or ``"resnet44"``; ``width`` is ResNet-44's channel multiplier.
+        model: ``"cnn7"``, ``"resnet44"`` or ``"wrn40"``; ``width`` is the channel
+            multiplier of the last two.
         dataset: a name of :data:`equifast.training.data.DATASETS`.
         augment: one of :data:`equifast.training.data.AUGMENTATIONS`;
             ``randaugment_ops`` and ``randaugment_magnitude`` (of 31 bins) parametrise
@@ -163,8 +166,8 @@ def _objective(dataset: str) -> Recipe:
                   lr=0.01, weight_decay=5e-4, epochs=100, milestones=(25, 50), batch_size=128)
 
 
-def _resnet(name: str, augment: str = "none", width: int = 1) -> Recipe:
-    return Recipe(name=name, model="resnet44", width=width, dataset="cifar10", augment=augment,
+def _cifar(name: str, model: str = "resnet44", augment: str = "none", width: int = 1) -> Recipe:
+    return Recipe(name=name, model=model, width=width, dataset="cifar10", augment=augment,
                   optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, epochs=200,
                   milestones=(100, 150), batch_size=128)
 
@@ -174,9 +177,10 @@ for _ds in ("mnist6", "mnist6-rot-inv", "mnist6-rot-eq",
             "fmnist6", "fmnist6-rot-inv", "fmnist6-rot-eq"):
     RECIPES[f"cnn7-{_ds}"] = _objective(_ds)
 for _aug in ("none", "crop", "flip", "cutmix", "randaugment"):
-    RECIPES[f"resnet44-{_aug}"] = _resnet(f"resnet44-{_aug}", augment=_aug)
-for _w in (1, 2, 4, 8):
-    RECIPES[f"resnet44-w{_w}"] = _resnet(f"resnet44-w{_w}", width=_w)
+    RECIPES[f"resnet44-{_aug}"] = _cifar(f"resnet44-{_aug}", augment=_aug)
+for _model in ("resnet44", "wrn40"):
+    for _w in (1, 2, 4, 8):
+        RECIPES[f"{_model}-w{_w}"] = _cifar(f"{_model}-w{_w}", model=_model, width=_w)
 
 
 def list_recipes() -> List[str]:

@@ -9,6 +9,8 @@ study                        settings (recipes)               measured with
 ``augmentation``             ``resnet44-{none,crop,flip,      diagonal shifts 1..16
                              cutmix,randaugment}`` (fig. 9)
 ``capacity``                 ``resnet44-w{1,2,4,8}`` (fig. 10) diagonal shifts 1..16
+``capacity-wrn40``           ``wrn40-w{1,2,4,8}`` (fig. 10,    diagonal shifts 1..16
+                             the thesis' network)
 ============================ ================================ =========================
 
 Each run lives in ``out/<setting>/seed<k>/`` (see :mod:`equifast.training.trainer`).
@@ -84,6 +86,9 @@ STUDIES: Dict[str, Study] = {
     "capacity": Study(
         "capacity", tuple((f"width {w}", f"resnet44-w{w}") for w in (1, 2, 4, 8)),
         "translation:1-16", title="Translation equivariance per width (ResNet-44)"),
+    "capacity-wrn40": Study(
+        "capacity-wrn40", tuple((f"width {w}", f"wrn40-w{w}") for w in (1, 2, 4, 8)),
+        "translation:1-16", title="Translation equivariance per width (WideResNet-40)"),
 }
 
 

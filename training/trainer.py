@@ -103,7 +103,7 @@ def build_model_for(recipe: Recipe) -> nn.Module:
     if recipe.model == "cnn7":
         return build_model("cnn7", num_classes=info["num_classes"],
                            num_rotations=info["num_rotations"], in_channels=info["in_channels"])
-    return build_model("resnet44", num_classes=info["num_classes"], width=recipe.width,
+    return build_model(recipe.model, num_classes=info["num_classes"], width=recipe.width,
                        in_channels=info["in_channels"])
 
 
