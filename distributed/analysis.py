@@ -161,6 +161,23 @@ def accuracy_correlation(scores: Union[pd.DataFrame, str, os.PathLike, ResultSto
             .drop(columns="_family").reset_index(drop=True))
 
 
+_OWN_FILES = ("part_scores.csv", "accuracy_correlation.csv", "fig11_", "fig12_", "fig13_", "parts_")
+
+
+def _check_figures_folder(path: os.PathLike) -> Path:
+    """``path``, unless it holds files :func:`sweep_figures` does not write (``FileExistsError``)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"Expected --figures {str(path)!r} to be a folder, but it is a file.")
+    others = sorted(p.name for p in path.iterdir() if not p.name.startswith(_OWN_FILES)) \
+        if path.is_dir() else []
+    if others:
+        raise FileExistsError(f"Expected --figures {str(path)!r} to be empty or hold only the "
+                              f"report's tables and figures, but it holds other files: "
+                              f"{others[:5]}. Use another --figures.")
+    return path
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text)).strip("_") or "x"
 
@@ -174,8 +191,10 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     ``fig11_translation.png`` and ``fig12_rotation.png`` (parts per model, via
     :func:`equifast.figures.plot_parts`; other families as ``parts_<family>.png``), and
     ``fig13_accuracy_correlation.png`` (via :func:`equifast.figures.plot_accuracy_correlation`;
-    drawn when at least ``min_models`` models have an accuracy). With several datasets or
-    transform sets, their names are added to the file names.
+    drawn when at least ``min_models`` models have an accuracy; an earlier one that no longer
+    is drawn is removed). With several datasets or transform sets, their names are added to
+    the file names. ``out_dir`` must be missing, empty or hold only such files: a user's
+    other files there are refused, never replaced.
 
     Returns:
         ``{"tables": [...], "figures": [...]}`` paths.
@@ -187,9 +206,9 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
 
     from equifast.figures import plot_accuracy_correlation, plot_parts
 
+    out = _check_figures_folder(out_dir)
     scores = part_scores(source, metric=metric, accuracy=accuracy)
     corr = accuracy_correlation(scores, min_models=min_models)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = [out / "part_scores.csv", out / "accuracy_correlation.csv"]
     write_csv_atomic(tables[0], scores)
@@ -214,8 +233,10 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
             plt.close(fig)
             figures.append(path)
         c = corr[(corr["dataset"] == ds) & corr["spearman"].notna()]
-        if len(c):
-            path = out / f"fig13_accuracy_correlation{suffix}.png"
+        path = out / f"fig13_accuracy_correlation{suffix}.png"
+        if not len(c):  # an earlier run's figure 13 would disagree with the tables beside it
+            path.unlink(missing_ok=True)
+        else:
             n = int(c["n_models"].max())
             fig = plot_accuracy_correlation(c[["part", "family", "transforms", "score", "spearman"]], path=path,
                                             title=f"Spearman of part scores with top-1 accuracy "

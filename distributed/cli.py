@@ -61,17 +61,20 @@ def _status(args) -> int:
 
     store = ResultStore(_out(args))
     if not store.root.is_dir():
-        raise FileNotFoundError(f"Expected a sweep results folder, but {str(store.root)!r} does not exist; "
+        what = "is not a folder" if store.root.exists() else "does not exist"
+        raise FileNotFoundError(f"Expected a sweep results folder, but {str(store.root)!r} {what}; "
                                 "pass the sweep's --out.")
     counts = store.counts()
     live = store.read_status() or {}
     total = sum(counts.values())
+    state = store.state()
     if args.json:
-        print(json.dumps({"out": str(store.root), "total": total, **counts,
-                          "state": live.get("state")}))
+        print(json.dumps({"out": str(store.root), "total": total, **counts, "state": state}))
         return 0
-    state = live.get("state", "unknown")
-    print(f"{live.get('sweep', store.root.name)} ({store.root}): {state}")
+    if state == "stopped":
+        state = (f"stopped (its driver, pid {live.get('pid')} on {live.get('host')}, is gone; "
+                 "rerun the sweep to go on)")
+    print(f"{live.get('sweep', store.root.name)} ({store.root}): {state or 'unknown'}")
     print(f"  finished {counts['finished']}/{total}, running {counts['running']}, "
           f"failed {counts['failed']}, pending {counts['pending']}")
     for rec in store.records(status="failed"):
@@ -168,6 +171,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, OSError, RuntimeError) as err:  # OSError: --out a file, unwritable, ...
         print(f"equifast sweep: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the finished jobs' records are kept: a rerun skips them
+        print("equifast sweep: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -352,7 +352,8 @@ def load_spec(spec: Union[str, os.PathLike, Mapping[str, Any], SweepSpec],
         import yaml
 
         try:
-            raw = yaml.safe_load(path.read_text())
+            with path.open() as f:  # a stream: the parser's messages name the file, not a string
+                raw = yaml.safe_load(f)
         except yaml.YAMLError as err:
             raise SpecError([f"Expected valid YAML, but parsing failed: {err}"], str(path)) from None
         source = str(path)

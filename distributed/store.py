@@ -109,6 +109,10 @@ class ResultStore:
         except (json.JSONDecodeError, UnicodeDecodeError, OSError):
             return None
 
+    def records_of(self, jobs) -> Dict[str, Optional[Dict[str, Any]]]:
+        """``{job id: its record or None}`` for ``jobs`` (anything with an ``id``)."""
+        return {j.id: self.get(j.id) for j in jobs}
+
     def write_record(self, record: Dict[str, Any]) -> Path:
         """Write (or replace) the record of ``record["id"]`` atomically."""
         if not isinstance(record, dict) or not record.get("id") or record.get("status") not in ("ok", "failed"):
@@ -179,6 +183,18 @@ class ResultStore:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def state(self) -> Optional[str]:
+        """The sweep's state as ``status.json`` says (``running``, ``done``, ``interrupted``),
+        but ``stopped`` for a ``running`` sweep whose driver is gone (killed), ``None`` when
+        no sweep wrote here."""
+        status = self.read_status()
+        if status is None:
+            return None
+        state = status.get("state")
+        if state == "running" and not _alive(status.get("host"), status.get("pid")):
+            return "stopped"
+        return state
+
     def counts(self, job_ids: Optional[List[str]] = None) -> Dict[str, int]:
         """Finished, running, failed and pending jobs, from the records and the status file.
 
@@ -217,7 +233,8 @@ class ResultStore:
         """Take ``sweep.lock`` so that two sweeps never write the same store at once.
 
         Raises:
-            RuntimeError: when a live process on this host holds it (a stale lock is taken over).
+            BlockingIOError: when a live process on this host holds it (a stale lock is taken
+                over); an ``OSError``, the kind a lock that would block raises.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "sweep.lock"
@@ -233,7 +250,7 @@ class ResultStore:
                 if other.get("pid") == os.getpid() and other.get("host") == me["host"]:
                     return
                 if _alive(other.get("host"), other.get("pid")):
-                    raise RuntimeError(
+                    raise BlockingIOError(
                         f"Expected no other sweep writing to {str(self.root)!r}, but pid {other.get('pid')} "
                         f"on {other.get('host')} holds {str(path)!r}; wait for it, or delete the lock "
                         "if that process is gone.") from None
@@ -242,7 +259,7 @@ class ResultStore:
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             return
-        raise RuntimeError(f"Expected to take {str(path)!r}, but another process keeps taking it.")
+        raise BlockingIOError(f"Expected to take {str(path)!r}, but another process keeps taking it.")
 
     def unlock(self) -> None:
         """Release the lock this process holds."""

@@ -321,14 +321,17 @@ def _task(job: Job, shard: int, shards: int, tracker, before_job: Optional[Hook]
 
 
 def _init_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
-    """Connect to Ray (``address``) or start it locally; True when this call started it."""
+    """Connect to Ray (``address``, else ``RAY_ADDRESS``) or start a local Ray of this process's
+    own, even where a ``ray start`` cluster runs on the machine (``--address auto`` joins that);
+    True when this call started or joined it."""
     import ray
 
     if ray.is_initialized():
         return False
     kwargs: Dict[str, Any] = {"address": address}
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        kwargs.update(include_dashboard=False)
+        # address=None would join a running `ray start` cluster, which refuses num_cpus
+        kwargs.update(address="local", include_dashboard=False)
         if num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
     ray.init(**kwargs)
@@ -341,17 +344,42 @@ def _check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
     for many minutes."""
     where = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address or address in ("auto", "local") or "://" in address.replace("ray://", "", 1):
-        return  # found by Ray itself, or a scheme (http://...) Ray handles
+    if not address or address in ("auto", "local"):
+        return  # found by Ray itself
+    dashboard = (f"the Ray dashboard's (the Jobs API that `ray job submit --address` takes), not "
+                 f"the cluster's: give the head's HOST:6379, 'auto' on a node of the cluster, or "
+                 f"ray://HOST:10001")
+    if address.startswith(("http://", "https://")):
+        raise ConnectionError(f"Expected a Ray cluster address ({where}), but {address!r} is "
+                              f"{dashboard}.")
     host, _, port = address.replace("ray://", "", 1).rpartition(":")
     if not host or not port.isdigit():
-        return  # not host:port; Ray reports its own error
+        raise ConnectionError(f"Expected a Ray cluster address ({where}): HOST:PORT, "
+                              f"ray://HOST:PORT, 'auto' or 'local', but got {address!r}.")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as err:
         raise ConnectionError(f"Expected a Ray cluster at {address!r} ({where}), but {host}:{port} "
                               f"does not accept connections ({err.strerror or err}); start one "
                               "(`ray start --head`) or fix the address.") from None
+    if _speaks_http(host.strip("[]"), int(port)):  # ray.init would retry it for minutes
+        raise ConnectionError(f"Expected a Ray cluster at {address!r} ({where}), but "
+                              f"{host}:{port} is {dashboard}.")
+
+
+def _speaks_http(host: str, port: int, timeout_s: float = 3.0) -> bool:
+    """Whether ``host:port`` answers an HTTP/1.1 request (the dashboard does; Ray's GCS and
+    client server speak gRPC, which does not)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    try:
+        conn.request("GET", "/api/version")
+        return conn.getresponse().status > 0
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.PathLike] = None,
@@ -379,29 +407,35 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         and CSV) are rewritten at the end, also after an interruption.
 
     Raises:
-        SpecError: an invalid spec (nothing ran). RuntimeError: another live sweep writes ``out``.
+        SpecError: an invalid spec (nothing ran). BlockingIOError: another live sweep writes
+        ``out``.
         ConnectionError: nothing accepts connections at ``address`` (``host:port``).
     """
     import ray
 
     spec = load_spec(spec)
     jobs = spec.jobs()
-    if not ray.is_initialized():
-        _check_reachable(address)  # before the store is touched
     store = ResultStore(out or spec.out or DEFAULT_OUT)
     t0 = time.time()
     store.check_folder()
-    store.lock()
     started_ray = False
+    if not ray.is_initialized() and _todo(store.records_of(jobs), jobs, retry_failed)[2]:
+        # before the store is touched: a wrong address or no cluster leaves nothing behind
+        _check_reachable(address)
+        started_ray = _init_ray(address, num_cpus)
+    try:
+        store.lock()
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
     tracker = None
     pending: Dict[Any, Tuple[Job, int]] = {}
     try:
         store.write_spec(spec.to_dict(), [j.id for j in jobs],
                          {j.id: j.model.label for j in jobs})
-        before = {j.id: store.get(j.id) for j in jobs}
-        done = {jid for jid, rec in before.items() if rec and rec.get("status") == "ok"}
-        old_failed = {jid for jid, rec in before.items() if rec and rec.get("status") == "failed"}
-        todo = [j for j in jobs if j.id not in done and (retry_failed or j.id not in old_failed)]
+        before = store.records_of(jobs)  # again, under the lock
+        done, old_failed, todo = _todo(before, jobs, retry_failed)
         failed_now: Dict[str, str] = {}
         say = echo if progress else (lambda _line: None)
         say(f"[{spec.name}] {len(jobs)} jobs: {len(done)} already finished, {len(todo)} to run "
@@ -411,7 +445,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         counts = _Counts(jobs, done, set() if retry_failed else old_failed)
         store.write_status({**status, **counts.as_dict(set())})
         if todo:
-            started_ray = _init_ray(address, num_cpus)
+            started_ray = _init_ray(address, num_cpus) or started_ray
             tracker = ray.remote(_Tracker).options(num_cpus=0).remote()
             remote = ray.remote(_task)
             for job in todo:
@@ -501,6 +535,13 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
             if started_ray:
                 ray.shutdown()
             store.unlock()
+
+
+def _todo(records: Dict[str, Optional[dict]], jobs: List[Job], retry_failed: bool):
+    """``(finished ids, failed ids, jobs to run)`` from the jobs' records (``None``: none)."""
+    done = {jid for jid, rec in records.items() if rec and rec.get("status") == "ok"}
+    failed = {jid for jid, rec in records.items() if rec and rec.get("status") == "failed"}
+    return done, failed, [j for j in jobs if j.id not in done and (retry_failed or j.id not in failed)]
 
 
 class _Counts:

@@ -213,6 +213,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, OSError) as err:  # bad input, missing files, weights not downloadable
         print(f"equifast: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # what was finished is kept (runs, sweep records): say only that
+        print("equifast: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,8 @@ def ray_session():
     if ray.is_initialized():  # another module's Ray: use it, leave it to its owner
         yield
         return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a Ray of the tests' own, even where a `ray start` cluster runs on the machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -317,6 +319,108 @@ def test_wrong_ray_address_fails_fast(folder, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and f"Expected a Ray cluster at '{address}'" in err, err
 
 
+def test_addresses_that_are_no_cluster_fail_before_anything_is_written(folder, tmp_path, capsys):
+    if ray.is_initialized():
+        pytest.skip("another test's Ray is running: the sweep would use it, not the address")
+    import http.server
+    import threading
+
+    # the dashboard's port accepts connections, and Ray would retry it for minutes
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):  # not on the stderr the test reads
+            pass
+
+    # (Ray's own ports, GCS 6379 and client 10001, answer no HTTP: checked on `ray start`)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dashboard = f"127.0.0.1:{server.server_address[1]}"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps(_spec(folder)))
+    try:
+        for address, says in ((dashboard, "is the Ray dashboard's"),
+                              (f"http://{dashboard}", "is the Ray dashboard's"),
+                              ("garbage", "HOST:PORT, ray://HOST:PORT, 'auto' or 'local'")):
+            code = sweep_main(["run", str(spec), "--out", str(tmp_path / "sweep"), "--address", address])
+            err = capsys.readouterr().err.strip()
+            assert code == 2 and len(err.splitlines()) == 1 and says in err, err
+            assert not (tmp_path / "sweep").exists() and not ray.is_initialized()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_local_ray_is_the_sweeps_own_even_beside_a_running_cluster(monkeypatch):
+    from equifast.distributed.sweep import _init_ray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert _init_ray(None, 3) and calls.pop() == {"address": "local", "include_dashboard": False,
+                                                   "num_cpus": 3}  # address=None would join one
+    assert _init_ray("auto", 3) and calls.pop() == {"address": "auto"}  # the cluster's own CPUs
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # as under `ray job submit`
+    assert _init_ray(None, None) and calls.pop() == {"address": None}
+
+
+def test_a_sweep_already_writing_the_folder_is_one_line(ray_session, folder, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from equifast.cli import main as equifast_main
+    from equifast.distributed.store import ResultStore
+
+    out = tmp_path / "sweep"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps(_spec(folder)))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out.mkdir()
+        (out / "sweep.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid}))
+        assert equifast_main(["sweep", "run", str(spec), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"pid {other.pid}" in err and "holds" in err, err
+        assert sorted(p.name for p in out.iterdir()) == ["sweep.lock"]  # nothing else written
+    finally:
+        other.kill()
+        other.wait()
+    store = ResultStore(out)  # its process gone: the lock is stale, and taken over
+    store.lock()
+    assert json.loads((out / "sweep.lock").read_text())["pid"] == os.getpid()
+    store.unlock()
+
+
+def test_status_of_a_sweep_whose_driver_is_gone_says_stopped(tmp_path, capsys, monkeypatch):
+    import subprocess
+    import sys
+
+    from equifast.cli import main as equifast_main
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "status.json").write_text(json.dumps({"sweep": "s", "state": "running", "pid": gone.pid,
+                                                "host": socket.gethostname(), "running_ids": []}))
+    assert sweep_main(["status", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "stopped"
+    assert sweep_main(["status", "--out", str(out)]) == 0
+    assert f"s ({out}): stopped (its driver, pid {gone.pid}" in capsys.readouterr().out
+    # a file given as --out is said to be one; Ctrl-C is one line and exit status 130
+    (tmp_path / "spec.yaml").write_text("name: x")
+    assert sweep_main(["status", "--out", str(tmp_path / "spec.yaml")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    from equifast.distributed.store import ResultStore
+    monkeypatch.setattr(ResultStore, "counts", interrupted)
+    for main in (sweep_main, lambda argv: equifast_main(["sweep"] + argv)):
+        assert main(["status", "--out", str(out)]) == 130
+        assert capsys.readouterr().err.strip().endswith("interrupted")
+
+
 def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, capsys):
     out = tmp_path / "sweep"
     spec = load_spec(_spec(folder))
@@ -335,6 +439,16 @@ def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, ca
     scores = pd.read_csv(out / "figures" / "part_scores.csv")
     assert dict(zip(scores["model"], scores["accuracy"])) == {
         m.label: pytest.approx(m.accuracy) for m in spec.models}
+    # no figure 13 this time: the one drawn before, which the tables no longer match, is gone
+    assert sweep_main(["report", "--out", str(out), "--accuracy", "measured"]) == 0
+    assert not (out / "figures" / "fig13_accuracy_correlation.png").exists()
+    # a user's folder as --figures: refused, their file untouched
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my data")
+    assert sweep_main(["report", "--out", str(out), "--figures", str(mine)]) == 2
+    assert "holds other files: ['notes.txt']" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 
 def test_sweep_help_describes_every_command_and_option_once():

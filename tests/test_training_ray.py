@@ -39,11 +39,32 @@ def test_too_many_workers_for_a_local_cluster_fail_before_ray_starts(tmp_path, m
     assert not ray.is_initialized() and not (tmp_path / "run").exists()  # nothing started or made
 
 
+def test_a_local_ray_is_the_runs_own_even_beside_a_running_cluster(tmp_path, monkeypatch):
+    if ray.is_initialized():
+        pytest.skip("another test's Ray is running: the local-cluster path is not taken")
+    from equifast.training import ray_train
+
+    class Started(Exception):
+        pass
+
+    def init(**kwargs):  # what train_ray asks of Ray, and no further
+        raise Started(kwargs)
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_train, "_local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    with pytest.raises(Started) as started:
+        train_ray(get_recipe("cnn7-fmnist6", epochs=1, device="cpu"), str(tmp_path / "run"),
+                  num_workers=2)
+    # address=None would join a `ray start` cluster on the machine, which refuses num_cpus
+    assert started.value.args[0] == {"address": "local", "num_cpus": 2, "num_gpus": 0}
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     if started:
         ray.shutdown()

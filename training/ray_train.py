@@ -53,8 +53,9 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
               storage_path: Optional[str] = None) -> TrainResult:
     """Train ``recipe`` on ``num_workers`` Ray Train workers; files as in :func:`train`.
 
-    Uses the running Ray cluster (or the one ``RAY_ADDRESS`` names), or starts a local one
-    with this machine's CPUs and GPUs when none is.
+    Uses the Ray this process is connected to, else the cluster ``RAY_ADDRESS`` names (as
+    under ``ray job submit``; ``RAY_ADDRESS=auto`` joins a ``ray start`` cluster on this
+    machine), else starts a local Ray of its own with this machine's CPUs and GPUs.
 
     Args:
         recipe: what to train.
@@ -114,7 +115,9 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         # in a Ray Train worker error. (On a cluster the data may be on the workers only.)
         build_dataset(recipe.dataset, recipe.data_root, train=True, download=recipe.download,
                       data_seed=recipe.data_seed)
-        ray.init(num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]))  # what was checked
+        # address="local": a `ray start` cluster on this machine is not joined (it refuses
+        # num_cpus), as documented for sweeps
+        ray.init(address="local", num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]))
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"recipe": recipe.to_dict(), "out_dir": out_dir, "use_gpu": use_gpu},
