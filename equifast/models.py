@@ -158,6 +158,30 @@ def torchvision_weights_names(name: str) -> List[str]:
     return list(torchvision.models.get_model_weights(name).__members__)
 
 
+def _checkpoint_extras() -> List:
+    """Plain data that training scripts save beside the weights (timm's ``args``, NumPy
+    numbers and arrays): read without running code, so allowed in weights-only loading."""
+    import argparse
+
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core  # NumPy 2, 1
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [argparse.Namespace, core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray,
+            np.dtype, *dtypes]
+
+
+def _code_in_checkpoint(path: str) -> List[str]:
+    """The sorted names of what a torch.save file would import to be read (``[]`` when it is
+    no such file)."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 -- not a torch.save file at all
+        return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _checkpoint_extras()}
+    return sorted(set(found) - allowed)
+
+
 def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
     """The state dict in a checkpoint file (bare, or under ``state_dict``/``model``)."""
     if not os.path.isfile(path):
@@ -166,8 +190,19 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
         raise FileNotFoundError(f"Expected `weights` to be a checkpoint file{also}, but {path!r} "
                                 f"does not exist{' and is no such name' if names else ''}.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights only: a checkpoint from elsewhere must not run code when it is read
+        with torch.serialization.safe_globals(_checkpoint_extras()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling raises many kinds: all mean "not a checkpoint"
+        others = _code_in_checkpoint(path) if "Weights only load failed" in str(err) else []
+        if others:
+            raise ValueError(
+                f"Expected `weights` {path!r} to hold tensors (a state dict), but it holds Python "
+                f"objects that reading it would run code of ({len(others)}: "
+                f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}). If you trust the "
+                f"file, save its state dict and pass that: torch.save(torch.load(path, "
+                f"weights_only=False).state_dict(), 'weights.pt') for a whole module, "
+                f"[...]['state_dict'] for a checkpoint dict.") from None
         raise ValueError(f"Expected `weights` {path!r} to be a checkpoint saved with torch.save, but "
                          f"it could not be read ({type(err).__name__}: {err}).") from err
     for key in ("state_dict", "model", "model_state_dict"):

@@ -1,4 +1,6 @@
 """Models by name and the embedded ImageNet weights (real, offline)."""
+import os
+
 import pytest
 import torch
 
@@ -194,8 +196,37 @@ def test_torchvision_only_names_are_known():
 def test_a_pickled_module_is_not_a_state_dict(tmp_path):
     m, _ = load_model("resnet18", weights=None, num_classes=2)
     torch.save(m, tmp_path / "whole.pt")  # the module itself, not its state dict
-    with pytest.raises(ValueError, match="to hold a state dict, but got ResNet"):
+    with pytest.raises(ValueError, match=r"hold tensors \(a state dict\), but it holds Python "
+                                         r"objects that reading it would run code of \(\d+: "
+                                         r"torch.nn.modules"):
         load_model("resnet18", weights=str(tmp_path / "whole.pt"))
+    torch.save([m.state_dict()], tmp_path / "list.pt")  # readable, but no state dict in it
+    with pytest.raises(ValueError, match="to hold a state dict, but got list"):
+        load_model("resnet18", weights=str(tmp_path / "list.pt"))
+
+
+def test_checkpoints_are_read_without_running_their_code(tmp_path):
+    import argparse
+
+    import numpy as np
+
+    class Payload:  # what a malicious checkpoint would hide: code run while unpickling
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "ran"),))
+
+    m, _ = load_model("resnet18", weights=None, num_classes=2)
+    torch.save({"state_dict": m.state_dict(), "hook": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"run code of \(1: posix.mkdir\)"):
+        load_model("resnet18", weights=str(tmp_path / "evil.pt"))
+    assert not (tmp_path / "ran").exists()
+    # what training scripts save beside the weights is plain data, and is read
+    torch.save({"state_dict": m.state_dict(), "args": argparse.Namespace(lr=0.1, model="resnet18"),
+                "epoch": 3, "best": np.float64(0.93), "history": np.zeros(4, np.float32)},
+               tmp_path / "timm.pt")
+    m2, _ = load_model("resnet18", weights=str(tmp_path / "timm.pt"))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
 
 
 def test_default_preprocess_resizes_to_size_over_crop_pct_then_crops():
