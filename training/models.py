@@ -100,6 +100,35 @@ class _Backbone(nn.Module):
         return names
 
 
+class _ThreeStages(_Backbone):
+    """The CIFAR ResNets' body: three stages of ``n`` blocks (``block``) with ``16, 32, 64``
+    times ``width`` channels, stride 2 at the start of stages 2 and 3; Kaiming-initialised
+    convolutions."""
+
+    block_names = ("layer1", "layer2", "layer3")
+    block: type = BasicBlock
+
+    def _stages(self, c_in: int, c: int, n: int) -> None:
+        for name, (a, b, stride) in zip(self.block_names,
+                                        ((c_in, c, 1), (c, 2 * c, 2), (2 * c, 4 * c, 2))):
+            setattr(self, name, nn.Sequential(self.block(a, b, stride),
+                                              *[self.block(b, b) for _ in range(n - 1)]))
+
+    def _init_convs(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _stage_sizes(depth: int, outside: int, examples: str, width) -> tuple:
+    """``(blocks per stage, channels of stage 1)`` of a ``6n + outside`` deep network."""
+    if (depth - outside) % 6 or depth < 6 + outside:
+        raise ValueError(f"Expected `depth` to be 6n+{outside} ({examples}, ...), but got {depth}.")
+    if int(width) != width or width < 1:
+        raise ValueError(f"Expected `width` to be a positive integer, but got {width!r}.")
+    return (depth - outside) // 6, 16 * int(width)
+
+
 # ---------------------------------------------------------------------------------- models
 class CNN7(_Backbone):
     """The 7-layer CNN of the objective study (Cohen & Welling's Z2CNN baseline).
@@ -147,7 +176,7 @@ class CNN7(_Backbone):
         self.head = nn.Linear(width, num_classes + num_rotations)
 
 
-class ResNet(_Backbone):
+class ResNet(_ThreeStages):
     """CIFAR ResNet-(6n+2) with a width multiplier (ResNet-44: ``n=7``).
 
     A 3x3 stem conv (+BN, ReLU) with ``16*width`` channels, three stages of ``n`` basic
@@ -171,31 +200,18 @@ class ResNet(_Backbone):
         in_channels: image channels.
     """
 
-    block_names = ("layer1", "layer2", "layer3")
+    block = BasicBlock
 
     def __init__(self, depth: int = 44, num_classes: int = 10, width: int = 1,
                  in_channels: int = 3):
         super().__init__()
-        if (depth - 2) % 6 or depth < 8:
-            raise ValueError(f"Expected `depth` to be 6n+2 (20, 32, 44, 56, ...), but got {depth}.")
-        if int(width) != width or width < 1:
-            raise ValueError(f"Expected `width` to be a positive integer, but got {width!r}.")
-        n, c = (depth - 2) // 6, 16 * int(width)
+        n, c = _stage_sizes(depth, 2, "20, 32, 44, 56", width)
         self.num_classes, self.num_rotations = num_classes, 0
         self.stem = nn.Sequential(*_conv_bn_relu(in_channels, c, 1))
-        self.layer1 = self._stage(c, c, n, 1)
-        self.layer2 = self._stage(c, 2 * c, n, 2)
-        self.layer3 = self._stage(2 * c, 4 * c, n, 2)
+        self._stages(c, c, n)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.head = nn.Linear(4 * c, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    @staticmethod
-    def _stage(c_in: int, c_out: int, n: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(BasicBlock(c_in, c_out, stride),
-                             *[BasicBlock(c_out, c_out) for _ in range(n - 1)])
+        self._init_convs()
 
 
 class WideBasicBlock(nn.Module):
@@ -224,7 +240,7 @@ class WideBasicBlock(nn.Module):
         return out + (x if self.shortcut is None else self.shortcut(a))
 
 
-class WideResNet(_Backbone):
+class WideResNet(_ThreeStages):
     """WideResNet-``depth``-``width`` for CIFAR (WRN-40-k: ``depth=40``, 6 blocks a stage).
 
     A 3x3 stem conv with 16 channels, three stages of ``(depth - 4) / 6`` pre-activation
@@ -244,32 +260,19 @@ class WideResNet(_Backbone):
         in_channels: image channels.
     """
 
-    block_names = ("layer1", "layer2", "layer3")
+    block = WideBasicBlock
 
     def __init__(self, depth: int = 40, num_classes: int = 10, width: int = 1,
                  in_channels: int = 3):
         super().__init__()
-        if (depth - 4) % 6 or depth < 10:
-            raise ValueError(f"Expected `depth` to be 6n+4 (16, 22, 28, 40, ...), but got {depth}.")
-        if int(width) != width or width < 1:
-            raise ValueError(f"Expected `width` to be a positive integer, but got {width!r}.")
-        n, c = (depth - 4) // 6, 16 * int(width)
+        n, c = _stage_sizes(depth, 4, "16, 22, 28, 40", width)
         self.num_classes, self.num_rotations = num_classes, 0
         self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
-        self.layer1 = self._stage(16, c, n, 1)
-        self.layer2 = self._stage(c, 2 * c, n, 2)
-        self.layer3 = self._stage(2 * c, 4 * c, n, 2)
+        self._stages(16, c, n)
         self.pool = nn.Sequential(nn.BatchNorm2d(4 * c), nn.ReLU(inplace=True),
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.head = nn.Linear(4 * c, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    @staticmethod
-    def _stage(c_in: int, c_out: int, n: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(WideBasicBlock(c_in, c_out, stride),
-                             *[WideBasicBlock(c_out, c_out) for _ in range(n - 1)])
+        self._init_convs()
 
 
 # ------------------------------------------------------------------------- entry points
