@@ -488,20 +488,23 @@ def test_a_dataset_subset_is_the_seeded_one():
     pd.testing.assert_frame_equal(got, want)
 
 
-def test_mean_activation_is_each_points_own_mean():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mean_activation_is_each_points_own_mean(dtype):
     # the metric-bias input: the mean (and mean magnitude) of all activations at a point over
-    # every image, streamed in batches of 3, against the network's own stages here
+    # every image, streamed in batches of 3, against the network's own stages here; a float64
+    # model too (its sums are float64 throughout)
     torch.manual_seed(5)
-    net = circular_net()
-    x = torch.rand(7, 3, 12, 12) - 0.3
+    net = circular_net().to(dtype)
+    x = (torch.rand(7, 3, 12, 12) - 0.3).to(dtype)
     rep = ef.measure(net, x, transforms=[ef.Rotation(1)], batch_size=3)
     got = rep.points.set_index("point")
+    rel = 1e-5 if dtype == torch.float32 else 1e-12
     with torch.no_grad():
         for name, stages in (("0", net[:1]), ("1", net[:2]), ("2", net[:3]), ("pool", net[:5]),
                              ("final", net)):
             f = stages(x).double()
-            assert math.isclose(got.loc[name, "mean_activation"], f.mean().item(), rel_tol=1e-5)
-            assert math.isclose(got.loc[name, "mean_magnitude"], f.abs().mean().item(), rel_tol=1e-5)
+            assert math.isclose(got.loc[name, "mean_activation"], f.mean().item(), rel_tol=rel)
+            assert math.isclose(got.loc[name, "mean_magnitude"], f.abs().mean().item(), rel_tol=rel)
 
 
 def test_a_repeated_transform_is_refused():
