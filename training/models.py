@@ -1,12 +1,13 @@
 """The networks of the thesis studies (section 4.2): the 7-layer CNN, ResNet-44 and WRN-40.
 
-Both are plain :class:`torch.nn.Module` s whose top-level children are the representation
+All are plain :class:`torch.nn.Module` s whose top-level children are the representation
 points in order, so :func:`equifast.split` (and a reader) finds them without tracing:
 
-- ``stem``: the first convolution block (its output is the first point);
+- ``stem``: the first convolution (block) (its output is the first point);
 - the blocks: ``layers`` (CNN, an ``nn.Sequential``) or ``layer1``, ``layer2``, ``layer3``
-  (ResNet, one ``nn.Sequential`` of basic blocks per stage; every block is a point);
-- ``pool``: global average pooling and flatten, ``[N, C, h, w] -> [N, C]`` (the **pool** part);
+  (ResNet and WideResNet, one ``nn.Sequential`` of blocks per stage; every block is a point);
+- ``pool``: global average pooling and flatten, ``[N, C, h, w] -> [N, C]`` (the **pool**
+  part; WideResNet's final BN-ReLU comes first);
 - ``head``: one ``nn.Linear`` (the **final** part, the logits).
 
 :meth:`point_names` lists the qualified names of the points before pooling, for users who

@@ -39,6 +39,9 @@ __all__ = ["Recipe", "RECIPES", "get_recipe", "list_recipes", "IGNORED_ON_RESUME
 IGNORED_ON_RESUME = ("data_root", "download", "device", "num_workers", "name")
 
 
+# Fields that parametrise one augmentation, by its name's prefix.
+_PARAMETERS_OF = ("randaugment_", "cutmix_")
+
 # What runs saved before a field existed did: CutMix mixed every batch.
 _BEFORE_FIELDS = {"randaugment_ops": 2, "randaugment_magnitude": 9, "cutmix_alpha": 1.0,
                   "cutmix_prob": 1.0}
@@ -156,9 +159,12 @@ class Recipe:
         return cls(**{**_BEFORE_FIELDS, **d, "milestones": tuple(d.get("milestones", ()))})
 
     def same_run(self, other: "Recipe") -> bool:
-        """Whether two recipes train the same model (ignores :data:`IGNORED_ON_RESUME`)."""
+        """Whether two recipes train the same model (ignores :data:`IGNORED_ON_RESUME`, and
+        the parameters of augmentations neither uses)."""
         a, b = self.to_dict(), other.to_dict()
-        return all(a[k] == b[k] for k in a if k not in IGNORED_ON_RESUME)
+        return all(a[k] == b[k] for k in a if k not in IGNORED_ON_RESUME
+                   and not (k.startswith(_PARAMETERS_OF) and
+                            k.split("_")[0] not in (self.augment, other.augment)))
 
 
 def _objective(dataset: str) -> Recipe:
