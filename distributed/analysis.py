@@ -191,9 +191,9 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     ``fig11_translation.png`` and ``fig12_rotation.png`` (parts per model, via
     :func:`equifast.figures.plot_parts`; other families as ``parts_<family>.png``), and
     ``fig13_accuracy_correlation.png`` (via :func:`equifast.figures.plot_accuracy_correlation`;
-    drawn when at least ``min_models`` models have an accuracy; an earlier one that no longer
-    is drawn is removed). With several datasets or transform sets, their names are added to
-    the file names. ``out_dir`` must be missing, empty or hold only such files: a user's
+    drawn when at least ``min_models`` models have an accuracy). With several datasets or
+    transform sets, their names are added to the file names. An earlier report's figures are
+    removed first, so that none is left beside tables it does not match. ``out_dir`` must be missing, empty or hold only such files: a user's
     other files there are refused, never replaced.
 
     Returns:
@@ -210,6 +210,9 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     scores = part_scores(source, metric=metric, accuracy=accuracy)
     corr = accuracy_correlation(scores, min_models=min_models)
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):  # an earlier report's figures would disagree with the tables
+        if old.name.startswith(_OWN_FILES):
+            old.unlink()
     tables = [out / "part_scores.csv", out / "accuracy_correlation.csv"]
     write_csv_atomic(tables[0], scores)
     write_csv_atomic(tables[1], corr)
@@ -233,10 +236,8 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
             plt.close(fig)
             figures.append(path)
         c = corr[(corr["dataset"] == ds) & corr["spearman"].notna()]
-        path = out / f"fig13_accuracy_correlation{suffix}.png"
-        if not len(c):  # an earlier run's figure 13 would disagree with the tables beside it
-            path.unlink(missing_ok=True)
-        else:
+        if len(c):
+            path = out / f"fig13_accuracy_correlation{suffix}.png"
             n = int(c["n_models"].max())
             fig = plot_accuracy_correlation(c[["part", "family", "transforms", "score", "spearman"]], path=path,
                                             title=f"Spearman of part scores with top-1 accuracy "

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from equifast.devices import parse_device
-from equifast.models import (close_model_names, is_known_model, torchvision_weights,
+from equifast.models import (checkpoint_path, close_model_names, is_known_model, torchvision_weights,
                              torchvision_weights_names)
 
 __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
@@ -215,8 +215,7 @@ def _job_content(model, dataset, transforms, metrics, seed, n_images, batch_size
            "n_images": n_images, "batch_size": batch_size, "vector_mode": vector_mode, "amp": amp}
     if not tensor_cores:  # only when off, so the ids of existing (default) sweeps stay the same
         out["tensor_cores"] = False
-    if model.weights not in (None, "default", "embedded") and \
-            torchvision_weights(model.arch, model.weights) is None:
+    if checkpoint_path(model.arch, model.weights) is not None:
         # a checkpoint retrained in place measures something else: a new job, not a skip
         path = _resolve(model.weights, base_dir)
         if os.path.isfile(path):
@@ -646,14 +645,14 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
     if weights in _NO_WEIGHTS:
         weights = None
     elif not isinstance(weights, str):
-        problems.append(f"{where}.weights: Expected 'default', 'none' or a checkpoint path, but got {weights!r}.")
+        problems.append(f"{where}.weights: Expected 'default', 'none', a checkpoint path or torchvision "
+                        f"weights by name (IMAGENET1K_V1), but got {weights!r}.")
         ok = False
     elif weights == "embedded" and arch != "efficientnet_lite0":
         problems.append(f"{where}.weights: Expected 'embedded' only with efficientnet_lite0, but the "
                         f"model is {arch!r}.")
         ok = False
-    elif weights not in ("default", "embedded") and torchvision_weights(arch, weights) is None \
-            and not os.path.isfile(_resolve(weights, base_dir)):
+    elif checkpoint_path(arch, weights) is not None and not os.path.isfile(_resolve(weights, base_dir)):
         problems.append(f"{where}.weights: Expected a checkpoint file or the name of torchvision "
                         f"weights, but {weights!r} is neither (looked at "
                         f"{_resolve(weights, base_dir)!r}); fix the path or use "

@@ -206,7 +206,7 @@ class ResultStore:
             job_ids = saved["jobs"] if saved else sorted(self.states())
         states = self.states()
         status = self.read_status() or {}
-        live = status.get("state") == "running" and _alive(status.get("host"), status.get("pid"))
+        live = self.state() == "running"
         running = set(status.get("running_ids", [])) if live else set()
         out = dict.fromkeys(STATES, 0)
         for jid in job_ids:

@@ -160,7 +160,7 @@ def measure_job(job: Job, shard: int = 0, shards: Optional[int] = None):
         >>> state.report().parts                                           # doctest: +SKIP
     """
     import equifast
-    from equifast.models import load_model
+    from equifast.models import checkpoint_path, load_model
     from equifast.transforms import parse_transforms
 
     shards = job.shards if shards is None else shards
@@ -169,8 +169,8 @@ def measure_job(job: Job, shard: int = 0, shards: Optional[int] = None):
     started = time.time()
     torch.manual_seed(job.seed)
     weights = job.model.weights
-    if weights not in (None, "default", "embedded"):
-        weights = job.resolve(weights)
+    if checkpoint_path(job.model.arch, weights) is not None:
+        weights = job.resolve(weights)  # relative to the spec's folder
     model, preprocess = load_model(job.model.arch, weights=weights, num_classes=job.model.num_classes)
     images, preprocess = job_inputs(job, preprocess)
     part = _shard(images, shard, shards)
@@ -352,6 +352,8 @@ def _check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
     if address.startswith(("http://", "https://")):
         raise ConnectionError(f"Expected a Ray cluster address ({where}), but {address!r} is "
                               f"{dashboard}.")
+    if "://" in address.replace("ray://", "", 1):
+        return  # another scheme (anyscale://...): Ray's to resolve
     host, _, port = address.replace("ray://", "", 1).rpartition(":")
     if not host or not port.isdigit():
         raise ConnectionError(f"Expected a Ray cluster address ({where}): HOST:PORT, "

@@ -142,6 +142,24 @@ def test_example_specs_load(folder):
     assert hub_accuracy("resnet50") == pytest.approx(0.80858)
 
 
+def test_the_cluster_prefetches_what_the_seminal_spec_loads(monkeypatch):
+    import shlex
+
+    import yaml
+
+    import equifast.models
+
+    setup = yaml.safe_load((EXAMPLES.parent / "cluster.yaml").read_text())["setup_commands"]
+    (command,) = [c for c in setup if "load_model" in c]
+    code = shlex.split(command)[2]  # python -c CODE
+    fetched = []
+    monkeypatch.setattr(equifast.models, "load_model", lambda name, weights: fetched.append((name, weights)))
+    exec(code.replace("/home/ray/equifast/distributed/examples", str(EXAMPLES)), {})
+    models = yaml.safe_load((EXAMPLES / "seminal.yaml").read_text())["models"]
+    assert fetched == [(m["name"], m.get("weights", "default")) for m in models]
+    assert ("resnet50", "IMAGENET1K_V1") in fetched
+
+
 def test_named_torchvision_weights_in_a_spec(folder):
     models = [{"name": "resnet50", "label": "v1", "weights": "IMAGENET1K_V1"},
               {"name": "resnet50", "label": "v2"}]
@@ -158,6 +176,24 @@ def test_named_torchvision_weights_in_a_spec(folder):
         load_spec(_spec(folder, models=[{"name": "resnet50", "weights": "IMAGENET1K_V3"}]))
     with pytest.raises(SpecError, match="has none; write the top-1 accuracy"):  # timm: no metadata
         load_spec(_spec(folder, models=[{"name": "resnet10t", "accuracy": "hub"}]))
+
+
+def test_a_job_with_named_torchvision_weights_loads_them(folder, monkeypatch):
+    import torchvision
+
+    asked, real = [], torchvision.models.get_model
+
+    def offline(name, weights=None, **kw):  # what would be downloaded; built without it
+        asked.append(weights)
+        return real(name, weights=None, **kw)
+
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    spec = load_spec(_spec(folder, models=[{"name": "resnet18", "weights": "IMAGENET1K_V1"}],
+                           transforms={"rotation": "rotation:90"}))
+    with pytest.warns(UserWarning, match="No accuracy"):  # 1000 classes, two class folders
+        state, info = measure_job(spec.jobs()[0], 0)  # not read as a path beside the spec
+    assert asked == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1]
+    assert state.report().meta["n_images"] == 8
 
 
 def test_bad_spec_fails_before_any_job(folder, tmp_path, capsys):
@@ -439,9 +475,13 @@ def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, ca
     scores = pd.read_csv(out / "figures" / "part_scores.csv")
     assert dict(zip(scores["model"], scores["accuracy"])) == {
         m.label: pytest.approx(m.accuracy) for m in spec.models}
-    # no figure 13 this time: the one drawn before, which the tables no longer match, is gone
+    # no figure 13 this time: the one drawn before, which the tables no longer match, is gone,
+    # and so is a figure of a family the sweep no longer has
+    (out / "figures" / "parts_gone.png").write_bytes(b"")
     assert sweep_main(["report", "--out", str(out), "--accuracy", "measured"]) == 0
     assert not (out / "figures" / "fig13_accuracy_correlation.png").exists()
+    assert not (out / "figures" / "parts_gone.png").exists()
+    assert (out / "figures" / "fig12_rotation.png").is_file()
     # a user's folder as --figures: refused, their file untouched
     mine = tmp_path / "mine"
     mine.mkdir()
