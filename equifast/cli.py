@@ -125,7 +125,8 @@ def _run_measure(args) -> int:
             bias = report.metric_bias()
             write_csv_atomic(out / "metric_bias.csv", bias["table"])
             files.append(out / "metric_bias.csv")
-            print("\nMetric bias (correlation of each score with the mean activation, across the points before global pooling):")
+            print("\nMetric bias (correlation of each score with the mean activation and the mean magnitude, "
+                  "across the points before global pooling):")
             print(bias["correlation"].to_string(index=False))
     print("\nwrote " + ", ".join(str(f) for f in files))
     return 0

@@ -53,11 +53,13 @@ def metric_bias(points: pd.DataFrame,
     """The metric-bias analysis of thesis section 4.1.1 (Fig. 5b).
 
     Needs a points table measured with both metrics. Returns ``{"table": per point and
-    family: mean activation, cosine and correlation channel scores; "correlation": Pearson
-    correlation, across the points of ``parts``, of the mean activation with each metric's
-    score}``. The thesis correlates the scores "after each residual block", i.e. the maps
-    before global pooling: ``pool`` and ``final`` (invariance scores near 1, logits with any
-    mean) are in the table but not in the correlation unless ``parts=None`` (all points).
+    family: mean activation (and mean magnitude), cosine and correlation channel scores;
+    "correlation": Pearson correlation, across the points of ``parts``, of the mean activation
+    (and of the mean magnitude, the thesis' "magnitude of the activations"; the two are equal
+    after a ReLU) with each metric's score}``. The thesis correlates the scores "after each
+    residual block", i.e. the maps before global pooling: ``pool`` and ``final`` (invariance
+    scores near 1, logits with any mean) are in the table but not in the correlation unless
+    ``parts=None`` (all points).
     """
     if not {"cosine", "correlation"} <= set(points.get("metric", pd.Series(dtype=str)).unique()):
         raise ValueError("Expected a report measured with metric=['correlation', 'cosine'] "
@@ -65,21 +67,23 @@ def metric_bias(points: pd.DataFrame,
     table = (points.pivot_table(index=["order", "point", "part", "family"], columns="metric",
                                 values="channel", aggfunc="mean", sort=False)
              .reset_index())
-    act = points.groupby("point", sort=False)["mean_activation"].first()
-    table.insert(4, "mean_activation", table["point"].map(act))
+    stats = [c for c in ("mean_activation", "mean_magnitude") if c in points]
+    for i, c in enumerate(stats):
+        table.insert(4 + i, c, table["point"].map(points.groupby("point", sort=False)[c].first()))
     table = table.sort_values(["family", "order"]).drop(columns="order").reset_index(drop=True)
     table.columns.name = None
-    corr = {}
+    rows = []
     for fam, g in table.groupby("family", sort=False):
         if parts is not None:
             g = g[g["part"].astype(str).isin(list(parts))]
         for m in ("cosine", "correlation"):
-            ok = g[[m, "mean_activation"]].dropna()
-            corr[(fam, m)] = (float(np.corrcoef(ok[m], ok["mean_activation"])[0, 1])
-                              if len(ok) > 2 else float("nan"))
-    summary = pd.DataFrame([{"family": f, "metric": m, "correlation_with_mean_activation": v}
-                            for (f, m), v in corr.items()])
-    return {"table": table, "correlation": summary}
+            row = {"family": fam, "metric": m}
+            for c in stats:
+                ok = g[[m, c]].dropna()
+                row[f"correlation_with_{c}"] = (float(np.corrcoef(ok[m], ok[c])[0, 1])
+                                                if len(ok) > 2 else float("nan"))
+            rows.append(row)
+    return {"table": table, "correlation": pd.DataFrame(rows)}
 
 
 def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run: str = "run",

@@ -95,6 +95,13 @@ def test_metric_bias_correlates_cosine_with_activation():
         ["family", "metric"])["correlation_with_mean_activation"]
     assert math.isclose(every[("rotation", "correlation")], float(np.corrcoef(pattern, range(5))[0, 1]))
     assert {"mean_activation", "cosine", "correlation"} <= set(bias["table"].columns)
+    # the thesis' "magnitude of the activations": a second statistic, correlated alike
+    mags = [2.0, 0.5, 1.5, 9.0, 9.0]
+    with_mag = Report.from_rows([dict(r, mean_magnitude=mags[r["order"]]) for r in rows])
+    corr = with_mag.metric_bias()["correlation"].set_index(["family", "metric"])
+    assert math.isclose(corr.loc[("rotation", "correlation"), "correlation_with_mean_magnitude"],
+                        float(np.corrcoef(pattern[:3], mags[:3])[0, 1]))
+    assert math.isclose(corr.loc[("rotation", "cosine"), "correlation_with_mean_activation"], 1.0)
     only = Report.from_rows([r for r in _rows() if r["metric"] == "correlation"])
     with pytest.raises(ValueError, match="cosine"):
         only.metric_bias()
