@@ -289,7 +289,7 @@ def load_model(name: str, weights: Optional[str] = "default",
             raise ValueError(f"Expected no `weights` or `num_classes` for the run folder {name!r} "
                              "(its model is its own checkpoint.pt), but got "
                              f"weights={weights!r}, num_classes={num_classes!r}.")
-        return load_run(name), None
+        return load_run(name, class_logits_only=True), None  # a Rot-Eq run's final: its classes
     named, path = torchvision_weights(name, weights), checkpoint_path(name, weights)
     state = _read_checkpoint(path, name) if path else None
     kwargs = {} if num_classes is None else {"num_classes": num_classes}

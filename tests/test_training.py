@@ -293,8 +293,17 @@ def test_cnn7_structure_and_heads():
     assert len(convs) == 7 and all(c.out_channels == 20 and c.kernel_size == (3, 3) for c in convs)
     x = torch.randn(2, 1, 28, 28)
     assert m.forward_features(x).shape == (2, 20, 2, 2)
-    eq = build_model("cnn7", num_classes=6, num_rotations=4)
-    assert eq(x).shape == (2, 10)
+    eq = build_model("cnn7", num_classes=6, num_rotations=4).eval()
+    full = eq(x)
+    assert full.shape == (2, 10)
+    # measured: the class logits are the final point (a rotation permutes the turn logits)
+    import equifast as ef
+    eq.class_logits_only = True
+    assert torch.equal(eq(x), full[:, :6])
+    points = ef.split(eq, x)
+    assert [p.name for p in points][-2:] == ["pool", "final"]
+    pts = ef.measure(eq, torch.rand(2, 1, 28, 28), transforms=[ef.Rotation(1)]).points
+    assert list(pts.loc[pts.point == "final", "shape"]) == ["6"]
 
 
 def test_resnet44_structure_and_widths():

@@ -147,8 +147,11 @@ class CNN7(_Backbone):
     - MNIST6 / Rot-Inv: ``num_classes=6`` logits.
     - Rot-Eq: ``num_classes=6, num_rotations=4``: one linear layer with ``6 + 4`` outputs;
       the first 6 are the class logits, the last 4 the quarter-turn logits (two linear
-      heads sharing one module, so the **final** point stays one vector). The loss is the
-      sum of the two cross-entropies.
+      heads sharing one module). The loss is the sum of the two cross-entropies. With
+      ``class_logits_only`` set (as the measuring side loads a run) the model returns the
+      class logits alone: the **final** point. A rotation of the input permutes the turn
+      logits (the equivariance the objective asks for), which the final point's identity
+      comparison would score as a loss of invariance.
 
     Module tree: ``stem`` (layer 1), ``layers`` (layers 2..7; layer 2 ends with the
     max-pool), ``pool``, ``head``.
@@ -175,6 +178,11 @@ class CNN7(_Backbone):
         self.layers = nn.Sequential(*blocks)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.head = nn.Linear(width, num_classes + num_rotations)
+        self.class_logits_only = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out[:, :self.num_classes] if self.class_logits_only else out
 
 
 class ResNet(_ThreeStages):

@@ -170,7 +170,8 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
         if key not in cache:
             cache[key] = measure_images(recipe.dataset, root, n, recipe.data_seed,
                                         download=download)
-        report = equifast.measure(load_model(run), cache[key], transforms=transforms,
+        model = load_model(run, class_logits_only=True)  # a Rot-Eq model's final: its classes
+        report = equifast.measure(model, cache[key], transforms=transforms,
                                   metric=metric, batch_size=batch_size, n_images=n,
                                   device=device, seed=0)
         parts = report.parts.copy()

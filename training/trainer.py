@@ -107,9 +107,11 @@ def build_model_for(recipe: Recipe) -> nn.Module:
                        in_channels=info["in_channels"])
 
 
-def load_model(out_dir: str, map_location: str = "cpu") -> nn.Module:
+def load_model(out_dir: str, map_location: str = "cpu", class_logits_only: bool = False) -> nn.Module:
     """Rebuild a run's model from ``recipe.json`` and its weights (``model.pt``, else the
-    latest ``checkpoint.pt``), in eval mode.
+    latest ``checkpoint.pt``), in eval mode; with ``class_logits_only`` a Rot-Eq model returns
+    its class logits without the turn logits (how the runs are measured: see
+    :class:`~equifast.training.models.CNN7`).
 
     Example:
         >>> model = load_model("runs/cnn7-fmnist6/seed0")  # doctest: +SKIP
@@ -125,6 +127,8 @@ def load_model(out_dir: str, map_location: str = "cpu") -> nn.Module:
     else:
         state = _load_checkpoint(out / CHECKPOINT, map_location)["model"]
     model.load_state_dict(state)
+    if hasattr(model, "class_logits_only"):
+        model.class_logits_only = class_logits_only
     return model.eval()
 
 
