@@ -7,7 +7,7 @@ measures (model, weights and a checkpoint's content, data, transforms, metrics, 
 of images, batch size), not of how it runs (resources, shards, retries), so changing a
 cluster setting never re-measures a finished job.
 
-Example (``distributed/examples/small.yaml`` runs offline)::
+Example, with every kind of entry (``distributed/examples/small.yaml`` is one that runs offline)::
 
     name: small
     out: runs/sweep-small

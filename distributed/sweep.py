@@ -339,9 +339,11 @@ def _init_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
 
 
 def _check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
-    """Raise ConnectionError unless ``address`` (or ``RAY_ADDRESS``), when it names a host and
-    port, accepts a TCP connection within ``timeout_s``: ``ray.init`` retries a wrong address
-    for many minutes."""
+    """Raise ConnectionError unless ``address`` (or ``RAY_ADDRESS``) can be a Ray cluster: a
+    ``host:port`` (or ``ray://``) that accepts a TCP connection within ``timeout_s`` and does
+    not answer HTTP (the dashboard does), ``auto``, ``local`` or another scheme Ray resolves;
+    ``http(s)://`` and malformed addresses are refused. ``ray.init`` would retry some of
+    them for many minutes."""
     where = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
     if not address or address in ("auto", "local"):
@@ -411,7 +413,9 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     Raises:
         SpecError: an invalid spec (nothing ran). BlockingIOError: another live sweep writes
         ``out``.
-        ConnectionError: nothing accepts connections at ``address`` (``host:port``).
+        ConnectionError: ``address`` is no Ray cluster: nothing accepts connections at
+        ``host:port``, it is the dashboard's (``http://``, or a port answering HTTP), it is
+        malformed, or ``auto`` finds no cluster; nothing is written then.
     """
     import ray
 
