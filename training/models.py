@@ -22,7 +22,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -102,23 +102,38 @@ class _Backbone(nn.Module):
 
 
 class _ThreeStages(_Backbone):
-    """The CIFAR ResNets' body: three stages of ``n`` blocks (``block``) with ``16, 32, 64``
-    times ``width`` channels, stride 2 at the start of stages 2 and 3; Kaiming-initialised
-    convolutions."""
+    """The CIFAR ResNets' body: a stem, three stages of ``n`` blocks (``block``) with ``16, 32,
+    64`` times ``width`` channels, stride 2 at the start of stages 2 and 3, a pooling head and
+    one linear layer; Kaiming-initialised convolutions. Subclasses give the block, the depth's
+    form ``6n + outside``, the stem and the pooling."""
 
     block_names = ("layer1", "layer2", "layer3")
     block: type = BasicBlock
+    default_depth, outside, depths = 44, 2, "20, 32, 44, 56"  # 6n + outside; examples
 
-    def _stages(self, c_in: int, c: int, n: int) -> None:
+    def __init__(self, depth: Optional[int] = None, num_classes: int = 10, width: int = 1,
+                 in_channels: int = 3):
+        super().__init__()
+        n, c = _stage_sizes(depth or self.default_depth, self.outside, self.depths, width)
+        self.num_classes, self.num_rotations = num_classes, 0
+        self.stem, c_in = self._stem(in_channels, c)
         for name, (a, b, stride) in zip(self.block_names,
                                         ((c_in, c, 1), (c, 2 * c, 2), (2 * c, 4 * c, 2))):
             setattr(self, name, nn.Sequential(self.block(a, b, stride),
                                               *[self.block(b, b) for _ in range(n - 1)]))
-
-    def _init_convs(self) -> None:
+        self.pool = nn.Sequential(*self._before_pooling(4 * c), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(1))
+        self.head = nn.Linear(4 * c, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _stem(self, in_channels: int, c: int):
+        """The stem module and its output channels."""
+        raise NotImplementedError
+
+    def _before_pooling(self, c: int) -> List[nn.Module]:
+        return []
 
 
 def _stage_sizes(depth: int, outside: int, examples: str, width) -> tuple:
@@ -210,17 +225,10 @@ class ResNet(_ThreeStages):
     """
 
     block = BasicBlock
+    default_depth, outside, depths = 44, 2, "20, 32, 44, 56"
 
-    def __init__(self, depth: int = 44, num_classes: int = 10, width: int = 1,
-                 in_channels: int = 3):
-        super().__init__()
-        n, c = _stage_sizes(depth, 2, "20, 32, 44, 56", width)
-        self.num_classes, self.num_rotations = num_classes, 0
-        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, c, 1))
-        self._stages(c, c, n)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        self.head = nn.Linear(4 * c, num_classes)
-        self._init_convs()
+    def _stem(self, in_channels: int, c: int):
+        return nn.Sequential(*_conv_bn_relu(in_channels, c, 1)), c
 
 
 class WideBasicBlock(nn.Module):
@@ -270,18 +278,13 @@ class WideResNet(_ThreeStages):
     """
 
     block = WideBasicBlock
+    default_depth, outside, depths = 40, 4, "16, 22, 28, 40"
 
-    def __init__(self, depth: int = 40, num_classes: int = 10, width: int = 1,
-                 in_channels: int = 3):
-        super().__init__()
-        n, c = _stage_sizes(depth, 4, "16, 22, 28, 40", width)
-        self.num_classes, self.num_rotations = num_classes, 0
-        self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
-        self._stages(16, c, n)
-        self.pool = nn.Sequential(nn.BatchNorm2d(4 * c), nn.ReLU(inplace=True),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        self.head = nn.Linear(4 * c, num_classes)
-        self._init_convs()
+    def _stem(self, in_channels: int, c: int):
+        return nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), 16
+
+    def _before_pooling(self, c: int) -> List[nn.Module]:
+        return [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
 
 
 # ------------------------------------------------------------------------- entry points
