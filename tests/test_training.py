@@ -587,8 +587,13 @@ def test_cli_train(tmp_path, capsys):
     assert main(["train", "cnn7-fmnist6-rot-inv", "--epochs", "2", "--milestones", "1",
                  "--subset", "256", "--test-subset", "128", "--seed", "3", "--device", "cpu",
                  "--out", out]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out.strip().splitlines()[-1])
     assert printed["epochs"] == 2 and 0 <= printed["test_acc"] <= 1
+    # a progress line per epoch on stderr, from the same rows as metrics.csv
+    lines = captured.err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert f"acc {printed['test_acc']:.4f}, lr 0.001" in lines[1]
     saved = json.loads(open(os.path.join(out, "recipe.json")).read())
     assert saved["seed"] == 3 and saved["milestones"] == [1]
     # the shortened schedule ran: the recipe's lr in epoch 1, gamma times it after milestone 1
@@ -633,10 +638,21 @@ def test_cli_parsers_plug_into_a_parent():
 
 @needs_fmnist
 def test_study_with_real_measure(tmp_path):
+    lines = []
     summary = run_study("objective-fashion", str(tmp_path), seeds=[0],
-                        overrides={**QUICK, "epochs": 1}, n_images=64)
+                        overrides={**QUICK, "epochs": 1}, n_images=64, echo=lines.append)
     assert set(summary["part"]) >= {"early", "middle", "late", "pool", "final"}
     assert summary["channel_mean"].between(0, 1).all()
+    # progress: each run, its one epoch, its accuracy, then the measuring
+    assert lines[0] == f"[objective-fashion 1/3] FMNIST6, seed 0 -> {tmp_path}/FMNIST6/seed0"
+    assert lines[1].startswith("  epoch 1/1: train loss ") and lines[2].startswith("  test acc ")
+    assert sum(line.startswith("  epoch 1/1:") for line in lines) == 3
+    assert lines[-1] == "[objective-fashion] measuring 3 runs"
+    # a rerun trains nothing: the finished runs are read back
+    again = []
+    run_study("objective-fashion", str(tmp_path), seeds=[0], overrides={**QUICK, "epochs": 1},
+              measure=False, echo=again.append)
+    assert not any(line.startswith("  epoch") for line in again) and len(again) == 6
 
 
 def _write_cifar10(root, n_train=64, n_test=32, seed=0):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import List, Optional
 
 __all__ = ["add_train_parser", "add_study_parser", "main", "build_parser"]
@@ -41,12 +42,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true", help="one GPU per Ray worker")
     p.add_argument("--overwrite", action="store_true",
                    help="retrain and replace finished runs in the output folder")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress lines (one per epoch on stderr; Ray Train prints its own)")
 
 
 def _overrides(args) -> dict:
     return dict(data_root=args.data_root, download=args.download, epochs=args.epochs,
                 milestones=args.milestones, batch_size=args.batch_size, lr=args.lr, train_subset=args.subset,
                 test_subset=args.test_subset, device=args.device)
+
+
+def _echo(args):
+    """Progress lines to stderr (stdout keeps the result), or nowhere with --quiet."""
+    return None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def _check_workers(args) -> None:
@@ -62,13 +70,16 @@ def _run_train(args) -> int:
     _check_workers(args)
     recipe = get_recipe(args.recipe, seed=args.seed, **_overrides(args))
     out = args.out or os.path.join("runs", recipe.name, f"seed{recipe.seed}")
+    echo = _echo(args)
     if args.workers > 1 or args.gpu:
         from .ray_train import train_ray
         result = train_ray(recipe, out, num_workers=args.workers, use_gpu=args.gpu,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite)  # Ray Train reports each epoch itself
     else:
-        from .trainer import train
-        result = train(recipe, out, overwrite=args.overwrite)
+        from .trainer import epoch_line, train
+        progress = None if echo is None else \
+            (lambda epoch, row: echo(epoch_line(epoch, recipe.epochs, row)))
+        result = train(recipe, out, overwrite=args.overwrite, callback=progress)
     summary = {"out": result.out_dir, "epochs": result.epochs, "test_acc": result.test_acc,
                "test_loss": result.test_loss}
     if result.test_rot_acc is not None:
@@ -87,7 +98,8 @@ def _run_study(args) -> int:
     out = args.out or os.path.join("runs", study.name)
     summary = run_study(study.name, out, seeds=args.seeds, overrides=_overrides(args),
                         workers=args.workers, measure=not args.no_measure,
-                        n_images=args.n_images, device=args.device, overwrite=args.overwrite)
+                        n_images=args.n_images, device=args.device, overwrite=args.overwrite,
+                        echo=_echo(args))
     if summary is not None:
         print(summary.to_string(index=False))
         print(f"figure: {os.path.join(out, 'figure.png')}")

@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -233,8 +233,8 @@ def plot_study(summary: pd.DataFrame, path: Optional[str] = None, title: str = "
 
 def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
               overrides: Optional[Dict] = None, workers: int = 1, measure: bool = True,
-              n_images: Optional[int] = None, device=None, overwrite: bool = False
-              ) -> Optional[pd.DataFrame]:
+              n_images: Optional[int] = None, device=None, overwrite: bool = False,
+              echo: Optional[Callable[[str], None]] = None) -> Optional[pd.DataFrame]:
     """Train every setting and seed of a study, then measure, tabulate and draw it.
 
     Finished runs are reused (nothing is retrained), so an interrupted study continues
@@ -251,6 +251,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         measure: measure and draw after training.
         n_images, device: passed to :func:`measure_study`.
         overwrite: retrain runs that are already finished.
+        echo: where progress lines go (a line per run and, in this process, per epoch),
+            e.g. ``print``.
 
     Returns:
         The summary table, or ``None`` when ``measure=False``.
@@ -259,21 +261,27 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         >>> run_study("objective-fashion", "runs/objective-fashion",
         ...           overrides={"epochs": 2, "train_subset": 2000})  # doctest: +SKIP
     """
-    from .trainer import train
+    from .trainer import epoch_line, train
     study = get_study(name)
     _check_seeds_and_images(seeds, n_images)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     _claim_folder(out, study.name)
-    for label, recipe_name, seed in study.runs(seeds):
+    say = echo or (lambda _line: None)
+    runs = study.runs(seeds)
+    for i, (label, recipe_name, seed) in enumerate(runs, 1):
         recipe = get_recipe(recipe_name, **{**overrides, "seed": seed})
         run = _run_dir(out, label, seed)
+        say(f"[{study.name} {i}/{len(runs)}] {label}, seed {seed} -> {run}")
         if workers > 1:
             from .ray_train import train_ray
-            train_ray(recipe, run, num_workers=workers, overwrite=overwrite)
+            result = train_ray(recipe, run, num_workers=workers, overwrite=overwrite)
         else:
-            train(recipe, run, overwrite=overwrite)
+            result = train(recipe, run, overwrite=overwrite,
+                           callback=lambda e, row: say("  " + epoch_line(e, recipe.epochs, row)))
+        say(f"  test acc {result.test_acc:.4f} ({result.epochs} epochs)")
     if not measure:
         return None
+    say(f"[{study.name}] measuring {len(runs)} runs")
     runs = measure_study(study, out, seeds, n_images=n_images, device=device,
                          data_root=overrides.get("data_root"),
                          download=bool(overrides.get("download", False)))

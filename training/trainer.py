@@ -54,7 +54,7 @@ from .models import build_model
 from .recipes import Recipe
 
 __all__ = ["TrainResult", "train", "build_model_for", "load_model", "evaluate",
-           "prepare_out_dir", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
+           "prepare_out_dir", "epoch_line", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
 
 CHECKPOINT, METRICS, RESULT, MODEL, RECIPE = (
     "checkpoint.pt", "metrics.csv", "result.json", "model.pt", "recipe.json")
@@ -94,6 +94,15 @@ class TrainResult:
     def load_model(self, map_location: str = "cpu") -> nn.Module:
         """The trained model in eval mode."""
         return load_model(self.out_dir, map_location)
+
+
+def epoch_line(epoch: int, epochs: int, row: Dict) -> str:
+    """One line of progress from an epoch's ``metrics.csv`` row (the CLI's and the studies')."""
+    line = (f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}, "
+            f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}")
+    if row.get("test_rot_acc") is not None:
+        line += f" (turn {row['test_rot_acc']:.4f})"
+    return line + f", lr {row['lr']:g}, {row['seconds']:.1f} s"
 
 
 # ---------------------------------------------------------------------------- building
