@@ -56,7 +56,7 @@ def metric_bias(points: pd.DataFrame,
     family: mean activation (and mean magnitude), cosine and correlation channel scores;
     "correlation": Pearson correlation, across the points of ``parts``, of the mean activation
     (and of the mean magnitude, the thesis' "magnitude of the activations"; the two are equal
-    after a ReLU) with each metric's score}``. The thesis correlates the scores "after each
+    after a ReLU; NaN for a report saved before it was kept) with each metric's score}``. The thesis correlates the scores "after each
     residual block", i.e. the maps before global pooling: ``pool`` and ``final`` (invariance
     scores near 1, logits with any mean) are in the table but not in the correlation unless
     ``parts=None`` (all points).
@@ -67,7 +67,11 @@ def metric_bias(points: pd.DataFrame,
     table = (points.pivot_table(index=["order", "point", "part", "family"], columns="metric",
                                 values="channel", aggfunc="mean", sort=False)
              .reset_index())
-    stats = [c for c in ("mean_activation", "mean_magnitude") if c in points]
+    if "mean_activation" not in points:
+        raise ValueError("Expected a points table with the activations' statistics "
+                         "(mean_activation), as equifast.measure writes, but it has none.")
+    stats = ["mean_activation", "mean_magnitude"]
+    points = points if "mean_magnitude" in points else points.assign(mean_magnitude=float("nan"))
     for i, c in enumerate(stats):
         table.insert(4 + i, c, table["point"].map(points.groupby("point", sort=False)[c].first()))
     table = table.sort_values(["family", "order"]).drop(columns="order").reset_index(drop=True)

@@ -102,6 +102,12 @@ def test_metric_bias_correlates_cosine_with_activation():
     assert math.isclose(corr.loc[("rotation", "correlation"), "correlation_with_mean_magnitude"],
                         float(np.corrcoef(pattern[:3], mags[:3])[0, 1]))
     assert math.isclose(corr.loc[("rotation", "cosine"), "correlation_with_mean_activation"], 1.0)
+    # a report saved before the magnitude was kept: its column and correlation are NaN; one
+    # without the activations' statistics at all has nothing to correlate: an error
+    assert bias["table"]["mean_magnitude"].isna().all()
+    assert bias["correlation"]["correlation_with_mean_magnitude"].isna().all()
+    with pytest.raises(ValueError, match="mean_activation"):
+        Report.from_rows([{k: v for k, v in r.items() if k != "mean_activation"} for r in rows]).metric_bias()
     only = Report.from_rows([r for r in _rows() if r["metric"] == "correlation"])
     with pytest.raises(ValueError, match="cosine"):
         only.metric_bias()

@@ -346,9 +346,10 @@ def test_wrn40_structure_widths_and_parts():
     assert sizes == {"early": {(32, 32)}, "middle": {(16, 16)}, "late": {(8, 8)}, "pool": set(),
                      "final": set()}
     assert [p.part for p in points].count("early") == 7
-    from equifast.training.models import WideResNet
-    with pytest.raises(ValueError, match="6n\\+4"):
-        WideResNet(depth=41)
+    from equifast.training.models import ResNet, WideResNet
+    for net, depth in ((WideResNet, 41), (WideResNet, 0), (ResNet, 0)):  # 0 is no default
+        with pytest.raises(ValueError, match="6n\\+[24]"):
+            net(depth=depth)
 
 
 # --------------------------------------------------------------------------------- recipes
@@ -637,6 +638,32 @@ def test_cli_parsers_plug_into_a_parent():
 
 
 @needs_fmnist
+@needs_fmnist
+def test_a_rot_eq_run_is_measured_on_its_classes_and_evaluated_on_both(tmp_path):
+    import equifast as ef
+    from equifast.models import load_model as load_by_name
+    from equifast.training.trainer import evaluate
+
+    run = str(tmp_path / "eq")
+    recipe = get_recipe("cnn7-fmnist6-rot-eq", epochs=1, train_subset=256, test_subset=128,
+                        device="cpu")
+    result = train(recipe, run)
+    test = build_dataset("fmnist6-rot-eq", train=False, subset=128)
+    full = load_model(run)
+    measured, _ = load_by_name(run)  # how `equifast measure --model RUN` loads it
+    x = torch.stack([test[i][0] for i in range(8)])
+    with torch.no_grad():
+        assert full(x).shape == (8, 10) and torch.equal(measured(x), full(x)[:, :6])
+    # evaluated, the turn logits count again, whichever way it was loaded
+    for model in (full, measured, result.load_model(class_logits_only=True)):
+        got = evaluate(model, test)
+        assert got["acc"] == pytest.approx(result.test_acc)
+        assert got["rot_acc"] == pytest.approx(result.test_rot_acc)
+    assert measured.class_logits_only  # and left as it was
+    pts = ef.measure(run, transforms=[ef.Rotation(1)], n_images=8).points
+    assert list(pts.loc[pts.point == "final", "shape"]) == ["6"]
+
+
 def test_study_with_real_measure(tmp_path):
     lines = []
     summary = run_study("objective-fashion", str(tmp_path), seeds=[0],

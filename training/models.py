@@ -114,7 +114,8 @@ class _ThreeStages(_Backbone):
     def __init__(self, depth: Optional[int] = None, num_classes: int = 10, width: int = 1,
                  in_channels: int = 3):
         super().__init__()
-        n, c = _stage_sizes(depth or self.default_depth, self.outside, self.depths, width)
+        n, c = _stage_sizes(self.default_depth if depth is None else depth, self.outside,
+                            self.depths, width)
         self.num_classes, self.num_rotations = num_classes, 0
         self.stem, c_in = self._stem(in_channels, c)
         for name, (a, b, stride) in zip(self.block_names,

@@ -91,9 +91,9 @@ class TrainResult:
         """Path of the final ``state_dict``."""
         return os.path.join(self.out_dir, MODEL)
 
-    def load_model(self, map_location: str = "cpu") -> nn.Module:
-        """The trained model in eval mode."""
-        return load_model(self.out_dir, map_location)
+    def load_model(self, map_location: str = "cpu", class_logits_only: bool = False) -> nn.Module:
+        """The trained model in eval mode (see :func:`load_model`)."""
+        return load_model(self.out_dir, map_location, class_logits_only)
 
 
 def epoch_line(epoch: int, epochs: int, row: Dict) -> str:
@@ -187,7 +187,15 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 256, device=None) -> D
     """
     device = torch.device(device) if device else next(model.parameters()).device
     num_classes = getattr(model, "num_classes", None) or 10
-    sums = _run_epoch(model, DataLoader(dataset, batch_size=batch_size), device, num_classes)
+    # a model loaded for measuring hides its turn logits: they are scored here
+    classes_only = getattr(model, "class_logits_only", False)
+    try:
+        if classes_only:
+            model.class_logits_only = False
+        sums = _run_epoch(model, DataLoader(dataset, batch_size=batch_size), device, num_classes)
+    finally:
+        if classes_only:
+            model.class_logits_only = True
     return _summarise(sums, getattr(model, "num_rotations", 0) > 0)
 
 
