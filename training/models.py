@@ -105,7 +105,8 @@ class _ThreeStages(_Backbone):
     """The CIFAR ResNets' body: a stem, three stages of ``n`` blocks (``block``) with ``16, 32,
     64`` times ``width`` channels, stride 2 at the start of stages 2 and 3, a pooling head and
     one linear layer; Kaiming-initialised convolutions. Subclasses give the block, the depth's
-    form ``6n + outside``, the stem and the pooling."""
+    form ``6n + outside`` and, where they differ from the CIFAR ResNet's, the stem and what
+    comes before pooling."""
 
     block_names = ("layer1", "layer2", "layer3")
     block: type = BasicBlock
@@ -130,8 +131,9 @@ class _ThreeStages(_Backbone):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def _stem(self, in_channels: int, c: int):
-        """The stem module and its output channels."""
-        raise NotImplementedError
+        """The stem module and its output channels: He et al.'s CIFAR stem, a 3x3 conv, BN and
+        ReLU with the first stage's channels."""
+        return nn.Sequential(*_conv_bn_relu(in_channels, c, 1)), c
 
     def _before_pooling(self, c: int) -> List[nn.Module]:
         return []
@@ -227,9 +229,6 @@ class ResNet(_ThreeStages):
 
     block = BasicBlock
     default_depth, outside, depths = 44, 2, "20, 32, 44, 56"
-
-    def _stem(self, in_channels: int, c: int):
-        return nn.Sequential(*_conv_bn_relu(in_channels, c, 1)), c
 
 
 class WideBasicBlock(nn.Module):
