@@ -425,7 +425,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     t0 = time.time()
     store.check_folder()
     started_ray = False
-    if not ray.is_initialized() and _todo(store.records_of(jobs), jobs, retry_failed)[2]:
+    if not ray.is_initialized() and any(_to_run(store.get(j.id), retry_failed) for j in jobs):
         # before the store is touched: a wrong address or no cluster leaves nothing behind
         _check_reachable(address)
         started_ray = _init_ray(address, num_cpus)
@@ -543,11 +543,18 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
             store.unlock()
 
 
+def _to_run(record: Optional[dict], retry_failed: bool) -> bool:
+    """Whether a job with this record (``None``: none) runs: not finished, and not failed
+    unless failures are retried."""
+    status = (record or {}).get("status")
+    return status != "ok" and (retry_failed or status != "failed")
+
+
 def _todo(records: Dict[str, Optional[dict]], jobs: List[Job], retry_failed: bool):
     """``(finished ids, failed ids, jobs to run)`` from the jobs' records (``None``: none)."""
     done = {jid for jid, rec in records.items() if rec and rec.get("status") == "ok"}
     failed = {jid for jid, rec in records.items() if rec and rec.get("status") == "failed"}
-    return done, failed, [j for j in jobs if j.id not in done and (retry_failed or j.id not in failed)]
+    return done, failed, [j for j in jobs if _to_run(records[j.id], retry_failed)]
 
 
 class _Counts:

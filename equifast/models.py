@@ -141,13 +141,19 @@ def torchvision_weights(name: str, weights: Optional[str]):
         >>> torchvision_weights("resnet50", "IMAGENET1K_V1").meta["_metrics"]["ImageNet-1K"]["acc@1"]
         76.13
     """
+    enum = _weights_enum(name)
+    if weights in _SPECIAL_WEIGHTS or not isinstance(weights, str) or enum is None:
+        return None
+    return enum.__members__.get(weights.removeprefix(enum.__name__ + "."))
+
+
+def _weights_enum(name: str):
+    """The torchvision model ``name``'s weights enum, ``None`` for other models."""
     import torchvision
 
-    if weights in _SPECIAL_WEIGHTS or not isinstance(weights, str) or \
-            name not in torchvision.models.list_models(module=torchvision.models):
+    if name not in torchvision.models.list_models(module=torchvision.models):
         return None
-    enum = torchvision.models.get_model_weights(name)
-    return enum.__members__.get(weights.removeprefix(enum.__name__ + "."))
+    return torchvision.models.get_model_weights(name)
 
 
 def checkpoint_path(name: str, weights: Optional[str]) -> Optional[str]:
@@ -162,11 +168,8 @@ def checkpoint_path(name: str, weights: Optional[str]) -> Optional[str]:
 
 def torchvision_weights_names(name: str) -> List[str]:
     """The names of the torchvision model ``name``'s weights (``[]`` for other models)."""
-    import torchvision
-
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        return []
-    return list(torchvision.models.get_model_weights(name).__members__)
+    enum = _weights_enum(name)
+    return [] if enum is None else list(enum.__members__)
 
 
 def _checkpoint_extras() -> List:

@@ -53,11 +53,12 @@ def metric_bias(points: pd.DataFrame,
     """The metric-bias analysis of thesis section 4.1.1 (Fig. 5b).
 
     Needs a points table measured with both metrics. Returns ``{"table": per point and
-    family: mean activation (and mean magnitude), cosine and correlation channel scores;
+    family: mean activation and mean magnitude, cosine and correlation channel scores;
     "correlation": Pearson correlation, across the points of ``parts``, of the mean activation
-    (and of the mean magnitude, the thesis' "magnitude of the activations"; the two are equal
-    after a ReLU; NaN for a report saved before it was kept) with each metric's score}``. The thesis correlates the scores "after each
-    residual block", i.e. the maps before global pooling: ``pool`` and ``final`` (invariance
+    and of the mean magnitude (the thesis' "magnitude of the activations"; the two are equal
+    after a ReLU; NaN for a report saved before the magnitude was kept) with each metric's
+    score}``. The thesis correlates the scores "after each residual block", i.e. the maps
+    before global pooling: ``pool`` and ``final`` (invariance
     scores near 1, logits with any mean) are in the table but not in the correlation unless
     ``parts=None`` (all points).
     """
