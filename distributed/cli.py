@@ -109,14 +109,18 @@ def _report(args) -> int:
     return 0
 
 
-def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``sweep run | status | report`` to an argparse subparsers object."""
+def add_sweep_parser(subparsers, run_prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """Add ``sweep run | status | report`` to an argparse subparsers object.
+
+    ``run_prog`` names ``run`` in its usage line where it is reached another way (a Ray job's
+    entry point).
+    """
     p = subparsers.add_parser(
         "sweep", help="measure many models on Ray (run, status, report)",
         description="Sweeps over models, datasets, transform families and seeds, on a laptop or a "
                     "Ray cluster; every job's result is stored once, and a rerun skips finished jobs.")
     sub = p.add_subparsers(dest="sweep_command", metavar="SWEEP_COMMAND")
-    run = sub.add_parser("run", help="run every unfinished job of a spec",
+    run = sub.add_parser("run", prog=run_prog, help="run every unfinished job of a spec",
                          description="Validate a sweep spec, then run every job without a "
                                      "finished record on Ray; results go to --out, and a rerun "
                                      "skips finished jobs.", formatter_class=HelpFormatter)
@@ -155,7 +159,7 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, run_prog: Optional[str] = None) -> int:
     """Run ``equifast sweep`` with ``argv`` (``["run", "spec.yaml", "--out", "runs/x"]``).
 
     Returns the exit status: 0 success, 1 some jobs failed, 2 a usage or spec error.
@@ -164,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] == ["sweep"]:
         argv = argv[1:]
     parser = argparse.ArgumentParser(prog="equifast")
-    add_sweep_parser(parser.add_subparsers(dest="command"))
+    add_sweep_parser(parser.add_subparsers(dest="command"), run_prog=run_prog)
     args = parser.parse_args(["sweep"] + argv)
     try:
         return int(args.func(args) or 0)

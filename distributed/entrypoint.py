@@ -22,7 +22,7 @@ __all__ = ["main"]
 def main(argv: Optional[List[str]] = None) -> int:
     """``equifast sweep run`` with ``argv`` (``SPEC --out DIR [--address ...]``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return _main(["run"] + argv)
+    return _main(["run"] + argv, run_prog="python -m equifast.distributed.entrypoint")
 
 
 if __name__ == "__main__":

@@ -217,6 +217,21 @@ def test_bad_spec_fails_before_any_job(folder, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_ray_job_entry_point_runs_sweep_run_under_its_own_name(folder, tmp_path, capsys):
+    from equifast.distributed import entrypoint
+
+    with pytest.raises(SystemExit) as done:
+        entrypoint.main(["--help"])
+    assert done.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: python -m equifast.distributed.entrypoint ") and "spec" in usage
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text("models: [{name: resnet5O}]\n")
+    assert entrypoint.main([str(spec_file), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert "resnet5O" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_shift_as_large_as_the_images_fails_before_any_job(folder, tmp_path):
     with pytest.raises(SpecError, match=r"fit dataset 'tiny' \(image_size 32\).*32x32 image"):
         run_sweep(_spec(folder, transforms={"translation": "translation:1-32"}), out=tmp_path / "out")
