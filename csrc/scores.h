@@ -12,10 +12,12 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <tuple>
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/aminmax.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/stack.h>
 #include <c10/util/Exception.h>
 
@@ -251,6 +253,14 @@ inline void check_inputs(const at::Tensor& fx, const at::Tensor& ftx, const at::
                 "), but got values in [", lo, ", ", hi,
                 "]; build the indices with Transform.index_map(map_size, input_size).");
   }
+}
+
+// The operator's outputs for fx [N, K, H, W], on its device, for the kernels to fill: the
+// channel and layer scores (float32) and the arg-max channel (int64), [N, K] each.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_scores(const at::Tensor& fx) {
+  const auto fopts = fx.options().dtype(at::kFloat);
+  return {at::empty({fx.size(0), fx.size(1)}, fopts), at::empty({fx.size(0), fx.size(1)}, fopts),
+          at::empty({fx.size(0), fx.size(1)}, fx.options().dtype(at::kLong))};
 }
 
 // Channels adjacent in memory and closer than neighbouring positions (channels-last): both

@@ -1540,10 +1540,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
   TORCH_INTERNAL_ASSERT(fx.device().is_cpu());
   select_cpu_isa();
   const int64_t N = fx.size(0), K = fx.size(1), W = fx.size(3), P = a_index.size(0);
-  auto fopts = fx.options().dtype(at::kFloat);
-  at::Tensor channel = at::empty({N, K}, fopts);
-  at::Tensor layer = at::empty({N, K}, fopts);
-  at::Tensor layer_index = at::empty({N, K}, fx.options().dtype(at::kLong));
+  at::Tensor channel, layer, layer_index;
+  std::tie(channel, layer, layer_index) = empty_scores(fx);
   if (N == 0 || K == 0) return {channel, layer, layer_index};
 
   at::Tensor off_a = position_offsets(a_index, W, fx.stride(2), fx.stride(3));

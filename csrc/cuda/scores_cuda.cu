@@ -883,16 +883,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
   const c10::cuda::CUDAGuard guard(fx.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const int64_t N = fx.size(0), K = fx.size(1), W = fx.size(3), P = a_index.size(0);
-  auto fopts = fx.options().dtype(at::kFloat);
-  at::Tensor channel = at::empty({N, K}, fopts);
-  at::Tensor layer = at::empty({N, K}, fopts);
-  at::Tensor layer_index = at::empty({N, K}, fx.options().dtype(at::kLong));
+  at::Tensor channel, layer, layer_index;
+  std::tie(channel, layer, layer_index) = empty_scores(fx);
   if (N == 0 || K == 0) return {channel, layer, layer_index};
 
   at::Tensor off_a = position_offsets(a_index, W, fx.stride(2), fx.stride(3), stream);
   at::Tensor off_b = position_offsets(b_index, W, ftx.stride(2), ftx.stride(3), stream);
   const int64_t rows = N * K;
-  auto dopts = fx.options().dtype(at::kDouble);
+  const auto fopts = fx.options().dtype(at::kFloat), dopts = fx.options().dtype(at::kDouble);
   auto bopts = fx.options().dtype(at::kByte);
   at::Tensor mean_a = at::empty({rows}, dopts), inv_a = at::empty({rows}, dopts);
   at::Tensor mean_b = at::empty({rows}, dopts), inv_b = at::empty({rows}, dopts);
