@@ -201,6 +201,12 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
     map_size = (int(fx.shape[-2]), int(fx.shape[-1]))
     size = input_size or map_size
     transform.check_input(size)  # a shift as large as the image would wrap around silently
+    a_index, b_index = _index_map(transform, map_size, size, fx.device)
+    if metric == "correlation" and a_index.numel() == 1:
+        # SPEC: no compared position is an error; one leaves every centred vector zero
+        warnings.warn(f"{transform.name} leaves one position to compare on a {map_size[0]}x"
+                      f"{map_size[1]} map (input {size[0]}x{size[1]}): its correlation scores are "
+                      "undefined (NaN); use cosine, smaller shifts or mode='circular'.", stacklevel=2)
     if backend == "reference" or (backend == "auto" and not ops.available()):
         if backend == "auto":
             _warn_fallback()
@@ -208,7 +214,6 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
     if not ops.available():
         raise RuntimeError("backend='operator' was asked for, but equifast._C is not built; "
                            "run `pip install --no-build-isolation -e .`.")
-    a_index, b_index = _index_map(transform, map_size, size, fx.device)
     channel, layer, index = ops.equivariance_scores(fx, ftx, a_index, b_index,
                                                     metric == "correlation", float(eps),
                                                     bool(tensor_cores), check_indices=False)

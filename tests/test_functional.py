@@ -1,4 +1,6 @@
 """The public function: input checks, dispatch, and agreement of the backends."""
+import warnings
+
 import pytest
 import torch
 
@@ -25,6 +27,21 @@ def test_backend_matches_reference_on_scaled_translation(backend):
     want = R.equivariance_scores(fx, ftx, t, input_size=(32, 32))
     torch.testing.assert_close(got.channel, want.channel, atol=1e-5, rtol=0, equal_nan=True)
     torch.testing.assert_close(got.layer, want.layer, atol=1e-5, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_compared_position_warns_under_correlation(backend):
+    # 6 * 4 / 8 = 3 on a 4x4 map: a 1x1 overlap, so every centred vector is zero
+    fx, ftx, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), ef.Translation(6, 6, mode="zero")
+    with pytest.warns(UserWarning, match=r"translation\(6,6,zero\) leaves one position to compare "
+                                         r"on a 4x4 map \(input 8x8\)"):
+        s = equivariance_scores(fx, ftx, t, input_size=(8, 8), backend=backend)
+    assert s.channel.isnan().all() and (s.layer_index == -1).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # cosine is defined on one position; two positions are fine
+        cos = equivariance_scores(fx, ftx, t, input_size=(8, 8), metric="cosine", backend=backend)
+        equivariance_scores(fx, ftx, ef.Translation(4, 6, mode="zero"), input_size=(8, 8), backend=backend)
+    assert torch.allclose(cos.channel, (fx[..., 0, 0] * ftx[..., 3, 3]).sign().clamp(min=0))
 
 
 def test_backend_is_reported():
