@@ -40,8 +40,9 @@ def _add_measure(sub) -> None:
                    help="torchvision or timm model name, or the folder of an `equifast train` run "
                         "(measured on its recipe's test set)"),
     p.add_argument("--weights", default="default",
-                   help="'default' (the default: hub weights; embedded for efficientnet_lite0), 'none' "
-                        "(random), a checkpoint path, or torchvision weights by name (IMAGENET1K_V1)")
+                   help="'default' (the default: hub weights; embedded for efficientnet_lite0), "
+                        "'none' (random), a checkpoint path (torch.save or .safetensors), or "
+                        "torchvision weights by name (IMAGENET1K_V1)")
     p.add_argument("--data", default=None,
                    help="folder of images (class subfolders give labels and accuracy); default: embedded photos")
     p.add_argument("--transforms", default="translation:1-32,rotation",
@@ -71,12 +72,7 @@ def _add_measure(sub) -> None:
 
 
 def _run_measure(args) -> int:
-    import pandas as pd
-
-    from . import functional
-    from ._io import write_csv_atomic
-    from .data import default_num_workers
-    from .measurement import measure, metric_list
+    from .measurement import metric_list
     from .models import check_model_name
     from .transforms import check_distinct, parse_transforms
 
@@ -93,7 +89,24 @@ def _run_measure(args) -> int:
     if args.data is not None and not Path(args.data).is_dir():
         raise FileNotFoundError(f"Expected --data to be a folder of images, but {args.data!r} "
                                 f"{'is a file' if Path(args.data).exists() else 'does not exist'}.")
+    made = not Path(args.out).exists()
     out = _output_folder(args.out)
+    try:
+        return _measure_into(out, args, transforms, metrics, weights)
+    except BaseException:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed measurement leaves no empty folder of ours behind
+        raise
+
+
+def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
+    import pandas as pd
+
+    from . import functional
+    from ._io import write_csv_atomic
+    from .data import default_num_workers
+    from .measurement import measure
+
     run = (Path(args.model) / "recipe.json").is_file()  # a run folder: its recipe's test set
     n_images = args.n_images if args.n_images is not None else (
         192 if args.data is None and not run else None)

@@ -7,6 +7,7 @@ seeded crops of the real photographs that scikit-image ships.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple
@@ -155,7 +156,38 @@ def image_folder(images) -> Optional[ImageFiles]:
     return images if isinstance(images, ImageFiles) else None
 
 
+class _Failed:
+    """An item that raised in a DataLoader worker: the main process raises ``error`` again
+    (torch would raise a copy whose message is the worker's whole traceback)."""
+
+    def __init__(self, error: BaseException):
+        try:
+            pickle.dumps(error)  # it travels back to the main process
+            self.error = error
+        except Exception:  # noqa: BLE001 -- an error that cannot travel: its type and text can
+            self.error = RuntimeError(f"{type(error).__name__}: {error}")
+
+
+class _RaisedAsItems(Dataset):
+    """``dataset`` whose items that raise become :class:`_Failed` (in DataLoader workers)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except Exception as err:  # noqa: BLE001 -- every kind is raised again, as itself
+            return _Failed(err)
+
+
 def _collate(items):
+    failed = next((item for item in items if isinstance(item, _Failed)), None)
+    if failed is not None:
+        return failed
     xs, ys = zip(*items) if isinstance(items[0], (tuple, list)) else (items, None)
     x = torch.stack([torch.as_tensor(v) for v in xs])
     y = None if ys is None else torch.as_tensor(ys)
@@ -316,9 +348,13 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
         return
     if isinstance(images, Dataset):
         dataset = seeded_subset(_with_transform(images, preprocess), n_images, seed)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers, collate_fn=_collate)
-        for x, y in loader:
+        loader = DataLoader(_RaisedAsItems(dataset) if num_workers else dataset,
+                            batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=_collate)
+        for batch in loader:
+            if isinstance(batch, _Failed):
+                raise batch.error
+            x, y = batch
             yield x, (None if y is None or (y < 0).all() else y)
         return
     raise TypeError(

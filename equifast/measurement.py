@@ -297,7 +297,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             model, model_preprocess = load_model(model, weights=weights)
             preprocess = preprocess or model_preprocess
             if run is not None and (images is None or isinstance(images, (str, os.PathLike))):
-                images = _run_images(run, images, n_images or 2000, seed)
+                images, run_labels = _run_images(run, images, n_images or 2000, seed)
+                labels = run_labels if labels is None else labels
                 meta["images"] = "test set of the run's recipe"
         else:
             meta["model"] = type(model).__name__
@@ -355,15 +356,22 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         return measurer.state.report(meta)
 
 
-def _run_images(run: str, root, n: int, seed: int) -> torch.Tensor:
-    """The test images of a training run's data set (``root`` overrides the recipe's)."""
+def _run_images(run: str, root, n: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The test images of a training run's data set and their classes (``root`` overrides the
+    recipe's data folder)."""
     import json
 
     from .training import measure_images
 
     recipe = json.loads(open(os.path.join(run, "recipe.json")).read())
-    return measure_images(recipe["dataset"], str(root) if root else recipe.get("data_root"), n,
-                          recipe.get("data_seed", seed))
+    root = str(root) if root else recipe.get("data_root")
+    try:
+        return measure_images(recipe["dataset"], root, n, recipe.get("data_seed", seed), labels=True)
+    except (FileNotFoundError, ValueError) as err:  # its advice names train's options
+        raise FileNotFoundError(
+            f"The run {run!r} is measured on the test set of its recipe ({recipe['dataset']}), "
+            f"which could not be read from {root!r}: {str(err).split('. ')[0].rstrip('.')}. Pass "
+            "the folder that holds it as `images` (--data on the command line).") from err
 
 
 def _chain(first, rest):

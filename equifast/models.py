@@ -203,6 +203,21 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
         also = f" or a name of its torchvision weights ({', '.join(names)})" if names else ""
         raise FileNotFoundError(f"Expected `weights` to be a checkpoint file{also}, but {path!r} "
                                 f"does not exist{' and is no such name' if names else ''}.")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.endswith(".safetensors"):  # the hub's format (timm's model.safetensors)
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return {k.removeprefix("module."): v for k, v in load_file(path).items()}
+        except SafetensorError as err:
+            raise ValueError(f"Expected `weights` {path!r} to be a safetensors file, but it could "
+                             f"not be read ({err}).") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # zip, or legacy pickle
+        raise ValueError(f"Expected `weights` {path!r} to be a checkpoint saved with torch.save "
+                         "(or a .safetensors file), but it is neither the zip archive nor the "
+                         "pickle torch.save writes.")
     try:
         # weights only: a checkpoint from elsewhere must not run code when it is read
         with torch.serialization.safe_globals(_checkpoint_extras()):
@@ -217,8 +232,9 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
                 f"file, save its state dict and pass that: torch.save(torch.load(path, "
                 f"weights_only=False).state_dict(), 'weights.pt') for a whole module, "
                 f"[...]['state_dict'] for a checkpoint dict.") from None
+        cause = str(err).split("\n")[0]  # torch's advice below it is about trusted pickles
         raise ValueError(f"Expected `weights` {path!r} to be a checkpoint saved with torch.save, but "
-                         f"it could not be read ({type(err).__name__}: {err}).") from err
+                         f"it could not be read ({type(err).__name__}: {cause})") from err
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -271,7 +287,8 @@ def load_model(name: str, weights: Optional[str] = "default",
             ResNets, whose default is now the 2022 ``IMAGENET1K_V2``; timm weights are named
             by the model name's tag instead),
             ``"embedded"`` (``efficientnet_lite0`` only), a path to a checkpoint file
-            (a state dict, or a dict holding one under ``state_dict``/``model``), or ``None``
+            (a state dict, or a dict holding one under ``state_dict``/``model``, saved with
+            ``torch.save``; or a ``.safetensors`` file, as the hub keeps them), or ``None``
             (random initialisation).
         num_classes: the classifier size (default: the model's, or the checkpoint's when it
             was fine-tuned on another label set).
@@ -288,9 +305,9 @@ def load_model(name: str, weights: Optional[str] = "default",
                                 or not is_known_model(name)):
         from .training import load_model as load_run  # a run folder of `equifast train`
 
-        if weights not in (None, "default", "none") or num_classes is not None:
+        if weights != "default" or num_classes is not None:  # None too: it would not be random
             raise ValueError(f"Expected no `weights` or `num_classes` for the run folder {name!r} "
-                             "(its model is its own checkpoint.pt), but got "
+                             "(it is measured with its own trained model.pt), but got "
                              f"weights={weights!r}, num_classes={num_classes!r}.")
         return load_run(name, class_logits_only=True), None  # a Rot-Eq run's final: its classes
     named, path = torchvision_weights(name, weights), checkpoint_path(name, weights)

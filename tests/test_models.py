@@ -84,12 +84,36 @@ def test_checkpoint_of_another_label_set_gets_its_classifier(tmp_path):
         assert torch.equal(m(x), m2(x))
 
 
+def test_safetensors_checkpoints_load_like_torch_save_ones(tmp_path):
+    from safetensors.torch import save_file
+
+    m, _ = load_model("resnet18", weights=None, num_classes=10)
+    save_file({f"module.{k}": v.contiguous() for k, v in m.state_dict().items()},
+              tmp_path / "model.safetensors")  # DataParallel's prefix too, as from torch.save
+    m2, _ = load_model("resnet18", weights=str(tmp_path / "model.safetensors"))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+
+
 def test_bad_checkpoints_say_what_is_wrong(tmp_path):
-    (tmp_path / "notes.pt").write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="saved with torch.save, but it could not be read"):
+    (tmp_path / "notes.pt").write_text("not a checkpoint")  # torch.load: KeyError '110'
+    with pytest.raises(ValueError) as err:
         load_model("resnet18", weights=str(tmp_path / "notes.pt"))
+    assert str(err.value) == (f"Expected `weights` {str(tmp_path / 'notes.pt')!r} to be a checkpoint "
+                              "saved with torch.save (or a .safetensors file), but it is neither the "
+                              "zip archive nor the pickle torch.save writes.")
     m, _ = load_model("resnet18", weights=None)
     torch.save(m.state_dict(), tmp_path / "r18.pt")
+    whole = (tmp_path / "r18.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])  # a copy cut short: one line
+    with pytest.raises(ValueError, match=r"^Expected `weights` .*cut\.pt' to be a checkpoint saved "
+                                         r"with torch.save, but it could not be read \(RuntimeError: "
+                                         r"PytorchStreamReader failed[^\n]*\)$"):
+        load_model("resnet18", weights=str(tmp_path / "cut.pt"))
+    (tmp_path / "cut.safetensors").write_bytes(b"xx")
+    with pytest.raises(ValueError, match=r"cut\.safetensors' to be a safetensors file, but it could "):
+        load_model("resnet18", weights=str(tmp_path / "cut.safetensors"))
     with pytest.raises(ValueError, match=r"checkpoint of 'resnet34', but its entries do not fit "
                                          r"that model \(Missing key"):
         load_model("resnet34", weights=str(tmp_path / "r18.pt"))
@@ -153,10 +177,12 @@ def test_torchvision_preset_only_for_the_size_the_model_is_built_for():
     assert data.input_size(_torchvision_preprocess("vit_h_14", vit_h)) == 224
 
 
-def test_a_run_folder_takes_no_weights(tmp_path):
+@pytest.mark.parametrize("weights", ["other.pt", None, "none"])
+def test_a_run_folder_takes_no_weights(tmp_path, weights):
+    # random weights too: the trained model.pt was loaded while the report said None
     (tmp_path / "recipe.json").write_text("{}")  # refused before the run is read
     with pytest.raises(ValueError, match="no `weights` or `num_classes` for the run folder"):
-        load_model(str(tmp_path), weights="other.pt")
+        load_model(str(tmp_path), weights=weights)
 
 
 def test_checkpoint_under_model_key_and_weights_none_string(tmp_path):

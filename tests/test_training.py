@@ -660,8 +660,31 @@ def test_a_rot_eq_run_is_measured_on_its_classes_and_evaluated_on_both(tmp_path)
         assert got["acc"] == pytest.approx(result.test_acc)
         assert got["rot_acc"] == pytest.approx(result.test_rot_acc)
     assert measured.class_logits_only  # and left as it was
-    pts = ef.measure(run, transforms=[ef.Rotation(1)], n_images=8).points
+    report = ef.measure(run, transforms=[ef.Rotation(1)], n_images=8)
+    pts = report.points
     assert list(pts.loc[pts.point == "final", "shape"]) == ["6"]
+    # top-1 on the recipe's first test images, against their classes (the targets' turns dropped)
+    whole = build_dataset("fmnist6-rot-eq", train=False)
+    x, y = torch.stack([whole[i][0] for i in range(8)]), torch.stack([whole[i][1][0] for i in range(8)])
+    with torch.no_grad():
+        assert report.meta["accuracy"] == pytest.approx((measured(x).argmax(1) == y).double().mean().item())
+
+
+@needs_fmnist
+def test_measuring_a_run_on_a_folder_without_its_data_says_to_pass_data(tmp_path, capsys):
+    from equifast.cli import main as cli
+
+    run = str(tmp_path / "run")
+    train(get_recipe("cnn7-fmnist6", epochs=1, train_subset=64, test_subset=64, device="cpu"), run)
+    (tmp_path / "empty").mkdir()
+    assert cli(["measure", "--model", run, "--data", str(tmp_path / "empty"), "--transforms",
+                "rotation:90", "--out", str(tmp_path / "m"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"equifast: error: The run {run!r} is measured on the test set of its "
+                          "recipe (fmnist6), which could not be read from ")
+    assert "Fashion-MNIST idx files" in err and err.endswith("(--data on the command line).")
+    assert "--data-root" not in err and "--download" not in err  # train's options, not measure's
+    assert not (tmp_path / "m").exists()
 
 
 def test_study_with_real_measure(tmp_path):

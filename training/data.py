@@ -375,13 +375,17 @@ def build_dataset(name: str, root: Optional[str] = None, train: bool = True,
 
 
 def measure_images(name: str, root: Optional[str] = None, n_images: int = 2000,
-                   data_seed: int = 0, download: bool = False) -> torch.Tensor:
+                   data_seed: int = 0, download: bool = False, labels: bool = False):
     """The first ``n_images`` test images of a data set, as the model sees them.
 
     Returns:
         float32 ``[n, C, H, W]``, normalised (and turned for the rotated sets); the
-        thesis measures on 2000 validation images.
+        thesis measures on 2000 validation images. With ``labels``: ``(images, classes)``,
+        ``classes`` int64 ``[n]`` (a Rot-Eq target's class, without its turn).
     """
     ds = build_dataset(name, root, train=False, download=download, data_seed=data_seed)
-    n = min(n_images, len(ds))
-    return torch.stack([ds[i][0] for i in range(n)])
+    items = [ds[i] for i in range(min(n_images, len(ds)))]
+    images = torch.stack([x for x, _ in items])
+    if not labels:
+        return images
+    return images, torch.stack([y.reshape(-1)[0] for _, y in items])
