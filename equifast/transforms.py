@@ -200,7 +200,9 @@ class Translation(Transform):
     moves content and fills vacated pixels with 0, and compares only the positions inside the
     overlap of both maps. On a map of height ``h`` from an input of height ``H`` the shift is
     ``dy * h / H`` rounded by ``rounding`` (see :func:`scale_shift`); it may be 0, which makes
-    ``T_l`` the identity on that map.
+    ``T_l`` the identity on that map. The family (what a report averages over) names the options
+    that are not the default: ``translation``, ``translation-zero``, ``translation-nearest``,
+    ``translation-zero-nearest``, so that shifts measured differently are never averaged together.
     """
 
     dy: int = 1
@@ -220,6 +222,9 @@ class Translation(Transform):
             raise ValueError(
                 f"Expected `rounding` to be 'down' or 'nearest', but got {self.rounding!r}."
             )
+        if self.family == "translation":
+            options = [o for o in (self.mode, self.rounding) if o not in ("circular", "down")]
+            object.__setattr__(self, "family", "-".join(["translation"] + options))
 
     @property
     def name(self) -> str:

@@ -63,6 +63,20 @@ def test_families():
     assert [t.name for t in ef.diagonal_shifts(1, 3)] == ["translation(1,1)", "translation(2,2)", "translation(3,3)"]
     assert [t.quarter_turns for t in ef.rotations()] == [1, 2, 3]
     assert {t.family for t in ef.rotations()} == {"rotation"}
+    # shifts measured another way are another family: a report never averages them together
+    ts = ef.parse_transforms("translation:1-2,translation:1-2:zero,translation:3:nearest,"
+                             "translation:3:zero:nearest")
+    assert [t.family for t in ts] == ["translation"] * 2 + ["translation-zero"] * 2 + [
+        "translation-nearest", "translation-zero-nearest"]
+    assert ef.Translation(1, 1, mode="zero", family="mine").family == "mine"  # a user's own label
+    x = torch.randn(4, 3, 16, 16)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 2))
+    points = ef.measure(model, x, transforms=ts[:4], batch_size=4).points
+    for family, names in (("translation", ts[:2]), ("translation-zero", ts[2:4])):
+        rows = points[points.family == family]
+        assert sorted(rows["transform"].unique()) == sorted(t.name for t in names)
 
 
 def test_rounding_is_part_of_the_name():
