@@ -236,7 +236,12 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
             plt.close(fig)
             figures.append(path)
         c = corr[(corr["dataset"] == ds) & corr["spearman"].notna()]
-        if len(c):
+        if not len(c):
+            most = int(corr.loc[corr["dataset"] == ds, "n_models"].max())
+            warnings.warn(f"No figure 13 for {ds}: Spearman's correlation needs at least "
+                          f"{min_models} models with a score and an accuracy (min_models, "
+                          f"--min-models), and {most} have them.", stacklevel=2)
+        else:
             path = out / f"fig13_accuracy_correlation{suffix}.png"
             n = int(c["n_models"].max())
             fig = plot_accuracy_correlation(c[["part", "family", "transforms", "score", "spearman"]], path=path,

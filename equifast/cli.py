@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -215,6 +216,27 @@ def _add_unavailable(sub, command: str, why: str) -> None:
     p.set_defaults(func=run)
 
 
+def _our_folders() -> List[Path]:
+    """Where equifast's modules lie (training/ and distributed/ may lie outside equifast/)."""
+    import equifast
+
+    folders = [Path(equifast.__file__).parent]
+    for sub in ("training", "distributed"):
+        mod = sys.modules.get(f"equifast.{sub}")
+        if mod is not None and getattr(mod, "__file__", None):
+            folders.append(Path(mod.__file__).parent)
+    return [f.resolve() for f in folders]
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """equifast's own warnings as one line, like its errors (Python would name our source line
+    and print it); other libraries' as Python shows them."""
+    ours = any(Path(filename).resolve().is_relative_to(f) for f in _our_folders())
+    text = f"equifast: warning: {message}\n" if ours else \
+        warnings.formatwarning(message, category, filename, lineno, line)
+    (file or sys.stderr).write(text)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``equifast`` command."""
     parser = build_parser()
@@ -223,7 +245,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # restores Python's own display afterwards
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except (ValueError, OSError) as err:  # bad input, missing files, weights not downloadable
         print(f"equifast: error: {err}", file=sys.stderr)
         return 2

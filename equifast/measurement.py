@@ -26,7 +26,7 @@ from .functional import equivariance_scores, finite_marker, raise_unless_finite
 from .reference import METRICS, TOLERANCE, VECTOR_MODES, is_vector
 from .report import Report
 from .points import Point, modes_kept, representations, split
-from .transforms import Transform, check_distinct, diagonal_shifts, rotations
+from .transforms import Transform, check_distinct, diagonal_shifts, parse_transforms, rotations
 
 __all__ = ["measure", "MeasureState", "Measurer"]
 
@@ -243,8 +243,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             ``DataLoader``, a ``Dataset`` or a folder path (preprocessed with ``preprocess``,
             by default the model's own; see :class:`equifast.data.ImageFiles` for its labels).
             ``None``: the embedded photos, cropped to the model's input size.
-        transforms: a list of transforms, or one; default: diagonal shifts 1..32 and the
-            three rotations.
+        transforms: a list of transforms, or one, or specs as the command line takes them
+            (``"translation:1-16,rotation"``, see :func:`equifast.parse_transforms`); default:
+            diagonal shifts 1..32 and the three rotations.
         metric: ``"correlation"``, ``"cosine"``, or both (a list) in the same passes.
         batch_size: images per forward pass (transformed batches are stacked up to it).
         n_images: at most this many images (a seeded subset for datasets and folders).
@@ -281,6 +282,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                         f"folder, but got {type(model).__name__}.")
     if isinstance(transforms, Transform):  # one transform
         transforms = [transforms]
+    elif isinstance(transforms, str):  # "rotation" was read letter by letter
+        transforms = parse_transforms(transforms)
     metric_list(metric)  # before the model and the data load
     data_mod.check_num_workers(num_workers)
     # A model being trained is put back in train mode after (measuring runs it in eval mode).
@@ -346,6 +349,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 bar.update(len(x))
         if bar is not None:
             bar.close()
+        if n_images is not None and measurer.state.n_images < n_images:
+            warnings.warn(f"Measured {measurer.state.n_images} images, fewer than the n_images="
+                          f"{n_images} asked for: that is all the input holds.", stacklevel=2)
         if return_state:
             return measurer.state
         # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only

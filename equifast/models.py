@@ -201,8 +201,10 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         names = torchvision_weights_names(name)
         also = f" or a name of its torchvision weights ({', '.join(names)})" if names else ""
+        close = difflib.get_close_matches(path, [w for w in _SPECIAL_WEIGHTS if w] + names, n=1)
         raise FileNotFoundError(f"Expected `weights` to be a checkpoint file{also}, but {path!r} "
-                                f"does not exist{' and is no such name' if names else ''}.")
+                                f"does not exist{' and is no such name' if names else ''}"
+                                f"{f'; did you mean {close[0]!r}?' if close else '.'}")
     with open(path, "rb") as f:
         head = f.read(8)
     if path.endswith(".safetensors"):  # the hub's format (timm's model.safetensors)

@@ -284,7 +284,8 @@ def check_distinct(transforms: Sequence[Transform]) -> None:
     names = [t.name for t in transforms]
     repeats = sorted({n for n in names if names.count(n) > 1})
     if repeats:
-        raise ValueError(f"Expected distinct transforms, but {', '.join(repeats)} repeat.")
+        raise ValueError(f"Expected distinct transforms, but {', '.join(repeats)} "
+                         f"{'is' if len(repeats) == 1 else 'are'} given more than once.")
 
 
 def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:

@@ -46,7 +46,7 @@ def test_help_lists_every_command(capsys):
     (["measure", "--n-images", "0"], "Expected --n-images >= 1"),
     (["measure", "--loader-workers", "-1"], "Expected --loader-workers >= 0"),
     (["measure", "--out", __file__], "is a file"),  # checked before measuring, file kept
-    (["measure", "--transforms", "rotation,rotation:90"], "rotation(90) repeat"),
+    (["measure", "--transforms", "rotation,rotation:90"], "rotation(90) is given more than once"),
     (["measure", "--transforms", "translation:1-2:zero:circular"], "two mode options"),
 ])
 def test_user_errors_exit_2_with_a_message(argv, match, capsys):
@@ -83,3 +83,24 @@ def test_method_check_takes_no_options(capsys):
     with pytest.raises(SystemExit) as exit_:
         method_check(["--bogus"])
     assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_warnings_of_equifast_are_one_line_others_as_python_shows_them(tmp_path, capsys):
+    import warnings
+
+    import torch
+    from PIL import Image
+
+    for i in range(2):
+        Image.new("RGB", (40, 40), (60 * i, 90, 30)).save(tmp_path / f"{i}.png")
+    assert main(["measure", "--data", str(tmp_path), "--n-images", "5", "--transforms", "rotation:90",
+                 "--out", str(tmp_path / "m"), "--no-progress", "--loader-workers", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "equifast: warning: Measured 2 images, fewer than the n_images=5 asked for: that is all " \
+           "the input holds.\n" in err and "UserWarning" not in err
+    # another library's warning keeps Python's format (file, line, category)
+    from equifast.cli import _show_warning
+
+    _show_warning(UserWarning("from torch"), UserWarning, torch.__file__, 7)
+    assert capsys.readouterr().err.startswith(f"{torch.__file__}:7: UserWarning: from torch")
+    assert warnings.showwarning is not _show_warning  # main put Python's display back

@@ -507,6 +507,20 @@ def test_mean_activation_is_each_points_own_mean(dtype):
             assert math.isclose(got.loc[name, "mean_magnitude"], f.abs().mean().item(), rel_tol=rel)
 
 
+def test_transforms_as_specs_and_fewer_images_than_asked():
+    import warnings
+
+    x = torch.rand(3, 3, 12, 12)
+    with pytest.warns(UserWarning, match=r"^Measured 3 images, fewer than the n_images=5 asked for"):
+        by_spec = ef.measure(circular_net(), x, transforms="translation:1-2,rotation:180", n_images=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # all the images asked for: no warning
+        by_object = ef.measure(circular_net(), x, n_images=3,
+                               transforms=ef.diagonal_shifts(1, 2) + [ef.Rotation(2)])
+    pd.testing.assert_frame_equal(by_spec.points, by_object.points)
+    assert by_spec.meta["n_images"] == 3
+
+
 def test_a_repeated_transform_is_refused():
     # it would count twice in its family's mean
     with pytest.raises(ValueError, match="distinct transforms"):

@@ -44,8 +44,12 @@ def test_unknown_name_suggests_close_ones():
 
 
 def test_missing_checkpoint_is_clear():
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"'/no/such/ckpt\.pt' does not exist and is no such "
+                                                r"name\.$"):
         load_model("resnet18", weights="/no/such/ckpt.pt")
+    for typo, meant in (("non", "none"), ("IMAGENET1K_V3", "IMAGENET1K_V1"), ("defualt", "default")):
+        with pytest.raises(FileNotFoundError, match=f"'{typo}' does not exist.*; did you mean '{meant}'\\?$"):
+            load_model("resnet18", weights=typo)
 
 
 def test_embedded_weights_only_for_lite0():

@@ -480,6 +480,13 @@ def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, ca
     assert sweep_main(["report", "--out", str(out), "--accuracy", "measured"]) == 0
     err = capsys.readouterr().err
     assert "no job has a measured accuracy" in err and "--accuracy known" in err, err
+    assert "needs at least 3 models with a score and an accuracy (min_models, --min-models), and 0 " \
+           "have them" in err
+    assert not (out / "figures" / "fig13_accuracy_correlation.png").exists()
+    assert sweep_main(["report", "--out", str(out), "--accuracy", "known", "--min-models", "4"]) == 0
+    assert capsys.readouterr().err.strip().endswith(
+        ": Spearman's correlation needs at least 4 models with a score and an accuracy "
+        "(min_models, --min-models), and 3 have them.")
     assert not (out / "figures" / "fig13_accuracy_correlation.png").exists()
     with pytest.warns(UserWarning, match="no job has a measured accuracy"):
         assert analysis.part_scores(out, accuracy="measured")["accuracy"].isna().all()
@@ -565,6 +572,8 @@ def test_sweep_of_three_models_and_two_families(ray_session, folder, tmp_path, c
     jobs = pd.read_parquet(out / "jobs.parquet")
     assert len(jobs) == 6 and jobs["job_id"].is_unique and (jobs["status"] == "ok").all()
     assert set(jobs["model"]) == {"resnet18", "mobilenet_v3_small", "resnet10t"}
+    # random weights read as the spec says them, in both tables (an empty cell reads as unknown)
+    assert set(jobs["weights"]) == set(pd.read_csv(out / "jobs.csv")["weights"]) == {"none"}
     parts = pd.read_parquet(out / "parts.parquet")
     assert set(parts["family"]) == {"translation", "rotation"}
     assert set(parts["part"]) == {"early", "middle", "late", "pool", "final"}
