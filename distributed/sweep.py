@@ -24,6 +24,7 @@ import os
 import socket
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -151,7 +152,8 @@ def measure_job(job: Job, shard: int = 0, shards: Optional[int] = None):
 
     Returns:
         ``(state, info)``: the :class:`equifast.MeasureState` (``None`` for an empty shard) and
-        ``{"host", "pid", "shard", "n_images", "load_s", "measure_s", "device", "backend", ...}``.
+        ``{"host", "pid", "shard", "n_images", "load_s", "measure_s", "device", "backend",
+        "warnings", ...}`` (``warnings``: the distinct messages of the warnings it raised).
 
     Example:
         >>> from equifast.distributed import load_spec, measure_job
@@ -159,13 +161,23 @@ def measure_job(job: Job, shard: int = 0, shards: Optional[int] = None):
         >>> state, info = measure_job(job)                                 # doctest: +SKIP
         >>> state.report().parts                                           # doctest: +SKIP
     """
+    shards = job.shards if shards is None else shards
+    if not 0 <= shard < shards:
+        raise ValueError(f"Expected 0 <= shard < {shards}, but got shard={shard}.")
+    # Kept in the record and said once by the driver: a worker would print each one in Python's
+    # format, once per worker process, among Ray's logs.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        state, info = _measure_shard(job, shard, shards)
+    info["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
+    return state, info
+
+
+def _measure_shard(job: Job, shard: int, shards: int):
     import equifast
     from equifast.models import checkpoint_path, load_model
     from equifast.transforms import parse_transforms
 
-    shards = job.shards if shards is None else shards
-    if not 0 <= shard < shards:
-        raise ValueError(f"Expected 0 <= shard < {shards}, but got shard={shard}.")
     started = time.time()
     torch.manual_seed(job.seed)
     weights = job.model.weights
@@ -223,6 +235,7 @@ def job_record(job: Job, results: List[Tuple[Any, Dict[str, Any]]], attempts: in
         "timings": {"started_at": start, "finished_at": end, "total_s": end - start,
                     "load_s": sum(i["load_s"] for i in infos),
                     "measure_s": sum(i["measure_s"] for i in infos), "shards": infos},
+        "warnings": list(dict.fromkeys(w for i in infos for w in i.get("warnings", []))),
         "hosts": sorted({i["host"] for i in infos}), "attempts": attempts,
         "total_attempts": attempts + int((previous or {}).get("total_attempts") or 0),
         "finished_at": time.time(), "versions": _versions(),
@@ -443,6 +456,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         before = store.records_of(jobs)  # again, under the lock
         done, old_failed, todo = _todo(before, jobs, retry_failed)
         failed_now: Dict[str, str] = {}
+        warned: set = set()
         say = echo if progress else (lambda _line: None)
         say(f"[{spec.name}] {len(jobs)} jobs: {len(done)} already finished, {len(todo)} to run "
             f"-> {store.root}")
@@ -501,6 +515,10 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
                     counts.finish(job.id)
                     say(f"  ok {job.title} ({rec['timings']['total_s']:.1f} s on "
                         f"{', '.join(rec['hosts'])}, attempt {attempts})")
+                    for w in rec["warnings"]:  # each once a sweep: the record keeps all of them
+                        if w not in warned:
+                            warned.add(w)
+                            say(f"  warning ({job.title}): {w}")
             if tracker is not None and not ready:
                 snapshot = ray.get(tracker.snapshot.remote())
             running = {jid for jid, s in snapshot.items() if s["running"] and jid not in counts.closed}

@@ -190,8 +190,8 @@ def test_a_job_with_named_torchvision_weights_loads_them(folder, monkeypatch):
     monkeypatch.setattr(torchvision.models, "get_model", offline)
     spec = load_spec(_spec(folder, models=[{"name": "resnet18", "weights": "IMAGENET1K_V1"}],
                            transforms={"rotation": "rotation:90"}))
-    with pytest.warns(UserWarning, match="No accuracy"):  # 1000 classes, two class folders
-        state, info = measure_job(spec.jobs()[0], 0)  # not read as a path beside the spec
+    state, info = measure_job(spec.jobs()[0], 0)  # not read as a path beside the spec
+    assert info["warnings"][0].startswith("No accuracy: which of the model's 1000 classes the 2")
     assert asked == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1]
     assert state.report().meta["n_images"] == 8
 
@@ -284,6 +284,37 @@ def test_checkpoint_path_is_relative_to_the_spec(folder, tmp_path):
                      n_images=4, preprocess=default_preprocess(32))
     _assert_same(state.report().points, ref.points)
     assert info["n_images"] == 4
+
+
+def test_a_jobs_warnings_are_kept_in_its_record_not_printed_by_the_worker(folder):
+    import warnings
+
+    from equifast.distributed.sweep import job_record
+
+    models = [{"name": "resnet18", "weights": "none", "num_classes": 3}]  # 2 class folders
+    (job,) = load_spec(_spec(folder, models=models, transforms={"rotation": "rotation:90"})).jobs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results = [measure_job(job, 0, 2), measure_job(job, 1, 2)]
+    said = ("No accuracy: which of the model's 3 classes the 2 class folders are is unknown (not "
+            "one folder per class, nor ImageNet synsets for 1000 classes).")
+    assert [info["warnings"] for _, info in results] == [[said], [said]]
+    assert job_record(job, results)["warnings"] == [said]  # once for the job
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_sweep_says_each_warning_once(folder, tmp_path):
+    models = [{"name": "resnet18", "weights": "none", "num_classes": 3},
+              {"name": "resnet10t", "weights": "none", "num_classes": 3}]
+    lines = []
+    spec = _spec(folder, models=models, transforms={"rotation": "rotation:90"})
+    result = run_sweep(spec, out=tmp_path / "out", echo=lines.append)
+    assert result.complete
+    said = [line for line in lines if line.startswith("  warning (")]
+    assert len(said) == 1 and said[0].endswith("): No accuracy: which of the model's 3 classes the 2 "
+                                               "class folders are is unknown (not one folder per "
+                                               "class, nor ImageNet synsets for 1000 classes).")
+    assert all(rec["warnings"] for rec in ResultStore(tmp_path / "out").records())
 
 
 # ---- store -----------------------------------------------------------------------------------
