@@ -22,6 +22,7 @@ import pandas as pd
 
 from equifast._io import write_csv_atomic
 from equifast.report import over_runs
+from equifast.warning import EquifastWarning
 
 from .store import ResultStore
 
@@ -91,7 +92,7 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
     df = df.assign(accuracy=_accuracy_column(df, accuracy))
     if df["accuracy"].isna().all():  # else a silent all-NaN correlation and no figure 13
         warnings.warn(f"{_NO_ACCURACY[accuracy]}: the accuracies are NaN and no Spearman "
-                      f"correlation (figure 13) is computed; {_INSTEAD[accuracy]}.", stacklevel=2)
+                      f"correlation (figure 13) is computed; {_INSTEAD[accuracy]}.", category=EquifastWarning, stacklevel=2)
     for col, default in (("metric", "correlation"), ("dataset", "data"), ("seed", 0)):
         if col not in df:
             df[col] = default
@@ -238,9 +239,11 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
         c = corr[(corr["dataset"] == ds) & corr["spearman"].notna()]
         if not len(c):
             most = int(corr.loc[corr["dataset"] == ds, "n_models"].max())
-            warnings.warn(f"No figure 13 for {ds}: Spearman's correlation needs at least "
-                          f"{min_models} models with a score and an accuracy (min_models, "
-                          f"--min-models), and {most} have them.", stacklevel=2)
+            why = (f"the scores or the accuracies of its {most} models are all equal"
+                   if most >= min_models else
+                   f"Spearman's correlation needs at least {min_models} models with a score and "
+                   f"an accuracy (min_models, --min-models), and {most} have them")
+            warnings.warn(f"No figure 13 for {ds}: {why}.", category=EquifastWarning, stacklevel=2)
         else:
             path = out / f"fig13_accuracy_correlation{suffix}.png"
             n = int(c["n_models"].max())

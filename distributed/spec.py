@@ -59,6 +59,8 @@ __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_
 #: width, multi-output modules, EfficientViT's blocks and head conv, DLA at 32 px), and timm
 #: MobileNetV3's ``pool`` moved to its pooled vector.
 SPEC_VERSION = 3
+# The families a record could hold before zero-filled and nearest-rounded shifts had their own
+_FIRST_FAMILIES = {"translation", "rotation", "flip", "identity", "transform"}
 
 _TOP_KEYS = {"name", "out", "models", "datasets", "transforms", "metrics", "seeds", "n_images",
              "batch_size", "vector_mode", "resources", "shards", "max_retries", "retry_exceptions",
@@ -184,9 +186,12 @@ class Job:
 
     def content(self) -> Dict[str, Any]:
         """The canonical content the id hashes."""
+        from equifast.transforms import parse_transforms
+
         return _job_content(self.model, self.dataset, self.transforms, self.metrics, self.seed,
                             self.n_images, self.batch_size, self.vector_mode, self.amp,
-                            tensor_cores=self.tensor_cores, base_dir=self.base_dir)
+                            tensor_cores=self.tensor_cores, base_dir=self.base_dir,
+                            families=[t.family for t in parse_transforms(self.transform_spec)])
 
     def entry(self) -> Dict[str, Any]:
         """Everything about the job, JSON-ready, as stored in its result record."""
@@ -209,12 +214,15 @@ class Job:
 
 
 def _job_content(model, dataset, transforms, metrics, seed, n_images, batch_size, vector_mode, amp,
-                 tensor_cores=True, base_dir="."):
+                 tensor_cores=True, base_dir=".", families=()):
     out = {"version": SPEC_VERSION, "model": model.content(), "dataset": dataset.content(),
            "transforms": list(transforms), "metrics": list(metrics), "seed": seed,
            "n_images": n_images, "batch_size": batch_size, "vector_mode": vector_mode, "amp": amp}
     if not tensor_cores:  # only when off, so the ids of existing (default) sweeps stay the same
         out["tensor_cores"] = False
+    labels = sorted(set(families) - _FIRST_FAMILIES)
+    if labels:  # shifts labelled translation-zero, ...: records from before labelled them otherwise
+        out["families"] = labels
     if checkpoint_path(model.arch, model.weights) is not None:
         # a checkpoint retrained in place measures something else: a new job, not a skip
         path = _resolve(model.weights, base_dir)
@@ -269,7 +277,8 @@ class SweepSpec:
         """Every job, in a stable order (model, dataset, family, seed)."""
         from equifast.transforms import parse_transforms
 
-        names = {fam: tuple(t.name for t in parse_transforms(text)) for fam, text in self.families.items()}
+        parsed = {fam: parse_transforms(text) for fam, text in self.families.items()}
+        names = {fam: tuple(t.name for t in ts) for fam, ts in parsed.items()}
         out = []
         for m in self.models:
             res = dict(m.resources or ())
@@ -281,7 +290,8 @@ class SweepSpec:
                         content = _job_content(m, d, names[fam], self.metrics, seed, n, bs,
                                                self.vector_mode, self.amp,
                                                tensor_cores=self.tensor_cores,
-                                               base_dir=self.base_dir)
+                                               base_dir=self.base_dir,
+                                               families=[t.family for t in parsed[fam]])
                         out.append(Job(
                             id=job_id(content), model=m, dataset=d, family=fam,
                             transforms=names[fam], transform_spec=self.families[fam],

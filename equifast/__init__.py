@@ -16,6 +16,7 @@ from .models import load_model
 from .points import Point, representations, split
 from .transforms import (Flip, Identity, Rotation, Transform, Translation, diagonal_shifts, flips,
                          parse_transforms, rotations)
+from .warning import EquifastWarning
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,4 @@ ops.load()  # registers the operator and its fake, so torch.compile/export see i
 __all__ = ["functional", "reference", "transforms", "ops", "backend", "TOLERANCE", "Scores",
            "Report", "Transform", "Rotation", "Flip", "Translation", "Identity", "diagonal_shifts",
            "rotations", "flips", "parse_transforms", "split", "Point", "representations", "measure",
-           "MeasureState", "Measurer", "load_model"]
+           "MeasureState", "Measurer", "load_model", "EquifastWarning"]

@@ -216,23 +216,12 @@ def _add_unavailable(sub, command: str, why: str) -> None:
     p.set_defaults(func=run)
 
 
-def _our_folders() -> List[Path]:
-    """Where equifast's modules lie (training/ and distributed/ may lie outside equifast/)."""
-    import equifast
-
-    folders = [Path(equifast.__file__).parent]
-    for sub in ("training", "distributed"):
-        mod = sys.modules.get(f"equifast.{sub}")
-        if mod is not None and getattr(mod, "__file__", None):
-            folders.append(Path(mod.__file__).parent)
-    return [f.resolve() for f in folders]
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """equifast's own warnings as one line, like its errors (Python would name our source line
     and print it); other libraries' as Python shows them."""
-    ours = any(Path(filename).resolve().is_relative_to(f) for f in _our_folders())
-    text = f"equifast: warning: {message}\n" if ours else \
+    from .warning import EquifastWarning
+
+    text = f"equifast: warning: {message}\n" if issubclass(category, EquifastWarning) else \
         warnings.formatwarning(message, category, filename, lineno, line)
     (file or sys.stderr).write(text)
 

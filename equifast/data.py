@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import traceback
 import re
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 __all__ = ["batches", "embedded_photos", "PHOTOS", "ImageFiles", "count", "normalise_like",
            "input_size", "image_folder", "model_classes", "seeded_subset", "check_num_workers",
@@ -156,16 +157,27 @@ def image_folder(images) -> Optional[ImageFiles]:
     return images if isinstance(images, ImageFiles) else None
 
 
+class _WorkerTraceback(Exception):
+    """Where a DataLoader worker raised: the cause of the error raised again in the main process."""
+
+    def __str__(self):
+        return f"\n\"\"\"\n{self.args[0]}\"\"\""
+
+
 class _Failed:
-    """An item that raised in a DataLoader worker: the main process raises ``error`` again
-    (torch would raise a copy whose message is the worker's whole traceback)."""
+    """An item that raised in a DataLoader worker: the main process raises ``error`` again, from
+    the worker's traceback (torch would raise a copy whose message is that whole traceback)."""
 
     def __init__(self, error: BaseException):
-        try:
-            pickle.dumps(error)  # it travels back to the main process
+        self.traceback = traceback.format_exc()
+        try:  # it travels back to the main process, where it must be rebuilt
+            pickle.loads(pickle.dumps(error))
             self.error = error
         except Exception:  # noqa: BLE001 -- an error that cannot travel: its type and text can
             self.error = RuntimeError(f"{type(error).__name__}: {error}")
+
+    def raise_again(self):
+        raise self.error from _WorkerTraceback(self.traceback)
 
 
 class _RaisedAsItems(Dataset):
@@ -348,12 +360,13 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
         return
     if isinstance(images, Dataset):
         dataset = seeded_subset(_with_transform(images, preprocess), n_images, seed)
-        loader = DataLoader(_RaisedAsItems(dataset) if num_workers else dataset,
+        wrap = num_workers and not isinstance(dataset, IterableDataset)
+        loader = DataLoader(_RaisedAsItems(dataset) if wrap else dataset,
                             batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             collate_fn=_collate)
         for batch in loader:
             if isinstance(batch, _Failed):
-                raise batch.error
+                batch.raise_again()
             x, y = batch
             yield x, (None if y is None or (y < 0).all() else y)
         return

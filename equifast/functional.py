@@ -18,6 +18,7 @@ from . import ops, reference
 from .aggregate import flat_in_memory_order
 from .reference import METRICS, TOLERANCE, VECTOR_MODES, Scores, is_vector
 from .transforms import Identity, Transform
+from .warning import EquifastWarning
 
 __all__ = ["equivariance_scores", "check_finite", "check_all_finite", "finite_marker",
            "raise_unless_finite", "backend", "Scores", "TOLERANCE"]
@@ -35,7 +36,7 @@ def _warn_fallback() -> None:
     warnings.warn(
         "equifast: the compiled operator (equifast._C) is not available, so scores are computed "
         "by the slower PyTorch reference. Rebuild with `pip install --no-build-isolation -e .`.",
-        RuntimeWarning,
+        EquifastWarning,
         stacklevel=3,
     )
 
@@ -206,7 +207,7 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
         # SPEC: no compared position is an error; one leaves every centred vector zero
         warnings.warn(f"{transform.name} leaves one position to compare on a {map_size[0]}x"
                       f"{map_size[1]} map (input {size[0]}x{size[1]}): its correlation scores are "
-                      "undefined (NaN); use cosine, smaller shifts or mode='circular'.", stacklevel=2)
+                      "undefined (NaN); use cosine, smaller shifts or mode='circular'.", category=EquifastWarning, stacklevel=2)
     if backend == "reference" or (backend == "auto" and not ops.available()):
         if backend == "auto":
             _warn_fallback()

@@ -27,6 +27,7 @@ from .reference import METRICS, TOLERANCE, VECTOR_MODES, is_vector
 from .report import Report
 from .points import Point, modes_kept, representations, split
 from .transforms import Transform, check_distinct, diagonal_shifts, parse_transforms, rotations
+from .warning import EquifastWarning
 
 __all__ = ["measure", "MeasureState", "Measurer"]
 
@@ -334,7 +335,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             if measurer.label_classes is None:
                 warnings.warn(f"No accuracy: which of the model's {final.shape[0]} classes the "
                               f"{len(folder.classes)} class folders are is unknown (not one folder "
-                              "per class, nor ImageNet synsets for 1000 classes).", stacklevel=3)
+                              "per class, nor ImageNet synsets for 1000 classes).", category=EquifastWarning, stacklevel=3)
                 measurer.count_accuracy = False
         total = data_mod.count(images)
         total = min(total, n_images) if (total is not None and n_images) else (total or n_images)
@@ -351,7 +352,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             bar.close()
         if n_images is not None and measurer.state.n_images < n_images:
             warnings.warn(f"Measured {measurer.state.n_images} images, fewer than the n_images="
-                          f"{n_images} asked for: that is all the input holds.", stacklevel=2)
+                          f"{n_images} asked for: that is all the input holds.", category=EquifastWarning, stacklevel=2)
         if return_state:
             return measurer.state
         # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only

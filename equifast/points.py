@@ -132,6 +132,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .warning import EquifastWarning
+
 __all__ = ["Point", "PARTS", "split", "representations", "Representations"]
 
 PARTS = ("early", "middle", "late", "pool", "final")
@@ -474,10 +476,10 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
             seq.append(("weightless", [c]))
     if repeated:
         warnings.warn(f"Modules of {type(an.model).__name__} that run more than once in one forward "
-                      f"pass are not points: {', '.join(repeated)}. {_REPEATED_HINT}", stacklevel=4)
+                      f"pass are not points: {', '.join(repeated)}. {_REPEATED_HINT}", category=EquifastWarning, stacklevel=4)
     if unbatched:
         warnings.warn(f"Modules of {type(an.model).__name__} whose output does not have the {an.n} "
-                      f"images on its first axis are not points: {', '.join(unbatched)}.", stacklevel=4)
+                      f"images on its first axis are not points: {', '.join(unbatched)}.", category=EquifastWarning, stacklevel=4)
     kinds = [k for k, _ in seq]
     blocks = [i for i, k in enumerate(kinds) if k == "block"]
     layer = lambda i: kinds[i] == "layer" and any(an.weights(c.name) for c in seq[i][1])  # noqa: E731
@@ -528,7 +530,7 @@ def _head_points(an: _Analysis, pooling: Optional[_Call] = None,
                     f"No weight layer of {name} runs after its global pooling ({pooling.name!r}): "
                     f"its classifier runs on the map before pooling, so there is no pooled vector "
                     f"entering a classifier and no `pool` point; `final` (the logits) follows the "
-                    f"points before pooling.", stacklevel=4)
+                    f"points before pooling.", category=EquifastWarning, stacklevel=4)
             return [("final", "", "output")]
         raise ValueError(
             f"Could not find the classifier of {name}: no nn.Linear is applied to the pooled "
@@ -825,7 +827,7 @@ class Representations(nn.Module):
                 if chosen == "fx" or any(p.module is None for p in points):
                     raise
                 warnings.warn(f"torch.fx extraction failed ({type(e).__name__}: {e}); using forward "
-                              "hooks instead.", stacklevel=2)
+                              "hooks instead.", category=EquifastWarning, stacklevel=2)
                 method = self.method = "hooks"
         if method == "hooks":
             bad = [p.name for p in points if p.module is None]
@@ -976,7 +978,7 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
                     "method='hooks', or register the untraceable modules/functions as leaves "
                     "(timm.layers.register_notrace_module / register_notrace_function).") from e
             warnings.warn(f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}); "
-                          "using forward hooks instead.", stacklevel=2)
+                          "using forward hooks instead.", category=EquifastWarning, stacklevel=2)
 
     an = _Analysis(model, example_input)
     modules = dict(model.named_modules())
@@ -1007,7 +1009,7 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
                 raise ValueError(f"Cannot map the points of {type(model).__name__} to fx nodes ({e}). "
                                  "Use method='hooks'.") from e
             warnings.warn(f"Cannot map the points to fx nodes ({e}); using forward hooks instead.",
-                          stacklevel=2)
+                          category=EquifastWarning, stacklevel=2)
             nodes = {}
 
     # raw values at the example, for layouts
@@ -1099,5 +1101,5 @@ def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module]
     explicit = [n for n in names if n in _RESERVED]
     if not explicit and "pool" not in special:
         warnings.warn(f"Could not find the `pool` point of {type(an.model).__name__}; only `final` "
-                      "is appended to the named points.", stacklevel=3)
+                      "is appended to the named points.", category=EquifastWarning, stacklevel=3)
     return out + [special[r] for r in (explicit or [r for r in _RESERVED if r in special])]

@@ -8,7 +8,7 @@ grid of positions, so values and indices always move the same way.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
 
 import torch
@@ -209,7 +209,7 @@ class Translation(Transform):
     dx: int = 1
     mode: str = "circular"
     rounding: str = "down"
-    family: str = "translation"
+    family: str = field(default="translation", init=False)  # from the options, always
 
     def __post_init__(self):
         for arg in ("dy", "dx"):
@@ -222,9 +222,8 @@ class Translation(Transform):
             raise ValueError(
                 f"Expected `rounding` to be 'down' or 'nearest', but got {self.rounding!r}."
             )
-        if self.family == "translation":
-            options = [o for o in (self.mode, self.rounding) if o not in ("circular", "down")]
-            object.__setattr__(self, "family", "-".join(["translation"] + options))
+        options = [o for o in (self.mode, self.rounding) if o not in ("circular", "down")]
+        object.__setattr__(self, "family", "-".join(["translation"] + options))
 
     @property
     def name(self) -> str:

@@ -88,8 +88,9 @@ def test_method_check_takes_no_options(capsys):
 def test_warnings_of_equifast_are_one_line_others_as_python_shows_them(tmp_path, capsys):
     import warnings
 
-    import torch
     from PIL import Image
+
+    import equifast as ef
 
     for i in range(2):
         Image.new("RGB", (40, 40), (60 * i, 90, 30)).save(tmp_path / f"{i}.png")
@@ -98,9 +99,10 @@ def test_warnings_of_equifast_are_one_line_others_as_python_shows_them(tmp_path,
     err = capsys.readouterr().err
     assert "equifast: warning: Measured 2 images, fewer than the n_images=5 asked for: that is all " \
            "the input holds.\n" in err and "UserWarning" not in err
-    # another library's warning keeps Python's format (file, line, category)
+    # another library's warning keeps Python's format (file, line, category), even when it is
+    # reported at a line of equifast (pandas' FutureWarnings are)
     from equifast.cli import _show_warning
 
-    _show_warning(UserWarning("from torch"), UserWarning, torch.__file__, 7)
-    assert capsys.readouterr().err.startswith(f"{torch.__file__}:7: UserWarning: from torch")
+    _show_warning(FutureWarning("from pandas"), FutureWarning, ef.measurement.__file__, 7)
+    assert capsys.readouterr().err.startswith(f"{ef.measurement.__file__}:7: FutureWarning: from pandas")
     assert warnings.showwarning is not _show_warning  # main put Python's display back

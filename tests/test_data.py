@@ -179,3 +179,34 @@ def test_default_loader_workers_leave_one_cpu_to_the_model():
 
     assert [default_num_workers(c) for c in (1, 2, 4, 9, 64)] == [0, 1, 3, 8, 8]
     assert default_num_workers() == min(8, usable_cpus() - 1) and usable_cpus() >= 1
+
+
+class _TwoArgError(Exception):  # pickles, but cannot be rebuilt from its message alone
+    def __init__(self, path, why):
+        super().__init__(f"{path}: {why}")
+
+
+class _FailsAtFive(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        if i == 5:
+            raise _TwoArgError("/x/5.jpg", "bad")
+        return torch.full((3, 4, 4), float(i)), 0
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        for i in range(4):
+            yield torch.full((3, 4, 4), float(i)), 0
+
+
+def test_worker_errors_come_back_as_themselves_with_the_workers_traceback():
+    with pytest.raises(RuntimeError, match=r"^_TwoArgError: /x/5\.jpg: bad$") as err:
+        list(data.batches(_FailsAtFive(), batch_size=2, num_workers=1))
+    cause = str(err.value.__cause__)
+    assert "Traceback (most recent call last)" in cause and "raise _TwoArgError" in cause
+    # a stream has no items to wrap: read by workers as before
+    x = torch.cat([b for b, _ in data.batches(_Stream(), batch_size=2, num_workers=1)])
+    assert x[:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -33,7 +33,7 @@ def test_backend_matches_reference_on_scaled_translation(backend):
 def test_one_compared_position_warns_under_correlation(backend):
     # 6 * 4 / 8 = 3 on a 4x4 map: a 1x1 overlap, so every centred vector is zero
     fx, ftx, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), ef.Translation(6, 6, mode="zero")
-    with pytest.warns(UserWarning, match=r"translation\(6,6,zero\) leaves one position to compare "
+    with pytest.warns(ef.EquifastWarning, match=r"translation\(6,6,zero\) leaves one position to compare "
                                          r"on a 4x4 map \(input 8x8\)"):
         s = equivariance_scores(fx, ftx, t, input_size=(8, 8), backend=backend)
     assert s.channel.isnan().all() and (s.layer_index == -1).all()

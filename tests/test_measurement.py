@@ -511,7 +511,7 @@ def test_transforms_as_specs_and_fewer_images_than_asked():
     import warnings
 
     x = torch.rand(3, 3, 12, 12)
-    with pytest.warns(UserWarning, match=r"^Measured 3 images, fewer than the n_images=5 asked for"):
+    with pytest.warns(ef.EquifastWarning, match=r"^Measured 3 images, fewer than the n_images=5 asked for"):
         by_spec = ef.measure(circular_net(), x, transforms="translation:1-2,rotation:180", n_images=5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # all the images asked for: no warning

@@ -87,6 +87,20 @@ def test_spec_expands_into_jobs_with_stable_ids(folder):
     assert [j.id for j in alias.jobs()] == [j.id for j in jobs]
 
 
+def test_shifts_of_their_own_family_get_their_own_job_ids(folder):
+    from equifast.distributed.spec import _job_content
+
+    # a record from before labelled zero-filled shifts 'translation': it must not be skipped as done
+    zero = load_spec(_spec(folder, transforms={"translation": "translation:1-2:zero"})).jobs()
+    for job in zero:
+        assert job.content()["families"] == ["translation-zero"] and job.id == job_id(job.content())
+        before = _job_content(job.model, job.dataset, job.transforms, job.metrics, job.seed,
+                              job.n_images, job.batch_size, job.vector_mode, job.amp)
+        assert "families" not in before and job_id(before) != job.id
+    for job in load_spec(_spec(folder)).jobs():  # circular shifts and rotations keep their ids
+        assert "families" not in job.content() and job.id == job_id(job.content())
+
+
 def test_tensor_cores_off_gets_its_own_job_ids(folder):
     default = [j.id for j in load_spec(_spec(folder)).jobs()]
     on = load_spec(_spec(folder, tensor_cores=True)).jobs()
@@ -302,21 +316,6 @@ def test_a_jobs_warnings_are_kept_in_its_record_not_printed_by_the_worker(folder
     assert job_record(job, results)["warnings"] == [said]  # once for the job
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_a_sweep_says_each_warning_once(folder, tmp_path):
-    models = [{"name": "resnet18", "weights": "none", "num_classes": 3},
-              {"name": "resnet10t", "weights": "none", "num_classes": 3}]
-    lines = []
-    spec = _spec(folder, models=models, transforms={"rotation": "rotation:90"})
-    result = run_sweep(spec, out=tmp_path / "out", echo=lines.append)
-    assert result.complete
-    said = [line for line in lines if line.startswith("  warning (")]
-    assert len(said) == 1 and said[0].endswith("): No accuracy: which of the model's 3 classes the 2 "
-                                               "class folders are is unknown (not one folder per "
-                                               "class, nor ImageNet synsets for 1000 classes).")
-    assert all(rec["warnings"] for rec in ResultStore(tmp_path / "out").records())
-
-
 # ---- store -----------------------------------------------------------------------------------
 
 def test_store_records_are_atomic_and_unique(tmp_path):
@@ -518,6 +517,12 @@ def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, ca
     assert capsys.readouterr().err.strip().endswith(
         ": Spearman's correlation needs at least 4 models with a score and an accuracy "
         "(min_models, --min-models), and 3 have them.")
+    same = load_spec(_spec(folder, models=[dict(m, accuracy=0.5) for m in MODELS]))
+    _finished_records(same, tmp_path / "same")  # enough models, but one accuracy for all
+    run_sweep(same, out=tmp_path / "same", progress=False)
+    assert sweep_main(["report", "--out", str(tmp_path / "same"), "--accuracy", "known"]) == 0
+    assert capsys.readouterr().err.strip().endswith(
+        ": the scores or the accuracies of its 3 models are all equal.")
     assert not (out / "figures" / "fig13_accuracy_correlation.png").exists()
     with pytest.warns(UserWarning, match="no job has a measured accuracy"):
         assert analysis.part_scores(out, accuracy="measured")["accuracy"].isna().all()
@@ -781,3 +786,18 @@ def test_the_readme_spec_validates(tmp_path):
     by_name["cifar10"]["root"] = str(tmp_path)
     next(m for m in spec["models"] if m["name"] == "my_net")["weights"] = str(tmp_path / "r18.pt")
     validate_spec(spec)  # raises SpecError listing every problem
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_sweep_says_each_warning_once(folder, tmp_path):
+    models = [{"name": "resnet18", "weights": "none", "num_classes": 3},
+              {"name": "resnet10t", "weights": "none", "num_classes": 3}]
+    lines = []
+    spec = _spec(folder, models=models, transforms={"rotation": "rotation:90"})
+    result = run_sweep(spec, out=tmp_path / "out", echo=lines.append)
+    assert result.complete
+    said = [line for line in lines if line.startswith("  warning (")]
+    assert len(said) == 1 and said[0].endswith("): No accuracy: which of the model's 3 classes the 2 "
+                                               "class folders are is unknown (not one folder per "
+                                               "class, nor ImageNet synsets for 1000 classes).")
+    assert all(rec["warnings"] for rec in ResultStore(tmp_path / "out").records())

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -68,7 +70,8 @@ def test_families():
                              "translation:3:zero:nearest")
     assert [t.family for t in ts] == ["translation"] * 2 + ["translation-zero"] * 2 + [
         "translation-nearest", "translation-zero-nearest"]
-    assert ef.Translation(1, 1, mode="zero", family="mine").family == "mine"  # a user's own label
+    moved = dataclasses.replace(ef.Translation(2, 2, mode="zero"), mode="circular")
+    assert moved == ef.Translation(2, 2) and moved.family == "translation"
     x = torch.randn(4, 3, 16, 16)
     nn = torch.nn
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),

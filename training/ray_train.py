@@ -23,6 +23,8 @@ import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
+from equifast.warning import EquifastWarning
+
 from .data import build_dataset
 from .recipes import Recipe
 from .trainer import (CHECKPOINT, TrainResult, _fit, _load_checkpoint, _result_from_dir,
@@ -156,7 +158,7 @@ def _check_resources(scaling, available: Dict[str, float], can_grow: bool = Fals
         if not can_grow:
             raise ValueError(f"Expected {what}; use fewer workers (--workers) or a larger cluster.")
         warnings.warn(f"Expected {what} now; Ray Train waits until an autoscaling cluster adds "
-                      "them (stop it otherwise: it waits for ever).", stacklevel=3)
+                      "them (stop it otherwise: it waits for ever).", category=EquifastWarning, stacklevel=3)
 
 
 def _divisors(n: int, near: int) -> str:

@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Subset
 
 from equifast._io import atomic_write, check_own_folder, write_text_atomic
 from equifast.devices import resolve_device
+from equifast.warning import EquifastWarning
 
 from .data import BatchCollate, build_dataset, dataset_info
 from .models import build_model
@@ -291,7 +292,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
         if (out / CHECKPOINT).is_file() and resume and changed:
             warnings.warn(f"Resuming {str(out)!r} with another {' and '.join(changed)}: the rest of "
                           "the run computes (or draws its augmentations) differently, so it will "
-                          "not be bitwise the uninterrupted run.", stacklevel=3)
+                          "not be bitwise the uninterrupted run.", category=EquifastWarning, stacklevel=3)
         if (out / CHECKPOINT).is_file() and not resume:
             raise FileExistsError(f"Expected `out_dir` (--out) {str(out)!r} to be empty with resume=False, "
                                   f"but it holds an unfinished run. Pass resume=True to continue "
@@ -395,7 +396,7 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
         else:  # weights and optimiser continue; the random streams restart from the seed
             warnings.warn(f"Resuming a run of {len(states)} worker(s) on {dist.world}: the "
                           f"result will not equal an uninterrupted run. Resume with "
-                          f"{len(states)} worker(s) for an exact continuation.")
+                          f"{len(states)} worker(s) for an exact continuation.", category=EquifastWarning)
         start, history = ckpt["epoch"], ckpt["history"]
 
     net = model
