@@ -196,11 +196,20 @@ class _RaisedAsItems(Dataset):
             return _Failed(err)
 
 
+def _image_and_label(item):
+    """``(image, label or None)`` of a dataset item: an image, ``(image,)`` (a TensorDataset of
+    images alone) or ``(image, label, ...)``."""
+    if isinstance(item, (tuple, list)):
+        return item[0], (item[1] if len(item) > 1 else None)
+    return item, None
+
+
 def _collate(items):
     failed = next((item for item in items if isinstance(item, _Failed)), None)
     if failed is not None:
         return failed
-    xs, ys = zip(*items) if isinstance(items[0], (tuple, list)) else (items, None)
+    xs, ys = zip(*[_image_and_label(item) for item in items])
+    ys = None if all(y is None for y in ys) else ys
     x = torch.stack([torch.as_tensor(v) for v in xs])
     y = None if ys is None else torch.as_tensor(ys)
     return x, y
@@ -218,8 +227,12 @@ class _Preprocessed(Dataset):
 
     def __getitem__(self, i):
         item = self.dataset[i]
-        x, y = item if isinstance(item, (tuple, list)) else (item, -1)
-        return (x if isinstance(x, torch.Tensor) else self.preprocess(x)), y
+        if isinstance(item, dict):  # preprocess would fail deep inside torchvision
+            raise TypeError(f"Expected the Dataset's items to be images or (image, label) pairs, "
+                            f"but got a dict (keys {', '.join(map(str, item))}); wrap it to return "
+                            "(image, label).")
+        x, y = _image_and_label(item)
+        return (x if isinstance(x, torch.Tensor) else self.preprocess(x)), (-1 if y is None else y)
 
 
 def _with_transform(dataset: Dataset, preprocess: Optional[Callable]) -> Dataset:
@@ -297,6 +310,20 @@ def check_num_workers(num_workers) -> None:
         raise ValueError(f"Expected `num_workers` to be an int >= 0, but got {num_workers!r}.")
 
 
+def _check_images(x, what: str = "`images`") -> None:
+    """Raise unless ``x`` is a model-ready batch: a floating tensor ``[N, C, H, W]``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Expected {what} to be image tensors [N, C, H, W] (alone or as "
+                        f"(images, labels)), but got {type(x).__name__}.")
+    if x.dim() != 4:
+        raise ValueError(f"Expected {what} to be [N, C, H, W], but got shape {tuple(x.shape)}; "
+                         "add a batch dim with images.unsqueeze(0).")
+    if not x.is_floating_point():
+        raise TypeError(f"Expected {what} to be a floating tensor, model-ready (scaled and "
+                        f"normalised as the model expects), but got {x.dtype}; convert "
+                        "uint8 images with images.float() / 255 and normalise them.")
+
+
 def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
             n_images: Optional[int] = None, preprocess: Optional[Callable] = None,
             seed: int = 0, num_workers: int = 0) -> Iterator[Batch]:
@@ -324,15 +351,7 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
     if isinstance(images, (tuple, list)) and len(images) == 2 and isinstance(images[0], torch.Tensor):
         images, labels = images
     if isinstance(images, torch.Tensor):
-        if images.dim() != 4:
-            raise ValueError(
-                f"Expected `images` to be [N, C, H, W], but got shape {tuple(images.shape)}; "
-                "add a batch dim with images.unsqueeze(0)."
-            )
-        if not images.is_floating_point():
-            raise TypeError(f"Expected `images` to be a floating tensor, model-ready (scaled and "
-                            f"normalised as the model expects), but got {images.dtype}; convert "
-                            "uint8 images with images.float() / 255 and normalise them.")
+        _check_images(images)
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"Expected {len(images)} labels, but got {len(labels)}.")
         if labels is not None:
@@ -347,7 +366,8 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
     if isinstance(images, DataLoader):
         seen = 0
         for item in images:
-            x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+            x, y = _image_and_label(item)
+            _check_images(x, "the DataLoader's batches")
             if n_images is not None and seen + len(x) > n_images:
                 x = x[: n_images - seen]
                 y = None if y is None else y[: len(x)]
@@ -368,6 +388,7 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
             if isinstance(batch, _Failed):
                 batch.raise_again()
             x, y = batch
+            _check_images(x, "the Dataset's images, batched")
             yield x, (None if y is None or (y < 0).all() else y)
         return
     raise TypeError(

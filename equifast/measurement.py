@@ -106,10 +106,31 @@ def metric_list(metric: Union[str, Sequence[str]], name: str = "`metric`") -> Li
     return metrics
 
 
+@contextlib.contextmanager
+def placement_kept(model):
+    """Put back the very parameter and buffer tensors of ``model`` (if it is one) afterwards:
+    measuring moves it to its device and to channels-last in place."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    params = [(m, name, p, p.data) for m in model.modules() for name, p in m._parameters.items()
+              if p is not None]
+    buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items()]
+    try:
+        yield
+    finally:
+        for m, name, p, data in params:
+            p.data = data
+            m._parameters[name] = p
+        for m, name, b in buffers:
+            m._buffers[name] = b
+
+
 class Measurer:
     """The streaming face of :func:`measure`: ``update`` per batch, ``state`` at any time.
 
-    Args: as :func:`measure`; ``example`` is one batch used to find the points.
+    Args: as :func:`measure`; ``example`` is one batch used to find the points. Unlike
+    :func:`measure`, it leaves ``model`` in eval mode on its device (channels-last if asked).
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor, transforms: Sequence[Transform], *,
@@ -254,7 +275,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         points: names of representations to use instead of :func:`equifast.split`'s.
         vector_mode: ``"per_image"`` or ``"across_images"`` for vectors (pool, logits).
         device: default CUDA when present. amp: ``"float16"``/``"bfloat16"`` autocast.
-        seed: seeds torch and the dataset subset, so a run is reproducible.
+        seed: seeds torch (random weights by name) and the dataset subset, so a run is
+            reproducible; the caller's own random stream is left as it was. The model is
+            given back as it came: modes, device and memory format.
         progress: show a progress bar (tqdm).
         backend: ``"auto"``, ``"operator"`` or ``"reference"``.
         channels_last: run the model channels-last (faster convolutions on CPU and GPU).
@@ -287,8 +310,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         transforms = parse_transforms(transforms)
     metric_list(metric)  # before the model and the data load
     data_mod.check_num_workers(num_workers)
-    # A model being trained is put back in train mode after (measuring runs it in eval mode).
-    with modes_kept(model):
+    # A model being trained is put back as it was after: its modes (measuring runs it in eval
+    # mode), its device and memory format; the caller's random stream is left alone.
+    with modes_kept(model), placement_kept(model), torch.random.fork_rng(devices=[]):
         from .models import load_model
 
         if n_images is not None and n_images < 1:

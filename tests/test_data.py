@@ -210,3 +210,32 @@ def test_worker_errors_come_back_as_themselves_with_the_workers_traceback():
     # a stream has no items to wrap: read by workers as before
     x = torch.cat([b for b, _ in data.batches(_Stream(), batch_size=2, num_workers=1)])
     assert x[:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+class _Dicts(torch.utils.data.Dataset):
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"img": self.x[i]}
+
+
+def test_loaders_and_datasets_of_every_shape_of_item():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = torch.rand(5, 3, 4, 4), torch.tensor([0, 1, 2, 0, 1])
+    for images in (DataLoader(TensorDataset(x), batch_size=2), TensorDataset(x)):  # (image,) items
+        bx, by = _collect(data.batches(images, batch_size=2))
+        assert torch.equal(bx, x) and by is None
+    bx, by = _collect(data.batches(TensorDataset(x, y, y), batch_size=2))  # extra fields ignored
+    assert torch.equal(bx, x) and torch.equal(by, y)
+    with pytest.raises(TypeError, match=r"^Expected the DataLoader's batches to be a floating tensor"):
+        list(data.batches(DataLoader(TensorDataset((x * 255).byte()), batch_size=2)))
+    with pytest.raises(TypeError, match=r"^Expected the DataLoader's batches to be image tensors .* got dict"):
+        list(data.batches(DataLoader([{"img": v} for v in x], batch_size=2)))
+    with pytest.raises(TypeError, match=r"^Expected the Dataset's items to be images or \(image, label\) "
+                                        r"pairs, but got a dict \(keys img\)"):
+        list(data.batches(_Dicts(x), batch_size=2, preprocess=lambda v: v))

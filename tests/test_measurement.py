@@ -521,6 +521,26 @@ def test_transforms_as_specs_and_fewer_images_than_asked():
     assert by_spec.meta["n_images"] == 3
 
 
+def test_the_model_and_the_random_stream_are_given_back_as_they_were():
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=4).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tensors = [(p.data_ptr(), p.stride()) for p in model.parameters()]
+    x = torch.rand(2, 3, 32, 32)
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    ef.measure(model, x, transforms=ef.Rotation(1))
+    assert torch.equal(torch.rand(3), want)  # not reseeded to `seed`
+    # the same tensors, in their own memory format (it was left channels-last: views failed)
+    assert [(p.data_ptr(), p.stride()) for p in model.parameters()] == tensors
+    assert model.conv1.weight.is_contiguous() and model.training
+    torch.nn.utils.parameters_to_vector(model.parameters())
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_a_repeated_transform_is_refused():
     # it would count twice in its family's mean
     with pytest.raises(ValueError, match="distinct transforms"):
