@@ -486,6 +486,13 @@ def test_bad_recipe_values_are_refused_before_the_run_folder(tmp_path):
                 {"lr": float("nan")}, {"lr": float("inf")}):
         with pytest.raises(ValueError, match=rf"Expected `{next(iter(bad))}`"):
             get_recipe("cnn7-fmnist6", **bad)
+    # another type than declared: epochs="2" passed the checks, then failed in the first epoch
+    for bad, said in (({"epochs": "2"}, "an int, but got '2'"), ({"batch_size": 2.5}, "an int"),
+                      ({"download": "yes"}, "a bool"), ({"lr": True}, "a float"),
+                      ({"test_subset": 1.0}, "an int or None"), ({"data_root": 3}, "a str or None")):
+        with pytest.raises(TypeError, match=rf"^Expected `{next(iter(bad))}` to be {said}"):
+            get_recipe("cnn7-fmnist6", **bad)
+    assert get_recipe("cnn7-fmnist6", lr=1, data_root=tmp_path).data_root == str(tmp_path)
 
 
 def test_a_run_that_never_started_does_not_block_the_corrected_one(tmp_path):

@@ -28,7 +28,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Tuple
 
 __all__ = ["Recipe", "RECIPES", "get_recipe", "list_recipes", "IGNORED_ON_RESUME"]
@@ -101,6 +102,24 @@ class Recipe:
     device: Optional[str] = None
     num_workers: int = 0
 
+    def _check_types(self) -> None:
+        """Raise TypeError for a field of another type than declared (``epochs="2"`` passed
+        every check, then failed deep in training); whole floats such as ``lr=1`` are fine."""
+        kinds = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            optional = f.type.startswith("Optional[")
+            kind = {"int": int, "float": float, "str": str, "bool": bool}.get(
+                f.type.removeprefix("Optional[").removesuffix("]"))
+            if kind is None or (optional and value is None):
+                continue
+            if kind is str and isinstance(value, os.PathLike):  # data_root=Path(...)
+                value = os.fspath(value)
+                object.__setattr__(self, f.name, value)
+            if not isinstance(value, kinds[kind]) or (kind is not bool and isinstance(value, bool)):
+                raise TypeError(f"Expected `{f.name}` to be {'an' if kind is int else 'a'} "
+                                f"{kind.__name__}{' or None' if optional else ''}, but got {value!r}.")
+
     def __post_init__(self):
         from .data import AUGMENTATIONS, DATASETS
         from .models import MODELS
@@ -111,6 +130,7 @@ class Recipe:
             if value not in allowed:
                 raise ValueError(f"Expected `{what}` to be one of {list(allowed)}, "
                                  f"but got {value!r}.")
+        self._check_types()
         for what in ("epochs", "batch_size", "width"):
             if int(getattr(self, what)) < 1:
                 raise ValueError(f"Expected `{what}` to be >= 1, but got {getattr(self, what)!r}.")
