@@ -350,7 +350,8 @@ class ResultStore:
 
 
 def _for_parquet(df: pd.DataFrame) -> pd.DataFrame:
-    """Object columns with mixed types (e.g. weights: None or a path) as strings for Arrow."""
+    """Object columns with mixed types (e.g. accuracy_source: None or a string, a column of
+    numbers and strings) as strings for Arrow."""
     df = df.copy()
     for col in df.columns:
         if df[col].dtype == object:

@@ -6,6 +6,7 @@ seeded crops of the real photographs that scikit-image ships.
 """
 from __future__ import annotations
 
+import numbers
 import os
 import pickle
 import traceback
@@ -343,8 +344,8 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
         num_workers: processes that read and preprocess a dataset's or folder's images
             (``DataLoader`` workers; 0: in this process). The batches are the same either way.
     """
-    if batch_size < 1:
-        raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size}.")
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be an integer >= 1, but got {batch_size!r}.")
     check_num_workers(num_workers)
     if isinstance(images, (str, os.PathLike)):
         images = ImageFiles(images)

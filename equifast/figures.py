@@ -34,7 +34,10 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
     One row of panels per transform family (translation, rotation, ...), like figures 7, 9,
     10, 11 and 12 of the thesis.
     """
+    from .report import rows_of_metric
+
     plt = _pyplot()
+    frames = {label: rows_of_metric(df, metric) for label, df in frames.items()}
     families = []
     for df in frames.values():
         families += [f for f in df["family"].unique() if f not in families]
@@ -44,10 +47,6 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
             ax = axes[row][col]
             for label, df in frames.items():
                 d = df[df["family"] == fam]
-                if metric is not None and "metric" in d:
-                    d = d[d["metric"] == metric]
-                elif "metric" in d and d["metric"].nunique() > 1:
-                    d = d[d["metric"] == "correlation"]
                 d = d.assign(part=pd.Categorical(d["part"].astype(str), PARTS, ordered=True)).sort_values("part")
                 if d.empty:
                     continue

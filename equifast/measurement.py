@@ -51,12 +51,20 @@ class MeasureState:
     shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
 
     def merge(self, other: "MeasureState") -> "MeasureState":
-        """Add another state measured with the same points, transforms and metrics."""
-        if ([p.name for p in other.points] != [p.name for p in self.points]
-                or [t.name for t in other.transforms] != [t.name for t in self.transforms]
-                or other.metrics != self.metrics or other.vector_mode != self.vector_mode):
-            raise ValueError("Expected states of the same points, transforms, metrics and vector "
-                             "mode, but they differ; measure every shard with the same settings.")
+        """Add another state measured with the same points, transforms and metrics into this
+        one (in place; ``other`` is left as it was) and return this one."""
+        if not isinstance(other, MeasureState):
+            raise TypeError(f"Expected a MeasureState (measure(..., return_state=True)), but got "
+                            f"{type(other).__name__}.")
+        differ = [what for what, mine, theirs in (
+            ("points", [p.name for p in self.points], [p.name for p in other.points]),
+            ("transforms", [t.name for t in self.transforms], [t.name for t in other.transforms]),
+            ("metrics", self.metrics, other.metrics), ("vector mode", self.vector_mode, other.vector_mode))
+            if mine != theirs]
+        if differ:
+            raise ValueError(f"Expected states of the same points, transforms, metrics and vector "
+                             f"mode, but their {' and '.join(differ)} differ; measure every shard "
+                             "with the same settings.")
         for mine, theirs in ((self.scores, other.scores), (self.vectors, other.vectors),
                              (self.activations, other.activations)):
             for key, state in theirs.items():
@@ -146,7 +154,9 @@ class Measurer:
             raise ValueError(f"Expected `amp` to be None, 'float16' or 'bfloat16', but got {amp!r}.")
         transforms = list(transforms)
         if not transforms or not all(isinstance(t, Transform) for t in transforms):
-            raise TypeError(f"Expected `transforms` to be a non-empty list of equifast transforms, but got {transforms!r}.")
+            raise TypeError(f"Expected `transforms` to be a non-empty list of equifast transforms "
+                            f"(or, for measure, specs like 'translation:1-8,rotation'), but got "
+                            f"{transforms!r}.")
         check_distinct(transforms)
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
@@ -266,7 +276,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             by default the model's own; see :class:`equifast.data.ImageFiles` for its labels).
             ``None``: the embedded photos, cropped to the model's input size.
         transforms: a list of transforms, or one, or specs as the command line takes them
-            (``"translation:1-16,rotation"``, see :func:`equifast.parse_transforms`); default:
+            (``"translation:1-16,rotation"`` or a list of such strings, see
+            :func:`equifast.parse_transforms`); default:
             diagonal shifts 1..32 and the three rotations.
         metric: ``"correlation"``, ``"cosine"``, or both (a list) in the same passes.
         batch_size: images per forward pass (transformed batches are stacked up to it).
@@ -306,8 +317,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                         f"folder, but got {type(model).__name__}.")
     if isinstance(transforms, Transform):  # one transform
         transforms = [transforms]
-    elif isinstance(transforms, str):  # "rotation" was read letter by letter
-        transforms = parse_transforms(transforms)
+    elif isinstance(transforms, str) or (isinstance(transforms, (list, tuple)) and transforms
+                                         and all(isinstance(t, str) for t in transforms)):
+        transforms = parse_transforms(transforms)  # "rotation" was read letter by letter
     metric_list(metric)  # before the model and the data load
     data_mod.check_num_workers(num_workers)
     # A model being trained is put back as it was after: its modes (measuring runs it in eval

@@ -309,7 +309,7 @@ def load_model(name: str, weights: Optional[str] = "default",
 
         if weights != "default" or num_classes is not None:  # None too: it would not be random
             raise ValueError(f"Expected no `weights` or `num_classes` for the run folder {name!r} "
-                             "(it is measured with its own trained model.pt), but got "
+                             "(it is measured with its own trained weights), but got "
                              f"weights={weights!r}, num_classes={num_classes!r}.")
         return load_run(name, class_logits_only=True), None  # a Rot-Eq run's final: its classes
     named, path = torchvision_weights(name, weights), checkpoint_path(name, weights)

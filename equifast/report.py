@@ -17,7 +17,7 @@ import pandas as pd
 
 from ._io import atomic_write, write_text_atomic
 
-__all__ = ["Report", "PARTS", "part_table", "over_runs", "combine_runs", "metric_bias"]
+__all__ = ["Report", "PARTS", "part_table", "over_runs", "combine_runs", "metric_bias", "rows_of_metric"]
 
 PARTS = ("early", "middle", "late", "pool", "final")
 SCORES = ["channel", "layer", "undefined_fraction"]
@@ -46,6 +46,21 @@ def _read_json(path: Path):
     except json.JSONDecodeError as err:
         raise ValueError(f"Expected a report saved by Report.save in {str(path)!r}, but it is "
                          f"not valid JSON ({err}).") from None
+
+
+def rows_of_metric(table: pd.DataFrame, metric: Optional[str] = None) -> pd.DataFrame:
+    """The rows of ``table`` (a points or parts table) of one metric: ``metric``, else
+    correlation when several were measured. A metric that was not measured is an error (its
+    table or figure would be empty)."""
+    if "metric" not in table.columns:
+        return table
+    measured = list(dict.fromkeys(table["metric"]))
+    if metric is None:
+        metric = "correlation" if len(measured) > 1 else None
+    elif metric not in measured:
+        raise ValueError(f"Expected `metric` to be one the report measured ({', '.join(measured)}), "
+                         f"but got {metric!r}.")
+    return table if metric is None else table[table["metric"] == metric]
 
 
 def metric_bias(points: pd.DataFrame,
@@ -115,8 +130,17 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
         reports: reports of repeated runs; ``report.meta`` keys named in ``by`` (e.g. the
             setting of a study) group them.
     """
-    frames = []
+    frames, measured = [], {}
     for i, r in enumerate(reports):
+        # a family's mean over other transforms is another number: not a seed of the same run
+        group = tuple(r.meta.get(k) for k in by)
+        names = set(r.points["transform"]) if len(r.points) else set()
+        first, first_names = measured.setdefault(group, (i, names))
+        if names != first_names:
+            raise ValueError(f"Expected the runs combined{' per ' + ', '.join(by) if by else ''} "
+                             f"to have measured the same transforms, but run {i} lacks "
+                             f"{sorted(first_names - names)} and has {sorted(names - first_names)} "
+                             f"beside run {first}.")
         df = r.parts.copy()
         df["run"] = i
         for k in by:
@@ -152,11 +176,7 @@ class Report:
     def summary(self, metric: Optional[str] = None) -> pd.DataFrame:
         """The per-part table as the CLI prints it: parts as rows, (family, score) columns;
         ``metric`` picks one when several were measured (default: correlation, as the plots)."""
-        parts = self.parts
-        if "metric" in parts and parts.metric.nunique() > 1 and metric is None:
-            metric = "correlation"
-        if metric is not None and "metric" in parts:
-            parts = parts[parts.metric == metric]
+        parts = rows_of_metric(self.parts, metric)
         wide = parts.pivot_table(index="part", columns="family", values=["channel", "layer"],
                                  observed=True, sort=False)
         return wide.swaplevel(0, 1, axis=1).sort_index(axis=1)

@@ -170,8 +170,9 @@ def test_helpers_of_subsets_sizes_and_batches(tmp_path):
     _, b = _collect(data.batches(TensorDataset(x, y), batch_size=3, n_images=6, seed=2))
     assert len(set(a.tolist())) == 6 and a.tolist() == sorted(a.tolist())
     assert a.tolist() != b.tolist()
-    with pytest.raises(ValueError, match="`batch_size` >= 1"):
-        list(data.batches(x, batch_size=0))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"`batch_size` to be an integer >= 1, but got {bad!r}"):
+            list(data.batches(x, batch_size=bad))
 
 
 def test_default_loader_workers_leave_one_cpu_to_the_model():

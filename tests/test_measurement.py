@@ -412,11 +412,15 @@ def test_merge_refuses_states_of_other_settings():
     x = torch.rand(2, 3, 12, 12)
     base = dict(transforms=[ef.Rotation(1)], return_state=True)
     a = ef.measure(model, x, **base)
-    for other in (dict(base, transforms=[ef.Rotation(2)]), dict(base, vector_mode="across_images"),
-                  dict(base, metric="cosine"), dict(base, points=["0", "final"])):
-        with pytest.raises(ValueError, match="same points, transforms, metrics and vector mode"):
+    for other, what in ((dict(base, transforms=[ef.Rotation(2)]), "transforms"),
+                        (dict(base, vector_mode="across_images"), "vector mode"),
+                        (dict(base, metric="cosine"), "metrics"), (dict(base, points=["0", "final"]), "points")):
+        with pytest.raises(ValueError, match=f"same points, transforms, metrics and vector mode, but "
+                                             f"their {what} differ"):
             copy_of_a = ef.measure(model, x, **base)
             copy_of_a.merge(ef.measure(model, x, **other))
+    with pytest.raises(TypeError, match="Expected a MeasureState .* but got Report"):
+        a.merge(ef.measure(model, x, transforms=[ef.Rotation(1)]))
     assert a.n_images == 2
 
 
@@ -518,6 +522,8 @@ def test_transforms_as_specs_and_fewer_images_than_asked():
         by_object = ef.measure(circular_net(), x, n_images=3,
                                transforms=ef.diagonal_shifts(1, 2) + [ef.Rotation(2)])
     pd.testing.assert_frame_equal(by_spec.points, by_object.points)
+    by_list = ef.measure(circular_net(), x, transforms=["translation:1-2", "rotation:180"])
+    pd.testing.assert_frame_equal(by_list.points, by_object.points)
     assert by_spec.meta["n_images"] == 3
 
 

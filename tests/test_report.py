@@ -327,3 +327,40 @@ def test_check_own_folder_never_takes_a_users_folder(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(FileExistsError, match="is a file"):
         check_own_folder(tmp_path / "file", *args)
+
+
+def test_a_metric_that_was_not_measured_is_an_error_not_an_empty_table():
+    import torch
+
+    import equifast as ef
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    both = ef.measure(model, torch.rand(2, 3, 12, 12), transforms=ef.Rotation(1),
+                      metric=["correlation", "cosine"])
+    one = Report(both.points[both.points.metric == "cosine"].reset_index(drop=True), dict(both.meta))
+    with pytest.raises(ValueError, match=r"^Expected `metric` to be one the report measured \(cosine\), "
+                                         r"but got 'correlation'\.$"):
+        one.summary("correlation")
+    with pytest.raises(ValueError, match="one the report measured"):
+        one.plot(metric="correlation")
+    # the default: the only one, or correlation among several
+    assert one.summary().equals(one.summary("cosine"))
+    assert both.summary().equals(both.summary("correlation"))
+    assert not both.summary("cosine").equals(both.summary())
+
+
+def test_runs_of_other_transforms_are_not_combined_as_seeds():
+    import torch
+
+    import equifast as ef
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x = torch.rand(2, 3, 12, 12)
+    one, three = (ef.measure(model, x, transforms=t) for t in ([ef.Rotation(1)], ef.rotations()))
+    with pytest.raises(ValueError, match=r"same transforms, but run 1 lacks \[\] and has "
+                                         r"\['rotation\(180\)', 'rotation\(270\)'\] beside run 0"):
+        combine_runs([one, three])
+    one.meta["setting"], three.meta["setting"] = "a", "b"  # other settings may differ
+    assert set(combine_runs([one, three], by=["setting"])["runs"]) == {1}
