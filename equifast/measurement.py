@@ -273,7 +273,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             and a path given as ``images`` is that data set's root).
         images: a tensor ``[N, C, H, W]`` (model-ready), ``(images, labels)``, a
             ``DataLoader``, a ``Dataset`` or a folder path (preprocessed with ``preprocess``,
-            by default the model's own; see :class:`equifast.data.ImageFiles` for its labels).
+            by default the model's own when it is given by name, else ImageNet's 224-pixel
+            centre crop; see :class:`equifast.data.ImageFiles` for its labels).
             ``None``: the embedded photos, cropped to the model's input size.
         transforms: a list of transforms, or one, or specs as the command line takes them
             (``"translation:1-16,rotation"`` or a list of such strings, see
@@ -290,6 +291,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             reproducible; the caller's own random stream is left as it was. The model is
             given back as it came: modes, device and memory format.
         progress: show a progress bar (tqdm).
+        preprocess: PIL image -> model-ready tensor, for folders and datasets of PIL images.
         backend: ``"auto"``, ``"operator"`` or ``"reference"``.
         channels_last: run the model channels-last (faster convolutions on CPU and GPU).
         tensor_cores: on CUDA, let the operator multiply on tensor cores (TF32 for float32
