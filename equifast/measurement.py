@@ -121,14 +121,20 @@ def placement_kept(model):
     if not isinstance(model, nn.Module):
         yield
         return
-    params = [(m, name, p, p.data) for m in model.modules() for name, p in m._parameters.items()
-              if p is not None]
-    buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items()]
+    lazy = torch.nn.parameter.is_lazy  # materialised by the first forward: left as it became
+    params = [(m, name, p, p.data, p.grad, None if p.grad is None else p.grad.data)
+              for m in model.modules() for name, p in m._parameters.items()
+              if p is not None and not lazy(p)]
+    buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items()
+               if b is None or not lazy(b)]
     try:
         yield
     finally:
-        for m, name, p, data in params:
+        for m, name, p, data, grad, grad_data in params:
             p.data = data
+            if grad is not None:  # Module.to moved it too
+                grad.data = grad_data
+            p.grad = grad
             m._parameters[name] = p
         for m, name, b in buffers:
             m._buffers[name] = b
@@ -331,7 +337,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
 
         if n_images is not None and n_images < 1:
             raise ValueError(f"Expected `n_images` >= 1 (or None: all), but got {n_images}.")
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: the caller's CUDA stream is theirs
         meta = {"seed": seed, "backend": backend_name() if backend == "auto" else backend}
         if isinstance(model, str):
             meta.update(model=model, weights=str(weights))

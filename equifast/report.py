@@ -58,8 +58,8 @@ def rows_of_metric(table: pd.DataFrame, metric: Optional[str] = None) -> pd.Data
     if metric is None:
         metric = "correlation" if len(measured) > 1 else None
     elif metric not in measured:
-        raise ValueError(f"Expected `metric` to be one the report measured ({', '.join(measured)}), "
-                         f"but got {metric!r}.")
+        raise ValueError(f"Expected `metric` to be one of those the report measured "
+                         f"({', '.join(measured)}), but got {metric!r}.")
     return table if metric is None else table[table["metric"] == metric]
 
 

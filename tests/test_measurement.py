@@ -547,6 +547,23 @@ def test_the_model_and_the_random_stream_are_given_back_as_they_were():
     assert all(torch.equal(after[k], v) for k, v in before.items())
 
 
+def test_given_back_gradients_lazy_modules_and_cuda_streams(monkeypatch):
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=4)
+    model(torch.rand(2, 3, 32, 32)).sum().backward()  # between two steps of training
+    grads = [(p.grad.data_ptr(), p.grad.stride()) for p in model.parameters()]
+    seeded = []  # the caller's CUDA generators are theirs (seeded lazily on a CPU machine)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    monkeypatch.setattr(torch.cuda, "manual_seed", seeded.append)
+    ef.measure(model, torch.rand(2, 3, 32, 32), transforms=ef.Rotation(1), seed=7)
+    assert [(p.grad.data_ptr(), p.grad.stride()) for p in model.parameters()] == grads and not seeded
+    lazy = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.LazyLinear(2))
+    ef.measure(lazy, torch.rand(2, 3, 12, 12), transforms=ef.Rotation(1), channels_last=False)
+    assert lazy(torch.rand(2, 3, 12, 12)).shape == (2, 2)  # materialised, and left so
+
+
 def test_a_repeated_transform_is_refused():
     # it would count twice in its family's mean
     with pytest.raises(ValueError, match="distinct transforms"):

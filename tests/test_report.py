@@ -339,10 +339,10 @@ def test_a_metric_that_was_not_measured_is_an_error_not_an_empty_table():
     both = ef.measure(model, torch.rand(2, 3, 12, 12), transforms=ef.Rotation(1),
                       metric=["correlation", "cosine"])
     one = Report(both.points[both.points.metric == "cosine"].reset_index(drop=True), dict(both.meta))
-    with pytest.raises(ValueError, match=r"^Expected `metric` to be one the report measured \(cosine\), "
+    with pytest.raises(ValueError, match=r"^Expected `metric` to be one of those the report measured \(cosine\), "
                                          r"but got 'correlation'\.$"):
         one.summary("correlation")
-    with pytest.raises(ValueError, match="one the report measured"):
+    with pytest.raises(ValueError, match="one of those the report measured"):
         one.plot(metric="correlation")
     # the default: the only one, or correlation among several
     assert one.summary().equals(one.summary("cosine"))
