@@ -4,8 +4,9 @@ A spec is YAML (or the same structure as a Python dict); :func:`load_spec` reads
 validates it, and :meth:`SweepSpec.jobs` expands it into :class:`Job` s, one per
 (model, dataset, transform family, seed). Every job has a stable id: a hash of what it
 measures (model, weights and a checkpoint's content, data, transforms, metrics, seed, number
-of images, batch size), not of how it runs (resources, shards, retries), so changing a
-cluster setting never re-measures a finished job.
+of images, batch size, vector mode, amp, ``tensor_cores`` when false, the family labels of
+zero-filled or nearest-rounded shifts), not of how it runs (resources, shards, retries), so
+changing a cluster setting never re-measures a finished job.
 
 Example, with every kind of entry (``distributed/examples/small.yaml`` is one that runs offline)::
 

@@ -214,12 +214,14 @@ class ActivationState:
         return self
 
     def merge(self, other: "ActivationState") -> "ActivationState":
+        """Add ``other``'s sums into this state; returns this state."""
         self.total += other.total
         self.magnitude += other.magnitude
         self.count += other.count
         return self
 
     def compute(self) -> Dict[str, float]:
+        """``mean_activation`` and ``mean_magnitude`` (NaN before any value)."""
         nan = float("nan")
         return {"mean_activation": self.total / self.count if self.count else nan,
                 "mean_magnitude": self.magnitude / self.count if self.count else nan}

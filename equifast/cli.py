@@ -43,7 +43,7 @@ def _add_measure(sub) -> None:
     p.add_argument("--weights", default="default",
                    help="'default' (the default: hub weights; embedded for efficientnet_lite0), "
                         "'none' (random), a checkpoint path (torch.save or .safetensors), or "
-                        "torchvision weights by name (IMAGENET1K_V1)")
+                        "torchvision weights by name (IMAGENET1K_V1); not with a run folder")
     p.add_argument("--data", default=None,
                    help="folder of images (class subfolders give labels and accuracy); default: embedded photos")
     p.add_argument("--transforms", default="translation:1-32,rotation",
@@ -183,6 +183,8 @@ def _add_models(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``equifast`` parser: ``measure``, ``models``, and ``train``/``study``/``sweep`` where
+    their modules import."""
     parser = argparse.ArgumentParser(prog="equifast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

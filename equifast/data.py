@@ -333,8 +333,9 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
     Args:
         images: a tensor ``[N, C, H, W]`` (used as is: already preprocessed), a tuple
             ``(images, labels)``, a ``DataLoader`` (yielding ``x`` or ``(x, y)``), a map-style
-            ``Dataset`` (yielding ``(image, label)``; PIL images get ``preprocess``), or a path
-            to a folder of images (see :class:`ImageFiles`).
+            ``Dataset`` (yielding ``(image, label, ...)``, ``(image,)`` or images; PIL images
+            get ``preprocess``; dict items are refused), or a path to a folder of images (see
+            :class:`ImageFiles`).
         labels: ``[N]`` class indices for a tensor input (optional).
         batch_size: images per batch (not for a ``DataLoader``, which keeps its own).
         n_images: use at most this many images; for a dataset or folder, a seeded random

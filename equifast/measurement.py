@@ -51,8 +51,9 @@ class MeasureState:
     shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
 
     def merge(self, other: "MeasureState") -> "MeasureState":
-        """Add another state measured with the same points, transforms and metrics into this
-        one (in place; ``other`` is left as it was) and return this one."""
+        """Add another :class:`MeasureState` measured with the same points, transforms, metrics
+        and vector mode into this one (in place; ``other`` is left as it was) and return this
+        one."""
         if not isinstance(other, MeasureState):
             raise TypeError(f"Expected a MeasureState (measure(..., return_state=True)), but got "
                             f"{type(other).__name__}.")
@@ -288,7 +289,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             diagonal shifts 1..32 and the three rotations.
         metric: ``"correlation"``, ``"cosine"``, or both (a list) in the same passes.
         batch_size: images per forward pass (transformed batches are stacked up to it).
-        n_images: at most this many images (a seeded subset for datasets and folders).
+        n_images: at most this many images (a seeded subset for datasets and folders); a
+            warning says when the input holds fewer.
         labels: class indices for a tensor input: top-1 accuracy goes into ``report.meta``.
         points: names of representations to use instead of :func:`equifast.split`'s.
         vector_mode: ``"per_image"`` or ``"across_images"`` for vectors (pool, logits).

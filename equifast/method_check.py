@@ -125,6 +125,7 @@ def metric_check(shift: float = 0.5, seed: int = 0) -> Dict[str, float]:
 
 
 def main(argv=None) -> int:
+    """``python -m equifast.method_check``: run the check and print what it should show."""
     import argparse
 
     argparse.ArgumentParser(prog="python -m equifast.method_check",

@@ -126,6 +126,9 @@ def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run:
 def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.DataFrame:
     """Mean and standard deviation over runs (seeds) of each part's scores.
 
+    Raises ``ValueError`` when runs of one group measured other transforms (a family's mean
+    over other transforms is another number, not another seed).
+
     Args:
         reports: reports of repeated runs; ``report.meta`` keys named in ``by`` (e.g. the
             setting of a study) group them.
@@ -162,6 +165,7 @@ class Report:
 
     @classmethod
     def from_rows(cls, rows: List[dict], meta: Optional[dict] = None) -> "Report":
+        """A report from points rows (dicts with the columns of ``points``)."""
         return cls(pd.DataFrame(rows), meta)
 
     @property

@@ -218,7 +218,8 @@ def get_recipe(name: str, **overrides) -> Recipe:
     """The recipe ``name`` with optional field overrides (``None`` overrides are ignored).
 
     Raises:
-        ValueError: unknown name or field.
+        ValueError: unknown name or field, or a value out of range.
+        TypeError: a field of another type than declared (``epochs="2"``).
     """
     if name not in RECIPES:
         raise ValueError(f"Expected a recipe name in {list_recipes()}, but got {name!r}. "
