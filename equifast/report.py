@@ -48,6 +48,24 @@ def _read_json(path: Path):
                          f"not valid JSON ({err}).") from None
 
 
+def _shift_families(points: pd.DataFrame) -> pd.DataFrame:
+    """Points saved before zero-filled and nearest-rounded shifts had families of their own
+    (``translation-zero``, ...) labelled them ``translation``: relabelled from their transform
+    names (``translation(1,1,zero)``), so that old and new reports agree."""
+    if not {"family", "transform"} <= set(points.columns):
+        return points
+    old = points["family"].astype(str) == "translation"
+    names = points.loc[old, "transform"].astype(str)
+    if not names.str.contains(",zero|,nearest").any():
+        return points
+    points = points.copy()
+    if isinstance(points["family"].dtype, pd.CategoricalDtype):
+        points["family"] = points["family"].astype(str)
+    points.loc[old, "family"] = names.map(
+        lambda n: "-".join(["translation"] + [o for o in ("zero", "nearest") if f",{o}" in n]))
+    return points
+
+
 def rows_of_metric(table: pd.DataFrame, metric: Optional[str] = None) -> pd.DataFrame:
     """The rows of ``table`` (a points or parts table) of one metric: ``metric``, else
     correlation when several were measured. A metric that was not measured is an error (its
@@ -227,7 +245,7 @@ class Report:
             for col in points.columns:  # a column of NaN only was written as nulls
                 if points[col].isna().all():
                     points[col] = points[col].astype(float)
-            return cls(points, doc.get("meta"))
+            return cls(_shift_families(points), doc.get("meta"))
         stem = path.with_suffix("")
         points = stem.with_name(f"{stem.name}.points{suffix}")
         if not points.is_file():
@@ -235,7 +253,7 @@ class Report:
         df = pd.read_csv(points) if suffix == ".csv" else pd.read_parquet(points)
         meta_path = stem.with_name(f"{stem.name}.meta.json")
         meta = _read_json(meta_path) if meta_path.is_file() else {}
-        return cls(df, meta)
+        return cls(_shift_families(df), meta)
 
     def plot(self, path=None, label: Optional[str] = None, others: Optional[Dict[str, "Report"]] = None,
              metric: Optional[str] = None):

@@ -364,3 +364,25 @@ def test_runs_of_other_transforms_are_not_combined_as_seeds():
         combine_runs([one, three])
     one.meta["setting"], three.meta["setting"] = "a", "b"  # other settings may differ
     assert set(combine_runs([one, three], by=["setting"])["runs"]) == {1}
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
+def test_reports_saved_before_shift_families_are_relabelled_on_load(tmp_path, suffix):
+    import torch
+
+    import equifast as ef
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    new = ef.measure(model, torch.rand(2, 3, 16, 16), transforms="translation:1-2,translation:1-2:zero,"
+                                                                 "translation:3:zero:nearest,rotation:90")
+    # as the version before wrote it: every shift 'translation', zero-filled ones averaged in
+    old = Report(new.points.assign(family=new.points["family"].where(
+        ~new.points["family"].str.startswith("translation"), "translation")), dict(new.meta))
+    assert set(old.parts.family) == {"translation", "rotation"}
+    old.save(tmp_path / f"old{suffix}")
+    back = Report.load(tmp_path / f"old{suffix}")
+    assert list(back.points.family) == list(new.points.family)
+    pd.testing.assert_frame_equal(back.parts.reset_index(drop=True), new.parts.reset_index(drop=True),
+                                  check_dtype=False, check_categorical=False)
+    assert set(combine_runs([back, new])["runs"]) == {2}  # one row per family, both runs in it
