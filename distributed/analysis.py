@@ -92,7 +92,8 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
     df = df.assign(accuracy=_accuracy_column(df, accuracy))
     if df["accuracy"].isna().all():  # else a silent all-NaN correlation and no figure 13
         warnings.warn(f"{_NO_ACCURACY[accuracy]}: the accuracies are NaN and no Spearman "
-                      f"correlation (figure 13) is computed; {_INSTEAD[accuracy]}.", category=EquifastWarning, stacklevel=2)
+                      f"correlation (figure 13) is computed; {_INSTEAD[accuracy]}.",
+                      category=EquifastWarning, stacklevel=2)
     for col, default in (("metric", "correlation"), ("dataset", "data"), ("seed", 0)):
         if col not in df:
             df[col] = default

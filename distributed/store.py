@@ -306,7 +306,7 @@ class ResultStore:
             acc_known = model.get("accuracy")
             acc_measured = rec.get("accuracy_measured")
             cols = {"job_id": rec["id"], "model": model.get("label"), "arch": model.get("arch"),
-                    # None (random) is written "none", as a spec says it: an empty cell reads as unknown
+                    # None (random) written "none", as a spec says it: an empty cell reads as unknown
                     "weights": "none" if model.get("weights") is None else model.get("weights"),
                     "dataset": dataset.get("label"),
                     "transforms": job.get("family"), "seed": job.get("seed"),

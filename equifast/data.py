@@ -9,8 +9,8 @@ from __future__ import annotations
 import numbers
 import os
 import pickle
-import traceback
 import re
+import traceback
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple
 
@@ -345,7 +345,7 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
         num_workers: processes that read and preprocess a dataset's or folder's images
             (``DataLoader`` workers; 0: in this process). The batches are the same either way.
     """
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be an integer >= 1, but got {batch_size!r}.")
     check_num_workers(num_workers)
     if isinstance(images, (str, os.PathLike)):

@@ -33,7 +33,8 @@ def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.d
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"Expected a CUDA device for {str(dev)!r}, but torch sees none on this "
-                             "machine; use device 'cpu' (--device cpu), or none for the best present.")
+                             "machine; use device 'cpu' (--device cpu), or none for the best "
+                             "present.")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"Expected a CUDA device index below {torch.cuda.device_count()}, but got "
                              f"{str(dev)!r}.")

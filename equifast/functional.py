@@ -207,7 +207,8 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
         # SPEC: no compared position is an error; one leaves every centred vector zero
         warnings.warn(f"{transform.name} leaves one position to compare on a {map_size[0]}x"
                       f"{map_size[1]} map (input {size[0]}x{size[1]}): its correlation scores are "
-                      "undefined (NaN); use cosine, smaller shifts or mode='circular'.", category=EquifastWarning, stacklevel=2)
+                      "undefined (NaN); use cosine, smaller shifts or mode='circular'.",
+                      category=EquifastWarning, stacklevel=2)
     if backend == "reference" or (backend == "auto" and not ops.available()):
         if backend == "auto":
             _warn_fallback()

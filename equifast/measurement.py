@@ -60,7 +60,8 @@ class MeasureState:
         differ = [what for what, mine, theirs in (
             ("points", [p.name for p in self.points], [p.name for p in other.points]),
             ("transforms", [t.name for t in self.transforms], [t.name for t in other.transforms]),
-            ("metrics", self.metrics, other.metrics), ("vector mode", self.vector_mode, other.vector_mode))
+            ("metrics", self.metrics, other.metrics),
+            ("vector mode", self.vector_mode, other.vector_mode))
             if mine != theirs]
         if differ:
             raise ValueError(f"Expected states of the same points, transforms, metrics and vector "
@@ -381,7 +382,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             if measurer.label_classes is None:
                 warnings.warn(f"No accuracy: which of the model's {final.shape[0]} classes the "
                               f"{len(folder.classes)} class folders are is unknown (not one folder "
-                              "per class, nor ImageNet synsets for 1000 classes).", category=EquifastWarning, stacklevel=3)
+                              "per class, nor ImageNet synsets for 1000 classes).",
+                              category=EquifastWarning, stacklevel=3)
                 measurer.count_accuracy = False
         total = data_mod.count(images)
         total = min(total, n_images) if (total is not None and n_images) else (total or n_images)
@@ -398,7 +400,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             bar.close()
         if n_images is not None and measurer.state.n_images < n_images:
             warnings.warn(f"Measured {measurer.state.n_images} images, fewer than the n_images="
-                          f"{n_images} asked for: that is all the input holds.", category=EquifastWarning, stacklevel=2)
+                          f"{n_images} asked for: that is all the input holds.",
+                          category=EquifastWarning, stacklevel=2)
         if return_state:
             return measurer.state
         # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only
@@ -419,7 +422,8 @@ def _run_images(run: str, root, n: int, seed: int) -> Tuple[torch.Tensor, torch.
     recipe = json.loads(open(os.path.join(run, "recipe.json")).read())
     root = str(root) if root else recipe.get("data_root")
     try:
-        return measure_images(recipe["dataset"], root, n, recipe.get("data_seed", seed), labels=True)
+        return measure_images(recipe["dataset"], root, n, recipe.get("data_seed", seed),
+                              labels=True)
     except (FileNotFoundError, ValueError) as err:  # its advice names train's options
         raise FileNotFoundError(
             f"The run {run!r} is measured on the test set of its recipe ({recipe['dataset']}), "

@@ -205,17 +205,30 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
         raise FileNotFoundError(f"Expected `weights` to be a checkpoint file{also}, but {path!r} "
                                 f"does not exist{' and is no such name' if names else ''}"
                                 f"{f'; did you mean {close[0]!r}?' if close else '.'}")
-    with open(path, "rb") as f:
-        head = f.read(8)
     if path.endswith(".safetensors"):  # the hub's format (timm's model.safetensors)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return {k.removeprefix("module."): v for k, v in load_file(path).items()}
+            state = load_file(path)
         except SafetensorError as err:
             raise ValueError(f"Expected `weights` {path!r} to be a safetensors file, but it could "
                              f"not be read ({err}).") from None
+    else:
+        state = _torch_saved(path)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise ValueError(f"Expected {path!r} to hold a state dict, but got {type(state).__name__}.")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _torch_saved(path: str):
+    """What a ``torch.save`` file holds, read weights-only (no code runs)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # zip, or legacy pickle
         raise ValueError(f"Expected `weights` {path!r} to be a checkpoint saved with torch.save "
                          "(or a .safetensors file), but it is neither the zip archive nor the "
@@ -237,13 +250,7 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
         cause = str(err).split("\n")[0]  # torch's advice below it is about trusted pickles
         raise ValueError(f"Expected `weights` {path!r} to be a checkpoint saved with torch.save, but "
                          f"it could not be read ({type(err).__name__}: {cause})") from err
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise ValueError(f"Expected {path!r} to hold a state dict, but got {type(state).__name__}.")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return state
 
 
 def _checkpoint_classes(model: nn.Module, state: Dict[str, torch.Tensor]) -> Optional[int]:

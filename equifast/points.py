@@ -476,10 +476,12 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
             seq.append(("weightless", [c]))
     if repeated:
         warnings.warn(f"Modules of {type(an.model).__name__} that run more than once in one forward "
-                      f"pass are not points: {', '.join(repeated)}. {_REPEATED_HINT}", category=EquifastWarning, stacklevel=4)
+                      f"pass are not points: {', '.join(repeated)}. {_REPEATED_HINT}",
+                      category=EquifastWarning, stacklevel=4)
     if unbatched:
         warnings.warn(f"Modules of {type(an.model).__name__} whose output does not have the {an.n} "
-                      f"images on its first axis are not points: {', '.join(unbatched)}.", category=EquifastWarning, stacklevel=4)
+                      f"images on its first axis are not points: {', '.join(unbatched)}.",
+                      category=EquifastWarning, stacklevel=4)
     kinds = [k for k, _ in seq]
     blocks = [i for i, k in enumerate(kinds) if k == "block"]
     layer = lambda i: kinds[i] == "layer" and any(an.weights(c.name) for c in seq[i][1])  # noqa: E731

@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 
 from ._io import atomic_write, write_text_atomic
+from .transforms import shift_family
 
-__all__ = ["Report", "PARTS", "part_table", "over_runs", "combine_runs", "metric_bias", "rows_of_metric"]
+__all__ = ["Report", "PARTS", "part_table", "over_runs", "combine_runs", "metric_bias",
+           "rows_of_metric"]
 
 PARTS = ("early", "middle", "late", "pool", "final")
 SCORES = ["channel", "layer", "undefined_fraction"]
@@ -61,8 +63,8 @@ def _shift_families(points: pd.DataFrame) -> pd.DataFrame:
     points = points.copy()
     if isinstance(points["family"].dtype, pd.CategoricalDtype):
         points["family"] = points["family"].astype(str)
-    points.loc[old, "family"] = names.map(
-        lambda n: "-".join(["translation"] + [o for o in ("zero", "nearest") if f",{o}" in n]))
+    points.loc[old, "family"] = names.map(lambda n: shift_family(
+        "zero" if ",zero" in n else "circular", "nearest" if ",nearest" in n else "down"))
     return points
 
 

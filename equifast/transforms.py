@@ -222,8 +222,7 @@ class Translation(Transform):
             raise ValueError(
                 f"Expected `rounding` to be 'down' or 'nearest', but got {self.rounding!r}."
             )
-        options = [o for o in (self.mode, self.rounding) if o not in ("circular", "down")]
-        object.__setattr__(self, "family", "-".join(["translation"] + options))
+        object.__setattr__(self, "family", shift_family(self.mode, self.rounding))
 
     @property
     def name(self) -> str:
@@ -258,6 +257,13 @@ class Translation(Transform):
         out[..., max(sy, 0): h + min(sy, 0), max(sx, 0): w + min(sx, 0)] = \
             f[..., max(-sy, 0): h + min(-sy, 0), max(-sx, 0): w + min(-sx, 0)]
         return out
+
+
+def shift_family(mode: str = "circular", rounding: str = "down") -> str:
+    """The family of a :class:`Translation` with these options: ``translation`` for circular
+    shifts rounded down (the thesis'), with the other options named: ``translation-zero``,
+    ``translation-nearest``, ``translation-zero-nearest``."""
+    return "-".join(["translation"] + [o for o in (mode, rounding) if o not in ("circular", "down")])
 
 
 def diagonal_shifts(start: int = 1, stop: int = 32, mode: str = "circular",

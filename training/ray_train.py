@@ -158,7 +158,8 @@ def _check_resources(scaling, available: Dict[str, float], can_grow: bool = Fals
         if not can_grow:
             raise ValueError(f"Expected {what}; use fewer workers (--workers) or a larger cluster.")
         warnings.warn(f"Expected {what} now; Ray Train waits until an autoscaling cluster adds "
-                      "them (stop it otherwise: it waits for ever).", category=EquifastWarning, stacklevel=3)
+                      "them (stop it otherwise: it waits for ever).",
+                      category=EquifastWarning, stacklevel=3)
 
 
 def _divisors(n: int, near: int) -> str:

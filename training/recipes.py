@@ -105,20 +105,19 @@ class Recipe:
     def _check_types(self) -> None:
         """Raise TypeError for a field of another type than declared (``epochs="2"`` passed
         every check, then failed deep in training); whole floats such as ``lr=1`` are fine."""
-        kinds = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+        allowed = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
         for f in fields(self):
             value = getattr(self, f.name)
             optional = f.type.startswith("Optional[")
-            kind = {"int": int, "float": float, "str": str, "bool": bool}.get(
-                f.type.removeprefix("Optional[").removesuffix("]"))
-            if kind is None or (optional and value is None):
+            kind = f.type.removeprefix("Optional[").removesuffix("]")
+            if kind not in allowed or (optional and value is None):
                 continue
-            if kind is str and isinstance(value, os.PathLike):  # data_root=Path(...)
+            if kind == "str" and isinstance(value, os.PathLike):  # data_root=Path(...)
                 value = os.fspath(value)
                 object.__setattr__(self, f.name, value)
-            if not isinstance(value, kinds[kind]) or (kind is not bool and isinstance(value, bool)):
-                raise TypeError(f"Expected `{f.name}` to be {'an' if kind is int else 'a'} "
-                                f"{kind.__name__}{' or None' if optional else ''}, but got {value!r}.")
+            if not isinstance(value, allowed[kind]) or (kind != "bool" and isinstance(value, bool)):
+                raise TypeError(f"Expected `{f.name}` to be {'an' if kind == 'int' else 'a'} "
+                                f"{kind}{' or None' if optional else ''}, but got {value!r}.")
 
     def __post_init__(self):
         from .data import AUGMENTATIONS, DATASETS

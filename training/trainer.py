@@ -292,7 +292,8 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
         if (out / CHECKPOINT).is_file() and resume and changed:
             warnings.warn(f"Resuming {str(out)!r} with another {' and '.join(changed)}: the rest of "
                           "the run computes (or draws its augmentations) differently, so it will "
-                          "not be bitwise the uninterrupted run.", category=EquifastWarning, stacklevel=3)
+                          "not be bitwise the uninterrupted run.",
+                          category=EquifastWarning, stacklevel=3)
         if (out / CHECKPOINT).is_file() and not resume:
             raise FileExistsError(f"Expected `out_dir` (--out) {str(out)!r} to be empty with resume=False, "
                                   f"but it holds an unfinished run. Pass resume=True to continue "
@@ -396,7 +397,8 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
         else:  # weights and optimiser continue; the random streams restart from the seed
             warnings.warn(f"Resuming a run of {len(states)} worker(s) on {dist.world}: the "
                           f"result will not equal an uninterrupted run. Resume with "
-                          f"{len(states)} worker(s) for an exact continuation.", category=EquifastWarning)
+                          f"{len(states)} worker(s) for an exact continuation.",
+                          category=EquifastWarning)
         start, history = ckpt["epoch"], ckpt["history"]
 
     net = model
