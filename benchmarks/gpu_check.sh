@@ -7,7 +7,9 @@
 #      then a smoke run of every kernel (a failure or a hang there stops the script);
 #   2. the CUDA tests: tests/test_ops.py and tests/test_measurement.py (CUDA cases only), then
 #      again with the opt-in single pass (EQUIFAST_CUDA_SINGLE_PASS=1) for every tensor-core case,
-#      and the operator's without the position split over clusters (EQUIFAST_CUDA_MAX_CLUSTER=1);
+#      the operator's without the position split over clusters (EQUIFAST_CUDA_MAX_CLUSTER=1),
+#      and the opt-in Triton kernels (EQUIFAST_CUDA_KERNEL=triton): tests/test_ops_triton.py,
+#      then the CUDA tests again through them;
 #   3. benchmarks/run_ratios.py --device cuda: each shape against bmm and the roofline, the
 #      two-pass kernels (tensor cores, float32), the single pass and no clusters, wall-clock and
 #      kernel times;
@@ -15,7 +17,7 @@
 #   5. Nsight Compute counters (where the warps wait) of the tile kernels at 64 @ 56x56 and
 #      2048 @ 7x7;
 #   6. benchmarks/run_end_to_end.py on ResNet-50, 224x224, batch 64, shifts 1..32, and a
-#      profile of one measure call.
+#      profile of one measure call; then the same (64 images, not written) with the Triton kernels.
 #
 #   OUT=some/folder bash benchmarks/gpu_check.sh
 #
@@ -80,6 +82,11 @@ step tests-single-pass 120 env EQUIFAST_CUDA_SINGLE_PASS=1 $PY -m pytest -q -p n
   tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
 step tests-no-clusters 90 env EQUIFAST_CUDA_MAX_CLUSTER=1 $PY -m pytest -q -p no:cacheprovider \
   tests/test_ops.py -k cuda || tests=1
+# The opt-in Triton kernels (equifast/ops_triton.py, never run on a GPU before): their own tests
+# natively, then the operator's CUDA tests through them.
+step tests-triton 150 $PY -m pytest -q -p no:cacheprovider tests/test_ops_triton.py || tests=1
+step tests-triton-operator 120 env EQUIFAST_CUDA_KERNEL=triton $PY -m pytest -q -p no:cacheprovider \
+  tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
 step ratios 120 $PY benchmarks/run_ratios.py --device cuda --output "$OUT/RESULTS.md"
 if command -v compute-sanitizer >/dev/null; then
   step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 $PY -c "$SANITIZE"
@@ -90,7 +97,7 @@ if command -v ncu >/dev/null; then
   # compute-bound 2048 @ 7x7 (the two passes, then the single pass).
   step ncu 60 ncu --section SpeedOfLight --section LaunchStats --section Occupancy \
     --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
-    --section SourceCounters -k regex:"tile_kernel" $PY -c "
+    --section SourceCounters -k regex:"tile_kernel|_similarity_tiles" $PY -c "
 import os
 import torch
 from equifast import ops
@@ -102,9 +109,14 @@ for k, side in ((64, 56), (2048, 7)):
     os.environ['EQUIFAST_CUDA_SINGLE_PASS'] = '1'
     ops.equivariance_scores(fx, fx.clone(), a, b, True, 1e-5, True)
     del os.environ['EQUIFAST_CUDA_SINGLE_PASS']
+    os.environ['EQUIFAST_CUDA_KERNEL'] = 'triton'
+    ops.equivariance_scores(fx, fx.clone(), a, b, True, 1e-5, True)
+    del os.environ['EQUIFAST_CUDA_KERNEL']
 torch.cuda.synchronize()"
 fi
 step end-to-end 120 $PY benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 \
   --images ${E2E_IMAGES:-256} --device cuda --output "$OUT/RESULTS.md" --profile
+step end-to-end-triton 90 env EQUIFAST_CUDA_KERNEL=triton $PY benchmarks/run_end_to_end.py \
+  --model resnet50 --size 224 --batch 64 --images 64 --repeats 2 --device cuda --no-write
 grep -E "passed|failed|error" "$LOG" | tail -5
 exit $tests

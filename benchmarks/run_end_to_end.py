@@ -86,7 +86,7 @@ def main(argv=None):
               "images/s | forward passes/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
     print(header)
     print(row)
-    print(f"backend: {ef.backend()}, torch {torch.__version__}")
+    print(f"backend: {_backend(device)}, torch {torch.__version__}")
     if args.profile:
         _profile(lambda: ef.measure(model, x, transforms=transforms, batch_size=args.batch, device=device),
                  device)
@@ -109,12 +109,17 @@ def _profile(fn, device):
                                         max_name_column_width=60))
 
 
+def _backend(device) -> str:
+    """What scored: the operator or the reference, and on CUDA which kernels."""
+    return ef.backend() + (f" ({ef.ops.cuda_kernel()} kernels)" if device.type == "cuda" else "")
+
+
 def _write(header, row, device, output=None):
     # CPU and GPU rows sit side by side: each device type has its own section.
     name = "end-to-end" if device.type == "cpu" else f"end-to-end-{device.type}"
     write_section(name, f"## End to end ({device.type}): `equifast.measure` vs the model's own forward "
                   f"passes\n\nWritten by `benchmarks/run_end_to_end.py` on {time.strftime('%Y-%m-%d')}, torch "
-                  f"{torch.__version__}, backend {ef.backend()}.\n\n{header}\n{row}",
+                  f"{torch.__version__}, backend {_backend(device)}.\n\n{header}\n{row}",
                   *([output] if output else []))
 
 

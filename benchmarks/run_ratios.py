@@ -16,8 +16,9 @@ to 0 on these maps: the identity map on both sides) and Translation(32, 32) (shi
 - on CUDA, the roofline: the larger of the tensor-core time (``2 N K^2 P`` at the device's
   dense TF32 peak) and the time to read both inputs once (at its memory bandwidth), and the
   fraction of it the operator reaches (target: at least 70%); the float32 kernel
-  (``tensor_cores=False``), the opt-in single pass (``EQUIFAST_CUDA_SINGLE_PASS=1``) and the
-  tensor-core kernels without clusters (``EQUIFAST_CUDA_MAX_CLUSTER=1``) are timed beside it,
+  (``tensor_cores=False``), the opt-in single pass (``EQUIFAST_CUDA_SINGLE_PASS=1``), the
+  tensor-core kernels without clusters (``EQUIFAST_CUDA_MAX_CLUSTER=1``) and the Triton kernels
+  (``EQUIFAST_CUDA_KERNEL=triton``, :mod:`equifast.ops_triton`) are timed beside it,
   each also by the GPU time of its kernels (torch.profiler), which leaves out launches and
   host syncs. Peaks come from a table of known GPUs, or ``--peak-tflops`` / ``--peak-gbs``.
 
@@ -127,12 +128,29 @@ def device_times(fn, calls: int = 5):
 
 def _with_env(name, value, fx, ftx, a, b):
     """The operator with one of its CUDA switches set (``EQUIFAST_CUDA_SINGLE_PASS=1``: the
-    single pass; ``EQUIFAST_CUDA_MAX_CLUSTER=1``: no position split over clusters)."""
+    single pass; ``EQUIFAST_CUDA_MAX_CLUSTER=1``: no position split over clusters;
+    ``EQUIFAST_CUDA_KERNEL=triton``: the Triton kernels)."""
     os.environ[name] = value
     try:
         return ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE)
     finally:
         del os.environ[name]
+
+
+def _guarded(fn, label):
+    """``fn`` for an experimental path whose failure must not lose the run: its first error is
+    printed and it does nothing after that (``.failed`` set; its times are then NaN)."""
+    def call():
+        if call.failed:
+            return None
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 (any failure of the experiment)
+            call.failed = True
+            print(f"{label} failed: {e!r}")
+            return None
+    call.failed = False
+    return call
 
 
 def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_repeat: int,
@@ -154,6 +172,8 @@ def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_
                                                    False))
         fns.append(lambda: _with_env("EQUIFAST_CUDA_SINGLE_PASS", "1", fx, ftx, a, b))
         fns.append(lambda: _with_env("EQUIFAST_CUDA_MAX_CLUSTER", "1", fx, ftx, a, b))
+        fns.append(_guarded(lambda: _with_env("EQUIFAST_CUDA_KERNEL", "triton", fx, ftx, a, b),
+                            "the Triton kernels"))
     times = _alternating_medians(fns, repeat, device)
     t_op, t_bmm, t_own = times[:3]
     t_ref = _best(lambda: reference.equivariance_scores(fx, ftx, transform, "correlation",
@@ -163,19 +183,22 @@ def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_
                op_bmm=t_op / t_bmm, op_own=t_op / t_own, ref_op=t_ref / t_op,
                gflops=flops / t_op / 1e9, bmm_gflops=flops / t_bmm / 1e9)
     if len(times) > 3:
-        row["op_fp32"], row["op_single"], row["op_no_cluster"] = times[3:6]
+        row["op_fp32"], row["op_single"], row["op_no_cluster"], row["op_triton"] = times[3:7]
         try:
             kernels = [device_times(fn) for fn in fns]
         except Exception as e:  # the profiler is a diagnostic: its failure must not lose the run
             print(f"profiler failed: {e!r}")
         else:
             (row["dev_op"], row["dev_bmm"], _, row["dev_fp32"], row["dev_single"],
-             row["dev_no_cluster"]) = (t for t, _ in kernels)
+             row["dev_no_cluster"], row["dev_triton"]) = (t for t, _ in kernels)
             for label, (t, parts) in zip(["op", "bmm", "bmm(fx, ftx)", "op float32", "single pass",
-                                          "no clusters"], kernels):
+                                          "no clusters", "triton"], kernels):
                 print(f"  {label:>12}: {1e6 * t:8.1f} us on the device: " + "; ".join(
                     f"{name[:60]} {1e6 * v:.1f}" for name, v in sorted(parts.items(),
                                                                      key=lambda kv: -kv[1])))
+    for key in ("op_triton", "dev_triton"):  # NaN, not the time of a failing call
+        if key in row and fns[-1].failed:
+            row[key] = float("nan")
     if peaks is not None:
         tflops, gbs = peaks
         read = 2 * fx.numel() * fx.element_size()
@@ -184,6 +207,7 @@ def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_
         if "dev_op" in row:
             row["dev_of_roofline"] = row["roofline"] / row["dev_op"]
             row["dev_single_of_roofline"] = row["roofline"] / row["dev_single"]
+            row["dev_triton_of_roofline"] = row["roofline"] / row["dev_triton"]
     return row
 
 
@@ -210,24 +234,29 @@ def table(rows) -> str:
     roof = "roofline" in rows[0]
     cols = ["N", "K", "map", "shift", "layout", "P", "op (ms)", "bmm (ms)", "reference (ms)", "op/bmm",
             "op/bmm(fx, ftx)", "ref/op", "op GFLOP/s", "bmm GFLOP/s"]
-    cols += ["op float32 (ms)", "op single pass (ms)", "op no clusters (ms)"] if gpu else []
-    cols += ["roofline (ms)", "of roofline", "single pass: of roofline"] if roof else []
+    cols += ["op float32 (ms)", "op single pass (ms)", "op no clusters (ms)",
+             "op triton (ms)"] if gpu else []
+    cols += ["roofline (ms)", "of roofline", "single pass: of roofline",
+             "triton: of roofline"] if roof else []
     dev = "dev_op" in rows[0]
     cols += ["op kernels (ms)", "bmm kernels (ms)", "float32 kernels (ms)",
-             "single pass kernels (ms)", "no clusters kernels (ms)"] if dev else []
-    cols += ["kernels: of roofline", "single pass kernels: of roofline"] if dev and roof else []
+             "single pass kernels (ms)", "no clusters kernels (ms)", "triton kernels (ms)"] if dev else []
+    cols += ["kernels: of roofline", "single pass kernels: of roofline",
+             "triton kernels: of roofline"] if dev and roof else []
 
     def cells(r):
         out = [r["n"], r["k"], r["map"], r["shift"], r["layout"], r["p"], f"{1e3 * r['op']:.3f}",
                f"{1e3 * r['bmm']:.3f}", f"{1e3 * r['ref']:.1f}", f"{r['op_bmm']:.2f}",
                f"{r['op_own']:.2f}", f"{r['ref_op']:.1f}", f"{r['gflops']:.1f}", f"{r['bmm_gflops']:.1f}"]
-        out += [f"{1e3 * r[c]:.3f}" for c in ("op_fp32", "op_single", "op_no_cluster")] if gpu else []
+        out += [f"{1e3 * r[c]:.3f}" for c in ("op_fp32", "op_single", "op_no_cluster",
+                                                "op_triton")] if gpu else []
         out += [f"{1e3 * r['roofline']:.3f}", f"{100 * r['of_roofline']:.0f}%",
-                f"{100 * r['roofline'] / r['op_single']:.0f}%"] if roof else []
+                f"{100 * r['roofline'] / r['op_single']:.0f}%",
+                f"{100 * r['roofline'] / r['op_triton']:.0f}%"] if roof else []
         out += [f"{1e3 * r[c]:.3f}" for c in ("dev_op", "dev_bmm", "dev_fp32", "dev_single",
-                                                "dev_no_cluster")] if dev else []
-        out += [f"{100 * r['dev_of_roofline']:.0f}%",
-                f"{100 * r['dev_single_of_roofline']:.0f}%"] if dev and roof else []
+                                                "dev_no_cluster", "dev_triton")] if dev else []
+        out += [f"{100 * r['dev_of_roofline']:.0f}%", f"{100 * r['dev_single_of_roofline']:.0f}%",
+                f"{100 * r['dev_triton_of_roofline']:.0f}%"] if dev and roof else []
         return out
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -14,6 +14,10 @@ The operator is defined in ``csrc/`` (schema in ``csrc/equifast.cpp``, kernels i
 The operator is also callable as ``torch.ops.equifast.equivariance_scores`` (for instance
 from a ``torch.jit.script`` function) once :func:`load` returned ``True``.
 
+On CUDA tensors, ``EQUIFAST_CUDA_KERNEL=triton`` makes :func:`equivariance_scores` run the
+opt-in Triton kernels of :mod:`equifast.ops_triton` instead of ``csrc/cuda``
+(:func:`cuda_kernel`); the CPU, and ``torch.ops`` calls, are unchanged.
+
 Example:
     >>> import torch, equifast as ef
     >>> from equifast import ops
@@ -26,12 +30,13 @@ Example:
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["load", "available", "load_error", "equivariance_scores"]
+__all__ = ["load", "available", "load_error", "cuda_kernel", "equivariance_scores"]
 
 _OP_NAME = "equifast::equivariance_scores"
 _loaded: Optional[bool] = None
@@ -59,6 +64,15 @@ def load() -> bool:
 def available() -> bool:
     """``True`` when the compiled operator is registered and can be called."""
     return load()
+
+
+def cuda_kernel() -> str:
+    """Which kernels run the operator on CUDA tensors: ``"cuda"`` (``csrc/cuda``, the default)
+    or ``"triton"`` (:mod:`equifast.ops_triton`), from ``EQUIFAST_CUDA_KERNEL``."""
+    name = os.environ.get("EQUIFAST_CUDA_KERNEL", "cuda") or "cuda"
+    if name not in ("cuda", "triton"):
+        raise ValueError(f"Expected EQUIFAST_CUDA_KERNEL to be 'cuda' or 'triton', but got {name!r}.")
+    return name
 
 
 def load_error() -> Optional[str]:
@@ -92,6 +106,9 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
             sync per call, so ``False`` skips it there, for maps that were checked when they
             were built (``Transform.index_map`` checks its own); the CPU always checks.
 
+    On CUDA, ``EQUIFAST_CUDA_KERNEL=triton`` runs :mod:`equifast.ops_triton` (opt-in, same
+    results within the tolerances above) instead of the compiled CUDA kernels.
+
     Returns:
         ``(channel, layer, layer_index)``, each ``[N, K]`` on ``fx``'s device: float32
         scores in ``[0, 1]`` (NaN where undefined) and the int64 arg-max ``k'`` of the layer
@@ -116,6 +133,17 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
             f"The compiled operator {_OP_NAME} is not available ({_error}); build it with "
             "`pip install --no-build-isolation -e .` or use equifast.reference."
         )
+    if fx.device.type == "cuda" and cuda_kernel() == "triton":
+        _check_inputs(fx, ftx, a_index, b_index, eps)
+        if check_indices:
+            _check_index_range(a_index, b_index, fx.shape[-2] * fx.shape[-1])
+        try:
+            from . import ops_triton
+        except ImportError as err:
+            raise RuntimeError(f"EQUIFAST_CUDA_KERNEL=triton needs Triton ({err}); install it "
+                               "(`pip install triton`) or unset the variable.") from None
+        return ops_triton.equivariance_scores(fx, ftx, a_index, b_index, bool(centered),
+                                              float(eps), bool(tensor_cores))
     return torch.ops.equifast.equivariance_scores.default(fx, ftx, a_index, b_index,
                                                           bool(centered), float(eps),
                                                           bool(tensor_cores),
@@ -126,43 +154,59 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype)
 
 
+def _check_inputs(fx, ftx, a_index, b_index, eps) -> None:
+    """The checks of csrc/scores.h's check_inputs, for the fake and the Triton kernels."""
+    # One torch._check per TORCH_CHECK in csrc/scores.h (check_inputs), same order and
+    # messages. The value range of the indices is data dependent: _check_index_range.
+    torch._check(fx.dim() == 4, lambda: (
+        f"Expected `fx` to be 4-D [N, K, H, W], but got shape {list(fx.shape)}; "
+        "flatten vectors to [N, K, 1, 1] or use equifast.reference."))
+    torch._check(fx.shape == ftx.shape, lambda: (
+        f"Expected `fx` and `ftx` to have the same shape, but got {list(fx.shape)} and "
+        f"{list(ftx.shape)}."))
+    torch._check(fx.dtype in (torch.float32, torch.float16, torch.bfloat16), lambda: (
+        f"Expected `fx` to be float32, float16 or bfloat16, but got {_dtype_name(fx.dtype)}."))
+    torch._check(ftx.dtype == fx.dtype, lambda: (
+        f"Expected `fx` and `ftx` to have the same dtype, but got {_dtype_name(fx.dtype)} "
+        f"and {_dtype_name(ftx.dtype)}."))
+    torch._check(a_index.dim() == 1 and b_index.dim() == 1, lambda: (
+        f"Expected `a_index` and `b_index` to be 1-D [P], but got shapes "
+        f"{list(a_index.shape)} and {list(b_index.shape)}."))
+    torch._check(a_index.dtype == torch.int64 and b_index.dtype == torch.int64, lambda: (
+        f"Expected `a_index` and `b_index` to be torch.int64, but got "
+        f"{_dtype_name(a_index.dtype)} and {_dtype_name(b_index.dtype)}; build them with "
+        "Transform.index_map."))
+    torch._check(a_index.shape[0] == b_index.shape[0], lambda: (
+        f"Expected `a_index` and `b_index` to have the same length P, but got "
+        f"{a_index.shape[0]} and {b_index.shape[0]}."))
+    torch._check(a_index.shape[0] > 0, lambda: (
+        "Expected at least one compared position (P >= 1), but got P = 0."))
+    torch._check(ftx.device == fx.device and a_index.device == fx.device
+                 and b_index.device == fx.device, lambda: (
+        f"Expected all inputs on the same device, but got fx on {fx.device}, ftx on "
+        f"{ftx.device}, a_index on {a_index.device} and b_index on {b_index.device}."))
+    torch._check(eps == eps and abs(eps) != float("inf") and eps >= 0, lambda: (
+        f"Expected `eps` to be a finite number >= 0, but got {eps}."))
+
+def _check_index_range(a_index: Tensor, b_index: Tensor, positions: int) -> None:
+    """csrc/scores.h's range check of the indices: both maps' bounds in one host transfer."""
+    bounds = torch.stack([*torch.aminmax(a_index), *torch.aminmax(b_index)]).tolist()
+    for side, name in enumerate(("a_index", "b_index")):
+        low, high = bounds[2 * side], bounds[2 * side + 1]
+        if low < 0 or high >= positions:
+            raise RuntimeError(
+                f"Expected `{name}` values to be flat positions in [0, H*W) = [0, {positions}), "
+                f"but got values in [{low}, {high}]; build the indices with "
+                "Transform.index_map(map_size, input_size).")
+
+
 def _register_fake() -> None:
     """Register the fake (meta) implementation; called once, after ``_C`` loaded."""
 
     @torch.library.register_fake(_OP_NAME)
     def _equivariance_scores_fake(fx, ftx, a_index, b_index, centered, eps, tensor_cores=True,
                                    check_indices=True):
-        # One torch._check per TORCH_CHECK in csrc/scores.h (check_inputs), same order and
-        # messages. The value range of the indices is data dependent: checked in C++ only.
-        torch._check(fx.dim() == 4, lambda: (
-            f"Expected `fx` to be 4-D [N, K, H, W], but got shape {list(fx.shape)}; "
-            "flatten vectors to [N, K, 1, 1] or use equifast.reference."))
-        torch._check(fx.shape == ftx.shape, lambda: (
-            f"Expected `fx` and `ftx` to have the same shape, but got {list(fx.shape)} and "
-            f"{list(ftx.shape)}."))
-        torch._check(fx.dtype in (torch.float32, torch.float16, torch.bfloat16), lambda: (
-            f"Expected `fx` to be float32, float16 or bfloat16, but got {_dtype_name(fx.dtype)}."))
-        torch._check(ftx.dtype == fx.dtype, lambda: (
-            f"Expected `fx` and `ftx` to have the same dtype, but got {_dtype_name(fx.dtype)} "
-            f"and {_dtype_name(ftx.dtype)}."))
-        torch._check(a_index.dim() == 1 and b_index.dim() == 1, lambda: (
-            f"Expected `a_index` and `b_index` to be 1-D [P], but got shapes "
-            f"{list(a_index.shape)} and {list(b_index.shape)}."))
-        torch._check(a_index.dtype == torch.int64 and b_index.dtype == torch.int64, lambda: (
-            f"Expected `a_index` and `b_index` to be torch.int64, but got "
-            f"{_dtype_name(a_index.dtype)} and {_dtype_name(b_index.dtype)}; build them with "
-            "Transform.index_map."))
-        torch._check(a_index.shape[0] == b_index.shape[0], lambda: (
-            f"Expected `a_index` and `b_index` to have the same length P, but got "
-            f"{a_index.shape[0]} and {b_index.shape[0]}."))
-        torch._check(a_index.shape[0] > 0, lambda: (
-            "Expected at least one compared position (P >= 1), but got P = 0."))
-        torch._check(ftx.device == fx.device and a_index.device == fx.device
-                     and b_index.device == fx.device, lambda: (
-            f"Expected all inputs on the same device, but got fx on {fx.device}, ftx on "
-            f"{ftx.device}, a_index on {a_index.device} and b_index on {b_index.device}."))
-        torch._check(eps == eps and abs(eps) != float("inf") and eps >= 0, lambda: (
-            f"Expected `eps` to be a finite number >= 0, but got {eps}."))
+        _check_inputs(fx, ftx, a_index, b_index, eps)
         n, k = fx.shape[0], fx.shape[1]
         channel = fx.new_empty((n, k), dtype=torch.float32)
         layer = fx.new_empty((n, k), dtype=torch.float32)

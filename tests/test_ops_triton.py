@@ -1,0 +1,193 @@
+"""Tests of the operator's Triton kernels (``equifast/ops_triton.py``, ``EQUIFAST_CUDA_KERNEL=triton``).
+
+On a CUDA machine they run on the GPU. Elsewhere ``test_under_interpreter`` runs this file
+again in a child process under Triton's interpreter (``TRITON_INTERPRET=1``: the kernels'
+own code on CPU tensors, with NumPy for the arithmetic), so the kernels' indexing, masks,
+statistics, running arg-max and split merging are checked on every machine. The oracle is
+``equifast.reference`` through ``tests/test_ops.py``'s ``_assert_matches``. What the
+interpreter cannot show (the GPU's own rounding, speed) is left to ``benchmarks/gpu_check.sh``;
+``test_compiles_for_gpus`` checks that every tile choice compiles for sm_80 and sm_90.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from equifast import ops, reference  # noqa: E402
+from equifast.transforms import Flip, Identity, Rotation, Translation  # noqa: E402
+from test_ops import METRICS, TENSOR_CORE_ATOL, _assert_matches, _features  # noqa: E402
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+GPU = torch.cuda.is_available() and not INTERPRETED
+DEVICE = "cuda" if GPU else "cpu"
+kernels = pytest.mark.skipif(not (INTERPRETED or GPU),
+                             reason="runs on a GPU, or under the interpreter (test_under_interpreter)")
+EPS = reference.TOLERANCE
+
+
+@pytest.mark.skipif(INTERPRETED or GPU, reason="the kernels run directly here")
+def test_under_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout
+
+
+def _triton(fx, ftx, transform, metric, input_size, tensor_cores=False, splits=None):
+    from equifast import ops_triton
+    a, b = transform.index_map(tuple(fx.shape[-2:]), input_size, device=fx.device)
+    ops._check_inputs(fx, ftx, a, b, EPS)
+    return ops_triton.equivariance_scores(fx, ftx, a, b, METRICS[metric], EPS, tensor_cores,
+                                          splits=splits)
+
+
+def _atol(dtype, tensor_cores):
+    # the interpreter multiplies exactly; a half value is widened exactly (test_ops' docstring)
+    return TENSOR_CORE_ATOL[dtype] if tensor_cores else 1e-5
+
+
+@kernels
+@pytest.mark.parametrize("metric", ["correlation", "cosine"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("transform", [Identity(), Rotation(1), Flip("vertical"), Translation(-2, 3),
+                                       Translation(1, 2, mode="zero")], ids=lambda t: t.name)
+def test_matches_reference(transform, layout, metric):
+    # K = 70: two column tiles of 64 and five row tiles of 16, the last ones partial
+    fx, ftx = _features(3, 70, 9, 9, device=DEVICE, seed=1)
+    if layout == "channels_last":
+        fx = fx.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        fx, ftx = (torch.cat([f, f], dim=1)[:, ::2] for f in (fx, ftx))
+    ftx[:, :5] = transform(fx)[:, :5]  # a few channels equivariant exactly
+    got = _triton(fx, ftx, transform, metric, (9, 9))
+    _assert_matches(got, fx, ftx, transform, metric, (9, 9))
+
+
+@kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tensor_cores", [False, True])
+@pytest.mark.parametrize("k", [3, 130])
+def test_types_and_tiles(k, tensor_cores, dtype):
+    if INTERPRETED and tensor_cores and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter has no bfloat16 products (NumPy has no bfloat16)")
+    # K = 3 (one partial tile) and 130 (three 64-wide column tiles); a map that is not square
+    fx, ftx = _features(2, k, 6, 10, device=DEVICE, dtype=dtype, seed=2)
+    t = Flip("horizontal")
+    got = _triton(fx, ftx, t, "correlation", (6, 10), tensor_cores)
+    _assert_matches(got, fx, ftx, t, "correlation", (6, 10), atol=_atol(dtype, tensor_cores))
+
+
+@kernels
+def test_undefined_rows():
+    fx, ftx = _features(2, 20, 5, 5, device=DEVICE, seed=3)
+    fx[0, 1] = 2.5                     # constant: undefined for correlation, not for cosine
+    ftx[0, 4] = -1.0                   # a constant column never wins
+    fx[1, 2] = 0.0                     # zero: undefined for both
+    ftx[1, :] = ftx[1, 7:8]            # image 1: every column the same, ties everywhere
+    for metric in METRICS:
+        got = _triton(fx, ftx, Rotation(2), metric, (5, 5))
+        _assert_matches(got, fx, ftx, Rotation(2), metric, (5, 5))
+        assert torch.isnan(got[1][1, 2]) and got[2][1, 2] == -1
+    # a row of one image that is all NaN is undefined alone (the public API refuses NaN input)
+    fx[1, 3] = float("nan")
+    got = _triton(fx, ftx, Identity(), "correlation", (5, 5))
+    assert torch.isnan(got[0][1, 3]) and got[2][1, 3] == -1
+    # the other rows as if that row were zero (undefined too)
+    want = reference.equivariance_scores(fx.cpu().nan_to_num(0.0), ftx.cpu(), Identity())
+    for x, y in zip(got[:2], want[:2]):
+        torch.testing.assert_close(x.cpu(), y, atol=1e-5, rtol=0, equal_nan=True)
+    assert torch.equal(got[2].cpu() == -1, want.layer_index == -1)
+
+
+@kernels
+def test_ties_take_the_smallest_channel_across_splits():
+    # Columns 10, 75 and 140 are the same map: every row's best column is 10 (the smallest),
+    # whether the three column tiles run in one program or in three splits merged afterwards.
+    fx, ftx = _features(2, 150, 6, 6, device=DEVICE, seed=4)
+    ftx[:, 75] = ftx[:, 10]
+    ftx[:, 140] = ftx[:, 10]
+    fx[:, :150:7] = ftx[:, 10:11]  # rows that match column 10 exactly
+    results = [_triton(fx, ftx, Identity(), "correlation", (6, 6), splits=s) for s in (1, 2, 3)]
+    for got in results:
+        assert (got[2][:, :150:7] == 10).all()
+        _assert_matches(got, fx, ftx, Identity(), "correlation", (6, 6))
+    for got in results[1:]:
+        for x, y in zip(got, results[0]):
+            assert torch.equal(x, y)  # the splits change nothing, bit for bit
+
+
+@kernels
+def test_an_image_scores_the_same_in_any_batch():
+    fx, ftx = _features(5, 40, 7, 7, device=DEVICE, seed=5)
+    whole = _triton(fx, ftx, Translation(1, 1), "correlation", (7, 7), tensor_cores=True)
+    alone = _triton(fx[3:4], ftx[3:4], Translation(1, 1), "correlation", (7, 7), tensor_cores=True)
+    for x, y in zip(whole, alone):
+        assert torch.equal(x[3:4], y)
+
+
+@kernels
+def test_sparse_maps():
+    # mostly-zero ReLU maps, where one float32 sum over every position drifts (test_ops):
+    # the exact path sums groups of positions apart
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 16, 40, 40, generator=g, dtype=torch.float64)
+    noisy = z + 0.05 * torch.randn(z.shape, generator=g, dtype=torch.float64)
+    fx = (z - 3.0).clamp_min(0).float().to(DEVICE)
+    ftx = (noisy - 3.0).clamp_min(0).float().to(DEVICE)
+    got = _triton(fx, ftx, Identity(), "correlation", (40, 40))
+    assert got[0].nanmedian() > 0.99
+    _assert_matches(got, fx, ftx, Identity(), "correlation", (40, 40))
+
+
+@kernels
+def test_tile_override(monkeypatch):
+    fx, ftx = _features(2, 24, 5, 6, device=DEVICE, seed=6)
+    default = _triton(fx, ftx, Flip("vertical"), "cosine", (5, 6))
+    monkeypatch.setenv("EQUIFAST_TRITON_TILES", "32,16,16,4,2")
+    other = _triton(fx, ftx, Flip("vertical"), "cosine", (5, 6))
+    torch.testing.assert_close(other[1], default[1], atol=1e-6, rtol=0, equal_nan=True)
+    assert torch.equal(other[2], default[2])
+    monkeypatch.setenv("EQUIFAST_TRITON_TILES", "32,16")
+    with pytest.raises(ValueError, match="EQUIFAST_TRITON_TILES"):
+        _triton(fx, ftx, Flip("vertical"), "cosine", (5, 6))
+
+
+def test_cuda_kernel_setting(monkeypatch):
+    monkeypatch.delenv("EQUIFAST_CUDA_KERNEL", raising=False)
+    assert ops.cuda_kernel() == "cuda"
+    monkeypatch.setenv("EQUIFAST_CUDA_KERNEL", "triton")
+    assert ops.cuda_kernel() == "triton"
+    monkeypatch.setenv("EQUIFAST_CUDA_KERNEL", "trition")
+    with pytest.raises(ValueError, match="EQUIFAST_CUDA_KERNEL"):
+        ops.cuda_kernel()
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device")
+def test_operator_takes_the_triton_kernels(monkeypatch):
+    fx, ftx = _features(4, 96, 14, 14, device="cuda", seed=7)
+    a, b = Rotation(1).index_map((14, 14), (14, 14), device="cuda")
+    cuda = ops.equivariance_scores(fx, ftx, a, b, True, EPS)
+    monkeypatch.setenv("EQUIFAST_CUDA_KERNEL", "triton")
+    tri = ops.equivariance_scores(fx, ftx, a, b, True, EPS)
+    torch.testing.assert_close(tri[1], cuda[1], atol=4e-3, rtol=0, equal_nan=True)
+    with pytest.raises(RuntimeError, match="flat positions"):
+        ops.equivariance_scores(fx, ftx, a + 1000, b, True, EPS)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compiles the kernels, not their interpreted copies")
+@pytest.mark.parametrize("arch", [80, 90])
+def test_compiles_for_gpus(arch):
+    # Every tile choice of tiles_for, for every input type, compiled ahead of time for the GPU
+    # (no device needed); on sm_90 the TF32 and half tiles of 64 rows and more use wgmma.
+    from equifast.ops_triton import compile_kernels
+    for name, ptx in compile_kernels(arch):
+        assert ".entry" in ptx, name
+        if arch == 90 and name.startswith("tiles") and "ieee-fp32" not in name and " 16x" not in name:
+            assert "wgmma.mma_async" in ptx, name
