@@ -55,11 +55,12 @@ def _row_stats(x_ptr, idx_ptr, mean_ptr, inv_ptr, K, P, W, s_n, s_k, s_h, s_w, e
     image = x_ptr + n * s_n
     # One read: float64 sums of u - c, c the row's first compared value (scores.h's
     # shifted_sums; 0 for cosine), so that a constant row sums to exactly 0.
-    first = tl.load(idx_ptr).to(tl.int32)
-    c = tl.load(image + rows * s_k + (first // W) * s_h + (first % W) * s_w, mask=row_ok,
-                other=0.0).to(tl.float64)
-    if not CENTERED:
-        c = c * 0.0
+    if CENTERED:
+        first = tl.load(idx_ptr).to(tl.int32)
+        c = tl.load(image + rows * s_k + (first // W) * s_h + (first % W) * s_w, mask=row_ok,
+                    other=0.0).to(tl.float64)
+    else:
+        c = tl.zeros([BR], dtype=tl.float64)
     s = tl.zeros([BR], dtype=tl.float64)
     q = tl.zeros([BR], dtype=tl.float64)
     for p0 in range(0, P, BP):
@@ -196,8 +197,9 @@ def tiles_for(k: int, p: int, dtype: torch.dtype, tensor_cores: bool) -> Tuple[i
     positions; ``EQUIFAST_TRITON_TILES="BM,BN,BK,WARPS,STAGES"`` overrides it (to tune on a GPU).
 
     Few channels get short row tiles, so that a batch of large maps still fills the device
-    (64 @ 56x56: 4 row tiles an image). Each choice compiles for sm_90 without spills
-    (Triton 3.8, ptxas: 159-241 registers; ``benchmarks/triton_registers.py``).
+    (64 @ 56x56: 4 row tiles an image). For sm_90 (Triton 3.8) the choices use 145-241
+    registers a thread and none spills but bfloat16 in float32 at 64 x 64 (52 bytes):
+    ``benchmarks/triton_registers.py``.
     """
     override = os.environ.get("EQUIFAST_TRITON_TILES")
     if override:
@@ -314,7 +316,8 @@ def compile_kernels(arch: int = 90):
             chosen = {tiles_for(k, p, dtype, tensor_cores)
                       for k, p in ((64, 3136), (256, 784), (2048, 49), (512, 9))}
             for bm, bn, bk, warps, stages in sorted(chosen):
-                yield (f"tiles {precision}-{dot} {pointer[1:]} {bm}x{bn}x{bk}",
+                on = "tensor-cores" if tensor_cores else "float32"
+                yield (f"tiles {pointer[1:]} {on} {bm}x{bn}x{bk}",
                        build(_similarity_tiles, {**tiles, "a_ptr": pointer, "b_ptr": pointer},
                              {"DOT": dot, "PRECISION": precision, "GROUP": group, "BM": bm,
                               "BN": bn, "BK": bk}, num_warps=warps, num_stages=stages))

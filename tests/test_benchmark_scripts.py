@@ -77,3 +77,16 @@ def test_machine_line_says_which_kernels_ran(monkeypatch):
         assert plain.endswith(" (AVX2)")
     monkeypatch.setenv("EQUIFAST_CPU_ISA", "baseline")
     assert results.cpu_model() == plain + ", kernels forced to baseline"
+
+
+def test_triton_registers_tables_every_kernel(capsys):
+    pytest.importorskip("triton")
+    from equifast.ops_triton import compile_kernels
+    _script("triton_registers").main(["--arch", "90", "--no-write"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == len(list(compile_kernels(90)))
+    for row in rows:
+        registers = int(row.split("|")[2])
+        assert 0 < registers <= 255  # what ptxas -v said, read back
+    tiles = [row for row in rows if row.startswith("| tiles")]
+    assert all(row.rstrip(" |").endswith(("wgmma", "mma.sync", "FMA")) for row in tiles)
