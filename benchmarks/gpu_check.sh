@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the operator in one run, for a machine with a CUDA GPU, its own torch and
-# no network (about 5 minutes on an H200, build included, with E2E_IMAGES=64; the default 256
-# images add about 2 minutes):
+# no network (about 5 minutes on an H200, build included, with E2E_IMAGES=64, before the
+# Triton steps were added; the default 256 images add about 2 minutes):
 #
 #   1. build the extension in place against that machine's torch (its GPU's architecture only),
 #      then a smoke run of every kernel (a failure or a hang there stops the script);
@@ -11,13 +11,13 @@
 #      and the opt-in Triton kernels (EQUIFAST_CUDA_KERNEL=triton): tests/test_ops_triton.py,
 #      then the CUDA tests again through them;
 #   3. benchmarks/run_ratios.py --device cuda: each shape against bmm and the roofline, the
-#      two-pass kernels (tensor cores, float32), the single pass and no clusters, wall-clock and
-#      kernel times;
-#   4. compute-sanitizer memcheck and racecheck over a few calls of each kernel (where installed);
-#   5. Nsight Compute counters (where the warps wait) of the tile kernels at 64 @ 56x56 and
-#      2048 @ 7x7;
-#   6. benchmarks/run_end_to_end.py on ResNet-50, 224x224, batch 64, shifts 1..32, and a
-#      profile of one measure call; then the same (64 images, not written) with the Triton kernels.
+#      two-pass kernels (tensor cores, float32), the single pass, no clusters and the Triton
+#      kernels, wall-clock and kernel times;
+#   4. benchmarks/run_end_to_end.py on ResNet-50, 224x224, batch 64, shifts 1..32, and a
+#      profile of one measure call; then the same (64 images, not written) with the Triton kernels;
+#   5. compute-sanitizer memcheck and racecheck over a few calls of each kernel (where installed);
+#   6. Nsight Compute counters (where the warps wait) of the tile kernels at 64 @ 56x56 and
+#      2048 @ 7x7, the Triton kernels' too.
 #
 #   OUT=some/folder bash benchmarks/gpu_check.sh
 #
@@ -88,6 +88,11 @@ step tests-triton 150 $PY -m pytest -q -p no:cacheprovider tests/test_ops_triton
 step tests-triton-operator 120 env EQUIFAST_CUDA_KERNEL=triton $PY -m pytest -q -p no:cacheprovider \
   tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
 step ratios 120 $PY benchmarks/run_ratios.py --device cuda --output "$OUT/RESULTS.md"
+# The figures first, the diagnostics (sanitizers, counters) after them, as time allows.
+step end-to-end 120 $PY benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 \
+  --images ${E2E_IMAGES:-256} --device cuda --output "$OUT/RESULTS.md" --profile
+step end-to-end-triton 90 env EQUIFAST_CUDA_KERNEL=triton $PY benchmarks/run_end_to_end.py \
+  --model resnet50 --size 224 --batch 64 --images 64 --repeats 2 --device cuda --no-write
 if command -v compute-sanitizer >/dev/null; then
   step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 $PY -c "$SANITIZE"
   step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 3 $PY -c "$SANITIZE"
@@ -114,9 +119,5 @@ for k, side in ((64, 56), (2048, 7)):
     del os.environ['EQUIFAST_CUDA_KERNEL']
 torch.cuda.synchronize()"
 fi
-step end-to-end 120 $PY benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 \
-  --images ${E2E_IMAGES:-256} --device cuda --output "$OUT/RESULTS.md" --profile
-step end-to-end-triton 90 env EQUIFAST_CUDA_KERNEL=triton $PY benchmarks/run_end_to_end.py \
-  --model resnet50 --size 224 --batch 64 --images 64 --repeats 2 --device cuda --no-write
 grep -E "passed|failed|error" "$LOG" | tail -5
 exit $tests

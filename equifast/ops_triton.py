@@ -47,12 +47,25 @@ _GROUP = 16
 
 
 @triton.jit
-def _row_stats(x_ptr, idx_ptr, mean_ptr, inv_ptr, K, P, W, s_n, s_k, s_h, s_w, eps,
+def _row_stats(a_ptr, b_ptr, a_idx, b_idx, stats_ptr, N, K, P, W,
+               sa_n, sa_k, sa_h, sa_w, sb_n, sb_k, sb_h, sb_w, eps,
                CENTERED: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
     n = tl.program_id(1).to(tl.int64)
+    side = tl.program_id(2)  # 0: A = fx through a_idx, 1: B = ftx through b_idx
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     row_ok = rows < K
-    image = x_ptr + n * s_n
+    if side == 0:
+        image = a_ptr + n * sa_n
+        idx_ptr = a_idx
+        s_k = sa_k
+        s_h = sa_h
+        s_w = sa_w
+    else:
+        image = b_ptr + n * sb_n
+        idx_ptr = b_idx
+        s_k = sb_k
+        s_h = sb_h
+        s_w = sb_w
     # One read: float64 sums of u - c, c the row's first compared value (scores.h's
     # shifted_sums; 0 for cosine), so that a constant row sums to exactly 0.
     if CENTERED:
@@ -84,9 +97,10 @@ def _row_stats(x_ptr, idx_ptr, mean_ptr, inv_ptr, K, P, W, s_n, s_k, s_h, s_w, e
     # scores.h's is_defined: ||u - mean|| > eps ||u|| (false for NaN)
     defined = tl.sqrt(ss_centred) > eps * tl.sqrt(ss_raw)
     inv = tl.where(defined, 1.0 / tl.sqrt(tl.where(defined, ss_centred, 1.0)), 0.0)
-    out = n * K + rows
-    tl.store(mean_ptr + out, mean, mask=row_ok)
-    tl.store(inv_ptr + out, inv, mask=row_ok)
+    # stats: [side, mean / inv, N, K]
+    out = (2 * side) * N * K + n * K + rows
+    tl.store(stats_ptr + out, mean, mask=row_ok)
+    tl.store(stats_ptr + out + N * K, inv, mask=row_ok)
 
 
 @triton.jit
@@ -114,10 +128,10 @@ def _split_stats(mean_ptr, inv_ptr, i, ok):
 
 @triton.jit
 def _similarity_tiles(a_ptr, b_ptr, a_idx, b_idx, mean_a, inv_a, mean_b, inv_b,
-                      max_ptr, arg_ptr, diag_ptr, N, K, P, W,
+                      max_ptr, arg_ptr, diag_ptr, channel_ptr, layer_ptr, index_ptr, N, K, P, W,
                       sa_n, sa_k, sa_h, sa_w, sb_n, sb_k, sb_h, sb_w, tiles_per_split,
                       DOT: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr,
-                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                      FINAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     n = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
@@ -163,10 +177,26 @@ def _similarity_tiles(a_ptr, b_ptr, a_idx, b_idx, mean_a, inv_a, mean_b, inv_b,
         best_k = tl.where(better, t * BN + tile_k, best_k)
         best = tl.where(better, tile_best, best)
         diag += tl.sum(tl.where(rows[:, None] == cols[None, :], s, 0.0), axis=1)
-    out = split * N * K + n * K + rows
-    tl.store(max_ptr + out, best, mask=row_ok)
-    tl.store(arg_ptr + out, best_k, mask=row_ok)
-    tl.store(diag_ptr + out, diag, mask=row_ok)
+    if FINAL:  # one split: the scores themselves
+        _finish(best, best_k, diag, n * K + rows, row_ok, inv_a, inv_b, channel_ptr, layer_ptr,
+                index_ptr)
+    else:
+        out = split * N * K + n * K + rows
+        tl.store(max_ptr + out, best, mask=row_ok)
+        tl.store(arg_ptr + out, best_k, mask=row_ok)
+        tl.store(diag_ptr + out, diag, mask=row_ok)
+
+
+@triton.jit
+def _finish(best, best_k, diag, i, ok, inv_a, inv_b, channel_ptr, layer_ptr, index_ptr):
+    """Store the scores of rows i: the undefined rules and the score (ReLU)."""
+    row_defined = tl.load(inv_a + i, mask=ok, other=0.0) > 0
+    scored = row_defined & (best > float("-inf"))
+    pair_defined = row_defined & (tl.load(inv_b + i, mask=ok, other=0.0) > 0)
+    nan = float("nan")
+    tl.store(channel_ptr + i, tl.where(pair_defined, tl.maximum(diag, 0.0), nan), mask=ok)
+    tl.store(layer_ptr + i, tl.where(scored, tl.maximum(best, 0.0), nan), mask=ok)
+    tl.store(index_ptr + i, tl.where(scored, best_k.to(tl.int64), -1), mask=ok)
 
 
 @triton.jit
@@ -183,13 +213,7 @@ def _combine(max_ptr, arg_ptr, diag_ptr, inv_a, inv_b, channel_ptr, layer_ptr, i
         best_k = tl.where(better, tl.load(arg_ptr + s * NK + i, mask=ok, other=0), best_k)
         best = tl.where(better, m, best)
         diag += tl.load(diag_ptr + s * NK + i, mask=ok, other=0.0)
-    row_defined = tl.load(inv_a + i, mask=ok, other=0.0) > 0
-    scored = row_defined & (best > float("-inf"))
-    pair_defined = row_defined & (tl.load(inv_b + i, mask=ok, other=0.0) > 0)
-    nan = float("nan")
-    tl.store(channel_ptr + i, tl.where(pair_defined, tl.maximum(diag, 0.0), nan), mask=ok)
-    tl.store(layer_ptr + i, tl.where(scored, tl.maximum(best, 0.0), nan), mask=ok)
-    tl.store(index_ptr + i, tl.where(scored, best_k.to(tl.int64), -1), mask=ok)
+    _finish(best, best_k, diag, i, ok, inv_a, inv_b, channel_ptr, layer_ptr, index_ptr)
 
 
 def tiles_for(k: int, p: int, dtype: torch.dtype, tensor_cores: bool) -> Tuple[int, int, int, int, int]:
@@ -197,9 +221,8 @@ def tiles_for(k: int, p: int, dtype: torch.dtype, tensor_cores: bool) -> Tuple[i
     positions; ``EQUIFAST_TRITON_TILES="BM,BN,BK,WARPS,STAGES"`` overrides it (to tune on a GPU).
 
     Few channels get short row tiles, so that a batch of large maps still fills the device
-    (64 @ 56x56: 4 row tiles an image). For sm_90 (Triton 3.8) the choices use 145-241
-    registers a thread and none spills but bfloat16 in float32 at 64 x 64 (52 bytes):
-    ``benchmarks/triton_registers.py``.
+    (64 @ 56x56: 4 row tiles an image). For sm_90 (Triton 3.8) the choices use 128-242
+    registers a thread; a few spill up to 52 bytes (``benchmarks/triton_registers.py``).
     """
     override = os.environ.get("EQUIFAST_TRITON_TILES")
     if override:
@@ -250,36 +273,38 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
     device = fx.device
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
         tensor_cores = False  # TF32 and tl.dot's tensor cores need sm_80
-    stats = []
-    for x, index in ((fx, a_index), (ftx, b_index)):
-        mean = torch.empty(n, k, dtype=torch.float64, device=device)
-        inv = torch.empty(n, k, dtype=torch.float64, device=device)
-        s_n, s_k, s_h, s_w = x.stride()
-        br = 16
-        _row_stats[(triton.cdiv(k, br), n)](x, index, mean, inv, k, p, w, s_n, s_k, s_h, s_w,
-                                           float(eps), CENTERED=bool(centered), BR=br, BP=64)
-        stats += [mean, inv]
+    stats = torch.empty(2, 2, n, k, dtype=torch.float64, device=device)  # side, mean / inv
+    br = 16
+    _row_stats[(triton.cdiv(k, br), n, 2)](fx, ftx, a_index, b_index, stats, n, k, p, w,
+                                           *fx.stride(), *ftx.stride(), float(eps),
+                                           CENTERED=bool(centered), BR=br, BP=64)
     bm, bn, bk, warps, stages = tiles_for(k, p, fx.dtype, tensor_cores)
     col_tiles = triton.cdiv(k, bn)
     if splits is None:
         splits = min(col_tiles, max(1, triton.cdiv(_device_programs(device), triton.cdiv(k, bm) * n)))
     per_split = triton.cdiv(col_tiles, splits)
     splits = triton.cdiv(col_tiles, per_split)
-    best = torch.empty(splits, n, k, dtype=torch.float32, device=device)
-    best_k = torch.empty(splits, n, k, dtype=torch.int32, device=device)
-    diag = torch.empty(splits, n, k, dtype=torch.float32, device=device)
-    dot, precision = _dot_type(fx.dtype, tensor_cores)
-    _similarity_tiles[(triton.cdiv(k, bm), n, splits)](
-        fx, ftx, a_index, b_index, *stats, best, best_k, diag, n, k, p, w,
-        *fx.stride(), *ftx.stride(), per_split, DOT=dot, PRECISION=precision,
-        GROUP=_GROUP if precision == "ieee" and dot == tl.float32 else 1,
-        BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
     channel = torch.empty(n, k, dtype=torch.float32, device=device)
     layer = torch.empty(n, k, dtype=torch.float32, device=device)
     layer_index = torch.empty(n, k, dtype=torch.int64, device=device)
-    block = 256
-    _combine[(triton.cdiv(n * k, block),)](best, best_k, diag, stats[1], stats[3], channel, layer,
-                                          layer_index, n * k, splits, BLOCK=block)
+    final = splits == 1
+    if final:  # the tiles write the scores; the partial results' pointers are never read
+        best, best_k, diag = channel, layer_index, layer
+    else:  # per split: row max, its column, diagonal
+        best = torch.empty(splits, n, k, dtype=torch.float32, device=device)
+        best_k = torch.empty(splits, n, k, dtype=torch.int32, device=device)
+        diag = torch.empty(splits, n, k, dtype=torch.float32, device=device)
+    dot, precision = _dot_type(fx.dtype, tensor_cores)
+    (mean_a, inv_a), (mean_b, inv_b) = stats
+    _similarity_tiles[(triton.cdiv(k, bm), n, splits)](
+        fx, ftx, a_index, b_index, mean_a, inv_a, mean_b, inv_b, best, best_k, diag, channel,
+        layer, layer_index, n, k, p, w, *fx.stride(), *ftx.stride(), per_split, DOT=dot,
+        PRECISION=precision, GROUP=_GROUP if precision == "ieee" and dot == tl.float32 else 1,
+        FINAL=final, BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
+    if not final:
+        block = 256
+        _combine[(triton.cdiv(n * k, block),)](best, best_k, diag, inv_a, inv_b, channel, layer,
+                                              layer_index, n * k, splits, BLOCK=block)
     return channel, layer, layer_index
 
 
@@ -300,15 +325,16 @@ def compile_kernels(arch: int = 90):
         source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constants)
         return triton.compile(source, target=target, options=options).asm["ptx"]
 
-    stats = {"idx_ptr": "*i64", "mean_ptr": "*fp64", "inv_ptr": "*fp64"}
     for dtype, pointer in _POINTER.items():
         for centered in (True, False):
             yield (f"row_stats {pointer[1:]} centered={centered}",
-                   build(_row_stats, {**stats, "x_ptr": pointer},
+                   build(_row_stats, {"a_ptr": pointer, "b_ptr": pointer, "a_idx": "*i64",
+                                      "b_idx": "*i64", "stats_ptr": "*fp64"},
                          {"CENTERED": centered, "BR": 16, "BP": 64}, num_warps=4))
     tiles = {"a_idx": "*i64", "b_idx": "*i64", "mean_a": "*fp64", "inv_a": "*fp64",
              "mean_b": "*fp64", "inv_b": "*fp64", "max_ptr": "*fp32", "arg_ptr": "*i32",
-             "diag_ptr": "*fp32"}
+             "diag_ptr": "*fp32", "channel_ptr": "*fp32", "layer_ptr": "*fp32",
+             "index_ptr": "*i64"}
     for dtype, pointer in _POINTER.items():
         for tensor_cores in (True, False):
             dot, precision = _dot_type(dtype, tensor_cores)
@@ -316,11 +342,13 @@ def compile_kernels(arch: int = 90):
             chosen = {tiles_for(k, p, dtype, tensor_cores)
                       for k, p in ((64, 3136), (256, 784), (2048, 49), (512, 9))}
             for bm, bn, bk, warps, stages in sorted(chosen):
-                on = "tensor-cores" if tensor_cores else "float32"
-                yield (f"tiles {pointer[1:]} {on} {bm}x{bn}x{bk}",
-                       build(_similarity_tiles, {**tiles, "a_ptr": pointer, "b_ptr": pointer},
-                             {"DOT": dot, "PRECISION": precision, "GROUP": group, "BM": bm,
-                              "BN": bn, "BK": bk}, num_warps=warps, num_stages=stages))
+                for final in (True, False):
+                    on = "tensor-cores" if tensor_cores else "float32"
+                    yield (f"tiles {pointer[1:]} {on} {bm}x{bn}x{bk}{'' if final else ' split'}",
+                           build(_similarity_tiles, {**tiles, "a_ptr": pointer, "b_ptr": pointer},
+                                 {"DOT": dot, "PRECISION": precision, "GROUP": group,
+                                  "FINAL": final, "BM": bm, "BN": bn, "BK": bk},
+                                 num_warps=warps, num_stages=stages))
     yield "combine", build(_combine, {"max_ptr": "*fp32", "arg_ptr": "*i32", "diag_ptr": "*fp32",
                                       "inv_a": "*fp64", "inv_b": "*fp64", "channel_ptr": "*fp32",
                                       "layer_ptr": "*fp32", "index_ptr": "*i64"},

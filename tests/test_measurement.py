@@ -356,8 +356,10 @@ def test_across_images_streams_the_whole_set():
     model = circular_net()
     x = torch.rand(8, 3, 12, 12)
     t = ef.Rotation(1)  # a circular net is not rotation invariant: scores below 1
+    # NCHW, as the features below: channels-last convolutions round otherwise (2.6e-6 on a
+    # score on an AVX-512 CPU), which is not what this checks
     rep = ef.measure(model, x, transforms=[t], metric=["correlation", "cosine"],
-                     vector_mode="across_images", batch_size=3)
+                     vector_mode="across_images", batch_size=3, channels_last=False)
     pts = rep.points.set_index(["point", "metric"])
     with torch.no_grad():
         for name, stages in (("pool", model[:5]), ("final", model)):
