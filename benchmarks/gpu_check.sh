@@ -14,7 +14,8 @@
 #      two-pass kernels (tensor cores, float32), the single pass, no clusters and the Triton
 #      kernels, wall-clock and kernel times;
 #   4. benchmarks/run_end_to_end.py on ResNet-50, 224x224, batch 64, shifts 1..32, and a
-#      profile of one measure call; then the same (64 images, not written) with the Triton kernels;
+#      profile of one measure call; then the same (64 images, not written) with the Triton kernels,
+#      and benchmarks/tune_triton.py: their candidate tiles at the benchmark shapes;
 #   5. compute-sanitizer memcheck and racecheck over a few calls of each kernel (where installed);
 #   6. Nsight Compute counters (where the warps wait) of the tile kernels at 64 @ 56x56 and
 #      2048 @ 7x7, the Triton kernels' too.
@@ -93,6 +94,7 @@ step end-to-end 120 $PY benchmarks/run_end_to_end.py --model resnet50 --size 224
   --images ${E2E_IMAGES:-256} --device cuda --output "$OUT/RESULTS.md" --profile
 step end-to-end-triton 90 env EQUIFAST_CUDA_KERNEL=triton $PY benchmarks/run_end_to_end.py \
   --model resnet50 --size 224 --batch 64 --images 64 --repeats 2 --device cuda --no-write
+step tune-triton 150 $PY benchmarks/tune_triton.py --budget 110 --output "$OUT/RESULTS.md"
 if command -v compute-sanitizer >/dev/null; then
   step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 $PY -c "$SANITIZE"
   step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 3 $PY -c "$SANITIZE"

@@ -191,3 +191,23 @@ def test_compiles_for_gpus(arch):
         assert ".entry" in ptx, name
         if arch == 90 and "tensor-cores" in name and " 16x" not in name:
             assert "wgmma.mma_async" in ptx, name
+
+
+@kernels
+def test_tuning_candidates_give_the_default_scores():
+    # benchmarks/tune_triton.py's loop: every candidate's tiles give the default's scores
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tune_triton.py"
+    spec = importlib.util.spec_from_file_location("tune_triton", path)
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    fx, ftx = _features(2, 40, 6, 6, device=DEVICE, seed=8)
+    a, b = Translation(1, 1).index_map((6, 6), (6, 6), device=DEVICE)
+    candidates = [(32, 32, 16, 4, 2), (128, 64, 16, 8, 3), (16, 64, 32, 4, 3)]
+    rows = tune.tune_shape(fx, ftx, a, b, candidates, calls=1)
+    assert rows[0]["default"] and rows[0]["config"] == (16, 64, 32, 4, 3)
+    # 128 rows for K = 40 only masks rows out, and the default is not run twice
+    assert [r["config"] for r in rows[1:]] == [(32, 32, 16, 4, 2)]
+    assert all(r["seconds"] > 0 and r["difference"] <= 1e-5 for r in rows)
+    assert "EQUIFAST_TRITON_TILES" not in os.environ

@@ -1,0 +1,171 @@
+"""Tile sizes for the Triton kernels (``equifast/ops_triton.py``) at the benchmark shapes.
+
+For each shape, every candidate ``(BM, BN, BK, warps, stages)`` is run through
+``EQUIFAST_TRITON_TILES``, checked against the default tiles' scores and timed (CUDA events
+around ``--calls`` back-to-back calls, so launches overlap the kernels as in ``measure``); the
+table gives the default's time, the best candidate's, and both against the roofline of
+``run_ratios.py``. Written for the first GPU the Triton kernels meet: one run says which tiles
+``tiles_for`` should pick.
+
+    python benchmarks/tune_triton.py                    # CUDA; writes the triton-tuning section
+    python benchmarks/tune_triton.py --budget 60 --no-write
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from equifast import reference
+from equifast.devices import resolve_device
+from equifast.transforms import Translation
+
+sys.path.insert(0, os.path.dirname(__file__))
+from results import sync, write_section  # noqa: E402
+from run_ratios import INPUT, gpu_peaks  # noqa: E402
+
+# (K, map side, layout): the operator benchmark's shapes, NCHW, and both ends channels-last
+SHAPES = [(64, 56, "NCHW"), (256, 28, "NCHW"), (512, 14, "NCHW"), (2048, 7, "NCHW"),
+          (64, 56, "channels-last"), (2048, 7, "channels-last")]
+CANDIDATES = [(16, 64, 32, 4, 3), (16, 64, 64, 4, 4), (32, 64, 32, 4, 3), (32, 32, 32, 4, 4),
+              (64, 64, 32, 4, 3), (64, 64, 32, 8, 3), (64, 64, 64, 4, 3), (64, 128, 32, 8, 3),
+              (128, 64, 32, 8, 3), (128, 64, 16, 8, 4), (128, 128, 16, 8, 3)]
+
+
+@contextlib.contextmanager
+def tiles(config):
+    """EQUIFAST_TRITON_TILES set to ``config`` (None: the default tiles) for the block."""
+    old = os.environ.pop("EQUIFAST_TRITON_TILES", None)
+    if config is not None:
+        os.environ["EQUIFAST_TRITON_TILES"] = ",".join(map(str, config))
+    try:
+        yield
+    finally:
+        os.environ.pop("EQUIFAST_TRITON_TILES", None)
+        if old is not None:
+            os.environ["EQUIFAST_TRITON_TILES"] = old
+
+
+def per_call(fn, calls: int, device) -> float:
+    """Seconds per call of ``fn`` over ``calls`` back-to-back calls (median of three runs)."""
+    fn()
+    sync(device)
+    runs = []
+    for _ in range(3):
+        if torch.device(device).type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            runs.append(start.elapsed_time(end) * 1e-3 / calls)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            runs.append((time.perf_counter() - t0) / calls)
+    return statistics.median(runs)
+
+
+def _max_difference(x, y) -> float:
+    """The largest difference of two score tensors, NaN where exactly one of them is NaN."""
+    if not torch.equal(torch.isnan(x), torch.isnan(y)):
+        return float("nan")
+    return float((x - y).nan_to_num(0.0).abs().max())
+
+
+def tune_shape(fx, ftx, a, b, candidates, calls: int, deadline: float = float("inf")):
+    """The default tiles' row, then one per candidate that fits ``K`` (until ``deadline``, a
+    ``time.monotonic()``): config, seconds per call, and the largest difference of its channel
+    and layer scores from the default's (NaN when their undefined entries differ)."""
+    from equifast import ops_triton
+
+    def call():
+        return ops_triton.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE)
+
+    device = fx.device
+    with tiles(None):
+        base = call()
+        rows = [dict(config=ops_triton.tiles_for(fx.shape[1], a.numel(), fx.dtype, True),
+                     default=True, seconds=per_call(call, calls, device), difference=0.0)]
+    for config in candidates:
+        if config[0] > max(16, 2 * fx.shape[1]) or config == rows[0]["config"]:
+            continue  # row tiles far wider than K only mask rows out
+        if time.monotonic() > deadline:
+            print(f"  {config}: skipped (time budget)")
+            continue
+        with tiles(config):
+            got = call()
+            difference = max(_max_difference(got[0], base[0]), _max_difference(got[1], base[1]))
+            rows.append(dict(config=config, default=False, seconds=per_call(call, calls, device),
+                             difference=difference))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--n", type=int, default=64, help="images (default 64)")
+    ap.add_argument("--calls", type=int, default=20, help="calls per timing (default 20)")
+    ap.add_argument("--budget", type=float, default=150, help="seconds for all the candidates")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--output", default=None, help="markdown file (default: benchmarks/RESULTS.md)")
+    args = ap.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        ap.error(str(err))
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        ap.error("the Triton kernels need a CUDA device (or TRITON_INTERPRET=1, very slowly)")
+    peaks = gpu_peaks(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    deadline = time.monotonic() + args.budget
+    g = torch.Generator().manual_seed(0)
+    lines = ["| K | map | layout | default tiles | default (us) | best tiles | best (us) | "
+             "roofline (us) | default: of roofline | best: of roofline | tried |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, side, layout in SHAPES:
+        fmt = torch.channels_last if layout == "channels-last" else torch.contiguous_format
+        fx = torch.randn(args.n, k, side, side, generator=g).to(device, memory_format=fmt)
+        ftx = torch.randn(args.n, k, side, side, generator=g).to(device, memory_format=fmt)
+        a, b = Translation(1, 1).index_map((side, side), INPUT, device=device)
+        rows = tune_shape(fx, ftx, a, b, CANDIDATES, args.calls, deadline)
+        for r in rows:
+            print(f"K={k} {side}x{side} {layout}: {r['config']}{' (default)' if r['default'] else ''}"
+                  f" {1e6 * r['seconds']:.1f} us, scores within {r['difference']:.1e} of the default",
+                  flush=True)
+        # a candidate whose scores differ from the default's by more than TF32 rounding is wrong
+        fair = [r for r in rows if r["difference"] <= 4e-3]
+        bad = [r["config"] for r in rows if not r["difference"] <= 4e-3]
+        if bad:
+            print(f"  scores differ from the default's: {bad}")
+        best = min(fair, key=lambda r: r["seconds"])
+        p = a.numel()
+        roof = (max(2 * args.n * k * k * p / (peaks[0] * 1e12),
+                    2 * fx.numel() * fx.element_size() / (peaks[1] * 1e9)) if peaks else None)
+        cells = [k, f"{side}x{side}", layout, rows[0]["config"], f"{1e6 * rows[0]['seconds']:.1f}",
+                 best["config"], f"{1e6 * best['seconds']:.1f}",
+                 f"{1e6 * roof:.1f}" if roof else "-",
+                 f"{100 * roof / rows[0]['seconds']:.0f}%" if roof else "-",
+                 f"{100 * roof / best['seconds']:.0f}%" if roof else "-", len(rows)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if not args.no_write:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        write_section("triton-tuning", f"## Triton kernels: tiles at the benchmark shapes ({name})\n\n"
+                      f"Written by `benchmarks/tune_triton.py` on {time.strftime('%Y-%m-%d')}: N = "
+                      f"{args.n}, correlation, Translation(1, 1) on a 224x224 input, TF32; each "
+                      f"time is per call over {args.calls} calls back to back (median of 3). Tiles "
+                      f"are (BM, BN, BK, warps, stages).\n\n{table}",
+                      *([args.output] if args.output else []))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
