@@ -211,3 +211,15 @@ def test_tuning_candidates_give_the_default_scores():
     assert [r["config"] for r in rows[1:]] == [(32, 32, 16, 4, 2)]
     assert all(r["seconds"] > 0 and r["difference"] <= 1e-5 for r in rows)
     assert "EQUIFAST_TRITON_TILES" not in os.environ
+
+
+@kernels
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_values_far_from_one(scale):
+    # the statistics are float64 sums (squares of 1e-30 underflow float32), and the values are
+    # normalised in float32 around a mean split in two floats, offset here by 3 spreads
+    fx, ftx = _features(2, 10, 6, 6, device=DEVICE, seed=9)
+    fx, ftx = fx.double() * scale + 3 * scale, ftx.double() * scale
+    fx, ftx = fx.float(), ftx.float()
+    got = _triton(fx, ftx, Rotation(1), "correlation", (6, 6))
+    _assert_matches(got, fx, ftx, Rotation(1), "correlation", (6, 6))
