@@ -5,19 +5,19 @@
 #
 #   1. build the extension in place against that machine's torch (its GPU's architecture only),
 #      then a smoke run of every kernel (a failure or a hang there stops the script);
-#   2. the CUDA tests: tests/test_ops.py and tests/test_measurement.py (CUDA cases only), then
-#      again with the opt-in single pass (EQUIFAST_CUDA_SINGLE_PASS=1) for every tensor-core case,
-#      the operator's without the position split over clusters (EQUIFAST_CUDA_MAX_CLUSTER=1),
-#      and the opt-in Triton kernels (EQUIFAST_CUDA_KERNEL=triton): tests/test_ops_triton.py,
-#      then the CUDA tests again through them;
+#   2. the CUDA tests: tests/test_ops.py and tests/test_measurement.py (CUDA cases only), and
+#      tests/test_ops_triton.py natively (the opt-in Triton kernels, EQUIFAST_CUDA_KERNEL=triton);
 #   3. benchmarks/run_ratios.py --device cuda: each shape against bmm and the roofline, the
 #      two-pass kernels (tensor cores, float32), the single pass, no clusters and the Triton
 #      kernels, wall-clock and kernel times;
 #   4. benchmarks/run_end_to_end.py on ResNet-50, 224x224, batch 64, shifts 1..32, and a
-#      profile of one measure call; then the same (64 images, not written) with the Triton kernels,
-#      and benchmarks/tune_triton.py: their candidate tiles at the benchmark shapes;
-#   5. compute-sanitizer memcheck and racecheck over a few calls of each kernel (where installed);
-#   6. Nsight Compute counters (where the warps wait) of the tile kernels at 64 @ 56x56 and
+#      profile of one measure call; then the same (64 images, not written) with the Triton
+#      kernels, and benchmarks/tune_triton.py: their ways and candidate tiles at each shape;
+#   5. the CUDA tests again with the compiled kernels' opt-in single pass
+#      (EQUIFAST_CUDA_SINGLE_PASS=1), without the position split over clusters
+#      (EQUIFAST_CUDA_MAX_CLUSTER=1), and through the Triton kernels;
+#   6. compute-sanitizer memcheck and racecheck over a few calls of each kernel (where installed);
+#   7. Nsight Compute counters (where the warps wait) of the tile kernels at 64 @ 56x56 and
 #      2048 @ 7x7, the Triton kernels' too.
 #
 #   OUT=some/folder bash benchmarks/gpu_check.sh
@@ -79,22 +79,21 @@ print('sanitizer calls done')"
 step smoke 60 $PY -c "$SANITIZE" || { tail -40 "$LOG"; exit 1; }
 step tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_measurement.py -k cuda
 tests=$?
-step tests-single-pass 120 env EQUIFAST_CUDA_SINGLE_PASS=1 $PY -m pytest -q -p no:cacheprovider \
-  tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
-step tests-no-clusters 90 env EQUIFAST_CUDA_MAX_CLUSTER=1 $PY -m pytest -q -p no:cacheprovider \
-  tests/test_ops.py -k cuda || tests=1
-# The opt-in Triton kernels (equifast/ops_triton.py, never run on a GPU before): their own tests
-# natively, then the operator's CUDA tests through them.
+# The Triton kernels' own tests (equifast/ops_triton.py, never run on a GPU before), then the
+# figures, then the other kernels' modes and the Triton kernels under the operator's tests.
 step tests-triton 150 $PY -m pytest -q -p no:cacheprovider tests/test_ops_triton.py || tests=1
-step tests-triton-operator 120 env EQUIFAST_CUDA_KERNEL=triton $PY -m pytest -q -p no:cacheprovider \
-  tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
 step ratios 120 $PY benchmarks/run_ratios.py --device cuda --output "$OUT/RESULTS.md"
-# The figures first, the diagnostics (sanitizers, counters) after them, as time allows.
 step end-to-end 120 $PY benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 \
   --images ${E2E_IMAGES:-256} --device cuda --output "$OUT/RESULTS.md" --profile
 step end-to-end-triton 90 env EQUIFAST_CUDA_KERNEL=triton $PY benchmarks/run_end_to_end.py \
   --model resnet50 --size 224 --batch 64 --images 64 --repeats 2 --device cuda --no-write
 step tune-triton 150 $PY benchmarks/tune_triton.py --budget 110 --output "$OUT/RESULTS.md"
+step tests-single-pass 120 env EQUIFAST_CUDA_SINGLE_PASS=1 $PY -m pytest -q -p no:cacheprovider \
+  tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
+step tests-no-clusters 90 env EQUIFAST_CUDA_MAX_CLUSTER=1 $PY -m pytest -q -p no:cacheprovider \
+  tests/test_ops.py -k cuda || tests=1
+step tests-triton-operator 120 env EQUIFAST_CUDA_KERNEL=triton $PY -m pytest -q -p no:cacheprovider \
+  tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
 if command -v compute-sanitizer >/dev/null; then
   step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 $PY -c "$SANITIZE"
   step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 3 $PY -c "$SANITIZE"

@@ -185,7 +185,9 @@ def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_
     if len(times) > 3:
         row["op_fp32"], row["op_single"], row["op_no_cluster"], row["op_triton"] = times[3:7]
         try:
-            kernels = [device_times(fn) for fn in fns]
+            kernels = [device_times(fn) for fn in fns[:-1]]
+            # the Triton kernels: NaN when they failed (nothing ran to profile)
+            kernels.append((float("nan"), {}) if fns[-1].failed else device_times(fns[-1]))
         except Exception as e:  # the profiler is a diagnostic: its failure must not lose the run
             print(f"profiler failed: {e!r}")
         else:

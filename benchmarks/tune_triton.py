@@ -1,7 +1,7 @@
 """Tile sizes for the Triton kernels (``equifast/ops_triton.py``) at the benchmark shapes.
 
-For each shape, every candidate ``(BM, BN, BK, warps, stages)`` is run through
-``EQUIFAST_TRITON_TILES``, checked against the default tiles' scores and timed (CUDA events
+For each shape, every candidate ``(BM, BN, BK, warps, stages)``, in the single pass and in the
+two passes, is run through ``EQUIFAST_TRITON_TILES`` and ``EQUIFAST_TRITON_SINGLE_PASS``, checked against the default tiles' scores and timed (CUDA events
 around ``--calls`` back-to-back calls, so launches overlap the kernels as in ``measure``); the
 table gives the default's time, the best candidate's, and both against the roofline of
 ``run_ratios.py``. Written for the first GPU the Triton kernels meet: one run says which tiles
@@ -38,17 +38,27 @@ CANDIDATES = [(16, 64, 32, 4, 3), (16, 64, 64, 4, 4), (32, 64, 32, 4, 3), (32, 3
 
 
 @contextlib.contextmanager
-def tiles(config):
-    """EQUIFAST_TRITON_TILES set to ``config`` (None: the default tiles) for the block."""
-    old = os.environ.pop("EQUIFAST_TRITON_TILES", None)
-    if config is not None:
-        os.environ["EQUIFAST_TRITON_TILES"] = ",".join(map(str, config))
+def setting(name, value):
+    """Environment variable ``name`` set to ``value`` (None: unset) for the block."""
+    old = os.environ.pop(name, None)
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
-        os.environ.pop("EQUIFAST_TRITON_TILES", None)
+        os.environ.pop(name, None)
         if old is not None:
-            os.environ["EQUIFAST_TRITON_TILES"] = old
+            os.environ[name] = old
+
+
+def tiles(config):
+    """EQUIFAST_TRITON_TILES set to ``config`` (None: the default tiles) for the block."""
+    return setting("EQUIFAST_TRITON_TILES", None if config is None else ",".join(map(str, config)))
+
+
+def way(name):
+    """EQUIFAST_TRITON_SINGLE_PASS for the ``"single"`` pass or the ``"two"`` passes (None: K's own)."""
+    return setting("EQUIFAST_TRITON_SINGLE_PASS", {"single": "1", "two": "0", None: None}[name])
 
 
 def per_call(fn, calls: int, device) -> float:
@@ -81,29 +91,39 @@ def _max_difference(x, y) -> float:
 
 
 def tune_shape(fx, ftx, a, b, candidates, calls: int, deadline: float = float("inf")):
-    """The default tiles' row, then one per candidate that fits ``K`` (until ``deadline``, a
-    ``time.monotonic()``): config, seconds per call, and the largest difference of its channel
-    and layer scores from the default's (NaN when their undefined entries differ)."""
+    """The default's row (K's own way and tiles), then one per way (single pass, two passes)
+    and candidate that fits ``K`` (until ``deadline``, a ``time.monotonic()``): way, config,
+    seconds per call, and the largest difference of its channel and layer scores from the
+    default's (NaN when their undefined entries differ)."""
     from equifast import ops_triton
 
     def call():
         return ops_triton.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE)
 
-    device = fx.device
-    with tiles(None):
+    device, k = fx.device, fx.shape[1]
+    with tiles(None), way(None):
         base = call()
-        rows = [dict(config=ops_triton.tiles_for(fx.shape[1], a.numel(), fx.dtype, True),
-                     default=True, seconds=per_call(call, calls, device), difference=0.0)]
-    for config in candidates:
-        if config[0] > max(16, 2 * fx.shape[1]) or config == rows[0]["config"]:
-            continue  # row tiles far wider than K only mask rows out
-        if time.monotonic() > deadline:
-            print(f"  {config}: skipped (time budget)")
-            continue
-        with tiles(config):
-            got = call()
-            difference = max(_max_difference(got[0], base[0]), _max_difference(got[1], base[1]))
-            rows.append(dict(config=config, default=False, seconds=per_call(call, calls, device),
+        default = ("single" if ops_triton.single_pass(k) else "two",
+                   ops_triton.tiles_for(k, a.numel(), fx.dtype, True, ops_triton.single_pass(k)))
+        rows = [dict(way=default[0], config=default[1], default=True,
+                     seconds=per_call(call, calls, device), difference=0.0)]
+    for name in ("single", "two"):
+        for config in candidates:
+            if config[0] > max(16, 2 * k) or (name, config) == default:
+                continue  # row tiles far wider than K only mask rows out
+            if time.monotonic() > deadline:
+                print(f"  {name} {config}: skipped (time budget)")
+                continue
+            with tiles(config), way(name):
+                try:
+                    got = call()
+                    difference = max(_max_difference(got[0], base[0]),
+                                     _max_difference(got[1], base[1]))
+                    seconds = per_call(call, calls, device)
+                except Exception as e:  # noqa: BLE001 (a tile the compiler or the device refuses)
+                    print(f"  {name} {config}: failed: {e!r}")
+                    continue
+            rows.append(dict(way=name, config=config, default=False, seconds=seconds,
                              difference=difference))
     return rows
 
@@ -136,20 +156,22 @@ def main(argv=None) -> int:
         a, b = Translation(1, 1).index_map((side, side), INPUT, device=device)
         rows = tune_shape(fx, ftx, a, b, CANDIDATES, args.calls, deadline)
         for r in rows:
-            print(f"K={k} {side}x{side} {layout}: {r['config']}{' (default)' if r['default'] else ''}"
+            print(f"K={k} {side}x{side} {layout}: {r['way']} {r['config']}"
+                  f"{' (default)' if r['default'] else ''}"
                   f" {1e6 * r['seconds']:.1f} us, scores within {r['difference']:.1e} of the default",
                   flush=True)
         # a candidate whose scores differ from the default's by more than TF32 rounding is wrong
         fair = [r for r in rows if r["difference"] <= 4e-3]
-        bad = [r["config"] for r in rows if not r["difference"] <= 4e-3]
+        bad = [(r["way"], r["config"]) for r in rows if not r["difference"] <= 4e-3]
         if bad:
             print(f"  scores differ from the default's: {bad}")
         best = min(fair, key=lambda r: r["seconds"])
         p = a.numel()
         roof = (max(2 * args.n * k * k * p / (peaks[0] * 1e12),
                     2 * fx.numel() * fx.element_size() / (peaks[1] * 1e9)) if peaks else None)
-        cells = [k, f"{side}x{side}", layout, rows[0]["config"], f"{1e6 * rows[0]['seconds']:.1f}",
-                 best["config"], f"{1e6 * best['seconds']:.1f}",
+        cells = [k, f"{side}x{side}", layout, f"{rows[0]['way']} {rows[0]['config']}",
+                 f"{1e6 * rows[0]['seconds']:.1f}", f"{best['way']} {best['config']}",
+                 f"{1e6 * best['seconds']:.1f}",
                  f"{1e6 * roof:.1f}" if roof else "-",
                  f"{100 * roof / rows[0]['seconds']:.0f}%" if roof else "-",
                  f"{100 * roof / best['seconds']:.0f}%" if roof else "-", len(rows)]
@@ -162,7 +184,7 @@ def main(argv=None) -> int:
                       f"Written by `benchmarks/tune_triton.py` on {time.strftime('%Y-%m-%d')}: N = "
                       f"{args.n}, correlation, Translation(1, 1) on a 224x224 input, TF32; each "
                       f"time is per call over {args.calls} calls back to back (median of 3). Tiles "
-                      f"are (BM, BN, BK, warps, stages).\n\n{table}",
+                      f"are the way (single pass or two) and (BM, BN, BK, warps, stages).\n\n{table}",
                       *([args.output] if args.output else []))
     return 0
 

@@ -142,8 +142,9 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
         except ImportError as err:
             raise RuntimeError(f"EQUIFAST_CUDA_KERNEL=triton needs Triton ({err}); install it "
                                "(`pip install triton`) or unset the variable.") from None
-        return ops_triton.equivariance_scores(fx, ftx, a_index, b_index, bool(centered),
-                                              float(eps), bool(tensor_cores))
+        with torch.cuda.device(fx.device):  # Triton launches on the current device
+            return ops_triton.equivariance_scores(fx, ftx, a_index, b_index, bool(centered),
+                                                  float(eps), bool(tensor_cores))
     return torch.ops.equifast.equivariance_scores.default(fx, ftx, a_index, b_index,
                                                           bool(centered), float(eps),
                                                           bool(tensor_cores),

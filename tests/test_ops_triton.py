@@ -40,6 +40,13 @@ def test_under_interpreter():
     assert " passed" in run.stdout and " failed" not in run.stdout
 
 
+@pytest.fixture(params=["single", "two"])
+def passes(request, monkeypatch):
+    """Both ways of the kernels: the single pass (K <= 256 by default) and the two passes."""
+    monkeypatch.setenv("EQUIFAST_TRITON_SINGLE_PASS", "1" if request.param == "single" else "0")
+    return request.param
+
+
 def _triton(fx, ftx, transform, metric, input_size, tensor_cores=False, splits=None):
     from equifast import ops_triton
     a, b = transform.index_map(tuple(fx.shape[-2:]), input_size, device=fx.device)
@@ -58,7 +65,7 @@ def _atol(dtype, tensor_cores):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("transform", [Identity(), Rotation(1), Flip("vertical"), Translation(-2, 3),
                                        Translation(1, 2, mode="zero")], ids=lambda t: t.name)
-def test_matches_reference(transform, layout, metric):
+def test_matches_reference(transform, layout, metric, passes):
     # K = 70: two column tiles of 64 and five row tiles of 16, the last ones partial
     fx, ftx = _features(3, 70, 9, 9, device=DEVICE, seed=1)
     if layout == "channels_last":
@@ -74,7 +81,7 @@ def test_matches_reference(transform, layout, metric):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("tensor_cores", [False, True])
 @pytest.mark.parametrize("k", [3, 130])
-def test_types_and_tiles(k, tensor_cores, dtype):
+def test_types_and_tiles(k, tensor_cores, dtype, passes):
     if INTERPRETED and tensor_cores and dtype == torch.bfloat16:
         pytest.skip("Triton's interpreter has no bfloat16 products (NumPy has no bfloat16)")
     # K = 3 (one partial tile) and 130 (three 64-wide column tiles); a map that is not square
@@ -85,7 +92,7 @@ def test_types_and_tiles(k, tensor_cores, dtype):
 
 
 @kernels
-def test_undefined_rows():
+def test_undefined_rows(passes):
     fx, ftx = _features(2, 20, 5, 5, device=DEVICE, seed=3)
     fx[0, 1] = 2.5                     # constant: undefined for correlation, not for cosine
     ftx[0, 4] = -1.0                   # a constant column never wins
@@ -106,26 +113,44 @@ def test_undefined_rows():
     assert torch.equal(got[2].cpu() == -1, want.layer_index == -1)
 
 
+def _plus_minus_maps(n, k, seed):
+    """[n, k, 4, 4] maps of eight +1 and eight -1: mean 0 and norm 4 exactly, so that every
+    similarity is an exact sum whatever the order of the products (ties stay ties)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.tensor([1.0] * 8 + [-1.0] * 8)
+    return torch.stack([torch.stack([base[torch.randperm(16, generator=g)] for _ in range(k)])
+                        for _ in range(n)]).view(n, k, 4, 4)
+
+
 @kernels
-def test_ties_take_the_smallest_channel_across_splits():
-    # Columns 10, 75 and 140 are the same map: every row's best column is 10 (the smallest),
-    # whether the three column tiles run in one program or in three splits merged afterwards.
-    fx, ftx = _features(2, 150, 6, 6, device=DEVICE, seed=4)
+def test_ties_take_the_smallest_channel_across_splits(monkeypatch):
+    # Columns 10, 75 and 140 are the same map and every eighth row matches it exactly: their
+    # best column is 10, the smallest, whether the three column tiles run in one program or in
+    # splits merged afterwards, and in the single pass.
+    fx, ftx = (_plus_minus_maps(2, 150, seed).to(DEVICE) for seed in (4, 5))
     ftx[:, 75] = ftx[:, 10]
     ftx[:, 140] = ftx[:, 10]
-    fx[:, :150:7] = ftx[:, 10:11]  # rows that match column 10 exactly
-    results = [_triton(fx, ftx, Identity(), "correlation", (6, 6), splits=s) for s in (1, 2, 3)]
+    fx[:, :150:8] = ftx[:, 10:11]
+    monkeypatch.setenv("EQUIFAST_TRITON_SINGLE_PASS", "0")
+    results = [_triton(fx, ftx, Identity(), "correlation", (4, 4), splits=s) for s in (1, 2, 3)]
+    monkeypatch.setenv("EQUIFAST_TRITON_SINGLE_PASS", "1")
+    results.append(_triton(fx, ftx, Identity(), "correlation", (4, 4)))
     for got in results:
-        assert (got[2][:, :150:7] == 10).all()
-        _assert_matches(got, fx, ftx, Identity(), "correlation", (6, 6))
-    for got in results[1:]:
+        assert (got[2][:, :150:8] == 10).all() and (got[1][:, :150:8] == 1).all()
+        _assert_matches(got, fx, ftx, Identity(), "correlation", (4, 4))
+    for got in results[1:3]:
         for x, y in zip(got, results[0]):
             assert torch.equal(x, y)  # the splits change nothing, bit for bit
 
 
 @kernels
-def test_an_image_scores_the_same_in_any_batch():
-    fx, ftx = _features(5, 40, 7, 7, device=DEVICE, seed=5)
+@pytest.mark.parametrize("k", [40, 150])
+def test_an_image_scores_the_same_in_any_batch(k, passes, monkeypatch):
+    # With room for 8 programs, the two passes split K = 150's three column tiles three ways
+    # for one image and not at all for five: the scores must not change.
+    from equifast import ops_triton
+    monkeypatch.setattr(ops_triton, "_device_programs", lambda device: 8)
+    fx, ftx = _features(5, k, 7, 7, device=DEVICE, seed=5)
     whole = _triton(fx, ftx, Translation(1, 1), "correlation", (7, 7), tensor_cores=True)
     alone = _triton(fx[3:4], ftx[3:4], Translation(1, 1), "correlation", (7, 7), tensor_cores=True)
     for x, y in zip(whole, alone):
@@ -133,7 +158,46 @@ def test_an_image_scores_the_same_in_any_batch():
 
 
 @kernels
-def test_sparse_maps():
+def test_scores_stay_within_0_and_1(passes):
+    # identical maps: similarities a rounding above 1 are scored 1, as scores.h clamps them
+    fx, _ = _features(3, 30, 8, 8, device=DEVICE, seed=10)
+    for metric in METRICS:
+        got = _triton(fx, fx.clone(), Identity(), metric, (8, 8), tensor_cores=True)
+        for scores in got[:2]:
+            assert (scores <= 1).all() and (scores > 0.998).all()
+
+
+@kernels
+@pytest.mark.parametrize("magnitude", [1e25, 1e-25])
+def test_rows_beyond_their_sample_are_scored_again(magnitude):
+    # The single pass scales a row by its sample of 64 positions (here every fourth position of
+    # a 16 x 16 map, all zero). Elsewhere the row holds values of 1e25 (their float32 products
+    # overflow) or 1e-25 (they underflow): the image is flagged and the two passes score it.
+    fx, ftx = _features(2, 12, 16, 16, device=DEVICE, seed=11)
+    row = fx[1, 3].flatten()
+    row.mul_(magnitude)[::4] = 0.0
+    fx[1, 3] = row.view(16, 16)
+    ftx[1, 5] = fx[1, 3]
+    got = _triton(fx, ftx, Identity(), "correlation", (16, 16), tensor_cores=True)
+    assert got[2][1, 3] == 5 and got[1][1, 3] > 0.999
+    _assert_matches(got, fx, ftx, Identity(), "correlation", (16, 16), atol=2e-3)
+
+
+@kernels
+def test_empty_batches_and_strided_indices(passes):
+    fx, ftx = _features(3, 20, 5, 5, device=DEVICE, seed=12)
+    a, b = Rotation(1).index_map((5, 5), (5, 5), device=DEVICE)
+    from equifast import ops_triton
+    empty = ops_triton.equivariance_scores(fx[:0], ftx[:0], a, b, True, EPS)
+    assert [tuple(t.shape) for t in empty] == [(0, 20)] * 3
+    strided = ops_triton.equivariance_scores(fx, ftx, torch.stack([a, a], 1)[:, 0],
+                                             torch.stack([b, b], 1)[:, 0], True, EPS)
+    for x, y in zip(strided, ops_triton.equivariance_scores(fx, ftx, a, b, True, EPS)):
+        assert torch.equal(x, y)
+
+
+@kernels
+def test_sparse_maps(passes):
     # mostly-zero ReLU maps, where one float32 sum over every position drifts (test_ops):
     # the exact path sums groups of positions apart
     g = torch.Generator().manual_seed(3)
@@ -147,7 +211,7 @@ def test_sparse_maps():
 
 
 @kernels
-def test_tile_override(monkeypatch):
+def test_tile_override(monkeypatch, passes):
     fx, ftx = _features(2, 24, 5, 6, device=DEVICE, seed=6)
     default = _triton(fx, ftx, Flip("vertical"), "cosine", (5, 6))
     monkeypatch.setenv("EQUIFAST_TRITON_TILES", "32,16,16,4,2")
@@ -187,7 +251,8 @@ def test_compiles_for_gpus(arch):
     # Every tile choice of tiles_for, for every input type, compiled ahead of time for the GPU
     # (no device needed); on sm_90 the TF32 and half tiles of 64 rows and more use wgmma.
     from equifast.ops_triton import compile_kernels
-    for name, ptx in compile_kernels(arch):
+    dtypes = (torch.float32, torch.float16, torch.bfloat16) if arch == 90 else (torch.float32,)
+    for name, ptx in compile_kernels(arch, dtypes):
         assert ".entry" in ptx, name
         if arch == 90 and "tensor-cores" in name and " 16x" not in name:
             assert "wgmma.mma_async" in ptx, name
@@ -206,16 +271,20 @@ def test_tuning_candidates_give_the_default_scores():
     a, b = Translation(1, 1).index_map((6, 6), (6, 6), device=DEVICE)
     candidates = [(32, 32, 16, 4, 2), (128, 64, 16, 8, 3), (16, 64, 32, 4, 3)]
     rows = tune.tune_shape(fx, ftx, a, b, candidates, calls=1)
-    assert rows[0]["default"] and rows[0]["config"] == (16, 64, 32, 4, 3)
-    # 128 rows for K = 40 only masks rows out, and the default is not run twice
-    assert [r["config"] for r in rows[1:]] == [(32, 32, 16, 4, 2)]
+    assert rows[0]["default"] and (rows[0]["way"], rows[0]["config"]) == ("single", (16, 64, 16, 4, 3))
+    # 128 rows for K = 40 only mask rows out; each way takes the others
+    assert [(r["way"], r["config"]) for r in rows[1:]] == [
+        ("single", (32, 32, 16, 4, 2)), ("single", (16, 64, 32, 4, 3)),
+        ("two", (32, 32, 16, 4, 2)), ("two", (16, 64, 32, 4, 3))]
+    # the interpreter multiplies exactly: the two ways agree to float32 roundings
     assert all(r["seconds"] > 0 and r["difference"] <= 1e-5 for r in rows)
     assert "EQUIFAST_TRITON_TILES" not in os.environ
+    assert "EQUIFAST_TRITON_SINGLE_PASS" not in os.environ
 
 
 @kernels
 @pytest.mark.parametrize("scale", [1e-30, 1e30])
-def test_values_far_from_one(scale):
+def test_values_far_from_one(scale, passes):
     # the statistics are float64 sums (squares of 1e-30 underflow float32), and the values are
     # normalised in float32 around a mean split in two floats, offset here by 3 spreads
     fx, ftx = _features(2, 10, 6, 6, device=DEVICE, seed=9)
