@@ -79,6 +79,17 @@ def _power_of_two(exponent):
 
 
 @triton.jit
+def _to_dot(x, DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """float32 values in the multiplication type: for TF32, rounded to nearest (ties away, as
+    cvt.rna.tf32) here, since the tensor cores would drop the low 13 bits (a bias of up to
+    2^-10 a value, all towards zero); the interpreter multiplies these same values exactly."""
+    if PRECISION == "tf32":
+        bits = x.to(tl.int32, bitcast=True)
+        return ((bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
+    return x.to(DOT)
+
+
+@triton.jit
 def _row_statistics(c, s, q, P, eps, CENTERED: tl.constexpr):
     """Rows' float64 mean and 1 / norm (0 where undefined) from their sums s = Σ(u - c) and
     q = Σ(u - c)^2 over the P compared positions (scores.h's shifted_sums and is_defined)."""
@@ -186,13 +197,13 @@ def _normalising(mean_ptr, inv_ptr, i, ok):
 
 @triton.jit
 def _normalised(image, rows_offset, idx_ptr, p, P, W, s_h, s_w, f, m_hi, m_lo, r, row_ok,
-                DOT: tl.constexpr, WIDE: tl.constexpr):
-    """A block of rows' values at positions p, normalised, in the multiplication type."""
+                WIDE: tl.constexpr):
+    """A block of rows' values at positions p, normalised, in float32 (0 outside them)."""
     offset = _offsets(idx_ptr, p, p < P, W, s_h, s_w, WIDE)
     ok = (row_ok & (r > 0))[:, None] & (p < P)[None, :]
     x = tl.load(image + (rows_offset[:, None] + offset[None, :]), mask=ok, other=0.0).to(tl.float32)
     value = ((x * f[:, None] - m_hi[:, None]) - m_lo[:, None]) * r[:, None]
-    return tl.where(ok, value, 0.0).to(DOT)
+    return tl.where(ok, value, 0.0)
 
 
 @triton.jit
@@ -232,19 +243,21 @@ def _similarity_tiles(a_ptr, b_ptr, a_idx, b_idx, mean_a, inv_a, mean_b, inv_b,
                 for p0 in range(g0, tl.minimum(g0 + BK * GROUP, P), BK):
                     p = p0 + tl.arange(0, BK)
                     a = _normalised(a_image, a_rows, a_idx, p, P, W, sa_h, sa_w, fa, ma_hi, ma_lo,
-                                    ra, row_ok, DOT, WIDE)
+                                    ra, row_ok, WIDE)
                     b = _normalised(b_image, b_cols, b_idx, p, P, W, sb_h, sb_w, fb, mb_hi, mb_lo,
-                                    rb, col_ok, DOT, WIDE)
-                    part = tl.dot(a, tl.trans(b), part, input_precision=PRECISION)
+                                    rb, col_ok, WIDE)
+                    part = tl.dot(_to_dot(a, DOT, PRECISION), tl.trans(_to_dot(b, DOT, PRECISION)),
+                                  part, input_precision=PRECISION)
                 s += part
         else:
             for p0 in range(0, P, BK):
                 p = p0 + tl.arange(0, BK)
                 a = _normalised(a_image, a_rows, a_idx, p, P, W, sa_h, sa_w, fa, ma_hi, ma_lo, ra,
-                                row_ok, DOT, WIDE)
+                                row_ok, WIDE)
                 b = _normalised(b_image, b_cols, b_idx, p, P, W, sb_h, sb_w, fb, mb_hi, mb_lo, rb,
-                                col_ok, DOT, WIDE)
-                s = tl.dot(a, tl.trans(b), s, input_precision=PRECISION)
+                                col_ok, WIDE)
+                s = tl.dot(_to_dot(a, DOT, PRECISION), tl.trans(_to_dot(b, DOT, PRECISION)), s,
+                           input_precision=PRECISION)
         best, best_k, diag = _fold(s, col_ok & (rb > 0), rows, cols, t * BN, best, best_k, diag)
     if FINAL:  # one split: the scores themselves
         i = n * K + rows
@@ -360,7 +373,8 @@ def _single_pass_step(a_image, b_image, a_idx, b_idx, p, P, W, a_rows, b_cols, r
     within the step and float64 across steps."""
     a = _shifted(a_image, a_rows, a_idx, p, P, W, sa_h, sa_w, ca_hi, ca_lo, a_scale, row_ok, WIDE)
     b = _shifted(b_image, b_cols, b_idx, p, P, W, sb_h, sb_w, cb_hi, cb_lo, b_scale, col_ok, WIDE)
-    acc = tl.dot(a.to(DOT), tl.trans(b.to(DOT)), acc, input_precision=PRECISION)
+    acc = tl.dot(_to_dot(a, DOT, PRECISION), tl.trans(_to_dot(b, DOT, PRECISION)), acc,
+                 input_precision=PRECISION)
     return (acc, s_a + tl.sum(a, axis=1).to(tl.float64), q_a + tl.sum(a * a, axis=1).to(tl.float64),
             s_b + tl.sum(b, axis=1).to(tl.float64), q_b + tl.sum(b * b, axis=1).to(tl.float64))
 

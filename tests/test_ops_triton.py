@@ -276,8 +276,9 @@ def test_tuning_candidates_give_the_default_scores():
     assert [(r["way"], r["config"]) for r in rows[1:]] == [
         ("single", (32, 32, 16, 4, 2)), ("single", (16, 64, 32, 4, 3)),
         ("two", (32, 32, 16, 4, 2)), ("two", (16, 64, 32, 4, 3))]
-    # the interpreter multiplies exactly: the two ways agree to float32 roundings
-    assert all(r["seconds"] > 0 and r["difference"] <= 1e-5 for r in rows)
+    # TF32 (rounded in the kernels, so under the interpreter too): within its rounding
+    assert all(r["seconds"] > 0 and r["difference"] <= 4e-3 for r in rows)
+    assert max(r["difference"] for r in rows) > 0  # the ways and tiles do round differently
     assert "EQUIFAST_TRITON_TILES" not in os.environ
     assert "EQUIFAST_TRITON_SINGLE_PASS" not in os.environ
 
