@@ -43,7 +43,8 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-__all__ = ["equivariance_scores", "tiles_for", "single_pass", "compile_kernels"]
+__all__ = ["equivariance_scores", "tiles_for", "single_pass", "sample_positions",
+           "compile_kernels"]
 
 # Exact float32 (no tensor cores): dot products of BK positions summed per group of _GROUP
 # before the row's float32 sum. TF32 / float16 rounding dominates otherwise (one level).
@@ -59,17 +60,21 @@ _MAX_IMAGES = 65535  # a launch's images (the grid's second dimension)
 def _offsets(idx_ptr, p, ok, W, s_h, s_w, WIDE: tl.constexpr):
     """Memory offsets of the compared positions p (flat i * W + j, read from idx_ptr), 64-bit
     when the tensors' extents need it."""
-    pos = tl.load(idx_ptr + p, mask=ok, other=0)
-    if not WIDE:
-        pos = pos.to(tl.int32)
+    # (each constexpr branch assigns: Triton types a function by all of its returns)
+    if WIDE:
+        pos = tl.load(idx_ptr + p, mask=ok, other=0)
+    else:
+        pos = tl.load(idx_ptr + p, mask=ok, other=0).to(tl.int32)
     return (pos // W) * s_h + (pos % W) * s_w
 
 
 @triton.jit
 def _rows_offset(rows, s_k, WIDE: tl.constexpr):
     if WIDE:
-        return rows.to(tl.int64) * s_k
-    return rows * s_k
+        out = rows.to(tl.int64) * s_k
+    else:
+        out = rows * s_k
+    return out
 
 
 @triton.jit
@@ -84,9 +89,10 @@ def _to_dot(x, DOT: tl.constexpr, PRECISION: tl.constexpr):
     cvt.rna.tf32) here, since the tensor cores would drop the low 13 bits (a bias of up to
     2^-10 a value, all towards zero); the interpreter multiplies these same values exactly."""
     if PRECISION == "tf32":
-        bits = x.to(tl.int32, bitcast=True)
-        return ((bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
-    return x.to(DOT)
+        out = ((x.to(tl.int32, bitcast=True) + 0x1000) & -8192).to(tl.float32, bitcast=True)
+    else:
+        out = x.to(DOT)
+    return out
 
 
 @triton.jit
@@ -308,7 +314,10 @@ def _sample_shift(image, rows_offset, idx_ptr, P, W, s_h, s_w, row_ok, CENTERED:
     i = tl.arange(0, 64)
     count = tl.minimum(P, 64)
     used = i < count
-    offset = _offsets(idx_ptr, (i * P) // count, used, W, s_h, s_w, WIDE)
+    # one position in each of 64 equal runs, at a varying place in the run: a stride of a
+    # multiple of W alone would sample one column of the map (its border, often)
+    run = P // count
+    offset = _offsets(idx_ptr, i * run + (i * 37) % run, used, W, s_h, s_w, WIDE)
     ok = row_ok[:, None] & used[None, :]
     x = tl.load(image + (rows_offset[:, None] + offset[None, :]), mask=ok, other=0.0).to(tl.float64)
     if CENTERED:
@@ -366,28 +375,50 @@ def _shifted(image, rows_offset, idx_ptr, p, P, W, s_h, s_w, c_hi, c_lo, scale, 
 @triton.jit
 def _single_pass_step(a_image, b_image, a_idx, b_idx, p, P, W, a_rows, b_cols, row_ok, col_ok,
                       sa_h, sa_w, sb_h, sb_w, ca_hi, ca_lo, a_scale, cb_hi, cb_lo, b_scale, acc,
-                      s_a, q_a, s_b, q_b, DOT: tl.constexpr, PRECISION: tl.constexpr,
+                      sums_a, sums_b, DOT: tl.constexpr, PRECISION: tl.constexpr,
                       WIDE: tl.constexpr):
     """One step of BK positions of the single pass: the products of the shifted, scaled values
-    (rounded to the multiplication type) and both sides' sums of the same values, float32
-    within the step and float64 across steps."""
+    (rounded to the multiplication type) and each side's sums of the same values (float32
+    within the step, float64 across steps) and largest |value|: sums = (s, q, largest)."""
     a = _shifted(a_image, a_rows, a_idx, p, P, W, sa_h, sa_w, ca_hi, ca_lo, a_scale, row_ok, WIDE)
     b = _shifted(b_image, b_cols, b_idx, p, P, W, sb_h, sb_w, cb_hi, cb_lo, b_scale, col_ok, WIDE)
     acc = tl.dot(_to_dot(a, DOT, PRECISION), tl.trans(_to_dot(b, DOT, PRECISION)), acc,
                  input_precision=PRECISION)
-    return (acc, s_a + tl.sum(a, axis=1).to(tl.float64), q_a + tl.sum(a * a, axis=1).to(tl.float64),
-            s_b + tl.sum(b, axis=1).to(tl.float64), q_b + tl.sum(b * b, axis=1).to(tl.float64))
+    return acc, _add_sums(sums_a, a), _add_sums(sums_b, b)
 
 
 @triton.jit
-def _out_of_range(defined, s_scaled, q_scaled, RANGE_LOG2: tl.constexpr):
-    """Rows (as int32 0 / 1) that float32 products of their scaled values may have scored wrong:
-    defined ones whose squares sum outside [2^-RANGE_LOG2, 2^RANGE_LOG2], and any whose squares
-    overflowed (their sum is not finite; NaN input too) or all underflowed (0 with a nonzero
-    sum). The two passes score their images again."""
-    out = (q_scaled > 2.0 ** RANGE_LOG2) | (q_scaled < 2.0 ** -RANGE_LOG2)
-    broken = (q_scaled != q_scaled) | (q_scaled == float("inf")) | ((q_scaled == 0) & (s_scaled != 0))
-    return ((defined & out) | broken).to(tl.int32)
+def _add_sums(sums, x):
+    s, q, largest = sums
+    return (s + tl.sum(x, axis=1).to(tl.float64), q + tl.sum(x * x, axis=1).to(tl.float64),
+            tl.maximum(largest, tl.max(tl.abs(x), axis=1)))
+
+
+@triton.jit
+def _no_sums(like):
+    zero = tl.zeros_like(like).to(tl.float64)
+    return zero, zero, tl.zeros_like(like).to(tl.float32)
+
+
+@triton.jit
+def _out_of_range(largest, s_scaled, q_scaled, P, CENTERED: tl.constexpr,
+                  RANGE_LOG2: tl.constexpr):
+    """Rows (as int32 0 / 1) that the single pass may have scored wrong, for the two passes:
+    - a largest scaled |u - c| outside [2^-(RANGE_LOG2 / 2), 2^(RANGE_LOG2 / 2)] (float32 squares
+      or products that may overflow or underflow, float16 values out of its range), zero rows
+      (dead channels) excepted;
+    - squares that overflowed (a sum that is not finite; NaN input too);
+    - a shift far from the row's mean (q more than 16 times the centred sum of squares): its
+      float32 cancellation in the epilogue would lose that factor (a sample of 64 that misses
+      where the row's values lie)."""
+    limit = 2.0 ** (RANGE_LOG2 // 2)
+    out = (largest > limit) | ((largest > 0) & (largest < 1.0 / limit))
+    broken = (q_scaled != q_scaled) | (q_scaled == float("inf"))
+    if CENTERED:
+        far = q_scaled > 16.0 * (q_scaled - s_scaled * s_scaled / P)
+    else:
+        far = q_scaled != q_scaled  # no shift for cosine
+    return (out | broken | far).to(tl.int32)
 
 
 @triton.jit
@@ -406,8 +437,8 @@ def _single_pass_tiles(a_ptr, b_ptr, a_idx, b_idx, shift_ptr, channel_ptr, layer
                        PRECISION: tl.constexpr, GROUP: tl.constexpr, RANGE_LOG2: tl.constexpr,
                        WIDE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """Per (row tile, image): every column tile of S from one read of the values (module
-    docstring). An image with a defined row whose scaled squares sum outside
-    [2^-RANGE_LOG2, 2^RANGE_LOG2] is flagged in flags_ptr, for the two passes to score again."""
+    docstring). An image with a row that _out_of_range names is flagged in flags_ptr, for the
+    two passes to score again."""
     n = n0 + tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     row_ok = rows < K
@@ -424,6 +455,7 @@ def _single_pass_tiles(a_ptr, b_ptr, a_idx, b_idx, shift_ptr, channel_ptr, layer
     inv_a = tl.zeros([BM], dtype=tl.float64)
     s_a = tl.zeros([BM], dtype=tl.float64)
     q_a = tl.zeros([BM], dtype=tl.float64)
+    largest_a = tl.zeros([BM], dtype=tl.float32)
     for t in range(0, tl.cdiv(K, BN)):
         cols = t * BN + tl.arange(0, BN)
         col_ok = cols < K
@@ -431,26 +463,26 @@ def _single_pass_tiles(a_ptr, b_ptr, a_idx, b_idx, shift_ptr, channel_ptr, layer
         cb, cb_hi, cb_lo, b_scale = _load_shift(shift_ptr, 1, N, K, n * K + cols, col_ok)
         # sums of the scaled, shifted values; the rows' are taken again with every column tile
         # (the same values, the same sums)
-        s_a = tl.zeros([BM], dtype=tl.float64)
-        q_a = tl.zeros([BM], dtype=tl.float64)
-        s_b = tl.zeros([BN], dtype=tl.float64)
-        q_b = tl.zeros([BN], dtype=tl.float64)
+        sums_a = _no_sums(rows)
+        sums_b = _no_sums(cols)
         acc = tl.zeros([BM, BN], dtype=tl.float32)
         if GROUP > 1:  # exact float32: as in _similarity_tiles
             for g0 in range(0, P, BK * GROUP):
                 part = tl.zeros([BM, BN], dtype=tl.float32)
                 for p0 in range(g0, tl.minimum(g0 + BK * GROUP, P), BK):
-                    part, s_a, q_a, s_b, q_b = _single_pass_step(
+                    part, sums_a, sums_b = _single_pass_step(
                         a_image, b_image, a_idx, b_idx, p0 + tl.arange(0, BK), P, W, a_rows,
                         b_cols, row_ok, col_ok, sa_h, sa_w, sb_h, sb_w, ca_hi, ca_lo, a_scale,
-                        cb_hi, cb_lo, b_scale, part, s_a, q_a, s_b, q_b, DOT, PRECISION, WIDE)
+                        cb_hi, cb_lo, b_scale, part, sums_a, sums_b, DOT, PRECISION, WIDE)
                 acc += part
         else:
             for p0 in range(0, P, BK):
-                acc, s_a, q_a, s_b, q_b = _single_pass_step(
+                acc, sums_a, sums_b = _single_pass_step(
                     a_image, b_image, a_idx, b_idx, p0 + tl.arange(0, BK), P, W, a_rows, b_cols,
                     row_ok, col_ok, sa_h, sa_w, sb_h, sb_w, ca_hi, ca_lo, a_scale, cb_hi, cb_lo,
-                    b_scale, acc, s_a, q_a, s_b, q_b, DOT, PRECISION, WIDE)
+                    b_scale, acc, sums_a, sums_b, DOT, PRECISION, WIDE)
+        s_a, q_a, largest_a = sums_a
+        s_b, q_b, largest_b = sums_b
         inv_a = _scaled_statistics(ca, a_scale, s_a, q_a, P, eps, CENTERED)
         inv_b = _scaled_statistics(cb, b_scale, s_b, q_b, P, eps, CENTERED)
         # in the scaled values' units: S = (Σ u'v' - s'_u s'_v / P) (1 / ||u'||) (1 / ||v'||)
@@ -463,9 +495,10 @@ def _single_pass_tiles(a_ptr, b_ptr, a_idx, b_idx, shift_ptr, channel_ptr, layer
         best, best_k, diag = _fold(s, col_defined, rows, cols, t * BN, best, best_k, diag)
         diag_defined += tl.sum(tl.where(rows[:, None] == cols[None, :],
                                         col_defined.to(tl.int32)[None, :], 0), axis=1)
-        unsafe += tl.sum(_out_of_range(col_defined, s_b, q_b, RANGE_LOG2), axis=0)
+        unsafe += tl.sum(_out_of_range(largest_b, s_b, q_b, P, CENTERED, RANGE_LOG2) * col_ok,
+                         axis=0)
     row_defined = inv_a > 0
-    unsafe += _out_of_range(row_defined, s_a, q_a, RANGE_LOG2)
+    unsafe += _out_of_range(largest_a, s_a, q_a, P, CENTERED, RANGE_LOG2) * row_ok
     tl.atomic_max(flags_ptr + n, tl.max(unsafe, axis=0))
     _finish(best, best_k, diag, row_defined, row_defined & (diag_defined > 0), n * K + rows,
             row_ok, channel_ptr, layer_ptr, index_ptr)
@@ -529,11 +562,13 @@ def _device_programs(device: torch.device) -> int:
 
 def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tensor,
                         centered: bool, eps: float, tensor_cores: bool = True,
-                        splits: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                        splits: Optional[int] = None, *, _flags: Optional[list] = None
+                        ) -> Tuple[Tensor, Tensor, Tensor]:
     """:func:`equifast.ops.equivariance_scores` by the Triton kernels (inputs checked there).
 
     ``splits`` fixes the number of column splits of the two passes (default: enough programs
-    for the device); the scores do not depend on it.
+    for the device); the scores do not depend on it. ``_flags`` (tests): a list that receives
+    the single pass's per-image flags (nonzero: scored again by the two passes).
     """
     n, k, h, w = fx.shape
     p = int(a_index.shape[0])
@@ -569,6 +604,8 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
                 *strides, eps_hi, eps_lo, CENTERED=bool(centered), DOT=dot, PRECISION=precision,
                 GROUP=group, RANGE_LOG2=30 if dot == tl.float16 else 100, WIDE=wide, BM=bm, BN=bn,
                 BK=bk, num_warps=warps, num_stages=stages)
+        if _flags is not None:
+            _flags.append(flags)
         splits = 1  # then the two passes score the flagged images again (no host sync)
         bm, bn, bk, warps, stages = tiles_for(k, p, fx.dtype, tensor_cores)
     only = flags is not None
@@ -602,6 +639,14 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
         _combine[(triton.cdiv(n * k, block),)](best, best_k, diag, inv_a, inv_b, channel, layer,
                                               layer_index, n * k, splits, BLOCK=block)
     return channel, layer, layer_index
+
+
+def sample_positions(p: int) -> list:
+    """The compared positions (indices into the index map) that ``_sample_shift`` reads: one
+    in each of ``min(P, 64)`` equal runs, at a varying place in its run."""
+    count = min(p, 64)
+    run = p // count
+    return [i * run + (i * 37) % run for i in range(count)]
 
 
 def _extent(x: Tensor) -> int:
@@ -670,6 +715,34 @@ def compile_kernels(arch: int = 90, dtypes=tuple(_POINTER)):
                               "GROUP": group, "RANGE_LOG2": 30 if dot == tl.float16 else 100,
                               "WIDE": False, "BM": bm, "BN": bn, "BK": bk},
                              num_warps=warps, num_stages=stages))
+    # the other variants, once (float32, tensor cores): 64-bit offsets, the fallback's
+    # early return, cosine
+    pointer = "*fp32"
+    sides = {**common, "a_ptr": pointer, "b_ptr": pointer}
+    tiles_pointers = {**sides, "mean_a": "*fp64", "inv_a": "*fp64", "mean_b": "*fp64",
+                      "inv_b": "*fp64", "max_ptr": "*fp32", "arg_ptr": "*i32", "diag_ptr": "*fp32"}
+    if torch.float32 in dtypes:
+        for wide, only in ((True, False), (False, True), (True, True)):
+            label = f"wide={wide} only_flagged={only}"
+            yield (f"row_stats fp32 {label}",
+                   build(_row_stats, {**sides, "stats_ptr": "*fp64"},
+                         {"CENTERED": True, "ONLY_FLAGGED": only, "WIDE": wide, "BR": 16,
+                          "BP": 64}, num_warps=4))
+            yield (f"tiles fp32 tensor-cores 64x64x32 {label}",
+                   build(_similarity_tiles, tiles_pointers,
+                         {"DOT": tl.float32, "PRECISION": "tf32", "GROUP": 1, "FINAL": True,
+                          "ONLY_FLAGGED": only, "WIDE": wide, "BM": 64, "BN": 64, "BK": 32},
+                         num_warps=8, num_stages=3))
+        for centered, wide in ((False, False), (True, True)):
+            label = f"centered={centered} wide={wide}"
+            yield (f"sample_shifts fp32 {label}",
+                   build(_sample_shifts, {**sides, "shift_ptr": "*fp64"},
+                         {"CENTERED": centered, "WIDE": wide, "BR": 16}, num_warps=4))
+            yield (f"single pass fp32 tensor-cores 64x64x16 {label}",
+                   build(_single_pass_tiles, {**sides, "shift_ptr": "*fp64"},
+                         {"CENTERED": centered, "DOT": tl.float32, "PRECISION": "tf32",
+                          "GROUP": 1, "RANGE_LOG2": 100, "WIDE": wide, "BM": 64, "BN": 64,
+                          "BK": 16}, num_warps=8, num_stages=3))
     yield "combine", build(_combine, {"max_ptr": "*fp32", "arg_ptr": "*i32", "diag_ptr": "*fp32",
                                       "inv_a": "*fp64", "inv_b": "*fp64", "channel_ptr": "*fp32",
                                       "layer_ptr": "*fp32", "index_ptr": "*i64"},

@@ -167,20 +167,73 @@ def test_scores_stay_within_0_and_1(passes):
             assert (scores <= 1).all() and (scores > 0.998).all()
 
 
+def _off_sample(side, values, seed=0):
+    """A [side, side] map that is 0 at the single pass's 64 sampled positions and ``values``
+    (a function of a generator and a count) elsewhere."""
+    from equifast import ops_triton
+    p = side * side
+    row = values(torch.Generator().manual_seed(seed), p)
+    row[ops_triton.sample_positions(p)] = 0.0
+    return row.view(side, side)
+
+
 @kernels
-@pytest.mark.parametrize("magnitude", [1e25, 1e-25])
-def test_rows_beyond_their_sample_are_scored_again(magnitude):
-    # The single pass scales a row by its sample of 64 positions (here every fourth position of
-    # a 16 x 16 map, all zero). Elsewhere the row holds values of 1e25 (their float32 products
-    # overflow) or 1e-25 (they underflow): the image is flagged and the two passes score it.
-    fx, ftx = _features(2, 12, 16, 16, device=DEVICE, seed=11)
-    row = fx[1, 3].flatten()
-    row.mul_(magnitude)[::4] = 0.0
-    fx[1, 3] = row.view(16, 16)
-    ftx[1, 5] = fx[1, 3]
-    got = _triton(fx, ftx, Identity(), "correlation", (16, 16), tensor_cores=True)
-    assert got[2][1, 3] == 5 and got[1][1, 3] > 0.999
-    _assert_matches(got, fx, ftx, Identity(), "correlation", (16, 16), atol=2e-3)
+@pytest.mark.parametrize("case", ["overflow", "underflow", "tiny-constant", "far-from-sample"])
+def test_rows_beyond_their_sample_are_scored_again(case):
+    # A row that is 0 where the single pass samples it keeps a scale of 1, whatever its values
+    # elsewhere: products of 1e25 overflow float32, squares of 1e-25 underflow, even in +-v
+    # pairs that sum to 0, and a sample of zeros far from a row of 16s loses 128 times float32
+    # in the centring. Each such image is flagged, and the two passes score it (the reference's
+    # scores), while an image of ordinary maps is not.
+    from equifast import ops_triton
+    side = 128 if case == "far-from-sample" else 16
+    values = {
+        "overflow": lambda g, p: 1e25 * torch.randn(p, generator=g),
+        "underflow": lambda g, p: 1e-25 * torch.tensor([0.0, 1.0, -1.0, 0.0] * (p // 4)),
+        "tiny-constant": lambda g, p: torch.full((p,), 4.57e-23),
+        "far-from-sample": lambda g, p: 16 + torch.randn(p, generator=g),
+    }[case]
+    fx, ftx = _features(2, 6, side, side, device=DEVICE, seed=11)
+    fx[1, 3] = _off_sample(side, values).to(DEVICE)
+    ftx[1, 5] = fx[1, 3] + 0.01 * fx[1, 3].abs().max() * (fx[1, 3] != 0) * torch.randn(
+        side, side, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    flags = []
+    got = ops_triton.equivariance_scores(fx, ftx, *Identity().index_map((side, side), (side, side)),
+                                         True, EPS, False, _flags=flags)
+    assert (flags[0] > 0).tolist() == [False, True]
+    assert got[2][1, 3] == 5 and got[1][1, 3] > 0.99
+    _assert_matches(got, fx, ftx, Identity(), "correlation", (side, side))
+
+
+@kernels
+def test_ordinary_maps_and_dead_channels_are_not_scored_again():
+    from equifast import ops_triton
+    fx, ftx = _features(4, 20, 12, 12, device=DEVICE, seed=13)
+    fx[1, 2] = 0.0      # a dead ReLU channel
+    ftx[2] = 0.0        # an image of dead channels
+    fx[3] = (fx[3] - 1).clamp_min(0)  # sparse maps
+    for metric in METRICS:
+        flags = []
+        ops_triton.equivariance_scores(fx, ftx, *Rotation(1).index_map((12, 12), (12, 12)),
+                                       METRICS[metric], EPS, True, _flags=flags)
+        assert flags[0].tolist() == [0, 0, 0, 0]
+
+
+def test_the_way_depends_on_k_alone(monkeypatch):
+    from equifast import ops_triton
+    monkeypatch.delenv("EQUIFAST_TRITON_SINGLE_PASS", raising=False)
+    assert ops_triton.single_pass(256) and not ops_triton.single_pass(257)
+    monkeypatch.setenv("EQUIFAST_TRITON_SINGLE_PASS", "0")
+    assert not ops_triton.single_pass(3)
+    monkeypatch.setenv("EQUIFAST_TRITON_SINGLE_PASS", "1")
+    assert ops_triton.single_pass(2048)
+    monkeypatch.setenv("EQUIFAST_TRITON_SINGLE_PASS", "yes")
+    with pytest.raises(ValueError, match="EQUIFAST_TRITON_SINGLE_PASS"):
+        ops_triton.single_pass(64)
+    # one in each run of P / 64 positions, not all in the map's first column
+    positions = ops_triton.sample_positions(64 * 64)
+    assert len(set(positions)) == 64 and len({q % 64 for q in positions}) > 1
+    assert ops_triton.sample_positions(5) == [0, 1, 2, 3, 4]
 
 
 @kernels
