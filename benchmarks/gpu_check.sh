@@ -81,7 +81,7 @@ step tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test
 tests=$?
 # The Triton kernels' own tests (equifast/ops_triton.py, never run on a GPU before), then the
 # figures, then the other kernels' modes and the Triton kernels under the operator's tests.
-step tests-triton 150 $PY -m pytest -q -p no:cacheprovider tests/test_ops_triton.py || tests=1
+step tests-triton 150 $PY -m pytest -q -p no:cacheprovider tests/test_ops_triton.py -k "not compiles" || tests=1
 step ratios 120 $PY benchmarks/run_ratios.py --device cuda --output "$OUT/RESULTS.md"
 step end-to-end 120 $PY benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 \
   --images ${E2E_IMAGES:-256} --device cuda --output "$OUT/RESULTS.md" --profile
