@@ -3,6 +3,7 @@ between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``: a script rewrites its
 and keeps the others, so CPU and GPU figures sit side by side."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from pathlib import Path
@@ -12,6 +13,21 @@ import torch
 from equifast._io import write_text_atomic
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+@contextlib.contextmanager
+def setting(name: str, value) -> None:
+    """Environment variable ``name`` set to ``value`` (None: unset) for the block, then as it was
+    (the operator's switches: EQUIFAST_CUDA_KERNEL, EQUIFAST_TRITON_TILES, ...)."""
+    old = os.environ.pop(name, None)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+        if old is not None:
+            os.environ[name] = old
 
 
 def sync(device) -> None:

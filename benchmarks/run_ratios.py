@@ -50,7 +50,7 @@ from equifast.transforms import Translation
 from equifast.devices import resolve_device
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results import cpu_model, sync, write_section  # noqa: E402
+from results import cpu_model, setting, sync, write_section  # noqa: E402
 
 SHAPES = [(64, 56), (256, 28), (512, 14), (2048, 7)]
 TRANSFORMS = [Translation(1, 1), Translation(32, 32)]
@@ -130,11 +130,8 @@ def _with_env(name, value, fx, ftx, a, b):
     """The operator with one of its CUDA switches set (``EQUIFAST_CUDA_SINGLE_PASS=1``: the
     single pass; ``EQUIFAST_CUDA_MAX_CLUSTER=1``: no position split over clusters;
     ``EQUIFAST_CUDA_KERNEL=triton``: the Triton kernels)."""
-    os.environ[name] = value
-    try:
+    with setting(name, value):
         return ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE)
-    finally:
-        del os.environ[name]
 
 
 def _guarded(fn, label):

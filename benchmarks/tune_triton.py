@@ -13,7 +13,6 @@ table gives the default's time, the best candidate's, and both against the roofl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ from equifast.devices import resolve_device
 from equifast.transforms import Translation
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results import sync, write_section  # noqa: E402
+from results import setting, sync, write_section  # noqa: E402
 from run_ratios import INPUT, gpu_peaks  # noqa: E402
 
 # (K, map side, layout): the operator benchmark's shapes, NCHW, and both ends channels-last
@@ -35,20 +34,6 @@ SHAPES = [(64, 56, "NCHW"), (256, 28, "NCHW"), (512, 14, "NCHW"), (2048, 7, "NCH
 CANDIDATES = [(16, 64, 32, 4, 3), (16, 64, 64, 4, 4), (32, 64, 32, 4, 3), (32, 32, 32, 4, 4),
               (64, 64, 32, 4, 3), (64, 64, 32, 8, 3), (64, 64, 64, 4, 3), (64, 128, 32, 8, 3),
               (128, 64, 32, 8, 3), (128, 64, 16, 8, 4), (128, 128, 16, 8, 3)]
-
-
-@contextlib.contextmanager
-def setting(name, value):
-    """Environment variable ``name`` set to ``value`` (None: unset) for the block."""
-    old = os.environ.pop(name, None)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-        if old is not None:
-            os.environ[name] = old
 
 
 def tiles(config):
