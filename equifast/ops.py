@@ -30,6 +30,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional, Tuple
 
@@ -134,21 +135,29 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
             "`pip install --no-build-isolation -e .` or use equifast.reference."
         )
     if fx.device.type == "cuda" and cuda_kernel() == "triton":
-        _check_inputs(fx, ftx, a_index, b_index, eps)
-        if check_indices:
-            _check_index_range(a_index, b_index, fx.shape[-2] * fx.shape[-1])
-        try:
-            from . import ops_triton
-        except ImportError as err:
-            raise RuntimeError(f"EQUIFAST_CUDA_KERNEL=triton needs Triton ({err}); install it "
-                               "(`pip install triton`) or unset the variable.") from None
-        with torch.cuda.device(fx.device):  # Triton launches on the current device
-            return ops_triton.equivariance_scores(fx, ftx, a_index, b_index, bool(centered),
-                                                  float(eps), bool(tensor_cores))
+        return _triton_scores(fx, ftx, a_index, b_index, centered, eps, tensor_cores,
+                              check_indices)
     return torch.ops.equifast.equivariance_scores.default(fx, ftx, a_index, b_index,
                                                           bool(centered), float(eps),
                                                           bool(tensor_cores),
                                                           bool(check_indices))
+
+
+def _triton_scores(fx, ftx, a_index, b_index, centered, eps, tensor_cores, check_indices):
+    """The operator by :mod:`equifast.ops_triton`, with the compiled operator's input checks."""
+    _check_inputs(fx, ftx, a_index, b_index, eps)
+    if check_indices:
+        _check_index_range(a_index, b_index, fx.shape[-2] * fx.shape[-1])
+    try:
+        from . import ops_triton
+    except ImportError as err:
+        raise RuntimeError(f"EQUIFAST_CUDA_KERNEL=triton needs Triton ({err}); install it "
+                           "(`pip install triton`) or unset the variable.") from None
+    # Triton launches on the current device (the CPU: its interpreter, tests/triton_on_cpu.py)
+    on = torch.cuda.device(fx.device) if fx.device.type == "cuda" else contextlib.nullcontext()
+    with on:
+        return ops_triton.equivariance_scores(fx, ftx, a_index, b_index, bool(centered),
+                                              float(eps), bool(tensor_cores))
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

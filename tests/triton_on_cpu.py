@@ -22,12 +22,8 @@ def _through_triton(fx, ftx, a_index, b_index, centered, eps, tensor_cores=True,
                     check_indices=True):
     if fx.device.type != "cpu" or not ops.load():
         return _compiled(fx, ftx, a_index, b_index, centered, eps, tensor_cores, check_indices)
-    from equifast import ops_triton
-    ops._check_inputs(fx, ftx, a_index, b_index, eps)
-    if check_indices:
-        ops._check_index_range(a_index, b_index, fx.shape[-2] * fx.shape[-1])
-    return ops_triton.equivariance_scores(fx, ftx, a_index, b_index, bool(centered), float(eps),
-                                          False)
+    # float32 products, as the CPU operator's
+    return ops._triton_scores(fx, ftx, a_index, b_index, centered, eps, False, check_indices)
 
 
 ops.equivariance_scores = _through_triton
