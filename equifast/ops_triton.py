@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -75,6 +76,17 @@ def _rows_offset(rows, s_k, WIDE: tl.constexpr):
     else:
         out = rows * s_k
     return out
+
+
+@triton.jit
+def _side(side, n, rows, a_ptr, b_ptr, a_idx, b_idx, sa_n, sa_k, sa_h, sa_w, sb_n, sb_k, sb_h,
+          sb_w, WIDE: tl.constexpr):
+    """Image n of one side (0: A = fx through a_idx, 1: B = ftx through b_idx): its start, index
+    map, the offsets of rows and its H and W strides."""
+    image = tl.where(side == 0, a_ptr + n * sa_n, b_ptr + n * sb_n)
+    rows_offset = _rows_offset(rows, tl.where(side == 0, sa_k, sb_k), WIDE)
+    return (image, tl.where(side == 0, a_idx, b_idx), rows_offset,
+            tl.where(side == 0, sa_h, sb_h), tl.where(side == 0, sa_w, sb_w))
 
 
 @triton.jit
@@ -153,14 +165,11 @@ def _row_stats(a_ptr, b_ptr, a_idx, b_idx, stats_ptr, flags_ptr, n0, N, K, P, W,
     if ONLY_FLAGGED:  # the single pass's images to score again, alone
         if tl.load(flags_ptr + n) == 0:
             return
-    side = tl.program_id(2)  # 0: A = fx through a_idx, 1: B = ftx through b_idx
+    side = tl.program_id(2)
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     row_ok = rows < K
-    image = tl.where(side == 0, a_ptr + n * sa_n, b_ptr + n * sb_n)
-    idx_ptr = tl.where(side == 0, a_idx, b_idx)
-    rows_offset = _rows_offset(rows, tl.where(side == 0, sa_k, sb_k), WIDE)
-    s_h = tl.where(side == 0, sa_h, sb_h)
-    s_w = tl.where(side == 0, sa_w, sb_w)
+    image, idx_ptr, rows_offset, s_h, s_w = _side(side, n, rows, a_ptr, b_ptr, a_idx, b_idx, sa_n,
+                                                  sa_k, sa_h, sa_w, sb_n, sb_k, sb_h, sb_w, WIDE)
     # One read: float64 sums of u - c, c the row's first compared value (scores.h's
     # shifted_sums; 0 for cosine), so that a constant row sums to exactly 0.
     if CENTERED:
@@ -342,11 +351,9 @@ def _sample_shifts(a_ptr, b_ptr, a_idx, b_idx, shift_ptr, n0, N, K, P, W,
     side = tl.program_id(2)
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     row_ok = rows < K
-    image = tl.where(side == 0, a_ptr + n * sa_n, b_ptr + n * sb_n)
-    rows_offset = _rows_offset(rows, tl.where(side == 0, sa_k, sb_k), WIDE)
-    c, scale = _sample_shift(image, rows_offset, tl.where(side == 0, a_idx, b_idx), P, W,
-                             tl.where(side == 0, sa_h, sb_h), tl.where(side == 0, sa_w, sb_w),
-                             row_ok, CENTERED, WIDE)
+    image, idx_ptr, rows_offset, s_h, s_w = _side(side, n, rows, a_ptr, b_ptr, a_idx, b_idx, sa_n,
+                                                  sa_k, sa_h, sa_w, sb_n, sb_k, sb_h, sb_w, WIDE)
+    c, scale = _sample_shift(image, rows_offset, idx_ptr, P, W, s_h, s_w, row_ok, CENTERED, WIDE)
     out = (2 * side) * N * K + n * K + rows
     tl.store(shift_ptr + out, c, mask=row_ok)
     tl.store(shift_ptr + out + N * K, scale.to(tl.float64), mask=row_ok)
@@ -587,7 +594,7 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
     group = _GROUP if precision == "ieee" and dot == tl.float32 else 1
     # an image's offsets in 32 bits unless its extent (and stride 0's wrap) says otherwise
     wide = max(_extent(fx), _extent(ftx)) >= 2 ** 31
-    eps_hi = float(torch.tensor(eps, dtype=torch.float32))
+    eps_hi = float(np.float32(eps))
     eps_lo = float(eps) - eps_hi  # the kernels add them back in float64
     strides = (*fx.stride(), *ftx.stride())
     flags = None
