@@ -1,5 +1,6 @@
 """The benchmark scripts' own logic, on the CPU (their timings are not asserted)."""
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,29 @@ def test_triton_registers_tables_every_kernel(capsys):
         assert 0 < registers <= 255  # what ptxas -v said, read back
     tiles = [row for row in rows if row.startswith("| tiles")]
     assert all(row.rstrip(" |").endswith(("wgmma", "mma.sync", "FMA")) for row in tiles)
+
+
+def test_setting_restores_the_environment(monkeypatch):
+    results = _script("results")
+    monkeypatch.setenv("EQUIFAST_TRITON_TILES", "16,64,32,4,3")
+    monkeypatch.delenv("EQUIFAST_CUDA_KERNEL", raising=False)
+    with results.setting("EQUIFAST_TRITON_TILES", None), results.setting("EQUIFAST_CUDA_KERNEL", "triton"):
+        assert "EQUIFAST_TRITON_TILES" not in os.environ
+        assert os.environ["EQUIFAST_CUDA_KERNEL"] == "triton"
+    assert os.environ["EQUIFAST_TRITON_TILES"] == "16,64,32,4,3"
+    assert "EQUIFAST_CUDA_KERNEL" not in os.environ
+
+
+def test_a_failing_experiment_costs_its_own_column_only(capsys):
+    ratios = _script("run_ratios")
+    calls = []
+    ok = ratios._guarded(lambda: calls.append(1) or 7, "fine")
+    assert ok() == 7 and not ok.failed
+
+    def broken():
+        calls.append(2)
+        raise RuntimeError("no such kernel")
+    bad = ratios._guarded(broken, "the Triton kernels")
+    assert bad() is None and bad() is None and bad.failed
+    assert calls == [1, 2]  # tried once, then left alone
+    assert "the Triton kernels failed: RuntimeError('no such kernel')" in capsys.readouterr().out

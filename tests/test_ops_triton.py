@@ -237,6 +237,18 @@ def test_the_way_depends_on_k_alone(monkeypatch):
 
 
 @kernels
+def test_indices_out_of_the_map_are_refused_as_the_compiled_operator_refuses_them():
+    fx, ftx = _features(2, 5, 4, 4, seed=14)  # the CPU: the compiled operator's own message
+    a, b = Rotation(1).index_map((4, 4), (4, 4))
+    with pytest.raises(RuntimeError) as compiled:
+        ops.equivariance_scores(fx, ftx, a, b + 3, True, EPS)
+    with pytest.raises(RuntimeError) as triton_route:
+        ops._triton_scores(fx.to(DEVICE), ftx.to(DEVICE), a.to(DEVICE), b.to(DEVICE) + 3, True,
+                           EPS, True, True)
+    assert str(triton_route.value) == str(compiled.value).splitlines()[0]
+
+
+@kernels
 def test_empty_batches_and_strided_indices(passes):
     fx, ftx = _features(3, 20, 5, 5, device=DEVICE, seed=12)
     a, b = Rotation(1).index_map((5, 5), (5, 5), device=DEVICE)
