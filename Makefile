@@ -7,7 +7,9 @@ FMNIST := /usr/share/datasets/fashion-mnist
 .PHONY: setup demo test test-all bench clean
 
 setup:
-	$(PY) -m pip install -q $(TORCH)
+	@# --no-build-isolation below builds with the installed setuptools: pyproject's SPDX
+	@# license needs 77 or newer (a fresh Python 3.11 venv has 65, and torch 2.11 does not ask for more).
+	$(PY) -m pip install -q $(TORCH) "setuptools>=77"
 	@# Real Fashion-MNIST for the offline training study (Debian's package); best effort.
 	@[ -d $(FMNIST) ] || ! command -v apt-get >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) || true

@@ -151,8 +151,8 @@ def _triton_scores(fx, ftx, a_index, b_index, centered, eps, tensor_cores, check
     try:
         from . import ops_triton
     except ImportError as err:
-        raise RuntimeError(f"EQUIFAST_CUDA_KERNEL=triton needs Triton ({err}); install it "
-                           "(`pip install triton`) or unset the variable.") from None
+        raise RuntimeError(f"EQUIFAST_CUDA_KERNEL=triton: {err}; install Triton 3.3 or newer "
+                           "(`pip install -U triton`) or unset the variable.") from None
     # Triton launches on the current device (the CPU: its interpreter, tests/triton_on_cpu.py)
     on = torch.cuda.device(fx.device) if fx.device.type == "cuda" else contextlib.nullcontext()
     with on:

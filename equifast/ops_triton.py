@@ -35,6 +35,7 @@ tests and times them beside the compiled kernels.
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional, Tuple
 
 import numpy as np
@@ -43,6 +44,22 @@ from torch import Tensor
 
 import triton
 import triton.language as tl
+
+# The oldest Triton known to run these kernels: by hand, tests/test_ops_triton.py compiled
+# them for sm_80 / sm_90 with 3.3.1, 3.4, 3.5.1, 3.6 and 3.8, and its interpreter battery
+# passed with 3.3.1, 3.6 (NumPy 2.3) and 3.8. Older ones are unchecked: the compile check
+# cannot run on 3.2, whose compiler API (ASTSource) differs.
+MIN_TRITON = (3, 3)
+
+
+def _triton_version(text: str) -> Tuple[int, int]:
+    found = re.match(r"(\d+)\.(\d+)", text)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+
+if _triton_version(triton.__version__) < MIN_TRITON:
+    raise ImportError(f"equifast's Triton kernels need Triton >= {MIN_TRITON[0]}.{MIN_TRITON[1]}, "
+                      f"found {triton.__version__}")
 
 __all__ = ["equivariance_scores", "tiles_for", "single_pass", "sample_positions",
            "compile_kernels"]

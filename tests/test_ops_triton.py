@@ -31,9 +31,31 @@ kernels = pytest.mark.skipif(not (INTERPRETED or GPU),
 EPS = reference.TOLERANCE
 
 
+# A loop bounded by a scalar argument, as every kernel has: the interpreters of Triton 3.2-3.6
+# fail on it with NumPy >= 2.4 (int() of a one-element array), before any of our code runs.
+_INTERPRETER_PROBE = """
+import torch, triton, triton.language as tl
+@triton.jit
+def count(out, n, B: tl.constexpr):
+    total = 0
+    for _ in range(0, tl.cdiv(n, B)):
+        total += 1
+    tl.store(out, total)
+out = torch.zeros(1, dtype=torch.int32)
+count[(1,)](out, 100, 16)
+assert out.item() == 7, out
+"""
+
+
 @pytest.mark.skipif(INTERPRETED or GPU, reason="the kernels run directly here")
 def test_under_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
+    probe = subprocess.run([sys.executable, "-c", _INTERPRETER_PROBE], env=env,
+                           capture_output=True, text=True, timeout=120)
+    if probe.returncode != 0:
+        import numpy
+        pytest.skip(f"Triton {triton.__version__}'s interpreter cannot run a scalar-bounded loop "
+                    f"with NumPy {numpy.__version__}: {probe.stderr.strip().splitlines()[-1]}")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
@@ -296,6 +318,17 @@ def test_cuda_kernel_setting(monkeypatch):
     monkeypatch.setenv("EQUIFAST_CUDA_KERNEL", "trition")
     with pytest.raises(ValueError, match="EQUIFAST_CUDA_KERNEL"):
         ops.cuda_kernel()
+
+
+def test_an_older_triton_is_refused_with_the_version_it_needs(monkeypatch):
+    import equifast
+    monkeypatch.setattr(triton, "__version__", "3.2.0")
+    monkeypatch.delitem(sys.modules, "equifast.ops_triton", raising=False)
+    monkeypatch.delattr(equifast, "ops_triton", raising=False)
+    fx, ftx = _features(1, 4, 5, 5, device="cpu", seed=0)
+    a, b = Identity().index_map((5, 5), (5, 5))
+    with pytest.raises(RuntimeError, match=r"need Triton >= 3\.3, found 3\.2\.0"):
+        ops._triton_scores(fx, ftx, a, b, True, EPS, True, True)
 
 
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device")
