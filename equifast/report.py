@@ -18,6 +18,10 @@ import pandas as pd
 from ._io import atomic_write, write_text_atomic
 from .transforms import shift_family
 
+# pandas 2's default CSV parser can be an ulp off the float64 that was written; pandas 3 reads
+# it exactly by default (and deprecates the argument).
+_EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+
 __all__ = ["Report", "PARTS", "part_table", "over_runs", "combine_runs", "metric_bias",
            "rows_of_metric"]
 
@@ -252,7 +256,8 @@ class Report:
         points = stem.with_name(f"{stem.name}.points{suffix}")
         if not points.is_file():
             raise FileNotFoundError(f"Expected {str(points)!r} (saved by Report.save), but it is missing.")
-        df = pd.read_csv(points) if suffix == ".csv" else pd.read_parquet(points)
+        df = (pd.read_csv(points, **_EXACT_FLOATS) if suffix == ".csv"
+              else pd.read_parquet(points))
         meta_path = stem.with_name(f"{stem.name}.meta.json")
         meta = _read_json(meta_path) if meta_path.is_file() else {}
         return cls(_shift_families(df), meta)
