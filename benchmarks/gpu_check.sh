@@ -12,7 +12,8 @@
 #      kernels, wall-clock and kernel times;
 #   4. benchmarks/run_end_to_end.py on ResNet-50, 224x224, batch 64, shifts 1..32, and a
 #      profile of one measure call; then the same (64 images, not written) with the Triton
-#      kernels, and benchmarks/tune_triton.py: their ways and candidate tiles at each shape;
+#      kernels (its profile's CPU side shows whether their Python launches keep up with the
+#      GPU), and benchmarks/tune_triton.py: their ways and candidate tiles at each shape;
 #   5. the CUDA tests again with the compiled kernels' opt-in single pass
 #      (EQUIFAST_CUDA_SINGLE_PASS=1), without the position split over clusters
 #      (EQUIFAST_CUDA_MAX_CLUSTER=1), and through the Triton kernels;
@@ -86,7 +87,7 @@ step ratios 120 $PY benchmarks/run_ratios.py --device cuda --output "$OUT/RESULT
 step end-to-end 120 $PY benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 \
   --images ${E2E_IMAGES:-256} --device cuda --output "$OUT/RESULTS.md" --profile
 step end-to-end-triton 90 env EQUIFAST_CUDA_KERNEL=triton $PY benchmarks/run_end_to_end.py \
-  --model resnet50 --size 224 --batch 64 --images 64 --repeats 2 --device cuda --no-write
+  --model resnet50 --size 224 --batch 64 --images 64 --repeats 2 --device cuda --no-write --profile
 step tune-triton 150 $PY benchmarks/tune_triton.py --budget 110 --output "$OUT/RESULTS.md"
 step tests-single-pass 120 env EQUIFAST_CUDA_SINGLE_PASS=1 $PY -m pytest -q -p no:cacheprovider \
   tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
