@@ -87,6 +87,14 @@ def _offsets(idx_ptr, p, ok, W, s_h, s_w, WIDE: tl.constexpr):
 
 
 @triton.jit
+def _plane(N, K):
+    """N * K in 64 bits: a plane of the [side, ..., N, K] buffers (N * K >= 2^31 in one call
+    with millions of images)."""
+    # tl.cast, not N.to: N or K may be specialised to the constant 1
+    return tl.cast(N, tl.int64) * K
+
+
+@triton.jit
 def _rows_offset(rows, s_k, WIDE: tl.constexpr):
     if WIDE:
         out = rows.to(tl.int64) * s_k
@@ -173,7 +181,9 @@ def _finish(best, best_k, diag, row_defined, pair_defined, i, ok, channel_ptr, l
 # Two passes
 # ---------------------------------------------------------------------------------------
 
-@triton.jit
+# The batch-size arguments are not specialised (equal to 1, divisible by 16): they only offset
+# whole images, and each specialisation is one more compile of every tile kernel.
+@triton.jit(do_not_specialize=["n0", "N"])
 def _row_stats(a_ptr, b_ptr, a_idx, b_idx, stats_ptr, flags_ptr, n0, N, K, P, W,
                sa_n, sa_k, sa_h, sa_w, sb_n, sb_k, sb_h, sb_w, eps_hi, eps_lo,
                CENTERED: tl.constexpr, ONLY_FLAGGED: tl.constexpr, WIDE: tl.constexpr,
@@ -206,9 +216,10 @@ def _row_stats(a_ptr, b_ptr, a_idx, b_idx, stats_ptr, flags_ptr, n0, N, K, P, W,
         q += tl.sum(d * d, axis=1)
     eps = tl.cast(eps_hi, tl.float64) + tl.cast(eps_lo, tl.float64)
     mean, inv = _row_statistics(c, s, q, P, eps, CENTERED)
-    out = (2 * side) * N * K + n * K + rows  # stats: [side, mean / inv, N, K]
+    nk = _plane(N, K)
+    out = (2 * side) * nk + n * K + rows  # stats: [side, mean / inv, N, K]
     tl.store(stats_ptr + out, mean, mask=row_ok)
-    tl.store(stats_ptr + out + N * K, inv, mask=row_ok)
+    tl.store(stats_ptr + out + nk, inv, mask=row_ok)
 
 
 @triton.jit
@@ -238,7 +249,7 @@ def _normalised(image, rows_offset, idx_ptr, p, P, W, s_h, s_w, f, m_hi, m_lo, r
     return tl.where(ok, value, 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n0", "N", "tiles_per_split"])
 def _similarity_tiles(a_ptr, b_ptr, a_idx, b_idx, mean_a, inv_a, mean_b, inv_b,
                       max_ptr, arg_ptr, diag_ptr, channel_ptr, layer_ptr, index_ptr, flags_ptr,
                       n0, N, K, P, W, sa_n, sa_k, sa_h, sa_w, sb_n, sb_k, sb_h, sb_w,
@@ -298,16 +309,16 @@ def _similarity_tiles(a_ptr, b_ptr, a_idx, b_idx, mean_a, inv_a, mean_b, inv_b,
         _finish(best, best_k, diag, row_defined, pair_defined, i, row_ok, channel_ptr, layer_ptr,
                 index_ptr)
     else:
-        out = split * N * K + n * K + rows
+        out = split * _plane(N, K) + n * K + rows
         tl.store(max_ptr + out, best, mask=row_ok)
         tl.store(arg_ptr + out, best_k, mask=row_ok)
         tl.store(diag_ptr + out, diag, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NK", "splits"])
 def _combine(max_ptr, arg_ptr, diag_ptr, inv_a, inv_b, channel_ptr, layer_ptr, index_ptr,
              NK, splits, BLOCK: tl.constexpr):
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = i < NK
     best = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
     best_k = tl.zeros([BLOCK], dtype=tl.int32)
@@ -357,7 +368,7 @@ def _sample_shift(image, rows_offset, idx_ptr, P, W, s_h, s_w, row_ok, CENTERED:
     return c, _power_of_two(exponent)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n0", "N"])
 def _sample_shifts(a_ptr, b_ptr, a_idx, b_idx, shift_ptr, n0, N, K, P, W,
                    sa_n, sa_k, sa_h, sa_w, sb_n, sb_k, sb_h, sb_w, CENTERED: tl.constexpr,
                    WIDE: tl.constexpr, BR: tl.constexpr):
@@ -371,17 +382,19 @@ def _sample_shifts(a_ptr, b_ptr, a_idx, b_idx, shift_ptr, n0, N, K, P, W,
     image, idx_ptr, rows_offset, s_h, s_w = _side(side, n, rows, a_ptr, b_ptr, a_idx, b_idx, sa_n,
                                                   sa_k, sa_h, sa_w, sb_n, sb_k, sb_h, sb_w, WIDE)
     c, scale = _sample_shift(image, rows_offset, idx_ptr, P, W, s_h, s_w, row_ok, CENTERED, WIDE)
-    out = (2 * side) * N * K + n * K + rows
+    nk = _plane(N, K)
+    out = (2 * side) * nk + n * K + rows
     tl.store(shift_ptr + out, c, mask=row_ok)
-    tl.store(shift_ptr + out + N * K, scale.to(tl.float64), mask=row_ok)
+    tl.store(shift_ptr + out + nk, scale.to(tl.float64), mask=row_ok)
 
 
 @triton.jit
 def _load_shift(shift_ptr, side, N, K, i, ok):
     """A block of rows' shift (float64, and as two floats) and scale, from _sample_shifts."""
-    c = tl.load(shift_ptr + (2 * side) * N * K + i, mask=ok, other=0.0)
+    nk = _plane(N, K)
+    c = tl.load(shift_ptr + (2 * side) * nk + i, mask=ok, other=0.0)
     c_hi = c.to(tl.float32)
-    scale = tl.load(shift_ptr + (2 * side + 1) * N * K + i, mask=ok, other=1.0).to(tl.float32)
+    scale = tl.load(shift_ptr + (2 * side + 1) * nk + i, mask=ok, other=1.0).to(tl.float32)
     return c, c_hi, (c - c_hi.to(tl.float64)).to(tl.float32), scale
 
 
@@ -454,7 +467,7 @@ def _scaled_statistics(c, scale, s_scaled, q_scaled, P, eps, CENTERED: tl.conste
     return inv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n0", "N"])
 def _single_pass_tiles(a_ptr, b_ptr, a_idx, b_idx, shift_ptr, channel_ptr, layer_ptr, index_ptr,
                        flags_ptr, n0, N, K, P, W, sa_n, sa_k, sa_h, sa_w, sb_n, sb_k, sb_h, sb_w, eps_hi,
                        eps_lo, CENTERED: tl.constexpr, DOT: tl.constexpr,

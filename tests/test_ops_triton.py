@@ -23,11 +23,19 @@ from equifast import ops, reference  # noqa: E402
 from equifast.transforms import Flip, Identity, Rotation, Translation  # noqa: E402
 from test_ops import METRICS, TENSOR_CORE_ATOL, _assert_matches, _features  # noqa: E402
 
+try:
+    from equifast import ops_triton
+    TOO_OLD = None
+except ImportError as err:  # a Triton older than the kernels need
+    ops_triton, TOO_OLD = None, str(err)
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 GPU = torch.cuda.is_available() and not INTERPRETED
 DEVICE = "cuda" if GPU else "cpu"
-kernels = pytest.mark.skipif(not (INTERPRETED or GPU),
-                             reason="runs on a GPU, or under the interpreter (test_under_interpreter)")
+usable = pytest.mark.skipif(TOO_OLD is not None, reason=str(TOO_OLD))
+kernels = pytest.mark.skipif(TOO_OLD is not None or not (INTERPRETED or GPU),
+                             reason=TOO_OLD or "runs on a GPU, or under the interpreter "
+                                               "(test_under_interpreter)")
 EPS = reference.TOLERANCE
 
 
@@ -47,6 +55,7 @@ assert out.item() == 7, out
 """
 
 
+@usable
 @pytest.mark.skipif(INTERPRETED or GPU, reason="the kernels run directly here")
 def test_under_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -70,7 +79,6 @@ def passes(request, monkeypatch):
 
 
 def _triton(fx, ftx, transform, metric, input_size, tensor_cores=False, splits=None):
-    from equifast import ops_triton
     a, b = transform.index_map(tuple(fx.shape[-2:]), input_size, device=fx.device)
     ops._check_inputs(fx, ftx, a, b, EPS)
     return ops_triton.equivariance_scores(fx, ftx, a, b, METRICS[metric], EPS, tensor_cores,
@@ -170,7 +178,6 @@ def test_ties_take_the_smallest_channel_across_splits(monkeypatch):
 def test_an_image_scores_the_same_in_any_batch(k, passes, monkeypatch):
     # With room for 8 programs, the two passes split K = 150's three column tiles three ways
     # for one image and not at all for five: the scores must not change.
-    from equifast import ops_triton
     monkeypatch.setattr(ops_triton, "_device_programs", lambda device: 8)
     fx, ftx = _features(5, k, 7, 7, device=DEVICE, seed=5)
     whole = _triton(fx, ftx, Translation(1, 1), "correlation", (7, 7), tensor_cores=True)
@@ -192,7 +199,6 @@ def test_scores_stay_within_0_and_1(passes):
 def _off_sample(side, values, seed=0):
     """A [side, side] map that is 0 at the single pass's 64 sampled positions and ``values``
     (a function of a generator and a count) elsewhere."""
-    from equifast import ops_triton
     p = side * side
     row = values(torch.Generator().manual_seed(seed), p)
     row[ops_triton.sample_positions(p)] = 0.0
@@ -207,7 +213,6 @@ def test_rows_beyond_their_sample_are_scored_again(case):
     # pairs that sum to 0, and a sample of zeros far from a row of 16s loses 128 times float32
     # in the centring. Each such image is flagged, and the two passes score it (the reference's
     # scores), while an image of ordinary maps is not.
-    from equifast import ops_triton
     side = 128 if case == "far-from-sample" else 16
     values = {
         "overflow": lambda g, p: 1e25 * torch.randn(p, generator=g),
@@ -220,8 +225,9 @@ def test_rows_beyond_their_sample_are_scored_again(case):
     ftx[1, 5] = fx[1, 3] + 0.01 * fx[1, 3].abs().max() * (fx[1, 3] != 0) * torch.randn(
         side, side, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     flags = []
-    got = ops_triton.equivariance_scores(fx, ftx, *Identity().index_map((side, side), (side, side)),
-                                         True, EPS, False, _flags=flags)
+    got = ops_triton.equivariance_scores(
+        fx, ftx, *Identity().index_map((side, side), (side, side), device=DEVICE), True, EPS, False,
+        _flags=flags)
     assert (flags[0] > 0).tolist() == [False, True]
     assert got[2][1, 3] == 5 and got[1][1, 3] > 0.99
     _assert_matches(got, fx, ftx, Identity(), "correlation", (side, side))
@@ -229,20 +235,34 @@ def test_rows_beyond_their_sample_are_scored_again(case):
 
 @kernels
 def test_ordinary_maps_and_dead_channels_are_not_scored_again():
-    from equifast import ops_triton
     fx, ftx = _features(4, 20, 12, 12, device=DEVICE, seed=13)
     fx[1, 2] = 0.0      # a dead ReLU channel
     ftx[2] = 0.0        # an image of dead channels
     fx[3] = (fx[3] - 1).clamp_min(0)  # sparse maps
     for metric in METRICS:
         flags = []
-        ops_triton.equivariance_scores(fx, ftx, *Rotation(1).index_map((12, 12), (12, 12)),
-                                       METRICS[metric], EPS, True, _flags=flags)
+        ops_triton.equivariance_scores(
+            fx, ftx, *Rotation(1).index_map((12, 12), (12, 12), device=DEVICE), METRICS[metric], EPS,
+            True, _flags=flags)
         assert flags[0].tolist() == [0, 0, 0, 0]
 
 
+@triton.jit
+def _store_plane(out, N, K):
+    triton.language.store(out, ops_triton._plane(N, K))
+
+
+@kernels
+def test_buffer_planes_are_64_bit():
+    # the [side, ..., N, K] buffers' planes past 2^31 values (millions of images in one call):
+    # int32 products of N and K wrapped there
+    out = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    _store_plane[(1,)](out, 70_000, 40_000)
+    assert out.item() == 2_800_000_000
+
+
+@usable
 def test_the_way_depends_on_k_alone(monkeypatch):
-    from equifast import ops_triton
     monkeypatch.delenv("EQUIFAST_TRITON_SINGLE_PASS", raising=False)
     assert ops_triton.single_pass(256) and not ops_triton.single_pass(257)
     monkeypatch.setenv("EQUIFAST_TRITON_SINGLE_PASS", "0")
@@ -274,7 +294,6 @@ def test_indices_out_of_the_map_are_refused_as_the_compiled_operator_refuses_the
 def test_empty_batches_and_strided_indices(passes):
     fx, ftx = _features(3, 20, 5, 5, device=DEVICE, seed=12)
     a, b = Rotation(1).index_map((5, 5), (5, 5), device=DEVICE)
-    from equifast import ops_triton
     empty = ops_triton.equivariance_scores(fx[:0], ftx[:0], a, b, True, EPS)
     assert [tuple(t.shape) for t in empty] == [(0, 20)] * 3
     strided = ops_triton.equivariance_scores(fx, ftx, torch.stack([a, a], 1)[:, 0],
@@ -331,6 +350,7 @@ def test_an_older_triton_is_refused_with_the_version_it_needs(monkeypatch):
         ops._triton_scores(fx, ftx, a, b, True, EPS, True, True)
 
 
+@usable
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device")
 def test_operator_takes_the_triton_kernels(monkeypatch):
     fx, ftx = _features(4, 96, 14, 14, device="cuda", seed=7)
@@ -343,6 +363,7 @@ def test_operator_takes_the_triton_kernels(monkeypatch):
         ops.equivariance_scores(fx, ftx, a + 1000, b, True, EPS)
 
 
+@usable
 @pytest.mark.skipif(INTERPRETED, reason="compiles the kernels, not their interpreted copies")
 @pytest.mark.parametrize("arch", [80, 90])
 def test_compiles_for_gpus(arch):
