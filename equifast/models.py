@@ -179,7 +179,8 @@ def _checkpoint_extras() -> List:
 
     import numpy as np
 
-    core = getattr(np, "_core", None) or np.core  # NumPy 2, 1
+    # NumPy 1.26 has a stub np._core without multiarray; np.core is deprecated from 2
+    core = np._core if int(np.__version__.split(".")[0]) >= 2 else np.core
     dtypes = [getattr(np.dtypes, n) for n in dir(getattr(np, "dtypes", None)) if n.endswith("DType")]
     return [argparse.Namespace, core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray,
             np.dtype, *dtypes]

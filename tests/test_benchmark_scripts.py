@@ -81,8 +81,10 @@ def test_machine_line_says_which_kernels_ran(monkeypatch):
 
 
 def test_triton_registers_tables_every_kernel(capsys):
-    pytest.importorskip("triton")
-    from equifast.ops_triton import compile_kernels
+    try:
+        from equifast.ops_triton import compile_kernels
+    except ImportError as err:  # no Triton, or one older than the kernels need
+        pytest.skip(str(err))
     _script("triton_registers").main(["--arch", "90", "--no-write"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     assert len(rows) == len(list(compile_kernels(90)))
