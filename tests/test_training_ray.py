@@ -94,14 +94,12 @@ def test_two_worker_run_writes_single_process_format(tmp_path, local_ray):
 def test_too_many_workers_for_a_running_cluster_is_a_warning(local_ray):
     # a running cluster may autoscale (distributed/cluster.yaml starts with 0 workers), so what
     # it lacks now is said, not refused; the check reads the real cluster's resources
-    from ray.train import ScalingConfig
-
-    from equifast.training.ray_train import _check_resources
+    from equifast.training.ray_train import _check_resources, _scaling
     cpus = ray.cluster_resources()["CPU"]
     workers = int(cpus) + 2
     with pytest.warns(UserWarning, match=rf"{workers} workers \(1 CPU each: {workers} CPU in all\), "
                                          rf"but it has {cpus:g} CPU now; Ray Train waits"):
-        _check_resources(ScalingConfig(num_workers=workers), ray.cluster_resources(), can_grow=True)
+        _check_resources(_scaling(workers), ray.cluster_resources(), can_grow=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _check_resources(ScalingConfig(num_workers=int(cpus)), ray.cluster_resources(), can_grow=True)
+        _check_resources(_scaling(int(cpus)), ray.cluster_resources(), can_grow=True)

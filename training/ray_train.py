@@ -87,15 +87,14 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     if int(num_workers) < 1:
         raise ValueError(f"Expected `num_workers` to be >= 1, but got {num_workers!r}.")
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if recipe.batch_size % int(num_workers):
         raise ValueError(f"Expected the recipe's batch size ({recipe.batch_size}) to be divisible "
                          f"by `num_workers` ({num_workers}): each worker trains on an equal share "
                          f"of it. Use {_divisors(recipe.batch_size, int(num_workers))} workers.")
-    scaling = ScalingConfig(num_workers=int(num_workers), use_gpu=use_gpu,
-                            resources_per_worker=resources_per_worker)
+    scaling = _scaling(int(num_workers), use_gpu, resources_per_worker)
     if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
         ray.init()  # the cluster RAY_ADDRESS names (as under `ray job submit`)
     local = None if ray.is_initialized() else _local_resources()
@@ -141,6 +140,22 @@ def _local_resources() -> Dict[str, float]:
     from equifast.data import usable_cpus
 
     return {"CPU": float(usable_cpus()), "GPU": float(torch.cuda.device_count())}
+
+
+def _scaling(num_workers: int, use_gpu: bool = False, resources_per_worker=None):
+    """Ray Train's ``ScalingConfig`` of ``num_workers`` workers, with nothing reserved beside
+    them: Ray Train before its V2 (2.50 still) reserves a CPU for its driver actor, which only
+    coordinates, so n workers did not fit n CPUs; V2 reserves none (and deprecates the option)."""
+    from ray.train import ScalingConfig
+
+    scaling = ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                            resources_per_worker=resources_per_worker)
+    per = scaling._resources_per_worker_not_none  # Ray Train's own default (CPU 1 or GPU 1)
+    if scaling.total_resources != {k: num_workers * v for k, v in per.items() if v}:
+        scaling = ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                resources_per_worker=resources_per_worker,
+                                trainer_resources={"CPU": 0})
+    return scaling
 
 
 def _check_resources(scaling, available: Dict[str, float], can_grow: bool = False) -> None:
