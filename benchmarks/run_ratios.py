@@ -74,6 +74,15 @@ def gpu_peaks(name: str):
     return None
 
 
+def roofline(fx, p: int, peaks) -> float:
+    """Seconds at the roofline for features ``fx`` [N, K, ...] compared over ``p`` positions:
+    the larger of the TF32 products (2 N K^2 P at ``peaks[0]`` TFLOP/s) and one read of both
+    inputs (at ``peaks[1]`` GB/s)."""
+    n, k = fx.shape[:2]
+    tflops, gbs = peaks
+    return max(2 * n * k * k * p / (tflops * 1e12), 2 * fx.numel() * fx.element_size() / (gbs * 1e9))
+
+
 def _alternating_medians(fns, repeat: int, device: str):
     """Median time of each function, running them in turn ``repeat`` times (after a warm-up)."""
     for fn in fns:  # warm up (and first-touch the buffers)
@@ -199,9 +208,7 @@ def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_
         if key in row and fns[-1].failed:
             row[key] = float("nan")
     if peaks is not None:
-        tflops, gbs = peaks
-        read = 2 * fx.numel() * fx.element_size()
-        row["roofline"] = max(flops / (tflops * 1e12), read / (gbs * 1e9))
+        row["roofline"] = roofline(fx, p, peaks)
         row["of_roofline"] = row["roofline"] / t_op
         if "dev_op" in row:
             row["dev_of_roofline"] = row["roofline"] / row["dev_op"]

@@ -26,7 +26,7 @@ from equifast.transforms import Translation
 
 sys.path.insert(0, os.path.dirname(__file__))
 from results import setting, sync, write_section  # noqa: E402
-from run_ratios import INPUT, gpu_peaks  # noqa: E402
+from run_ratios import INPUT, gpu_peaks, roofline  # noqa: E402
 
 # (K, map side, layout): the operator benchmark's shapes, NCHW, and both ends channels-last
 SHAPES = [(64, 56, "NCHW"), (256, 28, "NCHW"), (512, 14, "NCHW"), (2048, 7, "NCHW"),
@@ -151,9 +151,7 @@ def main(argv=None) -> int:
         if bad:
             print(f"  scores differ from the default's: {bad}")
         best = min(fair, key=lambda r: r["seconds"])
-        p = a.numel()
-        roof = (max(2 * args.n * k * k * p / (peaks[0] * 1e12),
-                    2 * fx.numel() * fx.element_size() / (peaks[1] * 1e9)) if peaks else None)
+        roof = roofline(fx, a.numel(), peaks) if peaks else None
         cells = [k, f"{side}x{side}", layout, f"{rows[0]['way']} {rows[0]['config']}",
                  f"{1e6 * rows[0]['seconds']:.1f}", f"{best['way']} {best['config']}",
                  f"{1e6 * best['seconds']:.1f}",

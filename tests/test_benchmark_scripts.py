@@ -56,6 +56,13 @@ def test_gpu_peaks_match_the_most_specific_name():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a GPU")
+def test_roofline_is_the_slower_of_products_and_reading():
+    roofline = _script("run_ratios").roofline
+    fx = torch.zeros(2, 4, 3, 3)  # 2 N K^2 P = 576 FLOP over P = 9; both inputs: 576 bytes
+    assert roofline(fx, 9, (1e-9, 1e-7)) == pytest.approx(5.76)   # 1000 FLOP/s, 100 B/s
+    assert roofline(fx, 9, (1e-10, 1e-6)) == pytest.approx(5.76)  # 100 FLOP/s, 1000 B/s
+
+
 @pytest.mark.parametrize("name", ["run_ratios", "run_end_to_end"])
 def test_cuda_without_a_gpu_is_a_usage_error(name, capsys):
     with pytest.raises(SystemExit) as exit_:
