@@ -198,6 +198,7 @@ def _check_inputs(fx, ftx, a_index, b_index, eps) -> None:
     torch._check(eps == eps and abs(eps) != float("inf") and eps >= 0, lambda: (
         f"Expected `eps` to be a finite number >= 0, but got {eps}."))
 
+
 def _check_index_range(a_index: Tensor, b_index: Tensor, positions: int) -> None:
     """csrc/scores.h's range check of the indices: both maps' bounds in one host transfer."""
     bounds = torch.stack([*torch.aminmax(a_index), *torch.aminmax(b_index)]).tolist()

@@ -249,6 +249,18 @@ def _normalised(image, rows_offset, idx_ptr, p, P, W, s_h, s_w, f, m_hi, m_lo, r
     return tl.where(ok, value, 0.0)
 
 
+@triton.jit
+def _similarity_step(a_image, b_image, a_idx, b_idx, p, P, W, a_rows, b_cols, row_ok, col_ok,
+                     sa_h, sa_w, sb_h, sb_w, fa, ma_hi, ma_lo, ra, fb, mb_hi, mb_lo, rb, acc,
+                     DOT: tl.constexpr, PRECISION: tl.constexpr, WIDE: tl.constexpr):
+    """One step of BK positions of the two passes' tiles: acc plus the products of the rows'
+    and columns' normalised values, rounded to the multiplication type."""
+    a = _normalised(a_image, a_rows, a_idx, p, P, W, sa_h, sa_w, fa, ma_hi, ma_lo, ra, row_ok, WIDE)
+    b = _normalised(b_image, b_cols, b_idx, p, P, W, sb_h, sb_w, fb, mb_hi, mb_lo, rb, col_ok, WIDE)
+    return tl.dot(_to_dot(a, DOT, PRECISION), tl.trans(_to_dot(b, DOT, PRECISION)), acc,
+                  input_precision=PRECISION)
+
+
 @triton.jit(do_not_specialize=["n0", "N", "tiles_per_split"])
 def _similarity_tiles(a_ptr, b_ptr, a_idx, b_idx, mean_a, inv_a, mean_b, inv_b,
                       max_ptr, arg_ptr, diag_ptr, channel_ptr, layer_ptr, index_ptr, flags_ptr,
@@ -284,23 +296,17 @@ def _similarity_tiles(a_ptr, b_ptr, a_idx, b_idx, mean_a, inv_a, mean_b, inv_b,
             for g0 in range(0, P, BK * GROUP):
                 part = tl.zeros([BM, BN], dtype=tl.float32)
                 for p0 in range(g0, tl.minimum(g0 + BK * GROUP, P), BK):
-                    p = p0 + tl.arange(0, BK)
-                    a = _normalised(a_image, a_rows, a_idx, p, P, W, sa_h, sa_w, fa, ma_hi, ma_lo,
-                                    ra, row_ok, WIDE)
-                    b = _normalised(b_image, b_cols, b_idx, p, P, W, sb_h, sb_w, fb, mb_hi, mb_lo,
-                                    rb, col_ok, WIDE)
-                    part = tl.dot(_to_dot(a, DOT, PRECISION), tl.trans(_to_dot(b, DOT, PRECISION)),
-                                  part, input_precision=PRECISION)
+                    part = _similarity_step(
+                        a_image, b_image, a_idx, b_idx, p0 + tl.arange(0, BK), P, W, a_rows,
+                        b_cols, row_ok, col_ok, sa_h, sa_w, sb_h, sb_w, fa, ma_hi, ma_lo, ra, fb,
+                        mb_hi, mb_lo, rb, part, DOT, PRECISION, WIDE)
                 s += part
         else:
             for p0 in range(0, P, BK):
-                p = p0 + tl.arange(0, BK)
-                a = _normalised(a_image, a_rows, a_idx, p, P, W, sa_h, sa_w, fa, ma_hi, ma_lo, ra,
-                                row_ok, WIDE)
-                b = _normalised(b_image, b_cols, b_idx, p, P, W, sb_h, sb_w, fb, mb_hi, mb_lo, rb,
-                                col_ok, WIDE)
-                s = tl.dot(_to_dot(a, DOT, PRECISION), tl.trans(_to_dot(b, DOT, PRECISION)), s,
-                           input_precision=PRECISION)
+                s = _similarity_step(
+                    a_image, b_image, a_idx, b_idx, p0 + tl.arange(0, BK), P, W, a_rows, b_cols,
+                    row_ok, col_ok, sa_h, sa_w, sb_h, sb_w, fa, ma_hi, ma_lo, ra, fb, mb_hi, mb_lo,
+                    rb, s, DOT, PRECISION, WIDE)
         best, best_k, diag = _fold(s, col_ok & (rb > 0), rows, cols, t * BN, best, best_k, diag)
     if FINAL:  # one split: the scores themselves
         i = n * K + rows
@@ -579,15 +585,24 @@ def single_pass(k: int) -> bool:
     return k <= 256 if setting == "auto" else setting == "1"
 
 
-def _dot_type(dtype: torch.dtype, tensor_cores: bool):
-    """The type the normalised values are multiplied in, and tl.dot's input precision."""
+def _multiplication(dtype: torch.dtype, tensor_cores: bool) -> dict:
+    """The tile kernels' multiplication constants: DOT, the type the values are multiplied in;
+    PRECISION, tl.dot's input precision; GROUP, the steps whose products are summed apart
+    (exact float32 only)."""
     if not tensor_cores:
-        return tl.float32, "ieee"
-    if dtype == torch.float16:
-        return tl.float16, "ieee"
-    if dtype == torch.bfloat16:
-        return tl.bfloat16, "ieee"
-    return tl.float32, "tf32"
+        dot, precision = tl.float32, "ieee"
+    elif dtype in (torch.float16, torch.bfloat16):
+        dot, precision = (tl.float16 if dtype == torch.float16 else tl.bfloat16), "ieee"
+    else:
+        dot, precision = tl.float32, "tf32"
+    group = _GROUP if precision == "ieee" and dot == tl.float32 else 1
+    return {"DOT": dot, "PRECISION": precision, "GROUP": group}
+
+
+def _range_log2(dot) -> int:
+    """The single pass's range of scaled values (RANGE_LOG2): float16 holds them up to 2^15
+    (squares summing to 2^30), float32 up to 2^50."""
+    return 30 if dot == tl.float16 else 100
 
 
 def _device_programs(device: torch.device) -> int:
@@ -620,8 +635,7 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
     a_index, b_index = a_index.contiguous(), b_index.contiguous()
     single = single_pass(k)
     bm, bn, bk, warps, stages = tiles_for(k, p, fx.dtype, tensor_cores, single)
-    dot, precision = _dot_type(fx.dtype, tensor_cores)
-    group = _GROUP if precision == "ieee" and dot == tl.float32 else 1
+    mult = _multiplication(fx.dtype, tensor_cores)
     # an image's offsets in 32 bits unless its extent (and stride 0's wrap) says otherwise
     wide = max(_extent(fx), _extent(ftx)) >= 2 ** 31
     eps_hi = float(np.float32(eps))
@@ -635,12 +649,11 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
             _sample_shifts[(triton.cdiv(k, 16), count, 2)](
                 fx, ftx, a_index, b_index, shifts, n0, n, k, p, w, *strides,
                 CENTERED=bool(centered), WIDE=wide, BR=16)
-            # float16 holds scaled values up to 2^15 (squares summing to 2^30), float32 up to 2^50
             _single_pass_tiles[(triton.cdiv(k, bm), count)](
                 fx, ftx, a_index, b_index, shifts, channel, layer, layer_index, flags, n0, n, k, p, w,
-                *strides, eps_hi, eps_lo, CENTERED=bool(centered), DOT=dot, PRECISION=precision,
-                GROUP=group, RANGE_LOG2=30 if dot == tl.float16 else 100, WIDE=wide, BM=bm, BN=bn,
-                BK=bk, num_warps=warps, num_stages=stages)
+                *strides, eps_hi, eps_lo, CENTERED=bool(centered), **mult,
+                RANGE_LOG2=_range_log2(mult["DOT"]), WIDE=wide, BM=bm, BN=bn, BK=bk,
+                num_warps=warps, num_stages=stages)
         if _flags is not None:
             _flags.append(flags)
         splits = 1  # then the two passes score the flagged images again (no host sync)
@@ -668,9 +681,9 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
     for n0, count in _image_chunks(n):
         _similarity_tiles[(triton.cdiv(k, bm), count, splits)](
             fx, ftx, a_index, b_index, mean_a, inv_a, mean_b, inv_b, best, best_k, diag, channel,
-            layer, layer_index, flags_ptr, n0, n, k, p, w, *strides, per_split, DOT=dot,
-            PRECISION=precision, GROUP=group, FINAL=final, ONLY_FLAGGED=only, WIDE=wide, BM=bm,
-            BN=bn, BK=bk, num_warps=warps, num_stages=stages)
+            layer, layer_index, flags_ptr, n0, n, k, p, w, *strides, per_split, **mult,
+            FINAL=final, ONLY_FLAGGED=only, WIDE=wide, BM=bm, BN=bn, BK=bk, num_warps=warps,
+            num_stages=stages)
     if not final:
         block = 256
         _combine[(triton.cdiv(n * k, block),)](best, best_k, diag, inv_a, inv_b, channel, layer,
@@ -716,6 +729,11 @@ def compile_kernels(arch: int = 90, dtypes=tuple(_POINTER)):
 
     common = {"a_idx": "*i64", "b_idx": "*i64", "flags_ptr": "*i32", "channel_ptr": "*fp32",
               "layer_ptr": "*fp32", "index_ptr": "*i64"}
+
+    def tiles_pointers(sides):
+        return {**sides, "mean_a": "*fp64", "inv_a": "*fp64", "mean_b": "*fp64", "inv_b": "*fp64",
+                "max_ptr": "*fp32", "arg_ptr": "*i32", "diag_ptr": "*fp32"}
+
     for dtype in dtypes:
         pointer = _POINTER[dtype]
         sides = {**common, "a_ptr": pointer, "b_ptr": pointer}
@@ -728,8 +746,7 @@ def compile_kernels(arch: int = 90, dtypes=tuple(_POINTER)):
                          {"CENTERED": centered, "ONLY_FLAGGED": False, "WIDE": False, "BR": 16,
                           "BP": 64}, num_warps=4))
         for tensor_cores in (True, False):
-            dot, precision = _dot_type(dtype, tensor_cores)
-            group = _GROUP if precision == "ieee" and dot == tl.float32 else 1
+            mult = _multiplication(dtype, tensor_cores)
             on = "tensor-cores" if tensor_cores else "float32"
             # K and P that reach every branch of tiles_for
             shapes = ((64, 3136), (64, 9), (256, 784), (256, 9), (2048, 49), (512, 9))
@@ -737,27 +754,22 @@ def compile_kernels(arch: int = 90, dtypes=tuple(_POINTER)):
                                                      for k, p in shapes}):
                 for final in (True, False):
                     yield (f"tiles {pointer[1:]} {on} {bm}x{bn}x{bk}{'' if final else ' split'}",
-                           build(_similarity_tiles,
-                                 {**sides, "mean_a": "*fp64", "inv_a": "*fp64", "mean_b": "*fp64",
-                                  "inv_b": "*fp64", "max_ptr": "*fp32", "arg_ptr": "*i32",
-                                  "diag_ptr": "*fp32"},
-                                 {"DOT": dot, "PRECISION": precision, "GROUP": group,
-                                  "FINAL": final, "ONLY_FLAGGED": False, "WIDE": False, "BM": bm,
-                                  "BN": bn, "BK": bk}, num_warps=warps, num_stages=stages))
+                           build(_similarity_tiles, tiles_pointers(sides),
+                                 {**mult, "FINAL": final, "ONLY_FLAGGED": False, "WIDE": False,
+                                  "BM": bm, "BN": bn, "BK": bk},
+                                 num_warps=warps, num_stages=stages))
             for bm, bn, bk, warps, stages in sorted({tiles_for(k, p, dtype, tensor_cores, True)
                                                      for k, p in shapes if k <= 256}):
                 yield (f"single pass {pointer[1:]} {on} {bm}x{bn}x{bk}",
                        build(_single_pass_tiles, {**sides, "shift_ptr": "*fp64"},
-                             {"CENTERED": True, "DOT": dot, "PRECISION": precision,
-                              "GROUP": group, "RANGE_LOG2": 30 if dot == tl.float16 else 100,
+                             {"CENTERED": True, **mult, "RANGE_LOG2": _range_log2(mult["DOT"]),
                               "WIDE": False, "BM": bm, "BN": bn, "BK": bk},
                              num_warps=warps, num_stages=stages))
     # the other variants, once (float32, tensor cores): 64-bit offsets, the fallback's
     # early return, cosine
     pointer = "*fp32"
     sides = {**common, "a_ptr": pointer, "b_ptr": pointer}
-    tiles_pointers = {**sides, "mean_a": "*fp64", "inv_a": "*fp64", "mean_b": "*fp64",
-                      "inv_b": "*fp64", "max_ptr": "*fp32", "arg_ptr": "*i32", "diag_ptr": "*fp32"}
+    tf32 = _multiplication(torch.float32, True)
     if torch.float32 in dtypes:
         for wide, only in ((True, False), (False, True), (True, True)):
             label = f"wide={wide} only_flagged={only}"
@@ -766,9 +778,9 @@ def compile_kernels(arch: int = 90, dtypes=tuple(_POINTER)):
                          {"CENTERED": True, "ONLY_FLAGGED": only, "WIDE": wide, "BR": 16,
                           "BP": 64}, num_warps=4))
             yield (f"tiles fp32 tensor-cores 64x64x32 {label}",
-                   build(_similarity_tiles, tiles_pointers,
-                         {"DOT": tl.float32, "PRECISION": "tf32", "GROUP": 1, "FINAL": True,
-                          "ONLY_FLAGGED": only, "WIDE": wide, "BM": 64, "BN": 64, "BK": 32},
+                   build(_similarity_tiles, tiles_pointers(sides),
+                         {**tf32, "FINAL": True, "ONLY_FLAGGED": only, "WIDE": wide, "BM": 64,
+                          "BN": 64, "BK": 32},
                          num_warps=8, num_stages=3))
         for centered, wide in ((False, False), (True, True)):
             label = f"centered={centered} wide={wide}"
@@ -777,9 +789,8 @@ def compile_kernels(arch: int = 90, dtypes=tuple(_POINTER)):
                          {"CENTERED": centered, "WIDE": wide, "BR": 16}, num_warps=4))
             yield (f"single pass fp32 tensor-cores 64x64x16 {label}",
                    build(_single_pass_tiles, {**sides, "shift_ptr": "*fp64"},
-                         {"CENTERED": centered, "DOT": tl.float32, "PRECISION": "tf32",
-                          "GROUP": 1, "RANGE_LOG2": 100, "WIDE": wide, "BM": 64, "BN": 64,
-                          "BK": 16}, num_warps=8, num_stages=3))
+                         {"CENTERED": centered, **tf32, "RANGE_LOG2": _range_log2(tl.float32),
+                          "WIDE": wide, "BM": 64, "BN": 64, "BK": 16}, num_warps=8, num_stages=3))
     yield "combine", build(_combine, {"max_ptr": "*fp32", "arg_ptr": "*i32", "diag_ptr": "*fp32",
                                       "inv_a": "*fp64", "inv_b": "*fp64", "channel_ptr": "*fp32",
                                       "layer_ptr": "*fp32", "index_ptr": "*i64"},

@@ -369,9 +369,8 @@ def test_operator_takes_the_triton_kernels(monkeypatch):
 def test_compiles_for_gpus(arch):
     # Every tile choice of tiles_for, for every input type, compiled ahead of time for the GPU
     # (no device needed); on sm_90 the TF32 and half tiles of 64 rows and more use wgmma.
-    from equifast.ops_triton import compile_kernels
     dtypes = (torch.float32, torch.float16, torch.bfloat16) if arch == 90 else (torch.float32,)
-    for name, ptx in compile_kernels(arch, dtypes):
+    for name, ptx in ops_triton.compile_kernels(arch, dtypes):
         assert ".entry" in ptx, name
         if arch == 90 and "tensor-cores" in name and " 16x" not in name:
             assert "wgmma.mma_async" in ptx, name
