@@ -25,6 +25,14 @@ pytestmark = [
 ]
 
 
+def test_nothing_is_reserved_beside_the_workers():
+    # Ray Train before V2 (2.50 too) reserved a CPU for its driver actor: n workers did not fit
+    # n CPUs; on every version the workers' own resources are the whole request
+    from equifast.training.ray_train import _scaling
+    assert _scaling(3).total_resources == {"CPU": 3}
+    assert _scaling(2, resources_per_worker={"CPU": 2}).total_resources == {"CPU": 4}
+
+
 def test_too_many_workers_for_a_local_cluster_fail_before_ray_starts(tmp_path, monkeypatch):
     # Ray Train would retry starting the worker group forever (WorkerGroupStartupTimeoutError)
     if ray.is_initialized():
