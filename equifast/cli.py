@@ -128,6 +128,12 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
     fig = out / "figure.png"
     report.plot(fig, label=args.model, metric=metrics[0])
     files.append(fig)
+    shifts = out / "shifts.png"  # thesis figure 8, where there are shifts to draw
+    if report.shifts.groupby("family")["transform"].nunique().gt(1).any():
+        report.plot_shifts(shifts, label=args.model, metric=metrics[0])
+        files.append(shifts)
+    else:  # an earlier run's figure would read as this report's
+        shifts.unlink(missing_ok=True)
     with pd.option_context("display.width", 160, "display.precision", 3):
         print(f"\nParts ({metrics[0]}; images: {report.meta['n_images']}):")
         print(report.summary(metrics[0]).to_string())

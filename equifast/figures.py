@@ -7,7 +7,7 @@ import pandas as pd
 
 from ._io import save_figure_atomic
 
-__all__ = ["plot_parts", "plot_accuracy_correlation"]
+__all__ = ["plot_parts", "plot_shifts", "plot_accuracy_correlation"]
 
 PARTS = ("early", "middle", "late", "pool", "final")
 
@@ -68,6 +68,70 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
+    if path is not None:
+        save_figure_atomic(fig, path)
+    return fig
+
+
+def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[str] = None,
+                title: Optional[str] = None):
+    """Channel (left) and layer (right) equivariance of each part against the size of the
+    shift (thesis Fig. 8), one line per part, one row of panels per setting and translation
+    family.
+
+    Args:
+        frames: label -> shift table (:func:`equifast.report.shift_table`: columns ``part,
+            family, dy, dx, channel, layer``; optional ``channel_std``/``layer_std`` draw error
+            bars, as over seeds).
+        path: where to save the PNG/PDF (optional).
+        metric: keep only rows of this metric when the tables hold several.
+
+    Diagonal shifts (``dy == dx``) are drawn at ``dy``; other shifts in the order measured,
+    labelled ``(dy,dx)``.
+    """
+    from .report import rows_of_metric
+
+    plt = _pyplot()
+    rows = []
+    for label, df in frames.items():
+        df = rows_of_metric(df, metric)
+        rows += [(label, fam, df[df["family"] == fam]) for fam in dict.fromkeys(df["family"])]
+    if not rows:
+        raise ValueError("Expected translations to draw (a table from shift_table), but the "
+                         "tables hold none; measure with shifts, e.g. ef.diagonal_shifts(1, 16).")
+    height = 3.4 * len(rows)  # inches
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, height), squeeze=False)
+    for row, (label, fam, d) in enumerate(rows):
+        shifts = list(dict.fromkeys(zip(d["dy"], d["dx"])))
+        diagonal = all(dy == dx for dy, dx in shifts)
+        where = {s: (s[0] if diagonal else i) for i, s in enumerate(shifts)}
+        for col, score in enumerate(("channel", "layer")):
+            ax = axes[row][col]
+            for part in PARTS:
+                g = d[d["part"].astype(str) == part]
+                if g.empty:
+                    continue
+                x = [where[s] for s in zip(g["dy"], g["dx"])]
+                err = g[f"{score}_std"] if f"{score}_std" in g else None
+                ax.errorbar(x, g[score], yerr=err, marker="o", ms=3, capsize=2, label=part)
+            if not diagonal:
+                ax.set_xticks(range(len(shifts)), [f"({dy},{dx})" for dy, dx in shifts],
+                              rotation=45)
+            ax.set_title(f"{score} equivariance: {label}, {fam}" if len(frames) > 1
+                         else f"{score} equivariance: {fam}")
+            ax.set_ylim(0, 1.05)
+            ax.grid(alpha=0.3)
+            if row == len(rows) - 1:
+                ax.set_xlabel("diagonal shift (pixels)" if diagonal else "shift (dy,dx), pixels")
+            if col == 0:
+                ax.set_ylabel("score")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    if title:
+        fig.suptitle(title)
+    # the legend below and the title above keep their size in inches, whatever the rows
+    fig.tight_layout(rect=(0, 0.25 / height if handles else 0, 1, 1 - 0.3 / height if title else 1))
     if path is not None:
         save_figure_atomic(fig, path)
     return fig

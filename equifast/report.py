@@ -4,11 +4,14 @@
 section 4 (``point, part, transform, family, channel, layer, undefined_fraction, n_images``)
 and more (``metric``, ``offdiagonal_fraction``, ``mean_activation``, ``shape``, ...).
 ``report.parts`` follows the aggregation order of SPEC section 1: per point, the plain mean
-over the transforms of a family; per part, the plain mean over its points.
+over the transforms of a family; per part, the plain mean over its points. ``report.shifts``
+keeps each translation apart: per part and shift, the plain mean over the part's points (the
+thesis' figure 8).
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -22,11 +25,19 @@ from .transforms import shift_family
 # it exactly by default (and deprecates the argument).
 _EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
 
-__all__ = ["Report", "PARTS", "part_table", "over_runs", "combine_runs", "metric_bias",
-           "rows_of_metric"]
+__all__ = ["Report", "PARTS", "part_table", "shift_table", "over_runs", "combine_runs",
+           "metric_bias", "rows_of_metric"]
 
 PARTS = ("early", "middle", "late", "pool", "final")
 SCORES = ["channel", "layer", "undefined_fraction"]
+
+
+def _over_points(rows: pd.DataFrame, keys: List[str]) -> pd.DataFrame:
+    """The plain means of the scores over the points of each group of ``keys``."""
+    return (rows.groupby(keys, sort=False)
+            .agg(channel=("channel", "mean"), layer=("layer", "mean"),
+                 undefined_fraction=("undefined_fraction", "mean"), n_points=("point", "nunique"))
+            .reset_index())
 
 
 def part_table(points: pd.DataFrame) -> pd.DataFrame:
@@ -38,12 +49,33 @@ def part_table(points: pd.DataFrame) -> pd.DataFrame:
     keys = ["metric"] if "metric" in points.columns else []
     per_point = (points.groupby(["point", "part", "family"] + keys, sort=False)[SCORES]
                  .mean().reset_index())
-    parts = (per_point.groupby(["part", "family"] + keys, sort=False)
-             .agg(channel=("channel", "mean"), layer=("layer", "mean"),
-                  undefined_fraction=("undefined_fraction", "mean"), n_points=("point", "nunique"))
-             .reset_index())
+    parts = _over_points(per_point, ["part", "family"] + keys)
     parts["part"] = pd.Categorical(parts["part"], categories=PARTS, ordered=True)
     return parts.sort_values(keys + ["family", "part"]).reset_index(drop=True)
+
+
+_SHIFT = re.compile(r"translation\((-?\d+),(-?\d+)")  # Translation.name: translation(dy,dx[,...])
+
+
+def shift_table(points: pd.DataFrame) -> pd.DataFrame:
+    """Per (part, translation[, metric]) scores from a points table: at each shift, the plain
+    mean over the part's points (thesis figure 8, where maps smaller than the input lose their
+    equivariance at shifts their scale cannot follow).
+
+    One row per part, translation family and shift, with the shift's ``dy`` and ``dx``, in the
+    order the shifts were measured; other transforms are left out. Averaged over a family's
+    shifts (where every point is defined at every shift) these are the family's scores in
+    :func:`part_table`, whose order of means (points first) SPEC section 1 fixes."""
+    columns = ["part", "family", "transform", "dy", "dx"]
+    keys = ["metric"] if "metric" in points.columns else []
+    shift = points["transform"].astype(str).str.extract(_SHIFT) if len(points) else None
+    if shift is None or shift[0].isna().all():
+        return pd.DataFrame(columns=columns + keys + SCORES + ["n_points"])
+    rows = points.assign(dy=shift[0], dx=shift[1])[shift[0].notna()]
+    rows = rows.astype({"dy": int, "dx": int, "part": str, "family": str, "transform": str})
+    table = _over_points(rows, ["part", "family", "transform", "dy", "dx"] + keys)
+    table["part"] = pd.Categorical(table["part"], categories=PARTS, ordered=True)
+    return table.sort_values(keys + ["family", "part"], kind="stable").reset_index(drop=True)
 
 
 def _read_json(path: Path):
@@ -197,6 +229,11 @@ class Report:
         """Top-1 accuracy on the measured images, when labels were given."""
         return self.meta.get("accuracy")
 
+    @property
+    def shifts(self) -> pd.DataFrame:
+        """Each part's scores at each shift of the translations measured (:func:`shift_table`)."""
+        return shift_table(self.points)
+
     def metric_bias(self, parts: Optional[Sequence[str]] = ("early", "middle", "late")) -> Dict[str, object]:
         """See :func:`metric_bias`."""
         return metric_bias(self.points, parts)
@@ -273,6 +310,15 @@ class Report:
         for name, rep in (others or {}).items():
             frames[name] = rep.parts
         return plot_parts(frames, path=path, metric=metric)
+
+    def plot_shifts(self, path=None, label: Optional[str] = None, metric: Optional[str] = None):
+        """Thesis figure 8: channel (left) and layer (right) score of each part against the size
+        of the shift, one row per translation family. Saves to ``path`` when given; returns the
+        matplotlib figure."""
+        from .figures import plot_shifts
+
+        return plot_shifts({label or str(self.meta.get("model", "model")): self.shifts},
+                           path=path, metric=metric)
 
     def __repr__(self) -> str:
         return f"Report(model={self.meta.get('model')!r}, points={len(self.points)} rows, parts={len(self.parts)} rows)"

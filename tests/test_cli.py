@@ -18,12 +18,19 @@ def test_measure_embedded_default_end_to_end(tmp_path, capsys):
     assert list(rep.parts.part.astype(str).unique()) == ["early", "middle", "late", "pool", "final"]
     assert set(rep.parts.family) == {"translation", "rotation"}
     assert (rep.points.layer >= rep.points.channel - 1e-6).all()
-    for name in ("report.parts.csv", "report.points.parquet", "figure.png", "metric_bias.csv"):
+    for name in ("report.parts.csv", "report.points.parquet", "figure.png", "shifts.png",
+                 "metric_bias.csv"):
         assert (out / name).stat().st_size > 0
     # real ImageNet features: translation equivariance of the early part is clearly positive
     early = rep.parts[(rep.parts.part == "early") & (rep.parts.family == "translation") &
                       (rep.parts.metric == "correlation")]
     assert float(early.channel.iloc[0]) > 0.3
+    # measured again into the same folder without shifts or a second metric: no figure or
+    # analysis of the earlier run is left to read as this one's
+    assert main(["measure", "--n-images", "2", "--transforms", "rotation:90", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert not (out / "shifts.png").exists() and not (out / "metric_bias.csv").exists()
+    assert (out / "figure.png").exists()
 
 
 def test_help_lists_every_command(capsys):

@@ -585,3 +585,24 @@ def test_a_flat_folder_has_no_labels_and_no_accuracy_warning(tmp_path):
         rep = ef.measure(circular_net(), str(tmp_path), transforms=[ef.Rotation(1)],
                          preprocess=T.ToTensor())
     assert rep.accuracy is None and rep.meta["n_images"] == 2
+
+
+def test_shifts_the_maps_scale_cannot_follow_lose_equivariance():
+    # Thesis figure 8: on a map 2^j times smaller than the input, a circular net stays exactly
+    # equivariant to the shifts that are multiples of 2^j, and loses it at the others, whose
+    # scaled shift is rounded down
+    torch.manual_seed(0)
+    conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1, padding_mode="circular")
+    net = nn.Sequential(conv(3, 8), nn.ReLU(), nn.AvgPool2d(2), conv(8, 8), nn.ReLU(),
+                        nn.AvgPool2d(2), conv(8, 8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 4)).eval()
+    rep = ef.measure(net, torch.rand(6, 3, 32, 32), transforms=ef.diagonal_shifts(1, 8),
+                     points=["1", "4", "7"], batch_size=6)
+    shifts = rep.shifts
+    assert list(shifts.part.astype(str).unique()) == ["early", "middle", "late", "pool", "final"]
+    for part, period in (("early", 1), ("middle", 2), ("late", 4)):
+        d = shifts[shifts.part == part]
+        assert list(d.dy) == list(range(1, 9)) and (d.n_points == 1).all()
+        followed = d.dy % period == 0
+        assert (d[followed].channel > 1 - 1e-5).all() and (d[followed].layer > 1 - 1e-5).all(), d
+        assert (d[~followed].channel < 0.9).all(), d

@@ -386,3 +386,60 @@ def test_reports_saved_before_shift_families_are_relabelled_on_load(tmp_path, su
     pd.testing.assert_frame_equal(back.parts.reset_index(drop=True), new.parts.reset_index(drop=True),
                                   check_dtype=False, check_categorical=False)
     assert set(combine_runs([back, new])["runs"]) == {2}  # one row per family, both runs in it
+
+
+def test_shift_table_is_each_parts_mean_at_each_shift():
+    from equifast.report import part_table, shift_table
+    rows = _rows()
+    rows.append({**rows[0], "transform": "translation(-3,2,zero)", "family": "translation-zero",
+                 "channel": 0.25, "layer": 0.5})
+    rows[2] = {**rows[2], "channel": float("nan"), "layer": float("nan"),
+               "undefined_fraction": 1.0}  # p0 undefined at translation(2,2), correlation
+    table = shift_table(pd.DataFrame(rows))
+    corr = table[table.metric == "correlation"].set_index(["part", "family", "transform"])
+    assert list(table.columns[:5]) == ["part", "family", "transform", "dy", "dx"]
+    assert "rotation(90)" not in set(table["transform"])
+    # by hand: early is p0 (order 0) and p1 (order 1), channel = base - 0.1 * order
+    assert math.isclose(corr.loc[("early", "translation", "translation(1,1)")].channel, (0.9 + 0.8) / 2)
+    assert corr.loc[("early", "translation", "translation(1,1)")].n_points == 2
+    assert math.isclose(corr.loc[("early", "translation", "translation(2,2)")].channel, 0.6)  # p1 alone
+    assert math.isclose(corr.loc[("middle", "translation", "translation(2,2)")].layer, 0.7 - 0.2 + 0.05)
+    zero = corr.loc[("early", "translation-zero", "translation(-3,2,zero)")]
+    assert (zero.dy, zero.dx, zero.channel, zero.layer) == (-3, 2, 0.25, 0.5)
+    # measured order within a part; families and parts in the parts table's order
+    early = table[(table.part == "early") & (table.metric == "cosine") & (table.family == "translation")]
+    assert list(early.dy) == [1, 2]
+    order = lambda t: list(dict.fromkeys(zip(t.family, t.part.astype(str))))
+    parts = part_table(pd.DataFrame(rows))
+    assert order(table) == order(parts[parts.family != "rotation"])
+
+
+def test_shift_means_are_the_family_scores_where_every_point_is_defined():
+    rep = Report.from_rows(_rows())
+    means = (rep.shifts.groupby(["part", "family", "metric"], observed=True)[["channel", "layer"]]
+             .mean())
+    parts = rep.parts[rep.parts.family == "translation"].set_index(["part", "family", "metric"])
+    for key, row in parts.iterrows():
+        assert math.isclose(means.loc[key].channel, row.channel)
+        assert math.isclose(means.loc[key].layer, row.layer)
+
+
+def test_shift_figure_draws_the_table(tmp_path):
+    rows = [{**r, "transform": f"translation({s},{s})", "family": "translation",
+             "channel": r["channel"] * s / 4}
+            for s in (1, 2, 3, 4) for r in _rows() if r["transform"] == "translation(1,1)"]
+    rep = Report.from_rows(rows, {"model": "toy"})
+    fig = rep.plot_shifts(tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(fig.axes) == 2  # one family x (channel, layer)
+    lines = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}  # errorbar: (line, ...)
+    assert list(lines) == ["early", "middle", "pool", "final"]
+    early = rep.shifts[(rep.shifts.part == "early") & (rep.shifts.metric == "correlation")]
+    assert list(lines["early"].get_xdata()) == [1, 2, 3, 4]
+    assert np.allclose(lines["early"].get_ydata(), early.channel)
+    other = [{**r, "transform": "translation(1,-2)"} for r in _rows()
+             if r["transform"] == "translation(1,1)"]
+    fig = Report.from_rows(rows[:len(other)] + other).plot_shifts()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["(1,1)", "(1,-2)"]
+    with pytest.raises(ValueError, match="Expected translations"):
+        Report.from_rows([r for r in _rows() if r["family"] == "rotation"]).plot_shifts()

@@ -756,3 +756,32 @@ def test_cifar10_recipe_on_a_folder_then_measure(tmp_path, monkeypatch, name, pa
     assert list(report.parts.part.astype(str).unique()) == ["early", "middle", "late", "pool", "final"]
     # the points before pooling in three groups: the stages of 32x32, 16x16, 8x8 maps
     assert report.parts.groupby("part", observed=True).n_points.first().tolist()[:3] == parts
+
+
+def test_translation_study_keeps_each_shift(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar
+
+    _write_cifar10(tmp_path / "data", n_train=32, n_test=16)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+    out = tmp_path / "study"
+    run_study("augmentation", str(out), seeds=[0, 1], n_images=4,
+              overrides={"epochs": 1, "batch_size": 16, "device": "cpu",
+                         "data_root": str(tmp_path / "data")})
+    runs, shifts = (pd.read_csv(out / name) for name in ("runs.csv", "shift_runs.csv"))
+    labels = [s for s, _ in STUDIES["augmentation"].settings]
+    assert len(shifts) == len(labels) * 2 * 5 * 16 and list(shifts.setting.unique()) == labels
+    assert list(shifts[(shifts.setting == "crop") & (shifts.seed == 1) & (shifts.part == "late")]
+                .dy) == list(range(1, 17))
+    # a part's family score is the mean of its scores at each shift (every point defined here)
+    keys = ["setting", "seed", "part", "family"]
+    both = runs.merge(shifts.groupby(keys)[["channel", "layer"]].mean().reset_index(), on=keys,
+                      suffixes=("", "_shifts"))
+    assert len(both) == len(runs) and both[["channel", "layer"]].notna().all().all()
+    assert np.allclose(both.channel, both.channel_shifts) and np.allclose(both.layer, both.layer_shifts)
+    # over seeds, as the figure draws them
+    summary = pd.read_csv(out / "shift_summary.csv")
+    row = summary[(summary.setting == "none") & (summary.part == "middle") & (summary.dy == 3)].iloc[0]
+    seeds = shifts[(shifts.setting == "none") & (shifts.part == "middle") & (shifts.dy == 3)].channel
+    assert row.n_seeds == 2 and row.channel_mean == pytest.approx(seeds.mean())
+    assert row.channel_std == pytest.approx(seeds.std())
+    assert (out / "shifts.png").stat().st_size > 0 and (out / "figure.png").stat().st_size > 0

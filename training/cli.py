@@ -102,7 +102,8 @@ def _run_study(args) -> int:
                         echo=_echo(args))
     if summary is not None:
         print(summary.to_string(index=False))
-        print(f"figure: {os.path.join(out, 'figure.png')}")
+        figures = [os.path.join(out, f) for f in ("figure.png", "shifts.png")]
+        print("figures: " + ", ".join(f for f in figures if os.path.isfile(f)))
     return 0
 
 
@@ -125,7 +126,9 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("study", help="rerun a thesis study (train, measure, draw)",
                               description="Train every setting and seed of a study, measure "
                                           "the models with equifast.measure, write runs.csv, "
-                                          "summary.csv and figure.png.")
+                                          "summary.csv and figure.png (and for translations "
+                                          "shift_runs.csv, shift_summary.csv and shifts.png: "
+                                          "each shift, thesis figure 8).")
     p.add_argument("study", nargs="?", help="objective, objective-fashion, augmentation, capacity, capacity-wrn40")
     p.add_argument("--list", action="store_true", help="list the studies and exit")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")

@@ -17,7 +17,9 @@ Each run lives in ``out/<setting>/seed<k>/`` (see :mod:`equifast.training.traine
 :func:`measure_study` measures every finished run with :func:`equifast.measure` on the first
 ``measure_images`` (2000) test images of its data set and returns one row per (setting,
 seed, part, family); :func:`summarize` joins accuracy and part scores over seeds (mean and
-std); :func:`plot_study` draws channel and layer scores per part, one line per setting.
+std); :func:`plot_study` draws channel and layer scores per part, one line per setting. The
+studies of translations also keep each part's scores at each shift (thesis figure 8), summarised
+and drawn by the same two functions.
 """
 from __future__ import annotations
 
@@ -133,7 +135,7 @@ def _run_dir(out: str, label: str, seed: int) -> str:
 def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] = None,
                   n_images: Optional[int] = None, batch_size: int = 64, device=None,
                   metric: str = "correlation", data_root: Optional[str] = None,
-                  download: bool = False) -> pd.DataFrame:
+                  download: bool = False, return_shifts: bool = False):
     """Measure every trained run of a study with :func:`equifast.measure`.
 
     Args:
@@ -144,19 +146,26 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
         batch_size, device, metric: passed to :func:`equifast.measure`.
         data_root, download: where the test images are (default: each run's recipe's
             ``data_root``, which may have moved since it trained).
+        return_shifts: also return each part's scores at each shift
+            (:func:`equifast.report.shift_table`, thesis figure 8).
 
     Returns:
         One row per (setting, seed, part, family): ``setting, recipe, seed, part, family,
-        channel, layer, test_acc`` (+ ``test_rot_acc``).
+        channel, layer, test_acc`` (+ ``test_rot_acc``). With ``return_shifts``, a pair: that
+        table and one with a row per (setting, seed, part, family, shift): ``setting, recipe,
+        seed, part, family, transform, dy, dx, channel, layer, ...`` (no rows for a study
+        of rotations).
     """
     import equifast  # lazy: the measuring side of the library
+    from equifast.transforms import Translation
 
     from .data import measure_images
     from .trainer import load_model, prepare_out_dir
     study = get_study(study) if isinstance(study, str) else study
     _check_seeds_and_images(seeds, n_images)
     transforms = study.make_transforms()
-    rows, cache = [], {}
+    shifted = return_shifts and any(isinstance(t, Translation) for t in transforms)
+    rows, shift_rows, cache = [], [], {}
     for label, recipe_name, seed in study.runs(seeds):
         run = _run_dir(out, label, seed)
         if not os.path.isfile(os.path.join(run, "result.json")):
@@ -175,34 +184,38 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
                                   metric=metric, batch_size=batch_size, n_images=n,
                                   device=device, seed=0)
         parts = report.parts.copy()
-        parts.insert(0, "seed", seed)
-        parts.insert(0, "recipe", recipe_name)
-        parts.insert(0, "setting", label)
         parts["test_acc"] = result.test_acc
         if result.test_rot_acc is not None:
             parts["test_rot_acc"] = result.test_rot_acc
-        rows.append(parts)
-    return pd.concat(rows, ignore_index=True)
+        for table, into in ((parts, rows), (report.shifts if shifted else None, shift_rows)):
+            if table is not None:
+                into.append(table.assign(setting=label, recipe=recipe_name, seed=seed)[
+                    ["setting", "recipe", "seed"] + list(table.columns)])
+    runs = pd.concat(rows, ignore_index=True)
+    if not return_shifts:
+        return runs
+    return runs, (pd.concat(shift_rows, ignore_index=True) if shift_rows else pd.DataFrame())
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of accuracy and part scores.
+    """Mean and std over seeds of accuracy and part scores, or of the scores at each shift.
 
     Args:
-        runs: the output of :func:`measure_study`.
+        runs: the output of :func:`measure_study`: either of its tables.
 
     Returns:
-        One row per (setting, part, family) with ``<x>_mean`` and ``<x>_std`` for ``x`` in
-        ``channel, layer, test_acc`` (+ ``test_rot_acc``) and ``n_seeds``; settings keep
-        their study order and parts the order early, middle, late, pool, final.
+        One row per (setting, part, family), or per (setting, part, family, shift) for the
+        table of shifts, with ``<x>_mean`` and ``<x>_std`` for ``x`` in ``channel, layer,
+        test_acc`` (+ ``test_rot_acc``) and ``n_seeds``; settings keep their study order,
+        parts the order early, middle, late, pool, final, and shifts the order measured.
     """
     # equifast.measure may give categorical columns: compare and group them as strings
     runs = runs.astype({c: str for c in ("setting", "part", "family") if c in runs})
+    keys = ["setting", "part", "family"] + (["transform", "dy", "dx"] if "dy" in runs else [])
     values = [c for c in ("channel", "layer", "test_acc", "test_rot_acc") if c in runs]
-    out = over_runs(runs, ["setting", "part", "family"], values, run="seed", count="n_seeds")
+    out = over_runs(runs, keys, values, run="seed", count="n_seeds")
     out = out.rename(columns={v: f"{v}_mean" for v in values})
-    out = out[["setting", "part", "family"]
-              + [f"{v}_{s}" for v in values for s in ("mean", "std")] + ["n_seeds"]]
+    out = out[keys + [f"{v}_{s}" for v in values for s in ("mean", "std")] + ["n_seeds"]]
     order = {p: i for i, p in enumerate(PART_ORDER)}
     settings = {s: i for i, s in enumerate(dict.fromkeys(runs["setting"]))}
     key = (out["setting"].map(settings).astype(int) * 100
@@ -211,10 +224,12 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_study(summary: pd.DataFrame, path: Optional[str] = None, title: str = ""):
-    """Draw channel (left) and layer (right) scores per part, one line per setting.
+    """Draw channel (left) and layer (right) scores per part, one line per setting; or, for a
+    summary of shifts, each part's scores against the shift, one row of panels per setting.
 
-    Error bars are the std over seeds (thesis figures 7, 9, 10); drawn by
-    :func:`equifast.figures.plot_parts`, like every part figure of equifast.
+    Error bars are the std over seeds (thesis figures 7, 9, 10; figure 8 for the shifts); drawn
+    by :func:`equifast.figures.plot_parts` or :func:`equifast.figures.plot_shifts`, like every
+    figure of equifast.
 
     Args:
         summary: the output of :func:`summarize`.
@@ -224,11 +239,12 @@ def plot_study(summary: pd.DataFrame, path: Optional[str] = None, title: str = "
     Returns:
         The matplotlib figure.
     """
-    from equifast.figures import plot_parts
+    from equifast.figures import plot_parts, plot_shifts
 
     frames = {str(setting): df.rename(columns={"channel_mean": "channel", "layer_mean": "layer"})
               for setting, df in summary.groupby("setting", sort=False)}
-    return plot_parts(frames, path=path, title=title or None)
+    plot = plot_shifts if "dy" in summary else plot_parts
+    return plot(frames, path=path, title=title or None)
 
 
 def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
@@ -239,8 +255,9 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
 
     Finished runs are reused (nothing is retrained), so an interrupted study continues
     where it stopped. Writes ``out/runs.csv`` (per seed), ``out/summary.csv`` (mean/std
-    over seeds) and ``out/figure.png``; ``out/study.json`` names the study, and a folder of
-    another study is refused.
+    over seeds) and ``out/figure.png``; for a study of translations also their scores at each
+    shift: ``out/shift_runs.csv``, ``out/shift_summary.csv`` and ``out/shifts.png`` (thesis
+    figure 8). ``out/study.json`` names the study, and a folder of another study is refused.
 
     Args:
         name: a name of :data:`STUDIES`.
@@ -282,12 +299,18 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     if not measure:
         return None
     say(f"[{study.name}] measuring {len(runs)} runs")
-    runs = measure_study(study, out, seeds, n_images=n_images, device=device,
-                         data_root=overrides.get("data_root"),
-                         download=bool(overrides.get("download", False)))
-    write_csv_atomic(os.path.join(out, "runs.csv"), runs)
-    summary = summarize(runs)
-    write_csv_atomic(os.path.join(out, "summary.csv"), summary)
+    runs, shifts = measure_study(study, out, seeds, n_images=n_images, device=device,
+                                 data_root=overrides.get("data_root"),
+                                 download=bool(overrides.get("download", False)),
+                                 return_shifts=True)
     import matplotlib.pyplot as plt
-    plt.close(plot_study(summary, os.path.join(out, "figure.png"), study.title))
-    return summary
+    tables = [("runs.csv", "summary.csv", "figure.png", runs, study.title)]
+    if len(shifts):
+        tables.append(("shift_runs.csv", "shift_summary.csv", "shifts.png", shifts,
+                       f"{study.title}: each shift"))
+    for per_seed, over_seeds, figure, table, title in tables:
+        write_csv_atomic(os.path.join(out, per_seed), table)
+        summary = summarize(table)
+        write_csv_atomic(os.path.join(out, over_seeds), summary)
+        plt.close(plot_study(summary, os.path.join(out, figure), title))
+    return summarize(runs)
