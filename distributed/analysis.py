@@ -3,7 +3,8 @@
 Thesis section 4.3: figures 11 and 12 show each model's channel and layer equivariance per
 part (early, middle, late, pool, final) for translations and rotations; section 4.3.3 and
 figure 13 give, per part and transform family, Spearman's rank correlation between the
-part's score and the models' top-1 accuracy.
+part's score and the models' top-1 accuracy. Each model's parts at each shift are drawn as
+the thesis' figure 8 draws them for ResNet-44.
 
     >>> from equifast.distributed import analysis
     >>> scores = analysis.part_scores("runs/sweep")                 # doctest: +SKIP
@@ -21,12 +22,13 @@ import numpy as np
 import pandas as pd
 
 from equifast._io import write_csv_atomic
-from equifast.report import over_runs
+from equifast.report import over_runs, shift_table
 from equifast.warning import EquifastWarning
 
 from .store import ResultStore
 
-__all__ = ["part_scores", "accuracy_correlation", "sweep_figures", "ACCURACY_CHOICES"]
+__all__ = ["part_scores", "shift_scores", "accuracy_correlation", "sweep_figures",
+           "ACCURACY_CHOICES"]
 
 PARTS = ("early", "middle", "late", "pool", "final")
 #: Which accuracy a correlation uses: measured on the labels when the data had them, else the
@@ -47,14 +49,32 @@ _INSTEAD = {"measured": "use --accuracy known or auto (accuracy='known' or 'auto
 _FAMILY_ORDER = {"translation": 0, "rotation": 1}  # as in the thesis' figures
 
 
-def _parts_table(source) -> pd.DataFrame:
-    if isinstance(source, pd.DataFrame):
-        return source.copy()
+def _store_tables(source) -> Dict[str, pd.DataFrame]:
+    """The combined tables (``points``, ``parts``, ``jobs``) of a results folder or store."""
     store = source if isinstance(source, ResultStore) else ResultStore(source)
     if not store.root.is_dir():
         raise FileNotFoundError(f"Expected a sweep results folder, but {str(store.root)!r} does not exist; "
                                 "run `equifast sweep run SPEC --out DIR` first.")
-    return store.tables()["parts"]
+    return store.tables()
+
+
+def _store_table(source, name: str) -> pd.DataFrame:
+    """The combined ``name`` table (``parts``, ``points``) of a sweep, or ``source`` itself."""
+    return source.copy() if isinstance(source, pd.DataFrame) else _store_tables(source)[name]
+
+
+def _with_job_columns(df: pd.DataFrame, metric: Optional[str]) -> pd.DataFrame:
+    """``df`` with the job columns a hand-made table may lack, and only ``metric``'s rows."""
+    for col, default in (("metric", "correlation"), ("dataset", "data"), ("seed", 0)):
+        if col not in df:
+            df[col] = default
+    if "transforms" not in df:
+        df["transforms"] = df["family"]
+    if metric is not None:
+        if metric not in set(df["metric"]):
+            raise ValueError(f"Expected `metric` to be one of {sorted(set(df['metric']))}, but got {metric!r}.")
+        df = df[df["metric"] == metric]
+    return df.assign(part=df["part"].astype(str))
 
 
 def _accuracy_column(df: pd.DataFrame, accuracy: str) -> pd.Series:
@@ -85,7 +105,7 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
         ``seeds`` and ``accuracy`` (the mean over seeds). A ``UserWarning`` says so when no
         row has an accuracy of the chosen kind.
     """
-    df = _parts_table(source)
+    df = _store_table(source, "parts")
     if df.empty:
         raise ValueError("Expected finished jobs in the sweep, but there are none; run the sweep "
                          "(`equifast sweep run SPEC`) or check `equifast sweep status`.")
@@ -94,20 +114,44 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
         warnings.warn(f"{_NO_ACCURACY[accuracy]}: the accuracies are NaN and no Spearman "
                       f"correlation (figure 13) is computed; {_INSTEAD[accuracy]}.",
                       category=EquifastWarning, stacklevel=2)
-    for col, default in (("metric", "correlation"), ("dataset", "data"), ("seed", 0)):
-        if col not in df:
-            df[col] = default
-    if "transforms" not in df:
-        df["transforms"] = df["family"]
-    if metric is not None:
-        if metric not in set(df["metric"]):
-            raise ValueError(f"Expected `metric` to be one of {sorted(set(df['metric']))}, but got {metric!r}.")
-        df = df[df["metric"] == metric]
-    df = df.assign(part=df["part"].astype(str))
+    df = _with_job_columns(df, metric)
     out = over_runs(df, _KEYS + ["part"], ["channel", "layer", "accuracy"], run="seed", count="seeds")
     out = out.drop(columns="accuracy_std")[_KEYS + ["part", "channel", "channel_std", "layer",
                                                    "layer_std", "seeds", "accuracy"]]
     out["part"] = pd.Categorical(out["part"], categories=PARTS, ordered=True)
+    return out.sort_values(_KEYS + ["part"], kind="stable").reset_index(drop=True)
+
+
+def shift_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
+                 metric: Optional[str] = "correlation") -> pd.DataFrame:
+    """Each model's channel and layer score per part at each shift, averaged over seeds
+    (thesis figure 8, per model).
+
+    Args:
+        source: a results folder, a :class:`ResultStore`, or a combined ``points`` table
+            (columns ``model, dataset, transforms, point, part, transform, family, channel,
+            layer, undefined_fraction``, ``metric`` and ``seed`` optional).
+        metric: keep this metric's rows (``None``: keep all).
+
+    Returns:
+        One row per ``(dataset, metric, transforms, family, model, part, shift)`` with the
+        shift's ``transform, dy, dx``, ``channel``, ``layer``, their standard deviations over
+        seeds (``channel_std``, ``layer_std``) and ``seeds``; no rows for a sweep without
+        translations. Sorted as :func:`part_scores`' rows, the shifts in the order measured.
+    """
+    df = _store_table(source, "points")
+    if df.empty:
+        raise ValueError("Expected finished jobs in the sweep, but there are none; run the sweep "
+                         "(`equifast sweep run SPEC`) or check `equifast sweep status`.")
+    df = _with_job_columns(df, metric)
+    table = shift_table(df, by=["dataset", "transforms", "model", "seed"]).astype({"part": str})
+    keys = _KEYS + ["part", "transform", "dy", "dx"]
+    columns = keys + ["channel", "channel_std", "layer", "layer_std", "seeds"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    out = over_runs(table, keys, ["channel", "layer"], run="seed", count="seeds")
+    out["part"] = pd.Categorical(out["part"], categories=PARTS, ordered=True)
+    out = out[columns]
     return out.sort_values(_KEYS + ["part"], kind="stable").reset_index(drop=True)
 
 
@@ -163,7 +207,8 @@ def accuracy_correlation(scores: Union[pd.DataFrame, str, os.PathLike, ResultSto
             .drop(columns="_family").reset_index(drop=True))
 
 
-_OWN_FILES = ("part_scores.csv", "accuracy_correlation.csv", "fig11_", "fig12_", "fig13_", "parts_")
+_OWN_FILES = ("part_scores.csv", "shift_scores.csv", "accuracy_correlation.csv", "fig8_",
+              "fig11_", "fig12_", "fig13_", "parts_")
 
 
 def _check_figures_folder(path: os.PathLike) -> Path:
@@ -187,13 +232,15 @@ def _slug(text: str) -> str:
 def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], out_dir: os.PathLike,
                   metric: str = "correlation", accuracy: str = "auto",
                   min_models: int = 3) -> Dict[str, List[Path]]:
-    """Draw the thesis' figures 11-13 of a sweep and write their tables.
+    """Draw the thesis' figures 11-13 of a sweep (and 8, per model) and write their tables.
 
     Files in ``out_dir``: ``part_scores.csv``, ``accuracy_correlation.csv``,
     ``fig11_translation.png`` and ``fig12_rotation.png`` (parts per model, via
-    :func:`equifast.figures.plot_parts`; other families as ``parts_<family>.png``), and
+    :func:`equifast.figures.plot_parts`; other families as ``parts_<family>.png``),
     ``fig13_accuracy_correlation.png`` (via :func:`equifast.figures.plot_accuracy_correlation`;
-    drawn when at least ``min_models`` models have an accuracy). With several datasets or
+    drawn when at least ``min_models`` models have an accuracy), and from a results folder
+    ``shift_scores.csv`` and ``fig8_<family>.png`` (each model's parts at each shift of a
+    translation family, a row of panels per model, via :func:`equifast.figures.plot_shifts`). With several datasets or
     transform sets, their names are added to the file names. An earlier report's figures are
     removed first, so that none is left beside tables it does not match. ``out_dir`` must be missing, empty or hold only such files: a user's
     other files there are refused, never replaced.
@@ -206,11 +253,15 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from equifast.figures import plot_accuracy_correlation, plot_parts
+    from equifast.figures import plot_accuracy_correlation, plot_parts, plot_shifts
 
     out = _check_figures_folder(out_dir)
-    scores = part_scores(source, metric=metric, accuracy=accuracy)
+    stored = None if isinstance(source, pd.DataFrame) else _store_tables(source)
+    scores = part_scores(source if stored is None else stored["parts"], metric=metric,
+                         accuracy=accuracy)
     corr = accuracy_correlation(scores, min_models=min_models)
+    points = None if stored is None else stored["points"]
+    shifts = shift_scores(points, metric=metric) if points is not None and len(points) else None
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # an earlier report's figures would disagree with the tables
         if old.name.startswith(_OWN_FILES):
@@ -218,6 +269,10 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     tables = [out / "part_scores.csv", out / "accuracy_correlation.csv"]
     write_csv_atomic(tables[0], scores)
     write_csv_atomic(tables[1], corr)
+    (out / "shift_scores.csv").unlink(missing_ok=True)
+    if shifts is not None and len(shifts):
+        tables.append(out / "shift_scores.csv")
+        write_csv_atomic(tables[-1], shifts)
     figures: List[Path] = []
     datasets = list(dict.fromkeys(scores["dataset"]))
     for ds in datasets:
@@ -236,6 +291,20 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
             path = out / f"{name}{suffix}.png"
             fig = plot_parts(frames, path=path, title=f"{fam} equivariance per part ({ds}, {metric})")
             plt.close(fig)
+            figures.append(path)
+        d = shifts[shifts["dataset"] == ds] if shifts is not None else pd.DataFrame(columns=_KEYS)
+        for fam in dict.fromkeys(d["family"]):
+            f = d[d["family"] == fam]
+            if f.groupby(["model", "transforms"])["transform"].nunique().max() < 2:
+                continue  # one shift: figure 11 holds it
+            keys = list(dict.fromkeys(f["transforms"]))
+            frames = {}
+            for (model, key), g in f.groupby(["model", "transforms"], sort=False):
+                frames[model if len(keys) == 1 else f"{model} ({key})"] = g.drop(
+                    columns=[] if (g["seeds"] > 1).any() else ["channel_std", "layer_std"])
+            path = out / f"fig8_{_slug(fam)}{suffix}.png"
+            plt.close(plot_shifts(frames, path=path, title=f"{fam} equivariance per part at each "
+                                                           f"shift ({ds}, {metric})"))
             figures.append(path)
         c = corr[(corr["dataset"] == ds) & corr["spearman"].notna()]
         if not len(c):

@@ -3,7 +3,7 @@
     equifast sweep run distributed/examples/small.yaml --out runs/sweep-small
     equifast sweep run seminal.yaml --address auto          # on a running Ray cluster
     equifast sweep status --out runs/sweep-small            # from another shell, any time
-    equifast sweep report --out runs/sweep-small            # figures 11-13 and their tables
+    equifast sweep report --out runs/sweep-small            # figures 8, 11-13 and their tables
 
 ``add_sweep_parser(subparsers)`` adds the ``sweep`` command to ``equifast``'s parser;
 ``main(argv)`` runs it alone (``main(["run", "spec.yaml"])``).
@@ -141,10 +141,11 @@ def add_sweep_parser(subparsers, run_prog: Optional[str] = None) -> argparse.Arg
     status.add_argument("--out", default=None, help="results folder (default: runs/sweep)")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(func=_status)
-    report = sub.add_parser("report", help="figures 11-13 (parts per model; Spearman with accuracy)",
-                            description="Draw figures 11-13 of a sweep's finished jobs (scores "
-                                        "per part and model; their Spearman correlation with "
-                                        "top-1 accuracy) and write their tables.",
+    report = sub.add_parser("report", help="figures 8, 11-13 (parts per model and shift; Spearman with accuracy)",
+                            description="Draw figures 8 and 11-13 of a sweep's finished jobs "
+                                        "(scores per part and model, and per shift; their "
+                                        "Spearman correlation with top-1 accuracy) and write "
+                                        "their tables.",
                             formatter_class=HelpFormatter)
     report.add_argument("--out", default=None, help="results folder (default: runs/sweep)")
     report.add_argument("--figures", default=None, help="where figures go (default: OUT/figures)")

@@ -89,6 +89,8 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
     Diagonal shifts (``dy == dx``) are drawn at ``dy``; other shifts in the order measured,
     labelled ``(dy,dx)``.
     """
+    from matplotlib.ticker import MaxNLocator
+
     from .report import rows_of_metric
 
     plt = _pyplot()
@@ -114,7 +116,9 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
                 x = [where[s] for s in zip(g["dy"], g["dx"])]
                 err = g[f"{score}_std"] if f"{score}_std" in g else None
                 ax.errorbar(x, g[score], yerr=err, marker="o", ms=3, capsize=2, label=part)
-            if not diagonal:
+            if diagonal:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            else:
                 ax.set_xticks(range(len(shifts)), [f"({dy},{dx})" for dy, dx in shifts],
                               rotation=45)
             ax.set_title(f"{score} equivariance: {label}, {fam}" if len(frames) > 1

@@ -57,7 +57,7 @@ def part_table(points: pd.DataFrame) -> pd.DataFrame:
 _SHIFT = re.compile(r"translation\((-?\d+),(-?\d+)")  # Translation.name: translation(dy,dx[,...])
 
 
-def shift_table(points: pd.DataFrame) -> pd.DataFrame:
+def shift_table(points: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     """Per (part, translation[, metric]) scores from a points table: at each shift, the plain
     mean over the part's points (thesis figure 8, where maps smaller than the input lose their
     equivariance at shifts their scale cannot follow).
@@ -65,17 +65,18 @@ def shift_table(points: pd.DataFrame) -> pd.DataFrame:
     One row per part, translation family and shift, with the shift's ``dy`` and ``dx``, in the
     order the shifts were measured; other transforms are left out. Averaged over a family's
     shifts (where every point is defined at every shift) these are the family's scores in
-    :func:`part_table`, whose order of means (points first) SPEC section 1 fixes."""
-    columns = ["part", "family", "transform", "dy", "dx"]
+    :func:`part_table`, whose order of means (points first) SPEC section 1 fixes. ``by``: more
+    columns whose values are kept apart (the models and seeds of a sweep's points), first."""
+    columns = list(by) + ["part", "family", "transform", "dy", "dx"]
     keys = ["metric"] if "metric" in points.columns else []
     shift = points["transform"].astype(str).str.extract(_SHIFT) if len(points) else None
     if shift is None or shift[0].isna().all():
         return pd.DataFrame(columns=columns + keys + SCORES + ["n_points"])
     rows = points.assign(dy=shift[0], dx=shift[1])[shift[0].notna()]
     rows = rows.astype({"dy": int, "dx": int, "part": str, "family": str, "transform": str})
-    table = _over_points(rows, ["part", "family", "transform", "dy", "dx"] + keys)
+    table = _over_points(rows, columns + keys)
     table["part"] = pd.Categorical(table["part"], categories=PARTS, ordered=True)
-    return table.sort_values(keys + ["family", "part"], kind="stable").reset_index(drop=True)
+    return table.sort_values(list(by) + keys + ["family", "part"], kind="stable").reset_index(drop=True)
 
 
 def _read_json(path: Path):

@@ -594,6 +594,30 @@ def test_spearman_against_hand_computed_values():
     assert few["spearman"].isna().all()  # fewer than 3 models
 
 
+def test_shift_scores_average_each_shift_over_points_then_seeds():
+    rows = []
+    for model, base in (("b", 0.2), ("a", 0.4)):
+        for seed in (0, 1):
+            for point, part in (("p0", "early"), ("p1", "early"), ("p2", "late")):
+                for s in (1, 2, 3):
+                    c = base + 0.1 * s + 0.01 * seed + (0.05 if point == "p1" else 0)
+                    rows.append({"model": model, "dataset": "d", "transforms": "translation",
+                                 "seed": seed, "point": point, "part": part,
+                                 "transform": f"translation({s},{s})", "family": "translation",
+                                 "metric": "correlation", "channel": c, "layer": c + 0.1,
+                                 "undefined_fraction": 0.0})
+                rows.append({**rows[-1], "transform": "rotation(90)", "family": "rotation"})
+    got = analysis.shift_scores(pd.DataFrame(rows))
+    assert set(got["family"]) == {"translation"} and list(got["model"].unique()) == ["a", "b"]
+    row = got[(got.model == "b") & (got.part == "early") & (got.dy == 2)].iloc[0]
+    per_seed = [0.2 + 0.2 + 0.01 * seed + 0.025 for seed in (0, 1)]  # early: p0 and p1
+    assert row.channel == pytest.approx(np.mean(per_seed))
+    assert row.channel_std == pytest.approx(np.std(per_seed, ddof=1))
+    assert row.layer == pytest.approx(np.mean(per_seed) + 0.1) and row.seeds == 2
+    assert list(got[(got.model == "a") & (got.part == "late")].dy) == [1, 2, 3]
+    assert analysis.shift_scores(pd.DataFrame([r for r in rows if r["family"] == "rotation"])).empty
+
+
 # ---- sweeps on Ray ---------------------------------------------------------------------------
 
 def test_sweep_of_three_models_and_two_families(ray_session, folder, tmp_path, capsys):
@@ -629,10 +653,21 @@ def test_sweep_of_three_models_and_two_families(ray_session, folder, tmp_path, c
     assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
     assert "Spearman" in capsys.readouterr().out
     for name in ("fig11_translation.png", "fig12_rotation.png", "fig13_accuracy_correlation.png",
-                 "part_scores.csv", "accuracy_correlation.csv"):
+                 "fig8_translation.png", "part_scores.csv", "shift_scores.csv",
+                 "accuracy_correlation.csv"):
         assert (out / "figures" / name).is_file(), name
+    assert not (out / "figures" / "fig8_rotation.png").exists()
     scores = analysis.part_scores(out, accuracy="known")
     assert dict(zip(scores["model"], scores["accuracy"]))["resnet10t"] == pytest.approx(0.66)
+    # each part's score at shifts 1 and 2, averaged, is its translation score
+    shifts = pd.read_csv(out / "figures" / "shift_scores.csv")
+    assert set(shifts["dy"]) == {1, 2} and set(shifts["model"]) == set(scores["model"])
+    keys = ["model", "part"]
+    mean = shifts.groupby(keys)[["channel", "layer"]].mean()
+    both = scores[scores.family == "translation"].astype({"part": str}).merge(
+        mean.reset_index(), on=keys, suffixes=("", "_s"))
+    assert len(both) == 15 and np.allclose(both.channel, both.channel_s, equal_nan=True)
+    assert np.allclose(both.layer, both.layer_s, equal_nan=True)
 
 
 def _crash_first_attempt(marker_dir, family="rotation"):
