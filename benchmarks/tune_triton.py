@@ -118,7 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--n", type=int, default=64, help="images (default 64)")
     ap.add_argument("--calls", type=int, default=20, help="calls per timing (default 20)")
-    ap.add_argument("--budget", type=float, default=150, help="seconds for all the candidates")
+    ap.add_argument("--budget", type=float, default=150,
+                    help="seconds for all the candidates, shared out among the shapes")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--output", default=None, help="markdown file (default: benchmarks/RESULTS.md)")
     args = ap.parse_args(argv)
@@ -134,12 +135,14 @@ def main(argv=None) -> int:
     lines = ["| K | map | layout | default tiles | default (us) | best tiles | best (us) | "
              "roofline (us) | default: of roofline | best: of roofline | tried |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for k, side, layout in SHAPES:
+    for i, (k, side, layout) in enumerate(SHAPES):
         fmt = torch.channels_last if layout == "channels-last" else torch.contiguous_format
         fx = torch.randn(args.n, k, side, side, generator=g).to(device, memory_format=fmt)
         ftx = torch.randn(args.n, k, side, side, generator=g).to(device, memory_format=fmt)
         a, b = Translation(1, 1).index_map((side, side), INPUT, device=device)
-        rows = tune_shape(fx, ftx, a, b, CANDIDATES, args.calls, deadline)
+        # each shape its share of what is left, so that a short budget still tries every shape
+        share = time.monotonic() + (deadline - time.monotonic()) / (len(SHAPES) - i)
+        rows = tune_shape(fx, ftx, a, b, CANDIDATES, args.calls, share)
         for r in rows:
             print(f"K={k} {side}x{side} {layout}: {r['way']} {r['config']}"
                   f"{' (default)' if r['default'] else ''}"
