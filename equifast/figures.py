@@ -114,8 +114,9 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
                 if g.empty:
                     continue
                 x = [where[s] for s in zip(g["dy"], g["dx"])]
-                err = g[f"{score}_std"] if f"{score}_std" in g else None
-                ax.errorbar(x, g[score], yerr=err, marker="o", ms=3, capsize=2, label=part)
+                err = g[f"{score}_std"].to_numpy(float) if f"{score}_std" in g else None
+                ax.errorbar(x, g[score].to_numpy(float), yerr=err, marker="o", ms=3, capsize=2,
+                            label=part)
             if diagonal:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             else:
