@@ -135,6 +135,9 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
     else:  # an earlier run's figure would read as this report's
         shifts.unlink(missing_ok=True)
     with pd.option_context("display.width", 160, "display.precision", 3):
+        print(f"\nmeasured {report.meta['n_images']} images x {len(transforms)} "
+              f"transform{'s' if len(transforms) > 1 else ''} in "
+              f"{report.meta['seconds']:.1f} s ({report.meta['images_per_second']:.2f} images/s)")
         print(f"\nParts ({metrics[0]}; images: {report.meta['n_images']}):")
         print(report.summary(metrics[0]).to_string())
         if report.accuracy is not None:

@@ -15,6 +15,7 @@ def test_measure_embedded_default_end_to_end(tmp_path, capsys):
     assert "early" in text and "final" in text and "Metric bias" in text
     rep = Report.load(out / "report.json")
     assert rep.meta["model"] == "efficientnet_lite0" and rep.meta["n_images"] == 4
+    assert f"measured 4 images x 3 transforms in {rep.meta['seconds']:.1f} s" in text
     assert list(rep.parts.part.astype(str).unique()) == ["early", "middle", "late", "pool", "final"]
     assert set(rep.parts.family) == {"translation", "rotation"}
     assert (rep.points.layer >= rep.points.channel - 1e-6).all()

@@ -1,5 +1,6 @@
 """End to end on small real models: exact cases, batch independence, merges, errors."""
 import math
+import time
 
 import pandas as pd
 import pytest
@@ -33,8 +34,13 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
     pytest.param("cuda", True, 2e-3, marks=DEVICES[1].marks),  # TF32 (tests/test_ops.py)
 ])
 def test_circular_net_scores_one_at_every_point_under_circular_shifts(device, tensor_cores, tol):
+    t0 = time.perf_counter()
     rep = ef.measure(circular_net(), torch.rand(6, 3, 16, 16), transforms=ef.diagonal_shifts(1, 5),
                      batch_size=6, device=device, tensor_cores=tensor_cores)
+    elapsed = time.perf_counter() - t0
+    # the measurement's own clock: within the call's, and the rate it gives
+    assert 0 < rep.meta["seconds"] <= elapsed
+    assert rep.meta["images_per_second"] == pytest.approx(6 / rep.meta["seconds"], rel=1e-3)
     pts = rep.points
     assert list(rep.parts.part.astype(str)) == ["early", "middle", "late", "pool", "final"]
     assert (pts.channel > 1 - tol).all() and (pts.layer > 1 - tol).all(), pts[["point", "channel"]]
