@@ -45,7 +45,7 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
     for row, fam in enumerate(families):
         for col, score in enumerate(("channel", "layer")):
             ax = axes[row][col]
-            for label, df in frames.items():
+            for i, (label, df) in enumerate(frames.items()):
                 d = df[df["family"] == fam]
                 d = d.assign(part=pd.Categorical(d["part"].astype(str), PARTS, ordered=True)).sort_values("part")
                 if d.empty:
@@ -53,7 +53,8 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
                 err = d[f"{score}_std"] if f"{score}_std" in d else None
                 # at the parts' positions: as strings, a part missing from the first line would
                 # be put after the others
-                ax.errorbar(d["part"].cat.codes, d[score], yerr=err, marker="o", capsize=3, label=label)
+                ax.errorbar(d["part"].cat.codes, d[score], yerr=err, marker="o", capsize=3,
+                            label=label, color=_colour(i))
             ax.set_xticks(range(len(PARTS)), PARTS)
             ax.set_title(f"{score} equivariance: {fam}")
             ax.set_ylim(0, 1.05)
@@ -62,15 +63,7 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
                 ax.set_xlabel("part")
             if col == 0:
                 ax.set_ylabel("score")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
-    if path is not None:
-        save_figure_atomic(fig, path)
-    return fig
+    return _finish(fig, list(frames), path, title, ncol=6)
 
 
 def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[str] = None,
@@ -94,15 +87,14 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
     from .report import rows_of_metric
 
     plt = _pyplot()
+    if all(df.empty for df in frames.values()):
+        raise ValueError("Expected translations to draw (a table from shift_table), but the "
+                         "tables hold none; measure with shifts, e.g. ef.diagonal_shifts(1, 16).")
     rows = []
     for label, df in frames.items():
         df = rows_of_metric(df, metric)
         rows += [(label, fam, df[df["family"] == fam]) for fam in dict.fromkeys(df["family"])]
-    if not rows:
-        raise ValueError("Expected translations to draw (a table from shift_table), but the "
-                         "tables hold none; measure with shifts, e.g. ef.diagonal_shifts(1, 16).")
-    height = 3.4 * len(rows)  # inches
-    fig, axes = plt.subplots(len(rows), 2, figsize=(10, height), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.4 * len(rows)), squeeze=False)
     for row, (label, fam, d) in enumerate(rows):
         shifts = list(dict.fromkeys(zip(d["dy"], d["dx"])))
         diagonal = all(dy == dx for dy, dx in shifts)
@@ -116,27 +108,43 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
                 x = [where[s] for s in zip(g["dy"], g["dx"])]
                 err = g[f"{score}_std"].to_numpy(float) if f"{score}_std" in g else None
                 ax.errorbar(x, g[score].to_numpy(float), yerr=err, marker="o", ms=3, capsize=2,
-                            label=part)
+                            label=part, color=_colour(PARTS.index(part)))
             if diagonal:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             else:
                 ax.set_xticks(range(len(shifts)), [f"({dy},{dx})" for dy, dx in shifts],
                               rotation=45)
-            ax.set_title(f"{score} equivariance: {label}, {fam}" if len(frames) > 1
-                         else f"{score} equivariance: {fam}")
+            ax.set_title(f"{score} equivariance: {label}, {fam}" + (f" ({metric})" if metric else ""))
             ax.set_ylim(0, 1.05)
             ax.grid(alpha=0.3)
-            if row == len(rows) - 1:
-                ax.set_xlabel("diagonal shift (pixels)" if diagonal else "shift (dy,dx), pixels")
+            ax.set_xlabel("diagonal shift (pixels)" if diagonal else "shift (dy,dx), pixels")
             if col == 0:
                 ax.set_ylabel("score")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    return _finish(fig, PARTS, path, title, ncol=len(PARTS))
+
+
+def _colour(i: int) -> str:
+    """The i-th colour of matplotlib's cycle: a line keeps its colour in every panel, whichever
+    lines a panel lacks."""
+    return f"C{i % 10}"
+
+
+def _finish(fig, order, path, title, ncol):
+    """One legend below the panels for the lines of all of them (in ``order``), the title
+    above, the layout, and the figure saved to ``path`` when given."""
+    found = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            found.setdefault(label, handle)
+    labels = [label for label in order if label in found]
+    height = fig.get_figheight()
+    if labels:
+        fig.legend([found[label] for label in labels], labels, loc="lower center",
+                   ncol=min(len(labels), ncol), frameon=False)
     if title:
         fig.suptitle(title)
     # the legend below and the title above keep their size in inches, whatever the rows
-    fig.tight_layout(rect=(0, 0.25 / height if handles else 0, 1, 1 - 0.3 / height if title else 1))
+    fig.tight_layout(rect=(0, 0.25 / height if labels else 0, 1, 1 - 0.3 / height if title else 1))
     if path is not None:
         save_figure_atomic(fig, path)
     return fig

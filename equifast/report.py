@@ -34,7 +34,7 @@ SCORES = ["channel", "layer", "undefined_fraction"]
 
 def _over_points(rows: pd.DataFrame, keys: List[str]) -> pd.DataFrame:
     """The plain means of the scores over the points of each group of ``keys``."""
-    return (rows.groupby(keys, sort=False)
+    return (rows.groupby(keys, sort=False, observed=True, dropna=False)
             .agg(channel=("channel", "mean"), layer=("layer", "mean"),
                  undefined_fraction=("undefined_fraction", "mean"), n_points=("point", "nunique"))
             .reset_index())
@@ -54,7 +54,7 @@ def part_table(points: pd.DataFrame) -> pd.DataFrame:
     return parts.sort_values(keys + ["family", "part"]).reset_index(drop=True)
 
 
-_SHIFT = re.compile(r"translation\((-?\d+),(-?\d+)")  # Translation.name: translation(dy,dx[,...])
+_SHIFT = re.compile(r"^translation\((-?\d+),(-?\d+)")  # Translation.name: translation(dy,dx[,...])
 
 
 def shift_table(points: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
@@ -71,7 +71,8 @@ def shift_table(points: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     keys = ["metric"] if "metric" in points.columns else []
     shift = points["transform"].astype(str).str.extract(_SHIFT) if len(points) else None
     if shift is None or shift[0].isna().all():
-        return pd.DataFrame(columns=columns + keys + SCORES + ["n_points"])
+        empty = pd.DataFrame(columns=columns + keys + SCORES + ["n_points"])
+        return empty.astype({"dy": int, "dx": int, "part": pd.CategoricalDtype(PARTS, ordered=True)})
     rows = points.assign(dy=shift[0], dx=shift[1])[shift[0].notna()]
     rows = rows.astype({"dy": int, "dx": int, "part": str, "family": str, "transform": str})
     table = _over_points(rows, columns + keys)

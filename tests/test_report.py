@@ -443,3 +443,40 @@ def test_shift_figure_draws_the_table(tmp_path):
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["(1,1)", "(1,-2)"]
     with pytest.raises(ValueError, match="Expected translations"):
         Report.from_rows([r for r in _rows() if r["family"] == "rotation"]).plot_shifts()
+
+
+def test_shift_figure_keeps_each_parts_colour_and_names_every_row():
+    from equifast.figures import plot_shifts
+    from equifast.report import shift_table
+    rows = [{**r, "transform": f"translation({s},{s})", "family": "translation"}
+            for s in (1, 2) for r in _rows() if r["transform"] == "translation(1,1)"]
+    full = shift_table(pd.DataFrame(rows))
+    few = full[full.part.isin(["pool", "final"])]  # a model whose early and middle are missing
+    fig = plot_shifts({"few": few, "full": full}, metric="correlation")
+    colours = [{c.get_label(): c.lines[0].get_color() for c in ax.containers} for ax in fig.axes]
+    assert colours[0]["pool"] == colours[2]["pool"] and colours[0]["final"] == colours[2]["final"]
+    assert colours[2]["early"] != colours[2]["pool"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["early", "middle", "pool", "final"]
+    assert [ax.get_title() for ax in fig.axes[::2]] == [
+        "channel equivariance: few, translation (correlation)",
+        "channel equivariance: full, translation (correlation)"]
+    assert all(ax.get_xlabel() == "diagonal shift (pixels)" for ax in fig.axes)
+    # a report of rotations only: no translations to draw, whichever metric is asked for
+    rotations = Report.from_rows([r for r in _rows() if r["family"] == "rotation"])
+    with pytest.raises(ValueError, match="Expected translations"):
+        rotations.plot_shifts(metric="correlation")
+    # a transform of the user's whose name only contains a translation's is not one
+    named = [{**r, "transform": "subpixel_translation(1,1)", "family": "subpixel"} for r in rows]
+    assert shift_table(pd.DataFrame(named)).empty
+
+
+def test_parts_figure_keeps_each_settings_colour():
+    full = Report.from_rows(_rows())
+    rotation_only = Report.from_rows([r for r in _rows() if r["family"] == "rotation"])
+    fig = rotation_only.plot(None, label="rot", others={"full": full})
+    colour = lambda ax, label: next(c.lines[0].get_color() for c in ax.containers
+                                    if c.get_label() == label)
+    rotation, translation = fig.axes[0], fig.axes[2]  # "rot" has no translation row
+    assert translation.get_title() == "channel equivariance: translation"
+    assert colour(translation, "full") == colour(rotation, "full") != colour(rotation, "rot")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["rot", "full"]

@@ -308,9 +308,10 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     if len(shifts):
         tables.append(("shift_runs.csv", "shift_summary.csv", "shifts.png", shifts,
                        f"{study.title}: each shift"))
+    summaries = []
     for per_seed, over_seeds, figure, table, title in tables:
         write_csv_atomic(os.path.join(out, per_seed), table)
-        summary = summarize(table)
-        write_csv_atomic(os.path.join(out, over_seeds), summary)
-        plt.close(plot_study(summary, os.path.join(out, figure), title))
-    return summarize(runs)
+        summaries.append(summarize(table))
+        write_csv_atomic(os.path.join(out, over_seeds), summaries[-1])
+        plt.close(plot_study(summaries[-1], os.path.join(out, figure), title))
+    return summaries[0]
