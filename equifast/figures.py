@@ -114,7 +114,8 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
             else:
                 ax.set_xticks(range(len(shifts)), [f"({dy},{dx})" for dy, dx in shifts],
                               rotation=45)
-            ax.set_title(f"{score} equivariance: {label}, {fam}" + (f" ({metric})" if metric else ""))
+            ax.set_title(f"{score}: {label}, {fam}" + (f", {metric}" if metric else ""),
+                         fontsize="medium")
             ax.set_ylim(0, 1.05)
             ax.grid(alpha=0.3)
             ax.set_xlabel("diagonal shift (pixels)" if diagonal else "shift (dy,dx), pixels")

@@ -458,8 +458,7 @@ def test_shift_figure_keeps_each_parts_colour_and_names_every_row():
     assert colours[2]["early"] != colours[2]["pool"]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["early", "middle", "pool", "final"]
     assert [ax.get_title() for ax in fig.axes[::2]] == [
-        "channel equivariance: few, translation (correlation)",
-        "channel equivariance: full, translation (correlation)"]
+        "channel: few, translation, correlation", "channel: full, translation, correlation"]
     assert all(ax.get_xlabel() == "diagonal shift (pixels)" for ax in fig.axes)
     # a report of rotations only: no translations to draw, whichever metric is asked for
     rotations = Report.from_rows([r for r in _rows() if r["family"] == "rotation"])
