@@ -27,8 +27,8 @@ from equifast.warning import EquifastWarning
 
 from .store import ResultStore
 
-__all__ = ["part_scores", "shift_scores", "accuracy_correlation", "sweep_figures",
-           "ACCURACY_CHOICES"]
+__all__ = ["part_scores", "shift_scores", "accuracy_correlation", "final_correlation",
+           "sweep_figures", "ACCURACY_CHOICES"]
 
 PARTS = ("early", "middle", "late", "pool", "final")
 #: Which accuracy a correlation uses: measured on the labels when the data had them, else the
@@ -180,22 +180,55 @@ def accuracy_correlation(scores: Union[pd.DataFrame, str, os.PathLike, ResultSto
         >>> round(float(accuracy_correlation(t).spearman.iloc[0]), 12)    # 1 - 6 * 2 / (4 * 15)
         0.8
     """
-    from scipy.stats import spearmanr
-
     if not (isinstance(scores, pd.DataFrame) and {"channel_std", "seeds"} <= set(scores.columns)):
         scores = part_scores(scores, metric=metric, accuracy=accuracy)
+    return _rank_correlation(scores, {"channel": "accuracy", "layer": "accuracy"}, min_models)
+
+
+def final_correlation(scores: Union[pd.DataFrame, str, os.PathLike, ResultStore],
+                      metric: Optional[str] = "correlation", min_models: int = 3) -> pd.DataFrame:
+    """Spearman's rank correlation, across models, of each part's score with the invariance of
+    the final part (thesis section 4.3: do models more equivariant before pooling end more
+    invariant? Yes for translations, not for rotations).
+
+    Args:
+        scores: :func:`part_scores`' table, or anything it takes.
+        metric: as :func:`part_scores` (used when ``scores`` is not its table).
+        min_models: fewer models with both scores give NaN.
+
+    Returns:
+        The columns of :func:`accuracy_correlation`: per part, ``spearman`` of its channel
+        (layer) score with the final part's channel (layer) score; the final part's own row
+        is 1 wherever it is defined.
+    """
+    if not (isinstance(scores, pd.DataFrame) and {"channel_std", "seeds"} <= set(scores.columns)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EquifastWarning)  # no accuracy is needed here
+            scores = part_scores(scores, metric=metric)
+    final = (scores[scores["part"].astype(str) == "final"].set_index(_KEYS)[["channel", "layer"]]
+             .add_prefix("final_"))
+    scores = scores.join(final, on=_KEYS)
+    return _rank_correlation(scores, {"channel": "final_channel", "layer": "final_layer"},
+                             min_models)
+
+
+def _rank_correlation(scores: pd.DataFrame, targets: Dict[str, str], min_models: int) -> pd.DataFrame:
+    """Spearman across models, per (dataset, metric, transforms, family, part) and score, of
+    the score with its column in ``targets`` (e.g. ``{"channel": "accuracy", ...}``)."""
+    from scipy.stats import spearmanr
+
     if not isinstance(min_models, int) or min_models < 2:
         raise ValueError(f"Expected `min_models` to be an integer >= 2, but got {min_models!r}.")
     rows = []
     keys = [k for k in _KEYS if k != "model"] + ["part"]
     for key, g in scores.groupby(keys, sort=False, observed=True, dropna=False):
-        for score in ("channel", "layer"):
-            ok = g[[score, "accuracy"]].astype(float).dropna()
+        for score, target in targets.items():
+            ok = g[[score, target]].astype(float).dropna()
             rho = p = float("nan")
             if len(ok) >= min_models:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # constant input: NaN, as documented
-                    res = spearmanr(ok[score], ok["accuracy"])
+                    res = spearmanr(ok[score], ok[target])
                 rho, p = float(res.statistic), float(res.pvalue)
             rows.append({**dict(zip(keys, key)), "score": score, "spearman": rho, "p_value": p,
                          "n_models": len(ok)})
@@ -207,8 +240,8 @@ def accuracy_correlation(scores: Union[pd.DataFrame, str, os.PathLike, ResultSto
             .drop(columns="_family").reset_index(drop=True))
 
 
-_OWN_FILES = ("part_scores.csv", "shift_scores.csv", "accuracy_correlation.csv", "fig8_",
-              "fig11_", "fig12_", "fig13_", "parts_")
+_OWN_FILES = ("part_scores.csv", "shift_scores.csv", "accuracy_correlation.csv",
+              "final_correlation.csv", "fig8_", "fig11_", "fig12_", "fig13_", "parts_")
 
 
 def _check_figures_folder(path: os.PathLike) -> Path:
@@ -238,7 +271,8 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     ``fig11_translation.png`` and ``fig12_rotation.png`` (parts per model, via
     :func:`equifast.figures.plot_parts`; other families as ``parts_<family>.png``),
     ``fig13_accuracy_correlation.png`` (via :func:`equifast.figures.plot_accuracy_correlation`;
-    drawn when at least ``min_models`` models have an accuracy), and from a results folder
+    drawn when at least ``min_models`` models have an accuracy), ``final_correlation.csv``
+    (:func:`final_correlation`), and from a results folder
     ``shift_scores.csv`` and ``fig8_<family>.png`` (each model's parts at each shift of a
     translation family, a row of panels per model, via :func:`equifast.figures.plot_shifts`). With several datasets or
     transform sets, their names are added to the file names. An earlier report's figures are
@@ -260,15 +294,16 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     scores = part_scores(source if stored is None else stored["parts"], metric=metric,
                          accuracy=accuracy)
     corr = accuracy_correlation(scores, min_models=min_models)
+    to_final = final_correlation(scores, min_models=min_models)
     points = None if stored is None else stored["points"]
     shifts = shift_scores(points, metric=metric) if points is not None and len(points) else None
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # an earlier report's figures would disagree with the tables
         if old.name.startswith(_OWN_FILES):
             old.unlink()
-    tables = [out / "part_scores.csv", out / "accuracy_correlation.csv"]
-    write_csv_atomic(tables[0], scores)
-    write_csv_atomic(tables[1], corr)
+    tables = [out / "part_scores.csv", out / "accuracy_correlation.csv", out / "final_correlation.csv"]
+    for path, table in zip(tables, (scores, corr, to_final)):
+        write_csv_atomic(path, table)
     (out / "shift_scores.csv").unlink(missing_ok=True)
     if shifts is not None and len(shifts):
         tables.append(out / "shift_scores.csv")

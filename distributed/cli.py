@@ -96,13 +96,15 @@ def _report(args) -> int:
         warnings.simplefilter("always", UserWarning)
         files = sweep_figures(out, figures, metric=args.metric, accuracy=args.accuracy,
                               min_models=args.min_models)
-    corr = pd.read_csv(files["tables"][1])
     with pd.option_context("display.width", 160, "display.precision", 3):
-        wide = corr.pivot_table(index=["dataset", "family", "score"], columns="part",
-                                values="spearman", sort=False, dropna=False)
-        wide = wide[[p for p in ("early", "middle", "late", "pool", "final") if p in wide.columns]]
-        print("Spearman rank correlation of part scores with top-1 accuracy:")
-        print(wide.to_string())
+        for table, what in ((files["tables"][1], "top-1 accuracy"),
+                            (files["tables"][2], "the final part's (invariance)")):
+            wide = pd.read_csv(table).pivot_table(index=["dataset", "family", "score"],
+                                                  columns="part", values="spearman", sort=False,
+                                                  dropna=False)
+            wide = wide[[p for p in ("early", "middle", "late", "pool", "final") if p in wide.columns]]
+            print(f"Spearman rank correlation of part scores with {what}, across models:")
+            print(wide.to_string())
     print("wrote " + ", ".join(str(p) for p in files["tables"] + files["figures"]))
     for w in dict.fromkeys(str(w.message) for w in caught):  # last, where they are seen
         print(f"equifast sweep: warning: {w}", file=sys.stderr)

@@ -594,6 +594,26 @@ def test_spearman_against_hand_computed_values():
     assert few["spearman"].isna().all()  # fewer than 3 models
 
 
+def test_correlation_with_the_final_part_against_hand_computed_values():
+    rows = []
+    scores = {"early": [0.1, 0.4, 0.3, 0.9],   # final ranks 1 2 3 4, early 1 3 2 4: 0.8
+              "late": [0.8, 0.6, 0.4, 0.2],    # reversed: -1
+              "final": [0.5, 0.6, 0.7, 0.8]}
+    for part, values in scores.items():
+        for m, v in zip("abcd", values):
+            rows.append({"model": m, "dataset": "d", "transforms": "translation",
+                         "family": "translation", "part": part, "metric": "correlation",
+                         "seed": 0, "channel": v, "layer": v if part != "late" else 0.3})
+    got = analysis.final_correlation(pd.DataFrame(rows))
+    rho = {(r.part, r.score): r.spearman for r in got.itertuples()}
+    assert rho[("early", "channel")] == pytest.approx(0.8)
+    assert rho[("late", "channel")] == pytest.approx(-1.0)
+    assert rho[("final", "channel")] == pytest.approx(1.0) and np.isnan(rho[("late", "layer")])
+    assert set(got["n_models"]) == {4}
+    # a model without a final part has nothing to correlate with
+    assert set(analysis.final_correlation(pd.DataFrame(rows[:-1]))["n_models"]) == {3}
+
+
 def test_shift_scores_average_each_shift_over_points_then_seeds():
     rows = []
     for model, base in (("b", 0.2), ("a", 0.4)):
@@ -651,10 +671,12 @@ def test_sweep_of_three_models_and_two_families(ray_session, folder, tmp_path, c
     assert "finished 6/6, running 0, failed 0, pending 0" in capsys.readouterr().out
 
     assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
-    assert "Spearman" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "with top-1 accuracy, across models" in printed
+    assert "with the final part's (invariance), across models" in printed
     for name in ("fig11_translation.png", "fig12_rotation.png", "fig13_accuracy_correlation.png",
                  "fig8_translation.png", "part_scores.csv", "shift_scores.csv",
-                 "accuracy_correlation.csv"):
+                 "accuracy_correlation.csv", "final_correlation.csv"):
         assert (out / "figures" / name).is_file(), name
     assert not (out / "figures" / "fig8_rotation.png").exists()
     scores = analysis.part_scores(out, accuracy="known")
