@@ -197,9 +197,8 @@ def final_correlation(scores: Union[pd.DataFrame, str, os.PathLike, ResultStore]
         min_models: fewer models with both scores give NaN.
 
     Returns:
-        The columns of :func:`accuracy_correlation`: per part, ``spearman`` of its channel
-        (layer) score with the final part's channel (layer) score; the final part's own row
-        is 1 wherever it is defined.
+        The columns of :func:`accuracy_correlation`: per part before the final one,
+        ``spearman`` of its channel (layer) score with the final part's channel (layer) score.
     """
     if not (isinstance(scores, pd.DataFrame) and {"channel_std", "seeds"} <= set(scores.columns)):
         with warnings.catch_warnings():
@@ -207,7 +206,7 @@ def final_correlation(scores: Union[pd.DataFrame, str, os.PathLike, ResultStore]
             scores = part_scores(scores, metric=metric)
     final = (scores[scores["part"].astype(str) == "final"].set_index(_KEYS)[["channel", "layer"]]
              .add_prefix("final_"))
-    scores = scores.join(final, on=_KEYS)
+    scores = scores[scores["part"].astype(str) != "final"].join(final, on=_KEYS)
     return _rank_correlation(scores, {"channel": "final_channel", "layer": "final_layer"},
                              min_models)
 

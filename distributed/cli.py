@@ -98,10 +98,11 @@ def _report(args) -> int:
                               min_models=args.min_models)
     with pd.option_context("display.width", 160, "display.precision", 3):
         for table, what in ((files["tables"][1], "top-1 accuracy"),
-                            (files["tables"][2], "the final part's (invariance)")):
-            wide = pd.read_csv(table).pivot_table(index=["dataset", "family", "score"],
-                                                  columns="part", values="spearman", sort=False,
-                                                  dropna=False)
+                            (files["tables"][2], "the final part's score (invariance)")):
+            # a row per transform set and metric: pivot_table would average them together
+            wide = pd.read_csv(table).pivot_table(
+                index=["dataset", "metric", "transforms", "family", "score"], columns="part",
+                values="spearman", sort=False, dropna=False)
             wide = wide[[p for p in ("early", "middle", "late", "pool", "final") if p in wide.columns]]
             print(f"Spearman rank correlation of part scores with {what}, across models:")
             print(wide.to_string())

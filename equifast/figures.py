@@ -63,7 +63,7 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
                 ax.set_xlabel("part")
             if col == 0:
                 ax.set_ylabel("score")
-    return _finish(fig, list(frames), path, title, ncol=6)
+    return _finish(fig, list(frames), path, title, ncol=4)
 
 
 def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[str] = None,
@@ -87,7 +87,8 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
     from .report import rows_of_metric
 
     plt = _pyplot()
-    if all(df.empty for df in frames.values()):
+    frames = {label: df for label, df in frames.items() if not df.empty}
+    if not frames:
         raise ValueError("Expected translations to draw (a table from shift_table), but the "
                          "tables hold none; measure with shifts, e.g. ef.diagonal_shifts(1, 16).")
     rows = []
@@ -114,8 +115,9 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
             else:
                 ax.set_xticks(range(len(shifts)), [f"({dy},{dx})" for dy, dx in shifts],
                               rotation=45)
-            ax.set_title(f"{score}: {label}, {fam}" + (f", {metric}" if metric else ""),
-                         fontsize="medium")
+            measured = set(d["metric"]) if "metric" in d else set()
+            ax.set_title(f"{score}: {label}, {fam}" + (f", {min(measured)}" if len(measured) == 1
+                                                       else ""), fontsize="medium")
             ax.set_ylim(0, 1.05)
             ax.grid(alpha=0.3)
             ax.set_xlabel("diagonal shift (pixels)" if diagonal else "shift (dy,dx), pixels")
@@ -138,14 +140,17 @@ def _finish(fig, order, path, title, ncol):
         for handle, label in zip(*ax.get_legend_handles_labels()):
             found.setdefault(label, handle)
     labels = [label for label in order if label in found]
-    height = fig.get_figheight()
-    if labels:
+    width, height = fig.get_size_inches()
+    if labels:  # as many columns as the longest label leaves room for (about 0.08 in a letter)
+        ncol = max(1, min(ncol, int(width / (0.08 * max(map(len, labels)) + 0.8))))
         fig.legend([found[label] for label in labels], labels, loc="lower center",
                    ncol=min(len(labels), ncol), frameon=False)
     if title:
         fig.suptitle(title)
-    # the legend below and the title above keep their size in inches, whatever the rows
-    fig.tight_layout(rect=(0, 0.25 / height if labels else 0, 1, 1 - 0.3 / height if title else 1))
+    # the legend below (0.25 in a row of it) and the title above keep their size in inches,
+    # whatever the panels
+    below = 0.1 + 0.25 * -(-len(labels) // ncol) if labels else 0
+    fig.tight_layout(rect=(0, below / height, 1, 1 - 0.3 / height if title else 1))
     if path is not None:
         save_figure_atomic(fig, path)
     return fig

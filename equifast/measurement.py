@@ -316,8 +316,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     Returns:
         :class:`~equifast.report.Report` with ``points`` (one row per point, transform and
         metric) and ``parts`` (one row per part and transform family) DataFrames; its ``meta``
-        says how it was measured, and how fast: ``seconds`` (from the first image read to the
-        last score, model loading left out) and ``images_per_second``.
+        says how it was measured, and how fast: ``seconds`` (the forward passes and scores of
+        every batch, and the reading of the images after the first; the model's loading and
+        split left out) and ``images_per_second``.
 
     Example:
         >>> import torch, torchvision, equifast as ef
@@ -369,7 +370,6 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             images = data_mod.normalise_like(images, preprocess)
             meta["images"] = "embedded scikit-image photos"
         transforms = list(transforms) if transforms is not None else diagonal_shifts(1, 32) + rotations()
-        started = time.perf_counter()  # the measurement itself: the model is loaded
         stream = data_mod.batches(images, labels, batch_size, n_images, preprocess, seed,
                                   num_workers=num_workers)
         first = next(stream, None)
@@ -389,6 +389,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                               "per class, nor ImageNet synsets for 1000 classes).",
                               category=EquifastWarning, stacklevel=3)
                 measurer.count_accuracy = False
+        started = time.perf_counter()  # the measurement proper: the model is loaded and split
         total = data_mod.count(images)
         total = min(total, n_images) if (total is not None and n_images) else (total or n_images)
         bar = None
@@ -411,12 +412,13 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only
         on_tensor_cores = (tensor_cores and measurer.device.type == "cuda"
                            and torch.cuda.get_device_capability(measurer.device)[0] >= 8)
+        meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size,
+                    tensor_cores=bool(on_tensor_cores))
+        report = measurer.state.report(meta)
         # every batch waited for the device at its end: the clock holds the GPU's work too
         seconds = time.perf_counter() - started
-        meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size,
-                    tensor_cores=bool(on_tensor_cores), seconds=seconds,
-                    images_per_second=measurer.state.n_images / seconds)
-        return measurer.state.report(meta)
+        report.meta.update(seconds=seconds, images_per_second=measurer.state.n_images / seconds)
+        return report
 
 
 def _run_images(run: str, root, n: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:

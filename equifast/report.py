@@ -72,7 +72,8 @@ def shift_table(points: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     shift = points["transform"].astype(str).str.extract(_SHIFT) if len(points) else None
     if shift is None or shift[0].isna().all():
         empty = pd.DataFrame(columns=columns + keys + SCORES + ["n_points"])
-        return empty.astype({"dy": int, "dx": int, "part": pd.CategoricalDtype(PARTS, ordered=True)})
+        return empty.astype({"dy": int, "dx": int, "part": pd.CategoricalDtype(PARTS, ordered=True),
+                             **dict.fromkeys(SCORES, float), "n_points": int})
     rows = points.assign(dy=shift[0], dx=shift[1])[shift[0].notna()]
     rows = rows.astype({"dy": int, "dx": int, "part": str, "family": str, "transform": str})
     table = _over_points(rows, columns + keys)

@@ -464,6 +464,9 @@ def test_shift_figure_keeps_each_parts_colour_and_names_every_row():
     rotations = Report.from_rows([r for r in _rows() if r["family"] == "rotation"])
     with pytest.raises(ValueError, match="Expected translations"):
         rotations.plot_shifts(metric="correlation")
+    fig = plot_shifts({"rotations": rotations.shifts, "full": full}, metric="cosine")
+    assert [ax.get_title() for ax in fig.axes] == ["channel: full, translation, cosine",
+                                                   "layer: full, translation, cosine"]
     # a transform of the user's whose name only contains a translation's is not one
     named = [{**r, "transform": "subpixel_translation(1,1)", "family": "subpixel"} for r in rows]
     assert shift_table(pd.DataFrame(named)).empty
@@ -479,3 +482,15 @@ def test_parts_figure_keeps_each_settings_colour():
     assert translation.get_title() == "channel equivariance: translation"
     assert colour(translation, "full") == colour(rotation, "full") != colour(rotation, "rot")
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["rot", "full"]
+
+
+def test_a_long_legend_fits_below_the_panels():
+    base = Report.from_rows(_rows())
+    fig = base.plot(None, label="resnext101_32x8d",
+                    others={f"model_with_a_long_name_{i}": base for i in range(9)})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert len(fig.legends[0].get_texts()) == 10
+    assert 0 <= legend.x0 and legend.x1 <= fig.bbox.width  # no name cut at the edges
+    assert legend.y1 <= min(ax.get_tightbbox(renderer).y0 for ax in fig.axes)  # below the axes' labels

@@ -549,6 +549,29 @@ def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, ca
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 
+def test_report_prints_each_transform_set_apart(folder, tmp_path, capsys):
+    # two shift ranges of one family rank the models in opposite orders: their correlations
+    # are printed a row each, never averaged into one
+    out = tmp_path / "sweep"
+    spec = load_spec(_spec(folder, transforms={"small": "translation:1-2", "big": "translation:1-4"}))
+    store, labels = ResultStore(out), [m.label for m in spec.models]
+    accuracy = {m.label: m.accuracy for m in spec.models}
+    for job in spec.jobs():
+        rank = sorted(labels, key=accuracy.get).index(job.model.label)  # 0, 1, 2 by accuracy
+        value = 0.2 * (rank if job.family == "small" else 2 - rank) + 0.1
+        parts = [{"part": p, "family": "translation", "metric": "correlation", "channel": value,
+                  "layer": value} for p in ("early", "final")]
+        store.write_record({"id": job.id, "status": "ok", "job": job.entry(), "points": [],
+                            "parts": parts})
+    run_sweep(spec, out=out, progress=False)
+    assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    first = printed.index(next(line for line in printed if "with top-1 accuracy" in line))
+    rows = {("big" if "big" in line else "small"): float(line.split()[-2])  # early's column
+            for line in printed[first:first + 7] if "channel" in line}
+    assert rows == {"small": pytest.approx(1.0), "big": pytest.approx(-1.0)}
+
+
 def test_sweep_help_describes_every_command_and_option_once():
     import argparse
     import re
@@ -608,7 +631,7 @@ def test_correlation_with_the_final_part_against_hand_computed_values():
     rho = {(r.part, r.score): r.spearman for r in got.itertuples()}
     assert rho[("early", "channel")] == pytest.approx(0.8)
     assert rho[("late", "channel")] == pytest.approx(-1.0)
-    assert rho[("final", "channel")] == pytest.approx(1.0) and np.isnan(rho[("late", "layer")])
+    assert np.isnan(rho[("late", "layer")]) and "final" not in set(got["part"])  # always 1
     assert set(got["n_models"]) == {4}
     # a model without a final part has nothing to correlate with
     assert set(analysis.final_correlation(pd.DataFrame(rows[:-1]))["n_models"]) == {3}
@@ -673,7 +696,7 @@ def test_sweep_of_three_models_and_two_families(ray_session, folder, tmp_path, c
     assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
     printed = capsys.readouterr().out
     assert "with top-1 accuracy, across models" in printed
-    assert "with the final part's (invariance), across models" in printed
+    assert "with the final part's score (invariance), across models" in printed
     for name in ("fig11_translation.png", "fig12_rotation.png", "fig13_accuracy_correlation.png",
                  "fig8_translation.png", "part_scores.csv", "shift_scores.csv",
                  "accuracy_correlation.csv", "final_correlation.csv"):
