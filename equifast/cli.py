@@ -67,7 +67,8 @@ def _add_measure(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds torch and the image subset")
     p.add_argument("--out", default="runs/measure",
                    help="output folder: report.json, report.{points,parts}.{csv,parquet}, "
-                        "report.meta.json, figure.png, metric_bias.csv with two metrics (replaced if there)")
+                        "report.meta.json, figure.png, shifts.png with several shifts, metric_bias.csv "
+                        "with two metrics (replaced if there)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_measure)
 
