@@ -271,12 +271,13 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     :func:`equifast.figures.plot_parts`; other families as ``parts_<family>.png``),
     ``fig13_accuracy_correlation.png`` (via :func:`equifast.figures.plot_accuracy_correlation`;
     drawn when at least ``min_models`` models have an accuracy), ``final_correlation.csv``
-    (:func:`final_correlation`), and from a results folder
-    ``shift_scores.csv`` and ``fig8_<family>.png`` (each model's parts at each shift of a
-    translation family, a row of panels per model, via :func:`equifast.figures.plot_shifts`). With several datasets or
+    (:func:`final_correlation`), and from a results folder ``shift_scores.csv`` and
+    ``fig8_<family>.png`` (each model's parts at each shift of a translation family, a row of
+    panels per model, via :func:`equifast.figures.plot_shifts`). With several datasets or
     transform sets, their names are added to the file names. An earlier report's figures are
-    removed first, so that none is left beside tables it does not match. ``out_dir`` must be missing, empty or hold only such files: a user's
-    other files there are refused, never replaced.
+    removed first, so that none is left beside tables it does not match. ``out_dir`` must be
+    missing, empty or hold only such files: a user's other files there are refused, never
+    replaced.
 
     Returns:
         ``{"tables": [...], "figures": [...]}`` paths.
