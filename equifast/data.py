@@ -12,15 +12,16 @@ import pickle
 import re
 import traceback
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 __all__ = ["batches", "embedded_photos", "PHOTOS", "ImageFiles", "count", "normalise_like",
-           "input_size", "image_folder", "model_classes", "seeded_subset", "check_num_workers",
-           "usable_cpus", "default_num_workers"]
+           "input_size", "image_folder", "ClassFolders", "model_classes", "seeded_subset",
+           "check_num_workers", "usable_cpus", "default_num_workers"]
 
 # Real photographs shipped inside scikit-image (no download): name -> what it shows.
 PHOTOS = {
@@ -77,7 +78,8 @@ class ImageFiles(Dataset):
 
     With class subfolders (ImageNet's ``val/<wnid>/*.JPEG`` layout) the label of an image is
     the index of its folder in sorted order, as in ``torchvision.datasets.ImageFolder``; a
-    flat folder has no labels. :func:`model_classes` says which class of a model each label is.
+    flat folder has no labels, nor do images beside the class folders (``strays``: label -1).
+    :func:`model_classes` says which class of a model each label is.
     """
 
     def __init__(self, root, transform: Optional[Callable] = None):
@@ -94,7 +96,8 @@ class ImageFiles(Dataset):
             )
         classes = sorted({p.parent.relative_to(root).parts[0] for p in self.files
                           if p.parent != root})
-        self.labelled = bool(classes) and all(p.parent != root for p in self.files)
+        self.labelled = bool(classes)
+        self.strays = [p for p in self.files if p.parent == root] if classes else []
         self.classes = classes
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.root = root
@@ -114,7 +117,7 @@ class ImageFiles(Dataset):
             raise ValueError(f"Expected {str(path)!r} to be a readable image, but PIL could not decode "
                              f"it ({e}); remove or replace that file.") from e
         x = self.transform(img) if self.transform else img
-        if self.labelled:
+        if self.labelled and path.parent != self.root:
             return x, self.class_index[path.relative_to(self.root).parts[0]]
         return x, -1
 
@@ -132,7 +135,7 @@ def _image_paths(root: Path) -> Iterator[Path]:
         yield from (Path(folder, n) for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES)
 
 
-def model_classes(folder: ImageFiles, n_classes: int) -> Optional[torch.Tensor]:
+def model_classes(folder, n_classes: int) -> Optional[torch.Tensor]:
     """The class of a model of ``n_classes`` that each label of ``folder`` stands for
     (``[n_folders]``), or ``None`` when that cannot be known.
 
@@ -151,11 +154,39 @@ def model_classes(folder: ImageFiles, n_classes: int) -> Optional[torch.Tensor]:
     return None
 
 
-def image_folder(images) -> Optional[ImageFiles]:
-    """The :class:`ImageFiles` that ``images`` reads (itself, or under subsets), else ``None``."""
-    while isinstance(images, Subset):
+@dataclass(frozen=True)
+class ClassFolders:
+    """The class folders whose sorted index a dataset's labels are (a torchvision
+    ``ImageFolder``'s, as :class:`ImageFiles` has them)."""
+
+    classes: List[str]
+    strays: Tuple[Path, ...] = ()
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
+
+
+def image_folder(images):
+    """The class folders whose index ``images`` labels its images with: an :class:`ImageFiles`
+    or a torchvision ``ImageFolder`` (``DatasetFolder``, without a ``target_transform``), itself
+    or under a ``DataLoader``, ``Subset`` or ``ConcatDataset`` of folders with the same classes;
+    else ``None`` (the labels are then taken as the model's class indices)."""
+    from torch.utils.data import ConcatDataset
+    from torchvision.datasets import DatasetFolder
+
+    while isinstance(images, (DataLoader, Subset)):
         images = images.dataset
-    return images if isinstance(images, ImageFiles) else None
+    if isinstance(images, ConcatDataset):
+        folders = [image_folder(d) for d in images.datasets]
+        same = folders and all(f is not None and f.classes == folders[0].classes for f in folders)
+        return ClassFolders(folders[0].classes, tuple(p for f in folders for p in f.strays)) \
+            if same else None
+    if isinstance(images, ImageFiles):
+        return images
+    if isinstance(images, DatasetFolder) and getattr(images, "target_transform", None) is None:
+        return ClassFolders(list(images.classes))
+    return None
 
 
 class _WorkerTraceback(Exception):
@@ -375,6 +406,7 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
                 y = None if y is None else y[: len(x)]
             if len(x) == 0:
                 return
+            y = None if y is None else torch.as_tensor(y)  # a custom collate's list, say
             yield x, (None if y is None or (y < 0).all() else y)
             seen += len(x)
             if n_images is not None and seen >= n_images:

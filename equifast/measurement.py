@@ -215,19 +215,22 @@ class Measurer:
         activations = torch.stack([ActivationState.batch_sums(fx[p.name]) for p in self.points])
         for p in self.points:
             st.shapes[p.name] = tuple(fx[p.name].shape[1:])
-        correct = None
-        if y is not None and "final" in fx and self.count_accuracy:  # top-1 of the logits
-            classes = fx["final"].shape[-1]
-            if self.label_classes is None and y.device.type == "cpu" and y.numel():
-                lo, hi = (int(v) for v in torch.aminmax(y))  # labels on the host: no sync
-                if lo < 0 or hi >= classes:
-                    raise ValueError(f"Expected `labels` to be class indices in [0, {classes}) of "
-                                     f"the model's logits, but got values in [{lo}, {hi}].")
-            y = y.to(self.device, non_blocking=True)
-            if self.label_classes is not None:
-                y = self.label_classes[y]
-            correct = (fx["final"].argmax(-1) == y).sum()
+        counts = bounds = None
         b = x.shape[0]
+        if y is not None and "final" in fx and self.count_accuracy:  # top-1 of the logits
+            y = _label_tensor(y, b)
+            if self.label_classes is None and y.numel():
+                # labels on the host are checked now (no sync), on a device with the batch's wait
+                bounds = torch.stack(torch.aminmax(y))
+                if y.device.type == "cpu":
+                    _check_label_bounds(bounds, fx["final"].shape[-1])
+                    bounds = None
+            y = y.to(self.device, non_blocking=True)
+            known = y >= 0  # -1: an image without a label (outside the class folders)
+            if self.label_classes is not None:
+                y = self.label_classes[y.clamp(min=0)]
+            # fetched together after the batch's wait: one transfer
+            counts = torch.stack([((fx["final"].argmax(-1) == y) & known).sum(), known.sum()])
         per_pass = max(1, self.batch_size // b)
         keys, sums, vectors = [], [], []  # sums: per pass, [scores of the pass, 7] where they live
         for start in range(0, len(self.transforms), per_pass):
@@ -252,17 +255,41 @@ class Measurer:
             if scores:  # the pass's scores summed together: a few dozen kernels, not each
                 sums.append(ScoreState.batch_sums(scores))
         raise_unless_finite(names, markers)  # the one wait
+        if bounds is not None:
+            _check_label_bounds(bounds, fx["final"].shape[-1])
         for p, moments in zip(self.points, activations.tolist()):
             st.activations.setdefault(p.name, ActivationState()).add(moments, fx[p.name].numel())
-        if correct is not None:
-            st.correct += int(correct)
-            st.labelled += len(y)
+        if counts is not None:
+            correct, labelled = counts.tolist()
+            st.correct += correct
+            st.labelled += labelled
         for key, m, a, bt in vectors:
             st.vectors.setdefault(key, VectorState(m, self.eps)).update(a, bt)
         if sums:
             for (key, (n, k)), batch in zip(keys, torch.cat(sums).tolist()):
                 st.scores.setdefault(key, ScoreState()).add(batch, n, k)
         st.n_images += b
+
+
+def _label_tensor(y, n: int) -> torch.Tensor:
+    """``y`` as the ``[n]`` integer class indices of a batch of ``n`` images, or a clear error."""
+    y = torch.as_tensor(y)
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise TypeError(f"Expected `labels` to be integer class indices, but got {y.dtype}.")
+    if tuple(y.shape) != (n,):
+        raise ValueError(f"Expected `labels` to be [N] class indices, one per image ({n} in this "
+                         f"batch), but got shape {tuple(y.shape)}; for one-hot or [N, 1] labels pass "
+                         "labels.argmax(1) or labels.squeeze(1).")
+    return y
+
+
+def _check_label_bounds(bounds, classes: int) -> None:
+    """``ValueError`` unless the labels' least and largest values (``bounds``, a tensor of the
+    two) lie in [-1, classes): class indices of the logits, or -1 for an image without a label."""
+    lo, hi = bounds.tolist()
+    if lo < -1 or hi >= classes:
+        raise ValueError(f"Expected `labels` to be class indices in [0, {classes}) of the model's "
+                         f"logits (or -1: no label), but got values in [{lo}, {hi}].")
 
 
 def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequence[Transform]] = None,
@@ -293,7 +320,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         batch_size: images per forward pass (transformed batches are stacked up to it).
         n_images: at most this many images (a seeded subset for datasets and folders); a
             warning says when the input holds fewer.
-        labels: class indices for a tensor input: top-1 accuracy goes into ``report.meta``.
+        labels: class indices for a tensor input (``[N]``; -1 marks an image without a label):
+            top-1 accuracy over the labelled images goes into ``report.meta``.
         points: names of representations to use instead of :func:`equifast.split`'s.
         vector_mode: ``"per_image"`` or ``"across_images"`` for vectors (pool, logits).
         device: default CUDA when present. amp: ``"float16"``/``"bfloat16"`` autocast.
@@ -389,6 +417,11 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                               "per class, nor ImageNet synsets for 1000 classes).",
                               category=EquifastWarning, stacklevel=3)
                 measurer.count_accuracy = False
+            elif folder.strays:
+                warnings.warn(f"{len(folder.strays)} image(s) lie beside the class folders, not in "
+                              f"one (e.g. {str(folder.strays[0])!r}): they are measured, but have "
+                              "no label and are left out of the top-1 accuracy.",
+                              category=EquifastWarning, stacklevel=3)
         started = time.perf_counter()  # the measurement proper: the model is loaded and split
         total = data_mod.count(images)
         total = min(total, n_images) if (total is not None and n_images) else (total or n_images)

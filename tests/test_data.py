@@ -141,11 +141,11 @@ def test_image_folder_labels_suffixes_and_order(tmp_path):
     files = data.ImageFiles(tmp_path)
     assert files.labelled and files.classes == names
     assert [files[i][1] for i in range(len(files))] == list(range(12))
-    # a loose image beside the class folders: not every image has a class, so none has
+    # a loose image beside the class folders has no label (-1); the others keep theirs
     Image.new("RGB", (4, 4)).save(tmp_path / "loose.PNG")
     files = data.ImageFiles(tmp_path)
-    assert len(files) == 13 and not files.labelled
-    assert [files[i][1] for i in range(13)] == [-1] * 13
+    assert len(files) == 13 and files.labelled and files.strays == [tmp_path / "loose.PNG"]
+    assert [files[i][1] for i in range(13)] == list(range(12)) + [-1]  # sorted: class.. < loose
 
 
 def test_model_classes_of_synset_like_folders_outside_imagenet(tmp_path):

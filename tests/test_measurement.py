@@ -10,7 +10,7 @@ from torch import nn
 
 import equifast as ef
 from equifast.measurement import Measurer, MeasureState
-from equifast.models import default_preprocess
+from equifast.models import default_preprocess, load_model
 
 
 def circular_net(channels=6, classes=5):
@@ -193,12 +193,41 @@ def test_folder_of_some_imagenet_classes_gives_real_accuracy(tmp_path):
         Image.fromarray(getattr(skimage.data, photo)()).save(tmp_path / wnid / f"{photo}.png")
     rep = ef.measure("efficientnet_lite0", str(tmp_path), transforms=[ef.Rotation(2)])
     assert rep.accuracy == 1.0
+    # the same folder read by a DataLoader, a ConcatDataset or torchvision's ImageFolder: their
+    # labels are folder indices too, not the model's classes (accuracy 0 when taken as such)
+    model, preprocess = load_model("efficientnet_lite0")
+    files = ef.data.ImageFiles(tmp_path, transform=preprocess)
+    for images in (torch.utils.data.DataLoader(files, batch_size=2),
+                   torch.utils.data.ConcatDataset([files]),
+                   torchvision.datasets.ImageFolder(str(tmp_path), transform=preprocess)):
+        assert ef.measure(model, images, transforms=[ef.Rotation(2)]).accuracy == 1.0
+    # an image beside the class folders has no label: left out of the accuracy, and said so
+    Image.fromarray(skimage.data.astronaut()).save(tmp_path / "stray.png")
+    with pytest.warns(UserWarning, match=r"1 image\(s\) lie beside the class folders.*stray.png"):
+        rep = ef.measure(model, str(tmp_path), transforms=[ef.Rotation(2)], preprocess=preprocess)
+    assert rep.accuracy == 1.0 and rep.meta["n_images"] == 3
+    (tmp_path / "stray.png").unlink()
     # class folders that are not synsets, fewer than the model's classes: no accuracy at all
     (tmp_path / "n02123045").rename(tmp_path / "cats")
     (tmp_path / "n07920052").rename(tmp_path / "cups")
     with pytest.warns(UserWarning, match="No accuracy: which of the model's 1000 classes the 2 "):
         rep = ef.measure("efficientnet_lite0", str(tmp_path), transforms=[ef.Rotation(2)])
     assert rep.accuracy is None
+
+
+def test_images_without_a_label_are_left_out_of_the_accuracy_in_any_batching():
+    torch.manual_seed(0)
+    model, x = circular_net(), torch.rand(8, 3, 12, 12)
+    with torch.no_grad():
+        right = model(x).argmax(-1)
+    labels = torch.where(torch.arange(8) % 2 == 0, right, (right + 1) % 5)  # odd ones wrong
+    labels[:3] = -1  # no label: 0, 1, 2; labelled: 3 (wrong), 4, 5 (wrong), 6, 7 (wrong)
+    for batch_size in (1, 3, 8):
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels),
+                                             batch_size=batch_size)
+        for images in ((x, labels), loader):
+            rep = ef.measure(model, images, transforms=[ef.Rotation(1)], batch_size=batch_size)
+            assert rep.accuracy == pytest.approx(2 / 5), (batch_size, type(images))
 
 
 def test_loader_workers_read_a_folder_into_the_same_scores(tmp_path):
@@ -276,9 +305,18 @@ def test_bad_inputs_are_clear():
     # labels that are not class indices of the logits would give a silent accuracy of 0
     with pytest.raises(TypeError, match="integer class indices"):
         ef.measure(circular_net(), x.nan_to_num(), labels=torch.tensor([0.0, 1.0]), transforms=[ef.Rotation(1)])
-    for bad in ([0, 5], [-1, 0]):  # circular_net has 5 classes
+    for bad in ([0, 5], [-2, 0]):  # circular_net has 5 classes; -1 is "no label"
         with pytest.raises(ValueError, match=r"class indices in \[0, 5\)"):
             ef.measure(circular_net(), x.nan_to_num(), labels=torch.tensor(bad), transforms=[ef.Rotation(1)])
+    # [N, 1] labels broadcast against [N] predictions: an accuracy above 1
+    with pytest.raises(ValueError, match=r"\[N\] class indices, one per image \(2 in this batch\), "
+                                         r"but got shape \(2, 1\)"):
+        ef.measure(circular_net(), x.nan_to_num(), labels=torch.tensor([[0], [1]]),
+                   transforms=[ef.Rotation(1)])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+        x.nan_to_num(), torch.tensor([0.0, 1.0])), batch_size=2)  # float labels from a loader
+    with pytest.raises(TypeError, match="integer class indices"):
+        ef.measure(circular_net(), loader, transforms=[ef.Rotation(1)])
 
 
 class _InfWhereTheCornerIsZero(nn.Module):
