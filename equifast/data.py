@@ -94,9 +94,10 @@ class ImageFiles(Dataset):
             raise FileNotFoundError(
                 f"Expected image files ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}, but found none."
             )
-        classes = sorted({p.parent.relative_to(root).parts[0] for p in self.files
-                          if p.parent != root})
-        self.labelled = bool(classes)
+        # every class folder counts, an empty one too: folder i is class i of the model
+        self.labelled = any(p.parent != root for p in self.files)
+        classes = sorted(e.name for e in os.scandir(root)
+                         if e.is_dir() and not e.name.startswith(".")) if self.labelled else []
         self.strays = [p for p in self.files if p.parent == root] if classes else []
         self.classes = classes
         self.class_index = {c: i for i, c in enumerate(classes)}
@@ -132,7 +133,10 @@ def _image_paths(root: Path) -> Iterator[Path]:
             subfolders[:] = []
             continue
         seen.add(real)
-        yield from (Path(folder, n) for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES)
+        # hidden ones are not the data set's: .ipynb_checkpoints/, macOS's ._photo.jpg
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        yield from (Path(folder, n) for n in names
+                    if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith("."))
 
 
 def model_classes(folder, n_classes: int) -> Optional[torch.Tensor]:

@@ -240,3 +240,19 @@ def test_loaders_and_datasets_of_every_shape_of_item():
     with pytest.raises(TypeError, match=r"^Expected the Dataset's items to be images or \(image, label\) "
                                         r"pairs, but got a dict \(keys img\)"):
         list(data.batches(_Dicts(x), batch_size=2, preprocess=lambda v: v))
+
+
+def test_every_class_folder_counts_and_hidden_files_are_not_images(tmp_path):
+    from PIL import Image
+
+    for name in ("c0", "c1", "c2"):
+        (tmp_path / name).mkdir()
+    for name in ("c0", "c2"):  # c1 holds no image: c2's images are still class 2
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "x.png")
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # a notebook's copies, and macOS's ._ files
+    Image.new("RGB", (4, 4)).save(tmp_path / ".ipynb_checkpoints" / "x.png")
+    (tmp_path / "c0" / "._x.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    files = data.ImageFiles(tmp_path)
+    assert files.classes == ["c0", "c1", "c2"] and len(files) == 2
+    assert [files[i][1] for i in range(2)] == [0, 2]
+    assert data.model_classes(files, 3).tolist() == [0, 1, 2]
