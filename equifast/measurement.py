@@ -412,9 +412,10 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             classes = data_mod.model_classes(folder, final.shape[0])
             measurer.label_classes = None if classes is None else classes.to(measurer.device)
             if measurer.label_classes is None:
+                names = ", ".join(folder.classes[:3]) + (", ..." if len(folder.classes) > 3 else "")
                 warnings.warn(f"No accuracy: which of the model's {final.shape[0]} classes the "
-                              f"{len(folder.classes)} class folders are is unknown (not one folder "
-                              "per class, nor ImageNet synsets for 1000 classes).",
+                              f"{len(folder.classes)} class folders ({names}) are is unknown (not "
+                              "one folder per class, nor ImageNet-1k synsets for 1000 classes).",
                               category=EquifastWarning, stacklevel=3)
                 measurer.count_accuracy = False
             elif folder.strays:

@@ -310,8 +310,8 @@ def test_a_jobs_warnings_are_kept_in_its_record_not_printed_by_the_worker(folder
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         results = [measure_job(job, 0, 2), measure_job(job, 1, 2)]
-    said = ("No accuracy: which of the model's 3 classes the 2 class folders are is unknown (not "
-            "one folder per class, nor ImageNet synsets for 1000 classes).")
+    said = ("No accuracy: which of the model's 3 classes the 2 class folders (class0, class1) are "
+            "is unknown (not one folder per class, nor ImageNet-1k synsets for 1000 classes).")
     assert [info["warnings"] for _, info in results] == [[said], [said]]
     assert job_record(job, results)["warnings"] == [said]  # once for the job
 
@@ -878,6 +878,7 @@ def test_a_sweep_says_each_warning_once(folder, tmp_path):
     assert result.complete
     said = [line for line in lines if line.startswith("  warning (")]
     assert len(said) == 1 and said[0].endswith("): No accuracy: which of the model's 3 classes the 2 "
-                                               "class folders are is unknown (not one folder per "
-                                               "class, nor ImageNet synsets for 1000 classes).")
+                                               "class folders (class0, class1) are is unknown (not "
+                                               "one folder per class, nor ImageNet-1k synsets for "
+                                               "1000 classes).")
     assert all(rec["warnings"] for rec in ResultStore(tmp_path / "out").records())
