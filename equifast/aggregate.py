@@ -5,8 +5,8 @@ the same quantity: another batch stream, process or Ray worker) and a ``compute`
 sums are kept as integers in fixed point (``2**-40``, Python ints, so they never overflow;
 a batch's sums on the device are split in high and low bits so that int64 cannot wrap):
 addition of integers is associative, so a result does not depend on how the images were cut
-into batches or workers. Activation moments and the ``across_images`` cross products are
-float64 sums.
+into batches or workers. Activation moments are float64 sums; the ``across_images`` means and
+centred cross products are float64 and combine by Chan's pairwise formulas.
 """
 from __future__ import annotations
 
@@ -114,44 +114,54 @@ class ScoreState:
 
 @dataclass
 class VectorState:
-    """Sums for ``vector_mode="across_images"``: per channel, similarity across all images.
+    """Statistics for ``vector_mode="across_images"``: per channel, similarity across all images.
 
-    Holds ``sum u``, ``sum v``, ``sum u^2``, ``sum v^2`` per channel and ``sum u v^T``
-    (``K x K``) in float64, so any number of images fits in memory.
+    Holds, in float64, the means of ``u`` and ``v`` per channel and their centred second
+    moments: ``sum (u - mean u)^2``, ``sum (v - mean v)^2`` and ``sum (u - mean u)(v - mean v)^T``
+    (``K x K``), so any number of images fits in memory. Batches and states combine by Chan's
+    parallel formulas: raw sums of squares would lose the spread of vectors whose mean is large
+    beside it (logits near 1e3 that differ by 1e-2), more so the more batches they came in.
     """
 
     metric: str = "correlation"
     eps: float = TOLERANCE
     n: int = 0
-    su: Optional[torch.Tensor] = None
-    sv: Optional[torch.Tensor] = None
-    suu: Optional[torch.Tensor] = None
-    svv: Optional[torch.Tensor] = None
-    suv: Optional[torch.Tensor] = None
+    mu: Optional[torch.Tensor] = None
+    mv: Optional[torch.Tensor] = None
+    cuu: Optional[torch.Tensor] = None
+    cvv: Optional[torch.Tensor] = None
+    cuv: Optional[torch.Tensor] = None
 
     def update(self, fx: torch.Tensor, ftx: torch.Tensor) -> "VectorState":
         """Add a batch of vectors ``fx = f(x)``, ``ftx = f(T(x))`` (``[N, K]``)."""
         u, v = fx.detach().flatten(1).double().cpu(), ftx.detach().flatten(1).double().cpu()
-        sums = (u.sum(0), v.sum(0), (u * u).sum(0), (v * v).sum(0), u.T @ v)
-        if self.su is None:
-            self.su, self.sv, self.suu, self.svv, self.suv = sums
-        else:
-            for name, s in zip(("su", "sv", "suu", "svv", "suv"), sums):
-                setattr(self, name, getattr(self, name) + s)
-        self.n += u.shape[0]
-        return self
+        mu, mv = u.mean(0), v.mean(0)
+        cu, cv = u - mu, v - mv  # the batch's own centred moments, in two passes
+        batch = VectorState(self.metric, self.eps, u.shape[0], mu, mv, (cu * cu).sum(0),
+                            (cv * cv).sum(0), cu.T @ cv)
+        return self.merge(batch)
 
     def merge(self, other: "VectorState") -> "VectorState":
-        """Add another state's sums."""
-        if other.su is None:
+        """Add another state's images (Chan et al.'s pairwise update of means and moments)."""
+        if (other.metric, other.eps) != (self.metric, self.eps):
+            raise ValueError(f"Expected a state of the same metric and eps, but got "
+                             f"{other.metric!r} and {other.eps} beside {self.metric!r} and {self.eps}.")
+        if other.n == 0:
             return self
-        if self.su is None:
-            self.su, self.sv, self.suu, self.svv, self.suv = (
-                other.su.clone(), other.sv.clone(), other.suu.clone(), other.svv.clone(), other.suv.clone())
-        else:
-            for name in ("su", "sv", "suu", "svv", "suv"):
-                setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.n += other.n
+        if self.n == 0:
+            self.n, self.mu, self.mv, self.cuu, self.cvv, self.cuv = (
+                other.n, other.mu.clone(), other.mv.clone(), other.cuu.clone(), other.cvv.clone(),
+                other.cuv.clone())
+            return self
+        n = self.n + other.n
+        du, dv = other.mu - self.mu, other.mv - self.mv
+        w = self.n * other.n / n
+        self.cuu = self.cuu + other.cuu + w * du * du
+        self.cvv = self.cvv + other.cvv + w * dv * dv
+        self.cuv = self.cuv + other.cuv + w * torch.outer(du, dv)
+        self.mu = self.mu + du * (other.n / n)
+        self.mv = self.mv + dv * (other.n / n)
+        self.n = n
         return self
 
     def scores(self) -> Scores:
@@ -161,16 +171,16 @@ class VectorState:
                 f"Expected at least two images for vector_mode='across_images', but got {self.n}."
             )
         n = self.n
+        # the raw sums of squares (cosine, and the tolerance's scale) from the centred ones:
+        # adding positive terms loses nothing
+        suu, svv = self.cuu + n * self.mu * self.mu, self.cvv + n * self.mv * self.mv
         if self.metric == "correlation":
-            mu, mv = self.su / n, self.sv / n
-            cuu = (self.suu - n * mu * mu).clamp_min(0)
-            cvv = (self.svv - n * mv * mv).clamp_min(0)
-            cuv = self.suv - n * torch.outer(mu, mv)
+            cuu, cvv, cuv = self.cuu, self.cvv, self.cuv
         else:
-            cuu, cvv, cuv = self.suu, self.svv, self.suv
+            cuu, cvv, cuv = suu, svv, self.cuv + n * torch.outer(self.mu, self.mv)
         nu, nv = cuu.sqrt(), cvv.sqrt()
-        du = nu > self.eps * self.suu.sqrt()
-        dv = nv > self.eps * self.svv.sqrt()
+        du = nu > self.eps * suu.sqrt()
+        dv = nv > self.eps * svv.sqrt()
         s = cuv / torch.outer(torch.where(du, nu, 1.0), torch.where(dv, nv, 1.0))
         s = s.masked_fill(~(du.unsqueeze(1) & dv.unsqueeze(0)), float("nan"))
         return scores_from_similarity(s.unsqueeze(0))

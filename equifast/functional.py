@@ -187,9 +187,10 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
     if input_size is not None:
         input_size = _image_size(input_size)
     # compare in the wider type (float16 would overflow float32 values), at most the
-    # operator's float32 (a float64 model's features too), unless the float64 oracle is asked for
+    # operator's float32 (a float64 model's maps too), unless the float64 oracle is asked for or
+    # the inputs are vectors, which the float64 reference scores anyway
     common = torch.promote_types(fx.dtype, ftx.dtype)
-    if common == torch.float64 and backend != "reference":
+    if common == torch.float64 and backend != "reference" and not is_vector(fx):
         common = torch.float32
     fx, ftx = fx.to(common), ftx.to(common)
     if check:
