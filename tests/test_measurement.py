@@ -184,11 +184,12 @@ def test_measure_leaves_a_training_model_in_train_mode():
 
 
 def test_folder_of_some_imagenet_classes_gives_real_accuracy(tmp_path):
-    # the embedded EfficientNet-Lite0 classifies these two real photos correctly
+    # the embedded EfficientNet-Lite0 classifies these two real photos correctly, surely (0.94
+    # and 0.95; chelsea is a tabby, a tiger cat or an Egyptian cat to it, 0.17 to 0.39 each)
     import skimage.data
     from PIL import Image
 
-    for wnid, photo in (("n02123045", "chelsea"), ("n07920052", "coffee")):
+    for wnid, photo in (("n04485082", "camera"), ("n07920052", "coffee")):  # tripod, espresso
         (tmp_path / wnid).mkdir()
         Image.fromarray(getattr(skimage.data, photo)()).save(tmp_path / wnid / f"{photo}.png")
     rep = ef.measure("efficientnet_lite0", str(tmp_path), transforms=[ef.Rotation(2)])
@@ -208,7 +209,7 @@ def test_folder_of_some_imagenet_classes_gives_real_accuracy(tmp_path):
     assert rep.accuracy == 1.0 and rep.meta["n_images"] == 3
     (tmp_path / "stray.png").unlink()
     # class folders that are not synsets, fewer than the model's classes: no accuracy at all
-    (tmp_path / "n02123045").rename(tmp_path / "cats")
+    (tmp_path / "n04485082").rename(tmp_path / "tripods")
     (tmp_path / "n07920052").rename(tmp_path / "cups")
     with pytest.warns(UserWarning, match="No accuracy: which of the model's 1000 classes the 2 "):
         rep = ef.measure("efficientnet_lite0", str(tmp_path), transforms=[ef.Rotation(2)])
