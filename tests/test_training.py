@@ -645,7 +645,6 @@ def test_cli_parsers_plug_into_a_parent():
 
 
 @needs_fmnist
-@needs_fmnist
 def test_a_rot_eq_run_is_measured_on_its_classes_and_evaluated_on_both(tmp_path):
     import equifast as ef
     from equifast.models import load_model as load_by_name
@@ -667,6 +666,20 @@ def test_a_rot_eq_run_is_measured_on_its_classes_and_evaluated_on_both(tmp_path)
         assert got["acc"] == pytest.approx(result.test_acc)
         assert got["rot_acc"] == pytest.approx(result.test_rot_acc)
     assert measured.class_logits_only  # and left as it was
+    # on a data set of classes only, its class logits alone are scored (all ten outputs were,
+    # with a turn accuracy of 0); a model without a turn head cannot score turns
+    plain = build_dataset("fmnist6", train=False, subset=128)
+    xs, ys = torch.stack([plain[i][0] for i in range(128)]), torch.tensor([plain[i][1] for i in range(128)])
+    with torch.no_grad():
+        want = (full(xs)[:, :6].argmax(1) == ys).double().mean().item()
+    for model in (full, measured):
+        got = evaluate(model, plain)
+        assert got["acc"] == pytest.approx(want) and "rot_acc" not in got
+    assert measured.class_logits_only and not full.training
+    net = load_model(run)
+    net.num_rotations = 0  # as a model of a recipe without turns
+    with pytest.raises(ValueError, match="predicts the quarter turn too"):
+        evaluate(net, test)
     report = ef.measure(run, transforms=[ef.Rotation(1)], n_images=8)
     pts = report.points
     assert list(pts.loc[pts.point == "final", "shape"]) == ["6"]

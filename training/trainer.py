@@ -184,20 +184,29 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 256, device=None) -> D
     """Test loss and accuracies of ``model`` on ``dataset``.
 
     Returns:
-        ``{"loss", "acc"}`` (+ ``"rot_acc"`` for Rot-Eq models).
+        ``{"loss", "acc"}`` (+ ``"rot_acc"`` for a Rot-Eq model on a data set with turns; on
+        one without, its class logits alone are scored). The model's mode is left as it was.
     """
     device = torch.device(device) if device else next(model.parameters()).device
     num_classes = getattr(model, "num_classes", None) or 10
-    # a model loaded for measuring hides its turn logits: they are scored here
-    classes_only = getattr(model, "class_logits_only", False)
+    first = torch.as_tensor(dataset[0][1]) if len(dataset) else None
+    turns_in_data = first is not None and not first.is_floating_point() and tuple(first.shape) == (2,)
+    turns = getattr(model, "num_rotations", 0) > 0
+    if turns_in_data and not turns:
+        raise ValueError("Expected a model that predicts the quarter turn too (a Rot-Eq recipe's) "
+                         "for a data set of (class, turn) targets, but the model has no turn head.")
+    # a model loaded for measuring hides its turn logits: they are scored here, where the data
+    # has turns; on a data set of classes only, its class logits alone are
+    classes_only, training = getattr(model, "class_logits_only", None), model.training
     try:
-        if classes_only:
-            model.class_logits_only = False
+        if classes_only is not None:
+            model.class_logits_only = not turns_in_data
         sums = _run_epoch(model, DataLoader(dataset, batch_size=batch_size), device, num_classes)
     finally:
-        if classes_only:
-            model.class_logits_only = True
-    return _summarise(sums, getattr(model, "num_rotations", 0) > 0)
+        if classes_only is not None:
+            model.class_logits_only = classes_only
+        model.train(training)
+    return _summarise(sums, turns and turns_in_data)
 
 
 def _summarise(sums: torch.Tensor, rot: bool) -> Dict[str, float]:
