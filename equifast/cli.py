@@ -67,8 +67,8 @@ def _add_measure(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds torch and the image subset")
     p.add_argument("--out", default="runs/measure",
                    help="output folder: report.json, report.{points,parts}.{csv,parquet}, "
-                        "report.meta.json, figure.png, shifts.png with several shifts, metric_bias.csv "
-                        "with two metrics (replaced if there)")
+                        "report.meta.json, figure.png, shifts.png with several shifts, "
+                        "metric_bias{,_correlation}.csv with two metrics (replaced if there)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_measure)
 
@@ -143,12 +143,15 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
         print(report.summary(metrics[0]).to_string())
         if report.accuracy is not None:
             print(f"\ntop-1 accuracy: {report.accuracy:.4f}")
+        bias_files = (out / "metric_bias.csv", out / "metric_bias_correlation.csv")
         if len(metrics) == 1:  # an earlier run's analysis would read as this report's
-            (out / "metric_bias.csv").unlink(missing_ok=True)
+            for f in bias_files:
+                f.unlink(missing_ok=True)
         else:
             bias = report.metric_bias()
-            write_csv_atomic(out / "metric_bias.csv", bias["table"])
-            files.append(out / "metric_bias.csv")
+            for f, table in zip(bias_files, (bias["table"], bias["correlation"])):
+                write_csv_atomic(f, table)
+                files.append(f)
             print("\nMetric bias (correlation of each score with the mean activation and the mean magnitude, "
                   "across the points before global pooling):")
             print(bias["correlation"].to_string(index=False))

@@ -139,9 +139,9 @@ def metric_bias(points: pd.DataFrame,
     if not {"cosine", "correlation"} <= set(points.get("metric", pd.Series(dtype=str)).unique()):
         raise ValueError("Expected a report measured with metric=['correlation', 'cosine'] "
                          "(CLI: --metric correlation,cosine), but it lacks one of them.")
-    table = (points.pivot_table(index=["order", "point", "part", "family"], columns="metric",
-                                values="channel", aggfunc="mean", sort=False)
-             .reset_index())
+    # a point whose scores are all undefined keeps its row (NaN) beside its activations
+    table = (points.groupby(["order", "point", "part", "family", "metric"], sort=False,
+                            observed=True)["channel"].mean().unstack("metric").reset_index())
     if "mean_activation" not in points:
         raise ValueError("Expected a points table with the activations' statistics "
                          "(mean_activation), as equifast.measure writes, but it has none.")
@@ -170,14 +170,15 @@ def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run:
     """SPEC aggregation step 4: mean and standard deviation over repeated runs (seeds).
 
     One row per ``keys`` (in order of appearance) with ``<v>`` (mean) and ``<v>_std`` for each
-    of ``values``, and ``count``: the number of distinct ``run`` values. Studies, sweeps and
-    :func:`combine_runs` all aggregate seeds here.
+    of ``values``, and ``count``: the number of distinct ``run`` values. A value undefined (NaN)
+    in one run is undefined in the mean and std: a mean over fewer runs would read as one over
+    all of them. Studies, sweeps and :func:`combine_runs` all aggregate seeds here.
     """
     g = df.groupby(list(keys), sort=False, observed=True, dropna=False)
     agg = {}
-    for v in values:
-        agg[v] = (v, "mean")
-        agg[f"{v}_std"] = (v, "std")
+    for v in values:  # over every run: one that is undefined (NaN) makes the mean undefined
+        agg[v] = (v, lambda x: x.mean(skipna=False))
+        agg[f"{v}_std"] = (v, lambda x: x.std(skipna=False))
     agg[count] = (run, "nunique")
     return g.agg(**agg).reset_index()
 
@@ -210,7 +211,7 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     keys = list(by) + ["part", "family"] + (["metric"] if "metric" in df else [])
-    return over_runs(df, keys, ["channel", "layer"])
+    return over_runs(df, keys, ["channel", "layer", "undefined_fraction"])
 
 
 class Report:
@@ -242,12 +243,15 @@ class Report:
         return metric_bias(self.points, parts)
 
     def summary(self, metric: Optional[str] = None) -> pd.DataFrame:
-        """The per-part table as the CLI prints it: parts as rows, (family, score) columns;
-        ``metric`` picks one when several were measured (default: correlation, as the plots)."""
-        parts = rows_of_metric(self.parts, metric)
-        wide = parts.pivot_table(index="part", columns="family", values=["channel", "layer"],
-                                 observed=True, sort=False)
-        return wide.swaplevel(0, 1, axis=1).sort_index(axis=1)
+        """The per-part table as the CLI prints it: parts as rows, (family, score) columns with
+        each family's ``undefined`` fraction beside its scores; ``metric`` picks one when several
+        were measured (default: correlation, as the plots)."""
+        parts = rows_of_metric(self.parts, metric).rename(columns={"undefined_fraction": "undefined"})
+        # every part, an undefined one too (NaN), and the undefined fraction beside the scores
+        wide = parts.pivot_table(index="part", columns="family",
+                                 values=["channel", "layer", "undefined"], observed=True,
+                                 sort=False, dropna=False)
+        return wide.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0, sort_remaining=False)
 
     # ---- files ---------------------------------------------------------------------------
     def save(self, path) -> List[Path]:
@@ -296,7 +300,7 @@ class Report:
         points = stem.with_name(f"{stem.name}.points{suffix}")
         if not points.is_file():
             raise FileNotFoundError(f"Expected {str(points)!r} (saved by Report.save), but it is missing.")
-        df = (pd.read_csv(points, **_EXACT_FLOATS) if suffix == ".csv"
+        df = (pd.read_csv(points, dtype={"shape": str}, **_EXACT_FLOATS) if suffix == ".csv"
               else pd.read_parquet(points))
         meta_path = stem.with_name(f"{stem.name}.meta.json")
         meta = _read_json(meta_path) if meta_path.is_file() else {}

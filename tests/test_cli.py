@@ -20,7 +20,7 @@ def test_measure_embedded_default_end_to_end(tmp_path, capsys):
     assert set(rep.parts.family) == {"translation", "rotation"}
     assert (rep.points.layer >= rep.points.channel - 1e-6).all()
     for name in ("report.parts.csv", "report.points.parquet", "figure.png", "shifts.png",
-                 "metric_bias.csv"):
+                 "metric_bias.csv", "metric_bias_correlation.csv"):
         assert (out / name).stat().st_size > 0
     # real ImageNet features: translation equivariance of the early part is clearly positive
     early = rep.parts[(rep.parts.part == "early") & (rep.parts.family == "translation") &
@@ -31,6 +31,7 @@ def test_measure_embedded_default_end_to_end(tmp_path, capsys):
     assert main(["measure", "--n-images", "2", "--transforms", "rotation:90", "--out", str(out),
                  "--no-progress"]) == 0
     assert not (out / "shifts.png").exists() and not (out / "metric_bias.csv").exists()
+    assert not (out / "metric_bias_correlation.csv").exists()
     assert (out / "figure.png").exists()
 
 

@@ -256,10 +256,11 @@ def test_summary_holds_the_part_scores():
     for metric in ("correlation", "cosine"):
         wide = rep.summary(metric)
         assert list(wide.columns) == [(f, s) for f in ("rotation", "translation")
-                                      for s in ("channel", "layer")]
+                                      for s in ("channel", "layer", "undefined")]
         parts = rep.parts[rep.parts.metric == metric]
         for row in parts.itertuples():
             assert math.isclose(wide.loc[row.part, (row.family, "channel")], row.channel)
+            assert math.isclose(wide.loc[row.part, (row.family, "undefined")], row.undefined_fraction)
             assert math.isclose(wide.loc[row.part, (row.family, "layer")], row.layer)
     # early, correlation, translation: p0 0.8, p1 0.7 (as test_parts_follow_the_spec_aggregation_order)
     assert math.isclose(rep.summary().loc["early", ("translation", "channel")], 0.75)
@@ -494,3 +495,29 @@ def test_a_long_legend_fits_below_the_panels():
     assert len(fig.legends[0].get_texts()) == 10
     assert 0 <= legend.x0 and legend.x1 <= fig.bbox.width  # no name cut at the edges
     assert legend.y1 <= min(ax.get_tightbbox(renderer).y0 for ax in fig.axes)  # below the axes' labels
+
+
+def test_an_undefined_part_is_shown_not_dropped_and_undefined_runs_are_not_averaged_away():
+    rows = [dict(r) for r in _rows()]
+    for r in rows:
+        if r["point"] == "pool":  # a dead pooled vector: every score undefined
+            r.update(channel=float("nan"), layer=float("nan"), undefined_fraction=1.0)
+    dead = Report.from_rows(rows)
+    wide = dead.summary("correlation")
+    assert "pool" in wide.index and math.isnan(wide.loc["pool", ("translation", "channel")])
+    assert wide.loc["pool", ("translation", "undefined")] == 1.0
+    table = dead.metric_bias()["table"]
+    assert "pool" in set(table.point) and table[table.point == "pool"].cosine.isna().all()
+    # over seeds: one dead run makes the mean undefined, not the mean of the other runs
+    alive = Report.from_rows(_rows())
+    both = combine_runs([alive, dead, alive])
+    pool = both[(both.part == "pool") & (both.family == "translation") &
+                (both.metric == "correlation")].iloc[0]
+    assert math.isnan(pool.channel) and math.isnan(pool.channel_std) and pool.runs == 3
+    assert math.isclose(pool.undefined_fraction, 1 / 3)
+
+
+def test_a_csv_report_of_vectors_keeps_its_shapes_as_text(tmp_path):
+    rows = [{**r, "shape": "512"} for r in _rows()]  # every point a vector: all digits
+    Report.from_rows(rows).save(tmp_path / "r.csv")
+    assert list(Report.load(tmp_path / "r.csv").points["shape"].unique()) == ["512"]
