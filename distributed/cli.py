@@ -99,10 +99,12 @@ def _report(args) -> int:
     with pd.option_context("display.width", 160, "display.precision", 3):
         for table, what in ((files["tables"][1], "top-1 accuracy"),
                             (files["tables"][2], "the final part's score (invariance)")):
-            # a row per transform set and metric: pivot_table would average them together
-            wide = pd.read_csv(table).pivot_table(
-                index=["dataset", "metric", "transforms", "family", "score"], columns="part",
-                values="spearman", sort=False, dropna=False)
+            # a row per transform set and metric, as the file has them (pivot_table averaged
+            # what its index left out, or made rows of combinations that do not exist)
+            rows = pd.read_csv(table)
+            keys = ["dataset", "metric", "transforms", "family", "score"]
+            wide = (rows.set_index(keys + ["part"])["spearman"].unstack("part")
+                    .reindex(pd.MultiIndex.from_frame(rows[keys].drop_duplicates())))
             wide = wide[[p for p in ("early", "middle", "late", "pool", "final") if p in wide.columns]]
             print(f"Spearman rank correlation of part scores with {what}, across models:")
             print(wide.to_string())

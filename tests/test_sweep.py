@@ -697,6 +697,10 @@ def test_sweep_of_three_models_and_two_families(ray_session, folder, tmp_path, c
     printed = capsys.readouterr().out
     assert "with top-1 accuracy, across models" in printed
     assert "with the final part's score (invariance), across models" in printed
+    # a row per transform set as the tables have them: none for combinations that do not exist
+    # (the translation set's rotation family, ...)
+    for table in printed.split("Spearman rank correlation")[1:]:
+        assert sum(" channel " in line for line in table.splitlines()) == 2, table
     for name in ("fig11_translation.png", "fig12_rotation.png", "fig13_accuracy_correlation.png",
                  "fig8_translation.png", "part_scores.csv", "shift_scores.csv",
                  "accuracy_correlation.csv", "final_correlation.csv"):
