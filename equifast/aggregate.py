@@ -10,6 +10,7 @@ centred cross products are float64 and combine by Chan's pairwise formulas.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
@@ -134,7 +135,8 @@ class VectorState:
 
     def update(self, fx: torch.Tensor, ftx: torch.Tensor) -> "VectorState":
         """Add a batch of vectors ``fx = f(x)``, ``ftx = f(T(x))`` (``[N, K]``)."""
-        u, v = fx.detach().flatten(1).double().cpu(), ftx.detach().flatten(1).double().cpu()
+        # where the vectors live: on a GPU, no wait for each point and transform
+        u, v = fx.detach().flatten(1).double(), ftx.detach().flatten(1).double()
         mu, mv = u.mean(0), v.mean(0)
         cu, cv = u - mu, v - mv  # the batch's own centred moments, in two passes
         batch = VectorState(self.metric, self.eps, u.shape[0], mu, mv, (cu * cu).sum(0),
@@ -153,6 +155,7 @@ class VectorState:
                 other.n, other.mu.clone(), other.mv.clone(), other.cuu.clone(), other.cvv.clone(),
                 other.cuv.clone())
             return self
+        other = copy.copy(other).to(self.mu.device)
         n = self.n + other.n
         du, dv = other.mu - self.mu, other.mv - self.mv
         w = self.n * other.n / n
@@ -162,6 +165,13 @@ class VectorState:
         self.mu = self.mu + du * (other.n / n)
         self.mv = self.mv + dv * (other.n / n)
         self.n = n
+        return self
+
+    def to(self, device) -> "VectorState":
+        """Move the statistics to ``device`` (in place; returns this state)."""
+        for name in ("mu", "mv", "cuu", "cvv", "cuv"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
 
     def scores(self) -> Scores:

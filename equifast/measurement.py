@@ -441,6 +441,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             warnings.warn(f"Measured {measurer.state.n_images} images, fewer than the n_images="
                           f"{n_images} asked for: that is all the input holds.",
                           category=EquifastWarning, stacklevel=2)
+        for state in measurer.state.vectors.values():  # summed on the device; the host's now
+            state.to("cpu")
         if return_state:
             return measurer.state
         # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only
