@@ -7,6 +7,7 @@ The streaming side (:mod:`equifast.aggregate`) calls this same function on every
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 import warnings
@@ -41,11 +42,22 @@ def _warn_fallback() -> None:
     )
 
 
-# Cached (building a map syncs with the device), and checked here once, so the operator is
-# called with check_indices=False: no host sync per call on CUDA.
-@functools.lru_cache(maxsize=4096)
 def _index_map(transform: Transform, map_size: Tuple[int, int], input_size: Tuple[int, int],
-               device: torch.device):
+                device: torch.device):
+    """The transform's index maps, checked; cached for a frozen (immutable) transform, as the
+    built-in ones are: a transform that can change would keep its old maps, and one that
+    cannot be hashed could not be looked up."""
+    frozen = dataclasses.is_dataclass(transform) and transform.__dataclass_params__.frozen
+    try:
+        frozen = frozen and hash(transform) is not None
+    except TypeError:  # a frozen dataclass of a list, say
+        frozen = False
+    build = _cached_index_map if frozen else _checked_index_map
+    return build(transform, map_size, input_size, device)
+
+
+def _checked_index_map(transform: Transform, map_size: Tuple[int, int],
+                       input_size: Tuple[int, int], device: torch.device):
     a, b = transform.index_map(map_size, input_size, device=device)
     if type(transform).index_map is Transform.index_map:
         return a, b  # the base method checked what on_map returned
@@ -59,6 +71,11 @@ def _index_map(transform: Transform, map_size: Tuple[int, int], input_size: Tupl
         raise ValueError(f"Expected {transform.name}.index_map{(map_size, input_size)} to return "
                          f"two int64 [P] tensors of flat positions in [0, {hw}), but it did not.")
     return a, b
+
+
+# Cached (building a map syncs with the device), and checked here once, so the operator is
+# called with check_indices=False: no host sync per call on CUDA.
+_cached_index_map = functools.lru_cache(maxsize=4096)(_checked_index_map)
 
 
 def _whole(v) -> int:

@@ -111,7 +111,7 @@ class Transform(abc.ABC):
 class Identity(Transform):
     """The identity: every representation is compared with itself (scores 1 where defined)."""
 
-    family: str = "identity"
+    family: str = field(default="identity", init=False)  # fixed: not an argument
 
     @property
     def name(self) -> str:
@@ -126,7 +126,7 @@ class Rotation(Transform):
     """Rotation by ``quarter_turns`` x 90 degrees, as ``torch.rot90(x, q, dims=(-2, -1))``."""
 
     quarter_turns: int = 1
-    family: str = "rotation"
+    family: str = field(default="rotation", init=False)  # fixed: a stray argument is an error
 
     def __post_init__(self):
         if not isinstance(self.quarter_turns, int) or isinstance(self.quarter_turns, bool):
@@ -159,7 +159,7 @@ class Flip(Transform):
     """Mirror: ``"horizontal"`` flips the last dim (columns), ``"vertical"`` the one before."""
 
     direction: str = "horizontal"
-    family: str = "flip"
+    family: str = field(default="flip", init=False)  # fixed: a stray argument is an error
 
     def __post_init__(self):
         if self.direction not in ("horizontal", "vertical"):
@@ -222,6 +222,9 @@ class Translation(Transform):
             raise ValueError(
                 f"Expected `rounding` to be 'down' or 'nearest', but got {self.rounding!r}."
             )
+        if self.dy == 0 and self.dx == 0:  # it would count as a shift in the family's mean
+            raise ValueError("Expected a shift, but dy and dx are both 0; that is the identity: "
+                             "use ef.Identity().")
         object.__setattr__(self, "family", shift_family(self.mode, self.rounding))
 
     @property
@@ -306,6 +309,9 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
     """
     if isinstance(specs, str):
         specs = [specs]
+    if not isinstance(specs, (list, tuple)) or not all(isinstance(c, str) for c in specs):
+        raise TypeError(f"Expected transform specs as a string or a list of strings, like "
+                        f"'translation:1-32,rotation', but got {specs!r}.")
     out: List[Transform] = []
     for spec in (s.strip() for chunk in specs for s in chunk.split(",")):
         if not spec:
@@ -317,7 +323,10 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
                 rng, _, options = rest.partition(":")
                 lo, _, hi = (rng or "1-32").partition("-")
                 kw, given = {"mode": "circular", "rounding": "down"}, {}
-                for opt in filter(None, options.split(":")):
+                for opt in filter(None, options.lower().split(":")):
+                    if opt not in ("circular", "zero", "down", "nearest"):
+                        raise ValueError(f"unknown option {opt!r}: a mode (circular, zero) "
+                                         "or a rounding (down, nearest)")
                     key = "mode" if opt in ("circular", "zero") else "rounding"
                     if key in given:  # e.g. translation:1-3:zero:circular
                         raise ValueError(f"two {key} options, {given[key]!r} and {opt!r}")

@@ -88,7 +88,8 @@ def test_rounding_is_part_of_the_name():
     assert [t.name for t in ef.parse_transforms("translation:2:zero:nearest")] == [
         "translation(2,2,zero,nearest)"]
     assert ef.parse_transforms("translation:2:nearest")[0] == ef.Translation(2, 2, rounding="nearest")
-    with pytest.raises(ValueError, match="'down' or 'nearest'"):
+    with pytest.raises(ValueError, match=r"unknown option 'up': a mode \(circular, zero\) or a "
+                                         r"rounding \(down, nearest\)"):
         ef.parse_transforms("translation:2:up")
 
 
@@ -268,3 +269,49 @@ def test_rotation_of_a_non_square_map_is_a_clear_error():
     # a square input can still give a non-square map (asymmetric strides or padding)
     with pytest.raises(ValueError, match="square image or map for rotation\\(90\\), but got 4x6"):
         ef.Rotation(1).on_map(torch.randn(1, 2, 4, 6), (8, 8))
+
+
+def test_a_custom_transform_that_can_change_is_scored_as_it_is_now():
+    # a plain (mutable) dataclass: unhashable, so it could not be used at all; a plain class
+    # that changed kept the index maps of its first use on the operator backend
+    from dataclasses import dataclass
+
+    @dataclass
+    class Roll(ef.Transform):
+        shift: int = 1
+        family: str = "roll"
+
+        @property
+        def name(self):
+            return f"roll({self.shift})"
+
+        def on_map(self, f, input_size, fill=0.0):
+            return torch.roll(f, self.shift, dims=-1)
+
+    f = torch.randn(2, 3, 5, 5)
+    t = Roll(1)
+    for backend in ("operator", "reference"):
+        assert ef.functional.equivariance_scores(f, t(f), t, backend=backend).channel.min() > 1 - 1e-5
+    t.shift = 2
+    for backend in ("operator", "reference"):
+        s = ef.functional.equivariance_scores(f, torch.roll(f, 2, dims=-1), t, backend=backend)
+        assert s.channel.min() > 1 - 1e-5, backend
+
+
+def test_a_family_is_no_argument_and_no_shift_is_no_translation():
+    with pytest.raises(TypeError):
+        ef.Flip("horizontal", "vertical")  # a stray argument once became the family
+    with pytest.raises(TypeError):
+        ef.Rotation(1, "flip")
+    assert ef.Flip("vertical").family == "flip" and ef.Rotation(3).family == "rotation"
+    with pytest.raises(ValueError, match="dy and dx are both 0; that is the identity"):
+        ef.Translation(0, 0)
+    assert ef.Translation(0, 3).family == "translation"
+    for spec, match in (("translation:1-3:ZERO", None), ("translation:1-3:zeros", "unknown option 'zeros'")):
+        if match is None:
+            assert [t.mode for t in ef.parse_transforms(spec)] == ["zero"] * 3
+        else:
+            with pytest.raises(ValueError, match=match):
+                ef.parse_transforms(spec)
+    with pytest.raises(TypeError, match="transform specs as a string or a list of strings"):
+        ef.parse_transforms(None)
