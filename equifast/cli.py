@@ -114,7 +114,8 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
         192 if args.data is None and not run else None)
     images = args.data or ("test set of the run" if run else "embedded photos")
     print(f"equifast: {args.model} ({images}), "
-          f"{len(transforms)} transforms, metric {','.join(metrics)}, backend {functional.backend()}",
+          f"{len(transforms)} transform{'s' if len(transforms) > 1 else ''}, metric "
+          f"{','.join(metrics)}, backend {functional.backend()}",
           flush=True)
     workers = args.loader_workers
     if workers is None:
