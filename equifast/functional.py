@@ -48,10 +48,11 @@ def _index_map(transform: Transform, map_size: Tuple[int, int], input_size: Tupl
     built-in ones are: a transform that can change would keep its old maps, and one that
     cannot be hashed could not be looked up."""
     frozen = dataclasses.is_dataclass(transform) and transform.__dataclass_params__.frozen
-    try:
-        frozen = frozen and hash(transform) is not None
-    except TypeError:  # a frozen dataclass of a list, say
-        frozen = False
+    if frozen:
+        try:
+            hash(transform)
+        except TypeError:  # a frozen dataclass of a list, say
+            frozen = False
     build = _cached_index_map if frozen else _checked_index_map
     return build(transform, map_size, input_size, device)
 
