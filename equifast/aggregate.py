@@ -122,9 +122,9 @@ class VectorState:
     (``K x K``), so any number of images fits in memory. Batches and states combine by Chan's
     parallel formulas: raw sums of squares would lose the spread of vectors whose mean is large
     beside it (logits near 1e3 that differ by 1e-2), more so the more batches they came in.
+    The moments serve every metric: :meth:`scores` takes the metric.
     """
 
-    metric: str = "correlation"
     eps: float = TOLERANCE
     n: int = 0
     mu: Optional[torch.Tensor] = None
@@ -139,15 +139,15 @@ class VectorState:
         u, v = fx.detach().flatten(1).double(), ftx.detach().flatten(1).double()
         mu, mv = u.mean(0), v.mean(0)
         cu, cv = u - mu, v - mv  # the batch's own centred moments, in two passes
-        batch = VectorState(self.metric, self.eps, u.shape[0], mu, mv, (cu * cu).sum(0),
+        batch = VectorState(self.eps, u.shape[0], mu, mv, (cu * cu).sum(0),
                             (cv * cv).sum(0), cu.T @ cv)
         return self.merge(batch)
 
     def merge(self, other: "VectorState") -> "VectorState":
         """Add another state's images (Chan et al.'s pairwise update of means and moments)."""
-        if (other.metric, other.eps) != (self.metric, self.eps):
-            raise ValueError(f"Expected a state of the same metric and eps, but got "
-                             f"{other.metric!r} and {other.eps} beside {self.metric!r} and {self.eps}.")
+        if other.eps != self.eps:
+            raise ValueError(f"Expected a state of the same eps, but got {other.eps} beside "
+                             f"{self.eps}.")
         if other.n == 0:
             return self
         if self.n == 0:
@@ -174,8 +174,8 @@ class VectorState:
                 setattr(self, name, getattr(self, name).to(device))
         return self
 
-    def scores(self) -> Scores:
-        """Channel and layer scores ``[1, K]`` across the images seen."""
+    def scores(self, metric: str = "correlation") -> Scores:
+        """Channel and layer scores ``[1, K]`` of ``metric`` across the images seen."""
         if self.n < 2:
             raise ValueError(
                 f"Expected at least two images for vector_mode='across_images', but got {self.n}."
@@ -184,7 +184,9 @@ class VectorState:
         # the raw sums of squares (cosine, and the tolerance's scale) from the centred ones:
         # adding positive terms loses nothing
         suu, svv = self.cuu + n * self.mu * self.mu, self.cvv + n * self.mv * self.mv
-        if self.metric == "correlation":
+        if metric not in ("correlation", "cosine"):
+            raise ValueError(f"Expected metric 'correlation' or 'cosine', but got {metric!r}.")
+        if metric == "correlation":
             cuu, cvv, cuv = self.cuu, self.cvv, self.cuv
         else:
             cuu, cvv, cuv = suu, svv, self.cuv + n * torch.outer(self.mu, self.mv)

@@ -44,7 +44,8 @@ class MeasureState:
     metrics: List[str]
     vector_mode: str = "per_image"
     scores: Dict[Key, ScoreState] = field(default_factory=dict)
-    vectors: Dict[Key, VectorState] = field(default_factory=dict)
+    # across_images moments per (point, transform): one state serves every metric
+    vectors: Dict[Tuple[str, str], VectorState] = field(default_factory=dict)
     activations: Dict[str, ActivationState] = field(default_factory=dict)
     correct: int = 0
     labelled: int = 0
@@ -88,13 +89,12 @@ class MeasureState:
             act = self.activations.get(p.name, ActivationState()).compute()
             for t in self.transforms:
                 for m in self.metrics:
-                    key = (p.name, t.name, m)
-                    if key in self.vectors:
-                        st = ScoreState().update(self.vectors[key].scores())
-                        values = st.compute()
-                        values["n_images"] = self.vectors[key].n
+                    vector = self.vectors.get((p.name, t.name))
+                    if vector is not None:
+                        values = ScoreState().update(vector.scores(m)).compute()
+                        values["n_images"] = vector.n
                     else:
-                        values = self.scores.get(key, ScoreState()).compute()
+                        values = self.scores.get((p.name, t.name, m), ScoreState()).compute()
                     rows.append({"point": p.name, "part": p.part, "transform": t.name,
                                  "family": t.family, "metric": m, **values,
                                  "order": order, "shape": "x".join(map(str, self.shapes.get(p.name, ()))),
@@ -242,11 +242,11 @@ class Measurer:
             for i, t in enumerate(group):
                 for p in self.points:
                     a, bt = fx[p.name], ftx[p.name][i * b:(i + 1) * b]
+                    if is_vector(a) and st.vector_mode == "across_images":
+                        vectors.append(((p.name, t.name), a, bt))
+                        continue
                     for m in st.metrics:
                         key = (p.name, t.name, m)
-                        if is_vector(a) and st.vector_mode == "across_images":
-                            vectors.append((key, m, a, bt))
-                            continue
                         s = equivariance_scores(a, bt, t, metric=m, input_size=size,
                                                 eps=self.eps, backend=self.backend, check=False,
                                                 tensor_cores=self.tensor_cores)
@@ -263,8 +263,8 @@ class Measurer:
             correct, labelled = counts.tolist()
             st.correct += correct
             st.labelled += labelled
-        for key, m, a, bt in vectors:
-            st.vectors.setdefault(key, VectorState(m, self.eps)).update(a, bt)
+        for key, a, bt in vectors:
+            st.vectors.setdefault(key, VectorState(self.eps)).update(a, bt)
         if sums:
             for (key, (n, k)), batch in zip(keys, torch.cat(sums).tolist()):
                 st.scores.setdefault(key, ScoreState()).add(batch, n, k)

@@ -52,12 +52,12 @@ def test_vector_state_streams_to_the_reference_across_images():
     fx, ftx = torch.randn(50, 6, generator=g), torch.randn(50, 6, generator=g)
     ftx[:, 0] = 3 * fx[:, 2] + 1
     for metric in ("correlation", "cosine"):
-        st = VectorState(metric)
+        st = VectorState()
         for i in range(0, 50, 8):
             st.update(fx[i:i + 8], ftx[i:i + 8])
-        other = VectorState(metric).update(fx, ftx)
+        other = VectorState().update(fx, ftx)
         want = R.equivariance_scores(fx, ftx, metric=metric, vector_mode="across_images")
-        got = st.scores()
+        got = st.scores(metric)
         torch.testing.assert_close(got.channel[0], want.channel[0], atol=1e-6, rtol=0)
         torch.testing.assert_close(got.layer[0], want.layer[0], atol=1e-6, rtol=0)
         assert torch.equal(got.layer_index[0], want.layer_index[0])
@@ -88,7 +88,9 @@ def test_vector_state_keeps_the_spread_of_vectors_with_a_large_mean():
     for st in (one_by_one, halves):
         torch.testing.assert_close(st.scores().channel[0].double(), want.channel[0].double(),
                                    atol=1e-7, rtol=0)
-    with pytest.raises(ValueError, match="same metric and eps"):
+    with pytest.raises(ValueError, match="metric 'correlation' or 'cosine'"):
+        one_by_one.scores("pearson")
+    with pytest.raises(ValueError, match="same eps"):
         VectorState(eps=1e-5).merge(VectorState(eps=0.5).update(fx[:2], ftx[:2]))
 
 
@@ -188,10 +190,10 @@ def test_vector_state_undefined_channels_match_the_reference():
     for metric, eps, scale in (("correlation", R.TOLERANCE, 1.0), ("cosine", R.TOLERANCE, 1e-9),
                                ("correlation", R.TOLERANCE, 1e-9), ("cosine", 1.0, 1.0)):
         a, b = scale * fx, scale * ftx
-        st = VectorState(metric, eps).update(a[:5], b[:5]).merge(VectorState(metric, eps))
-        st.merge(VectorState(metric, eps).update(a[5:], b[5:]))
+        st = VectorState(eps).update(a[:5], b[:5]).merge(VectorState(eps))
+        st.merge(VectorState(eps).update(a[5:], b[5:]))
         want = R.equivariance_scores(a, b, metric=metric, vector_mode="across_images", eps=eps)
-        got = st.scores()
+        got = st.scores(metric)
         torch.testing.assert_close(got.channel[0], want.channel[0], atol=1e-6, rtol=0, equal_nan=True)
         torch.testing.assert_close(got.layer[0], want.layer[0], atol=1e-6, rtol=0, equal_nan=True)
         assert torch.equal(got.layer_index[0], want.layer_index[0]), (metric, eps, scale)
