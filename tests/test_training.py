@@ -56,6 +56,14 @@ def test_read_idx_roundtrip(tmp_path):
     for name in ("x-idx3-ubyte", "x-idx3-ubyte.gz"):
         _write_idx(str(tmp_path / name), a)
         np.testing.assert_array_equal(read_idx(str(tmp_path / name)), a)
+    # a cut download: a traceback from gzip (EOFError) or numpy's reshape, without the file
+    whole = (tmp_path / "x-idx3-ubyte").read_bytes()
+    (tmp_path / "cut-idx3-ubyte").write_bytes(whole[:-5])
+    with pytest.raises(ValueError, match=r"24 bytes of data .*cut-idx3-ubyte.* holds 19; re-download"):
+        read_idx(str(tmp_path / "cut-idx3-ubyte"))
+    (tmp_path / "cut-idx3-ubyte.gz").write_bytes((tmp_path / "x-idx3-ubyte.gz").read_bytes()[:-12])
+    with pytest.raises(ValueError, match=r"Could not read the idx file .*cut-idx3-ubyte.gz.*re-download"):
+        read_idx(str(tmp_path / "cut-idx3-ubyte.gz"))
 
 
 def test_mnist6_from_local_root(fake_mnist):
@@ -458,6 +466,26 @@ def test_out_dir_protection(tmp_path):
     assert redone.resumed_from == 0 and redone.recipe.lr == 0.001
 
 
+def _finished_run(folder, recipe):
+    """A finished run's files (their contents are not read before training starts)."""
+    from equifast.training.trainer import CHECKPOINT, METRICS, MODEL, RECIPE, RESULT
+    folder.mkdir()
+    (folder / RECIPE).write_text(json.dumps(recipe.to_dict()))
+    for name in (CHECKPOINT, METRICS, MODEL, RESULT):
+        (folder / name).write_text(f"the finished run's {name}")
+    return {p.name: p.read_text() for p in folder.iterdir()}
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path):
+    # --overwrite deleted the finished run, then found the data missing: the run was lost
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, device="cpu")
+    before = _finished_run(tmp_path / "run", recipe)
+    with pytest.raises(FileNotFoundError):
+        train(recipe.replace(data_root=str(tmp_path / "missing")), str(tmp_path / "run"),
+              overwrite=True)
+    assert {p.name: p.read_text() for p in (tmp_path / "run").iterdir()} == before
+
+
 def test_resuming_with_other_workers_or_device_warns(tmp_path):
     from equifast.training.trainer import CHECKPOINT, prepare_out_dir
 
@@ -493,6 +521,14 @@ def test_bad_recipe_values_are_refused_before_the_run_folder(tmp_path):
         with pytest.raises(TypeError, match=rf"^Expected `{next(iter(bad))}` to be {said}"):
             get_recipe("cnn7-fmnist6", **bad)
     assert get_recipe("cnn7-fmnist6", lr=1, data_root=tmp_path).data_root == str(tmp_path)
+    # a string's characters or floats were read as other epochs: "59" as 5 and 9
+    for bad in ("59", (99.9, 150.5), (True,)):
+        with pytest.raises(TypeError, match="`milestones` to be a sequence of int epochs"):
+            get_recipe("resnet44-crop", milestones=bad)
+    assert get_recipe("resnet44-crop", milestones=[np.int64(3), 7]).milestones == (3, 7)
+    # only CNN7 has the turn head: ResNet-44 trained a 6-way head on turn targets, then failed
+    with pytest.raises(ValueError, match="model 'cnn7' for the Rot-Eq data set"):
+        get_recipe("resnet44-crop", dataset="fmnist6-rot-eq")
 
 
 def test_a_run_that_never_started_does_not_block_the_corrected_one(tmp_path):

@@ -43,8 +43,51 @@ def test_too_many_workers_for_a_local_cluster_fail_before_ray_starts(tmp_path, m
     with pytest.raises(ValueError, match=r"4 workers \(1 CPU each: 4 CPU in all\), but it has 2 CPU;"):
         train_ray(recipe, str(tmp_path / "run"), num_workers=4)
     with pytest.raises(ValueError, match=r"2 workers \(1 GPU each: 2 GPU in all\), but it has 0 GPU;"):
-        train_ray(recipe, str(tmp_path / "run"), num_workers=2, use_gpu=True)
+        train_ray(get_recipe("cnn7-fmnist6", epochs=1), str(tmp_path / "run"), num_workers=2,
+                  use_gpu=True)
     assert not ray.is_initialized() and not (tmp_path / "run").exists()  # nothing started or made
+
+
+def test_overwrite_keeps_the_old_run_when_the_data_is_missing(tmp_path, monkeypatch):
+    # the local data check came after --overwrite had deleted the finished run
+    if ray.is_initialized():
+        pytest.skip("another test's Ray is running: the local-cluster path is not taken")
+    from test_training import _finished_run
+    from equifast.training import ray_train
+    monkeypatch.setattr(ray_train, "_local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, device="cpu")
+    before = _finished_run(tmp_path / "run", recipe)
+    with pytest.raises(FileNotFoundError):
+        train_ray(recipe.replace(data_root=str(tmp_path / "missing")), str(tmp_path / "run"),
+                  num_workers=2, overwrite=True)
+    assert {p.name: p.read_text() for p in (tmp_path / "run").iterdir()} == before
+    assert not ray.is_initialized()
+
+
+def test_the_recipes_device_must_agree_with_use_gpu(tmp_path):
+    # the workers trained on CPUs while recipe.json said cuda
+    for device, use_gpu in (("cuda", False), ("cuda:1", False), ("cpu", True)):
+        with pytest.raises(ValueError, match=rf"use_gpu={not use_gpu} .*device {device!r}"):
+            train_ray(get_recipe("cnn7-fmnist6", device=device), str(tmp_path / "run"),
+                      use_gpu=use_gpu)
+    assert not (tmp_path / "run").exists()
+
+
+def test_study_gpu_flag_reaches_ray_train(tmp_path, monkeypatch):
+    # `equifast study --gpu` trained every run without use_gpu
+    from equifast.training import cli, ray_train
+
+    class Asked(Exception):
+        pass
+
+    def fake(recipe, out, **kwargs):
+        raise Asked(kwargs)
+
+    monkeypatch.setattr(ray_train, "train_ray", fake)
+    for extra in ([], ["--workers", "2"]):
+        with pytest.raises(Asked) as asked:
+            cli.main(["study", "objective-fashion", "--out", str(tmp_path / "s"), "--gpu", *extra])
+        assert asked.value.args[0]["use_gpu"] is True
 
 
 def test_a_local_ray_is_the_runs_own_even_beside_a_running_cluster(tmp_path, monkeypatch):

@@ -36,10 +36,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="override the learning rate")
     p.add_argument("--subset", type=int, help="train on a random subset of N images")
     p.add_argument("--test-subset", type=int, help="test on a random subset of N images")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... to train in this process (default: "
+                                    "cuda when available); Ray workers use --gpu instead")
     p.add_argument("--workers", type=int, default=1,
-                   help="Ray Train data-parallel workers (1: train in this process)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per Ray worker")
+                   help="Ray Train data-parallel workers (1: train in this process unless --gpu)")
+    p.add_argument("--gpu", action="store_true",
+                   help="train with Ray Train, one GPU per worker (otherwise Ray workers use CPUs)")
     p.add_argument("--overwrite", action="store_true",
                    help="retrain and replace finished runs in the output folder")
     p.add_argument("--quiet", action="store_true",
@@ -97,7 +99,7 @@ def _run_study(args) -> int:
     _check_workers(args)
     out = args.out or os.path.join("runs", study.name)
     summary = run_study(study.name, out, seeds=args.seeds, overrides=_overrides(args),
-                        workers=args.workers, measure=not args.no_measure,
+                        workers=args.workers, use_gpu=args.gpu, measure=not args.no_measure,
                         n_images=args.n_images, device=args.device, overwrite=args.overwrite,
                         echo=_echo(args))
     if summary is not None:

@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
+import zlib
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -72,13 +74,21 @@ def read_idx(path: str) -> np.ndarray:
         (10000,)
     """
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # a cut or damaged download
+        raise ValueError(f"Could not read the idx file {path!r} ({type(err).__name__}: {err}); "
+                         "re-download the file.") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise ValueError(f"Expected an unsigned-byte idx file at {path!r}, but its header is "
                          f"{data[:4]!r}; re-download the file.")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = len(data) - 4 - 4 * ndim
+    if body != math.prod(shape):
+        raise ValueError(f"Expected {math.prod(shape)} bytes of data in the idx file {path!r} "
+                         f"(shape {shape}), but it holds {max(body, 0)}; re-download the file.")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 

@@ -23,12 +23,13 @@ import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
+import torch
+
 from equifast.warning import EquifastWarning
 
-from .data import build_dataset
 from .recipes import Recipe
-from .trainer import (CHECKPOINT, TrainResult, _fit, _load_checkpoint, _result_from_dir,
-                      prepare_out_dir)
+from .trainer import (CHECKPOINT, RESULT, TrainResult, _datasets, _fit, _load_checkpoint,
+                      _result_from_dir, prepare_out_dir)
 
 __all__ = ["train_ray"]
 
@@ -40,7 +41,6 @@ def _worker_loop(config: Dict) -> None:
     recipe = Recipe.from_dict(config["recipe"])
     device = ray.train.torch.get_device() if config["use_gpu"] else None
     if device is None:
-        import torch
         device = torch.device("cpu")
 
     def report(epoch: int, row: Dict) -> None:
@@ -63,7 +63,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         recipe: what to train.
         out_dir: run folder, shared by all workers.
         num_workers: data-parallel workers (``ScalingConfig(num_workers=...)``).
-        use_gpu: one GPU per worker (NCCL); otherwise CPU with gloo.
+        use_gpu: one GPU per worker (NCCL); otherwise CPU with gloo. A recipe's ``device``, if
+            set, must agree (``cuda`` with ``use_gpu``, ``cpu`` without).
         resume: continue an unfinished run in ``out_dir``.
         overwrite: delete a previous run in ``out_dir`` first.
         resources_per_worker: e.g. ``{"CPU": 1}`` (Ray's default when ``None``).
@@ -73,7 +74,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         The :class:`~equifast.training.trainer.TrainResult` read back from ``out_dir``.
 
     Raises:
-        ValueError: the local cluster it would start has fewer CPUs or GPUs than the workers
+        ValueError: ``recipe.device`` disagrees with ``use_gpu``; or the local cluster it would start has fewer CPUs or GPUs than the workers
             need (checked before anything starts: Ray Train would wait for them for ever); for
             a running cluster, which may autoscale, this is a warning.
 
@@ -86,6 +87,14 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     """
     if int(num_workers) < 1:
         raise ValueError(f"Expected `num_workers` to be >= 1, but got {num_workers!r}.")
+    if recipe.device is not None:  # Ray places the workers: use_gpu says where, not the recipe
+        kind = torch.device(recipe.device).type
+        if (kind == "cuda") != bool(use_gpu):
+            raise ValueError(
+                f"Expected use_gpu={kind == 'cuda'} (--gpu {'given' if kind == 'cuda' else 'left out'}) "
+                f"for the recipe's device {recipe.device!r}: Ray workers train on "
+                f"{'a GPU each' if use_gpu else 'CPUs'} with use_gpu={bool(use_gpu)}. Leave the "
+                "device unset (--device) to let use_gpu decide.")
     import ray
     from ray.train import RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -104,18 +113,19 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     _check_resources(scaling, ray.cluster_resources() if local is None else local,
                      can_grow=local is None)
     out_dir = os.path.abspath(out_dir)
-    done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
-    if done is not None:
-        return done
     # Workers run elsewhere: they need absolute data paths.
     if recipe.data_root:
         recipe = recipe.replace(data_root=os.path.abspath(os.path.expanduser(recipe.data_root)))
-    if local is not None:
+    if local is not None and (overwrite or not Path(out_dir, RESULT).is_file()):
         # A local cluster shares this machine's files: the data is found (or fetched) here
         # first, so a missing root fails with its own message before workers start, not wrapped
-        # in a Ray Train worker error. (On a cluster the data may be on the workers only.)
-        build_dataset(recipe.dataset, recipe.data_root, train=True, download=recipe.download,
-                      data_seed=recipe.data_seed)
+        # in a Ray Train worker error, and before --overwrite deletes the old run. (On a
+        # cluster the data may be on the workers only.)
+        _datasets(recipe)
+    done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
+    if done is not None:
+        return done
+    if local is not None:
         # address="local": a `ray start` cluster on this machine is not joined (it refuses
         # num_cpus), as documented for sweeps
         ray.init(address="local", num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]))
@@ -135,8 +145,6 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
 
 def _local_resources() -> Dict[str, float]:
     """The CPUs and GPUs of a local Ray cluster started by :func:`train_ray`."""
-    import torch
-
     from equifast.data import usable_cpus
 
     return {"CPU": float(usable_cpus()), "GPU": float(torch.cuda.device_count())}

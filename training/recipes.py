@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Tuple
@@ -130,6 +131,11 @@ class Recipe:
                 raise ValueError(f"Expected `{what}` to be one of {list(allowed)}, "
                                  f"but got {value!r}.")
         self._check_types()
+        if self.dataset.endswith("-rot-eq") and self.model != "cnn7":
+            # only CNN7 has the turn head a Rot-Eq data set trains (thesis 3.3.2)
+            raise ValueError(f"Expected model 'cnn7' for the Rot-Eq data set {self.dataset!r} "
+                             f"(the only model with a head for the quarter turns), but got "
+                             f"{self.model!r}.")
         for what in ("epochs", "batch_size", "width"):
             if int(getattr(self, what)) < 1:
                 raise ValueError(f"Expected `{what}` to be >= 1, but got {getattr(self, what)!r}.")
@@ -146,6 +152,11 @@ class Recipe:
                              f"{self.cutmix_alpha!r} and {self.cutmix_prob!r}.")
         if not (0 <= float(self.lr) < float("inf")):
             raise ValueError(f"Expected `lr` to be a finite number >= 0, but got {self.lr!r}.")
+        if isinstance(self.milestones, (str, bytes)) or not all(
+                isinstance(m, numbers.Integral) and not isinstance(m, bool) for m in self.milestones):
+            # a string's characters or floats were silently read as other epochs ("59": 5, 9)
+            raise TypeError(f"Expected `milestones` to be a sequence of int epochs, but got "
+                            f"{self.milestones!r}.")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
             # MultiStepLR would take a repeat as two drops and silently ignore epoch 0

@@ -8,7 +8,8 @@ study                        settings (recipes)               measured with
 ``objective-fashion``        the same on Fashion-MNIST        rotations 90, 180, 270
 ``augmentation``             ``resnet44-{none,crop,flip,      diagonal shifts 1..16
                              cutmix,randaugment}`` (fig. 9)
-``capacity``                 ``resnet44-w{1,2,4,8}`` (fig. 10) diagonal shifts 1..16
+``capacity``                 ``resnet44-w{1,2,4,8}`` (SPEC's  diagonal shifts 1..16
+                             network for fig. 10)
 ``capacity-wrn40``           ``wrn40-w{1,2,4,8}`` (fig. 10,    diagonal shifts 1..16
                              the thesis' network)
 ============================ ================================ =========================
@@ -248,7 +249,8 @@ def plot_study(summary: pd.DataFrame, path: Optional[str] = None, title: str = "
 
 
 def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
-              overrides: Optional[Dict] = None, workers: int = 1, measure: bool = True,
+              overrides: Optional[Dict] = None, workers: int = 1, use_gpu: bool = False,
+              measure: bool = True,
               n_images: Optional[int] = None, device=None, overwrite: bool = False,
               echo: Optional[Callable[[str], None]] = None) -> Optional[pd.DataFrame]:
     """Train every setting and seed of a study, then measure, tabulate and draw it.
@@ -264,7 +266,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         out: study folder.
         seeds: seeds (default: the study's three).
         overrides: recipe fields to change for every run (``epochs``, ``data_root``, ...).
-        workers: Ray Train workers per run (1: in this process).
+        workers: Ray Train workers per run (1: in this process, unless ``use_gpu``).
+        use_gpu: one GPU per Ray Train worker (as ``equifast train --gpu``).
         measure: measure and draw after training.
         n_images, device: passed to :func:`measure_study`.
         overwrite: retrain runs that are already finished.
@@ -289,9 +292,10 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         recipe = get_recipe(recipe_name, **{**overrides, "seed": seed})
         run = _run_dir(out, label, seed)
         say(f"[{study.name} {i}/{len(runs)}] {label}, seed {seed} -> {run}")
-        if workers > 1:
+        if workers > 1 or use_gpu:
             from .ray_train import train_ray
-            result = train_ray(recipe, run, num_workers=workers, overwrite=overwrite)
+            result = train_ray(recipe, run, num_workers=workers, use_gpu=use_gpu,
+                               overwrite=overwrite)
         else:
             result = train(recipe, run, overwrite=overwrite,
                            callback=lambda e, row: say("  " + epoch_line(e, recipe.epochs, row)))

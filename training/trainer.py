@@ -38,13 +38,13 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from equifast._io import atomic_write, check_own_folder, write_text_atomic
 from equifast.devices import resolve_device
@@ -350,20 +350,25 @@ def _tensorboard(out: Path, purge_step: int):
     return SummaryWriter(str(out / "tb"), purge_step=purge_step)
 
 
-def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], None]] = None,
-         device: Optional[torch.device] = None) -> TrainResult:
-    """The training loop shared by :func:`train` and each Ray worker."""
-    out, dist = Path(out_dir), _Dist()
-    device = device or resolve_device(recipe.device)
-    info = dataset_info(recipe.dataset)
-    rot = info["num_rotations"] > 0
-
+def _datasets(recipe: Recipe) -> Tuple[Dataset, Dataset]:
+    """The recipe's train and test sets (a missing or damaged data set fails here)."""
     data = dict(root=recipe.data_root, download=recipe.download, data_seed=recipe.data_seed)
     train_set = build_dataset(recipe.dataset, train=True, augment=recipe.augment,
                               subset=recipe.train_subset,
                               randaugment=(recipe.randaugment_ops, recipe.randaugment_magnitude),
                               **data)
-    test_set = build_dataset(recipe.dataset, train=False, subset=recipe.test_subset, **data)
+    return train_set, build_dataset(recipe.dataset, train=False, subset=recipe.test_subset, **data)
+
+
+def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], None]] = None,
+         device: Optional[torch.device] = None,
+         datasets: Optional[Tuple[Dataset, Dataset]] = None) -> TrainResult:
+    """The training loop shared by :func:`train` and each Ray worker."""
+    out, dist = Path(out_dir), _Dist()
+    device = device or resolve_device(recipe.device)
+    info = dataset_info(recipe.dataset)
+    rot = info["num_rotations"] > 0
+    train_set, test_set = datasets or _datasets(recipe)
     if dist.world > 1:  # every rank scores its own share; sums are reduced
         test_set = Subset(test_set, range(dist.rank, len(test_set), dist.world))
 
@@ -487,7 +492,9 @@ def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = F
         0.62
     """
     device = resolve_device(recipe.device)  # a missing GPU fails here, before the run folder is touched
+    # and missing data too, whenever it will train: --overwrite deletes the old run
+    datasets = _datasets(recipe) if overwrite or not Path(out_dir, RESULT).is_file() else None
     done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
     if done is not None:
         return done
-    return _fit(recipe, out_dir, callback, device)
+    return _fit(recipe, out_dir, callback, device, datasets)
