@@ -6,6 +6,7 @@
 // surface (typed wrapper and fake) is `equifast/ops.py`.
 #include <Python.h>
 
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 extern "C" {
@@ -36,4 +37,10 @@ TORCH_LIBRARY(equifast, m) {
       "equivariance_scores(Tensor fx, Tensor ftx, Tensor a_index, Tensor b_index, "
       "bool centered, float eps, bool tensor_cores=True, bool check_indices=True) -> "
       "(Tensor channel, Tensor layer, Tensor layer_index)");
+}
+
+// The scores are measurements, not a loss: no derivative is implemented, and a backward pass
+// through them says so (without this kernel autograd silently returned no gradient).
+TORCH_LIBRARY_IMPL(equifast, Autograd, m) {
+  m.impl("equivariance_scores", torch::autograd::autogradNotImplementedFallback());
 }

@@ -17,7 +17,7 @@ import torch
 
 from . import ops, reference
 from .aggregate import flat_in_memory_order
-from .reference import METRICS, TOLERANCE, VECTOR_MODES, Scores, is_vector
+from .reference import TOLERANCE, Scores, is_vector
 from .transforms import Identity, Transform
 from .warning import EquifastWarning
 
@@ -95,7 +95,7 @@ def _image_size(size) -> Tuple[int, int]:
     return h, w
 
 
-def _check(fx, ftx, metric, vector_mode, backend_name):
+def _check(fx, ftx, metric, vector_mode, eps, backend_name):
     for name, t in (("fx", fx), ("ftx", ftx)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(t).__name__}.")
@@ -114,10 +114,7 @@ def _check(fx, ftx, metric, vector_mode, backend_name):
         )
     if fx.shape[0] == 0 or fx.shape[1] == 0:
         raise ValueError(f"Expected at least one image and one channel, but got shape {tuple(fx.shape)}.")
-    if metric not in METRICS:
-        raise ValueError(f"Expected `metric` to be one of {METRICS}, but got {metric!r}.")
-    if vector_mode not in VECTOR_MODES:
-        raise ValueError(f"Expected `vector_mode` to be one of {VECTOR_MODES}, but got {vector_mode!r}.")
+    reference.check_options(metric, vector_mode, eps)
     if backend_name not in _BACKENDS:
         raise ValueError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend_name!r}.")
 
@@ -166,7 +163,9 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
     """Channel and layer equivariance scores of one representation under one transform.
 
     Args:
-        fx: ``f_l(x)``, ``[N, K, H_l, W_l]`` or ``[N, K]``, float32/float16/bfloat16.
+        fx: ``f_l(x)``, ``[N, K, H_l, W_l]`` or ``[N, K]``: float32/float16/bfloat16 for the
+            operator; float64 maps are scored in float64 by the reference (``"auto"``). The
+            scores carry no gradient: the inputs are detached in every backend.
         ftx: ``f_l(T(x))``, the same shape.
         transform: ``T``. Its counterpart ``T_l`` is applied to ``fx`` here (read through an
             index map, never copied). ``None`` is the identity.
@@ -198,19 +197,22 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
         >>> bool((s.channel > 0.999).all())
         True
     """
-    _check(fx, ftx, metric, vector_mode, backend)
+    _check(fx, ftx, metric, vector_mode, eps, backend)
     if transform is not None and not isinstance(transform, Transform):
         raise TypeError(f"Expected `transform` to be an equifast transform (ef.Rotation(1), "
                         f"ef.Translation(1, 1), ...) or None, but got {transform!r}.")
     if input_size is not None:
         input_size = _image_size(input_size)
-    # compare in the wider type (float16 would overflow float32 values), at most the
-    # operator's float32 (a float64 model's maps too), unless the float64 oracle is asked for or
-    # the inputs are vectors, which the float64 reference scores anyway
+    # compare in the wider type: float16 would overflow float32 values
     common = torch.promote_types(fx.dtype, ftx.dtype)
-    if common == torch.float64 and backend != "reference" and not is_vector(fx):
-        common = torch.float32
-    fx, ftx = fx.to(common), ftx.to(common)
+    wide = common == torch.float64 and not is_vector(fx)
+    if wide and backend == "operator":
+        # a cast to the kernels' float32 overflowed, underflowed or rounded float64 maps
+        raise TypeError("Expected float32, float16 or bfloat16 maps for backend='operator', but "
+                        f"got {fx.dtype} and {ftx.dtype}; cast them (fx.float()) or use "
+                        "backend='auto' or 'reference', which score float64 maps in float64.")
+    # measurements, not a loss: no gradient in any backend (the operator has no derivative)
+    fx, ftx = fx.detach().to(common), ftx.detach().to(common)
     if check:
         check_all_finite({"fx": fx, "ftx": ftx})
     if is_vector(fx):
@@ -228,8 +230,8 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
                       f"{map_size[1]} map (input {size[0]}x{size[1]}): its correlation scores are "
                       "undefined (NaN); use cosine, smaller shifts or mode='circular'.",
                       category=EquifastWarning, stacklevel=2)
-    if backend == "reference" or (backend == "auto" and not ops.available()):
-        if backend == "auto":
+    if backend == "reference" or (backend == "auto" and (wide or not ops.available())):
+        if backend == "auto" and not wide:
             _warn_fallback()
         return reference.equivariance_scores(fx, ftx, transform, metric, size, vector_mode, eps)
     if not ops.available():

@@ -24,7 +24,7 @@ from .aggregate import ActivationState, ScoreState, VectorState
 from .devices import resolve_device
 from .functional import backend as backend_name
 from .functional import equivariance_scores, finite_marker, raise_unless_finite
-from .reference import METRICS, TOLERANCE, VECTOR_MODES, is_vector
+from .reference import METRICS, TOLERANCE, check_options, is_vector
 from .report import Report
 from .points import Point, modes_kept, representations, split
 from .transforms import Transform, check_distinct, diagonal_shifts, parse_transforms, rotations
@@ -157,8 +157,7 @@ class Measurer:
                  split_method: str = "auto", channels_last: bool = True,
                  tensor_cores: bool = True):
         metrics = metric_list(metric)
-        if vector_mode not in VECTOR_MODES:
-            raise ValueError(f"Expected `vector_mode` to be one of {VECTOR_MODES}, but got {vector_mode!r}.")
+        check_options(metrics[0], vector_mode, eps)
         if amp not in (None, "float16", "bfloat16"):
             raise ValueError(f"Expected `amp` to be None, 'float16' or 'bfloat16', but got {amp!r}.")
         transforms = list(transforms)

@@ -15,6 +15,8 @@ any backend runs.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -22,7 +24,7 @@ import torch
 from .transforms import Identity, Transform
 
 __all__ = ["TOLERANCE", "METRICS", "VECTOR_MODES", "Scores", "equivariance_scores",
-           "compared_pairs", "similarity_matrix", "scores_from_similarity"]
+           "compared_pairs", "similarity_matrix", "scores_from_similarity", "check_options"]
 
 TOLERANCE = 1e-5
 METRICS = ("correlation", "cosine")
@@ -96,11 +98,16 @@ def scores_from_similarity(s: torch.Tensor) -> Scores:
     return Scores(channel.float(), layer.float(), index)
 
 
-def _check_metric(metric, vector_mode):
+def check_options(metric: str = METRICS[0], vector_mode: str = VECTOR_MODES[0],
+                  eps: float = TOLERANCE) -> None:
+    """``ValueError`` unless ``metric``, ``vector_mode`` and ``eps`` are ones SPEC defines."""
     if metric not in METRICS:
         raise ValueError(f"Expected `metric` to be one of {METRICS}, but got {metric!r}.")
     if vector_mode not in VECTOR_MODES:
         raise ValueError(f"Expected `vector_mode` to be one of {VECTOR_MODES}, but got {vector_mode!r}.")
+    # NaN made every score undefined, a negative eps made constant rows defined
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < math.inf:
+        raise ValueError(f"Expected `eps` to be a finite number >= 0, but got {eps!r}.")
 
 
 def vector_scores(fx: torch.Tensor, ftx: torch.Tensor, metric: str, vector_mode: str,
@@ -138,7 +145,7 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
     Returns:
         :class:`Scores`, each ``[N, K]``.
     """
-    _check_metric(metric, vector_mode)
+    check_options(metric, vector_mode, eps)
     if is_vector(fx):
         return vector_scores(fx.flatten(1), ftx.flatten(1), metric, vector_mode, eps)
     a, b = compared_pairs(fx, ftx, transform, input_size or tuple(fx.shape[-2:]))

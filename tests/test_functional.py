@@ -123,11 +123,63 @@ def test_mixed_dtypes_compare_in_the_wider_one(backend):
     ftx = torch.flip(fx.float(), dims=(-1,)) * 1e5
     s = equivariance_scores(fx, ftx, ef.Flip("horizontal"), backend=backend)
     assert torch.allclose(s.channel, torch.ones(2, 3), atol=1e-5)
-    # float32 with float64, and a float64 pair (a model.double()): the operator's float32
+    # float32 with float64, and a float64 pair (a model.double()): float64 scores them
     for a, b in ((fx.float(), ftx.double()), (fx.double(), ftx.double())):
+        if backend == "operator":
+            with pytest.raises(TypeError, match="float16 or bfloat16 maps for backend='operator'"):
+                equivariance_scores(a, b, ef.Flip("horizontal"), backend=backend)
+            continue
         s = equivariance_scores(a, b, ef.Flip("horizontal"), backend=backend)
         assert s.channel.dtype == torch.float32
         assert torch.allclose(s.channel, torch.ones(2, 3), atol=1e-5)
+
+
+def test_float64_maps_are_scored_in_float64():
+    # the operator's float32 cast made finite 1e39 maps "not finite", underflowed 1e-50 maps
+    # to zero (undefined) and rounded rows offset by 1e6 (3.7e-5 off the reference)
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
+    t = ef.Translation(1, 2)
+    for fx in (1e39 * r, 1e-50 * r, 1e6 + 30 * r):
+        ftx = t(fx) + 0.3 * fx.std() * torch.randn(fx.shape, generator=g, dtype=torch.float64)
+        got = equivariance_scores(fx, ftx, t)  # "auto"
+        want = R.equivariance_scores(fx, ftx, t)
+        assert not torch.isnan(want.channel).any()
+        torch.testing.assert_close(got.channel, want.channel, atol=1e-6, rtol=0)
+        torch.testing.assert_close(got.layer, want.layer, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scores_carry_no_gradient_in_any_backend(backend):
+    # the operator returned outputs that required grad but gave fx no gradient, the reference
+    # a real one: the backend decided
+    fx = torch.randn(2, 3, 5, 5, requires_grad=True)
+    s = equivariance_scores(fx, torch.flip(fx, dims=(-1,)), ef.Flip("horizontal"), backend=backend)
+    assert not s.channel.requires_grad and not s.layer.requires_grad
+
+
+@pytest.mark.skipif(not ef.ops.available(), reason="equifast._C not built")
+def test_the_operator_refuses_a_backward_pass():
+    fx = torch.randn(1, 2, 4, 4, requires_grad=True)
+    a, b = ef.Identity().index_map((4, 4), (4, 4))
+    channel, _, _ = ef.ops.equivariance_scores(fx, fx.detach(), a, b, True, ef.TOLERANCE)
+    with pytest.raises(RuntimeError, match="not implemented"):
+        channel.nansum().backward()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eps_must_be_a_finite_number_at_least_zero(backend):
+    # the operator refused NaN and -1 from C++, the reference and vectors took them: NaN made
+    # every score undefined, -1 made constant channels defined
+    for fx in (torch.randn(2, 3, 4, 4), torch.randn(2, 3)):
+        for eps in (float("nan"), -1.0, float("inf"), "1e-5", True):
+            with pytest.raises(ValueError, match="`eps` to be a finite number >= 0"):
+                equivariance_scores(fx, fx, None, eps=eps, backend=backend)
+    with pytest.raises(ValueError, match="`eps` to be a finite number >= 0"):
+        R.equivariance_scores(torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), eps=-1.0)
+    with pytest.raises(ValueError, match="`eps` to be a finite number >= 0"):
+        ef.measure(torch.nn.Conv2d(3, 4, 3), torch.rand(2, 3, 8, 8), transforms=[ef.Rotation(1)],
+                   eps=float("nan"))
 
 
 @pytest.mark.skipif(not ef.ops.available(), reason="equifast._C not built")
