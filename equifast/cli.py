@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -68,7 +69,8 @@ def _add_measure(sub) -> None:
     p.add_argument("--out", default="runs/measure",
                    help="output folder: report.json, report.{points,parts}.{csv,parquet}, "
                         "report.meta.json, figure.png, shifts.png with several shifts, "
-                        "metric_bias{,_correlation}.csv with two metrics (replaced if there)")
+                        "metric_bias{,_correlation}.csv with two metrics. An earlier output there is "
+                        "replaced as a whole; a folder of other files is refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_measure)
 
@@ -88,6 +90,10 @@ def _run_measure(args) -> int:
         raise ValueError(f"Expected --n-images >= 1, but got {args.n_images}.")
     check_model_name(args.model)
     weights = None if args.weights == "none" else args.weights
+    for flag, value in (("--data", args.data), ("--out", args.out)):
+        if value is not None and not value.strip():  # Path("") is the working folder
+            raise ValueError(f"Expected {flag} to name a folder, but it is empty (an unset "
+                             "variable?); leave it out for its default.")
     if args.data is not None and not Path(args.data).is_dir():
         raise FileNotFoundError(f"Expected --data to be a folder of images, but {args.data!r} "
                                 f"{'is a file' if Path(args.data).exists() else 'does not exist'}.")
@@ -105,14 +111,14 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
     import pandas as pd
 
     from . import functional
-    from ._io import write_csv_atomic
     from .data import default_num_workers
     from .measurement import measure
 
     run = (Path(args.model) / "recipe.json").is_file()  # a run folder: its recipe's test set
     n_images = args.n_images if args.n_images is not None else (
         192 if args.data is None and not run else None)
-    images = args.data or ("test set of the run" if run else "embedded photos")
+    images = args.data if args.data is not None else (
+        "test set of the run" if run else "embedded photos")
     print(f"equifast: {args.model} ({images}), "
           f"{len(transforms)} transform{'s' if len(transforms) > 1 else ''}, metric "
           f"{','.join(metrics)}, backend {functional.backend()}",
@@ -125,17 +131,9 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
                      batch_size=args.batch_size, n_images=n_images, vector_mode=args.vector_mode,
                      device=args.device, amp=args.amp, seed=args.seed, progress=not args.no_progress,
                      weights=weights, tensor_cores=args.tensor_cores)
-    files = list(dict.fromkeys(report.save(out / "report.json") + report.save(out / "report.csv")
-                               + report.save(out / "report.parquet")))
-    fig = out / "figure.png"
-    report.plot(fig, label=args.model, metric=metrics[0])
-    files.append(fig)
-    shifts = out / "shifts.png"  # thesis figure 8, where there are shifts to draw
-    if report.shifts.groupby("family")["transform"].nunique().gt(1).any():
-        report.plot_shifts(shifts, label=args.model, metric=metrics[0])
-        files.append(shifts)
-    else:  # an earlier run's figure would read as this report's
-        shifts.unlink(missing_ok=True)
+    bias = report.metric_bias() if len(metrics) > 1 else None
+    # every file before anything is printed: a closed pipe (`| head`) stops at the first print
+    files = _write_outputs(out, report, args.model, metrics[0], bias)
     with pd.option_context("display.width", 160, "display.precision", 3):
         print(f"\nmeasured {report.meta['n_images']} images x {len(transforms)} "
               f"transform{'s' if len(transforms) > 1 else ''} in "
@@ -144,15 +142,7 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
         print(report.summary(metrics[0]).to_string())
         if report.accuracy is not None:
             print(f"\ntop-1 accuracy: {report.accuracy:.4f}")
-        bias_files = (out / "metric_bias.csv", out / "metric_bias_correlation.csv")
-        if len(metrics) == 1:  # an earlier run's analysis would read as this report's
-            for f in bias_files:
-                f.unlink(missing_ok=True)
-        else:
-            bias = report.metric_bias()
-            for f, table in zip(bias_files, (bias["table"], bias["correlation"])):
-                write_csv_atomic(f, table)
-                files.append(f)
+        if bias is not None:
             print("\nMetric bias (correlation of each score with the mean activation and the mean magnitude, "
                   "across the points before global pooling):")
             print(bias["correlation"].to_string(index=False))
@@ -160,13 +150,54 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
     return 0
 
 
-def _output_folder(path: str) -> Path:
-    """``--out``, created, and checked to take files, before anything is measured."""
+# what `equifast measure` may write into --out; the marker says a folder is one of its outputs
+_MARKER = "report.meta.json"
+_OPTIONAL = ("shifts.png", "metric_bias.csv", "metric_bias_correlation.csv")
+
+
+def _write_outputs(out: Path, report, label: str, metric: str, bias) -> List[Path]:
+    """Write the report, its figures and (``bias``) the metric-bias tables into ``out`` as one
+    set: staged in a hidden folder, then moved in, so that an interruption leaves the earlier
+    set whole rather than mixed with this one; files of an earlier set that this one has not
+    (an optional figure or table) are removed. Returns the files written."""
+    import os
+    import shutil
     import tempfile
 
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"Expected --out to be a folder, but {path!r} is a file; pass a folder.")
+    from ._io import write_csv_atomic
+
+    stage = Path(tempfile.mkdtemp(prefix=".equifast-staging-", dir=out))
+    try:
+        written = list(dict.fromkeys(report.save(stage / "report.json") + report.save(stage / "report.csv")
+                                     + report.save(stage / "report.parquet")))
+        report.plot(stage / "figure.png", label=label, metric=metric)
+        written.append(stage / "figure.png")
+        if report.shifts.groupby("family")["transform"].nunique().gt(1).any():
+            report.plot_shifts(stage / "shifts.png", label=label, metric=metric)  # thesis fig. 8
+            written.append(stage / "shifts.png")
+        if bias is not None:
+            for name, table in (("metric_bias.csv", bias["table"]),
+                                ("metric_bias_correlation.csv", bias["correlation"])):
+                written.append(write_csv_atomic(stage / name, table))
+        names = [f.name for f in written]
+        for name in _OPTIONAL:  # an earlier run's would read as this report's
+            if name not in names:
+                (out / name).unlink(missing_ok=True)
+        for name in sorted(names, key=lambda n: n == _MARKER):  # the marker last
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return [out / name for name in names]
+
+
+def _output_folder(path: str) -> Path:
+    """``--out``, created, and checked to take files, before anything is measured: missing,
+    empty or an earlier output of ``equifast measure`` (a user's own files are never replaced)."""
+    import tempfile
+
+    from ._io import check_own_folder
+
+    out = check_own_folder(path, [_MARKER], "an output folder of `equifast measure`", "--out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -253,6 +284,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         with warnings.catch_warnings():  # restores Python's own display afterwards
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)
+    except BrokenPipeError:  # stdout's reader left (`| head`): what was written is kept
+        # no second error when Python flushes what stdout still buffers at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as the shell reports a process a closed pipe ended
     except (ValueError, OSError) as err:  # bad input, missing files, weights not downloadable
         print(f"equifast: error: {err}", file=sys.stderr)
         return 2

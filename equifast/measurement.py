@@ -23,7 +23,7 @@ from . import data as data_mod
 from .aggregate import ActivationState, ScoreState, VectorState
 from .devices import resolve_device
 from .functional import backend as backend_name
-from .functional import equivariance_scores, finite_marker, raise_unless_finite
+from .functional import _index_map, equivariance_scores, finite_marker, raise_unless_finite
 from .reference import METRICS, TOLERANCE, check_options, is_vector
 from .report import Report
 from .points import Point, modes_kept, representations, split
@@ -181,6 +181,18 @@ class Measurer:
         else:
             with torch.no_grad():
                 self.points = split(self.model, example[:2], points=points, method=split_method)
+        # every transform must act on every map point before any image is measured (a rotation
+        # of a non-square map would fail after forward passes, naming no point)
+        for p in self.points:
+            if len(p.shape) == 3 and p.shape[1] * p.shape[2] > 1:  # 1x1 maps are vectors
+                for t in transforms:
+                    try:
+                        _index_map(t, (p.shape[1], p.shape[2]), size, self.device)
+                    except ValueError as e:
+                        raise ValueError(f"Point {p.name!r} ({p.shape[1]}x{p.shape[2]} map at a "
+                                         f"{size[0]}x{size[1]} input) cannot take {t.name}: {e} Or "
+                                         "leave the transform out, or name other points "
+                                         "(points=[...]).") from e
         self.extract = representations(self.model, self.points)
         self.transforms = transforms
         self.amp = amp
@@ -389,6 +401,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
 
             preprocess = default_preprocess()
         if isinstance(images, (str, os.PathLike)):
+            meta["images"] = os.fspath(images)  # what was measured, read back from the report
             images = data_mod.ImageFiles(images)
         folder = data_mod.image_folder(images)
         if images is None:

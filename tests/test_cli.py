@@ -57,6 +57,9 @@ def test_help_lists_every_command(capsys):
     (["measure", "--out", __file__], "is a file"),  # checked before measuring, file kept
     (["measure", "--transforms", "rotation,rotation:90"], "rotation(90) is given more than once"),
     (["measure", "--transforms", "translation:1-2:zero:circular"], "two mode options"),
+    # an unset variable: "" was the working folder, measured as "embedded photos"
+    (["measure", "--data", ""], "Expected --data to name a folder, but it is empty"),
+    (["measure", "--out", ""], "Expected --out to name a folder, but it is empty"),
 ])
 def test_user_errors_exit_2_with_a_message(argv, match, capsys):
     assert main(argv + ["--no-progress"]) == 2
@@ -115,3 +118,74 @@ def test_warnings_of_equifast_are_one_line_others_as_python_shows_them(tmp_path,
     _show_warning(FutureWarning("from pandas"), FutureWarning, ef.measurement.__file__, 7)
     assert capsys.readouterr().err.startswith(f"{ef.measurement.__file__}:7: FutureWarning: from pandas")
     assert warnings.showwarning is not _show_warning  # main put Python's display back
+
+
+def _two_images(folder):
+    from PIL import Image
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (48, 48), (70 * i, 90, 30)).save(folder / f"{i}.png")
+    return folder
+
+
+def _measure_args(data, out, transforms):
+    return ["measure", "--model", "resnet18", "--weights", "none", "--data", str(data),
+            "--transforms", transforms, "--out", str(out), "--no-progress", "--loader-workers", "0"]
+
+
+def test_measure_never_replaces_a_users_files(tmp_path, capsys):
+    # report.json and figure.png were overwritten, shifts.png and metric_bias.csv deleted
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("report.json", "shifts.png", "metric_bias.csv", "notes.txt"):
+        (mine / name).write_text(f"my {name}")
+    assert main(_measure_args(_two_images(tmp_path / "img"), mine, "rotation:90")) == 2
+    assert "holds other files" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in mine.iterdir()} == {
+        n: f"my {n}" for n in ("report.json", "shifts.png", "metric_bias.csv", "notes.txt")}
+
+
+def test_an_interrupted_write_leaves_the_earlier_set_whole(tmp_path, monkeypatch, capsys):
+    # the files were written one by one: Ctrl-C left the new report.json beside the old parts
+    data, out = _two_images(tmp_path / "img"), tmp_path / "out"
+    first = _measure_args(data, out, "translation:1-2") + ["--metric", "correlation,cosine"]
+    assert main(first) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"shifts.png", "metric_bias.csv", "report.meta.json"} <= set(before)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Report, "plot", interrupted)  # after the tables, before the figure
+    assert main(_measure_args(data, out, "rotation:90")) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no staging folder left
+    monkeypatch.undo()
+    assert main(_measure_args(data, out, "rotation:90")) == 0  # the whole new set, none of the old
+    assert not (out / "shifts.png").exists() and not (out / "metric_bias.csv").exists()
+    meta = Report.load(out / "report.csv").meta
+    assert meta["transforms"] == ["rotation(90)"] and meta["images"] == str(data)
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(before) - {
+        "shifts.png", "metric_bias.csv", "metric_bias_correlation.csv"})
+    capsys.readouterr()
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path, monkeypatch, capsys):
+    # `equifast models vit | head -1` printed "error: [Errno 32] Broken pipe" and exited 2
+    import sys
+
+    spare = open(tmp_path / "stdout", "w")  # the descriptor main points at /dev/null
+
+    class ClosedPipe:  # stdout once its reader (`head -1`) has left
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return spare.fileno()
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["models", "vit"]) == 141
+    assert capsys.readouterr().err == ""
+    spare.close()
