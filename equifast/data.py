@@ -39,7 +39,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".we
 Batch = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
 
-def _rgb(img: np.ndarray) -> np.ndarray:
+def _photo_rgb(img: np.ndarray) -> np.ndarray:
     if img.ndim == 2:
         img = np.stack([img] * 3, axis=-1)
     return np.ascontiguousarray(img[..., :3])
@@ -56,7 +56,7 @@ def embedded_photos(n: int = 256, size: int = 224, seed: int = 0) -> torch.Tenso
 
     if n < 1:
         raise ValueError(f"Expected `n` >= 1, but got {n}.")
-    photos = [torch.from_numpy(_rgb(getattr(skimage.data, name)())).permute(2, 0, 1).float() / 255
+    photos = [torch.from_numpy(_photo_rgb(getattr(skimage.data, name)())).permute(2, 0, 1).float() / 255
               for name in PHOTOS]
     gen = torch.Generator().manual_seed(seed)
     out = torch.empty(n, 3, size, size)
@@ -113,14 +113,40 @@ class ImageFiles(Dataset):
         path = self.files[i]
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img.load()
         except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable files
             raise ValueError(f"Expected {str(path)!r} to be a readable image, but PIL could not decode "
                              f"it ({e}); remove or replace that file.") from e
+        img = _pil_rgb(img, path)
         x = self.transform(img) if self.transform else img
         if self.labelled and path.parent != self.root:
             return x, self.class_index[path.relative_to(self.root).parts[0]]
         return x, -1
+
+
+# Longest side / shortest side beyond which an image is refused: resizing the short side to
+# the model's size first made a 12000x1 strip a 3-million-pixel-wide image (gigabytes).
+MAX_ASPECT = 32
+
+
+def _pil_rgb(img, path: Path):
+    """``img`` as 8-bit RGB, as stored (EXIF orientation is not applied, as torchvision's
+    ImageFolder and timm's evaluation read images, so accuracies compare with theirs); 16-bit
+    images are scaled to 8 bits, which ``convert`` would clip to white. 32-bit float images and
+    extreme aspect ratios are refused (``ValueError``)."""
+    from PIL import Image
+
+    w, h = img.size
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ValueError(f"Expected images of aspect ratio at most {MAX_ASPECT}:1, but {str(path)!r} "
+                         f"is {w}x{h}; crop it or remove it.")
+    if img.mode == "F":  # their range (0..1? 0..255?) is not in the file
+        raise ValueError(f"Expected an 8- or 16-bit image, but {str(path)!r} holds 32-bit floats, "
+                         "whose range is unknown; save it as an 8- or 16-bit image.")
+    if img.mode.startswith("I"):  # I;16, I;16B, I (a 16-bit PNG): 0..65535
+        levels = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(levels / 257), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
 
 
 def _image_paths(root: Path) -> Iterator[Path]:

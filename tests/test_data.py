@@ -72,6 +72,26 @@ def test_image_folder_modes_and_unreadable_file(tmp_path):
         assert "Traceback" not in str(err.value) and "\n" not in str(err.value)
 
 
+def test_sixteen_bit_float_and_extreme_images(tmp_path):
+    # convert("RGB") clipped a 16-bit PNG to white and a float image to 0/1: silent wrong scores
+    import numpy as np
+    import torchvision.transforms as T
+
+    levels = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    Image.fromarray(levels).save(tmp_path / "deep.png")  # PIL reads it as I;16
+    bx, _ = _collect(data.batches(str(tmp_path), batch_size=1, preprocess=T.ToTensor()))
+    want = torch.from_numpy(np.rint(levels / 257) / 255).float()
+    torch.testing.assert_close(bx[0], want.expand(3, 8, 8), atol=1e-6, rtol=0)
+    for name, image, said in (
+            ("float.tif", Image.fromarray(np.full((8, 8), 0.5, np.float32)), "32-bit floats"),
+            ("strip.png", Image.new("RGB", (400, 4)), "aspect ratio at most 32:1, but .* is 400x4")):
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        image.save(folder / name)
+        with pytest.raises(ValueError, match=said):
+            _collect(data.batches(str(folder), batch_size=1, preprocess=T.ToTensor()))
+
+
 def test_normalise_like_reads_every_kind_of_pipeline():
     import torchvision
     import torchvision.transforms as T

@@ -396,6 +396,30 @@ def test_missing_gpu_fails_before_the_run_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_damaged_or_unfinished_run_is_said_so(tmp_path):
+    # an unfinished run was measured as if trained; a cut checkpoint gave a zip-reader traceback
+    from equifast.training.trainer import build_model_for
+    from equifast.warning import EquifastWarning
+    recipe = get_recipe("cnn7-fmnist6", epochs=5)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.json").write_text(json.dumps(recipe.to_dict()))
+    with pytest.raises(FileNotFoundError, match="trained weights .* but it has none"):
+        load_model(str(run))
+    net = build_model_for(recipe)
+    torch.save({"epoch": 1, "model": net.state_dict()}, run / "checkpoint.pt")
+    with pytest.warns(EquifastWarning, match=r"unfinished \(epoch 1 of 5\): its latest checkpoint"):
+        loaded = load_model(str(run))
+    for a, b in zip(loaded.state_dict().values(), net.state_dict().values()):
+        assert torch.equal(a, b)
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"Could not read the run file .*checkpoint.pt.*damaged"):
+        load_model(str(run))
+    (run / "recipe.json").write_text("{'cut")
+    with pytest.raises(ValueError, match=r"Could not read the run file .*recipe.json.*JSONDecodeError"):
+        load_model(str(run))
+
+
 @needs_fmnist
 def test_short_real_run_learns(tmp_path):
     recipe = get_recipe("cnn7-fmnist6", epochs=2, train_subset=2000, test_subset=2000,

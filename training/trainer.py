@@ -32,6 +32,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -55,7 +56,7 @@ from .models import build_model
 from .recipes import Recipe
 
 __all__ = ["TrainResult", "train", "build_model_for", "load_model", "evaluate",
-           "prepare_out_dir", "epoch_line", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
+           "prepare_out_dir", "epoch_line", "read_run_file", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
 
 CHECKPOINT, METRICS, RESULT, MODEL, RECIPE = (
     "checkpoint.pt", "metrics.csv", "result.json", "model.pt", "recipe.json")
@@ -130,12 +131,20 @@ def load_model(out_dir: str, map_location: str = "cpu", class_logits_only: bool 
     if not (out / RECIPE).is_file():
         raise FileNotFoundError(f"Expected a run folder with {RECIPE}, but got {str(out)!r}. "
                                 f"Train it first with `equifast train`.")
-    recipe = Recipe.from_dict(json.loads((out / RECIPE).read_text()))
+    recipe = Recipe.from_dict(read_run_file(out / RECIPE))
     model = build_model_for(recipe)
     if (out / MODEL).is_file():
-        state = torch.load(out / MODEL, map_location=map_location, weights_only=True)
+        state = read_run_file(out / MODEL, map_location)
+    elif (out / CHECKPOINT).is_file():
+        ckpt = _load_checkpoint(out / CHECKPOINT, map_location)
+        warnings.warn(f"The run {str(out)!r} is unfinished (epoch {ckpt['epoch']} of "
+                      f"{recipe.epochs}): its latest checkpoint is used.",
+                      category=EquifastWarning, stacklevel=2)
+        state = ckpt["model"]
     else:
-        state = _load_checkpoint(out / CHECKPOINT, map_location)["model"]
+        raise FileNotFoundError(f"Expected the run {str(out)!r} to hold trained weights ({MODEL} "
+                                f"or {CHECKPOINT}), but it has none: train it first with "
+                                "`equifast train`.")
     model.load_state_dict(state)
     if hasattr(model, "class_logits_only"):
         model.class_logits_only = class_logits_only
@@ -228,8 +237,23 @@ def _write_csv(path: Path, rows: List[Dict]) -> None:
     atomic_write(path, write)
 
 
+def read_run_file(path: Path, map_location="cpu"):
+    """What a run's file holds: ``.json`` parsed, else a ``torch.save`` file read weights-only.
+    A damaged file (a cut copy, a full disk) is a ``ValueError`` naming it, not a traceback."""
+    path = Path(path)
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        cause = " ".join(str(err).split("\n")[0].split())
+        raise ValueError(f"Could not read the run file {str(path)!r} ({type(err).__name__}: "
+                         f"{cause}): it is damaged. Restore it, or train the run again with "
+                         "--overwrite (overwrite=True).") from err
+
+
 def _load_checkpoint(path: Path, map_location="cpu") -> Dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return read_run_file(path, map_location)
 
 
 def _rng_state(generator: torch.Generator) -> Dict:
@@ -251,7 +275,7 @@ def _set_rng_state(state: Dict, generator: torch.Generator) -> None:
 
 
 def _result_from_dir(out: Path, resumed_from: Optional[int] = None) -> TrainResult:
-    d = json.loads((out / RESULT).read_text())
+    d = read_run_file(out / RESULT)
     rows = []
     if (out / METRICS).is_file():
         with open(out / METRICS, newline="") as f:
@@ -287,7 +311,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     started = (out / CHECKPOINT).is_file() or (out / RESULT).is_file()
     if (out / RECIPE).is_file() and started:  # without them no epoch was trained: nothing to keep
-        stored = Recipe.from_dict(json.loads((out / RECIPE).read_text()))
+        stored = Recipe.from_dict(read_run_file(out / RECIPE))
         if not stored.same_run(recipe):
             diff = {k: (v, recipe.to_dict()[k]) for k, v in stored.to_dict().items()
                     if v != recipe.to_dict()[k]}
