@@ -239,17 +239,35 @@ def _rank_correlation(scores: pd.DataFrame, targets: Dict[str, str], min_models:
             .drop(columns="_family").reset_index(drop=True))
 
 
-_OWN_FILES = ("part_scores.csv", "shift_scores.csv", "accuracy_correlation.csv",
-              "final_correlation.csv", "fig8_", "fig11_", "fig12_", "fig13_", "parts_")
+_TABLES = ("part_scores.csv", "shift_scores.csv", "accuracy_correlation.csv", "final_correlation.csv")
 
 
-def _check_figures_folder(path: os.PathLike) -> Path:
-    """``path``, unless it holds files :func:`sweep_figures` does not write (``FileExistsError``)."""
+def _families() -> List[str]:
+    """Every transform family a sweep can measure (a spec's transforms are parsed into these)."""
+    from equifast.transforms import shift_family
+
+    shifts = [shift_family(m, r) for m in ("circular", "zero") for r in ("down", "nearest")]
+    return ["identity", "rotation", "flip", "transform"] + shifts
+
+
+def _own_figures(datasets, families) -> set:
+    """The names of every figure :func:`sweep_figures` writes for these datasets and families,
+    with or without a dataset's suffix (an earlier report's may have had other datasets)."""
+    suffixes = [""] + [f"_{_slug(d)}" for d in datasets]
+    bases = ["fig11_translation", "fig12_rotation", "fig13_accuracy_correlation"]
+    bases += [f"{kind}_{_slug(f)}" for f in families for kind in ("parts", "fig8")]
+    return {f"{b}{s}.png" for b in bases for s in suffixes}
+
+
+def _check_figures_folder(path: os.PathLike, own: Optional[set] = None) -> Path:
+    """``path``, unless it is a file or holds files other than the report's tables and the
+    figures named ``own`` (``FileExistsError``; ``None``: only whether it is a file): a user's
+    files are never replaced or removed, even one named like a figure (fig8_thesis.png)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"Expected --figures {str(path)!r} to be a folder, but it is a file.")
-    others = sorted(p.name for p in path.iterdir() if not p.name.startswith(_OWN_FILES)) \
-        if path.is_dir() else []
+    others = sorted(p.name for p in path.iterdir() if p.name not in _TABLES and p.name not in own) \
+        if path.is_dir() and own is not None else []
     if others:
         raise FileExistsError(f"Expected --figures {str(path)!r} to be empty or hold only the "
                               f"report's tables and figures, but it holds other files: "
@@ -274,10 +292,11 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     (:func:`final_correlation`), and from a results folder ``shift_scores.csv`` and
     ``fig8_<family>.png`` (each model's parts at each shift of a translation family, a row of
     panels per model, via :func:`equifast.figures.plot_shifts`). With several datasets or
-    transform sets, their names are added to the file names. An earlier report's figures are
-    removed first, so that none is left beside tables it does not match. ``out_dir`` must be
-    missing, empty or hold only such files: a user's other files there are refused, never
-    replaced.
+    transform sets, their names are added to the file names. An earlier report's figures (the
+    names a report writes for any family and the sweep's datasets) are removed first, so that
+    none is left beside tables it does not match. ``out_dir`` must be missing, empty or hold
+    only such files: a user's other files there, even ones named like a figure
+    (``fig8_thesis.png``), are refused, never replaced or removed.
 
     Returns:
         ``{"tables": [...], "figures": [...]}`` paths.
@@ -289,7 +308,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
 
     from equifast.figures import plot_accuracy_correlation, plot_parts, plot_shifts
 
-    out = _check_figures_folder(out_dir)
+    _check_figures_folder(out_dir)  # a file: said before the tables are read
     stored = None if isinstance(source, pd.DataFrame) else _store_tables(source)
     scores = part_scores(source if stored is None else stored["parts"], metric=metric,
                          accuracy=accuracy)
@@ -297,9 +316,16 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     to_final = final_correlation(scores, min_models=min_models)
     points = None if stored is None else stored["points"]
     shifts = shift_scores(points, metric=metric) if points is not None and len(points) else None
+    # what this report, or an earlier one of the same sweep, writes: its figures are replaced
+    saved = None if stored is None else (
+        source if isinstance(source, ResultStore) else ResultStore(source)).read_spec()
+    datasets = set(scores["dataset"]) | {d.get("label") for d in ((saved or {}).get("spec") or {})
+                                         .get("datasets", []) if d.get("label")}
+    own = _own_figures(datasets, set(_families()) | set(scores["family"]))
+    out = _check_figures_folder(out_dir, own)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # an earlier report's figures would disagree with the tables
-        if old.name.startswith(_OWN_FILES):
+        if old.name in own:
             old.unlink()
     tables = [out / "part_scores.csv", out / "accuracy_correlation.csv", out / "final_correlation.csv"]
     for path, table in zip(tables, (scores, corr, to_final)):

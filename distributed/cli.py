@@ -41,8 +41,13 @@ def _run(args) -> int:
     jobs = spec.jobs()
     if args.dry_run:
         from .store import ResultStore
+        from .sweep import _moved
 
-        states = ResultStore(out).states()
+        store = ResultStore(out)
+        states = store.states()
+        folders = [j for j in jobs if j.relative_folder]
+        for jid in _moved(store.records_of(folders), folders):  # finished, but on other data
+            states[jid] = "moved"
         print(f"{spec.name}: {len(jobs)} jobs -> {out}")
         for job in jobs:
             print(f"  {job.id}  {states.get(job.id, 'pending'):8s}  {job.title}  "
@@ -77,7 +82,12 @@ def _status(args) -> int:
     print(f"{live.get('sweep', store.root.name)} ({store.root}): {state or 'unknown'}")
     print(f"  finished {counts['finished']}/{total}, running {counts['running']}, "
           f"failed {counts['failed']}, pending {counts['pending']}")
+    saved = store.read_spec()
+    ours = set(saved["jobs"]) if saved else None  # an earlier spec's failures are not counted
+    running = set(live.get("running_ids", [])) if state == "running" else set()
     for rec in store.records(status="failed"):
+        if (ours is not None and rec["id"] not in ours) or rec["id"] in running:
+            continue
         job = rec.get("job", {})
         print(f"  failed {rec['id']} {job.get('model', {}).get('label')} / "
               f"{job.get('dataset', {}).get('label')} / {job.get('family')} / seed {job.get('seed')}: "

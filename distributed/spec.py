@@ -39,6 +39,7 @@ import copy
 import difflib
 import functools
 import hashlib
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -46,8 +47,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from equifast.devices import parse_device
-from equifast.models import (checkpoint_path, close_model_names, is_known_model, torchvision_weights,
-                             torchvision_weights_names)
+from equifast.models import (EMBEDDED, _check_timm_tag, checkpoint_path, close_model_names,
+                             is_known_model, torchvision_weights, torchvision_weights_names)
 
 __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
            "validate_spec", "job_id", "hub_accuracy", "SPEC_VERSION"]
@@ -94,7 +95,8 @@ class ModelEntry:
         weights: ``"default"`` (hub), ``None`` (random init), ``"embedded"``, or a checkpoint path.
         num_classes: classifier size (``None``: the architecture's default).
         accuracy: known top-1 accuracy in [0, 1] (used when the data has no labels), or None.
-        resources, batch_size, shards: per-model overrides of the sweep's settings.
+        resources, batch_size, shards: per-model overrides of the sweep's settings
+            (``resources`` holds only the keys the entry gives: the others are the sweep's).
     """
 
     label: str
@@ -124,7 +126,8 @@ class DatasetEntry:
         label: its name in tables.
         kind: ``"folder"`` (``path``; class subfolders give labels), ``"embedded"`` (the
             scikit-image photos), ``"random"`` (seeded Gaussian noise, for smoke tests), or
-            ``"torchvision"`` (``torchvision.datasets.<name>(root, **args)``, never downloaded).
+            ``"torchvision"`` (``torchvision.datasets.<name>(root, **args)``, never downloaded;
+            in RGB, its labels counted where its ``classes`` are the model's, as class folders').
         image_size: model input size; overrides the model's own preprocessing with the
             ImageNet evaluation pipeline at this size (resize, centre crop ``crop_pct``).
         n_images: overrides the sweep's ``n_images`` for this dataset.
@@ -195,14 +198,27 @@ class Job:
                             families=[t.family for t in parse_transforms(self.transform_spec)])
 
     def entry(self) -> Dict[str, Any]:
-        """Everything about the job, JSON-ready, as stored in its result record."""
-        return {"id": self.id, "model": self.model.entry(), "dataset": self.dataset.entry(),
+        """Everything about the job, JSON-ready, as stored in its result record; a folder's
+        ``resolved_path`` too, and for a relative one what its files are (``files_sha256``):
+        the id holds the path as the spec says it, so that a rerun from a copy of the spec's
+        folder (``ray job submit --working-dir``) skips what is done."""
+        dataset = self.dataset.entry()
+        if self.dataset.kind == "folder":
+            dataset["resolved_path"] = self.resolve(self.dataset.path)
+            if self.relative_folder:
+                dataset["files_sha256"] = folder_files_sha256(dataset["resolved_path"])
+        return {"id": self.id, "model": self.model.entry(), "dataset": dataset,
                 "family": self.family, "transform_spec": self.transform_spec,
                 "transforms": list(self.transforms),
                 "metrics": list(self.metrics), "seed": self.seed, "n_images": self.n_images,
                 "batch_size": self.batch_size, "vector_mode": self.vector_mode,
                 "shards": self.shards, "resources": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
                 "device": self.device, "amp": self.amp, "tensor_cores": self.tensor_cores}
+
+    @property
+    def relative_folder(self) -> bool:
+        """Whether the job's data is a folder given relative to the spec's folder."""
+        return self.dataset.kind == "folder" and not os.path.isabs(os.path.expanduser(self.dataset.path))
 
     def resolve(self, path: Optional[str]) -> Optional[str]:
         """``path`` made absolute against the spec's folder (``None`` stays ``None``)."""
@@ -231,6 +247,35 @@ def _job_content(model, dataset, transforms, metrics, seed, n_images, batch_size
             stat = os.stat(path)
             out["weights_sha256"] = _file_sha256(path, stat.st_size, stat.st_mtime_ns)
     return out
+
+
+def folder_files_sha256(path: str) -> Optional[str]:
+    """SHA-256 of the relative names and sizes of a folder's images (what a job reads there),
+    ``None`` when it has none."""
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+    # cached per folder as it is now: a driver writes a record per job of the same folders
+    return _folder_files_sha256(os.path.abspath(path), stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _folder_files_sha256(path: str, mtime_ns: int) -> Optional[str]:
+    from equifast.data import ImageFiles
+
+    try:
+        files = ImageFiles(path).files
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        try:
+            size = f.stat().st_size
+        except OSError:
+            size = -1
+        digest.update(f"{f.relative_to(path).as_posix()}\0{size}\n".encode())
+    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=256)
@@ -424,7 +469,8 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
     if device is not None and not _is_device_name(device):
         problems.append(f"device: Expected null (CUDA when the worker has a GPU) or a device like 'cpu', "
                         f"'cuda' or 'cuda:1', but got {device!r}.")
-    num_cpus, num_gpus = _resources(raw.get("resources"), "resources", problems) or (1.0, 0.0)
+    res = _resources(raw.get("resources"), "resources", problems)
+    num_cpus, num_gpus = res.get("num_cpus", 1.0), res.get("num_gpus", 0.0)
     out = raw.get("out")
     if out is not None and not isinstance(out, str):
         problems.append(f"out: Expected a folder path, but got {out!r}.")
@@ -475,6 +521,7 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
 
     # datasets ---------------------------------------------------------------------------
     datasets: List[DatasetEntry] = []
+    dataset_where: List[str] = []
     entries = raw.get("datasets", ["embedded"])
     if not isinstance(entries, list) or not entries:
         problems.append(f"datasets: Expected a non-empty list of datasets, but got {entries!r}.")
@@ -493,20 +540,36 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
                     problems.append(f"shards: Expected at most n_images={n} shards for dataset "
                                     f"{d.label!r}, but model {m.label!r} has {m.shards or shards}.")
         datasets.append(d)
-    # a shift as large as the images would fail every job of that family on the workers
+        dataset_where.append(f"datasets[{i}]")
+    # a size the model cannot take, or a shift as large as the images, would fail every such
+    # job on the workers
     from equifast.transforms import parse_transforms
 
-    for d in datasets:
-        if d.image_size is None:
-            continue  # the model's own size: checked when the job starts
-        for fam, text in families.items():
-            for t in parse_transforms(text):
+    parsed = {fam: parse_transforms(text) for fam, text in families.items()}
+
+    def check_fit(size, what):
+        for fam, ts in parsed.items():
+            for t in ts:
                 try:
-                    t.check_input((d.image_size, d.image_size))
+                    t.check_input((size, size))
                 except ValueError as err:
-                    problems.append(f"transforms.{fam}: Expected transforms that fit dataset "
-                                    f"{d.label!r} (image_size {d.image_size}), but {err}")
+                    problems.append(f"transforms.{fam}: Expected transforms that fit {what}, but {err}")
                     break
+
+    for where, d in zip(dataset_where, datasets):
+        if d.image_size is not None:
+            check_fit(d.image_size, f"dataset {d.label!r} (image_size {d.image_size})")
+        for m in models:
+            size, fixed = _input_sizes(m.arch, m.weights)
+            if d.image_size is None and size is not None:  # the model's own preprocessing
+                check_fit(size, f"dataset {d.label!r} at the input size of model {m.label!r} "
+                                f"({size}: the dataset sets no image_size)")
+            elif fixed is not None and d.image_size not in (None, fixed):
+                arch = f" ({m.arch})" if m.arch != m.label else ""
+                problems.append(f"{where}.image_size: Expected {fixed}, the only input size model "
+                                f"{m.label!r}{arch} takes, but dataset {d.label!r} has image_size "
+                                f"{d.image_size}; set {fixed}, or leave image_size out (each "
+                                "model's own size).")
     dlabels = [d.label for d in datasets]
     for lab in sorted({lab for lab in dlabels if dlabels.count(lab) > 1}):
         problems.append(f"datasets: Expected distinct dataset labels, but {lab!r} repeats; give each "
@@ -546,26 +609,30 @@ def _is_device_name(device) -> bool:
     return True
 
 
-def _resources(value, where, problems) -> Optional[Tuple[float, float]]:
+def _resources(value, where, problems) -> Dict[str, float]:
+    """The valid keys of a ``resources:`` mapping, only those given (a model's entry takes the
+    others from the sweep's)."""
     if value is None:
-        return None
+        return {}
     if not isinstance(value, Mapping):
         problems.append(f"{where}: Expected a mapping like {{num_cpus: 1, num_gpus: 0.5}}, but got {value!r}.")
-        return None
+        return {}
     for key in set(value) - {"num_cpus", "num_gpus"}:
         problems.append(f"{where}.{key}: Expected num_cpus or num_gpus, but got {key!r}.")
-    cpus, gpus = value.get("num_cpus", 1), value.get("num_gpus", 0)
-    ok = True
-    for key, v in (("num_cpus", cpus), ("num_gpus", gpus)):
+    out = {}
+    for key in ("num_cpus", "num_gpus"):
+        if key not in value:
+            continue
+        v = value[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (key == "num_cpus" and v <= 0):
             problems.append(f"{where}.{key}: Expected a number {'> 0' if key == 'num_cpus' else '>= 0'}, "
                             f"but got {v!r}.")
-            ok = False
         elif v > 1 and not float(v).is_integer():
             problems.append(f"{where}.{key}: Expected a fraction <= 1 or a whole number (Ray's rule), "
                             f"but got {v!r}.")
-            ok = False
-    return (float(cpus), float(gpus)) if ok else None
+        else:
+            out[key] = float(v)
+    return out
 
 
 def _families(value, problems) -> Dict[str, str]:
@@ -575,6 +642,10 @@ def _families(value, problems) -> Dict[str, str]:
         value = {"translation": "translation:1-32", "rotation": "rotation"}
     if isinstance(value, str):
         value = [value]
+    if isinstance(value, list) and not value:  # no family: a "complete" sweep of no job
+        problems.append("transforms: Expected at least one transform spec (a mapping {family: spec} "
+                        "or a list of specs), but got [].")
+        return {}
     if isinstance(value, list):
         named = {}
         for text in value:
@@ -632,6 +703,50 @@ def hub_accuracy(arch: str, weights: str = "default") -> Optional[float]:
         return None
 
 
+def _weights_classes(arch: str, weights: Optional[str]) -> Optional[int]:
+    """The classes of pretrained weights whose classifier load_model cannot resize (torchvision's,
+    the embedded ones); ``None`` for others (timm gives its hub weights a new head)."""
+    if arch == EMBEDDED and weights in ("default", "embedded"):
+        return 1000
+    if weights is None or checkpoint_path(arch, weights) is not None:
+        return None
+    named = torchvision_weights(arch, "DEFAULT" if weights == "default" else weights)
+    categories = named.meta.get("categories") if named is not None else None
+    return len(categories) if categories else None
+
+
+@functools.lru_cache(maxsize=None)
+def _input_sizes(arch: str, weights: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
+    """``(size, fixed)``: the size the model's own preprocessing crops images to, and that size
+    again when the model takes no other (ViTs' position embeddings, MLP-Mixers, Swin's windows,
+    MaxViT); ``None`` where not known. Read from metadata, as load_model builds the model
+    (torchvision first: named weights' size, else its builder's); no model is built."""
+    import torchvision
+
+    from equifast.data import input_size
+
+    if arch in torchvision.models.list_models(module=torchvision.models):
+        named = torchvision_weights(arch, "DEFAULT" if weights == "default" else weights)
+        fixed = None
+        if arch.startswith("vit_") or arch == "maxvit_t":  # their builders fix image_size
+            fixed = int(named.meta["min_size"][0]) if named is not None else 224
+        try:
+            size = input_size((named or torchvision.models.get_model_weights(arch).DEFAULT).transforms())
+        except (ValueError, AttributeError, KeyError):
+            size = None
+        return fixed or size, fixed
+    import timm.models
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch)  # arch.tag: that tag's
+    except (RuntimeError, ValueError, KeyError):
+        return None, None
+    shape = tuple(getattr(cfg, "input_size", None) or ())
+    if len(shape) != 3 or shape[1] != shape[2]:
+        return None, None
+    return int(shape[2]), (int(shape[2]) if getattr(cfg, "fixed_input_size", False) else None)
+
+
 def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
     if isinstance(entry, str):
         entry = {"name": entry}
@@ -648,10 +763,17 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
         problems.append(f"{where}.name: Expected a torchvision or timm model name, but got {arch!r}.")
         return None
     ok = True
+    key = 'arch' if 'arch' in entry else 'name'
     if not is_known_model(arch):
-        problems.append(f"{where}.{'arch' if 'arch' in entry else 'name'}: Expected a torchvision or timm "
+        problems.append(f"{where}.{key}: Expected a torchvision or timm "
                         f"model name, but got {arch!r}{_unknown_model_hint(arch)}.")
         ok = False
+    else:
+        try:  # timm.is_model takes any tag; load_model, on every worker, does not
+            _check_timm_tag(arch)
+        except ValueError as err:
+            problems.append(f"{where}.{key}: {err}")
+            ok = False
     weights = entry.get("weights", "default")
     if weights in _NO_WEIGHTS:
         weights = None
@@ -671,6 +793,11 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
         ok = False
     num_classes = number("num_classes", entry.get("num_classes"), 1, allow_none=True,
                          where=f"{where}.num_classes")
+    classes = _weights_classes(arch, weights) if ok else None
+    if num_classes is not None and classes is not None and num_classes != classes:
+        problems.append(f"{where}.num_classes: Expected {classes} (the classes of the {weights} "
+                        f"weights of {arch!r}) or none, but got {num_classes}; other classes need "
+                        "weights: none (random) or a checkpoint.")
     accuracy = entry.get("accuracy")
     if accuracy == "hub":
         accuracy = hub_accuracy(arch, weights) if weights is not None else None
@@ -696,7 +823,7 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
         return None
     return ModelEntry(label=str(label), arch=arch, weights=weights, num_classes=num_classes,
                       accuracy=accuracy,
-                      resources=(("num_cpus", res[0]), ("num_gpus", res[1])) if res else None,
+                      resources=tuple(sorted(res.items())) or None,
                       batch_size=batch_size, shards=shards)
 
 
@@ -739,10 +866,12 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
         import torchvision.datasets
 
         name = entry.get("torchvision")
-        if not isinstance(name, str) or not hasattr(torchvision.datasets, name):
+        cls = getattr(torchvision.datasets, name, None) if isinstance(name, str) else None
+        if not inspect.isclass(cls):
             known = [n for n in dir(torchvision.datasets) if n[:1].isupper()]
             problems.append(f"{where}.torchvision: Expected a torchvision.datasets class name like "
                             f"'CIFAR10', but got {name!r}{_suggest(name, known)}.")
+            cls = None
         root = entry.get("root")
         if not isinstance(root, str) or not os.path.isdir(_resolve(root, base_dir)):
             problems.append(f"{where}.root: Expected the dataset's root folder (datasets are never "
@@ -754,9 +883,27 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
         if "download" in raw_args:
             problems.append(f"{where}.args.download: Expected no download argument (workers never "
                             "download); put the data under 'root' first.")
+        elif cls is not None:
+            _check_dataset_args(cls, raw_args, f"{where}.args", problems)
         args = tuple(sorted(raw_args.items()))
     label = entry.get("name") or (
         Path(path).name if kind == "folder" and path else name if kind == "torchvision" else kind)
     return DatasetEntry(label=str(label), kind=kind, path=path, name=name, root=root, args=args,
                         image_size=image_size, crop_pct=float(crop_pct), n_images=n_images,
                         labels=labels)
+
+
+def _check_dataset_args(cls, args: Mapping, where: str, problems: List[str]) -> None:
+    """The problem, if any, with calling ``cls(root=..., **args)`` (each worker would raise it)."""
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):  # no signature to read: the worker tells
+        return
+    params = [n for n in sig.parameters if n not in ("self", "root")]
+    try:
+        sig.bind(root=".", **args)
+    except TypeError as err:
+        unknown = [k for k in args if k not in sig.parameters]
+        hint = _suggest(unknown[0], params) if len(unknown) == 1 else ""
+        problems.append(f"{where}: Expected arguments of torchvision.datasets.{cls.__name__} "
+                        f"({', '.join(params)}), but {err}{hint}.")

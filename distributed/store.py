@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -36,6 +37,10 @@ __all__ = ["ResultStore", "records_frame", "STATES"]
 
 #: The states a job can be in, as counted by the status file.
 STATES = ("finished", "running", "failed", "pending")
+
+# a record file (a job id: 16 hex digits), and one being written (equifast._io.atomic_write)
+_RECORD = re.compile(r"[0-9a-f]{16}\.json")
+_RECORD_TMP = re.compile(r"\.[0-9a-f]{16}\.json\.\d+\.[0-9a-f]{8}\.tmp")
 
 _JOB_COLUMNS = ["job_id", "model", "arch", "weights", "dataset", "transforms", "seed", "accuracy",
                 "accuracy_measured", "accuracy_known", "accuracy_source"]
@@ -224,10 +229,15 @@ class ResultStore:
     # ---- single writer ----------------------------------------------------------------------
     def check_folder(self) -> None:
         """Raise ``FileExistsError`` unless the folder is missing, empty or a sweep store (with
-        ``spec.json``, ``records/`` or ``sweep.lock``): the tables written here would replace a
-        user's files of the same names (points.csv, jobs.csv, ...)."""
-        check_own_folder(self.root, ["spec.json", self.records_dir.name, "sweep.lock"],
-                         "a sweep results folder", "--out")
+        ``spec.json`` or ``sweep.lock``, or a ``records/`` holding only job records): the tables
+        written here would replace a user's files of the same names (points.csv, jobs.csv, ...),
+        and a user's own ``records/`` folder is no sign of a store."""
+        markers = ["spec.json", "sweep.lock"]
+        if self.records_dir.is_dir():
+            names = [p.name for p in self.records_dir.iterdir()]
+            if names and all(_RECORD.fullmatch(n) or _RECORD_TMP.fullmatch(n) for n in names):
+                markers.append(self.records_dir.name)
+        check_own_folder(self.root, markers, "a sweep results folder", "--out")
 
     def lock(self) -> None:
         """Take ``sweep.lock`` so that two sweeps never write the same store at once.

@@ -31,8 +31,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from torchvision.datasets import DatasetFolder
 
-from .spec import Job, SweepSpec, load_spec
+from equifast.warning import EquifastWarning
+
+from .spec import Job, SweepSpec, folder_files_sha256, load_spec
 from .store import ResultStore, _frame_records
 
 __all__ = ["run_sweep", "measure_job", "job_inputs", "job_record", "SweepResult", "DEFAULT_OUT"]
@@ -85,6 +88,37 @@ class _NoLabels(torch.utils.data.Dataset):
         return (item[0] if isinstance(item, (tuple, list)) else item), -1
 
 
+class _TorchvisionImages(DatasetFolder):
+    """A torchvision dataset as :func:`equifast.measure` takes class folders: RGB images (MNIST's
+    are grayscale: the models and their Normalize take three channels), and labels that count
+    toward the accuracy only where its ``classes`` are the model's (one per class of the model:
+    :func:`equifast.data.model_classes`, the folders' rule), not taken as ImageNet's indices.
+    A dataset that names no classes has no labels here."""
+
+    def __init__(self, dataset, name: str):  # DatasetFolder's own would scan a folder
+        self.dataset = dataset
+        classes = getattr(dataset, "wnids", None) or getattr(dataset, "classes", None)  # ImageNet: wnids
+        self.classes = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else []
+        self.target_transform = None
+        if not self.classes:
+            warnings.warn(f"No accuracy: torchvision's {name} names no classes (no `classes`), so "
+                          "which of the model's classes its labels are is unknown.",
+                          category=EquifastWarning, stacklevel=2)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        x, y = (item[0], item[1] if len(item) > 1 else -1) if isinstance(item, (tuple, list)) else (item, -1)
+        if getattr(x, "mode", "RGB") != "RGB" and hasattr(x, "convert"):  # a PIL image
+            x = x.convert("RGB")
+        return x, (y if self.classes else -1)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.dataset!r})"
+
+
 def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.utils.data.Dataset], Any]:
     """The images a job measures, before sharding, and the preprocessing they need.
 
@@ -118,6 +152,7 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
         import torchvision.datasets
 
         dataset = getattr(torchvision.datasets, d.name)(root=job.resolve(d.root), **dict(d.args))
+        dataset = _TorchvisionImages(dataset, d.name)
     if not d.labels:
         dataset = _NoLabels(dataset)
     return data_mod.seeded_subset(dataset, job.n_images, job.seed), preprocess
@@ -429,6 +464,9 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         ConnectionError: ``address`` is no Ray cluster: nothing accepts connections at
         ``host:port``, it is the dashboard's (``http://``, or a port answering HTTP), it is
         malformed, or ``auto`` finds no cluster; nothing is written then.
+        ValueError: jobs to run ask for more CPUs or GPUs (``resources``) than the local Ray this
+        call started has (Ray would wait for ever); nothing is written. On a cluster it joined,
+        which may autoscale, that is a warning.
     """
     import ray
 
@@ -438,11 +476,16 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     t0 = time.time()
     store.check_folder()
     started_ray = False
-    if not ray.is_initialized() and any(_to_run(store.get(j.id), retry_failed) for j in jobs):
-        # before the store is touched: a wrong address or no cluster leaves nothing behind
-        _check_reachable(address)
-        started_ray = _init_ray(address, num_cpus)
     try:
+        # before the store is touched: a wrong address, no cluster, or jobs it can never run
+        # leave nothing behind
+        if not ray.is_initialized() and any(_to_run(store.get(j.id), retry_failed) for j in jobs):
+            _check_reachable(address)
+            started_ray = _init_ray(address, num_cpus)
+        if ray.is_initialized():
+            _check_resources(jobs, ray.cluster_resources(),
+                             can_grow=not (started_ray and _is_local(address)),
+                             runs=lambda j: _to_run(store.get(j.id), retry_failed))
         store.lock()
     except BaseException:
         if started_ray:
@@ -465,7 +508,10 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         counts = _Counts(jobs, done, set() if retry_failed else old_failed)
         store.write_status({**status, **counts.as_dict(set())})
         if todo:
-            started_ray = _init_ray(address, num_cpus) or started_ray
+            if not ray.is_initialized():  # jobs to run after all: their records changed, or moved
+                started_ray = _init_ray(address, num_cpus)
+            if started_ray and _is_local(address):  # moved ones too, which the first check left out
+                _check_resources(todo, ray.cluster_resources())
             tracker = ray.remote(_Tracker).options(num_cpus=0).remote()
             remote = ray.remote(_task)
             for job in todo:
@@ -569,10 +615,70 @@ def _to_run(record: Optional[dict], retry_failed: bool) -> bool:
 
 
 def _todo(records: Dict[str, Optional[dict]], jobs: List[Job], retry_failed: bool):
-    """``(finished ids, failed ids, jobs to run)`` from the jobs' records (``None``: none)."""
-    done = {jid for jid, rec in records.items() if rec and rec.get("status") == "ok"}
+    """``(finished ids, failed ids, jobs to run)`` from the jobs' records (``None``: none);
+    a finished job whose relative folder now holds other data runs again (:func:`_moved`)."""
+    moved = _moved(records, jobs)
+    done = {jid for jid, rec in records.items() if rec and rec.get("status") == "ok"} - moved
     failed = {jid for jid, rec in records.items() if rec and rec.get("status") == "failed"}
-    return done, failed, [j for j in jobs if _to_run(records[j.id], retry_failed)]
+    return done, failed, [j for j in jobs if j.id in moved or _to_run(records[j.id], retry_failed)]
+
+
+def _moved(records: Dict[str, Optional[dict]], jobs: List[Job]) -> set:
+    """Ids of finished jobs whose folder, given relative to the spec, now resolves to another
+    folder with other files: their id (the path as written) is the same, their data is not (two
+    specs in different folders sharing an --out). A copy of the same files elsewhere, as
+    ``ray job submit --working-dir`` makes, is the same data."""
+    moved: Dict[Tuple[str, str, str], List[str]] = {}
+    for job in jobs:
+        rec = records.get(job.id) or {}
+        then = rec.get("job", {}).get("dataset", {})
+        if rec.get("status") != "ok" or not job.relative_folder or not then.get("resolved_path"):
+            continue  # records from before the resolved path was kept: nothing to compare
+        now = job.resolve(job.dataset.path)
+        if os.path.realpath(now) == os.path.realpath(then["resolved_path"]) or (
+                then.get("files_sha256") is not None
+                and then.get("files_sha256") == folder_files_sha256(now)):
+            continue
+        moved.setdefault((job.dataset.label, then["resolved_path"], now), []).append(job.id)
+    for (label, then, now), ids in moved.items():
+        warnings.warn(f"dataset {label!r}: {len(ids)} finished job(s) measured {then!r}, but the "
+                      f"spec's relative path now means {now!r}, which holds other images: they "
+                      "are measured again, replacing those records (another spec's, if they "
+                      "share this --out: give their data absolute paths).",
+                      category=EquifastWarning, stacklevel=3)
+    return {jid for ids in moved.values() for jid in ids}
+
+
+def _is_local(address: Optional[str]) -> bool:
+    """Whether :func:`_init_ray` starts a local Ray of its own (which cannot grow)."""
+    return address is None and not os.environ.get("RAY_ADDRESS")
+
+
+def _check_resources(jobs: List[Job], available: Dict[str, float], can_grow: bool = False,
+                     runs: Optional[Callable[[Job], bool]] = None) -> None:
+    """Raise ValueError naming the jobs whose task asks for more CPUs or GPUs than the Ray
+    cluster (``available``: its total resources) has: Ray would wait for them for ever. Only
+    warn when the cluster ``can_grow`` (a running cluster may autoscale). ``runs``: whether a
+    job is to run (asked only of those that ask too much; default: all are)."""
+    short = {}
+    for job in jobs:
+        need = {"CPU": job.num_cpus, "GPU": job.num_gpus}
+        over = {k: v for k, v in need.items() if v > available.get(k, 0) + 1e-9}
+        if over and (runs is None or runs(job)):
+            short.setdefault(tuple(sorted(over.items())), []).append(job)
+    if not short:
+        return
+    asks = "; ".join(f"{len(js)} job(s) ({', '.join(sorted({j.model.label for j in js}))}) ask "
+                     f"{' and '.join(f'{v:g} {k}' for k, v in need)} per task"
+                     for need, js in short.items())
+    kinds = sorted({k for need in short for k, _ in need})
+    have = ", ".join(f"{available.get(k, 0):g} {k}" for k in kinds)
+    what = f"the Ray cluster to have the resources each job's task asks for, but it has {have}: {asks}"
+    if not can_grow:
+        raise ValueError(f"Expected {what}; lower `resources:` in the spec (num_gpus: 0 runs on "
+                         "CPUs) or run on a cluster that has them.")
+    warnings.warn(f"Expected {what} now; Ray waits until an autoscaling cluster adds them (stop "
+                  "the sweep otherwise: it waits for ever).", category=EquifastWarning, stacklevel=3)
 
 
 class _Counts:

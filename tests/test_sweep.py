@@ -58,6 +58,23 @@ def folder(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+    """A torchvision MNIST root of 8 random grayscale digits (labels 0-7), train and test."""
+    import struct
+
+    root = tmp_path_factory.mktemp("mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.random.default_rng(1).integers(0, 256, (8, 28, 28), dtype=np.uint8)
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, 8, 28, 28)
+                                                          + images.tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 8)
+                                                          + bytes(range(8)))
+    return root
+
+
 def _spec(folder, **over):
     spec = {"name": "test", "models": MODELS,
             "datasets": [{"name": "tiny", "path": str(folder), "image_size": 32}],
@@ -253,6 +270,96 @@ def test_shift_as_large_as_the_images_fails_before_any_job(folder, tmp_path):
     load_spec(_spec(folder, transforms={"translation": "translation:1-31"}))  # fits
 
 
+def _one_problem(spec, *patterns):
+    """The single problem a spec has, checked against each regular expression."""
+    import re
+
+    with pytest.raises(SpecError) as err:
+        load_spec(spec)
+    (problem,) = err.value.problems
+    for pattern in patterns:
+        assert re.search(pattern, problem), problem
+    return problem
+
+
+def test_a_model_of_a_fixed_input_size_gets_no_other_size(folder):
+    noise = {"name": "noise", "kind": "random", "image_size": 64}
+
+    def spec(model, dataset=noise):
+        return _spec(folder, models=[model], datasets=[dataset], transforms={"rotation": "rotation:90"})
+
+    vit = {"name": "vit_b_16", "weights": "none", "num_classes": 2}
+    _one_problem(spec(vit), r"^datasets\[0\]\.image_size: Expected 224, the only input size model "
+                            r"'vit_b_16' takes, but dataset 'noise' has image_size 64; set 224")
+    # named weights: theirs (SWAG end to end: 384); timm: the pretrained config's, tag and all
+    _one_problem(spec({"name": "vit_b_16", "weights": "IMAGENET1K_SWAG_E2E_V1"},
+                      dict(noise, image_size=224)), r"Expected 384, .* has image_size 224")
+    _one_problem(spec({"name": "tiny", "arch": "vit_tiny_patch16_224", "weights": "none"}),
+                 r"Expected 224, the only input size model 'tiny' \(vit_tiny_patch16_224\) takes")
+    for name in ("mixer_s16_224", "maxvit_t", "swin_tiny_patch4_window7_224",
+                 "vit_base_patch16_384.augreg_in21k_ft_in1k"):
+        _one_problem(spec({"name": name, "weights": "none"}), f"model '{name}' takes")
+    load_spec(spec(vit, dict(noise, image_size=224)))
+    load_spec(spec(vit, {"kind": "embedded", "n_images": 2}))  # the model's own size
+    load_spec(spec({"name": "swin_t", "weights": "none"}))     # torchvision's Swin pads: any size
+    # the sizes the spec reads from metadata are those load_model builds at (no model is built)
+    from equifast.data import input_size
+    from equifast.distributed.spec import _input_sizes
+    from equifast.models import load_model
+
+    for name, want in (("vit_tiny_patch16_224", (224, 224)), ("resnet10t", (176, None)),
+                       ("resnet18", (224, None))):
+        assert _input_sizes(name, None) == want
+        assert input_size(load_model(name, weights=None)[1]) == want[0]
+
+
+def test_a_models_resources_override_only_the_keys_it_gives(folder):
+    models = [dict(MODELS[0], label="both"),
+              dict(MODELS[1], label="gpu", resources={"num_gpus": 1}),
+              dict(MODELS[2], label="cpu", resources={"num_cpus": 8})]
+    spec = load_spec(_spec(folder, models=models, transforms={"rotation": "rotation:90"},
+                           resources={"num_cpus": 4, "num_gpus": 0.5}))
+    got = {j.model.label: (j.num_cpus, j.num_gpus) for j in spec.jobs()}
+    assert got == {"both": (4, 0.5), "gpu": (4, 1), "cpu": (8, 0.5)}
+    assert [m.get("resources") for m in spec.to_dict()["models"]] == [None, {"num_gpus": 1},
+                                                                      {"num_cpus": 8}]
+    assert load_spec(_spec(folder, resources={"num_gpus": 0.5})).jobs()[0].num_cpus == 1
+
+
+def test_spec_errors_that_would_fail_every_job_are_found_first(folder, mnist):
+    one = {"transforms": {"rotation": "rotation:90"}}
+    # (a) a timm pretrained tag timm does not know (timm.is_model takes any)
+    _one_problem(_spec(folder, models=[{"name": "resnet10t.c3_in1kk", "weights": "none"}], **one),
+                 r"^models\[0\]\.name: Expected a pretrained tag of timm's 'resnet10t', but got "
+                 r"'c3_in1kk'; its tags: c3_in1k\.$")
+    # (b) an argument the torchvision dataset does not take
+    data = {"torchvision": "MNIST", "root": str(mnist), "args": {"trian": False}, "image_size": 32}
+    _one_problem(_spec(folder, datasets=[data], **one),
+                 r"^datasets\[0\]\.args: Expected arguments of torchvision.datasets.MNIST \(train, "
+                 r"transform, .*\), but got an unexpected keyword argument 'trian' \(did you mean 'train'\?\)")
+    load_spec(_spec(folder, datasets=[dict(data, args={"train": False})], **one))
+    # (c) a shift as large as the model's own input size, where the dataset sets none: timm's
+    # resnet10t takes 176 pixels, torchvision's resnet18 224
+    shifts = {"transforms": {"t": "translation:1-200"}, "datasets": [{"kind": "embedded", "n_images": 2}]}
+    _one_problem(_spec(folder, **shifts),
+                 r"^transforms\.t: Expected transforms that fit dataset 'embedded' at the input size of "
+                 r"model 'resnet10t' \(176: the dataset sets no image_size\), but translation\(176,176\)")
+    load_spec(_spec(folder, **dict(shifts, models=MODELS[:2])))
+    # (d) num_classes that the named or hub weights' classifier does not have
+    _one_problem(_spec(folder, models=[{"name": "resnet18", "num_classes": 10}], **one),
+                 r"^models\[0\]\.num_classes: Expected 1000 \(the classes of the default weights of "
+                 r"'resnet18'\) or none, but got 10")
+    _one_problem(_spec(folder, models=[{"name": "efficientnet_lite0", "num_classes": 10}], **one),
+                 r"Expected 1000")
+    load_spec(_spec(folder, models=[{"name": "resnet18", "weights": "IMAGENET1K_V1", "num_classes": 1000},
+                                    {"name": "resnet10t", "num_classes": 10}], **one))  # timm: a new head
+
+
+def test_an_empty_list_of_transforms_is_refused(folder):
+    for empty in ([], {}):
+        _one_problem(_spec(folder, transforms=empty), r"^transforms: Expected ")
+
+
 def test_a_folder_of_users_files_is_never_a_sweeps_out(folder, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -269,6 +376,23 @@ def test_a_folder_of_users_files_is_never_a_sweeps_out(folder, tmp_path, capsys)
     assert "is a file" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["points.csv"]
     assert (mine / "points.csv").read_text() == "my own table"
+
+
+def test_a_users_folder_holding_a_records_folder_is_no_sweeps_out(folder, tmp_path):
+    mine = tmp_path / "project"
+    (mine / "records").mkdir(parents=True)
+    (mine / "records" / "patients.txt").write_text("my data")
+    (mine / "jobs.csv").write_text("my,own,jobs")
+    with pytest.raises(FileExistsError, match=r"holds other files: \['jobs.csv', 'records'\]"):
+        run_sweep(_spec(folder), out=mine)
+    assert (mine / "jobs.csv").read_text() == "my,own,jobs"
+    assert sorted(p.name for p in mine.rglob("*")) == ["jobs.csv", "patients.txt", "records"]
+    # a store's own records/ (job ids, and a write in flight) is one, even without spec.json
+    store = ResultStore(tmp_path / "store")
+    store.write_record({"id": "0123456789abcdef", "status": "failed", "job": {}})
+    (store.records_dir / ".0123456789abcdef.json.12.89abcdef.tmp").write_text("")
+    (store.root / "jobs.csv").write_text("the store's own table")
+    store.check_folder()
 
 
 def test_checkpoint_path_is_relative_to_the_spec(folder, tmp_path):
@@ -314,6 +438,56 @@ def test_a_jobs_warnings_are_kept_in_its_record_not_printed_by_the_worker(folder
             "is unknown (not one folder per class, nor ImageNet-1k synsets for 1000 classes).")
     assert [info["warnings"] for _, info in results] == [[said], [said]]
     assert job_record(job, results)["warnings"] == [said]  # once for the job
+
+
+def _mnist_job(folder, mnist, model):
+    dataset = {"name": "digits", "torchvision": "MNIST", "root": str(mnist), "args": {"train": False},
+               "image_size": 32}
+    (job,) = load_spec(_spec(folder, models=[model], datasets=[dataset],
+                             transforms={"rotation": "rotation:90"})).jobs()
+    return job
+
+
+def test_a_grayscale_torchvision_dataset_is_measured_in_rgb(folder, mnist):
+    import torchvision
+
+    from equifast.distributed.sweep import job_record
+    from equifast.models import default_preprocess, load_model
+
+    job = _mnist_job(folder, mnist, {"name": "resnet10t", "weights": "none", "num_classes": 10})
+    rec = job_record(job, [measure_job(job)])
+    # as the same images turned to RGB and labelled by hand, measured in this process
+    digits = torchvision.datasets.MNIST(str(mnist), train=False)
+    prep = default_preprocess(32)
+    x = torch.stack([prep(img.convert("RGB")) for img, _ in digits])
+    torch.manual_seed(0)
+    model, _ = load_model("resnet10t", weights=None, num_classes=10)
+    ref = ef.measure(model, x, labels=torch.arange(8), transforms=ef.parse_transforms("rotation:90"),
+                     batch_size=8)
+    _assert_same(pd.DataFrame(rec["points"]), ref.points)
+    # MNIST's 10 classes are the model's 10: its labels count
+    assert rec["accuracy_source"] == "measured" and rec["accuracy_measured"] == ref.meta["accuracy"]
+    assert rec["n_images"] == 8 and not rec["warnings"]
+
+
+def test_a_torchvision_datasets_labels_count_only_for_a_model_of_its_classes(folder, mnist, monkeypatch):
+    import torchvision
+
+    from equifast.distributed.sweep import job_inputs, job_record
+
+    # an ImageNet classifier (1000 classes) on MNIST's 10: no top-1, the known accuracy instead
+    job = _mnist_job(folder, mnist, {"name": "resnet10t", "weights": "none", "accuracy": 0.7})
+    rec = job_record(job, [measure_job(job)])
+    assert rec["accuracy_measured"] is None
+    assert (rec["accuracy"], rec["accuracy_source"]) == (0.7, "known")
+    assert rec["warnings"] == ["No accuracy: which of the model's 1000 classes the 10 class folders "
+                               "(0 - zero, 1 - one, 2 - two, ...) are is unknown (not one folder per "
+                               "class, nor ImageNet-1k synsets for 1000 classes)."]
+    # a dataset that names no classes: no labels at all
+    monkeypatch.setattr(torchvision.datasets.MNIST, "classes", [])
+    with pytest.warns(UserWarning, match="torchvision's MNIST names no classes"):
+        images, _ = job_inputs(job)
+    assert [images[i][1] for i in range(len(images))] == [-1] * 8
 
 
 # ---- store -----------------------------------------------------------------------------------
@@ -430,6 +604,33 @@ def test_addresses_that_are_no_cluster_fail_before_anything_is_written(folder, t
         server.server_close()
 
 
+def test_jobs_a_local_ray_cannot_run_are_one_line_error_not_a_hang(folder, tmp_path, capsys):
+    if ray.is_initialized():
+        pytest.skip("another test's Ray is running: the sweep would use it, not start its own")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps(_spec(folder, models=MODELS[:2], transforms={"rotation": "rotation:90"},
+                                     resources={"num_cpus": 1, "num_gpus": 0.5})))
+    # Ray would wait for a GPU for ever: the local Ray of this machine has none
+    code = sweep_main(["run", str(spec), "--out", str(tmp_path / "sweep"), "--num-cpus", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.endswith("but it has 0 GPU: 2 job(s) (mobilenet_v3_small, resnet18) ask 0.5 GPU "
+                        "per task; lower `resources:` in the spec (num_gpus: 0 runs on CPUs) "
+                        "or run on a cluster that has them."), err
+    assert not (tmp_path / "sweep").exists() and not ray.is_initialized()
+
+
+def test_a_cluster_that_may_grow_is_warned_of_jobs_it_cannot_run_yet(folder):
+    from equifast.distributed.sweep import _check_resources
+
+    jobs = load_spec(_spec(folder, resources={"num_cpus": 2}, models=[dict(MODELS[0], resources={
+        "num_cpus": 4})])).jobs()
+    _check_resources(jobs, {"CPU": 4.0})
+    with pytest.warns(UserWarning, match=r"it has 2 CPU: 2 job\(s\) \(resnet18\) ask 4 CPU per task "
+                                         r"now; Ray waits until an autoscaling cluster adds them"):
+        _check_resources(jobs, {"CPU": 2.0}, can_grow=True)
+
+
 def test_a_local_ray_is_the_sweeps_own_even_beside_a_running_cluster(monkeypatch):
     from equifast.distributed.sweep import _init_ray
 
@@ -502,6 +703,20 @@ def test_status_of_a_sweep_whose_driver_is_gone_says_stopped(tmp_path, capsys, m
         assert capsys.readouterr().err.strip().endswith("interrupted")
 
 
+def test_status_lists_the_failed_jobs_of_the_sweep_only(tmp_path, capsys):
+    store = ResultStore(tmp_path / "sweep")
+    job = {"model": {"label": "m"}, "dataset": {"label": "d"}, "family": "rotation", "seed": 0}
+    store.write_spec({"name": "now"}, ["aaaa", "bbbb"], {"aaaa": "m", "bbbb": "m"})
+    store.write_record({"id": "aaaa", "status": "ok", "job": job, "points": [], "parts": []})
+    store.write_record({"id": "bbbb", "status": "failed", "job": job, "error": "ValueError: ours"})
+    store.write_record({"id": "old1", "status": "failed", "job": job, "error": "RuntimeError: an "
+                        "earlier spec's"})  # not a job of the saved spec: not counted, not listed
+    assert sweep_main(["status", "--out", str(store.root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == ["  finished 1/2, running 0, failed 1, pending 0",
+                         "  failed bbbb m / d / rotation / seed 0: ValueError: ours"]
+
+
 def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, capsys):
     out = tmp_path / "sweep"
     spec = load_spec(_spec(folder))
@@ -535,10 +750,10 @@ def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, ca
         m.label: pytest.approx(m.accuracy) for m in spec.models}
     # no figure 13 this time: the one drawn before, which the tables no longer match, is gone,
     # and so is a figure of a family the sweep no longer has
-    (out / "figures" / "parts_gone.png").write_bytes(b"")
+    (out / "figures" / "parts_flip.png").write_bytes(b"")
     assert sweep_main(["report", "--out", str(out), "--accuracy", "measured"]) == 0
     assert not (out / "figures" / "fig13_accuracy_correlation.png").exists()
-    assert not (out / "figures" / "parts_gone.png").exists()
+    assert not (out / "figures" / "parts_flip.png").exists()
     assert (out / "figures" / "fig12_rotation.png").is_file()
     # a user's folder as --figures: refused, their file untouched
     mine = tmp_path / "mine"
@@ -547,6 +762,23 @@ def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, ca
     assert sweep_main(["report", "--out", str(out), "--figures", str(mine)]) == 2
     assert "holds other files: ['notes.txt']" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_report_never_removes_a_users_figure_named_like_one(folder, tmp_path):
+    out = tmp_path / "sweep"
+    spec = load_spec(_spec(folder))
+    _finished_records(spec, out)
+    run_sweep(spec, out=out, progress=False)  # the tables; every job is finished: no Ray
+    figures = tmp_path / "paper"
+    figures.mkdir()
+    for name in ("fig8_resnet44_thesis.png", "parts_notes.png", "fig11_translation_thesis.png"):
+        (figures / name).write_bytes(b"my figure")
+    with pytest.raises(FileExistsError, match=r"holds other files: \['fig11_translation_thesis.png', "
+                                              r"'fig8_resnet44_thesis.png', 'parts_notes.png'\]"):
+        analysis.sweep_figures(out, figures)
+    assert sorted(p.name for p in figures.iterdir()) == [
+        "fig11_translation_thesis.png", "fig8_resnet44_thesis.png", "parts_notes.png"]
+    assert all(p.read_bytes() == b"my figure" for p in figures.iterdir())
 
 
 def test_report_prints_each_transform_set_apart(folder, tmp_path, capsys):
@@ -717,6 +949,46 @@ def test_sweep_of_three_models_and_two_families(ray_session, folder, tmp_path, c
         mean.reset_index(), on=keys, suffixes=("", "_s"))
     assert len(both) == 15 and np.allclose(both.channel, both.channel_s, equal_nan=True)
     assert np.allclose(both.layer, both.layer_s, equal_nan=True)
+
+
+def test_a_relative_folder_that_means_other_images_now_is_measured_again(ray_session, tmp_path, capsys):
+    import shutil
+    import warnings
+
+    import yaml
+    from PIL import Image
+
+    spec = {"models": [MODELS[2]], "datasets": [{"path": "data", "image_size": 32}],
+            "transforms": {"rotation": "rotation:90"}, "n_images": 2, "batch_size": 2}
+    for seed, project in enumerate(("a", "b")):  # two projects, each with its own data/
+        (tmp_path / project / "data").mkdir(parents=True)
+        (tmp_path / project / "spec.yaml").write_text(yaml.safe_dump(spec))
+        rng = np.random.default_rng(seed)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+                tmp_path / project / "data" / f"{project}{i}.png")
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")  # as `ray job submit --working-dir` does
+    (a,), (b,), (copy,) = (load_spec(tmp_path / p / "spec.yaml").jobs() for p in ("a", "b", "copy"))
+    assert a.id == b.id == copy.id  # the path as the spec says it: a copied folder skips
+    out = tmp_path / "shared"
+    ResultStore(out).write_record({"id": a.id, "status": "ok", "job": a.entry(), "points": [],
+                                   "parts": []})
+    assert ResultStore(out).get(a.id)["job"]["dataset"]["resolved_path"] == str(tmp_path / "a" / "data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = run_sweep(tmp_path / "copy" / "spec.yaml", out=out, progress=False)
+    assert (again.ran, again.skipped) == (0, 1)
+    # the other project's data/: its own images, not project a's results
+    said = (r"dataset 'data': 1 finished job\(s\) measured '.*/a/data', but the spec's relative path "
+            r"now means '.*/b/data', which holds other images: they are measured again")
+    with pytest.warns(UserWarning, match=said):
+        assert sweep_main(["run", str(tmp_path / "b" / "spec.yaml"), "--out", str(out), "--dry-run"]) == 0
+    assert f"{a.id}  moved " in capsys.readouterr().out
+    with pytest.warns(UserWarning, match=said):
+        result = run_sweep(tmp_path / "b" / "spec.yaml", out=out, progress=False)
+    assert (result.ran, result.skipped) == (1, 0) and result.complete
+    rec = ResultStore(out).get(b.id)
+    assert rec["job"]["dataset"]["resolved_path"] == str(tmp_path / "b" / "data") and rec["n_images"] == 2
 
 
 def _crash_first_attempt(marker_dir, family="rotation"):
