@@ -65,8 +65,9 @@ def _status(args) -> int:
     from .store import ResultStore
 
     store = ResultStore(_out(args))
-    if not store.root.is_dir():
-        what = "is not a folder" if store.root.exists() else "does not exist"
+    if not store.is_store():  # a user's folder printed as a sweep of 0 jobs, "unknown"
+        what = ("holds no sweep's files (spec.json, status.json, records/)" if store.root.is_dir()
+                else "is not a folder" if store.root.exists() else "does not exist")
         raise FileNotFoundError(f"Expected a sweep results folder, but {str(store.root)!r} {what}; "
                                 "pass the sweep's --out.")
     counts = store.counts()

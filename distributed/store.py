@@ -227,6 +227,13 @@ class ResultStore:
         return out
 
     # ---- single writer ----------------------------------------------------------------------
+    def is_store(self) -> bool:
+        """Whether the folder holds a sweep's files (its spec, status, lock or job records)."""
+        if any((self.root / name).is_file() for name in ("spec.json", "status.json", "sweep.lock")):
+            return True
+        return self.records_dir.is_dir() and any(
+            _RECORD.fullmatch(p.name) for p in self.records_dir.iterdir())
+
     def check_folder(self) -> None:
         """Raise ``FileExistsError`` unless the folder is missing, empty or a sweep store (with
         ``spec.json`` or ``sweep.lock``, or a ``records/`` holding only job records): the tables

@@ -717,6 +717,17 @@ def test_status_lists_the_failed_jobs_of_the_sweep_only(tmp_path, capsys):
                          "  failed bbbb m / d / rotation / seed 0: ValueError: ours"]
 
 
+def test_status_of_a_folder_that_is_no_sweep_is_an_error(tmp_path, capsys):
+    # a user's folder printed "unknown / finished 0/0" and exited 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (mine / "records").mkdir()  # a folder of the user's, not job records
+    for folder, said in ((mine, "holds no sweep's files"), (tmp_path / "none", "does not exist")):
+        assert sweep_main(["status", "--out", str(folder)]) == 2
+        assert f"Expected a sweep results folder, but {str(folder)!r} {said}" in capsys.readouterr().err
+
+
 def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, capsys):
     out = tmp_path / "sweep"
     spec = load_spec(_spec(folder))
