@@ -43,6 +43,7 @@ class MeasureState:
     transforms: List[Transform]
     metrics: List[str]
     vector_mode: str = "per_image"
+    eps: float = TOLERANCE
     scores: Dict[Key, ScoreState] = field(default_factory=dict)
     # across_images moments per (point, transform): one state serves every metric
     vectors: Dict[Tuple[str, str], VectorState] = field(default_factory=dict)
@@ -53,9 +54,9 @@ class MeasureState:
     shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
 
     def merge(self, other: "MeasureState") -> "MeasureState":
-        """Add another :class:`MeasureState` measured with the same points, transforms, metrics
-        and vector mode into this one (in place; ``other`` is left as it was) and return this
-        one."""
+        """Add another :class:`MeasureState` measured with the same points, transforms, metrics,
+        vector mode and eps, at the same map shapes (input size), into this one (in place;
+        ``other`` is left as it was) and return this one."""
         if not isinstance(other, MeasureState):
             raise TypeError(f"Expected a MeasureState (measure(..., return_state=True)), but got "
                             f"{type(other).__name__}.")
@@ -63,12 +64,15 @@ class MeasureState:
             ("points", [p.name for p in self.points], [p.name for p in other.points]),
             ("transforms", [t.name for t in self.transforms], [t.name for t in other.transforms]),
             ("metrics", self.metrics, other.metrics),
-            ("vector mode", self.vector_mode, other.vector_mode))
+            ("vector mode", self.vector_mode, other.vector_mode), ("eps", self.eps, other.eps),
+            # another input size scales every shift otherwise: two geometries in one mean
+            ("map shapes", {p: s for p, s in self.shapes.items() if p in other.shapes},
+             {p: s for p, s in other.shapes.items() if p in self.shapes}))
             if mine != theirs]
         if differ:
-            raise ValueError(f"Expected states of the same points, transforms, metrics and vector "
-                             f"mode, but their {' and '.join(differ)} differ; measure every shard "
-                             "with the same settings.")
+            raise ValueError(f"Expected states of the same points, transforms, metrics, vector "
+                             f"mode, eps and map shapes, but their {' and '.join(differ)} differ; "
+                             "measure every shard with the same settings and input size.")
         for mine, theirs in ((self.scores, other.scores), (self.vectors, other.vectors),
                              (self.activations, other.activations)):
             for key, state in theirs.items():
@@ -200,7 +204,7 @@ class Measurer:
         self.eps = eps
         self.backend = backend
         self.tensor_cores = tensor_cores
-        self.state = MeasureState(self.points, transforms, metrics, vector_mode)
+        self.state = MeasureState(self.points, transforms, metrics, vector_mode, eps)
         # labels -> the model's classes (class folders: see equifast.data.model_classes)
         self.label_classes: Optional[torch.Tensor] = None
         self.count_accuracy = True

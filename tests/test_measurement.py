@@ -461,11 +461,14 @@ def test_merge_refuses_states_of_other_settings():
     a = ef.measure(model, x, **base)
     for other, what in ((dict(base, transforms=[ef.Rotation(2)]), "transforms"),
                         (dict(base, vector_mode="across_images"), "vector mode"),
-                        (dict(base, metric="cosine"), "metrics"), (dict(base, points=["0", "final"]), "points")):
-        with pytest.raises(ValueError, match=f"same points, transforms, metrics and vector mode, but "
-                                             f"their {what} differ"):
+                        (dict(base, metric="cosine"), "metrics"), (dict(base, points=["0", "final"]), "points"),
+                        # merged silently: another tolerance, or other map sizes (another input
+                        # size scales the shifts otherwise)
+                        (dict(base, eps=0.5), "eps"), (dict(base, images=torch.rand(2, 3, 16, 16)), "map shapes")):
+        with pytest.raises(ValueError, match=f"same points, transforms, metrics, vector mode, eps and "
+                                             f"map shapes, but their {what} differ"):
             copy_of_a = ef.measure(model, x, **base)
-            copy_of_a.merge(ef.measure(model, x, **other))
+            copy_of_a.merge(ef.measure(model, **{"images": x, **other}))
     with pytest.raises(TypeError, match="Expected a MeasureState .* but got Report"):
         a.merge(ef.measure(model, x, transforms=[ef.Rotation(1)]))
     assert a.n_images == 2
