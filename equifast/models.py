@@ -261,11 +261,16 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
             break
     if not isinstance(state, dict):
         raise ValueError(f"Expected {path!r} to hold a state dict, but got {type(state).__name__}.")
-    # the wrappers' prefixes: DistributedDataParallel's, torch.compile's, Lightning's module's
-    for prefix in ("module.", "_orig_mod.", "model."):
-        if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
-            state = {k.removeprefix(prefix): v for k, v in state.items()}
-    return state
+    # the wrappers' prefixes: DistributedDataParallel's, torch.compile's, Lightning's module's;
+    # wrappers stack in any order (Lightning of a compiled model: "model._orig_mod."), so strip
+    # until none is left
+    prefixes = ("module.", "_orig_mod.", "model.")
+    while True:
+        prefix = next((p for p in prefixes if state and all(
+            isinstance(k, str) and k.startswith(p) for k in state)), None)
+        if prefix is None:
+            return state
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
 
 
 def _looks_like_safetensors(path: str) -> bool:
@@ -304,15 +309,46 @@ def _torch_saved(path: str):
     return state
 
 
+def _classifier(model: nn.Module) -> Optional[Tuple[str, int]]:
+    """``(module name, classes)`` of ``model``'s classifier weight layer, ``None`` if none is found.
+
+    The last ``Linear`` or convolution with the model's ``num_classes`` outputs (SqueezeNet's
+    and timm DLA's are 1x1 convolutions), else the last ``Linear``; for timm models, inside
+    ``get_classifier()``. A timm model built headless (``num_classes=0``, an ``Identity`` head)
+    has 0 classes under the name its pretrained config gives the classifier.
+    """
+    from .points import _is_weight
+
+    classes = getattr(model, "num_classes", None)
+    scope = [model]
+    if callable(getattr(model, "get_classifier", None)):  # timm
+        head = model.get_classifier()
+        scope = [h for h in (head if isinstance(head, (tuple, list)) else (head,))  # distilled: two
+                 if isinstance(h, nn.Module)]
+    names = {id(m): n for n, m in model.named_modules()}
+    layers = [m for h in scope for m in h.modules() if _is_weight(m) and id(m) in names]
+    fit = [m for m in layers if isinstance(classes, int) and _outputs(m) == classes]
+    fit = fit or [m for m in layers if isinstance(m, nn.Linear)]
+    if fit:
+        return names[id(fit[-1])], _outputs(fit[-1])
+    cfg = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    cfg = cfg[0] if isinstance(cfg, (tuple, list)) and cfg else cfg
+    return (cfg, 0) if classes == 0 and isinstance(cfg, str) else None
+
+
+def _outputs(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
 def _checkpoint_classes(model: nn.Module, state: Dict[str, torch.Tensor]) -> Optional[int]:
-    """The classes of a checkpoint whose classifier (the model's last ``nn.Linear``) has
-    another size than ``model``'s, else ``None``."""
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    """The classes of a checkpoint whose classifier (see :func:`_classifier`) has another size
+    than ``model``'s, else ``None``."""
+    found = _classifier(model)
+    if found is None:
         return None
-    name, head = linears[-1]
+    name, classes = found
     weight = state.get(f"{name}.weight")
-    if weight is None or weight.dim() != 2 or weight.shape[0] == head.out_features:
+    if weight is None or weight.dim() < 2 or weight.shape[0] == classes:
         return None
     return int(weight.shape[0])
 
@@ -352,7 +388,9 @@ def load_model(name: str, weights: Optional[str] = "default",
             and ``googlenet`` checkpoints are built as torchvision builds them for its weights,
             with ``transform_input=True``), or ``None`` (random initialisation).
         num_classes: the classifier size (default: the model's, or the checkpoint's when it
-            was fine-tuned on another label set).
+            was fine-tuned on another label set). A timm model built without a classifier
+            (``num_classes=0``: masked-image-modelling, DINOv2-style weights) is refused
+            unless ``num_classes`` is given; ``0`` measures its pooled features as ``final``.
 
     Example:
         >>> model, preprocess = load_model("efficientnet_lite0")   # real ImageNet weights, offline
@@ -414,9 +452,26 @@ def load_model(name: str, weights: Optional[str] = "default",
                                          "or weights=None (--weights none).") from err
                     raise
 
+        # a model timm builds headless (num_classes=0: masked-image-modelling and DINOv2-style
+        # weights) would make `final` the pooled features: refused unless asked for; checked
+        # on the config first so that no hub weights are fetched for nothing
+        if num_classes is None and state is None and \
+                getattr(timm.get_pretrained_cfg(name), "num_classes", None) == 0:
+            raise _headless(name)
         model = _with_checkpoint(build, kwargs, state, path, name)
+        if num_classes is None and getattr(model, "num_classes", None) == 0:
+            raise _headless(name)  # a checkpoint without a classifier
         return model.eval(), _timm_preprocess(model)
     raise _unknown(name)
+
+
+def _headless(name: str) -> ValueError:
+    family = name.partition(".")[0].split("_")[0]
+    return ValueError(
+        f"Expected a classifier, but timm builds {name!r} without one (num_classes=0: its weights "
+        f"are features, not logits); pass num_classes=N for a new classifier of N classes, "
+        f"num_classes=0 to measure the pooled features as `final`, or a fine-tuned model "
+        f"(timm.list_pretrained('{family}*')).")
 
 
 def _torchvision_preprocess(name: str, model: nn.Module, weights=None) -> Callable:

@@ -17,15 +17,24 @@ outputs. Then, from the model down:
 - a *container* (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) with two or more
   weight layers is opened: its children take its place, in call order; so is a container
   the model iterates without calling it (``for blk in self.blocks: x = blk(x)``) when its
-  called children are chained, each reading the very tensor the previous one returned
-  (BEiT, EVA-02, XCiT, FastViT, torchvision MaxViT), and a small container that holds the
-  global pooling (SqueezeNet's ``classifier``);
+  called children are chained, each reading the very tensor the previous one returned, or
+  those tokens with prefix tokens put in front (BEiT, EVA-02, XCiT, FastViT, torchvision
+  MaxViT; ConViT adds its class token before block 10), and a small container that holds the
+  global pooling (SqueezeNet's ``classifier``); an iterated container whose blocks ran but
+  are not chained gives no point, with a warning (CaiT's class-attention blocks, HRNet's
+  ``incre_modules``);
 - a *stage* is opened too: a module with a container child that holds at least two modules
   of one class with two or more weight layers each (timm ``ConvNeXtStage``,
-  ``SwinTransformerStage``), or whose output is its last child's output and which has two
-  such children itself (chained blocks held as attributes; two ``nn.Sequential`` do not
-  count); blocks whose output does not hold the images on its first axis (MobileViT's
-  transformer on unfolded patches ``[N*P, L, C]``) never make a stage;
+  ``SwinTransformerStage``), or that has two such children itself (chained blocks held as
+  attributes; two ``nn.Sequential`` do not count) and returns the last one's output, or that
+  output normalised, permuted or reshaped, with no other block beside them (timm
+  ``swinv2_cr``, PVT-v2); a block of a stage is a stage itself only by blocks held as
+  attributes (DLA's trees; torchvision's MaxViT block, an ``nn.Sequential`` of MBConv,
+  window and grid attention, is one block); blocks
+  whose output does not hold the images on its first axis (MobileViT's transformer on
+  unfolded patches ``[N*P, L, C]``) never make a stage, nor blocks whose values the module
+  returns moved to other positions (NesT's levels un-block their blocks'
+  ``[N, blocks, tokens, C]``: the level is the block);
 - any other module with two or more weight layers is a **block** (residual blocks, inception
   modules, MBConv, ConvNeXt, transformer and mixer blocks).
 
@@ -42,15 +51,18 @@ MobileNet/EfficientNet) is a point. Weightless layers (a final ``LayerNorm``, dr
 never points; neither is a module that reads no tensor (XCiT's ``pos_embed(B, H, W)``) or
 whose output does not hold the ``N`` images on its first axis (TNT's pixel tokens
 ``[N*L, 16, C]``; skipped with a warning, refused when named; of a tuple output the first
-tensor with ``N`` first is the value). A module run more than once in a pass (one ReLU shared by several layers, tied
+tensor with ``N`` first is the value), nor a 4-D value whose two spatial sizes cannot both
+come from the image by downsampling (strides ``H/h`` and ``W/w`` more than 2.5 times apart;
+skipped with a warning, refused when named). A module run more than once in a pass (one ReLU shared by several layers, tied
 weights) is no point and joins no layer, since hooks would see its last call only (with a
 warning if it has weights); name its calls by their fx node names to measure them. A model
 without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
 layer. ``pool`` is the input of the first weight layer after global pooling: an ``nn.Linear``
 on the vector or a convolution on the pooled ``[N, K, 1, 1]`` map (timm DLA's ``fc``, the
 ``conv_head`` of timm's MobileNetV3, LCNet, GhostNet and MobileNetV4);
-when no weight layer runs after global pooling (SqueezeNet's conv classifier runs on the map)
-there is no ``pool`` point, with a warning; ``final`` is the model's output.
+when no weight layer runs after global pooling (SqueezeNet's conv classifier runs on the map;
+a timm model built with ``num_classes=0`` has no classifier, and its ``final`` is the pooled
+features) there is no ``pool`` point, with a warning; ``final`` is the model's output.
 
 =========================================  =====================================================  ==========================
 family                                     points before pooling                                  pool (input of)
@@ -84,6 +96,13 @@ Swin v1/v2 (torchvision)                   ``stem`` = features.0, every ``featur
                                            by the width rule below; tiny: 13)
 BEiT / EVA-02 / XCiT (timm)                ``stem``/``patch_embed``, every iterated ``blocks.i``  ``head``
                                            (XCiT: then ``cls_attn_blocks.i``, no ``pos_embed``)
+ConViT (timm)                              ``stem``, every ``blocks.i`` (10 and 11 carry the      ``head``
+                                           class token)
+Swin v2 CR / PVT-v2 (timm)                 ``stem``, every ``stages.i.blocks.j``                  ``head.fc`` / ``head``
+MaxViT (torchvision and timm)              the stem, one point per MaxViT block (MBConv, window   ``classifier.3`` /
+                                           and grid attention together; tiny: 11)                 ``head.pre_logits.fc``
+NesT (timm)                                ``stem``, every ``levels.i`` (its blocks' blocked      ``head``
+                                           tokens are no map)
 SqueezeNet (torchvision)                   ``stem``, every Fire module, the class map             none (no ``pool``)
                                            ``classifier.2`` (1_1: 10)
 plain CNN (``nn.Sequential`` or modules    one point per conv layer up to global pooling; with    the first ``Linear``
@@ -266,15 +285,39 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
             with torch.no_grad():
                 try:
                     out = model(x)
-                except RuntimeError as e:  # usually an input the model cannot take
+                except (RuntimeError, AssertionError) as e:  # usually an input the model cannot take
+                    # (ViTs assert their one size)
+                    fixed = _fixed_input_size(model)
+                    why = (f"this model takes only {fixed[0]}x{fixed[1]} images."
+                           if fixed is not None and fixed != tuple(x.shape[-2:]) else
+                           "is the image too small for it, or of another channel count?")
                     raise ValueError(
                         f"{type(model).__name__} failed on an example input of shape "
-                        f"{tuple(x.shape)}; is the image too small for it, or of another channel "
-                        f"count? The model said: {e}") from e
+                        f"{tuple(x.shape)}; {why} The model said: {e}") from e
         finally:
             for h in handles:
                 h.remove()
     return calls, out
+
+
+def _fixed_input_size(model: nn.Module) -> Optional[Tuple[int, int]]:
+    """The one input size ``(H, W)`` a model takes, ``None`` if it takes others: torchvision
+    ViT's ``image_size``; timm's strict patch embedding (unless ``dynamic_img_size``) or its
+    config's ``fixed_input_size``."""
+    size = getattr(model, "image_size", None)
+    if isinstance(size, int):
+        return size, size
+    if getattr(model, "dynamic_img_size", False):
+        return None
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if getattr(embed, "strict_img_size", False) and isinstance(size, (tuple, list)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size")
+    if cfg.get("fixed_input_size") and isinstance(size, (tuple, list)) and len(size) == 3:
+        return int(size[1]), int(size[2])
+    return None
 
 
 def _is_weight(m: nn.Module) -> bool:
@@ -289,6 +332,39 @@ def _is_adaptive_pool(m: nn.Module) -> bool:
     cls = type(m).__name__
     return isinstance(m, (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)) or (
         "Adaptive" in cls and "Pool" in cls)
+
+
+def _prepended(a: Tensor, b: Tensor) -> bool:
+    """Whether tokens ``b`` are tokens ``a`` with prefix tokens put in front (``[N, L, C]``)."""
+    return (isinstance(a, Tensor) and isinstance(b, Tensor) and a.dim() == b.dim() == 3
+            and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[2] and b.shape[1] > a.shape[1]
+            and torch.equal(b[:, -a.shape[1]:], a))
+
+
+def _rearranged(block: Optional[Tensor], stage: Optional[Tensor]) -> bool:
+    """Whether a stage returns its last block's 4-D output with the values moved to other
+    positions, neither as they are nor NHWC -> NCHW: NesT's blocks return blocked tokens
+    ``[N, blocks, tokens, C]`` (no map of the image), which the stage un-blocks into its map."""
+    if not (isinstance(block, Tensor) and isinstance(stage, Tensor) and block.dim() == stage.dim() == 4
+            and block.numel() == stage.numel()) or block is stage:
+        return False
+    for kept in (block, block.permute(0, 3, 1, 2)):
+        if kept.shape == stage.shape and torch.equal(kept, stage):
+            return False
+    return torch.equal(block.flatten().sort().values, stage.flatten().sort().values)
+
+
+def _fits(hw: Tuple[int, int], size: Tuple[int, int]) -> bool:
+    """Whether an ``h x w`` map can be an ``H x W`` image downsampled: its two strides ``H / h``
+    and ``W / w`` agree within a factor 2.5 (padding and rounding leave them a little apart;
+    NesT's 16 blocks of 196 tokens read as a 16x196 map are 12 apart); maps of at most 2x2 fit."""
+    (h, w), (H, W) = (int(v) for v in hw), size
+    if max(h, w) <= 2:
+        return True
+    if min(h, w) < 1:
+        return False
+    ratio = (H / h) / (W / w)
+    return 1 / 2.5 <= ratio <= 2.5
 
 
 def _spatial_size(t: Optional[Tensor]) -> int:
@@ -306,6 +382,7 @@ class _Analysis:
         weights = [n for n, c in self.calls.items() if _is_weight(c.module)]
         self._weights = weights
         self._wcount: Dict[str, int] = {}
+        self.dropped: List[str] = []  # iterated containers whose blocks items() left out
 
     def weights(self, name: str) -> int:
         if name not in self._wcount:
@@ -318,14 +395,16 @@ class _Analysis:
         ``[N*L, 16, C]`` and MobileViT's unfolded patches ``[N*P, L, C]`` do not)."""
         return _has_images_first(c.out, self.n)
 
-    def children(self, name: str) -> List[_Call]:
+    def children(self, name: str, dropped: Optional[List[str]] = None) -> List[_Call]:
         """The called children of module ``name``, in call order. A container the model
         iterates instead of calling (``for blk in self.blocks: x = blk(x)``: timm BEiT, EVA,
         XCiT, MetaFormer heads, torchvision MaxViT) is opened in place when its called children
         are chained (each one's input is the very tensor the previous one returned; a single
         child keeps its input's shape); containers iterated otherwise (HRNet's per-branch
         ``incre_modules`` and ``downsamp_modules``, CaiT's class-attention ``blocks_token_only``, which read the patch
-        tokens and return the class token) stay out."""
+        tokens and return the class token) stay out; their names go into ``dropped`` when
+        blocks (two or more weight layers) of theirs ran. A block may read the previous one's
+        tokens with prefix tokens put in front (ConViT adds its class token before block 10)."""
         mod = self.calls[name].module if name in self.calls else self.model.get_submodule(name)
         pre = name + "." if name else ""
         kids: List[_Call] = []
@@ -333,9 +412,14 @@ class _Analysis:
             if pre + n in self.calls:
                 kids.append(self.calls[pre + n])
             elif _is_container(child):
-                inner = self.children(pre + n)
+                inside: List[str] = []
+                inner = self.children(pre + n, inside)
                 if self._chained(inner):
                     kids.extend(inner)
+                    if dropped is not None:
+                        dropped.extend(inside)
+                elif dropped is not None and any(self.weights(k.name) >= 2 for k in inner):
+                    dropped.append(pre + n)  # blocks that ran and are no points
         return sorted(kids, key=lambda c: c.start)
 
     @staticmethod
@@ -344,7 +428,8 @@ class _Analysis:
             return False
         if len(calls) == 1:
             return calls[0].inp.shape == calls[0].out.shape
-        return all(a.end <= b.start and b.inp is a.out for a, b in zip(calls, calls[1:]))
+        return all(a.end <= b.start and (b.inp is a.out or _prepended(a.out, b.inp))
+                   for a, b in zip(calls, calls[1:]))
 
     def _wrapper(self, c: _Call) -> bool:
         """Whether ``c`` wraps one weighted module that is no container (``Residual(m)``:
@@ -352,35 +437,64 @@ class _Analysis:
         weighted = [k for k in self.children(c.name) if self.weights(k.name)]
         return len(weighted) == 1 and not _is_container(weighted[0].module)
 
-    def _repeats(self, calls: List[_Call], containers: bool = True) -> bool:
-        seen: Dict[type, int] = {}
+    def _repeats(self, calls: List[_Call], containers: bool = True) -> List[_Call]:
+        """The calls of ``calls`` that are repeated blocks: two or more of one module class
+        with two or more weight layers each (``[]``: none)."""
+        seen: Dict[type, List[_Call]] = {}
         for c in calls:
             if self.weights(c.name) >= 2 and self.batched(c) and (containers or not (
                     _is_container(c.module) or self._wrapper(c))):
-                seen[type(c.module)] = seen.get(type(c.module), 0) + 1
-        return any(v >= 2 for v in seen.values())
+                seen.setdefault(type(c.module), []).append(c)
+        return [c for group in seen.values() if len(group) >= 2 for c in group]
 
-    def is_stage(self, call: _Call) -> bool:
+    def stage_blocks(self, call: _Call, nested: bool = False) -> List[_Call]:
+        """The repeated blocks that make ``call`` a stage (``[]``: it is none). ``nested``:
+        ``call`` is a block of a stage, a stage itself only by blocks held as attributes (DLA's
+        trees of trees), not by an ``nn.Sequential`` of its layers (torchvision's MaxViT
+        block: MBConv, window and grid attention, two of a class)."""
         kids = self.children(call.name)
-        for k in kids:
-            if _is_container(k.module) and self._repeats(self.children(k.name)):
-                return True
-        if kids and self._repeats(kids, containers=False):  # two nn.Sequential are no blocks of a class
-            last = max(kids, key=lambda c: c.end)
-            return call.out is not None and call.out is last.out
-        return False
+        for k in kids if not nested else ():
+            blocks = self._repeats(self.children(k.name)) if _is_container(k.module) else []
+            if blocks:
+                return [] if _rearranged(max(blocks, key=lambda c: c.end).out, call.out) else blocks
+        blocks = self._repeats(kids, containers=False) if kids else []  # two nn.Sequential are no blocks of a class
+        if not blocks or call.out is None:
+            return []
+        if call.out is max(kids, key=lambda c: c.end).out:
+            return blocks
+        # what it returns may be its last block's output normalised, permuted or reshaped (timm
+        # swinv2_cr's NHWC -> NCHW, PVT-v2's norm and reshape): only modules that read that
+        # output, without weights, run after it (a shortcut of a residual sum is no such one:
+        # GhostNet's two GhostModules make a block), and no block of another class beside the
+        # repeated ones (timm's MaxViT block, MBConv then window and grid attention, is one)
+        last = max(blocks, key=lambda c: c.end)
+        if not all(k in blocks or self.weights(k.name) <= 1 for k in kids):
+            return []
+        value = last.out
+        for k in sorted(kids, key=lambda c: c.start):
+            if k.start > last.end:
+                if k.inp is not value or self.weights(k.name):
+                    return []
+                value = k.out  # a norm of the last block's output
+        same = (isinstance(value, Tensor) and value.numel() == call.out.numel()
+                and not _rearranged(value, call.out)
+                and torch.equal(value.flatten().sort().values, call.out.flatten().sort().values))
+        return blocks if same else []
 
-    def items(self, name: str = "") -> List[Tuple[str, _Call]]:
-        """``("unit" | "block", call)`` in execution order, below module ``name``."""
+    def items(self, name: str = "", blocks: frozenset = frozenset()) -> List[Tuple[str, _Call]]:
+        """``("unit" | "block", call)`` in execution order, below module ``name``. ``blocks``:
+        the names of the enclosing stage's blocks (see :meth:`stage_blocks`'s ``nested``)."""
         out: List[Tuple[str, _Call]] = []
-        for c in self.children(name):
+        for c in self.children(name, self.dropped):
             if _is_container(c.module) and self.weights(c.name) <= 1 and any(
                     _is_adaptive_pool(m) for m in c.module.children()):
                 out.extend(self.items(c.name))  # SqueezeNet's classifier: conv, ReLU, pool
             elif self.weights(c.name) <= 1:
                 out.append(("unit", c))
-            elif _is_container(c.module) or self.is_stage(c):
-                out.extend(self.items(c.name))
+            elif _is_container(c.module):
+                out.extend(self.items(c.name, blocks))
+            elif inner := self.stage_blocks(c, nested=c.name in blocks):
+                out.extend(self.items(c.name, frozenset(b.name for b in inner)))
             else:
                 out.append(("block", c))
         return out
@@ -482,6 +596,16 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
         warnings.warn(f"Modules of {type(an.model).__name__} whose output does not have the {an.n} "
                       f"images on its first axis are not points: {', '.join(unbatched)}.",
                       category=EquifastWarning, stacklevel=4)
+    # iterated containers whose modules do not read each other's outputs give no point: say so
+    # (CaiT's class-attention blocks, HRNet's branch heads; a model whose blocks it cannot chain)
+    start = lambda name: min(c.start for n, c in an.calls.items() if n.startswith(name + "."))  # noqa: E731
+    dropped = [n for n in dict.fromkeys(an.dropped) if pooling is None or start(n) < pooling.start]
+    if dropped:
+        warnings.warn(f"Blocks of {type(an.model).__name__} in containers its code iterates without "
+                      f"chaining them (a block does not read what the one before returned: CaiT's "
+                      f"class-attention blocks, HRNet's per-branch heads) are not points: "
+                      f"{', '.join(map(repr, dropped))}. {_HINT}",
+                      category=EquifastWarning, stacklevel=4)
     kinds = [k for k, _ in seq]
     blocks = [i for i, k in enumerate(kinds) if k == "block"]
     layer = lambda i: kinds[i] == "layer" and any(an.weights(c.name) for c in seq[i][1])  # noqa: E731
@@ -527,12 +651,18 @@ def _head_points(an: _Analysis, pooling: Optional[_Call] = None,
     head = an.classifier(pooling)
     if head is None:
         if not any(_is_weight(c.module) and c.start > pooling.start for c in an.calls.values()):
-            if warn:
+            if warn and getattr(an.model, "num_classes", None) == 0:  # timm built it headless
+                warnings.warn(
+                    f"{name} has no classifier (num_classes=0): `final` is its pooled features, "
+                    f"not logits, and there is no `pool` point; build it with num_classes=N to "
+                    f"measure a classifier.", category=EquifastWarning, stacklevel=4)
+            elif warn:
                 warnings.warn(
                     f"No weight layer of {name} runs after its global pooling ({pooling.name!r}): "
-                    f"its classifier runs on the map before pooling, so there is no pooled vector "
-                    f"entering a classifier and no `pool` point; `final` (the logits) follows the "
-                    f"points before pooling.", category=EquifastWarning, stacklevel=4)
+                    f"its classifier runs on the map before pooling (SqueezeNet), or it has none "
+                    f"and `final` is its pooled features; either way there is no `pool` point, and "
+                    f"`final` (the output) follows the points before pooling.",
+                    category=EquifastWarning, stacklevel=4)
             return [("final", "", "output")]
         raise ValueError(
             f"Could not find the classifier of {name}: no nn.Linear is applied to the pooled "
@@ -1036,6 +1166,27 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
     grid = an.token_grid()
     num_prefix = _num_prefix_tokens(model)
     layouts = _map_layouts(model, an, [(name, module, raw.get(name)) for name, module, _ in found])
+    # a 4-D value whose two spatial sizes cannot both come from the image (NesT's blocked
+    # tokens [N, 16 blocks, 196 tokens, C]) is no map: scores on it would be of a false grid
+    misfits: Dict[str, str] = {}
+    for name, _, _ in found:
+        t = raw.get(name)
+        if name not in _RESERVED and t is not None and t.dim() == 4:
+            layout = layouts[name]
+            hw = tuple(t.shape[1:3] if layout == "NHWC" else t.shape[2:])
+            if not _fits(hw, an.input_size):
+                misfits[name] = f"{name!r} ({hw[0]}x{hw[1]} read as {layout})"
+    if misfits and points is not None:
+        raise ValueError(f"Expected each point to be a map of the {an.input_size[0]}x"
+                         f"{an.input_size[1]} image, but the spatial sizes of {', '.join(misfits.values())} "
+                         f"cannot both come from it by downsampling; name the module that makes a map of "
+                         f"it. {_LIST_HINT}")
+    if misfits:
+        warnings.warn(f"Outputs of {type(model).__name__} that are no map of the {an.input_size[0]}x"
+                      f"{an.input_size[1]} image (their two spatial sizes cannot both come from it "
+                      f"by downsampling) are not points: {', '.join(misfits.values())}. {_HINT}",
+                      category=EquifastWarning, stacklevel=2)
+        found = [f for f in found if f[0] not in misfits]
     pre = [f for f in found if f[0] not in _RESERVED]
     parts = dict(zip([f[0] for f in pre], _parts(len(pre))))
     parts.update(pool="pool", final="final")

@@ -654,3 +654,30 @@ def test_shifts_the_maps_scale_cannot_follow_lose_equivariance():
         followed = d.dy % period == 0
         assert (d[followed].channel > 1 - 1e-5).all() and (d[followed].layer > 1 - 1e-5).all(), d
         assert (d[~followed].channel < 0.9).all(), d
+
+
+class _WideMaps(nn.Module):
+    """A square image gives a non-square map (stride 2 down, 1 across); counts its passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, stride=(2, 1), padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+        self.passes = 0
+
+    def forward(self, x):
+        self.passes += 1
+        return self.fc(self.b(torch.relu(self.a(x))).mean((2, 3)))
+
+
+def test_a_transform_a_map_point_cannot_take_is_refused_before_measuring():
+    model = _WideMaps().eval()
+    ef.split(model, torch.rand(2, 3, 16, 16))
+    split_passes, model.passes = model.passes, 0  # fx's trace runs forward too
+    with pytest.raises(ValueError, match=r"^Point 'a' \(8x16 map at a 16x16 input\) cannot take "
+                                         r"rotation\(90\): Expected a square image or map"):
+        ef.measure(model, torch.rand(2, 3, 16, 16), transforms=[ef.Translation(1, 1), ef.Rotation(1)])
+    assert model.passes == split_passes  # the split's only: no image was measured
+    report = ef.measure(model, torch.rand(2, 3, 16, 16), transforms=[ef.Translation(1, 1)])
+    assert list(report.points.point) == ["a", "b", "pool", "final"]

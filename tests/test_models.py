@@ -56,7 +56,9 @@ def test_weights_as_paths_and_torchvision_members_and_nothing_else(tmp_path):
         "ResNet18_Weights.IMAGENET1K_V1"
 
 
-@pytest.mark.parametrize("prefix", ["_orig_mod.", "model."])  # torch.compile's, Lightning's
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "model.",  # torch.compile's, Lightning's
+                                    # stacked: Lightning of a compiled model, DDP in DDP, ...
+                                    "model._orig_mod.", "_orig_mod.module.", "module.module."])
 def test_wrapped_checkpoints_load(tmp_path, prefix):
     m, _ = load_model("resnet18", weights=None, num_classes=4)
     torch.save({"state_dict": {prefix + k: v for k, v in m.state_dict().items()}}, tmp_path / "w.pt")
@@ -298,6 +300,41 @@ def test_checkpoint_classes_are_read_from_the_last_linear(tmp_path):
     # classes given explicitly are kept: a checkpoint of another size does not fit them
     with pytest.raises(ValueError, match="do not fit that model"):
         load_model("mobilenet_v3_small", weights=str(tmp_path / "six.pt"), num_classes=4)
+
+
+def test_checkpoint_classes_are_read_from_a_conv_classifier(tmp_path):
+    # SqueezeNet's classifier is a 1x1 conv on the map, timm DLA's a 1x1 conv on the pooled map
+    import timm
+    import torchvision
+
+    m = torchvision.models.squeezenet1_1(num_classes=10)
+    torch.save(m.state_dict(), tmp_path / "sq.pt")
+    m2, _ = load_model("squeezenet1_1", weights=str(tmp_path / "sq.pt"))
+    assert m2.classifier[1].out_channels == 10 and m2.num_classes == 10
+    m = timm.create_model("dla46_c", pretrained=False, num_classes=10)
+    torch.save(m.state_dict(), tmp_path / "dla.pt")
+    m2, _ = load_model("dla46_c", weights=str(tmp_path / "dla.pt"))
+    assert m2.fc.out_channels == 10 and m2.num_classes == 10
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x), m2(x))
+
+
+def test_a_timm_model_built_without_a_classifier_is_refused_unless_asked(tmp_path):
+    # eva02's only weights are masked-image-modelling features: timm builds it with num_classes=0
+    name = "eva02_tiny_patch14_224"
+    with pytest.raises(ValueError, match=r"timm builds 'eva02_tiny_patch14_224' without one "
+                                         r"\(num_classes=0.*pass num_classes=N"):
+        load_model(name, weights=None)
+    assert load_model(name, weights=None, num_classes=0)[0].num_classes == 0
+    assert load_model(name, weights=None, num_classes=7)[0].head.out_features == 7
+    # a checkpoint with a classifier gives it its classes; one without is refused too
+    m, _ = load_model(name, weights=None, num_classes=5)
+    torch.save(m.state_dict(), tmp_path / "five.pt")
+    assert load_model(name, weights=str(tmp_path / "five.pt"))[0].head.out_features == 5
+    torch.save({k: v for k, v in m.state_dict().items() if not k.startswith("head.")}, tmp_path / "none.pt")
+    with pytest.raises(ValueError, match="without one"):
+        load_model(name, weights=str(tmp_path / "none.pt"))
 
 
 def test_torchvision_only_names_are_known():

@@ -425,13 +425,28 @@ def test_iterated_containers_are_opened_only_when_chained(name, kw, size, n_pre,
     torch.testing.assert_close(reps["final"], model(x))
 
 
+def test_a_maxvit_block_is_one_point_not_its_mbconv_and_attention_layers():
+    # torchvision's MaxVitBlock holds MBconv, window_attention and grid_attention in one
+    # nn.Sequential; two attention layers of one class do not make it a stage (timm's MaxViT
+    # gives one point per block too)
+    from torchvision.models.maxvit import MaxVit
+
+    torch.manual_seed(0)
+    model = MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[8, 16],
+                   block_layers=[2, 2], head_dim=4, stochastic_depth_prob=0.0, num_classes=10).eval()
+    points = split(model, torch.randn(2, 3, 32, 32))
+    assert [p.name for p in points] == ["stem.0", "stem.1", "blocks.0.layers.0", "blocks.0.layers.1",
+                                        "blocks.1.layers.0", "blocks.1.layers.1", "pool", "final"]
+    assert [p.shape for p in points[2:6]] == [(8, 8, 8)] * 2 + [(16, 4, 4)] * 2
+
+
 @pytest.mark.slow
 def test_iterated_blocks_are_points_maxvit_and_hrnet_heads_stay_out():
     torch.manual_seed(0)
     model = tv.maxvit_t(num_classes=10).eval()
     points = split(model, torch.randn(1, 3, 224, 224))
-    assert len(points) == 2 + 11 * 3 + 2  # stem convs, MBConv + window + grid attention per layer
-    assert points[2].name == "blocks.0.layers.0.layers.MBconv" and points[-2].module == "classifier.3"
+    assert len(points) == 2 + 11 + 2  # stem convs, one point per MaxViT block (as timm's)
+    assert points[2].name == "blocks.0.layers.0" and points[-2].module == "classifier.3"
     model = timm.create_model("hrnet_w18_small", pretrained=False, num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
     points = split(model, x)
@@ -647,3 +662,150 @@ def test_blocks_of_residual_wrappers_are_blocks_efficientvit(name):
     if name == "efficientvit_b0":  # its head convolves the map before pooling: that is a point
         assert names[-3:] == ["head.in_conv", "pool", "final"]
         assert points[-3].shape[0] == points[-2].shape[0] == model.head.in_conv.conv.out_channels
+
+
+def test_blocks_after_a_prepended_class_token_are_points_convit():
+    # ConViT puts its class token in front of the patch tokens before block 10: block 10 reads
+    # block 9's tokens with one token prepended, which still chains the iterated blocks
+    torch.manual_seed(0)
+    model = timm.create_model("convit_tiny", pretrained=False, num_classes=10, img_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        points = split(model, x)
+    assert [p.name for p in points] == ["stem"] + [f"blocks.{i}" for i in range(12)] + ["pool", "final"]
+    assert [p.prefix_tokens for p in points[1:13]] == [0] * 10 + [1, 1]
+    assert all(p.layout == "NLC" and p.shape == (192, 2, 2) for p in points[1:13])
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+    torch.testing.assert_close(reps["final"], model(x))
+
+
+class _Parallel(nn.Module):
+    """Blocks in a ModuleList that each read the stem's map (not the previous block's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                                  nn.Conv2d(8, 8, 3, padding=1)) for _ in range(3))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = sum(blk(x) for blk in self.blocks)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_iterated_blocks_that_give_no_point_are_named_in_a_warning():
+    with pytest.warns(UserWarning, match=r"without chaining them.*are not points: 'blocks'"):
+        points = split(_Parallel().eval(), torch.randn(2, 3, 16, 16))
+    assert [p.name for p in points] == ["stem", "pool", "final"]
+
+
+@pytest.mark.parametrize("name, kw, size, blocks", [
+    # the stage returns its last block's NHWC output permuted to NCHW
+    ("swinv2_cr_tiny_224", {"img_size": 64, "depths": (2, 2, 2, 2)}, 64, [2, 2, 2, 2]),
+    # the stage normalises its last block's tokens and reshapes them to a map
+    ("pvt_v2_b0", {}, 32, [2, 2, 2, 2]),
+])
+def test_a_stage_that_permutes_or_normalises_its_last_block_is_opened(name, kw, size, blocks):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kw).eval()
+    x = torch.randn(2, 3, size, size)
+    points = split(model, x)
+    inside = [f"stages.{i}.blocks.{j}" for i, n in enumerate(blocks) for j in range(n)]
+    assert [p.name for p in points] == ["stem"] + inside + ["pool", "final"]
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+        feats = model.forward_features(x)
+    if name == "pvt_v2_b0":  # the last block's tokens, before the stage's norm
+        assert points[-3].layout == "NLC" and points[-3].shape == (256, 1, 1)
+    else:  # the stage's NCHW output is the last block's NHWC output, permuted
+        assert points[-3].layout == "NHWC"
+        torch.testing.assert_close(reps[points[-3].name], feats)
+
+
+def test_a_block_whose_residual_sum_follows_two_modules_of_a_class_is_one_block_ghostnet():
+    # GhostBottleneck: ghost1, ghost2 (two GhostModules), then its shortcut added in place
+    torch.manual_seed(0)
+    model = timm.create_model("ghostnet_100", pretrained=False, num_classes=10).eval()
+    names = [p.name for p in split(model, torch.randn(1, 3, 32, 32))]
+    assert names[:4] == ["stem", "blocks.0.0", "blocks.1.0", "blocks.2.0"] and len(names) == 20
+    assert not [n for n in names if "ghost" in n]
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_nest_levels_are_points_not_its_blocked_tokens(size):
+    # NesT's blocks return [N, blocks, tokens, C]: at 64 px level 0 has 16 blocks of 16 tokens,
+    # which a 16x16 map would also be; its levels un-block them into NCHW maps
+    torch.manual_seed(0)
+    model = timm.create_model("nest_tiny_jx", pretrained=False, num_classes=10, img_size=size).eval()
+    points = split(model, torch.randn(1, 3, size, size))
+    assert [p.name for p in points] == ["stem", "levels.0", "levels.1", "levels.2", "pool", "final"]
+    side = size // 4
+    assert [p.shape for p in points[1:4]] == [(96, side, side), (192, side // 2, side // 2),
+                                               (384, side // 4, side // 4)]
+    assert all(p.layout == "NCHW" for p in points[1:4])
+
+
+class _Blocked(nn.Module):
+    """A block on NesT-like blocked tokens [N, blocks, tokens, C]."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(c, c), nn.Linear(c, c)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class _BlockedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)  # 32 px -> 8x8
+        self.blk1, self.blk2 = _Blocked(8), _Blocked(8)
+        self.head = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        n, c, h, w = x.shape
+        t = x.reshape(n, c, 2, 4, 2, 4).permute(0, 2, 4, 3, 5, 1).reshape(n, 4, 16, c)  # 4 blocks of 4x4
+        t = self.blk2(self.blk1(t))
+        x = t.reshape(n, 2, 2, 4, 4, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, h, w)
+        return self.fc(self.head(x).mean((2, 3)))
+
+
+def test_a_4d_value_that_is_no_map_of_the_image_is_no_point():
+    model = _BlockedNet().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match=r"no map of the 32x32 image.*'blk1' \(4x16 read as NHWC\), "
+                                         r"'blk2' \(4x16 read as NHWC\)"):
+        points = split(model, x)
+    assert [p.name for p in points] == ["stem", "head", "pool", "final"]
+    with pytest.raises(ValueError, match=r"'blk1' \(4x16 read as NHWC\) cannot both come from it"):
+        split(model, x, points=["stem", "blk1"])
+
+
+def test_a_model_of_one_input_size_says_which_at_another():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=1, hidden_dim=8,
+                              mlp_dim=8, num_classes=3).eval()
+    with pytest.raises(ValueError, match=r"shape \(1, 3, 48, 48\); this model takes only 32x32 images"):
+        split(model, torch.randn(1, 3, 48, 48))
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32,
+                              depth=1).eval()
+    with pytest.raises(ValueError, match=r"shape \(1, 3, 48, 48\); this model takes only 32x32 images"):
+        split(model, torch.randn(1, 3, 48, 48))
+
+
+def test_a_model_without_a_classifier_says_final_is_its_pooled_features():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32,
+                              depth=2).eval()
+    with pytest.warns(UserWarning, match=r"VisionTransformer has no classifier \(num_classes=0\): "
+                                         r"`final` is its pooled features"):
+        points = split(model, torch.randn(2, 3, 32, 32))
+    assert [p.name for p in points] == ["stem", "blocks.0", "blocks.1", "final"]
+    assert points[-1].shape == (192,)
