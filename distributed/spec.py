@@ -47,8 +47,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from equifast.devices import parse_device
-from equifast.models import (EMBEDDED, _check_timm_tag, checkpoint_path, close_model_names,
-                             is_known_model, torchvision_weights, torchvision_weights_names)
+from equifast.models import (EMBEDDED, _check_timm_tag, _headless, _timm_builds_headless,
+                             checkpoint_path, close_model_names, is_known_model,
+                             torchvision_weights, torchvision_weights_names)
 
 __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
            "validate_spec", "job_id", "hub_accuracy", "SPEC_VERSION"]
@@ -794,6 +795,10 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
     num_classes = number("num_classes", entry.get("num_classes"), 1, allow_none=True,
                          where=f"{where}.num_classes")
     classes = _weights_classes(arch, weights) if ok else None
+    if ok and num_classes is None and checkpoint_path(arch, weights) is None and \
+            _timm_builds_headless(arch):
+        # load_model refuses it on every worker: `final` would be the pooled features
+        problems.append(f"{where}.num_classes: {_headless(arch)}")
     if num_classes is not None and classes is not None and num_classes != classes:
         problems.append(f"{where}.num_classes: Expected {classes} (the classes of the {weights} "
                         f"weights of {arch!r}) or none, but got {num_classes}; other classes need "

@@ -455,14 +455,24 @@ def load_model(name: str, weights: Optional[str] = "default",
         # a model timm builds headless (num_classes=0: masked-image-modelling and DINOv2-style
         # weights) would make `final` the pooled features: refused unless asked for; checked
         # on the config first so that no hub weights are fetched for nothing
-        if num_classes is None and state is None and \
-                getattr(timm.get_pretrained_cfg(name), "num_classes", None) == 0:
+        if num_classes is None and state is None and _timm_builds_headless(name):
             raise _headless(name)
         model = _with_checkpoint(build, kwargs, state, path, name)
         if num_classes is None and getattr(model, "num_classes", None) == 0:
             raise _headless(name)  # a checkpoint without a classifier
         return model.eval(), _timm_preprocess(model)
     raise _unknown(name)
+
+
+def _timm_builds_headless(name: str) -> bool:
+    """Whether timm builds ``name`` (``arch.tag``) without a classifier by default (its
+    config's ``num_classes`` is 0); read from the config, nothing is built."""
+    import timm
+
+    try:
+        return getattr(timm.get_pretrained_cfg(name), "num_classes", None) == 0
+    except (RuntimeError, ValueError, KeyError):  # no such config: timm says so when it builds
+        return False
 
 
 def _headless(name: str) -> ValueError:

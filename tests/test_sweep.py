@@ -353,6 +353,13 @@ def test_spec_errors_that_would_fail_every_job_are_found_first(folder, mnist):
                  r"Expected 1000")
     load_spec(_spec(folder, models=[{"name": "resnet18", "weights": "IMAGENET1K_V1", "num_classes": 1000},
                                     {"name": "resnet10t", "num_classes": 10}], **one))  # timm: a new head
+    # (e) a model timm builds without a classifier (its `final` would be the pooled features)
+    headless = {"name": "eva02_tiny_patch14_224", "weights": "none"}
+    at_its_size = dict(one, datasets=[{"kind": "embedded", "n_images": 2}])
+    _one_problem(_spec(folder, models=[headless], **at_its_size),
+                 r"^models\[0\]\.num_classes: Expected a classifier, but timm builds "
+                 r"'eva02_tiny_patch14_224' without one")
+    load_spec(_spec(folder, models=[dict(headless, num_classes=10)], **at_its_size))
 
 
 def test_an_empty_list_of_transforms_is_refused(folder):
