@@ -141,6 +141,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import re
 import warnings
 from collections import OrderedDict
@@ -752,8 +753,72 @@ def _fx_extractor(model: nn.Module, nodes: Sequence[str]) -> nn.Module:
     from torchvision.models.feature_extraction import create_feature_extractor
 
     ret = {n: f"p{i}" for i, n in enumerate(dict.fromkeys(nodes))}
-    return create_feature_extractor(model, eval_return_nodes=ret, train_return_nodes=ret,
-                                    tracer_kwargs=_tracer_kwargs(), suppress_diff_warning=True)
+    ext = create_feature_extractor(model, eval_return_nodes=ret, train_return_nodes=ret,
+                                   tracer_kwargs=_tracer_kwargs(), suppress_diff_warning=True)
+    for graph in {id(g): g for g in (ext.train_graph, ext.eval_graph)}.values():
+        _copy_what_is_overwritten(ext, graph)
+    ext.graph = ext.train_graph if ext.training else ext.eval_graph  # recompiled
+    return ext
+
+
+# Ops that write into their first argument: Python's augmented assignments, and setitem.
+_AUGMENTED = {getattr(operator, f"i{op}") for op in (
+    "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor", "lshift",
+    "rshift", "matmul")} | {operator.setitem}
+# Ops whose result may share its first argument's memory (a write into it is a write into that).
+_ALIASING = {"view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute",
+             "transpose", "t", "expand", "expand_as", "narrow", "select", "squeeze", "unsqueeze",
+             "contiguous", "getitem", "chunk", "split", "unbind", "movedim", "moveaxis",
+             "swapaxes", "as_strided", "detach", "unfold", "diagonal", "tensor_split", "to",
+             "type_as", "float", "type", "real", "imag"}
+
+
+def _op_name(target) -> str:
+    return getattr(target, "__name__", str(target)).strip("_")
+
+
+def _writes_first_argument(node, module: nn.Module) -> bool:
+    """Whether an fx node may write into its first argument in place (``relu_``, ``+=``,
+    ``nn.ReLU(inplace=True)``, ``F.relu(x, inplace=True)``)."""
+    if node.kwargs.get("inplace") is True:
+        return True
+    if node.op == "call_module":
+        return getattr(module.get_submodule(node.target), "inplace", False) is True
+    if node.op in ("call_function", "call_method"):
+        name = getattr(node.target, "__name__", str(node.target))
+        return node.target in _AUGMENTED or (name.endswith("_") and not name.endswith("__"))
+    return False
+
+
+def _overwritten(node, module: nn.Module) -> bool:
+    """Whether a later node writes in place into what ``node`` computed, or into a view of it."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        for user in n.users:
+            if not user.args or user.args[0] is not n:
+                continue
+            if _writes_first_argument(user, module):
+                return True
+            if user.op in ("call_function", "call_method") and _op_name(user.target) in _ALIASING:
+                todo.append(user)
+    return False
+
+
+def _copy_what_is_overwritten(module: nn.Module, graph) -> None:
+    """Return a copy of each point that a later node overwrites in place: the extractor returns
+    the very tensor, which is read after the whole forward pass (resnet's ``bn1`` feeds
+    ``ReLU(inplace=True)``: its scores were those of the ReLU's output)."""
+    out = next(n for n in graph.nodes if n.op == "output")
+    returned = dict(out.args[0])
+    for key, node in returned.items():
+        if _overwritten(node, module):
+            with graph.inserting_after(node):
+                returned[key] = graph.call_function(torch.clone, (node,))
+    out.args = (returned,)
 
 
 # ------------------------------------------------------------------------------ layouts
@@ -912,6 +977,15 @@ def _normalise(t: Tensor, p: Point) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- extractor
+def _version(t) -> Optional[int]:
+    """A tensor's version counter (bumped by every in-place write); ``None`` where it is not
+    kept (inference-mode tensors)."""
+    try:
+        return t._version if isinstance(t, Tensor) else None
+    except RuntimeError:
+        return None
+
+
 class Representations(nn.Module):
     """``forward(x) -> {point name: tensor}``: every point of a model in one forward pass.
 
@@ -967,18 +1041,21 @@ class Representations(nn.Module):
                 raise ValueError(f"Expected module points for method='hooks', but {bad} are fx nodes "
                                  "only; use method='fx'.")
             self.model = model
+            self._copy = False  # hooks keep the points' own tensors until one is overwritten
 
     def _hooked(self, x: Tensor) -> Dict[str, Tensor]:
         model = self.model
         n = int(x.shape[0])
         store: Dict[Tuple[str, str], Tensor] = {}
+        versions: Dict[Tuple[str, str], Optional[int]] = {}
         handles = []
 
         def put(key, t):
             if key in store:  # a module run twice: which call is the point would be a guess
                 raise RuntimeError(f"Module {key[0]!r} ran more than once in this forward pass, so "
                                    f"it is not one point. {_REPEATED_HINT}")
-            store[key] = t
+            store[key] = t.clone() if self._copy and isinstance(t, Tensor) else t
+            versions[key] = _version(t)
 
         def keep(key, take):
             if take == "input":
@@ -994,6 +1071,13 @@ class Representations(nn.Module):
         finally:
             for h in handles:
                 h.remove()
+        if not self._copy and any(
+                isinstance(t, Tensor) and (versions[k] is None or _version(t) != versions[k])
+                for k, t in store.items()):
+            # a later in-place op (nn.ReLU(inplace=True) after a named bn1) overwrote a point,
+            # or inference mode hides whether one did: copy them, from this pass on
+            self._copy = True
+            return self._hooked(x)
         raw = {}
         for p in self.points:
             key = (p.module, p.take)

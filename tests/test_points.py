@@ -809,3 +809,51 @@ def test_a_model_without_a_classifier_says_final_is_its_pooled_features():
         points = split(model, torch.randn(2, 3, 32, 32))
     assert [p.name for p in points] == ["stem", "blocks.0", "blocks.1", "final"]
     assert points[-1].shape == (192,)
+
+
+class _Overwrites(nn.Module):
+    """Points whose tensors later ops overwrite in place: a module, a function with
+    inplace=True, an augmented assignment and a method through a view."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = (nn.Conv2d(3 if i == 0 else 4, 4, 3, padding=1)
+                                          for i in range(4))
+        self.act = nn.ReLU(inplace=True)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        a = self.a(x)
+        b = self.b(self.act(a))
+        c = self.c(nn.functional.relu(b, inplace=True))
+        d = self.d(c)
+        c += 1.0
+        d.view(d.shape[0], -1).relu_()
+        return self.head(d.mean((2, 3)) + c.mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["fx", "hooks"])
+def test_points_that_later_ops_overwrite_in_place_are_their_own_values(method):
+    # the extractor returned the very tensor, read after the pass: a named resnet `bn1` (which
+    # feeds ReLU(inplace=True)) came back as the ReLU's output, and was scored as such
+    torch.manual_seed(0)
+    model = _Overwrites().eval()
+    x = torch.randn(2, 3, 8, 8)
+    names = ["a", "b", "c", "d"]
+    with torch.no_grad():
+        want = {}
+        want["a"] = model.a(x)
+        want["b"] = model.b(torch.relu(want["a"]))
+        want["c"] = model.c(torch.relu(want["b"]))
+        want["d"] = model.d(want["c"])
+        reps = representations(model, split(model, x, points=names, method=method), method=method)
+        for _ in range(2):  # hooks find the overwrite on the first pass and copy from then on
+            got = reps(x)
+            for n in names:
+                torch.testing.assert_close(got[n], want[n], atol=0, rtol=0, msg=n)
+        resnet = tv.resnet18(num_classes=5).eval()
+        y = torch.randn(2, 3, 32, 32)
+        bn1 = representations(resnet, split(resnet, y, points=["bn1"], method=method),
+                                 method=method)(y)["bn1"]
+        torch.testing.assert_close(bn1, resnet.bn1(resnet.conv1(y)), atol=0, rtol=0)
+        assert bn1.min() < 0  # before the ReLU
