@@ -742,7 +742,8 @@ def _input_sizes(arch: str, weights: Optional[str]) -> Tuple[Optional[int], Opti
         cfg = timm.models.get_pretrained_cfg(arch)  # arch.tag: that tag's
     except (RuntimeError, ValueError, KeyError):
         return None, None
-    shape = tuple(getattr(cfg, "input_size", None) or ())
+    # the size load_model's preprocessing crops to: the test size where the weights have one
+    shape = tuple(getattr(cfg, "test_input_size", None) or getattr(cfg, "input_size", None) or ())
     if len(shape) != 3 or shape[1] != shape[2]:
         return None, None
     return int(shape[2]), (int(shape[2]) if getattr(cfg, "fixed_input_size", False) else None)

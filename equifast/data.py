@@ -34,7 +34,7 @@ PHOTOS = {
 
 _SYNSET = re.compile(r"n\d{8}")  # an ImageNet (WordNet) class id, e.g. n02123045
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 Batch = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
@@ -277,9 +277,28 @@ def _collate(items):
     return x, y
 
 
+def _prepared(item, preprocess: Callable):
+    """A dataset's item as ``(model-ready image, label)``: ``preprocess`` applied to a PIL image
+    (or an HxW(xC) array of pixels), a tensor taken as it is, -1 for no label."""
+    if isinstance(item, dict):  # preprocess would fail deep inside torchvision
+        raise TypeError(f"Expected the Dataset's items to be images or (image, label) pairs, "
+                        f"but got a dict (keys {', '.join(map(str, item))}); wrap it to return "
+                        "(image, label).")
+    x, y = _image_and_label(item)
+    if isinstance(x, np.ndarray):  # an HxW or HxWxC array of pixels, as PIL holds them
+        from PIL import Image
+        try:
+            x = Image.fromarray(x)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"Expected the Dataset's images to be PIL images, tensors or "
+                            f"HxW(xC) uint8 arrays, but got an array of shape {x.shape} and "
+                            f"dtype {x.dtype} ({err}).") from None
+    return (x if isinstance(x, torch.Tensor) else preprocess(x)), (-1 if y is None else y)
+
+
 class _Preprocessed(Dataset):
-    """``dataset`` with ``preprocess`` applied to the PIL images it yields (tensors pass
-    through); a module-level class, so DataLoader workers can receive it by pickling too."""
+    """``dataset`` with its items :func:`_prepared`; a module-level class, so DataLoader
+    workers can receive it by pickling too."""
 
     def __init__(self, dataset: Dataset, preprocess: Callable):
         self.dataset, self.preprocess = dataset, preprocess
@@ -288,18 +307,26 @@ class _Preprocessed(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i):
-        item = self.dataset[i]
-        if isinstance(item, dict):  # preprocess would fail deep inside torchvision
-            raise TypeError(f"Expected the Dataset's items to be images or (image, label) pairs, "
-                            f"but got a dict (keys {', '.join(map(str, item))}); wrap it to return "
-                            "(image, label).")
-        x, y = _image_and_label(item)
-        return (x if isinstance(x, torch.Tensor) else self.preprocess(x)), (-1 if y is None else y)
+        return _prepared(self.dataset[i], self.preprocess)
+
+
+class _PreprocessedStream(IterableDataset):
+    """An ``IterableDataset`` with its items :func:`_prepared`, in the order it yields them."""
+
+    def __init__(self, dataset: IterableDataset, preprocess: Callable):
+        self.dataset, self.preprocess = dataset, preprocess
+
+    def __iter__(self):
+        return (_prepared(item, self.preprocess) for item in self.dataset)
 
 
 def _with_transform(dataset: Dataset, preprocess: Optional[Callable]) -> Dataset:
     """Apply ``preprocess`` to PIL images a dataset yields (tensors pass through)."""
-    return dataset if preprocess is None else _Preprocessed(dataset, preprocess)
+    if preprocess is None:
+        return dataset
+    if isinstance(dataset, IterableDataset):
+        return _PreprocessedStream(dataset, preprocess)
+    return _Preprocessed(dataset, preprocess)
 
 
 def normalise_like(images: torch.Tensor, preprocess) -> torch.Tensor:
@@ -442,9 +469,15 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
             if n_images is not None and seen >= n_images:
                 return
         return
+    if isinstance(images, IterableDataset):
+        # a stream has no length to draw a seeded subset from: its first n_images, in order
+        images = DataLoader(_with_transform(images, preprocess), batch_size=batch_size,
+                            num_workers=num_workers, collate_fn=_collate)
+        yield from batches(images, n_images=n_images)
+        return
     if isinstance(images, Dataset):
         dataset = seeded_subset(_with_transform(images, preprocess), n_images, seed)
-        wrap = num_workers and not isinstance(dataset, IterableDataset)
+        wrap = bool(num_workers)
         loader = DataLoader(_RaisedAsItems(dataset) if wrap else dataset,
                             batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             collate_fn=_collate)

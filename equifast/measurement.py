@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from . import data as data_mod
 from .aggregate import ActivationState, ScoreState, VectorState
@@ -344,7 +345,10 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             reproducible; the caller's own random stream is left as it was. The model is
             given back as it came: modes, device and memory format.
         progress: show a progress bar (tqdm).
-        preprocess: PIL image -> model-ready tensor, for folders and datasets of PIL images.
+        preprocess: PIL image -> model-ready tensor, for folders and datasets of PIL images
+            (default: the model's own: of its weights by name, timm's for a timm module, else
+            ImageNet's 224-pixel centre crop). Tensors, a DataLoader's batches and a Dataset's
+            tensor items are taken as model-ready.
         backend: ``"auto"``, ``"operator"`` or ``"reference"``.
         channels_last: run the model channels-last (faster convolutions on CPU and GPU).
         tensor_cores: on CUDA, let the operator multiply on tensor cores (TF32 for float32
@@ -382,6 +386,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     data_mod.check_num_workers(num_workers)
     # A model being trained is put back as it was after: its modes (measuring runs it in eval
     # mode), its device and memory format; the caller's random stream is left alone.
+    given_preprocess = preprocess is not None
     with modes_kept(model), placement_kept(model), torch.random.fork_rng(devices=[]):
         from .models import load_model
 
@@ -400,10 +405,15 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 meta["images"] = "test set of the run's recipe"
         else:
             meta["model"] = type(model).__name__
+        if preprocess is not None and given_preprocess and (
+                isinstance(images, (torch.Tensor, tuple, list, DataLoader))):
+            warnings.warn("`preprocess` is not applied to a tensor or a DataLoader's batches: "
+                          "they are taken as model-ready (resized and normalised).",
+                          category=EquifastWarning, stacklevel=3)
         if preprocess is None and not isinstance(images, torch.Tensor):
-            from .models import default_preprocess
+            from .models import module_preprocess
 
-            preprocess = default_preprocess()
+            preprocess = module_preprocess(model)
         if isinstance(images, (str, os.PathLike)):
             meta["images"] = os.fspath(images)  # what was measured, read back from the report
             images = data_mod.ImageFiles(images)

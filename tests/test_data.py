@@ -276,3 +276,35 @@ def test_every_class_folder_counts_and_hidden_files_are_not_images(tmp_path):
     assert files.classes == ["c0", "c1", "c2"] and len(files) == 2
     assert [files[i][1] for i in range(2)] == [0, 2]
     assert data.model_classes(files, 3).tolist() == [0, 1, 2]
+
+
+def test_datasets_of_arrays_iterables_and_pgm_files(tmp_path):
+    # numpy items failed deep in torchvision, an IterableDataset with a preprocess or n_images
+    # with "has no len()", and
+    # .pgm files (which ImageFolder reads) were not images
+    import numpy as np
+    import torchvision.transforms as T
+
+    pixels = (np.arange(8 * 8 * 3) % 256).astype(np.uint8).reshape(8, 8, 3)
+
+    class Arrays(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return pixels, i
+
+    bx, by = _collect(data.batches(Arrays(), batch_size=2, preprocess=T.ToTensor()))
+    torch.testing.assert_close(bx[0], T.ToTensor()(Image.fromarray(pixels)))
+    assert by.tolist() == [0, 1]
+
+    class Pictures(torch.utils.data.IterableDataset):  # PIL images, preprocessed as they come
+        def __iter__(self):
+            return ((Image.fromarray(pixels), i) for i in range(5))
+
+    bx, by = _collect(data.batches(Pictures(), batch_size=2, n_images=3, preprocess=T.ToTensor()))
+    torch.testing.assert_close(bx, T.ToTensor()(Image.fromarray(pixels)).expand(3, 3, 8, 8))
+    assert by.tolist() == [0, 1, 2]  # the first n_images, in order
+    Image.new("L", (8, 8), 51).save(tmp_path / "gray.pgm")
+    bx, _ = _collect(data.batches(str(tmp_path), batch_size=1, preprocess=T.ToTensor()))
+    torch.testing.assert_close(bx[0], torch.full((3, 8, 8), 0.2))

@@ -250,9 +250,10 @@ def test_loader_workers_read_a_folder_into_the_same_scores(tmp_path):
 
 
 def test_embedded_photos_are_cut_at_the_models_own_size():
-    # resnet10t's timm preprocessing crops to 176: its first (stride 2) stage sees 176 / 2
+    # resnet10t is trained at 176 pixels and evaluated (timm's validate.py, its published
+    # accuracies) at its test size, 224: its first (stride 2) stage sees 224 / 2
     rep = ef.measure("resnet10t", None, weights=None, n_images=2, transforms=[ef.Rotation(1)])
-    assert rep.points["shape"].iloc[0].endswith("x88x88")
+    assert rep.points["shape"].iloc[0].endswith("x112x112")
 
 
 def test_across_images_vector_mode_and_both_metrics():
@@ -681,3 +682,16 @@ def test_a_transform_a_map_point_cannot_take_is_refused_before_measuring():
     assert model.passes == split_passes  # the split's only: no image was measured
     report = ef.measure(model, torch.rand(2, 3, 16, 16), transforms=[ef.Translation(1, 1)])
     assert list(report.points.point) == ["a", "b", "pool", "final"]
+
+
+def test_a_preprocess_that_tensors_do_not_take_is_said_so():
+    # it was dropped silently: tensors and a DataLoader's batches are taken as model-ready
+    from torchvision import transforms as T
+
+    x = torch.rand(2, 3, 12, 12)
+    pre = T.Normalize([0.5] * 3, [0.5] * 3)
+    for images in (x, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=2)):
+        with pytest.warns(UserWarning, match="`preprocess` is not applied to a tensor"):
+            rep = ef.measure(circular_net(), images, transforms=[ef.Rotation(1)], preprocess=pre)
+        plain = ef.measure(circular_net(), x, transforms=[ef.Rotation(1)])
+        pd.testing.assert_frame_equal(rep.points, plain.points)

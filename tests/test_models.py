@@ -392,3 +392,22 @@ def test_default_preprocess_resizes_to_size_over_crop_pct_then_crops():
     assert x.shape == (3, 224, 224)
     # a black border of (224 - 192) / 2 = 16 px, white inside (normalised: black < 0 < white)
     assert (x[:, 112, :12] < 0).all() and (x[:, 112, 20:204] > 0).all() and (x[:, 112, 212:] < 0).all()
+
+
+def test_timm_models_get_timms_evaluation_pipeline_by_name_and_as_modules():
+    # by name: at the test size timm evaluates (and publishes accuracies) at, not the training
+    # size; as a module: its own pipeline, not ImageNet's defaults (a ViT's mean and std 0.5)
+    import timm
+    from torchvision import transforms as T
+
+    from equifast.data import input_size
+    from equifast.models import load_model, module_preprocess
+
+    _, pre = load_model("resnet50.a1_in1k", weights=None)
+    assert input_size(pre) == 288  # trained at 224
+    vit = timm.create_model("vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained=False)
+    norm = [t for t in module_preprocess(vit).transforms if isinstance(t, T.Normalize)][0]
+    assert tuple(norm.mean) == (0.5, 0.5, 0.5) and tuple(norm.std) == (0.5, 0.5, 0.5)
+    plain = [t for t in module_preprocess(torch.nn.Conv2d(3, 3, 1)).transforms
+             if isinstance(t, T.Normalize)][0]
+    assert tuple(plain.mean) == (0.485, 0.456, 0.406)

@@ -307,7 +307,7 @@ def test_a_model_of_a_fixed_input_size_gets_no_other_size(folder):
     from equifast.distributed.spec import _input_sizes
     from equifast.models import load_model
 
-    for name, want in (("vit_tiny_patch16_224", (224, 224)), ("resnet10t", (176, None)),
+    for name, want in (("vit_tiny_patch16_224", (224, 224)), ("resnet10t", (224, None)),
                        ("resnet18", (224, None))):
         assert _input_sizes(name, None) == want
         assert input_size(load_model(name, weights=None)[1]) == want[0]
@@ -339,12 +339,12 @@ def test_spec_errors_that_would_fail_every_job_are_found_first(folder, mnist):
                  r"transform, .*\), but got an unexpected keyword argument 'trian' \(did you mean 'train'\?\)")
     load_spec(_spec(folder, datasets=[dict(data, args={"train": False})], **one))
     # (c) a shift as large as the model's own input size, where the dataset sets none: timm's
-    # resnet10t takes 176 pixels, torchvision's resnet18 224
-    shifts = {"transforms": {"t": "translation:1-200"}, "datasets": [{"kind": "embedded", "n_images": 2}]}
-    _one_problem(_spec(folder, **shifts),
+    # resnet10t is evaluated at 224 pixels (trained at 176), torchvision's resnet18 at 224
+    shifts = {"transforms": {"t": "translation:1-224"}, "datasets": [{"kind": "embedded", "n_images": 2}]}
+    _one_problem(_spec(folder, **dict(shifts, models=MODELS[2:])),
                  r"^transforms\.t: Expected transforms that fit dataset 'embedded' at the input size of "
-                 r"model 'resnet10t' \(176: the dataset sets no image_size\), but translation\(176,176\)")
-    load_spec(_spec(folder, **dict(shifts, models=MODELS[:2])))
+                 r"model 'resnet10t' \(224: the dataset sets no image_size\), but translation\(224,224\)")
+    load_spec(_spec(folder, **dict(shifts, transforms={"t": "translation:1-223"})))
     # (d) num_classes that the named or hub weights' classifier does not have
     _one_problem(_spec(folder, models=[{"name": "resnet18", "num_classes": 10}], **one),
                  r"^models\[0\]\.num_classes: Expected 1000 \(the classes of the default weights of "
