@@ -58,6 +58,20 @@ def cpu_model() -> str:
     return name + (f", kernels forced to {forced}" if forced else "")
 
 
+def machine_kind(device) -> str:
+    """A short name of the machine kind whose figures a section holds (``cpu-avx512``,
+    ``cpu-avx2``, ``cuda-nvidia-h200``): a run on another kind gets its own section rather
+    than replacing that one's."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        model = cpu_model()
+        name = "avx512" if "(AVX-512)" in model else "avx2" if "(AVX2)" in model else "baseline"
+    slug = "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
+    return f"{device.type}-{slug}"
+
+
 def write_section(name: str, body: str, path: Path = RESULTS) -> None:
     """Replace (or append) the section ``name`` of ``path`` with ``body``."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"

@@ -6,7 +6,7 @@ batch, through the same model at the same batch size and memory format. The rati
 (issue target: at most 25%).
 
     python benchmarks/run_end_to_end.py                    # ResNet-18 at 112x112 on CPU
-    python benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 --device cuda
+    python benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 --images 64 --device cuda
 
 Writes its table into the ``end-to-end`` section of ``benchmarks/RESULTS.md``.
 """
@@ -25,7 +25,7 @@ from equifast.models import load_model
 from equifast.devices import resolve_device
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results import cpu_model, sync, write_section  # noqa: E402
+from results import cpu_model, machine_kind, sync, write_section  # noqa: E402
 
 
 
@@ -116,7 +116,7 @@ def _backend(device) -> str:
 
 def _write(header, row, device, output=None):
     # CPU and GPU rows sit side by side: each device type has its own section.
-    name = "end-to-end" if device.type == "cpu" else f"end-to-end-{device.type}"
+    name = f"end-to-end-{machine_kind(device)}"  # a section per machine kind
     write_section(name, f"## End to end ({device.type}): `equifast.measure` vs the model's own forward "
                   f"passes\n\nWritten by `benchmarks/run_end_to_end.py` on {time.strftime('%Y-%m-%d')}, torch "
                   f"{torch.__version__}, backend {_backend(device)}.\n\n{header}\n{row}",

@@ -52,10 +52,10 @@ def test_gpu_peaks_match_the_most_specific_name():
     ratios = _script("run_ratios")
     assert ratios.gpu_peaks("NVIDIA GH200 480GB")[1] != ratios.gpu_peaks("NVIDIA H200")[1]
     assert ratios.gpu_peaks("NVIDIA A100 80GB PCIe") != ratios.gpu_peaks("NVIDIA A100-SXM4-40GB")
+    assert ratios.gpu_peaks("NVIDIA H100 NVL") == (417.5, 3900.0)  # not the H100 SXM's
     assert ratios.gpu_peaks("NVIDIA RTX 4090") is None
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a GPU")
 def test_roofline_is_the_slower_of_products_and_reading():
     roofline = _script("run_ratios").roofline
     fx = torch.zeros(2, 4, 3, 3)  # 2 N K^2 P = 576 FLOP over P = 9; both inputs: 576 bytes
@@ -126,3 +126,27 @@ def test_a_failing_experiment_costs_its_own_column_only(capsys):
     assert bad() is None and bad() is None and bad.failed
     assert calls == [1, 2]  # tried once, then left alone
     assert "the Triton kernels failed: RuntimeError('no such kernel')" in capsys.readouterr().out
+
+
+def test_the_table_takes_a_row_the_profiler_failed_on():
+    # the columns came from the first row: a later row without them lost the whole GPU run
+    ratios = _script("run_ratios")
+    base = dict(n=64, k=64, map="56x56", shift=0, layout="NCHW", p=3136, op=1e-3, bmm=1e-3, ref=1e-2,
+                op_bmm=1.0, op_own=1.0, ref_op=10.0, gflops=1.0, bmm_gflops=1.0, op_fp32=1e-3,
+                op_single=1e-3, op_no_cluster=1e-3, op_triton=1e-3, roofline=5e-4, of_roofline=0.5)
+    profiled = dict(base, dev_op=8e-4, dev_bmm=8e-4, dev_fp32=8e-4, dev_single=8e-4,
+                    dev_no_cluster=8e-4, dev_triton=8e-4, dev_of_roofline=0.625,
+                    dev_single_of_roofline=0.625, dev_triton_of_roofline=0.625)
+    lines = ratios.table([profiled, base]).splitlines()
+    assert len(lines) == 4 and "op kernels (ms)" in lines[0]
+    assert lines[2].count("0.800") == 6 and "62%" in lines[2]
+    assert lines[3].count("nan") == 9  # the six kernel times and their three roofline shares
+
+
+def test_each_machine_kind_writes_its_own_section(monkeypatch):
+    # sections were per device type: an AVX-512 run replaced the AVX2 machine's table
+    results = _script("results")
+    monkeypatch.setattr(results, "cpu_model", lambda: "AMD EPYC (AVX-512)")
+    assert results.machine_kind("cpu") == "cpu-avx512"
+    monkeypatch.setattr(results, "cpu_model", lambda: "Intel Xeon (AVX2), kernels forced to avx2")
+    assert results.machine_kind("cpu") == "cpu-avx2"
