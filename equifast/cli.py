@@ -45,6 +45,10 @@ def _add_measure(sub) -> None:
                    help="'default' (the default: hub weights; embedded for efficientnet_lite0), "
                         "'none' (random), a checkpoint path (torch.save or .safetensors), or "
                         "torchvision weights by name (IMAGENET1K_V1); not with a run folder")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier size of a model by name: a new head of N classes (with "
+                        "--weights none or a checkpoint of N classes), or 0 for a timm model built "
+                        "without one (final is then its pooled features)")
     p.add_argument("--data", default=None,
                    help="folder of images (class subfolders give labels and accuracy); default: embedded photos")
     p.add_argument("--transforms", default="translation:1-32,rotation",
@@ -88,6 +92,8 @@ def _run_measure(args) -> int:
         raise ValueError(f"Expected --loader-workers >= 0, but got {args.loader_workers}.")
     if args.n_images is not None and args.n_images < 1:
         raise ValueError(f"Expected --n-images >= 1, but got {args.n_images}.")
+    if args.num_classes is not None and args.num_classes < 0:
+        raise ValueError(f"Expected --num-classes >= 0, but got {args.num_classes}.")
     check_model_name(args.model)
     weights = None if args.weights == "none" else args.weights
     for flag, value in (("--data", args.data), ("--out", args.out)):
@@ -130,7 +136,7 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
                      num_workers=workers,
                      batch_size=args.batch_size, n_images=n_images, vector_mode=args.vector_mode,
                      device=args.device, amp=args.amp, seed=args.seed, progress=not args.no_progress,
-                     weights=weights, tensor_cores=args.tensor_cores)
+                     weights=weights, tensor_cores=args.tensor_cores, num_classes=args.num_classes)
     bias = report.metric_bias() if len(metrics) > 1 else None
     # every file before anything is printed: a closed pipe (`| head`) stops at the first print
     files = _write_outputs(out, report, args.model, metrics[0], bias)

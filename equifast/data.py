@@ -89,7 +89,10 @@ class ImageFiles(Dataset):
                 f"Expected `images` to be a folder of images, but {str(root)!r} does not exist or is "
                 "not a folder."
             )
-        self.files = sorted(_image_paths(root))
+        # torchvision ImageFolder's order (class folders by name; in each, folders by path,
+        # files by name), so that a seeded n_images subset draws the same images as from it
+        self.files = sorted(_image_paths(root), key=lambda p: (
+            p.relative_to(root).parts[0], str(p.parent), p.name))
         if not self.files:
             raise FileNotFoundError(
                 f"Expected image files ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}, but found none."

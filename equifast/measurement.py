@@ -315,7 +315,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             progress: bool = False, preprocess=None, eps: float = TOLERANCE, backend: str = "auto",
             weights: Optional[str] = "default", split_method: str = "auto",
             channels_last: bool = True, tensor_cores: bool = True, return_state: bool = False,
-            num_workers: int = 0):
+            num_workers: int = 0, num_classes: Optional[int] = None):
     """Channel and layer equivariance of every representation of ``model``.
 
     Args:
@@ -355,6 +355,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             features, native float16/bfloat16; scores within about 1e-3 of float32 arithmetic).
             ``False`` keeps float32 arithmetic everywhere, as on the CPU.
         return_state: return the mergeable :class:`MeasureState` instead of a report.
+        num_classes: for a model by name, the size of its classifier (as
+            :func:`equifast.models.load_model` takes it): a new head of that many classes, or 0
+            for a model timm builds without one (``final`` is then its pooled features).
         num_workers: processes that decode and preprocess the images of a folder or
             ``Dataset`` while the model runs (``DataLoader`` workers; 0: in this process).
             Decoding ImageNet JPEGs takes several ms an image, as long as a GPU's whole
@@ -397,7 +400,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         if isinstance(model, str):
             meta.update(model=model, weights=str(weights))
             run = model if os.path.isfile(os.path.join(model, "recipe.json")) else None
-            model, model_preprocess = load_model(model, weights=weights)
+            if num_classes is not None:
+                meta["num_classes"] = num_classes
+            model, model_preprocess = load_model(model, weights=weights, num_classes=num_classes)
             preprocess = preprocess or model_preprocess
             if run is not None and (images is None or isinstance(images, (str, os.PathLike))):
                 images, run_labels = _run_images(run, images, n_images or 2000, seed)

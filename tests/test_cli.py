@@ -60,6 +60,7 @@ def test_help_lists_every_command(capsys):
     # an unset variable: "" was the working folder, measured as "embedded photos"
     (["measure", "--data", ""], "Expected --data to name a folder, but it is empty"),
     (["measure", "--out", ""], "Expected --out to name a folder, but it is empty"),
+    (["measure", "--num-classes", "-1"], "Expected --num-classes >= 0"),
 ])
 def test_user_errors_exit_2_with_a_message(argv, match, capsys):
     assert main(argv + ["--no-progress"]) == 2
@@ -189,3 +190,16 @@ def test_a_closed_pipe_ends_quietly(tmp_path, monkeypatch, capsys):
     assert main(["models", "vit"]) == 141
     assert capsys.readouterr().err == ""
     spare.close()
+
+
+def test_num_classes_measures_a_model_timm_builds_without_a_classifier(tmp_path, capsys):
+    # headless timm models were refused with advice to pass num_classes, which the CLI lacked
+    args = ["measure", "--model", "eva02_tiny_patch14_224", "--weights", "none", "--n-images", "2",
+            "--transforms", "rotation:90", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 2
+    assert "timm builds 'eva02_tiny_patch14_224' without one" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "b"), "--num-classes", "0"]) == 0
+    rep = Report.load(tmp_path / "b" / "report.json")
+    assert rep.meta["num_classes"] == 0 and rep.points.query("part == 'final'").shape[0] == 1
+    final = rep.points.set_index("point").loc["final"]
+    assert final["shape"] == "192"  # the pooled features, not logits

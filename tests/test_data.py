@@ -168,6 +168,18 @@ def test_image_folder_labels_suffixes_and_order(tmp_path):
     assert [files[i][1] for i in range(13)] == list(range(12)) + [-1]  # sorted: class.. < loose
 
 
+def test_image_files_come_in_image_folders_order(tmp_path):
+    # nested folders: c1/sub/a.jpg came before c1/x.jpg, so a seeded subset drew other images
+    # than from torchvision's ImageFolder over the same folder
+    import torchvision
+
+    for rel in ("c1/x.jpg", "c1/sub/a.jpg", "c1/sub/b/z.jpg", "c1-b/y.jpg", "c0/m.jpg", "c1/a.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / rel)
+    theirs = [path for path, _ in torchvision.datasets.ImageFolder(str(tmp_path)).samples]
+    assert [str(p) for p in data.ImageFiles(tmp_path).files] == theirs
+
+
 def test_model_classes_of_synset_like_folders_outside_imagenet(tmp_path):
     for wnid in ("n02123045", "n00000001"):  # the second is no ImageNet-1k class
         (tmp_path / wnid).mkdir()
