@@ -85,7 +85,8 @@ def roofline(fx, p: int, peaks) -> float:
 
 
 def _alternating_medians(fns, repeat: int, device: str):
-    """Median time of each function, running them in turn ``repeat`` times (after a warm-up)."""
+    """Median time of each function, running them in turn ``repeat`` times (after a warm-up),
+    and every time of each (round by round)."""
     for fn in fns:  # warm up (and first-touch the buffers)
         fn()
     sync(device)
@@ -96,7 +97,7 @@ def _alternating_medians(fns, repeat: int, device: str):
             fn()
             sync(device)
             ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
+    return [statistics.median(ts) for ts in times], times
 
 
 def _best(fn, repeat: int, device: str) -> float:
@@ -187,13 +188,17 @@ def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_
         fns.append(lambda: _with_env("EQUIFAST_CUDA_MAX_CLUSTER", "1", fx, ftx, a, b))
         fns.append(_guarded(lambda: _with_env("EQUIFAST_CUDA_KERNEL", "triton", fx, ftx, a, b),
                             "the Triton kernels"))
-    times = _alternating_medians(fns, repeat, device)
+    times, rounds = _alternating_medians(fns, repeat, device)
     t_op, t_bmm, t_own = times[:3]
+    # the spread of op/bmm round by round (op and bmm ran back to back): on a shared machine
+    # one median alone does not say whether 1.27 and 1.33 differ
+    pairs = [a / b for a, b in zip(rounds[0], rounds[1])]
     t_ref = _best(lambda: reference.equivariance_scores(fx, ftx, transform, "correlation",
                                                         INPUT), ref_repeat, device)
     flops = 2 * n * k * k * p
     row = dict(n=n, k=k, map=f"{side}x{side}", shift=shift, layout=layout, p=p, op=t_op, bmm=t_bmm, ref=t_ref,
-               op_bmm=t_op / t_bmm, op_own=t_op / t_own, ref_op=t_ref / t_op,
+               op_bmm=t_op / t_bmm, op_bmm_lo=min(pairs), op_bmm_hi=max(pairs),
+               op_own=t_op / t_own, ref_op=t_ref / t_op,
                gflops=flops / t_op / 1e9, bmm_gflops=flops / t_bmm / 1e9)
     if len(times) > 3:
         row["op_fp32"], row["op_single"], row["op_no_cluster"], row["op_triton"] = times[3:7]
@@ -247,7 +252,7 @@ def table(rows) -> str:
     gpu = any("op_fp32" in r for r in rows)
     roof = any("roofline" in r for r in rows)
     cols = ["N", "K", "map", "shift", "layout", "P", "op (ms)", "bmm (ms)", "reference (ms)", "op/bmm",
-            "op/bmm(fx, ftx)", "ref/op", "op GFLOP/s", "bmm GFLOP/s"]
+            "op/bmm per round", "op/bmm(fx, ftx)", "ref/op", "op GFLOP/s", "bmm GFLOP/s"]
     cols += ["op float32 (ms)", "op single pass (ms)", "op no clusters (ms)",
              "op triton (ms)"] if gpu else []
     cols += ["roofline (ms)", "of roofline", "single pass: of roofline",
@@ -262,7 +267,7 @@ def table(rows) -> str:
         r = collections.defaultdict(lambda: float("nan"), row)
         out = [r["n"], r["k"], r["map"], r["shift"], r["layout"], r["p"], f"{1e3 * r['op']:.3f}",
                f"{1e3 * r['bmm']:.3f}", f"{1e3 * r['ref']:.1f}", f"{r['op_bmm']:.2f}",
-               f"{r['op_own']:.2f}", f"{r['ref_op']:.1f}", f"{r['gflops']:.1f}", f"{r['bmm_gflops']:.1f}"]
+               f"{r['op_bmm_lo']:.2f}-{r['op_bmm_hi']:.2f}", f"{r['op_own']:.2f}", f"{r['ref_op']:.1f}", f"{r['gflops']:.1f}", f"{r['bmm_gflops']:.1f}"]
         out += [f"{1e3 * r[c]:.3f}" for c in ("op_fp32", "op_single", "op_no_cluster",
                                                 "op_triton")] if gpu else []
         out += [f"{1e3 * r['roofline']:.3f}", f"{100 * r['of_roofline']:.0f}%",
@@ -313,7 +318,8 @@ def main(argv=None) -> int:
             rows.append(r)
             print(f"N={n} K={k:5d} map={r['map']:>5} shift={r['shift']} {layout:>13}  "
                   f"op {1e3 * r['op']:8.2f} ms  bmm {1e3 * r['bmm']:8.2f} ms  "
-                  f"ref {1e3 * r['ref']:9.1f} ms  op/bmm {r['op_bmm']:5.2f}  "
+                  f"ref {1e3 * r['ref']:9.1f} ms  op/bmm {r['op_bmm']:5.2f} "
+                  f"({r['op_bmm_lo']:.2f}-{r['op_bmm_hi']:.2f})  "
                   f"op/bmm(fx, ftx) {r['op_own']:5.2f}  "
                   f"ref/op {r['ref_op']:6.1f}  {r['gflops']:6.1f} GFLOP/s"
                   + (f"  {100 * r['of_roofline']:.0f}% of roofline (single pass "
@@ -326,7 +332,8 @@ def main(argv=None) -> int:
             f"{machine(args.device, load_before)}\n\n"
             f"Correlation; Translation(1, 1) and Translation(32, 32) on a 224x224 input "
             f"(`shift`: the shift on the map, 0 = identity map); op and bmm times are the "
-            f"medians of {repeat} alternated runs, the reference's the best of {ref_repeat}. "
+            f"medians of {repeat} alternated runs (`op/bmm per round`: the least and largest "
+            f"ratio of a round's back-to-back op and bmm), the reference's the best of {ref_repeat}. "
             f"`op/bmm` compares with torch.bmm on "
             f"contiguous operands of the same shapes ([N, K, P] x [N, P, K]), `op/bmm(fx, ftx)` "
             f"with torch.bmm of the operator's own inputs (fx.flatten(2) @ "

@@ -132,14 +132,14 @@ def test_the_table_takes_a_row_the_profiler_failed_on():
     # the columns came from the first row: a later row without them lost the whole GPU run
     ratios = _script("run_ratios")
     base = dict(n=64, k=64, map="56x56", shift=0, layout="NCHW", p=3136, op=1e-3, bmm=1e-3, ref=1e-2,
-                op_bmm=1.0, op_own=1.0, ref_op=10.0, gflops=1.0, bmm_gflops=1.0, op_fp32=1e-3,
+                op_bmm=1.0, op_bmm_lo=0.9, op_bmm_hi=1.2, op_own=1.0, ref_op=10.0, gflops=1.0, bmm_gflops=1.0, op_fp32=1e-3,
                 op_single=1e-3, op_no_cluster=1e-3, op_triton=1e-3, roofline=5e-4, of_roofline=0.5)
     profiled = dict(base, dev_op=8e-4, dev_bmm=8e-4, dev_fp32=8e-4, dev_single=8e-4,
                     dev_no_cluster=8e-4, dev_triton=8e-4, dev_of_roofline=0.625,
                     dev_single_of_roofline=0.625, dev_triton_of_roofline=0.625)
     lines = ratios.table([profiled, base]).splitlines()
     assert len(lines) == 4 and "op kernels (ms)" in lines[0]
-    assert lines[2].count("0.800") == 6 and "62%" in lines[2]
+    assert lines[2].count("0.800") == 6 and "62%" in lines[2] and "| 0.90-1.20 |" in lines[2]
     assert lines[3].count("nan") == 9  # the six kernel times and their three roofline shares
 
 
