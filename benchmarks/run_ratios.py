@@ -328,7 +328,7 @@ def main(argv=None) -> int:
                      f"{100 * r['dev_single_of_roofline']:.0f}%)" if "dev_of_roofline" in r else ""),
                   flush=True)
     text = (f"## Operator benchmark ({'quick' if args.quick else 'full'} run, "
-            f"device {args.device})\n\n"
+            f"device {args.device}, {machine_kind(args.device)}, {time.strftime('%Y-%m-%d')})\n\n"
             f"{machine(args.device, load_before)}\n\n"
             f"Correlation; Translation(1, 1) and Translation(32, 32) on a 224x224 input "
             f"(`shift`: the shift on the map, 0 = identity map); op and bmm times are the "
