@@ -37,10 +37,10 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def cpu_model() -> str:
-    """The CPU's model name and widest vector extension (``/proc/cpuinfo``; the CPU kernels
-    run AVX-512, AVX2 or baseline code by it), else what ``platform`` knows; with the
-    instruction set ``EQUIFAST_CPU_ISA`` forces, if any."""
+def _cpu() -> tuple:
+    """The CPU's model name and its widest vector extension: ``"AVX-512"``, ``"AVX2"`` or
+    ``None`` (``/proc/cpuinfo``; the CPU kernels run AVX-512, AVX2 or baseline code by it),
+    else what ``platform`` knows."""
     name, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first CPU's
@@ -52,10 +52,15 @@ def cpu_model() -> str:
                 break
     except OSError:
         pass
-    if flags:
-        name += " (AVX-512)" if "avx512f" in flags else " (AVX2)" if "avx2" in flags else ""
+    return name, "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+
+
+def cpu_model() -> str:
+    """The CPU's model name and widest vector extension, with the instruction set
+    ``EQUIFAST_CPU_ISA`` forces, if any."""
+    name, isa = _cpu()
     forced = os.environ.get("EQUIFAST_CPU_ISA")
-    return name + (f", kernels forced to {forced}" if forced else "")
+    return name + (f" ({isa})" if isa else "") + (f", kernels forced to {forced}" if forced else "")
 
 
 def machine_kind(device) -> str:
@@ -66,8 +71,7 @@ def machine_kind(device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        model = cpu_model()
-        name = "avx512" if "(AVX-512)" in model else "avx2" if "(AVX2)" in model else "baseline"
+        name = (_cpu()[1] or "baseline").replace("-", "")  # avx512, avx2
     slug = "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
     return f"{device.type}-{slug}"
 

@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from .reference import TOLERANCE, Scores, scores_from_similarity
+from .reference import TOLERANCE, Scores, check_options, scores_from_similarity
 
 __all__ = ["flat_in_memory_order", "ScoreState", "VectorState", "ActivationState", "FIXED_POINT"]
 
@@ -184,8 +184,7 @@ class VectorState:
         # the raw sums of squares (cosine, and the tolerance's scale) from the centred ones:
         # adding positive terms loses nothing
         suu, svv = self.cuu + n * self.mu * self.mu, self.cvv + n * self.mv * self.mv
-        if metric not in ("correlation", "cosine"):
-            raise ValueError(f"Expected metric 'correlation' or 'cosine', but got {metric!r}.")
+        check_options(metric)
         if metric == "correlation":
             cuu, cvv, cuv = self.cuu, self.cvv, self.cuv
         else:

@@ -410,8 +410,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 meta["images"] = "test set of the run's recipe"
         else:
             meta["model"] = type(model).__name__
-        if preprocess is not None and given_preprocess and (
-                isinstance(images, (torch.Tensor, tuple, list, DataLoader))):
+        if given_preprocess and isinstance(images, (torch.Tensor, tuple, list, DataLoader)):
             warnings.warn("`preprocess` is not applied to a tensor or a DataLoader's batches: "
                           "they are taken as model-ready (resized and normalised).",
                           category=EquifastWarning, stacklevel=3)

@@ -170,9 +170,9 @@ def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run:
     """SPEC aggregation step 4: mean and standard deviation over repeated runs (seeds).
 
     One row per ``keys`` (in order of appearance) with ``<v>`` (mean) and ``<v>_std`` (the
-    sample standard deviation, ddof 1: NaN for one run) for each of ``values``, and ``count``: the number of distinct ``run`` values. A value undefined (NaN)
-    in one run is undefined in the mean and std: a mean over fewer runs would read as one over
-    all of them. Studies, sweeps and :func:`combine_runs` all aggregate seeds here.
+    sample standard deviation, ddof 1: NaN for one run) for each of ``values``, and ``count``:
+    the number of distinct ``run`` values. A value undefined (NaN) in one run is undefined in
+    the mean and std: a mean over fewer runs would read as one over all of them. Studies, sweeps and :func:`combine_runs` all aggregate seeds here.
     """
     g = df.groupby(list(keys), sort=False, observed=True, dropna=False)
     agg = {}

@@ -146,7 +146,9 @@ def test_the_table_takes_a_row_the_profiler_failed_on():
 def test_each_machine_kind_writes_its_own_section(monkeypatch):
     # sections were per device type: an AVX-512 run replaced the AVX2 machine's table
     results = _script("results")
-    monkeypatch.setattr(results, "cpu_model", lambda: "AMD EPYC (AVX-512)")
-    assert results.machine_kind("cpu") == "cpu-avx512"
-    monkeypatch.setattr(results, "cpu_model", lambda: "Intel Xeon (AVX2), kernels forced to avx2")
+    monkeypatch.setattr(results, "_cpu", lambda: ("AMD EPYC", "AVX-512"))
+    assert results.machine_kind("cpu") == "cpu-avx512" and results.cpu_model() == "AMD EPYC (AVX-512)"
+    monkeypatch.setattr(results, "_cpu", lambda: ("Intel Xeon", "AVX2"))
     assert results.machine_kind("cpu") == "cpu-avx2"
+    monkeypatch.setattr(results, "_cpu", lambda: ("ARM", None))
+    assert results.machine_kind("cpu") == "cpu-baseline" and results.cpu_model() == "ARM"
