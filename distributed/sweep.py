@@ -31,8 +31,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from torchvision.datasets import DatasetFolder
 
+from equifast.data import ClassFolders
 from equifast.warning import EquifastWarning
 
 from .spec import Job, SweepSpec, folder_files_sha256, load_spec
@@ -88,18 +88,19 @@ class _NoLabels(torch.utils.data.Dataset):
         return (item[0] if isinstance(item, (tuple, list)) else item), -1
 
 
-class _TorchvisionImages(DatasetFolder):
+class _TorchvisionImages(torch.utils.data.Dataset):
     """A torchvision dataset as :func:`equifast.measure` takes class folders: RGB images (MNIST's
     are grayscale: the models and their Normalize take three channels), and labels that count
     toward the accuracy only where its ``classes`` are the model's (one per class of the model:
     :func:`equifast.data.model_classes`, the folders' rule), not taken as ImageNet's indices.
     A dataset that names no classes has no labels here."""
 
-    def __init__(self, dataset, name: str):  # DatasetFolder's own would scan a folder
+    def __init__(self, dataset, name: str):
         self.dataset = dataset
         classes = getattr(dataset, "wnids", None) or getattr(dataset, "classes", None)  # ImageNet: wnids
         self.classes = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else []
-        self.target_transform = None
+        # equifast.measure maps these labels as it maps class folders' (image_folder)
+        self.class_folders = ClassFolders(self.classes)
         if not self.classes:
             warnings.warn(f"No accuracy: torchvision's {name} names no classes (no `classes`), so "
                           "which of the model's classes its labels are is unknown.",
@@ -114,9 +115,6 @@ class _TorchvisionImages(DatasetFolder):
         if getattr(x, "mode", "RGB") != "RGB" and hasattr(x, "convert"):  # a PIL image
             x = x.convert("RGB")
         return x, (y if self.classes else -1)
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.dataset!r})"
 
 
 def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.utils.data.Dataset], Any]:

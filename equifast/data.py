@@ -203,7 +203,8 @@ class ClassFolders:
 def image_folder(images):
     """The class folders whose index ``images`` labels its images with: an :class:`ImageFiles`
     or a torchvision ``ImageFolder`` (``DatasetFolder``, without a ``target_transform``), itself
-    or under a ``DataLoader``, ``Subset`` or ``ConcatDataset`` of folders with the same classes;
+    or under a ``DataLoader``, ``Subset`` or ``ConcatDataset`` of folders with the same classes,
+    or a dataset that says so itself (a ``class_folders`` attribute, a :class:`ClassFolders`);
     else ``None`` (the labels are then taken as the model's class indices)."""
     from torch.utils.data import ConcatDataset
     from torchvision.datasets import DatasetFolder
@@ -217,6 +218,8 @@ def image_folder(images):
             if same else None
     if isinstance(images, ImageFiles):
         return images
+    if isinstance(getattr(images, "class_folders", None), ClassFolders):
+        return images.class_folders
     if isinstance(images, DatasetFolder) and getattr(images, "target_transform", None) is None:
         return ClassFolders(list(images.classes))
     return None

@@ -28,8 +28,8 @@ import torch
 from equifast.warning import EquifastWarning
 
 from .recipes import Recipe
-from .trainer import (CHECKPOINT, RESULT, TrainResult, _datasets, _fit, _load_checkpoint,
-                      _result_from_dir, prepare_out_dir)
+from .trainer import (CHECKPOINT, TrainResult, _datasets, _fit, _load_checkpoint,
+                      _result_from_dir, _will_train, prepare_out_dir)
 
 __all__ = ["train_ray"]
 
@@ -116,7 +116,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     # Workers run elsewhere: they need absolute data paths.
     if recipe.data_root:
         recipe = recipe.replace(data_root=os.path.abspath(os.path.expanduser(recipe.data_root)))
-    if local is not None and (overwrite or not Path(out_dir, RESULT).is_file()):
+    if local is not None and _will_train(out_dir, overwrite):
         # A local cluster shares this machine's files: the data is found (or fetched) here
         # first, so a missing root fails with its own message before workers start, not wrapped
         # in a Ray Train worker error, and before --overwrite deletes the old run. (On a

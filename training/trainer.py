@@ -287,6 +287,12 @@ def _result_from_dir(out: Path, resumed_from: Optional[int] = None) -> TrainResu
                        resumed_from=d["epochs"] if resumed_from is None else resumed_from)
 
 
+def _will_train(out_dir: str, overwrite: bool) -> bool:
+    """Whether a run in ``out_dir`` trains rather than returning a finished result: what
+    :func:`prepare_out_dir` decides, known before it deletes or writes anything."""
+    return overwrite or not Path(out_dir, RESULT).is_file()
+
+
 def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
                     overwrite: bool = False) -> Optional[TrainResult]:
     """Check ``out_dir`` before training; returns the result when the run is finished.
@@ -517,7 +523,7 @@ def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = F
     """
     device = resolve_device(recipe.device)  # a missing GPU fails here, before the run folder is touched
     # and missing data too, whenever it will train: --overwrite deletes the old run
-    datasets = _datasets(recipe) if overwrite or not Path(out_dir, RESULT).is_file() else None
+    datasets = _datasets(recipe) if _will_train(out_dir, overwrite) else None
     done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
     if done is not None:
         return done
