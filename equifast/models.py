@@ -441,7 +441,7 @@ def load_model(name: str, weights: Optional[str] = "default",
         if state is not None and name in ("inception_v3", "googlenet"):
             # as torchvision builds them for its weights, which a checkpoint does not say: the
             # input turned to the normalisation they were trained with; aux heads if it has them
-            aux = any(part.lower().startswith("aux") for k in state for part in k.split(".")[:1])
+            aux = any(k.lower().startswith("aux") for k in state)
             kwargs = {"transform_input": True, "aux_logits": aux, "init_weights": False, **kwargs}
 
         def build(**kw):

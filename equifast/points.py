@@ -1041,7 +1041,9 @@ class Representations(nn.Module):
                 raise ValueError(f"Expected module points for method='hooks', but {bad} are fx nodes "
                                  "only; use method='fx'.")
             self.model = model
-            self._copy = False  # hooks keep the points' own tensors until one is overwritten
+            # the points a later in-place op overwrites: copied as they are made (the others are
+            # the model's own tensors, read as they are)
+            self._copy: set = set()
 
     def _hooked(self, x: Tensor) -> Dict[str, Tensor]:
         model = self.model
@@ -1054,7 +1056,7 @@ class Representations(nn.Module):
             if key in store:  # a module run twice: which call is the point would be a guess
                 raise RuntimeError(f"Module {key[0]!r} ran more than once in this forward pass, so "
                                    f"it is not one point. {_REPEATED_HINT}")
-            store[key] = t.clone() if self._copy and isinstance(t, Tensor) else t
+            store[key] = t.clone() if key in self._copy and isinstance(t, Tensor) else t
             versions[key] = _version(t)
 
         def keep(key, take):
@@ -1071,12 +1073,12 @@ class Representations(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-        if not self._copy and any(
-                isinstance(t, Tensor) and (versions[k] is None or _version(t) != versions[k])
-                for k, t in store.items()):
-            # a later in-place op (nn.ReLU(inplace=True) after a named bn1) overwrote a point,
-            # or inference mode hides whether one did: copy them, from this pass on
-            self._copy = True
+        overwritten = {k for k, t in store.items() if k not in self._copy and isinstance(t, Tensor)
+                       and (versions[k] is None or _version(t) != versions[k])}
+        if overwritten:
+            # a later in-place op (nn.ReLU(inplace=True) after a named bn1) overwrote these
+            # points, or inference mode hides whether one did: copy them, from this pass on
+            self._copy |= overwritten
             return self._hooked(x)
         raw = {}
         for p in self.points:

@@ -853,7 +853,10 @@ def test_points_that_later_ops_overwrite_in_place_are_their_own_values(method):
                 torch.testing.assert_close(got[n], want[n], atol=0, rtol=0, msg=n)
         resnet = tv.resnet18(num_classes=5).eval()
         y = torch.randn(2, 3, 32, 32)
-        bn1 = representations(resnet, split(resnet, y, points=["bn1"], method=method),
-                                 method=method)(y)["bn1"]
+        reps = representations(resnet, split(resnet, y, points=["bn1", "layer1"], method=method),
+                               method=method)
+        bn1 = reps(y)["bn1"]
         torch.testing.assert_close(bn1, resnet.bn1(resnet.conv1(y)), atol=0, rtol=0)
         assert bn1.min() < 0  # before the ReLU
+        if method == "hooks":  # only what is overwritten is copied, on every later batch
+            assert reps._copy == {("bn1", "output")}
