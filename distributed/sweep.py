@@ -627,16 +627,20 @@ def _moved(records: Dict[str, Optional[dict]], jobs: List[Job]) -> set:
     specs in different folders sharing an --out). A copy of the same files elsewhere, as
     ``ray job submit --working-dir`` makes, is the same data."""
     moved: Dict[Tuple[str, str, str], List[str]] = {}
+    files: Dict[str, Optional[str]] = {}  # each folder's fingerprint, taken once a call
     for job in jobs:
         rec = records.get(job.id) or {}
         then = rec.get("job", {}).get("dataset", {})
         if rec.get("status") != "ok" or not job.relative_folder or not then.get("resolved_path"):
             continue  # records from before the resolved path was kept: nothing to compare
         now = job.resolve(job.dataset.path)
-        if os.path.realpath(now) == os.path.realpath(then["resolved_path"]) or (
-                then.get("files_sha256") is not None
-                and then.get("files_sha256") == folder_files_sha256(now)):
+        if os.path.realpath(now) == os.path.realpath(then["resolved_path"]):
             continue
+        if then.get("files_sha256") is not None:
+            if now not in files:
+                files[now] = folder_files_sha256(now)
+            if files[now] == then["files_sha256"]:  # a copy of the same images
+                continue
         moved.setdefault((job.dataset.label, then["resolved_path"], now), []).append(job.id)
     for (label, then, now), ids in moved.items():
         warnings.warn(f"dataset {label!r}: {len(ids)} finished job(s) measured {then!r}, but the "

@@ -1009,6 +1009,39 @@ def test_a_relative_folder_that_means_other_images_now_is_measured_again(ray_ses
     assert rec["job"]["dataset"]["resolved_path"] == str(tmp_path / "b" / "data") and rec["n_images"] == 2
 
 
+def test_a_relative_folder_changed_in_a_subfolder_is_seen_by_the_next_run(tmp_path, capsys):
+    # a second run in the same process (Python, a notebook) compares the folder as it is now,
+    # not a fingerprint cached while the folder's own modification time stayed the same
+    import shutil
+
+    import yaml
+    from PIL import Image
+
+    spec = {"models": [MODELS[2]], "datasets": [{"path": "data", "image_size": 32}],
+            "transforms": {"rotation": "rotation:90"}, "n_images": 2, "batch_size": 2}
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        (tmp_path / "a" / "data" / f"class{i}").mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+            tmp_path / "a" / "data" / f"class{i}" / f"{i}.png")
+    (tmp_path / "a" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")  # as `ray job submit --working-dir` does
+    (a,) = load_spec(tmp_path / "a" / "spec.yaml").jobs()
+    out = tmp_path / "shared"
+    ResultStore(out).write_record({"id": a.id, "status": "ok", "job": a.entry(), "points": [],
+                                   "parts": []})
+    dry = ["run", str(tmp_path / "copy" / "spec.yaml"), "--out", str(out), "--dry-run"]
+    assert sweep_main(dry) == 0  # the same images: finished
+    assert f"{a.id}  ok " in capsys.readouterr().out
+    data = tmp_path / "copy" / "data"
+    stamp = data.stat().st_mtime_ns
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(data / "class0" / "2.png")
+    assert data.stat().st_mtime_ns == stamp  # a file added in a subfolder: data/ itself unchanged
+    with pytest.warns(UserWarning, match="which holds other images: they are measured again"):
+        assert sweep_main(dry) == 0
+    assert f"{a.id}  moved " in capsys.readouterr().out
+
+
 def _crash_first_attempt(marker_dir, family="rotation"):
     """A hook that kills the worker process the first time a job of ``family`` starts."""
     def hook(job, shard, attempt):
