@@ -84,10 +84,11 @@ tests=$?
 # figures, then the other kernels' modes and the Triton kernels under the operator's tests.
 step tests-triton 150 $PY -m pytest -q -p no:cacheprovider tests/test_ops_triton.py -k "not compiles" || tests=1
 step ratios 120 $PY benchmarks/run_ratios.py --device cuda --output "$OUT/RESULTS.md"
+# 3 alternated rounds (after a warm-up round), not the CPU default of 7: the step's time limit
 step end-to-end 120 $PY benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 \
-  --images ${E2E_IMAGES:-256} --device cuda --output "$OUT/RESULTS.md" --profile
+  --images ${E2E_IMAGES:-256} --rounds 3 --device cuda --output "$OUT/RESULTS.md" --profile
 step end-to-end-triton 90 env EQUIFAST_CUDA_KERNEL=triton $PY benchmarks/run_end_to_end.py \
-  --model resnet50 --size 224 --batch 64 --images 64 --repeats 2 --device cuda --no-write --profile
+  --model resnet50 --size 224 --batch 64 --images 64 --rounds 2 --device cuda --no-write --profile
 # its own budget from what the deadline leaves, less the defaults' compiles and timings, which
 # it does not count (a step cut short by the deadline writes no table)
 tune_budget=$((DEADLINE - SECONDS - 40 < 110 ? DEADLINE - SECONDS - 40 : 110))

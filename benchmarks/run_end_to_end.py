@@ -5,17 +5,24 @@ batch, through the same model at the same batch size and memory format. The rati
 ``measure / forward`` - 1 is the overhead of the scores, the transforms and the bookkeeping
 (issue target: at most 25%).
 
-    python benchmarks/run_end_to_end.py                    # ResNet-18 at 112x112 on CPU
+The forward passes and ``measure`` are timed in alternation, ``--rounds`` times (forward,
+measure, forward, measure, ..., after one warm-up call of each), so that load from other
+processes, which comes and goes, weighs on both alike. Each round gives one overhead, its
+``measure`` time over its forward time, less 1; the table gives the median of those and every
+round's (in order: on a shared machine a single round moves by tens of per cent), the median
+times, and images per second from the median ``measure`` time.
+
+    python benchmarks/run_end_to_end.py                    # ResNet-18 at 112x112 on CPU, 7 rounds
     python benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 --images 64 --device cuda
 
-Writes its table into the ``end-to-end`` section of ``benchmarks/RESULTS.md``.
+Writes its table into the ``end-to-end-<machine kind>`` section of ``benchmarks/RESULTS.md``.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import statistics
+import sys
 import time
 
 import torch
@@ -26,7 +33,7 @@ from equifast.devices import resolve_device
 
 sys.path.insert(0, os.path.dirname(__file__))
 from results import cpu_model, machine_kind, sync, write_section  # noqa: E402
-
+from run_ratios import _alternating_medians  # noqa: E402
 
 
 def forward_only(model, x, transforms, batch_size, device, channels_last=True):
@@ -54,12 +61,16 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--shifts", type=int, default=32)
     ap.add_argument("--device", default="cpu", help="cpu (the issue's CPU row) or cuda")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="alternated rounds of forward passes and measure (default 7: about two "
+                         "minutes on 2 CPU cores at the defaults)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--output", default=None, help="markdown file to write (default: benchmarks/RESULTS.md)")
     ap.add_argument("--profile", action="store_true",
                     help="after timing, print torch.profiler's top operators for one measure call")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     try:
         device = resolve_device(args.device)
     except ValueError as err:
@@ -67,23 +78,24 @@ def main(argv=None):
     model, _ = load_model(args.model, weights=None)
     x = torch.randn(args.images, 3, args.size, args.size)
     transforms = ef.diagonal_shifts(1, args.shifts)
-    ef.measure(model, x[:args.batch], transforms=transforms[:2], batch_size=args.batch, device=device)  # warm up
-    fwd, meas = [], []
-    for _ in range(args.repeats):
-        fwd.append(forward_only(model, x, transforms, args.batch, device))
-        sync(device)
-        t0 = time.perf_counter()
-        ef.measure(model, x, transforms=transforms, batch_size=args.batch, device=device)
-        sync(device)
-        meas.append(time.perf_counter() - t0)
-    f, m = statistics.median(fwd), statistics.median(meas)
+    load_before = os.getloadavg()[0]
+    (f, m), (fwd, meas) = _alternating_medians(
+        [lambda: forward_only(model, x, transforms, args.batch, device),
+         lambda: ef.measure(model, x, transforms=transforms, batch_size=args.batch, device=device)],
+        args.rounds, device)
+    # one overhead per round (its forward passes and measure ran back to back), and their median
+    rounds = [100 * (b / a - 1) for a, b in zip(fwd, meas)]
+    for i, (a, b, r) in enumerate(zip(fwd, meas, rounds), 1):
+        print(f"round {i}: forward {a:.3f} s, measure {b:.3f} s, overhead {r:+.0f}%")
     passes = args.images * (1 + len(transforms))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     row = (f"| {args.model} | {args.size}x{args.size} | {args.images} | {args.batch} | 1..{args.shifts} | "
-           f"{device.type} ({name}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}) | {f:.2f} | "
-           f"{m:.2f} | {100 * (m / f - 1):+.0f}% | {args.images / m:.1f} | {passes / m:.0f} |")
-    header = ("| model | input | images | batch | shifts | device | forward s | measure s | overhead | "
-              "images/s | forward passes/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
+           f"{device.type} ({name}, {os.cpu_count()} cores, load {load_before:.1f}-{os.getloadavg()[0]:.1f}) | "
+           f"{args.rounds} | {f:.2f} | {m:.2f} | {statistics.median(rounds):+.0f}% | "
+           f"{', '.join(f'{r:+.0f}%' for r in rounds)} | {args.images / m:.1f} | {passes / m:.0f} |")
+    header = ("| model | input | images | batch | shifts | device | rounds | forward s | measure s | "
+              "overhead | overhead per round | images/s | forward passes/s |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(header)
     print(row)
     print(f"backend: {_backend(device)}, torch {torch.__version__}")
@@ -119,7 +131,12 @@ def _write(header, row, device, output=None):
     name = f"end-to-end-{machine_kind(device)}"  # a section per machine kind
     write_section(name, f"## End to end ({device.type}): `equifast.measure` vs the model's own forward "
                   f"passes\n\nWritten by `benchmarks/run_end_to_end.py` on {time.strftime('%Y-%m-%d')}, torch "
-                  f"{torch.__version__}, backend {_backend(device)}.\n\n{header}\n{row}",
+                  f"{torch.__version__}, backend {_backend(device)}. The forward passes and `measure` "
+                  f"ran in alternation, `rounds` times after a warm-up; `forward s` and `measure s` are "
+                  f"the medians of their times, `overhead` the median of the rounds' overheads "
+                  f"(`overhead per round`, in order: a round's measure time over its forward passes' "
+                  f"time, less 1), images/s and forward passes/s from the median measure time; `load`: "
+                  f"the 1-minute load average before and after.\n\n{header}\n{row}",
                   *([output] if output else []))
 
 

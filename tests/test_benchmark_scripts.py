@@ -22,7 +22,7 @@ def _script(name):
 def test_end_to_end_profile_names_the_operator_and_counts_its_calls(capsys):
     e2e = _script("run_end_to_end")
     e2e.main(["--model", "resnet18", "--size", "32", "--images", "4", "--batch", "4",
-              "--shifts", "2", "--repeats", "1", "--device", "cpu", "--no-write", "--profile"])
+              "--shifts", "2", "--rounds", "1", "--device", "cpu", "--no-write", "--profile"])
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| resnet18"))
     assert "| 1..2 |" in row
