@@ -1,6 +1,7 @@
 """The benchmark scripts' own logic, on the CPU (their timings are not asserted)."""
 import importlib.util
 import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,40 @@ def test_end_to_end_profile_names_the_operator_and_counts_its_calls(capsys):
     assert maps == 7
     line = next(l for l in out.splitlines() if l.strip().startswith("equifast::equivariance_scores"))
     assert int(line.split()[-1]) == 2 * maps
+
+
+def test_end_to_end_reports_the_median_of_alternated_rounds(tmp_path, monkeypatch, capsys):
+    # one overhead per round, on a shared machine single rounds move by tens of per cent
+    e2e = _script("run_end_to_end")
+    calls = []
+    measure = ef.measure
+    monkeypatch.setattr(e2e.ef, "measure", lambda *a, **k: calls.append("measure") or measure(*a, **k))
+    forward_only = e2e.forward_only
+    monkeypatch.setattr(e2e, "forward_only", lambda *a, **k: calls.append("forward") or forward_only(*a, **k))
+    path = tmp_path / "RESULTS.md"
+    e2e.main(["--model", "resnet18", "--size", "32", "--images", "4", "--batch", "4",
+              "--shifts", "2", "--rounds", "3", "--device", "cpu", "--output", str(path)])
+    assert calls == ["forward", "measure"] * 4  # a warm-up, then 3 rounds, alternated
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| model"))
+    row = next(line for line in out.splitlines() if line.startswith("| resnet18"))
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")],
+                     [c.strip() for c in row.strip("|").split("|")]))
+    assert cells["rounds"] == "3"
+    per_round = [float(v.rstrip("%")) for v in cells["overhead per round"].split(", ")]
+    assert len(per_round) == 3
+    assert float(cells["overhead"].rstrip("%")) == statistics.median(per_round)
+    # each round's line: "round i: forward F s, measure M s, overhead R%"
+    rounds = [line.replace(",", "").split() for line in out.splitlines() if line.startswith("round ")]
+    assert [float(r[-1].rstrip("%")) for r in rounds] == per_round
+    # images/s from the median measure time (4 images; the rounds' times printed to 1 ms)
+    median_measure = statistics.median(float(r[6]) for r in rounds)
+    assert float(cells["measure s"]) == pytest.approx(median_measure, abs=0.006)
+    assert float(cells["images/s"]) == pytest.approx(4 / median_measure, rel=0.02, abs=0.06)
+    text = path.read_text()  # its own section: per machine kind, the row as printed
+    kind = _script("results").machine_kind("cpu")
+    section = text[text.index(f"<!-- end-to-end-{kind}:begin -->"):text.index(f"<!-- end-to-end-{kind}:end -->")]
+    assert header in section and row in section
 
 
 def test_results_sections_are_replaced_alone(tmp_path):
