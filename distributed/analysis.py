@@ -250,13 +250,29 @@ def _families() -> List[str]:
     return ["identity", "rotation", "flip", "transform"] + shifts
 
 
+def _figure_name(kind: str, family: Optional[str] = None, dataset: Optional[str] = None) -> str:
+    """The file name of a figure :func:`sweep_figures` writes: ``kind`` ``"parts"`` (a
+    family's parts per model: fig11_translation, fig12_rotation, else parts_<family>),
+    ``"shifts"`` (fig8_<family>) or ``"accuracy"`` (fig13_accuracy_correlation), with
+    ``dataset``'s name added (a report of several datasets; ``None``: none)."""
+    if kind == "parts":
+        base = {"translation": "fig11_translation", "rotation": "fig12_rotation"}.get(
+            family, f"parts_{_slug(family)}")
+    elif kind == "shifts":
+        base = f"fig8_{_slug(family)}"
+    else:
+        base = "fig13_accuracy_correlation"
+    return f"{base}{'' if dataset is None else '_' + _slug(dataset)}.png"
+
+
 def _own_figures(datasets, families) -> set:
     """The names of every figure :func:`sweep_figures` writes for these datasets and families,
-    with or without a dataset's suffix (an earlier report's may have had other datasets)."""
-    suffixes = [""] + [f"_{_slug(d)}" for d in datasets]
-    bases = ["fig11_translation", "fig12_rotation", "fig13_accuracy_correlation"]
-    bases += [f"{kind}_{_slug(f)}" for f in families for kind in ("parts", "fig8")]
-    return {f"{b}{s}.png" for b in bases for s in suffixes}
+    with or without a dataset's name (an earlier report's may have had other datasets)."""
+    out = set()
+    for ds in [None, *datasets]:
+        out.add(_figure_name("accuracy", dataset=ds))
+        out.update(_figure_name(kind, f, ds) for f in families for kind in ("parts", "shifts"))
+    return out
 
 
 def _check_figures_folder(path: os.PathLike, own: Optional[set] = None) -> Path:
@@ -338,7 +354,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     datasets = list(dict.fromkeys(scores["dataset"]))
     for ds in datasets:
         d = scores[scores["dataset"] == ds]
-        suffix = f"_{_slug(ds)}" if len(datasets) > 1 else ""
+        named = ds if len(datasets) > 1 else None
         for fam in dict.fromkeys(d["family"]):
             f = d[d["family"] == fam]
             keys = list(dict.fromkeys(f["transforms"]))
@@ -347,9 +363,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
                 label = model if len(keys) == 1 else f"{model} ({key})"
                 frames[label] = g[["part", "family", "channel", "layer"]
                                   + (["channel_std", "layer_std"] if (g["seeds"] > 1).any() else [])]
-            name = {"translation": "fig11_translation", "rotation": "fig12_rotation"}.get(
-                fam, f"parts_{_slug(fam)}")
-            path = out / f"{name}{suffix}.png"
+            path = out / _figure_name("parts", fam, named)
             fig = plot_parts(frames, path=path, title=f"{fam} equivariance per part ({ds}, {metric})")
             plt.close(fig)
             figures.append(path)
@@ -363,7 +377,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
             for (model, key), g in f.groupby(["model", "transforms"], sort=False):
                 frames[model if len(keys) == 1 else f"{model} ({key})"] = g.drop(
                     columns=[] if (g["seeds"] > 1).any() else ["channel_std", "layer_std"])
-            path = out / f"fig8_{_slug(fam)}{suffix}.png"
+            path = out / _figure_name("shifts", fam, named)
             plt.close(plot_shifts(frames, path=path, title=f"{fam} equivariance per part at each "
                                                            f"shift ({ds}, {metric})"))
             figures.append(path)
@@ -376,7 +390,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
                    f"an accuracy (min_models, --min-models), and {most} have them")
             warnings.warn(f"No figure 13 for {ds}: {why}.", category=EquifastWarning, stacklevel=2)
         else:
-            path = out / f"fig13_accuracy_correlation{suffix}.png"
+            path = out / _figure_name("accuracy", dataset=named)
             n = int(c["n_models"].max())
             fig = plot_accuracy_correlation(c[["part", "family", "transforms", "score", "spearman"]], path=path,
                                             title=f"Spearman of part scores with top-1 accuracy "

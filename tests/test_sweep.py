@@ -797,6 +797,14 @@ def test_report_never_removes_a_users_figure_named_like_one(folder, tmp_path):
     assert sorted(p.name for p in figures.iterdir()) == [
         "fig11_translation_thesis.png", "fig8_resnet44_thesis.png", "parts_notes.png"]
     assert all(p.read_bytes() == b"my figure" for p in figures.iterdir())
+    # nor a name no report writes, though its pattern looks like one (translation's parts are
+    # fig11_translation.png, never parts_translation.png)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "parts_translation.png").write_bytes(b"my figure")
+    with pytest.raises(FileExistsError, match=r"holds other files: \['parts_translation.png'\]"):
+        analysis.sweep_figures(out, theirs)
+    assert (theirs / "parts_translation.png").read_bytes() == b"my figure"
 
 
 def test_report_prints_each_transform_set_apart(folder, tmp_path, capsys):
