@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -35,6 +37,22 @@ def sync(device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def alternating_medians(fns, repeat: int, device: str):
+    """Median time of each function, running them in turn ``repeat`` times (after a warm-up),
+    and every time of each (round by round)."""
+    for fn in fns:  # warm up (and first-touch the buffers)
+        fn()
+    sync(device)
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times], times
 
 
 def _cpu() -> tuple:

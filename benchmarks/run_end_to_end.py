@@ -32,8 +32,7 @@ from equifast.models import load_model
 from equifast.devices import resolve_device
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results import cpu_model, machine_kind, sync, write_section  # noqa: E402
-from run_ratios import _alternating_medians  # noqa: E402
+from results import alternating_medians, cpu_model, machine_kind, sync, write_section  # noqa: E402
 
 
 def forward_only(model, x, transforms, batch_size, device, channels_last=True):
@@ -79,7 +78,7 @@ def main(argv=None):
     x = torch.randn(args.images, 3, args.size, args.size)
     transforms = ef.diagonal_shifts(1, args.shifts)
     load_before = os.getloadavg()[0]
-    (f, m), (fwd, meas) = _alternating_medians(
+    (f, m), (fwd, meas) = alternating_medians(
         [lambda: forward_only(model, x, transforms, args.batch, device),
          lambda: ef.measure(model, x, transforms=transforms, batch_size=args.batch, device=device)],
         args.rounds, device)

@@ -39,7 +39,6 @@ import argparse
 import collections
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,7 @@ from equifast.transforms import Translation
 from equifast.devices import resolve_device
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results import cpu_model, machine_kind, setting, sync, write_section  # noqa: E402
+from results import alternating_medians, cpu_model, machine_kind, setting, sync, write_section  # noqa: E402
 
 SHAPES = [(64, 56), (256, 28), (512, 14), (2048, 7)]
 TRANSFORMS = [Translation(1, 1), Translation(32, 32)]
@@ -82,22 +81,6 @@ def roofline(fx, p: int, peaks) -> float:
     n, k = fx.shape[:2]
     tflops, gbs = peaks
     return max(2 * n * k * k * p / (tflops * 1e12), 2 * fx.numel() * fx.element_size() / (gbs * 1e9))
-
-
-def _alternating_medians(fns, repeat: int, device: str):
-    """Median time of each function, running them in turn ``repeat`` times (after a warm-up),
-    and every time of each (round by round)."""
-    for fn in fns:  # warm up (and first-touch the buffers)
-        fn()
-    sync(device)
-    times = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times], times
 
 
 def _best(fn, repeat: int, device: str) -> float:
@@ -188,7 +171,7 @@ def measure(n: int, k: int, side: int, transform, device: str, repeat: int, ref_
         fns.append(lambda: _with_env("EQUIFAST_CUDA_MAX_CLUSTER", "1", fx, ftx, a, b))
         fns.append(_guarded(lambda: _with_env("EQUIFAST_CUDA_KERNEL", "triton", fx, ftx, a, b),
                             "the Triton kernels"))
-    times, rounds = _alternating_medians(fns, repeat, device)
+    times, rounds = alternating_medians(fns, repeat, device)
     t_op, t_bmm, t_own = times[:3]
     # the spread of op/bmm round by round (op and bmm ran back to back): on a shared machine
     # one median alone does not say whether 1.27 and 1.33 differ
