@@ -432,14 +432,25 @@ def _torch_saved(path: str):
 def _classifier(model: nn.Module) -> Optional[Tuple[str, int]]:
     """``(module name, classes)`` of ``model``'s classifier weight layer, ``None`` if none is found.
 
-    The last ``Linear`` or convolution with the model's ``num_classes`` outputs (SqueezeNet's
-    and timm DLA's are 1x1 convolutions), else the last ``Linear``; for timm models, inside
+    For timm models the layer their pretrained config names (``classifier``; the first of a
+    distilled model's two). Else (no such name, or it names no ``Linear`` or convolution) the
+    last ``Linear`` or convolution with the model's ``num_classes`` outputs (SqueezeNet's and
+    timm DLA's are 1x1 convolutions), else the last ``Linear``; for timm models, inside
     ``get_classifier()``. A timm model built headless (``num_classes=0``, an ``Identity`` head)
     has 0 classes under the name its pretrained config gives the classifier.
     """
     from .points import _is_weight
 
     classes = getattr(model, "num_classes", None)
+    named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    named = named[0] if isinstance(named, (tuple, list)) and named else named
+    if isinstance(named, str):
+        try:
+            layer = model.get_submodule(named)
+        except AttributeError:  # a config naming what this model does not have
+            layer = None
+        if layer is not None and _is_weight(layer):
+            return named, _outputs(layer)
     scope = [model]
     if callable(getattr(model, "get_classifier", None)):  # timm
         head = model.get_classifier()
@@ -451,9 +462,7 @@ def _classifier(model: nn.Module) -> Optional[Tuple[str, int]]:
     fit = fit or [m for m in layers if isinstance(m, nn.Linear)]
     if fit:
         return names[id(fit[-1])], _outputs(fit[-1])
-    cfg = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    cfg = cfg[0] if isinstance(cfg, (tuple, list)) and cfg else cfg
-    return (cfg, 0) if classes == 0 and isinstance(cfg, str) else None
+    return (named, 0) if classes == 0 and isinstance(named, str) else None
 
 
 def _outputs(layer: nn.Module) -> int:

@@ -446,3 +446,21 @@ def test_load_model_and_the_sweep_spec_check_model_arguments_with_one_public_fun
     imported = [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                 and node.module in ("equifast.models", "models") for a in node.names]
     assert "check_model_args" in imported and not [n for n in imported if n.startswith("_")]
+
+
+def test_a_timm_models_classifier_is_the_layer_its_config_names():
+    import timm
+
+    from equifast.models import _classifier
+
+    m = timm.create_model("resnet10t", pretrained=False, num_classes=10)
+    assert _classifier(m) == ("fc", 10)
+    # distilled: the first of its two heads, as the config names them
+    m = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=3, depth=1)
+    assert m.pretrained_cfg["classifier"] == ("head", "head_dist") and _classifier(m) == ("head", 3)
+    # a config naming no layer of the model: found by the scan
+    m = timm.create_model("resnet10t", pretrained=False, num_classes=10)
+    m.pretrained_cfg = {**m.pretrained_cfg, "classifier": "no_such_head"}
+    assert _classifier(m) == ("fc", 10)
+    m = timm.create_model("resnet10t", pretrained=False, num_classes=0)  # headless: the config's name
+    assert _classifier(m) == ("fc", 0)
