@@ -342,17 +342,23 @@ def _prepended(a: Tensor, b: Tensor) -> bool:
             and torch.equal(b[:, -a.shape[1]:], a))
 
 
-def _rearranged(block: Optional[Tensor], stage: Optional[Tensor]) -> bool:
-    """Whether a stage returns its last block's 4-D output with the values moved to other
-    positions, neither as they are nor NHWC -> NCHW: NesT's blocks return blocked tokens
-    ``[N, blocks, tokens, C]`` (no map of the image), which the stage un-blocks into its map."""
-    if not (isinstance(block, Tensor) and isinstance(stage, Tensor) and block.dim() == stage.dim() == 4
-            and block.numel() == stage.numel()) or block is stage:
+def _moved(block: Optional[Tensor], stage: Optional[Tensor]) -> Optional[bool]:
+    """How a stage's output ``stage`` holds the values of ``block`` (its last block's output,
+    or a norm of it): ``False`` as they are, NHWC -> NCHW or reshaped to another rank (timm
+    swinv2_cr, PVT-v2); ``True`` 4-D to 4-D with the values moved to other positions (NesT's
+    blocks return blocked tokens ``[N, blocks, tokens, C]``, no map of the image, which the
+    stage un-blocks into its map); ``None``: other values."""
+    if not (isinstance(block, Tensor) and isinstance(stage, Tensor) and block.numel() == stage.numel()):
+        return None
+    if block is stage:
         return False
-    for kept in (block, block.permute(0, 3, 1, 2)):
+    four = block.dim() == stage.dim() == 4
+    for kept in (block, block.permute(0, 3, 1, 2)) if four else ():
         if kept.shape == stage.shape and torch.equal(kept, stage):
             return False
-    return torch.equal(block.flatten().sort().values, stage.flatten().sort().values)
+    if not torch.equal(block.flatten().sort().values, stage.flatten().sort().values):
+        return None
+    return four
 
 
 def _fits(hw: Tuple[int, int], size: Tuple[int, int]) -> bool:
@@ -457,7 +463,7 @@ class _Analysis:
         for k in kids if not nested else ():
             blocks = self._repeats(self.children(k.name)) if _is_container(k.module) else []
             if blocks:
-                return [] if _rearranged(max(blocks, key=lambda c: c.end).out, call.out) else blocks
+                return [] if _moved(max(blocks, key=lambda c: c.end).out, call.out) else blocks
         blocks = self._repeats(kids, containers=False) if kids else []  # two nn.Sequential are no blocks of a class
         if not blocks or call.out is None:
             return []
@@ -477,10 +483,7 @@ class _Analysis:
                 if k.inp is not value or self.weights(k.name):
                     return []
                 value = k.out  # a norm of the last block's output
-        same = (isinstance(value, Tensor) and value.numel() == call.out.numel()
-                and not _rearranged(value, call.out)
-                and torch.equal(value.flatten().sort().values, call.out.flatten().sort().values))
-        return blocks if same else []
+        return blocks if _moved(value, call.out) is False else []
 
     def items(self, name: str = "", blocks: frozenset = frozenset()) -> List[Tuple[str, _Call]]:
         """``("unit" | "block", call)`` in execution order, below module ``name``. ``blocks``:
