@@ -53,7 +53,9 @@ whose output does not hold the ``N`` images on its first axis (TNT's pixel token
 ``[N*L, 16, C]``; skipped with a warning, refused when named; of a tuple output the first
 tensor with ``N`` first is the value), nor a 4-D value whose two spatial sizes cannot both
 come from the image by downsampling (strides ``H/h`` and ``W/w`` more than 2.5 times apart;
-skipped with a warning, refused when named). A module run more than once in a pass (one ReLU shared by several layers, tied
+skipped with a warning, refused when named; named blocked tokens that an enclosing module
+rearranges into its map are refused even where their sizes fit, as NesT's ``[N, 16 blocks,
+16 tokens, C]`` at 64 px do). A module run more than once in a pass (one ReLU shared by several layers, tied
 weights) is no point and joins no layer, since hooks would see its last call only (with a
 warning if it has weights); name its calls by their fx node names to measure them. A model
 without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
@@ -356,6 +358,8 @@ def _moved(block: Optional[Tensor], stage: Optional[Tensor]) -> Optional[bool]:
     for kept in (block, block.permute(0, 3, 1, 2)) if four else ():
         if kept.shape == stage.shape and torch.equal(kept, stage):
             return False
+    if block.numel() and not (torch.equal(block.amax(), stage.amax()) and torch.equal(block.amin(), stage.amin())):
+        return None  # the same values have the same extremes: no sort needed
     if not torch.equal(block.flatten().sort().values, stage.flatten().sort().values):
         return None
     return four
@@ -543,6 +547,33 @@ class _Analysis:
             return isinstance(c.module, nn.modules.conv._ConvNd) and c.inp.dim() == 4 and _spatial_size(c.inp) == 1
         cands = [c for c in self.calls.values() if reads_vector(c)]
         return min(cands, key=lambda c: c.start) if cands else None
+
+    def unblocked_by(self, name: str, value: Tensor) -> Optional[str]:
+        """The module that un-blocks the 4-D ``value`` of point ``name`` into a map (``None``:
+        none does; ``""``: the model): an enclosing module that returns a called child's output
+        with its values moved to other positions (:func:`_moved`), or hands them so to a later
+        child, where ``name`` is that child, inside it or in a child chained before it, and
+        ``value`` has that output's leading shape. NesT's levels un-block their blocks'
+        ``[N, blocks, tokens, C]``: with as many blocks as tokens they read as a square map."""
+        parts = name.split(".")
+        for i in range(len(parts) - 1, -1, -1):
+            outer = ".".join(parts[:i])
+            if outer not in self.calls:
+                continue
+            kids = self.children(outer)
+            at = next((j for j, k in enumerate(kids) if name == k.name or name.startswith(k.name + ".")), None)
+            if at is None:
+                continue
+            for j in range(at, len(kids)):
+                if j > at and not self._chained(kids[j - 1:j + 1]):
+                    break
+                out = kids[j].out
+                if not (isinstance(out, Tensor) and out.dim() == 4 and out.shape[:3] == value.shape[:3]):
+                    continue
+                later = [self.calls[outer].out] + [k.inp for k in kids[j + 1:]]
+                if any(_moved(out, v) for v in later):
+                    return outer
+        return None
 
     def token_grid(self) -> Optional[Tuple[int, int]]:
         """Spatial size of the last conv map computed before the first token sequence."""
@@ -1270,6 +1301,19 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
                          f"{an.input_size[1]} image, but the spatial sizes of {', '.join(misfits.values())} "
                          f"cannot both come from it by downsampling; name the module that makes a map of "
                          f"it. {_LIST_HINT}")
+    if points is not None:  # blocked tokens that fit as a map (as many blocks as tokens)
+        blocked = {}
+        for name, module, _ in found:
+            t = raw.get(name)
+            if name not in _RESERVED and t is not None and t.dim() == 4 and \
+                    (outer := an.unblocked_by(module or name, t)) is not None:
+                blocked[name] = (f"{name!r} {tuple(t.shape)} (rearranged into a map by "
+                                 f"{outer or type(model).__name__!r})")
+        if blocked:
+            raise ValueError(f"Expected each point to be a map of the image, but these hold blocks of "
+                             f"tokens [N, blocks, tokens, C] (timm NesT's blocks), not a map (read as one, "
+                             f"each block is a row, even where the sizes fit): {'; '.join(blocked.values())}; "
+                             f"name the module that rearranges them into a map instead. {_LIST_HINT}")
     if misfits:
         warnings.warn(f"Outputs of {type(model).__name__} that are no map of the {an.input_size[0]}x"
                       f"{an.input_size[1]} image (their two spatial sizes cannot both come from it "

@@ -1,4 +1,5 @@
 """Points and parts (SPEC section 3): per family, with random weights and small inputs."""
+import re
 import warnings
 
 import numpy as np
@@ -747,6 +748,21 @@ def test_nest_levels_are_points_not_its_blocked_tokens(size):
     assert [p.shape for p in points[1:4]] == [(96, side, side), (192, side // 2, side // 2),
                                                (384, side // 4, side // 4)]
     assert all(p.layout == "NCHW" for p in points[1:4])
+
+
+def test_a_named_nest_block_is_refused_where_its_blocks_and_tokens_fit_as_a_square_map():
+    # at 64 px level 0 has 16 blocks of 16 tokens: [N, 16, 16, C] fits a 64x64 image as a map
+    # (the size test lets it through), but a block read as a map is a row of it
+    torch.manual_seed(0)
+    model = timm.create_model("nest_tiny_jx", pretrained=False, num_classes=10, img_size=64).eval()
+    x = torch.randn(1, 3, 64, 64)
+    for name in ("levels.0.transformer_encoder.1", "levels.0.transformer_encoder.0",
+                 "levels.0.transformer_encoder", "levels.0.transformer_encoder.0.mlp"):
+        with pytest.raises(ValueError, match=rf"hold blocks of tokens .*'{re.escape(name)}' "
+                                             r"\(1, 16, 16, 96\) \(rearranged into a map by 'levels.0'\)"):
+            split(model, x, points=["patch_embed", name])
+    points = split(model, x, points=["patch_embed", "levels.0", "levels.1.pool"])  # maps
+    assert [p.shape for p in points[:3]] == [(96, 16, 16), (96, 16, 16), (192, 8, 8)]
 
 
 class _Blocked(nn.Module):
