@@ -410,10 +410,11 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 meta["images"] = "test set of the run's recipe"
         else:
             meta["model"] = type(model).__name__
-        if given_preprocess and isinstance(images, (torch.Tensor, tuple, list, DataLoader)):
-            warnings.warn("`preprocess` is not applied to a tensor or a DataLoader's batches: "
-                          "they are taken as model-ready (resized and normalised).",
-                          category=EquifastWarning, stacklevel=3)
+        if given_preprocess and (isinstance(images, (torch.Tensor, tuple, list, DataLoader))
+                                 or _tensor_items(images)):
+            warnings.warn("`preprocess` is not applied to a tensor, a DataLoader's batches or a "
+                          "Dataset's tensor items: they are taken as model-ready (resized and "
+                          "normalised).", category=EquifastWarning, stacklevel=3)
         if preprocess is None and not isinstance(images, torch.Tensor):
             from .models import module_preprocess
 
@@ -438,7 +439,16 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                             eps=eps, backend=backend, split_method=split_method,
                             channels_last=channels_last, tensor_cores=tensor_cores)
         final = next((p for p in measurer.points if p.name == "final"), None)
-        if folder is not None and folder.labelled and final is not None and len(final.shape) == 1:
+        if final is not None and getattr(model, "num_classes", None) == 0:
+            # timm built it headless: `final` is its pooled features, whose arg-max is no class
+            measurer.count_accuracy = False
+            if labels is not None or isinstance(images, (tuple, list)) or (
+                    folder is not None and folder.labelled):
+                warnings.warn(f"No accuracy: {type(model).__name__} has no classifier "
+                              "(num_classes=0), so its `final` is pooled features, not class "
+                              "logits; build it with num_classes=N for a classifier.",
+                              category=EquifastWarning, stacklevel=3)
+        elif folder is not None and folder.labelled and final is not None and len(final.shape) == 1:
             classes = data_mod.model_classes(folder, final.shape[0])
             measurer.label_classes = None if classes is None else classes.to(measurer.device)
             if measurer.label_classes is None:
@@ -504,6 +514,21 @@ def _run_images(run: str, root, n: int, seed: int) -> Tuple[torch.Tensor, torch.
             f"The run {run!r} is measured on the test set of its recipe ({recipe['dataset']}), "
             f"which could not be read from {root!r}: {str(err).split('. ')[0].rstrip('.')}. Pass "
             "the folder that holds it as `images` (--data on the command line).") from err
+
+
+def _tensor_items(images) -> bool:
+    """Whether ``images`` is a map-style Dataset whose first item's image is a tensor (taken as
+    model-ready, so a ``preprocess`` given with it is not applied): one item is read."""
+    if (not isinstance(images, torch.utils.data.Dataset)
+            or isinstance(images, torch.utils.data.IterableDataset)):
+        return False
+    try:
+        if len(images) == 0:
+            return False
+        item = images[0]
+    except (TypeError, NotImplementedError, IndexError, KeyError):  # no length or no index 0
+        return False
+    return isinstance(data_mod._image_and_label(item)[0], torch.Tensor)
 
 
 def _chain(first, rest):

@@ -686,12 +686,55 @@ def test_a_transform_a_map_point_cannot_take_is_refused_before_measuring():
 
 def test_a_preprocess_that_tensors_do_not_take_is_said_so():
     # it was dropped silently: tensors and a DataLoader's batches are taken as model-ready
+    import warnings
+
     from torchvision import transforms as T
 
     x = torch.rand(2, 3, 12, 12)
     pre = T.Normalize([0.5] * 3, [0.5] * 3)
-    for images in (x, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=2)):
+    # a Dataset's tensor items too (the README says so; they were dropped silently), not its PIL images
+    for images in (x, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=2),
+                   torch.utils.data.TensorDataset(x),
+                   torch.utils.data.Subset(torch.utils.data.TensorDataset(x, torch.zeros(2, dtype=torch.long)), [0, 1])):
         with pytest.warns(UserWarning, match="`preprocess` is not applied to a tensor"):
             rep = ef.measure(circular_net(), images, transforms=[ef.Rotation(1)], preprocess=pre)
         plain = ef.measure(circular_net(), x, transforms=[ef.Rotation(1)])
         pd.testing.assert_frame_equal(rep.points, plain.points)
+    pil = [T.functional.to_pil_image(image) for image in x]
+
+    class Photos(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(pil)
+
+        def __getitem__(self, i):
+            return pil[i], 0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # applied to PIL images: nothing to say
+        ef.measure(circular_net(), Photos(), transforms=[ef.Rotation(1)], preprocess=T.ToTensor())
+
+
+def test_a_model_without_a_classifier_has_no_accuracy_rather_than_one_of_its_features(tmp_path):
+    # timm's num_classes=0: `final` is the pooled features; their arg-max was scored against
+    # the labels as if it were a class (a number in [0, 1] that means nothing), and class
+    # folders were said to be "which of the model's 512 classes" (the feature width)
+    import timm
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=0).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        labels = model(x).argmax(-1)  # the features' arg-max: the old "accuracy" was 1.0
+    for images, kw in ((x, {"labels": labels}), ((x, labels), {})):
+        with pytest.warns(UserWarning, match=r"No accuracy: ResNet has no classifier "
+                                             r"\(num_classes=0\)"):
+            rep = ef.measure(model, images, transforms=[ef.Rotation(2)], **kw)
+        assert rep.accuracy is None
+    for i, name in enumerate(("cats", "dogs")):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (40, 40), (200 * i, 90, 30)).save(tmp_path / name / "a.png")
+    with pytest.warns(UserWarning, match=r"has no classifier \(num_classes=0\)") as caught:
+        rep = ef.measure(model, str(tmp_path), transforms=[ef.Rotation(2)])
+    assert rep.accuracy is None
+    assert not any("512 classes" in str(w.message) for w in caught)
