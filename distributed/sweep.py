@@ -230,7 +230,9 @@ def _measure_shard(job: Job, shard: int, shards: int):
     state = equifast.measure(model, part, transforms=parse_transforms(job.transform_spec),
                              metric=list(job.metrics), batch_size=job.batch_size, n_images=None,
                              vector_mode=job.vector_mode, device=job.device, amp=job.amp,
-                             tensor_cores=job.tensor_cores, seed=job.seed, preprocess=preprocess,
+                             tensor_cores=job.tensor_cores, seed=job.seed,
+                             # embedded and random images come model-ready
+                             preprocess=None if isinstance(part, torch.Tensor) else preprocess,
                              return_state=True, num_workers=workers)
     finished = time.time()
     device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -430,6 +430,18 @@ def test_checkpoint_path_is_relative_to_the_spec(folder, tmp_path):
     assert info["n_images"] == 4
 
 
+def test_model_ready_images_are_measured_without_a_preprocess_warning(folder):
+    # embedded photos and random images come as tensors already preprocessed: handing the
+    # model's preprocessing to measure as well made every such job warn that it was not applied
+    models = [{"name": "resnet18", "weights": "none", "num_classes": 2}]
+    for data in ({"kind": "random", "image_size": 32}, {"kind": "embedded", "image_size": 32}):
+        (job,) = load_spec(_spec(folder, models=models, datasets=[data], n_images=2, batch_size=2,
+                                 transforms={"rotation": "rotation:90"})).jobs()
+        state, info = measure_job(job)
+        assert info["n_images"] == 2 and state.report().points.shape[0] > 0
+        assert not [w for w in info["warnings"] if "preprocess" in w], info["warnings"]
+
+
 def test_a_jobs_warnings_are_kept_in_its_record_not_printed_by_the_worker(folder):
     import warnings
 
