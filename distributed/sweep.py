@@ -501,8 +501,8 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         failed_now: Dict[str, str] = {}
         warned: set = set()
         say = echo if progress else (lambda _line: None)
-        say(f"[{spec.name}] {len(jobs)} jobs: {len(done)} already finished, {len(todo)} to run "
-            f"-> {store.root}")
+        say(f"[{spec.name}] {len(jobs)} job{'s' * (len(jobs) != 1)}: {len(done)} already finished, "
+            f"{len(todo)} to run -> {store.root}")
         status = {"sweep": spec.name, "state": "running", "total": len(jobs), "out": str(store.root),
                   "host": socket.gethostname(), "pid": os.getpid(), "started_at": t0}
         counts = _Counts(jobs, done, set() if retry_failed else old_failed)
