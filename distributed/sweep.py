@@ -149,7 +149,17 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
     else:
         import torchvision.datasets
 
-        dataset = getattr(torchvision.datasets, d.name)(root=job.resolve(d.root), **dict(d.args))
+        root = job.resolve(d.root)
+        try:
+            dataset = getattr(torchvision.datasets, d.name)(root=root, **dict(d.args))
+        except RuntimeError as err:
+            if "download=True" not in str(err):
+                raise
+            # torchvision's advice (download=True) is one a sweep refuses: say what to do instead
+            raise FileNotFoundError(
+                f"Expected the files of torchvision.datasets.{d.name}{dict(d.args) or ''} under "
+                f"{root!r}, but torchvision found none there ({str(err).split('.')[0]}); sweeps "
+                "never download: put the data under that root first.") from None
         dataset = _TorchvisionImages(dataset, d.name)
     if not d.labels:
         dataset = _NoLabels(dataset)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -272,7 +273,6 @@ def test_shift_as_large_as_the_images_fails_before_any_job(folder, tmp_path):
 
 def _one_problem(spec, *patterns):
     """The single problem a spec has, checked against each regular expression."""
-    import re
 
     with pytest.raises(SpecError) as err:
         load_spec(spec)
@@ -464,6 +464,16 @@ def _mnist_job(folder, mnist, model):
     (job,) = load_spec(_spec(folder, models=[model], datasets=[dataset],
                              transforms={"rotation": "rotation:90"})).jobs()
     return job
+
+
+def test_a_torchvision_root_without_the_data_says_to_put_it_there_not_to_download(folder, tmp_path):
+    # torchvision's own error advises download=True, which a sweep refuses
+    job = _mnist_job(folder, tmp_path, {"name": "resnet10t", "weights": "none", "num_classes": 10})
+    with pytest.raises(FileNotFoundError) as err:
+        measure_job(job)
+    message = str(err.value)
+    assert "download=True" not in message and str(tmp_path) in message
+    assert re.search(r"torchvision.datasets.MNIST\{'train': False\} under .*never download", message)
 
 
 def test_a_grayscale_torchvision_dataset_is_measured_in_rgb(folder, mnist):
@@ -843,7 +853,6 @@ def test_report_prints_each_transform_set_apart(folder, tmp_path, capsys):
 
 def test_sweep_help_describes_every_command_and_option_once():
     import argparse
-    import re
 
     from equifast.distributed.cli import add_sweep_parser
 
@@ -1200,7 +1209,6 @@ def test_driver_killed_mid_sweep_loses_and_duplicates_nothing(folder, tmp_path):
 
 def test_the_readme_spec_validates(tmp_path):
     # distributed/README.md's annotated spec, with its paths pointed at files made here
-    import re
 
     import yaml
     text = (EXAMPLES.parent / "README.md").read_text()
