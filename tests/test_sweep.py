@@ -273,7 +273,6 @@ def test_shift_as_large_as_the_images_fails_before_any_job(folder, tmp_path):
 
 def _one_problem(spec, *patterns):
     """The single problem a spec has, checked against each regular expression."""
-
     with pytest.raises(SpecError) as err:
         load_spec(spec)
     (problem,) = err.value.problems
@@ -1209,7 +1208,6 @@ def test_driver_killed_mid_sweep_loses_and_duplicates_nothing(folder, tmp_path):
 
 def test_the_readme_spec_validates(tmp_path):
     # distributed/README.md's annotated spec, with its paths pointed at files made here
-
     import yaml
     text = (EXAMPLES.parent / "README.md").read_text()
     spec = yaml.safe_load(re.search(r"## The spec.*?```yaml\n(.*?)```", text, re.S).group(1))
