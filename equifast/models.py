@@ -592,8 +592,9 @@ def _headless(name: str) -> ModelArgumentError:
     family = name.partition(".")[0].split("_")[0]
     return ModelArgumentError(
         f"Expected a classifier, but timm builds {name!r} without one (num_classes=0: its weights "
-        f"are features, not logits); pass num_classes=N for a new classifier of N classes, "
-        f"num_classes=0 to measure the pooled features as `final`, or a fine-tuned model "
+        f"are features, not logits); pass num_classes=N (--num-classes N) for a new classifier "
+        f"of N classes, num_classes=0 (--num-classes 0) to measure the pooled features as "
+        f"`final`, or a fine-tuned model "
         f"(timm.list_pretrained('{family}*')).", "num_classes")
 
 
