@@ -209,6 +209,7 @@ class Measurer:
         # labels -> the model's classes (class folders: see equifast.data.model_classes)
         self.label_classes: Optional[torch.Tensor] = None
         self.count_accuracy = True
+        self.map_dtypes: set = set()  # of the maps scored: float64 ones go to the reference
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         ctx = (torch.autocast(self.device.type, dtype=getattr(torch, self.amp)) if self.amp
@@ -261,6 +262,8 @@ class Measurer:
                     if is_vector(a) and st.vector_mode == "across_images":
                         vectors.append(((p.name, t.name), a, bt))
                         continue
+                    if not is_vector(a):
+                        self.map_dtypes.add(a.dtype)
                     for m in st.metrics:
                         key = (p.name, t.name, m)
                         s = equivariance_scores(a, bt, t, metric=m, input_size=size,
@@ -490,6 +493,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                            and torch.cuda.get_device_capability(measurer.device)[0] >= 8)
         meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size,
                     tensor_cores=bool(on_tensor_cores))
+        if backend == "auto" and torch.float64 in measurer.map_dtypes:  # scored in float64
+            meta["backend"] = ("reference" if measurer.map_dtypes == {torch.float64}
+                               else "operator, reference for float64 maps")
         report = measurer.state.report(meta)
         # every batch waited for the device at its end: the clock holds the GPU's work too
         seconds = time.perf_counter() - started
