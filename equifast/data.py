@@ -117,6 +117,11 @@ class ImageFiles(Dataset):
         try:
             with Image.open(path) as img:
                 img.load()
+        except Image.DecompressionBombError as e:  # PIL's own message names no file
+            raise ValueError(f"Expected images of at most {2 * Image.MAX_IMAGE_PIXELS} pixels "
+                             f"(PIL's guard against decompression bombs), but {str(path)!r} is "
+                             f"larger ({e}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
+                             "if the file is trusted.") from e
         except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable files
             raise ValueError(f"Expected {str(path)!r} to be a readable image, but PIL could not decode "
                              f"it ({e}); remove or replace that file.") from e
@@ -147,9 +152,26 @@ def _pil_rgb(img, path: Path):
         raise ValueError(f"Expected an 8- or 16-bit image, but {str(path)!r} holds 32-bit floats, "
                          "whose range is unknown; save it as an 8- or 16-bit image.")
     if img.mode.startswith("I"):  # I;16, I;16B, I (a 16-bit PNG): 0..65535
-        levels = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(np.rint(levels / 257), 0, 255).astype(np.uint8))
-    return img.convert("RGB")
+        img = Image.fromarray(_eight_bits(np.asarray(img)))
+    return img if img.mode == "RGB" else img.convert("RGB")  # convert copies even an RGB image
+
+
+# Pixels scaled at once by _eight_bits: its int32 temporaries stay within a few MB.
+_BAND = 1 << 20
+
+
+def _eight_bits(levels: np.ndarray) -> np.ndarray:
+    """16-bit (or 32-bit integer) ``levels`` as uint8: ``rint(v / 257)`` clipped to 0..255,
+    in integers ((v + 128) // 257: no ties, as v / 257 is never a half), a band of rows at a
+    time. In float64 at once an 8000x8000 image took 1.6 GB beside its 128 MB of pixels."""
+    out = np.empty(levels.shape, np.uint8)
+    rows = max(1, _BAND // max(1, levels[0].size if levels.ndim > 1 else 1))
+    for r in range(0, levels.shape[0], rows):
+        band = np.clip(levels[r:r + rows], 0, 65535).astype(np.int32)
+        band += 128
+        band //= 257
+        out[r:r + rows] = band
+    return out
 
 
 def _image_paths(root: Path) -> Iterator[Path]:

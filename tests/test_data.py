@@ -92,6 +92,33 @@ def test_sixteen_bit_float_and_extreme_images(tmp_path):
             _collect(data.batches(str(folder), batch_size=1, preprocess=T.ToTensor()))
 
 
+def test_large_images_take_memory_in_proportion_to_their_pixels(tmp_path, monkeypatch):
+    # a 16-bit image was scaled in float64 at once: an 8000x8000 PNG took 1.6 GB to read
+    import tracemalloc
+
+    import numpy as np
+
+    levels = np.random.default_rng(0).integers(0, 65536, (2048, 2048)).astype(np.uint16)
+    levels[0, :4] = [0, 128, 129, 65535]  # the rounding's edges
+    img = Image.fromarray(levels)  # I;16
+    tracemalloc.start()
+    try:
+        out = data._pil_rgb(img, tmp_path / "deep.png")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * levels.size, f"{peak / levels.size:.1f} bytes a pixel"  # float64: 24
+    want = np.clip(np.rint(levels / 257), 0, 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(out)[..., 0], want) and out.mode == "RGB"
+    rgb = Image.new("RGB", (8, 8))
+    assert data._pil_rgb(rgb, tmp_path / "rgb.png") is rgb  # not a second copy of its pixels
+    # PIL's guard against decompression bombs names no file: the error says which one
+    Image.new("RGB", (30, 30)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ValueError, match=r"at most 200 pixels .*decompression bombs.*bomb\.png"):
+        data.ImageFiles(tmp_path)[0]
+
+
 def test_normalise_like_reads_every_kind_of_pipeline():
     import torchvision
     import torchvision.transforms as T
