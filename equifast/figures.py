@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
+import numpy as np
 import pandas as pd
 
 from ._io import save_figure_atomic
@@ -38,6 +39,7 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
 
     plt = _pyplot()
     frames = {label: rows_of_metric(df, metric) for label, df in frames.items()}
+    metrics = list(dict.fromkeys(m for df in frames.values() if "metric" in df for m in df["metric"]))
     families = []
     for df in frames.values():
         families += [f for f in df["family"].unique() if f not in families]
@@ -50,19 +52,20 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
                 d = d.assign(part=pd.Categorical(d["part"].astype(str), PARTS, ordered=True)).sort_values("part")
                 if d.empty:
                     continue
-                err = d[f"{score}_std"] if f"{score}_std" in d else None
+                err = d[f"{score}_std"].to_numpy(float) if f"{score}_std" in d else None
                 # at the parts' positions: as strings, a part missing from the first line would
                 # be put after the others
-                ax.errorbar(d["part"].cat.codes, d[score], yerr=err, marker="o", capsize=3,
-                            label=label, color=_colour(i))
+                _draw(ax, d["part"].cat.codes.to_numpy(), d[score].to_numpy(float), err,
+                      label, _style(i), capsize=3)
             ax.set_xticks(range(len(PARTS)), PARTS)
+            ax.set_xlim(-0.2, len(PARTS) - 0.8)  # as matplotlib pads them, even with no score
             ax.set_title(f"{score} equivariance: {fam}")
-            ax.set_ylim(0, 1.05)
             ax.grid(alpha=0.3)
             if row == len(families) - 1:
                 ax.set_xlabel("part")
             if col == 0:
-                ax.set_ylabel("score")
+                ax.set_ylabel(f"score ({metrics[0]})" if len(metrics) == 1 else "score")
+    _score_limits(fig.axes)
     return _finish(fig, list(frames), path, title, ncol=4)
 
 
@@ -108,8 +111,8 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
                     continue
                 x = [where[s] for s in zip(g["dy"], g["dx"])]
                 err = g[f"{score}_std"].to_numpy(float) if f"{score}_std" in g else None
-                ax.errorbar(x, g[score].to_numpy(float), yerr=err, marker="o", ms=3, capsize=2,
-                            label=part, color=_colour(PARTS.index(part)))
+                _draw(ax, np.asarray(x), g[score].to_numpy(float), err, part,
+                      _style(PARTS.index(part)), ms=3, capsize=2)
             if diagonal:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             else:
@@ -118,18 +121,56 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
             measured = set(d["metric"]) if "metric" in d else set()
             ax.set_title(f"{score}: {label}, {fam}" + (f", {min(measured)}" if len(measured) == 1
                                                        else ""), fontsize="medium")
-            ax.set_ylim(0, 1.05)
             ax.grid(alpha=0.3)
             ax.set_xlabel("diagonal shift (pixels)" if diagonal else "shift (dy,dx), pixels")
             if col == 0:
                 ax.set_ylabel("score")
+    _score_limits(fig.axes)
     return _finish(fig, PARTS, path, title, ncol=len(PARTS))
 
 
-def _colour(i: int) -> str:
-    """The i-th colour of matplotlib's cycle: a line keeps its colour in every panel, whichever
-    lines a panel lacks."""
-    return f"C{i % 10}"
+UNDEFINED = "undefined"
+_MARKERS = "os^Dv"
+_LINES = ("-", "--", ":", "-.")
+
+
+def _style(i: int) -> dict:
+    """The i-th line's colour, marker and line style: a line keeps its style in every panel,
+    whichever lines a panel lacks. Matplotlib's 10 colours, then the same colours with another
+    marker and dashes (the 11th line is not drawn like the first)."""
+    return {"color": f"C{i % 10}", "marker": _MARKERS[i // 10 % len(_MARKERS)],
+            "linestyle": _LINES[i // 10 % len(_LINES)]}
+
+
+def _draw(ax, x, y, err, label, style, **kwargs):
+    """One line of scores at ``x`` (error bars ``err`` when given). An undefined score (NaN)
+    is not a silent gap: an ``x`` in the line's colour at the bottom of the panel marks it,
+    named in the legend by :func:`_finish`."""
+    ax.errorbar(x, y, yerr=err, label=label, **style, **kwargs)
+    _mark_undefined(ax, x, y, style["color"])
+
+
+def _mark_undefined(ax, x, y, colour):
+    """An ``x`` at the bottom of the panel, whatever its range, at each NaN of ``y``."""
+    undefined = np.isnan(y)
+    if undefined.any():
+        ax.plot(x[undefined], np.full(undefined.sum(), 0.03), ls="none", marker="x",
+                color=colour, transform=ax.get_xaxis_transform(), gid=UNDEFINED,
+                label="_undefined")
+
+
+def _score_limits(axes):
+    """Scores are in [-1, 1] (correlation, cosine): every panel shows [0, 1], or each [-1, 1]
+    when a score or an error bar drawn in any of them goes below 0, never cutting a value off
+    and keeping the panels comparable."""
+    ys = [np.zeros(1)]
+    for ax in axes:
+        ys += [np.asarray(seg, float)[:, 1] for c in ax.collections for seg in c.get_segments()]
+        ys += [np.asarray(line.get_ydata(), float) for line in ax.get_lines()
+               if line.get_gid() != UNDEFINED]
+    ys = np.concatenate(ys)
+    for ax in axes:
+        ax.set_ylim(-1.05 if ys[np.isfinite(ys)].min() < 0 else 0, 1.05)
 
 
 def _finish(fig, order, path, title, ncol):
@@ -139,6 +180,11 @@ def _finish(fig, order, path, title, ncol):
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             found.setdefault(label, handle)
+    undefined = [line for ax in fig.axes for line in ax.get_lines() if line.get_gid() == UNDEFINED]
+    if undefined:  # one entry for the marks of every line's undefined scores
+        from matplotlib.lines import Line2D
+        found[UNDEFINED] = Line2D([], [], ls="none", marker="x", color="grey")
+        order = [*order, UNDEFINED]
     labels = [label for label in order if label in found]
     width, height = fig.get_size_inches()
     if labels:  # as many columns as the longest label leaves room for (about 0.08 in a letter)
@@ -147,10 +193,10 @@ def _finish(fig, order, path, title, ncol):
                    ncol=min(len(labels), ncol), frameon=False)
     if title:
         fig.suptitle(title)
-    # the legend below (0.25 in a row of it) and the title above keep their size in inches,
-    # whatever the panels
+    # the legend below (0.25 in a row of it) keeps its size in inches, whatever the panels;
+    # tight_layout leaves the title its room itself
     below = 0.1 + 0.25 * -(-len(labels) // ncol) if labels else 0
-    fig.tight_layout(rect=(0, below / height, 1, 1 - 0.3 / height if title else 1))
+    fig.tight_layout(rect=(0, below / height, 1, 1))
     if path is not None:
         save_figure_atomic(fig, path)
     return fig
@@ -162,26 +208,32 @@ def plot_accuracy_correlation(table: pd.DataFrame, path=None, title: Optional[st
     Args:
         table: columns ``part, family, score`` ("channel"/"layer"), ``spearman``; with a
             ``transforms`` column holding several transform sets of a family, one line each.
+            An undefined correlation (NaN: too few models, or equal scores) is marked, not
+            bridged by the line.
+        path: where to save the PNG/PDF (optional).
     """
     plt = _pyplot()
     families = list(table["family"].unique())
     fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 3.4), squeeze=False)
-    for ax, fam in zip(axes[0], families):
+    order = []  # a line's style is the same in every panel
+    for col, (ax, fam) in enumerate(zip(axes[0], families)):
         d = table[table["family"] == fam]
         sets = "transforms" in d and d["transforms"].nunique() > 1
         for key, g in d.groupby(["score", "transforms"] if sets else ["score"], sort=False):
             g = g.assign(part=pd.Categorical(g["part"].astype(str), PARTS, ordered=True)).sort_values("part")
             label = f"{key[0]} ({key[1]})" if sets else key[0]
-            ax.plot(g["part"].cat.codes, g["spearman"], marker="o", label=label)
+            order += [label] if label not in order else []
+            x, y = g["part"].cat.codes.to_numpy(), g["spearman"].to_numpy(float)
+            style = _style(order.index(label))
+            ax.plot(x, y, label=label, **style)
+            _mark_undefined(ax, x, y, style["color"])
         ax.set_xticks(range(len(PARTS)), PARTS)
+        ax.set_xlim(-0.2, len(PARTS) - 0.8)
         ax.set_title(f"{fam}: Spearman with top-1 accuracy")
         ax.set_ylim(-1.05, 1.05)
         ax.axhline(0, color="grey", lw=0.5)
         ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        save_figure_atomic(fig, path)
-    return fig
+        ax.set_xlabel("part")
+        if col == 0:
+            ax.set_ylabel("Spearman's ρ")
+    return _finish(fig, order, path, title, ncol=4)

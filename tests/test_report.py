@@ -521,3 +521,90 @@ def test_a_csv_report_of_vectors_keeps_its_shapes_as_text(tmp_path):
     rows = [{**r, "shape": "512"} for r in _rows()]  # every point a vector: all digits
     Report.from_rows(rows).save(tmp_path / "r.csv")
     assert list(Report.load(tmp_path / "r.csv").points["shape"].unique()) == ["512"]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """The figures a test draws are closed after it (pyplot keeps each one open)."""
+    yield
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
+def _shift_rows(**changes):
+    """_rows' translation(1,1) scores at diagonal shifts 1..3, with ``changes`` to every row."""
+    return [{**r, "transform": f"translation({s},{s})", "family": "translation", **changes}
+            for s in (1, 2, 3) for r in _rows() if r["transform"] == "translation(1,1)"]
+
+
+def test_score_figures_show_negative_scores_on_every_panel():
+    from equifast.figures import plot_accuracy_correlation
+    negative = [dict(r, channel=r["channel"] - 1.0) for r in _rows()]  # channel -0.7 .. 0
+    for fig in (Report.from_rows(negative).plot(), Report.from_rows(_shift_rows(channel=-0.4)).plot_shifts()):
+        # a score below 0 was drawn outside the panel ([0, 1.05]); the panels keep one range
+        assert all(ax.get_ylim() == (-1.05, 1.05) for ax in fig.axes)
+    positive = [r for r in _rows() if r["family"] == "translation"]  # rotation's final is -0.1
+    for fig in (Report.from_rows(positive).plot(), Report.from_rows(_shift_rows()).plot_shifts()):
+        assert all(ax.get_ylim() == (0, 1.05) for ax in fig.axes)  # the thesis' range
+    rows = [{"part": p, "family": "rotation", "score": "channel", "spearman": -0.9} for p in ("early", "final")]
+    assert plot_accuracy_correlation(pd.DataFrame(rows)).axes[0].get_ylim() == (-1.05, 1.05)
+
+
+def test_undefined_scores_are_marked_not_silent_gaps():
+    from equifast.figures import UNDEFINED, plot_accuracy_correlation
+    from equifast.points import PARTS
+    rows = [dict(r, channel=np.nan, layer=np.nan, undefined_fraction=1.0) if r["point"] == "p2"
+            else r for r in _rows()]  # the middle part (p2) has no score
+    parts = Report.from_rows(rows).plot(metric="correlation")
+    shifts = Report.from_rows(_shift_rows(layer=np.nan)).plot_shifts()  # no layer score at all
+    marks = lambda ax: [list(line.get_xdata()) for line in ax.get_lines() if line.get_gid() == UNDEFINED]
+    assert marks(parts.axes[0]) == [[1]]  # middle, in each panel; a gap there before
+    assert [marks(ax) for ax in shifts.axes] == [[], [[1, 2, 3]] * 4]  # each part's line
+    table = pd.DataFrame([{"part": p, "family": "rotation", "score": "channel",
+                           "spearman": np.nan if p == "middle" else 0.5} for p in PARTS])
+    corr = plot_accuracy_correlation(table)
+    line = corr.axes[0].get_lines()[0]
+    assert np.isnan(line.get_ydata()[1])  # the line breaks at middle, not bridged early-late
+    assert marks(corr.axes[0]) == [[1]]
+    for fig in (parts, shifts, corr):  # one legend entry for the marks, after the lines'
+        assert [t.get_text() for t in fig.legends[0].get_texts()][-1] == "undefined"
+    assert "undefined" not in [t.get_text() for t in Report.from_rows(_rows()).plot().legends[0].get_texts()]
+
+
+
+def test_more_than_ten_lines_are_told_apart():
+    base = Report.from_rows(_rows())
+    fig = base.plot(None, label="m0", others={f"m{i}": base for i in range(1, 12)})
+    style = {c.get_label(): (c.lines[0].get_color(), c.lines[0].get_marker(), c.lines[0].get_linestyle())
+             for c in fig.axes[0].containers}
+    assert len(set(style.values())) == 12  # m10 and m11 were drawn exactly as m0 and m1
+    assert style["m0"] == ("C0", "o", "-")  # the first ten as before
+
+
+def test_parts_figure_names_its_metric_and_its_title_sits_on_the_panels():
+    rep = Report.from_rows(_rows())
+    assert rep.plot(metric="cosine").axes[0].get_ylabel() == "score (cosine)"
+    assert rep.plot(metric="correlation").axes[2].get_ylabel() == "score (correlation)"
+    from equifast.figures import plot_parts
+    fig = plot_parts({"toy": rep.parts}, metric="correlation", title="a title")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    gap = fig._suptitle.get_window_extent(renderer).y0 - max(
+        ax.get_tightbbox(renderer).y1 for ax in fig.axes)
+    assert 0 <= gap <= 0.2 * fig.dpi  # it was 0.46 in: room kept twice, by tight_layout too
+
+
+def test_accuracy_figure_labels_its_axes_and_has_one_legend():
+    from equifast.figures import plot_accuracy_correlation
+    from equifast.points import PARTS
+    rows = [{"part": p, "family": f, "score": s, "spearman": 0.1 * i}
+            for f in ("translation", "rotation") for s in ("layer", "channel") if f == "translation" or s == "channel"
+            for i, p in enumerate(PARTS)]
+    fig = plot_accuracy_correlation(pd.DataFrame(rows))
+    assert [ax.get_xlabel() for ax in fig.axes] == ["part", "part"]
+    assert fig.axes[0].get_ylabel() == "Spearman's ρ"
+    assert all(ax.get_legend() is None for ax in fig.axes)  # one legend, below the panels
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["layer", "channel"]
+    colour = lambda ax: {line.get_label(): line.get_color() for line in ax.get_lines()}
+    # the rotation panel has no layer line: channel keeps its colour there
+    assert colour(fig.axes[1])["channel"] == colour(fig.axes[0])["channel"] != colour(fig.axes[0])["layer"]
