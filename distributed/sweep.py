@@ -251,8 +251,10 @@ def _measure_shard(job: Job, shard: int, shards: int):
 
 
 def job_record(job: Job, results: List[Tuple[Any, Dict[str, Any]]], attempts: int = 1,
-               previous: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The ``ok`` record of a job from its shards' ``(state, info)`` (merged in shard order)."""
+               previous: Optional[Dict[str, Any]] = None,
+               fingerprints: Optional[Dict[str, Optional[str]]] = None) -> Dict[str, Any]:
+    """The ``ok`` record of a job from its shards' ``(state, info)`` (merged in shard order);
+    ``fingerprints``: the run's folder fingerprints (:meth:`Job.entry`)."""
     results = sorted(results, key=lambda r: r[1]["shard"])
     states = [s for s, _ in results if s is not None]
     if not states:
@@ -271,7 +273,7 @@ def job_record(job: Job, results: List[Tuple[Any, Dict[str, Any]]], attempts: in
     start = min(i["started_at"] for i in infos)
     end = max(i["finished_at"] for i in infos)
     return {
-        "id": job.id, "status": "ok", "job": job.entry(), "meta": report.meta,
+        "id": job.id, "status": "ok", "job": job.entry(fingerprints), "meta": report.meta,
         "accuracy": measured if measured is not None else known,
         "accuracy_measured": measured, "accuracy_known": known,
         "accuracy_source": "measured" if measured is not None else ("known" if known is not None else None),
@@ -288,8 +290,10 @@ def job_record(job: Job, results: List[Tuple[Any, Dict[str, Any]]], attempts: in
 
 
 def _failure_record(job: Job, error: BaseException, attempts: int, previous: Optional[dict],
-                    hosts: List[str]) -> Dict[str, Any]:
-    return {"id": job.id, "status": "failed", "job": job.entry(), "error": _describe(error),
+                    hosts: List[str],
+                    fingerprints: Optional[Dict[str, Optional[str]]] = None) -> Dict[str, Any]:
+    return {"id": job.id, "status": "failed", "job": job.entry(fingerprints),
+            "error": _describe(error),
             "traceback": "".join(traceback.format_exception(error))[-20000:],
             "attempts": attempts,
             "total_attempts": attempts + int((previous or {}).get("total_attempts") or 0),
@@ -507,7 +511,8 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         store.write_spec(spec.to_dict(), [j.id for j in jobs],
                          {j.id: j.model.label for j in jobs})
         before = store.records_of(jobs)  # again, under the lock
-        done, old_failed, todo = _todo(before, jobs, retry_failed)
+        fingerprints: Dict[str, Optional[str]] = {}  # each relative folder's, listed once a run
+        done, old_failed, todo = _todo(before, jobs, retry_failed, fingerprints)
         failed_now: Dict[str, str] = {}
         warned: set = set()
         say = echo if progress else (lambda _line: None)
@@ -548,7 +553,8 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
                     result = ray.get(ref)
                     partial.setdefault(job.id, []).append(result)
                     if len(partial[job.id]) == job.shards:
-                        rec = job_record(job, partial.pop(job.id), attempts, before[job.id])
+                        rec = job_record(job, partial.pop(job.id), attempts, before[job.id],
+                                         fingerprints)
                 except Exception as err:  # noqa: BLE001 -- any task error becomes a failure record
                     if _system_failure(err):  # Ray spent every retry on it
                         attempts = max(attempts, spec.max_retries + 1)
@@ -560,7 +566,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
                             pass
                     partial.pop(job.id, None)
                     hosts = snapshot.get(job.id, {}).get("hosts", [])
-                    rec = _failure_record(job, err, attempts, before[job.id], hosts)
+                    rec = _failure_record(job, err, attempts, before[job.id], hosts, fingerprints)
                     store.write_record(rec)
                     failed_now[job.id] = rec["error"]
                     counts.fail(job.id)
@@ -624,22 +630,25 @@ def _to_run(record: Optional[dict], retry_failed: bool) -> bool:
     return status != "ok" and (retry_failed or status != "failed")
 
 
-def _todo(records: Dict[str, Optional[dict]], jobs: List[Job], retry_failed: bool):
+def _todo(records: Dict[str, Optional[dict]], jobs: List[Job], retry_failed: bool,
+          fingerprints: Optional[Dict[str, Optional[str]]] = None):
     """``(finished ids, failed ids, jobs to run)`` from the jobs' records (``None``: none);
     a finished job whose relative folder now holds other data runs again (:func:`_moved`)."""
-    moved = _moved(records, jobs)
+    moved = _moved(records, jobs, fingerprints)
     done = {jid for jid, rec in records.items() if rec and rec.get("status") == "ok"} - moved
     failed = {jid for jid, rec in records.items() if rec and rec.get("status") == "failed"}
     return done, failed, [j for j in jobs if j.id in moved or _to_run(records[j.id], retry_failed)]
 
 
-def _moved(records: Dict[str, Optional[dict]], jobs: List[Job]) -> set:
+def _moved(records: Dict[str, Optional[dict]], jobs: List[Job],
+           fingerprints: Optional[Dict[str, Optional[str]]] = None) -> set:
     """Ids of finished jobs whose folder, given relative to the spec, now resolves to another
     folder with other files: their id (the path as written) is the same, their data is not (two
     specs in different folders sharing an --out). A copy of the same files elsewhere, as
-    ``ray job submit --working-dir`` makes, is the same data."""
+    ``ray job submit --working-dir`` makes, is the same data. ``fingerprints``: the folders'
+    fingerprints taken so far in this run (filled in)."""
     moved: Dict[Tuple[str, str, str], List[str]] = {}
-    files: Dict[str, Optional[str]] = {}  # each folder's fingerprint, taken once a call
+    files = {} if fingerprints is None else fingerprints  # each folder's, taken once a call
     for job in jobs:
         rec = records.get(job.id) or {}
         then = rec.get("job", {}).get("dataset", {})

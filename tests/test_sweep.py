@@ -1069,6 +1069,43 @@ def test_a_relative_folder_changed_in_a_subfolder_is_seen_by_the_next_run(tmp_pa
     assert f"{a.id}  moved " in capsys.readouterr().out
 
 
+def test_a_relative_folder_is_listed_once_a_run_not_once_a_job(ray_session, tmp_path, monkeypatch):
+    # every record listed and stat'ed its job's whole folder again for its fingerprint: a
+    # sweep of hundreds of jobs on ImageNet's 50,000 files spent a second a job in the driver
+    import yaml
+    from PIL import Image
+
+    from equifast.distributed import spec as spec_mod
+    from equifast.distributed import sweep as sweep_mod
+
+    (tmp_path / "data").mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "data" / "0.png")
+    spec = {"models": [MODELS[2]], "datasets": [{"path": "data", "image_size": 32}],
+            "transforms": {"rotation": "rotation:90"}, "n_images": 1, "batch_size": 1,
+            "seeds": [0, 1, 2, 3], "max_retries": 0}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    listed = []
+
+    def counted(path):
+        listed.append(path)
+        return real(path)
+
+    real = spec_mod.folder_files_sha256
+    monkeypatch.setattr(spec_mod, "folder_files_sha256", counted)
+    monkeypatch.setattr(sweep_mod, "folder_files_sha256", counted)
+
+    def fail_odd_seeds(job, shard, attempt):  # failure records too
+        if job.seed % 2:
+            raise RuntimeError("an odd seed")
+
+    result = run_sweep(tmp_path / "spec.yaml", out=tmp_path / "out", progress=False,
+                       before_job=fail_odd_seeds)
+    assert (result.finished, result.failed) == (2, 2)
+    assert listed == [str(tmp_path / "data")]  # 4 records, 1 listing
+    digests = {r["job"]["dataset"]["files_sha256"] for r in ResultStore(tmp_path / "out").records()}
+    assert digests == {real(str(tmp_path / "data"))}
+
+
 def _crash_first_attempt(marker_dir, family="rotation"):
     """A hook that kills the worker process the first time a job of ``family`` starts."""
     def hook(job, shard, attempt):
