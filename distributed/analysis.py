@@ -381,8 +381,8 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
             plt.close(plot_shifts(frames, path=path, title=f"{fam} equivariance per part at each "
                                                            f"shift ({ds}, {metric})"))
             figures.append(path)
-        c = corr[(corr["dataset"] == ds) & corr["spearman"].notna()]
-        if not len(c):
+        c = corr[corr["dataset"] == ds]  # undefined parts (NaN) are marked, not bridged
+        if not c["spearman"].notna().any():
             most = int(corr.loc[corr["dataset"] == ds, "n_models"].max())
             why = (f"the scores or the accuracies of its {most} models are all equal"
                    if most >= min_models else
@@ -391,7 +391,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
             warnings.warn(f"No figure 13 for {ds}: {why}.", category=EquifastWarning, stacklevel=2)
         else:
             path = out / _figure_name("accuracy", dataset=named)
-            n = int(c["n_models"].max())
+            n = int(c.loc[c["spearman"].notna(), "n_models"].max())
             fig = plot_accuracy_correlation(c[["part", "family", "transforms", "score", "spearman"]], path=path,
                                             title=f"Spearman of part scores with top-1 accuracy "
                                                   f"({ds}, {n} models)")

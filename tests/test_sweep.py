@@ -914,6 +914,26 @@ def test_correlation_with_the_final_part_against_hand_computed_values():
     assert set(analysis.final_correlation(pd.DataFrame(rows[:-1]))["n_models"]) == {3}
 
 
+def test_figure13_marks_an_undefined_part_and_does_not_bridge_it(tmp_path, monkeypatch):
+    from equifast import figures
+    drawn = []
+    real = figures.plot_accuracy_correlation
+    monkeypatch.setattr(figures, "plot_accuracy_correlation",
+                        lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    rows = [{"model": m, "dataset": "d", "family": "translation", "part": part, "seed": 0,
+             "channel": 0.5 if part == "middle" else 0.2 + 0.1 * i, "layer": 0.3 + 0.1 * i,
+             "accuracy": 0.1 * i}  # the middle part's channel scores are all equal: no rho
+            for i, m in enumerate("abcd") for part in ("early", "middle", "final")]
+    analysis.sweep_figures(pd.DataFrame(rows), tmp_path / "figures")
+    ax = drawn[0].axes[0]
+    channel = next(line for line in ax.get_lines() if line.get_label() == "channel")
+    # the middle part was dropped before drawing, and the line went straight from early to final
+    assert list(channel.get_xdata()) == [0, 1, 4] and np.isnan(channel.get_ydata()[1])
+    assert [list(line.get_xdata()) for line in ax.get_lines()
+            if line.get_gid() == figures.UNDEFINED] == [[1]]
+    assert drawn[0]._suptitle.get_text().endswith("(d, 4 models)")
+
+
 def test_shift_scores_average_each_shift_over_points_then_seeds():
     rows = []
     for model, base in (("b", 0.2), ("a", 0.4)):
