@@ -1,6 +1,7 @@
 """The thesis' figures, drawn with matplotlib from part tables and correlation tables."""
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Optional
 
 import numpy as np
@@ -119,8 +120,9 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
                 ax.set_xticks(range(len(shifts)), [f"({dy},{dx})" for dy, dx in shifts],
                               rotation=45)
             measured = set(d["metric"]) if "metric" in d else set()
-            ax.set_title(f"{score}: {label}, {fam}" + (f", {min(measured)}" if len(measured) == 1
-                                                       else ""), fontsize="medium")
+            # wrapped to the panel: a long model name ran into the next panel's title
+            ax.set_title(textwrap.fill(f"{score}: {label}, {fam}" + (
+                f", {min(measured)}" if len(measured) == 1 else ""), 60), fontsize="medium")
             ax.grid(alpha=0.3)
             ax.set_xlabel("diagonal shift (pixels)" if diagonal else "shift (dy,dx), pixels")
             if col == 0:

@@ -608,3 +608,16 @@ def test_accuracy_figure_labels_its_axes_and_has_one_legend():
     colour = lambda ax: {line.get_label(): line.get_color() for line in ax.get_lines()}
     # the rotation panel has no layer line: channel keeps its colour there
     assert colour(fig.axes[1])["channel"] == colour(fig.axes[0])["channel"] != colour(fig.axes[0])["layer"]
+
+
+def test_shift_figure_wraps_a_long_model_name_in_its_panel_titles():
+    name = "vit_large_patch14_clip_336.openai_ft_in12k_in1k_and_a_long_suffix"
+    fig = Report.from_rows(_shift_rows(), {"model": name}).plot_shifts()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    left, right = (ax.title.get_window_extent(renderer) for ax in fig.axes)
+    # each title was one line, cut at the figure's edge and over the other panel's title
+    assert 0 <= left.x0 and left.x1 < right.x0 and right.x1 <= fig.bbox.width
+    whole = f"channel: {name}, translation, correlation"  # wrapped, nothing left out
+    assert "\n" in fig.axes[0].get_title()
+    assert "".join(fig.axes[0].get_title().split()) == "".join(whole.split())
