@@ -65,7 +65,9 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
             if row == len(families) - 1:
                 ax.set_xlabel("part")
             if col == 0:
-                ax.set_ylabel(f"score ({metrics[0]})" if len(metrics) == 1 else "score")
+                ax.set_ylabel(_ylabel(metrics[0] if len(metrics) == 1 else None,
+                                      any(f"{s}_std" in df for df in frames.values() for s in
+                                          ("channel", "layer"))))
     _score_limits(fig.axes)
     return _finish(fig, list(frames), path, title, ncol=4)
 
@@ -126,9 +128,16 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
             ax.grid(alpha=0.3)
             ax.set_xlabel("diagonal shift (pixels)" if diagonal else "shift (dy,dx), pixels")
             if col == 0:
-                ax.set_ylabel("score")
+                ax.set_ylabel(_ylabel(None, "channel_std" in d or "layer_std" in d))
     _score_limits(fig.axes)
     return _finish(fig, PARTS, path, title, ncol=len(PARTS))
+
+
+def _ylabel(metric: Optional[str], bars: bool) -> str:
+    """The score axis' label: the metric when one, and what the error bars are when drawn
+    (every ``*_std`` column equifast makes is over seeds)."""
+    label = f"score ({metric})" if metric else "score"
+    return label + ("\nmean ± std over seeds" if bars else "")
 
 
 UNDEFINED = "undefined"

@@ -594,6 +594,20 @@ def test_parts_figure_names_its_metric_and_its_title_sits_on_the_panels():
     assert 0 <= gap <= 0.2 * fig.dpi  # it was 0.46 in: room kept twice, by tight_layout too
 
 
+def test_figures_with_error_bars_say_what_the_bars_are():
+    from equifast.figures import plot_parts, plot_shifts
+    rep = Report.from_rows(_rows())
+    parts = rep.parts[rep.parts.metric == "correlation"]
+    over_seeds = parts.assign(channel_std=0.1, layer_std=0.1)
+    assert plot_parts({"toy": parts}).axes[0].get_ylabel() == "score (correlation)"
+    assert plot_parts({"a": parts, "b": over_seeds}).axes[0].get_ylabel() == (
+        "score (correlation)\nmean ± std over seeds")
+    shifts = rep.shifts[rep.shifts.metric == "correlation"]
+    assert plot_shifts({"toy": shifts}).axes[0].get_ylabel() == "score"
+    assert plot_shifts({"toy": shifts.assign(channel_std=0.1, layer_std=0.1)}).axes[0].get_ylabel() == (
+        "score\nmean ± std over seeds")
+
+
 def test_accuracy_figure_labels_its_axes_and_has_one_legend():
     from equifast.figures import plot_accuracy_correlation
     from equifast.points import PARTS
