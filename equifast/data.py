@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-__all__ = ["batches", "embedded_photos", "PHOTOS", "ImageFiles", "count", "normalise_like",
+__all__ = ["batches", "embedded_photos", "EmbeddedPhotos", "PHOTOS", "ImageFiles", "count", "normalise_like",
            "input_size", "image_folder", "ClassFolders", "model_classes", "seeded_subset",
            "check_num_workers", "usable_cpus", "default_num_workers"]
 
@@ -49,27 +49,58 @@ def embedded_photos(n: int = 256, size: int = 224, seed: int = 0) -> torch.Tenso
     """``n`` seeded random crops of scikit-image's real photos, ``[n, 3, size, size]`` in [0, 1].
 
     Each crop takes a random square covering 35-100% of a photo's shorter side, resized to
-    ``size`` with antialiasing. No download: the photos ship with scikit-image.
+    ``size`` with antialiasing. No download: the photos ship with scikit-image. All at once:
+    :class:`EmbeddedPhotos` cuts the same crops one at a time.
     """
-    import skimage.data
-    import torch.nn.functional as F
-
-    if n < 1:
-        raise ValueError(f"Expected `n` >= 1, but got {n}.")
-    photos = [torch.from_numpy(_photo_rgb(getattr(skimage.data, name)())).permute(2, 0, 1).float() / 255
-              for name in PHOTOS]
-    gen = torch.Generator().manual_seed(seed)
+    photos = EmbeddedPhotos(n, size=size, seed=seed)
     out = torch.empty(n, 3, size, size)
     for i in range(n):
-        img = photos[i % len(photos)]
-        h, w = img.shape[-2:]
-        side = int(min(h, w) * (0.35 + 0.65 * torch.rand((), generator=gen).item()))
-        top = int(torch.randint(0, h - side + 1, (), generator=gen))
-        left = int(torch.randint(0, w - side + 1, (), generator=gen))
-        crop = img[:, top:top + side, left:left + side].unsqueeze(0)
-        out[i] = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
-                               align_corners=False)[0].clamp(0, 1)
+        out[i] = photos[i]
     return out
+
+
+class EmbeddedPhotos(Dataset):
+    """The crops of :func:`embedded_photos` (item ``i`` is its ``[i]``), each cut when it is read,
+    so that memory does not grow with ``n`` (2000 crops at 224 pixels are 1.2 GB at once);
+    normalised as ``preprocess`` normalises (:func:`normalise_like`) when it is given. Items
+    are model-ready tensors without labels."""
+
+    def __init__(self, n: int = 256, size: int = 224, seed: int = 0, preprocess=None):
+        if n < 1:
+            raise ValueError(f"Expected `n` >= 1, but got {n}.")
+        self.size, self.preprocess = size, preprocess
+        shapes = [img.shape[-2:] for img in self._load()]
+        gen = torch.Generator().manual_seed(seed)
+        self.crops = []  # (photo, top, left, side) of each image: the draws, in order
+        for i in range(n):
+            h, w = shapes[i % len(shapes)]
+            side = int(min(h, w) * (0.35 + 0.65 * torch.rand((), generator=gen).item()))
+            top = int(torch.randint(0, h - side + 1, (), generator=gen))
+            left = int(torch.randint(0, w - side + 1, (), generator=gen))
+            self.crops.append((i % len(shapes), top, left, side))
+
+    _photos = None  # the photos as [3, H, W] floats in [0, 1], read once a process
+
+    @classmethod
+    def _load(cls):
+        if cls._photos is None:
+            import skimage.data
+
+            cls._photos = [torch.from_numpy(_photo_rgb(getattr(skimage.data, name)()))
+                           .permute(2, 0, 1).float() / 255 for name in PHOTOS]
+        return cls._photos
+
+    def __len__(self):
+        return len(self.crops)
+
+    def __getitem__(self, i):
+        import torch.nn.functional as F
+
+        k, top, left, side = self.crops[i]
+        crop = self._load()[k][:, top:top + side, left:left + side].unsqueeze(0)
+        x = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True,
+                          align_corners=False)[0].clamp(0, 1)
+        return x if self.preprocess is None else normalise_like(x, self.preprocess)
 
 
 class ImageFiles(Dataset):

@@ -427,9 +427,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             images = data_mod.ImageFiles(images)
         folder = data_mod.image_folder(images)
         if images is None:
-            images = data_mod.embedded_photos(n_images or 256, size=data_mod.input_size(preprocess),
-                                              seed=seed)
-            images = data_mod.normalise_like(images, preprocess)
+            # cut as they are measured: all at once they grow with n_images (2000: 1.2 GB)
+            images = data_mod.EmbeddedPhotos(n_images or 256, size=data_mod.input_size(preprocess),
+                                             seed=seed, preprocess=preprocess)
             meta["images"] = "embedded scikit-image photos"
         transforms = list(transforms) if transforms is not None else diagonal_shifts(1, 32) + rotations()
         stream = data_mod.batches(images, labels, batch_size, n_images, preprocess, seed,

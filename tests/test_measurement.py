@@ -517,6 +517,22 @@ def test_default_images_are_the_seeded_embedded_photos_normalised():
     assert every.meta["n_images"] == 256  # the default set
 
 
+def test_default_photos_are_cut_as_they_are_measured_not_all_at_once(monkeypatch):
+    # every crop was cut before the first batch: [n_images, 3, S, S] at once (2000 at 224 px:
+    # 1.2 GB), memory that grew with n_images
+    from equifast import data
+    from equifast.measurement import Measurer
+    from equifast.models import default_preprocess
+
+    cut, seen = [], []
+    crop, update = data.EmbeddedPhotos.__getitem__, Measurer.update
+    monkeypatch.setattr(data.EmbeddedPhotos, "__getitem__", lambda s, i: cut.append(i) or crop(s, i))
+    monkeypatch.setattr(Measurer, "update", lambda s, x, y=None: seen.append(len(cut)) or update(s, x, y))
+    rep = ef.measure(circular_net(), None, transforms=[ef.Rotation(1)], n_images=12, batch_size=4,
+                     preprocess=default_preprocess(size=16))
+    assert seen == [4, 8, 12] and cut == list(range(12)) and rep.meta["n_images"] == 12
+
+
 def test_random_weights_by_name_follow_the_seed():
     from equifast.models import default_preprocess
 
