@@ -125,9 +125,11 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
         preprocess: the model's own preprocessing (replaced when the dataset sets ``image_size``).
 
     Returns:
-        ``(images, preprocess)``: a model-ready tensor ``[N, 3, S, S]`` (``embedded``,
-        ``random``) or a dataset already cut to the job's seeded subset of ``n_images``
-        (``folder``, ``torchvision``; the same subset :func:`equifast.measure` takes).
+        ``(images, preprocess)``: model-ready images, a tensor ``[N, 3, S, S]`` (``random``)
+        or a dataset of crops cut as they are read (``embedded``:
+        :class:`equifast.data.EmbeddedPhotos`), or a dataset already cut to the job's seeded
+        subset of ``n_images`` (``folder``, ``torchvision``; the same subset
+        :func:`equifast.measure` takes).
     """
     from equifast import data as data_mod
     from equifast.models import default_preprocess
@@ -142,8 +144,9 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
         gen = torch.Generator().manual_seed(job.seed)
         return torch.randn(job.n_images, 3, size, size, generator=gen), preprocess
     if d.kind == "embedded":
-        photos = data_mod.embedded_photos(job.n_images or 256, size=size, seed=job.seed)
-        return data_mod.normalise_like(photos, preprocess), preprocess
+        # cut as they are read: all at once they grow with n_images (2000 at 224 px: 1.2 GB)
+        return data_mod.EmbeddedPhotos(job.n_images or 256, size=size, seed=job.seed,
+                                       preprocess=preprocess), preprocess
     if d.kind == "folder":
         dataset = data_mod.ImageFiles(job.resolve(d.path))
     else:
@@ -168,10 +171,16 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
 
 def _loader_workers(job: Job, images) -> int:
     """Processes decoding a folder's or dataset's images: the CPUs the task reserved beyond
-    its own (``resources.num_cpus`` - 1, at most 8); none for tensors (random, embedded)."""
+    its own (``resources.num_cpus`` - 1, at most 8); none for model-ready images (random,
+    embedded)."""
     from equifast.data import default_num_workers
 
-    return 0 if isinstance(images, torch.Tensor) else default_num_workers(job.num_cpus)
+    return 0 if _model_ready(job) else default_num_workers(job.num_cpus)
+
+
+def _model_ready(job: Job) -> bool:
+    """Whether the job's images come model-ready (random, embedded): no preprocess to apply."""
+    return job.dataset.kind in ("random", "embedded")
 
 
 def _shard(images, shard: int, shards: int):
@@ -242,7 +251,7 @@ def _measure_shard(job: Job, shard: int, shards: int):
                              vector_mode=job.vector_mode, device=job.device, amp=job.amp,
                              tensor_cores=job.tensor_cores, seed=job.seed,
                              # embedded and random images come model-ready
-                             preprocess=None if isinstance(part, torch.Tensor) else preprocess,
+                             preprocess=None if _model_ready(job) else preprocess,
                              return_state=True, num_workers=workers)
     finished = time.time()
     device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -441,6 +441,26 @@ def test_model_ready_images_are_measured_without_a_preprocess_warning(folder):
         assert not [w for w in info["warnings"] if "preprocess" in w], info["warnings"]
 
 
+def test_embedded_photos_of_a_job_are_cut_as_they_are_read(folder):
+    # a job of n_images embedded photos cut them all first ([n, 3, S, S]: 2000 at 224 px, 1.2 GB)
+    from equifast import data
+    from equifast.distributed.sweep import job_inputs
+    from equifast.models import default_preprocess
+
+    models = [{"name": "resnet18", "weights": "none", "num_classes": 2}]
+    (job,) = load_spec(_spec(folder, models=models, datasets=[{"kind": "embedded", "image_size": 32}],
+                             n_images=3, batch_size=2, transforms={"rotation": "rotation:90"})).jobs()
+    images, pre = job_inputs(job)
+    assert isinstance(images, data.EmbeddedPhotos) and len(images) == 3
+    want = data.normalise_like(data.embedded_photos(3, size=32, seed=job.seed), default_preprocess(32))
+    assert torch.equal(torch.stack([images[i] for i in range(3)]), want)
+    state, _ = measure_job(job, 1, 2)  # a shard: the second half of the same crops
+    torch.manual_seed(job.seed)
+    model = ef.load_model("resnet18", weights=None, num_classes=2)[0]
+    alone = ef.measure(model, want[2:], transforms="rotation:90", return_state=True)
+    pd.testing.assert_frame_equal(state.report().points, alone.report().points)
+
+
 def test_a_jobs_warnings_are_kept_in_its_record_not_printed_by_the_worker(folder):
     import warnings
 
