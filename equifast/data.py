@@ -331,7 +331,17 @@ def _collate(items):
         return failed
     xs, ys = zip(*[_image_and_label(item) for item in items])
     ys = None if all(y is None for y in ys) else ys
-    x = torch.stack([torch.as_tensor(v) for v in xs])
+    xs = [torch.as_tensor(v) for v in xs]
+    sizes = list(dict.fromkeys(tuple(v.shape) for v in xs))
+    if len(sizes) > 1:  # torch.stack's error names no cause (from a worker: its whole traceback)
+        try:
+            raise ValueError(f"Expected every image to have one size after preprocessing, but a "
+                             f"batch holds {list(sizes[0])} and {list(sizes[1])}; give a "
+                             "`preprocess` that resizes and crops to one size (as the models' "
+                             "own do: Resize(256), CenterCrop(224)).")
+        except ValueError as err:
+            return _Failed(err)
+    x = torch.stack(xs)
     y = None if ys is None else torch.as_tensor(ys)
     return x, y
 
@@ -515,6 +525,8 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
     if isinstance(images, DataLoader):
         seen = 0
         for item in images:
+            if isinstance(item, _Failed):  # from _collate, of an IterableDataset below
+                item.raise_again()
             x, y = _image_and_label(item)
             _check_images(x, "the DataLoader's batches")
             if n_images is not None and seen + len(x) > n_images:

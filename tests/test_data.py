@@ -119,6 +119,24 @@ def test_large_images_take_memory_in_proportion_to_their_pixels(tmp_path, monkey
         data.ImageFiles(tmp_path)[0]
 
 
+def test_images_of_several_sizes_after_preprocessing_are_a_clear_error(tmp_path):
+    # torch.stack's "stack expects each tensor to be equal size" (from a worker: its traceback)
+    import torchvision.transforms as T
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    Image.new("RGB", (20, 16)).save(tmp_path / "b.png")
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([Image.new("RGB", (16, 16)), Image.new("RGB", (20, 16))])
+
+    for images, workers in ((str(tmp_path), 0), (str(tmp_path), 1), (Stream(), 0)):
+        with pytest.raises(ValueError, match=r"one size after preprocessing, but a batch holds "
+                                             r"\[3, 16, 16\] and \[3, 16, 20\]") as err:
+            list(data.batches(images, batch_size=2, preprocess=T.ToTensor(), num_workers=workers))
+        assert "Traceback" not in str(err.value)
+
+
 def test_normalise_like_reads_every_kind_of_pipeline():
     import torchvision
     import torchvision.transforms as T
