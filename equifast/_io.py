@@ -4,13 +4,27 @@ Shared by reports, training runs (checkpoints, metrics) and the sweep results st
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
 import uuid
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Iterable, Sequence, Union
 
 __all__ = ["atomic_write", "write_text_atomic", "write_csv_atomic", "save_figure_atomic",
-           "check_own_folder"]
+           "save_torch_atomic", "remove_stale_temps", "check_own_folder", "stage_folder",
+           "commit_staged", "finish_commit", "deferred_interrupt"]
+
+# what atomic_write names its temporary file: .<name>.<pid>.<8 hex>.tmp
+_TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+# a set of files being written (stage_folder), and one committed but not all moved in yet
+_STAGE, _COMMIT, _JOURNAL = ".equifast-staging-", ".equifast-commit", "commit.json"
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:
@@ -25,9 +39,138 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # "[Errno 28] No space left on device" alone does not say where
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_torch_atomic(obj, path: Union[str, os.PathLike]) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically. A full disk is an ``OSError`` naming
+    ``path`` (torch reports it as "RuntimeError: ... unexpected pos")."""
+    import torch
+
+    class _Recording:  # the file as torch writes it, keeping the OSError torch swallows
+        def __init__(self, fh):
+            self.fh, self.error = fh, None
+
+        def write(self, data):
+            try:
+                return self.fh.write(data)
+            except OSError as err:
+                self.error = err
+                raise
+
+        def flush(self):
+            return self.fh.flush()
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            rec = _Recording(fh)
+            try:
+                torch.save(obj, rec)
+            except RuntimeError as err:
+                if rec.error is None:
+                    raise
+                raise rec.error from err
+
+    return atomic_write(path, write)
+
+
+def remove_stale_temps(folder: Union[str, os.PathLike], names: Iterable[str]) -> None:
+    """Delete what a killed :func:`atomic_write` of one of ``names`` left in ``folder``: its
+    temporary files whose process is gone (they may be as large as a checkpoint)."""
+    folder, names = Path(folder), set(names)
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        m = _TMP.fullmatch(p.name)
+        if m and m["name"] in names and not _pid_alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Ctrl-C (SIGINT) during the block takes effect when it ends: for a few renames that
+    must all happen. Only in the main thread (elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, caught[0])  # Python's: KeyboardInterrupt
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
+
+
+def stage_folder(out: Union[str, os.PathLike]) -> Path:
+    """A new hidden folder in ``out`` to write a set of files into before
+    :func:`commit_staged` moves them in."""
+    return Path(tempfile.mkdtemp(prefix=f"{_STAGE}{os.getpid()}-", dir=out))
+
+
+def commit_staged(stage: Path, out: Union[str, os.PathLike], names: Sequence[str],
+                  remove: Iterable[str] = ()) -> None:
+    """Move the files ``names`` (the last one last: a marker) from ``stage`` into ``out``,
+    replacing those there, and delete ``remove`` from ``out``: all of it or, until it is
+    done, nothing. The plan is written into ``stage``, which is then renamed
+    ``.equifast-commit`` (the commit); a process killed after that leaves the rest to
+    :func:`finish_commit`, which the next writer or reader of ``out`` calls. Ctrl-C waits
+    until the set is in."""
+    out = Path(out)
+    finish_commit(out)  # an earlier set first: its plan would otherwise be replaced
+    write_text_atomic(stage / _JOURNAL, json.dumps(
+        {"move": list(names), "remove": [n for n in remove if n not in names]}))
+    with deferred_interrupt():
+        os.replace(stage, out / _COMMIT)
+        finish_commit(out)
+
+
+def finish_commit(out: Union[str, os.PathLike]) -> bool:
+    """Complete a set of files :func:`commit_staged` committed to ``out`` but had not moved in
+    all of when its process was killed, and delete staging folders of processes that are
+    gone; returns whether a set was completed."""
+    out = Path(out)
+    pending = out / _COMMIT
+    done = False
+    if (pending / _JOURNAL).is_file():
+        plan = json.loads((pending / _JOURNAL).read_text())
+        for name in plan["remove"]:
+            (out / name).unlink(missing_ok=True)
+        for name in plan["move"]:
+            if (pending / name).exists():
+                os.replace(pending / name, out / name)
+        done = True
+    if pending.is_dir():
+        shutil.rmtree(pending)
+    if out.is_dir():
+        for p in out.glob(_STAGE + "*"):
+            pid = p.name[len(_STAGE):].split("-")[0]
+            if p.is_dir() and not (pid.isdigit() and _pid_alive(int(pid))):
+                shutil.rmtree(p, ignore_errors=True)
+    return done
 
 
 def write_text_atomic(path: Union[str, os.PathLike], data: Union[str, bytes]) -> Path:
@@ -56,7 +199,8 @@ def check_own_folder(path: Union[str, os.PathLike], markers: Sequence[str], what
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"Expected {flag} {str(path)!r} to be a folder, but it is a file.")
     if path.is_dir() and not any((path / m).exists() for m in markers):
-        others = sorted(p.name for p in path.iterdir())
+        others = sorted(p.name for p in path.iterdir()
+                        if not (p.name.startswith(_STAGE) or p.name == _COMMIT))
         if others:
             raise FileExistsError(f"Expected {flag} {str(path)!r} to be {what} (with {markers[0]}) "
                                   f"or empty, but it holds other files: {others[:5]}. "

@@ -163,16 +163,15 @@ _OPTIONAL = ("shifts.png", "metric_bias.csv", "metric_bias_correlation.csv")
 
 def _write_outputs(out: Path, report, label: str, metric: str, bias) -> List[Path]:
     """Write the report, its figures and (``bias``) the metric-bias tables into ``out`` as one
-    set: staged in a hidden folder, then moved in, so that an interruption leaves the earlier
-    set whole rather than mixed with this one; files of an earlier set that this one has not
-    (an optional figure or table) are removed. Returns the files written."""
-    import os
+    set: staged in a hidden folder, then committed (:func:`equifast._io.commit_staged`), so
+    that an interruption, a kill or a full disk leaves the earlier set whole or this one
+    complete, never a mix; files of an earlier set that this one has not (an optional figure
+    or table) are removed. Returns the files written."""
     import shutil
-    import tempfile
 
-    from ._io import write_csv_atomic
+    from ._io import commit_staged, stage_folder, write_csv_atomic
 
-    stage = Path(tempfile.mkdtemp(prefix=".equifast-staging-", dir=out))
+    stage = stage_folder(out)
     try:
         written = list(dict.fromkeys(report.save(stage / "report.json") + report.save(stage / "report.csv")
                                      + report.save(stage / "report.parquet")))
@@ -185,14 +184,16 @@ def _write_outputs(out: Path, report, label: str, metric: str, bias) -> List[Pat
             for name, table in (("metric_bias.csv", bias["table"]),
                                 ("metric_bias_correlation.csv", bias["correlation"])):
                 written.append(write_csv_atomic(stage / name, table))
-        names = [f.name for f in written]
-        for name in _OPTIONAL:  # an earlier run's would read as this report's
-            if name not in names:
-                (out / name).unlink(missing_ok=True)
-        for name in sorted(names, key=lambda n: n == _MARKER):  # the marker last
-            os.replace(stage / name, out / name)
+        names = sorted((f.name for f in written), key=lambda n: n == _MARKER)  # the marker last
+        # an earlier run's optional files would read as this report's
+        commit_staged(stage, out, names, remove=_OPTIONAL)
+    except OSError as err:  # a full disk, a folder made read-only meanwhile
+        failed = OSError(f"Could not write the output into --out {str(out)!r} "
+                         f"({err.strerror or err}); the earlier output there, if any, is kept whole.")
+        failed.errno = err.errno
+        raise failed from err
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)  # gone already once committed
     return [out / name for name in names]
 
 
@@ -201,8 +202,10 @@ def _output_folder(path: str) -> Path:
     empty or an earlier output of ``equifast measure`` (a user's own files are never replaced)."""
     import tempfile
 
-    from ._io import check_own_folder
+    from ._io import check_own_folder, finish_commit
 
+    if Path(path).is_dir():  # a set a killed run had committed: moved in whole first
+        finish_commit(path)
     out = check_own_folder(path, [_MARKER], "an output folder of `equifast measure`", "--out")
     try:
         out.mkdir(parents=True, exist_ok=True)

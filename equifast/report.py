@@ -281,8 +281,12 @@ class Report:
 
     @classmethod
     def load(cls, path) -> "Report":
-        """Load what :meth:`save` wrote (give the same path)."""
+        """Load what :meth:`save` wrote (give the same path). An output set of ``equifast
+        measure`` that a killed run had committed but not all moved in is completed first."""
+        from ._io import finish_commit
+
         path = Path(path)
+        finish_commit(path.parent)
         suffix = path.suffix.lower()
         if suffix == ".json":
             if not path.is_file():

@@ -1,5 +1,9 @@
 """The command line, end to end on the embedded default (real weights, real photos)."""
 
+import os
+import signal
+from pathlib import Path
+
 import pytest
 
 from equifast.cli import build_parser, main
@@ -168,6 +172,82 @@ def test_an_interrupted_write_leaves_the_earlier_set_whole(tmp_path, monkeypatch
     assert sorted(p.name for p in out.iterdir()) == sorted(set(before) - {
         "shifts.png", "metric_bias.csv", "metric_bias_correlation.csv"})
     capsys.readouterr()
+
+
+def _interrupt_the_move_in(monkeypatch, out, at, action):
+    """Run ``action`` instead of the ``at``-th move of a file of the new set into ``out``."""
+    real, moved = os.replace, []
+
+    def replace(src, dst):
+        if Path(dst).parent == out and Path(src).parent != out:
+            moved.append(dst)
+            if len(moved) == at:
+                action()
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_ctrl_c_while_the_set_is_moved_in_waits_for_it(tmp_path, monkeypatch, capsys):
+    # Ctrl-C between two of the moves left the new report.json beside the old report.meta.json,
+    # and the old shifts.png and metric bias tables deleted with the rest of the new set
+    data, out = _two_images(tmp_path / "img"), tmp_path / "out"
+    assert main(_measure_args(data, out, "translation:1-2") + ["--metric", "correlation,cosine"]) == 0
+    _interrupt_the_move_in(monkeypatch, out, 3, lambda: signal.raise_signal(signal.SIGINT))
+    assert main(_measure_args(data, out, "rotation:90")) == 130
+    assert capsys.readouterr().err.strip().endswith("equifast: interrupted")
+    monkeypatch.undo()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert Report.load(out / "report.csv").meta["transforms"] == ["rotation(90)"]
+    assert Report.load(out / "report.json").meta["transforms"] == ["rotation(90)"]
+    assert not (out / "shifts.png").exists() and not (out / "metric_bias.csv").exists()
+
+
+class _Killed(BaseException):
+    """The process dies here (kill -9): no handler of equifast's runs."""
+
+
+def test_a_set_cut_off_by_a_kill_is_completed_by_the_next_reader_or_run(tmp_path, monkeypatch):
+    data, out = _two_images(tmp_path / "img"), tmp_path / "out"
+    assert main(_measure_args(data, out, "translation:1-2")) == 0
+
+    def killed():
+        raise _Killed
+
+    _interrupt_the_move_in(monkeypatch, out, 3, killed)
+    with pytest.raises(_Killed):
+        main(_measure_args(data, out, "rotation:90"))
+    monkeypatch.undo()
+    assert Report.load(out / "report.csv").meta["transforms"] == ["rotation(90)"]  # not a mix
+    assert Report.load(out / "report.json").meta["transforms"] == ["rotation(90)"]
+    assert not (out / "shifts.png").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    # a first set cut off: the next run finds no foreign files, only what it left
+    fresh = tmp_path / "fresh"
+    _interrupt_the_move_in(monkeypatch, fresh, 2, killed)
+    with pytest.raises(_Killed):
+        main(_measure_args(data, fresh, "rotation:90"))
+    monkeypatch.undo()
+    assert main(_measure_args(data, fresh, "translation:1-2")) == 0
+    assert Report.load(fresh / "report.csv").meta["transforms"] == ["translation(1,1)", "translation(2,2)"]
+    assert [p.name for p in fresh.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_full_disk_keeps_the_earlier_set_and_says_where(tmp_path, monkeypatch, capsys):
+    import errno
+
+    data, out = _two_images(tmp_path / "img"), tmp_path / "out"
+    assert main(_measure_args(data, out, "translation:1-2")) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Report, "plot", full)
+    assert main(_measure_args(data, out, "rotation:90")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "No space left on device" in err and str(out) in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path, monkeypatch, capsys):
