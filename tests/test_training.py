@@ -5,6 +5,7 @@ MNIST and CIFAR-10 are not needed: the tests write small files in their on-disk 
 idx files, CIFAR-10 pickled batches) so the real loaders run; CIFAR-10 augmentations are checked
 on synthetic images.
 """
+import errno
 import gzip
 import json
 import os
@@ -475,6 +476,73 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path):
     # Rot-Eq reports class and rotation accuracy
     assert straight.test_rot_acc is not None and 0 <= straight.test_rot_acc <= 1
     assert resumed.test_rot_acc == straight.test_rot_acc
+
+
+class _FullDisk:
+    """A file on a disk that fills up after ``room`` bytes."""
+
+    def __init__(self, fh, room):
+        self.fh, self.room = fh, room
+
+    def write(self, data):
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+@needs_fmnist
+def test_a_full_disk_while_checkpointing_is_an_os_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    # torch.save reported it as "RuntimeError: [enforce fail at inline_container.cc] unexpected
+    # pos": a long traceback instead of equifast's one-line error
+    import builtins
+
+    from equifast.training.trainer import CHECKPOINT
+
+    def disk_fills(epoch, row):
+        if epoch == 1:
+            real = builtins.open
+            monkeypatch.setattr("equifast._io.open", lambda f, mode="r", *a, **k: (
+                _FullDisk(real(f, mode, *a, **k), 1000) if "w" in mode else real(f, mode, *a, **k)),
+                raising=False)
+
+    recipe = get_recipe("cnn7-fmnist6", **QUICK)
+    with pytest.raises(OSError, match="No space left on device: .*checkpoint.pt") as err:
+        train(recipe, str(tmp_path), callback=disk_fills)
+    assert err.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tb") == [
+        "checkpoint.pt", "metrics.csv", "recipe.json"]  # no temporary file left
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["epoch"] == 1  # epoch 1's, whole
+    assert train(recipe, str(tmp_path)).resumed_from == 1
+
+
+def test_a_killed_writes_temporary_file_is_removed_when_the_run_continues(tmp_path):
+    import subprocess
+    import sys
+
+    from equifast.training.trainer import prepare_out_dir
+
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, device="cpu")
+    assert prepare_out_dir(recipe, str(tmp_path)) is None
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = tmp_path / f".checkpoint.pt.{int(gone.stdout)}.0123abcd.tmp"  # kill -9 mid-write
+    alive = tmp_path / f".checkpoint.pt.{os.getpid()}.4567cdef.tmp"  # a run writing now
+    mine = tmp_path / ".notes.txt.1.89abcdef.tmp"  # not a run file's
+    for p in (dead, alive, mine):
+        p.write_bytes(b"half a checkpoint")
+    assert prepare_out_dir(recipe, str(tmp_path)) is None
+    assert not dead.exists() and alive.exists() and mine.exists()
 
 
 @needs_fmnist

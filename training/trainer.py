@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from equifast._io import atomic_write, check_own_folder, write_text_atomic
+from equifast._io import (atomic_write, check_own_folder, remove_stale_temps, save_torch_atomic,
+                          write_text_atomic)
 from equifast.devices import resolve_device
 from equifast.warning import EquifastWarning
 
@@ -315,6 +316,8 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "tb", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    # what a run killed while writing left: as large as a checkpoint, and never read
+    remove_stale_temps(out, (CHECKPOINT, METRICS, RESULT, MODEL, RECIPE))
     started = (out / CHECKPOINT).is_file() or (out / RESULT).is_file()
     if (out / RECIPE).is_file() and started:  # without them no epoch was trained: nothing to keep
         stored = Recipe.from_dict(read_run_file(out / RECIPE))
@@ -472,7 +475,7 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": states[0], "rng_per_rank": states, "world_size": dist.world,
                     "history": history, "recipe": recipe.to_dict()}
-            atomic_write(out / CHECKPOINT, lambda p: torch.save(ckpt, p))
+            save_torch_atomic(ckpt, out / CHECKPOINT)
             _write_csv(out / METRICS, history)
             if writer is not None:
                 for k, v in row.items():
@@ -492,7 +495,7 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
                          test_rot_acc=last.get("test_rot_acc"), metrics=history,
                          resumed_from=start)
     if dist.rank == 0:
-        atomic_write(out / MODEL, lambda p: torch.save(model.state_dict(), p))
+        save_torch_atomic(model.state_dict(), out / MODEL)
         _write_csv(out / METRICS, history)
         d = {k: v for k, v in asdict(result).items() if k not in ("metrics", "out_dir")}
         d["recipe"] = recipe.to_dict()
