@@ -176,7 +176,9 @@ def _score_limits(axes):
     and keeping the panels comparable."""
     ys = [np.zeros(1)]
     for ax in axes:
-        ys += [np.asarray(seg, float)[:, 1] for c in ax.collections for seg in c.get_segments()]
+        # a NaN error bar (one seed's std) is an empty segment
+        ys += [np.asarray(seg, float).reshape(-1, 2)[:, 1] for c in ax.collections
+               for seg in c.get_segments()]
         ys += [np.asarray(line.get_ydata(), float) for line in ax.get_lines()
                if line.get_gid() != UNDEFINED]
     ys = np.concatenate(ys)

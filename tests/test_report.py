@@ -608,6 +608,17 @@ def test_figures_with_error_bars_say_what_the_bars_are():
         "score\nmean ± std over seeds")
 
 
+def test_one_seeds_undefined_std_draws_without_error_bars():
+    # a study of one seed has NaN stds: their bars are empty segments (it crashed the figure)
+    from equifast.figures import plot_parts, plot_shifts
+    rep = Report.from_rows(_rows())
+    parts = rep.parts[rep.parts.metric == "correlation"].assign(channel_std=np.nan, layer_std=np.nan)
+    line = plot_parts({"one seed": parts}).axes[0].containers[0].lines[0]
+    assert np.allclose(line.get_ydata(), parts[parts.family == parts.family.iloc[0]].channel)
+    shifts = rep.shifts[rep.shifts.metric == "correlation"].assign(channel_std=np.nan, layer_std=np.nan)
+    assert plot_shifts({"one seed": shifts}).axes[0].get_ylim() == (0, 1.05)
+
+
 def test_accuracy_figure_labels_its_axes_and_has_one_legend():
     from equifast.figures import plot_accuracy_correlation
     from equifast.points import PARTS
