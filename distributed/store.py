@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pandas as pd
 
-from equifast._io import atomic_write, check_own_folder, write_text_atomic
+from equifast._io import atomic_write, check_own_folder, pid_alive, write_text_atomic
 
 __all__ = ["ResultStore", "records_frame", "STATES"]
 
@@ -275,6 +275,11 @@ class ResultStore:
                 continue
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
+            # only the lock's holder writes records: any half-written one is a killed driver's
+            if self.records_dir.is_dir():
+                for p in self.records_dir.iterdir():
+                    if _RECORD_TMP.fullmatch(p.name):
+                        p.unlink(missing_ok=True)
             return
         raise BlockingIOError(f"Expected to take {str(path)!r}, but another process keeps taking it.")
 
@@ -385,10 +390,4 @@ def _alive(host: Optional[str], pid: Optional[int]) -> bool:
         return False
     if host and host != socket.gethostname():
         return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(int(pid))

@@ -88,11 +88,11 @@ def remove_stale_temps(folder: Union[str, os.PathLike], names: Iterable[str]) ->
         return
     for p in folder.iterdir():
         m = _TMP.fullmatch(p.name)
-        if m and m["name"] in names and not _pid_alive(int(m["pid"])):
+        if m and m["name"] in names and not pid_alive(int(m["pid"])):
             p.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine."""
     if pid == os.getpid():
         return True
@@ -168,7 +168,7 @@ def finish_commit(out: Union[str, os.PathLike]) -> bool:
     if out.is_dir():
         for p in out.glob(_STAGE + "*"):
             pid = p.name[len(_STAGE):].split("-")[0]
-            if p.is_dir() and not (pid.isdigit() and _pid_alive(int(pid))):
+            if p.is_dir() and not (pid.isdigit() and pid_alive(int(pid))):
                 shutil.rmtree(p, ignore_errors=True)
     return done
 

@@ -713,9 +713,17 @@ def test_a_sweep_already_writing_the_folder_is_one_line(ray_session, folder, tmp
     finally:
         other.kill()
         other.wait()
-    store = ResultStore(out)  # its process gone: the lock is stale, and taken over
+    # its process gone: the lock is stale, and taken over; the record it was writing when
+    # killed is removed (they were kept forever), a finished one and a user's file kept
+    (out / "records").mkdir()
+    half = out / "records" / f".{'a' * 16}.json.{other.pid}.0123abcd.tmp"
+    half.write_text("{")
+    (out / "records" / f"{'b' * 16}.json").write_text("{}")
+    (out / "records" / "notes.tmp").write_text("mine")
+    store = ResultStore(out)
     store.lock()
     assert json.loads((out / "sweep.lock").read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in (out / "records").iterdir()) == [f"{'b' * 16}.json", "notes.tmp"]
     store.unlock()
 
 
