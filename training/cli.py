@@ -168,5 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.exit(2, f"equifast {args.command}: error: {err}\n")
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # as the `equifast` command: its handling of Ctrl-C and OSError
+    from equifast.cli import main as equifast_main
+
+    raise SystemExit(equifast_main())
