@@ -140,19 +140,50 @@ def commit_staged(stage: Path, out: Union[str, os.PathLike], names: Sequence[str
     :func:`finish_commit`, which the next writer or reader of ``out`` calls. Ctrl-C waits
     until the set is in."""
     out = Path(out)
-    finish_commit(out)  # an earlier set first: its plan would otherwise be replaced
-    write_text_atomic(stage / _JOURNAL, json.dumps(
-        {"move": list(names), "remove": [n for n in remove if n not in names]}))
-    with deferred_interrupt():
-        os.replace(stage, out / _COMMIT)
-        finish_commit(out)
+    with _locked(out):  # another writer's or reader's commit is not interleaved with this one
+        _finish(out)  # an earlier set first: its plan would otherwise be replaced
+        write_text_atomic(stage / _JOURNAL, json.dumps(
+            {"move": list(names), "remove": [n for n in remove if n not in names]}))
+        with deferred_interrupt():
+            os.replace(stage, out / _COMMIT)
+            _finish(out)
 
 
 def finish_commit(out: Union[str, os.PathLike]) -> bool:
     """Complete a set of files :func:`commit_staged` committed to ``out`` but had not moved in
     all of when its process was killed, and delete staging folders of processes that are
-    gone; returns whether a set was completed."""
+    gone; returns whether a set was completed. Waits for a commit another process is making
+    (it would otherwise move the same files, and one of the two fail)."""
     out = Path(out)
+    if not out.is_dir():
+        return False
+    with _locked(out):
+        return _finish(out)
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """An exclusive lock of the folder ``out`` itself (``flock`` of the folder: no file is
+    added), for one commit or finish at a time; none where the system has no such lock."""
+    try:
+        import fcntl
+
+        fd = os.open(out, os.O_RDONLY)
+    except (ImportError, OSError):  # Windows; a folder that cannot be opened for reading
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock (some NFS mounts): unlocked, as before
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _finish(out: Path) -> bool:
+    """:func:`finish_commit`, the lock of ``out`` held."""
     pending = out / _COMMIT
     done = False
     if (pending / _JOURNAL).is_file():
@@ -165,11 +196,10 @@ def finish_commit(out: Union[str, os.PathLike]) -> bool:
         done = True
     if pending.is_dir():
         shutil.rmtree(pending)
-    if out.is_dir():
-        for p in out.glob(_STAGE + "*"):
-            pid = p.name[len(_STAGE):].split("-")[0]
-            if p.is_dir() and not (pid.isdigit() and pid_alive(int(pid))):
-                shutil.rmtree(p, ignore_errors=True)
+    for p in out.glob(_STAGE + "*"):
+        pid = p.name[len(_STAGE):].split("-")[0]
+        if p.is_dir() and not (pid.isdigit() and pid_alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
     return done
 
 

@@ -1,0 +1,67 @@
+"""equifast._io: the commit of a set of files into a folder (equifast measure --out)."""
+
+import os
+import threading
+from pathlib import Path
+
+from equifast._io import commit_staged, finish_commit, stage_folder
+
+
+def _stage(out: Path, content: str, names=("a.txt", "report.json")) -> Path:
+    stage = stage_folder(out)
+    for name in names:
+        (stage / name).write_text(content)
+    return stage
+
+
+def _while_moving_in(monkeypatch, out: Path, other) -> list:
+    """At the first move of a file into ``out``, run ``other`` in a thread (as another
+    process would run it) and give it 0.5 s before the move goes on; returns its errors."""
+    real, errors, started = os.replace, [], []
+
+    def run():
+        try:
+            other()
+        except BaseException as err:  # noqa: BLE001 -- reported to the test
+            errors.append(err)
+
+    def replace(src, dst):
+        if not started and Path(dst).parent == out and Path(src).parent != out:
+            started.append(threading.Thread(target=run))
+            started[0].start()
+            started[0].join(0.5)
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    errors.append(started)
+    return errors
+
+
+def test_a_reader_finishing_a_live_commit_breaks_neither(tmp_path, monkeypatch):
+    # Report.load (finish_commit) in another process while `measure --out` moved its set in:
+    # both moved the same files, and the writer failed on a file the reader had moved
+    out = tmp_path / "out"
+    out.mkdir()
+    commit_staged(_stage(out, "old"), out, ["a.txt", "report.json"])
+    errors = _while_moving_in(monkeypatch, out, lambda: finish_commit(out))
+    commit_staged(_stage(out, "new"), out, ["a.txt", "report.json"])
+    started = errors.pop()
+    started[0].join(10)
+    assert errors == []
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a.txt": "new", "report.json": "new"}
+
+
+def test_two_writers_committing_at_once_leave_one_set_whole(tmp_path, monkeypatch):
+    # a second `measure --out` into the same folder committed while the first moved its set
+    # in: it failed on the first's pending commit, or broke the first's moves
+    out = tmp_path / "out"
+    out.mkdir()
+    second = _stage(out, "second", ("b.txt", "report.json"))
+    errors = _while_moving_in(monkeypatch, out, lambda: commit_staged(
+        second, out, ["b.txt", "report.json"], remove=["a.txt"]))
+    commit_staged(_stage(out, "first"), out, ["a.txt", "report.json"])
+    started = errors.pop()
+    started[0].join(10)
+    assert errors == []
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"b.txt": "second",
+                                                               "report.json": "second"}
