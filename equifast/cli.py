@@ -188,8 +188,12 @@ def _write_outputs(out: Path, report, label: str, metric: str, bias) -> List[Pat
         # an earlier run's optional files would read as this report's
         commit_staged(stage, out, names, remove=_OPTIONAL)
     except OSError as err:  # a full disk, a folder made read-only meanwhile
+        # the stage is gone once renamed into the commit: from then on the new set is the one kept
+        kept = ("the earlier output there, if any, is kept whole" if stage.exists() else
+                "this run's output is committed there, and the next `equifast measure --out` "
+                "or Report.load of it moves the rest in")
         failed = OSError(f"Could not write the output into --out {str(out)!r} "
-                         f"({err.strerror or err}); the earlier output there, if any, is kept whole.")
+                         f"({err.strerror or err}); {kept}.")
         failed.errno = err.errno
         raise failed from err
     finally:

@@ -250,6 +250,24 @@ def test_a_full_disk_keeps_the_earlier_set_and_says_where(tmp_path, monkeypatch,
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_an_error_after_the_commit_says_the_new_set_is_kept(tmp_path, monkeypatch, capsys):
+    # it said "the earlier output is kept whole" while the next reader completed the new set
+    import errno
+
+    data, out = _two_images(tmp_path / "img"), tmp_path / "out"
+    assert main(_measure_args(data, out, "translation:1-2")) == 0
+
+    def full():
+        raise OSError(errno.EIO, "Input/output error")
+
+    _interrupt_the_move_in(monkeypatch, out, 2, full)
+    assert main(_measure_args(data, out, "rotation:90")) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip()
+    assert "this run's output is committed there" in err and "kept whole" not in err, err
+    assert Report.load(out / "report.json").meta["transforms"] == ["rotation(90)"]
+
+
 def test_a_closed_pipe_ends_quietly(tmp_path, monkeypatch, capsys):
     # `equifast models vit | head -1` printed "error: [Errno 32] Broken pipe" and exited 2
     import sys
