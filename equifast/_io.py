@@ -109,7 +109,10 @@ def pid_alive(pid: int) -> bool:
 def deferred_interrupt():
     """Ctrl-C (SIGINT) during the block takes effect when it ends: for a few renames that
     must all happen. Only in the main thread (elsewhere the block runs as it is)."""
-    if threading.current_thread() is not threading.main_thread():
+    # elsewhere than the main thread, or under a handler installed outside Python (which
+    # signal.signal could not put back), the block runs as it is
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is None):
         yield
         return
     caught = []

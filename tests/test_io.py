@@ -65,3 +65,18 @@ def test_two_writers_committing_at_once_leave_one_set_whole(tmp_path, monkeypatc
     assert errors == []
     assert {p.name: p.read_text() for p in out.iterdir()} == {"b.txt": "second",
                                                                "report.json": "second"}
+
+
+def test_a_sigint_handler_from_outside_python_is_left_alone(monkeypatch):
+    # signal.signal returns None for it: "restoring" None raised TypeError after the block
+    import signal
+
+    from equifast._io import deferred_interrupt
+
+    installed = []
+    monkeypatch.setattr(signal, "getsignal", lambda signum: None)
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: installed.append(handler))
+    ran = []
+    with deferred_interrupt():
+        ran.append(True)
+    assert ran == [True] and installed == []
