@@ -266,10 +266,13 @@ class ResultStore:
                     other = {}
                 if other.get("pid") == os.getpid() and other.get("host") == me["host"]:
                     return
-                if _alive(other.get("host"), other.get("pid")):
+                # an empty lock is one another driver has created and not yet written into
+                taking = not other and _age(path) < 10
+                if taking or _alive(other.get("host"), other.get("pid")):
+                    who = f"pid {other.get('pid')} on {other.get('host')}" if other else "a sweep starting"
                     raise BlockingIOError(
-                        f"Expected no other sweep writing to {str(self.root)!r}, but pid {other.get('pid')} "
-                        f"on {other.get('host')} holds {str(path)!r}; wait for it, or delete the lock "
+                        f"Expected no other sweep writing to {str(self.root)!r}, but {who} "
+                        f"holds {str(path)!r}; wait for it, or delete the lock "
                         "if that process is gone.") from None
                 path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
@@ -382,6 +385,14 @@ def _for_parquet(df: pd.DataFrame) -> pd.DataFrame:
                 df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
                                       else str(v))
     return df
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last written (infinite when it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return math.inf
 
 
 def _alive(host: Optional[str], pid: Optional[int]) -> bool:

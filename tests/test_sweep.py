@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -724,6 +725,21 @@ def test_a_sweep_already_writing_the_folder_is_one_line(ray_session, folder, tmp
     store.lock()
     assert json.loads((out / "sweep.lock").read_text())["pid"] == os.getpid()
     assert sorted(p.name for p in (out / "records").iterdir()) == [f"{'b' * 16}.json", "notes.tmp"]
+    store.unlock()
+
+
+def test_a_lock_being_taken_is_not_taken_over(tmp_path):
+    # a lock another driver has created but not yet written read as {} and was deleted as stale
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.lock").write_text("")
+    store = ResultStore(out)
+    with pytest.raises(BlockingIOError, match="a sweep starting holds"):
+        store.lock()
+    old = time.time() - 60  # its driver died before writing it: stale
+    os.utime(out / "sweep.lock", (old, old))
+    store.lock()
+    assert json.loads((out / "sweep.lock").read_text())["pid"] == os.getpid()
     store.unlock()
 
 
