@@ -741,7 +741,8 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
                         f"{_resolve(weights, base_dir)!r}); fix the path or use "
                         f"{', '.join(repr(w) for w in ['default', 'none'] + torchvision_weights_names(arch))}.")
         ok = False
-    num_classes = number("num_classes", entry.get("num_classes"), 1, allow_none=True,
+    # 0: a timm model's pooled features as `final` (check_model_args refuses it elsewhere)
+    num_classes = number("num_classes", entry.get("num_classes"), 0, allow_none=True,
                          where=f"{where}.num_classes")
     if known and (weights is None or isinstance(weights, str)):
         # what load_model would refuse on every worker (a bad tag: timm.is_model takes any)

@@ -419,9 +419,9 @@ def _check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if not address or address in ("auto", "local"):
         return  # found by Ray itself
-    dashboard = (f"the Ray dashboard's (the Jobs API that `ray job submit --address` takes), not "
-                 f"the cluster's: give the head's HOST:6379, 'auto' on a node of the cluster, or "
-                 f"ray://HOST:10001")
+    dashboard = ("the Ray dashboard's (the Jobs API that `ray job submit --address` takes), not "
+                 "the cluster's: give the head's HOST:6379, 'auto' on a node of the cluster, or "
+                 "ray://HOST:10001")
     if address.startswith(("http://", "https://")):
         raise ConnectionError(f"Expected a Ray cluster address ({where}), but {address!r} is "
                               f"{dashboard}.")

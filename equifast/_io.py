@@ -5,7 +5,6 @@ Shared by reports, training runs (checkpoints, metrics) and the sweep results st
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re

@@ -102,9 +102,8 @@ def available_models() -> List[str]:
 def is_known_model(name: str) -> bool:
     """True for a torchvision classification model name or a timm model name."""
     import timm
-    import torchvision
 
-    return name in torchvision.models.list_models(module=torchvision.models) or timm.is_model(name)
+    return _is_torchvision(name) or timm.is_model(name)
 
 
 def check_model_name(name: str) -> None:
@@ -152,6 +151,15 @@ def check_model_args(name: str, weights: Optional[str] = "default",
         ModelArgumentError: its ``argument`` says which argument is wrong.
     """
     _check_timm_tag(name)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 0):
+        raise ModelArgumentError(f"Expected `num_classes` to be a whole number >= 1 (or 0: a timm "
+                                 f"model's pooled features), but got {num_classes!r}.", "num_classes")
+    if num_classes == 0 and _is_torchvision(name):
+        # timm's way to a model without a classifier; torchvision builds one of no outputs
+        raise ModelArgumentError(f"Expected `num_classes` >= 1 for torchvision's {name!r} (0 asks "
+                                 "timm models for their pooled features; torchvision has no such "
+                                 "model), but got 0.", "num_classes")
     if weights == "embedded" and name != EMBEDDED:
         raise ModelArgumentError(f"Expected weights='embedded' only with {EMBEDDED!r}, but got "
                                  f"model {name!r}.", "weights")
@@ -169,6 +177,13 @@ def check_model_args(name: str, weights: Optional[str] = "default",
     # weights) would make `final` the pooled features: refused unless asked for
     if num_classes is None and checkpoint_path(name, weights) is None and _timm_builds_headless(name):
         raise _headless(name)
+
+
+def _is_torchvision(name: str) -> bool:
+    """Whether ``name`` is built by torchvision (it wins where timm has the same name)."""
+    import torchvision
+
+    return name in torchvision.models.list_models(module=torchvision.models)
 
 
 def _weights_classes(name: str, weights: Optional[str]) -> Optional[int]:
@@ -201,7 +216,7 @@ def input_sizes(name: str, weights: Optional[str] = "default") -> Tuple[Optional
 
     from .data import input_size
 
-    if name in torchvision.models.list_models(module=torchvision.models):
+    if _is_torchvision(name):
         named = torchvision_weights(name, "DEFAULT" if weights == "default" else weights)
         fixed = None
         if name.startswith("vit_") or name == "maxvit_t":  # their builders fix image_size
@@ -306,7 +321,7 @@ def _weights_enum(name: str):
     """The torchvision model ``name``'s weights enum, ``None`` for other models."""
     import torchvision
 
-    if name not in torchvision.models.list_models(module=torchvision.models):
+    if not _is_torchvision(name):
         return None
     return torchvision.models.get_model_weights(name)
 
@@ -546,7 +561,7 @@ def load_model(name: str, weights: Optional[str] = "default",
     if name == EMBEDDED and weights in ("default", "embedded"):
         model = embedded_lite0()
         return model, _timm_preprocess(model)
-    if name in torchvision.models.list_models(module=torchvision.models):
+    if _is_torchvision(name):
         if named is None and weights == "default" and path is None:
             named = torchvision.models.get_model_weights(name).DEFAULT
         if state is not None and name in ("inception_v3", "googlenet"):

@@ -426,7 +426,11 @@ def test_load_model_and_the_sweep_spec_check_model_arguments_with_one_public_fun
               r"^Expected 1000 \(the classes of the default weights of 'resnet18'\) or none, but got 10"),
              (("efficientnet_lite0", "default", 10), "num_classes",
               r"^Expected 1000 or no `num_classes` with the embedded ImageNet weights"),
-             (("eva02_tiny_patch14_224", None), "num_classes", r"^Expected a classifier, but timm builds")]
+             (("eva02_tiny_patch14_224", None), "num_classes", r"^Expected a classifier, but timm builds"),
+             # torchvision built a classifier of no outputs, then failed deep in the measure
+             (("resnet18", None, 0), "num_classes", r"^Expected `num_classes` >= 1 for torchvision's"),
+             (("resnet10t", None, -1), "num_classes", r"^Expected `num_classes` to be a whole number"),
+             (("resnet10t", None, 2.5), "num_classes", r"^Expected `num_classes` to be a whole number")]
     for args, argument, message in cases:
         with pytest.raises(ModelArgumentError, match=message) as err:
             check_model_args(*args)

@@ -359,6 +359,10 @@ def test_spec_errors_that_would_fail_every_job_are_found_first(folder, mnist):
                  r"^models\[0\]\.num_classes: Expected a classifier, but timm builds "
                  r"'eva02_tiny_patch14_224' without one")
     load_spec(_spec(folder, models=[dict(headless, num_classes=10)], **at_its_size))
+    # or 0, as the refusal advises (the spec took 1 at least); torchvision has no such model
+    load_spec(_spec(folder, models=[dict(headless, num_classes=0)], **at_its_size))
+    _one_problem(_spec(folder, models=[{"name": "resnet18", "weights": "none", "num_classes": 0}], **one),
+                 r"^models\[0\]\.num_classes: Expected `num_classes` >= 1 for torchvision's 'resnet18'")
 
 
 def test_an_empty_list_of_transforms_is_refused(folder):
