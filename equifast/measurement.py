@@ -27,7 +27,7 @@ from .functional import backend as backend_name
 from .functional import _index_map, equivariance_scores, finite_marker, raise_unless_finite
 from .reference import METRICS, TOLERANCE, check_options, is_vector
 from .report import Report
-from .points import Point, modes_kept, representations, split
+from .points import Point, model_dtype, modes_kept, representations, split, unwrapped
 from .transforms import Transform, check_distinct, diagonal_shifts, parse_transforms, rotations
 from .warning import EquifastWarning
 
@@ -177,14 +177,18 @@ class Measurer:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        example = example.to(self.device)
+        # images come at the model's precision (float32 images into a float16, bfloat16 or
+        # float64 model); under amp the model stays float32 and autocast casts
+        self.input_dtype = model_dtype(unwrapped(model)[0])
+        self.amp = amp
+        example = self._to_model(example)
         size = tuple(example.shape[-2:])
         for t in transforms:
             t.check_input(size)
         if isinstance(points, (list, tuple)) and points and isinstance(points[0], Point):
             self.points = list(points)
         else:
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():
                 self.points = split(self.model, example[:2], points=points, method=split_method)
         # every transform must act on every map point before any image is measured (a rotation
         # of a non-square map would fail after forward passes, naming no point)
@@ -200,7 +204,6 @@ class Measurer:
                                          "(points=[...]).") from e
         self.extract = representations(self.model, self.points)
         self.transforms = transforms
-        self.amp = amp
         self.batch_size = batch_size
         self.eps = eps
         self.backend = backend
@@ -211,17 +214,29 @@ class Measurer:
         self.count_accuracy = True
         self.map_dtypes: set = set()  # of the maps scored: float64 ones go to the reference
 
+    def _autocast(self):
+        """``amp``'s autocast; without it, none: an autocast the caller left on around the call
+        would run the model in lower precision than the report's ``amp`` says."""
+        if self.amp:
+            return torch.autocast(self.device.type, dtype=getattr(torch, self.amp))
+        if torch.amp.is_autocast_available(self.device.type):
+            return torch.autocast(self.device.type, enabled=False)
+        return contextlib.nullcontext()
+
+    def _to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the model's device, at its precision when it has one."""
+        dtype = self.input_dtype if x.is_floating_point() else None
+        return x.to(self.device, dtype=dtype, non_blocking=True)
+
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        ctx = (torch.autocast(self.device.type, dtype=getattr(torch, self.amp)) if self.amp
-               else contextlib.nullcontext())
-        with ctx:
+        with self._autocast():
             return self.extract(x)
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> None:
         """Score one batch ``x`` (``[B, C, H, W]``, model-ready) with optional labels ``y``."""
         st = self.state
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        x = self._to_model(x).contiguous(memory_format=self.memory_format)
         size = (int(x.shape[-2]), int(x.shape[-1]))
         fx = self._forward(x)
         # What a batch adds to the state stays on the device until the batch is done, then comes
@@ -389,6 +404,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                                          and all(isinstance(t, str) for t in transforms)):
         transforms = parse_transforms(transforms)  # "rotation" was read letter by letter
     metric_list(metric)  # before the model and the data load
+    if isinstance(model, nn.Module):
+        unwrapped(model)  # TorchScript is refused before the data load
     data_mod.check_num_workers(num_workers)
     # A model being trained is put back as it was after: its modes (measuring runs it in eval
     # mode), its device and memory format; the caller's random stream is left alone.
@@ -412,7 +429,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 labels = run_labels if labels is None else labels
                 meta["images"] = "test set of the run's recipe"
         else:
-            meta["model"] = type(model).__name__
+            meta["model"] = type(unwrapped(model)[0]).__name__  # not DataParallel's
         if given_preprocess and (isinstance(images, (torch.Tensor, tuple, list, DataLoader))
                                  or _tensor_items(images)):
             warnings.warn("`preprocess` is not applied to a tensor, a DataLoader's batches or a "
@@ -421,7 +438,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         if preprocess is None and not isinstance(images, torch.Tensor):
             from .models import module_preprocess
 
-            preprocess = module_preprocess(model)
+            preprocess = module_preprocess(unwrapped(model)[0])
         if isinstance(images, (str, os.PathLike)):
             meta["images"] = os.fspath(images)  # what was measured, read back from the report
             images = data_mod.ImageFiles(images)
@@ -442,7 +459,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                             eps=eps, backend=backend, split_method=split_method,
                             channels_last=channels_last, tensor_cores=tensor_cores)
         final = next((p for p in measurer.points if p.name == "final"), None)
-        if final is not None and getattr(model, "num_classes", None) == 0:
+        if final is not None and getattr(unwrapped(model)[0], "num_classes", None) == 0:
             # timm built it headless: `final` is its pooled features, whose arg-max is no class
             measurer.count_accuracy = False
             if labels is not None or isinstance(images, (tuple, list)) or (

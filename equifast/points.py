@@ -256,6 +256,41 @@ def modes_kept(model):
             m.training = training
 
 
+def unwrapped(model: nn.Module) -> Tuple[nn.Module, str]:
+    """The module a wrapper runs, and the prefix the wrappers put before its module names:
+    ``nn.DataParallel`` and ``DistributedDataParallel`` (``.module``; their forward would
+    scatter the batch or synchronise buffers with other processes) and ``torch.compile``'s
+    ``OptimizedModule`` (``._orig_mod``), stacked in any order. Measuring reads the module's
+    own layers, so it is measured itself: the points are named as the plain model's.
+
+    Raises:
+        TypeError: a TorchScript module (``torch.jit.script``/``trace``), which has neither
+            forward hooks nor a Python forward to trace.
+    """
+    prefix = ""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model, prefix = model.module, prefix + "module."
+        elif type(model).__name__ == "OptimizedModule" and isinstance(
+                getattr(model, "_orig_mod", None), nn.Module):
+            model, prefix = model._orig_mod, prefix + "_orig_mod."
+        else:
+            break
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(f"Expected a Python nn.Module, but got a TorchScript module "
+                        f"({type(model).__name__}, from torch.jit.script or torch.jit.trace): its "
+                        "layers cannot be hooked or traced, so its representations cannot be read. "
+                        "Pass the nn.Module it was scripted or traced from.")
+    return model, prefix
+
+
+def model_dtype(model: nn.Module) -> Optional[torch.dtype]:
+    """The one floating dtype of ``model``'s parameters and buffers; ``None`` where there are
+    several, or none."""
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
 def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
     """Run ``model(x)`` once in eval mode with hooks everywhere; restore every mode after."""
     calls: Dict[str, _Call] = {}
@@ -291,9 +326,14 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
                 except (RuntimeError, AssertionError) as e:  # usually an input the model cannot take
                     # (ViTs assert their one size)
                     fixed = _fixed_input_size(model)
-                    why = (f"this model takes only {fixed[0]}x{fixed[1]} images."
-                           if fixed is not None and fixed != tuple(x.shape[-2:]) else
-                           "is the image too small for it, or of another channel count?")
+                    dtype = model_dtype(model)
+                    if x.is_floating_point() and dtype is not None and x.dtype != dtype:
+                        why = (f"its weights are {dtype} and the input {x.dtype}: cast the input "
+                               f"(x.to({dtype})).")
+                    elif fixed is not None and fixed != tuple(x.shape[-2:]):
+                        why = f"this model takes only {fixed[0]}x{fixed[1]} images."
+                    else:
+                        why = "is the image too small for it, or of another channel count?"
                     raise ValueError(
                         f"{type(model).__name__} failed on an example input of shape "
                         f"{tuple(x.shape)}; {why} The model said: {e}") from e
@@ -1047,6 +1087,7 @@ class Representations(nn.Module):
                             f"but got {points!r}.")
         if len({p.name for p in points}) != len(points):
             raise ValueError(f"Expected distinct point names, but got {[p.name for p in points]}.")
+        model = unwrapped(model)[0]  # as split named the points
         chosen = method
         if method is None:
             method = "fx" if all(p.node for p in points) else "hooks"
@@ -1183,7 +1224,10 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
     gradients) finds the points with the rule of the module docstring.
 
     Args:
-        model: an image classifier (torchvision, timm, or your own ``nn.Module``).
+        model: an image classifier (torchvision, timm, or your own ``nn.Module``). Of a
+            wrapper (``nn.DataParallel``, ``DistributedDataParallel``, ``torch.compile``) the
+            module it wraps is split, and the points have the plain model's names (names with
+            the wrapper's prefix, ``module.layer1``, are taken too); TorchScript is refused.
         example_input: ``[N, C, H, W]``, a batch of the size you will measure at.
         points: names of your own (module names or fx node names) for the points before
             pooling; ``"pool"`` / ``"final"`` in the list place those two, otherwise both are
@@ -1210,6 +1254,7 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be an nn.Module, but got {type(model).__name__}.")
+    model, prefix = unwrapped(model)
     if not isinstance(example_input, Tensor) or example_input.dim() != 4:
         got = (tuple(example_input.shape) if isinstance(example_input, Tensor)
                else type(example_input).__name__)
@@ -1218,6 +1263,8 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
         raise ValueError(f"Expected `method` to be one of {METHODS}, but got {method!r}.")
     if points is not None and (isinstance(points, str) or not all(isinstance(p, str) for p in points)):
         raise TypeError(f"Expected `points` to be a list of names (str), but got {points!r}.")
+    if points is not None and prefix:  # names read off the wrapper: "module.layer1"
+        points = [p[len(prefix):] if p.startswith(prefix) else p for p in points]
 
     graph: Optional[_Graph] = None
     if method in ("fx", "auto"):

@@ -756,3 +756,60 @@ def test_a_model_without_a_classifier_has_no_accuracy_rather_than_one_of_its_fea
         rep = ef.measure(model, str(tmp_path), transforms=[ef.Rotation(2)])
     assert rep.accuracy is None
     assert not any("512 classes" in str(w.message) for w in caught)
+
+
+def test_an_autocast_left_on_around_the_call_is_not_applied():
+    # it ran the model in bfloat16 while the report said amp=None (scores ~1e-3 off float32)
+    model = circular_net()
+    x = torch.rand(4, 3, 12, 12)
+    ts = [ef.Rotation(1), ef.Translation(1, 1)]
+    plain = ef.measure(model, x, transforms=ts, batch_size=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        around = ef.measure(model, x, transforms=ts, batch_size=8)
+        asked = ef.measure(model, x, transforms=ts, batch_size=8, amp="bfloat16")
+        assert torch.is_autocast_enabled("cpu")  # the caller's is left on
+    assert around.meta["amp"] is None
+    assert (plain.points.channel - around.points.channel).abs().max() < 1e-6
+    assert (plain.points.layer - around.points.layer).abs().max() < 1e-6
+    bf16 = ef.measure(model, x, transforms=ts, batch_size=8, amp="bfloat16")
+    assert (asked.points.channel - bf16.points.channel).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_float32_images_are_given_to_a_model_of_another_precision_at_its_own(dtype):
+    # float32 images into a float64/bfloat16/float16 model failed in the split, asking
+    # whether the image was too small
+    model = circular_net().to(dtype)
+    x = torch.rand(4, 3, 12, 12)
+    ts = [ef.Rotation(1), ef.Translation(1, 1)]
+    got = ef.measure(model, x, transforms=ts, batch_size=8)
+    want = ef.measure(model, x.to(dtype), transforms=ts, batch_size=8)
+    pd.testing.assert_frame_equal(got.points, want.points)
+    assert all(p.dtype == dtype for p in model.parameters())
+
+
+def test_wrapped_models_are_measured_as_the_module_they_wrap():
+    # DataParallel's and torch.compile's points were named "module.1", "_orig_mod.1" (reports
+    # of one model that did not line up) and the model "DataParallel"/"OptimizedModule"
+    model = circular_net()
+    x = torch.rand(4, 3, 12, 12)
+    ts = [ef.Rotation(1)]
+    plain = ef.measure(model, x, transforms=ts, batch_size=8)
+    compiled = torch.compile(model, backend="eager")
+    for wrapped in (nn.DataParallel(model), compiled, nn.DataParallel(compiled)):
+        rep = ef.measure(wrapped, x, transforms=ts, batch_size=8)
+        pd.testing.assert_frame_equal(rep.points, plain.points)
+        assert rep.meta["model"] == "Sequential"
+    named = ef.measure(nn.DataParallel(model), x, transforms=ts, points=["module.1", "2"])
+    assert list(named.points.point.unique()) == ["1", "2", "pool", "final"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
+def test_torchscript_is_refused_naming_what_to_pass():
+    # scripted: "register_forward_pre_hook is not supported on ScriptModules"; traced: "Could
+    # not find the stem or any block"
+    model = circular_net()
+    x = torch.rand(2, 3, 12, 12)
+    for scripted in (torch.jit.script(model), torch.jit.trace(model, x)):
+        with pytest.raises(TypeError, match="TorchScript module .* Pass the nn.Module it was"):
+            ef.measure(scripted, x, transforms=[ef.Rotation(1)])

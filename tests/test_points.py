@@ -876,3 +876,33 @@ def test_points_that_later_ops_overwrite_in_place_are_their_own_values(method):
         assert bn1.min() < 0  # before the ReLU
         if method == "hooks":  # only what is overwritten is copied, on every later batch
             assert reps._copy == {("bn1", "output")}
+
+
+def test_a_wrapped_model_splits_as_the_module_it_wraps():
+    # DataParallel's points were "module.layer1.0", ...: the report of one model under two names
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.rand(2, 3, 32, 32)
+    plain = split(model, x)
+    for wrapped in (nn.DataParallel(model), torch.compile(model, backend="eager")):
+        assert split(wrapped, x) == plain
+        assert representations(wrapped, plain)(x)["layer2.0"].equal(representations(model, plain)(x)["layer2.0"])
+    named = split(nn.DataParallel(model), x, points=["module.layer1", "layer3"])
+    assert [p.name for p in named] == ["layer1", "layer3", "pool", "final"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
+def test_torchscript_and_a_dtype_mismatch_are_said_so():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 2)).eval()
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(TypeError, match="TorchScript module .* Pass the nn.Module"):
+        split(torch.jit.script(model), x)
+    with pytest.raises(TypeError, match="TorchScript module"):
+        representations(torch.jit.trace(model, x), split(model, x))
+    # it asked whether the image was too small
+    with pytest.raises(ValueError, match=r"its weights are torch.float64 and the input "
+                                         r"torch.float32: cast the input \(x.to\(torch.float64\)\)"):
+        split(model.double(), x)
