@@ -75,11 +75,22 @@ def _add_measure(sub) -> None:
                         "report.meta.json, figure.png, shifts.png with several shifts, "
                         "metric_bias{,_correlation}.csv with two metrics. An earlier output there is "
                         "replaced as a whole; a folder of other files is refused")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none when stderr is not a terminal)")
     p.set_defaults(func=_run_measure)
 
 
+def _interactive(stream) -> bool:
+    """Whether ``stream`` is a terminal: a progress bar redrawn with carriage returns is
+    garbage in a log file or a pipe."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
 def _run_measure(args) -> int:
+    from .devices import resolve_device
     from .measurement import metric_list
     from .models import check_model_name
     from .transforms import check_distinct, parse_transforms
@@ -88,6 +99,8 @@ def _run_measure(args) -> int:
     transforms = parse_transforms(args.transforms)
     check_distinct(transforms)
     metrics = metric_list([m.strip() for m in args.metric.split(",") if m.strip()], "--metric")
+    if args.batch_size < 1:
+        raise ValueError(f"Expected --batch-size >= 1, but got {args.batch_size}.")
     if args.loader_workers is not None and args.loader_workers < 0:
         raise ValueError(f"Expected --loader-workers >= 0, but got {args.loader_workers}.")
     if args.n_images is not None and args.n_images < 1:
@@ -95,6 +108,7 @@ def _run_measure(args) -> int:
     if args.num_classes is not None and args.num_classes < 0:
         raise ValueError(f"Expected --num-classes >= 0, but got {args.num_classes}.")
     check_model_name(args.model)
+    resolve_device(args.device)  # an unknown device, or a GPU this machine lacks
     weights = None if args.weights == "none" else args.weights
     for flag, value in (("--data", args.data), ("--out", args.out)):
         if value is not None and not value.strip():  # Path("") is the working folder
@@ -135,7 +149,8 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
     report = measure(args.model, args.data, transforms=transforms, metric=metrics,
                      num_workers=workers,
                      batch_size=args.batch_size, n_images=n_images, vector_mode=args.vector_mode,
-                     device=args.device, amp=args.amp, seed=args.seed, progress=not args.no_progress,
+                     device=args.device, amp=args.amp, seed=args.seed,
+                     progress=not args.no_progress and _interactive(sys.stderr),
                      weights=weights, tensor_cores=args.tensor_cores, num_classes=args.num_classes)
     bias = report.metric_bias() if len(metrics) > 1 else None
     # every file before anything is printed: a closed pipe (`| head`) stops at the first print
@@ -286,12 +301,25 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     (file or sys.stderr).write(text)
 
 
+def _tolerant_output() -> None:
+    """stdout and stderr write what their encoding lacks as escapes: under an ASCII or Latin-1
+    locale a path or model name with ``é`` or ``ρ`` printed after the work is done was an
+    error (UnicodeEncodeError, exit 2) of a run that had succeeded."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # closed, or a stream that cannot change
+                pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``equifast`` command."""
+    _tolerant_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        parser.print_help(sys.stderr)  # a usage error: nothing for a `> file` to keep
         return 2
     try:
         with warnings.catch_warnings():  # restores Python's own display afterwards

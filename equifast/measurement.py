@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import os
 import time
 import warnings
@@ -116,7 +117,9 @@ def metric_list(metric: Union[str, Sequence[str]], name: str = "`metric`") -> Li
     metrics = [metric] if isinstance(metric, str) else list(metric)
     for m in metrics:
         if m not in METRICS:
-            raise ValueError(f"Expected {name} to be one of {METRICS}, but got {m!r}.")
+            close = difflib.get_close_matches(str(m), METRICS, n=1, cutoff=0.6)
+            raise ValueError(f"Expected {name} to be one of {METRICS}, but got {m!r}"
+                             + (f"; did you mean {close[0]!r}?" if close else "."))
     if not metrics or len(set(metrics)) != len(metrics):
         raise ValueError(f"Expected {name} to be one or more distinct metrics, but got {metrics}.")
     return metrics

@@ -8,6 +8,7 @@ grid of positions, so values and indices always move the same way.
 from __future__ import annotations
 
 import abc
+import difflib
 from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
 
@@ -296,6 +297,9 @@ def check_distinct(transforms: Sequence[Transform]) -> None:
                          f"{'is' if len(repeats) == 1 else 'are'} given more than once.")
 
 
+_KINDS = ("translation", "rotation", "flip", "identity")  # what parse_transforms takes
+
+
 def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
     """Parse command-line transform specs into transforms.
 
@@ -347,7 +351,9 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
                     raise ValueError("identity takes no options")
                 out.append(Identity())
             else:
-                raise ValueError(f"unknown kind {kind!r}")
+                close = difflib.get_close_matches(kind, _KINDS, n=1, cutoff=0.6)
+                raise ValueError(f"unknown kind {kind!r}"
+                                 + (f"; did you mean {close[0]!r}?" if close else ""))
         except ValueError as err:
             raise ValueError(
                 f"Expected a transform spec like 'translation:1-32', 'rotation', 'rotation:90', "

@@ -302,3 +302,99 @@ def test_num_classes_measures_a_model_timm_builds_without_a_classifier(tmp_path,
     assert rep.meta["num_classes"] == 0 and rep.points.query("part == 'final'").shape[0] == 1
     final = rep.points.set_index("point").loc["final"]
     assert final["shape"] == "192"  # the pooled features, not logits
+
+
+# ---- the command line in shells, scripts and pipelines ---------------------------------------
+
+_TINY = ["measure", "--model", "resnet18", "--weights", "none", "--n-images", "2",
+         "--transforms", "rotation:90"]
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    # `equifast measure 2> log` filled the log with the bar's carriage-return redraws
+    assert main(_TINY + ["--out", str(tmp_path / "m")]) == 0
+    captured = capsys.readouterr()
+    assert "measuring" not in captured.err and "\r" not in captured.err
+    assert "wrote " in captured.out
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["--batch-size", "0"], "equifast: error: Expected --batch-size >= 1, but got 0.\n"),
+    (["--device", "tpu"], "equifast: error: Expected a device like 'cpu', 'cuda' or 'cuda:1', "
+                          "but got 'tpu'.\n"),
+])
+def test_batch_size_and_device_are_checked_before_anything_is_printed_or_made(argv, said, tmp_path,
+                                                                               capsys):
+    # they failed after the header line was printed and --out made, naming `batch_size`
+    assert main(_TINY + argv + ["--out", str(tmp_path / "m")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == said
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("argv,hint", [
+    (["--transforms", "rotaton:90"], "unknown kind 'rotaton'; did you mean 'rotation'?"),
+    (["--transforms", "translaton:1-4"], "did you mean 'translation'?"),
+    (["--metric", "corelation"], "but got 'corelation'; did you mean 'correlation'?"),
+])
+def test_typos_get_a_suggestion(argv, hint, capsys):
+    assert main(["measure"] + argv) == 2
+    err = capsys.readouterr().err
+    assert hint in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_no_command_prints_the_usage_on_stderr(capsys):
+    # `equifast > out.txt` with no command put the help text into the file as a result
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "usage: equifast" in captured.err
+
+
+def test_an_ascii_terminal_does_not_fail_a_finished_measurement(tmp_path, monkeypatch, capsys):
+    # under LANG=C without UTF-8 (PYTHONIOENCODING=ascii, a Latin-1 locale, ...) printing the
+    # non-ASCII --out after the work was done raised UnicodeEncodeError: "error", exit 2
+    import io
+    import sys
+
+    raw = io.BytesIO()
+    ascii_out = io.TextIOWrapper(raw, encoding="ascii", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    out = tmp_path / "résumé-ρ"
+    assert main(_TINY + ["--out", str(out)]) == 0
+    assert (out / "report.json").is_file()
+    assert "r\\xe9sum\\xe9-\\u03c1/report.json" in raw.getvalue().decode("ascii")
+
+
+def test_train_keeps_a_relative_data_root_absolute(tmp_path, monkeypatch, capsys):
+    # the run's recipe.json kept --data-root as given: `equifast measure --model RUN` from
+    # another folder looked for the test set in a folder of that name there
+    import json
+
+    from equifast.training.data import FASHION_MNIST_ROOT
+
+    if not os.path.isdir(FASHION_MNIST_ROOT):
+        pytest.skip("no Fashion-MNIST")
+    (tmp_path / "fm").symlink_to(FASHION_MNIST_ROOT)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "cnn7-fmnist6", "--data-root", "fm", "--epochs", "1", "--subset", "32",
+                 "--test-subset", "32", "--device", "cpu", "--out", "run", "--quiet"]) == 0
+    recipe = json.loads((tmp_path / "run" / "recipe.json").read_text())
+    assert recipe["data_root"] == str(tmp_path / "fm")
+    capsys.readouterr()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["measure", "--model", "../run", "--n-images", "2", "--transforms", "rotation:90",
+                 "--out", "m", "--no-progress"]) == 0, capsys.readouterr().err
+
+
+def test_study_checks_the_device_before_claiming_its_folder(tmp_path, capsys):
+    # an unknown device failed in the first run's training: a progress line was printed and
+    # the folder claimed (study.json) first
+    out = tmp_path / "study"
+    assert main(["study", "objective-fashion", "--device", "tpu", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "Expected a device like" in captured.err and "objective-fashion 1/" not in captured.err
+    assert not out.exists()
+    assert main(["study", "objective-fashion", "--epochs", "0", "--out", str(out)]) == 2
+    assert "Expected `epochs` to be >= 1" in capsys.readouterr().err
+    assert not out.exists()

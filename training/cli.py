@@ -49,7 +49,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args) -> dict:
-    return dict(data_root=args.data_root, download=args.download, epochs=args.epochs,
+    # absolute: the run's recipe.json keeps it, and `equifast measure --model RUN` reads the
+    # test set there from wherever it is run
+    root = os.path.abspath(os.path.expanduser(args.data_root)) if args.data_root else args.data_root
+    return dict(data_root=root, download=args.download, epochs=args.epochs,
                 milestones=args.milestones, batch_size=args.batch_size, lr=args.lr, train_subset=args.subset,
                 test_subset=args.test_subset, device=args.device)
 

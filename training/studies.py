@@ -285,11 +285,17 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     study = get_study(name)
     _check_seeds_and_images(seeds, n_images)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    runs = study.runs(seeds)
+    # every run's recipe and the devices, before the folder is claimed or anything trains
+    recipes = [get_recipe(recipe_name, **{**overrides, "seed": seed}) for _, recipe_name, seed in runs]
+    from equifast.devices import resolve_device
+    if not (workers > 1 or use_gpu):  # Ray workers take --gpu, not a device
+        resolve_device(overrides.get("device"))
+    if measure:
+        resolve_device(device)
     _claim_folder(out, study.name)
     say = echo or (lambda _line: None)
-    runs = study.runs(seeds)
-    for i, (label, recipe_name, seed) in enumerate(runs, 1):
-        recipe = get_recipe(recipe_name, **{**overrides, "seed": seed})
+    for i, ((label, recipe_name, seed), recipe) in enumerate(zip(runs, recipes), 1):
         run = _run_dir(out, label, seed)
         say(f"[{study.name} {i}/{len(runs)}] {label}, seed {seed} -> {run}")
         if workers > 1 or use_gpu:
