@@ -926,3 +926,33 @@ def test_translation_study_keeps_each_shift(tmp_path, monkeypatch):
     assert row.n_seeds == 2 and row.channel_mean == pytest.approx(seeds.mean())
     assert row.channel_std == pytest.approx(seeds.std())
     assert (out / "shifts.png").stat().st_size > 0 and (out / "figure.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("n,world,batch", [(13, 2, 3), (12, 2, 3), (257, 2, 64), (10, 4, 2)])
+def test_ray_workers_see_every_image_once_and_step_on_the_global_batch_mean(n, world, batch):
+    # DistributedSampler pads its permutation with copies of its first images: with N not a
+    # multiple of the workers they were trained on twice an epoch and counted twice in the
+    # metrics, and DDP's mean of the ranks' batch means was not the global batch's mean
+    from torch.utils.data.distributed import DistributedSampler
+    from equifast.training.trainer import _Shares
+
+    torch.manual_seed(0)
+    data, target = torch.randn(n, 3, dtype=torch.float64), torch.randn(n, dtype=torch.float64)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    seen, steps = [], {}
+    for rank in range(world):
+        sampler = DistributedSampler(range(n), world, rank, shuffle=True, seed=5)
+        sampler.set_epoch(3)
+        idx, shares = list(sampler), _Shares(n, rank, world, batch)
+        for step in range(0, -(-len(idx) // batch)):
+            i = torch.tensor(idx[step * batch:(step + 1) * batch])
+            weight = shares.weights(step, len(i))
+            seen += i[weight > 0].tolist()
+            loss = (((data[i] @ w - target[i]) ** 2) * weight).sum()
+            grad, = torch.autograd.grad(loss, w)
+            steps.setdefault(step, []).append((i[weight > 0], grad))
+    assert sorted(seen) == list(range(n))  # each image once
+    for step, parts in steps.items():  # DDP averages the ranks' gradients
+        i = torch.cat([p[0] for p in parts])
+        mean, = torch.autograd.grad(((data[i] @ w - target[i]) ** 2).mean(), w)
+        torch.testing.assert_close(sum(p[1] for p in parts) / world, mean)

@@ -6,8 +6,15 @@ Every worker runs the same loop as :func:`equifast.training.train` under
 - the model is wrapped in ``DistributedDataParallel`` (plain per-worker batch norm);
 - a ``DistributedSampler`` (seeded with the recipe seed, ``set_epoch`` each epoch) gives
   each worker its share; the per-worker batch is ``batch_size // num_workers``, so the
-  global batch stays the recipe's;
+  global batch stays the recipe's, and so does the learning rate. The sampler pads the
+  permutation to a multiple of the workers with copies of its first images: the copies weigh
+  0 in the loss and the metrics, and each step's images are weighed so that DDP's mean of
+  the workers' gradients is the mean over the global batch's images (as in one process), so
+  every image counts once an epoch;
 - test metrics are summed over workers' disjoint shares, so they cover the test set once;
+  they are computed with rank 0's batch-norm statistics (those saved), on the plain model;
+- one worker trains as :func:`~equifast.training.train` does, bitwise so when that process
+  uses one thread (``torch.set_num_threads(1)``: Ray gives a 1-CPU worker one thread);
 - rank 0 writes ``checkpoint.pt``, ``metrics.csv``, ``tb/``, ``model.pt`` and
   ``result.json`` in ``out_dir``, in the same format as a single-process run (the
   checkpoint holds every worker's RNG states, so a run resumes with the same number of
@@ -43,8 +50,12 @@ def _worker_loop(config: Dict) -> None:
     if device is None:
         device = torch.device("cpu")
 
+    fail = config.get("fail_after_epoch")  # tests: a worker dying after an epoch
+
     def report(epoch: int, row: Dict) -> None:
         ray.train.report({k: v for k, v in row.items()})
+        if epoch == fail and ray.train.get_context().get_world_rank() == config.get("fail_rank", 0):
+            raise RuntimeError(f"injected failure after epoch {epoch}")
 
     _fit(recipe, config["out_dir"], callback=report, device=device)
 
@@ -52,7 +63,7 @@ def _worker_loop(config: Dict) -> None:
 def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool = False,
               resume: bool = True, overwrite: bool = False,
               resources_per_worker: Optional[Dict[str, float]] = None,
-              storage_path: Optional[str] = None) -> TrainResult:
+              storage_path: Optional[str] = None, _fail: Optional[Dict] = None) -> TrainResult:
     """Train ``recipe`` on ``num_workers`` Ray Train workers; files as in :func:`train`.
 
     Uses the Ray this process is connected to, else the cluster ``RAY_ADDRESS`` names (as
@@ -69,6 +80,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         overwrite: delete a previous run in ``out_dir`` first.
         resources_per_worker: e.g. ``{"CPU": 1}`` (Ray's default when ``None``).
         storage_path: Ray Train's own run storage (default: ``out_dir/ray``).
+        _fail: tests only: ``{"fail_after_epoch": e, "fail_rank": r}`` makes worker ``r``
+            raise after epoch ``e``'s checkpoint.
 
     Returns:
         The :class:`~equifast.training.trainer.TrainResult` read back from ``out_dir``.
@@ -131,7 +144,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         ray.init(address="local", num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]))
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"recipe": recipe.to_dict(), "out_dir": out_dir, "use_gpu": use_gpu},
+        train_loop_config={"recipe": recipe.to_dict(), "out_dir": out_dir, "use_gpu": use_gpu,
+                           **(_fail or {})},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=scaling,
         run_config=RunConfig(name=f"equifast-{recipe.name}",

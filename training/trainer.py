@@ -160,25 +160,66 @@ def _optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
 
 
 # ------------------------------------------------------------------------ loss/metrics
-def _loss_and_counts(out: torch.Tensor, target: torch.Tensor, num_classes: int):
-    """Loss (batch mean) and ``(class correct, turn correct)`` counts of a batch."""
+def _loss_and_counts(out: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     reduction: str = "mean"):
+    """Loss (batch mean, or per image with ``reduction="none"``) and ``(class correct, turn
+    correct)`` counts (per image with ``"none"``) of a batch."""
     if target.dim() == 2 and target.dtype == torch.int64:  # Rot-Eq: (class, turn)
         cls, rot = out[:, :num_classes], out[:, num_classes:]
-        loss = F.cross_entropy(cls, target[:, 0]) + F.cross_entropy(rot, target[:, 1])
-        return loss, (cls.argmax(1) == target[:, 0]).sum(), (rot.argmax(1) == target[:, 1]).sum()
-    loss = F.cross_entropy(out, target)  # class indices or (CutMix) probabilities
-    label = target.argmax(1) if target.dim() == 2 else target
-    return loss, (out.argmax(1) == label).sum(), torch.zeros((), dtype=torch.int64)
+        loss = (F.cross_entropy(cls, target[:, 0], reduction=reduction)
+                + F.cross_entropy(rot, target[:, 1], reduction=reduction))
+        correct, rot_correct = cls.argmax(1) == target[:, 0], rot.argmax(1) == target[:, 1]
+    else:
+        loss = F.cross_entropy(out, target, reduction=reduction)  # classes or (CutMix) probabilities
+        label = target.argmax(1) if target.dim() == 2 else target
+        correct = out.argmax(1) == label
+        rot_correct = torch.zeros_like(correct) if reduction == "none" else torch.zeros((), dtype=torch.int64)
+    return (loss, correct, rot_correct) if reduction == "none" else (loss, correct.sum(), rot_correct.sum())
 
 
-def _run_epoch(model, loader, device, num_classes, optimizer=None) -> torch.Tensor:
-    """One pass; returns float64 sums ``[loss * n, n, correct, rot_correct]``."""
+class _Shares:
+    """Which images of a rank's batches are real in a ``DistributedSampler`` epoch, and how
+    to weigh them so that DDP's mean of the ranks' gradients is the global batch's mean.
+
+    ``DistributedSampler`` pads the permutation to a multiple of the workers with copies of
+    its first images and gives rank ``r`` positions ``r, r + W, ...``; so step ``t`` of all
+    ranks together is the padded permutation's ``t``-th chunk of ``W * batch`` positions, and
+    a position ``>= N`` is a copy. Copies get weight 0 (in the loss and the metrics), so every
+    image counts once an epoch; the real images of a step are weighed ``W / m`` (``m``: the
+    step's real images over all ranks), the single-process batch mean after DDP's averaging.
+    """
+
+    def __init__(self, n: int, rank: int, world: int, batch: int):
+        self.n, self.rank, self.world, self.batch = n, rank, world, batch
+
+    def weights(self, step: int, size: int) -> torch.Tensor:
+        j = torch.arange(step * self.batch, step * self.batch + size, dtype=torch.int64)
+        real = (self.rank + self.world * j < self.n).double()
+        m = min(self.world * self.batch, self.n - step * self.world * self.batch)
+        return real * (self.world / m)
+
+
+def _run_epoch(model, loader, device, num_classes, optimizer=None,
+               shares: Optional[_Shares] = None) -> torch.Tensor:
+    """One pass; returns float64 sums ``[loss * n, n, correct, rot_correct]``; with
+    ``shares`` (a Ray worker's training pass) images are weighed as :class:`_Shares` says."""
     train = optimizer is not None
     model.train(train)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # no host sync per batch
     with torch.set_grad_enabled(train):
-        for x, y in loader:
+        for step, (x, y) in enumerate(loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if shares is not None:
+                w = shares.weights(step, x.shape[0]).to(device)
+                loss, correct, rot_correct = _loss_and_counts(model(x), y, num_classes, "none")
+                real = (w > 0).double()
+                optimizer.zero_grad(set_to_none=True)
+                (loss * w.to(loss.dtype)).sum().backward()
+                optimizer.step()
+                sums += torch.stack([(loss.detach().double() * real).sum(), real.sum(),
+                                     (correct.double() * real).sum(),
+                                     (rot_correct.double() * real).sum()])
+                continue
             loss, correct, rot_correct = _loss_and_counts(model(x), y, num_classes)
             if train:
                 optimizer.zero_grad(set_to_none=True)
@@ -374,6 +415,12 @@ class _Dist:
         if self.on:
             self.dist.barrier()
 
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Give every rank rank 0's buffers (batch norm's running statistics: those saved)."""
+        if self.on and self.world > 1:
+            for b in model.buffers():
+                self.dist.broadcast(b, 0)
+
 
 def _tensorboard(out: Path, purge_step: int):
     try:
@@ -417,13 +464,14 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
     random.seed(seed)
     generator = torch.Generator().manual_seed(seed)
 
-    sampler = None
+    sampler, shares = None, None
     batch = recipe.batch_size
     if dist.world > 1:
         from torch.utils.data.distributed import DistributedSampler
         sampler = DistributedSampler(train_set, dist.world, dist.rank, shuffle=True,
                                      seed=recipe.seed)
         batch = max(1, recipe.batch_size // dist.world)
+        shares = _Shares(len(train_set), dist.rank, dist.world, batch)
     loader_kw = dict(num_workers=recipe.num_workers, pin_memory=device.type == "cuda")
     train_loader = DataLoader(train_set, batch_size=batch, shuffle=sampler is None,
                               sampler=sampler, generator=generator,
@@ -460,9 +508,12 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
             sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         tr = _summarise(dist.sum(_run_epoch(net, train_loader, device, info["num_classes"],
-                                            optimizer)), rot)
+                                            optimizer, shares)), rot)
         scheduler.step()
-        te = _summarise(dist.sum(_run_epoch(net, test_loader, device, info["num_classes"])), rot)
+        # the plain model, with rank 0's statistics: DDP's forward broadcasts buffers, which a
+        # rank without test images (fewer than the workers) never joined, and all waited
+        dist.broadcast_buffers(model)
+        te = _summarise(dist.sum(_run_epoch(model, test_loader, device, info["num_classes"])), rot)
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
                "test_loss": te["loss"], "test_acc": te["acc"], "lr": lr,
                "seconds": round(time.perf_counter() - t0, 3)}
