@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
-from equifast.cli import HelpFormatter
+from equifast.cli import HelpFormatter, _closed_pipe, _tolerant_output
 
 __all__ = ["add_sweep_parser", "main"]
 
@@ -36,6 +36,8 @@ def _run(args) -> int:
     from .spec import load_spec
     from .sweep import run_sweep
 
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ValueError(f"Expected --num-cpus >= 1, but got {args.num_cpus}.")
     spec = load_spec(args.spec)
     out = _out(args, spec)
     jobs = spec.jobs()
@@ -54,7 +56,8 @@ def _run(args) -> int:
                   f"(shards {job.shards}, cpus {job.num_cpus:g}, gpus {job.num_gpus:g})")
         return 0
     result = run_sweep(spec, out=out, address=args.address, retry_failed=not args.no_retry_failed,
-                       num_cpus=args.num_cpus, progress=not args.quiet)
+                       num_cpus=args.num_cpus, progress=not args.quiet,
+                       echo=lambda line: print(line, file=sys.stderr, flush=True))  # stdout: results
     if result.failures:
         print(f"{len(result.failures)} job(s) failed; their errors are in {out}/records and "
               f"{out}/jobs.csv. Rerun the same command to retry them.", file=sys.stderr)
@@ -172,7 +175,7 @@ def add_sweep_parser(subparsers, run_prog: Optional[str] = None) -> argparse.Arg
                              "auto: measured when the data had labels, else known")
     report.add_argument("--min-models", type=int, default=3, help="fewer models with an accuracy give NaN")
     report.set_defaults(func=_report)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1], _sweep_parser=p)
+    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1], _sweep_parser=p)
     return p
 
 
@@ -181,6 +184,7 @@ def main(argv: Optional[List[str]] = None, run_prog: Optional[str] = None) -> in
 
     Returns the exit status: 0 success, 1 some jobs failed, 2 a usage or spec error.
     """
+    _tolerant_output()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sweep"]:
         argv = argv[1:]
@@ -189,6 +193,8 @@ def main(argv: Optional[List[str]] = None, run_prog: Optional[str] = None) -> in
     args = parser.parse_args(["sweep"] + argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # stdout's reader left (`| head`): what was written is kept
+        return _closed_pipe()
     except (ValueError, OSError, RuntimeError) as err:  # OSError: --out a file, unwritable, ...
         print(f"equifast sweep: error: {err}", file=sys.stderr)
         return 2

@@ -301,6 +301,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     (file or sys.stderr).write(text)
 
 
+def _closed_pipe() -> int:
+    """After a ``BrokenPipeError`` (stdout's reader left, as ``| head`` does): no second error
+    when Python flushes what stdout still buffers at exit. Returns the exit status, 141."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is no file descriptor (a test's)
+        pass
+    return 141  # 128 + SIGPIPE, as the shell reports a process a closed pipe ended
+
+
 def _tolerant_output() -> None:
     """stdout and stderr write what their encoding lacks as escapes: under an ASCII or Latin-1
     locale a path or model name with ``é`` or ``ρ`` printed after the work is done was an
@@ -326,9 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)
     except BrokenPipeError:  # stdout's reader left (`| head`): what was written is kept
-        # no second error when Python flushes what stdout still buffers at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, as the shell reports a process a closed pipe ended
+        return _closed_pipe()
     except (ValueError, OSError) as err:  # bad input, missing files, weights not downloadable
         print(f"equifast: error: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ Two 3-layer CNNs with hand-made filters, where the right answer is known exactly
 """
 from __future__ import annotations
 
+import sys
 from typing import Dict, List
 
 import torch
@@ -133,16 +134,23 @@ def main(argv=None) -> int:
                                         "(Fig. 5a) on hand-made networks; takes no options.").parse_args(argv)
     torch.manual_seed(0)
     x = torch.rand(8, 3, 32, 32)
-    print("Method check (thesis 4.1.2): mean scores over rotations 90/180/270\n")
-    for title, net, expect in (("isotropic Gaussian filters", gaussian_cnn(), "channel = 1"),
-                               ("rotated copies (cut corners)", rotated_copies_cnn(), "layer = 1, channel < 1")):
-        print(f"{title} (expected: {expect})")
-        for r in layer_scores(net, x, rotations()):
-            print(f"  layer {r['layer']}: channel {r['channel']:.6f}  layer {r['layer_score']:.6f}"
-                  f"  undefined {r['undefined_fraction']:.0%}")
-    mc = metric_check()
-    print(f"\nMetric check (Fig. 5a): maps + 0.5 vs maps: correlation {mc['correlation']:.6f}, "
-          f"cosine {mc['cosine']:.6f}")
+    try:
+        print("Method check (thesis 4.1.2): mean scores over rotations 90/180/270\n")
+        for title, net, expect in (("isotropic Gaussian filters", gaussian_cnn(), "channel = 1"),
+                                   ("rotated copies (cut corners)", rotated_copies_cnn(),
+                                    "layer = 1, channel < 1")):
+            print(f"{title} (expected: {expect})")
+            for r in layer_scores(net, x, rotations()):
+                print(f"  layer {r['layer']}: channel {r['channel']:.6f}  layer {r['layer_score']:.6f}"
+                      f"  undefined {r['undefined_fraction']:.0%}")
+        mc = metric_check()
+        print(f"\nMetric check (Fig. 5a): maps + 0.5 vs maps: correlation {mc['correlation']:.6f}, "
+              f"cosine {mc['cosine']:.6f}")
+        sys.stdout.flush()  # a closed pipe fails here, not in Python's flush at exit
+    except BrokenPipeError:  # `| head`: what was read is kept
+        from .cli import _closed_pipe
+
+        return _closed_pipe()
     return 0
 
 

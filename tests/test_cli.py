@@ -398,3 +398,18 @@ def test_study_checks_the_device_before_claiming_its_folder(tmp_path, capsys):
     assert main(["study", "objective-fashion", "--epochs", "0", "--out", str(out)]) == 2
     assert "Expected `epochs` to be >= 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_method_check_into_a_closed_pipe_ends_quietly():
+    # `python -m equifast.method_check | head -2` ended in a BrokenPipeError traceback, status 1
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has left before anything is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "equifast.method_check"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == ""

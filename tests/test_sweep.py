@@ -1308,7 +1308,7 @@ def test_driver_killed_mid_sweep_loses_and_duplicates_nothing(folder, tmp_path):
     jobs = store.tables()["jobs"]
     assert len(jobs) == 6 and jobs["job_id"].is_unique and (jobs["status"] == "ok").all()
     assert before <= store.finished()
-    assert f"{len(before)} already finished, {6 - len(before)} to run" in result.stdout
+    assert f"{len(before)} already finished, {6 - len(before)} to run" in result.stderr
 
 
 def test_the_readme_spec_validates(tmp_path):
@@ -1339,3 +1339,64 @@ def test_a_sweep_says_each_warning_once(folder, tmp_path):
                                                "one folder per class, nor ImageNet-1k synsets for "
                                                "1000 classes).")
     assert all(rec["warnings"] for rec in ResultStore(tmp_path / "out").records())
+
+
+def test_sweep_run_prints_progress_on_stderr_and_checks_num_cpus(folder, tmp_path, monkeypatch,
+                                                                  capsys):
+    # its progress lines went to stdout (`sweep run ... > log` or `| tee`: results and progress
+    # mixed); --num-cpus -2 reached Ray ("Resource quantities must be nonnegative") after it started
+    import types
+
+    import yaml
+
+    from equifast.distributed import sweep as sweep_mod
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec(folder)))
+    for bad in ("0", "-2"):
+        assert sweep_main(["run", str(spec_file), "--out", str(tmp_path / "out"), "--num-cpus", bad]) == 2
+        assert capsys.readouterr().err == f"equifast sweep: error: Expected --num-cpus >= 1, but got {bad}.\n"
+    assert not (tmp_path / "out").exists()
+
+    def fake_run_sweep(spec, out, echo=print, progress=True, **kwargs):
+        if progress:
+            echo("[test] finished 6/6, running 0, failed 0, pending 0")
+        return types.SimpleNamespace(failures=[], complete=True)
+
+    monkeypatch.setattr(sweep_mod, "run_sweep", fake_run_sweep)
+    assert sweep_main(["run", str(spec_file), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "finished 6/6" in captured.err
+    assert sweep_main(["run", str(spec_file), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_sweep_without_a_command_prints_its_usage_on_stderr(capsys):
+    assert sweep_main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "usage: equifast sweep" in captured.err
+
+
+def test_sweep_main_into_a_closed_pipe_ends_quietly(tmp_path, monkeypatch, capsys):
+    # `python -m equifast.distributed.cli status ... | head -1` (the Ray job entry point's
+    # main) ended in a BrokenPipeError traceback; `equifast sweep` returned 141
+    import sys
+
+    store = ResultStore(tmp_path / "sweep")
+    store.write_spec({"name": "s"}, ["aaaa"], {"aaaa": "m"})
+    spare = open(tmp_path / "stdout", "w")
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return spare.fileno()
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert sweep_main(["status", "--out", str(store.root)]) == 141
+    assert capsys.readouterr().err == ""
+    spare.close()
