@@ -268,26 +268,11 @@ def test_an_error_after_the_commit_says_the_new_set_is_kept(tmp_path, monkeypatc
     assert Report.load(out / "report.json").meta["transforms"] == ["rotation(90)"]
 
 
-def test_a_closed_pipe_ends_quietly(tmp_path, monkeypatch, capsys):
+def test_a_closed_pipe_ends_quietly(close_stdout, capsys):
     # `equifast models vit | head -1` printed "error: [Errno 32] Broken pipe" and exited 2
-    import sys
-
-    spare = open(tmp_path / "stdout", "w")  # the descriptor main points at /dev/null
-
-    class ClosedPipe:  # stdout once its reader (`head -1`) has left
-        def write(self, text):
-            raise BrokenPipeError(32, "Broken pipe")
-
-        def flush(self):
-            pass
-
-        def fileno(self):
-            return spare.fileno()
-
-    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    close_stdout()
     assert main(["models", "vit"]) == 141
     assert capsys.readouterr().err == ""
-    spare.close()
 
 
 def test_num_classes_measures_a_model_timm_builds_without_a_classifier(tmp_path, capsys):

@@ -1377,26 +1377,11 @@ def test_sweep_without_a_command_prints_its_usage_on_stderr(capsys):
     assert captured.out == "" and "usage: equifast sweep" in captured.err
 
 
-def test_sweep_main_into_a_closed_pipe_ends_quietly(tmp_path, monkeypatch, capsys):
+def test_sweep_main_into_a_closed_pipe_ends_quietly(tmp_path, close_stdout, capsys):
     # `python -m equifast.distributed.cli status ... | head -1` (the Ray job entry point's
     # main) ended in a BrokenPipeError traceback; `equifast sweep` returned 141
-    import sys
-
     store = ResultStore(tmp_path / "sweep")
     store.write_spec({"name": "s"}, ["aaaa"], {"aaaa": "m"})
-    spare = open(tmp_path / "stdout", "w")
-
-    class ClosedPipe:
-        def write(self, text):
-            raise BrokenPipeError(32, "Broken pipe")
-
-        def flush(self):
-            pass
-
-        def fileno(self):
-            return spare.fileno()
-
-    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    close_stdout()
     assert sweep_main(["status", "--out", str(store.root)]) == 141
     assert capsys.readouterr().err == ""
-    spare.close()

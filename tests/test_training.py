@@ -448,7 +448,7 @@ class _Crash(RuntimeError):
 
 
 @needs_fmnist
-def test_resume_after_crash_equals_uninterrupted(tmp_path):
+def test_resume_after_crash_equals_uninterrupted(tmp_path, same_run):
     recipe = get_recipe("cnn7-fmnist6-rot-eq", **QUICK)
     straight = train(recipe, str(tmp_path / "straight"))
 
@@ -464,15 +464,7 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path):
     resumed = train(recipe, str(tmp_path / "crashed"))
     assert resumed.resumed_from == 1 and resumed.epochs == 2
 
-    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "crashed" / "model.pt", weights_only=True)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    drop = ["seconds"]
-    pd.testing.assert_frame_equal(
-        pd.read_csv(tmp_path / "straight" / "metrics.csv").drop(columns=drop),
-        pd.read_csv(tmp_path / "crashed" / "metrics.csv").drop(columns=drop))
+    same_run(tmp_path / "straight", tmp_path / "crashed")
     # Rot-Eq reports class and rotation accuracy
     assert straight.test_rot_acc is not None and 0 <= straight.test_rot_acc <= 1
     assert resumed.test_rot_acc == straight.test_rot_acc

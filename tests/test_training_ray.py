@@ -161,7 +161,7 @@ def test_too_many_workers_for_a_running_cluster_is_a_warning(local_ray):
 
 
 @pytest.mark.slow  # about 70 s: three Ray runs
-def test_an_interrupted_ray_run_resumes_to_the_uninterrupted_one(tmp_path, local_ray):
+def test_an_interrupted_ray_run_resumes_to_the_uninterrupted_one(tmp_path, local_ray, same_run):
     # a worker dies after epoch 1 (here rank 1: rank 0 waits in the next epoch's all-reduce
     # until Ray stops the group); one test image for two workers: rank 1 scores none, and
     # DDP's forward, which broadcasts rank 0's buffers, left both ranks waiting for ever
@@ -174,14 +174,7 @@ def test_an_interrupted_ray_run_resumes_to_the_uninterrupted_one(tmp_path, local
     assert not (tmp_path / "crashed" / "result.json").exists()
     resumed = train_ray(recipe, str(tmp_path / "crashed"), num_workers=2)
     assert resumed.resumed_from == 1 and resumed.epochs == 2
-    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "crashed" / "model.pt", weights_only=True)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    drop = ["seconds"]
-    pd.testing.assert_frame_equal(
-        pd.read_csv(tmp_path / "straight" / "metrics.csv").drop(columns=drop),
-        pd.read_csv(tmp_path / "crashed" / "metrics.csv").drop(columns=drop))
+    same_run(tmp_path / "straight", tmp_path / "crashed")
     for row in straight.metrics:  # 257 images counted once each, the one test image once
         for k in ("train_acc", "train_rot_acc"):
             assert abs(row[k] * 257 - round(row[k] * 257)) < 1e-6, (k, row)

@@ -1,0 +1,54 @@
+"""Fixtures shared by several test modules."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def close_stdout(tmp_path, capsys):  # torn down before capsys, which gives its stream back
+    """A call that makes ``sys.stdout`` what it is once its reader (``| head -1``) has left:
+    every write raises ``BrokenPipeError``; its descriptor is a spare file (the CLI points it
+    at /dev/null). Called in the test itself: pytest sets capsys' stream when the test starts,
+    after the fixtures; the stream is given back after the test."""
+    spare = open(tmp_path / "closed-stdout", "w")
+    before = []
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return spare.fileno()
+
+    def close():
+        before.append(sys.stdout)
+        sys.stdout = ClosedPipe()
+
+    yield close
+    if before:
+        sys.stdout = before[0]
+    spare.close()
+
+
+@pytest.fixture
+def same_run():
+    """A check that two training run folders hold the same final weights, bit for bit, and
+    the same ``metrics.csv`` but for its timings."""
+    import pandas as pd
+    import torch
+
+    def check(a: Path, b: Path) -> None:
+        wa = torch.load(Path(a) / "model.pt", weights_only=True)
+        wb = torch.load(Path(b) / "model.pt", weights_only=True)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), k
+        pd.testing.assert_frame_equal(pd.read_csv(Path(a) / "metrics.csv").drop(columns="seconds"),
+                                      pd.read_csv(Path(b) / "metrics.csv").drop(columns="seconds"))
+
+    return check
