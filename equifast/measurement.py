@@ -407,8 +407,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                                          and all(isinstance(t, str) for t in transforms)):
         transforms = parse_transforms(transforms)  # "rotation" was read letter by letter
     metric_list(metric)  # before the model and the data load
-    if isinstance(model, nn.Module):
-        unwrapped(model)  # TorchScript is refused before the data load
+    # the module a wrapper runs (DataParallel, torch.compile) for what is read off the model;
+    # TorchScript is refused before the data load
+    inner = unwrapped(model)[0] if isinstance(model, nn.Module) else None
     data_mod.check_num_workers(num_workers)
     # A model being trained is put back as it was after: its modes (measuring runs it in eval
     # mode), its device and memory format; the caller's random stream is left alone.
@@ -426,13 +427,14 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             if num_classes is not None:
                 meta["num_classes"] = num_classes
             model, model_preprocess = load_model(model, weights=weights, num_classes=num_classes)
+            inner = model
             preprocess = preprocess or model_preprocess
             if run is not None and (images is None or isinstance(images, (str, os.PathLike))):
                 images, run_labels = _run_images(run, images, n_images or 2000, seed)
                 labels = run_labels if labels is None else labels
                 meta["images"] = "test set of the run's recipe"
         else:
-            meta["model"] = type(unwrapped(model)[0]).__name__  # not DataParallel's
+            meta["model"] = type(inner).__name__  # not DataParallel's
         if given_preprocess and (isinstance(images, (torch.Tensor, tuple, list, DataLoader))
                                  or _tensor_items(images)):
             warnings.warn("`preprocess` is not applied to a tensor, a DataLoader's batches or a "
@@ -441,7 +443,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         if preprocess is None and not isinstance(images, torch.Tensor):
             from .models import module_preprocess
 
-            preprocess = module_preprocess(unwrapped(model)[0])
+            preprocess = module_preprocess(inner)
         if isinstance(images, (str, os.PathLike)):
             meta["images"] = os.fspath(images)  # what was measured, read back from the report
             images = data_mod.ImageFiles(images)
@@ -462,12 +464,12 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                             eps=eps, backend=backend, split_method=split_method,
                             channels_last=channels_last, tensor_cores=tensor_cores)
         final = next((p for p in measurer.points if p.name == "final"), None)
-        if final is not None and getattr(unwrapped(model)[0], "num_classes", None) == 0:
+        if final is not None and getattr(inner, "num_classes", None) == 0:
             # timm built it headless: `final` is its pooled features, whose arg-max is no class
             measurer.count_accuracy = False
             if labels is not None or isinstance(images, (tuple, list)) or (
                     folder is not None and folder.labelled):
-                warnings.warn(f"No accuracy: {type(model).__name__} has no classifier "
+                warnings.warn(f"No accuracy: {type(inner).__name__} has no classifier "
                               "(num_classes=0), so its `final` is pooled features, not class "
                               "logits; build it with num_classes=N for a classifier.",
                               category=EquifastWarning, stacklevel=3)
