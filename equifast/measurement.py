@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import os
 import time
 import warnings
@@ -26,6 +25,7 @@ from .aggregate import ActivationState, ScoreState, VectorState
 from .devices import resolve_device
 from .functional import backend as backend_name
 from .functional import _index_map, equivariance_scores, finite_marker, raise_unless_finite
+from ._hints import did_you_mean
 from .reference import METRICS, TOLERANCE, check_options, is_vector
 from .report import Report
 from .points import Point, model_dtype, modes_kept, representations, split, unwrapped
@@ -117,9 +117,8 @@ def metric_list(metric: Union[str, Sequence[str]], name: str = "`metric`") -> Li
     metrics = [metric] if isinstance(metric, str) else list(metric)
     for m in metrics:
         if m not in METRICS:
-            close = difflib.get_close_matches(str(m), METRICS, n=1, cutoff=0.6)
             raise ValueError(f"Expected {name} to be one of {METRICS}, but got {m!r}"
-                             + (f"; did you mean {close[0]!r}?" if close else "."))
+                             f"{did_you_mean(m, METRICS) or '.'}")
     if not metrics or len(set(metrics)) != len(metrics):
         raise ValueError(f"Expected {name} to be one or more distinct metrics, but got {metrics}.")
     return metrics

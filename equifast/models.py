@@ -18,6 +18,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ._hints import did_you_mean
+
 __all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "checkpoint_path",
            "WeightsUnavailableError", "ModelArgumentError", "available_models", "is_known_model",
            "check_model_name", "check_model_args", "input_sizes", "close_model_names", "EMBEDDED",
@@ -375,10 +377,9 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         names = torchvision_weights_names(name)
         also = f" or a name of its torchvision weights ({', '.join(names)})" if names else ""
-        close = difflib.get_close_matches(path, [w for w in _SPECIAL_WEIGHTS if w] + names, n=1)
         raise FileNotFoundError(f"Expected `weights` to be a checkpoint file{also}, but {path!r} "
                                 f"does not exist{' and is no such name' if names else ''}"
-                                f"{f'; did you mean {close[0]!r}?' if close else '.'}")
+                                f"{did_you_mean(path, [w for w in _SPECIAL_WEIGHTS if w] + names) or '.'}")
     if path.endswith(".safetensors"):  # the hub's format (timm's model.safetensors)
         from safetensors import SafetensorError
         from safetensors.torch import load_file

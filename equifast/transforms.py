@@ -8,11 +8,12 @@ grid of positions, so values and indices always move the same way.
 from __future__ import annotations
 
 import abc
-import difflib
 from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
 
 import torch
+
+from ._hints import did_you_mean
 
 __all__ = [
     "Transform",
@@ -351,9 +352,7 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
                     raise ValueError("identity takes no options")
                 out.append(Identity())
             else:
-                close = difflib.get_close_matches(kind, _KINDS, n=1, cutoff=0.6)
-                raise ValueError(f"unknown kind {kind!r}"
-                                 + (f"; did you mean {close[0]!r}?" if close else ""))
+                raise ValueError(f"unknown kind {kind!r}{did_you_mean(kind, _KINDS)}")
         except ValueError as err:
             raise ValueError(
                 f"Expected a transform spec like 'translation:1-32', 'rotation', 'rotation:90', "
