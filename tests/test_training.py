@@ -11,6 +11,7 @@ import json
 import os
 import struct
 import types
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ from equifast.training.data import (FASHION_MNIST_ROOT, BatchCollate, CIFAR10Dat
                                     image_transform, load_fashion_mnist, read_idx)
 from equifast.training.studies import STUDIES, plot_study, run_study, summarize
 from equifast.training.trainer import load_model
+from equifast.warning import EquifastWarning
 
 needs_fmnist = pytest.mark.skipif(
     not os.path.isfile(os.path.join(FASHION_MNIST_ROOT, "train-images-idx3-ubyte.gz")),
@@ -595,7 +597,10 @@ def test_a_folder_that_is_not_a_run_is_never_written(tmp_path):
 
 def test_bad_recipe_values_are_refused_before_the_run_folder(tmp_path):
     for bad in ({"train_subset": 0}, {"test_subset": -3}, {"measure_images": 0}, {"lr": -1.0},
-                {"lr": float("nan")}, {"lr": float("inf")}):
+                {"lr": float("nan")}, {"lr": float("inf")}, {"gamma": -0.1}, {"gamma": 0.0},
+                {"momentum": 1.0}, {"momentum": -0.5}, {"weight_decay": -5e-4},
+                {"weight_decay": float("nan")}, {"seed": -1}, {"seed": 10**20},
+                {"data_seed": -1}, {"num_workers": -1}):
         with pytest.raises(ValueError, match=rf"Expected `{next(iter(bad))}`"):
             get_recipe("cnn7-fmnist6", **bad)
     # another type than declared: epochs="2" passed the checks, then failed in the first epoch
@@ -613,6 +618,34 @@ def test_bad_recipe_values_are_refused_before_the_run_folder(tmp_path):
     # only CNN7 has the turn head: ResNet-44 trained a 6-way head on turn targets, then failed
     with pytest.raises(ValueError, match="model 'cnn7' for the Rot-Eq data set"):
         get_recipe("resnet44-crop", dataset="fmnist6-rot-eq")
+
+
+def test_cli_errors_name_the_flags_typed(tmp_path, capsys):
+    from equifast.training.cli import main
+    for argv, said in ((["train", "cnn7-fmnist6", "--subset", "0"], "Expected --subset to be >= 1"),
+                       (["train", "cnn7-fmnist6", "--batch-size", "0"], "Expected --batch-size"),
+                       (["train", "cnn7-fmnist6", "--milestones", "3", "2"], "Expected --milestones"),
+                       (["train", "cnn7-fmnist6", "--seed", "99999999999999999999"],
+                        "Expected --seed to be an integer in 0..4294967295"),
+                       (["study", "objective-fashion", "--seeds", "0", "-1"], "Expected --seeds"),
+                       (["study", "objective-fashion", "--test-subset", "0"], "Expected --test-subset")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv + ["--out", str(tmp_path / "never")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and said in err and "`" not in err, err
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_subset_larger_than_the_data_says_all_are_used():
+    from equifast.training.data import DigitsDataset
+
+    images, labels = np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10  # 12 of the 6 kept classes
+    with pytest.warns(EquifastWarning, match="A subset of 50 images was asked of 12; all 12 are used"):
+        assert len(DigitsDataset(images, labels, subset=50)) == 12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(DigitsDataset(images, labels, subset=12)) == 12
+        assert len(DigitsDataset(images, labels, subset=5)) == 5
 
 
 def test_a_run_that_never_started_does_not_block_the_corrected_one(tmp_path):

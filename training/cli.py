@@ -15,6 +15,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -57,6 +58,26 @@ def _overrides(args) -> dict:
                 test_subset=args.test_subset, device=args.device)
 
 
+# The recipe fields that have a flag: a bad value's error names the flag that was typed.
+_FLAGS = {"train_subset": "--subset", "test_subset": "--test-subset", "batch_size": "--batch-size",
+          "epochs": "--epochs", "lr": "--lr", "milestones": "--milestones", "seed": "--seed",
+          "measure_images": "--n-images"}
+
+
+@contextlib.contextmanager
+def _errors_name_flags(**flags):
+    """Errors of recipe fields name their flags (``flags`` adds to or replaces :data:`_FLAGS`)."""
+    try:
+        yield
+    except ValueError as err:
+        message = str(err)
+        for field, flag in {**_FLAGS, **flags}.items():
+            message = message.replace(f"`{field}`", flag)
+        if message == str(err):
+            raise
+        raise ValueError(message) from err
+
+
 def _echo(args):
     """Progress lines to stderr (stdout keeps the result), or nowhere with --quiet."""
     return None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
@@ -73,7 +94,8 @@ def _run_train(args) -> int:
         print("\n".join(list_recipes()))
         return 0
     _check_workers(args)
-    recipe = get_recipe(args.recipe, seed=args.seed, **_overrides(args))
+    with _errors_name_flags():
+        recipe = get_recipe(args.recipe, seed=args.seed, **_overrides(args))
     out = args.out or os.path.join("runs", recipe.name, f"seed{recipe.seed}")
     echo = _echo(args)
     if args.workers > 1 or args.gpu:
@@ -101,10 +123,11 @@ def _run_study(args) -> int:
     study = get_study(args.study)
     _check_workers(args)
     out = args.out or os.path.join("runs", study.name)
-    summary = run_study(study.name, out, seeds=args.seeds, overrides=_overrides(args),
-                        workers=args.workers, use_gpu=args.gpu, measure=not args.no_measure,
-                        n_images=args.n_images, device=args.device, overwrite=args.overwrite,
-                        echo=_echo(args))
+    with _errors_name_flags(seed="--seeds"):
+        summary = run_study(study.name, out, seeds=args.seeds, overrides=_overrides(args),
+                            workers=args.workers, use_gpu=args.gpu, measure=not args.no_measure,
+                            n_images=args.n_images, device=args.device, overwrite=args.overwrite,
+                            echo=_echo(args))
     if summary is not None:
         print(summary.to_string(index=False))
         figures = [os.path.join(out, f) for f in ("figure.png", "shifts.png")]

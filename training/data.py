@@ -41,12 +41,15 @@ import functools
 import gzip
 import math
 import os
+import warnings
 import zlib
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
+
+from equifast.warning import EquifastWarning
 
 __all__ = [
     "DATASETS", "AUGMENTATIONS", "KEPT_CLASSES", "REMOVED_CLASSES", "FASHION_MNIST_ROOT",
@@ -158,10 +161,13 @@ def load_fashion_mnist(root: Optional[str] = None, train: bool = True, download:
 
 # ------------------------------------------------------------------------------ data sets
 def _subset_indices(n: int, subset: Optional[int], seed: int) -> np.ndarray:
-    if subset is None or subset >= n:
-        return np.arange(n)
-    if subset < 1:
+    if subset is not None and subset < 1:
         raise ValueError(f"Expected `subset` to be a positive number of images, but got {subset}.")
+    if subset is None or subset >= n:
+        if subset is not None and subset > n:  # a quick run that is not quick, or a typo
+            warnings.warn(f"A subset of {subset} images was asked of {n}; all {n} are used.",
+                          EquifastWarning, stacklevel=3)
+        return np.arange(n)
     return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:subset])
 
 

@@ -152,6 +152,22 @@ class Recipe:
                              f"{self.cutmix_alpha!r} and {self.cutmix_prob!r}.")
         if not (0 <= float(self.lr) < float("inf")):
             raise ValueError(f"Expected `lr` to be a finite number >= 0, but got {self.lr!r}.")
+        # a negative gamma or decay trained with a sign-flipped schedule or penalty, silently
+        for what, ok, wanted in (("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+                                 ("weight_decay", lambda v: 0 <= v < float("inf"), "a finite number >= 0"),
+                                 ("gamma", lambda v: 0 < v < float("inf"), "a finite number > 0")):
+            if not ok(float(getattr(self, what))):
+                raise ValueError(f"Expected `{what}` to be {wanted}, but got "
+                                 f"{getattr(self, what)!r}.")
+        for what in ("seed", "data_seed"):
+            # numpy's generators refuse negative seeds, torch's overflow past 64 bits: both
+            # deep in training
+            if not 0 <= getattr(self, what) < 2**32:
+                raise ValueError(f"Expected `{what}` to be an integer in 0..{2**32 - 1}, but got "
+                                 f"{getattr(self, what)!r}.")
+        if self.num_workers < 0:
+            raise ValueError(f"Expected `num_workers` >= 0 (0: load in this process), but got "
+                             f"{self.num_workers!r}.")
         if isinstance(self.milestones, (str, bytes)) or not all(
                 isinstance(m, numbers.Integral) and not isinstance(m, bool) for m in self.milestones):
             # a string's characters or floats were silently read as other epochs ("59": 5, 9)
