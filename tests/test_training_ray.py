@@ -146,6 +146,33 @@ def test_two_worker_run_writes_single_process_format(tmp_path, local_ray):
     assert train_ray(recipe, str(tmp_path), num_workers=2).test_acc == result.test_acc
 
 
+def test_a_workers_error_reaches_the_command_as_itself(tmp_path, local_ray):
+    # a full disk on a worker reached `equifast train --workers N` as Ray's multi-line
+    # TrainingFailedError (a traceback, not an error line); now as the OSError it is
+
+    recipe = get_recipe("cnn7-fmnist6", epochs=2, train_subset=32, test_subset=8, device="cpu")
+    with pytest.raises(OSError, match="^injected failure after epoch 1$") as raised:
+        train_ray(recipe, str(tmp_path / "run"), num_workers=1,
+                  _fail={"fail_after_epoch": 1, "fail_with": "OSError"})
+    assert "Training failed due to worker errors" in str(raised.value.__cause__)
+
+
+def test_the_workers_error_chosen_is_the_cause_not_its_consequences():
+    from equifast.training.ray_train import _worker_error
+
+    class Failed(Exception):  # Ray Train's WorkerGroupError carries each rank's error like this
+        def __init__(self, failures):
+            super().__init__("Training failed due to worker errors: ...")
+            self.worker_failures = failures
+
+    peer, disk = RuntimeError("Connection closed by peer"), OSError(28, "No space left on device")
+    assert _worker_error(Failed({1: disk, 0: peer})) is disk  # rank 0 lost its peer
+    same = [RuntimeError("CUDA out of memory"), RuntimeError("CUDA out of memory")]
+    assert _worker_error(Failed(dict(enumerate(same)))) is same[0]
+    assert _worker_error(Failed({0: peer, 1: RuntimeError("another")})) is None  # Ray's says more
+    assert _worker_error(RuntimeError("controller")) is None
+
+
 def test_too_many_workers_for_a_running_cluster_is_a_warning(local_ray):
     # a running cluster may autoscale (distributed/cluster.yaml starts with 0 workers), so what
     # it lacks now is said, not refused; the check reads the real cluster's resources
@@ -168,7 +195,7 @@ def test_an_interrupted_ray_run_resumes_to_the_uninterrupted_one(tmp_path, local
     recipe = get_recipe("cnn7-fmnist6-rot-eq", epochs=2, train_subset=257, test_subset=1,
                         device="cpu")
     straight = train_ray(recipe, str(tmp_path / "straight"), num_workers=2)
-    with pytest.raises(Exception, match="injected failure after epoch 1"):
+    with pytest.raises(RuntimeError, match="^injected failure after epoch 1$"):
         train_ray(recipe, str(tmp_path / "crashed"), num_workers=2,
                   _fail={"fail_after_epoch": 1, "fail_rank": 1})
     assert not (tmp_path / "crashed" / "result.json").exists()

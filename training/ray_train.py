@@ -55,7 +55,8 @@ def _worker_loop(config: Dict) -> None:
     def report(epoch: int, row: Dict) -> None:
         ray.train.report({k: v for k, v in row.items()})
         if epoch == fail and ray.train.get_context().get_world_rank() == config.get("fail_rank", 0):
-            raise RuntimeError(f"injected failure after epoch {epoch}")
+            error = OSError if config.get("fail_with") == "OSError" else RuntimeError
+            raise error(f"injected failure after epoch {epoch}")
 
     _fit(recipe, config["out_dir"], callback=report, device=device)
 
@@ -81,15 +82,20 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         resources_per_worker: e.g. ``{"CPU": 1}`` (Ray's default when ``None``).
         storage_path: Ray Train's own run storage (default: ``out_dir/ray``).
         _fail: tests only: ``{"fail_after_epoch": e, "fail_rank": r}`` makes worker ``r``
-            raise after epoch ``e``'s checkpoint.
+            raise a RuntimeError (an OSError with ``"fail_with": "OSError"``) after epoch
+            ``e``'s checkpoint.
 
     Returns:
         The :class:`~equifast.training.trainer.TrainResult` read back from ``out_dir``.
 
     Raises:
-        ValueError: ``recipe.device`` disagrees with ``use_gpu``; or the local cluster it would start has fewer CPUs or GPUs than the workers
-            need (checked before anything starts: Ray Train would wait for them for ever); for
-            a running cluster, which may autoscale, this is a warning.
+        ValueError: ``recipe.device`` disagrees with ``use_gpu``; or the local cluster it
+            would start has fewer CPUs or GPUs than the workers need (checked before anything
+            starts: Ray Train would wait for them for ever); for a running cluster, which may
+            autoscale, this is a warning.
+        Exception: a worker's own error (an ``OSError`` of a full disk, ...) when the workers
+            failed alike, its cause Ray Train's ``TrainingFailedError``, which is raised
+            itself otherwise.
 
     Example:
         >>> import ray
@@ -153,8 +159,28 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     )
     ckpt = Path(out_dir, CHECKPOINT)
     start = _load_checkpoint(ckpt)["epoch"] if ckpt.is_file() else 0
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as err:  # Ray Train's TrainingFailedError (its module moved across versions)
+        cause = _worker_error(err)
+        if cause is None:
+            raise
+        raise cause from err  # Ray's report of every worker, tracebacks and all, is its cause
     return _result_from_dir(Path(out_dir), resumed_from=start)
+
+
+def _worker_error(err) -> Optional[BaseException]:
+    """The error the workers raised, as a single-process run would have raised it (the
+    ``equifast`` command then prints a full disk or bad data in one line, as without Ray): the
+    one failure, or the same one on every failed worker, or the first bad input or OS error
+    (the others then are its consequences: a peer gone from an all-reduce); ``None`` when
+    Ray's own error says more (several different failures, or a controller error)."""
+    failures = [e for _, e in sorted(getattr(err, "worker_failures", {}).items())]
+    if not failures:
+        return None
+    if len({(type(e), str(e)) for e in failures}) == 1:
+        return failures[0]
+    return next((e for e in failures if isinstance(e, (ValueError, OSError))), None)
 
 
 def _local_resources() -> Dict[str, float]:
