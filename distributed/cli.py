@@ -142,7 +142,10 @@ def add_sweep_parser(subparsers, run_prog: Optional[str] = None) -> argparse.Arg
     run = sub.add_parser("run", prog=run_prog, help="run every unfinished job of a spec",
                          description="Validate a sweep spec, then run every job without a "
                                      "finished record on Ray; results go to --out, and a rerun "
-                                     "skips finished jobs.", formatter_class=HelpFormatter)
+                                     "skips finished jobs.", formatter_class=HelpFormatter,
+                         epilog="exit status: 0 every job finished; 1 some jobs failed (their "
+                                "errors are in `sweep status`; a rerun retries them); 2 a bad "
+                                "spec or option; 130 interrupted (finished jobs are kept).")
     run.add_argument("spec", help="sweep spec (YAML); see distributed/examples/")
     run.add_argument("--out", default=None, help="results folder (default: the spec's 'out', else runs/sweep)")
     run.add_argument("--address", default=None,

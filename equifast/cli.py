@@ -75,7 +75,7 @@ def _add_measure(sub) -> None:
                         "report.meta.json, figure.png, shifts.png with several shifts, "
                         "metric_bias{,_correlation}.csv with two metrics. An earlier output there is "
                         "replaced as a whole; a folder of other files is refused")
-    p.add_argument("--no-progress", action="store_true",
+    p.add_argument("--no-progress", "--quiet", action="store_true",  # --quiet: train's, sweep's
                    help="no progress bar (there is none when stderr is not a terminal)")
     p.set_defaults(func=_run_measure)
 

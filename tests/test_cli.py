@@ -303,6 +303,18 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
     assert "wrote " in captured.out
 
 
+def test_quiet_turns_progress_off_in_every_command(capsys):
+    # measure's flag was --no-progress only, train's, study's and sweep's --quiet only
+    parse = build_parser().parse_args
+    assert parse(["measure", "--quiet"]).no_progress and parse(["measure", "--no-progress"]).no_progress
+    assert not parse(["measure"]).no_progress
+    for argv in (["train", "cnn7-fmnist6"], ["study", "objective"], ["sweep", "run", "s.yaml"]):
+        assert parse(argv + ["--quiet"]).quiet and not parse(argv).quiet
+    with pytest.raises(SystemExit):  # and sweep run says what its exit status means
+        parse(["sweep", "run", "--help"])
+    assert "exit status: 0 every job finished; 1 some jobs failed" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv,said", [
     (["--batch-size", "0"], "equifast: error: Expected --batch-size >= 1, but got 0.\n"),
     (["--device", "tpu"], "equifast: error: Expected a device like 'cpu', 'cuda' or 'cuda:1', "
