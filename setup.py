@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 
 from setuptools import setup
 
@@ -72,12 +73,36 @@ def _check_compiler() -> None:
                          "GCC 12 or newer. Install g++-12 (or newer) and build with CXX=g++-12.")
 
 
+def _openmp() -> list:
+    """``["-fopenmp"]`` where the C++ compiler builds and links OpenMP code: torch's
+    ``at::parallel_for``, inlined into the operator, then runs on torch's threads. Apple's clang
+    (no -fopenmp) and a clang without libomp (no <omp.h>) failed the build with that error; the
+    operator is then built without it, single-threaded, and says so."""
+    cxx = os.environ.get("CXX", "c++")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp.cpp")
+        with open(src, "w") as fh:
+            fh.write("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            ok = subprocess.run([cxx, "-fopenmp", src, "-o", os.path.join(tmp, "omp")],
+                                capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return ["-fopenmp"]  # no usable compiler: the build says so itself
+    if ok:
+        return ["-fopenmp"]
+    print(f"equifast: the C++ compiler {cxx!r} does not build OpenMP code (-fopenmp, <omp.h>): "
+          "building the CPU operator without OpenMP, so it runs on one thread; install libomp "
+          "(libomp-dev, or `brew install libomp` with a compiler that takes -fopenmp) for all cores")
+    return []
+
+
 def _extension():
     # py_limited_api=True makes torch define Py_LIMITED_API itself (the module has no pybind).
     sources = ["csrc/equifast.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    openmp = _openmp()
     # -fno-trapping-math (as torch builds itself): lets gcc turn float compares and selects into
     # vector blends, e.g. the masked row max of the CPU epilogue; no code here reads FP exceptions.
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math"]
+    cxx = ["-O3", "-std=c++20", "-fno-trapping-math"] + openmp
     if _cuda_wanted():
         # Ampere, Hopper, and PTX that newer GPUs compile when loaded (older GPUs: a clear error
         # at the first call, see csrc/cuda)
@@ -88,7 +113,7 @@ def _extension():
             include_dirs=[os.path.abspath("csrc")],
             extra_compile_args={"cxx": cxx + ["-DEQUIFAST_WITH_CUDA"],
                                 "nvcc": ["-O3", "-std=c++20", "-DEQUIFAST_WITH_CUDA"]},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=openmp,
             py_limited_api=True,
         )
     return cpp_extension.CppExtension(
@@ -96,7 +121,7 @@ def _extension():
         sources,
         include_dirs=[os.path.abspath("csrc")],
         extra_compile_args={"cxx": cxx},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=openmp,
         py_limited_api=True,
     )
 

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _setup(**env):
     """Run ``setup.py --name`` (decides, builds nothing) with ``env``; (exit code, output)."""
-    full = {**os.environ, **env}
-    full.pop("EQUIFAST_NO_CUDA", None)
+    full = {k: v for k, v in os.environ.items() if k != "EQUIFAST_NO_CUDA"}
+    full.update(env)
     done = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=120)
     return done.returncode, done.stdout + done.stderr
@@ -32,6 +32,38 @@ def test_an_old_gcc_is_refused_with_the_fix(tmp_path):
                                    '-dumpversion) echo 11;; esac\n')
     code, out = _setup(CXX=str(gcc11))
     assert code != 0 and "is GCC 11; the CPU kernels need GCC 12 or newer" in out
+
+
+# A compiler that reports ``version`` and compiles a file to its -o by copying it, except
+# that with -fopenmp it fails as ``openmp_error`` says (or succeeds when that is empty).
+def _fake_compiler(tmp_path, version, openmp_error):
+    fail = f'echo "{openmp_error}" >&2; exit 1' if openmp_error else ":"
+    return _fake(tmp_path, "c++", f"""case "$1" in --version) echo "{version}"; exit 0;;
+-dumpversion) echo 14; exit 0;; esac
+out=""; prev=""
+for a in "$@"; do
+  [ "$a" = "-fopenmp" ] && {{ {fail}; }}
+  [ "$prev" = "-o" ] && out="$a"; prev="$a"
+done
+[ -n "$out" ] && : > "$out"
+exit 0
+""")
+
+
+@pytest.mark.parametrize("error", ["clang: error: unsupported option '-fopenmp'",
+                                   "fatal error: 'omp.h' file not found"])
+def test_a_compiler_without_openmp_builds_without_it_and_says_so(tmp_path, error):
+    # Apple's clang and a clang without libomp: -fopenmp was always passed, and the build
+    # failed with the compiler's own error
+    clang = _fake_compiler(tmp_path, "Apple clang version 15.0.0", error)
+    code, out = _setup(CXX=str(clang), EQUIFAST_NO_CUDA="1")
+    assert code == 0 and "without OpenMP, so it runs on one thread" in out
+
+
+def test_a_compiler_with_openmp_builds_with_it(tmp_path):
+    clang = _fake_compiler(tmp_path, "clang version 18.1.0", "")
+    code, out = _setup(CXX=str(clang), EQUIFAST_NO_CUDA="1")
+    assert code == 0 and "OpenMP" not in out
 
 
 @pytest.mark.skipif(torch.version.cuda is None, reason="a CPU build of torch never looks for a toolkit")
