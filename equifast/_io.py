@@ -35,7 +35,9 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)
-        with open(tmp, "rb") as fh:
+        # opened for writing (and not truncated): Windows flushes only a handle that may write
+        # (FlushFileBuffers), and os.fsync of a read-only one fails there with EBADF
+        with open(tmp, "r+b") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as err:  # "[Errno 28] No space left on device" alone does not say where

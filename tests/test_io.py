@@ -80,3 +80,29 @@ def test_a_sigint_handler_from_outside_python_is_left_alone(monkeypatch):
     with deferred_interrupt():
         ran.append(True)
     assert ran == [True] and installed == []
+
+
+def test_atomic_write_flushes_a_handle_open_for_writing(tmp_path, monkeypatch):
+    # Windows flushes a file to disk (FlushFileBuffers) only through a handle that may write:
+    # the file was reopened read-only for os.fsync, which failed there with EBADF, so every
+    # report, checkpoint and store record failed to save. fsync here refuses as Windows does.
+    import errno
+
+    import pytest
+
+    from equifast._io import write_text_atomic
+
+    fcntl = pytest.importorskip("fcntl")
+    real, synced = os.fsync, []
+
+    def fsync(fd):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        synced.append(os.fstat(fd).st_size)
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_text_atomic(tmp_path / "report.json", "whole")
+    assert (tmp_path / "report.json").read_text() == "whole"
+    assert synced == [len("whole")]  # flushed once, the whole file (not truncated by the open)
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
