@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import uuid
@@ -94,9 +95,11 @@ def remove_stale_temps(folder: Union[str, os.PathLike], names: Iterable[str]) ->
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine."""
+    """Whether process ``pid`` runs on this machine (when that cannot be told: ``True``)."""
     if pid == os.getpid():
         return True
+    if sys.platform == "win32":
+        return _pid_alive_windows(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -104,6 +107,32 @@ def pid_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, OSError):
         return True
     return True
+
+
+def _pid_alive_windows(pid: int) -> bool:
+    """:func:`pid_alive` on Windows, where ``os.kill(pid, 0)`` is no probe: 0 is CTRL_C_EVENT,
+    sent to the console process group ``pid``, and where that fails the process is terminated
+    (TerminateProcess). The process is opened for a query and its exit code read instead."""
+    import ctypes
+
+    if not 0 < pid <= 0xFFFFFFFF:  # no such process id
+        return False
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = ctypes.c_void_p
+    kernel32.OpenProcess.argtypes = (ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32)
+    kernel32.GetExitCodeProcess.argtypes = (ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32))
+    kernel32.CloseHandle.argtypes = (ctypes.c_void_p,)
+    process_query_limited_information, still_active, error_invalid_parameter = 0x1000, 259, 87
+    handle = kernel32.OpenProcess(process_query_limited_information, 0, pid)
+    if not handle:  # no such process (invalid parameter), or one we may not open: it runs
+        return ctypes.get_last_error() != error_invalid_parameter
+    try:
+        code = ctypes.c_uint32()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == still_active  # (a process that exited with 259 reads as running)
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 @contextlib.contextmanager

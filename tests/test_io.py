@@ -106,3 +106,65 @@ def test_atomic_write_flushes_a_handle_open_for_writing(tmp_path, monkeypatch):
     assert (tmp_path / "report.json").read_text() == "whole"
     assert synced == [len("whole")]  # flushed once, the whole file (not truncated by the open)
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_pid_alive_on_windows_asks_the_process_and_never_signals_it(monkeypatch):
+    # os.kill(pid, 0) on Windows sends CTRL_C_EVENT (0) to the console group `pid` or, where
+    # that fails, terminates the process: a stale temporary file's pid (of a process gone, or
+    # reused by another one) got that process killed or interrupted
+    import ctypes
+    import sys
+    from types import SimpleNamespace
+
+    from equifast import _io
+
+    running, exited, denied = 4242, 4343, 4444  # processes of this fake Windows
+    handles, opened, closed, error = {}, [], [], [0]
+
+    def open_process(access, inherit, pid):
+        if pid == denied or pid not in (running, exited):
+            error[0] = 5 if pid == denied else 87  # ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER
+            return None
+        handles[1000 + pid] = pid
+        opened.append(1000 + pid)
+        return 1000 + pid
+
+    def get_exit_code(handle, code):
+        code._obj.value = 259 if handles[handle] == running else 0  # STILL_ACTIVE
+        return 1
+
+    kernel32 = SimpleNamespace(OpenProcess=open_process, GetExitCodeProcess=get_exit_code,
+                               CloseHandle=lambda handle: closed.append(handle) or 1)
+
+    def kill(pid, sig):
+        raise AssertionError(f"os.kill({pid}, {sig}) on Windows")
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(os, "kill", kill)
+    monkeypatch.setattr(ctypes, "WinDLL", lambda name, use_last_error=False: kernel32, raising=False)
+    monkeypatch.setattr(ctypes, "get_last_error", lambda: error[0], raising=False)
+    assert [_io.pid_alive(p) for p in (running, exited, denied, 4545, 2 ** 40)] == [
+        True, False, True, False, False]
+    assert _io.pid_alive(os.getpid())
+    assert closed == opened == [1000 + running, 1000 + exited]  # every handle given back
+
+
+def test_without_fcntl_equifast_imports_and_commits_unlocked(tmp_path):
+    # Windows has neither fcntl nor a lock of a folder: the import and a commit must not need it
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['fcntl'] = None\n"
+        "import equifast\n"
+        "from pathlib import Path\n"
+        "from equifast._io import commit_staged, finish_commit, stage_folder\n"
+        f"out = Path({str(tmp_path)!r})\n"
+        "stage = stage_folder(out)\n"
+        "(stage / 'report.json').write_text('new')\n"
+        "commit_staged(stage, out, ['report.json'])\n"
+        "print(finish_commit(out), sorted(p.name for p in out.iterdir()))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "['report.json']"]
+    assert (tmp_path / "report.json").read_text() == "new"
