@@ -35,6 +35,7 @@ def _cuda_home():
 def _cuda_wanted() -> bool:
     """Whether to compile the CUDA kernels; says why not when it does not."""
     if os.environ.get("EQUIFAST_NO_CUDA", "0").lower() not in ("", "0", "false", "no"):
+        print("equifast: EQUIFAST_NO_CUDA is set: building the CPU operator only")
         return False
     if torch.version.cuda is None:
         print("equifast: torch is a CPU build: building the CPU operator only")

@@ -34,6 +34,12 @@ def test_an_old_gcc_is_refused_with_the_fix(tmp_path):
     assert code != 0 and "is GCC 11; the CPU kernels need GCC 12 or newer" in out
 
 
+def test_equifast_no_cuda_says_the_cuda_kernels_are_skipped():
+    # it skipped them silently: a build log did not tell a CPU-only operator from a full one
+    code, out = _setup(EQUIFAST_NO_CUDA="1")
+    assert code == 0 and "EQUIFAST_NO_CUDA is set: building the CPU operator only" in out
+
+
 # A compiler that reports ``version`` and compiles a file to its -o by copying it, except
 # that with -fopenmp it fails as ``openmp_error`` says (or succeeds when that is empty).
 def _fake_compiler(tmp_path, version, openmp_error):
