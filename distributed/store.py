@@ -27,7 +27,9 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Collection, Dict, Iterator, List, Optional
+
+import numpy as np
 
 import pandas as pd
 
@@ -83,6 +85,48 @@ def records_frame(rows: List[Dict[str, Any]]) -> pd.DataFrame:
     return df
 
 
+#: Rows of a combined table built into one DataFrame at a time (ResultStore.tables).
+_CHUNK_ROWS = 200_000
+
+
+class _Rows:
+    """The rows of many records' ``points`` (or ``parts``) lists, as one table.
+
+    A DataFrame per record (and a concat of thousands) cost 5-15 ms a record; one DataFrame of
+    every row dict would hold every parsed row at once. Rows are made into a DataFrame a chunk
+    of about :data:`_CHUNK_ROWS` at a time (dtypes as :func:`records_frame` gives them), and the
+    job columns are taken once per record and repeated over its rows.
+    """
+
+    def __init__(self):
+        self.counts: List[int] = []          # rows of each record added
+        self.chunks: List[pd.DataFrame] = []
+        self.pending: List[Dict[str, Any]] = []
+
+    def add(self, rows: List[Dict[str, Any]]) -> None:
+        self.counts.append(len(rows))
+        self.pending.extend(rows)
+        if len(self.pending) >= _CHUNK_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.chunks.append(records_frame(self.pending))
+            self.pending = []
+
+    def frame(self, per_record: pd.DataFrame) -> pd.DataFrame:
+        """The table: ``per_record``'s row ``i`` (the job columns of the ``i``-th record added)
+        in front of that record's rows."""
+        self._flush()
+        job = per_record.take(np.repeat(np.arange(len(self.counts)), self.counts))
+        job = job.reset_index(drop=True)
+        if not self.chunks:
+            return job
+        values = (self.chunks[0] if len(self.chunks) == 1
+                  else pd.concat(self.chunks, ignore_index=True))
+        return pd.concat([job, values], axis=1)
+
+
 class ResultStore:
     """A sweep's results folder (see the module docstring for the layout).
 
@@ -106,13 +150,7 @@ class ResultStore:
 
     def get(self, job_id: str) -> Optional[Dict[str, Any]]:
         """The record of ``job_id``, or ``None`` (also for an unreadable file, which reruns)."""
-        path = self.record_path(job_id)
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            return None
+        return _read(self.record_path(job_id))
 
     def records_of(self, jobs) -> Dict[str, Optional[Dict[str, Any]]]:
         """``{job id: its record or None}`` for ``jobs`` (anything with an ``id``)."""
@@ -126,14 +164,18 @@ class ResultStore:
             raise ValueError("Expected a record dict with an 'id' and status 'ok' or 'failed', "
                              f"but got {got!r}.")
         return write_text_atomic(self.record_path(record["id"]),
-                            json.dumps(_json_safe(record), indent=1, allow_nan=False))
+                                 json.dumps(_json_safe(record), indent=1, allow_nan=False))
 
-    def records(self, status: Optional[str] = None) -> Iterator[Dict[str, Any]]:
-        """Every readable record (``status``: only ``"ok"`` or only ``"failed"`` ones), by id."""
+    def records(self, status: Optional[str] = None,
+                ids: Optional[Collection[str]] = None) -> Iterator[Dict[str, Any]]:
+        """Every readable record (``status``: only ``"ok"`` or only ``"failed"`` ones), by id;
+        ``ids``: only those of these jobs (the others' files are not read)."""
         if not self.records_dir.is_dir():
             return
         for path in sorted(self.records_dir.glob("*.json")):
-            rec = self.get(path.stem)
+            if ids is not None and path.stem not in ids:
+                continue
+            rec = _read(path)
             if rec is not None and (status is None or rec.get("status") == status):
                 yield rec
 
@@ -142,7 +184,7 @@ class ResultStore:
         out = {}
         if self.records_dir.is_dir():
             for path in self.records_dir.glob("*.json"):
-                rec = self.get(path.stem)
+                rec = _read(path)
                 if rec is not None:
                     out[path.stem] = rec.get("status")
         return out
@@ -318,10 +360,13 @@ class ResultStore:
             entries = {m["label"]: m for m in saved["spec"].get("models", [])}
             job_models = saved.get("job_models", {})
             wanted = None if all_records else set(saved["jobs"])
-        points, parts, jobs = [], [], []
-        for rec in self.records():
-            if wanted is not None and rec["id"] not in wanted:
-                continue
+        # Built column-wise, not a DataFrame per record and one concat of them (5-15 ms a
+        # record): the job columns once per record (repeated over its rows), the rows of many
+        # records in one DataFrame per chunk of about _CHUNK_ROWS rows.
+        jobs: List[Dict[str, Any]] = []
+        ok_cols: List[Dict[str, Any]] = []  # the job columns of each "ok" record, in order
+        rows: Dict[str, _Rows] = {"points": _Rows(), "parts": _Rows()}
+        for rec in self.records(ids=wanted):
             job = rec.get("job", {})
             model, dataset = job.get("model", {}), job.get("dataset", {})
             # the latest spec's label and known accuracy; the record's own for jobs not in it
@@ -347,15 +392,19 @@ class ResultStore:
                          "finished_at": rec.get("finished_at"), "error": rec.get("error")})
             if rec.get("status") != "ok":
                 continue
-            for name, sink in (("points", points), ("parts", parts)):
-                df = records_frame(rec.get(name, []))
-                for k, v in reversed(list(cols.items())):
-                    df.insert(0, k, v)
-                sink.append(df)
+            ok_cols.append(cols)
+            for name, sink in rows.items():
+                sink.add(rec.get(name, []))
         empty = pd.DataFrame(columns=_JOB_COLUMNS)
-        return {"points": pd.concat(points, ignore_index=True) if points else empty,
-                "parts": pd.concat(parts, ignore_index=True) if parts else empty.copy(),
-                "jobs": pd.DataFrame(jobs) if jobs else pd.DataFrame(columns=_JOB_COLUMNS + ["status"])}
+        out = {}
+        if ok_cols:
+            per_record = pd.DataFrame(ok_cols)
+            for name, sink in rows.items():
+                out[name] = sink.frame(per_record)
+        else:
+            out = {"points": empty, "parts": empty.copy()}
+        out["jobs"] = pd.DataFrame(jobs) if jobs else pd.DataFrame(columns=_JOB_COLUMNS + ["status"])
+        return out
 
     def write_tables(self) -> List[Path]:
         """Write the combined tables of the saved spec's jobs as Parquet and CSV (atomically);
@@ -372,6 +421,16 @@ class ResultStore:
 
     def __repr__(self) -> str:
         return f"ResultStore({str(self.root)!r})"
+
+
+def _read(path: Path) -> Optional[Dict[str, Any]]:
+    """A record file's content, or ``None`` (missing or unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None
 
 
 def _for_parquet(df: pd.DataFrame) -> pd.DataFrame:

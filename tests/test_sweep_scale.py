@@ -1,0 +1,169 @@
+"""Sweeps at research scale: a store of many records, random images of many jobs, the driver.
+
+What is asserted is behaviour (the same tables, the same images, which files are read whole);
+how much faster it became is measured by hand, not here.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from equifast.distributed import ResultStore, load_spec, measure_job
+from equifast.distributed import store as store_mod
+from equifast.distributed.store import records_frame
+from equifast.distributed.sweep import job_record
+
+_JOB_COLUMNS = store_mod._JOB_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def measured():
+    """Two real records (translation, rotation) of a random-init model on random images,
+    with both metrics, as a sweep's driver writes them."""
+    spec = load_spec({"name": "scale", "datasets": [{"name": "noise", "kind": "random", "image_size": 32}],
+                      "models": [{"name": "resnet18", "weights": "none", "num_classes": 2}],
+                      "transforms": {"translation": "translation:1-3", "rotation": "rotation"},
+                      "metrics": ["correlation", "cosine"], "n_images": 2, "batch_size": 2})
+    return [job_record(job, [measure_job(job)]) for job in spec.jobs()]
+
+
+def _fill(root, measured, n_models=4, seeds=2, accuracy=lambda m: 0.5 + m / 10, failed=(),
+          no_points=(), in_spec=lambda jid: True, label_in_spec=lambda m: f"model{m}"):
+    """A store of ``n_models x families x seeds`` records written with write_record (the
+    ``failed`` k-th records failed, the ``no_points`` k-th ones without rows), and a spec of the
+    records ``in_spec`` says (its model entries relabelled by ``label_in_spec``)."""
+    store = ResultStore(root)
+    ids, entries, job_models, k = [], [], {}, 0
+    for m in range(n_models):
+        entries.append({"label": label_in_spec(m), "accuracy": accuracy(m)})
+        for base in measured:
+            for seed in range(seeds):
+                rec = copy.deepcopy(base)
+                rec["id"] = f"{k:016x}"
+                rec["job"]["model"].update(label=f"model{m}", accuracy=accuracy(m))
+                rec["job"]["seed"] = seed
+                for i, row in enumerate(rec["points"]):  # scores of their own, a few undefined
+                    row["channel"] = None if (i + k) % 11 == 0 else (i * 0.37 + k * 0.11) % 1
+                if k in failed:
+                    rec = {"id": rec["id"], "status": "failed", "job": rec["job"], "attempts": 2,
+                           "total_attempts": 3, "hosts": ["h"], "error": "RuntimeError: boom"}
+                elif k in no_points:
+                    rec["points"] = []
+                store.write_record(rec)
+                if in_spec(rec["id"]):
+                    ids.append(rec["id"])
+                    job_models[rec["id"]] = label_in_spec(m)
+                k += 1
+    store.write_spec({"models": entries}, ids, job_models)
+    return store
+
+
+def _cols(rec, entries, job_models):
+    """The job columns of a record, as ResultStore.tables documents them."""
+    job = rec.get("job", {})
+    model, dataset = job.get("model", {}), job.get("dataset", {})
+    latest = entries.get(job_models.get(rec["id"], model.get("label")))
+    if latest is not None:
+        model = {**model, "label": latest["label"], "accuracy": latest.get("accuracy")}
+    known, measured = model.get("accuracy"), rec.get("accuracy_measured")
+    return {"job_id": rec["id"], "model": model.get("label"), "arch": model.get("arch"),
+            "weights": "none" if model.get("weights") is None else model.get("weights"),
+            "dataset": dataset.get("label"), "transforms": job.get("family"), "seed": job.get("seed"),
+            "accuracy": measured if measured is not None else known,
+            "accuracy_measured": measured, "accuracy_known": known,
+            "accuracy_source": "measured" if measured is not None else (
+                "known" if known is not None else None)}
+
+
+def _records(store, all_records):
+    saved = store.read_spec()
+    entries = {m["label"]: m for m in saved["spec"].get("models", [])}
+    wanted = None if all_records else set(saved["jobs"])
+    recs = [json.loads(p.read_text()) for p in sorted(store.records_dir.glob("*.json"))]
+    return [r for r in recs if wanted is None or r["id"] in wanted], entries, saved.get("job_models", {})
+
+
+def _per_record_tables(store, all_records=False):
+    """The tables as they were built before: a DataFrame per record, its job columns inserted in
+    front, and one concat (5-15 ms a record)."""
+    recs, entries, job_models = _records(store, all_records)
+    points, parts = [], []
+    for rec in recs:
+        if rec.get("status") != "ok":
+            continue
+        cols = _cols(rec, entries, job_models)
+        for name, sink in (("points", points), ("parts", parts)):
+            df = records_frame(rec.get(name, []))
+            for k, v in reversed(list(cols.items())):
+                df.insert(0, k, v)
+            sink.append(df)
+    return {"points": pd.concat(points, ignore_index=True), "parts": pd.concat(parts, ignore_index=True)}
+
+
+def _one_frame_tables(store, all_records=False):
+    """The tables as one DataFrame of every row, each with its job's columns in front."""
+    recs, entries, job_models = _records(store, all_records)
+    ok = [r for r in recs if r.get("status") == "ok"]
+    return {name: records_frame([{**_cols(r, entries, job_models), **row} for r in ok
+                                 for row in r.get(name, [])]) for name in ("points", "parts")}
+
+
+@pytest.mark.parametrize("chunk", [store_mod._CHUNK_ROWS, 7])
+@pytest.mark.parametrize("all_records", [False, True])
+def test_tables_are_those_of_a_frame_per_record(measured, tmp_path, monkeypatch, chunk, all_records):
+    # realistic records (every column a job writes), failed jobs, an earlier spec's records and
+    # a relabelled model; chunks of 7 rows cut records apart
+    monkeypatch.setattr(store_mod, "_CHUNK_ROWS", chunk)
+    store = _fill(tmp_path, measured, failed={3, 9}, in_spec=lambda jid: int(jid, 16) % 5 != 4,
+                  label_in_spec=lambda m: "renamed" if m == 1 else f"model{m}")
+    got = store.tables(all_records=all_records)
+    want = _per_record_tables(store, all_records)
+    for name in ("points", "parts"):
+        pd.testing.assert_frame_equal(got[name], want[name], check_exact=True)
+        pd.testing.assert_frame_equal(got[name], _one_frame_tables(store, all_records)[name],
+                                      check_exact=True)
+    assert len(got["points"]) == sum(len(r["points"]) for r in _records(store, all_records)[0]
+                                     if r["status"] == "ok")
+    assert ("renamed" in set(got["parts"]["model"])) and got["points"]["channel"].isna().any()
+
+
+def test_tables_of_jobs_with_and_without_an_accuracy_hold_numbers(measured, tmp_path, monkeypatch):
+    # a frame per record made accuracy an object column when some models had none, and the
+    # Parquet file then held the accuracies as strings ("0.5")
+    monkeypatch.setattr(store_mod, "_CHUNK_ROWS", 11)
+    store = _fill(tmp_path, measured, n_models=3, seeds=1,
+                  accuracy=lambda m: None if m == 1 else 0.5 + m / 10, no_points={0})
+    got = store.tables()
+    want = _one_frame_tables(store)
+    for name in ("points", "parts"):
+        pd.testing.assert_frame_equal(got[name], want[name], check_exact=True)
+        for col in ("accuracy", "accuracy_known"):
+            assert got[name][col].dtype == np.float64, (name, col)
+    # the rows of a record without points are no reason to change another column's dtype
+    assert got["points"]["n_images"].dtype == np.int64
+    store.write_tables()
+    back = pd.read_parquet(tmp_path / "parts.parquet")
+    expect = [0.5 if m == 0 else (np.nan if m == 1 else 0.7) for m in (0, 0, 1, 1, 2, 2)]
+    np.testing.assert_array_equal(back.groupby("job_id", sort=True)["accuracy"].first().to_numpy(),
+                                  expect)
+
+
+def test_tables_of_no_finished_job(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write_record({"id": "aaaa", "status": "failed", "job": {}, "error": "boom"})
+    store.write_spec({"models": []}, ["aaaa"])
+    got = store.tables()
+    assert got["points"].empty and list(got["points"].columns) == _JOB_COLUMNS
+    assert list(got["jobs"]["status"]) == ["failed"]
+
+
+def test_tables_read_only_the_saved_specs_records(measured, tmp_path, monkeypatch):
+    store = _fill(tmp_path, measured, n_models=2, seeds=1, in_spec=lambda jid: int(jid, 16) < 2)
+    read = []
+    real = store_mod._read
+    monkeypatch.setattr(store_mod, "_read", lambda path: read.append(path.stem) or real(path))
+    assert sorted(store.tables()["jobs"]["job_id"]) == sorted(read) == [f"{k:016x}" for k in (0, 1)]
