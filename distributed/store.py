@@ -152,6 +152,13 @@ class ResultStore:
         """The record of ``job_id``, or ``None`` (also for an unreadable file, which reruns)."""
         return _read(self.record_path(job_id))
 
+    def status_of(self, job_id: str) -> Optional[str]:
+        """The status of ``job_id``'s record (``"ok"``, ``"failed"``), or ``None`` (no record, or
+        an unreadable one), without parsing the whole record where it can (see
+        :func:`_peek_status`): a finished job's record holds its whole tables."""
+        readable, status = _peek_status(self.record_path(job_id))
+        return status if readable else None
+
     def records_of(self, jobs) -> Dict[str, Optional[Dict[str, Any]]]:
         """``{job id: its record or None}`` for ``jobs`` (anything with an ``id``)."""
         return {j.id: self.get(j.id) for j in jobs}
@@ -163,6 +170,8 @@ class ResultStore:
                    else type(record).__name__)
             raise ValueError("Expected a record dict with an 'id' and status 'ok' or 'failed', "
                              f"but got {got!r}.")
+        # id and status first: status() and states() read them from the file's first lines
+        record = {"id": record["id"], "status": record["status"], **record}
         return write_text_atomic(self.record_path(record["id"]),
                                  json.dumps(_json_safe(record), indent=1, allow_nan=False))
 
@@ -175,6 +184,8 @@ class ResultStore:
         for path in sorted(self.records_dir.glob("*.json")):
             if ids is not None and path.stem not in ids:
                 continue
+            if status is not None and _peek_status(path)[1] != status:
+                continue  # not read whole: a finished job's record holds its whole tables
             rec = _read(path)
             if rec is not None and (status is None or rec.get("status") == status):
                 yield rec
@@ -184,9 +195,9 @@ class ResultStore:
         out = {}
         if self.records_dir.is_dir():
             for path in self.records_dir.glob("*.json"):
-                rec = _read(path)
-                if rec is not None:
-                    out[path.stem] = rec.get("status")
+                readable, status = _peek_status(path)
+                if readable:
+                    out[path.stem] = status
         return out
 
     def finished(self) -> set:
@@ -431,6 +442,35 @@ def _read(path: Path) -> Optional[Dict[str, Any]]:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         return None
+
+
+# The top-level "status" line of a record as write_record writes it (indent 1: a top-level key
+# is the only line that starts with one space and a quote, as a string's newlines are escaped)
+_STATUS_LINE = re.compile(rb'\n "status": "(ok|failed)",?\n')
+_HEAD = 4096
+
+
+def _peek_status(path: Path):
+    """``(readable, status)`` of a record file: from its first and last bytes when it is as
+    :meth:`ResultStore.write_record` writes it (``"status"`` a top-level line near the top, and
+    the closing brace of the top level last), else by parsing it whole (:func:`_read`; not
+    readable: ``(False, None)``). Reading every record whole made ``sweep status`` of a large
+    sweep read all of its tables."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD)
+            found = _STATUS_LINE.search(head)
+            if found is not None and head.startswith(b"{\n"):
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - 2))
+                if fh.read(2) == b"\n}":  # complete (a torn file would be parsed and refused)
+                    return True, found.group(1).decode()
+    except OSError:
+        return False, None
+    rec = _read(path)
+    if rec is None:
+        return False, None
+    return True, rec.get("status") if isinstance(rec, dict) else None
 
 
 def _for_parquet(df: pd.DataFrame) -> pd.DataFrame:

@@ -167,3 +167,56 @@ def test_tables_read_only_the_saved_specs_records(measured, tmp_path, monkeypatc
     real = store_mod._read
     monkeypatch.setattr(store_mod, "_read", lambda path: read.append(path.stem) or real(path))
     assert sorted(store.tables()["jobs"]["job_id"]) == sorted(read) == [f"{k:016x}" for k in (0, 1)]
+
+
+# ---- status without reading the tables -------------------------------------------------------
+
+def _status_files(store):
+    """Record files of every kind a status reader meets, and their status by parsing them."""
+    big = {"rows": [{"status": "ok", "x": i} for i in range(400)]}  # > 4 kB before "status"
+    store.write_record({"id": "a" * 16, "status": "ok", "job": {"status": "failed"}, "points": []})
+    store.write_record({"id": "b" * 16, "status": "failed", "job": {}, "error": 'x\n "status": "ok",\n'})
+    store.write_record({"job": {"model": {"status": "ok"}}, "status": "failed", "id": "c" * 16})
+    files = store.records_dir
+    (files / ("d" * 16 + ".json")).write_text(json.dumps({"id": "d" * 16, "status": "ok"}))  # compact
+    (files / ("e" * 16 + ".json")).write_text(json.dumps({"id": "e" * 16, **big, "status": "failed"},
+                                                         indent=1))
+    (files / ("f" * 16 + ".json")).write_text(json.dumps({"id": "f" * 16, "job": {"status": "ok"},
+                                                          "status": "failed"}, indent=1))
+    whole = json.dumps({"id": "0" * 16, "status": "ok", "points": [{"a": 1}] * 50}, indent=1)
+    # torn: at a nested object's end (only the top level's brace is "\n}"), and anywhere
+    (files / ("0" * 16 + ".json")).write_text(whole[:whole.rindex("\n  }") + 4])
+    (files / ("1" * 16 + ".json")).write_text(whole[:len(whole) // 2])
+    (files / "half.json").write_text('{"id": "half", "sta')
+    (files / ("2" * 16 + ".json")).write_text(json.dumps({"id": "2" * 16}, indent=1))  # no status
+    want = {}
+    for path in files.glob("*.json"):
+        try:
+            want[path.stem] = json.loads(path.read_text()).get("status")
+        except json.JSONDecodeError:
+            pass
+    return want
+
+
+def test_states_are_those_of_the_parsed_records(tmp_path):
+    store = ResultStore(tmp_path)
+    want = _status_files(store)
+    assert want["b" * 16] == "failed" and "0" * 16 not in want and "half" not in want
+    assert store.states() == want
+    assert {jid: store.status_of(jid) for jid in want} == want
+    assert store.status_of("9" * 16) is None and store.status_of("1" * 16) is None
+    assert sorted(r["id"] for r in store.records(status="failed")) == sorted(
+        k for k, v in want.items() if v == "failed")
+    assert store.counts(list(want) + ["3" * 16]) == {
+        "finished": sum(v == "ok" for v in want.values()), "running": 0,
+        "failed": sum(v == "failed" for v in want.values()), "pending": 2}
+
+
+def test_status_of_a_store_reads_no_finished_record_whole(measured, tmp_path, monkeypatch):
+    store = _fill(tmp_path, measured, n_models=2, seeds=1, failed={1})
+    read = []
+    real = store_mod._read
+    monkeypatch.setattr(store_mod, "_read", lambda path: read.append(path.stem) or real(path))
+    assert store.counts() == {"finished": 3, "running": 0, "failed": 1, "pending": 0}
+    assert [r["id"] for r in store.records(status="failed")] == [f"{1:016x}"]
+    assert read == [f"{1:016x}"]  # the failed record, to list it
