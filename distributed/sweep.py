@@ -502,13 +502,14 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     try:
         # before the store is touched: a wrong address, no cluster, or jobs it can never run
         # leave nothing behind
-        if not ray.is_initialized() and any(_to_run(store.get(j.id), retry_failed) for j in jobs):
+        if not ray.is_initialized() and any(_to_run(_status_record(store, j), retry_failed)
+                                            for j in jobs):
             _check_reachable(address)
             started_ray = _init_ray(address, num_cpus)
         if ray.is_initialized():
             _check_resources(jobs, ray.cluster_resources(),
                              can_grow=not (started_ray and _is_local(address)),
-                             runs=lambda j: _to_run(store.get(j.id), retry_failed))
+                             runs=lambda j: _to_run(_status_record(store, j), retry_failed))
         store.lock()
     except BaseException:
         if started_ray:
@@ -519,7 +520,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     try:
         store.write_spec(spec.to_dict(), [j.id for j in jobs],
                          {j.id: j.model.label for j in jobs})
-        before = store.records_of(jobs)  # again, under the lock
+        before = _previous_records(store, jobs)  # again, under the lock
         fingerprints: Dict[str, Optional[str]] = {}  # each relative folder's, listed once a run
         done, old_failed, todo = _todo(before, jobs, retry_failed, fingerprints)
         failed_now: Dict[str, str] = {}
@@ -630,6 +631,31 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
             if started_ray:
                 ray.shutdown()
             store.unlock()
+
+
+def _status_record(store: ResultStore, job: Job) -> Optional[dict]:
+    """``{"status": ...}`` of ``job``'s record (``None``: none), read from its first lines."""
+    status = store.status_of(job.id)
+    return None if status is None else {"status": status}
+
+
+def _previous_records(store: ResultStore, jobs: List[Job]) -> Dict[str, Optional[dict]]:
+    """What the driver keeps of each job's record (``None``: none): its ``status``,
+    ``total_attempts`` and ``job.dataset`` (for :func:`_moved`), not its tables: a finished
+    job's record holds them all (a sweep of thousands of ImageNet jobs held gigabytes). Only
+    the records that can matter are read whole: failed ones, and finished ones of a folder
+    given relative to the spec."""
+    out: Dict[str, Optional[dict]] = {}
+    for job in jobs:
+        status = store.status_of(job.id)
+        if status == "ok" and not job.relative_folder:
+            out[job.id] = {"status": status}  # skipped: its other fields are never used
+            continue
+        rec = store.get(job.id) if status is not None else None
+        out[job.id] = None if rec is None else {
+            "status": rec.get("status"), "total_attempts": rec.get("total_attempts"),
+            "job": {"dataset": (rec.get("job") or {}).get("dataset") or {}}}
+    return out
 
 
 def _to_run(record: Optional[dict], retry_failed: bool) -> bool:

@@ -220,3 +220,25 @@ def test_status_of_a_store_reads_no_finished_record_whole(measured, tmp_path, mo
     assert store.counts() == {"finished": 3, "running": 0, "failed": 1, "pending": 0}
     assert [r["id"] for r in store.records(status="failed")] == [f"{1:016x}"]
     assert read == [f"{1:016x}"]  # the failed record, to list it
+
+
+# ---- the driver ----------------------------------------------------------------------------------
+
+def test_the_driver_keeps_no_finished_records_tables(measured, tmp_path, monkeypatch):
+    from equifast.distributed import sweep
+
+    spec = load_spec({"name": "d", "datasets": [{"name": "noise", "kind": "random", "image_size": 32}],
+                      "models": [{"name": "resnet18", "weights": "none", "num_classes": 2}],
+                      "transforms": {"translation": "translation:1-3", "rotation": "rotation"},
+                      "metrics": ["correlation", "cosine"], "n_images": 2, "batch_size": 2})
+    jobs = spec.jobs()
+    store = ResultStore(tmp_path)
+    store.write_record(measured[0])  # the translation job: finished
+    store.write_record({"id": jobs[1].id, "status": "failed", "job": jobs[1].entry(), "error": "x",
+                        "total_attempts": 4})
+    before = sweep._previous_records(store, jobs)
+    assert before == {jobs[0].id: {"status": "ok"},
+                      jobs[1].id: {"status": "failed", "total_attempts": 4,
+                                   "job": {"dataset": jobs[1].entry()["dataset"]}}}
+    assert sweep._todo(before, jobs, True)[2] == [jobs[1]]
+    assert sweep._todo(before, jobs, False)[2] == []
