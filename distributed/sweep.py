@@ -117,6 +117,79 @@ class _TorchvisionImages(torch.utils.data.Dataset):
         return x, (y if self.classes else -1)
 
 
+class RandomImages(torch.utils.data.Dataset):
+    """Seeded Gaussian noise images (a spec's ``kind: random``), drawn when they are read:
+    item ``i`` is, bit for bit, ``torch.randn(n, 3, size, size, generator=g)[i]`` of a
+    generator ``g`` seeded with ``seed``, without making that tensor (2000 images at 224 pixels
+    are 1.2 GB at once).
+
+    PyTorch draws a float32 ``randn`` of 16 values or more on the CPU as one uniform draw per
+    value, made normal in blocks of 16 values (Box-Muller), the last 16 values, when the size is
+    no multiple of 16, from 16 further draws. So any 16-aligned run of the whole tensor is
+    ``randn`` of that run's length after its start's number of draws: item ``i`` takes the
+    aligned run around it, and the tail from the 16 draws after the whole tensor's. Reading the
+    items in order draws each value once; going back starts the generator again.
+    """
+
+    _SKIP = 1 << 22  # uniform draws discarded at a time when skipping ahead
+
+    def __init__(self, n: int, size: int, seed: int = 0):
+        if n < 0 or size < 1:
+            raise ValueError(f"Expected n >= 0 and size >= 1, but got n={n}, size={size}.")
+        self.n, self.size, self.seed = int(n), int(size), int(seed)
+        self._gen: Optional[torch.Generator] = None
+        self._drawn = 0  # uniform draws taken from _gen so far
+        self._last: Optional[torch.Tensor] = None  # the last 16 values drawn
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self):  # a generator is no picklable state: it restarts where it is needed
+        return {**self.__dict__, "_gen": None, "_drawn": 0, "_last": None}
+
+    def _draw(self, a: int, b: int) -> torch.Tensor:
+        """``randn(b - a)`` of the generator after ``a`` uniform draws (``b - a``: a multiple of
+        16); the 16 values drawn last are kept, as the next item may begin in their block."""
+        pieces = []
+        if self._gen is not None and a == self._drawn - 16 and self._last is not None:
+            pieces.append(self._last)  # the block this item shares with the previous one
+            a = self._drawn
+        elif self._gen is None or a < self._drawn:
+            self._gen, self._drawn, self._last = torch.Generator().manual_seed(self.seed), 0, None
+        while self._drawn < a:  # skip: a float32 uniform is one draw, as each of randn's values
+            k = min(a - self._drawn, self._SKIP)
+            torch.empty(k).uniform_(generator=self._gen)
+            self._drawn += k
+        if b > a:
+            values = torch.randn(b - a, generator=self._gen)
+            self._drawn, self._last = b, values[-16:].clone()
+            pieces.append(values)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        i = int(i)
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(f"Expected an index below {self.n}, but got {i}.")
+        per = 3 * self.size * self.size
+        total, start, stop = self.n * per, i * per, (i + 1) * per
+        if total < 16:  # drawn one by one (another algorithm): tiny, so drawn whole
+            gen = torch.Generator().manual_seed(self.seed)
+            return torch.randn(self.n, 3, self.size, self.size, generator=gen)[i]
+        # values [0, body) come from their own block of 16 draws; a total of no multiple of 16
+        # ends in 16 values from the 16 draws after the whole tensor's
+        body = total - 16 if total % 16 else total
+        pieces = []
+        if start < body:
+            end = min(stop, body)
+            a, b = start // 16 * 16, -(-end // 16) * 16
+            pieces.append(self._draw(a, b)[start - a:end - a])
+        if stop > body:
+            pieces.append(self._draw(total, total + 16)[max(start, body) - body:stop - body])
+        return (torch.cat(pieces) if len(pieces) > 1 else pieces[0]).view(3, self.size, self.size)
+
+
 def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.utils.data.Dataset], Any]:
     """The images a job measures, before sharding, and the preprocessing they need.
 
@@ -125,9 +198,9 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
         preprocess: the model's own preprocessing (replaced when the dataset sets ``image_size``).
 
     Returns:
-        ``(images, preprocess)``: model-ready images, a tensor ``[N, 3, S, S]`` (``random``)
-        or a dataset of crops cut as they are read (``embedded``:
-        :class:`equifast.data.EmbeddedPhotos`), or a dataset already cut to the job's seeded
+        ``(images, preprocess)``: model-ready images, a dataset of noise images drawn as
+        they are read (``random``: :class:`RandomImages`) or of crops cut as they are read
+        (``embedded``: :class:`equifast.data.EmbeddedPhotos`), or a dataset already cut to the job's seeded
         subset of ``n_images`` (``folder``, ``torchvision``; the same subset
         :func:`equifast.measure` takes).
     """
@@ -141,8 +214,8 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
         preprocess = default_preprocess()
     size = d.image_size or data_mod.input_size(preprocess)
     if d.kind == "random":
-        gen = torch.Generator().manual_seed(job.seed)
-        return torch.randn(job.n_images, 3, size, size, generator=gen), preprocess
+        # drawn as they are read: all at once they grow with n_images (2000 at 224 px: 1.2 GB)
+        return RandomImages(job.n_images, size, job.seed), preprocess
     if d.kind == "embedded":
         # cut as they are read: all at once they grow with n_images (2000 at 224 px: 1.2 GB)
         return data_mod.EmbeddedPhotos(job.n_images or 256, size=size, seed=job.seed,

@@ -11,11 +11,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+import equifast as ef
 from equifast.distributed import ResultStore, load_spec, measure_job
 from equifast.distributed import store as store_mod
 from equifast.distributed.store import records_frame
-from equifast.distributed.sweep import job_record
+from equifast.distributed.sweep import RandomImages, job_inputs, job_record
 
 _JOB_COLUMNS = store_mod._JOB_COLUMNS
 
@@ -242,3 +244,42 @@ def test_the_driver_keeps_no_finished_records_tables(measured, tmp_path, monkeyp
                                    "job": {"dataset": jobs[1].entry()["dataset"]}}}
     assert sweep._todo(before, jobs, True)[2] == [jobs[1]]
     assert sweep._todo(before, jobs, False)[2] == []
+
+
+# ---- random images ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, size", [(5, 32), (3, 7), (4, 5), (2, 1), (1, 2), (7, 3)])
+def test_random_images_are_the_tensor_drawn_whole(n, size):
+    # 32 px: an image is a multiple of 16 values; 7 and 5 px cut blocks of 16 between images and
+    # leave a tail; 2 images of 1 px are fewer than 16 values
+    for seed in (0, 3):
+        want = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+        images = RandomImages(n, size, seed)
+        for order in (range(n), range(n - 1, -1, -1), [n - 1, 0, n // 2, n // 2]):
+            got = torch.stack([images[i] for i in order])
+            assert torch.equal(got, want[list(order)]), (n, size, seed, list(order))
+        assert torch.equal(images[-1], want[-1])
+    with pytest.raises(IndexError):
+        RandomImages(2, 4)[2]
+
+
+def test_a_random_job_draws_its_images_as_they_are_read():
+    import pickle
+
+    spec = load_spec({"name": "r", "datasets": [{"name": "noise", "kind": "random", "image_size": 16}],
+                      "models": [{"name": "resnet18", "weights": "none", "num_classes": 2}],
+                      "transforms": {"rotation": "rotation:90"}, "n_images": 5, "batch_size": 2,
+                      "seeds": [4]})
+    (job,) = spec.jobs()
+    images, _ = job_inputs(job)
+    assert isinstance(images, RandomImages) and len(images) == 5
+    whole = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    images[3]
+    again = pickle.loads(pickle.dumps(images))  # sent to a worker part-way through
+    assert torch.equal(torch.stack([again[i] for i in range(5)]), whole)
+    state, info = measure_job(job, 1, 2)  # the second shard: images 3 and 4
+    assert info["n_images"] == 2
+    torch.manual_seed(job.seed)
+    model = ef.load_model("resnet18", weights=None, num_classes=2)[0]
+    alone = ef.measure(model, whole[3:], transforms="rotation:90", batch_size=2, return_state=True)
+    pd.testing.assert_frame_equal(state.report().points, alone.report().points)
