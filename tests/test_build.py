@@ -129,3 +129,57 @@ def test_the_sdist_holds_what_its_tests_and_the_readme_use(tmp_path):
     # everything tracked but the repository's own files (CI script, .gitignore)
     wanted = {f for f in tracked if not (f.startswith(".") or "/." in f)}
     assert sorted(wanted - held) == []
+
+
+@pytest.mark.slow
+def test_a_wheel_built_from_the_sdist_installs_and_runs(tmp_path):
+    # what a user of the sdist gets: it builds (CPU operator), and the installed package (not
+    # this checkout) imports with its subpackages and data, and its commands run
+    import json
+    import tarfile
+
+    tracked = _tracked_files()
+    if tracked is None:
+        pytest.skip("not a git checkout (an sdist): the sdist is built from one")
+    _sdist(tmp_path, tracked)
+    (archive,) = (tmp_path / "dist").glob("equifast-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "unpacked",
+                       **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    (src,) = (tmp_path / "unpacked").iterdir()
+    env = {**os.environ, "EQUIFAST_NO_CUDA": "1"}
+
+    def run(*cmd, timeout=900):
+        done = subprocess.run([str(c) for c in cmd], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps",
+        "-w", tmp_path / "wheel", src)
+    (wheel,) = (tmp_path / "wheel").glob("equifast-*.whl")
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--system-site-packages", venv)
+    py = venv / "bin" / "python"
+    run(py, "-m", "pip", "install", "-q", "--no-deps", wheel)
+    info = json.loads(run(py, "-c", (
+        "import json, importlib.metadata as m, pathlib\n"
+        "import equifast, equifast.training, equifast.distributed\n"
+        "d = pathlib.Path(equifast.distributed.__file__).parent\n"
+        "print(json.dumps({'file': equifast.__file__, 'backend': equifast.backend(),\n"
+        "                  'version': equifast.__version__, 'meta': m.version('equifast'),\n"
+        "                  'examples': sorted(p.name for p in (d / 'examples').iterdir())}))\n")))
+    assert Path(info["file"]).is_relative_to(venv) and info["backend"] == "operator"
+    assert info["version"] == info["meta"]
+    assert info["examples"] == sorted(Path(f).name for f in tracked
+                                      if f.startswith("distributed/examples/"))
+    assert "measure" in run(venv / "bin" / "equifast", "--help")
+    out = run(py, "-m", "equifast.method_check", timeout=300)
+    assert "layer 1: channel 1.000000  layer 1.000000" in out  # isotropic filters: exactly 1
+    # the embedded default of `make demo` (weights and photos installed with the package)
+    run(venv / "bin" / "equifast", "measure", "--n-images", "2", "--batch-size", "2",
+        "--transforms", "rotation:90", "--device", "cpu", "--no-progress",
+        "--out", tmp_path / "demo", timeout=600)
+    meta = json.loads((tmp_path / "demo" / "report.json").read_text())["meta"]
+    assert (meta["model"], meta["images"], meta["n_images"], meta["backend"]) == (
+        "efficientnet_lite0", "embedded scikit-image photos", 2, "operator")
