@@ -285,10 +285,11 @@ def unwrapped(model: nn.Module) -> Tuple[nn.Module, str]:
 
 
 def model_dtype(model: nn.Module) -> Optional[torch.dtype]:
-    """The one floating dtype of ``model``'s parameters and buffers; ``None`` where there are
-    several, or none."""
-    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
-    return dtypes.pop() if len(dtypes) == 1 else None
+    """The floating dtype ``model`` takes its input in: the one of its parameters and buffers,
+    or for a model of several (float16 layers beside float32 batch norms) its first floating
+    parameter's, in registration order the first layer's; ``None`` without any."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return tensors[0].dtype if tensors else None
 
 
 def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:

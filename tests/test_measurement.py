@@ -775,17 +775,22 @@ def test_an_autocast_left_on_around_the_call_is_not_applied():
     assert (asked.points.channel - bf16.points.channel).abs().max() < 1e-6
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
-def test_float32_images_are_given_to_a_model_of_another_precision_at_its_own(dtype):
+@pytest.mark.parametrize("dtype,mixed", [(torch.float64, False), (torch.bfloat16, False),
+                                         (torch.float16, False), (torch.bfloat16, True),
+                                         (torch.float16, True)])
+def test_float32_images_are_given_to_a_model_of_another_precision_at_its_own(dtype, mixed):
     # float32 images into a float64/bfloat16/float16 model failed in the split, asking
-    # whether the image was too small
+    # whether the image was too small; so did a model of that precision whose batch norm was
+    # kept float32 (mixed), uncast
     model = circular_net().to(dtype)
+    if mixed:
+        model[1][1].float()
     x = torch.rand(4, 3, 12, 12)
     ts = [ef.Rotation(1), ef.Translation(1, 1)]
     got = ef.measure(model, x, transforms=ts, batch_size=8)
     want = ef.measure(model, x.to(dtype), transforms=ts, batch_size=8)
     pd.testing.assert_frame_equal(got.points, want.points)
-    assert all(p.dtype == dtype for p in model.parameters())
+    assert [p.dtype for p in model.parameters()].count(dtype) == 10 - 2 * mixed
 
 
 def test_wrapped_models_are_measured_as_the_module_they_wrap():
