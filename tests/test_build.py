@@ -183,3 +183,42 @@ def test_a_wheel_built_from_the_sdist_installs_and_runs(tmp_path):
     meta = json.loads((tmp_path / "demo" / "report.json").read_text())["meta"]
     assert (meta["model"], meta["images"], meta["n_images"], meta["backend"]) == (
         "efficientnet_lite0", "embedded scikit-image photos", 2, "operator")
+
+
+# imported by the package but not required: each is imported where it is used, with an error
+# that says what to install
+_NOT_REQUIRED = {"triton": "the opt-in EQUIFAST_CUDA_KERNEL=triton kernels (ops._triton_scores)"}
+
+
+def _requirement_name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[\s\[<>=!~;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    # equifast.models imports safetensors (checkpoints in .safetensors) without declaring it:
+    # it came only as a dependency of timm's
+    import ast
+    import importlib.metadata
+
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_requirement_name(r) for r in project["dependencies"]}
+    declared |= {_requirement_name(r) for extra in project["optional-dependencies"].values()
+                 for r in extra}
+    imported = set()
+    for folder in ("equifast", "training", "distributed"):
+        for path in (ROOT / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"equifast"}
+    distributions = importlib.metadata.packages_distributions()
+    missing = sorted(f"{m} ({', '.join(distributions.get(m, ['not installed']))})"
+                     for m in third_party - set(_NOT_REQUIRED)
+                     if not {d.lower().replace("_", "-") for d in distributions.get(m, [m])}
+                     & declared)
+    assert missing == []
