@@ -36,7 +36,6 @@ Validation happens before any job starts and reports every problem at once in on
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import hashlib
 import inspect
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from equifast._hints import did_you_mean
 from equifast.devices import parse_device
 from equifast.models import (ModelArgumentError, check_model_args, checkpoint_path,
                              close_model_names, input_sizes, is_known_model, torchvision_weights,
@@ -432,7 +432,7 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
     unknown = sorted(set(raw) - _TOP_KEYS)
     for key in unknown:
         problems.append(f"{key}: Expected a known key ({', '.join(sorted(_TOP_KEYS))}), but got "
-                        f"{key!r}{_suggest(key, _TOP_KEYS)}.")
+                        f"{key!r}{did_you_mean(key, _TOP_KEYS, n=3) or '.'}")
 
     def number(key, value, lo, kind=int, allow_none=False, where=None):
         where = where or key
@@ -593,11 +593,6 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
     return spec
 
 
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-
-
 def _resolve(path: str, base_dir: str) -> str:
     p = Path(os.path.expanduser(str(path)))
     return str(p if p.is_absolute() else Path(base_dir) / p)
@@ -717,7 +712,7 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
         return None
     for key in sorted(set(entry) - _MODEL_KEYS):
         problems.append(f"{where}.{key}: Expected a known key ({', '.join(sorted(_MODEL_KEYS))}), "
-                        f"but got {key!r}{_suggest(key, _MODEL_KEYS)}.")
+                        f"but got {key!r}{did_you_mean(key, _MODEL_KEYS, n=3) or '.'}")
     name = entry.get("name")
     arch = entry.get("arch", name)
     if not isinstance(arch, str) or not arch:
@@ -788,7 +783,7 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
         return None
     for key in sorted(set(entry) - _DATASET_KEYS):
         problems.append(f"{where}.{key}: Expected a known key ({', '.join(sorted(_DATASET_KEYS))}), "
-                        f"but got {key!r}{_suggest(key, _DATASET_KEYS)}.")
+                        f"but got {key!r}{did_you_mean(key, _DATASET_KEYS, n=3) or '.'}")
     kind = entry.get("kind") or ("torchvision" if "torchvision" in entry else
                                  "folder" if "path" in entry else None)
     if kind not in _KINDS:
@@ -823,7 +818,7 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
         if not inspect.isclass(cls):
             known = [n for n in dir(torchvision.datasets) if n[:1].isupper()]
             problems.append(f"{where}.torchvision: Expected a torchvision.datasets class name like "
-                            f"'CIFAR10', but got {name!r}{_suggest(name, known)}.")
+                            f"'CIFAR10', but got {name!r}{did_you_mean(name, known, n=3) or '.'}")
             cls = None
         root = entry.get("root")
         if not isinstance(root, str) or not os.path.isdir(_resolve(root, base_dir)):
@@ -857,6 +852,6 @@ def _check_dataset_args(cls, args: Mapping, where: str, problems: List[str]) -> 
         sig.bind(root=".", **args)
     except TypeError as err:
         unknown = [k for k in args if k not in sig.parameters]
-        hint = _suggest(unknown[0], params) if len(unknown) == 1 else ""
+        hint = did_you_mean(unknown[0], params, n=3) if len(unknown) == 1 else ""
         problems.append(f"{where}: Expected arguments of torchvision.datasets.{cls.__name__} "
-                        f"({', '.join(params)}), but {err}{hint}.")
+                        f"({', '.join(params)}), but {err}{hint or '.'}")

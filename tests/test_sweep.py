@@ -335,7 +335,7 @@ def test_spec_errors_that_would_fail_every_job_are_found_first(folder, mnist):
     data = {"torchvision": "MNIST", "root": str(mnist), "args": {"trian": False}, "image_size": 32}
     _one_problem(_spec(folder, datasets=[data], **one),
                  r"^datasets\[0\]\.args: Expected arguments of torchvision.datasets.MNIST \(train, "
-                 r"transform, .*\), but got an unexpected keyword argument 'trian' \(did you mean 'train'\?\)")
+                 r"transform, .*\), but got an unexpected keyword argument 'trian'; did you mean 'train'\?$")
     load_spec(_spec(folder, datasets=[dict(data, args={"train": False})], **one))
     # (c) a shift as large as the model's own input size, where the dataset sets none: timm's
     # resnet10t is evaluated at 224 pixels (trained at 176), torchvision's resnet18 at 224
