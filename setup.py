@@ -48,6 +48,11 @@ def _cuda_wanted() -> bool:
     out = subprocess.run([os.path.join(home, "bin", "nvcc"), "--version"], capture_output=True,
                          text=True).stdout
     found = re.search(r"release (\d+)\.(\d+)", out)
+    if found is not None and int(found.group(1)) < 12:  # torch 2.6/2.7 have CUDA 11.8 builds
+        print(f"equifast: the CUDA toolkit in {home} ({found.group(0)}) is older than CUDA 12, "
+              "whose nvcc the CUDA kernels need (C++20): building the CPU operator only; set "
+              "CUDA_HOME to CUDA 12 or newer (and a torch built for it) for the CUDA kernels")
+        return False
     if found is None or found.group(1) != torch.version.cuda.split(".")[0]:
         print(f"equifast: the CUDA toolkit in {home} ({found.group(0) if found else 'unknown'}) "
               f"does not match torch's CUDA {torch.version.cuda}: building the CPU operator only; "

@@ -34,6 +34,16 @@ def test_an_old_gcc_is_refused_with_the_fix(tmp_path):
     assert code != 0 and "is GCC 11; the CPU kernels need GCC 12 or newer" in out
 
 
+@pytest.mark.skipif(torch.version.cuda is None, reason="a CPU build of torch never looks for a toolkit")
+def test_a_cuda_11_toolkit_builds_the_cpu_operator_only(tmp_path):
+    # torch 2.6 and 2.7 have CUDA 11.8 builds: with CUDA 11.8's nvcc, which has no -std=c++20,
+    # the build failed in nvcc ("Value 'c++20' is not defined for option 'std'")
+    _fake(tmp_path, "bin/nvcc", 'echo "Cuda compilation tools, release 11.8, V11.8.89"\n')
+    code, out = _setup(CUDA_HOME=str(tmp_path))
+    assert code == 0 and "(release 11.8) is older than CUDA 12" in out
+    assert "building the CPU operator only" in out
+
+
 def test_equifast_no_cuda_says_the_cuda_kernels_are_skipped():
     # it skipped them silently: a build log did not tell a CPU-only operator from a full one
     code, out = _setup(EQUIFAST_NO_CUDA="1")
