@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 from setuptools import setup
@@ -132,9 +133,24 @@ def _extension():
     )
 
 
-_check_compiler()
-setup(
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension},
-    options={"bdist_wheel": {"py_limited_api": "cp310"}},  # the oldest Python supported
-)
+def _operator_buildable() -> bool:
+    """Whether to build the operator at all: not with MSVC (Windows), which has none of the GCC
+    vector extensions and attributes the CPU kernels are written in, and failed the install
+    there; the package then runs on the PyTorch reference (``equifast.backend()``)."""
+    if sys.platform == "win32":
+        print("equifast: the operator's C++ needs GCC or clang (vector extensions), not MSVC: "
+              "installing without it, so scores come from the slower PyTorch reference "
+              "(equifast.backend() == 'reference'); build under WSL for the operator")
+        return False
+    _check_compiler()
+    return True
+
+
+if _operator_buildable():
+    setup(
+        ext_modules=[_extension()],
+        cmdclass={"build_ext": cpp_extension.BuildExtension},
+        options={"bdist_wheel": {"py_limited_api": "cp310"}},  # the oldest Python supported
+    )
+else:
+    setup()
