@@ -7,6 +7,7 @@ CUDA build and a CUDA toolkit is found; ``EQUIFAST_NO_CUDA=1`` turns that off. I
 import glob
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -65,13 +66,19 @@ def _cuda_wanted() -> bool:
     return True
 
 
+def _command(cxx: str) -> list:
+    """``CXX`` as the build runs it: a command line, which may start with a wrapper
+    (``ccache g++``); as one name it was no program, and the checks below were skipped."""
+    return shlex.split(cxx) or ["c++"]
+
+
 def _check_compiler() -> None:
     """The CPU kernels use GCC 12's vector builtins (__builtin_shufflevector, x86-64-v3/v4
     targets): an older GCC is refused here, with the fix, rather than deep in the build."""
     cxx = os.environ.get("CXX", "c++")
     try:
-        text = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-        major = int(subprocess.run([cxx, "-dumpversion"], capture_output=True,
+        text = subprocess.run(_command(cxx) + ["--version"], capture_output=True, text=True).stdout
+        major = int(subprocess.run(_command(cxx) + ["-dumpversion"], capture_output=True,
                                    text=True).stdout.split(".")[0])
     except (OSError, ValueError):
         return  # no usable compiler: the build says so itself
@@ -91,7 +98,7 @@ def _openmp() -> list:
         with open(src, "w") as fh:
             fh.write("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
         try:
-            ok = subprocess.run([cxx, "-fopenmp", src, "-o", os.path.join(tmp, "omp")],
+            ok = subprocess.run(_command(cxx) + ["-fopenmp", src, "-o", os.path.join(tmp, "omp")],
                                 capture_output=True, timeout=120).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             return ["-fopenmp"]  # no usable compiler: the build says so itself
@@ -99,7 +106,8 @@ def _openmp() -> list:
         return ["-fopenmp"]
     print(f"equifast: the C++ compiler {cxx!r} does not build OpenMP code (-fopenmp, <omp.h>): "
           "building the CPU operator without OpenMP, so it runs on one thread; install libomp "
-          "(libomp-dev, or `brew install libomp` with a compiler that takes -fopenmp) for all cores")
+          "(libomp-dev, or `brew install libomp` with a compiler that takes -fopenmp) for all "
+          "cores")
     return []
 
 

@@ -34,6 +34,16 @@ def test_an_old_gcc_is_refused_with_the_fix(tmp_path):
     assert code != 0 and "is GCC 11; the CPU kernels need GCC 12 or newer" in out
 
 
+def test_an_old_gcc_behind_a_compiler_wrapper_is_refused_too(tmp_path):
+    # CXX="ccache g++-11" (the build runs that command line) was taken as one program name,
+    # which does not exist, so the check was skipped and the build failed deep in the kernels
+    gcc11 = _fake(tmp_path, "g++-11", 'case "$1" in --version) echo "g++ (GCC) 11.4.0";; '
+                                      '-dumpversion) echo 11;; esac\n')
+    wrapper = _fake(tmp_path, "ccache", 'exec "$@"\n')
+    code, out = _setup(CXX=f"{wrapper} {gcc11}")
+    assert code != 0 and f"compiler '{wrapper} {gcc11}' is GCC 11" in out
+
+
 @pytest.mark.skipif(torch.version.cuda is None, reason="a CPU build of torch never looks for a toolkit")
 def test_a_cuda_11_toolkit_builds_the_cpu_operator_only(tmp_path):
     # torch 2.6 and 2.7 have CUDA 11.8 builds: with CUDA 11.8's nvcc, which has no -std=c++20,
