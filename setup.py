@@ -1,7 +1,9 @@
 """Build equifast: the Python packages and the fused operator in ``csrc/``.
 
-The C++ (CPU) operator is always built. The CUDA sources are compiled too when torch is a
-CUDA build and a CUDA toolkit is found; ``EQUIFAST_NO_CUDA=1`` turns that off. Install with
+The C++ (CPU) operator is always built, but on Windows (MSVC cannot compile it: the package
+runs on the PyTorch reference there). The CUDA sources are compiled too when torch is a CUDA
+build and a CUDA 12+ toolkit of its major version is found; ``EQUIFAST_NO_CUDA=1`` turns that
+off. Without OpenMP in the compiler the CPU operator is built single-threaded. Install with
 ``pip install --no-build-isolation -e .`` so the build uses the torch already installed.
 """
 import glob
