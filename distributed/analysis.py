@@ -14,6 +14,7 @@ the thesis' figure 8 draws them for ResNet-44.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -250,11 +251,18 @@ def _families() -> List[str]:
     return ["identity", "rotation", "flip", "transform"] + shifts
 
 
-def _figure_name(kind: str, family: Optional[str] = None, dataset: Optional[str] = None) -> str:
+#: Models drawn in one figure of parts (fig11/fig12: a line each, told apart by matplotlib's 10
+#: colours) or of shifts (fig8: a row of panels each); a sweep of more models gets more pages.
+MODELS_PER_FIGURE = 10
+
+
+def _figure_name(kind: str, family: Optional[str] = None, dataset: Optional[str] = None,
+                 page: int = 1) -> str:
     """The file name of a figure :func:`sweep_figures` writes: ``kind`` ``"parts"`` (a
     family's parts per model: fig11_translation, fig12_rotation, else parts_<family>),
     ``"shifts"`` (fig8_<family>) or ``"accuracy"`` (fig13_accuracy_correlation), with
-    ``dataset``'s name added (a report of several datasets; ``None``: none)."""
+    ``dataset``'s name added (a report of several datasets; ``None``: none) and ``.<page>``
+    from the second page of models on (``fig11_translation.2.png``; a slug has no dot)."""
     if kind == "parts":
         base = {"translation": "fig11_translation", "rotation": "fig12_rotation"}.get(
             family, f"parts_{_slug(family)}")
@@ -262,7 +270,27 @@ def _figure_name(kind: str, family: Optional[str] = None, dataset: Optional[str]
         base = f"fig8_{_slug(family)}"
     else:
         base = "fig13_accuracy_correlation"
-    return f"{base}{'' if dataset is None else '_' + _slug(dataset)}.png"
+    return f"{base}{'' if dataset is None else '_' + _slug(dataset)}{'' if page == 1 else f'.{page}'}.png"
+
+
+def _is_own(name: str, own: set) -> bool:
+    """Whether ``name`` is one of the figures ``own`` names, or a later page of one."""
+    page = re.fullmatch(r"(.+)\.[1-9][0-9]*\.png", name)
+    return name in own or (page is not None and f"{page.group(1)}.png" in own)
+
+
+def _pages(frames: Dict[str, pd.DataFrame]) -> List[Dict[str, pd.DataFrame]]:
+    """``frames`` (a model's each) in pages of :data:`MODELS_PER_FIGURE`, in order."""
+    items = list(frames.items())
+    return [dict(items[i:i + MODELS_PER_FIGURE]) for i in range(0, len(items), MODELS_PER_FIGURE)]
+
+
+def _page_title(title: str, page: int, pages: List[dict]) -> str:
+    if len(pages) == 1:
+        return title
+    first = sum(len(p) for p in pages[:page - 1]) + 1
+    return (f"{title}\nmodels {first}-{first + len(pages[page - 1]) - 1} of "
+            f"{sum(map(len, pages))} (page {page} of {len(pages)})")
 
 
 def _own_figures(datasets, families) -> set:
@@ -277,12 +305,13 @@ def _own_figures(datasets, families) -> set:
 
 def _check_figures_folder(path: os.PathLike, own: Optional[set] = None) -> Path:
     """``path``, unless it is a file or holds files other than the report's tables and the
-    figures named ``own`` (``FileExistsError``; ``None``: only whether it is a file): a user's
-    files are never replaced or removed, even one named like a figure (fig8_thesis.png)."""
+    figures named ``own`` or their later pages (``FileExistsError``; ``None``: only whether it
+    is a file): a user's files are never replaced or removed, even one named like a figure
+    (fig8_thesis.png)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"Expected --figures {str(path)!r} to be a folder, but it is a file.")
-    others = sorted(p.name for p in path.iterdir() if p.name not in _TABLES and p.name not in own) \
+    others = sorted(p.name for p in path.iterdir() if p.name not in _TABLES and not _is_own(p.name, own)) \
         if path.is_dir() and own is not None else []
     if others:
         raise FileExistsError(f"Expected --figures {str(path)!r} to be empty or hold only the "
@@ -308,9 +337,13 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     (:func:`final_correlation`), and from a results folder ``shift_scores.csv`` and
     ``fig8_<family>.png`` (each model's parts at each shift of a translation family, a row of
     panels per model, via :func:`equifast.figures.plot_shifts`). With several datasets or
-    transform sets, their names are added to the file names. An earlier report's figures (the
-    names a report writes for any family and the sweep's datasets) are removed first, so that
-    none is left beside tables it does not match. ``out_dir`` must be missing, empty or hold
+    transform sets, their names are added to the file names. Figures 8, 11 and 12 draw at most
+    :data:`MODELS_PER_FIGURE` models each: more models go on further pages,
+    ``fig11_translation.2.png`` and on (one figure of hundreds of models was a legend over its
+    panels, or a PNG tens of thousands of pixels tall). An earlier report's figures (the
+    names a report writes for any family and the sweep's datasets, and their pages) are
+    removed first, so that none is left beside tables it does not match. ``out_dir`` must be
+    missing, empty or hold
     only such files: a user's other files there, even ones named like a figure
     (``fig8_thesis.png``), are refused, never replaced or removed.
 
@@ -341,7 +374,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     out = _check_figures_folder(out_dir, own)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # an earlier report's figures would disagree with the tables
-        if old.name in own:
+        if _is_own(old.name, own):
             old.unlink()
     tables = [out / "part_scores.csv", out / "accuracy_correlation.csv", out / "final_correlation.csv"]
     for path, table in zip(tables, (scores, corr, to_final)):
@@ -363,10 +396,13 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
                 label = model if len(keys) == 1 else f"{model} ({key})"
                 frames[label] = g[["part", "family", "channel", "layer"]
                                   + (["channel_std", "layer_std"] if (g["seeds"] > 1).any() else [])]
-            path = out / _figure_name("parts", fam, named)
-            fig = plot_parts(frames, path=path, title=f"{fam} equivariance per part ({ds}, {metric})")
-            plt.close(fig)
-            figures.append(path)
+            pages = _pages(frames)
+            for page, models in enumerate(pages, 1):
+                path = out / _figure_name("parts", fam, named, page)
+                fig = plot_parts(models, path=path, title=_page_title(
+                    f"{fam} equivariance per part ({ds}, {metric})", page, pages))
+                plt.close(fig)
+                figures.append(path)
         d = shifts[shifts["dataset"] == ds] if shifts is not None else pd.DataFrame(columns=_KEYS)
         for fam in dict.fromkeys(d["family"]):
             f = d[d["family"] == fam]
@@ -377,10 +413,12 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
             for (model, key), g in f.groupby(["model", "transforms"], sort=False):
                 frames[model if len(keys) == 1 else f"{model} ({key})"] = g.drop(
                     columns=[] if (g["seeds"] > 1).any() else ["channel_std", "layer_std"])
-            path = out / _figure_name("shifts", fam, named)
-            plt.close(plot_shifts(frames, path=path, title=f"{fam} equivariance per part at each "
-                                                           f"shift ({ds}, {metric})"))
-            figures.append(path)
+            pages = _pages(frames)
+            for page, models in enumerate(pages, 1):
+                path = out / _figure_name("shifts", fam, named, page)
+                plt.close(plot_shifts(models, path=path, title=_page_title(
+                    f"{fam} equivariance per part at each shift ({ds}, {metric})", page, pages)))
+                figures.append(path)
         c = corr[corr["dataset"] == ds]  # undefined parts (NaN) are marked, not bridged
         if not c["spearman"].notna().any():
             most = int(corr.loc[corr["dataset"] == ds, "n_models"].max())

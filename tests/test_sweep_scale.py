@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -50,6 +51,8 @@ def _fill(root, measured, n_models=4, seeds=2, accuracy=lambda m: 0.5 + m / 10, 
                 rec["job"]["seed"] = seed
                 for i, row in enumerate(rec["points"]):  # scores of their own, a few undefined
                     row["channel"] = None if (i + k) % 11 == 0 else (i * 0.37 + k * 0.11) % 1
+                for i, row in enumerate(rec["parts"]):
+                    row["channel"] = (i * 0.13 + k * 0.07) % 1
                 if k in failed:
                     rec = {"id": rec["id"], "status": "failed", "job": rec["job"], "attempts": 2,
                            "total_attempts": 3, "hosts": ["h"], "error": "RuntimeError: boom"}
@@ -283,3 +286,39 @@ def test_a_random_job_draws_its_images_as_they_are_read():
     model = ef.load_model("resnet18", weights=None, num_classes=2)[0]
     alone = ef.measure(model, whole[3:], transforms="rotation:90", batch_size=2, return_state=True)
     pd.testing.assert_frame_equal(state.report().points, alone.report().points)
+
+
+# ---- the report of many models -------------------------------------------------------------
+
+def test_report_of_many_models_draws_pages_of_them(measured, tmp_path, monkeypatch):
+    # one figure of every model: hundreds of lines under one legend (fig11/12), or a PNG of a row
+    # of panels per model, 69,360 pixels tall for 170 models (fig8)
+    import equifast.figures as figures
+    from equifast.distributed import analysis
+
+    store = _fill(tmp_path / "sweep", measured, n_models=5, seeds=1)
+    drawn = {}
+    for name in ("plot_parts", "plot_shifts"):
+        real = getattr(figures, name)
+
+        def spy(frames, path=None, _real=real, **kw):
+            drawn[Path(path).name] = list(frames)
+            return _real(frames, path=path, **kw)
+        monkeypatch.setattr(figures, name, spy)
+    monkeypatch.setattr(analysis, "MODELS_PER_FIGURE", 2)
+    out = tmp_path / "figures"
+    files = analysis.sweep_figures(store.root, out, accuracy="known")
+    models = [f"model{m}" for m in range(5)]
+    pages = [models[:2], models[2:4], models[4:]]
+    for base in ("fig11_translation", "fig12_rotation", "fig8_translation"):
+        names = [f"{base}.png", f"{base}.2.png", f"{base}.3.png"]
+        assert [drawn[n] for n in names] == pages, base
+        assert all((out / n).is_file() and out / n in files["figures"] for n in names)
+    # a report of fewer pages removes the pages it no longer has
+    monkeypatch.setattr(analysis, "MODELS_PER_FIGURE", 10)
+    drawn.clear()
+    analysis.sweep_figures(store.root, out, accuracy="known")
+    assert drawn["fig11_translation.png"] == models
+    assert sorted(p.name for p in out.glob("fig*.png")) == [
+        "fig11_translation.png", "fig12_rotation.png", "fig13_accuracy_correlation.png",
+        "fig8_translation.png"]
