@@ -165,6 +165,27 @@ def metric_bias(points: pd.DataFrame,
     return {"table": table, "correlation": pd.DataFrame(rows)}
 
 
+def _sorted_values(x: pd.Series) -> np.ndarray:
+    """A group's values as float64 in one order whatever the order of the rows (NaN last), so
+    that float sums over them are the same to the last bit."""
+    return np.sort(x.to_numpy(dtype=float, na_value=np.nan))
+
+
+def _mean_of_runs(x: pd.Series) -> float:
+    """The mean of every run's value (NaN when one is NaN), independent of the runs' order."""
+    return float(_sorted_values(x).mean())
+
+
+def _std_of_runs(x: pd.Series) -> float:
+    """The sample standard deviation (ddof 1; NaN for one run or when one is NaN),
+    independent of the runs' order."""
+    values = _sorted_values(x)
+    if len(values) < 2:
+        return float("nan")
+    with np.errstate(invalid="ignore"):  # infinite values: NaN, as pandas gives
+        return float(values.std(ddof=1))
+
+
 def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run: str = "run",
               count: str = "runs") -> pd.DataFrame:
     """SPEC aggregation step 4: mean and standard deviation over repeated runs (seeds).
@@ -173,12 +194,15 @@ def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run:
     sample standard deviation, ddof 1: NaN for one run) for each of ``values``, and ``count``:
     the number of distinct ``run`` values. A value undefined (NaN) in one run is undefined in
     the mean and std: a mean over fewer runs would read as one over all of them. Studies, sweeps and :func:`combine_runs` all aggregate seeds here.
+    The mean and std do not depend on the order of the rows (runs given in another order,
+    records read in another order): each group's values are summed in sorted order, so they
+    are the same to the last bit.
     """
     g = df.groupby(list(keys), sort=False, observed=True, dropna=False)
     agg = {}
     for v in values:  # over every run: one that is undefined (NaN) makes the mean undefined
-        agg[v] = (v, lambda x: x.mean(skipna=False))
-        agg[f"{v}_std"] = (v, lambda x: x.std(skipna=False))
+        agg[v] = (v, _mean_of_runs)
+        agg[f"{v}_std"] = (v, _std_of_runs)
     agg[count] = (run, "nunique")
     return g.agg(**agg).reset_index()
 

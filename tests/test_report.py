@@ -124,6 +124,31 @@ def test_combine_runs_mean_and_std():
     assert row.runs == 3
 
 
+def test_combine_runs_is_the_same_to_the_last_bit_in_any_order_of_the_runs():
+    # a sweep's records or a study's seeds may come in any order: the same mean and std,
+    # bit for bit (float sums in the order given differed in the last bit)
+    rng = np.random.default_rng(0)
+    reps = [Report.from_rows([dict(r, channel=r["channel"] + rng.normal(0, 0.1),
+                                   layer=r["layer"] + rng.normal(0, 0.1)) for r in _rows()],
+                             {"setting": "ab"[i % 2], "seed": i}) for i in range(6)]
+    keys = ["setting", "part", "family", "metric"]
+
+    def combined(order):
+        out = combine_runs([reps[i] for i in order], by=["setting"])
+        return out.astype({"part": str}).sort_values(keys).reset_index(drop=True)
+
+    want = combined(range(6))
+    for order in [range(5, -1, -1)] + [rng.permutation(6) for _ in range(10)]:
+        pd.testing.assert_frame_equal(combined(order), want, check_exact=True)
+    row = want[(want.setting == "a") & (want.part == "early") & (want.family == "rotation")
+               & (want.metric == "cosine")].iloc[0]
+    runs = [r.parts for r in reps[::2]]
+    values = [p[(p.part == "early") & (p.family == "rotation") & (p.metric == "cosine")].channel.item()
+              for p in runs]
+    assert math.isclose(row.channel, np.mean(values), rel_tol=1e-15)
+    assert math.isclose(row.channel_std, np.std(values, ddof=1), rel_tol=1e-12) and row.runs == 3
+
+
 def test_summary_of_two_metrics_is_correlations():
     rep = Report.from_rows(_rows())
     assert rep.summary().equals(rep.summary("correlation"))
