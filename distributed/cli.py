@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
-from equifast.cli import HelpFormatter, _closed_pipe, _tolerant_output
+from equifast._console import HelpFormatter, closed_pipe, tolerant_output
 
 __all__ = ["add_sweep_parser", "main"]
 
@@ -187,7 +187,7 @@ def main(argv: Optional[List[str]] = None, run_prog: Optional[str] = None) -> in
 
     Returns the exit status: 0 success, 1 some jobs failed, 2 a usage or spec error.
     """
-    _tolerant_output()
+    tolerant_output()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sweep"]:
         argv = argv[1:]
@@ -197,7 +197,7 @@ def main(argv: Optional[List[str]] = None, run_prog: Optional[str] = None) -> in
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # stdout's reader left (`| head`): what was written is kept
-        return _closed_pipe()
+        return closed_pipe()
     except (ValueError, OSError, RuntimeError) as err:  # OSError: --out a file, unwritable, ...
         print(f"equifast sweep: error: {err}", file=sys.stderr)
         return 2

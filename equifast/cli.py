@@ -10,24 +10,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
 from typing import List, Optional
 
+from ._console import HelpFormatter, closed_pipe, interactive, show_warning, tolerant_output
+
 __all__ = ["main", "build_parser", "HelpFormatter"]
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: ...)`` only where the help text does not already say it, and not for
-    flags or options without a default."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or action.default is None or isinstance(action.default, bool):
-            return text
-        return super()._get_help_string(action)
 
 
 def _add_measure(sub) -> None:
@@ -78,15 +68,6 @@ def _add_measure(sub) -> None:
     p.add_argument("--no-progress", "--quiet", action="store_true",  # --quiet: train's, sweep's
                    help="no progress bar (there is none when stderr is not a terminal)")
     p.set_defaults(func=_run_measure)
-
-
-def _interactive(stream) -> bool:
-    """Whether ``stream`` is a terminal: a progress bar redrawn with carriage returns is
-    garbage in a log file or a pipe."""
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # no isatty, or closed
-        return False
 
 
 def _run_measure(args) -> int:
@@ -150,7 +131,7 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
                      num_workers=workers,
                      batch_size=args.batch_size, n_images=n_images, vector_mode=args.vector_mode,
                      device=args.device, amp=args.amp, seed=args.seed,
-                     progress=not args.no_progress and _interactive(sys.stderr),
+                     progress=not args.no_progress and interactive(sys.stderr),
                      weights=weights, tensor_cores=args.tensor_cores, num_classes=args.num_classes)
     bias = report.metric_bias() if len(metrics) > 1 else None
     # every file before anything is printed: a closed pipe (`| head`) stops at the first print
@@ -291,41 +272,9 @@ def _add_unavailable(sub, command: str, why: str) -> None:
     p.set_defaults(func=run)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """equifast's own warnings as one line, like its errors (Python would name our source line
-    and print it); other libraries' as Python shows them."""
-    from .warning import EquifastWarning
-
-    text = f"equifast: warning: {message}\n" if issubclass(category, EquifastWarning) else \
-        warnings.formatwarning(message, category, filename, lineno, line)
-    (file or sys.stderr).write(text)
-
-
-def _closed_pipe() -> int:
-    """After a ``BrokenPipeError`` (stdout's reader left, as ``| head`` does): no second error
-    when Python flushes what stdout still buffers at exit. Returns the exit status, 141."""
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # stdout is no file descriptor (a test's)
-        pass
-    return 141  # 128 + SIGPIPE, as the shell reports a process a closed pipe ended
-
-
-def _tolerant_output() -> None:
-    """stdout and stderr write what their encoding lacks as escapes: under an ASCII or Latin-1
-    locale a path or model name with ``é`` or ``ρ`` printed after the work is done was an
-    error (UnicodeEncodeError, exit 2) of a run that had succeeded."""
-    for stream in (sys.stdout, sys.stderr):
-        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
-            try:
-                stream.reconfigure(errors="backslashreplace")
-            except (ValueError, OSError):  # closed, or a stream that cannot change
-                pass
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``equifast`` command."""
-    _tolerant_output()
+    tolerant_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -333,10 +282,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         with warnings.catch_warnings():  # restores Python's own display afterwards
-            warnings.showwarning = _show_warning
+            warnings.showwarning = show_warning
             return int(args.func(args) or 0)
     except BrokenPipeError:  # stdout's reader left (`| head`): what was written is kept
-        return _closed_pipe()
+        return closed_pipe()
     except (ValueError, OSError) as err:  # bad input, missing files, weights not downloadable
         print(f"equifast: error: {err}", file=sys.stderr)
         return 2

@@ -148,9 +148,9 @@ def main(argv=None) -> int:
               f"cosine {mc['cosine']:.6f}")
         sys.stdout.flush()  # a closed pipe fails here, not in Python's flush at exit
     except BrokenPipeError:  # `| head`: what was read is kept
-        from .cli import _closed_pipe
+        from ._console import closed_pipe
 
-        return _closed_pipe()
+        return closed_pipe()
     return 0
 
 

@@ -118,11 +118,11 @@ def test_warnings_of_equifast_are_one_line_others_as_python_shows_them(tmp_path,
            "the input holds.\n" in err and "UserWarning" not in err
     # another library's warning keeps Python's format (file, line, category), even when it is
     # reported at a line of equifast (pandas' FutureWarnings are)
-    from equifast.cli import _show_warning
+    from equifast._console import show_warning
 
-    _show_warning(FutureWarning("from pandas"), FutureWarning, ef.measurement.__file__, 7)
+    show_warning(FutureWarning("from pandas"), FutureWarning, ef.measurement.__file__, 7)
     assert capsys.readouterr().err.startswith(f"{ef.measurement.__file__}:7: FutureWarning: from pandas")
-    assert warnings.showwarning is not _show_warning  # main put Python's display back
+    assert warnings.showwarning is not show_warning  # main put Python's display back
 
 
 def _two_images(folder):
@@ -393,7 +393,7 @@ def test_study_checks_the_device_before_claiming_its_folder(tmp_path, capsys):
     assert "Expected a device like" in captured.err and "objective-fashion 1/" not in captured.err
     assert not out.exists()
     assert main(["study", "objective-fashion", "--epochs", "0", "--out", str(out)]) == 2
-    assert "Expected `epochs` to be >= 1" in capsys.readouterr().err
+    assert "Expected --epochs to be >= 1" in capsys.readouterr().err
     assert not out.exists()
 
 
