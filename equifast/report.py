@@ -81,6 +81,15 @@ def shift_table(points: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     return table.sort_values(list(by) + keys + ["family", "part"], kind="stable").reset_index(drop=True)
 
 
+def _json_value(value):
+    """What ``json.dumps`` writes for a meta value it has no form for: NumPy numbers, booleans
+    and arrays as numbers, booleans and lists (as text, ``np.int64(3)`` came back as ``"3"``),
+    anything else (a path, a device) as its text."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return str(value)
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -288,7 +297,7 @@ class Report:
             # records through json.dumps, which writes floats exactly (to_json keeps 10 digits)
             records = self.points.astype(object).where(self.points.notna(), None).to_dict("records")
             doc = {"meta": self.meta, "points": records}
-            write_text_atomic(path, json.dumps(doc, indent=1, default=str))
+            write_text_atomic(path, json.dumps(doc, indent=1, default=_json_value))
             return [path]
         if suffix not in (".csv", ".parquet"):
             raise ValueError(f"Expected a .json, .csv or .parquet path, but got {str(path)!r}.")
@@ -300,7 +309,7 @@ class Report:
                                                      else df.to_parquet(tmp, index=False)))
             written.append(target)
         meta = stem.with_name(f"{stem.name}.meta.json")
-        write_text_atomic(meta, json.dumps(self.meta, indent=1, default=str))
+        write_text_atomic(meta, json.dumps(self.meta, indent=1, default=_json_value))
         return written + [meta]  # .csv and .parquet share the meta file
 
     @classmethod

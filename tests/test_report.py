@@ -69,6 +69,23 @@ def test_save_load_round_trip(tmp_path, suffix):
             Report.load(damaged)
 
 
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
+def test_numpy_values_in_meta_come_back_as_the_numbers_they_were(tmp_path, suffix):
+    # a seed or setting taken from a pandas table is a NumPy scalar: it was saved as text
+    # ("3"), so runs loaded back no longer grouped with runs of the Python int 3
+    meta = {"seed": np.int64(3), "width": np.float32(0.5), "augment": np.bool_(True),
+            "milestones": np.array([3, 6]), "model": "toy"}
+    rep = Report.from_rows(_rows(), meta)
+    rep.save(tmp_path / f"r{suffix}")
+    back = Report.load(tmp_path / f"r{suffix}").meta
+    want = {k: (v.tolist() if isinstance(v, (np.generic, np.ndarray)) else v) for k, v in meta.items()}
+    assert back == want and type(back["seed"]) is int and back["augment"] is True
+    assert [type(v) for v in back.values()] == [type(v) for v in want.values()]
+    loaded = Report.load(tmp_path / f"r{suffix}")
+    both = combine_runs([rep, loaded], by=["seed"])  # the same seed: one group of two runs
+    assert set(both.runs) == {2}
+
+
 def test_plot_writes_a_png(tmp_path):
     rep = Report.from_rows(_rows(), {"model": "toy"})
     other = Report.from_rows(_rows(), {"model": "toy2"})
