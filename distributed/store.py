@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Collection, Dict, Iterator, List, Optional
 
 import numpy as np
-
 import pandas as pd
 
 from equifast._io import atomic_write, check_own_folder, pid_alive, write_text_atomic
