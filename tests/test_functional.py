@@ -316,3 +316,44 @@ def test_input_size_accepts_whole_floats_only():
 def test_empty_batch_or_channels_is_a_clear_error(shape):
     with pytest.raises(ValueError, match="at least one image and one channel"):
         equivariance_scores(torch.randn(*shape), torch.randn(*shape))
+
+
+@pytest.mark.skipif(not ef.ops.available(), reason="equifast._C not built")
+@pytest.mark.parametrize("shape,channels_last", [
+    ((5, 40, 12, 12), True),    # channels-last, K <= 128: streamed, a thread an image
+    ((5, 40, 12, 12), False),   # NCHW: normalised tiles
+    ((3, 300, 9, 9), False),    # few images, many channels: threads share B (image, row tile)
+    ((3, 200, 8, 8), True),     # channels-last beyond the streamed width
+    ((5, 24), False),           # vectors, per image
+])
+def test_an_images_scores_do_not_depend_on_its_batch_order_or_threads(shape, channels_last):
+    # the operator picks its way by N and the thread count (threads take whole images, or share
+    # an image's B); an image's scores must be the same bits in a batch of any size, at any
+    # place in it and on any number of threads, so that batches, shards and machines agree
+    g = torch.Generator().manual_seed(sum(shape))
+    fx = torch.randn(shape, generator=g)
+    ftx = fx + 0.3 * torch.randn(shape, generator=g)
+    # constant channels (a constant vector): undefined (NaN, index -1) the same way everywhere
+    fx[1, :3 if len(shape) == 4 else None] = 2.0
+    if channels_last:
+        fx, ftx = (t.contiguous(memory_format=torch.channels_last) for t in (fx, ftx))
+    perm = torch.randperm(shape[0], generator=g)
+    threads = torch.get_num_threads()
+    for t in ([ef.Rotation(1), ef.Translation(3, -5, mode="zero"), ef.Flip("vertical")]
+              if len(shape) == 4 else [ef.Rotation(1)]):
+        def scores(a, b):
+            s = equivariance_scores(a, b, t, input_size=(36, 36), backend="operator")
+            return torch.stack([s.channel.double(), s.layer.double(), s.layer_index.double()])
+
+        want = scores(fx, ftx)
+        assert want[0].isnan().any()
+        alone = torch.cat([scores(fx[i:i + 1], ftx[i:i + 1]) for i in range(shape[0])], 1)
+        shuffled = scores(fx[perm], ftx[perm])[:, torch.argsort(perm)]
+        pairs = torch.cat([scores(fx[i:i + 2], ftx[i:i + 2]) for i in range(0, shape[0], 2)], 1)
+        try:
+            torch.set_num_threads(1)
+            one_thread = scores(fx, ftx)
+        finally:
+            torch.set_num_threads(threads)
+        for got in (alone, shuffled, pairs, one_thread):
+            assert torch.equal(got.nan_to_num(-2.0), want.nan_to_num(-2.0)), t.name
