@@ -1,6 +1,7 @@
-"""The "did you mean" hint of equifast's error messages."""
+"""Hints of equifast's error messages: "did you mean", and what to install."""
 
 import difflib
+import importlib
 from typing import Iterable
 
 
@@ -8,3 +9,15 @@ def did_you_mean(word, choices: Iterable[str], n: int = 1) -> str:
     """``"; did you mean 'x'?"`` for the ``choices`` that look like ``word``, ``""`` for none."""
     close = difflib.get_close_matches(str(word), list(choices), n=n, cutoff=0.6)
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def import_optional(module: str, extra: str, what: str):
+    """``module`` imported, or a ``ModuleNotFoundError`` saying that ``what`` needs it and which
+    extra of equifast installs it (Python's own names the module only)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"{what} needs {module.split('.')[0]}, which does not import here ({err}); install "
+            f"it with `pip install \"equifast[{extra}]\"` (from a clone: pip install "
+            f"--no-build-isolation -e \".[{extra}]\").", name=module) from err

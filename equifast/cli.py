@@ -286,7 +286,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return int(args.func(args) or 0)
     except BrokenPipeError:  # stdout's reader left (`| head`): what was written is kept
         return closed_pipe()
-    except (ValueError, OSError) as err:  # bad input, missing files, weights not downloadable
+    except (ValueError, OSError, ModuleNotFoundError) as err:  # bad input, missing files,
+        # weights not downloadable, an optional dependency not installed (ray for --workers)
         print(f"equifast: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # what was finished is kept (runs, sweep records): say only that

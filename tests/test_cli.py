@@ -410,3 +410,16 @@ def test_method_check_into_a_closed_pipe_ends_quietly():
     finally:
         os.close(write)
     assert done.returncode == 141 and done.stderr == ""
+
+
+def test_a_missing_optional_dependency_says_which_extra_installs_it(tmp_path, monkeypatch, capsys):
+    # train --workers 2 without Ray printed ModuleNotFoundError's traceback
+    import sys
+    monkeypatch.setitem(sys.modules, "ray.train.torch", None)  # as where ray is not installed
+    out = tmp_path / "run"
+    assert main(["train", "cnn7-fmnist6", "--workers", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("equifast: error: Training on Ray Train workers (--workers N, --gpu) "
+                          "needs ray, which does not import here") and "equifast[distributed]" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+

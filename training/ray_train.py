@@ -32,6 +32,7 @@ from typing import Dict, Optional
 
 import torch
 
+from equifast._hints import import_optional
 from equifast.warning import EquifastWarning
 
 from .recipes import Recipe
@@ -114,6 +115,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
                 f"for the recipe's device {recipe.device!r}: Ray workers train on "
                 f"{'a GPU each' if use_gpu else 'CPUs'} with use_gpu={bool(use_gpu)}. Leave the "
                 "device unset (--device) to let use_gpu decide.")
+    import_optional("ray.train.torch", "distributed", "Training on Ray Train workers (--workers N, --gpu)")
     import ray
     from ray.train import RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
