@@ -16,7 +16,7 @@ setup:
 	$(PY) -m pip install -q --no-build-isolation -e ".[all]"
 
 demo: setup
-	equifast measure --out runs/demo
+	$(PY) -m equifast measure --out runs/demo
 
 test: setup
 	$(PY) -m pytest -q

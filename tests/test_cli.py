@@ -423,3 +423,12 @@ def test_a_missing_optional_dependency_says_which_extra_installs_it(tmp_path, mo
                           "needs ray, which does not import here") and "equifast[distributed]" in err
     assert len(err.splitlines()) == 1 and not out.exists()
 
+
+def test_python_m_equifast_is_the_command(capsys):
+    # `make demo` with PY=<a venv's python> ran whichever `equifast` was on PATH
+    import subprocess
+    import sys
+    assert main(["models", "resnet1"]) == 0
+    run = subprocess.run([sys.executable, "-m", "equifast", "models", "resnet1"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout == capsys.readouterr().out and "resnet18" in run.stdout
