@@ -198,7 +198,8 @@ def main(argv: Optional[List[str]] = None, run_prog: Optional[str] = None) -> in
         return int(args.func(args) or 0)
     except BrokenPipeError:  # stdout's reader left (`| head`): what was written is kept
         return closed_pipe()
-    except (ValueError, OSError, RuntimeError) as err:  # OSError: --out a file, unwritable, ...
+    except (ValueError, OSError, RuntimeError, ModuleNotFoundError) as err:  # OSError: --out a
+        # file, unwritable, ...; ModuleNotFoundError: Ray not installed
         print(f"equifast sweep: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the finished jobs' records are kept: a rerun skips them

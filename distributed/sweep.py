@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from equifast._hints import import_optional
 from equifast.data import ClassFolders
 from equifast.warning import EquifastWarning
 
@@ -564,8 +565,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         call started has (Ray would wait for ever); nothing is written. On a cluster it joined,
         which may autoscale, that is a warning.
     """
-    import ray
-
+    ray = import_optional("ray", "distributed", "Running a sweep")
     spec = load_spec(spec)
     jobs = spec.jobs()
     store = ResultStore(out or spec.out or DEFAULT_OUT)

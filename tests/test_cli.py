@@ -432,3 +432,14 @@ def test_python_m_equifast_is_the_command(capsys):
     run = subprocess.run([sys.executable, "-m", "equifast", "models", "resnet1"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout == capsys.readouterr().out and "resnet18" in run.stdout
+
+
+def test_a_sweep_without_ray_says_which_extra_installs_it(tmp_path, monkeypatch, capsys):
+    import sys
+    from equifast.distributed.cli import main as sweep_main
+    spec = Path(__file__).resolve().parents[1] / "distributed" / "examples" / "small.yaml"
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where ray is not installed
+    assert sweep_main(["run", str(spec), "--out", str(tmp_path / "sweep")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("equifast sweep: error: Running a sweep needs ray") and "equifast[distributed]" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "sweep").exists()
