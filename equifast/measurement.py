@@ -354,8 +354,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             diagonal shifts 1..32 and the three rotations.
         metric: ``"correlation"``, ``"cosine"``, or both (a list) in the same passes.
         batch_size: images per forward pass (transformed batches are stacked up to it).
-        n_images: at most this many images (a seeded subset for datasets and folders); a
-            warning says when the input holds fewer.
+        n_images: at most this many images; a warning says when the input holds fewer. Of
+            a tensor or a ``DataLoader``, the first ``n_images``; of a ``Dataset`` or a folder, a
+            subset drawn with ``seed`` and kept in their order (the same seed, the same images).
         labels: class indices for a tensor input (``[N]``; -1 marks an image without a label):
             top-1 accuracy over the labelled images goes into ``report.meta``.
         points: names of representations to use instead of :func:`equifast.split`'s.
