@@ -174,27 +174,6 @@ def metric_bias(points: pd.DataFrame,
     return {"table": table, "correlation": pd.DataFrame(rows)}
 
 
-def _sorted_values(x: pd.Series) -> np.ndarray:
-    """A group's values as float64 in one order whatever the order of the rows (NaN last), so
-    that float sums over them are the same to the last bit."""
-    return np.sort(x.to_numpy(dtype=float, na_value=np.nan))
-
-
-def _mean_of_runs(x: pd.Series) -> float:
-    """The mean of every run's value (NaN when one is NaN), independent of the runs' order."""
-    return float(_sorted_values(x).mean())
-
-
-def _std_of_runs(x: pd.Series) -> float:
-    """The sample standard deviation (ddof 1; NaN for one run or when one is NaN),
-    independent of the runs' order."""
-    values = _sorted_values(x)
-    if len(values) < 2:
-        return float("nan")
-    with np.errstate(invalid="ignore"):  # infinite values: NaN, as pandas gives
-        return float(values.std(ddof=1))
-
-
 def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run: str = "run",
               count: str = "runs") -> pd.DataFrame:
     """SPEC aggregation step 4: mean and standard deviation over repeated runs (seeds).
@@ -202,18 +181,35 @@ def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run:
     One row per ``keys`` (in order of appearance) with ``<v>`` (mean) and ``<v>_std`` (the
     sample standard deviation, ddof 1: NaN for one run) for each of ``values``, and ``count``:
     the number of distinct ``run`` values. A value undefined (NaN) in one run is undefined in
-    the mean and std: a mean over fewer runs would read as one over all of them. Studies, sweeps and :func:`combine_runs` all aggregate seeds here.
+    the mean and std: a mean over fewer runs would read as one over all of them. Studies,
+    sweeps and :func:`combine_runs` all aggregate seeds here.
     The mean and std do not depend on the order of the rows (runs given in another order,
-    records read in another order): each group's values are summed in sorted order, so they
-    are the same to the last bit.
+    records read in another order): each group's values are taken in sorted order, so they
+    are the same to the last bit: those of ``np.mean`` / ``np.std(ddof=1)`` of the sorted values.
     """
-    g = df.groupby(list(keys), sort=False, observed=True, dropna=False)
-    agg = {}
-    for v in values:  # over every run: one that is undefined (NaN) makes the mean undefined
-        agg[v] = (v, _mean_of_runs)
-        agg[f"{v}_std"] = (v, _std_of_runs)
-    agg[count] = (run, "nunique")
-    return g.agg(**agg).reset_index()
+    keys = list(keys)
+    g = df.groupby(keys, sort=False, observed=True, dropna=False)
+    group = g.ngroup().to_numpy()  # numbered in order of appearance (sort=False)
+    firsts = np.unique(group, return_index=True)[1]
+    out = df[keys].iloc[firsts].reset_index(drop=True)
+    sizes = np.bincount(group, minlength=len(firsts))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    for v in values:
+        x = df[v].to_numpy(dtype=float, na_value=np.nan)
+        x = x[np.lexsort((x, group))]  # each group's rows together, its values sorted, NaN last
+        mean, std = np.full(len(sizes), np.nan), np.full(len(sizes), np.nan)
+        # a matrix of the groups of each size: numpy reduces each row as it would the values
+        # alone (a Python call per group took minutes over a large sweep's shift tables)
+        for n in np.unique(sizes):
+            ids = np.flatnonzero(sizes == n)
+            block = x[starts[ids, None] + np.arange(n)]
+            mean[ids] = block.mean(axis=1)
+            if n > 1:
+                with np.errstate(invalid="ignore"):  # infinite values: NaN, as pandas gives
+                    std[ids] = block.std(axis=1, ddof=1)
+        out[v], out[f"{v}_std"] = mean, std
+    out[count] = g[run].nunique().to_numpy()
+    return out
 
 
 def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.DataFrame:
