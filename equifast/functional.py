@@ -34,9 +34,15 @@ def backend() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _warn_fallback() -> None:
+    why = ops.load_error() or "not built"
+    # a build against another torch (pip's build isolation, or torch upgraded since) loads
+    # with an undefined C++ symbol: say so, it reads as a bare "rebuild" otherwise
+    hint = (" It was built against another torch than this one" if "undefined symbol" in why
+            else "")
     warnings.warn(
-        "equifast: the compiled operator (equifast._C) is not available, so scores are computed "
-        "by the slower PyTorch reference. Rebuild with `pip install --no-build-isolation -e .`.",
+        f"equifast: the compiled operator (equifast._C) is not available ({why}), so scores "
+        f"are computed by the slower PyTorch reference.{hint} Rebuild it against the installed "
+        "torch with `pip install --no-build-isolation -e .`.",
         EquifastWarning,
         stacklevel=3,
     )

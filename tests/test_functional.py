@@ -107,6 +107,25 @@ def test_non_square_rotation_and_empty_overlap():
                             ef.Translation(7, 0, mode="zero", rounding="nearest"), input_size=(8, 8))
 
 
+@pytest.mark.parametrize("error,another_torch", [
+    ("ImportError: /x/equifast/_C.abi3.so: undefined symbol: _ZN3c1017RegisterOperatorsD1Ev", True),
+    ("ModuleNotFoundError: No module named 'equifast._C'", False)])
+def test_the_fallback_to_the_reference_says_why(error, another_torch, monkeypatch):
+    # it said "rebuild" alone: a build against another torch looked like no build at all
+    from equifast import functional, ops
+    monkeypatch.setattr(ops, "_loaded", False)
+    monkeypatch.setattr(ops, "_error", error)
+    functional._warn_fallback.cache_clear()
+    fx = torch.rand(2, 3, 6, 6)
+    t = ef.Rotation(1)
+    with pytest.warns(ef.EquifastWarning, match="compiled operator") as caught:
+        got = equivariance_scores(fx, t(fx), t)
+    functional._warn_fallback.cache_clear()
+    (said,) = [str(w.message) for w in caught]
+    assert f"({error})" in said and ("built against another torch" in said) == another_torch
+    assert torch.allclose(got.channel, torch.ones(2, 3), atol=1e-6)  # from the reference
+
+
 def test_half_precision_inputs():
     x = torch.randn(2, 4, 6, 6)
     t = ef.Rotation(2)
