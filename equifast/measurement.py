@@ -422,7 +422,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         torch.default_generator.manual_seed(seed)  # CPU only: the caller's CUDA stream is theirs
         meta = {"seed": seed, "backend": backend_name() if backend == "auto" else backend}
         if isinstance(model, str):
-            meta.update(model=model, weights=str(weights))
+            meta.update(model=model, weights=None if weights is None else str(weights))  # JSON null
             run = model if os.path.isfile(os.path.join(model, "recipe.json")) else None
             if num_classes is not None:
                 meta["num_classes"] = num_classes
@@ -513,8 +513,11 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only
         on_tensor_cores = (tensor_cores and measurer.device.type == "cuda"
                            and torch.cuda.get_device_capability(measurer.device)[0] >= 8)
+        from . import __version__
+
         meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size,
-                    tensor_cores=bool(on_tensor_cores))
+                    tensor_cores=bool(on_tensor_cores),
+                    versions={"equifast": __version__, "torch": torch.__version__})  # to repeat it
         if backend == "auto" and torch.float64 in measurer.map_dtypes:  # scored in float64
             meta["backend"] = ("reference" if measurer.map_dtypes == {torch.float64}
                                else "operator, reference for float64 maps")

@@ -818,3 +818,16 @@ def test_torchscript_is_refused_naming_what_to_pass():
     for scripted in (torch.jit.script(model), torch.jit.trace(model, x)):
         with pytest.raises(TypeError, match="TorchScript module .* Pass the nn.Module it was"):
             ef.measure(scripted, x, transforms=[ef.Rotation(1)])
+
+
+def test_meta_says_random_weights_as_null_and_the_versions_measured_with(tmp_path):
+    # random weights were saved as the string "None"; nothing said which equifast and torch
+    import equifast
+    from equifast.report import Report
+    rep = ef.measure("resnet18", torch.rand(2, 3, 32, 32), weights=None, num_classes=10,
+                     transforms=[ef.Rotation(1)])
+    assert rep.meta["weights"] is None
+    assert rep.meta["versions"] == {"equifast": equifast.__version__, "torch": torch.__version__}
+    rep.save(str(tmp_path / "r.json"))
+    back = Report.load(str(tmp_path / "r.json"))
+    assert back.meta["weights"] is None and back.meta["versions"] == rep.meta["versions"]
