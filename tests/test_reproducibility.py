@@ -7,7 +7,6 @@ scores' fixed-point sums in any order); the model's float32 rounding (1e-6) wher
 changes its arithmetic (channels-last, batch size); float64 rounding where only float64 sums
 change order (activation means, across-images moments).
 """
-import math
 import random
 
 import numpy as np
