@@ -206,3 +206,18 @@ def test_an_interrupted_ray_run_resumes_to_the_uninterrupted_one(tmp_path, local
         for k in ("train_acc", "train_rot_acc"):
             assert abs(row[k] * 257 - round(row[k] * 257)) < 1e-6, (k, row)
         assert row["test_acc"] in (0.0, 1.0) and row["test_rot_acc"] in (0.0, 1.0)
+
+
+@pytest.mark.slow  # about 20 s: a Ray run of two workers
+def test_a_diverging_ray_run_stops_on_every_worker_with_the_error_itself(tmp_path, local_ray):
+    # every worker sees the all-reduced loss and the same weights, so all stop in the same
+    # epoch; the driver gets the error as a single process does, with its epoch
+    from equifast.training import TrainingDivergedError
+
+    recipe = get_recipe("cnn7-fmnist6", optimizer="sgd", lr=1e8, momentum=0.9, epochs=2,
+                        train_subset=128, test_subset=64, batch_size=64, device="cpu")
+    with pytest.raises(TrainingDivergedError, match="^Training diverged in epoch 1 of 2") as err:
+        train_ray(recipe, str(tmp_path / "run"), num_workers=2)
+    assert err.value.epoch == 1
+    assert not any((tmp_path / "run" / n).exists() for n in ("checkpoint.pt", "model.pt",
+                                                              "result.json"))

@@ -17,14 +17,14 @@ from .data import (AUGMENTATIONS, DATASETS, KEPT_CLASSES, REMOVED_CLASSES, build
 from .models import CNN7, ResNet, WideResNet, build_model, cnn7, resnet44, wrn40
 from .recipes import RECIPES, Recipe, get_recipe, list_recipes
 from .studies import STUDIES, Study, get_study, measure_study, plot_study, run_study
-from .trainer import TrainResult, evaluate, load_model, train
+from .trainer import TrainingDivergedError, TrainResult, evaluate, load_model, train
 
 __all__ = [
     "AUGMENTATIONS", "DATASETS", "KEPT_CLASSES", "REMOVED_CLASSES", "build_dataset",
     "measure_images", "CNN7", "ResNet", "WideResNet", "build_model", "cnn7", "resnet44", "wrn40",
     "RECIPES", "Recipe",
     "get_recipe", "list_recipes", "STUDIES", "Study", "get_study", "measure_study", "plot_study",
-    "run_study", "TrainResult", "evaluate", "load_model", "train", "train_ray",
+    "run_study", "TrainResult", "TrainingDivergedError", "evaluate", "load_model", "train", "train_ray",
 ]
 
 

@@ -22,6 +22,11 @@ deterministic as the kernels, see ``torch.use_deterministic_algorithms``; with R
 resumed with the same number of workers). A finished run is never
 retrained or overwritten unless ``overwrite=True``.
 
+A run whose loss or weights turn NaN or infinite (a learning rate far too high) stops at the
+end of that epoch with :class:`TrainingDivergedError`, which names the epoch; nothing of it
+is saved, so the folder keeps the previous epoch's checkpoint and never a ``model.pt`` or
+``result.json`` of a diverged model.
+
 Accuracy: ``test_acc`` is the class accuracy; Rot-Eq also reports ``test_rot_acc``, the
 quarter-turn accuracy. With CutMix the training accuracy counts the arg-max of the mixed
 target.
@@ -56,13 +61,34 @@ from .data import BatchCollate, build_dataset, dataset_info
 from .models import build_model
 from .recipes import Recipe
 
-__all__ = ["TrainResult", "train", "build_model_for", "load_model", "evaluate",
+__all__ = ["TrainResult", "TrainingDivergedError", "train", "build_model_for", "load_model", "evaluate",
            "prepare_out_dir", "epoch_line", "read_run_file", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
 
 CHECKPOINT, METRICS, RESULT, MODEL, RECIPE = (
     "checkpoint.pt", "metrics.csv", "result.json", "model.pt", "recipe.json")
 _COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
 _ROT_COLUMNS = ["train_rot_acc", "test_rot_acc"]
+
+
+class TrainingDivergedError(FloatingPointError, ValueError):
+    """Training diverged: an epoch's loss or the weights after it are NaN or infinite.
+
+    Raised at the end of the first such epoch, before anything of it is saved: the run
+    folder keeps the checkpoint (and ``metrics.csv`` rows) of the epoch before, and no
+    ``model.pt`` or ``result.json``, so a study never measures or averages the run. A
+    ``ValueError`` too: the ``equifast`` command prints it in one line, as bad input.
+
+    Attributes:
+        epoch: the epoch that diverged (1-based).
+        row: its ``metrics.csv`` row (never written).
+    """
+
+    def __init__(self, message: str, epoch: int, row: Dict):
+        super().__init__(message)
+        self.epoch, self.row = epoch, row
+
+    def __reduce__(self):  # picklable (a Ray worker's error travels to the driver)
+        return type(self), (str(self), self.epoch, self.row)
 
 
 @dataclass
@@ -422,6 +448,34 @@ class _Dist:
                 self.dist.broadcast(b, 0)
 
 
+def _not_finite(model: nn.Module) -> List[str]:
+    """Names of the model's floating-point parameters and buffers holding NaN or infinity."""
+    state = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+    if not state:
+        return []
+    finite = torch.stack([torch.isfinite(v).all() for v in state.values()]).cpu()  # one sync
+    return [k for k, ok in zip(state, finite.tolist()) if not ok]
+
+
+def _check_finite(epoch: int, recipe: Recipe, row: Dict, model: nn.Module) -> None:
+    """Raise :class:`TrainingDivergedError` when epoch ``epoch`` diverged (same on every rank:
+    the losses are all-reduced, the weights kept equal by DDP and the buffers by rank 0's)."""
+    losses = {k: row[k] for k in ("train_loss", "test_loss") if not math.isfinite(row[k])}
+    bad = _not_finite(model)
+    if not losses and not bad:
+        return
+    what = [f"{k.replace('_', ' ')} {v}" for k, v in losses.items()]
+    if bad:
+        what.append(f"NaN or infinity in {len(bad)} weight tensor(s), first {bad[0]!r}")
+    kept = (f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else
+            "the run has no checkpoint")
+    raise TrainingDivergedError(
+        f"Training diverged in epoch {epoch} of {recipe.epochs} at lr {row['lr']:g} "
+        f"({', '.join(what)}). Nothing of epoch {epoch} was saved: {kept}. Resuming repeats it: "
+        f"train the run with a lower learning rate (--lr) and --overwrite (overwrite=True).",
+        epoch, row)
+
+
 def _tensorboard(out: Path, purge_step: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -519,6 +573,12 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
                "seconds": round(time.perf_counter() - t0, 3)}
         if rot:
             row.update(train_rot_acc=tr["rot_acc"], test_rot_acc=te["rot_acc"])
+        try:
+            _check_finite(epoch, recipe, row, model)
+        except TrainingDivergedError:
+            if writer is not None:
+                writer.close()
+            raise
         history.append(row)
         states = dist.gather(_rng_state(generator))
         if dist.rank == 0:

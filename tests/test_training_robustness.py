@@ -1,0 +1,78 @@
+"""What a researcher running the training studies for hours runs into: diverging runs,
+interrupted and resumed runs, run folders of another recipe. Tiny real runs on Fashion-MNIST
+(skipped without it)."""
+import json
+import math
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from equifast.training import get_recipe, train
+from equifast.training.data import FASHION_MNIST_ROOT
+
+needs_fmnist = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(FASHION_MNIST_ROOT, "train-images-idx3-ubyte.gz")),
+    reason="Fashion-MNIST idx files not found")
+
+TINY = dict(epochs=2, train_subset=128, test_subset=64, batch_size=64, device="cpu")
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@needs_fmnist
+def test_a_diverging_run_stops_in_its_first_non_finite_epoch(tmp_path, capsys):
+    # a learning rate far too high trained on to the end, then saved a NaN model.pt and a
+    # result.json (test_loss NaN, test_acc at chance) that a study measured and averaged
+    from equifast.training import TrainingDivergedError
+    from equifast.training.cli import main
+
+    recipe = get_recipe("cnn7-fmnist6", optimizer="sgd", lr=1e8, momentum=0.9, **TINY)
+    with pytest.raises(TrainingDivergedError, match=r"^Training diverged in epoch 1 of 2 at lr "
+                                                    r"1e\+08 \(.*loss nan.*the run has no "
+                                                    r"checkpoint") as err:
+        train(recipe, str(tmp_path / "run"))
+    assert err.value.epoch == 1 and isinstance(err.value, ValueError)
+    row = err.value.row
+    assert row["epoch"] == 1 and not all(map(math.isfinite, (row["train_loss"], row["test_loss"])))
+    assert [n for n in _names(tmp_path / "run") if n != "tb"] == ["recipe.json"]
+    # the command says it in one line
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "cnn7-fmnist6", "--lr", "1e9", "--subset", "128", "--test-subset", "64",
+              "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(tmp_path / "cli")])
+    err_text = capsys.readouterr().err
+    assert exit_.value.code == 2 and "diverged in epoch 1 of 1" in err_text
+    assert "Traceback" not in err_text and len(err_text.strip().splitlines()) == 1
+
+
+@needs_fmnist
+def test_a_run_diverging_later_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, same_run):
+    from equifast.training import TrainingDivergedError
+    from equifast.training import trainer
+
+    recipe = get_recipe("cnn7-fmnist6", **TINY)
+    train(recipe, str(tmp_path / "straight"))
+    cross_entropy = trainer.F.cross_entropy
+
+    def diverge_after_epoch_1(epoch, row):
+        if epoch == 1:  # from now on the loss is NaN (an exploding step)
+            monkeypatch.setattr(trainer.F, "cross_entropy",
+                                lambda *a, **k: cross_entropy(*a, **k) * float("nan"))
+
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2 of 2 .*NaN or infinity in \d+ "
+                                                    r"weight tensor.*checkpoint of epoch 1 is kept"):
+        train(recipe, str(run), callback=diverge_after_epoch_1)
+    monkeypatch.undo()
+    assert [n for n in _names(run) if n != "tb"] == ["checkpoint.pt", "metrics.csv", "recipe.json"]
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1]
+    # the kept checkpoint is epoch 1 of the run, whole: resumed, it ends as the straight run
+    assert train(recipe, str(run)).resumed_from == 1
+    same_run(tmp_path / "straight", run)
+    assert json.loads((run / "result.json").read_text())["epochs"] == 2
