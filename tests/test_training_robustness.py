@@ -76,3 +76,22 @@ def test_a_run_diverging_later_keeps_the_last_good_checkpoint(tmp_path, monkeypa
     assert train(recipe, str(run)).resumed_from == 1
     same_run(tmp_path / "straight", run)
     assert json.loads((run / "result.json").read_text())["epochs"] == 2
+
+
+@needs_fmnist
+def test_a_study_run_that_cannot_be_measured_is_named(tmp_path):
+    # a run with NaN weights (diverged before training stopped such runs) failed the whole
+    # study's measurement with "f(x) at point 'stem' ... NaN", not saying which of its runs
+    from equifast.training import measure_study, run_study
+
+    run_study("objective-fashion", str(tmp_path), seeds=[0], measure=False,
+              overrides={**TINY, "epochs": 1})
+    bad = tmp_path / "FMNIST6-Rot-Inv" / "seed0" / "model.pt"
+    state = torch.load(bad, weights_only=True)
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = torch.full_like(state[first], float("nan"))
+    torch.save(state, bad)
+    with pytest.raises(ValueError, match=r"^Could not measure the run '.*FMNIST6-Rot-Inv/seed0' "
+                                         r"\(FMNIST6-Rot-Inv, seed 0\): .*NaN") as err:
+        measure_study("objective-fashion", str(tmp_path), seeds=[0], n_images=8)
+    assert "finite" in str(err.value.__cause__)

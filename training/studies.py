@@ -181,9 +181,13 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
             cache[key] = measure_images(recipe.dataset, root, n, recipe.data_seed,
                                         download=download)
         model = load_model(run, class_logits_only=True)  # a Rot-Eq model's final: its classes
-        report = equifast.measure(model, cache[key], transforms=transforms,
-                                  metric=metric, batch_size=batch_size, n_images=n,
-                                  device=device, seed=0)
+        try:
+            report = equifast.measure(model, cache[key], transforms=transforms,
+                                      metric=metric, batch_size=batch_size, n_images=n,
+                                      device=device, seed=0)
+        except ValueError as err:  # a NaN model of a diverged run: which of the study's runs
+            raise ValueError(f"Could not measure the run {run!r} ({label}, seed {seed}): "
+                             f"{err}") from err
         parts = report.parts.copy()
         parts["test_acc"] = result.test_acc
         if result.test_rot_acc is not None:
