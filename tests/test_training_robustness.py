@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from equifast.training import get_recipe, train
+from equifast.training import get_recipe, load_model, train
 from equifast.training.data import FASHION_MNIST_ROOT
 
 needs_fmnist = pytest.mark.skipif(
@@ -95,3 +95,28 @@ def test_a_study_run_that_cannot_be_measured_is_named(tmp_path):
                                          r"\(FMNIST6-Rot-Inv, seed 0\): .*NaN") as err:
         measure_study("objective-fashion", str(tmp_path), seeds=[0], n_images=8)
     assert "finite" in str(err.value.__cause__)
+
+
+def test_a_recipe_this_version_cannot_read_is_one_error_naming_the_file(tmp_path):
+    # a recipe.json with a field of another equifast version (or edited) was a TypeError
+    # traceback ("Recipe.__init__() got an unexpected keyword argument") from `equifast train`,
+    # `equifast measure --model RUN` and the studies
+    from equifast.training import Recipe
+    from equifast.training.trainer import CHECKPOINT, RECIPE, prepare_out_dir
+
+    recipe = get_recipe("cnn7-fmnist6", epochs=1)
+    with pytest.raises(ValueError, match=r"unknown ones \['label_smoothing'\]"):
+        Recipe.from_dict({**recipe.to_dict(), "label_smoothing": 0.1})
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    assert prepare_out_dir(recipe, str(tmp_path)) is None
+    (tmp_path / CHECKPOINT).write_bytes(b"")  # an unfinished run (only its presence counts)
+    for field, value, said in (("label_smoothing", 0.1, r"unknown ones \['label_smoothing'\]"),
+                               ("epochs", "1", "Expected `epochs` to be an int")):
+        (tmp_path / RECIPE).write_text(json.dumps({**recipe.to_dict(), field: value}))
+        for call in (lambda: prepare_out_dir(recipe, str(tmp_path)),
+                     lambda: load_model(str(tmp_path))):
+            with pytest.raises(ValueError, match=rf"^Could not read the recipe of the run file "
+                                                 rf"'.*{RECIPE}': .*{said}.*--overwrite"):
+                call()
+    assert prepare_out_dir(recipe, str(tmp_path), overwrite=True) is None  # as it says
+    assert json.loads((tmp_path / RECIPE).read_text()) == recipe.to_dict()

@@ -202,6 +202,10 @@ class Recipe:
     def from_dict(cls, d: Dict) -> "Recipe":
         """Inverse of :meth:`to_dict`; unknown keys are an error. A field that a stored run
         predates takes the value that run used (:data:`_BEFORE_FIELDS`), not today's default."""
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:  # Recipe(**d) said "unexpected keyword argument" in a traceback
+            raise ValueError(f"Expected the fields of a recipe, but got unknown ones {unknown}: "
+                             "a recipe written by another version of equifast?")
         return cls(**{**_BEFORE_FIELDS, **d, "milestones": tuple(d.get("milestones", ()))})
 
     def same_run(self, other: "Recipe") -> bool:

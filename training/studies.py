@@ -35,7 +35,7 @@ import pandas as pd
 from equifast._io import check_own_folder, write_csv_atomic, write_text_atomic
 from equifast.report import over_runs
 
-from .recipes import Recipe, get_recipe
+from .recipes import get_recipe
 
 __all__ = ["Study", "STUDIES", "get_study", "run_study", "measure_study", "summarize",
            "plot_study", "PART_ORDER"]
@@ -161,7 +161,7 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
     from equifast.transforms import Translation
 
     from .data import measure_images
-    from .trainer import load_model, prepare_out_dir, read_run_file
+    from .trainer import load_model, prepare_out_dir, read_run_recipe
     study = get_study(study) if isinstance(study, str) else study
     _check_seeds_and_images(seeds, n_images)
     transforms = study.make_transforms()
@@ -172,7 +172,7 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
         if not os.path.isfile(os.path.join(run, "result.json")):
             raise FileNotFoundError(f"Expected a finished run in {run!r}, but it has no "
                                     f"result.json. Train it with `equifast study {study.name}`.")
-        recipe = Recipe.from_dict(read_run_file(Path(run, "recipe.json")))
+        recipe = read_run_recipe(Path(run, "recipe.json"))
         result = prepare_out_dir(recipe, run)  # reads the finished result, trains nothing
         n = recipe.measure_images if n_images is None else n_images
         root = data_root or recipe.data_root

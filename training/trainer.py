@@ -62,7 +62,7 @@ from .models import build_model
 from .recipes import Recipe
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train", "build_model_for", "load_model", "evaluate",
-           "prepare_out_dir", "epoch_line", "read_run_file", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
+           "prepare_out_dir", "epoch_line", "read_run_file", "read_run_recipe", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
 
 CHECKPOINT, METRICS, RESULT, MODEL, RECIPE = (
     "checkpoint.pt", "metrics.csv", "result.json", "model.pt", "recipe.json")
@@ -158,7 +158,7 @@ def load_model(out_dir: str, map_location: str = "cpu", class_logits_only: bool 
     if not (out / RECIPE).is_file():
         raise FileNotFoundError(f"Expected a run folder with {RECIPE}, but got {str(out)!r}. "
                                 f"Train it first with `equifast train`.")
-    recipe = Recipe.from_dict(read_run_file(out / RECIPE))
+    recipe = read_run_recipe(out / RECIPE)
     model = build_model_for(recipe)
     if (out / MODEL).is_file():
         state = read_run_file(out / MODEL, map_location)
@@ -320,6 +320,19 @@ def read_run_file(path: Path, map_location="cpu"):
                          "--overwrite (overwrite=True).") from err
 
 
+def read_run_recipe(path, stored: Optional[Dict] = None) -> Recipe:
+    """The :class:`Recipe` a run file holds (``recipe.json``, or ``stored``: the recipe
+    ``path`` holds, e.g. ``result.json``'s); one that this version cannot read (unknown or bad
+    fields, from another version or edited) is a ``ValueError`` naming the file."""
+    d = read_run_file(path) if stored is None else stored
+    try:
+        return Recipe.from_dict(d)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"Could not read the recipe of the run file {str(path)!r}: {err} "
+                         "Train the run again with --overwrite (overwrite=True), or edit the "
+                         "file.") from err
+
+
 def _load_checkpoint(path: Path, map_location="cpu") -> Dict:
     return read_run_file(path, map_location)
 
@@ -349,7 +362,7 @@ def _result_from_dir(out: Path, resumed_from: Optional[int] = None) -> TrainResu
         with open(out / METRICS, newline="") as f:
             rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items() if v != ""}
                     for r in csv.DictReader(f)]
-    return TrainResult(out_dir=str(out), recipe=Recipe.from_dict(d["recipe"]),
+    return TrainResult(out_dir=str(out), recipe=read_run_recipe(out / RESULT, d["recipe"]),
                        epochs=d["epochs"], test_acc=d["test_acc"], test_loss=d["test_loss"],
                        test_rot_acc=d.get("test_rot_acc"), metrics=rows,
                        resumed_from=d["epochs"] if resumed_from is None else resumed_from)
@@ -387,7 +400,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
     remove_stale_temps(out, (CHECKPOINT, METRICS, RESULT, MODEL, RECIPE))
     started = (out / CHECKPOINT).is_file() or (out / RESULT).is_file()
     if (out / RECIPE).is_file() and started:  # without them no epoch was trained: nothing to keep
-        stored = Recipe.from_dict(read_run_file(out / RECIPE))
+        stored = read_run_recipe(out / RECIPE)
         if not stored.same_run(recipe):
             diff = {k: (v, recipe.to_dict()[k]) for k, v in stored.to_dict().items()
                     if v != recipe.to_dict()[k]}
