@@ -77,7 +77,7 @@ _MAX_IMAGES = 65535  # a launch's images (the grid's second dimension)
 @triton.jit
 def _offsets(idx_ptr, p, ok, W, s_h, s_w, WIDE: tl.constexpr):
     """Memory offsets of the compared positions p (flat i * W + j, read from idx_ptr), 64-bit
-    when the tensors' extents need it."""
+    when the tensors' extents or H * W need it (the positions are read in 32 bits otherwise)."""
     # (each constexpr branch assigns: Triton types a function by all of its returns)
     if WIDE:
         pos = tl.load(idx_ptr + p, mask=ok, other=0)
@@ -636,8 +636,9 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
     single = single_pass(k)
     bm, bn, bk, warps, stages = tiles_for(k, p, fx.dtype, tensor_cores, single)
     mult = _multiplication(fx.dtype, tensor_cores)
-    # an image's offsets in 32 bits unless its extent (and stride 0's wrap) says otherwise
-    wide = max(_extent(fx), _extent(ftx)) >= 2 ** 31
+    # an image's offsets, and the flat positions they come from, in 32 bits unless its extent
+    # or its H * W (past the extent where a map is expanded: stride 0) needs more
+    wide = max(_extent(fx), _extent(ftx), h * w - 1) >= 2 ** 31
     eps_hi = float(np.float32(eps))
     eps_lo = float(eps) - eps_hi  # the kernels add them back in float64
     strides = (*fx.stride(), *ftx.stride())

@@ -253,6 +253,30 @@ def _store_plane(out, N, K):
 
 
 @kernels
+def test_positions_past_2_31_of_an_expanded_map(passes):
+    # A map expanded along its rows (stride 0) spans a few elements in memory, but its flat
+    # positions run past 2^31: they were read in 32 bits there (the extent alone chose the
+    # offsets' width), wrapped, and gave NaN and 1.0 for these scores.
+    g = torch.Generator().manual_seed(21)
+    h, w = 4, 2 ** 30 + 1  # rows 2 and 3 start past 2^31
+    fx, ftx = (torch.randn(2, 3, h, 1, generator=g).to(DEVICE).expand(2, 3, h, w)
+               for _ in range(2))
+    row_a, row_b = torch.tensor([0, 2, 3, 1, 2, 3, 0, 3]), torch.tensor([3, 1, 2, 2, 0, 3, 1, 0])
+    a = (row_a * w + torch.tensor([5, 0, w - 1, 7, 123, 9, w - 2, 4])).to(DEVICE)
+    b = (row_b * w + torch.tensor([1, w - 1, 3, 8, 0, 77, 2, w - 3])).to(DEVICE)
+    assert int(a.max()) >= 2 ** 31 and int(b.max()) >= 2 ** 31
+    for metric, centered in METRICS.items():
+        got = ops_triton.equivariance_scores(fx, ftx, a, b, centered, EPS, False)
+        s = reference.similarity_matrix(fx[..., a // w, a % w].cpu(), ftx[..., b // w, b % w].cpu(),
+                                        metric, EPS)
+        want = reference.scores_from_similarity(s)
+        for x, y in zip(got[:2], want[:2]):
+            torch.testing.assert_close(x.cpu(), y, atol=1e-5, rtol=0, equal_nan=True)
+        assert torch.equal(got[2].cpu(), want.layer_index)
+        assert not torch.isnan(want.layer).any()
+
+
+@kernels
 def test_buffer_planes_are_64_bit():
     # the [side, ..., N, K] buffers' planes past 2^31 values (millions of images in one call):
     # int32 products of N and K wrapped there
