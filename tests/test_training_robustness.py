@@ -120,3 +120,42 @@ def test_a_recipe_this_version_cannot_read_is_one_error_naming_the_file(tmp_path
                 call()
     assert prepare_out_dir(recipe, str(tmp_path), overwrite=True) is None  # as it says
     assert json.loads((tmp_path / RECIPE).read_text()) == recipe.to_dict()
+
+
+class _Stop(RuntimeError):
+    pass
+
+
+def _stop_after_epoch_1(epoch, row):
+    if epoch == 1:
+        raise _Stop
+
+
+@needs_fmnist
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
+    # seed 0's checkpoint copied into seed 1's folder was resumed silently (seed 1's result was
+    # seed 0's run); one of another model failed in load_state_dict with a size-mismatch
+    # traceback
+    from equifast.training.trainer import build_model_for
+
+    recipe = get_recipe("cnn7-fmnist6", **TINY)
+    for seed in (0, 1):
+        with pytest.raises(_Stop):
+            train(recipe.replace(seed=seed), str(tmp_path / f"seed{seed}"), callback=_stop_after_epoch_1)
+    theirs = (tmp_path / "seed0" / "checkpoint.pt").read_bytes()
+    (tmp_path / "seed1" / "checkpoint.pt").write_bytes(theirs)
+    said = (r"checkpoint '.*seed1/checkpoint.pt' to be of the run in its folder, but it was "
+            r"written by a run of another recipe .*\{'seed': \(0, 1\)\}")
+    with pytest.raises(ValueError, match=said):
+        train(recipe.replace(seed=1), str(tmp_path / "seed1"))
+    with pytest.raises(ValueError, match=said):
+        load_model(str(tmp_path / "seed1"))
+    assert (tmp_path / "seed1" / "checkpoint.pt").read_bytes() == theirs  # left as it was
+    assert train(recipe, str(tmp_path / "seed0")).resumed_from == 1  # its own run resumes
+    # final weights of another model in a run folder
+    other = build_model_for(get_recipe("cnn7-fmnist6-rot-eq")).state_dict()
+    torch.save(other, tmp_path / "seed0" / "model.pt")
+    with pytest.raises(ValueError, match=r"weights '.*seed0/model.pt' to be of the model that "
+                                         r"recipe.json describes \(cnn7, fmnist6\), but they do "
+                                         r"not fit it \(size mismatch for head.weight"):
+        load_model(str(tmp_path / "seed0"))

@@ -59,7 +59,7 @@ from equifast.warning import EquifastWarning
 
 from .data import BatchCollate, build_dataset, dataset_info
 from .models import build_model
-from .recipes import Recipe
+from .recipes import IGNORED_ON_RESUME, Recipe
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train", "build_model_for", "load_model", "evaluate",
            "prepare_out_dir", "epoch_line", "read_run_file", "read_run_recipe", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
@@ -163,7 +163,7 @@ def load_model(out_dir: str, map_location: str = "cpu", class_logits_only: bool 
     if (out / MODEL).is_file():
         state = read_run_file(out / MODEL, map_location)
     elif (out / CHECKPOINT).is_file():
-        ckpt = _load_checkpoint(out / CHECKPOINT, map_location)
+        ckpt = _load_checkpoint(out / CHECKPOINT, map_location, recipe)
         warnings.warn(f"The run {str(out)!r} is unfinished (epoch {ckpt['epoch']} of "
                       f"{recipe.epochs}): its latest checkpoint is used.",
                       category=EquifastWarning, stacklevel=2)
@@ -172,7 +172,14 @@ def load_model(out_dir: str, map_location: str = "cpu", class_logits_only: bool 
         raise FileNotFoundError(f"Expected the run {str(out)!r} to hold trained weights ({MODEL} "
                                 f"or {CHECKPOINT}), but it has none: train it first with "
                                 "`equifast train`.")
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # weights copied in from a run of another model
+        source = MODEL if (out / MODEL).is_file() else CHECKPOINT
+        cause = " ".join(str(err).split("\n")[1:3]).strip()
+        raise ValueError(f"Expected the weights {str(out / source)!r} to be of the model that "
+                         f"{RECIPE} describes ({recipe.model}, {recipe.dataset}), but they do "
+                         f"not fit it ({cause}).") from err
     if hasattr(model, "class_logits_only"):
         model.class_logits_only = class_logits_only
     return model.eval()
@@ -333,8 +340,22 @@ def read_run_recipe(path, stored: Optional[Dict] = None) -> Recipe:
                          "file.") from err
 
 
-def _load_checkpoint(path: Path, map_location="cpu") -> Dict:
-    return read_run_file(path, map_location)
+def _load_checkpoint(path: Path, map_location="cpu", recipe: Optional[Recipe] = None) -> Dict:
+    """``checkpoint.pt``; with ``recipe``, refused (``ValueError``) when it was written by a run
+    of another recipe (a file copied in from another run folder)."""
+    ckpt = read_run_file(path, map_location)
+    stored = ckpt.get("recipe") if recipe is not None and isinstance(ckpt, dict) else None
+    if stored is not None:
+        other = read_run_recipe(path, stored)
+        if not other.same_run(recipe):
+            a, b = other.to_dict(), recipe.to_dict()
+            diff = {k: (a[k], b[k]) for k in a
+                    if a[k] != b[k] and k not in IGNORED_ON_RESUME}
+            raise ValueError(f"Expected the checkpoint {str(path)!r} to be of the run in its folder, "
+                             f"but it was written by a run of another recipe (checkpoint's, "
+                             f"recipe.json's): {diff}. Put back the run's own checkpoint, or "
+                             "train it again with --overwrite (overwrite=True).")
+    return ckpt
 
 
 def _rng_state(generator: torch.Generator) -> Dict:
@@ -549,7 +570,7 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
 
     start, history = 0, []
     if (out / CHECKPOINT).is_file():
-        ckpt = _load_checkpoint(out / CHECKPOINT)
+        ckpt = _load_checkpoint(out / CHECKPOINT, recipe=recipe)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
