@@ -488,6 +488,108 @@ def test_empty_batch_and_channels():
 
 
 # --------------------------------------------------------------------------------------
+# index widths and grid limits (research-scale extents)
+# --------------------------------------------------------------------------------------
+
+def _gathered_scores(fx, ftx, a, b, metric):
+    """The reference's scores of the values at flat positions a (fx) and b (ftx), read from the
+    views themselves (no flattening copy of a huge or expanded map)."""
+    w = fx.shape[-1]
+    u, v = fx[..., a // w, a % w].cpu(), ftx[..., b // w, b % w].cpu()
+    return reference.scores_from_similarity(reference.similarity_matrix(u, v, metric, EPS))
+
+
+def _assert_gathered(got, fx, ftx, a, b, metric, atol=ATOL):
+    want = _gathered_scores(fx, ftx, a, b, metric)
+    for g, w in zip(got[:2], want[:2]):
+        torch.testing.assert_close(g.cpu(), w, atol=atol, rtol=0, equal_nan=True)
+    assert torch.equal(got[2].cpu(), want.layer_index)
+
+
+@pytest.mark.parametrize("device, tensor_cores", [
+    ("cpu", False),
+    pytest.param("cuda", False, marks=[pytest.mark.cuda, needs_cuda], id="cuda-float32"),
+    pytest.param("cuda", True, marks=[pytest.mark.cuda, needs_cuda], id="cuda-tensor-cores")])
+def test_positions_past_2_31_of_an_expanded_map(device, tensor_cores):
+    # a map expanded along its rows (stride 0): a few elements in memory, flat positions past
+    # 2^31 (the Triton kernels read them in 32 bits, wrapped: tests/test_ops_triton.py)
+    g = torch.Generator().manual_seed(21)
+    h, w = 4, 2 ** 30 + 1
+    fx, ftx = (torch.randn(2, 3, h, 1, generator=g).to(device).expand(2, 3, h, w)
+               for _ in range(2))
+    a = torch.tensor([0, 2, 3, 1, 2, 3, 0, 3]) * w + torch.tensor([5, 0, w - 1, 7, 123, 9, w - 2, 4])
+    b = torch.tensor([3, 1, 2, 2, 0, 3, 1, 0]) * w + torch.tensor([1, w - 1, 3, 8, 0, 77, 2, w - 3])
+    a, b = a.to(device), b.to(device)
+    atol = TENSOR_CORE_ATOL[torch.float32] if tensor_cores else ATOL
+    for metric, centered in METRICS.items():
+        got = ops.equivariance_scores(fx, ftx, a, b, centered, EPS, tensor_cores)
+        _assert_gathered(got, fx, ftx, a, b, metric, atol)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("tensor_cores", [False, True], ids=["float32", "tensor-cores"])
+def test_more_images_than_a_cuda_grid_holds(tensor_cores):
+    # gridDim.y <= 65535: the CUDA kernels launch the images in chunks, their pointers offset
+    n = 65535 + 3
+    fx, ftx = _features(n, 3, 3, 3, device="cuda", seed=23)
+    fx[-1, 1] = 0.0  # undefined in the last chunk
+    a, b = Rotation(1).index_map((3, 3), (3, 3), device="cuda")
+    got = ops.equivariance_scores(fx, ftx, a, b, True, EPS, tensor_cores)
+    atol = TENSOR_CORE_ATOL[torch.float32] if tensor_cores else ATOL
+    for part in (slice(0, 4), slice(65530, n)):  # about each end of the first chunk
+        _assert_matches(tuple(t[part] for t in got), fx[part], ftx[part], Rotation(1),
+                        "correlation", (3, 3), atol=atol)
+    # the last images score as they do alone (an image's scores do not depend on its batch)
+    alone = ops.equivariance_scores(fx[-3:], ftx[-3:], a, b, True, EPS, tensor_cores)
+    for x, y in zip(got, alone):
+        assert torch.equal(x[-3:].nan_to_num(2.0), y.nan_to_num(2.0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
+                                                                       needs_cuda])])
+def test_offsets_past_2_31(device, dtype):
+    # Views of one storage of more than 2^31 elements (6-12 GB, mostly never touched on the
+    # CPU): image and channel starts past 2^31, and a map of more than 2^31 positions read at
+    # its end, against the reference on the same values.
+    try:
+        storage = torch.empty(3 * 2 ** 30, dtype=dtype, device=device)
+    except (RuntimeError, MemoryError) as err:
+        pytest.skip(f"no room for 3 * 2^30 values: {err}")
+    g = torch.Generator().manual_seed(22)
+
+    def filled(size, stride, offset=0):
+        view = torch.as_strided(storage, size, stride, offset)
+        view.copy_(torch.randn(size, generator=g))
+        return view
+
+    # channel 2 of image 1 starts past 2^31; ftx's maps are transposed, beside fx's
+    fx = filled((2, 3, 8, 8), (2 ** 30 + 7, 2 ** 29 + 3, 8, 1))
+    ftx = filled((2, 3, 8, 8), (2 ** 30 + 7, 2 ** 29 + 3, 1, 8), 64 * 3)
+    assert fx.storage_offset() + fx.stride(0) + 2 * fx.stride(1) >= 2 ** 31
+    a, b = (torch.randperm(64, generator=g)[:40].to(device) for _ in range(2))
+    for metric, centered in METRICS.items():
+        _assert_gathered(ops.equivariance_scores(fx, ftx, a, b, centered, EPS, False),
+                         fx, ftx, a, b, metric)
+        ident = torch.arange(64, device=device)  # B read in place on the CPU (float32)
+        _assert_gathered(ops.equivariance_scores(fx, fx, ident.flip(0), ident, centered, EPS,
+                                                 False), fx, fx, ident.flip(0), ident, metric)
+    # one map of 2^31 + 64 positions per channel, compared at its last 5000
+    w = 2 ** 31 + 64
+    fx = torch.as_strided(storage, (1, 2, 1, w), (w, 2 ** 29, w, 1))
+    ftx = torch.as_strided(storage, (1, 2, 1, w), (w, 2 ** 29 + 1000, w, 1), 77)
+    a, b = (w - 1 - torch.randperm(5000, generator=g)[:300] for _ in range(2))
+    for f, i in ((fx, a), (ftx, b)):
+        f[0, :, 0, i.to(device)] = torch.randn(2, 300, generator=g).to(device, dtype)
+    a, b = a.to(device), b.to(device)
+    for metric, centered in METRICS.items():
+        _assert_gathered(ops.equivariance_scores(fx, ftx, a, b, centered, EPS, False),
+                         fx, ftx, a, b, metric)
+
+
+# --------------------------------------------------------------------------------------
 # properties (hypothesis)
 # --------------------------------------------------------------------------------------
 
