@@ -159,3 +159,40 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
                                          r"recipe.json describes \(cnn7, fmnist6\), but they do "
                                          r"not fit it \(size mismatch for head.weight"):
         load_model(str(tmp_path / "seed0"))
+
+
+def _tb_steps(folder, tag="test_acc"):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+@needs_fmnist
+@pytest.mark.parametrize("stop_in", ["checkpoint", "metrics"])
+def test_tensorboard_holds_each_epoch_once_after_a_stop_while_saving(tmp_path, monkeypatch,
+                                                                       stop_in):
+    # Ctrl-C after epoch 1's checkpoint was written but before its TensorBoard scalars: the
+    # run resumed at epoch 2 and epoch 1 was missing from TensorBoard for good
+    pytest.importorskip("tensorboard")
+    from equifast.training import trainer
+
+    recipe = get_recipe("cnn7-fmnist6", **TINY)
+    straight = train(recipe, str(tmp_path / "straight"))
+    target = {"checkpoint": "save_torch_atomic", "metrics": "_write_csv"}[stop_in]
+    real = getattr(trainer, target)
+
+    def interrupted(*args, **kwargs):
+        monkeypatch.setattr(trainer, target, real)
+        if stop_in == "metrics":
+            real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, target, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, str(tmp_path / "run"))
+    resumed = train(recipe, str(tmp_path / "run"))
+    assert resumed.resumed_from == (1 if stop_in == "metrics" else 0)
+    want = [(row["epoch"], pytest.approx(row["test_acc"])) for row in straight.metrics]
+    assert _tb_steps(tmp_path / "straight" / "tb") == want
+    assert _tb_steps(tmp_path / "run" / "tb") == want

@@ -616,17 +616,19 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
         history.append(row)
         states = dist.gather(_rng_state(generator))
         if dist.rank == 0:
+            # TensorBoard first: a run stopped before its checkpoint is written resumes with
+            # purge_step at this epoch, which drops it there; stopped after, it had no step
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch)
+                writer.flush()
             ckpt = {"format": 1, "epoch": epoch, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": states[0], "rng_per_rank": states, "world_size": dist.world,
                     "history": history, "recipe": recipe.to_dict()}
             save_torch_atomic(ckpt, out / CHECKPOINT)
             _write_csv(out / METRICS, history)
-            if writer is not None:
-                for k, v in row.items():
-                    if k != "epoch":
-                        writer.add_scalar(k, v, epoch)
-                writer.flush()
         dist.barrier()
         if callback is not None:
             callback(epoch, row)
