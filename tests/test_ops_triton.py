@@ -277,6 +277,29 @@ def test_positions_past_2_31_of_an_expanded_map(passes):
 
 
 @kernels
+@pytest.mark.parametrize("splits", [1, 2])
+def test_images_in_chunks_of_the_grid(splits, passes, monkeypatch):
+    # a launch holds 65535 images (the grid's second dimension): here chunks of 2, so that every
+    # kernel's image offset (n0) and the flags of the single pass's fallback cross chunks
+    fx, ftx = _features(5, 70, 9, 9, device=DEVICE, seed=24)
+    fx[3, 5] = 0.0
+    ftx[4, 1] = 2.0
+    # image 2 (the second chunk) beyond its sample: the single pass flags it for the two passes
+    fx[2, 7] = _off_sample(9, lambda g, p: 1e25 * torch.randn(p, generator=g)).to(DEVICE)
+    a, b = Identity().index_map((9, 9), (9, 9), device=DEVICE)  # the sample's positions
+    whole = ops_triton.equivariance_scores(fx, ftx, a, b, True, EPS, False, splits)
+    monkeypatch.setattr(ops_triton, "_MAX_IMAGES", 2)
+    flags = []
+    chunked = ops_triton.equivariance_scores(fx, ftx, a, b, True, EPS, False, splits,
+                                             _flags=flags)
+    if passes == "single":
+        assert (flags[0] > 0).tolist() == [False, False, True, False, False]
+    for x, y in zip(whole, chunked):
+        assert torch.equal(x.nan_to_num(2.0), y.nan_to_num(2.0))
+    _assert_matches(chunked, fx, ftx, Identity(), "correlation", (9, 9))
+
+
+@kernels
 def test_buffer_planes_are_64_bit():
     # the [side, ..., N, K] buffers' planes past 2^31 values (millions of images in one call):
     # int32 products of N and K wrapped there
