@@ -429,6 +429,10 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             model, model_preprocess = load_model(model, weights=weights, num_classes=num_classes)
             inner = model
             preprocess = preprocess or model_preprocess
+            if run is not None:  # an unfinished run's report says so (load_model warned)
+                from .training.trainer import trained_epochs
+
+                meta["trained_epochs"], meta["recipe_epochs"] = trained_epochs(run)
             if run is not None and (images is None or isinstance(images, (str, os.PathLike))):
                 images, run_labels = _run_images(run, images, n_images or 2000, seed)
                 labels = run_labels if labels is None else labels

@@ -196,3 +196,23 @@ def test_tensorboard_holds_each_epoch_once_after_a_stop_while_saving(tmp_path, m
     want = [(row["epoch"], pytest.approx(row["test_acc"])) for row in straight.metrics]
     assert _tb_steps(tmp_path / "straight" / "tb") == want
     assert _tb_steps(tmp_path / "run" / "tb") == want
+
+
+@needs_fmnist
+def test_a_report_of_an_unfinished_run_says_how_far_it_was_trained(tmp_path):
+    # the warning of load_model was the only trace: a saved report of a run stopped at epoch 1
+    # of 2 read like one of the trained model
+    import equifast as ef
+    from equifast.warning import EquifastWarning
+
+    run = tmp_path / "run"
+    with pytest.raises(_Stop):
+        train(get_recipe("cnn7-fmnist6", **TINY), str(run), callback=_stop_after_epoch_1)
+    ts = [ef.Rotation(1)]
+    with pytest.warns(EquifastWarning, match=r"unfinished \(epoch 1 of 2\)"):
+        early = ef.measure(str(run), transforms=ts, n_images=8)
+    assert (early.meta["trained_epochs"], early.meta["recipe_epochs"]) == (1, 2)
+    train(get_recipe("cnn7-fmnist6", **TINY), str(run))  # resumed to the end
+    done = ef.measure(str(run), transforms=ts, n_images=8)
+    assert (done.meta["trained_epochs"], done.meta["recipe_epochs"]) == (2, 2)
+    assert not done.points["channel"].equals(early.points["channel"])  # other weights measured

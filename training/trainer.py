@@ -61,7 +61,7 @@ from .data import BatchCollate, build_dataset, dataset_info
 from .models import build_model
 from .recipes import IGNORED_ON_RESUME, Recipe
 
-__all__ = ["TrainResult", "TrainingDivergedError", "train", "build_model_for", "load_model", "evaluate",
+__all__ = ["TrainResult", "TrainingDivergedError", "train", "build_model_for", "load_model", "trained_epochs", "evaluate",
            "prepare_out_dir", "epoch_line", "read_run_file", "read_run_recipe", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
 
 CHECKPOINT, METRICS, RESULT, MODEL, RECIPE = (
@@ -183,6 +183,17 @@ def load_model(out_dir: str, map_location: str = "cpu", class_logits_only: bool 
     if hasattr(model, "class_logits_only"):
         model.class_logits_only = class_logits_only
     return model.eval()
+
+
+def trained_epochs(out_dir: str) -> Tuple[int, int]:
+    """``(epochs trained, epochs of the recipe)`` of the weights :func:`load_model` reads from
+    a run: equal for a finished run (``model.pt``), fewer for an unfinished one's checkpoint,
+    so that a report of it can say so once the warning is gone."""
+    out = Path(out_dir)
+    recipe = read_run_recipe(out / RECIPE)
+    if (out / MODEL).is_file() or not (out / CHECKPOINT).is_file():
+        return recipe.epochs, recipe.epochs
+    return int(_load_checkpoint(out / CHECKPOINT, "cpu", recipe)["epoch"]), recipe.epochs
 
 
 def _optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
