@@ -61,8 +61,9 @@ from .data import BatchCollate, build_dataset, dataset_info
 from .models import build_model
 from .recipes import IGNORED_ON_RESUME, Recipe
 
-__all__ = ["TrainResult", "TrainingDivergedError", "train", "build_model_for", "load_model", "trained_epochs", "evaluate",
-           "prepare_out_dir", "epoch_line", "read_run_file", "read_run_recipe", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
+__all__ = ["TrainResult", "TrainingDivergedError", "train", "build_model_for", "load_model",
+           "trained_epochs", "evaluate", "prepare_out_dir", "epoch_line", "read_run_file",
+           "read_run_recipe", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
 
 CHECKPOINT, METRICS, RESULT, MODEL, RECIPE = (
     "checkpoint.pt", "metrics.csv", "result.json", "model.pt", "recipe.json")
