@@ -627,6 +627,8 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
             if ready:
                 snapshot = ray.get(tracker.snapshot.remote())
             for ref in ready:
+                if ref not in pending:  # a shard of a job that failed earlier in this batch
+                    continue
                 job, shard = pending.pop(ref)
                 if job.id in failed_now:
                     continue
