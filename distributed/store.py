@@ -209,17 +209,25 @@ class ResultStore:
 
     # ---- spec and status --------------------------------------------------------------------
     def write_spec(self, spec_dict: Dict[str, Any], job_ids: List[str],
-                   job_models: Optional[Dict[str, str]] = None) -> Path:
+                   job_models: Optional[Dict[str, str]] = None,
+                   job_datasets: Optional[Dict[str, str]] = None,
+                   job_families: Optional[Dict[str, str]] = None) -> Path:
         """Save the sweep's spec and its job ids (so status works without the spec file).
 
         Args:
             job_models: ``{job id: model label}``, so that the tables show each job's model as
                 the latest spec names it (ids do not depend on labels: a relabelled model
                 skips its finished jobs, whose records keep the old label).
+            job_datasets, job_families: ``{job id: dataset label}`` and ``{job id: the spec's
+                name of its transform family}``, for the same reason: a renamed dataset or
+                family (or a transform set moved to another family name) skips its finished
+                jobs, whose records keep the old names.
         """
         saved = {"spec": spec_dict, "jobs": job_ids}
-        if job_models is not None:
-            saved["job_models"] = dict(job_models)
+        for key, labels in (("job_models", job_models), ("job_datasets", job_datasets),
+                            ("job_families", job_families)):
+            if labels is not None:
+                saved[key] = dict(labels)
         return write_text_atomic(self.root / "spec.json", json.dumps(_json_safe(saved), indent=1))
 
     def read_spec(self) -> Optional[Dict[str, Any]]:
@@ -355,8 +363,8 @@ class ResultStore:
         ``points`` and ``parts`` hold finished jobs only, each row with the job's columns
         (``job_id, model, arch, weights, dataset, transforms, seed, accuracy, ...``); ``jobs``
         has one row per record, failed ones included with their error. A job's model label and
-        known accuracy come from the latest saved spec, so fixing them there needs no
-        re-measuring.
+        known accuracy, its dataset's label and its transform family's name come from the
+        latest saved spec, so fixing them there needs no re-measuring.
 
         Args:
             all_records: also the records of jobs that are not in the saved spec (a sweep of
@@ -364,11 +372,13 @@ class ResultStore:
                 on disk, but by default are left out, so that they are not averaged in as if
                 they were more seeds.
         """
-        entries, job_models, wanted = {}, {}, None
+        entries, job_models, job_datasets, job_families, wanted = {}, {}, {}, {}, None
         saved = self.read_spec()
         if saved:
             entries = {m["label"]: m for m in saved["spec"].get("models", [])}
             job_models = saved.get("job_models", {})
+            job_datasets = saved.get("job_datasets", {})
+            job_families = saved.get("job_families", {})
             wanted = None if all_records else set(saved["jobs"])
         # Built column-wise, not a DataFrame per record and one concat of them (5-15 ms a
         # record): the job columns once per record (repeated over its rows), the rows of many
@@ -388,8 +398,10 @@ class ResultStore:
             cols = {"job_id": rec["id"], "model": model.get("label"), "arch": model.get("arch"),
                     # None (random) written "none", as a spec says it: an empty cell reads as unknown
                     "weights": "none" if model.get("weights") is None else model.get("weights"),
-                    "dataset": dataset.get("label"),
-                    "transforms": job.get("family"), "seed": job.get("seed"),
+                    # as the latest spec names them, as the model
+                    "dataset": job_datasets.get(rec["id"], dataset.get("label")),
+                    "transforms": job_families.get(rec["id"], job.get("family")),
+                    "seed": job.get("seed"),
                     "accuracy": acc_measured if acc_measured is not None else acc_known,
                     "accuracy_measured": acc_measured, "accuracy_known": acc_known,
                     "accuracy_source": "measured" if acc_measured is not None else (

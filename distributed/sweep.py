@@ -592,7 +592,8 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     pending: Dict[Any, Tuple[Job, int]] = {}
     try:
         store.write_spec(spec.to_dict(), [j.id for j in jobs],
-                         {j.id: j.model.label for j in jobs})
+                         {j.id: j.model.label for j in jobs}, {j.id: j.dataset.label for j in jobs},
+                         {j.id: j.family for j in jobs})
         before = _previous_records(store, jobs)  # again, under the lock
         fingerprints: Dict[str, Optional[str]] = {}  # each relative folder's, listed once a run
         done, old_failed, todo = _todo(before, jobs, retry_failed, fingerprints)

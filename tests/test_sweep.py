@@ -606,6 +606,30 @@ def test_relabelled_model_shows_its_new_label_and_accuracy(folder, tmp_path):
         m.label: pytest.approx(m.accuracy) for m in relabelled.models}
 
 
+def test_renamed_dataset_and_families_show_their_new_names(folder, tmp_path):
+    # ids ignore names, so a rerun with the dataset renamed and the two transform sets' family
+    # names swapped skips every job (no Ray starts): the tables kept each record's old names,
+    # so "translation" averaged the rotations and "rotation" the shifts
+    out = tmp_path / "sweep"
+    first = load_spec(_spec(folder))
+    _finished_records(first, out)
+    renamed = load_spec(_spec(folder, datasets=[{"name": "tiny-32", "path": str(folder), "image_size": 32}],
+                              transforms={"rotation": "translation:1-2", "translation": "rotation:90"}))
+    assert {j.id for j in renamed.jobs()} == {j.id for j in first.jobs()}
+    again = run_sweep(renamed, out=out, progress=False)
+    assert again.ran == 0 and again.skipped == 6
+    want = {j.id: ("tiny-32", j.family, j.transforms) for j in renamed.jobs()}
+    for name in ("jobs", "parts"):
+        table = pd.read_csv(out / f"{name}.csv")
+        got = {r.job_id: (r.dataset, r.transforms) for r in table.itertuples()}
+        assert got == {jid: want[jid][:2] for jid in got} and set(got) == set(want)
+    # the family named "rotation" is now the shifts: its parts are the shift jobs' parts
+    parts = ResultStore(out).tables()["parts"]
+    shifts = {j.id for j in renamed.jobs() if j.transforms[0].startswith("translation")}
+    assert set(parts.loc[parts["transforms"] == "rotation", "job_id"]) == shifts
+    assert set(parts.loc[parts["transforms"] == "rotation", "family"]) == {"translation"}
+
+
 def test_wrong_ray_address_fails_fast(folder, tmp_path, capsys):
     # ray.init retries an address where nothing listens for many minutes
     if ray.is_initialized():
