@@ -324,6 +324,42 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text)).strip("_") or "x"
 
 
+def _legend(model: str, transforms: str, several: bool, short: Optional[str]) -> str:
+    """A model's name in a figure's legend, with its transform set where a figure draws several,
+    and how many of the spec's seeds it holds where that is not all (``short``)."""
+    notes = [n for n in (transforms if several else None, short) if n]
+    return f"{model} ({', '.join(notes)})" if notes else model
+
+
+def _incomplete(saved: Optional[dict], jobs: pd.DataFrame, scores: pd.DataFrame) -> Dict[tuple, str]:
+    """``{(dataset, transforms, model): "k of n seeds"}`` of the saved spec's combinations that
+    the report averages over fewer seeds than the spec has (``"no seed"``: none finished), and
+    a warning of how many of the sweep's jobs it holds, when that is not all of them: a failed
+    or unfinished job's model was drawn as if its mean were over every seed."""
+    if not saved:
+        return {}
+    spec = saved.get("spec") or {}
+    status = jobs["status"] if "status" in jobs else pd.Series(dtype=object)
+    total, ok, failed = len(saved.get("jobs") or []), int((status == "ok").sum()), int((status == "failed").sum())
+    seeds = spec.get("seeds")
+    n_seeds = len(seeds) if seeds else int(scores["seeds"].max())
+    have = scores.groupby(["dataset", "transforms", "model"], sort=False)["seeds"].min().to_dict()
+    expected = [(d.get("label"), t, m.get("label")) for m in spec.get("models", [])
+                for d in spec.get("datasets", []) for t in spec.get("transforms", {})]
+    out = {key: f"{k} of {n_seeds} seeds" for key, k in have.items() if k < n_seeds}
+    out.update({key: "no seed" for key in expected if None not in key and key not in have})
+    if ok < total:
+        listed = [f"{m} / {d} / {t}: {what}" for (d, t, m), what in out.items()]
+        more = f"; and {len(listed) - 10} more" if len(listed) > 10 else ""
+        warnings.warn(f"The report holds {ok} of the sweep's {total} jobs ({failed} failed, "
+                      f"{total - ok - failed} not run; `equifast sweep status` lists them, and "
+                      f"`equifast sweep run` runs them again): "
+                      + ("; ".join(listed[:10]) + more if listed else "every combination has a seed")
+                      + ". Their means are over the seeds that finished (the `seeds` column; the "
+                      "figures' legends say it).", category=EquifastWarning, stacklevel=3)
+    return out
+
+
 def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], out_dir: os.PathLike,
                   metric: str = "correlation", accuracy: str = "auto",
                   min_models: int = 3) -> Dict[str, List[Path]]:
@@ -340,7 +376,10 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     transform sets, their names are added to the file names. Figures 8, 11 and 12 draw at most
     :data:`MODELS_PER_FIGURE` models each: more models go on further pages,
     ``fig11_translation.2.png`` and on (one figure of hundreds of models was a legend over its
-    panels, or a PNG tens of thousands of pixels tall). An earlier report's figures (the
+    panels, or a PNG tens of thousands of pixels tall). A sweep with failed or unrun jobs gets
+    a warning of how many of its jobs the report holds and whose means are over fewer seeds
+    than the spec's, and those models' legend entries say so (``resnet50 (1 of 2 seeds)``).
+    An earlier report's figures (the
     names a report writes for any family and the sweep's datasets, and their pages) are
     removed first, so that none is left beside tables it does not match. ``out_dir`` must be
     missing, empty or hold
@@ -371,6 +410,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     datasets = set(scores["dataset"]) | {d.get("label") for d in ((saved or {}).get("spec") or {})
                                          .get("datasets", []) if d.get("label")}
     own = _own_figures(datasets, set(_families()) | set(scores["family"]))
+    short = {} if stored is None else _incomplete(saved, stored["jobs"], scores)
     out = _check_figures_folder(out_dir, own)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # an earlier report's figures would disagree with the tables
@@ -393,7 +433,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
             keys = list(dict.fromkeys(f["transforms"]))
             frames = {}
             for (model, key), g in f.groupby(["model", "transforms"], sort=False):
-                label = model if len(keys) == 1 else f"{model} ({key})"
+                label = _legend(model, key, len(keys) > 1, short.get((ds, key, model)))
                 frames[label] = g[["part", "family", "channel", "layer"]
                                   + (["channel_std", "layer_std"] if (g["seeds"] > 1).any() else [])]
             pages = _pages(frames)
@@ -411,7 +451,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
             keys = list(dict.fromkeys(f["transforms"]))
             frames = {}
             for (model, key), g in f.groupby(["model", "transforms"], sort=False):
-                frames[model if len(keys) == 1 else f"{model} ({key})"] = g.drop(
+                frames[_legend(model, key, len(keys) > 1, short.get((ds, key, model)))] = g.drop(
                     columns=[] if (g["seeds"] > 1).any() else ["channel_std", "layer_std"])
             pages = _pages(frames)
             for page, models in enumerate(pages, 1):

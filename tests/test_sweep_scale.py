@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +324,49 @@ def test_report_of_many_models_draws_pages_of_them(measured, tmp_path, monkeypat
     assert sorted(p.name for p in out.glob("fig*.png")) == [
         "fig11_translation.png", "fig12_rotation.png", "fig13_accuracy_correlation.png",
         "fig8_translation.png"]
+
+
+def test_report_of_an_unfinished_sweep_says_whose_means_are_over_fewer_seeds(measured, tmp_path, monkeypatch):
+    # a failed (or not yet run) seed's model was averaged over the other seeds and drawn like
+    # the others, without a word: the report now warns, and the legends say so
+    import equifast.figures as figures
+    from equifast.distributed import analysis
+    from equifast.warning import EquifastWarning
+
+    store = _fill(tmp_path / "sweep", measured, n_models=3, seeds=2, failed=(1,))
+    saved = store.read_spec()  # and one more job of the sweep, not run yet
+    store.write_spec(saved["spec"], saved["jobs"] + ["f" * 16], saved["job_models"])
+    drawn = {}
+    for name in ("plot_parts", "plot_shifts"):
+        real = getattr(figures, name)
+
+        def spy(frames, path=None, _real=real, **kw):
+            drawn[Path(path).name] = list(frames)
+            return _real(frames, path=path, **kw)
+        monkeypatch.setattr(figures, name, spy)
+    # what the records say: the finished seeds of each model and family
+    seeds = {}
+    for rec in store.records(status="ok"):
+        key = (rec["job"]["model"]["label"], rec["job"]["family"])
+        seeds[key] = seeds.get(key, 0) + 1
+    short = sorted(k for k, n in seeds.items() if n < 2)
+    assert short == [("model0", "translation")]
+    with pytest.warns(EquifastWarning) as caught:
+        analysis.sweep_figures(store.root, tmp_path / "figures", accuracy="known")
+    (said,) = [str(w.message) for w in caught if "The report holds" in str(w.message)]
+    ok, total = sum(seeds.values()), len(saved["jobs"]) + 1
+    assert f"holds {ok} of the sweep's {total} jobs (1 failed, 1 not run" in said
+    assert re.findall(r"(\w+) / noise / (\w+): 1 of 2 seeds", said) == short
+    assert drawn["fig11_translation.png"] == ["model0 (1 of 2 seeds)", "model1", "model2"]
+    assert drawn["fig8_translation.png"] == drawn["fig11_translation.png"]
+    assert drawn["fig12_rotation.png"] == ["model0", "model1", "model2"]
+    scores = pd.read_csv(tmp_path / "figures" / "part_scores.csv")
+    assert set(scores.loc[scores["seeds"] < 2, "model"]) == {"model0"}
+    # a finished sweep: no such warning, plain legends
+    done = _fill(tmp_path / "done", measured, n_models=3, seeds=2)
+    drawn.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        analysis.sweep_figures(done.root, tmp_path / "figures2", accuracy="known")
+    assert not [w for w in caught if "The report holds" in str(w.message)]
+    assert drawn["fig11_translation.png"] == ["model0", "model1", "model2"]
