@@ -1237,10 +1237,11 @@ def test_worker_killed_mid_sweep_is_retried_then_recorded(ray_session, folder, t
     assert len(list((out / "records").iterdir())) == 2
 
 
-def _failing_shard(failing=0):
-    """A hook whose shard ``failing`` raises (nested: pickled by value for the workers)."""
+def _failing_shard(failing=0, model="resnet10t"):
+    """A hook whose shard ``failing`` of ``model``'s jobs raises (nested: pickled by value for
+    the workers)."""
     def hook(job, shard, attempt):
-        if shard == failing:
+        if shard == failing and job.model.label == model:
             raise ValueError(f"bad input in shard {shard} of {job.title}")
     return hook
 
@@ -1250,23 +1251,25 @@ def test_a_shard_failing_beside_another_that_ends_fails_its_job_and_the_rerun_me
     # Both shards' results come back in one ray.wait (poll_s: longer than the job): the
     # failed shard 0 dropped shard 1 from the pending tasks, and shard 1's turn in the same
     # batch then raised KeyError, which stopped the whole sweep.
-    spec = {"models": [MODELS[2]], "datasets": [{"name": "noise", "kind": "random", "image_size": 32}],
-            "transforms": {"rotation": "rotation:90"}, "n_images": 4, "batch_size": 2, "shards": 2,
-            "resources": {"num_cpus": 1}, "max_retries": 0}
+    spec = {"models": [MODELS[2], MODELS[0]], "transforms": {"rotation": "rotation:90"},
+            "datasets": [{"name": "noise", "kind": "random", "image_size": 32}],
+            "n_images": 4, "batch_size": 2, "shards": 2, "resources": {"num_cpus": 1}, "max_retries": 0}
     out = tmp_path / "out"
     result = run_sweep(spec, out=out, progress=False, before_job=_failing_shard(0), poll_s=60)
-    (job,) = load_spec(spec).jobs()
-    assert (result.finished, result.failed, result.pending) == (0, 1, 0)
+    job, other = load_spec(spec).jobs()
+    assert job.model.label == "resnet10t" and other.model.label == "resnet18"
+    assert (result.finished, result.failed, result.pending) == (1, 1, 0)  # the other job went on
     store = ResultStore(out)
+    assert store.status_of(other.id) == "ok"
     rec = store.get(job.id)
     assert rec["status"] == "failed" and rec["attempts"] == 1
     assert rec["error"] == f"ValueError: bad input in shard 0 of {job.title}"
     assert result.failures == {job.id: rec["error"]}
     again = run_sweep(spec, out=out, progress=False)  # the whole job again: both shards
-    assert again.complete and again.ran == 1
+    assert again.complete and again.ran == 1 and again.skipped == 1
     rec = store.get(job.id)
     assert rec["n_images"] == 4 and sorted(i["shard"] for i in rec["timings"]["shards"]) == [0, 1]
-    assert rec["total_attempts"] == 2 and len(list((out / "records").iterdir())) == 1
+    assert rec["total_attempts"] == 2 and len(list((out / "records").iterdir())) == 2
 
 
 def _single_process(folder, seed=0, n_images=6, threads=None):
