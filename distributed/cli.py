@@ -88,9 +88,9 @@ def _status(args) -> int:
           f"failed {counts['failed']}, pending {counts['pending']}")
     saved = store.read_spec()
     ours = set(saved["jobs"]) if saved else None  # an earlier spec's failures are not counted
-    running = set(live.get("running_ids", [])) if state == "running" else set()
+    running, retried = store.live_ids()  # being run again: not failed (yet)
     for rec in store.records(status="failed"):
-        if (ours is not None and rec["id"] not in ours) or rec["id"] in running:
+        if (ours is not None and rec["id"] not in ours) or rec["id"] in running | retried:
             continue
         job = rec.get("job", {})
         print(f"  failed {rec['id']} {job.get('model', {}).get('label')} / "

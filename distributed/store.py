@@ -270,9 +270,7 @@ class ResultStore:
             saved = self.read_spec()
             job_ids = saved["jobs"] if saved else sorted(self.states())
         states = self.states()
-        status = self.read_status() or {}
-        live = self.state() == "running"
-        running = set(status.get("running_ids", [])) if live else set()
+        running, retried = self.live_ids()
         out = dict.fromkeys(STATES, 0)
         for jid in job_ids:
             s = states.get(jid)
@@ -280,11 +278,24 @@ class ResultStore:
                 out["finished"] += 1
             elif jid in running:
                 out["running"] += 1
-            elif s == "failed":
+            elif s == "failed" and jid not in retried:
                 out["failed"] += 1
             else:
                 out["pending"] += 1
         return out
+
+    def live_ids(self):
+        """``(running, retried)`` job ids of the sweep running now (empty sets when none
+        runs): the ones its tasks are measuring, and the ones whose ``failed`` record (of an
+        earlier run) it is to run again, which are pending, not failed, until they fail again."""
+        status = self.read_status() or {}
+        if self.state() != "running":
+            return set(), set()
+        running = set(status.get("running_ids", []))
+        if "failed_ids" not in status:  # a driver of before failed_ids: its failures unknown
+            return running, set()
+        failed = set(status["failed_ids"])
+        return running, {jid for jid, s in self.states().items() if s == "failed" and jid not in failed}
 
     # ---- single writer ----------------------------------------------------------------------
     def is_store(self) -> bool:

@@ -816,6 +816,32 @@ def test_status_lists_the_failed_jobs_of_the_sweep_only(tmp_path, capsys):
                          "  failed bbbb m / d / rotation / seed 0: ValueError: ours"]
 
 
+def test_status_while_a_rerun_retries_failed_jobs_counts_them_pending(tmp_path, capsys):
+    # a rerun runs failed jobs again (pending until a task takes them, as its progress lines
+    # say); `sweep status` counted and listed them as failed from their old records meanwhile
+    store = ResultStore(tmp_path / "sweep")
+    ids = [c * 16 for c in "abcd"]
+    for jid, status in zip(ids, ("ok", "failed", "failed", "failed")):
+        store.write_record({"id": jid, "status": status, "error": f"RuntimeError: {jid[0]}",
+                            "job": {"model": {"label": "m"}, "family": "rotation", "seed": 0}})
+    store.write_spec({"models": [{"label": "m"}]}, ids)
+    # the driver (this process): "c" is running again, "d" failed again in this run, "b" waits
+    live = {"sweep": "s", "state": "running", "pid": os.getpid(), "host": socket.gethostname(),
+            "running_ids": [ids[2]], "failed_ids": [ids[3]]}
+    store.write_status(live)
+    want = {"finished": 1, "running": 1, "failed": 1, "pending": 1}
+    assert store.counts() == want
+    assert sweep_main(["status", "--out", str(store.root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"out": str(store.root), "total": 4, **want,
+                                                   "state": "running"}
+    assert sweep_main(["status", "--out", str(store.root)]) == 0
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  failed ")]
+    assert failed == [f"  failed {ids[3]} m / None / rotation / seed 0: RuntimeError: d"]
+    # once it is done, the records say it all
+    store.write_status({**live, "state": "done", "running_ids": []})
+    assert store.counts() == {"finished": 1, "running": 0, "failed": 3, "pending": 0}
+
+
 def test_status_of_a_folder_that_is_no_sweep_is_an_error(tmp_path, capsys):
     # a user's folder printed "unknown / finished 0/0" and exited 0
     mine = tmp_path / "mine"
