@@ -292,13 +292,10 @@ def test_a_random_job_draws_its_images_as_they_are_read():
 
 # ---- the report of many models -------------------------------------------------------------
 
-def test_report_of_many_models_draws_pages_of_them(measured, tmp_path, monkeypatch):
-    # one figure of every model: hundreds of lines under one legend (fig11/12), or a PNG of a row
-    # of panels per model, 69,360 pixels tall for 170 models (fig8)
+def _drawn_models(monkeypatch) -> dict:
+    """``{figure file name: the models drawn in it}``, filled as figures 8, 11 and 12 are drawn."""
     import equifast.figures as figures
-    from equifast.distributed import analysis
 
-    store = _fill(tmp_path / "sweep", measured, n_models=5, seeds=1)
     drawn = {}
     for name in ("plot_parts", "plot_shifts"):
         real = getattr(figures, name)
@@ -307,6 +304,16 @@ def test_report_of_many_models_draws_pages_of_them(measured, tmp_path, monkeypat
             drawn[Path(path).name] = list(frames)
             return _real(frames, path=path, **kw)
         monkeypatch.setattr(figures, name, spy)
+    return drawn
+
+
+def test_report_of_many_models_draws_pages_of_them(measured, tmp_path, monkeypatch):
+    # one figure of every model: hundreds of lines under one legend (fig11/12), or a PNG of a row
+    # of panels per model, 69,360 pixels tall for 170 models (fig8)
+    from equifast.distributed import analysis
+
+    store = _fill(tmp_path / "sweep", measured, n_models=5, seeds=1)
+    drawn = _drawn_models(monkeypatch)
     monkeypatch.setattr(analysis, "MODELS_PER_FIGURE", 2)
     out = tmp_path / "figures"
     files = analysis.sweep_figures(store.root, out, accuracy="known")
@@ -329,21 +336,13 @@ def test_report_of_many_models_draws_pages_of_them(measured, tmp_path, monkeypat
 def test_report_of_an_unfinished_sweep_says_whose_means_are_over_fewer_seeds(measured, tmp_path, monkeypatch):
     # a failed (or not yet run) seed's model was averaged over the other seeds and drawn like
     # the others, without a word: the report now warns, and the legends say so
-    import equifast.figures as figures
     from equifast.distributed import analysis
     from equifast.warning import EquifastWarning
 
     store = _fill(tmp_path / "sweep", measured, n_models=3, seeds=2, failed=(1,))
     saved = store.read_spec()  # and one more job of the sweep, not run yet
     store.write_spec(saved["spec"], saved["jobs"] + ["f" * 16], saved["job_models"])
-    drawn = {}
-    for name in ("plot_parts", "plot_shifts"):
-        real = getattr(figures, name)
-
-        def spy(frames, path=None, _real=real, **kw):
-            drawn[Path(path).name] = list(frames)
-            return _real(frames, path=path, **kw)
-        monkeypatch.setattr(figures, name, spy)
+    drawn = _drawn_models(monkeypatch)
     # what the records say: the finished seeds of each model and family
     seeds = {}
     for rec in store.records(status="ok"):
