@@ -333,7 +333,7 @@ class Report:
         points = stem.with_name(f"{stem.name}.points{suffix}")
         if not points.is_file():
             raise FileNotFoundError(f"Expected {str(points)!r} (saved by Report.save), but it is missing.")
-        df = (pd.read_csv(points, dtype={"shape": str}, **_EXACT_FLOATS) if suffix == ".csv"
+        df = (pd.read_csv(points, dtype={"shape": str, "point": str}, **_EXACT_FLOATS) if suffix == ".csv"
               else pd.read_parquet(points))
         meta_path = stem.with_name(f"{stem.name}.meta.json")
         meta = _read_json(meta_path) if meta_path.is_file() else {}

@@ -719,3 +719,15 @@ def test_shift_figure_wraps_a_long_model_name_in_its_panel_titles():
     whole = f"channel: {name}, translation, correlation"  # wrapped, nothing left out
     assert "\n" in fig.axes[0].get_title()
     assert "".join(fig.axes[0].get_title().split()) == "".join(whole.split())
+
+
+def test_points_named_by_digits_read_back_as_names(tmp_path):
+    # a Sequential's children are points "0", "1", ...: a CSV of such points only read them
+    # back as integers, which no longer matched the names of the same points measured again
+    rows = [dict(r, point={"p0": "0", "p1": "1", "p2": "2", "pool": "3", "final": "4"}[r["point"]])
+            for r in _rows()]
+    rep = Report.from_rows(rows)
+    for suffix in (".csv", ".parquet", ".json"):
+        rep.save(str(tmp_path / f"r{suffix}"))
+        back = Report.load(str(tmp_path / f"r{suffix}"))
+        assert back.points["point"].tolist() == rep.points["point"].tolist(), suffix
