@@ -574,15 +574,15 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     started_ray = False
     try:
         # before the store is touched: a wrong address, no cluster, or jobs it can never run
-        # leave nothing behind
-        if not ray.is_initialized() and any(_to_run(_status_record(store, j), retry_failed)
-                                            for j in jobs):
+        # leave nothing behind; which jobs run, from their records' first lines (not tables)
+        runs = {j.id for j in jobs if _to_run({"status": store.status_of(j.id)}, retry_failed)}
+        if not ray.is_initialized() and runs:
             _check_reachable(address)
             started_ray = _init_ray(address, num_cpus)
         if ray.is_initialized():
             _check_resources(jobs, ray.cluster_resources(),
                              can_grow=not (started_ray and _is_local(address)),
-                             runs=lambda j: _to_run(_status_record(store, j), retry_failed))
+                             runs=lambda j: j.id in runs)
         store.lock()
     except BaseException:
         if started_ray:
@@ -707,12 +707,6 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
             if started_ray:
                 ray.shutdown()
             store.unlock()
-
-
-def _status_record(store: ResultStore, job: Job) -> Optional[dict]:
-    """``{"status": ...}`` of ``job``'s record (``None``: none), read from its first lines."""
-    status = store.status_of(job.id)
-    return None if status is None else {"status": status}
 
 
 def _previous_records(store: ResultStore, jobs: List[Job]) -> Dict[str, Optional[dict]]:
