@@ -270,7 +270,7 @@ class ResultStore:
             saved = self.read_spec()
             job_ids = saved["jobs"] if saved else sorted(self.states())
         states = self.states()
-        running, retried = self.live_ids()
+        running, retried = self.live_ids(states)
         out = dict.fromkeys(STATES, 0)
         for jid in job_ids:
             s = states.get(jid)
@@ -284,18 +284,20 @@ class ResultStore:
                 out["pending"] += 1
         return out
 
-    def live_ids(self):
+    def live_ids(self, states: Optional[Dict[str, Optional[str]]] = None):
         """``(running, retried)`` job ids of the sweep running now (empty sets when none
         runs): the ones its tasks are measuring, and the ones whose ``failed`` record (of an
-        earlier run) it is to run again, which are pending, not failed, until they fail again."""
-        status = self.read_status() or {}
+        earlier run) it is to run again, which are pending, not failed, until they fail again.
+        ``states``: :meth:`states`, where the caller has read them already."""
         if self.state() != "running":
             return set(), set()
+        status = self.read_status() or {}
         running = set(status.get("running_ids", []))
         if "failed_ids" not in status:  # a driver of before failed_ids: its failures unknown
             return running, set()
         failed = set(status["failed_ids"])
-        return running, {jid for jid, s in self.states().items() if s == "failed" and jid not in failed}
+        states = self.states() if states is None else states
+        return running, {jid for jid, s in states.items() if s == "failed" and jid not in failed}
 
     # ---- single writer ----------------------------------------------------------------------
     def is_store(self) -> bool:
@@ -460,9 +462,7 @@ def _read(path: Path) -> Optional[Dict[str, Any]]:
     """A record file's content, or ``None`` (missing or unreadable)."""
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):  # OSError: missing too
         return None
 
 
