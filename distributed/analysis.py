@@ -279,18 +279,24 @@ def _is_own(name: str, own: set) -> bool:
     return name in own or (page is not None and f"{page.group(1)}.png" in own)
 
 
-def _pages(frames: Dict[str, pd.DataFrame]) -> List[Dict[str, pd.DataFrame]]:
-    """``frames`` (a model's each) in pages of :data:`MODELS_PER_FIGURE`, in order."""
+def _draw_pages(plot, frames: Dict[str, pd.DataFrame], out: Path, kind: str, family: str,
+                dataset: Optional[str], title: str) -> List[Path]:
+    """Draw ``frames`` (a model's each) with ``plot`` (:func:`~equifast.figures.plot_parts` or
+    :func:`~equifast.figures.plot_shifts`) in pages of :data:`MODELS_PER_FIGURE` models,
+    each titled with the models it holds; returns the files written."""
+    import matplotlib.pyplot as plt
+
     items = list(frames.items())
-    return [dict(items[i:i + MODELS_PER_FIGURE]) for i in range(0, len(items), MODELS_PER_FIGURE)]
-
-
-def _page_title(title: str, page: int, pages: List[dict]) -> str:
-    if len(pages) == 1:
-        return title
-    first = sum(len(p) for p in pages[:page - 1]) + 1
-    return (f"{title}\nmodels {first}-{first + len(pages[page - 1]) - 1} of "
-            f"{sum(map(len, pages))} (page {page} of {len(pages)})")
+    pages = [dict(items[i:i + MODELS_PER_FIGURE]) for i in range(0, len(items), MODELS_PER_FIGURE)]
+    paths = []
+    for page, models in enumerate(pages, 1):
+        first = (page - 1) * MODELS_PER_FIGURE + 1
+        path = out / _figure_name(kind, family, dataset, page)
+        plt.close(plot(models, path=path, title=title if len(pages) == 1 else (
+            f"{title}\nmodels {first}-{first + len(models) - 1} of {len(items)} "
+            f"(page {page} of {len(pages)})")))
+        paths.append(path)
+    return paths
 
 
 def _own_figures(datasets, families) -> set:
@@ -436,13 +442,8 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
                 label = _legend(model, key, len(keys) > 1, short.get((ds, key, model)))
                 frames[label] = g[["part", "family", "channel", "layer"]
                                   + (["channel_std", "layer_std"] if (g["seeds"] > 1).any() else [])]
-            pages = _pages(frames)
-            for page, models in enumerate(pages, 1):
-                path = out / _figure_name("parts", fam, named, page)
-                fig = plot_parts(models, path=path, title=_page_title(
-                    f"{fam} equivariance per part ({ds}, {metric})", page, pages))
-                plt.close(fig)
-                figures.append(path)
+            figures += _draw_pages(plot_parts, frames, out, "parts", fam, named,
+                                   f"{fam} equivariance per part ({ds}, {metric})")
         d = shifts[shifts["dataset"] == ds] if shifts is not None else pd.DataFrame(columns=_KEYS)
         for fam in dict.fromkeys(d["family"]):
             f = d[d["family"] == fam]
@@ -453,12 +454,8 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
             for (model, key), g in f.groupby(["model", "transforms"], sort=False):
                 frames[_legend(model, key, len(keys) > 1, short.get((ds, key, model)))] = g.drop(
                     columns=[] if (g["seeds"] > 1).any() else ["channel_std", "layer_std"])
-            pages = _pages(frames)
-            for page, models in enumerate(pages, 1):
-                path = out / _figure_name("shifts", fam, named, page)
-                plt.close(plot_shifts(models, path=path, title=_page_title(
-                    f"{fam} equivariance per part at each shift ({ds}, {metric})", page, pages)))
-                figures.append(path)
+            figures += _draw_pages(plot_shifts, frames, out, "shifts", fam, named,
+                                   f"{fam} equivariance per part at each shift ({ds}, {metric})")
         c = corr[corr["dataset"] == ds]  # undefined parts (NaN) are marked, not bridged
         if not c["spearman"].notna().any():
             most = int(corr.loc[corr["dataset"] == ds, "n_models"].max())
