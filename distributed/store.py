@@ -27,7 +27,7 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import Any, Collection, Dict, Iterator, List, Optional
+from typing import Any, Collection, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -333,20 +333,11 @@ class ResultStore:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                try:
-                    other = json.loads(path.read_text() or "{}")
-                except (json.JSONDecodeError, OSError):
-                    other = {}
-                if other.get("pid") == os.getpid() and other.get("host") == me["host"]:
+                holder, who = _lock_holder(path)
+                if holder == "this process":
                     return
-                # an empty lock is one another driver has created and not yet written into
-                taking = not other and _age(path) < 10
-                if taking or _alive(other.get("host"), other.get("pid")):
-                    who = f"pid {other.get('pid')} on {other.get('host')}" if other else "a sweep starting"
-                    raise BlockingIOError(
-                        f"Expected no other sweep writing to {str(self.root)!r}, but {who} "
-                        f"holds {str(path)!r}; wait for it, or delete the lock "
-                        "if that process is gone.") from None
+                if holder == "another":
+                    raise BlockingIOError(_locked(self.root, path, who)) from None
                 path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as fh:
@@ -358,6 +349,14 @@ class ResultStore:
                         p.unlink(missing_ok=True)
             return
         raise BlockingIOError(f"Expected to take {str(path)!r}, but another process keeps taking it.")
+
+    def check_unlocked(self) -> None:
+        """Raise the ``BlockingIOError`` :meth:`lock` would, touching nothing: a second driver
+        is refused before it starts Ray."""
+        path = self.root / "sweep.lock"
+        holder, who = _lock_holder(path)
+        if holder == "another":
+            raise BlockingIOError(_locked(self.root, path, who))
 
     def unlock(self) -> None:
         """Release the lock this process holds."""
@@ -506,6 +505,28 @@ def _for_parquet(df: pd.DataFrame) -> pd.DataFrame:
                 df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
                                       else str(v))
     return df
+
+
+def _lock_holder(path: Path) -> Tuple[Optional[str], str]:
+    """Who holds the lock at ``path``: ``"this process"``, ``"another"`` (live) or ``None``
+    (no lock, or a stale one), and how to name the holder."""
+    try:
+        other = json.loads(path.read_text() or "{}")
+    except FileNotFoundError:
+        return None, ""
+    except (json.JSONDecodeError, OSError):
+        other = {}
+    if other.get("pid") == os.getpid() and other.get("host") == socket.gethostname():
+        return "this process", ""
+    # an empty lock is one another driver has created and not yet written into
+    if (not other and _age(path) < 10) or _alive(other.get("host"), other.get("pid")):
+        return "another", f"pid {other.get('pid')} on {other.get('host')}" if other else "a sweep starting"
+    return None, ""
+
+
+def _locked(root: Path, path: Path, who: str) -> str:
+    return (f"Expected no other sweep writing to {str(root)!r}, but {who} holds {str(path)!r}; "
+            "wait for it, or delete the lock if that process is gone.")
 
 
 def _age(path: Path) -> float:

@@ -571,6 +571,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     store = ResultStore(out or spec.out or DEFAULT_OUT)
     t0 = time.time()
     store.check_folder()
+    store.check_unlocked()  # before Ray starts (10-20 s): lock() below still decides
     started_ray = False
     try:
         # before the store is touched: a wrong address, no cluster, or jobs it can never run

@@ -771,6 +771,24 @@ def test_a_lock_being_taken_is_not_taken_over(tmp_path):
     store.unlock()
 
 
+def test_a_second_driver_is_refused_before_it_starts_ray(folder, tmp_path, monkeypatch):
+    # it was refused only at lock(), after ray.init (10-20 s, and a local Ray's processes)
+    from equifast.distributed import sweep as sweep_mod
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.lock").write_text(json.dumps({"host": "another-host", "pid": 4242}))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    started = []
+    monkeypatch.setattr(sweep_mod, "_check_reachable", lambda address: None)
+    monkeypatch.setattr(sweep_mod, "_init_ray", lambda *a: started.append(a) or True)
+    with pytest.raises(BlockingIOError, match="pid 4242 on another-host holds"):
+        run_sweep(_spec(folder), out=out, progress=False)
+    assert started == [] and sorted(p.name for p in out.iterdir()) == ["sweep.lock"]
+    ResultStore(out / "free").check_unlocked()  # no lock: nothing to say, nothing written
+    assert not (out / "free").exists()
+
+
 def test_status_of_a_sweep_whose_driver_is_gone_says_stopped(tmp_path, capsys, monkeypatch):
     import subprocess
     import sys
