@@ -935,6 +935,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cuda(
         auto row_stats = [&](int64_t n0, int64_t nc, const uint8_t* only) {
           const int64_t count = nc * K;
           const int64_t blocks = (count + kWarpsPerStatsBlock - 1) / kWarpsPerStatsBlock;
+          // gridDim.x is at most 2^31 - 1: past it the launch would cover only some rows
+          TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "equivariance_scores: ", nc,
+                      " images of K = ", K, " channels are too many rows for the CUDA kernel; "
+                      "pass fewer images at a time.");
           for (int side = 0; side < 2; ++side) {
             const at::Tensor& f = side == 0 ? fx : ftx;
             row_stats_kernel<scalar_t><<<blocks, 32 * kWarpsPerStatsBlock, 0, stream>>>(
