@@ -378,18 +378,18 @@ def test_resnet18_agrees_with_the_oracle():
     images = (images - 0.45) / 0.25
     # 48 px: maps 12, 12, 6, 3, 2 (scales 1/4, 1/8, 1/16, 1/24)
     transforms = [
-        shift(2, 2), shift(5, 5), shift(8, 8),            # 0,1,2 on the 12-map; 0 below
+        shift(2, 2), shift(8, 8),                         # 0 and 2 on the 12-map; 0 below
         shift(6, 6, "zero"), shift(9, -5, "zero", "nearest"),
         shift(2, 2, rounding="nearest"),                  # 0.5 -> 1 on the 12-map
         shift(-6, -2, rounding="nearest"),                # -1.5 -> -2, -0.5 -> -1
         shift(-7, 3),                                     # -1.75 -> -1 (toward zero)
-        ("rot", 1), ("rot", 2), ("rot", 3), ("flip", "horizontal"), ("flip", "vertical"),
+        ("rot", 1), ("rot", 3), ("flip", "vertical"),
     ]
     runs = oracle_and_report(model, images, transforms, ("correlation", "cosine"),
                              ("per_image",), batch_size=16)
     # across images only the vectors (pool, final) change: fewer transforms, batches of 2 so
     # that the streaming sums over images span several batches
-    runs.update(oracle_and_report(model, images, transforms[2:4] + transforms[8:9],
+    runs.update(oracle_and_report(model, images, transforms[1:3] + transforms[7:8],
                                   ("correlation", "cosine"), ("across_images",), batch_size=2))
     for vm, (mine, report) in runs.items():
         assert report.meta["vector_mode"] == vm
