@@ -215,6 +215,9 @@ def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run:
 def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.DataFrame:
     """Mean and standard deviation over runs (seeds) of each part's scores.
 
+    Every run of a group is taken (:func:`over_runs`): a part undefined in one run, or missing
+    from it (none of its points), is undefined over the runs.
+
     Raises ``ValueError`` when runs of one group measured other transforms (a family's mean
     over other transforms is another number, not another seed).
 
@@ -240,6 +243,13 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     keys = list(by) + ["part", "family"] + (["metric"] if "metric" in df else [])
+    # a part one run of its group lacks (no point of it) is undefined in that run (NaN), as one
+    # whose points are all undefined: a mean over the other runs would read as one over all
+    runs = df[list(by) + ["run"]].drop_duplicates()
+    rows = df[keys].drop_duplicates()
+    every = runs.merge(rows, on=list(by)) if by else runs.merge(rows, how="cross")
+    if len(every) > len(df):
+        df = every.merge(df, on=keys + ["run"], how="left")
     return over_runs(df, keys, ["channel", "layer", "undefined_fraction"])
 
 
