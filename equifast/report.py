@@ -223,12 +223,19 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
 
     Args:
         reports: reports of repeated runs; ``report.meta`` keys named in ``by`` (e.g. the
-            setting of a study) group them.
+            setting of a study; one name or a list) group them.
     """
+    by = [by] if isinstance(by, str) else list(by)  # "seed" is one key, not four letters
     frames, measured = [], {}
     for i, r in enumerate(reports):
         # a family's mean over other transforms is another number: not a seed of the same run
         group = tuple(r.meta.get(k) for k in by)
+        try:
+            hash(group)
+        except TypeError:
+            raise ValueError(f"Expected meta values that group runs (numbers, strings) for `by`, "
+                             f"but run {i}'s {[k for k, v in zip(by, group) if v.__hash__ is None]} "
+                             f"{'is' if len(by) == 1 else 'are'} a list or dict.") from None
         names = set(r.points["transform"]) if len(r.points) else set()
         first, first_names = measured.setdefault(group, (i, names))
         if names != first_names:

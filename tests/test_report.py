@@ -141,6 +141,18 @@ def test_combine_runs_mean_and_std():
     assert row.runs == 3
 
 
+def test_combine_runs_by_one_name_and_by_list_values():
+    # by="setting" was read letter by letter (meta "s", "e", ...: all None), one group of 3
+    reps = [Report.from_rows([dict(r, channel=r["channel"] + bump) for r in _rows()],
+                             {"setting": setting, "transforms": ["a", "b"]})
+            for bump, setting in ((0.0, "a"), (0.1, "a"), (0.4, "b"))]
+    out = combine_runs(reps, by="setting")
+    assert out.equals(combine_runs(reps, by=["setting"]))
+    assert sorted(set(zip(out.setting, out.runs))) == [("a", 2), ("b", 1)]
+    with pytest.raises(ValueError, match=r"run 0's \['transforms'\] is a list or dict"):
+        combine_runs(reps, by=["transforms"])  # was TypeError: unhashable type: 'list'
+
+
 def test_combine_runs_is_the_same_to_the_last_bit_in_any_order_of_the_runs():
     # a sweep's records or a study's seeds may come in any order: the same mean and std,
     # bit for bit (float sums in the order given differed in the last bit)
