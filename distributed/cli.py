@@ -46,6 +46,7 @@ def _run(args) -> int:
         from .sweep import _moved
 
         store = ResultStore(out)
+        store.check_folder()  # as the run would: a folder of the user's files is no --out
         states = store.states()
         folders = [j for j in jobs if j.relative_folder]
         for jid in _moved(store.records_of(folders), folders):  # finished, but on other data

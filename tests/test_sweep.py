@@ -382,6 +382,9 @@ def test_a_folder_of_users_files_is_never_a_sweeps_out(folder, tmp_path, capsys)
     spec_file.write_text(yaml.safe_dump(_spec(folder)))
     assert sweep_main(["run", str(spec_file), "--out", str(mine)]) == 2
     assert "points.csv" in capsys.readouterr().err
+    # --dry-run listed 8 pending jobs there, exit 0, where the run itself refuses the folder
+    assert sweep_main(["run", str(spec_file), "--out", str(mine), "--dry-run"]) == 2
+    assert "points.csv" in capsys.readouterr().err
     assert sweep_main(["run", str(spec_file), "--out", str(mine / "points.csv")]) == 2  # a file
     assert "is a file" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["points.csv"]
