@@ -90,6 +90,19 @@ def _json_value(value):
     return str(value)
 
 
+def _saved_as(path: Path) -> str:
+    """What to give :meth:`Report.load` instead of ``path``, where it can tell (for an error)."""
+    stem = path.name[:-len(path.suffix)] if path.suffix else path.name
+    for table in (".points", ".parts", ".meta"):
+        if stem.endswith(table) and len(stem) > len(table):  # one of the set save wrote
+            base = stem[:-len(table)]
+            given = (f"'{base}.parquet' or '{base}.csv'" if table == ".meta"
+                     else repr(base + path.suffix))
+            return (f"; {path.name!r} is one of the files Report.save writes: give the path "
+                    f"it was given ({given})")
+    return ""
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -327,20 +340,29 @@ class Report:
 
     @classmethod
     def load(cls, path) -> "Report":
-        """Load what :meth:`save` wrote (give the same path). An output set of ``equifast
-        measure`` that a killed run had committed but not all moved in is completed first."""
+        """Load what :meth:`save` wrote (give the same path), or the report of an ``equifast
+        measure --out`` folder. An output set of ``equifast measure`` that a killed run had
+        committed but not all moved in is completed first."""
         from ._io import finish_commit
 
         path = Path(path)
+        if path.is_dir():
+            if not (path / "report.json").is_file():
+                raise FileNotFoundError(
+                    f"Expected a saved report at {str(path)!r}, but it is a folder without "
+                    "report.json; give the path Report.save was given, or the --out folder of "
+                    "equifast measure.")
+            path = path / "report.json"  # `equifast measure --out DIR`
         finish_commit(path.parent)
         suffix = path.suffix.lower()
         if suffix == ".json":
             if not path.is_file():
-                raise FileNotFoundError(f"Expected a saved report at {str(path)!r}, but there is none.")
+                raise FileNotFoundError(f"Expected a saved report at {str(path)!r}, but there is "
+                                        f"none{_saved_as(path)}.")
             doc = _read_json(path)
             if not isinstance(doc, dict) or "points" not in doc:
                 raise ValueError(f"Expected a report saved by Report.save in {str(path)!r}, but "
-                                 "it has no 'points'.")
+                                 f"it has no 'points'{_saved_as(path)}.")
             points = pd.DataFrame(doc["points"])
             for col in points.columns:  # a column of NaN only was written as nulls
                 if points[col].isna().all():
@@ -349,7 +371,8 @@ class Report:
         stem = path.with_suffix("")
         points = stem.with_name(f"{stem.name}.points{suffix}")
         if not points.is_file():
-            raise FileNotFoundError(f"Expected {str(points)!r} (saved by Report.save), but it is missing.")
+            raise FileNotFoundError(f"Expected {str(points)!r} (saved by Report.save), but it is "
+                                    f"missing{_saved_as(path)}.")
         df = (pd.read_csv(points, dtype={"shape": str, "point": str}, **_EXACT_FLOATS) if suffix == ".csv"
               else pd.read_parquet(points))
         meta_path = stem.with_name(f"{stem.name}.meta.json")

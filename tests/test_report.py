@@ -452,6 +452,20 @@ def test_runs_of_other_transforms_are_not_combined_as_seeds():
     assert set(combine_runs([one, three], by=["setting"])["runs"]) == {1}
 
 
+def test_load_takes_a_measure_out_folder_and_says_which_path_to_give(tmp_path):
+    rep = Report.from_rows(_rows(), {"model": "toy"})
+    rep.save(tmp_path / "out" / "report.json")  # as `equifast measure --out out` names it
+    pd.testing.assert_frame_equal(Report.load(tmp_path / "out").points, rep.points)
+    with pytest.raises(FileNotFoundError, match="a folder without report.json"):
+        Report.load(tmp_path)
+    rep.save(tmp_path / "r18.parquet")
+    # asked for 'r18.points.points.parquet' or said the meta file had no points, and no more
+    with pytest.raises(FileNotFoundError, match=r"give the path it was given \('r18.parquet'\)"):
+        Report.load(tmp_path / "r18.points.parquet")
+    with pytest.raises(ValueError, match=r"\('r18.parquet' or 'r18.csv'\)"):
+        Report.load(tmp_path / "r18.meta.json")
+
+
 @pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
 def test_reports_saved_before_shift_families_are_relabelled_on_load(tmp_path, suffix):
     import torch
