@@ -125,6 +125,10 @@ def test_missing_root_errors(tmp_path):
         build_dataset("mnist7")
     with pytest.raises(ValueError, match=r"`root` \(--data-root\) for CIFAR-10"):
         CIFAR10Dataset(None, download=True)
+    # no root at all: it said "got root=None without it"
+    with pytest.raises(ValueError, match=r"^Expected a `root` \(--data-root\) for CIFAR-10: a folder "
+                                         r"holding cifar-10-batches-py"):
+        CIFAR10Dataset(None)
 
 
 def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
@@ -600,7 +604,9 @@ def test_bad_recipe_values_are_refused_before_the_run_folder(tmp_path):
                 {"lr": float("nan")}, {"lr": float("inf")}, {"gamma": -0.1}, {"gamma": 0.0},
                 {"momentum": 1.0}, {"momentum": -0.5}, {"weight_decay": -5e-4},
                 {"weight_decay": float("nan")}, {"seed": -1}, {"seed": 10**20},
-                {"data_seed": -1}, {"num_workers": -1}):
+                {"data_seed": -1}, {"num_workers": -1},
+                # past float32's range: a RuntimeError traceback from Adam's first step
+                {"lr": 1e38}, {"weight_decay": 1e39}):
         with pytest.raises(ValueError, match=rf"Expected `{next(iter(bad))}`"):
             get_recipe("cnn7-fmnist6", **bad)
     # another type than declared: epochs="2" passed the checks, then failed in the first epoch

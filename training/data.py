@@ -245,7 +245,12 @@ class CIFAR10Dataset(Dataset):
         if root is None and download:
             raise ValueError("Expected a `root` (--data-root) for CIFAR-10: the folder to fetch "
                              "it into with download=True (--download), but got None.")
-        if not download and (folder is None or not os.path.isdir(folder)):
+        if root is None and not download:  # it said "got root=None without it"
+            raise ValueError("Expected a `root` (--data-root) for CIFAR-10: a folder holding "
+                             "cifar-10-batches-py (the torchvision.datasets.CIFAR10 layout), "
+                             "or one to fetch it into with download=True (--download), but got "
+                             "None.")
+        if not download and not os.path.isdir(folder):
             raise FileNotFoundError(
                 f"Expected CIFAR-10 in `root`/cifar-10-batches-py (the torchvision.datasets."
                 f"CIFAR10 layout), but got root={root!r} without it. Extract cifar-10-python."

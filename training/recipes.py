@@ -49,6 +49,8 @@ _BEFORE_FIELDS = {"randaugment_ops": 2, "randaugment_magnitude": 9, "cutmix_alph
                   "cutmix_prob": 1.0}
 
 
+_STEP_MAX = 3.4e37  # float32 max / 10
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything a training run needs; every field may be overridden.
@@ -150,11 +152,13 @@ class Recipe:
         if not (0 < float(self.cutmix_alpha) < float("inf") and 0 <= float(self.cutmix_prob) <= 1):
             raise ValueError(f"Expected `cutmix_alpha` > 0 and `cutmix_prob` in [0, 1], but got "
                              f"{self.cutmix_alpha!r} and {self.cutmix_prob!r}.")
-        if not (0 <= float(self.lr) < float("inf")):
-            raise ValueError(f"Expected `lr` to be a finite number >= 0, but got {self.lr!r}.")
+        # the optimisers scale a step by lr (Adam by lr / (1 - beta1) = 10 lr) and decay by
+        # weight_decay in float32: past float32's range torch raises deep in the first step
+        step = f"a number in [0, {_STEP_MAX:.2g}] (float32 optimiser arithmetic overflows beyond)"
         # a negative gamma or decay trained with a sign-flipped schedule or penalty, silently
-        for what, ok, wanted in (("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-                                 ("weight_decay", lambda v: 0 <= v < float("inf"), "a finite number >= 0"),
+        for what, ok, wanted in (("lr", lambda v: 0 <= v <= _STEP_MAX, step),
+                                 ("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+                                 ("weight_decay", lambda v: 0 <= v <= _STEP_MAX, step),
                                  ("gamma", lambda v: 0 < v < float("inf"), "a finite number > 0")):
             if not ok(float(getattr(self, what))):
                 raise ValueError(f"Expected `{what}` to be {wanted}, but got "
