@@ -8,6 +8,7 @@ grid of positions, so values and indices always move the same way.
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
 
@@ -301,6 +302,22 @@ def check_distinct(transforms: Sequence[Transform]) -> None:
 _KINDS = ("translation", "rotation", "flip", "identity")  # what parse_transforms takes
 
 
+def _shift_range(rng: str) -> Tuple[int, int]:
+    """``(start, stop)`` of a translation spec's ``START-STOP`` or ``SHIFT`` (``1-32``, ``4``)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", rng)
+    if m is None:
+        form = ("the shifts of a translation spec are a range START-STOP or one SHIFT of whole "
+                f"numbers from 1 (e.g. 1-32 or 4), but got {rng!r}")
+        negative = re.search(r"(?:^|-)-(\d+)", rng)
+        if negative:  # e.g. translation:-3 or translation:1--3
+            s = negative.group(1)
+            form += (f"; a spec shifts content down and right only, by (s, s) for s >= 1: for a "
+                     f"negative shift use the Python API, ef.Translation(-{s}, -{s})")
+        raise ValueError(form)
+    start, stop = int(m.group(1)), int(m.group(2) or m.group(1))
+    return start, stop
+
+
 def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
     """Parse command-line transform specs into transforms.
 
@@ -326,7 +343,6 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
         try:
             if kind in ("translation", "shift", "shifts"):
                 rng, _, options = rest.partition(":")
-                lo, _, hi = (rng or "1-32").partition("-")
                 kw, given = {"mode": "circular", "rounding": "down"}, {}
                 for opt in filter(None, options.lower().split(":")):
                     if opt not in ("circular", "zero", "down", "nearest"):
@@ -336,9 +352,13 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
                     if key in given:  # e.g. translation:1-3:zero:circular
                         raise ValueError(f"two {key} options, {given[key]!r} and {opt!r}")
                     kw[key] = given[key] = opt  # an unknown option fails in Translation
-                out += diagonal_shifts(int(lo), int(hi or lo), **kw)
+                out += diagonal_shifts(*_shift_range(rng or "1-32"), **kw)
             elif kind in ("rotation", "rotations"):
                 if rest:
+                    if not re.fullmatch(r"\s*-?\d+\s*", rest):
+                        raise ValueError(f"the angle of a rotation is whole degrees, a multiple of "
+                                         f"90 (rotation:90, rotation:180, rotation:270), or none "
+                                         f"for all three, but got {rest!r}")
                     deg = int(rest)
                     if deg % 90:
                         raise ValueError("rotation angles must be multiples of 90")
@@ -355,8 +375,9 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
                 raise ValueError(f"unknown kind {kind!r}{did_you_mean(kind, _KINDS)}")
         except ValueError as err:
             raise ValueError(
-                f"Expected a transform spec like 'translation:1-32', 'rotation', 'rotation:90', "
-                f"'flip:horizontal' or 'identity', but got {spec!r} ({err})."
+                f"Expected a transform spec like 'translation:1-32', 'translation:4', "
+                f"'translation:1-16:zero:nearest', 'rotation', 'rotation:90', 'flip:horizontal' "
+                f"or 'identity', but got {spec!r} ({str(err).rstrip('.')})."
             ) from None
     if not out:
         raise ValueError(f"Expected at least one transform spec, but got {specs!r}.")

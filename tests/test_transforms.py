@@ -113,6 +113,30 @@ def test_parse_transforms():
         ef.parse_transforms("identity:foo")
 
 
+def test_malformed_spec_numbers_say_the_expected_form():
+    # a bad number ended in Python's "invalid literal for int() with base 10: ''"
+    for spec in ("translation:-3", "translation:1-x", "translation:1.5", "translation:1--3",
+                 "rotation:abc", "rotation:90.0"):
+        with pytest.raises(ValueError) as err:
+            ef.parse_transforms(spec)
+        msg = str(err.value)
+        assert "\n" not in msg and repr(spec) in msg and "invalid literal" not in msg, msg
+        assert "'translation:4'" in msg and "'translation:1-16:zero:nearest'" in msg, msg
+        form = "START-STOP or one SHIFT" if spec.startswith("translation") else "multiple of 90"
+        assert form in msg, msg
+    # a negative shift is the Python API's: specs shift by (s, s), s >= 1
+    for spec in ("translation:-3", "translation:1--3"):
+        with pytest.raises(ValueError, match=r"negative shift use the Python API, "
+                                             r"ef\.Translation\(-3, -3\)"):
+            ef.parse_transforms(spec)
+    with pytest.raises(ValueError) as err:
+        ef.parse_transforms("translation:1-x")
+    assert "negative" not in str(err.value)
+    # what parsed before still does, spaces around the numbers too
+    assert [t.name for t in ef.parse_transforms("translation: 1 - 2,rotation: -90")] == [
+        "translation(1,1)", "translation(2,2)", "rotation(270)"]
+
+
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="square"):
         ef.Rotation(1)(torch.randn(1, 1, 4, 5))
