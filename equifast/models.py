@@ -638,8 +638,13 @@ def _with_checkpoint(build: Callable[..., nn.Module], kwargs: Dict, state, path,
     model = build(**kwargs)
     if state is None:
         return model
-    classes = _checkpoint_classes(model, state) if "num_classes" not in kwargs else None
-    if classes is not None:
+    classes = _checkpoint_classes(model, state)
+    if classes is not None and kwargs.get("num_classes"):  # 0: timm's headless build
+        raise ValueError(f"Expected `num_classes` (--num-classes) {kwargs['num_classes']} to be "
+                         f"the classes of `weights` {path!r}, but its classifier has {classes}; "
+                         "leave it out (it is read from the checkpoint) or pass "
+                         f"{classes}.")
+    if classes is not None and "num_classes" not in kwargs:
         model = build(**{**kwargs, "num_classes": classes})
     _load_state(model, state, path, name)
     return model

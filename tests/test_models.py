@@ -170,6 +170,12 @@ def test_checkpoint_of_another_label_set_gets_its_classifier(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
+    # a num_classes the checkpoint contradicts: it was "not a checkpoint of 'resnet18'" and
+    # "name the architecture", whose advice could not help
+    with pytest.raises(ValueError, match=r"^Expected `num_classes` \(--num-classes\) 5 to be the "
+                                         r"classes of `weights` .*ten.pt', but its classifier has 10"):
+        load_model("resnet18", weights=str(tmp_path / "ten.pt"), num_classes=5)
+    assert load_model("resnet18", weights=str(tmp_path / "ten.pt"), num_classes=10)[0].fc.out_features == 10
 
 
 def test_safetensors_checkpoints_load_like_torch_save_ones(tmp_path):
@@ -297,8 +303,8 @@ def test_checkpoint_classes_are_read_from_the_last_linear(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
-    # classes given explicitly are kept: a checkpoint of another size does not fit them
-    with pytest.raises(ValueError, match="do not fit that model"):
+    # classes given explicitly are kept: a checkpoint of another size is refused, saying so
+    with pytest.raises(ValueError, match="but its classifier has 6; leave it out"):
         load_model("mobilenet_v3_small", weights=str(tmp_path / "six.pt"), num_classes=4)
 
 
