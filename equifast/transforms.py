@@ -362,6 +362,9 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
                     deg = int(rest)
                     if deg % 90:
                         raise ValueError("rotation angles must be multiples of 90")
+                    if deg % 360 == 0:  # Rotation's own advice, ef.Identity(), is Python
+                        raise ValueError(f"a rotation by {deg} degrees is a whole turn, the "
+                                         "identity: use the spec 'identity'")
                     out.append(Rotation(deg // 90))
                 else:
                     out += rotations()

@@ -17,6 +17,8 @@ def test_measure_embedded_default_end_to_end(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "early" in text and "final" in text and "Metric bias" in text
+    # a parts table for each metric asked for (cosine's was in the files only)
+    assert "Parts (correlation; images: 4):" in text and "Parts (cosine; images: 4):" in text
     rep = Report.load(out / "report.json")
     assert rep.meta["model"] == "efficientnet_lite0" and rep.meta["n_images"] == 4
     assert f"measured 4 images x 3 transforms in {rep.meta['seconds']:.1f} s" in text
@@ -61,6 +63,9 @@ def test_help_lists_every_command(capsys):
     (["measure", "--out", __file__], "is a file"),  # checked before measuring, file kept
     (["measure", "--transforms", "rotation,rotation:90"], "rotation(90) is given more than once"),
     (["measure", "--transforms", "translation:1-2:zero:circular"], "two mode options"),
+    # a whole turn: the advice is the spec `identity`, not Python's ef.Identity()
+    (["measure", "--transforms", "rotation:0"], "identity: use the spec 'identity')"),
+    (["measure", "--transforms", "rotation:360"], "identity: use the spec 'identity')"),
     # an unset variable: "" was the working folder, measured as "embedded photos"
     (["measure", "--data", ""], "Expected --data to name a folder, but it is empty"),
     (["measure", "--out", ""], "Expected --out to name a folder, but it is empty"),

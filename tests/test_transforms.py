@@ -102,8 +102,13 @@ def test_parse_transforms():
     with pytest.raises(ValueError, match="multiples of 90"):
         ef.parse_transforms("rotation:45")
     for whole in ("rotation:0", "rotation:360"):  # the identity, not a rotation to average in
-        with pytest.raises(ValueError, match="whole turn.*ef.Identity"):
+        # a spec is the command line's: the advice is the spec, not Python's ef.Identity()
+        with pytest.raises(ValueError, match="whole turn.*use the spec 'identity'") as err:
             ef.parse_transforms(whole)
+        assert "ef.Identity" not in str(err.value)
+    for q in (0, 4):  # the Python constructor keeps the Python advice
+        with pytest.raises(ValueError, match=r"whole turn.*use ef\.Identity\(\)"):
+            ef.Rotation(q)
     # options that contradict each other, or options where there are none, are not dropped
     with pytest.raises(ValueError, match="two mode options, 'zero' and 'circular'"):
         ef.parse_transforms("translation:1-3:zero:circular")
