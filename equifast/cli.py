@@ -140,8 +140,9 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
         print(f"\nmeasured {report.meta['n_images']} images x {len(transforms)} "
               f"transform{'s' if len(transforms) > 1 else ''} in "
               f"{report.meta['seconds']:.1f} s ({report.meta['images_per_second']:.2f} images/s)")
-        print(f"\nParts ({metrics[0]}; images: {report.meta['n_images']}):")
-        print(report.summary(metrics[0]).to_string())
+        for metric in metrics:  # each metric asked for (the figures draw the first)
+            print(f"\nParts ({metric}; images: {report.meta['n_images']}):")
+            print(report.summary(metric).to_string())
         if report.accuracy is not None:
             print(f"\ntop-1 accuracy: {report.accuracy:.4f}")
         if bias is not None:
