@@ -240,7 +240,7 @@ class Translation(Transform):
         h, w = size
         if abs(self.dy) >= h or abs(self.dx) >= w:
             raise ValueError(
-                f"{self.name} is larger than the {h}x{w} image: expected |dy| < {h} and |dx| < {w}; "
+                f"{self.name} is as large as or larger than the {h}x{w} image: expected |dy| < {h} and |dx| < {w}; "
                 "use smaller shifts or larger images."
             )
 

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -325,6 +326,15 @@ def test_a_custom_transform_that_can_change_is_scored_as_it_is_now():
     for backend in ("operator", "reference"):
         s = ef.functional.equivariance_scores(f, torch.roll(f, 2, dims=-1), t, backend=backend)
         assert s.channel.min() > 1 - 1e-5, backend
+
+
+def test_a_shift_as_large_as_the_image_is_not_called_larger():
+    # the condition is |shift| >= size: a shift equal to the size is not larger than the image
+    for t in (ef.Translation(8, 8), ef.Translation(0, 8), ef.Translation(-8, 1)):
+        with pytest.raises(ValueError, match=rf"^{re.escape(t.name)} is as large as or larger "
+                                             r"than the 8x8 image: expected \|dy\| < 8 and \|dx\| < 8"):
+            t(torch.randn(1, 1, 8, 8))
+    ef.Translation(7, -7)(torch.randn(1, 1, 8, 8))  # smaller than the image: taken
 
 
 def test_a_family_is_no_argument_and_no_shift_is_no_translation():
