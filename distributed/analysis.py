@@ -378,8 +378,10 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     drawn when at least ``min_models`` models have an accuracy), ``final_correlation.csv``
     (:func:`final_correlation`), and from a results folder ``shift_scores.csv`` and
     ``fig8_<family>.png`` (each model's parts at each shift of a translation family, a row of
-    panels per model, via :func:`equifast.figures.plot_shifts`). With several datasets or
-    transform sets, their names are added to the file names. Figures 8, 11 and 12 draw at most
+    panels per model, via :func:`equifast.figures.plot_shifts`). With several datasets, each
+    figure is drawn per dataset, its name added to the file name (``fig11_translation_<dataset>.png``);
+    several transform sets of one family share its figure, their names added to the legend
+    (``resnet18 (rot90)``). Figures 8, 11 and 12 draw at most
     :data:`MODELS_PER_FIGURE` models each: more models go on further pages,
     ``fig11_translation.2.png`` and on (one figure of hundreds of models was a legend over its
     panels, or a PNG tens of thousands of pixels tall). A sweep with failed or unrun jobs gets
