@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
-import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -19,7 +18,7 @@ from . import ops, reference
 from .aggregate import flat_in_memory_order
 from .reference import TOLERANCE, Scores, is_vector
 from .transforms import Identity, Transform
-from .warning import EquifastWarning
+from .warning import warn
 
 __all__ = ["equivariance_scores", "check_finite", "check_all_finite", "finite_marker",
            "raise_unless_finite", "backend", "Scores", "TOLERANCE"]
@@ -39,13 +38,10 @@ def _warn_fallback() -> None:
     # with an undefined C++ symbol: say so, it reads as a bare "rebuild" otherwise
     hint = (" It was built against another torch than this one" if "undefined symbol" in why
             else "")
-    warnings.warn(
+    warn(
         f"equifast: the compiled operator (equifast._C) is not available ({why}), so scores "
         f"are computed by the slower PyTorch reference.{hint} Rebuild it against the installed "
-        "torch with `pip install --no-build-isolation -e .`.",
-        EquifastWarning,
-        stacklevel=3,
-    )
+        "torch with `pip install --no-build-isolation -e .`.")
 
 
 def _index_map(transform: Transform, map_size: Tuple[int, int], input_size: Tuple[int, int],
@@ -232,10 +228,9 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
     a_index, b_index = _index_map(transform, map_size, size, fx.device)
     if metric == "correlation" and a_index.numel() == 1:
         # SPEC: no compared position is an error; one leaves every centred vector zero
-        warnings.warn(f"{transform.name} leaves one position to compare on a {map_size[0]}x"
-                      f"{map_size[1]} map (input {size[0]}x{size[1]}): its correlation scores are "
-                      "undefined (NaN); use cosine, smaller shifts or mode='circular'.",
-                      category=EquifastWarning, stacklevel=2)
+        warn(f"{transform.name} leaves one position to compare on a {map_size[0]}x"
+             f"{map_size[1]} map (input {size[0]}x{size[1]}): its correlation scores are "
+             "undefined (NaN); use cosine, smaller shifts or mode='circular'.")
     if backend == "reference" or (backend == "auto" and (wide or not ops.available())):
         if backend == "auto" and not wide:
             _warn_fallback()

@@ -30,7 +30,7 @@ from .reference import METRICS, TOLERANCE, check_options, is_vector
 from .report import Report
 from .points import Point, model_dtype, modes_kept, representations, split, unwrapped
 from .transforms import Transform, check_distinct, diagonal_shifts, parse_transforms, rotations
-from .warning import EquifastWarning
+from .warning import EquifastWarning, warn
 
 __all__ = ["measure", "MeasureState", "Measurer"]
 
@@ -441,9 +441,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             meta["model"] = type(inner).__name__  # not DataParallel's
         if given_preprocess and (isinstance(images, (torch.Tensor, tuple, list, DataLoader))
                                  or _tensor_items(images)):
-            warnings.warn("`preprocess` is not applied to a tensor, a DataLoader's batches or a "
-                          "Dataset's tensor items: they are taken as model-ready (resized and "
-                          "normalised).", category=EquifastWarning, stacklevel=3)
+            warn("`preprocess` is not applied to a tensor, a DataLoader's batches or a "
+                 "Dataset's tensor items: they are taken as model-ready (resized and "
+                 "normalised).")
         if preprocess is None and not isinstance(images, torch.Tensor):
             from .models import module_preprocess
 
@@ -473,25 +473,22 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             measurer.count_accuracy = False
             if labels is not None or isinstance(images, (tuple, list)) or (
                     folder is not None and folder.labelled):
-                warnings.warn(f"No accuracy: {type(inner).__name__} has no classifier "
-                              "(num_classes=0), so its `final` is pooled features, not class "
-                              "logits; build it with num_classes=N for a classifier.",
-                              category=EquifastWarning, stacklevel=3)
+                warn(f"No accuracy: {type(inner).__name__} has no classifier "
+                     "(num_classes=0), so its `final` is pooled features, not class "
+                     "logits; build it with num_classes=N for a classifier.")
         elif folder is not None and folder.labelled and final is not None and len(final.shape) == 1:
             classes = data_mod.model_classes(folder, final.shape[0])
             measurer.label_classes = None if classes is None else classes.to(measurer.device)
             if measurer.label_classes is None:
                 names = ", ".join(folder.classes[:3]) + (", ..." if len(folder.classes) > 3 else "")
-                warnings.warn(f"No accuracy: which of the model's {final.shape[0]} classes the "
-                              f"{len(folder.classes)} class folders ({names}) are is unknown (not "
-                              "one folder per class, nor ImageNet-1k synsets for 1000 classes).",
-                              category=EquifastWarning, stacklevel=3)
+                warn(f"No accuracy: which of the model's {final.shape[0]} classes the "
+                     f"{len(folder.classes)} class folders ({names}) are is unknown (not "
+                     "one folder per class, nor ImageNet-1k synsets for 1000 classes).")
                 measurer.count_accuracy = False
             elif folder.strays:
-                warnings.warn(f"{len(folder.strays)} image(s) lie beside the class folders, not in "
-                              f"one (e.g. {str(folder.strays[0])!r}): they are measured, but have "
-                              "no label and are left out of the top-1 accuracy.",
-                              category=EquifastWarning, stacklevel=3)
+                warn(f"{len(folder.strays)} image(s) lie beside the class folders, not in "
+                     f"one (e.g. {str(folder.strays[0])!r}): they are measured, but have "
+                     "no label and are left out of the top-1 accuracy.")
         started = time.perf_counter()  # the measurement proper: the model is loaded and split
         total = data_mod.count(images)
         total = min(total, n_images) if (total is not None and n_images) else (total or n_images)

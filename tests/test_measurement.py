@@ -831,3 +831,54 @@ def test_meta_says_random_weights_as_null_and_the_versions_measured_with(tmp_pat
     rep.save(str(tmp_path / "r.json"))
     back = Report.load(str(tmp_path / "r.json"))
     assert back.meta["weights"] is None and back.meta["versions"] == rep.meta["versions"]
+
+
+def test_warnings_of_measure_name_the_callers_line(tmp_path):
+    # a fixed stacklevel counted past measure's caller (pytest's frame; `sys:1` at a script's
+    # top level) or stopped inside equifast (the scores of measurement.py's Measurer.update)
+    import warnings
+
+    import torchvision.transforms as T
+    from PIL import Image
+
+    def ours(ws):
+        mine = [w for w in ws if issubclass(w.category, ef.EquifastWarning)]
+        assert mine, [str(w.message) for w in ws]
+        for w in mine:
+            assert w.filename == __file__, (w.filename, w.lineno, str(w.message))
+        return " ".join(str(w.message) for w in mine)
+
+    for i, name in enumerate(("cats", "dogs")):  # 2 class folders for a model of 5 classes
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (12, 12), (200 * i, 90, 30)).save(tmp_path / name / "a.png")
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        ef.measure(circular_net(), str(tmp_path), transforms=[ef.Rotation(1)],
+                   preprocess=T.ToTensor())
+    assert "No accuracy: which of the model's 5 classes" in ours(ws)
+    for name in ("c", "d", "e"):  # one folder per class, and an image beside them
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (12, 12), (9, 90, 30)).save(tmp_path / name / "a.png")
+    Image.new("RGB", (12, 12), (9, 9, 9)).save(tmp_path / "stray.png")
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        ef.measure(circular_net(), str(tmp_path), transforms=[ef.Rotation(1)],
+                   preprocess=T.ToTensor(), n_images=10)
+    assert "lie beside the class folders" in ours(ws) and "fewer than the n_images=10" in ours(ws)
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        ef.measure(circular_net(), torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1)],
+                   preprocess=T.ToTensor())
+    assert "`preprocess` is not applied to a tensor" in ours(ws)
+    # issued in functional.equivariance_scores, under Measurer.update's @torch.no_grad()
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        ef.measure(circular_net(), torch.rand(2, 3, 12, 12),
+                   transforms=[ef.Translation(11, 11, mode="zero")])
+    assert "leaves one position to compare" in ours(ws)
+    # called directly, equivariance_scores names its caller too
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        ef.functional.equivariance_scores(torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4),
+                                          ef.Translation(3, 3, mode="zero"))
+    assert "leaves one position to compare" in ours(ws)
