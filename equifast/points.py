@@ -145,7 +145,6 @@ import contextlib
 import math
 import operator
 import re
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -154,7 +153,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .warning import EquifastWarning
+from .warning import warn as _warn
 
 __all__ = ["Point", "PARTS", "split", "representations", "Representations"]
 
@@ -665,23 +664,20 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
         else:
             seq.append(("weightless", [c]))
     if repeated:
-        warnings.warn(f"Modules of {type(an.model).__name__} that run more than once in one forward "
-                      f"pass are not points: {', '.join(repeated)}. {_REPEATED_HINT}",
-                      category=EquifastWarning, stacklevel=4)
+        _warn(f"Modules of {type(an.model).__name__} that run more than once in one forward "
+                      f"pass are not points: {', '.join(repeated)}. {_REPEATED_HINT}")
     if unbatched:
-        warnings.warn(f"Modules of {type(an.model).__name__} whose output does not have the {an.n} "
-                      f"images on its first axis are not points: {', '.join(unbatched)}.",
-                      category=EquifastWarning, stacklevel=4)
+        _warn(f"Modules of {type(an.model).__name__} whose output does not have the {an.n} "
+                      f"images on its first axis are not points: {', '.join(unbatched)}.")
     # iterated containers whose modules do not read each other's outputs give no point: say so
     # (CaiT's class-attention blocks, HRNet's branch heads; a model whose blocks it cannot chain)
     start = lambda name: min(c.start for n, c in an.calls.items() if n.startswith(name + "."))  # noqa: E731
     dropped = [n for n in dict.fromkeys(an.dropped) if pooling is None or start(n) < pooling.start]
     if dropped:
-        warnings.warn(f"Blocks of {type(an.model).__name__} in containers its code iterates without "
+        _warn(f"Blocks of {type(an.model).__name__} in containers its code iterates without "
                       f"chaining them (a block does not read what the one before returned: CaiT's "
                       f"class-attention blocks, HRNet's per-branch heads) are not points: "
-                      f"{', '.join(map(repr, dropped))}. {_HINT}",
-                      category=EquifastWarning, stacklevel=4)
+                      f"{', '.join(map(repr, dropped))}. {_HINT}")
     kinds = [k for k, _ in seq]
     blocks = [i for i, k in enumerate(kinds) if k == "block"]
     layer = lambda i: kinds[i] == "layer" and any(an.weights(c.name) for c in seq[i][1])  # noqa: E731
@@ -728,17 +724,16 @@ def _head_points(an: _Analysis, pooling: Optional[_Call] = None,
     if head is None:
         if not any(_is_weight(c.module) and c.start > pooling.start for c in an.calls.values()):
             if warn and getattr(an.model, "num_classes", None) == 0:  # timm built it headless
-                warnings.warn(
+                _warn(
                     f"{name} has no classifier (num_classes=0): `final` is its pooled features, "
                     f"not logits, and there is no `pool` point; build it with num_classes=N to "
-                    f"measure a classifier.", category=EquifastWarning, stacklevel=4)
+                    f"measure a classifier.")
             elif warn:
-                warnings.warn(
+                _warn(
                     f"No weight layer of {name} runs after its global pooling ({pooling.name!r}): "
                     f"its classifier runs on the map before pooling (SqueezeNet), or it has none "
                     f"and `final` is its pooled features; either way there is no `pool` point, and "
-                    f"`final` (the output) follows the points before pooling.",
-                    category=EquifastWarning, stacklevel=4)
+                    f"`final` (the output) follows the points before pooling.")
             return [("final", "", "output")]
         raise ValueError(
             f"Could not find the classifier of {name}: no nn.Linear is applied to the pooled "
@@ -1108,8 +1103,8 @@ class Representations(nn.Module):
             except Exception as e:  # noqa: BLE001 - e.g. the train-mode graph does not trace
                 if chosen == "fx" or any(p.module is None for p in points):
                     raise
-                warnings.warn(f"torch.fx extraction failed ({type(e).__name__}: {e}); using forward "
-                              "hooks instead.", category=EquifastWarning, stacklevel=2)
+                _warn(f"torch.fx extraction failed ({type(e).__name__}: {e}); using forward "
+                              "hooks instead.")
                 method = self.method = "hooks"
         if method == "hooks":
             bad = [p.name for p in points if p.module is None]
@@ -1277,8 +1272,8 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
                     f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}). Use "
                     "method='hooks', or register the untraceable modules/functions as leaves "
                     "(timm.layers.register_notrace_module / register_notrace_function).") from e
-            warnings.warn(f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}); "
-                          "using forward hooks instead.", category=EquifastWarning, stacklevel=2)
+            _warn(f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}); "
+                          "using forward hooks instead.")
 
     an = _Analysis(model, example_input)
     modules = dict(model.named_modules())
@@ -1308,8 +1303,7 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
             if method == "fx":
                 raise ValueError(f"Cannot map the points of {type(model).__name__} to fx nodes ({e}). "
                                  "Use method='hooks'.") from e
-            warnings.warn(f"Cannot map the points to fx nodes ({e}); using forward hooks instead.",
-                          category=EquifastWarning, stacklevel=2)
+            _warn(f"Cannot map the points to fx nodes ({e}); using forward hooks instead.")
             nodes = {}
 
     # raw values at the example, for layouts
@@ -1363,10 +1357,9 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
                              f"each block is a row, even where the sizes fit): {'; '.join(blocked.values())}; "
                              f"name the module that rearranges them into a map instead. {_LIST_HINT}")
     if misfits:
-        warnings.warn(f"Outputs of {type(model).__name__} that are no map of the {an.input_size[0]}x"
+        _warn(f"Outputs of {type(model).__name__} that are no map of the {an.input_size[0]}x"
                       f"{an.input_size[1]} image (their two spatial sizes cannot both come from it "
-                      f"by downsampling) are not points: {', '.join(misfits.values())}. {_HINT}",
-                      category=EquifastWarning, stacklevel=2)
+                      f"by downsampling) are not points: {', '.join(misfits.values())}. {_HINT}")
         found = [f for f in found if f[0] not in misfits]
     pre = [f for f in found if f[0] not in _RESERVED]
     parts = dict(zip([f[0] for f in pre], _parts(len(pre))))
@@ -1434,6 +1427,6 @@ def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module]
     out = [f for _, f in found]
     explicit = [n for n in names if n in _RESERVED]
     if not explicit and "pool" not in special:
-        warnings.warn(f"Could not find the `pool` point of {type(an.model).__name__}; only `final` "
-                      "is appended to the named points.", category=EquifastWarning, stacklevel=3)
+        _warn(f"Could not find the `pool` point of {type(an.model).__name__}; only `final` "
+                      "is appended to the named points.")
     return out + [special[r] for r in (explicit or [r for r in _RESERVED if r in special])]

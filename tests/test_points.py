@@ -261,9 +261,20 @@ def test_a_module_run_several_times_is_not_a_point():
             split(model, x, points=["relu"], method=method)
     # a tied weight layer: which call is the point cannot be guessed
     with pytest.warns(UserWarning, match=r"run more than once in one forward pass are not "
-                                         r"points: 'conv2' \(2 times\)"):
+                                         r"points: 'conv2' \(2 times\)") as ws:
         points = split(_SharedReLU(tied=True).eval(), x)
     assert [p.name for p in points] == ["conv1", "pool", "final"]
+    import equifast as ef
+
+    # attributed to the caller's line, called directly or through measure (stacklevel=4
+    # named a line of equifast's measurement.py there)
+    assert [w.filename for w in ws] == [__file__]
+    with pytest.warns(UserWarning, match="run more than once") as ws:
+        ef.measure(_SharedReLU(tied=True).eval(), x, transforms="rotation:90", progress=False)
+    assert {w.filename for w in ws if "run more than once" in str(w.message)} == {__file__}
+    with pytest.warns(UserWarning, match="using forward hooks") as ws:
+        split(_Untraceable().eval(), torch.randn(2, 3, 16, 16))
+    assert {w.filename for w in ws} == {__file__}
     # fx names each call
     points = split(model, x, points=["relu_1"], method="fx")
     with torch.no_grad():
