@@ -24,7 +24,7 @@ import pandas as pd
 
 from equifast._io import write_csv_atomic
 from equifast.report import over_runs, shift_table
-from equifast.warning import EquifastWarning
+from equifast.warning import EquifastWarning, warn
 
 from .store import ResultStore
 
@@ -112,9 +112,8 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
                          "(`equifast sweep run SPEC`) or check `equifast sweep status`.")
     df = df.assign(accuracy=_accuracy_column(df, accuracy))
     if df["accuracy"].isna().all():  # else a silent all-NaN correlation and no figure 13
-        warnings.warn(f"{_NO_ACCURACY[accuracy]}: the accuracies are NaN and no Spearman "
-                      f"correlation (figure 13) is computed; {_INSTEAD[accuracy]}.",
-                      category=EquifastWarning, stacklevel=2)
+        warn(f"{_NO_ACCURACY[accuracy]}: the accuracies are NaN and no Spearman "
+                      f"correlation (figure 13) is computed; {_INSTEAD[accuracy]}.")
     df = _with_job_columns(df, metric)
     out = over_runs(df, _KEYS + ["part"], ["channel", "layer", "accuracy"], run="seed", count="seeds")
     out = out.drop(columns="accuracy_std")[_KEYS + ["part", "channel", "channel_std", "layer",
@@ -357,12 +356,12 @@ def _incomplete(saved: Optional[dict], jobs: pd.DataFrame, scores: pd.DataFrame)
     if ok < total:
         listed = [f"{m} / {d} / {t}: {what}" for (d, t, m), what in out.items()]
         more = f"; and {len(listed) - 10} more" if len(listed) > 10 else ""
-        warnings.warn(f"The report holds {ok} of the sweep's {total} jobs ({failed} failed, "
+        warn(f"The report holds {ok} of the sweep's {total} jobs ({failed} failed, "
                       f"{total - ok - failed} not run; `equifast sweep status` lists them, and "
                       f"`equifast sweep run` runs them again): "
                       + ("; ".join(listed[:10]) + more if listed else "every combination has a seed")
                       + ". Their means are over the seeds that finished (the `seeds` column; the "
-                      "figures' legends say it).", category=EquifastWarning, stacklevel=3)
+                      "figures' legends say it).")
     return out
 
 
@@ -465,7 +464,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
                    if most >= min_models else
                    f"Spearman's correlation needs at least {min_models} models with a score and "
                    f"an accuracy (min_models, --min-models), and {most} have them")
-            warnings.warn(f"No figure 13 for {ds}: {why}.", category=EquifastWarning, stacklevel=2)
+            warn(f"No figure 13 for {ds}: {why}.")
         else:
             path = out / _figure_name("accuracy", dataset=named)
             n = int(c.loc[c["spearman"].notna(), "n_models"].max())

@@ -898,6 +898,11 @@ def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, ca
     assert not (out / "figures" / "fig13_accuracy_correlation.png").exists()
     with pytest.warns(UserWarning, match="no job has a measured accuracy"):
         assert analysis.part_scores(out, accuracy="measured")["accuracy"].isna().all()
+    # through sweep_figures too, the warnings name the caller's line (stacklevel=2 named
+    # analysis.py's)
+    with pytest.warns(UserWarning, match="no job has a measured accuracy") as ws:
+        analysis.sweep_figures(out, tmp_path / "measured", accuracy="measured")
+    assert {w.filename for w in ws if issubclass(w.category, ef.EquifastWarning)} == {__file__}
     # the known accuracies are there, and give figure 13 without a warning
     assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
     assert "warning" not in capsys.readouterr().err

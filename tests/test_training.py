@@ -646,12 +646,21 @@ def test_a_subset_larger_than_the_data_says_all_are_used():
     from equifast.training.data import DigitsDataset
 
     images, labels = np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10  # 12 of the 6 kept classes
-    with pytest.warns(EquifastWarning, match="A subset of 50 images was asked of 12; all 12 are used"):
+    with pytest.warns(EquifastWarning, match="A subset of 50 images was asked of 12; all 12 are used") as ws:
         assert len(DigitsDataset(images, labels, subset=50)) == 12
+    assert [w.filename for w in ws] == [__file__]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(DigitsDataset(images, labels, subset=12)) == 12
         assert len(DigitsDataset(images, labels, subset=5)) == 5
+
+
+@needs_fmnist
+def test_a_subset_warning_names_the_callers_line_through_build_dataset():
+    # stacklevel=3 named build_dataset's line in training/data.py
+    with pytest.warns(EquifastWarning, match=r"A subset of 1000000 images was asked of \d+; all") as ws:
+        build_dataset("fmnist6", FASHION_MNIST_ROOT, train=False, subset=10**6)
+    assert [w.filename for w in ws] == [__file__]
 
 
 def test_a_run_that_never_started_does_not_block_the_corrected_one(tmp_path):

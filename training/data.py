@@ -41,7 +41,6 @@ import functools
 import gzip
 import math
 import os
-import warnings
 import zlib
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -49,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from equifast.warning import EquifastWarning
+from equifast.warning import warn
 
 __all__ = [
     "DATASETS", "AUGMENTATIONS", "KEPT_CLASSES", "REMOVED_CLASSES", "FASHION_MNIST_ROOT",
@@ -165,8 +164,7 @@ def _subset_indices(n: int, subset: Optional[int], seed: int) -> np.ndarray:
         raise ValueError(f"Expected `subset` to be a positive number of images, but got {subset}.")
     if subset is None or subset >= n:
         if subset is not None and subset > n:  # a quick run that is not quick, or a typo
-            warnings.warn(f"A subset of {subset} images was asked of {n}; all {n} are used.",
-                          EquifastWarning, stacklevel=3)
+            warn(f"A subset of {subset} images was asked of {n}; all {n} are used.")
         return np.arange(n)
     return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:subset])
 

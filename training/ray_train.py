@@ -26,14 +26,13 @@ file system on a cluster).
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
 
 from equifast._hints import import_optional
-from equifast.warning import EquifastWarning
+from equifast.warning import warn
 
 from .recipes import Recipe
 from .trainer import (CHECKPOINT, TrainResult, _datasets, _fit, _load_checkpoint,
@@ -222,9 +221,8 @@ def _check_resources(scaling, available: Dict[str, float], can_grow: bool = Fals
                 f"{', '.join(f'{need[k]:g} {k}' for k in short)} in all), but it has {have}")
         if not can_grow:
             raise ValueError(f"Expected {what}; use fewer workers (--workers) or a larger cluster.")
-        warnings.warn(f"Expected {what} now; Ray Train waits until an autoscaling cluster adds "
-                      "them (stop it otherwise: it waits for ever).",
-                      category=EquifastWarning, stacklevel=3)
+        warn(f"Expected {what} now; Ray Train waits until an autoscaling cluster adds "
+                      "them (stop it otherwise: it waits for ever).")
 
 
 def _divisors(n: int, near: int) -> str:
