@@ -347,6 +347,8 @@ class Report:
 
         path = Path(path)
         if path.is_dir():
+            # a first set committed before its report.json was moved in is completed first
+            finish_commit(path)
             if not (path / "report.json").is_file():
                 raise FileNotFoundError(
                     f"Expected a saved report at {str(path)!r}, but it is a folder without "

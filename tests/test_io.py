@@ -168,3 +168,35 @@ def test_without_fcntl_equifast_imports_and_commits_unlocked(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "['report.json']"]
     assert (tmp_path / "report.json").read_text() == "new"
+
+
+def test_report_load_finishes_a_first_set_killed_before_its_report_json_was_moved_in(
+        tmp_path, monkeypatch):
+    # `equifast measure --out DIR` into a new DIR, killed right after the commit (the stage
+    # renamed .equifast-commit) but before report.json was moved in: Report.load(DIR) said
+    # "a folder without report.json" instead of finishing the set, as it does for a later one
+    import pytest
+
+    from equifast.report import Report
+
+    out = tmp_path / "out"
+    out.mkdir()
+    rows = [{"point": "p0", "part": "early", "transform": "rotation(90)", "family": "rotation",
+             "metric": "correlation", "channel": 0.5, "layer": 0.6, "undefined_fraction": 0.0,
+             "n_images": 4, "order": 0}]
+    stage = stage_folder(out)
+    names = [p.name for p in Report.from_rows(rows, {"model": "toy"}).save(stage / "report.json")]
+    real = os.replace
+
+    def killed(src, dst):  # the process dies at its first move into out
+        if Path(dst).parent == out and Path(src).parent != out:
+            raise KeyboardInterrupt("killed")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        commit_staged(stage, out, names)
+    monkeypatch.setattr(os, "replace", real)
+    assert not (out / "report.json").exists() and (out / ".equifast-commit").is_dir()
+    assert Report.load(out).meta["model"] == "toy"
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
