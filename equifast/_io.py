@@ -94,6 +94,12 @@ def remove_stale_temps(folder: Union[str, os.PathLike], names: Iterable[str]) ->
             p.unlink(missing_ok=True)
 
 
+def _stale_temp(name: str) -> bool:
+    """Whether ``name`` is a temporary file of a killed :func:`atomic_write` (its process gone)."""
+    m = _TMP.fullmatch(name)
+    return bool(m) and not pid_alive(int(m["pid"]))
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine (when that cannot be told: ``True``)."""
     if pid == os.getpid():
@@ -263,7 +269,8 @@ def check_own_folder(path: Union[str, os.PathLike], markers: Sequence[str], what
         raise FileExistsError(f"Expected {flag} {str(path)!r} to be a folder, but it is a file.")
     if path.is_dir() and not any((path / m).exists() for m in markers):
         others = sorted(p.name for p in path.iterdir()
-                        if not (p.name.startswith(_STAGE) or p.name == _COMMIT))
+                        if not (p.name.startswith(_STAGE) or p.name == _COMMIT
+                                or _stale_temp(p.name)))
         if others:
             raise FileExistsError(f"Expected {flag} {str(path)!r} to be {what} (with {markers[0]}) "
                                   f"or empty, but it holds other files: {others[:5]}. "

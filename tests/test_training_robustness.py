@@ -216,3 +216,25 @@ def test_a_report_of_an_unfinished_run_says_how_far_it_was_trained(tmp_path):
     done = ef.measure(str(run), transforms=ts, n_images=8)
     assert (done.meta["trained_epochs"], done.meta["recipe_epochs"]) == (2, 2)
     assert not done.points["channel"].equals(early.points["channel"])  # other weights measured
+
+
+def test_a_run_killed_writing_its_first_recipe_json_can_be_started_again(tmp_path):
+    # killed between writing recipe.json's temporary file and renaming it (the first file of a
+    # run): the rerun refused the folder for "other files: ['.recipe.json.<pid>.<hex>.tmp']"
+    import subprocess
+    import sys
+
+    from equifast.training.trainer import RECIPE, prepare_out_dir
+
+    run = tmp_path / "run"
+    code = ("import os, signal\n"
+            "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "from equifast.training import get_recipe\n"
+            "from equifast.training.trainer import prepare_out_dir\n"
+            f"prepare_out_dir(get_recipe('cnn7-fmnist6', epochs=1), {str(run)!r})\n")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+    assert [p.name.startswith(f".{RECIPE}.") for p in run.iterdir()] == [True]  # its temp file
+    recipe = get_recipe("cnn7-fmnist6", epochs=1)
+    assert prepare_out_dir(recipe, str(run)) is None
+    assert _names(run) == [RECIPE]
+    assert json.loads((run / RECIPE).read_text()) == recipe.to_dict()
