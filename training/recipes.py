@@ -51,6 +51,7 @@ _BEFORE_FIELDS = {"randaugment_ops": 2, "randaugment_magnitude": 9, "cutmix_alph
 
 _STEP_MAX = 3.4e37  # float32 max / 10
 
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything a training run needs; every field may be overridden.
@@ -212,13 +213,18 @@ class Recipe:
                              "a recipe written by another version of equifast?")
         return cls(**{**_BEFORE_FIELDS, **d, "milestones": tuple(d.get("milestones", ()))})
 
-    def same_run(self, other: "Recipe") -> bool:
-        """Whether two recipes train the same model (ignores :data:`IGNORED_ON_RESUME`, and
-        the parameters of augmentations neither uses)."""
+    def differences(self, other: "Recipe") -> Dict[str, Tuple]:
+        """``{field: (this one's, other's)}`` of the fields that make the two recipes train
+        another model (not :data:`IGNORED_ON_RESUME`, nor the parameters of augmentations
+        neither uses)."""
         a, b = self.to_dict(), other.to_dict()
-        return all(a[k] == b[k] for k in a if k not in IGNORED_ON_RESUME
-                   and not (k.startswith(_PARAMETERS_OF) and
-                            k.split("_")[0] not in (self.augment, other.augment)))
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in IGNORED_ON_RESUME
+                and not (k.startswith(_PARAMETERS_OF) and
+                         k.split("_")[0] not in (self.augment, other.augment))}
+
+    def same_run(self, other: "Recipe") -> bool:
+        """Whether two recipes train the same model (no :meth:`differences`)."""
+        return not self.differences(other)
 
 
 def _objective(dataset: str) -> Recipe:

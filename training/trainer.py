@@ -59,7 +59,7 @@ from equifast.warning import EquifastWarning
 
 from .data import BatchCollate, build_dataset, dataset_info
 from .models import build_model
-from .recipes import IGNORED_ON_RESUME, Recipe
+from .recipes import Recipe
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train", "build_model_for", "load_model",
            "trained_epochs", "evaluate", "prepare_out_dir", "epoch_line", "read_run_file",
@@ -358,11 +358,8 @@ def _load_checkpoint(path: Path, map_location="cpu", recipe: Optional[Recipe] = 
     ckpt = read_run_file(path, map_location)
     stored = ckpt.get("recipe") if recipe is not None and isinstance(ckpt, dict) else None
     if stored is not None:
-        other = read_run_recipe(path, stored)
-        if not other.same_run(recipe):
-            a, b = other.to_dict(), recipe.to_dict()
-            diff = {k: (a[k], b[k]) for k in a
-                    if a[k] != b[k] and k not in IGNORED_ON_RESUME}
+        diff = read_run_recipe(path, stored).differences(recipe)
+        if diff:
             raise ValueError(f"Expected the checkpoint {str(path)!r} to be of the run in its folder, "
                              f"but it was written by a run of another recipe (checkpoint's, "
                              f"recipe.json's): {diff}. Put back the run's own checkpoint, or "
@@ -434,9 +431,8 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
     started = (out / CHECKPOINT).is_file() or (out / RESULT).is_file()
     if (out / RECIPE).is_file() and started:  # without them no epoch was trained: nothing to keep
         stored = read_run_recipe(out / RECIPE)
-        if not stored.same_run(recipe):
-            diff = {k: (v, recipe.to_dict()[k]) for k, v in stored.to_dict().items()
-                    if v != recipe.to_dict()[k]}
+        diff = stored.differences(recipe)
+        if diff:
             raise ValueError(f"Expected `out_dir` (--out) {str(out)!r} to hold a run of the same recipe, "
                              f"but the stored recipe differs (stored, given): {diff}. Use another "
                              f"`out_dir` or pass overwrite=True (--overwrite) to replace it.")
@@ -602,50 +598,47 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     writer = _tensorboard(out, start + 1) if dist.rank == 0 else None
-    for epoch in range(start + 1, recipe.epochs + 1):
-        t0 = time.perf_counter()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        tr = _summarise(dist.sum(_run_epoch(net, train_loader, device, info["num_classes"],
-                                            optimizer, shares)), rot)
-        scheduler.step()
-        # the plain model, with rank 0's statistics: DDP's forward broadcasts buffers, which a
-        # rank without test images (fewer than the workers) never joined, and all waited
-        dist.broadcast_buffers(model)
-        te = _summarise(dist.sum(_run_epoch(model, test_loader, device, info["num_classes"])), rot)
-        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
-               "test_loss": te["loss"], "test_acc": te["acc"], "lr": lr,
-               "seconds": round(time.perf_counter() - t0, 3)}
-        if rot:
-            row.update(train_rot_acc=tr["rot_acc"], test_rot_acc=te["rot_acc"])
-        try:
+    try:  # closed however the loop ends (a diverged epoch, Ctrl-C)
+        for epoch in range(start + 1, recipe.epochs + 1):
+            t0 = time.perf_counter()
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            tr = _summarise(dist.sum(_run_epoch(net, train_loader, device, info["num_classes"],
+                                                optimizer, shares)), rot)
+            scheduler.step()
+            # the plain model, with rank 0's statistics: DDP's forward broadcasts buffers, which a
+            # rank without test images (fewer than the workers) never joined, and all waited
+            dist.broadcast_buffers(model)
+            te = _summarise(dist.sum(_run_epoch(model, test_loader, device, info["num_classes"])), rot)
+            row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+                   "test_loss": te["loss"], "test_acc": te["acc"], "lr": lr,
+                   "seconds": round(time.perf_counter() - t0, 3)}
+            if rot:
+                row.update(train_rot_acc=tr["rot_acc"], test_rot_acc=te["rot_acc"])
             _check_finite(epoch, recipe, row, model)
-        except TrainingDivergedError:
-            if writer is not None:
-                writer.close()
-            raise
-        history.append(row)
-        states = dist.gather(_rng_state(generator))
-        if dist.rank == 0:
-            # TensorBoard first: a run stopped before its checkpoint is written resumes with
-            # purge_step at this epoch, which drops it there; stopped after, it had no step
-            if writer is not None:
-                for k, v in row.items():
-                    if k != "epoch":
-                        writer.add_scalar(k, v, epoch)
-                writer.flush()
-            ckpt = {"format": 1, "epoch": epoch, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": states[0], "rng_per_rank": states, "world_size": dist.world,
-                    "history": history, "recipe": recipe.to_dict()}
-            save_torch_atomic(ckpt, out / CHECKPOINT)
-            _write_csv(out / METRICS, history)
-        dist.barrier()
-        if callback is not None:
-            callback(epoch, row)
-    if writer is not None:
-        writer.close()
+            history.append(row)
+            states = dist.gather(_rng_state(generator))
+            if dist.rank == 0:
+                # TensorBoard first: a run stopped before its checkpoint is written resumes with
+                # purge_step at this epoch, which drops it there; stopped after, it had no step
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "epoch":
+                            writer.add_scalar(k, v, epoch)
+                    writer.flush()
+                ckpt = {"format": 1, "epoch": epoch, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": states[0], "rng_per_rank": states, "world_size": dist.world,
+                        "history": history, "recipe": recipe.to_dict()}
+                save_torch_atomic(ckpt, out / CHECKPOINT)
+                _write_csv(out / METRICS, history)
+            dist.barrier()
+            if callback is not None:
+                callback(epoch, row)
+    finally:
+        if writer is not None:
+            writer.close()
 
     last = history[-1] if history else {}
     result = TrainResult(out_dir=str(out), recipe=recipe, epochs=len(history),
