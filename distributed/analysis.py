@@ -113,7 +113,7 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
     df = df.assign(accuracy=_accuracy_column(df, accuracy))
     if df["accuracy"].isna().all():  # else a silent all-NaN correlation and no figure 13
         warn(f"{_NO_ACCURACY[accuracy]}: the accuracies are NaN and no Spearman "
-                      f"correlation (figure 13) is computed; {_INSTEAD[accuracy]}.")
+             f"correlation (figure 13) is computed; {_INSTEAD[accuracy]}.")
     df = _with_job_columns(df, metric)
     out = over_runs(df, _KEYS + ["part"], ["channel", "layer", "accuracy"], run="seed", count="seeds")
     out = out.drop(columns="accuracy_std")[_KEYS + ["part", "channel", "channel_std", "layer",
@@ -357,11 +357,11 @@ def _incomplete(saved: Optional[dict], jobs: pd.DataFrame, scores: pd.DataFrame)
         listed = [f"{m} / {d} / {t}: {what}" for (d, t, m), what in out.items()]
         more = f"; and {len(listed) - 10} more" if len(listed) > 10 else ""
         warn(f"The report holds {ok} of the sweep's {total} jobs ({failed} failed, "
-                      f"{total - ok - failed} not run; `equifast sweep status` lists them, and "
-                      f"`equifast sweep run` runs them again): "
-                      + ("; ".join(listed[:10]) + more if listed else "every combination has a seed")
-                      + ". Their means are over the seeds that finished (the `seeds` column; the "
-                      "figures' legends say it).")
+             f"{total - ok - failed} not run; `equifast sweep status` lists them, and "
+             f"`equifast sweep run` runs them again): "
+             + ("; ".join(listed[:10]) + more if listed else "every combination has a seed")
+             + ". Their means are over the seeds that finished (the `seeds` column; the "
+             "figures' legends say it).")
     return out
 
 

@@ -361,11 +361,7 @@ class ResultStore:
     def unlock(self) -> None:
         """Release the lock this process holds."""
         path = self.root / "sweep.lock"
-        try:
-            other = json.loads(path.read_text() or "{}")
-        except (FileNotFoundError, json.JSONDecodeError):
-            return
-        if other.get("pid") == os.getpid() and other.get("host") == socket.gethostname():
+        if _lock_holder(path)[0] == "this process":
             path.unlink(missing_ok=True)
 
     # ---- combined tables --------------------------------------------------------------------
