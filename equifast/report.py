@@ -346,16 +346,15 @@ class Report:
         from ._io import finish_commit
 
         path = Path(path)
+        # completed first, a first set too (a folder without its report.json yet)
+        finish_commit(path if path.is_dir() else path.parent)
         if path.is_dir():
-            # a first set committed before its report.json was moved in is completed first
-            finish_commit(path)
             if not (path / "report.json").is_file():
                 raise FileNotFoundError(
                     f"Expected a saved report at {str(path)!r}, but it is a folder without "
                     "report.json; give the path Report.save was given, or the --out folder of "
                     "equifast measure.")
             path = path / "report.json"  # `equifast measure --out DIR`
-        finish_commit(path.parent)
         suffix = path.suffix.lower()
         if suffix == ".json":
             if not path.is_file():
