@@ -314,8 +314,7 @@ def _shift_range(rng: str) -> Tuple[int, int]:
             form += (f"; a spec shifts content down and right only, by (s, s) for s >= 1: for a "
                      f"negative shift use the Python API, ef.Translation(-{s}, -{s})")
         raise ValueError(form)
-    start, stop = int(m.group(1)), int(m.group(2) or m.group(1))
-    return start, stop
+    return int(m.group(1)), int(m.group(2) or m.group(1))
 
 
 def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
