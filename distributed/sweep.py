@@ -34,7 +34,7 @@ import torch
 
 from equifast._hints import import_optional
 from equifast.data import ClassFolders
-from equifast.warning import EquifastWarning
+from equifast.warning import warn
 
 from .spec import Job, SweepSpec, folder_files_sha256, load_spec
 from .store import ResultStore, _frame_records
@@ -103,9 +103,8 @@ class _TorchvisionImages(torch.utils.data.Dataset):
         # equifast.measure maps these labels as it maps class folders' (image_folder)
         self.class_folders = ClassFolders(self.classes)
         if not self.classes:
-            warnings.warn(f"No accuracy: torchvision's {name} names no classes (no `classes`), so "
-                          "which of the model's classes its labels are is unknown.",
-                          category=EquifastWarning, stacklevel=2)
+            warn(f"No accuracy: torchvision's {name} names no classes (no `classes`), so "
+                 "which of the model's classes its labels are is unknown.")
 
     def __len__(self):
         return len(self.dataset)
@@ -770,11 +769,10 @@ def _moved(records: Dict[str, Optional[dict]], jobs: List[Job],
                 continue
         moved.setdefault((job.dataset.label, then["resolved_path"], now), []).append(job.id)
     for (label, then, now), ids in moved.items():
-        warnings.warn(f"dataset {label!r}: {len(ids)} finished job(s) measured {then!r}, but the "
-                      f"spec's relative path now means {now!r}, which holds other images: they "
-                      "are measured again, replacing those records (another spec's, if they "
-                      "share this --out: give their data absolute paths).",
-                      category=EquifastWarning, stacklevel=3)
+        warn(f"dataset {label!r}: {len(ids)} finished job(s) measured {then!r}, but the "
+             f"spec's relative path now means {now!r}, which holds other images: they "
+             "are measured again, replacing those records (another spec's, if they "
+             "share this --out: give their data absolute paths).")
     return {jid for ids in moved.values() for jid in ids}
 
 
@@ -806,8 +804,8 @@ def _check_resources(jobs: List[Job], available: Dict[str, float], can_grow: boo
     if not can_grow:
         raise ValueError(f"Expected {what}; lower `resources:` in the spec (num_gpus: 0 runs on "
                          "CPUs) or run on a cluster that has them.")
-    warnings.warn(f"Expected {what} now; Ray waits until an autoscaling cluster adds them (stop "
-                  "the sweep otherwise: it waits for ever).", category=EquifastWarning, stacklevel=3)
+    warn(f"Expected {what} now; Ray waits until an autoscaling cluster adds them (stop "
+         "the sweep otherwise: it waits for ever).")
 
 
 class _Counts:

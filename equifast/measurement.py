@@ -14,6 +14,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -536,7 +537,7 @@ def _run_images(run: str, root, n: int, seed: int) -> Tuple[torch.Tensor, torch.
 
     from .training import measure_images
 
-    recipe = json.loads(open(os.path.join(run, "recipe.json")).read())
+    recipe = json.loads(Path(run, "recipe.json").read_text())  # closed (open() was left open)
     root = str(root) if root else recipe.get("data_root")
     try:
         return measure_images(recipe["dataset"], root, n, recipe.get("data_seed", seed),

@@ -209,8 +209,10 @@ def test_a_report_of_an_unfinished_run_says_how_far_it_was_trained(tmp_path):
     with pytest.raises(_Stop):
         train(get_recipe("cnn7-fmnist6", **TINY), str(run), callback=_stop_after_epoch_1)
     ts = [ef.Rotation(1)]
-    with pytest.warns(EquifastWarning, match=r"unfinished \(epoch 1 of 2\)"):
+    with pytest.warns(EquifastWarning, match=r"unfinished \(epoch 1 of 2\)") as ws:
         early = ef.measure(str(run), transforms=ts, n_images=8)
+    # the caller's line (stacklevel=2 named a line of equifast's models.py)
+    assert {w.filename for w in ws if issubclass(w.category, EquifastWarning)} == {__file__}
     assert (early.meta["trained_epochs"], early.meta["recipe_epochs"]) == (1, 2)
     train(get_recipe("cnn7-fmnist6", **TINY), str(run))  # resumed to the end
     done = ef.measure(str(run), transforms=ts, n_images=8)

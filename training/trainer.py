@@ -41,7 +41,6 @@ import pickle
 import random
 import shutil
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -55,7 +54,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from equifast._io import (atomic_write, check_own_folder, remove_stale_temps, save_torch_atomic,
                           write_text_atomic)
 from equifast.devices import resolve_device
-from equifast.warning import EquifastWarning
+from equifast.warning import warn
 
 from .data import BatchCollate, build_dataset, dataset_info
 from .models import build_model
@@ -165,9 +164,8 @@ def load_model(out_dir: str, map_location: str = "cpu", class_logits_only: bool 
         state = read_run_file(out / MODEL, map_location)
     elif (out / CHECKPOINT).is_file():
         ckpt = _load_checkpoint(out / CHECKPOINT, map_location, recipe)
-        warnings.warn(f"The run {str(out)!r} is unfinished (epoch {ckpt['epoch']} of "
-                      f"{recipe.epochs}): its latest checkpoint is used.",
-                      category=EquifastWarning, stacklevel=2)
+        warn(f"The run {str(out)!r} is unfinished (epoch {ckpt['epoch']} of "
+             f"{recipe.epochs}): its latest checkpoint is used.")
         state = ckpt["model"]
     else:
         raise FileNotFoundError(f"Expected the run {str(out)!r} to hold trained weights ({MODEL} "
@@ -441,10 +439,9 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
         changed = [k for k in ("device", "num_workers")
                    if getattr(stored, k) != getattr(recipe, k)]
         if (out / CHECKPOINT).is_file() and resume and changed:
-            warnings.warn(f"Resuming {str(out)!r} with another {' and '.join(changed)}: the rest of "
-                          "the run computes (or draws its augmentations) differently, so it will "
-                          "not be bitwise the uninterrupted run.",
-                          category=EquifastWarning, stacklevel=3)
+            warn(f"Resuming {str(out)!r} with another {' and '.join(changed)}: the rest of "
+                 "the run computes (or draws its augmentations) differently, so it will "
+                 "not be bitwise the uninterrupted run.")
         if (out / CHECKPOINT).is_file() and not resume:
             raise FileExistsError(f"Expected `out_dir` (--out) {str(out)!r} to be empty with resume=False, "
                                   f"but it holds an unfinished run. Pass resume=True to continue "
@@ -586,10 +583,9 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
         if len(states) == dist.world:
             _set_rng_state(states[dist.rank], generator)
         else:  # weights and optimiser continue; the random streams restart from the seed
-            warnings.warn(f"Resuming a run of {len(states)} worker(s) on {dist.world}: the "
-                          f"result will not equal an uninterrupted run. Resume with "
-                          f"{len(states)} worker(s) for an exact continuation.",
-                          category=EquifastWarning)
+            warn(f"Resuming a run of {len(states)} worker(s) on {dist.world}: the "
+                 f"result will not equal an uninterrupted run. Resume with "
+                 f"{len(states)} worker(s) for an exact continuation.")
         start, history = ckpt["epoch"], ckpt["history"]
 
     net = model
