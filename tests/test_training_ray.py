@@ -210,14 +210,19 @@ def test_an_interrupted_ray_run_resumes_to_the_uninterrupted_one(tmp_path, local
 
 @pytest.mark.slow  # about 20 s: a Ray run of two workers
 def test_a_diverging_ray_run_stops_on_every_worker_with_the_error_itself(tmp_path, local_ray):
-    # every worker sees the all-reduced loss and the same weights, so all stop in the same
-    # epoch; the driver gets the error as a single process does, with its epoch
+    # every worker sees the ranks' first non-finite step (all-reduced) and the same weights,
+    # so all stop at the same step of the same epoch, in its first steps (a rank stopping alone
+    # would leave the other waiting in DDP's all-reduce); the driver gets the error as a single
+    # process does, with its epoch and step
     from equifast.training import TrainingDivergedError
 
     recipe = get_recipe("cnn7-fmnist6", optimizer="sgd", lr=1e8, momentum=0.9, epochs=2,
-                        train_subset=128, test_subset=64, batch_size=64, device="cpu")
+                        train_subset=1024, test_subset=64, batch_size=16, device="cpu")
     with pytest.raises(TrainingDivergedError, match="^Training diverged in epoch 1 of 2") as err:
         train_ray(recipe, str(tmp_path / "run"), num_workers=2)
-    assert err.value.epoch == 1
+    assert err.value.epoch == 1 and 1 <= err.value.step <= 10  # of 64 steps (8 images a worker)
+    assert f"from step {err.value.step} of 64; stopped at step {err.value.step})" in str(err.value)
+    failures = err.value.__cause__.worker_failures  # Ray's error, the cause
+    assert len(failures) == 2 and len({str(e) for e in failures.values()}) == 1
     assert not any((tmp_path / "run" / n).exists() for n in ("checkpoint.pt", "model.pt",
                                                               "result.json"))

@@ -35,7 +35,8 @@ def test_a_diverging_run_stops_in_its_first_non_finite_epoch(tmp_path, capsys):
                                                     r"1e\+08 \(.*loss nan.*the run has no "
                                                     r"checkpoint") as err:
         train(recipe, str(tmp_path / "run"))
-    assert err.value.epoch == 1 and isinstance(err.value, ValueError)
+    # its two training steps were finite: the test loss, looked at after the epoch, was not
+    assert err.value.epoch == 1 and err.value.step is None and isinstance(err.value, ValueError)
     row = err.value.row
     assert row["epoch"] == 1 and not all(map(math.isfinite, (row["train_loss"], row["test_loss"])))
     assert [n for n in _names(tmp_path / "run") if n != "tb"] == ["recipe.json"]
@@ -63,8 +64,9 @@ def test_a_run_diverging_later_keeps_the_last_good_checkpoint(tmp_path, monkeypa
                                 lambda *a, **k: cross_entropy(*a, **k) * float("nan"))
 
     run = tmp_path / "run"
-    with pytest.raises(TrainingDivergedError, match=r"epoch 2 of 2 .*NaN or infinity in \d+ "
-                                                    r"weight tensor.*checkpoint of epoch 1 is kept"):
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2 of 2 .*not finite from step 1 of "
+                                                    r"2; stopped at step 1\).*checkpoint of epoch "
+                                                    r"1 is kept"):
         train(recipe, str(run), callback=diverge_after_epoch_1)
     monkeypatch.undo()
     assert [n for n in _names(run) if n != "tb"] == ["checkpoint.pt", "metrics.csv", "recipe.json"]
@@ -76,6 +78,81 @@ def test_a_run_diverging_later_keeps_the_last_good_checkpoint(tmp_path, monkeypa
     assert train(recipe, str(run)).resumed_from == 1
     same_run(tmp_path / "straight", run)
     assert json.loads((run / "result.json").read_text())["epochs"] == 2
+
+
+class _TrainingSteps:
+    """Whether each training forward pass of a CNN7 gave finite logits, in order (a global
+    forward hook: it sees the model the trainer builds)."""
+
+    def __enter__(self):
+        from equifast.training.models import CNN7
+
+        self.finite = []
+
+        def hook(module, _input, output):
+            if isinstance(module, CNN7) and module.training:
+                self.finite.append(bool(torch.isfinite(output).all()))
+        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def first_bad(self):
+        return self.finite.index(False) + 1
+
+
+@needs_fmnist
+@pytest.mark.parametrize("every", [1, 5])
+def test_a_run_diverging_mid_epoch_stops_within_the_check_interval(tmp_path, monkeypatch, every):
+    # the loss was checked at the end of the epoch only: a run at a bad lr that went NaN in its
+    # first steps trained (and tested) the whole epoch, hours on a large data set. On CPU the
+    # loss is looked at every step; an accelerator's interval (a host sync) is tried here too
+    from equifast.training import TrainingDivergedError
+    from equifast.training import trainer
+
+    monkeypatch.setattr(trainer, "_CHECK_EVERY_CPU", every)
+    recipe = get_recipe("cnn7-fmnist6", optimizer="sgd", lr=1e8, momentum=0.9, epochs=2,
+                        train_subset=1024, test_subset=64, batch_size=8, device="cpu")
+    run = tmp_path / "run"
+    with _TrainingSteps() as steps, pytest.raises(TrainingDivergedError) as err:
+        train(recipe, str(run))
+    bad = steps.first_bad()  # the step whose logits, so its loss, first were not finite
+    stopped = -(-bad // every) * every  # the first check at or after it
+    assert err.value.epoch == 1 and err.value.step == bad and len(steps.finite) == stopped
+    assert stopped <= 10 < 128  # 128 steps an epoch
+    assert f"from step {bad} of 128; stopped at step {stopped})" in str(err.value)
+    row = err.value.row
+    assert row["epoch"] == 1 and math.isnan(row["train_loss"]) and math.isnan(row["test_loss"])
+    # the accuracy of the steps done, counted apart: a whole number of the 8 * stopped images
+    assert 0 <= row["train_acc"] * 8 * stopped == round(row["train_acc"] * 8 * stopped)
+    assert [n for n in _names(run) if n != "tb"] == ["recipe.json"]
+
+
+@needs_fmnist
+def test_a_run_diverging_mid_epoch_2_keeps_epoch_1_and_resumes_into_the_same_step(tmp_path):
+    # a real divergence in the middle of a later epoch: the learning rate jumps by 1e30 after
+    # epoch 1 (a gamma far off); the folder keeps epoch 1 whole, and resuming it repeats epoch
+    # 2 from the same state, so it diverges at the same step again
+    from equifast.training import TrainingDivergedError
+
+    recipe = get_recipe("cnn7-fmnist6", optimizer="sgd", lr=0.01, momentum=0.9, milestones=[1],
+                        gamma=1e30, epochs=3, train_subset=256, test_subset=64, batch_size=8,
+                        device="cpu")
+    run = tmp_path / "run"
+    for attempt in range(2):
+        with _TrainingSteps() as steps, pytest.raises(TrainingDivergedError,
+                                                      match="checkpoint of epoch 1 is kept") as err:
+            train(recipe, str(run))
+        done = 32 if attempt == 0 else 0  # epoch 1's 32 steps, trained once
+        assert all(steps.finite[:done + 1]) and steps.first_bad() == done + err.value.step
+        assert err.value.epoch == 2 and len(steps.finite) == done + err.value.step < done + 32
+        assert [n for n in _names(run) if n != "tb"] == ["checkpoint.pt", "metrics.csv", "recipe.json"]
+        assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
+        assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1]
+        if attempt == 0:
+            first = err.value.step
+    assert err.value.step == first
 
 
 @needs_fmnist

@@ -22,10 +22,12 @@ deterministic as the kernels, see ``torch.use_deterministic_algorithms``; with R
 resumed with the same number of workers). A finished run is never
 retrained or overwritten unless ``overwrite=True``.
 
-A run whose loss or weights turn NaN or infinite (a learning rate far too high) stops at the
-end of that epoch with :class:`TrainingDivergedError`, which names the epoch; nothing of it
-is saved, so the folder keeps the previous epoch's checkpoint and never a ``model.pt`` or
-``result.json`` of a diverged model.
+A run whose loss or weights turn NaN or infinite (a learning rate far too high) stops with
+:class:`TrainingDivergedError`, which names the epoch and the step: within a few steps of a
+non-finite training loss (without a host sync every step on an accelerator: see the error),
+else at the end of the epoch (test loss, weights); on every Ray worker at the same step.
+Nothing of that epoch is saved, so the folder keeps the previous epoch's checkpoint and never
+a ``model.pt`` or ``result.json`` of a diverged model.
 
 Accuracy: ``test_acc`` is the class accuracy; Rot-Eq also reports ``test_rot_acc``, the
 quarter-turn accuracy. With CutMix the training accuracy counts the arg-max of the mixed
@@ -71,24 +73,30 @@ _ROT_COLUMNS = ["train_rot_acc", "test_rot_acc"]
 
 
 class TrainingDivergedError(FloatingPointError, ValueError):
-    """Training diverged: an epoch's loss or the weights after it are NaN or infinite.
+    """Training diverged: a training step's loss, an epoch's test loss or the weights after it
+    are NaN or infinite.
 
-    Raised at the end of the first such epoch, before anything of it is saved: the run
-    folder keeps the checkpoint (and ``metrics.csv`` rows) of the epoch before, and no
-    ``model.pt`` or ``result.json``, so a study never measures or averages the run. A
-    ``ValueError`` too: the ``equifast`` command prints it in one line, as bad input.
+    Raised as soon as it is seen, before anything of the epoch is saved: a non-finite training
+    loss within a few steps (every step on CPU, every 32 on an accelerator, where each look
+    is a host sync), the test loss and the weights at the end of the epoch. The run folder keeps
+    the checkpoint (and ``metrics.csv`` rows) of the epoch before, and no ``model.pt`` or
+    ``result.json``, so a study never measures or averages the run. A ``ValueError`` too: the
+    ``equifast`` command prints it in one line, as bad input.
 
     Attributes:
         epoch: the epoch that diverged (1-based).
-        row: its ``metrics.csv`` row (never written).
+        row: its ``metrics.csv`` row (never written); stopped within the epoch, its training
+            values are those of the steps done and its test values NaN (not measured).
+        step: the first step (1-based, of the epoch) whose training loss was not finite, or
+            ``None`` when the epoch ended before anything was (the test loss or the weights).
     """
 
-    def __init__(self, message: str, epoch: int, row: Dict):
+    def __init__(self, message: str, epoch: int, row: Dict, step: Optional[int] = None):
         super().__init__(message)
-        self.epoch, self.row = epoch, row
+        self.epoch, self.row, self.step = epoch, row, step
 
     def __reduce__(self):  # picklable (a Ray worker's error travels to the driver)
-        return type(self), (str(self), self.epoch, self.row)
+        return type(self), (str(self), self.epoch, self.row, self.step)
 
 
 @dataclass
@@ -216,7 +224,8 @@ def _loss_and_counts(out: torch.Tensor, target: torch.Tensor, num_classes: int,
         loss = F.cross_entropy(out, target, reduction=reduction)  # classes or (CutMix) probabilities
         label = target.argmax(1) if target.dim() == 2 else target
         correct = out.argmax(1) == label
-        rot_correct = torch.zeros_like(correct) if reduction == "none" else torch.zeros((), dtype=torch.int64)
+        rot_correct = torch.zeros_like(correct) if reduction == "none" else \
+            torch.zeros((), dtype=torch.int64, device=out.device)
     return (loss, correct, rot_correct) if reduction == "none" else (loss, correct.sum(), rot_correct.sum())
 
 
@@ -235,42 +244,95 @@ class _Shares:
     def __init__(self, n: int, rank: int, world: int, batch: int):
         self.n, self.rank, self.world, self.batch = n, rank, world, batch
 
-    def weights(self, step: int, size: int) -> torch.Tensor:
-        j = torch.arange(step * self.batch, step * self.batch + size, dtype=torch.int64)
+    def weights(self, step: int, size: int, device=None) -> torch.Tensor:
+        # made on the device: a host-to-device copy is a host sync every step
+        j = torch.arange(step * self.batch, step * self.batch + size, dtype=torch.int64,
+                         device=device)
         real = (self.rank + self.world * j < self.n).double()
         m = min(self.world * self.batch, self.n - step * self.world * self.batch)
         return real * (self.world / m)
 
 
+class _Diverged(Exception):
+    """A training pass stopped at step ``at`` (1-based): its loss was not finite from step
+    ``first`` on; ``sums`` as :func:`_run_epoch` returns them, of the steps done."""
+
+    def __init__(self, first: int, at: int, steps: int, sums: torch.Tensor):
+        super().__init__(first, at)
+        self.first, self.at, self.steps, self.sums = first, at, steps, sums
+
+
+# How often a training pass looks at its loss: every step on CPU, where reading a value costs
+# nothing, else every _CHECK_EVERY steps (a host sync stalls an accelerator's queue)
+_CHECK_EVERY_CPU, _CHECK_EVERY = 1, 32
+_NEVER = 2**62  # "no non-finite step yet"
+
+
+class _LossWatch:
+    """The first step of a training pass whose loss is not finite, kept on the device (no
+    host sync per step) and read every ``every`` steps and at the last; the ranks' first steps
+    are all-reduced (minimum), so that every rank stops at the same step (a rank stopping
+    alone would leave the others waiting in DDP's next all-reduce)."""
+
+    def __init__(self, device: torch.device, dist: "_Dist"):
+        self.dist = dist
+        self.every = _CHECK_EVERY_CPU if device.type == "cpu" else _CHECK_EVERY
+        self.first = torch.full((), _NEVER, dtype=torch.int64, device=device)
+
+    def see(self, step: int, loss: torch.Tensor) -> None:
+        bad = (~torch.isfinite(loss)).any().long()  # scalar arithmetic only: nothing is copied
+        self.first = torch.minimum(self.first, bad * (step + 1 - _NEVER) + _NEVER)
+
+    def check(self, step: int, steps: int, sums: torch.Tensor) -> None:
+        """Raise :class:`_Diverged` after step ``step`` (0-based) of ``steps`` when due and a
+        loss so far was not finite."""
+        if (step + 1) % self.every and step + 1 != steps:
+            return
+        first = int(self.dist.min(self.first.clone()).item())
+        if first != _NEVER:
+            raise _Diverged(first, step + 1, steps, sums.cpu())
+
+
 def _run_epoch(model, loader, device, num_classes, optimizer=None,
-               shares: Optional[_Shares] = None) -> torch.Tensor:
+               shares: Optional[_Shares] = None, watch: Optional[_LossWatch] = None) -> torch.Tensor:
     """One pass; returns float64 sums ``[loss * n, n, correct, rot_correct]``; with
-    ``shares`` (a Ray worker's training pass) images are weighed as :class:`_Shares` says."""
+    ``shares`` (a Ray worker's training pass) images are weighed as :class:`_Shares` says; with
+    ``watch`` a non-finite training loss stops the pass within ``watch.every`` steps
+    (:class:`_Diverged`)."""
     train = optimizer is not None
     model.train(train)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # no host sync per batch
+    steps = len(loader)
     with torch.set_grad_enabled(train):
         for step, (x, y) in enumerate(loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if shares is not None:
-                w = shares.weights(step, x.shape[0]).to(device)
+                w = shares.weights(step, x.shape[0], device)
                 loss, correct, rot_correct = _loss_and_counts(model(x), y, num_classes, "none")
                 real = (w > 0).double()
                 optimizer.zero_grad(set_to_none=True)
                 (loss * w.to(loss.dtype)).sum().backward()
                 optimizer.step()
-                sums += torch.stack([(loss.detach().double() * real).sum(), real.sum(),
+                loss = loss.detach()
+                # a padded copy's loss weighs 0, and NaN * 0 is NaN: its images count only
+                sums += torch.stack([torch.where(real > 0, loss.double(), 0).sum(), real.sum(),
                                      (correct.double() * real).sum(),
                                      (rot_correct.double() * real).sum()])
+                if watch is not None:
+                    watch.see(step, torch.where(real > 0, loss, 0))
+                    watch.check(step, steps, sums)
                 continue
             loss, correct, rot_correct = _loss_and_counts(model(x), y, num_classes)
             if train:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            n = x.shape[0]
-            sums += torch.stack([loss.detach().double() * n, torch.tensor(n, device=device),
-                                 correct.double(), rot_correct.to(device).double()])
+            sums[0] += loss.detach().double() * x.shape[0]
+            sums[1] += x.shape[0]  # a Python number: torch.tensor(n, device=...) is a copy, a sync
+            sums[2:] += torch.stack([correct.double(), rot_correct.double()])
+            if watch is not None:
+                watch.see(step, loss.detach())
+                watch.check(step, steps, sums)
     return sums.cpu()
 
 
@@ -469,6 +531,12 @@ class _Dist:
             t = t.cpu()
         return t
 
+    def min(self, t: torch.Tensor) -> torch.Tensor:
+        """The ranks' element-wise minimum of ``t`` (kept on its device, as NCCL needs)."""
+        if self.on:
+            self.dist.all_reduce(t, op=self.dist.ReduceOp.MIN)
+        return t
+
     def gather(self, obj) -> List:
         if not self.on:
             return [obj]
@@ -513,6 +581,23 @@ def _check_finite(epoch: int, recipe: Recipe, row: Dict, model: nn.Module) -> No
         f"({', '.join(what)}). Nothing of epoch {epoch} was saved: {kept}. Resuming repeats it: "
         f"train the run with a lower learning rate (--lr) and --overwrite (overwrite=True).",
         epoch, row)
+
+
+def _raise_diverged(epoch: int, recipe: Recipe, lr: float, stop: _Diverged, dist: _Dist,
+                    rot: bool, seconds: float) -> None:
+    """Raise :class:`TrainingDivergedError` for a training pass stopped within ``epoch``."""
+    tr = _summarise(dist.sum(stop.sums), rot)  # every rank is here: a collective is safe
+    row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+           "test_loss": math.nan, "test_acc": math.nan, "lr": lr, "seconds": round(seconds, 3)}
+    if rot:
+        row.update(train_rot_acc=tr["rot_acc"], test_rot_acc=math.nan)
+    kept = (f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else
+            "the run has no checkpoint")
+    raise TrainingDivergedError(
+        f"Training diverged in epoch {epoch} of {recipe.epochs} at lr {lr:g} (train loss not "
+        f"finite from step {stop.first} of {stop.steps}; stopped at step {stop.at}). Nothing of "
+        f"epoch {epoch} was saved: {kept}. Resuming repeats it: train the run with a lower "
+        f"learning rate (--lr) and --overwrite (overwrite=True).", epoch, row, stop.first) from None
 
 
 def _tensorboard(out: Path, purge_step: int):
@@ -600,8 +685,11 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
             if sampler is not None:
                 sampler.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
-            tr = _summarise(dist.sum(_run_epoch(net, train_loader, device, info["num_classes"],
-                                                optimizer, shares)), rot)
+            try:
+                tr = _summarise(dist.sum(_run_epoch(net, train_loader, device, info["num_classes"],
+                                                    optimizer, shares, _LossWatch(device, dist))), rot)
+            except _Diverged as stop:  # on every rank at the same step: the ranks' minimum
+                _raise_diverged(epoch, recipe, lr, stop, dist, rot, time.perf_counter() - t0)
             scheduler.step()
             # the plain model, with rank 0's statistics: DDP's forward broadcasts buffers, which a
             # rank without test images (fewer than the workers) never joined, and all waited
