@@ -620,8 +620,16 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
 
     ``splits`` fixes the number of column splits of the two passes (default: enough programs
     for the device); the scores do not depend on it. ``_flags`` (tests): a list that receives
-    the single pass's per-image flags (nonzero: scored again by the two passes).
+    the single pass's per-image flags (nonzero: scored again by the two passes). The kernels run
+    on ``fx``'s device (Triton launches on the current one) and its current stream.
     """
+    if fx.device.type != "cuda":  # the CPU: Triton's interpreter
+        return _scores(fx, ftx, a_index, b_index, centered, eps, tensor_cores, splits, _flags)
+    with torch.cuda.device(fx.device):
+        return _scores(fx, ftx, a_index, b_index, centered, eps, tensor_cores, splits, _flags)
+
+
+def _scores(fx, ftx, a_index, b_index, centered, eps, tensor_cores, splits, _flags):
     n, k, h, w = fx.shape
     p = int(a_index.shape[0])
     device = fx.device

@@ -411,6 +411,19 @@ def test_operator_takes_the_triton_kernels(monkeypatch):
 
 
 @usable
+@pytest.mark.skipif(not GPU or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_kernels_run_on_the_inputs_device():
+    # called directly (equifast.ops sets the device itself) with cuda:0 current: Triton launches
+    # on the current device, so the kernels must make fx's device current
+    fx, ftx = _features(2, 70, 9, 9, device="cuda:1", seed=10)
+    with torch.cuda.device(0):
+        got = _triton(fx, ftx, Rotation(1), "correlation", (9, 9))
+        torch.cuda.synchronize(1)
+    assert all(t.device == fx.device for t in got)
+    _assert_matches(got, fx, ftx, Rotation(1), "correlation", (9, 9))
+
+
+@usable
 @pytest.mark.skipif(INTERPRETED, reason="compiles the kernels, not their interpreted copies")
 @pytest.mark.parametrize("arch", [80, 90])
 def test_compiles_for_gpus(arch):
