@@ -250,11 +250,26 @@ def test_half_dtypes(dtype, metric):
                         atol=_HALF_ATOL)
 
 
-@pytest.mark.parametrize("layout", ["sliced", "channels_last", "transposed_hw", "expanded"])
-def test_memory_layouts(layout):
-    fx, ftx = _features(2, 16, 10, 10, seed=5)
-    if layout == "sliced":
+def _misaligned(f):
+    """``f`` contiguous, one element past a 16-byte boundary (a slice of a larger storage):
+    vectorised loads that assume an aligned start would read the wrong values."""
+    storage = torch.empty(f.numel() + 1, dtype=f.dtype, device=f.device)
+    return storage[1:].view(f.shape).copy_(f)
+
+
+@pytest.mark.parametrize("layout", ["sliced", "misaligned", "channels_last", "transposed_hw",
+                                    "expanded"])
+@pytest.mark.parametrize("device, tensor_cores", [
+    ("cpu", False),
+    pytest.param("cuda", False, marks=[pytest.mark.cuda, needs_cuda], id="cuda-float32"),
+    pytest.param("cuda", True, marks=[pytest.mark.cuda, needs_cuda], id="cuda-tensor-cores")])
+def test_memory_layouts(layout, device, tensor_cores):
+    fx, ftx = _features(2, 16, 10, 10, device=device, seed=5)
+    if layout == "sliced":  # storage offsets of 12 and 110 elements, odd strides
         fx, ftx = fx[:, ::2, 1:-1, 2:], ftx[:, 1::2, 1:-1, :-2]
+    elif layout == "misaligned":
+        fx, ftx = _misaligned(fx), _misaligned(ftx)
+        assert fx.data_ptr() % 16 and ftx.data_ptr() % 16
     elif layout == "channels_last":
         fx = fx.to(memory_format=torch.channels_last)
         ftx = ftx.to(memory_format=torch.channels_last)
@@ -263,12 +278,14 @@ def test_memory_layouts(layout):
     else:
         fx = fx[:1].expand(3, -1, -1, -1)
         ftx = ftx[:1].expand(3, -1, -1, -1)
-    assert not (fx.is_contiguous() and ftx.is_contiguous())
+    assert layout == "misaligned" or not (fx.is_contiguous() and ftx.is_contiguous())
     size = tuple(fx.shape[-2:])
+    atol = TENSOR_CORE_ATOL[torch.float32] if tensor_cores else ATOL
     for t in (Rotation(1) if size[0] == size[1] else Flip("horizontal"),
               Translation(1, -2), Translation(-1, 1, mode="zero")):
         for metric in METRICS:
-            _assert_matches(_run_op(fx, ftx, t, metric, size), fx, ftx, t, metric, size)
+            _assert_matches(_run_op(fx, ftx, t, metric, size, tensor_cores), fx, ftx, t, metric,
+                            size, atol=atol)
 
 
 @pytest.mark.parametrize("n,k,h,w", [(1, 1, 1, 1), (2, 1, 3, 3), (3, 4, 1, 1), (2, 3, 1, 5),
@@ -317,11 +334,21 @@ def test_no_defined_column():
     assert (index == -1).all()
 
 
-def test_ties_take_smallest_index():
-    fx, _ = _features(1, 4, 3, 3)
+@pytest.mark.parametrize("device, tensor_cores", [
+    ("cpu", False),
+    pytest.param("cuda", False, marks=[pytest.mark.cuda, needs_cuda], id="cuda-float32"),
+    pytest.param("cuda", True, marks=[pytest.mark.cuda, needs_cuda], id="cuda-tensor-cores")])
+def test_ties_take_smallest_index(device, tensor_cores):
+    fx, _ = _features(1, 4, 3, 3, device=device)
     ftx = fx[:, [1, 1, 0, 0]].clone()  # k'=0 and 1 equal, 2 and 3 equal
-    _, layer, index = _run_op(fx, ftx, Identity(), "correlation", (3, 3))
+    _, layer, index = _run_op(fx, ftx, Identity(), "correlation", (3, 3), tensor_cores)
     assert index[0, 0].item() == 2 and index[0, 1].item() == 0
+    # equal columns in both halves of a 64-wide tile and in another tile (CUDA: the epilogue's
+    # halves and column splits merge by index, not by the order they are walked in)
+    fx, _ = _features(2, 150, 6, 6, device=device, seed=34)
+    ftx = fx[:, [j % 37 for j in range(150)]].clone()  # column j equals j - 37, j - 74, ...
+    _, _, index = _run_op(fx, ftx, Identity(), "correlation", (6, 6), tensor_cores)
+    assert torch.equal(index[:, :37].cpu(), torch.arange(37).expand(2, 37))
 
 
 @pytest.mark.parametrize("metric", list(METRICS))
@@ -479,12 +506,15 @@ def test_ties_across_lanes():
     torch.testing.assert_close(got[1], want.layer, atol=ATOL, rtol=0, equal_nan=True)
 
 
-def test_empty_batch_and_channels():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
+                                                                       needs_cuda])])
+def test_empty_batch_and_channels(device):
     for shape in [(0, 3, 4, 4), (2, 0, 4, 4)]:
-        fx = torch.randn(shape)
-        a, b = Rotation(1).index_map((4, 4), (4, 4))
-        channel, layer, index = ops.equivariance_scores(fx, fx, a, b, True, EPS)
-        assert channel.shape == layer.shape == index.shape == shape[:2]
+        fx = torch.randn(shape, device=device)
+        a, b = Rotation(1).index_map((4, 4), (4, 4), device=device)
+        for tensor_cores in (False, True):
+            got = ops.equivariance_scores(fx, fx, a, b, True, EPS, tensor_cores)
+            assert all(t.shape == shape[:2] and t.device == fx.device for t in got)
 
 
 # --------------------------------------------------------------------------------------
@@ -773,6 +803,56 @@ def test_cuda_scores_without_host_sync():
         torch.cuda.set_sync_debug_mode("default")
     for g, e in zip(got, expected):
         assert torch.equal(g, e)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("tensor_cores", [False, True], ids=["float32", "tensor-cores"])
+def test_cuda_graph_capture(tensor_cores):
+    # Captured in a CUDA graph, on the capturing (non-default) stream: a kernel launched on the
+    # legacy default stream, or a host sync, fails the capture; replays on new values (also
+    # copied in on the capturing stream) must score as eager calls do.
+    size = 24  # 18 steps of 32 positions: clusters of 2 on sm_90
+    fx, ftx = _features(3, 70, size, size, device="cuda", seed=31)
+    fx[1, 4] = 0.0
+    a, b = Translation(2, -1).index_map((size, size), (size, size), device="cuda")
+
+    def call():
+        return ops.equivariance_scores(fx, ftx, a, b, True, EPS, tensor_cores,
+                                       check_indices=False)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call()  # warm up (the Triton kernels compile) outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = call()
+    new_fx, new_ftx = _features(3, 70, size, size, device="cuda", seed=32)
+    fx.copy_(new_fx)
+    ftx.copy_(new_ftx)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = call()
+    for g, e in zip(captured, eager):
+        assert torch.equal(g.nan_to_num(2.0), e.nan_to_num(2.0))
+    atol = TENSOR_CORE_ATOL[torch.float32] if tensor_cores else ATOL
+    _assert_matches(captured, fx, ftx, Translation(2, -1), "correlation", (size, size), atol=atol)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("tensor_cores", [False, True], ids=["float32", "tensor-cores"])
+def test_cuda_runs_on_the_inputs_device(tensor_cores):
+    # inputs on cuda:1 while cuda:0 is current: the kernels run there, on its current stream
+    fx, ftx = _features(2, 70, 12, 12, device="cuda:1", seed=33)
+    a, b = Rotation(1).index_map((12, 12), (12, 12), device="cuda:1")
+    with torch.cuda.device(0):
+        got = ops.equivariance_scores(fx, ftx, a, b, True, EPS, tensor_cores)
+    assert all(t.device == fx.device for t in got)
+    atol = TENSOR_CORE_ATOL[torch.float32] if tensor_cores else ATOL
+    _assert_matches(got, fx, ftx, Rotation(1), "correlation", (12, 12), atol=atol)
 
 
 def test_mixed_devices_message():
