@@ -1,32 +1,30 @@
 #!/usr/bin/env bash
 # The GPU checks of the operator in one run, for a machine with a CUDA GPU, its own torch and
-# no network (about 5 minutes on an H200, build included, with E2E_IMAGES=64, before the
-# Triton steps were added; the default 256 images add about 2 minutes):
+# no network. The steps run in this order, most needed first, each with its own time limit, and
+# those past DEADLINE are cut short or skipped (a failed step does not stop the later ones):
 #
 #   1. build the extension in place against that machine's torch (its GPU's architecture only),
-#      then a smoke run of every kernel (a failure or a hang there stops the script);
-#   2. the CUDA tests: tests/test_ops.py and tests/test_measurement.py (CUDA cases only), and
-#      tests/test_ops_triton.py natively (the opt-in Triton kernels, EQUIFAST_CUDA_KERNEL=triton);
-#   3. benchmarks/run_ratios.py --device cuda: each shape against bmm and the roofline, the
-#      two-pass kernels (tensor cores, float32), the single pass, no clusters and the Triton
-#      kernels, wall-clock and kernel times;
-#   4. benchmarks/run_end_to_end.py on ResNet-50, 224x224, batch 64, shifts 1..32, and a
-#      profile of one measure call; then the same (64 images, not written) with the Triton
-#      kernels (its profile's CPU side shows whether their Python launches keep up with the
-#      GPU), and benchmarks/tune_triton.py: their ways and candidate tiles at each shape;
-#   5. the CUDA tests again with the compiled kernels' opt-in single pass
-#      (EQUIFAST_CUDA_SINGLE_PASS=1), without the position split over clusters
-#      (EQUIFAST_CUDA_MAX_CLUSTER=1), and through the Triton kernels;
-#   6. compute-sanitizer memcheck and racecheck over a few calls of each kernel (where installed);
-#   7. Nsight Compute counters (where the warps wait) of the tile kernels at 64 @ 56x56 and
-#      2048 @ 7x7, the Triton kernels' too.
+#      then a smoke run of every compiled kernel (a failure or a hang there stops the script);
+#   2. benchmarks/tune_triton.py --compare: the compiled WMMA kernels and the Triton kernels,
+#      each on tensor cores and in float32, at the benchmark shapes (N = 64): per call, kernel
+#      time and share of the roofline (section kernels-compare), within its own budget;
+#   3. the CUDA tests: tests/test_ops.py and tests/test_measurement.py (CUDA cases only:
+#      layouts, misaligned storage, empty inputs, CUDA-graph capture, grid limits, ...);
+#   4. the operator's CUDA tests through the Triton kernels (EQUIFAST_CUDA_KERNEL=triton), then
+#      tests/test_ops_triton.py natively;
+#   5. if time is left: benchmarks/run_ratios.py --device cuda (each shape against bmm and the
+#      roofline), the compiled kernels' opt-in single pass and no-cluster modes under the tests,
+#      end to end on ResNet-50 (CUDA and Triton kernels) and tune_triton.py's tile search;
+#   6. compute-sanitizer memcheck and racecheck (where installed), and Nsight Compute counters
+#      of the tile kernels at 64 @ 56x56 and 2048 @ 7x7 (where installed).
 #
-#   OUT=some/folder bash benchmarks/gpu_check.sh
+#   OUT=some/folder DEADLINE=420 bash benchmarks/gpu_check.sh
 #
-# Everything lands in $OUT (default runs/gpu_check): log.txt, and RESULTS.md, a copy of
-# benchmarks/RESULTS.md with the GPU sections added, to merge back by hand. Each step has its
-# own time limit and a failed step does not stop the later ones; the exit status is that of
-# the tests.
+# DEADLINE (seconds, default 420) should be the device time left less the machine's start; the
+# steps' times are in log.txt (the build's on the GPU machine is not yet recorded). Everything
+# lands in $OUT (default runs/gpu_check): log.txt, and RESULTS.md, a copy of
+# benchmarks/RESULTS.md with the GPU sections added, to merge back by hand. The exit status is
+# that of the tests.
 set -u
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT"
@@ -36,9 +34,8 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=${MAX_JOBS:-16}
 PY=${PY:-python3}
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 
-# Steps past DEADLINE seconds (default 540: a 10-minute call with room for the transfers) are
-# cut short or skipped.
-DEADLINE=${DEADLINE:-540}
+# Steps past DEADLINE seconds are cut short or skipped (see above).
+DEADLINE=${DEADLINE:-420}
 
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log its output and its time
   local name=$1 limit=$2
@@ -78,15 +75,23 @@ torch.cuda.synchronize()
 print('sanitizer calls done')"
 # A kernel that fails or hangs here would fail or hang every later step: stop at once.
 step smoke 60 $PY -c "$SANITIZE" || { tail -40 "$LOG"; exit 1; }
+# The two kernels' speed first: a script with its own budget writes its table before the limit.
+step kernels 150 $PY benchmarks/tune_triton.py --compare --calls 10 \
+  --budget $((DEADLINE - SECONDS - 30 < 120 ? DEADLINE - SECONDS - 30 : 120)) --output "$OUT/RESULTS.md"
 step tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_measurement.py -k cuda
 tests=$?
-# The Triton kernels' own tests (equifast/ops_triton.py, never run on a GPU before), then the
-# figures, then the other kernels' modes and the Triton kernels under the operator's tests.
+# The Triton kernels under the operator's CUDA tests, then their own tests (test_ops_triton.py).
+step tests-triton-operator 120 env EQUIFAST_CUDA_KERNEL=triton $PY -m pytest -q -p no:cacheprovider \
+  tests/test_ops.py -k cuda || tests=1
 step tests-triton 150 $PY -m pytest -q -p no:cacheprovider tests/test_ops_triton.py -k "not compiles" || tests=1
 step ratios 120 $PY benchmarks/run_ratios.py --device cuda --output "$OUT/RESULTS.md"
+step tests-single-pass 120 env EQUIFAST_CUDA_SINGLE_PASS=1 $PY -m pytest -q -p no:cacheprovider \
+  tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
+step tests-no-clusters 90 env EQUIFAST_CUDA_MAX_CLUSTER=1 $PY -m pytest -q -p no:cacheprovider \
+  tests/test_ops.py -k cuda || tests=1
 # 3 alternated rounds (after a warm-up round), not the CPU default of 7: the step's time limit
 step end-to-end 120 $PY benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 \
-  --images ${E2E_IMAGES:-256} --rounds 3 --device cuda --output "$OUT/RESULTS.md" --profile
+  --images ${E2E_IMAGES:-64} --rounds 3 --device cuda --output "$OUT/RESULTS.md" --profile
 step end-to-end-triton 90 env EQUIFAST_CUDA_KERNEL=triton $PY benchmarks/run_end_to_end.py \
   --model resnet50 --size 224 --batch 64 --images 64 --rounds 2 --device cuda --no-write --profile
 # its own budget from what the deadline leaves, less the defaults' compiles and timings, which
@@ -97,12 +102,6 @@ if ((tune_budget >= 20)); then
 else
   echo "=== tune-triton: skipped (deadline)" | tee -a "$LOG"
 fi
-step tests-single-pass 120 env EQUIFAST_CUDA_SINGLE_PASS=1 $PY -m pytest -q -p no:cacheprovider \
-  tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
-step tests-no-clusters 90 env EQUIFAST_CUDA_MAX_CLUSTER=1 $PY -m pytest -q -p no:cacheprovider \
-  tests/test_ops.py -k cuda || tests=1
-step tests-triton-operator 120 env EQUIFAST_CUDA_KERNEL=triton $PY -m pytest -q -p no:cacheprovider \
-  tests/test_ops.py tests/test_measurement.py -k cuda || tests=1
 if command -v compute-sanitizer >/dev/null; then
   step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 $PY -c "$SANITIZE"
   step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 3 $PY -c "$SANITIZE"

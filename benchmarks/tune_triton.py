@@ -9,6 +9,11 @@ table gives the default's time, the best candidate's, and both against the roofl
 
     python benchmarks/tune_triton.py                    # CUDA; writes the triton-tuning section
     python benchmarks/tune_triton.py --budget 60 --no-write
+
+``--compare`` times instead, at the same shapes, the compiled WMMA kernels (``csrc/cuda``) and
+the Triton kernels at their default tiles, each on tensor cores and in float32: per call over
+back-to-back calls and as kernel time (torch.profiler), against the roofline; it writes the
+kernels-compare section (``benchmarks/gpu_check.sh`` runs it first, in its short budget).
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from equifast.transforms import Translation
 
 sys.path.insert(0, os.path.dirname(__file__))
 from results import setting, sync, write_section  # noqa: E402
-from run_ratios import INPUT, gpu_peaks, roofline  # noqa: E402
+from run_ratios import INPUT, device_times, gpu_peaks, roofline  # noqa: E402
 
 # (K, map side, layout): the operator benchmark's shapes, NCHW, and both ends channels-last
 SHAPES = [(64, 56, "NCHW"), (256, 28, "NCHW"), (512, 14, "NCHW"), (2048, 7, "NCHW"),
@@ -113,6 +118,75 @@ def tune_shape(fx, ftx, a, b, candidates, calls: int, deadline: float = float("i
     return rows
 
 
+# (label, EQUIFAST_CUDA_KERNEL, tensor_cores) of --compare; the first one is the reference
+KERNELS = [("wmma tf32", "cuda", True), ("wmma float32", "cuda", False),
+           ("triton tf32", "triton", True), ("triton float32", "triton", False)]
+
+
+def compare_shape(fx, ftx, a, b, calls: int, deadline: float = float("inf")) -> dict:
+    """{label: (seconds per call, kernel seconds per call, largest score difference from the
+    first of KERNELS)} for each of KERNELS (NaNs for one that fails, or past ``deadline``)."""
+    from equifast import ops
+
+    nan = (float("nan"),) * 3
+    out, base = {}, None
+    for label, kernel, tensor_cores in KERNELS:
+        if time.monotonic() > deadline:
+            print(f"  {label}: skipped (time budget)")
+            out[label] = nan
+            continue
+
+        def call():
+            return ops.equivariance_scores(fx, ftx, a, b, True, reference.TOLERANCE, tensor_cores,
+                                           check_indices=False)
+
+        with setting("EQUIFAST_CUDA_KERNEL", kernel):
+            try:
+                got = call()  # compiles the Triton kernels
+                base = got if base is None else base
+                difference = max(_max_difference(got[0], base[0]), _max_difference(got[1], base[1]))
+                seconds = per_call(call, calls, fx.device)
+                kernel_seconds, parts = device_times(call)
+            except Exception as e:  # noqa: BLE001 (one failing way must not lose the others)
+                print(f"  {label}: failed: {e!r}")
+                out[label] = nan
+                continue
+        print(f"  {label}: {1e6 * seconds:.1f} us a call, {1e6 * kernel_seconds:.1f} us of kernels ("
+              + "; ".join(f"{name[:50]} {1e6 * v:.1f}" for name, v in
+                          sorted(parts.items(), key=lambda kv: -kv[1])[:4])
+              + f"), scores within {difference:.1e} of {KERNELS[0][0]}", flush=True)
+        out[label] = (seconds, kernel_seconds, difference)
+    return out
+
+
+def compare(args, device, peaks) -> str:
+    """--compare: the table of compare_shape at every shape, within args.budget seconds."""
+    deadline = time.monotonic() + args.budget
+    g = torch.Generator().manual_seed(0)
+    head = ["K", "map", "layout", "roofline (us)"]
+    for label, _, _ in KERNELS:
+        head += [f"{label} call (us)", f"{label} kernels (us)", f"{label}: of roofline"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k, side, layout in SHAPES:
+        if time.monotonic() > deadline:
+            print(f"K={k} {side}x{side} {layout}: skipped (time budget)")
+            continue
+        fmt = torch.channels_last if layout == "channels-last" else torch.contiguous_format
+        fx = torch.randn(args.n, k, side, side, generator=g).to(device, memory_format=fmt)
+        ftx = torch.randn(args.n, k, side, side, generator=g).to(device, memory_format=fmt)
+        a, b = Translation(1, 1).index_map((side, side), INPUT, device=device)
+        print(f"K={k} {side}x{side} {layout}:", flush=True)
+        times = compare_shape(fx, ftx, a, b, args.calls, deadline)
+        roof = roofline(fx, a.numel(), peaks) if peaks else float("nan")
+        cells = [k, f"{side}x{side}", layout, f"{1e6 * roof:.1f}"]
+        for label, _, _ in KERNELS:
+            seconds, kernel_seconds, _ = times[label]
+            cells += [f"{1e6 * seconds:.1f}", f"{1e6 * kernel_seconds:.1f}",
+                      f"{100 * roof / kernel_seconds:.0f}%"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -120,6 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=20, help="calls per timing (default 20)")
     ap.add_argument("--budget", type=float, default=150,
                     help="seconds for all the candidates, shared out among the shapes")
+    ap.add_argument("--compare", action="store_true",
+                    help="time the WMMA and the Triton kernels instead (budget: for everything)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--output", default=None, help="markdown file (default: benchmarks/RESULTS.md)")
     args = ap.parse_args(argv)
@@ -130,6 +206,21 @@ def main(argv=None) -> int:
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         ap.error("the Triton kernels need a CUDA device (or TRITON_INTERPRET=1, very slowly)")
     peaks = gpu_peaks(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    if args.compare:
+        if device.type != "cuda":
+            ap.error("--compare times the compiled CUDA kernels: it needs a CUDA device")
+        table = compare(args, device, peaks)
+        print(table)
+        if not args.no_write:
+            write_section("kernels-compare", f"## WMMA and Triton kernels at the benchmark shapes "
+                          f"({torch.cuda.get_device_name(device)})\n\nWritten by `benchmarks/"
+                          f"tune_triton.py --compare` on {time.strftime('%Y-%m-%d')}: N = {args.n}, "
+                          f"correlation, Translation(1, 1) on a 224x224 input, index maps "
+                          f"unchecked; `call`: per call over {args.calls} calls back to back "
+                          f"(median of 3), `kernels`: their device time (torch.profiler), "
+                          f"against the roofline of `run_ratios.py`.\n\n{table}",
+                          *([args.output] if args.output else []))
+        return 0
     deadline = time.monotonic() + args.budget
     g = torch.Generator().manual_seed(0)
     lines = ["| K | map | layout | default tiles | default (us) | best tiles | best (us) | "
