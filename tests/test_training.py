@@ -634,7 +634,14 @@ def test_cli_errors_name_the_flags_typed(tmp_path, capsys):
                        (["train", "cnn7-fmnist6", "--seed", "99999999999999999999"],
                         "Expected --seed to be an integer in 0..4294967295"),
                        (["study", "objective-fashion", "--seeds", "0", "-1"], "Expected --seeds"),
-                       (["study", "objective-fashion", "--test-subset", "0"], "Expected --test-subset")):
+                       (["study", "objective-fashion", "--test-subset", "0"], "Expected --test-subset"),
+                       # Ray workers: train_ray's `num_workers` is --workers on the command line;
+                       # a study refused it only at its first run, its folder claimed
+                       (["train", "cnn7-fmnist6", "--batch-size", "6", "--workers", "4"],
+                        "batch size (6) to be divisible by --workers (4): each worker trains on "
+                        "an equal share of it. Use 2 or 3 workers."),
+                       (["study", "objective-fashion", "--workers", "3"],
+                        "batch size (128) to be divisible by --workers (3)")):
         with pytest.raises(SystemExit) as exit_:
             main(argv + ["--out", str(tmp_path / "never")])
         err = capsys.readouterr().err

@@ -100,8 +100,9 @@ def _run_train(args) -> int:
     echo = _echo(args)
     if args.workers > 1 or args.gpu:
         from .ray_train import train_ray
-        result = train_ray(recipe, out, num_workers=args.workers, use_gpu=args.gpu,
-                           overwrite=args.overwrite)  # Ray Train reports each epoch itself
+        with _errors_name_flags(num_workers="--workers"):
+            result = train_ray(recipe, out, num_workers=args.workers, use_gpu=args.gpu,
+                               overwrite=args.overwrite)  # Ray Train reports each epoch itself
     else:
         from .trainer import epoch_line, train
         progress = None if echo is None else \
@@ -123,7 +124,8 @@ def _run_study(args) -> int:
     study = get_study(args.study)
     _check_workers(args)
     out = args.out or os.path.join("runs", study.name)
-    with _errors_name_flags(seed="--seeds"):
+    # --workers is train_ray's num_workers (the recipe's data-loader workers have no flag)
+    with _errors_name_flags(seed="--seeds", num_workers="--workers"):
         summary = run_study(study.name, out, seeds=args.seeds, overrides=_overrides(args),
                             workers=args.workers, use_gpu=args.gpu, measure=not args.no_measure,
                             n_images=args.n_images, device=args.device, overwrite=args.overwrite,

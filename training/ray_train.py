@@ -104,8 +104,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         >>> recipe = get_recipe("cnn7-fmnist6", epochs=1)
         >>> train_ray(recipe, "runs/ddp", num_workers=2).test_acc  # doctest: +SKIP
     """
-    if int(num_workers) < 1:
-        raise ValueError(f"Expected `num_workers` to be >= 1, but got {num_workers!r}.")
+    check_workers(recipe, num_workers)
     if recipe.device is not None:  # Ray places the workers: use_gpu says where, not the recipe
         kind = torch.device(recipe.device).type
         if (kind == "cuda") != bool(use_gpu):
@@ -119,10 +118,6 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     from ray.train import RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if recipe.batch_size % int(num_workers):
-        raise ValueError(f"Expected the recipe's batch size ({recipe.batch_size}) to be divisible "
-                         f"by `num_workers` ({num_workers}): each worker trains on an equal share "
-                         f"of it. Use {_divisors(recipe.batch_size, int(num_workers))} workers.")
     scaling = _scaling(int(num_workers), use_gpu, resources_per_worker)
     if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
         ray.init()  # the cluster RAY_ADDRESS names (as under `ray job submit`)
@@ -168,6 +163,18 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
             raise
         raise cause from err  # Ray's report of every worker, tracebacks and all, is its cause
     return _result_from_dir(Path(out_dir), resumed_from=start)
+
+
+def check_workers(recipe: Recipe, num_workers: int) -> None:
+    """Raise ``ValueError`` unless ``num_workers`` (>= 1) Ray Train workers can share the
+    recipe's batch equally (checked by :func:`train_ray`, and by a study for all its runs
+    before it starts any)."""
+    if int(num_workers) < 1:
+        raise ValueError(f"Expected `num_workers` to be >= 1, but got {num_workers!r}.")
+    if recipe.batch_size % int(num_workers):
+        raise ValueError(f"Expected the recipe's batch size ({recipe.batch_size}) to be divisible "
+                         f"by `num_workers` ({num_workers}): each worker trains on an equal share "
+                         f"of it. Use {_divisors(recipe.batch_size, int(num_workers))} workers.")
 
 
 def _worker_error(err) -> Optional[BaseException]:

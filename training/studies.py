@@ -298,6 +298,10 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     from equifast.devices import resolve_device
     if not (workers > 1 or use_gpu):  # Ray workers take --gpu, not a device
         resolve_device(overrides.get("device"))
+    else:
+        from .ray_train import check_workers
+        for recipe in recipes:
+            check_workers(recipe, workers)
     if measure:
         resolve_device(device)
     _claim_folder(out, study.name)
