@@ -386,6 +386,19 @@ def test_recipes_follow_tables():
         assert (r.model, r.width) == ("wrn40", w)
         assert r.to_dict() == {**same.to_dict(), "name": r.name, "model": "wrn40"}
     assert get_recipe("resnet44-w4").width == 4 and get_recipe("resnet44-cutmix").augment == "cutmix"
+    # tables 1 and 2: "Weight Decay epochs" and "factor 10.0" are the learning-rate drops (the
+    # L2 reg. row is the weight decay): lr / 10 at those epochs
+    for n in names:
+        assert get_recipe(n).gamma == 0.1, n
+        # sections 4.2.1 and 4.2.2: "2000 images from the validation set"
+        assert get_recipe(n).measure_images == 2000, n
+    # 4.2.1: MNIST6 and its Rot-Inv and Rot-Eq variants; 4.2.2: ResNet-44 on CIFAR-10, one
+    # augmentation each, beside none (figure 8: "with no data augmentations")
+    assert [get_recipe(f"cnn7-mnist6{v}").dataset for v in ("", "-rot-inv", "-rot-eq")] == \
+        ["mnist6", "mnist6-rot-inv", "mnist6-rot-eq"]
+    for aug in ("none", "crop", "flip", "cutmix", "randaugment"):
+        r = get_recipe(f"resnet44-{aug}")
+        assert (r.model, r.width, r.dataset, r.augment) == ("resnet44", 1, "cifar10", aug)
     with pytest.raises(ValueError, match="Expected recipe fields"):
         get_recipe("cnn7-mnist6", epoch=3)
     with pytest.raises(ValueError, match="Expected a recipe name"):
@@ -752,6 +765,19 @@ def test_summarize_and_plot(tmp_path):
 
 
 def test_studies_transforms():
+    # 4.2.1: rotations by 90, 180, 270 degrees, three seeds; 4.2.2: diagonal shifts 1..16, three
+    # seeds; 4.2.3 names neither (same as 4.2.2 read here)
+    for name, study in STUDIES.items():
+        assert study.seeds == (0, 1, 2), name
+        transforms = study.make_transforms()
+        if name.startswith("objective"):
+            assert [t.quarter_turns for t in transforms] == [1, 2, 3]
+        else:
+            assert [(t.dy, t.dx) for t in transforms] == [(s, s) for s in range(1, 17)]
+    assert [r for _, r in STUDIES["objective"].settings] == \
+        ["cnn7-mnist6", "cnn7-mnist6-rot-inv", "cnn7-mnist6-rot-eq"]
+    assert [r for _, r in STUDIES["augmentation"].settings] == \
+        [f"resnet44-{a}" for a in ("none", "crop", "flip", "cutmix", "randaugment")]
     assert STUDIES["augmentation"].transforms == "translation:1-16"
     assert STUDIES["capacity"].transforms == "translation:1-16"
     assert STUDIES["objective"].transforms == "rotation"

@@ -16,9 +16,16 @@ cutmix,randaugment}``            lr 0.1, momentum 0.9, L2 1e-4, 200 epochs, /10 
                                  with widening factors 1, 2, 4, 8, table 2 (no augmentation)
 ================================ ====================================================
 
-"L2 reg." is the optimiser's ``weight_decay`` (coupled L2, also for Adam, not AdamW). The
-learning-rate milestones are epochs; overriding ``epochs`` leaves them where they are
-(override ``milestones`` too to shorten the schedule: ``--milestones`` on the command line).
+"L2 reg." is the optimiser's ``weight_decay`` (coupled L2 on every parameter, also for Adam,
+not AdamW). The tables' "Weight Decay epochs" and "Weight Decay factor 10.0" are read as the
+learning-rate schedule (``milestones``, ``gamma=0.1``): the L2 row is the weight decay, and
+nothing else in the tables drops. The learning-rate milestones are epochs; overriding
+``epochs`` leaves them where they are (override ``milestones`` too to shorten the schedule:
+``--milestones`` on the command line).
+
+The capacity study (thesis 4.2.3) gives only "the same [hyperparameters] as in the data
+augmentation experiment of Sec 5.2 (Table 2)" (its 4.2.2): its recipes use no augmentation, the
+augmentation study's baseline, so that width is the one thing that changes.
 
 Example:
     >>> r = get_recipe("cnn7-fmnist6", epochs=2, train_subset=2000)

@@ -14,9 +14,11 @@ study                        settings (recipes)               measured with
                              the thesis' network)
 ============================ ================================ =========================
 
+The capacity studies measure the shifts of the augmentation study (4.2.3 names none).
 Each run lives in ``out/<setting>/seed<k>/`` (see :mod:`equifast.training.trainer`).
 :func:`measure_study` measures every finished run with :func:`equifast.measure` on the first
-``measure_images`` (2000) test images of its data set and returns one row per (setting,
+``measure_images`` (2000) test images of its data set (the thesis' "2000 images from the
+validation set": runs train on the whole training split, so the test split is the held-out one) and returns one row per (setting,
 seed, part, family); :func:`summarize` joins accuracy and part scores over seeds (mean and
 std); :func:`plot_study` draws channel and layer scores per part, one line per setting. The
 studies of translations also keep each part's scores at each shift (thesis figure 8), summarised
@@ -51,7 +53,8 @@ class Study:
         name: study name.
         settings: ``(label, recipe name)`` pairs, one line each in the figure.
         transforms: transform spec for :func:`equifast.parse_transforms`.
-        seeds: default seeds (the thesis repeats every setting 3 times).
+        seeds: default seeds: 3, as the thesis repeats the objective and augmentation
+            settings (4.2.1, 4.2.2); for the capacity study it says nothing, the same 3 are used.
         title: figure title.
     """
 
