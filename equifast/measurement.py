@@ -241,7 +241,9 @@ class Measurer:
         st = self.state
         x = self._to_model(x).contiguous(memory_format=self.memory_format)
         size = (int(x.shape[-2]), int(x.shape[-1]))
-        fx = self._forward(x)
+        # the model gets a copy: one that writes into its input (x -= mean in its forward) would
+        # change the images T(x) is taken from, and the caller's
+        fx = self._forward(x.clone())
         # What a batch adds to the state stays on the device until the batch is done, then comes
         # back at once, after the finiteness of every f(x) and f(T(x)) is known: on a GPU, one wait
         # a batch rather than one a check, an activation sum or a score.
@@ -365,7 +367,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         device: default CUDA when present. amp: ``"float16"``/``"bfloat16"`` autocast.
         seed: seeds torch (random weights by name) and the dataset subset, so a run is
             reproducible; the caller's own random stream is left as it was. The model is
-            given back as it came: modes, device and memory format.
+            given back as it came: modes, device and memory format; it runs on copies of the
+            images (one that writes into its input leaves them as they were).
         progress: show a progress bar (tqdm).
         preprocess: PIL image -> model-ready tensor, for folders and datasets of PIL images
             (default: the model's own: of its weights by name, timm's for a timm module, else

@@ -498,6 +498,18 @@ def _checkpoint_classes(model: nn.Module, state: Dict[str, torch.Tensor]) -> Opt
     return int(weight.shape[0])
 
 
+def _without_classifier(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state`` without the classifier that a timm model built with ``num_classes=0`` lacks:
+    the ``weight`` and ``bias`` of each layer its pretrained config names ``classifier``
+    (``fc``; ``head.fc``; a distilled model's ``head`` and ``head_dist``), as timm's
+    ``load_pretrained`` drops them for another ``num_classes``; the rest still loads strictly."""
+    named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    names = (named,) if isinstance(named, str) else tuple(named or ())
+    own = model.state_dict()
+    drop = {f"{c}.{p}" for c in names for p in ("weight", "bias")} - set(own)
+    return {k: v for k, v in state.items() if k not in drop}
+
+
 def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], path: str, name: str) -> None:
     try:
         model.load_state_dict(state)
@@ -535,7 +547,9 @@ def load_model(name: str, weights: Optional[str] = "default",
         num_classes: the classifier size (default: the model's, or the checkpoint's when it
             was fine-tuned on another label set). A timm model built without a classifier
             (``num_classes=0``: masked-image-modelling, DINOv2-style weights) is refused
-            unless ``num_classes`` is given; ``0`` measures its pooled features as ``final``.
+            unless ``num_classes`` is given; ``0`` measures its pooled features as ``final``
+            (of a timm model; a checkpoint's classifier is then left out, as timm leaves out
+            pretrained weights' for another ``num_classes``).
 
     Example:
         >>> model, preprocess = load_model("efficientnet_lite0")   # real ImageNet weights, offline
@@ -646,5 +660,7 @@ def _with_checkpoint(build: Callable[..., nn.Module], kwargs: Dict, state, path,
                          f"{classes}.")
     if classes is not None and "num_classes" not in kwargs:
         model = build(**{**kwargs, "num_classes": classes})
+    if kwargs.get("num_classes") == 0:
+        state = _without_classifier(model, state)
     _load_state(model, state, path, name)
     return model

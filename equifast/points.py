@@ -64,7 +64,10 @@ on the vector or a convolution on the pooled ``[N, K, 1, 1]`` map (timm DLA's ``
 ``conv_head`` of timm's MobileNetV3, LCNet, GhostNet and MobileNetV4);
 when no weight layer runs after global pooling (SqueezeNet's conv classifier runs on the map;
 a timm model built with ``num_classes=0`` has no classifier, and its ``final`` is the pooled
-features) there is no ``pool`` point, with a warning; ``final`` is the model's output.
+features) there is no ``pool`` point, with a warning; ``final`` is the model's output (of a
+dict or an output object its ``logits``, as Hugging Face models return them; of a tuple its first
+tensor, as torchvision's Inception and GoogLeNet put the logits before the auxiliary ones; a dict
+of several tensors and no ``logits`` is refused).
 
 =========================================  =====================================================  ==========================
 family                                     points before pooling                                  pool (input of)
@@ -244,6 +247,33 @@ def _first_tensor(obj, n: Optional[int] = None) -> Optional[Tensor]:
     return first
 
 
+def _model_output(obj, n: int) -> Optional[Tensor]:
+    """The logits in what a model returns (the ``final`` point): the tensor itself; else a
+    ``logits`` entry or attribute (Hugging Face outputs, a namedtuple); of another tuple or
+    list its first tensor (torchvision's InceptionOutputs and GoogLeNetOutputs come first);
+    of another dict its one tensor with the images first.
+
+    Raises:
+        ValueError: a dict of several such tensors and no ``logits``: which is the logits
+            would be a guess (the first was taken: ``{"features", "logits"}`` scored features).
+    """
+    if isinstance(obj, Tensor):
+        return obj
+    logits = obj.get("logits") if isinstance(obj, dict) else getattr(obj, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(obj, dict):
+        keys = [k for k, v in obj.items() if isinstance(v, Tensor) and _has_images_first(v, n)]
+        if len(keys) > 1:
+            raise ValueError(f"Expected the model's output to be its logits (a tensor, or a dict "
+                             f"with a 'logits' entry), but got a dict of {len(keys)} tensors "
+                             f"{keys}: which is the `final` point is unknown. Wrap the model in a "
+                             "module whose forward returns the logits.")
+        if keys:
+            return obj[keys[0]]
+    return _first_tensor(obj, n)
+
+
 @contextlib.contextmanager
 def modes_kept(model):
     """Put back the train/eval mode of every module of ``model`` (if it is one) afterwards."""
@@ -322,7 +352,7 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
             model.eval()
             with torch.no_grad():
                 try:
-                    out = model(x)
+                    out = model(x.clone())  # a model that writes into its input spoils no other pass
                 except (RuntimeError, AssertionError) as e:  # usually an input the model cannot take
                     # (ViTs assert their one size)
                     fixed = _fixed_input_size(model)
@@ -710,7 +740,7 @@ def _head_points(an: _Analysis, pooling: Optional[_Call] = None,
     if pooling is None:
         pooling = an.body()[1]
     if pooling is None:
-        out = _first_tensor(an.output, an.n)
+        out = _model_output(an.output, an.n)
         shape = tuple(out.shape) if out is not None else None
         if out is not None and out.dim() == 2:
             raise ValueError(
@@ -1115,6 +1145,7 @@ class Representations(nn.Module):
             # the points a later in-place op overwrites: copied as they are made (the others are
             # the model's own tensors, read as they are)
             self._copy: set = set()
+            self._probed = False  # until a first pass has found what to copy
 
     def _hooked(self, x: Tensor) -> Dict[str, Tensor]:
         model = self.model
@@ -1140,10 +1171,13 @@ class Representations(nn.Module):
                 mod = model.get_submodule(key[0])
                 handles.append(mod.register_forward_pre_hook(keep(key, "input")) if key[1] == "input"
                                else mod.register_forward_hook(keep(key, "output")))
-            out = _first_tensor(model(x), n)
+            # the first pass may have to run again on x: one on a copy, so that a model that
+            # writes into its input (x -= mean) leaves x for the second
+            out = _model_output(model(x if self._probed else x.clone()), n)
         finally:
             for h in handles:
                 h.remove()
+        self._probed = True
         overwritten = {k for k, t in store.items() if k not in self._copy and isinstance(t, Tensor)
                        and (versions[k] is None or _version(t) != versions[k])}
         if overwritten:
@@ -1311,7 +1345,7 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
     fx_only = [name for name, module, _ in found if module is None]
     for name, module, take in found:
         if module == "" and take == "output":
-            raw[name] = _first_tensor(an.output, an.n)
+            raw[name] = _model_output(an.output, an.n)
         elif module is not None and module in an.calls:
             raw[name] = an.calls[module].inp if take == "input" else an.calls[module].out
     if fx_only:
@@ -1320,7 +1354,7 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
             model.eval()
             ext.eval()
             with torch.no_grad():
-                got = ext(example_input)
+                got = ext(example_input.clone())
         keys = {n: f"p{i}" for i, n in enumerate(dict.fromkeys(nodes[n] for n in fx_only))}
         for n in fx_only:
             raw[n] = _first_tensor(got[keys[nodes[n]]], an.n)

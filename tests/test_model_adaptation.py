@@ -1,0 +1,171 @@
+"""Models as a researcher hands them over: in training, with gradients on, returning dicts or
+output objects, failing mid-measure, or a full checkpoint asked for its pooled features."""
+import copy
+import math
+from dataclasses import dataclass
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import equifast as ef
+from equifast import reference
+from equifast.models import load_model
+
+
+def _hand_scores(feature, x, t):
+    """Mean channel and layer scores of ``feature`` under ``t``, features taken by hand."""
+    with torch.no_grad():
+        s = reference.equivariance_scores(feature(x), feature(t(x)), t, input_size=tuple(x.shape[-2:]))
+    return s.channel.nanmean().item(), s.layer.nanmean().item()
+
+
+class _Net(nn.Module):
+    """A small CNN whose forward returns what ``wrap`` makes of its features and logits."""
+
+    def __init__(self, wrap):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1),
+                                  nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(6, 4)
+        self.wrap = wrap
+
+    def forward(self, x):
+        features = self.body(x)
+        return self.wrap(features, self.fc(features))
+
+
+@dataclass
+class _Output:  # a Hugging Face style output, not a dict
+    hidden: torch.Tensor
+    logits: torch.Tensor
+
+
+@pytest.mark.parametrize("wrap", [lambda f, y: {"features": f, "logits": y},  # `final` was the features
+                                  lambda f, y: _Output(f, y),  # "did not produce a tensor"
+                                  lambda f, y: (y, f)], ids=["dict", "output object", "tuple"])
+def test_final_is_the_logits_of_a_dict_an_output_object_or_a_tuple(wrap):
+    model = _Net(wrap).eval()
+    x = torch.rand(3, 3, 12, 12)
+    t = ef.Rotation(1)
+    got = ef.measure(model, x, transforms=[t]).points.set_index("point")
+    logits = lambda z: model.fc(model.body(z))  # noqa: E731
+    channel, layer = _hand_scores(logits, x, t)
+    assert math.isclose(got.loc["final", "channel"], channel, abs_tol=1e-5)
+    assert math.isclose(got.loc["final", "layer"], layer, abs_tol=1e-5)
+    points = ef.split(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(ef.representations(model, points)(x)["final"], logits(x))
+    assert points[-1].shape == (4,)
+
+
+def test_a_dict_output_without_logits_is_refused_not_guessed():
+    model = _Net(lambda f, y: {"features": f, "scores": y}).eval()
+    with pytest.raises(ValueError, match=r"dict of 2 tensors \['features', 'scores'\].*Wrap the model"):
+        ef.split(model, torch.rand(2, 3, 12, 12))
+    one = _Net(lambda f, y: {"scores": y}).eval()  # one tensor: that is the output
+    assert ef.split(one, torch.rand(2, 3, 12, 12))[-1].shape == (4,)
+
+
+def test_a_training_model_with_gradients_on_is_measured_as_in_eval_mode_and_left_as_it_was():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Dropout(0.5), nn.Linear(6, 4))
+    model(torch.rand(8, 3, 12, 12) * 3)  # running statistics of their own, not 0 and 1
+    model.train()
+    evaluated = copy.deepcopy(model).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(4, 3, 12, 12, requires_grad=True)
+    saved = []  # every tensor autograd saves for a backward pass: none, no graph is built
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        got = [ef.measure(model, x, transforms=[ef.Translation(2, 2)]).points.set_index("point")
+               for _ in range(2)]
+    assert not saved and x.grad is None and all(p.grad is None for p in model.parameters())
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # BN stats too
+    t = ef.Translation(2, 2)
+    for point, upto in (("2", 3), ("4", 5), ("final", 9)):  # dropout off: the same each time
+        channel, layer = _hand_scores(evaluated[:upto], x.detach(), t)
+        for g in got:
+            assert math.isclose(g.loc[point, "channel"], channel, abs_tol=1e-5), point
+            assert math.isclose(g.loc[point, "layer"], layer, abs_tol=1e-5), point
+
+
+class _Fails(nn.Module):
+    """Fails on any input but ``ok``'s images, as its traced graph does too."""
+
+    def __init__(self, ok):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.act, self.fc = nn.ReLU(inplace=True), nn.Linear(4, 2)
+        self.register_buffer("ok", ok)
+
+    def forward(self, x):
+        torch._assert(torch.equal(x, self.ok), "boom")
+        return self.fc(self.b(self.act(self.a(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["fx", "hooks"])
+@pytest.mark.parametrize("where", ["split", "transformed pass"])
+def test_no_hook_is_left_on_a_model_that_fails_mid_measure(method, where):
+    x = torch.rand(2, 3, 8, 8)
+    model = _Fails(x.clone() if where == "transformed pass" else torch.zeros_like(x)).train()
+    with pytest.raises((AssertionError, ValueError), match="boom"):
+        ef.measure(model, x, transforms=[ef.Rotation(1)], split_method=method, points=["a", "b"])
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert all(m.training for m in model.modules())
+    model.ok = x
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.fc(model.b(torch.relu(model.a(x))).mean((2, 3))))
+
+
+@pytest.mark.parametrize("name,classifier", [("resnet10t", "fc"), ("convnext_atto", "head.fc")])
+def test_num_classes_0_leaves_out_a_full_checkpoints_classifier_as_timm_does(tmp_path, name, classifier):
+    # it was refused: "its entries do not fit that model (Unexpected key(s) ... fc.weight)"
+    torch.manual_seed(0)
+    full = timm.create_model(name, pretrained=False, num_classes=7).eval()
+    torch.save(full.state_dict(), tmp_path / "full.pt")
+    model, _ = load_model(name, weights=str(tmp_path / "full.pt"), num_classes=0)
+    assert model.num_classes == 0 and not any(k.startswith(classifier + ".") for k in model.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():  # the checkpoint's pooled features (convnext: its head's norm too)
+        want = full.forward_head(full.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(model(x), want, atol=0, rtol=0)
+    # the rest still loads strictly: a checkpoint of another model is refused as before
+    torch.save({**full.state_dict(), "extra.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"Unexpected key\(s\) in state_dict: \"extra.weight\""):
+        load_model(name, weights=str(tmp_path / "other.pt"), num_classes=0)
+
+
+class _NormalisesInPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.act, self.fc = nn.ReLU(inplace=True), nn.Linear(4, 2)
+
+    def forward(self, x):
+        x -= 0.5  # into the caller's tensor
+        x *= 4
+        return self.fc(self.b(self.act(self.a(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["fx", "hooks"])
+def test_a_model_that_writes_into_its_input_is_measured_on_the_images_given(method):
+    # T(x) was taken from the images the model had normalised in place (then normalised again),
+    # and the caller's images came back changed (by the split's pass already)
+    model = _NormalisesInPlace().eval()
+    x = torch.rand(2, 3, 8, 8)
+    given = x.clone()
+    t = ef.Rotation(1)
+    got = ef.measure(model, x, transforms=[t], points=["a", "b"], split_method=method).points
+    assert torch.equal(x, given)
+    a = lambda z: model.a((z - 0.5) * 4)  # noqa: E731
+    for point, feature in (("a", a), ("b", lambda z: model.b(torch.relu(a(z))))):
+        channel, layer = _hand_scores(feature, given, t)
+        row = got.set_index("point").loc[point]
+        assert math.isclose(row["channel"], channel, abs_tol=1e-5), point
+        assert math.isclose(row["layer"], layer, abs_tol=1e-5), point
