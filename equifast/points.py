@@ -57,7 +57,9 @@ skipped with a warning, refused when named; named blocked tokens that an enclosi
 rearranges into its map are refused even where their sizes fit, as NesT's ``[N, 16 blocks,
 16 tokens, C]`` at 64 px do). A module run more than once in a pass (one ReLU shared by several layers, tied
 weights) is no point and joins no layer, since hooks would see its last call only (with a
-warning if it has weights); name its calls by their fx node names to measure them. A model
+warning if it has weights); name its calls by their fx node names to measure them (a leaf
+module's first call is named as the module, ``relu``, the next ``relu_1``: named so, the module is
+that first call, with a warning; without fx it is refused). A model
 without blocks (VGG, a plain ``nn.Sequential`` CNN) has one point per
 layer. ``pool`` is the input of the first weight layer after global pooling: an ``nn.Linear``
 on the vector or a convolution on the pooled ``[N, K, 1, 1]`` map (timm DLA's ``fc``, the
@@ -170,8 +172,9 @@ _LIST_HINT = (
     "`torchvision.models.feature_extraction.get_graph_node_names(model)`."
 )
 _REPEATED_HINT = (
-    "Name one of its calls by its fx node name instead (`relu_1` for the second call of "
-    "`relu`; list them with `torchvision.models.feature_extraction.get_graph_node_names(model)`)."
+    "Name one of its calls by its fx node name instead, with method='fx' or 'auto' (`relu` for "
+    "the first call of module `relu`, `relu_1` for the second; list them with "
+    "`torchvision.models.feature_extraction.get_graph_node_names(model)`)."
 )
 _HINT = (
     "Name the points yourself: `equifast.split(model, x, points=[...])` with module names "
@@ -1436,6 +1439,14 @@ def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module]
             if n not in an.calls:
                 raise ValueError(f"Expected point {n!r} to run in the forward pass, but module {n!r} "
                                  f"is never called on the example input. {_HINT}")
+            if an.calls[n].calls > 1 and graph is not None and n in graph.order:
+                # fx names a leaf module's first call as the module (`relu`, then `relu_1`): the
+                # node is the point, and which call it is is said
+                _warn(f"Module {n!r} runs {an.calls[n].calls} times in one forward pass: point "
+                      f"{n!r} is its first call (fx node {n!r}); its later calls are fx nodes "
+                      f"{n + '_1'!r} and on.")
+                found.append((None, (n, None, "output")))
+                continue
             if an.calls[n].calls > 1:
                 raise ValueError(f"Expected point {n!r} to run once in the forward pass, but module "
                                  f"{n!r} runs {an.calls[n].calls} times. {_REPEATED_HINT}")

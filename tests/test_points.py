@@ -257,8 +257,16 @@ def test_a_module_run_several_times_is_not_a_point():
             reps = representations(model, points)(x)
         torch.testing.assert_close(reps["conv1"], conv1, rtol=0, atol=0)
         torch.testing.assert_close(reps["conv2"], conv2, rtol=0, atol=0)
-        with pytest.raises(ValueError, match=r"'relu' to run once .* runs 3 times.*relu_1"):
-            split(model, x, points=["relu"], method=method)
+    # its first call is fx's node `relu`: it was refused too, so no name reached it
+    with pytest.warns(UserWarning, match=r"'relu' runs 3 times .* point 'relu' is its first call"):
+        points = split(model, x, points=["relu", "relu_2"])
+    assert [(p.name, p.module, p.node) for p in points[:2]] == [("relu", None, "relu"), ("relu_2", None, "relu_2")]
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+        torch.testing.assert_close(reps["relu"], model.relu(conv1), rtol=0, atol=0)
+        torch.testing.assert_close(reps["relu_2"], model.relu(model.conv3(model.relu(conv2))), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"'relu' to run once .* runs 3 times.*method='fx' or 'auto'.*relu_1"):
+        split(model, x, points=["relu"], method="hooks")  # which call is the point is unknown
     # a tied weight layer: which call is the point cannot be guessed
     with pytest.warns(UserWarning, match=r"run more than once in one forward pass are not "
                                          r"points: 'conv2' \(2 times\)") as ws:
