@@ -1,6 +1,7 @@
 """Models as a researcher hands them over: in training, with gradients on, returning dicts or
 output objects, failing mid-measure, or a full checkpoint asked for its pooled features."""
 import copy
+import warnings
 import math
 from dataclasses import dataclass
 
@@ -169,3 +170,24 @@ def test_a_model_that_writes_into_its_input_is_measured_on_the_images_given(meth
         row = got.set_index("point").loc[point]
         assert math.isclose(row["channel"], channel, abs_tol=1e-5), point
         assert math.isclose(row["layer"], layer, abs_tol=1e-5), point
+
+
+def test_batch_norm_without_running_statistics_is_said_to_make_scores_depend_on_the_batch():
+    # eval mode leaves it normalising by each pass' own batch: scores moved with batch_size, silently
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False),
+                          nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 2))
+    x = torch.rand(8, 3, 12, 12)
+    ts = [ef.Translation(1, 1, mode="zero"), ef.Translation(2, 2, mode="zero")]
+    got = []
+    for batch_size in (8, 16):
+        with pytest.warns(ef.EquifastWarning, match=r"Sequential's '1' \(BatchNorm with "
+                                                    r"track_running_stats=False\).*batch_size") as ws:
+            got.append(ef.measure(model, x, transforms=ts, batch_size=batch_size).points.channel)
+        assert {w.filename for w in ws} == {__file__}
+    assert (got[0] - got[1]).abs().max() > 1e-3  # what the warning says
+    model[1] = nn.BatchNorm2d(4).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ef.measure(model, x, transforms=ts)
