@@ -110,41 +110,66 @@ class ImageFiles(Dataset):
     With class subfolders (ImageNet's ``val/<wnid>/*.JPEG`` layout) the label of an image is
     the index of its folder in sorted order, as in ``torchvision.datasets.ImageFolder``; a
     flat folder has no labels, nor do images beside the class folders (``strays``: label -1).
+    The flat ILSVRC2012 validation folder (``ILSVRC2012_val_00000001.JPEG``, ...) takes its
+    labels from Kaggle's ``LOC_val_solution.csv`` where it lies in the folder or up to four
+    folders above it (its ``ILSVRC/Data/CLS-LOC/val`` layout): the classes are then the sorted
+    synsets, the order ImageNet models are trained with. A folder of split folders
+    (``imagenet/`` holding ``train/`` and ``val/``) is refused, naming the split to give.
     :func:`model_classes` says which class of a model each label is.
     """
 
     def __init__(self, root, transform: Optional[Callable] = None):
         root = Path(root)
         if not root.is_dir():
+            if root.is_file():
+                raise NotADirectoryError(
+                    f"Expected `images` to be a folder of images, but {str(root)!r} is a file; "
+                    f"pass the folder that holds it ({str(root.parent)!r}).")
             raise FileNotFoundError(
-                f"Expected `images` to be a folder of images, but {str(root)!r} does not exist or is "
-                "not a folder."
-            )
+                f"Expected `images` to be a folder of images, but {str(root)!r} does not exist.")
+        _check_not_splits(root)
         # torchvision ImageFolder's order (class folders by name; in each, folders by path,
-        # files by name), so that a seeded n_images subset draws the same images as from it
-        self.files = sorted(_image_paths(root), key=lambda p: (
-            p.relative_to(root).parts[0], str(p.parent), p.name))
-        if not self.files:
+        # files by name), so that a seeded n_images subset draws the same images as from it.
+        # Strings, not Paths: pathlib took 1.3 s of 1.4 to list 50,000 files.
+        top = str(root)
+        found = sorted(_image_paths(top))
+        if not found:
             raise FileNotFoundError(
-                f"Expected image files ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}, but found none."
+                f"Expected image files ({', '.join(IMAGE_SUFFIXES)}) under {top!r}, but found none."
             )
+        self.paths = [folder + os.sep + name for _, folder, name in found]
         # every class folder counts, an empty one too: folder i is class i of the model
-        self.labelled = any(p.parent != root for p in self.files)
+        self.labelled = any(folder != top for _, folder, _ in found)
         classes = sorted(e.name for e in os.scandir(root)
                          if e.is_dir() and not e.name.startswith(".")) if self.labelled else []
-        self.strays = [p for p in self.files if p.parent == root] if classes else []
-        self.classes = classes
         self.class_index = {c: i for i, c in enumerate(classes)}
+        self.labels = [self.class_index[cls] if folder != top else -1 for cls, folder, _ in found]
+        if not self.labelled:
+            solution = _val_solution(root, [name for _, _, name in found])
+            if solution is not None:
+                classes, self.labels = solution
+                self.class_index = {c: i for i, c in enumerate(classes)}
+                self.labelled = True
+        self.strays = [Path(p) for p, y in zip(self.paths, self.labels) if y < 0] if classes else []
+        self.classes = classes
         self.root = root
         self.transform = transform
+        self._files = None
+
+    @property
+    def files(self) -> List[Path]:
+        """The image files, in order (``paths``, the same as strings)."""
+        if self._files is None:  # made when asked: 50,000 Paths take a second to make
+            self._files = [Path(p) for p in self.paths]
+        return self._files
 
     def __len__(self):
-        return len(self.files)
+        return len(self.paths)
 
     def __getitem__(self, i):
         from PIL import Image
 
-        path = self.files[i]
+        path = self.paths[i]
         try:
             with Image.open(path) as img:
                 img.load()
@@ -158,9 +183,64 @@ class ImageFiles(Dataset):
                              f"it ({e}); remove or replace that file.") from e
         img = _pil_rgb(img, path)
         x = self.transform(img) if self.transform else img
-        if self.labelled and path.parent != self.root:
-            return x, self.class_index[path.relative_to(self.root).parts[0]]
-        return x, -1
+        return x, self.labels[i]
+
+
+# Names of the folders of a data set's splits: a folder holding only these is one level too high.
+_SPLITS = ("val", "validation", "valid", "test", "train", "training")
+
+
+def _check_not_splits(root: Path) -> None:
+    """Raise ValueError when ``root`` holds split folders (``train/``, ``val/``) rather than class
+    folders: measured as it is, the splits were two classes and training images were drawn."""
+    subfolders = [e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
+    splits = [name for name in subfolders if name.lower() in _SPLITS]
+    if not splits or len(splits) != len(subfolders):
+        return
+    pick = min(splits, key=lambda name: _SPLITS.index(name.lower()))  # validation first
+    raise ValueError(
+        f"Expected `images` to be the folder of one split (its class folders, as "
+        f"val/n01440764/...), but {str(root)!r} holds the splits {', '.join(sorted(splits))}; "
+        f"pass {str(root / pick)!r}.")
+
+
+# The flat ILSVRC2012 validation layout: an image's name, and Kaggle's file of its labels.
+_VAL_NAME = re.compile(r"(ILSVRC2012_val_\d{8})\.jpe?g", re.IGNORECASE)
+_VAL_SOLUTION = "LOC_val_solution.csv"
+
+
+def _val_solution(root: Path, names: List[str]) -> Optional[Tuple[List[str], List[int]]]:
+    """``(classes, labels)`` of a flat folder of ILSVRC2012 validation images from the
+    ``LOC_val_solution.csv`` in ``root`` or up to four folders above it: the classes are the
+    sorted synsets of the file (the models' order), -1 an image it does not name. ``None``
+    when the names are not ILSVRC2012's or no such file is found (with a warning: no labels)."""
+    ids = [_VAL_NAME.fullmatch(n) for n in names]
+    if not all(ids):
+        return None
+    path = next((p / _VAL_SOLUTION for p in [root, *root.parents][:5]
+                 if (p / _VAL_SOLUTION).is_file()), None)
+    if path is None:
+        from .warning import warn
+
+        warn(f"{str(root)!r} holds ILSVRC2012 validation images without class folders and no "
+             f"{_VAL_SOLUTION} lies in it or above it: they have no labels (no top-1 accuracy). Put "
+             f"Kaggle's {_VAL_SOLUTION} beside them, or sort them into synset folders. (The "
+             "devkit's ILSVRC2012_validation_ground_truth.txt numbers the classes in another "
+             "order than the models' sorted synsets: do not use its numbers as labels.)")
+        return None
+    synset = {}
+    with open(path, newline="") as f:
+        for row in f.read().splitlines()[1:]:  # ImageId,PredictionString ("n01751748 x y x y ...")
+            image, _, boxes = row.partition(",")
+            if boxes.split():
+                synset[image.strip()] = boxes.split()[0]
+    if not synset or not all(_SYNSET.fullmatch(s) for s in synset.values()):
+        raise ValueError(f"Expected {str(path)!r} to be ImageNet's {_VAL_SOLUTION} (rows ImageId,"
+                         "PredictionString starting with a synset, as n01751748 ...), but it is "
+                         "not; move it away or replace it.")
+    classes = sorted(set(synset.values()))
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, [index[synset[m.group(1)]] if m.group(1) in synset else -1 for m in ids]
 
 
 # Longest side / shortest side beyond which an image is refused: resizing the short side to
@@ -205,10 +285,13 @@ def _eight_bits(levels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _image_paths(root: Path) -> Iterator[Path]:
-    """Image files under ``root``, entering linked folders (``Path.rglob`` does not: a class
-    folder may be a link), each real folder once (a link back up would loop)."""
+def _image_paths(root: str) -> Iterator[Tuple[str, str, str]]:
+    """``(class folder, or the name of a file in root; folder; name)`` of the image files under
+    ``root`` (sorted, torchvision ImageFolder's order), entering linked folders (``Path.rglob``
+    does not: a class folder may be a link), each real folder once (a link back up would loop)."""
     seen = set()
+    start = len(root.rstrip(os.sep)) + 1
+    suffixes = frozenset(IMAGE_SUFFIXES)
     for folder, subfolders, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
@@ -217,8 +300,9 @@ def _image_paths(root: Path) -> Iterator[Path]:
         seen.add(real)
         # hidden ones are not the data set's: .ipynb_checkpoints/, macOS's ._photo.jpg
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        yield from (Path(folder, n) for n in names
-                    if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith("."))
+        cls = folder[start:].split(os.sep, 1)[0]
+        yield from ((cls or n, folder, n) for n in names
+                    if n[n.rfind("."):].lower() in suffixes and not n.startswith("."))
 
 
 def model_classes(folder, n_classes: int) -> Optional[torch.Tensor]:
@@ -346,9 +430,10 @@ def _collate(items):
     return x, y
 
 
-def _prepared(item, preprocess: Callable):
+def _prepared(item, preprocess: Callable, mode: Optional[str] = None):
     """A dataset's item as ``(model-ready image, label)``: ``preprocess`` applied to a PIL image
-    (or an HxW(xC) array of pixels), a tensor taken as it is, -1 for no label."""
+    (or an HxW(xC) array of pixels) converted to ``mode`` (:func:`_pipeline_mode`) first, a
+    tensor taken as it is, -1 for no label."""
     if isinstance(item, dict):  # preprocess would fail deep inside torchvision
         raise TypeError(f"Expected the Dataset's items to be images or (image, label) pairs, "
                         f"but got a dict (keys {', '.join(map(str, item))}); wrap it to return "
@@ -362,7 +447,23 @@ def _prepared(item, preprocess: Callable):
             raise TypeError(f"Expected the Dataset's images to be PIL images, tensors or "
                             f"HxW(xC) uint8 arrays, but got an array of shape {x.shape} and "
                             f"dtype {x.dtype} ({err}).") from None
-    return (x if isinstance(x, torch.Tensor) else preprocess(x)), (-1 if y is None else y)
+    if isinstance(x, torch.Tensor):
+        return x, (-1 if y is None else y)
+    if mode is not None and getattr(x, "mode", mode) != mode:
+        # a grey image (torchvision's MNIST) failed in Normalize with "output with shape
+        # [1, 224, 224] doesn't match the broadcast shape [3, 224, 224]"
+        x = _pil_rgb(x, "an image of the Dataset")
+        x = x if mode == "RGB" else x.convert(mode)
+    return preprocess(x), (-1 if y is None else y)
+
+
+def _pipeline_mode(preprocess) -> Optional[str]:
+    """The PIL mode images take into ``preprocess``: ``"RGB"`` where it normalises three
+    channels (every ImageNet model's pipeline), ``"L"`` where one; ``None`` when it does not
+    normalise (then images go in as they are)."""
+    step = _normalize_step(preprocess)
+    channels = None if step is None else len(torch.as_tensor(step.mean).reshape(-1))
+    return {1: "L", 3: "RGB"}.get(channels)
 
 
 class _Preprocessed(Dataset):
@@ -371,12 +472,13 @@ class _Preprocessed(Dataset):
 
     def __init__(self, dataset: Dataset, preprocess: Callable):
         self.dataset, self.preprocess = dataset, preprocess
+        self.mode = _pipeline_mode(preprocess)
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
-        return _prepared(self.dataset[i], self.preprocess)
+        return _prepared(self.dataset[i], self.preprocess, self.mode)
 
 
 class _PreprocessedStream(IterableDataset):
@@ -384,9 +486,10 @@ class _PreprocessedStream(IterableDataset):
 
     def __init__(self, dataset: IterableDataset, preprocess: Callable):
         self.dataset, self.preprocess = dataset, preprocess
+        self.mode = _pipeline_mode(preprocess)
 
     def __iter__(self):
-        return (_prepared(item, self.preprocess) for item in self.dataset)
+        return (_prepared(item, self.preprocess, self.mode) for item in self.dataset)
 
 
 def _with_transform(dataset: Dataset, preprocess: Optional[Callable]) -> Dataset:
@@ -404,11 +507,18 @@ def normalise_like(images: torch.Tensor, preprocess) -> torch.Tensor:
     (``ImageClassification``, which holds no steps)."""
     from torchvision import transforms as T
 
+    step = _normalize_step(preprocess)
+    return images if step is None else T.functional.normalize(images, list(step.mean),
+                                                              list(step.std))
+
+
+def _normalize_step(preprocess):
+    """The step of a pipeline that holds its ``mean`` and ``std`` (a ``Normalize``, or a
+    torchvision weights' preset itself), or ``None``."""
     for step in [preprocess] + list(getattr(preprocess, "transforms", [])):
-        if isinstance(step, T.Normalize) or (
-                getattr(step, "mean", None) is not None and getattr(step, "std", None) is not None):
-            return T.functional.normalize(images, list(step.mean), list(step.std))
-    return images
+        if getattr(step, "mean", None) is not None and getattr(step, "std", None) is not None:
+            return step
+    return None
 
 
 def input_size(preprocess, default: int = 224) -> int:
@@ -497,7 +607,10 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
         batch_size: images per batch (not for a ``DataLoader``, which keeps its own).
         n_images: use at most this many images; for a dataset or folder, a seeded random
             subset of this size (the thesis measures 2000 validation images).
-        preprocess: PIL image -> tensor (the model's own preprocessing).
+        preprocess: PIL image -> tensor (the model's own preprocessing). A PIL image goes in
+            with the channels the pipeline normalises: a grey, CMYK or palette image is
+            converted to RGB for a three-channel ``Normalize`` (every ImageNet model's), a
+            colour one to grey for a one-channel one; as it is when the pipeline has none.
         seed: the seed of the subset.
         num_workers: processes that read and preprocess a dataset's or folder's images
             (``DataLoader`` workers; 0: in this process). The batches are the same either way.

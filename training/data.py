@@ -26,7 +26,10 @@ Roots: MNIST is read from raw idx files (plain or ``.gz``) in ``root``, ``root/r
 ``root/MNIST/raw`` (the ``torchvision.datasets.MNIST(root)`` layout); Fashion-MNIST likewise
 (``root/FashionMNIST/raw``), by default from :data:`FASHION_MNIST_ROOT`. ``download=True``
 fetches with torchvision (never the default). CIFAR-10 uses
-``torchvision.datasets.CIFAR10(root)``.
+``torchvision.datasets.CIFAR10(root)`` (``root/cifar-10-batches-py``). A root that does not
+hold the files says why (missing, a file) and names the folder that does when it lies one or
+two levels below or one above. MNIST's and Fashion-MNIST's files have the same names: files of
+the other data set (told by their mean pixel, 0.13 and 0.29) are refused.
 
 Augmentations (:data:`AUGMENTATIONS`, CIFAR-10 only): ``none``, ``crop``
 (``RandomCrop(32, padding=4)``), ``flip`` (``RandomHorizontalFlip()``), ``randaugment``
@@ -119,6 +122,63 @@ def _find_idx(root: str, sub: str, stem: str) -> Optional[str]:
     return None
 
 
+def _root_advice(root: str, holds: Callable[[str], bool], skip: str = "",
+                 prefer: str = "") -> Tuple[str, bool]:
+    """``(advice, found)``: why ``root`` is not the data set's folder, and which folder is when
+    it can be told (then ``found``): a path that does not exist or is a file, or a data set one
+    or two folders below ``root`` or one above it (the common mistake: a root one level too high
+    or too low). Folders whose
+    path from ``root``'s parent holds ``skip`` are not proposed, those holding ``prefer`` are
+    proposed alone (Fashion-MNIST's idx files have MNIST's names)."""
+    if not os.path.exists(root):
+        return f" {root!r} does not exist.", False
+    if not os.path.isdir(root):
+        return f" {root!r} is a file; pass the folder that holds the data set.", False
+    parent = os.path.dirname(os.path.abspath(root))
+    near = [parent] if holds(parent) else []
+    try:
+        children = sorted(e.path for e in os.scandir(root) if e.is_dir() and e.name[0] != ".")
+    except OSError:
+        children = []
+    for child in children[:64]:  # not every class folder of an image set given by mistake
+        try:
+            grandchildren = sorted(e.path for e in os.scandir(child)
+                                   if e.is_dir() and e.name[0] != ".")
+        except OSError:
+            grandchildren = []
+        near += [d for d in [child] + grandchildren if holds(d)]
+    pairs = [(d, os.path.relpath(d, parent).lower()) for d in near]
+    pairs = [(d, rel) for d, rel in pairs if not (skip and skip in rel)]
+    near = [d for d, rel in pairs if prefer and prefer in rel] or [d for d, _ in pairs]
+    if not near:
+        return "", False
+    if len(near) == 1:
+        return f" It is in {near[0]!r}: pass that folder as `root` (--data-root).", True
+    return f" Folders that hold it: {', '.join(map(repr, near[:3]))}; pass one as `root`.", True
+
+
+# The mean pixel of each family's idx files over [0, 1] (test split: 0.1325, 0.2868): their
+# files have the same names, and a root of the other one was trained under the wrong name.
+_PIXEL_MEAN = {"MNIST": _MEAN_STD["mnist"][0], "Fashion-MNIST": _MEAN_STD["fmnist"][0]}
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_pixel(path: str, mtime_ns: int) -> float:
+    return float(_read_idx_cached(path, mtime_ns).mean(dtype=np.float64)) / 255
+
+
+def _check_family(path: str, what: str) -> None:
+    """Raise ValueError when the images read as ``what`` (MNIST or Fashion-MNIST) are the other
+    data set's, told by their mean pixel (within 0.02 of the other's; other data pass)."""
+    mean = _mean_pixel(path, os.stat(path).st_mtime_ns)
+    other = next(name for name in _PIXEL_MEAN if name != what)
+    if abs(mean - _PIXEL_MEAN[other]) < 0.02:
+        raise ValueError(f"Expected the {what} idx files, but {path!r} holds {other}'s images (mean "
+                         f"pixel {mean:.3f}: {other}'s is {_PIXEL_MEAN[other]:.3f}, {what}'s "
+                         f"{_PIXEL_MEAN[what]:.3f}); pass the folder of the {what} files as `root` "
+                         "(--data-root).")
+
+
 def _load_idx_pair(root: str, sub: str, train: bool, what: str, option: str,
                    download: bool, tv_cls: str) -> Tuple[np.ndarray, np.ndarray]:
     prefix = "train" if train else "t10k"
@@ -130,12 +190,17 @@ def _load_idx_pair(root: str, sub: str, train: bool, what: str, option: str,
         _fetch(what, root, lambda: getattr(torchvision.datasets, tv_cls)(root, train=train, download=True))
         paths = [_find_idx(root, sub, s) for s in stems]
     if None in paths:
+        advice, found = _root_advice(
+            root, lambda d: None not in [_find_idx(d, sub, s) for s in stems],
+            *(("", "fashion") if sub == "FashionMNIST" else ("fashion", ""))) if root else ("", False)
         raise FileNotFoundError(
             f"Expected the {what} idx files {stems[0]}[.gz] and {stems[1]}[.gz] in `root`, "
-            f"`root`/raw or `root`/{sub}/raw, but got root={root!r} without them. Put the files "
-            f"there and pass that folder as `root` ({option} on the command line), or pass "
-            f"download=True (--download) to fetch them with torchvision.")
+            f"`root`/raw or `root`/{sub}/raw, but got root={root!r} without them."
+            + (advice if found else
+               f"{advice} Put the files there and pass that folder as `root` ({option} on the "
+               f"command line), or pass download=True (--download) to fetch them with torchvision."))
     images, labels = (_read_idx_cached(p, os.stat(p).st_mtime_ns) for p in paths)
+    _check_family(paths[0], what)
     return images, labels.astype(np.int64)
 
 
@@ -249,11 +314,14 @@ class CIFAR10Dataset(Dataset):
                              "or one to fetch it into with download=True (--download), but got "
                              "None.")
         if not download and not os.path.isdir(folder):
+            advice, found = _root_advice(
+                root, lambda d: os.path.isdir(os.path.join(d, "cifar-10-batches-py")))
             raise FileNotFoundError(
                 f"Expected CIFAR-10 in `root`/cifar-10-batches-py (the torchvision.datasets."
-                f"CIFAR10 layout), but got root={root!r} without it. Extract cifar-10-python."
-                f"tar.gz there and pass that folder as `root` (--data-root), or pass "
-                f"download=True (--download).")
+                f"CIFAR10 layout), but got root={root!r} without it."
+                + (advice if found else
+                   f"{advice} Extract cifar-10-python.tar.gz there and pass that folder as `root` "
+                   "(--data-root), or pass download=True (--download)."))
         self.base = _fetch("CIFAR-10", root, lambda: torchvision.datasets.CIFAR10(
             root, train=train, download=download), download)
         self.indices = _subset_indices(len(self.base), subset, data_seed)
