@@ -242,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     their modules import."""
     parser = argparse.ArgumentParser(prog="equifast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__, backend
+    import torch
+
+    # what a bug report needs: which build computes the scores
+    parser.add_argument("--version", action="version", version=(
+        f"equifast {__version__} (torch {torch.__version__}, backend {backend()})"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_measure(sub)
     _add_models(sub)

@@ -5,6 +5,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 from equifast.cli import build_parser, main
 from equifast.report import Report
@@ -47,6 +48,16 @@ def test_help_lists_every_command(capsys):
     text = capsys.readouterr().out
     for cmd in ("measure", "models", "train", "study", "sweep"):
         assert cmd in text
+
+
+def test_version_names_the_package_torch_and_backend(capsys):
+    import equifast
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == (f"equifast {equifast.__version__} (torch {torch.__version__}, "
+                                       f"backend {equifast.backend()})\n")
 
 
 @pytest.mark.parametrize("argv,match", [
