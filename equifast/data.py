@@ -310,8 +310,10 @@ def model_classes(folder, n_classes: int) -> Optional[torch.Tensor]:
     (``[n_folders]``), or ``None`` when that cannot be known.
 
     Folders named by ImageNet synset ids (``n02123045``) are their ImageNet-1k class for a model
-    of 1000 classes, whichever of the classes the folder holds; otherwise folder ``i`` (sorted)
-    is class ``i`` when there is one folder per class of the model.
+    of 1000 classes, whichever of the classes the folder holds; folders named by numbers
+    (ImageNetV2's ``0`` ... ``999``) are the class of that number, whichever of them there are;
+    otherwise folder ``i`` (sorted) is class ``i`` when there is one folder per class of the
+    model.
     """
     if n_classes == 1000 and all(_SYNSET.fullmatch(c) for c in folder.classes):
         from timm.data import ImageNetInfo
@@ -319,6 +321,11 @@ def model_classes(folder, n_classes: int) -> Optional[torch.Tensor]:
         index = {s: i for i, s in enumerate(ImageNetInfo().label_names())}
         if all(c in index for c in folder.classes):
             return torch.tensor([index[c] for c in folder.classes])
+    if folder.classes and all(c.isdecimal() and c.isascii() for c in folder.classes):
+        # sorted as text, "10" comes before "2": folder i was class i, a silently wrong accuracy
+        numbers = [int(c) for c in folder.classes]
+        fits = len(set(numbers)) == len(numbers) and max(numbers) < n_classes
+        return torch.tensor(numbers) if fits else None
     if len(folder.classes) == n_classes:
         return torch.arange(n_classes)
     return None

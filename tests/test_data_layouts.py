@@ -242,3 +242,16 @@ def test_cifar10_root_one_level_off(tmp_path):
                        (tmp_path / "nowhere", r"nowhere' does not exist")):
         with pytest.raises(FileNotFoundError, match=said):
             CIFAR10Dataset(str(root))
+
+
+def test_numbered_class_folders_are_the_class_of_their_number(tmp_path):
+    # ImageNetV2's layout (0/ ... 999/): sorted as text, folder "10" is the third, and was
+    # taken for class 2 of an 11-class model
+    for name in [str(i) for i in range(11)]:
+        (tmp_path / name).mkdir()
+        _photo("chelsea", (8, 8)).save(tmp_path / name / "a.jpeg")
+    files = data.ImageFiles(tmp_path)
+    assert files.classes[:4] == ["0", "1", "10", "2"]
+    assert data.model_classes(files, 11).tolist() == [int(c) for c in files.classes]
+    assert data.model_classes(files, 1000).tolist() == [int(c) for c in files.classes]
+    assert data.model_classes(files, 10) is None  # folder 10 is no class of it: no accuracy
