@@ -109,7 +109,8 @@ class ImageFiles(Dataset):
 
     With class subfolders (ImageNet's ``val/<wnid>/*.JPEG`` layout) the label of an image is
     the index of its folder in sorted order, as in ``torchvision.datasets.ImageFolder``; a
-    flat folder has no labels, nor do images beside the class folders (``strays``: label -1).
+    flat folder has no labels, nor do images beside the class folders (``strays``: label -1),
+    but for a folder named by a synset (``val/n02123045`` given alone): its images are that class.
     The flat ILSVRC2012 validation folder (``ILSVRC2012_val_00000001.JPEG``, ...) takes its
     labels from Kaggle's ``LOC_val_solution.csv`` where it lies in the folder or up to four
     folders above it (its ``ILSVRC/Data/CLS-LOC/val`` layout): the classes are then the sorted
@@ -144,6 +145,10 @@ class ImageFiles(Dataset):
                          if e.is_dir() and not e.name.startswith(".")) if self.labelled else []
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.labels = [self.class_index[cls] if folder != top else -1 for cls, folder, _ in found]
+        if not self.labelled and _SYNSET.fullmatch(root.name):
+            # one ImageNet class folder given (a root one level too low): its images are that class
+            classes, self.labels, self.labelled = [root.name], [0] * len(found), True
+            self.class_index = {root.name: 0}
         if not self.labelled:
             solution = _val_solution(root, [name for _, _, name in found])
             if solution is not None:

@@ -255,3 +255,14 @@ def test_numbered_class_folders_are_the_class_of_their_number(tmp_path):
     assert data.model_classes(files, 11).tolist() == [int(c) for c in files.classes]
     assert data.model_classes(files, 1000).tolist() == [int(c) for c in files.classes]
     assert data.model_classes(files, 10) is None  # folder 10 is no class of it: no accuracy
+
+
+def test_one_synset_folder_given_alone_is_that_class(tmp_path):
+    # val/n02123045 given (a root one level too low) had no labels: no accuracy for its cats
+    cats = tmp_path / "val" / TABBY
+    cats.mkdir(parents=True)
+    for i in range(2):
+        _photo("chelsea", (20 + i, 20)).save(cats / f"{TABBY}_{i}.JPEG")
+    files = data.ImageFiles(cats)
+    assert files.classes == [TABBY] and [files[i][1] for i in range(2)] == [0, 0]
+    assert data.model_classes(files, 1000).tolist() == [281] and files.strays == []
