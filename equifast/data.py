@@ -120,7 +120,7 @@ class ImageFiles(Dataset):
     """
 
     def __init__(self, root, transform: Optional[Callable] = None):
-        root = Path(root)
+        root = Path(root).expanduser()  # "~/imagenet/val" from Python: no shell expanded it
         if not root.is_dir():
             if root.is_file():
                 raise NotADirectoryError(

@@ -266,3 +266,12 @@ def test_one_synset_folder_given_alone_is_that_class(tmp_path):
     files = data.ImageFiles(cats)
     assert files.classes == [TABBY] and [files[i][1] for i in range(2)] == [0, 0]
     assert data.model_classes(files, 1000).tolist() == [281] and files.strays == []
+
+
+def test_a_folder_under_the_home_folder_from_python(tmp_path, monkeypatch):
+    # "~/imagenet/val" in Python (no shell expands it) "did not exist"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "val" / TABBY).mkdir(parents=True)
+    _photo("chelsea", (8, 8)).save(tmp_path / "val" / TABBY / "a.JPEG")
+    files = data.ImageFiles("~/val")
+    assert files.files == [tmp_path / "val" / TABBY / "a.JPEG"] and files.root == tmp_path / "val"
