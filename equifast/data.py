@@ -222,7 +222,8 @@ def _val_solution(root: Path, names: List[str]) -> Optional[Tuple[List[str], Lis
     ids = [_VAL_NAME.fullmatch(n) for n in names]
     if not all(ids):
         return None
-    path = next((p / _VAL_SOLUTION for p in [root, *root.parents][:5]
+    here = root.absolute()  # the folders above a relative "val" too
+    path = next((p / _VAL_SOLUTION for p in [here, *here.parents][:5]
                  if (p / _VAL_SOLUTION).is_file()), None)
     if path is None:
         from .warning import warn

@@ -79,7 +79,7 @@ def _flat_val(folder, n=4):
             folder / f"ILSVRC2012_val_{i:08d}.JPEG", format="JPEG")
 
 
-def test_flat_ilsvrc2012_val_takes_labels_from_loc_val_solution(tmp_path):
+def test_flat_ilsvrc2012_val_takes_labels_from_loc_val_solution(tmp_path, monkeypatch):
     # Kaggle's layout: LOC_val_solution.csv four folders above ILSVRC/Data/CLS-LOC/val/*.JPEG;
     # a flat folder had no labels, so no accuracy
     val = tmp_path / "ILSVRC" / "Data" / "CLS-LOC" / "val"
@@ -96,6 +96,8 @@ def test_flat_ilsvrc2012_val_takes_labels_from_loc_val_solution(tmp_path):
     assert files.strays == [val / "ILSVRC2012_val_00000004.JPEG"]
     assert data.model_classes(files, 1000).tolist() == [0, 281, 967]
     assert data.image_folder(torch.utils.data.Subset(files, [0, 1])) is files
+    monkeypatch.chdir(val.parent)  # given as a relative path: the file is still four folders up
+    assert [data.ImageFiles("val")[i][1] for i in range(4)] == [1, 2, 0, -1]
 
 
 def test_flat_ilsvrc2012_val_without_labels_says_so(tmp_path):
