@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -28,10 +29,10 @@ def _add_measure(sub) -> None:
                     "EfficientNet-Lite0 with its real ImageNet weights on crops of real photos "
                     "(no download), diagonal shifts 1..32 and rotations.",
         formatter_class=HelpFormatter)
-    p.add_argument("--model", default="efficientnet_lite0",
+    p.add_argument("--model", type=os.path.expanduser, default="efficientnet_lite0",
                    help="torchvision or timm model name, or the folder of an `equifast train` run "
                         "(measured on its recipe's test set)"),
-    p.add_argument("--weights", default="default",
+    p.add_argument("--weights", type=os.path.expanduser, default="default",
                    help="'default' (the default: hub weights; embedded for efficientnet_lite0), "
                         "'none' (random), a checkpoint path (torch.save or .safetensors), or "
                         "torchvision weights by name (IMAGENET1K_V1); not with a run folder")
@@ -39,7 +40,7 @@ def _add_measure(sub) -> None:
                    help="classifier size of a model by name: a new head of N classes (with "
                         "--weights none or a checkpoint of N classes), or 0 for a timm model built "
                         "without one (final is then its pooled features)")
-    p.add_argument("--data", default=None,
+    p.add_argument("--data", type=os.path.expanduser, default=None,
                    help="folder of images (class subfolders give labels and accuracy); default: embedded photos")
     p.add_argument("--transforms", default="translation:1-32,rotation",
                    help="comma-separated: translation:1-32, translation:1-16:zero, translation:1-8:nearest, rotation, rotation:90, flip, flip:horizontal")
@@ -60,7 +61,7 @@ def _add_measure(sub) -> None:
     p.add_argument("--no-tensor-cores", dest="tensor_cores", action="store_false",
                    help="CUDA: multiply in float32 instead of TF32/float16/bfloat16 tensor cores")
     p.add_argument("--seed", type=int, default=0, help="seeds torch and the image subset")
-    p.add_argument("--out", default="runs/measure",
+    p.add_argument("--out", type=os.path.expanduser, default="runs/measure",
                    help="output folder: report.json, report.{points,parts}.{csv,parquet}, "
                         "report.meta.json, figure.png, shifts.png with several shifts, "
                         "metric_bias{,_correlation}.csv with two metrics. An earlier output there is "

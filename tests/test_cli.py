@@ -60,6 +60,18 @@ def test_version_names_the_package_torch_and_backend(capsys):
                                        f"backend {equifast.backend()})\n")
 
 
+def test_paths_after_an_equals_sign_have_their_tilde_expanded(tmp_path, monkeypatch):
+    # the shell leaves `--out=~/x` as it is: taken literally it made a folder named "~" here
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = build_parser().parse_args(["measure", "--model=~/run", "--weights=~/w.pt",
+                                      "--data=~/images", "--out=~/out"])
+    assert (args.model, args.weights, args.data, args.out) == tuple(
+        str(tmp_path / name) for name in ("run", "w.pt", "images", "out"))
+    assert build_parser().parse_args(["measure"]).out == "runs/measure"
+    for command in (["train", "cnn7-fmnist6"], ["study", "objective"]):
+        assert build_parser().parse_args(command + ["--out=~/r"]).out == str(tmp_path / "r")
+
+
 @pytest.mark.parametrize("argv,match", [
     (["measure", "--model", "resnet5O"], "Did you mean"),
     (["measure", "--data", "/no/such/dir"], "does not exist"),

@@ -145,7 +145,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="recipe name, e.g. cnn7-fmnist6, resnet44-crop")
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
     p.add_argument("--seed", type=int, help="training seed (default 0)")
-    p.add_argument("--out", help="run folder (default runs/RECIPE/seedS)")
+    p.add_argument("--out", type=os.path.expanduser, help="run folder (default runs/RECIPE/seedS)")
     _add_common(p)
     p.set_defaults(func=_run_train)
     return p
@@ -162,7 +162,7 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("study", nargs="?", help="objective, objective-fashion, augmentation, capacity, capacity-wrn40")
     p.add_argument("--list", action="store_true", help="list the studies and exit")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
-    p.add_argument("--out", help="study folder (default runs/STUDY)")
+    p.add_argument("--out", type=os.path.expanduser, help="study folder (default runs/STUDY)")
     p.add_argument("--n-images", type=int, help="validation images to measure (default 2000)")
     p.add_argument("--no-measure", action="store_true", help="train only")
     _add_common(p)
