@@ -17,7 +17,7 @@ import torch
 from . import ops, reference
 from .aggregate import flat_in_memory_order
 from .reference import TOLERANCE, Scores, is_vector
-from .transforms import Identity, Transform
+from .transforms import Identity, Transform, repeated_position
 from .warning import warn
 
 __all__ = ["equivariance_scores", "check_finite", "check_all_finite", "finite_marker",
@@ -44,19 +44,48 @@ def _warn_fallback() -> None:
         "torch with `pip install --no-build-isolation -e .`.")
 
 
+def _cache_key(transform: Transform):
+    """What identifies a transform's index maps: its class and field values, when it is a frozen
+    dataclass whose compared fields are all its state (as the built-in transforms are), else
+    ``None`` (not cached). A transform that can change would keep its old maps; and one with
+    more state than its compared fields (a subclass that sets attributes of its own, a field
+    with ``compare=False``) would share the maps of another that differs only there."""
+    if not (dataclasses.is_dataclass(transform) and transform.__dataclass_params__.frozen):
+        return None
+    fields = dataclasses.fields(transform)
+    state = getattr(transform, "__dict__", {})
+    if not all(f.compare for f in fields) or not set(state) <= {f.name for f in fields}:
+        return None
+    key = (type(transform), tuple(getattr(transform, f.name) for f in fields))
+    try:
+        hash(key)
+    except TypeError:  # a frozen dataclass of a list, say
+        return None
+    return key
+
+
 def _index_map(transform: Transform, map_size: Tuple[int, int], input_size: Tuple[int, int],
                 device: torch.device):
-    """The transform's index maps, checked; cached for a frozen (immutable) transform, as the
-    built-in ones are: a transform that can change would keep its old maps, and one that
-    cannot be hashed could not be looked up."""
-    frozen = dataclasses.is_dataclass(transform) and transform.__dataclass_params__.frozen
-    if frozen:
-        try:
-            hash(transform)
-        except TypeError:  # a frozen dataclass of a list, say
-            frozen = False
-    build = _cached_index_map if frozen else _checked_index_map
-    return build(transform, map_size, input_size, device)
+    """The transform's index maps, checked; cached where :func:`_cache_key` identifies them."""
+    key = _cache_key(transform)
+    if key is None:
+        return _checked_index_map(transform, map_size, input_size, device)
+    return _cached_index_map(_Keyed(key, transform), map_size, input_size, device)
+
+
+class _Keyed:
+    """A transform as the cache sees it: equal and hashed by its :func:`_cache_key` only."""
+
+    __slots__ = ("key", "transform")
+
+    def __init__(self, key, transform):
+        self.key, self.transform = key, transform
+
+    def __eq__(self, other):
+        return isinstance(other, _Keyed) and self.key == other.key
+
+    def __hash__(self):
+        return hash(self.key)
 
 
 def _checked_index_map(transform: Transform, map_size: Tuple[int, int],
@@ -73,12 +102,20 @@ def _checked_index_map(transform: Transform, map_size: Tuple[int, int],
     if not ok:
         raise ValueError(f"Expected {transform.name}.index_map{(map_size, input_size)} to return "
                          f"two int64 [P] tensors of flat positions in [0, {hw}), but it did not.")
+    for which, t in (("read", a), ("written", b)):
+        p = repeated_position(t)
+        if p is not None:
+            raise ValueError(f"Expected {transform.name}.index_map{(map_size, input_size)} to pair "
+                             f"each position once at most, but position {p} is {which} twice or "
+                             "more.")
     return a, b
 
 
 # Cached (building a map syncs with the device), and checked here once, so the operator is
 # called with check_indices=False: no host sync per call on CUDA.
-_cached_index_map = functools.lru_cache(maxsize=4096)(_checked_index_map)
+@functools.lru_cache(maxsize=4096)
+def _cached_index_map(keyed: "_Keyed", map_size, input_size, device):
+    return _checked_index_map(keyed.transform, map_size, input_size, device)
 
 
 def _whole(v) -> int:
@@ -98,22 +135,10 @@ def _image_size(size) -> Tuple[int, int]:
 
 
 def _check(fx, ftx, metric, vector_mode, eps, backend_name):
+    reference.check_pair(fx, ftx)
     for name, t in (("fx", fx), ("ftx", ftx)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(t).__name__}.")
-        if t.dim() not in (2, 4):
-            hint = (" Token sequences [N, L, C] must be put on their patch grid first "
-                    "(equifast.split does this for known models)." if t.dim() == 3 else "")
-            raise ValueError(
-                f"Expected `{name}` to be [N, K, H, W] or [N, K], but got shape {tuple(t.shape)}.{hint}"
-            )
         if not (t.is_floating_point()):
             raise TypeError(f"Expected `{name}` to be a floating tensor, but got {t.dtype}.")
-    if fx.shape != ftx.shape:
-        raise ValueError(
-            f"Expected `fx` and `ftx` to have the same shape, but got {tuple(fx.shape)} and "
-            f"{tuple(ftx.shape)}."
-        )
     if fx.shape[0] == 0 or fx.shape[1] == 0:
         raise ValueError(f"Expected at least one image and one channel, but got shape {tuple(fx.shape)}.")
     reference.check_options(metric, vector_mode, eps)

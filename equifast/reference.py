@@ -24,7 +24,8 @@ import torch
 from .transforms import Identity, Transform
 
 __all__ = ["TOLERANCE", "METRICS", "VECTOR_MODES", "Scores", "equivariance_scores",
-           "compared_pairs", "similarity_matrix", "scores_from_similarity", "check_options"]
+           "compared_pairs", "similarity_matrix", "scores_from_similarity", "check_options",
+           "check_pair"]
 
 TOLERANCE = 1e-5
 METRICS = ("correlation", "cosine")
@@ -98,6 +99,28 @@ def scores_from_similarity(s: torch.Tensor) -> Scores:
     return Scores(channel.float(), layer.float(), index)
 
 
+def check_pair(fx: torch.Tensor, ftx: torch.Tensor) -> None:
+    """``TypeError``/``ValueError`` unless ``fx`` and ``ftx`` are tensors of one shape,
+    ``[N, K, H, W]`` or ``[N, K]``, on one device (a batch of one would broadcast silently)."""
+    for name, t in (("fx", fx), ("ftx", ftx)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(t).__name__}.")
+        if t.dim() not in (2, 4):
+            hint = (" Token sequences [N, L, C] must be put on their patch grid first "
+                    "(equifast.split does this for known models)." if t.dim() == 3 else "")
+            raise ValueError(
+                f"Expected `{name}` to be [N, K, H, W] or [N, K], but got shape {tuple(t.shape)}.{hint}"
+            )
+    if fx.shape != ftx.shape:
+        raise ValueError(
+            f"Expected `fx` and `ftx` to have the same shape, but got {tuple(fx.shape)} and "
+            f"{tuple(ftx.shape)}."
+        )
+    if fx.device != ftx.device:  # else a backend fails deep inside
+        raise ValueError(f"Expected `fx` and `ftx` on the same device, but got {fx.device} and "
+                         f"{ftx.device}; move one (ftx.to(fx.device)).")
+
+
 def check_options(metric: str = METRICS[0], vector_mode: str = VECTOR_MODES[0],
                   eps: float = TOLERANCE) -> None:
     """``ValueError`` unless ``metric``, ``vector_mode`` and ``eps`` are ones SPEC defines."""
@@ -145,7 +168,9 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
     Returns:
         :class:`Scores`, each ``[N, K]``.
     """
+    check_pair(fx, ftx)
     check_options(metric, vector_mode, eps)
+    fx, ftx = fx.detach(), ftx.detach()  # scores are measurements: no gradient, as every backend
     if is_vector(fx):
         return vector_scores(fx.flatten(1), ftx.flatten(1), metric, vector_mode, eps)
     a, b = compared_pairs(fx, ftx, transform, input_size or tuple(fx.shape[-2:]))

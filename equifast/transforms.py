@@ -18,6 +18,7 @@ from ._hints import did_you_mean
 
 __all__ = [
     "Transform",
+    "repeated_position",
     "Rotation",
     "Flip",
     "Translation",
@@ -47,11 +48,23 @@ def _check_image(x: torch.Tensor, what: str = "x") -> None:
         )
 
 
+def repeated_position(index: torch.Tensor):
+    """A value that occurs more than once in the int64 ``[P]`` tensor ``index``, else ``None``."""
+    ordered = torch.sort(index).values
+    same = torch.nonzero(ordered[1:] == ordered[:-1]).reshape(-1)
+    return int(ordered[same[0]]) if same.numel() else None
+
+
 class Transform(abc.ABC):
     """A transform of the input image with a counterpart on every representation.
 
-    Subclasses define :meth:`on_map`, which moves values of a map of size ``(h, w)`` that
-    came from an input of size ``input_size``; positions left without a source take ``fill``.
+    Subclasses define :attr:`name` and :meth:`on_map`, which moves the values of a map of size
+    ``(h, w)`` that came from an input of size ``input_size``: it returns a map of the same
+    shape in which each position lands in one place at most (dropped ones land nowhere) and
+    positions left without a source take ``fill`` (:meth:`index_map` refuses anything else).
+    ``family`` names the group a report averages the transform in; :meth:`check_input` may
+    refuse image sizes. A transform's index maps are cached only when it is a frozen dataclass
+    whose fields are all its state, so ``on_map`` must depend on nothing else then.
     """
 
     family: str = "transform"
@@ -103,6 +116,14 @@ class Transform(abc.ABC):
             raise ValueError(
                 f"{self.name} leaves no position to compare on a {h}x{w} map (input {input_size}); "
                 "use a smaller shift or mode='circular'."
+            )
+        copied = repeated_position(a_index)
+        if copied is not None:  # a copy, or a vacated position given a value instead of `fill`
+            raise ValueError(
+                f"Expected {self.name}.on_map to move each position of a {h}x{w} map to one place "
+                f"at most, but position {copied} (row {copied // w}, column {copied % w}) lands "
+                "in several; on_map must be one-to-one on the positions it keeps and put `fill` "
+                "where nothing lands."
             )
         return a_index, b_index
 

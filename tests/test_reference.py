@@ -1,5 +1,6 @@
 """The oracle against hand-made cases with known answers."""
 import math
+import re
 
 import pytest
 import torch
@@ -164,3 +165,34 @@ def test_reference_rejects_unknown_metric_and_mode():
         R.equivariance_scores(x, x, metric="l2")
     with pytest.raises(ValueError, match="`vector_mode`"):
         R.equivariance_scores(x[..., 0, 0], x[..., 0, 0], vector_mode="all")
+
+
+def test_reference_scores_carry_no_gradient():
+    # the functional path detached its inputs, ef.reference did not: its scores required grad
+    fx = torch.randn(2, 3, 5, 5, requires_grad=True)
+    for t, ftx in ((ef.Flip("horizontal"), torch.flip(fx, dims=(-1,))), (None, fx[:, :, 0, 0])):
+        x = fx if t is not None else fx[:, :, 0, 0]
+        s = R.equivariance_scores(x, ftx, t)
+        assert not s.channel.requires_grad and not s.layer.requires_grad
+        want = R.equivariance_scores(x.detach(), ftx.detach(), t)
+        assert torch.equal(s.channel, want.channel) and torch.equal(s.layer, want.layer)
+        if t is not None:  # a map compared with its own flip: 1 exactly
+            torch.testing.assert_close(s.channel, torch.ones(2, 3), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("ftx_shape", [(1, 3, 4, 4), (2, 1, 4, 4), (2, 4, 4, 4), (1, 3)],
+                         ids=["one-image", "one-channel", "more-channels", "vector-of-one"])
+def test_reference_refuses_inputs_of_another_shape(ftx_shape):
+    # a batch or channel of one broadcast: every image of fx was scored against ftx's first
+    fx = torch.randn(2, 3, 4, 4) if len(ftx_shape) == 4 else torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"`fx` and `ftx` to have the same shape, but got "
+                                         rf"{re.escape(str(tuple(fx.shape)))} and "
+                                         rf"{re.escape(str(ftx_shape))}"):
+        R.equivariance_scores(fx, torch.randn(ftx_shape), ef.Flip("vertical"))
+
+
+def test_reference_and_functional_refuse_inputs_on_two_devices():
+    fx = torch.randn(1, 2, 4, 4)
+    for score in (R.equivariance_scores, ef.functional.equivariance_scores):
+        with pytest.raises(ValueError, match="`fx` and `ftx` on the same device, but got cpu and meta"):
+            score(fx, fx.to("meta"), ef.Flip("vertical"))

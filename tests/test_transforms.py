@@ -354,3 +354,85 @@ def test_a_family_is_no_argument_and_no_shift_is_no_translation():
                 ef.parse_transforms(spec)
     with pytest.raises(TypeError, match="transform specs as a string or a list of strings"):
         ef.parse_transforms(None)
+
+
+def _padded_shift(f, input_size, fill=0.0):
+    """A shift by one column that pads with 0 whatever `fill` is: position 0 lands twice."""
+    return torch.nn.functional.pad(f[..., :-1], (1, 0))
+
+
+@pytest.mark.parametrize("on_map, copied", [
+    (lambda f: torch.cat([f[..., :1, :], f[..., :-1, :]], dim=-2), 0),  # row 0 copied to row 1
+    (lambda f: _padded_shift(f, None), 0),                                # `fill` ignored
+    (lambda f: torch.where(f == 5, f.new_tensor(6), f), 6),              # 6 lands at 5 and 6
+], ids=["copied-row", "fill-ignored", "one-value"])
+def test_index_map_rejects_an_on_map_that_copies_a_position(on_map, copied):
+    # Such a map is in range, so it passed; its scores compared one position several times and
+    # another not at all, silently.
+    f = torch.randn(1, 2, 4, 4)
+    with pytest.raises(ValueError, match=rf"broken.on_map to move each position of a 4x4 map to "
+                                         rf"one place at most, but position {copied} \(row "
+                                         rf"{copied // 4}, column {copied % 4}\) lands in several"):
+        ef.functional.equivariance_scores(f, on_map(f), _Broken(on_map))
+
+
+def test_index_map_keeps_a_transform_that_drops_positions():
+    # dropping is moving to nowhere: a zero-filled shift keeps each kept position once
+    a, b = ef.Translation(1, 2, mode="zero").index_map((4, 5), (4, 5))
+    assert len(a) == 3 * 3 and len(set(a.tolist())) == len(a) and len(set(b.tolist())) == len(b)
+
+
+@pytest.mark.parametrize("make, which, position", [
+    (lambda n: (torch.zeros(n, dtype=torch.int64), torch.arange(n)), "read", 0),
+    (lambda n: (torch.arange(n), torch.arange(n) // 2), "written", 0),
+], ids=["read-twice", "written-twice"])
+def test_functional_rejects_an_overridden_index_map_that_repeats_a_position(make, which, position):
+    x = torch.randn(1, 2, 4, 4)
+    with pytest.raises(ValueError, match=rf"own.index_map.* to pair each position once at most, "
+                                         rf"but position {position} is {which} twice"):
+        ef.functional.equivariance_scores(x, x, _ReturnsIndexMap(make))
+
+
+class _FlippedShift(ef.Translation):
+    """A user's subclass with state beyond Translation's fields (not a dataclass itself)."""
+
+    def __init__(self, dy, dx, flip):
+        super().__init__(dy, dx)
+        object.__setattr__(self, "flip", flip)
+
+    @property
+    def name(self):
+        return f"flipped-shift({self.dy},{self.dx},{self.flip})"
+
+    def on_map(self, f, input_size, fill=0.0):
+        out = super().on_map(f, input_size, fill)
+        return out.flip(-1) if self.flip else out
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class _Roll(ef.transforms.Transform):
+    shift: int = 1
+    back: bool = dataclasses.field(default=False, compare=False)  # left out of ==
+
+    @property
+    def name(self):
+        return f"roll({-self.shift if self.back else self.shift})"
+
+    def on_map(self, f, input_size, fill=0.0):
+        return torch.roll(f, -self.shift if self.back else self.shift, dims=-1)
+
+
+@pytest.mark.parametrize("first, second", [
+    (_FlippedShift(1, 1, False), _FlippedShift(1, 1, True)),
+    (_Roll(1), _Roll(1, back=True)),
+], ids=["subclass-state", "field-not-compared"])
+def test_transforms_equal_as_dataclasses_do_not_share_cached_index_maps(first, second):
+    # They compare equal (and hash alike) as dataclasses, so the second was read through the
+    # cached index map of the first: 0 where the reference, and the truth, give 1.
+    assert first == second
+    f = torch.randn(2, 3, 6, 6)
+    for t in (first, second):
+        ftx = t.on_map(f, (6, 6))  # f moved exactly as t moves it: every score is 1
+        for backend in ["reference"] + (["operator"] if ef.ops.available() else []):
+            s = ef.functional.equivariance_scores(f, ftx, t, backend=backend)
+            torch.testing.assert_close(s.channel, torch.ones(2, 3), atol=1e-5, rtol=0)
