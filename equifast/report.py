@@ -30,6 +30,9 @@ __all__ = ["Report", "PARTS", "part_table", "shift_table", "over_runs", "combine
 
 PARTS = ("early", "middle", "late", "pool", "final")
 SCORES = ["channel", "layer", "undefined_fraction"]
+# the columns that name a row: text, never missing (a CSV reads "NA", "None" or "" as missing)
+_NAMES = ["point", "part", "transform", "family", "metric", "shape"]
+_REQUIRED = ["point", "part", "transform", "family"] + SCORES
 
 
 def _over_points(rows: pd.DataFrame, keys: List[str]) -> pd.DataFrame:
@@ -106,9 +109,87 @@ def _saved_as(path: Path) -> str:
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"Expected a report saved by Report.save in {str(path)!r}, but it is "
                          f"not valid JSON ({err}).") from None
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A points table as :meth:`Report.save` wrote it (CSV or Parquet), read back exactly."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        with open(path, "rb") as fh:  # to_csv ends every row with a line break
+            fh.seek(0, 2)
+            if fh.tell() and (fh.seek(-1, 2), fh.read(1))[1] != b"\n":
+                raise ValueError("its last row does not end with a line break: a truncated file?")
+        header = pd.read_csv(path, nrows=0).columns
+        # NaN was written as "": only that is missing, and only in a number's column (a point
+        # named "NA", "None" or "" stays itself)
+        return pd.read_csv(path, keep_default_na=False,
+                           dtype={c: str for c in _NAMES if c in header},
+                           na_values={c: [""] for c in header if c not in _NAMES},
+                           **_EXACT_FLOATS)
+    except (ValueError, OSError) as err:  # pandas' and pyarrow's parse errors are ValueErrors
+        raise ValueError(f"Expected a points table saved by Report.save in {str(path)!r}, but it "
+                         f"cannot be read ({type(err).__name__}: {err}).") from err
+
+
+def _written_by(meta: dict) -> str:
+    """Which equifast wrote a report, where another than this one did (for an error)."""
+    from . import __version__
+
+    versions = meta.get("versions") if isinstance(meta, dict) else None
+    theirs = versions.get("equifast") if isinstance(versions, dict) else None
+    if theirs is None or theirs == __version__:
+        return ""
+    return f"; it was written by equifast {theirs}, this is {__version__}"
+
+
+def _checked_meta(meta, path: Path) -> dict:
+    """A report's meta as read from ``path``: a dict (none is an empty one)."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"Expected a report saved by Report.save in {str(path)!r}, but its meta "
+                         f"is a {type(meta).__name__}, not a dict ({{key: value}}).")
+    return meta
+
+
+def _checked_points(points: pd.DataFrame, meta: dict, path: Path) -> pd.DataFrame:
+    """``points`` as read from ``path``, checked to be a points table :class:`Report` can use:
+    a hand-edited, truncated or foreign file is an error naming what is wrong, not a
+    ``KeyError`` in the part table or a part silently scored as NaN."""
+    where = f"Expected a report saved by Report.save in {str(path)!r}, but"
+    missing = [c for c in _REQUIRED if c not in points.columns]
+    if missing and len(points):
+        raise ValueError(f"{where} its points table lacks the column(s) "
+                         f"{', '.join(map(repr, missing))}{_written_by(meta)}.")
+    if not len(points):
+        return points
+    for col in SCORES:
+        values = pd.to_numeric(points[col], errors="coerce")
+        bad = values.isna() & points[col].notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"{where} its column {col!r} holds {points[col].iloc[i]!r} (row {i}), "
+                             f"not a number{_written_by(meta)}.")
+        points[col] = values.astype(float)
+    # what every measured row has (the undefined fraction too: NaN only for no entries at all)
+    for col in [c for c in _NAMES + ["undefined_fraction", "n_images"]
+                if c in points.columns and c != "shape"]:
+        gone = points[col].isna().to_numpy()
+        if col in ("transform", "family", "metric"):  # a name, never empty ("" can be a point)
+            gone = gone | (points[col].astype(str) == "").to_numpy()
+        if gone.any():
+            i = int(np.flatnonzero(gone)[0])
+            raise ValueError(f"{where} row {i} has no {col!r} (a truncated or hand-edited file?)"
+                             f"{_written_by(meta)}.")
+    unknown = sorted(set(points["part"].astype(str)) - set(PARTS))
+    if unknown:
+        raise ValueError(f"{where} it names part(s) {', '.join(map(repr, unknown))}; the parts are "
+                         f"{', '.join(PARTS)}{_written_by(meta)}.")
+    return points
 
 
 def _shift_families(points: pd.DataFrame) -> pd.DataFrame:
@@ -342,7 +423,8 @@ class Report:
     def load(cls, path) -> "Report":
         """Load what :meth:`save` wrote (give the same path), or the report of an ``equifast
         measure --out`` folder. An output set of ``equifast measure`` that a killed run had
-        committed but not all moved in is completed first."""
+        committed but not all moved in is completed first. A file that is no such report
+        (truncated, hand-edited, foreign) is a ``ValueError`` saying what is wrong."""
         from ._io import finish_commit
 
         path = Path(path)
@@ -364,20 +446,24 @@ class Report:
             if not isinstance(doc, dict) or "points" not in doc:
                 raise ValueError(f"Expected a report saved by Report.save in {str(path)!r}, but "
                                  f"it has no 'points'{_saved_as(path)}.")
-            points = pd.DataFrame(doc["points"])
+            meta, records = _checked_meta(doc.get("meta"), path), doc["points"]
+            if not (isinstance(records, list) and all(isinstance(r, dict) for r in records)):
+                raise ValueError(f"Expected a report saved by Report.save in {str(path)!r}, but "
+                                 f"its 'points' are not a list of rows ({{column: value}})"
+                                 f"{_written_by(meta)}.")
+            points = pd.DataFrame(records)
             for col in points.columns:  # a column of NaN only was written as nulls
-                if points[col].isna().all():
+                if points[col].isna().all() and col not in _NAMES:
                     points[col] = points[col].astype(float)
-            return cls(_shift_families(points), doc.get("meta"))
+            return cls(_shift_families(_checked_points(points, meta, path)), meta)
         stem = path.with_suffix("")
         points = stem.with_name(f"{stem.name}.points{suffix}")
         if not points.is_file():
             raise FileNotFoundError(f"Expected {str(points)!r} (saved by Report.save), but it is "
                                     f"missing{_saved_as(path)}.")
-        df = (pd.read_csv(points, dtype={"shape": str, "point": str}, **_EXACT_FLOATS) if suffix == ".csv"
-              else pd.read_parquet(points))
         meta_path = stem.with_name(f"{stem.name}.meta.json")
-        meta = _read_json(meta_path) if meta_path.is_file() else {}
+        meta = _checked_meta(_read_json(meta_path), meta_path) if meta_path.is_file() else {}
+        df = _checked_points(_read_table(points), meta, points)
         return cls(_shift_families(df), meta)
 
     def plot(self, path=None, label: Optional[str] = None, others: Optional[Dict[str, "Report"]] = None,

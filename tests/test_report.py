@@ -757,3 +757,95 @@ def test_points_named_by_digits_read_back_as_names(tmp_path):
         rep.save(str(tmp_path / f"r{suffix}"))
         back = Report.load(str(tmp_path / f"r{suffix}"))
         assert back.points["point"].tolist() == rep.points["point"].tolist(), suffix
+
+
+def _bits(a: pd.Series) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).view(np.int64)
+
+
+def test_every_format_reads_back_names_that_look_missing_and_every_value_bit_for_bit(tmp_path):
+    # a CSV read point names "NA", "None", "nan", "null" and "" (module names, or a user's) as
+    # missing: the points lost their names and the part table their scores
+    names = {"p0": "NA", "p1": "None", "p2": "", "pool": "nan", "final": "null"}
+    rows = [dict(r, point=names[r["point"]]) for r in _rows()]
+    rows[0].update(channel=-0.0, layer=5e-324, n_images=2 ** 62 + 1)  # sign, subnormal, > 2**53
+    rows[6].update(channel=float("nan"), layer=float("nan"), undefined_fraction=1.0)  # None (1,1)
+    rows[2].update(layer=1.7976931348623157e308)
+    rep = Report.from_rows(rows, {"model": "toy", "big": 2 ** 64 + 1, "zero": -0.0})
+    for suffix in (".json", ".csv", ".parquet"):
+        rep.save(tmp_path / f"r{suffix}")
+        back = Report.load(tmp_path / f"r{suffix}")
+        assert back.points["point"].tolist() == [r["point"] for r in rows], suffix
+        assert back.points["n_images"].tolist() == [r["n_images"] for r in rows], suffix
+        for table, want in ((back.points, rep.points), (back.parts, rep.parts)):
+            for col in ("channel", "layer", "undefined_fraction"):
+                assert np.array_equal(_bits(table[col]), _bits(want[col])), (suffix, col)
+        assert back.meta["big"] == 2 ** 64 + 1 and math.copysign(1, back.meta["zero"]) == -1
+    # the parts as computed by hand: early's translation channel is the mean of NA's and None's
+    early = rep.parts[(rep.parts.part == "early") & (rep.parts.family == "translation")
+                      & (rep.parts.metric == "correlation")].iloc[0]
+    na = np.mean([-0.0, 0.7])  # NA: translations (1,1) -> -0.0, (2,2) -> 0.7
+    assert math.isclose(early.channel, (na + 0.6) / 2)  # None: (1,1) undefined, (2,2) -> 0.6
+
+
+def _saved(tmp_path, suffix, rows, meta=None):
+    Report.from_rows(rows, {"model": "toy", **(meta or {})}).save(tmp_path / f"r{suffix}")
+    return tmp_path / f"r{suffix}"
+
+
+def _edit_points(path, edit):
+    """Rewrite the points of a saved report (any format) with ``edit(DataFrame)``."""
+    if path.suffix == ".json":
+        doc = json.loads(path.read_text())
+        doc["points"] = edit(pd.DataFrame(doc["points"])).to_dict("records")
+        path.write_text(json.dumps(doc))
+        return
+    table = path.with_name(f"r.points{path.suffix}")
+    df = pd.read_parquet(table) if path.suffix == ".parquet" else pd.read_csv(table)
+    df = edit(df)
+    df.to_parquet(table) if path.suffix == ".parquet" else df.to_csv(table, index=False)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
+@pytest.mark.parametrize("edit, match", [
+    (lambda df: df.drop(columns=["channel", "family"]),
+     r"its points table lacks the column\(s\) 'family', 'channel'; it was written by equifast "
+     r"0\.0\.1, this is "),
+    (lambda df: df.assign(layer=["0.5"] * (len(df) - 1) + ["high"]),
+     r"its column 'layer' holds 'high' \(row 29\), not a number"),
+    (lambda df: df.assign(part=df["part"].replace("middle", "centre")),
+     r"it names part\(s\) 'centre'; the parts are early, middle, late, pool, final"),
+    (lambda df: df.assign(transform=[None] + df["transform"].tolist()[1:]),
+     r"row 0 has no 'transform' \(a truncated or hand-edited file\?\)"),
+], ids=["columns-missing", "score-not-a-number", "unknown-part", "name-missing"])
+def test_a_hand_edited_or_foreign_report_is_a_clear_error(tmp_path, suffix, edit, match):
+    # they failed deep inside (KeyError 'family', "agg function failed"), or scored the
+    # unknown part as NaN
+    path = _saved(tmp_path, suffix, _rows(), {"versions": {"equifast": "0.0.1"}})
+    _edit_points(path, edit)
+    with pytest.raises(ValueError, match=rf"Expected a report saved by Report.save in .*, but {match}"):
+        Report.load(path)
+
+
+@pytest.mark.parametrize("suffix, damage, match", [
+    (".json", lambda p: p.write_text('{"points": {"point": "p0"}}'),
+     r"its 'points' are not a list of rows"),
+    (".json", lambda p: p.write_text(json.dumps({"points": [], "meta": ["toy"]})),
+     r"its meta is a list, not a dict"),
+    (".csv", lambda p: p.with_name("r.meta.json").write_text('"toy"'),
+     r"its meta is a str, not a dict"),
+    (".csv", lambda p: p.with_name("r.points.csv").write_text(""),
+     r"r\.points\.csv'.*cannot be read \(EmptyDataError"),
+    (".csv", lambda p: p.with_name("r.points.csv").write_text(
+        p.with_name("r.points.csv").read_text()[:-20]), r"r\.points\.csv'.*truncated file"),
+    (".parquet", lambda p: p.with_name("r.points.parquet").write_bytes(b"PAR1 not parquet"),
+     r"r\.points\.parquet'.*cannot be read \(ArrowInvalid"),
+], ids=["json-points-dict", "json-meta-list", "meta-str", "csv-empty", "csv-truncated",
+        "parquet-corrupt"])
+def test_a_damaged_report_file_is_named(tmp_path, suffix, damage, match):
+    # they were TypeErrors of dict(), EmptyDataError or ArrowInvalid without the report, or
+    # (a truncated CSV) a report whose last row had lost its last values
+    path = _saved(tmp_path, suffix, _rows())
+    damage(path)
+    with pytest.raises(ValueError, match=match):
+        Report.load(path)
