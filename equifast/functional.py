@@ -245,6 +245,11 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
     if is_vector(fx):
         if transform is not None and input_size is not None:
             transform.check_input(input_size)
+        if metric == "correlation" and vector_mode == "per_image" and fx[0].numel() == 1:
+            # as one compared position of a map: a centred single value is zero
+            warn("A vector of one entry ([N, 1]: a single logit or channel) has no correlation "
+                 "within an image: its per-image scores are undefined (NaN); use "
+                 "vector_mode='across_images' (the correlation across images) or metric='cosine'.")
         return reference.vector_scores(fx.flatten(1), ftx.flatten(1), metric, vector_mode, eps)
     transform = transform if transform is not None else Identity()
     map_size = (int(fx.shape[-2]), int(fx.shape[-1]))

@@ -1,6 +1,7 @@
 """The public function: input checks, dispatch, and agreement of the backends."""
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -376,3 +377,23 @@ def test_an_images_scores_do_not_depend_on_its_batch_order_or_threads(shape, cha
             torch.set_num_threads(threads)
         for got in (alone, shuffled, pairs, one_thread):
             assert torch.equal(got.nan_to_num(-2.0), want.nan_to_num(-2.0)), t.name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_vector_of_one_entry_warns_that_it_has_no_per_image_correlation(backend):
+    # a binary classifier's one logit scored NaN for every image, silently (a map of one
+    # compared position warned); across images it is the logit's Pearson correlation
+    fx = torch.randn(6, 1)
+    ftx = 0.5 * fx + 0.3 * torch.randn(6, 1)
+    with pytest.warns(ef.EquifastWarning, match=r"vector of one entry .* undefined \(NaN\); use "
+                                                r"vector_mode='across_images'"):
+        s = equivariance_scores(fx, ftx, backend=backend)
+    assert torch.isnan(s.channel).all() and (s.layer_index == -1).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        across = equivariance_scores(fx, ftx, vector_mode="across_images", backend=backend)
+        equivariance_scores(fx, ftx, metric="cosine", backend=backend)
+        equivariance_scores(fx.view(6, 1, 1, 1).expand(6, 2, 1, 1), ftx.view(6, 1, 1, 1).expand(6, 2, 1, 1),
+                            backend=backend)  # two entries: no warning
+    want = max(0.0, float(np.corrcoef(fx[:, 0].double(), ftx[:, 0].double())[0, 1]))
+    torch.testing.assert_close(across.channel, torch.full((6, 1), want), atol=1e-6, rtol=0)
