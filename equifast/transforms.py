@@ -100,6 +100,11 @@ class Transform(abc.ABC):
         moved = self.on_map(grid, input_size, fill=-1)
         # A subclass's on_map may be wrong; a map that does not only move positions would make
         # the operator read outside the feature map.
+        if not isinstance(moved, torch.Tensor) or moved.device != grid.device:
+            got = (f"a tensor on {moved.device}" if isinstance(moved, torch.Tensor)
+                   else f"a {type(moved).__name__}")
+            raise ValueError(f"Expected {self.name}.on_map to return a tensor where its input "
+                             f"lies ({grid.device}), but it returned {got}.")
         lo, hi = (int(v) for v in torch.aminmax(moved)) if moved.numel() else (0, 0)
         if moved.shape != grid.shape or moved.dtype != torch.int64 or lo < -1 or hi >= h * w:
             raise ValueError(

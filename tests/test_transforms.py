@@ -361,6 +361,18 @@ def _padded_shift(f, input_size, fill=0.0):
     return torch.nn.functional.pad(f[..., :-1], (1, 0))
 
 
+@pytest.mark.parametrize("on_map, got", [
+    (lambda f: f.to("meta"), "a tensor on meta"),       # moved elsewhere (.cpu() of a CUDA map)
+    (lambda f: f.numpy(), "a ndarray"),                # NumPy's own flip, say
+], ids=["other-device", "not-a-tensor"])
+def test_index_map_rejects_an_on_map_that_returns_something_else(on_map, got):
+    # they failed inside torch.aminmax ("Cannot copy out of meta tensor", a TypeError), or on
+    # CUDA in the operator, naming neither the transform nor on_map
+    with pytest.raises(ValueError, match=rf"Expected broken.on_map to return a tensor where its "
+                                         rf"input lies \(cpu\), but it returned {got}\."):
+        _Broken(on_map).index_map((4, 4), (4, 4))
+
+
 @pytest.mark.parametrize("on_map, copied", [
     (lambda f: torch.cat([f[..., :1, :], f[..., :-1, :]], dim=-2), 0),  # row 0 copied to row 1
     (lambda f: _padded_shift(f, None), 0),                                # `fill` ignored
