@@ -44,6 +44,9 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
     families = []
     for df in frames.values():
         families += [f for f in df["family"].unique() if f not in families]
+    if not families:
+        raise ValueError("Expected part scores to draw (tables from Report.parts), but the tables "
+                         "hold none: the report measured no point.")
     fig, axes = plt.subplots(len(families), 2, figsize=(10, 3.4 * len(families)), squeeze=False)
     for row, fam in enumerate(families):
         for col, score in enumerate(("channel", "layer")):

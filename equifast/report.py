@@ -410,7 +410,9 @@ class Report:
             raise ValueError(f"Expected a .json, .csv or .parquet path, but got {str(path)!r}.")
         stem = path.with_suffix("")
         written = []
-        for name, df in (("points", self.points), ("parts", self.parts)):
+        # a table of no columns is a blank line in a CSV, which no reader takes back
+        points = self.points if len(self.points.columns) else pd.DataFrame(columns=_REQUIRED)
+        for name, df in (("points", points), ("parts", self.parts)):
             target = stem.with_name(f"{stem.name}.{name}{suffix}")
             atomic_write(target, lambda tmp, df=df: (df.to_csv(tmp, index=False) if suffix == ".csv"
                                                      else df.to_parquet(tmp, index=False)))

@@ -849,3 +849,17 @@ def test_a_damaged_report_file_is_named(tmp_path, suffix, damage, match):
     damage(path)
     with pytest.raises(ValueError, match=match):
         Report.load(path)
+
+
+def test_a_report_of_no_points_round_trips_and_its_figure_says_why_there_is_none(tmp_path):
+    # its CSV was a blank line that load could not read (EmptyDataError), and plot failed in
+    # matplotlib ("Number of rows must be a positive integer, not 0")
+    empty = Report.from_rows([], {"model": "none"})
+    for suffix in (".json", ".csv", ".parquet"):
+        empty.save(tmp_path / f"r{suffix}")
+        back = Report.load(tmp_path / f"r{suffix}")
+        assert len(back.points) == 0 and len(back.parts) == 0 and back.meta == {"model": "none"}
+    with pytest.raises(ValueError, match=r"Expected part scores to draw .* the report measured no point"):
+        empty.plot()
+    one = Report.from_rows([r for r in _rows() if r["point"] == "p2"])
+    one.plot(others={"none": empty})  # a line of no scores beside one of some: drawn
