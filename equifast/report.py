@@ -123,13 +123,12 @@ def _read_table(path: Path) -> pd.DataFrame:
             fh.seek(0, 2)
             if fh.tell() and (fh.seek(-1, 2), fh.read(1))[1] != b"\n":
                 raise ValueError("its last row does not end with a line break: a truncated file?")
-        header = pd.read_csv(path, nrows=0).columns
-        # NaN was written as "": only that is missing, and only in a number's column (a point
-        # named "NA", "None" or "" stays itself)
-        return pd.read_csv(path, keep_default_na=False,
-                           dtype={c: str for c in _NAMES if c in header},
-                           na_values={c: [""] for c in header if c not in _NAMES},
-                           **_EXACT_FLOATS)
+        names = [c for c in _NAMES if c in pd.read_csv(path, nrows=0).columns]
+        table = pd.read_csv(path, dtype=dict.fromkeys(names, str), **_EXACT_FLOATS)
+        # names as written: a point named "NA", "None" or "" is no missing value
+        if names:
+            table[names] = pd.read_csv(path, usecols=names, dtype=str, keep_default_na=False)
+        return table
     except (ValueError, OSError) as err:  # pandas' and pyarrow's parse errors are ValueErrors
         raise ValueError(f"Expected a points table saved by Report.save in {str(path)!r}, but it "
                          f"cannot be read ({type(err).__name__}: {err}).") from err
