@@ -299,7 +299,8 @@ def test_shapes(n, k, h, w, metric):
 
 def test_many_images_path():
     # enough images that each thread takes whole images (the other CPU path)
-    fx, ftx = _features(4 * torch.get_num_threads() + 1, 12, 5, 5, seed=7)
+    # (at least 6: image 5 is made constant below, whatever the number of threads)
+    fx, ftx = _features(max(4 * torch.get_num_threads() + 1, 6), 12, 5, 5, seed=7)
     fx[3, 4] = 0.0
     ftx[5, :] = 1.0  # a whole image of constant channels: no defined k' at all
     for metric in METRICS:
@@ -357,7 +358,7 @@ def test_long_contiguous_rows(metric):
     # by the fast float32 path (sums in one streaming read, normalisation from cache), with
     # enough images for the per-image schedule. Rows with a large mean and a small (but
     # defined) spread check the centring keeps float64 accuracy.
-    fx, ftx = _features(2 * torch.get_num_threads() + 1, 40, 20, 20, seed=9)
+    fx, ftx = _features(max(2 * torch.get_num_threads() + 1, 4), 40, 20, 20, seed=9)
     fx[0, 1] = 1e3 + 0.1 * torch.randn(20, 20)
     ftx[0, 1] = 1e3 + 0.1 * (fx[0, 1] - 1e3) + 0.05 * torch.randn(20, 20)
     ftx[1, 2] = -5e2 + 1e-2 * torch.randn(20, 20)
@@ -403,7 +404,7 @@ def test_tiny_and_huge_rows(metric, layout, device, tensor_cores):
     # whose centred value overflows float32): the normalisation must stay finite and accurate
     # at both ends, whether B is read in place (identity) or packed (a zero-padded shift: rows,
     # or columns for channels-last), and for channels-last images that are otherwise streamed.
-    fx, ftx = _features(2 * torch.get_num_threads(), 6, 12, 12, seed=11)
+    fx, ftx = _features(max(2 * torch.get_num_threads(), 3), 6, 12, 12, seed=11)
     fx[0, 0] *= 1e-41  # subnormal floats: the centred norm is about 1e-40
     ftx[0, 0] = fx[0, 0] * 2.0 + 1e-42 * torch.randn(12, 12)
     fx[1, 2] *= 1e30
