@@ -8,6 +8,7 @@ grid of positions, so values and indices always move the same way.
 from __future__ import annotations
 
 import abc
+import operator
 import re
 from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
@@ -53,6 +54,19 @@ def repeated_position(index: torch.Tensor):
     ordered = torch.sort(index).values
     same = torch.nonzero(ordered[1:] == ordered[:-1]).reshape(-1)
     return int(ordered[same[0]]) if same.numel() else None
+
+
+def _whole_field(transform, arg: str) -> None:
+    """Check that field ``arg`` is an integer and store it as a Python int: a NumPy or torch
+    integer (``np.arange``'s) is taken, and a float or bool refused."""
+    v = getattr(transform, arg)
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        whole = operator.index(v)
+    except TypeError:
+        raise TypeError(f"Expected `{arg}` to be an int, but got {v!r}.") from None
+    object.__setattr__(transform, arg, whole)  # the report's meta is JSON, the cache key exact
 
 
 class Transform(abc.ABC):
@@ -158,10 +172,7 @@ class Rotation(Transform):
     family: str = field(default="rotation", init=False)  # fixed: a stray argument is an error
 
     def __post_init__(self):
-        if not isinstance(self.quarter_turns, int) or isinstance(self.quarter_turns, bool):
-            raise TypeError(
-                f"Expected `quarter_turns` to be an int, but got {self.quarter_turns!r}."
-            )
+        _whole_field(self, "quarter_turns")
         if self.quarter_turns % 4 == 0:  # it would count as a rotation in the family's mean
             raise ValueError(f"Expected `quarter_turns` not to be a whole turn, but got "
                              f"{self.quarter_turns}; that is the identity: use ef.Identity().")
@@ -242,9 +253,7 @@ class Translation(Transform):
 
     def __post_init__(self):
         for arg in ("dy", "dx"):
-            v = getattr(self, arg)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"Expected `{arg}` to be an int, but got {v!r}.")
+            _whole_field(self, arg)
         if self.mode not in ("circular", "zero"):
             raise ValueError(f"Expected `mode` to be 'circular' or 'zero', but got {self.mode!r}.")
         if self.rounding not in ("down", "nearest"):

@@ -295,6 +295,27 @@ def test_bools_are_not_shifts_or_turns():
         ef.Rotation(True)
 
 
+def test_numpy_and_torch_integers_are_shifts_and_turns():
+    # `for s in np.arange(1, 33)` hands NumPy ints: the same transform as Python's, stored as int
+    import json
+
+    import numpy as np
+
+    x = torch.randn(1, 2, 8, 8)
+    for made, plain in ((ef.Translation(np.int64(3), np.int32(-2)), ef.Translation(3, -2)),
+                        (ef.Translation(torch.tensor(2), 1, mode="zero"), ef.Translation(2, 1, mode="zero")),
+                        (ef.Rotation(np.int64(3)), ef.Rotation(3))):
+        assert made == plain and hash(made) == hash(plain)
+        assert all(type(v) is int for v in vars(made).values() if not isinstance(v, str))
+        assert torch.equal(made(x), plain(x))
+        for got, want in zip(made.index_map((8, 8), (16, 16)), plain.index_map((8, 8), (16, 16))):
+            assert torch.equal(got, want)
+        json.dumps(vars(made))  # the report's meta keeps them
+    for bad in (np.float64(1.0), np.bool_(True), torch.tensor(1.0), "1"):
+        with pytest.raises(TypeError, match="`dy` to be an int"):
+            ef.Translation(bad, 1)
+
+
 def test_rotation_of_a_non_square_map_is_a_clear_error():
     # a square input can still give a non-square map (asymmetric strides or padding)
     with pytest.raises(ValueError, match="square image or map for rotation\\(90\\), but got 4x6"):
