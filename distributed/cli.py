@@ -51,10 +51,13 @@ def _run(args) -> int:
         folders = [j for j in jobs if j.relative_folder]
         for jid in _moved(store.records_of(folders), folders):  # finished, but on other data
             states[jid] = "moved"
+        kept = store.shard_files()  # by name: the run checks that they still fit
         print(f"{spec.name}: {len(jobs)} jobs -> {out}")
         for job in jobs:
+            n = sum(1 for _, k, _ in kept.get(job.id, []) if k == job.shards)
             print(f"  {job.id}  {states.get(job.id, 'pending'):8s}  {job.title}  "
-                  f"(shards {job.shards}, cpus {job.num_cpus:g}, gpus {job.num_gpus:g})")
+                  f"(shards {job.shards}{f', {n} kept' if n else ''}, cpus {job.num_cpus:g}, "
+                  f"gpus {job.num_gpus:g})")
         return 0
     result = run_sweep(spec, out=out, address=args.address, retry_failed=not args.no_retry_failed,
                        num_cpus=args.num_cpus, progress=not args.quiet,
@@ -90,13 +93,16 @@ def _status(args) -> int:
     saved = store.read_spec()
     ours = set(saved["jobs"]) if saved else None  # an earlier spec's failures are not counted
     running, retried = store.live_ids()  # being run again: not failed (yet)
+    kept = store.shard_files()
     for rec in store.records(status="failed"):
         if (ours is not None and rec["id"] not in ours) or rec["id"] in running | retried:
             continue
         job = rec.get("job", {})
+        n = sum(1 for _, k, _ in kept.get(rec["id"], []) if k == job.get("shards"))
         print(f"  failed {rec['id']} {job.get('model', {}).get('label')} / "
               f"{job.get('dataset', {}).get('label')} / {job.get('family')} / seed {job.get('seed')}: "
-              f"{rec.get('error')}")
+              f"{rec.get('error')}"
+              + (f" ({n} of {job.get('shards')} shards kept for the rerun)" if n else ""))
     return 0
 
 

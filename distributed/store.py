@@ -13,6 +13,9 @@ Layout of a store folder::
       jobs.parquet/.csv      one row per record: model, dataset, transforms (the spec's family
                              name), seed, accuracy, status, seconds, error
       sweep.lock             held by the sweep that writes here (host and pid inside)
+      shards/<id>.<i>-of-<k>.pt  shard i of k of a job not finished yet (its MeasureState and
+                             info, torch.save'd atomically), reused by the next run; deleted
+                             once the job's "ok" record is written
 
 A record file appears only complete (written to a temporary name in the same folder, then
 ``os.replace``), so a killed driver never leaves a half-written result, and there is exactly
@@ -20,19 +23,22 @@ one record per job id: a rerun replaces a failed record and skips a finished one
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import re
 import socket
 import time
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Collection, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
-from equifast._io import atomic_write, check_own_folder, pid_alive, write_text_atomic
+from equifast._io import (atomic_write, check_own_folder, pid_alive, save_torch_atomic,
+                          write_text_atomic)
 
 __all__ = ["ResultStore", "records_frame", "STATES"]
 
@@ -42,6 +48,9 @@ STATES = ("finished", "running", "failed", "pending")
 # a record file (a job id: 16 hex digits), and one being written (equifast._io.atomic_write)
 _RECORD = re.compile(r"[0-9a-f]{16}\.json")
 _RECORD_TMP = re.compile(r"\.[0-9a-f]{16}\.json\.\d+\.[0-9a-f]{8}\.tmp")
+# a finished shard of an unfinished job (shard i of k), and one being written
+_SHARD = re.compile(r"(?P<id>[0-9a-f]{16})\.(?P<shard>\d+)-of-(?P<shards>\d+)\.pt")
+_SHARD_TMP = re.compile(r"\.[0-9a-f]{16}\.\d+-of-\d+\.pt\.\d+\.[0-9a-f]{8}\.tmp")
 
 _JOB_COLUMNS = ["job_id", "model", "arch", "weights", "dataset", "transforms", "seed", "accuracy",
                 "accuracy_measured", "accuracy_known", "accuracy_source"]
@@ -74,11 +83,15 @@ def _frame_records(df: pd.DataFrame) -> List[Dict[str, Any]]:
     return [_json_safe(row) for row in df.to_dict(orient="records")]
 
 
+#: The columns of a record's rows that are numbers, null where undefined (read as float64, NaN).
+_FLOAT_COLUMNS = ("channel", "layer", "undefined_fraction", "layer_undefined_fraction",
+                  "offdiagonal_fraction", "mean_activation", "mean_magnitude")
+
+
 def records_frame(rows: List[Dict[str, Any]]) -> pd.DataFrame:
     """Rows stored by :meth:`ResultStore.write_record` back as a DataFrame (null -> NaN)."""
     df = pd.DataFrame(rows)
-    for col in ("channel", "layer", "undefined_fraction", "layer_undefined_fraction",
-                "offdiagonal_fraction", "mean_activation", "mean_magnitude"):
+    for col in _FLOAT_COLUMNS:
         if col in df:
             df[col] = df[col].astype(float)
     return df
@@ -88,30 +101,70 @@ def records_frame(rows: List[Dict[str, Any]]) -> pd.DataFrame:
 _CHUNK_ROWS = 200_000
 
 
+def _columns(rows: List[Dict[str, Any]]) -> Tuple[int, Dict[str, Any]]:
+    """A record's rows (dicts) as ``(number of rows, {column: values})``: the columns in the
+    order their keys first appear, a key a row lacks NaN (as ``pandas.DataFrame(rows)`` fills
+    it); the float columns (:data:`_FLOAT_COLUMNS`) float64 arrays (null: NaN), the others
+    lists, each distinct string once (the parsed record's own copy of it is let go)."""
+    n = len(rows)
+    if not n:
+        return 0, {}
+    keys = tuple(rows[0])
+    if len(keys) > 1 and all(tuple(r) == keys for r in rows):  # rows of one layout (all, written
+        cols = dict(zip(keys, map(list, zip(*map(itemgetter(*keys), rows)))))  # by write_record)
+    else:
+        keys = tuple(dict.fromkeys(k for r in rows for k in r))
+        cols = {k: [r.get(k, np.nan) for r in rows] for k in keys}
+    strings: Dict[Optional[str], Optional[str]] = {}
+    for k, values in cols.items():
+        if k in _FLOAT_COLUMNS:
+            cols[k] = np.array(values, dtype=float)
+        elif set(map(type, values)) <= {str, type(None)}:  # (1 == 1.0 == True: no numbers)
+            cols[k] = list(map(strings.setdefault, values, values))
+    return n, cols
+
+
 class _Rows:
     """The rows of many records' ``points`` (or ``parts``) lists, as one table.
 
-    A DataFrame per record (and a concat of thousands) cost 5-15 ms a record; one DataFrame of
-    every row dict would hold every parsed row at once. Rows are made into a DataFrame a chunk
-    of about :data:`_CHUNK_ROWS` at a time (dtypes as :func:`records_frame` gives them), and the
-    job columns are taken once per record and repeated over its rows.
+    A DataFrame per record (and a concat of thousands) cost 5-15 ms a record, and a DataFrame
+    of a list of row dicts 3-4 us a row. Records are added as columns (:func:`_columns`), made
+    into a DataFrame a chunk of about :data:`_CHUNK_ROWS` rows at a time with the dtypes
+    :func:`records_frame` gives the same rows (its inference for each column but the float
+    ones, whose arrays are made as they are read), and the job columns are taken once per
+    record and repeated over its rows.
     """
 
     def __init__(self):
         self.counts: List[int] = []          # rows of each record added
         self.chunks: List[pd.DataFrame] = []
-        self.pending: List[Dict[str, Any]] = []
+        self.pending: Dict[str, List[Any]] = {}  # each column's pieces, one per record
+        self.rows = 0                        # rows pending
 
-    def add(self, rows: List[Dict[str, Any]]) -> None:
-        self.counts.append(len(rows))
-        self.pending.extend(rows)
-        if len(self.pending) >= _CHUNK_ROWS:
+    def add(self, n: int, cols: Dict[str, Any]) -> None:
+        """Add a record's rows, :func:`_columns` of them."""
+        self.counts.append(n)
+        if not n:
+            return
+        for k, pieces in self.pending.items():
+            if k not in cols:  # a column this record lacks: NaN, as pandas fills it
+                pieces.append(np.full(n, np.nan) if k in _FLOAT_COLUMNS else [np.nan] * n)
+        for k, values in cols.items():
+            if k not in self.pending:
+                self.pending[k] = ([np.full(self.rows, np.nan)] if k in _FLOAT_COLUMNS
+                                   else [[np.nan] * self.rows])
+            self.pending[k].append(values)
+        self.rows += n
+        if self.rows >= _CHUNK_ROWS:
             self._flush()
 
     def _flush(self) -> None:
-        if self.pending:
-            self.chunks.append(records_frame(self.pending))
-            self.pending = []
+        if self.rows:
+            data = {k: (np.concatenate(pieces) if k in _FLOAT_COLUMNS
+                        else list(itertools.chain.from_iterable(pieces)))
+                    for k, pieces in self.pending.items()}
+            self.chunks.append(pd.DataFrame(data, index=pd.RangeIndex(self.rows)))
+            self.pending, self.rows = {}, 0
 
     def frame(self, per_record: pd.DataFrame) -> pd.DataFrame:
         """The table: ``per_record``'s row ``i`` (the job columns of the ``i``-th record added)
@@ -124,6 +177,75 @@ class _Rows:
         values = (self.chunks[0] if len(self.chunks) == 1
                   else pd.concat(self.chunks, ignore_index=True))
         return pd.concat([job, values], axis=1)
+
+
+#: Records' parsed content kept between calls of ResultStore.tables, at most this many rows
+#: (points and parts) in all: about 100 bytes a row.
+_CACHE_ROWS = 1_000_000
+
+
+_Entry = Tuple[Tuple[int, ...], Dict[str, Any], Dict[str, Tuple[int, Dict[str, Any]]]]
+
+
+def _stamp(path: Path) -> Optional[Tuple[int, ...]]:
+    """``(inode, size, mtime_ns, ctime_ns)`` of a record file (``None``: gone). A record file is
+    only ever replaced (``os.replace`` of a new file), which changes them: a file of the same
+    stamp holds the same record."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _parse(path: Path) -> Optional[Tuple[Dict[str, Any], Dict[str, Tuple[int, Dict[str, Any]]]]]:
+    """A record file as ``(the record less its rows, {"points": _columns, "parts": _columns})``,
+    or ``None`` (unreadable)."""
+    rec = _read(path)
+    if not isinstance(rec, dict):
+        return None
+    rows = {name: _columns(rec.get(name) or []) for name in ("points", "parts")}
+    return {k: v for k, v in rec.items() if k not in ("points", "parts")}, rows
+
+
+class _Parsed:
+    """The parsed records of the store read last (:meth:`ResultStore.tables`), each kept with
+    the :func:`_stamp` of its file, so that a file of the same stamp is not parsed again (one
+    store at a time, up to :data:`_CACHE_ROWS` rows)."""
+
+    def __init__(self):
+        self.root: Optional[str] = None
+        self.files: Dict[str, _Entry] = {}
+        self.rows = 0
+
+    def get(self, root: Path, path: Path):
+        """``(stamp, record less its rows, {"points": columns, "parts": columns})`` of the record
+        file ``path`` of the store ``root``, or ``None`` (unreadable)."""
+        key = os.path.abspath(root)
+        if key != self.root:
+            self.root, self.files, self.rows = key, {}, 0
+        stamp = _stamp(path)  # before reading: a file replaced in between is read again next time
+        if stamp is None:
+            return None
+        name = os.path.abspath(path)  # (another store's record of the same job has its own)
+        entry = self.files.get(name)
+        if entry is not None and entry[0] == stamp:
+            return entry
+        if entry is not None:
+            self.files.pop(name)
+            self.rows -= sum(n for n, _ in entry[2].values())
+        parsed = _parse(path)
+        if parsed is None:
+            return None
+        entry = (stamp, *parsed)
+        n = sum(k for k, _ in entry[2].values())
+        if self.rows + n <= _CACHE_ROWS:
+            self.files[name] = entry
+            self.rows += n
+        return entry
+
+
+_PARSED = _Parsed()
 
 
 class ResultStore:
@@ -141,6 +263,7 @@ class ResultStore:
     def __init__(self, root: os.PathLike):
         self.root = Path(root)
         self.records_dir = self.root / "records"
+        self.shards_dir = self.root / "shards"
 
     # ---- records ----------------------------------------------------------------------------
     def record_path(self, job_id: str) -> Path:
@@ -206,6 +329,51 @@ class ResultStore:
     def failed(self) -> set:
         """Ids of the jobs with a ``failed`` record."""
         return {k for k, v in self.states().items() if v == "failed"}
+
+    # ---- finished shards of unfinished jobs -------------------------------------------------
+    def shard_path(self, job_id: str, shard: int, shards: int) -> Path:
+        """Where shard ``shard`` of ``shards`` of job ``job_id`` is kept until the job finishes
+        (a job measured in another number of shards cuts its images elsewhere: other files)."""
+        return self.shards_dir / f"{job_id}.{int(shard)}-of-{int(shards)}.pt"
+
+    def write_shard(self, job_id: str, shard: int, shards: int, payload: Dict[str, Any]) -> Path:
+        """Keep a finished shard's ``payload`` (its ``state`` and ``info``, and what it was
+        measured with) atomically, so that a rerun of its unfinished job need not measure it."""
+        return save_torch_atomic({**payload, "job_id": job_id, "shard": int(shard),
+                                  "shards": int(shards)}, self.shard_path(job_id, shard, shards))
+
+    def read_shard(self, job_id: str, shard: int, shards: int) -> Optional[Dict[str, Any]]:
+        """What :meth:`write_shard` kept, or ``None`` (no file, or an unreadable one, or one of
+        another job or shard)."""
+        import torch
+
+        path = self.shard_path(job_id, shard, shards)
+        try:
+            # the driver's own file (as trusted as the records): it holds equifast's classes
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 -- missing, torn, or of classes that are gone
+            return None
+        if not isinstance(payload, dict) or (payload.get("job_id"), payload.get("shard"),
+                                             payload.get("shards")) != (job_id, shard, shards):
+            return None
+        return payload
+
+    def shard_files(self) -> Dict[str, List[Tuple[int, int, Path]]]:
+        """``{job id: [(shard, shards, path), ...]}`` of every kept shard file (by name; not read)."""
+        out: Dict[str, List[Tuple[int, int, Path]]] = {}
+        if self.shards_dir.is_dir():
+            for path in sorted(self.shards_dir.iterdir()):
+                m = _SHARD.fullmatch(path.name)
+                if m:
+                    out.setdefault(m["id"], []).append((int(m["shard"]), int(m["shards"]), path))
+        return out
+
+    def remove_shards(self, job_id: str) -> int:
+        """Delete every kept shard file of ``job_id`` (of any number of shards); returns how many."""
+        files = self.shard_files().get(job_id, [])
+        for _, _, path in files:
+            path.unlink(missing_ok=True)
+        return len(files)
 
     # ---- spec and status --------------------------------------------------------------------
     def write_spec(self, spec_dict: Dict[str, Any], job_ids: List[str],
@@ -304,19 +472,22 @@ class ResultStore:
         """Whether the folder holds a sweep's files (its spec, status, lock or job records)."""
         if any((self.root / name).is_file() for name in ("spec.json", "status.json", "sweep.lock")):
             return True
-        return self.records_dir.is_dir() and any(
-            _RECORD.fullmatch(p.name) for p in self.records_dir.iterdir())
+        return any(folder.is_dir() and any(pattern.fullmatch(p.name) for p in folder.iterdir())
+                   for folder, pattern in ((self.records_dir, _RECORD), (self.shards_dir, _SHARD)))
 
     def check_folder(self) -> None:
         """Raise ``FileExistsError`` unless the folder is missing, empty or a sweep store (with
         ``spec.json`` or ``sweep.lock``, or a ``records/`` holding only job records): the tables
         written here would replace a user's files of the same names (points.csv, jobs.csv, ...),
-        and a user's own ``records/`` folder is no sign of a store."""
+        and a user's own ``records/`` folder is no sign of a store (nor is a ``shards/`` folder,
+        unless it holds only kept shards)."""
         markers = ["spec.json", "sweep.lock"]
-        if self.records_dir.is_dir():
-            names = [p.name for p in self.records_dir.iterdir()]
-            if names and all(_RECORD.fullmatch(n) or _RECORD_TMP.fullmatch(n) for n in names):
-                markers.append(self.records_dir.name)
+        for folder, patterns in ((self.records_dir, (_RECORD, _RECORD_TMP)),
+                                 (self.shards_dir, (_SHARD, _SHARD_TMP))):
+            if folder.is_dir():
+                names = [p.name for p in folder.iterdir()]
+                if names and all(any(p.fullmatch(n) for p in patterns) for n in names):
+                    markers.append(folder.name)
         check_own_folder(self.root, markers, "a sweep results folder", "--out")
 
     def lock(self) -> None:
@@ -342,11 +513,13 @@ class ResultStore:
                 continue
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
-            # only the lock's holder writes records: any half-written one is a killed driver's
-            if self.records_dir.is_dir():
-                for p in self.records_dir.iterdir():
-                    if _RECORD_TMP.fullmatch(p.name):
-                        p.unlink(missing_ok=True)
+            # only the lock's holder writes records and shards: any half-written one is a
+            # killed driver's
+            for folder, pattern in ((self.records_dir, _RECORD_TMP), (self.shards_dir, _SHARD_TMP)):
+                if folder.is_dir():
+                    for p in folder.iterdir():
+                        if pattern.fullmatch(p.name):
+                            p.unlink(missing_ok=True)
             return
         raise BlockingIOError(f"Expected to take {str(path)!r}, but another process keeps taking it.")
 
@@ -379,6 +552,10 @@ class ResultStore:
                 an earlier spec in the same folder: other settings make other jobs). They stay
                 on disk, but by default are left out, so that they are not averaged in as if
                 they were more seeds.
+
+        A record is parsed once: a later call in this process takes the records whose file is
+        unchanged as it parsed them (``sweep report`` and :mod:`.analysis` read the tables
+        several times).
         """
         entries, job_models, job_datasets, job_families, wanted = {}, {}, {}, {}, None
         saved = self.read_spec()
@@ -390,11 +567,19 @@ class ResultStore:
             wanted = None if all_records else set(saved["jobs"])
         # Built column-wise, not a DataFrame per record and one concat of them (5-15 ms a
         # record): the job columns once per record (repeated over its rows), the rows of many
-        # records in one DataFrame per chunk of about _CHUNK_ROWS rows.
+        # records in one DataFrame per chunk of about _CHUNK_ROWS rows. A record whose file is
+        # unchanged since an earlier call is not parsed again (_Parsed).
         jobs: List[Dict[str, Any]] = []
         ok_cols: List[Dict[str, Any]] = []  # the job columns of each "ok" record, in order
         rows: Dict[str, _Rows] = {"points": _Rows(), "parts": _Rows()}
-        for rec in self.records(ids=wanted):
+        paths = (sorted(self.records_dir.glob("*.json")) if self.records_dir.is_dir() else [])
+        for path in paths:
+            if wanted is not None and path.stem not in wanted:
+                continue
+            entry = _PARSED.get(self.root, path)
+            if entry is None:  # unreadable: counts as missing (as records() leaves it out)
+                continue
+            _, rec, columns = entry
             job = rec.get("job", {})
             model, dataset = job.get("model", {}), job.get("dataset", {})
             # the latest spec's label and known accuracy; the record's own for jobs not in it
@@ -424,7 +609,7 @@ class ResultStore:
                 continue
             ok_cols.append(cols)
             for name, sink in rows.items():
-                sink.add(rec.get(name, []))
+                sink.add(*columns[name])
         empty = pd.DataFrame(columns=_JOB_COLUMNS)
         out = {}
         if ok_cols:

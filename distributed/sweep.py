@@ -11,15 +11,20 @@ How it keeps every result exactly once:
   holds one record file per id, written atomically by the driver (workers only return
   results, so workers need no shared disk). A rerun skips jobs with an ``ok`` record.
 - Each task runs with Ray's ``max_retries`` (a worker that dies, e.g. killed or out of
-  memory, is retried) and ``retry_exceptions`` from the spec. A small tracker actor counts
+  memory, is retried) and ``retry_exceptions`` from the spec (never for an exception that
+  would repeat: :data:`_REPEATING`). A small tracker actor counts
   every attempt that starts, crashed ones included; when the retries are spent, the job gets
   a ``failed`` record with its error and attempt counts, which the next run retries.
 - A job with ``shards: k`` is measured by ``k`` tasks, each on a contiguous slice of the
   job's images; their :class:`equifast.MeasureState` s merge exactly (integer sums) into the
-  single-process result.
+  single-process result. Each finished shard is kept in the store until its job's record is
+  written, so a rerun of a job that did not finish measures only the shards that did not
+  (:func:`_kept_shards` says which kept ones still fit the job).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import time
@@ -265,6 +270,51 @@ def _shard(images, shard: int, shards: int):
     return torch.utils.data.Subset(images, index.tolist())
 
 
+def _image_files(images):
+    """``(ImageFiles, indices)``: the folder dataset under a job's (sharded, seeded) images and
+    which of its files they are (``None``: all); ``(None, None)`` for other images."""
+    from equifast.data import ImageFiles
+
+    indices = None
+    while True:
+        if isinstance(images, torch.utils.data.Subset):
+            idx = [int(i) for i in images.indices]
+            indices = idx if indices is None else [idx[i] for i in indices]
+            images = images.dataset
+        elif isinstance(images, _NoLabels):
+            images = images.dataset
+        elif isinstance(images, ImageFiles):
+            return images, indices
+        else:
+            return None, None
+
+
+def shard_fingerprint(part) -> Optional[str]:
+    """SHA-256 of what a shard of a folder's images is: the folder's class folders and the
+    relative names of all its images (which the seeded subset, the slices and the labels
+    depend on), and the names and sizes of the shard's own images; ``None`` for images that
+    are no folder's (``random`` and ``embedded`` are drawn from the job's seed). A kept shard
+    is reused only where this is still the same: an image fixed in another shard's slice
+    leaves it so."""
+    files, indices = _image_files(part)
+    if files is None:
+        return None
+    root = files.root
+    digest = hashlib.sha256()
+    digest.update(json.dumps(list(files.classes)).encode())
+    for f in files.files:
+        digest.update(f"{f.relative_to(root).as_posix()}\n".encode())
+    digest.update(b"\0")
+    for i in (range(len(files.files)) if indices is None else indices):
+        f = files.files[i]
+        try:
+            size = f.stat().st_size
+        except OSError:
+            size = -1
+        digest.update(f"{f.relative_to(root).as_posix()}\0{size}\n".encode())
+    return digest.hexdigest()
+
+
 def measure_job(job: Job, shard: int = 0, shards: Optional[int] = None):
     """Measure one job (or one shard of it) in this process.
 
@@ -278,7 +328,8 @@ def measure_job(job: Job, shard: int = 0, shards: Optional[int] = None):
     Returns:
         ``(state, info)``: the :class:`equifast.MeasureState` (``None`` for an empty shard) and
         ``{"host", "pid", "shard", "n_images", "load_s", "measure_s", "device", "backend",
-        "warnings", ...}`` (``warnings``: the distinct messages of the warnings it raised).
+        "warnings", ...}`` (``warnings``: the distinct messages of the warnings it raised; of a
+        job of several shards, ``data_sha256``: :func:`shard_fingerprint` of its images).
 
     Example:
         >>> from equifast.distributed import load_spec, measure_job
@@ -316,6 +367,8 @@ def _measure_shard(job: Job, shard: int, shards: int):
     info = {"host": socket.gethostname(), "pid": os.getpid(), "shard": shard, "shards": shards,
             "started_at": started, "load_s": loaded - started, "backend": equifast.backend(),
             "n_images": len(part), "loader_workers": workers}
+    if shards > 1:  # what a rerun checks before it reuses this shard (kept until the job ends)
+        info["data_sha256"] = shard_fingerprint(part)
     if len(part) == 0:
         info.update(measure_s=0.0, finished_at=time.time(), device=None)
         return None, info
@@ -336,8 +389,14 @@ def job_record(job: Job, results: List[Tuple[Any, Dict[str, Any]]], attempts: in
                previous: Optional[Dict[str, Any]] = None,
                fingerprints: Optional[Dict[str, Optional[str]]] = None) -> Dict[str, Any]:
     """The ``ok`` record of a job from its shards' ``(state, info)`` (merged in shard order);
-    ``fingerprints``: the run's folder fingerprints (:meth:`Job.entry`)."""
+    ``fingerprints``: the run's folder fingerprints (:meth:`Job.entry`). Shards kept from an
+    earlier run have ``"reused": True`` in their info: the record lists them
+    (``reused_shards``), and its ``total_s`` is the wall time of the shards measured in this
+    run (``load_s`` and ``measure_s`` add up every shard's)."""
     results = sorted(results, key=lambda r: r[1]["shard"])
+    shard_ids = [i["shard"] for _, i in results]
+    if len(set(shard_ids)) != len(shard_ids):
+        raise ValueError(f"Expected each shard of job {job.title} once, but got shards {shard_ids}.")
     states = [s for s, _ in results if s is not None]
     if not states:
         raise ValueError(f"Expected at least one image for job {job.title}, but every shard was empty.")
@@ -352,8 +411,9 @@ def job_record(job: Job, results: List[Tuple[Any, Dict[str, Any]]], attempts: in
     report = state.report(meta)
     measured = report.meta.get("accuracy")
     known = job.model.accuracy
-    start = min(i["started_at"] for i in infos)
-    end = max(i["finished_at"] for i in infos)
+    now = [i for i in infos if not i.get("reused")] or infos  # the shards this run measured
+    start = min(i["started_at"] for i in now)
+    end = max(i["finished_at"] for i in now)
     return {
         "id": job.id, "status": "ok", "job": job.entry(fingerprints), "meta": report.meta,
         "accuracy": measured if measured is not None else known,
@@ -366,17 +426,20 @@ def job_record(job: Job, results: List[Tuple[Any, Dict[str, Any]]], attempts: in
                     "measure_s": sum(i["measure_s"] for i in infos), "shards": infos},
         "warnings": list(dict.fromkeys(w for i in infos for w in i.get("warnings", []))),
         "hosts": sorted({i["host"] for i in infos}), "attempts": attempts,
+        "reused_shards": [i["shard"] for i in infos if i.get("reused")],
         "total_attempts": attempts + int((previous or {}).get("total_attempts") or 0),
         "finished_at": time.time(), "versions": _versions(),
     }
 
 
-def _failure_record(job: Job, error: BaseException, attempts: int, previous: Optional[dict],
-                    hosts: List[str],
+def _failure_record(job: Job, error: Union[BaseException, "_Repeating"], attempts: int,
+                    previous: Optional[dict], hosts: List[str],
                     fingerprints: Optional[Dict[str, Optional[str]]] = None) -> Dict[str, Any]:
+    repeating = isinstance(error, _Repeating)
     return {"id": job.id, "status": "failed", "job": job.entry(fingerprints),
-            "error": _describe(error),
-            "traceback": "".join(traceback.format_exception(error))[-20000:],
+            "error": error.error if repeating else _describe(error),
+            "traceback": (error.traceback if repeating
+                          else "".join(traceback.format_exception(error))[-20000:]),
             "attempts": attempts,
             "total_attempts": attempts + int((previous or {}).get("total_attempts") or 0),
             "hosts": hosts, "finished_at": time.time(), "versions": _versions()}
@@ -440,17 +503,50 @@ class _Tracker:
                     "running": k in running} for k, v in self.starts.items()}
 
 
-def _task(job: Job, shard: int, shards: int, tracker, before_job: Optional[Hook]):
-    """One Ray task: report the start to the tracker, run the hook, measure.
+def _start_tracker(ray):
+    """The :class:`_Tracker` actor, on the driver's node where Ray can put it there (a worker
+    node may be lost: spot instances, scale-down), elsewhere otherwise."""
+    opts: Dict[str, Any] = {"num_cpus": 0}
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    except Exception:  # noqa: BLE001 -- Ray Client, an older Ray: wherever Ray puts it
+        pass
+    return ray.remote(_Tracker).options(**opts).remote()
+
+
+#: Exceptions that repeat when a task runs again: bad data (an image PIL cannot decode), bad
+#: settings, a bug. Under ``retry_exceptions: true`` a task that raises one is not retried.
+_REPEATING = (ValueError, TypeError, LookupError, AttributeError, NotImplementedError,
+              ArithmeticError, AssertionError)
+
+
+@dataclass
+class _Repeating:
+    """What a task returns, not raises, for an exception of :data:`_REPEATING` when the spec
+    retries exceptions: Ray would run the shard again for nothing, ``max_retries`` times (hours
+    each at ImageNet scale). The driver makes it the job's failure."""
+
+    error: str       # :func:`_describe` of it
+    traceback: str
+
+
+def _task(job: Job, shard: int, shards: int, tracker, before_job: Optional[Hook],
+          retried: bool = False):
+    """One Ray task: report the start to the tracker, run the hook, measure. ``retried``: Ray
+    retries its exceptions (``retry_exceptions``); one that would only repeat is returned as
+    :class:`_Repeating` instead.
 
     The start is confirmed through ``ObjectRef.future()``, not ``ray.get``: a task blocked in
     ``ray.get`` lends its CPUs to the next task, which would oversubscribe the node.
     """
     attempt = None
     if tracker is not None:
-        ref = tracker.started.remote(job.id, shard, socket.gethostname())
         try:  # delivered before anything can crash this worker
-            attempt = ref.future().result(timeout=60)
+            attempt = tracker.started.remote(job.id, shard, socket.gethostname()).future().result(
+                timeout=60)
         except Exception:  # noqa: BLE001 -- bookkeeping only; never fail a job for it
             attempt = None
     try:
@@ -458,9 +554,16 @@ def _task(job: Job, shard: int, shards: int, tracker, before_job: Optional[Hook]
             before_job(job, shard, attempt)
         state, info = measure_job(job, shard, shards)
         info["attempt"] = attempt
+    except _REPEATING as err:
+        if not retried:
+            raise
+        return _Repeating(_describe(err), "".join(traceback.format_exception(err))[-20000:])
     finally:  # a crashed worker never gets here: its shard stays running until retried
         if tracker is not None:
-            tracker.ended.remote(job.id, shard)
+            try:
+                tracker.ended.remote(job.id, shard)
+            except Exception:  # noqa: BLE001 -- bookkeeping only (a tracker gone)
+                pass
     return state, info
 
 
@@ -590,6 +693,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         raise
     tracker = None
     pending: Dict[Any, Tuple[Job, int]] = {}
+    counts: Optional[_Counts] = None
     try:
         store.write_spec(spec.to_dict(), [j.id for j in jobs],
                          {j.id: j.model.label for j in jobs}, {j.id: j.dataset.label for j in jobs},
@@ -602,74 +706,116 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         say = echo if progress else (lambda _line: None)
         say(f"[{spec.name}] {len(jobs)} job{'s' * (len(jobs) != 1)}: {len(done)} already finished, "
             f"{len(todo)} to run -> {store.root}")
+        _tidy_shards(store, jobs, done, say)
+        kept = _kept_shards(store, todo, say)  # {job id: shards finished in an earlier run}
         status = {"sweep": spec.name, "state": "running", "total": len(jobs), "out": str(store.root),
                   "host": socket.gethostname(), "pid": os.getpid(), "started_at": t0}
         counts = _Counts(jobs, done, set() if retry_failed else old_failed)
         store.write_status({**status, **counts.as_dict(set())})
+        partial: Dict[str, List[Tuple[Any, dict]]] = {}  # each job's shards measured in this run
+
+        def fail(job: Job, err: BaseException, attempts: int, hosts: List[str]) -> None:
+            rec = _failure_record(job, err, attempts, before[job.id], hosts, fingerprints)
+            store.write_record(rec)
+            failed_now[job.id] = rec["error"]
+            counts.fail(job.id)
+            partial.pop(job.id, None)
+            going = sum(1 for j, _ in pending.values() if j.id == job.id)
+            say(f"  FAILED {job.title} after {attempts} attempt(s): {rec['error']}"
+                + (f" (its other {going} shard(s) go on: what they measure is kept for the rerun)"
+                   if going else ""))
+
+        def finish(job: Job, attempts: int, hosts: List[str]) -> None:
+            """The job's record, from its shards of this run and those kept from earlier."""
+            try:
+                results = partial.pop(job.id, []) + _load_kept(store, job, kept.get(job.id, ()))
+                rec = job_record(job, results, attempts, before[job.id], fingerprints)
+            except Exception as err:  # noqa: BLE001 -- a failure record, as a task's error
+                store.remove_shards(job.id)  # no merge of these again: the rerun measures afresh
+                fail(job, err, attempts, hosts)
+                return
+            store.write_record(rec)
+            store.remove_shards(job.id)  # after the record: a crash between leaves them to _tidy
+            counts.finish(job.id)
+            reused = (f", {len(rec['reused_shards'])} of {job.shards} shards kept from an earlier "
+                      "run" if rec["reused_shards"] else "")
+            say(f"  ok {job.title} ({rec['timings']['total_s']:.1f} s on "
+                f"{', '.join(rec['hosts'])}, attempt {attempts}{reused})")
+            for w in rec["warnings"]:  # each once a sweep: the record keeps all of them
+                if w not in warned:
+                    warned.add(w)
+                    say(f"  warning ({job.title}): {w}")
+
         if todo:
-            if not ray.is_initialized():  # jobs to run after all: their records changed, or moved
+            if any(len(kept.get(j.id, ())) < j.shards for j in todo) and not ray.is_initialized():
+                # jobs to run after all: their records changed, or moved
                 started_ray = _init_ray(address, num_cpus)
             if started_ray and _is_local(address):  # moved ones too, which the first check left out
                 _check_resources(todo, ray.cluster_resources())
-            tracker = ray.remote(_Tracker).options(num_cpus=0).remote()
-            remote = ray.remote(_task)
+            if ray.is_initialized():
+                tracker = _start_tracker(ray)
+                remote = ray.remote(_task)
             for job in todo:
                 opts = dict(num_cpus=job.num_cpus, num_gpus=job.num_gpus,
                             max_retries=spec.max_retries, retry_exceptions=spec.retry_exceptions,
                             name=f"equifast:{job.model.label}:{job.family}:{job.seed}")
                 for shard in range(job.shards):
-                    ref = remote.options(**opts).remote(job, shard, job.shards, tracker, before_job)
-                    pending[ref] = (job, shard)
-        partial: Dict[str, List[Tuple[Any, dict]]] = {}
+                    if shard not in kept.get(job.id, ()):
+                        ref = remote.options(**opts).remote(job, shard, job.shards, tracker,
+                                                            before_job, spec.retry_exceptions)
+                        pending[ref] = (job, shard)
+            for job in todo:  # every shard kept (the driver stopped before the merge): no task
+                if len(kept.get(job.id, ())) == job.shards:
+                    finish(job, 0, [])
         last_line, last_write = None, 0.0
         snapshot: Dict[str, dict] = {}
+        lost: List[BaseException] = []  # the tracker's error, once it is gone
+
+        def take_snapshot() -> Dict[str, dict]:
+            """The tracker's counts; the last ones when it is gone (its node lost, killed):
+            bookkeeping, which never stops the sweep."""
+            if tracker is None or lost:
+                return snapshot
+            try:
+                return ray.get(tracker.snapshot.remote(), timeout=60)
+            except Exception as err:  # noqa: BLE001 -- an actor that died, or does not answer
+                lost.append(err)
+                say(f"[{spec.name}] warning: the tracker of attempts is gone ({_describe(err)}); "
+                    "the sweep goes on, without counting attempts or running jobs")
+                return snapshot
+
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=poll_s, fetch_local=False)
             if ready:
-                snapshot = ray.get(tracker.snapshot.remote())
+                snapshot = take_snapshot()
             for ref in ready:
-                if ref not in pending:  # a shard of a job that failed earlier in this batch
-                    continue
                 job, shard = pending.pop(ref)
-                if job.id in failed_now:
-                    continue
                 attempts = max(1, snapshot.get(job.id, {}).get("attempts", 1))
-                rec = None
+                hosts = snapshot.get(job.id, {}).get("hosts", [])
                 try:
                     result = ray.get(ref)
-                    partial.setdefault(job.id, []).append(result)
-                    if len(partial[job.id]) == job.shards:
-                        rec = job_record(job, partial.pop(job.id), attempts, before[job.id],
-                                         fingerprints)
                 except Exception as err:  # noqa: BLE001 -- any task error becomes a failure record
+                    if job.id in failed_now:  # another shard of a job that failed already
+                        continue
                     if _system_failure(err):  # Ray spent every retry on it
                         attempts = max(attempts, spec.max_retries + 1)
-                    for other in [r for r, (j, _) in pending.items() if j.id == job.id]:
-                        pending.pop(other)  # the job failed: its other shards are moot
-                        try:
-                            ray.cancel(other, force=True)
-                        except Exception:  # noqa: BLE001 -- already finished or gone
-                            pass
-                    partial.pop(job.id, None)
-                    hosts = snapshot.get(job.id, {}).get("hosts", [])
-                    rec = _failure_record(job, err, attempts, before[job.id], hosts, fingerprints)
-                    store.write_record(rec)
-                    failed_now[job.id] = rec["error"]
-                    counts.fail(job.id)
-                    say(f"  FAILED {job.title} after {attempts} attempt(s): {rec['error']}")
+                    fail(job, err, attempts, hosts)
                     continue
-                if rec is not None:
-                    store.write_record(rec)
-                    counts.finish(job.id)
-                    say(f"  ok {job.title} ({rec['timings']['total_s']:.1f} s on "
-                        f"{', '.join(rec['hosts'])}, attempt {attempts})")
-                    for w in rec["warnings"]:  # each once a sweep: the record keeps all of them
-                        if w not in warned:
-                            warned.add(w)
-                            say(f"  warning ({job.title}): {w}")
-            if tracker is not None and not ready:
-                snapshot = ray.get(tracker.snapshot.remote())
-            running = {jid for jid, s in snapshot.items() if s["running"] and jid not in counts.closed}
+                if isinstance(result, _Repeating):  # raised, and not retried: it would repeat
+                    if job.id not in failed_now:
+                        fail(job, result, attempts, hosts)
+                    continue
+                if job.shards > 1:  # kept until the job's record is written: a rerun reuses it
+                    _keep(store, job, result, say)
+                if job.id in failed_now:  # a shard of a failed job: kept for the rerun only
+                    continue
+                partial.setdefault(job.id, []).append(result)
+                if len(partial[job.id]) + len(kept.get(job.id, ())) == job.shards:
+                    finish(job, attempts, hosts)
+            if not ready:
+                snapshot = take_snapshot()
+            running = ({jid for jid, s in snapshot.items() if s["running"] and jid not in counts.closed}
+                       if tracker is not None and not lost else set())
             line = counts.line(running)
             now = time.time()
             if line != last_line or now - last_write > 10:
@@ -691,9 +837,12 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
             except Exception:  # noqa: BLE001 -- best effort on the way out
                 pass
         st = store.read_status() or {}
-        if st.get("state") == "running":
-            store.write_status({**st, "state": "interrupted", "updated_at": time.time(),
-                                "running": 0, "running_ids": []})
+        if st.get("state") == "running":  # the counts as they are now, none running: the
+            # last status written may be older (it is written on a change of line, or 10 s)
+            now = (counts.as_dict(set()) if counts is not None else
+                   {"pending": st.get("pending", 0) + st.get("running", 0), "running": 0,
+                    "running_ids": []})
+            store.write_status({**st, "state": "interrupted", "updated_at": time.time(), **now})
         raise
     finally:
         try:
@@ -726,6 +875,124 @@ def _previous_records(store: ResultStore, jobs: List[Job]) -> Dict[str, Optional
             "status": rec.get("status"), "total_attempts": rec.get("total_attempts"),
             "job": {"dataset": (rec.get("job") or {}).get("dataset") or {}}}
     return out
+
+
+def _shard_versions() -> Dict[str, str]:
+    """What a kept shard must have been measured with to be merged with new ones: this
+    equifast and torch (another version may measure otherwise, or pickle other classes)."""
+    versions = _versions()
+    return {k: versions[k] for k in ("equifast", "torch")}
+
+
+def _keep(store: ResultStore, job: Job, result: Tuple[Any, Dict[str, Any]], say) -> None:
+    """Keep a finished shard of ``job`` in the store until the job's record is written; one
+    that cannot be kept (a full disk) is said, and only a rerun pays for it."""
+    state, info = result
+    try:
+        store.write_shard(job.id, info["shard"], job.shards,
+                          {"state": state, "info": info, "versions": _shard_versions()})
+    except Exception as err:  # noqa: BLE001 -- the result is still merged in this run
+        say(f"  warning ({job.title}): shard {info['shard']} of {job.shards} is not kept for a "
+            f"rerun: {type(err).__name__}: {err}")
+
+
+def _load_kept(store: ResultStore, job: Job, shards) -> List[Tuple[Any, Dict[str, Any]]]:
+    """The ``(state, info)`` of the shards of ``job`` kept from an earlier run (their info
+    marked ``"reused": True``)."""
+    out = []
+    for shard in sorted(shards):
+        payload = store.read_shard(job.id, shard, job.shards)
+        if payload is None:
+            raise FileNotFoundError(
+                f"Expected shard {shard} of {job.shards} of job {job.title}, kept from an earlier "
+                f"run, in {str(store.shard_path(job.id, shard, job.shards))!r}, but it is gone or "
+                "unreadable; a rerun measures every shard again.")
+        out.append((payload["state"], {**payload["info"], "reused": True}))
+    return out
+
+
+def _current_fingerprint(job: Job, shard: int, listings: Dict[str, Any]):
+    """:func:`shard_fingerprint` of the images shard ``shard`` of ``job`` would measure now
+    (``None``: no folder's images), or :data:`_UNSEEN` when the driver cannot list the folder
+    (workers may have data the driver has not). ``listings``: folders listed in this run."""
+    from equifast.data import ImageFiles, seeded_subset
+
+    if job.dataset.kind != "folder":
+        return None
+    path = job.resolve(job.dataset.path)
+    if path not in listings:
+        try:
+            listings[path] = ImageFiles(path)
+        except (FileNotFoundError, NotADirectoryError):
+            listings[path] = None
+    if listings[path] is None:
+        return _UNSEEN
+    part = _shard(seeded_subset(listings[path], job.n_images, job.seed), shard, job.shards)
+    return shard_fingerprint(part)
+
+
+_UNSEEN = object()  # a folder the driver cannot list
+
+
+def _kept_shards(store: ResultStore, todo: List[Job], say) -> Dict[str, List[int]]:
+    """For each job to run, the shards a run before this one finished and kept that it reuses:
+    of the job's number of shards, readable, measured with this equifast and torch
+    (:func:`_shard_versions`), and of the same images as the job has now (a folder's, where
+    the driver can list it: :func:`shard_fingerprint`). The files of the others of the job's
+    number of shards are deleted (another number of shards cuts other slices: their files
+    stay until the job finishes)."""
+    files = store.shard_files()
+    listings: Dict[str, Any] = {}
+    current = _shard_versions()
+    kept: Dict[str, List[int]] = {}
+    for job in todo:
+        unseen = False
+        for shard, shards, path in files.get(job.id, []):
+            if shards != job.shards or job.shards < 2:
+                continue
+            payload = store.read_shard(job.id, shard, shards)
+            why = None
+            if payload is None:
+                why = "unreadable"
+            elif payload.get("versions") != current:
+                why = f"measured with {payload.get('versions')}, not {current}"
+            else:
+                now = _current_fingerprint(job, shard, listings)
+                unseen = unseen or now is _UNSEEN
+                if now is not _UNSEEN and now != (payload.get("info") or {}).get("data_sha256"):
+                    why = "its images have changed since"
+            if why is not None:
+                path.unlink(missing_ok=True)
+                say(f"  {job.title}: shard {shard} of {shards}, kept from an earlier run, is "
+                    f"measured again ({why})")
+                continue
+            kept.setdefault(job.id, []).append(shard)
+        if job.id in kept:
+            n = len(kept[job.id])
+            say(f"  {job.title}: {n} of {job.shards} shards kept from an earlier run; measuring "
+                f"the other {job.shards - n}"
+                + (" (the driver cannot list the folder to check its images: reused as its job "
+                   "id says)" if unseen else ""))
+    return kept
+
+
+def _tidy_shards(store: ResultStore, jobs: List[Job], done: set, say) -> None:
+    """Delete the kept shards of finished jobs (a driver stopped between a job's record and
+    deleting its shards), and say how many jobs of no job of the spec have shards kept (an
+    earlier spec's: kept, as its records are, for a run of it to reuse)."""
+    files = store.shard_files()
+    ours = {j.id for j in jobs}
+    others = []
+    for jid in files:
+        if jid in done or (jid not in ours and store.status_of(jid) == "ok"):
+            store.remove_shards(jid)
+        elif jid not in ours:
+            others.append(jid)
+    if others:
+        n = sum(len(files[jid]) for jid in others)
+        say(f"  {n} shard(s) of {len(others)} unfinished job(s) not in this spec are kept in "
+            f"{store.shards_dir} (an earlier spec's: a run of it reuses them; delete them if "
+            "it will not run again)")
 
 
 def _to_run(record: Optional[dict], retry_failed: bool) -> bool:

@@ -1317,11 +1317,98 @@ def test_a_shard_failing_beside_another_that_ends_fails_its_job_and_the_rerun_me
     assert rec["status"] == "failed" and rec["attempts"] == 1
     assert rec["error"] == f"ValueError: bad input in shard 0 of {job.title}"
     assert result.failures == {job.id: rec["error"]}
-    again = run_sweep(spec, out=out, progress=False)  # the whole job again: both shards
+    # shard 1 finished: kept (tests/test_sweep_resume.py), so the rerun measures shard 0 only
+    assert [(s, k) for s, k, _ in store.shard_files()[job.id]] == [(1, 2)]
+    again = run_sweep(spec, out=out, progress=False)
     assert again.complete and again.ran == 1 and again.skipped == 1
     rec = store.get(job.id)
     assert rec["n_images"] == 4 and sorted(i["shard"] for i in rec["timings"]["shards"]) == [0, 1]
+    assert rec["reused_shards"] == [1] and store.shard_files() == {}
     assert rec["total_attempts"] == 2 and len(list((out / "records").iterdir())) == 2
+
+
+def test_retried_exceptions_are_not_retried_when_they_would_repeat(ray_session, tmp_path):
+    # retry_exceptions: true retried a bad image max_retries times (hours of a shard each at
+    # ImageNet scale), though it fails the same way each time; an error that may pass is retried
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for i in range(4):
+        (data / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((40, 40, 3), i * 40, np.uint8)).save(data / f"class{i % 2}" / f"{i}.png")
+    (data / "class1" / "3.png").write_bytes(b"no image")  # a real bad input
+    spec = {"models": [MODELS[2]], "transforms": {"rotation": "rotation:90"},
+            "datasets": [{"name": "bad", "path": str(data), "image_size": 32},
+                         {"name": "noise", "kind": "random", "image_size": 32}],
+            "n_images": 4, "batch_size": 4, "resources": {"num_cpus": 1}, "max_retries": 2,
+            "retry_exceptions": True}
+    markers = tmp_path / "markers"
+    markers.mkdir()
+
+    def flaky(job, shard, attempt):  # the noise job's first attempt raises, as CUDA OOM may
+        marker = Path(markers) / job.id
+        if job.dataset.label == "noise" and not marker.exists():
+            marker.touch()
+            raise RuntimeError("CUDA out of memory (another task on the GPU)")
+
+    out = tmp_path / "out"
+    result = run_sweep(spec, out=out, before_job=flaky, progress=False)
+    bad, noise = load_spec(spec).jobs()
+    assert (result.finished, result.failed) == (1, 1)
+    store = ResultStore(out)
+    rec = store.get(bad.id)
+    assert rec["status"] == "failed" and rec["attempts"] == 1 and rec["total_attempts"] == 1
+    assert rec["error"].startswith("ValueError: Expected ") and "3.png' to be a readable image" in rec["error"]
+    assert "Traceback" in rec["traceback"] and "ValueError" in rec["traceback"]
+    rec = store.get(noise.id)
+    assert rec["status"] == "ok" and rec["attempts"] == 2
+
+
+def test_a_tracker_that_dies_does_not_stop_the_sweep(ray_session, tmp_path, monkeypatch):
+    # the actor counting attempts is bookkeeping: its loss (a node lost, killed) stopped the
+    # whole sweep at the driver's next ray.get of its counts
+    from equifast.distributed import sweep as sweep_mod
+
+    class Dying(sweep_mod._Tracker):
+        def snapshot(self):
+            ray.actor.exit_actor()
+
+    monkeypatch.setattr(sweep_mod, "_Tracker", Dying)
+    spec = {"models": [MODELS[2]], "transforms": {"rotation": "rotation:90"},
+            "datasets": [{"name": "noise", "kind": "random", "image_size": 32}],
+            "n_images": 4, "batch_size": 2, "shards": 2, "resources": {"num_cpus": 1},
+            "max_retries": 0}
+    lines = []
+    result = run_sweep(spec, out=tmp_path / "out", echo=lines.append)
+    assert result.complete, lines
+    assert any("the tracker of attempts is gone" in line for line in lines), lines
+    (rec,) = ResultStore(tmp_path / "out").records()
+    assert rec["status"] == "ok" and rec["n_images"] == 4
+
+
+def test_an_interrupted_sweeps_status_counts_what_is_done_and_nothing_running(ray_session, tmp_path):
+    # Ctrl-C: status.json kept the counts last written (on a change of line), less the running
+    # jobs, which were in no count then: finished 0 of 2 and pending 1 after a job had finished
+    spec = {"models": [MODELS[2]], "transforms": {"translation": "translation:1", "rotation": "rotation:90"},
+            "datasets": [{"name": "noise", "kind": "random", "image_size": 32}],
+            "n_images": 2, "batch_size": 2, "resources": {"num_cpus": 1}}
+
+    def ctrl_c_after_the_first_job(line):
+        if line.startswith("  ok "):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, out=out, echo=ctrl_c_after_the_first_job)
+    store = ResultStore(out)
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["running"] == 0
+    assert {k: status[k] for k in ("finished", "failed", "pending")} == {
+        "finished": 1, "failed": 0, "pending": 1} == {
+        k: store.counts()[k] for k in ("finished", "failed", "pending")}
+    assert not (out / "sweep.lock").exists()
+    again = run_sweep(spec, out=out, progress=False)
+    assert again.complete and again.ran == 1 and again.skipped == 1
 
 
 def _single_process(folder, seed=0, n_images=6, threads=None):

@@ -138,6 +138,91 @@ def test_tables_are_those_of_a_frame_per_record(measured, tmp_path, monkeypatch,
     assert ("renamed" in set(got["parts"]["model"])) and got["points"]["channel"].isna().any()
 
 
+def _jobs_table(store, all_records=False):
+    """The jobs table as ResultStore.tables documents it: a row per readable record."""
+    recs, entries, job_models = _records(store, all_records)
+    rows = []
+    for rec in recs:
+        timings = rec.get("timings", {})
+        rows.append({**_cols(rec, entries, job_models), "status": rec.get("status"),
+                     "n_images": rec.get("n_images"), "shards": rec.get("job", {}).get("shards"),
+                     "attempts": rec.get("attempts"), "total_attempts": rec.get("total_attempts"),
+                     "seconds": timings.get("total_s"), "host": ",".join(rec.get("hosts", [])),
+                     "finished_at": rec.get("finished_at"), "error": rec.get("error")})
+    return pd.DataFrame(rows)
+
+
+def _assert_tables(got, store, all_records=False):
+    """``got`` are the tables of a plain recomputation over the store's records: every row
+    dict made into one DataFrame (points, parts), a row per record (jobs)."""
+    want = _one_frame_tables(store, all_records)
+    for name in ("points", "parts"):
+        pd.testing.assert_frame_equal(got[name], want[name], check_exact=True)
+    pd.testing.assert_frame_equal(got["jobs"], _jobs_table(store, all_records), check_exact=True)
+
+
+def _odd_records(store, measured):
+    """Records whose rows a sweep does not write, but a table must take as pandas does: rows of
+    other keys in one record, a column some records lack, nulls in an integer column, a column
+    of strings and numbers, of booleans, of all nulls, rows of one key, no rows."""
+    base = copy.deepcopy(measured[0])
+    ids = []
+
+    def put(k, points, parts=None, status="ok"):
+        rec = copy.deepcopy(base)
+        rec.update(id=f"{k:016x}", status=status, points=points)
+        if parts is not None:
+            rec["parts"] = parts
+        store.write_record(rec)
+        ids.append(rec["id"])
+
+    rows = base["points"]
+    put(0, [{**r, "extra": i} if i % 3 == 0 else r for i, r in enumerate(rows)])
+    put(1, [{k: v for k, v in r.items() if k != "mean_activation"} for r in rows])
+    put(2, [{**r, "order": None if i % 4 == 0 else r["order"]} for i, r in enumerate(rows)])
+    put(3, [{**r, "shape": i if i % 5 == 0 else r["shape"], "flag": i % 2 == 0,
+             "nothing": None} for i, r in enumerate(rows)])
+    put(4, [{"point": r["point"]} for r in rows], parts=[])
+    put(5, [], parts=[{**r, "n_points": float(r["n_points"])} for r in base["parts"]])
+    put(6, [{} for _ in rows[:3]])
+    put(7, rows)
+    store.write_record({"id": f"{8:016x}", "status": "failed", "job": base["job"], "error": "x"})
+    store.write_spec({"models": []}, ids + [f"{8:016x}"])
+
+
+def test_tables_of_odd_rows_are_pandas_own(measured, tmp_path, monkeypatch):
+    # (in one chunk: pandas infers each chunk's dtypes, and a column of nulls only in one
+    # chunk is of objects there, as it was before rows were read as columns)
+    monkeypatch.setattr(store_mod, "_PARSED", store_mod._Parsed())
+    store = ResultStore(tmp_path)
+    _odd_records(store, measured)
+    _assert_tables(store.tables(), store)
+    _assert_tables(store.tables(), store)  # as kept from the first call
+
+
+def test_a_record_is_parsed_once_and_again_when_it_is_replaced(measured, tmp_path, monkeypatch):
+    monkeypatch.setattr(store_mod, "_PARSED", store_mod._Parsed())
+    store = _fill(tmp_path, measured, n_models=2, seeds=2, failed={1})
+    read = []
+    real = store_mod._read
+    monkeypatch.setattr(store_mod, "_read", lambda path: read.append(path.stem) or real(path))
+    _assert_tables(store.tables(), store)
+    assert len(read) == 8
+    read.clear()
+    _assert_tables(store.tables(), store)
+    assert read == []  # kept in this process
+    # a record replaced (a failed job measured again) and a new one: those two are read
+    ok = json.loads(store.record_path(f"{0:016x}").read_text())
+    store.write_record({**ok, "id": f"{1:016x}"})
+    store.write_record({**ok, "id": f"{99:016x}"})
+    store.write_spec(store.read_spec()["spec"], store.read_spec()["jobs"] + [f"{99:016x}"],
+                     store.read_spec()["job_models"])
+    got = store.tables()
+    assert sorted(read) == [f"{1:016x}", f"{99:016x}"]
+    _assert_tables(got, store)
+    assert list(got["jobs"]["status"]).count("ok") == 9
+
+
 def test_tables_of_jobs_with_and_without_an_accuracy_hold_numbers(measured, tmp_path, monkeypatch):
     # a frame per record made accuracy an object column when some models had none, and the
     # Parquet file then held the accuracies as strings ("0.5")

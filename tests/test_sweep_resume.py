@@ -1,0 +1,282 @@
+"""Sweeps resume a job of several shards: a rerun measures only the shards that did not finish.
+
+Each finished shard of an unfinished job is kept in the store (``shards/<id>.<i>-of-<k>.pt``)
+until the job's record is written; a rerun reuses the kept shards that still fit the job (its
+number of shards, this equifast and torch, the same images) and merges them in shard order,
+as an uninterrupted run does.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+
+from equifast.distributed import ResultStore, job_record, load_spec, measure_job, run_sweep  # noqa: E402
+from equifast.distributed import sweep as sweep_mod  # noqa: E402
+from equifast.distributed.cli import main as sweep_main  # noqa: E402
+from equifast.distributed.store import _json_safe  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    if ray.is_initialized():  # another module's Ray: use it, leave it to its owner
+        yield
+        return
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _png(path: Path, seed: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+
+
+def _folder(root: Path) -> Path:
+    """8 PNGs in two class folders: shard 0 of 2 is class0's 4 images, shard 1 class1's."""
+    for i in range(8):
+        _png(root / f"class{i % 2}" / f"{i}.png", i)
+    return root
+
+
+def _spec(folder: Path, **over) -> dict:
+    spec = {"name": "resume", "models": [{"name": "resnet10t", "weights": "none", "num_classes": 2}],
+            "datasets": [{"name": "tiny", "path": str(folder), "image_size": 32}],
+            "transforms": {"translation": "translation:1-2"}, "metrics": ["correlation", "cosine"],
+            "n_images": 8, "batch_size": 4, "shards": 2, "resources": {"num_cpus": 1},
+            "max_retries": 0}
+    spec.update(over)
+    return spec
+
+
+def _ran(marker_dir: Path):
+    """A hook that leaves a file for each shard a task measures (pickled by value)."""
+    def hook(job, shard, attempt):
+        (Path(marker_dir) / f"{job.id}.{shard}.{attempt}").touch()
+    return hook
+
+
+def _measured(marker_dir: Path) -> list:
+    return sorted(int(p.name.split(".")[1]) for p in marker_dir.iterdir())
+
+
+def _same_results(a: dict, b: dict) -> None:
+    """Two ok records of one job hold the same numbers (the JSON of full precision floats)."""
+    for key in ("points", "parts", "n_images", "accuracy", "accuracy_measured", "id"):
+        assert a[key] == b[key], key
+    assert a["meta"]["accuracy"] == b["meta"]["accuracy"]
+
+
+def test_a_rerun_measures_only_the_shard_that_failed_and_equals_a_one_shot_run(ray_session, tmp_path,
+                                                                               capsys):
+    # a real bad input: shard 0's slice holds an image that is no PNG; shard 1 finishes
+    folder = _folder(tmp_path / "data")
+    bad = folder / "class0" / "2.png"
+    bad.write_bytes(b"this is no image")
+    spec = _spec(folder)
+    (job,) = load_spec(spec).jobs()
+    out, first, second = tmp_path / "out", tmp_path / "ran1", tmp_path / "ran2"
+    first.mkdir(), second.mkdir()
+    lines = []
+    result = run_sweep(spec, out=out, before_job=_ran(first), echo=lines.append)
+    assert (result.finished, result.failed) == (0, 1) and _measured(first) == [0, 1]
+    store = ResultStore(out)
+    rec = store.get(job.id)
+    assert rec["status"] == "failed" and "2.png' to be a readable image" in rec["error"], rec["error"]
+    assert sorted(store.shard_files()) == [job.id]
+    assert [(s, k) for s, k, _ in store.shard_files()[job.id]] == [(1, 2)]
+    kept = store.read_shard(job.id, 1, 2)
+    assert kept["info"]["shard"] == 1 and kept["info"]["n_images"] == 4
+    store.check_folder()  # shards/ is the store's own
+    assert sweep_main(["status", "--out", str(out)]) == 0
+    assert "(1 of 2 shards kept for the rerun)" in capsys.readouterr().out
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    assert sweep_main(["run", str(spec_file), "--out", str(out), "--dry-run"]) == 0
+    assert "(shards 2, 1 kept," in capsys.readouterr().out
+
+    _png(bad, 2)  # the image fixed: shard 1's images are the same, so its result is reused
+    lines.clear()
+    again = run_sweep(spec, out=out, before_job=_ran(second), echo=lines.append)
+    assert again.complete and again.ran == 1
+    assert _measured(second) == [0]  # only the shard that did not finish
+    rec = store.get(job.id)
+    assert rec["status"] == "ok" and rec["reused_shards"] == [1] and rec["n_images"] == 8
+    infos = rec["timings"]["shards"]
+    assert [i["shard"] for i in infos] == [0, 1]
+    assert infos[1] == json.loads(json.dumps({**kept["info"], "reused": True}))  # as kept
+    assert "reused" not in infos[0] and infos[0]["started_at"] > kept["info"]["finished_at"]
+    assert infos[0]["n_images"] == 4 and rec["total_attempts"] == 2
+    assert any("1 of 2 shards kept from an earlier run; measuring the other 1" in line
+               for line in lines), lines
+    assert store.shard_files() == {} and list(store.shards_dir.iterdir()) == []
+
+    # an uninterrupted run of the fixed data: the same numbers
+    once = run_sweep(spec, out=tmp_path / "once", progress=False)
+    assert once.complete
+    one = ResultStore(tmp_path / "once").get(job.id)
+    assert one["reused_shards"] == []
+    _same_results(rec, one)
+    jobs = store.tables()["jobs"]
+    assert list(jobs["status"]) == ["ok"] and list(jobs["n_images"]) == [8]
+
+
+def test_a_killed_shard_is_the_only_one_measured_again(ray_session, tmp_path):
+    # the worker of shard 1 dies (no retries left); shard 0's result is kept for the rerun
+    folder = _folder(tmp_path / "data")
+    spec = _spec(folder, datasets=[{"name": "noise", "kind": "random", "image_size": 32}],
+                 transforms={"rotation": "rotation:90"})
+    (job,) = load_spec(spec).jobs()
+    markers = tmp_path / "markers"
+    markers.mkdir()
+
+    def crash_shard_1(job, shard, attempt):
+        marker = Path(markers) / f"crashed.{shard}"
+        if shard == 1 and not marker.exists():
+            marker.touch()
+            import os
+            os._exit(1)
+
+    out = tmp_path / "out"
+    result = run_sweep(spec, out=out, before_job=crash_shard_1, progress=False)
+    assert result.failed == 1
+    store = ResultStore(out)
+    assert [(s, k) for s, k, _ in store.shard_files()[job.id]] == [(0, 2)]
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    assert run_sweep(spec, out=out, before_job=_ran(ran), progress=False).complete
+    assert _measured(ran) == [1]
+    rec = store.get(job.id)
+    assert rec["reused_shards"] == [0] and store.shard_files() == {}
+    assert run_sweep(spec, out=tmp_path / "once", progress=False).complete
+    _same_results(rec, ResultStore(tmp_path / "once").get(job.id))
+
+
+def _keep_in_process(store, job, shards=(0, 1), versions=None):
+    """Shards of ``job`` measured here and kept as the driver keeps them."""
+    kept = {}
+    for shard in shards:
+        state, info = measure_job(job, shard)
+        store.write_shard(job.id, shard, job.shards, {
+            "state": state, "info": info, "versions": versions or sweep_mod._shard_versions()})
+        kept[shard] = (state, info)
+    return kept
+
+
+def test_a_job_whose_every_shard_was_kept_is_merged_without_measuring(ray_session, tmp_path):
+    # the driver stopped after the last shard came back, before the record: nothing to measure
+    spec = _spec(_folder(tmp_path / "data"))
+    (job,) = load_spec(spec).jobs()
+    store = ResultStore(tmp_path / "out")
+    kept = _keep_in_process(store, job)
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    result = run_sweep(spec, out=store.root, before_job=_ran(ran), progress=False)
+    assert result.complete and _measured(ran) == []
+    rec = store.get(job.id)
+    assert rec["reused_shards"] == [0, 1] and rec["attempts"] == 0 and store.shard_files() == {}
+    want = job_record(job, [kept[0], kept[1]])
+    _same_results(rec, json.loads(json.dumps(_json_safe(want))))
+
+
+def test_kept_shards_that_no_longer_fit_the_job_are_measured_again(tmp_path):
+    folder = _folder(tmp_path / "data")
+    spec = _spec(folder)
+    (job,) = load_spec(spec).jobs()
+    store = ResultStore(tmp_path / "out")
+    say = []
+    _keep_in_process(store, job)
+    assert sweep_mod._kept_shards(store, [job], say.append) == {job.id: [0, 1]}
+
+    # another number of shards cuts other slices: not reused, and kept until the job is done
+    (three,) = load_spec({**spec, "shards": 3}).jobs()
+    assert three.id == job.id
+    assert sweep_mod._kept_shards(store, [three], say.append) == {}
+    assert len(store.shard_files()[job.id]) == 2
+
+    # an image of shard 1's slice replaced (another size): shard 1 only is measured again
+    (folder / "class1" / "3.png").write_bytes((folder / "class1" / "3.png").read_bytes() + b"\0" * 7)
+    say.clear()
+    assert sweep_mod._kept_shards(store, [job], say.append) == {job.id: [0]}
+    assert [s for s, _, _ in store.shard_files()[job.id]] == [0]
+    assert any("shard 1 of 2" in line and "images have changed" in line for line in say), say
+
+    # an image added to the folder moves every slice: nothing is reused
+    _png(folder / "class0" / "8.png", 8)
+    assert sweep_mod._kept_shards(store, [job], say.append) == {}
+    assert store.shard_files() == {}
+
+    # measured with another equifast or torch, or unreadable: measured again
+    _keep_in_process(store, job, shards=(0,), versions={"equifast": "0.0.1", "torch": "1.0"})
+    _keep_in_process(store, job, shards=(1,))
+    store.shard_path(job.id, 1, 2).write_bytes(b"torn")
+    assert sweep_mod._kept_shards(store, [job], say.append) == {}
+    assert store.shard_files() == {}
+
+
+def test_kept_shards_of_another_job_id_are_never_reused(tmp_path):
+    # a changed setting that changes results (batch size) is another job: its own shard files
+    folder = _folder(tmp_path / "data")
+    (job,) = load_spec(_spec(folder)).jobs()
+    (other,) = load_spec(_spec(folder, batch_size=2)).jobs()
+    assert other.id != job.id
+    store = ResultStore(tmp_path / "out")
+    _keep_in_process(store, job)
+    assert sweep_mod._kept_shards(store, [other], lambda line: None) == {}
+    # a file renamed to the other id is refused by what it holds
+    for shard, k, path in store.shard_files()[job.id]:
+        path.rename(store.shard_path(other.id, shard, k))
+    assert store.read_shard(other.id, 0, 2) is None
+    assert sweep_mod._kept_shards(store, [other], lambda line: None) == {}
+
+
+def test_shards_of_finished_jobs_are_deleted_and_an_earlier_specs_are_kept(tmp_path):
+    # left by a driver stopped between a job's record and deleting its shards; and the
+    # shards of a job the spec no longer has (kept, as its records are)
+    spec = _spec(_folder(tmp_path / "data"), datasets=[{"name": "noise", "kind": "random",
+                                                        "image_size": 32}], n_images=4)
+    (job,) = load_spec(spec).jobs()
+    store = ResultStore(tmp_path / "out")
+    kept = _keep_in_process(store, job)
+    store.write_record(job_record(job, list(kept.values())))
+    gone = "0123456789abcdef"
+    store.write_shard(gone, 0, 2, {"state": None, "info": {"shard": 0}, "versions": {}})
+    lines = []
+    result = run_sweep(spec, out=store.root, echo=lines.append)  # nothing to run: no Ray
+    assert result.complete and result.ran == 0
+    assert sorted(store.shard_files()) == [gone]
+    assert any("1 shard(s) of 1 unfinished job(s) not in this spec are kept" in line
+               for line in lines), lines
+
+
+def test_the_store_folder_checks_know_the_shards_folder(tmp_path):
+    store = ResultStore(tmp_path / "out")
+    store.write_shard("0123456789abcdef", 1, 2, {"state": None, "info": {}, "versions": {}})
+    assert store.is_store()
+    store.check_folder()  # a store of kept shards only (spec.json deleted): still a store
+    tmp = store.shards_dir / ".0123456789abcdef.0-of-2.pt.999999999.0123abcd.tmp"
+    tmp.write_bytes(b"half")  # a killed driver's half-written shard
+    store.check_folder()
+    store.lock()
+    try:
+        assert not tmp.exists()  # the lock's holder is the only writer: removed
+    finally:
+        store.unlock()
+    # a user's folder with a shards/ folder of their own is no store
+    user = ResultStore(tmp_path / "mine")
+    (user.shards_dir).mkdir(parents=True)
+    (user.shards_dir / "notes.txt").write_text("mine")
+    assert not user.is_store()
+    with pytest.raises(FileExistsError):
+        user.check_folder()
+    # a reader's listing is by name: a kept shard of a record's job
+    assert [(s, k) for s, k, _ in store.shard_files()["0123456789abcdef"]] == [(1, 2)]
+    assert store.remove_shards("0123456789abcdef") == 1 and store.shard_files() == {}
