@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -153,8 +154,8 @@ def add_sweep_parser(subparsers, run_prog: Optional[str] = None) -> argparse.Arg
                          epilog="exit status: 0 every job finished; 1 some jobs failed (their "
                                 "errors are in `sweep status`; a rerun retries them); 2 a bad "
                                 "spec or option; 130 interrupted (finished jobs are kept).")
-    run.add_argument("spec", help="sweep spec (YAML); see distributed/examples/")
-    run.add_argument("--out", default=None, help="results folder (default: the spec's 'out', else runs/sweep)")
+    run.add_argument("spec", type=os.path.expanduser, help="sweep spec (YAML); see distributed/examples/")
+    run.add_argument("--out", type=os.path.expanduser, default=None, help="results folder (default: the spec's 'out', else runs/sweep)")
     run.add_argument("--address", default=None,
                      help="Ray cluster address ('auto', 'ray://head:10001', 'host:6379') "
                           "(default: RAY_ADDRESS, else a local Ray)")
@@ -167,7 +168,7 @@ def add_sweep_parser(subparsers, run_prog: Optional[str] = None) -> argparse.Arg
                             description="Count a sweep's finished, running, failed and pending "
                                         "jobs (while it runs, or after) and list the failed ones "
                                         "with their errors.", formatter_class=HelpFormatter)
-    status.add_argument("--out", default=None, help="results folder (default: runs/sweep)")
+    status.add_argument("--out", type=os.path.expanduser, default=None, help="results folder (default: runs/sweep)")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(func=_status)
     report = sub.add_parser("report", help="figures 8, 11-13 (parts per model and shift; Spearman with accuracy)",
@@ -176,8 +177,8 @@ def add_sweep_parser(subparsers, run_prog: Optional[str] = None) -> argparse.Arg
                                         "Spearman correlation with top-1 accuracy) and write "
                                         "their tables.",
                             formatter_class=HelpFormatter)
-    report.add_argument("--out", default=None, help="results folder (default: runs/sweep)")
-    report.add_argument("--figures", default=None, help="where figures go (default: OUT/figures)")
+    report.add_argument("--out", type=os.path.expanduser, default=None, help="results folder (default: runs/sweep)")
+    report.add_argument("--figures", type=os.path.expanduser, default=None, help="where figures go (default: OUT/figures)")
     report.add_argument("--metric", default="correlation",
                         help="the equivariance metric whose scores are drawn")
     report.add_argument("--accuracy", default="auto", choices=["auto", "known", "measured"],

@@ -68,8 +68,12 @@ def test_paths_after_an_equals_sign_have_their_tilde_expanded(tmp_path, monkeypa
     assert (args.model, args.weights, args.data, args.out) == tuple(
         str(tmp_path / name) for name in ("run", "w.pt", "images", "out"))
     assert build_parser().parse_args(["measure"]).out == "runs/measure"
-    for command in (["train", "cnn7-fmnist6"], ["study", "objective"]):
+    for command in (["train", "cnn7-fmnist6"], ["study", "objective"], ["sweep", "run", "s.yaml"],
+                    ["sweep", "status"], ["sweep", "report"]):
         assert build_parser().parse_args(command + ["--out=~/r"]).out == str(tmp_path / "r")
+    args = build_parser().parse_args(["sweep", "report", "--figures=~/f"])
+    assert args.figures == str(tmp_path / "f")
+    assert build_parser().parse_args(["sweep", "run", "~/s.yaml"]).spec == str(tmp_path / "s.yaml")
 
 
 @pytest.mark.parametrize("argv,match", [
