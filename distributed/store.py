@@ -28,8 +28,6 @@ import json
 import math
 import os
 import re
-import socket
-import time
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Collection, Dict, Iterator, List, Optional, Tuple
@@ -37,8 +35,8 @@ from typing import Any, Collection, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from equifast._io import (atomic_write, check_own_folder, pid_alive, save_torch_atomic,
-                          write_text_atomic)
+from equifast._io import (FolderLock, atomic_write, check_own_folder, process_alive,
+                          save_torch_atomic, write_text_atomic)
 
 __all__ = ["ResultStore", "records_frame", "STATES"]
 
@@ -424,7 +422,7 @@ class ResultStore:
         if status is None:
             return None
         state = status.get("state")
-        if state == "running" and not _alive(status.get("host"), status.get("pid")):
+        if state == "running" and not process_alive(status.get("host"), status.get("pid")):
             return "stopped"
         return state
 
@@ -490,52 +488,34 @@ class ResultStore:
                     markers.append(folder.name)
         check_own_folder(self.root, markers, "a sweep results folder", "--out")
 
+    def _lock(self) -> FolderLock:
+        return FolderLock(self.root, "sweep.lock", "sweep")
+
     def lock(self) -> None:
         """Take ``sweep.lock`` so that two sweeps never write the same store at once.
 
         Raises:
-            BlockingIOError: when a live process on this host holds it (a stale lock is taken
-                over); an ``OSError``, the kind a lock that would block raises.
+            BlockingIOError: when a live process holds it (a stale lock is taken over); an
+                ``OSError``, the kind a lock that would block raises.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / "sweep.lock"
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder, who = _lock_holder(path)
-                if holder == "this process":
-                    return
-                if holder == "another":
-                    raise BlockingIOError(_locked(self.root, path, who)) from None
-                path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            # only the lock's holder writes records and shards: any half-written one is a
-            # killed driver's
-            for folder, pattern in ((self.records_dir, _RECORD_TMP), (self.shards_dir, _SHARD_TMP)):
-                if folder.is_dir():
-                    for p in folder.iterdir():
-                        if pattern.fullmatch(p.name):
-                            p.unlink(missing_ok=True)
+        if not self._lock().acquire():
             return
-        raise BlockingIOError(f"Expected to take {str(path)!r}, but another process keeps taking it.")
+        # only the lock's holder writes records and shards: any half-written one is a killed
+        # driver's
+        for folder, pattern in ((self.records_dir, _RECORD_TMP), (self.shards_dir, _SHARD_TMP)):
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if pattern.fullmatch(p.name):
+                        p.unlink(missing_ok=True)
 
     def check_unlocked(self) -> None:
         """Raise the ``BlockingIOError`` :meth:`lock` would, touching nothing: a second driver
         is refused before it starts Ray."""
-        path = self.root / "sweep.lock"
-        holder, who = _lock_holder(path)
-        if holder == "another":
-            raise BlockingIOError(_locked(self.root, path, who))
+        self._lock().check()
 
     def unlock(self) -> None:
         """Release the lock this process holds."""
-        path = self.root / "sweep.lock"
-        if _lock_holder(path)[0] == "this process":
-            path.unlink(missing_ok=True)
+        self._lock().release()
 
     # ---- combined tables --------------------------------------------------------------------
     def tables(self, all_records: bool = False) -> Dict[str, pd.DataFrame]:
@@ -686,42 +666,3 @@ def _for_parquet(df: pd.DataFrame) -> pd.DataFrame:
                 df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
                                       else str(v))
     return df
-
-
-def _lock_holder(path: Path) -> Tuple[Optional[str], str]:
-    """Who holds the lock at ``path``: ``"this process"``, ``"another"`` (live) or ``None``
-    (no lock, or a stale one), and how to name the holder."""
-    try:
-        other = json.loads(path.read_text() or "{}")
-    except FileNotFoundError:
-        return None, ""
-    except (json.JSONDecodeError, OSError):
-        other = {}
-    if other.get("pid") == os.getpid() and other.get("host") == socket.gethostname():
-        return "this process", ""
-    # an empty lock is one another driver has created and not yet written into
-    if (not other and _age(path) < 10) or _alive(other.get("host"), other.get("pid")):
-        return "another", f"pid {other.get('pid')} on {other.get('host')}" if other else "a sweep starting"
-    return None, ""
-
-
-def _locked(root: Path, path: Path, who: str) -> str:
-    return (f"Expected no other sweep writing to {str(root)!r}, but {who} holds {str(path)!r}; "
-            "wait for it, or delete the lock if that process is gone.")
-
-
-def _age(path: Path) -> float:
-    """Seconds since ``path`` was last written (infinite when it is gone)."""
-    try:
-        return time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return math.inf
-
-
-def _alive(host: Optional[str], pid: Optional[int]) -> bool:
-    """Whether process ``pid`` on ``host`` still runs (assumed so for another host)."""
-    if not pid:
-        return False
-    if host and host != socket.gethostname():
-        return True
-    return pid_alive(int(pid))

@@ -6,25 +6,30 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Tuple, Union
 
 __all__ = ["atomic_write", "write_text_atomic", "write_csv_atomic", "save_figure_atomic",
            "save_torch_atomic", "remove_stale_temps", "check_own_folder", "stage_folder",
-           "commit_staged", "finish_commit", "deferred_interrupt"]
+           "commit_staged", "finish_commit", "deferred_interrupt", "FolderLock", "process_alive"]
 
 # what atomic_write names its temporary file: .<name>.<pid>.<8 hex>.tmp
 _TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
 # a set of files being written (stage_folder), and one committed but not all moved in yet
 _STAGE, _COMMIT, _JOURNAL = ".equifast-staging-", ".equifast-commit", "commit.json"
+# the lock of a command writing into a folder (FolderLock: ".equifast-measure.lock")
+_OWN_LOCK = re.compile(r"\.equifast-[a-z]+\.lock")
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:
@@ -139,6 +144,104 @@ def _pid_alive_windows(pid: int) -> bool:
         return code.value == still_active  # (a process that exited with 259 reads as running)
     finally:
         kernel32.CloseHandle(handle)
+
+
+def process_alive(host: Optional[str], pid: Optional[int]) -> bool:
+    """Whether process ``pid`` on ``host`` still runs (assumed so for another host, which
+    cannot be asked)."""
+    if not pid:
+        return False
+    if host and host != socket.gethostname():
+        return True
+    return pid_alive(int(pid))
+
+
+class FolderLock:
+    """The lock file ``name`` in ``folder``, naming its holder (host and pid inside), so that
+    one process at a time writes there: a second is refused, on this host or (on a shared file
+    system) another. A lock whose process is gone is stale and taken over, so a killed writer
+    never blocks the next. ``what`` names the writer in the error ("sweep").
+
+    Use ``with FolderLock(...):`` or :meth:`acquire` / :meth:`release`; :meth:`check` raises
+    what :meth:`acquire` would, touching nothing."""
+
+    def __init__(self, folder: Union[str, os.PathLike], name: str, what: str):
+        self.folder, self.path, self.what = Path(folder), Path(folder) / name, what
+
+    def holder(self) -> Tuple[Optional[str], str]:
+        """``"this process"``, ``"another"`` (live) or ``None`` (no lock, or a stale one), and
+        how to name the holder."""
+        try:
+            other = json.loads(self.path.read_text() or "{}")
+        except FileNotFoundError:
+            return None, ""
+        except (json.JSONDecodeError, OSError):
+            other = {}
+        if not isinstance(other, dict):
+            other = {}
+        if other.get("pid") == os.getpid() and other.get("host") == socket.gethostname():
+            return "this process", ""
+        # an empty lock is one another writer has created and not yet written into
+        if (not other and _age(self.path) < 10) or process_alive(other.get("host"), other.get("pid")):
+            return "another", (f"pid {other.get('pid')} on {other.get('host')}" if other
+                               else f"a {self.what} starting")
+        return None, ""
+
+    def _refusal(self, who: str) -> BlockingIOError:
+        return BlockingIOError(
+            f"Expected no other {self.what} writing to {str(self.folder)!r}, but {who} holds "
+            f"{str(self.path)!r}; wait for it, or delete the lock if that process is gone.")
+
+    def check(self) -> None:
+        """Raise the ``BlockingIOError`` :meth:`acquire` would."""
+        holder, who = self.holder()
+        if holder == "another":
+            raise self._refusal(who)
+
+    def acquire(self) -> bool:
+        """Take the lock (creating ``folder``); ``False`` when this process held it already.
+
+        Raises:
+            BlockingIOError: when a live process holds it.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder, who = self.holder()
+                if holder == "this process":
+                    return False
+                if holder == "another":
+                    raise self._refusal(who) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            return True
+        raise BlockingIOError(f"Expected to take {str(self.path)!r}, but another process keeps "
+                              "taking it.")
+
+    def release(self) -> None:
+        """Release the lock, if this process holds it."""
+        if self.holder()[0] == "this process":
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "FolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last written (infinite when it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return math.inf
 
 
 @contextlib.contextmanager
@@ -270,7 +373,7 @@ def check_own_folder(path: Union[str, os.PathLike], markers: Sequence[str], what
     if path.is_dir() and not any((path / m).exists() for m in markers):
         others = sorted(p.name for p in path.iterdir()
                         if not (p.name.startswith(_STAGE) or p.name == _COMMIT
-                                or _stale_temp(p.name)))
+                                or _OWN_LOCK.fullmatch(p.name) or _stale_temp(p.name)))
         if others:
             raise FileExistsError(f"Expected {flag} {str(path)!r} to be {what} (with {markers[0]}) "
                                   f"or empty, but it holds other files: {others[:5]}. "

@@ -99,10 +99,15 @@ def _run_measure(args) -> int:
     if args.data is not None and not Path(args.data).is_dir():
         raise FileNotFoundError(f"Expected --data to be a folder of images, but {args.data!r} "
                                 f"{'is a file' if Path(args.data).exists() else 'does not exist'}.")
+    from ._io import FolderLock
+
     made = not Path(args.out).exists()
     out = _output_folder(args.out)
     try:
-        return _measure_into(out, args, transforms, metrics, weights)
+        # a second `equifast measure` into the same folder is refused: both would say "wrote",
+        # and only the set committed last would be there
+        with FolderLock(out, ".equifast-measure.lock", "`equifast measure`"):
+            return _measure_into(out, args, transforms, metrics, weights)
     except BaseException:
         if made and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed measurement leaves no empty folder of ours behind

@@ -335,6 +335,35 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
     assert "wrote " in captured.out
 
 
+def test_a_second_measure_into_the_same_out_is_refused(tmp_path, capsys):
+    # both printed "wrote", and the folder held the set of whichever committed last
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "m"
+    assert main(_TINY + ["--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert not any(name.endswith(".lock") for name in before)  # released when done
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    lock = out / ".equifast-measure.lock"
+    try:
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid}))
+        capsys.readouterr()
+        assert main(_TINY + ["--out", str(out), "--seed", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"no other `equifast measure` writing to {str(out)!r}" in err and f"pid {other.pid}" in err
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p != lock} == before
+    finally:
+        other.kill()
+        other.wait()
+    # its process gone, the lock is stale: taken over, and released when done
+    assert main(_TINY + ["--out", str(out), "--seed", "1"]) == 0
+    assert not lock.exists()
+    assert Report.load(out).meta["seed"] == 1
+
+
 def test_quiet_turns_progress_off_in_every_command(capsys):
     # measure's flag was --no-progress only, train's, study's and sweep's --quiet only
     parse = build_parser().parse_args
