@@ -42,10 +42,12 @@ from typing import Dict, List, Optional, Tuple
 
 __all__ = ["Recipe", "RECIPES", "get_recipe", "list_recipes", "IGNORED_ON_RESUME"]
 
-# Fields that may change between a run and its resumption: where the data is, and how the run
-# is executed. `device` and `num_workers` change the arithmetic or the random streams of the
-# augmentations, so a resumed run is then not bitwise the uninterrupted one (trainer warns).
-IGNORED_ON_RESUME = ("data_root", "download", "device", "num_workers", "name")
+# Fields that may change between a run and its resumption or reuse: where the data is, how the
+# run is executed, and what is done with the trained model (`measure_images`: a study measured
+# with another --n-images reuses its runs). `device` and `num_workers` change the arithmetic or
+# the random streams of the augmentations, so a resumed run is then not bitwise the
+# uninterrupted one (trainer warns).
+IGNORED_ON_RESUME = ("data_root", "download", "device", "num_workers", "name", "measure_images")
 
 
 # Fields that parametrise one augmentation, by its name's prefix.

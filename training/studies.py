@@ -279,7 +279,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         workers: Ray Train workers per run (1: in this process, unless ``use_gpu``).
         use_gpu: one GPU per Ray Train worker (as ``equifast train --gpu``).
         measure: measure and draw after training.
-        n_images, device: passed to :func:`measure_study`.
+        n_images, device: passed to :func:`measure_study` (``n_images`` defaults to
+            ``overrides["measure_images"]``, then to each run's own).
         overwrite: retrain runs that are already finished.
         echo: where progress lines go (a line per run and, in this process, per epoch),
             e.g. ``print``.
@@ -323,6 +324,10 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     if not measure:
         return None
     say(f"[{study.name}] measuring {len(runs)} runs")
+    # the value asked for now: a finished run reused keeps the recipe.json it trained with,
+    # whose measure_images does not count as another run (Recipe.differences)
+    if n_images is None:
+        n_images = overrides.get("measure_images")
     runs, shifts = measure_study(study, out, seeds, n_images=n_images, device=device,
                                  data_root=overrides.get("data_root"),
                                  download=bool(overrides.get("download", False)),

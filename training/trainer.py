@@ -6,20 +6,24 @@ Files written to ``out_dir`` (the same by :mod:`equifast.training.ray_train`):
 ``recipe.json``     the recipe of the run
 ``checkpoint.pt``   after every epoch: model, optimiser, scheduler, RNG states (torch,
                     CUDA, numpy, python, the data-loader generator; one set per Ray
-                    worker), completed epochs, metric history. Written to a temporary file
+                    worker), the device each worker trains on, completed epochs, metric
+                    history. Written to a temporary file
                     and moved in place with ``os.replace``, so it is never half written.
 ``metrics.csv``     one row per epoch: ``epoch, train_loss, train_acc, test_loss,
                     test_acc, lr, seconds`` (+ ``train_rot_acc, test_rot_acc`` for Rot-Eq);
                     rewritten from the checkpoint's history, so it always matches it
 ``tb/``             TensorBoard scalars (when tensorboard is installed)
 ``model.pt``        the final ``state_dict`` (when finished)
-``result.json``     final accuracies; its presence marks a finished run
+``result.json``     final accuracies and devices; its presence marks a finished run
 =================== ====================================================================
 
 Resuming reloads ``checkpoint.pt`` and continues; the parameters after resuming are
 bitwise those of an uninterrupted run on the same machine (on CPU; on GPU only as
 deterministic as the kernels, see ``torch.use_deterministic_algorithms``; with Ray, when
-resumed with the same number of workers). A finished run is never
+resumed with the same number of workers). Resumed on another kind of device than its
+checkpoint records (a run begun on a GPU with ``device=None`` going on where there is none), on
+another number of Ray workers or data-loader workers, it continues with a warning that it will
+not be bitwise the uninterrupted run. A finished run is never
 retrained or overwritten unless ``overwrite=True``.
 
 A run whose loss or weights turn NaN or infinite (a learning rate far too high) stops with
@@ -427,6 +431,41 @@ def _load_checkpoint(path: Path, map_location="cpu", recipe: Optional[Recipe] = 
     return ckpt
 
 
+def _device_record(device: torch.device) -> Dict[str, str]:
+    """What a rank trains on, for its checkpoint: the device and, for a GPU, its model (cuda:0
+    and cuda:1 of one kind compute alike; another kind, or the CPU, rounds differently)."""
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return {"device": f"cuda:{index}", "name": torch.cuda.get_device_name(index)}
+    return {"device": str(device), "name": device.type}
+
+
+def _warn_other_devices(out: Path, ckpt: Dict, devices: List[Dict[str, str]],
+                        recipe: Recipe) -> None:
+    """Warn that a run resumed on other devices than its checkpoint's epochs were trained on
+    (with ``device=None``, a run begun on a GPU goes on on the CPU of a machine without one); a
+    checkpoint older than that record is compared by its recipe's ``device`` field."""
+    def kinds(records):
+        return sorted({(torch.device(r["device"]).type, r["name"]) for r in records})
+
+    def said(records):
+        return ", ".join(sorted({r["device"] if r["name"] == torch.device(r["device"]).type
+                                 else f"{r['device']} ({r['name']})" for r in records}))
+
+    before = ckpt.get("devices")
+    if before is not None:
+        if kinds(before) == kinds(devices):
+            return
+        what = f"on {said(devices)}, its epochs so far on {said(before)}"
+    else:
+        stored = (ckpt.get("recipe") or {}).get("device")
+        if stored == recipe.device:
+            return
+        what = f"with another device ({recipe.device!r}, its recipe's was {stored!r})"
+    warn(f"Resuming {str(out)!r} {what}: the rest of the run computes differently, so it will "
+         "not be bitwise the uninterrupted run.")
+
+
 def _rng_state(generator: torch.Generator) -> Dict:
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(),
@@ -498,12 +537,11 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
                              f"`out_dir` or pass overwrite=True (--overwrite) to replace it.")
         if (out / RESULT).is_file():
             return _result_from_dir(out)
-        changed = [k for k in ("device", "num_workers")
-                   if getattr(stored, k) != getattr(recipe, k)]
-        if (out / CHECKPOINT).is_file() and resume and changed:
-            warn(f"Resuming {str(out)!r} with another {' and '.join(changed)}: the rest of "
-                 "the run computes (or draws its augmentations) differently, so it will "
-                 "not be bitwise the uninterrupted run.")
+        # the device is compared where the one used is known (_fit: the checkpoint's record)
+        if (out / CHECKPOINT).is_file() and resume and stored.num_workers != recipe.num_workers:
+            warn(f"Resuming {str(out)!r} with another num_workers: the rest of the run draws "
+                 "its augmentations differently, so it will not be bitwise the uninterrupted "
+                 "run.")
         if (out / CHECKPOINT).is_file() and not resume:
             raise FileExistsError(f"Expected `out_dir` (--out) {str(out)!r} to be empty with resume=False, "
                                   f"but it holds an unfinished run. Pass resume=True to continue "
@@ -659,6 +697,7 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
     test_loader = DataLoader(test_set, batch_size=256, **loader_kw)
 
     start, history = 0, []
+    devices = dist.gather(_device_record(device))  # every rank's, for the checkpoint
     if (out / CHECKPOINT).is_file():
         ckpt = _load_checkpoint(out / CHECKPOINT, recipe=recipe)
         model.load_state_dict(ckpt["model"])
@@ -667,10 +706,12 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
         states = ckpt["rng_per_rank"]
         if len(states) == dist.world:
             _set_rng_state(states[dist.rank], generator)
-        else:  # weights and optimiser continue; the random streams restart from the seed
+        elif dist.rank == 0:  # weights and optimiser continue; the random streams restart from the seed
             warn(f"Resuming a run of {len(states)} worker(s) on {dist.world}: the "
                  f"result will not equal an uninterrupted run. Resume with "
                  f"{len(states)} worker(s) for an exact continuation.")
+        if dist.rank == 0:
+            _warn_other_devices(out, ckpt, devices, recipe)
         start, history = ckpt["epoch"], ckpt["history"]
 
     net = model
@@ -714,7 +755,7 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
                 ckpt = {"format": 1, "epoch": epoch, "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": states[0], "rng_per_rank": states, "world_size": dist.world,
-                        "history": history, "recipe": recipe.to_dict()}
+                        "devices": devices, "history": history, "recipe": recipe.to_dict()}
                 save_torch_atomic(ckpt, out / CHECKPOINT)
                 _write_csv(out / METRICS, history)
             dist.barrier()
@@ -734,7 +775,7 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
         save_torch_atomic(model.state_dict(), out / MODEL)
         _write_csv(out / METRICS, history)
         d = {k: v for k, v in asdict(result).items() if k not in ("metrics", "out_dir")}
-        d["recipe"] = recipe.to_dict()
+        d["recipe"], d["devices"] = recipe.to_dict(), devices
         write_text_atomic(out / RESULT, json.dumps(d, indent=2))
     dist.barrier()
     return result
