@@ -30,6 +30,7 @@ import socket
 import time
 import traceback
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -41,7 +42,8 @@ from equifast._hints import import_optional
 from equifast.data import ClassFolders
 from equifast.warning import warn
 
-from .spec import Job, SweepSpec, folder_files_sha256, load_spec
+from .spec import (Job, SweepSpec, _hash_lines, file_sizes, folder_files_sha256, image_names,
+                   load_spec, names_give_labels)
 from .store import ResultStore, _frame_records
 
 __all__ = ["run_sweep", "measure_job", "job_inputs", "job_record", "SweepResult", "DEFAULT_OUT"]
@@ -292,27 +294,37 @@ def _image_files(images):
 def shard_fingerprint(part) -> Optional[str]:
     """SHA-256 of what a shard of a folder's images is: the folder's class folders and the
     relative names of all its images (which the seeded subset, the slices and the labels
-    depend on), and the names and sizes of the shard's own images; ``None`` for images that
-    are no folder's (``random`` and ``embedded`` are drawn from the job's seed). A kept shard
-    is reused only where this is still the same: an image fixed in another shard's slice
-    leaves it so."""
+    depend on), and the names and sizes of the shard's own images, and their labels where the
+    names do not give them (``LOC_val_solution.csv``: :func:`~.spec.names_give_labels`);
+    ``None`` for images that are no folder's (``random`` and ``embedded`` are drawn from the
+    job's seed). A kept shard is reused only where this is still the same: an image fixed in
+    another shard's slice leaves it so."""
     files, indices = _image_files(part)
     if files is None:
         return None
-    root = files.root
-    digest = hashlib.sha256()
-    digest.update(json.dumps(list(files.classes)).encode())
-    for f in files.files:
-        digest.update(f"{f.relative_to(root).as_posix()}\n".encode())
-    digest.update(b"\0")
-    for i in (range(len(files.files)) if indices is None else indices):
-        f = files.files[i]
-        try:
-            size = f.stat().st_size
-        except OSError:
-            size = -1
-        digest.update(f"{f.relative_to(root).as_posix()}\0{size}\n".encode())
+    names, head, named = _folder_head(files)
+    digest = head.copy()
+    indices = range(len(names)) if indices is None else indices
+    _hash_lines(digest, [names[i] for i in indices], file_sizes([files.paths[i] for i in indices]))
+    if not named:
+        digest.update(("\0labels\n" + ",".join(str(files.labels[i]) for i in indices)).encode())
     return digest.hexdigest()
+
+
+# ImageFiles -> (its image names, the digest of its classes and names, whether the names give
+# the labels): the driver checks every kept shard of every job of a folder against one listing
+_HEADS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _folder_head(files):
+    if files not in _HEADS:
+        names = image_names(files)
+        head = hashlib.sha256()
+        head.update(json.dumps(list(files.classes)).encode())
+        _hash_lines(head, names)
+        head.update(b"\0")
+        _HEADS[files] = (names, head, names_give_labels(files, names))
+    return _HEADS[files]
 
 
 def measure_job(job: Job, shard: int = 0, shards: Optional[int] = None):

@@ -1,0 +1,213 @@
+"""A sweep's fingerprints of folder data: the record's ``files_sha256``, a kept shard's
+``data_sha256``, and what of a folder's labels its jobs' ids hold.
+
+The fingerprints are built from strings (``ImageFiles.paths``), not a Path per file; they
+must mean what they meant: SHA-256 over each image's name relative to the folder and its size,
+computed here again with pathlib as they were defined.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from equifast.data import ImageFiles, seeded_subset
+from equifast.distributed import load_spec
+from equifast.distributed.spec import _job_content, folder_files_sha256, job_id
+from equifast.distributed.sweep import _image_files, _shard, shard_fingerprint
+
+
+def _write(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)  # a fingerprint reads no pixels
+
+
+def _classes_folder(root: Path) -> Path:
+    for c, cls in enumerate(("n01", "n02", "b c", "é")):
+        for i in range(3):
+            _write(root / cls / f"{i}.png", c + i)
+        _write(root / cls / "deeper" / "x.JPEG", 7 + c)
+    _write(root / "stray.jpg", 3)  # beside the class folders: no label
+    return root
+
+
+def _pathlib_folder_sha256(root: Path) -> str:
+    """The fingerprint as it was defined: relative names (posix) and sizes, in listing order."""
+    digest = hashlib.sha256()
+    for p in ImageFiles(root).paths:
+        f = Path(p)
+        digest.update(f"{f.relative_to(root).as_posix()}\0{f.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def _pathlib_shard_sha256(part) -> str:
+    files, indices = _image_files(part)
+    paths = [Path(p) for p in files.paths]
+    digest = hashlib.sha256()
+    digest.update(json.dumps(list(files.classes)).encode())
+    for f in paths:
+        digest.update(f"{f.relative_to(files.root).as_posix()}\n".encode())
+    digest.update(b"\0")
+    for i in (range(len(paths)) if indices is None else indices):
+        f = paths[i]
+        digest.update(f"{f.relative_to(files.root).as_posix()}\0{f.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("layout", ["classes", "flat"])
+def test_folder_fingerprint_is_names_and_sizes_as_defined(tmp_path, layout):
+    root = tmp_path / "data"
+    if layout == "classes":
+        _classes_folder(root)
+    else:
+        for i in range(5):
+            _write(root / f"img{i}.png", i)
+    before = folder_files_sha256(str(root))
+    assert before == _pathlib_folder_sha256(root)
+    assert folder_files_sha256(str(tmp_path / "data" / ".." / "data")) == before  # one folder
+    changes = [lambda: _write(root / "new.png", 1),                                     # added
+               lambda: os.rename(root / "new.png", root / "renamed.png"),               # renamed
+               lambda: _write(root / "renamed.png", 2)]                                 # resized
+    if layout == "classes":
+        changes.append(lambda: _write(root / "n02" / "deeper" / "x.JPEG", 1))       # deep inside
+    seen = {before}
+    for change in changes:
+        change()
+        now = folder_files_sha256(str(root))
+        assert now == _pathlib_folder_sha256(root) and now not in seen
+        seen.add(now)
+
+
+def test_shard_fingerprint_is_names_and_sizes_as_defined(tmp_path):
+    root = _classes_folder(tmp_path / "data")
+    files = ImageFiles(root)
+    for n_images, shards in ((None, 1), (9, 3), (len(files), 4)):
+        subset = seeded_subset(files, n_images, 1)
+        parts = [_shard(subset, i, shards) for i in range(shards)]
+        assert [shard_fingerprint(p) for p in parts] == [_pathlib_shard_sha256(p) for p in parts]
+    # a listing made again (the worker's, the next run's) gives the same fingerprints
+    again = _shard(seeded_subset(ImageFiles(root), 9, 1), 2, 3)
+    assert shard_fingerprint(again) == shard_fingerprint(_shard(seeded_subset(files, 9, 1), 2, 3))
+
+
+# ---- labels: what decides them is in the fingerprints and the jobs' ids -------------------
+
+N01, N02, N03 = "n01440764", "n01443537", "n01484850"
+
+
+def _val_folder(root: Path, synsets) -> Path:
+    """A flat ILSVRC2012 val folder, its LOC_val_solution.csv two folders above (Kaggle's
+    ILSVRC/Data/CLS-LOC/val layout)."""
+    rows = ["ImageId,PredictionString"]
+    for i, s in enumerate(synsets, 1):
+        _write(root / f"ILSVRC2012_val_{i:08d}.JPEG", 5)
+        rows.append(f"ILSVRC2012_val_{i:08d},{s} 1 2 3 4")
+    (root.parent.parent / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _spec(path, **dataset) -> dict:
+    return {"models": [{"name": "resnet18", "weights": "none"}],
+            "datasets": [{"name": "val", "path": str(path), **dataset}],
+            "transforms": {"rotation": "rotation:90"}, "n_images": 4, "batch_size": 2,
+            "seeds": [0, 1]}
+
+
+def _ids(spec: dict, base_dir=None):
+    return [j.id for j in load_spec(spec, base_dir=base_dir).jobs()]
+
+
+def _ids_without_labels_source(spec: dict):
+    """The ids as they were before a folder's labels source was part of them."""
+    return [job_id(_job_content(j.model, j.dataset, j.transforms, j.metrics, j.seed, j.n_images,
+                                j.batch_size, j.vector_mode, j.amp, tensor_cores=j.tensor_cores,
+                                base_dir=j.base_dir, labels_source={}))
+            for j in load_spec(spec).jobs()]
+
+
+def test_a_changed_val_solution_csv_is_another_job_and_other_data(tmp_path):
+    val = _val_folder(tmp_path / "CLS-LOC" / "val", [N01, N02, N01, N03])
+    csv = tmp_path / "LOC_val_solution.csv"
+    assert ImageFiles(val).labels == [0, 1, 0, 2]  # the csv labels them
+    ids, folder = _ids(_spec(val)), folder_files_sha256(str(val))
+    part = _shard(ImageFiles(val), 1, 2)
+    shard = shard_fingerprint(part)
+    # the folder's images are unchanged: only the csv (outside the folder) says otherwise
+    csv.write_text(csv.read_text().replace(f"ILSVRC2012_val_00000004,{N03}", f"ILSVRC2012_val_00000004,{N02}"))
+    assert ImageFiles(val).labels == [0, 1, 0, 1]
+    assert set(_ids(_spec(val))).isdisjoint(ids)
+    assert folder_files_sha256(str(val)) != folder
+    assert shard_fingerprint(_shard(ImageFiles(val), 1, 2)) != shard
+    assert shard_fingerprint(_shard(ImageFiles(val), 0, 2)) == shard_fingerprint(_shard(ImageFiles(val), 0, 2))
+    # labels: false reads none: the csv is not part of the id
+    assert _ids(_spec(val, labels=False)) == _ids_without_labels_source(_spec(val, labels=False))
+    # no csv: no labels (no accuracy), another job again; and a folder of the same names
+    # labelled by nothing keeps the fingerprint of its names and sizes, as defined
+    csv.unlink()
+    with pytest.warns(UserWarning, match="LOC_val_solution.csv"):
+        assert not ImageFiles(val).labelled
+        none = _ids(_spec(val))
+        assert none == _ids_without_labels_source(_spec(val))
+        assert folder_files_sha256(str(val)) == _pathlib_folder_sha256(val)
+    assert set(none).isdisjoint(ids)
+
+
+def test_a_csv_labelled_shard_keeps_its_fingerprint_when_another_shards_label_changes(tmp_path):
+    val = _val_folder(tmp_path / "a" / "val", [N01, N02, N01, N03])
+    before = [shard_fingerprint(_shard(ImageFiles(val), i, 2)) for i in range(2)]
+    csv = tmp_path / "LOC_val_solution.csv"
+    csv.write_text(csv.read_text().replace(f"ILSVRC2012_val_00000004,{N03}", f"ILSVRC2012_val_00000004,{N01}"))
+    after = [shard_fingerprint(_shard(ImageFiles(val), i, 2)) for i in range(2)]
+    # image 4 is shard 1's; the classes (n01, n02 now) are every shard's
+    assert after[0] != before[0] and after[1] != before[1]
+    csv.write_text(csv.read_text().replace(f"ILSVRC2012_val_00000003,{N01}", f"ILSVRC2012_val_00000003,{N02}"))
+    last = [shard_fingerprint(_shard(ImageFiles(val), i, 2)) for i in range(2)]
+    assert last[0] == after[0] and last[1] != after[1]  # same classes, image 3 is shard 1's
+
+
+def test_numbered_class_folders_jobs_are_not_those_of_the_old_numbering(tmp_path):
+    # ImageNetV2's 0/ ... 999/: until the rule made folder "10" class 10, folder i sorted as
+    # text was class i ("10" the third): records of that rule hold a wrong accuracy
+    numbered, named = tmp_path / "v2", tmp_path / "named"
+    for c in range(12):
+        _write(numbered / str(c) / "a.jpeg", 3)
+        _write(named / f"n{c:02d}" / "a.jpeg", 3)
+    jobs = load_spec(_spec(numbered)).jobs()
+    assert all(j.content()["labels_source"] == {"numbered_classes": 1} for j in jobs)
+    assert set(_ids(_spec(numbered))).isdisjoint(_ids_without_labels_source(_spec(numbered)))
+    # named class folders: their names are in each image's name; the ids stay as they were
+    assert _ids(_spec(named)) == _ids_without_labels_source(_spec(named))
+    assert "labels_source" not in load_spec(_spec(named)).jobs()[0].content()
+    assert _ids(_spec(numbered, labels=False)) == _ids_without_labels_source(_spec(numbered, labels=False))
+
+
+def test_an_empty_class_folder_changes_the_folder_fingerprint(tmp_path):
+    # every class folder counts, an empty one too: it moves the labels of those after it
+    root = tmp_path / "data"
+    for cls in ("a", "c"):
+        _write(root / cls / "0.png", 3)
+    before = folder_files_sha256(str(root))
+    assert before == _pathlib_folder_sha256(root)
+    (root / "b").mkdir()
+    assert ImageFiles(root).labels == [0, 2]
+    assert folder_files_sha256(str(root)) != before
+    (root / "b").rmdir()
+    assert folder_files_sha256(str(root)) == before
+
+
+def test_a_synset_folder_given_alone_is_labelled_in_its_fingerprint_and_id(tmp_path):
+    # its images are that class: the folder's name, not the images', says it
+    a, b = tmp_path / "n01440764", tmp_path / "n01443537"
+    for root in (a, b):
+        _write(root / "x.JPEG", 3)
+    assert folder_files_sha256(str(a)) != folder_files_sha256(str(b))
+    # the same names and sizes without the rule (a folder of another name) are unlabelled
+    other = tmp_path / "photos"
+    _write(other / "x.JPEG", 3)
+    assert folder_files_sha256(str(other)) == _pathlib_folder_sha256(other)
+    assert folder_files_sha256(str(a)) != folder_files_sha256(str(other))
+    assert load_spec(_spec(a)).jobs()[0].content()["labels_source"]["labels_sha256"]
+    assert "labels_source" not in load_spec(_spec(other)).jobs()[0].content()
