@@ -114,12 +114,32 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
     if df["accuracy"].isna().all():  # else a silent all-NaN correlation and no figure 13
         warn(f"{_NO_ACCURACY[accuracy]}: the accuracies are NaN and no Spearman "
              f"correlation (figure 13) is computed; {_INSTEAD[accuracy]}.")
+    if accuracy == "auto":
+        _warn_mixed_accuracies(df)
     df = _with_job_columns(df, metric)
     out = over_runs(df, _KEYS + ["part"], ["channel", "layer", "accuracy"], run="seed", count="seeds")
     out = out.drop(columns="accuracy_std")[_KEYS + ["part", "channel", "channel_std", "layer",
                                                    "layer_std", "seeds", "accuracy"]]
     out["part"] = pd.Categorical(out["part"], categories=PARTS, ordered=True)
     return out.sort_values(_KEYS + ["part"], kind="stable").reset_index(drop=True)
+
+
+def _warn_mixed_accuracies(df: pd.DataFrame) -> None:
+    """Warn where one dataset's models correlate with accuracies of both kinds (``auto``):
+    top-1 measured on the sweep's images for some, the known (published) one for others (a
+    model whose classes are not the data's), two scales a rank correlation silently mixes."""
+    if "accuracy_source" not in df:
+        return
+    src = df[["dataset", "model", "accuracy_source"]].dropna().drop_duplicates()
+    for ds, g in src.groupby("dataset", sort=False):
+        kinds = g.groupby("accuracy_source")["model"].unique()
+        if {"measured", "known"} <= set(kinds.index):
+            known = sorted(map(str, kinds["known"]))
+            warn(f"dataset {ds!r}: the accuracies mix top-1 measured on the sweep's images "
+                 f"({len(kinds['measured'])} models) with known accuracies ({len(known)}: "
+                 f"{', '.join(known[:5])}{' ...' if len(known) > 5 else ''}), whose data have no "
+                 "labels of their classes; use --accuracy known (accuracy='known') to correlate "
+                 "with one kind.")
 
 
 def shift_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],

@@ -1,0 +1,63 @@
+"""``equifast sweep report``'s statistics on hand-made tables: Spearman as scipy computes it on
+the same per-model means, and the accuracies it correlates with."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from equifast.distributed import analysis
+
+
+def _parts(acc, source=None, datasets=("a",), seeds=(0, 1), seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for ds in datasets:
+        for s in seeds:
+            for m, a in acc.items():
+                for part in analysis.PARTS:
+                    ch = rng.random()
+                    if m == "m1" and part == "pool":
+                        ch = np.nan  # undefined in every seed
+                    if m == "m3" and part == "early" and s == 1:
+                        ch = np.nan  # undefined in one seed: its mean is undefined too
+                    rows.append(dict(dataset=ds, metric="correlation", transforms="rotation",
+                                     family="rotation", model=m, part=part, seed=s, channel=ch,
+                                     layer=ch + 0.05, accuracy=a,
+                                     accuracy_source=None if source is None else source[m]))
+    return pd.DataFrame(rows)
+
+
+ACC = {"m0": .70, "m1": .75, "m2": np.nan, "m3": .80, "m4": .80, "m5": .60, "m6": .90}
+
+
+def test_spearman_is_scipys_over_models_with_a_score_and_an_accuracy():
+    df = _parts(ACC, datasets=("a", "b"))
+    corr = analysis.accuracy_correlation(analysis.part_scores(df))
+    assert len(corr) == 2 * 5 * 2
+    for (ds, part, score), row in corr.set_index(["dataset", "part", "score"]).iterrows():
+        g = df[(df.dataset == ds) & (df.part == part)]
+        means = g.groupby("model")[[score, "accuracy"]].agg(lambda x: x.mean(skipna=False)).dropna()
+        ref = spearmanr(means[score], means["accuracy"])
+        assert row.n_models == len(means)
+        assert row.spearman == pytest.approx(ref.statistic) and row.p_value == pytest.approx(ref.pvalue)
+    # 5 models have both in the early and pool parts (m2 has no accuracy, m3 / m1 no score)
+    assert set(corr[corr.part.isin(["early", "pool"]) & (corr.score == "channel")].n_models) == {5}
+    few = analysis.accuracy_correlation(analysis.part_scores(df), min_models=6)
+    assert few[few.n_models < 6].spearman.isna().all() and few[few.n_models >= 6].spearman.notna().all()
+
+
+def test_mixed_measured_and_known_accuracies_are_said():
+    # two models measured on the data's labels, two (of other classes) with their known top-1
+    source = {"m0": "measured", "m1": "measured", "m2": "known", "m3": "known"}
+    acc = {"m0": .7, "m1": .8, "m2": .75, "m3": .9}
+    with pytest.warns(UserWarning, match=r"dataset 'a': the accuracies mix top-1 measured .* "
+                                         r"\(2 models\) with known accuracies \(2: m2, m3\)"):
+        analysis.part_scores(_parts(acc, source))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one kind each: nothing to say
+        analysis.part_scores(_parts(acc, dict.fromkeys(acc, "measured")))
+        analysis.part_scores(_parts(acc, source), accuracy="known")
