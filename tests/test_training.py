@@ -654,7 +654,10 @@ def test_cli_errors_name_the_flags_typed(tmp_path, capsys):
                         "batch size (6) to be divisible by --workers (4): each worker trains on "
                         "an equal share of it. Use 2 or 3 workers."),
                        (["study", "objective-fashion", "--workers", "3"],
-                        "batch size (128) to be divisible by --workers (3)")):
+                        "batch size (128) to be divisible by --workers (3)"),
+                       # a study claimed its folder, then refused at its first run
+                       (["study", "objective-fashion", "--workers", "2", "--gpu", "--device", "cpu"],
+                        "Expected use_gpu=False (--gpu left out) for the recipe's device 'cpu'")):
         with pytest.raises(SystemExit) as exit_:
             main(argv + ["--out", str(tmp_path / "never")])
         err = capsys.readouterr().err

@@ -5,6 +5,10 @@ distributed training run of the suite, so it stays in CI.
 """
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 
 import pandas as pd
@@ -126,7 +130,13 @@ def test_two_worker_run_writes_single_process_format(tmp_path, local_ray):
     # was trained on and counted twice (the accuracy was a count over 1000)
     recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=999, test_subset=500,
                         device="cpu")
+    sigint = signal.getsignal(signal.SIGINT)
     result = train_ray(recipe, str(tmp_path), num_workers=2)
+    # Ray Train's Ctrl-C handler outlived the run: a later Ctrl-C (measuring) called sys.exit(0)
+    assert signal.getsignal(signal.SIGINT) is sigint
+    # the run's files, Ray Train's storage, and nothing half written
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.pt", "metrics.csv", "model.pt", "ray", "recipe.json", "result.json", "tb"]
     acc = result.metrics[0]["train_acc"] * 999
     assert abs(acc - round(acc)) < 1e-6, acc
     for name in ("checkpoint.pt", "metrics.csv", "model.pt", "result.json", "recipe.json"):
@@ -139,6 +149,7 @@ def test_two_worker_run_writes_single_process_format(tmp_path, local_ray):
     assert json.loads((tmp_path / "result.json").read_text())["test_acc"] == result.test_acc
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng_per_rank"]) == 2 and ckpt["epoch"] == 1
+    assert ckpt["devices"] == [{"device": "cpu", "name": "cpu"}] * 2
     # the weights load into the plain model (no DDP "module." prefix)
     from equifast.training.trainer import load_model
     load_model(str(tmp_path))
@@ -226,3 +237,54 @@ def test_a_diverging_ray_run_stops_on_every_worker_with_the_error_itself(tmp_pat
     assert len(failures) == 2 and len({str(e) for e in failures.values()}) == 1
     assert not any((tmp_path / "run" / n).exists() for n in ("checkpoint.pt", "model.pt",
                                                               "result.json"))
+
+
+@pytest.mark.slow  # about 40 s: a Ray run of two workers, one killed, resumed on one
+def test_a_killed_worker_stops_the_run_which_resumes_on_other_workers_with_a_warning(
+        tmp_path, local_ray):
+    # a worker process gone (the OOM killer) while the other waits in the next epoch's
+    # all-reduce: Ray Train stops the group (no hang) and the folder keeps epoch 1
+    from equifast.training.trainer import CHECKPOINT
+    recipe = get_recipe("cnn7-fmnist6", epochs=2, train_subset=96, test_subset=32, batch_size=32,
+                        device="cpu")
+    run = tmp_path / "run"
+    with pytest.raises(Exception, match="died|health check"):
+        train_ray(recipe, str(run), num_workers=2,
+                  _fail={"fail_after_epoch": 1, "fail_rank": 1, "fail_with": "exit"})
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "metrics.csv", "ray",
+                                                     "recipe.json", "tb"]
+    assert torch.load(run / CHECKPOINT, weights_only=True)["epoch"] == 1
+    # the warning was a worker's, in its log only; the driver says it now
+    with pytest.warns(UserWarning, match=r"on 1 worker\(s\), its epochs so far on 2 \(resume "
+                                         r"with 2 for an exact continuation\)"):
+        resumed = train_ray(recipe, str(run), num_workers=1)
+    assert resumed.resumed_from == 1 and resumed.epochs == 2
+
+
+@pytest.mark.slow  # about 60 s: `equifast train --workers 2` started, interrupted
+def test_ctrl_c_of_a_ray_run_exits_130_and_keeps_its_last_epoch(tmp_path):
+    # Ray Train's Ctrl-C handler stops the workers, then calls sys.exit(0): the command ended
+    # with status 1 and no word, not as an interrupted command (130, "equifast: interrupted")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "equifast", "train", "cnn7-fmnist6", "--workers", "2",
+         "--epochs", "50", "--subset", "512", "--test-subset", "32", "--batch-size", "32",
+         "--device", "cpu", "--out", str(run)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoint.pt").is_file() and proc.poll() is None:
+            assert time.monotonic() < deadline, "no epoch finished in 300 s"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (proc.returncode, err[-3000:])
+    assert "equifast: interrupted" in err
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["checkpoint.pt", "metrics.csv", "ray", "recipe.json", "tb"], names
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert 1 <= ckpt["epoch"] < 50
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == list(range(1, ckpt["epoch"] + 1))

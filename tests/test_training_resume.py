@@ -51,7 +51,7 @@ def test_a_run_resumed_on_another_kind_of_device_warns(tmp_path, same_run):
     else:
         record, now = {"device": "cpu", "name": "cpu"}, "cpu"
     assert ckpt["devices"] == [record]  # the device used, where the recipe says None
-    for other in ("moved", "legacy"):
+    for other in ("moved", "legacy", "ray"):
         shutil.copytree(tmp_path / "same", tmp_path / other)
     # what a run on the other kind of device writes (a GPU's, on a machine without one)
     elsewhere, before = (({"device": "cpu", "name": "cpu"}, "cpu") if here.type == "cuda" else
@@ -62,9 +62,16 @@ def test_a_run_resumed_on_another_kind_of_device_warns(tmp_path, same_run):
     torch.save({**legacy, "recipe": {**ckpt["recipe"], "device": "cuda"}},
                tmp_path / "legacy" / CHECKPOINT)
 
+    # what two Ray workers on this machine write
+    torch.save({**ckpt, "rng_per_rank": ckpt["rng_per_rank"] * 2, "devices": [record] * 2,
+                "world_size": 2}, tmp_path / "ray" / CHECKPOINT)
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert train(recipe, str(tmp_path / "same")).resumed_from == 1
+    with pytest.warns(EquifastWarning, match=r"on 1 worker\(s\), its epochs so far on 2 \(resume "
+                                             r"with 2 for an exact continuation\): .* not be bitwise"):
+        assert train(recipe, str(tmp_path / "ray")).resumed_from == 1
     with pytest.warns(EquifastWarning, match=re.escape(
             f"on {now}, its epochs so far on {before}: the rest of the run computes "
             "differently, so it will not be bitwise the uninterrupted run.")):

@@ -17,8 +17,12 @@ Every worker runs the same loop as :func:`equifast.training.train` under
   uses one thread (``torch.set_num_threads(1)``: Ray gives a 1-CPU worker one thread);
 - rank 0 writes ``checkpoint.pt``, ``metrics.csv``, ``tb/``, ``model.pt`` and
   ``result.json`` in ``out_dir``, in the same format as a single-process run (the
-  checkpoint holds every worker's RNG states, so a run resumes with the same number of
-  workers exactly), and each epoch's row is also passed to ``ray.train.report``.
+  checkpoint holds every worker's RNG states and devices, so a run resumes with the same
+  number of workers exactly; on another number, or another kind of device, the driver warns
+  that it will not be bitwise), and each epoch's row is also passed to ``ray.train.report``;
+- Ctrl-C stops the workers (Ray Train's handler) and raises ``KeyboardInterrupt``; a worker
+  that dies (killed, out of memory) ends the run with Ray Train's error. Either way the folder
+  keeps the last finished epoch's checkpoint, from which a rerun resumes.
 
 ``out_dir`` must be reachable by every worker (a local folder on one machine, a shared
 file system on a cluster).
@@ -26,6 +30,8 @@ file system on a cluster).
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -36,7 +42,7 @@ from equifast.warning import warn
 
 from .recipes import Recipe
 from .trainer import (CHECKPOINT, TrainResult, _datasets, _fit, _load_checkpoint,
-                      _result_from_dir, _will_train, prepare_out_dir)
+                      _result_from_dir, _will_train, prepare_out_dir, _warn_if_resumed_otherwise)
 
 __all__ = ["train_ray"]
 
@@ -55,6 +61,8 @@ def _worker_loop(config: Dict) -> None:
     def report(epoch: int, row: Dict) -> None:
         ray.train.report({k: v for k, v in row.items()})
         if epoch == fail and ray.train.get_context().get_world_rank() == config.get("fail_rank", 0):
+            if config.get("fail_with") == "exit":  # killed (the OOM killer): no Python error
+                os._exit(1)
             error = OSError if config.get("fail_with") == "OSError" else RuntimeError
             raise error(f"injected failure after epoch {epoch}")
 
@@ -82,8 +90,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         resources_per_worker: e.g. ``{"CPU": 1}`` (Ray's default when ``None``).
         storage_path: Ray Train's own run storage (default: ``out_dir/ray``).
         _fail: tests only: ``{"fail_after_epoch": e, "fail_rank": r}`` makes worker ``r``
-            raise a RuntimeError (an OSError with ``"fail_with": "OSError"``) after epoch
-            ``e``'s checkpoint.
+            raise a RuntimeError (an OSError with ``"fail_with": "OSError"``, or exit at once
+            with ``"exit"``) after epoch ``e``'s checkpoint.
 
     Returns:
         The :class:`~equifast.training.trainer.TrainResult` read back from ``out_dir``.
@@ -96,6 +104,9 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         Exception: a worker's own error (an ``OSError`` of a full disk, ...) when the workers
             failed alike, its cause Ray Train's ``TrainingFailedError``, which is raised
             itself otherwise.
+        KeyboardInterrupt: Ctrl-C, once Ray Train has stopped the workers (the checkpoint of
+            the last finished epoch is kept; a rerun resumes from it). Ray Train's own handler
+            of Ctrl-C is removed when this returns.
 
     Example:
         >>> import ray
@@ -104,15 +115,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         >>> recipe = get_recipe("cnn7-fmnist6", epochs=1)
         >>> train_ray(recipe, "runs/ddp", num_workers=2).test_acc  # doctest: +SKIP
     """
-    check_workers(recipe, num_workers)
-    if recipe.device is not None:  # Ray places the workers: use_gpu says where, not the recipe
-        kind = torch.device(recipe.device).type
-        if (kind == "cuda") != bool(use_gpu):
-            raise ValueError(
-                f"Expected use_gpu={kind == 'cuda'} (--gpu {'given' if kind == 'cuda' else 'left out'}) "
-                f"for the recipe's device {recipe.device!r}: Ray workers train on "
-                f"{'a GPU each' if use_gpu else 'CPUs'} with use_gpu={bool(use_gpu)}. Leave the "
-                "device unset (--device) to let use_gpu decide.")
+    check_workers(recipe, num_workers, use_gpu)
     import_optional("ray.train.torch", "distributed", "Training on Ray Train workers (--workers N, --gpu)")
     import ray
     from ray.train import RunConfig
@@ -153,28 +156,53 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         run_config=RunConfig(name=f"equifast-{recipe.name}",
                              storage_path=storage_path or os.path.join(out_dir, "ray")),
     )
-    ckpt = Path(out_dir, CHECKPOINT)
-    start = _load_checkpoint(ckpt)["epoch"] if ckpt.is_file() else 0
+    ckpt, start = Path(out_dir, CHECKPOINT), 0
+    if ckpt.is_file():
+        state = _load_checkpoint(ckpt, recipe=recipe)
+        start = state["epoch"]
+        # the workers' GPUs are not known here: their kind only
+        device = {"device": "cuda", "name": None} if use_gpu else {"device": "cpu", "name": "cpu"}
+        _warn_if_resumed_otherwise(Path(out_dir), state, [device] * int(num_workers),
+                                  int(num_workers), recipe)
+        del state
+    main = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main else None
     try:
         trainer.fit()
+    except SystemExit:
+        # Ray Train's Ctrl-C handler aborts the workers, then calls sys.exit(0): the command
+        # ended without a word (status 1, or 0 as if finished). It stops as interrupted runs do.
+        raise KeyboardInterrupt(f"training {out_dir!r} on Ray Train was interrupted") from None
     except Exception as err:  # Ray Train's TrainingFailedError (its module moved across versions)
         cause = _worker_error(err)
         if cause is None:
             raise
         raise cause from err  # Ray's report of every worker, tracebacks and all, is its cause
+    finally:
+        # Ray Train leaves its handler: a later Ctrl-C (a study measuring) called sys.exit(0)
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
     return _result_from_dir(Path(out_dir), resumed_from=start)
 
 
-def check_workers(recipe: Recipe, num_workers: int) -> None:
+def check_workers(recipe: Recipe, num_workers: int, use_gpu: bool = False) -> None:
     """Raise ``ValueError`` unless ``num_workers`` (>= 1) Ray Train workers can share the
-    recipe's batch equally (checked by :func:`train_ray`, and by a study for all its runs
-    before it starts any)."""
+    recipe's batch equally, and the recipe's ``device``, if set, agrees with ``use_gpu``
+    (checked by :func:`train_ray`, and by a study for all its runs before it starts any)."""
     if int(num_workers) < 1:
         raise ValueError(f"Expected `num_workers` to be >= 1, but got {num_workers!r}.")
     if recipe.batch_size % int(num_workers):
         raise ValueError(f"Expected the recipe's batch size ({recipe.batch_size}) to be divisible "
                          f"by `num_workers` ({num_workers}): each worker trains on an equal share "
                          f"of it. Use {_divisors(recipe.batch_size, int(num_workers))} workers.")
+    if recipe.device is not None:  # Ray places the workers: use_gpu says where, not the recipe
+        kind = torch.device(recipe.device).type
+        if (kind == "cuda") != bool(use_gpu):
+            raise ValueError(
+                f"Expected use_gpu={kind == 'cuda'} (--gpu {'given' if kind == 'cuda' else 'left out'}) "
+                f"for the recipe's device {recipe.device!r}: Ray workers train on "
+                f"{'a GPU each' if use_gpu else 'CPUs'} with use_gpu={bool(use_gpu)}. Leave the "
+                "device unset (--device) to let use_gpu decide.")
 
 
 def _worker_error(err) -> Optional[BaseException]:

@@ -305,7 +305,7 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     else:
         from .ray_train import check_workers
         for recipe in recipes:
-            check_workers(recipe, workers)
+            check_workers(recipe, workers, use_gpu)
     if measure:
         resolve_device(device)
     _claim_folder(out, study.name)

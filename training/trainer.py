@@ -440,30 +440,38 @@ def _device_record(device: torch.device) -> Dict[str, str]:
     return {"device": str(device), "name": device.type}
 
 
-def _warn_other_devices(out: Path, ckpt: Dict, devices: List[Dict[str, str]],
-                        recipe: Recipe) -> None:
-    """Warn that a run resumed on other devices than its checkpoint's epochs were trained on
-    (with ``device=None``, a run begun on a GPU goes on on the CPU of a machine without one); a
-    checkpoint older than that record is compared by its recipe's ``device`` field."""
-    def kinds(records):
-        return sorted({(torch.device(r["device"]).type, r["name"]) for r in records})
+def _warn_if_resumed_otherwise(out: Path, ckpt: Dict, devices: List[Dict], workers: int,
+                              recipe: Recipe) -> None:
+    """Warn that a run resumed otherwise than its checkpoint's epochs were trained: on another
+    number of (Ray) workers, whose random streams restart from the seed, or on another kind of
+    device (with ``device=None``, a run begun on a GPU goes on on the CPU of a machine without
+    one). ``devices``: :func:`_device_record` of each worker; a ``name`` of ``None`` is not known
+    (a Ray driver's view of its GPU workers) and only the device type is compared. A checkpoint
+    older than that record is compared by its recipe's ``device`` field."""
+    before, what = len(ckpt["rng_per_rank"]), []
+    if before != workers:
+        what.append(f"on {workers} worker(s), its epochs so far on {before} (resume with "
+                    f"{before} for an exact continuation)")
+
+    def kinds(records, names):
+        return sorted({(torch.device(r["device"]).type, r["name"] if names else None)
+                       for r in records})
 
     def said(records):
-        return ", ".join(sorted({r["device"] if r["name"] == torch.device(r["device"]).type
+        return ", ".join(sorted({r["device"] if r["name"] in (None, torch.device(r["device"]).type)
                                  else f"{r['device']} ({r['name']})" for r in records}))
 
-    before = ckpt.get("devices")
-    if before is not None:
-        if kinds(before) == kinds(devices):
-            return
-        what = f"on {said(devices)}, its epochs so far on {said(before)}"
-    else:
-        stored = (ckpt.get("recipe") or {}).get("device")
-        if stored == recipe.device:
-            return
-        what = f"with another device ({recipe.device!r}, its recipe's was {stored!r})"
-    warn(f"Resuming {str(out)!r} {what}: the rest of the run computes differently, so it will "
-         "not be bitwise the uninterrupted run.")
+    recorded = ckpt.get("devices")
+    if recorded is not None:
+        names = all(r["name"] is not None for r in devices)
+        if kinds(recorded, names) != kinds(devices, names):
+            what.append(f"on {said(devices)}, its epochs so far on {said(recorded)}")
+    elif (ckpt.get("recipe") or {}).get("device") != recipe.device:
+        what.append(f"with another device ({recipe.device!r}, its recipe's was "
+                    f"{ckpt['recipe']['device']!r})")
+    if what:
+        warn(f"Resuming {str(out)!r} {' and '.join(what)}: the rest of the run computes "
+             "differently, so it will not be bitwise the uninterrupted run.")
 
 
 def _rng_state(generator: torch.Generator) -> Dict:
@@ -704,14 +712,11 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         states = ckpt["rng_per_rank"]
+        # on another number of workers, the random streams restart from the seed
         if len(states) == dist.world:
             _set_rng_state(states[dist.rank], generator)
-        elif dist.rank == 0:  # weights and optimiser continue; the random streams restart from the seed
-            warn(f"Resuming a run of {len(states)} worker(s) on {dist.world}: the "
-                 f"result will not equal an uninterrupted run. Resume with "
-                 f"{len(states)} worker(s) for an exact continuation.")
-        if dist.rank == 0:
-            _warn_other_devices(out, ckpt, devices, recipe)
+        if not dist.on:  # a Ray run's driver warns (a worker's warning stays in its log)
+            _warn_if_resumed_otherwise(out, ckpt, devices, dist.world, recipe)
         start, history = ckpt["epoch"], ckpt["history"]
 
     net = model
