@@ -118,3 +118,40 @@ def test_a_study_measured_on_other_images_reuses_its_runs(tmp_path, monkeypatch)
     measured.clear()
     run_study("objective-fashion", str(tmp_path), seeds=[0], overrides=overrides, n_images=5)
     assert measured == [(5, 5)] * 3
+
+
+@needs_fmnist
+def test_a_second_process_training_the_same_folder_is_refused(tmp_path):
+    # it would delete (overwrite=True) or interleave the first one's checkpoints and metrics
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    recipe = get_recipe("cnn7-fmnist6", **TINY, device="cpu")
+    run = tmp_path / "run"
+    with pytest.raises(_Crash):
+        train(recipe, str(run), callback=_crash_after_first)
+    kept = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert CHECKPOINT in kept and not any(n.endswith(".lock") for n in kept)  # released
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    lock = run / ".equifast-train.lock"
+    try:
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid}))
+        for overwrite in (False, True):
+            with pytest.raises(BlockingIOError, match=f"no other training writing to .*pid {other.pid}"):
+                train(recipe, str(run), overwrite=overwrite)
+            assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p != lock} == kept
+    finally:
+        other.kill()
+        other.wait()
+    # its process gone (killed): the lock is stale, taken over, and the run resumes and ends
+    result = train(recipe, str(run))
+    assert result.resumed_from == 1 and not lock.exists()
+    # a folder of a user's own files is refused as before, and gets no lock file
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds other files"):
+        train(recipe, str(mine))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

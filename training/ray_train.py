@@ -42,7 +42,8 @@ from equifast.warning import warn
 
 from .recipes import Recipe
 from .trainer import (CHECKPOINT, TrainResult, _datasets, _fit, _load_checkpoint,
-                      _result_from_dir, _will_train, prepare_out_dir, _warn_if_resumed_otherwise)
+                      _result_from_dir, _will_train, prepare_out_dir, _warn_if_resumed_otherwise,
+                      run_lock)
 
 __all__ = ["train_ray"]
 
@@ -140,49 +141,50 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         # in a Ray Train worker error, and before --overwrite deletes the old run. (On a
         # cluster the data may be on the workers only.)
         _datasets(recipe)
-    done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
-    if done is not None:
-        return done
-    if local is not None:
-        # address="local": a `ray start` cluster on this machine is not joined (it refuses
-        # num_cpus), as documented for sweeps
-        ray.init(address="local", num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]))
-    trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={"recipe": recipe.to_dict(), "out_dir": out_dir, "use_gpu": use_gpu,
-                           **(_fail or {})},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=scaling,
-        run_config=RunConfig(name=f"equifast-{recipe.name}",
-                             storage_path=storage_path or os.path.join(out_dir, "ray")),
-    )
-    ckpt, start = Path(out_dir, CHECKPOINT), 0
-    if ckpt.is_file():
-        state = _load_checkpoint(ckpt, recipe=recipe)
-        start = state["epoch"]
-        # the workers' GPUs are not known here: their kind only
-        device = {"device": "cuda", "name": None} if use_gpu else {"device": "cpu", "name": "cpu"}
-        _warn_if_resumed_otherwise(Path(out_dir), state, [device] * int(num_workers),
-                                  int(num_workers), recipe)
-        del state
-    main = threading.current_thread() is threading.main_thread()
-    sigint = signal.getsignal(signal.SIGINT) if main else None
-    try:
-        trainer.fit()
-    except SystemExit:
-        # Ray Train's Ctrl-C handler aborts the workers, then calls sys.exit(0): the command
-        # ended without a word (status 1, or 0 as if finished). It stops as interrupted runs do.
-        raise KeyboardInterrupt(f"training {out_dir!r} on Ray Train was interrupted") from None
-    except Exception as err:  # Ray Train's TrainingFailedError (its module moved across versions)
-        cause = _worker_error(err)
-        if cause is None:
-            raise
-        raise cause from err  # Ray's report of every worker, tracebacks and all, is its cause
-    finally:
-        # Ray Train leaves its handler: a later Ctrl-C (a study measuring) called sys.exit(0)
-        if sigint is not None:
-            signal.signal(signal.SIGINT, sigint)
-    return _result_from_dir(Path(out_dir), resumed_from=start)
+    with run_lock(out_dir):  # the driver's: the workers write into the folder it holds
+        done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
+        if done is not None:
+            return done
+        if local is not None:
+            # address="local": a `ray start` cluster on this machine is not joined (it refuses
+            # num_cpus), as documented for sweeps
+            ray.init(address="local", num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]))
+        trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config={"recipe": recipe.to_dict(), "out_dir": out_dir, "use_gpu": use_gpu,
+                               **(_fail or {})},
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            scaling_config=scaling,
+            run_config=RunConfig(name=f"equifast-{recipe.name}",
+                                 storage_path=storage_path or os.path.join(out_dir, "ray")),
+        )
+        ckpt, start = Path(out_dir, CHECKPOINT), 0
+        if ckpt.is_file():
+            state = _load_checkpoint(ckpt, recipe=recipe)
+            start = state["epoch"]
+            # the workers' GPUs are not known here: their kind only
+            device = {"device": "cuda", "name": None} if use_gpu else {"device": "cpu", "name": "cpu"}
+            _warn_if_resumed_otherwise(Path(out_dir), state, [device] * int(num_workers),
+                                      int(num_workers), recipe)
+            del state
+        main = threading.current_thread() is threading.main_thread()
+        sigint = signal.getsignal(signal.SIGINT) if main else None
+        try:
+            trainer.fit()
+        except SystemExit:
+            # Ray Train's Ctrl-C handler aborts the workers, then calls sys.exit(0): the command
+            # ended without a word (status 1, or 0 as if finished). It stops as interrupted runs do.
+            raise KeyboardInterrupt(f"training {out_dir!r} on Ray Train was interrupted") from None
+        except Exception as err:  # Ray Train's TrainingFailedError (its module moved across versions)
+            cause = _worker_error(err)
+            if cause is None:
+                raise
+            raise cause from err  # Ray's report of every worker, tracebacks and all, is its cause
+        finally:
+            # Ray Train leaves its handler: a later Ctrl-C (a study measuring) called sys.exit(0)
+            if sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
+        return _result_from_dir(Path(out_dir), resumed_from=start)
 
 
 def check_workers(recipe: Recipe, num_workers: int, use_gpu: bool = False) -> None:

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from equifast._io import (atomic_write, check_own_folder, remove_stale_temps, save_torch_atomic,
+from equifast._io import (FolderLock, atomic_write, check_own_folder, remove_stale_temps, save_torch_atomic,
                           write_text_atomic)
 from equifast.devices import resolve_device
 from equifast.warning import warn
@@ -511,6 +511,15 @@ def _will_train(out_dir: str, overwrite: bool) -> bool:
     return overwrite or not Path(out_dir, RESULT).is_file()
 
 
+def run_lock(out_dir: str) -> FolderLock:
+    """The lock a process holds on a run folder while it prepares and trains it: a second
+    process training the same folder (another terminal, a study started twice) is refused, as
+    it would delete (``overwrite``) or interleave the first one's checkpoints and metrics. A
+    folder of a user's own files is refused first, and gets no lock file."""
+    check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir` (--out)")
+    return FolderLock(out_dir, ".equifast-train.lock", "training")
+
+
 def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
                     overwrite: bool = False) -> Optional[TrainResult]:
     """Check ``out_dir`` before training; returns the result when the run is finished.
@@ -809,7 +818,8 @@ def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = F
     device = resolve_device(recipe.device)  # a missing GPU fails here, before the run folder is touched
     # and missing data too, whenever it will train: --overwrite deletes the old run
     datasets = _datasets(recipe) if _will_train(out_dir, overwrite) else None
-    done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
-    if done is not None:
-        return done
-    return _fit(recipe, out_dir, callback, device, datasets)
+    with run_lock(out_dir):
+        done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
+        if done is not None:
+            return done
+        return _fit(recipe, out_dir, callback, device, datasets)
