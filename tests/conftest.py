@@ -52,3 +52,17 @@ def same_run():
                                       pd.read_csv(Path(b) / "metrics.csv").drop(columns="seconds"))
 
     return check
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray for a module's tests (2 CPUs); one already running is used and left to its
+    owner."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        yield
+        return
+    # a Ray of the tests' own, even where a `ray start` cluster runs on the machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

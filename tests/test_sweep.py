@@ -35,17 +35,6 @@ MODELS = [
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    if ray.is_initialized():  # another module's Ray: use it, leave it to its owner
-        yield
-        return
-    # a Ray of the tests' own, even where a `ray start` cluster runs on the machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """8 small PNGs in two class subfolders (so the sweep measures accuracy too: the models have
     two classes)."""

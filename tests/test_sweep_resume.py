@@ -22,16 +22,6 @@ from equifast.distributed.cli import main as sweep_main  # noqa: E402
 from equifast.distributed.store import _json_safe  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    if ray.is_initialized():  # another module's Ray: use it, leave it to its owner
-        yield
-        return
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _png(path: Path, seed: int) -> None:
     from PIL import Image
 
