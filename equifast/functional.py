@@ -7,9 +7,12 @@ The streaming side (:mod:`equifast.aggregate`) calls this same function on every
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import operator
+import threading
+import weakref
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -68,9 +71,22 @@ def _index_map(transform: Transform, map_size: Tuple[int, int], input_size: Tupl
                 device: torch.device):
     """The transform's index maps, checked; cached where :func:`_cache_key` identifies them."""
     key = _cache_key(transform)
+    device = _device_key(device)
     if key is None:
         return _checked_index_map(transform, map_size, input_size, device)
     return _cached_index_map(_Keyed(key, transform), map_size, input_size, device)
+
+
+def _device_key(device) -> torch.device:
+    """``device`` as its tensors name it: ``cuda`` is the current ``cuda:i``, ``cpu:0`` is
+    ``cpu``. Otherwise a map cached for ``Measurer``'s device (``cuda``) was built and kept again
+    for its features' (``cuda:0``): twice the maps, on the GPU."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type == "cpu" and device.index is not None:
+        return torch.device("cpu")
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 class _Keyed:
@@ -111,11 +127,68 @@ def _checked_index_map(transform: Transform, map_size: Tuple[int, int],
     return a, b
 
 
-# Cached (building a map syncs with the device), and checked here once, so the operator is
-# called with check_indices=False: no host sync per call on CUDA.
-@functools.lru_cache(maxsize=4096)
+# Index maps are cached (building one syncs with the device) and checked here once, so the
+# operator is called with check_indices=False: no host sync per call on CUDA. The cache is
+# bounded by bytes as well as entries: a map holds 16 bytes a compared position (4 MiB for the
+# 512x512 maps of a 1024-pixel input's stride-2 stem), so 4096 entries could pin 16 GiB, of
+# device memory on a GPU, for the life of the process (a sweep's worker measures model after
+# model). One run's maps (every transform at every map size) are well inside the bound: 190 MiB
+# for the 35 default transforms at 1024 pixels (EfficientNet's 512x512 stem), 9 MiB at 224;
+# larger runs keep theirs as long as their Measurer lives. Both bounds may be changed.
+INDEX_MAP_CACHE_BYTES = 512 * 2**20
+INDEX_MAP_CACHE_ENTRIES = 4096
+
+
+class _MapCache:
+    """Least recently used index maps, at most ``INDEX_MAP_CACHE_ENTRIES`` of them holding at
+    most ``INDEX_MAP_CACHE_BYTES`` together; a map larger than that alone is not kept. A map
+    still held elsewhere (a :class:`~equifast.measurement.Measurer` holds those of its run) is
+    found again rather than built again, so a run larger than the bound does not rebuild its
+    maps every batch."""
+
+    def __init__(self):
+        self._maps: "collections.OrderedDict" = collections.OrderedDict()  # key -> (maps, bytes)
+        self._alive = weakref.WeakValueDictionary()  # (key, 0 or 1) -> a map anyone still holds
+        self.bytes = 0
+        self._lock = threading.Lock()  # threads may measure at once
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def get(self, key, build):
+        with self._lock:
+            hit = self._maps.get(key)
+            if hit is not None:
+                self._maps.move_to_end(key)
+                return hit[0]
+            maps = (self._alive.get((key, 0)), self._alive.get((key, 1)))
+        if maps[0] is None or maps[1] is None:
+            maps = build()  # outside the lock: it may take a while, and raises for a bad transform
+            with self._lock:
+                self._alive[(key, 0)], self._alive[(key, 1)] = maps
+        size = sum(t.numel() * t.element_size() for t in maps)
+        with self._lock:
+            if key not in self._maps and size <= INDEX_MAP_CACHE_BYTES:
+                self._maps[key] = (maps, size)
+                self.bytes += size
+            while self._maps and (self.bytes > INDEX_MAP_CACHE_BYTES
+                                  or len(self._maps) > INDEX_MAP_CACHE_ENTRIES):
+                self.bytes -= self._maps.popitem(last=False)[1][1]
+        return maps
+
+    def clear(self) -> None:
+        with self._lock:
+            self._maps.clear()
+            self._alive.clear()
+            self.bytes = 0
+
+
+_map_cache = _MapCache()
+
+
 def _cached_index_map(keyed: "_Keyed", map_size, input_size, device):
-    return _checked_index_map(keyed.transform, map_size, input_size, device)
+    return _map_cache.get((keyed, map_size, input_size, device),
+                          lambda: _checked_index_map(keyed.transform, map_size, input_size, device))
 
 
 def _whole(v) -> int:

@@ -397,3 +397,78 @@ def test_a_vector_of_one_entry_warns_that_it_has_no_per_image_correlation(backen
                             backend=backend)  # two entries: no warning
     want = max(0.0, float(np.corrcoef(fx[:, 0].double(), ftx[:, 0].double())[0, 1]))
     torch.testing.assert_close(across.channel, torch.full((6, 1), want), atol=1e-6, rtol=0)
+
+
+def test_index_map_cache_is_bounded_by_bytes(monkeypatch):
+    # 4096 entries of 4 MiB maps (a 1024-pixel input) could pin 16 GiB: the bytes bound it too
+    import gc
+    import weakref
+
+    from equifast import functional
+
+    one = 2 * 32 * 32 * 8  # a circular shift of a 32x32 map: two int64 [1024] index tensors
+    monkeypatch.setattr(functional, "INDEX_MAP_CACHE_BYTES", 3 * one + one // 2)
+    functional._map_cache.clear()
+    try:
+        shifts = [ef.Translation(s, s) for s in range(1, 7)]
+        refs = []
+        for t in shifts:
+            a, b = functional._index_map(t, (32, 32), (32, 32), torch.device("cpu"))
+            fresh = t.index_map((32, 32), (32, 32))  # what the cache hands out is the map itself
+            assert torch.equal(a, fresh[0]) and torch.equal(b, fresh[1])
+            refs.append((weakref.ref(a), weakref.ref(b)))
+            del a, b, fresh
+        gc.collect()
+        held = [i for i, (ra, rb) in enumerate(refs) if ra() is not None or rb() is not None]
+        assert held == [3, 4, 5]  # the three most recent, the bytes the bound allows
+        assert functional._map_cache.bytes == sum(
+            ra().nbytes + rb().nbytes for ra, rb in (refs[i] for i in held)) == 3 * one
+        # a hit is the kept tensor itself, and moves it to the end: the next eviction is shift 5
+        assert functional._index_map(shifts[3], (32, 32), (32, 32), torch.device("cpu"))[0] is refs[3][0]()
+        functional._index_map(shifts[0], (32, 32), (32, 32), torch.device("cpu"))
+        gc.collect()
+        assert refs[4][0]() is None and refs[3][0]() is not None and refs[5][0]() is not None
+        # a map larger than the whole bound is built, right, and not kept
+        a, b = functional._index_map(shifts[0], (64, 64), (64, 64), torch.device("cpu"))
+        assert torch.equal(a, shifts[0].index_map((64, 64), (64, 64))[0])
+        assert len(functional._map_cache) == 3 and functional._map_cache.bytes == 3 * one
+    finally:
+        functional._map_cache.clear()
+
+
+def test_index_maps_are_cached_once_per_device_whatever_its_name():
+    # Measurer checks the maps on its device ('cuda', 'cpu:0'), the operator reads them on the
+    # features' ('cuda:0', 'cpu'): one map, not one for each name (twice the maps on a GPU)
+    from equifast import functional
+
+    t = ef.Rotation(1)
+    a, b = functional._index_map(t, (8, 8), (16, 16), torch.device("cpu", 0))
+    again = functional._index_map(t, (8, 8), (16, 16), torch.zeros(1, device="cpu:0").device)
+    assert again[0] is a and again[1] is b
+    assert torch.equal(a, t.index_map((8, 8), (16, 16))[0])
+
+
+def test_an_index_map_held_elsewhere_is_found_again_not_built_again(monkeypatch):
+    # a run whose maps exceed the bound (2048-pixel inputs) would rebuild each of them every
+    # batch: the maps a Measurer holds are found again however full the cache is
+    import gc
+    import weakref
+
+    from equifast import functional
+
+    monkeypatch.setattr(functional, "INDEX_MAP_CACHE_BYTES", 0)  # the cache keeps nothing
+    functional._map_cache.clear()
+    try:
+        t, cpu = ef.Translation(2, 3), torch.device("cpu")
+        held = functional._index_map(t, (16, 16), (16, 16), cpu)
+        assert len(functional._map_cache) == 0
+        again = functional._index_map(t, (16, 16), (16, 16), cpu)
+        assert again[0] is held[0] and again[1] is held[1]
+        old = weakref.ref(held[0])
+        del held, again
+        gc.collect()
+        assert old() is None  # let go by everyone: gone, and built anew when asked again
+        rebuilt = functional._index_map(t, (16, 16), (16, 16), cpu)
+        assert torch.equal(rebuilt[0], t.index_map((16, 16), (16, 16))[0])
+    finally:
+        functional._map_cache.clear()
