@@ -119,9 +119,11 @@ class VectorState:
 
     Holds, in float64, the means of ``u`` and ``v`` per channel and their centred second
     moments: ``sum (u - mean u)^2``, ``sum (v - mean v)^2`` and ``sum (u - mean u)(v - mean v)^T``
-    (``K x K``), so any number of images fits in memory. Batches and states combine by Chan's
-    parallel formulas: raw sums of squares would lose the spread of vectors whose mean is large
-    beside it (logits near 1e3 that differ by 1e-2), more so the more batches they came in.
+    (``K x K``: 32 MiB for 2048 channels, the one term that grows with the width; the layer
+    score's maximum over ``k'`` needs all of it), so any number of images fits in memory.
+    Batches and states combine by Chan's parallel formulas: raw sums of squares would lose the
+    spread of vectors whose mean is large beside it (logits near 1e3 that differ by 1e-2), more
+    so the more batches they came in.
     The moments serve every metric: :meth:`scores` takes the metric.
     """
 
