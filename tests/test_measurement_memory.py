@@ -108,26 +108,34 @@ def test_a_measurer_holds_its_index_maps_however_small_the_cache(monkeypatch):
         functional._map_cache.clear()
 
 
-def test_across_images_moments_are_summed_after_the_last_pass_features_are_freed(monkeypatch):
-    # their K x K float64 products came while the last pass' maps were still held (ResNet-50,
-    # 16 images at 224: a peak of 1073 MiB -> 810 MiB)
+def _alive_at_vector_updates(monkeypatch, model, module, x):
+    """One ``update`` of an ``across_images`` Measurer (rotations): ``(measurer, outputs,
+    alive)``, how many outputs ``module`` gave (f(x)'s and each pass') and, at each
+    ``VectorState.update`` (the real one), how many of them were still alive."""
     from equifast.aggregate import VectorState
 
-    model = _net()
     outputs, alive = [], []
-    model[0][1].register_forward_hook(lambda mod, args, out: outputs.append(weakref.ref(out)))
+    module.register_forward_hook(lambda mod, args, out: outputs.append(weakref.ref(out)))
     update = VectorState.update
 
-    def counted(self, fx, ftx):  # the real update, with a count of the maps still alive
+    def counted(self, fx, ftx):
         alive.append(sum(r() is not None for r in outputs))
         return update(self, fx, ftx)
 
     monkeypatch.setattr(VectorState, "update", counted)
-    x = torch.rand(4, 3, 12, 12)
-    m = Measurer(model, x, ef.rotations(), batch_size=4, vector_mode="across_images")
-    outputs.clear()
+    m = Measurer(model, x, ef.rotations(), batch_size=x.shape[0], vector_mode="across_images")
+    outputs.clear()  # the split's pass
     m.update(x)
-    assert len(outputs) == 4  # f(x) and three passes
+    return m, len(outputs), alive
+
+
+def test_across_images_moments_are_summed_after_the_last_pass_features_are_freed(monkeypatch):
+    # their K x K float64 products came while the last pass' maps were still held (ResNet-50,
+    # 16 images at 224: a peak of 1073 MiB -> 810 MiB)
+    model = _net()
+    _, outputs, alive = _alive_at_vector_updates(monkeypatch, model, model[0][1],
+                                                 torch.rand(4, 3, 12, 12))
+    assert outputs == 4  # f(x) and three passes
     assert alive == [1] * 6  # f(x)'s alone, for each of 2 vector points and 3 rotations
 
 
@@ -136,24 +144,11 @@ def test_across_images_keeps_the_pooled_token_not_each_pass_token_sequence(monke
     # for the moments as it came, every pass' sequence lived until the batch was done
     import torchvision
 
-    from equifast.aggregate import VectorState
-
     torch.manual_seed(0)
     model = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2,
                                                  num_heads=2, hidden_dim=8, mlp_dim=16,
                                                  num_classes=3).eval()
-    sequences, alive = [], []
-    model.encoder.ln.register_forward_hook(lambda m, a, out: sequences.append(weakref.ref(out)))
-    update = VectorState.update
-
-    def counted(self, fx, ftx):  # the real update, with a count of the sequences still alive
-        alive.append(sum(r() is not None for r in sequences))
-        return update(self, fx, ftx)
-
-    monkeypatch.setattr(VectorState, "update", counted)
-    x = torch.rand(4, 3, 16, 16)
-    m = Measurer(model, x, ef.rotations(), batch_size=4, vector_mode="across_images")
+    m, sequences, alive = _alive_at_vector_updates(monkeypatch, model, model.encoder.ln,
+                                                   torch.rand(4, 3, 16, 16))
     assert [p.name for p in m.points][-2:] == ["pool", "final"]
-    sequences.clear()
-    m.update(x)
-    assert len(sequences) == 4 and alive == [1] * 6  # f(x)'s alone, not those of 3 passes
+    assert sequences == 4 and alive == [1] * 6  # f(x)'s alone, not those of 3 passes
