@@ -184,6 +184,11 @@ class ImageFiles(Dataset):
                              f"larger ({e}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
                              "if the file is trusted.") from e
         except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable files
+            if isinstance(e, OSError) and e.errno is not None:
+                # the file system's (EIO, a stale NFS handle, a file gone since the listing),
+                # naming the file: an OSError, which a sweep's retry_exceptions retries, where a
+                # file PIL cannot decode (no errno) would fail again
+                raise
             raise ValueError(f"Expected {str(path)!r} to be a readable image, but PIL could not decode "
                              f"it ({e}); remove or replace that file.") from e
         img = _pil_rgb(img, path)

@@ -72,6 +72,22 @@ def test_image_folder_modes_and_unreadable_file(tmp_path):
         assert "Traceback" not in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_file_system_error_stays_an_os_error(tmp_path):
+    # a file gone since the listing (or EIO on a network disk) was called an image PIL could
+    # not decode, a ValueError, which a sweep does not retry; an undecodable file still is one
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    (tmp_path / "c.png").write_bytes(b"not a png")
+    files = data.ImageFiles(str(tmp_path))
+    (tmp_path / "b.png").unlink()
+    assert files[0][0].size == (8, 8)
+    with pytest.raises(FileNotFoundError) as err:
+        files[1]
+    assert not isinstance(err.value, ValueError) and str(tmp_path / "b.png") in str(err.value)
+    with pytest.raises(ValueError, match="c.png' to be a readable image"):
+        files[2]
+
+
 def test_sixteen_bit_float_and_extreme_images(tmp_path):
     # convert("RGB") clipped a 16-bit PNG to white and a float image to 0/1: silent wrong scores
     import numpy as np
