@@ -94,15 +94,15 @@ def remove_stale_temps(folder: Union[str, os.PathLike], names: Iterable[str]) ->
     if not folder.is_dir():
         return
     for p in folder.iterdir():
-        m = _TMP.fullmatch(p.name)
-        if m and m["name"] in names and not pid_alive(int(m["pid"])):
+        if _stale_temp(p.name) in names:
             p.unlink(missing_ok=True)
 
 
-def _stale_temp(name: str) -> bool:
-    """Whether ``name`` is a temporary file of a killed :func:`atomic_write` (its process gone)."""
+def _stale_temp(name: str):
+    """The file name whose temporary file ``name`` is, when it is one of a killed
+    :func:`atomic_write` (its process gone); else ``None``."""
     m = _TMP.fullmatch(name)
-    return bool(m) and not pid_alive(int(m["pid"]))
+    return m["name"] if m and not pid_alive(int(m["pid"])) else None
 
 
 def pid_alive(pid: int) -> bool:
