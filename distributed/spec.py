@@ -299,8 +299,12 @@ def folder_labels_source(dataset: "DatasetEntry", base_dir: str = ".") -> Dict[s
         return {}
     if not files.labelled:
         return {}
-    text = json.dumps(list(files.classes)) + "\n" + ",".join(map(str, files.labels))
-    return {"labels_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    return {"labels_sha256": hashlib.sha256(_labels_text(files).encode()).hexdigest()}
+
+
+def _labels_text(files) -> str:
+    """An :class:`equifast.data.ImageFiles`' classes and each image's label, as hashed."""
+    return json.dumps(list(files.classes)) + "\n" + ",".join(map(str, files.labels))
 
 
 def folder_files_sha256(path: str) -> Optional[str]:
@@ -325,8 +329,7 @@ def folder_files_sha256(path: str) -> Optional[str]:
     digest = hashlib.sha256()
     _hash_lines(digest, names, file_sizes(files.paths))
     if not names_give_labels(files, names):  # else the names say it: the digest stays as it was
-        digest.update(("\0labels\n" + json.dumps(list(files.classes)) + "\n"
-                       + ",".join(map(str, files.labels))).encode())
+        digest.update(("\0labels\n" + _labels_text(files)).encode())
     return digest.hexdigest()
 
 
