@@ -72,9 +72,8 @@ def _index_map(transform: Transform, map_size: Tuple[int, int], input_size: Tupl
     """The transform's index maps, checked; cached where :func:`_cache_key` identifies them."""
     key = _cache_key(transform)
     device = _device_key(device)
-    if key is None:
-        return _checked_index_map(transform, map_size, input_size, device)
-    return _cached_index_map(_Keyed(key, transform), map_size, input_size, device)
+    build = functools.partial(_checked_index_map, transform, map_size, input_size, device)
+    return build() if key is None else _map_cache.get((key, map_size, input_size, device), build)
 
 
 def _device_key(device) -> torch.device:
@@ -87,21 +86,6 @@ def _device_key(device) -> torch.device:
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device
-
-
-class _Keyed:
-    """A transform as the cache sees it: equal and hashed by its :func:`_cache_key` only."""
-
-    __slots__ = ("key", "transform")
-
-    def __init__(self, key, transform):
-        self.key, self.transform = key, transform
-
-    def __eq__(self, other):
-        return isinstance(other, _Keyed) and self.key == other.key
-
-    def __hash__(self):
-        return hash(self.key)
 
 
 def _checked_index_map(transform: Transform, map_size: Tuple[int, int],
@@ -184,11 +168,6 @@ class _MapCache:
 
 
 _map_cache = _MapCache()
-
-
-def _cached_index_map(keyed: "_Keyed", map_size, input_size, device):
-    return _map_cache.get((keyed, map_size, input_size, device),
-                          lambda: _checked_index_map(keyed.transform, map_size, input_size, device))
 
 
 def _whole(v) -> int:
