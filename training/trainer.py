@@ -292,7 +292,8 @@ class _LossWatch:
         loss so far was not finite."""
         if (step + 1) % self.every and step + 1 != steps:
             return
-        first = int(self.dist.min(self.first.clone()).item())
+        # reduced in place: unless all ranks held _NEVER (kept so) the pass stops here
+        first = int(self.dist.min(self.first).item())
         if first != _NEVER:
             raise _Diverged(first, step + 1, steps, sums.cpu())
 
@@ -313,17 +314,18 @@ def _run_epoch(model, loader, device, num_classes, optimizer=None,
             if shares is not None:
                 w = shares.weights(step, x.shape[0], device)
                 loss, correct, rot_correct = _loss_and_counts(model(x), y, num_classes, "none")
-                real = (w > 0).double()
+                mask = w > 0
+                real = mask.double()
                 optimizer.zero_grad(set_to_none=True)
                 (loss * w.to(loss.dtype)).sum().backward()
                 optimizer.step()
-                loss = loss.detach()
                 # a padded copy's loss weighs 0, and NaN * 0 is NaN: its images count only
-                sums += torch.stack([torch.where(real > 0, loss.double(), 0).sum(), real.sum(),
+                loss = torch.where(mask, loss.detach(), 0)
+                sums += torch.stack([loss.double().sum(), real.sum(),
                                      (correct.double() * real).sum(),
                                      (rot_correct.double() * real).sum()])
                 if watch is not None:
-                    watch.see(step, torch.where(real > 0, loss, 0))
+                    watch.see(step, loss)
                     watch.check(step, steps, sums)
                 continue
             loss, correct, rot_correct = _loss_and_counts(model(x), y, num_classes)
