@@ -698,19 +698,19 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
             seq.append(("weightless", [c]))
     if repeated:
         _warn(f"Modules of {type(an.model).__name__} that run more than once in one forward "
-                      f"pass are not points: {', '.join(repeated)}. {_REPEATED_HINT}")
+              f"pass are not points: {', '.join(repeated)}. {_REPEATED_HINT}")
     if unbatched:
         _warn(f"Modules of {type(an.model).__name__} whose output does not have the {an.n} "
-                      f"images on its first axis are not points: {', '.join(unbatched)}.")
+              f"images on its first axis are not points: {', '.join(unbatched)}.")
     # iterated containers whose modules do not read each other's outputs give no point: say so
     # (CaiT's class-attention blocks, HRNet's branch heads; a model whose blocks it cannot chain)
     start = lambda name: min(c.start for n, c in an.calls.items() if n.startswith(name + "."))  # noqa: E731
     dropped = [n for n in dict.fromkeys(an.dropped) if pooling is None or start(n) < pooling.start]
     if dropped:
         _warn(f"Blocks of {type(an.model).__name__} in containers its code iterates without "
-                      f"chaining them (a block does not read what the one before returned: CaiT's "
-                      f"class-attention blocks, HRNet's per-branch heads) are not points: "
-                      f"{', '.join(map(repr, dropped))}. {_HINT}")
+              f"chaining them (a block does not read what the one before returned: CaiT's "
+              f"class-attention blocks, HRNet's per-branch heads) are not points: "
+              f"{', '.join(map(repr, dropped))}. {_HINT}")
     kinds = [k for k, _ in seq]
     blocks = [i for i, k in enumerate(kinds) if k == "block"]
     layer = lambda i: kinds[i] == "layer" and any(an.weights(c.name) for c in seq[i][1])  # noqa: E731
@@ -1137,7 +1137,7 @@ class Representations(nn.Module):
                 if chosen == "fx" or any(p.module is None for p in points):
                     raise
                 _warn(f"torch.fx extraction failed ({type(e).__name__}: {e}); using forward "
-                              "hooks instead.")
+                      "hooks instead.")
                 method = self.method = "hooks"
         if method == "hooks":
             bad = [p.name for p in points if p.module is None]
@@ -1310,7 +1310,7 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
                     "method='hooks', or register the untraceable modules/functions as leaves "
                     "(timm.layers.register_notrace_module / register_notrace_function).") from e
             _warn(f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}); "
-                          "using forward hooks instead.")
+                  "using forward hooks instead.")
 
     an = _Analysis(model, example_input)
     modules = dict(model.named_modules())
@@ -1395,8 +1395,8 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
                              f"name the module that rearranges them into a map instead. {_LIST_HINT}")
     if misfits:
         _warn(f"Outputs of {type(model).__name__} that are no map of the {an.input_size[0]}x"
-                      f"{an.input_size[1]} image (their two spatial sizes cannot both come from it "
-                      f"by downsampling) are not points: {', '.join(misfits.values())}. {_HINT}")
+              f"{an.input_size[1]} image (their two spatial sizes cannot both come from it "
+              f"by downsampling) are not points: {', '.join(misfits.values())}. {_HINT}")
         found = [f for f in found if f[0] not in misfits]
     pre = [f for f in found if f[0] not in _RESERVED]
     parts = dict(zip([f[0] for f in pre], _parts(len(pre))))
@@ -1473,5 +1473,5 @@ def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module]
     explicit = [n for n in names if n in _RESERVED]
     if not explicit and "pool" not in special:
         _warn(f"Could not find the `pool` point of {type(an.model).__name__}; only `final` "
-                      "is appended to the named points.")
+              "is appended to the named points.")
     return out + [special[r] for r in (explicit or [r for r in _RESERVED if r in special])]
