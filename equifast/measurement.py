@@ -189,12 +189,13 @@ class Measurer:
             self.model = self.model.to(memory_format=torch.channels_last)
         # images come at the model's precision (float32 images into a float16, bfloat16 or
         # float64 model); under amp the model stays float32 and autocast casts
-        self.input_dtype = model_dtype(unwrapped(model)[0])
+        inner = unwrapped(model)[0]
+        self.input_dtype = model_dtype(inner)
         # eval mode does not make these per image: each pass is normalised by its own batch
-        by_batch = [n for n, m in unwrapped(model)[0].named_modules()
+        by_batch = [n for n, m in inner.named_modules()
                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats]
         if by_batch:
-            warn(f"{type(unwrapped(model)[0]).__name__}'s {', '.join(map(repr, by_batch[:3]))}"
+            warn(f"{type(inner).__name__}'s {', '.join(map(repr, by_batch[:3]))}"
                  f"{', ...' if len(by_batch) > 3 else ''} (BatchNorm with track_running_stats="
                  "False) normalise by the statistics of each batch, in eval mode too: its scores "
                  "depend on which images share a pass (batch_size, the transforms stacked "
