@@ -55,7 +55,7 @@ def _run(args) -> int:
         kept = store.shard_files()  # by name: the run checks that they still fit
         print(f"{spec.name}: {len(jobs)} jobs -> {out}")
         for job in jobs:
-            n = sum(1 for _, k, _ in kept.get(job.id, []) if k == job.shards)
+            n = _kept(kept, job.id, job.shards)
             print(f"  {job.id}  {states.get(job.id, 'pending'):8s}  {job.title}  "
                   f"(shards {job.shards}{f', {n} kept' if n else ''}, cpus {job.num_cpus:g}, "
                   f"gpus {job.num_gpus:g})")
@@ -67,6 +67,11 @@ def _run(args) -> int:
         print(f"{len(result.failures)} job(s) failed; their errors are in {out}/records and "
               f"{out}/jobs.csv. Rerun the same command to retry them.", file=sys.stderr)
     return 0 if result.complete else 1
+
+
+def _kept(kept: dict, job_id: str, shards) -> int:
+    """How many shards of ``job_id``'s number of ``shards`` ``ResultStore.shard_files`` lists."""
+    return sum(1 for _, k, _ in kept.get(job_id, []) if k == shards)
 
 
 def _status(args) -> int:
@@ -99,7 +104,7 @@ def _status(args) -> int:
         if (ours is not None and rec["id"] not in ours) or rec["id"] in running | retried:
             continue
         job = rec.get("job", {})
-        n = sum(1 for _, k, _ in kept.get(rec["id"], []) if k == job.get("shards"))
+        n = _kept(kept, rec["id"], job.get("shards"))
         print(f"  failed {rec['id']} {job.get('model', {}).get('label')} / "
               f"{job.get('dataset', {}).get('label')} / {job.get('family')} / seed {job.get('seed')}: "
               f"{rec.get('error')}"
