@@ -167,10 +167,10 @@ def _mean_pixel(path: str, mtime_ns: int) -> float:
     return float(_read_idx_cached(path, mtime_ns).mean(dtype=np.float64)) / 255
 
 
-def _check_family(path: str, what: str) -> None:
+def _check_family(path: str, mtime_ns: int, what: str) -> None:
     """Raise ValueError when the images read as ``what`` (MNIST or Fashion-MNIST) are the other
     data set's, told by their mean pixel (within 0.02 of the other's; other data pass)."""
-    mean = _mean_pixel(path, os.stat(path).st_mtime_ns)
+    mean = _mean_pixel(path, mtime_ns)
     other = next(name for name in _PIXEL_MEAN if name != what)
     if abs(mean - _PIXEL_MEAN[other]) < 0.02:
         raise ValueError(f"Expected the {what} idx files, but {path!r} holds {other}'s images (mean "
@@ -199,8 +199,10 @@ def _load_idx_pair(root: str, sub: str, train: bool, what: str, option: str,
             + (advice if found else
                f"{advice} Put the files there and pass that folder as `root` ({option} on the "
                f"command line), or pass download=True (--download) to fetch them with torchvision."))
-    images, labels = (_read_idx_cached(p, os.stat(p).st_mtime_ns) for p in paths)
-    _check_family(paths[0], what)
+    # one stat per file: the version read is the one whose mean is checked
+    stamps = [os.stat(p).st_mtime_ns for p in paths]
+    images, labels = (_read_idx_cached(p, t) for p, t in zip(paths, stamps))
+    _check_family(paths[0], stamps[0], what)
     return images, labels.astype(np.int64)
 
 
