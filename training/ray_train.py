@@ -42,8 +42,8 @@ from equifast.warning import warn
 
 from .recipes import Recipe
 from .trainer import (CHECKPOINT, TrainResult, _datasets, _fit, _load_checkpoint,
-                      _result_from_dir, _will_train, prepare_out_dir, _warn_if_resumed_otherwise,
-                      run_lock)
+                      _device_record, _result_from_dir, _will_train, prepare_out_dir,
+                      _warn_if_resumed_otherwise, run_lock)
 
 __all__ = ["train_ray"]
 
@@ -163,7 +163,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
             state = _load_checkpoint(ckpt, recipe=recipe)
             start = state["epoch"]
             # the workers' GPUs are not known here: their kind only
-            device = {"device": "cuda", "name": None} if use_gpu else {"device": "cpu", "name": "cpu"}
+            device = {"device": "cuda", "name": None} if use_gpu else _device_record(torch.device("cpu"))
             _warn_if_resumed_otherwise(Path(out_dir), state, [device] * int(num_workers),
                                       int(num_workers), recipe)
             del state
