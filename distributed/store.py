@@ -14,8 +14,9 @@ Layout of a store folder::
                              name), seed, accuracy, status, seconds, error
       sweep.lock             held by the sweep that writes here (host and pid inside)
       shards/<id>.<i>-of-<k>.pt  shard i of k of a job not finished yet (its MeasureState and
-                             info, torch.save'd atomically), reused by the next run; deleted
-                             once the job's "ok" record is written
+                             info, torch.save'd atomically; read with weights_only=True),
+                             reused by the next run; deleted once the job's "ok" record is
+                             written
 
 A record file appears only complete (written to a temporary name in the same folder, then
 ``os.replace``), so a killed driver never leaves a half-written result, and there is exactly
@@ -23,6 +24,7 @@ one record per job id: a rerun replaces a failed record and skips a finished one
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import math
@@ -347,9 +349,11 @@ class ResultStore:
 
         path = self.shard_path(job_id, shard, shards)
         try:
-            # the driver's own file (as trusted as the records): it holds equifast's classes
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 -- missing, torn, or of classes that are gone
+            # weights_only: a file in OUT/shards runs no code when read, whoever put it there;
+            # only the plain classes of a MeasureState are rebuilt (_shard_classes)
+            with torch.serialization.safe_globals(_shard_classes()):
+                payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 -- missing, torn, of other classes (an older format)
             return None
         if not isinstance(payload, dict) or (payload.get("job_id"), payload.get("shard"),
                                              payload.get("shards")) != (job_id, shard, shards):
@@ -616,6 +620,22 @@ class ResultStore:
 
     def __repr__(self) -> str:
         return f"ResultStore({str(self.root)!r})"
+
+
+def _shard_classes() -> List[type]:
+    """The classes a kept shard's ``MeasureState`` is made of, the only ones
+    :meth:`ResultStore.read_shard` rebuilds (``torch.load(weights_only=True)``): the state's
+    own dataclasses, its points, and equifast's transforms (a sweep's transforms are parsed
+    from text: never a user's class). A shard holding any other class is read as unreadable,
+    so it is measured again."""
+    from equifast import transforms
+    from equifast.aggregate import ActivationState, ScoreState, VectorState
+    from equifast.measurement import MeasureState
+    from equifast.points import Point
+
+    own = [c for c in vars(transforms).values() if isinstance(c, type) and not inspect.isabstract(c)
+           and issubclass(c, transforms.Transform) and c.__module__ == transforms.__name__]
+    return [MeasureState, ScoreState, VectorState, ActivationState, Point, *own]
 
 
 def _read(path: Path) -> Optional[Dict[str, Any]]:

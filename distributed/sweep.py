@@ -479,7 +479,8 @@ def _describe(error: BaseException) -> str:
 def _versions() -> Dict[str, str]:
     import equifast
 
-    out = {"equifast": getattr(equifast, "__version__", "?"), "torch": torch.__version__}
+    # plain strings (torch's is a TorchVersion): a kept shard holds them, read weights_only
+    out = {"equifast": str(getattr(equifast, "__version__", "?")), "torch": str(torch.__version__)}
     try:
         import ray
 

@@ -270,3 +270,47 @@ def test_the_store_folder_checks_know_the_shards_folder(tmp_path):
     # a reader's listing is by name: a kept shard of a record's job
     assert [(s, k) for s, k, _ in store.shard_files()["0123456789abcdef"]] == [(1, 2)]
     assert store.remove_shards("0123456789abcdef") == 1 and store.shard_files() == {}
+
+
+class _RunsCode:
+    """What a shard file must never do when it is read: run code (here: make a folder)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_a_kept_shard_is_read_without_running_its_code_and_an_old_format_one_is_measured_again(
+        tmp_path):
+    # shards were read with torch.load(weights_only=False): a file in OUT/shards ran its code
+    spec = _spec(_folder(tmp_path / "data"), datasets=[{"name": "noise", "kind": "random",
+                                                        "image_size": 32}], n_images=4,
+                 transforms={"rf": "rotation:90,flip:horizontal"}, vector_mode="across_images")
+    (job,) = load_spec(spec).jobs()
+    store = ResultStore(tmp_path / "out")
+    kept = _keep_in_process(store, job)  # a real state: rotations, flips, across-image vectors
+    back = store.read_shard(job.id, 0, 2)
+    assert back["info"] == kept[0][1] and back["versions"] == sweep_mod._shard_versions()
+    merged = back["state"].merge(store.read_shard(job.id, 1, 2)["state"]).report().points
+    want = kept[0][0].merge(kept[1][0]).report().points
+    assert merged.equals(want)
+    # a file of the right name and keys whose state is any other object: never run, measured again
+    marker = tmp_path / "ran"
+    store.write_shard(job.id, 1, 2, {"state": _RunsCode(marker), "info": kept[1][1],
+                                     "versions": sweep_mod._shard_versions()})
+    say = []
+    assert sweep_mod._kept_shards(store, [job], say.append) == {job.id: [0]}
+    assert not marker.exists()
+    assert any("shard 1 of 2" in line and "unreadable" in line for line in say), say
+    assert [s for s, _, _ in store.shard_files()[job.id]] == [0]
+    # a shard as earlier versions kept it (torch's version a TorchVersion object): measured again
+    import torch
+
+    store.write_shard(job.id, 0, 2, {"state": kept[0][0], "info": kept[0][1], "versions": {
+        **sweep_mod._shard_versions(), "torch": torch.__version__}})
+    assert type(torch.__version__) is not str and store.read_shard(job.id, 0, 2) is None
+    assert sweep_mod._kept_shards(store, [job], say.append) == {} and store.shard_files() == {}
