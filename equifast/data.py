@@ -113,8 +113,11 @@ class ImageFiles(Dataset):
     but for a folder named by a synset (``val/n02123045`` given alone): its images are that class.
     The flat ILSVRC2012 validation folder (``ILSVRC2012_val_00000001.JPEG``, ...) takes its
     labels from Kaggle's ``LOC_val_solution.csv`` where it lies in the folder or up to four
-    folders above it (its ``ILSVRC/Data/CLS-LOC/val`` layout): the classes are then the sorted
-    synsets, the order ImageNet models are trained with. A folder of split folders
+    folders above it (its ``ILSVRC/Data/CLS-LOC/val`` layout), or else from the official devkit's
+    folder ``ILSVRC2012_devkit_t12`` (``data/ILSVRC2012_validation_ground_truth.txt`` and
+    ``data/meta.mat``, read with scipy) found the same way: the classes are then the sorted
+    synsets, the order ImageNet models are trained with. The devkit's folder is never a class
+    folder. A folder of split folders
     (``imagenet/`` holding ``train/`` and ``val/``) is refused, naming the split to give.
     :func:`model_classes` says which class of a model each label is.
     """
@@ -130,7 +133,7 @@ class ImageFiles(Dataset):
                 f"Expected `images` to be a folder of images, but {str(root)!r} does not exist.")
         # the class folders (sorted: folder i is class i), listed once for both uses
         subfolders = sorted(e.name for e in os.scandir(root)
-                            if e.is_dir() and not e.name.startswith("."))
+                            if e.is_dir() and not e.name.startswith(".") and e.name != DEVKIT)
         _check_not_splits(root, subfolders)
         # torchvision ImageFolder's order (class folders by name; in each, folders by path,
         # files by name), so that a seeded n_images subset draws the same images as from it.
@@ -216,44 +219,116 @@ def _check_not_splits(root: Path, subfolders: List[str]) -> None:
         f"pass {str(root / pick)!r}.")
 
 
-# The flat ILSVRC2012 validation layout: an image's name, and Kaggle's file of its labels.
-_VAL_NAME = re.compile(r"(ILSVRC2012_val_\d{8})\.jpe?g", re.IGNORECASE)
+# The flat ILSVRC2012 validation layout: an image's name, and the files of its labels: Kaggle's
+# csv, or the official devkit's folder (its ground truth numbers the classes in the devkit's
+# order, which meta.mat maps to synsets: the models' order is the sorted synsets)
+_VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.jpe?g", re.IGNORECASE)
+_VAL_ID = re.compile(r"ILSVRC2012_val_(\d{8})", re.IGNORECASE)
 _VAL_SOLUTION = "LOC_val_solution.csv"
+DEVKIT = "ILSVRC2012_devkit_t12"
+_GROUND_TRUTH = ("data", "ILSVRC2012_validation_ground_truth.txt")
+_META = ("data", "meta.mat")
 
 
 def _val_solution(root: Path, names: List[str]) -> Optional[Tuple[List[str], List[int]]]:
-    """``(classes, labels)`` of a flat folder of ILSVRC2012 validation images from the
-    ``LOC_val_solution.csv`` in ``root`` or up to four folders above it: the classes are the
-    sorted synsets of the file (the models' order), -1 an image it does not name. ``None``
-    when the names are not ILSVRC2012's or no such file is found (with a warning: no labels)."""
+    """``(classes, labels)`` of a flat folder of ILSVRC2012 validation images from the first
+    folder of ``root`` and up to four above it that holds Kaggle's ``LOC_val_solution.csv`` or
+    the devkit's folder ``ILSVRC2012_devkit_t12`` (the csv first): the classes are the sorted
+    synsets of the file (the models' order), -1 an image it does not name. ``None`` when the
+    names are not ILSVRC2012's or neither is found (with a warning: no labels)."""
     ids = [_VAL_NAME.fullmatch(n) for n in names]
     if not all(ids):
         return None
     here = root.absolute()  # the folders above a relative "val" too
-    path = next((p / _VAL_SOLUTION for p in [here, *here.parents][:5]
-                 if (p / _VAL_SOLUTION).is_file()), None)
-    if path is None:
+    synset = None
+    for folder in [here, *here.parents][:5]:
+        if (folder / _VAL_SOLUTION).is_file():
+            synset = _read_val_solution(folder / _VAL_SOLUTION)
+            break
+        if folder.joinpath(DEVKIT, *_GROUND_TRUTH).is_file():
+            synset = _read_devkit(folder / DEVKIT)
+            break
+    if synset is None:
         from .warning import warn
 
-        warn(f"{str(root)!r} holds ILSVRC2012 validation images without class folders and no "
-             f"{_VAL_SOLUTION} lies in it or above it: they have no labels (no top-1 accuracy). Put "
-             f"Kaggle's {_VAL_SOLUTION} beside them, or sort them into synset folders. (The "
-             "devkit's ILSVRC2012_validation_ground_truth.txt numbers the classes in another "
-             "order than the models' sorted synsets: do not use its numbers as labels.)")
+        warn(f"{str(root)!r} holds ILSVRC2012 validation images without class folders, and neither "
+             f"Kaggle's {_VAL_SOLUTION} nor the devkit's folder {DEVKIT} (with "
+             f"{'/'.join(_GROUND_TRUTH)} and {'/'.join(_META)}) lies in it or up to four folders "
+             "above it: they have no labels (no top-1 accuracy). Put one of them beside the "
+             "images, or sort them into synset folders. (The numbers of "
+             f"{_GROUND_TRUTH[1]} alone are the devkit's class order, not the models' sorted "
+             "synsets: do not use them as labels.)")
         return None
+    classes = sorted(set(synset.values()))
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, [index.get(synset.get(int(m.group(1))), -1) for m in ids]
+
+
+def _read_val_solution(path: Path) -> dict:
+    """``{image number: synset}`` of Kaggle's ``LOC_val_solution.csv`` (ValueError if it is not one)."""
     synset = {}
     with open(path, newline="") as f:
         for row in f.read().splitlines()[1:]:  # ImageId,PredictionString ("n01751748 x y x y ...")
             image, _, boxes = row.partition(",")
-            if boxes.split():
-                synset[image.strip()] = boxes.split()[0]
+            number = _VAL_ID.fullmatch(image.strip())
+            if boxes.split() and number:
+                synset[int(number.group(1))] = boxes.split()[0]
     if not synset or not all(_SYNSET.fullmatch(s) for s in synset.values()):
         raise ValueError(f"Expected {str(path)!r} to be ImageNet's {_VAL_SOLUTION} (rows ImageId,"
-                         "PredictionString starting with a synset, as n01751748 ...), but it is "
-                         "not; move it away or replace it.")
-    classes = sorted(set(synset.values()))
-    index = {c: i for i, c in enumerate(classes)}
-    return classes, [index[synset[m.group(1)]] if m.group(1) in synset else -1 for m in ids]
+                         "PredictionString starting with a synset, as ILSVRC2012_val_00000001,"
+                         "n01751748 ...), but it is not; move it away or replace it.")
+    return synset
+
+
+def _read_devkit(devkit: Path) -> dict:
+    """``{image number: synset}`` of the ILSVRC2012 devkit's folder: line ``k`` of its
+    validation ground truth is the ILSVRC2012_ID of image ``k``, which ``data/meta.mat`` maps to
+    a synset (as ``torchvision.datasets.imagenet.parse_devkit_archive`` reads them)."""
+    truth, meta = devkit.joinpath(*_GROUND_TRUTH), devkit.joinpath(*_META)
+    lines = truth.read_text(errors="replace").split()
+    if not lines or not all(v.isdecimal() and v.isascii() for v in lines):
+        bad = next((v for v in lines if not (v.isdecimal() and v.isascii())), "")
+        raise ValueError(f"Expected {str(truth)!r} to be the devkit's ground truth (one class ID, "
+                         f"1..1000, a line), but it {'holds ' + repr(bad[:40]) if bad else 'is empty'}; "
+                         f"extract {DEVKIT}.tar.gz again.")
+    if not meta.is_file():
+        raise FileNotFoundError(f"Expected the devkit's {'/'.join(_META)} beside {str(truth)!r} (it "
+                                "maps its class IDs to synsets), but it is not there; extract "
+                                f"{DEVKIT}.tar.gz again.")
+    wnid = _devkit_synsets(meta)
+    missing = sorted({int(v) for v in lines} - set(wnid))
+    if missing:
+        raise ValueError(f"Expected the class IDs of {str(truth)!r} to be classes of {str(meta)!r}, "
+                         f"but {', '.join(map(str, missing[:5]))} are not; extract "
+                         f"{DEVKIT}.tar.gz again.")
+    return {k: wnid[int(v)] for k, v in enumerate(lines, 1)}
+
+
+def _devkit_synsets(meta: Path) -> dict:
+    """``{ILSVRC2012_ID: synset}`` of the devkit's ``meta.mat``, its leaves (the 1000 classes;
+    the other synsets are their WordNet ancestors)."""
+    try:
+        from scipy.io import loadmat
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"Reading ImageNet labels from the devkit's {str(meta)!r} needs scipy (scipy.io."
+            f"loadmat), which does not import here ({err}); install it with `pip install scipy`, "
+            f"or put Kaggle's {_VAL_SOLUTION} beside the images instead.", name="scipy") from err
+    try:
+        synsets = loadmat(meta, squeeze_me=True)["synsets"]
+        ids, wnids, children = (np.atleast_1d(synsets[k]).tolist()
+                                for k in ("ILSVRC2012_ID", "WNID", "num_children"))
+        out = {int(i): str(w) for i, w, n in zip(ids, wnids, children) if int(n) == 0}
+    except Exception as err:  # noqa: BLE001 -- scipy's MatReadError, IndexError, KeyError, ...
+        raise ValueError(f"Expected {str(meta)!r} to be the ILSVRC2012 devkit's meta.mat (a struct "
+                         "array `synsets` with fields ILSVRC2012_ID, WNID, num_children), but it "
+                         f"could not be read as one ({type(err).__name__}: {err}); extract "
+                         f"{DEVKIT}.tar.gz again.") from err
+    if not out or not all(_SYNSET.fullmatch(w) for w in out.values()):
+        raise ValueError(f"Expected the WNIDs of {str(meta)!r} to be synsets (as n01440764), but "
+                         f"got {', '.join(sorted(set(out.values()))[:3]) or 'none'}; extract "
+                         f"{DEVKIT}.tar.gz again.")
+    return out
 
 
 # Longest side / shortest side beyond which an image is refused: resizing the short side to
@@ -311,8 +386,9 @@ def _image_paths(root: str) -> Iterator[Tuple[str, str, str]]:
             subfolders[:] = []
             continue
         seen.add(real)
-        # hidden ones are not the data set's: .ipynb_checkpoints/, macOS's ._photo.jpg
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        # hidden ones are not the data set's: .ipynb_checkpoints/, macOS's ._photo.jpg; nor is
+        # the ILSVRC2012 devkit's folder (kept in a val/ of synset folders, it was a class)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != DEVKIT]
         cls = folder[start:].split(os.sep, 1)[0]
         yield from ((cls or n, folder, n) for n in names
                     if n[n.rfind("."):].lower() in suffixes and not n.startswith("."))

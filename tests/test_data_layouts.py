@@ -2,6 +2,7 @@
 grey images, local MNIST and CIFAR-10 roots given one level off. Fixtures are real pixels
 (scikit-image's photos) in real formats, written to tmp_path."""
 import os
+import sys
 import time
 
 import numpy as np
@@ -105,13 +106,110 @@ def test_flat_ilsvrc2012_val_without_labels_says_so(tmp_path):
 
     _flat_val(tmp_path / "val", n=2)
     with pytest.warns(EquifastWarning, match=r"ILSVRC2012 validation images without class "
-                                             r"folders .* no labels .*ground_truth\.txt"):
+                                             r"folders, .*LOC_val_solution\.csv nor the devkit's "
+                                             r"folder ILSVRC2012_devkit_t12 .* no labels"):
         files = data.ImageFiles(tmp_path / "val")
     assert not files.labelled and [files[i][1] for i in range(2)] == [-1, -1]
     (tmp_path / "LOC_val_solution.csv").write_text(  # another file of that name
         "ImageId,PredictionString\nILSVRC2012_val_00000001,7 1 2 3 4\n")
     with pytest.raises(ValueError, match=r"Expected .*LOC_val_solution\.csv' to be ImageNet's"):
         data.ImageFiles(tmp_path / "val")
+
+
+def _devkit(folder, leaves, truth):
+    """The official ILSVRC2012_devkit_t12 in ``folder``: its ``data/meta.mat`` as the real one
+    is (a (n, 1) struct array ``synsets``: the leaves ``leaves`` as ILSVRC2012_ID 1, 2, ... in
+    the devkit's order, then a WordNet ancestor with children) and the ground truth ``truth``
+    (an ILSVRC2012_ID a line, for image 1, 2, ...)."""
+    from scipy.io import savemat
+
+    fields = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
+              "wordnet_height", "num_train_images")
+    rows = [(i, wnid, []) for i, wnid in enumerate(leaves, 1)]
+    rows.append((len(leaves) + 1, "n00001740", list(range(1, len(leaves) + 1))))  # entity
+    synsets = np.empty((len(rows), 1), dtype=[(f, "O") for f in fields])
+    for r, (i, wnid, children) in enumerate(rows):
+        synsets[r, 0] = (np.array([[i]], np.uint16), np.array([wnid]), np.array([f"words {i}"]),
+                         np.array(["gloss"]), np.array([[len(children)]], np.uint8),
+                         np.array([children], np.uint16).reshape(1, -1),
+                         np.array([[0 if not children else 1]], np.uint8),
+                         np.array([[1300]], np.uint16))
+    (folder / "data").mkdir(parents=True)
+    savemat(folder / "data" / "meta.mat", {"synsets": synsets})
+    (folder / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text(
+        "".join(f"{i}\n" for i in truth))
+
+
+def test_flat_ilsvrc2012_val_takes_labels_from_the_devkit(tmp_path, monkeypatch):
+    # the official devkit beside val/ was no label source: its images had no labels
+    val = tmp_path / "val"
+    _flat_val(val)
+    # the devkit numbers its classes in its own order (tabby 1, tench 2, espresso 3); images
+    # 1..5 are tabby, espresso, tench, tabby, espresso (5 is not in the folder)
+    _devkit(tmp_path / "ILSVRC2012_devkit_t12", [TABBY, TENCH, ESPRESSO], [1, 3, 2, 1, 3])
+    files = data.ImageFiles(val)
+    # by hand: the sorted synsets are tench 0, tabby 1, espresso 2
+    assert files.labelled and files.classes == [TENCH, TABBY, ESPRESSO]
+    assert [files[i][1] for i in range(4)] == [1, 2, 0, 1] and files.strays == []
+    assert data.model_classes(files, 1000).tolist() == [0, 281, 967]
+    # the same labels as Kaggle's csv of the same truth gives
+    kaggle = tmp_path / "kaggle"
+    _flat_val(kaggle / "val")
+    (kaggle / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "".join(
+        f"ILSVRC2012_val_{k:08d},{s} 1 2 3 4\n" for k, s in enumerate([TABBY, ESPRESSO, TENCH, TABBY], 1)))
+    csv = data.ImageFiles(kaggle / "val")
+    assert (csv.classes, csv.labels) == (files.classes, files.labels)
+    # the devkit inside the val folder (and given relative): found there, and no class folder
+    (tmp_path / "ILSVRC2012_devkit_t12").rename(val / "ILSVRC2012_devkit_t12")
+    monkeypatch.chdir(tmp_path)
+    inside = data.ImageFiles("val")
+    assert (inside.classes, inside.labels) == (files.classes, files.labels)
+    # an image the ground truth does not reach is a stray
+    (val / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n3\n")
+    short = data.ImageFiles(val)
+    assert short.classes == [TABBY, ESPRESSO] and short.labels == [0, 1, -1, -1]
+    assert short.strays == [val / f"ILSVRC2012_val_{k:08d}.JPEG" for k in (3, 4)]
+
+
+def test_a_devkit_folder_among_synset_folders_is_no_class(tmp_path):
+    val = tmp_path / "val"
+    for wnid in (TABBY, ESPRESSO):
+        (val / wnid).mkdir(parents=True)
+        _photo("chelsea", (20, 20)).save(val / wnid / "a.JPEG")
+    _devkit(val / "ILSVRC2012_devkit_t12", [TABBY, ESPRESSO], [1, 2])
+    files = data.ImageFiles(val)  # the devkit sorted first: class 0, every label one off
+    assert files.classes == [TABBY, ESPRESSO] and files.labels == [0, 1]
+    assert data.model_classes(files, 1000).tolist() == [281, 967]
+    # nor is it a class beside split folders: imagenet/ with it is still a folder of splits
+    (tmp_path / "train").mkdir()
+    _devkit(tmp_path / "ILSVRC2012_devkit_t12", [TABBY], [1])
+    with pytest.raises(ValueError, match=r"holds the splits train, val; pass"):
+        data.ImageFiles(tmp_path)
+
+
+def test_a_broken_devkit_is_a_clear_error(tmp_path, monkeypatch):
+    _flat_val(tmp_path / "val", n=2)
+    devkit = tmp_path / "ILSVRC2012_devkit_t12"
+    _devkit(devkit, [TABBY, TENCH], [1, 2])
+    truth = devkit / "data" / "ILSVRC2012_validation_ground_truth.txt"
+    truth.write_text("1\n7\n")  # no class 7 in meta.mat
+    with pytest.raises(ValueError, match=r"ground_truth\.txt' to be classes of .*meta\.mat', but 7 are not"):
+        data.ImageFiles(tmp_path / "val")
+    truth.write_text("1\nn01440764\n")
+    with pytest.raises(ValueError, match=r"one class ID, 1\.\.1000, a line\), but it holds 'n01440764'"):
+        data.ImageFiles(tmp_path / "val")
+    truth.write_text("1\n2\n")
+    (devkit / "data" / "meta.mat").write_bytes(b"not a mat file" * 10)
+    with pytest.raises(ValueError, match=r"meta\.mat' to be the ILSVRC2012 devkit's meta\.mat"):
+        data.ImageFiles(tmp_path / "val")
+    (devkit / "data" / "meta.mat").unlink()
+    with pytest.raises(FileNotFoundError, match=r"Expected the devkit's data/meta\.mat beside"):
+        data.ImageFiles(tmp_path / "val")
+    _flat_val(tmp_path / "other" / "val", n=2)
+    _devkit(tmp_path / "other" / "ILSVRC2012_devkit_t12", [TABBY, TENCH], [1, 2])
+    monkeypatch.setitem(sys.modules, "scipy.io", None)  # scipy not installed: import fails
+    with pytest.raises(ModuleNotFoundError, match=r"needs scipy .*pip install scipy"):
+        data.ImageFiles(tmp_path / "other" / "val")
 
 
 def test_a_path_that_is_a_file_is_told_apart_from_a_missing_one(tmp_path):
