@@ -6,7 +6,8 @@ sums are kept as integers in fixed point (``2**-40``, Python ints, so they never
 a batch's sums on the device are split in high and low bits so that int64 cannot wrap):
 addition of integers is associative, so a result does not depend on how the images were cut
 into batches or workers. Activation moments are float64 sums; the ``across_images`` means and
-centred cross products are float64 and combine by Chan's pairwise formulas.
+centred moments are float64 (the K x K cross products float32, scaled to correlations) and
+combine by Chan's pairwise formulas.
 """
 from __future__ import annotations
 
@@ -113,17 +114,36 @@ class ScoreState:
         }
 
 
+def _scale(c: torch.Tensor) -> torch.Tensor:
+    """``sqrt(c)`` of centred sums of squares, 1 where a channel has no spread (its centred
+    cross products are zero there too)."""
+    return torch.where(c > 0, c.sqrt(), torch.ones_like(c))
+
+
+_BLOCK = 1 << 20  # float64 values of one transient block of VectorState's K x K matrix: 8 MiB
+
+
+def _row_blocks(k: int):
+    step = max(1, _BLOCK // max(k, 1))
+    return [slice(i, min(i + step, k)) for i in range(0, k, step)]
+
+
 @dataclass
 class VectorState:
     """Statistics for ``vector_mode="across_images"``: per channel, similarity across all images.
 
     Holds, in float64, the means of ``u`` and ``v`` per channel and their centred second
-    moments: ``sum (u - mean u)^2``, ``sum (v - mean v)^2`` and ``sum (u - mean u)(v - mean v)^T``
-    (``K x K``: 32 MiB for 2048 channels, the one term that grows with the width; the layer
-    score's maximum over ``k'`` needs all of it), so any number of images fits in memory.
-    Batches and states combine by Chan's parallel formulas: raw sums of squares would lose the
-    spread of vectors whose mean is large beside it (logits near 1e3 that differ by 1e-2), more
-    so the more batches they came in.
+    moments ``sum (u - mean u)^2``, ``sum (v - mean v)^2`` and the diagonal of
+    ``C = sum (u - mean u)(v - mean v)^T``; and ``C`` itself (``K x K``, the one term that grows
+    with the width; the layer score's maximum over ``k'`` needs all of it) as ``corr``: ``C``
+    divided by the square roots of those moments (their correlations, within [-1, 1]), in
+    float32: 16 MiB for 2048 channels. Bounded, it neither overflows nor underflows float32 for
+    activations of any size; each batch rounds it once (6e-8 of a score), as the operator
+    accumulates its dot products in float32 (SPEC section 5) while the channel scores keep the
+    float64 diagonal. So any number of images fits in memory. Batches and states combine by
+    Chan's parallel formulas, in float64 blocks of at most 8 MiB: raw sums of squares would lose
+    the spread of vectors whose mean is large beside it (logits near 1e3 that differ by 1e-2),
+    more so the more batches they came in.
     The moments serve every metric: :meth:`scores` takes the metric.
     """
 
@@ -133,7 +153,16 @@ class VectorState:
     mv: Optional[torch.Tensor] = None
     cuu: Optional[torch.Tensor] = None
     cvv: Optional[torch.Tensor] = None
-    cuv: Optional[torch.Tensor] = None
+    cdiag: Optional[torch.Tensor] = None
+    corr: Optional[torch.Tensor] = None
+
+    def __setstate__(self, state: dict) -> None:
+        # a state kept before corr (a sweep's shard): float64 C as ``cuv``
+        cuv = state.pop("cuv", None)
+        self.__dict__.update(state)
+        if cuv is not None:
+            self.cdiag = cuv.diagonal().clone()
+            self.corr = (cuv / torch.outer(_scale(self.cuu), _scale(self.cvv))).float()
 
     def update(self, fx: torch.Tensor, ftx: torch.Tensor) -> "VectorState":
         """Add a batch of vectors ``fx = f(x)``, ``ftx = f(T(x))`` (``[N, K]``)."""
@@ -141,9 +170,9 @@ class VectorState:
         u, v = fx.detach().flatten(1).double(), ftx.detach().flatten(1).double()
         mu, mv = u.mean(0), v.mean(0)
         cu, cv = u - mu, v - mv  # the batch's own centred moments, in two passes
-        batch = VectorState(self.eps, u.shape[0], mu, mv, (cu * cu).sum(0),
-                            (cv * cv).sum(0), cu.T @ cv)
-        return self.merge(batch)
+        cuu, cvv, cdiag = (cu * cu).sum(0), (cv * cv).sum(0), (cu * cv).sum(0)
+        cu, cv = cu / _scale(cuu), cv / _scale(cvv)
+        return self._add(u.shape[0], mu, mv, cuu, cvv, cdiag, lambda rows: cu[:, rows].T @ cv)
 
     def merge(self, other: "VectorState") -> "VectorState":
         """Add another state's images (Chan et al.'s pairwise update of means and moments)."""
@@ -152,26 +181,46 @@ class VectorState:
                              f"{self.eps}.")
         if other.n == 0:
             return self
+        device = self.mu.device if self.n else other.mu.device
+        o = copy.copy(other).to(device)
+        return self._add(o.n, o.mu, o.mv, o.cuu, o.cvv, o.cdiag,
+                         lambda rows: o.corr[rows].double())
+
+    def _add(self, m, mu, mv, cuu, cvv, cdiag, corr_rows) -> "VectorState":
+        """Add ``m`` images of these moments; ``corr_rows(rows)``: their ``corr[rows]``, float64."""
+        k = mu.numel()
         if self.n == 0:
-            self.n, self.mu, self.mv, self.cuu, self.cvv, self.cuv = (
-                other.n, other.mu.clone(), other.mv.clone(), other.cuu.clone(), other.cvv.clone(),
-                other.cuv.clone())
+            self.n, self.mu, self.mv, self.cuu, self.cvv, self.cdiag = (
+                m, mu.clone(), mv.clone(), cuu.clone(), cvv.clone(), cdiag.clone())
+            self.corr = torch.empty(k, k, dtype=torch.float32, device=mu.device)
+            for rows in _row_blocks(k):
+                self.corr[rows] = corr_rows(rows)
             return self
-        other = copy.copy(other).to(self.mu.device)
-        n = self.n + other.n
-        du, dv = other.mu - self.mu, other.mv - self.mv
-        w = self.n * other.n / n
-        self.cuu = self.cuu + other.cuu + w * du * du
-        self.cvv = self.cvv + other.cvv + w * dv * dv
-        self.cuv = self.cuv + other.cuv + w * torch.outer(du, dv)
-        self.mu = self.mu + du * (other.n / n)
-        self.mv = self.mv + dv * (other.n / n)
+        n = self.n + m
+        du, dv = mu - self.mu, mv - self.mv
+        w = self.n * m / n
+        new_uu = self.cuu + cuu + w * du * du
+        new_vv = self.cvv + cvv + w * dv * dv
+        su, sv = _scale(new_uu), _scale(new_vv)
+        # every factor is a ratio to the new scale, at most 1: nothing overflows
+        au, av = _scale(self.cuu) / su, _scale(self.cvv) / sv
+        bu, bv = _scale(cuu) / su, _scale(cvv) / sv
+        wu, wv = w ** 0.5 * du / su, w ** 0.5 * dv / sv
+        for rows in _row_blocks(k):
+            block = self.corr[rows].double() * torch.outer(au[rows], av)
+            block += corr_rows(rows) * torch.outer(bu[rows], bv)
+            block += torch.outer(wu[rows], wv)
+            self.corr[rows] = block  # float32: one rounding a batch
+        self.cdiag = self.cdiag + cdiag + w * du * dv
+        self.cuu, self.cvv = new_uu, new_vv
+        self.mu = self.mu + du * (m / n)
+        self.mv = self.mv + dv * (m / n)
         self.n = n
         return self
 
     def to(self, device) -> "VectorState":
         """Move the statistics to ``device`` (in place; returns this state)."""
-        for name in ("mu", "mv", "cuu", "cvv", "cuv"):
+        for name in ("mu", "mv", "cuu", "cvv", "cdiag", "corr"):
             if getattr(self, name) is not None:
                 setattr(self, name, getattr(self, name).to(device))
         return self
@@ -188,13 +237,19 @@ class VectorState:
         suu, svv = self.cuu + n * self.mu * self.mu, self.cvv + n * self.mv * self.mv
         check_options(metric)
         if metric == "correlation":
-            cuu, cvv, cuv = self.cuu, self.cvv, self.cuv
+            nu, nv = self.cuu.sqrt(), self.cvv.sqrt()
         else:
-            cuu, cvv, cuv = suu, svv, self.cuv + n * torch.outer(self.mu, self.mv)
-        nu, nv = cuu.sqrt(), cvv.sqrt()
+            nu, nv = suu.sqrt(), svv.sqrt()
         du = nu > self.eps * suu.sqrt()
         dv = nv > self.eps * svv.sqrt()
-        s = cuv / torch.outer(torch.where(du, nu, 1.0), torch.where(dv, nv, 1.0))
+        nu, nv = torch.where(du, nu, 1.0), torch.where(dv, nv, 1.0)
+        # C / (|u| |v|) from corr = C / (sqrt(cuu) sqrt(cvv)); cosine adds n mu mv^T to C
+        s = self.corr.double() * torch.outer(_scale(self.cuu) / nu, _scale(self.cvv) / nv)
+        diag = self.cdiag
+        if metric == "cosine":
+            s += torch.outer(n ** 0.5 * self.mu / nu, n ** 0.5 * self.mv / nv)
+            diag = diag + n * self.mu * self.mv
+        s.diagonal().copy_(diag / (nu * nv))
         s = s.masked_fill(~(du.unsqueeze(1) & dv.unsqueeze(0)), float("nan"))
         return scores_from_similarity(s.unsqueeze(0))
 

@@ -10,8 +10,8 @@ Memory of a batch: ``f(x)`` of every point, and one pass' ``f(T(x))`` (``batch_s
 the previous pass' is freed before the next forward), plus the model's own transient
 activations and the score sums: ResNet-50 at 224 pixels, 16 images, 349 MiB of features a pass
 and a peak of 810 MiB (its plain forward: 159 MiB). ``vector_mode="across_images"`` adds a
-float64 ``K x K`` matrix per vector point and transform for the whole run (ResNet-50's pool and
-logits: 40 MiB a transform, on the model's device).
+float32 ``K x K`` matrix per vector point and transform for the whole run (ResNet-50's pool and
+logits: 20 MiB a transform, on the model's device; see :class:`~equifast.aggregate.VectorState`).
 """
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def test_vector_state_streams_to_the_reference_across_images():
         torch.testing.assert_close(got.channel[0], want.channel[0], atol=1e-6, rtol=0)
         torch.testing.assert_close(got.layer[0], want.layer[0], atol=1e-6, rtol=0)
         assert torch.equal(got.layer_index[0], want.layer_index[0])
-        torch.testing.assert_close(st.cuv, other.cuv)
+        torch.testing.assert_close(st.corr, other.corr)
     assert VectorState().update(fx, ftx).scores().layer_index[0, 2] == 0
     # as the reference: one image has no correlation across images (streamed one at a time)
     with pytest.raises(ValueError, match="at least two images"):
@@ -92,6 +92,74 @@ def test_vector_state_keeps_the_spread_of_vectors_with_a_large_mean():
         one_by_one.scores("pearson")
     with pytest.raises(ValueError, match="same eps"):
         VectorState(eps=1e-5).merge(VectorState(eps=0.5).update(fx[:2], ftx[:2]))
+
+
+def _state_bytes(st: VectorState) -> int:
+    return sum(t.numel() * t.element_size() for t in vars(st).values()
+               if isinstance(t, torch.Tensor))
+
+
+def test_vector_state_holds_its_k_by_k_matrix_in_float32_and_matches_the_reference():
+    # a float64 K x K matrix per vector point and transform: 1.4 GiB for ResNet-50's pool and
+    # logits under 35 transforms; float32 correlations halve it, within float32 rounding
+    g = torch.Generator().manual_seed(4)
+    n, k = 96, 300
+    fx = torch.randn(n, k, generator=g)
+    ftx = 0.5 * fx[:, torch.randperm(k, generator=g)] + torch.randn(n, k, generator=g)
+    st = VectorState()
+    for i in range(0, n, 16):
+        st.update(fx[i:i + 16], ftx[i:i + 16])
+    assert _state_bytes(st) <= 4 * k * k + 6 * 8 * k  # corr, and six float64 K-vectors at most
+    for metric in ("correlation", "cosine"):
+        want = R.equivariance_scores(fx, ftx, metric=metric, vector_mode="across_images")
+        got = st.scores(metric)
+        torch.testing.assert_close(got.channel, want.channel[:1], atol=1e-12, rtol=0)  # float64
+        torch.testing.assert_close(got.layer, want.layer[:1], atol=1e-6, rtol=0)
+        assert torch.equal(got.layer_index, want.layer_index[:1])
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+def test_vector_state_scores_do_not_depend_on_the_activations_scale(scale):
+    # the measure is scale-invariant; squares of 1e30 overflow float32 and of 1e-30 underflow it,
+    # so the float32 matrix must hold what does neither (correlations)
+    g = torch.Generator().manual_seed(5)
+    fx, ftx = torch.randn(40, 6, generator=g), torch.randn(40, 6, generator=g)
+    ftx[:, 1] = fx[:, 3]
+    plain, scaled = VectorState(), VectorState()
+    for i in range(0, 40, 8):
+        plain.update(fx[i:i + 8], ftx[i:i + 8])
+        scaled.update(scale * fx[i:i + 8], scale * ftx[i:i + 8])
+    for metric in ("correlation", "cosine"):
+        want, got = plain.scores(metric), scaled.scores(metric)
+        torch.testing.assert_close(got.channel, want.channel, atol=1e-6, rtol=0)
+        torch.testing.assert_close(got.layer, want.layer, atol=1e-6, rtol=0)
+        assert torch.equal(got.layer_index, want.layer_index)
+        assert got.layer_index[0, 3] == 1 and got.layer[0, 3] > 0.999999
+
+
+def test_vector_state_kept_with_a_float64_matrix_reads_back(tmp_path):
+    # a sweep's shard kept before the float32 correlations holds C as float64 ``cuv``
+    g = torch.Generator().manual_seed(6)
+    fx, ftx = torch.randn(30, 5, generator=g), torch.randn(30, 5, generator=g)
+    new = VectorState().update(fx[:10], ftx[:10]).update(fx[10:], ftx[10:])
+    u, v = fx.double() - fx.double().mean(0), ftx.double() - ftx.double().mean(0)
+    old = {"eps": R.TOLERANCE, "n": 30, "mu": fx.double().mean(0), "mv": ftx.double().mean(0),
+           "cuu": (u * u).sum(0), "cvv": (v * v).sum(0), "cuv": u.T @ v}
+    for state in (old, vars(new)):
+        path = tmp_path / "state.pt"
+        st = VectorState.__new__(VectorState)
+        st.__dict__.update(state)
+        torch.save(st, path)
+        with torch.serialization.safe_globals([VectorState]):
+            back = torch.load(path, weights_only=True)
+        assert not hasattr(back, "cuv")
+        for metric in ("correlation", "cosine"):
+            want = R.equivariance_scores(fx, ftx, metric=metric, vector_mode="across_images")
+            got = back.scores(metric)
+            torch.testing.assert_close(got.channel, want.channel[:1], atol=1e-12, rtol=0)
+            torch.testing.assert_close(got.layer, want.layer[:1], atol=1e-6, rtol=0)
+        back.merge(VectorState().update(fx[:3], ftx[:3]))  # merges as a new one
+        assert back.n == 33
 
 
 def test_activation_state():
