@@ -116,8 +116,9 @@ class ImageFiles(Dataset):
     folders above it (its ``ILSVRC/Data/CLS-LOC/val`` layout), or else from the official devkit's
     folder ``ILSVRC2012_devkit_t12`` (``data/ILSVRC2012_validation_ground_truth.txt`` and
     ``data/meta.mat``, read with scipy) found the same way: the classes are then the sorted
-    synsets, the order ImageNet models are trained with. The devkit's folder is never a class
-    folder. A folder of split folders
+    synsets, the order ImageNet models are trained with. Hidden files and folders, a macOS zip's
+    ``__MACOSX`` and the devkit's folder are no images or classes; a folder that cannot be
+    listed is an ``OSError``. A folder of split folders
     (``imagenet/`` holding ``train/`` and ``val/``) is refused, naming the split to give.
     :func:`model_classes` says which class of a model each label is.
     """
@@ -132,8 +133,7 @@ class ImageFiles(Dataset):
             raise FileNotFoundError(
                 f"Expected `images` to be a folder of images, but {str(root)!r} does not exist.")
         # the class folders (sorted: folder i is class i), listed once for both uses
-        subfolders = sorted(e.name for e in os.scandir(root)
-                            if e.is_dir() and not e.name.startswith(".") and e.name != DEVKIT)
+        subfolders = sorted(e.name for e in os.scandir(root) if e.is_dir() and _data_folder(e.name))
         _check_not_splits(root, subfolders)
         # torchvision ImageFolder's order (class folders by name; in each, folders by path,
         # files by name), so that a seeded n_images subset draws the same images as from it.
@@ -189,6 +189,11 @@ class ImageFiles(Dataset):
                              f"larger ({e}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
                              "if the file is trusted.") from e
         except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable files
+            if isinstance(e, FileNotFoundError) and os.path.islink(path):
+                # listed, as ls lists it, but "no such file": a link that fails again at a retry
+                raise ValueError(f"Expected {str(path)!r} to be a readable image, but it is a link "
+                                 f"to {os.readlink(path)!r}, which does not exist; fix or remove "
+                                 "the link.") from e
             if isinstance(e, OSError) and e.errno is not None:
                 # the file system's (EIO, a stale NFS handle, a file gone since the listing),
                 # naming the file: an OSError, which a sweep's retry_exceptions retries, where a
@@ -373,6 +378,26 @@ def _eight_bits(levels: np.ndarray) -> np.ndarray:
     return out
 
 
+# Folders that are no class, whatever a data set holds: a zip made on macOS extracts its
+# __MACOSX/ (of ._ files) beside the class folders; the ILSVRC2012 devkit kept in val/. Each had
+# become a class: sorted first, every label was one off, or there was no accuracy.
+_NOT_CLASSES = frozenset({"__MACOSX", DEVKIT})
+
+
+def _data_folder(name: str) -> bool:
+    """Whether a folder of that name may hold a data set's images: not a hidden one
+    (.ipynb_checkpoints/), nor one of :data:`_NOT_CLASSES`."""
+    return not name.startswith(".") and name not in _NOT_CLASSES
+
+
+def _unlisted(err: OSError):
+    """``os.walk``'s ``onerror``: a folder that cannot be listed is an error, naming it (walk
+    skipped it: its images were silently left out, its class still counted)."""
+    raise type(err)(err.errno, f"Could not list the folder {err.filename!r} of images ({err.strerror}): "
+                    "its images would be left out; make it readable, or move it out of the "
+                    "folder measured") from err
+
+
 def _image_paths(root: str) -> Iterator[Tuple[str, str, str]]:
     """``(class folder, or the name of a file in root; folder; name)`` of the image files under
     ``root`` (sorted, torchvision ImageFolder's order), entering linked folders (``Path.rglob``
@@ -380,17 +405,16 @@ def _image_paths(root: str) -> Iterator[Tuple[str, str, str]]:
     seen = set()
     start = len(root.rstrip(os.sep)) + 1
     suffixes = frozenset(IMAGE_SUFFIXES)
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+    for folder, subfolders, names in os.walk(root, onerror=_unlisted, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             subfolders[:] = []
             continue
         seen.add(real)
-        # hidden ones are not the data set's: .ipynb_checkpoints/, macOS's ._photo.jpg; nor is
-        # the ILSVRC2012 devkit's folder (kept in a val/ of synset folders, it was a class)
-        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != DEVKIT]
+        subfolders[:] = [d for d in subfolders if _data_folder(d)]
         cls = folder[start:].split(os.sep, 1)[0]
         yield from ((cls or n, folder, n) for n in names
+                    # hidden files are not the data set's: macOS's ._photo.jpg, .DS_Store
                     if n[n.rfind("."):].lower() in suffixes and not n.startswith("."))
 
 

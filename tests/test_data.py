@@ -381,3 +381,64 @@ def test_datasets_of_arrays_iterables_and_pgm_files(tmp_path):
     Image.new("L", (8, 8), 51).save(tmp_path / "gray.pgm")
     bx, _ = _collect(data.batches(str(tmp_path), batch_size=1, preprocess=T.ToTensor()))
     torch.testing.assert_close(bx[0], torch.full((3, 8, 8), 0.2))
+
+
+def test_a_macos_zips_folder_is_no_class(tmp_path):
+    # a zip made on macOS extracts __MACOSX/ (AppleDouble ._ files) beside the class folders:
+    # it became class 0 (sorted before lower-case names), and with as many folders as the
+    # model's classes every label was taken one class off
+    import torchvision
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "x.png")
+        (tmp_path / "__MACOSX" / name).mkdir(parents=True)
+        (tmp_path / "__MACOSX" / name / "._x.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    files = data.ImageFiles(tmp_path)
+    assert files.classes == ["cat", "dog"] and files.labels == [0, 1]
+    assert data.model_classes(files, 2).tolist() == [0, 1]
+    # the reference without the zip's folder
+    import shutil
+
+    shutil.rmtree(tmp_path / "__MACOSX")
+    theirs = torchvision.datasets.ImageFolder(str(tmp_path))
+    assert theirs.classes == files.classes and [y for _, y in theirs.samples] == files.labels
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error(tmp_path):
+    # os.walk skipped a folder it could not list (no permission, a path too long): its images
+    # were silently left out of the measurement, its class still counted
+    import errno
+    import os
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "x.png")
+    # a folder in "b" whose path is longer than the system's limit (PATH_MAX: 4096 on Linux),
+    # made relative to its parent: os.scandir of its full path fails with ENAMETOOLONG
+    fd = os.open(tmp_path / "b", os.O_RDONLY)
+    try:
+        for _ in range(20):
+            os.mkdir("d" * 250, dir_fd=fd)
+            inner = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError, match=r"Could not list the folder '.*/b/ddd.*' of images") as err:
+        data.ImageFiles(tmp_path)
+    assert err.value.errno == errno.ENAMETOOLONG
+
+
+def test_a_dangling_link_is_named_as_one(tmp_path):
+    # listed (ls shows it) but "No such file or directory", an OSError a sweep retried in vain
+    import os
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    os.symlink(tmp_path / "moved" / "b.png", tmp_path / "b.png")
+    files = data.ImageFiles(tmp_path)
+    assert len(files) == 2 and files[0][0].size == (4, 4)
+    with pytest.raises(ValueError, match=rf"'{tmp_path / 'b.png'}' to be a readable image, but it "
+                                         rf"is a link to '{tmp_path / 'moved' / 'b.png'}', which "
+                                         r"does not exist; fix or remove the link\.$"):
+        files[1]
