@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
@@ -264,25 +265,34 @@ class ActivationState:
 
     def update(self, f: torch.Tensor) -> "ActivationState":
         """Add a batch of activations."""
-        return self.add(self.batch_sums(f).tolist(), f.numel())
+        return self.add(self.finite_sums(f, self.batch_sums(f).tolist()), f.numel())
 
     @staticmethod
-    def batch_sums(f: torch.Tensor) -> torch.Tensor:
+    def batch_sums(f: torch.Tensor, wide: bool = False) -> torch.Tensor:
         """The sum and sum of magnitudes of ``f`` (float64), where ``f`` lives (no host transfer).
 
-        Each image's values are summed in float32 (float64 for a float64 ``f``) by torch's
-        cascaded sums (relative error about 1e-8, whatever the map's size), the images' sums
-        in float64: a float64 sum of the whole map would first copy it to float64 on the CPU,
-        10x slower. (``vector_norm(ord=1)`` adds one value after another on the CPU: 6e-4 off
-        for 64 x 300 x 300 values.)
+        Each image's values are summed in float32 (float64 for a float64 ``f``, or ``wide``)
+        by torch's cascaded sums (relative error about 1e-8, whatever the map's size), the
+        images' sums in float64: a float64 sum of the whole map would first copy it to float64
+        on the CPU, 10x slower. (``vector_norm(ord=1)`` adds one value after another on the
+        CPU: 6e-4 off for 64 x 300 x 300 values.) An image's float32 sum past 3.4e38 is
+        infinite: :meth:`finite_sums` sums that batch again, ``wide``.
         """
         if f.numel() == 0:
             return torch.zeros(2, dtype=torch.float64, device=f.device)
-        acc = torch.promote_types(f.dtype, torch.float32)
+        acc = torch.float64 if wide else torch.promote_types(f.dtype, torch.float32)
         # any split of the values into rows gives the same total; the images' is one
         rows = flat_in_memory_order(f.detach()).view(f.shape[0] if f.dim() else 1, -1)
         return torch.stack([rows.sum(1, dtype=acc).sum(dtype=torch.float64),
                             rows.abs().sum(1, dtype=acc).sum(dtype=torch.float64)])
+
+    @classmethod
+    def finite_sums(cls, f: torch.Tensor, sums: Sequence[float]) -> Sequence[float]:
+        """``sums``, :meth:`batch_sums` of ``f`` (as floats), or where they overflowed float32
+        (activations near 1e36 and more), those of float64 sums."""
+        if all(math.isfinite(v) for v in sums):
+            return sums
+        return cls.batch_sums(f, wide=True).tolist()
 
     def add(self, sums: Sequence[float], count: int) -> "ActivationState":
         """Add :meth:`batch_sums` of ``count`` activations (as floats)."""

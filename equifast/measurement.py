@@ -330,6 +330,7 @@ class Measurer:
         if bounds is not None:
             _check_label_bounds(bounds, fx["final"].shape[-1])
         for p, moments in zip(self.points, activations.tolist()):
+            moments = ActivationState.finite_sums(fx[p.name], moments)  # f(x) is finite
             st.activations.setdefault(p.name, ActivationState()).add(moments, fx[p.name].numel())
         if counts is not None:
             correct, labelled = counts.tolist()

@@ -175,6 +175,15 @@ def test_activation_state():
     assert a["mean_magnitude"] == pytest.approx(float(f.double().abs().mean()), rel=1e-6)
 
 
+def test_activation_sums_past_float32_are_float64():
+    # 1000 values of 1e37 an image: its float32 sum (1e40) was infinite
+    f = torch.full((2, 10, 10, 10), 1e37)
+    f[1] = -3e37
+    out = ActivationState().update(f).compute()
+    assert math.isclose(out["mean_activation"], -1e37, rel_tol=1e-6)
+    assert math.isclose(out["mean_magnitude"], 2e37, rel_tol=1e-6)
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced", "half", "double", "vector",
                                     "scalar", "empty", "large"])
 def test_activation_sums_in_any_layout(layout):

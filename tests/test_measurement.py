@@ -580,6 +580,42 @@ def test_mean_activation_is_each_points_own_mean(dtype):
             assert math.isclose(got.loc[name, "mean_magnitude"], f.abs().mean().item(), rel_tol=rel)
 
 
+class _Scaled(nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def _scale_free_net(scale):
+    """Bias-free layers after a multiplication by ``scale``: every point is scaled by it."""
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), _Scaled(scale)),
+                         nn.Sequential(nn.Conv2d(6, 6, 3, padding=1, bias=False), nn.ReLU()),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4, bias=False)).eval()
+
+
+@pytest.mark.parametrize("vector_mode", ["per_image", "across_images"])
+def test_activations_past_the_float32_range_of_their_sums_scale_every_number(vector_mode):
+    # 2**120 (1.3e36): each image's float32 activation sum, and the squares behind every
+    # norm, pass float32's 3.4e38; the measure is scale-invariant (SPEC section 1), so the
+    # scores are those at scale 1 and the mean activations those times 2**120 (a power of two:
+    # the features scale exactly). The float32 activation sums were infinite.
+    x = torch.rand(5, 3, 24, 24)
+    kw = dict(transforms=[ef.Rotation(1), ef.Translation(2, 2)], metric=["correlation", "cosine"],
+              batch_size=5, vector_mode=vector_mode)
+    want = ef.measure(_scale_free_net(1.0), x, **kw).points
+    got = ef.measure(_scale_free_net(2.0 ** 120), x, **kw).points
+    pd.testing.assert_frame_equal(got.drop(columns=["mean_activation", "mean_magnitude"]),
+                                  want.drop(columns=["mean_activation", "mean_magnitude"]),
+                                  check_exact=False, rtol=0, atol=1e-6)
+    for column in ("mean_activation", "mean_magnitude"):
+        assert got[column].map(math.isfinite).all(), got[column]
+        pd.testing.assert_series_equal(got[column] / 2.0 ** 120, want[column], rtol=1e-6)
+
+
 def test_transforms_as_specs_and_fewer_images_than_asked():
     import warnings
 
