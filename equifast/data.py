@@ -117,7 +117,7 @@ class ImageFiles(Dataset):
     folder ``ILSVRC2012_devkit_t12`` (``data/ILSVRC2012_validation_ground_truth.txt`` and
     ``data/meta.mat``, read with scipy) found the same way: the classes are then the sorted
     synsets, the order ImageNet models are trained with. Hidden files and folders, a macOS zip's
-    ``__MACOSX`` and the devkit's folder are no images or classes; a folder that cannot be
+    ``__MACOSX``, a NAS's ``@eaDir`` and the devkit's folder are no images or classes; a folder that cannot be
     listed is an ``OSError``. A folder of split folders
     (``imagenet/`` holding ``train/`` and ``val/``) is refused, naming the split to give.
     :func:`model_classes` says which class of a model each label is.
@@ -237,16 +237,18 @@ _META = ("data", "meta.mat")
 
 def _val_solution(root: Path, names: List[str]) -> Optional[Tuple[List[str], List[int]]]:
     """``(classes, labels)`` of a flat folder of ILSVRC2012 validation images from the first
-    folder of ``root`` and up to four above it that holds Kaggle's ``LOC_val_solution.csv`` or
-    the devkit's folder ``ILSVRC2012_devkit_t12`` (the csv first): the classes are the sorted
+    folder of ``root`` and up to four above it (then of the folder it links to and up to four
+    above that) that holds Kaggle's ``LOC_val_solution.csv`` or the devkit's folder
+    ``ILSVRC2012_devkit_t12`` (the csv first): the classes are the sorted
     synsets of the file (the models' order), -1 an image it does not name. ``None`` when the
     names are not ILSVRC2012's or neither is found (with a warning: no labels)."""
     ids = [_VAL_NAME.fullmatch(n) for n in names]
     if not all(ids):
         return None
-    here = root.absolute()  # the folders above a relative "val" too
+    here, real = root.absolute(), root.resolve()  # the folders above a relative "val" too
+    # and above the folder a linked val/ leads to (~/data/val -> /mnt/ILSVRC/Data/CLS-LOC/val)
     synset = None
-    for folder in [here, *here.parents][:5]:
+    for folder in dict.fromkeys([here, *here.parents][:5] + [real, *real.parents][:5]):
         if (folder / _VAL_SOLUTION).is_file():
             synset = _read_val_solution(folder / _VAL_SOLUTION)
             break
@@ -380,8 +382,10 @@ def _eight_bits(levels: np.ndarray) -> np.ndarray:
 
 # Folders that are no class, whatever a data set holds: a zip made on macOS extracts its
 # __MACOSX/ (of ._ files) beside the class folders; the ILSVRC2012 devkit kept in val/. Each had
-# become a class: sorted first, every label was one off, or there was no accuracy.
-_NOT_CLASSES = frozenset({"__MACOSX", DEVKIT})
+# become a class: sorted first, every label was one off, or there was no accuracy. A Synology
+# NAS keeps thumbnails (SYNOPHOTO_THUMB_*.jpg) in an @eaDir/ in each folder: in a class folder
+# they were measured as images of that class.
+_NOT_CLASSES = frozenset({"__MACOSX", "@eaDir", DEVKIT})
 
 
 def _data_folder(name: str) -> bool:

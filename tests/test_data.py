@@ -442,3 +442,17 @@ def test_a_dangling_link_is_named_as_one(tmp_path):
                                          rf"is a link to '{tmp_path / 'moved' / 'b.png'}', which "
                                          r"does not exist; fix or remove the link\.$"):
         files[1]
+
+
+def test_a_nas_thumbnail_folder_is_not_images_of_a_class(tmp_path):
+    # a Synology NAS keeps thumbnails in an @eaDir/ in each folder: they were measured as more
+    # images of the class folder they lie in
+    for name in ("cat", "dog"):
+        thumbs = tmp_path / name / "@eaDir" / "x.png"
+        thumbs.mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "x.png")
+        Image.new("RGB", (2, 2)).save(thumbs / "SYNOPHOTO_THUMB_S.jpg")
+    (tmp_path / "@eaDir").mkdir()
+    files = data.ImageFiles(tmp_path)
+    assert files.paths == [str(tmp_path / c / "x.png") for c in ("cat", "dog")]
+    assert files.classes == ["cat", "dog"] and files.labels == [0, 1]

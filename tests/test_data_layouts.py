@@ -101,6 +101,25 @@ def test_flat_ilsvrc2012_val_takes_labels_from_loc_val_solution(tmp_path, monkey
     assert [data.ImageFiles("val")[i][1] for i in range(4)] == [1, 2, 0, -1]
 
 
+def test_a_linked_flat_val_finds_the_labels_above_the_folder_it_links_to(tmp_path):
+    # ~/data/val -> /mnt/ILSVRC/Data/CLS-LOC/val: only the folders above the link were looked
+    # at, so it had no labels; and a lower-case name (ilsvrc2012_val_...jpeg) was no row's
+    real = tmp_path / "mnt" / "ILSVRC" / "Data" / "CLS-LOC" / "val"
+    _flat_val(real, n=3)
+    (real / "ILSVRC2012_val_00000003.JPEG").rename(real / "ilsvrc2012_val_00000003.jpeg")
+    (tmp_path / "mnt" / "LOC_val_solution.csv").write_text(
+        "ImageId,PredictionString\n"
+        f"ILSVRC2012_val_00000001,{TABBY} 0 0 9 9\n"
+        f"ILSVRC2012_val_00000002,{TENCH} 0 0 9 9\n"
+        f"ILSVRC2012_val_00000003,{ESPRESSO} 0 0 9 9\n")
+    (tmp_path / "home" / "data").mkdir(parents=True)
+    (tmp_path / "home" / "data" / "val").symlink_to(real, target_is_directory=True)
+    for root in (real, tmp_path / "home" / "data" / "val"):
+        files = data.ImageFiles(root)
+        assert files.classes == [TENCH, TABBY, ESPRESSO] and files.labels == [1, 0, 2]
+        assert data.model_classes(files, 1000).tolist() == [0, 281, 967]
+
+
 def test_flat_ilsvrc2012_val_without_labels_says_so(tmp_path):
     from equifast import EquifastWarning
 
