@@ -664,10 +664,18 @@ def input_size(preprocess, default: int = 224) -> int:
 def seeded_subset(dataset: Dataset, n: Optional[int], seed: int) -> Dataset:
     """``n`` images of ``dataset`` drawn with ``seed``, kept in dataset order (all if ``n`` is
     ``None`` or not smaller): the subset :func:`batches` and the sweeps measure."""
+    _check_n_images(n)
     if n is None or n >= len(dataset):
         return dataset
     gen = torch.Generator().manual_seed(seed)
     return Subset(dataset, torch.randperm(len(dataset), generator=gen)[:n].sort().values.tolist())
+
+
+def _check_n_images(n) -> None:
+    """Raise ValueError unless ``n`` (a number of images) is ``None`` or an integer >= 1: -1 drew
+    all the images but one (``randperm(N)[:-1]``), 0 none, 2.5 failed in a slice."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
+        raise ValueError(f"Expected `n_images` to be an integer >= 1 (or None: all), but got {n!r}.")
 
 
 def count(images) -> Optional[int]:
@@ -729,8 +737,9 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
             :class:`ImageFiles`).
         labels: ``[N]`` class indices for a tensor input (optional).
         batch_size: images per batch (not for a ``DataLoader``, which keeps its own).
-        n_images: use at most this many images; for a dataset or folder, a seeded random
-            subset of this size (the thesis measures 2000 validation images).
+        n_images: use at most this many images (an integer >= 1, or ``None``: all); for a
+            dataset or folder, a seeded random subset of this size (the thesis measures 2000
+            validation images).
         preprocess: PIL image -> tensor (the model's own preprocessing). A PIL image goes in
             with the channels the pipeline normalises: a grey, CMYK or palette image is
             converted to RGB for a three-channel ``Normalize`` (every ImageNet model's), a
@@ -742,6 +751,7 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be an integer >= 1, but got {batch_size!r}.")
     check_num_workers(num_workers)
+    _check_n_images(n_images)
     if isinstance(images, (str, os.PathLike)):
         images = ImageFiles(images)
     if isinstance(images, (tuple, list)) and len(images) == 2 and isinstance(images[0], torch.Tensor):

@@ -456,3 +456,20 @@ def test_a_nas_thumbnail_folder_is_not_images_of_a_class(tmp_path):
     files = data.ImageFiles(tmp_path)
     assert files.paths == [str(tmp_path / c / "x.png") for c in ("cat", "dog")]
     assert files.classes == ["cat", "dog"] and files.labels == [0, 1]
+
+
+def test_n_images_must_be_a_positive_integer():
+    # -1 drew all the images of a Dataset but one (randperm(N)[:-1]), silently; 2.5 failed in a slice
+    x = torch.rand(5, 3, 4, 4)
+    ds = TensorDataset(x, torch.arange(5))
+    for bad in (-1, 0, 2.5, True):
+        for images in (ds, x):
+            with pytest.raises(ValueError, match=rf"`n_images` to be an integer >= 1 \(or None: "
+                                                 rf"all\), but got {bad!r}\.$"):
+                list(data.batches(images, n_images=bad))
+        with pytest.raises(ValueError, match="`n_images`"):
+            data.seeded_subset(ds, bad, seed=0)
+    import numpy as np
+
+    assert len(data.seeded_subset(ds, np.int64(3), seed=0)) == 3  # a numpy integer is one
+    assert sum(len(b) for b, _ in data.batches(ds, n_images=5, batch_size=2)) == 5
