@@ -66,8 +66,9 @@ class EmbeddedPhotos(Dataset):
     are model-ready tensors without labels."""
 
     def __init__(self, n: int = 256, size: int = 224, seed: int = 0, preprocess=None):
-        if n < 1:
-            raise ValueError(f"Expected `n` >= 1, but got {n}.")
+        for name, value in (("n", n), ("size", size)):  # else torch failed deep inside, later
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"Expected `{name}` to be an integer >= 1, but got {value!r}.")
         self.size, self.preprocess = size, preprocess
         shapes = [img.shape[-2:] for img in self._load()]
         gen = torch.Generator().manual_seed(seed)
@@ -573,6 +574,10 @@ def _prepared(item, preprocess: Callable, mode: Optional[str] = None):
                             f"dtype {x.dtype} ({err}).") from None
     if isinstance(x, torch.Tensor):
         return x, (-1 if y is None else y)
+    if mode is None and getattr(x, "mode", "").startswith(("I", "F")):
+        # a pipeline that does not normalise took 16-bit levels unscaled (0..65535) and floats
+        # of unknown range: one channel, as it was, in 8 bits as from a folder (floats refused)
+        mode = "L"
     if mode is not None and getattr(x, "mode", mode) != mode:
         # a grey image (torchvision's MNIST) failed in Normalize with "output with shape
         # [1, 224, 224] doesn't match the broadcast shape [3, 224, 224]"
@@ -743,7 +748,8 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
         preprocess: PIL image -> tensor (the model's own preprocessing). A PIL image goes in
             with the channels the pipeline normalises: a grey, CMYK or palette image is
             converted to RGB for a three-channel ``Normalize`` (every ImageNet model's), a
-            colour one to grey for a one-channel one; as it is when the pipeline has none.
+            colour one to grey for a one-channel one; as it is when the pipeline has none
+            (but a 16-bit one in 8 bits, a float one refused, as from a folder).
         seed: the seed of the subset.
         num_workers: processes that read and preprocess a dataset's or folder's images
             (``DataLoader`` workers; 0: in this process). The batches are the same either way.

@@ -207,7 +207,7 @@ def test_embedded_photos_go_through_every_photo():
         name = list(data.PHOTOS)[i % len(data.PHOTOS)]
         grey = getattr(skimage.data, name)().ndim == 2
         assert (torch.equal(x[i, 0], x[i, 1]) and torch.equal(x[i, 1], x[i, 2])) == grey, name
-    with pytest.raises(ValueError, match="`n` >= 1"):
+    with pytest.raises(ValueError, match="`n` to be an integer >= 1"):
         data.embedded_photos(0)
 
 
@@ -473,3 +473,40 @@ def test_n_images_must_be_a_positive_integer():
 
     assert len(data.seeded_subset(ds, np.int64(3), seed=0)) == 3  # a numpy integer is one
     assert sum(len(b) for b, _ in data.batches(ds, n_images=5, batch_size=2)) == 5
+
+
+def test_deep_images_of_a_dataset_without_normalisation_are_scaled_as_a_folders():
+    # a pipeline without Normalize took a Dataset's 16-bit levels as they were (ToTensor: int16,
+    # 0..65535) and 32-bit floats of unknown range; from a folder they were scaled and refused
+    import numpy as np
+    import torchvision.transforms as T
+
+    levels = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
+
+    class Deep(torch.utils.data.Dataset):
+        def __init__(self, image):
+            self.image = image
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return self.image, i
+
+    bx, by = _collect(data.batches(Deep(Image.fromarray(levels)), batch_size=2,
+                                   preprocess=T.ToTensor()))
+    want = torch.from_numpy(np.rint(levels / 257) / 255).float()  # as test_sixteen_bit_... has it
+    assert bx.shape == (2, 1, 8, 8) and by.tolist() == [0, 1]
+    torch.testing.assert_close(bx, want.expand(2, 1, 8, 8), atol=1e-6, rtol=0)
+    floats = Image.fromarray(np.full((8, 8), 0.5, np.float32))
+    with pytest.raises(ValueError, match="32-bit floats, whose range is unknown"):
+        list(data.batches(Deep(floats), batch_size=2, preprocess=T.ToTensor()))
+
+
+def test_embedded_photos_refuse_a_size_or_count_that_is_no_positive_integer():
+    # size 0 failed deep in F.interpolate, 2.5 in torch.empty, n=2.0 in range()
+    for kw, name in ((dict(size=0), "size"), (dict(size=2.5), "size"), (dict(n=2.0), "n"),
+                     (dict(n=0), "n")):
+        with pytest.raises(ValueError, match=rf"Expected `{name}` to be an integer >= 1, but got "):
+            data.embedded_photos(**{"n": 2, **kw})
+    assert data.embedded_photos(2, size=8).shape == (2, 3, 8, 8)
