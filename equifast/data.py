@@ -118,9 +118,9 @@ class ImageFiles(Dataset):
     folder ``ILSVRC2012_devkit_t12`` (``data/ILSVRC2012_validation_ground_truth.txt`` and
     ``data/meta.mat``, read with scipy) found the same way: the classes are then the sorted
     synsets, the order ImageNet models are trained with. Hidden files and folders, a macOS zip's
-    ``__MACOSX``, a NAS's ``@eaDir`` and the devkit's folder are no images or classes; a folder that cannot be
-    listed is an ``OSError``. A folder of split folders
-    (``imagenet/`` holding ``train/`` and ``val/``) is refused, naming the split to give.
+    ``__MACOSX``, a NAS's ``@eaDir`` and the devkit's folder are no images or classes; a folder
+    that cannot be listed is an ``OSError``. A folder of split folders (``imagenet/`` holding
+    ``train/`` and ``val/``) is refused, naming the split to give.
     :func:`model_classes` says which class of a model each label is.
     """
 
@@ -240,8 +240,8 @@ def _val_solution(root: Path, names: List[str]) -> Optional[Tuple[List[str], Lis
     """``(classes, labels)`` of a flat folder of ILSVRC2012 validation images from the first
     folder of ``root`` and up to four above it (then of the folder it links to and up to four
     above that) that holds Kaggle's ``LOC_val_solution.csv`` or the devkit's folder
-    ``ILSVRC2012_devkit_t12`` (the csv first): the classes are the sorted
-    synsets of the file (the models' order), -1 an image it does not name. ``None`` when the
+    ``ILSVRC2012_devkit_t12`` (the csv first): the classes are the sorted synsets of the file
+    (the models' order), -1 an image it does not name. ``None`` when the
     names are not ILSVRC2012's or neither is found (with a warning: no labels)."""
     ids = [_VAL_NAME.fullmatch(n) for n in names]
     if not all(ids):
@@ -398,9 +398,9 @@ def _data_folder(name: str) -> bool:
 def _unlisted(err: OSError):
     """``os.walk``'s ``onerror``: a folder that cannot be listed is an error, naming it (walk
     skipped it: its images were silently left out, its class still counted)."""
-    raise type(err)(err.errno, f"Could not list the folder {err.filename!r} of images ({err.strerror}): "
-                    "its images would be left out; make it readable, or move it out of the "
-                    "folder measured") from err
+    raise type(err)(err.errno, f"Could not list the folder {err.filename!r} of images "
+                    f"({err.strerror}): its images would be left out; make it readable, or move "
+                    "it out of the folder measured.") from err
 
 
 def _image_paths(root: str) -> Iterator[Tuple[str, str, str]]:
