@@ -250,9 +250,15 @@ class VectorState:
         if metric == "cosine":
             s += torch.outer(n ** 0.5 * self.mu / nu, n ** 0.5 * self.mv / nv)
             diag = diag + n * self.mu * self.mv
-        s.diagonal().copy_(diag / (nu * nv))
         s = s.masked_fill(~(du.unsqueeze(1) & dv.unsqueeze(0)), float("nan"))
-        return scores_from_similarity(s.unsqueeze(0))
+        # the maximum over k' of one matrix, its diagonal too: equal channels tie as in the
+        # reference (the smallest k'), where the float64 diagonal beside float32 entries did not
+        _, layer, index = scores_from_similarity(s.unsqueeze(0))
+        channel = (diag / (nu * nv)).masked_fill(~(du & dv), float("nan")).clamp_min(0).float()
+        channel = channel.unsqueeze(0)
+        own = index == torch.arange(index.shape[-1], device=index.device)
+        layer = torch.where(own, channel, torch.fmax(layer, channel))  # l >= c, as SPEC says
+        return Scores(channel, layer, index)
 
 
 @dataclass

@@ -116,6 +116,19 @@ def test_vector_state_holds_its_k_by_k_matrix_in_float32_and_matches_the_referen
         torch.testing.assert_close(got.channel, want.channel[:1], atol=1e-12, rtol=0)  # float64
         torch.testing.assert_close(got.layer, want.layer[:1], atol=1e-6, rtol=0)
         assert torch.equal(got.layer_index, want.layer_index[:1])
+    # equal channels tie exactly, as in the reference: the smallest k' (the float64 diagonal
+    # beside float32 entries broke 223 of 400 such ties at random); l >= c still
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        fx = torch.randn(50, 4, generator=g)
+        ftx = fx[:, [1, 1, 0, 0]]
+        st = VectorState().update(fx[:20], ftx[:20]).update(fx[20:], ftx[20:])
+        for metric in ("correlation", "cosine"):
+            want = R.equivariance_scores(fx, ftx, metric=metric, vector_mode="across_images")
+            got = st.scores(metric)
+            assert torch.equal(got.layer_index, want.layer_index[:1]), (seed, metric)
+            torch.testing.assert_close(got.layer, want.layer[:1], atol=1e-6, rtol=0)
+            assert (got.layer >= got.channel).all()
 
 
 @pytest.mark.parametrize("scale", [1e30, 1e-30])
