@@ -115,6 +115,33 @@ def test_a_local_ray_is_the_runs_own_even_beside_a_running_cluster(tmp_path, mon
     assert started.value.args[0] == {"address": "local", "num_cpus": 2, "num_gpus": 0}
 
 
+@pytest.mark.slow  # about 30 s: starts Ray for a run of one worker
+def test_a_later_run_uses_the_local_ray_an_earlier_one_started_as_its_own(tmp_path, monkeypatch):
+    # a study's second --workers run took the Ray its first had started for a running cluster,
+    # which may autoscale: too many workers were a warning, then Ray Train waited for ever
+    if ray.is_initialized():
+        pytest.skip("another test's Ray is running: the local-cluster path is not taken")
+    from equifast.training import ray_train
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_train, "_local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=32, test_subset=8, device="cpu")
+    try:
+        assert train_ray(recipe, str(tmp_path / "first"), num_workers=1).epochs == 1
+        assert ray.is_initialized() and ray.cluster_resources()["CPU"] == 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match=r"4 workers \(1 CPU each: 4 CPU in all\), but it "
+                                                 r"has 2 CPU; use fewer workers"):
+                train_ray(recipe.replace(seed=1), str(tmp_path / "second"), num_workers=4)
+        assert not (tmp_path / "second").exists()
+        # a Ray the caller started is not the runs' own, even when it is local
+        ray.shutdown()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        assert ray_train._own_ray_resources() is None
+    finally:
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     started = not ray.is_initialized()
@@ -184,6 +211,73 @@ def test_the_workers_error_chosen_is_the_cause_not_its_consequences():
     assert _worker_error(RuntimeError("controller")) is None
 
 
+def test_a_dead_worker_is_said_in_one_line_with_the_epoch_kept(tmp_path, local_ray):
+    # a worker's process killed (the OOM killer) reached `equifast train --workers N` as Ray
+    # Train's WorkerGroupError: every worker's report, tracebacks and all, and no word of
+    # what was kept. The errors here are Ray's own: an actor whose process exits
+    from ray.train import WorkerGroupError
+    health = pytest.importorskip("ray.train.v2._internal.exceptions")
+    from equifast.training.ray_train import WorkerDiedError, _worker_error
+    from equifast.training.trainer import train
+
+    @ray.remote(num_cpus=0)
+    class Worker:
+        def die(self):
+            os._exit(1)
+
+    with pytest.raises(ray.exceptions.RayActorError) as died:
+        ray.get(Worker.remote().die.remote())
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=32, test_subset=8, device="cpu")
+    train(recipe, str(tmp_path / "run"))  # a checkpoint of epoch 1 (of 3, below)
+    recipe = recipe.replace(epochs=3)
+    peer = RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer")
+    err = WorkerGroupError("[Rank 0 Error Snippet]: ...", {
+        0: peer, 1: health.WorkerHealthCheckFailedError("A worker health check failed.",
+                                                         failure=died.value)})
+    said = _worker_error(err, tmp_path / "run", recipe)
+    assert isinstance(said, WorkerDiedError) and isinstance(said, OSError)  # the command: a line
+    assert str(said) == ("Ray Train worker 1 (of 2) died (killed by a signal, or out of memory?), "
+                         "so the run stopped; the run folder keeps epoch 1 of 3: rerun the same "
+                         "command to resume from it.")
+    assert said.ranks == (1,) and said.epoch == 1
+    err = WorkerGroupError("...", {0: died.value, 1: died.value})
+    assert str(_worker_error(err, tmp_path / "none", recipe)) == (
+        "Ray Train workers 0, 1 (of 2) died (killed by a signal, or out of memory?), so the run "
+        "stopped; no epoch was saved: rerun the same command to start it again.")
+    # the workers' own errors are still themselves
+    assert _worker_error(WorkerGroupError("...", {0: peer}), tmp_path / "run", recipe) is peer
+
+
+def test_the_driver_maps_the_checkpoint_rather_than_reading_it(tmp_path):
+    # the driver read the whole checkpoint (weights and optimiser state: gigabytes for a large
+    # model) for its epoch and a few small fields; measured by the peak resident memory
+    import re
+    from equifast.training.ray_train import _resume_check
+    from equifast.training.trainer import CHECKPOINT, train
+
+    def peak_mib():
+        return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) // 1024
+
+    try:
+        with open("/proc/self/clear_refs", "w") as f:  # resets the peak (Linux 4.0 on)
+            f.write("5")
+    except OSError:
+        pytest.skip("the peak resident memory cannot be reset here")
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=32, test_subset=8, device="cpu")
+    run = tmp_path / "run"
+    train(recipe, str(run))
+    ckpt = torch.load(run / CHECKPOINT, weights_only=True)
+    ckpt["optimizer"]["state"][0]["exp_avg"] = torch.ones(32 * 2**20)  # 128 MiB
+    torch.save(ckpt, run / CHECKPOINT)
+    del ckpt
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = peak_mib()
+    with pytest.warns(UserWarning, match=r"on 2 worker\(s\), its epochs so far on 1"):
+        assert _resume_check(run, recipe, 2, False) == 1
+    assert peak_mib() - before < 32, peak_mib() - before  # of a 128 MiB optimiser state
+
+
 def test_too_many_workers_for_a_running_cluster_is_a_warning(local_ray):
     # a running cluster may autoscale (distributed/cluster.yaml starts with 0 workers), so what
     # it lacks now is said, not refused; the check reads the real cluster's resources
@@ -243,14 +337,19 @@ def test_a_diverging_ray_run_stops_on_every_worker_with_the_error_itself(tmp_pat
 def test_a_killed_worker_stops_the_run_which_resumes_on_other_workers_with_a_warning(
         tmp_path, local_ray):
     # a worker process gone (the OOM killer) while the other waits in the next epoch's
-    # all-reduce: Ray Train stops the group (no hang) and the folder keeps epoch 1
+    # all-reduce: Ray Train stops the group (no hang) and the folder keeps epoch 1, which the
+    # error says in one line (it was Ray Train's report of every worker, tracebacks and all)
+    from equifast.training.ray_train import WorkerDiedError
     from equifast.training.trainer import CHECKPOINT
     recipe = get_recipe("cnn7-fmnist6", epochs=2, train_subset=96, test_subset=32, batch_size=32,
                         device="cpu")
     run = tmp_path / "run"
-    with pytest.raises(Exception, match="died|health check"):
+    with pytest.raises(WorkerDiedError) as died:
         train_ray(recipe, str(run), num_workers=2,
                   _fail={"fail_after_epoch": 1, "fail_rank": 1, "fail_with": "exit"})
+    assert str(died.value) == ("Ray Train worker 1 (of 2) died (killed by a signal, or out of "
+                               "memory?), so the run stopped; the run folder keeps epoch 1 of 2: "
+                               "rerun the same command to resume from it.")
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "metrics.csv", "ray",
                                                      "recipe.json", "tb"]
     assert torch.load(run / CHECKPOINT, weights_only=True)["epoch"] == 1

@@ -21,8 +21,9 @@ Every worker runs the same loop as :func:`equifast.training.train` under
   number of workers exactly; on another number, or another kind of device, the driver warns
   that it will not be bitwise), and each epoch's row is also passed to ``ray.train.report``;
 - Ctrl-C stops the workers (Ray Train's handler) and raises ``KeyboardInterrupt``; a worker
-  that dies (killed, out of memory) ends the run with Ray Train's error. Either way the folder
-  keeps the last finished epoch's checkpoint, from which a rerun resumes.
+  that dies (killed, out of memory) ends the run with :class:`WorkerDiedError`, which names
+  the worker and the last epoch saved. Either way the folder keeps the last finished epoch's
+  checkpoint, from which a rerun resumes.
 
 ``out_dir`` must be reachable by every worker (a local folder on one machine, a shared
 file system on a cluster).
@@ -33,7 +34,7 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -45,7 +46,30 @@ from .trainer import (CHECKPOINT, TrainResult, _datasets, _fit, _load_checkpoint
                       _device_record, _result_from_dir, _will_train, prepare_out_dir,
                       _warn_if_resumed_otherwise, run_lock)
 
-__all__ = ["train_ray"]
+__all__ = ["train_ray", "WorkerDiedError"]
+
+# The local Ray that train_ray started in this process: {"address": its GCS address,
+# "resources": what it was given}. A later run (a study's next one) uses it as its own, not
+# as a cluster it joined, which may autoscale.
+_OWN_RAY: Dict[str, object] = {}
+
+
+class WorkerDiedError(ChildProcessError):
+    """A Ray Train worker's process died (killed by a signal, the out-of-memory killer, a
+    crash), so the run stopped; the run folder keeps the last epoch saved, from which the same
+    call (command) resumes. An ``OSError``: the ``equifast`` command prints it in one line.
+
+    Attributes:
+        ranks: the ranks of the workers that died.
+        epoch: the last epoch saved (0: none).
+    """
+
+    def __init__(self, message: str, ranks: Tuple[int, ...] = (), epoch: int = 0):
+        super().__init__(message)
+        self.ranks, self.epoch = tuple(ranks), epoch
+
+    def __reduce__(self):
+        return type(self), (str(self), self.ranks, self.epoch)
 
 
 def _worker_loop(config: Dict) -> None:
@@ -78,7 +102,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
 
     Uses the Ray this process is connected to, else the cluster ``RAY_ADDRESS`` names (as
     under ``ray job submit``; ``RAY_ADDRESS=auto`` joins a ``ray start`` cluster on this
-    machine), else starts a local Ray of its own with this machine's CPUs and GPUs.
+    machine), else starts a local Ray of its own with this machine's CPUs and GPUs, which the
+    later runs of this process (a study's) use as their own too.
 
     Args:
         recipe: what to train.
@@ -99,9 +124,11 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
 
     Raises:
         ValueError: ``recipe.device`` disagrees with ``use_gpu``; or the local cluster it
-            would start has fewer CPUs or GPUs than the workers need (checked before anything
-            starts: Ray Train would wait for them for ever); for a running cluster, which may
-            autoscale, this is a warning.
+            would start (or started for an earlier run) has fewer CPUs or GPUs than the workers
+            need (checked before anything starts: Ray Train would wait for them for ever); for
+            a running cluster, which may autoscale, this is a warning.
+        WorkerDiedError: a worker's process died (killed, out of memory); its message names
+            the worker and the last epoch saved, its cause is Ray Train's error.
         Exception: a worker's own error (an ``OSError`` of a full disk, ...) when the workers
             failed alike, its cause Ray Train's ``TrainingFailedError``, which is raised
             itself otherwise.
@@ -125,7 +152,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     scaling = _scaling(int(num_workers), use_gpu, resources_per_worker)
     if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
         ray.init()  # the cluster RAY_ADDRESS names (as under `ray job submit`)
-    local = None if ray.is_initialized() else _local_resources()
+    # the local Ray an earlier run started (a study's first) is this machine's, as before
+    local = _own_ray_resources() if ray.is_initialized() else _local_resources()
     # before the run folder is touched (--overwrite deletes): Ray Train waits forever, retrying
     # the worker group, for resources the cluster does not have. A running cluster may grow
     # (distributed/cluster.yaml autoscales from 0 workers): there it is a warning.
@@ -145,10 +173,11 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
         if done is not None:
             return done
-        if local is not None:
+        if local is not None and not ray.is_initialized():
             # address="local": a `ray start` cluster on this machine is not joined (it refuses
             # num_cpus), as documented for sweeps
             ray.init(address="local", num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]))
+            _OWN_RAY.update(address=ray.get_runtime_context().gcs_address, resources=local)
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={"recipe": recipe.to_dict(), "out_dir": out_dir, "use_gpu": use_gpu,
@@ -158,15 +187,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
             run_config=RunConfig(name=f"equifast-{recipe.name}",
                                  storage_path=storage_path or os.path.join(out_dir, "ray")),
         )
-        ckpt, start = Path(out_dir, CHECKPOINT), 0
-        if ckpt.is_file():
-            state = _load_checkpoint(ckpt, recipe=recipe)
-            start = state["epoch"]
-            # the workers' GPUs are not known here: their kind only
-            device = {"device": "cuda", "name": None} if use_gpu else _device_record(torch.device("cpu"))
-            _warn_if_resumed_otherwise(Path(out_dir), state, [device] * int(num_workers),
-                                      int(num_workers), recipe)
-            del state
+        start = _resume_check(Path(out_dir), recipe, int(num_workers), use_gpu)
         main = threading.current_thread() is threading.main_thread()
         sigint = signal.getsignal(signal.SIGINT) if main else None
         try:
@@ -176,7 +197,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
             # ended without a word (status 1, or 0 as if finished). It stops as interrupted runs do.
             raise KeyboardInterrupt(f"training {out_dir!r} on Ray Train was interrupted") from None
         except Exception as err:  # Ray Train's TrainingFailedError (its module moved across versions)
-            cause = _worker_error(err)
+            cause = _worker_error(err, Path(out_dir), recipe)
             if cause is None:
                 raise
             raise cause from err  # Ray's report of every worker, tracebacks and all, is its cause
@@ -207,18 +228,84 @@ def check_workers(recipe: Recipe, num_workers: int, use_gpu: bool = False) -> No
                 "device unset (--device) to let use_gpu decide.")
 
 
-def _worker_error(err) -> Optional[BaseException]:
+def _resume_check(out: Path, recipe: Recipe, num_workers: int, use_gpu: bool) -> int:
+    """The epochs ``out``'s checkpoint holds (0: none), warning when the workers resume it
+    otherwise than it was trained. Its tensors are mapped, not read: the driver needs a few
+    small fields, not the model and optimiser state (gigabytes for a large model)."""
+    ckpt = out / CHECKPOINT
+    if not ckpt.is_file():
+        return 0
+    state = _load_checkpoint(ckpt, recipe=recipe, mmap=True)
+    # the workers' GPUs are not known here: their kind only
+    device = {"device": "cuda", "name": None} if use_gpu else _device_record(torch.device("cpu"))
+    _warn_if_resumed_otherwise(out, state, [device] * num_workers, num_workers, recipe)
+    return int(state["epoch"])
+
+
+def _own_ray_resources() -> Optional[Dict[str, float]]:
+    """The resources of the Ray this process is connected to when :func:`train_ray` started
+    it (a local Ray of its own); ``None`` for any other (joined, or started by the caller)."""
+    import ray
+
+    if _OWN_RAY and ray.get_runtime_context().gcs_address == _OWN_RAY["address"]:
+        return dict(_OWN_RAY["resources"])
+    return None
+
+
+def _died(error: BaseException) -> Optional[str]:
+    """How a worker's failure says its process died (``"out of memory"``, ``"killed"``), or
+    ``None`` when it is an error of its own (Python's, or a consequence: a peer gone)."""
+    import ray.exceptions as rex
+
+    seen = set()
+    while error is not None and id(error) not in seen:  # Ray Train wraps Ray's error
+        seen.add(id(error))
+        if isinstance(error, rex.OutOfMemoryError):
+            return "out of memory: Ray's memory monitor killed it"
+        if isinstance(error, (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError)):
+            return "killed by a signal, or out of memory?"
+        error = getattr(error, "health_check_failure", None) or error.__cause__
+    return None
+
+
+def _worker_error(err, out: Optional[Path] = None,
+                  recipe: Optional[Recipe] = None) -> Optional[BaseException]:
     """The error the workers raised, as a single-process run would have raised it (the
-    ``equifast`` command then prints a full disk or bad data in one line, as without Ray): the
-    one failure, or the same one on every failed worker, or the first bad input or OS error
-    (the others then are its consequences: a peer gone from an all-reduce); ``None`` when
-    Ray's own error says more (several different failures, or a controller error)."""
-    failures = [e for _, e in sorted(getattr(err, "worker_failures", {}).items())]
+    ``equifast`` command then prints a full disk or bad data in one line, as without Ray): a
+    :class:`WorkerDiedError` when a worker's process died (the others' errors are then its
+    consequences), else the one failure, or the same one on every failed worker, or the first
+    bad input or OS error (the others then are its consequences: a peer gone from an
+    all-reduce); ``None`` when Ray's own error says more (several different failures, or a
+    controller error). ``out`` and ``recipe`` (the run's) name the last epoch saved."""
+    ranked = sorted(getattr(err, "worker_failures", {}).items())
+    dead = {rank: how for rank, how in ((r, _died(e)) for r, e in ranked) if how}
+    if not ranked and _died(err):  # Ray Train before V2: the actor's error, no ranks
+        dead = {None: _died(err)}
+    if dead:
+        return _died_error(dead, out, recipe, len(ranked))
+    failures = [e for _, e in ranked]
     if not failures:
         return None
     if len({(type(e), str(e)) for e in failures}) == 1:
         return failures[0]
     return next((e for e in failures if isinstance(e, (ValueError, OSError))), None)
+
+
+def _died_error(dead: Dict[Optional[int], str], out: Optional[Path], recipe: Optional[Recipe],
+                world: int) -> WorkerDiedError:
+    """:class:`WorkerDiedError` for the workers ``dead`` (rank: how) of a run of ``world``."""
+    epoch = 0
+    if out is not None and (out / CHECKPOINT).is_file():
+        epoch = int(_load_checkpoint(out / CHECKPOINT, mmap=True)["epoch"])
+    ranks = sorted(r for r in dead if r is not None)
+    who = ("Ray Train workers " + ", ".join(map(str, ranks)) if len(ranks) > 1 else
+           f"Ray Train worker {ranks[0]}" if ranks else "A Ray Train worker")
+    of = f" (of {world})" if ranks and world else ""
+    how = "; ".join(dict.fromkeys(dead.values()))
+    total = f" of {recipe.epochs}" if recipe is not None else ""
+    kept = (f"the run folder keeps epoch {epoch}{total}: rerun the same command to resume from it"
+            if epoch else "no epoch was saved: rerun the same command to start it again")
+    return WorkerDiedError(f"{who}{of} died ({how}), so the run stopped; {kept}.", ranks, epoch)
 
 
 def _local_resources() -> Dict[str, float]:

@@ -204,7 +204,7 @@ def trained_epochs(out_dir: str) -> Tuple[int, int]:
     recipe = read_run_recipe(out / RECIPE)
     if (out / MODEL).is_file() or not (out / CHECKPOINT).is_file():
         return recipe.epochs, recipe.epochs
-    return int(_load_checkpoint(out / CHECKPOINT, "cpu", recipe)["epoch"]), recipe.epochs
+    return int(_load_checkpoint(out / CHECKPOINT, "cpu", recipe, mmap=True)["epoch"]), recipe.epochs
 
 
 def _optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
@@ -390,14 +390,15 @@ def _write_csv(path: Path, rows: List[Dict]) -> None:
     atomic_write(path, write)
 
 
-def read_run_file(path: Path, map_location="cpu"):
-    """What a run's file holds: ``.json`` parsed, else a ``torch.save`` file read weights-only.
-    A damaged file (a cut copy, a full disk) is a ``ValueError`` naming it, not a traceback."""
+def read_run_file(path: Path, map_location="cpu", mmap: bool = False):
+    """What a run's file holds: ``.json`` parsed, else a ``torch.save`` file read weights-only
+    (with ``mmap``, its tensors mapped from the file and read only where used). A damaged file
+    (a cut copy, a full disk) is a ``ValueError`` naming it, not a traceback."""
     path = Path(path)
     try:
         if path.suffix == ".json":
             return json.loads(path.read_text())
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
         cause = " ".join(str(err).split("\n")[0].split())
         raise ValueError(f"Could not read the run file {str(path)!r} ({type(err).__name__}: "
@@ -418,10 +419,12 @@ def read_run_recipe(path, stored: Optional[Dict] = None) -> Recipe:
                          "file.") from err
 
 
-def _load_checkpoint(path: Path, map_location="cpu", recipe: Optional[Recipe] = None) -> Dict:
+def _load_checkpoint(path: Path, map_location="cpu", recipe: Optional[Recipe] = None,
+                     mmap: bool = False) -> Dict:
     """``checkpoint.pt``; with ``recipe``, refused (``ValueError``) when it was written by a run
-    of another recipe (a file copied in from another run folder)."""
-    ckpt = read_run_file(path, map_location)
+    of another recipe (a file copied in from another run folder); ``mmap``: see
+    :func:`read_run_file` (for a few fields, not the weights and optimiser state)."""
+    ckpt = read_run_file(path, map_location, mmap)
     stored = ckpt.get("recipe") if recipe is not None and isinstance(ckpt, dict) else None
     if stored is not None:
         diff = read_run_recipe(path, stored).differences(recipe)
