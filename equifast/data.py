@@ -464,7 +464,8 @@ class ClassFolders:
 
 def image_folder(images):
     """The class folders whose index ``images`` labels its images with: an :class:`ImageFiles`
-    or a torchvision ``ImageFolder`` (``DatasetFolder``, without a ``target_transform``), itself
+    or a torchvision ``ImageFolder`` (``DatasetFolder``, without a ``target_transform``;
+    ``ImageNet``'s are its ``wnids``), itself
     or under a ``DataLoader``, ``Subset`` or ``ConcatDataset`` of folders with the same classes,
     or a dataset that says so itself (a ``class_folders`` attribute, a :class:`ClassFolders`);
     else ``None`` (the labels are then taken as the model's class indices)."""
@@ -483,7 +484,10 @@ def image_folder(images):
     if isinstance(getattr(images, "class_folders", None), ClassFolders):
         return images.class_folders
     if isinstance(images, DatasetFolder) and getattr(images, "target_transform", None) is None:
-        return ClassFolders(list(images.classes))
+        # torchvision's ImageNet replaces its classes (the folders) by tuples of names, ("tench",
+        # "Tinca tinca"): they failed deep in model_classes; its folders are its wnids
+        names = list(getattr(images, "wnids", None) or images.classes)
+        return ClassFolders(names) if all(isinstance(c, str) for c in names) else None
     return None
 
 

@@ -159,6 +159,23 @@ def _devkit(folder, leaves, truth):
         "".join(f"{i}\n" for i in truth))
 
 
+def test_torchvisions_imagenet_dataset_gives_its_wnids_as_class_folders(tmp_path):
+    # torchvision's ImageNet replaces its classes by tuples of names: model_classes failed with
+    # "expected string or bytes-like object, got 'tuple'"
+    import torchvision
+
+    names = {TENCH: ("tench", "Tinca tinca"), TABBY: ("tabby", "tabby cat")}
+    torch.save((names, []), tmp_path / "meta.bin")  # as its parse_devkit_archive leaves it
+    for wnid in names:
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        _photo("chelsea", (20, 20)).save(tmp_path / "val" / wnid / "a.JPEG")
+    imagenet = torchvision.datasets.ImageNet(str(tmp_path), split="val")
+    assert imagenet.classes == [names[TENCH], names[TABBY]]
+    folders = data.image_folder(torch.utils.data.Subset(imagenet, [0, 1]))
+    assert folders.classes == [TENCH, TABBY] == data.ImageFiles(tmp_path / "val").classes
+    assert data.model_classes(folders, 1000).tolist() == [0, 281]
+
+
 def test_flat_ilsvrc2012_val_takes_labels_from_the_devkit(tmp_path, monkeypatch):
     # the official devkit beside val/ was no label source: its images had no labels
     val = tmp_path / "val"
