@@ -317,3 +317,40 @@ def test_a_run_killed_writing_its_first_recipe_json_can_be_started_again(tmp_pat
     assert prepare_out_dir(recipe, str(run)) is None
     assert _names(run) == [RECIPE]
     assert json.loads((run / RECIPE).read_text()) == recipe.to_dict()
+
+
+@pytest.mark.parametrize("text", ["[]", "", '{"name": "objective"}', '"objective-fashion"'])
+def test_a_damaged_study_marker_is_said_so(tmp_path, text):
+    # study.json edited or cut short: a list was an AttributeError traceback, an empty file
+    # "Expecting value: line 1 column 1 (char 0)", naming no file
+    from equifast.training import run_study
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.json").write_text(text)
+    with pytest.raises(ValueError, match=r"^Expected '.*study.json' to name the study of `out` "
+                                         r"\(\{\"study\": \"objective-fashion\"\}\), but it holds "):
+        run_study("objective-fashion", str(out), seeds=[0])
+    assert _names(out) == ["study.json"] and (out / "study.json").read_text() == text
+
+
+@needs_fmnist
+def test_a_damaged_metrics_file_of_a_finished_run_is_named(tmp_path, capsys):
+    # a finished run's metrics.csv edited or cut short: "invalid literal for int() with base
+    # 10: 'garbage'", naming no file
+    from equifast.training.cli import main
+    recipe = get_recipe("cnn7-fmnist6", **{**TINY, "epochs": 1})
+    run = tmp_path / "run"
+    train(recipe, str(run))
+    good = (run / "metrics.csv").read_text()
+    for bad in (good + "garbage,row\n", good.replace("epoch,", "epoch;", 1)[:-5]):
+        (run / "metrics.csv").write_text(bad)
+        with pytest.raises(ValueError, match=r"^Could not read the run file '.*metrics.csv' "
+                                             r"\(.*\): it is damaged"):
+            train(recipe, str(run))
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "cnn7-fmnist6", "--subset", "128", "--test-subset", "64", "--epochs", "1",
+              "--batch-size", "64", "--device", "cpu", "--quiet", "--out", str(run)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "metrics.csv" in err and len(err.strip().splitlines()) == 1
+    (run / "metrics.csv").write_text(good)  # put back, the run reads as it did
+    assert train(recipe, str(run)).metrics[0]["epoch"] == 1

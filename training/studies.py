@@ -111,7 +111,13 @@ def _claim_folder(out: str, name: str) -> None:
     marker = Path(out, "study.json")
     check_own_folder(out, [marker.name], "a study folder", "`out`")  # runs.csv, summary.csv, ...
     if marker.is_file():
-        other = json.loads(marker.read_text()).get("study")
+        text = marker.read_text()
+        try:
+            other = json.loads(text)["study"]
+        except (ValueError, TypeError, KeyError, IndexError) as err:  # edited, or cut short
+            raise ValueError(f"Expected {str(marker)!r} to name the study of `out` "
+                             f"({json.dumps({'study': name})}), but it holds {text[:80]!r}. "
+                             "Restore it, or use another --out.") from err
         if other != name:
             raise FileExistsError(f"Expected `out` {out!r} to be a folder of study {name!r}, but it "
                                   f"holds study {other!r}. Use another --out.")

@@ -400,10 +400,15 @@ def read_run_file(path: Path, map_location="cpu", mmap: bool = False):
             return json.loads(path.read_text())
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
-        cause = " ".join(str(err).split("\n")[0].split())
-        raise ValueError(f"Could not read the run file {str(path)!r} ({type(err).__name__}: "
-                         f"{cause}): it is damaged. Restore it, or train the run again with "
-                         "--overwrite (overwrite=True).") from err
+        raise _damaged(path, err) from err
+
+
+def _damaged(path: Path, err: BaseException) -> ValueError:
+    """The error of a run file that cannot be read (``err``: why)."""
+    cause = " ".join(str(err).split("\n")[0].split())
+    return ValueError(f"Could not read the run file {str(path)!r} ({type(err).__name__}: "
+                      f"{cause}): it is damaged. Restore it, or train the run again with "
+                      "--overwrite (overwrite=True).")
 
 
 def read_run_recipe(path, stored: Optional[Dict] = None) -> Recipe:
@@ -501,9 +506,12 @@ def _result_from_dir(out: Path, resumed_from: Optional[int] = None) -> TrainResu
     d = read_run_file(out / RESULT)
     rows = []
     if (out / METRICS).is_file():
-        with open(out / METRICS, newline="") as f:
-            rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items() if v != ""}
-                    for r in csv.DictReader(f)]
+        try:
+            with open(out / METRICS, newline="") as f:
+                rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items() if v != ""}
+                        for r in csv.DictReader(f)]
+        except (ValueError, TypeError, csv.Error) as err:  # edited, or cut short
+            raise _damaged(out / METRICS, err) from err
     return TrainResult(out_dir=str(out), recipe=read_run_recipe(out / RESULT, d["recipe"]),
                        epochs=d["epochs"], test_acc=d["test_acc"], test_loss=d["test_loss"],
                        test_rot_acc=d.get("test_rot_acc"), metrics=rows,
