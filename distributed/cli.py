@@ -41,22 +41,24 @@ def _run(args) -> int:
         raise ValueError(f"Expected --num-cpus >= 1, but got {args.num_cpus}.")
     spec = load_spec(args.spec)
     out = _out(args, spec)
-    jobs = spec.jobs()
     if args.dry_run:
+        from .spec import Folders
         from .store import ResultStore
         from .sweep import _moved
 
+        folders = Folders()  # each folder listed once, as a run does
+        jobs = spec.jobs(folders)
         store = ResultStore(out)
         store.check_folder()  # as the run would: a folder of the user's files is no --out
         states = store.states()
-        folders = [j for j in jobs if j.relative_folder]
-        for jid in _moved(store.records_of(folders), folders):  # finished, but on other data
-            states[jid] = "moved"
+        of_folders = [j for j in jobs if j.dataset.kind == "folder" and states.get(j.id) == "ok"]
+        # finished, but on other images: moved, changed or unstamped (measured again)
+        states.update(_moved(store.records_of(of_folders), of_folders, folders))
         kept = store.shard_files()  # by name: the run checks that they still fit
         print(f"{spec.name}: {len(jobs)} jobs -> {out}")
         for job in jobs:
             n = _kept(kept, job.id, job.shards)
-            print(f"  {job.id}  {states.get(job.id, 'pending'):8s}  {job.title}  "
+            print(f"  {job.id}  {states.get(job.id, 'pending'):9s}  {job.title}  "
                   f"(shards {job.shards}{f', {n} kept' if n else ''}, cpus {job.num_cpus:g}, "
                   f"gpus {job.num_gpus:g})")
         return 0

@@ -199,23 +199,22 @@ class Job:
                             tensor_cores=self.tensor_cores, base_dir=self.base_dir,
                             families=[t.family for t in parse_transforms(self.transform_spec)])
 
-    def entry(self, fingerprints: Optional[Dict[str, Optional[str]]] = None) -> Dict[str, Any]:
+    def entry(self, folders: Optional["Folders"] = None) -> Dict[str, Any]:
         """Everything about the job, JSON-ready, as stored in its result record; a folder's
-        ``resolved_path`` too, and for a relative one what its files are (``files_sha256``):
-        the id holds the path as the spec says it, so that a rerun from a copy of the spec's
-        folder (``ray job submit --working-dir``) skips what is done.
+        ``resolved_path`` too, and what its files are (:func:`folder_fingerprint`:
+        ``files_sha256``, names and sizes, and ``files_stamp``, with each file's modification
+        time; ``None`` where the driver cannot list the folder): the id holds the path as the
+        spec says it, so that a rerun from a copy of the spec's folder (``ray job submit
+        --working-dir``) skips what is done, and a rerun sees images changed in place.
 
-        ``fingerprints``: ``{resolved folder: files_sha256}`` shared by the records of one run,
-        which lists each folder once, not once a job (ImageNet's 50,000 files: a second each)."""
+        ``folders``: the run's :class:`Folders`, which lists each folder once, not once a job
+        (ImageNet's 50,000 files: a second each)."""
         dataset = self.dataset.entry()
         if self.dataset.kind == "folder":
             path = dataset["resolved_path"] = self.resolve(self.dataset.path)
-            if self.relative_folder:
-                if fingerprints is None:
-                    fingerprints = {}
-                if path not in fingerprints:
-                    fingerprints[path] = folder_files_sha256(path)
-                dataset["files_sha256"] = fingerprints[path]
+            found = (Folders() if folders is None else folders).fingerprint(path) or {}
+            dataset["files_sha256"] = found.get("files_sha256")
+            dataset["files_stamp"] = found.get("files_stamp")
         return {"id": self.id, "model": self.model.entry(), "dataset": dataset,
                 "family": self.family, "transform_spec": self.transform_spec,
                 "transforms": list(self.transforms),
@@ -268,14 +267,16 @@ def _job_content(model, dataset, transforms, metrics, seed, n_images, batch_size
 _NUMBERED_CLASSES_RULE = 1
 
 
-def folder_labels_source(dataset: "DatasetEntry", base_dir: str = ".") -> Dict[str, Any]:
+def folder_labels_source(dataset: "DatasetEntry", base_dir: str = ".",
+                         folders: Optional["Folders"] = None) -> Dict[str, Any]:
     """What decides the labels of a folder's images beyond its path, for its jobs' ids (empty
     where nothing does, or its labels are not used): for numbered class folders, the rule that
     makes them classes (``numbered_classes``); for a flat folder labelled by a
     ``LOC_val_solution.csv`` (in it or above it: not among its images), the SHA-256 of its
     classes and each image's label (``labels_sha256``). A changed rule or csv is a new job, not
     the same job's result. Named class folders are in each image's name, as the record's
-    :func:`folder_files_sha256` keeps them; a folder with subfolders is not listed here."""
+    :func:`folder_files_sha256` keeps them; a folder with subfolders is not listed here.
+    ``folders``: the run's :class:`Folders` (a flat folder is listed once a run)."""
     if dataset.kind != "folder" or not dataset.labels:
         return {}
     root = _resolve(dataset.path, base_dir)
@@ -289,15 +290,10 @@ def folder_labels_source(dataset: "DatasetEntry", base_dir: str = ".") -> Dict[s
         return {"numbered_classes": _NUMBERED_CLASSES_RULE} if numbered else {}
     import warnings
 
-    from equifast.data import ImageFiles
-
-    try:
-        with warnings.catch_warnings():  # no csv: each task says so, in the job's record
-            warnings.simplefilter("ignore")
-            files = ImageFiles(root)
-    except (OSError, ValueError):  # no images, or a broken csv: the tasks fail, naming it
-        return {}
-    if not files.labelled:
+    with warnings.catch_warnings():  # no csv: each task says so, in the job's record
+        warnings.simplefilter("ignore")
+        files = (Folders() if folders is None else folders).files(root)
+    if files is None or not files.labelled:  # no images, a broken csv: the tasks fail, naming it
         return {}
     return {"labels_sha256": hashlib.sha256(_labels_text(files).encode()).hexdigest()}
 
@@ -310,27 +306,88 @@ def _labels_text(files) -> str:
 def folder_files_sha256(path: str) -> Optional[str]:
     """SHA-256 of the relative names and sizes of a folder's images (what a job reads there),
     and of their labels where the names do not give them (:func:`names_give_labels`), ``None`` when
-    it has none.
+    it has none: ``files_sha256`` of :func:`folder_fingerprint`."""
+    found = folder_fingerprint(os.path.abspath(path))
+    return None if found is None else found["files_sha256"]
 
-    Taken anew at each call, never cached: a stamp that changes with every such change (the
-    sizes of every file, in every subfolder) costs as much as the hash itself, and the folder's
-    own modification time misses a file added or replaced in a subfolder. The listing is the
-    one each task reading the folder makes too (50,000 files on a local disk: about 0.4 s in all,
-    most of it stat'ing each file).
+
+def folder_fingerprint(path: str, files=None, stats=None) -> Optional[Dict[str, str]]:
+    """What a folder's images are, as a job's record keeps it (``None``: it has none, or cannot
+    be listed): ``files_sha256``, SHA-256 of their relative names and sizes (and of their labels
+    where the names do not give them: :func:`names_give_labels`), the same for a copy of the
+    folder; and ``files_stamp``, SHA-256 of that and each file's modification time
+    (``st_mtime_ns``), which changes with a file replaced or edited in place, at the same size
+    too. ``files``: the folder's :class:`equifast.data.ImageFiles`, where it is listed already,
+    and ``stats``: :func:`file_stats` of its paths, where they are taken already.
+
+    Taken anew at each call, never cached: the folder's own modification time misses a file
+    added or replaced in a subfolder. One ``stat`` a file gives both its size and its time
+    (50,000 files on a local disk: about 0.4 s in all, most of it the stat'ing).
     """
-    from equifast.data import ImageFiles
-
-    path = os.path.abspath(path)
-    try:
-        files = ImageFiles(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+    if files is None:
+        files = _list_folder(path)
+        if files is None:
+            return None
     names = image_names(files)
+    stats = file_stats(files.paths) if stats is None else stats
     digest = hashlib.sha256()
-    _hash_lines(digest, names, file_sizes(files.paths))
+    _hash_lines(digest, names, [size for size, _ in stats])
     if not names_give_labels(files, names):  # else the names say it: the digest stays as it was
         digest.update(("\0labels\n" + _labels_text(files)).encode())
-    return digest.hexdigest()
+    sha = digest.hexdigest()
+    stamp = hashlib.sha256(f"{sha}\n".encode())
+    stamp.update(" ".join(str(mtime) for _, mtime in stats).encode())
+    return {"files_sha256": sha, "files_stamp": stamp.hexdigest()}
+
+
+def _list_folder(path: str):
+    """:class:`equifast.data.ImageFiles` of ``path``, or ``None`` where it cannot be listed:
+    missing, no folder, no images, a folder of splits or a broken csv (the tasks reading it fail,
+    naming what is wrong)."""
+    from equifast.data import ImageFiles
+
+    try:
+        return ImageFiles(path)
+    except (OSError, ValueError):
+        return None
+
+
+class Folders:
+    """The image folders one sweep run reads, each listed (:class:`equifast.data.ImageFiles`)
+    and fingerprinted (:func:`folder_fingerprint`) once a run, not once a use (its labels'
+    source, its records, its kept shards): ImageNet's 50,000 files take about 0.4 s to list and
+    stat. Made anew for each run, so that a folder changed between runs is seen by the next."""
+
+    def __init__(self):
+        self._files: Dict[str, Any] = {}
+        self._prints: Dict[str, Optional[Dict[str, str]]] = {}
+        self._stats: Dict[str, List[Tuple[int, int]]] = {}
+
+    def files(self, path: str):
+        """The folder's :class:`equifast.data.ImageFiles`, or ``None`` (:func:`_list_folder`)."""
+        if path not in self._files:
+            self._files[path] = _list_folder(path)
+        return self._files[path]
+
+    def fingerprint(self, path: str) -> Optional[Dict[str, str]]:
+        """:func:`folder_fingerprint` of the folder, from its listing of this run."""
+        if path not in self._prints:
+            files = self.files(path)
+            if files is not None:
+                self._stats[path] = file_stats(files.paths)
+            self._prints[path] = (None if files is None
+                                  else folder_fingerprint(path, files, self._stats[path]))
+        return self._prints[path]
+
+    def times_sha256(self, path: str, indices: Optional[Sequence[int]] = None) -> Optional[str]:
+        """SHA-256 of the modification times of the folder's images ``indices`` (of its
+        listing; ``None``: all) as this run stat'ed them (:meth:`fingerprint`), or ``None``
+        where it cannot be listed."""
+        if self.fingerprint(path) is None:
+            return None
+        stats = self._stats[path]
+        times = (t for _, t in stats) if indices is None else (stats[i][1] for i in indices)
+        return hashlib.sha256(" ".join(map(str, times)).encode()).hexdigest()
 
 
 def image_names(files) -> List[str]:
@@ -343,14 +400,17 @@ def image_names(files) -> List[str]:
     return names if os.sep == "/" else [n.replace(os.sep, "/") for n in names]
 
 
-def file_sizes(paths: Sequence[str]) -> List[int]:
-    """Each file's size in bytes (following links), -1 for one that cannot be stat'ed."""
+def file_stats(paths: Sequence[str]) -> List[Tuple[int, int]]:
+    """Each file's ``(size in bytes, modification time in ns)`` (following links), ``(-1, -1)``
+    for one that cannot be stat'ed."""
     out = []
     for p in paths:
         try:
-            out.append(os.stat(p).st_size)
+            st = os.stat(p)
         except OSError:
-            out.append(-1)
+            out.append((-1, -1))
+        else:
+            out.append((st.st_size, st.st_mtime_ns))
     return out
 
 
@@ -420,14 +480,18 @@ class SweepSpec:
     base_dir: str = "."
     raw: Dict[str, Any] = field(default_factory=dict)
 
-    def jobs(self) -> List[Job]:
-        """Every job, in a stable order (model, dataset, family, seed)."""
+    def jobs(self, folders: Optional[Folders] = None) -> List[Job]:
+        """Every job, in a stable order (model, dataset, family, seed). ``folders``: the run's
+        :class:`Folders` (a flat folder's labels are listed once a run)."""
+        folders = Folders() if folders is None else folders  # each folder looked at once
+        return self._jobs([folder_labels_source(d, self.base_dir, folders) for d in self.datasets])
+
+    def _jobs(self, sources: Sequence[Dict[str, Any]]) -> List[Job]:
+        """The jobs, with each dataset's :func:`folder_labels_source` given."""
         from equifast.transforms import parse_transforms
 
         parsed = {fam: parse_transforms(text) for fam, text in self.families.items()}
         names = {fam: tuple(t.name for t in ts) for fam, ts in parsed.items()}
-        # each folder looked at once, not once a job
-        sources = [folder_labels_source(d, self.base_dir) for d in self.datasets]
         out = []
         for m in self.models:
             res = dict(m.resources or ())
@@ -688,7 +752,9 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
                      retry_exceptions=retry_exceptions, device=device, amp=amp,
                      tensor_cores=tensor_cores, out=out,
                      base_dir=str(base_dir), raw=dict(raw))
-    spec.jobs()  # raises on repeated jobs
+    # raises on repeated jobs; without listing folders (the run lists them, once): two jobs'
+    # labels sources are the same where their datasets' content is, so they repeat alike
+    spec._jobs([{}] * len(spec.datasets))
     return spec
 
 

@@ -42,8 +42,8 @@ from equifast._hints import import_optional
 from equifast.data import ClassFolders
 from equifast.warning import warn
 
-from .spec import (Job, SweepSpec, _hash_lines, file_sizes, folder_files_sha256, image_names,
-                   load_spec, names_give_labels)
+from .spec import (Folders, Job, SweepSpec, _hash_lines, file_stats, image_names, load_spec,
+                   names_give_labels)
 from .store import ResultStore, _frame_records
 
 __all__ = ["run_sweep", "measure_job", "job_inputs", "job_record", "SweepResult", "DEFAULT_OUT"]
@@ -297,15 +297,17 @@ def shard_fingerprint(part) -> Optional[str]:
     depend on), and the names and sizes of the shard's own images, and their labels where the
     names do not give them (``LOC_val_solution.csv``: :func:`~.spec.names_give_labels`);
     ``None`` for images that are no folder's (``random`` and ``embedded`` are drawn from the
-    job's seed). A kept shard is reused only where this is still the same: an image fixed in
-    another shard's slice leaves it so."""
+    job's seed). A kept shard is reused only where this is still the same (and the driver's
+    :func:`_shard_times` of its images, :func:`_times_changed`): an image fixed in another
+    shard's slice leaves it so."""
     files, indices = _image_files(part)
     if files is None:
         return None
     names, head, named = _folder_head(files)
     digest = head.copy()
     indices = range(len(names)) if indices is None else indices
-    _hash_lines(digest, [names[i] for i in indices], file_sizes([files.paths[i] for i in indices]))
+    _hash_lines(digest, [names[i] for i in indices],
+                [size for size, _ in file_stats([files.paths[i] for i in indices])])
     if not named:
         digest.update(("\0labels\n" + ",".join(str(files.labels[i]) for i in indices)).encode())
     return digest.hexdigest()
@@ -399,9 +401,9 @@ def _measure_shard(job: Job, shard: int, shards: int):
 
 def job_record(job: Job, results: List[Tuple[Any, Dict[str, Any]]], attempts: int = 1,
                previous: Optional[Dict[str, Any]] = None,
-               fingerprints: Optional[Dict[str, Optional[str]]] = None) -> Dict[str, Any]:
+               folders: Optional[Folders] = None) -> Dict[str, Any]:
     """The ``ok`` record of a job from its shards' ``(state, info)`` (merged in shard order);
-    ``fingerprints``: the run's folder fingerprints (:meth:`Job.entry`). Shards kept from an
+    ``folders``: the run's listed folders and their fingerprints (:meth:`Job.entry`). Shards kept from an
     earlier run have ``"reused": True`` in their info: the record lists them
     (``reused_shards``), and its ``total_s`` is the wall time of the shards measured in this
     run (``load_s`` and ``measure_s`` add up every shard's)."""
@@ -427,7 +429,7 @@ def job_record(job: Job, results: List[Tuple[Any, Dict[str, Any]]], attempts: in
     start = min(i["started_at"] for i in now)
     end = max(i["finished_at"] for i in now)
     return {
-        "id": job.id, "status": "ok", "job": job.entry(fingerprints), "meta": report.meta,
+        "id": job.id, "status": "ok", "job": job.entry(folders), "meta": report.meta,
         "accuracy": measured if measured is not None else known,
         "accuracy_measured": measured, "accuracy_known": known,
         "accuracy_source": "measured" if measured is not None else ("known" if known is not None else None),
@@ -446,9 +448,9 @@ def job_record(job: Job, results: List[Tuple[Any, Dict[str, Any]]], attempts: in
 
 def _failure_record(job: Job, error: Union[BaseException, "_Repeating"], attempts: int,
                     previous: Optional[dict], hosts: List[str],
-                    fingerprints: Optional[Dict[str, Optional[str]]] = None) -> Dict[str, Any]:
+                    folders: Optional[Folders] = None) -> Dict[str, Any]:
     repeating = isinstance(error, _Repeating)
-    return {"id": job.id, "status": "failed", "job": job.entry(fingerprints),
+    return {"id": job.id, "status": "failed", "job": job.entry(folders),
             "error": error.error if repeating else _describe(error),
             "traceback": (error.traceback if repeating
                           else "".join(traceback.format_exception(error))[-20000:]),
@@ -682,7 +684,8 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     """
     ray = import_optional("ray", "distributed", "Running a sweep")
     spec = load_spec(spec)
-    jobs = spec.jobs()
+    folders = Folders()  # each folder listed once this run: labels, fingerprints, kept shards
+    jobs = spec.jobs(folders)
     store = ResultStore(out or spec.out or DEFAULT_OUT)
     t0 = time.time()
     store.check_folder()
@@ -712,15 +715,18 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
                          {j.id: j.model.label for j in jobs}, {j.id: j.dataset.label for j in jobs},
                          {j.id: j.family for j in jobs})
         before = _previous_records(store, jobs)  # again, under the lock
-        fingerprints: Dict[str, Optional[str]] = {}  # each relative folder's, listed once a run
-        done, old_failed, todo = _todo(before, jobs, retry_failed, fingerprints)
+        done, old_failed, todo = _todo(before, jobs, retry_failed, folders)
+        for job in todo:  # the records' fingerprints: of the images before they are read
+            if job.dataset.kind == "folder":
+                folders.fingerprint(job.resolve(job.dataset.path))
         failed_now: Dict[str, str] = {}
         warned: set = set()
         say = echo if progress else (lambda _line: None)
         say(f"[{spec.name}] {len(jobs)} job{'s' * (len(jobs) != 1)}: {len(done)} already finished, "
             f"{len(todo)} to run -> {store.root}")
         _tidy_shards(store, jobs, done, say)
-        kept = _kept_shards(store, todo, say)  # {job id: shards finished in an earlier run}
+        loaded: Dict[Tuple[str, int], dict] = {}  # the kept shards' contents, each read once
+        kept = _kept_shards(store, todo, say, folders, loaded)  # {job id: shards of an earlier run}
         status = {"sweep": spec.name, "state": "running", "total": len(jobs), "out": str(store.root),
                   "host": socket.gethostname(), "pid": os.getpid(), "started_at": t0}
         counts = _Counts(jobs, done, set() if retry_failed else old_failed)
@@ -728,7 +734,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         partial: Dict[str, List[Tuple[Any, dict]]] = {}  # each job's shards measured in this run
 
         def fail(job: Job, err: BaseException, attempts: int, hosts: List[str]) -> None:
-            rec = _failure_record(job, err, attempts, before[job.id], hosts, fingerprints)
+            rec = _failure_record(job, err, attempts, before[job.id], hosts, folders)
             store.write_record(rec)
             failed_now[job.id] = rec["error"]
             counts.fail(job.id)
@@ -741,8 +747,9 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         def finish(job: Job, attempts: int, hosts: List[str]) -> None:
             """The job's record, from its shards of this run and those kept from earlier."""
             try:
-                results = partial.pop(job.id, []) + _load_kept(store, job, kept.get(job.id, ()))
-                rec = job_record(job, results, attempts, before[job.id], fingerprints)
+                results = partial.pop(job.id, []) + _load_kept(store, job, kept.get(job.id, ()),
+                                                               loaded)
+                rec = job_record(job, results, attempts, before[job.id], folders)
             except Exception as err:  # noqa: BLE001 -- a failure record, as a task's error
                 store.remove_shards(job.id)  # no merge of these again: the rerun measures afresh
                 fail(job, err, attempts, hosts)
@@ -819,7 +826,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
                         fail(job, result, attempts, hosts)
                     continue
                 if job.shards > 1:  # kept until the job's record is written: a rerun reuses it
-                    _keep(store, job, result, say)
+                    _keep(store, job, result, say, folders)
                 if job.id in failed_now:  # a shard of a failed job: kept for the rerun only
                     continue
                 partial.setdefault(job.id, []).append(result)
@@ -875,12 +882,11 @@ def _previous_records(store: ResultStore, jobs: List[Job]) -> Dict[str, Optional
     """What the driver keeps of each job's record (``None``: none): its ``status``,
     ``total_attempts`` and ``job.dataset`` (for :func:`_moved`), not its tables: a finished
     job's record holds them all (a sweep of thousands of ImageNet jobs held gigabytes). Only
-    the records that can matter are read whole: failed ones, and finished ones of a folder
-    given relative to the spec."""
+    the records that can matter are read whole: failed ones, and finished ones of a folder."""
     out: Dict[str, Optional[dict]] = {}
     for job in jobs:
         status = store.status_of(job.id)
-        if status == "ok" and not job.relative_folder:
+        if status == "ok" and job.dataset.kind != "folder":
             out[job.id] = {"status": status}  # skipped: its other fields are never used
             continue
         rec = store.get(job.id) if status is not None else None
@@ -897,24 +903,68 @@ def _shard_versions() -> Dict[str, str]:
     return {k: versions[k] for k in ("equifast", "torch")}
 
 
-def _keep(store: ResultStore, job: Job, result: Tuple[Any, Dict[str, Any]], say) -> None:
-    """Keep a finished shard of ``job`` in the store until the job's record is written; one
-    that cannot be kept (a full disk) is said, and only a rerun pays for it."""
+def _shard_payload(job: Job, result: Tuple[Any, Dict[str, Any]], folders: Folders) -> Dict[str, Any]:
+    """What :func:`_keep` keeps of a finished shard: its ``state`` and ``info``, what it was
+    measured with (:func:`_shard_versions`), and ``times``: :func:`_shard_times` of its
+    images, as the driver stat'ed them before the run read them."""
     state, info = result
+    return {"state": state, "info": info, "versions": _shard_versions(),
+            "times": _shard_times(job, info["shard"], folders)}
+
+
+def _shard_times(job: Job, shard: int, folders: Folders) -> Optional[Dict[str, str]]:
+    """``{"path": the folder's real path, "sha256": of the modification times of the images
+    shard ``shard`` of ``job`` reads}``, as the driver's listing of this run has them (``None``:
+    no folder's, or one the driver cannot list). Not in the worker's :func:`shard_fingerprint`:
+    a worker's copy of the folder (on another node) has times of its own."""
+    from equifast.data import seeded_subset
+
+    if job.dataset.kind != "folder":
+        return None
+    path = job.resolve(job.dataset.path)
+    files = folders.files(path)
+    if files is None:
+        return None
+    _, indices = _image_files(_shard(seeded_subset(files, job.n_images, job.seed), shard, job.shards))
+    return {"path": os.path.realpath(path), "sha256": folders.times_sha256(path, indices)}
+
+
+def _times_changed(then: Optional[Dict[str, str]], now: Optional[Dict[str, str]]) -> bool:
+    """Whether a kept shard's images were modified since it was kept (:func:`_shard_times`
+    ``then`` and ``now``): compared in the same folder only, as records are (:func:`_moved`: a
+    copy of the folder elsewhere, as ``ray job submit --working-dir`` unpacks one, has times of
+    its own); a shard kept where the driver could not list the folder, and can now, is
+    measured again."""
+    if now is None:
+        return False
+    if not isinstance(then, dict):
+        return True
+    return then.get("path") == now["path"] and then.get("sha256") != now["sha256"]
+
+
+def _keep(store: ResultStore, job: Job, result: Tuple[Any, Dict[str, Any]], say,
+          folders: Optional[Folders] = None) -> None:
+    """Keep a finished shard of ``job`` in the store until the job's record is written; one
+    that cannot be kept (a full disk) is said, and only a rerun pays for it. ``folders``: the
+    run's listed folders."""
     try:
-        store.write_shard(job.id, info["shard"], job.shards,
-                          {"state": state, "info": info, "versions": _shard_versions()})
+        store.write_shard(job.id, result[1]["shard"], job.shards,
+                          _shard_payload(job, result, Folders() if folders is None else folders))
     except Exception as err:  # noqa: BLE001 -- the result is still merged in this run
-        say(f"  warning ({job.title}): shard {info['shard']} of {job.shards} is not kept for a "
+        say(f"  warning ({job.title}): shard {result[1]['shard']} of {job.shards} is not kept for a "
             f"rerun: {type(err).__name__}: {err}")
 
 
-def _load_kept(store: ResultStore, job: Job, shards) -> List[Tuple[Any, Dict[str, Any]]]:
+def _load_kept(store: ResultStore, job: Job, shards,
+               loaded: Optional[Dict[Tuple[str, int], dict]] = None) -> List[Tuple[Any, Dict[str, Any]]]:
     """The ``(state, info)`` of the shards of ``job`` kept from an earlier run (their info
-    marked ``"reused": True``)."""
+    marked ``"reused": True``); ``loaded``: what :func:`_kept_shards` read of them (taken out
+    of it), the others are read here."""
     out = []
     for shard in sorted(shards):
-        payload = store.read_shard(job.id, shard, job.shards)
+        payload = (loaded or {}).pop((job.id, shard), None)
+        if payload is None:
+            payload = store.read_shard(job.id, shard, job.shards)
         if payload is None:
             raise FileNotFoundError(
                 f"Expected shard {shard} of {job.shards} of job {job.title}, kept from an earlier "
@@ -924,38 +974,36 @@ def _load_kept(store: ResultStore, job: Job, shards) -> List[Tuple[Any, Dict[str
     return out
 
 
-def _current_fingerprint(job: Job, shard: int, listings: Dict[str, Any]):
+def _current_fingerprint(job: Job, shard: int, folders: Folders):
     """:func:`shard_fingerprint` of the images shard ``shard`` of ``job`` would measure now
     (``None``: no folder's images), or :data:`_UNSEEN` when the driver cannot list the folder
-    (workers may have data the driver has not). ``listings``: folders listed in this run."""
-    from equifast.data import ImageFiles, seeded_subset
+    (workers may have data the driver has not). ``folders``: the folders listed in this run."""
+    from equifast.data import seeded_subset
 
     if job.dataset.kind != "folder":
         return None
-    path = job.resolve(job.dataset.path)
-    if path not in listings:
-        try:
-            listings[path] = ImageFiles(path)
-        except (FileNotFoundError, NotADirectoryError):
-            listings[path] = None
-    if listings[path] is None:
+    files = folders.files(job.resolve(job.dataset.path))
+    if files is None:
         return _UNSEEN
-    part = _shard(seeded_subset(listings[path], job.n_images, job.seed), shard, job.shards)
+    part = _shard(seeded_subset(files, job.n_images, job.seed), shard, job.shards)
     return shard_fingerprint(part)
 
 
 _UNSEEN = object()  # a folder the driver cannot list
 
 
-def _kept_shards(store: ResultStore, todo: List[Job], say) -> Dict[str, List[int]]:
+def _kept_shards(store: ResultStore, todo: List[Job], say, folders: Optional[Folders] = None,
+                 loaded: Optional[Dict[Tuple[str, int], dict]] = None) -> Dict[str, List[int]]:
     """For each job to run, the shards a run before this one finished and kept that it reuses:
     of the job's number of shards, readable, measured with this equifast and torch
     (:func:`_shard_versions`), and of the same images as the job has now (a folder's, where
     the driver can list it: :func:`shard_fingerprint`). The files of the others of the job's
     number of shards are deleted (another number of shards cuts other slices: their files
-    stay until the job finishes)."""
+    stay until the job finishes). ``folders``: the run's listed folders; ``loaded``: filled
+    with ``{(job id, shard): content}`` of the reused ones, for :func:`_load_kept` (held until
+    their job is merged: the jobs a stopped run left unfinished, not the sweep's)."""
     files = store.shard_files()
-    listings: Dict[str, Any] = {}
+    folders = Folders() if folders is None else folders
     current = _shard_versions()
     kept: Dict[str, List[int]] = {}
     for job in todo:
@@ -970,9 +1018,11 @@ def _kept_shards(store: ResultStore, todo: List[Job], say) -> Dict[str, List[int
             elif payload.get("versions") != current:
                 why = f"measured with {payload.get('versions')}, not {current}"
             else:
-                now = _current_fingerprint(job, shard, listings)
+                now = _current_fingerprint(job, shard, folders)
                 unseen = unseen or now is _UNSEEN
-                if now is not _UNSEEN and now != (payload.get("info") or {}).get("data_sha256"):
+                if now is not _UNSEEN and (
+                        now != (payload.get("info") or {}).get("data_sha256")
+                        or _times_changed(payload.get("times"), _shard_times(job, shard, folders))):
                     why = "its images have changed since"
             if why is not None:
                 path.unlink(missing_ok=True)
@@ -980,6 +1030,8 @@ def _kept_shards(store: ResultStore, todo: List[Job], say) -> Dict[str, List[int
                     f"measured again ({why})")
                 continue
             kept.setdefault(job.id, []).append(shard)
+            if loaded is not None:
+                loaded[(job.id, shard)] = payload
         if job.id in kept:
             n = len(kept[job.id])
             say(f"  {job.title}: {n} of {job.shards} shards kept from an earlier run; measuring "
@@ -1016,44 +1068,68 @@ def _to_run(record: Optional[dict], retry_failed: bool) -> bool:
 
 
 def _todo(records: Dict[str, Optional[dict]], jobs: List[Job], retry_failed: bool,
-          fingerprints: Optional[Dict[str, Optional[str]]] = None):
+          folders: Optional[Folders] = None):
     """``(finished ids, failed ids, jobs to run)`` from the jobs' records (``None``: none);
-    a finished job whose relative folder now holds other data runs again (:func:`_moved`)."""
-    moved = _moved(records, jobs, fingerprints)
-    done = {jid for jid, rec in records.items() if rec and rec.get("status") == "ok"} - moved
+    a finished job whose folder now holds other images runs again (:func:`_moved`)."""
+    moved = _moved(records, jobs, folders)
+    done = {jid for jid, rec in records.items() if rec and rec.get("status") == "ok"} - set(moved)
     failed = {jid for jid, rec in records.items() if rec and rec.get("status") == "failed"}
     return done, failed, [j for j in jobs if j.id in moved or _to_run(records[j.id], retry_failed)]
 
 
 def _moved(records: Dict[str, Optional[dict]], jobs: List[Job],
-           fingerprints: Optional[Dict[str, Optional[str]]] = None) -> set:
-    """Ids of finished jobs whose folder, given relative to the spec, now resolves to another
-    folder with other files: their id (the path as written) is the same, their data is not (two
-    specs in different folders sharing an --out). A copy of the same files elsewhere, as
-    ``ray job submit --working-dir`` makes, is the same data. ``fingerprints``: the folders'
-    fingerprints taken so far in this run (filled in)."""
-    moved: Dict[Tuple[str, str, str], List[str]] = {}
-    files = {} if fingerprints is None else fingerprints  # each folder's, taken once a call
+           folders: Optional[Folders] = None) -> Dict[str, str]:
+    """``{job id: why}`` of the finished jobs of a folder whose images are not those their
+    record measured, said in one warning per dataset and reason (``why``):
+
+    - ``"changed"``: the same folder, but its images' names, sizes or modification times
+      differ (:func:`~.spec.folder_fingerprint`'s ``files_stamp``): an image added, removed,
+      replaced or edited in place;
+    - ``"unstamped"``: the same folder, but the record is from before records kept the files'
+      modification times: whether they changed is unknown, so it is measured again, once;
+    - ``"moved"``: the path (as the spec writes it, relative) now resolves to another folder
+      with other images (two specs in different folders sharing an --out); a copy of the same
+      images elsewhere (``ray job submit --working-dir``: the same names and sizes, other
+      times) is the same data.
+
+    A folder the driver cannot list (workers may have data it has not) is not checked.
+    ``folders``: the run's listed folders (each fingerprinted once)."""
+    folders = Folders() if folders is None else folders
+    found: Dict[Tuple[str, str, Optional[str], str, bool], List[str]] = {}
     for job in jobs:
         rec = records.get(job.id) or {}
-        then = rec.get("job", {}).get("dataset", {})
-        if rec.get("status") != "ok" or not job.relative_folder or not then.get("resolved_path"):
-            continue  # records from before the resolved path was kept: nothing to compare
-        now = job.resolve(job.dataset.path)
-        if os.path.realpath(now) == os.path.realpath(then["resolved_path"]):
+        if rec.get("status") != "ok" or job.dataset.kind != "folder":
             continue
-        if then.get("files_sha256") is not None:
-            if now not in files:
-                files[now] = folder_files_sha256(now)
-            if files[now] == then["files_sha256"]:  # a copy of the same images
+        then = rec.get("job", {}).get("dataset", {})
+        was, now = then.get("resolved_path"), job.resolve(job.dataset.path)
+        if was is None or os.path.realpath(now) == os.path.realpath(was):
+            current = folders.fingerprint(now)
+            if current is None or then.get("files_stamp") == current["files_stamp"]:
                 continue
-        moved.setdefault((job.dataset.label, then["resolved_path"], now), []).append(job.id)
-    for (label, then, now), ids in moved.items():
-        warn(f"dataset {label!r}: {len(ids)} finished job(s) measured {then!r}, but the "
-             f"spec's relative path now means {now!r}, which holds other images: they "
-             "are measured again, replacing those records (another spec's, if they "
-             "share this --out: give their data absolute paths).")
-    return {jid for ids in moved.values() for jid in ids}
+            why = "unstamped" if then.get("files_stamp") is None else "changed"
+        else:
+            current = folders.fingerprint(now) if then.get("files_sha256") is not None else None
+            if current is not None and current["files_sha256"] == then["files_sha256"]:
+                continue  # a copy of the same images
+            why = "moved"
+        found.setdefault((why, job.dataset.label, was, now, job.relative_folder), []).append(job.id)
+    for (why, label, was, now, relative), ids in found.items():
+        n = f"{len(ids)} finished job(s)"
+        if why == "moved":
+            warn(f"dataset {label!r}: {n} measured {was!r}, but the spec's "
+                 f"{'relative ' * relative}path now means "
+                 f"{now!r}, which holds other images: they are measured again, replacing those "
+                 "records (another spec's, if they share this --out: give their data absolute "
+                 "paths).")
+        elif why == "changed":
+            warn(f"dataset {label!r}: {n} measured {now!r}, whose images have changed since (an "
+                 "image added, removed, replaced or edited: their names, sizes or modification "
+                 "times differ): they are measured again, replacing those records.")
+        else:
+            warn(f"dataset {label!r}: {n} of {now!r} have records from before sweeps kept the "
+                 "modification times of a folder's images, so whether they changed since is "
+                 "unknown: they are measured again (once), replacing those records.")
+    return {jid: why for (why, *_), ids in found.items() for jid in ids}
 
 
 def _is_local(address: Optional[str]) -> bool:

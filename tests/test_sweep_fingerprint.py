@@ -211,3 +211,79 @@ def test_a_synset_folder_given_alone_is_labelled_in_its_fingerprint_and_id(tmp_p
     assert folder_files_sha256(str(a)) != folder_files_sha256(str(other))
     assert load_spec(_spec(a)).jobs()[0].content()["labels_source"]["labels_sha256"]
     assert "labels_source" not in load_spec(_spec(other)).jobs()[0].content()
+
+
+# ---- a finished job's images changed in place: measured again, not a stale record --------
+
+def _finished(out: Path, job) -> None:
+    """An ``ok`` record of ``job`` as a run writes it (its folder's fingerprint of now)."""
+    from equifast.distributed import ResultStore
+
+    ResultStore(out).write_record({"id": job.id, "status": "ok", "job": job.entry(),
+                                   "points": [], "parts": []})
+
+
+def _dry_states(spec_file: Path, out: Path, capsys) -> dict:
+    from equifast.distributed.cli import main as sweep_main
+
+    assert sweep_main(["run", str(spec_file), "--out", str(out), "--dry-run"]) == 0
+    return {line.split()[0]: line.split()[1]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+
+
+def _touch_later(path: Path) -> None:
+    """A file's modification time moved on by a second (a coarse file system keeps it too)."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_images_changed_in_the_same_folder_measure_a_finished_job_again(tmp_path, capsys, relative):
+    # fingerprints were compared only where a relative path meant another folder: an image
+    # edited, replaced, added or removed in the folder itself reused the stale record
+    import shutil
+
+    import yaml
+
+    from equifast.distributed.sweep import _moved
+
+    root = _classes_folder(tmp_path / "proj" / "data")
+    spec = _spec("data" if relative else root)
+    spec_file = tmp_path / "proj" / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    jobs = load_spec(spec_file).jobs()
+    out = tmp_path / "out"
+    for job in jobs:
+        _finished(out, job)
+    ids = {j.id for j in jobs}
+    assert _dry_states(spec_file, out, capsys) == dict.fromkeys(ids, "ok")
+    image = root / "n02" / "1.png"
+    changes = [
+        lambda: (image.write_bytes(b"y" * image.stat().st_size), _touch_later(image)),  # same size
+        lambda: os.replace(root / "n01" / "0.png", image),                # replaced by another file
+        lambda: _write(root / "n01" / "9.png", 3),                                         # added
+        lambda: os.remove(root / "n01" / "9.png"),                                       # removed
+    ]
+    for change in changes:
+        change()
+        with pytest.warns(UserWarning, match=r"dataset 'val': 2 finished job\(s\) measured .*, whose "
+                                             "images have changed since"):
+            assert _dry_states(spec_file, out, capsys) == dict.fromkeys(ids, "changed")
+        for job in load_spec(spec_file).jobs():  # measured again: records of the images of now
+            _finished(out, job)
+        assert _dry_states(spec_file, out, capsys) == dict.fromkeys(ids, "ok")
+    if relative:
+        # a copy of the same images elsewhere (new modification times, as an unpacked
+        # `ray job submit --working-dir`) is still the same data: skipped
+        copy = tmp_path / "copy"
+        shutil.copytree(tmp_path / "proj", copy, copy_function=shutil.copy)
+        _touch_later(copy / "data" / "n01" / "1.png")
+        assert _dry_states(copy / "spec.yaml", out, capsys) == dict.fromkeys(ids, "ok")
+    # a record from before records kept the files' times: measured again once, with a warning
+    records = {}
+    for job in jobs:
+        rec = job.entry()
+        del rec["dataset"]["files_stamp"]
+        records[job.id] = {"status": "ok", "job": rec}
+    with pytest.warns(UserWarning, match=r"2 finished job\(s\) of .* have records from before"):
+        assert _moved(records, jobs) == dict.fromkeys(ids, "unstamped")

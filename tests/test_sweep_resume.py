@@ -8,6 +8,7 @@ as an uninterrupted run does.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -155,13 +156,14 @@ def _keep_in_process(store, job, shards=(0, 1), versions=None):
     kept = {}
     for shard in shards:
         state, info = measure_job(job, shard)
-        store.write_shard(job.id, shard, job.shards, {
-            "state": state, "info": info, "versions": versions or sweep_mod._shard_versions()})
+        payload = sweep_mod._shard_payload(job, (state, info), sweep_mod.Folders())
+        store.write_shard(job.id, shard, job.shards, {**payload, "versions": versions or payload["versions"]})
         kept[shard] = (state, info)
     return kept
 
 
-def test_a_job_whose_every_shard_was_kept_is_merged_without_measuring(ray_session, tmp_path):
+def test_a_job_whose_every_shard_was_kept_is_merged_without_measuring(ray_session, tmp_path,
+                                                                     monkeypatch):
     # the driver stopped after the last shard came back, before the record: nothing to measure
     spec = _spec(_folder(tmp_path / "data"))
     (job,) = load_spec(spec).jobs()
@@ -169,8 +171,17 @@ def test_a_job_whose_every_shard_was_kept_is_merged_without_measuring(ray_sessio
     kept = _keep_in_process(store, job)
     ran = tmp_path / "ran"
     ran.mkdir()
+    reads = []
+    real = ResultStore.read_shard
+
+    def counted(self, job_id, shard, shards):
+        reads.append(shard)
+        return real(self, job_id, shard, shards)
+
+    monkeypatch.setattr(ResultStore, "read_shard", counted)
     result = run_sweep(spec, out=store.root, before_job=_ran(ran), progress=False)
     assert result.complete and _measured(ran) == []
+    assert sorted(reads) == [0, 1]  # each kept shard read once (checked, then merged: twice)
     rec = store.get(job.id)
     assert rec["reused_shards"] == [0, 1] and rec["attempts"] == 0 and store.shard_files() == {}
     want = job_record(job, [kept[0], kept[1]])
@@ -192,8 +203,18 @@ def test_kept_shards_that_no_longer_fit_the_job_are_measured_again(tmp_path):
     assert sweep_mod._kept_shards(store, [three], say.append) == {}
     assert len(store.shard_files()[job.id]) == 2
 
-    # an image of shard 1's slice replaced (another size): shard 1 only is measured again
-    (folder / "class1" / "3.png").write_bytes((folder / "class1" / "3.png").read_bytes() + b"\0" * 7)
+    # an image of shard 1's slice rewritten in place (the same size: only its time says so), then
+    # replaced (another size): shard 1 only is measured again
+    image = folder / "class1" / "3.png"
+    stat = image.stat()
+    image.write_bytes(image.read_bytes())  # (a valid PNG, as the shard is kept again below)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    say.clear()
+    assert sweep_mod._kept_shards(store, [job], say.append) == {job.id: [0]}
+    assert [s for s, _, _ in store.shard_files()[job.id]] == [0]
+    assert any("shard 1 of 2" in line and "images have changed" in line for line in say), say
+    _keep_in_process(store, job, shards=(1,))
+    image.write_bytes(image.read_bytes() + b"\0" * 7)
     say.clear()
     assert sweep_mod._kept_shards(store, [job], say.append) == {job.id: [0]}
     assert [s for s, _, _ in store.shard_files()[job.id]] == [0]
@@ -314,3 +335,28 @@ def test_a_kept_shard_is_read_without_running_its_code_and_an_old_format_one_is_
         **sweep_mod._shard_versions(), "torch": torch.__version__}})
     assert type(torch.__version__) is not str and store.read_shard(job.id, 0, 2) is None
     assert sweep_mod._kept_shards(store, [job], say.append) == {} and store.shard_files() == {}
+
+
+def test_kept_shards_of_a_copied_folder_are_reused_by_names_and_sizes(tmp_path):
+    # the driver compares the times of a shard's images in the folder it kept it from; a copy
+    # (`ray job submit --working-dir` unpacks one, new times) is compared as records are
+    import shutil
+
+    _folder(tmp_path / "proj" / "data")
+    spec = _spec("data")
+    (tmp_path / "proj" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (job,) = load_spec(tmp_path / "proj" / "spec.yaml").jobs()
+    store = ResultStore(tmp_path / "out")
+    _keep_in_process(store, job)
+    shutil.copytree(tmp_path / "proj", tmp_path / "copy", copy_function=shutil.copy)
+    for image in (tmp_path / "copy" / "data" / "class1").iterdir():
+        stat = image.stat()
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    (copy,) = load_spec(tmp_path / "copy" / "spec.yaml").jobs()
+    assert copy.id == job.id
+    assert sweep_mod._kept_shards(store, [copy], lambda line: None) == {job.id: [0, 1]}
+    # in its own folder, the same rewrite is a change: shard 1's images
+    for image in (tmp_path / "proj" / "data" / "class1").iterdir():
+        stat = image.stat()
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert sweep_mod._kept_shards(store, [job], lambda line: None) == {job.id: [0]}
