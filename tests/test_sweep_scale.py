@@ -454,3 +454,22 @@ def test_report_of_an_unfinished_sweep_says_whose_means_are_over_fewer_seeds(mea
         analysis.sweep_figures(done.root, tmp_path / "figures2", accuracy="known")
     assert not [w for w in caught if "The report holds" in str(w.message)]
     assert drawn["fig11_translation.png"] == ["model0", "model1", "model2"]
+
+
+def test_the_stores_json_files_are_strict_json_with_nan_and_inf_as_null(tmp_path):
+    # json.dumps writes NaN and Infinity, which no strict JSON reader takes
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    bad = {"a": float("nan"), "b": [float("inf"), np.float32("-inf")], "c": np.float64(1.5),
+           "d": {"e": np.nan}}
+    store = ResultStore(tmp_path)
+    store.write_record({"id": "0123456789abcdef", "status": "ok", "meta": bad, "points": [],
+                        "parts": [{"part": "early", "channel": float("nan")}]})
+    store.write_spec({"meta": bad}, ["0123456789abcdef"])
+    store.write_status({"meta": bad})
+    for name in ("records/0123456789abcdef.json", "spec.json", "status.json"):
+        doc = json.loads((tmp_path / name).read_text(), parse_constant=refuse)
+        assert doc.get("meta", doc.get("spec", {}).get("meta")) == {
+            "a": None, "b": [None, None], "c": 1.5, "d": {"e": None}}
+    assert np.isnan(store.tables()["parts"]["channel"].iloc[0])  # read back as NaN
