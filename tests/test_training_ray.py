@@ -234,18 +234,19 @@ def test_a_dead_worker_is_said_in_one_line_with_the_epoch_kept(tmp_path, local_r
     err = WorkerGroupError("[Rank 0 Error Snippet]: ...", {
         0: peer, 1: health.WorkerHealthCheckFailedError("A worker health check failed.",
                                                          failure=died.value)})
-    said = _worker_error(err, tmp_path / "run", recipe)
+    said = _worker_error(err, tmp_path / "run", recipe, 2)
     assert isinstance(said, WorkerDiedError) and isinstance(said, OSError)  # the command: a line
     assert str(said) == ("Ray Train worker 1 (of 2) died (killed by a signal, or out of memory?), "
                          "so the run stopped; the run folder keeps epoch 1 of 3: rerun the same "
                          "command to resume from it.")
     assert said.ranks == (1,) and said.epoch == 1
-    err = WorkerGroupError("...", {0: died.value, 1: died.value})
-    assert str(_worker_error(err, tmp_path / "none", recipe)) == (
-        "Ray Train workers 0, 1 (of 2) died (killed by a signal, or out of memory?), so the run "
+    # Ray Train reports the failed workers only: of 3, two died
+    err = WorkerGroupError("...", {0: died.value, 2: died.value})
+    assert str(_worker_error(err, tmp_path / "none", recipe, 3)) == (
+        "Ray Train workers 0, 2 (of 3) died (killed by a signal, or out of memory?), so the run "
         "stopped; no epoch was saved: rerun the same command to start it again.")
     # the workers' own errors are still themselves
-    assert _worker_error(WorkerGroupError("...", {0: peer}), tmp_path / "run", recipe) is peer
+    assert _worker_error(WorkerGroupError("...", {0: peer}), tmp_path / "run", recipe, 2) is peer
 
 
 def test_the_driver_maps_the_checkpoint_rather_than_reading_it(tmp_path):

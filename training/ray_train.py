@@ -197,7 +197,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
             # ended without a word (status 1, or 0 as if finished). It stops as interrupted runs do.
             raise KeyboardInterrupt(f"training {out_dir!r} on Ray Train was interrupted") from None
         except Exception as err:  # Ray Train's TrainingFailedError (its module moved across versions)
-            cause = _worker_error(err, Path(out_dir), recipe)
+            cause = _worker_error(err, Path(out_dir), recipe, int(num_workers))
             if cause is None:
                 raise
             raise cause from err  # Ray's report of every worker, tracebacks and all, is its cause
@@ -268,21 +268,22 @@ def _died(error: BaseException) -> Optional[str]:
     return None
 
 
-def _worker_error(err, out: Optional[Path] = None,
-                  recipe: Optional[Recipe] = None) -> Optional[BaseException]:
+def _worker_error(err, out: Optional[Path] = None, recipe: Optional[Recipe] = None,
+                  workers: Optional[int] = None) -> Optional[BaseException]:
     """The error the workers raised, as a single-process run would have raised it (the
     ``equifast`` command then prints a full disk or bad data in one line, as without Ray): a
     :class:`WorkerDiedError` when a worker's process died (the others' errors are then its
     consequences), else the one failure, or the same one on every failed worker, or the first
     bad input or OS error (the others then are its consequences: a peer gone from an
     all-reduce); ``None`` when Ray's own error says more (several different failures, or a
-    controller error). ``out`` and ``recipe`` (the run's) name the last epoch saved."""
+    controller error). ``out``, ``recipe`` and ``workers`` (the run's) name the last epoch
+    saved and the workers (Ray Train reports the failed ones only)."""
     ranked = sorted(getattr(err, "worker_failures", {}).items())
     dead = {rank: how for rank, how in ((r, _died(e)) for r, e in ranked) if how}
     if not ranked and _died(err):  # Ray Train before V2: the actor's error, no ranks
         dead = {None: _died(err)}
     if dead:
-        return _died_error(dead, out, recipe, len(ranked))
+        return _died_error(dead, out, recipe, workers)
     failures = [e for _, e in ranked]
     if not failures:
         return None
@@ -292,7 +293,7 @@ def _worker_error(err, out: Optional[Path] = None,
 
 
 def _died_error(dead: Dict[Optional[int], str], out: Optional[Path], recipe: Optional[Recipe],
-                world: int) -> WorkerDiedError:
+                world: Optional[int]) -> WorkerDiedError:
     """:class:`WorkerDiedError` for the workers ``dead`` (rank: how) of a run of ``world``."""
     epoch = 0
     if out is not None and (out / CHECKPOINT).is_file():
