@@ -584,6 +584,11 @@ def load_model(name: str, weights: Optional[str] = "default",
             # input turned to the normalisation they were trained with; aux heads if it has them
             aux = any(k.lower().startswith("aux") for k in state)
             kwargs = {"transform_input": True, "aux_logits": aux, "init_weights": False, **kwargs}
+        elif named is None and state is None and name in ("inception_v3", "googlenet"):
+            # torchvision's initialisation of today, asked for by name: left unnamed, torchvision
+            # warns that it will change and that the caller should pass init_weights=True, which
+            # an equifast user cannot
+            kwargs = {"init_weights": True, **kwargs}
 
         def build(**kw):
             with _hub(name):

@@ -101,6 +101,27 @@ def test_random_init_torchvision_and_timm():
     assert not m.training
 
 
+
+@pytest.mark.parametrize("name", ["googlenet", pytest.param("inception_v3", marks=pytest.mark.slow)])
+def test_random_googlenet_and_inception_are_torchvisions_without_its_warning(name):
+    # torchvision warned "The default weight initialization ... will be changed ... please set
+    # init_weights=True", which a user of load_model or `equifast measure` cannot pass
+    import warnings
+
+    import torchvision
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        want = torchvision.models.get_model(name, weights=None).state_dict()
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model, _ = load_model(name, weights=None)
+    got = model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_checkpoint_path_round_trip(tmp_path):
     m, _ = load_model("resnet18", weights=None, num_classes=4)
     path = tmp_path / "ckpt.pt"
