@@ -54,6 +54,9 @@ def _store_tables(source) -> Dict[str, pd.DataFrame]:
     """The combined tables (``points``, ``parts``, ``jobs``) of a results folder or store."""
     store = source if isinstance(source, ResultStore) else ResultStore(source)
     if not store.root.is_dir():
+        if store.root.exists():  # (it said "does not exist" of a file)
+            raise NotADirectoryError(f"Expected a sweep results folder, but {str(store.root)!r} is "
+                                     "a file; pass the sweep's --out.")
         raise FileNotFoundError(f"Expected a sweep results folder, but {str(store.root)!r} does not exist; "
                                 "run `equifast sweep run SPEC --out DIR` first.")
     return store.tables()

@@ -75,6 +75,7 @@ _DATASET_KEYS = {"name", "kind", "path", "torchvision", "root", "args", "image_s
                  "n_images", "labels"}
 _KINDS = ("folder", "embedded", "random", "torchvision")
 _NO_WEIGHTS = (None, "none", "None", "random")
+_MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
 
 
 class SpecError(ValueError):
@@ -570,6 +571,11 @@ def load_spec(spec: Union[str, os.PathLike, Mapping[str, Any], SweepSpec],
     source = "(dict)"
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
+        if path.is_dir():  # (it said "does not exist" of a folder)
+            found = sorted(p.name for p in path.glob("*.y*ml"))
+            raise IsADirectoryError(f"Expected a sweep spec file (YAML), but {str(path)!r} is a folder"
+                                    + (f" (holding {', '.join(found[:5])}); give one of them."
+                                       if found else "."))
         if not path.is_file():
             raise FileNotFoundError(f"Expected a sweep spec file (YAML), but {str(path)!r} does not exist.")
         import yaml
@@ -664,6 +670,12 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
     if not isinstance(seeds, list) or not seeds or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         problems.append(f"seeds: Expected a non-empty list of integers, but got {seeds!r}.")
+        seeds = [0]
+    elif not all(0 <= s <= _MAX_SEED for s in seeds):
+        # torch's range: every worker failed on a larger one ("Overflow when unpacking long
+        # long"), and it takes a negative seed s as 2**64 + s: -1 drew what 2**64 - 1 draws
+        problems.append(f"seeds: Expected integers from 0 to 2**64 - 1 (torch's seeds), but got "
+                        f"{[s for s in seeds if not 0 <= s <= _MAX_SEED]!r}.")
         seeds = [0]
     elif len(set(seeds)) != len(seeds):
         problems.append(f"seeds: Expected distinct seeds, but got {seeds!r}.")

@@ -239,6 +239,32 @@ def test_bad_spec_fails_before_any_job(folder, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_seeds_outside_torchs_range_fail_before_any_job(tmp_path):
+    # torch takes a negative seed s as 2**64 + s (two "seeds" of one draw, averaged as two), and
+    # every worker failed on one above 2**64 - 1 ("Overflow when unpacking long long")
+    import torch
+
+    draw = [torch.randn(3, generator=torch.Generator().manual_seed(s)) for s in (-1, 2**64 - 1)]
+    assert torch.equal(*draw)
+    spec = {"models": [MODELS[0]], "datasets": [{"kind": "random", "image_size": 32}],
+            "transforms": {"rotation": "rotation:90"}, "n_images": 2}
+    for seeds in ([0, -1], [2**64], [2**64 - 1, -1]):
+        with pytest.raises(SpecError, match=r"seeds: Expected integers from 0 to 2\*\*64 - 1"):
+            load_spec({**spec, "seeds": seeds})
+    assert [j.seed for j in load_spec({**spec, "seeds": [0, 2**64 - 1]}).jobs()] == [0, 2**64 - 1]
+
+
+def test_a_folder_or_a_file_given_for_the_other_is_said_so(tmp_path, capsys):
+    # `sweep run FOLDER` and `sweep report --out FILE` said that they "do not exist"
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.yaml").write_text("models: []\n")
+    assert sweep_main(["run", str(tmp_path / "specs")]) == 2
+    assert "is a folder (holding a.yaml); give one of them" in capsys.readouterr().err
+    (tmp_path / "out").write_text("x")
+    assert sweep_main(["report", "--out", str(tmp_path / "out")]) == 2
+    assert f"{str(tmp_path / 'out')!r} is a file" in capsys.readouterr().err
+
+
 def test_the_ray_job_entry_point_runs_sweep_run_under_its_own_name(folder, tmp_path, capsys):
     from equifast.distributed import entrypoint
 
