@@ -65,7 +65,8 @@ def _add_measure(sub) -> None:
                    help="output folder: report.json, report.{points,parts}.{csv,parquet}, "
                         "report.meta.json, figure.png, shifts.png with several shifts, "
                         "metric_bias{,_correlation}.csv with two metrics. An earlier output there is "
-                        "replaced as a whole; a folder of other files is refused")
+                        "replaced as a whole; a folder of other files, or one inside --data, is "
+                        "refused")
     p.add_argument("--no-progress", "--quiet", action="store_true",  # --quiet: train's, sweep's
                    help="no progress bar (there is none when stderr is not a terminal)")
     p.set_defaults(func=_run_measure)
@@ -74,7 +75,7 @@ def _add_measure(sub) -> None:
 def _run_measure(args) -> int:
     from .devices import resolve_device
     from .measurement import metric_list
-    from .models import check_model_name
+    from .models import check_model_args, check_model_name
     from .transforms import check_distinct, parse_transforms
 
     # Every input is checked before the model runs: a measurement can take hours.
@@ -92,6 +93,16 @@ def _run_measure(args) -> int:
     check_model_name(args.model)
     resolve_device(args.device)  # an unknown device, or a GPU this machine lacks
     weights = None if args.weights == "none" else args.weights
+    if (Path(args.model) / "recipe.json").is_file():  # a run folder: its own weights and classes
+        given = [f"{flag} {value}" for flag, value, unset in (
+            ("--weights", args.weights, "default"), ("--num-classes", args.num_classes, None))
+            if value != unset]
+        if given:  # load_model's refusal named `weights=None` for `--weights none`
+            raise ValueError(f"Expected no --weights or --num-classes with the run folder "
+                             f"{args.model!r} (it is measured with its own trained weights), but "
+                             f"got {' and '.join(given)}.")
+    elif not Path(args.model).is_dir():
+        check_model_args(args.model, weights, args.num_classes)  # before --out is made
     for flag, value in (("--data", args.data), ("--out", args.out)):
         if value is not None and not value.strip():  # Path("") is the working folder
             raise ValueError(f"Expected {flag} to name a folder, but it is empty (an unset "
@@ -99,9 +110,16 @@ def _run_measure(args) -> int:
     if args.data is not None and not Path(args.data).is_dir():
         raise FileNotFoundError(f"Expected --data to be a folder of images, but {args.data!r} "
                                 f"{'is a file' if Path(args.data).exists() else 'does not exist'}.")
+    if args.data is not None and Path(args.data).resolve() in (
+            Path(args.out).resolve(), *Path(args.out).resolve().parents):
+        # the figures written there would be measured as images of --data by the next run
+        raise ValueError(f"Expected --out outside --data, but --out {args.out!r} lies in --data "
+                         f"{args.data!r}: its figures would be read as images there; use "
+                         "another --out.")
     from ._io import FolderLock
 
-    made = not Path(args.out).exists()
+    # the folders this run makes, innermost first: --out and the parents it lacks
+    made = [p for p in (Path(args.out), *Path(args.out).parents) if not p.exists()]
     out = _output_folder(args.out)
     try:
         # a second `equifast measure` into the same folder is refused: both would say "wrote",
@@ -109,8 +127,11 @@ def _run_measure(args) -> int:
         with FolderLock(out, ".equifast-measure.lock", "`equifast measure`"):
             return _measure_into(out, args, transforms, metrics, weights)
     except BaseException:
-        if made and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # a failed measurement leaves no empty folder of ours behind
+        for folder in made:  # a failed measurement leaves no empty folder of ours behind
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another's files meanwhile), or gone
+                break
         raise
 
 

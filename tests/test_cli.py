@@ -141,9 +141,10 @@ def test_warnings_of_equifast_are_one_line_others_as_python_shows_them(tmp_path,
 
     import equifast as ef
 
+    (tmp_path / "img").mkdir()
     for i in range(2):
-        Image.new("RGB", (40, 40), (60 * i, 90, 30)).save(tmp_path / f"{i}.png")
-    assert main(["measure", "--data", str(tmp_path), "--n-images", "5", "--transforms", "rotation:90",
+        Image.new("RGB", (40, 40), (60 * i, 90, 30)).save(tmp_path / "img" / f"{i}.png")
+    assert main(["measure", "--data", str(tmp_path / "img"), "--n-images", "5", "--transforms", "rotation:90",
                  "--out", str(tmp_path / "m"), "--no-progress", "--loader-workers", "0"]) == 0
     err = capsys.readouterr().err
     assert "equifast: warning: Measured 2 images, fewer than the n_images=5 asked for: that is all " \
@@ -388,6 +389,47 @@ def test_batch_size_and_device_are_checked_before_anything_is_printed_or_made(ar
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == said
     assert not (tmp_path / "m").exists()
+
+
+def test_model_arguments_are_checked_before_anything_is_printed_or_made(tmp_path, capsys):
+    # they failed after the header line was printed and --out made; a run folder's refusal
+    # said "got weights=None" for `--weights none`
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.json").write_text("{}")  # refused before the recipe is read
+    for argv, said in (
+            (["--model", str(run), "--weights", "none"],
+             f"Expected no --weights or --num-classes with the run folder {str(run)!r} (it is "
+             "measured with its own trained weights), but got --weights none."),
+            (["--model", str(run), "--num-classes", "3"], "but got --num-classes 3."),
+            (["--model", "resnet18", "--num-classes", "10"],
+             "Expected 1000 (the classes of the default weights of 'resnet18') or none, but got 10")):
+        assert main(["measure", "--transforms", "rotation:90"] + argv
+                    + ["--out", str(tmp_path / "m")]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and said in captured.err and captured.err.count("\n") == 1
+        assert not (tmp_path / "m").exists()
+
+
+def test_a_failed_measurement_removes_the_parent_folders_it_made(tmp_path, capsys):
+    # only the innermost was removed: runs/a/ was left behind, empty
+    keep = tmp_path / "runs"
+    keep.mkdir()
+    argv = _TINY[:3] + ["--weights", str(tmp_path / "no-such.pt")] + _TINY[5:]
+    assert main(argv + ["--out", str(keep / "a" / "b" / "c")]) == 2
+    assert "no-such.pt" in capsys.readouterr().err
+    assert keep.is_dir() and list(keep.iterdir()) == []  # the folder that was there is kept
+
+
+def test_out_inside_data_is_refused(tmp_path, capsys):
+    # the run's figure.png and shifts.png were measured as images by the next run on --data
+    data = _two_images(tmp_path / "img")
+    for out in (data / "results", data):
+        assert main(_measure_args(data, out, "rotation:90")) == 2
+        assert f"Expected --out outside --data, but --out {str(out)!r} lies in --data" in \
+            capsys.readouterr().err
+    assert sorted(p.name for p in data.iterdir()) == ["0.png", "1.png"]
+    assert main(_measure_args(data, tmp_path / "img-results", "rotation:90")) == 0  # beside it
 
 
 @pytest.mark.parametrize("argv,hint", [
