@@ -246,6 +246,11 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
         dataset = _TorchvisionImages(dataset, d.name)
     if not d.labels:
         dataset = _NoLabels(dataset)
+    if job.n_images is not None and len(dataset) < job.n_images:
+        # said as equifast.measure(n_images=...) says it: a partial copy of a dataset on a node
+        # measured what it held, its record's n_images the only sign
+        warn(f"Measured the {len(dataset)} images of dataset {d.label!r}, fewer than the "
+             f"n_images={job.n_images} asked for: that is all it holds.")
     return data_mod.seeded_subset(dataset, job.n_images, job.seed), preprocess
 
 

@@ -360,3 +360,16 @@ def test_kept_shards_of_a_copied_folder_are_reused_by_names_and_sizes(tmp_path):
         stat = image.stat()
         os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert sweep_mod._kept_shards(store, [job], lambda line: None) == {job.id: [0]}
+
+
+def test_a_folder_of_fewer_images_than_n_images_is_said_in_the_record(tmp_path):
+    # the sweep cut the subset itself: a folder (a partial copy on a node) of fewer images than
+    # asked was measured whole without a word, as equifast.measure(n_images=...) warns
+    folder = _folder(tmp_path / "data")
+    (job,) = load_spec(_spec(folder, n_images=20, shards=1)).jobs()
+    state, info = measure_job(job)
+    assert state.n_images == 8
+    assert info["warnings"] == ["Measured the 8 images of dataset 'tiny', fewer than the "
+                                "n_images=20 asked for: that is all it holds."]
+    (enough,) = load_spec(_spec(folder, n_images=8, shards=1)).jobs()
+    assert measure_job(enough)[1]["warnings"] == []
