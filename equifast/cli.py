@@ -248,12 +248,13 @@ def _output_folder(path: str) -> Path:
 
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list model names (torchvision and timm)")
-    p.add_argument("pattern", nargs="?", default="", help="substring to filter by")
+    p.add_argument("pattern", nargs="?", default="", help="substring to filter by (any case)")
 
     def run(args):
         from .models import available_models
 
-        names = [name for name in available_models() if args.pattern in name]
+        # the names are lower case; `equifast models ViT` found none
+        names = [name for name in available_models() if args.pattern.lower() in name.lower()]
         if not names:
             print(f"equifast models: no torchvision or timm model name contains {args.pattern!r}",
                   file=sys.stderr)

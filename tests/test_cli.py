@@ -108,6 +108,13 @@ def test_models_lists_names(capsys):
     assert "efficientnet_lite0" in capsys.readouterr().out.split()
     assert main(["models", "zzzz"]) == 1  # an empty list would read as a success
     assert "no torchvision or timm model name contains 'zzzz'" in capsys.readouterr().err
+    # any case: `ViT` and `Mixer` listed nothing
+    from equifast.models import available_models
+
+    assert main(["models", "Mixer"]) == 0
+    assert capsys.readouterr().out.split() == [n for n in available_models() if "mixer" in n]
+    assert main(["models", "zzzz"]) == 1
+    assert "no torchvision or timm model name contains 'zzzz'" in capsys.readouterr().err
 
 
 def test_a_command_whose_module_cannot_import_says_why(monkeypatch, capsys):
