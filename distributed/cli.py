@@ -39,6 +39,12 @@ def _run(args) -> int:
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise ValueError(f"Expected --num-cpus >= 1, but got {args.num_cpus}.")
+    joins = ("--address" if args.address else
+             "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") and not args.dry_run else None)
+    if args.num_cpus is not None and joins:  # it sizes a Ray this command starts: ignored there
+        raise ValueError(f"Expected --num-cpus only for the local Ray `sweep run` starts, but "
+                         f"{joins} joins a running cluster, whose CPUs are its own; leave "
+                         "--num-cpus out (or lower the spec's resources: num_cpus).")
     spec = load_spec(args.spec)
     out = _out(args, spec)
     if args.dry_run:

@@ -1599,3 +1599,20 @@ def test_sweep_main_into_a_closed_pipe_ends_quietly(tmp_path, close_stdout, caps
     close_stdout()
     assert sweep_main(["status", "--out", str(store.root)]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_num_cpus_with_a_cluster_address_is_an_error_not_ignored(tmp_path, capsys, monkeypatch):
+    # --num-cpus sizes the local Ray `sweep run` starts; with --address it was silently ignored
+    import yaml
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({"models": [MODELS[0]], "datasets": [
+        {"kind": "random", "image_size": 32}], "transforms": {"rotation": "rotation:90"}, "n_images": 2}))
+    run = ["run", str(spec_file), "--out", str(tmp_path / "out"), "--num-cpus", "2"]
+    assert sweep_main(run + ["--address", "auto"]) == 2
+    assert "--address joins a running cluster" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    assert sweep_main(run) == 2
+    assert "RAY_ADDRESS joins a running cluster" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert sweep_main(run + ["--dry-run"]) == 0  # nothing joined
