@@ -48,8 +48,8 @@ from .trainer import (CHECKPOINT, TrainResult, _datasets, _fit, _load_checkpoint
 
 __all__ = ["train_ray", "WorkerDiedError"]
 
-# The local Ray that train_ray started in this process: {"address": its GCS address,
-# "resources": what it was given}. A later run (a study's next one) uses it as its own, not
+# The local Ray that train_ray started in this process: {"node": its node (address and id: a
+# Ray started again may take the same port), "resources": what it was given}. A later run (a study's next one) uses it as its own, not
 # as a cluster it joined, which may autoscale.
 _OWN_RAY: Dict[str, object] = {}
 
@@ -177,7 +177,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
             # address="local": a `ray start` cluster on this machine is not joined (it refuses
             # num_cpus), as documented for sweeps
             ray.init(address="local", num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]))
-            _OWN_RAY.update(address=ray.get_runtime_context().gcs_address, resources=local)
+            _OWN_RAY.update(node=_ray_node(), resources=local)
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={"recipe": recipe.to_dict(), "out_dir": out_dir, "use_gpu": use_gpu,
@@ -245,11 +245,17 @@ def _resume_check(out: Path, recipe: Recipe, num_workers: int, use_gpu: bool) ->
 def _own_ray_resources() -> Optional[Dict[str, float]]:
     """The resources of the Ray this process is connected to when :func:`train_ray` started
     it (a local Ray of its own); ``None`` for any other (joined, or started by the caller)."""
-    import ray
-
-    if _OWN_RAY and ray.get_runtime_context().gcs_address == _OWN_RAY["address"]:
+    if _OWN_RAY and _ray_node() == _OWN_RAY["node"]:
         return dict(_OWN_RAY["resources"])
     return None
+
+
+def _ray_node() -> Tuple[str, str]:
+    """The GCS address and node id of the Ray this process is connected to."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return context.gcs_address, context.get_node_id()
 
 
 def _died(error: BaseException) -> Optional[str]:
