@@ -352,6 +352,21 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text)).strip("_") or "x"
 
 
+def _check_distinct_slugs(datasets: List[str]) -> None:
+    """Raise ValueError where two datasets' names make one figure file name (``img net`` and
+    ``img_net``: the second's figures replaced the first's); one dataset's files take no name."""
+    by_slug: Dict[str, List[str]] = {}
+    for ds in datasets:
+        by_slug.setdefault(_slug(ds), []).append(ds)
+    same = [names for names in by_slug.values() if len(names) > 1] if len(datasets) > 1 else []
+    if same:
+        raise ValueError(
+            f"Expected datasets whose names make distinct figure file names, but "
+            f"{' and '.join(map(repr, same[0]))} both make "
+            f"{_figure_name('parts', 'translation', same[0][0])!r}; rename one in the spec "
+            "(`name:`) and run it again: a rename measures nothing again.")
+
+
 def _legend(model: str, transforms: str, several: bool, short: Optional[str]) -> str:
     """A model's name in a figure's legend, with its transform set where a figure draws several,
     and how many of the spec's seeds it holds where that is not all (``short``)."""
@@ -430,6 +445,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     stored = None if isinstance(source, pd.DataFrame) else _store_tables(source)
     scores = part_scores(source if stored is None else stored["parts"], metric=metric,
                          accuracy=accuracy)
+    _check_distinct_slugs(list(dict.fromkeys(scores["dataset"])))
     corr = accuracy_correlation(scores, min_models=min_models)
     to_final = final_correlation(scores, min_models=min_models)
     points = None if stored is None else stored["points"]

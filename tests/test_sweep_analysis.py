@@ -61,3 +61,16 @@ def test_mixed_measured_and_known_accuracies_are_said():
         warnings.simplefilter("error")  # one kind each: nothing to say
         analysis.part_scores(_parts(acc, dict.fromkeys(acc, "measured")))
         analysis.part_scores(_parts(acc, source), accuracy="known")
+
+
+def test_datasets_whose_names_make_one_figure_file_name_are_refused(tmp_path):
+    # 'img net' and 'img_net' both drew fig11_..._img_net.png: the second replaced the first
+    df = _parts({"m0": .7, "m1": .8}, datasets=("img net", "img_net"))
+    with pytest.raises(ValueError, match=r"'img net' and 'img_net' both make "
+                                         r"'fig11_translation_img_net.png'; rename one"):
+        analysis.sweep_figures(df, tmp_path / "figures")
+    assert not (tmp_path / "figures").exists()  # nothing written
+    files = analysis.sweep_figures(_parts({"m0": .7, "m1": .8}, datasets=("img net", "img-net")),
+                                   tmp_path / "figures", min_models=2)
+    assert {p.name for p in files["figures"]} >= {"fig12_rotation_img_net.png",
+                                                  "fig12_rotation_img-net.png"}
