@@ -1090,8 +1090,9 @@ def _moved(records: Dict[str, Optional[dict]], jobs: List[Job],
     - ``"changed"``: the same folder, but its images' names, sizes or modification times
       differ (:func:`~.spec.folder_fingerprint`'s ``files_stamp``): an image added, removed,
       replaced or edited in place;
-    - ``"unstamped"``: the same folder, but the record is from before records kept the files'
-      modification times: whether they changed is unknown, so it is measured again, once;
+    - ``"unstamped"``: the same folder, but the record has no stamp (written before records
+      kept one, or where the driver could not list the folder): whether the images changed is
+      unknown, so it is measured again, once;
     - ``"moved"``: the path (as the spec writes it, relative) now resolves to another folder
       with other images (two specs in different folders sharing an --out); a copy of the same
       images elsewhere (``ray job submit --working-dir``: the same names and sizes, other
@@ -1131,9 +1132,10 @@ def _moved(records: Dict[str, Optional[dict]], jobs: List[Job],
                  "image added, removed, replaced or edited: their names, sizes or modification "
                  "times differ): they are measured again, replacing those records.")
         else:
-            warn(f"dataset {label!r}: {n} of {now!r} have records from before sweeps kept the "
-                 "modification times of a folder's images, so whether they changed since is "
-                 "unknown: they are measured again (once), replacing those records.")
+            warn(f"dataset {label!r}: {n} of {now!r} have records without a stamp of its "
+                 "images' modification times (written before sweeps kept one, or where the "
+                 "driver could not list the folder), so whether they changed since is unknown: "
+                 "they are measured again (once), replacing those records.")
     return {jid: why for (why, *_), ids in found.items() for jid in ids}
 
 

@@ -285,5 +285,5 @@ def test_images_changed_in_the_same_folder_measure_a_finished_job_again(tmp_path
         rec = job.entry()
         del rec["dataset"]["files_stamp"]
         records[job.id] = {"status": "ok", "job": rec}
-    with pytest.warns(UserWarning, match=r"2 finished job\(s\) of .* have records from before"):
+    with pytest.warns(UserWarning, match=r"2 finished job\(s\) of .* have records without a stamp"):
         assert _moved(records, jobs) == dict.fromkeys(ids, "unstamped")
