@@ -328,6 +328,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:  # what was finished is kept (runs, sweep records): say only that
         print("equifast: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:
+        if not _out_of_memory(err):
+            raise  # a bug: its traceback is what a report of it needs
+        # a batch too large for the GPU (or the CPU's memory) was a torch traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"equifast: error: out of memory ({first}); use a smaller --batch-size.",
+              file=sys.stderr)
+        return 2
+
+
+def _out_of_memory(err: RuntimeError) -> bool:
+    """Whether ``err`` is torch's failure to allocate: ``torch.OutOfMemoryError`` (CUDA), or the
+    CPU allocator's plain ``RuntimeError``."""
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or \
+        "DefaultCPUAllocator: can't allocate memory" in str(err)
 
 
 if __name__ == "__main__":

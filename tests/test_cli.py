@@ -290,6 +290,31 @@ def test_a_full_disk_keeps_the_earlier_set_and_says_where(tmp_path, monkeypatch,
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total "
+                           "capacity of 139.80 GiB of which 1.20 GiB is free."),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                 "allocate memory: you tried to allocate 4000000000000000 bytes."),
+])
+def test_out_of_memory_is_one_line_naming_the_batch_size(error, tmp_path, monkeypatch, capsys):
+    # a batch too large for the device was a torch traceback
+    from equifast.measurement import Measurer
+
+    def allocate(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Measurer, "update", allocate)
+    out = tmp_path / "out"
+    assert main(_measure_args(_two_images(tmp_path / "img"), out, "rotation:90")) == 2
+    assert capsys.readouterr().err == (f"equifast: error: out of memory ({error}); use a smaller "
+                                       "--batch-size.\n")
+    assert not out.exists()
+    # any other RuntimeError is a bug, whose traceback is kept
+    monkeypatch.setattr(Measurer, "update", lambda *a, **k: torch.zeros(2) @ torch.zeros(3))
+    with pytest.raises(RuntimeError, match="size mismatch|shape|inconsistent"):
+        main(_measure_args(tmp_path / "img", out, "rotation:90"))
+
+
 def test_an_error_after_the_commit_says_the_new_set_is_kept(tmp_path, monkeypatch, capsys):
     # it said "the earlier output is kept whole" while the next reader completed the new set
     import errno
