@@ -985,7 +985,9 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
             problems.append(f"{where}.path: Expected a folder of images, but got {path!r}.")
             return None
         if not os.path.isdir(_resolve(path, base_dir)):
-            problems.append(f"{where}.path: Expected a folder of images, but {path!r} does not exist "
+            what = ("is a file, not a folder" if os.path.exists(_resolve(path, base_dir))
+                    else "does not exist")  # (it said "does not exist" of a file)
+            problems.append(f"{where}.path: Expected a folder of images, but {path!r} {what} "
                             f"(looked at {_resolve(path, base_dir)!r}); fix the path or mount the data.")
     elif kind == "torchvision":
         import torchvision.datasets
@@ -999,8 +1001,10 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
             cls = None
         root = entry.get("root")
         if not isinstance(root, str) or not os.path.isdir(_resolve(root, base_dir)):
+            what = ("is a file, not a folder" if isinstance(root, str)
+                    and os.path.exists(_resolve(root, base_dir)) else "does not exist")
             problems.append(f"{where}.root: Expected the dataset's root folder (datasets are never "
-                            f"downloaded by a sweep), but {root!r} does not exist.")
+                            f"downloaded by a sweep), but {root!r} {what}.")
         raw_args = entry.get("args", {}) or {}
         if not isinstance(raw_args, Mapping):
             problems.append(f"{where}.args: Expected a mapping of dataset arguments, but got {raw_args!r}.")

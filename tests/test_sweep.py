@@ -1616,3 +1616,20 @@ def test_num_cpus_with_a_cluster_address_is_an_error_not_ignored(tmp_path, capsy
     assert "RAY_ADDRESS joins a running cluster" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert sweep_main(run + ["--dry-run"]) == 0  # nothing joined
+
+
+def test_a_file_given_as_a_data_folder_is_said_to_be_a_file(tmp_path):
+    # the spec's check said a file given as a folder or root "does not exist"
+    (tmp_path / "img.png").write_bytes(b"x")
+    spec = {"models": [MODELS[0]], "datasets": [
+        {"name": "f", "path": str(tmp_path / "img.png")},
+        {"name": "t", "torchvision": "CIFAR10", "root": str(tmp_path / "img.png"), "image_size": 32},
+        {"name": "gone", "path": str(tmp_path / "gone")}],
+        "transforms": {"rotation": "rotation:90"}, "n_images": 2}
+    with pytest.raises(SpecError) as err:
+        load_spec(spec)
+    text = str(err.value)
+    assert "datasets[0].path: Expected a folder of images, but " in text
+    assert "img.png' is a file, not a folder" in text and "gone' does not exist" in text
+    assert "datasets[1].root: Expected the dataset's root folder" in text
+    assert text.count("is a file, not a folder") == 2
