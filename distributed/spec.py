@@ -582,7 +582,7 @@ def load_spec(spec: Union[str, os.PathLike, Mapping[str, Any], SweepSpec],
 
         try:
             with path.open() as f:  # a stream: the parser's messages name the file, not a string
-                raw = yaml.safe_load(f)
+                raw = yaml.load(f, Loader=_UniqueKeysLoader())
         except yaml.YAMLError as err:
             raise SpecError([f"Expected valid YAML, but parsing failed: {err}"], str(path)) from None
         source = str(path)
@@ -590,6 +590,32 @@ def load_spec(spec: Union[str, os.PathLike, Mapping[str, Any], SweepSpec],
     else:
         raw = copy.deepcopy(dict(spec))
     return validate_spec(raw, base_dir=base_dir or os.getcwd(), source=source)
+
+
+def _UniqueKeysLoader():
+    """A ``yaml.SafeLoader`` class that refuses a key given twice in one mapping (PyYAML keeps
+    the last: a second ``seeds:`` further down silently replaced the first)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: Dict[Any, Any] = {}
+            for key_node, _ in node.value:  # as written: keys merged in (<<: *base) may repeat
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader's own error says it
+                    break
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found the key {key!r} twice (first on line {first.start_mark.line + 1}); "
+                        "give each key once", key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> SweepSpec:

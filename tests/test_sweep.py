@@ -1633,3 +1633,22 @@ def test_a_file_given_as_a_data_folder_is_said_to_be_a_file(tmp_path):
     assert "img.png' is a file, not a folder" in text and "gone' does not exist" in text
     assert "datasets[1].root: Expected the dataset's root folder" in text
     assert text.count("is a file, not a folder") == 2
+
+
+def test_a_key_given_twice_in_a_spec_file_is_an_error_not_the_last_one_kept(tmp_path):
+    # PyYAML keeps the last of two keys: a second `seeds:` further down replaced the first
+    head = ("models: [{name: resnet18, weights: none, num_classes: 2}]\n"
+            "datasets: [{kind: random, image_size: 32}]\nn_images: 2\n")
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(head + "seeds: [0]\ntransforms: {rotation: 'rotation:90'}\nseeds: [1, 2]\n")
+    with pytest.raises(SpecError, match=r"found the key 'seeds' twice \(first on line 4\)"):
+        load_spec(spec_file)
+    spec_file.write_text(head.replace("weights: none,", "weights: none, weights: default,"))
+    with pytest.raises(SpecError, match="found the key 'weights' twice"):
+        load_spec(spec_file)
+    # a key merged in (<<: *anchor) and given again is YAML's override, as PyYAML reads it
+    spec_file.write_text("models: [{<<: &m {name: resnet18, weights: default}, weights: none, "
+                         "num_classes: 2}]\n" + head.split("\n", 1)[1]
+                         + "transforms: {rotation: 'rotation:90'}\n")
+    (job,) = load_spec(spec_file).jobs()
+    assert job.model.weights is None and job.model.num_classes == 2
