@@ -34,7 +34,11 @@ outputs. Then, from the model down:
   whose output does not hold the images on its first axis (MobileViT's transformer on
   unfolded patches ``[N*P, L, C]``) never make a stage, nor blocks whose values the module
   returns moved to other positions (NesT's levels un-block their blocks'
-  ``[N, blocks, tokens, C]``: the level is the block);
+  ``[N, blocks, tokens, C]``: the level is the block); nor blocks whose output the module
+  returns added to a shortcut (timm Xception's modules: their ``stack`` of separable
+  convolutions plus the input, also written in place, ``x += skip``) or under a layer of
+  weights (CSPNet's cross stages): such a module is one block (PiT's stages, which return
+  their blocks' tokens less the class token on the map, are stages);
 - any other module with two or more weight layers is a **block** (residual blocks, inception
   modules, MBConv, ConvNeXt, transformer and mixer blocks).
 
@@ -224,6 +228,7 @@ class _Call:
     out: Any = None
     calls: int = 0
     several: bool = False  # returned a tuple/list/dict, not one tensor (TNT, PiT pooling, CrossViT)
+    version: Optional[int] = None  # of ``out`` when it was returned: a later in-place write bumps it
 
 
 def _tensors(obj):
@@ -344,6 +349,7 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
             step[0] += 1
             c = calls[name]
             c.end, c.out, c.calls = step[0], _first_tensor(out, n), c.calls + 1
+            c.version = _version(c.out)
             c.several = not isinstance(out, Tensor)
         return hook
 
@@ -422,8 +428,13 @@ def _moved(block: Optional[Tensor], stage: Optional[Tensor]) -> Optional[bool]:
     or a norm of it): ``False`` as they are, NHWC -> NCHW or reshaped to another rank (timm
     swinv2_cr, PVT-v2); ``True`` 4-D to 4-D with the values moved to other positions (NesT's
     blocks return blocked tokens ``[N, blocks, tokens, C]``, no map of the image, which the
-    stage un-blocks into its map); ``None``: other values."""
-    if not (isinstance(block, Tensor) and isinstance(stage, Tensor) and block.numel() == stage.numel()):
+    stage un-blocks into its map); ``False`` too for tokens ``[N, L, C]`` returned without
+    their prefix tokens on the map ``[N, C, h, w]`` (PiT's stages); ``None``: other values."""
+    if not (isinstance(block, Tensor) and isinstance(stage, Tensor)):
+        return None
+    if _unprefixed(block, stage):
+        return False
+    if block.numel() != stage.numel():
         return None
     if block is stage:
         return False
@@ -436,6 +447,15 @@ def _moved(block: Optional[Tensor], stage: Optional[Tensor]) -> Optional[bool]:
     if not torch.equal(block.flatten().sort().values, stage.flatten().sort().values):
         return None
     return four
+
+
+def _unprefixed(tokens: Tensor, grid: Tensor) -> bool:
+    """Whether ``grid`` ``[N, C, h, w]`` is ``tokens`` ``[N, L, C]`` less their first
+    ``L - h*w`` (prefix) tokens, laid out on the ``h x w`` grid."""
+    if tokens.dim() != 3 or grid.dim() != 4 or tuple(grid.shape[:2]) != (tokens.shape[0], tokens.shape[2]):
+        return False
+    prefix = tokens.shape[1] - grid.shape[2] * grid.shape[3]
+    return prefix > 0 and torch.equal(tokens[:, prefix:].transpose(1, 2).reshape(grid.shape), grid)
 
 
 def _fits(hw: Tuple[int, int], size: Tuple[int, int]) -> bool:
@@ -540,11 +560,16 @@ class _Analysis:
         for k in kids if not nested else ():
             blocks = self._repeats(self.children(k.name)) if _is_container(k.module) else []
             if blocks:
-                return [] if _moved(max(blocks, key=lambda c: c.end).out, call.out) else blocks
+                # it returns its last block's output, or the container's normalised or
+                # reshaped; not a sum with a shortcut (timm Xception's module: its `stack` of
+                # separable convs plus the input) nor a layer of weights on it (CSPNet's stage)
+                moved = self._moved(max(blocks, key=lambda c: c.end), call)
+                return blocks if moved is False or (moved is None and self._returns(call, kids, k)) else []
         blocks = self._repeats(kids, containers=False) if kids else []  # two nn.Sequential are no blocks of a class
         if not blocks or call.out is None:
             return []
-        if call.out is max(kids, key=lambda c: c.end).out:
+        final = max(kids, key=lambda c: c.end)
+        if call.out is final.out and call.version == final.version:  # not written into since
             return blocks
         # what it returns may be its last block's output normalised, permuted or reshaped (timm
         # swinv2_cr's NHWC -> NCHW, PVT-v2's norm and reshape): only modules that read that
@@ -554,13 +579,28 @@ class _Analysis:
         last = max(blocks, key=lambda c: c.end)
         if not all(k in blocks or self.weights(k.name) <= 1 for k in kids):
             return []
-        value = last.out
+        return blocks if self._returns(call, kids, last) else []
+
+    def _returns(self, call: _Call, kids: List[_Call], last: _Call) -> bool:
+        """Whether ``call`` returns ``last``'s output as it is, NHWC -> NCHW or reshaped, or
+        after weightless modules that each read the previous one's output (a norm); its
+        values moved to other positions (NesT) or other values (a residual sum) are not."""
+        value = last
         for k in sorted(kids, key=lambda c: c.start):
             if k.start > last.end:
-                if k.inp is not value or self.weights(k.name):
-                    return []
-                value = k.out  # a norm of the last block's output
-        return blocks if _moved(value, call.out) is False else []
+                if k.inp is not value.out or self.weights(k.name):
+                    return False
+                value = k  # a norm of the last block's output
+        return self._moved(value, call) is False
+
+    @staticmethod
+    def _moved(inner: _Call, outer: _Call) -> Optional[bool]:
+        """:func:`_moved` of ``inner``'s output in ``outer``'s; ``None`` (other values) for the
+        same tensor written into in place after ``inner`` returned it (legacy Xception's
+        ``x += skip``, which makes a residual sum of its ``rep``'s output)."""
+        if inner.out is outer.out and inner.version != outer.version:
+            return None
+        return _moved(inner.out, outer.out)
 
     def items(self, name: str = "", blocks: frozenset = frozenset()) -> List[Tuple[str, _Call]]:
         """``("unit" | "block", call)`` in execution order, below module ``name``. ``blocks``:

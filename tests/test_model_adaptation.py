@@ -191,3 +191,68 @@ def test_batch_norm_without_running_statistics_is_said_to_make_scores_depend_on_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ef.measure(model, x, transforms=ts)
+
+
+class _Separable(nn.Module):
+    """A repeated unit of two weight layers (Xception's separable convolution)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.dw, self.pw = nn.Conv2d(c, c, 3, padding=1, groups=c), nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return self.pw(self.dw(torch.relu(x)))
+
+
+class _Module(nn.Module):
+    """A container of repeated units, then what ``how`` makes of its output."""
+
+    def __init__(self, c, how):
+        super().__init__()
+        self.stack = nn.Sequential(_Separable(c), _Separable(c))
+        self.proj = nn.Conv2d(c, c, 1) if how == "conv" else None
+        self.how = how
+
+    def forward(self, x):
+        y = self.stack(x)
+        if self.how == "sum":  # timm Xception's module
+            return y + x
+        if self.how == "in place":  # timm legacy Xception's block: x += skip
+            y += x
+            return y
+        return self.proj(y) if self.how == "conv" else y  # CSPNet's stage: a conv on it
+
+
+class _Xception(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.b0, self.b1 = _Module(4, how), _Module(4, how)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.b1(self.b0(self.stem(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("how", ["sum", "in place", "conv"])
+def test_a_module_of_repeated_units_that_returns_more_than_their_output_is_one_block(how):
+    # it was a stage of its units: the points were its separable convolutions inside the
+    # residual sum (timm xception41: 36 of them, not its 12 residual modules) or under the conv
+    model = _Xception(how).eval()
+    x = torch.rand(2, 3, 16, 16)
+    t = ef.Rotation(1)
+    for method in ("fx", "hooks"):
+        assert [p.name for p in ef.split(model, x, method=method)] == ["stem", "b0", "b1", "pool", "final"]
+    got = ef.measure(model, x, transforms=[t]).points.set_index("point")
+    for point, feature in (("b0", lambda z: model.b0(model.stem(z))),
+                           ("b1", lambda z: model.b1(model.b0(model.stem(z))))):
+        channel, layer = _hand_scores(feature, x, t)
+        assert math.isclose(got.loc[point, "channel"], channel, abs_tol=1e-5), point
+        assert math.isclose(got.loc[point, "layer"], layer, abs_tol=1e-5), point
+
+
+def test_a_module_returning_its_repeated_units_output_is_still_a_stage():
+    model = _Xception("none").eval()  # returns the stack's output: a stage of its two units
+    names = [p.name for p in ef.split(model, torch.rand(2, 3, 16, 16))]
+    assert names == ["stem", "b0.stack.0", "b0.stack.1", "b1.stack.0", "b1.stack.1", "pool", "final"]

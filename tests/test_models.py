@@ -101,7 +101,6 @@ def test_random_init_torchvision_and_timm():
     assert not m.training
 
 
-
 @pytest.mark.parametrize("name", ["googlenet", pytest.param("inception_v3", marks=pytest.mark.slow)])
 def test_random_googlenet_and_inception_are_torchvisions_without_its_warning(name):
     # torchvision warned "The default weight initialization ... will be changed ... please set
