@@ -106,6 +106,17 @@ def _saved_as(path: Path) -> str:
     return ""
 
 
+def _saved_beside(path: Path) -> str:
+    """``"; did you mean ..."`` for a report saved at ``path`` with a suffix (``runs/r18`` for
+    ``runs/r18.parquet``), ``""`` for none."""
+    from ._hints import did_you_mean
+
+    saved = [str(path.with_name(path.name + suffix)) for suffix, table in (
+        (".json", ""), (".parquet", ".points"), (".csv", ".points"))
+        if path.with_name(f"{path.name}{table}{suffix}").is_file()]
+    return did_you_mean(path, saved)
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -457,6 +468,14 @@ class Report:
                 if points[col].isna().all() and col not in _NAMES:
                     points[col] = points[col].astype(float)
             return cls(_shift_families(_checked_points(points, meta, path)), meta)
+        if suffix not in (".csv", ".parquet"):
+            # it asked for 'figure.points.png', or 'runs/r18.points' for a folder not there
+            exists = path.exists()
+            raise (ValueError if exists else FileNotFoundError)(
+                f"Expected a report: the .json, .csv or .parquet path Report.save was given, or "
+                f"the --out folder of equifast measure, but {str(path)!r} "
+                f"{'is none of them' if exists else 'does not exist'}"
+                + (_saved_beside(path) or "."))
         stem = path.with_suffix("")
         points = stem.with_name(f"{stem.name}.points{suffix}")
         if not points.is_file():

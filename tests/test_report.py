@@ -464,6 +464,15 @@ def test_load_takes_a_measure_out_folder_and_says_which_path_to_give(tmp_path):
         Report.load(tmp_path / "r18.points.parquet")
     with pytest.raises(ValueError, match=r"\('r18.parquet' or 'r18.csv'\)"):
         Report.load(tmp_path / "r18.meta.json")
+    # another file, or a path without a suffix: it asked for 'figure.points.png', 'r18.points'
+    (tmp_path / "out" / "figure.png").write_bytes(b"\x89PNG")
+    with pytest.raises(ValueError, match=r"Expected a report: the .json, .csv or .parquet path "
+                                         r"Report.save was given, .* but '.*figure.png' is none of them\.$"):
+        Report.load(tmp_path / "out" / "figure.png")
+    with pytest.raises(FileNotFoundError, match=r"'.*r18' does not exist; did you mean '.*r18.parquet'\?$"):
+        Report.load(tmp_path / "r18")
+    with pytest.raises(FileNotFoundError, match=r"'.*no-such' does not exist\.$"):
+        Report.load(tmp_path / "no-such")
 
 
 @pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
