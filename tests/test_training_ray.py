@@ -245,8 +245,24 @@ def test_a_dead_worker_is_said_in_one_line_with_the_epoch_kept(tmp_path, local_r
     assert str(_worker_error(err, tmp_path / "none", recipe, 3)) == (
         "Ray Train workers 0, 2 (of 3) died (killed by a signal, or out of memory?), so the run "
         "stopped; no epoch was saved: rerun the same command to start it again.")
+    # Ray Train may see the survivors' gloo errors before the dead worker's health check: as
+    # gloo words them (from real runs), they were a RuntimeError's traceback at the command
+    gloo = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:{}] {} by peer. "
+            "This is typically caused by a remote worker crashing. Check the logs of the remote "
+            "worker before reporting an error. GLHF!")
+    for line, text in ((561, "Connection closed"), (545, "Read error [127.0.0.1]:18854: "
+                                                         "Connection reset")):
+        err = WorkerGroupError("...", {0: RuntimeError(gloo.format(line, text))})
+        said = _worker_error(err, tmp_path / "run", recipe, 2)
+        assert isinstance(said, WorkerDiedError) and str(said) == (
+            "Ray Train worker 0 (of 2) lost its connection to another worker, whose process died "
+            "(killed by a signal, or out of memory?) or failed, so the run stopped; the run folder "
+            "keeps epoch 1 of 3: rerun the same command to resume from it.")
+        assert said.ranks == () and said.epoch == 1
     # the workers' own errors are still themselves
-    assert _worker_error(WorkerGroupError("...", {0: peer}), tmp_path / "run", recipe, 2) is peer
+    disk = OSError(28, "No space left on device")  # rank 0's; rank 1 then lost its peer
+    assert _worker_error(WorkerGroupError("...", {0: disk, 1: peer}), tmp_path / "run", recipe,
+                         2) is disk
 
 
 def test_the_driver_maps_the_checkpoint_rather_than_reading_it(tmp_path):

@@ -31,10 +31,11 @@ file system on a cluster).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -60,7 +61,8 @@ class WorkerDiedError(ChildProcessError):
     call (command) resumes. An ``OSError``: the ``equifast`` command prints it in one line.
 
     Attributes:
-        ranks: the ranks of the workers that died.
+        ranks: the ranks of the workers that died (empty when Ray Train reported only the
+            others, which lost their connection to it).
         epoch: the last epoch saved (0: none).
     """
 
@@ -279,7 +281,8 @@ def _worker_error(err, out: Optional[Path] = None, recipe: Optional[Recipe] = No
     """The error the workers raised, as a single-process run would have raised it (the
     ``equifast`` command then prints a full disk or bad data in one line, as without Ray): a
     :class:`WorkerDiedError` when a worker's process died (the others' errors are then its
-    consequences), else the one failure, or the same one on every failed worker, or the first
+    consequences; or only the others' gloo errors of a peer gone are reported), else the one
+    failure, or the same one on every failed worker, or the first
     bad input or OS error (the others then are its consequences: a peer gone from an
     all-reduce); ``None`` when Ray's own error says more (several different failures, or a
     controller error). ``out``, ``recipe`` and ``workers`` (the run's) name the last epoch
@@ -290,6 +293,9 @@ def _worker_error(err, out: Optional[Path] = None, recipe: Optional[Recipe] = No
         dead = {None: _died(err)}
     if dead:
         return _died_error(dead, out, recipe, workers)
+    if ranked and all(_PEER_LOST.search(str(e)) for _, e in ranked):
+        # Ray Train saw the survivors' gloo error before the health check of the dead worker
+        return _died_error({}, out, recipe, workers, lost=[r for r, _ in ranked])
     failures = [e for _, e in ranked]
     if not failures:
         return None
@@ -298,21 +304,35 @@ def _worker_error(err, out: Optional[Path] = None, recipe: Optional[Recipe] = No
     return next((e for e in failures if isinstance(e, (ValueError, OSError))), None)
 
 
+# gloo's error in a worker whose peer's process is gone (a CPU run's all-reduce or broadcast)
+_PEER_LOST = re.compile(r"gloo.*Connection (closed|reset) by peer", re.S)
+
+
 def _died_error(dead: Dict[Optional[int], str], out: Optional[Path], recipe: Optional[Recipe],
-                world: Optional[int]) -> WorkerDiedError:
-    """:class:`WorkerDiedError` for the workers ``dead`` (rank: how) of a run of ``world``."""
+                world: Optional[int], lost: Sequence[int] = ()) -> WorkerDiedError:
+    """:class:`WorkerDiedError` for the workers ``dead`` (rank: how) of a run of ``world``; or,
+    with no ``dead``, for a worker the workers ``lost`` (ranks) lost their connection to."""
     epoch = 0
     if out is not None and (out / CHECKPOINT).is_file():
         epoch = int(_load_checkpoint(out / CHECKPOINT, mmap=True)["epoch"])
+    of = f" (of {world})" if world else ""
+
+    def workers(ranks):
+        return (f"Ray Train workers {', '.join(map(str, ranks))}{of}" if len(ranks) > 1 else
+                f"Ray Train worker {ranks[0]}{of}")
+
     ranks = sorted(r for r in dead if r is not None)
-    who = ("Ray Train workers " + ", ".join(map(str, ranks)) if len(ranks) > 1 else
-           f"Ray Train worker {ranks[0]}" if ranks else "A Ray Train worker")
-    of = f" (of {world})" if ranks and world else ""
-    how = "; ".join(dict.fromkeys(dead.values()))
+    if dead:
+        what = (f"{workers(ranks) if ranks else 'A Ray Train worker'} died "
+                f"({'; '.join(dict.fromkeys(dead.values()))})")
+    else:
+        what = (f"{workers(sorted(lost))} lost {'their' if len(lost) > 1 else 'its'} connection "
+                "to another worker, whose process died (killed by a signal, or out of memory?) or "
+                "failed")
     total = f" of {recipe.epochs}" if recipe is not None else ""
     kept = (f"the run folder keeps epoch {epoch}{total}: rerun the same command to resume from it"
             if epoch else "no epoch was saved: rerun the same command to start it again")
-    return WorkerDiedError(f"{who}{of} died ({how}), so the run stopped; {kept}.", ranks, epoch)
+    return WorkerDiedError(f"{what}, so the run stopped; {kept}.", ranks, epoch)
 
 
 def _local_resources() -> Dict[str, float]:
