@@ -49,9 +49,9 @@ from .trainer import (CHECKPOINT, TrainResult, _datasets, _fit, _load_checkpoint
 
 __all__ = ["train_ray", "WorkerDiedError"]
 
-# The local Ray that train_ray started in this process: {"node": its node (address and id: a
-# Ray started again may take the same port), "resources": what it was given}. A later run (a study's next one) uses it as its own, not
-# as a cluster it joined, which may autoscale.
+# The local Ray that train_ray started in this process: {"node": its GCS address and node id (a
+# Ray started again may take the same port), "resources": what it was given}. A later run (a
+# study's next one) uses it as its own, not as a cluster it joined, which may autoscale.
 _OWN_RAY: Dict[str, object] = {}
 
 
@@ -282,10 +282,9 @@ def _worker_error(err, out: Optional[Path] = None, recipe: Optional[Recipe] = No
     ``equifast`` command then prints a full disk or bad data in one line, as without Ray): a
     :class:`WorkerDiedError` when a worker's process died (the others' errors are then its
     consequences; or only the others' gloo errors of a peer gone are reported), else the one
-    failure, or the same one on every failed worker, or the first
-    bad input or OS error (the others then are its consequences: a peer gone from an
-    all-reduce); ``None`` when Ray's own error says more (several different failures, or a
-    controller error). ``out``, ``recipe`` and ``workers`` (the run's) name the last epoch
+    failure, or the same one on every failed worker, or the first bad input or OS error (the
+    others then are its consequences: a peer gone from an all-reduce); ``None`` when Ray's own
+    error says more (several different failures, or a controller error). ``out``, ``recipe`` and ``workers`` (the run's) name the last epoch
     saved and the workers (Ray Train reports the failed ones only)."""
     ranked = sorted(getattr(err, "worker_failures", {}).items())
     dead = {rank: how for rank, how in ((r, _died(e)) for r, e in ranked) if how}
