@@ -10,6 +10,7 @@ import numbers
 import os
 import pickle
 import re
+import sys
 import traceback
 from pathlib import Path
 from dataclasses import dataclass
@@ -105,8 +106,9 @@ class EmbeddedPhotos(Dataset):
 
 
 class ImageFiles(Dataset):
-    """The images of a folder (recursively, following links), sorted by path; labels from
-    class subfolders.
+    """The images of a folder (recursively, following links: two class folders that link to
+    one folder both hold its images, as in ImageFolder), sorted by path; labels from class
+    subfolders.
 
     With class subfolders (ImageNet's ``val/<wnid>/*.JPEG`` layout) the label of an image is
     the index of its folder in sorted order, as in ``torchvision.datasets.ImageFolder``; a
@@ -117,7 +119,9 @@ class ImageFiles(Dataset):
     folders above it (its ``ILSVRC/Data/CLS-LOC/val`` layout), or else from the official devkit's
     folder ``ILSVRC2012_devkit_t12`` (``data/ILSVRC2012_validation_ground_truth.txt`` and
     ``data/meta.mat``, read with scipy) found the same way: the classes are then the sorted
-    synsets, the order ImageNet models are trained with. Hidden files and folders, a macOS zip's
+    synsets, the order ImageNet models are trained with; its images the file does not name, and
+    files among them not named as its images, are ``strays`` (label -1; ``strays_why`` says
+    which). Hidden files and folders, a macOS zip's
     ``__MACOSX``, a NAS's ``@eaDir`` and the devkit's folder are no images or classes; a folder
     that cannot be listed is an ``OSError``. A folder of split folders (``imagenet/`` holding
     ``train/`` and ``val/``) is refused, naming the split to give.
@@ -155,12 +159,15 @@ class ImageFiles(Dataset):
             # one ImageNet class folder given (a root one level too low): its images are that class
             classes, self.labels, self.labelled = [root.name], [0] * len(found), True
             self.class_index = {root.name: 0}
+        self.strays_why = ""  # why the strays have no label, where not beside class folders
         if not self.labelled:
-            solution = _val_solution(root, [name for _, _, name in found])
+            names = [name for _, _, name in found]
+            solution = _val_solution(root, names)
             if solution is not None:
-                classes, self.labels = solution
+                classes, self.labels, source = solution
                 self.class_index = {c: i for i, c in enumerate(classes)}
                 self.labelled = True
+                self.strays_why = _val_strays_why(root, names, self.labels, source)
         self.strays = [Path(p) for p, y in zip(self.paths, self.labels) if y < 0] if classes else []
         self.classes = classes
         self.root = root
@@ -236,24 +243,27 @@ _GROUND_TRUTH = ("data", "ILSVRC2012_validation_ground_truth.txt")
 _META = ("data", "meta.mat")
 
 
-def _val_solution(root: Path, names: List[str]) -> Optional[Tuple[List[str], List[int]]]:
-    """``(classes, labels)`` of a flat folder of ILSVRC2012 validation images from the first
-    folder of ``root`` and up to four above it (then of the folder it links to and up to four
-    above that) that holds Kaggle's ``LOC_val_solution.csv`` or the devkit's folder
-    ``ILSVRC2012_devkit_t12`` (the csv first): the classes are the sorted synsets of the file
-    (the models' order), -1 an image it does not name. ``None`` when the
-    names are not ILSVRC2012's or neither is found (with a warning: no labels)."""
+def _val_solution(root: Path, names: List[str]) -> Optional[Tuple[List[str], List[int], str]]:
+    """``(classes, labels, the file read)`` of a flat folder of ILSVRC2012 validation images
+    from the first folder of ``root`` and up to four above it (then of the folder it links to
+    and up to four above that) that holds Kaggle's ``LOC_val_solution.csv`` or the devkit's
+    folder ``ILSVRC2012_devkit_t12`` (the csv first): the classes are the sorted synsets of the
+    file (the models' order), -1 an image it does not name or whose name is not ILSVRC2012's
+    (a stray, as an image beside class folders). ``None`` when no name is ILSVRC2012's or
+    neither file is found (with a warning: no labels)."""
     ids = [_VAL_NAME.fullmatch(n) for n in names]
-    if not all(ids):
+    if not any(ids):
         return None
     here, real = root.absolute(), root.resolve()  # the folders above a relative "val" too
     # and above the folder a linked val/ leads to (~/data/val -> /mnt/ILSVRC/Data/CLS-LOC/val)
-    synset = None
+    synset = source = None
     for folder in dict.fromkeys([here, *here.parents][:5] + [real, *real.parents][:5]):
         if (folder / _VAL_SOLUTION).is_file():
-            synset = _read_val_solution(folder / _VAL_SOLUTION)
+            source = folder / _VAL_SOLUTION
+            synset = _read_val_solution(source)
             break
         if folder.joinpath(DEVKIT, *_GROUND_TRUTH).is_file():
+            source = folder.joinpath(DEVKIT, *_GROUND_TRUTH)
             synset = _read_devkit(folder / DEVKIT)
             break
     if synset is None:
@@ -269,7 +279,18 @@ def _val_solution(root: Path, names: List[str]) -> Optional[Tuple[List[str], Lis
         return None
     classes = sorted(set(synset.values()))
     index = {c: i for i, c in enumerate(classes)}
-    return classes, [index.get(synset.get(int(m.group(1))), -1) for m in ids]
+    return classes, [index.get(synset.get(int(m.group(1))), -1) if m else -1 for m in ids], str(source)
+
+
+def _val_strays_why(root: Path, names: List[str], labels: List[int], source: str) -> str:
+    """Why the images of a flat ILSVRC2012 validation folder labelled ``-1`` have no label:
+    how many are not named as its images, how many the labels' ``source`` has no row for."""
+    odd = [n for n in names if not _VAL_NAME.fullmatch(n)]
+    unnamed = [n for n, y in zip(names, labels) if y < 0 and _VAL_NAME.fullmatch(n)]
+    why = [f"{len(odd)} not named as ILSVRC2012 validation images (ILSVRC2012_val_00000001.JPEG, "
+           f"...; e.g. {odd[0]!r})"] if odd else []
+    why += [f"{len(unnamed)} without a row there (e.g. {unnamed[0]!r})"] if unnamed else []
+    return f"of {str(root)!r} are not labelled by {source!r}: {', '.join(why)}"
 
 
 def _read_val_solution(path: Path) -> dict:
@@ -406,18 +427,22 @@ def _unlisted(err: OSError):
 def _image_paths(root: str) -> Iterator[Tuple[str, str, str]]:
     """``(class folder, or the name of a file in root; folder; name)`` of the image files under
     ``root`` (sorted, torchvision ImageFolder's order), entering linked folders (``Path.rglob``
-    does not: a class folder may be a link), each real folder once (a link back up would loop)."""
-    seen = set()
+    does not: a class folder may be a link), each real folder once a class (a link back up
+    would loop). Two class folders linking to one real folder both hold its images, as in
+    ImageFolder (the second was silently an empty class)."""
+    top = os.path.realpath(root)
+    seen = {}  # class folder -> the real folders entered for it, with root's (a link up)
     start = len(root.rstrip(os.sep)) + 1
     suffixes = frozenset(IMAGE_SUFFIXES)
     for folder, subfolders, names in os.walk(root, onerror=_unlisted, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            subfolders[:] = []
-            continue
-        seen.add(real)
-        subfolders[:] = [d for d in subfolders if _data_folder(d)]
         cls = folder[start:].split(os.sep, 1)[0]
+        if cls:
+            real, entered = os.path.realpath(folder), seen.setdefault(cls, {top})
+            if real in entered:
+                subfolders[:] = []
+                continue
+            entered.add(real)
+        subfolders[:] = [d for d in subfolders if _data_folder(d)]
         yield from ((cls or n, folder, n) for n in names
                     # hidden files are not the data set's: macOS's ._photo.jpg, .DS_Store
                     if n[n.rfind("."):].lower() in suffixes and not n.startswith("."))
@@ -470,8 +495,10 @@ def image_folder(images):
     or a dataset that says so itself (a ``class_folders`` attribute, a :class:`ClassFolders`);
     else ``None`` (the labels are then taken as the model's class indices)."""
     from torch.utils.data import ConcatDataset
-    from torchvision.datasets import DatasetFolder
 
+    # not imported for this: torchvision takes seconds to import (torch._dynamo, triton), and
+    # nothing is one of its datasets unless its module is loaded
+    DatasetFolder = getattr(sys.modules.get("torchvision.datasets.folder"), "DatasetFolder", None)
     while isinstance(images, (DataLoader, Subset)):
         images = images.dataset
     if isinstance(images, ConcatDataset):
@@ -483,7 +510,7 @@ def image_folder(images):
         return images
     if isinstance(getattr(images, "class_folders", None), ClassFolders):
         return images.class_folders
-    if isinstance(images, DatasetFolder) and getattr(images, "target_transform", None) is None:
+    if DatasetFolder is not None and isinstance(images, DatasetFolder) and getattr(images, "target_transform", None) is None:
         # torchvision's ImageNet replaces its classes (the folders) by tuples of names, ("tench",
         # "Tinca tinca"): they failed deep in model_classes; its folders are its wnids
         names = list(getattr(images, "wnids", None) or images.classes)

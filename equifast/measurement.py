@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -524,12 +525,22 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                      "one folder per class, nor ImageNet-1k synsets for 1000 classes).")
                 measurer.count_accuracy = False
             elif folder.strays:
-                warn(f"{len(folder.strays)} image(s) lie beside the class folders, not in "
-                     f"one (e.g. {str(folder.strays[0])!r}): they are measured, but have "
-                     "no label and are left out of the top-1 accuracy.")
+                why = getattr(folder, "strays_why", "") or (  # a flat val folder's say which
+                    f"lie beside the class folders, not in one (e.g. {str(folder.strays[0])!r})")
+                warn(f"{len(folder.strays)} image(s) {why}: they are measured, but have no "
+                     "label and are left out of the top-1 accuracy.")
         started = time.perf_counter()  # the measurement proper: the model is loaded and split
         total = data_mod.count(images)
         total = min(total, n_images) if (total is not None and n_images) else (total or n_images)
+        vectors = [p.name for p in measurer.points
+                   if len(p.shape) == 1 or (len(p.shape) == 3 and p.shape[1] * p.shape[2] == 1)]
+        if vector_mode == "across_images" and vectors and total == 1 and not return_state:
+            # the report could not be made: found now, not after every image is measured (a
+            # state may hold one image: a shard, merged with others)
+            raise ValueError(f"Expected at least two images for vector_mode='across_images', but "
+                             f"got 1 (its vectors: {', '.join(vectors[:3])}"
+                             f"{', ...' if len(vectors) > 3 else ''}); measure more images, or "
+                             "use vector_mode='per_image'.")
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -581,11 +592,35 @@ def _run_images(run: str, root, n: int, seed: int) -> Tuple[torch.Tensor, torch.
     try:
         return measure_images(recipe["dataset"], root, n, recipe.get("data_seed", seed),
                               labels=True)
-    except (FileNotFoundError, ValueError) as err:  # its advice names train's options
+    except (FileNotFoundError, ValueError) as err:
+        why = _as_measure_advice(str(err))
         raise FileNotFoundError(
             f"The run {run!r} is measured on the test set of its recipe ({recipe['dataset']}), "
-            f"which could not be read from {root!r}: {str(err).split('. ')[0].rstrip('.')}. Pass "
-            "the folder that holds it as `images` (--data on the command line).") from err
+            f"which could not be read from {root!r}: {why}"
+            + ("" if "`images`" in why else " Pass the folder that holds it as `images` (--data "
+               "on the command line).")) from err
+
+
+# Training's advice on its data sets, in its options: measure takes the folder as `images`
+# (--data) and downloads nothing.
+_TRAIN_ADVICE = (
+    (re.compile(r",? or [^,.;]*?(?:download=True \(--download\)|--download)[^,.;]*"), ""),
+    # torchvision's own, quoted: "Dataset not found or corrupted. You can use download=True ..."
+    (re.compile(r"\.\s+[^.()]*\bdownload=True\b[^.()]*(?=[.)])"), ""),
+    (re.compile(r"--data-root\b"), "--data"),
+    (re.compile(r"\ba `root`"), "`images`"),
+    (re.compile(r"`root`"), "`images`"),
+    (re.compile(r"\broot="), "images="),
+)
+
+
+def _as_measure_advice(message: str) -> str:
+    """A data error of ``equifast.training`` (whose advice names train's ``root``,
+    ``--data-root`` and ``--download``) in measure's options, whole."""
+    for pattern, replacement in _TRAIN_ADVICE:
+        message = pattern.sub(replacement, message)
+    message = message.strip()
+    return message if message.endswith((".", "!", "?")) else message + "."
 
 
 def _tensor_items(images) -> bool:

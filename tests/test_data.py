@@ -510,3 +510,50 @@ def test_embedded_photos_refuse_a_size_or_count_that_is_no_positive_integer():
         with pytest.raises(ValueError, match=rf"Expected `{name}` to be an integer >= 1, but got "):
             data.embedded_photos(**{"n": 2, **kw})
     assert data.embedded_photos(2, size=8).shape == (2, 3, 8, 8)
+
+
+
+def test_two_class_folders_linking_to_one_folder_both_hold_its_images(tmp_path):
+    # the second link's class was silently empty (its real folder was "seen" already);
+    # torchvision's ImageFolder lists the images under both classes
+    from torchvision.datasets import ImageFolder
+
+    root, real = tmp_path / "root", tmp_path / "real"
+    for folder in (root / "a", real / "deep"):
+        folder.mkdir(parents=True)
+    for name in ("0.png", "1.png", "deep/2.png"):
+        Image.new("RGB", (4, 4)).save(real / name)
+    Image.new("RGB", (4, 4)).save(root / "a" / "x.png")
+    for name in ("b", "c"):
+        (root / name).symlink_to(real, target_is_directory=True)
+    files = data.ImageFiles(root)
+    assert list(zip(files.paths, files.labels)) == ImageFolder(root).samples
+    assert files.labels == [0, 1, 1, 1, 2, 2, 2]
+    (root / "a" / "up").symlink_to(root, target_is_directory=True)  # a loop still ends
+    (root / "b" / "again").symlink_to(real, target_is_directory=True)  # and one class lists once
+    again = data.ImageFiles(root)
+    assert (again.paths, again.labels) == (files.paths, files.labels)
+
+
+def test_image_folder_does_not_import_torchvision(tmp_path):
+    # importing torchvision takes seconds (torch._dynamo, triton), for every measure of a
+    # tensor: nothing is a torchvision dataset unless torchvision is loaded already
+    import subprocess
+    import sys
+
+    (tmp_path / "c").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "c" / "a.png")
+    code = f"""if True:
+        import sys, torch
+        from torch.utils.data import DataLoader, TensorDataset
+        from equifast import data
+        assert data.image_folder(torch.rand(2, 3, 4, 4)) is None
+        assert data.image_folder(DataLoader(TensorDataset(torch.rand(2, 3, 4, 4)))) is None
+        files = data.ImageFiles({str(tmp_path)!r})
+        assert data.image_folder(files) is files
+        print("torchvision" in sys.modules)
+        from torchvision.datasets import ImageFolder  # loaded: its folders are seen
+        print(data.image_folder(ImageFolder({str(tmp_path)!r})).classes)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["False", "['c']"], out.stdout

@@ -120,6 +120,45 @@ def test_a_linked_flat_val_finds_the_labels_above_the_folder_it_links_to(tmp_pat
         assert data.model_classes(files, 1000).tolist() == [0, 281, 967]
 
 
+
+def test_a_flat_val_folder_with_other_files_labels_its_ilsvrc2012_images(tmp_path):
+    # one file not named as ILSVRC2012's among them: the folder had no labels, and no warning
+    import warnings
+
+    from torch import nn
+    from torchvision import transforms as T
+
+    import equifast as ef
+
+    val = tmp_path / "val"
+    _flat_val(val, n=3)
+    _photo("chelsea", (50, 40)).save(val / "cat.jpg")
+    (tmp_path / "LOC_val_solution.csv").write_text(  # no row for image 3
+        "ImageId,PredictionString\n"
+        f"ILSVRC2012_val_00000001,{TABBY} 0 0 9 9\nILSVRC2012_val_00000002,{ESPRESSO} 0 0 9 9\n")
+    files = data.ImageFiles(val)
+    assert files.labelled and files.classes == [TABBY, ESPRESSO]  # sorted: 281, 967
+    assert [p.name for p in files.files] == [f"ILSVRC2012_val_0000000{k}.JPEG" for k in (1, 2, 3)] + ["cat.jpg"]
+    assert files.labels == [0, 1, -1, -1] and data.model_classes(files, 1000).tolist() == [281, 967]
+    assert files.strays == [val / "ILSVRC2012_val_00000003.JPEG", val / "cat.jpg"]
+    # measured: a model that always answers tabby is right on 1 of the 2 labelled images
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1000))
+    with torch.no_grad():
+        model[-1].weight.zero_()
+        model[-1].bias.copy_(torch.eye(1000)[281])
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        rep = ef.measure(model, str(val), transforms=[ef.Rotation(2)],
+                         preprocess=T.Compose([T.Resize((12, 12)), T.ToTensor()]))
+    assert rep.accuracy == 0.5 and rep.meta["n_images"] == 4
+    said = [str(w.message) for w in ws if issubclass(w.category, ef.EquifastWarning)]
+    assert said == [f"2 image(s) of {str(val)!r} are not labelled by "
+                    f"{str(tmp_path / 'LOC_val_solution.csv')!r}: 1 not named as ILSVRC2012 "
+                    "validation images (ILSVRC2012_val_00000001.JPEG, ...; e.g. 'cat.jpg'), 1 "
+                    "without a row there (e.g. 'ILSVRC2012_val_00000003.JPEG'): they are "
+                    "measured, but have no label and are left out of the top-1 accuracy."], said
+
+
 def test_flat_ilsvrc2012_val_without_labels_says_so(tmp_path):
     from equifast import EquifastWarning
 

@@ -266,6 +266,79 @@ def test_across_images_vector_mode_and_both_metrics():
     assert set(rep.points.metric) == {"correlation", "cosine"}
 
 
+
+def test_across_images_of_one_image_is_refused_before_measuring(tmp_path):
+    # the report's error came after every batch was measured (hours on a large sweep)
+    from PIL import Image
+    from torchvision import transforms as T
+
+    model, x = circular_net(), torch.rand(3, 3, 8, 8)
+    seen = []  # what entered the model: no rotated image, i.e. nothing was measured
+    model[0].register_forward_pre_hook(  # fx traces with proxies: those are not images
+        lambda m, args: seen.append(args[0].clone()) if isinstance(args[0], torch.Tensor) else None)
+    Image.fromarray((x[0].permute(1, 2, 0) * 255).byte().numpy()).save(tmp_path / "only.png")
+    for images, kwargs in ((x[:1], {}), (x, dict(n_images=1)), ((x[:1], torch.tensor([2])), {}),
+                           (str(tmp_path), dict(preprocess=T.ToTensor()))):
+        seen.clear()
+        with pytest.raises(ValueError, match=r"Expected at least two images for vector_mode="
+                                             r"'across_images', but got 1 \(its vectors: pool, "
+                                             r"final\); measure more images, or use "):
+            ef.measure(model, images, transforms=[ef.Rotation(1)], vector_mode="across_images",
+                       **kwargs)
+        assert seen and all(len(v) == 1 for v in seen)
+        assert not any(torch.equal(v, torch.rot90(seen[0], 1, (-2, -1))) for v in seen)
+    # a state of one image is a shard: merged with another, the whole set's result
+    parts = [ef.measure(model, x[i:j], transforms=[ef.Rotation(1)], vector_mode="across_images",
+                        return_state=True) for i, j in ((0, 1), (1, 3))]
+    whole = ef.measure(model, x, transforms=[ef.Rotation(1)], vector_mode="across_images")
+    merged = parts[0].merge(parts[1]).report().points
+    pd.testing.assert_series_equal(merged.layer, whole.points.layer, atol=1e-5, rtol=0)
+    # only maps to score: across_images does not apply, one image is enough
+    maps = [p for p in ef.split(model, x) if p.name == "1"]
+    rep = ef.measure(model, x[:1], transforms=[ef.Rotation(1)], vector_mode="across_images",
+                     points=maps)
+    assert list(rep.points.point) == ["1"] and rep.points.channel.notna().all()
+
+
+def test_a_runs_missing_data_keeps_trainings_whole_advice_in_measures_options(tmp_path):
+    # only its first sentence was kept: "It is in '/data/mnist': pass that folder ..." was lost
+    import json
+
+    from equifast.measurement import _run_images
+
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def error(dataset, root):
+        (run / "recipe.json").write_text(json.dumps({"dataset": dataset, "data_root": None}))
+        with pytest.raises(FileNotFoundError) as got:
+            _run_images(str(run), root, 4, 0)
+        msg = str(got.value)
+        assert msg.startswith(f"The run {str(run)!r} is measured on the test set of its recipe "
+                              f"({dataset}), which could not be read from ")
+        for train_only in ("--data-root", "download", "`root`", "root="):  # train's options
+            assert train_only not in msg, msg
+        return msg
+
+    mnist = tmp_path / "data" / "mnist"
+    mnist.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (mnist / name).write_bytes(b"")
+    assert error("mnist6", str(tmp_path / "data")).endswith(
+        f"without them. It is in {str(mnist)!r}: pass that folder as `images` (--data).")
+    assert error("mnist6", str(tmp_path / "nope")).endswith(
+        f"{str(tmp_path / 'nope')!r} does not exist. Put the files there and pass that folder as "
+        "`images` (--data on the command line).")
+    assert error("mnist6", None).endswith(": the folder that holds the idx files.")
+    cifar = tmp_path / "cifar" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)  # there, but empty: torchvision's own error advises download=True
+    assert error("cifar10", str(cifar.parent)).endswith(
+        "its files are incomplete or damaged. Extract them there again. Pass the folder that "
+        "holds it as `images` (--data on the command line).")
+    assert error("cifar10", str(tmp_path)).endswith(
+        f"It is in {str(cifar.parent)!r}: pass that folder as `images` (--data).")
+
+
 def test_bfloat16_autocast_is_close_to_float32():
     model = circular_net()
     x = torch.rand(4, 3, 12, 12)
