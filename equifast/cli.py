@@ -60,7 +60,10 @@ def _add_measure(sub) -> None:
     p.add_argument("--amp", default=None, choices=["float16", "bfloat16"], help="autocast dtype")
     p.add_argument("--no-tensor-cores", dest="tensor_cores", action="store_false",
                    help="CUDA: multiply in float32 instead of TF32/float16/bfloat16 tensor cores")
-    p.add_argument("--seed", type=int, default=0, help="seeds torch and the image subset")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds torch, the embedded photos' crops and the subset of --data that "
+                        "--n-images draws (a run folder is measured on the first images of its "
+                        "test set, whatever the seed)")
     p.add_argument("--out", type=os.path.expanduser, default="runs/measure",
                    help="output folder: report.json, report.{points,parts}.{csv,parquet}, "
                         "report.meta.json, figure.png, shifts.png with several shifts, "

@@ -517,6 +517,16 @@ def test_train_keeps_a_relative_data_root_absolute(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(["measure", "--model", "../run", "--n-images", "2", "--transforms", "rotation:90",
                  "--out", "m", "--no-progress"]) == 0, capsys.readouterr().err
+    # --help said --seed drew the image subset: a run's images are the first of its test set
+    assert main(["measure", "--model", "../run", "--n-images", "2", "--transforms", "rotation:90",
+                 "--seed", "1", "--out", "m1", "--no-progress"]) == 0
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(Report.load("m").points, Report.load("m1").points)
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["measure"]
+                         .format_help().split())
+    assert "(a run folder is measured on the first images of its test set, whatever the seed)" \
+        in help_text
 
 
 def test_study_checks_the_device_before_claiming_its_folder(tmp_path, capsys):
