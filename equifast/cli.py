@@ -41,7 +41,9 @@ def _add_measure(sub) -> None:
                         "--weights none or a checkpoint of N classes), or 0 for a timm model built "
                         "without one (final is then its pooled features)")
     p.add_argument("--data", type=os.path.expanduser, default=None,
-                   help="folder of images (class subfolders give labels and accuracy); default: embedded photos")
+                   help="folder of images (class subfolders give labels and accuracy); default: "
+                        "embedded photos. With a run folder as --model: the folder of its "
+                        "recipe's data set (default: where it was trained from)")
     p.add_argument("--transforms", default="translation:1-32,rotation",
                    help="comma-separated: translation:1-32, translation:1-16:zero, translation:1-8:nearest, rotation, rotation:90, flip, flip:horizontal")
     p.add_argument("--metric", default="correlation",

@@ -527,6 +527,12 @@ def test_train_keeps_a_relative_data_root_absolute(tmp_path, monkeypatch, capsys
                          .format_help().split())
     assert "(a run folder is measured on the first images of its test set, whatever the seed)" \
         in help_text
+    # and --data's is the folder of its data set, which the recipe's is the default of
+    assert "With a run folder as --model: the folder of its recipe's data set (default: where it " \
+           "was trained from)" in help_text
+    assert main(["measure", "--model", "../run", "--data", str(tmp_path / "fm"), "--n-images", "2",
+                 "--transforms", "rotation:90", "--out", "m2", "--no-progress"]) == 0
+    pd.testing.assert_frame_equal(Report.load("m").points, Report.load("m2").points)
 
 
 def test_study_checks_the_device_before_claiming_its_folder(tmp_path, capsys):
