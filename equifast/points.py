@@ -37,7 +37,8 @@ outputs. Then, from the model down:
   ``[N, blocks, tokens, C]``: the level is the block); nor blocks whose output the module
   returns added to a shortcut (timm Xception's modules: their ``stack`` of separable
   convolutions plus the input, also written in place, ``x += skip``) or under a layer of
-  weights (CSPNet's cross stages): such a module is one block (PiT's stages, which return
+  weights (CSPNet's cross stages, HGNetV2's blocks, the ``root`` of a DLA tree of one level):
+  such a module is one block (PiT's stages, which return
   their blocks' tokens less the class token on the map, are stages);
 - any other module with two or more weight layers is a **block** (residual blocks, inception
   modules, MBConv, ConvNeXt, transformer and mixer blocks).
@@ -568,8 +569,8 @@ class _Analysis:
         blocks = self._repeats(kids, containers=False) if kids else []  # two nn.Sequential are no blocks of a class
         if not blocks or call.out is None:
             return []
-        final = max(kids, key=lambda c: c.end)
-        if call.out is final.out and call.version == final.version:  # not written into since
+        final = max(kids, key=lambda c: c.end)  # a block, not a layer on them (HGNetV2's aggregation)
+        if final in blocks and call.out is final.out and call.version == final.version:
             return blocks
         # what it returns may be its last block's output normalised, permuted or reshaped (timm
         # swinv2_cr's NHWC -> NCHW, PVT-v2's norm and reshape): only modules that read that

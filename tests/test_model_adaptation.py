@@ -223,22 +223,40 @@ class _Module(nn.Module):
         return self.proj(y) if self.how == "conv" else y  # CSPNet's stage: a conv on it
 
 
+class _Aggregated(nn.Module):
+    """Repeated units it iterates, then a layer on all their outputs (HGNetV2's block)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.layers = nn.ModuleList([_Separable(c), _Separable(c)])
+        self.aggregation = nn.Sequential(nn.Conv2d(3 * c, c, 1), nn.Conv2d(c, c, 1))
+
+    def forward(self, x):
+        outs = [x]
+        for layer in self.layers:
+            x = layer(x)
+            outs.append(x)
+        return self.aggregation(torch.cat(outs, 1))
+
+
 class _Xception(nn.Module):
     def __init__(self, how):
         super().__init__()
         torch.manual_seed(0)
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.b0, self.b1 = _Module(4, how), _Module(4, how)
+        self.b0, self.b1 = ((_Aggregated(4), _Aggregated(4)) if how == "aggregated"
+                            else (_Module(4, how), _Module(4, how)))
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x):
         return self.fc(self.b1(self.b0(self.stem(x))).mean((2, 3)))
 
 
-@pytest.mark.parametrize("how", ["sum", "in place", "conv"])
+@pytest.mark.parametrize("how", ["sum", "in place", "conv", "aggregated"])
 def test_a_module_of_repeated_units_that_returns_more_than_their_output_is_one_block(how):
     # it was a stage of its units: the points were its separable convolutions inside the
-    # residual sum (timm xception41: 36 of them, not its 12 residual modules) or under the conv
+    # residual sum (timm xception41: 36 of them, not its 12 residual modules) or under the layer
+    # on them (HGNetV2: the first block of its third stage, the only one with no shortcut)
     model = _Xception(how).eval()
     x = torch.rand(2, 3, 16, 16)
     t = ef.Rotation(1)
