@@ -274,3 +274,28 @@ def test_a_module_returning_its_repeated_units_output_is_still_a_stage():
     model = _Xception("none").eval()  # returns the stack's output: a stage of its two units
     names = [p.name for p in ef.split(model, torch.rand(2, 3, 16, 16))]
     assert names == ["stem", "b0.stack.0", "b0.stack.1", "b1.stack.0", "b1.stack.1", "pool", "final"]
+
+
+def test_timm_xceptions_blocks_are_their_residual_modules():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    t = ef.Rotation(1)
+    for name, blocks, want in (("xception41", "blocks.{}", [f"blocks.{i}" for i in range(12)]),
+                               ("legacy_xception", "block{}", [f"block{i}" for i in range(1, 13)])):
+        model = timm.create_model(name, pretrained=False, num_classes=5).eval()
+        names = [p.name for p in ef.split(model, x)]
+        assert [n for n in names if n.startswith(blocks.format(""))][:12] == want, name
+        got = ef.measure(model, x, transforms=[t]).points.set_index("point")
+        block = model.get_submodule(want[5])  # a middle one: its shortcut is the identity
+        inputs = {}
+        hook = block.register_forward_pre_hook(lambda m, a: inputs.setdefault(len(inputs), a[0].clone()))
+        try:
+            with torch.no_grad():
+                model(x), model(t(x))
+        finally:
+            hook.remove()
+        with torch.no_grad():  # the block's own output, from its input (it writes into it)
+            fx, ftx = block(inputs[0].clone()), block(inputs[1].clone())
+        s = reference.equivariance_scores(fx, ftx, t, input_size=(64, 64))
+        assert math.isclose(got.loc[want[5], "channel"], s.channel.nanmean().item(), abs_tol=1e-5), name
+        assert math.isclose(got.loc[want[5], "layer"], s.layer.nanmean().item(), abs_tol=1e-5), name
