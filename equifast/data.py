@@ -771,7 +771,8 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
             ``Dataset`` (yielding ``(image, label, ...)``, ``(image,)`` or images; PIL images
             get ``preprocess``; dict items are refused), or a path to a folder of images (see
             :class:`ImageFiles`).
-        labels: ``[N]`` class indices for a tensor input (optional).
+        labels: ``[N]`` class indices for a tensor input (optional; with another input a
+            ``ValueError``).
         batch_size: images per batch (not for a ``DataLoader``, which keeps its own).
         n_images: use at most this many images (an integer >= 1, or ``None``: all); for a
             dataset or folder, a seeded random subset of this size (the thesis measures 2000
@@ -792,7 +793,15 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
     if isinstance(images, (str, os.PathLike)):
         images = ImageFiles(images)
     if isinstance(images, (tuple, list)) and len(images) == 2 and isinstance(images[0], torch.Tensor):
+        if labels is not None:  # one of the two was silently dropped
+            raise ValueError("Expected labels once, but got `images` as (images, labels) and "
+                             "`labels` too; pass the labels in one place.")
         images, labels = images
+    elif labels is not None and not isinstance(images, torch.Tensor):
+        # they were silently ignored: the items' own labels (or none) were used
+        raise ValueError(f"Expected `labels` only with a tensor of images, but got them with "
+                         f"images of type {type(images).__name__}, which carry their own labels "
+                         "or none (a folder's: its class folders); leave `labels` out.")
     if isinstance(images, torch.Tensor):
         _check_images(images)
         if labels is not None and len(labels) != len(images):

@@ -395,8 +395,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         n_images: at most this many images; a warning says when the input holds fewer. Of
             a tensor or a ``DataLoader``, the first ``n_images``; of a ``Dataset`` or a folder, a
             subset drawn with ``seed`` and kept in their order (the same seed, the same images).
-        labels: class indices for a tensor input (``[N]``; -1 marks an image without a label):
-            top-1 accuracy over the labelled images goes into ``report.meta``.
+        labels: class indices for a tensor input (``[N]``; -1 marks an image without a label;
+            with another input a ``ValueError``): top-1 accuracy over the labelled images goes
+            into ``report.meta``.
         points: names of representations to use instead of :func:`equifast.split`'s.
         vector_mode: ``"per_image"`` or ``"across_images"`` for vectors (pool, logits).
         device: default CUDA when present. amp: ``"float16"``/``"bfloat16"`` autocast.
@@ -445,7 +446,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     elif isinstance(transforms, str) or (isinstance(transforms, (list, tuple)) and transforms
                                          and all(isinstance(t, str) for t in transforms)):
         transforms = parse_transforms(transforms)  # "rotation" was read letter by letter
-    metric_list(metric)  # before the model and the data load
+    check_options(metric_list(metric)[0], vector_mode, eps)  # before the model and the data load
     # the module a wrapper runs (DataParallel, torch.compile) for what is read off the model;
     # TorchScript is refused before the data load
     inner = unwrapped(model)[0] if isinstance(model, nn.Module) else None
@@ -532,6 +533,16 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         started = time.perf_counter()  # the measurement proper: the model is loaded and split
         total = data_mod.count(images)
         total = min(total, n_images) if (total is not None and n_images) else (total or n_images)
+        given = labels if isinstance(images, torch.Tensor) else (
+            images[1] if isinstance(images, (tuple, list)) and len(images) == 2 else None)
+        if (given is not None and final is not None and len(final.shape) == 1
+                and measurer.count_accuracy and measurer.label_classes is None):
+            # all of them now: a class index beyond the logits in the last batch was found
+            # after every other batch was measured
+            given = torch.as_tensor(given)[:total]
+            if given.dim() == 1 and given.numel() and not (given.is_floating_point() or given.is_complex()
+                                                           or given.dtype == torch.bool):
+                _check_label_bounds(torch.stack(torch.aminmax(given)), final.shape[0])
         vectors = [p.name for p in measurer.points
                    if len(p.shape) == 1 or (len(p.shape) == 3 and p.shape[1] * p.shape[2] == 1)]
         if vector_mode == "across_images" and vectors and total == 1 and not return_state:

@@ -517,6 +517,63 @@ def test_shards_with_labels_merge_into_the_single_process_accuracy_and_meta():
     assert list(rep.points["order"]) == list(range(5))
 
 
+
+def test_a_label_beyond_the_logits_in_the_last_batch_is_refused_before_measuring():
+    # it was found when its batch came, after every batch before it was measured
+    model, x = circular_net(), torch.rand(5, 3, 8, 8)
+    seen = []
+    model[0].register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].clone()) if isinstance(args[0], torch.Tensor) else None)
+    labels = torch.tensor([0, 1, 2, 3, 5])  # 5 classes: the last is no class index
+    for images, kwargs in ((x, dict(labels=labels)), ((x, labels.tolist()), {})):
+        seen.clear()
+        with pytest.raises(ValueError, match=r"class indices in \[0, 5\) .* values in \[0, 5\]"):
+            ef.measure(model, images, transforms=[ef.Rotation(1)], batch_size=2, **kwargs)
+        assert not any(torch.equal(v, torch.rot90(x[:2], 1, (-2, -1))) for v in seen)
+    # beyond n_images it is not measured, so not refused
+    rep = ef.measure(model, x, labels=labels, n_images=4, transforms=[ef.Rotation(1)], batch_size=2)
+    with torch.no_grad():
+        want = (model(x[:4]).argmax(-1) == labels[:4]).double().mean().item()
+    assert rep.accuracy == pytest.approx(want) and rep.meta["n_images"] == 4
+
+
+
+def test_bad_options_are_refused_before_the_model_loads():
+    # a name that is no model: its options are read first (they waited for the model to load
+    # by name, or download, and for the first batch of images to be read)
+    for kwargs, match in ((dict(vector_mode="across"), "Expected `vector_mode` to be one of"),
+                          (dict(eps=-1.0), "Expected `eps` to be a finite number >= 0")):
+        with pytest.raises(ValueError, match=match):
+            ef.measure("no_such_model_at_all", **kwargs)
+
+
+
+def test_labels_given_where_they_would_be_dropped_are_refused(tmp_path):
+    # they were silently ignored (a folder's, a DataLoader's own were used), or dropped for
+    # the labels of an (images, labels) pair: no accuracy, or another one, and no word
+    from PIL import Image
+    from torchvision import transforms as T
+
+    model, x = circular_net(), torch.rand(2, 3, 8, 8)
+    (tmp_path / "c").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "c" / "a.png")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=2)
+    for images, kind in ((str(tmp_path), "ImageFiles"), (loader, "DataLoader"),
+                         (torch.utils.data.TensorDataset(x), "TensorDataset")):
+        with pytest.raises(ValueError, match=f"Expected `labels` only with a tensor of images, "
+                                             f"but got them with images of type {kind}"):
+            ef.measure(model, images, labels=torch.tensor([0, 1]), transforms=[ef.Rotation(1)],
+                       preprocess=T.ToTensor() if kind == "ImageFiles" else None)
+    with pytest.raises(ValueError, match=r"Expected labels once, but got `images` as \(images, "
+                                         r"labels\) and `labels` too"):
+        ef.measure(model, (x, torch.tensor([0, 1])), labels=torch.tensor([1, 0]),
+                   transforms=[ef.Rotation(1)])
+    with torch.no_grad():  # each alone: the accuracy of those labels
+        y = model(x).argmax(-1)
+    assert ef.measure(model, (x, y), transforms=[ef.Rotation(1)]).accuracy == 1.0
+    assert ef.measure(model, x, labels=(y + 1) % 5, transforms=[ef.Rotation(1)]).accuracy == 0.0
+
+
 def test_accuracy_of_all_wrong_labels_is_zero_and_no_labels_none():
     model = circular_net()
     x = torch.rand(6, 3, 12, 12)
