@@ -385,11 +385,17 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
 
 def _fixed_input_size(model: nn.Module) -> Optional[Tuple[int, int]]:
     """The one input size ``(H, W)`` a model takes, ``None`` if it takes others: torchvision
-    ViT's ``image_size``; timm's strict patch embedding (unless ``dynamic_img_size``) or its
-    config's ``fixed_input_size``."""
+    ViT's ``image_size``; torchvision MaxViT's first block's grid (a quarter of the image: its
+    window partitions fit no other); timm's strict patch embedding (unless
+    ``dynamic_img_size``) or its config's ``fixed_input_size``."""
     size = getattr(model, "image_size", None)
     if isinstance(size, int):
         return size, size
+    blocks = getattr(model, "blocks", None)
+    if hasattr(model, "partition_size") and isinstance(blocks, nn.ModuleList) and len(blocks):
+        grid = getattr(blocks[0], "grid_size", None)
+        if isinstance(grid, (tuple, list)) and len(grid) == 2:
+            return 4 * int(grid[0]), 4 * int(grid[1])
     if getattr(model, "dynamic_img_size", False):
         return None
     embed = getattr(model, "patch_embed", None)

@@ -299,3 +299,14 @@ def test_timm_xceptions_blocks_are_their_residual_modules():
         s = reference.equivariance_scores(fx, ftx, t, input_size=(64, 64))
         assert math.isclose(got.loc[want[5], "channel"], s.channel.nanmean().item(), abs_tol=1e-5), name
         assert math.isclose(got.loc[want[5], "layer"], s.layer.nanmean().item(), abs_tol=1e-5), name
+
+
+def test_torchvision_maxvit_at_another_size_says_which_size_it_takes():
+    # it said "is the image too small for it, or of another channel count? The model said:
+    # shape '[2, 64, 2, 7, 2, 7]' is invalid ..."
+    import torchvision
+
+    for size in (224, 448):  # built for one size (its input_size), run at 64 px
+        model = torchvision.models.maxvit_t(input_size=(size, size), num_classes=3).eval()
+        with pytest.raises(ValueError, match=rf"this model takes only {size}x{size} images"):
+            ef.measure(model, torch.rand(2, 3, 64, 64), transforms=[ef.Rotation(1)])
