@@ -338,8 +338,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise  # a bug: its traceback is what a report of it needs
         # a batch too large for the GPU (or the CPU's memory) was a torch traceback
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"equifast: error: out of memory ({first}); use a smaller --batch-size.",
-              file=sys.stderr)
+        advice = "; use a smaller --batch-size" if hasattr(args, "batch_size") else ""  # not sweep's
+        print(f"equifast: error: out of memory ({first}){advice}.", file=sys.stderr)
         return 2
 
 

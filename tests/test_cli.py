@@ -309,6 +309,12 @@ def test_out_of_memory_is_one_line_naming_the_batch_size(error, tmp_path, monkey
     assert capsys.readouterr().err == (f"equifast: error: out of memory ({error}); use a smaller "
                                        "--batch-size.\n")
     assert not out.exists()
+    # a command without --batch-size (sweep's driver, here `models`) gives no such advice
+    import equifast.models
+
+    monkeypatch.setattr(equifast.models, "available_models", allocate)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err == f"equifast: error: out of memory ({error}).\n"
     # any other RuntimeError is a bug, whose traceback is kept
     monkeypatch.setattr(Measurer, "update", lambda *a, **k: torch.zeros(2) @ torch.zeros(3))
     with pytest.raises(RuntimeError, match="size mismatch|shape|inconsistent"):
