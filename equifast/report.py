@@ -408,16 +408,16 @@ class Report:
         """Save to ``.json`` (one file), ``.csv`` or ``.parquet`` (``<stem>.points``/
         ``<stem>.parts`` plus ``<stem>.meta.json``). Returns the files written."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         suffix = path.suffix.lower()
+        if suffix not in (".json", ".csv", ".parquet"):  # before its folder is made
+            raise ValueError(f"Expected a .json, .csv or .parquet path, but got {str(path)!r}.")
+        path.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".json":
             # records through json.dumps, which writes floats exactly (to_json keeps 10 digits)
             records = self.points.astype(object).where(self.points.notna(), None).to_dict("records")
             doc = {"meta": self.meta, "points": records}
             write_text_atomic(path, json.dumps(doc, indent=1, default=_json_value))
             return [path]
-        if suffix not in (".csv", ".parquet"):
-            raise ValueError(f"Expected a .json, .csv or .parquet path, but got {str(path)!r}.")
         stem = path.with_suffix("")
         written = []
         # a table of no columns is a blank line in a CSV, which no reader takes back

@@ -364,6 +364,13 @@ def test_saved_parts_file_is_the_parts_table(tmp_path, suffix):
     assert list(saved.part.astype(str)) == list(rep.parts.part.astype(str))
 
 
+def test_save_to_another_suffix_is_refused_before_its_folder_is_made(tmp_path):
+    # the folder was made, then the suffix refused: an empty folder was left behind
+    with pytest.raises(ValueError, match=r"Expected a .json, .csv or .parquet path, but got '.*r.txt'"):
+        Report.from_rows(_rows()).save(tmp_path / "new" / "r.txt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_report_file_is_named():
     for suffix in (".json", ".csv"):
         with pytest.raises(FileNotFoundError, match="Expected .*/no/such/report"):
