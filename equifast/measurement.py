@@ -399,7 +399,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             with another input a ``ValueError``): top-1 accuracy over the labelled images goes
             into ``report.meta``.
         points: names of representations to use instead of :func:`equifast.split`'s.
-        vector_mode: ``"per_image"`` or ``"across_images"`` for vectors (pool, logits).
+        vector_mode: ``"per_image"`` or ``"across_images"`` for vectors (pool, logits); the
+            latter needs two images or more (one is refused before measuring, but for
+            ``return_state``: a shard).
         device: default CUDA when present. amp: ``"float16"``/``"bfloat16"`` autocast.
         seed: seeds torch (random weights by name) and the dataset subset, so a run is
             reproducible; the caller's own random stream is left as it was. The model is
