@@ -354,3 +354,99 @@ def test_a_damaged_metrics_file_of_a_finished_run_is_named(tmp_path, capsys):
     assert exit_.value.code == 2 and "metrics.csv" in err and len(err.strip().splitlines()) == 1
     (run / "metrics.csv").write_text(good)  # put back, the run reads as it did
     assert train(recipe, str(run)).metrics[0]["epoch"] == 1
+
+
+class _Interrupted(BaseException):  # as Ctrl-C: not an Exception
+    pass
+
+
+@needs_fmnist
+def test_an_overwrite_interrupted_while_deleting_leaves_the_old_run_or_an_unfinished_one(
+        tmp_path, monkeypatch, same_run):
+    # --overwrite deleted checkpoint.pt and metrics.csv before result.json: stopped between, the
+    # folder read as finished (measured, reused) with its checkpoint and metrics gone; stopped
+    # after recipe.json, the leftover tb/ made the rerun refuse the folder as a user's files
+    import pathlib
+    import shutil
+
+    from equifast.training import measure_study, run_study
+
+    study, overrides = tmp_path / "study", {**TINY, "epochs": 1}
+    run_study("objective-fashion", str(study), seeds=[0], measure=False, overrides=overrides)
+    run, saved = study / "FMNIST6" / "seed0", tmp_path / "saved"
+    shutil.copytree(run, saved)
+    files = ["result.json", "model.pt", "checkpoint.pt", "metrics.csv", "recipe.json"]
+    assert set(files) | {"tb"} <= set(_names(run))
+    recipe = get_recipe("cnn7-fmnist6", seed=0, **overrides)
+    unlink, rmtree = pathlib.Path.unlink, shutil.rmtree
+    deleted = []
+
+    def deleting(path, stop_after):
+        path = pathlib.Path(path)
+        if path.parent == run and path.name in files + ["tb"] and path.exists():
+            if len(deleted) == stop_after:
+                raise _Interrupted
+            deleted.append(path.name)
+
+    for k in range(len(files) + 1):
+        shutil.rmtree(run)
+        shutil.copytree(saved, run)
+        deleted.clear()
+        monkeypatch.setattr(pathlib.Path, "unlink",
+                            lambda self, *a, k=k, **kw: (deleting(self, k), unlink(self, *a, **kw))[1])
+        monkeypatch.setattr(shutil, "rmtree",
+                            lambda p, *a, k=k, **kw: (deleting(p, k), rmtree(p, *a, **kw))[1])
+        with pytest.raises(_Interrupted):
+            train(recipe, str(run), overwrite=True)
+        monkeypatch.undo()
+        assert len(deleted) == k
+        left = set(_names(run))
+        if "result.json" in left:  # still reads as finished: then it is the old run, whole
+            assert set(files) | {"tb"} <= left, k
+            assert all((run / f).read_bytes() == (saved / f).read_bytes() for f in files), k
+        else:  # unfinished: never measured, and a rerun completes it
+            with pytest.raises(FileNotFoundError, match=r"FMNIST6/seed0'.*no result.json"):
+                measure_study("objective-fashion", str(study), seeds=[0], n_images=8)
+            result = train(recipe, str(run))
+            assert (result.epochs, len(result.metrics)) == (1, 1), k
+        assert set(files) <= set(_names(run)), k
+        same_run(saved, run)  # resumed from its last checkpoint or retrained: the same weights
+        ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+        model = torch.load(run / "model.pt", weights_only=True)
+        assert all(torch.equal(model[n], ckpt["model"][n]) for n in model), k
+
+
+@needs_fmnist
+def test_measure_study_refuses_a_run_whose_recipe_is_not_the_studys(tmp_path):
+    # a run folder copied from another setting (or study), or a recipe.json edited by hand,
+    # was measured as this study's run
+    import shutil
+
+    from equifast.training import measure_study, run_study
+
+    overrides = {**TINY, "epochs": 1}
+    run_study("objective-fashion", str(tmp_path), seeds=[0], measure=False, overrides=overrides)
+    plain, rot_eq = tmp_path / "FMNIST6" / "seed0", tmp_path / "FMNIST6-Rot-Eq" / "seed0"
+    shutil.move(plain, tmp_path / "kept")
+    shutil.copytree(tmp_path / "FMNIST6-Rot-Inv" / "seed0", plain)  # another setting's run
+    with pytest.raises(ValueError, match=r"^Expected the run '.*FMNIST6/seed0' to be the run of "
+                                         r"FMNIST6 .* of study 'objective-fashion', but .*"
+                                         r"\{'dataset': \('fmnist6-rot-inv', 'fmnist6'\)\}"):
+        measure_study("objective-fashion", str(tmp_path), seeds=[0], n_images=8)
+    shutil.rmtree(plain)
+    shutil.move(tmp_path / "kept", plain)
+    stored = json.loads((rot_eq / "recipe.json").read_text())
+    (rot_eq / "recipe.json").write_text(json.dumps({**stored, "lr": 0.02}))  # edited by hand
+    with pytest.raises(ValueError, match=r"share `lr` .*0\.02: \['.*FMNIST6-Rot-Eq/seed0'\]"):
+        measure_study("objective-fashion", str(tmp_path), seeds=[0], n_images=8)
+    with pytest.raises(ValueError, match=r"run '.*FMNIST6-Rot-Eq/seed0' .*\{'lr': \(0\.02, 0\.01\)\}"):
+        measure_study("objective-fashion", str(tmp_path), seeds=[0], n_images=8,
+                      overrides=overrides)
+    # the same edit on every run is a study trained with --lr 0.02: refused only against the
+    # overrides it was not trained with
+    for run in tmp_path.glob("*/seed0"):
+        (run / "recipe.json").write_text(json.dumps({**json.loads((run / "recipe.json").read_text()),
+                                                      "lr": 0.02}))
+    from equifast.training.studies import _check_run_recipes, get_study
+    study = get_study("objective-fashion")
+    assert [r.lr for r in _check_run_recipes(study, str(tmp_path), study.runs([0]))] == [0.02] * 3

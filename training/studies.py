@@ -142,11 +142,62 @@ def _run_dir(out: str, label: str, seed: int) -> str:
     return os.path.join(out, safe, f"seed{seed}")
 
 
+# The recipe fields `equifast study` has flags for: the same for every run of a study, and
+# any value (data_root, download, device and measure_images never make another run).
+_STUDY_WIDE = ("epochs", "milestones", "batch_size", "lr", "train_subset", "test_subset")
+
+
+def _check_run_recipes(study: Study, out: str, runs: Sequence[Tuple[str, str, int]],
+                       overrides: Optional[Dict] = None) -> List:
+    """The stored recipes of ``runs`` (``(label, recipe name, seed)``), each checked to be
+    finished and to be the recipe :func:`run_study` trains for it: ``get_recipe(recipe name,
+    **overrides, seed=seed)``, compared as a resumed run is (:meth:`Recipe.differences`).
+    Without ``overrides``, those of :data:`_STUDY_WIDE` are the values the runs share."""
+    from .trainer import RECIPE, RESULT, read_run_recipe
+    stored = []
+    for label, _, seed in runs:
+        run = _run_dir(out, label, seed)
+        if not os.path.isfile(os.path.join(run, RESULT)):
+            raise FileNotFoundError(f"Expected a finished run in {run!r}, but it has no "
+                                    f"{RESULT}. Train it with `equifast study {study.name}`.")
+        stored.append(read_run_recipe(Path(run, RECIPE)))
+    if overrides is None:
+        overrides = {}
+        for field in _STUDY_WIDE:
+            found: Dict = {}
+            for (label, _, seed), recipe in zip(runs, stored):
+                value = getattr(recipe, field)
+                found.setdefault(value, []).append(_run_dir(out, label, seed))
+            if len(found) > 1:  # a study trains every run alike: these were trained apart
+                raise ValueError(
+                    f"Expected the runs of study {study.name!r} in {out!r} to share `{field}` "
+                    f"(a study trains every run with the same), but they differ: "
+                    f"{found}. Train the runs again "
+                    f"alike (`equifast study {study.name} --overwrite`) or measure them apart.")
+            overrides[field] = next(iter(found))
+    for (label, recipe_name, seed), recipe in zip(runs, stored):
+        expected = get_recipe(recipe_name, **{**overrides, "seed": seed})
+        diff = recipe.differences(expected)
+        if diff:
+            run = _run_dir(out, label, seed)
+            raise ValueError(
+                f"Expected the run {run!r} to be the run of {label} (recipe {recipe_name!r}, "
+                f"seed {seed}) of study {study.name!r}, but its {RECIPE} differs (the run's, "
+                f"the study's): {diff}. A run of another study or setting, or edited by hand: "
+                f"move it away and train it again with `equifast study {study.name}`.")
+    return stored
+
+
 def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] = None,
                   n_images: Optional[int] = None, batch_size: int = 64, device=None,
                   metric: str = "correlation", data_root: Optional[str] = None,
-                  download: bool = False, return_shifts: bool = False):
+                  download: bool = False, return_shifts: bool = False,
+                  overrides: Optional[Dict] = None):
     """Measure every trained run of a study with :func:`equifast.measure`.
+
+    Every run's ``recipe.json`` must be the recipe the study trains for it (its setting's
+    recipe, its seed, ``overrides``): a run folder copied from another study or setting, or
+    edited by hand, is refused before anything is measured (see :func:`_check_run_recipes`).
 
     Args:
         study: a :class:`Study` or its name.
@@ -158,6 +209,14 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
             ``data_root``, which may have moved since it trained).
         return_shifts: also return each part's scores at each shift
             (:func:`equifast.report.shift_table`, thesis figure 8).
+        overrides: the recipe fields :func:`run_study` changed for every run (default: the
+            values of ``epochs, milestones, batch_size, lr, train_subset, test_subset`` that
+            the runs share, the fields ``equifast study`` has flags for).
+
+    Raises:
+        FileNotFoundError: a run is not finished.
+        ValueError: a run's recipe is not the study's for it, or the runs do not share the
+            values of the fields above.
 
     Returns:
         One row per (setting, seed, part, family): ``setting, recipe, seed, part, family,
@@ -170,18 +229,17 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
     from equifast.transforms import Translation
 
     from .data import measure_images
-    from .trainer import load_model, prepare_out_dir, read_run_recipe
+    from .trainer import load_model, prepare_out_dir
     study = get_study(study) if isinstance(study, str) else study
     _check_seeds_and_images(seeds, n_images)
     transforms = study.make_transforms()
     shifted = return_shifts and any(isinstance(t, Translation) for t in transforms)
     rows, shift_rows, cache = [], [], {}
-    for label, recipe_name, seed in study.runs(seeds):
+    runs = study.runs(seeds)
+    # every run checked before any is measured (minutes each)
+    recipes = _check_run_recipes(study, out, runs, overrides)
+    for (label, recipe_name, seed), recipe in zip(runs, recipes):
         run = _run_dir(out, label, seed)
-        if not os.path.isfile(os.path.join(run, "result.json")):
-            raise FileNotFoundError(f"Expected a finished run in {run!r}, but it has no "
-                                    f"result.json. Train it with `equifast study {study.name}`.")
-        recipe = read_run_recipe(Path(run, "recipe.json"))
         result = prepare_out_dir(recipe, run)  # reads the finished result, trains nothing
         n = recipe.measure_images if n_images is None else n_images
         root = data_root or recipe.data_root
@@ -337,7 +395,7 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     runs, shifts = measure_study(study, out, seeds, n_images=n_images, device=device,
                                  data_root=overrides.get("data_root"),
                                  download=bool(overrides.get("download", False)),
-                                 return_shifts=True)
+                                 return_shifts=True, overrides=overrides)
     import matplotlib.pyplot as plt
     tables = [("runs.csv", "summary.csv", "figure.png", runs, study.title)]
     if len(shifts):

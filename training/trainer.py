@@ -526,6 +526,25 @@ def _will_train(out_dir: str, overwrite: bool) -> bool:
     return overwrite or not Path(out_dir, RESULT).is_file()
 
 
+# What ``overwrite`` deletes, in this order. result.json (the mark of a finished run) goes first,
+# so that a deletion interrupted anywhere never leaves a folder that reads as finished with some
+# of its files gone; model.pt before checkpoint.pt, so that what is left is an unfinished run
+# whose weights are its checkpoint's (a rerun resumes it, or restarts once that is gone too);
+# recipe.json last, as it makes the folder a run's (check_own_folder): without it, a leftover tb/
+# read as a user's files and the folder was refused.
+_OVERWRITTEN = (RESULT, MODEL, CHECKPOINT, METRICS, "tb", RECIPE)
+
+
+def _delete_run(out: Path) -> None:
+    """Delete the run files of ``out`` (:data:`_OVERWRITTEN`, in order); nothing else."""
+    for name in _OVERWRITTEN:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def run_lock(out_dir: str) -> FolderLock:
     """The lock a process holds on a run folder while it prepares and trains it: a second
     process training the same folder (another terminal, a study started twice) is refused, as
@@ -540,7 +559,8 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
     """Check ``out_dir`` before training; returns the result when the run is finished.
 
     - empty or missing: created, ``recipe.json`` written;
-    - ``overwrite=True``: its run files are deleted first;
+    - ``overwrite=True``: its run files are deleted first (``result.json`` first: interrupted,
+      it leaves an unfinished run, never a finished one with files missing);
     - finished (``result.json``): the stored :class:`TrainResult` (nothing is retrained);
     - unfinished: resumed when ``resume`` (the recipe must describe the same run), else an
       error.
@@ -553,9 +573,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
     # not a run (no recipe.json): files of the user's, never replaced, even with overwrite
     out = check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir` (--out)")
     if overwrite and out.exists():
-        for name in (CHECKPOINT, METRICS, RESULT, MODEL, RECIPE):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "tb", ignore_errors=True)
+        _delete_run(out)
     out.mkdir(parents=True, exist_ok=True)
     # what a run killed while writing left: as large as a checkpoint, and never read
     remove_stale_temps(out, (CHECKPOINT, METRICS, RESULT, MODEL, RECIPE))
