@@ -22,7 +22,8 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple, Union
 
 __all__ = ["atomic_write", "write_text_atomic", "write_csv_atomic", "save_figure_atomic",
            "save_torch_atomic", "remove_stale_temps", "check_own_folder", "stage_folder",
-           "commit_staged", "finish_commit", "deferred_interrupt", "FolderLock", "process_alive"]
+           "commit_staged", "finish_commit", "deferred_interrupt", "FolderLock", "process_alive",
+           "json_safe"]
 
 # what atomic_write names its temporary file: .<name>.<pid>.<8 hex>.tmp
 _TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
@@ -343,6 +344,25 @@ def _finish(out: Path) -> bool:
         if p.is_dir() and not (pid.isdigit() and pid_alive(int(pid))):
             shutil.rmtree(p, ignore_errors=True)
     return done
+
+
+def json_safe(value):
+    """``value`` as plain JSON values: NaN and infinities as null (``json.dumps`` writes them
+    as ``NaN``, which no JSON reader takes), NumPy/torch numbers and arrays as numbers and
+    lists, tuples as lists, keys as text, anything else (a path, a device) as its text."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # a NumPy/torch number or array
+        if isinstance(value, list):
+            return json_safe(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def write_text_atomic(path: Union[str, os.PathLike], data: Union[str, bytes]) -> Path:

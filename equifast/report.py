@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_write, write_text_atomic
+from ._io import atomic_write, json_safe, write_text_atomic
 from .transforms import shift_family
 
 # pandas 2's default CSV parser can be an ulp off the float64 that was written; pandas 3 reads
@@ -82,15 +82,6 @@ def shift_table(points: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     table = _over_points(rows, columns + keys)
     table["part"] = pd.Categorical(table["part"], categories=PARTS, ordered=True)
     return table.sort_values(list(by) + keys + ["family", "part"], kind="stable").reset_index(drop=True)
-
-
-def _json_value(value):
-    """What ``json.dumps`` writes for a meta value it has no form for: NumPy numbers, booleans
-    and arrays as numbers, booleans and lists (as text, ``np.int64(3)`` came back as ``"3"``),
-    anything else (a path, a device) as its text."""
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    return str(value)
 
 
 def _saved_as(path: Path) -> str:
@@ -416,7 +407,7 @@ class Report:
             # records through json.dumps, which writes floats exactly (to_json keeps 10 digits)
             records = self.points.astype(object).where(self.points.notna(), None).to_dict("records")
             doc = {"meta": self.meta, "points": records}
-            write_text_atomic(path, json.dumps(doc, indent=1, default=_json_value))
+            write_text_atomic(path, json.dumps(json_safe(doc), indent=1, allow_nan=False))
             return [path]
         stem = path.with_suffix("")
         written = []
@@ -428,7 +419,7 @@ class Report:
                                                      else df.to_parquet(tmp, index=False)))
             written.append(target)
         meta = stem.with_name(f"{stem.name}.meta.json")
-        write_text_atomic(meta, json.dumps(self.meta, indent=1, default=_json_value))
+        write_text_atomic(meta, json.dumps(json_safe(self.meta), indent=1, allow_nan=False))
         return written + [meta]  # .csv and .parquet share the meta file
 
     @classmethod

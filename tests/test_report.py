@@ -86,6 +86,22 @@ def test_numpy_values_in_meta_come_back_as_the_numbers_they_were(tmp_path, suffi
     assert set(both.runs) == {2}
 
 
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_nan_and_infinities_in_meta_are_written_as_json_null(tmp_path, suffix):
+    # json.dumps wrote them as NaN / Infinity: no JSON reader but Python's takes that file
+    meta = {"lr": float("nan"), "limits": [1.0, float("inf")], "bound": np.float64(-np.inf),
+            "grid": np.array([0.5, np.nan]), "model": "toy"}
+    Report.from_rows(_rows(), meta).save(tmp_path / f"r{suffix}")
+    written = tmp_path / ("r.json" if suffix == ".json" else "r.meta.json")
+
+    def strict(token):
+        raise AssertionError(f"{token} in {written.name}")
+    doc = json.loads(written.read_text(), parse_constant=strict)
+    want = {"lr": None, "limits": [1.0, None], "bound": None, "grid": [0.5, None], "model": "toy"}
+    assert (doc["meta"] if suffix == ".json" else doc) == want
+    assert Report.load(tmp_path / f"r{suffix}").meta == want
+
+
 def test_plot_writes_a_png(tmp_path):
     rep = Report.from_rows(_rows(), {"model": "toy"})
     other = Report.from_rows(_rows(), {"model": "toy2"})
