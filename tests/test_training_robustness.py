@@ -450,3 +450,37 @@ def test_measure_study_refuses_a_run_whose_recipe_is_not_the_studys(tmp_path):
     from equifast.training.studies import _check_run_recipes, get_study
     study = get_study("objective-fashion")
     assert [r.lr for r in _check_run_recipes(study, str(tmp_path), study.runs([0]))] == [0.02] * 3
+
+
+@needs_fmnist
+def test_a_study_interrupted_while_writing_its_tables_keeps_the_earlier_set_whole(
+        tmp_path, monkeypatch):
+    # Ctrl-C while the figure was drawn left the new runs.csv and summary.csv beside the
+    # earlier figure.png: tables and figure of two different measures
+    import matplotlib.figure
+
+    from equifast.training import run_study
+    from equifast.training.studies import summarize
+
+    overrides = {**TINY, "epochs": 1}
+    outputs = ["runs.csv", "summary.csv", "figure.png"]
+    run_study("objective-fashion", str(tmp_path), seeds=[0], overrides=overrides, n_images=8)
+    first = {n: (tmp_path / n).read_bytes() for n in outputs}
+    savefig = matplotlib.figure.Figure.savefig
+
+    def interrupted(*args, **kwargs):
+        raise _Interrupted
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", interrupted)
+    with pytest.raises(_Interrupted):  # measured on other images: other tables
+        run_study("objective-fashion", str(tmp_path), seeds=[0], overrides=overrides, n_images=12)
+    assert {n: (tmp_path / n).read_bytes() for n in outputs} == first
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    summary = run_study("objective-fashion", str(tmp_path), seeds=[0], overrides=overrides,
+                        n_images=12)
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert (tmp_path / "runs.csv").read_bytes() != first["runs.csv"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "summary.csv"), summarize(runs))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "summary.csv"),
+                                  summary.reset_index(drop=True), check_dtype=False)

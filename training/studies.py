@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from equifast._io import check_own_folder, write_csv_atomic, write_text_atomic
+from equifast._io import (check_own_folder, commit_staged, stage_folder, write_csv_atomic,
+                          write_text_atomic)
 from equifast.report import over_runs
 
 from .recipes import get_recipe
@@ -43,6 +45,7 @@ __all__ = ["Study", "STUDIES", "get_study", "run_study", "measure_study", "summa
            "plot_study", "PART_ORDER"]
 
 PART_ORDER = ("early", "middle", "late", "pool", "final")
+_SHIFT_FILES = ("shift_runs.csv", "shift_summary.csv", "shifts.png")  # of a study of translations
 
 
 @dataclass(frozen=True)
@@ -333,7 +336,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     where it stopped. Writes ``out/runs.csv`` (per seed), ``out/summary.csv`` (mean/std
     over seeds) and ``out/figure.png``; for a study of translations also their scores at each
     shift: ``out/shift_runs.csv``, ``out/shift_summary.csv`` and ``out/shifts.png`` (thesis
-    figure 8). ``out/study.json`` names the study, and a folder of another study is refused.
+    figure 8), as one set: interrupted while they are written, the earlier set is kept whole.
+    ``out/study.json`` names the study, and a folder of another study is refused.
 
     Args:
         name: a name of :data:`STUDIES`.
@@ -399,12 +403,19 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     import matplotlib.pyplot as plt
     tables = [("runs.csv", "summary.csv", "figure.png", runs, study.title)]
     if len(shifts):
-        tables.append(("shift_runs.csv", "shift_summary.csv", "shifts.png", shifts,
+        tables.append((*_SHIFT_FILES, shifts,
                        f"{study.title}: each shift"))
-    summaries = []
-    for per_seed, over_seeds, figure, table, title in tables:
-        write_csv_atomic(os.path.join(out, per_seed), table)
-        summaries.append(summarize(table))
-        write_csv_atomic(os.path.join(out, over_seeds), summaries[-1])
-        plt.close(plot_study(summaries[-1], os.path.join(out, figure), title))
+    # one set, staged then committed: an interruption (Ctrl-C while a figure is drawn) or a full
+    # disk left this measure's runs.csv and summary.csv beside the earlier figure and shift tables
+    summaries, stage = [], stage_folder(out)
+    try:
+        for per_seed, over_seeds, figure, table, title in tables:
+            write_csv_atomic(stage / per_seed, table)
+            summaries.append(summarize(table))
+            write_csv_atomic(stage / over_seeds, summaries[-1])
+            plt.close(plot_study(summaries[-1], str(stage / figure), title))
+        names = [name for t in tables for name in t[:3]]
+        commit_staged(stage, out, names, remove=[n for n in _SHIFT_FILES if n not in names])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone once committed
     return summaries[0]
