@@ -57,7 +57,7 @@ def _run(args) -> int:
         store = ResultStore(out)
         store.check_folder()  # as the run would: a folder of the user's files is no --out
         states = store.states()
-        of_folders = [j for j in jobs if j.dataset.kind == "folder" and states.get(j.id) == "ok"]
+        of_folders = [j for j in jobs if j.data_path is not None and states.get(j.id) == "ok"]
         # finished, but on other images: moved, changed or unstamped (measured again)
         states.update(_moved(store.records_of(of_folders), of_folders, folders))
         kept = store.shard_files()  # by name: the run checks that they still fit
@@ -125,6 +125,9 @@ def _report(args) -> int:
 
     from .analysis import sweep_figures
 
+    if args.min_models < 2:  # said as the flag, not as sweep_figures' argument
+        raise ValueError(f"Expected --min-models to be an integer >= 2 (Spearman's correlation "
+                         f"needs two models at least), but got {args.min_models}.")
     out = _out(args)
     figures = Path(args.figures) if args.figures else out / "figures"
     with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's format
@@ -197,7 +200,8 @@ def add_sweep_parser(subparsers, run_prog: Optional[str] = None) -> argparse.Arg
     report.add_argument("--accuracy", default="auto", choices=["auto", "known", "measured"],
                         help="measured: top-1 on the data's labels; known: the spec's accuracy; "
                              "auto: measured when the data had labels, else known")
-    report.add_argument("--min-models", type=int, default=3, help="fewer models with an accuracy give NaN")
+    report.add_argument("--min-models", type=int, default=3,
+                        help="fewer models with an accuracy give NaN (at least 2)")
     report.set_defaults(func=_report)
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1], _sweep_parser=p)
     return p

@@ -76,6 +76,10 @@ _DATASET_KEYS = {"name", "kind", "path", "torchvision", "root", "args", "image_s
 _KINDS = ("folder", "embedded", "random", "torchvision")
 _NO_WEIGHTS = (None, "none", "None", "random")
 _MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
+#: The largest ``image_size`` a spec takes: one 3 x 4096 x 4096 float32 image is 192 MiB, a batch
+#: of 64 of them 12 GiB before any activation. A larger size (a typo: 10**6) failed every job
+#: with out-of-memory on the workers.
+MAX_IMAGE_SIZE = 4096
 
 
 class SpecError(ValueError):
@@ -209,11 +213,17 @@ class Job:
         --working-dir``) skips what is done, and a rerun sees images changed in place.
 
         ``folders``: the run's :class:`Folders`, which lists each folder once, not once a job
-        (ImageNet's 50,000 files: a second each)."""
+        (ImageNet's 50,000 files: a second each). A torchvision data set's root is kept the same
+        way (``resolved_path``, :func:`torchvision_fingerprint`)."""
         dataset = self.dataset.entry()
+        folders = Folders() if folders is None else folders
         if self.dataset.kind == "folder":
             path = dataset["resolved_path"] = self.resolve(self.dataset.path)
-            found = (Folders() if folders is None else folders).fingerprint(path) or {}
+            found = folders.fingerprint(path) or {}
+        elif self.dataset.kind == "torchvision":
+            path = dataset["resolved_path"] = self.resolve(self.dataset.root)
+            found = folders.torchvision(self.dataset.name, path) or {}
+        if self.dataset.kind in ("folder", "torchvision"):
             dataset["files_sha256"] = found.get("files_sha256")
             dataset["files_stamp"] = found.get("files_stamp")
         return {"id": self.id, "model": self.model.entry(), "dataset": dataset,
@@ -226,8 +236,16 @@ class Job:
 
     @property
     def relative_folder(self) -> bool:
-        """Whether the job's data is a folder given relative to the spec's folder."""
-        return self.dataset.kind == "folder" and not os.path.isabs(os.path.expanduser(self.dataset.path))
+        """Whether the job's data is a folder (or a torchvision root) given relative to the
+        spec's folder."""
+        path = self.data_path
+        return path is not None and not os.path.isabs(os.path.expanduser(path))
+
+    @property
+    def data_path(self) -> Optional[str]:
+        """The folder the job's files are under as the spec gives it: a folder's path, a
+        torchvision data set's root (``None`` for the others)."""
+        return {"folder": self.dataset.path, "torchvision": self.dataset.root}.get(self.dataset.kind)
 
     def resolve(self, path: Optional[str]) -> Optional[str]:
         """``path`` made absolute against the spec's folder (``None`` stays ``None``)."""
@@ -273,22 +291,34 @@ def folder_labels_source(dataset: "DatasetEntry", base_dir: str = ".",
     """What decides the labels of a folder's images beyond its path, for its jobs' ids (empty
     where nothing does, or its labels are not used): for numbered class folders, the rule that
     makes them classes (``numbered_classes``); for a flat folder labelled by a
-    ``LOC_val_solution.csv`` (in it or above it: not among its images), the SHA-256 of its
-    classes and each image's label (``labels_sha256``). A changed rule or csv is a new job, not
-    the same job's result. Named class folders are in each image's name, as the record's
-    :func:`folder_files_sha256` keeps them; a folder with subfolders is not listed here.
-    ``folders``: the run's :class:`Folders` (a flat folder is listed once a run)."""
+    ``LOC_val_solution.csv`` or the devkit's ``ILSVRC2012_devkit_t12`` (in it or above it: not
+    among its images), or named by a synset, the SHA-256 of its classes and each image's label
+    (``labels_sha256``). A changed rule, csv or ground truth is a new job, not the same job's
+    result. Named class folders are in each image's name, as the record's
+    :func:`folder_files_sha256` keeps them. Which of these decides is what
+    :class:`equifast.data.ImageFiles` decides: class folders where an image lies in one (folders
+    it skips, as the devkit's, ``__MACOSX``, hidden ones, are none); a folder with class folders
+    and no image of its own is not listed here (ImageNet's 50,000 files).
+    ``folders``: the run's :class:`Folders` (a folder is listed once a run)."""
     if dataset.kind != "folder" or not dataset.labels:
         return {}
+    from equifast.data import IMAGE_SUFFIXES, _data_folder
+
     root = _resolve(dataset.path, base_dir)
+    suffixes = tuple(IMAGE_SUFFIXES)
     try:
         with os.scandir(root) as entries:
-            subfolders = [e.name for e in entries if not e.name.startswith(".") and e.is_dir()]
+            subfolders, images = [], False
+            for e in entries:
+                if e.is_dir():
+                    if _data_folder(e.name):
+                        subfolders.append(e.name)
+                elif not images:  # an image of its own: labelled by class folders, or by a file
+                    images = not e.name.startswith(".") and e.name.lower().endswith(suffixes)
     except OSError:
         return {}
-    if subfolders:
-        numbered = all(c.isdecimal() and c.isascii() for c in subfolders)
-        return {"numbered_classes": _NUMBERED_CLASSES_RULE} if numbered else {}
+    if subfolders and not images:  # the class folders' images decide (or none: the tasks fail)
+        return _class_folders_source(subfolders)
     import warnings
 
     with warnings.catch_warnings():  # no csv: each task says so, in the job's record
@@ -296,7 +326,15 @@ def folder_labels_source(dataset: "DatasetEntry", base_dir: str = ".",
         files = (Folders() if folders is None else folders).files(root)
     if files is None or not files.labelled:  # no images, a broken csv: the tasks fail, naming it
         return {}
+    if any("/" in name for name in image_names(files)):  # ImageFiles' rule: an image in a class folder
+        return _class_folders_source(files.classes)
     return {"labels_sha256": hashlib.sha256(_labels_text(files).encode()).hexdigest()}
+
+
+def _class_folders_source(classes: Sequence[str]) -> Dict[str, Any]:
+    """:func:`folder_labels_source` of class folders ``classes``."""
+    numbered = all(c.isdecimal() and c.isascii() for c in classes)
+    return {"numbered_classes": _NUMBERED_CLASSES_RULE} if numbered else {}
 
 
 def _labels_text(files) -> str:
@@ -331,14 +369,64 @@ def folder_fingerprint(path: str, files=None, stats=None) -> Optional[Dict[str, 
             return None
     names = image_names(files)
     stats = file_stats(files.paths) if stats is None else stats
+    # else the names say the labels: the digest stays as it was
+    labels = None if names_give_labels(files, names) else _labels_text(files)
+    return _fingerprint(names, stats, labels)
+
+
+def _fingerprint(names: Sequence[str], stats: Sequence[Tuple[int, int]],
+                 labels: Optional[str] = None) -> Dict[str, str]:
+    """``files_sha256`` (of ``names``, their sizes and ``labels``, where given) and ``files_stamp``
+    (of that and the modification times) of files: :func:`folder_fingerprint`'s."""
     digest = hashlib.sha256()
     _hash_lines(digest, names, [size for size, _ in stats])
-    if not names_give_labels(files, names):  # else the names say it: the digest stays as it was
-        digest.update(("\0labels\n" + _labels_text(files)).encode())
+    if labels is not None:
+        digest.update(("\0labels\n" + labels).encode())
     sha = digest.hexdigest()
     stamp = hashlib.sha256(f"{sha}\n".encode())
     stamp.update(" ".join(str(mtime) for _, mtime in stats).encode())
     return {"files_sha256": sha, "files_stamp": stamp.hexdigest()}
+
+
+#: A torchvision data set's folder of more files is not fingerprinted (its jobs are not checked
+#: for changed files): a root that holds other data sets too (``/data``) is not walked whole.
+MAX_STAMPED_FILES = 200_000
+
+
+def torchvision_folder(name: str, root: str) -> str:
+    """The folder under ``root`` whose files ``torchvision.datasets.<name>`` reads, as far as its
+    class says: its ``base_folder`` (CIFAR10's ``cifar-10-batches-py``), ``<name>/`` for MNIST and
+    its kin (their ``raw_folder``), else ``root`` itself."""
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, name, None)
+    base = getattr(cls, "base_folder", None)
+    if isinstance(base, str) and base and os.path.isdir(os.path.join(root, base)):
+        return os.path.join(root, base)
+    if (inspect.isclass(cls) and issubclass(cls, torchvision.datasets.MNIST)
+            and os.path.isdir(os.path.join(root, name))):
+        return os.path.join(root, name)
+    return root
+
+
+def torchvision_fingerprint(name: str, root: str) -> Optional[Dict[str, str]]:
+    """What the files of a torchvision data set are, as a folder's (:func:`folder_fingerprint`):
+    ``files_sha256`` of the names (relative to ``root``, with ``/``) and sizes of every file under
+    :func:`torchvision_folder` (all of them: which a data set reads is its own code's), and
+    ``files_stamp``, with their modification times. ``None`` where there is none, or more than
+    :data:`MAX_STAMPED_FILES`: not checked."""
+    folder = torchvision_folder(name, root)
+    paths: List[str] = []
+    for where, subfolders, names in os.walk(folder):
+        subfolders.sort()  # os.walk's order is the file system's
+        paths.extend(os.path.join(where, n) for n in sorted(names))
+        if len(paths) > MAX_STAMPED_FILES:
+            return None
+    if not paths:
+        return None
+    top = len(root.rstrip(os.sep)) + 1
+    names = [p[top:] if os.sep == "/" else p[top:].replace(os.sep, "/") for p in paths]
+    return _fingerprint(names, file_stats(paths))
 
 
 def _list_folder(path: str):
@@ -363,6 +451,7 @@ class Folders:
         self._files: Dict[str, Any] = {}
         self._prints: Dict[str, Optional[Dict[str, str]]] = {}
         self._stats: Dict[str, List[Tuple[int, int]]] = {}
+        self._roots: Dict[Tuple[str, str], Optional[Dict[str, str]]] = {}
 
     def files(self, path: str):
         """The folder's :class:`equifast.data.ImageFiles`, or ``None`` (:func:`_list_folder`)."""
@@ -379,6 +468,12 @@ class Folders:
             self._prints[path] = (None if files is None
                                   else folder_fingerprint(path, files, self._stats[path]))
         return self._prints[path]
+
+    def torchvision(self, name: str, root: str) -> Optional[Dict[str, str]]:
+        """:func:`torchvision_fingerprint` of a torchvision data set's root, once a run."""
+        if (name, root) not in self._roots:
+            self._roots[(name, root)] = torchvision_fingerprint(name, root)
+        return self._roots[(name, root)]
 
     def times_sha256(self, path: str, indices: Optional[Sequence[int]] = None) -> Optional[str]:
         """SHA-256 of the modification times of the folder's images ``indices`` (of its
@@ -418,13 +513,14 @@ def file_stats(paths: Sequence[str]) -> List[Tuple[int, int]]:
 def _hash_lines(digest, names: Sequence[str], sizes: Optional[Sequence[int]] = None,
                 block: int = 8192) -> None:
     """Feed ``digest`` a line ``name\n`` (or ``name\0size\n``) per image, a block of lines per
-    call (one call a line cost as much as the listing)."""
+    call (one call a line cost as much as the listing). A name's bytes are the file system's
+    (``surrogateescape``, as ``os.fsencode``): a Linux name need not be UTF-8."""
     for i in range(0, len(names), block):
         if sizes is None:
             text = "".join(f"{n}\n" for n in names[i:i + block])
         else:
             text = "".join(f"{n}\0{s}\n" for n, s in zip(names[i:i + block], sizes[i:i + block]))
-        digest.update(text.encode())
+        digest.update(text.encode("utf-8", "surrogateescape"))
 
 
 def names_give_labels(files, names: Optional[Sequence[str]] = None) -> bool:
@@ -994,6 +1090,13 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
                         f"but got {kind!r}.")
         return None
     image_size = number("image_size", entry.get("image_size"), 8, allow_none=True, where=f"{where}.image_size")
+    if image_size is not None and image_size > MAX_IMAGE_SIZE:
+        gib = 3 * image_size ** 2 * 4 / 2**30
+        problems.append(f"{where}.image_size: Expected at most {MAX_IMAGE_SIZE} pixels a side, but "
+                        f"got {image_size}: one image of it is {gib:,.1f} GiB of float32 (3 x "
+                        f"{image_size} x {image_size}), a batch of them more, before the model's "
+                        "activations; check it for a typo.")
+        image_size = None
     crop_pct = entry.get("crop_pct", 0.875)
     if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
         problems.append(f"{where}.crop_pct: Expected a number in (0, 1], but got {crop_pct!r}.")

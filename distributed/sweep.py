@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import traceback
@@ -241,8 +242,8 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
             # torchvision's advice (download=True) is one a sweep refuses: say what to do instead
             raise FileNotFoundError(
                 f"Expected the files of torchvision.datasets.{d.name}{dict(d.args) or ''} under "
-                f"{root!r}, but torchvision found none there ({str(err).split('.')[0]}); sweeps "
-                "never download: put the data under that root first.") from None
+                f"{root!r}, but torchvision found none there{_without_download_advice(err)}; "
+                "sweeps never download: put the data under that root first.") from None
         dataset = _TorchvisionImages(dataset, d.name)
     if not d.labels:
         dataset = _NoLabels(dataset)
@@ -252,6 +253,15 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
         warn(f"Measured the {len(dataset)} images of dataset {d.label!r}, fewer than the "
              f"n_images={job.n_images} asked for: that is all it holds.")
     return data_mod.seeded_subset(dataset, job.n_images, job.seed), preprocess
+
+
+def _without_download_advice(err: Exception) -> str:
+    """`` (torchvision's error message)`` without its sentences that advise ``download=True``,
+    the others whole (a dot in a path ends none: ``The file /data/places.v2/val.txt does not
+    exist``), without the last full stop; empty where none is left."""
+    sentences = re.split(r"(?<=[.!?])\s+", str(err).strip())
+    kept = " ".join(s for s in sentences if "download=True" not in s).rstrip(".")
+    return f" ({kept})" if kept else ""
 
 
 def _loader_workers(job: Job, images) -> int:
@@ -724,6 +734,8 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         for job in todo:  # the records' fingerprints: of the images before they are read
             if job.dataset.kind == "folder":
                 folders.fingerprint(job.resolve(job.dataset.path))
+            elif job.dataset.kind == "torchvision":
+                folders.torchvision(job.dataset.name, job.resolve(job.dataset.root))
         failed_now: Dict[str, str] = {}
         warned: set = set()
         say = echo if progress else (lambda _line: None)
@@ -887,11 +899,12 @@ def _previous_records(store: ResultStore, jobs: List[Job]) -> Dict[str, Optional
     """What the driver keeps of each job's record (``None``: none): its ``status``,
     ``total_attempts`` and ``job.dataset`` (for :func:`_moved`), not its tables: a finished
     job's record holds them all (a sweep of thousands of ImageNet jobs held gigabytes). Only
-    the records that can matter are read whole: failed ones, and finished ones of a folder."""
+    the records that can matter are read whole: failed ones, and finished ones of a folder or
+    a torchvision root."""
     out: Dict[str, Optional[dict]] = {}
     for job in jobs:
         status = store.status_of(job.id)
-        if status == "ok" and job.dataset.kind != "folder":
+        if status == "ok" and job.data_path is None:  # no folder, no torchvision root
             out[job.id] = {"status": status}  # skipped: its other fields are never used
             continue
         rec = store.get(job.id) if status is not None else None
@@ -920,10 +933,17 @@ def _shard_payload(job: Job, result: Tuple[Any, Dict[str, Any]], folders: Folder
 def _shard_times(job: Job, shard: int, folders: Folders) -> Optional[Dict[str, str]]:
     """``{"path": the folder's real path, "sha256": of the modification times of the images
     shard ``shard`` of ``job`` reads}``, as the driver's listing of this run has them (``None``:
-    no folder's, or one the driver cannot list). Not in the worker's :func:`shard_fingerprint`:
-    a worker's copy of the folder (on another node) has times of its own."""
+    no folder's, or one the driver cannot list); of a torchvision data set, its root's and
+    :func:`~.spec.torchvision_fingerprint`'s ``files_stamp`` (which of its files a shard reads
+    is the data set's own code's). Not in the worker's :func:`shard_fingerprint`: a worker's
+    copy of the folder (on another node) has times of its own."""
     from equifast.data import seeded_subset
 
+    if job.dataset.kind == "torchvision":
+        root = job.resolve(job.dataset.root)
+        found = folders.torchvision(job.dataset.name, root)
+        return None if found is None else {"path": os.path.realpath(root),
+                                           "sha256": found["files_stamp"]}
     if job.dataset.kind != "folder":
         return None
     path = job.resolve(job.dataset.path)
@@ -1084,8 +1104,9 @@ def _todo(records: Dict[str, Optional[dict]], jobs: List[Job], retry_failed: boo
 
 def _moved(records: Dict[str, Optional[dict]], jobs: List[Job],
            folders: Optional[Folders] = None) -> Dict[str, str]:
-    """``{job id: why}`` of the finished jobs of a folder whose images are not those their
-    record measured, said in one warning per dataset and reason (``why``):
+    """``{job id: why}`` of the finished jobs of a folder (or a torchvision data set's root:
+    :func:`~.spec.torchvision_fingerprint`) whose images are not those their record measured,
+    said in one warning per dataset and reason (``why``):
 
     - ``"changed"``: the same folder, but its images' names, sizes or modification times
       differ (:func:`~.spec.folder_fingerprint`'s ``files_stamp``): an image added, removed,
@@ -1101,39 +1122,47 @@ def _moved(records: Dict[str, Optional[dict]], jobs: List[Job],
     A folder the driver cannot list (workers may have data it has not) is not checked.
     ``folders``: the run's listed folders (each fingerprinted once)."""
     folders = Folders() if folders is None else folders
-    found: Dict[Tuple[str, str, Optional[str], str, bool], List[str]] = {}
+
+    def fingerprint(job, path):
+        if job.dataset.kind == "folder":
+            return folders.fingerprint(path)
+        return folders.torchvision(job.dataset.name, path)
+
+    found: Dict[Tuple[str, str, Optional[str], str, bool, str], List[str]] = {}
     for job in jobs:
         rec = records.get(job.id) or {}
-        if rec.get("status") != "ok" or job.dataset.kind != "folder":
+        if rec.get("status") != "ok" or job.data_path is None:
             continue
         then = rec.get("job", {}).get("dataset", {})
-        was, now = then.get("resolved_path"), job.resolve(job.dataset.path)
+        was, now = then.get("resolved_path"), job.resolve(job.data_path)
         if was is None or os.path.realpath(now) == os.path.realpath(was):
-            current = folders.fingerprint(now)
+            current = fingerprint(job, now)
             if current is None or then.get("files_stamp") == current["files_stamp"]:
                 continue
             why = "unstamped" if then.get("files_stamp") is None else "changed"
         else:
-            current = folders.fingerprint(now) if then.get("files_sha256") is not None else None
+            current = fingerprint(job, now) if then.get("files_sha256") is not None else None
             if current is not None and current["files_sha256"] == then["files_sha256"]:
                 continue  # a copy of the same images
             why = "moved"
-        found.setdefault((why, job.dataset.label, was, now, job.relative_folder), []).append(job.id)
-    for (why, label, was, now, relative), ids in found.items():
+        what = "images" if job.dataset.kind == "folder" else "files"
+        found.setdefault((why, job.dataset.label, was, now, job.relative_folder, what),
+                         []).append(job.id)
+    for (why, label, was, now, relative, what), ids in found.items():
         n = f"{len(ids)} finished job(s)"
         if why == "moved":
             warn(f"dataset {label!r}: {n} measured {was!r}, but the spec's "
                  f"{'relative ' * relative}path now means "
-                 f"{now!r}, which holds other images: they are measured again, replacing those "
+                 f"{now!r}, which holds other {what}: they are measured again, replacing those "
                  "records (another spec's, if they share this --out: give their data absolute "
                  "paths).")
         elif why == "changed":
-            warn(f"dataset {label!r}: {n} measured {now!r}, whose images have changed since (an "
-                 "image added, removed, replaced or edited: their names, sizes or modification "
+            warn(f"dataset {label!r}: {n} measured {now!r}, whose {what} have changed since "
+                 f"({'an image' if what == 'images' else 'a file'} added, removed, replaced or edited: their names, sizes or modification "
                  "times differ): they are measured again, replacing those records.")
         else:
             warn(f"dataset {label!r}: {n} of {now!r} have records without a stamp of its "
-                 "images' modification times (written before sweeps kept one, or where the "
+                 f"{what}' modification times (written before sweeps kept one, or where the "
                  "driver could not list the folder), so whether they changed since is unknown: "
                  "they are measured again (once), replacing those records.")
     return {jid: why for (why, *_), ids in found.items() for jid in ids}

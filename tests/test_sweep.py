@@ -297,6 +297,19 @@ def _one_problem(spec, *patterns):
     return problem
 
 
+def test_an_image_size_no_worker_could_hold_is_refused_in_the_spec(folder):
+    # 10**6 (a typo) passed the spec and failed every job with out-of-memory on the workers
+    def spec(size):
+        return _spec(folder, datasets=[{"name": "noise", "kind": "random", "image_size": size}],
+                     transforms={"rotation": "rotation:90"}, models=MODELS[:1])
+
+    gib = 3 * 10**12 * 4 / 2**30  # one 3 x 10^6 x 10^6 float32 image, by hand: 11,175.9 GiB
+    _one_problem(spec(10**6), r"^datasets\[0\]\.image_size: Expected at most 4096 pixels a side, "
+                              rf"but got 1000000: one image of it is {gib:,.1f} GiB of float32")
+    _one_problem(spec(4097), r"at most 4096 pixels a side, but got 4097: one image of it is 0\.2 GiB")
+    assert load_spec(spec(4096)).datasets[0].image_size == 4096  # the bound itself is taken
+
+
 def test_a_model_of_a_fixed_input_size_gets_no_other_size(folder):
     noise = {"name": "noise", "kind": "random", "image_size": 64}
 
@@ -516,6 +529,24 @@ def test_a_torchvision_root_without_the_data_says_to_put_it_there_not_to_downloa
     message = str(err.value)
     assert "download=True" not in message and str(tmp_path) in message
     assert re.search(r"torchvision.datasets.MNIST\{'train': False\} under .*never download", message)
+
+
+def test_a_torchvision_error_naming_a_path_with_dots_is_kept_whole(folder, tmp_path):
+    # its first '.' ended the message: "The file /tmp/places" of /tmp/places.v2/...
+    from equifast.distributed.sweep import job_inputs
+
+    root = tmp_path / "places.v2"
+    root.mkdir()
+    dataset = {"name": "places", "torchvision": "Places365", "root": str(root),
+               "args": {"split": "val", "small": True}, "image_size": 32}
+    (job,) = load_spec(_spec(folder, models=MODELS[:1], datasets=[dataset],
+                             transforms={"rotation": "rotation:90"})).jobs()
+    with pytest.raises(FileNotFoundError) as err:
+        job_inputs(job)
+    message = str(err.value)
+    missing = os.path.join(str(root), "categories_places365.txt")
+    assert f"(The file {missing} does not exist or is corrupted); sweeps never" in message
+    assert "download=True" not in message and "never download" in message
 
 
 def test_a_grayscale_torchvision_dataset_is_measured_in_rgb(folder, mnist):
@@ -939,6 +970,19 @@ def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, ca
     assert sweep_main(["report", "--out", str(out), "--figures", str(mine)]) == 2
     assert "holds other files: ['notes.txt']" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_a_bad_min_models_from_the_command_line_names_the_flag(folder, tmp_path, capsys):
+    # it named sweep_figures' argument `min_models`, which the shell's user never wrote
+    out = tmp_path / "sweep"
+    spec = load_spec(_spec(folder))
+    _finished_records(spec, out)
+    run_sweep(spec, out=out, progress=False)
+    assert sweep_main(["report", "--out", str(out), "--accuracy", "known", "--min-models", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: Expected --min-models to be an integer >= 2" in err and "but got 1." in err
+    assert "`min_models`" not in err
+    assert not (out / "figures").exists()  # refused before anything is written
 
 
 def test_report_never_removes_a_users_figure_named_like_one(folder, tmp_path):

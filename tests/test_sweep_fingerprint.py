@@ -155,6 +155,67 @@ def test_a_changed_val_solution_csv_is_another_job_and_other_data(tmp_path):
     assert set(none).isdisjoint(ids)
 
 
+def test_a_changed_devkit_ground_truth_inside_the_val_folder_is_another_job(tmp_path):
+    # the devkit's folder inside a flat val/ was taken for a class folder: no labels source in
+    # the id, so a changed ground truth reused the records of the old one
+    from test_data_layouts import _devkit
+
+    val = tmp_path / "val"
+    for i in range(1, 5):
+        _write(val / f"ILSVRC2012_val_{i:08d}.JPEG", 5)
+    devkit = val / "ILSVRC2012_devkit_t12"
+    _devkit(devkit, [N02, N01, N03], [1, 3, 2, 1])
+    truth = devkit / "data" / "ILSVRC2012_validation_ground_truth.txt"
+    files = ImageFiles(val)  # sorted synsets n01 0, n02 1, n03 2: by hand
+    assert files.classes == [N01, N02, N03] and files.labels == [1, 2, 0, 1]
+    source = load_spec(_spec(val)).jobs()[0].content()["labels_source"]
+    assert source == {"labels_sha256": hashlib.sha256(
+        (json.dumps([N01, N02, N03]) + "\n1,2,0,1").encode()).hexdigest()}
+    ids = _ids(_spec(val))
+    truth.write_text("1\n3\n2\n2\n")  # image 4: n01 (devkit id 2), was n02
+    assert ImageFiles(val).labels == [1, 2, 0, 0]
+    assert set(_ids(_spec(val))).isdisjoint(ids)
+    # so for a csv beside the images and the folders ImageFiles skips (a macOS zip's, a NAS's)
+    kaggle = _val_folder(tmp_path / "k" / "CLS-LOC" / "val", [N01, N02, N01, N03])
+    for skipped in ("__MACOSX", "@eaDir", ".git"):
+        _write(kaggle / skipped / "ILSVRC2012_val_00000001.JPEG", 5)
+    assert ImageFiles(kaggle).labels == [0, 1, 0, 2]
+    csv = tmp_path / "k" / "LOC_val_solution.csv"
+    ids = _ids(_spec(kaggle))
+    csv.write_text(csv.read_text().replace(f"00000004,{N03}", f"00000004,{N02}"))
+    assert set(_ids(_spec(kaggle))).isdisjoint(ids)
+
+
+def test_a_class_folder_layout_with_skipped_folders_keeps_its_labels_source(tmp_path):
+    # numbered class folders beside a macOS zip's __MACOSX are still numbered classes (ImageFiles
+    # skips it); an image of the folder's own beside them lists it, with the same answer
+    v2 = tmp_path / "v2"
+    for c in range(3):
+        _write(v2 / str(c) / "a.jpeg", 3)
+    _write(v2 / "__MACOSX" / "0" / "._a.jpeg", 3)
+    assert ImageFiles(v2).classes == ["0", "1", "2"]
+    assert load_spec(_spec(v2)).jobs()[0].content()["labels_source"] == {"numbered_classes": 1}
+    _write(v2 / "stray.png", 3)
+    assert ImageFiles(v2).labels == [0, 1, 2, -1]
+    assert load_spec(_spec(v2)).jobs()[0].content()["labels_source"] == {"numbered_classes": 1}
+
+
+def test_a_file_name_of_bytes_that_are_no_utf8_is_fingerprinted(tmp_path):
+    # Linux names are bytes: Python gives surrogate escapes, which str.encode() refused
+    root = tmp_path / "data"
+    root.mkdir()
+    try:
+        (root / os.fsdecode(b"\xff.png")).write_bytes(b"xyz")
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("the file system refuses a name that is no UTF-8")
+    _write(root / "b.png", 2)
+    # by hand: each name's bytes as the file system has them, a NUL, its size, a newline
+    expected = hashlib.sha256(b"b.png\x002\n\xff.png\x003\n").hexdigest()
+    assert folder_files_sha256(str(root)) == expected
+    files = ImageFiles(root)
+    assert shard_fingerprint(_shard(files, 0, 1)) is not None
+
+
 def test_a_csv_labelled_shard_keeps_its_fingerprint_when_another_shards_label_changes(tmp_path):
     val = _val_folder(tmp_path / "a" / "val", [N01, N02, N01, N03])
     before = [shard_fingerprint(_shard(ImageFiles(val), i, 2)) for i in range(2)]
@@ -287,3 +348,74 @@ def test_images_changed_in_the_same_folder_measure_a_finished_job_again(tmp_path
         records[job.id] = {"status": "ok", "job": rec}
     with pytest.warns(UserWarning, match=r"2 finished job\(s\) of .* have records without a stamp"):
         assert _moved(records, jobs) == dict.fromkeys(ids, "unstamped")
+
+
+def _mnist_root(root: Path) -> Path:
+    """A torchvision MNIST root of 4 blank digits a split: the files MNIST reads."""
+    import struct
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, 4, 28, 28)
+                                                          + bytes(4 * 784))
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 4) + bytes(range(4)))
+    return root
+
+
+def test_a_torchvision_datasets_files_changed_measure_a_finished_job_again(tmp_path, capsys):
+    # a torchvision root had no fingerprint: a replaced file reused the stale records
+    import torchvision
+    import yaml
+
+    from equifast.distributed.sweep import _moved
+
+    root = _mnist_root(tmp_path / "proj" / "data")
+    images = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    assert len(torchvision.datasets.MNIST(str(root), train=False)) == 4
+    spec = {"models": [{"name": "resnet18", "weights": "none", "num_classes": 10}],
+            "datasets": [{"name": "digits", "torchvision": "MNIST", "root": "data",
+                          "args": {"train": False}, "image_size": 32}],
+            "transforms": {"rotation": "rotation:90"}, "n_images": 4, "batch_size": 2}
+    spec_file = tmp_path / "proj" / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    (job,) = load_spec(spec_file).jobs()
+    out = tmp_path / "out"
+    _finished(out, job)
+    assert _dry_states(spec_file, out, capsys) == {job.id: "ok"}
+    _write(root / "notes.txt", 3)  # beside the data set's folder: not its files
+    assert _dry_states(spec_file, out, capsys) == {job.id: "ok"}
+    from equifast.distributed.spec import Folders
+    from equifast.distributed.sweep import _shard_times, _times_changed
+
+    kept = _shard_times(job, 0, Folders())  # a shard kept by a run stopped now
+    assert kept is not None and not _times_changed(kept, _shard_times(job, 0, Folders()))
+    images.write_bytes(images.read_bytes()[:16] + bytes(range(256)) * 12 + bytes(784 * 4 - 3072))
+    _touch_later(images)  # the same size, other digits
+    assert _times_changed(kept, _shard_times(job, 0, Folders()))  # not merged with new shards
+    with pytest.warns(UserWarning, match=r"dataset 'digits': 1 finished job\(s\) measured .*, whose "
+                                         "files have changed since"):
+        assert _dry_states(spec_file, out, capsys) == {job.id: "changed"}
+    _finished(out, load_spec(spec_file).jobs()[0])  # measured again
+    assert _dry_states(spec_file, out, capsys) == {job.id: "ok"}
+    # a copy of the spec's folder (new times, the same names and sizes) is the same data
+    import shutil
+
+    shutil.copytree(tmp_path / "proj", tmp_path / "copy", copy_function=shutil.copy)
+    _touch_later(tmp_path / "copy" / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte")
+    assert _dry_states(tmp_path / "copy" / "spec.yaml", out, capsys) == {job.id: "ok"}
+    # a record from before records kept a stamp of a torchvision root: measured again once
+    rec = job.entry()
+    del rec["dataset"]["files_stamp"]
+    with pytest.warns(UserWarning, match=r"1 finished job\(s\) of .* have records without a stamp "
+                                         "of its files' modification times"):
+        assert _moved({job.id: {"status": "ok", "job": rec}}, [job]) == {job.id: "unstamped"}
+    # the record's hash, by hand: each file under the data set's folder, relative to the root,
+    # and its size
+    from equifast.distributed.spec import torchvision_fingerprint
+
+    names = [f"MNIST/raw/{split}-{kind}" for split in ("t10k", "train")
+             for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+    sha = hashlib.sha256("".join(f"{n}\0{(root / n).stat().st_size}\n" for n in names).encode())
+    assert rec["dataset"]["files_sha256"] == sha.hexdigest()
+    assert torchvision_fingerprint("MNIST", str(root))["files_sha256"] == sha.hexdigest()
