@@ -484,3 +484,58 @@ def test_a_study_interrupted_while_writing_its_tables_keeps_the_earlier_set_whol
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "summary.csv"), summarize(runs))
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "summary.csv"),
                                   summary.reset_index(drop=True), check_dtype=False)
+
+
+@needs_fmnist
+def test_a_study_overwrite_interrupted_between_runs_is_carried_on_by_the_next_call(tmp_path):
+    # interrupted after retraining the first run, the study rerun without --overwrite reused the
+    # other runs' old models (measured beside the new one); rerun with it, it trained the first
+    # one a second time
+    from equifast.training import run_study
+
+    kw = dict(seeds=[0], measure=False, overrides={**TINY, "epochs": 1})
+    run_study("objective-fashion", str(tmp_path), **kw)
+    results = sorted(tmp_path.glob("*/seed0/result.json"))
+    assert len(results) == 3
+
+    def stamps():
+        return {p.parent.parent.name: p.stat().st_mtime_ns for p in results}
+
+    def stop_at(n):
+        def echo(line):
+            if line.startswith(f"[objective-fashion {n}/3]"):
+                raise _Interrupted
+        return echo
+
+    def trained(before, after):
+        return {k for k in before if after[k] != before[k]}
+
+    old = stamps()
+    with pytest.raises(_Interrupted):
+        run_study("objective-fashion", str(tmp_path), overwrite=True, echo=stop_at(2), **kw)
+    first = stamps()
+    assert trained(old, first) == {"FMNIST6"}
+    with pytest.raises(_Interrupted):  # --overwrite again: the first is not trained twice
+        run_study("objective-fashion", str(tmp_path), overwrite=True, echo=stop_at(3), **kw)
+    second = stamps()
+    assert trained(first, second) == {"FMNIST6-Rot-Inv"}
+    run_study("objective-fashion", str(tmp_path), **kw)  # without: the last old run retrained
+    third = stamps()
+    assert trained(second, third) == {"FMNIST6-Rot-Eq"}
+    assert not (tmp_path / "overwrite.json").exists()
+    run_study("objective-fashion", str(tmp_path), **kw)  # all done: nothing trains
+    assert stamps() == third
+    run_study("objective-fashion", str(tmp_path), overwrite=True, **kw)  # uninterrupted: all
+    assert trained(third, stamps()) == set(third)
+    assert not (tmp_path / "overwrite.json").exists()
+
+
+@pytest.mark.parametrize("text", ["", "[]", '{"runs": "FMNIST6/seed0", "done": {}}'])
+def test_a_damaged_overwrite_plan_is_said_so(tmp_path, text):
+    from equifast.training import run_study
+    (tmp_path / "study.json").write_text('{"study": "objective-fashion"}')
+    (tmp_path / "overwrite.json").write_text(text)
+    with pytest.raises(ValueError, match=r"^Expected '.*overwrite.json' to hold the runs an "
+                                         r"interrupted --overwrite has yet to retrain .*Delete it"):
+        run_study("objective-fashion", str(tmp_path), seeds=[0], measure=False)
+    assert _names(tmp_path) == ["overwrite.json", "study.json"]

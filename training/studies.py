@@ -45,6 +45,7 @@ __all__ = ["Study", "STUDIES", "get_study", "run_study", "measure_study", "summa
            "plot_study", "PART_ORDER"]
 
 PART_ORDER = ("early", "middle", "late", "pool", "final")
+_OVERWRITE = "overwrite.json"  # see _OverwritePlan
 _SHIFT_FILES = ("shift_runs.csv", "shift_summary.csv", "shifts.png")  # of a study of translations
 
 
@@ -325,6 +326,61 @@ def plot_study(summary: pd.DataFrame, path: Optional[str] = None, title: str = "
     return plot(frames, path=path, title=title or None)
 
 
+class _OverwritePlan:
+    """What a study's ``overwrite`` has yet to retrain, kept in ``out/overwrite.json`` until it
+    is done: ``{"runs": [run folders, relative to out], "done": {run folder: recipe}}``.
+
+    An interrupted ``--overwrite`` is carried on by the next :func:`run_study`, with the flag or
+    without: without it, the runs not yet retrained were reused (the old models measured beside
+    the new ones); with it, those already retrained were trained again."""
+
+    def __init__(self, out: str, plan: Dict):
+        self.path, self.plan = Path(out, _OVERWRITE), plan
+
+    def _key(self, run: str) -> str:
+        return Path(os.path.relpath(run, self.path.parent)).as_posix()
+
+    def retrains(self, run: str, recipe) -> bool:
+        """Whether ``run`` is to be trained anew (deleting the run there) for ``recipe``."""
+        from .recipes import Recipe
+        key = self._key(run)
+        done = self.plan["done"].get(key)
+        return key in self.plan["runs"] and not (done is not None
+                                                 and Recipe.from_dict(done).same_run(recipe))
+
+    def done(self, run: str, recipe) -> None:
+        """Record ``run`` retrained with ``recipe``; the plan is deleted once all are."""
+        self.plan["done"][self._key(run)] = recipe.to_dict()
+        if all(r in self.plan["done"] for r in self.plan["runs"]):
+            self.path.unlink(missing_ok=True)
+        else:
+            write_text_atomic(self.path, json.dumps(self.plan, indent=1))
+
+
+def _overwrite_plan(out: str, run_dirs: Sequence[str], overwrite: bool) -> Optional[_OverwritePlan]:
+    """The study's :class:`_OverwritePlan`: an interrupted one's, with ``run_dirs`` added when
+    ``overwrite``; ``None`` when there is nothing to retrain."""
+    path = Path(out, _OVERWRITE)
+    plan = None
+    if path.is_file():
+        text = path.read_text()
+        try:
+            plan = json.loads(text)
+            if not (isinstance(plan["runs"], list) and isinstance(plan["done"], dict)):
+                raise TypeError("runs or done")
+        except (ValueError, TypeError, KeyError, IndexError) as err:  # edited, or cut short
+            raise ValueError(f"Expected {str(path)!r} to hold the runs an interrupted --overwrite "
+                             f"has yet to retrain ({{\"runs\": [...], \"done\": {{...}}}}), but it "
+                             f"holds {text[:80]!r}. Delete it and run the study with --overwrite "
+                             "again.") from err
+    if not overwrite:
+        return None if plan is None else _OverwritePlan(out, plan)
+    kept = _OverwritePlan(out, plan or {"runs": [], "done": {}})
+    kept.plan["runs"] = list(dict.fromkeys(kept.plan["runs"] + [kept._key(r) for r in run_dirs]))
+    write_text_atomic(path, json.dumps(kept.plan, indent=1))
+    return kept
+
+
 def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
               overrides: Optional[Dict] = None, workers: int = 1, use_gpu: bool = False,
               measure: bool = True,
@@ -349,7 +405,9 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         measure: measure and draw after training.
         n_images, device: passed to :func:`measure_study` (``n_images`` defaults to
             ``overrides["measure_images"]``, then to each run's own).
-        overwrite: retrain runs that are already finished.
+        overwrite: retrain runs that are already finished. Interrupted, the runs it has yet
+            to retrain are kept in ``out/overwrite.json``: the next call retrains them (and
+            not those done), with ``overwrite`` or without.
         echo: where progress lines go (a line per run and, in this process, per epoch),
             e.g. ``print``.
 
@@ -377,17 +435,21 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     if measure:
         resolve_device(device)
     _claim_folder(out, study.name)
+    plan = _overwrite_plan(out, [_run_dir(out, label, seed) for label, _, seed in runs], overwrite)
     say = echo or (lambda _line: None)
     for i, ((label, recipe_name, seed), recipe) in enumerate(zip(runs, recipes), 1):
         run = _run_dir(out, label, seed)
         say(f"[{study.name} {i}/{len(runs)}] {label}, seed {seed} -> {run}")
+        again = plan is not None and plan.retrains(run, recipe)
         if workers > 1 or use_gpu:
             from .ray_train import train_ray
             result = train_ray(recipe, run, num_workers=workers, use_gpu=use_gpu,
-                               overwrite=overwrite)
+                               overwrite=again)
         else:
-            result = train(recipe, run, overwrite=overwrite,
+            result = train(recipe, run, overwrite=again,
                            callback=lambda e, row: say("  " + epoch_line(e, recipe.epochs, row)))
+        if again:
+            plan.done(run, recipe)
         say(f"  test acc {result.test_acc:.4f} ({result.epochs} epochs)")
     if not measure:
         return None
