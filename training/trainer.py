@@ -528,11 +528,12 @@ def _will_train(out_dir: str, overwrite: bool) -> bool:
 
 # What ``overwrite`` deletes, in this order. result.json (the mark of a finished run) goes first,
 # so that a deletion interrupted anywhere never leaves a folder that reads as finished with some
-# of its files gone; model.pt before checkpoint.pt, so that what is left is an unfinished run
-# whose weights are its checkpoint's (a rerun resumes it, or restarts once that is gone too);
-# recipe.json last, as it makes the folder a run's (check_own_folder): without it, a leftover tb/
-# read as a user's files and the folder was refused.
-_OVERWRITTEN = (RESULT, MODEL, CHECKPOINT, METRICS, "tb", RECIPE)
+# of its files gone; model.pt and metrics.csv before checkpoint.pt, so that what is left is an
+# unfinished run whose weights and rows are its checkpoint's (a rerun resumes it and rewrites
+# them), or restarts once that is gone too, never beside another run's rows; recipe.json last,
+# as it makes the folder a run's (check_own_folder): without it, a leftover tb/ read as a
+# user's files and the folder was refused.
+_OVERWRITTEN = (RESULT, MODEL, METRICS, CHECKPOINT, "tb", RECIPE)
 
 
 def _delete_run(out: Path) -> None:
