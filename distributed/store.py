@@ -37,7 +37,7 @@ from typing import Any, Collection, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from equifast._io import (FolderLock, atomic_write, check_own_folder, process_alive,
+from equifast._io import (FolderLock, atomic_write, check_own_folder, json_safe, process_alive,
                           save_torch_atomic, write_text_atomic)
 
 __all__ = ["ResultStore", "records_frame", "STATES"]
@@ -56,31 +56,13 @@ _JOB_COLUMNS = ["job_id", "model", "arch", "weights", "dataset", "transforms", "
                 "accuracy_measured", "accuracy_known", "accuracy_source"]
 
 
-def _json_safe(value: Any) -> Any:
-    """Plain JSON values: NaN/inf become null, numpy scalars Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        try:
-            value = value.item()
-        except (ValueError, AttributeError):
-            return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
 def _frame_records(df: pd.DataFrame) -> List[Dict[str, Any]]:
     """A DataFrame as JSON-ready row dicts with full float precision."""
     df = df.copy()
     for col in df.columns:
         if isinstance(df[col].dtype, pd.CategoricalDtype):
             df[col] = df[col].astype(str)
-    return [_json_safe(row) for row in df.to_dict(orient="records")]
+    return [json_safe(row) for row in df.to_dict(orient="records")]
 
 
 #: The columns of a record's rows that are numbers, null where undefined (read as float64, NaN).
@@ -295,7 +277,7 @@ class ResultStore:
         # id and status first: status() and states() read them from the file's first lines
         record = {"id": record["id"], "status": record["status"], **record}
         return write_text_atomic(self.record_path(record["id"]),
-                                 json.dumps(_json_safe(record), indent=1, allow_nan=False))
+                                 json.dumps(json_safe(record), indent=1, allow_nan=False))
 
     def records(self, status: Optional[str] = None,
                 ids: Optional[Collection[str]] = None) -> Iterator[Dict[str, Any]]:
@@ -398,7 +380,7 @@ class ResultStore:
                             ("job_families", job_families)):
             if labels is not None:
                 saved[key] = dict(labels)
-        return write_text_atomic(self.root / "spec.json", json.dumps(_json_safe(saved), indent=1))
+        return write_text_atomic(self.root / "spec.json", json.dumps(json_safe(saved), indent=1))
 
     def read_spec(self) -> Optional[Dict[str, Any]]:
         """What :meth:`write_spec` saved, or ``None``."""
@@ -409,7 +391,7 @@ class ResultStore:
 
     def write_status(self, status: Dict[str, Any]) -> Path:
         """Replace ``status.json`` (the live counts)."""
-        return write_text_atomic(self.root / "status.json", json.dumps(_json_safe(status), indent=1))
+        return write_text_atomic(self.root / "status.json", json.dumps(json_safe(status), indent=1))
 
     def read_status(self) -> Optional[Dict[str, Any]]:
         """The live status a running (or the last) sweep wrote, or ``None``."""

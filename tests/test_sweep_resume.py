@@ -20,7 +20,7 @@ ray = pytest.importorskip("ray")
 from equifast.distributed import ResultStore, job_record, load_spec, measure_job, run_sweep  # noqa: E402
 from equifast.distributed import sweep as sweep_mod  # noqa: E402
 from equifast.distributed.cli import main as sweep_main  # noqa: E402
-from equifast.distributed.store import _json_safe  # noqa: E402
+from equifast._io import json_safe  # noqa: E402
 
 
 def _png(path: Path, seed: int) -> None:
@@ -185,7 +185,7 @@ def test_a_job_whose_every_shard_was_kept_is_merged_without_measuring(ray_sessio
     rec = store.get(job.id)
     assert rec["reused_shards"] == [0, 1] and rec["attempts"] == 0 and store.shard_files() == {}
     want = job_record(job, [kept[0], kept[1]])
-    _same_results(rec, json.loads(json.dumps(_json_safe(want))))
+    _same_results(rec, json.loads(json.dumps(json_safe(want))))
 
 
 def test_kept_shards_that_no_longer_fit_the_job_are_measured_again(tmp_path):
