@@ -541,3 +541,30 @@ def test_a_damaged_overwrite_plan_is_said_so(tmp_path, text):
                                          r"interrupted --overwrite has yet to retrain .*Delete it"):
         run_study("objective-fashion", str(tmp_path), seeds=[0], measure=False)
     assert _names(tmp_path) == ["overwrite.json", "study.json"]
+
+
+@needs_fmnist
+def test_a_study_overwrite_deletes_the_tables_of_the_runs_it_retrains(tmp_path):
+    # interrupted (or with --no-measure), an --overwrite left runs.csv, summary.csv and
+    # figure.png of the old models beside the retrained ones, read as the study's results
+    from equifast.training import run_study
+    from equifast.training.studies import summarize
+
+    kw = dict(seeds=[0], overrides={**TINY, "epochs": 1}, n_images=8)
+    tables = ["runs.csv", "summary.csv", "figure.png"]
+    run_study("objective-fashion", str(tmp_path), **kw)
+    assert all((tmp_path / n).is_file() for n in tables)
+
+    def stop_at_2(line):
+        if line.startswith("[objective-fashion 2/3]"):
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        run_study("objective-fashion", str(tmp_path), overwrite=True, echo=stop_at_2, **kw)
+    assert not any((tmp_path / n).exists() for n in tables)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    summary = run_study("objective-fashion", str(tmp_path), **kw)  # carried on, then measured
+    pd.testing.assert_frame_equal(summarize(pd.read_csv(tmp_path / "runs.csv")),
+                                  summary.reset_index(drop=True), check_dtype=False)
+    run_study("objective-fashion", str(tmp_path), **kw)  # nothing retrained: they stay
+    assert all((tmp_path / n).is_file() for n in tables)

@@ -47,6 +47,7 @@ __all__ = ["Study", "STUDIES", "get_study", "run_study", "measure_study", "summa
 PART_ORDER = ("early", "middle", "late", "pool", "final")
 _OVERWRITE = "overwrite.json"  # see _OverwritePlan
 _SHIFT_FILES = ("shift_runs.csv", "shift_summary.csv", "shifts.png")  # of a study of translations
+_TABLES = ("runs.csv", "summary.csv", "figure.png") + _SHIFT_FILES  # what a measure writes
 
 
 @dataclass(frozen=True)
@@ -405,7 +406,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         measure: measure and draw after training.
         n_images, device: passed to :func:`measure_study` (``n_images`` defaults to
             ``overrides["measure_images"]``, then to each run's own).
-        overwrite: retrain runs that are already finished. Interrupted, the runs it has yet
+        overwrite: retrain runs that are already finished (the tables and figures of their
+            earlier measure are deleted as the first one is). Interrupted, the runs it has yet
             to retrain are kept in ``out/overwrite.json``: the next call retrains them (and
             not those done), with ``overwrite`` or without.
         echo: where progress lines go (a line per run and, in this process, per epoch),
@@ -441,6 +443,10 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         run = _run_dir(out, label, seed)
         say(f"[{study.name} {i}/{len(runs)}] {label}, seed {seed} -> {run}")
         again = plan is not None and plan.retrains(run, recipe)
+        if again and any(Path(out, name).exists() for name in _TABLES):
+            # they measured the models retrained now: kept, they read as this study's results
+            # while (interrupted, or --no-measure) the runs are others
+            commit_staged(stage_folder(out), out, [], remove=_TABLES)
         if workers > 1 or use_gpu:
             from .ray_train import train_ray
             result = train_ray(recipe, run, num_workers=workers, use_gpu=use_gpu,
@@ -477,7 +483,7 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
             write_csv_atomic(stage / over_seeds, summaries[-1])
             plt.close(plot_study(summaries[-1], str(stage / figure), title))
         names = [name for t in tables for name in t[:3]]
-        commit_staged(stage, out, names, remove=[n for n in _SHIFT_FILES if n not in names])
+        commit_staged(stage, out, names, remove=_TABLES)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # gone once committed
     return summaries[0]
