@@ -61,8 +61,10 @@ __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_
 #: jobs may differ, so they are measured again (their records stay, out of the tables).
 #: 3: model splits found the blocks of more models (iterated blocks, channels-last maps by
 #: width, multi-output modules, EfficientViT's blocks and head conv, DLA at 32 px), and timm
-#: MobileNetV3's ``pool`` moved to its pooled vector.
-SPEC_VERSION = 3
+#: MobileNetV3's ``pool`` moved to its pooled vector. 4: a module of repeated units whose
+#: output is a sum with them or a layer on them is one block (Xception's, CSPNet's, DLA's,
+#: HGNetV2's and MobileViTv2's points changed).
+SPEC_VERSION = 4
 # The families a record could hold before zero-filled and nearest-rounded shifts had their own
 _FIRST_FAMILIES = {"translation", "rotation", "flip", "identity", "transform"}
 
