@@ -493,7 +493,7 @@ def test_a_study_overwrite_interrupted_between_runs_is_carried_on_by_the_next_ca
     # interrupted after retraining the first run, the study rerun without --overwrite reused the
     # other runs' old models (measured beside the new one); rerun with it, it trained the first
     # one a second time
-    from equifast.training import run_study
+    from equifast.training import measure_study, run_study
 
     kw = dict(seeds=[0], measure=False, overrides={**TINY, "epochs": 1})
     run_study("objective-fashion", str(tmp_path), **kw)
@@ -517,6 +517,9 @@ def test_a_study_overwrite_interrupted_between_runs_is_carried_on_by_the_next_ca
         run_study("objective-fashion", str(tmp_path), overwrite=True, echo=stop_at(2), **kw)
     first = stamps()
     assert trained(old, first) == {"FMNIST6"}
+    with pytest.raises(ValueError, match=r"interrupted --overwrite has yet to retrain "
+                                         r"'.*FMNIST6-Rot-Inv/seed0'"):
+        measure_study("objective-fashion", str(tmp_path), seeds=[0], n_images=8)
     with pytest.raises(_Interrupted):  # --overwrite again: the first is not trained twice
         run_study("objective-fashion", str(tmp_path), overwrite=True, echo=stop_at(3), **kw)
     second = stamps()

@@ -157,7 +157,8 @@ def _check_run_recipes(study: Study, out: str, runs: Sequence[Tuple[str, str, in
     """The stored recipes of ``runs`` (``(label, recipe name, seed)``), each checked to be
     finished and to be the recipe :func:`run_study` trains for it: ``get_recipe(recipe name,
     **overrides, seed=seed)``, compared as a resumed run is (:meth:`Recipe.differences`).
-    Without ``overrides``, those of :data:`_STUDY_WIDE` are the values the runs share."""
+    Without ``overrides``, those of :data:`_STUDY_WIDE` are the values the runs share. A run
+    an interrupted ``overwrite`` has yet to retrain (:class:`_OverwritePlan`) is refused."""
     from .trainer import RECIPE, RESULT, read_run_recipe
     stored = []
     for label, _, seed in runs:
@@ -166,6 +167,13 @@ def _check_run_recipes(study: Study, out: str, runs: Sequence[Tuple[str, str, in
             raise FileNotFoundError(f"Expected a finished run in {run!r}, but it has no "
                                     f"{RESULT}. Train it with `equifast study {study.name}`.")
         stored.append(read_run_recipe(Path(run, RECIPE)))
+    plan = _overwrite_plan(out, [], overwrite=False)
+    for (label, _, seed), recipe in zip(runs, stored):
+        run = _run_dir(out, label, seed)
+        if plan is not None and plan.retrains(run, recipe):  # an old model beside new ones
+            raise ValueError(f"Expected the runs of {out!r} to be trained, but an interrupted "
+                             f"--overwrite has yet to retrain {run!r} ({_OVERWRITE}): finish it "
+                             f"with `equifast study {study.name}` first.")
     if overrides is None:
         overrides = {}
         for field in _STUDY_WIDE:
