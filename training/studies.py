@@ -360,6 +360,10 @@ class _OverwritePlan:
     def done(self, run: str, recipe) -> None:
         """Record ``run`` retrained with ``recipe``; the plan is deleted once all are."""
         self.plan["done"][self._key(run)] = recipe.to_dict()
+        self.save()
+
+    def save(self) -> None:
+        """Write the plan, or delete it when every run is done."""
         if all(r in self.plan["done"] for r in self.plan["runs"]):
             self.path.unlink(missing_ok=True)
         else:
@@ -386,7 +390,7 @@ def _overwrite_plan(out: str, run_dirs: Sequence[str], overwrite: bool) -> Optio
         return None if plan is None else _OverwritePlan(out, plan)
     kept = _OverwritePlan(out, plan or {"runs": [], "done": {}})
     kept.plan["runs"] = list(dict.fromkeys(kept.plan["runs"] + [kept._key(r) for r in run_dirs]))
-    write_text_atomic(path, json.dumps(kept.plan, indent=1))
+    kept.save()
     return kept
 
 
@@ -465,6 +469,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         if again:
             plan.done(run, recipe)
         say(f"  test acc {result.test_acc:.4f} ({result.epochs} epochs)")
+    if plan is not None:
+        plan.save()  # done, when its runs were all retrained before (an --overwrite repeated)
     if not measure:
         return None
     say(f"[{study.name}] measuring {len(runs)} runs")
