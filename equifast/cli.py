@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -176,13 +177,46 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
             print(f"\nParts ({metric}; images: {report.meta['n_images']}):")
             print(report.summary(metric).to_string())
         if report.accuracy is not None:
-            print(f"\ntop-1 accuracy: {report.accuracy:.4f}")
+            # over the labelled images only: 0.5 may be 1 of 2 among many measured
+            labelled = report.meta.get("accuracy_images")
+            over = "" if not labelled else (
+                f" ({round(report.accuracy * labelled)} of {labelled} labelled "
+                f"image{'s' if labelled > 1 else ''}; {report.meta['n_images']} measured)")
+            print(f"\ntop-1 accuracy: {report.accuracy:.4f}{over}")
         if bias is not None:
             print("\nMetric bias (correlation of each score with the mean activation and the mean magnitude, "
                   "across the points before global pooling):")
             print(bias["correlation"].to_string(index=False))
     print("\nwrote " + ", ".join(str(f) for f in files))
     return 0
+
+
+# The errors of measure's modules name its Python arguments: the command line names its flags.
+_MEASURE_FLAGS = {"images": "--data", "weights": "--weights", "num_classes": "--num-classes",
+                  "n_images": "--n-images", "batch_size": "--batch-size", "transforms": "--transforms",
+                  "metric": "--metric", "vector_mode": "--vector-mode", "device": "--device",
+                  "amp": "--amp", "num_workers": "--loader-workers"}
+_AS_FLAGS = (
+    # both already ("weights=None (--weights none)", "`num_classes` (--num-classes) 5"): the flag
+    (re.compile(r"(?:`\w+`|\b\w+=[^\s(),]+) \((--[\w-]+(?: [\w.-]+)?)(?: on the command line)?\)"),
+     r"\1"),
+    # "(weights='path/to/ckpt.pt', CLI --weights PATH)"
+    (re.compile(r"\(\w+='[^']*', (?:CLI )?(--[^()]+)\)"), r"(\1)"),
+    (re.compile(r"`(" + "|".join(_MEASURE_FLAGS) + r")`"), lambda m: _MEASURE_FLAGS[m.group(1)]),
+    (re.compile(r"mode='circular'"), "circular shifts (no :zero in --transforms)"),
+    (re.compile(r"rounding='down'"), "shifts rounded down (no :nearest in --transforms)"),
+    (re.compile(r"name other points \(points=\[\.\.\.\]\)"),
+     "name other points in Python (equifast.measure(..., points=[...]); the command line "
+     "measures every point)"),
+)
+
+
+def _in_flags(message: str) -> str:
+    """An error of ``equifast.measure`` (``message``) with its Python arguments named as the
+    flags of ``equifast measure``."""
+    for pattern, replacement in _AS_FLAGS:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 # what `equifast measure` may write into --out; the marker says a folder is one of its outputs
@@ -328,7 +362,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return closed_pipe()
     except (ValueError, OSError, ModuleNotFoundError) as err:  # bad input, missing files,
         # weights not downloadable, an optional dependency not installed (ray for --workers)
-        print(f"equifast: error: {err}", file=sys.stderr)
+        print(f"equifast: error: {_in_flags(str(err)) if args.func is _run_measure else err}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # what was finished is kept (runs, sweep records): say only that
         print("equifast: interrupted", file=sys.stderr)

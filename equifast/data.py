@@ -740,6 +740,12 @@ def default_num_workers(cpus: Optional[int] = None) -> int:
     return min(8, max(0, int(usable_cpus() if cpus is None else cpus) - 1))
 
 
+def check_batch_size(batch_size) -> None:
+    """Raise ValueError unless ``batch_size`` (images per forward pass) is an integer >= 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be an integer >= 1, but got {batch_size!r}.")
+
+
 def check_num_workers(num_workers) -> None:
     """Raise ValueError unless ``num_workers`` (DataLoader worker processes) is an int >= 0."""
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -786,8 +792,7 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
         num_workers: processes that read and preprocess a dataset's or folder's images
             (``DataLoader`` workers; 0: in this process). The batches are the same either way.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be an integer >= 1, but got {batch_size!r}.")
+    check_batch_size(batch_size)
     check_num_workers(num_workers)
     _check_n_images(n_images)
     if isinstance(images, (str, os.PathLike)):

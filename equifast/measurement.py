@@ -33,7 +33,7 @@ from . import data as data_mod
 from .aggregate import ActivationState, ScoreState, VectorState
 from .devices import resolve_device
 from .functional import backend as backend_name
-from .functional import _index_map, equivariance_scores, finite_marker, raise_unless_finite
+from .functional import _BACKENDS, _index_map, equivariance_scores, finite_marker, raise_unless_finite
 from ._hints import did_you_mean
 from .reference import METRICS, TOLERANCE, check_options, is_vector
 from .report import Report
@@ -117,7 +117,9 @@ class MeasureState:
         meta = dict(meta or {})
         meta.update(n_images=self.n_images, metrics=self.metrics, vector_mode=self.vector_mode,
                     transforms=[t.name for t in self.transforms],
-                    accuracy=self.correct / self.labelled if self.labelled else None)
+                    accuracy=self.correct / self.labelled if self.labelled else None,
+                    # 0.5 may be 1 of 2 labelled images among many measured
+                    accuracy_images=self.labelled or None)
         return Report.from_rows(rows, meta)
 
 
@@ -131,6 +133,25 @@ def metric_list(metric: Union[str, Sequence[str]], name: str = "`metric`") -> Li
     if not metrics or len(set(metrics)) != len(metrics):
         raise ValueError(f"Expected {name} to be one or more distinct metrics, but got {metrics}.")
     return metrics
+
+
+def checked_settings(transforms, amp: Optional[str], batch_size: int, device,
+                     backend: str) -> Tuple[List[Transform], torch.device]:
+    """``transforms`` as a list and ``device`` resolved, or the error of a setting a measurement
+    cannot run with: :func:`measure` checks them before its model loads (a large timm model takes
+    minutes), :class:`Measurer` for its own callers."""
+    transforms = list(transforms)
+    if not transforms or not all(isinstance(t, Transform) for t in transforms):
+        raise TypeError(f"Expected `transforms` to be a non-empty list of equifast transforms "
+                        f"(or, for measure, specs like 'translation:1-8,rotation'), but got "
+                        f"{transforms!r}.")
+    check_distinct(transforms)
+    if amp not in (None, "float16", "bfloat16"):
+        raise ValueError(f"Expected `amp` to be None, 'float16' or 'bfloat16', but got {amp!r}.")
+    data_mod.check_batch_size(batch_size)
+    if backend not in _BACKENDS:
+        raise ValueError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend!r}.")
+    return transforms, resolve_device(device)
 
 
 @contextlib.contextmanager
@@ -174,15 +195,7 @@ class Measurer:
                  tensor_cores: bool = True):
         metrics = metric_list(metric)
         check_options(metrics[0], vector_mode, eps)
-        if amp not in (None, "float16", "bfloat16"):
-            raise ValueError(f"Expected `amp` to be None, 'float16' or 'bfloat16', but got {amp!r}.")
-        transforms = list(transforms)
-        if not transforms or not all(isinstance(t, Transform) for t in transforms):
-            raise TypeError(f"Expected `transforms` to be a non-empty list of equifast transforms "
-                            f"(or, for measure, specs like 'translation:1-8,rotation'), but got "
-                            f"{transforms!r}.")
-        check_distinct(transforms)
-        self.device = resolve_device(device)
+        transforms, self.device = checked_settings(transforms, amp, batch_size, device, backend)
         self.model = model.eval().to(self.device)
         # Convolutions run faster channels-last on CPUs and tensor cores; the operator reads any strides.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -397,7 +410,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             subset drawn with ``seed`` and kept in their order (the same seed, the same images).
         labels: class indices for a tensor input (``[N]``; -1 marks an image without a label;
             with another input a ``ValueError``): top-1 accuracy over the labelled images goes
-            into ``report.meta``.
+            into ``report.meta`` (``accuracy``, and ``accuracy_images``: how many labelled images).
         points: names of representations to use instead of :func:`equifast.split`'s.
         vector_mode: ``"per_image"`` or ``"across_images"`` for vectors (pool, logits); the
             latter needs two images or more (one is refused before measuring, but for
@@ -429,7 +442,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     Returns:
         :class:`~equifast.report.Report` with ``points`` (one row per point, transform and
         metric) and ``parts`` (one row per part and transform family) DataFrames; its ``meta``
-        says how it was measured, and how fast: ``seconds`` (the forward passes and scores of
+        says how it was measured (a folder of images, a run folder or a checkpoint as an
+        absolute path), and how fast: ``seconds`` (the forward passes and scores of
         every batch, and the reading of the images after the first; the model's loading and
         split left out) and ``images_per_second``.
 
@@ -449,6 +463,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                                          and all(isinstance(t, str) for t in transforms)):
         transforms = parse_transforms(transforms)  # "rotation" was read letter by letter
     check_options(metric_list(metric)[0], vector_mode, eps)  # before the model and the data load
+    transforms = checked_settings(diagonal_shifts(1, 32) + rotations() if transforms is None
+                                  else transforms, amp, batch_size, device, backend)[0]
     # the module a wrapper runs (DataParallel, torch.compile) for what is read off the model;
     # TorchScript is refused before the data load
     inner = unwrapped(model)[0] if isinstance(model, nn.Module) else None
@@ -464,10 +480,16 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         torch.default_generator.manual_seed(seed)  # CPU only: the caller's CUDA stream is theirs
         meta = {"seed": seed, "backend": backend_name() if backend == "auto" else backend}
         if isinstance(model, str):
-            meta.update(model=model, weights=None if weights is None else str(weights))  # JSON null
+            from .models import checkpoint_path
+
             run = model if os.path.isfile(os.path.join(model, "recipe.json")) else None
+            # paths absolute: the report says what was measured wherever it is read
+            meta.update(model=model if run is None else _absolute(model),
+                        weights=None if weights is None else str(weights))  # JSON null
             if num_classes is not None:
                 meta["num_classes"] = num_classes
+            if weights is not None and checkpoint_path(model, weights):  # a checkpoint file
+                meta["weights"] = _absolute(weights)
             model, model_preprocess = load_model(model, weights=weights, num_classes=num_classes)
             inner = model
             preprocess = preprocess or model_preprocess
@@ -491,7 +513,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
 
             preprocess = module_preprocess(inner)
         if isinstance(images, (str, os.PathLike)):
-            meta["images"] = os.fspath(images)  # what was measured, read back from the report
+            meta["images"] = _absolute(images)  # what was measured, read back from the report
             images = data_mod.ImageFiles(images)
         folder = data_mod.image_folder(images)
         if images is None:
@@ -499,7 +521,6 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             images = data_mod.EmbeddedPhotos(n_images or 256, size=data_mod.input_size(preprocess),
                                              seed=seed, preprocess=preprocess)
             meta["images"] = "embedded scikit-image photos"
-        transforms = list(transforms) if transforms is not None else diagonal_shifts(1, 32) + rotations()
         stream = data_mod.batches(images, labels, batch_size, n_images, preprocess, seed,
                                   num_workers=num_workers)
         first = next(stream, None)
@@ -590,7 +611,64 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         # every batch waited for the device at its end: the clock holds the GPU's work too
         seconds = time.perf_counter() - started
         report.meta.update(seconds=seconds, images_per_second=measurer.state.n_images / seconds)
+        _warn_undefined(report, measurer)
         return report
+
+
+def _warn_undefined(report: Report, measurer: "Measurer") -> None:
+    """One warning naming the points whose every entry is undefined under a transform (their
+    score and maybe their part's is NaN), and why: a silent NaN told nothing. Entries left
+    undefined by a single logit or a single compared position are warned of where scored."""
+    dead = report.points[report.points["channel"].isna()]
+    if dead.empty:
+        return
+    st = measurer.state
+    shapes = {p.name: p.shape for p in st.points}
+    by_name = {t.name: t for t in st.transforms}
+    named: Dict[str, Dict[str, list]] = {}  # point -> {"metrics": [...], "transforms": [...]}
+    for point, tname, m in dead[["point", "transform", "metric"]].itertuples(index=False):
+        shape = shapes[point]
+        vector = len(shape) == 1 or shape[1] * shape[2] == 1
+        if m == "correlation" and (
+                (vector and st.vector_mode == "per_image" and shape[0] == 1) or (not vector and _index_map(
+                    by_name[tname], (shape[1], shape[2]), measurer.input_size,
+                    measurer.device)[0].numel() == 1)):
+            continue
+        entry = named.setdefault(point, {"metrics": [], "transforms": []})
+        for key, value in (("metrics", m), ("transforms", tname)):
+            if value not in entry[key]:
+                entry[key].append(value)
+    if not named:
+        return
+    described = []
+    for point, entry in named.items():
+        shape = shapes[point]
+        if len(shape) == 3 and shape[1] * shape[2] > 1:
+            what = f"each channel's {shape[1]}x{shape[2]} map"
+        elif st.vector_mode == "per_image":
+            what = f"its {shape[0]} values in each image"
+        else:
+            what = f"each of its {shape[0]} values across the images"
+        under = ("every transform" if len(entry["transforms"]) == len(st.transforms)
+                 else ", ".join(entry["transforms"][:3]) + (", ..." if len(entry["transforms"]) > 3 else ""))
+        if len(st.metrics) > 1:
+            under += f"; {', '.join(entry['metrics'])}"
+        described.append(f"{point!r} ({what}; {under})")
+    metrics = {m for e in named.values() for m in e["metrics"]}
+    why = " or ".join(text for m, text in (
+        ("correlation", "constant (zero centred norm: correlation's undefined case)"),
+        ("cosine", "zero (zero norm: cosine's undefined case)")) if m in metrics)
+    parts = report.parts[report.parts["channel"].isna()]["part"].astype(str).unique().tolist()
+    warn(f"Every score at point(s) {', '.join(described[:5])}{', ...' if len(described) > 5 else ''} "
+         f"is undefined (NaN, undefined_fraction 1.0): the compared values of f(x) or f(T(x)) are "
+         f"{why} for every image, up to eps={st.eps:g}, as a zero-initialised layer gives (torchvision's ViT "
+         "classifiers with weights=None, --weights none) or dead units"
+         + (f"; so part(s) {', '.join(map(repr, parts))} have no score." if parts else "."))
+
+
+def _absolute(path) -> str:
+    """``path`` absolute and resolved where it exists (as typed where it does not)."""
+    return str(Path(path).resolve()) if os.path.exists(path) else os.fspath(path)
 
 
 def _run_images(run: str, root, n: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -600,3 +600,90 @@ def test_a_sweep_without_ray_says_which_extra_installs_it(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert err.startswith("equifast sweep: error: Running a sweep needs ray") and "equifast[distributed]" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "sweep").exists()
+
+
+def test_the_accuracy_says_over_how_many_images_and_the_report_keeps_absolute_paths(
+        tmp_path, monkeypatch, capsys):
+    # "top-1 accuracy: 0.5000" was 1 of 2 labelled images of 3 measured, and nothing said so;
+    # meta kept `--data val` as typed, which named nothing when read from another folder
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for path in ("val/n01440764/a.png", "val/n01443537/b.png", "val/stray.png"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (len(path) * 9, 90, 30)).save(path)
+    torch.manual_seed(0)
+    import torchvision
+
+    model = torchvision.models.resnet18()
+    with torch.no_grad():  # every image is class 0 (n01440764): one of the two labelled is right
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(-torch.arange(1000.0))
+    torch.save(model.state_dict(), "ckpt.pt")
+    assert main(["measure", "--model", "resnet18", "--weights", "ckpt.pt", "--data", "val",
+                 "--transforms", "rotation:90", "--out", "out", "--no-progress",
+                 "--loader-workers", "0"]) == 0
+    said = capsys.readouterr()
+    assert "\ntop-1 accuracy: 0.5000 (1 of 2 labelled images; 3 measured)\n" in said.out
+    meta = Report.load(tmp_path / "out").meta
+    assert (meta["accuracy"], meta["accuracy_images"], meta["n_images"]) == (0.5, 2, 3)
+    assert (meta["images"], meta["weights"], meta["model"]) == (
+        str(tmp_path.resolve() / "val"), str(tmp_path.resolve() / "ckpt.pt"), "resnet18")
+
+
+@pytest.mark.slow
+def test_vit_with_random_weights_says_why_its_final_part_is_nan(tmp_path, capsys):
+    # torchvision zero-initialises ViT's classifier: `final` was NaN (undefined_fraction 1.0)
+    # and nothing said why
+    assert main(["measure", "--model", "vit_b_16", "--weights", "none", "--n-images", "2",
+                 "--transforms", "rotation:90", "--out", str(tmp_path / "m"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("equifast: warning: Every score at point(s) 'final' (its 1000 values in "
+                     "each image; every transform) is undefined") == 1
+    assert "part(s) 'final' have no score" in err and "--weights none" in err
+    final = Report.load(tmp_path / "m").points.set_index("point").loc["final"]
+    assert final["undefined_fraction"] == 1.0
+
+
+def test_measures_errors_name_the_flags_not_the_python_arguments(tmp_path, capsys):
+    # "Expected `images` to be the folder of one split" for --data, "pass num_classes=N
+    # (--num-classes N)", "Expected `weights` ..." for --weights
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp_path / "imagenet" / split / "n01440764").mkdir(parents=True)
+        Image.new("RGB", (40, 40), (9, 90, 30)).save(tmp_path / "imagenet" / split / "n01440764" / "a.png")
+    for argv, said in (
+            (["--model", "resnet18", "--weights", "none", "--data", str(tmp_path / "imagenet")],
+             "Expected --data to be the folder of one split (its class folders"),
+            (["--model", "resnet18", "--weights", "none", "--num-classes", "0"],
+             "Expected --num-classes >= 1 for torchvision's 'resnet18'"),
+            (["--model", "resnet18", "--weights", str(tmp_path / "missing.pt")],
+             "Expected --weights to be a checkpoint file or a name of its torchvision weights"),
+            (["--model", "eva02_tiny_patch14_224", "--weights", "none"],
+             "pass --num-classes N for a new classifier of N classes, --num-classes 0 to measure")):
+        assert main(["measure", "--transforms", "rotation:90", "--n-images", "1", "--no-progress",
+                     "--out", str(tmp_path / "m")] + argv) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
+        assert not any(name in err for name in ("`images`", "`num_classes`", "`weights`",
+                                                 "num_classes=N", "weights=None")), err
+    # measure in Python keeps its own names
+    with pytest.raises(FileNotFoundError, match="Expected `weights` to be a checkpoint file"):
+        import equifast as ef
+
+        ef.measure("resnet18", torch.rand(1, 3, 32, 32), weights=str(tmp_path / "missing.pt"))
+
+
+def test_a_transform_the_maps_cannot_take_names_the_spec_not_python(tmp_path, capsys):
+    # measure's advice named mode='circular', rounding='down' and points=[...], which the
+    # command line has not: 223 pixels round to the whole 56x56 map of the stem
+    assert main(_TINY + ["--transforms", "translation:223-223:zero:nearest", "--n-images", "1",
+                         "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "Point 'stem' (56x56 map at a 224x224 input) cannot take translation(223,223,zero,nearest)" in err
+    assert ("use smaller shifts, shifts rounded down (no :nearest in --transforms), or circular "
+            "shifts (no :zero in --transforms). Or leave the transform out, or name other points "
+            "in Python (equifast.measure(..., points=[...]); the command line measures every "
+            "point).\n") in err
+    assert "mode=" not in err and "rounding=" not in err and "(points=" not in err

@@ -1,6 +1,7 @@
 """End to end on small real models: exact cases, batch independence, merges, errors."""
 import math
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -494,8 +495,9 @@ def test_across_images_streams_the_whole_set():
 @pytest.mark.parametrize("vector_mode", ["per_image", "across_images"])
 def test_eps_reaches_every_score(vector_mode):
     # with cosine, a vector is undefined when ||u|| <= eps ||u||: with eps = 1 every one is
-    rep = ef.measure(circular_net(), torch.rand(4, 3, 12, 12), transforms=[ef.Rotation(1)],
-                     metric="cosine", vector_mode=vector_mode, eps=1.0, batch_size=2)
+    with pytest.warns(ef.EquifastWarning, match=r"Every score at point\(s\) '0' .* up to eps=1, "):
+        rep = ef.measure(circular_net(), torch.rand(4, 3, 12, 12), transforms=[ef.Rotation(1)],
+                         metric="cosine", vector_mode=vector_mode, eps=1.0, batch_size=2)
     assert (rep.points.undefined_fraction == 1).all() and rep.points.channel.isna().all()
 
 
@@ -809,10 +811,10 @@ def test_a_flat_folder_has_no_labels_and_no_accuracy_warning(tmp_path):
     import warnings
 
     import torchvision.transforms as T
-    from PIL import Image
 
-    for i, color in enumerate(((255, 0, 0), (0, 90, 255))):
-        Image.new("RGB", (12, 12), color).save(tmp_path / f"{i}.png")
+    torch.manual_seed(0)
+    for i in range(2):  # not of one colour: constant maps would be warned of as undefined
+        T.ToPILImage()(torch.rand(3, 12, 12)).save(tmp_path / f"{i}.png")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "which classes the folders are is unknown"
         rep = ef.measure(circular_net(), str(tmp_path), transforms=[ef.Rotation(1)],
@@ -1048,3 +1050,142 @@ def test_warnings_of_measure_name_the_callers_line(tmp_path):
         ef.functional.equivariance_scores(torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4),
                                           ef.Translation(3, 3, mode="zero"))
     assert "leaves one position to compare" in ours(ws)
+
+
+def _tiny_vit(classes=5):
+    """torchvision's ViT, small: its classifier is zero-initialised (as vit_b_16 with weights=None)."""
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2,
+                                                hidden_dim=16, mlp_dim=32, num_classes=classes)
+
+
+def _undefined_warnings(ws):
+    return [str(w.message) for w in ws if issubclass(w.category, ef.EquifastWarning)
+            and str(w.message).startswith("Every score at point")]
+
+
+def test_a_wholly_undefined_point_is_warned_of_once_naming_it_and_why():
+    # vit_b_16 --weights none: a zero head gives equal logits, `final` NaN with nothing said
+    import warnings
+
+    model = _tiny_vit()
+    x = torch.rand(4, 3, 32, 32)
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        rep = ef.measure(model, x, transforms=[ef.Rotation(1), ef.Translation(8, 8)],
+                         metric=["correlation", "cosine"], batch_size=4)
+    # the logits are the head's zero bias: equal within each image (correlation) and zero (cosine)
+    with torch.no_grad():
+        assert torch.equal(model(x), torch.zeros(4, 5))
+    final = rep.points[rep.points.point == "final"]
+    assert final.channel.isna().all() and (final.undefined_fraction == 1.0).all()
+    assert (rep.points[rep.points.point != "final"].undefined_fraction == 0.0).all()
+    said = _undefined_warnings(ws)
+    assert len(said) == 1, said  # once for the run, not per batch, transform or metric
+    assert "'final' (its 5 values in each image; every transform; correlation, cosine)" in said[0]
+    assert "constant (zero centred norm" in said[0] and "zero (zero norm" in said[0]
+    assert "part(s) 'final' have no score" in said[0] and "'pool'" not in said[0]
+    # a head of any other weights: every point defined, nothing said
+    with torch.no_grad():
+        model.heads.head.weight.normal_()
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        rep = ef.measure(model, x, transforms=[ef.Rotation(1)], batch_size=4)
+    assert (rep.points.undefined_fraction == 0.0).all() and not _undefined_warnings(ws)
+
+
+def test_a_dead_map_point_names_itself_and_its_part_but_not_what_is_warned_of_already():
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()),
+                          nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),
+                          nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    with torch.no_grad():  # the last block's units are dead (ReLU of a negative constant): its
+        model[2][0].weight.zero_()  # maps are zero, and so the pooled vector
+        model[2][0].bias.fill_(-1.0)
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        rep = ef.measure(model, torch.rand(3, 3, 12, 12), transforms=[ef.Rotation(1)])
+    dead = rep.points[rep.points.undefined_fraction == 1.0]
+    assert list(dead.point) == ["2", "pool"]  # final is the head's bias: defined
+    assert list(rep.parts[rep.parts.channel.isna()].part) == ["late", "pool"]
+    said = _undefined_warnings(ws)
+    assert len(said) == 1 and "'2' (each channel's 12x12 map; every transform), 'pool' (its 4 " \
+        "values in each image; every transform)" in said[0]
+    assert "part(s) 'late', 'pool' have no score" in said[0]
+    # one compared position leaves every map undefined: said where scored, not again here
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        rep = ef.measure(circular_net(), torch.rand(2, 3, 12, 12),
+                         transforms=[ef.Translation(11, 11, mode="zero")])
+    assert rep.points[rep.points.part == "early"].channel.isna().all()
+    assert not _undefined_warnings(ws) and any("leaves one position" in str(w.message) for w in ws)
+
+
+def test_amp_batch_size_device_backend_and_transforms_are_refused_before_the_model_loads(monkeypatch):
+    # they were read after the model had loaded (minutes for a large timm model, or a download)
+    import equifast.models
+
+    loads = []
+    real = equifast.models.load_model
+
+    def recorded(*args, **kwargs):
+        loads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(equifast.models, "load_model", recorded)
+    x = torch.rand(2, 3, 32, 32)
+    for kwargs, error, match in (
+            (dict(amp="float32"), ValueError, "Expected `amp` to be None, 'float16' or 'bfloat16'"),
+            (dict(batch_size=0), ValueError, "Expected `batch_size` to be an integer >= 1, but got 0"),
+            (dict(batch_size=2.5), ValueError, "Expected `batch_size` to be an integer >= 1"),
+            (dict(device="tpu:x"), ValueError, "Expected a device like 'cpu'"),
+            (dict(device=f"cuda:{torch.cuda.device_count()}"), ValueError, "CUDA device"),
+            (dict(backend="fast"), ValueError, "Expected `backend` to be one of"),
+            (dict(transforms=[]), TypeError, "non-empty list of equifast transforms"),
+            (dict(transforms=[ef.Rotation(1), ef.Rotation(1)]), ValueError, "more than once")):
+        with pytest.raises(error, match=match):
+            ef.measure("resnet18", x, weights=None, **{"transforms": [ef.Rotation(1)], **kwargs})
+    assert loads == []
+    ef.measure("resnet18", x, weights=None, transforms=[ef.Rotation(1)], batch_size=2)
+    assert loads == ["resnet18"]  # the record sees a load where there is one
+    # a Measurer of its own, too: batch_size=0 and an unknown backend ran silently
+    for kwargs, match in ((dict(batch_size=0), "`batch_size`"), (dict(backend="fast"), "`backend`")):
+        with pytest.raises(ValueError, match=match):
+            Measurer(circular_net(), x, [ef.Rotation(1)], **kwargs)
+
+
+def test_meta_paths_are_absolute_and_the_accuracy_says_over_how_many_images(tmp_path, monkeypatch):
+    # relative paths read from another folder named nothing; an accuracy of 0.5 was 1 of 2
+    # labelled images of 3 measured, and nothing said so
+    from PIL import Image
+
+    from equifast.report import Report
+
+    monkeypatch.chdir(tmp_path)
+    for path in ("val/n01440764/a.png", "val/n01443537/b.png", "val/stray.png"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (len(path) * 9, 90, 30)).save(path)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    with torch.no_grad():  # every image is class 0 (n01440764): one of the two labelled is right
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(-torch.arange(1000.0))
+    torch.save(model.state_dict(), "ckpt.pt")
+    Path("resnet18").mkdir()  # a folder of a model's name: the name is still the model's
+    with pytest.warns(ef.EquifastWarning, match="1 image\\(s\\) lie beside the class folders"):
+        rep = ef.measure("resnet18", "val", weights="ckpt.pt", transforms=[ef.Rotation(1)])
+    assert rep.meta["images"] == str(tmp_path.resolve() / "val")
+    assert rep.meta["weights"] == str(tmp_path.resolve() / "ckpt.pt")
+    assert rep.meta["model"] == "resnet18"
+    assert (rep.accuracy, rep.meta["accuracy_images"], rep.meta["n_images"]) == (0.5, 2, 3)
+    rep.save("r.json")
+    monkeypatch.chdir(tmp_path / "val")  # read elsewhere, it still says what was measured
+    back = Report.load(tmp_path / "r.json")
+    assert Path(back.meta["images"]).is_dir() and Path(back.meta["weights"]).is_file()
+    assert back.meta["accuracy_images"] == 2
+    # no labels: no accuracy, over no images
+    rep = ef.measure(circular_net(), torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1)])
+    assert rep.accuracy is None and rep.meta["accuracy_images"] is None
