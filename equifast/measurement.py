@@ -628,7 +628,7 @@ def _warn_undefined(report: Report, measurer: "Measurer") -> None:
     named: Dict[str, Dict[str, list]] = {}  # point -> {"metrics": [...], "transforms": [...]}
     for point, tname, m in dead[["point", "transform", "metric"]].itertuples(index=False):
         shape = shapes[point]
-        vector = len(shape) == 1 or shape[1] * shape[2] == 1
+        vector = not (len(shape) == 3 and shape[1] * shape[2] > 1)  # as is_vector: 1x1 maps too
         if m == "correlation" and (
                 (vector and st.vector_mode == "per_image" and shape[0] == 1) or (not vector and _index_map(
                     by_name[tname], (shape[1], shape[2]), measurer.input_size,
