@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import socket
 import time
 import traceback
@@ -39,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from equifast._hints import import_optional
+from equifast._hints import import_optional, without_download_advice
 from equifast.data import ClassFolders
 from equifast.warning import warn
 
@@ -240,9 +239,10 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
             if "download=True" not in str(err):
                 raise
             # torchvision's advice (download=True) is one a sweep refuses: say what to do instead
+            kept = without_download_advice(str(err)).rstrip(".")
             raise FileNotFoundError(
                 f"Expected the files of torchvision.datasets.{d.name}{dict(d.args) or ''} under "
-                f"{root!r}, but torchvision found none there{_without_download_advice(err)}; "
+                f"{root!r}, but torchvision found none there{f' ({kept})' if kept else ''}; "
                 "sweeps never download: put the data under that root first.") from None
         dataset = _TorchvisionImages(dataset, d.name)
     if not d.labels:
@@ -253,15 +253,6 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
         warn(f"Measured the {len(dataset)} images of dataset {d.label!r}, fewer than the "
              f"n_images={job.n_images} asked for: that is all it holds.")
     return data_mod.seeded_subset(dataset, job.n_images, job.seed), preprocess
-
-
-def _without_download_advice(err: Exception) -> str:
-    """`` (torchvision's error message)`` without its sentences that advise ``download=True``,
-    the others whole (a dot in a path ends none: ``The file /data/places.v2/val.txt does not
-    exist``), without the last full stop; empty where none is left."""
-    sentences = re.split(r"(?<=[.!?])\s+", str(err).strip())
-    kept = " ".join(s for s in sentences if "download=True" not in s).rstrip(".")
-    return f" ({kept})" if kept else ""
 
 
 def _loader_workers(job: Job, images) -> int:

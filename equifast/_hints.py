@@ -2,6 +2,7 @@
 
 import difflib
 import importlib
+import re
 from typing import Iterable
 
 
@@ -21,3 +22,18 @@ def import_optional(module: str, extra: str, what: str):
             f"{what} needs {module.split('.')[0]}, which does not import here ({err}); install "
             f"it with `pip install \"equifast[{extra}]\"` (from a clone: pip install "
             f"--no-build-isolation -e \".[{extra}]\").", name=module) from err
+
+
+# advice to download, which the commands that read data in place (measure, sweeps) cannot take:
+# training's clause (", or pass download=True (--download)") and torchvision's sentence
+# ("Dataset not found or corrupted. You can use download=True to download it"); a dot inside a
+# path (/data/places.v2/val.txt) ends no sentence
+_DOWNLOAD_ADVICE = (re.compile(r",? or [^,.;]*?(?:download=True \(--download\)|--download)[^,.;]*"),
+                    re.compile(r"(?:^|\.\s+)[^.()]*\bdownload=True\b[^.()]*(?=[.)]|$)"))
+
+
+def without_download_advice(message: str) -> str:
+    """``message`` without its advice to download (pass ``download=True``), the rest whole."""
+    for pattern in _DOWNLOAD_ADVICE:
+        message = pattern.sub("", message)
+    return message.strip()

@@ -34,7 +34,7 @@ from .aggregate import ActivationState, ScoreState, VectorState
 from .devices import resolve_device
 from .functional import backend as backend_name
 from .functional import _BACKENDS, _index_map, equivariance_scores, finite_marker, raise_unless_finite
-from ._hints import did_you_mean
+from ._hints import did_you_mean, without_download_advice
 from .reference import METRICS, TOLERANCE, check_options, is_vector
 from .report import Report
 from .points import Point, model_dtype, modes_kept, representations, split, unwrapped
@@ -693,11 +693,8 @@ def _run_images(run: str, root, n: int, seed: int) -> Tuple[torch.Tensor, torch.
 
 
 # Training's advice on its data sets, in its options: measure takes the folder as `images`
-# (--data) and downloads nothing.
+# (--data) and downloads nothing (_hints.without_download_advice).
 _TRAIN_ADVICE = (
-    (re.compile(r",? or [^,.;]*?(?:download=True \(--download\)|--download)[^,.;]*"), ""),
-    # torchvision's own, quoted: "Dataset not found or corrupted. You can use download=True ..."
-    (re.compile(r"\.\s+[^.()]*\bdownload=True\b[^.()]*(?=[.)])"), ""),
     (re.compile(r"--data-root\b"), "--data"),
     (re.compile(r"\ba `root`"), "`images`"),
     (re.compile(r"`root`"), "`images`"),
@@ -708,6 +705,7 @@ _TRAIN_ADVICE = (
 def _as_measure_advice(message: str) -> str:
     """A data error of ``equifast.training`` (whose advice names train's ``root``,
     ``--data-root`` and ``--download``) in measure's options, whole."""
+    message = without_download_advice(message)
     for pattern, replacement in _TRAIN_ADVICE:
         message = pattern.sub(replacement, message)
     message = message.strip()

@@ -687,3 +687,29 @@ def test_a_transform_the_maps_cannot_take_names_the_spec_not_python(tmp_path, ca
             "in Python (equifast.measure(..., points=[...]); the command line measures every "
             "point).\n") in err
     assert "mode=" not in err and "rounding=" not in err and "(points=" not in err
+
+
+@pytest.mark.parametrize("message, want", [
+    # training's clause, and a dot inside a path that ends no sentence
+    ("Expected Fashion-MNIST idx files in '/d/fm.v2', but it has none, or pass download=True "
+     "(--download).", "Expected Fashion-MNIST idx files in '/d/fm.v2', but it has none."),
+    ("The file /data/places.v2/val.txt does not exist. You can set download=True to download it.",
+     "The file /data/places.v2/val.txt does not exist."),
+    # torchvision's sentence quoted inside another message
+    ("It could not be read (Dataset not found. You can use download=True to download it). Pass "
+     "it as `root`.", "It could not be read (Dataset not found). Pass it as `root`."),
+])
+def test_download_advice_is_cut_and_the_rest_kept_whole(message, want):
+    from equifast._hints import without_download_advice
+
+    assert without_download_advice(message) == want
+
+
+def test_download_advice_of_a_real_torchvision_error_is_cut(tmp_path):
+    import torchvision
+
+    from equifast._hints import without_download_advice
+
+    with pytest.raises(RuntimeError, match="download=True") as err:
+        torchvision.datasets.MNIST(str(tmp_path))
+    assert without_download_advice(str(err.value)) == str(err.value).split(".")[0]

@@ -906,7 +906,9 @@ def test_measuring_a_run_on_a_folder_without_its_data_says_to_pass_data(tmp_path
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"equifast: error: The run {run!r} is measured on the test set of its "
                           "recipe (fmnist6), which could not be read from ")
-    assert "Fashion-MNIST idx files" in err and err.endswith("(--data on the command line).")
+    # the advice in the command's terms: its flag, not measure's `images`
+    assert "Fashion-MNIST idx files" in err and err.endswith("pass that folder as --data.")
+    assert "`images`" not in err
     assert "--data-root" not in err and "--download" not in err  # train's options, not measure's
     assert not (tmp_path / "m").exists()
 
