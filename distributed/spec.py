@@ -1043,7 +1043,7 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
     if known and (weights is None or isinstance(weights, str)):
         # what load_model would refuse on every worker (a bad tag: timm.is_model takes any)
         try:
-            check_model_args(arch, weights, num_classes)
+            check_model_args(arch, weights, num_classes, check_file=False)  # beside the spec: above
         except ModelArgumentError as err:
             problems.append(f"{where}.{key if err.argument == 'name' else err.argument}: {err}")
             ok = ok and err.argument == "num_classes"

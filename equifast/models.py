@@ -109,12 +109,31 @@ def is_known_model(name: str) -> bool:
 
 
 def check_model_name(name: str) -> None:
-    """Raise the error of :func:`load_model` for a name that is neither a known model nor a
-    folder (a run of ``equifast train``), before any data is read."""
-    if not os.path.isdir(name) and not is_known_model(name):
+    """Raise the error of :func:`load_model` for a name that is neither a known model nor the
+    folder of a run of ``equifast train`` (one holding ``recipe.json``), before any data is
+    read: a folder without ``recipe.json`` (images, a run whose recipe is gone) or a file (a
+    checkpoint, which is passed as ``weights`` with its architecture as the name)."""
+    if _is_run_folder(name):
+        return
+    if os.path.isdir(name) and not is_known_model(name):
+        raise ValueError(
+            f"Expected a torchvision or timm model name or the folder of an `equifast train` run "
+            f"(it holds recipe.json, and model.pt or checkpoint.pt), but {name!r} is a folder "
+            "without recipe.json. Pass a model name, and a checkpoint of it as its weights if you "
+            "have one (weights='path/to/ckpt.pt', CLI --weights PATH).")
+    if os.path.isfile(name) and not is_known_model(name):
+        raise ValueError(
+            f"Expected a torchvision or timm model name or the folder of an `equifast train` run, "
+            f"but {name!r} is a file. Pass the architecture it was saved from as the model and the "
+            f"checkpoint as its weights (weights={name!r}, CLI --model ARCH --weights {name}).")
+    if not is_known_model(name):
         raise _unknown(name)
-    if not os.path.isdir(name):
-        _check_timm_tag(name)
+    _check_timm_tag(name)
+
+
+def _is_run_folder(name: str) -> bool:
+    """Whether ``name`` is the folder of a run of ``equifast train``: it holds ``recipe.json``."""
+    return os.path.isfile(os.path.join(name, "recipe.json"))
 
 
 class ModelArgumentError(ValueError):
@@ -139,7 +158,7 @@ def _check_timm_tag(name: str) -> None:
 
 
 def check_model_args(name: str, weights: Optional[str] = "default",
-                     num_classes: Optional[int] = None) -> None:
+                     num_classes: Optional[int] = None, *, check_file: bool = True) -> None:
     """Raise the error :func:`load_model` gives for arguments that the torchvision or timm model
     ``name`` cannot take, read from metadata (nothing is built or fetched): a pretrained tag
     timm does not know, ``"embedded"`` weights of another model, a ``num_classes`` that weights
@@ -147,12 +166,18 @@ def check_model_args(name: str, weights: Optional[str] = "default",
     ``num_classes`` for a model timm builds without a classifier. ``weights`` as
     :func:`load_model` takes it (``None``: random). The one place these rules live:
     :func:`load_model` and the sweep spec both check with it. Unknown names pass (see
-    :func:`check_model_name`); a checkpoint is not read.
+    :func:`check_model_name`); a checkpoint is not read, but with ``check_file`` it must be a
+    file that can be opened (without: a sweep spec looks for it beside the spec itself).
 
     Raises:
         ModelArgumentError: its ``argument`` says which argument is wrong.
+        OSError: ``weights`` names a checkpoint that is not there (``FileNotFoundError``), a
+            folder (``IsADirectoryError``) or a file that cannot be read (``PermissionError``).
     """
     _check_timm_tag(name)
+    path = checkpoint_path(name, weights)
+    if check_file and path is not None:
+        _check_weights_file(path, name)
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 0):
         raise ModelArgumentError(f"Expected `num_classes` to be a whole number >= 1 (or 0: a timm "
@@ -177,7 +202,7 @@ def check_model_args(name: str, weights: Optional[str] = "default",
                                  "weights: none (random) or a checkpoint.", "num_classes")
     # a model timm builds headless (num_classes=0: masked-image-modelling and DINOv2-style
     # weights) would make `final` the pooled features: refused unless asked for
-    if num_classes is None and checkpoint_path(name, weights) is None and _timm_builds_headless(name):
+    if num_classes is None and path is None and _timm_builds_headless(name):
         raise _headless(name)
 
 
@@ -369,8 +394,9 @@ def _code_in_checkpoint(path: str) -> List[str]:
     return sorted(set(found) - allowed)
 
 
-def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
-    """The state dict in a checkpoint file (bare, or under ``state_dict``/``model``)."""
+def _check_weights_file(path: str, name: str = "") -> None:
+    """Raise a clear error unless ``path`` (``weights`` naming a checkpoint of ``name``) is a
+    file this process can read."""
     if os.path.isdir(path):
         raise IsADirectoryError(f"Expected `weights` to be a checkpoint file, but {path!r} is a "
                                 "folder; pass the file in it (a .pt/.pth or .safetensors).")
@@ -380,6 +406,17 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
         raise FileNotFoundError(f"Expected `weights` to be a checkpoint file{also}, but {path!r} "
                                 f"does not exist{' and is no such name' if names else ''}"
                                 f"{did_you_mean(path, [w for w in _SPECIAL_WEIGHTS if w] + names) or '.'}")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:  # no permission: found now, not after the model is built
+        raise PermissionError(f"Expected `weights` {path!r} to be a checkpoint file this user can "
+                              f"read, but it cannot be opened ({err.strerror}).") from None
+
+
+def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
+    """The state dict in a checkpoint file (bare, or under ``state_dict``/``model``)."""
+    _check_weights_file(path, name)
     if path.endswith(".safetensors"):  # the hub's format (timm's model.safetensors)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -560,8 +597,8 @@ def load_model(name: str, weights: Optional[str] = "default",
     if not isinstance(name, str) or not name:
         raise TypeError(f"Expected `name` to be a model name, but got {name!r}.")
     weights = _weights_argument(weights)
-    if os.path.isdir(name) and (os.path.isfile(os.path.join(name, "recipe.json"))
-                                or not is_known_model(name)):
+    check_model_name(name)  # a folder without recipe.json, a checkpoint given as the name
+    if _is_run_folder(name):
         from .training import load_model as load_run  # a run folder of `equifast train`
 
         if weights != "default" or num_classes is not None:  # None too: it would not be random

@@ -464,9 +464,10 @@ def test_load_model_and_the_sweep_spec_check_model_arguments_with_one_public_fun
         again = pickle.loads(pickle.dumps(err.value))  # as a sweep worker's error travels
         assert (type(again), str(again), again.argument) == (ModelArgumentError, str(err.value), argument)
     for args in [("resnet18", "IMAGENET1K_V1", 1000), ("resnet18", None, 10), ("resnet10t", "default", 10),
-                 ("eva02_tiny_patch14_224", None, 0), ("eva02_tiny_patch14_224", "ckpt.pt"),
-                 ("efficientnet_lite0", None, 10)]:
+                 ("eva02_tiny_patch14_224", None, 0), ("efficientnet_lite0", None, 10)]:
         check_model_args(*args)
+    # the spec looks for a checkpoint beside itself, not in the working folder
+    check_model_args("eva02_tiny_patch14_224", "ckpt.pt", check_file=False)
     # load_model says the same before building (torchvision's own error was terser)
     with pytest.raises(ValueError, match=r"Expected 1000 \(the classes of the default weights of "
                                          r"'resnet18'\) or none, but got 10"):
@@ -494,3 +495,77 @@ def test_a_timm_models_classifier_is_the_layer_its_config_names():
     assert _classifier(m) == ("fc", 10)
     m = timm.create_model("resnet10t", pretrained=False, num_classes=0)  # headless: the config's name
     assert _classifier(m) == ("fc", 0)
+
+
+def _measure_cli(tmp_path, capsys, *argv):
+    """``equifast measure`` with ``argv``: (exit status, stdout, stderr)."""
+    from equifast.cli import main
+
+    status = main(["measure", "--transforms", "rotation:90", "--n-images", "1", "--no-progress",
+                   "--out", str(tmp_path / "out"), *argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_a_weights_path_that_is_no_readable_file_is_refused_before_anything_is_printed(tmp_path, capsys):
+    from equifast.models import check_model_args
+
+    missing = str(tmp_path / "no" / "such.pt")
+    with pytest.raises(FileNotFoundError, match=f"but {missing!r} does not exist and is no such name"):
+        check_model_args("resnet18", missing)
+    with pytest.raises(FileNotFoundError, match=f"checkpoint file, but {missing!r} does not exist"):
+        check_model_args("resnet10t", missing)  # timm: no torchvision names to offer
+    with pytest.raises(IsADirectoryError, match="is a folder; pass the file in it"):
+        check_model_args("resnet18", str(tmp_path))
+    # the header line was printed (and the model built) before the file was looked for
+    status, out, err = _measure_cli(tmp_path, capsys, "--model", "resnet18", "--weights", missing)
+    assert (status, out) == (2, "") and err.count("\n") == 1 and repr(missing) in err, (out, err)
+    assert not (tmp_path / "out").exists()
+    # a real checkpoint passes, and loads
+    m, _ = load_model("resnet18", weights=None, num_classes=3)
+    torch.save(m.state_dict(), tmp_path / "r18.pt")
+    check_model_args("resnet18", str(tmp_path / "r18.pt"))
+    assert load_model("resnet18", weights=str(tmp_path / "r18.pt"))[0].fc.out_features == 3
+    if os.geteuid() != 0:  # root reads any file
+        os.chmod(tmp_path / "r18.pt", 0)
+        with pytest.raises(PermissionError, match="r18.pt' to be a checkpoint file this user can read"):
+            check_model_args("resnet18", str(tmp_path / "r18.pt"))
+
+
+def test_a_folder_without_recipe_or_a_file_as_the_model_is_refused_before_anything_is_printed(
+        tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from equifast.models import check_model_name
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "a.png")
+    run = tmp_path / "run"  # a run of `equifast train` whose recipe.json is gone
+    run.mkdir()
+    m, _ = load_model("resnet18", weights=None, num_classes=3)
+    torch.save(m.state_dict(), run / "model.pt")
+    for folder in (images, run):
+        with pytest.raises(ValueError, match=f"but {str(folder)!r} is a folder without recipe.json. "
+                                             "Pass a model name, and a checkpoint"):
+            check_model_name(str(folder))
+        with pytest.raises(ValueError, match="is a folder without recipe.json"):
+            load_model(str(folder))
+        status, out, err = _measure_cli(tmp_path, capsys, "--model", str(folder))
+        assert (status, out) == (2, "") and err.count("\n") == 1, (out, err)
+        assert "(it holds recipe.json, and model.pt or checkpoint.pt)" in err and "(--weights PATH)" in err
+    # a checkpoint given as the model: its architecture is the model, it the weights
+    ckpt = str(run / "model.pt")
+    with pytest.raises(ValueError, match=f"but {ckpt!r} is a file. Pass the architecture it was "
+                                         f"saved from as the model and the checkpoint as its weights"):
+        check_model_name(ckpt)
+    with pytest.raises(ValueError, match="is a file"):
+        load_model(ckpt)
+    status, out, err = _measure_cli(tmp_path, capsys, "--model", ckpt)
+    assert (status, out) == (2, "") and f"(--model ARCH --weights {ckpt})" in err, (out, err)
+    # with its recipe, the folder is a run; a folder named like a model is that model
+    (run / "recipe.json").write_text("{}")
+    check_model_name(str(run))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "resnet18").mkdir()
+    check_model_name("resnet18")
