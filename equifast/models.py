@@ -548,12 +548,54 @@ def _without_classifier(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dic
 
 
 def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], path: str, name: str) -> None:
+    """Load ``state`` strictly: a checkpoint that fits only in part is an error naming what
+    does not fit, never a partly random model."""
+    def unfit(problems: str) -> ValueError:
+        return ValueError(f"Expected `weights` {path!r} to be a checkpoint of {name!r}, but its "
+                          f"entries do not fit that model ({problems}). Name the architecture "
+                          "the checkpoint was saved from.")
+
+    problems = _key_problems(model.state_dict(), state)
+    if problems:
+        raise unfit(problems)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"Expected `weights` {path!r} to be a checkpoint of {name!r}, but its "
-                         f"entries do not fit that model ({_first_problem(err)}). Name the "
-                         "architecture the checkpoint was saved from.") from err
+        raise unfit(_first_problem(err)) from err
+
+
+def _key_problems(own: Dict[str, torch.Tensor], state: Dict) -> str:
+    """What of checkpoint ``state`` does not fit the state dict ``own``: its missing and
+    unexpected keys and tensors of another shape, each counted with the first few named (torch
+    lists every one, so that unexpected keys came after hundreds of missing ones); ``""`` when
+    all fit."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {list(state[k].shape)} for {list(own[k].shape)}" for k in own
+              if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]
+    parts = [f"{len(keys)} {what}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+             for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                ("of another shape", shapes)) if keys]
+    prefix = _extra_prefix(missing, unexpected)
+    if prefix:
+        parts.append(f"its keys carry the prefix {prefix!r} (only wrappers' module., _orig_mod. and "
+                     "model. are stripped): save the state dict without it")
+    return "; ".join(parts)
+
+
+def _extra_prefix(missing: List[str], unexpected: List[str]) -> Optional[str]:
+    """The prefix that turns every missing key into an unexpected one (a backbone saved inside
+    another module: ``backbone.``, ``encoder.``), else ``None``."""
+    if not missing or len(unexpected) < len(missing):
+        return None
+    first = unexpected[0]
+    for key in missing:
+        if first.endswith("." + key):
+            prefix = first[: -len(key)]
+            names = set(unexpected)
+            if all(prefix + k in names for k in missing):
+                return prefix
+    return None
 
 
 def _first_problem(err: RuntimeError) -> str:

@@ -229,8 +229,33 @@ def test_bad_checkpoints_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match=r"cut\.safetensors' to be a safetensors file, but it could "):
         load_model("resnet18", weights=str(tmp_path / "cut.safetensors"))
     with pytest.raises(ValueError, match=r"checkpoint of 'resnet34', but its entries do not fit "
-                                         r"that model \(Missing key"):
+                                         r"that model \(\d+ missing: layer1\.2\.conv1\.weight"):
         load_model("resnet34", weights=str(tmp_path / "r18.pt"))
+
+
+def test_a_checkpoint_that_fits_in_part_names_its_missing_unexpected_and_reshaped_keys(tmp_path):
+    # torch's message listed every missing key first and was cut at 240 characters: the
+    # unexpected keys after them, and how many of each, went unsaid
+    m, _ = load_model("resnet18", weights=None, num_classes=3)
+    own = m.state_dict()
+    state = {k: v for k, v in own.items() if not k.startswith("layer4.")}
+    state["extra.weight"] = torch.zeros(1)
+    state["conv1.weight"] = torch.zeros(64, 1, 7, 7)  # a grey-scale stem
+    torch.save(state, tmp_path / "part.pt")
+    lost = [k for k in own if k.startswith("layer4.")]
+    with pytest.raises(ValueError) as err:
+        load_model("resnet18", weights=str(tmp_path / "part.pt"))
+    assert str(err.value) == (
+        f"Expected `weights` {str(tmp_path / 'part.pt')!r} to be a checkpoint of 'resnet18', but its "
+        f"entries do not fit that model ({len(lost)} missing: {', '.join(lost[:3])}, ...; "
+        "1 unexpected: extra.weight; 1 of another shape: conv1.weight [64, 1, 7, 7] for [64, 3, 7, 7]). "
+        "Name the architecture the checkpoint was saved from.")
+    # a backbone saved inside another module: the prefix that would make every key fit
+    torch.save({"backbone." + k: v for k, v in own.items()}, tmp_path / "bb.pt")
+    with pytest.raises(ValueError, match=f"{len(own)} missing: conv1.weight, .*; {len(own)} unexpected: "
+                                         r"backbone\.conv1\.weight, .*its keys carry the prefix "
+                                         r"'backbone\.' \(only wrappers'"):
+        load_model("resnet18", weights=str(tmp_path / "bb.pt"))
 
 
 def test_timm_model_without_pretrained_weights_says_what_to_do():
