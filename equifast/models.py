@@ -405,13 +405,29 @@ def _check_weights_file(path: str, name: str = "") -> None:
         also = f" or a name of its torchvision weights ({', '.join(names)})" if names else ""
         raise FileNotFoundError(f"Expected `weights` to be a checkpoint file{also}, but {path!r} "
                                 f"does not exist{' and is no such name' if names else ''}"
-                                f"{did_you_mean(path, [w for w in _SPECIAL_WEIGHTS if w] + names) or '.'}")
+                                f"{did_you_mean(path, [w for w in _SPECIAL_WEIGHTS if w] + names) or '.'}"
+                                f"{_timm_tag_hint(name, path)}")
     try:
         with open(path, "rb"):
             pass
     except OSError as err:  # no permission: found now, not after the model is built
         raise PermissionError(f"Expected `weights` {path!r} to be a checkpoint file this user can "
                               f"read, but it cannot be opened ({err.strerror}).") from None
+
+
+def _timm_tag_hint(name: str, weights: str) -> str:
+    """Where ``weights`` names timm hub weights of ``name`` (``a1_in1k``,
+    ``resnet50.a1_in1k``): that timm names them in the model name; else ``""``."""
+    import timm
+
+    if os.sep in weights or not name or "." in name:
+        return ""
+    tagged = weights if weights.startswith(name + ".") else f"{name}.{weights}"
+    if tagged not in timm.list_pretrained(f"{name}.*"):
+        return ""
+    # torchvision wins a name both have: the tagged name is timm's
+    return (f" timm names its hub weights in the model name: pass the model {tagged!r} with weights "
+            "'default' (CLI --model " + tagged + ").")
 
 
 def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
@@ -424,8 +440,12 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
         try:
             state = load_file(path)
         except SafetensorError as err:
+            with open(path, "rb") as f:
+                head = f.read(4)
+            named = (" It looks like a torch.save file: name it .pt." if head.startswith(b"PK\x03\x04")
+                     or head[:1] == b"\x80" else "")
             raise ValueError(f"Expected `weights` {path!r} to be a safetensors file, but it could "
-                             f"not be read ({err}).") from None
+                             f"not be read ({err}).{named}") from None
     else:
         state = _torch_saved(path)
     for key in ("state_dict", "model", "model_state_dict"):

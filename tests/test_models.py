@@ -154,6 +154,24 @@ def test_a_folder_or_a_misnamed_safetensors_file_as_weights_says_so(tmp_path):
     save_file(m.state_dict(), tmp_path / "w.pt")
     with pytest.raises(ValueError, match="It looks like a .safetensors file: name it so."):
         load_model("resnet18", weights=str(tmp_path / "w.pt"))
+    # and the other way round: the safetensors reader's "HeaderTooLarge" said nothing of it
+    torch.save(m.state_dict(), tmp_path / "t.safetensors")
+    with pytest.raises(ValueError, match=r"t\.safetensors' to be a safetensors file, but it could not "
+                                         r"be read \(.*\)\. It looks like a torch\.save file: name it \.pt\.$"):
+        load_model("resnet18", weights=str(tmp_path / "t.safetensors"))
+
+
+@pytest.mark.parametrize("weights", ["a1_in1k", "resnet50.a1_in1k"])
+def test_timm_weights_given_as_weights_say_that_timm_names_them_in_the_model_name(weights):
+    import timm
+
+    assert "resnet50.a1_in1k" in timm.list_pretrained("resnet50.*")  # torchvision's resnet50 wins the name
+    with pytest.raises(FileNotFoundError, match=r"timm names its hub weights in the model name: pass the "
+                                                r"model 'resnet50\.a1_in1k' with weights 'default'"):
+        load_model("resnet50", weights=weights)
+    with pytest.raises(FileNotFoundError, match=r"but 'IMAGENET1K_V3' does not exist and is no such "
+                                                r"name; did you mean 'IMAGENET1K_V2'\?$"):
+        load_model("resnet50", weights="IMAGENET1K_V3")  # no timm tag: no such advice
 
 
 def test_embedded_weights_only_for_lite0():
