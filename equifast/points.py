@@ -19,7 +19,11 @@ outputs. Then, from the model down:
   the model iterates without calling it (``for blk in self.blocks: x = blk(x)``) when its
   called children are chained, each reading the very tensor the previous one returned, or
   those tokens with prefix tokens put in front (BEiT, EVA-02, XCiT, FastViT, torchvision
-  MaxViT; ConViT adds its class token before block 10), and a small container that holds the
+  MaxViT; ConViT adds its class token before block 10), reshaped or permuted, or plus a
+  parameter of the model (VOLO adds its position embedding between the stages of its
+  ``network``); containers iterated together (Twins zips ``patch_embeds``, ``pos_drops``,
+  ``blocks`` and ``pos_block``) are opened together when their calls, in call order, chain so;
+  a small container that holds the
   global pooling (SqueezeNet's ``classifier``); an iterated container whose blocks ran but
   are not chained gives no point, with a warning (CaiT's class-attention blocks, HRNet's
   ``incre_modules``);
@@ -39,9 +43,14 @@ outputs. Then, from the model down:
   convolutions plus the input, also written in place, ``x += skip``) or under a layer of
   weights (CSPNet's cross stages, HGNetV2's blocks, the ``root`` of a DLA tree of one level):
   such a module is one block (PiT's stages, which return
-  their blocks' tokens less the class token on the map, are stages);
+  their blocks' tokens less the class token on the map, are stages); a module that iterates
+  a container of repeated blocks beside other blocks and returns the last one's output so
+  (GCViT's stage: a downsampling and a global-query block, then its blocks, a norm and NHWC
+  -> NCHW) is a stage too, and its other modules are transitions;
 - any other module with two or more weight layers is a **block** (residual blocks, inception
-  modules, MBConv, ConvNeXt, transformer and mixer blocks).
+  modules, MBConv, ConvNeXt, transformer and mixer blocks); a block that changes only the
+  prefix tokens (VOLO's class attention) is no point, with a warning: its patch tokens are
+  those it read, the point before it.
 
 Global pooling ends the search: the first unit or block whose output is no longer a map
 (``[N, K]``), an adaptive pooling layer, or a weightless layer that pools a map to 1x1 with
@@ -113,6 +122,13 @@ ConViT (timm)                              ``stem``, every ``blocks.i`` (10 and 
 Swin v2 CR / PVT-v2 (timm)                 ``stem``, every ``stages.i.blocks.j``                  ``head.fc`` / ``head``
 MaxViT (torchvision and timm)              the stem, one point per MaxViT block (MBConv, window   ``classifier.3`` /
                                            and grid attention together; tiny: 11)                 ``head.pre_logits.fc``
+Twins (timm)                               ``stem`` = ``patch_embeds.0``, every ``blocks.i.j``    ``head``
+                                           (tokens on each stage's grid; the patch embeddings
+                                           and position convs between are transitions)
+VOLO (timm)                                ``patch_embed``, every ``network.i.j`` (NHWC; the      ``head``
+                                           class-attention ``post_network`` is no point)
+GCViT (timm)                               ``stem``, every ``stages.i.blocks.j`` (NHWC; a stage   ``head.fc``
+                                           of one block is one point)
 NesT (timm)                                ``stem``, every ``levels.i`` (its blocks' blocked      ``head``
                                            tokens are no map)
 SqueezeNet (torchvision)                   ``stem``, every Fire module, the class map             none (no ``pool``)
@@ -456,6 +472,15 @@ def _moved(block: Optional[Tensor], stage: Optional[Tensor]) -> Optional[bool]:
     return four
 
 
+def _prefix_only(inp: Optional[Tensor], out: Optional[Tensor], prefix: int) -> bool:
+    """Whether tokens ``out`` ``[N, L, C]`` are tokens ``inp`` with only their first ``prefix``
+    (class) tokens changed: a class-attention block (VOLO's, CaiT's), whose patch tokens
+    repeat the representation it reads."""
+    return (isinstance(inp, Tensor) and isinstance(out, Tensor) and inp.dim() == 3
+            and inp.shape == out.shape and inp.shape[1] > prefix
+            and torch.equal(inp[:, prefix:], out[:, prefix:]) and not torch.equal(inp[:, :prefix], out[:, :prefix]))
+
+
 def _unprefixed(tokens: Tensor, grid: Tensor) -> bool:
     """Whether ``grid`` ``[N, C, h, w]`` is ``tokens`` ``[N, L, C]`` less their first
     ``L - h*w`` (prefix) tokens, laid out on the ``h x w`` grid."""
@@ -494,6 +519,7 @@ class _Analysis:
         self._weights = weights
         self._wcount: Dict[str, int] = {}
         self.dropped: List[str] = []  # iterated containers whose blocks items() left out
+        self.lean: set = set()  # stages of iterated blocks beside other blocks, which are transitions
 
     def weights(self, name: str) -> int:
         if name not in self._wcount:
@@ -519,6 +545,7 @@ class _Analysis:
         mod = self.calls[name].module if name in self.calls else self.model.get_submodule(name)
         pre = name + "." if name else ""
         kids: List[_Call] = []
+        loose: List[Tuple[str, List[_Call]]] = []  # iterated containers not chained on their own
         for n, child in mod.named_children():
             if pre + n in self.calls:
                 kids.append(self.calls[pre + n])
@@ -529,18 +556,47 @@ class _Analysis:
                     kids.extend(inner)
                     if dropped is not None:
                         dropped.extend(inside)
-                elif dropped is not None and any(self.weights(k.name) >= 2 for k in inner):
-                    dropped.append(pre + n)  # blocks that ran and are no points
+                else:
+                    loose.append((pre + n, inner))
+        if len(loose) >= 2:
+            # parallel containers iterated together (Twins: ``for embed, drop, blocks, pos_blk in
+            # zip(self.patch_embeds, ...)``): their calls, in call order, may make one chain
+            merged = sorted((c for n, _ in loose for c in self._iterated(n)), key=lambda c: c.start)
+            if self._chained(merged):
+                kids.extend(merged)
+                loose = []
+        for n, inner in loose:
+            if dropped is not None and any(self.weights(k.name) >= 2 for k in inner):
+                dropped.append(n)  # blocks that ran and are no points
         return sorted(kids, key=lambda c: c.start)
 
-    @staticmethod
-    def _chained(calls: List[_Call]) -> bool:
+    def _iterated(self, name: str) -> List[_Call]:
+        """The called modules inside container ``name``, through containers that were not called."""
+        out: List[_Call] = []
+        for n, child in self.model.get_submodule(name).named_children():
+            if f"{name}.{n}" in self.calls:
+                out.append(self.calls[f"{name}.{n}"])
+            elif _is_container(child):
+                out.extend(self._iterated(f"{name}.{n}"))
+        return out
+
+    def _chained(self, calls: List[_Call]) -> bool:
         if not calls or any(c.inp is None or c.out is None for c in calls):
             return False
         if len(calls) == 1:
             return calls[0].inp.shape == calls[0].out.shape
-        return all(a.end <= b.start and (b.inp is a.out or _prepended(a.out, b.inp))
-                   for a, b in zip(calls, calls[1:]))
+        return all(a.end <= b.start and self._follows(a.out, b.inp) for a, b in zip(calls, calls[1:]))
+
+    def _follows(self, a: Tensor, b: Tensor) -> bool:
+        """Whether a module reading ``b`` reads what the one before returned, ``a``: the very
+        tensor; those tokens with prefix tokens put in front (ConViT); them reshaped or permuted
+        (Twins lays its tokens out on the map before the next stage's patch embedding); or them
+        plus a parameter of the model, a position embedding (VOLO's between its stages)."""
+        if b is a or _prepended(a, b) or _moved(a, b) is False:
+            return True
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and any(
+            p.dim() == a.dim() and p.shape[0] == 1 and all(s in (1, t) for s, t in zip(p.shape, a.shape))
+            and torch.equal(a + p, b) for p in self.model.parameters())
 
     def _wrapper(self, c: _Call) -> bool:
         """Whether ``c`` wraps one weighted module that is no container (``Residual(m)``:
@@ -562,7 +618,27 @@ class _Analysis:
         """The repeated blocks that make ``call`` a stage (``[]``: it is none). ``nested``:
         ``call`` is a block of a stage, a stage itself only by blocks held as attributes (DLA's
         trees of trees), not by an ``nn.Sequential`` of its layers (torchvision's MaxViT
-        block: MBConv, window and grid attention, two of a class)."""
+        block: MBConv, window and grid attention, two of a class). A stage whose blocks are
+        all of a container it iterates goes into :attr:`lean`."""
+        blocks = self._stage_blocks(call, nested)
+        if blocks or nested or call.out is None:
+            return blocks
+        # blocks iterated beside other blocks (GCViT's stage: a downsampling block and the
+        # global-query block, then ``for blk in self.blocks: x = blk(x, global_query)``, a norm
+        # and NHWC -> NCHW): a stage when it returns their output; its other modules are transitions
+        kids = self.children(call.name)
+        for n, child in call.module.named_children():
+            full = f"{call.name}.{n}"
+            if full in self.calls or not _is_container(child):
+                continue
+            inner = [k for k in kids if k.name.startswith(full + ".")]
+            blocks = self._repeats(inner, containers=False)
+            if blocks and len(blocks) == len(inner) and self._returns(call, kids, max(blocks, key=lambda c: c.end)):
+                self.lean.add(call.name)
+                return blocks
+        return []
+
+    def _stage_blocks(self, call: _Call, nested: bool) -> List[_Call]:
         kids = self.children(call.name)
         for k in kids if not nested else ():
             blocks = self._repeats(self.children(k.name)) if _is_container(k.module) else []
@@ -611,10 +687,13 @@ class _Analysis:
 
     def items(self, name: str = "", blocks: frozenset = frozenset()) -> List[Tuple[str, _Call]]:
         """``("unit" | "block", call)`` in execution order, below module ``name``. ``blocks``:
-        the names of the enclosing stage's blocks (see :meth:`stage_blocks`'s ``nested``)."""
+        the names of the enclosing stage's blocks (see :meth:`stage_blocks`'s ``nested``); the
+        other modules of a :attr:`lean` stage are units."""
         out: List[Tuple[str, _Call]] = []
         for c in self.children(name, self.dropped):
-            if _is_container(c.module) and self.weights(c.name) <= 1 and any(
+            if name in self.lean and c.name not in blocks:
+                out.append(("unit", c))
+            elif _is_container(c.module) and self.weights(c.name) <= 1 and any(
                     _is_adaptive_pool(m) for m in c.module.children()):
                 out.extend(self.items(c.name))  # SqueezeNet's classifier: conv, ReLU, pool
             elif self.weights(c.name) <= 1:
@@ -715,6 +794,7 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
     seq: List[Tuple[str, List[_Call]]] = []
     repeated: List[str] = []
     unbatched: List[str] = []
+    prefix_only: List[str] = []
     for kind, c in body:
         if isinstance(c.module, nn.Identity):
             continue
@@ -732,6 +812,11 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
                 repeated.append(f"{c.name!r} ({c.calls} times)")
             continue
         if kind == "block":
+            if _prefix_only(c.inp, c.out, _num_prefix_tokens(an.model) or 1):
+                # class attention (VOLO's post_network): its patch tokens are its input's, the
+                # point before it again
+                prefix_only.append(repr(c.name))
+                continue
             seq.append(("block", [c]))
             continue
         if an.weights(c.name) >= 1:
@@ -746,6 +831,10 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
     if repeated:
         _warn(f"Modules of {type(an.model).__name__} that run more than once in one forward "
               f"pass are not points: {', '.join(repeated)}. {_REPEATED_HINT}")
+    if prefix_only:
+        _warn(f"Blocks of {type(an.model).__name__} that change only the prefix (class) tokens are "
+              f"not points: their patch tokens are those they read, the point before them: "
+              f"{', '.join(prefix_only)}.")
     if unbatched:
         _warn(f"Modules of {type(an.model).__name__} whose output does not have the {an.n} "
               f"images on its first axis are not points: {', '.join(unbatched)}.")

@@ -925,3 +925,80 @@ def test_torchscript_and_a_dtype_mismatch_are_said_so():
     with pytest.raises(ValueError, match=r"its weights are torch.float64 and the input "
                                          r"torch.float32: cast the input \(x.to\(torch.float64\)\)"):
         split(model.double(), x)
+
+
+def _hooked(model, module, x):
+    """The raw output of ``module`` (the first tensor of a tuple) on ``x``, read by a hook."""
+    got = []
+    h = model.get_submodule(module).register_forward_hook(
+        lambda m, a, o: got.append((o[0] if isinstance(o, tuple) else o).clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        h.remove()
+    return got[0]
+
+
+def _twins():
+    return timm.create_model("twins_svt_small", pretrained=False, num_classes=5, img_size=64,
+                             depths=(1, 1, 1, 2), embed_dims=(16, 32, 32, 64), num_heads=(1, 1, 2, 2),
+                             wss=(4, 2, 2, 1))
+
+
+def _volo():
+    from timm.models.volo import VOLO
+    return VOLO(layers=(1, 1, 2, 1), img_size=64, num_classes=5, embed_dims=(16, 32, 32, 32),
+                num_heads=(1, 2, 2, 2), stem_hidden_dim=8)
+
+
+def _gcvit():
+    from timm.models.gcvit import GlobalContextVit
+    return GlobalContextVit(img_size=64, num_classes=5, depths=(2, 2, 1, 2), embed_dim=24,
+                            num_heads=(1, 1, 2, 2), window_size=(4, 4, 2, 2))
+
+
+def _tokens_on_grid(t):  # [N, L, C] on its square grid
+    side = int(t.shape[1] ** 0.5)
+    return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
+
+
+def _nhwc(t):
+    return t.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("build, names, layout, to_map", [
+    # Twins loops over parallel ModuleLists (patch_embeds, pos_drops, blocks, pos_block)
+    # together; each stage's first block is followed by a position conv (a transition). Was: "no
+    # convolution or block runs on a feature map"
+    (_twins, ["stem", "blocks.0.0", "blocks.1.0", "blocks.2.0", "blocks.3.0", "blocks.3.1"], "NLC",
+     _tokens_on_grid),
+    # VOLO adds its position embedding between the stages of its iterated `network`; its
+    # class-attention blocks (post_network) change only the class token. Was: patch_embed,
+    # post_network.0, post_network.1
+    (_volo, ["patch_embed", "network.0.0", "network.2.0", "network.3.0", "network.3.1", "network.4.0"],
+     "NHWC", _nhwc),
+    # GCViT's stages iterate their blocks beside a downsampling and a global-query block
+    # (transitions); a stage of one block is one block. Was: stem, stages.0, ..., stages.3
+    (_gcvit, ["stem", "stages.0.blocks.0", "stages.0.blocks.1", "stages.1.blocks.0", "stages.1.blocks.1",
+              "stages.2", "stages.3.blocks.0", "stages.3.blocks.1"], "NHWC", _nhwc),
+])
+def test_blocks_iterated_in_parallel_containers_or_beside_other_blocks_are_points(build, names, layout, to_map):
+    import equifast as ef
+    from equifast import reference
+
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # VOLO: its class-attention blocks are no points
+        points = split(model, x)
+        got = ef.measure(model, x, transforms=[ef.Rotation(1)]).points.set_index("point")
+    assert [p.name for p in points] == names + ["pool", "final"]
+    assert all(p.layout == layout for p in points if p.name.count(".") >= 2)  # GCViT's stages.2 is NCHW
+    t = ef.Rotation(1)
+    for name in (names[1], names[len(names) // 2], names[-1]):
+        s = reference.equivariance_scores(to_map(_hooked(model, name, x)), to_map(_hooked(model, name, t(x))),
+                                          t, input_size=(64, 64))
+        assert np.isclose(got.loc[name, "channel"], s.channel.nanmean().item(), atol=1e-5), name
+        assert np.isclose(got.loc[name, "layer"], s.layer.nanmean().item(), atol=1e-5), name
