@@ -440,10 +440,7 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
         try:
             state = load_file(path)
         except SafetensorError as err:
-            with open(path, "rb") as f:
-                head = f.read(4)
-            named = (" It looks like a torch.save file: name it .pt." if head.startswith(b"PK\x03\x04")
-                     or head[:1] == b"\x80" else "")
+            named = " It looks like a torch.save file: name it .pt." if _looks_like_torch_save(path) else ""
             raise ValueError(f"Expected `weights` {path!r} to be a safetensors file, but it could "
                              f"not be read ({err}).{named}") from None
     else:
@@ -472,11 +469,15 @@ def _looks_like_safetensors(path: str) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 30
 
 
+def _looks_like_torch_save(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # zip, or legacy pickle
+
+
 def _torch_saved(path: str):
     """What a ``torch.save`` file holds, read weights-only (no code runs)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # zip, or legacy pickle
+    if not _looks_like_torch_save(path):
         # a safetensors file starts with the little-endian size of its JSON header, then "{"
         named = " It looks like a .safetensors file: name it so." if _looks_like_safetensors(path) else ""
         raise ValueError(f"Expected `weights` {path!r} to be a checkpoint saved with torch.save "
