@@ -63,7 +63,7 @@ __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_
 #: width, multi-output modules, EfficientViT's blocks and head conv, DLA at 32 px), and timm
 #: MobileNetV3's ``pool`` moved to its pooled vector. 4: a module of repeated units whose
 #: output is a sum with them or a layer on them is one block (Xception's, CSPNet's, DLA's,
-#: HGNetV2's and MobileViTv2's points changed).
+#: HGNetV2's and MobileViTv2's points changed); Twins', VOLO's and GCViT's blocks are points.
 SPEC_VERSION = 4
 # The families a record could hold before zero-filled and nearest-rounded shifts had their own
 _FIRST_FAMILIES = {"translation", "rotation", "flip", "identity", "transform"}
