@@ -576,13 +576,10 @@ def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], path: str, nam
                           f"entries do not fit that model ({problems}). Name the architecture "
                           "the checkpoint was saved from.")
 
-    problems = _key_problems(model.state_dict(), state)
-    if problems:
-        raise unfit(problems)
-    try:
+    try:  # torch's own rules first: it fills in what old checkpoints lack, renames old keys
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise unfit(_first_problem(err)) from err
+        raise unfit(_key_problems(model.state_dict(), state) or _first_problem(err)) from err
 
 
 def _key_problems(own: Dict[str, torch.Tensor], state: Dict) -> str:
@@ -590,7 +587,10 @@ def _key_problems(own: Dict[str, torch.Tensor], state: Dict) -> str:
     unexpected keys and tensors of another shape, each counted with the first few named (torch
     lists every one, so that unexpected keys came after hundreds of missing ones); ``""`` when
     all fit."""
-    missing = [k for k in own if k not in state]
+    # batch norms of checkpoints saved before torch 0.4.1 have no num_batches_tracked, which
+    # torch fills in: not a key that does not fit
+    old = not any(k.endswith("num_batches_tracked") for k in state)
+    missing = [k for k in own if k not in state and not (old and k.endswith(".num_batches_tracked"))]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {list(state[k].shape)} for {list(own[k].shape)}" for k in own
               if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]

@@ -276,6 +276,19 @@ def test_a_checkpoint_that_fits_in_part_names_its_missing_unexpected_and_reshape
         load_model("resnet18", weights=str(tmp_path / "bb.pt"))
 
 
+def test_a_checkpoint_torch_loads_is_loaded_as_torch_loads_it(tmp_path):
+    # checked by its keys before torch, a checkpoint without num_batches_tracked (saved before
+    # torch 0.4.1, or converted), which torch fills in, was refused as 20 keys missing
+    m, _ = load_model("resnet18", weights=None, num_classes=3)
+    state = {k: v for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")}
+    want = torch.nn.Module.state_dict(m)
+    torch.save(state, tmp_path / "old.pt")
+    loaded, _ = load_model("resnet18", weights=str(tmp_path / "old.pt"), num_classes=3)
+    got = loaded.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in state)
+    assert all(int(got[k]) == 0 for k in got if k.endswith("num_batches_tracked"))
+
+
 def test_timm_model_without_pretrained_weights_says_what_to_do():
     import timm
     # a small model in timm's registry with no pretrained weights (the names vary by version)
