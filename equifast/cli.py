@@ -81,7 +81,7 @@ def _add_measure(sub) -> None:
 def _run_measure(args) -> int:
     from .devices import resolve_device
     from .measurement import metric_list
-    from .models import check_model_args, check_model_name
+    from .models import _is_run_folder, check_model_args, check_model_name
     from .transforms import check_distinct, parse_transforms
 
     # Every input is checked before the model runs: a measurement can take hours.
@@ -99,7 +99,7 @@ def _run_measure(args) -> int:
     check_model_name(args.model)
     resolve_device(args.device)  # an unknown device, or a GPU this machine lacks
     weights = None if args.weights == "none" else args.weights
-    if (Path(args.model) / "recipe.json").is_file():  # a run folder: its own weights and classes
+    if _is_run_folder(args.model):  # its own weights and classes
         given = [f"{flag} {value}" for flag, value, unset in (
             ("--weights", args.weights, "default"), ("--num-classes", args.num_classes, None))
             if value != unset]
@@ -147,8 +147,9 @@ def _measure_into(out: Path, args, transforms, metrics, weights) -> int:
     from . import functional
     from .data import default_num_workers
     from .measurement import measure
+    from .models import _is_run_folder
 
-    run = (Path(args.model) / "recipe.json").is_file()  # a run folder: its recipe's test set
+    run = _is_run_folder(args.model)  # measured on its recipe's test set
     n_images = args.n_images if args.n_images is not None else (
         192 if args.data is None and not run else None)
     images = args.data if args.data is not None else (

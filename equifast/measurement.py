@@ -480,9 +480,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         torch.default_generator.manual_seed(seed)  # CPU only: the caller's CUDA stream is theirs
         meta = {"seed": seed, "backend": backend_name() if backend == "auto" else backend}
         if isinstance(model, str):
-            from .models import checkpoint_path
+            from .models import _is_run_folder, checkpoint_path
 
-            run = model if os.path.isfile(os.path.join(model, "recipe.json")) else None
+            run = model if _is_run_folder(model) else None
             # paths absolute: the report says what was measured wherever it is read
             meta.update(model=model if run is None else _absolute(model),
                         weights=None if weights is None else str(weights))  # JSON null

@@ -397,7 +397,8 @@ class Report:
     # ---- files ---------------------------------------------------------------------------
     def save(self, path) -> List[Path]:
         """Save to ``.json`` (one file), ``.csv`` or ``.parquet`` (``<stem>.points``/
-        ``<stem>.parts`` plus ``<stem>.meta.json``). Returns the files written."""
+        ``<stem>.parts`` plus ``<stem>.meta.json``). Returns the files written. The meta is
+        written as plain JSON: NaN and infinities in it come back from :meth:`load` as ``None``."""
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in (".json", ".csv", ".parquet"):  # before its folder is made
