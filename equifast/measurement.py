@@ -566,8 +566,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             if given.dim() == 1 and given.numel() and not (given.is_floating_point() or given.is_complex()
                                                            or given.dtype == torch.bool):
                 _check_label_bounds(torch.stack(torch.aminmax(given)), final.shape[0])
-        vectors = [p.name for p in measurer.points
-                   if len(p.shape) == 1 or (len(p.shape) == 3 and p.shape[1] * p.shape[2] == 1)]
+        vectors = [p.name for p in measurer.points if p.is_vector]
         if vector_mode == "across_images" and vectors and total == 1 and not return_state:
             # the report could not be made: found now, not after every image is measured (a
             # state may hold one image: a shard, merged with others)
@@ -623,12 +622,11 @@ def _warn_undefined(report: Report, measurer: "Measurer") -> None:
     if dead.empty:
         return
     st = measurer.state
-    shapes = {p.name: p.shape for p in st.points}
+    points = {p.name: p for p in st.points}
     by_name = {t.name: t for t in st.transforms}
     named: Dict[str, Dict[str, list]] = {}  # point -> {"metrics": [...], "transforms": [...]}
     for point, tname, m in dead[["point", "transform", "metric"]].itertuples(index=False):
-        shape = shapes[point]
-        vector = not (len(shape) == 3 and shape[1] * shape[2] > 1)  # as is_vector: 1x1 maps too
+        shape, vector = points[point].shape, points[point].is_vector
         if m == "correlation" and (
                 (vector and st.vector_mode == "per_image" and shape[0] == 1) or (not vector and _index_map(
                     by_name[tname], (shape[1], shape[2]), measurer.input_size,
@@ -642,8 +640,8 @@ def _warn_undefined(report: Report, measurer: "Measurer") -> None:
         return
     described = []
     for point, entry in named.items():
-        shape = shapes[point]
-        if len(shape) == 3 and shape[1] * shape[2] > 1:
+        shape = points[point].shape
+        if not points[point].is_vector:
             what = f"each channel's {shape[1]}x{shape[2]} map"
         elif st.vector_mode == "per_image":
             what = f"its {shape[0]} values in each image"

@@ -233,6 +233,12 @@ class Point:
     grid: Optional[Tuple[int, int]] = None
     shape: Tuple[int, ...] = ()
 
+    @property
+    def is_vector(self) -> bool:
+        """Whether the point is a vector (``[K]``, or ``K`` maps of 1x1: ``T_l`` is the identity
+        there), as :func:`equifast.reference.is_vector` says of its values."""
+        return len(self.shape) != 3 or self.shape[1] * self.shape[2] == 1
+
 
 # ----------------------------------------------------------------------------- analysis
 @dataclass
