@@ -265,6 +265,40 @@ def test_a_dead_worker_is_said_in_one_line_with_the_epoch_kept(tmp_path, local_r
                          2) is disk
 
 
+def test_a_dead_worker_is_said_so_beside_a_checkpoint_that_cannot_be_read(tmp_path, local_ray):
+    # reading the epoch kept for the message raised "run file damaged" in place of the
+    # WorkerDiedError: why the run stopped was lost
+    from ray.train import WorkerGroupError
+    from equifast.training.ray_train import WorkerDiedError, _worker_error
+    from equifast.training.trainer import CHECKPOINT
+
+    @ray.remote(num_cpus=0)
+    class Worker:
+        def die(self):
+            os._exit(1)
+
+    with pytest.raises(ray.exceptions.RayActorError) as died:
+        ray.get(Worker.remote().die.remote())
+    err = WorkerGroupError("[Rank 1 Error Snippet]: ...", {1: died.value})
+    recipe, run = get_recipe("cnn7-fmnist6", epochs=3), tmp_path / "run"
+    run.mkdir()
+    torch.save({"epoch": 2, "model": {"w": torch.zeros(1000)}}, run / CHECKPOINT)
+    said = _worker_error(err, run, recipe, 2)  # the intact file: its epoch
+    assert isinstance(said, WorkerDiedError) and said.epoch == 2 and "keeps epoch 2 of 3" in str(said)
+    head = ("Ray Train worker 1 (of 2) died (killed by a signal, or out of memory?), so the run "
+            "stopped; no epoch saved that could be read: Could not read the run file "
+            f"{str(run / CHECKPOINT)!r} (")
+    (run / CHECKPOINT).write_bytes((run / CHECKPOINT).read_bytes()[:300])  # a cut copy
+    said = _worker_error(err, run, recipe, 2)
+    assert isinstance(said, WorkerDiedError) and said.ranks == (1,) and said.epoch == 0
+    assert str(said).startswith(head) and str(said).endswith(
+        "): it is damaged. Restore it, or train the run again with --overwrite (overwrite=True).")
+    torch.save({"model": {}}, run / CHECKPOINT)  # read, but holds no epoch
+    said = _worker_error(err, run, recipe, 2)
+    assert isinstance(said, WorkerDiedError) and said.epoch == 0
+    assert str(said).startswith(head + "KeyError: 'epoch'): it is damaged.")
+
+
 def test_the_driver_maps_the_checkpoint_rather_than_reading_it(tmp_path):
     # the driver read the whole checkpoint (weights and optimiser state: gigabytes for a large
     # model) for its epoch and a few small fields; measured by the peak resident memory

@@ -43,7 +43,7 @@ from equifast._hints import import_optional
 from equifast.warning import warn
 
 from .recipes import Recipe
-from .trainer import (CHECKPOINT, TrainResult, _datasets, _fit, _load_checkpoint,
+from .trainer import (CHECKPOINT, TrainResult, _damaged, _datasets, _fit, _load_checkpoint,
                       _device_record, _result_from_dir, _will_train, prepare_out_dir,
                       _warn_if_resumed_otherwise, run_lock)
 
@@ -311,9 +311,14 @@ def _died_error(dead: Dict[Optional[int], str], out: Optional[Path], recipe: Opt
                 world: Optional[int], lost: Sequence[int] = ()) -> WorkerDiedError:
     """:class:`WorkerDiedError` for the workers ``dead`` (rank: how) of a run of ``world``; or,
     with no ``dead``, for a worker the workers ``lost`` (ranks) lost their connection to."""
-    epoch = 0
-    if out is not None and (out / CHECKPOINT).is_file():
-        epoch = int(_load_checkpoint(out / CHECKPOINT, mmap=True)["epoch"])
+    epoch, unread = 0, None
+    try:  # a checkpoint that cannot be read must not hide why the run stopped
+        if out is not None and (out / CHECKPOINT).is_file():
+            epoch = int(_load_checkpoint(out / CHECKPOINT, mmap=True)["epoch"])
+    except (ValueError, OSError) as err:  # damaged (read_run_file's ValueError), unreadable
+        unread = str(err)
+    except (KeyError, TypeError) as err:  # read, but no epoch in it
+        unread = str(_damaged(out / CHECKPOINT, err))
     of = f" (of {world})" if world else ""
 
     def workers(ranks):
@@ -331,6 +336,8 @@ def _died_error(dead: Dict[Optional[int], str], out: Optional[Path], recipe: Opt
     total = f" of {recipe.epochs}" if recipe is not None else ""
     kept = (f"the run folder keeps epoch {epoch}{total}: rerun the same command to resume from it"
             if epoch else "no epoch was saved: rerun the same command to start it again")
+    if unread is not None:
+        kept = f"no epoch saved that could be read: {unread.rstrip('.')}"
     return WorkerDiedError(f"{what}, so the run stopped; {kept}.", ranks, epoch)
 
 
