@@ -4,6 +4,7 @@ interrupted and resumed runs, run folders of another recipe. Tiny real runs on F
 import json
 import math
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -452,6 +453,35 @@ def test_measure_study_refuses_a_run_whose_recipe_is_not_the_studys(tmp_path):
     from equifast.training.studies import _check_run_recipes, get_study
     study = get_study("objective-fashion")
     assert [r.lr for r in _check_run_recipes(study, str(tmp_path), study.runs([0]))] == [0.02] * 3
+
+
+def test_measure_study_reads_runs_of_recipes_with_other_defaults(tmp_path):
+    # the study-wide fields were inferred as the value every run shares: a study of a cnn7
+    # (lr 0.01) beside a resnet44 (lr 0.1), trained correctly by run_study, was refused
+    from equifast.training.recipes import RECIPES
+    from equifast.training.studies import Study, _check_run_recipes, _run_dir
+
+    study = Study("mixed", (("cnn", "cnn7-fmnist6"), ("resnet", "resnet44-none")), "rotation")
+    runs = study.runs([0, 1])
+
+    def trained(overrides, edit=None):  # run folders as run_study leaves them
+        for label, recipe_name, seed in runs:
+            run = Path(_run_dir(str(tmp_path), label, seed))
+            run.mkdir(parents=True, exist_ok=True)
+            recipe = get_recipe(recipe_name, **{**overrides, "seed": seed})
+            if edit and label == edit[0]:
+                recipe = recipe.replace(**edit[1])
+            (run / "recipe.json").write_text(json.dumps(recipe.to_dict()))
+            (run / "result.json").write_text("{}")
+        return [r.lr for r in _check_run_recipes(study, str(tmp_path), runs)]
+
+    own = [RECIPES[name].lr for _, name, _ in runs]
+    assert sorted(set(own)) == [0.01, 0.1]  # the recipes' own, not one for all
+    assert trained({"epochs": 1}) == own
+    assert trained({"epochs": 1, "lr": 0.05}) == [0.05] * 4
+    assert trained({"lr": 0.1}) == [0.1] * 4  # the resnet44's own value, overridden for all
+    with pytest.raises(ValueError, match=r"share `lr` .* each to keep its recipe's own"):
+        trained({}, edit=("resnet", {"lr": 0.05}))  # not a study's: only some overridden
 
 
 @needs_fmnist

@@ -157,7 +157,8 @@ def _check_run_recipes(study: Study, out: str, runs: Sequence[Tuple[str, str, in
     """The stored recipes of ``runs`` (``(label, recipe name, seed)``), each checked to be
     finished and to be the recipe :func:`run_study` trains for it: ``get_recipe(recipe name,
     **overrides, seed=seed)``, compared as a resumed run is (:meth:`Recipe.differences`).
-    Without ``overrides``, those of :data:`_STUDY_WIDE` are the values the runs share. A run
+    Without ``overrides``, a field of :data:`_STUDY_WIDE` is overridden with the value the runs
+    share, unless every run has its own recipe's (recipes of other defaults in one study). A run
     an interrupted ``overwrite`` has yet to retrain (:class:`_OverwritePlan`) is refused."""
     from .trainer import RECIPE, RESULT, read_run_recipe
     stored = []
@@ -176,7 +177,10 @@ def _check_run_recipes(study: Study, out: str, runs: Sequence[Tuple[str, str, in
                              f"with `equifast study {study.name}` first.")
     if overrides is None:
         overrides = {}
+        defaults = [get_recipe(recipe_name, seed=seed) for _, recipe_name, seed in runs]
         for field in _STUDY_WIDE:
+            if all(getattr(r, field) == getattr(d, field) for r, d in zip(stored, defaults)):
+                continue  # not overridden: each its own recipe's (cnn7's lr beside resnet44's)
             found: Dict = {}
             for (label, _, seed), recipe in zip(runs, stored):
                 value = getattr(recipe, field)
@@ -184,8 +188,8 @@ def _check_run_recipes(study: Study, out: str, runs: Sequence[Tuple[str, str, in
             if len(found) > 1:  # a study trains every run alike: these were trained apart
                 raise ValueError(
                     f"Expected the runs of study {study.name!r} in {out!r} to share `{field}` "
-                    f"(a study trains every run with the same), but they differ: "
-                    f"{found}. Train the runs again "
+                    f"(a study overrides it for every run) or each to keep its recipe's own, "
+                    f"but they differ: {found}. Train the runs again "
                     f"alike (`equifast study {study.name} --overwrite`) or measure them apart.")
             overrides[field] = next(iter(found))
     for (label, recipe_name, seed), recipe in zip(runs, stored):
@@ -224,12 +228,13 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
             (:func:`equifast.report.shift_table`, thesis figure 8).
         overrides: the recipe fields :func:`run_study` changed for every run (default: the
             values of ``epochs, milestones, batch_size, lr, train_subset, test_subset`` that
-            the runs share, the fields ``equifast study`` has flags for).
+            the runs share, the fields ``equifast study`` has flags for; a field on which every
+            run has its own recipe's value is not overridden).
 
     Raises:
         FileNotFoundError: a run is not finished.
-        ValueError: a run's recipe is not the study's for it, or the runs do not share the
-            values of the fields above.
+        ValueError: a run's recipe is not the study's for it, or the runs neither share the
+            value of a field above nor each have their own recipe's.
 
     Returns:
         One row per (setting, seed, part, family): ``setting, recipe, seed, part, family,
