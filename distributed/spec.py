@@ -416,11 +416,18 @@ def torchvision_fingerprint(name: str, root: str) -> Optional[Dict[str, str]]:
     ``files_sha256`` of the names (relative to ``root``, with ``/``) and sizes of every file under
     :func:`torchvision_folder` (all of them: which a data set reads is its own code's), and
     ``files_stamp``, with their modification times. ``None`` where there is none, or more than
-    :data:`MAX_STAMPED_FILES`: not checked."""
+    :data:`MAX_STAMPED_FILES`: not checked. A sweep's results folder under it
+    (:meth:`~.store.ResultStore.is_store`) is left out: ``root: .`` with ``--out runs/sweep``
+    holds the store, whose files change at every run."""
+    from .store import ResultStore
+
     folder = torchvision_folder(name, root)
     paths: List[str] = []
     for where, subfolders, names in os.walk(folder):
-        subfolders.sort()  # os.walk's order is the file system's
+        # os.walk's order is the file system's; a store's own files would make every finished
+        # job read as changed at the next run (this sweep's, or another's sharing the root)
+        subfolders[:] = sorted(s for s in subfolders
+                               if not ResultStore(os.path.join(where, s)).is_store())
         paths.extend(os.path.join(where, n) for n in sorted(names))
         if len(paths) > MAX_STAMPED_FILES:
             return None

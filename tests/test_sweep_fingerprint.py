@@ -419,3 +419,60 @@ def test_a_torchvision_datasets_files_changed_measure_a_finished_job_again(tmp_p
     sha = hashlib.sha256("".join(f"{n}\0{(root / n).stat().st_size}\n" for n in names).encode())
     assert rec["dataset"]["files_sha256"] == sha.hexdigest()
     assert torchvision_fingerprint("MNIST", str(root))["files_sha256"] == sha.hexdigest()
+
+
+def _dtd_root(root: Path) -> Path:
+    """A torchvision DTD root of 2 textures of 2 images each: DTD has no class-level
+    ``base_folder``, so its whole root is fingerprinted."""
+    from PIL import Image
+
+    data = root / "dtd" / "dtd"
+    lines = []
+    for cls in ("banded", "dotted"):
+        for i in range(2):
+            (data / "images" / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (40 * i, 90, 0)).save(data / "images" / cls / f"{cls}_{i}.jpg")
+            lines.append(f"{cls}/{cls}_{i}.jpg")
+    (data / "labels").mkdir()
+    (data / "labels" / "test1.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_a_store_inside_a_torchvision_root_is_not_its_files(tmp_path, capsys):
+    # root: . and the default --out runs/sweep: the whole root was walked, the store's own
+    # files (records, status.json, sweep.lock, tables) with it, so every run saw its finished
+    # jobs' files "changed" and measured them again
+    import torchvision
+    import yaml
+
+    from equifast.distributed import run_sweep
+    from equifast.distributed.spec import torchvision_fingerprint, torchvision_folder
+
+    proj = _dtd_root(tmp_path / "proj")
+    assert len(torchvision.datasets.DTD(str(proj), split="test")) == 4
+    assert torchvision_folder("DTD", str(proj)) == str(proj)  # the root itself
+    spec = {"models": [{"name": "resnet18", "weights": "none", "num_classes": 2}],
+            "datasets": [{"name": "textures", "torchvision": "DTD", "root": ".",
+                          "args": {"split": "test"}, "image_size": 32}],
+            "transforms": {"rotation": "rotation:90"}, "n_images": 4, "batch_size": 2}
+    spec_file = proj / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    (job,) = load_spec(spec_file).jobs()
+    out = proj / "runs" / "sweep"
+    before = torchvision_fingerprint("DTD", str(proj))
+    _finished(out, job)
+    assert torchvision_fingerprint("DTD", str(proj)) == before
+    assert _dry_states(spec_file, out, capsys) == {job.id: "ok"}
+    for _ in range(2):  # every job finished: no Ray; each run writes its store's files
+        result = run_sweep(spec_file, out=out, progress=False)
+        assert (result.skipped, result.ran) == (1, 0)
+        assert (out / "status.json").is_file() and (out / "points.csv").is_file()
+        assert _dry_states(spec_file, out, capsys) == {job.id: "ok"}
+    assert torchvision_fingerprint("DTD", str(proj)) == before
+    # the data set's own files are still its files: one replaced is seen
+    image = proj / "dtd" / "dtd" / "images" / "dotted" / "dotted_1.jpg"
+    image.write_bytes(image.read_bytes())
+    _touch_later(image)
+    with pytest.warns(UserWarning, match=r"dataset 'textures': 1 finished job\(s\) measured .*, "
+                                         "whose files have changed since"):
+        assert _dry_states(spec_file, out, capsys) == {job.id: "changed"}
