@@ -59,7 +59,8 @@ def _run(args) -> int:
         states = store.states()
         of_folders = [j for j in jobs if j.data_path is not None and states.get(j.id) == "ok"]
         # finished, but on other images: moved, changed or unstamped (measured again)
-        states.update(_moved(store.records_of(of_folders), of_folders, folders))
+        heads = {j.id: store.head_of(j.id) for j in of_folders}  # not their tables
+        states.update(_moved(heads, of_folders, folders))
         kept = store.shard_files()  # by name: the run checks that they still fit
         print(f"{spec.name}: {len(jobs)} jobs -> {out}")
         for job in jobs:

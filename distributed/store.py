@@ -5,7 +5,8 @@ Layout of a store folder::
     OUT/
       spec.json              the sweep spec and its job ids (written when a sweep starts)
       status.json            live counts while a sweep runs (read by `equifast sweep status`)
-      records/<job id>.json  one record per job: status "ok" or "failed"
+      records/<job id>.json  one record per job: status "ok" or "failed" (its id, status,
+                             total_attempts and job first, read without its tables)
       points.parquet/.csv    every finished job's per-point table, with the job's columns
       parts.parquet/.csv     every finished job's per-part table, with the job's columns
                              (the tables hold the jobs of spec.json; records of an earlier
@@ -24,6 +25,7 @@ one record per job id: a rerun replaces a failed record and skips a finished one
 """
 from __future__ import annotations
 
+import codecs
 import inspect
 import itertools
 import json
@@ -267,6 +269,13 @@ class ResultStore:
         """``{job id: its record or None}`` for ``jobs`` (anything with an ``id``)."""
         return {j.id: self.get(j.id) for j in jobs}
 
+    def head_of(self, job_id: str) -> Optional[Dict[str, Any]]:
+        """The fields of ``job_id``'s record before its tables (``points``, ``parts``), or
+        ``None`` as :meth:`get`: a failed record whole, a finished one's ``id``, ``status``,
+        ``total_attempts`` (of a record written since it is kept there) and ``job``, its tables
+        not parsed (see :func:`_read_head`)."""
+        return _read_head(self.record_path(job_id))
+
     def write_record(self, record: Dict[str, Any]) -> Path:
         """Write (or replace) the record of ``record["id"]`` atomically."""
         if not isinstance(record, dict) or not record.get("id") or record.get("status") not in ("ok", "failed"):
@@ -274,8 +283,10 @@ class ResultStore:
                    else type(record).__name__)
             raise ValueError("Expected a record dict with an 'id' and status 'ok' or 'failed', "
                              f"but got {got!r}.")
-        # id and status first: status() and states() read them from the file's first lines
-        record = {"id": record["id"], "status": record["status"], **record}
+        # id and status first: status() and states() read them from the file's first lines;
+        # total_attempts and the job before the tables: head_of() reads no further
+        head = {k: record[k] for k in ("id", "status", "total_attempts", "job") if k in record}
+        record = {**head, **record}
         return write_text_atomic(self.record_path(record["id"]),
                                  json.dumps(json_safe(record), indent=1, allow_nan=False))
 
@@ -655,6 +666,75 @@ def _peek_status(path: Path):
     if rec is None:
         return False, None
     return True, rec.get("status") if isinstance(rec, dict) else None
+
+
+_TABLES = ("points", "parts")
+_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _read_head(path: Path) -> Optional[Dict[str, Any]]:
+    """A record file's top-level fields before its first table (``points``, ``parts``), or all
+    of them where it has none; ``None`` where :func:`_read` gives no dict (missing,
+    unreadable). Read from the front, a block at a time (doubled until the fields before the
+    tables are whole), where the file ends as :meth:`ResultStore.write_record` writes it; else
+    parsed whole (then every field but the tables). A finished job's tables are most of its
+    record: a run of a large sweep parsed gigabytes of them for each job's dataset entry."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - 2))
+            if fh.read(2) == b"\n}":  # complete (a torn file is parsed whole, and refused)
+                fh.seek(0)
+                decoder = codecs.getincrementaldecoder("utf-8")()
+                text, block = "", _HEAD
+                while True:
+                    chunk = fh.read(block)
+                    text += decoder.decode(chunk, final=not chunk)
+                    head = _head_fields(text)
+                    if head is not None:
+                        return head
+                    if not chunk:
+                        break
+                    block = len(text)
+    except OSError:
+        return None
+    except UnicodeDecodeError:
+        pass  # _read refuses it too
+    rec = _read(path)
+    return {k: v for k, v in rec.items() if k not in _TABLES} if isinstance(rec, dict) else None
+
+
+def _head_fields(text: str) -> Optional[Dict[str, Any]]:
+    """The top-level fields at the front of a JSON object's ``text`` up to its first table key
+    or its end, or ``None`` where ``text`` does not hold them whole (cut short, or no object):
+    each value is taken only once the ``,`` or ``}`` after it is read (a number cut short,
+    ``1`` of ``12``, is whole JSON too)."""
+    if not text.startswith("{"):
+        return None
+    fields: Dict[str, Any] = {}
+    pos = 1
+    try:
+        while True:
+            pos = _SPACE.match(text, pos).end()
+            if text[pos] == "}":
+                return fields
+            if text[pos] != '"':
+                return None
+            key, pos = json.decoder.scanstring(text, pos + 1)
+            if key in _TABLES:
+                return fields
+            pos = _SPACE.match(text, pos).end()
+            if text[pos] != ":":
+                return None
+            value, pos = _DECODER.raw_decode(text, _SPACE.match(text, pos + 1).end())
+            pos = _SPACE.match(text, pos).end()
+            if text[pos] not in ",}":
+                return None
+            fields[key] = value
+            pos += text[pos] == ","
+    except (ValueError, IndexError):  # JSONDecodeError: cut inside a value
+        return None
 
 
 def _for_parquet(df: pd.DataFrame) -> pd.DataFrame:

@@ -722,6 +722,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
                          {j.id: j.family for j in jobs})
         before = _previous_records(store, jobs)  # again, under the lock
         done, old_failed, todo = _todo(before, jobs, retry_failed, folders)
+        _previous_attempts(store, before, todo)
         for job in todo:  # the records' fingerprints: of the images before they are read
             if job.dataset.kind == "folder":
                 folders.fingerprint(job.resolve(job.dataset.path))
@@ -890,19 +891,33 @@ def _previous_records(store: ResultStore, jobs: List[Job]) -> Dict[str, Optional
     """What the driver keeps of each job's record (``None``: none): its ``status``,
     ``total_attempts`` and ``job.dataset`` (for :func:`_moved`), not its tables: a finished
     job's record holds them all (a sweep of thousands of ImageNet jobs held gigabytes). Only
-    the records that can matter are read whole: failed ones, and finished ones of a folder or
-    a torchvision root."""
+    the fields before the tables are read (:meth:`~.store.ResultStore.head_of`), and of a
+    finished job without a folder or torchvision root only its status; an older finished
+    record's ``total_attempts`` lies after its tables: :func:`_previous_attempts` reads it for
+    the jobs that run again."""
     out: Dict[str, Optional[dict]] = {}
     for job in jobs:
         status = store.status_of(job.id)
         if status == "ok" and job.data_path is None:  # no folder, no torchvision root
             out[job.id] = {"status": status}  # skipped: its other fields are never used
             continue
-        rec = store.get(job.id) if status is not None else None
+        rec = store.head_of(job.id) if status is not None else None
         out[job.id] = None if rec is None else {
             "status": rec.get("status"), "total_attempts": rec.get("total_attempts"),
             "job": {"dataset": (rec.get("job") or {}).get("dataset") or {}}}
     return out
+
+
+def _previous_attempts(store: ResultStore, before: Dict[str, Optional[dict]],
+                       todo: List[Job]) -> None:
+    """Fill in ``total_attempts`` of the finished records (of :func:`_previous_records`) of the
+    jobs ``todo`` runs again (their files changed, or moved) where their head lacks it, read
+    whole: a record written before it came first holds it after its tables, and only these few
+    need it (their new record counts on from it)."""
+    for job in todo:
+        rec = before.get(job.id)
+        if rec is not None and rec.get("status") == "ok" and rec.get("total_attempts") is None:
+            rec["total_attempts"] = (store.get(job.id) or {}).get("total_attempts")
 
 
 def _shard_versions() -> Dict[str, str]:

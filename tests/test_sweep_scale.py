@@ -336,6 +336,102 @@ def test_the_driver_keeps_no_finished_records_tables(measured, tmp_path, monkeyp
     assert sweep._todo(before, jobs, False)[2] == []
 
 
+def _head(text: str):
+    """A record's fields before its first table, by parsing it whole (``None``: unreadable)."""
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(rec, dict):
+        return None
+    head = {}
+    for key, value in rec.items():
+        if key in ("points", "parts"):
+            break
+        head[key] = value
+    return head
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 4096])
+def test_a_records_head_is_its_fields_before_its_tables(measured, tmp_path, monkeypatch, block):
+    # read from the front a block at a time: a cut anywhere (in a key, a string, an escape, a
+    # number: "1" of "12" is whole JSON too) must read on, not end the field there
+    monkeypatch.setattr(store_mod, "_HEAD", block)
+    store = ResultStore(tmp_path)
+    _status_files(store)
+    rec = copy.deepcopy(measured[0])
+    rec.update(id="3" * 16, total_attempts=12)
+    rec["job"]["note"] = 'é "q" \\ ' * 700  # > 4 kB of job, escaped (ensure_ascii)
+    store.write_record(rec)
+    # a record of before write_record put total_attempts before the tables
+    (store.records_dir / ("4" * 16 + ".json")).write_text(json.dumps({**rec, "id": "4" * 16}, indent=1))
+    paths = sorted(store.records_dir.glob("*.json"))
+    assert len(paths) == 12
+    for path in paths:
+        assert store.head_of(path.stem) == _head(path.read_text()), path.stem
+    first = list(rec)[:list(rec).index("points")]  # job_record's order: total_attempts after
+    assert store.head_of("3" * 16) == {k: v for k, v in rec.items()
+                                       if k in first or k == "total_attempts"}
+    assert "total_attempts" not in store.head_of("4" * 16)
+    assert store.head_of("9" * 16) is None  # no record
+
+
+def test_a_run_reads_no_finished_record_whole_to_check_its_data(measured, tmp_path, monkeypatch, capsys):
+    # a run's start (and --dry-run) parsed every finished record of a folder or a torchvision
+    # root whole, its tables too, only for its dataset entry and stamp
+    import os
+
+    import yaml
+
+    from equifast.distributed import sweep
+    from equifast.distributed.cli import main as sweep_main
+
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(2):
+            (data / c / f"{i}.png").write_bytes(b"x" * (i + 1))  # a fingerprint reads no pixels
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "f", "datasets": [{"name": "val", "path": str(data)}],
+        "models": [{"name": "resnet18", "weights": "none", "num_classes": 2}],
+        "transforms": {"translation": "translation:1-3", "rotation": "rotation"},
+        "n_images": 2, "batch_size": 2, "seeds": [0, 1, 2]}))
+    jobs = load_spec(spec_file).jobs()
+    out = tmp_path / "out"
+    store = ResultStore(out)
+    for k, job in enumerate(jobs):  # real tables; the first half as records were written before
+        rec = {**copy.deepcopy(measured[k % 2]), "id": job.id, "job": job.entry(), "total_attempts": k + 1}
+        if k < 3:
+            store.record_path(job.id).parent.mkdir(parents=True, exist_ok=True)
+            store.record_path(job.id).write_text(json.dumps(rec, indent=1))
+        else:
+            store.write_record(rec)
+    assert all(len(json.loads(store.record_path(j.id).read_text())["points"]) > 10 for j in jobs)
+    read = []
+    real = store_mod._read
+    monkeypatch.setattr(store_mod, "_read", lambda path: read.append(path.stem) or real(path))
+    before = sweep._previous_records(store, jobs)
+    assert read == []
+    assert before == {j.id: {"status": "ok", "total_attempts": None if k < 3 else k + 1,
+                             "job": {"dataset": j.entry()["dataset"]}} for k, j in enumerate(jobs)}
+    done, _, todo = sweep._todo(before, jobs, True)
+    assert (done, todo) == ({j.id for j in jobs}, [])
+    sweep._previous_attempts(store, before, todo)
+    assert sweep_main(["run", str(spec_file), "--out", str(out), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("  ok  ") == len(jobs) and read == []
+    # the data changed: every job runs again, counting on from its record's total_attempts
+    image = data / "a" / "0.png"
+    st = image.stat()
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    with pytest.warns(UserWarning, match="have changed since"):
+        done, _, todo = sweep._todo(before, jobs, True)
+    assert (done, todo) == (set(), jobs) and read == []
+    sweep._previous_attempts(store, before, todo)
+    assert sorted(read) == sorted(j.id for j in jobs[:3])  # only the old records, read whole
+    assert [before[j.id]["total_attempts"] for j in jobs] == [1, 2, 3, 4, 5, 6]
+
+
 # ---- random images ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n, size", [(5, 32), (3, 7), (4, 5), (2, 1), (1, 2), (7, 3)])
