@@ -66,3 +66,25 @@ def ray_session():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def two_labelled_and_a_stray(tmp_path, monkeypatch):
+    """In ``tmp_path`` (made the working folder): ``val/`` of two ImageNet class folders with one
+    image each and a stray image beside them, and ``ckpt.pt``, resnet18 weights that put every
+    image in class 0 (n01440764): one of the two labelled images is right, top-1 0.5 of 2."""
+    import torch
+    import torchvision
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for path in ("val/n01440764/a.png", "val/n01443537/b.png", "val/stray.png"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (len(path) * 9, 90, 30)).save(path)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(-torch.arange(1000.0))
+    torch.save(model.state_dict(), "ckpt.pt")
+    return tmp_path

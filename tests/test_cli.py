@@ -603,23 +603,10 @@ def test_a_sweep_without_ray_says_which_extra_installs_it(tmp_path, monkeypatch,
 
 
 def test_the_accuracy_says_over_how_many_images_and_the_report_keeps_absolute_paths(
-        tmp_path, monkeypatch, capsys):
+        two_labelled_and_a_stray, capsys):
     # "top-1 accuracy: 0.5000" was 1 of 2 labelled images of 3 measured, and nothing said so;
     # meta kept `--data val` as typed, which named nothing when read from another folder
-    from PIL import Image
-
-    monkeypatch.chdir(tmp_path)
-    for path in ("val/n01440764/a.png", "val/n01443537/b.png", "val/stray.png"):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (40, 40), (len(path) * 9, 90, 30)).save(path)
-    torch.manual_seed(0)
-    import torchvision
-
-    model = torchvision.models.resnet18()
-    with torch.no_grad():  # every image is class 0 (n01440764): one of the two labelled is right
-        model.fc.weight.zero_()
-        model.fc.bias.copy_(-torch.arange(1000.0))
-    torch.save(model.state_dict(), "ckpt.pt")
+    tmp_path = two_labelled_and_a_stray
     assert main(["measure", "--model", "resnet18", "--weights", "ckpt.pt", "--data", "val",
                  "--transforms", "rotation:90", "--out", "out", "--no-progress",
                  "--loader-workers", "0"]) == 0

@@ -1157,23 +1157,13 @@ def test_amp_batch_size_device_backend_and_transforms_are_refused_before_the_mod
             Measurer(circular_net(), x, [ef.Rotation(1)], **kwargs)
 
 
-def test_meta_paths_are_absolute_and_the_accuracy_says_over_how_many_images(tmp_path, monkeypatch):
+def test_meta_paths_are_absolute_and_the_accuracy_says_over_how_many_images(
+        two_labelled_and_a_stray, monkeypatch):
     # relative paths read from another folder named nothing; an accuracy of 0.5 was 1 of 2
     # labelled images of 3 measured, and nothing said so
-    from PIL import Image
-
     from equifast.report import Report
 
-    monkeypatch.chdir(tmp_path)
-    for path in ("val/n01440764/a.png", "val/n01443537/b.png", "val/stray.png"):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (40, 40), (len(path) * 9, 90, 30)).save(path)
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18()
-    with torch.no_grad():  # every image is class 0 (n01440764): one of the two labelled is right
-        model.fc.weight.zero_()
-        model.fc.bias.copy_(-torch.arange(1000.0))
-    torch.save(model.state_dict(), "ckpt.pt")
+    tmp_path = two_labelled_and_a_stray
     Path("resnet18").mkdir()  # a folder of a model's name: the name is still the model's
     with pytest.warns(ef.EquifastWarning, match="1 image\\(s\\) lie beside the class folders"):
         rep = ef.measure("resnet18", "val", weights="ckpt.pt", transforms=[ef.Rotation(1)])

@@ -211,6 +211,18 @@ def test_the_workers_error_chosen_is_the_cause_not_its_consequences():
     assert _worker_error(RuntimeError("controller")) is None
 
 
+def _actor_death() -> BaseException:
+    """Ray's own error for an actor whose process exited (as a killed worker's)."""
+    @ray.remote(num_cpus=0)
+    class Worker:
+        def die(self):
+            os._exit(1)
+
+    with pytest.raises(ray.exceptions.RayActorError) as died:
+        ray.get(Worker.remote().die.remote())
+    return died.value
+
+
 def test_a_dead_worker_is_said_in_one_line_with_the_epoch_kept(tmp_path, local_ray):
     # a worker's process killed (the OOM killer) reached `equifast train --workers N` as Ray
     # Train's WorkerGroupError: every worker's report, tracebacks and all, and no word of
@@ -220,20 +232,14 @@ def test_a_dead_worker_is_said_in_one_line_with_the_epoch_kept(tmp_path, local_r
     from equifast.training.ray_train import WorkerDiedError, _worker_error
     from equifast.training.trainer import train
 
-    @ray.remote(num_cpus=0)
-    class Worker:
-        def die(self):
-            os._exit(1)
-
-    with pytest.raises(ray.exceptions.RayActorError) as died:
-        ray.get(Worker.remote().die.remote())
+    died = _actor_death()
     recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=32, test_subset=8, device="cpu")
     train(recipe, str(tmp_path / "run"))  # a checkpoint of epoch 1 (of 3, below)
     recipe = recipe.replace(epochs=3)
     peer = RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer")
     err = WorkerGroupError("[Rank 0 Error Snippet]: ...", {
         0: peer, 1: health.WorkerHealthCheckFailedError("A worker health check failed.",
-                                                         failure=died.value)})
+                                                         failure=died)})
     said = _worker_error(err, tmp_path / "run", recipe, 2)
     assert isinstance(said, WorkerDiedError) and isinstance(said, OSError)  # the command: a line
     assert str(said) == ("Ray Train worker 1 (of 2) died (killed by a signal, or out of memory?), "
@@ -241,7 +247,7 @@ def test_a_dead_worker_is_said_in_one_line_with_the_epoch_kept(tmp_path, local_r
                          "command to resume from it.")
     assert said.ranks == (1,) and said.epoch == 1
     # Ray Train reports the failed workers only: of 3, two died
-    err = WorkerGroupError("...", {0: died.value, 2: died.value})
+    err = WorkerGroupError("...", {0: died, 2: died})
     assert str(_worker_error(err, tmp_path / "none", recipe, 3)) == (
         "Ray Train workers 0, 2 (of 3) died (killed by a signal, or out of memory?), so the run "
         "stopped; no epoch was saved: rerun the same command to start it again.")
@@ -272,14 +278,8 @@ def test_a_dead_worker_is_said_so_beside_a_checkpoint_that_cannot_be_read(tmp_pa
     from equifast.training.ray_train import WorkerDiedError, _worker_error
     from equifast.training.trainer import CHECKPOINT
 
-    @ray.remote(num_cpus=0)
-    class Worker:
-        def die(self):
-            os._exit(1)
-
-    with pytest.raises(ray.exceptions.RayActorError) as died:
-        ray.get(Worker.remote().die.remote())
-    err = WorkerGroupError("[Rank 1 Error Snippet]: ...", {1: died.value})
+    died = _actor_death()
+    err = WorkerGroupError("[Rank 1 Error Snippet]: ...", {1: died})
     recipe, run = get_recipe("cnn7-fmnist6", epochs=3), tmp_path / "run"
     run.mkdir()
     torch.save({"epoch": 2, "model": {"w": torch.zeros(1000)}}, run / CHECKPOINT)
