@@ -304,10 +304,9 @@ def folder_labels_source(dataset: "DatasetEntry", base_dir: str = ".",
     ``folders``: the run's :class:`Folders` (a folder is listed once a run)."""
     if dataset.kind != "folder" or not dataset.labels:
         return {}
-    from equifast.data import IMAGE_SUFFIXES, _data_folder
+    from equifast.data import _data_folder, _image_name
 
     root = _resolve(dataset.path, base_dir)
-    suffixes = tuple(IMAGE_SUFFIXES)
     try:
         with os.scandir(root) as entries:
             subfolders, images = [], False
@@ -316,7 +315,7 @@ def folder_labels_source(dataset: "DatasetEntry", base_dir: str = ".",
                     if _data_folder(e.name):
                         subfolders.append(e.name)
                 elif not images:  # an image of its own: labelled by class folders, or by a file
-                    images = not e.name.startswith(".") and e.name.lower().endswith(suffixes)
+                    images = _image_name(e.name)
     except OSError:
         return {}
     if subfolders and not images:  # the class folders' images decide (or none: the tasks fail)

@@ -416,6 +416,15 @@ def _data_folder(name: str) -> bool:
     return not name.startswith(".") and name not in _NOT_CLASSES
 
 
+_SUFFIXES = frozenset(IMAGE_SUFFIXES)
+
+
+def _image_name(name: str) -> bool:
+    """Whether a file of that name is one of a data set's images: an image suffix, and not a
+    hidden file (macOS's ._photo.jpg, .DS_Store)."""
+    return name[name.rfind("."):].lower() in _SUFFIXES and not name.startswith(".")
+
+
 def _unlisted(err: OSError):
     """``os.walk``'s ``onerror``: a folder that cannot be listed is an error, naming it (walk
     skipped it: its images were silently left out, its class still counted)."""
@@ -433,7 +442,6 @@ def _image_paths(root: str) -> Iterator[Tuple[str, str, str]]:
     top = os.path.realpath(root)
     seen = {}  # class folder -> the real folders entered for it, with root's (a link up)
     start = len(root.rstrip(os.sep)) + 1
-    suffixes = frozenset(IMAGE_SUFFIXES)
     for folder, subfolders, names in os.walk(root, onerror=_unlisted, followlinks=True):
         cls = folder[start:].split(os.sep, 1)[0]
         if cls:
@@ -443,9 +451,7 @@ def _image_paths(root: str) -> Iterator[Tuple[str, str, str]]:
                 continue
             entered.add(real)
         subfolders[:] = [d for d in subfolders if _data_folder(d)]
-        yield from ((cls or n, folder, n) for n in names
-                    # hidden files are not the data set's: macOS's ._photo.jpg, .DS_Store
-                    if n[n.rfind("."):].lower() in suffixes and not n.startswith("."))
+        yield from ((cls or n, folder, n) for n in names if _image_name(n))
 
 
 def model_classes(folder, n_classes: int) -> Optional[torch.Tensor]:
