@@ -314,6 +314,56 @@ def _hub(name: str):
         ) from err
 
 
+# Seconds the hub has to answer before a download of timm weights is tried offline; the user's
+# HF_HUB_ETAG_TIMEOUT, where set, instead.
+_HUB_PROBE_TIMEOUT = 5.0
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_unreachable(endpoint: str) -> Optional[str]:
+    """Why the Hugging Face hub at ``endpoint`` cannot be reached (``None``: it answered).
+
+    huggingface_hub retries a failed connection for about 25 s a file, and timm asks for two
+    files, so offline a timm name took about a minute to fail. One request with a short timeout,
+    through huggingface_hub's own session (its proxies and certificates), says so at once; only
+    the errors huggingface_hub itself would retry mean unreachable. Asked once per process."""
+    import inspect
+
+    from huggingface_hub.utils import get_session, http_backoff
+
+    retried = inspect.signature(http_backoff).parameters["retry_on_exceptions"].default
+    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or _HUB_PROBE_TIMEOUT)
+    try:
+        get_session().head(endpoint, timeout=timeout)
+    except retried as err:
+        return (f"the Hugging Face hub {endpoint} could not be reached ({type(err).__name__}: "
+                f"{err}; waited at most {timeout:g} s, HF_HUB_ETAG_TIMEOUT)")
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline_if_unreachable(name: str, pretrained: bool):
+    """Build timm's ``name`` with huggingface_hub offline (its cache only, failing at once)
+    when its ``pretrained`` weights are on a hub that does not answer; as before otherwise."""
+    cfg = _timm_cfg(name) if pretrained else None
+    if not getattr(cfg, "hf_hub_id", None):
+        yield
+        return
+    from huggingface_hub import constants
+
+    why = None if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
+    if why is None:
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    except OSError as err:
+        raise OSError(f"{why}, and huggingface_hub's cache does not hold them") from err
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
 def _unknown(name: str) -> ValueError:
     if "/" in name or os.sep in name:  # meant as a path: a run folder that is not there
         return ValueError(f"Expected a torchvision or timm model name or the folder of an "
@@ -635,7 +685,9 @@ def load_model(name: str, weights: Optional[str] = "default",
             or the folder of a run of ``equifast train`` (its model takes tensors: no
             preprocessing is returned).
         weights: ``"default"`` (the hub's pretrained weights; needs internet or a filled
-            hub cache, except ``efficientnet_lite0`` whose default is the embedded weights),
+            hub cache, except ``efficientnet_lite0`` whose default is the embedded weights; a
+            Hugging Face hub that does not answer within 5 s, ``HF_HUB_ETAG_TIMEOUT`` where set,
+            is not retried: its cache is read, else ``WeightsUnavailableError`` at once),
             the name of a torchvision model's weights (``"IMAGENET1K_V1"``: the thesis' era
             ResNets, whose default is now the 2022 ``IMAGENET1K_V2``; timm weights are named
             by the model name's tag instead),
@@ -700,7 +752,7 @@ def load_model(name: str, weights: Optional[str] = "default",
         pretrained = weights == "default" and path is None
 
         def build(**kw):
-            with _hub(name):
+            with _hub(name), _hub_offline_if_unreachable(name, pretrained):
                 try:
                     return timm.create_model(name, pretrained=pretrained, **kw)
                 except RuntimeError as err:

@@ -200,6 +200,52 @@ def test_hub_weights_without_internet_say_what_to_do(monkeypatch):
         load_model("resnet18")
 
 
+_OFFLINE_TIMM = """
+import os, sys, time
+import torch
+from safetensors.torch import save_file
+from equifast.models import WeightsUnavailableError, load_model
+
+start = time.monotonic()
+try:
+    load_model("resnet10t.c3_in1k")
+    sys.exit("loaded without a hub or a cache")
+except WeightsUnavailableError as err:
+    print(f"{time.monotonic() - start:.3f}", str(err).replace("\\n", " "))
+# the hub's cache filled on a connected machine is still read offline
+random, _ = load_model("resnet10t", weights=None)
+repo = sys.argv[1] + "/hub/models--timm--resnet10t.c3_in1k"
+snap = repo + "/snapshots/" + "0" * 40
+os.makedirs(snap)
+os.makedirs(repo + "/refs")
+with open(repo + "/refs/main", "w") as f:
+    f.write("0" * 40)
+save_file({k: v.contiguous() for k, v in random.state_dict().items()}, snap + "/model.safetensors")
+cached, _ = load_model("resnet10t.c3_in1k")
+x = torch.rand(1, 3, 32, 32)
+print(bool(torch.equal(random(x), cached(x))))
+"""
+
+
+def test_timm_hub_weights_offline_fail_at_once_and_a_filled_cache_still_loads(tmp_path):
+    # offline, huggingface_hub retried each of the two files timm asks for about 25 s: the
+    # clear "could not fetch" came after about a minute. The hub here is a closed port (refused
+    # at once, retried the same way), so nothing is downloaded on a connected machine either.
+    import subprocess
+    import sys
+
+    pytest.importorskip("safetensors")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _OFFLINE_TIMM, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seconds, said = proc.stdout.splitlines()[0].split(" ", 1)
+    assert float(seconds) < 15, said
+    assert "could not be reached" in said and "--weights none" in said
+    assert proc.stdout.splitlines()[1] == "True"
+
+
 def test_checkpoint_of_another_label_set_gets_its_classifier(tmp_path):
     # fine-tuned on 10 classes: loaded by name without saying so
     m, _ = load_model("resnet18", weights=None, num_classes=10)
