@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from equifast._checks import is_integer
 from equifast._hints import did_you_mean
 from equifast.devices import parse_device
 from equifast.models import (ModelArgumentError, check_model_args, checkpoint_path,
@@ -733,16 +734,16 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
         problems.append(f"{key}: Expected a known key ({', '.join(sorted(_TOP_KEYS))}), but got "
                         f"{key!r}{did_you_mean(key, _TOP_KEYS, n=3) or '.'}")
 
-    def number(key, value, lo, kind=int, allow_none=False, where=None):
+    def number(key, value, lo, allow_none=False, where=None):
+        """``value`` as an int, or None with its problem collected."""
         where = where or key
         if value is None and allow_none:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                kind is int and not float(value).is_integer()) or not (value >= lo):
-            problems.append(f"{where}: Expected {'an integer' if kind is int else 'a number'} >= {lo}"
-                            f"{' or null' if allow_none else ''}, but got {value!r}.")
+        if not is_integer(value) or not value >= lo:
+            problems.append(f"{where}: Expected an integer >= {lo}{' or null' if allow_none else ''}, "
+                            f"but got {value!r}.")
             return None
-        return kind(value)
+        return int(value)
 
     # settings ---------------------------------------------------------------------------
     name = raw.get("name", "sweep")
@@ -795,13 +796,13 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
         problems.append(f"metrics: Expected distinct metrics, but got {metrics!r}.")
 
     seeds = raw.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
+    if is_integer(seeds):
         seeds = [seeds]
-    if not isinstance(seeds, list) or not seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(is_integer(s) for s in seeds):
         problems.append(f"seeds: Expected a non-empty list of integers, but got {seeds!r}.")
         seeds = [0]
-    elif not all(0 <= s <= _MAX_SEED for s in seeds):
+    seeds = [int(s) for s in seeds]  # a numpy integer is no JSON number
+    if not all(0 <= s <= _MAX_SEED for s in seeds):
         # torch's range: every worker failed on a larger one ("Overflow when unpacking long
         # long"), and it takes a negative seed s as 2**64 + s: -1 drew what 2**64 - 1 draws
         problems.append(f"seeds: Expected integers from 0 to 2**64 - 1 (torch's seeds), but got "

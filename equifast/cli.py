@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
+from ._checks import check_integer
 from ._console import HelpFormatter, closed_pipe, interactive, show_warning, tolerant_output
 
 __all__ = ["main", "build_parser", "HelpFormatter"]
@@ -88,14 +89,10 @@ def _run_measure(args) -> int:
     transforms = parse_transforms(args.transforms)
     check_distinct(transforms)
     metrics = metric_list([m.strip() for m in args.metric.split(",") if m.strip()], "--metric")
-    if args.batch_size < 1:
-        raise ValueError(f"Expected --batch-size >= 1, but got {args.batch_size}.")
-    if args.loader_workers is not None and args.loader_workers < 0:
-        raise ValueError(f"Expected --loader-workers >= 0, but got {args.loader_workers}.")
-    if args.n_images is not None and args.n_images < 1:
-        raise ValueError(f"Expected --n-images >= 1, but got {args.n_images}.")
-    if args.num_classes is not None and args.num_classes < 0:
-        raise ValueError(f"Expected --num-classes >= 0, but got {args.num_classes}.")
+    for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--n-images", args.n_images, 1),
+                                 ("--loader-workers", args.loader_workers, 0),
+                                 ("--num-classes", args.num_classes, 0)):
+        check_integer(flag, value, minimum, allow_none=flag != "--batch-size")
     check_model_name(args.model)
     resolve_device(args.device)  # an unknown device, or a GPU this machine lacks
     weights = None if args.weights == "none" else args.weights

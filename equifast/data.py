@@ -6,7 +6,6 @@ seeded crops of the real photographs that scikit-image ships.
 """
 from __future__ import annotations
 
-import numbers
 import os
 import pickle
 import re
@@ -19,6 +18,8 @@ from typing import Callable, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+
+from ._checks import check_integer
 
 __all__ = ["batches", "embedded_photos", "EmbeddedPhotos", "PHOTOS", "ImageFiles", "count", "normalise_like",
            "input_size", "image_folder", "ClassFolders", "model_classes", "seeded_subset",
@@ -67,9 +68,7 @@ class EmbeddedPhotos(Dataset):
     are model-ready tensors without labels."""
 
     def __init__(self, n: int = 256, size: int = 224, seed: int = 0, preprocess=None):
-        for name, value in (("n", n), ("size", size)):  # else torch failed deep inside, later
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"Expected `{name}` to be an integer >= 1, but got {value!r}.")
+        n, size = check_integer("`n`", n), check_integer("`size`", size)  # torch failed later
         self.size, self.preprocess = size, preprocess
         shapes = [img.shape[-2:] for img in self._load()]
         gen = torch.Generator().manual_seed(seed)
@@ -706,18 +705,18 @@ def input_size(preprocess, default: int = 224) -> int:
 def seeded_subset(dataset: Dataset, n: Optional[int], seed: int) -> Dataset:
     """``n`` images of ``dataset`` drawn with ``seed``, kept in dataset order (all if ``n`` is
     ``None`` or not smaller): the subset :func:`batches` and the sweeps measure."""
-    _check_n_images(n)
+    n = _check_n_images(n)
     if n is None or n >= len(dataset):
         return dataset
     gen = torch.Generator().manual_seed(seed)
     return Subset(dataset, torch.randperm(len(dataset), generator=gen)[:n].sort().values.tolist())
 
 
-def _check_n_images(n) -> None:
-    """Raise ValueError unless ``n`` (a number of images) is ``None`` or an integer >= 1: -1 drew
-    all the images but one (``randperm(N)[:-1]``), 0 none, 2.5 failed in a slice."""
-    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
-        raise ValueError(f"Expected `n_images` to be an integer >= 1 (or None: all), but got {n!r}.")
+def _check_n_images(n) -> Optional[int]:
+    """``n`` (a number of images) as an int, or ``None``; a ValueError unless it is ``None`` or
+    an integer >= 1: -1 drew all the images but one (``randperm(N)[:-1]``), 0 none, 2.5 failed
+    in a slice."""
+    return check_integer("`n_images`", n, 1, allow_none=True, none_means="all")
 
 
 def count(images) -> Optional[int]:
@@ -746,16 +745,16 @@ def default_num_workers(cpus: Optional[int] = None) -> int:
     return min(8, max(0, int(usable_cpus() if cpus is None else cpus) - 1))
 
 
-def check_batch_size(batch_size) -> None:
-    """Raise ValueError unless ``batch_size`` (images per forward pass) is an integer >= 1."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be an integer >= 1, but got {batch_size!r}.")
+def check_batch_size(batch_size) -> int:
+    """``batch_size`` (images per forward pass) as an int; a ValueError unless it is an integer
+    >= 1."""
+    return check_integer("`batch_size`", batch_size)
 
 
-def check_num_workers(num_workers) -> None:
-    """Raise ValueError unless ``num_workers`` (DataLoader worker processes) is an int >= 0."""
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"Expected `num_workers` to be an int >= 0, but got {num_workers!r}.")
+def check_num_workers(num_workers) -> int:
+    """``num_workers`` (DataLoader worker processes) as an int; a ValueError unless it is an
+    integer >= 0."""
+    return check_integer("`num_workers`", num_workers, 0)
 
 
 def _check_images(x, what: str = "`images`") -> None:
@@ -798,9 +797,9 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
         num_workers: processes that read and preprocess a dataset's or folder's images
             (``DataLoader`` workers; 0: in this process). The batches are the same either way.
     """
-    check_batch_size(batch_size)
-    check_num_workers(num_workers)
-    _check_n_images(n_images)
+    # as ints: torch's BatchSampler refuses a numpy integer as batch_size
+    batch_size, num_workers = check_batch_size(batch_size), check_num_workers(num_workers)
+    n_images = _check_n_images(n_images)
     if isinstance(images, (str, os.PathLike)):
         images = ImageFiles(images)
     if isinstance(images, (tuple, list)) and len(images) == 2 and isinstance(images[0], torch.Tensor):

@@ -85,8 +85,8 @@ def test_paths_after_an_equals_sign_have_their_tilde_expanded(tmp_path, monkeypa
     (["measure", "--transforms", "shear:2"], "transform spec"),
     (["measure", "--metric", ""], "Expected --metric"),
     (["measure", "--metric", "correlation,correlation"], "Expected --metric"),
-    (["measure", "--n-images", "0"], "Expected --n-images >= 1"),
-    (["measure", "--loader-workers", "-1"], "Expected --loader-workers >= 0"),
+    (["measure", "--n-images", "0"], "Expected --n-images to be an integer >= 1, but got 0."),
+    (["measure", "--loader-workers", "-1"], "Expected --loader-workers to be an integer >= 0, but got -1."),
     (["measure", "--out", __file__], "is a file"),  # checked before measuring, file kept
     (["measure", "--transforms", "rotation,rotation:90"], "rotation(90) is given more than once"),
     (["measure", "--transforms", "translation:1-2:zero:circular"], "two mode options"),
@@ -96,7 +96,7 @@ def test_paths_after_an_equals_sign_have_their_tilde_expanded(tmp_path, monkeypa
     # an unset variable: "" was the working folder, measured as "embedded photos"
     (["measure", "--data", ""], "Expected --data to name a folder, but it is empty"),
     (["measure", "--out", ""], "Expected --out to name a folder, but it is empty"),
-    (["measure", "--num-classes", "-1"], "Expected --num-classes >= 0"),
+    (["measure", "--num-classes", "-1"], "Expected --num-classes to be an integer >= 0, but got -1."),
 ])
 def test_user_errors_exit_2_with_a_message(argv, match, capsys):
     assert main(argv + ["--no-progress"]) == 2
@@ -416,7 +416,7 @@ def test_quiet_turns_progress_off_in_every_command(capsys):
 
 
 @pytest.mark.parametrize("argv,said", [
-    (["--batch-size", "0"], "equifast: error: Expected --batch-size >= 1, but got 0.\n"),
+    (["--batch-size", "0"], "equifast: error: Expected --batch-size to be an integer >= 1, but got 0.\n"),
     (["--device", "tpu"], "equifast: error: Expected a device like 'cpu', 'cuda' or 'cuda:1', "
                           "but got 'tpu'.\n"),
 ])

@@ -246,7 +246,7 @@ def test_loader_workers_read_a_folder_into_the_same_scores(tmp_path):
     workers = ef.measure(model, str(tmp_path), num_workers=2, **kw)
     pd.testing.assert_frame_equal(workers.points, inline.points, check_exact=True)
     for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="`num_workers` to be an int >= 0"):
+        with pytest.raises(ValueError, match="`num_workers` to be an integer >= 0"):
             ef.measure(model, str(tmp_path), num_workers=bad, **kw)
 
 

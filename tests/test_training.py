@@ -716,6 +716,21 @@ def test_study_checks_its_arguments_and_folder_before_training(tmp_path):
         run_study("objective-fashion", str(mine), seeds=[0])
     assert sorted(p.name for p in mine.iterdir()) == ["summary.csv"]
     assert (mine / "summary.csv").read_text() == "my own table"
+
+
+def test_study_takes_a_numpy_integer_n_images_as_an_int():
+    # a count read from a pandas table is numpy.int64: it was refused, as 2.0 and True still are
+    from equifast.training.studies import _check_seeds_and_images
+
+    n = _check_seeds_and_images([0, 1], np.int64(3))
+    assert n == 3 and type(n) is int
+    assert _check_seeds_and_images(None, None) is None
+    for bad in (2.0, True):
+        with pytest.raises(ValueError, match=r"`n_images` \(--n-images\) to be an integer >= 1 "
+                                             r"\(or None: each recipe's measure_images\)"):
+            _check_seeds_and_images([0], bad)
+
+
 def _fake_measure(model, images, transforms=(), metric="correlation", batch_size=64,
                   n_images=2000, device=None, seed=0):
     """Stands in for equifast.measure: one row per part with scores from the weights."""

@@ -35,6 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from equifast._checks import check_integer
 from equifast._io import (check_own_folder, commit_staged, stage_folder, write_csv_atomic,
                           write_text_atomic)
 from equifast.report import over_runs
@@ -131,15 +132,15 @@ def _claim_folder(out: str, name: str) -> None:
     write_text_atomic(marker, json.dumps({"study": name}))
 
 
-def _check_seeds_and_images(seeds: Optional[Sequence[int]], n_images: Optional[int]) -> None:
-    """Checked before anything trains: a bad value must not surface after hours of training."""
-    if n_images is not None and (isinstance(n_images, bool) or not isinstance(n_images, int)
-                                 or n_images < 1):
-        raise ValueError(f"Expected `n_images` (--n-images) to be an integer >= 1, or None for "
-                         f"each recipe's measure_images, but got {n_images!r}.")
+def _check_seeds_and_images(seeds: Optional[Sequence[int]], n_images) -> Optional[int]:
+    """``n_images`` as an int (or ``None``), checked with ``seeds`` before anything trains: a bad
+    value must not surface after hours of training."""
+    n_images = check_integer("`n_images` (--n-images)", n_images, 1, allow_none=True,
+                             none_means="each recipe's measure_images")
     if seeds is not None and len(set(seeds)) != len(list(seeds)):
         raise ValueError(f"Expected distinct seeds (--seeds), but got {list(seeds)}: a repeated "
                          "seed would count as another run in the mean and standard deviation.")
+    return n_images
 
 
 def _run_dir(out: str, label: str, seed: int) -> str:
@@ -249,7 +250,7 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
     from .data import measure_images
     from .trainer import load_model, prepare_out_dir
     study = get_study(study) if isinstance(study, str) else study
-    _check_seeds_and_images(seeds, n_images)
+    n_images = _check_seeds_and_images(seeds, n_images)
     transforms = study.make_transforms()
     shifted = return_shifts and any(isinstance(t, Translation) for t in transforms)
     rows, shift_rows, cache = [], [], {}
@@ -439,7 +440,7 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     """
     from .trainer import epoch_line, train
     study = get_study(name)
-    _check_seeds_and_images(seeds, n_images)
+    n_images = _check_seeds_and_images(seeds, n_images)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     runs = study.runs(seeds)
     # every run's recipe and the devices, before the folder is claimed or anything trains

@@ -1,0 +1,30 @@
+"""The argument check "an integer >= N" of equifast, training and the sweeps, written once."""
+
+import numbers
+import sys
+from typing import Optional
+
+
+def is_integer(value) -> bool:
+    """Whether ``value`` is a whole number given as one: a Python or NumPy integer (a count read
+    from a pandas table is ``numpy.int64``) or a 0-dim integer torch tensor; not a bool (``True``
+    is 1 to Python, but never meant as a count) and not a float, even ``2.0``."""
+    if isinstance(value, numbers.Integral):  # int, and numpy's integers (not numpy's bool)
+        return not isinstance(value, bool)
+    torch = sys.modules.get("torch")  # a tensor means torch is imported: no import here
+    return (torch is not None and isinstance(value, torch.Tensor) and value.dim() == 0
+            and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool))
+
+
+def check_integer(name: str, value, minimum: int = 1, allow_none: bool = False,
+                  none_means: str = "") -> Optional[int]:
+    """``value`` as a Python ``int`` (``None`` when ``allow_none`` and it is ``None``), or a
+    ``ValueError`` "Expected {name} to be an integer >= {minimum} (or None: {none_means}), but
+    got ...". ``name`` is written as given: ```n_images``` for an argument, ``--n-images`` for
+    a flag; the "(or None: ...)" part is said only when ``none_means`` is given."""
+    if value is None and allow_none:
+        return None
+    if not is_integer(value) or value < minimum:
+        either = f" (or None: {none_means})" if allow_none and none_means else ""
+        raise ValueError(f"Expected {name} to be an integer >= {minimum}{either}, but got {value!r}.")
+    return int(value)
