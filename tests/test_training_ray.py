@@ -438,3 +438,36 @@ def test_ctrl_c_of_a_ray_run_exits_130_and_keeps_its_last_epoch(tmp_path):
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert 1 <= ckpt["epoch"] < 50
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == list(range(1, ckpt["epoch"] + 1))
+
+
+_DYING_RUN = """
+import sys
+from equifast.training import get_recipe
+from equifast.training.ray_train import WorkerDiedError, train_ray
+recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=64, test_subset=16, device="cpu")
+try:
+    train_ray(recipe, sys.argv[1], num_workers=2,
+              _fail={"fail_after_epoch": 1, "fail_rank": 1, "fail_with": "exit"})
+except WorkerDiedError as err:
+    print("equifast:", err, file=sys.stderr)
+"""
+
+
+def test_a_dying_ray_run_prints_its_epochs_and_its_error_not_ray_trains_report(tmp_path):
+    # about 25 s: a Ray run of two workers, one killed after its first epoch. Its stderr was
+    # about 105 lines, Ray Train's controller's report of the failure (twice, tracebacks and
+    # all) and the survivor's traceback of its lost peer, about the one-line error
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
+    proc = subprocess.run([sys.executable, "-c", _DYING_RUN, str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    # Ray Train's PlacementGroupCleaner logs a traceback where two Ray instances run on one
+    # machine (this run's beside the module's local_ray): Ray's own error, not this report
+    lines = [line for line in proc.stderr.splitlines() if "PlacementGroupCleaner" not in line]
+    said = [line for line in lines if line.startswith("equifast: ")]
+    assert len(said) == 1 and said[0].startswith("equifast: Ray Train worker 1 (of 2) died "), lines
+    # what the README says a Ray run prints: Ray Train's report of each epoch, by its worker
+    assert any("RayTrainWorker" in line and "Reporting training result 1" in line
+               for line in lines), lines
+    assert not [line for line in lines if "TrainController" in line
+                or "Error in training function" in line or "Traceback" in line], lines
+    assert len(lines) < 15, lines

@@ -23,7 +23,9 @@ Every worker runs the same loop as :func:`equifast.training.train` under
 - Ctrl-C stops the workers (Ray Train's handler) and raises ``KeyboardInterrupt``; a worker
   that dies (killed, out of memory) ends the run with :class:`WorkerDiedError`, which names
   the worker and the last epoch saved. Either way the folder keeps the last finished epoch's
-  checkpoint, from which a rerun resumes.
+  checkpoint, from which a rerun resumes. Ray Train's controller's output and a worker's
+  traceback of its error are left out of the driver's stderr (Ray's session logs keep them):
+  a failure printed about a hundred lines of them before the run's one-line error.
 
 ``out_dir`` must be reachable by every worker (a local folder on one machine, a shared
 file system on a cluster).
@@ -93,7 +95,62 @@ def _worker_loop(config: Dict) -> None:
             error = OSError if config.get("fail_with") == "OSError" else RuntimeError
             raise error(f"injected failure after epoch {epoch}")
 
+    _quiet_worker_errors()
     _fit(recipe, config["out_dir"], callback=report, device=device)
+
+
+# What Ray Train's loggers say of a failed run on stderr that the run's error says itself
+_TRAIN_FUNCTION_ERROR = "Error in training function"
+
+
+class _DropTrainFunctionError:
+    """A logging filter of Ray Train's worker console handler: the traceback Ray Train logs
+    of the worker's error (dozens of lines on the driver's stderr, beside a dead peer's gloo
+    error) is the run's error or its cause; Ray's log files keep it."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith(_TRAIN_FUNCTION_ERROR)
+
+
+def _quiet_worker_errors() -> None:
+    """Filter Ray Train's console logging of this worker's error (see above); its reports of
+    each epoch (INFO) are kept. Called in the worker, once Ray Train configured its logging."""
+    import logging
+
+    for handler in logging.getLogger("ray.train").handlers:
+        if (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+                and not any(isinstance(f, _DropTrainFunctionError) for f in handler.filters)):
+            handler.addFilter(_DropTrainFunctionError())
+
+
+# Ray's driver prints what its workers and actors write through this handler of its dispatcher
+_PRINT_LOGS = "ray_print_logs"
+
+
+def _without_controller_output() -> None:
+    """Leave out of this process's stderr what Ray Train's controller actor writes: setting up
+    the worker group, and on a failure its report of every worker's error, tracebacks and all,
+    then the same again of its shutdown (about 140 lines before the run's one-line error, which
+    holds it as its cause); Ray's session logs keep it. The workers' lines (each epoch's
+    report) are printed as before. For the rest of the process (the controller's last lines
+    come after the run ended); again after a new ``ray.init``, which adds Ray's handler anew.
+    Nothing where Ray's driver does not print its workers' output this way."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    handler = next((h for name, h in list(getattr(dispatcher, "handlers", ()))
+                    if name == _PRINT_LOGS), None)
+    if handler is None or getattr(handler, "_equifast_quiet", False):
+        return
+
+    def printed(data) -> None:
+        if data.get("actor_name") != "TrainController":
+            handler(data)
+
+    printed._equifast_quiet = True
+    dispatcher.remove_handler(_PRINT_LOGS)
+    dispatcher.add_handler(_PRINT_LOGS, printed)
 
 
 def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool = False,
@@ -190,6 +247,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
                                  storage_path=storage_path or os.path.join(out_dir, "ray")),
         )
         start = _resume_check(Path(out_dir), recipe, int(num_workers), use_gpu)
+        _without_controller_output()
         main = threading.current_thread() is threading.main_thread()
         sigint = signal.getsignal(signal.SIGINT) if main else None
         try:
