@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import operator
 import threading
 import weakref
 from typing import Dict, Optional, Sequence, Tuple
@@ -170,29 +169,8 @@ class _MapCache:
 _map_cache = _MapCache()
 
 
-def _whole(v) -> int:
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return operator.index(v)
-
-
-def _image_size(size) -> Tuple[int, int]:
-    try:
-        h, w = (_whole(v) for v in size)
-    except (TypeError, ValueError):
-        h = w = 0
-    if h < 1 or w < 1:
-        raise ValueError(f"Expected `input_size` to be (H, W), two positive ints, but got {size!r}.")
-    return h, w
-
-
 def _check(fx, ftx, metric, vector_mode, eps, backend_name):
-    reference.check_pair(fx, ftx)
-    for name, t in (("fx", fx), ("ftx", ftx)):
-        if not (t.is_floating_point()):
-            raise TypeError(f"Expected `{name}` to be a floating tensor, but got {t.dtype}.")
-    if fx.shape[0] == 0 or fx.shape[1] == 0:
-        raise ValueError(f"Expected at least one image and one channel, but got shape {tuple(fx.shape)}.")
+    reference.check_pair(fx, ftx)  # floating, one shape, no empty dim, one device
     reference.check_options(metric, vector_mode, eps)
     if backend_name not in _BACKENDS:
         raise ValueError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend_name!r}.")
@@ -277,11 +255,9 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
         True
     """
     _check(fx, ftx, metric, vector_mode, eps, backend)
-    if transform is not None and not isinstance(transform, Transform):
-        raise TypeError(f"Expected `transform` to be an equifast transform (ef.Rotation(1), "
-                        f"ef.Translation(1, 1), ...) or None, but got {transform!r}.")
+    reference.check_transform(transform)
     if input_size is not None:
-        input_size = _image_size(input_size)
+        input_size = reference.check_input_size(input_size)
     # compare in the wider type: float16 would overflow float32 values
     common = torch.promote_types(fx.dtype, ftx.dtype)
     wide = common == torch.float64 and not is_vector(fx)

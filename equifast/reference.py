@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -25,7 +26,7 @@ from .transforms import Identity, Transform
 
 __all__ = ["TOLERANCE", "METRICS", "VECTOR_MODES", "Scores", "equivariance_scores",
            "compared_pairs", "similarity_matrix", "scores_from_similarity", "check_options",
-           "check_pair"]
+           "check_pair", "check_transform", "check_input_size"]
 
 TOLERANCE = 1e-5
 METRICS = ("correlation", "cosine")
@@ -100,8 +101,9 @@ def scores_from_similarity(s: torch.Tensor) -> Scores:
 
 
 def check_pair(fx: torch.Tensor, ftx: torch.Tensor) -> None:
-    """``TypeError``/``ValueError`` unless ``fx`` and ``ftx`` are tensors of one shape,
-    ``[N, K, H, W]`` or ``[N, K]``, on one device (a batch of one would broadcast silently)."""
+    """``TypeError``/``ValueError`` unless ``fx`` and ``ftx`` are floating tensors of one shape,
+    ``[N, K, H, W]`` or ``[N, K]`` with no empty dim, on one device (a batch of one would
+    broadcast silently)."""
     for name, t in (("fx", fx), ("ftx", ftx)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(t).__name__}.")
@@ -119,6 +121,37 @@ def check_pair(fx: torch.Tensor, ftx: torch.Tensor) -> None:
     if fx.device != ftx.device:  # else a backend fails deep inside
         raise ValueError(f"Expected `fx` and `ftx` on the same device, but got {fx.device} and "
                          f"{ftx.device}; move one (ftx.to(fx.device)).")
+    for name, t in (("fx", fx), ("ftx", ftx)):
+        # complex maps lost their imaginary part, integer ones were scored as they came
+        if not t.is_floating_point():
+            raise TypeError(f"Expected `{name}` to be a floating tensor, but got {t.dtype}.")
+    if 0 in fx.shape:  # no channel crashed the layer max, a 0xW map gave NaN everywhere
+        raise ValueError(f"Expected at least one image and one channel (and maps of one position "
+                         f"or more), but got shape {tuple(fx.shape)}.")
+
+
+def check_transform(transform) -> None:
+    """``TypeError`` unless ``transform`` is an equifast transform or ``None``."""
+    if transform is not None and not isinstance(transform, Transform):
+        raise TypeError(f"Expected `transform` to be an equifast transform (ef.Rotation(1), "
+                        f"ef.Translation(1, 1), ...) or None, but got {transform!r}.")
+
+
+def _whole(v) -> int:
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return operator.index(v)
+
+
+def check_input_size(size) -> Tuple[int, int]:
+    """``size`` as ``(H, W)``, two positive ints; ``ValueError`` otherwise."""
+    try:
+        h, w = (_whole(v) for v in size)
+    except (TypeError, ValueError):
+        h = w = 0
+    if h < 1 or w < 1:
+        raise ValueError(f"Expected `input_size` to be (H, W), two positive ints, but got {size!r}.")
+    return h, w
 
 
 def check_options(metric: str = METRICS[0], vector_mode: str = VECTOR_MODES[0],
@@ -170,8 +203,16 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
     """
     check_pair(fx, ftx)
     check_options(metric, vector_mode, eps)
+    check_transform(transform)
+    if input_size is not None:
+        input_size = check_input_size(input_size)
     fx, ftx = fx.detach(), ftx.detach()  # scores are measurements: no gradient, as every backend
     if is_vector(fx):
+        if transform is not None and input_size is not None:
+            transform.check_input(input_size)
         return vector_scores(fx.flatten(1), ftx.flatten(1), metric, vector_mode, eps)
-    a, b = compared_pairs(fx, ftx, transform, input_size or tuple(fx.shape[-2:]))
+    size = input_size or (int(fx.shape[-2]), int(fx.shape[-1]))
+    if transform is not None:
+        transform.check_input(size)  # a shift as large as the map wrapped around to the identity
+    a, b = compared_pairs(fx, ftx, transform, size)
     return scores_from_similarity(similarity_matrix(a, b, metric, eps))

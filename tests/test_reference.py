@@ -196,3 +196,36 @@ def test_reference_and_functional_refuse_inputs_on_two_devices():
     for score in (R.equivariance_scores, ef.functional.equivariance_scores):
         with pytest.raises(ValueError, match="`fx` and `ftx` on the same device, but got cpu and meta"):
             score(fx, fx.to("meta"), ef.Flip("vertical"))
+
+
+def test_reference_checks_its_inputs_as_the_public_function_does():
+    # the oracle took what equivariance_scores refuses: a shift as large as the map rolled it
+    # back onto itself (scored as the identity), no channel crashed in the layer max, a 0xW map
+    # was NaN everywhere, complex maps lost their imaginary part, a bad input_size divided by 0
+    x = torch.randn(2, 3, 8, 8)
+    for score in (R.equivariance_scores, ef.functional.equivariance_scores):
+        for shift in (ef.Translation(8, 0), ef.Translation(0, -9)):
+            with pytest.raises(ValueError, match="as large as or larger than the 8x8 image"):
+                score(x, shift(torch.randn(2, 3, 16, 16))[..., :8, :8], shift)
+        with pytest.raises(ValueError, match="as large as or larger than the 4x4 image"):
+            score(x[..., :1, :1], x[..., :1, :1], ef.Translation(4, 4), input_size=(4, 4))
+        for shape in ((2, 0, 8, 8), (2, 3, 0, 8), (2, 3, 8, 0), (3, 0)):
+            with pytest.raises(ValueError, match=re.escape(f"but got shape {shape}")):
+                score(torch.randn(shape), torch.randn(shape))
+        with pytest.raises(TypeError, match="floating tensor, but got torch.complex64"):
+            score(x.to(torch.complex64), x.to(torch.complex64))
+        with pytest.raises(TypeError, match="floating tensor, but got torch.int64"):
+            score(x.long(), x.long())
+        with pytest.raises(TypeError, match="an equifast transform"):
+            score(x, x, "rotation:90")
+        for bad in ((0, 8), 8, (8, 8, 3)):
+            with pytest.raises(ValueError, match="`input_size`"):
+                score(x, x, ef.Translation(1, 1), input_size=bad)
+    # what stays allowed agrees with the public function: a shift scaled down to the map
+    t, y = ef.Translation(12, 4), torch.randn(2, 3, 8, 8)
+    want = ef.functional.equivariance_scores(x, y, t, input_size=(16, 16), backend="reference")
+    got = R.equivariance_scores(x, y, t, input_size=(16, 16))
+    assert torch.equal(got.channel, want.channel) and torch.equal(got.layer, want.layer)
+    rolled = torch.roll(x, (6, 2), (-2, -1))  # 12 * 8 / 16 = 6, 4 * 8 / 16 = 2
+    torch.testing.assert_close(R.equivariance_scores(x, rolled, t, input_size=(16, 16)).channel,
+                               torch.ones(2, 3))
