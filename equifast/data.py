@@ -769,6 +769,9 @@ def _check_images(x, what: str = "`images`") -> None:
         raise TypeError(f"Expected {what} to be a floating tensor, model-ready (scaled and "
                         f"normalised as the model expects), but got {x.dtype}; convert "
                         "uint8 images with images.float() / 255 and normalise them.")
+    if x.is_meta:  # failed in the first copy: "Cannot copy out of meta tensor; no data!"
+        raise ValueError(f"Expected {what} to hold data (a CPU or CUDA tensor), but got a meta "
+                         "tensor, which has a shape only; create the images on a real device.")
 
 
 def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,

@@ -135,6 +135,17 @@ def metric_list(metric: Union[str, Sequence[str]], name: str = "`metric`") -> Li
     return metrics
 
 
+def _transform_list(transforms):
+    """``transforms`` as :func:`measure` and :class:`Measurer` take them: one transform, a list,
+    or specs (``"translation:1-8,rotation"`` or a list of such strings); ``None`` is kept."""
+    if isinstance(transforms, Transform):  # one transform
+        return [transforms]
+    if isinstance(transforms, str) or (isinstance(transforms, (list, tuple)) and transforms
+                                       and all(isinstance(t, str) for t in transforms)):
+        return parse_transforms(transforms)  # "rotation" was read letter by letter
+    return transforms
+
+
 def checked_settings(transforms, amp: Optional[str], batch_size: int, device,
                      backend: str) -> Tuple[List[Transform], torch.device]:
     """``transforms`` as a list and ``device`` resolved, or the error of a setting a measurement
@@ -193,9 +204,15 @@ class Measurer:
                  batch_size: int = 64, eps: float = TOLERANCE, backend: str = "auto",
                  split_method: str = "auto", channels_last: bool = True,
                  tensor_cores: bool = True):
+        if not isinstance(model, nn.Module):  # a name: measure loads it, Measurer does not
+            raise TypeError(f"Expected `model` to be an nn.Module, but got "
+                            f"{type(model).__name__}; load a model by name with "
+                            "equifast.load_model(name) first.")
+        data_mod._check_images(example, "`example`")
         metrics = metric_list(metric)
         check_options(metrics[0], vector_mode, eps)
-        transforms, self.device = checked_settings(transforms, amp, batch_size, device, backend)
+        transforms, self.device = checked_settings(_transform_list(transforms), amp, batch_size,
+                                                   device, backend)
         self.model = model.eval().to(self.device)
         # Convolutions run faster channels-last on CPUs and tensor cores; the operator reads any strides.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -217,6 +234,7 @@ class Measurer:
         self.amp = amp
         example = self._to_model(example)
         size = tuple(example.shape[-2:])
+        self.input_channels = int(example.shape[1])
         for t in transforms:
             t.check_input(size)
         self.input_size = (int(size[0]), int(size[1]))
@@ -275,6 +293,10 @@ class Measurer:
         """Score one batch ``x`` (``[B, C, H, W]``, model-ready, of the example's ``H x W``:
         another size is a ``ValueError``) with optional labels ``y``."""
         st = self.state
+        data_mod._check_images(x, "`x`")  # a 3-D batch failed in channels_last, uint8 in the model
+        if x.shape[0] == 0:  # divided by zero
+            raise ValueError(f"Expected a batch of at least one image, but got shape "
+                             f"{tuple(x.shape)}; leave empty batches out.")
         size = (int(x.shape[-2]), int(x.shape[-1]))
         if size != self.input_size:
             # every shift scales with the input: the state would mix two geometries under one
@@ -283,6 +305,9 @@ class Measurer:
                              f"(the example's size, at which the points were found), but got "
                              f"{size[0]}x{size[1]}; measure each input size with a Measurer of "
                              "its own.")
+        if x.shape[1] != self.input_channels:  # else the model's own error, deep inside
+            raise ValueError(f"Expected a batch of {self.input_channels}-channel images (as the "
+                             f"example), but got {x.shape[1]} channels (shape {tuple(x.shape)}).")
         x = self._to_model(x).contiguous(memory_format=self.memory_format)
         # the model gets a copy: one that writes into its input (x -= mean in its forward) would
         # change the images T(x) is taken from, and the caller's
@@ -457,11 +482,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     if not isinstance(model, (nn.Module, str)):
         raise TypeError(f"Expected `model` to be an nn.Module, a torchvision/timm name or a run "
                         f"folder, but got {type(model).__name__}.")
-    if isinstance(transforms, Transform):  # one transform
-        transforms = [transforms]
-    elif isinstance(transforms, str) or (isinstance(transforms, (list, tuple)) and transforms
-                                         and all(isinstance(t, str) for t in transforms)):
-        transforms = parse_transforms(transforms)  # "rotation" was read letter by letter
+    transforms = _transform_list(transforms)
     check_options(metric_list(metric)[0], vector_mode, eps)  # before the model and the data load
     transforms = checked_settings(diagonal_shifts(1, 32) + rotations() if transforms is None
                                   else transforms, amp, batch_size, device, backend)[0]

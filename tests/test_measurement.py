@@ -1179,3 +1179,34 @@ def test_meta_paths_are_absolute_and_the_accuracy_says_over_how_many_images(
     # no labels: no accuracy, over no images
     rep = ef.measure(circular_net(), torch.rand(2, 3, 12, 12), transforms=[ef.Rotation(1)])
     assert rep.accuracy is None and rep.meta["accuracy_images"] is None
+
+
+def test_measurer_refuses_bad_batches_and_takes_transforms_as_measure_does():
+    # update divided by zero on an empty batch, failed in channels_last on a 3-D one and inside
+    # the model on uint8 or another channel count, and copied out of a meta tensor; the
+    # constructor read "rotation" letter by letter, took no single transform and no model name
+    x = torch.rand(4, 3, 12, 12)
+    m = Measurer(circular_net(), x[:2], [ef.Rotation(1)], batch_size=4)
+    for bad, error, match in ((x[:0], ValueError, r"at least one image, but got shape \(0, 3, 12, 12\)"),
+                              (x[0], ValueError, r"`x` to be \[N, C, H, W\], but got shape \(3, 12, 12\)"),
+                              ((x * 255).to(torch.uint8), TypeError, "floating tensor.*torch.uint8"),
+                              (x[:, :1], ValueError, "3-channel images .*, but got 1 channels"),
+                              (x.to("meta"), ValueError, "`x` to hold data .* meta tensor")):
+        with pytest.raises(error, match=match):
+            m.update(bad)
+    assert m.state.n_images == 0 and not m.state.scores
+    m.update(x)
+    want = ef.measure(circular_net(), x, transforms=[ef.Rotation(1)], batch_size=4)
+    pd.testing.assert_frame_equal(m.state.report().points[["point", "channel", "layer"]],
+                                  want.points[["point", "channel", "layer"]])
+    for transforms in ("rotation:90", ["rotation:90"], ef.Rotation(1)):
+        one = Measurer(circular_net(), x[:2], transforms, batch_size=4)
+        assert one.transforms == [ef.Rotation(1)]
+    for model, example, error, match in (
+            ("resnet18", x, TypeError, "nn.Module, but got str; load a model by name"),
+            (circular_net(), x[0], ValueError, r"`example` to be \[N, C, H, W\]"),
+            (circular_net(), x.to("meta"), ValueError, "`example` to hold data")):
+        with pytest.raises(error, match=match):
+            Measurer(model, example, [ef.Rotation(1)])
+    with pytest.raises(ValueError, match="`images` to hold data .* meta tensor"):
+        ef.measure(circular_net(), x.to("meta"), transforms=[ef.Rotation(1)])
