@@ -171,6 +171,10 @@ _map_cache = _MapCache()
 
 def _check(fx, ftx, metric, vector_mode, eps, backend_name):
     reference.check_pair(fx, ftx)  # floating, one shape, no empty dim, one device
+    if fx.is_meta:  # failed in the finiteness check or the index maps, with no word of why
+        raise ValueError("Expected `fx` and `ftx` to hold data (CPU or CUDA tensors), but got meta "
+                         "tensors, which have shapes only; equifast.ops.equivariance_scores takes "
+                         "them (its fake gives the shapes of the scores).")
     reference.check_options(metric, vector_mode, eps)
     if backend_name not in _BACKENDS:
         raise ValueError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend_name!r}.")

@@ -472,3 +472,16 @@ def test_an_index_map_held_elsewhere_is_found_again_not_built_again(monkeypatch)
         assert torch.equal(rebuilt[0], t.index_map((16, 16), (16, 16))[0])
     finally:
         functional._map_cache.clear()
+
+
+def test_meta_tensors_are_a_clear_error_and_the_operator_gives_their_shapes():
+    # the public function failed in its finiteness check ("Cannot copy out of meta tensor") or,
+    # with check=False, in the index maps (Tensor.item() on a meta tensor)
+    x = torch.randn(2, 3, 6, 6, device="meta")
+    for check in (True, False):
+        with pytest.raises(ValueError, match="`fx` and `ftx` to hold data .* meta tensors"):
+            equivariance_scores(x, x, ef.Rotation(1), check=check)
+    if ef.ops.available():  # what the message points to works: the fake's shapes
+        a, b = ef.Rotation(1).index_map((6, 6), (6, 6))
+        c, l, i = ef.ops.equivariance_scores(x, x, a.to("meta"), b.to("meta"), True, 1e-5)
+        assert c.shape == l.shape == i.shape == (2, 3) and c.device.type == "meta"
