@@ -321,6 +321,18 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
             setting of a study; one name or a list) group them.
     """
     by = [by] if isinstance(by, str) else list(by)  # "seed" is one key, not four letters
+    reports = list(reports)
+    if not reports:  # pandas' "No objects to concatenate"
+        raise ValueError("Expected at least one report to combine, but got none.")
+    for i, r in enumerate(reports):
+        if not isinstance(r, Report):
+            raise TypeError(f"Expected `reports` to be equifast Reports (what measure returns, or "
+                            f"Report.load reads), but run {i} is a {type(r).__name__}.")
+    for k in by:
+        if all(k not in r.meta for r in reports):  # a typo grouped every run as one setting
+            keys = sorted(set().union(*(r.meta for r in reports)))
+            raise ValueError(f"Expected each name in `by` to be a key of the reports' meta, but "
+                             f"{k!r} is in none of them (their keys: {', '.join(keys)}).")
     frames, measured = [], {}
     for i, r in enumerate(reports):
         # a family's mean over other transforms is another number: not a seed of the same run
@@ -332,12 +344,20 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
                              f"but run {i}'s {[k for k, v in zip(by, group) if v.__hash__ is None]} "
                              f"{'is' if len(by) == 1 else 'are'} a list or dict.") from None
         names = set(r.points["transform"]) if len(r.points) else set()
-        first, first_names = measured.setdefault(group, (i, names))
+        metrics = set(r.points["metric"]) if len(r.points) and "metric" in r.points else None
+        first, first_names, first_metrics = measured.setdefault(group, (i, names, metrics))
         if names != first_names:
             raise ValueError(f"Expected the runs combined{' per ' + ', '.join(by) if by else ''} "
                              f"to have measured the same transforms, but run {i} lacks "
                              f"{sorted(first_names - names)} and has {sorted(names - first_names)} "
                              f"beside run {first}.")
+        if None not in (metrics, first_metrics) and metrics != first_metrics:
+            # each run's scores of a metric the other lacks were all NaN, over "2 runs"
+            raise ValueError(f"Expected the runs combined{' per ' + ', '.join(by) if by else ''} "
+                             f"to have measured the same metrics, but run {i} measured "
+                             f"{sorted(metrics)} and run {first} {sorted(first_metrics)}; keep the "
+                             f"metric they share (Report(r.points[r.points.metric == m], r.meta)) "
+                             f"or measure every run with the same metrics.")
         df = r.parts.copy()
         df["run"] = i
         for k in by:

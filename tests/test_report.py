@@ -895,3 +895,30 @@ def test_a_report_of_no_points_round_trips_and_its_figure_says_why_there_is_none
         empty.plot()
     one = Report.from_rows([r for r in _rows() if r["point"] == "p2"])
     one.plot(others={"none": empty})  # a line of no scores beside one of some: drawn
+
+
+def test_combine_runs_refuses_no_runs_other_metrics_and_a_by_key_no_run_has():
+    # [] was pandas' "No objects to concatenate", a table an AttributeError; runs of other
+    # metrics combined into all-NaN rows said to be over 2 runs; by=["sed"] (a typo) put every
+    # run in one group of None
+    both = Report.from_rows(_rows(), {"setting": "a", "seed": 0})
+    corr = Report.from_rows([dict(r, channel=r["channel"] + 0.1) for r in _rows()
+                             if r["metric"] == "correlation"], {"setting": "a", "seed": 1})
+    with pytest.raises(ValueError, match="at least one report"):
+        combine_runs([])
+    with pytest.raises(TypeError, match="run 1 is a DataFrame"):
+        combine_runs([both, corr.points])
+    with pytest.raises(ValueError, match=r"same metrics, but run 1 measured \['correlation'\] and "
+                                         r"run 0 \['correlation', 'cosine'\]"):
+        combine_runs([both, corr])
+    with pytest.raises(ValueError, match="'sed' is in none of them"):
+        combine_runs([both, both], by=["sed"])
+    # what the message advises: the metric they share, the mean of the two runs' part scores
+    kept = Report(both.points[both.points.metric == "correlation"], both.meta)
+    out = combine_runs([kept, corr], by="setting")
+    row = out[(out.part == "early") & (out.family == "rotation")].iloc[0]
+    one = both.parts[(both.parts.part == "early") & (both.parts.family == "rotation")
+                     & (both.parts.metric == "correlation")].channel.iloc[0]
+    assert math.isclose(row.channel, one + 0.05) and row.runs == 2
+    # a key some runs lack stays a group of None beside the others
+    assert set(combine_runs([both, Report(corr.points, {})], by="setting").runs) == {1}
