@@ -375,10 +375,37 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
     return over_runs(df, keys, ["channel", "layer", "undefined_fraction"])
 
 
+def _check_points_frame(points) -> None:
+    """Raise unless ``points`` is a points table a :class:`Report` can be made of: a KeyError or
+    AttributeError in the part table, or a part it does not know silently left out of the
+    parts (as a part NaN), otherwise."""
+    if not isinstance(points, pd.DataFrame):
+        raise TypeError(f"Expected `points` to be a pandas DataFrame (as report.points), but got "
+                        f"a {type(points).__name__}; make a report of rows (dicts) with "
+                        "Report.from_rows(rows).")
+    if not len(points):
+        return
+    missing = [c for c in _REQUIRED if c not in points.columns]
+    if missing:
+        raise ValueError(f"Expected `points` to have the columns {', '.join(_REQUIRED)} (as "
+                         f"report.points), but it lacks {', '.join(map(repr, missing))}.")
+    unknown = sorted(set(points["part"].astype(str)) - set(PARTS))
+    if unknown:
+        raise ValueError(f"Expected the parts of `points` to be among {', '.join(PARTS)}, but it "
+                         f"names {', '.join(map(repr, unknown))}.")
+    for col in SCORES:
+        bad = pd.to_numeric(points[col], errors="coerce").isna() & points[col].notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"Expected the column {col!r} of `points` to hold numbers, but row "
+                             f"{i} holds {points[col].iloc[i]!r}.")
+
+
 class Report:
     """What :func:`equifast.measure` returns: ``points`` and ``parts`` tables and ``meta``."""
 
     def __init__(self, points: pd.DataFrame, meta: Optional[dict] = None):
+        _check_points_frame(points)
         self.points = points
         self.meta = dict(meta or {})
         self.parts = part_table(points) if len(points) else pd.DataFrame(

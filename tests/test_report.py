@@ -922,3 +922,22 @@ def test_combine_runs_refuses_no_runs_other_metrics_and_a_by_key_no_run_has():
     assert math.isclose(row.channel, one + 0.05) and row.runs == 2
     # a key some runs lack stays a group of None beside the others
     assert set(combine_runs([both, Report(corr.points, {})], by="setting").runs) == {1}
+
+
+def test_a_report_is_made_of_a_points_table_only():
+    # a list was an AttributeError, a table without 'part' a KeyError, a score that is no
+    # number pandas' "agg function failed", and a part of another name left the parts (NaN)
+    rows = _rows()
+    with pytest.raises(TypeError, match="a pandas DataFrame .* but got a list; .*from_rows"):
+        Report(rows)
+    with pytest.raises(ValueError, match="lacks 'part'"):
+        Report(pd.DataFrame(rows).drop(columns="part"))
+    with pytest.raises(ValueError, match="row 1 holds 'x'"):
+        Report.from_rows([dict(r, channel="x") if i == 1 else r for i, r in enumerate(rows)])
+    with pytest.raises(ValueError, match="names 'stem'"):
+        Report.from_rows([dict(r, part="stem") if r["point"] == "p0" else r for r in rows])
+    assert len(Report(pd.DataFrame()).parts) == 0  # an empty report stays one
+    # a table taken is scored as before: early's rotation is the mean of its two points
+    parts = Report(pd.DataFrame(rows)).parts
+    row = parts[(parts.part == "early") & (parts.family == "rotation") & (parts.metric == "cosine")]
+    assert math.isclose(row.channel.iloc[0], ((0.3 + 0.0) + (0.3 - 0.1 + 0.05)) / 2)
