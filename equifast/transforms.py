@@ -15,6 +15,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
+from ._checks import is_integer
 from ._hints import did_you_mean
 
 __all__ = [
@@ -310,6 +311,10 @@ def shift_family(mode: str = "circular", rounding: str = "down") -> str:
 def diagonal_shifts(start: int = 1, stop: int = 32, mode: str = "circular",
                     rounding: str = "down") -> List[Translation]:
     """The thesis' translation family: ``Translation(s, s)`` for ``s`` in ``start..stop``."""
+    if not (is_integer(start) and is_integer(stop)):  # range() or `<` failed on them
+        raise TypeError(f"Expected `start` and `stop` to be integers (shifts in pixels), but got "
+                        f"start={start!r}, stop={stop!r}.")
+    start, stop = int(start), int(stop)
     if start < 1 or stop < start:
         raise ValueError(f"Expected 1 <= start <= stop, but got start={start}, stop={stop}.")
     return [Translation(s, s, mode=mode, rounding=rounding) for s in range(start, stop + 1)]

@@ -273,6 +273,14 @@ def test_diagonal_shifts_rejects_bad_ranges(start, stop):
         ef.diagonal_shifts(start, stop)
 
 
+@pytest.mark.parametrize("start,stop", [(1, 2.5), (1.0, 3), ("1", 3), (1, None), (True, 3)])
+def test_diagonal_shifts_rejects_shifts_that_are_no_integers(start, stop):
+    # range() or `<` failed on them ("'float' object cannot be interpreted as an integer"), and
+    # True was taken as 1
+    with pytest.raises(TypeError, match=r"`start` and `stop` to be integers .* but got start="):
+        ef.diagonal_shifts(start, stop)
+
+
 def test_names_identify_the_transform_so_repeats_are_caught():
     # a quarter turn back is three forward: one name, so the pair is a repeat
     assert ef.Rotation(-1).name == ef.Rotation(3).name == "rotation(270)"
