@@ -647,7 +647,8 @@ def test_property_matches_reference(n, k, size, scale, transform, metric, seed, 
     # 16-channel groups and a remainder, packing as columns); K >= P on NCHW, B's rows
     # transposed 8 x 8
     input_size = (size * scale, size * scale)
-    try:
+    try:  # what the public function and the reference take (a shift smaller than the image)
+        transform.check_input(input_size)
         transform.index_map((size, size), input_size)
     except ValueError:
         assume(False)
