@@ -134,7 +134,9 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
             f"The compiled operator {_OP_NAME} is not available ({_error}); build it with "
             "`pip install --no-build-isolation -e .` or use equifast.reference."
         )
-    if fx.device.type == "cuda" and cuda_kernel() == "triton":
+    # not a tensor: the schema's own error ("Expected a value of type 'Tensor' for argument
+    # 'fx'"), not an AttributeError here
+    if isinstance(fx, Tensor) and fx.device.type == "cuda" and cuda_kernel() == "triton":
         return _triton_scores(fx, ftx, a_index, b_index, centered, eps, tensor_cores,
                               check_indices)
     return torch.ops.equifast.equivariance_scores.default(fx, ftx, a_index, b_index,

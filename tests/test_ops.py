@@ -921,3 +921,16 @@ def test_narrower_cpu_isa_passes_these_tests(isa, monkeypatch):
                          timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1], run.stdout[-500:]
+
+
+@pytest.mark.skipif(not ops.available(), reason="equifast._C not built")
+def test_an_input_that_is_no_tensor_gets_the_schemas_error():
+    # the wrapper read fx.device first: AttributeError: 'numpy.ndarray' object has no attribute
+    # 'device'
+    fx = torch.randn(1, 2, 4, 4)
+    a, b = Flip("vertical").index_map((4, 4), (4, 4))
+    with pytest.raises(RuntimeError, match="Expected a value of type 'Tensor' for argument 'fx'"):
+        ops.equivariance_scores(fx.numpy(), fx, a, b, True, EPS)
+    c, _, _ = ops.equivariance_scores(fx, torch.flip(fx, dims=(-2,)), a, b, True, EPS)
+    want = reference.equivariance_scores(fx, torch.flip(fx, dims=(-2,)), Flip("vertical"))
+    torch.testing.assert_close(c, want.channel)
