@@ -34,6 +34,7 @@ from .aggregate import ActivationState, ScoreState, VectorState
 from .devices import resolve_device
 from .functional import backend as backend_name
 from .functional import _BACKENDS, _index_map, equivariance_scores, finite_marker, raise_unless_finite
+from ._checks import is_integer
 from ._hints import did_you_mean, without_download_advice
 from .reference import METRICS, TOLERANCE, check_options, is_vector
 from .report import Report
@@ -123,8 +124,25 @@ class MeasureState:
         return Report.from_rows(rows, meta)
 
 
+SEED_RANGE = (-2 ** 63, 2 ** 64 - 1)  # what torch's generators take (negatives wrap around)
+
+
+def checked_seed(seed, name: str = "`seed`") -> int:
+    """``seed`` as a Python ``int``, or a ``ValueError`` naming ``name``: a NumPy integer (a seed
+    from ``np.arange`` or a pandas table) and a 0-dim integer tensor are taken (torch's
+    ``manual_seed`` raised "an integer is required" for a NumPy one, and "Overflow when
+    unpacking long long" for one out of its range)."""
+    if not is_integer(seed) or not SEED_RANGE[0] <= int(seed) <= SEED_RANGE[1]:
+        raise ValueError(f"Expected {name} to be an integer in {SEED_RANGE[0]}..{SEED_RANGE[1]} "
+                         f"(the seeds torch takes), but got {seed!r}.")
+    return int(seed)
+
+
 def metric_list(metric: Union[str, Sequence[str]], name: str = "`metric`") -> List[str]:
     """``metric`` as a list of distinct metric names; ``ValueError`` (naming ``name``) otherwise."""
+    if not isinstance(metric, (str, list, tuple)):  # None: "'NoneType' object is not iterable"
+        raise ValueError(f"Expected {name} to be one of {METRICS} or a list of them, but got "
+                         f"{metric!r}.")
     metrics = [metric] if isinstance(metric, str) else list(metric)
     for m in metrics:
         if m not in METRICS:
@@ -490,6 +508,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     # TorchScript is refused before the data load
     inner = unwrapped(model)[0] if isinstance(model, nn.Module) else None
     data_mod.check_num_workers(num_workers)
+    seed = checked_seed(seed)  # before the model and the data load
     # A model being trained is put back as it was after: its modes (measuring runs it in eval
     # mode), its device and memory format; the caller's random stream is left alone.
     given_preprocess = preprocess is not None

@@ -421,6 +421,23 @@ def test_seeded_runs_repeat():
     pd.testing.assert_frame_equal(a.points, b.points)
 
 
+def test_numpy_and_tensor_seeds_measure_as_their_int():
+    # seed=np.int64(5) (from np.arange, a pandas table) failed in torch.manual_seed with "an
+    # integer is required"; one out of torch's range with "Overflow when unpacking long long"
+    import numpy as np
+
+    kw = dict(transforms=[ef.Translation(4, 4)], n_images=2, batch_size=2)
+    a = ef.measure(circular_net(), None, seed=5, **kw)
+    for seed in (np.int64(5), torch.tensor(5)):
+        b = ef.measure(circular_net(), None, seed=seed, **kw)
+        pd.testing.assert_frame_equal(a.points, b.points)
+        assert type(b.meta["seed"]) is int and b.meta["seed"] == 5  # JSON-able in Report.save
+    for bad in (2 ** 64, -2 ** 63 - 1, 1.5, None, True):
+        with pytest.raises(ValueError, match=r"Expected `seed` to be an integer in "
+                                             r"-9223372036854775808\.\.18446744073709551615"):
+            ef.measure(circular_net(), None, seed=bad, **kw)
+
+
 @pytest.mark.skipif(not ef.ops.available(), reason="needs the compiled operator")
 def test_operator_matches_reference_on_real_features():
     # Real weights (EfficientNet-Lite0, ImageNet) on real photos: post-ReLU6 maps with large
@@ -1210,3 +1227,18 @@ def test_measurer_refuses_bad_batches_and_takes_transforms_as_measure_does():
             Measurer(model, example, [ef.Rotation(1)])
     with pytest.raises(ValueError, match="`images` to hold data .* meta tensor"):
         ef.measure(circular_net(), x.to("meta"), transforms=[ef.Rotation(1)])
+
+
+def test_metric_none_or_not_a_list_is_a_clear_error():
+    # None was "'NoneType' object is not iterable" (measure and Measurer)
+    x = torch.rand(2, 3, 12, 12)
+    for metric in (None, 1):
+        with pytest.raises(ValueError, match=rf"`metric` to be one of .* or a list of them, but got {metric}"):
+            ef.measure(circular_net(), x, transforms=[ef.Rotation(1)], metric=metric)
+        with pytest.raises(ValueError, match="`metric` to be one of"):
+            Measurer(circular_net(), x, [ef.Rotation(1)], metric=metric)
+    # a tuple is a list of metrics: both, each as measured alone
+    both = ef.measure(circular_net(), x, transforms=[ef.Rotation(1)], metric=("cosine", "correlation"))
+    alone = ef.measure(circular_net(), x, transforms=[ef.Rotation(1)], metric="cosine")
+    pd.testing.assert_frame_equal(both.parts[both.parts.metric == "cosine"].reset_index(drop=True),
+                                  alone.parts.reset_index(drop=True))
