@@ -451,13 +451,21 @@ class Report:
         if suffix not in (".json", ".csv", ".parquet"):  # before its folder is made
             raise ValueError(f"Expected a .json, .csv or .parquet path, but got {str(path)!r}.")
         path.parent.mkdir(parents=True, exist_ok=True)
+        stem = path.with_suffix("")
+        targets = ([path] if suffix == ".json" else
+                   [stem.with_name(f"{stem.name}.{n}") for n in (f"points{suffix}", f"parts{suffix}",
+                                                                 "meta.json")])
+        for target in targets:  # else the rename of its temporary file failed, naming that
+            if target.is_dir():
+                raise IsADirectoryError(f"Expected to write the report to {str(target)!r}, but "
+                                        f"that is a folder; give another path (e.g. "
+                                        f"{str(target / 'report.json')!r}).")
         if suffix == ".json":
             # records through json.dumps, which writes floats exactly (to_json keeps 10 digits)
             records = self.points.astype(object).where(self.points.notna(), None).to_dict("records")
             doc = {"meta": self.meta, "points": records}
             write_text_atomic(path, json.dumps(json_safe(doc), indent=1, allow_nan=False))
             return [path]
-        stem = path.with_suffix("")
         written = []
         # a table of no columns is a blank line in a CSV, which no reader takes back
         points = self.points if len(self.points.columns) else pd.DataFrame(columns=_REQUIRED)

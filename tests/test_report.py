@@ -1,6 +1,7 @@
 """Reports: SPEC columns, aggregation order, files, figures, metric bias, seeds."""
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -941,3 +942,17 @@ def test_a_report_is_made_of_a_points_table_only():
     parts = Report(pd.DataFrame(rows)).parts
     row = parts[(parts.part == "early") & (parts.family == "rotation") & (parts.metric == "cosine")]
     assert math.isclose(row.channel.iloc[0], ((0.3 + 0.0) + (0.3 - 0.1 + 0.05)) / 2)
+
+
+@pytest.mark.parametrize("name,folder", [("r.json", "r.json"), ("r.csv", "r.points.csv"),
+                                         ("r.parquet", "r.meta.json")])
+def test_save_onto_a_folder_names_it(tmp_path, name, folder):
+    # the rename of the temporary file failed: IsADirectoryError naming '.r.json.<pid>.tmp'
+    (tmp_path / folder).mkdir()
+    rep = Report.from_rows(_rows(), {"model": "toy"})
+    with pytest.raises(IsADirectoryError, match=rf"to {re.escape(repr(str(tmp_path / folder)))}, "
+                                                "but that is a folder"):
+        rep.save(tmp_path / name)
+    assert [p.name for p in tmp_path.iterdir()] == [folder]  # nothing else written
+    back = Report.load(rep.save(tmp_path / "ok" / name)[0].parent / name)
+    pd.testing.assert_frame_equal(back.parts, rep.parts)
