@@ -81,7 +81,7 @@ def _add_measure(sub) -> None:
 
 def _run_measure(args) -> int:
     from .devices import resolve_device
-    from .measurement import metric_list
+    from .measurement import checked_seed, metric_list
     from .models import _is_run_folder, check_model_args, check_model_name
     from .transforms import check_distinct, parse_transforms
 
@@ -93,6 +93,7 @@ def _run_measure(args) -> int:
                                  ("--loader-workers", args.loader_workers, 0),
                                  ("--num-classes", args.num_classes, 0)):
         check_integer(flag, value, minimum, allow_none=flag != "--batch-size")
+    checked_seed(args.seed, "--seed")
     check_model_name(args.model)
     resolve_device(args.device)  # an unknown device, or a GPU this machine lacks
     weights = None if args.weights == "none" else args.weights

@@ -366,6 +366,15 @@ _TINY = ["measure", "--model", "resnet18", "--weights", "none", "--n-images", "2
          "--transforms", "rotation:90"]
 
 
+def test_seed_out_of_torchs_range_is_a_clear_error_before_measuring(tmp_path, capsys):
+    # was "equifast: error: Overflow when unpacking long long", from torch.manual_seed
+    out = tmp_path / "m"
+    assert main(_TINY + ["--out", str(out), "--seed", str(2 ** 64)]) == 2
+    err = capsys.readouterr().err
+    assert f"Expected --seed to be an integer in {-2 ** 63}..{2 ** 64 - 1}" in err
+    assert str(2 ** 64) in err and "Overflow" not in err and not out.exists()
+
+
 def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
     # `equifast measure 2> log` filled the log with the bar's carriage-return redraws
     assert main(_TINY + ["--out", str(tmp_path / "m")]) == 0
