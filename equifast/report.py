@@ -320,7 +320,8 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
         reports: reports of repeated runs; ``report.meta`` keys named in ``by`` (e.g. the
             setting of a study; one name or a list) group them.
     """
-    by = [by] if isinstance(by, str) else list(by)  # "seed" is one key, not four letters
+    # "seed" is one key, not four letters; None no key ("'NoneType' object is not iterable")
+    by = [] if by is None else [by] if isinstance(by, str) else list(by)
     reports = list(reports)
     if not reports:  # pandas' "No objects to concatenate"
         raise ValueError("Expected at least one report to combine, but got none.")

@@ -923,6 +923,8 @@ def test_combine_runs_refuses_no_runs_other_metrics_and_a_by_key_no_run_has():
     assert math.isclose(row.channel, one + 0.05) and row.runs == 2
     # a key some runs lack stays a group of None beside the others
     assert set(combine_runs([both, Report(corr.points, {})], by="setting").runs) == {1}
+    # by=None groups by nothing, as by=() (was "'NoneType' object is not iterable")
+    assert combine_runs([kept, corr], by=None).equals(combine_runs([kept, corr]))
 
 
 def test_a_report_is_made_of_a_points_table_only():
