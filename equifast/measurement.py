@@ -100,6 +100,10 @@ class MeasureState:
 
     def report(self, meta: Optional[dict] = None) -> Report:
         """The :class:`~equifast.report.Report` of what was summed."""
+        if not self.n_images:  # a report of NaN scores over 0 images otherwise
+            raise ValueError("Expected a state of at least one measured image, but it holds none; "
+                             "score batches first (Measurer.update(x)) or merge in a shard that "
+                             "has images.")
         rows = []
         for order, p in enumerate(self.points):
             act = self.activations.get(p.name, ActivationState()).compute()

@@ -1242,3 +1242,14 @@ def test_metric_none_or_not_a_list_is_a_clear_error():
     alone = ef.measure(circular_net(), x, transforms=[ef.Rotation(1)], metric="cosine")
     pd.testing.assert_frame_equal(both.parts[both.parts.metric == "cosine"].reset_index(drop=True),
                                   alone.parts.reset_index(drop=True))
+
+
+def test_a_state_of_no_image_has_no_report():
+    # its report was every score NaN over n_images 0, with no word of why
+    x = torch.rand(2, 3, 12, 12)
+    m = Measurer(circular_net(), x, [ef.Rotation(1)])
+    with pytest.raises(ValueError, match="at least one measured image, but it holds none"):
+        m.state.report()
+    m.update(x)  # one batch: the report of measure on it
+    want = ef.measure(circular_net(), x, transforms=[ef.Rotation(1)])
+    pd.testing.assert_frame_equal(m.state.report().parts, want.parts)
