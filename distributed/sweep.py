@@ -197,6 +197,22 @@ class RandomImages(torch.utils.data.Dataset):
         return (torch.cat(pieces) if len(pieces) > 1 else pieces[0]).view(3, self.size, self.size)
 
 
+def _mnist_layout(name: str, root: str) -> str:
+    """Where torchvision's MNIST and its kin look for their files under ``root``, said where a
+    root holds none: ``root/<Name>/raw``, uncompressed (a folder of the ``.gz`` idx files, as
+    ``equifast train`` reads Fashion-MNIST from, is not it); empty for other data sets."""
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, name, None)
+    mnist = torchvision.datasets.MNIST
+    if not (isinstance(cls, type) and issubclass(cls, mnist)
+            and getattr(cls, "_check_exists", None) is getattr(mnist, "_check_exists", None)):
+        return ""
+    files = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+    return (f"{name} reads its idx files uncompressed ({', '.join(files)}) from "
+            f"{os.path.join(root, name, 'raw')!r}, not .gz files in root itself; ")
+
+
 def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.utils.data.Dataset], Any]:
     """The images a job measures, before sharding, and the preprocessing they need.
 
@@ -243,6 +259,7 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
             raise FileNotFoundError(
                 f"Expected the files of torchvision.datasets.{d.name}{dict(d.args) or ''} under "
                 f"{root!r}, but torchvision found none there{f' ({kept})' if kept else ''}; "
+                f"{_mnist_layout(d.name, root)}"
                 "sweeps never download: put the data under that root first.") from None
         dataset = _TorchvisionImages(dataset, d.name)
     if not d.labels:

@@ -531,6 +531,29 @@ def test_a_torchvision_root_without_the_data_says_to_put_it_there_not_to_downloa
     assert re.search(r"torchvision.datasets.MNIST\{'train': False\} under .*never download", message)
 
 
+def test_a_fashion_mnist_root_of_gz_files_says_where_torchvision_reads_them(folder, tmp_path):
+    # the .gz idx files lie directly in root (as /usr/share/datasets/fashion-mnist, which
+    # `equifast train` reads): the error said "put the data under that root", where it was
+    import torchvision
+
+    from equifast.distributed.sweep import job_inputs
+
+    names = [os.path.basename(url) for url, _ in torchvision.datasets.FashionMNIST.resources]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    dataset = {"name": "fm", "torchvision": "FashionMNIST", "root": str(tmp_path),
+               "args": {"train": False}, "image_size": 32}
+    (job,) = load_spec(_spec(folder, models=MODELS[:1], datasets=[dataset],
+                             transforms={"rotation": "rotation:90"})).jobs()
+    with pytest.raises(FileNotFoundError) as err:
+        job_inputs(job)
+    message = str(err.value)
+    # torchvision's own answer of where an instance at this root reads its files
+    raw = torchvision.datasets.MNIST.raw_folder.fget(type("FashionMNIST", (), {"root": str(tmp_path)})())
+    assert f"from {raw!r}" in message and "never download" in message
+    assert all(os.path.splitext(name)[0] in message for name in names)
+
+
 def test_a_torchvision_error_naming_a_path_with_dots_is_kept_whole(folder, tmp_path):
     # its first '.' ended the message: "The file /tmp/places" of /tmp/places.v2/...
     from equifast.distributed.sweep import job_inputs
