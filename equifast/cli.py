@@ -112,7 +112,10 @@ def _run_measure(args) -> int:
             raise ValueError(f"Expected {flag} to name a folder, but it is empty (an unset "
                              "variable?); leave it out for its default.")
     if args.data is not None and not Path(args.data).is_dir():
-        raise FileNotFoundError(f"Expected --data to be a folder of images, but {args.data!r} "
+        # a run's --data is the root of its recipe's data set (idx or CIFAR batch files)
+        what = ("the folder of the run's data set" if _is_run_folder(args.model)
+                else "a folder of images")
+        raise FileNotFoundError(f"Expected --data to be {what}, but {args.data!r} "
                                 f"{'is a file' if Path(args.data).exists() else 'does not exist'}.")
     if args.data is not None and Path(args.data).resolve() in (
             Path(args.out).resolve(), *Path(args.out).resolve().parents):

@@ -438,6 +438,19 @@ def test_batch_size_and_device_are_checked_before_anything_is_printed_or_made(ar
     assert not (tmp_path / "m").exists()
 
 
+def test_a_missing_data_root_of_a_run_folder_is_not_called_a_folder_of_images(tmp_path, capsys):
+    # with a run folder as --model, --data is its recipe's data set (Fashion-MNIST's idx files)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.json").write_text("{}")
+    missing = str(tmp_path / "no-data")
+    assert main(["measure", "--model", str(run), "--data", missing, "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert f"Expected --data to be the folder of the run's data set, but {missing!r} does not exist" in err
+    assert main(["measure", "--data", missing, "--out", str(tmp_path / "m")]) == 2  # a model by name
+    assert f"Expected --data to be a folder of images, but {missing!r} does not exist" in capsys.readouterr().err
+
+
 def test_model_arguments_are_checked_before_anything_is_printed_or_made(tmp_path, capsys):
     # they failed after the header line was printed and --out made; a run folder's refusal
     # said "got weights=None" for `--weights none`
