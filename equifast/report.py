@@ -157,25 +157,35 @@ def _checked_meta(meta, path: Path) -> dict:
     return meta
 
 
-def _checked_points(points: pd.DataFrame, meta: dict, path: Path) -> pd.DataFrame:
-    """``points`` as read from ``path``, checked to be a points table :class:`Report` can use:
-    a hand-edited, truncated or foreign file is an error naming what is wrong, not a
-    ``KeyError`` in the part table or a part silently scored as NaN."""
-    where = f"Expected a report saved by Report.save in {str(path)!r}, but"
+def _points_problem(points: pd.DataFrame) -> Optional[str]:
+    """What keeps ``points`` from being a points table :class:`Report` can use (``None``:
+    nothing): a missing column (a ``KeyError`` in the part table), a score that is no number,
+    or a part of another name (silently left out of the parts, as a part NaN)."""
     missing = [c for c in _REQUIRED if c not in points.columns]
-    if missing and len(points):
-        raise ValueError(f"{where} its points table lacks the column(s) "
-                         f"{', '.join(map(repr, missing))}{_written_by(meta)}.")
-    if not len(points):
-        return points
+    if missing:
+        return f"its points table lacks the column(s) {', '.join(map(repr, missing))}"
     for col in SCORES:
-        values = pd.to_numeric(points[col], errors="coerce")
-        bad = values.isna() & points[col].notna()
+        bad = pd.to_numeric(points[col], errors="coerce").isna() & points[col].notna()
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(f"{where} its column {col!r} holds {points[col].iloc[i]!r} (row {i}), "
-                             f"not a number{_written_by(meta)}.")
-        points[col] = values.astype(float)
+            return f"its column {col!r} holds {points[col].iloc[i]!r} (row {i}), not a number"
+    unknown = sorted(set(points["part"].astype(str)) - set(PARTS))
+    if unknown:
+        return f"it names part(s) {', '.join(map(repr, unknown))}; the parts are {', '.join(PARTS)}"
+    return None
+
+
+def _checked_points(points: pd.DataFrame, meta: dict, path: Path) -> pd.DataFrame:
+    """``points`` as read from ``path``, checked to be a points table :class:`Report` can use:
+    a hand-edited, truncated or foreign file is an error naming what is wrong."""
+    where = f"Expected a report saved by Report.save in {str(path)!r}, but"
+    if not len(points):
+        return points
+    problem = _points_problem(points)
+    if problem:
+        raise ValueError(f"{where} {problem}{_written_by(meta)}.")
+    for col in SCORES:
+        points[col] = pd.to_numeric(points[col]).astype(float)
     # what every measured row has (the undefined fraction too: NaN only for no entries at all)
     for col in [c for c in _NAMES + ["undefined_fraction", "n_images"]
                 if c in points.columns and c != "shape"]:
@@ -186,10 +196,6 @@ def _checked_points(points: pd.DataFrame, meta: dict, path: Path) -> pd.DataFram
             i = int(np.flatnonzero(gone)[0])
             raise ValueError(f"{where} row {i} has no {col!r} (a truncated or hand-edited file?)"
                              f"{_written_by(meta)}.")
-    unknown = sorted(set(points["part"].astype(str)) - set(PARTS))
-    if unknown:
-        raise ValueError(f"{where} it names part(s) {', '.join(map(repr, unknown))}; the parts are "
-                         f"{', '.join(PARTS)}{_written_by(meta)}.")
     return points
 
 
@@ -377,29 +383,15 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
 
 
 def _check_points_frame(points) -> None:
-    """Raise unless ``points`` is a points table a :class:`Report` can be made of: a KeyError or
-    AttributeError in the part table, or a part it does not know silently left out of the
-    parts (as a part NaN), otherwise."""
+    """Raise unless ``points`` is a points table a :class:`Report` can be made of."""
     if not isinstance(points, pd.DataFrame):
         raise TypeError(f"Expected `points` to be a pandas DataFrame (as report.points), but got "
                         f"a {type(points).__name__}; make a report of rows (dicts) with "
                         "Report.from_rows(rows).")
-    if not len(points):
-        return
-    missing = [c for c in _REQUIRED if c not in points.columns]
-    if missing:
-        raise ValueError(f"Expected `points` to have the columns {', '.join(_REQUIRED)} (as "
-                         f"report.points), but it lacks {', '.join(map(repr, missing))}.")
-    unknown = sorted(set(points["part"].astype(str)) - set(PARTS))
-    if unknown:
-        raise ValueError(f"Expected the parts of `points` to be among {', '.join(PARTS)}, but it "
-                         f"names {', '.join(map(repr, unknown))}.")
-    for col in SCORES:
-        bad = pd.to_numeric(points[col], errors="coerce").isna() & points[col].notna()
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(f"Expected the column {col!r} of `points` to hold numbers, but row "
-                             f"{i} holds {points[col].iloc[i]!r}.")
+    problem = _points_problem(points) if len(points) else None
+    if problem:
+        raise ValueError(f"Expected `points` to be a table as report.points is, but "
+                         f"{problem}.")
 
 
 class Report:

@@ -933,9 +933,9 @@ def test_a_report_is_made_of_a_points_table_only():
     rows = _rows()
     with pytest.raises(TypeError, match="a pandas DataFrame .* but got a list; .*from_rows"):
         Report(rows)
-    with pytest.raises(ValueError, match="lacks 'part'"):
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) 'part'"):
         Report(pd.DataFrame(rows).drop(columns="part"))
-    with pytest.raises(ValueError, match="row 1 holds 'x'"):
+    with pytest.raises(ValueError, match=r"column 'channel' holds 'x' \(row 1\)"):
         Report.from_rows([dict(r, channel="x") if i == 1 else r for i, r in enumerate(rows)])
     with pytest.raises(ValueError, match="names 'stem'"):
         Report.from_rows([dict(r, part="stem") if r["point"] == "p0" else r for r in rows])
