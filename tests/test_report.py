@@ -937,7 +937,7 @@ def test_a_report_is_made_of_a_points_table_only():
         Report(pd.DataFrame(rows).drop(columns="part"))
     with pytest.raises(ValueError, match=r"column 'channel' holds 'x' \(row 1\)"):
         Report.from_rows([dict(r, channel="x") if i == 1 else r for i, r in enumerate(rows)])
-    with pytest.raises(ValueError, match="names 'stem'"):
+    with pytest.raises(ValueError, match=r"names part\(s\) 'stem'"):
         Report.from_rows([dict(r, part="stem") if r["point"] == "p0" else r for r in rows])
     assert len(Report(pd.DataFrame()).parts) == 0  # an empty report stays one
     # a table taken is scored as before: early's rotation is the mean of its two points
