@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from equifast._checks import is_integer
+from equifast._checks import SEED_RANGE, is_integer
 from equifast._hints import did_you_mean
 from equifast.devices import parse_device
 from equifast.models import (ModelArgumentError, check_model_args, checkpoint_path,
@@ -78,7 +78,7 @@ _DATASET_KEYS = {"name", "kind", "path", "torchvision", "root", "args", "image_s
                  "n_images", "labels"}
 _KINDS = ("folder", "embedded", "random", "torchvision")
 _NO_WEIGHTS = (None, "none", "None", "random")
-_MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
+_MAX_SEED = SEED_RANGE[1]  # torch.manual_seed's largest
 #: The largest ``image_size`` a spec takes: one 3 x 4096 x 4096 float32 image is 192 MiB, a batch
 #: of 64 of them 12 GiB before any activation. A larger size (a typo: 10**6) failed every job
 #: with out-of-memory on the workers.

@@ -1,4 +1,5 @@
-"""The argument check "an integer >= N" of equifast, training and the sweeps, written once."""
+"""The argument checks of equifast, training and the sweeps, written once: "an integer >= N"
+and a seed torch takes."""
 
 import numbers
 import sys
@@ -28,3 +29,17 @@ def check_integer(name: str, value, minimum: int = 1, allow_none: bool = False,
         either = f" (or None: {none_means})" if allow_none and none_means else ""
         raise ValueError(f"Expected {name} to be an integer >= {minimum}{either}, but got {value!r}.")
     return int(value)
+
+
+SEED_RANGE = (-2 ** 63, 2 ** 64 - 1)  # what torch's generators take (negatives wrap around)
+
+
+def checked_seed(seed, name: str = "`seed`") -> int:
+    """``seed`` as a Python ``int``, or a ``ValueError`` naming ``name``: a NumPy integer (a seed
+    from ``np.arange`` or a pandas table) and a 0-dim integer tensor are taken (torch's
+    ``manual_seed`` raised "an integer is required" for a NumPy one, and "Overflow when
+    unpacking long long" for one out of its range)."""
+    if not is_integer(seed) or not SEED_RANGE[0] <= int(seed) <= SEED_RANGE[1]:
+        raise ValueError(f"Expected {name} to be an integer in {SEED_RANGE[0]}..{SEED_RANGE[1]} "
+                         f"(the seeds torch takes), but got {seed!r}.")
+    return int(seed)

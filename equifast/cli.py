@@ -81,7 +81,8 @@ def _add_measure(sub) -> None:
 
 def _run_measure(args) -> int:
     from .devices import resolve_device
-    from .measurement import checked_seed, metric_list
+    from ._checks import checked_seed
+    from .measurement import metric_list
     from .models import _is_run_folder, check_model_args, check_model_name
     from .transforms import check_distinct, parse_transforms
 

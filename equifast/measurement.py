@@ -34,7 +34,7 @@ from .aggregate import ActivationState, ScoreState, VectorState
 from .devices import resolve_device
 from .functional import backend as backend_name
 from .functional import _BACKENDS, _index_map, equivariance_scores, finite_marker, raise_unless_finite
-from ._checks import is_integer
+from ._checks import checked_seed
 from ._hints import did_you_mean, without_download_advice
 from .reference import METRICS, TOLERANCE, check_options, is_vector
 from .report import Report
@@ -126,20 +126,6 @@ class MeasureState:
                     # 0.5 may be 1 of 2 labelled images among many measured
                     accuracy_images=self.labelled or None)
         return Report.from_rows(rows, meta)
-
-
-SEED_RANGE = (-2 ** 63, 2 ** 64 - 1)  # what torch's generators take (negatives wrap around)
-
-
-def checked_seed(seed, name: str = "`seed`") -> int:
-    """``seed`` as a Python ``int``, or a ``ValueError`` naming ``name``: a NumPy integer (a seed
-    from ``np.arange`` or a pandas table) and a 0-dim integer tensor are taken (torch's
-    ``manual_seed`` raised "an integer is required" for a NumPy one, and "Overflow when
-    unpacking long long" for one out of its range)."""
-    if not is_integer(seed) or not SEED_RANGE[0] <= int(seed) <= SEED_RANGE[1]:
-        raise ValueError(f"Expected {name} to be an integer in {SEED_RANGE[0]}..{SEED_RANGE[1]} "
-                         f"(the seeds torch takes), but got {seed!r}.")
-    return int(seed)
 
 
 def metric_list(metric: Union[str, Sequence[str]], name: str = "`metric`") -> List[str]:
