@@ -35,7 +35,8 @@ def _add_measure(sub) -> None:
                    help="torchvision or timm model name, or the folder of an `equifast train` run "
                         "(measured on its recipe's test set)"),
     p.add_argument("--weights", type=os.path.expanduser, default="default",
-                   help="'default' (the default: hub weights; embedded for efficientnet_lite0), "
+                   help="'default' (the default: hub weights; for efficientnet_lite0 the packaged ones, "
+                        "also asked for as 'embedded'), "
                         "'none' (random), a checkpoint path (torch.save or .safetensors), or "
                         "torchvision weights by name (IMAGENET1K_V1); not with a run folder")
     p.add_argument("--num-classes", type=int, default=None,
