@@ -111,19 +111,32 @@ def get_study(name: str) -> Study:
     return STUDIES[name]
 
 
+def _read_json(path: Path, expected: str, advice: str, pick):
+    """``pick`` of the JSON in ``path``, or a ``ValueError`` saying what it should ``expected``
+    and the ``advice``, for a file edited by hand or cut short."""
+    text = path.read_text()
+    try:
+        return pick(json.loads(text))
+    except (ValueError, TypeError, KeyError, IndexError) as err:
+        raise ValueError(f"Expected {str(path)!r} to {expected}, but it holds {text[:80]!r}. "
+                         f"{advice}") from err
+
+
+def _overwrite_plan_fields(plan):
+    """``plan`` unless it lacks overwrite.json's ``runs`` list and ``done`` dict (TypeError)."""
+    if not (isinstance(plan["runs"], list) and isinstance(plan["done"], dict)):
+        raise TypeError("runs or done")
+    return plan
+
+
 def _claim_folder(out: str, name: str) -> None:
     """Mark ``out`` as study ``name``'s (``study.json``); another study's folder is refused, so
     that its runs.csv, summary.csv and figure.png are never replaced."""
     marker = Path(out, "study.json")
     check_own_folder(out, [marker.name], "a study folder", "`out`")  # runs.csv, summary.csv, ...
     if marker.is_file():
-        text = marker.read_text()
-        try:
-            other = json.loads(text)["study"]
-        except (ValueError, TypeError, KeyError, IndexError) as err:  # edited, or cut short
-            raise ValueError(f"Expected {str(marker)!r} to name the study of `out` "
-                             f"({json.dumps({'study': name})}), but it holds {text[:80]!r}. "
-                             "Restore it, or use another --out.") from err
+        other = _read_json(marker, f"name the study of `out` ({json.dumps({'study': name})})",
+                           "Restore it, or use another --out.", lambda d: d["study"])
         if other != name:
             raise FileExistsError(f"Expected `out` {out!r} to be a folder of study {name!r}, but it "
                                   f"holds study {other!r}. Use another --out.")
@@ -382,16 +395,9 @@ def _overwrite_plan(out: str, run_dirs: Sequence[str], overwrite: bool) -> Optio
     path = Path(out, _OVERWRITE)
     plan = None
     if path.is_file():
-        text = path.read_text()
-        try:
-            plan = json.loads(text)
-            if not (isinstance(plan["runs"], list) and isinstance(plan["done"], dict)):
-                raise TypeError("runs or done")
-        except (ValueError, TypeError, KeyError, IndexError) as err:  # edited, or cut short
-            raise ValueError(f"Expected {str(path)!r} to hold the runs an interrupted --overwrite "
-                             f"has yet to retrain ({{\"runs\": [...], \"done\": {{...}}}}), but it "
-                             f"holds {text[:80]!r}. Delete it and run the study with --overwrite "
-                             "again.") from err
+        plan = _read_json(path, "hold the runs an interrupted --overwrite has yet to retrain "
+                          '({"runs": [...], "done": {...}})', "Delete it and run the study with "
+                          "--overwrite again.", _overwrite_plan_fields)
     if not overwrite:
         return None if plan is None else _OverwritePlan(out, plan)
     kept = _OverwritePlan(out, plan or {"runs": [], "done": {}})

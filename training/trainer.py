@@ -577,7 +577,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
         _delete_run(out)
     out.mkdir(parents=True, exist_ok=True)
     # what a run killed while writing left: as large as a checkpoint, and never read
-    remove_stale_temps(out, (CHECKPOINT, METRICS, RESULT, MODEL, RECIPE))
+    remove_stale_temps(out, tuple(n for n in _OVERWRITTEN if n != "tb"))
     started = (out / CHECKPOINT).is_file() or (out / RESULT).is_file()
     if (out / RECIPE).is_file() and started:  # without them no epoch was trained: nothing to keep
         stored = read_run_recipe(out / RECIPE)
