@@ -3,13 +3,21 @@
 import difflib
 import importlib
 import re
-from typing import Iterable
+from typing import Dict, Iterable
 
 
 def did_you_mean(word, choices: Iterable[str], n: int = 1) -> str:
     """``"; did you mean 'x'?"`` for the ``choices`` that look like ``word``, ``""`` for none."""
     close = difflib.get_close_matches(str(word), list(choices), n=n, cutoff=0.6)
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def as_flags(message: str, flags: Dict[str, str]) -> str:
+    """``message`` with each Python argument written `` `name` `` given as its command-line flag
+    (``flags``: name -> flag), for the errors a command shows."""
+    for name, flag in flags.items():
+        message = message.replace(f"`{name}`", flag)
+    return message
 
 
 def import_optional(module: str, extra: str, what: str):

@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from ._checks import check_integer
 from ._console import HelpFormatter, closed_pipe, interactive, show_warning, tolerant_output
+from ._hints import as_flags
 
 __all__ = ["main", "build_parser", "HelpFormatter"]
 
@@ -206,7 +207,6 @@ _AS_FLAGS = (
      r"\1"),
     # "(weights='path/to/ckpt.pt', CLI --weights PATH)"
     (re.compile(r"\(\w+='[^']*', (?:CLI )?(--[^()]+)\)"), r"(\1)"),
-    (re.compile(r"`(" + "|".join(_MEASURE_FLAGS) + r")`"), lambda m: _MEASURE_FLAGS[m.group(1)]),
     (re.compile(r"mode='circular'"), "circular shifts (no :zero in --transforms)"),
     (re.compile(r"rounding='down'"), "shifts rounded down (no :nearest in --transforms)"),
     (re.compile(r"name other points \(points=\[\.\.\.\]\)"),
@@ -220,7 +220,7 @@ def _in_flags(message: str) -> str:
     flags of ``equifast measure``."""
     for pattern, replacement in _AS_FLAGS:
         message = pattern.sub(replacement, message)
-    return message
+    return as_flags(message, _MEASURE_FLAGS)
 
 
 # what `equifast measure` may write into --out; the marker says a folder is one of its outputs

@@ -21,6 +21,8 @@ import os
 import sys
 from typing import List, Optional
 
+from equifast._hints import as_flags
+
 __all__ = ["add_train_parser", "add_study_parser", "main", "build_parser"]
 
 
@@ -70,9 +72,7 @@ def _errors_name_flags(**flags):
     try:
         yield
     except ValueError as err:
-        message = str(err)
-        for field, flag in {**_FLAGS, **flags}.items():
-            message = message.replace(f"`{field}`", flag)
+        message = as_flags(str(err), {**_FLAGS, **flags})
         if message == str(err):
             raise
         raise ValueError(message) from err
