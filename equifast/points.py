@@ -518,6 +518,9 @@ class _Analysis:
 
     def __init__(self, model: nn.Module, x: Tensor):
         self.model = model
+        # the parameters a position embedding can be (one of batch 1), for _follows: gathered once,
+        # not for every pair of calls it compares
+        self._embeddings = [p for p in model.parameters() if p.dim() and p.shape[0] == 1]
         self.calls, self.output = _record(model, x)
         self.input_size = (int(x.shape[-2]), int(x.shape[-1]))
         self.n = int(x.shape[0])
@@ -601,8 +604,8 @@ class _Analysis:
         if b is a or _prepended(a, b) or _moved(a, b) is False:
             return True
         return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and any(
-            p.dim() == a.dim() and p.shape[0] == 1 and all(s in (1, t) for s, t in zip(p.shape, a.shape))
-            and torch.equal(a + p, b) for p in self.model.parameters())
+            p.dim() == a.dim() and all(s in (1, t) for s, t in zip(p.shape, a.shape))
+            and torch.equal(a + p, b) for p in self._embeddings)
 
     def _wrapper(self, c: _Call) -> bool:
         """Whether ``c`` wraps one weighted module that is no container (``Residual(m)``:
