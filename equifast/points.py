@@ -518,10 +518,10 @@ class _Analysis:
 
     def __init__(self, model: nn.Module, x: Tensor):
         self.model = model
-        # the parameters a position embedding can be (one of batch 1), for _follows: gathered once,
-        # not for every pair of calls it compares
-        self._embeddings = [p for p in model.parameters() if p.dim() and p.shape[0] == 1]
         self.calls, self.output = _record(model, x)
+        # the parameters a position embedding can be (one of batch 1), for _follows: gathered once,
+        # not for every pair of calls it compares; after the pass, which materialises lazy ones
+        self._embeddings = [p for p in model.parameters() if p.dim() and p.shape[0] == 1]
         self.input_size = (int(x.shape[-2]), int(x.shape[-1]))
         self.n = int(x.shape[0])
         weights = [n for n, c in self.calls.items() if _is_weight(c.module)]
