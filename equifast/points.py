@@ -163,7 +163,9 @@ module names or fx node names (list them with
 :func:`torchvision.models.feature_extraction.get_graph_node_names` or
 ``[n for n, _ in model.named_modules()]``); they become the points before pooling, in
 execution order, with parts assigned by the same rule; ``pool`` and ``final`` are appended
-(name them in the list to place them yourself).
+(name them in the list to place them yourself). A named vector computed by global pooling or
+after it (``avgpool``, ``fc``, a head's hidden layer) is refused: it would be averaged into
+``early``/``middle``/``late``.
 """
 from __future__ import annotations
 
@@ -1408,8 +1410,9 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
             the wrapper's prefix, ``module.layer1``, are taken too); TorchScript is refused.
         example_input: ``[N, C, H, W]``, a batch of the size you will measure at.
         points: names of your own (module names or fx node names) for the points before
-            pooling; ``"pool"`` / ``"final"`` in the list place those two, otherwise both are
-            appended. ``None``: find the points automatically.
+            pooling (a vector from pooling or after it is a ``ValueError``); ``"pool"`` /
+            ``"final"`` in the list place those two, otherwise both are appended. ``None``: find
+            the points automatically.
         method: ``"fx"`` (trace with torch.fx), ``"hooks"`` (forward hooks), or ``"auto"``
             (fx, falling back to hooks with a warning when the model does not trace).
 
@@ -1560,7 +1563,43 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
         p = Point(name=name, part=parts[name], index=i, module=module, take=take,
                   node=nodes.get(name, ""), layout=layout, prefix_tokens=prefix, grid=g)
         result.append(replace(p, shape=tuple(_normalise(t, p).shape[1:])))
+    if points is not None:
+        _refuse_named_after_pooling(result, an, graph if nodes else None)
     return result
+
+
+def _refuse_named_after_pooling(points: List[Point], an: _Analysis, graph: Optional[_Graph]) -> None:
+    """A named vector computed once global pooling is done (the pooled vector, a head's hidden
+    layer, the logits) would be scored inside the parts before pooling, changing their means
+    silently: it is refused, naming the points the user meant."""
+    try:
+        pooling = an.body()[1]
+    except ValueError:
+        return
+    if pooling is None:
+        return
+    pool_node = None
+    if graph is not None:
+        try:
+            pool_node = graph.order[graph.output_of(pooling.name)]
+        except (RuntimeError, KeyError):
+            pool_node = None
+
+    def after(p: Point) -> bool:
+        if pool_node is not None and p.node in graph.order:
+            return graph.order[p.node] >= pool_node
+        call = an.calls.get(p.module) if p.module else None
+        return call is not None and call.end >= pooling.end
+
+    late = [p.name for p in points if p.name not in _RESERVED and p.is_vector and after(p)]
+    if late:
+        raise ValueError(
+            f"Expected `points` to name representations before global pooling ({pooling.name!r} in "
+            f"{type(an.model).__name__}), but {', '.join(map(repr, late))} "
+            f"{'is a vector' if len(late) == 1 else 'are vectors'} computed by it or after it, which would be "
+            f"averaged into the parts early/middle/late. The pooled vector and the logits are the "
+            f"`pool` and `final` points, appended for you (name 'pool' or 'final' in the list to place "
+            f"them). {_LIST_HINT}")
 
 
 def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module],

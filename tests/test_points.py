@@ -208,6 +208,31 @@ def test_user_named_points_override():
     assert [(p.name, p.part) for p in points] == [("layer2", "early"), ("final", "final")]
 
 
+@pytest.mark.parametrize("names, method, late", [
+    (["layer1", "fc"], "auto", "'fc'"),  # the logits
+    (["layer4", "avgpool", "fc"], "auto", "'avgpool', 'fc'"),  # the pooled map [N, K, 1, 1]
+    (["layer1", "flatten"], "fx", "'flatten'"),  # an fx node after pooling
+    (["layer1", "avgpool"], "hooks", "'avgpool'"),
+])
+def test_user_named_points_after_pooling_are_refused(names, method, late):
+    # they would be scored inside early/middle/late (`fc` was the `early` part beside `final`)
+    model = tv.resnet18(num_classes=10).eval()
+    with pytest.raises(ValueError, match=rf"before global pooling \('avgpool' in ResNet\), but {late} "):
+        split(model, torch.randn(2, 3, 64, 64), points=names, method=method)
+
+
+def test_user_named_token_points_before_pooling_stay_vit():
+    # the final norm's tokens are a map on the patch grid (before the class token is taken);
+    # the head's norm of the taken class token is a vector after pooling
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    points = split(model, x, points=["blocks.0", "norm"])
+    assert [(p.name, p.part, p.shape) for p in points[:2]] == [
+        ("blocks.0", "early", (192, 4, 4)), ("norm", "middle", (192, 4, 4))]
+    with pytest.raises(ValueError, match=r"but 'head' is a vector"):
+        split(model, x, points=["blocks.0", "head"])
+
+
 def test_plain_sequential_cnn_has_one_point_per_conv_layer():
     def layer(c_in, pool=False):
         return [nn.Conv2d(c_in, 20, 3), nn.BatchNorm2d(20), nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
