@@ -399,19 +399,21 @@ def test_b_read_in_place_or_packed(transform, n, layout):
     ("cpu", False),
     pytest.param("cuda", False, marks=[pytest.mark.cuda, needs_cuda], id="cuda-float32"),
     pytest.param("cuda", True, marks=[pytest.mark.cuda, needs_cuda], id="cuda-tensor-cores")])
-def test_tiny_and_huge_rows(metric, layout, device, tensor_cores):
+@pytest.mark.parametrize("h", [12, 7])
+def test_tiny_and_huge_rows(metric, layout, device, tensor_cores, h):
     # Rows near float32's underflow (1 / norm beyond float range) and near its top (values
     # whose centred value overflows float32): the normalisation must stay finite and accurate
     # at both ends, whether B is read in place (identity) or packed (a zero-padded shift: rows,
-    # or columns for channels-last), and for channels-last images that are otherwise streamed.
-    fx, ftx = _features(max(2 * torch.get_num_threads(), 3), 6, 12, 12, seed=11)
+    # or columns for channels-last), and for channels-last images that are otherwise streamed
+    # (7 x 7: streamed whole, as one chunk).
+    fx, ftx = _features(max(2 * torch.get_num_threads(), 3), 6, h, h, seed=11)
     fx[0, 0] *= 1e-41  # subnormal floats: the centred norm is about 1e-40
-    ftx[0, 0] = fx[0, 0] * 2.0 + 1e-42 * torch.randn(12, 12)
+    ftx[0, 0] = fx[0, 0] * 2.0 + 1e-42 * torch.randn(h, h)
     fx[1, 2] *= 1e30
-    ftx[1, 3] = 3e30 + 1e29 * torch.randn(12, 12)
+    ftx[1, 3] = 3e30 + 1e29 * torch.randn(h, h)
     # near float32's top with one value of the other sign: the centred value (about -6e38)
     # overflows float32, so the normalisation must not be done in float32
-    fx[2, 4] = 3e38 - 1e37 * torch.rand(12, 12, generator=torch.Generator().manual_seed(5))
+    fx[2, 4] = 3e38 - 1e37 * torch.rand(h, h, generator=torch.Generator().manual_seed(5))
     fx[2, 4, 0, 0] = -3e38
     ftx[2, 5] = 0.5 * fx[2, 4]
     fx, ftx = fx.to(device), ftx.to(device)
@@ -420,13 +422,14 @@ def test_tiny_and_huge_rows(metric, layout, device, tensor_cores):
         ftx = ftx.to(memory_format=torch.channels_last)
     atol = TENSOR_CORE_ATOL[torch.float32] if tensor_cores else ATOL
     for t in (Identity(), Translation(1, -1, mode="zero")):
-        _assert_matches(_run_op(fx, ftx, t, metric, (12, 12), tensor_cores), fx, ftx, t, metric,
-                        (12, 12), atol=atol)
+        _assert_matches(_run_op(fx, ftx, t, metric, (h, h), tensor_cores), fx, ftx, t, metric,
+                        (h, h), atol=atol)
 
 
+@pytest.mark.parametrize("k, h", [(70, 20), (70, 7), (300, 5)])
 @pytest.mark.parametrize("eps", [EPS, 0.0], ids=["eps", "eps0"])
 @pytest.mark.parametrize("metric", list(METRICS))
-def test_streamed_channels_last(metric, eps, monkeypatch):
+def test_streamed_channels_last(metric, eps, k, h, monkeypatch):
     # Channels-last float32 images with K <= 128 are streamed (any N): chunks of
     # positions shifted near their means (the first chunk's own, then the previous chunk's,
     # packed again when too far, as the ramps are), our GEMM, and the exact centring added
@@ -434,9 +437,11 @@ def test_streamed_channels_last(metric, eps, monkeypatch):
     # stress the correction: a constant (exactly undefined even at eps = 0, at a value whose
     # float32 sums round), ramps whose chunk means differ far more than the values within a
     # chunk, a large mean with small variations, zeros; and an image with a NaN, which the
-    # normalised path computes instead.
+    # normalised path computes instead. Maps of at most 62 positions are streamed whole, any K
+    # (one chunk, the correction's two positions in the same panels, the row maxima taken in
+    # the GEMM's registers): 300 channels span panels of every width and a partial group.
     monkeypatch.setitem(globals(), "EPS", eps)
-    n, k, h = 2 * torch.get_num_threads() + 1, 70, 20
+    n = 2 * torch.get_num_threads() + 1
     fx, ftx = _features(n, k, h, h, seed=21)
     ramp = torch.linspace(-3.0, 5.0, h * h).reshape(h, h)
     fx[:, 0] = 0.1
@@ -447,20 +452,51 @@ def test_streamed_channels_last(metric, eps, monkeypatch):
     fx[-1, 5, 3, 4] = float("nan")
     fx = fx.to(memory_format=torch.channels_last)
     ftx = ftx.to(memory_format=torch.channels_last)
-    for t in (Identity(), Translation(5, -3), Rotation(1)):
+    for t in (Identity(), Translation(min(5, h - 2), -3), Rotation(1)):
         got = _run_op(fx, ftx, t, metric, (h, h))
         _assert_matches(got, fx, ftx, t, metric, (h, h))
         if metric == "correlation":  # the constant channel: undefined, whatever eps
             assert torch.isnan(got[0][:, 0]).all() and torch.isnan(got[1][:, 0]).all()
 
 
-@pytest.mark.parametrize("k", [16, 64])
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_streamed_whole_images_score_alike_in_any_batch(metric):
+    # Channels-last maps of at most 62 positions are streamed whole: with fewer images than
+    # twice the threads, each image's columns are split among the threads (96 a task) and their
+    # row maxima merged; with more, a thread takes whole images. The scores of an image must not
+    # depend on which (sharded sweeps merge exactly), and both match the reference: 200
+    # channels span three column tasks, the last partial; channel 5 is constant (undefined), and
+    # column 7 of every image equals column 3, which row 9 matches (a tie: the first column
+    # wins); image 1 is out of
+    # float32's range in one channel (the normalised path, also when alone).
+    n = 2 * torch.get_num_threads() + 1
+    fx, ftx = _features(n, 200, 6, 6, seed=31)
+    fx[:, 5] = 0.25
+    ftx[:, 7] = ftx[:, 3]
+    fx[:, 9] = torch.roll(ftx[:, 3], (-2, 1), (-2, -1))  # translated below: ftx's channel 3
+    fx[1, 11] *= 1e-41
+    fx = fx.to(memory_format=torch.channels_last)
+    ftx = ftx.to(memory_format=torch.channels_last)
+    t = Translation(2, -1)
+    batch = _run_op(fx, ftx, t, metric, (6, 6))
+    _assert_matches(batch, fx, ftx, t, metric, (6, 6))
+    assert (batch[2][:, 9] == 3).all()
+    for i in range(3):
+        alone = _run_op(fx[i:i + 1], ftx[i:i + 1], t, metric, (6, 6))
+        for x, y in zip(batch, alone):
+            assert torch.equal(x[i:i + 1].nan_to_num(2.0), y.nan_to_num(2.0)), i
+    few = _run_op(fx[:2], ftx[:2], t, metric, (6, 6))
+    for x, y in zip(batch, few):
+        assert torch.equal(x[:2].nan_to_num(2.0), y.nan_to_num(2.0))
+
+
+@pytest.mark.parametrize("k, size", [(16, 32), (64, 32), (256, 7)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("device, tensor_cores", [
     ("cpu", False),
     pytest.param("cuda", False, marks=[pytest.mark.cuda, needs_cuda], id="cuda-float32"),
     pytest.param("cuda", True, marks=[pytest.mark.cuda, needs_cuda], id="cuda-tensor-cores")])
-def test_sparse_maps(k, layout, device, tensor_cores):
+def test_sparse_maps(k, size, layout, device, tensor_cores):
     # ReLU maps that are mostly zero (the usual features): after a large product, a float32
     # sum that keeps adding the small products of the background loses up to half an ulp a
     # term, all in one direction. The CPU's streamed path (channels-last, K <= 128) summed whole
@@ -468,19 +504,20 @@ def test_sparse_maps(k, layout, device, tensor_cores):
     # The CUDA float32 kernel summed all positions in one register (2.8e-5 off in a float32
     # emulation of its order); it now sums steps of 16 positions, then groups of 16 steps.
     g = torch.Generator().manual_seed(3)
-    z = torch.randn(16, k, 32, 32, generator=g, dtype=torch.float64)
+    z = torch.randn(16, k, size, size, generator=g, dtype=torch.float64)
     noisy = z + 0.05 * torch.randn(z.shape, generator=g, dtype=torch.float64)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     fx = (z - 3.0).clamp_min(0).float().to(device, memory_format=fmt)
     atol = TENSOR_CORE_ATOL[torch.float32] if tensor_cores else ATOL
     for t in (Identity(), Translation(3, 2)):
         ftx = t((noisy - 3.0).clamp_min(0).float()).to(device, memory_format=fmt)
-        got = _run_op(fx, ftx, t, "correlation", (32, 32), tensor_cores)
+        got = _run_op(fx, ftx, t, "correlation", (size, size), tensor_cores)
         assert got[0].nanmedian() > 0.99  # the noisy copies are found
-        _assert_matches(got, fx, ftx, t, "correlation", (32, 32), atol=atol)
+        _assert_matches(got, fx, ftx, t, "correlation", (size, size), atol=atol)
 
 
-def test_ties_across_lanes():
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_ties_across_lanes(layout):
     # Rows of +-1 with eight of each on a 4x4 map normalise to +-0.25 exactly, so every
     # similarity is an exact sum: ties are exact whatever the GEMM's summation order. With
     # K = 80 they span the vectorised arg-max's lanes and iterations (and its tail); the
@@ -499,6 +536,9 @@ def test_ties_across_lanes():
     ftx[:, 20] = ftx[:, 2]
     ftx[:, 2] = 1.0                # an undefined column equal to nothing
     fx[:, 0], fx[:, 1], fx[:, 5] = ftx[:, 40], ftx[:, 65], ftx[:, 20]
+    if layout == "channels_last":  # streamed whole: the maxima are kept per lane of the GEMM's tile
+        fx = fx.to(memory_format=torch.channels_last)
+        ftx = ftx.to(memory_format=torch.channels_last)
     got = _run_op(fx, ftx, Identity(), "correlation", (4, 4))
     want, _ = _oracle(fx, ftx, Identity(), "correlation", (4, 4))
     assert torch.equal(got[2], want.layer_index)
