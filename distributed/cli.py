@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from equifast._console import HelpFormatter, closed_pipe, tolerant_output
+from equifast._hints import as_flags
 
 __all__ = ["add_sweep_parser", "main"]
 
@@ -121,6 +122,9 @@ def _status(args) -> int:
     return 0
 
 
+_REPORT_FLAGS = {"metric": "--metric", "accuracy": "--accuracy", "min_models": "--min-models"}
+
+
 def _report(args) -> int:
     import pandas as pd
 
@@ -133,8 +137,11 @@ def _report(args) -> int:
     figures = Path(args.figures) if args.figures else out / "figures"
     with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's format
         warnings.simplefilter("always", UserWarning)
-        files = sweep_figures(out, figures, metric=args.metric, accuracy=args.accuracy,
-                              min_models=args.min_models)
+        try:
+            files = sweep_figures(out, figures, metric=args.metric, accuracy=args.accuracy,
+                                  min_models=args.min_models)
+        except ValueError as err:  # said as the flags, not as sweep_figures' arguments
+            raise ValueError(as_flags(str(err), _REPORT_FLAGS)) from err
     with pd.option_context("display.width", 160, "display.precision", 3):
         for table, what in ((files["tables"][1], "top-1 accuracy"),
                             (files["tables"][2], "the final part's score (invariance)")):

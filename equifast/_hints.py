@@ -14,9 +14,11 @@ def did_you_mean(word, choices: Iterable[str], n: int = 1) -> str:
 
 def as_flags(message: str, flags: Dict[str, str]) -> str:
     """``message`` with each Python argument written `` `name` `` given as its command-line flag
-    (``flags``: name -> flag), for the errors a command shows."""
+    and each ``name='value'`` as ``flag value`` (``flags``: name -> flag), for the errors a
+    command shows."""
     for name, flag in flags.items():
         message = message.replace(f"`{name}`", flag)
+        message = re.sub(rf"(?<![\w.]){re.escape(name)}='([^'\s]*)'", lambda m: f"{flag} {m[1]}", message)
     return message
 
 

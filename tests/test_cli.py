@@ -670,13 +670,17 @@ def test_measures_errors_name_the_flags_not_the_python_arguments(tmp_path, capsy
             (["--model", "resnet18", "--weights", str(tmp_path / "missing.pt")],
              "Expected --weights to be a checkpoint file or a name of its torchvision weights"),
             (["--model", "eva02_tiny_patch14_224", "--weights", "none"],
-             "pass --num-classes N for a new classifier of N classes, --num-classes 0 to measure")):
+             "pass --num-classes N for a new classifier of N classes, --num-classes 0 to measure"),
+            # it said vector_mode='across_images'
+            (["--model", "resnet18", "--weights", "none", "--vector-mode", "across_images"],
+             "Expected at least two images for --vector-mode across_images, but got 1 (its vectors: "
+             "pool, final); measure more images, or use --vector-mode per_image.")):
         assert main(["measure", "--transforms", "rotation:90", "--n-images", "1", "--no-progress",
                      "--out", str(tmp_path / "m")] + argv) == 2
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1, err
         assert not any(name in err for name in ("`images`", "`num_classes`", "`weights`",
-                                                 "num_classes=N", "weights=None")), err
+                                                 "num_classes=N", "weights=None", "vector_mode=")), err
     # measure in Python keeps its own names
     with pytest.raises(FileNotFoundError, match="Expected `weights` to be a checkpoint file"):
         import equifast as ef

@@ -1006,6 +1006,11 @@ def test_a_bad_min_models_from_the_command_line_names_the_flag(folder, tmp_path,
     assert "error: Expected --min-models to be an integer >= 2" in err and "but got 1." in err
     assert "`min_models`" not in err
     assert not (out / "figures").exists()  # refused before anything is written
+    # a metric the sweep did not measure named `metric`
+    assert sweep_main(["report", "--out", str(out), "--metric", "cosinus"]) == 2
+    err = capsys.readouterr().err
+    assert "error: Expected --metric to be one of ['correlation'], but got 'cosinus'." in err, err
+    assert not (out / "figures").exists()
 
 
 def test_report_never_removes_a_users_figure_named_like_one(folder, tmp_path):
