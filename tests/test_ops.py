@@ -459,9 +459,13 @@ def test_streamed_channels_last(metric, eps, k, h, monkeypatch):
             assert torch.isnan(got[0][:, 0]).all() and torch.isnan(got[1][:, 0]).all()
 
 
+@pytest.mark.parametrize("formats", [
+    (torch.channels_last, torch.channels_last), (torch.contiguous_format, torch.contiguous_format),
+    (torch.contiguous_format, torch.channels_last)], ids=["nhwc", "nchw", "mixed"])
 @pytest.mark.parametrize("metric", list(METRICS))
-def test_streamed_whole_images_score_alike_in_any_batch(metric):
-    # Channels-last maps of at most 62 positions are streamed whole: with fewer images than
+def test_streamed_whole_images_score_alike_in_any_batch(metric, formats):
+    # Float32 maps of at most 62 positions are streamed whole (NCHW channels gathered while
+    # packed): with fewer images than
     # twice the threads, each image's columns are split among the threads (96 a task) and their
     # row maxima merged; with more, a thread takes whole images. The scores of an image must not
     # depend on which (sharded sweeps merge exactly), and both match the reference: 200
@@ -475,8 +479,7 @@ def test_streamed_whole_images_score_alike_in_any_batch(metric):
     ftx[:, 7] = ftx[:, 3]
     fx[:, 9] = torch.roll(ftx[:, 3], (-2, 1), (-2, -1))  # translated below: ftx's channel 3
     fx[1, 11] *= 1e-41
-    fx = fx.to(memory_format=torch.channels_last)
-    ftx = ftx.to(memory_format=torch.channels_last)
+    fx, ftx = fx.to(memory_format=formats[0]), ftx.to(memory_format=formats[1])
     t = Translation(2, -1)
     batch = _run_op(fx, ftx, t, metric, (6, 6))
     _assert_matches(batch, fx, ftx, t, metric, (6, 6))
@@ -517,17 +520,20 @@ def test_sparse_maps(k, size, layout, device, tensor_cores):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_ties_across_lanes(layout):
-    # Rows of +-1 with eight of each on a 4x4 map normalise to +-0.25 exactly, so every
-    # similarity is an exact sum: ties are exact whatever the GEMM's summation order. With
-    # K = 80 they span the vectorised arg-max's lanes and iterations (and its tail); the
-    # smallest k' must win, as in the reference, and undefined columns must never win.
+@pytest.mark.parametrize("side", [4, 8])
+def test_ties_across_lanes(layout, side):
+    # Rows of +-1, half of each, normalise to +-1/side exactly, so every similarity is an exact
+    # sum: ties are exact whatever the GEMM's summation order. With K = 80 they span the
+    # vectorised arg-max's lanes and iterations (and its tail); the smallest k' must win, as in
+    # the reference, and undefined columns must never win. 4x4 maps are streamed whole (the
+    # maxima kept per lane of the GEMM's tile), 8x8 ones normalised (NCHW) or streamed in
+    # chunks (channels-last), each with its own arg-max.
     g = torch.Generator().manual_seed(10)
-    n, k = 2 * torch.get_num_threads(), 80
-    base = torch.tensor([1.0] * 8 + [-1.0] * 8)
+    n, k, p = 2 * torch.get_num_threads(), 80, side * side
+    base = torch.tensor([1.0] * (p // 2) + [-1.0] * (p // 2))
     def rows():
-        return torch.stack([torch.stack([base[torch.randperm(16, generator=g)] for _ in range(k)])
-                            for _ in range(n)]).view(n, k, 4, 4)
+        return torch.stack([torch.stack([base[torch.randperm(p, generator=g)] for _ in range(k)])
+                            for _ in range(n)]).view(n, k, side, side)
     fx, ftx = rows(), rows()
     for dup in (3, 40, 72, 79):    # same lane (8) in different iterations, and the tail
         ftx[:, dup] = ftx[:, 3]
@@ -536,11 +542,11 @@ def test_ties_across_lanes(layout):
     ftx[:, 20] = ftx[:, 2]
     ftx[:, 2] = 1.0                # an undefined column equal to nothing
     fx[:, 0], fx[:, 1], fx[:, 5] = ftx[:, 40], ftx[:, 65], ftx[:, 20]
-    if layout == "channels_last":  # streamed whole: the maxima are kept per lane of the GEMM's tile
+    if layout == "channels_last":
         fx = fx.to(memory_format=torch.channels_last)
         ftx = ftx.to(memory_format=torch.channels_last)
-    got = _run_op(fx, ftx, Identity(), "correlation", (4, 4))
-    want, _ = _oracle(fx, ftx, Identity(), "correlation", (4, 4))
+    got = _run_op(fx, ftx, Identity(), "correlation", (side, side))
+    want, _ = _oracle(fx, ftx, Identity(), "correlation", (side, side))
     assert torch.equal(got[2], want.layer_index)
     assert (got[2][:, 0] == 3).all() and (got[2][:, 1] == 50).all()
     assert (got[2][:, 5] == 20).all()

@@ -913,8 +913,9 @@ void tile_epilogue(const float* s, int64_t ld_s, int64_t rows, int64_t K, int64_
 // more than BLAS's packing) and for K = 256, which keep the normalised path. Like the other
 // loops, the GEMM and the packing are compiled per instruction set (EQUIFAST_PER_ISA); the
 // baseline (SSE) build passes the same tests but was not timed.
-// Small maps (at most 62 positions: 7 x 7 and smaller) are streamed whole whatever K: one
-// chunk, and the row maxima taken from the GEMM's registers (see streamed_whole).
+// Small float32 maps (at most 62 positions: 7 x 7 and smaller) are streamed whole whatever K
+// and layout (NCHW channels gathered while packed): one chunk, and the row maxima taken from
+// the GEMM's registers (see streamed_whole).
 constexpr int64_t kMaxStreamedChannels = 128;
 constexpr int64_t kStreamedPanelFloats = 16 * 1024;  // a chunk's panels: 64 KiB a side
 
@@ -1168,20 +1169,21 @@ __attribute__((always_inline)) inline void pack_chunk(const float* image,
                                                       int64_t K, int64_t KP, int64_t kc,
                                                       bool centered, float* panels,
                                                       ChunkStats st, const ChunkStats* prev,
-                                                      float prev_count) {
+                                                      float prev_count, int64_t stride_k = 1) {
   using fv = typename FloatVector<kBytes>::type;
   constexpr int W = kBytes / 4;
   const fv count = fv{} + static_cast<float>(n);
   for (int64_t k = 0; k < KP; k += W) {
     float* dst = panels + (k / W) * kc * W;
-    const float* x = image + k;
+    const float* x = image + k * stride_k;
     const int64_t nk = std::clamp<int64_t>(K - k, 0, W);
     // A position's channels [k, k + W) as a vector; past K (the last, partial panel, or the
-    // padding) zeros, which pack as zeros with zero statistics.
+    // padding) zeros, which pack as zeros with zero statistics. Channels stride_k apart (NCHW,
+    // whole images only) are gathered.
     auto load = [&](int64_t p) __attribute__((always_inline)) {
-      if (nk == W) return load_vector<fv>(x + offsets[p]);
+      if (nk == W && stride_k == 1) return load_vector<fv>(x + offsets[p]);
       fv v{};
-      for (int64_t l = 0; l < nk; ++l) v[l] = x[offsets[p] + l];
+      for (int64_t l = 0; l < nk; ++l) v[l] = x[offsets[p] + l * stride_k];
       return v;
     };
     // two accumulators per sum: one would wait on the add latency at every position
@@ -1350,18 +1352,20 @@ EQUIFAST_PER_ISA(bool, stream_image, stream_image_impl,
 // factor [KP] (0 for undefined and padding columns). Returns false as stream_image does.
 template <int kBytes>
 __attribute__((always_inline)) inline bool prepare_whole_image_impl(
-    const float* a, const int64_t* a_offsets, const float* b, const int64_t* b_offsets,
-    int64_t K, int64_t KP, int64_t P, int64_t kc, bool centered, double eps,
-    StreamedBuffers& buf) {
+    const float* a, const int64_t* a_offsets, int64_t a_stride_k, const float* b,
+    const int64_t* b_offsets, int64_t b_stride_k, int64_t K, int64_t KP, int64_t P, int64_t kc,
+    bool centered, double eps, StreamedBuffers& buf) {
   constexpr int W = kBytes / 4;
   float* pa = buf.a_panels.data();
   float* pb = buf.b_panels.data();
   float* stats_a = buf.stats.data();
   float* stats_b = stats_a + 3 * KP;
   pack_chunk<kBytes>(a, a_offsets, P, K, KP, kc, centered, pa,
-                     ChunkStats{stats_a, stats_a + KP, stats_a + 2 * KP}, nullptr, 0.f);
+                     ChunkStats{stats_a, stats_a + KP, stats_a + 2 * KP}, nullptr, 0.f,
+                     a_stride_k);
   pack_chunk<kBytes>(b, b_offsets, P, K, KP, kc, centered, pb,
-                     ChunkStats{stats_b, stats_b + KP, stats_b + 2 * KP}, nullptr, 0.f);
+                     ChunkStats{stats_b, stats_b + KP, stats_b + 2 * KP}, nullptr, 0.f,
+                     b_stride_k);
   float* factor = buf.factor.data();
   for (int64_t k = 0; k < K; ++k) {
     const int64_t at = (k / W) * kc * W + P * W + k % W;  // position P of k's panel
@@ -1381,10 +1385,11 @@ __attribute__((always_inline)) inline bool prepare_whole_image_impl(
   return true;
 }
 EQUIFAST_PER_ISA(bool, prepare_whole_image, prepare_whole_image_impl,
-                 (const float* a, const int64_t* a_offsets, const float* b,
-                  const int64_t* b_offsets, int64_t K, int64_t KP, int64_t P, int64_t kc,
-                  bool centered, double eps, StreamedBuffers& buf),
-                 (a, a_offsets, b, b_offsets, K, KP, P, kc, centered, eps, buf))
+                 (const float* a, const int64_t* a_offsets, int64_t a_stride_k, const float* b,
+                  const int64_t* b_offsets, int64_t b_stride_k, int64_t K, int64_t KP,
+                  int64_t P, int64_t kc, bool centered, double eps, StreamedBuffers& buf),
+                 (a, a_offsets, a_stride_k, b, b_offsets, b_stride_k, K, KP, P, kc, centered,
+                  eps, buf))
 EQUIFAST_PER_ISA(void, multiply_max, multiply_max_impl,
                  (const float* a_panels, const float* b_panels, int64_t KP, int64_t kc,
                   int64_t n, const float* factor, int64_t i0, int64_t i1, float* best,
@@ -1424,11 +1429,11 @@ void finish_whole_image(int64_t K, const float* best, const int32_t* where, cons
   }
 }
 
-// Whether an image of P positions is streamed whole (prepare_whole_image): one chunk of at
-// most kSubBlock positions with the correction's two, whatever K. There the GEMM of so few
-// positions is short next to writing C and reading it again for the arg-max: measured on
-// AVX-512 (N = 64, 2 threads) against the normalised path and BLAS, 256 @ 7x7 1.5x and
-// 2048 @ 7x7 2.2x faster.
+// Whether a float32 image of P positions is streamed whole (prepare_whole_image): one chunk
+// of at most kSubBlock positions with the correction's two, whatever K and layout. There the
+// GEMM of so few positions is short next to writing C and reading it again for the arg-max:
+// measured on AVX-512 (N = 64, 2 threads) against the normalised path and BLAS, 256 @ 7x7
+// 1.5x faster, 2048 @ 7x7 2.2x (channels-last) and 2.8x (NCHW).
 bool streamed_whole(int64_t P) { return P + 2 <= kSubBlock; }
 
 // Rows of a whole image per task when few images share the threads.
@@ -1492,8 +1497,9 @@ struct Problem {
     buf.diag.resize(KP);
     buf.def_a.resize(K);
     if constexpr (std::is_same_v<scalar_t, float>) {
-      return prepare_whole_image(A.data + n * A.stride_n, A.offsets, B.data + n * B.stride_n,
-                                 B.offsets, K, KP, P, kc, centered, eps, buf);
+      return prepare_whole_image(A.data + n * A.stride_n, A.offsets, A.stride_k,
+                                 B.data + n * B.stride_n, B.offsets, B.stride_k, K, KP, P, kc,
+                                 centered, eps, buf);
     }
     return false;
   }
@@ -1829,7 +1835,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
         // Streamed whatever N (a thread an image, or for few images whole ones a thread a
         // block of rows), so that an image's scores do not depend on the batch it came in
         // (sharded sweeps merge exactly).
-        if (pb.A.columns && pb.B.columns && (K <= kMaxStreamedChannels || streamed_whole(P)))
+        if ((pb.A.columns && pb.B.columns && K <= kMaxStreamedChannels) ||
+            (std::is_same_v<scalar_t, float> && streamed_whole(P)))
           pb.prepare_streamed();
         if (pb.streamed && streamed_whole(P) && N < 2 * at::get_num_threads())
           pb.run_whole_shared();
