@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from . import data as data_mod
 from .aggregate import ActivationState, ScoreState, VectorState
+from .cpu_memory import keep_freed_memory
 from .devices import resolve_device
 from .functional import backend as backend_name
 from .functional import _BACKENDS, _index_map, equivariance_scores, finite_marker, raise_unless_finite
@@ -222,6 +223,8 @@ class Measurer:
         transforms, self.device = checked_settings(_transform_list(transforms), amp, batch_size,
                                                    device, backend)
         self.model = model.eval().to(self.device)
+        if self.device.type == "cpu":  # the passes' freed features reused, not faulted in again
+            keep_freed_memory()
         # Convolutions run faster channels-last on CPUs and tensor cores; the operator reads any strides.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
@@ -459,7 +462,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             ImageNet's 224-pixel centre crop). Tensors, a DataLoader's batches and a Dataset's
             tensor items are taken as model-ready.
         backend: ``"auto"``, ``"operator"`` or ``"reference"``.
-        channels_last: run the model channels-last (faster convolutions on CPU and GPU).
+        channels_last: run the model channels-last (faster convolutions on CPU and GPU). On
+            the CPU, glibc's malloc is set to keep freed memory for reuse, process-wide (see
+            :func:`equifast.cpu_memory.keep_freed_memory`; ``EQUIFAST_MALLOC=default`` opts out).
         tensor_cores: on CUDA, let the operator multiply on tensor cores (TF32 for float32
             features, native float16/bfloat16; scores within about 1e-3 of float32 arithmetic).
             ``False`` keeps float32 arithmetic everywhere, as on the CPU.

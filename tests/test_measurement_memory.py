@@ -1,5 +1,9 @@
 """What a measurement holds at once and leaves behind: features freed as soon as they are scored,
-one input size per state, nothing left open by an interrupted run."""
+one input size per state, nothing left open by an interrupted run, freed memory reused."""
+import ctypes
+import os
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -184,3 +188,39 @@ def test_across_images_holds_a_float32_k_by_k_matrix_per_vector_point_and_transf
                 row = P.loc[(name, t.name)]
                 assert abs(row.channel - want.channel[0].double().mean().item()) < 1e-6
                 assert abs(row.layer - want.layer[0].double().mean().item()) < 1e-6
+
+
+_FAULTS = """
+import resource, torch, torchvision, equifast as ef
+from equifast.cpu_memory import keep_freed_memory
+torch.manual_seed(0)
+m = torchvision.models.resnet18(num_classes=10)
+x = torch.randn(16, 3, 112, 112)
+def run():
+    ef.measure(m, x, transforms="translation:1-4", batch_size=16, device="cpu")
+run()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+run()
+run()
+print(keep_freed_memory(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "gnu_get_libc_version"),
+                    reason="glibc's malloc only")
+def test_cpu_measurements_reuse_freed_memory_rather_than_fault_it_in_again():
+    # Each pass' freed features went back to the system and were faulted in again by the next
+    # pass (ResNet-18, 32 images at 112x112: about 350,000 minor faults and 0.7 s of system time
+    # a call, where its plain forward passes fault none). Counted in fresh processes, after a
+    # first call: with glibc's thresholds set by the measurement, and with EQUIFAST_MALLOC=default.
+    def faults(**env):
+        run = subprocess.run([sys.executable, "-c", _FAULTS], env={**os.environ, **env},
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        kept, count = run.stdout.split()
+        return kept, int(count)
+
+    kept, reused = faults()
+    default, faulted = faults(EQUIFAST_MALLOC="default")
+    assert (kept, default) == ("True", "False")
+    assert faulted > 20_000 and reused < faulted / 4, (reused, faulted)
