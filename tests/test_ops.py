@@ -426,7 +426,7 @@ def test_tiny_and_huge_rows(metric, layout, device, tensor_cores, h):
                         (h, h), atol=atol)
 
 
-@pytest.mark.parametrize("k, h", [(70, 20), (70, 7), (300, 5)])
+@pytest.mark.parametrize("k, h", [(70, 20), (70, 7), (300, 5), (300, 12)])
 @pytest.mark.parametrize("eps", [EPS, 0.0], ids=["eps", "eps0"])
 @pytest.mark.parametrize("metric", list(METRICS))
 def test_streamed_channels_last(metric, eps, k, h, monkeypatch):
@@ -437,9 +437,10 @@ def test_streamed_channels_last(metric, eps, k, h, monkeypatch):
     # stress the correction: a constant (exactly undefined even at eps = 0, at a value whose
     # float32 sums round), ramps whose chunk means differ far more than the values within a
     # chunk, a large mean with small variations, zeros; and an image with a NaN, which the
-    # normalised path computes instead. Maps of at most 62 positions are streamed whole, any K
-    # (one chunk, the correction's two positions in the same panels, the row maxima taken in
-    # the GEMM's registers): 300 channels span panels of every width and a partial group.
+    # normalised path computes instead. Maps of at most 62 positions are streamed whole, any K,
+    # and with K > 128 maps of up to 1022 (one chunk, the correction's two positions in the same
+    # panels, the row maxima taken in the GEMM's registers; 12 x 12: three blocks of positions
+    # summed apart): 300 channels span panels of every width and a partial group.
     monkeypatch.setitem(globals(), "EPS", eps)
     n = 2 * torch.get_num_threads() + 1
     fx, ftx = _features(n, k, h, h, seed=21)
@@ -462,38 +463,38 @@ def test_streamed_channels_last(metric, eps, k, h, monkeypatch):
 @pytest.mark.parametrize("formats", [
     (torch.channels_last, torch.channels_last), (torch.contiguous_format, torch.contiguous_format),
     (torch.contiguous_format, torch.channels_last)], ids=["nhwc", "nchw", "mixed"])
+@pytest.mark.parametrize("h", [6, 12])
 @pytest.mark.parametrize("metric", list(METRICS))
-def test_streamed_whole_images_score_alike_in_any_batch(metric, formats):
-    # Float32 maps of at most 62 positions are streamed whole (NCHW channels gathered while
-    # packed): with fewer images than
-    # twice the threads, each image's columns are split among the threads (96 a task) and their
-    # row maxima merged; with more, a thread takes whole images. The scores of an image must not
-    # depend on which (sharded sweeps merge exactly), and both match the reference: 200
-    # channels span three column tasks, the last partial; channel 5 is constant (undefined), and
-    # column 7 of every image equals column 3, which row 9 matches (a tie: the first column
-    # wins); image 1 is out of
+def test_streamed_whole_images_score_alike_in_any_batch(metric, formats, h):
+    # Float32 maps of at most 62 positions, and with K > 128 larger ones (12 x 12: blocks of
+    # positions summed apart), are streamed whole (NCHW channels gathered while packed): with
+    # fewer images than twice the threads, each image's rows are split among the threads (64 a
+    # task); with more, a thread takes whole images. The scores of an image must not depend on
+    # which (sharded sweeps merge exactly), and both match the reference: 200 channels span four
+    # row tasks, the last partial; channel 5 is constant (undefined), and column 7 of every image
+    # equals column 3, which row 9 matches (a tie: the first column wins); image 1 is out of
     # float32's range in one channel (the normalised path, also when alone).
     n = 2 * torch.get_num_threads() + 1
-    fx, ftx = _features(n, 200, 6, 6, seed=31)
+    fx, ftx = _features(n, 200, h, h, seed=31)
     fx[:, 5] = 0.25
     ftx[:, 7] = ftx[:, 3]
     fx[:, 9] = torch.roll(ftx[:, 3], (-2, 1), (-2, -1))  # translated below: ftx's channel 3
     fx[1, 11] *= 1e-41
     fx, ftx = fx.to(memory_format=formats[0]), ftx.to(memory_format=formats[1])
     t = Translation(2, -1)
-    batch = _run_op(fx, ftx, t, metric, (6, 6))
-    _assert_matches(batch, fx, ftx, t, metric, (6, 6))
+    batch = _run_op(fx, ftx, t, metric, (h, h))
+    _assert_matches(batch, fx, ftx, t, metric, (h, h))
     assert (batch[2][:, 9] == 3).all()
     for i in range(3):
-        alone = _run_op(fx[i:i + 1], ftx[i:i + 1], t, metric, (6, 6))
+        alone = _run_op(fx[i:i + 1], ftx[i:i + 1], t, metric, (h, h))
         for x, y in zip(batch, alone):
             assert torch.equal(x[i:i + 1].nan_to_num(2.0), y.nan_to_num(2.0)), i
-    few = _run_op(fx[:2], ftx[:2], t, metric, (6, 6))
+    few = _run_op(fx[:2], ftx[:2], t, metric, (h, h))
     for x, y in zip(batch, few):
         assert torch.equal(x[:2].nan_to_num(2.0), y.nan_to_num(2.0))
 
 
-@pytest.mark.parametrize("k, size", [(16, 32), (64, 32), (256, 7)])
+@pytest.mark.parametrize("k, size", [(16, 32), (64, 32), (256, 7), (256, 14)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("device, tensor_cores", [
     ("cpu", False),

@@ -913,9 +913,9 @@ void tile_epilogue(const float* s, int64_t ld_s, int64_t rows, int64_t K, int64_
 // more than BLAS's packing) and for K = 256, which keep the normalised path. Like the other
 // loops, the GEMM and the packing are compiled per instruction set (EQUIFAST_PER_ISA); the
 // baseline (SSE) build passes the same tests but was not timed.
-// Small float32 maps (at most 62 positions: 7 x 7 and smaller) are streamed whole whatever K
-// and layout (NCHW channels gathered while packed): one chunk, and the row maxima taken from
-// the GEMM's registers (see streamed_whole).
+// Float32 maps of at most 62 positions (7 x 7 and smaller) at any K, and of up to 1022 at
+// K > 128, are streamed whole whatever the layout (NCHW channels gathered while packed): one
+// chunk, and the row maxima taken from the GEMM's registers (see streamed_whole).
 constexpr int64_t kMaxStreamedChannels = 128;
 constexpr int64_t kStreamedPanelFloats = 16 * 1024;  // a chunk's panels: 64 KiB a side
 
@@ -1030,7 +1030,8 @@ __attribute__((always_inline)) inline void multiply_chunk(const float* a_panels,
 constexpr int64_t kRowLanes = 16;
 
 // Whole images (see streamed_whole): the register tile of rows [i, i + MR) by columns
-// [j0, j0 + NV W) over n <= kSubBlock positions goes straight into the rows' running maxima
+// [j0, j0 + NV W) over n positions (summed by blocks of kSubBlock) goes straight into the
+// rows' running maxima
 // instead of C: per row, lane l keeps the largest scaled entry of the columns it has seen
 // (j = l mod W) and the first column holding it (`best`, `where`: [KP][kRowLanes], lanes past W
 // unused); a masked column (factor 0) is -inf and never taken. The diagonal entries (the
@@ -1045,15 +1046,32 @@ __attribute__((always_inline)) inline void micro_tile_max(const float* a, const 
   using iv = typename IntVector<kBytes>::type;
   constexpr int W = kBytes / 4;
   fv acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = fv{};
-  for (int64_t p = 0; p < n; ++p) {
-    fv bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = load_vector<fv>(b + v * b_block + p * W);
-    for (int r = 0; r < MR; ++r) {
-      const fv av = a[p * W + r] - fv{};  // a broadcast (x - 0 is x)
-      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+  // positions [p0, p1) summed into acc, from zero
+  auto block = [&](int64_t p0, int64_t p1) __attribute__((always_inline)) {
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = fv{};
+    for (int64_t p = p0; p < p1; ++p) {
+      fv bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = load_vector<fv>(b + v * b_block + p * W);
+      for (int r = 0; r < MR; ++r) {
+        const fv av = a[p * W + r] - fv{};  // a broadcast (x - 0 is x)
+        for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+      }
     }
+  };
+  block(0, std::min(n, kSubBlock));
+  if (n > kSubBlock) {  // blocks of kSubBlock positions summed apart, then added (see kSubBlock)
+    alignas(64) float kept[MR][NV][W];
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) store_vector(kept[r][v], acc[r][v]);
+    for (int64_t p0 = kSubBlock; p0 < n; p0 += kSubBlock) {
+      block(p0, std::min(n, p0 + kSubBlock));
+      for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v)
+          store_vector(kept[r][v], load_vector<fv>(kept[r][v]) + acc[r][v]);
+    }
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = load_vector<fv>(kept[r][v]);
   }
   if (i < j0 + NV * W && j0 < i + MR) {  // the tile holds diagonal entries
     for (int r = 0; r < MR; ++r) {
@@ -1085,7 +1103,7 @@ __attribute__((always_inline)) inline void micro_tile_max(const float* a, const 
 }
 
 // The maxima of rows [i0, i1) (multiples of 16) of A B^T (panels [KP / W][kc][W], n <=
-// kSubBlock positions) with column factors factor[KP] (0 past K), into their rows of best /
+// kc positions) with column factors factor[KP] (0 past K), into their rows of best /
 // where [KP][kRowLanes] and diag [KP] (see micro_tile_max). A row's maximum is the same
 // whichever rows are computed with it.
 template <int kBytes>
@@ -1344,7 +1362,7 @@ EQUIFAST_PER_ISA(bool, stream_image, stream_image_impl,
                   bool centered, double eps, StreamedBuffers& buf),
                  (a, a_offsets, b, b_offsets, K, KP, P, kc, centered, eps, buf))
 
-// A whole streamed image (P + 2 <= kSubBlock, see streamed_whole), before its GEMM: both
+// A whole streamed image (see streamed_whole), before its GEMM: both
 // sides packed as one chunk, the correction's two positions written after the P positions of
 // the same panels, and A's rows (all P + 2 positions) multiplied by their 1 / norm; then
 // multiply_max gives the row maxima straight from the GEMM's registers (no C, no second pass
@@ -1429,12 +1447,20 @@ void finish_whole_image(int64_t K, const float* best, const int32_t* where, cons
   }
 }
 
-// Whether a float32 image of P positions is streamed whole (prepare_whole_image): one chunk
-// of at most kSubBlock positions with the correction's two, whatever K and layout. There the
-// GEMM of so few positions is short next to writing C and reading it again for the arg-max:
-// measured on AVX-512 (N = 64, 2 threads) against the normalised path and BLAS, 256 @ 7x7
-// 1.5x faster, 2048 @ 7x7 2.2x (channels-last) and 2.8x (NCHW).
-bool streamed_whole(int64_t P) { return P + 2 <= kSubBlock; }
+// Whether a float32 image of K channels and P positions is streamed whole (prepare_whole_image):
+// one chunk of P positions and the correction's two, whatever the layout, for maps of at most
+// kSubBlock positions with those two (7 x 7 and smaller) at any K, and for K > 128 up to
+// kMaxWholePositions. Small maps: the GEMM of so few positions is short next to writing C and
+// reading it again for the arg-max. K > 128: our AVX-512 GEMM with the row maxima in its
+// registers against the normalised path and BLAS. Measured on AVX-512 (AMD EPYC, N = 64,
+// 2 threads), time against before: 2048 @ 7x7 0.45x channels-last, 0.36x NCHW; 512 @ 14x14
+// 0.55x and 0.66x; 1024 @ 14x14 0.48x and 0.51x; 256 @ 28x28 0.66x and 0.82x; 512 @ 28x28
+// 0.36x and 0.65x. K <= 128 with more positions keeps the chunked streamed path (channels-last;
+// about as fast whole) or the normalised one (NCHW).
+constexpr int64_t kMaxWholePositions = 1024;
+bool streamed_whole(int64_t K, int64_t P) {
+  return P + 2 <= kSubBlock || (K > kMaxStreamedChannels && P + 2 <= kMaxWholePositions);
+}
 
 // Rows of a whole image per task when few images share the threads.
 constexpr int64_t kWholeRows = 64;
@@ -1484,7 +1510,7 @@ struct Problem {
   void prepare_streamed() {
     streamed = true;
     KP = (K + kStreamedChannelAlign - 1) / kStreamedChannelAlign * kStreamedChannelAlign;
-    kc = streamed_whole(P) ? kSubBlock
+    kc = streamed_whole(K, P) ? (P + 2 + 7) / 8 * 8
                            : std::clamp<int64_t>(kStreamedPanelFloats / KP / 8 * 8, 32, 512);
   }
 
@@ -1517,7 +1543,7 @@ struct Problem {
     for (auto* v : {&buf.def_a, &buf.def_b}) v->resize(K);
     if constexpr (!std::is_same_v<scalar_t, float>) {
       return false;  // streamed images are float32 (see prepare_streamed's caller)
-    } else if (streamed_whole(P)) {
+    } else if (streamed_whole(K, P)) {
       if (!prepare_whole(n, buf)) return false;
       buf.best.resize(KP * kRowLanes);
       buf.where.resize(KP * kRowLanes);
@@ -1836,9 +1862,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
         // block of rows), so that an image's scores do not depend on the batch it came in
         // (sharded sweeps merge exactly).
         if ((pb.A.columns && pb.B.columns && K <= kMaxStreamedChannels) ||
-            (std::is_same_v<scalar_t, float> && streamed_whole(P)))
+            (std::is_same_v<scalar_t, float> && streamed_whole(K, P)))
           pb.prepare_streamed();
-        if (pb.streamed && streamed_whole(P) && N < 2 * at::get_num_threads())
+        if (pb.streamed && streamed_whole(K, P) && N < 2 * at::get_num_threads())
           pb.run_whole_shared();
         else if (pb.streamed || N >= 2 * at::get_num_threads())
           pb.run_per_image();
