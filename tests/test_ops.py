@@ -437,10 +437,11 @@ def test_streamed_channels_last(metric, eps, k, h, monkeypatch):
     # stress the correction: a constant (exactly undefined even at eps = 0, at a value whose
     # float32 sums round), ramps whose chunk means differ far more than the values within a
     # chunk, a large mean with small variations, zeros; and an image with a NaN, which the
-    # normalised path computes instead. Maps of at most 62 positions are streamed whole, any K,
-    # and with K > 128 maps of up to 1022 (one chunk, the correction's two positions in the same
-    # panels, the row maxima taken in the GEMM's registers; 12 x 12: three blocks of positions
-    # summed apart): 300 channels span panels of every width and a partial group.
+    # normalised path computes instead. On AVX-512, maps of at most 62 positions are streamed
+    # whole, any K, and with K > 128 maps of up to 1022 (one chunk, the correction's two
+    # positions in the same panels, the row maxima taken in the GEMM's registers; 12 x 12: three
+    # blocks of positions summed apart): 300 channels span panels of every width and a partial
+    # group.
     monkeypatch.setitem(globals(), "EPS", eps)
     n = 2 * torch.get_num_threads() + 1
     fx, ftx = _features(n, k, h, h, seed=21)
@@ -466,8 +467,9 @@ def test_streamed_channels_last(metric, eps, k, h, monkeypatch):
 @pytest.mark.parametrize("h", [6, 12])
 @pytest.mark.parametrize("metric", list(METRICS))
 def test_streamed_whole_images_score_alike_in_any_batch(metric, formats, h):
-    # Float32 maps of at most 62 positions, and with K > 128 larger ones (12 x 12: blocks of
-    # positions summed apart), are streamed whole (NCHW channels gathered while packed): with
+    # On AVX-512, float32 maps of at most 62 positions, and with K > 128 larger ones (12 x 12:
+    # blocks of positions summed apart), are streamed whole (NCHW channels gathered while
+    # packed; narrower instruction sets take the other paths, and the same asserts hold): with
     # fewer images than twice the threads, each image's rows are split among the threads (64 a
     # task); with more, a thread takes whole images. The scores of an image must not depend on
     # which (sharded sweeps merge exactly), and both match the reference: 200 channels span four
@@ -526,9 +528,9 @@ def test_ties_across_lanes(layout, side):
     # Rows of +-1, half of each, normalise to +-1/side exactly, so every similarity is an exact
     # sum: ties are exact whatever the GEMM's summation order. With K = 80 they span the
     # vectorised arg-max's lanes and iterations (and its tail); the smallest k' must win, as in
-    # the reference, and undefined columns must never win. 4x4 maps are streamed whole (the
-    # maxima kept per lane of the GEMM's tile), 8x8 ones normalised (NCHW) or streamed in
-    # chunks (channels-last), each with its own arg-max.
+    # the reference, and undefined columns must never win. 4x4 maps are streamed whole on
+    # AVX-512 (the maxima kept per lane of the GEMM's tile), 8x8 ones normalised (NCHW) or
+    # streamed in chunks (channels-last), each with its own arg-max.
     g = torch.Generator().manual_seed(10)
     n, k, p = 2 * torch.get_num_threads(), 80, side * side
     base = torch.tensor([1.0] * (p // 2) + [-1.0] * (p // 2))

@@ -913,8 +913,8 @@ void tile_epilogue(const float* s, int64_t ld_s, int64_t rows, int64_t K, int64_
 // more than BLAS's packing) and for K = 256, which keep the normalised path. Like the other
 // loops, the GEMM and the packing are compiled per instruction set (EQUIFAST_PER_ISA); the
 // baseline (SSE) build passes the same tests but was not timed.
-// Float32 maps of at most 62 positions (7 x 7 and smaller) at any K, and of up to 1022 at
-// K > 128, are streamed whole whatever the layout (NCHW channels gathered while packed): one
+// On AVX-512, float32 maps of at most 62 positions (7 x 7 and smaller) at any K, and of up to
+// 1022 at K > 128, are streamed whole whatever the layout (NCHW channels gathered while packed): one
 // chunk, and the row maxima taken from the GEMM's registers (see streamed_whole).
 constexpr int64_t kMaxStreamedChannels = 128;
 constexpr int64_t kStreamedPanelFloats = 16 * 1024;  // a chunk's panels: 64 KiB a side
@@ -1456,10 +1456,13 @@ void finish_whole_image(int64_t K, const float* best, const int32_t* where, cons
 // 2 threads), time against before: 2048 @ 7x7 0.45x channels-last, 0.36x NCHW; 512 @ 14x14
 // 0.55x and 0.66x; 1024 @ 14x14 0.48x and 0.51x; 256 @ 28x28 0.66x and 0.82x; 512 @ 28x28
 // 0.36x and 0.65x. K <= 128 with more positions keeps the chunked streamed path (channels-last;
-// about as fast whole) or the normalised one (NCHW).
+// about as fast whole) or the normalised one (NCHW). AVX-512 only: the AVX2 build of the same
+// loops (EQUIFAST_CPU_ISA=x86-64-v3 on that machine) was up to 1.7x slower than the normalised
+// path at 256 @ 28x28 and 1.3x at 2048 @ 7x7, so AVX2 and older CPUs keep the paths they had.
 constexpr int64_t kMaxWholePositions = 1024;
 bool streamed_whole(int64_t K, int64_t P) {
-  return P + 2 <= kSubBlock || (K > kMaxStreamedChannels && P + 2 <= kMaxWholePositions);
+  return g_isa.load(std::memory_order_relaxed) == Isa::kV4 &&
+         (P + 2 <= kSubBlock || (K > kMaxStreamedChannels && P + 2 <= kMaxWholePositions));
 }
 
 // Rows of a whole image per task when few images share the threads.
