@@ -859,30 +859,34 @@ EQUIFAST_PER_ISA(void, row_argmax, row_argmax_body,
                  (const float* s, const float* factor, int64_t K, float* best, int64_t* index),
                  (s, factor, K, best, index))
 
+// Row k's scores: of a defined row, the channel score from its diagonal entry and column
+// factor, the layer score from its largest entry `best` and the first column holding it
+// (`index`, -1 where no column is defined); an undefined row is NaN throughout.
+inline void write_row_scores(int64_t k, bool defined, float diagonal, float diagonal_factor,
+                             float best, int64_t index, float* channel, float* layer,
+                             int64_t* layer_index) {
+  if (!defined) {
+    channel[k] = layer[k] = nan_value();
+    layer_index[k] = -1;
+    return;
+  }
+  channel[k] = diagonal_factor > 0.f ? score(diagonal * diagonal_factor) : nan_value();
+  layer[k] = index < 0 ? nan_value() : score(best);
+  layer_index[k] = index < 0 ? -1 : index;
+}
+
 // Epilogue of one tile: rows [k0, k0 + rows) of image n, with the image's column factors.
 void tile_epilogue(const float* s, int64_t ld_s, int64_t rows, int64_t K, int64_t k0,
                    const uint8_t* def_a, const float* factor, float* channel, float* layer,
                    int64_t* layer_index) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t k = k0 + r;
-    if (!def_a[r]) {
-      channel[k] = nan_value();
-      layer[k] = nan_value();
-      layer_index[k] = -1;
-      continue;
-    }
+    float best = 0.f;
+    int64_t index = -1;
     const float* row = s + r * ld_s;
-    channel[k] = factor[k] > 0.f ? score(row[k] * factor[k]) : nan_value();
-    float best;
-    int64_t index;
-    row_argmax(row, factor, K, &best, &index);
-    if (index < 0) {
-      layer[k] = nan_value();
-      layer_index[k] = -1;
-    } else {
-      layer[k] = score(best);
-      layer_index[k] = index;
-    }
+    if (def_a[r]) row_argmax(row, factor, K, &best, &index);
+    write_row_scores(k, def_a[r], def_a[r] ? row[k] : 0.f, factor[k], best, index, channel,
+                     layer, layer_index);
   }
 }
 
@@ -919,36 +923,16 @@ void tile_epilogue(const float* s, int64_t ld_s, int64_t rows, int64_t K, int64_
 constexpr int64_t kMaxStreamedChannels = 128;
 constexpr int64_t kStreamedPanelFloats = 16 * 1024;  // a chunk's panels: 64 KiB a side
 
+// Vectors of kBytes: of floats, and of int32 lanes as wide (the columns of micro_tile_max's
+// maxima).
+template <typename T, int kBytes>
+struct LaneVector {
+  typedef T type __attribute__((vector_size(kBytes)));
+};
 template <int kBytes>
-struct FloatVector;
-template <>
-struct FloatVector<64> {
-  typedef float type __attribute__((vector_size(64)));
-};
-template <>
-struct FloatVector<32> {
-  typedef float type __attribute__((vector_size(32)));
-};
-template <>
-struct FloatVector<16> {
-  typedef float type __attribute__((vector_size(16)));
-};
-
-// Lanes of int32 as wide as FloatVector<kBytes> (the columns of micro_tile_max's maxima).
+struct FloatVector : LaneVector<float, kBytes> {};
 template <int kBytes>
-struct IntVector;
-template <>
-struct IntVector<64> {
-  typedef int32_t type __attribute__((vector_size(64)));
-};
-template <>
-struct IntVector<32> {
-  typedef int32_t type __attribute__((vector_size(32)));
-};
-template <>
-struct IntVector<16> {
-  typedef int32_t type __attribute__((vector_size(16)));
-};
+struct IntVector : LaneVector<int32_t, kBytes> {};
 
 // Channels are padded to whole panels of the widest vector (16 floats), whatever the CPU.
 constexpr int64_t kStreamedChannelAlign = 16;
@@ -1419,15 +1403,8 @@ EQUIFAST_PER_ISA(void, multiply_max, multiply_max_impl,
 void finish_whole_image(int64_t K, const float* best, const int32_t* where, const float* diag,
                         const uint8_t* def_a, const float* factor, float* channel, float* layer,
                         int64_t* layer_index) {
-  const float negative_inf = -std::numeric_limits<float>::infinity();
   for (int64_t k = 0; k < K; ++k) {
-    if (!def_a[k]) {
-      channel[k] = layer[k] = nan_value();
-      layer_index[k] = -1;
-      continue;
-    }
-    channel[k] = factor[k] > 0.f ? score(diag[k] * factor[k]) : nan_value();
-    float m = negative_inf;
+    float m = -std::numeric_limits<float>::infinity();
     int32_t index = -1;
     const float* x = best + k * kRowLanes;
     const int32_t* j = where + k * kRowLanes;
@@ -1437,13 +1414,7 @@ void finish_whole_image(int64_t K, const float* best, const int32_t* where, cons
         index = j[l];
       }
     }
-    if (index < 0) {
-      layer[k] = nan_value();
-      layer_index[k] = -1;
-    } else {
-      layer[k] = score(m);
-      layer_index[k] = index;
-    }
+    write_row_scores(k, def_a[k], diag[k], factor[k], m, index, channel, layer, layer_index);
   }
 }
 
