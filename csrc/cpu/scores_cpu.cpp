@@ -918,8 +918,8 @@ void tile_epilogue(const float* s, int64_t ld_s, int64_t rows, int64_t K, int64_
 // loops, the GEMM and the packing are compiled per instruction set (EQUIFAST_PER_ISA); the
 // baseline (SSE) build passes the same tests but was not timed.
 // On AVX-512, float32 maps of at most 62 positions (7 x 7 and smaller) at any K, and of up to
-// 1022 at K > 128, are streamed whole whatever the layout (NCHW channels gathered while packed): one
-// chunk, and the row maxima taken from the GEMM's registers (see streamed_whole).
+// 1022 at K > 128, are streamed whole whatever the layout (NCHW channels gathered while
+// packed): one chunk, and the row maxima taken from the GEMM's registers (see streamed_whole).
 constexpr int64_t kMaxStreamedChannels = 128;
 constexpr int64_t kStreamedPanelFloats = 16 * 1024;  // a chunk's panels: 64 KiB a side
 
@@ -1014,12 +1014,11 @@ __attribute__((always_inline)) inline void multiply_chunk(const float* a_panels,
 constexpr int64_t kRowLanes = 16;
 
 // Whole images (see streamed_whole): the register tile of rows [i, i + MR) by columns
-// [j0, j0 + NV W) over n positions (summed by blocks of kSubBlock) goes straight into the
-// rows' running maxima
-// instead of C: per row, lane l keeps the largest scaled entry of the columns it has seen
-// (j = l mod W) and the first column holding it (`best`, `where`: [KP][kRowLanes], lanes past W
-// unused); a masked column (factor 0) is -inf and never taken. The diagonal entries (the
-// channel score) are kept raw.
+// [j0, j0 + NV W) over n positions (summed by blocks of kSubBlock) goes straight into the rows'
+// running maxima instead of C: per row, lane l keeps the largest scaled entry of the columns it
+// has seen (j = l mod W) and the first column holding it (`best`, `where`: [KP][kRowLanes],
+// lanes past W unused); a masked column (factor 0) is -inf and never taken. The diagonal
+// entries (the channel score) are kept raw.
 template <int kBytes, int MR, int NV>
 __attribute__((always_inline)) inline void micro_tile_max(const float* a, const float* b,
                                                           int64_t b_block, int64_t n,
@@ -1346,11 +1345,11 @@ EQUIFAST_PER_ISA(bool, stream_image, stream_image_impl,
                   bool centered, double eps, StreamedBuffers& buf),
                  (a, a_offsets, b, b_offsets, K, KP, P, kc, centered, eps, buf))
 
-// A whole streamed image (see streamed_whole), before its GEMM: both
-// sides packed as one chunk, the correction's two positions written after the P positions of
-// the same panels, and A's rows (all P + 2 positions) multiplied by their 1 / norm; then
-// multiply_max gives the row maxima straight from the GEMM's registers (no C, no second pass
-// over it), and finish_whole_image the scores. Sets def_a [K] and the column factors
+// A whole streamed image (see streamed_whole), before its GEMM: both sides packed as one
+// chunk, the correction's two positions written after the P positions of the same panels,
+// and A's rows (all P + 2 positions) multiplied by their 1 / norm; then multiply_max gives
+// the row maxima straight from the GEMM's registers (no C, no second pass over it), and
+// finish_whole_image the scores. Sets def_a [K] and the column factors
 // factor [KP] (0 for undefined and padding columns). Returns false as stream_image does.
 template <int kBytes>
 __attribute__((always_inline)) inline bool prepare_whole_image_impl(
@@ -1476,16 +1475,17 @@ struct Problem {
   double eps;
   float *channel, *layer;
   int64_t* layer_index;
-  // Streamed images (see "Streamed images"): whether, positions per chunk, and channels
-  // padded to whole panels.
-  bool streamed = false;
+  // Streamed images (see "Streamed images"): whether, whether whole (streamed_whole),
+  // positions per chunk, and channels padded to whole panels.
+  bool streamed = false, whole = false;
   int64_t kc = 0, KP = 0;
 
-  void prepare_streamed() {
+  void prepare_streamed(bool whole_images) {
     streamed = true;
+    whole = whole_images;
     KP = (K + kStreamedChannelAlign - 1) / kStreamedChannelAlign * kStreamedChannelAlign;
-    kc = streamed_whole(K, P) ? (P + 2 + 7) / 8 * 8
-                           : std::clamp<int64_t>(kStreamedPanelFloats / KP / 8 * 8, 32, 512);
+    kc = whole ? (P + 2 + 7) / 8 * 8
+               : std::clamp<int64_t>(kStreamedPanelFloats / KP / 8 * 8, 32, 512);
   }
 
   // Image n prepared to be streamed whole (see prepare_whole_image) in buffers' panels.
@@ -1508,16 +1508,7 @@ struct Problem {
   // Image n streamed; false (nothing written) when a channel does not fit the float32 products.
   bool stream(int64_t n, Buffers& buffers) const {
     StreamedBuffers& buf = buffers.streamed;
-    const int64_t T = (P + kc - 1) / kc, positions = std::max(kc, 2 * T);
-    buf.a_panels.resize(KP * positions);
-    buf.b_panels.resize(KP * positions);
-    buf.c.resize(KP * KP);
-    buf.stats.resize(6 * T * KP);
-    for (auto* v : {&buf.inv_a, &buf.inv_b, &buf.factor}) v->resize(K);
-    for (auto* v : {&buf.def_a, &buf.def_b}) v->resize(K);
-    if constexpr (!std::is_same_v<scalar_t, float>) {
-      return false;  // streamed images are float32 (see prepare_streamed's caller)
-    } else if (streamed_whole(K, P)) {
+    if (whole) {  // its own buffers: no K x K C
       if (!prepare_whole(n, buf)) return false;
       buf.best.resize(KP * kRowLanes);
       buf.where.resize(KP * kRowLanes);
@@ -1527,6 +1518,16 @@ struct Problem {
                          buf.def_a.data(), buf.factor.data(), channel + n * K, layer + n * K,
                          layer_index + n * K);
       return true;
+    }
+    const int64_t T = (P + kc - 1) / kc, positions = std::max(kc, 2 * T);
+    buf.a_panels.resize(KP * positions);
+    buf.b_panels.resize(KP * positions);
+    buf.c.resize(KP * KP);
+    buf.stats.resize(6 * T * KP);
+    for (auto* v : {&buf.inv_a, &buf.inv_b, &buf.factor}) v->resize(K);
+    for (auto* v : {&buf.def_a, &buf.def_b}) v->resize(K);
+    if constexpr (!std::is_same_v<scalar_t, float>) {
+      return false;  // streamed images are float32 (see prepare_streamed's caller)
     } else if (!stream_image(A.data + n * A.stride_n, A.offsets, B.data + n * B.stride_n,
                              B.offsets, K, KP, P, kc, centered, eps, buf)) {
       return false;
@@ -1613,6 +1614,11 @@ struct Problem {
   // tile's GEMM repeated.
   void image(int64_t n, Buffers& buf) const {
     if (streamed && stream(n, buf)) return;
+    normalised_image(n, buf);
+  }
+
+  // One image by the normalised path (buffers: see use_buffers).
+  void normalised_image(int64_t n, Buffers& buf) const {
     uint8_t* def_b = buf.def_b.data();
     float* scale = buf.scale_b.data();
     BView bv;
@@ -1646,13 +1652,19 @@ struct Problem {
   }
 
   // Many images: a thread takes whole images.
+  // A thread's buffers, sized for the normalised path of this problem's images.
+  Buffers& use_buffers() const {
+    Buffers& buf = thread_buffers();
+    buf.b.resize(b_floats());  // untouched (no page faults) while B is read in place
+    buf.scale_b.resize(K);
+    buf.def_b.resize(K);
+    buf.factor_b.resize(K);
+    return buf;
+  }
+
   void run_per_image() const {
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      Buffers& buf = thread_buffers();
-      buf.b.resize(b_floats());  // untouched (no page faults) while B is read in place
-      buf.scale_b.resize(K);
-      buf.def_b.resize(K);
-      buf.factor_b.resize(K);
+      Buffers& buf = use_buffers();
       for (int64_t n = begin; n < end; ++n) image(n, buf);
     });
   }
@@ -1666,14 +1678,9 @@ struct Problem {
     best.resize(KP * kRowLanes);
     std::vector<int32_t> where(KP * kRowLanes);
     for (int64_t n = 0; n < N; ++n) {
-      Buffers& buf = thread_buffers();
-      StreamedBuffers& sb = buf.streamed;
+      StreamedBuffers& sb = thread_buffers().streamed;
       if (!prepare_whole(n, sb)) {
-        buf.b.resize(b_floats());
-        buf.scale_b.resize(K);
-        buf.def_b.resize(K);
-        buf.factor_b.resize(K);
-        image(n, buf);
+        normalised_image(n, use_buffers());
         continue;
       }
       at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
@@ -1835,10 +1842,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_scores_cpu(
         // Streamed whatever N (a thread an image, or for few images whole ones a thread a
         // block of rows), so that an image's scores do not depend on the batch it came in
         // (sharded sweeps merge exactly).
-        if ((pb.A.columns && pb.B.columns && K <= kMaxStreamedChannels) ||
-            (std::is_same_v<scalar_t, float> && streamed_whole(K, P)))
-          pb.prepare_streamed();
-        if (pb.streamed && streamed_whole(K, P) && N < 2 * at::get_num_threads())
+        const bool whole = std::is_same_v<scalar_t, float> && streamed_whole(K, P);
+        if (whole || (pb.A.columns && pb.B.columns && K <= kMaxStreamedChannels))
+          pb.prepare_streamed(whole);
+        if (pb.whole && N < 2 * at::get_num_threads())
           pb.run_whole_shared();
         else if (pb.streamed || N >= 2 * at::get_num_threads())
           pb.run_per_image();
