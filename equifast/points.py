@@ -1580,10 +1580,8 @@ def _refuse_named_after_pooling(points: List[Point], an: _Analysis, graph: Optio
         return
     pool_node = None
     if graph is not None:
-        try:
+        with contextlib.suppress(RuntimeError, KeyError):  # pooling outside the traced graph
             pool_node = graph.order[graph.output_of(pooling.name)]
-        except (RuntimeError, KeyError):
-            pool_node = None
 
     def after(p: Point) -> bool:
         if pool_node is not None and p.node in graph.order:
@@ -1594,12 +1592,12 @@ def _refuse_named_after_pooling(points: List[Point], an: _Analysis, graph: Optio
     late = [p.name for p in points if p.name not in _RESERVED and p.is_vector and after(p)]
     if late:
         raise ValueError(
-            f"Expected `points` to name representations before global pooling ({pooling.name!r} in "
-            f"{type(an.model).__name__}), but {', '.join(map(repr, late))} "
-            f"{'is a vector' if len(late) == 1 else 'are vectors'} computed by it or after it, which would be "
-            f"averaged into the parts early/middle/late. The pooled vector and the logits are the "
-            f"`pool` and `final` points, appended for you (name 'pool' or 'final' in the list to place "
-            f"them). {_LIST_HINT}")
+            f"Expected `points` to name representations before global pooling ({pooling.name!r} "
+            f"in {type(an.model).__name__}), but {', '.join(map(repr, late))} "
+            f"{'is a vector' if len(late) == 1 else 'are vectors'} computed by it or after it, "
+            f"which would be averaged into the parts early/middle/late. The pooled vector and the "
+            f"logits are the `pool` and `final` points, appended for you (name 'pool' or 'final' "
+            f"in the list to place them). {_LIST_HINT}")
 
 
 def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module],
