@@ -395,18 +395,25 @@ def _fingerprint(names: Sequence[str], stats: Sequence[Tuple[int, int]],
 MAX_STAMPED_FILES = 200_000
 
 
+def mnist_kin(name: str) -> Optional[type]:
+    """``torchvision.datasets.<name>`` when it is MNIST or a subclass (FashionMNIST, KMNIST,
+    EMNIST, QMNIST), which read their files from ``root/<name>/raw``; else ``None``."""
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, name, None)
+    return cls if inspect.isclass(cls) and issubclass(cls, torchvision.datasets.MNIST) else None
+
+
 def torchvision_folder(name: str, root: str) -> str:
     """The folder under ``root`` whose files ``torchvision.datasets.<name>`` reads, as far as its
     class says: its ``base_folder`` (CIFAR10's ``cifar-10-batches-py``), ``<name>/`` for MNIST and
     its kin (their ``raw_folder``), else ``root`` itself."""
     import torchvision.datasets
 
-    cls = getattr(torchvision.datasets, name, None)
-    base = getattr(cls, "base_folder", None)
+    base = getattr(getattr(torchvision.datasets, name, None), "base_folder", None)
     if isinstance(base, str) and base and os.path.isdir(os.path.join(root, base)):
         return os.path.join(root, base)
-    if (inspect.isclass(cls) and issubclass(cls, torchvision.datasets.MNIST)
-            and os.path.isdir(os.path.join(root, name))):
+    if mnist_kin(name) is not None and os.path.isdir(os.path.join(root, name)):
         return os.path.join(root, name)
     return root
 

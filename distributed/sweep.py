@@ -43,7 +43,7 @@ from equifast.data import ClassFolders
 from equifast.warning import warn
 
 from .spec import (Folders, Job, SweepSpec, _hash_lines, file_stats, image_names, load_spec,
-                   names_give_labels)
+                   mnist_kin, names_give_labels)
 from .store import ResultStore, _frame_records
 
 __all__ = ["run_sweep", "measure_job", "job_inputs", "job_record", "SweepResult", "DEFAULT_OUT"]
@@ -203,10 +203,9 @@ def _mnist_layout(name: str, root: str) -> str:
     ``equifast train`` reads Fashion-MNIST from, is not it); empty for other data sets."""
     import torchvision.datasets
 
-    cls = getattr(torchvision.datasets, name, None)
-    mnist = torchvision.datasets.MNIST
-    if not (isinstance(cls, type) and issubclass(cls, mnist)
-            and getattr(cls, "_check_exists", None) is getattr(mnist, "_check_exists", None)):
+    cls = mnist_kin(name)
+    # QMNIST and EMNIST check their files their own way
+    if cls is None or cls._check_exists is not torchvision.datasets.MNIST._check_exists:
         return ""
     files = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
     return (f"{name} reads its idx files uncompressed ({', '.join(files)}) from "
