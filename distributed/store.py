@@ -260,10 +260,9 @@ class ResultStore:
 
     def status_of(self, job_id: str) -> Optional[str]:
         """The status of ``job_id``'s record (``"ok"``, ``"failed"``), or ``None`` (no record, or
-        an unreadable one), without parsing the whole record where it can (see
-        :func:`_peek_status`): a finished job's record holds its whole tables."""
-        readable, status = _peek_status(self.record_path(job_id))
-        return status if readable else None
+        an unreadable one), from its head (:meth:`head_of`): a finished job's record holds its
+        whole tables."""
+        return (self.head_of(job_id) or {}).get("status")
 
     def records_of(self, jobs) -> Dict[str, Optional[Dict[str, Any]]]:
         """``{job id: its record or None}`` for ``jobs`` (anything with an ``id``)."""
@@ -273,7 +272,8 @@ class ResultStore:
         """The fields of ``job_id``'s record before its tables (``points``, ``parts``), or
         ``None`` as :meth:`get`: a failed record whole, a finished one's ``id``, ``status``,
         ``total_attempts`` (of a record written since it is kept there) and ``job``, its tables
-        not parsed (see :func:`_read_head`)."""
+        not parsed (see :func:`_read_head`). Reading every record whole made ``sweep status``
+        of a large sweep read all of its tables."""
         return _read_head(self.record_path(job_id))
 
     def write_record(self, record: Dict[str, Any]) -> Path:
@@ -283,8 +283,8 @@ class ResultStore:
                    else type(record).__name__)
             raise ValueError("Expected a record dict with an 'id' and status 'ok' or 'failed', "
                              f"but got {got!r}.")
-        # id and status first: status() and states() read them from the file's first lines;
-        # total_attempts and the job before the tables: head_of() reads no further
+        # id, status, total_attempts and the job before the tables: head_of(), status_of() and
+        # states() read no further
         head = {k: record[k] for k in ("id", "status", "total_attempts", "job") if k in record}
         record = {**head, **record}
         return write_text_atomic(self.record_path(record["id"]),
@@ -299,7 +299,7 @@ class ResultStore:
         for path in sorted(self.records_dir.glob("*.json")):
             if ids is not None and path.stem not in ids:
                 continue
-            if status is not None and _peek_status(path)[1] != status:
+            if status is not None and (_read_head(path) or {}).get("status") != status:
                 continue  # not read whole: a finished job's record holds its whole tables
             rec = _read(path)
             if rec is not None and (status is None or rec.get("status") == status):
@@ -310,9 +310,9 @@ class ResultStore:
         out = {}
         if self.records_dir.is_dir():
             for path in self.records_dir.glob("*.json"):
-                readable, status = _peek_status(path)
-                if readable:
-                    out[path.stem] = status
+                head = _read_head(path)
+                if head is not None:
+                    out[path.stem] = head.get("status")
         return out
 
     def finished(self) -> set:
@@ -639,33 +639,7 @@ def _read(path: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
-# The top-level "status" line of a record as write_record writes it (indent 1: a top-level key
-# is the only line that starts with one space and a quote, as a string's newlines are escaped)
-_STATUS_LINE = re.compile(rb'\n "status": "(ok|failed)",?\n')
 _HEAD = 4096
-
-
-def _peek_status(path: Path):
-    """``(readable, status)`` of a record file: from its first and last bytes when it is as
-    :meth:`ResultStore.write_record` writes it (``"status"`` a top-level line near the top, and
-    the closing brace of the top level last), else by parsing it whole (:func:`_read`; not
-    readable: ``(False, None)``). Reading every record whole made ``sweep status`` of a large
-    sweep read all of its tables."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(_HEAD)
-            found = _STATUS_LINE.search(head)
-            if found is not None and head.startswith(b"{\n"):
-                size = fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, size - 2))
-                if fh.read(2) == b"\n}":  # complete (a torn file would be parsed and refused)
-                    return True, found.group(1).decode()
-    except OSError:
-        return False, None
-    rec = _read(path)
-    if rec is None:
-        return False, None
-    return True, rec.get("status") if isinstance(rec, dict) else None
 
 
 _TABLES = ("points", "parts")
@@ -675,11 +649,22 @@ _DECODER = json.JSONDecoder()
 
 def _read_head(path: Path) -> Optional[Dict[str, Any]]:
     """A record file's top-level fields before its first table (``points``, ``parts``), or all
-    of them where it has none; ``None`` where :func:`_read` gives no dict (missing,
-    unreadable). Read from the front, a block at a time (doubled until the fields before the
-    tables are whole), where the file ends as :meth:`ResultStore.write_record` writes it; else
-    parsed whole (then every field but the tables). A finished job's tables are most of its
-    record: a run of a large sweep parsed gigabytes of them for each job's dataset entry."""
+    of them where it has none, and its ``status`` wherever it lies; ``None`` where :func:`_read`
+    gives no dict (missing, unreadable). A finished job's tables are most of its record: a run
+    of a large sweep parsed gigabytes of them for each job's dataset entry."""
+    head = _front_fields(path)
+    if head is not None and "status" not in head:  # a file written another way: after its tables?
+        rec = _read(path)
+        if isinstance(rec, dict) and "status" in rec:
+            head["status"] = rec["status"]
+    return head
+
+
+def _front_fields(path: Path) -> Optional[Dict[str, Any]]:
+    """The fields of :func:`_read_head`, read from the front a block at a time (doubled until
+    the fields before the tables are whole) where the file ends as
+    :meth:`ResultStore.write_record` writes it; else parsed whole (then every field but the
+    tables)."""
     try:
         with open(path, "rb") as fh:
             size = fh.seek(0, os.SEEK_END)

@@ -908,16 +908,15 @@ def _previous_records(store: ResultStore, jobs: List[Job]) -> Dict[str, Optional
     ``total_attempts`` and ``job.dataset`` (for :func:`_moved`), not its tables: a finished
     job's record holds them all (a sweep of thousands of ImageNet jobs held gigabytes). Only
     the fields before the tables are read (:meth:`~.store.ResultStore.head_of`), and of a
-    finished job without a folder or torchvision root only its status; an older finished
+    finished job without a folder or torchvision root only its status is kept; an older finished
     record's ``total_attempts`` lies after its tables: :func:`_previous_attempts` reads it for
     the jobs that run again."""
     out: Dict[str, Optional[dict]] = {}
     for job in jobs:
-        status = store.status_of(job.id)
-        if status == "ok" and job.data_path is None:  # no folder, no torchvision root
-            out[job.id] = {"status": status}  # skipped: its other fields are never used
+        rec = store.head_of(job.id)
+        if rec is not None and rec.get("status") == "ok" and job.data_path is None:
+            out[job.id] = {"status": "ok"}  # no folder, no torchvision root: nothing else is used
             continue
-        rec = store.head_of(job.id) if status is not None else None
         out[job.id] = None if rec is None else {
             "status": rec.get("status"), "total_attempts": rec.get("total_attempts"),
             "job": {"dataset": (rec.get("job") or {}).get("dataset") or {}}}
