@@ -219,14 +219,9 @@ class Job:
         (ImageNet's 50,000 files: a second each). A torchvision data set's root is kept the same
         way (``resolved_path``, :func:`torchvision_fingerprint`)."""
         dataset = self.dataset.entry()
-        folders = Folders() if folders is None else folders
-        if self.dataset.kind == "folder":
-            path = dataset["resolved_path"] = self.resolve(self.dataset.path)
-            found = folders.fingerprint(path) or {}
-        elif self.dataset.kind == "torchvision":
-            path = dataset["resolved_path"] = self.resolve(self.dataset.root)
-            found = folders.torchvision(self.dataset.name, path) or {}
-        if self.dataset.kind in ("folder", "torchvision"):
+        if self.data_path is not None:
+            dataset["resolved_path"] = self.resolve(self.data_path)
+            found = (Folders() if folders is None else folders).of(self) or {}
             dataset["files_sha256"] = found.get("files_sha256")
             dataset["files_stamp"] = found.get("files_stamp")
         return {"id": self.id, "model": self.model.entry(), "dataset": dataset,
@@ -490,6 +485,17 @@ class Folders:
         if (name, root) not in self._roots:
             self._roots[(name, root)] = torchvision_fingerprint(name, root)
         return self._roots[(name, root)]
+
+    def of(self, job: "Job") -> Optional[Dict[str, str]]:
+        """The fingerprint of ``job``'s files where its spec's path resolves now: its folder's
+        (:meth:`fingerprint`) or its torchvision root's (:meth:`torchvision`); ``None`` for
+        other data, or files the driver cannot list."""
+        if job.data_path is None:
+            return None
+        path = job.resolve(job.data_path)
+        if job.dataset.kind == "folder":
+            return self.fingerprint(path)
+        return self.torchvision(job.dataset.name, path)
 
     def times_sha256(self, path: str, indices: Optional[Sequence[int]] = None) -> Optional[str]:
         """SHA-256 of the modification times of the folder's images ``indices`` (of its

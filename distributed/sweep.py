@@ -740,10 +740,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         done, old_failed, todo = _todo(before, jobs, retry_failed, folders)
         _previous_attempts(store, before, todo)
         for job in todo:  # the records' fingerprints: of the images before they are read
-            if job.dataset.kind == "folder":
-                folders.fingerprint(job.resolve(job.dataset.path))
-            elif job.dataset.kind == "torchvision":
-                folders.torchvision(job.dataset.name, job.resolve(job.dataset.root))
+            folders.of(job)
         failed_now: Dict[str, str] = {}
         warned: set = set()
         say = echo if progress else (lambda _line: None)
@@ -961,9 +958,8 @@ def _shard_times(job: Job, shard: int, folders: Folders) -> Optional[Dict[str, s
     from equifast.data import seeded_subset
 
     if job.dataset.kind == "torchvision":
-        root = job.resolve(job.dataset.root)
-        found = folders.torchvision(job.dataset.name, root)
-        return None if found is None else {"path": os.path.realpath(root),
+        found = folders.of(job)
+        return None if found is None else {"path": os.path.realpath(job.resolve(job.data_path)),
                                            "sha256": found["files_stamp"]}
     if job.dataset.kind != "folder":
         return None
@@ -1143,12 +1139,6 @@ def _moved(records: Dict[str, Optional[dict]], jobs: List[Job],
     A folder the driver cannot list (workers may have data it has not) is not checked.
     ``folders``: the run's listed folders (each fingerprinted once)."""
     folders = Folders() if folders is None else folders
-
-    def fingerprint(job, path):
-        if job.dataset.kind == "folder":
-            return folders.fingerprint(path)
-        return folders.torchvision(job.dataset.name, path)
-
     found: Dict[Tuple[str, str, Optional[str], str, bool, str], List[str]] = {}
     for job in jobs:
         rec = records.get(job.id) or {}
@@ -1157,12 +1147,12 @@ def _moved(records: Dict[str, Optional[dict]], jobs: List[Job],
         then = rec.get("job", {}).get("dataset", {})
         was, now = then.get("resolved_path"), job.resolve(job.data_path)
         if was is None or os.path.realpath(now) == os.path.realpath(was):
-            current = fingerprint(job, now)
+            current = folders.of(job)
             if current is None or then.get("files_stamp") == current["files_stamp"]:
                 continue
             why = "unstamped" if then.get("files_stamp") is None else "changed"
         else:
-            current = fingerprint(job, now) if then.get("files_sha256") is not None else None
+            current = folders.of(job) if then.get("files_sha256") is not None else None
             if current is not None and current["files_sha256"] == then["files_sha256"]:
                 continue  # a copy of the same images
             why = "moved"
