@@ -51,17 +51,16 @@ def _run(args) -> int:
     if args.dry_run:
         from .spec import Folders
         from .store import ResultStore
-        from .sweep import _moved
+        from .sweep import _moved, _previous_records
 
         folders = Folders()  # each folder listed once, as a run does
         jobs = spec.jobs(folders)
         store = ResultStore(out)
         store.check_folder()  # as the run would: a folder of the user's files is no --out
-        states = store.states()
-        of_folders = [j for j in jobs if j.data_path is not None and states.get(j.id) == "ok"]
+        before = _previous_records(store, jobs)  # what the run reads of them: not their tables
+        states = {jid: rec.get("status") for jid, rec in before.items() if rec}
         # finished, but on other images: moved, changed or unstamped (measured again)
-        heads = {j.id: store.head_of(j.id) for j in of_folders}  # not their tables
-        states.update(_moved(heads, of_folders, folders))
+        states.update(_moved(before, jobs, folders))
         kept = store.shard_files()  # by name: the run checks that they still fit
         print(f"{spec.name}: {len(jobs)} jobs -> {out}")
         for job in jobs:
