@@ -955,19 +955,15 @@ def _shard_times(job: Job, shard: int, folders: Folders) -> Optional[Dict[str, s
     :func:`~.spec.torchvision_fingerprint`'s ``files_stamp`` (which of its files a shard reads
     is the data set's own code's). Not in the worker's :func:`shard_fingerprint`: a worker's
     copy of the folder (on another node) has times of its own."""
-    from equifast.data import seeded_subset
-
     if job.dataset.kind == "torchvision":
         found = folders.of(job)
         return None if found is None else {"path": os.path.realpath(job.resolve(job.data_path)),
                                            "sha256": found["files_stamp"]}
-    if job.dataset.kind != "folder":
+    part = _listed_part(job, shard, folders)
+    if part is None or part is _UNSEEN:
         return None
     path = job.resolve(job.dataset.path)
-    files = folders.files(path)
-    if files is None:
-        return None
-    _, indices = _image_files(_shard(seeded_subset(files, job.n_images, job.seed), shard, job.shards))
+    _, indices = _image_files(part)
     return {"path": os.path.realpath(path), "sha256": folders.times_sha256(path, indices)}
 
 
@@ -1016,10 +1012,11 @@ def _load_kept(store: ResultStore, job: Job, shards,
     return out
 
 
-def _current_fingerprint(job: Job, shard: int, folders: Folders):
-    """:func:`shard_fingerprint` of the images shard ``shard`` of ``job`` would measure now
-    (``None``: no folder's images), or :data:`_UNSEEN` when the driver cannot list the folder
-    (workers may have data the driver has not). ``folders``: the folders listed in this run."""
+def _listed_part(job: Job, shard: int, folders: Folders):
+    """The images shard ``shard`` of ``job`` would measure now, sliced as its worker slices
+    them (:func:`job_inputs`, then :func:`_shard`) from the driver's listing of its folder
+    (``folders``: this run's); ``None`` for no folder's images, :data:`_UNSEEN` where the driver
+    cannot list the folder (workers may have data the driver has not)."""
     from equifast.data import seeded_subset
 
     if job.dataset.kind != "folder":
@@ -1027,8 +1024,14 @@ def _current_fingerprint(job: Job, shard: int, folders: Folders):
     files = folders.files(job.resolve(job.dataset.path))
     if files is None:
         return _UNSEEN
-    part = _shard(seeded_subset(files, job.n_images, job.seed), shard, job.shards)
-    return shard_fingerprint(part)
+    return _shard(seeded_subset(files, job.n_images, job.seed), shard, job.shards)
+
+
+def _current_fingerprint(job: Job, shard: int, folders: Folders):
+    """:func:`shard_fingerprint` of :func:`_listed_part` (``None`` and :data:`_UNSEEN` as
+    there)."""
+    part = _listed_part(job, shard, folders)
+    return part if part is None or part is _UNSEEN else shard_fingerprint(part)
 
 
 _UNSEEN = object()  # a folder the driver cannot list
