@@ -432,9 +432,13 @@ def test_a_damaged_or_unfinished_run_is_said_so(tmp_path):
         loaded = load_model(str(run))
     for a, b in zip(loaded.state_dict().values(), net.state_dict().values()):
         assert torch.equal(a, b)
-    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:300])
-    with pytest.raises(ValueError, match=r"Could not read the run file .*checkpoint.pt.*damaged"):
-        load_model(str(run))
+    whole = (run / "checkpoint.pt").read_bytes()
+    # cut, half, junk, and bytes unpickling reads as other errors (KeyError, struct.error, an
+    # OSError "Invalid argument" naming no file)
+    for damaged in (whole[:300], whole[:len(whole) // 2], b"junk\n", b"h\x05", b"\x80\x02j"):
+        (run / "checkpoint.pt").write_bytes(damaged)
+        with pytest.raises(ValueError, match=r"Could not read the run file .*checkpoint.pt.*damaged"):
+            load_model(str(run))
     (run / "recipe.json").write_text("{'cut")
     with pytest.raises(ValueError, match=r"Could not read the run file .*recipe.json.*JSONDecodeError"):
         load_model(str(run))

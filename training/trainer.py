@@ -43,7 +43,6 @@ import csv
 import json
 import math
 import os
-import pickle
 import random
 import shutil
 import time
@@ -401,7 +400,10 @@ def read_run_file(path: Path, map_location="cpu", mmap: bool = False):
         if path.suffix == ".json":
             return json.loads(path.read_text())
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise  # not damaged: missing, or not ours to read
+    except Exception as err:  # noqa: BLE001 -- unpickling bytes that are no pickle raises any kind
+        # (KeyError, struct.error, OSError "Invalid argument" of a cut zip archive, ...)
         raise _damaged(path, err) from err
 
 
