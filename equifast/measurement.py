@@ -537,6 +537,14 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 labels = run_labels if labels is None else labels
                 meta["images"] = "test set of the run's recipe"
         else:
+            given = [f"{k}={v!r}" for k, v, unset in (("weights", weights, "default"),
+                                                     ("num_classes", num_classes, None)) if v != unset]
+            if given:  # they were ignored: the module was measured as it is
+                raise ValueError(f"Expected `weights` and `num_classes` only with a model given by "
+                                 f"name, but got {' and '.join(given)} with a module "
+                                 f"({type(inner).__name__}), which is measured as it is: load "
+                                 "its weights into it (module.load_state_dict(torch.load(path))) "
+                                 "or pass the model's name.")
             meta["model"] = type(inner).__name__  # not DataParallel's
         if given_preprocess and (isinstance(images, (torch.Tensor, tuple, list, DataLoader))
                                  or _tensor_items(images)):

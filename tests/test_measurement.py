@@ -393,6 +393,12 @@ def test_bad_inputs_are_clear():
         x.nan_to_num(), torch.tensor([0.0, 1.0])), batch_size=2)  # float labels from a loader
     with pytest.raises(TypeError, match="integer class indices"):
         ef.measure(circular_net(), loader, transforms=[ef.Rotation(1)])
+    # were ignored: the module was measured as it was, a missing checkpoint path included
+    for kwargs, named in (({"weights": "/no/such.pt"}, "weights='/no/such.pt'"),
+                          ({"weights": None}, "weights=None"), ({"num_classes": 7}, "num_classes=7")):
+        with pytest.raises(ValueError, match=f"only with a model given by name, but got {named} "
+                                             r"with a module \(Sequential\)"):
+            ef.measure(circular_net(), x.nan_to_num(), transforms=[ef.Rotation(1)], **kwargs)
 
 
 class _InfWhereTheCornerIsZero(nn.Module):
