@@ -74,6 +74,9 @@ def _with_job_columns(df: pd.DataFrame, metric: Optional[str]) -> pd.DataFrame:
             df[col] = default
     if "transforms" not in df:
         df["transforms"] = df["family"]
+    if metric == "auto":  # a sweep of cosine only has no correlation to default to
+        measured = sorted(set(df["metric"]))
+        metric = measured[0] if len(measured) == 1 else "correlation"
     if metric is not None:
         if metric not in set(df["metric"]):
             raise ValueError(f"Expected `metric` to be one of {sorted(set(df['metric']))}, but got {metric!r}.")
@@ -93,14 +96,15 @@ def _accuracy_column(df: pd.DataFrame, accuracy: str) -> pd.Series:
 
 
 def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
-                metric: Optional[str] = "correlation", accuracy: str = "auto") -> pd.DataFrame:
+                metric: Optional[str] = "auto", accuracy: str = "auto") -> pd.DataFrame:
     """Each model's channel and layer score per part, averaged over seeds.
 
     Args:
         source: a results folder, a :class:`ResultStore`, or a combined ``parts`` table
             (columns ``model, dataset, transforms, family, part, channel, layer, accuracy``,
             ``metric`` and ``seed`` optional).
-        metric: keep this metric's rows (``None``: keep all).
+        metric: keep this metric's rows (``"auto"``: correlation, or the one metric the sweep
+            measured; ``None``: keep all).
         accuracy: ``"auto"``, ``"known"`` or ``"measured"`` (see :data:`ACCURACY_CHOICES`).
 
     Returns:
@@ -146,7 +150,7 @@ def _warn_mixed_accuracies(df: pd.DataFrame) -> None:
 
 
 def shift_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
-                 metric: Optional[str] = "correlation") -> pd.DataFrame:
+                 metric: Optional[str] = "auto") -> pd.DataFrame:
     """Each model's channel and layer score per part at each shift, averaged over seeds
     (thesis figure 8, per model).
 
@@ -154,7 +158,8 @@ def shift_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
         source: a results folder, a :class:`ResultStore`, or a combined ``points`` table
             (columns ``model, dataset, transforms, point, part, transform, family, channel,
             layer, undefined_fraction``, ``metric`` and ``seed`` optional).
-        metric: keep this metric's rows (``None``: keep all).
+        metric: keep this metric's rows (``"auto"``: correlation, or the one metric the sweep
+            measured; ``None``: keep all).
 
     Returns:
         One row per ``(dataset, metric, transforms, family, model, part, shift)`` with the
@@ -179,7 +184,7 @@ def shift_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
 
 
 def accuracy_correlation(scores: Union[pd.DataFrame, str, os.PathLike, ResultStore],
-                         metric: Optional[str] = "correlation", accuracy: str = "auto",
+                         metric: Optional[str] = "auto", accuracy: str = "auto",
                          min_models: int = 3) -> pd.DataFrame:
     """Spearman's rank correlation of each part's score with top-1 accuracy (thesis Fig. 13).
 
@@ -209,7 +214,7 @@ def accuracy_correlation(scores: Union[pd.DataFrame, str, os.PathLike, ResultSto
 
 
 def final_correlation(scores: Union[pd.DataFrame, str, os.PathLike, ResultStore],
-                      metric: Optional[str] = "correlation", min_models: int = 3) -> pd.DataFrame:
+                      metric: Optional[str] = "auto", min_models: int = 3) -> pd.DataFrame:
     """Spearman's rank correlation, across models, of each part's score with the invariance of
     the final part (thesis section 4.3: do models more equivariant before pooling end more
     invariant? Yes for translations, not for rotations).
@@ -404,7 +409,7 @@ def _incomplete(saved: Optional[dict], jobs: pd.DataFrame, scores: pd.DataFrame)
 
 
 def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], out_dir: os.PathLike,
-                  metric: str = "correlation", accuracy: str = "auto",
+                  metric: str = "auto", accuracy: str = "auto",
                   min_models: int = 3) -> Dict[str, List[Path]]:
     """Draw the thesis' figures 11-13 of a sweep (and 8, per model) and write their tables.
 

@@ -202,8 +202,9 @@ def add_sweep_parser(subparsers, run_prog: Optional[str] = None) -> argparse.Arg
                             formatter_class=HelpFormatter)
     report.add_argument("--out", type=os.path.expanduser, default=None, help="results folder (default: runs/sweep)")
     report.add_argument("--figures", type=os.path.expanduser, default=None, help="where figures go (default: OUT/figures)")
-    report.add_argument("--metric", default="correlation",
-                        help="the equivariance metric whose scores are drawn")
+    report.add_argument("--metric", default="auto",
+                        help="the equivariance metric whose scores are drawn (default auto: "
+                             "correlation, or the one metric the sweep measured)")
     report.add_argument("--accuracy", default="auto", choices=["auto", "known", "measured"],
                         help="measured: top-1 on the data's labels; known: the spec's accuracy; "
                              "auto: measured when the data had labels, else known")

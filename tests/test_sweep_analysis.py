@@ -63,6 +63,21 @@ def test_mixed_measured_and_known_accuracies_are_said():
         analysis.part_scores(_parts(acc, source), accuracy="known")
 
 
+def test_the_default_metric_is_correlation_or_the_one_the_sweep_measured():
+    # a sweep of cosine only: the default (correlation) was refused by `sweep report`, though
+    # the user never passed --metric
+    cosine = _parts(ACC).assign(metric="cosine")
+    both = pd.concat([_parts(ACC, seed=1), cosine], ignore_index=True)
+    for df, want in ((cosine, "cosine"), (both, "correlation")):
+        scores = analysis.part_scores(df)
+        assert set(scores["metric"]) == {want}
+        pd.testing.assert_frame_equal(scores, analysis.part_scores(df, metric=want))
+        assert analysis.final_correlation(df).equals(analysis.final_correlation(df, metric=want))
+    with pytest.raises(ValueError, match=r"`metric` to be one of \['cosine'\], but got 'correlation'"):
+        analysis.part_scores(cosine, metric="correlation")  # asked for: still refused
+    assert set(analysis.part_scores(both, metric=None)["metric"]) == {"cosine", "correlation"}
+
+
 def test_datasets_whose_names_make_one_figure_file_name_are_refused(tmp_path):
     # 'img net' and 'img_net' both drew fig11_..._img_net.png: the second replaced the first
     df = _parts({"m0": .7, "m1": .8}, datasets=("img net", "img_net"))
