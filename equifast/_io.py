@@ -377,8 +377,18 @@ def write_csv_atomic(path: Union[str, os.PathLike], table) -> Path:
 
 
 def save_figure_atomic(fig, path: Union[str, os.PathLike], dpi: int = 120) -> Path:
-    """Save a matplotlib figure atomically, in the format of ``path``'s suffix."""
-    fmt = Path(path).suffix.lstrip(".").lower() or None
+    """Save a matplotlib figure atomically, in the format of ``path``'s suffix (one that
+    matplotlib writes: a ``ValueError`` otherwise, and for a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"Expected a figure's file name, but {str(path)!r} is a folder; name a "
+                         "file in it (figure.png).")
+    fmt = path.suffix.lstrip(".").lower()
+    formats = fig.canvas.get_supported_filetypes()
+    if fmt not in formats:  # matplotlib would have taken the temporary file's ".tmp" as one
+        raise ValueError(f"Expected a figure's file name ending in a format's suffix ("
+                         f"{', '.join('.' + f for f in sorted(formats))}), but {str(path)!r} has "
+                         f"{'none' if not fmt else repr(path.suffix)}.")
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
 
 

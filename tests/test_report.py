@@ -111,6 +111,14 @@ def test_plot_writes_a_png(tmp_path):
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # saved atomically, as PNG
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png"]
     assert len(fig.axes) == 4  # two families x (channel, layer)
+    rep.plot(tmp_path / "f.PDF")
+    assert (tmp_path / "f.PDF").read_bytes()[:5] == b"%PDF-"
+    # matplotlib took the temporary file's ".tmp" for the format: "Format 'tmp' is not supported"
+    for bad, said in (("figure", "has none"), ("f.xyz", "has '.xyz'"), (".", "is a folder")):
+        for draw in (rep.plot, rep.plot_shifts):
+            with pytest.raises(ValueError, match=f"Expected a figure's file name.*{said}"):
+                draw(tmp_path / bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.PDF", "f.png"]
 
 
 def test_metric_bias_correlates_cosine_with_activation():
