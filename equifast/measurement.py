@@ -40,7 +40,8 @@ from ._hints import did_you_mean, without_download_advice
 from .reference import METRICS, TOLERANCE, check_options, is_vector
 from .report import Report
 from .points import Point, model_dtype, modes_kept, representations, split, unwrapped
-from .transforms import Transform, check_distinct, diagonal_shifts, parse_transforms, rotations
+from .transforms import (Transform, check_distinct, check_labels, diagonal_shifts, parse_transforms,
+                         rotations)
 from .warning import EquifastWarning, warn
 
 __all__ = ["measure", "MeasureState", "Measurer"]
@@ -165,6 +166,7 @@ def checked_settings(transforms, amp: Optional[str], batch_size: int, device,
         raise TypeError(f"Expected `transforms` to be a non-empty list of equifast transforms "
                         f"(or, for measure, specs like 'translation:1-8,rotation'), but got "
                         f"{transforms!r}.")
+    check_labels(transforms)
     check_distinct(transforms)
     if amp not in (None, "float16", "bfloat16"):
         raise ValueError(f"Expected `amp` to be None, 'float16' or 'bfloat16', but got {amp!r}.")

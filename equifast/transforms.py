@@ -100,7 +100,15 @@ class Transform(abc.ABC):
         """Apply the transform to an image batch ``x`` (``[N, C, H, W]``)."""
         _check_image(x)
         self.check_input(_size(x))
-        return self.on_map(x, _size(x), fill=0.0)
+        out = self.on_map(x, _size(x), fill=0.0)
+        if not (isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype
+                and out.device == x.device):  # else the model failed on it, naming no transform
+            got = (f"a {out.dtype} tensor of shape {tuple(out.shape)} on {out.device}"
+                   if isinstance(out, torch.Tensor) else f"a {type(out).__name__}")
+            raise ValueError(f"Expected {self.name}.on_map to return images like its input (a "
+                             f"{x.dtype} tensor of shape {tuple(x.shape)} on {x.device}), but it "
+                             f"returned {got}.")
+        return out
 
     def index_map(self, map_size: Size, input_size: Size, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Flat positions compared on a map of ``map_size``.
@@ -328,6 +336,19 @@ def rotations() -> List[Rotation]:
 def flips() -> List[Flip]:
     """Both mirrors: horizontal and vertical."""
     return [Flip("horizontal"), Flip("vertical")]
+
+
+def check_labels(transforms: Sequence[Transform]) -> None:
+    """Raise ``ValueError`` unless each transform's ``name`` and ``family`` are non-empty
+    strings: a report keys its scores by them (a ``family`` of ``None`` left a report with no
+    part rows)."""
+    for t in transforms:
+        for attr in ("name", "family"):
+            value = getattr(t, attr)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"Expected the `{attr}` of the transform {type(t).__name__} to be "
+                                 f"a non-empty string (reports key its scores by it), but got "
+                                 f"{value!r}.")
 
 
 def check_distinct(transforms: Sequence[Transform]) -> None:

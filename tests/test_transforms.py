@@ -187,6 +187,39 @@ def test_index_map_rejects_an_on_map_that_does_not_move_positions(on_map, what):
         _Broken(on_map).index_map((4, 4), (4, 4))
 
 
+def _tiny_classifier():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+
+
+def test_a_transform_whose_images_are_not_like_its_input_is_named():
+    # the model failed on them ("expected scalar type Double but found Float"), naming no transform
+    x = torch.rand(2, 3, 4, 4)
+    for on_map, got in ((lambda f: f.double() if f.is_floating_point() else f, "torch.float64 tensor"),
+                        (lambda f: f[..., :3] if f.is_floating_point() else f, r"shape \(2, 3, 4, 3\)"),
+                        (lambda f: f.tolist() if f.is_floating_point() else f, "a list")):
+        _Broken(on_map).index_map((4, 4), (4, 4))  # its positions move as they should
+        with pytest.raises(ValueError, match=r"Expected broken.on_map to return images like its "
+                                             rf"input \(a torch.float32 tensor .*\), but it returned .*{got}"):
+            _Broken(on_map)(x)
+        with pytest.raises(ValueError, match="broken.on_map to return images like its input"):
+            ef.measure(_tiny_classifier(), x, transforms=[_Broken(on_map)])
+
+
+@pytest.mark.parametrize("attr, value", [("name", None), ("name", 5), ("name", " "),
+                                         ("family", None), ("family", 3), ("family", "")])
+def test_a_transform_without_a_name_or_family_is_refused(attr, value):
+    # family None: measure's report had no part rows, and no word why
+    class Unlabelled(ef.Flip):
+        pass
+
+    setattr(Unlabelled, attr, value)
+    with pytest.raises(ValueError, match=rf"`{attr}` of the transform Unlabelled to be a non-empty "
+                                         rf"string .*but got {value!r}"):
+        ef.measure(_tiny_classifier(), torch.rand(2, 3, 8, 8), transforms=[Unlabelled()])
+
+
 class _OwnIndexMap(ef.transforms.Transform):
     """A user's transform that overrides index_map itself, wrongly."""
 
