@@ -195,8 +195,8 @@ def check_model_args(name: str, weights: Optional[str] = "default",
         if name == EMBEDDED and weights in ("default", "embedded"):
             raise ModelArgumentError(
                 f"Expected {classes} or no `num_classes` with the embedded ImageNet weights of "
-                f"{EMBEDDED!r} (their classes), but got {num_classes}; pass weights=None (random) "
-                "or a checkpoint of that many classes.", "num_classes")
+                f"{EMBEDDED!r} (their classes), but got {num_classes}; pass weights=None (--weights "
+                "none) for random weights, or a checkpoint of that many classes.", "num_classes")
         raise ModelArgumentError(f"Expected {classes} (the classes of the {weights} weights of "
                                  f"{name!r}) or none, but got {num_classes}; other classes need "
                                  "weights: none (random) or a checkpoint.", "num_classes")

@@ -671,6 +671,10 @@ def test_measures_errors_name_the_flags_not_the_python_arguments(tmp_path, capsy
              "Expected --weights to be a checkpoint file or a name of its torchvision weights"),
             (["--model", "eva02_tiny_patch14_224", "--weights", "none"],
              "pass --num-classes N for a new classifier of N classes, --num-classes 0 to measure"),
+            (["--model", "efficientnet_lite0", "--num-classes", "10"],  # it said weights=None
+             "Expected 1000 or no --num-classes with the embedded ImageNet weights of "
+             "'efficientnet_lite0' (their classes), but got 10; pass --weights none for random "
+             "weights, or a checkpoint of that many classes."),
             # it said vector_mode='across_images'
             (["--model", "resnet18", "--weights", "none", "--vector-mode", "across_images"],
              "Expected at least two images for --vector-mode across_images, but got 1 (its vectors: "
