@@ -475,8 +475,12 @@ class Report:
     def load(cls, path) -> "Report":
         """Load what :meth:`save` wrote (give the same path), or the report of an ``equifast
         measure --out`` folder. An output set of ``equifast measure`` that a killed run had
-        committed but not all moved in is completed first. A file that is no such report
-        (truncated, hand-edited, foreign) is a ``ValueError`` saying what is wrong."""
+        committed but not all moved in is completed first. The parts are computed again from
+        the points, as :func:`equifast.measure` computes them (the ``.parts`` files are written
+        for other tools, and not read). A points file that is no such report (truncated,
+        foreign, or edited so that a column, a name, a score that is a number or a known part is
+        missing) is a ``ValueError`` saying what is wrong; scores edited to other numbers are
+        read as they are."""
         from ._io import finish_commit
 
         path = Path(path)
