@@ -610,6 +610,10 @@ def _prepared(item, preprocess: Callable, mode: Optional[str] = None):
                             f"dtype {x.dtype} ({err}).") from None
     if isinstance(x, torch.Tensor):
         return x, (-1 if y is None else y)
+    if isinstance(x, (str, bytes, os.PathLike)):  # torchvision: "Unexpected type <class 'str'>"
+        raise TypeError(f"Expected the Dataset's images to be PIL images, tensors or HxW(xC) "
+                        f"uint8 arrays, but got a {type(x).__name__} ({x!r:.80}); open the file "
+                        "in the Dataset (PIL.Image.open), or pass a folder of images itself.")
     if mode is None and getattr(x, "mode", "").startswith(("I", "F")):
         # a pipeline that does not normalise took 16-bit levels unscaled (0..65535) and floats
         # of unknown range: one channel, as it was, in 8 bits as from a folder (floats refused)
@@ -809,6 +813,13 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
         if labels is not None:  # one of the two was silently dropped
             raise ValueError("Expected labels once, but got `images` as (images, labels) and "
                              "`labels` too; pass the labels in one place.")
+        second = images[1]
+        if isinstance(second, torch.Tensor) and second.ndim >= 3 and second.is_floating_point():
+            # two batches of images: "Expected `labels` to be integer class indices" said nothing
+            raise TypeError(f"Expected a pair in `images` to be (images, labels), but its second "
+                            f"item is a {second.dtype} tensor of shape {tuple(second.shape)}, not "
+                            "class indices; pass batches of images as one tensor (torch.cat), "
+                            "or a DataLoader.")
         images, labels = images
     elif labels is not None and not isinstance(images, torch.Tensor):
         # they were silently ignored: the items' own labels (or none) were used

@@ -505,6 +505,10 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     # TorchScript is refused before the data load
     inner = unwrapped(model)[0] if isinstance(model, nn.Module) else None
     data_mod.check_num_workers(num_workers)
+    if preprocess is not None and not callable(preprocess):  # it failed on the first image
+        raise TypeError(f"Expected `preprocess` to be a callable (an image -> tensor transform, "
+                        f"as torchvision's transforms), but got {type(preprocess).__name__} "
+                        f"{preprocess!r:.80}.")
     seed = checked_seed(seed)  # before the model and the data load
     # A model being trained is put back as it was after: its modes (measuring runs it in eval
     # mode), its device and memory format; the caller's random stream is left alone.

@@ -317,6 +317,14 @@ class _Dicts(torch.utils.data.Dataset):
         return {"img": self.x[i]}
 
 
+class _Paths(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return "a.png", 0
+
+
 def test_loaders_and_datasets_of_every_shape_of_item():
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -333,6 +341,10 @@ def test_loaders_and_datasets_of_every_shape_of_item():
     with pytest.raises(TypeError, match=r"^Expected the Dataset's items to be images or \(image, label\) "
                                         r"pairs, but got a dict \(keys img\)"):
         list(data.batches(_Dicts(x), batch_size=2, preprocess=lambda v: v))
+    # paths: torchvision's "Unexpected type <class 'str'>" named neither the data nor a way out
+    with pytest.raises(TypeError, match=r"^Expected the Dataset's images to be PIL images, tensors "
+                                        r"or HxW\(xC\) uint8 arrays, but got a str \('a.png'\); open"):
+        list(data.batches(_Paths(), batch_size=2, preprocess=lambda v: v))
 
 
 def test_every_class_folder_counts_and_hidden_files_are_not_images(tmp_path):

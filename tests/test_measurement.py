@@ -1,5 +1,6 @@
 """End to end on small real models: exact cases, batch independence, merges, errors."""
 import math
+import re
 import time
 from pathlib import Path
 
@@ -393,6 +394,17 @@ def test_bad_inputs_are_clear():
         x.nan_to_num(), torch.tensor([0.0, 1.0])), batch_size=2)  # float labels from a loader
     with pytest.raises(TypeError, match="integer class indices"):
         ef.measure(circular_net(), loader, transforms=[ef.Rotation(1)])
+    # two batches in a list were read as (images, labels): "labels ... integer class indices"
+    for pair in ([x.nan_to_num(), x.nan_to_num()], (x.nan_to_num(), x[:, :1].nan_to_num())):
+        with pytest.raises(TypeError, match=r"pair in `images` to be \(images, labels\), but its "
+                                            r"second item is a torch.float32 tensor of shape "
+                                            rf"{re.escape(str(tuple(pair[1].shape)))}, not class indices"):
+            ef.measure(circular_net(), pair, transforms=[ef.Rotation(1)])
+    with pytest.raises(TypeError, match=r"`preprocess` to be a callable .* but got int 5\."):
+        ef.measure(circular_net(), torch.utils.data.TensorDataset(x), preprocess=5,
+                   transforms=[ef.Rotation(1)])  # was "'int' object is not callable", deep inside
+    with pytest.raises(TypeError, match="integer class indices"):  # one-hot: its own advice
+        ef.measure(circular_net(), (x.nan_to_num(), torch.eye(2)), transforms=[ef.Rotation(1)])
     # were ignored: the module was measured as it was, a missing checkpoint path included
     for kwargs, named in (({"weights": "/no/such.pt"}, "weights='/no/such.pt'"),
                           ({"weights": None}, "weights=None"), ({"num_classes": 7}, "num_classes=7")):
