@@ -733,6 +733,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     pending: Dict[Any, Tuple[Job, int]] = {}
     counts: Optional[_Counts] = None
     try:
+        _warn_other_spec(store, spec, jobs)
         store.write_spec(spec.to_dict(), [j.id for j in jobs],
                          {j.id: j.model.label for j in jobs}, {j.id: j.dataset.label for j in jobs},
                          {j.id: j.family for j in jobs})
@@ -898,6 +899,22 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
             if started_ray:
                 ray.shutdown()
             store.unlock()
+
+
+def _warn_other_spec(store: ResultStore, spec: SweepSpec, jobs: List[Job]) -> None:
+    """Warn where the folder's saved spec has finished jobs that ``spec`` lacks (another sweep
+    given the same --out, or a model taken out of the spec): its ``spec.json`` is replaced, so
+    that ``sweep status`` and the tables show ``spec``'s jobs from now on; their records stay."""
+    saved = store.read_spec() or {}
+    ours = {j.id for j in jobs}
+    theirs = [jid for jid in saved.get("jobs") or [] if jid not in ours and store.status_of(jid) == "ok"]
+    if theirs:
+        name = (saved.get("spec") or {}).get("name")
+        warn(f"{str(store.root)!r} holds sweep {name!r}, and {len(theirs)} of its finished jobs are "
+             f"not jobs of this spec ({spec.name!r}): `sweep status` and `sweep report` show this "
+             f"spec's jobs from now on. Their records are kept in {str(store.records_dir)!r} (a run "
+             "of that spec shows them again, measuring nothing); give this spec another --out to "
+             "keep the two apart.")
 
 
 def _previous_records(store: ResultStore, jobs: List[Job]) -> Dict[str, Optional[dict]]:

@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -676,6 +677,26 @@ def test_relabelled_model_shows_its_new_label_and_accuracy(folder, tmp_path):
     scores = analysis.part_scores(out, accuracy="known")
     assert dict(zip(scores["model"], scores["accuracy"])) == {
         m.label: pytest.approx(m.accuracy) for m in relabelled.models}
+
+
+def test_another_spec_in_the_same_folder_is_said_and_its_records_kept(folder, tmp_path):
+    # spec.json was replaced without a word: the first sweep's jobs left status and the report
+    out = tmp_path / "sweep"
+    first = load_spec(dict(_spec(folder), name="first"))
+    _finished_records(first, out)
+    run_sweep(first, out=out, progress=False)  # its spec saved; nothing runs
+    other = load_spec(dict(_spec(folder, models=MODELS[:1]), name="other"))
+    gone = {j.id for j in first.jobs()} - {j.id for j in other.jobs()}
+    assert len(gone) == 4
+    with pytest.warns(UserWarning, match=rf"holds sweep 'first', and 4 of its finished jobs are not "
+                                         rf"jobs of this spec \('other'\).*Their records are kept"):
+        assert run_sweep(other, out=out, progress=False).skipped == 2
+    assert ResultStore(out).read_spec()["spec"]["name"] == "other"
+    assert gone <= ResultStore(out).finished()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same spec again, or the first one back: nothing to say
+        run_sweep(other, out=out, progress=False)
+        run_sweep(first, out=out, progress=False)
 
 
 def test_renamed_dataset_and_families_show_their_new_names(folder, tmp_path):
