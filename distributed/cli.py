@@ -96,8 +96,10 @@ def _status(args) -> int:
     live = store.read_status() or {}
     total = sum(counts.values())
     state = store.state()
+    unreadable = store.unreadable()
     if args.json:
-        print(json.dumps({"out": str(store.root), "total": total, **counts, "state": state}))
+        print(json.dumps({"out": str(store.root), "total": total, **counts, "state": state,
+                          "unreadable": [p.name for p in unreadable]}))
         return 0
     if state == "stopped":
         state = (f"stopped (its driver, pid {live.get('pid')} on {live.get('host')}, is gone; "
@@ -105,6 +107,10 @@ def _status(args) -> int:
     print(f"{live.get('sweep', store.root.name)} ({store.root}): {state or 'unknown'}")
     print(f"  finished {counts['finished']}/{total}, running {counts['running']}, "
           f"failed {counts['failed']}, pending {counts['pending']}")
+    if unreadable:  # said nowhere: a damaged record's job was simply pending
+        names = ", ".join(p.name for p in unreadable[:5]) + (", ..." if len(unreadable) > 5 else "")
+        print(f"  {len(unreadable)} record file(s) in {store.records_dir} cannot be read (damaged?): "
+              f"{names}; their jobs count as pending, and the next run measures them again")
     saved = store.read_spec()
     ours = set(saved["jobs"]) if saved else None  # an earlier spec's failures are not counted
     running, retried = store.live_ids()  # being run again: not failed (yet)

@@ -315,6 +315,14 @@ class ResultStore:
                     out[path.stem] = head.get("status")
         return out
 
+    def unreadable(self) -> List[Path]:
+        """The job record files that cannot be read (damaged, or cut short by hand: records are
+        written atomically); their jobs count as pending, and the next run measures them again."""
+        if not self.records_dir.is_dir():
+            return []
+        return sorted(p for p in self.records_dir.glob("*.json")
+                      if _RECORD.fullmatch(p.name) and _read_head(p) is None)
+
     def finished(self) -> set:
         """Ids of the jobs with an ``ok`` record."""
         return {k for k, v in self.states().items() if v == "ok"}

@@ -925,6 +925,17 @@ def test_status_lists_the_failed_jobs_of_the_sweep_only(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1:] == ["  finished 1/2, running 0, failed 1, pending 0",
                          "  failed bbbb m / d / rotation / seed 0: ValueError: ours"]
+    # a damaged record: its job was pending, and the damage said nowhere
+    (store.records_dir / ("c" * 16 + ".json")).write_text("{bad")
+    store.write_spec({"name": "now"}, ["aaaa", "bbbb", "c" * 16], {"aaaa": "m", "bbbb": "m"})
+    assert sweep_main(["status", "--out", str(store.root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:3] == ["  finished 1/3, running 0, failed 1, pending 1",
+                          f"  1 record file(s) in {store.records_dir} cannot be read (damaged?): "
+                          f"{'c' * 16}.json; their jobs count as pending, and the next run measures "
+                          "them again"]
+    assert sweep_main(["status", "--out", str(store.root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unreadable"] == ["c" * 16 + ".json"]
 
 
 def test_status_while_a_rerun_retries_failed_jobs_counts_them_pending(tmp_path, capsys):
@@ -944,7 +955,7 @@ def test_status_while_a_rerun_retries_failed_jobs_counts_them_pending(tmp_path, 
     assert store.counts() == want
     assert sweep_main(["status", "--out", str(store.root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"out": str(store.root), "total": 4, **want,
-                                                   "state": "running"}
+                                                   "state": "running", "unreadable": []}
     assert sweep_main(["status", "--out", str(store.root)]) == 0
     failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  failed ")]
     assert failed == [f"  failed {ids[3]} m / None / rotation / seed 0: RuntimeError: d"]
