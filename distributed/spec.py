@@ -401,6 +401,25 @@ def mnist_kin(name: str) -> Optional[type]:
     return cls if inspect.isclass(cls) and issubclass(cls, torchvision.datasets.MNIST) else None
 
 
+def mnist_files_missing(name: str, root: str) -> Optional[str]:
+    """Where torchvision's MNIST and its kin (those that check their files as MNIST does) look
+    for their files under ``root``, said where one is missing there: ``root/<Name>/raw``,
+    uncompressed (a folder of the ``.gz`` idx files, as ``equifast train`` reads Fashion-MNIST
+    from, is not it); ``None`` when they are all there, and for other data sets."""
+    import torchvision.datasets
+
+    cls = mnist_kin(name)
+    # QMNIST and EMNIST check their files their own way
+    if cls is None or cls._check_exists is not torchvision.datasets.MNIST._check_exists:
+        return None
+    files = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+    raw = os.path.join(root, name, "raw")
+    if all(os.path.isfile(os.path.join(raw, f)) for f in files):
+        return None
+    return (f"{name} reads its idx files uncompressed ({', '.join(files)}) from {raw!r}, not .gz "
+            "files in root itself")
+
+
 def torchvision_folder(name: str, root: str) -> str:
     """The folder under ``root`` whose files ``torchvision.datasets.<name>`` reads, as far as its
     class says: its ``base_folder`` (CIFAR10's ``cifar-10-batches-py``), ``<name>/`` for MNIST and
@@ -1170,6 +1189,11 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
                     and os.path.exists(_resolve(root, base_dir)) else "does not exist")
             problems.append(f"{where}.root: Expected the dataset's root folder (datasets are never "
                             f"downloaded by a sweep), but {root!r} {what}.")
+        elif cls is not None and (missing := mnist_files_missing(name, _resolve(root, base_dir))):
+            # it failed every job, after Ray had started
+            problems.append(f"{where}.root: Expected the files of torchvision.datasets.{name} under "
+                            f"{root!r}, but {missing}; sweeps never download: put the data under "
+                            "that root first.")
         raw_args = entry.get("args", {}) or {}
         if not isinstance(raw_args, Mapping):
             problems.append(f"{where}.args: Expected a mapping of dataset arguments, but got {raw_args!r}.")

@@ -43,7 +43,7 @@ from equifast.data import ClassFolders
 from equifast.warning import warn
 
 from .spec import (Folders, Job, SweepSpec, _hash_lines, file_stats, image_names, load_spec,
-                   mnist_kin, names_give_labels)
+                   mnist_files_missing, names_give_labels)
 from .store import ResultStore, _frame_records
 
 __all__ = ["run_sweep", "measure_job", "job_inputs", "job_record", "SweepResult", "DEFAULT_OUT"]
@@ -197,21 +197,6 @@ class RandomImages(torch.utils.data.Dataset):
         return (torch.cat(pieces) if len(pieces) > 1 else pieces[0]).view(3, self.size, self.size)
 
 
-def _mnist_layout(name: str, root: str) -> str:
-    """Where torchvision's MNIST and its kin look for their files under ``root``, said where a
-    root holds none: ``root/<Name>/raw``, uncompressed (a folder of the ``.gz`` idx files, as
-    ``equifast train`` reads Fashion-MNIST from, is not it); empty for other data sets."""
-    import torchvision.datasets
-
-    cls = mnist_kin(name)
-    # QMNIST and EMNIST check their files their own way
-    if cls is None or cls._check_exists is not torchvision.datasets.MNIST._check_exists:
-        return ""
-    files = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
-    return (f"{name} reads its idx files uncompressed ({', '.join(files)}) from "
-            f"{os.path.join(root, name, 'raw')!r}, not .gz files in root itself; ")
-
-
 def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.utils.data.Dataset], Any]:
     """The images a job measures, before sharding, and the preprocessing they need.
 
@@ -255,10 +240,11 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
                 raise
             # torchvision's advice (download=True) is one a sweep refuses: say what to do instead
             kept = without_download_advice(str(err)).rstrip(".")
+            layout = mnist_files_missing(d.name, root)
             raise FileNotFoundError(
                 f"Expected the files of torchvision.datasets.{d.name}{dict(d.args) or ''} under "
                 f"{root!r}, but torchvision found none there{f' ({kept})' if kept else ''}; "
-                f"{_mnist_layout(d.name, root)}"
+                f"{f'{layout}; ' if layout else ''}"
                 "sweeps never download: put the data under that root first.") from None
         dataset = _TorchvisionImages(dataset, d.name)
     if not d.labels:

@@ -522,9 +522,31 @@ def _mnist_job(folder, mnist, model):
     return job
 
 
+def _raw_files(root, name):
+    """Empty stand-ins of the raw files of torchvision's ``name`` (MNIST's kin) under ``root``,
+    where its class looks: a spec with them validates (the data gone from a worker later)."""
+    import torchvision
+
+    raw = root / name / "raw"
+    raw.mkdir(parents=True)
+    cls = getattr(torchvision.datasets, name)
+    files = [raw / os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+    for path in files:
+        path.write_bytes(b"")
+    return files
+
+
 def test_a_torchvision_root_without_the_data_says_to_put_it_there_not_to_download(folder, tmp_path):
-    # torchvision's own error advises download=True, which a sweep refuses
+    # torchvision's own error advises download=True, which a sweep refuses; said by the spec's
+    # check where the driver sees the root, and by the job where a worker's copy lacks the data
+    with pytest.raises(SpecError, match=r"datasets\[0\]\.root: Expected the files of "
+                                        r"torchvision.datasets.MNIST under .*MNIST reads its idx files "
+                                        r"uncompressed .*never download"):
+        _mnist_job(folder, tmp_path, {"name": "resnet10t", "weights": "none", "num_classes": 10})
+    files = _raw_files(tmp_path, "MNIST")
     job = _mnist_job(folder, tmp_path, {"name": "resnet10t", "weights": "none", "num_classes": 10})
+    for path in files:
+        path.unlink()
     with pytest.raises(FileNotFoundError) as err:
         measure_job(job)
     message = str(err.value)
@@ -544,13 +566,19 @@ def test_a_fashion_mnist_root_of_gz_files_says_where_torchvision_reads_them(fold
         (tmp_path / name).write_bytes(b"")
     dataset = {"name": "fm", "torchvision": "FashionMNIST", "root": str(tmp_path),
                "args": {"train": False}, "image_size": 32}
-    (job,) = load_spec(_spec(folder, models=MODELS[:1], datasets=[dataset],
-                             transforms={"rotation": "rotation:90"})).jobs()
+    spec = _spec(folder, models=MODELS[:1], datasets=[dataset], transforms={"rotation": "rotation:90"})
+    # torchvision's own answer of where an instance at this root reads its files
+    raw = torchvision.datasets.MNIST.raw_folder.fget(type("FashionMNIST", (), {"root": str(tmp_path)})())
+    with pytest.raises(SpecError) as err:  # the driver sees the root: before anything runs
+        load_spec(spec)
+    assert f"from {raw!r}, not .gz files in root itself; sweeps never download" in str(err.value)
+    files = _raw_files(tmp_path, "FashionMNIST")
+    (job,) = load_spec(spec).jobs()
+    for path in files:  # a worker whose copy holds the .gz files only
+        path.unlink()
     with pytest.raises(FileNotFoundError) as err:
         job_inputs(job)
     message = str(err.value)
-    # torchvision's own answer of where an instance at this root reads its files
-    raw = torchvision.datasets.MNIST.raw_folder.fget(type("FashionMNIST", (), {"root": str(tmp_path)})())
     assert f"from {raw!r}" in message and "never download" in message
     assert all(os.path.splitext(name)[0] in message for name in names)
 
@@ -688,8 +716,8 @@ def test_another_spec_in_the_same_folder_is_said_and_its_records_kept(folder, tm
     other = load_spec(dict(_spec(folder, models=MODELS[:1]), name="other"))
     gone = {j.id for j in first.jobs()} - {j.id for j in other.jobs()}
     assert len(gone) == 4
-    with pytest.warns(UserWarning, match=rf"holds sweep 'first', and 4 of its finished jobs are not "
-                                         rf"jobs of this spec \('other'\).*Their records are kept"):
+    with pytest.warns(UserWarning, match=r"holds sweep 'first', and 4 of its finished jobs are not "
+                                         r"jobs of this spec \('other'\).*Their records are kept"):
         assert run_sweep(other, out=out, progress=False).skipped == 2
     assert ResultStore(out).read_spec()["spec"]["name"] == "other"
     assert gone <= ResultStore(out).finished()
