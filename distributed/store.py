@@ -39,8 +39,8 @@ from typing import Any, Collection, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from equifast._io import (FolderLock, atomic_write, check_own_folder, json_safe, process_alive,
-                          save_torch_atomic, write_text_atomic)
+from equifast._io import (FolderLock, atomic_write, check_own_folder, json_object_with, json_safe,
+                          process_alive, save_torch_atomic, write_text_atomic)
 
 __all__ = ["ResultStore", "records_frame", "STATES"]
 
@@ -491,7 +491,9 @@ class ResultStore:
                 names = [p.name for p in folder.iterdir()]
                 if names and all(any(p.fullmatch(n) for p in patterns) for n in names):
                     markers.append(folder.name)
-        check_own_folder(self.root, markers, "a sweep results folder", "--out")
+        # a spec.json of the user's own (an API's) makes no folder a store
+        check_own_folder(self.root, markers, "a sweep results folder", "--out",
+                         {"spec.json": json_object_with("spec", "jobs")})
 
     def _lock(self) -> FolderLock:
         return FolderLock(self.root, "sweep.lock", "sweep")

@@ -18,12 +18,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 __all__ = ["atomic_write", "write_text_atomic", "write_csv_atomic", "save_figure_atomic",
-           "save_torch_atomic", "remove_stale_temps", "check_own_folder", "stage_folder",
-           "commit_staged", "finish_commit", "deferred_interrupt", "FolderLock", "process_alive",
-           "json_safe"]
+           "save_torch_atomic", "remove_stale_temps", "check_own_folder", "json_object_with",
+           "stage_folder", "commit_staged", "finish_commit", "deferred_interrupt", "FolderLock",
+           "process_alive", "json_safe"]
 
 # what atomic_write names its temporary file: .<name>.<pid>.<8 hex>.tmp
 _TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
@@ -392,20 +392,39 @@ def save_figure_atomic(fig, path: Union[str, os.PathLike], dpi: int = 120) -> Pa
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
 
 
+def json_object_with(*keys: str) -> Callable[[Path], bool]:
+    """A marker check for :func:`check_own_folder`: the file holds a JSON object with ``keys``
+    (what this library writes there), not a user's file of the same name."""
+    def check(path: Path) -> bool:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+            return False
+        return isinstance(doc, dict) and all(k in doc for k in keys)
+    return check
+
+
 def check_own_folder(path: Union[str, os.PathLike], markers: Sequence[str], what: str,
-                     flag: str) -> Path:
+                     flag: str, ours: Optional[Dict[str, Callable[[Path], bool]]] = None) -> Path:
     """Raise ``FileExistsError`` unless ``path`` is missing, empty, or holds one of ``markers``
     (what this library writes there first): a user's own files are never replaced. ``what``
-    names the folder ("a run folder"), ``flag`` the argument that gave it (``--out``)."""
+    names the folder ("a run folder"), ``flag`` the argument that gave it (``--out``);
+    ``ours``: ``{marker: check}`` for markers a user's file may share a name with
+    (``recipe.json``, ``spec.json``): one that fails its check (:func:`json_object_with`) marks
+    nothing."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"Expected {flag} {str(path)!r} to be a folder, but it is a file.")
-    if path.is_dir() and not any((path / m).exists() for m in markers):
+    present = [m for m in markers if (path / m).exists()]
+    foreign = [m for m in present if ours and m in ours and not ours[m](path / m)]
+    if path.is_dir() and len(foreign) == len(present):
         others = sorted(p.name for p in path.iterdir()
                         if not (p.name.startswith(_STAGE) or p.name == _COMMIT
                                 or _OWN_LOCK.fullmatch(p.name) or _stale_temp(p.name)))
         if others:
+            mine = (f" (its {', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not "
+                    "what equifast writes)" if foreign else "")
             raise FileExistsError(f"Expected {flag} {str(path)!r} to be {what} (with {markers[0]}) "
-                                  f"or empty, but it holds other files: {others[:5]}. "
+                                  f"or empty, but it holds other files: {others[:5]}{mine}. "
                                   f"Use another {flag}.")
     return path

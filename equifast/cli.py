@@ -237,15 +237,19 @@ def _write_outputs(out: Path, report, label: str, metric: str, bias) -> List[Pat
     import shutil
 
     from ._io import commit_staged, stage_folder, write_csv_atomic
+    from .figures import _pyplot
+
+    plt = _pyplot()
 
     stage = stage_folder(out)
     try:
         written = list(dict.fromkeys(report.save(stage / "report.json") + report.save(stage / "report.csv")
                                      + report.save(stage / "report.parquet")))
-        report.plot(stage / "figure.png", label=label, metric=metric)
+        # closed once saved: pyplot keeps every figure of a process (main called again and again)
+        plt.close(report.plot(stage / "figure.png", label=label, metric=metric))
         written.append(stage / "figure.png")
         if report.shifts.groupby("family")["transform"].nunique().gt(1).any():
-            report.plot_shifts(stage / "shifts.png", label=label, metric=metric)  # thesis fig. 8
+            plt.close(report.plot_shifts(stage / "shifts.png", label=label, metric=metric))  # fig. 8
             written.append(stage / "shifts.png")
         if bias is not None:
             for name, table in (("metric_bias.csv", bias["table"]),
@@ -273,11 +277,12 @@ def _output_folder(path: str) -> Path:
     empty or an earlier output of ``equifast measure`` (a user's own files are never replaced)."""
     import tempfile
 
-    from ._io import check_own_folder, finish_commit
+    from ._io import check_own_folder, finish_commit, json_object_with
 
     if Path(path).is_dir():  # a set a killed run had committed: moved in whole first
         finish_commit(path)
-    out = check_own_folder(path, [_MARKER], "an output folder of `equifast measure`", "--out")
+    out = check_own_folder(path, [_MARKER], "an output folder of `equifast measure`", "--out",
+                           {_MARKER: json_object_with("backend", "transforms")})
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -184,10 +184,18 @@ def test_measure_never_replaces_a_users_files(tmp_path, capsys):
     mine.mkdir()
     for name in ("report.json", "shifts.png", "metric_bias.csv", "notes.txt"):
         (mine / name).write_text(f"my {name}")
-    assert main(_measure_args(_two_images(tmp_path / "img"), mine, "rotation:90")) == 2
+    data = _two_images(tmp_path / "img")
+    assert main(_measure_args(data, mine, "rotation:90")) == 2
     assert "holds other files" in capsys.readouterr().err
     assert {p.name: p.read_text() for p in mine.iterdir()} == {
         n: f"my {n}" for n in ("report.json", "shifts.png", "metric_bias.csv", "notes.txt")}
+    # a file of the user's named as measure's marker made the folder measure's: all replaced
+    (mine / "report.meta.json").write_text('{"author": "me"}')
+    assert main(_measure_args(data, mine, "rotation:90")) == 2
+    assert ("holds other files: ['metric_bias.csv', 'notes.txt', 'report.json', "
+            "'report.meta.json', 'shifts.png'] (its report.meta.json is not what equifast writes)"
+            in capsys.readouterr().err)
+    assert (mine / "report.json").read_text() == "my report.json"
 
 
 def test_an_interrupted_write_leaves_the_earlier_set_whole(tmp_path, monkeypatch, capsys):
@@ -276,8 +284,13 @@ def test_a_set_cut_off_by_a_kill_is_completed_by_the_next_reader_or_run(tmp_path
 def test_a_full_disk_keeps_the_earlier_set_and_says_where(tmp_path, monkeypatch, capsys):
     import errno
 
+    import matplotlib.pyplot as plt
+
     data, out = _two_images(tmp_path / "img"), tmp_path / "out"
+    opened = plt.get_fignums()
     assert main(_measure_args(data, out, "translation:1-2")) == 0
+    # its figures closed once saved: pyplot's warning of 20 open figures broke this one line
+    assert plt.get_fignums() == opened
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def full(*args, **kwargs):

@@ -418,6 +418,12 @@ def test_a_folder_of_users_files_is_never_a_sweeps_out(folder, tmp_path, capsys)
     assert "is a file" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["points.csv"]
     assert (mine / "points.csv").read_text() == "my own table"
+    # a spec.json of the user's own (an OpenAPI file) made the folder a store: all replaced
+    (mine / "spec.json").write_text('{"openapi": "3.0.0"}')
+    with pytest.raises(FileExistsError, match=r"holds other files: \['points.csv', 'spec.json'\] "
+                                              r"\(its spec.json is not what equifast writes\)"):
+        run_sweep(_spec(folder), out=mine)
+    assert (mine / "spec.json").read_text() == '{"openapi": "3.0.0"}'
 
 
 def test_a_users_folder_holding_a_records_folder_is_no_sweeps_out(folder, tmp_path):

@@ -614,6 +614,16 @@ def test_a_folder_that_is_not_a_run_is_never_written(tmp_path):
             train(recipe, str(mine), overwrite=overwrite)
     assert (mine / "model.pt").read_text() == "my own model"
     assert sorted(p.name for p in mine.iterdir()) == ["model.pt"]
+    # a recipe.json of the user's own made the folder a run's: model.pt replaced, and with
+    # overwrite every file of the run's names deleted
+    for text in ('{"dish": "pasta"}', "not json", json.dumps({**recipe.to_dict(), "epochs": None})[:40]):
+        (mine / "recipe.json").write_text(text)
+        for overwrite in (False, True):
+            with pytest.raises(FileExistsError, match=r"holds other files: \['model.pt', 'recipe.json'\] "
+                                                      r"\(its recipe.json is not what equifast writes\)"):
+                train(recipe, str(mine), overwrite=overwrite)
+        assert (mine / "recipe.json").read_text() == text
+    assert (mine / "model.pt").read_text() == "my own model"
 
 
 def test_bad_recipe_values_are_refused_before_the_run_folder(tmp_path):

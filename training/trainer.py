@@ -56,8 +56,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from equifast._io import (FolderLock, atomic_write, check_own_folder, remove_stale_temps, save_torch_atomic,
-                          write_text_atomic)
+from equifast._io import (FolderLock, atomic_write, check_own_folder, json_object_with,
+                          remove_stale_temps, save_torch_atomic, write_text_atomic)
 from equifast.devices import resolve_device
 from equifast.warning import warn
 
@@ -536,6 +536,8 @@ def _will_train(out_dir: str, overwrite: bool) -> bool:
 # as it makes the folder a run's (check_own_folder): without it, a leftover tb/ read as a
 # user's files and the folder was refused.
 _OVERWRITTEN = (RESULT, MODEL, METRICS, CHECKPOINT, "tb", RECIPE)
+# a recipe.json of the user's own makes no folder a run's: its files would be replaced
+_OURS = {RECIPE: json_object_with("name", "model", "dataset", "epochs")}
 
 
 def _delete_run(out: Path) -> None:
@@ -553,7 +555,7 @@ def run_lock(out_dir: str) -> FolderLock:
     process training the same folder (another terminal, a study started twice) is refused, as
     it would delete (``overwrite``) or interleave the first one's checkpoints and metrics. A
     folder of a user's own files is refused first, and gets no lock file."""
-    check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir` (--out)")
+    check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir` (--out)", _OURS)
     return FolderLock(out_dir, ".equifast-train.lock", "training")
 
 
@@ -574,7 +576,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
         ValueError: the stored recipe differs from ``recipe``.
     """
     # not a run (no recipe.json): files of the user's, never replaced, even with overwrite
-    out = check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir` (--out)")
+    out = check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir` (--out)", _OURS)
     if overwrite and out.exists():
         _delete_run(out)
     out.mkdir(parents=True, exist_ok=True)
