@@ -10,7 +10,7 @@ the representation points of a model, and ``ef.measure`` for a whole model.
 from . import functional, ops, reference, transforms
 from .functional import backend
 from .reference import TOLERANCE, Scores
-from .report import Report
+from .report import Report, combine_runs
 from .measurement import MeasureState, Measurer, measure
 from .models import load_model
 from .points import Point, representations, split
@@ -26,4 +26,4 @@ ops.load()  # registers the operator and its fake, so torch.compile/export see i
 __all__ = ["functional", "reference", "transforms", "ops", "backend", "TOLERANCE", "Scores",
            "Report", "Transform", "Rotation", "Flip", "Translation", "Identity", "diagonal_shifts",
            "rotations", "flips", "parse_transforms", "split", "Point", "representations", "measure",
-           "MeasureState", "Measurer", "load_model", "EquifastWarning"]
+           "MeasureState", "Measurer", "load_model", "EquifastWarning", "combine_runs"]

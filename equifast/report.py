@@ -320,7 +320,8 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
     from it (none of its points), is undefined over the runs.
 
     Raises ``ValueError`` when runs of one group measured other transforms (a family's mean
-    over other transforms is another number, not another seed).
+    over other transforms is another number, not another seed) or other points (another
+    model's).
 
     Args:
         reports: reports of repeated runs; ``report.meta`` keys named in ``by`` (e.g. the
@@ -340,7 +341,7 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
             keys = sorted(set().union(*(r.meta for r in reports)))
             raise ValueError(f"Expected each name in `by` to be a key of the reports' meta, but "
                              f"{k!r} is in none of them (their keys: {', '.join(keys)}).")
-    frames, measured = [], {}
+    frames, measured, point_sets = [], {}, {}
     for i, r in enumerate(reports):
         # a family's mean over other transforms is another number: not a seed of the same run
         group = tuple(r.meta.get(k) for k in by)
@@ -365,6 +366,15 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
                              f"{sorted(metrics)} and run {first} {sorted(first_metrics)}; keep the "
                              f"metric they share (Report(r.points[r.points.metric == m], r.meta)) "
                              f"or measure every run with the same metrics.")
+        points = set(r.points["point"].astype(str)) if len(r.points) else set()
+        first_points = point_sets.setdefault(group, points)
+        if names and points != first_points:  # another model's parts: averaged as seeds of one
+            raise ValueError(f"Expected the runs combined{' per ' + ', '.join(by) if by else ''} "
+                             f"to be of one model (the same points), but run {i} has "
+                             f"{sorted(points - first_points)[:3]} and lacks "
+                             f"{sorted(first_points - points)[:3]} beside run {first}; group the "
+                             f"runs by their model (by=[..., 'model']), or combine each model's "
+                             f"alone.")
         df = r.parts.copy()
         df["run"] = i
         for k in by:

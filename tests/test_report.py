@@ -178,6 +178,19 @@ def test_combine_runs_by_one_name_and_by_list_values():
         combine_runs(reps, by=["transforms"])  # was TypeError: unhashable type: 'list'
 
 
+def test_combine_runs_refuses_runs_of_other_models_in_one_group():
+    # ResNet and MobileNet points were averaged as two seeds of one run, without a word
+    import equifast as ef
+
+    mine = Report.from_rows(_rows(), {"model": "a"})
+    other = Report.from_rows([dict(r, point=r["point"].replace("p", "q")) for r in _rows()], {"model": "b"})
+    with pytest.raises(ValueError, match=r"to be of one model \(the same points\), but run 1 has "
+                                         r"\['q0', 'q1', 'q2'\] and lacks \['p0', 'p1', 'p2'\] beside run 0"):
+        ef.combine_runs([mine, other])
+    out = ef.combine_runs([mine, other, mine], by="model")  # each model's runs alone: fine
+    assert sorted(set(zip(out.model, out.runs))) == [("a", 2), ("b", 1)]
+
+
 def test_combine_runs_is_the_same_to_the_last_bit_in_any_order_of_the_runs():
     # a sweep's records or a study's seeds may come in any order: the same mean and std,
     # bit for bit (float sums in the order given differed in the last bit)
