@@ -249,6 +249,12 @@ def metric_bias(points: pd.DataFrame,
     if not {"cosine", "correlation"} <= set(points.get("metric", pd.Series(dtype=str)).unique()):
         raise ValueError("Expected a report measured with metric=['correlation', 'cosine'] "
                          "(CLI: --metric correlation,cosine), but it lacks one of them.")
+    if parts is not None:  # "early" was read letter by letter; an unknown part: NaN, silently
+        parts = [parts] if isinstance(parts, str) else list(parts)
+        unknown = [p for p in parts if p not in PARTS]
+        if not parts or unknown:
+            raise ValueError(f"Expected `parts` to be some of {', '.join(PARTS)} (or None: all "
+                             f"points), but got {parts!r}.")
     # a point whose scores are all undefined keeps its row (NaN) beside its activations
     table = (points.groupby(["order", "point", "part", "family", "metric"], sort=False,
                             observed=True)["channel"].mean().unstack("metric").reset_index())

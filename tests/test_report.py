@@ -153,6 +153,13 @@ def test_metric_bias_correlates_cosine_with_activation():
     only = Report.from_rows([r for r in _rows() if r["metric"] == "correlation"])
     with pytest.raises(ValueError, match="cosine"):
         only.metric_bias()
+    # one part by name, as "early" (it was read letter by letter: every correlation NaN)
+    one = Report.from_rows(rows)
+    assert one.metric_bias(parts="early")["correlation"].equals(one.metric_bias(parts=["early"])["correlation"])
+    assert one.metric_bias(parts=("early", "middle"))["correlation"].equals(bias["correlation"])
+    for bad in (["erly"], [], ("early", "head")):
+        with pytest.raises(ValueError, match=r"`parts` to be some of early, middle, late, pool, final"):
+            one.metric_bias(parts=bad)
 
 
 def test_combine_runs_mean_and_std():
