@@ -432,6 +432,11 @@ def test_a_damaged_or_unfinished_run_is_said_so(tmp_path):
         loaded = load_model(str(run))
     for a, b in zip(loaded.state_dict().values(), net.state_dict().values()):
         assert torch.equal(a, b)
+    # a device this machine lacks, or none at all, was "damaged: train the run again"
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    for where, said in ((missing, "CUDA device"), ("bogus", "a device like")):
+        with pytest.raises(ValueError, match=said):
+            load_model(str(run), map_location=where)
     whole = (run / "checkpoint.pt").read_bytes()
     # cut, half, junk, and bytes unpickling reads as other errors (KeyError, struct.error, an
     # OSError "Invalid argument" naming no file)

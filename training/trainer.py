@@ -169,6 +169,8 @@ def load_model(out_dir: str, map_location: str = "cpu", class_logits_only: bool 
     if not (out / RECIPE).is_file():
         raise FileNotFoundError(f"Expected a run folder with {RECIPE}, but got {str(out)!r}. "
                                 f"Train it first with `equifast train`.")
+    if isinstance(map_location, (str, torch.device)):  # a GPU this machine lacks read as damage
+        resolve_device(map_location)
     recipe = read_run_recipe(out / RECIPE)
     model = build_model_for(recipe)
     if (out / MODEL).is_file():
