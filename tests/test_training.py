@@ -409,6 +409,16 @@ def test_recipes_follow_tables():
 
 
 # --------------------------------------------------------------------------------- trainer
+def test_train_says_what_it_takes(tmp_path):
+    # a recipe's name: "'str' object has no attribute 'device'"; no folder: os.fspath's TypeError
+    with pytest.raises(TypeError, match=r"`recipe` to be a Recipe \(get_recipe\('cnn7-fmnist6'\) for"):
+        train("cnn7-fmnist6", str(tmp_path / "run"))
+    for bad in (None, ""):
+        with pytest.raises(TypeError, match="`out_dir` to be the path of a run folder"):
+            train(get_recipe("cnn7-fmnist6", epochs=1), bad)
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_gpu_fails_before_the_run_folder(tmp_path):
     missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
     with pytest.raises(ValueError, match="CUDA device"):
@@ -649,10 +659,14 @@ def test_bad_recipe_values_are_refused_before_the_run_folder(tmp_path):
             get_recipe("cnn7-fmnist6", **bad)
     assert get_recipe("cnn7-fmnist6", lr=1, data_root=tmp_path).data_root == str(tmp_path)
     # a string's characters or floats were read as other epochs: "59" as 5 and 9
-    for bad in ("59", (99.9, 150.5), (True,)):
+    for bad in ("59", (99.9, 150.5), (True,), 3):  # 3: "'int' object is not iterable"
         with pytest.raises(TypeError, match="`milestones` to be a sequence of int epochs"):
             get_recipe("resnet44-crop", milestones=bad)
     assert get_recipe("resnet44-crop", milestones=[np.int64(3), 7]).milestones == (3, 7)
+    # CNN7 has one width: width=4 trained the same network, recorded as another run
+    with pytest.raises(ValueError, match="`width` 1 for model 'cnn7'"):
+        get_recipe("cnn7-fmnist6", width=4)
+    assert get_recipe("resnet44-crop", width=2).width == 2
     # only CNN7 has the turn head: ResNet-44 trained a 6-way head on turn targets, then failed
     with pytest.raises(ValueError, match="model 'cnn7' for the Rot-Eq data set"):
         get_recipe("resnet44-crop", dataset="fmnist6-rot-eq")

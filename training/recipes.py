@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Tuple
 
@@ -151,6 +152,9 @@ class Recipe:
         for what in ("epochs", "batch_size", "width"):
             if int(getattr(self, what)) < 1:
                 raise ValueError(f"Expected `{what}` to be >= 1, but got {getattr(self, what)!r}.")
+        if self.model == "cnn7" and self.width != 1:  # trained at width 1, recorded as another run
+            raise ValueError(f"Expected `width` 1 for model 'cnn7' (the thesis' CNN7 has one "
+                             f"width; `width` multiplies the ResNets' channels), but got {self.width!r}.")
         for what in ("train_subset", "test_subset", "measure_images"):
             v = getattr(self, what)
             if v is not None and int(v) < 1:
@@ -182,8 +186,9 @@ class Recipe:
         if self.num_workers < 0:
             raise ValueError(f"Expected `num_workers` >= 0 (0: load in this process), but got "
                              f"{self.num_workers!r}.")
-        if isinstance(self.milestones, (str, bytes)) or not all(
-                isinstance(m, numbers.Integral) and not isinstance(m, bool) for m in self.milestones):
+        if isinstance(self.milestones, (str, bytes)) or not isinstance(self.milestones, Iterable) \
+                or not all(isinstance(m, numbers.Integral) and not isinstance(m, bool)
+                           for m in self.milestones):
             # a string's characters or floats were silently read as other epochs ("59": 5, 9)
             raise TypeError(f"Expected `milestones` to be a sequence of int epochs, but got "
                             f"{self.milestones!r}.")

@@ -855,6 +855,11 @@ def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = F
         >>> train(r, "/tmp/run").test_acc  # doctest: +SKIP
         0.62
     """
+    if not isinstance(recipe, Recipe):  # a recipe's name: "'str' object has no attribute 'device'"
+        raise TypeError(f"Expected `recipe` to be a Recipe (get_recipe({recipe!r}) for a recipe by "
+                        f"name), but got {type(recipe).__name__} {recipe!r:.60}.")
+    if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
+        raise TypeError(f"Expected `out_dir` to be the path of a run folder, but got {out_dir!r}.")
     device = resolve_device(recipe.device)  # a missing GPU fails here, before the run folder is touched
     # and missing data too, whenever it will train: --overwrite deletes the old run
     datasets = _datasets(recipe) if _will_train(out_dir, overwrite) else None
