@@ -17,6 +17,25 @@ from equifast._io import write_text_atomic
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
+def positive(kind):
+    """An argparse ``type``: ``kind`` (int, float) of a value > 0 (0 and negatives failed deep
+    inside a run, or were taken as they were)."""
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise ValueError(text)
+        return value
+    parse.__name__ = f"positive {kind.__name__}"  # argparse's "invalid positive int value"
+    return parse
+
+
+def check_output(parser, path) -> None:
+    """``parser.error`` before a run when ``--output`` cannot be written as a file (a folder):
+    it failed after the whole benchmark had run."""
+    if path is not None and Path(path).is_dir():
+        parser.error(f"--output {str(path)!r} is a folder; name the markdown file to write")
+
+
 @contextlib.contextmanager
 def setting(name: str, value) -> None:
     """Environment variable ``name`` set to ``value`` (None: unset) for the block, then as it was

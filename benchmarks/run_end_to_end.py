@@ -32,7 +32,8 @@ from equifast.models import load_model
 from equifast.devices import resolve_device
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results import alternating_medians, cpu_model, machine_kind, sync, write_section  # noqa: E402
+from results import (alternating_medians, check_output, cpu_model, machine_kind, positive,  # noqa: E402
+                     sync, write_section)
 
 
 def forward_only(model, x, transforms, batch_size, device, channels_last=True):
@@ -55,10 +56,10 @@ def forward_only(model, x, transforms, batch_size, device, channels_last=True):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet18")
-    ap.add_argument("--size", type=int, default=112)
-    ap.add_argument("--images", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--shifts", type=int, default=32)
+    ap.add_argument("--size", type=positive(int), default=112)
+    ap.add_argument("--images", type=positive(int), default=32)
+    ap.add_argument("--batch", type=positive(int), default=32)
+    ap.add_argument("--shifts", type=positive(int), default=32)
     ap.add_argument("--device", default="cpu", help="cpu (the issue's CPU row) or cuda")
     ap.add_argument("--rounds", type=int, default=7,
                     help="alternated rounds of forward passes and measure (default 7: about two "
@@ -70,12 +71,21 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
+    check_output(ap, None if args.no_write else args.output)
+    if args.shifts >= args.size:  # measure refuses it, after the forward passes were timed
+        ap.error(f"--shifts {args.shifts} must be below --size {args.size} (a shift as large as "
+                 "the image moves it onto itself)")
     try:
         device = resolve_device(args.device)
-    except ValueError as err:
+        model, _ = load_model(args.model, weights=None)
+    except ValueError as err:  # a device or model name
         ap.error(str(err))
-    model, _ = load_model(args.model, weights=None)
     x = torch.randn(args.images, 3, args.size, args.size)
+    try:  # a model of a fixed input size (ViT): torch's assertion, mid-run
+        with torch.no_grad():
+            model.eval().to(device)(x[:1].to(device))
+    except (AssertionError, RuntimeError, ValueError) as err:
+        ap.error(f"--model {args.model} does not take {args.size}x{args.size} images: {err}")
     transforms = ef.diagonal_shifts(1, args.shifts)
     load_before = os.getloadavg()[0]
     (f, m), (fwd, meas) = alternating_medians(

@@ -50,7 +50,8 @@ from equifast.transforms import Translation
 from equifast.devices import resolve_device
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results import alternating_medians, cpu_model, machine_kind, setting, sync, write_section  # noqa: E402
+from results import (alternating_medians, check_output, cpu_model, machine_kind, positive,  # noqa: E402
+                     setting, sync, write_section)
 
 SHAPES = [(64, 56), (256, 28), (512, 14), (2048, 7)]
 TRANSFORMS = [Translation(1, 1), Translation(32, 32)]
@@ -273,11 +274,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--output", default=str(Path(__file__).with_name("RESULTS.md")),
                         help="markdown file to write (default: benchmarks/RESULTS.md)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
+    parser.add_argument("--peak-tflops", type=positive(float), default=None,
                         help="CUDA: dense TF32 TFLOP/s for the roofline (default: GPU table)")
-    parser.add_argument("--peak-gbs", type=float, default=None,
+    parser.add_argument("--peak-gbs", type=positive(float), default=None,
                         help="CUDA: memory bandwidth in GB/s for the roofline (default: GPU table)")
     args = parser.parse_args(argv)
+    check_output(parser, args.output)
     try:
         args.device = str(resolve_device(args.device))
     except ValueError as err:

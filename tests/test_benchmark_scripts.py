@@ -106,6 +106,27 @@ def test_cuda_without_a_gpu_is_a_usage_error(name, capsys):
     assert "Expected a CUDA device for 'cuda', but torch sees none" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, argv, said", [
+    ("run_end_to_end", ["--batch", "0"], "argument --batch: invalid positive int value: '0'"),
+    ("run_end_to_end", ["--model", "nope"], "Expected a torchvision or timm model name"),
+    ("run_end_to_end", ["--size", "16", "--shifts", "16"], "--shifts 16 must be below --size 16"),
+    ("run_end_to_end", ["--model", "vit_b_16", "--size", "32", "--shifts", "4"],
+     "--model vit_b_16 does not take 32x32 images"),
+    ("run_end_to_end", ["--output", "."], "is a folder; name the markdown file"),
+    ("run_ratios", ["--output", "."], "is a folder; name the markdown file"),
+    ("run_ratios", ["--peak-tflops", "-1"], "invalid positive float value: '-1'"),
+])
+def test_bad_arguments_are_usage_errors_before_anything_runs(name, argv, said, capsys, tmp_path,
+                                                            monkeypatch):
+    # raw tracebacks from range(), torch or the model; a folder as --output failed at the end
+    monkeypatch.chdir(tmp_path)
+    script = _script(name)
+    monkeypatch.setattr(script, "alternating_medians", lambda *a, **k: pytest.fail("it ran"))
+    with pytest.raises(SystemExit) as exit_:
+        script.main(argv)
+    assert exit_.value.code == 2 and said in capsys.readouterr().err
+
+
 def test_machine_line_says_which_kernels_ran(monkeypatch):
     # A CPU's figures depend on the vector width its kernels ran with.
     results = _script("results")
