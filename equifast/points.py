@@ -900,6 +900,14 @@ def _head_points(an: _Analysis, pooling: Optional[_Call] = None,
         raise ValueError(
             f"Could not find global pooling in {name}: its output {shape} is not a vector [N, K]. "
             f"equifast needs a classifier ending in a vector. {_HINT}")
+    out = _model_output(an.output, an.n)
+    if out is not None and out.dim() > 2:  # scored as `final`, a map beside the logits' vector
+        first = " (the first tensor of the tuple it returns)" if isinstance(an.output, (tuple, list)) else ""
+        raise ValueError(
+            f"Expected the output of {name} (the `final` point: its logits) to be a vector [N, K], "
+            f"but it is a map {tuple(out.shape)}{first}; return the logits first (or a dict with "
+            f"'logits'), or build it with its classifier (timm: num_classes=N and its global "
+            f"pooling). {_HINT}")
     head = an.classifier(pooling)
     if head is None:
         if not any(_is_weight(c.module) and c.start > pooling.start for c in an.calls.values()):

@@ -1027,3 +1027,29 @@ def test_blocks_iterated_in_parallel_containers_or_beside_other_blocks_are_point
                                           t, input_size=(64, 64))
         assert np.isclose(got.loc[name, "channel"], s.channel.nanmean().item(), atol=1e-5), name
         assert np.isclose(got.loc[name, "layer"], s.layer.nanmean().item(), atol=1e-5), name
+
+
+class _MapThenLogits(nn.Module):
+    """Returns (feature map, logits): the map was taken as `final`, the logits unseen."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        m = self.conv(x)
+        return m, self.fc(self.pool(m).flatten(1))
+
+
+def test_an_output_that_is_a_map_is_no_final_point():
+    import timm
+
+    with pytest.raises(ValueError, match=r"output of _MapThenLogits \(the `final` point: its logits\) "
+                                         r"to be a vector \[N, K\], but it is a map \(1, 8, 16, 16\) "
+                                         r"\(the first tensor of the tuple it returns\)"):
+        split(_MapThenLogits(), torch.rand(1, 3, 16, 16))
+    # timm without its pooling: `final` was the 512x1x1 map, said to be "its pooled features"
+    with pytest.raises(ValueError, match=r"output of ResNet .* but it is a map \(1, 512, 1, 1\)"):
+        split(timm.create_model("resnet18", num_classes=0, global_pool=""), torch.rand(1, 3, 32, 32))
