@@ -547,6 +547,11 @@ def test_a_study_overwrite_interrupted_between_runs_is_carried_on_by_the_next_ca
         run_study("objective-fashion", str(tmp_path), overwrite=True, echo=stop_at(2), **kw)
     first = stamps()
     assert trained(old, first) == {"FMNIST6"}
+    # without --overwrite, other options: the run retrained already is a finished run of other
+    # options, refused as any other (it was deleted and trained again with them)
+    with pytest.raises(ValueError, match="stored recipe differs"):
+        run_study("objective-fashion", str(tmp_path), **{**kw, "overrides": {**kw["overrides"], "lr": 0.003}})
+    assert stamps() == first
     with pytest.raises(ValueError, match=r"interrupted --overwrite has yet to retrain "
                                          r"'.*FMNIST6-Rot-Inv/seed0'"):
         measure_study("objective-fashion", str(tmp_path), seeds=[0], n_images=8)

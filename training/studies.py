@@ -362,19 +362,23 @@ class _OverwritePlan:
     without: without it, the runs not yet retrained were reused (the old models measured beside
     the new ones); with it, those already retrained were trained again."""
 
-    def __init__(self, out: str, plan: Dict):
-        self.path, self.plan = Path(out, _OVERWRITE), plan
+    def __init__(self, out: str, plan: Dict, overwrite: bool):
+        self.path, self.plan, self.overwrite = Path(out, _OVERWRITE), plan, overwrite
 
     def _key(self, run: str) -> str:
         return Path(os.path.relpath(run, self.path.parent)).as_posix()
 
     def retrains(self, run: str, recipe) -> bool:
-        """Whether ``run`` is to be trained anew (deleting the run there) for ``recipe``."""
+        """Whether ``run`` is to be trained anew (deleting the run there) for ``recipe``: one
+        the plan has yet to retrain; one it retrained already only with ``overwrite`` given
+        again and another recipe (without it, a finished run of other options was deleted and
+        trained again, where a study of other options is refused)."""
         from .recipes import Recipe
         key = self._key(run)
+        if key not in self.plan["runs"]:
+            return False
         done = self.plan["done"].get(key)
-        return key in self.plan["runs"] and not (done is not None
-                                                 and Recipe.from_dict(done).same_run(recipe))
+        return done is None or (self.overwrite and not Recipe.from_dict(done).same_run(recipe))
 
     def done(self, run: str, recipe) -> None:
         """Record ``run`` retrained with ``recipe``; the plan is deleted once all are."""
@@ -399,8 +403,8 @@ def _overwrite_plan(out: str, run_dirs: Sequence[str], overwrite: bool) -> Optio
                           '({"runs": [...], "done": {...}})', "Delete it and run the study with "
                           "--overwrite again.", _overwrite_plan_fields)
     if not overwrite:
-        return None if plan is None else _OverwritePlan(out, plan)
-    kept = _OverwritePlan(out, plan or {"runs": [], "done": {}})
+        return None if plan is None else _OverwritePlan(out, plan, overwrite)
+    kept = _OverwritePlan(out, plan or {"runs": [], "done": {}}, overwrite)
     kept.plan["runs"] = list(dict.fromkeys(kept.plan["runs"] + [kept._key(r) for r in run_dirs]))
     kept.save()
     return kept
