@@ -326,8 +326,8 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
     from it (none of its points), is undefined over the runs.
 
     Raises ``ValueError`` when runs of one group measured other transforms (a family's mean
-    over other transforms is another number, not another seed) or other points (another
-    model's).
+    over other transforms is another number, not another seed) or other points: points of its
+    own, lacking some of the others' (another model's).
 
     Args:
         reports: reports of repeated runs; ``report.meta`` keys named in ``by`` (e.g. the
@@ -374,7 +374,9 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
                              f"or measure every run with the same metrics.")
         points = set(r.points["point"].astype(str)) if len(r.points) else set()
         first_points = point_sets.setdefault(group, points)
-        if names and points != first_points:  # another model's parts: averaged as seeds of one
+        # points of its own and lacking some: another model's (a run without a part's points is
+        # one whose part is undefined, as documented)
+        if names and points - first_points and first_points - points:
             raise ValueError(f"Expected the runs combined{' per ' + ', '.join(by) if by else ''} "
                              f"to be of one model (the same points), but run {i} has "
                              f"{sorted(points - first_points)[:3]} and lacks "
