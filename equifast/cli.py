@@ -85,7 +85,7 @@ def _run_measure(args) -> int:
     from .devices import resolve_device
     from ._checks import checked_seed
     from .measurement import metric_list
-    from .models import _is_run_folder, check_model_args, check_model_name
+    from .models import _is_run_folder, check_model_args, check_model_name, given_model_args
     from .transforms import check_distinct, parse_transforms
 
     # Every input is checked before the model runs: a measurement can take hours.
@@ -101,9 +101,8 @@ def _run_measure(args) -> int:
     resolve_device(args.device)  # an unknown device, or a GPU this machine lacks
     weights = None if args.weights == "none" else args.weights
     if _is_run_folder(args.model):  # its own weights and classes
-        given = [f"{flag} {value}" for flag, value, unset in (
-            ("--weights", args.weights, "default"), ("--num-classes", args.num_classes, None))
-            if value != unset]
+        given = [f"{_MEASURE_FLAGS[k]} {v}"
+                 for k, v in given_model_args(args.weights, args.num_classes).items()]
         if given:  # load_model's refusal named `weights=None` for `--weights none`
             raise ValueError(f"Expected no --weights or --num-classes with the run folder "
                              f"{args.model!r} (it is measured with its own trained weights), but "

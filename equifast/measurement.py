@@ -543,8 +543,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 labels = run_labels if labels is None else labels
                 meta["images"] = "test set of the run's recipe"
         else:
-            given = [f"{k}={v!r}" for k, v, unset in (("weights", weights, "default"),
-                                                     ("num_classes", num_classes, None)) if v != unset]
+            from .models import given_model_args
+
+            given = [f"{k}={v!r}" for k, v in given_model_args(weights, num_classes).items()]
             if given:  # they were ignored: the module was measured as it is
                 raise ValueError(f"Expected `weights` and `num_classes` only with a model given by "
                                  f"name, but got {' and '.join(given)} with a module "

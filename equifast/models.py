@@ -22,7 +22,8 @@ from ._hints import did_you_mean
 
 __all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "checkpoint_path",
            "WeightsUnavailableError", "ModelArgumentError", "available_models", "is_known_model",
-           "check_model_name", "check_model_args", "check_weights_file", "input_sizes",
+           "check_model_name", "check_model_args", "check_weights_file", "given_model_args",
+           "input_sizes",
            "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess",
            "module_preprocess"]
 
@@ -156,6 +157,13 @@ def _check_timm_tag(name: str) -> None:
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
         raise ModelArgumentError(f"Expected a pretrained tag of timm's {arch!r}, but got {tag!r}; "
                                  f"its tags: {', '.join(tags) or 'none'}.", "name")
+
+
+def given_model_args(weights="default", num_classes=None) -> Dict[str, object]:
+    """``{"weights": ..., "num_classes": ...}`` of those given other than unset (``"default"``,
+    ``None``): what a model that is no name (a module, a run folder) cannot take."""
+    return {k: v for k, v, unset in (("weights", weights, "default"),
+                                     ("num_classes", num_classes, None)) if v != unset}
 
 
 def check_model_args(name: str, weights: Optional[str] = "default",
@@ -728,7 +736,7 @@ def load_model(name: str, weights: Optional[str] = "default",
     if _is_run_folder(name):
         from .training import load_model as load_run  # a run folder of `equifast train`
 
-        if weights != "default" or num_classes is not None:  # None too: it would not be random
+        if given_model_args(weights, num_classes):  # weights None too: it would not be random
             raise ValueError(f"Expected no `weights` or `num_classes` for the run folder {name!r} "
                              "(it is measured with its own trained weights), but got "
                              f"weights={weights!r}, num_classes={num_classes!r}.")
