@@ -92,11 +92,12 @@ def _status(args) -> int:
                 else "is not a folder" if store.root.exists() else "does not exist")
         raise FileNotFoundError(f"Expected a sweep results folder, but {str(store.root)!r} {what}; "
                                 "pass the sweep's --out.")
-    counts = store.counts()
+    states = store.states()  # each record's head read once for the counts and the damaged ones
+    counts = store.counts(states=states)
     live = store.read_status() or {}
     total = sum(counts.values())
     state = store.state()
-    unreadable = store.unreadable()
+    unreadable = store.unreadable(states)
     if args.json:
         print(json.dumps({"out": str(store.root), "total": total, **counts, "state": state,
                           "unreadable": [p.name for p in unreadable]}))
@@ -113,7 +114,7 @@ def _status(args) -> int:
               f"{names}; their jobs count as pending, and the next run measures them again")
     saved = store.read_spec()
     ours = set(saved["jobs"]) if saved else None  # an earlier spec's failures are not counted
-    running, retried = store.live_ids()  # being run again: not failed (yet)
+    running, retried = store.live_ids(states)  # being run again: not failed (yet)
     kept = store.shard_files()
     for rec in store.records(status="failed"):
         if (ours is not None and rec["id"] not in ours) or rec["id"] in running | retried:

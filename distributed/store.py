@@ -315,13 +315,15 @@ class ResultStore:
                     out[path.stem] = head.get("status")
         return out
 
-    def unreadable(self) -> List[Path]:
+    def unreadable(self, states: Optional[Dict[str, Optional[str]]] = None) -> List[Path]:
         """The job record files that cannot be read (damaged, or cut short by hand: records are
-        written atomically); their jobs count as pending, and the next run measures them again."""
+        written atomically); their jobs count as pending, and the next run measures them again.
+        ``states``: :meth:`states`, where the caller has read them already."""
         if not self.records_dir.is_dir():
             return []
+        states = self.states() if states is None else states
         return sorted(p for p in self.records_dir.glob("*.json")
-                      if _RECORD.fullmatch(p.name) and _read_head(p) is None)
+                      if _RECORD.fullmatch(p.name) and p.stem not in states)
 
     def finished(self) -> set:
         """Ids of the jobs with an ``ok`` record."""
@@ -431,16 +433,18 @@ class ResultStore:
             return "stopped"
         return state
 
-    def counts(self, job_ids: Optional[List[str]] = None) -> Dict[str, int]:
+    def counts(self, job_ids: Optional[List[str]] = None,
+               states: Optional[Dict[str, Optional[str]]] = None) -> Dict[str, int]:
         """Finished, running, failed and pending jobs, from the records and the status file.
 
         Args:
             job_ids: the sweep's jobs (default: those saved in ``spec.json``).
+            states: :meth:`states`, where the caller has read them already.
         """
+        states = self.states() if states is None else states
         if job_ids is None:
             saved = self.read_spec()
-            job_ids = saved["jobs"] if saved else sorted(self.states())
-        states = self.states()
+            job_ids = saved["jobs"] if saved else sorted(states)
         running, retried = self.live_ids(states)
         out = dict.fromkeys(STATES, 0)
         for jid in job_ids:
