@@ -1651,7 +1651,6 @@ struct Problem {
     }
   }
 
-  // Many images: a thread takes whole images.
   // A thread's buffers, sized for the normalised path of this problem's images.
   Buffers& use_buffers() const {
     Buffers& buf = thread_buffers();
@@ -1662,6 +1661,7 @@ struct Problem {
     return buf;
   }
 
+  // Many images: a thread takes whole images.
   void run_per_image() const {
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       Buffers& buf = use_buffers();
