@@ -663,6 +663,12 @@ def test_bad_recipe_values_are_refused_before_the_run_folder(tmp_path):
         with pytest.raises(TypeError, match="`milestones` to be a sequence of int epochs"):
             get_recipe("resnet44-crop", milestones=bad)
     assert get_recipe("resnet44-crop", milestones=[np.int64(3), 7]).milestones == (3, 7)
+    # Adam has no momentum: a momentum given with it was silently ignored
+    with pytest.raises(ValueError, match=r"Expected `momentum` 0 with optimizer 'adam'.*got 0.9"):
+        get_recipe("cnn7-fmnist6", momentum=0.9)
+    with pytest.raises(ValueError, match=r"Expected `momentum` 0 with optimizer 'adam'"):
+        get_recipe("resnet44-crop", optimizer="adam")  # the recipe's SGD momentum 0.9
+    assert get_recipe("resnet44-crop", optimizer="adam", momentum=0).optimizer == "adam"
     # CNN7 has one width: width=4 trained the same network, recorded as another run
     with pytest.raises(ValueError, match="`width` 1 for model 'cnn7'"):
         get_recipe("cnn7-fmnist6", width=4)

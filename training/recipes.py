@@ -177,6 +177,10 @@ class Recipe:
             if not ok(float(getattr(self, what))):
                 raise ValueError(f"Expected `{what}` to be {wanted}, but got "
                                  f"{getattr(self, what)!r}.")
+        if self.optimizer == "adam" and float(self.momentum) != 0:
+            # Adam has no momentum argument (its beta1 plays that part): it was ignored
+            raise ValueError(f"Expected `momentum` 0 with optimizer 'adam' (Adam has no momentum "
+                             f"setting; it is SGD's), but got {self.momentum!r}.")
         for what in ("seed", "data_seed"):
             # numpy's generators refuse negative seeds, torch's overflow past 64 bits: both
             # deep in training
