@@ -844,6 +844,20 @@ def test_studies_transforms():
 
 
 # ------------------------------------------------------------------------------------- CLI
+def test_cli_options_without_a_recipe_or_study_are_refused(tmp_path, capsys):
+    from equifast.training.cli import main
+    # a forgotten recipe printed the list and exited 0, the options ignored
+    for argv, said in ((["train", "--epochs", "2", "--out", str(tmp_path / "x")],
+                        "--out, --epochs given without a recipe"),
+                       (["study", "--seeds", "0", "1"], "--seeds given without a study")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    for argv, first in ((["train"], "cnn7-mnist6"), (["study", "--list"], "objective")):
+        assert main(argv) == 0 and capsys.readouterr().out.split()[0] == first
+
+
 @needs_fmnist
 def test_cli_train(tmp_path, capsys):
     from equifast.training.cli import main

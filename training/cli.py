@@ -88,8 +88,17 @@ def _check_workers(args) -> None:
         raise ValueError(f"Expected --workers >= 1 (1: train in this process), but got {args.workers}.")
 
 
+def _check_named(args, what: str) -> None:
+    """Options given without the recipe or study they set were ignored: the list was printed."""
+    given = [f"--{dest.replace('_', '-')}" for dest, default in vars(args.unset).items()
+             if dest not in (what, "list", "unset") and getattr(args, dest, default) != default]
+    if given and not getattr(args, what):
+        raise ValueError(f"{', '.join(given)} given without a {what}: name one (--list lists them).")
+
+
 def _run_train(args) -> int:
     from .recipes import get_recipe, list_recipes
+    _check_named(args, "recipe")
     if args.list or not args.recipe:
         print("\n".join(list_recipes()))
         return 0
@@ -118,6 +127,7 @@ def _run_train(args) -> int:
 
 def _run_study(args) -> int:
     from .studies import STUDIES, get_study, run_study
+    _check_named(args, "study")
     if args.list or not args.study:
         print("\n".join(STUDIES))
         return 0
@@ -148,6 +158,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", type=os.path.expanduser, help="run folder (default runs/RECIPE/seedS)")
     _add_common(p)
     p.set_defaults(func=_run_train)
+    p.set_defaults(unset=p.parse_args([]))  # each option's default: see _check_named
     return p
 
 
@@ -167,6 +178,7 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-measure", action="store_true", help="train only")
     _add_common(p)
     p.set_defaults(func=_run_study)
+    p.set_defaults(unset=p.parse_args([]))  # each option's default: see _check_named
     return p
 
 
