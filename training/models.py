@@ -267,7 +267,8 @@ class WideResNet(_ThreeStages):
     parameters: 0.6M, 2.2M, 8.9M, 35.7M (their table 1 for WRN-40-1, 2, 4, 8).
 
     Module tree: ``stem`` (a conv; its output is the first point), ``layer1``, ``layer2``,
-    ``layer3`` (every block is a point), ``pool`` (the final BN-ReLU, pooling, flatten: the
+    ``layer3`` (every block is a point: its residual sum, before the next block's BN-ReLU,
+    as a pre-activation block has no non-linearity after it), ``pool`` (the final BN-ReLU, pooling, flatten: the
     **pool** part), ``head``.
 
     Args:

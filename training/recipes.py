@@ -145,7 +145,7 @@ class Recipe:
                                  f"but got {value!r}.")
         self._check_types()
         if self.dataset.endswith("-rot-eq") and self.model != "cnn7":
-            # only CNN7 has the turn head a Rot-Eq data set trains (thesis 3.3.2)
+            # only CNN7 has the turn head a Rot-Eq data set trains (thesis 4.2.1)
             raise ValueError(f"Expected model 'cnn7' for the Rot-Eq data set {self.dataset!r} "
                              f"(the only model with a head for the quarter turns), but got "
                              f"{self.model!r}.")
