@@ -143,8 +143,10 @@ channels-last maps are permuted) or ``[N, K]`` (``pool``, ``final``). A 4-D poin
 channels-last when the last ``Linear`` / ``LayerNorm`` that ran inside its module has the width
 of the last axis and not of dim 1 (torchvision Swin, timm TinyViT), channels-first when that
 width (or a last convolution's) is dim 1 only; otherwise timm's ``output_fmt`` marker decides,
-then (a map with as many channels as columns) the nearest point that the width decided, then
-NCHW. Token prefixes are ``num_prefix_tokens`` or the model's ``cls_token`` / ``dist_token`` /
+then for a map with as many channels as rows and columns the axis that moves when the image
+rolls by half its width (timm PVT-v2's and GCViT's stems at some sizes), then (a map with as
+many channels as columns) the nearest point that the width decided, then NCHW. Tokens that a
+model keeps unrolled (timm Hiera) are put back in grid order by its own ``reroll``. Token prefixes are ``num_prefix_tokens`` or the model's ``cls_token`` / ``dist_token`` /
 ``reg_token`` tokens (PiT); token grids are the patch grid or its stride-2 downsamplings
 (LeViT, PiT at non-square sizes).
 
@@ -174,7 +176,7 @@ import math
 import operator
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -222,6 +224,8 @@ class Point:
         prefix_tokens: tokens dropped from the front of an ``"NLC"`` sequence.
         grid: ``(h, w)`` patch grid of an ``"NLC"`` sequence at the example size.
         shape: the normalised shape (without the batch dim) at the example input.
+        token_order: for tokens that come in another order than row by row (timm Hiera's
+            unrolled stages), the index of the token at each position of the grid, row by row.
     """
 
     name: str
@@ -234,6 +238,7 @@ class Point:
     prefix_tokens: int = 0
     grid: Optional[Tuple[int, int]] = None
     shape: Tuple[int, ...] = ()
+    token_order: Optional[Tuple[int, ...]] = field(default=None, repr=False)
 
     @property
     def is_vector(self) -> bool:
@@ -1147,17 +1152,55 @@ def _width_evidence(an: _Analysis, module: Optional[str], raw: Optional[Tensor])
     return "?" if width == first == end else None
 
 
-def _map_layouts(model: nn.Module, an: _Analysis,
-                 points: Sequence[Tuple[str, Optional[str], Optional[Tensor]]]) -> Dict[str, str]:
-    """``"NCHW"`` or ``"NHWC"`` for every 4-D point: the width evidence, else timm's
-    ``output_fmt`` marker, else (evidence that cannot tell, a map with as many channels as
-    columns) the nearest point with evidence, else ``"NCHW"``."""
-    ev = {name: _width_evidence(an, module, t) for name, module, t in points}
-    mods = {name: module for name, module, _ in points}
-    order = [name for name, _, t in points if t is not None and t.dim() == 4]
-    decided = [name for name in order if ev[name] in ("NCHW", "NHWC")]
+_WIDTH_AXIS = {"NCHW": 3, "NHWC": 2}  # where the image's columns are in a 4-D value
+
+
+def _rolled_layouts(model: nn.Module, x: Tensor,
+                    points: Sequence[Tuple[str, Optional[str], str, Tensor]]) -> Dict[str, str]:
+    """The layouts of maps that either one could be (``[N, C, H, W]`` with ``C == H == W``),
+    read off how each moves when the image rolls by half its width: along its columns, the
+    axis of one layout, far closer than along the other's (a guess from the other points had
+    read timm PVT-v2's and GCViT's stems at 256 pixels as the other layout). A point without a
+    clear answer, or whose columns would move by a fraction of a pixel, is left out."""
+    W = int(x.shape[-1])
+    wanted = [(name, module, take, t) for name, module, take, t in points
+              if W % 2 == 0 and all(W % (w := int(t.shape[axis])) == 0 and w % 2 == 0
+                                    for axis in _WIDTH_AXIS.values())]
+    if not wanted:
+        return {}
+    calls, _ = _record(model, torch.roll(x, W // 2, dims=-1))
     out: Dict[str, str] = {}
-    for name, module, t in points:
+    for name, module, take, t in wanted:
+        c = calls.get(module)
+        moved = None if c is None else (c.inp if take == "input" else c.out)
+        if moved is None or moved.shape != t.shape:
+            continue
+        err = {layout: float((moved.double() - torch.roll(t.double(), int(t.shape[axis]) // 2,
+                                                          dims=axis)).norm())
+               for layout, axis in _WIDTH_AXIS.items()}
+        best, other = sorted(err, key=err.get)
+        if err[best] < 0.5 * err[other]:
+            out[name] = best
+    return out
+
+
+def _map_layouts(model: nn.Module, an: _Analysis, x: Tensor,
+                 points: Sequence[Tuple[str, Optional[str], str, Optional[Tensor]]]) -> Dict[str, str]:
+    """``"NCHW"`` or ``"NHWC"`` for every 4-D point ``(name, module, take, value)``: the
+    width evidence, else timm's ``output_fmt`` marker, else for a map with as many channels
+    as rows and columns how it moves with the image (:func:`_rolled_layouts`), else (evidence
+    that cannot tell, a map with as many channels as columns) the nearest point with
+    evidence, else ``"NCHW"``."""
+    ev = {name: _width_evidence(an, module, t) for name, module, _, t in points}
+    mods = {name: module for name, module, _, _ in points}
+    order = [name for name, _, _, t in points if t is not None and t.dim() == 4]
+    decided = [name for name in order if ev[name] in ("NCHW", "NHWC")]
+    cubes = [(name, module, take, t) for name, module, take, t in points
+             if name in order and ev[name] not in ("NCHW", "NHWC") and module is not None
+             and _output_fmt(model, module) is None and len(set(t.shape[1:])) == 1]
+    rolled = _rolled_layouts(model, x, cubes) if cubes else {}
+    out: Dict[str, str] = {}
+    for name, module, _, t in points:
         if t is None or t.dim() != 4:
             continue
         if ev[name] in ("NCHW", "NHWC"):
@@ -1166,6 +1209,8 @@ def _map_layouts(model: nn.Module, an: _Analysis,
         fmt = _output_fmt(model, module)
         if fmt is not None:
             out[name] = fmt
+        elif name in rolled:
+            out[name] = rolled[name]
         elif ev[name] == "?" and decided:
             # the nearest point of the same module class that the width decided (TinyViT at a size
             # where a stage's width equals its channels: its conv stage is nearer, but NCHW)
@@ -1215,6 +1260,26 @@ def _layout(model, module, raw: Tensor, grid, num_prefix,
                      f"{tuple(raw.shape)}. {_HINT}")
 
 
+def _token_orders(model: nn.Module) -> Dict[int, Tuple[Tuple[int, int], Tuple[int, ...]]]:
+    """Token count -> (grid, the token at each grid position) for a model whose stages keep
+    their tokens unrolled (timm Hiera: laid out row by row, its maps are scrambled), read off
+    its own ``reroll`` module by passing the tokens' indices through it. Empty for others."""
+    reroll = getattr(model, "reroll", None)
+    schedule = getattr(reroll, "schedule", None)
+    if not (isinstance(reroll, nn.Module) and isinstance(schedule, dict)):
+        return {}
+    orders = {}
+    for block, (_, size) in schedule.items():
+        if len(size) != 2 or math.prod(size) in orders:
+            continue
+        n = math.prod(size)
+        with torch.no_grad():
+            grid = reroll(torch.arange(n, dtype=torch.float64).view(1, n, 1), block)
+        orders[n] = (tuple(int(v) for v in grid.shape[1:3]),
+                     tuple(int(v) for v in grid.flatten().tolist()))
+    return orders
+
+
 def _normalise(t: Tensor, p: Point) -> Tensor:
     if p.layout == "NC":
         return t.flatten(1)
@@ -1225,6 +1290,12 @@ def _normalise(t: Tensor, p: Point) -> Tensor:
     if p.layout == "NLC":
         t = t[:, p.prefix_tokens:]
         n = int(t.shape[1])
+        if p.token_order is not None:
+            if n != len(p.token_order):
+                raise ValueError(
+                    f"Point {p.name!r} has {n} tokens, not the {len(p.token_order)} of its grid "
+                    f"{p.grid}; measure at the size the points were found at.")
+            t = t.index_select(1, torch.tensor(p.token_order, device=t.device))
         h, w = p.grid if p.grid is not None and p.grid[0] * p.grid[1] == n else (math.isqrt(n),) * 2
         if h * w != n:
             raise ValueError(
@@ -1520,7 +1591,8 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
 
     grid = an.token_grid()
     num_prefix = _num_prefix_tokens(model)
-    layouts = _map_layouts(model, an, [(name, module, raw.get(name)) for name, module, _ in found])
+    layouts = _map_layouts(model, an, example_input,
+                           [(name, module, take, raw.get(name)) for name, module, take in found])
     # a 4-D value whose two spatial sizes cannot both come from the image (NesT's blocked
     # tokens [N, 16 blocks, 196 tokens, C]) is no map: scores on it would be of a false grid
     misfits: Dict[str, str] = {}
@@ -1558,6 +1630,7 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
     parts = dict(zip([f[0] for f in pre], _parts(len(pre))))
     parts.update(pool="pool", final="final")
     result = []
+    orders = _token_orders(model)
     for i, (name, module, take) in enumerate(found):
         t = raw.get(name)
         if t is None:
@@ -1568,8 +1641,12 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
             layout, prefix, g = "NC", 0, None  # the pooled [N, K, 1, 1] map a 1x1 conv reads (DLA)
         else:
             layout, prefix, g = _layout(model, module, t, grid, num_prefix, layouts.get(name))
+        order = None
+        if layout == "NLC" and int(t.shape[1]) - prefix in orders:
+            g, order = orders[int(t.shape[1]) - prefix]
         p = Point(name=name, part=parts[name], index=i, module=module, take=take,
-                  node=nodes.get(name, ""), layout=layout, prefix_tokens=prefix, grid=g)
+                  node=nodes.get(name, ""), layout=layout, prefix_tokens=prefix, grid=g,
+                  token_order=order)
         result.append(replace(p, shape=tuple(_normalise(t, p).shape[1:])))
     if points is not None:
         _refuse_named_after_pooling(result, an, graph if nodes else None)

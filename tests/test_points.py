@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from equifast.points import PARTS, Point, Representations, representations, split
+from equifast.points import PARTS, Point, Representations, _normalise, representations, split
 
 tv = pytest.importorskip("torchvision").models
 timm = pytest.importorskip("timm")
@@ -670,6 +670,59 @@ def test_a_map_with_as_many_channels_as_columns_takes_the_layout_of_its_own_kind
     layouts = {p.name: p.layout for p in split(model, x)}
     assert layouts["stages.0.blocks.0"] == "NCHW"
     assert layouts["stages.1.blocks.0"] == layouts["stages.2.blocks.0"] == "NHWC"
+
+
+@pytest.mark.parametrize("name, size, true", [("pvt_v2_b0", 128, "NHWC"), ("gcvit_xxtiny", 256, "NCHW")])
+def test_a_stem_with_as_many_channels_as_rows_and_columns_is_read_by_how_it_moves(name, size, true):
+    """PVT-v2's stem permutes to channels-last before its LayerNorm, GCViT's stays channels-first
+    before its blocks permute: at these sizes each is [N, C, C, C], the width cannot tell, and
+    the other points' layout had been guessed (both wrong: scores of 0.004-0.02 for 0.97-0.98)."""
+    import equifast as ef
+    torch.manual_seed(0)
+    kwargs = {"img_size": size} if name.startswith("gcvit") else {}
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+    x = torch.randn(2, 3, size, size)
+    stem = split(model, x)[0]
+    assert stem.layout == true and len(set(stem.shape)) == 1
+    got = {}
+    model.get_submodule(stem.module).register_forward_hook(lambda m, a, o: got.__setitem__("v", o))
+    t = ef.Translation(16, 16)
+    maps = []
+    for images in (x, t(x)):
+        with torch.no_grad():
+            model(images)
+        maps.append((got["v"] if true == "NCHW" else got["v"].permute(0, 3, 1, 2)).double())
+    expected = ef.reference.equivariance_scores(*maps, t, input_size=(size, size)).channel.nanmean()
+    points = ef.measure(model, x, transforms=[t], batch_size=2).points
+    measured = points.loc[points["point"] == stem.name, "channel"].item()
+    assert measured == pytest.approx(float(expected), abs=1e-5) and measured > 0.9
+
+
+def test_hiera_tokens_are_put_back_in_grid_order():
+    """Hiera keeps its tokens unrolled (window by window) until its last stages: read row by row,
+    its early maps were scrambled (blocks.0 scored 0.03 where its true map scores 0.94)."""
+    import equifast as ef
+    torch.manual_seed(0)
+    model = timm.create_model("hiera_tiny_224", pretrained=False, num_classes=10, img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    t = ef.Translation(8, 8)
+    points = {p.name: p for p in split(model, x)}
+    assert points["stem"].module == "unroll" and points["blocks.0"].token_order is not None
+    got = {}
+    for i, block in enumerate(model.blocks):
+        block.register_forward_hook(lambda m, a, o, i=i: got.__setitem__(i, o))
+    maps = []
+    for images in (x, t(x)):
+        with torch.no_grad():
+            model(images)  # timm's own reroll puts each block's tokens back in raster order
+        maps.append({i: model.reroll(f, i).permute(0, 3, 1, 2).double() for i, f in got.items()})
+    measured = ef.measure(model, x, transforms=[t], batch_size=2).points.set_index("point")["channel"]
+    for i in (0, 2, 5, 11):  # unrolled at 16x16 and 8x8, in raster order from 4x4 on
+        expected = ef.reference.equivariance_scores(maps[0][i], maps[1][i], t, input_size=(64, 64))
+        assert measured[f"blocks.{i}"] == pytest.approx(float(expected.channel.nanmean()), abs=1e-5)
+    assert measured["blocks.0"] > 0.8
+    with pytest.raises(ValueError, match="has 1024 tokens, not the 256 of its grid"):
+        _normalise(torch.zeros(1, 1024, 96), points["blocks.0"])  # Hiera takes one size only
 
 
 def test_timm_mobilenetv3_pool_is_the_pooled_vector_like_torchvision():
