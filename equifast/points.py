@@ -259,6 +259,7 @@ class _Call:
     calls: int = 0
     several: bool = False  # returned a tuple/list/dict, not one tensor (TNT, PiT pooling, CrossViT)
     version: Optional[int] = None  # of ``out`` when it was returned: a later in-place write bumps it
+    made: Optional[Tensor] = None  # its value as a point (_returned); ``out`` chains the blocks
 
 
 def _tensors(obj):
@@ -283,6 +284,17 @@ def _first_tensor(obj, n: Optional[int] = None) -> Optional[Tensor]:
         if first is None:
             first = t
     return first
+
+
+def _returned(out, args, kwargs, n: int) -> Optional[Tensor]:
+    """A module call's value as a point: its output; of several tensors, the first it made
+    (:func:`_first_tensor` of them), not an input it hands back unchanged (CoaT's parallel
+    blocks return their first scale as they got it, beside the three they update)."""
+    if isinstance(out, Tensor):
+        return out
+    given = {id(t) for t in _tensors((args, kwargs))}
+    made = [t for t in _tensors(out) if id(t) not in given]
+    return _first_tensor(made if made else out, n)
 
 
 def _model_output(obj, n: int) -> Optional[Tensor]:
@@ -375,10 +387,11 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
         return hook
 
     def post(name):
-        def hook(mod, args, out):
+        def hook(mod, args, kwargs, out):
             step[0] += 1
             c = calls[name]
             c.end, c.out, c.calls = step[0], _first_tensor(out, n), c.calls + 1
+            c.made = _returned(out, args, kwargs, n)
             c.version = _version(c.out)
             c.several = not isinstance(out, Tensor)
         return hook
@@ -387,7 +400,7 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
         try:
             for name, mod in model.named_modules():
                 handles.append(mod.register_forward_pre_hook(pre(name), with_kwargs=True))
-                handles.append(mod.register_forward_hook(post(name)))
+                handles.append(mod.register_forward_hook(post(name), with_kwargs=True))
             model.eval()
             with torch.no_grad():
                 try:
@@ -1172,7 +1185,7 @@ def _rolled_layouts(model: nn.Module, x: Tensor,
     out: Dict[str, str] = {}
     for name, module, take, t in wanted:
         c = calls.get(module)
-        moved = None if c is None else (c.inp if take == "input" else c.out)
+        moved = None if c is None else (c.inp if take == "input" else c.made)
         if moved is None or moved.shape != t.shape:
             continue
         err = {layout: float((moved.double() - torch.roll(t.double(), int(t.shape[axis]) // 2,
@@ -1393,13 +1406,13 @@ class Representations(nn.Module):
         def keep(key, take):
             if take == "input":
                 return lambda m, args: put(key, _first_tensor(args, n))
-            return lambda m, args, out: put(key, _first_tensor(out, n))
+            return lambda m, args, kwargs, out: put(key, _returned(out, args, kwargs, n))
 
         try:
             for key in dict.fromkeys((p.module, p.take) for p in self.points if p.module):
                 mod = model.get_submodule(key[0])
                 handles.append(mod.register_forward_pre_hook(keep(key, "input")) if key[1] == "input"
-                               else mod.register_forward_hook(keep(key, "output")))
+                               else mod.register_forward_hook(keep(key, "output"), with_kwargs=True))
             # the first pass may have to run again on x: one on a copy, so that a model that
             # writes into its input (x -= mean) leaves x for the second
             out = _model_output(model(x if self._probed else x.clone()), n)
@@ -1577,7 +1590,7 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
         if module == "" and take == "output":
             raw[name] = _model_output(an.output, an.n)
         elif module is not None and module in an.calls:
-            raw[name] = an.calls[module].inp if take == "input" else an.calls[module].out
+            raw[name] = an.calls[module].inp if take == "input" else an.calls[module].made
     if fx_only:
         ext = _fx_extractor(model, [nodes[n] for n in fx_only])
         with modes_kept(model):
@@ -1589,10 +1602,26 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
         for n in fx_only:
             raw[n] = _first_tensor(got[keys[nodes[n]]], an.n)
 
-    grid = an.token_grid()
-    num_prefix = _num_prefix_tokens(model)
     layouts = _map_layouts(model, an, example_input,
                            [(name, module, take, raw.get(name)) for name, module, take in found])
+    # one token [N, 1, C] made from tokens that lie on no grid of the image is a vector: laid
+    # out as a 1x1 map it was averaged into a part before pooling as a map that moved not at all
+    # (CoaT's `aggregate` of its three stages' class tokens); a 1x1 map of a small image is kept
+    grid = an.token_grid()
+    num_prefix = _num_prefix_tokens(model)
+    on_grid = {g[0] * g[1] + p for g in _token_grids(grid) for p in {0, num_prefix or 0}}
+    single = [name for name, module, take in found if name not in _RESERVED and take == "output"
+              and (t := raw.get(name)) is not None and t.dim() == 3 and t.shape[1] == 1
+              and module in an.calls and (i := an.calls[module].inp) is not None and i.dim() == 3
+              and int(i.shape[1]) > 1 and int(i.shape[1]) not in on_grid]
+    if single:
+        said = (f"{', '.join(map(repr, single))} of {type(model).__name__} hold a single token "
+                f"[N, 1, C] made from tokens on no grid of the image: a vector (as one computed "
+                f"from class tokens), no map")
+        if points is not None:
+            raise ValueError(f"Expected each point to be a map, but {said}. {_LIST_HINT}")
+        _warn(f"Outputs {said}, are not points. {_HINT}")
+        found = [f for f in found if f[0] not in single]
     # a 4-D value whose two spatial sizes cannot both come from the image (NesT's blocked
     # tokens [N, 16 blocks, 196 tokens, C]) is no map: scores on it would be of a false grid
     misfits: Dict[str, str] = {}

@@ -725,6 +725,37 @@ def test_hiera_tokens_are_put_back_in_grid_order():
         _normalise(torch.zeros(1, 1024, 96), points["blocks.0"])  # Hiera takes one size only
 
 
+def test_coat_parallel_blocks_are_the_scales_they_update_and_its_aggregate_is_no_point():
+    """CoaT's parallel blocks return (x1, x2, x3, x4) with x1 as they got it: their points were
+    six copies of serial_blocks1.1; its `aggregate` of three class tokens [N, 1, C] was a late
+    1x1 map with the pooled vector's score."""
+    import equifast as ef
+    torch.manual_seed(0)
+    model = timm.create_model("coat_tiny", pretrained=False, num_classes=10, img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.warns(ef.EquifastWarning, match=r"'aggregate' of CoaT hold a single token \[N, 1, C\]"):
+        points = split(model, x, method="hooks")
+    names = [p.name for p in points]
+    assert "aggregate" not in names and names[-2:] == ["pool", "final"]
+    block = next(p for p in points if p.name == "parallel_blocks.2")
+    assert block.shape == (152, 8, 8)  # x2, the 8x8 scale, not x1's 16x16
+    got = {}
+    model.parallel_blocks[2].register_forward_hook(lambda m, a, o: got.__setitem__("v", o[1]))
+    t = ef.Rotation(1)
+    maps = []
+    for images in (x, t(x)):
+        with torch.no_grad():
+            model(images)
+        maps.append(got["v"][:, 1:].transpose(1, 2).reshape(2, 152, 8, 8).double())  # class token first
+    expected = ef.reference.equivariance_scores(*maps, t, input_size=(64, 64))
+    measured = ef.measure(model, x, transforms=[t], batch_size=2,
+                          points=[p.module for p in points[:-2]]).points
+    assert measured.loc[measured["point"] == "parallel_blocks.2", "layer"].item() == \
+        pytest.approx(float(expected.layer.nanmean()), abs=1e-5)
+    with pytest.raises(ValueError, match="hold a single token"):
+        split(model, x, points=["serial_blocks1.0", "aggregate"], method="hooks")
+
+
 def test_timm_mobilenetv3_pool_is_the_pooled_vector_like_torchvision():
     # timm runs a 1x1 conv_head (576 -> 1024) after global pooling where torchvision runs the
     # classifier's first Linear (576 -> 1024): in both the pool point is the pooled 576-vector.
