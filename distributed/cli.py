@@ -56,6 +56,7 @@ def _run(args) -> int:
         folders = Folders()  # each folder listed once, as a run does
         jobs = spec.jobs(folders)
         store = ResultStore(out)
+        spec.check_out(out)
         store.check_folder()  # as the run would: a folder of the user's files is no --out
         before = _previous_records(store, jobs)  # what the run reads of them: not their tables
         states = {jid: rec.get("status") for jid, rec in before.items() if rec}

@@ -49,6 +49,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from equifast._checks import SEED_RANGE, is_integer
 from equifast._hints import did_you_mean
+from equifast._io import lies_in
 from equifast.data import IMAGE_SUFFIXES, has_images
 from equifast.devices import parse_device
 from equifast.models import (ModelArgumentError, check_model_args, check_weights_file,
@@ -625,6 +626,17 @@ class SweepSpec:
         :class:`Folders` (a flat folder's labels are listed once a run)."""
         folders = Folders() if folders is None else folders  # each folder looked at once
         return self._jobs([folder_labels_source(d, self.base_dir, folders) for d in self.datasets])
+
+    def check_out(self, out: Union[str, os.PathLike]) -> None:
+        """Raise ``ValueError`` when the results folder ``out`` lies in a folder dataset's
+        folder: its report's figures would be measured as that dataset's images (and its
+        ``records/`` taken for a class) by the next run."""
+        for d in self.datasets:
+            if d.kind == "folder" and d.path and lies_in(out, _resolve(d.path, self.base_dir)):
+                raise ValueError(f"Expected the results folder outside the images of dataset "
+                                 f"{d.label!r}, but {str(out)!r} lies in its path {d.path!r}: "
+                                 f"its figures would be read as images there; use another "
+                                 f"--out (or the spec's out).")
 
     def _jobs(self, sources: Sequence[Dict[str, Any]]) -> List[Job]:
         """The jobs, with each dataset's :func:`folder_labels_source` given."""

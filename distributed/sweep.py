@@ -696,6 +696,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     jobs = spec.jobs(folders)
     store = ResultStore(out or spec.out or DEFAULT_OUT)
     t0 = time.time()
+    spec.check_out(store.root)
     store.check_folder()
     store.check_unlocked()  # before Ray starts (10-20 s): lock() below still decides
     started_ray = False

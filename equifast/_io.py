@@ -392,6 +392,13 @@ def save_figure_atomic(fig, path: Union[str, os.PathLike], dpi: int = 120) -> Pa
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
 
 
+def lies_in(path: Union[str, os.PathLike], folder: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` is ``folder`` or inside it (links resolved): results written there
+    would be read as data from ``folder`` by the next run."""
+    inner, outer = Path(path).resolve(), Path(folder).resolve()
+    return outer == inner or outer in inner.parents
+
+
 def json_object_with(*keys: str) -> Callable[[Path], bool]:
     """A marker check for :func:`check_own_folder`: the file holds a JSON object with ``keys``
     (what this library writes there), not a user's file of the same name."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ._checks import check_integer
+from ._io import lies_in
 from ._console import HelpFormatter, closed_pipe, interactive, show_warning, tolerant_output
 from ._hints import as_flags
 
@@ -119,8 +120,7 @@ def _run_measure(args) -> int:
                 else "a folder of images")
         raise FileNotFoundError(f"Expected --data to be {what}, but {args.data!r} "
                                 f"{'is a file' if Path(args.data).exists() else 'does not exist'}.")
-    if args.data is not None and Path(args.data).resolve() in (
-            Path(args.out).resolve(), *Path(args.out).resolve().parents):
+    if args.data is not None and lies_in(args.out, args.data):
         # the figures written there would be measured as images of --data by the next run
         raise ValueError(f"Expected --out outside --data, but --out {args.out!r} lies in --data "
                          f"{args.data!r}: its figures would be read as images there; use "

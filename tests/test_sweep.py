@@ -399,6 +399,24 @@ def test_an_empty_list_of_transforms_is_refused(folder):
         _one_problem(_spec(folder, transforms=empty), r"^transforms: Expected ")
 
 
+def test_a_sweeps_out_inside_a_folder_dataset_is_refused(folder, tmp_path, capsys):
+    # its report's figures were measured as images of the dataset by the next run, and its
+    # folder taken for a class (the accuracy dropped as a class folder without a label)
+    import yaml
+
+    inside = folder / "results"
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec(folder, out=str(inside))))
+    said = f"Expected the results folder outside the images of dataset 'tiny', but {str(inside)!r} lies in its path"
+    with pytest.raises(ValueError, match=re.escape(said)):
+        run_sweep(_spec(folder), out=inside)
+    for argv in (["run", str(spec_file)], ["run", str(spec_file), "--dry-run"],
+                 ["run", str(spec_file), "--out", str(folder)]):
+        assert sweep_main(argv) == 2
+        assert "Expected the results folder outside the images of dataset 'tiny'" in capsys.readouterr().err
+    assert not inside.exists() and sorted(p.name for p in folder.iterdir()) == ["class0", "class1"]
+
+
 def test_a_folder_of_users_files_is_never_a_sweeps_out(folder, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
