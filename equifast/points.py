@@ -154,8 +154,8 @@ Extraction: with ``method="fx"`` a :mod:`torch.fx` graph from
 :func:`torchvision.models.feature_extraction.create_feature_extractor` (with timm's leaf
 modules and autowrapped functions, so timm models trace); a module's point is the last node
 inside the module (torchvision's naming, e.g. ``layer1.0.relu_2``); a module that returns
-several tensors (HRNet stages, PiT pooling, TNT and CrossViT blocks) gets no node and is read
-with hooks, so ``representations`` uses hooks for that model. With ``method="hooks"``
+several tensors (HRNet stages, PiT pooling, TNT, CrossViT and CoaT blocks; its point is the
+first tensor it computed, not an input it hands back) gets no node and is read with hooks, so ``representations`` uses hooks for that model. With ``method="hooks"``
 forward hooks on the modules, for code that fx cannot trace. ``"auto"`` tries fx and falls
 back to hooks with a warning. Graphs are traced for evaluation mode (the mode measurements
 run in).
