@@ -451,6 +451,8 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     scores = part_scores(source if stored is None else stored["parts"], metric=metric,
                          accuracy=accuracy)
     _check_distinct_slugs(list(dict.fromkeys(scores["dataset"])))
+    # the titles name the metric drawn, not "auto"
+    drawn = ", ".join(sorted(set(scores["metric"]))) if "metric" in scores and len(scores) else metric
     corr = accuracy_correlation(scores, min_models=min_models)
     to_final = final_correlation(scores, min_models=min_models)
     points = None if stored is None else stored["points"]
@@ -488,7 +490,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
                 frames[label] = g[["part", "family", "channel", "layer"]
                                   + (["channel_std", "layer_std"] if (g["seeds"] > 1).any() else [])]
             figures += _draw_pages(plot_parts, frames, out, "parts", fam, named,
-                                   f"{fam} equivariance per part ({ds}, {metric})")
+                                   f"{fam} equivariance per part ({ds}, {drawn})")
         d = shifts[shifts["dataset"] == ds] if shifts is not None else pd.DataFrame(columns=_KEYS)
         for fam in dict.fromkeys(d["family"]):
             f = d[d["family"] == fam]
@@ -500,7 +502,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
                 frames[_legend(model, key, len(keys) > 1, short.get((ds, key, model)))] = g.drop(
                     columns=[] if (g["seeds"] > 1).any() else ["channel_std", "layer_std"])
             figures += _draw_pages(plot_shifts, frames, out, "shifts", fam, named,
-                                   f"{fam} equivariance per part at each shift ({ds}, {metric})")
+                                   f"{fam} equivariance per part at each shift ({ds}, {drawn})")
         c = corr[corr["dataset"] == ds]  # undefined parts (NaN) are marked, not bridged
         if not c["spearman"].notna().any():
             most = int(corr.loc[corr["dataset"] == ds, "n_models"].max())

@@ -78,6 +78,21 @@ def test_the_default_metric_is_correlation_or_the_one_the_sweep_measured():
     assert set(analysis.part_scores(both, metric=None)["metric"]) == {"cosine", "correlation"}
 
 
+def test_figure_titles_name_the_metric_drawn_not_auto(tmp_path, monkeypatch):
+    import equifast.figures
+
+    titles = []
+    real = equifast.figures.plot_parts
+
+    def plot_parts(frames, path=None, title="", **kw):
+        titles.append(title)
+        return real(frames, path, title=title, **kw)
+
+    monkeypatch.setattr(equifast.figures, "plot_parts", plot_parts)
+    analysis.sweep_figures(_parts(ACC).assign(metric="cosine"), tmp_path / "figures")
+    assert titles == ["rotation equivariance per part (a, cosine)"]
+
+
 def test_datasets_whose_names_make_one_figure_file_name_are_refused(tmp_path):
     # 'img net' and 'img_net' both drew fig11_..._img_net.png: the second replaced the first
     df = _parts({"m0": .7, "m1": .8}, datasets=("img net", "img_net"))
