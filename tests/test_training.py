@@ -556,6 +556,21 @@ def test_a_full_disk_while_checkpointing_is_an_os_error_and_keeps_the_checkpoint
     assert train(recipe, str(tmp_path)).resumed_from == 1
 
 
+def test_a_schedule_the_run_never_reaches_is_said_before_it_trains(tmp_path):
+    from equifast.training.trainer import start_lines
+
+    # --epochs 5 kept the recipe's milestones 25 and 50: a constant learning rate, silently
+    assert start_lines(get_recipe("cnn7-fmnist6", epochs=5), str(tmp_path)) == [
+        "the learning rate stays at 0.01: milestones [25, 50] lie past the last epoch (5); "
+        "--milestones shortens the schedule"]
+    assert start_lines(get_recipe("cnn7-fmnist6", epochs=30), str(tmp_path)) == [
+        "the learning rate stays at 0.001 after epoch 25: milestones [50] lie past the last epoch "
+        "(30); --milestones shortens the schedule"]
+    for epochs, milestones in ((51, (25, 50)), (5, (2, 4)), (5, ())):
+        assert start_lines(get_recipe("cnn7-fmnist6", epochs=epochs, milestones=milestones),
+                           str(tmp_path)) == []
+
+
 def test_a_killed_writes_temporary_file_is_removed_when_the_run_continues(tmp_path):
     import subprocess
     import sys
@@ -751,7 +766,7 @@ def test_study_checks_its_arguments_and_folder_before_training(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "summary.csv").write_text("my own table")  # a name the study's tables take
-    with pytest.raises(FileExistsError, match=r"study folder .* holds other files: \['summary.csv'\]"):
+    with pytest.raises(FileExistsError, match=r"^Expected `out` \(--out\) .* study folder .* holds other files: \[.summary.csv.\]\. Use another `out` \(--out\)\."):
         run_study("objective-fashion", str(mine), seeds=[0])
     assert sorted(p.name for p in mine.iterdir()) == ["summary.csv"]
     assert (mine / "summary.csv").read_text() == "my own table"
@@ -879,6 +894,14 @@ def test_cli_train(tmp_path, capsys):
     # the shortened schedule ran: the recipe's lr in epoch 1, gamma times it after milestone 1
     lrs = pd.read_csv(os.path.join(out, "metrics.csv"))["lr"].tolist()
     assert lrs == pytest.approx([0.01, 0.01 * get_recipe("cnn7-fmnist6").gamma])
+    # run again: reused, and said so (it printed only the result, as if it had trained)
+    argv = ["train", "cnn7-fmnist6-rot-inv", "--epochs", "2", "--milestones", "1", "--subset", "256",
+            "--test-subset", "128", "--seed", "3", "--device", "cpu", "--out", out]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"finished before (2 epochs) in {out!r}: reused, not trained "
+                                         "again (--overwrite retrains it)"]
+    assert json.loads(captured.out) == printed
     # the run measured from `equifast measure`: on its recipe's test set, and said so
     from equifast.cli import main as equifast_main
     assert equifast_main(["measure", "--model", out, "--transforms", "rotation:90", "--n-images", "16",
@@ -886,6 +909,7 @@ def test_cli_train(tmp_path, capsys):
     assert f"{out} (test set of the run)" in capsys.readouterr().out
     meta = json.loads((tmp_path / "m" / "report.meta.json").read_text())
     assert meta["images"] == "test set of the run's recipe" and meta["n_images"] == 16
+    assert meta["weights"] == os.path.join(os.path.abspath(out), "model.pt")  # not "default"
     with pytest.raises(SystemExit):
         main(["train", "cnn7-fmnist6", "--epochs", "x"])
     with pytest.raises(SystemExit) as exit_:
@@ -989,14 +1013,19 @@ def test_study_with_real_measure(tmp_path):
     assert summary["channel_mean"].between(0, 1).all()
     # progress: each run, its one epoch, its accuracy, then the measuring
     assert lines[0] == f"[objective-fashion 1/3] FMNIST6, seed 0 -> {tmp_path}/FMNIST6/seed0"
-    assert lines[1].startswith("  epoch 1/1: train loss ") and lines[2].startswith("  test acc ")
+    # one epoch: the recipe's milestones lie past it, which is said before it trains
+    assert lines[1] == ("  the learning rate stays at 0.01: milestones [25, 50] lie past the last "
+                        "epoch (1); --milestones shortens the schedule")
+    assert lines[2].startswith("  epoch 1/1: train loss ") and lines[3].startswith("  test acc ")
     assert sum(line.startswith("  epoch 1/1:") for line in lines) == 3
     assert lines[-1] == "[objective-fashion] measuring 3 runs"
     # a rerun trains nothing: the finished runs are read back
     again = []
     run_study("objective-fashion", str(tmp_path), seeds=[0], overrides={**QUICK, "epochs": 1},
               measure=False, echo=again.append)
-    assert not any(line.startswith("  epoch") for line in again) and len(again) == 6
+    assert not any(line.startswith("  epoch") for line in again) and len(again) == 9
+    assert again[1] == (f"  finished before (1 epoch) in {str(tmp_path / 'FMNIST6' / 'seed0')!r}: "
+                        "reused, not trained again (--overwrite retrains it)")
 
 
 def _write_cifar10(root, n_train=64, n_test=32, seed=0):

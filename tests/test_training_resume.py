@@ -66,6 +66,9 @@ def test_a_run_resumed_on_another_kind_of_device_warns(tmp_path, same_run):
     torch.save({**ckpt, "rng_per_rank": ckpt["rng_per_rank"] * 2, "devices": [record] * 2,
                 "world_size": 2}, tmp_path / "ray" / CHECKPOINT)
 
+    from equifast.training.trainer import start_lines
+    assert start_lines(recipe, str(tmp_path / "same"))[0] == (
+        f"resuming {str(tmp_path / 'same')!r} after epoch 1 of 2, from its checkpoint")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert train(recipe, str(tmp_path / "same")).resumed_from == 1

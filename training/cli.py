@@ -107,6 +107,9 @@ def _run_train(args) -> int:
         recipe = get_recipe(args.recipe, seed=args.seed, **_overrides(args))
     out = args.out or os.path.join("runs", recipe.name, f"seed{recipe.seed}")
     echo = _echo(args)
+    from .trainer import start_lines
+    for line in start_lines(recipe, out, args.overwrite) if echo is not None else ():
+        echo(line)
     if args.workers > 1 or args.gpu:
         from .ray_train import train_ray
         with _errors_name_flags(num_workers="--workers"):

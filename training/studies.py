@@ -133,7 +133,7 @@ def _claim_folder(out: str, name: str) -> None:
     """Mark ``out`` as study ``name``'s (``study.json``); another study's folder is refused, so
     that its runs.csv, summary.csv and figure.png are never replaced."""
     marker = Path(out, "study.json")
-    check_own_folder(out, [marker.name], "a study folder", "`out`")  # runs.csv, summary.csv, ...
+    check_own_folder(out, [marker.name], "a study folder", "`out` (--out)")  # runs.csv, summary.csv, ...
     if marker.is_file():
         other = _read_json(marker, f"name the study of `out` ({json.dumps({'study': name})})",
                            "Restore it, or use another --out.", lambda d: d["study"])
@@ -448,7 +448,7 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         >>> run_study("objective-fashion", "runs/objective-fashion",
         ...           overrides={"epochs": 2, "train_subset": 2000})  # doctest: +SKIP
     """
-    from .trainer import epoch_line, train
+    from .trainer import epoch_line, start_lines, train
     study = get_study(name)
     n_images = _check_seeds_and_images(seeds, n_images)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -475,6 +475,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
             # they measured the models retrained now: kept, they read as this study's results
             # while (interrupted, or --no-measure) the runs are others
             commit_staged(stage_folder(out), out, [], remove=_TABLES)
+        for line in start_lines(recipe, run, again):
+            say("  " + line)
         if workers > 1 or use_gpu:
             from .ray_train import train_ray
             result = train_ray(recipe, run, num_workers=workers, use_gpu=use_gpu,

@@ -67,7 +67,7 @@ from .recipes import Recipe
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train", "build_model_for", "load_model",
            "trained_epochs", "evaluate", "prepare_out_dir", "epoch_line", "read_run_file",
-           "read_run_recipe", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
+           "read_run_recipe", "start_lines", "CHECKPOINT", "METRICS", "RESULT", "MODEL", "RECIPE"]
 
 CHECKPOINT, METRICS, RESULT, MODEL, RECIPE = (
     "checkpoint.pt", "metrics.csv", "result.json", "model.pt", "recipe.json")
@@ -143,6 +143,36 @@ def epoch_line(epoch: int, epochs: int, row: Dict) -> str:
     if row.get("test_rot_acc") is not None:
         line += f" (turn {row['test_rot_acc']:.4f})"
     return line + f", lr {row['lr']:g}, {row['seconds']:.1f} s"
+
+
+def start_lines(recipe: Recipe, out_dir: str, overwrite: bool = False) -> List[str]:
+    """Progress lines before ``recipe`` trains in ``out_dir`` (the CLI's and the studies'):
+    that a finished run there is reused or an unfinished one resumed, and that the learning
+    rate does not drop where ``epochs`` ends before ``milestones`` (``--epochs 5`` keeps the
+    recipe's 25 and 50)."""
+    out = Path(out_dir)
+    lines = []
+    try:
+        same = (not overwrite and (out / RECIPE).is_file()
+                and not read_run_recipe(out / RECIPE).differences(recipe))
+        done, total = trained_epochs(str(out)) if same else (0, recipe.epochs)
+    except (OSError, ValueError, KeyError, RuntimeError):  # said by prepare_out_dir
+        same, done, total = False, 0, recipe.epochs
+    if same and (out / RESULT).is_file():
+        return [f"finished before ({total} epoch{'s' if total != 1 else ''}) in {str(out)!r}: "
+                f"reused, not trained again "
+                f"(--overwrite retrains it)"]
+    if same and (out / CHECKPOINT).is_file():
+        lines.append(f"resuming {str(out)!r} after epoch {done} of {total}, from its checkpoint")
+    reached = [m for m in recipe.milestones if m < recipe.epochs]
+    unreached = [m for m in recipe.milestones if m >= recipe.epochs]
+    if unreached:
+        lr = recipe.lr * recipe.gamma ** len(reached)
+        lines.append(f"the learning rate stays at {lr:g}"
+                     + (f" after epoch {reached[-1]}" if reached else "")
+                     + f": milestones {unreached} lie past the last epoch ({recipe.epochs}); "
+                     f"--milestones shortens the schedule")
+    return lines
 
 
 # ---------------------------------------------------------------------------- building
