@@ -84,15 +84,22 @@ def _kept(kept: dict, job_id: str, shards) -> int:
     return sum(1 for _, k, _ in kept.get(job_id, []) if k == shards)
 
 
-def _status(args) -> int:
+def _sweep_store(args):
+    """The :class:`ResultStore` of ``--out``; ``FileNotFoundError`` where the folder is no
+    sweep's (a user's folder was a sweep of 0 jobs, "unknown", or one with none finished)."""
     from .store import ResultStore
 
     store = ResultStore(_out(args))
-    if not store.is_store():  # a user's folder printed as a sweep of 0 jobs, "unknown"
+    if not store.is_store():
         what = ("holds no sweep's files (spec.json, status.json, records/)" if store.root.is_dir()
-                else "is not a folder" if store.root.exists() else "does not exist")
+                else "is a file, not a folder" if store.root.exists() else "does not exist")
         raise FileNotFoundError(f"Expected a sweep results folder, but {str(store.root)!r} {what}; "
                                 "pass the sweep's --out.")
+    return store
+
+
+def _status(args) -> int:
+    store = _sweep_store(args)
     states = store.states()  # each record's head read once for the counts and the damaged ones
     counts = store.counts(states=states)
     live = store.read_status() or {}
@@ -140,7 +147,7 @@ def _report(args) -> int:
     if args.min_models < 2:  # said as the flag, not as sweep_figures' argument
         raise ValueError(f"Expected --min-models to be an integer >= 2 (Spearman's correlation "
                          f"needs two models at least), but got {args.min_models}.")
-    out = _out(args)
+    out = _sweep_store(args).root
     figures = Path(args.figures) if args.figures else out / "figures"
     with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's format
         warnings.simplefilter("always", UserWarning)

@@ -14,11 +14,12 @@ def did_you_mean(word, choices: Iterable[str], n: int = 1) -> str:
 
 def as_flags(message: str, flags: Dict[str, str]) -> str:
     """``message`` with each Python argument written `` `name` `` given as its command-line flag
-    and each ``name='value'`` as ``flag value`` (``flags``: name -> flag), for the errors a
-    command shows."""
+    and each ``name='value'`` or ``name=number`` as ``flag value`` (``flags``: name -> flag),
+    for the errors and warnings a command shows."""
     for name, flag in flags.items():
         message = message.replace(f"`{name}`", flag)
-        message = re.sub(rf"(?<![\w.]){re.escape(name)}='([^'\s]*)'", lambda m: f"{flag} {m[1]}", message)
+        message = re.sub(rf"(?<![\w.]){re.escape(name)}=(?:'([^'\s]*)'|(-?\d+(?:\.\d+)?)(?![\w.]))",
+                         lambda m: f"{flag} {m[1] if m[1] is not None else m[2]}", message)
     return message
 
 

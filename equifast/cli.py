@@ -354,6 +354,16 @@ def _add_unavailable(sub, command: str, why: str) -> None:
     p.set_defaults(func=run)
 
 
+def _show_in_flags(message, category, *rest, **kw) -> None:
+    """:func:`show_warning` for ``equifast measure``: its own warnings, like its errors, name
+    the flags typed ("fewer than the --n-images 5 asked for")."""
+    from .warning import EquifastWarning
+
+    if issubclass(category, EquifastWarning):
+        message = _in_flags(str(message))
+    show_warning(message, category, *rest, **kw)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``equifast`` command."""
     tolerant_output()
@@ -364,7 +374,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         with warnings.catch_warnings():  # restores Python's own display afterwards
-            warnings.showwarning = show_warning
+            warnings.showwarning = show_warning if args.func is not _run_measure else _show_in_flags
             return int(args.func(args) or 0)
     except BrokenPipeError:  # stdout's reader left (`| head`): what was written is kept
         return closed_pipe()

@@ -538,6 +538,10 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 from .training.trainer import trained_epochs
 
                 meta["trained_epochs"], meta["recipe_epochs"] = trained_epochs(run)
+                # the file load_model read (it said "default", the hub's weights)
+                final = os.path.join(run, "model.pt")
+                meta["weights"] = _absolute(final if os.path.isfile(final)
+                                            else os.path.join(run, "checkpoint.pt"))
             if run is not None and (images is None or isinstance(images, (str, os.PathLike))):
                 images, run_labels = _run_images(run, images, n_images or 2000, seed)
                 labels = run_labels if labels is None else labels

@@ -361,10 +361,11 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
         metrics = set(r.points["metric"]) if len(r.points) and "metric" in r.points else None
         first, first_names, first_metrics = measured.setdefault(group, (i, names, metrics))
         if names != first_names:
+            differ = [f"{what} {sorted(them)}" for what, them in
+                      (("lacks", first_names - names), ("has", names - first_names)) if them]
             raise ValueError(f"Expected the runs combined{' per ' + ', '.join(by) if by else ''} "
-                             f"to have measured the same transforms, but run {i} lacks "
-                             f"{sorted(first_names - names)} and has {sorted(names - first_names)} "
-                             f"beside run {first}.")
+                             f"to have measured the same transforms, but run {i} "
+                             f"{' and '.join(differ)} beside run {first}.")
         if None not in (metrics, first_metrics) and metrics != first_metrics:
             # each run's scores of a metric the other lacks were all NaN, over "2 runs"
             raise ValueError(f"Expected the runs combined{' per ' + ', '.join(by) if by else ''} "

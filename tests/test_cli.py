@@ -154,7 +154,7 @@ def test_warnings_of_equifast_are_one_line_others_as_python_shows_them(tmp_path,
     assert main(["measure", "--data", str(tmp_path / "img"), "--n-images", "5", "--transforms", "rotation:90",
                  "--out", str(tmp_path / "m"), "--no-progress", "--loader-workers", "0"]) == 0
     err = capsys.readouterr().err
-    assert "equifast: warning: Measured 2 images, fewer than the n_images=5 asked for: that is all " \
+    assert "equifast: warning: Measured 2 images, fewer than the --n-images 5 asked for: that is all " \
            "the input holds.\n" in err and "UserWarning" not in err
     # another library's warning keeps Python's format (file, line, category), even when it is
     # reported at a line of equifast (pandas' FutureWarnings are)

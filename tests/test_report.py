@@ -497,9 +497,12 @@ def test_runs_of_other_transforms_are_not_combined_as_seeds():
                                 torch.nn.Flatten(), torch.nn.Linear(4, 2))
     x = torch.rand(2, 3, 12, 12)
     one, three = (ef.measure(model, x, transforms=t) for t in ([ef.Rotation(1)], ef.rotations()))
-    with pytest.raises(ValueError, match=r"same transforms, but run 1 lacks \[\] and has "
+    with pytest.raises(ValueError, match=r"same transforms, but run 1 has "
                                          r"\['rotation\(180\)', 'rotation\(270\)'\] beside run 0"):
         combine_runs([one, three])
+    with pytest.raises(ValueError, match=r"same transforms, but run 1 lacks "
+                                         r"\['rotation\(180\)', 'rotation\(270\)'\] beside run 0"):
+        combine_runs([three, one])
     one.meta["setting"], three.meta["setting"] = "a", "b"  # other settings may differ
     assert set(combine_runs([one, three], by=["setting"])["runs"]) == {1}
 

@@ -953,7 +953,12 @@ def test_status_of_a_sweep_whose_driver_is_gone_says_stopped(tmp_path, capsys, m
     # a file given as --out is said to be one; Ctrl-C is one line and exit status 130
     (tmp_path / "spec.yaml").write_text("name: x")
     assert sweep_main(["status", "--out", str(tmp_path / "spec.yaml")]) == 2
-    assert "is not a folder" in capsys.readouterr().err
+    assert "is a file, not a folder" in capsys.readouterr().err
+    # report said "Expected finished jobs in the sweep" of a folder that holds no sweep
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    assert sweep_main(["report", "--out", str(tmp_path / "mine")]) == 2
+    assert f"{str(tmp_path / 'mine')!r} holds no sweep's files" in capsys.readouterr().err
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
