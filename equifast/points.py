@@ -57,7 +57,14 @@ Global pooling ends the search: the first unit or block whose output is no longe
 no convolution wider than 1x1 after it (a small input's downsampling is no global pooling).
 Units are grouped into *layers*: a unit with a weight layer starts a layer, weightless units
 that follow it on the same tensor (normalisation, activation, pooling) join it; the layer's
-point is its last unit's output. Layers before the first block are stem points (one layer:
+point is its last unit's output. A weightless unit that reads the layer's output plus a
+position embedding (a ViT without a class token: ``pos_drop``) or that the next module does
+not read after (Gemma 4's ``rotary_emb`` reads the patch tokens, the blocks read them
+again) does not join; one that hands the tensor on as it got it (dropout in eval) leaves
+the point at the layer's own output. A block returning several tensors chains with the
+next by any of them (EfficientViM's stages return their map, it downsampled for the next
+stage, and a hidden state); a module that returns its last block's output first, beside
+what ran after it, is a stage. Layers before the first block are stem points (one layer:
 named ``"stem"``; several: named by their last module); layers between blocks are
 transitions (ConvNeXt downsampling, Swin patch merging, DenseNet transitions) and are not
 points; a layer with a weight layer after the last block (the 1x1 ``conv_head`` of
@@ -260,6 +267,7 @@ class _Call:
     several: bool = False  # returned a tuple/list/dict, not one tensor (TNT, PiT pooling, CrossViT)
     version: Optional[int] = None  # of ``out`` when it was returned: a later in-place write bumps it
     made: Optional[Tensor] = None  # its value as a point (_returned); ``out`` chains the blocks
+    rest: Tuple[Tensor, ...] = ()  # the other tensors it returned, which may chain it instead
 
 
 def _tensors(obj):
@@ -394,6 +402,7 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
             c.made = _returned(out, args, kwargs, n)
             c.version = _version(c.out)
             c.several = not isinstance(out, Tensor)
+            c.rest = tuple(t for t in _tensors(out) if t is not c.out) if c.several else ()
         return hook
 
     with modes_kept(model):
@@ -614,15 +623,20 @@ class _Analysis:
             return False
         if len(calls) == 1:
             return calls[0].inp.shape == calls[0].out.shape
-        return all(a.end <= b.start and self._follows(a.out, b.inp) for a, b in zip(calls, calls[1:]))
+        # the next may read another tensor it returned: EfficientViM's stages return (their
+        # map, it downsampled for the next stage, the hidden state)
+        return all(a.end <= b.start and any(self._follows(o, b.inp) for o in (a.out,) + a.rest)
+                   for a, b in zip(calls, calls[1:]))
 
     def _follows(self, a: Tensor, b: Tensor) -> bool:
         """Whether a module reading ``b`` reads what the one before returned, ``a``: the very
         tensor; those tokens with prefix tokens put in front (ConViT); them reshaped or permuted
         (Twins lays its tokens out on the map before the next stage's patch embedding); or them
         plus a parameter of the model, a position embedding (VOLO's between its stages)."""
-        if b is a or _prepended(a, b) or _moved(a, b) is False:
-            return True
+        return b is a or _prepended(a, b) or _moved(a, b) is False or self.embedded(a, b)
+
+    def embedded(self, a: Tensor, b: Tensor) -> bool:
+        """Whether ``b`` is ``a`` plus a parameter of the model: a position embedding."""
         return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and any(
             p.dim() == a.dim() and all(s in (1, t) for s, t in zip(p.shape, a.shape))
             and torch.equal(a + p, b) for p in self._embeddings)
@@ -683,12 +697,16 @@ class _Analysis:
         final = max(kids, key=lambda c: c.end)  # a block, not a layer on them (HGNetV2's aggregation)
         if final in blocks and call.out is final.out and call.version == final.version:
             return blocks
+        last = max(blocks, key=lambda c: c.end)
+        if call.several and call.out is last.out and call.version == last.version:
+            # it returns its last block's output first, beside what modules after them made
+            # (EfficientViM's stage: its map, then it downsampled for the next stage)
+            return blocks
         # what it returns may be its last block's output normalised, permuted or reshaped (timm
         # swinv2_cr's NHWC -> NCHW, PVT-v2's norm and reshape): only modules that read that
         # output, without weights, run after it (a shortcut of a residual sum is no such one:
         # GhostNet's two GhostModules make a block), and no block of another class beside the
         # repeated ones (timm's MaxViT block, MBConv then window and grid attention, is one)
-        last = max(blocks, key=lambda c: c.end)
         if not all(k in blocks or self.weights(k.name) <= 1 for k in kids):
             return []
         return blocks if self._returns(call, kids, last) else []
@@ -804,16 +822,27 @@ class _Analysis:
         return None
 
     def token_grid(self) -> Optional[Tuple[int, int]]:
-        """Spatial size of the last conv map computed before the first token sequence."""
+        """Spatial size of the last conv map computed before the first token sequence; without
+        one, the image over the model's ``patch_size`` (NaFlexViT embeds its patches with a
+        ``Linear``: at 128x192, 96 patches and 4 prefix tokens were read as a 10x10 square)."""
         grid = None
         for c in sorted(self.calls.values(), key=lambda c: c.end):
             if c.out is None:
                 continue
             if c.out.dim() == 3 and c.name:
-                return grid
+                break
             if isinstance(c.module, nn.modules.conv._ConvNd) and c.out.dim() == 4:
                 grid = (int(c.out.shape[-2]), int(c.out.shape[-1]))
-        return grid
+        return grid if grid is not None else self._patch_grid()
+
+    def _patch_grid(self) -> Optional[Tuple[int, int]]:
+        for m in self.model.modules():
+            size = getattr(m, "patch_size", None)
+            size = (size, size) if isinstance(size, int) else size
+            if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size):
+                h, w = self.input_size
+                return (h // size[0], w // size[1]) if h % size[0] == 0 and w % size[1] == 0 else None
+        return None
 
 
 def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
@@ -824,7 +853,7 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
     repeated: List[str] = []
     unbatched: List[str] = []
     prefix_only: List[str] = []
-    for kind, c in body:
+    for i, (kind, c) in enumerate(body):
         if isinstance(c.module, nn.Identity):
             continue
         if c.inp is None:
@@ -852,9 +881,12 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
             seq.append(("layer", [c]))
             continue
         prev = seq[-1] if seq else None
-        if prev is not None and prev[0] != "block" and c.inp is not None and prev[1][-1].out is not None and (
-                c.inp is prev[1][-1].out or c.inp.shape == prev[1][-1].out.shape):
-            prev[1].append(c)
+        if prev is not None and prev[0] != "block" and _goes_on(an, prev[1][-1], c, body[i + 1:]):
+            last = prev[1][-1]
+            if not (c.out is last.out and c.version == last.version):
+                # a pass-through (Dropout in eval: SAM-ViT's pos_drop) leaves the point the
+                # layer's own output, with its layout marker (NHWC)
+                prev[1].append(c)
         else:
             seq.append(("weightless", [c]))
     if repeated:
@@ -899,6 +931,20 @@ def _auto_points(an: _Analysis) -> List[Tuple[str, str, str]]:
     return found + _head_points(an, pooling)
 
 
+def _goes_on(an: _Analysis, last: _Call, c: _Call, after: List[Tuple[str, _Call]]) -> bool:
+    """Whether weightless unit ``c`` carries layer ``last``'s output on, so that it joins the
+    layer: it reads that output (or it activated by the forward code: the same shape), not it
+    plus a position embedding (timm's ViT without a class token: ``pos_drop`` reads the patch
+    tokens plus ``pos_embed``; the stem is the patch embedding, as with a class token), and
+    the next module reads ``c``'s output, not ``last``'s again (Gemma 4's ``rotary_emb``
+    reads the patch tokens and returns the rotary tables; the blocks read the tokens)."""
+    a = last.out
+    if a is None or c.inp is None or not (c.inp is a or (c.inp.shape == a.shape and not an.embedded(a, c.inp))):
+        return False
+    nxt = next((k for _, k in after if k.inp is not None), None)
+    return c.out is a or nxt is None or nxt.inp is not a
+
+
 def _head_points(an: _Analysis, pooling: Optional[_Call] = None,
                  warn: bool = True) -> List[Tuple[str, str, str]]:
     """``pool`` (the input of the classifier) and ``final`` (the model's output); only ``final``
@@ -928,7 +974,10 @@ def _head_points(an: _Analysis, pooling: Optional[_Call] = None,
             f"pooling). {_HINT}")
     head = an.classifier(pooling)
     if head is None:
-        if not any(_is_weight(c.module) and c.start > pooling.start for c in an.calls.values()):
+        after = [c for c in an.calls.values() if _is_weight(c.module) and c.start > pooling.start]
+        # timm built it headless: weights inside an attention pool (SigLIP's MAP head) are no head
+        headless = getattr(an.model, "num_classes", None) == 0 and all(c.end <= pooling.end for c in after)
+        if not after or headless:
             if warn and getattr(an.model, "num_classes", None) == 0:  # timm built it headless
                 _warn(
                     f"{name} has no classifier (num_classes=0): `final` is its pooled features, "
@@ -1291,6 +1340,15 @@ def _token_orders(model: nn.Module) -> Dict[int, Tuple[Tuple[int, int], Tuple[in
         orders[n] = (tuple(int(v) for v in grid.shape[1:3]),
                      tuple(int(v) for v in grid.flatten().tolist()))
     return orders
+
+
+def _unrolled(an: _Analysis, module: Optional[str]) -> bool:
+    """Whether ``module``'s output comes after the model's ``unroll`` (Hiera's patch embedding,
+    before it, is in raster order); ``True`` where the calls cannot tell."""
+    unroll = getattr(an.model, "unroll", None)
+    at = next((c for c in an.calls.values() if c.module is unroll), None)
+    point = an.calls.get(module) if module else None
+    return at is None or point is None or point.start > at.end
 
 
 def _normalise(t: Tensor, p: Point) -> Tensor:
@@ -1671,7 +1729,7 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
         else:
             layout, prefix, g = _layout(model, module, t, grid, num_prefix, layouts.get(name))
         order = None
-        if layout == "NLC" and int(t.shape[1]) - prefix in orders:
+        if layout == "NLC" and int(t.shape[1]) - prefix in orders and _unrolled(an, module):
             g, order = orders[int(t.shape[1]) - prefix]
         p = Point(name=name, part=parts[name], index=i, module=module, take=take,
                   node=nodes.get(name, ""), layout=layout, prefix_tokens=prefix, grid=g,

@@ -707,19 +707,26 @@ def test_hiera_tokens_are_put_back_in_grid_order():
     x = torch.randn(2, 3, 64, 64)
     t = ef.Translation(8, 8)
     points = {p.name: p for p in split(model, x)}
-    assert points["stem"].module == "unroll" and points["blocks.0"].token_order is not None
+    # the stem is the patch embedding, in raster order: the position embedding and the unroll
+    # come after it (the unroll was the stem, by its shape, with the embedding added)
+    assert points["stem"].module == "patch_embed" and points["stem"].token_order is None
+    assert points["blocks.0"].token_order is not None
     got = {}
     for i, block in enumerate(model.blocks):
         block.register_forward_hook(lambda m, a, o, i=i: got.__setitem__(i, o))
+    model.patch_embed.register_forward_hook(lambda m, a, o: got.__setitem__("stem", o))
     maps = []
     for images in (x, t(x)):
         with torch.no_grad():
             model(images)  # timm's own reroll puts each block's tokens back in raster order
-        maps.append({i: model.reroll(f, i).permute(0, 3, 1, 2).double() for i, f in got.items()})
+        stem = got.pop("stem")
+        maps.append({f"blocks.{i}": model.reroll(f, i).permute(0, 3, 1, 2).double() for i, f in got.items()})
+        maps[-1]["stem"] = stem.reshape(2, 16, 16, -1).permute(0, 3, 1, 2).double()
     measured = ef.measure(model, x, transforms=[t], batch_size=2).points.set_index("point")["channel"]
-    for i in (0, 2, 5, 11):  # unrolled at 16x16 and 8x8, in raster order from 4x4 on
-        expected = ef.reference.equivariance_scores(maps[0][i], maps[1][i], t, input_size=(64, 64))
-        assert measured[f"blocks.{i}"] == pytest.approx(float(expected.channel.nanmean()), abs=1e-5)
+    for name in ("stem", "blocks.0", "blocks.2", "blocks.5", "blocks.11"):  # unrolled at 16x16 and 8x8,
+        # in raster order from 4x4 on
+        expected = ef.reference.equivariance_scores(maps[0][name], maps[1][name], t, input_size=(64, 64))
+        assert measured[name] == pytest.approx(float(expected.channel.nanmean()), abs=1e-5)
     assert measured["blocks.0"] > 0.8
     with pytest.raises(ValueError, match="has 1024 tokens, not the 256 of its grid"):
         _normalise(torch.zeros(1, 1024, 96), points["blocks.0"])  # Hiera takes one size only
@@ -945,14 +952,17 @@ def test_a_model_of_one_input_size_says_which_at_another():
         split(model, torch.randn(1, 3, 48, 48))
 
 
-def test_a_model_without_a_classifier_says_final_is_its_pooled_features():
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32,
-                              depth=2).eval()
+@pytest.mark.parametrize("name, width", [
+    ("vit_tiny_patch16_224", 192),
+    ("vit_base_patch16_siglip_224", 768),  # pools by attention: its weights are no head (was refused)
+])
+def test_a_model_without_a_classifier_says_final_is_its_pooled_features(name, width):
+    model = timm.create_model(name, pretrained=False, num_classes=0, img_size=32, depth=2).eval()
     with pytest.warns(UserWarning, match=r"VisionTransformer has no classifier \(num_classes=0\): "
                                          r"`final` is its pooled features"):
         points = split(model, torch.randn(2, 3, 32, 32))
     assert [p.name for p in points] == ["stem", "blocks.0", "blocks.1", "final"]
-    assert points[-1].shape == (192,)
+    assert points[-1].shape == (width,)
 
 
 class _Overwrites(nn.Module):
@@ -1137,3 +1147,86 @@ def test_an_output_that_is_a_map_is_no_final_point():
     # timm without its pooling: `final` was the 512x1x1 map, said to be "its pooled features"
     with pytest.raises(ValueError, match=r"output of ResNet .* but it is a map \(1, 512, 1, 1\)"):
         split(timm.create_model("resnet18", num_classes=0, global_pool=""), torch.rand(1, 3, 32, 32))
+
+
+def _measured_against_hook(ef, model, module, x, t, to_map, point):
+    """The channel score ``measure`` gives ``point`` and the reference's on ``module``'s
+    output, hooked and laid out by ``to_map``."""
+    got = {}
+    module.register_forward_hook(lambda m, a, o: got.__setitem__("v", o))
+    maps = []
+    for images in (x, t(x)):
+        with torch.no_grad():
+            model(images)
+        maps.append(to_map(got["v"]).double())
+    expected = ef.reference.equivariance_scores(*maps, t, input_size=tuple(x.shape[-2:]))
+    measured = ef.measure(model, x, transforms=[t], batch_size=2).points.set_index("point")["channel"]
+    return measured[point], float(expected.channel.nanmean())
+
+
+@pytest.mark.parametrize("build, stem", [
+    # rotary_emb reads the patch tokens and returns the rotary tables; the blocks read the tokens
+    (lambda: timm.create_model("gemma4_vit_167m", depth=2, embed_dim=64, num_heads=2, head_dim=32,
+                               intermediate_size=128, num_classes=10), "encoder.patch_embed"),
+    # pos_drop reads the patch tokens plus pos_embed: the stem is the patch embedding, as with a
+    # class token
+    (lambda: timm.create_model("vit_tiny_patch16_224", img_size=64, depth=2, class_token=False,
+                               global_pool="avg", num_classes=10), "patch_embed"),
+    # pos_drop hands the NHWC patch embedding on as it got it: the stem keeps its layout
+    (lambda: timm.create_model("samvit_base_patch16_224", img_size=64, depth=2, embed_dim=96,
+                               num_heads=2, num_classes=10), "patch_embed"),
+])
+def test_the_stem_is_the_layer_a_weightless_module_does_not_carry_on(build, stem):
+    """A weightless module joined the stem layer by its input's shape alone: Gemma 4's stem was its
+    rotary tables (independent of the image), a ViT without a class token's had the position
+    embedding added, SAM-ViT's NHWC stem was read as NCHW and dropped."""
+    import equifast as ef
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ef.EquifastWarning)  # fx cannot trace Gemma 4
+        points = split(model, x)
+    assert points[0].name == "stem" and points[0].module == stem
+    nhwc = points[0].layout == "NHWC"
+    def to_map(v):
+        v = v[0] if isinstance(v, tuple) else v  # Gemma 4's patch embedding: (tokens, positions)
+        return v.permute(0, 3, 1, 2) if nhwc else v.transpose(1, 2).reshape(2, -1, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ef.EquifastWarning)
+        got, expected = _measured_against_hook(ef, model, model.get_submodule(stem), x, ef.Rotation(1),
+                                               to_map, "stem")
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_stages_that_return_several_maps_chain_efficientvim():
+    """EfficientViM's stages return (their map, it downsampled for the next stage, the hidden
+    state), and the next stage reads the second: its blocks were dropped as not chained."""
+    import equifast as ef
+    torch.manual_seed(0)
+    model = timm.create_model("efficientvim_m1", num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ef.EquifastWarning)
+        names = [p.name for p in split(model, x)]
+    assert names[:4] == ["patch_embed", "stages.0.blocks.0", "stages.0.blocks.1", "stages.0.downsample"]
+    assert "stages.2.blocks.1" in names and names[-2:] == ["pool", "final"]
+    got, expected = _measured_against_hook(ef, model, model.stages[0].blocks[1], x, ef.Rotation(1),
+                                           lambda v: v[0], "stages.0.blocks.1")  # (map, hidden state)
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_tokens_of_a_linear_patch_embedding_lie_on_the_image_over_the_patch_size_naflexvit():
+    """NaFlexViT embeds its patches with a Linear, so no conv map gives the grid: at 128x192 its
+    96 patches and 4 prefix tokens were read as a 10x10 square (a silent wrong number)."""
+    import equifast as ef
+    torch.manual_seed(0)
+    model = timm.create_model("naflexvit_base_patch16_gap", depth=2, embed_dim=64, num_heads=2,
+                              num_classes=10).eval()
+    x = torch.randn(2, 3, 128, 192)
+    points = split(model, x)
+    assert [(p.grid, p.prefix_tokens) for p in points[:3]] == [((8, 12), 4)] * 3
+    got, expected = _measured_against_hook(
+        ef, model, model.blocks[0], x, ef.Translation(16, 32),
+        lambda v: v[:, 4:].transpose(1, 2).reshape(2, 64, 8, 12), "blocks.0")
+    assert got == pytest.approx(expected, abs=1e-5)
