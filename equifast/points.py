@@ -150,9 +150,11 @@ channels-last maps are permuted) or ``[N, K]`` (``pool``, ``final``). A 4-D poin
 channels-last when the last ``Linear`` / ``LayerNorm`` that ran inside its module has the width
 of the last axis and not of dim 1 (torchvision Swin, timm TinyViT), channels-first when that
 width (or a last convolution's) is dim 1 only; otherwise timm's ``output_fmt`` marker decides,
-then for a map with as many channels as rows and columns the axis that moves when the image
-rolls by half its width (timm PVT-v2's and GCViT's stems at some sizes), then (a map with as
-many channels as columns) the nearest point that the width decided, then NCHW. Tokens that a
+then for a map either layout could be (as many channels as rows and columns, or a last layer
+as wide as dim 1 and the last axis) the one reading with the image's aspect, then the axis
+that moves when the image rolls by half its width (timm PVT-v2's and GCViT's stems at some
+sizes, SAM-ViT's blocks at 256x384 with 16 channels), then the nearest point that the width
+decided, then NCHW. Tokens that a
 model keeps unrolled (timm Hiera) are put back in grid order by its own ``reroll``. Token prefixes are ``num_prefix_tokens`` or the model's ``cls_token`` / ``dist_token`` /
 ``reg_token`` tokens (PiT); token grids are the patch grid or its stride-2 downsamplings
 (LeViT, PiT at non-square sizes).
@@ -1217,6 +1219,16 @@ def _width_evidence(an: _Analysis, module: Optional[str], raw: Optional[Tensor])
 _WIDTH_AXIS = {"NCHW": 3, "NHWC": 2}  # where the image's columns are in a 4-D value
 
 
+def _aspect_layout(t: Tensor, size: Tuple[int, int]) -> Optional[str]:
+    """The layout whose map has the image's aspect, where only one has it (``None``: both or
+    neither, as for any map of a square image): a 48x32 reading of a 128x192 image's 32x48 map
+    has strides 2.7 and 6."""
+    off = {layout: abs(math.log((size[0] / int(t.shape[axis - 1])) / (size[1] / int(t.shape[axis]))))
+           for layout, axis in _WIDTH_AXIS.items()}
+    best, other = sorted(off, key=off.get)
+    return best if off[other] - off[best] > math.log(1.25) else None
+
+
 def _rolled_layouts(model: nn.Module, x: Tensor,
                     points: Sequence[Tuple[str, Optional[str], str, Tensor]]) -> Dict[str, str]:
     """The layouts of maps that either one could be (``[N, C, H, W]`` with ``C == H == W``),
@@ -1249,18 +1261,22 @@ def _rolled_layouts(model: nn.Module, x: Tensor,
 def _map_layouts(model: nn.Module, an: _Analysis, x: Tensor,
                  points: Sequence[Tuple[str, Optional[str], str, Optional[Tensor]]]) -> Dict[str, str]:
     """``"NCHW"`` or ``"NHWC"`` for every 4-D point ``(name, module, take, value)``: the
-    width evidence, else timm's ``output_fmt`` marker, else for a map with as many channels
-    as rows and columns how it moves with the image (:func:`_rolled_layouts`), else (evidence
-    that cannot tell, a map with as many channels as columns) the nearest point with
-    evidence, else ``"NCHW"``."""
+    width evidence, else timm's ``output_fmt`` marker, else for a map either layout could be
+    (as many channels as rows and columns, or width evidence that cannot tell) the one reading
+    with the image's aspect (:func:`_aspect_layout`), else how it moves with the image
+    (:func:`_rolled_layouts`), else the nearest point with evidence, else ``"NCHW"``."""
     ev = {name: _width_evidence(an, module, t) for name, module, _, t in points}
     mods = {name: module for name, module, _, _ in points}
     order = [name for name, _, _, t in points if t is not None and t.dim() == 4]
     decided = [name for name in order if ev[name] in ("NCHW", "NHWC")]
-    cubes = [(name, module, take, t) for name, module, take, t in points
-             if name in order and ev[name] not in ("NCHW", "NHWC") and module is not None
-             and _output_fmt(model, module) is None and len(set(t.shape[1:])) == 1]
-    rolled = _rolled_layouts(model, x, cubes) if cubes else {}
+    # maps either layout could be: as many channels as rows and columns, or a last layer as
+    # wide as dim 1 and the last axis (PVT-v2's stem at 128x192: NHWC [N, 32, 48, 32])
+    either = [(name, module, take, t) for name, module, take, t in points
+              if name in order and ev[name] not in ("NCHW", "NHWC") and module is not None
+              and _output_fmt(model, module) is None and (len(set(t.shape[1:])) == 1 or ev[name] == "?")]
+    shaped = {name: a for name, _, _, t in either if (a := _aspect_layout(t, an.input_size))}
+    rolled = _rolled_layouts(model, x, [p for p in either if p[0] not in shaped]) if either else {}
+    rolled.update(shaped)
     out: Dict[str, str] = {}
     for name, module, _, t in points:
         if t is None or t.dim() != 4:

@@ -672,29 +672,39 @@ def test_a_map_with_as_many_channels_as_columns_takes_the_layout_of_its_own_kind
     assert layouts["stages.1.blocks.0"] == layouts["stages.2.blocks.0"] == "NHWC"
 
 
-@pytest.mark.parametrize("name, size, true", [("pvt_v2_b0", 128, "NHWC"), ("gcvit_xxtiny", 256, "NCHW")])
-def test_a_stem_with_as_many_channels_as_rows_and_columns_is_read_by_how_it_moves(name, size, true):
+@pytest.mark.parametrize("name, size, kw, point, true", [
+    ("pvt_v2_b0", (128, 128), {}, "stem", "NHWC"),
+    ("gcvit_xxtiny", (256, 256), {"img_size": 256}, "stem", "NCHW"),
+    # not square: as many channels as rows only, or as columns only (read as the other layout:
+    # 0.004-0.03 where the true maps score 0.97-0.999)
+    ("pvt_v2_b0", (128, 192), {}, "stem", "NHWC"),
+    ("gcvit_xxtiny", (384, 256), {"img_size": (384, 256)}, "stem", "NCHW"),
+    ("samvit_base_patch16", (256, 384), dict(img_size=(256, 384), depth=2, embed_dim=16, num_heads=2,
+                                             global_attn_indexes=()), "blocks.0", "NHWC"),
+])
+def test_a_map_either_layout_could_be_is_read_by_its_aspect_or_how_it_moves(name, size, kw, point, true):
     """PVT-v2's stem permutes to channels-last before its LayerNorm, GCViT's stays channels-first
-    before its blocks permute: at these sizes each is [N, C, C, C], the width cannot tell, and
-    the other points' layout had been guessed (both wrong: scores of 0.004-0.02 for 0.97-0.98)."""
+    before its blocks permute: at square sizes each is [N, C, C, C], the width cannot tell, and
+    the other points' layout had been guessed (both wrong: scores of 0.004-0.02 for 0.97-0.98);
+    it is read by how it moves when the image rolls. Where the last layer's width is both dim 1
+    and the last axis of a map of a non-square image, the reading with the image's aspect wins."""
     import equifast as ef
     torch.manual_seed(0)
-    kwargs = {"img_size": size} if name.startswith("gcvit") else {}
-    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
-    x = torch.randn(2, 3, size, size)
-    stem = split(model, x)[0]
-    assert stem.layout == true and len(set(stem.shape)) == 1
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kw).eval()
+    x = torch.randn(2, 3, *size)
+    found = {p.name: p for p in split(model, x)}[point]
+    assert found.layout == true
     got = {}
-    model.get_submodule(stem.module).register_forward_hook(lambda m, a, o: got.__setitem__("v", o))
-    t = ef.Translation(16, 16)
+    model.get_submodule(found.module).register_forward_hook(lambda m, a, o: got.__setitem__("v", o))
+    t = ef.Translation(16, 32)
     maps = []
     for images in (x, t(x)):
         with torch.no_grad():
             model(images)
         maps.append((got["v"] if true == "NCHW" else got["v"].permute(0, 3, 1, 2)).double())
-    expected = ef.reference.equivariance_scores(*maps, t, input_size=(size, size)).channel.nanmean()
+    expected = ef.reference.equivariance_scores(*maps, t, input_size=size).channel.nanmean()
     points = ef.measure(model, x, transforms=[t], batch_size=2).points
-    measured = points.loc[points["point"] == stem.name, "channel"].item()
+    measured = points.loc[points["point"] == found.name, "channel"].item()
     assert measured == pytest.approx(float(expected), abs=1e-5) and measured > 0.9
 
 
