@@ -1231,11 +1231,12 @@ def _aspect_layout(t: Tensor, size: Tuple[int, int]) -> Optional[str]:
 
 def _rolled_layouts(model: nn.Module, x: Tensor,
                     points: Sequence[Tuple[str, Optional[str], str, Tensor]]) -> Dict[str, str]:
-    """The layouts of maps that either one could be (``[N, C, H, W]`` with ``C == H == W``),
-    read off how each moves when the image rolls by half its width: along its columns, the
-    axis of one layout, far closer than along the other's (a guess from the other points had
-    read timm PVT-v2's and GCViT's stems at 256 pixels as the other layout). A point without a
-    clear answer, or whose columns would move by a fraction of a pixel, is left out."""
+    """The layouts of maps that either one could be (``[N, C, H, W]`` with ``C == H == W``, or
+    whose last layer is as wide as dim 1 and the last axis), read off how each moves when the
+    image rolls by half its width: along its columns, the axis of one layout, far closer than
+    along the other's (a guess from the other points had read timm PVT-v2's and GCViT's stems
+    at 256 pixels as the other layout). A point without a clear answer, or whose columns would
+    move by a fraction of a pixel, is left out."""
     W = int(x.shape[-1])
     wanted = [(name, module, take, t) for name, module, take, t in points
               if W % 2 == 0 and all(W % (w := int(t.shape[axis])) == 0 and w % 2 == 0
@@ -1358,13 +1359,11 @@ def _token_orders(model: nn.Module) -> Dict[int, Tuple[Tuple[int, int], Tuple[in
     return orders
 
 
-def _unrolled(an: _Analysis, module: Optional[str]) -> bool:
-    """Whether ``module``'s output comes after the model's ``unroll`` (Hiera's patch embedding,
-    before it, is in raster order); ``True`` where the calls cannot tell."""
+def _unrolled_after(an: _Analysis) -> int:
+    """The step after which the model's tokens are unrolled: the end of its ``unroll`` call
+    (Hiera's patch embedding, before it, is in raster order); -1 without one."""
     unroll = getattr(an.model, "unroll", None)
-    at = next((c for c in an.calls.values() if c.module is unroll), None)
-    point = an.calls.get(module) if module else None
-    return at is None or point is None or point.start > at.end
+    return next((c.end for c in an.calls.values() if c.module is unroll), -1)
 
 
 def _normalise(t: Tensor, p: Point) -> Tensor:
@@ -1734,6 +1733,7 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
     parts.update(pool="pool", final="final")
     result = []
     orders = _token_orders(model)
+    unrolled_after = _unrolled_after(an) if orders else -1
     for i, (name, module, take) in enumerate(found):
         t = raw.get(name)
         if t is None:
@@ -1745,7 +1745,8 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
         else:
             layout, prefix, g = _layout(model, module, t, grid, num_prefix, layouts.get(name))
         order = None
-        if layout == "NLC" and int(t.shape[1]) - prefix in orders and _unrolled(an, module):
+        call = an.calls.get(module) if module else None  # None: the calls cannot tell
+        if layout == "NLC" and int(t.shape[1]) - prefix in orders and (call is None or call.start > unrolled_after):
             g, order = orders[int(t.shape[1]) - prefix]
         p = Point(name=name, part=parts[name], index=i, module=module, take=take,
                   node=nodes.get(name, ""), layout=layout, prefix_tokens=prefix, grid=g,
