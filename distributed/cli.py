@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
+from equifast._checks import check_path_flags
 from equifast._console import HelpFormatter, closed_pipe, tolerant_output
 from equifast._hints import as_flags
 
@@ -27,6 +28,7 @@ __all__ = ["add_sweep_parser", "main"]
 def _out(args, spec=None) -> Path:
     from .sweep import DEFAULT_OUT
 
+    check_path_flags([("--out", args.out)])
     if args.out:
         return Path(args.out)
     if spec is not None and spec.out:
@@ -148,6 +150,7 @@ def _report(args) -> int:
         raise ValueError(f"Expected --min-models to be an integer >= 2 (Spearman's correlation "
                          f"needs two models at least), but got {args.min_models}.")
     out = _sweep_store(args).root
+    check_path_flags([("--figures", args.figures)])
     figures = Path(args.figures) if args.figures else out / "figures"
     with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's format
         warnings.simplefilter("always", UserWarning)

@@ -1,9 +1,9 @@
-"""The argument checks of equifast, training and the sweeps, written once: "an integer >= N"
-and a seed torch takes."""
+"""The argument checks of equifast, training and the sweeps, written once: "an integer >= N",
+a seed torch takes, and a path flag that is not empty."""
 
 import numbers
 import sys
-from typing import Optional
+from typing import Iterable, Optional, Tuple
 
 
 def is_integer(value) -> bool:
@@ -43,3 +43,13 @@ def checked_seed(seed, name: str = "`seed`") -> int:
         raise ValueError(f"Expected {name} to be an integer in {SEED_RANGE[0]}..{SEED_RANGE[1]} "
                          f"(the seeds torch takes), but got {seed!r}.")
     return int(seed)
+
+
+def check_path_flags(flags: Iterable[Tuple[str, Optional[str]]]) -> None:
+    """A ``ValueError`` for the first ``(flag, value)`` given as an empty string: ``--out ""``
+    (an unset shell variable) would otherwise be the working folder, or the flag's default
+    folder, whose runs ``--overwrite`` replaces."""
+    for flag, value in flags:
+        if value is not None and not value.strip():
+            raise ValueError(f"Expected {flag} to name a folder, but it is empty (an unset "
+                             "variable?); leave it out for its default.")

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
-from ._checks import check_integer
+from ._checks import check_integer, check_path_flags
 from ._io import lies_in
 from ._console import HelpFormatter, closed_pipe, interactive, show_warning, tolerant_output
 from ._hints import as_flags
@@ -110,10 +110,7 @@ def _run_measure(args) -> int:
                              f"got {' and '.join(given)}.")
     elif not Path(args.model).is_dir():
         check_model_args(args.model, weights, args.num_classes)  # before --out is made
-    for flag, value in (("--data", args.data), ("--out", args.out)):
-        if value is not None and not value.strip():  # Path("") is the working folder
-            raise ValueError(f"Expected {flag} to name a folder, but it is empty (an unset "
-                             "variable?); leave it out for its default.")
+    check_path_flags([("--data", args.data), ("--out", args.out)])
     if args.data is not None and not Path(args.data).is_dir():
         # a run's --data is the root of its recipe's data set (idx or CIFAR batch files)
         what = ("the folder of the run's data set" if _is_run_folder(args.model)

@@ -103,6 +103,22 @@ def test_user_errors_exit_2_with_a_message(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "cnn7-fmnist6", "--out", ""], "--out"),
+    (["train", "cnn7-fmnist6", "--data-root", " "], "--data-root"),
+    (["study", "objective-fashion", "--out", ""], "--out"),
+    (["sweep", "status", "--out", ""], "--out"),
+    (["sweep", "report", "--out", ""], "--out"),
+])
+def test_an_empty_path_flag_is_refused_not_read_as_the_default_folder(argv, flag, tmp_path,
+                                                                       monkeypatch, capsys):
+    # an unset variable: `--out "$RUN" --overwrite` retrained runs/RECIPE/seed0, the default
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert f"Expected {flag} to name a folder, but it is empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_models_lists_names(capsys):
     assert main(["models", "efficientnet_lite"]) == 0
     assert "efficientnet_lite0" in capsys.readouterr().out.split()

@@ -21,6 +21,7 @@ import os
 import sys
 from typing import List, Optional
 
+from equifast._checks import check_path_flags
 from equifast._hints import as_flags
 
 __all__ = ["add_train_parser", "add_study_parser", "main", "build_parser"]
@@ -102,6 +103,7 @@ def _run_train(args) -> int:
     if args.list or not args.recipe:
         print("\n".join(list_recipes()))
         return 0
+    check_path_flags([("--out", args.out), ("--data-root", args.data_root)])
     _check_workers(args)
     with _errors_name_flags():
         recipe = get_recipe(args.recipe, seed=args.seed, **_overrides(args))
@@ -134,6 +136,7 @@ def _run_study(args) -> int:
     if args.list or not args.study:
         print("\n".join(STUDIES))
         return 0
+    check_path_flags([("--out", args.out), ("--data-root", args.data_root)])
     study = get_study(args.study)
     _check_workers(args)
     out = args.out or os.path.join("runs", study.name)
