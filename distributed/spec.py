@@ -732,10 +732,14 @@ def load_spec(spec: Union[str, os.PathLike, Mapping[str, Any], SweepSpec],
         import yaml
 
         try:
-            with path.open() as f:  # a stream: the parser's messages name the file, not a string
+            with path.open(encoding="utf-8") as f:  # a stream: the parser's messages name the file, not a string
                 raw = yaml.load(f, Loader=_UniqueKeysLoader())
         except yaml.YAMLError as err:
             raise SpecError([f"Expected valid YAML, but parsing failed: {err}"], str(path)) from None
+        except UnicodeDecodeError as err:  # a binary file: Python's codec message named no file
+            raise SpecError([f"Expected a YAML text file (UTF-8), but byte {err.start} is no "
+                             f"UTF-8 text ({err.object[err.start:err.start + 1]!r}); is it the "
+                             "sweep spec?"], str(path)) from None
         source = str(path)
         base_dir = base_dir or str(path.resolve().parent)
     else:

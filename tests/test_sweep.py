@@ -1845,3 +1845,14 @@ def test_a_key_given_twice_in_a_spec_file_is_an_error_not_the_last_one_kept(tmp_
                          + "transforms: {rotation: 'rotation:90'}\n")
     (job,) = load_spec(spec_file).jobs()
     assert job.model.weights is None and job.model.num_classes == 2
+
+
+def test_a_binary_file_given_as_the_spec_is_a_spec_error_naming_it(tmp_path, capsys):
+    # Python's codec error reached the user alone ("'utf-8' codec can't decode byte 0xd0 ...")
+    spec_file = tmp_path / "model.pt"
+    spec_file.write_bytes(b"models: []\n\xd0\x00\xff")
+    with pytest.raises(SpecError, match=r"byte 11 is no UTF-8 text \(b'\\xd0'\); is it the sweep spec\?") as err:
+        load_spec(spec_file)
+    assert str(spec_file) in str(err.value)
+    assert sweep_main(["run", str(spec_file), "--dry-run"]) == 2
+    assert f"Invalid sweep spec {spec_file}" in capsys.readouterr().err
