@@ -900,6 +900,9 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
                 if (m.shards or shards) > n:
                     problems.append(f"shards: Expected at most n_images={n} shards for dataset "
                                     f"{d.label!r}, but model {m.label!r} has {m.shards or shards}.")
+            if vector_mode == "across_images" and n < 2:  # else every job failed on its worker
+                problems.append(f"vector_mode: Expected n_images >= 2 for 'across_images' (it "
+                                f"correlates across images), but dataset {d.label!r} has {n}.")
         datasets.append(d)
         dataset_where.append(f"datasets[{i}]")
     # a size the model cannot take, or a shift as large as the images, would fail every such

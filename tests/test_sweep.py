@@ -1856,3 +1856,15 @@ def test_a_binary_file_given_as_the_spec_is_a_spec_error_naming_it(tmp_path, cap
     assert str(spec_file) in str(err.value)
     assert sweep_main(["run", str(spec_file), "--dry-run"]) == 2
     assert f"Invalid sweep spec {spec_file}" in capsys.readouterr().err
+
+
+def test_across_images_on_a_single_image_is_refused_in_the_spec(folder):
+    # it passed the spec and failed every job on its worker ("at least two images")
+    def spec(n):
+        return _spec(folder, datasets=[{"name": "one", "kind": "random", "image_size": 32, "n_images": n}],
+                     transforms={"rotation": "rotation:90"}, models=MODELS[:1],
+                     vector_mode="across_images", n_images=None)
+
+    _one_problem(spec(1), r"^vector_mode: Expected n_images >= 2 for 'across_images' .* "
+                          r"dataset 'one' has 1\.$")
+    assert load_spec(spec(2)).datasets[0].n_images == 2
