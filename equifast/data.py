@@ -364,11 +364,16 @@ def _devkit_synsets(meta: Path) -> dict:
 MAX_ASPECT = 32
 
 
+# Formats Pillow opens as mode "I" at 16 bits a level (PGM/PPM; PNG before Pillow 10): TIFF's
+# "I" is 32-bit.
+_SIXTEEN_BIT_AS_I = frozenset({"PNG", "PPM"})
+
+
 def _pil_rgb(img, path: Path):
     """``img`` as 8-bit RGB, as stored (EXIF orientation is not applied, as torchvision's
     ImageFolder and timm's evaluation read images, so accuracies compare with theirs); 16-bit
-    images are scaled to 8 bits, which ``convert`` would clip to white. 32-bit float images and
-    extreme aspect ratios are refused (``ValueError``)."""
+    images are scaled to 8 bits, which ``convert`` would clip to white. 32-bit float and integer
+    images and extreme aspect ratios are refused (``ValueError``)."""
     from PIL import Image
 
     w, h = img.size
@@ -378,7 +383,11 @@ def _pil_rgb(img, path: Path):
     if img.mode == "F":  # their range (0..1? 0..255?) is not in the file
         raise ValueError(f"Expected an 8- or 16-bit image, but {str(path)!r} holds 32-bit floats, "
                          "whose range is unknown; save it as an 8- or 16-bit image.")
-    if img.mode.startswith("I"):  # I;16, I;16B, I (a 16-bit PNG): 0..65535
+    if img.mode == "I" and img.format not in _SIXTEEN_BIT_AS_I:
+        # a 32-bit integer TIFF (or image made in memory): read as 16 bits, 0..255 was black
+        raise ValueError(f"Expected an 8- or 16-bit image, but {str(path)!r} holds 32-bit integers, "
+                         "whose range is unknown; save it as an 8- or 16-bit image.")
+    if img.mode.startswith("I"):  # I;16, I;16B, I (a 16-bit PNG or PGM): 0..65535
         img = Image.fromarray(_eight_bits(np.asarray(img)))
     return img if img.mode == "RGB" else img.convert("RGB")  # convert copies even an RGB image
 

@@ -98,8 +98,14 @@ def test_sixteen_bit_float_and_extreme_images(tmp_path):
     bx, _ = _collect(data.batches(str(tmp_path), batch_size=1, preprocess=T.ToTensor()))
     want = torch.from_numpy(np.rint(levels / 257) / 255).float()
     torch.testing.assert_close(bx[0], want.expand(3, 8, 8), atol=1e-6, rtol=0)
+    (tmp_path / "pgm").mkdir()
+    Image.fromarray(levels).save(tmp_path / "pgm" / "deep.pgm")  # PIL reads it as I, 16 bits
+    bx, _ = _collect(data.batches(str(tmp_path / "pgm"), batch_size=1, preprocess=T.ToTensor()))
+    torch.testing.assert_close(bx[0], want.expand(3, 8, 8), atol=1e-6, rtol=0)
     for name, image, said in (
             ("float.tif", Image.fromarray(np.full((8, 8), 0.5, np.float32)), "32-bit floats"),
+            # levels of 0..255 in 32 bits were read as 16-bit ones: a black image, no warning
+            ("int.tif", Image.fromarray(np.full((8, 8), 200, np.int32)), "32-bit integers, whose range is unknown"),
             ("strip.png", Image.new("RGB", (400, 4)), "aspect ratio at most 32:1, but .* is 400x4")):
         folder = tmp_path / name.split(".")[0]
         folder.mkdir()
@@ -513,6 +519,9 @@ def test_deep_images_of_a_dataset_without_normalisation_are_scaled_as_a_folders(
     floats = Image.fromarray(np.full((8, 8), 0.5, np.float32))
     with pytest.raises(ValueError, match="32-bit floats, whose range is unknown"):
         list(data.batches(Deep(floats), batch_size=2, preprocess=T.ToTensor()))
+    with pytest.raises(ValueError, match="32-bit integers, whose range is unknown"):
+        list(data.batches(Deep(Image.fromarray(levels.astype(np.int32))), batch_size=2,
+                          preprocess=T.ToTensor()))
 
 
 def test_embedded_photos_refuse_a_size_or_count_that_is_no_positive_integer():
