@@ -310,8 +310,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     Returns:
         One row per (setting, part, family), or per (setting, part, family, shift) for the
         table of shifts, each metric apart (a ``metric`` column when the runs have one),
-        with ``<x>_mean`` and ``<x>_std`` for ``x`` in ``channel, layer, test_acc``
-        (+ ``test_rot_acc``) and ``n_seeds``; settings keep their study order,
+        with ``<x>_mean`` and ``<x>_std`` for ``x`` in ``channel, layer,
+        undefined_fraction, test_acc`` (+ ``test_rot_acc``) and ``n_seeds``; settings keep their study order,
         parts the order early, middle, late, pool, final, and shifts the order measured.
     """
     # equifast.measure may give categorical columns: compare and group them as strings
@@ -319,7 +319,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     # each metric apart (measure_study's metric may be both): not more seeds of one score
     keys = (["setting", "part", "family"] + (["metric"] if "metric" in runs else [])
             + (["transform", "dy", "dx"] if "dy" in runs else []))
-    values = [c for c in ("channel", "layer", "test_acc", "test_rot_acc") if c in runs]
+    # undefined_fraction: the share of entries the scores leave out, never hidden (SPEC 1)
+    values = [c for c in ("channel", "layer", "undefined_fraction", "test_acc", "test_rot_acc")
+              if c in runs]
     out = over_runs(runs, keys, values, run="seed", count="n_seeds")
     out = out.rename(columns={v: f"{v}_mean" for v in values})
     out = out[keys + [f"{v}_{s}" for v in values for s in ("mean", "std")] + ["n_seeds"]]
