@@ -9,6 +9,7 @@ import errno
 import gzip
 import json
 import os
+import re
 import struct
 import types
 import warnings
@@ -776,13 +777,31 @@ def test_study_takes_a_numpy_integer_n_images_as_an_int():
     # a count read from a pandas table is numpy.int64: it was refused, as 2.0 and True still are
     from equifast.training.studies import _check_seeds_and_images
 
-    n = _check_seeds_and_images([0, 1], np.int64(3))
+    seeds, n = _check_seeds_and_images(np.arange(2), np.int64(3))
     assert n == 3 and type(n) is int
-    assert _check_seeds_and_images(None, None) is None
+    assert seeds == [0, 1] and all(type(s) is int for s in seeds)  # a seed of np.arange
+    assert _check_seeds_and_images(None, None) == (None, None)
     for bad in (2.0, True):
         with pytest.raises(ValueError, match=r"`n_images` \(--n-images\) to be an integer >= 1 "
                                              r"\(or None: each recipe's measure_images\)"):
             _check_seeds_and_images([0], bad)
+
+
+@pytest.mark.parametrize("seeds, said", [
+    ([], "Expected at least one seed (--seeds), but got none."),
+    (0, "Expected `seeds` (--seeds) to be a list of integers, but got 0."),
+    ("012", "Expected `seeds` (--seeds) to be a list of integers, but got '012'."),
+    ([0, 1.5], "Expected each of `seeds` (--seeds) to be an integer"),
+])
+def test_bad_seeds_of_a_study_are_refused_before_its_folder_is_claimed(seeds, said, tmp_path):
+    # seeds=[] wrote study.json, then failed in pandas ("No objects to concatenate"); 0 was
+    # "'int' object is not iterable"
+    from equifast.training.studies import measure_study
+
+    for call in (run_study, measure_study):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            call("objective-fashion", str(tmp_path / "study"), seeds=seeds)
+    assert not (tmp_path / "study").exists()
 
 
 def _fake_measure(model, images, transforms=(), metric="correlation", batch_size=64,

@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from equifast._checks import check_integer
+from equifast._checks import check_integer, checked_seed
 from equifast._io import (check_own_folder, commit_staged, stage_folder, write_csv_atomic,
                           write_text_atomic)
 from equifast.report import over_runs
@@ -145,15 +145,24 @@ def _claim_folder(out: str, name: str) -> None:
     write_text_atomic(marker, json.dumps({"study": name}))
 
 
-def _check_seeds_and_images(seeds: Optional[Sequence[int]], n_images) -> Optional[int]:
-    """``n_images`` as an int (or ``None``), checked with ``seeds`` before anything trains: a bad
-    value must not surface after hours of training."""
+def _check_seeds_and_images(seeds: Optional[Sequence[int]], n_images) -> Tuple[Optional[List[int]],
+                                                                              Optional[int]]:
+    """``seeds`` as a list of ints (or ``None``: the study's) and ``n_images`` as an int (or
+    ``None``), checked before anything trains or a folder is claimed: a bad value must not
+    surface after hours of training, or as pandas' "No objects to concatenate"."""
     n_images = check_integer("`n_images` (--n-images)", n_images, 1, allow_none=True,
                              none_means="each recipe's measure_images")
-    if seeds is not None and len(set(seeds)) != len(list(seeds)):
-        raise ValueError(f"Expected distinct seeds (--seeds), but got {list(seeds)}: a repeated "
+    if seeds is None:
+        return None, n_images
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"Expected `seeds` (--seeds) to be a list of integers, but got {seeds!r}.")
+    seeds = [checked_seed(s, "each of `seeds` (--seeds)") for s in seeds]  # np.arange's too
+    if not seeds:
+        raise ValueError("Expected at least one seed (--seeds), but got none.")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"Expected distinct seeds (--seeds), but got {seeds}: a repeated "
                          "seed would count as another run in the mean and standard deviation.")
-    return n_images
+    return seeds, n_images
 
 
 def _run_dir(out: str, label: str, seed: int) -> str:
@@ -263,7 +272,7 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
     from .data import measure_images
     from .trainer import load_model, prepare_out_dir
     study = get_study(study) if isinstance(study, str) else study
-    n_images = _check_seeds_and_images(seeds, n_images)
+    seeds, n_images = _check_seeds_and_images(seeds, n_images)
     transforms = study.make_transforms()
     shifted = return_shifts and any(isinstance(t, Translation) for t in transforms)
     rows, shift_rows, cache = [], [], {}
@@ -452,7 +461,7 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     """
     from .trainer import epoch_line, start_lines, train
     study = get_study(name)
-    n_images = _check_seeds_and_images(seeds, n_images)
+    seeds, n_images = _check_seeds_and_images(seeds, n_images)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     runs = study.runs(seeds)
     # every run's recipe and the devices, before the folder is claimed or anything trains
