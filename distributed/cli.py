@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from equifast._checks import check_path_flags
+from equifast._io import writable_folder
 from equifast._console import HelpFormatter, closed_pipe, tolerant_output
 from equifast._hints import as_flags
 
@@ -60,6 +61,7 @@ def _run(args) -> int:
         store = ResultStore(out)
         spec.check_out(out)
         store.check_folder()  # as the run would: a folder of the user's files is no --out
+        writable_folder(out, "the results folder (--out)", keep=False)  # as the run would
         before = _previous_records(store, jobs)  # what the run reads of them: not their tables
         states = {jid: rec.get("status") for jid, rec in before.items() if rec}
         # finished, but on other images: moved, changed or unstamped (measured again)

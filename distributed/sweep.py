@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from equifast._io import writable_folder
 from equifast._hints import import_optional, without_download_advice
 from equifast.data import ClassFolders
 from equifast.warning import warn
@@ -698,6 +699,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
     t0 = time.time()
     spec.check_out(store.root)
     store.check_folder()
+    writable_folder(store.root, "the results folder (--out)", keep=False)  # before Ray, too
     store.check_unlocked()  # before Ray starts (10-20 s): lock() below still decides
     started_ray = False
     try:

@@ -392,6 +392,34 @@ def save_figure_atomic(fig, path: Union[str, os.PathLike], dpi: int = 120) -> Pa
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
 
 
+def writable_folder(path: Union[str, os.PathLike], what: str, keep: bool = True) -> Path:
+    """``path`` created and checked to take a file, or an ``OSError`` naming it as ``what``
+    (``"the --out folder"``); the folders it made are removed again on failure, and with
+    ``keep=False`` in any case (a check that leaves nothing behind)."""
+    out = Path(path)
+    made = [p for p in (out, *out.parents) if not p.exists()]  # innermost first
+    try:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"Cannot create {what} {str(path)!r} ({err.strerror or err}).") from err
+        try:
+            tempfile.TemporaryFile(dir=out).close()
+        except OSError as err:
+            raise PermissionError(f"Expected {what} {str(path)!r} to be writable, but it is not "
+                                  f"({err}).") from err
+    except BaseException:
+        keep = False
+        raise
+    finally:
+        for folder in made if not keep else ():
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another's files meanwhile), or gone
+                break
+    return out
+
+
 def lies_in(path: Union[str, os.PathLike], folder: Union[str, os.PathLike]) -> bool:
     """Whether ``path`` is ``folder`` or inside it (links resolved): results written there
     would be read as data from ``folder`` by the next run."""

@@ -271,23 +271,13 @@ def _write_outputs(out: Path, report, label: str, metric: str, bias) -> List[Pat
 def _output_folder(path: str) -> Path:
     """``--out``, created, and checked to take files, before anything is measured: missing,
     empty or an earlier output of ``equifast measure`` (a user's own files are never replaced)."""
-    import tempfile
-
-    from ._io import check_own_folder, finish_commit, json_object_with
+    from ._io import check_own_folder, finish_commit, json_object_with, writable_folder
 
     if Path(path).is_dir():  # a set a killed run had committed: moved in whole first
         finish_commit(path)
     out = check_own_folder(path, [_MARKER], "an output folder of `equifast measure`", "--out",
                            {_MARKER: json_object_with("backend", "transforms")})
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"Cannot create the --out folder {path!r} ({err.strerror or err}).") from err
-    try:
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as err:
-        raise PermissionError(f"Expected --out {path!r} to be writable, but it is not ({err}).") from err
-    return out
+    return writable_folder(out, "the --out folder")
 
 
 def _add_models(sub) -> None:

@@ -1868,3 +1868,25 @@ def test_across_images_on_a_single_image_is_refused_in_the_spec(folder):
     _one_problem(spec(1), r"^vector_mode: Expected n_images >= 2 for 'across_images' .* "
                           r"dataset 'one' has 1\.$")
     assert load_spec(spec(2)).datasets[0].n_images == 2
+
+
+def test_a_results_folder_that_cannot_be_made_is_refused_before_ray_starts(folder, tmp_path, capsys):
+    # /proc/x or a path under a file failed with a bare errno after Ray had started (10-20 s);
+    # --dry-run listed the jobs as pending
+    import yaml
+
+    (tmp_path / "afile").write_text("mine")
+    out = tmp_path / "afile" / "results"
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec(folder)))
+    with pytest.raises(OSError, match=re.escape(f"Cannot create the results folder (--out) {str(out)!r}")):
+        run_sweep(_spec(folder), out=out, address="ray://127.0.0.1:1")  # never reached
+    for argv in (["run", str(spec_file), "--out", str(out)],
+                 ["run", str(spec_file), "--out", str(out), "--dry-run"]):
+        assert sweep_main(argv) == 2
+        assert "Cannot create the results folder (--out)" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "mine"
+    # the check makes and removes what it needs: a dry run leaves no folder behind
+    fresh = tmp_path / "new" / "results"
+    assert sweep_main(["run", str(spec_file), "--out", str(fresh), "--dry-run"]) == 0
+    assert not (tmp_path / "new").exists()
