@@ -668,12 +668,15 @@ class SweepSpec:
                             num_gpus=float(res.get("num_gpus", self.num_gpus)),
                             device=self.device, amp=self.amp,
                             tensor_cores=self.tensor_cores, base_dir=self.base_dir))
-        ids = [j.id for j in out]
-        if len(set(ids)) != len(ids):
-            dup = sorted({i for i in ids if ids.count(i) > 1})
+        same: Dict[str, List[Job]] = {}
+        for j in out:
+            same.setdefault(j.id, []).append(j)
+        repeats = [js for js in same.values() if len(js) > 1]
+        if repeats:  # each said by its entries: an id alone told the user nothing to remove
             raise SpecError([f"jobs: Expected every job to measure something different, but "
-                             f"{len(ids) - len(set(ids))} repeat (ids {', '.join(dup)}); "
-                             "remove the repeated model, dataset or seed."])
+                             f"{' and '.join(repr(j.title) for j in js)} measure the same (one "
+                             f"model, images and transforms; id {js[0].id}); remove the repeated "
+                             "model, dataset, transform family or seed." for js in repeats])
         return out
 
     def to_dict(self) -> Dict[str, Any]:
@@ -950,7 +953,10 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
                      base_dir=str(base_dir), raw=dict(raw))
     # raises on repeated jobs; without listing folders (the run lists them, once): two jobs'
     # labels sources are the same where their datasets' content is, so they repeat alike
-    spec._jobs([{}] * len(spec.datasets))
+    try:
+        spec._jobs([{}] * len(spec.datasets))
+    except SpecError as err:  # said with the spec's file, as every other problem
+        raise SpecError(err.problems, source) from None
     return spec
 
 

@@ -1890,3 +1890,20 @@ def test_a_results_folder_that_cannot_be_made_is_refused_before_ray_starts(folde
     fresh = tmp_path / "new" / "results"
     assert sweep_main(["run", str(spec_file), "--out", str(fresh), "--dry-run"]) == 0
     assert not (tmp_path / "new").exists()
+
+
+def test_repeated_jobs_are_named_by_their_entries_and_the_spec_file(folder, tmp_path):
+    # the error gave an id ("1 repeat (ids 749f429c5ef19c53)") and "spec", not the file
+    import yaml
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec(folder, models=MODELS[:1], transforms={
+        "quarter": "rotation", "turns": "rotation:90,rotation:180,rotation:270"})))
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_file)
+    (problem,) = err.value.problems
+    label = MODELS[0].get("label", MODELS[0]["name"])
+    assert (f"'{label} / tiny / quarter / seed 0' and '{label} / tiny / turns / seed 0' measure "
+            "the same") in problem
+    assert "transform family" in problem
+    assert str(err.value).startswith(f"Invalid sweep spec {spec_file} (1 problem)")
