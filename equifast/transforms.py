@@ -185,6 +185,8 @@ class Rotation(Transform):
         if self.quarter_turns % 4 == 0:  # it would count as a rotation in the family's mean
             raise ValueError(f"Expected `quarter_turns` not to be a whole turn, but got "
                              f"{self.quarter_turns}; that is the identity: use ef.Identity().")
+        # as its name: Rotation(-1) == Rotation(3), one key in a set or the index-map cache
+        object.__setattr__(self, "quarter_turns", self.quarter_turns % 4)
 
     @property
     def name(self) -> str:

@@ -318,6 +318,9 @@ def test_names_identify_the_transform_so_repeats_are_caught():
     # a quarter turn back is three forward: one name, so the pair is a repeat
     assert ef.Rotation(-1).name == ef.Rotation(3).name == "rotation(270)"
     assert ef.Rotation(5).name == ef.Rotation(1).name == "rotation(90)"
+    # equal as their names are: they were two keys of a set, a dict or the index-map cache
+    assert ef.Rotation(-1) == ef.Rotation(3) and ef.Rotation(5) == ef.Rotation(1)
+    assert len({ef.Rotation(-1), ef.Rotation(3), ef.Rotation(7)}) == 1
     from equifast.transforms import check_distinct
 
     check_distinct(ef.rotations() + ef.flips())
