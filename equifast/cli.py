@@ -92,7 +92,7 @@ def _run_measure(args) -> int:
     # Every input is checked before the model runs: a measurement can take hours.
     transforms = parse_transforms(args.transforms)
     check_distinct(transforms)
-    metrics = metric_list([m.strip() for m in args.metric.split(",") if m.strip()], "--metric")
+    metrics = metric_list([m.strip().lower() for m in args.metric.split(",") if m.strip()], "--metric")
     for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--n-images", args.n_images, 1),
                                  ("--loader-workers", args.loader_workers, 0),
                                  ("--num-classes", args.num_classes, 0)):

@@ -85,6 +85,8 @@ def test_paths_after_an_equals_sign_have_their_tilde_expanded(tmp_path, monkeypa
     (["measure", "--transforms", "shear:2"], "transform spec"),
     (["measure", "--metric", ""], "Expected --metric"),
     (["measure", "--metric", "correlation,correlation"], "Expected --metric"),
+    # any case, as --transforms: CORRELATION was "one of ['correlation', 'cosine']"
+    (["measure", "--metric", "CORRELATION,correlation"], "to be one or more distinct metrics"),
     (["measure", "--n-images", "0"], "Expected --n-images to be an integer >= 1, but got 0."),
     (["measure", "--loader-workers", "-1"], "Expected --loader-workers to be an integer >= 0, but got -1."),
     (["measure", "--out", __file__], "is a file"),  # checked before measuring, file kept
