@@ -594,11 +594,18 @@ def _collate(items):
     xs = [torch.as_tensor(v) for v in xs]
     sizes = list(dict.fromkeys(tuple(v.shape) for v in xs))
     if len(sizes) > 1:  # torch.stack's error names no cause (from a worker: its whole traceback)
+        a, b = sizes[0], sizes[1]
+        if len(a) == len(b) == 3 and a[0] != b[0] and a[1:] == b[1:]:
+            # a pipeline without Normalize keeps each PIL image's mode (grey, RGB, RGBA)
+            advice = ("images of several channel counts (grey, RGB, RGBA); convert them to one "
+                      "mode in the Dataset (PIL's .convert('RGB')), or give a `preprocess` that "
+                      "normalises 3 channels (Normalize), which takes every image as RGB")
+        else:
+            advice = ("give a `preprocess` that resizes and crops to one size (as the models' "
+                      "own do: Resize(256), CenterCrop(224))")
         try:
             raise ValueError(f"Expected every image to have one size after preprocessing, but a "
-                             f"batch holds {list(sizes[0])} and {list(sizes[1])}; give a "
-                             "`preprocess` that resizes and crops to one size (as the models' "
-                             "own do: Resize(256), CenterCrop(224)).")
+                             f"batch holds {list(a)} and {list(b)}: {advice}.")
         except ValueError as err:
             return _Failed(err)
     x = torch.stack(xs)

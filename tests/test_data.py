@@ -157,6 +157,19 @@ def test_images_of_several_sizes_after_preprocessing_are_a_clear_error(tmp_path)
                                              r"\[3, 16, 16\] and \[3, 16, 20\]") as err:
             list(data.batches(images, batch_size=2, preprocess=T.ToTensor(), num_workers=workers))
         assert "Traceback" not in str(err.value)
+        assert "resizes and crops to one size" in str(err.value)
+
+    class Modes(torch.utils.data.Dataset):  # grey, RGB and RGBA photos of one size
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return Image.new(("L", "RGB", "RGBA")[i], (16, 16)), i
+
+    # the advice was to resize and crop, which the pipeline already did
+    with pytest.raises(ValueError, match=r"holds \[1, 16, 16\] and \[3, 16, 16\]: images of several "
+                                         r"channel counts .*\.convert\('RGB'\)"):
+        list(data.batches(Modes(), batch_size=3, preprocess=T.ToTensor()))
 
 
 def test_normalise_like_reads_every_kind_of_pipeline():
