@@ -38,7 +38,11 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -
     rename it over ``path`` (``os.replace`` is atomic on POSIX and Windows). The temporary
     file is removed if ``write`` fails."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # "[Errno 17] File exists: 'a'" named a part of the path alone
+        raise OSError(err.errno, f"Cannot make the folder to write {str(path)!r} in "
+                                 f"({err.strerror}: {err.filename!r})") from err
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)
@@ -47,8 +51,9 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -
         with open(tmp, "r+b") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as err:  # "[Errno 28] No space left on device" alone does not say where
-        if err.filename is None and err.errno is not None:
+    except OSError as err:  # "[Errno 28] No space left on device" alone does not say where,
+        # and a read-only folder named the hidden temporary file, not the file asked for
+        if err.filename in (None, str(tmp)) and err.errno is not None:
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
     finally:

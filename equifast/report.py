@@ -462,7 +462,6 @@ class Report:
         suffix = path.suffix.lower()
         if suffix not in (".json", ".csv", ".parquet"):  # before its folder is made
             raise ValueError(f"Expected a .json, .csv or .parquet path, but got {str(path)!r}.")
-        path.parent.mkdir(parents=True, exist_ok=True)
         stem = path.with_suffix("")
         targets = ([path] if suffix == ".json" else
                    [stem.with_name(f"{stem.name}.{n}") for n in (f"points{suffix}", f"parts{suffix}",

@@ -1,8 +1,11 @@
-"""equifast._io: the commit of a set of files into a folder (equifast measure --out)."""
+"""equifast._io: the commit of a set of files into a folder (equifast measure --out), and
+atomic writes that name the file asked for when they fail."""
 
 import os
 import threading
 from pathlib import Path
+
+import pytest
 
 from equifast._io import commit_staged, finish_commit, stage_folder
 
@@ -200,3 +203,33 @@ def test_report_load_finishes_a_first_set_killed_before_its_report_json_was_move
     assert not (out / "report.json").exists() and (out / ".equifast-commit").is_dir()
     assert Report.load(out).meta["model"] == "toy"
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
+
+
+def test_a_report_that_cannot_be_written_names_the_file_asked_for(tmp_path, monkeypatch):
+    # "[Errno 17] File exists: 'afile.txt'" (pathlib's mkdir) and, read-only, the hidden
+    # temporary file ".r.json.22022.635562ac.tmp" were all Report.save and .plot said
+    import errno
+
+    import torch
+
+    import equifast as ef
+
+    x = torch.rand(2, 4, 8, 8)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Flatten(),
+                                torch.nn.Linear(256, 2))
+    report = ef.measure(model, x, transforms=[ef.Rotation(1)], batch_size=2)
+    (tmp_path / "afile.txt").write_text("mine")
+    for call, target in ((report.save, "afile.txt/r.json"), (report.plot, "afile.txt/f.png"),
+                         (report.save, "afile.txt/sub/r.csv")):
+        with pytest.raises(OSError, match="Cannot make the folder to write '.*afile.txt/"):
+            call(str(tmp_path / target))
+    assert (tmp_path / "afile.txt").read_text() == "mine"
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    with pytest.raises(OSError) as err:
+        report.save(str(tmp_path / "r.json"))
+    assert err.value.filename == str(tmp_path / "r.json") and ".tmp" not in str(err.value)
+    assert list(tmp_path.iterdir()) == [tmp_path / "afile.txt"]
