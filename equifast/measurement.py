@@ -679,17 +679,28 @@ def _warn_undefined(report: Report, measurer: "Measurer") -> None:
     points = {p.name: p for p in st.points}
     by_name = {t.name: t for t in st.transforms}
     named: Dict[str, Dict[str, list]] = {}  # point -> {"metrics": [...], "transforms": [...]}
+    single: Dict[str, List[str]] = {}  # point -> transforms leaving it one compared position
     for point, tname, m in dead[["point", "transform", "metric"]].itertuples(index=False):
         shape, vector = points[point].shape, points[point].is_vector
-        if m == "correlation" and (
-                (vector and st.vector_mode == "per_image" and shape[0] == 1) or (not vector and _index_map(
-                    by_name[tname], (shape[1], shape[2]), measurer.input_size,
-                    measurer.device)[0].numel() == 1)):
+        if m == "correlation" and vector and st.vector_mode == "per_image" and shape[0] == 1:
+            continue  # a single logit: warned of where scored, naming no map
+        if m == "correlation" and not vector and _index_map(
+                by_name[tname], (shape[1], shape[2]), measurer.input_size,
+                measurer.device)[0].numel() == 1:
+            # warned of where scored by map size alone: which points is said here
+            if tname not in single.setdefault(point, []):
+                single[point].append(tname)
             continue
         entry = named.setdefault(point, {"metrics": [], "transforms": []})
         for key, value in (("metrics", m), ("transforms", tname)):
             if value not in entry[key]:
                 entry[key].append(value)
+    if single:
+        said = [f"{p!r} ({points[p].shape[1]}x{points[p].shape[2]} map; "
+                f"{', '.join(ts[:3])}{', ...' if len(ts) > 3 else ''})" for p, ts in single.items()]
+        warn(f"Correlation scores at point(s) {', '.join(said[:5])}{', ...' if len(said) > 5 else ''} "
+             "are undefined (NaN): the transform leaves one position to compare there; use cosine, "
+             "smaller shifts or mode='circular'.")
     if not named:
         return
     described = []

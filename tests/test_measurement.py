@@ -2,6 +2,7 @@
 import math
 import re
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -1085,6 +1086,22 @@ def test_warnings_of_measure_name_the_callers_line(tmp_path):
         ef.functional.equivariance_scores(torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4),
                                           ef.Translation(3, 3, mode="zero"))
     assert "leaves one position to compare" in ours(ws)
+
+
+def test_points_left_one_position_to_compare_are_named():
+    # the warning named a map size and a transform: which points' scores were NaN was unsaid
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        report = ef.measure(circular_net(), torch.rand(2, 3, 12, 12),
+                            transforms=[ef.Translation(11, 11, mode="zero"), ef.Rotation(1)])
+    pts = report.points
+    nan = pts[pts["channel"].isna() & (pts["transform"] == "translation(11,11,zero)")]
+    maps = [p.name for p in ef.split(circular_net(), torch.rand(1, 3, 12, 12)) if not p.is_vector]
+    assert set(nan["point"]) == set(maps) and maps  # every map, and no score under the rotation
+    (said,) = [str(w.message) for w in ws if str(w.message).startswith("Correlation scores at point")]
+    for point in maps:
+        assert f"{point!r} (12x12 map; translation(11,11,zero))" in said
+    assert "rotation" not in said
 
 
 def _tiny_vit(classes=5):
