@@ -831,6 +831,13 @@ def test_run_study_tables_and_figure(tmp_path, monkeypatch):
     assert {"channel_mean", "channel_std", "layer_mean", "test_acc_mean", "n_seeds"} <= set(summary)
     assert (summary["n_seeds"] == 2).all()
     assert (tmp_path / "FMNIST6-Rot-Inv" / "seed1" / "model.pt").is_file()
+    # fewer seeds again: the tables cover seed 0, and seed 1's runs are kept and named
+    lines = []
+    run_study("objective-fashion", str(tmp_path), seeds=[0], echo=lines.append,
+              overrides={**QUICK, "epochs": 1, "train_subset": 128, "test_subset": 64}, n_images=16)
+    assert set(pd.read_csv(tmp_path / "runs.csv")["seed"]) == {0}
+    assert (tmp_path / "FMNIST6-Rot-Inv" / "seed1" / "model.pt").is_file()
+    assert "seeds [1]" in lines[-1] and "--seeds 0 1 takes them in" in lines[-1]
     # the finished runs are measured on the data root given now, not the one they trained on
     with pytest.raises(FileNotFoundError, match="moved-away"):
         run_study("objective-fashion", str(tmp_path), seeds=[0, 1],

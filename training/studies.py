@@ -433,7 +433,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     over seeds) and ``out/figure.png``; for a study of translations also their scores at each
     shift: ``out/shift_runs.csv``, ``out/shift_summary.csv`` and ``out/shifts.png`` (thesis
     figure 8), as one set: interrupted while they are written, the earlier set is kept whole.
-    ``out/study.json`` names the study, and a folder of another study is refused.
+    ``out/study.json`` names the study, and a folder of another study is refused. The tables
+    cover ``seeds``; the runs of other seeds in ``out`` are kept, and ``echo`` names them.
 
     Args:
         name: a name of :data:`STUDIES`.
@@ -529,4 +530,22 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         commit_staged(stage, out, names, remove=_TABLES)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # gone once committed
+    seeds = sorted({seed for _, _, seed in study.runs(seeds)})
+    left_out = _seeds_left_out(study, out, seeds)
+    if left_out:  # a rerun with fewer --seeds: the tables cover those asked for, not the rest
+        every = " ".join(map(str, sorted({*seeds, *left_out})))
+        say(f"[{study.name}] the tables cover seeds {seeds}; the runs of seeds {left_out} "
+            f"in {out!r} are kept but left out (--seeds {every} takes them in)")
     return summaries[0]
+
+
+def _seeds_left_out(study: Study, out: str, seeds: Sequence[int]) -> List[int]:
+    """Seeds other than ``seeds`` that a setting of ``study`` in ``out`` has a run folder of."""
+    from .trainer import RECIPE
+    found = set()
+    for label, _ in study.settings:
+        for run in Path(_run_dir(out, label, 0)).parent.glob("seed*"):
+            seed = run.name[len("seed"):]
+            if (run / RECIPE).is_file() and seed.lstrip("-").isdigit():
+                found.add(int(seed))
+    return sorted(found - set(seeds))
