@@ -24,8 +24,9 @@ def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.d
     """``device`` as a ``torch.device`` (default: ``cuda`` when present, else ``cpu``).
 
     Raises:
-        ValueError: an unknown device string, or a CUDA device this machine does not have
-            (no GPU, or an index past the last one).
+        ValueError: an unknown device string, a CUDA device this machine does not have
+            (no GPU, or an index past the last one), ``meta``, or another backend this torch
+            cannot make a tensor on (``mps`` off a Mac).
     """
     if device is None or device == "":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -38,4 +39,15 @@ def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.d
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"Expected a CUDA device index below {torch.cuda.device_count()}, but got "
                              f"{str(dev)!r}.")
+    elif dev.type == "meta":  # shapes without values: every score would fail on .item()
+        raise ValueError("Expected a device that holds values, but got 'meta' (tensors of shapes "
+                         "alone); use 'cpu' or 'cuda'.")
+    elif dev.type != "cpu":
+        try:  # mps, xpu, xla...: torch names the backend it lacks only once a tensor is made
+            torch.empty(0, device=dev)
+        except Exception as err:  # NotImplementedError, AssertionError, RuntimeError, ImportError
+            said = (str(err).splitlines() or [""])[0].split(". ")[0].rstrip(".")  # its first sentence
+            raise ValueError(f"Expected a device this torch can use, but {str(dev)!r} is not "
+                             f"available here ({type(err).__name__}: {said}); use 'cpu' or "
+                             "'cuda'.") from err
     return dev

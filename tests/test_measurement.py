@@ -1176,6 +1176,14 @@ def test_a_dead_map_point_names_itself_and_its_part_but_not_what_is_warned_of_al
     assert not _undefined_warnings(ws) and any("leaves one position" in str(w.message) for w in ws)
 
 
+def _device_works(name: str) -> bool:
+    try:
+        torch.empty(0, device=name)
+        return True
+    except Exception:
+        return False
+
+
 def test_amp_batch_size_device_backend_and_transforms_are_refused_before_the_model_loads(monkeypatch):
     # they were read after the model had loaded (minutes for a large timm model, or a download)
     import equifast.models
@@ -1195,6 +1203,10 @@ def test_amp_batch_size_device_backend_and_transforms_are_refused_before_the_mod
             (dict(batch_size=2.5), ValueError, "Expected `batch_size` to be an integer >= 1"),
             (dict(device="tpu:x"), ValueError, "Expected a device like 'cpu'"),
             (dict(device=f"cuda:{torch.cuda.device_count()}"), ValueError, "CUDA device"),
+            # they failed deep inside: meta on .item(), the others on the first tensor moved
+            (dict(device="meta"), ValueError, "a device that holds values, but got 'meta'"),
+            *[(dict(device=d), ValueError, f"but '{d}' is not available here")
+              for d in ("mps", "xla", "xpu") if not _device_works(d)],
             (dict(backend="fast"), ValueError, "Expected `backend` to be one of"),
             (dict(transforms=[]), TypeError, "non-empty list of equifast transforms"),
             (dict(transforms=[ef.Rotation(1), ef.Rotation(1)]), ValueError, "more than once")):
