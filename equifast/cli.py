@@ -282,16 +282,22 @@ def _output_folder(path: str) -> Path:
 
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list model names (torchvision and timm)")
-    p.add_argument("pattern", nargs="?", default="", help="substring to filter by (any case)")
+    p.add_argument("pattern", nargs="?", default="",
+                   help="substring to filter by, or a wildcard pattern as timm's ('resnet5*'); any case")
 
     def run(args):
+        import fnmatch
+
         from .models import available_models
 
         # the names are lower case; `equifast models ViT` found none
-        names = [name for name in available_models() if args.pattern.lower() in name.lower()]
+        pattern = args.pattern.lower()
+        wildcard = any(c in pattern for c in "*?[")  # timm's list_models('resnet5*') found nothing
+        names = [name for name in available_models()
+                 if (fnmatch.fnmatchcase(name.lower(), pattern) if wildcard else pattern in name.lower())]
         if not names:
-            print(f"equifast models: no torchvision or timm model name contains {args.pattern!r}",
-                  file=sys.stderr)
+            print(f"equifast models: no torchvision or timm model name "
+                  f"{'matches' if wildcard else 'contains'} {args.pattern!r}", file=sys.stderr)
             return 1
         print("\n".join(names))
         return 0

@@ -133,6 +133,14 @@ def test_models_lists_names(capsys):
     assert capsys.readouterr().out.split() == [n for n in available_models() if "mixer" in n]
     assert main(["models", "zzzz"]) == 1
     assert "no torchvision or timm model name contains 'zzzz'" in capsys.readouterr().err
+    # a wildcard as timm takes it, matching the whole name: 'resnet5*' found none
+    assert main(["models", "ResNet5?"]) == 0
+    assert capsys.readouterr().out.split() == ["resnet50"]
+    assert main(["models", "resnet5*"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert "resnet50" in listed and "resnet50d" in listed and "wide_resnet50_2" not in listed
+    assert main(["models", "*zzzz*"]) == 1
+    assert "no torchvision or timm model name matches '*zzzz*'" in capsys.readouterr().err
 
 
 def test_a_command_whose_module_cannot_import_says_why(monkeypatch, capsys):
