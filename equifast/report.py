@@ -172,6 +172,38 @@ def _points_problem(points: pd.DataFrame) -> Optional[str]:
     unknown = sorted(set(points["part"].astype(str)) - set(PARTS))
     if unknown:
         return f"it names part(s) {', '.join(map(repr, unknown))}; the parts are {', '.join(PARTS)}"
+    repeated = points.duplicated(_row_keys(points)).to_numpy()
+    if repeated.any():  # counted twice in every mean over it
+        i = int(np.flatnonzero(repeated)[0])
+        return (f"its row {i} repeats point {points['point'].iloc[i]!r} under "
+                f"{_pair(points.iloc[i])} (tables joined or edited by hand?)")
+    return None
+
+
+def _row_keys(points: pd.DataFrame) -> List[str]:
+    """The columns that name one row of a points table."""
+    return ["point", "transform"] + (["metric"] if "metric" in points.columns else [])
+
+
+def _pair(row: pd.Series) -> str:
+    """A row's transform (and metric), as an error names them."""
+    return repr(row["transform"]) + (f" ({row['metric']})" if "metric" in row.index else "")
+
+
+def _grid_problem(points: pd.DataFrame) -> Optional[str]:
+    """What a saved points table lacks of the grid ``measure`` writes (every point under every
+    transform and metric), ``None`` for nothing: a file cut at a line break, or rows deleted by
+    hand, left a point out of its family's mean without a word."""
+    keys = _row_keys(points)
+    names = points["point"].astype(str)
+    every = list(dict.fromkeys(names))
+    for _, rows in points.groupby(keys[1:], sort=False):
+        have = set(rows["point"].astype(str))
+        if len(have) < len(every):
+            lacking = [p for p in every if p not in have]
+            return (f"point(s) {', '.join(map(repr, lacking[:3]))}{' ...' if len(lacking) > 3 else ''} "
+                    f"have no row under {_pair(rows.iloc[0])}, "
+                    f"which the other points have (a truncated or hand-edited file?)")
     return None
 
 
@@ -180,6 +212,9 @@ def _checked_points(points: pd.DataFrame, meta: dict, path: Path) -> pd.DataFram
     a hand-edited, truncated or foreign file is an error naming what is wrong."""
     where = f"Expected a report saved by Report.save in {str(path)!r}, but"
     if not len(points):
+        if meta.get("transforms"):  # measure writes a row per point and transform
+            raise ValueError(f"{where} its points table has no rows while its meta names the "
+                             f"transforms measured (a file cut after its header?){_written_by(meta)}.")
         return points
     problem = _points_problem(points)
     if problem:
@@ -196,6 +231,9 @@ def _checked_points(points: pd.DataFrame, meta: dict, path: Path) -> pd.DataFram
             i = int(np.flatnonzero(gone)[0])
             raise ValueError(f"{where} row {i} has no {col!r} (a truncated or hand-edited file?)"
                              f"{_written_by(meta)}.")
+    problem = _grid_problem(points)
+    if problem:
+        raise ValueError(f"{where} {problem}{_written_by(meta)}.")
     return points
 
 
@@ -497,8 +535,9 @@ class Report:
         the points, as :func:`equifast.measure` computes them (the ``.parts`` files are written
         for other tools, and not read). A points file that is no such report (truncated,
         foreign, or edited so that a column, a name, a score that is a number or a known part is
-        missing) is a ``ValueError`` saying what is wrong; scores edited to other numbers are
-        read as they are."""
+        missing, or a point lacks a row the others have, or a row is repeated) is a
+        ``ValueError`` saying what is wrong; scores edited to other numbers are read as they
+        are."""
         from ._io import finish_commit
 
         path = Path(path)

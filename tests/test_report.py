@@ -881,7 +881,14 @@ def _edit_points(path, edit):
      r"it names part\(s\) 'centre'; the parts are early, middle, late, pool, final"),
     (lambda df: df.assign(transform=[None] + df["transform"].tolist()[1:]),
      r"row 0 has no 'transform' \(a truncated or hand-edited file\?\)"),
-], ids=["columns-missing", "score-not-a-number", "unknown-part", "name-missing"])
+    # rows deleted, or a file cut at a line break: the points left out of a family's mean
+    (lambda df: df.iloc[:-3], r"point\(s\) 'final' have no row under 'translation\(2,2\)' "
+     r"\(cosine\), which the other points have \(a truncated or hand-edited file\?\)"),
+    # counted twice in every mean over them
+    (lambda df: pd.concat([df, df.iloc[[4]]], ignore_index=True),
+     r"its row 30 repeats point 'p0' under 'rotation\(90\)' \(correlation\)"),
+], ids=["columns-missing", "score-not-a-number", "unknown-part", "name-missing", "rows-missing",
+        "row-repeated"])
 def test_a_hand_edited_or_foreign_report_is_a_clear_error(tmp_path, suffix, edit, match):
     # they failed deep inside (KeyError 'family', "agg function failed"), or scored the
     # unknown part as NaN
@@ -904,8 +911,12 @@ def test_a_hand_edited_or_foreign_report_is_a_clear_error(tmp_path, suffix, edit
         p.with_name("r.points.csv").read_text()[:-20]), r"r\.points\.csv'.*truncated file"),
     (".parquet", lambda p: p.with_name("r.points.parquet").write_bytes(b"PAR1 not parquet"),
      r"r\.points\.parquet'.*cannot be read \(ArrowInvalid"),
+    (".csv", lambda p: (p.with_name("r.meta.json").write_text('{"transforms": "[rotation(90)]"}'),
+                        p.with_name("r.points.csv").write_text(
+                            p.with_name("r.points.csv").read_text().splitlines(keepends=True)[0])),
+     r"its points table has no rows while its meta names the transforms measured"),
 ], ids=["json-points-dict", "json-meta-list", "meta-str", "csv-empty", "csv-truncated",
-        "parquet-corrupt"])
+        "parquet-corrupt", "csv-header-only"])
 def test_a_damaged_report_file_is_named(tmp_path, suffix, damage, match):
     # they were TypeErrors of dict(), EmptyDataError or ArrowInvalid without the report, or
     # (a truncated CSV) a report whose last row had lost its last values
@@ -913,6 +924,15 @@ def test_a_damaged_report_file_is_named(tmp_path, suffix, damage, match):
     damage(path)
     with pytest.raises(ValueError, match=match):
         Report.load(path)
+
+
+def test_a_report_made_of_a_repeated_row_is_refused():
+    # the repeated row counted twice in the means of its family and part
+    rows = _rows()
+    with pytest.raises(ValueError, match=r"its row 30 repeats point 'p0' under 'translation\(1,1\)' "
+                                         r"\(correlation\)"):
+        Report.from_rows(rows + [dict(rows[0], channel=0.0)])
+    Report.from_rows(rows + [dict(rows[0], metric="other")])  # another metric is another row
 
 
 def test_a_report_of_no_points_round_trips_and_its_figure_says_why_there_is_none(tmp_path):
