@@ -462,8 +462,8 @@ def check_own_folder(path: Union[str, os.PathLike], markers: Sequence[str], what
                         if not (p.name.startswith(_STAGE) or p.name == _COMMIT
                                 or _OWN_LOCK.fullmatch(p.name) or _stale_temp(p.name)))
         if others:
-            mine = (f" (its {', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not "
-                    "what equifast writes)" if foreign else "")
+            mine = (f" (its {', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not "
+                    f"mark {what})" if foreign else "")
             raise FileExistsError(f"Expected {flag} {str(path)!r} to be {what} (with {markers[0]}) "
                                   f"or empty, but it holds other files: {others[:5]}{mine}. "
                                   f"Use another {flag}.")

@@ -219,8 +219,10 @@ def _in_flags(message: str) -> str:
     return as_flags(message, _MEASURE_FLAGS)
 
 
-# what `equifast measure` may write into --out; the marker says a folder is one of its outputs
+# what `equifast measure` may write into --out; the marker says a folder is one of its outputs,
+# where the files it always writes are beside it (Report.save writes the marker too)
 _MARKER = "report.meta.json"
+_ALWAYS = ("report.json", "report.points.csv", "report.points.parquet", "figure.png")
 _OPTIONAL = ("shifts.png", "metric_bias.csv", "metric_bias_correlation.csv")
 
 
@@ -275,8 +277,9 @@ def _output_folder(path: str) -> Path:
 
     if Path(path).is_dir():  # a set a killed run had committed: moved in whole first
         finish_commit(path)
+    meta = json_object_with("backend", "transforms")
     out = check_own_folder(path, [_MARKER], "an output folder of `equifast measure`", "--out",
-                           {_MARKER: json_object_with("backend", "transforms")})
+                           {_MARKER: lambda m: meta(m) and all((m.parent / n).is_file() for n in _ALWAYS)})
     return writable_folder(out, "the --out folder")
 
 

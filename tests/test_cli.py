@@ -219,9 +219,29 @@ def test_measure_never_replaces_a_users_files(tmp_path, capsys):
     (mine / "report.meta.json").write_text('{"author": "me"}')
     assert main(_measure_args(data, mine, "rotation:90")) == 2
     assert ("holds other files: ['metric_bias.csv', 'notes.txt', 'report.json', "
-            "'report.meta.json', 'shifts.png'] (its report.meta.json is not what equifast writes)"
+            "'report.meta.json', 'shifts.png'] (its report.meta.json does not mark an output folder of `equifast measure`)"
             in capsys.readouterr().err)
     assert (mine / "report.json").read_text() == "my report.json"
+
+
+def test_measure_never_replaces_a_report_saved_by_hand_and_the_users_figures(tmp_path, capsys):
+    # Report.save writes the marker (report.meta.json of backend and transforms): the folder
+    # read as measure's, its report and figure.png were replaced and shifts.png deleted
+    data, mine = _two_images(tmp_path / "img"), tmp_path / "mine"
+    assert main(_measure_args(data, tmp_path / "first", "rotation:90")) == 0
+    from equifast import Report
+
+    Report.load(tmp_path / "first").save(mine / "report.csv")
+    for name in ("figure.png", "shifts.png"):
+        (mine / name).write_text(f"my {name}")
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    assert main(_measure_args(data, mine, "rotation:90")) == 2
+    assert ("(its report.meta.json does not mark an output folder of `equifast measure`)"
+            in capsys.readouterr().err)
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+    # measure's own folder is still taken again: its files are replaced as one set
+    assert main(_measure_args(data, tmp_path / "first", "rotation:180")) == 0
+    assert "rotation(180)" in Report.load(tmp_path / "first").points["transform"].tolist()
 
 
 def test_an_interrupted_write_leaves_the_earlier_set_whole(tmp_path, monkeypatch, capsys):

@@ -439,7 +439,7 @@ def test_a_folder_of_users_files_is_never_a_sweeps_out(folder, tmp_path, capsys)
     # a spec.json of the user's own (an OpenAPI file) made the folder a store: all replaced
     (mine / "spec.json").write_text('{"openapi": "3.0.0"}')
     with pytest.raises(FileExistsError, match=r"holds other files: \['points.csv', 'spec.json'\] "
-                                              r"\(its spec.json is not what equifast writes\)"):
+                                              r"\(its spec.json does not mark a sweep results folder\)"):
         run_sweep(_spec(folder), out=mine)
     assert (mine / "spec.json").read_text() == '{"openapi": "3.0.0"}'
 

@@ -651,7 +651,7 @@ def test_a_folder_that_is_not_a_run_is_never_written(tmp_path):
         (mine / "recipe.json").write_text(text)
         for overwrite in (False, True):
             with pytest.raises(FileExistsError, match=r"holds other files: \['model.pt', 'recipe.json'\] "
-                                                      r"\(its recipe.json is not what equifast writes\)"):
+                                                      r"\(its recipe.json does not mark a run folder\)"):
                 train(recipe, str(mine), overwrite=overwrite)
         assert (mine / "recipe.json").read_text() == text
     assert (mine / "model.pt").read_text() == "my own model"
