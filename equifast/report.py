@@ -495,7 +495,9 @@ class Report:
     def save(self, path) -> List[Path]:
         """Save to ``.json`` (one file), ``.csv`` or ``.parquet`` (``<stem>.points``/
         ``<stem>.parts`` plus ``<stem>.meta.json``). Returns the files written. The meta is
-        written as plain JSON: NaN and infinities in it come back from :meth:`load` as ``None``."""
+        written as plain JSON: NaN and infinities in it come back from :meth:`load` as ``None``.
+        ``.csv`` and ``.parquet`` of one stem share the meta file: where the other format holds
+        a report of other meta, saving is a ``FileExistsError``."""
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in (".json", ".csv", ".parquet"):  # before its folder is made
@@ -515,6 +517,8 @@ class Report:
             doc = {"meta": self.meta, "points": records}
             write_text_atomic(path, json.dumps(json_safe(doc), indent=1, allow_nan=False))
             return [path]
+        meta = stem.with_name(f"{stem.name}.meta.json")
+        self._check_shared_meta(meta, stem, suffix)
         written = []
         # a table of no columns is a blank line in a CSV, which no reader takes back
         points = self.points if len(self.points.columns) else pd.DataFrame(columns=_REQUIRED)
@@ -523,9 +527,26 @@ class Report:
             atomic_write(target, lambda tmp, df=df: (df.to_csv(tmp, index=False) if suffix == ".csv"
                                                      else df.to_parquet(tmp, index=False)))
             written.append(target)
-        meta = stem.with_name(f"{stem.name}.meta.json")
         write_text_atomic(meta, json.dumps(json_safe(self.meta), indent=1, allow_nan=False))
         return written + [meta]  # .csv and .parquet share the meta file
+
+    def _check_shared_meta(self, meta: Path, stem: Path, suffix: str) -> None:
+        """Raise unless the meta file that ``.csv`` and ``.parquet`` share is free or this
+        report's: another report's, saved in the other format, would load with this meta."""
+        other = ".parquet" if suffix == ".csv" else ".csv"
+        points = stem.with_name(f"{stem.name}.points{other}")
+        if not (meta.is_file() and points.is_file()):
+            return
+        try:
+            theirs = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            theirs = None
+        if theirs != json.loads(json.dumps(json_safe(self.meta), allow_nan=False)):
+            raise FileExistsError(
+                f"Expected {str(meta)!r}, which {stem.name}{suffix} and {stem.name}{other} share, to "
+                f"be free or this report's, but it holds the meta of another report saved as "
+                f"{str(points)!r}: saved here, that report would load with this one's meta. Give "
+                f"another path, or delete {points.name} first.")
 
     @classmethod
     def load(cls, path) -> "Report":

@@ -926,6 +926,23 @@ def test_a_damaged_report_file_is_named(tmp_path, suffix, damage, match):
         Report.load(path)
 
 
+def test_csv_and_parquet_of_one_stem_never_pair_a_report_with_anothers_meta(tmp_path):
+    # B saved as r.parquet replaced the meta A (r.csv) loads with: A read as model B, seed 1
+    a = Report.from_rows(_rows(), {"model": "A", "seed": 0})
+    b = Report.from_rows(_rows(), {"model": "B", "seed": 1})
+    a.save(tmp_path / "r.csv")
+    with pytest.raises(FileExistsError, match=r"holds the meta of another report saved as "
+                                              r".*r\.points\.csv'.*delete r\.points\.csv first"):
+        b.save(tmp_path / "r.parquet")
+    assert not (tmp_path / "r.points.parquet").exists()
+    assert Report.load(tmp_path / "r.csv").meta == {"model": "A", "seed": 0}
+    a.save(tmp_path / "r.parquet")  # the same report in both formats shares its meta
+    assert Report.load(tmp_path / "r.parquet").meta == {"model": "A", "seed": 0}
+    (tmp_path / "r.points.csv").unlink()
+    b.save(tmp_path / "r.parquet")  # the other format gone: the meta is this path's alone
+    assert Report.load(tmp_path / "r.parquet").meta == {"model": "B", "seed": 1}
+
+
 def test_a_report_made_of_a_repeated_row_is_refused():
     # the repeated row counted twice in the means of its family and part
     rows = _rows()
