@@ -88,8 +88,8 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
         path: where to save the PNG/PDF (optional).
         metric: keep only rows of this metric when the tables hold several.
 
-    Diagonal shifts (``dy == dx``) are drawn at ``dy``; other shifts in the order measured,
-    labelled ``(dy,dx)``.
+    Diagonal shifts (``dy == dx``) are drawn at ``dy``, joined in order of size; other shifts
+    in the order measured, labelled ``(dy,dx)``.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -115,6 +115,8 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
                 g = d[d["part"].astype(str) == part]
                 if g.empty:
                     continue
+                if diagonal:  # a line through the shifts in size order, not as measured (16, 1, 2)
+                    g = g.sort_values("dy", kind="stable")
                 x = [where[s] for s in zip(g["dy"], g["dx"])]
                 err = g[f"{score}_std"].to_numpy(float) if f"{score}_std" in g else None
                 _draw(ax, np.asarray(x), g[score].to_numpy(float), err, part,

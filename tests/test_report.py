@@ -601,6 +601,11 @@ def test_shift_figure_draws_the_table(tmp_path):
     early = rep.shifts[(rep.shifts.part == "early") & (rep.shifts.metric == "correlation")]
     assert list(lines["early"].get_xdata()) == [1, 2, 3, 4]
     assert np.allclose(lines["early"].get_ydata(), early.channel)
+    # measured 4 first then 1-3: the line ran 4 -> 1 -> 2 -> 3, a segment back across the panel
+    late_first = Report.from_rows(rows[3 * len(rows) // 4:] + rows[:3 * len(rows) // 4])
+    line = {c.get_label(): c.lines[0] for c in late_first.plot_shifts().axes[0].containers}["early"]
+    assert list(line.get_xdata()) == [1, 2, 3, 4]
+    assert np.allclose(line.get_ydata(), early.channel)
     other = [{**r, "transform": "translation(1,-2)"} for r in _rows()
              if r["transform"] == "translation(1,1)"]
     fig = Report.from_rows(rows[:len(other)] + other).plot_shifts()
