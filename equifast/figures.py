@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import textwrap
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,27 @@ def _pyplot():
     return plt
 
 
+def _of_one_metric(frames: Mapping[str, pd.DataFrame], metric: Optional[str]) -> Dict[str, pd.DataFrame]:
+    """Each table's rows of ``metric`` (see :func:`~equifast.report.rows_of_metric`), refused
+    where the lines would be of different metrics: a cosine line beside a correlation one read
+    as comparable scores."""
+    from .report import rows_of_metric
+
+    kept, of = {}, {}
+    for label, df in frames.items():
+        try:
+            kept[label] = rows_of_metric(df, metric)
+        except ValueError as err:
+            raise ValueError(f"{str(err).rstrip('.')} (in {label!r}).") from None
+        if "metric" in kept[label] and len(kept[label]):
+            of[label] = str(kept[label]["metric"].iloc[0])
+    if len(set(of.values())) > 1:
+        said = ", ".join(f"{label!r} {m}" for label, m in of.items())
+        raise ValueError(f"Expected the lines to share one metric, but they measured {said}; pass "
+                         "metric= one they all measured, or draw reports of one metric together.")
+    return kept
+
+
 def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[str] = None,
                title: Optional[str] = None):
     """Channel (left) and layer (right) equivariance per part, one line per setting or model.
@@ -36,10 +57,8 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
     One row of panels per transform family (translation, rotation, ...), like figures 7, 9,
     10, 11 and 12 of the thesis.
     """
-    from .report import rows_of_metric
-
     plt = _pyplot()
-    frames = {label: rows_of_metric(df, metric) for label, df in frames.items()}
+    frames = _of_one_metric(frames, metric)
     metrics = list(dict.fromkeys(m for df in frames.values() if "metric" in df for m in df["metric"]))
     families = []
     for df in frames.values():
@@ -93,16 +112,13 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
     """
     from matplotlib.ticker import MaxNLocator
 
-    from .report import rows_of_metric
-
     plt = _pyplot()
     frames = {label: df for label, df in frames.items() if not df.empty}
     if not frames:
         raise ValueError("Expected translations to draw (a table from shift_table), but the "
                          "tables hold none; measure with shifts, e.g. ef.diagonal_shifts(1, 16).")
     rows = []
-    for label, df in frames.items():
-        df = rows_of_metric(df, metric)
+    for label, df in _of_one_metric(frames, metric).items():
         rows += [(label, fam, df[df["family"] == fam]) for fam in dict.fromkeys(df["family"])]
     fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.4 * len(rows)), squeeze=False)
     for row, (label, fam, d) in enumerate(rows):

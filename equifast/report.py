@@ -615,8 +615,13 @@ class Report:
         Saves to ``path`` when given; returns the matplotlib figure."""
         from .figures import plot_parts
 
-        frames = {label or str(self.meta.get("model", "model")): self.parts}
+        mine = label or str(self.meta.get("model", "model"))
+        frames = {mine: self.parts}
         for name, rep in (others or {}).items():
+            if name == mine:  # this report's line was replaced by the other's
+                raise ValueError(f"Expected `others` to be labelled apart from this report "
+                                 f"({mine!r}), but one of them is labelled {name!r} too; pass "
+                                 f"label= or give it another name.")
             frames[name] = rep.parts
         return plot_parts(frames, path=path, metric=metric)
 

@@ -121,6 +121,31 @@ def test_plot_writes_a_png(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.PDF", "f.png"]
 
 
+def test_plot_refuses_lines_that_would_hide_or_mislead():
+    rows = _rows()
+    rep = Report.from_rows(rows, {"model": "resnet18"})
+    # an other labelled as this report replaced its line: one line, the other's values
+    with pytest.raises(ValueError, match=r"labelled apart from this report \('resnet18'\)"):
+        rep.plot(others={"resnet18": Report.from_rows(rows)})
+    assert len(rep.plot(label="mine", others={"resnet18": Report.from_rows(rows)}).legends[0]
+               .get_texts()) == 2
+    # a cosine line beside a correlation one, under one axis of "score"
+    cosine = Report.from_rows([r for r in rows if r["metric"] == "cosine"])
+    correlation = Report.from_rows([r for r in rows if r["metric"] == "correlation"])
+    from equifast.figures import plot_shifts
+
+    mixed = r"share one metric, but they measured 'model' cosine, 'B' correlation"
+    with pytest.raises(ValueError, match=mixed):
+        cosine.plot(others={"B": correlation})
+    with pytest.raises(ValueError, match=mixed):
+        plot_shifts({"model": cosine.shifts, "B": correlation.shifts})
+    # a metric the other did not measure names it
+    with pytest.raises(ValueError, match=r"one of those the report measured \(correlation\), but "
+                                         r"got 'cosine' \(in 'B'\)"):
+        rep.plot(others={"B": correlation}, metric="cosine")
+    rep.plot(others={"B": correlation})  # correlation, as rep draws when it has both
+
+
 def test_metric_bias_correlates_cosine_with_activation():
     pattern = [0.5, 0.7, 0.4, 0.6, 0.5]
     rows = []
