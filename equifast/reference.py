@@ -65,6 +65,11 @@ def compared_pairs(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional[Tran
 
 def _normalise(u: torch.Tensor, metric: str, eps: float):
     """Rows of ``u`` (``[..., P]``) scaled to unit norm, and a mask of defined rows."""
+    # each row over its largest magnitude first: both metrics ignore a row's scale, and the
+    # squares of float64 rows beyond about 1e154 (or below 1e-160) overflowed (underflowed),
+    # leaving every row undefined
+    scale = u.abs().amax(dim=-1, keepdim=True)
+    u = u / torch.where(scale > 0, scale, torch.ones_like(scale))
     v = u - u.mean(dim=-1, keepdim=True) if metric == "correlation" else u
     norm = v.norm(dim=-1, keepdim=True)
     defined = norm > eps * u.norm(dim=-1, keepdim=True)

@@ -131,6 +131,23 @@ def test_tolerance_is_relative_to_the_vectors_size():
     assert torch.isnan(f.channel[:, 1]).all() and not torch.isnan(f.channel[:, [0, 2]]).any()
 
 
+@pytest.mark.parametrize("metric", ["correlation", "cosine"])
+def test_float64_maps_of_any_magnitude_score_as_at_unit_scale(metric):
+    # their squares overflowed beyond about 1e154 and underflowed below 1e-160: every channel
+    # was undefined (NaN), read as dead, without a word; functional sends float64 here for it
+    g = torch.Generator().manual_seed(3)
+    fx = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
+    t = ef.Rotation(1)
+    ftx = t(fx) + 0.3 * torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
+    unit = ef.functional.equivariance_scores(fx, ftx, t, metric=metric)
+    assert not torch.isnan(unit.channel).any()
+    for scale in (1e160, 1e300, 1e-170, 1e-300):
+        s = ef.functional.equivariance_scores(scale * fx, scale * ftx, t, metric=metric)
+        torch.testing.assert_close(s.channel, unit.channel, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(s.layer, unit.layer, rtol=1e-6, atol=1e-7)
+        assert torch.equal(s.layer_index, unit.layer_index)
+
+
 def test_undefined_vector_per_image_has_index_minus_one():
     fx = torch.randn(3, 4)
     fx[1] = 2.5  # a constant vector: undefined for correlation
