@@ -109,6 +109,9 @@ def machine_kind(device) -> str:
         name = torch.cuda.get_device_name(device)
     else:
         name = (_cpu()[1] or "baseline").replace("-", "")  # avx512, avx2
+        forced = os.environ.get("EQUIFAST_CPU_ISA")
+        if forced:  # AVX2 kernels on an AVX-512 machine replaced its AVX-512 figures
+            name += f" forced {forced}"
     slug = "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
     return f"{device.type}-{slug}"
 
@@ -119,7 +122,14 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> None:
     path = Path(path)
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     section = f"{begin}\n{body.strip()}\n{end}"
-    if begin in text and end in text:
+    counts = (text.count(begin), text.count(end))
+    if counts != (0, 0) and (counts != (1, 1) or text.index(begin) > text.index(end)):
+        # a marker lost by hand: the next write replaced all from one section's begin to the
+        # other's end, the notes and sections between them too
+        raise ValueError(f"Expected {str(path)!r} to hold section {name!r} between one {begin} "
+                         f"and one {end} after it, but it has {counts[0]} and {counts[1]}; "
+                         "mend the markers by hand (nothing was written).")
+    if counts == (1, 1):
         text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"

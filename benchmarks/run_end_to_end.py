@@ -15,7 +15,9 @@ times, and images per second from the median ``measure`` time.
     python benchmarks/run_end_to_end.py                    # ResNet-18 at 112x112 on CPU, 7 rounds
     python benchmarks/run_end_to_end.py --model resnet50 --size 224 --batch 64 --images 64 --device cuda
 
-Writes its table into the ``end-to-end-<machine kind>`` section of ``benchmarks/RESULTS.md``.
+Writes its table into the ``end-to-end-<machine kind>`` section of ``benchmarks/RESULTS.md``
+for the issue's rows (the two commands above, any ``--rounds``); another model, size, number
+of images, batch or shifts writes a section of its own, so a smoke run never replaces them.
 """
 from __future__ import annotations
 
@@ -112,7 +114,7 @@ def main(argv=None):
         _profile(lambda: ef.measure(model, x, transforms=transforms, batch_size=args.batch, device=device),
                  device)
     if not args.no_write:
-        _write(header, row, device, args.output)
+        _write(header, row, device, args, args.output)
 
 
 def _profile(fn, device):
@@ -135,9 +137,23 @@ def _backend(device) -> str:
     return ef.backend() + (f" ({ef.ops.cuda_kernel()} kernels)" if device.type == "cuda" else "")
 
 
-def _write(header, row, device, output=None):
-    # CPU and GPU rows sit side by side: each device type has its own section.
-    name = f"end-to-end-{machine_kind(device)}"  # a section per machine kind
+# the issue's rows (model, size, images, batch, shifts): the CPU one and the GPU one
+_ISSUE_ROWS = {"cpu": ("resnet18", 112, 32, 32, 32), "cuda": ("resnet50", 224, 64, 64, 32)}
+
+
+def section_name(args, device) -> str:
+    """The section a run writes: one per machine kind for the issue's rows, and one per
+    configuration for others (a smoke run at 32 pixels replaced the recorded row)."""
+    config = (args.model, args.size, args.images, args.batch, args.shifts)
+    name = f"end-to-end-{machine_kind(device)}"
+    if config != _ISSUE_ROWS.get(device.type):
+        name += f"-{args.model}-{args.size}px-{args.images}img-b{args.batch}-s{args.shifts}"
+    return name
+
+
+def _write(header, row, device, args, output=None):
+    # CPU and GPU rows sit side by side: each machine kind has its own section.
+    name = section_name(args, device)
     write_section(name, f"## End to end ({device.type}): `equifast.measure` vs the model's own forward "
                   f"passes\n\nWritten by `benchmarks/run_end_to_end.py` on {time.strftime('%Y-%m-%d')}, torch "
                   f"{torch.__version__}, backend {_backend(device)}. The forward passes and `measure` "

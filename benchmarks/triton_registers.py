@@ -40,6 +40,12 @@ def ptxas_info(ptx: str, arch: int) -> dict:
                 spill_loads=number(r"(\d+) bytes spill loads"))
 
 
+def section_name(arch: int) -> str:
+    """The section of ``arch``'s table: sm_90's is the recorded one, which a run for another
+    architecture replaced."""
+    return "triton-registers" + (f"-sm{arch}" if arch != 90 else "")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90)")
@@ -57,7 +63,7 @@ def main(argv=None) -> int:
     table = "\n".join(lines) + "\n"
     print(table)
     if not args.no_write:
-        write_section("triton-registers", f"## Triton kernels: registers and spills (sm_{args.arch}, "
+        write_section(section_name(args.arch), f"## Triton kernels: registers and spills (sm_{args.arch}, "
                       f"no GPU needed)\n\nWritten by `benchmarks/triton_registers.py` on "
                       f"{time.strftime('%Y-%m-%d')}, Triton {triton.__version__}; tile names are "
                       f"`precision-multiplication type input type BMxBNxBK`.\n\n{table}")

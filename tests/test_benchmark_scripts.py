@@ -65,10 +65,20 @@ def test_end_to_end_reports_the_median_of_alternated_rounds(tmp_path, monkeypatc
     median_measure = statistics.median(float(r[6]) for r in rounds)
     assert float(cells["measure s"]) == pytest.approx(median_measure, abs=0.006)
     assert float(cells["images/s"]) == pytest.approx(4 / median_measure, rel=0.02, abs=0.06)
-    text = path.read_text()  # its own section: per machine kind, the row as printed
-    kind = _script("results").machine_kind("cpu")
-    section = text[text.index(f"<!-- end-to-end-{kind}:begin -->"):text.index(f"<!-- end-to-end-{kind}:end -->")]
+    text = path.read_text()  # its own section: per machine kind and configuration, the row as printed
+    name = f"end-to-end-{_script('results').machine_kind('cpu')}-resnet18-32px-4img-b4-s2"
+    section = text[text.index(f"<!-- {name}:begin -->"):text.index(f"<!-- {name}:end -->")]
     assert header in section and row in section
+
+
+def test_end_to_end_writes_the_issues_rows_alone_into_the_machines_section():
+    # a smoke run (2 images at 32 pixels) replaced the recorded ResNet-18 row
+    e2e = _script("run_end_to_end")
+    kind = _script("results").machine_kind("cpu")
+    args = e2e.argparse.Namespace(model="resnet18", size=112, images=32, batch=32, shifts=32)
+    assert e2e.section_name(args, torch.device("cpu")) == f"end-to-end-{kind}"
+    args.images = 2
+    assert e2e.section_name(args, torch.device("cpu")) == f"end-to-end-{kind}-resnet18-112px-2img-b32-s32"
 
 
 def test_results_sections_are_replaced_alone(tmp_path):
@@ -81,6 +91,16 @@ def test_results_sections_are_replaced_alone(tmp_path):
     assert "again" in text and "second" in text and "first" not in text
     assert text.index("<!-- a:begin -->") < text.index("<!-- b:begin -->")
     assert not list(tmp_path.glob("*.tmp*"))  # written through a temporary file, then moved
+    # a marker lost by hand: the next write but one replaced all from a's begin to the new end,
+    # the notes and section b between them too
+    path.write_text(text.replace("<!-- a:end -->", "") + "\nmy notes\n")
+    before = path.read_text()
+    with pytest.raises(ValueError, match=r"hold section 'a' between one <!-- a:begin --> and one "
+                                         r"<!-- a:end --> after it, but it has 1 and 0"):
+        results.write_section("a", "new", path)
+    assert path.read_text() == before
+    results.write_section("b", "b again", path)  # a whole section is still replaced
+    assert "b again" in path.read_text() and "my notes" in path.read_text()
 
 
 def test_gpu_peaks_match_the_most_specific_name():
@@ -143,6 +163,20 @@ def test_machine_line_says_which_kernels_ran(monkeypatch):
     assert results.cpu_model() == plain + ", kernels forced to baseline"
 
 
+def test_fingerprint_benchmark_labels_the_images_it_hashed(capsys):
+    # 10 images were labelled "2000 images" beside "all 10 images"
+    _script("bench_fingerprint").main(["--classes", "2", "--per-class", "5", "--repeat", "1"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "shard_fingerprint" in line]
+    assert len(lines) == 1 and "of all 10 images" in lines[0]
+
+
+def test_triton_registers_keeps_sm90s_section_for_sm90():
+    # a run for sm_80 replaced the recorded sm_90 table
+    registers = _script("triton_registers")
+    assert registers.section_name(90) == "triton-registers"
+    assert registers.section_name(80) == "triton-registers-sm80"
+
+
 def test_triton_registers_tables_every_kernel(capsys):
     try:
         from equifast.ops_triton import compile_kernels
@@ -202,8 +236,13 @@ def test_the_table_takes_a_row_the_profiler_failed_on():
 def test_each_machine_kind_writes_its_own_section(monkeypatch):
     # sections were per device type: an AVX-512 run replaced the AVX2 machine's table
     results = _script("results")
+    monkeypatch.delenv("EQUIFAST_CPU_ISA", raising=False)
     monkeypatch.setattr(results, "_cpu", lambda: ("AMD EPYC", "AVX-512"))
     assert results.machine_kind("cpu") == "cpu-avx512" and results.cpu_model() == "AMD EPYC (AVX-512)"
+    # AVX2 kernels forced there replaced the machine's AVX-512 figures
+    monkeypatch.setenv("EQUIFAST_CPU_ISA", "x86-64-v3")
+    assert results.machine_kind("cpu") == "cpu-avx512-forced-x86-64-v3"
+    monkeypatch.delenv("EQUIFAST_CPU_ISA")
     monkeypatch.setattr(results, "_cpu", lambda: ("Intel Xeon", "AVX2"))
     assert results.machine_kind("cpu") == "cpu-avx2"
     monkeypatch.setattr(results, "_cpu", lambda: ("ARM", None))
