@@ -112,8 +112,9 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
 
     Returns:
         ``(channel, layer, layer_index)``, each ``[N, K]`` on ``fx``'s device: float32
-        scores in ``[0, 1]`` (NaN where undefined) and the int64 arg-max ``k'`` of the layer
-        score (ties: smallest ``k'``; -1 where the layer score is NaN).
+        scores in ``[0, 1]`` (NaN where undefined) and the int64 arg-max ``k'`` of the
+        similarity before the ReLU (so a row of negative similarities, layer score 0, still
+        names its closest channel; ties: smallest ``k'``; -1 where the layer score is NaN).
 
     Raises:
         RuntimeError: if the extension is not built (see :func:`load_error`), or on bad

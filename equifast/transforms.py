@@ -430,8 +430,8 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
                     out.append(Rotation(deg // 90))
                 else:
                     out += rotations()
-            elif kind in ("flip", "flips"):
-                out += [Flip(rest)] if rest else flips()
+            elif kind in ("flip", "flips"):  # any case, as the kinds
+                out += [Flip(rest.strip().lower())] if rest else flips()
             elif kind == "identity":
                 if rest:
                     raise ValueError("identity takes no options")

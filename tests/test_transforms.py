@@ -117,6 +117,9 @@ def test_parse_transforms():
         ef.parse_transforms("translation:1-3:down:nearest")
     with pytest.raises(ValueError, match="identity takes no options"):
         ef.parse_transforms("identity:foo")
+    # a flip's direction in any case, as the kinds and options are taken ('flip:Horizontal' failed)
+    assert ef.parse_transforms("flip:Horizontal,FLIP:VERTICAL, flip: vertical") == [
+        ef.Flip("horizontal"), ef.Flip("vertical"), ef.Flip("vertical")]
 
 
 def test_malformed_spec_numbers_say_the_expected_form():
