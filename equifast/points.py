@@ -1628,7 +1628,10 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
     an = _Analysis(model, example_input)
     modules = dict(model.named_modules())
     if points is None:
-        found = _auto_points(an)
+        # a block the model itself names `pool` or `final`: its point was taken for the pooled
+        # vector's or the logits' (a conv block's maps scored as part `final`, two points of one name)
+        found = [(f"{name} (module)" if name in _RESERVED and module == name and take == "output"
+                  else name, module, take) for name, module, take in _auto_points(an)]
     else:
         found = _named_points(list(points), an, modules, graph)
 
@@ -1789,6 +1792,25 @@ def _refuse_named_after_pooling(points: List[Point], an: _Analysis, graph: Optio
             f"in the list to place them). {_LIST_HINT}")
 
 
+def _check_not_a_module_too(name: str, point: Tuple[str, Optional[str], str], an: _Analysis) -> None:
+    """Raise where ``name`` (``pool`` or ``final``, the point ``point``) is also a module of
+    the model whose output is another value: the reserved point was measured in its place."""
+    call = an.calls.get(name)
+    if call is None or call.made is None:
+        return
+    _, module, take = point
+    value = (_model_output(an.output, an.n) if module == "" else
+             an.calls[module].inp if take == "input" else an.calls[module].made)
+    if value is not None and value.numel() == call.made.numel() and \
+            torch.equal(value.reshape(-1), call.made.reshape(-1)):
+        return  # the module makes that very value (a classifier named `final`)
+    what = "the logits" if name == "final" else "the pooled vector that enters the classifier"
+    raise ValueError(f"Expected point {name!r} to name one thing, but it is both the reserved point "
+                     f"of {what} and module {name!r} of {type(an.model).__name__}, which makes "
+                     f"another value; name the module as {name + ' (module)'!r}, as split(model, x) does "
+                     f"without points. {_LIST_HINT}")
+
+
 def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module],
                   graph: Optional[_Graph]) -> List[Tuple[str, Optional[str], str]]:
     if not names:
@@ -1805,6 +1827,13 @@ def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module]
             if n not in special:
                 raise ValueError(f"Could not find the `{n}` point of {type(an.model).__name__} "
                                  f"automatically; name the classifier's input node instead. {_HINT}")
+            _check_not_a_module_too(n, special[n], an)
+            continue
+        renamed = n.endswith(" (module)") and n[:-len(" (module)")] in _RESERVED
+        if renamed and n[:-len(" (module)")] in modules and n[:-len(" (module)")] in an.calls:
+            m = n[:-len(" (module)")]  # the name split gives a block named `pool` or `final`
+            _check_batched(n, an.calls[m].out, an.n)
+            found.append((an.calls[m].end, (n, m, "output")))
             continue
         if n in modules:
             if n not in an.calls:

@@ -1240,3 +1240,54 @@ def test_tokens_of_a_linear_patch_embedding_lie_on_the_image_over_the_patch_size
         ef, model, model.blocks[0], x, ef.Translation(16, 32),
         lambda v: v[:, 4:].transpose(1, 2).reshape(2, 64, 8, 12), "blocks.0")
     assert got == pytest.approx(expected, abs=1e-5)
+
+
+def _named_blocks(last: str):
+    """A small CNN whose top-level modules are named as a user may: one of them `last`."""
+    from collections import OrderedDict
+
+    def block(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.ReLU())
+
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(stem=block(3, 8), down=nn.MaxPool2d(2), block=block(8, 8),
+                                     **{last: block(8, 8)}, gap=nn.AdaptiveAvgPool2d(1),
+                                     flat=nn.Flatten(), fc=nn.Linear(8, 5))).eval()
+
+
+@pytest.mark.parametrize("reserved", ["pool", "final"])
+def test_a_block_named_pool_or_final_is_a_point_of_its_own(reserved):
+    # its point took the reserved name: a conv block's maps in part `final` and two points of
+    # one name (measure's "Expected distinct point names"), or, named, the logits measured
+    # in its place without a word
+    import equifast as ef
+
+    model, x = _named_blocks(reserved), torch.rand(2, 3, 16, 16)
+    points = split(model, x)
+    names = [p.name for p in points]
+    assert names[-2:] == ["pool", "final"] and f"{reserved} (module)" in names
+    mine = points[names.index(f"{reserved} (module)")]
+    assert mine.part == "late" and mine.shape == (8, 8, 8)
+    with pytest.raises(ValueError, match=rf"Expected point '{reserved}' to name one thing, but it "
+                                         rf"is both the reserved point .* and module '{reserved}'"):
+        split(model, x, points=["stem", "block", reserved])
+    named = split(model, x, points=["stem", "block", f"{reserved} (module)"])
+    assert [(p.name, p.part) for p in named] == [("stem", "early"), ("block", "middle"),
+                                                 (f"{reserved} (module)", "late"), ("pool", "pool"),
+                                                 ("final", "final")]
+    auto = ef.measure(model, x, transforms=[ef.Rotation(1)]).points.set_index("point")
+    chosen = ef.measure(model, x, transforms=[ef.Rotation(1)],
+                        points=["block", f"{reserved} (module)"]).points.set_index("point")
+    row = f"{reserved} (module)"
+    assert auto.loc[row, "channel"] == chosen.loc[row, "channel"]
+    assert auto.loc[row, "layer"] == chosen.loc[row, "layer"]
+
+
+def test_a_classifier_named_final_is_the_final_point():
+    # the reserved name and the module make one value: no ambiguity to refuse
+    from collections import OrderedDict
+
+    model = nn.Sequential(OrderedDict(stem=nn.Conv2d(3, 4, 3), gap=nn.AdaptiveAvgPool2d(1),
+                                      flat=nn.Flatten(), final=nn.Linear(4, 3))).eval()
+    points = split(model, torch.rand(2, 3, 8, 8), points=["stem", "final"])
+    assert [p.name for p in points] == ["stem", "final"] and points[-1].shape == (3,)
