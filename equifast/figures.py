@@ -248,6 +248,9 @@ def plot_accuracy_correlation(table: pd.DataFrame, path=None, title: Optional[st
     """
     plt = _pyplot()
     families = list(table["family"].unique())
+    if not families:  # matplotlib's "Number of columns must be a positive integer, not 0"
+        raise ValueError("Expected correlations to draw (a table of part, family, score and "
+                         "spearman), but the table has no rows.")
     fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 3.4), squeeze=False)
     order = []  # a line's style is the same in every panel
     for col, (ax, fam) in enumerate(zip(axes[0], families)):

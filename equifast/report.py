@@ -33,6 +33,8 @@ SCORES = ["channel", "layer", "undefined_fraction"]
 # the columns that name a row: text, never missing (a CSV reads "NA", "None" or "" as missing)
 _NAMES = ["point", "part", "transform", "family", "metric", "shape"]
 _REQUIRED = ["point", "part", "transform", "family"] + SCORES
+_NUMBERS = ["n_images", "order", "mean_activation", "mean_magnitude", "layer_undefined_fraction",
+            "offdiagonal_fraction"]
 
 
 def _over_points(rows: pd.DataFrame, keys: List[str]) -> pd.DataFrame:
@@ -164,8 +166,13 @@ def _points_problem(points: pd.DataFrame) -> Optional[str]:
     missing = [c for c in _REQUIRED if c not in points.columns]
     if missing:
         return f"its points table lacks the column(s) {', '.join(map(repr, missing))}"
-    for col in SCORES:
-        bad = pd.to_numeric(points[col], errors="coerce").isna() & points[col].notna()
+    # the other numbers measure writes too: "six" images, or true read as a score of 1.0
+    numbers = SCORES + [c for c in _NUMBERS if c in points.columns]
+    for col in numbers:
+        values = points[col]
+        bad = pd.to_numeric(values, errors="coerce").isna() & values.notna()
+        if values.dtype == object or values.dtype == bool:
+            bad = bad | values.map(lambda v: isinstance(v, (bool, np.bool_)))
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             return f"its column {col!r} holds {points[col].iloc[i]!r} (row {i}), not a number"
@@ -293,12 +300,13 @@ def metric_bias(points: pd.DataFrame,
         if not parts or unknown:
             raise ValueError(f"Expected `parts` to be some of {', '.join(PARTS)} (or None: all "
                              f"points), but got {parts!r}.")
+    if "mean_activation" not in points or "order" not in points:  # pandas' KeyError 'order'
+        raise ValueError("Expected a points table with the activations' statistics "
+                         "(mean_activation) and the points' order, as equifast.measure writes, "
+                         f"but it has no {'mean_activation' if 'mean_activation' not in points else 'order'}.")
     # a point whose scores are all undefined keeps its row (NaN) beside its activations
     table = (points.groupby(["order", "point", "part", "family", "metric"], sort=False,
                             observed=True)["channel"].mean().unstack("metric").reset_index())
-    if "mean_activation" not in points:
-        raise ValueError("Expected a points table with the activations' statistics "
-                         "(mean_activation), as equifast.measure writes, but it has none.")
     stats = ["mean_activation", "mean_magnitude"]
     points = points if "mean_magnitude" in points else points.assign(mean_magnitude=float("nan"))
     for i, c in enumerate(stats):

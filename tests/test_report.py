@@ -175,6 +175,8 @@ def test_metric_bias_correlates_cosine_with_activation():
     assert bias["correlation"]["correlation_with_mean_magnitude"].isna().all()
     with pytest.raises(ValueError, match="mean_activation"):
         Report.from_rows([{k: v for k, v in r.items() if k != "mean_activation"} for r in rows]).metric_bias()
+    with pytest.raises(ValueError, match="the points' order, as equifast.measure writes, but it has no order"):
+        Report.from_rows([{k: v for k, v in r.items() if k != "order"} for r in rows]).metric_bias()
     only = Report.from_rows([r for r in _rows() if r["metric"] == "correlation"])
     with pytest.raises(ValueError, match="cosine"):
         only.metric_bias()
@@ -267,6 +269,9 @@ def test_parts_figure_keeps_the_parts_in_order():
 def test_accuracy_figure_draws_each_transform_set_of_a_family_apart():
     from equifast.figures import plot_accuracy_correlation
     from equifast.points import PARTS
+
+    with pytest.raises(ValueError, match="Expected correlations to draw .* the table has no rows"):
+        plot_accuracy_correlation(pd.DataFrame(columns=["part", "family", "score", "spearman"]))
 
     rows = [{"part": p, "family": "translation", "transforms": t, "score": "channel",
              "spearman": rho + 0.1 * i}
@@ -914,11 +919,14 @@ def _edit_points(path, edit):
     # rows deleted, or a file cut at a line break: the points left out of a family's mean
     (lambda df: df.iloc[:-3], r"point\(s\) 'final' have no row under 'translation\(2,2\)' "
      r"\(cosine\), which the other points have \(a truncated or hand-edited file\?\)"),
+    # the other numbers measure writes: "six" images loaded as they were
+    (lambda df: df.assign(n_images=["4"] * (len(df) - 1) + ["six"]),
+     r"its column 'n_images' holds 'six' \(row 29\), not a number"),
     # counted twice in every mean over them
     (lambda df: pd.concat([df, df.iloc[[4]]], ignore_index=True),
      r"its row 30 repeats point 'p0' under 'rotation\(90\)' \(correlation\)"),
 ], ids=["columns-missing", "score-not-a-number", "unknown-part", "name-missing", "rows-missing",
-        "row-repeated"])
+        "n-images-not-a-number", "row-repeated"])
 def test_a_hand_edited_or_foreign_report_is_a_clear_error(tmp_path, suffix, edit, match):
     # they failed deep inside (KeyError 'family', "agg function failed"), or scored the
     # unknown part as NaN
@@ -971,6 +979,16 @@ def test_csv_and_parquet_of_one_stem_never_pair_a_report_with_anothers_meta(tmp_
     (tmp_path / "r.points.csv").unlink()
     b.save(tmp_path / "r.parquet")  # the other format gone: the meta is this path's alone
     assert Report.load(tmp_path / "r.parquet").meta == {"model": "B", "seed": 1}
+
+
+def test_a_json_report_whose_score_is_true_is_refused(tmp_path):
+    # true was read as a score of 1.0
+    path = _saved(tmp_path, ".json", _rows())
+    doc = json.loads(path.read_text())
+    doc["points"][3]["channel"] = True
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"its column 'channel' holds True \(row 3\), not a number"):
+        Report.load(path)
 
 
 def test_a_report_made_of_a_repeated_row_is_refused():
