@@ -109,11 +109,11 @@ def _run_train(args) -> int:
         recipe = get_recipe(args.recipe, seed=args.seed, **_overrides(args))
     out = args.out or os.path.join("runs", recipe.name, f"seed{recipe.seed}")
     echo = _echo(args)
-    from .trainer import start_lines
-    for line in start_lines(recipe, out, args.overwrite) if echo is not None else ():
-        echo(line)
     if args.workers > 1 or args.gpu:
         from .ray_train import train_ray
+        from .trainer import start_lines
+        for line in start_lines(recipe, out, args.overwrite) if echo is not None else ():
+            echo(line)
         with _errors_name_flags(num_workers="--workers"):
             result = train_ray(recipe, out, num_workers=args.workers, use_gpu=args.gpu,
                                overwrite=args.overwrite)  # Ray Train reports each epoch itself
@@ -121,7 +121,7 @@ def _run_train(args) -> int:
         from .trainer import epoch_line, train
         progress = None if echo is None else \
             (lambda epoch, row: echo(epoch_line(epoch, recipe.epochs, row)))
-        result = train(recipe, out, overwrite=args.overwrite, callback=progress)
+        result = train(recipe, out, overwrite=args.overwrite, callback=progress, say=echo)
     summary = {"out": result.out_dir, "epochs": result.epochs, "test_acc": result.test_acc,
                "test_loss": result.test_loss}
     if result.test_rot_acc is not None:

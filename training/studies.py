@@ -487,14 +487,14 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
             # they measured the models retrained now: kept, they read as this study's results
             # while (interrupted, or --no-measure) the runs are others
             commit_staged(stage_folder(out), out, [], remove=_TABLES)
-        for line in start_lines(recipe, run, again):
-            say("  " + line)
         if workers > 1 or use_gpu:
             from .ray_train import train_ray
+            for line in start_lines(recipe, run, again):
+                say("  " + line)
             result = train_ray(recipe, run, num_workers=workers, use_gpu=use_gpu,
                                overwrite=again)
         else:
-            result = train(recipe, run, overwrite=again,
+            result = train(recipe, run, overwrite=again, say=lambda line: say("  " + line),
                            callback=lambda e, row: say("  " + epoch_line(e, recipe.epochs, row)))
         if again:
             plan.done(run, recipe)

@@ -866,7 +866,8 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
 
 
 def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = False,
-          callback: Optional[Callable[[int, Dict], None]] = None) -> TrainResult:
+          callback: Optional[Callable[[int, Dict], None]] = None,
+          say: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Train ``recipe`` in this process, writing checkpoints and metrics to ``out_dir``.
 
     Args:
@@ -875,6 +876,8 @@ def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = F
         resume: continue an unfinished run found in ``out_dir``.
         overwrite: delete a previous run in ``out_dir`` first (finished or not).
         callback: ``callback(epoch, row)`` after each epoch's checkpoint is written.
+        say: where the lines of :func:`start_lines` go, once the device and the data are
+            found (before, a missing data set's error followed a line on the schedule).
 
     Returns:
         The :class:`TrainResult`; for a finished ``out_dir``, the stored one (no training).
@@ -893,6 +896,8 @@ def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = F
     device = resolve_device(recipe.device)  # a missing GPU fails here, before the run folder is touched
     # and missing data too, whenever it will train: --overwrite deletes the old run
     datasets = _datasets(recipe) if _will_train(out_dir, overwrite) else None
+    for line in start_lines(recipe, out_dir, overwrite) if say is not None else ():
+        say(line)
     with run_lock(out_dir):
         done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
         if done is not None:
