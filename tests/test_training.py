@@ -70,6 +70,30 @@ def test_read_idx_roundtrip(tmp_path):
         read_idx(str(tmp_path / "cut-idx3-ubyte.gz"))
 
 
+@pytest.mark.parametrize("images, labels, match", [
+    # another split's labels: the first images took the test labels (at chance), silently
+    ((12, 28, 28), np.arange(10) % 10, r"as many labels as images, but .*images-idx3-ubyte' holds "
+                                       r"12 images and .*labels-idx1-ubyte' 10 labels"),
+    # more labels than images: numpy's IndexError
+    ((8, 28, 28), np.arange(10) % 10, r"holds 8 images and .* 10 labels"),
+    # the two files swapped, or one-hot labels: IndexError
+    ((10,), np.zeros((10, 28, 28)), r"Expected MNIST images \[N, 28, 28\] in .*images-idx3-ubyte', "
+                                    r"but it holds \[10\]"),
+    ((10, 28, 28), np.eye(10), r"Expected MNIST labels \[N\] in .*labels-idx1-ubyte', but it holds "
+                               r"\[10, 10\]"),
+    # another data set's labels (EMNIST's): the images of class 200 were dropped, silently
+    ((10, 28, 28), [200] + [2] * 9, r"Expected MNIST labels 0..9 in .*, but it holds 200"),
+    # images of another size were taken as they were
+    ((10, 32, 32), np.arange(10) % 10, r"images \[N, 28, 28\] in .*, but it holds \[10, 32, 32\]"),
+], ids=["fewer-labels", "more-labels", "swapped", "one-hot", "label-200", "32-pixels"])
+def test_idx_files_that_do_not_pair_are_refused(tmp_path, images, labels, match):
+    rng = np.random.default_rng(0)
+    _write_idx(str(tmp_path / "t10k-images-idx3-ubyte"), rng.integers(0, 256, images))
+    _write_idx(str(tmp_path / "t10k-labels-idx1-ubyte"), labels)
+    with pytest.raises(ValueError, match=match + r".*put the MNIST files of one split there"):
+        build_dataset("mnist6", str(tmp_path), train=False)
+
+
 def test_mnist6_from_local_root(fake_mnist):
     ds = build_dataset("mnist6", fake_mnist, train=True)
     original = np.arange(200) % 10

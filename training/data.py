@@ -202,8 +202,28 @@ def _load_idx_pair(root: str, sub: str, train: bool, what: str, option: str,
     # one stat per file: the version read is the one whose mean is checked
     stamps = [os.stat(p).st_mtime_ns for p in paths]
     images, labels = (_read_idx_cached(p, t) for p, t in zip(paths, stamps))
+    _check_pair(images, labels, paths, what)
     _check_family(paths[0], stamps[0], what)
     return images, labels.astype(np.int64)
+
+
+def _check_pair(images: np.ndarray, labels: np.ndarray, paths: Sequence[str], what: str) -> None:
+    """Raise ValueError unless ``images`` are ``[N, 28, 28]`` and ``labels`` ``[N]`` of classes
+    0..9: a labels file of another split or data set gave images the wrong labels, or dropped
+    some, without a word (an ``IndexError`` where they were more)."""
+    again = f"; put the {what} files of one split there (re-download them)"
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"Expected {what} images [N, 28, 28] in {paths[0]!r}, but it holds "
+                         f"{list(images.shape)}{again}.")
+    if labels.ndim != 1:
+        raise ValueError(f"Expected {what} labels [N] in {paths[1]!r}, but it holds "
+                         f"{list(labels.shape)}{again}.")
+    if len(images) != len(labels):
+        raise ValueError(f"Expected as many labels as images, but {paths[0]!r} holds {len(images)} "
+                         f"images and {paths[1]!r} {len(labels)} labels{again}.")
+    if len(labels) and int(labels.max()) > 9:
+        raise ValueError(f"Expected {what} labels 0..9 in {paths[1]!r}, but it holds "
+                         f"{int(labels.max())}: another data set's labels{again}.")
 
 
 @functools.lru_cache(maxsize=8)
