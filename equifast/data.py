@@ -507,6 +507,20 @@ class ClassFolders:
         return bool(self.classes)
 
 
+def folders_disagree(images) -> bool:
+    """Whether ``images`` is a ``ConcatDataset`` (maybe under a ``DataLoader`` or ``Subset``) of
+    class-folder datasets with different classes: each labels its images by the index of its own
+    folders, which are then no class of the model (every image of one-folder parts is label 0)."""
+    from torch.utils.data import ConcatDataset
+
+    while isinstance(images, (DataLoader, Subset)):
+        images = images.dataset
+    if not isinstance(images, ConcatDataset):
+        return False
+    folders = [image_folder(d) for d in images.datasets]
+    return any(f is not None for f in folders) and image_folder(images) is None
+
+
 def image_folder(images):
     """The class folders whose index ``images`` labels its images with: an :class:`ImageFiles`
     or a torchvision ``ImageFolder`` (``DatasetFolder``, without a ``target_transform``;

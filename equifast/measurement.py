@@ -593,6 +593,11 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 warn(f"No accuracy: {type(inner).__name__} has no classifier "
                      "(num_classes=0), so its `final` is pooled features, not class "
                      "logits; build it with num_classes=N for a classifier.")
+        elif folder is None and labels is None and data_mod.folders_disagree(images):
+            warn("No accuracy: the datasets joined in the ConcatDataset are class folders of "
+                 "different classes, so their labels are indices of different folders, not "
+                 "the model's classes; join folders of the same classes.")
+            measurer.count_accuracy = False
         elif folder is not None and folder.labelled and final is not None and len(final.shape) == 1:
             classes = data_mod.model_classes(folder, final.shape[0])
             measurer.label_classes = None if classes is None else classes.to(measurer.device)

@@ -205,6 +205,13 @@ def test_folder_of_some_imagenet_classes_gives_real_accuracy(tmp_path):
                    torch.utils.data.ConcatDataset([files]),
                    torchvision.datasets.ImageFolder(str(tmp_path), transform=preprocess)):
         assert ef.measure(model, images, transforms=[ef.Rotation(2)]).accuracy == 1.0
+    # a ConcatDataset of the two synset folders read one by one: each labels its photo 0, which
+    # scored both against class 0 (accuracy 0.0, silently); it has no accuracy, and says so
+    apart = torch.utils.data.ConcatDataset([ef.data.ImageFiles(tmp_path / w, transform=preprocess)
+                                            for w in ("n04485082", "n07920052")])
+    with pytest.warns(UserWarning, match="No accuracy: the datasets joined in the ConcatDataset are "
+                                         "class folders of different classes"):
+        assert ef.measure(model, apart, transforms=[ef.Rotation(2)]).accuracy is None
     # an image beside the class folders has no label: left out of the accuracy, and said so
     Image.fromarray(skimage.data.astronaut()).save(tmp_path / "stray.png")
     with pytest.warns(UserWarning, match=r"1 image\(s\) lie beside the class folders.*stray.png"):
