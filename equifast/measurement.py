@@ -516,8 +516,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     with modes_kept(model), placement_kept(model), torch.random.fork_rng(devices=[]):
         from .models import load_model
 
-        if n_images is not None and n_images < 1:
-            raise ValueError(f"Expected `n_images` >= 1 (or None: all), but got {n_images}.")
+        n_images = data_mod._check_n_images(n_images)  # "5" failed on `<` in a TypeError
         torch.default_generator.manual_seed(seed)  # CPU only: the caller's CUDA stream is theirs
         meta = {"seed": seed, "backend": backend_name() if backend == "auto" else backend}
         if isinstance(model, str):
