@@ -143,11 +143,17 @@ class ImageFiles(Dataset):
         # files by name), so that a seeded n_images subset draws the same images as from it.
         # Strings, not Paths: pathlib took 1.3 s of 1.4 to list 50,000 files.
         top = str(root)
-        found = sorted(_image_paths(top))
+        unread: List[str] = []
+        found = sorted(_image_paths(top, unread))
         if not found:
             raise FileNotFoundError(
-                f"Expected image files ({', '.join(IMAGE_SUFFIXES)}) under {top!r}, but found none."
+                f"Expected image files ({', '.join(IMAGE_SUFFIXES)}) under {top!r}, but found none"
+                + (f" ({len(unread)} of other types, e.g. {unread[0]!r})." if unread else ".")
             )
+        if unread:
+            from .warning import warn
+            warn(f"{len(unread)} image(s) under {top!r} are of types equifast does not read (e.g. "
+                 f"{sorted(unread)[0]!r}) and are left out; it reads {', '.join(IMAGE_SUFFIXES)}.")
         self.paths = [folder + os.sep + name for _, folder, name in found]
         # every class folder counts, an empty one too: folder i is class i of the model
         self.labelled = any(folder != top for _, folder, _ in found)
@@ -447,12 +453,18 @@ def has_images(root: str) -> bool:
     return next(_image_paths(str(root)), None) is not None
 
 
-def _image_paths(root: str) -> Iterator[Tuple[str, str, str]]:
+# images of types ImageFiles does not read (as ImageFolder does not): left out, and said so
+_UNREAD_SUFFIXES = frozenset((".gif", ".jfif", ".jpe", ".avif", ".heic", ".heif", ".jp2", ".jxl",
+                              ".tga", ".ico", ".dng", ".cr2", ".nef", ".arw"))
+
+
+def _image_paths(root: str, unread: Optional[List[str]] = None) -> Iterator[Tuple[str, str, str]]:
     """``(class folder, or the name of a file in root; folder; name)`` of the image files under
     ``root`` (sorted, torchvision ImageFolder's order), entering linked folders (``Path.rglob``
     does not: a class folder may be a link), each real folder once a class (a link back up
     would loop). Two class folders linking to one real folder both hold its images, as in
-    ImageFolder (the second was silently an empty class)."""
+    ImageFolder (the second was silently an empty class). The paths of images of other types
+    (:data:`_UNREAD_SUFFIXES`) go to ``unread``, when given."""
     top = os.path.realpath(root)
     seen = {}  # class folder -> the real folders entered for it, with root's (a link up)
     start = len(root.rstrip(os.sep)) + 1
@@ -466,6 +478,9 @@ def _image_paths(root: str) -> Iterator[Tuple[str, str, str]]:
             entered.add(real)
         subfolders[:] = [d for d in subfolders if _data_folder(d)]
         yield from ((cls or n, folder, n) for n in names if _image_name(n))
+        if unread is not None:
+            unread += [folder + os.sep + n for n in names if not n.startswith(".")
+                       and n[n.rfind("."):].lower() in _UNREAD_SUFFIXES]
 
 
 def model_classes(folder, n_classes: int) -> Optional[torch.Tensor]:

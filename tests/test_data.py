@@ -382,6 +382,23 @@ def test_every_class_folder_counts_and_hidden_files_are_not_images(tmp_path):
     assert data.model_classes(files, 3).tolist() == [0, 1, 2]
 
 
+def test_images_of_types_not_read_are_named(tmp_path):
+    # an animated GIF among the photos was left out without a word (measured 2 of 3)
+    for name in ("a.png", "b.JPG"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name, format="PNG" if name.endswith("png") else "JPEG")
+    Image.new("RGB", (4, 4)).save(tmp_path / "anim.gif")
+    (tmp_path / "notes.txt").write_text("not an image: no word on it")
+    with pytest.warns(UserWarning, match=r"1 image\(s\) under .* are of types equifast does not read "
+                                         r"\(e\.g\. '.*anim\.gif'\) and are left out"):
+        files = data.ImageFiles(tmp_path)
+    assert len(files) == 2
+    only = tmp_path / "gifs"
+    only.mkdir()
+    Image.new("RGB", (4, 4)).save(only / "x.gif")
+    with pytest.raises(FileNotFoundError, match=r"found none \(1 of other types, e\.g\. '.*x\.gif'\)"):
+        data.ImageFiles(only)
+
+
 def test_datasets_of_arrays_iterables_and_pgm_files(tmp_path):
     # numpy items failed deep in torchvision, an IterableDataset with a preprocess or n_images
     # with "has no len()", and
