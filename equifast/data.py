@@ -638,6 +638,14 @@ def _collate(items):
         except ValueError as err:
             return _Failed(err)
     x = torch.stack(xs)
+    named = next((v for v in ys or () if isinstance(v, (str, bytes))), None)
+    if named is not None:  # torch's "too many dimensions 'str'"
+        try:  # raised, for the traceback _Failed keeps
+            raise ValueError(f"Expected the Dataset's labels to be class indices of the model "
+                             f"(ints, -1 for none), but got {named!r}; map the class names to "
+                             f"the model's indices in the Dataset.")
+        except ValueError as err:
+            return _Failed(err)
     y = None if ys is None else torch.as_tensor(ys)
     return x, y
 
@@ -653,6 +661,8 @@ def _prepared(item, preprocess: Callable, mode: Optional[str] = None):
     x, y = _image_and_label(item)
     if isinstance(x, np.ndarray):  # an HxW or HxWxC array of pixels, as PIL holds them
         from PIL import Image
+        if x.ndim == 3 and x.shape[2] == 1:  # HxWx1 grey: PIL takes it as HxW only
+            x = x[..., 0]
         try:
             x = Image.fromarray(x)
         except (TypeError, ValueError) as err:

@@ -399,6 +399,34 @@ def test_images_of_types_not_read_are_named(tmp_path):
         data.ImageFiles(only)
 
 
+def test_grey_arrays_of_one_channel_and_named_labels(tmp_path):
+    # HxWx1 uint8 arrays (the docs' HxW(xC)) failed in PIL ("Cannot handle this data type");
+    # labels of class names in torch's "too many dimensions 'str'"
+    import numpy as np
+    import torchvision.transforms as T
+
+    grey = (np.arange(8 * 8) % 256).astype(np.uint8).reshape(8, 8, 1)
+
+    class Items(torch.utils.data.Dataset):
+        def __init__(self, label):
+            self.label = label
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return grey, self.label
+
+    bx, by = _collect(data.batches(Items(3), batch_size=2, preprocess=T.ToTensor()))
+    torch.testing.assert_close(bx[0], T.ToTensor()(Image.fromarray(grey[..., 0])))
+    assert by.tolist() == [3, 3]
+    for workers in (0, 1):
+        with pytest.raises(ValueError, match=r"labels to be class indices of the model \(ints, -1 "
+                                             r"for none\), but got 'cat'"):
+            _collect(data.batches(Items("cat"), batch_size=2, preprocess=T.ToTensor(),
+                                  num_workers=workers))
+
+
 def test_datasets_of_arrays_iterables_and_pgm_files(tmp_path):
     # numpy items failed deep in torchvision, an IterableDataset with a preprocess or n_images
     # with "has no len()", and
