@@ -390,9 +390,11 @@ def _pil_rgb(img, path: Path):
         raise ValueError(f"Expected an 8- or 16-bit image, but {str(path)!r} holds 32-bit floats, "
                          "whose range is unknown; save it as an 8- or 16-bit image.")
     if img.mode == "I" and img.format not in _SIXTEEN_BIT_AS_I:
-        # a 32-bit integer TIFF (or image made in memory): read as 16 bits, 0..255 was black
-        raise ValueError(f"Expected an 8- or 16-bit image, but {str(path)!r} holds 32-bit integers, "
-                         "whose range is unknown; save it as an 8- or 16-bit image.")
+        # a 32-bit integer TIFF (or image made in memory): read as 16 bits, 0..255 was black;
+        # a signed 16-bit TIFF opens as mode I too
+        raise ValueError(f"Expected an 8- or unsigned 16-bit image, but {str(path)!r} holds 32-bit "
+                         "or signed integers, whose range is unknown; save it as an 8- or 16-bit "
+                         "image.")
     if img.mode.startswith("I"):  # I;16, I;16B, I (a 16-bit PNG or PGM): 0..65535
         img = Image.fromarray(_eight_bits(np.asarray(img)))
     return img if img.mode == "RGB" else img.convert("RGB")  # convert copies even an RGB image

@@ -105,7 +105,11 @@ def test_sixteen_bit_float_and_extreme_images(tmp_path):
     for name, image, said in (
             ("float.tif", Image.fromarray(np.full((8, 8), 0.5, np.float32)), "32-bit floats"),
             # levels of 0..255 in 32 bits were read as 16-bit ones: a black image, no warning
-            ("int.tif", Image.fromarray(np.full((8, 8), 200, np.int32)), "32-bit integers, whose range is unknown"),
+            ("int.tif", Image.fromarray(np.full((8, 8), 200, np.int32)),
+             "32-bit or signed integers, whose range is unknown"),
+            # refused as holding 32-bit integers, which it does not
+            ("int16.tif", Image.fromarray(np.full((8, 8), 200, np.int16)),
+             "but .*int16.tif' holds 32-bit or signed integers"),
             ("strip.png", Image.new("RGB", (400, 4)), "aspect ratio at most 32:1, but .* is 400x4")):
         folder = tmp_path / name.split(".")[0]
         folder.mkdir()
@@ -577,7 +581,7 @@ def test_deep_images_of_a_dataset_without_normalisation_are_scaled_as_a_folders(
     floats = Image.fromarray(np.full((8, 8), 0.5, np.float32))
     with pytest.raises(ValueError, match="32-bit floats, whose range is unknown"):
         list(data.batches(Deep(floats), batch_size=2, preprocess=T.ToTensor()))
-    with pytest.raises(ValueError, match="32-bit integers, whose range is unknown"):
+    with pytest.raises(ValueError, match="32-bit or signed integers, whose range is unknown"):
         list(data.batches(Deep(Image.fromarray(levels.astype(np.int32))), batch_size=2,
                           preprocess=T.ToTensor()))
 
