@@ -44,8 +44,10 @@ def test_too_many_workers_for_a_local_cluster_fail_before_ray_starts(tmp_path, m
     from equifast.training import ray_train
     monkeypatch.setattr(ray_train, "_local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     recipe = get_recipe("cnn7-fmnist6", epochs=1, device="cpu")
+    said = []  # a line on the schedule of a run that never started came before the error
     with pytest.raises(ValueError, match=r"4 workers \(1 CPU each: 4 CPU in all\), but it has 2 CPU;"):
-        train_ray(recipe, str(tmp_path / "run"), num_workers=4)
+        train_ray(recipe, str(tmp_path / "run"), num_workers=4, say=said.append)
+    assert said == []
     with pytest.raises(ValueError, match=r"2 workers \(1 GPU each: 2 GPU in all\), but it has 0 GPU;"):
         train_ray(get_recipe("cnn7-fmnist6", epochs=1), str(tmp_path / "run"), num_workers=2,
                   use_gpu=True)
@@ -126,7 +128,10 @@ def test_a_later_run_uses_the_local_ray_an_earlier_one_started_as_its_own(tmp_pa
     monkeypatch.setattr(ray_train, "_local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=32, test_subset=8, device="cpu")
     try:
-        assert train_ray(recipe, str(tmp_path / "first"), num_workers=1).epochs == 1
+        said = []
+        assert train_ray(recipe, str(tmp_path / "first"), num_workers=1, say=said.append).epochs == 1
+        assert said == ["the learning rate stays at 0.01: milestones [25, 50] lie past the last "
+                        "epoch (1); --milestones shortens the schedule"]
         assert ray.is_initialized() and ray.cluster_resources()["CPU"] == 2
         with warnings.catch_warnings():
             warnings.simplefilter("error")

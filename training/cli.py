@@ -111,12 +111,9 @@ def _run_train(args) -> int:
     echo = _echo(args)
     if args.workers > 1 or args.gpu:
         from .ray_train import train_ray
-        from .trainer import start_lines
-        for line in start_lines(recipe, out, args.overwrite) if echo is not None else ():
-            echo(line)
         with _errors_name_flags(num_workers="--workers"):
             result = train_ray(recipe, out, num_workers=args.workers, use_gpu=args.gpu,
-                               overwrite=args.overwrite)  # Ray Train reports each epoch itself
+                               overwrite=args.overwrite, say=echo)  # Ray Train reports each epoch
     else:
         from .trainer import epoch_line, train
         progress = None if echo is None else \

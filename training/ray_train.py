@@ -37,7 +37,7 @@ import re
 import signal
 import threading
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -47,7 +47,7 @@ from equifast.warning import warn
 from .recipes import Recipe
 from .trainer import (CHECKPOINT, TrainResult, _damaged, _datasets, _fit, _load_checkpoint,
                       _device_record, _result_from_dir, _will_train, prepare_out_dir,
-                      _warn_if_resumed_otherwise, run_lock)
+                      _warn_if_resumed_otherwise, run_lock, start_lines)
 
 __all__ = ["train_ray", "WorkerDiedError"]
 
@@ -159,7 +159,8 @@ def _without_controller_output() -> None:
 def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool = False,
               resume: bool = True, overwrite: bool = False,
               resources_per_worker: Optional[Dict[str, float]] = None,
-              storage_path: Optional[str] = None, _fail: Optional[Dict] = None) -> TrainResult:
+              storage_path: Optional[str] = None, _fail: Optional[Dict] = None,
+              say: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Train ``recipe`` on ``num_workers`` Ray Train workers; files as in :func:`train`.
 
     Uses the Ray this process is connected to, else the cluster ``RAY_ADDRESS`` names (as
@@ -177,6 +178,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         overwrite: delete a previous run in ``out_dir`` first.
         resources_per_worker: e.g. ``{"CPU": 1}`` (Ray's default when ``None``).
         storage_path: Ray Train's own run storage (default: ``out_dir/ray``).
+        say: where the lines of :func:`~equifast.training.trainer.start_lines` go, once the
+            workers' resources (and, on a local Ray, the data) are found.
         _fail: tests only: ``{"fail_after_epoch": e, "fail_rank": r}`` makes worker ``r``
             raise a RuntimeError (an OSError with ``"fail_with": "OSError"``, or exit at once
             with ``"exit"``) after epoch ``e``'s checkpoint.
@@ -231,6 +234,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         # in a Ray Train worker error, and before --overwrite deletes the old run. (On a
         # cluster the data may be on the workers only.)
         _datasets(recipe)
+    for line in start_lines(recipe, out_dir, overwrite) if say is not None else ():
+        say(line)
     with run_lock(out_dir):  # the driver's: the workers write into the folder it holds
         done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
         if done is not None:

@@ -460,7 +460,7 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         >>> run_study("objective-fashion", "runs/objective-fashion",
         ...           overrides={"epochs": 2, "train_subset": 2000})  # doctest: +SKIP
     """
-    from .trainer import epoch_line, start_lines, train
+    from .trainer import epoch_line, train
     study = get_study(name)
     seeds, n_images = _check_seeds_and_images(seeds, n_images)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -489,10 +489,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
             commit_staged(stage_folder(out), out, [], remove=_TABLES)
         if workers > 1 or use_gpu:
             from .ray_train import train_ray
-            for line in start_lines(recipe, run, again):
-                say("  " + line)
             result = train_ray(recipe, run, num_workers=workers, use_gpu=use_gpu,
-                               overwrite=again)
+                               overwrite=again, say=lambda line: say("  " + line))
         else:
             result = train(recipe, run, overwrite=again, say=lambda line: say("  " + line),
                            callback=lambda e, row: say("  " + epoch_line(e, recipe.epochs, row)))
