@@ -184,6 +184,7 @@ import contextlib
 import math
 import operator
 import re
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -1792,23 +1793,22 @@ def _refuse_named_after_pooling(points: List[Point], an: _Analysis, graph: Optio
             f"in the list to place them). {_LIST_HINT}")
 
 
-def _check_not_a_module_too(name: str, point: Tuple[str, Optional[str], str], an: _Analysis) -> None:
-    """Raise where ``name`` (``pool`` or ``final``, the point ``point``) is also a module of
-    the model whose output is another value: the reserved point was measured in its place."""
-    call = an.calls.get(name)
-    if call is None or call.made is None:
+def _warn_if_a_block_too(name: str, names: Sequence[str], an: _Analysis) -> None:
+    """Warn where ``name`` (``pool`` or ``final``, the reserved point) is also a block that
+    :func:`split` finds (as ``name (module)``) and ``names`` leave it out: the reserved point is
+    measured, which may not be what was meant."""
+    if f"{name} (module)" in names or name not in an.calls:
         return
-    _, module, take = point
-    value = (_model_output(an.output, an.n) if module == "" else
-             an.calls[module].inp if take == "input" else an.calls[module].made)
-    if value is not None and value.numel() == call.made.numel() and \
-            torch.equal(value.reshape(-1), call.made.reshape(-1)):
-        return  # the module makes that very value (a classifier named `final`)
-    what = "the logits" if name == "final" else "the pooled vector that enters the classifier"
-    raise ValueError(f"Expected point {name!r} to name one thing, but it is both the reserved point "
-                     f"of {what} and module {name!r} of {type(an.model).__name__}, which makes "
-                     f"another value; name the module as {name + ' (module)'!r}, as split(model, x) does "
-                     f"without points. {_LIST_HINT}")
+    try:
+        with warnings.catch_warnings():  # the automatic split's own warnings are not this one's
+            warnings.simplefilter("ignore")
+            blocks = _auto_points(an)
+    except Exception:  # noqa: BLE001 -- a model split() cannot find blocks of: nothing to say
+        return
+    if (name, name, "output") in blocks:
+        what = "the logits" if name == "final" else "the pooled vector that enters the classifier"
+        _warn(f"Point {name!r} is {what}; the block {type(an.model).__name__} names {name!r} is the "
+              f"point {name + ' (module)'!r}, as split(model, x) names it.")
 
 
 def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module],
@@ -1827,13 +1827,16 @@ def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module]
             if n not in special:
                 raise ValueError(f"Could not find the `{n}` point of {type(an.model).__name__} "
                                  f"automatically; name the classifier's input node instead. {_HINT}")
-            _check_not_a_module_too(n, special[n], an)
+            _warn_if_a_block_too(n, names, an)
             continue
-        renamed = n.endswith(" (module)") and n[:-len(" (module)")] in _RESERVED
-        if renamed and n[:-len(" (module)")] in modules and n[:-len(" (module)")] in an.calls:
-            m = n[:-len(" (module)")]  # the name split gives a block named `pool` or `final`
-            _check_batched(n, an.calls[m].out, an.n)
-            found.append((an.calls[m].end, (n, m, "output")))
+        block = n[:-len(" (module)")] if n.endswith(" (module)") else None
+        if block in _RESERVED and block in modules:  # the name split gives a block `pool`/`final`
+            if block not in an.calls or an.calls[block].calls > 1:
+                runs = an.calls[block].calls if block in an.calls else 0
+                raise ValueError(f"Expected point {n!r} to run once in the forward pass, but module "
+                                 f"{block!r} runs {runs} times. {_REPEATED_HINT}")
+            _check_batched(n, an.calls[block].out, an.n)
+            found.append((an.calls[block].end, (n, block, "output")))
             continue
         if n in modules:
             if n not in an.calls:

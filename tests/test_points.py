@@ -1268,9 +1268,14 @@ def test_a_block_named_pool_or_final_is_a_point_of_its_own(reserved):
     assert names[-2:] == ["pool", "final"] and f"{reserved} (module)" in names
     mine = points[names.index(f"{reserved} (module)")]
     assert mine.part == "late" and mine.shape == (8, 8, 8)
-    with pytest.raises(ValueError, match=rf"Expected point '{reserved}' to name one thing, but it "
-                                         rf"is both the reserved point .* and module '{reserved}'"):
-        split(model, x, points=["stem", "block", reserved])
+    # named as the reserved point, it is that point (as before), with a word on the block
+    with pytest.warns(UserWarning, match=rf"Point '{reserved}' is the .*; the block Sequential names "
+                                         rf"'{reserved}' is the point '{reserved} \(module\)'"):
+        kept = split(model, x, points=["stem", "block", reserved])
+    assert [p.name for p in kept] == ["stem", "block", reserved]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # split's own names given back: no word
+        assert [p.name for p in split(model, x, points=names)] == names
     named = split(model, x, points=["stem", "block", f"{reserved} (module)"])
     assert [(p.name, p.part) for p in named] == [("stem", "early"), ("block", "middle"),
                                                  (f"{reserved} (module)", "late"), ("pool", "pool"),
@@ -1281,6 +1286,49 @@ def test_a_block_named_pool_or_final_is_a_point_of_its_own(reserved):
     row = f"{reserved} (module)"
     assert auto.loc[row, "channel"] == chosen.loc[row, "channel"]
     assert auto.loc[row, "layer"] == chosen.loc[row, "layer"]
+
+
+def test_reserved_names_of_models_whose_pool_or_final_module_is_no_block():
+    # split's own points given back were refused where a top-level `pool` (global pooling,
+    # then a LayerNorm) or a classifier `final` (its output scaled) made another value
+    def block(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.ReLU())
+
+    class NormedHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.layer1 = block(3, 8), block(8, 8)
+            self.pool, self.norm, self.fc = nn.AdaptiveAvgPool2d(1), nn.LayerNorm(8), nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(self.norm(torch.flatten(self.pool(self.layer1(self.stem(x))), 1)))
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.layer1 = block(3, 8), block(8, 8)
+            self.pool, self.final = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.final(self.pool(self.layer1(self.stem(x))).flatten(1)) / 2.0
+
+    class Twice(nn.Module):  # a block named `final` run twice (shared weights)
+        def __init__(self):
+            super().__init__()
+            self.stem, self.final, self.fc = block(3, 8), block(8, 8), nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(self.final(self.final(self.stem(x))).mean((2, 3)))
+
+    x = torch.rand(2, 3, 16, 16)
+    for model in (NormedHead().eval(), Scaled().eval()):
+        names = [p.name for p in split(model, x)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert [p.name for p in split(model, x, points=names)] == names
+    with pytest.raises(ValueError, match=r"Expected point 'final \(module\)' to run once in the "
+                                         r"forward pass, but module 'final' runs 2 times"):
+        split(Twice().eval(), x, points=["stem", "final (module)"])
 
 
 def test_a_classifier_named_final_is_the_final_point():
