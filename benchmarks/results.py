@@ -110,7 +110,8 @@ def machine_kind(device) -> str:
     else:
         name = (_cpu()[1] or "baseline").replace("-", "")  # avx512, avx2
         forced = os.environ.get("EQUIFAST_CPU_ISA")
-        if forced:  # AVX2 kernels on an AVX-512 machine replaced its AVX-512 figures
+        own = {"AVX-512": "x86-64-v4", "AVX2": "x86-64-v3", None: "baseline"}[_cpu()[1]]
+        if forced and forced != own:  # AVX2 kernels on an AVX-512 machine replaced its figures
             name += f" forced {forced}"
     slug = "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
     return f"{device.type}-{slug}"

@@ -535,7 +535,9 @@ def folders_disagree(images) -> bool:
     if not isinstance(images, ConcatDataset):
         return False
     folders = [image_folder(d) for d in images.datasets]
-    return any(f is not None for f in folders) and image_folder(images) is None
+    # a folder beside other data (raw labels), or one with a target_transform: not said to be this
+    return (len(folders) > 1 and all(f is not None for f in folders)
+            and len({tuple(f.classes) for f in folders}) > 1)
 
 
 def image_folder(images):

@@ -187,6 +187,11 @@ def _points_problem(points: pd.DataFrame) -> Optional[str]:
     return None
 
 
+def _lasting(meta: dict) -> dict:
+    """``meta`` without what changes from one run of a measurement to the next (its timings)."""
+    return {k: v for k, v in meta.items() if k not in ("seconds", "images_per_second")}
+
+
 def _row_keys(points: pd.DataFrame) -> List[str]:
     """The columns that name one row of a points table."""
     return ["point", "transform"] + (["metric"] if "metric" in points.columns else [])
@@ -210,7 +215,7 @@ def _grid_problem(points: pd.DataFrame) -> Optional[str]:
             lacking = [p for p in every if p not in have]
             return (f"point(s) {', '.join(map(repr, lacking[:3]))}{' ...' if len(lacking) > 3 else ''} "
                     f"have no row under {_pair(rows.iloc[0])}, "
-                    f"which the other points have (a truncated or hand-edited file?)")
+                    f"which the other points have")
     return None
 
 
@@ -240,7 +245,7 @@ def _checked_points(points: pd.DataFrame, meta: dict, path: Path) -> pd.DataFram
                              f"{_written_by(meta)}.")
     problem = _grid_problem(points)
     if problem:
-        raise ValueError(f"{where} {problem}{_written_by(meta)}.")
+        raise ValueError(f"{where} {problem} (a truncated or hand-edited file?){_written_by(meta)}.")
     return points
 
 
@@ -510,6 +515,12 @@ class Report:
         suffix = path.suffix.lower()
         if suffix not in (".json", ".csv", ".parquet"):  # before its folder is made
             raise ValueError(f"Expected a .json, .csv or .parquet path, but got {str(path)!r}.")
+        problem = _grid_problem(self.points) if len(self.points) else None
+        if problem:  # else saved, and refused by load as a truncated file
+            raise ValueError(f"Expected every point under every transform and metric, as Report.load "
+                             f"needs to tell a whole file from a truncated one, but {problem}; "
+                             f"keep the rows (an undefined score is NaN), or save the table itself "
+                             f"with pandas.")
         stem = path.with_suffix("")
         targets = ([path] if suffix == ".json" else
                    [stem.with_name(f"{stem.name}.{n}") for n in (f"points{suffix}", f"parts{suffix}",
@@ -540,7 +551,8 @@ class Report:
 
     def _check_shared_meta(self, meta: Path, stem: Path, suffix: str) -> None:
         """Raise unless the meta file that ``.csv`` and ``.parquet`` share is free or this
-        report's: another report's, saved in the other format, would load with this meta."""
+        report's (up to its timings: a rerun of one measurement saved in both formats): another
+        report's, saved in the other format, would load with this meta."""
         other = ".parquet" if suffix == ".csv" else ".csv"
         points = stem.with_name(f"{stem.name}.points{other}")
         if not (meta.is_file() and points.is_file()):
@@ -549,7 +561,8 @@ class Report:
             theirs = json.loads(meta.read_text())
         except (OSError, ValueError):
             theirs = None
-        if theirs != json.loads(json.dumps(json_safe(self.meta), allow_nan=False)):
+        mine = json.loads(json.dumps(json_safe(self.meta), allow_nan=False))
+        if not (isinstance(theirs, dict) and _lasting(theirs) == _lasting(mine)):
             raise FileExistsError(
                 f"Expected {str(meta)!r}, which {stem.name}{suffix} and {stem.name}{other} share, to "
                 f"be free or this report's, but it holds the meta of another report saved as "

@@ -242,6 +242,8 @@ def test_each_machine_kind_writes_its_own_section(monkeypatch):
     # AVX2 kernels forced there replaced the machine's AVX-512 figures
     monkeypatch.setenv("EQUIFAST_CPU_ISA", "x86-64-v3")
     assert results.machine_kind("cpu") == "cpu-avx512-forced-x86-64-v3"
+    monkeypatch.setenv("EQUIFAST_CPU_ISA", "x86-64-v4")  # its own: the machine's section
+    assert results.machine_kind("cpu") == "cpu-avx512"
     monkeypatch.delenv("EQUIFAST_CPU_ISA")
     monkeypatch.setattr(results, "_cpu", lambda: ("Intel Xeon", "AVX2"))
     assert results.machine_kind("cpu") == "cpu-avx2"

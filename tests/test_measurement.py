@@ -212,6 +212,13 @@ def test_folder_of_some_imagenet_classes_gives_real_accuracy(tmp_path):
     with pytest.warns(UserWarning, match="No accuracy: the datasets joined in the ConcatDataset are "
                                          "class folders of different classes"):
         assert ef.measure(model, apart, transforms=[ef.Rotation(2)]).accuracy is None
+    # one folder beside a dataset of the model's own labels: those taken as they are, as before
+    x = torch.stack([preprocess(Image.open(tmp_path / "n04485082" / "camera.png").convert("RGB"))])
+    beside = torch.utils.data.ConcatDataset([ef.data.ImageFiles(tmp_path / "n07920052", transform=preprocess),
+                                             torch.utils.data.TensorDataset(x, torch.tensor([872]))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ef.EquifastWarning)
+        assert ef.measure(model, beside, transforms=[ef.Rotation(2)]).accuracy == 0.5
     # an image beside the class folders has no label: left out of the accuracy, and said so
     Image.fromarray(skimage.data.astronaut()).save(tmp_path / "stray.png")
     with pytest.warns(UserWarning, match=r"1 image\(s\) lie beside the class folders.*stray.png"):

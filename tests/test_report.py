@@ -976,6 +976,11 @@ def test_csv_and_parquet_of_one_stem_never_pair_a_report_with_anothers_meta(tmp_
     assert Report.load(tmp_path / "r.csv").meta == {"model": "A", "seed": 0}
     a.save(tmp_path / "r.parquet")  # the same report in both formats shares its meta
     assert Report.load(tmp_path / "r.parquet").meta == {"model": "A", "seed": 0}
+    # a rerun of one measurement saved in both formats: only its timings differ
+    again = Report.from_rows(_rows(), {"model": "A", "seed": 0, "seconds": 9.5})
+    again.save(tmp_path / "r.csv")
+    again.save(tmp_path / "r.parquet")
+    assert Report.load(tmp_path / "r.csv").meta["seconds"] == 9.5
     (tmp_path / "r.points.csv").unlink()
     b.save(tmp_path / "r.parquet")  # the other format gone: the meta is this path's alone
     assert Report.load(tmp_path / "r.parquet").meta == {"model": "B", "seed": 1}
@@ -989,6 +994,18 @@ def test_a_json_report_whose_score_is_true_is_refused(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"its column 'channel' holds True \(row 3\), not a number"):
         Report.load(path)
+
+
+def test_a_report_lacking_rows_is_refused_when_saved_as_load_would_refuse_it(tmp_path):
+    # it was saved, then refused by load as a truncated file
+    rows = _rows()
+    for suffix in (".json", ".csv", ".parquet"):
+        with pytest.raises(ValueError, match=r"Expected every point under every transform and metric, "
+                                             r".* but point\(s\) 'final' have no row under "
+                                             r"'rotation\(90\)' \(cosine\), which the other points have; "
+                                             r"keep the rows"):
+            Report.from_rows(rows[:-1]).save(tmp_path / f"r{suffix}")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_report_made_of_a_repeated_row_is_refused():
