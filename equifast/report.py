@@ -233,20 +233,25 @@ def _checked_points(points: pd.DataFrame, meta: dict, path: Path) -> pd.DataFram
         raise ValueError(f"{where} {problem}{_written_by(meta)}.")
     for col in SCORES:
         points[col] = pd.to_numeric(points[col]).astype(float)
-    # what every measured row has (the undefined fraction too: NaN only for no entries at all)
+    problem = _incomplete(points)
+    if problem:
+        raise ValueError(f"{where} {problem} (a truncated or hand-edited file?){_written_by(meta)}.")
+    return points
+
+
+def _incomplete(points: pd.DataFrame) -> Optional[str]:
+    """What a points table lacks of what ``measure`` writes (``None``: nothing): a value every
+    row has, or a row the grid of points, transforms and metrics has (see :func:`_grid_problem`);
+    what a file cut short would lack."""
+    # the undefined fraction too: NaN only for no entries at all
     for col in [c for c in _NAMES + ["undefined_fraction", "n_images"]
                 if c in points.columns and c != "shape"]:
         gone = points[col].isna().to_numpy()
         if col in ("transform", "family", "metric"):  # a name, never empty ("" can be a point)
             gone = gone | (points[col].astype(str) == "").to_numpy()
         if gone.any():
-            i = int(np.flatnonzero(gone)[0])
-            raise ValueError(f"{where} row {i} has no {col!r} (a truncated or hand-edited file?)"
-                             f"{_written_by(meta)}.")
-    problem = _grid_problem(points)
-    if problem:
-        raise ValueError(f"{where} {problem} (a truncated or hand-edited file?){_written_by(meta)}.")
-    return points
+            return f"row {int(np.flatnonzero(gone)[0])} has no {col!r}"
+    return _grid_problem(points)
 
 
 def _shift_families(points: pd.DataFrame) -> pd.DataFrame:
@@ -515,12 +520,13 @@ class Report:
         suffix = path.suffix.lower()
         if suffix not in (".json", ".csv", ".parquet"):  # before its folder is made
             raise ValueError(f"Expected a .json, .csv or .parquet path, but got {str(path)!r}.")
-        problem = _grid_problem(self.points) if len(self.points) else None
+        problem = _incomplete(self.points) if len(self.points) else None
         if problem:  # else saved, and refused by load as a truncated file
-            raise ValueError(f"Expected every point under every transform and metric, as Report.load "
-                             f"needs to tell a whole file from a truncated one, but {problem}; "
-                             f"keep the rows (an undefined score is NaN), or save the table itself "
-                             f"with pandas.")
+            raise ValueError(f"Expected every point under every transform and metric, each row "
+                             f"whole, as Report.load needs to tell a whole file from a truncated "
+                             f"one, but {problem}; keep the rows and their names, counts and "
+                             f"undefined fractions (an undefined score is NaN), or save the table "
+                             f"itself with pandas.")
         stem = path.with_suffix("")
         targets = ([path] if suffix == ".json" else
                    [stem.with_name(f"{stem.name}.{n}") for n in (f"points{suffix}", f"parts{suffix}",

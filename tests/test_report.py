@@ -1005,6 +1005,11 @@ def test_a_report_lacking_rows_is_refused_when_saved_as_load_would_refuse_it(tmp
                                              r"'rotation\(90\)' \(cosine\), which the other points have; "
                                              r"keep the rows"):
             Report.from_rows(rows[:-1]).save(tmp_path / f"r{suffix}")
+        # a row without its undefined fraction: saved, then refused as a row cut short
+        with pytest.raises(ValueError, match=r"each row whole, .* but row 2 has no "
+                                             r"'undefined_fraction'; keep the rows"):
+            Report.from_rows([dict(r, undefined_fraction=float("nan")) if i == 2 else r
+                              for i, r in enumerate(rows)]).save(tmp_path / f"r{suffix}")
     assert list(tmp_path.iterdir()) == []
 
 
