@@ -303,6 +303,19 @@ class _TwoArgError(Exception):  # pickles, but cannot be rebuilt from its messag
         super().__init__(f"{path}: {why}")
 
 
+class _TwoOf(torch.utils.data.Dataset):
+    """Two items of one image, labelled ``label`` (default: their index)."""
+
+    def __init__(self, image, label=None):
+        self.image, self.label = image, label
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return self.image, (i if self.label is None else self.label)
+
+
 class _FailsAtFive(torch.utils.data.Dataset):
     def __len__(self):
         return 8
@@ -411,23 +424,13 @@ def test_grey_arrays_of_one_channel_and_named_labels(tmp_path):
 
     grey = (np.arange(8 * 8) % 256).astype(np.uint8).reshape(8, 8, 1)
 
-    class Items(torch.utils.data.Dataset):
-        def __init__(self, label):
-            self.label = label
-
-        def __len__(self):
-            return 2
-
-        def __getitem__(self, i):
-            return grey, self.label
-
-    bx, by = _collect(data.batches(Items(3), batch_size=2, preprocess=T.ToTensor()))
+    bx, by = _collect(data.batches(_TwoOf(grey, 3), batch_size=2, preprocess=T.ToTensor()))
     torch.testing.assert_close(bx[0], T.ToTensor()(Image.fromarray(grey[..., 0])))
     assert by.tolist() == [3, 3]
     for workers in (0, 1):
         with pytest.raises(ValueError, match=r"labels to be class indices of the model \(ints, -1 "
                                              r"for none\), but got 'cat'"):
-            _collect(data.batches(Items("cat"), batch_size=2, preprocess=T.ToTensor(),
+            _collect(data.batches(_TwoOf(grey, "cat"), batch_size=2, preprocess=T.ToTensor(),
                                   num_workers=workers))
 
 
@@ -440,14 +443,7 @@ def test_datasets_of_arrays_iterables_and_pgm_files(tmp_path):
 
     pixels = (np.arange(8 * 8 * 3) % 256).astype(np.uint8).reshape(8, 8, 3)
 
-    class Arrays(torch.utils.data.Dataset):
-        def __len__(self):
-            return 2
-
-        def __getitem__(self, i):
-            return pixels, i
-
-    bx, by = _collect(data.batches(Arrays(), batch_size=2, preprocess=T.ToTensor()))
+    bx, by = _collect(data.batches(_TwoOf(pixels), batch_size=2, preprocess=T.ToTensor()))
     torch.testing.assert_close(bx[0], T.ToTensor()(Image.fromarray(pixels)))
     assert by.tolist() == [0, 1]
 
@@ -563,26 +559,16 @@ def test_deep_images_of_a_dataset_without_normalisation_are_scaled_as_a_folders(
 
     levels = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
 
-    class Deep(torch.utils.data.Dataset):
-        def __init__(self, image):
-            self.image = image
-
-        def __len__(self):
-            return 2
-
-        def __getitem__(self, i):
-            return self.image, i
-
-    bx, by = _collect(data.batches(Deep(Image.fromarray(levels)), batch_size=2,
+    bx, by = _collect(data.batches(_TwoOf(Image.fromarray(levels)), batch_size=2,
                                    preprocess=T.ToTensor()))
     want = torch.from_numpy(np.rint(levels / 257) / 255).float()  # as test_sixteen_bit_... has it
     assert bx.shape == (2, 1, 8, 8) and by.tolist() == [0, 1]
     torch.testing.assert_close(bx, want.expand(2, 1, 8, 8), atol=1e-6, rtol=0)
     floats = Image.fromarray(np.full((8, 8), 0.5, np.float32))
     with pytest.raises(ValueError, match="32-bit floats, whose range is unknown"):
-        list(data.batches(Deep(floats), batch_size=2, preprocess=T.ToTensor()))
+        list(data.batches(_TwoOf(floats), batch_size=2, preprocess=T.ToTensor()))
     with pytest.raises(ValueError, match="32-bit or signed integers, whose range is unknown"):
-        list(data.batches(Deep(Image.fromarray(levels.astype(np.int32))), batch_size=2,
+        list(data.batches(_TwoOf(Image.fromarray(levels.astype(np.int32))), batch_size=2,
                           preprocess=T.ToTensor()))
 
 
