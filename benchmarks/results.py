@@ -108,9 +108,10 @@ def machine_kind(device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = (_cpu()[1] or "baseline").replace("-", "")  # avx512, avx2
+        isa = _cpu()[1]
+        name = (isa or "baseline").replace("-", "")  # avx512, avx2
         forced = os.environ.get("EQUIFAST_CPU_ISA")
-        own = {"AVX-512": "x86-64-v4", "AVX2": "x86-64-v3", None: "baseline"}[_cpu()[1]]
+        own = {"AVX-512": "x86-64-v4", "AVX2": "x86-64-v3", None: "baseline"}[isa]
         if forced and forced != own:  # AVX2 kernels on an AVX-512 machine replaced its figures
             name += f" forced {forced}"
     slug = "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())

@@ -145,6 +145,7 @@ class ImageFiles(Dataset):
         top = str(root)
         unread: List[str] = []
         found = sorted(_image_paths(top, unread))
+        unread.sort()
         if not found:
             raise FileNotFoundError(
                 f"Expected image files ({', '.join(IMAGE_SUFFIXES)}) under {top!r}, but found none"
@@ -153,7 +154,7 @@ class ImageFiles(Dataset):
         if unread:
             from .warning import warn
             warn(f"{len(unread)} image(s) under {top!r} are of types equifast does not read (e.g. "
-                 f"{sorted(unread)[0]!r}) and are left out; it reads {', '.join(IMAGE_SUFFIXES)}.")
+                 f"{unread[0]!r}) and are left out; it reads {', '.join(IMAGE_SUFFIXES)}.")
         self.paths = [folder + os.sep + name for _, folder, name in found]
         # every class folder counts, an empty one too: folder i is class i of the model
         self.labelled = any(folder != top for _, folder, _ in found)
@@ -435,10 +436,15 @@ def _data_folder(name: str) -> bool:
 _SUFFIXES = frozenset(IMAGE_SUFFIXES)
 
 
+def _suffix(name: str) -> str:
+    """A file name's suffix in lower case (``".jpg"``), ``""`` for a hidden file or none (macOS's
+    ._photo.jpg and .DS_Store are no images)."""
+    return "" if name.startswith(".") or "." not in name else name[name.rfind("."):].lower()
+
+
 def _image_name(name: str) -> bool:
-    """Whether a file of that name is one of a data set's images: an image suffix, and not a
-    hidden file (macOS's ._photo.jpg, .DS_Store)."""
-    return name[name.rfind("."):].lower() in _SUFFIXES and not name.startswith(".")
+    """Whether a file of that name is one of a data set's images."""
+    return _suffix(name) in _SUFFIXES
 
 
 def _unlisted(err: OSError):
@@ -481,8 +487,7 @@ def _image_paths(root: str, unread: Optional[List[str]] = None) -> Iterator[Tupl
         subfolders[:] = [d for d in subfolders if _data_folder(d)]
         yield from ((cls or n, folder, n) for n in names if _image_name(n))
         if unread is not None:
-            unread += [folder + os.sep + n for n in names if not n.startswith(".")
-                       and n[n.rfind("."):].lower() in _UNREAD_SUFFIXES]
+            unread += [folder + os.sep + n for n in names if _suffix(n) in _UNREAD_SUFFIXES]
 
 
 def model_classes(folder, n_classes: int) -> Optional[torch.Tensor]:
@@ -590,6 +595,14 @@ class _Failed:
         except Exception:  # noqa: BLE001 -- an error that cannot travel: its type and text can
             self.error = RuntimeError(f"{type(error).__name__}: {error}")
 
+    @classmethod
+    def of(cls, error: BaseException) -> "_Failed":
+        """``error``, raised here and caught, so that its traceback is kept as a worker's."""
+        try:
+            raise error
+        except BaseException as err:  # noqa: BLE001 -- the error given, whatever its type
+            return cls(err)
+
     def raise_again(self):
         raise self.error from _WorkerTraceback(self.traceback)
 
@@ -636,20 +649,14 @@ def _collate(items):
         else:
             advice = ("give a `preprocess` that resizes and crops to one size (as the models' "
                       "own do: Resize(256), CenterCrop(224))")
-        try:
-            raise ValueError(f"Expected every image to have one size after preprocessing, but a "
-                             f"batch holds {list(a)} and {list(b)}: {advice}.")
-        except ValueError as err:
-            return _Failed(err)
+        return _Failed.of(ValueError(f"Expected every image to have one size after preprocessing, "
+                                     f"but a batch holds {list(a)} and {list(b)}: {advice}."))
     x = torch.stack(xs)
     named = next((v for v in ys or () if isinstance(v, (str, bytes))), None)
     if named is not None:  # torch's "too many dimensions 'str'"
-        try:  # raised, for the traceback _Failed keeps
-            raise ValueError(f"Expected the Dataset's labels to be class indices of the model "
-                             f"(ints, -1 for none), but got {named!r}; map the class names to "
-                             f"the model's indices in the Dataset.")
-        except ValueError as err:
-            return _Failed(err)
+        return _Failed.of(ValueError(f"Expected the Dataset's labels to be class indices of the "
+                                     f"model (ints, -1 for none), but got {named!r}; map the class "
+                                     f"names to the model's indices in the Dataset."))
     y = None if ys is None else torch.as_tensor(ys)
     return x, y
 
