@@ -197,7 +197,7 @@ def add_sweep_parser(subparsers, run_prog: Optional[str] = None) -> argparse.Arg
                          epilog="exit status: 0 every job finished; 1 some jobs failed (their "
                                 "errors are in `sweep status`; a rerun retries them); 2 a bad "
                                 "spec or option; 130 interrupted (finished jobs are kept).")
-    run.add_argument("spec", type=os.path.expanduser, help="sweep spec (YAML); see distributed/examples/")
+    run.add_argument("spec", type=os.path.expanduser, help="sweep spec (YAML, or JSON in a .json file); see distributed/examples/")
     run.add_argument("--out", type=os.path.expanduser, default=None, help="results folder (default: the spec's 'out', else runs/sweep)")
     run.add_argument("--address", default=None,
                      help="Ray cluster address ('auto', 'ray://head:10001', 'host:6379') "

@@ -735,10 +735,17 @@ def load_spec(spec: Union[str, os.PathLike, Mapping[str, Any], SweepSpec],
         import yaml
 
         try:
-            with path.open(encoding="utf-8") as f:  # a stream: the parser's messages name the file, not a string
-                raw = yaml.load(f, Loader=_UniqueKeysLoader())
+            # utf-8-sig: json refuses the byte-order mark some editors write (YAML skips it)
+            with path.open(encoding="utf-8-sig") as f:  # a stream: the parser's messages name the file, not a string
+                if path.suffix.lower() == ".json":  # JSON's whitespace is no YAML's: a tab-indented
+                    raw = json.load(f, object_pairs_hook=_unique_keys)  # file was "no valid YAML"
+                else:
+                    raw = yaml.load(f, Loader=_UniqueKeysLoader())
         except yaml.YAMLError as err:
             raise SpecError([f"Expected valid YAML, but parsing failed: {err}"], str(path)) from None
+        except (json.JSONDecodeError, _RepeatedKey) as err:
+            raise SpecError([f"Expected valid JSON (a .json file), but parsing failed: {err}"],
+                            str(path)) from None
         except UnicodeDecodeError as err:  # a binary file: Python's codec message named no file
             raise SpecError([f"Expected a YAML text file (UTF-8), but byte {err.start} is no "
                              f"UTF-8 text ({err.object[err.start:err.start + 1]!r}); is it the "
@@ -748,6 +755,21 @@ def load_spec(spec: Union[str, os.PathLike, Mapping[str, Any], SweepSpec],
     else:
         raw = copy.deepcopy(dict(spec))
     return validate_spec(raw, base_dir=base_dir or os.getcwd(), source=source)
+
+
+class _RepeatedKey(ValueError):
+    """A JSON spec's key given twice in one object."""
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """A JSON object's ``dict``, refusing a key given twice (``json`` keeps the last, as PyYAML
+    does: :func:`_UniqueKeysLoader`)."""
+    out: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(f"found the key {key!r} twice; give each key once")
+        out[key] = value
+    return out
 
 
 def _UniqueKeysLoader():

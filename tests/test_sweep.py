@@ -1847,6 +1847,24 @@ def test_a_key_given_twice_in_a_spec_file_is_an_error_not_the_last_one_kept(tmp_
     assert job.model.weights is None and job.model.num_classes == 2
 
 
+def test_a_json_spec_file_is_read_as_json_tabs_and_all(tmp_path):
+    # load_spec takes "a YAML (or JSON) file": JSON indented with tabs (json.dump(indent="\t"),
+    # many editors) is valid JSON but no valid YAML, and was refused as "Expected valid YAML"
+    raw = {"models": [{"name": "resnet18", "weights": "none", "num_classes": 2}],
+           "datasets": [{"kind": "random", "image_size": 32}], "n_images": 2,
+           "transforms": {"rotation": "rotation:90"}, "seeds": [3, 4]}
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(raw, indent="\t"))
+    assert [j.id for j in load_spec(spec_file).jobs()] == [j.id for j in load_spec(raw).jobs()]
+    spec_file.write_text(json.dumps(raw), encoding="utf-8-sig")  # a byte-order mark, as YAML takes
+    assert [j.id for j in load_spec(spec_file).jobs()] == [j.id for j in load_spec(raw).jobs()]
+    # a key given twice is refused, as in a YAML file (json, too, kept the last)
+    spec_file.write_text(json.dumps(raw)[:-1] + ', "seeds": [5]}')
+    with pytest.raises(SpecError, match=r"Expected valid JSON \(a .json file\), but parsing failed: "
+                                        r"found the key 'seeds' twice"):
+        load_spec(spec_file)
+
+
 def test_a_binary_file_given_as_the_spec_is_a_spec_error_naming_it(tmp_path, capsys):
     # Python's codec error reached the user alone ("'utf-8' codec can't decode byte 0xd0 ...")
     spec_file = tmp_path / "model.pt"
