@@ -166,8 +166,11 @@ def _report(args) -> int:
                             (files["tables"][2], "the final part's score (invariance)")):
             # a row per transform set and metric, as the file has them (pivot_table averaged
             # what its index left out, or made rows of combinations that do not exist)
-            rows = pd.read_csv(table)
             keys = ["dataset", "metric", "transforms", "family", "score"]
+            # the names as the file has them: read_csv made a dataset 'NA' or a family 'None'
+            # NaN, and a column of names '1' beside them floats ('1.0')
+            rows = pd.read_csv(table, dtype={k: str for k in keys + ["part"]},
+                               keep_default_na=False, na_values={"spearman": [""]})
             wide = (rows.set_index(keys + ["part"])["spearman"].unstack("part")
                     .reindex(pd.MultiIndex.from_frame(rows[keys].drop_duplicates())))
             wide = wide[[p for p in ("early", "middle", "late", "pool", "final") if p in wide.columns]]

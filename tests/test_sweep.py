@@ -1150,6 +1150,39 @@ def test_report_prints_each_transform_set_apart(folder, tmp_path, capsys):
     assert rows == {"small": pytest.approx(1.0), "big": pytest.approx(-1.0)}
 
 
+def test_report_prints_the_names_its_tables_hold(folder, tmp_path, capsys):
+    # the printed tables were the CSV files read back by pandas' rules: a dataset named 'NA' and
+    # a family named 'None' printed as NaN, and a family '1' beside one of them as 1.0
+    out = tmp_path / "sweep"
+    spec = load_spec(_spec(folder, datasets=[{"name": "NA", "path": str(folder), "image_size": 32}],
+                           transforms={"None": "translation:1-2", "1": "translation:1-4"}))
+    store, labels = ResultStore(out), [m.label for m in spec.models]
+    for job in spec.jobs():  # the two sets rank the models in opposite orders
+        rank = labels.index(job.model.label)
+        value = 0.2 * (rank if job.family == "1" else 2 - rank) + 0.1
+        parts = [{"part": p, "family": "translation", "metric": "correlation", "channel": value,
+                  "layer": value} for p in ("early", "final")]
+        store.write_record({"id": job.id, "status": "ok", "job": job.entry(), "points": [],
+                            "parts": parts})
+    run_sweep(spec, out=out, progress=False)
+    assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    first = printed.index(next(line for line in printed if "with top-1 accuracy" in line))
+    table = analysis.accuracy_correlation(out, accuracy="known")
+    want = {(row.transforms, row.score): row.spearman for row in table.itertuples()
+            if row.part == "early"}
+    got, transforms = {}, None
+    for line in printed[first + 3:first + 7]:  # the rows below the two header lines
+        words = line.split()
+        if words[0] == "NA":
+            assert words[1] == "correlation", line
+        if "translation" in words:  # a transform set's first row names it
+            transforms = words[words.index("translation") - 1]
+        got[(transforms, words[-3])] = float(words[-2])  # score, early's column
+    assert set(got) == {(t, s) for t in ("None", "1") for s in ("channel", "layer")}, printed
+    assert got == pytest.approx(want) and got[("1", "channel")] == -got[("None", "channel")]
+
+
 def test_sweep_help_describes_every_command_and_option_once():
     import argparse
 
