@@ -1060,6 +1060,12 @@ def _families(value, problems) -> Dict[str, str]:
         return {}
     out = {}
     for fam, text in value.items():
+        if fam is None or not str(fam).strip():  # a job "resnet18 / photos /  / seed 0", an
+            # empty cell in the tables' CSV files (read back as NaN)
+            problems.append(f"transforms: Expected each family's name (its name in tables and "
+                            f"figures) to be non-empty, but got {fam!r} for {text!r}; name it, "
+                            "as {rotation: rotation}.")
+            continue
         if not isinstance(text, str):
             problems.append(f"transforms.{fam}: Expected a spec string like 'translation:1-32', but got {text!r}.")
             continue

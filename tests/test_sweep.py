@@ -399,6 +399,17 @@ def test_an_empty_list_of_transforms_is_refused(folder):
         _one_problem(_spec(folder, transforms=empty), r"^transforms: Expected ")
 
 
+def test_a_transform_family_without_a_name_is_refused(folder):
+    # {"": rotation} was a job "resnet18 / tiny /  / seed 0" and an empty cell in the tables'
+    # CSV files; YAML's `~: rotation` a family named 'None'
+    for name in ("", "  ", None):
+        _one_problem(_spec(folder, transforms={name: "rotation:90", "flip": "flip"}),
+                     rf"^transforms: Expected each family's name .* to be non-empty, but got "
+                     rf"{re.escape(repr(name))} for 'rotation:90'")
+    (job,) = [j for j in load_spec(_spec(folder, transforms={90: "rotation:90"})).jobs()][:1]
+    assert job.family == "90"  # a number is a name (YAML's `90: rotation:90`)
+
+
 def test_a_sweeps_out_inside_a_folder_dataset_is_refused(folder, tmp_path, capsys):
     # its report's figures were measured as images of the dataset by the next run, and its
     # folder taken for a class (the accuracy dropped as a class folder without a label)
