@@ -932,17 +932,21 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
         dataset_where.append(f"datasets[{i}]")
     # a size the model cannot take, or a shift as large as the images, would fail every such
     # job on the workers
-    from equifast.transforms import parse_transforms
+    from equifast.transforms import Rotation, parse_transforms
 
     parsed = {fam: parse_transforms(text) for fam, text in families.items()}
 
-    def check_fit(size, what):
+    def check_fit(size, what, hint=""):
+        shape = size if isinstance(size, tuple) else (size, size)
         for fam, ts in parsed.items():
             for t in ts:
                 try:
-                    t.check_input((size, size))
+                    t.check_input(shape)
                 except ValueError as err:
-                    problems.append(f"transforms.{fam}: Expected transforms that fit {what}, but {err}")
+                    # a quarter turn needs a square: the one a spec's image_size gives
+                    text = str(err).rstrip(".") + (hint if isinstance(t, Rotation) else ".")
+                    problems.append(f"transforms.{fam}: Expected transforms that fit {what}, but "
+                                    f"{text[:1].lower() + text[1:]}")
                     break
 
     for where, d in zip(dataset_where, datasets):
@@ -950,9 +954,15 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
             check_fit(d.image_size, f"dataset {d.label!r} (image_size {d.image_size})")
         for m in models:
             size, fixed = input_sizes(m.arch, m.weights)
+            crop = _oblong_crop(m.arch) if size is None else None
             if d.image_size is None and size is not None:  # the model's own preprocessing
                 check_fit(size, f"dataset {d.label!r} at the input size of model {m.label!r} "
                                 f"({size}: the dataset sets no image_size)")
+            elif d.image_size is None and crop is not None and d.kind in ("folder", "torchvision"):
+                # its preprocessing crops a folder's images to h x w: a rotation failed every job
+                check_fit(crop, f"dataset {d.label!r} at the input size of model {m.label!r} "
+                                f"({crop[0]}x{crop[1]}: the dataset sets no image_size)",
+                          "; here: set the dataset's image_size (a square crop).")
             elif fixed is not None and d.image_size not in (None, fixed):
                 arch = f" ({m.arch})" if m.arch != m.label else ""
                 problems.append(f"{where}.image_size: Expected {fixed}, the only input size model "
@@ -980,6 +990,17 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
     except SpecError as err:  # said with the spec's file, as every other problem
         raise SpecError(err.problems, source) from None
     return spec
+
+
+def _oblong_crop(arch: str) -> Optional[Tuple[int, int]]:
+    """``(height, width)`` that timm model ``arch``'s own preprocessing crops images to where
+    that is not square (Sapiens2's 1024 x 768; :func:`~equifast.models.input_sizes` gives
+    ``None`` for them), read as it reads the square ones; ``None`` otherwise."""
+    from equifast.models import _is_torchvision, _timm_cfg
+
+    cfg = None if _is_torchvision(arch) else _timm_cfg(arch)
+    shape = tuple(getattr(cfg, "test_input_size", None) or getattr(cfg, "input_size", None) or ())
+    return (int(shape[1]), int(shape[2])) if len(shape) == 3 and shape[1] != shape[2] else None
 
 
 def _resolve(path: str, base_dir: str) -> str:

@@ -394,6 +394,29 @@ def test_spec_errors_that_would_fail_every_job_are_found_first(folder, mnist):
                  r"^models\[0\]\.num_classes: Expected `num_classes` >= 1 for torchvision's 'resnet18'")
 
 
+def test_a_rotation_of_a_models_oblong_crop_is_refused_first(folder):
+    # timm's Sapiens2 crops a folder's images to 1024 x 768 (input_sizes gives None for it):
+    # every rotation job failed on its worker ("Expected a square image or map ...")
+    from timm.models import get_pretrained_cfg
+
+    h, w = get_pretrained_cfg("vit_base_patch16_sapiens2").input_size[1:]
+    assert h != w
+    model = {"name": "vit_base_patch16_sapiens2", "weights": "none", "num_classes": 0}
+    one = {"models": [model], "datasets": [{"name": "tiny", "path": str(folder)}]}
+    _one_problem(_spec(folder, transforms={"rotation": "rotation:90"}, **one),
+                 rf"^transforms\.rotation: Expected transforms that fit dataset 'tiny' at the input "
+                 rf"size of model 'vit_base_patch16_sapiens2' \({h}x{w}: the dataset sets no "
+                 rf"image_size\), but expected a square image or map for rotation\(90\), but got "
+                 rf"{h}x{w}; .*; here: set the dataset's image_size \(a square crop\)\.$")
+    # a shift is checked against each side, the shorter one too
+    _one_problem(_spec(folder, transforms={"t": f"translation:{min(h, w)}"}, **one),
+                 rf"but translation\({min(h, w)},{min(h, w)}\) is as large as or larger than the "
+                 rf"{h}x{w} image")
+    load_spec(_spec(folder, transforms={"t": f"translation:{min(h, w) - 1}", "f": "flip"}, **one))
+    square = dict(one, datasets=[{"name": "tiny", "path": str(folder), "image_size": 64}])
+    load_spec(_spec(folder, transforms={"rotation": "rotation:90"}, **square))
+
+
 def test_an_empty_list_of_transforms_is_refused(folder):
     for empty in ([], {}):
         _one_problem(_spec(folder, transforms=empty), r"^transforms: Expected ")
