@@ -1212,7 +1212,20 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
         problems.append(f"{where}.kind: Expected one of {list(_KINDS)} (or a 'path:' / 'torchvision:' key), "
                         f"but got {kind!r}.")
         return None
+    # a key of another kind was silently ignored: {kind: embedded, path: /data/val} measured
+    # the photos, with the folder's name in the tables
+    owners = {"path": "folder", "torchvision": "torchvision", "root": "torchvision", "args": "torchvision"}
+    for key in sorted(k for k in owners if k in entry and owners[k] != kind):
+        problems.append(f"{where}.{key}: Expected the keys of kind {kind!r}, but got {key!r}, a key "
+                        f"of kind {owners[key]!r} that {kind!r} data ignores; remove it, or set "
+                        f"kind: {owners[key]}.")
     image_size = number("image_size", entry.get("image_size"), 8, allow_none=True, where=f"{where}.image_size")
+    if "crop_pct" in entry and (entry.get("image_size") is None or kind not in ("folder", "torchvision")):
+        # the crop of the pipeline image_size sets for a folder's or torchvision's images only
+        problems.append(f"{where}.crop_pct: Expected crop_pct only beside image_size, for a folder or "
+                        f"torchvision dataset (the centre crop of the resize image_size sets), but "
+                        f"{kind!r} data{' without image_size' if kind in ('folder', 'torchvision') else ''} "
+                        "ignores it; remove it.")
     if image_size is not None and image_size > MAX_IMAGE_SIZE:
         gib = 3 * image_size ** 2 * 4 / 2**30
         problems.append(f"{where}.image_size: Expected at most {MAX_IMAGE_SIZE} pixels a side, but "

@@ -417,6 +417,28 @@ def test_a_rotation_of_a_models_oblong_crop_is_refused_first(folder):
     load_spec(_spec(folder, transforms={"rotation": "rotation:90"}, **square))
 
 
+def test_a_datasets_keys_that_its_kind_ignores_are_refused(folder, tmp_path):
+    # {kind: embedded, path: ...} measured the scikit-image photos under the folder's name, and a
+    # crop_pct without image_size (or of embedded data) changed nothing: both silently
+    model = {"models": MODELS[:1], "transforms": {"rotation": "rotation:90"}, "n_images": 2}
+    _one_problem(_spec(folder, datasets=[{"name": "val", "kind": "embedded", "path": str(folder)}], **model),
+                 r"^datasets\[0\]\.path: Expected the keys of kind 'embedded', but got 'path', a key "
+                 r"of kind 'folder' that 'embedded' data ignores; remove it, or set kind: folder\.$")
+    _one_problem(_spec(folder, datasets=[{"path": str(folder), "args": {"train": False}}], **model),
+                 r"^datasets\[0\]\.args: .* a key of kind 'torchvision' that 'folder' data ignores")
+    for data in ({"kind": "embedded", "image_size": 32, "crop_pct": 0.5},
+                 {"path": str(folder), "crop_pct": 0.5}):
+        _one_problem(_spec(folder, datasets=[data], **model),
+                     r"^datasets\[0\]\.crop_pct: Expected crop_pct only beside image_size, for a "
+                     r"folder or torchvision dataset")
+    (job,) = load_spec(_spec(folder, datasets=[{"path": str(folder), "image_size": 32, "crop_pct": 0.5}],
+                             **model)).jobs()
+    assert job.dataset.crop_pct == 0.5 and job.dataset.kind == "folder"
+    (job,) = load_spec(_spec(folder, datasets=[{"name": "val", "kind": "folder", "path": str(folder)}],
+                             **model)).jobs()
+    assert job.dataset.path == str(folder)
+
+
 def test_an_empty_list_of_transforms_is_refused(folder):
     for empty in ([], {}):
         _one_problem(_spec(folder, transforms=empty), r"^transforms: Expected ")
