@@ -757,6 +757,30 @@ def test_a_subset_larger_than_the_data_says_all_are_used():
         assert len(DigitsDataset(images, labels, subset=5)) == 5
 
 
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "3"])
+def test_image_counts_of_the_data_sets_are_checked_as_integers(fake_mnist, bad):
+    # 0 failed in torch.stack ("stack expects a non-empty TensorList"), 2.5 in numpy's slicing
+    from equifast.training import measure_images
+    with pytest.raises(ValueError, match=rf"^Expected `n_images` to be an integer >= 1, but got "
+                                         rf"{re.escape(repr(bad))}\.$"):
+        measure_images("mnist6", fake_mnist, n_images=bad)
+    with pytest.raises(ValueError, match=rf"^Expected `subset` to be an integer >= 1 \(or None: "
+                                         rf"all images\), but got {re.escape(repr(bad))}\.$"):
+        build_dataset("mnist6", fake_mnist, subset=bad)
+
+
+def test_image_counts_of_numpy_are_taken_as_ints(fake_mnist):
+    from equifast.training import measure_images
+    from equifast.training.data import DigitsDataset, load_mnist
+
+    test = DigitsDataset(*load_mnist(fake_mnist, train=False))  # every image of the split
+    images, labels = measure_images("mnist6", fake_mnist, n_images=np.int64(3), labels=True)
+    assert torch.equal(images, torch.stack([test[i][0] for i in range(3)]))
+    assert labels.tolist() == [int(test[i][1]) for i in range(3)]
+    assert torch.equal(build_dataset("mnist6", fake_mnist, subset=np.int64(4)).images,
+                       build_dataset("mnist6", fake_mnist, subset=4).images)
+
+
 @needs_fmnist
 def test_a_subset_warning_names_the_callers_line_through_build_dataset():
     # stacklevel=3 named build_dataset's line in training/data.py

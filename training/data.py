@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from equifast._checks import check_integer
 from equifast.warning import warn
 
 __all__ = [
@@ -247,8 +248,8 @@ def load_fashion_mnist(root: Optional[str] = None, train: bool = True, download:
 
 # ------------------------------------------------------------------------------ data sets
 def _subset_indices(n: int, subset: Optional[int], seed: int) -> np.ndarray:
-    if subset is not None and subset < 1:
-        raise ValueError(f"Expected `subset` to be a positive number of images, but got {subset}.")
+    # 2.5 or "5" failed in numpy's slicing or a comparison, deep in a data set's constructor
+    subset = check_integer("`subset`", subset, 1, allow_none=True, none_means="all images")
     if subset is None or subset >= n:
         if subset is not None and subset > n:  # a quick run that is not quick, or a typo
             warn(f"A subset of {subset} images was asked of {n}; all {n} are used.")
@@ -492,6 +493,8 @@ def measure_images(name: str, root: Optional[str] = None, n_images: int = 2000,
         thesis measures on 2000 validation images. With ``labels``: ``(images, classes)``,
         ``classes`` int64 ``[n]`` (a Rot-Eq target's class, without its turn).
     """
+    # 0 failed in torch.stack of no images ("stack expects a non-empty TensorList")
+    n_images = check_integer("`n_images`", n_images, 1)
     ds = build_dataset(name, root, train=False, download=download, data_seed=data_seed)
     items = [ds[i] for i in range(min(n_images, len(ds)))]
     images = torch.stack([x for x, _ in items])
