@@ -1062,6 +1062,24 @@ def test_a_rot_eq_run_is_measured_on_its_classes_and_evaluated_on_both(tmp_path)
         assert report.meta["accuracy"] == pytest.approx((measured(x).argmax(1) == y).double().mean().item())
 
 
+def test_evaluate_refuses_an_empty_data_set(fake_mnist):
+    from torch.utils.data import Subset
+
+    from equifast.training.trainer import evaluate
+    torch.manual_seed(0)
+    model = build_model("cnn7", num_classes=6).eval()
+    test = build_dataset("mnist6", fake_mnist, train=False)
+    # no batch at all: it returned loss 0.0 and accuracy 0.0, as if measured
+    with pytest.raises(ValueError, match="Expected `dataset` to hold at least one image, but it is empty"):
+        evaluate(model, Subset(test, []))
+    x, y = test[0]
+    with torch.no_grad():
+        out = model(x[None])
+    got = evaluate(model, Subset(test, [0]))
+    assert got["acc"] == float(out.argmax(1).item() == int(y))
+    assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(out, y[None]).item())
+
+
 @needs_fmnist
 def test_measuring_a_run_on_a_folder_without_its_data_says_to_pass_data(tmp_path, capsys):
     from equifast.cli import main as cli

@@ -382,10 +382,12 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 256, device=None) -> D
         ``{"loss", "acc"}`` (+ ``"rot_acc"`` for a Rot-Eq model on a data set with turns; on
         one without, its class logits alone are scored). The model's mode is left as it was.
     """
+    if not len(dataset):  # no batch: loss and accuracy read 0.0, as if measured
+        raise ValueError("Expected `dataset` to hold at least one image, but it is empty.")
     device = torch.device(device) if device else next(model.parameters()).device
     num_classes = getattr(model, "num_classes", None) or 10
-    first = torch.as_tensor(dataset[0][1]) if len(dataset) else None
-    turns_in_data = first is not None and not first.is_floating_point() and tuple(first.shape) == (2,)
+    first = torch.as_tensor(dataset[0][1])
+    turns_in_data = not first.is_floating_point() and tuple(first.shape) == (2,)
     turns = getattr(model, "num_rotations", 0) > 0
     if turns_in_data and not turns:
         raise ValueError("Expected a model that predicts the quarter turn too (a Rot-Eq recipe's) "
