@@ -463,6 +463,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     from .trainer import epoch_line, train
     study = get_study(name)
     seeds, n_images = _check_seeds_and_images(seeds, n_images)
+    # 0 or -1 trained in this process without a word, as 1 does; "2" failed on a comparison
+    workers = check_integer("`workers` (--workers)", workers, 1)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     runs = study.runs(seeds)
     # every run's recipe and the devices, before the folder is claimed or anything trains
