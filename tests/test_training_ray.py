@@ -5,12 +5,14 @@ distributed training run of the suite, so it stays in CI.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -77,6 +79,20 @@ def test_the_recipes_device_must_agree_with_use_gpu(tmp_path):
             train_ray(get_recipe("cnn7-fmnist6", device=device), str(tmp_path / "run"),
                       use_gpu=use_gpu)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("workers", [2.5, True, 0, "2"])
+def test_a_worker_count_that_is_no_integer_is_refused(tmp_path, workers):
+    # int() took 2.5 as 2 workers and True as 1, without a word
+    with pytest.raises(ValueError, match=rf"^Expected `num_workers` to be an integer >= 1, but got "
+                                         rf"{re.escape(repr(workers))}\.$"):
+        # no data: the old code, which took 2.5 as 2 workers, stopped there, not training
+        train_ray(get_recipe("cnn7-fmnist6", data_root=str(tmp_path / "no-data")),
+                  str(tmp_path / "run"), num_workers=workers)
+    assert not (tmp_path / "run").exists()
+    # a NumPy count is a count: the batch's divisors are still named from it
+    with pytest.raises(ValueError, match=r"divisible by `num_workers` \(3\).*Use 2 or 4 workers"):
+        train_ray(get_recipe("cnn7-fmnist6"), str(tmp_path / "run"), num_workers=np.int64(3))
 
 
 def test_study_gpu_flag_reaches_ray_train(tmp_path, monkeypatch):

@@ -41,6 +41,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from equifast._checks import check_integer
 from equifast._hints import import_optional
 from equifast.warning import warn
 
@@ -280,12 +281,12 @@ def check_workers(recipe: Recipe, num_workers: int, use_gpu: bool = False) -> No
     """Raise ``ValueError`` unless ``num_workers`` (>= 1) Ray Train workers can share the
     recipe's batch equally, and the recipe's ``device``, if set, agrees with ``use_gpu``
     (checked by :func:`train_ray`, and by a study for all its runs before it starts any)."""
-    if int(num_workers) < 1:
-        raise ValueError(f"Expected `num_workers` to be >= 1, but got {num_workers!r}.")
-    if recipe.batch_size % int(num_workers):
+    # int() took 2.5 as 2 workers and True as 1 without a word
+    num_workers = check_integer("`num_workers`", num_workers, 1)
+    if recipe.batch_size % num_workers:
         raise ValueError(f"Expected the recipe's batch size ({recipe.batch_size}) to be divisible "
                          f"by `num_workers` ({num_workers}): each worker trains on an equal share "
-                         f"of it. Use {_divisors(recipe.batch_size, int(num_workers))} workers.")
+                         f"of it. Use {_divisors(recipe.batch_size, num_workers)} workers.")
     if recipe.device is not None:  # Ray places the workers: use_gpu says where, not the recipe
         kind = torch.device(recipe.device).type
         if (kind == "cuda") != bool(use_gpu):
