@@ -826,6 +826,19 @@ def test_study_checks_its_arguments_and_folder_before_training(tmp_path):
     assert (mine / "summary.csv").read_text() == "my own table"
 
 
+@pytest.mark.parametrize("kwargs, said", [
+    ({"metric": "cosin"}, "Expected `metric` to be one of ('correlation', 'cosine'), but got 'cosin'"),
+    ({"metric": ["cosine", "cosine"]}, "Expected `metric` to be one or more distinct metrics"),
+    ({"batch_size": 0}, "Expected `batch_size` to be an integer >= 1, but got 0."),
+    ({"device": "gpu"}, "Expected a device like 'cpu', 'cuda' or 'cuda:1', but got 'gpu'."),
+])
+def test_measure_study_checks_measures_arguments_before_any_run(tmp_path, kwargs, said):
+    # they were found at the first run, and said as its error: "Could not measure the run ..."
+    from equifast.training.studies import measure_study
+    with pytest.raises(ValueError, match="^" + re.escape(said)):
+        measure_study("objective-fashion", str(tmp_path / "no-study"), seeds=[0], **kwargs)
+
+
 def test_study_takes_a_numpy_integer_n_images_as_an_int():
     # a count read from a pandas table is numpy.int64: it was refused, as 2.0 and True still are
     from equifast.training.studies import _check_seeds_and_images

@@ -267,12 +267,20 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
         of rotations).
     """
     import equifast  # lazy: the measuring side of the library
+    from equifast.data import check_batch_size
+    from equifast.devices import resolve_device
+    from equifast.measurement import metric_list
     from equifast.transforms import Translation
 
     from .data import measure_images
     from .trainer import load_model, prepare_out_dir
     study = get_study(study) if isinstance(study, str) else study
     seeds, n_images = _check_seeds_and_images(seeds, n_images)
+    # measure's own arguments, before any run: their error read as the first run's ("Could not
+    # measure the run ...", the wrapping meant for a diverged model)
+    metric_list(metric)
+    check_batch_size(batch_size)
+    resolve_device(device)
     transforms = study.make_transforms()
     shifted = return_shifts and any(isinstance(t, Translation) for t in transforms)
     rows, shift_rows, cache = [], [], {}
