@@ -811,6 +811,11 @@ def test_study_checks_its_arguments_and_folder_before_training(tmp_path):
             run_study("objective-fashion", str(out), **{"seeds": [0], **kwargs})
         with pytest.raises(ValueError, match=match):
             measure_study("objective-fashion", str(out), **{"seeds": [0], **kwargs})
+    # each run's own seed replaced it: seed 0 was trained, not 5, without a word
+    with pytest.raises(ValueError, match=r"^Expected the seeds of a study in `seeds` \(--seeds\), "
+                                         r"but got overrides=\{'seed': 5\}"):
+        run_study("objective-fashion", str(out), seeds=[0],
+                  overrides={"seed": 5, "data_root": str(tmp_path / "no-data")})
     for workers in (0, -1, 1.5, "2"):  # 0 and -1 trained in this process, as 1 does
         with pytest.raises(ValueError, match=r"^Expected `workers` \(--workers\) to be an integer "
                                              r">= 1, but got "):

@@ -448,7 +448,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         name: a name of :data:`STUDIES`.
         out: study folder.
         seeds: seeds (default: the study's three).
-        overrides: recipe fields to change for every run (``epochs``, ``data_root``, ...).
+        overrides: recipe fields to change for every run (``epochs``, ``data_root``, ...; not
+            ``seed``: ``seeds`` gives the runs theirs).
         workers: Ray Train workers per run (1: in this process, unless ``use_gpu``).
         use_gpu: one GPU per Ray Train worker (as ``equifast train --gpu``).
         measure: measure and draw after training.
@@ -474,6 +475,9 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     # 0 or -1 trained in this process without a word, as 1 does; "2" failed on a comparison
     workers = check_integer("`workers` (--workers)", workers, 1)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "seed" in overrides:  # each run's seed replaced it: every run trained on its own seed
+        raise ValueError(f"Expected the seeds of a study in `seeds` (--seeds), but got "
+                         f"overrides={{'seed': {overrides['seed']!r}}}; pass seeds=[...] instead.")
     runs = study.runs(seeds)
     # every run's recipe and the devices, before the folder is claimed or anything trains
     recipes = [get_recipe(recipe_name, **{**overrides, "seed": seed}) for _, recipe_name, seed in runs]
