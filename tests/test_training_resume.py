@@ -69,6 +69,10 @@ def test_a_run_resumed_on_another_kind_of_device_warns(tmp_path, same_run):
     from equifast.training.trainer import start_lines
     assert start_lines(recipe, str(tmp_path / "same"))[0] == (
         f"resuming {str(tmp_path / 'same')!r} after epoch 1 of 2, from its checkpoint")
+    said = []  # resume=False refuses the unfinished run: no line says it resumes
+    with pytest.raises(FileExistsError, match="unfinished run"):
+        train(recipe, str(tmp_path / "same"), resume=False, say=said.append)
+    assert not any(line.startswith("resuming") for line in said)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert train(recipe, str(tmp_path / "same")).resumed_from == 1

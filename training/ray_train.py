@@ -235,7 +235,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         # in a Ray Train worker error, and before --overwrite deletes the old run. (On a
         # cluster the data may be on the workers only.)
         _datasets(recipe)
-    for line in start_lines(recipe, out_dir, overwrite) if say is not None else ():
+    for line in start_lines(recipe, out_dir, overwrite, resume) if say is not None else ():
         say(line)
     with run_lock(out_dir):  # the driver's: the workers write into the folder it holds
         done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)

@@ -145,7 +145,8 @@ def epoch_line(epoch: int, epochs: int, row: Dict) -> str:
     return line + f", lr {row['lr']:g}, {row['seconds']:.1f} s"
 
 
-def start_lines(recipe: Recipe, out_dir: str, overwrite: bool = False) -> List[str]:
+def start_lines(recipe: Recipe, out_dir: str, overwrite: bool = False,
+                resume: bool = True) -> List[str]:
     """Progress lines before ``recipe`` trains in ``out_dir`` (the CLI's and the studies'):
     that a finished run there is reused or an unfinished one resumed, and that the learning
     rate does not drop where ``epochs`` ends before ``milestones`` (``--epochs 5`` keeps the
@@ -162,7 +163,7 @@ def start_lines(recipe: Recipe, out_dir: str, overwrite: bool = False) -> List[s
         return [f"finished before ({total} epoch{'s' if total != 1 else ''}) in {str(out)!r}: "
                 f"reused, not trained again "
                 f"(--overwrite retrains it)"]
-    if same and (out / CHECKPOINT).is_file():
+    if same and resume and (out / CHECKPOINT).is_file():  # resume=False refuses it instead
         lines.append(f"resuming {str(out)!r} after epoch {done} of {total}, from its checkpoint")
     reached = [m for m in recipe.milestones if m < recipe.epochs]
     unreached = [m for m in recipe.milestones if m >= recipe.epochs]
@@ -898,7 +899,7 @@ def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = F
     device = resolve_device(recipe.device)  # a missing GPU fails here, before the run folder is touched
     # and missing data too, whenever it will train: --overwrite deletes the old run
     datasets = _datasets(recipe) if _will_train(out_dir, overwrite) else None
-    for line in start_lines(recipe, out_dir, overwrite) if say is not None else ():
+    for line in start_lines(recipe, out_dir, overwrite, resume) if say is not None else ():
         say(line)
     with run_lock(out_dir):
         done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
