@@ -652,13 +652,37 @@ def _collate(items):
         return _Failed.of(ValueError(f"Expected every image to have one size after preprocessing, "
                                      f"but a batch holds {list(a)} and {list(b)}: {advice}."))
     x = torch.stack(xs)
-    named = next((v for v in ys or () if isinstance(v, (str, bytes))), None)
-    if named is not None:  # torch's "too many dimensions 'str'"
-        return _Failed.of(ValueError(f"Expected the Dataset's labels to be class indices of the "
-                                     f"model (ints, -1 for none), but got {named!r}; map the class "
-                                     f"names to the model's indices in the Dataset."))
-    y = None if ys is None else torch.as_tensor(ys)
+    try:
+        y = None if ys is None else class_indices(ys, "the Dataset's labels", "in the Dataset")
+    except ValueError as err:
+        return _Failed.of(err)
     return x, y
+
+
+def class_indices(ys, what: str, where: str) -> torch.Tensor:
+    """A batch's labels ``ys`` (a sequence, array or tensor) as a tensor, or a ``ValueError``
+    naming them (``what``: "the Dataset's labels") and where to fix them (``where``: "in the
+    Dataset"): torch's own errors named neither (class names: "too many dimensions 'str'";
+    one-hot vectors as items: "only integer tensors of a single element can be converted to an
+    index")."""
+    try:
+        return torch.as_tensor(ys)
+    except (TypeError, ValueError, RuntimeError):
+        pass
+    items = list(ys) if isinstance(ys, (list, tuple, np.ndarray)) else [ys]
+    named = next((v for v in items if isinstance(v, (str, bytes))), None)
+    if named is not None:
+        raise ValueError(f"Expected {what} to be class indices of the model (ints, -1 for none), "
+                         f"but got {named!r}; map the class names to the model's indices {where}.")
+    shaped = next((v for v in items if len(getattr(v, "shape", ())) > 0), None)
+    if shaped is not None:
+        raise ValueError(f"Expected {what} to be class indices of the model, one int per image "
+                         f"(-1 for none), but got a label of shape {tuple(shaped.shape)}; for "
+                         f"one-hot labels give label.argmax() {where}.")
+    odd = next((v for v in items if not isinstance(v, (int, np.integer, torch.Tensor))),
+               items[0] if items else ys)
+    raise ValueError(f"Expected {what} to be class indices of the model (ints, -1 for none), but "
+                     f"got {odd!r:.80} ({type(odd).__name__}); make every label an int {where}.")
 
 
 def _prepared(item, preprocess: Callable, mode: Optional[str] = None):
@@ -900,6 +924,11 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
                          "or none (a folder's: its class folders); leave `labels` out.")
     if isinstance(images, torch.Tensor):
         _check_images(images)
+        if labels is not None:
+            labels = class_indices(labels, "`labels`", "first")
+            if labels.dim() == 0:  # len() of a 0-d tensor
+                raise ValueError(f"Expected `labels` to be [N] class indices, one per image, but "
+                                 f"got one number, {labels.item()}; for one image pass [label].")
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"Expected {len(images)} labels, but got {len(labels)}.")
         if labels is not None:
@@ -923,7 +952,8 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
                 y = None if y is None else y[: len(x)]
             if len(x) == 0:
                 return
-            y = None if y is None else torch.as_tensor(y)  # a custom collate's list, say
+            # a custom collate's list, say; class names from the default one
+            y = None if y is None else class_indices(y, "the DataLoader's labels", "in its Dataset")
             yield x, (None if y is None or (y < 0).all() else y)
             seen += len(x)
             if n_images is not None and seen >= n_images:

@@ -398,7 +398,7 @@ class Measurer:
 
 def _label_tensor(y, n: int) -> torch.Tensor:
     """``y`` as the ``[n]`` integer class indices of a batch of ``n`` images, or a clear error."""
-    y = torch.as_tensor(y)
+    y = data_mod.class_indices(y, "`labels`", "first")
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
         raise TypeError(f"Expected `labels` to be integer class indices, but got {y.dtype}.")
     if tuple(y.shape) != (n,):

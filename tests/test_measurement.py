@@ -626,6 +626,50 @@ def test_labels_given_where_they_would_be_dropped_are_refused(tmp_path):
     assert ef.measure(model, x, labels=(y + 1) % 5, transforms=[ef.Rotation(1)]).accuracy == 0.0
 
 
+class _Labelled(torch.utils.data.Dataset):
+    """``images`` with ``label(i)`` as the label of item ``i``."""
+
+    def __init__(self, images, label):
+        self.images, self.label = images, label
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.label(i)
+
+
+def test_labels_that_are_no_class_indices_are_named_in_every_input():
+    # class names from a DataLoader's default collate, one-hot items of a Dataset, names or a
+    # single number as `labels`: torch's "too many dimensions 'str'", "only integer tensors of a
+    # single element ..." and "len() of a 0-d tensor", naming neither the labels nor the fix
+    model, x = circular_net(), torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(-1)
+    rot = [ef.Rotation(1)]
+    names = _Labelled(x, lambda i: "cat")
+    with pytest.raises(ValueError, match=r"the DataLoader's labels to be class indices of the "
+                                         r"model \(ints, -1 for none\), but got 'cat'"):
+        ef.measure(model, torch.utils.data.DataLoader(names, batch_size=2), transforms=rot)
+    one_hot = _Labelled(x, lambda i: nn.functional.one_hot(y[i], 5))
+    with pytest.raises(ValueError, match=r"the Dataset's labels .* but got a label of shape "
+                                         r"\(5,\); for one-hot labels give label.argmax\(\)"):
+        ef.measure(model, one_hot, transforms=rot, batch_size=2)
+    for labels, said in ((["cat"] * 4, "but got 'cat'"), ([0, None, 1, 2], r"but got None"),
+                         (torch.tensor(1), "but got one number, 1")):
+        with pytest.raises(ValueError, match=f"Expected `labels` .*{said}"):
+            ef.measure(model, x, labels=labels, transforms=rot)
+    # class indices in each of those forms: the accuracy of the model's own predictions
+    wrong = y.clone()
+    wrong[0] = (y[0] + 1) % 5
+    expected = float((y == wrong).float().mean())  # 3 of 4
+    assert ef.measure(model, torch.utils.data.DataLoader(_Labelled(x, lambda i: wrong[i].tolist()),
+                                                         batch_size=3), transforms=rot).accuracy == expected
+    assert ef.measure(model, _Labelled(x, lambda i: wrong[i:i + 1]), transforms=rot,
+                      batch_size=3).accuracy == expected
+    assert ef.measure(model, x[:1], labels=[int(y[0])], transforms=rot).accuracy == 1.0
+
+
 def test_accuracy_of_all_wrong_labels_is_zero_and_no_labels_none():
     model = circular_net()
     x = torch.rand(6, 3, 12, 12)
