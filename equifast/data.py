@@ -857,14 +857,26 @@ def check_num_workers(num_workers) -> int:
     return check_integer("`num_workers`", num_workers, 0)
 
 
-def _check_images(x, what: str = "`images`") -> None:
-    """Raise unless ``x`` is a model-ready batch: a floating tensor ``[N, C, H, W]``."""
+def _check_images(x, what: str = "`images`", batched: bool = False) -> None:
+    """Raise unless ``x`` is a model-ready batch: a floating tensor ``[N, C, H, W]``
+    (``batched``: a batch a DataLoader made, whose first dim is the images)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"Expected {what} to be image tensors [N, C, H, W] (alone or as "
                         f"(images, labels)), but got {type(x).__name__}.")
     if x.dim() != 4:
+        # a loader's [N, H, W] batch has its batch dim: its images lack their channel dim
+        fix = ("give each image its channel dim ([1, H, W] for grey) in the Dataset" if batched
+               else "add a batch dim with images.unsqueeze(0) (one [C, H, W] image), or a channel "
+                    "dim with images.unsqueeze(1) (grey [N, H, W] images)")
         raise ValueError(f"Expected {what} to be [N, C, H, W], but got shape {tuple(x.shape)}; "
-                         "add a batch dim with images.unsqueeze(0).")
+                         f"{fix}.")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] > 4:
+        # measured as images 1 to 4 pixels wide: a rotation said the square image was no square
+        # ("16x3"), a model "expected input to have 3 channels, but got 16"
+        raise ValueError(f"Expected {what} to be [N, C, H, W], but got shape {tuple(x.shape)}, "
+                         f"which reads as [N, H, W, C] ({x.shape[-1]} channels last); pass "
+                         "images.permute(0, 3, 1, 2) (an [N, C, H, W] tensor in the channels_last "
+                         "memory format is taken as it is).")
     if not x.is_floating_point():
         raise TypeError(f"Expected {what} to be a floating tensor, model-ready (scaled and "
                         f"normalised as the model expects), but got {x.dtype}; convert "
@@ -946,7 +958,7 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
             if isinstance(item, _Failed):  # from _collate, of an IterableDataset below
                 item.raise_again()
             x, y = _image_and_label(item)
-            _check_images(x, "the DataLoader's batches")
+            _check_images(x, "the DataLoader's batches", batched=True)
             if n_images is not None and seen + len(x) > n_images:
                 x = x[: n_images - seen]
                 y = None if y is None else y[: len(x)]
@@ -975,7 +987,7 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
             if isinstance(batch, _Failed):
                 batch.raise_again()
             x, y = batch
-            _check_images(x, "the Dataset's images, batched")
+            _check_images(x, "the Dataset's images, batched", batched=True)
             yield x, (None if y is None or (y < 0).all() else y)
         return
     raise TypeError(

@@ -670,6 +670,25 @@ def test_labels_that_are_no_class_indices_are_named_in_every_input():
     assert ef.measure(model, x[:1], labels=[int(y[0])], transforms=rot).accuracy == 1.0
 
 
+def test_images_with_their_channels_last_in_the_shape_are_told_apart_from_the_memory_format():
+    # [N, H, W, C] was measured as images 3 pixels wide: a rotation said the square images were
+    # "16x3", no square; a loader's grey [N, H, W] batches were told to add a batch dim
+    model, x = circular_net(), torch.rand(3, 3, 16, 16)
+    rot = [ef.Rotation(1)]
+    with pytest.raises(ValueError, match=re.escape("got shape (3, 16, 16, 3), which reads as "
+                                                   "[N, H, W, C] (3 channels last); pass "
+                                                   "images.permute(0, 3, 1, 2)")):
+        ef.measure(model, x.permute(0, 2, 3, 1).contiguous(), transforms=rot)
+    # the channels_last memory format of the [N, C, H, W] tensor is the same images
+    plain = ef.measure(model, x, transforms=rot)
+    strided = ef.measure(model, x.contiguous(memory_format=torch.channels_last), transforms=rot)
+    pd.testing.assert_series_equal(plain.points.channel, strided.points.channel)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:, 0]), batch_size=2)
+    with pytest.raises(ValueError, match=r"DataLoader's batches to be \[N, C, H, W\], but got shape "
+                                         r"\(2, 16, 16\); give each image its channel dim"):
+        ef.measure(model, loader, transforms=rot)
+
+
 def test_accuracy_of_all_wrong_labels_is_zero_and_no_labels_none():
     model = circular_net()
     x = torch.rand(6, 3, 12, 12)
