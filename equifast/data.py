@@ -910,7 +910,9 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
             (but a 16-bit one in 8 bits, a float one refused, as from a folder).
         seed: the seed of the subset.
         num_workers: processes that read and preprocess a dataset's or folder's images
-            (``DataLoader`` workers; 0: in this process). The batches are the same either way.
+            (``DataLoader`` workers; 0: in this process; an ``IterableDataset``, which each
+            worker would read whole, by one at most, with a warning). The batches are the same
+            either way.
     """
     # as ints: torch's BatchSampler refuses a numpy integer as batch_size
     batch_size, num_workers = check_batch_size(batch_size), check_num_workers(num_workers)
@@ -972,9 +974,18 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
                 return
         return
     if isinstance(images, IterableDataset):
+        if num_workers > 1:
+            from .warning import warn
+
+            # torch gives each worker process the whole stream: every image came num_workers
+            # times (n_images counted each copy), unless the stream shards itself
+            warn(f"An IterableDataset is read by one loader process, not by num_workers="
+                 f"{num_workers}: each would read the whole stream, and every image would be "
+                 f"measured {num_workers} times. Pass a DataLoader of it instead, with workers "
+                 "where it gives each its own share (torch.utils.data.get_worker_info()).")
         # a stream has no length to draw a seeded subset from: its first n_images, in order
         images = DataLoader(_with_transform(images, preprocess), batch_size=batch_size,
-                            num_workers=num_workers, collate_fn=_collate)
+                            num_workers=min(num_workers, 1), collate_fn=_collate)
         yield from batches(images, n_images=n_images)
         return
     if isinstance(images, Dataset):

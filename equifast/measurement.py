@@ -475,7 +475,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             :func:`equifast.models.load_model` takes it): a new head of that many classes, or 0
             for a model timm builds without one (``final`` is then its pooled features).
         num_workers: processes that decode and preprocess the images of a folder or
-            ``Dataset`` while the model runs (``DataLoader`` workers; 0: in this process).
+            map-style ``Dataset`` while the model runs (``DataLoader`` workers; 0: in this
+            process; an ``IterableDataset``, which each would read whole, by one at most,
+            with a warning).
             Decoding ImageNet JPEGs takes several ms an image, as long as a GPU's whole
             measurement of it. The images, their order and the scores are the same either way.
 

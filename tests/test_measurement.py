@@ -266,6 +266,35 @@ def test_loader_workers_read_a_folder_into_the_same_scores(tmp_path):
             ef.measure(model, str(tmp_path), num_workers=bad, **kw)
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    """``images`` and ``labels`` as a stream that does not shard itself among workers."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __iter__(self):
+        return iter(zip(self.images, self.labels.tolist()))
+
+
+def test_loader_workers_do_not_measure_a_stream_once_each():
+    # torch gives each worker the whole IterableDataset: with num_workers=2 every image was
+    # measured twice (n_images 12 of 6), and n_images=5 took images 0-3 and 0 again
+    model, x = circular_net(), torch.rand(6, 3, 12, 12)
+    with torch.no_grad():
+        y = model(x).argmax(-1)
+    y[:2] = (y[:2] + 1) % 5  # 4 of 6 right
+    kw = dict(transforms=[ef.Rotation(1), ef.Translation(2, 2)], batch_size=4)
+    for n in (None, 5):
+        tensor = ef.measure(model, x[:n], labels=y[:n], **kw)  # the same images, as a tensor
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            stream = ef.measure(model, _Stream(x, y), num_workers=2, n_images=n, **kw)
+        assert stream.meta["n_images"] == len(x[:n]) and stream.accuracy == tensor.accuracy
+        pd.testing.assert_frame_equal(stream.points, tensor.points, check_exact=True)
+        assert [str(w.message)[:62] for w in said] == [
+            "An IterableDataset is read by one loader process, not by num_w"]
+
+
 def test_embedded_photos_are_cut_at_the_models_own_size():
     # resnet10t is trained at 176 pixels and evaluated (timm's validate.py, its published
     # accuracies) at its test size, 224: its first (stride 2) stage sees 224 / 2
