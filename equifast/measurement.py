@@ -280,7 +280,10 @@ class Measurer:
         self.state = MeasureState(self.points, transforms, metrics, vector_mode, eps)
         # labels -> the model's classes (class folders: see equifast.data.model_classes)
         self.label_classes: Optional[torch.Tensor] = None
-        self.count_accuracy = True
+        # top-1 of the logits [N, K] only: a map's arg-max over its last dim (a fully
+        # convolutional model's `final`) was compared with the labels, an accuracy of 4.25
+        final = next((p for p in self.points if p.name == "final"), None)
+        self.count_accuracy = final is not None and len(final.shape) == 1
         self.map_dtypes: set = set()  # of the maps scored: float64 ones go to the reference
 
     def _autocast(self):
@@ -586,7 +589,13 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                             eps=eps, backend=backend, split_method=split_method,
                             channels_last=channels_last, tensor_cores=tensor_cores)
         final = next((p for p in measurer.points if p.name == "final"), None)
-        if final is not None and getattr(inner, "num_classes", None) == 0:
+        if final is not None and len(final.shape) != 1:  # the Measurer counts no accuracy of it
+            if labels is not None or isinstance(images, (tuple, list)) or (
+                    folder is not None and folder.labelled):
+                warn(f"No accuracy: {type(inner).__name__}'s output (the `final` point) is a "
+                     f"{'x'.join(map(str, final.shape))} map, not the class logits [N, K] that "
+                     "labels are compared with.")
+        elif final is not None and getattr(inner, "num_classes", None) == 0:
             # timm built it headless: `final` is its pooled features, whose arg-max is no class
             measurer.count_accuracy = False
             if labels is not None or isinstance(images, (tuple, list)) or (

@@ -1070,6 +1070,30 @@ def test_a_model_without_a_classifier_has_no_accuracy_rather_than_one_of_its_fea
     assert not any("512 classes" in str(w.message) for w in caught)
 
 
+def test_a_map_as_the_final_point_has_no_accuracy_rather_than_one_of_its_last_dim():
+    # a fully convolutional model with named points: `final` is its [N, K, H, W] output, whose
+    # arg-max over W was compared with the labels (an accuracy of 4.25 for 4 images 4 wide, a
+    # torch broadcasting error for 5)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1)).eval()
+    rot = [ef.Rotation(1)]
+    for n in (4, 5):
+        x, y = torch.rand(n, 3, 4, 4), torch.arange(n) % 4
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            plain = ef.measure(model, x, transforms=rot, points=["0", "2"])
+            rep = ef.measure(model, x, labels=y, transforms=rot, points=["0", "2"])
+            loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=n)
+            state = ef.measure(model, loader, transforms=rot, points=["0", "2"], return_state=True)
+        assert rep.accuracy is None and rep.meta["accuracy_images"] is None
+        pd.testing.assert_frame_equal(rep.points, plain.points, check_exact=True)
+        assert (state.labelled, state.correct, state.n_images) == (0, 0, n)
+        # said once, where the labels were given with the images
+        assert [str(w.message) for w in said if "accuracy" in str(w.message)] == [
+            "No accuracy: Sequential's output (the `final` point) is a 5x4x4 map, not the class "
+            "logits [N, K] that labels are compared with."]
+
+
 def test_an_autocast_left_on_around_the_call_is_not_applied():
     # it ran the model in bfloat16 while the report said amp=None (scores ~1e-3 off float32)
     model = circular_net()
