@@ -39,6 +39,7 @@ from ._checks import checked_seed
 from ._hints import did_you_mean, without_download_advice
 from .reference import METRICS, TOLERANCE, check_options, is_vector
 from .report import Report
+from .points import METHODS as SPLIT_METHODS
 from .points import Point, model_dtype, modes_kept, representations, split, unwrapped
 from .transforms import (Transform, check_distinct, check_labels, diagonal_shifts, parse_transforms,
                          rotations)
@@ -157,7 +158,7 @@ def _transform_list(transforms):
 
 
 def checked_settings(transforms, amp: Optional[str], batch_size: int, device,
-                     backend: str) -> Tuple[List[Transform], torch.device]:
+                     backend: str, split_method: str = "auto") -> Tuple[List[Transform], torch.device]:
     """``transforms`` as a list and ``device`` resolved, or the error of a setting a measurement
     cannot run with: :func:`measure` checks them before its model loads (a large timm model takes
     minutes), :class:`Measurer` for its own callers."""
@@ -173,6 +174,9 @@ def checked_settings(transforms, amp: Optional[str], batch_size: int, device,
     data_mod.check_batch_size(batch_size)
     if backend not in _BACKENDS:
         raise ValueError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend!r}.")
+    if split_method not in SPLIT_METHODS:  # split's own error named its `method`, after the data loaded
+        raise ValueError(f"Expected `split_method` to be one of {SPLIT_METHODS}, but got "
+                         f"{split_method!r}.")
     return transforms, resolve_device(device)
 
 
@@ -223,7 +227,7 @@ class Measurer:
         metrics = metric_list(metric)
         check_options(metrics[0], vector_mode, eps)
         transforms, self.device = checked_settings(_transform_list(transforms), amp, batch_size,
-                                                   device, backend)
+                                                   device, backend, split_method)
         self.model = model.eval().to(self.device)
         if self.device.type == "cpu":  # the passes' freed features reused, not faulted in again
             keep_freed_memory()
@@ -505,7 +509,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
     transforms = _transform_list(transforms)
     check_options(metric_list(metric)[0], vector_mode, eps)  # before the model and the data load
     transforms = checked_settings(diagonal_shifts(1, 32) + rotations() if transforms is None
-                                  else transforms, amp, batch_size, device, backend)[0]
+                                  else transforms, amp, batch_size, device, backend,
+                                  split_method)[0]
     # the module a wrapper runs (DataParallel, torch.compile) for what is read off the model;
     # TorchScript is refused before the data load
     inner = unwrapped(model)[0] if isinstance(model, nn.Module) else None

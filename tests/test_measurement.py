@@ -1340,6 +1340,9 @@ def test_amp_batch_size_device_backend_and_transforms_are_refused_before_the_mod
             *[(dict(device=d), ValueError, f"but '{d}' is not available here")
               for d in ("mps", "xla", "xpu") if not _device_works(d)],
             (dict(backend="fast"), ValueError, "Expected `backend` to be one of"),
+            # split's own error named its `method`, after the model and the data had loaded
+            (dict(split_method="graph"), ValueError,
+             r"Expected `split_method` to be one of \('auto', 'fx', 'hooks'\), but got 'graph'"),
             (dict(transforms=[]), TypeError, "non-empty list of equifast transforms"),
             (dict(transforms=[ef.Rotation(1), ef.Rotation(1)]), ValueError, "more than once")):
         with pytest.raises(error, match=match):
@@ -1348,7 +1351,8 @@ def test_amp_batch_size_device_backend_and_transforms_are_refused_before_the_mod
     ef.measure("resnet18", x, weights=None, transforms=[ef.Rotation(1)], batch_size=2)
     assert loads == ["resnet18"]  # the record sees a load where there is one
     # a Measurer of its own, too: batch_size=0 and an unknown backend ran silently
-    for kwargs, match in ((dict(batch_size=0), "`batch_size`"), (dict(backend="fast"), "`backend`")):
+    for kwargs, match in ((dict(batch_size=0), "`batch_size`"), (dict(backend="fast"), "`backend`"),
+                          (dict(split_method="graph"), "`split_method`")):
         with pytest.raises(ValueError, match=match):
             Measurer(circular_net(), x, [ef.Rotation(1)], **kwargs)
 
