@@ -670,6 +670,8 @@ def class_indices(ys, what: str, where: str) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError):
         pass
     items = list(ys) if isinstance(ys, (list, tuple, np.ndarray)) else [ys]
+    if items and all(isinstance(v, (int, np.integer)) for v in items):  # a NumPy object array
+        return torch.tensor([int(v) for v in items])
     named = next((v for v in items if isinstance(v, (str, bytes))), None)
     if named is not None:
         raise ValueError(f"Expected {what} to be class indices of the model (ints, -1 for none), "

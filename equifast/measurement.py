@@ -636,7 +636,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 and measurer.count_accuracy and measurer.label_classes is None):
             # all of them now: a class index beyond the logits in the last batch was found
             # after every other batch was measured
-            given = torch.as_tensor(given)[:total]
+            given = data_mod.class_indices(given, "`labels`", "first")[:total]
             if given.dim() == 1 and given.numel() and not (given.is_floating_point() or given.is_complex()
                                                            or given.dtype == torch.bool):
                 _check_label_bounds(torch.stack(torch.aminmax(given)), final.shape[0])

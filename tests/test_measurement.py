@@ -5,6 +5,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -697,6 +698,10 @@ def test_labels_that_are_no_class_indices_are_named_in_every_input():
     assert ef.measure(model, _Labelled(x, lambda i: wrong[i:i + 1]), transforms=rot,
                       batch_size=3).accuracy == expected
     assert ef.measure(model, x[:1], labels=[int(y[0])], transforms=rot).accuracy == 1.0
+    # a NumPy object array of ints (a DataFrame column's .values): torch takes no object arrays
+    objects = np.array(wrong.tolist(), dtype=object)
+    assert ef.measure(model, x, labels=objects, transforms=rot).accuracy == expected
+    assert ef.measure(model, (x, objects), transforms=rot, batch_size=3).accuracy == expected
 
 
 def test_images_with_their_channels_last_in_the_shape_are_told_apart_from_the_memory_format():
