@@ -181,6 +181,7 @@ after it (``avgpool``, ``fc``, a head's hidden layer) is refused: it would be av
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import operator
 import re
@@ -1304,12 +1305,17 @@ def _map_layouts(model: nn.Module, an: _Analysis, x: Tensor,
 
 
 def _token_grids(grid: Optional[Tuple[int, int]]) -> List[Tuple[int, int]]:
-    """The patch grid, then its stride-2 downsamplings (``ceil(h / 2)``: LeViT, PiT)."""
-    grids = []
-    while grid is not None and grid not in grids:
-        grids.append(grid)
-        grid = (-(-grid[0] // 2), -(-grid[1] // 2))
-    return grids
+    """The patch grid, then its stride-2 downsamplings level by level: ``ceil(h / 2)`` (LeViT,
+    PiT) and ``floor(h / 2)`` (Twins' patch embeddings of kernel and stride 2: at 72 pixels its
+    9x9 grid becomes 4x4, not 5x5)."""
+    chains = []
+    for down in ((lambda g: (-(-g[0] // 2), -(-g[1] // 2))), (lambda g: (g[0] // 2, g[1] // 2))):
+        chain, g = [], grid
+        while g is not None and min(g) >= 1 and g not in chain:
+            chain.append(g)
+            g = down(g)
+        chains.append(chain)
+    return list(dict.fromkeys(g for level in itertools.zip_longest(*chains) for g in level if g is not None))
 
 
 def _layout(model, module, raw: Tensor, grid, num_prefix,
@@ -1323,8 +1329,12 @@ def _layout(model, module, raw: Tensor, grid, num_prefix,
     if raw.dim() == 3:
         length = int(raw.shape[1])
         # the patch grid or a stride-2 downsampling of it, after a few prefix tokens (class,
-        # distillation, registers; CoaT's stages each carry a class token of their own)
-        for g in _token_grids(grid):
+        # distillation, registers; CoaT's stages each carry a class token of their own); first
+        # one the tokens fill after the model's own prefix or none (a 4x4 grid's 16 tokens were
+        # read as a 3x3 one after 7 prefix tokens)
+        grids = _token_grids(grid)
+        exact = {0, num_prefix or 0}
+        for g in [g for g in grids if length - g[0] * g[1] in exact] + grids:
             if 0 <= length - g[0] * g[1] <= max(8, num_prefix or 0):
                 return "NLC", length - g[0] * g[1], tuple(g)
         prefixes = list(dict.fromkeys(([num_prefix] if num_prefix else []) + [0]))

@@ -1133,6 +1133,23 @@ def test_blocks_iterated_in_parallel_containers_or_beside_other_blocks_are_point
         assert np.isclose(got.loc[name, "layer"], s.layer.nanmean().item(), atol=1e-5), name
 
 
+def test_tokens_downsampled_by_flooring_are_laid_out_on_their_own_grid():
+    # Twins' patch embeddings (kernel 2, stride 2) floor odd grids: at 72 px its 18x18 patch grid
+    # becomes 9x9, then 4x4 and 2x2. The 16 tokens of the third stage were read as the 3x3 grid
+    # (9x9 halved upwards) after 7 prefix tokens: a false map of the last 9 tokens, scored silently
+    model = _twins().eval()
+    x = torch.randn(2, 3, 72, 72)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        points = {p.name: p for p in split(model, x)}
+        got = representations(model, list(points.values()))(x)
+    for name, side in (("blocks.1.0", 9), ("blocks.2.0", 4), ("blocks.3.0", 2)):
+        tokens = _hooked(model, name, x)
+        assert tokens.shape[1] == side * side  # Twins has no prefix tokens
+        assert points[name].prefix_tokens == 0 and points[name].grid == (side, side), name
+        assert torch.equal(got[name], _tokens_on_grid(tokens)), name
+
+
 class _MapThenLogits(nn.Module):
     """Returns (feature map, logits): the map was taken as `final`, the logits unseen."""
 
