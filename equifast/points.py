@@ -1082,8 +1082,11 @@ def _fx_extractor(model: nn.Module, nodes: Sequence[str]) -> nn.Module:
     from torchvision.models.feature_extraction import create_feature_extractor
 
     ret = {n: f"p{i}" for i, n in enumerate(dict.fromkeys(nodes))}
-    ext = create_feature_extractor(model, eval_return_nodes=ret, train_return_nodes=ret,
-                                   tracer_kwargs=_tracer_kwargs(), suppress_diff_warning=True)
+    # it traces in train and eval mode, then sets every module to the model's own mode: a
+    # frozen batch norm of a model being fine-tuned would train after
+    with modes_kept(model):
+        ext = create_feature_extractor(model, eval_return_nodes=ret, train_return_nodes=ret,
+                                       tracer_kwargs=_tracer_kwargs(), suppress_diff_warning=True)
     for graph in {id(g): g for g in (ext.train_graph, ext.eval_graph)}.values():
         _copy_what_is_overwritten(ext, graph)
     ext.graph = ext.train_graph if ext.training else ext.eval_graph  # recompiled
@@ -1525,7 +1528,8 @@ class Representations(nn.Module):
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         if self.method == "fx":
             if self.graph.training != self._model.training:
-                self.graph.train(self._model.training)
+                with modes_kept(self._model):  # the graph's own mode: its modules are the model's
+                    self.graph.train(self._model.training)
             got = self.graph(x)
             raw = {p.name: got[self._keys[p.node]] for p in self.points}
         else:

@@ -358,6 +358,33 @@ def test_split_leaves_the_model_untouched():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_split_and_representations_by_fx_leave_every_modules_mode_as_it_was():
+    # fine-tuning with frozen batch norms: torchvision's feature extractor set every module to the
+    # model's own mode while tracing, so the norms trained (updating their statistics) after
+    model = tv.resnet18(num_classes=10).train()
+    frozen = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in frozen:
+        m.eval()
+    modes = {m: m.training for m in model.modules()}
+    x = torch.randn(2, 3, 32, 32)
+    points = split(model, x, points=["layer1.0.relu_1", "layer2"], method="fx")  # an fx node: traced
+    assert {m: m.training for m in model.modules()} == modes
+    extract = representations(model, points, method="fx")
+    assert {m: m.training for m in model.modules()} == modes
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    extract(x)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no statistics moved
+    # the extractor follows the model to eval mode and back to training: its own graph only
+    model.eval()
+    extract(x)
+    model.train()
+    for m in frozen:
+        m.eval()
+    extract(x)
+    assert {m: m.training for m in model.modules()} == modes
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_point_is_frozen_and_argument_errors():
     p = Point("stem", "early", 0)
     with pytest.raises(Exception):
