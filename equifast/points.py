@@ -1201,6 +1201,11 @@ def _width_evidence(an: _Analysis, module: Optional[str], raw: Optional[Tensor])
     inside = [c for c in an.calls.values() if (c.name == module or c.name.startswith(pre))
               and isinstance(c.module, _LAST_AXIS + (nn.modules.conv._ConvNd,))]
     if not inside:
+        # a weightless module (the GELU of Swin's MLP, a layer's activation or pooling): the
+        # layer whose output it carries on says its layout
+        carried = _carried(an, module)
+        inside = [carried] if carried is not None else []
+    if not inside:
         return None
     last = max(inside, key=lambda c: c.end).module
     first, end = int(raw.shape[1]), int(raw.shape[-1])
@@ -1219,6 +1224,27 @@ def _width_evidence(an: _Analysis, module: Optional[str], raw: Optional[Tensor])
     if width == first != end:
         return "NCHW"
     return "?" if width == first == end else None
+
+
+def _carried(an: _Analysis, module: str) -> Optional[_Call]:
+    """The ``Linear``, ``LayerNorm`` or convolution whose output the weightless ``module``
+    carries on, through the weightless modules between (a GELU after a ``Linear``; a pooling
+    after a ReLU after a batch norm after a convolution); ``None`` when it reads another value."""
+    c, seen = an.calls.get(module), set()
+    while c is not None and c.inp is not None and c.name not in seen:
+        seen.add(c.name)
+        # the first module that returned that tensor: the innermost (a container returns its
+        # last child's output too; an in-place ReLU its input)
+        c = min((k for k in an.calls.values() if k.out is c.inp and k.end <= c.start),
+                key=lambda k: k.end, default=None)
+        if c is None or an.weights(c.name) > 1:
+            return None
+        pre = c.name + "."  # it, or the last such layer inside it (a unit: conv, norm, act)
+        layers = [k for k in an.calls.values() if (k is c or k.name.startswith(pre))
+                  and isinstance(k.module, _LAST_AXIS + (nn.modules.conv._ConvNd,))]
+        if layers:
+            return max(layers, key=lambda k: k.end)
+    return None
 
 
 _WIDTH_AXIS = {"NCHW": 3, "NHWC": 2}  # where the image's columns are in a 4-D value

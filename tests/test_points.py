@@ -735,6 +735,39 @@ def test_a_map_either_layout_could_be_is_read_by_its_aspect_or_how_it_moves(name
     assert measured == pytest.approx(float(expected), abs=1e-5) and measured > 0.9
 
 
+class _ChannelsLastMlp(nn.Module):
+    """A patch embedding, then an MLP on channels-last maps ([N, H, W, C]), its layers opened."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 12, 4, 4)
+        self.mlp = nn.Sequential(nn.LayerNorm(12), nn.Linear(12, 24), nn.GELU(), nn.Linear(24, 12))
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x):
+        x = self.embed(x).permute(0, 2, 3, 1)
+        return self.fc((x + self.mlp(x)).mean((1, 2)))
+
+
+def test_an_activation_after_a_linear_takes_the_linears_layout():
+    """A weightless point (an activation, in its own module) has no layer of its own to read its
+    layout off: the one whose output it carries on says it. The GELU of torchvision Swin's MLP was
+    read as NCHW and refused as no map of the image; that of a channels-last MLP at 32x48,
+    [N, 8, 12, 24], was read as 8 channels of a 12x24 map."""
+    import equifast as ef
+    torch.manual_seed(0)
+    for model, x, name in ((tv.swin_t(num_classes=10).eval(), torch.randn(2, 3, 64, 64), "features.1.0.mlp.1"),
+                           (_ChannelsLastMlp().eval(), torch.randn(2, 3, 32, 48), "mlp.2")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            points = split(model, x, points=[name])
+        assert points[0].layout == "NHWC", name
+        raw = _hooked(model, name, x)
+        assert torch.equal(representations(model, points)(x)[name], raw.permute(0, 3, 1, 2)), name
+    auto = {p.name: p for p in split(_ChannelsLastMlp().eval(), torch.randn(2, 3, 32, 48))}
+    assert auto["mlp.2"].layout == "NHWC" and auto["mlp.2"].shape == (24, 8, 12)
+
+
 def test_hiera_tokens_are_put_back_in_grid_order():
     """Hiera keeps its tokens unrolled (window by window) until its last stages: read row by row,
     its early maps were scrambled (blocks.0 scored 0.03 where its true map scores 0.94)."""
