@@ -468,7 +468,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         progress: show a progress bar (tqdm).
         preprocess: PIL image -> model-ready tensor, for folders and datasets of PIL images
             (default: the model's own: of its weights by name, timm's for a timm module, else
-            ImageNet's 224-pixel centre crop). Tensors, a DataLoader's batches and a Dataset's
+            ImageNet's 224-pixel centre crop; a module of one input size is cropped to it). Tensors, a DataLoader's batches and a Dataset's
             tensor items are taken as model-ready.
         backend: ``"auto"``, ``"operator"`` or ``"reference"``.
         channels_last: run the model channels-last (faster convolutions on CPU and GPU). On

@@ -43,19 +43,28 @@ def default_preprocess(size: int = 224, crop_pct: float = 0.875, mean=(0.485, 0.
 def module_preprocess(model: nn.Module) -> Callable:
     """The preprocessing of a model given as a module: timm's evaluation pipeline for a timm
     model (it carries its ``pretrained_cfg``: a ViT's mean and std 0.5, bicubic, crop 0.9),
-    else ImageNet's 224-pixel centre crop."""
+    else ImageNet's 224-pixel centre crop; either at the one square size the model takes, where
+    it takes only one (a ViT built at 384 or 96 pixels: timm's ``img_size``, torchvision's
+    ``image_size``), not the size of its config."""
+    from .points import _fixed_input_size
+
+    fixed = _fixed_input_size(model)
+    size = fixed[0] if fixed is not None and fixed[0] == fixed[1] else None
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
-        return _timm_preprocess(model)
-    return default_preprocess()
+        return _timm_preprocess(model, size)
+    return default_preprocess(size or 224)
 
 
-def _timm_preprocess(model: nn.Module) -> Callable:
+def _timm_preprocess(model: nn.Module, size: Optional[int] = None) -> Callable:
     """timm's evaluation pipeline of ``model``: at its test size and crop where its weights have
     one (``test_input_size``: resnet50.a1_in1k is evaluated at 288 pixels, trained at 224), as
-    timm's ``validate.py`` and its published accuracies have it."""
+    timm's ``validate.py`` and its published accuracies have it; at ``size`` where given (the
+    one size the model takes)."""
     import timm.data
 
     cfg = timm.data.resolve_data_config({}, model=model, use_test_size=True)
+    if size is not None:
+        cfg["input_size"] = (cfg["input_size"][0], size, size)
     return timm.data.create_transform(**cfg)
 
 

@@ -541,6 +541,35 @@ def test_timm_models_get_timms_evaluation_pipeline_by_name_and_as_modules():
     assert tuple(plain.mean) == (0.485, 0.456, 0.406)
 
 
+def test_a_module_of_one_input_size_gets_a_pipeline_of_that_size():
+    # a ViT built at 96 pixels (timm's img_size, torchvision's image_size) got the 224-pixel
+    # pipeline of its config or ImageNet's: measure(model) failed, "this model takes only 96x96"
+    import warnings
+
+    import timm
+    import timm.data
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    import equifast as ef
+    from equifast.data import input_size
+    from equifast.models import module_preprocess
+    from equifast.points import _fixed_input_size
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=96, depth=1,
+                            num_classes=10).eval()
+    tv_vit = VisionTransformer(image_size=64, patch_size=16, num_layers=1, num_heads=1,
+                               hidden_dim=16, mlp_dim=16, num_classes=10).eval()
+    for model in (vit, tv_vit):
+        assert input_size(module_preprocess(model)) == _fixed_input_size(model)[0]
+    resnet = timm.create_model("resnet18", pretrained=False)  # any size: its config's test size
+    test_size = timm.data.resolve_data_config({}, model=resnet, use_test_size=True)["input_size"][-1]
+    assert input_size(module_preprocess(resnet)) == test_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = ef.measure(vit, n_images=2, transforms=[ef.Rotation(1)])
+    assert report.points.loc[report.points["point"] == "blocks.0", "shape"].item() == "192x6x6"
+
+
 def test_load_model_and_the_sweep_spec_check_model_arguments_with_one_public_function():
     import ast
     import pickle
