@@ -425,6 +425,9 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
                     if x.is_floating_point() and dtype is not None and x.dtype != dtype:
                         why = (f"its weights are {dtype} and the input {x.dtype}: cast the input "
                                f"(x.to({dtype})).")
+                    elif not x.is_floating_point() and dtype is not None:
+                        why = (f"the input is {x.dtype} and its weights {dtype}: pass images as "
+                               f"floating point, scaled and normalised as the model takes them.")
                     elif fixed is not None and fixed != tuple(x.shape[-2:]):
                         why = f"this model takes only {fixed[0]}x{fixed[1]} images."
                     else:

@@ -1114,6 +1114,10 @@ def test_torchscript_and_a_dtype_mismatch_are_said_so():
     with pytest.raises(ValueError, match=r"its weights are torch.float64 and the input "
                                          r"torch.float32: cast the input \(x.to\(torch.float64\)\)"):
         split(model.double(), x)
+    # images as bytes (0..255): it asked whether the image was too small, or of another channel count
+    with pytest.raises(ValueError, match=r"the input is torch.uint8 and its weights torch.float32: "
+                                         r"pass images as floating point"):
+        split(model.float(), (x * 255).to(torch.uint8))
 
 
 def _hooked(model, module, x):
