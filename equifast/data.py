@@ -828,7 +828,17 @@ def count(images) -> Optional[int]:
     if isinstance(images, (tuple, list)) and images and isinstance(images[0], torch.Tensor):
         return images[0].shape[0]
     if isinstance(images, DataLoader):
-        return len(images.dataset) if hasattr(images.dataset, "__len__") else None
+        # the images it yields: its sampler's (a subset of the dataset), whole batches only
+        # with drop_last; its dataset's length counted images it never gives
+        if isinstance(images.dataset, IterableDataset) or images.batch_size is None:
+            # a stream's own length, or batches a batch sampler of the user's sizes
+            return (len(images.dataset) if images.batch_size is not None
+                    and hasattr(images.dataset, "__len__") else None)
+        try:
+            n = len(images.sampler)
+        except TypeError:  # a sampler without a length
+            return None
+        return n - n % images.batch_size if images.drop_last else n
     if isinstance(images, Dataset) and hasattr(images, "__len__"):
         return len(images)
     return None

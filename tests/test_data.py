@@ -626,3 +626,21 @@ def test_image_folder_does_not_import_torchvision(tmp_path):
     """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["False", "['c']"], out.stdout
+
+
+def test_a_loaders_count_is_the_images_it_yields():
+    # its dataset's length counted images its sampler leaves out or drop_last drops: the
+    # progress total, and a one-image across_images run refused only after it was measured
+    from torch.utils.data import BatchSampler, SequentialSampler, SubsetRandomSampler
+
+    x = torch.rand(7, 3, 4, 4)
+    loaders = [DataLoader(TensorDataset(x), batch_size=2),
+               DataLoader(TensorDataset(x), batch_size=3, drop_last=True),
+               DataLoader(TensorDataset(x), batch_size=2, sampler=SubsetRandomSampler([5])),
+               DataLoader(TensorDataset(x), batch_size=4, sampler=SubsetRandomSampler(range(6)),
+                          drop_last=True)]
+    for loader in loaders:
+        assert data.count(loader) == sum(len(b[0]) for b in loader)
+    # batches of the user's own sampler: their sizes are its; no count is better than a wrong one
+    own = DataLoader(TensorDataset(x), batch_sampler=BatchSampler(SequentialSampler(range(3)), 2, False))
+    assert data.count(own) is None
