@@ -754,7 +754,6 @@ def test_an_activation_after_a_linear_takes_the_linears_layout():
     layout off: the one whose output it carries on says it. The GELU of torchvision Swin's MLP was
     read as NCHW and refused as no map of the image; that of a channels-last MLP at 32x48,
     [N, 8, 12, 24], was read as 8 channels of a 12x24 map."""
-    import equifast as ef
     torch.manual_seed(0)
     for model, x, name in ((tv.swin_t(num_classes=10).eval(), torch.randn(2, 3, 64, 64), "features.1.0.mlp.1"),
                            (_ChannelsLastMlp().eval(), torch.randn(2, 3, 32, 48), "mlp.2")):

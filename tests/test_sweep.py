@@ -1183,6 +1183,17 @@ def test_report_never_removes_a_users_figure_named_like_one(folder, tmp_path):
     assert (theirs / "parts_translation.png").read_bytes() == b"my figure"
 
 
+def _write_parts(store, spec, value_of):
+    """A finished record for each of ``spec``'s jobs whose parts early and final score
+    ``value_of(job)`` (channel and layer)."""
+    for job in spec.jobs():
+        value = value_of(job)
+        parts = [{"part": p, "family": "translation", "metric": "correlation", "channel": value,
+                  "layer": value} for p in ("early", "final")]
+        store.write_record({"id": job.id, "status": "ok", "job": job.entry(), "points": [],
+                            "parts": parts})
+
+
 def test_report_prints_each_transform_set_apart(folder, tmp_path, capsys):
     # two shift ranges of one family rank the models in opposite orders: their correlations
     # are printed a row each, never averaged into one
@@ -1190,13 +1201,9 @@ def test_report_prints_each_transform_set_apart(folder, tmp_path, capsys):
     spec = load_spec(_spec(folder, transforms={"small": "translation:1-2", "big": "translation:1-4"}))
     store, labels = ResultStore(out), [m.label for m in spec.models]
     accuracy = {m.label: m.accuracy for m in spec.models}
-    for job in spec.jobs():
-        rank = sorted(labels, key=accuracy.get).index(job.model.label)  # 0, 1, 2 by accuracy
-        value = 0.2 * (rank if job.family == "small" else 2 - rank) + 0.1
-        parts = [{"part": p, "family": "translation", "metric": "correlation", "channel": value,
-                  "layer": value} for p in ("early", "final")]
-        store.write_record({"id": job.id, "status": "ok", "job": job.entry(), "points": [],
-                            "parts": parts})
+    ranks = sorted(labels, key=accuracy.get)  # 0, 1, 2 by accuracy
+    _write_parts(store, spec, lambda job: 0.2 * (ranks.index(job.model.label) if job.family == "small"
+                                                 else 2 - ranks.index(job.model.label)) + 0.1)
     run_sweep(spec, out=out, progress=False)
     assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
     printed = capsys.readouterr().out.splitlines()
@@ -1213,13 +1220,9 @@ def test_report_prints_the_names_its_tables_hold(folder, tmp_path, capsys):
     spec = load_spec(_spec(folder, datasets=[{"name": "NA", "path": str(folder), "image_size": 32}],
                            transforms={"None": "translation:1-2", "1": "translation:1-4"}))
     store, labels = ResultStore(out), [m.label for m in spec.models]
-    for job in spec.jobs():  # the two sets rank the models in opposite orders
-        rank = labels.index(job.model.label)
-        value = 0.2 * (rank if job.family == "1" else 2 - rank) + 0.1
-        parts = [{"part": p, "family": "translation", "metric": "correlation", "channel": value,
-                  "layer": value} for p in ("early", "final")]
-        store.write_record({"id": job.id, "status": "ok", "job": job.entry(), "points": [],
-                            "parts": parts})
+    # the two sets rank the models in opposite orders
+    _write_parts(store, spec, lambda job: 0.2 * (labels.index(job.model.label) if job.family == "1"
+                                                 else 2 - labels.index(job.model.label)) + 0.1)
     run_sweep(spec, out=out, progress=False)
     assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
     printed = capsys.readouterr().out.splitlines()
