@@ -992,6 +992,100 @@ def test_shifts_the_maps_scale_cannot_follow_lose_equivariance():
         assert (d[~followed].channel < 0.9).all(), d
 
 
+
+def _quarter_turn_symmetric(w):
+    """``w`` averaged over its 4 quarter turns: a 3x3 kernel that every rotation and flip
+    leaves as it is (its corners, edges and centre are each one value)."""
+    return sum(torch.rot90(w, q, (-2, -1)) for q in range(4)) / 4
+
+
+class _SymmetricConv(nn.Conv2d):
+    def forward(self, x):
+        return nn.functional.conv2d(x, _quarter_turn_symmetric(self.weight), self.bias,
+                                    self.stride, self.padding)
+
+
+class _LiftingConv(nn.Module):
+    """Two random 3x3 kernels at each quarter turn: channel ``2q + j`` is kernel ``j`` turned
+    ``q`` times, so rotating the image by one turn rotates each map and moves it 2 channels on."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(2, 3, 3, 3))
+
+    def forward(self, x):
+        w = torch.cat([torch.rot90(self.weight, q, (-2, -1)) for q in range(4)])
+        return nn.functional.conv2d(x, w, padding=1)
+
+
+class _SharedSymmetricDepthwise(nn.Module):
+    """One symmetric kernel for every channel: commutes with rotations and with moving
+    channels around."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(1, 1, 3, 3))
+
+    def forward(self, x):
+        w = _quarter_turn_symmetric(self.weight).expand(x.shape[1], 1, 3, 3)
+        return torch.relu(nn.functional.conv2d(x, w, padding=1, groups=x.shape[1]))
+
+
+def test_a_rotation_equivariant_net_scores_one_and_a_lifted_one_scores_one_in_other_channels():
+    # Zero padding and symmetric kernels on square maps commute with every quarter turn and
+    # flip (batch norm with running statistics and ReLU act per pixel): every point, pooled
+    # vector and logit scores 1, channel and layer
+    torch.manual_seed(0)
+    block = lambda i, o: nn.Sequential(_SymmetricConv(i, o, 3, padding=1), nn.BatchNorm2d(o),
+                                       nn.ReLU())
+    net = nn.Sequential(block(3, 8), block(8, 8), block(8, 12), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(12, 5)).eval()
+    for bn in (net[0][1], net[1][1], net[2][1]):  # statistics of their own, not 0 and 1
+        bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 3, 12, 12)
+    pts = ef.measure(net, x, transforms=ef.rotations() + ef.flips(), batch_size=4).points
+    assert len(pts) == 5 * 5
+    defined = pts.undefined_fraction < 1  # ReLU leaves some channels dead: those are NaN
+    assert defined.all() and (pts.channel > 1 - 1e-5).all() and (pts.layer > 1 - 1e-5).all(), pts
+
+    # A lifting convolution: f^k(T x) is T(f^(k - 2)(x)), so each layer score is 1, found
+    # at k' = k + 2q (mod 8), and a channel score is a correlation of two kernels' maps
+    net = nn.Sequential(_LiftingConv(), _SharedSymmetricDepthwise(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 3)).eval()
+    rep = ef.measure(net, x, transforms=ef.rotations(), points=["0", "1"], batch_size=4)
+    maps = rep.points[rep.points.point.isin(["0", "1"])]
+    assert (maps.layer > 1 - 1e-5).all() and (maps.offdiagonal_fraction == 1).all(), maps
+    assert (maps.channel < 0.5).all(), maps
+    fx = ef.representations(net, ef.split(net, x, points=["0", "1"]))
+    with torch.no_grad():
+        for q in (1, 2, 3):
+            t = ef.Rotation(q)
+            for name in ("0", "1"):
+                s = ef.functional.equivariance_scores(fx(x)[name], fx(t(x))[name], t,
+                                                      input_size=(12, 12))
+                assert torch.equal(s.layer_index, ((torch.arange(8) + 2 * q) % 8).expand(4, 8))
+
+
+def test_a_shift_and_its_opposite_score_alike_on_the_shifted_images():
+    # On a circular net, corr(T_l f(x), f(T x)) with T a roll by t is, rolling both maps back,
+    # corr(f(x'), T_l^-1 f(x')) with x' = T x: the channel score of -t on x' = roll(x, t)
+    # (and of t on x is that of -t on roll(x, t)). The scaled shift of -t must then be minus
+    # that of t: on the stride-2 maps, odd shifts round toward zero, not down (floor).
+    torch.manual_seed(0)
+    conv = lambda i, o, s=1: nn.Conv2d(i, o, 3, s, padding=1, padding_mode="circular")
+    net = nn.Sequential(nn.Sequential(conv(3, 8), nn.ReLU()), nn.Sequential(conv(8, 8, 2), nn.ReLU()),
+                        nn.Sequential(conv(8, 8), nn.ReLU()), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 4)).eval()
+    x = torch.randn(5, 3, 16, 16)
+    for dy, dx, rounding in ((3, 3, "down"), (1, -5, "down"), (3, 1, "nearest")):
+        t = ef.Translation(dy, dx, rounding=rounding)
+        back = ef.Translation(-dy, -dx, rounding=rounding)
+        a = ef.measure(net, x, transforms=[t], batch_size=5).points
+        b = ef.measure(net, torch.roll(x, (dy, dx), (-2, -1)), transforms=[back], batch_size=5).points
+        np.testing.assert_allclose(a.channel, b.channel, atol=1e-6, rtol=0)
+        np.testing.assert_array_equal(a.undefined_fraction, b.undefined_fraction)
+        assert (a.channel[a.point == "1"] < 0.9).all()  # an odd shift on the stride-2 map is no exact one
+
 class _WideMaps(nn.Module):
     """A square image gives a non-square map (stride 2 down, 1 across); counts its passes."""
 
