@@ -113,10 +113,32 @@ def available_models() -> List[str]:
 
 
 def is_known_model(name: str) -> bool:
-    """True for a torchvision classification model name or a timm model name."""
+    """True for a torchvision classification model name or a timm model name (also as the
+    repo of its weights on timm's hub: ``hf-hub:timm/resnet18.a1_in1k``)."""
     import timm
 
+    name = _timm_hub_name(name)
     return _is_torchvision(name) or timm.is_model(name)
+
+
+def _timm_hub_name(name: str) -> str:
+    """timm's registry name of pretrained weights given as their repo on timm's own hub
+    account: ``hf-hub:timm/resnet18.a1_in1k`` (as ``timm.create_model`` takes it) or the repo
+    id ``timm/resnet18.a1_in1k`` is ``resnet18.a1_in1k``, the architecture and tag whose
+    config names that very repo (so the same weights; timm reads a ``hf-hub:`` name's config
+    from the hub, which offline fails even for random weights). Any other name is returned as
+    it is: a run folder of that name, other accounts' repos, a revision (``@``)."""
+    if not isinstance(name, str) or _is_run_folder(name):
+        return name
+    source, sep, repo = name.partition(":")
+    if not sep:
+        repo = name
+    elif source.lower() not in ("hf-hub", "hf_hub"):  # timm's source prefix and its old spelling
+        return name
+    owner, _, tagged = repo.partition("/")
+    if owner != "timm" or not tagged or "/" in tagged or "@" in tagged:
+        return name
+    return tagged if getattr(_timm_cfg(tagged), "hf_hub_id", None) == repo else name
 
 
 def check_model_name(name: str) -> None:
@@ -126,6 +148,7 @@ def check_model_name(name: str) -> None:
     checkpoint, which is passed as ``weights`` with its architecture as the name)."""
     if _is_run_folder(name):
         return
+    name = _timm_hub_name(name)
     if os.path.isdir(name) and not is_known_model(name):
         raise ValueError(
             f"Expected a torchvision or timm model name or the folder of an `equifast train` run "
@@ -194,6 +217,7 @@ def check_model_args(name: str, weights: Optional[str] = "default",
             folder (``IsADirectoryError``) or a file that cannot be read (``PermissionError``).
         ValueError: ``weights`` names a file that is no checkpoint (its first bytes).
     """
+    name = _timm_hub_name(name)
     _check_timm_tag(name)
     path = checkpoint_path(name, weights)
     if check_file and path is not None:
@@ -263,6 +287,7 @@ def input_sizes(name: str, weights: Optional[str] = "default") -> Tuple[Optional
 
     from .data import input_size
 
+    name = _timm_hub_name(name)
     if _is_torchvision(name):
         named = torchvision_weights(name, "DEFAULT" if weights == "default" else weights)
         fixed = None
@@ -385,6 +410,19 @@ def _hub_offline_if_unreachable(name: str, pretrained: bool):
 
 
 def _unknown(name: str) -> ValueError:
+    source, sep, repo = name.partition(":")
+    if (sep and source.lower() in ("hf-hub", "hf_hub")) or name.startswith("timm/"):
+        import timm  # a hub repo: only timm's own are known offline (see _timm_hub_name)
+
+        tagged = (repo if sep else name).rpartition("/")[2]
+        close = difflib.get_close_matches(tagged, timm.list_pretrained(), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(f'hf-hub:timm/{c}' for c in close)}?" if close else ""
+        return ValueError(
+            f"Expected a torchvision or timm model name, or the hub repo of timm's pretrained "
+            f"weights (hf-hub:timm/ARCH.TAG, as timm.list_pretrained() names them), but got "
+            f"{name!r}{'' if sep else ' (nor is it a folder)'}.{hint} The weights of another hub repo: pass its architecture as the "
+            "model and its model.safetensors as the weights (weights='model.safetensors', CLI "
+            "--weights PATH).")
     if "/" in name or os.sep in name:  # meant as a path: a run folder that is not there
         return ValueError(f"Expected a torchvision or timm model name or the folder of an "
                           f"`equifast train` run, but {name!r} is neither (no such folder).")
@@ -710,7 +748,9 @@ def load_model(name: str, weights: Optional[str] = "default",
 
     Args:
         name: a torchvision name (``resnet50``, ``vit_b_16``, ...), a timm name
-            (``efficientnet_b0``, ``mixer_b16_224``, ...; torchvision wins where both exist),
+            (``efficientnet_b0``, ``mixer_b16_224``, ...; torchvision wins where both exist;
+            timm's hub repos of its weights too: ``hf-hub:timm/resnet18.a1_in1k`` is
+            ``resnet18.a1_in1k``),
             or the folder of a run of ``equifast train`` (its model takes tensors: no
             preprocessing is returned).
         weights: ``"default"`` (the hub's pretrained weights; needs internet or a filled
@@ -750,6 +790,7 @@ def load_model(name: str, weights: Optional[str] = "default",
                              "(it is measured with its own trained weights), but got "
                              f"weights={weights!r}, num_classes={num_classes!r}.")
         return load_run(name, class_logits_only=True), None  # a Rot-Eq run's final: its classes
+    name = _timm_hub_name(name)  # built from the registry: offline, random weights need no hub
     named, path = torchvision_weights(name, weights), checkpoint_path(name, weights)
     state = _read_checkpoint(path, name) if path else None
     check_model_args(name, weights, num_classes)  # before any hub weights are fetched for nothing

@@ -246,6 +246,40 @@ def test_timm_hub_weights_offline_fail_at_once_and_a_filled_cache_still_loads(tm
     assert proc.stdout.splitlines()[1] == "True"
 
 
+def test_timm_hub_repo_names_are_the_registry_names_of_their_weights(monkeypatch):
+    # timm.create_model takes "hf-hub:timm/resnet10t.c3_in1k" (it reads the config from the hub,
+    # which offline failed even for random weights); both it and the bare repo id were refused
+    # as "no such folder"
+    import timm
+
+    from equifast.models import WeightsUnavailableError, check_model_args, input_sizes
+
+    want, _ = load_model("resnet10t.c3_in1k", weights=None)
+    for name in ("hf-hub:timm/resnet10t.c3_in1k", "HF_HUB:timm/resnet10t.c3_in1k",
+                 "timm/resnet10t.c3_in1k"):
+        model, pre = load_model(name, weights=None)
+        assert type(model) is type(want) and model.pretrained_cfg["tag"] == "c3_in1k"
+        assert {k: v.shape for k, v in model.state_dict().items()} == \
+               {k: v.shape for k, v in want.state_dict().items()}
+        assert input_sizes(name) == input_sizes("resnet10t.c3_in1k")
+        check_model_args(name)
+    built = []
+
+    def offline(name, pretrained=False, **kw):
+        built.append((name, pretrained))
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(WeightsUnavailableError, match="--weights none"):
+        load_model("hf-hub:timm/resnet10t.c3_in1k")
+    assert built == [("resnet10t.c3_in1k", True)]
+    # repos that are not a registry name's weights: said so, with the names that are close
+    for name in ("hf-hub:timm/resnet10t", "hf-hub:someone/resnet10t.c3_in1k",
+                 "timm/resnet10t.c3_in1k@main"):
+        with pytest.raises(ValueError, match="hub repo of timm's pretrained weights"):
+            load_model(name, weights=None)
+
+
 def test_checkpoint_of_another_label_set_gets_its_classifier(tmp_path):
     # fine-tuned on 10 classes: loaded by name without saying so
     m, _ = load_model("resnet18", weights=None, num_classes=10)
