@@ -8,7 +8,14 @@ from typing import Dict, Iterable
 
 def did_you_mean(word, choices: Iterable[str], n: int = 1) -> str:
     """``"; did you mean 'x'?"`` for the ``choices`` that look like ``word``, ``""`` for none."""
-    close = difflib.get_close_matches(str(word), list(choices), n=n, cutoff=0.6)
+    choices = list(choices)
+    close = difflib.get_close_matches(str(word), choices, n=n, cutoff=0.6)
+    if not close:  # another case: "NONE" has no letter in common with "none"
+        lowered = {}
+        for choice in choices:
+            lowered.setdefault(str(choice).lower(), choice)
+        close = [lowered[c] for c in difflib.get_close_matches(str(word).lower(), list(lowered),
+                                                               n=n, cutoff=0.6)]
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 

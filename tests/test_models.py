@@ -140,9 +140,13 @@ def test_missing_checkpoint_is_clear():
     with pytest.raises(FileNotFoundError, match=r"'/no/such/ckpt\.pt' does not exist and is no such "
                                                 r"name\.$"):
         load_model("resnet18", weights="/no/such/ckpt.pt")
-    for typo, meant in (("non", "none"), ("IMAGENET1K_V3", "IMAGENET1K_V1"), ("defualt", "default")):
+    # another case too: "NONE" has no letter in common with "none", and got no hint
+    for name, typo, meant in (("resnet18", "non", "none"), ("resnet18", "IMAGENET1K_V3", "IMAGENET1K_V1"),
+                              ("resnet18", "defualt", "default"), ("resnet18", "NONE", "none"),
+                              ("resnet18", "imagenet1k_v1", "IMAGENET1K_V1"),
+                              ("resnet10t", "DEFAULT", "default")):
         with pytest.raises(FileNotFoundError, match=f"'{typo}' does not exist.*; did you mean '{meant}'\\?$"):
-            load_model("resnet18", weights=typo)
+            load_model(name, weights=typo)
 
 
 def test_a_folder_or_a_misnamed_safetensors_file_as_weights_says_so(tmp_path):
