@@ -1066,7 +1066,8 @@ class _Graph:
     def input_of(self, module: str) -> str:
         for n in self.nodes:
             if n.op == "call_module" and n.target == module:
-                arg = n.args[0] if n.args else None
+                # its first argument, also where given by keyword (a head called as fc(input=x))
+                arg = n.args[0] if n.args else next(iter(n.kwargs.values()), None)
                 if isinstance(arg, torch.fx.Node) and arg in self.qualname:
                     return self.qualname[arg]
         raise RuntimeError(f"module {module!r} is not called as a leaf on a traced value")
@@ -1520,14 +1521,15 @@ class Representations(nn.Module):
             versions[key] = _version(t)
 
         def keep(key, take):
-            if take == "input":
-                return lambda m, args: put(key, _first_tensor(args, n))
+            if take == "input":  # also by keyword: a head called as fc(input=x)
+                return lambda m, args, kwargs: put(key, _first_tensor((args, kwargs), n))
             return lambda m, args, kwargs, out: put(key, _returned(out, args, kwargs, n))
 
         try:
             for key in dict.fromkeys((p.module, p.take) for p in self.points if p.module):
                 mod = model.get_submodule(key[0])
-                handles.append(mod.register_forward_pre_hook(keep(key, "input")) if key[1] == "input"
+                handles.append(mod.register_forward_pre_hook(keep(key, "input"), with_kwargs=True)
+                               if key[1] == "input"
                                else mod.register_forward_hook(keep(key, "output"), with_kwargs=True))
             # the first pass may have to run again on x: one on a copy, so that a model that
             # writes into its input (x -= mean) leaves x for the second

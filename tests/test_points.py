@@ -190,6 +190,37 @@ def test_fx_and_hooks_give_the_same_tensors(builder, size):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
 
 
+class _KeywordHead(nn.Module):
+    """Calls its classifier with a keyword argument: fc(input=x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(input=x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["hooks", "fx"])
+def test_pool_point_of_a_head_called_with_a_keyword(method):
+    # the pool point is the classifier's input: read by a pre-hook that saw only positional
+    # arguments ("did not run"), and by fx from args only (no fx points at all)
+    torch.manual_seed(0)
+    model = _KeywordHead().eval()
+    x = torch.randn(2, 3, 16, 16)
+    points = split(model, x, method=method)
+    assert [(p.name, p.module, p.take) for p in points][-2:] == [("pool", "fc", "input"),
+                                                                  ("final", "", "output")]
+    with torch.no_grad():
+        reps = representations(model, points, method=method)(x)
+        pooled = torch.relu(model.conv2(torch.relu(model.conv1(x)))).mean((2, 3))
+    torch.testing.assert_close(reps["pool"], pooled, rtol=0, atol=0)
+    torch.testing.assert_close(reps["final"], model.fc(pooled), rtol=0, atol=0)
+
+
 def test_user_named_points_override():
     model = tv.resnet18(num_classes=10).eval()
     x = torch.randn(2, 3, 64, 64)
