@@ -21,7 +21,7 @@ import os
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -255,8 +255,14 @@ class Measurer:
         for t in transforms:
             t.check_input(size)
         self.input_size = (int(size[0]), int(size[1]))
-        if isinstance(points, (list, tuple)) and points and isinstance(points[0], Point):
-            self.points = list(points)
+        given = isinstance(points, (list, tuple)) and points and isinstance(points[0], Point)
+        if given:
+            # their shapes are of the input they were split at, which may be another size: the
+            # checks below (a transform on each map, which points are vectors) take this one's
+            self.extract = representations(self.model, points)
+            with torch.no_grad():
+                got = self._forward(example[:2])
+            self.points = [replace(p, shape=tuple(got[p.name].shape[1:])) for p in points]
         else:
             with torch.no_grad(), self._autocast():
                 self.points = split(self.model, example[:2], points=points, method=split_method)
@@ -275,7 +281,8 @@ class Measurer:
                                          f"{size[0]}x{size[1]} input) cannot take {t.name}: {e} Or "
                                          "leave the transform out, or name other points "
                                          "(points=[...]).") from e
-        self.extract = representations(self.model, self.points)
+        if not given:  # after the checks: fx's trace runs the model too
+            self.extract = representations(self.model, self.points)
         self.transforms = transforms
         self.batch_size = batch_size
         self.eps = eps

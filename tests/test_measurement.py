@@ -1113,6 +1113,27 @@ def test_a_transform_a_map_point_cannot_take_is_refused_before_measuring():
     assert list(report.points.point) == ["a", "b", "pool", "final"]
 
 
+def test_points_split_at_another_size_are_checked_at_the_measured_one():
+    # split at 16x8 its maps are square (8x8); measured at 16x16 they are 8x16: the check of
+    # every transform on every map took the split's shapes, so a rotation passed it and failed
+    # inside the first batch
+    model = _WideMaps().eval()
+    points = ef.split(model, torch.rand(2, 3, 16, 8))
+    assert points[0].shape == (4, 8, 8)
+    model.passes = 0
+    with pytest.raises(ValueError, match=r"^Point 'a' \(8x16 map at a 16x16 input\) cannot take "
+                                         r"rotation\(90\): Expected a square image or map"):
+        ef.measure(model, torch.rand(2, 3, 16, 16), transforms=[ef.Rotation(1)], points=points)
+    assert model.passes <= 2  # the shapes' pass (and the hooks' probe): no image was measured
+    # and the scores are those of points split at the measured size
+    x = torch.rand(4, 3, 16, 16)
+    shifts = [ef.Translation(1, 1), ef.Translation(3, 3)]
+    got = ef.measure(model, x, transforms=shifts, points=points).points
+    want = ef.measure(model, x, transforms=shifts, points=ef.split(model, x[:2])).points
+    pd.testing.assert_frame_equal(got.drop(columns="shape"), want.drop(columns="shape"))
+    assert list(got["shape"]) == list(want["shape"])
+
+
 def test_a_preprocess_that_tensors_do_not_take_is_said_so():
     # it was dropped silently: tensors and a DataLoader's batches are taken as model-ready
     import warnings
