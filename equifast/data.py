@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from ._checks import check_integer
 
 __all__ = ["batches", "embedded_photos", "EmbeddedPhotos", "PHOTOS", "ImageFiles", "count", "normalise_like",
-           "input_size", "image_folder", "ClassFolders", "model_classes", "seeded_subset",
+           "input_size", "input_shape", "image_folder", "ClassFolders", "model_classes", "seeded_subset",
            "check_num_workers", "usable_cpus", "default_num_workers"]
 
 # Real photographs shipped inside scikit-image (no download): name -> what it shows.
@@ -47,15 +47,17 @@ def _photo_rgb(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[..., :3])
 
 
-def embedded_photos(n: int = 256, size: int = 224, seed: int = 0) -> torch.Tensor:
-    """``n`` seeded random crops of scikit-image's real photos, ``[n, 3, size, size]`` in [0, 1].
+def embedded_photos(n: int = 256, size=224, seed: int = 0) -> torch.Tensor:
+    """``n`` seeded random crops of scikit-image's real photos, ``[n, 3, size, size]`` in [0, 1]
+    (``[n, 3, H, W]`` for a ``size`` of ``(H, W)``).
 
-    Each crop takes a random square covering 35-100% of a photo's shorter side, resized to
-    ``size`` with antialiasing. No download: the photos ship with scikit-image. All at once:
+    Each crop takes a random square (a rectangle of the aspect of ``(H, W)``) whose shorter
+    side covers 35-100% of the largest such crop of a photo, resized to ``size`` with
+    antialiasing. No download: the photos ship with scikit-image. All at once:
     :class:`EmbeddedPhotos` cuts the same crops one at a time.
     """
     photos = EmbeddedPhotos(n, size=size, seed=seed)
-    out = torch.empty(n, 3, size, size)
+    out = torch.empty(n, 3, *photos.shape)
     for i in range(n):
         out[i] = photos[i]
     return out
@@ -67,18 +69,26 @@ class EmbeddedPhotos(Dataset):
     normalised as ``preprocess`` normalises (:func:`normalise_like`) when it is given. Items
     are model-ready tensors without labels."""
 
-    def __init__(self, n: int = 256, size: int = 224, seed: int = 0, preprocess=None):
-        n, size = check_integer("`n`", n), check_integer("`size`", size)  # torch failed later
+    def __init__(self, n: int = 256, size=224, seed: int = 0, preprocess=None):
+        n = check_integer("`n`", n)  # torch failed later
+        # (H, W): a model that takes only a non-square input (a ViT built at 64 x 96)
+        if isinstance(size, (tuple, list)) and len(size) == 2:
+            self.shape = (check_integer("`size`", size[0], 1), check_integer("`size`", size[1], 1))
+        else:
+            self.shape = (check_integer("`size`", size),) * 2
         self.size, self.preprocess = size, preprocess
         shapes = [img.shape[-2:] for img in self._load()]
         gen = torch.Generator().manual_seed(seed)
-        self.crops = []  # (photo, top, left, side) of each image: the draws, in order
+        self.crops = []  # (photo, top, left, height, width) of each image: the draws, in order
+        aspect = self.shape[1] / self.shape[0]
         for i in range(n):
             h, w = shapes[i % len(shapes)]
-            side = int(min(h, w) * (0.35 + 0.65 * torch.rand((), generator=gen).item()))
+            # a square's side is the photo's shorter side; a wide crop's at most w / aspect
+            side = int(min(h, w / aspect) * (0.35 + 0.65 * torch.rand((), generator=gen).item()))
+            across = min(w, max(1, int(round(side * aspect))))
             top = int(torch.randint(0, h - side + 1, (), generator=gen))
-            left = int(torch.randint(0, w - side + 1, (), generator=gen))
-            self.crops.append((i % len(shapes), top, left, side))
+            left = int(torch.randint(0, w - across + 1, (), generator=gen))
+            self.crops.append((i % len(shapes), top, left, side, across))
 
     _photos = None  # the photos as [3, H, W] floats in [0, 1], read once a process
 
@@ -97,9 +107,9 @@ class EmbeddedPhotos(Dataset):
     def __getitem__(self, i):
         import torch.nn.functional as F
 
-        k, top, left, side = self.crops[i]
-        crop = self._load()[k][:, top:top + side, left:left + side].unsqueeze(0)
-        x = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True,
+        k, top, left, side, across = self.crops[i]
+        crop = self._load()[k][:, top:top + side, left:left + across].unsqueeze(0)
+        x = F.interpolate(crop, size=self.shape, mode="bilinear", antialias=True,
                           align_corners=False)[0].clamp(0, 1)
         return x if self.preprocess is None else normalise_like(x, self.preprocess)
 
@@ -790,18 +800,28 @@ def _normalize_step(preprocess):
 
 def input_size(preprocess, default: int = 224) -> int:
     """The square size a pipeline crops images to: the ``crop_size`` of a torchvision weights'
-    preset, or the size of its ``CenterCrop`` (``Resize`` to a square) step; ``default``."""
+    preset, or the size of its ``CenterCrop`` (``Resize`` to a square) step; ``default``
+    (also for a crop that is not square: see :func:`input_shape`)."""
+    h, w = input_shape(preprocess, default)
+    return h if h == w else default
+
+
+def input_shape(preprocess, default: int = 224) -> Tuple[int, int]:
+    """``(H, W)`` a pipeline crops images to: as :func:`input_size`, and also a crop that is
+    not square (timm's pipeline of a model built at 64 x 96)."""
     from torchvision import transforms as T
 
     crop = getattr(preprocess, "crop_size", None)
     if crop is not None:
-        return int(crop[0] if isinstance(crop, (list, tuple)) else crop)
+        return (int(crop[0] if isinstance(crop, (list, tuple)) else crop),) * 2
     for cls in (T.CenterCrop, T.Resize):
         for step in getattr(preprocess, "transforms", []):
             size = getattr(step, "size", None) if isinstance(step, cls) else None
             if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(set(size)) == 1):
-                return int(size if isinstance(size, int) else size[0])
-    return default
+                return (int(size if isinstance(size, int) else size[0]),) * 2
+            if cls is T.CenterCrop and isinstance(size, (list, tuple)) and len(size) == 2:
+                return int(size[0]), int(size[1])
+    return default, default
 
 
 def seeded_subset(dataset: Dataset, n: Optional[int], seed: int) -> Dataset:

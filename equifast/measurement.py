@@ -588,7 +588,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         folder = data_mod.image_folder(images)
         if images is None:
             # cut as they are measured: all at once they grow with n_images (2000: 1.2 GB)
-            images = data_mod.EmbeddedPhotos(n_images or 256, size=data_mod.input_size(preprocess),
+            images = data_mod.EmbeddedPhotos(n_images or 256, size=data_mod.input_shape(preprocess),
                                              seed=seed, preprocess=preprocess)
             meta["images"] = "embedded scikit-image photos"
         stream = data_mod.batches(images, labels, batch_size, n_images, preprocess, seed,

@@ -13,7 +13,7 @@ import contextlib
 import difflib
 import functools
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -31,40 +31,42 @@ __all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "ch
 EMBEDDED = "efficientnet_lite0"
 
 
-def default_preprocess(size: int = 224, crop_pct: float = 0.875, mean=(0.485, 0.456, 0.406),
-                       std=(0.229, 0.224, 0.225)) -> Callable:
-    """The ImageNet evaluation pipeline: resize, centre crop, tensor, normalise."""
+def default_preprocess(size: Union[int, Tuple[int, int]] = 224, crop_pct: float = 0.875,
+                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> Callable:
+    """The ImageNet evaluation pipeline: resize, centre crop, tensor, normalise. ``size``: the
+    crop's side, or its ``(height, width)`` (the shorter side is then resized for the longer
+    one of the crop: the image is cropped, not stretched)."""
     from torchvision import transforms as T
 
-    return T.Compose([T.Resize(int(round(size / crop_pct))), T.CenterCrop(size), T.ToTensor(),
+    side = max(size) if isinstance(size, (tuple, list)) else size
+    return T.Compose([T.Resize(int(round(side / crop_pct))), T.CenterCrop(size), T.ToTensor(),
                       T.Normalize(mean, std)])
 
 
 def module_preprocess(model: nn.Module) -> Callable:
     """The preprocessing of a model given as a module: timm's evaluation pipeline for a timm
     model (it carries its ``pretrained_cfg``: a ViT's mean and std 0.5, bicubic, crop 0.9),
-    else ImageNet's 224-pixel centre crop; either at the one square size the model takes, where
-    it takes only one (a ViT built at 384 or 96 pixels: timm's ``img_size``, torchvision's
-    ``image_size``), not the size of its config."""
+    else ImageNet's 224-pixel centre crop; either at the one size the model takes, where it
+    takes only one (a ViT built at 384 or 96 pixels, or at 64 x 96: timm's ``img_size``,
+    torchvision's ``image_size``), not the size of its config."""
     from .points import _fixed_input_size
 
     fixed = _fixed_input_size(model)
-    size = fixed[0] if fixed is not None and fixed[0] == fixed[1] else None
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
-        return _timm_preprocess(model, size)
-    return default_preprocess(size or 224)
+        return _timm_preprocess(model, fixed)
+    return default_preprocess(fixed or 224)
 
 
-def _timm_preprocess(model: nn.Module, size: Optional[int] = None) -> Callable:
+def _timm_preprocess(model: nn.Module, size: Optional[Tuple[int, int]] = None) -> Callable:
     """timm's evaluation pipeline of ``model``: at its test size and crop where its weights have
     one (``test_input_size``: resnet50.a1_in1k is evaluated at 288 pixels, trained at 224), as
-    timm's ``validate.py`` and its published accuracies have it; at ``size`` where given (the
-    one size the model takes)."""
+    timm's ``validate.py`` and its published accuracies have it; at ``size`` ``(H, W)`` where
+    given (the one size the model takes: not square, the image is resized to it as timm does)."""
     import timm.data
 
     cfg = timm.data.resolve_data_config({}, model=model, use_test_size=True)
     if size is not None:
-        cfg["input_size"] = (cfg["input_size"][0], size, size)
+        cfg["input_size"] = (cfg["input_size"][0], *size)
     return timm.data.create_transform(**cfg)
 
 

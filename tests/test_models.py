@@ -608,6 +608,41 @@ def test_a_module_of_one_input_size_gets_a_pipeline_of_that_size():
     assert report.points.loc[report.points["point"] == "blocks.0", "shape"].item() == "192x6x6"
 
 
+def test_a_module_of_one_non_square_input_size_gets_a_pipeline_and_photos_of_that_size(tmp_path):
+    # a ViT built at 64 x 96 got the 224-pixel pipeline of its config (only a square size was
+    # taken from the model), and the embedded photos were square: measure failed on a folder
+    # and without images, "this model takes only 64x96 images"
+    import warnings
+
+    import numpy as np
+    import timm
+    import timm.data
+    from PIL import Image
+
+    import equifast as ef
+    from equifast.data import embedded_photos, input_shape
+    from equifast.models import default_preprocess, module_preprocess
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(64, 96), depth=1,
+                            num_classes=10).eval()
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 150, 3), dtype=np.uint8))
+    cfg = timm.data.resolve_data_config({}, model=vit, use_test_size=True)
+    timms = timm.data.create_transform(**{**cfg, "input_size": (3, 64, 96)})
+    assert torch.equal(module_preprocess(vit)(img), timms(img))
+    assert input_shape(module_preprocess(vit)) == (64, 96)
+    assert default_preprocess((64, 96))(img).shape == (3, 64, 96)
+    photos = embedded_photos(3, (64, 96), seed=1)
+    assert photos.shape == (3, 3, 64, 96) and float(photos.std()) > 0.05
+    assert torch.equal(embedded_photos(3, (64, 64), seed=1), embedded_photos(3, 64, seed=1))
+    for i in range(2):
+        img.save(tmp_path / f"{i}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for images in (None, str(tmp_path)):
+            report = ef.measure(vit, images, n_images=2, transforms=[ef.Flip("horizontal")])
+            assert report.points.loc[report.points["point"] == "blocks.0", "shape"].item() == "192x4x6"
+
+
 def test_load_model_and_the_sweep_spec_check_model_arguments_with_one_public_function():
     import ast
     import pickle
