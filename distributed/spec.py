@@ -53,8 +53,8 @@ from equifast._io import lies_in
 from equifast.data import IMAGE_SUFFIXES, has_images
 from equifast.devices import parse_device
 from equifast.models import (ModelArgumentError, check_model_args, check_weights_file,
-                             checkpoint_path, close_model_names, input_sizes, is_known_model,
-                             torchvision_weights, torchvision_weights_names)
+                             checkpoint_path, close_model_names, crop_shape, input_sizes,
+                             is_known_model, torchvision_weights, torchvision_weights_names)
 
 __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
            "validate_spec", "job_id", "hub_accuracy", "SPEC_VERSION"]
@@ -954,7 +954,7 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
             check_fit(d.image_size, f"dataset {d.label!r} (image_size {d.image_size})")
         for m in models:
             size, fixed = input_sizes(m.arch, m.weights)
-            crop = _oblong_crop(m.arch) if size is None else None
+            crop = crop_shape(m.arch) if size is None else None  # none square (Sapiens2)
             if d.image_size is None and size is not None:  # the model's own preprocessing
                 check_fit(size, f"dataset {d.label!r} at the input size of model {m.label!r} "
                                 f"({size}: the dataset sets no image_size)")
@@ -990,17 +990,6 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
     except SpecError as err:  # said with the spec's file, as every other problem
         raise SpecError(err.problems, source) from None
     return spec
-
-
-def _oblong_crop(arch: str) -> Optional[Tuple[int, int]]:
-    """``(height, width)`` that timm model ``arch``'s own preprocessing crops images to where
-    that is not square (Sapiens2's 1024 x 768; :func:`~equifast.models.input_sizes` gives
-    ``None`` for them), read as it reads the square ones; ``None`` otherwise."""
-    from equifast.models import _is_torchvision, _timm_cfg
-
-    cfg = None if _is_torchvision(arch) else _timm_cfg(arch)
-    shape = tuple(getattr(cfg, "test_input_size", None) or getattr(cfg, "input_size", None) or ())
-    return (int(shape[1]), int(shape[2])) if len(shape) == 3 and shape[1] != shape[2] else None
 
 
 def _resolve(path: str, base_dir: str) -> str:

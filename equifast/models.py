@@ -23,7 +23,7 @@ from ._hints import did_you_mean
 __all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "checkpoint_path",
            "WeightsUnavailableError", "ModelArgumentError", "available_models", "is_known_model",
            "check_model_name", "check_model_args", "check_weights_file", "given_model_args",
-           "input_sizes",
+           "input_sizes", "crop_shape",
            "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess",
            "module_preprocess"]
 
@@ -300,14 +300,22 @@ def input_sizes(name: str, weights: Optional[str] = "default") -> Tuple[Optional
         except (ValueError, AttributeError, KeyError):
             size = None
         return fixed or size, fixed
-    cfg = _timm_cfg(name)  # arch.tag: that tag's
-    if cfg is None:
+    shape = crop_shape(name)
+    if shape is None or shape[0] != shape[1]:
         return None, None
-    # the size load_model's preprocessing crops to: the test size where the weights have one
+    fixed = getattr(_timm_cfg(name), "fixed_input_size", False)
+    return shape[1], (shape[1] if fixed else None)
+
+
+def crop_shape(name: str) -> Optional[Tuple[int, int]]:
+    """``(height, width)`` that the timm model ``name``'s own preprocessing crops images to
+    (the test size of the tag's config, where the weights have one, as :func:`load_model`'s
+    preprocessing), also where it is no square (timm's Sapiens2: 1024 x 768, for which
+    :func:`input_sizes` gives no size); ``None`` for a torchvision model or no config."""
+    name = _timm_hub_name(name)
+    cfg = None if _is_torchvision(name) else _timm_cfg(name)  # arch.tag: that tag's
     shape = tuple(getattr(cfg, "test_input_size", None) or getattr(cfg, "input_size", None) or ())
-    if len(shape) != 3 or shape[1] != shape[2]:
-        return None, None
-    return int(shape[2]), (int(shape[2]) if getattr(cfg, "fixed_input_size", False) else None)
+    return (int(shape[1]), int(shape[2])) if len(shape) == 3 else None
 
 
 @functools.lru_cache(maxsize=None)
