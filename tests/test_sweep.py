@@ -1183,15 +1183,22 @@ def test_report_never_removes_a_users_figure_named_like_one(folder, tmp_path):
     assert (theirs / "parts_translation.png").read_bytes() == b"my figure"
 
 
-def _write_parts(store, spec, value_of):
-    """A finished record for each of ``spec``'s jobs whose parts early and final score
-    ``value_of(job)`` (channel and layer)."""
+def _ranked_report(spec, out, ranks, rising, capsys):
+    """The lines ``sweep report`` prints from the correlation tables on, for finished records
+    of ``spec``'s jobs whose parts early and final score by the model's place in ``ranks``:
+    rising for the transform set ``rising``, falling for the others."""
+    store = ResultStore(out)
     for job in spec.jobs():
-        value = value_of(job)
+        rank = ranks.index(job.model.label)
+        value = 0.2 * (rank if job.family == rising else 2 - rank) + 0.1
         parts = [{"part": p, "family": "translation", "metric": "correlation", "channel": value,
                   "layer": value} for p in ("early", "final")]
         store.write_record({"id": job.id, "status": "ok", "job": job.entry(), "points": [],
                             "parts": parts})
+    run_sweep(spec, out=out, progress=False)
+    assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    return printed[printed.index(next(line for line in printed if "with top-1 accuracy" in line)):]
 
 
 def test_report_prints_each_transform_set_apart(folder, tmp_path, capsys):
@@ -1199,17 +1206,11 @@ def test_report_prints_each_transform_set_apart(folder, tmp_path, capsys):
     # are printed a row each, never averaged into one
     out = tmp_path / "sweep"
     spec = load_spec(_spec(folder, transforms={"small": "translation:1-2", "big": "translation:1-4"}))
-    store, labels = ResultStore(out), [m.label for m in spec.models]
     accuracy = {m.label: m.accuracy for m in spec.models}
-    ranks = sorted(labels, key=accuracy.get)  # 0, 1, 2 by accuracy
-    _write_parts(store, spec, lambda job: 0.2 * (ranks.index(job.model.label) if job.family == "small"
-                                                 else 2 - ranks.index(job.model.label)) + 0.1)
-    run_sweep(spec, out=out, progress=False)
-    assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
-    printed = capsys.readouterr().out.splitlines()
-    first = printed.index(next(line for line in printed if "with top-1 accuracy" in line))
+    ranks = sorted(accuracy, key=accuracy.get)  # 0, 1, 2 by accuracy
+    printed = _ranked_report(spec, out, ranks, "small", capsys)
     rows = {("big" if "big" in line else "small"): float(line.split()[-2])  # early's column
-            for line in printed[first:first + 7] if "channel" in line}
+            for line in printed[:7] if "channel" in line}
     assert rows == {"small": pytest.approx(1.0), "big": pytest.approx(-1.0)}
 
 
@@ -1219,19 +1220,13 @@ def test_report_prints_the_names_its_tables_hold(folder, tmp_path, capsys):
     out = tmp_path / "sweep"
     spec = load_spec(_spec(folder, datasets=[{"name": "NA", "path": str(folder), "image_size": 32}],
                            transforms={"None": "translation:1-2", "1": "translation:1-4"}))
-    store, labels = ResultStore(out), [m.label for m in spec.models]
     # the two sets rank the models in opposite orders
-    _write_parts(store, spec, lambda job: 0.2 * (labels.index(job.model.label) if job.family == "1"
-                                                 else 2 - labels.index(job.model.label)) + 0.1)
-    run_sweep(spec, out=out, progress=False)
-    assert sweep_main(["report", "--out", str(out), "--accuracy", "known"]) == 0
-    printed = capsys.readouterr().out.splitlines()
-    first = printed.index(next(line for line in printed if "with top-1 accuracy" in line))
+    printed = _ranked_report(spec, out, [m.label for m in spec.models], "1", capsys)
     table = analysis.accuracy_correlation(out, accuracy="known")
     want = {(row.transforms, row.score): row.spearman for row in table.itertuples()
             if row.part == "early"}
     got, transforms = {}, None
-    for line in printed[first + 3:first + 7]:  # the rows below the two header lines
+    for line in printed[3:7]:  # the rows below the two header lines
         words = line.split()
         if words[0] == "NA":
             assert words[1] == "correlation", line
