@@ -850,10 +850,10 @@ def count(images) -> Optional[int]:
     if isinstance(images, DataLoader):
         # the images it yields: its sampler's (a subset of the dataset), whole batches only
         # with drop_last; its dataset's length counted images it never gives
-        if isinstance(images.dataset, IterableDataset) or images.batch_size is None:
-            # a stream's own length, or batches a batch sampler of the user's sizes
-            return (len(images.dataset) if images.batch_size is not None
-                    and hasattr(images.dataset, "__len__") else None)
+        if images.batch_size is None:  # a batch sampler of the user's: its batches' sizes
+            return None
+        if isinstance(images.dataset, IterableDataset):  # a stream: its own length, if it says
+            return len(images.dataset) if hasattr(images.dataset, "__len__") else None
         try:
             n = len(images.sampler)
         except TypeError:  # a sampler without a length

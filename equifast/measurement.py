@@ -601,17 +601,18 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                             eps=eps, backend=backend, split_method=split_method,
                             channels_last=channels_last, tensor_cores=tensor_cores)
         final = next((p for p in measurer.points if p.name == "final"), None)
+        # labels come with the images: why they count toward no accuracy is said
+        labelled = labels is not None or isinstance(images, (tuple, list)) or (
+            folder is not None and folder.labelled)
         if final is not None and len(final.shape) != 1:  # the Measurer counts no accuracy of it
-            if labels is not None or isinstance(images, (tuple, list)) or (
-                    folder is not None and folder.labelled):
+            if labelled:
                 warn(f"No accuracy: {type(inner).__name__}'s output (the `final` point) is a "
                      f"{'x'.join(map(str, final.shape))} map, not the class logits [N, K] that "
                      "labels are compared with.")
         elif final is not None and getattr(inner, "num_classes", None) == 0:
             # timm built it headless: `final` is its pooled features, whose arg-max is no class
             measurer.count_accuracy = False
-            if labels is not None or isinstance(images, (tuple, list)) or (
-                    folder is not None and folder.labelled):
+            if labelled:
                 warn(f"No accuracy: {type(inner).__name__} has no classifier "
                      "(num_classes=0), so its `final` is pooled features, not class "
                      "logits; build it with num_classes=N for a classifier.")

@@ -132,15 +132,20 @@ def _timm_hub_name(name: str) -> str:
     it is: a run folder of that name, other accounts' repos, a revision (``@``)."""
     if not isinstance(name, str) or _is_run_folder(name):
         return name
-    source, sep, repo = name.partition(":")
-    if not sep:
-        repo = name
-    elif source.lower() not in ("hf-hub", "hf_hub"):  # timm's source prefix and its old spelling
-        return name
-    owner, _, tagged = repo.partition("/")
+    repo = _hub_repo(name)
+    owner, _, tagged = (repo or "").partition("/")
     if owner != "timm" or not tagged or "/" in tagged or "@" in tagged:
         return name
     return tagged if getattr(_timm_cfg(tagged), "hf_hub_id", None) == repo else name
+
+
+def _hub_repo(name: str) -> Optional[str]:
+    """The hub repo a model name gives (``hf-hub:owner/name``, as timm takes it, with its old
+    spelling ``hf_hub:``; or ``timm/name``), ``None`` for any other name."""
+    source, sep, repo = name.partition(":")
+    if sep:
+        return repo if source.lower() in ("hf-hub", "hf_hub") else None
+    return name if name.startswith("timm/") else None
 
 
 def check_model_name(name: str) -> None:
@@ -420,19 +425,19 @@ def _hub_offline_if_unreachable(name: str, pretrained: bool):
 
 
 def _unknown(name: str) -> ValueError:
-    source, sep, repo = name.partition(":")
-    if (sep and source.lower() in ("hf-hub", "hf_hub")) or name.startswith("timm/"):
+    repo = _hub_repo(name)
+    if repo is not None:
         import timm  # a hub repo: only timm's own are known offline (see _timm_hub_name)
 
-        tagged = (repo if sep else name).rpartition("/")[2]
-        close = difflib.get_close_matches(tagged, timm.list_pretrained(), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(repo.rpartition("/")[2], timm.list_pretrained(), n=3,
+                                          cutoff=0.6)
         hint = f" Did you mean {', '.join(f'hf-hub:timm/{c}' for c in close)}?" if close else ""
         return ValueError(
             f"Expected a torchvision or timm model name, or the hub repo of timm's pretrained "
             f"weights (hf-hub:timm/ARCH.TAG, as timm.list_pretrained() names them), but got "
-            f"{name!r}{'' if sep else ' (nor is it a folder)'}.{hint} The weights of another hub repo: pass its architecture as the "
-            "model and its model.safetensors as the weights (weights='model.safetensors', CLI "
-            "--weights PATH).")
+            f"{name!r}{' (nor is it a folder)' if repo == name else ''}.{hint} The weights of "
+            "another hub repo: pass its architecture as the model and its model.safetensors as "
+            "the weights (weights='model.safetensors', CLI --weights PATH).")
     if "/" in name or os.sep in name:  # meant as a path: a run folder that is not there
         return ValueError(f"Expected a torchvision or timm model name or the folder of an "
                           f"`equifast train` run, but {name!r} is neither (no such folder).")
