@@ -254,9 +254,9 @@ def test_timm_hub_repo_names_are_the_registry_names_of_their_weights(monkeypatch
     # timm.create_model takes "hf-hub:timm/resnet10t.c3_in1k" (it reads the config from the hub,
     # which offline failed even for random weights); both it and the bare repo id were refused
     # as "no such folder"
-    import timm
+    import timm.data
 
-    from equifast.models import WeightsUnavailableError, check_model_args, input_sizes
+    from equifast.models import WeightsUnavailableError, check_model_args, crop_shape, input_sizes
 
     want, _ = load_model("resnet10t.c3_in1k", weights=None)
     for name in ("hf-hub:timm/resnet10t.c3_in1k", "HF_HUB:timm/resnet10t.c3_in1k",
@@ -266,7 +266,14 @@ def test_timm_hub_repo_names_are_the_registry_names_of_their_weights(monkeypatch
         assert {k: v.shape for k, v in model.state_dict().items()} == \
                {k: v.shape for k, v in want.state_dict().items()}
         assert input_sizes(name) == input_sizes("resnet10t.c3_in1k")
+        # the crop of timm's own evaluation pipeline of the model built (at its test size)
+        assert crop_shape(name) == tuple(timm.data.resolve_data_config(
+            {}, model=want, use_test_size=True)["input_size"][1:])
         check_model_args(name)
+    # one that is no square, which input_sizes cannot give
+    oblong = timm.models.get_pretrained_cfg("vit_base_patch16_sapiens2").input_size[1:]
+    assert oblong[0] != oblong[1] and crop_shape("vit_base_patch16_sapiens2") == tuple(oblong)
+    assert input_sizes("vit_base_patch16_sapiens2") == (None, None) and crop_shape("resnet18") is None
     built = []
 
     def offline(name, pretrained=False, **kw):
