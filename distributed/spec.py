@@ -958,8 +958,9 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
             if d.image_size is None and size is not None:  # the model's own preprocessing
                 check_fit(size, f"dataset {d.label!r} at the input size of model {m.label!r} "
                                 f"({size}: the dataset sets no image_size)")
-            elif d.image_size is None and crop is not None and d.kind in ("folder", "torchvision"):
-                # its preprocessing crops a folder's images to h x w: a rotation failed every job
+            elif d.image_size is None and crop is not None:
+                # its preprocessing crops images to h x w, and random and embedded ones are made
+                # at h x w: a rotation failed every job
                 check_fit(crop, f"dataset {d.label!r} at the input size of model {m.label!r} "
                                 f"({crop[0]}x{crop[1]}: the dataset sets no image_size)",
                           "; here: set the dataset's image_size (a square crop).")

@@ -127,9 +127,9 @@ class _TorchvisionImages(torch.utils.data.Dataset):
 
 class RandomImages(torch.utils.data.Dataset):
     """Seeded Gaussian noise images (a spec's ``kind: random``), drawn when they are read:
-    item ``i`` is, bit for bit, ``torch.randn(n, 3, size, size, generator=g)[i]`` of a
-    generator ``g`` seeded with ``seed``, without making that tensor (2000 images at 224 pixels
-    are 1.2 GB at once).
+    item ``i`` is, bit for bit, ``torch.randn(n, 3, h, w, generator=g)[i]`` of a generator
+    ``g`` seeded with ``seed`` (``size``: ``h`` or ``(h, w)``), without making that tensor
+    (2000 images at 224 pixels are 1.2 GB at once).
 
     PyTorch draws a float32 ``randn`` of 16 values or more on the CPU as one uniform draw per
     value, made normal in blocks of 16 values (Box-Muller), the last 16 values, when the size is
@@ -141,10 +141,11 @@ class RandomImages(torch.utils.data.Dataset):
 
     _SKIP = 1 << 22  # uniform draws discarded at a time when skipping ahead
 
-    def __init__(self, n: int, size: int, seed: int = 0):
-        if n < 0 or size < 1:
-            raise ValueError(f"Expected n >= 0 and size >= 1, but got n={n}, size={size}.")
-        self.n, self.size, self.seed = int(n), int(size), int(seed)
+    def __init__(self, n: int, size: Union[int, Tuple[int, int]], seed: int = 0):
+        shape = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        if n < 0 or len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"Expected n >= 0 and size >= 1 (or (h, w)), but got n={n}, size={size}.")
+        self.n, self.shape, self.seed = int(n), (int(shape[0]), int(shape[1])), int(seed)
         self._gen: Optional[torch.Generator] = None
         self._drawn = 0  # uniform draws taken from _gen so far
         self._last: Optional[torch.Tensor] = None  # the last 16 values drawn
@@ -180,11 +181,11 @@ class RandomImages(torch.utils.data.Dataset):
             i += self.n
         if not 0 <= i < self.n:
             raise IndexError(f"Expected an index below {self.n}, but got {i}.")
-        per = 3 * self.size * self.size
+        per = 3 * self.shape[0] * self.shape[1]
         total, start, stop = self.n * per, i * per, (i + 1) * per
         if total < 16:  # drawn one by one (another algorithm): tiny, so drawn whole
             gen = torch.Generator().manual_seed(self.seed)
-            return torch.randn(self.n, 3, self.size, self.size, generator=gen)[i]
+            return torch.randn(self.n, 3, *self.shape, generator=gen)[i]
         # values [0, body) come from their own block of 16 draws; a total of no multiple of 16
         # ends in 16 values from the 16 draws after the whole tensor's
         body = total - 16 if total % 16 else total
@@ -195,7 +196,7 @@ class RandomImages(torch.utils.data.Dataset):
             pieces.append(self._draw(a, b)[start - a:end - a])
         if stop > body:
             pieces.append(self._draw(total, total + 16)[max(start, body) - body:stop - body])
-        return (torch.cat(pieces) if len(pieces) > 1 else pieces[0]).view(3, self.size, self.size)
+        return (torch.cat(pieces) if len(pieces) > 1 else pieces[0]).view(3, *self.shape)
 
 
 def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.utils.data.Dataset], Any]:
@@ -220,7 +221,9 @@ def job_inputs(job: Job, preprocess=None) -> Tuple[Union[torch.Tensor, torch.uti
         preprocess = default_preprocess(d.image_size, d.crop_pct)
     if preprocess is None:
         preprocess = default_preprocess()
-    size = d.image_size or data_mod.input_size(preprocess)
+    # the model's own crop, an oblong one too (as measure's embedded photos): its rotations
+    # are refused by the spec
+    size = d.image_size or data_mod.input_shape(preprocess)
     if d.kind == "random":
         # drawn as they are read: all at once they grow with n_images (2000 at 224 px: 1.2 GB)
         return RandomImages(job.n_images, size, job.seed), preprocess

@@ -415,6 +415,13 @@ def test_a_rotation_of_a_models_oblong_crop_is_refused_first(folder):
     load_spec(_spec(folder, transforms={"t": f"translation:{min(h, w) - 1}", "f": "flip"}, **one))
     square = dict(one, datasets=[{"name": "tiny", "path": str(folder), "image_size": 64}])
     load_spec(_spec(folder, transforms={"rotation": "rotation:90"}, **square))
+    # noise and the embedded photos are made at the model's own crop too (as measure's are)
+    for kind in ("random", "embedded"):
+        made = dict(one, datasets=[{"name": "made", "kind": kind, "n_images": 2}])
+        _one_problem(_spec(folder, transforms={"rotation": "rotation:90"}, **made),
+                     rf"^transforms\.rotation: .* dataset 'made' at the input size of model "
+                     rf"'vit_base_patch16_sapiens2' \({h}x{w}: the dataset sets no image_size\)")
+        load_spec(_spec(folder, transforms={"f": "flip"}, **made))
 
 
 def test_a_datasets_keys_that_its_kind_ignores_are_refused(folder, tmp_path):

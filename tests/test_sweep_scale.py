@@ -434,12 +434,13 @@ def test_a_run_reads_no_finished_record_whole_to_check_its_data(measured, tmp_pa
 
 # ---- random images ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("n, size", [(5, 32), (3, 7), (4, 5), (2, 1), (1, 2), (7, 3)])
+@pytest.mark.parametrize("n, size", [(5, 32), (3, 7), (4, 5), (2, 1), (1, 2), (7, 3), (3, (5, 7)), (2, (1, 3))])
 def test_random_images_are_the_tensor_drawn_whole(n, size):
     # 32 px: an image is a multiple of 16 values; 7 and 5 px cut blocks of 16 between images and
-    # leave a tail; 2 images of 1 px are fewer than 16 values
+    # leave a tail; 2 images of 1 px are fewer than 16 values; (h, w): an oblong image
+    h, w = size if isinstance(size, tuple) else (size, size)
     for seed in (0, 3):
-        want = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+        want = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
         images = RandomImages(n, size, seed)
         for order in (range(n), range(n - 1, -1, -1), [n - 1, 0, n // 2, n // 2]):
             got = torch.stack([images[i] for i in order])
@@ -469,6 +470,26 @@ def test_a_random_job_draws_its_images_as_they_are_read():
     model = ef.load_model("resnet18", weights=None, num_classes=2)[0]
     alone = ef.measure(model, whole[3:], transforms="rotation:90", batch_size=2, return_state=True)
     pd.testing.assert_frame_equal(state.report().points, alone.report().points)
+
+
+def test_made_images_take_a_models_oblong_crop():
+    # noise and embedded photos were made at 224 x 224 for a model whose own crop is h x w
+    # (measure makes its photos at h x w): another input size than the model's, unsaid
+    from torchvision import transforms as T
+
+    crop = (24, 40)
+    own = T.Compose([T.Resize(crop), T.CenterCrop(crop), T.ToTensor()])
+    made = {}
+    for kind in ("random", "embedded"):
+        spec = load_spec({"name": "r", "datasets": [{"name": "made", "kind": kind}],
+                          "models": [{"name": "resnet18", "weights": "none", "num_classes": 2}],
+                          "transforms": {"f": "flip"}, "n_images": 3, "seeds": [2]})
+        (job,) = spec.jobs()
+        images, preprocess = job_inputs(job, own)
+        made[kind] = torch.stack(list(images))
+        assert preprocess is own and made[kind].shape == (3, 3, *crop), kind
+    whole = torch.randn(3, 3, *crop, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(made["random"], whole)
 
 
 # ---- the report of many models -------------------------------------------------------------
