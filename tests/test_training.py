@@ -648,6 +648,22 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path):
     assert {p.name: p.read_text() for p in (tmp_path / "run").iterdir()} == before
 
 
+def test_overwrite_deletes_ray_trains_storage_of_the_old_run(tmp_path):
+    # train_ray's default storage (out/ray) outlived --overwrite: the old run's Ray logs and
+    # results stayed beside the new run's; the user's own files stay
+    from equifast.training.trainer import prepare_out_dir
+
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, device="cpu")
+    run = tmp_path / "run"
+    _finished_run(run, recipe)
+    (run / "ray" / "equifast-cnn7-fmnist6").mkdir(parents=True)
+    (run / "ray" / "equifast-cnn7-fmnist6" / "result.json").write_text("{}")
+    (run / "notes.txt").write_text("mine")
+    assert prepare_out_dir(recipe, str(run), overwrite=True) is None
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt", "recipe.json"]
+    assert (run / "notes.txt").read_text() == "mine"
+
+
 def test_resuming_with_other_workers_or_device_warns(tmp_path):
     from equifast.training.trainer import CHECKPOINT, prepare_out_dir
 
