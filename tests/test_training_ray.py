@@ -23,6 +23,7 @@ pytest.importorskip("ray.train.torch")
 from equifast.training import get_recipe  # noqa: E402
 from equifast.training.data import FASHION_MNIST_ROOT  # noqa: E402
 from equifast.training.ray_train import train_ray  # noqa: E402
+from equifast.training.trainer import start_lines  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(not os.path.isfile(os.path.join(FASHION_MNIST_ROOT,
@@ -173,7 +174,7 @@ def local_ray():
         ray.shutdown()
 
 
-def test_two_worker_run_writes_single_process_format(tmp_path, local_ray):
+def test_two_worker_run_writes_single_process_format(tmp_path, local_ray, monkeypatch):
     # 999 images: DistributedSampler pads each worker's share with a copy of an image, which
     # was trained on and counted twice (the accuracy was a count over 1000)
     recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=999, test_subset=500,
@@ -201,8 +202,13 @@ def test_two_worker_run_writes_single_process_format(tmp_path, local_ray):
     # the weights load into the plain model (no DDP "module." prefix)
     from equifast.training.trainer import load_model
     load_model(str(tmp_path))
-    # a finished run is reused without starting workers
-    assert train_ray(recipe, str(tmp_path), num_workers=2).test_acc == result.test_acc
+    # a finished run is reused without starting workers, and said by the path given (as
+    # train's; its workers alone need it absolute)
+    monkeypatch.chdir(tmp_path.parent)
+    said = []
+    again = train_ray(recipe, tmp_path.name, num_workers=2, say=said.append)
+    assert again.test_acc == result.test_acc and again.out_dir == tmp_path.name
+    assert said == start_lines(recipe, tmp_path.name) and repr(tmp_path.name) in said[0]
 
 
 def test_a_workers_error_reaches_the_command_as_itself(tmp_path, local_ray):

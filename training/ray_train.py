@@ -225,8 +225,9 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     # (distributed/cluster.yaml autoscales from 0 workers): there it is a warning.
     _check_resources(scaling, ray.cluster_resources() if local is None else local,
                      can_grow=local is None)
-    out_dir = os.path.abspath(out_dir)
-    # Workers run elsewhere: they need absolute data paths.
+    # Workers run elsewhere: they need absolute paths (what is said and returned keeps the
+    # user's own, as train's).
+    given, out_dir = out_dir, os.path.abspath(out_dir)
     if recipe.data_root:
         recipe = recipe.replace(data_root=os.path.abspath(os.path.expanduser(recipe.data_root)))
     if local is not None and _will_train(out_dir, overwrite):
@@ -235,10 +236,10 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         # in a Ray Train worker error, and before --overwrite deletes the old run. (On a
         # cluster the data may be on the workers only.)
         _datasets(recipe)
-    for line in start_lines(recipe, out_dir, overwrite, resume) if say is not None else ():
+    for line in start_lines(recipe, given, overwrite, resume) if say is not None else ():
         say(line)
     with run_lock(out_dir):  # the driver's: the workers write into the folder it holds
-        done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
+        done = prepare_out_dir(recipe, given, resume=resume, overwrite=overwrite)
         if done is not None:
             return done
         if local is not None and not ray.is_initialized():
@@ -255,7 +256,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
             run_config=RunConfig(name=f"equifast-{recipe.name}",
                                  storage_path=storage_path or os.path.join(out_dir, "ray")),
         )
-        start = _resume_check(Path(out_dir), recipe, int(num_workers), use_gpu)
+        start = _resume_check(Path(given), recipe, int(num_workers), use_gpu)
         _without_controller_output()
         main = threading.current_thread() is threading.main_thread()
         sigint = signal.getsignal(signal.SIGINT) if main else None
@@ -264,9 +265,9 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         except SystemExit:
             # Ray Train's Ctrl-C handler aborts the workers, then calls sys.exit(0): the command
             # ended without a word (status 1, or 0 as if finished). It stops as interrupted runs do.
-            raise KeyboardInterrupt(f"training {out_dir!r} on Ray Train was interrupted") from None
+            raise KeyboardInterrupt(f"training {given!r} on Ray Train was interrupted") from None
         except Exception as err:  # Ray Train's TrainingFailedError (its module moved across versions)
-            cause = _worker_error(err, Path(out_dir), recipe, int(num_workers))
+            cause = _worker_error(err, Path(given), recipe, int(num_workers))
             if cause is None:
                 raise
             raise cause from err  # Ray's report of every worker, tracebacks and all, is its cause
@@ -274,7 +275,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
             # Ray Train leaves its handler: a later Ctrl-C (a study measuring) called sys.exit(0)
             if sigint is not None:
                 signal.signal(signal.SIGINT, sigint)
-        return _result_from_dir(Path(out_dir), resumed_from=start)
+        return _result_from_dir(Path(given), resumed_from=start)
 
 
 def check_workers(recipe: Recipe, num_workers: int, use_gpu: bool = False) -> None:
