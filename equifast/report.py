@@ -236,7 +236,28 @@ def _checked_points(points: pd.DataFrame, meta: dict, path: Path) -> pd.DataFram
     problem = _incomplete(points)
     if problem:
         raise ValueError(f"{where} {problem} (a truncated or hand-edited file?){_written_by(meta)}.")
+    problem = _unnamed_in_meta(points, meta)
+    if problem:
+        raise ValueError(f"{where} {problem}: are the points and the meta of two reports mixed (a "
+                         f"points file copied from another run)? Keep the files of one report "
+                         f"together.")
     return points
+
+
+def _unnamed_in_meta(points: pd.DataFrame, meta: dict) -> Optional[str]:
+    """The transforms or metrics of ``points`` that ``meta`` (``measure``'s ``transforms`` and
+    ``metrics``) does not name, ``None`` for none: another run's points beside this meta would
+    load as its model, images and accuracy. Fewer than it names are kept points (one metric's
+    rows of a report, saved apart)."""
+    for column, key in (("transform", "transforms"), ("metric", "metrics")):
+        named = meta.get(key)
+        if column not in points.columns or not isinstance(named, list):
+            continue
+        extra = [n for n in dict.fromkeys(points[column].astype(str)) if n not in set(map(str, named))]
+        if extra:
+            return (f"its points hold {key} {extra[:3]}{' ...' if len(extra) > 3 else ''} that its "
+                    f"meta does not name (it names {named[:3]}{' ...' if len(named) > 3 else ''})")
+    return None
 
 
 def _incomplete(points: pd.DataFrame) -> Optional[str]:
@@ -527,6 +548,11 @@ class Report:
                              f"one, but {problem}; keep the rows and their names, counts and "
                              f"undefined fractions (an undefined score is NaN), or save the table "
                              f"itself with pandas.")
+        problem = _unnamed_in_meta(self.points, self.meta) if len(self.points) else None
+        if problem:  # else saved, and refused by load as points beside another report's meta
+            raise ValueError(f"Expected the meta to name every transform and metric of the points, "
+                             f"as Report.load needs to tell them from another report's, but "
+                             f"{problem}; add them to meta['transforms'] and meta['metrics'].")
         stem = path.with_suffix("")
         targets = ([path] if suffix == ".json" else
                    [stem.with_name(f"{stem.name}.{n}") for n in (f"points{suffix}", f"parts{suffix}",

@@ -1096,3 +1096,39 @@ def test_save_onto_a_folder_names_it(tmp_path, name, folder):
     assert [p.name for p in tmp_path.iterdir()] == [folder]  # nothing else written
     back = Report.load(rep.save(tmp_path / "ok" / name)[0].parent / name)
     pd.testing.assert_frame_equal(back.parts, rep.parts)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_points_beside_another_reports_meta_are_refused(tmp_path, suffix):
+    # another run's points file copied beside this report's meta loaded as this run's model,
+    # images and accuracy, without a word
+    rows = _rows()
+    transforms = list(dict.fromkeys(r["transform"] for r in rows))
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    path = _saved(tmp_path, suffix, rows, {"transforms": transforms, "metrics": metrics})
+    rotation = [r for r in rows if r["transform"] == "rotation(90)"]
+    other = Report.from_rows(rotation, {"model": "other", "transforms": ["rotation(90)"],
+                                        "metrics": metrics})
+    other.save(tmp_path / "other" / f"r{suffix}")
+    (tmp_path / "r.meta.json").write_text((tmp_path / "other" / "r.meta.json").read_text())
+    unnamed = [t for t in transforms if t != "rotation(90)"]
+    with pytest.raises(ValueError, match=re.escape(f"its points hold transforms {unnamed} that its "
+                                                   "meta does not name (it names ['rotation(90)'])")):
+        Report.load(path)
+    # the meta of a run of one metric beside points of two
+    (tmp_path / "r.meta.json").write_text(json.dumps({"transforms": transforms,
+                                                       "metrics": ["correlation"]}))
+    with pytest.raises(ValueError, match=re.escape("its points hold metrics ['cosine'] that its meta")):
+        Report.load(path)
+    # and saved so, it is refused before any file is written
+    with pytest.raises(ValueError, match=re.escape("Expected the meta to name every transform and "
+                                                   "metric of the points")):
+        Report.from_rows(rows, {"transforms": ["rotation(90)"]}).save(tmp_path / "new" / f"r{suffix}")
+    assert not (tmp_path / "new").exists()
+    # fewer than the meta names: one metric's rows of a report, saved apart, load
+    full = Report.from_rows(rows, {"model": "toy", "transforms": transforms, "metrics": metrics})
+    cosine = Report(full.points[full.points["metric"] == "cosine"], full.meta)
+    cosine.save(tmp_path / "cosine" / f"r{suffix}")
+    back = Report.load(tmp_path / "cosine" / f"r{suffix}")
+    pd.testing.assert_frame_equal(back.parts, full.parts[full.parts["metric"] == "cosine"]
+                                  .reset_index(drop=True), check_dtype=False)
