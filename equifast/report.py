@@ -179,6 +179,15 @@ def _points_problem(points: pd.DataFrame) -> Optional[str]:
     unknown = sorted(set(points["part"].astype(str)) - set(PARTS))
     if unknown:
         return f"it names part(s) {', '.join(map(repr, unknown))}; the parts are {', '.join(PARTS)}"
+    # a point is in one part, a transform of one family: one renamed in some of its rows only
+    # was averaged into two parts (families), a share of it in each, without a word
+    for name, group, groups in (("point", "part", "parts"), ("transform", "family", "families")):
+        both = points.groupby(points[name].astype(str), sort=False)[group].nunique()
+        if both.gt(1).any():
+            which = both.index[both.gt(1).to_numpy()][0]
+            them = list(dict.fromkeys(points.loc[points[name].astype(str) == which, group]))
+            return (f"its {name} {which!r} is in the {groups} {', '.join(map(repr, them))} in "
+                    f"different rows (renamed in some rows only?)")
     repeated = points.duplicated(_row_keys(points)).to_numpy()
     if repeated.any():  # counted twice in every mean over it
         i = int(np.flatnonzero(repeated)[0])
@@ -609,7 +618,9 @@ class Report:
         the points, as :func:`equifast.measure` computes them (the ``.parts`` files are written
         for other tools, and not read). A points file that is no such report (truncated,
         foreign, or edited so that a column, a name, a score that is a number or a known part is
-        missing, or a point lacks a row the others have, or a row is repeated) is a
+        missing, or a point lacks a row the others have, or a row is repeated, or a point is in
+        two parts or a transform of two families, or the meta does not name its transforms or
+        metrics: the points of another run) is a
         ``ValueError`` saying what is wrong; scores edited to other numbers are read as they
         are."""
         from ._io import finish_commit

@@ -1132,3 +1132,24 @@ def test_points_beside_another_reports_meta_are_refused(tmp_path, suffix):
     back = Report.load(tmp_path / "cosine" / f"r{suffix}")
     pd.testing.assert_frame_equal(back.parts, full.parts[full.parts["metric"] == "cosine"]
                                   .reset_index(drop=True), check_dtype=False)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
+@pytest.mark.parametrize("name, group, value", [("point", "part", "p2"),
+                                                ("transform", "family", "translation(2,2)")])
+def test_a_point_or_transform_renamed_in_some_rows_only_is_refused(tmp_path, suffix, name, group, value):
+    # its cosine rows moved to another part (family) were averaged there: a share of the point
+    # in each of two parts, without a word
+    rows = _rows()
+    path = _saved(tmp_path, suffix, rows)
+    other = {"part": "late", "family": "rotation"}[group]
+    before = list(dict.fromkeys(r[group] for r in rows if r[name] == value))
+    _edit_points(path, lambda df: df.assign(**{group: df[group].mask(
+        (df[name] == value) & (df["metric"] == "cosine"), other)}))
+    with pytest.raises(ValueError, match=re.escape(f"its {name} {value!r} is in the "
+                                                   f"{'parts' if group == 'part' else 'families'} "
+                                                   f"{before[0]!r}, {other!r} in different rows")):
+        Report.load(path)
+    # renamed in every row, it is read as renamed
+    _edit_points(path, lambda df: df.assign(**{group: df[group].mask(df[name] == value, other)}))
+    assert set(Report.load(path).points.loc[lambda df: df[name] == value, group]) == {other}
