@@ -210,10 +210,13 @@ def _score_limits(axes):
 def _finish(fig, order, path, title, ncol):
     """One legend below the panels for the lines of all of them (in ``order``), the title
     above, the layout, and the figure saved to ``path`` when given."""
-    found = {}
+    found, wanted = {}, set(order)
     for ax in fig.axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            found.setdefault(label, handle)
+        # the lines by their labels: get_legend_handles_labels leaves out a label that starts
+        # with "_" (a model "_base"), whose line was drawn without a name
+        for handle in [*ax.containers, *ax.get_lines()]:
+            if handle.get_label() in wanted:
+                found.setdefault(handle.get_label(), handle)
     undefined = [line for ax in fig.axes for line in ax.get_lines() if line.get_gid() == UNDEFINED]
     if undefined:  # one entry for the marks of every line's undefined scores
         from matplotlib.lines import Line2D

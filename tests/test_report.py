@@ -1153,3 +1153,14 @@ def test_a_point_or_transform_renamed_in_some_rows_only_is_refused(tmp_path, suf
     # renamed in every row, it is read as renamed
     _edit_points(path, lambda df: df.assign(**{group: df[group].mask(df[name] == value, other)}))
     assert set(Report.load(path).points.loc[lambda df: df[name] == value, group]) == {other}
+
+
+def test_a_line_whose_label_starts_with_an_underscore_is_named_in_the_legend():
+    # matplotlib's legend leaves such labels out: the "_base" line was drawn, named nowhere
+    base = Report.from_rows(_rows())
+    fig = base.plot(None, label="_base", others={"_other": base, "full": base})
+    drawn = [c.get_label() for c in fig.axes[0].containers]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == drawn == ["_base", "_other", "full"]
+    # each entry is drawn as its line is
+    handles = fig.legends[0].legend_handles
+    assert [h.get_color() for h in handles] == [c.lines[0].get_color() for c in fig.axes[0].containers]
