@@ -31,11 +31,15 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from ._checks import is_integer
 
 __all__ = ["load", "available", "load_error", "cuda_kernel", "equivariance_scores"]
 
@@ -135,15 +139,28 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
             f"The compiled operator {_OP_NAME} is not available ({_error}); build it with "
             "`pip install --no-build-isolation -e .` or use equifast.reference."
         )
+    centered, tensor_cores, check_indices = (
+        _flag(name, value) for name, value in (("centered", centered),
+                                               ("tensor_cores", tensor_cores),
+                                               ("check_indices", check_indices)))
+    if isinstance(eps, bool) or not isinstance(eps, (numbers.Real, Tensor)):  # float(None) failed
+        raise TypeError(f"Expected `eps` to be a finite number >= 0, but got {eps!r}.")
+    eps = float(eps)
     # not a tensor: the schema's own error ("Expected a value of type 'Tensor' for argument
     # 'fx'"), not an AttributeError here
     if isinstance(fx, Tensor) and fx.device.type == "cuda" and cuda_kernel() == "triton":
         return _triton_scores(fx, ftx, a_index, b_index, centered, eps, tensor_cores,
                               check_indices)
-    return torch.ops.equifast.equivariance_scores.default(fx, ftx, a_index, b_index,
-                                                          bool(centered), float(eps),
-                                                          bool(tensor_cores),
-                                                          bool(check_indices))
+    return torch.ops.equifast.equivariance_scores.default(fx, ftx, a_index, b_index, centered,
+                                                          eps, tensor_cores, check_indices)
+
+
+def _flag(name: str, value) -> bool:
+    """``value`` as a bool: a bool, a NumPy bool or an integer 0 or 1, else a ``TypeError``.
+    ``bool()`` of anything was taken before: ``centered="cosine"`` scored the correlation."""
+    if isinstance(value, (bool, np.bool_)) or (is_integer(value) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"Expected `{name}` to be a bool, but got {value!r}.")
 
 
 def _triton_scores(fx, ftx, a_index, b_index, centered, eps, tensor_cores, check_indices):

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -983,3 +984,28 @@ def test_an_input_that_is_no_tensor_gets_the_schemas_error():
     c, _, _ = ops.equivariance_scores(fx, torch.flip(fx, dims=(-2,)), a, b, True, EPS)
     want = reference.equivariance_scores(fx, torch.flip(fx, dims=(-2,)), Flip("vertical"))
     torch.testing.assert_close(c, want.channel)
+
+
+@pytest.mark.parametrize("name", ["centered", "tensor_cores", "check_indices"])
+@pytest.mark.parametrize("value", ["cosine", None, 2, 0.5])
+def test_a_flag_that_is_no_bool_is_refused(name, value):
+    # the wrapper took bool() of anything: centered="cosine" (a metric's name) scored the
+    # correlation, and None scored the cosine
+    fx, ftx, a, b = _good()
+    kwargs = {"centered": True, "tensor_cores": True, "check_indices": True, name: value}
+    with pytest.raises(TypeError, match=rf"Expected `{name}` to be a bool, but got {value!r}"):
+        ops.equivariance_scores(fx, ftx, a, b, eps=EPS, **kwargs)
+
+
+@pytest.mark.parametrize("centered", [False, 0, np.False_, True, 1, np.True_])
+def test_flags_as_numpy_bools_and_integers(centered):
+    fx, ftx, a, b = _good()
+    got = ops.equivariance_scores(fx, ftx, a, b, centered, np.float64(EPS))
+    _assert_matches(got, fx, ftx, Rotation(1), "correlation" if centered else "cosine", (4, 4))
+
+
+@pytest.mark.parametrize("eps", [None, "1e-5", True])
+def test_an_eps_that_is_no_number_is_refused(eps):
+    fx, ftx, a, b = _good()  # float(None) failed with no word of `eps`
+    with pytest.raises(TypeError, match=r"Expected `eps` to be a finite number >= 0, but got "):
+        ops.equivariance_scores(fx, ftx, a, b, True, eps)
