@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from .transforms import Identity, Transform
+from .transforms import Identity, Transform, check_size
 
 __all__ = ["TOLERANCE", "METRICS", "VECTOR_MODES", "Scores", "equivariance_scores",
            "compared_pairs", "similarity_matrix", "scores_from_similarity", "check_options",
@@ -142,21 +141,9 @@ def check_transform(transform) -> None:
                         f"ef.Translation(1, 1), ...) or None, but got {transform!r}.")
 
 
-def _whole(v) -> int:
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return operator.index(v)
-
-
 def check_input_size(size) -> Tuple[int, int]:
     """``size`` as ``(H, W)``, two positive ints; ``ValueError`` otherwise."""
-    try:
-        h, w = (_whole(v) for v in size)
-    except (TypeError, ValueError):
-        h = w = 0
-    if h < 1 or w < 1:
-        raise ValueError(f"Expected `input_size` to be (H, W), two positive ints, but got {size!r}.")
-    return h, w
+    return check_size(size, "`input_size`")
 
 
 def check_options(metric: str = METRICS[0], vector_mode: str = VECTOR_MODES[0],

@@ -34,11 +34,30 @@ __all__ = [
 Size = Tuple[int, int]
 
 
-def _size(x) -> Size:
+def _whole(v) -> int:
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return operator.index(v)
+
+
+def check_size(size, name: str = "`input_size`") -> Size:
+    """``size`` as ``(H, W)``, two positive ints (whole floats taken); ``ValueError`` naming
+    ``name`` otherwise."""
+    try:
+        h, w = (_whole(v) for v in size)
+    except (TypeError, ValueError):
+        h = w = 0
+    if h < 1 or w < 1:
+        raise ValueError(f"Expected {name} to be (H, W), two positive ints, but got {size!r}.")
+    return h, w
+
+
+def _size(x, name: str = "`input_size`") -> Size:
+    """The ``(H, W)`` of a tensor's last two dims, or of a size (checked: int() made a 4.5 a 4,
+    and a 0 failed deep inside, in a ZeroDivisionError)."""
     if isinstance(x, torch.Tensor):
         return int(x.shape[-2]), int(x.shape[-1])
-    h, w = x
-    return int(h), int(w)
+    return check_size(x, name)
 
 
 def _check_image(x: torch.Tensor, what: str = "x") -> None:
@@ -118,7 +137,8 @@ class Transform(abc.ABC):
         ``fx[..., a_index[p]]`` with ``ftx[..., b_index[p]]``. What ``on_map`` returns is checked
         here (it must only move, drop or fill positions), so that the maps lie in ``[0, h*w)``.
         """
-        h, w = _size(map_size)
+        h, w = _size(map_size, "`map_size`")
+        _size(input_size)
         grid = torch.arange(h * w, dtype=torch.int64, device=device).view(1, h, w)
         moved = self.on_map(grid, input_size, fill=-1)
         # A subclass's on_map may be wrong; a map that does not only move positions would make
@@ -292,7 +312,7 @@ class Translation(Transform):
 
     def map_shift(self, map_size: Size, input_size: Size) -> Size:
         """The scaled ``(dy, dx)`` on a map of ``map_size``."""
-        (h, w), (H, W) = _size(map_size), _size(input_size)
+        (h, w), (H, W) = _size(map_size, "`map_size`"), _size(input_size)
         return (scale_shift(self.dy, h, H, self.rounding), scale_shift(self.dx, w, W, self.rounding))
 
     def on_map(self, f, input_size, fill=0.0):

@@ -57,6 +57,29 @@ def test_index_map_reads_values_like_the_transform():
         assert torch.equal(moved.flatten(2)[..., b], f.flatten(2)[..., a]), t.name
 
 
+@pytest.mark.parametrize("call, name, size", [
+    (lambda t: t.index_map((4.5, 4), (8, 8)), "map_size", (4.5, 4)),   # was read as 4x4
+    (lambda t: t.index_map((4, 4), (8, 8.5)), "input_size", (8, 8.5)),  # was read as 8x8
+    (lambda t: t.index_map((4, 4), (0, 8)), "input_size", (0, 8)),      # ZeroDivisionError
+    (lambda t: t.index_map((-2, 4), (8, 8)), "map_size", (-2, 4)),      # torch's RuntimeError
+    (lambda t: t.index_map(4, (8, 8)), "map_size", 4),                  # "cannot unpack"
+    (lambda t: t.map_shift((4, 4), (8, 0)), "input_size", (8, 0)),      # ZeroDivisionError
+    (lambda t: t.on_map(torch.zeros(1, 4, 4), (0, 0)), "input_size", (0, 0)),
+], ids=["map-fraction", "input-fraction", "input-zero", "map-negative", "map-int",
+        "map_shift-zero", "on_map-zero"])
+def test_index_map_sizes_are_two_positive_ints(call, name, size):
+    with pytest.raises(ValueError, match=re.escape(
+            f"Expected `{name}` to be (H, W), two positive ints, but got {size!r}.")):
+        call(ef.Translation(2, 2))
+
+
+def test_index_map_takes_whole_float_sizes():
+    t = ef.Translation(2, -2, mode="zero")
+    f = torch.randn(1, 3, 4, 4)
+    a, b = t.index_map((4.0, 4.0), (8.0, 8))
+    assert torch.equal(t.on_map(f, (8, 8)).flatten(1)[:, b], f.flatten(1)[:, a])
+
+
 def test_zero_index_map_is_the_overlap():
     a, b = ef.Translation(1, 0, mode="zero").index_map((3, 3), (3, 3))
     assert b.tolist() == [3, 4, 5, 6, 7, 8] and a.tolist() == [0, 1, 2, 3, 4, 5]
