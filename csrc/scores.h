@@ -208,7 +208,9 @@ inline bool is_supported_float(c10::ScalarType t) {
 inline void check_inputs(const at::Tensor& fx, const at::Tensor& ftx, const at::Tensor& a_index,
                          const at::Tensor& b_index, double eps, bool check_indices) {
   TORCH_CHECK(fx.dim() == 4, "Expected `fx` to be 4-D [N, K, H, W], but got shape ",
-              fx.sizes(), "; flatten vectors to [N, K, 1, 1] or use equifast.reference.");
+              fx.sizes(),
+              "; score vectors [N, K] with equifast.functional.equivariance_scores (as [N, K, 1, "
+              "1] maps each channel would have one position, and no correlation).");
   TORCH_CHECK(fx.sizes() == ftx.sizes(),
               "Expected `fx` and `ftx` to have the same shape, but got ", fx.sizes(), " and ",
               ftx.sizes(), ".");

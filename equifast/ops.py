@@ -190,7 +190,8 @@ def _check_inputs(fx, ftx, a_index, b_index, eps) -> None:
     # messages. The value range of the indices is data dependent: _check_index_range.
     torch._check(fx.dim() == 4, lambda: (
         f"Expected `fx` to be 4-D [N, K, H, W], but got shape {list(fx.shape)}; "
-        "flatten vectors to [N, K, 1, 1] or use equifast.reference."))
+        "score vectors [N, K] with equifast.functional.equivariance_scores (as [N, K, 1, 1] "
+        "maps each channel would have one position, and no correlation)."))
     torch._check(fx.shape == ftx.shape, lambda: (
         f"Expected `fx` and `ftx` to have the same shape, but got {list(fx.shape)} and "
         f"{list(ftx.shape)}."))

@@ -814,6 +814,25 @@ def test_bad_inputs(make, message, device):
         ops.equivariance_scores(fx, ftx, a, b, True, eps)
 
 
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_vectors_are_sent_to_the_functional(device):
+    # The message advised "flatten vectors to [N, K, 1, 1]": there each channel has one
+    # position, so every correlation the operator gives is undefined, where a vector's is not.
+    fx, ftx = _features(3, 6, 1, 1)
+    a, b = Identity().index_map((1, 1), (1, 1))
+    with pytest.raises(RuntimeError, match=r"score vectors \[N, K\] with "
+                                           r"equifast\.functional\.equivariance_scores"):
+        ops.equivariance_scores(*(t.to(device) for t in (fx.flatten(1), ftx.flatten(1), a, b)),
+                                True, EPS)
+    if device == "meta":
+        return
+    assert ops.equivariance_scores(fx, ftx, a, b, True, EPS)[0].isnan().all()
+    got = functional.equivariance_scores(fx.flatten(1), ftx.flatten(1))
+    for n in range(3):  # one correlation per image over its K entries (SPEC section 1)
+        r = torch.corrcoef(torch.stack([fx[n].flatten(), ftx[n].flatten()]))[0, 1].clamp_min(0)
+        torch.testing.assert_close(got.channel[n], r.expand(6), atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("which", ["a_index", "b_index"])
 @pytest.mark.parametrize("value", [-1, 16])
 def test_index_out_of_range(which, value):
