@@ -30,6 +30,7 @@ __all__ = ["TOLERANCE", "METRICS", "VECTOR_MODES", "Scores", "equivariance_score
 TOLERANCE = 1e-5
 METRICS = ("correlation", "cosine")
 VECTOR_MODES = ("per_image", "across_images")
+_SCORED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class Scores(NamedTuple):
@@ -105,9 +106,9 @@ def scores_from_similarity(s: torch.Tensor) -> Scores:
 
 
 def check_pair(fx: torch.Tensor, ftx: torch.Tensor) -> None:
-    """``TypeError``/``ValueError`` unless ``fx`` and ``ftx`` are floating tensors of one shape,
-    ``[N, K, H, W]`` or ``[N, K]`` with no empty dim, on one device (a batch of one would
-    broadcast silently)."""
+    """``TypeError``/``ValueError`` unless ``fx`` and ``ftx`` are float16, bfloat16, float32 or
+    float64 tensors of one shape, ``[N, K, H, W]`` or ``[N, K]`` with no empty dim, on one
+    device (a batch of one would broadcast silently)."""
     for name, t in (("fx", fx), ("ftx", ftx)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(t).__name__}.")
@@ -129,6 +130,9 @@ def check_pair(fx: torch.Tensor, ftx: torch.Tensor) -> None:
         # complex maps lost their imaginary part, integer ones were scored as they came
         if not t.is_floating_point():
             raise TypeError(f"Expected `{name}` to be a floating tensor, but got {t.dtype}.")
+        if t.dtype not in _SCORED_DTYPES:  # float8: torch's aminmax and flip raised deep inside
+            raise TypeError(f"Expected `{name}` to be float16, bfloat16, float32 or float64, but "
+                            f"got {t.dtype}; widen it (`{name}.float()`, which is exact).")
     if 0 in fx.shape:  # no channel crashed the layer max, a 0xW map gave NaN everywhere
         raise ValueError(f"Expected at least one image and one channel (and maps of one position "
                          f"or more), but got shape {tuple(fx.shape)}.")

@@ -246,3 +246,20 @@ def test_reference_checks_its_inputs_as_the_public_function_does():
     rolled = torch.roll(x, (6, 2), (-2, -1))  # 12 * 8 / 16 = 6, 4 * 8 / 16 = 2
     torch.testing.assert_close(R.equivariance_scores(x, rolled, t, input_size=(16, 16)).channel,
                                torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_maps_are_refused_with_the_fix(dtype):
+    # torch has no aminmax (the finiteness check) or flip for float8: a raw NotImplementedError
+    x, y = torch.randn(2, 3, 4, 4).to(dtype), torch.randn(2, 3, 4, 4).to(dtype)
+    for score in (R.equivariance_scores, ef.functional.equivariance_scores):
+        for fx, ftx, name in ((x, y, "fx"), (y.float(), x, "ftx")):
+            with pytest.raises(TypeError, match=re.escape(
+                    f"Expected `{name}` to be float16, bfloat16, float32 or float64, but got "
+                    f"{dtype}; widen it (`{name}.float()`")):
+                score(fx, ftx, ef.Flip())
+    # the fix it names: float8 values widen exactly, so the scores are those of the float64 maps
+    got = ef.functional.equivariance_scores(x.float(), y.float(), ef.Flip())
+    want = R.equivariance_scores(x.double(), y.double(), ef.Flip())
+    torch.testing.assert_close(got.channel, want.channel, atol=1e-5, rtol=0, equal_nan=True)
+    torch.testing.assert_close(got.layer, want.layer, atol=1e-5, rtol=0, equal_nan=True)
