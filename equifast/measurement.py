@@ -628,7 +628,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 names = ", ".join(folder.classes[:3]) + (", ..." if len(folder.classes) > 3 else "")
                 warn(f"No accuracy: which of the model's {final.shape[0]} classes the "
                      f"{len(folder.classes)} class folders ({names}) are is unknown (not "
-                     "one folder per class, nor ImageNet-1k synsets for 1000 classes).")
+                     f"one folder per class, nor folders numbered 0 to {final.shape[0] - 1}, "
+                     "nor ImageNet-1k synsets for 1000 classes).")
                 measurer.count_accuracy = False
             elif folder.strays:
                 why = getattr(folder, "strays_why", "") or (  # a flat val folder's say which

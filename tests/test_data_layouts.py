@@ -430,6 +430,19 @@ def test_numbered_class_folders_are_the_class_of_their_number(tmp_path):
     assert data.model_classes(files, 11).tolist() == [int(c) for c in files.classes]
     assert data.model_classes(files, 1000).tolist() == [int(c) for c in files.classes]
     assert data.model_classes(files, 10) is None  # folder 10 is no class of it: no accuracy
+    # and the warning says which numbers the folders needed
+    from torch import nn
+    from torchvision import transforms as T
+
+    import equifast as ef
+
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 10))
+    with pytest.warns(ef.EquifastWarning, match=r"No accuracy: .* the 11 class folders \(0, 1, 10, "
+                                                r"\.\.\.\) are is unknown \(not one folder per class, "
+                                                r"nor folders numbered 0 to 9, nor ImageNet-1k"):
+        rep = ef.measure(model, str(tmp_path), transforms=[ef.Rotation(2)],
+                         preprocess=T.Compose([T.Resize((12, 12)), T.ToTensor()]))
+    assert rep.accuracy is None and rep.meta["n_images"] == 11
 
 
 def test_one_synset_folder_given_alone_is_that_class(tmp_path):

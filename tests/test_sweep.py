@@ -596,7 +596,8 @@ def test_a_jobs_warnings_are_kept_in_its_record_not_printed_by_the_worker(folder
         warnings.simplefilter("error")
         results = [measure_job(job, 0, 2), measure_job(job, 1, 2)]
     said = ("No accuracy: which of the model's 3 classes the 2 class folders (class0, class1) are "
-            "is unknown (not one folder per class, nor ImageNet-1k synsets for 1000 classes).")
+            "is unknown (not one folder per class, nor folders numbered 0 to 2, nor ImageNet-1k "
+            "synsets for 1000 classes).")
     assert [info["warnings"] for _, info in results] == [[said], [said]]
     assert job_record(job, results)["warnings"] == [said]  # once for the job
 
@@ -722,7 +723,8 @@ def test_a_torchvision_datasets_labels_count_only_for_a_model_of_its_classes(fol
     assert (rec["accuracy"], rec["accuracy_source"]) == (0.7, "known")
     assert rec["warnings"] == ["No accuracy: which of the model's 1000 classes the 10 class folders "
                                "(0 - zero, 1 - one, 2 - two, ...) are is unknown (not one folder per "
-                               "class, nor ImageNet-1k synsets for 1000 classes)."]
+                               "class, nor folders numbered 0 to 999, nor ImageNet-1k synsets for "
+                               "1000 classes)."]
     # a dataset that names no classes: no labels at all
     monkeypatch.setattr(torchvision.datasets.MNIST, "classes", [])
     with pytest.warns(UserWarning, match="torchvision's MNIST names no classes"):
@@ -1808,8 +1810,8 @@ def test_a_sweep_says_each_warning_once(folder, tmp_path):
     said = [line for line in lines if line.startswith("  warning (")]
     assert len(said) == 1 and said[0].endswith("): No accuracy: which of the model's 3 classes the 2 "
                                                "class folders (class0, class1) are is unknown (not "
-                                               "one folder per class, nor ImageNet-1k synsets for "
-                                               "1000 classes).")
+                                               "one folder per class, nor folders numbered 0 to "
+                                               "2, nor ImageNet-1k synsets for 1000 classes).")
     assert all(rec["warnings"] for rec in ResultStore(tmp_path / "out").records())
 
 
