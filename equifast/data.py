@@ -800,7 +800,8 @@ def _normalize_step(preprocess):
 
 def input_size(preprocess, default: int = 224) -> int:
     """The square size a pipeline crops images to: the ``crop_size`` of a torchvision weights'
-    preset, or the size of its ``CenterCrop`` (``Resize`` to a square) step; ``default``
+    preset, or the size of its ``CenterCrop`` (``Resize`` to a square) step, of
+    ``torchvision.transforms`` or ``transforms.v2``; ``default``
     (also for a crop that is not square: see :func:`input_shape`)."""
     h, w = input_shape(preprocess, default)
     return h if h == w else default
@@ -810,16 +811,19 @@ def input_shape(preprocess, default: int = 224) -> Tuple[int, int]:
     """``(H, W)`` a pipeline crops images to: as :func:`input_size`, and also a crop that is
     not square (timm's pipeline of a model built at 64 x 96)."""
     from torchvision import transforms as T
+    from torchvision.transforms import v2
 
     crop = getattr(preprocess, "crop_size", None)
     if crop is not None:
         return (int(crop[0] if isinstance(crop, (list, tuple)) else crop),) * 2
-    for cls in (T.CenterCrop, T.Resize):
+    # a transforms.v2 pipeline's steps are other classes: its CenterCrop(96) was the default 224,
+    # and the embedded photos were cut at 224 for it
+    for crops, cls in ((True, (T.CenterCrop, v2.CenterCrop)), (False, (T.Resize, v2.Resize))):
         for step in getattr(preprocess, "transforms", []):
             size = getattr(step, "size", None) if isinstance(step, cls) else None
             if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(set(size)) == 1):
                 return (int(size if isinstance(size, int) else size[0]),) * 2
-            if cls is T.CenterCrop and isinstance(size, (list, tuple)) and len(size) == 2:
+            if crops and isinstance(size, (list, tuple)) and len(size) == 2:
                 return int(size[0]), int(size[1])
     return default, default
 

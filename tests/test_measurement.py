@@ -303,6 +303,22 @@ def test_embedded_photos_are_cut_at_the_models_own_size():
     assert rep.points["shape"].iloc[0].endswith("x112x112")
 
 
+def test_embedded_photos_are_cut_at_the_crop_of_a_transforms_v2_pipeline():
+    # a torchvision.transforms.v2 pipeline's CenterCrop was not read: the photos were 224 pixels
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    for crop in (40, (24, 32)):
+        pre = v2.Compose([v2.Resize(48), v2.CenterCrop(crop), v2.ToImage(),
+                          v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.25] * 3)])
+        want = pre(Image.new("RGB", (90, 60))).shape[-2:]  # what the pipeline makes of an image
+        model, seen = circular_net(), []
+        model[0].register_forward_pre_hook(
+            lambda m, args: seen.append(args[0].shape[-2:]) if isinstance(args[0], torch.Tensor) else None)
+        ef.measure(model, None, preprocess=pre, n_images=2, transforms=[ef.Translation(1, 1)])
+        assert seen and set(seen) == {want}
+
+
 def test_across_images_vector_mode_and_both_metrics():
     model = circular_net()
     x = torch.rand(8, 3, 12, 12)
