@@ -138,6 +138,11 @@ class ImageFiles(Dataset):
     """
 
     def __init__(self, root, transform: Optional[Callable] = None):
+        if isinstance(root, str) and not root.strip():
+            # Path("") is ".": an unset variable read the working folder's images, or failed
+            # naming a folder that was never given
+            raise ValueError("Expected `images` to be a folder of images, but got an empty path "
+                             f"({root!r}: an unset variable?); pass the folder.")
         root = Path(root).expanduser()  # "~/imagenet/val" from Python: no shell expanded it
         if not root.is_dir():
             if root.is_file():

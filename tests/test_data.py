@@ -1,4 +1,6 @@
 """Inputs: tensors, loaders, datasets, folders."""
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -50,6 +52,18 @@ def test_bad_inputs():
         list(data.batches(42))
     with pytest.raises(ValueError, match="labels"):
         list(data.batches(torch.rand(3, 3, 8, 8), torch.arange(2)))
+
+
+def test_an_empty_folder_path_is_refused_not_read_as_the_working_folder(tmp_path, monkeypatch):
+    # Path("") is "."; an unset variable measured the images of wherever the process ran
+    Image.new("RGB", (4, 4)).save(tmp_path / "here.png")
+    monkeypatch.chdir(tmp_path)
+    assert data.ImageFiles(".").paths == [os.path.join(".", "here.png")]  # "." itself is a folder
+    for empty in ("", "  "):
+        with pytest.raises(ValueError, match="`images` to be a folder of images, but got an empty path"):
+            data.ImageFiles(empty)
+        with pytest.raises(ValueError, match="an empty path"):
+            list(data.batches(empty))
 
 
 def test_image_folder_modes_and_unreadable_file(tmp_path):
