@@ -66,7 +66,8 @@ def embedded_photos(n: int = 256, size=224, seed: int = 0) -> torch.Tensor:
 class EmbeddedPhotos(Dataset):
     """The crops of :func:`embedded_photos` (item ``i`` is its ``[i]``), each cut when it is read,
     so that memory does not grow with ``n`` (2000 crops at 224 pixels are 1.2 GB at once);
-    normalised as ``preprocess`` normalises (:func:`normalise_like`) when it is given. Items
+    normalised as ``preprocess`` normalises (:func:`normalise_like`) when it is given, grey
+    (``[1, H, W]``) where it normalises one channel, as a folder's images are. Items
     are model-ready tensors without labels."""
 
     def __init__(self, n: int = 256, size=224, seed: int = 0, preprocess=None):
@@ -77,6 +78,9 @@ class EmbeddedPhotos(Dataset):
         else:
             self.shape = (check_integer("`size`", size),) * 2
         self.size, self.preprocess = size, preprocess
+        # a grey model's pipeline: colour photos failed in its first layer, "expected input to
+        # have 1 channels, but got 3", where a folder's images are made grey for it (_prepared)
+        self.grey = preprocess is not None and _pipeline_mode(preprocess) == "L"
         shapes = [img.shape[-2:] for img in self._load()]
         gen = torch.Generator().manual_seed(seed)
         self.crops = []  # (photo, top, left, height, width) of each image: the draws, in order
@@ -111,6 +115,9 @@ class EmbeddedPhotos(Dataset):
         crop = self._load()[k][:, top:top + side, left:left + across].unsqueeze(0)
         x = F.interpolate(crop, size=self.shape, mode="bilinear", antialias=True,
                           align_corners=False)[0].clamp(0, 1)
+        if self.grey:  # PIL's convert("L") weights, as torchvision's
+            from torchvision.transforms.functional import rgb_to_grayscale
+            x = rgb_to_grayscale(x)
         return x if self.preprocess is None else normalise_like(x, self.preprocess)
 
 

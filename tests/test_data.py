@@ -236,6 +236,22 @@ def test_model_classes_of_class_folders(tmp_path):
     assert data.model_classes(files, 10) is None  # some of 10 classes: which is unknown
 
 
+def test_embedded_photos_are_grey_for_a_one_channel_pipeline():
+    # as a folder's images are for it: colour photos failed in a grey model's first layer
+    import torchvision.transforms as T
+
+    grey = T.Compose([T.Resize(16), T.CenterCrop(16), T.ToTensor(), T.Normalize([0.1307], [0.3081])])
+    rgb = T.Compose([T.ToTensor(), T.Normalize([0.5, 0.4, 0.3], [0.2, 0.3, 0.4])])
+    colour = data.embedded_photos(4, size=16, seed=2)  # the same crops, [0, 1]
+    photos = data.EmbeddedPhotos(4, size=16, seed=2, preprocess=grey)
+    for i in range(4):
+        pil = T.functional.to_pil_image(colour[i])  # 8 bits, converted by PIL
+        assert photos[i].shape == (1, 16, 16)
+        torch.testing.assert_close(photos[i], grey(pil.convert("L")), rtol=0, atol=2 / 255 / 0.3081)
+    torch.testing.assert_close(data.EmbeddedPhotos(4, size=16, seed=2, preprocess=rgb)[3],
+                               rgb(T.functional.to_pil_image(colour[3])), rtol=0, atol=1 / 255 / 0.2)
+
+
 def test_embedded_photos_go_through_every_photo():
     import skimage.data
 
