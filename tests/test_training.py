@@ -60,6 +60,7 @@ def test_read_idx_roundtrip(tmp_path):
     for name in ("x-idx3-ubyte", "x-idx3-ubyte.gz"):
         _write_idx(str(tmp_path / name), a)
         np.testing.assert_array_equal(read_idx(str(tmp_path / name)), a)
+        np.testing.assert_array_equal(read_idx(tmp_path / name), a)  # a Path: AttributeError
     # a cut download: a traceback from gzip (EOFError) or numpy's reshape, without the file
     whole = (tmp_path / "x-idx3-ubyte").read_bytes()
     (tmp_path / "cut-idx3-ubyte").write_bytes(whole[:-5])

@@ -72,13 +72,15 @@ _MEAN_STD = {"mnist": (0.1307, 0.3081), "fmnist": (0.2860, 0.3530),
 
 
 # ------------------------------------------------------------------------------ idx files
-def read_idx(path: str) -> np.ndarray:
-    """Read an idx file (``*-idx3-ubyte`` or ``*-idx1-ubyte``, optionally ``.gz``).
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an idx file (``*-idx3-ubyte`` or ``*-idx1-ubyte``, optionally ``.gz``), a path
+    given as a string or a ``pathlib.Path``.
 
     Example:
         >>> read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").shape
         (10000,)
     """
+    path = os.fspath(path)  # a pathlib.Path: "'PosixPath' object has no attribute 'endswith'"
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
