@@ -786,6 +786,22 @@ def test_image_counts_of_the_data_sets_are_checked_as_integers(fake_mnist, bad):
         build_dataset("mnist6", fake_mnist, subset=bad)
 
 
+@pytest.mark.parametrize("bad", [-1, 2.5, "3", None])
+def test_data_seeds_of_the_data_sets_are_checked_as_integers(fake_mnist, bad):
+    # numpy's generators said "expected non-negative integer" or "seed must be integer", of no
+    # argument; CIFAR-10's only with a subset (it draws nothing else)
+    from equifast.training import measure_images
+    from equifast.training.data import DigitsDataset, load_mnist
+    want = rf"^Expected `data_seed` to be an integer >= 0, but got {re.escape(repr(bad))}\.$"
+    with pytest.raises(ValueError, match=want):
+        measure_images("mnist6-rot-inv", fake_mnist, n_images=2, data_seed=bad)
+    with pytest.raises(ValueError, match=want):
+        build_dataset("mnist6", fake_mnist, subset=3, data_seed=bad)
+    images, labels = load_mnist(fake_mnist, train=False)
+    with pytest.raises(ValueError, match=want):
+        DigitsDataset(images, labels, rotate=True, data_seed=bad)
+
+
 def test_image_counts_of_numpy_are_taken_as_ints(fake_mnist):
     from equifast.training import measure_images
     from equifast.training.data import DigitsDataset, load_mnist

@@ -249,9 +249,16 @@ def load_fashion_mnist(root: Optional[str] = None, train: bool = True, download:
 
 
 # ------------------------------------------------------------------------------ data sets
+def _check_data_seed(data_seed) -> int:
+    """``data_seed`` as an int, or a ValueError naming it: numpy's generators said "expected
+    non-negative integer" of -1 and "seed must be integer" of 1.5, naming no argument."""
+    return check_integer("`data_seed`", data_seed, 0)
+
+
 def _subset_indices(n: int, subset: Optional[int], seed: int) -> np.ndarray:
     # 2.5 or "5" failed in numpy's slicing or a comparison, deep in a data set's constructor
     subset = check_integer("`subset`", subset, 1, allow_none=True, none_means="all images")
+    seed = _check_data_seed(seed)
     if subset is None or subset >= n:
         if subset is not None and subset > n:  # a quick run that is not quick, or a typo
             warn(f"A subset of {subset} images was asked of {n}; all {n} are used.")
@@ -285,6 +292,7 @@ class DigitsDataset(Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray, rotate: bool = False,
                  predict_turn: bool = False, data_seed: int = 0, subset: Optional[int] = None,
                  mean_std: Tuple[float, float] = _MEAN_STD["mnist"], train: bool = True):
+        data_seed = _check_data_seed(data_seed)
         keep = np.flatnonzero(np.isin(labels, KEPT_CLASSES))
         remap = np.full(10, -1, dtype=np.int64)
         remap[list(KEPT_CLASSES)] = np.arange(len(KEPT_CLASSES))
