@@ -748,10 +748,14 @@ def _prepared(item, preprocess: Callable, mode: Optional[str] = None):
 
 def _pipeline_mode(preprocess) -> Optional[str]:
     """The PIL mode images take into ``preprocess``: ``"RGB"`` where it normalises three
-    channels (every ImageNet model's pipeline), ``"L"`` where one; ``None`` when it does not
-    normalise (then images go in as they are)."""
+    channels (every ImageNet model's pipeline), ``"L"`` where one (``Normalize([m], [s])``);
+    ``None`` when it does not normalise, or normalises every channel alike with numbers
+    (``Normalize(0.5, 0.5)``): then images go in as they are."""
     step = _normalize_step(preprocess)
-    channels = None if step is None else len(torch.as_tensor(step.mean).reshape(-1))
+    mean = None if step is None else torch.as_tensor(step.mean)
+    # a number (Normalize(0.5, 0.5)) normalises any channels, as a pipeline without one: colour
+    # images went in grey, and an RGB model failed on them ("expected 3 channels, got 1")
+    channels = None if mean is None or mean.dim() == 0 else mean.numel()
     return {1: "L", 3: "RGB"}.get(channels)
 
 
@@ -955,6 +959,7 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
             with the channels the pipeline normalises: a grey, CMYK or palette image is
             converted to RGB for a three-channel ``Normalize`` (every ImageNet model's), a
             colour one to grey for a one-channel one; as it is when the pipeline has none
+            (or one of numbers, ``Normalize(0.5, 0.5)``, which takes any channels)
             (but a 16-bit one in 8 bits, a float one refused, as from a folder).
         seed: the seed of the subset.
         num_workers: processes that read and preprocess a dataset's or folder's images

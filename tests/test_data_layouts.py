@@ -348,6 +348,14 @@ def test_grey_images_of_a_dataset_take_the_pipelines_channels():
     want = torch.stack([grey(img.convert("L")) for img in _Grey("RGB").images])
     assert x.shape == (2, 1, 16, 16)
     torch.testing.assert_close(x, want, rtol=0, atol=0)
+    # Normalize(0.5, 0.5) normalises any channels: colour images stay colour (they went in grey
+    # and an RGB model failed on them), as in torchvision's ImageFolder with that pipeline
+    for mean in (0.5, torch.tensor(0.5)):
+        alike = T.Compose([T.Resize(16), T.CenterCrop(16), T.ToTensor(), T.Normalize(mean, 0.25)])
+        x, _ = next(data.batches(_Grey("RGB"), batch_size=2, preprocess=alike))
+        want = torch.stack([alike(img) for img in _Grey("RGB").images])
+        assert x.shape == (2, 3, 16, 16)
+        torch.testing.assert_close(x, want, rtol=0, atol=0)
 
 
 def _write_idx(path, array):
