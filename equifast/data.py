@@ -1013,6 +1013,13 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
             if isinstance(item, _Failed):  # from _collate, of an IterableDataset below
                 item.raise_again()
             x, y = _image_and_label(item)
+            if (isinstance(x, torch.Tensor) and x.dim() == 3 and images.batch_size is None
+                    and images.batch_sampler is None):
+                # its items one by one: "give each image its channel dim" sent users to the Dataset
+                raise ValueError(f"Expected the DataLoader's batches to be [N, C, H, W], but got "
+                                 f"shape {tuple(x.shape)}, one image: a DataLoader with "
+                                 "batch_size=None yields its Dataset's items unbatched; give it a "
+                                 "batch_size (DataLoader(dataset, batch_size=32)).")
             _check_images(x, "the DataLoader's batches", batched=True)
             if n_images is not None and seen + len(x) > n_images:
                 x = x[: n_images - seen]

@@ -50,6 +50,12 @@ def test_bad_inputs():
         list(data.batches(torch.rand(3, 8, 8)))
     with pytest.raises(TypeError, match="Expected `images`"):
         list(data.batches(42))
+    # a DataLoader that yields single images: the advice was to fix the Dataset's images
+    x = torch.rand(3, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"shape \(3, 8, 8\), one image: a DataLoader with batch_size=None"):
+        list(data.batches(DataLoader(TensorDataset(x, torch.arange(3)), batch_size=None)))
+    with pytest.raises(ValueError, match=r"give each image its channel dim"):  # grey [N, H, W]
+        list(data.batches(DataLoader(TensorDataset(x[:, 0]), batch_size=2)))
     with pytest.raises(ValueError, match="labels"):
         list(data.batches(torch.rand(3, 3, 8, 8), torch.arange(2)))
 
