@@ -659,6 +659,11 @@ def _collate(items):
         return failed
     xs, ys = zip(*[_image_and_label(item) for item in items])
     ys = None if all(y is None for y in ys) else ys
+    if any(hasattr(v, "getbands") for v in xs):  # torch: "Could not infer dtype of PngImageFile"
+        return _Failed.of(TypeError(
+            "Expected model-ready tensors, but got PIL images (of a folder or Dataset) and no "
+            "`preprocess` to make them tensors; pass the model's (equifast.measure gives its "
+            "own; equifast.models.default_preprocess() is ImageNet's)."))
     xs = [torch.as_tensor(v) for v in xs]
     sizes = list(dict.fromkeys(tuple(v.shape) for v in xs))
     if len(sizes) > 1:  # torch.stack's error names no cause (from a worker: its whole traceback)

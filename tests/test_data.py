@@ -72,6 +72,18 @@ def test_an_empty_folder_path_is_refused_not_read_as_the_working_folder(tmp_path
             list(data.batches(empty))
 
 
+def test_pil_images_without_a_preprocess_are_refused_naming_it(tmp_path):
+    # torch's "Could not infer dtype of PngImageFile", from a worker its whole traceback
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "a.png")
+    for workers in (0, 1):
+        with pytest.raises(TypeError, match="got PIL images .* no `preprocess`"):
+            list(data.batches(str(tmp_path), num_workers=workers))
+    import torchvision.transforms as T
+
+    x, _ = next(data.batches(str(tmp_path), preprocess=T.ToTensor()))  # with one: the pixels
+    assert (x * 255).round().tolist() == [[[[10] * 8] * 8, [[20] * 8] * 8, [[30] * 8] * 8]]
+
+
 def test_image_folder_modes_and_unreadable_file(tmp_path):
     # grayscale and RGBA files load as RGB; a file that is not an image names itself
     Image.new("L", (8, 8), 128).save(tmp_path / "gray.png")
