@@ -761,6 +761,24 @@ def test_cli_errors_name_the_flags_typed(tmp_path, capsys):
     assert not (tmp_path / "never").exists()
 
 
+def test_digits_dataset_takes_uint8_pixels_and_refuses_others(fake_mnist):
+    # float images in [0, 1] were divided by 255 again: silently near black
+    from equifast.training.data import DigitsDataset, load_mnist
+
+    images, labels = load_mnist(fake_mnist, train=False)
+    ds = DigitsDataset(torch.from_numpy(images.copy()), list(labels))  # torchvision's MNIST holds tensors
+    keep = np.flatnonzero(np.isin(labels, KEPT_CLASSES))
+    want = (torch.from_numpy(images[keep]).float() / 255 - 0.1307) / 0.3081
+    torch.testing.assert_close(torch.stack([ds[i][0][0] for i in range(len(ds))]), want)
+    assert [int(ds[i][1]) for i in range(len(ds))] == [KEPT_CLASSES.index(v) for v in labels[keep]]
+    for bad, match in ((images / 255, r"`images` to be uint8 \[N, H, W\].* got float64 of shape"),
+                       (images[:, None], r"got uint8 of shape \[50, 1, 28, 28\]")):
+        with pytest.raises(ValueError, match=match):
+            DigitsDataset(bad, labels)
+    with pytest.raises(ValueError, match=r"`labels` to be \[N\] classes, one per image \(50\)"):
+        DigitsDataset(images, labels[:-1])
+
+
 def test_a_subset_larger_than_the_data_says_all_are_used():
     from equifast.training.data import DigitsDataset
 

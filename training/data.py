@@ -293,6 +293,15 @@ class DigitsDataset(Dataset):
                  predict_turn: bool = False, data_seed: int = 0, subset: Optional[int] = None,
                  mean_std: Tuple[float, float] = _MEAN_STD["mnist"], train: bool = True):
         data_seed = _check_data_seed(data_seed)
+        images, labels = np.asarray(images), np.asarray(labels)  # torchvision's MNIST tensors too
+        if images.dtype != np.uint8 or images.ndim != 3:
+            # float images in [0, 1] were divided by 255 again, silently near black; [N, 1, H, W]
+            # ones gave items [1, 1, H, W]
+            raise ValueError(f"Expected `images` to be uint8 [N, H, W] (pixels 0..255, as read_idx "
+                             f"gives them), but got {images.dtype} of shape {list(images.shape)}.")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ValueError(f"Expected `labels` to be [N] classes, one per image ({len(images)}), "
+                             f"but got shape {list(labels.shape)}.")
         keep = np.flatnonzero(np.isin(labels, KEPT_CLASSES))
         remap = np.full(10, -1, dtype=np.int64)
         remap[list(KEPT_CLASSES)] = np.arange(len(KEPT_CLASSES))
