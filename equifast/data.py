@@ -260,10 +260,12 @@ def _check_not_splits(root: Path, subfolders: List[str]) -> None:
         f"pass {str(root / pick)!r}.")
 
 
-# The flat ILSVRC2012 validation layout: an image's name, and the files of its labels: Kaggle's
+# The flat ILSVRC2012 validation layout: an image's name (of any type read: a copy converted to
+# PNG had no labels, and no word said why), and the files of its labels: Kaggle's
 # csv, or the official devkit's folder (its ground truth numbers the classes in the devkit's
 # order, which meta.mat maps to synsets: the models' order is the sorted synsets)
-_VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.jpe?g", re.IGNORECASE)
+_VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})(?:%s)" % "|".join(map(re.escape, IMAGE_SUFFIXES)),
+                       re.IGNORECASE)
 _VAL_ID = re.compile(r"ILSVRC2012_val_(\d{8})", re.IGNORECASE)
 _VAL_SOLUTION = "LOC_val_solution.csv"
 DEVKIT = "ILSVRC2012_devkit_t12"

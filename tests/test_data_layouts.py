@@ -101,6 +101,27 @@ def test_flat_ilsvrc2012_val_takes_labels_from_loc_val_solution(tmp_path, monkey
     assert [data.ImageFiles("val")[i][1] for i in range(4)] == [1, 2, 0, -1]
 
 
+def test_a_flat_val_folder_converted_to_another_type_takes_its_labels(tmp_path):
+    # ILSVRC2012_val_*.png (a copy converted from JPEG): no labels, and no warning said why
+    val = tmp_path / "val"
+    _flat_val(val, n=3)
+    for k, suffix in ((1, ".png"), (2, ".webp")):
+        jpeg = val / f"ILSVRC2012_val_0000000{k}.JPEG"
+        Image.open(jpeg).save(jpeg.with_suffix(suffix))
+        jpeg.unlink()
+    (tmp_path / "LOC_val_solution.csv").write_text(
+        "ImageId,PredictionString\n"
+        f"ILSVRC2012_val_00000001,{TABBY} 0 0 9 9\n"
+        f"ILSVRC2012_val_00000002,{TENCH} 0 0 9 9\n"
+        f"ILSVRC2012_val_00000003,{ESPRESSO} 0 0 9 9\n")
+    files = data.ImageFiles(val)
+    assert [p.name for p in files.files] == ["ILSVRC2012_val_00000001.png", "ILSVRC2012_val_00000002.webp",
+                                            "ILSVRC2012_val_00000003.JPEG"]
+    synsets = [TABBY, TENCH, ESPRESSO]  # the csv's rows, in the files' order
+    assert files.labelled and files.labels == [sorted(synsets).index(s) for s in synsets]
+    assert not files.strays
+
+
 def test_a_linked_flat_val_finds_the_labels_above_the_folder_it_links_to(tmp_path):
     # ~/data/val -> /mnt/ILSVRC/Data/CLS-LOC/val: only the folders above the link were looked
     # at, so it had no labels; and a lower-case name (ilsvrc2012_val_...jpeg) was no row's
