@@ -278,6 +278,12 @@ def test_augmentation_parameters_come_from_the_recipe(monkeypatch):
     assert (steps[0].num_ops, steps[0].magnitude) == (3, 5)
     default = image_transform("randaugment").transforms[0]
     assert (default.num_ops, default.magnitude) == (2, 9)  # torchvision's defaults
+    # torchvision read -3 as bin 28 and failed past 30 only when a magnitude op was drawn
+    for bad in ((2, -3), (2, 31), (-1, 9), (2, 9.5), 5, (1, 2, 3)):
+        with pytest.raises(ValueError, match=rf"`randaugment` to be \(num_ops, magnitude\).* but got "
+                                             rf"{re.escape(repr(bad))}\.$"):
+            image_transform("randaugment", randaugment=bad)
+    assert image_transform("randaugment", randaugment=[np.int64(0), 30]).transforms[0].magnitude == 30
     assert isinstance(default, T.RandAugment)
     r = get_recipe("resnet44-cutmix", cutmix_prob=0.25, cutmix_alpha=0.5)
     assert (r.cutmix_prob, r.cutmix_alpha, r.randaugment_ops, r.randaugment_magnitude) == \

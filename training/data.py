@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from equifast._checks import check_integer
+from equifast._checks import check_integer, is_integer
 from equifast.warning import warn
 
 __all__ = [
@@ -402,10 +402,24 @@ def image_transform(augment: str = "none", train: bool = True,
     elif train and augment == "flip":
         steps.append(T.RandomHorizontalFlip())
     elif train and augment == "randaugment":
-        num_ops, magnitude = randaugment
+        num_ops, magnitude = _check_randaugment(randaugment)
         steps.append(T.RandAugment(num_ops=num_ops, magnitude=magnitude))
     mean, std = _MEAN_STD["cifar10"]
     return T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
+
+
+def _check_randaugment(randaugment) -> Tuple[int, int]:
+    """RandAugment's ``(num_ops, magnitude)`` as ints, or a ValueError naming ``randaugment``:
+    torchvision takes a negative magnitude as a bin counted from the top (-3: bin 28 of 30), fails
+    with an IndexError past 30 whenever an operation that uses it is drawn (mid-training), and
+    takes a negative ``num_ops`` as none."""
+    pair = tuple(randaugment) if isinstance(randaugment, (tuple, list)) else ()
+    if not (len(pair) == 2 and all(is_integer(v) for v in pair)
+            and pair[0] >= 0 and 0 <= pair[1] <= 30):
+        raise ValueError(f"Expected `randaugment` to be (num_ops, magnitude): integers, num_ops "
+                         f">= 0 and magnitude 0..30 (of RandAugment's 31 bins), but got "
+                         f"{randaugment!r}.")
+    return int(pair[0]), int(pair[1])
 
 
 class BatchCollate:
