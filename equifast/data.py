@@ -216,9 +216,15 @@ class ImageFiles(Dataset):
         from PIL import Image
 
         path = self.paths[i]
+        size = None
         try:
             with Image.open(path) as img:
+                size = img.size
                 img.load()
+        except MemoryError as e:  # PIL's is bare: a large image under a memory limit named no file
+            pixels = f" ({size[0]}x{size[1]} pixels)" if size else ""
+            raise MemoryError(f"Could not decode {str(path)!r}{pixels}: out of memory; downscale "
+                              "it, or give the process more memory.") from e
         except Image.DecompressionBombError as e:  # PIL's own message names no file
             raise ValueError(f"Expected images of at most {2 * Image.MAX_IMAGE_PIXELS} pixels "
                              f"(PIL's guard against decompression bombs), but {str(path)!r} is "

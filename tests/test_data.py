@@ -1,5 +1,6 @@
 """Inputs: tensors, loaders, datasets, folders."""
 import os
+import re
 
 import pytest
 import torch
@@ -82,6 +83,24 @@ def test_pil_images_without_a_preprocess_are_refused_naming_it(tmp_path):
 
     x, _ = next(data.batches(str(tmp_path), preprocess=T.ToTensor()))  # with one: the pixels
     assert (x * 255).round().tolist() == [[[[10] * 8] * 8, [[20] * 8] * 8, [[30] * 8] * 8]]
+
+
+def test_an_image_too_large_for_memory_names_its_file(tmp_path, monkeypatch):
+    # PIL's MemoryError is bare: under a memory limit, which of 50,000 files was unknown
+    from PIL import ImageFile
+
+    Image.new("RGB", (13, 7)).save(tmp_path / "big.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "small.png")
+    files = data.ImageFiles(tmp_path)
+    assert files[1][0].size == (4, 4)
+
+    def load(self):
+        raise MemoryError()
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    with pytest.raises(MemoryError, match=rf"^Could not decode {re.escape(repr(str(tmp_path / 'big.png')))} "
+                                          r"\(13x7 pixels\): out of memory"):
+        files[0]
 
 
 def test_image_folder_modes_and_unreadable_file(tmp_path):
