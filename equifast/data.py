@@ -138,7 +138,8 @@ class ImageFiles(Dataset):
     synsets, the order ImageNet models are trained with; its images the file does not name, and
     files among them not named as its images, are ``strays`` (label -1; ``strays_why`` says
     which). Hidden files and folders, a macOS zip's
-    ``__MACOSX``, a NAS's ``@eaDir`` and the devkit's folder are no images or classes; a folder
+    ``__MACOSX``, a NAS's ``@eaDir``, a disk's ``lost+found`` and the devkit's folder are no
+    images or classes; a folder
     that cannot be listed is an ``OSError``. A folder of split folders (``imagenet/`` holding
     ``train/`` and ``val/``) is refused, naming the split to give.
     :func:`model_classes` says which class of a model each label is.
@@ -453,8 +454,10 @@ def _eight_bits(levels: np.ndarray) -> np.ndarray:
 # __MACOSX/ (of ._ files) beside the class folders; the ILSVRC2012 devkit kept in val/. Each had
 # become a class: sorted first, every label was one off, or there was no accuracy. A Synology
 # NAS keeps thumbnails (SYNOPHOTO_THUMB_*.jpg) in an @eaDir/ in each folder: in a class folder
-# they were measured as images of that class.
-_NOT_CLASSES = frozenset({"__MACOSX", "@eaDir", DEVKIT})
+# they were measured as images of that class. A data set on its own ext4 disk has the file
+# system's lost+found/ at its root, readable by root only: every other user's listing failed on
+# it ("make it readable, or move it"), and for root it was an empty class, one too many.
+_NOT_CLASSES = frozenset({"__MACOSX", "@eaDir", DEVKIT, "lost+found"})
 
 
 def _data_folder(name: str) -> bool:

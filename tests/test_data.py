@@ -601,6 +601,19 @@ def test_a_nas_thumbnail_folder_is_not_images_of_a_class(tmp_path):
     assert files.classes == ["cat", "dog"] and files.labels == [0, 1]
 
 
+def test_a_disks_lost_and_found_is_no_class(tmp_path):
+    # a data set on its own ext4 disk: lost+found/ (root's only) failed every other user's
+    # listing, and for root it was an empty class: the folders were one class too many
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "x.png")
+    want = data.ImageFiles(tmp_path)
+    (tmp_path / "lost+found").mkdir()
+    files = data.ImageFiles(tmp_path)
+    assert files.classes == want.classes == ["cat", "dog"] and files.labels == want.labels == [0, 1]
+    assert data.model_classes(files, 2).tolist() == [0, 1]
+
+
 def test_n_images_must_be_a_positive_integer():
     # -1 drew all the images of a Dataset but one (randperm(N)[:-1]), silently; 2.5 failed in a slice
     x = torch.rand(5, 3, 4, 4)
