@@ -48,13 +48,32 @@ def module_preprocess(model: nn.Module) -> Callable:
     model (it carries its ``pretrained_cfg``: a ViT's mean and std 0.5, bicubic, crop 0.9),
     else ImageNet's 224-pixel centre crop; either at the one size the model takes, where it
     takes only one (a ViT built at 384 or 96 pixels, or at 64 x 96: timm's ``img_size``,
-    torchvision's ``image_size``), not the size of its config."""
+    torchvision's ``image_size``), not the size of its config; grey for a model whose first
+    convolution takes one channel (normalised by the mean of the RGB means and stds)."""
     from .points import _fixed_input_size
 
     fixed = _fixed_input_size(model)
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
-        return _timm_preprocess(model, fixed)
-    return default_preprocess(fixed or 224)
+        pipeline = _timm_preprocess(model, fixed)
+    else:
+        pipeline = default_preprocess(fixed or 224)
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return _grey(pipeline) if first is not None and first.in_channels == 1 else pipeline
+
+
+def _grey(pipeline: Callable) -> Callable:
+    """``pipeline`` for a model of one input channel (timm's ``in_chans=1``, a Fashion-MNIST
+    CNN): its RGB ``Normalize`` becomes one of the mean of its means and of its stds, so images
+    go in grey. timm keeps the RGB statistics of such a model, and the model failed on the
+    RGB images they made ("expected input to have 1 channels, but got 3")."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(pipeline, "transforms", []))
+    for i, step in enumerate(steps):
+        if isinstance(step, T.Normalize) and torch.as_tensor(step.mean).numel() == 3:
+            steps[i] = T.Normalize([float(torch.as_tensor(step.mean, dtype=torch.float64).mean())],
+                                   [float(torch.as_tensor(step.std, dtype=torch.float64).mean())])
+    return T.Compose(steps) if steps else pipeline
 
 
 def _timm_preprocess(model: nn.Module, size: Optional[Tuple[int, int]] = None) -> Callable:

@@ -586,6 +586,36 @@ def test_timm_models_get_timms_evaluation_pipeline_by_name_and_as_modules():
     assert tuple(plain.mean) == (0.485, 0.456, 0.406)
 
 
+def test_a_module_of_one_input_channel_gets_a_grey_pipeline():
+    # timm's in_chans=1 keeps its RGB statistics: measure(model) made RGB images for it and the
+    # model failed, "expected input to have 1 channels, but got 3"
+    import timm
+    from torchvision import transforms as T
+    from torchvision.transforms.functional import rgb_to_grayscale
+
+    import equifast as ef
+    from equifast.data import embedded_photos, input_shape
+    from equifast.models import module_preprocess
+
+    model = timm.create_model("resnet18", pretrained=False, in_chans=1, num_classes=10).eval()
+    rgb = timm.data.resolve_data_config({}, model=model, use_test_size=True)
+    pre = module_preprocess(model)
+    (norm,) = [t for t in pre.transforms if isinstance(t, T.Normalize)]
+    assert norm.mean == pytest.approx([sum(rgb["mean"]) / 3])
+    assert norm.std == pytest.approx([sum(rgb["std"]) / 3])
+    seen = []
+    model.conv1.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    report = ef.measure(model, n_images=2, batch_size=2, transforms=[ef.Flip()])
+    assert report.meta["n_images"] == 2
+    # the embedded photos, grey (PIL's weights), normalised by the mean of the means and stds
+    photos = rgb_to_grayscale(embedded_photos(2, size=input_shape(pre), seed=0))
+    assert any(x.shape == photos.shape and torch.allclose(x, (photos - norm.mean[0]) / norm.std[0],
+                                                          atol=1e-5) for x in seen)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+    (norm,) = [t for t in module_preprocess(plain).transforms if isinstance(t, T.Normalize)]
+    assert norm.mean == pytest.approx([sum((0.485, 0.456, 0.406)) / 3])
+
+
 def test_a_module_of_one_input_size_gets_a_pipeline_of_that_size():
     # a ViT built at 96 pixels (timm's img_size, torchvision's image_size) got the 224-pixel
     # pipeline of its config or ImageNet's: measure(model) failed, "this model takes only 96x96"
