@@ -382,10 +382,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:  # what was finished is kept (runs, sweep records): say only that
         print("equifast: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as err:
-        if not _out_of_memory(err):
+    except (RuntimeError, MemoryError) as err:
+        if not isinstance(err, MemoryError) and not _out_of_memory(err):
             raise  # a bug: its traceback is what a report of it needs
-        # a batch too large for the GPU (or the CPU's memory) was a torch traceback
+        # a batch too large for the GPU (or the CPU's memory) was a torch traceback, and
+        # Python's own MemoryError (decoding a large image under a memory limit) a Python one
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         advice = "; use a smaller --batch-size" if hasattr(args, "batch_size") else ""  # not sweep's
         print(f"equifast: error: out of memory ({first}){advice}.", file=sys.stderr)

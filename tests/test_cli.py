@@ -354,6 +354,9 @@ def test_a_full_disk_keeps_the_earlier_set_and_says_where(tmp_path, monkeypatch,
                            "capacity of 139.80 GiB of which 1.20 GiB is free."),
     RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
                  "allocate memory: you tried to allocate 4000000000000000 bytes."),
+    # Python's own, as ImageFiles raises it for an image too large to decode (was a traceback)
+    MemoryError("Could not decode 'big.jpg' (13000x13000 pixels): out of memory; downscale it, "
+                "or give the process more memory."),
 ])
 def test_out_of_memory_is_one_line_naming_the_batch_size(error, tmp_path, monkeypatch, capsys):
     # a batch too large for the device was a torch traceback
