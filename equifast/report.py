@@ -326,10 +326,12 @@ def metric_bias(points: pd.DataFrame,
     "correlation": Pearson correlation, across the points of ``parts``, of the mean activation
     and of the mean magnitude (the thesis' "magnitude of the activations"; the two are equal
     after a ReLU; NaN for a report saved before the magnitude was kept) with each metric's
-    score}``. The thesis correlates the scores "after each residual block", i.e. the maps
-    before global pooling: ``pool`` and ``final`` (invariance
-    scores near 1, logits with any mean) are in the table but not in the correlation unless
-    ``parts=None`` (all points).
+    score}``. The correlation is across the maps before global pooling, the points of the
+    early, middle and late parts: ``pool`` and ``final`` (invariance scores near 1, logits with
+    any mean) are in the table but not in the correlation unless ``parts=None`` (all points).
+    Those parts hold a ResNet's stem too, where the thesis correlates "after each residual
+    block" (21 points of ResNet-44, not 22): for its set, leave the stem's rows out,
+    ``metric_bias(points[points.point != "stem"])``.
     """
     if not {"cosine", "correlation"} <= set(points.get("metric", pd.Series(dtype=str)).unique()):
         raise ValueError("Expected a report measured with metric=['correlation', 'cosine'] "

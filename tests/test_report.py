@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from equifast.report import Report, combine_runs
+from equifast.report import Report, combine_runs, metric_bias
 
 
 def _rows():
@@ -158,6 +158,12 @@ def test_metric_bias_correlates_cosine_with_activation():
     assert math.isclose(corr[("rotation", "cosine")], 1.0)
     # only the points before global pooling (p0, p1, p2), as the thesis' "after each residual block"
     assert math.isclose(corr[("rotation", "correlation")], float(np.corrcoef(pattern[:3], range(3))[0, 1]))
+    # without the first (a stem), as the docstring says for the thesis' set of blocks only
+    points = Report.from_rows(rows).points
+    blocks = metric_bias(points[points.point != "p0"], parts=None)["correlation"].set_index(
+        ["family", "metric"])["correlation_with_mean_activation"]
+    assert math.isclose(blocks[("rotation", "correlation")],
+                        float(np.corrcoef(pattern[1:], range(1, 5))[0, 1]))
     every = Report.from_rows(rows).metric_bias(parts=None)["correlation"].set_index(
         ["family", "metric"])["correlation_with_mean_activation"]
     assert math.isclose(every[("rotation", "correlation")], float(np.corrcoef(pattern, range(5))[0, 1]))
