@@ -49,8 +49,10 @@ def _add_measure(sub) -> None:
                    help="folder of images (class subfolders give labels and accuracy); default: "
                         "embedded photos. With a run folder as --model: the folder of its "
                         "recipe's data set (default: where it was trained from)")
-    p.add_argument("--transforms", default="translation:1-32,rotation",
-                   help="comma-separated: translation:1-32, translation:1-16:zero, translation:1-8:nearest, rotation, rotation:90, flip, flip:horizontal")
+    p.add_argument("--transforms", default=None,
+                   help="comma-separated: translation:1-32, translation:1-16:zero, translation:1-8:nearest, "
+                        "rotation, rotation:90, flip, flip:horizontal (default: translation:1-32,rotation; "
+                        "for a run folder its study's: rotation for the digits, translation:1-16 for CIFAR-10)")
     p.add_argument("--metric", default="correlation",
                    help="correlation, cosine, or both (correlation,cosine: adds the metric-bias analysis)")
     p.add_argument("--vector-mode", default="per_image", choices=["per_image", "across_images"],
@@ -90,7 +92,7 @@ def _run_measure(args) -> int:
     from .transforms import check_distinct, parse_transforms
 
     # Every input is checked before the model runs: a measurement can take hours.
-    transforms = parse_transforms(args.transforms)
+    transforms = parse_transforms(args.transforms or _default_transforms(args.model))
     check_distinct(transforms)
     metrics = metric_list([m.strip().lower() for m in args.metric.split(",") if m.strip()], "--metric")
     for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--n-images", args.n_images, 1),
@@ -139,6 +141,20 @@ def _run_measure(args) -> int:
             except OSError:  # not empty (another's files meanwhile), or gone
                 break
         raise
+
+
+def _default_transforms(model: str) -> str:
+    """``--transforms`` when not given: a run of ``equifast train`` as its study measures it
+    (ImageNet's shifts up to 32 are as large as its 28- or 32-pixel images: refused), else
+    shifts 1-32 and the rotations."""
+    from .models import _is_run_folder
+
+    if _is_run_folder(model):
+        from equifast.training.trainer import RECIPE, read_run_recipe
+
+        dataset = read_run_recipe(Path(model, RECIPE)).dataset
+        return "translation:1-16" if dataset == "cifar10" else "rotation"
+    return "translation:1-32,rotation"
 
 
 def _measure_into(out: Path, args, transforms, metrics, weights) -> int:

@@ -1179,6 +1179,26 @@ def test_measuring_a_run_on_a_folder_without_its_data_says_to_pass_data(tmp_path
     assert not (tmp_path / "m").exists()
 
 
+def test_a_run_is_measured_by_default_with_its_studys_transforms(tmp_path):
+    # ImageNet's default (shifts 1-32) was as large as the 28-pixel digits: every run folder
+    # measured without --transforms was refused
+    from equifast.cli import _default_transforms, main as cli
+    from equifast.report import Report
+    from equifast.transforms import parse_transforms
+
+    run = str(tmp_path / "run")
+    train(get_recipe("cnn7-fmnist6", epochs=1, train_subset=64, test_subset=64, device="cpu"), run)
+    assert cli(["measure", "--model", run, "--n-images", "8", "--out", str(tmp_path / "m"),
+                "--no-progress"]) == 0
+    measured = Report.load(tmp_path / "m").meta["transforms"]
+    assert measured == [t.name for t in parse_transforms("rotation")]
+    cifar = tmp_path / "cifar"  # the CIFAR-10 studies measure shifts 1-16 of 32 pixels
+    cifar.mkdir()
+    (cifar / "recipe.json").write_text(json.dumps(get_recipe("resnet44-none").to_dict()))
+    assert _default_transforms(str(cifar)) == "translation:1-16"
+    assert _default_transforms("resnet18") == "translation:1-32,rotation"
+
+
 def test_study_with_real_measure(tmp_path):
     lines = []
     summary = run_study("objective-fashion", str(tmp_path), seeds=[0],
