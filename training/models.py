@@ -220,6 +220,11 @@ class ResNet(_ThreeStages):
     blocks), ``pool``, ``head``. With ``n=7`` there are 22 points before pooling; split
     8/7/7 they give early = 32x32, middle = 16x16, late = 8x8 maps.
 
+    Unlike :class:`CNN7`'s, its maps do not turn exactly with the input: a stride-2
+    convolution (and the option-A shortcut) samples the even rows and columns, which a
+    quarter turn of a 32-pixel image maps onto the odd ones. So even rotation-invariant
+    filters score below 1 in the middle and late parts at a quarter turn.
+
     Args:
         depth: ``6n + 2`` (44 for ResNet-44).
         num_classes: classes (10 for CIFAR-10).
@@ -308,7 +313,8 @@ MODELS = {"cnn7": cnn7, "resnet44": resnet44, "wrn40": wrn40}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a model by name (``"cnn7"``, ``"resnet44"`` or ``"wrn40"``).
+    """Build a model by name (``"cnn7"``, ``"resnet44"`` or ``"wrn40"``); ``kwargs`` go to its
+    class (``width``: :class:`CNN7`'s channel count, the ResNets' channel multiplier).
 
     Example:
         >>> build_model("resnet44", width=2).head.in_features
