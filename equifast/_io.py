@@ -31,6 +31,9 @@ _TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
 _STAGE, _COMMIT, _JOURNAL = ".equifast-staging-", ".equifast-commit", "commit.json"
 # the lock of a command writing into a folder (FolderLock: ".equifast-measure.lock")
 _OWN_LOCK = re.compile(r"\.equifast-[a-z]+\.lock")
+# what a file manager leaves in a folder it opened (macOS Finder, Windows Explorer): a new
+# output folder holding them was refused as "holding other files"
+_SYSTEM_FILES = frozenset({".DS_Store", ".localized", "Thumbs.db", "desktop.ini"})
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:
@@ -446,7 +449,8 @@ def json_object_with(*keys: str) -> Callable[[Path], bool]:
 
 def check_own_folder(path: Union[str, os.PathLike], markers: Sequence[str], what: str,
                      flag: str, ours: Optional[Dict[str, Callable[[Path], bool]]] = None) -> Path:
-    """Raise ``FileExistsError`` unless ``path`` is missing, empty, or holds one of ``markers``
+    """Raise ``FileExistsError`` unless ``path`` is missing, empty (but for a file manager's
+    ``.DS_Store``, ``Thumbs.db``, ...: kept as they are), or holds one of ``markers``
     (what this library writes there first): a user's own files are never replaced. ``what``
     names the folder ("a run folder"), ``flag`` the argument that gave it (``--out``);
     ``ours``: ``{marker: check}`` for markers a user's file may share a name with
@@ -459,7 +463,7 @@ def check_own_folder(path: Union[str, os.PathLike], markers: Sequence[str], what
     foreign = [m for m in present if ours and m in ours and not ours[m](path / m)]
     if path.is_dir() and len(foreign) == len(present):
         others = sorted(p.name for p in path.iterdir()
-                        if not (p.name.startswith(_STAGE) or p.name == _COMMIT
+                        if not (p.name.startswith(_STAGE) or p.name == _COMMIT or p.name in _SYSTEM_FILES
                                 or _OWN_LOCK.fullmatch(p.name) or _stale_temp(p.name)))
         if others:
             mine = (f" (its {', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not "

@@ -224,6 +224,22 @@ def test_measure_never_replaces_a_users_files(tmp_path, capsys):
     assert (mine / "report.json").read_text() == "my report.json"
 
 
+def test_a_folder_of_a_file_managers_files_only_is_an_empty_one(tmp_path, capsys):
+    # a new folder opened in macOS Finder (.DS_Store) was refused as "holding other files"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".DS_Store").write_bytes(b"Bud1")
+    (out / "Thumbs.db").write_bytes(b"thumbs")
+    assert main(_measure_args(_two_images(tmp_path / "img"), out, "rotation:90")) == 0
+    assert (out / "report.json").is_file() and (out / ".DS_Store").read_bytes() == b"Bud1"
+    assert (out / "Thumbs.db").read_bytes() == b"thumbs"
+    (tmp_path / "mine").mkdir()  # any other file is the user's, as before
+    (tmp_path / "mine" / ".DS_Store").write_bytes(b"Bud1")
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert main(_measure_args(tmp_path / "img", tmp_path / "mine", "rotation:90")) == 2
+    assert "holds other files: ['notes.txt']" in capsys.readouterr().err
+
+
 def test_measure_never_replaces_a_report_saved_by_hand_and_the_users_figures(tmp_path, capsys):
     # Report.save writes the marker (report.meta.json of backend and transforms): the folder
     # read as measure's, its report and figure.png were replaced and shifts.png deleted
