@@ -37,6 +37,7 @@ PARTS = ("early", "middle", "late", "pool", "final")
 ACCURACY_CHOICES = ("auto", "known", "measured")
 
 _KEYS = ["dataset", "metric", "transforms", "family", "model"]
+_PART_SCORES = _KEYS + ["part", "channel", "channel_std", "layer", "layer_std", "seeds", "accuracy"]
 #: Why every accuracy is NaN, per ``accuracy`` choice, and what to use instead.
 _NO_ACCURACY = {
     "measured": "no job has a measured accuracy (the data had no labels, or `labels: false`)",
@@ -125,8 +126,7 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
         _warn_mixed_accuracies(df)
     df = _with_job_columns(df, metric)
     out = over_runs(df, _KEYS + ["part"], ["channel", "layer", "accuracy"], run="seed", count="seeds")
-    out = out.drop(columns="accuracy_std")[_KEYS + ["part", "channel", "channel_std", "layer",
-                                                   "layer_std", "seeds", "accuracy"]]
+    out = out.drop(columns="accuracy_std")[_PART_SCORES]
     out["part"] = pd.Categorical(out["part"], categories=PARTS, ordered=True)
     return out.sort_values(_KEYS + ["part"], kind="stable").reset_index(drop=True)
 
@@ -341,16 +341,33 @@ def _check_figures_folder(path: os.PathLike, own: Optional[set] = None) -> Path:
     figures named ``own`` or their later pages (``FileExistsError``; ``None``: only whether it
     is a file): a user's files are never replaced or removed, even one named like a figure
     (fig8_thesis.png)."""
+    from equifast._io import _SYSTEM_FILES
+
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"Expected --figures {str(path)!r} to be a folder, but it is a file.")
-    others = sorted(p.name for p in path.iterdir() if p.name not in _TABLES and not _is_own(p.name, own)) \
+    names = [p.name for p in path.iterdir() if p.name not in _SYSTEM_FILES] \
         if path.is_dir() and own is not None else []
+    # the report's names are its own beside its part_scores.csv only (the first file it
+    # writes): a user's fig11_translation.png or part_scores.csv alone was replaced
+    ours = _report_table(path / _TABLES[0])
+    others = sorted(n for n in names if not ours or (n not in _TABLES and not _is_own(n, own)))
     if others:
         raise FileExistsError(f"Expected --figures {str(path)!r} to be empty or hold only the "
                               f"report's tables and figures, but it holds other files: "
                               f"{others[:5]}. Use another --figures.")
     return path
+
+
+def _report_table(path: Path) -> bool:
+    """Whether ``path`` is a ``part_scores.csv`` a sweep report wrote: its header is
+    :func:`part_scores`' columns."""
+    try:
+        with open(path, newline="") as f:
+            header = f.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return header == ",".join(_PART_SCORES)
 
 
 def _slug(text: str) -> str:

@@ -1190,6 +1190,20 @@ def test_report_never_removes_a_users_figure_named_like_one(folder, tmp_path):
     with pytest.raises(FileExistsError, match=r"holds other files: \['parts_translation.png'\]"):
         analysis.sweep_figures(out, theirs)
     assert (theirs / "parts_translation.png").read_bytes() == b"my figure"
+    # nor files named as the report's, without the report's part_scores.csv beside them: they
+    # were replaced
+    for names in (["fig11_translation.png"], ["part_scores.csv", "fig11_translation.png"]):
+        users = tmp_path / f"users{len(names)}"
+        users.mkdir()
+        for name in names:
+            (users / name).write_bytes(b"my own")
+        with pytest.raises(FileExistsError, match=rf"holds other files: {sorted(names)!r}".replace("[", r"\[")):
+            analysis.sweep_figures(out, users)
+        assert all((users / name).read_bytes() == b"my own" for name in names)
+    # the report's own folder (a .DS_Store beside it) is replaced as before
+    analysis.sweep_figures(out, tmp_path / "report")
+    (tmp_path / "report" / ".DS_Store").write_bytes(b"Bud1")
+    assert analysis.sweep_figures(out, tmp_path / "report")["tables"]
 
 
 def _ranked_report(spec, out, ranks, rising, capsys):
