@@ -143,6 +143,13 @@ def test_fmnist6_variants():
 def test_missing_root_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="--data-root.*download=True"):
         build_dataset("mnist6", str(tmp_path / "nowhere"))
+    # one file of the two: which one is missing is said (it listed both)
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "t10k-images-idx3-ubyte.gz").write_bytes(b"")  # found before it is read
+    with pytest.raises(FileNotFoundError, match=rf"without t10k-labels-idx1-ubyte\[\.gz\] \(beside "
+                                                rf"'{re.escape(str(half))}/t10k-images-idx3-ubyte\.gz'\)"):
+        build_dataset("fmnist6", str(half), train=False)
     with pytest.raises(ValueError, match="Expected `root` to be the MNIST folder"):
         build_dataset("mnist6-rot-eq", None)
     with pytest.raises(FileNotFoundError, match="cifar-10-batches-py.*--data-root"):

@@ -196,9 +196,12 @@ def _load_idx_pair(root: str, sub: str, train: bool, what: str, option: str,
         advice, found = _root_advice(
             root, lambda d: None not in [_find_idx(d, sub, s) for s in stems],
             *(("", "fashion") if sub == "FashionMNIST" else ("fashion", ""))) if root else ("", False)
+        # one of the two found: which one is missing (a download cut short, a file misnamed)
+        lacking = "them" if paths == [None, None] else (
+            f"{stems[paths.index(None)]}[.gz] (beside {[p for p in paths if p][0]!r})")
         raise FileNotFoundError(
             f"Expected the {what} idx files {stems[0]}[.gz] and {stems[1]}[.gz] in `root`, "
-            f"`root`/raw or `root`/{sub}/raw, but got root={root!r} without them."
+            f"`root`/raw or `root`/{sub}/raw, but got root={root!r} without {lacking}."
             + (advice if found else
                f"{advice} Put the files there and pass that folder as `root` ({option} on the "
                f"command line), or pass download=True (--download) to fetch them with torchvision."))
