@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from ._checks import check_integer
+from ._checks import check_integer, checked_seed
 
 __all__ = ["batches", "embedded_photos", "EmbeddedPhotos", "PHOTOS", "ImageFiles", "count", "normalise_like",
            "input_size", "input_shape", "image_folder", "ClassFolders", "model_classes", "seeded_subset",
@@ -78,6 +78,7 @@ class EmbeddedPhotos(Dataset):
         else:
             self.shape = (check_integer("`size`", size),) * 2
         self.size, self.preprocess = size, preprocess
+        seed = checked_seed(seed)  # torch's "manual_seed expected a long" named no argument
         # a grey model's pipeline: colour photos failed in its first layer, "expected input to
         # have 1 channels, but got 3", where a folder's images are made grey for it (_prepared)
         self.grey = preprocess is not None and _pipeline_mode(preprocess) == "L"
@@ -985,7 +986,7 @@ def batches(images, labels: Optional[torch.Tensor] = None, batch_size: int = 64,
     """
     # as ints: torch's BatchSampler refuses a numpy integer as batch_size
     batch_size, num_workers = check_batch_size(batch_size), check_num_workers(num_workers)
-    n_images = _check_n_images(n_images)
+    n_images, seed = _check_n_images(n_images), checked_seed(seed)
     if isinstance(images, (str, os.PathLike)):
         images = ImageFiles(images)
     if isinstance(images, (tuple, list)) and len(images) == 2 and isinstance(images[0], torch.Tensor):

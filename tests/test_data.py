@@ -659,6 +659,14 @@ def test_embedded_photos_refuse_a_size_or_count_that_is_no_positive_integer():
         with pytest.raises(ValueError, match=rf"Expected `{name}` to be an integer >= 1, but got "):
             data.embedded_photos(**{"n": 2, **kw})
     assert data.embedded_photos(2, size=8).shape == (2, 3, 8, 8)
+    # a seed torch cannot take ("manual_seed expected a long"), here and in batches
+    for seed in ("3", 2.5, -1 - 2**63):
+        with pytest.raises(ValueError, match=r"Expected `seed` to be an integer in "):
+            data.embedded_photos(2, size=8, seed=seed)
+        with pytest.raises(ValueError, match=r"Expected `seed` to be an integer in "):
+            next(data.batches(data.EmbeddedPhotos(4, size=8), n_images=2, seed=seed))
+    assert torch.equal(data.embedded_photos(2, size=8, seed=torch.tensor(3)),
+                       data.embedded_photos(2, size=8, seed=3))
 
 
 
