@@ -233,8 +233,9 @@ class Measurer:
             keep_freed_memory()
         # Convolutions run faster channels-last on CPUs and tensor cores; the operator reads any strides.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        if channels_last:  # 4-D weights only: Module.to refuses a 5-D one (timm's LambdaLayer's Conv3d)
+            self.model = self.model._apply(
+                lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
         # images come at the model's precision (float32 images into a float16, bfloat16 or
         # float64 model); under amp the model stays float32 and autocast casts
         inner = unwrapped(model)[0]

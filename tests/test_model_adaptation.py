@@ -310,3 +310,33 @@ def test_torchvision_maxvit_at_another_size_says_which_size_it_takes():
         model = torchvision.models.maxvit_t(input_size=(size, size), num_classes=3).eval()
         with pytest.raises(ValueError, match=rf"this model takes only {size}x{size} images"):
             ef.measure(model, torch.rand(2, 3, 64, 64), transforms=[ef.Rotation(1)])
+
+
+class _Conv3dBlock(nn.Module):
+    """A block with a 5-D weight, as timm's LambdaLayer (lambda_resnet26t) holds one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3d = nn.Conv3d(1, 1, (1, 3, 3), padding=(0, 1, 1))
+
+    def forward(self, x):
+        return self.conv3d(self.conv(x).unsqueeze(1)).squeeze(1)
+
+
+def test_a_model_with_a_5d_weight_is_measured_channels_last():
+    # Module.to(memory_format=channels_last) raised "required rank 4 tensor to use
+    # channels_last format" on the Conv3d weight: lambda_resnet26t could not be measured
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), _Conv3dBlock(), _Conv3dBlock(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    x, rot = torch.randn(2, 3, 12, 12), ef.Rotation(1)
+    weight = model[2].conv3d.weight
+    report = ef.measure(model, x, transforms=rot)
+    rows = report.points.set_index("point")
+    block = nn.Sequential(*model[:3])
+    channel, layer = _hand_scores(block, x, rot)
+    assert rows.loc["2", "channel"] == pytest.approx(channel, abs=1e-5)
+    assert rows.loc["2", "layer"] == pytest.approx(layer, abs=1e-5)
+    assert model[2].conv3d.weight is weight and weight.is_contiguous()  # given back as it came
+    assert model[0].weight.is_contiguous()
