@@ -1220,9 +1220,14 @@ def _width_evidence(an: _Analysis, module: Optional[str], raw: Optional[Tensor])
     width = last.out_features if isinstance(last, nn.Linear) else int(last.normalized_shape[-1])
     if width == end != first:
         # a Linear along the width of an NCHW map (spatial MLPs) also has the last axis' width:
-        # a convolution in the module that made dim-1 channels says the map is channels-first
-        if any(isinstance(c.module, nn.modules.conv._ConvNd) and c.module.out_channels == first
-               for c in inside):
+        # a convolution in the module that made dim-1 channels says the map is channels-first,
+        # unless its last convolution made the last axis' channels (MambaOut's stem, conv 24 ->
+        # LN -> conv 48 -> NHWC LN, at 96 px is 24 high: its first convolution's width); a
+        # 1-wide last axis is no such evidence (CSATv2's blocks at a 1x1 map end in a 1-channel
+        # spatial gate)
+        convs = [c for c in inside if isinstance(c.module, nn.modules.conv._ConvNd)]
+        last_made_end = convs and end > 1 and max(convs, key=lambda c: c.end).module.out_channels == end
+        if not last_made_end and any(c.module.out_channels == first for c in convs):
             return "NCHW"
         return "NHWC"
     if width == first != end:

@@ -1450,3 +1450,36 @@ def test_a_classifier_named_final_is_the_final_point():
                                       flat=nn.Flatten(), final=nn.Linear(4, 3))).eval()
     points = split(model, torch.rand(2, 3, 8, 8), points=["stem", "final"])
     assert [p.name for p in points] == ["stem", "final"] and points[-1].shape == (3,)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 96), (96, 64)])
+def test_mambaouts_channels_last_stem_is_read_channels_last_at_every_size(size):
+    """MambaOut's stem (conv 24 -> LayerNorm -> conv 48 -> LayerNorm, channels-last out): at
+    96 px its map is 24 high, its first convolution's width, and was read as NCHW ((24, 24, 48)
+    at 96x96; at 96x64 the stem was dropped with a warning as no map of the image)."""
+    torch.manual_seed(0)
+    model = timm.create_model("mambaout_femto", pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, *size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        points = split(model, x)
+    stem = points[0]
+    assert stem.name == "stem" and stem.layout == "NHWC"
+    with torch.no_grad():
+        want = model.stem(x).permute(0, 3, 1, 2)
+        got = representations(model, points)(x)["stem"]
+    assert stem.shape == tuple(want.shape[1:]) and torch.equal(got, want)
+
+
+def test_csatv2s_blocks_at_a_1x1_map_are_channels_first():
+    """CSATv2's blocks end in a 1-channel spatial gate (a Linear of width 1): at 96 px their
+    map is 1x1, and a last-layer width of 1 says nothing of the layout."""
+    torch.manual_seed(0)
+    model = timm.create_model("csatv2", pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        points = split(model, x)
+    last = [p for p in points if p.name.startswith("stages.3.")]
+    assert [p.name for p in last] == [f"stages.3.{i}" for i in range(1, 7)]
+    assert all(p.layout == "NCHW" and p.shape == (386, 1, 1) for p in last)
