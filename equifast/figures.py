@@ -182,11 +182,17 @@ def _draw(ax, x, y, err, label, style, **kwargs):
     _mark_undefined(ax, x, y, style["color"])
 
 
+_MARK_ROW = 0.035  # the height, in panel fractions, between the marks of two lines
+
+
 def _mark_undefined(ax, x, y, colour):
-    """An ``x`` at the bottom of the panel, whatever its range, at each NaN of ``y``."""
+    """An ``x`` at the bottom of the panel, whatever its range, at each NaN of ``y``; each
+    line's marks a row above the previous line's, so that lines undefined at one ``x`` (parts
+    of a shift) are all seen, not the last one drawn over the others."""
     undefined = np.isnan(y)
     if undefined.any():
-        ax.plot(x[undefined], np.full(undefined.sum(), 0.03), ls="none", marker="x",
+        row = sum(line.get_gid() == UNDEFINED for line in ax.get_lines())
+        ax.plot(x[undefined], np.full(undefined.sum(), 0.03 + _MARK_ROW * row), ls="none", marker="x",
                 color=colour, transform=ax.get_xaxis_transform(), gid=UNDEFINED,
                 label="_undefined")
 

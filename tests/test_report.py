@@ -764,6 +764,9 @@ def test_undefined_scores_are_marked_not_silent_gaps():
     marks = lambda ax: [list(line.get_xdata()) for line in ax.get_lines() if line.get_gid() == UNDEFINED]
     assert marks(parts.axes[0]) == [[1]]  # middle, in each panel; a gap there before
     assert [marks(ax) for ax in shifts.axes] == [[], [[1, 2, 3]] * 4]  # each part's line
+    # the parts undefined at one shift each in a row of their own, none hidden under another
+    heights = [line.get_ydata()[0] for line in shifts.axes[1].get_lines() if line.get_gid() == UNDEFINED]
+    assert len(set(heights)) == 4 and min(heights) == 0.03
     table = pd.DataFrame([{"part": p, "family": "rotation", "score": "channel",
                            "spearman": np.nan if p == "middle" else 0.5} for p in PARTS])
     corr = plot_accuracy_correlation(table)
