@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import pandas as pd
 
-from equifast._io import write_csv_atomic
+from equifast._io import SYSTEM_FILES, write_csv_atomic
 from equifast.report import over_runs, shift_table
 from equifast.warning import EquifastWarning, warn
 
@@ -341,12 +341,10 @@ def _check_figures_folder(path: os.PathLike, own: Optional[set] = None) -> Path:
     figures named ``own`` or their later pages (``FileExistsError``; ``None``: only whether it
     is a file): a user's files are never replaced or removed, even one named like a figure
     (fig8_thesis.png)."""
-    from equifast._io import _SYSTEM_FILES
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"Expected --figures {str(path)!r} to be a folder, but it is a file.")
-    names = [p.name for p in path.iterdir() if p.name not in _SYSTEM_FILES] \
+    names = [p.name for p in path.iterdir() if p.name not in SYSTEM_FILES] \
         if path.is_dir() and own is not None else []
     # the report's names are its own beside its part_scores.csv only (the first file it
     # writes): a user's fig11_translation.png or part_scores.csv alone was replaced

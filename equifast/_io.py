@@ -33,7 +33,7 @@ _STAGE, _COMMIT, _JOURNAL = ".equifast-staging-", ".equifast-commit", "commit.js
 _OWN_LOCK = re.compile(r"\.equifast-[a-z]+\.lock")
 # what a file manager leaves in a folder it opened (macOS Finder, Windows Explorer): a new
 # output folder holding them was refused as "holding other files"
-_SYSTEM_FILES = frozenset({".DS_Store", ".localized", "Thumbs.db", "desktop.ini"})
+SYSTEM_FILES = frozenset({".DS_Store", ".localized", "Thumbs.db", "desktop.ini"})
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:
@@ -463,7 +463,7 @@ def check_own_folder(path: Union[str, os.PathLike], markers: Sequence[str], what
     foreign = [m for m in present if ours and m in ours and not ours[m](path / m)]
     if path.is_dir() and len(foreign) == len(present):
         others = sorted(p.name for p in path.iterdir()
-                        if not (p.name.startswith(_STAGE) or p.name == _COMMIT or p.name in _SYSTEM_FILES
+                        if not (p.name.startswith(_STAGE) or p.name == _COMMIT or p.name in SYSTEM_FILES
                                 or _OWN_LOCK.fullmatch(p.name) or _stale_temp(p.name)))
         if others:
             mine = (f" (its {', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not "

@@ -252,16 +252,12 @@ def load_fashion_mnist(root: Optional[str] = None, train: bool = True, download:
 
 
 # ------------------------------------------------------------------------------ data sets
-def _check_data_seed(data_seed) -> int:
-    """``data_seed`` as an int, or a ValueError naming it: numpy's generators said "expected
-    non-negative integer" of -1 and "seed must be integer" of 1.5, naming no argument."""
-    return check_integer("`data_seed`", data_seed, 0)
-
-
 def _subset_indices(n: int, subset: Optional[int], seed: int) -> np.ndarray:
     # 2.5 or "5" failed in numpy's slicing or a comparison, deep in a data set's constructor
     subset = check_integer("`subset`", subset, 1, allow_none=True, none_means="all images")
-    seed = _check_data_seed(seed)
+    # numpy's generators said "expected non-negative integer" of -1 and "seed must be integer"
+    # of 1.5, naming no argument
+    seed = check_integer("`data_seed`", seed, 0)
     if subset is None or subset >= n:
         if subset is not None and subset > n:  # a quick run that is not quick, or a typo
             warn(f"A subset of {subset} images was asked of {n}; all {n} are used.")
@@ -295,7 +291,7 @@ class DigitsDataset(Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray, rotate: bool = False,
                  predict_turn: bool = False, data_seed: int = 0, subset: Optional[int] = None,
                  mean_std: Tuple[float, float] = _MEAN_STD["mnist"], train: bool = True):
-        data_seed = _check_data_seed(data_seed)
+        data_seed = check_integer("`data_seed`", data_seed, 0)  # as _subset_indices says
         images, labels = np.asarray(images), np.asarray(labels)  # torchvision's MNIST tensors too
         if images.dtype != np.uint8 or images.ndim != 3:
             # float images in [0, 1] were divided by 255 again, silently near black; [N, 1, H, W]
