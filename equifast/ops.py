@@ -9,7 +9,9 @@ The operator is defined in ``csrc/`` (schema in ``csrc/equifast.cpp``, kernels i
 - :func:`equivariance_scores`: the typed wrapper;
 - the fake (meta) implementation right under it, whose ``torch._check`` calls mirror the
   C++ ``TORCH_CHECK`` calls of ``csrc/scores.h`` one for one, with the same messages, so the
-  operator works under ``torch.compile`` and ``torch.export``.
+  operator works under ``torch.compile`` and ``torch.export``;
+- its autograd rule: scores are measurements and carry no gradient (outputs never require
+  grad), so features that require grad are scored alike in eager mode and compiled.
 
 The operator is also callable as ``torch.ops.equifast.equivariance_scores`` (for instance
 from a ``torch.jit.script`` function) once :func:`load` returned ``True``.
@@ -63,6 +65,7 @@ def load() -> bool:
         else:
             _loaded = True
             _register_fake()
+            _register_autograd()
     return _loaded
 
 
@@ -244,3 +247,18 @@ def _register_fake() -> None:
         layer = fx.new_empty((n, k), dtype=torch.float32)
         layer_index = fx.new_empty((n, k), dtype=torch.int64)
         return channel, layer, layer_index
+
+
+def _register_autograd() -> None:
+    """Mark the outputs non-differentiable; called once, after ``_C`` loaded.
+
+    Without a rule, outputs of inputs that require grad claimed to require grad and failed
+    in ``backward``, and ``torch.compile`` (AOT autograd) refused the graph outright."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output)
+
+    def backward(ctx, *grads):
+        return (None,) * 8  # one per schema argument
+
+    torch.library.register_autograd(_OP_NAME, backward, setup_context=setup_context)

@@ -116,6 +116,7 @@ def sample_inputs(device, *, requires_grad=False):
         ((2, 4, 3, 5), Flip("vertical"), True),
     ]:
         fx, ftx = _features(n, k, h, w, device=device)
+        fx.requires_grad_(requires_grad), ftx.requires_grad_(requires_grad)
         a, b = transform.index_map((h, w), (h, w), device=device)
         out.append((fx, ftx, a, b, centered, EPS))
     out.append(out[0] + (False,))  # the optional `tensor_cores` argument
@@ -723,7 +724,8 @@ def test_property_matches_reference(n, k, size, scale, transform, metric, seed, 
 # PyTorch integration: opcheck, compile, export, TorchScript, meta
 # --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", sample_inputs("cpu"), ids=lambda a: str(tuple(a[0].shape)))
+@pytest.mark.parametrize("args", sample_inputs("cpu") + sample_inputs("cpu", requires_grad=True),
+                         ids=lambda a: str(tuple(a[0].shape)) + ("-grad" if a[0].requires_grad else ""))
 def test_opcheck(args):
     torch.library.opcheck(torch.ops.equifast.equivariance_scores.default, args)
 
@@ -738,6 +740,26 @@ def test_torch_compile_fullgraph():
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     for got, want in zip(compiled(fx, ftx, a, b), f(fx, ftx, a, b)):
         torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_scores_carry_no_gradient_in_eager_and_compiled_runs():
+    (fx, ftx, a, b, centered, eps) = sample_inputs("cpu")[0]
+    want = ops.equivariance_scores(fx, ftx, a, b, centered, eps)
+    fx, ftx = fx.requires_grad_(), ftx.requires_grad_()
+
+    def f(fx, ftx):
+        return ops.equivariance_scores(fx, ftx, a, b, centered, eps)
+
+    for run in (f, torch.compile(f, fullgraph=True, backend="aot_eager")):
+        got = run(fx, ftx)
+        assert not any(t.requires_grad for t in got)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, equal_nan=True)
+    # the features' other uses still back-propagate; the scores add nothing
+    loss = torch.compile(lambda x, y: (3 * x).sum() + f(x, y)[0].nansum(), backend="aot_eager")(fx, ftx)
+    loss.backward()
+    torch.testing.assert_close(fx.grad, torch.full_like(fx, 3.0))
+    assert ftx.grad is None
 
 
 def test_torch_export():
