@@ -240,6 +240,13 @@ class Measurer:
         # float64 model); under amp the model stays float32 and autocast casts
         inner = unwrapped(model)[0]
         self.input_dtype = model_dtype(inner)
+        if amp and self.input_dtype not in (None, torch.float32, getattr(torch, amp)):
+            # autocast casts float32 work only: a float64 model ran in float64 under a report
+            # saying amp='float16', and a float16 one under bfloat16 failed in its batch norm
+            raise ValueError(f"Expected `amp` with a float32 model (or one already in {amp}), "
+                             f"but the model is {str(self.input_dtype).replace('torch.', '')}, "
+                             f"which autocast does not run in {amp}; pass amp=None to measure it "
+                             f"at its own precision, or model.float() to measure it under amp.")
         # eval mode does not make these per image: each pass is normalised by its own batch
         by_batch = [n for n, m in inner.named_modules()
                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats]

@@ -1265,6 +1265,22 @@ def test_float32_images_are_given_to_a_model_of_another_precision_at_its_own(dty
     assert [p.dtype for p in model.parameters()].count(dtype) == 10 - 2 * mixed
 
 
+@pytest.mark.parametrize("dtype,amp", [(torch.float64, "float16"), (torch.float64, "bfloat16"),
+                                       (torch.float16, "bfloat16"), (torch.bfloat16, "float16")])
+def test_amp_with_a_model_autocast_does_not_cast_is_refused(dtype, amp):
+    # autocast casts float32 work only: a float64 model ran in float64 (the scores of amp=None)
+    # under a report saying amp='float16'; a float16 model under bfloat16 failed in its batch
+    # norm, asking whether the image was too small
+    model = circular_net().to(dtype).train()
+    x = torch.rand(4, 3, 12, 12)
+    with pytest.raises(ValueError, match=f"Expected `amp` with a float32 model.*is {str(dtype)[6:]}"):
+        ef.measure(model, x, transforms=[ef.Rotation(1)], amp=amp)
+    assert model.training and all(p.dtype == dtype for p in model.parameters())
+    # a float32 model, or one already at amp's precision, runs as before
+    for taken in (circular_net(), circular_net().to(getattr(torch, amp))):
+        assert ef.measure(taken, x, transforms=[ef.Rotation(1)], amp=amp).meta["amp"] == amp
+
+
 def test_wrapped_models_are_measured_as_the_module_they_wrap():
     # DataParallel's and torch.compile's points were named "module.1", "_orig_mod.1" (reports
     # of one model that did not line up) and the model "DataParallel"/"OptimizedModule"
