@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import os
 import re
 import time
@@ -228,6 +229,12 @@ class Measurer:
         check_options(metrics[0], vector_mode, eps)
         transforms, self.device = checked_settings(_transform_list(transforms), amp, batch_size,
                                                    device, backend, split_method)
+        empty = next((name for name, t in itertools.chain(model.named_parameters(),
+                                                          model.named_buffers()) if t.is_meta), None)
+        if empty is not None:  # torch's "Cannot copy out of meta tensor" advised to_empty(): garbage weights
+            raise ValueError(f"Expected `model` to hold its weights, but {empty!r} is a meta tensor "
+                             "(a model built under torch.device('meta') has shapes only); load its "
+                             "weights first (model.load_state_dict(state_dict, assign=True)).")
         self.model = model.eval().to(self.device)
         if self.device.type == "cpu":  # the passes' freed features reused, not faulted in again
             keep_freed_memory()

@@ -1564,6 +1564,22 @@ def test_measurer_refuses_bad_batches_and_takes_transforms_as_measure_does():
         ef.measure(circular_net(), x.to("meta"), transforms=[ef.Rotation(1)])
 
 
+def test_a_model_of_meta_tensors_is_refused_until_its_weights_are_loaded():
+    # torch's "Cannot copy out of meta tensor" advised Module.to_empty(): uninitialised memory
+    # measured as weights
+    x = torch.rand(4, 3, 12, 12)
+    with torch.device("meta"):
+        model = circular_net().train()
+    with pytest.raises(ValueError, match="`model` to hold its weights, but '0.0.weight' is a meta"):
+        ef.measure(model, x, transforms=[ef.Rotation(1)])
+    assert model.training and model[0][0].weight.is_meta
+    model.load_state_dict(circular_net().state_dict(), assign=True)  # what the message says
+    got = ef.measure(model, x, transforms=[ef.Rotation(1)])
+    want = ef.measure(circular_net(), x, transforms=[ef.Rotation(1)])
+    pd.testing.assert_frame_equal(got.points[["point", "channel", "layer"]],
+                                  want.points[["point", "channel", "layer"]])
+
+
 def test_metric_none_or_not_a_list_is_a_clear_error():
     # None was "'NoneType' object is not iterable" (measure and Measurer)
     x = torch.rand(2, 3, 12, 12)
