@@ -254,6 +254,12 @@ class Measurer:
                              f"but the model is {str(self.input_dtype).replace('torch.', '')}, "
                              f"which autocast does not run in {amp}; pass amp=None to measure it "
                              f"at its own precision, or model.float() to measure it under amp.")
+        if backend == "operator" and self.input_dtype == torch.float64:
+            # found after the first batch's passes otherwise, advising a cast of maps it never had
+            raise ValueError("Expected backend='operator' with a float32, float16 or bfloat16 "
+                             "model, but the model is float64, whose maps the operator does not "
+                             "score; pass backend='auto' or 'reference' (float64 maps scored in "
+                             "float64), or model.float().")
         # eval mode does not make these per image: each pass is normalised by its own batch
         by_batch = [n for n, m in inner.named_modules()
                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats]

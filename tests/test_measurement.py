@@ -1281,6 +1281,26 @@ def test_amp_with_a_model_autocast_does_not_cast_is_refused(dtype, amp):
         assert ef.measure(taken, x, transforms=[ef.Rotation(1)], amp=amp).meta["amp"] == amp
 
 
+def test_the_operator_asked_for_a_float64_model_is_refused_before_any_batch(monkeypatch):
+    # it failed in the first batch's scores, after its passes, advising a cast (fx.float())
+    # of maps the caller never had
+    model = circular_net().double()
+    x = torch.rand(4, 3, 12, 12)
+    forward = Measurer._forward
+    passes = []
+    monkeypatch.setattr(Measurer, "_forward", lambda self, b: passes.append(len(b)) or forward(self, b))
+    with pytest.raises(ValueError, match="backend='operator' with a float32.*model is float64"):
+        ef.measure(model, x, transforms=[ef.Rotation(1)], backend="operator")
+    assert passes == []
+    # the float64 maps as the advice says: scored by the reference, as the float32 model by
+    # the operator, to float32 rounding
+    got = ef.measure(model, x, transforms=[ef.Rotation(1), ef.Translation(1, 2)], backend="auto")
+    want = ef.measure(circular_net(), x, transforms=[ef.Rotation(1), ef.Translation(1, 2)],
+                      backend="operator")
+    assert got.meta["backend"] == "reference"
+    assert (got.points.channel - want.points.channel).abs().max() < 1e-5
+
+
 def test_wrapped_models_are_measured_as_the_module_they_wrap():
     # DataParallel's and torch.compile's points were named "module.1", "_orig_mod.1" (reports
     # of one model that did not line up) and the model "DataParallel"/"OptimizedModule"
