@@ -245,7 +245,7 @@ def _checked_points(points: pd.DataFrame, meta: dict, path: Path) -> pd.DataFram
     problem = _incomplete(points)
     if problem:
         raise ValueError(f"{where} {problem} (a truncated or hand-edited file?){_written_by(meta)}.")
-    problem = _unnamed_in_meta(points, meta)
+    problem = _unnamed_in_meta(points, meta) or _images_unlike_meta(points, meta)
     if problem:
         raise ValueError(f"{where} {problem}: are the points and the meta of two reports mixed (a "
                          f"points file copied from another run)? Keep the files of one report "
@@ -267,6 +267,22 @@ def _unnamed_in_meta(points: pd.DataFrame, meta: dict) -> Optional[str]:
             return (f"its points hold {key} {extra[:3]}{' ...' if len(extra) > 3 else ''} that its "
                     f"meta does not name (it names {named[:3]}{' ...' if len(named) > 3 else ''})")
     return None
+
+
+def _images_unlike_meta(points: pd.DataFrame, meta: dict) -> Optional[str]:
+    """Where ``meta`` (``measure``'s ``n_images``) counts other images than the rows of
+    ``points`` (every row of a measurement counts all of them), what differs; ``None`` for
+    nothing. Another run's points of the transforms the meta names, beside it, loaded as its
+    model and accuracy."""
+    named = meta.get("n_images")
+    if "n_images" not in points.columns or not isinstance(named, (int, float)) or isinstance(named, bool):
+        return None
+    counts = pd.to_numeric(points["n_images"])
+    if counts.eq(named).all():
+        return None
+    other = sorted(set(counts[counts.ne(named)].tolist()))
+    return (f"its points were measured on {', '.join(map(str, other[:3]))} images, where its "
+            f"meta says {named} (n_images)")
 
 
 def _incomplete(points: pd.DataFrame) -> Optional[str]:
@@ -564,6 +580,11 @@ class Report:
             raise ValueError(f"Expected the meta to name every transform and metric of the points, "
                              f"as Report.load needs to tell them from another report's, but "
                              f"{problem}; add them to meta['transforms'] and meta['metrics'].")
+        problem = _images_unlike_meta(self.points, self.meta) if len(self.points) else None
+        if problem:  # else saved, and refused by load as points beside another report's meta
+            raise ValueError(f"Expected the meta to count the images of the points, as Report.load "
+                             f"needs to tell them from another report's, but {problem}; set "
+                             f"meta['n_images'] to the points' count.")
         stem = path.with_suffix("")
         targets = ([path] if suffix == ".json" else
                    [stem.with_name(f"{stem.name}.{n}") for n in (f"points{suffix}", f"parts{suffix}",
@@ -622,7 +643,7 @@ class Report:
         foreign, or edited so that a column, a name, a score that is a number or a known part is
         missing, or a point lacks a row the others have, or a row is repeated, or a point is in
         two parts or a transform of two families, or the meta does not name its transforms or
-        metrics: the points of another run) is a
+        metrics or counts other images: the points of another run) is a
         ``ValueError`` saying what is wrong; scores edited to other numbers are read as they
         are."""
         from ._io import finish_commit

@@ -1143,6 +1143,33 @@ def test_points_beside_another_reports_meta_are_refused(tmp_path, suffix):
                                   .reset_index(drop=True), check_dtype=False)
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_points_of_another_runs_images_beside_this_meta_are_refused(tmp_path, suffix):
+    # another model's points of the same transforms, measured on other images, copied beside
+    # this report's meta, loaded as this report's model and accuracy without a word
+    rows = _rows()
+    meta = {"transforms": list(dict.fromkeys(r["transform"] for r in rows)),
+            "metrics": list(dict.fromkeys(r["metric"] for r in rows))}
+    mine = {r["n_images"] for r in rows}.pop()
+    path = _saved(tmp_path, suffix, rows, dict(meta, n_images=mine))
+    other = [dict(r, n_images=mine + 3) for r in rows]
+    Report.from_rows(other, dict(meta, model="other", n_images=mine + 3)).save(tmp_path / "o" / f"r{suffix}")
+    (tmp_path / f"r.points{suffix}").write_bytes((tmp_path / "o" / f"r.points{suffix}").read_bytes())
+    with pytest.raises(ValueError, match=re.escape(f"its points were measured on {mine + 3} images, "
+                                                   f"where its meta says {mine} (n_images): are the "
+                                                   "points and the meta of two reports mixed")):
+        Report.load(path)
+    # and saved so, it is refused before any file is written
+    with pytest.raises(ValueError, match="Expected the meta to count the images of the points"):
+        Report.from_rows(other, dict(meta, n_images=mine)).save(tmp_path / "new" / f"r{suffix}")
+    assert not (tmp_path / "new").exists()
+    # the report's own files, and a meta without n_images, load
+    pd.testing.assert_frame_equal(Report.load(tmp_path / "o" / f"r{suffix}").points,
+                                  Report.from_rows(other).points, check_dtype=False)
+    _saved(tmp_path / "o", suffix, rows, meta)
+    assert "n_images" not in Report.load(tmp_path / "o" / f"r{suffix}").meta
+
+
 @pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
 @pytest.mark.parametrize("name, group, value", [("point", "part", "p2"),
                                                 ("transform", "family", "translation(2,2)")])
