@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -704,7 +704,15 @@ class Report:
 
         mine = label or str(self.meta.get("model", "model"))
         frames = {mine: self.parts}
+        # a list of reports failed on `.items()`, a part table on `.parts`: named here instead
+        if others is not None and not isinstance(others, Mapping):
+            raise TypeError(f"Expected `others` to be a dict of label -> Report, but got a "
+                            f"{type(others).__name__}; e.g. others={{'resnet50': report}}.")
         for name, rep in (others or {}).items():
+            if not isinstance(rep, Report):
+                raise TypeError(f"Expected `others` to map labels to Reports, but {name!r} is a "
+                                f"{type(rep).__name__}; draw part tables with "
+                                f"equifast.figures.plot_parts({{label: table}}).")
             if name == mine:  # this report's line was replaced by the other's
                 raise ValueError(f"Expected `others` to be labelled apart from this report "
                                  f"({mine!r}), but one of them is labelled {name!r} too; pass "

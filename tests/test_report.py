@@ -129,6 +129,12 @@ def test_plot_refuses_lines_that_would_hide_or_mislead():
         rep.plot(others={"resnet18": Report.from_rows(rows)})
     assert len(rep.plot(label="mine", others={"resnet18": Report.from_rows(rows)}).legends[0]
                .get_texts()) == 2
+    # a list of reports, or a part table, failed deep inside (AttributeError: no `items`, `parts`)
+    other = Report.from_rows(rows, {"model": "other"})
+    with pytest.raises(TypeError, match=r"Expected `others` to be a dict of label -> Report, but got a list"):
+        rep.plot(others=[other])
+    with pytest.raises(TypeError, match=r"Expected `others` to map labels to Reports, but 'other' is a DataFrame"):
+        rep.plot(others={"other": other.parts})
     # a cosine line beside a correlation one, under one axis of "score"
     cosine = Report.from_rows([r for r in rows if r["metric"] == "cosine"])
     correlation = Report.from_rows([r for r in rows if r["metric"] == "correlation"])
