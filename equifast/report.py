@@ -439,6 +439,11 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
     """
     # "seed" is one key, not four letters; None no key ("'NoneType' object is not iterable")
     by = [] if by is None else [by] if isinstance(by, str) else list(by)
+    # one report failed as "'Report' object is not iterable"; a dict's runs were its labels
+    if isinstance(reports, (Report, Mapping)):
+        raise TypeError(f"Expected `reports` to be a list of Reports (one per run), but got a "
+                        f"{type(reports).__name__}; pass "
+                        f"{'[report]' if isinstance(reports, Report) else 'list(reports.values())'}.")
     reports = list(reports)
     if not reports:  # pandas' "No objects to concatenate"
         raise ValueError("Expected at least one report to combine, but got none.")

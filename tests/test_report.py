@@ -1062,6 +1062,13 @@ def test_combine_runs_refuses_no_runs_other_metrics_and_a_by_key_no_run_has():
         combine_runs([])
     with pytest.raises(TypeError, match="run 1 is a DataFrame"):
         combine_runs([both, corr.points])
+    # one report was "'Report' object is not iterable"; a dict's runs were its labels (str)
+    with pytest.raises(TypeError, match=r"Expected `reports` to be a list of Reports \(one per run\), "
+                                        r"but got a Report; pass \[report\]"):
+        combine_runs(both)
+    with pytest.raises(TypeError, match=r"but got a dict; pass list\(reports.values\(\)\)"):
+        combine_runs({"seed 0": both, "seed 1": both})
+    pd.testing.assert_frame_equal(combine_runs([both]), combine_runs(iter([both])))
     with pytest.raises(ValueError, match=r"same metrics, but run 1 measured \['correlation'\] and "
                                          r"run 0 \['correlation', 'cosine'\]"):
         combine_runs([both, corr])
