@@ -55,7 +55,8 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
         metric: keep only rows of this metric when the tables hold several.
 
     One row of panels per transform family (translation, rotation, ...), like figures 7, 9,
-    10, 11 and 12 of the thesis.
+    10, 11 and 12 of the thesis. An undefined score (NaN), and a part a line has no row of
+    between two it has, is marked with an ``x`` at the bottom of the panel, not bridged.
     """
     plt = _pyplot()
     frames = _of_one_metric(frames, metric)
@@ -75,6 +76,14 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
                 d = d.assign(part=pd.Categorical(d["part"].astype(str), PARTS, ordered=True)).sort_values("part")
                 if d.empty:
                     continue
+                codes = d["part"].cat.codes
+                if codes.is_unique and codes.min() >= 0:
+                    # a part without points between two with them (late of a model of two points
+                    # before pooling, the pool SqueezeNet has not) has no score: NaN, marked
+                    # undefined, where the line ran across it from the parts beside it
+                    span = pd.CategoricalIndex(PARTS[codes.min():codes.max() + 1], PARTS,
+                                               ordered=True, name="part")
+                    d = d.set_index("part").reindex(span).reset_index()
                 err = d[f"{score}_std"].to_numpy(float) if f"{score}_std" in d else None
                 # at the parts' positions: as strings, a part missing from the first line would
                 # be put after the others

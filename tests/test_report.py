@@ -10,11 +10,12 @@ import pytest
 from equifast.report import Report, combine_runs, metric_bias
 
 
-def _rows():
+def _rows(late=False):
     rows = []
-    # early: p0, p1; middle: p2; pool; final. Two translation transforms, one rotation.
-    for order, (point, part) in enumerate([("p0", "early"), ("p1", "early"), ("p2", "middle"),
-                                           ("pool", "pool"), ("final", "final")]):
+    # early: p0, p1; middle: p2; pool; final (``late``: p3 in late too, before pool). Two
+    # translation transforms, one rotation.
+    points = [("p0", "early"), ("p1", "early"), ("p2", "middle"), ("pool", "pool"), ("final", "final")]
+    for order, (point, part) in enumerate(points[:3] + [("p3", "late")] * late + points[3:]):
         for t, fam, base in (("translation(1,1)", "translation", 0.9), ("translation(2,2)", "translation", 0.7),
                              ("rotation(90)", "rotation", 0.3)):
             for metric, shift in (("correlation", 0.0), ("cosine", 0.05 * order)):
@@ -122,7 +123,7 @@ def test_plot_writes_a_png(tmp_path):
 
 
 def test_plot_refuses_lines_that_would_hide_or_mislead():
-    rows = _rows()
+    rows = _rows(late=True)
     rep = Report.from_rows(rows, {"model": "resnet18"})
     # an other labelled as this report replaced its line: one line, the other's values
     with pytest.raises(ValueError, match=r"labelled apart from this report \('resnet18'\)"):
@@ -275,7 +276,7 @@ def test_parts_figure_keeps_the_parts_in_order():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["early", "middle", "late", "pool", "final"]
     xs = [list(line.get_xdata()) for line in ax.get_lines() if len(line.get_xdata()) > 1]
-    assert [3, 4] in xs and [0, 1, 3, 4] in xs  # pool and final at their places in both lines
+    assert [3, 4] in xs and [0, 1, 2, 3, 4] in xs  # pool and final at their places in both lines
 
 
 def test_accuracy_figure_draws_each_transform_set_of_a_family_apart():
@@ -684,8 +685,8 @@ def test_shift_figure_keeps_each_parts_colour_and_names_every_row():
 
 
 def test_parts_figure_keeps_each_settings_colour():
-    full = Report.from_rows(_rows())
-    rotation_only = Report.from_rows([r for r in _rows() if r["family"] == "rotation"])
+    full = Report.from_rows(_rows(late=True))
+    rotation_only = Report.from_rows([r for r in _rows(late=True) if r["family"] == "rotation"])
     fig = rotation_only.plot(None, label="rot", others={"full": full})
     colour = lambda ax, label: next(c.lines[0].get_color() for c in ax.containers
                                     if c.get_label() == label)
@@ -696,7 +697,7 @@ def test_parts_figure_keeps_each_settings_colour():
 
 
 def test_a_long_legend_fits_below_the_panels():
-    base = Report.from_rows(_rows())
+    base = Report.from_rows(_rows(late=True))
     fig = base.plot(None, label="resnext101_32x8d",
                     others={f"model_with_a_long_name_{i}": base for i in range(9)})
     fig.canvas.draw()
@@ -768,7 +769,7 @@ def test_undefined_scores_are_marked_not_silent_gaps():
     parts = Report.from_rows(rows).plot(metric="correlation")
     shifts = Report.from_rows(_shift_rows(layer=np.nan)).plot_shifts()  # no layer score at all
     marks = lambda ax: [list(line.get_xdata()) for line in ax.get_lines() if line.get_gid() == UNDEFINED]
-    assert marks(parts.axes[0]) == [[1]]  # middle, in each panel; a gap there before
+    assert marks(parts.axes[0]) == [[1, 2]]  # middle, and late (no point), in each panel
     assert [marks(ax) for ax in shifts.axes] == [[], [[1, 2, 3]] * 4]  # each part's line
     # the parts undefined at one shift each in a row of their own, none hidden under another
     heights = [line.get_ydata()[0] for line in shifts.axes[1].get_lines() if line.get_gid() == UNDEFINED]
@@ -781,8 +782,29 @@ def test_undefined_scores_are_marked_not_silent_gaps():
     assert marks(corr.axes[0]) == [[1]]
     for fig in (parts, shifts, corr):  # one legend entry for the marks, after the lines'
         assert [t.get_text() for t in fig.legends[0].get_texts()][-1] == "undefined"
-    assert "undefined" not in [t.get_text() for t in Report.from_rows(_rows()).plot().legends[0].get_texts()]
+    assert "undefined" not in [t.get_text() for t in Report.from_rows(_rows(late=True)).plot().legends[0].get_texts()]
 
+
+
+def test_a_part_without_points_between_two_with_them_is_marked_not_bridged():
+    from equifast.figures import UNDEFINED
+    # one point before pooling (early, pool, final): the line ran from early straight to pool
+    # across middle and late, as if they were scored; SqueezeNet's (no pool) from late to final
+    for kept, gaps in ((("early", "pool", "final"), [1, 2]), (("early", "middle", "final"), [2, 3]),
+                       (("early", "middle"), []), (("pool", "final"), [])):
+        rep = Report.from_rows([r for r in _rows(late=True) if r["part"] in kept])
+        fig = rep.plot(metric="correlation")
+        for ax, (fam, score) in zip(fig.axes, [(f, s) for f in ("rotation", "translation")
+                                               for s in ("channel", "layer")]):
+            want = rep.parts[(rep.parts.metric == "correlation") & (rep.parts.family == fam)]
+            want = dict(zip(want.part.cat.codes, want[score]))
+            line = ax.containers[0].lines[0]
+            xs = list(range(min(want), max(want) + 1))
+            assert list(line.get_xdata()) == xs
+            np.testing.assert_array_equal(line.get_ydata(), [want.get(x, np.nan) for x in xs])
+            assert [list(m.get_xdata()) for m in ax.get_lines() if m.get_gid() == UNDEFINED] == (
+                [gaps] if gaps else [])
+        assert ("undefined" in [t.get_text() for t in fig.legends[0].get_texts()]) == bool(gaps)
 
 
 def test_more_than_ten_lines_are_told_apart():
@@ -824,7 +846,7 @@ def test_figures_with_error_bars_say_what_the_bars_are():
 def test_one_seeds_undefined_std_draws_without_error_bars():
     # a study of one seed has NaN stds: their bars are empty segments (it crashed the figure)
     from equifast.figures import plot_parts, plot_shifts
-    rep = Report.from_rows(_rows())
+    rep = Report.from_rows(_rows(late=True))
     parts = rep.parts[rep.parts.metric == "correlation"].assign(channel_std=np.nan, layer_std=np.nan)
     line = plot_parts({"one seed": parts}).axes[0].containers[0].lines[0]
     assert np.allclose(line.get_ydata(), parts[parts.family == parts.family.iloc[0]].channel)
@@ -1206,7 +1228,7 @@ def test_a_point_or_transform_renamed_in_some_rows_only_is_refused(tmp_path, suf
 
 def test_a_line_whose_label_starts_with_an_underscore_is_named_in_the_legend():
     # matplotlib's legend leaves such labels out: the "_base" line was drawn, named nowhere
-    base = Report.from_rows(_rows())
+    base = Report.from_rows(_rows(late=True))
     fig = base.plot(None, label="_base", others={"_other": base, "full": base})
     drawn = [c.get_label() for c in fig.axes[0].containers]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == drawn == ["_base", "_other", "full"]
