@@ -528,7 +528,11 @@ class Report:
     def __init__(self, points: pd.DataFrame, meta: Optional[dict] = None):
         _check_points_frame(points)
         self.points = points
-        self.meta = dict(meta or {})
+        try:
+            self.meta = dict(meta or {})
+        except (TypeError, ValueError):  # dict("resnet18"): "dictionary update sequence element #0 ..."
+            raise TypeError(f"Expected `meta` to be a dict (as report.meta), but got a "
+                            f"{type(meta).__name__}; e.g. {{'model': 'resnet18'}}.") from None
         self.parts = part_table(points) if len(points) else pd.DataFrame(
             columns=["part", "family", "channel", "layer", "undefined_fraction", "n_points"])
 

@@ -1122,6 +1122,12 @@ def test_a_report_is_made_of_a_points_table_only():
     with pytest.raises(ValueError, match=r"names part\(s\) 'stem'"):
         Report.from_rows([dict(r, part="stem") if r["point"] == "p0" else r for r in rows])
     assert len(Report(pd.DataFrame()).parts) == 0  # an empty report stays one
+    # a model's name as meta failed inside dict(): "dictionary update sequence element #0 ..."
+    for meta in ("resnet18", 3):
+        with pytest.raises(TypeError, match=rf"Expected `meta` to be a dict \(as report.meta\), but got a "
+                                            rf"{type(meta).__name__}"):
+            Report.from_rows(rows, meta)
+    assert Report.from_rows(rows, None).meta == {} and Report(pd.DataFrame(rows), {"a": 1}).meta == {"a": 1}
     # a table taken is scored as before: early's rotation is the mean of its two points
     parts = Report(pd.DataFrame(rows)).parts
     row = parts[(parts.part == "early") & (parts.family == "rotation") & (parts.metric == "cosine")]
