@@ -52,7 +52,10 @@ def part_table(points: pd.DataFrame) -> pd.DataFrame:
     means skip it, as they skip undefined entries, and ``undefined_fraction`` (its mean, with
     that point's 1.0 in it) shows it."""
     keys = ["metric"] if "metric" in points.columns else []
-    per_point = (points.groupby(["point", "part", "family"] + keys, sort=False)[SCORES]
+    # observed: pandas 2 grouped categorical columns (a points table read from Parquet) by every
+    # category, as a row of NaN for each point in every part: a part with no points, every part
+    # counting every point
+    per_point = (points.groupby(["point", "part", "family"] + keys, sort=False, observed=True)[SCORES]
                  .mean().reset_index())
     parts = _over_points(per_point, ["part", "family"] + keys)
     parts["part"] = pd.Categorical(parts["part"], categories=PARTS, ordered=True)
@@ -218,7 +221,7 @@ def _grid_problem(points: pd.DataFrame) -> Optional[str]:
     keys = _row_keys(points)
     names = points["point"].astype(str)
     every = list(dict.fromkeys(names))
-    for _, rows in points.groupby(keys[1:], sort=False):
+    for _, rows in points.groupby(keys[1:], sort=False, observed=True):  # as part_table
         have = set(rows["point"].astype(str))
         if len(have) < len(every):
             lacking = [p for p in every if p not in have]
@@ -368,11 +371,11 @@ def metric_bias(points: pd.DataFrame,
     stats = ["mean_activation", "mean_magnitude"]
     points = points if "mean_magnitude" in points else points.assign(mean_magnitude=float("nan"))
     for i, c in enumerate(stats):
-        table.insert(4 + i, c, table["point"].map(points.groupby("point", sort=False)[c].first()))
+        table.insert(4 + i, c, table["point"].map(points.groupby("point", sort=False, observed=True)[c].first()))
     table = table.sort_values(["family", "order"]).drop(columns="order").reset_index(drop=True)
     table.columns.name = None
     rows = []
-    for fam, g in table.groupby("family", sort=False):
+    for fam, g in table.groupby("family", sort=False, observed=True):  # as part_table
         if parts is not None:
             g = g[g["part"].astype(str).isin(list(parts))]
         for m in ("cosine", "correlation"):

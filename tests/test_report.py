@@ -1134,6 +1134,26 @@ def test_a_report_is_made_of_a_points_table_only():
     assert math.isclose(row.channel.iloc[0], ((0.3 + 0.0) + (0.3 - 0.1 + 0.05)) / 2)
 
 
+def test_categorical_columns_are_grouped_by_the_values_they_hold(tmp_path):
+    # pandas 2 (observed=False) grouped a categorical part by every category: each part counted
+    # every point, and the toy's late part, which has no point, was a part of its own
+    rows = _rows()
+    plain = Report.from_rows(rows)
+    df = pd.DataFrame(rows)
+    names = ["point", "transform", "family", "metric"]
+    cat = df.assign(part=pd.Categorical(df["part"], ["early", "middle", "late", "pool", "final"],
+                                        ordered=True), **{c: df[c].astype("category") for c in names})
+    text = lambda t: t.astype({c: str for c in t.columns if c in names + ["part"]})
+    rep = Report(cat)
+    want = text(plain.parts)
+    assert list(want.n_points) == [2, 1, 1, 1] * 4 and "late" not in set(want.part)
+    pd.testing.assert_frame_equal(text(rep.parts), want)
+    pd.testing.assert_frame_equal(text(rep.shifts), text(plain.shifts))
+    pd.testing.assert_frame_equal(text(rep.metric_bias()["correlation"]),
+                                  text(plain.metric_bias()["correlation"]))
+    rep.save(tmp_path / "r.parquet")  # read back as categorical columns
+    pd.testing.assert_frame_equal(text(Report.load(tmp_path / "r.parquet").parts), want)
+
 @pytest.mark.parametrize("name,folder", [("r.json", "r.json"), ("r.csv", "r.points.csv"),
                                          ("r.parquet", "r.meta.json")])
 def test_save_onto_a_folder_names_it(tmp_path, name, folder):
