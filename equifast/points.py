@@ -146,6 +146,8 @@ called in order)                           residual blocks: the stem layers and 
 
 Every representation is returned as ``[N, C, h, w]`` (feature maps; token sequences
 ``[N, L, C]`` drop their ``L - h*w`` prefix tokens and are laid out on the patch grid;
+sequences a convolution made last, ``[N, C, L]`` (a ``Conv1d`` block on a flattened map), are
+laid out on the grid of ``L`` tokens with their channels first;
 channels-last maps are permuted) or ``[N, K]`` (``pool``, ``final``). A 4-D point is
 channels-last when the last ``Linear`` / ``LayerNorm`` that ran inside its module has the width
 of the last axis and not of dim 1 (torchvision Swin, timm TinyViT), channels-first when that
@@ -200,7 +202,7 @@ __all__ = ["Point", "PARTS", "split", "representations", "Representations"]
 
 PARTS = ("early", "middle", "late", "pool", "final")
 METHODS = ("auto", "fx", "hooks")
-LAYOUTS = ("NCHW", "NHWC", "NLC", "NC")
+LAYOUTS = ("NCHW", "NHWC", "NLC", "NCL", "NC")
 _RESERVED = ("pool", "final")
 
 _LIST_HINT = (
@@ -231,9 +233,10 @@ class Point:
             point; ``""`` is the model itself; ``None`` for an fx node that is no module's output.
         take: ``"output"`` or ``"input"`` (``pool`` is the input of the classifier).
         node: the fx node name (torchvision's naming) of the value, ``""`` when not traced.
-        layout: how the raw value comes: ``"NCHW"``, ``"NHWC"``, ``"NLC"`` (tokens) or ``"NC"``.
+        layout: how the raw value comes: ``"NCHW"``, ``"NHWC"``, ``"NLC"`` (tokens), ``"NCL"``
+            (tokens with their channels first, as a ``Conv1d`` makes them) or ``"NC"``.
         prefix_tokens: tokens dropped from the front of an ``"NLC"`` sequence.
-        grid: ``(h, w)`` patch grid of an ``"NLC"`` sequence at the example size.
+        grid: ``(h, w)`` patch grid of an ``"NLC"`` or ``"NCL"`` sequence at the example size.
         shape: the normalised shape (without the batch dim) at the example input.
         token_order: for tokens that come in another order than row by row (timm Hiera's
             unrolled stages), the index of the token at each position of the grid, row by row.
@@ -1198,8 +1201,12 @@ def _width_evidence(an: _Analysis, module: Optional[str], raw: Optional[Tensor])
     it is dim 1 and not the last axis (ConvNeXt blocks, which permute back), ``"?"`` when it is
     both. A convolution last only ever says ``"NCHW"`` (its output is channels-first; a
     concatenation after it, as in Inception, says nothing). ``None``: no evidence.
+
+    Of a 3-D point, only a convolution last says something: ``"NCL"``, tokens with their
+    channels first (a ``Conv1d`` block on ``x.flatten(2)``), which read as ``[N, L, C]`` were
+    as many tokens as channels on a false grid.
     """
-    if not module or raw is None or raw.dim() != 4:
+    if not module or raw is None or raw.dim() not in (3, 4):
         return None
     pre = module + "."
     inside = [c for c in an.calls.values() if (c.name == module or c.name.startswith(pre))
@@ -1214,7 +1221,9 @@ def _width_evidence(an: _Analysis, module: Optional[str], raw: Optional[Tensor])
     last = max(inside, key=lambda c: c.end).module
     first, end = int(raw.shape[1]), int(raw.shape[-1])
     if isinstance(last, nn.modules.conv._ConvNd):
-        return "NCHW" if last.out_channels == first != end else None
+        return ("NCL" if raw.dim() == 3 else "NCHW") if last.out_channels == first != end else None
+    if raw.dim() == 3:
+        return None
     if isinstance(last, nn.LayerNorm) and len(last.normalized_shape) != 1:
         return None  # LayerNorm([C, H, W]) normalises a whole map, not the channels of one axis
     width = last.out_features if isinstance(last, nn.Linear) else int(last.normalized_shape[-1])
@@ -1320,6 +1329,8 @@ def _map_layouts(model: nn.Module, an: _Analysis, x: Tensor,
     rolled.update(shaped)
     out: Dict[str, str] = {}
     for name, module, _, t in points:
+        if t is not None and t.dim() == 3 and ev[name] == "NCL":
+            out[name] = "NCL"
         if t is None or t.dim() != 4:
             continue
         if ev[name] in ("NCHW", "NHWC"):
@@ -1364,6 +1375,15 @@ def _layout(model, module, raw: Tensor, grid, num_prefix,
         if layout is None:
             layout = _output_fmt(model, module) or "NCHW"
         return layout, 0, None
+    if raw.dim() == 3 and layout == "NCL":
+        # [N, C, L]: all L tokens on a grid, no prefix; a convolution on tokens [N, L, C] whose
+        # channels are the tokens (token mixing) leaves a last axis that fills no grid
+        length = int(raw.shape[2])
+        side = math.isqrt(length)
+        g = next((g for g in _token_grids(grid) if g[0] * g[1] == length),
+                 (side, side) if side * side == length else None)
+        if g is not None:
+            return "NCL", 0, g
     if raw.dim() == 3:
         length = int(raw.shape[1])
         # the patch grid or a stride-2 downsampling of it, after a few prefix tokens (class,
@@ -1437,6 +1457,14 @@ def _normalise(t: Tensor, p: Point) -> Tensor:
                 f"Point {p.name!r} has {n} patch tokens, which is not its {p.grid} grid nor a square; "
                 "measure at the size the points were found at (or split again at this size).")
         return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
+    if p.layout == "NCL":
+        n = int(t.shape[2])
+        h, w = p.grid if p.grid is not None and p.grid[0] * p.grid[1] == n else (math.isqrt(n),) * 2
+        if h * w != n:
+            raise ValueError(
+                f"Point {p.name!r} has {n} tokens, which is not its {p.grid} grid nor a square; "
+                "measure at the size the points were found at (or split again at this size).")
+        return t.reshape(t.shape[0], t.shape[1], h, w)
     raise ValueError(f"Expected `layout` to be one of {LAYOUTS}, but got {p.layout!r}.")
 
 

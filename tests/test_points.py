@@ -780,6 +780,50 @@ class _ChannelsLastMlp(nn.Module):
         return self.fc((x + self.mlp(x)).mean((1, 2)))
 
 
+class _Conv1dBlock(nn.Module):
+    """A residual block of Conv1d on a flattened map: tokens with their channels first [N, C, L]."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(c, c, 3, padding=1), nn.Conv1d(c, c, 1)
+
+    def forward(self, x):
+        return x + self.c2(torch.relu(self.c1(x)))
+
+
+class _Conv1dNet(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 2, 2)
+        self.blocks = nn.Sequential(*[_Conv1dBlock(c) for _ in range(3)])
+        self.fc = nn.Linear(c, 5)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x).flatten(2)).mean(-1))
+
+
+@pytest.mark.parametrize("channels, size", [(16, (16, 16)), (12, (16, 16)), (16, (16, 24))])
+def test_tokens_a_convolution_made_channels_first_lie_on_the_grid_of_their_last_axis(channels, size):
+    """[N, C, L] sequences (Conv1d blocks on ``x.flatten(2)``) were read as [N, L, C]: 16
+    channels of an 8x8 map as 64 channels on a 4x4 grid; 12 as 64 channels on a 2x2 grid after
+    8 "prefix tokens" dropped."""
+    import equifast as ef
+    torch.manual_seed(0)
+    model = _Conv1dNet(channels).eval()
+    x = torch.randn(2, 3, *size)
+    h, w = size[0] // 2, size[1] // 2
+    blocks = [p for p in split(model, x) if p.name.startswith("blocks.")]
+    assert [p.shape for p in blocks] == [(channels, h, w)] * 3
+    with torch.no_grad():
+        by_hand = [model.blocks[0](model.stem(images).flatten(2)).reshape(2, channels, h, w)
+                   for images in (x, ef.Translation(4, 4)(x))]
+    assert torch.equal(representations(model, blocks)(x)["blocks.0"], by_hand[0])
+    expected = ef.reference.equivariance_scores(*by_hand, ef.Translation(4, 4), input_size=size)
+    points = ef.measure(model, x, transforms=[ef.Translation(4, 4)], batch_size=2).points
+    measured = points.loc[points["point"] == "blocks.0", "channel"].item()
+    assert measured == pytest.approx(float(expected.channel.nanmean()), abs=1e-5)
+
+
 def test_an_activation_after_a_linear_takes_the_linears_layout():
     """A weightless point (an activation, in its own module) has no layer of its own to read its
     layout off: the one whose output it carries on says it. The GELU of torchvision Swin's MLP was
