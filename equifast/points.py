@@ -1109,7 +1109,10 @@ _ALIASING = {"view", "view_as", "reshape", "reshape_as", "flatten", "unflatten",
              "transpose", "t", "expand", "expand_as", "narrow", "select", "squeeze", "unsqueeze",
              "contiguous", "getitem", "chunk", "split", "unbind", "movedim", "moveaxis",
              "swapaxes", "as_strided", "detach", "unfold", "diagonal", "tensor_split", "to",
-             "type_as", "float", "type", "real", "imag"}
+             "type_as", "float", "type", "real", "imag",
+             # dropout in eval hands its input back as it got it
+             "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+             "feature_alpha_dropout"}
 
 
 def _op_name(target) -> str:
@@ -1143,6 +1146,12 @@ def _overwritten(node, module: nn.Module) -> bool:
             if _writes_first_argument(user, module):
                 return True
             if user.op in ("call_function", "call_method") and _op_name(user.target) in _ALIASING:
+                todo.append(user)
+            elif user.op == "call_module" and next(
+                    module.get_submodule(user.target).parameters(), None) is None:
+                # a leaf without weights may hand its input back (nn.Identity, nn.Dropout in
+                # eval) or a view of it (nn.Flatten): `x = relu_(drop(block(x)))` overwrote the
+                # block's point
                 todo.append(user)
     return False
 

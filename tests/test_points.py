@@ -1160,6 +1160,50 @@ def test_points_that_later_ops_overwrite_in_place_are_their_own_values(method):
             assert reps._copy == {("bn1", "output")}
 
 
+class _Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.c1(x))) + x
+
+
+class _PassThenReLU(nn.Module):
+    """Blocks whose output passes a weightless module that hands it back (dropout in eval, an
+    identity) or a view of it, then an in-place ReLU: ``x = relu_(drop(block(x)))``."""
+
+    def __init__(self, between, functional=False):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1, self.b2, self.b3 = _Block(8), _Block(8), _Block(8)
+        self.between, self.functional = between, functional
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.b1(self.stem(x))
+        x = nn.functional.dropout(x, 0.1, self.training) if self.functional else self.between(x)
+        x = self.b2(self.act(x.view(x.shape)))
+        return self.fc(self.b3(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["fx", "hooks"])
+@pytest.mark.parametrize("between, functional", [(nn.Dropout(0.1), False), (nn.Identity(), False),
+                                                 (nn.Flatten(0, 0), False), (None, True)])
+def test_points_overwritten_in_place_through_a_module_that_hands_them_back(method, between, functional):
+    # with fx, the in-place ReLU after the dropout was not seen to write into b1's output:
+    # b1 was scored as ReLU(b1), 2.2 from its own values
+    torch.manual_seed(0)
+    model = _PassThenReLU(between, functional).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = model.b1(model.stem(x))
+        got = representations(model, split(model, x, method=method), method=method)(x)["b1"]
+    assert want.min() < 0
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 def test_a_wrapped_model_splits_as_the_module_it_wraps():
     # DataParallel's points were "module.layer1.0", ...: the report of one model under two names
     import torchvision
