@@ -365,8 +365,7 @@ def unwrapped(model: nn.Module) -> Tuple[nn.Module, str]:
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model, prefix = model.module, prefix + "module."
-        elif type(model).__name__ == "OptimizedModule" and isinstance(
-                getattr(model, "_orig_mod", None), nn.Module):
+        elif _is_compiled(model):
             model, prefix = model._orig_mod, prefix + "_orig_mod."
         else:
             break
@@ -376,6 +375,20 @@ def unwrapped(model: nn.Module) -> Tuple[nn.Module, str]:
                         "layers cannot be hooked or traced, so its representations cannot be read. "
                         "Pass the nn.Module it was scripted or traced from.")
     return model, prefix
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is ``torch.compile``'s ``OptimizedModule``, which runs ``._orig_mod``."""
+    return type(model).__name__ == "OptimizedModule" and isinstance(
+        getattr(model, "_orig_mod", None), nn.Module)
+
+
+def _eager():
+    """Run ``torch.compile``'d submodules as written, so that hooks on the modules inside them
+    fire: compiled code does not check for hooks added after it was compiled (it ran the hooks
+    of an earlier pass, and a point inside "did not run")."""
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def model_dtype(model: nn.Module) -> Optional[torch.dtype]:
@@ -418,7 +431,7 @@ def _record(model: nn.Module, x: Tensor) -> Tuple[Dict[str, _Call], Any]:
                 handles.append(mod.register_forward_pre_hook(pre(name), with_kwargs=True))
                 handles.append(mod.register_forward_hook(post(name), with_kwargs=True))
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), _eager():
                 try:
                     out = model(x.clone())  # a model that writes into its input spoils no other pass
                 except (RuntimeError, AssertionError) as e:  # usually an input the model cannot take
@@ -475,6 +488,8 @@ def _is_weight(m: nn.Module) -> bool:
 
 
 def _is_container(m: nn.Module) -> bool:
+    while _is_compiled(m):  # torch.compile(nn.Sequential(...))
+        m = m._orig_mod
     return isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
 
 
@@ -594,6 +609,10 @@ class _Analysis:
         pre = name + "." if name else ""
         kids: List[_Call] = []
         loose: List[Tuple[str, List[_Call]]] = []  # iterated containers not chained on their own
+        while _is_compiled(mod):
+            # a torch.compile'd submodule runs its module, hooks and all: its children are that
+            # one's (a compiled backbone was one block, and its own blocks no points)
+            mod, pre = mod._orig_mod, pre + "_orig_mod."
         for n, child in mod.named_children():
             if pre + n in self.calls:
                 kids.append(self.calls[pre + n])
@@ -1575,7 +1594,8 @@ class Representations(nn.Module):
                                else mod.register_forward_hook(keep(key, "output"), with_kwargs=True))
             # the first pass may have to run again on x: one on a copy, so that a model that
             # writes into its input (x -= mean) leaves x for the second
-            out = _model_output(model(x if self._probed else x.clone()), n)
+            with _eager():
+                out = _model_output(model(x if self._probed else x.clone()), n)
         finally:
             for h in handles:
                 h.remove()

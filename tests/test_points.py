@@ -1204,6 +1204,50 @@ def test_points_overwritten_in_place_through_a_module_that_hands_them_back(metho
     torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
+class _Trunk(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1, self.b2, self.b3 = _Block(8), _Block(8), _Block(8)
+
+    def forward(self, x):
+        return self.b3(self.b2(self.b1(self.stem(x))))
+
+
+class _TrunkNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk, self.fc = _Trunk(), nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(self.trunk(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("build, compiled", [
+    (_TrunkNet, "trunk"),
+    (lambda: tv.resnet18(num_classes=5), "layer2"),  # an nn.Sequential
+    (lambda: tv.resnet18(num_classes=5), "layer2.0"),  # one block
+])
+def test_a_compiled_submodule_is_split_as_the_module_it_runs(build, compiled):
+    # a torch.compile'd trunk was one block (its blocks no points): the model's only point
+    # before pooling; a compiled nn.Sequential of blocks was too
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = split(model, x)
+        want = {p.name: _normalise(_hooked(model, p.module, x), p) for p in plain[:-2]}
+        parent, _, attr = compiled.rpartition(".")
+        setattr(model.get_submodule(parent), attr, torch.compile(model.get_submodule(compiled), backend="eager"))
+        points = split(model, x)
+    inside = compiled + "."
+    names = [p.name.replace(inside + "_orig_mod.", inside) for p in points]
+    assert names == [p.name for p in plain]
+    for name, p in zip(names, points[:-2]):  # each on its own: the hooks change between passes
+        torch.testing.assert_close(representations(model, [p])(x)[p.name], want[name])
+
+
 def test_a_wrapped_model_splits_as_the_module_it_wraps():
     # DataParallel's points were "module.layer1.0", ...: the report of one model under two names
     import torchvision
