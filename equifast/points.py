@@ -1227,8 +1227,10 @@ def _width_evidence(an: _Analysis, module: Optional[str], raw: Optional[Tensor])
     A ``Linear`` or ``LayerNorm`` (``LayerNorm2d`` included) of width ``C`` last: ``"NHWC"``
     when ``C`` is the last axis and not dim 1 (torchvision Swin, timm TinyViT), ``"NCHW"`` when
     it is dim 1 and not the last axis (ConvNeXt blocks, which permute back), ``"?"`` when it is
-    both. A convolution last only ever says ``"NCHW"`` (its output is channels-first; a
-    concatenation after it, as in Inception, says nothing). ``None``: no evidence.
+    both. A convolution last says ``"NCHW"`` (its output is channels-first; a concatenation
+    after it, as in Inception, says nothing), or ``"?"`` where its width is the last axis and
+    not dim 1 (a channels-last block that permutes back after a depthwise convolution, read as
+    channels-first, or a concatenation after it). ``None``: no evidence.
 
     Of a 3-D point, only a convolution last says something: ``"NCL"``, tokens with their
     channels first (a ``Conv1d`` block on ``x.flatten(2)``), which read as ``[N, L, C]`` were
@@ -1249,6 +1251,10 @@ def _width_evidence(an: _Analysis, module: Optional[str], raw: Optional[Tensor])
     last = max(inside, key=lambda c: c.end).module
     first, end = int(raw.shape[1]), int(raw.shape[-1])
     if isinstance(last, nn.modules.conv._ConvNd):
+        if last.out_channels == end != first and raw.dim() == 4:
+            # its channels on the last axis: a channels-last module that permuted them there
+            # after it, or a concatenation after it (Inception) as wide as the last axis
+            return "?"
         return ("NCL" if raw.dim() == 3 else "NCHW") if last.out_channels == first != end else None
     if raw.dim() == 3:
         return None

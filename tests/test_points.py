@@ -780,6 +780,51 @@ class _ChannelsLastMlp(nn.Module):
         return self.fc((x + self.mlp(x)).mean((1, 2)))
 
 
+class _ChannelsLastConvLast(nn.Module):
+    """A channels-last block ([N, H, W, C] in and out) whose last layer is a depthwise
+    convolution, run channels-first between two permutes."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm, self.fc = nn.LayerNorm(c), nn.Linear(c, c)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+
+    def forward(self, x):
+        return x + self.dw(self.fc(self.norm(x)).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class _ChannelsLastConvNet(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 2, 2)
+        self.blocks = nn.Sequential(*[_ChannelsLastConvLast(c) for _ in range(3)])
+        self.head = nn.Linear(c, 5)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+@pytest.mark.parametrize("channels, size", [(12, (16, 24)), (12, (16, 16)), (8, (32, 32))])
+def test_a_channels_last_block_whose_last_layer_is_a_convolution_is_read_channels_last(channels, size):
+    """Its convolution's width is the last axis: it said nothing, and the map was read as
+    NCHW, [N, 8, 12, 12] for 12 channels of an 8x12 map."""
+    import equifast as ef
+    torch.manual_seed(0)
+    model = _ChannelsLastConvNet(channels).eval()
+    x = torch.randn(2, 3, *size)
+    blocks = [p for p in split(model, x) if p.name.startswith("blocks.")]
+    assert [(p.layout, p.shape) for p in blocks] == [("NHWC", (channels, size[0] // 2, size[1] // 2))] * 3
+    t = ef.Translation(4, 4)
+    with torch.no_grad():
+        by_hand = [model.blocks[0](model.stem(images).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+                   for images in (x, t(x))]
+    assert torch.equal(representations(model, blocks)(x)["blocks.0"], by_hand[0])
+    expected = ef.reference.equivariance_scores(*by_hand, t, input_size=size).channel.nanmean()
+    points = ef.measure(model, x, transforms=[t], batch_size=2).points
+    measured = points.loc[points["point"] == "blocks.0", "channel"].item()
+    assert measured == pytest.approx(float(expected), abs=1e-5)
+
+
 class _Conv1dBlock(nn.Module):
     """A residual block of Conv1d on a flattened map: tokens with their channels first [N, C, L]."""
 
