@@ -167,7 +167,8 @@ modules and autowrapped functions, so timm models trace); a module's point is th
 inside the module (torchvision's naming, e.g. ``layer1.0.relu_2``); a module that returns
 several tensors (HRNet stages, PiT pooling, TNT, CrossViT and CoaT blocks; its point is the
 first tensor it computed, not an input it hands back) gets no node and is read with hooks, so ``representations`` uses hooks for that model. With ``method="hooks"``
-forward hooks on the modules, for code that fx cannot trace. ``"auto"`` tries fx and falls
+forward hooks on the modules, for code that fx cannot trace, and for a model with forward
+hooks on itself (a graph of its ``forward`` leaves them out). ``"auto"`` tries fx and falls
 back to hooks with a warning. Graphs are traced for evaluation mode (the mode measurements
 run in).
 
@@ -1057,12 +1058,22 @@ def _tracer_kwargs() -> Dict[str, Any]:
     return kwargs
 
 
+def _check_no_hooks_of_its_own(model: nn.Module) -> None:
+    """fx traces ``model.forward``: forward (pre-)hooks on the model itself are not in its
+    graph (those on its submodules are). An input normalised by a pre-hook, or logits scaled
+    by a hook, came out as if the hooks were not there."""
+    if model._forward_pre_hooks or model._forward_hooks:
+        raise RuntimeError(f"{type(model).__name__} has forward hooks of its own, which a "
+                           "torch.fx graph of its forward leaves out")
+
+
 class _Graph:
     """The eval-mode graph of ``model`` with torchvision's node names."""
 
     def __init__(self, model: nn.Module):
         from torchvision.models.feature_extraction import NodePathTracer
 
+        _check_no_hooks_of_its_own(model)
         with modes_kept(model):
             model.eval()
             tracer = NodePathTracer(**_tracer_kwargs())
@@ -1107,6 +1118,7 @@ class _Graph:
 def _fx_extractor(model: nn.Module, nodes: Sequence[str]) -> nn.Module:
     from torchvision.models.feature_extraction import create_feature_extractor
 
+    _check_no_hooks_of_its_own(model)
     ret = {n: f"p{i}" for i, n in enumerate(dict.fromkeys(nodes))}
     # it traces in train and eval mode, then sets every module to the model's own mode: a
     # frozen batch norm of a model being fine-tuned would train after

@@ -1293,6 +1293,28 @@ def test_a_compiled_submodule_is_split_as_the_module_it_runs(build, compiled):
         torch.testing.assert_close(representations(model, [p])(x)[p.name], want[name])
 
 
+def test_hooks_on_the_model_itself_run_where_points_are_read():
+    # fx traces model.forward, without the model's own hooks: with method="auto" an input
+    # flipped by a pre-hook and logits scaled by a hook were read as if neither were there
+    torch.manual_seed(0)
+    model = _TrunkNet().eval()
+    model.register_forward_pre_hook(lambda m, args: (args[0].flip(-1),))
+    model.register_forward_hook(lambda m, args, out: out * 10)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = {"stem": model.trunk.stem(x.flip(-1)), "final": model(x)}
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        points = split(model, x)
+    got = representations(model, points)(x)
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, atol=0, rtol=0, msg=name)
+    assert any("forward hooks of its own" in str(w.message) for w in said)
+    with pytest.raises(ValueError, match="forward hooks of its own"):
+        split(model, x, method="fx")
+    assert len(model._forward_pre_hooks) == len(model._forward_hooks) == 1  # left in place
+
+
 def test_a_wrapped_model_splits_as_the_module_it_wraps():
     # DataParallel's points were "module.layer1.0", ...: the report of one model under two names
     import torchvision
