@@ -281,8 +281,8 @@ class Measurer:
             # their shapes are of the input they were split at, which may be another size: the
             # checks below (a transform on each map, which points are vectors) take this one's
             self.extract = representations(self.model, points)
-            with torch.no_grad():
-                got = self._forward(example[:2])
+            with torch.no_grad():  # on a copy, as every pass: the images may be the caller's
+                got = self._forward(example[:2].clone())
             self.points = [replace(p, shape=tuple(got[p.name].shape[1:])) for p in points]
         else:
             with torch.no_grad(), self._autocast():

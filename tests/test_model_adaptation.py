@@ -155,14 +155,17 @@ class _NormalisesInPlace(nn.Module):
 
 
 @pytest.mark.parametrize("method", ["fx", "hooks"])
-def test_a_model_that_writes_into_its_input_is_measured_on_the_images_given(method):
+@pytest.mark.parametrize("split_first", [False, True])
+def test_a_model_that_writes_into_its_input_is_measured_on_the_images_given(method, split_first):
     # T(x) was taken from the images the model had normalised in place (then normalised again),
-    # and the caller's images came back changed (by the split's pass already)
+    # and the caller's images came back changed (by the split's pass already; with points from
+    # split, by the hooks' second pass on the example, which copies the overwritten point `a`)
     model = _NormalisesInPlace().eval()
     x = torch.rand(2, 3, 8, 8)
     given = x.clone()
     t = ef.Rotation(1)
-    got = ef.measure(model, x, transforms=[t], points=["a", "b"], split_method=method).points
+    points = ef.split(model, given.clone(), points=["a", "b"], method=method) if split_first else ["a", "b"]
+    got = ef.measure(model, x, transforms=[t], points=points, split_method=method).points
     assert torch.equal(x, given)
     a = lambda z: model.a((z - 0.5) * 4)  # noqa: E731
     for point, feature in (("a", a), ("b", lambda z: model.b(torch.relu(a(z))))):
