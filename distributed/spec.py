@@ -867,7 +867,8 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
     for m in metrics:
         if m not in METRICS:
             problems.append(f"metrics: Expected each metric to be one of {list(METRICS)}, but got {m!r}.")
-    if len(set(metrics)) != len(metrics):
+    known = [m for m in metrics if m in METRICS]  # a mapping among them ({a: 1}) is unhashable
+    if len(set(known)) != len(known):
         problems.append(f"metrics: Expected distinct metrics, but got {metrics!r}.")
 
     seeds = raw.get("seeds", [0])

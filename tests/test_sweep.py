@@ -451,6 +451,20 @@ def test_an_empty_list_of_transforms_is_refused(folder):
         _one_problem(_spec(folder, transforms=empty), r"^transforms: Expected ")
 
 
+def test_a_metric_that_is_a_mapping_is_a_problem_of_the_spec(folder, tmp_path, capsys):
+    # `metrics: [{correlation: 1}]` raised "TypeError: unhashable type: 'dict'" out of the
+    # distinct-metrics check, a traceback from `sweep run` instead of the spec's problems
+    _one_problem(_spec(folder, metrics=[{"correlation": 1}]),
+                 r"^metrics: Expected each metric to be one of \['correlation', 'cosine'\], "
+                 r"but got \{'correlation': 1\}\.$")
+    _one_problem(_spec(folder, metrics=["cosine", "cosine"]), r"^metrics: Expected distinct metrics")
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text("metrics: [{correlation: 1}]\n" + "".join(
+        f"{k}: {json.dumps(v)}\n" for k, v in _spec(folder).items()))
+    assert sweep_main(["run", str(spec_file), "--dry-run"]) == 2
+    assert "metrics: Expected each metric" in capsys.readouterr().err
+
+
 def test_a_transform_family_without_a_name_is_refused(folder):
     # {"": rotation} was a job "resnet18 / tiny /  / seed 0" and an empty cell in the tables'
     # CSV files; YAML's `~: rotation` a family named 'None'
