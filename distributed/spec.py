@@ -1273,8 +1273,10 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
                             f"{root!r}, but {missing}; sweeps never download: put the data under "
                             "that root first.")
         raw_args = entry.get("args", {}) or {}
-        if not isinstance(raw_args, Mapping):
-            problems.append(f"{where}.args: Expected a mapping of dataset arguments, but got {raw_args!r}.")
+        if not isinstance(raw_args, Mapping) or not all(isinstance(k, str) for k in raw_args):
+            # a key of another type ({1: a}) failed the sorting of the arguments with a TypeError
+            problems.append(f"{where}.args: Expected a mapping of dataset arguments by name, like "
+                            f"{{train: false}}, but got {raw_args!r}.")
             raw_args = {}
         if "download" in raw_args:
             problems.append(f"{where}.args.download: Expected no download argument (workers never "

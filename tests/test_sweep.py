@@ -366,6 +366,10 @@ def test_spec_errors_that_would_fail_every_job_are_found_first(folder, mnist):
                  r"^datasets\[0\]\.args: Expected arguments of torchvision.datasets.MNIST \(train, "
                  r"transform, .*\), but got an unexpected keyword argument 'trian'; did you mean 'train'\?$")
     load_spec(_spec(folder, datasets=[dict(data, args={"train": False})], **one))
+    # (b') arguments not named by strings (YAML's `args: {1: x}`): a TypeError while sorting them
+    _one_problem(_spec(folder, datasets=[dict(data, args={1: "x", "train": False})], **one),
+                 r"^datasets\[0\]\.args: Expected a mapping of dataset arguments by name, like "
+                 r"\{train: false\}, but got \{1: 'x', 'train': False\}\.$")
     # (c) a shift as large as the model's own input size, where the dataset sets none: timm's
     # resnet10t is evaluated at 224 pixels (trained at 176), torchvision's resnet18 at 224
     shifts = {"transforms": {"t": "translation:1-224"}, "datasets": [{"kind": "embedded", "n_images": 2}]}
