@@ -80,6 +80,8 @@ _MODEL_KEYS = {"name", "arch", "weights", "num_classes", "accuracy", "label", "r
 _DATASET_KEYS = {"name", "kind", "path", "torchvision", "root", "args", "image_size", "crop_pct",
                  "n_images", "labels"}
 _KINDS = ("folder", "embedded", "random", "torchvision")
+#: The transform families of a spec without ``transforms:`` (the thesis' figures 11 and 12).
+_DEFAULT_FAMILIES = (("translation", "translation:1-32"), ("rotation", "rotation"))
 _NO_WEIGHTS = (None, "none", "None", "random")
 _MAX_SEED = SEED_RANGE[1]  # torch.manual_seed's largest
 #: The largest ``image_size`` a spec takes: one 3 x 4096 x 4096 float32 image is 192 MiB, a batch
@@ -888,7 +890,9 @@ def validate_spec(raw: Any, base_dir: str = ".", source: str = "(dict)") -> Swee
         problems.append(f"seeds: Expected distinct seeds, but got {seeds!r}.")
 
     # transforms -------------------------------------------------------------------------
-    families = _families(raw.get("transforms"), problems)
+    # the thesis' two families where the spec has no `transforms:`; an empty one (null) is a
+    # problem, as an empty list: it measured those two families in silence
+    families = _families(raw.get("transforms", dict(_DEFAULT_FAMILIES)), problems)
 
     # models -----------------------------------------------------------------------------
     models: List[ModelEntry] = []
@@ -1039,8 +1043,6 @@ def _resources(value, where, problems) -> Dict[str, float]:
 def _families(value, problems) -> Dict[str, str]:
     from equifast.transforms import check_distinct, parse_transforms
 
-    if value is None:
-        value = {"translation": "translation:1-32", "rotation": "rotation"}
     if isinstance(value, str):
         value = [value]
     if isinstance(value, list) and not value:  # no family: a "complete" sweep of no job

@@ -453,6 +453,14 @@ def test_a_datasets_keys_that_its_kind_ignores_are_refused(folder, tmp_path):
 def test_an_empty_list_of_transforms_is_refused(folder):
     for empty in ([], {}):
         _one_problem(_spec(folder, transforms=empty), r"^transforms: Expected ")
+    # an empty `transforms:` key (null) measured translation:1-32 and rotation in silence, as
+    # if the key were not there; null metrics, seeds or datasets are refused
+    _one_problem(_spec(folder, transforms=None),
+                 r"^transforms: Expected a mapping \{family: spec\} .*, but got None\.$")
+    spec = _spec(folder, datasets=[{"path": str(folder), "image_size": 64}])
+    del spec["transforms"]  # no key at all: the thesis' two families
+    assert {j.family: j.transform_spec for j in load_spec(spec).jobs()} == {
+        "translation": "translation:1-32", "rotation": "rotation"}
 
 
 def test_a_metric_that_is_a_mapping_is_a_problem_of_the_spec(folder, tmp_path, capsys):
