@@ -1248,10 +1248,20 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
             problems.append(f"{where}.path: Expected a folder of images, but {path!r} {what} "
                             f"(looked at {_resolve(path, base_dir)!r}); fix the path or mount the data.")
         else:
+            from equifast.data import _check_not_splits, _data_folder
+
+            folder = _resolve(path, base_dir)
             with contextlib.suppress(OSError):  # one the driver cannot list: workers may
-                if not has_images(_resolve(path, base_dir)):  # it failed each job, after Ray started
+                # a folder of splits (train/, val/) failed each job, after Ray started
+                subfolders = sorted(e.name for e in os.scandir(folder)
+                                    if e.is_dir() and _data_folder(e.name))
+                try:
+                    _check_not_splits(Path(folder), subfolders, argument="`path`")
+                except ValueError as err:
+                    problems.append(f"{where}.path: {err}")
+                if not has_images(folder):  # it failed each job, after Ray started
                     problems.append(f"{where}.path: Expected a folder of images, but "
-                                    f"{_resolve(path, base_dir)!r} holds no image files "
+                                    f"{folder!r} holds no image files "
                                     f"({', '.join(IMAGE_SUFFIXES)}).")
     elif kind == "torchvision":
         import torchvision.datasets

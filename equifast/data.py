@@ -254,16 +254,16 @@ class ImageFiles(Dataset):
 _SPLITS = ("val", "validation", "valid", "test", "train", "training")
 
 
-def _check_not_splits(root: Path, subfolders: List[str]) -> None:
+def _check_not_splits(root: Path, subfolders: List[str], argument: str = "`images`") -> None:
     """Raise ValueError when ``root``'s ``subfolders`` (not hidden) are split folders (``train/``,
     ``val/``) rather than class folders: measured as it is, the splits were two classes and
-    training images were drawn."""
+    training images were drawn. ``argument``: what gave ``root``, as the message names it."""
     splits = [name for name in subfolders if name.lower() in _SPLITS]
     if not splits or len(splits) != len(subfolders):
         return
     pick = min(splits, key=lambda name: _SPLITS.index(name.lower()))  # validation first
     raise ValueError(
-        f"Expected `images` to be the folder of one split (its class folders, as "
+        f"Expected {argument} to be the folder of one split (its class folders, as "
         f"val/n01440764/...), but {str(root)!r} holds the splits {', '.join(sorted(splits))}; "
         f"pass {str(root / pick)!r}.")
 

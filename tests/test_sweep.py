@@ -398,6 +398,23 @@ def test_spec_errors_that_would_fail_every_job_are_found_first(folder, mnist):
                  r"^models\[0\]\.num_classes: Expected `num_classes` >= 1 for torchvision's 'resnet18'")
 
 
+def test_a_folder_of_splits_is_refused_in_the_spec(folder, tmp_path):
+    # a dataset path holding train/ and val/ passed validation, then every job failed on its
+    # worker ("Expected `images` to be the folder of one split"), after Ray had started
+    import shutil
+
+    for split in ("train", "val"):
+        shutil.copytree(folder, tmp_path / "data" / split)
+    problem = _one_problem(_spec(folder, datasets=[{"path": str(tmp_path / "data"), "image_size": 32}]),
+                           r"^datasets\[0\]\.path: Expected `path` to be the folder of one split")
+    assert f"pass {str(tmp_path / 'data' / 'val')!r}" in problem
+    with pytest.raises(ValueError, match="holds the splits train, val"):  # what the worker says
+        ef.data.ImageFiles(tmp_path / "data")
+    (job,) = load_spec(_spec(folder, datasets=[{"path": str(tmp_path / "data" / "val"), "image_size": 32}],
+                             models=MODELS[:1], transforms={"rotation": "rotation:90"})).jobs()
+    assert job.dataset.path == str(tmp_path / "data" / "val")
+
+
 def test_a_rotation_of_a_models_oblong_crop_is_refused_first(folder):
     # timm's Sapiens2 crops a folder's images to 1024 x 768 (input_sizes gives None for it):
     # every rotation job failed on its worker ("Expected a square image or map ...")
