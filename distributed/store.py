@@ -54,6 +54,13 @@ _RECORD_TMP = re.compile(r"\.[0-9a-f]{16}\.json\.\d+\.[0-9a-f]{8}\.tmp")
 _SHARD = re.compile(r"(?P<id>[0-9a-f]{16})\.(?P<shard>\d+)-of-(?P<shards>\d+)\.pt")
 _SHARD_TMP = re.compile(r"\.[0-9a-f]{16}\.\d+-of-\d+\.pt\.\d+\.[0-9a-f]{8}\.tmp")
 
+#: The files that make a folder a sweep's store, each with what tells it from a user's file of
+#: the same name (``spec.json`` is a common one: ``sweep status`` of a folder holding another
+#: tool's failed with a KeyError): what write_spec and write_status write.
+_MARKERS = {"spec.json": json_object_with("spec", "jobs"),
+            "status.json": json_object_with("sweep", "state"),
+            "sweep.lock": Path.is_file}
+
 _JOB_COLUMNS = ["job_id", "model", "arch", "weights", "dataset", "transforms", "seed", "accuracy",
                 "accuracy_measured", "accuracy_known", "accuracy_source"]
 
@@ -404,22 +411,20 @@ class ResultStore:
         return write_text_atomic(self.root / "spec.json", json.dumps(json_safe(saved), indent=1))
 
     def read_spec(self) -> Optional[Dict[str, Any]]:
-        """What :meth:`write_spec` saved, or ``None``."""
-        try:
-            return json.loads((self.root / "spec.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        """What :meth:`write_spec` saved, or ``None`` (also for a ``spec.json`` of a user's own:
+        its keys are no sweep's)."""
+        path = self.root / "spec.json"
+        return json.loads(path.read_text()) if _MARKERS["spec.json"](path) else None
 
     def write_status(self, status: Dict[str, Any]) -> Path:
         """Replace ``status.json`` (the live counts)."""
         return write_text_atomic(self.root / "status.json", json.dumps(json_safe(status), indent=1))
 
     def read_status(self) -> Optional[Dict[str, Any]]:
-        """The live status a running (or the last) sweep wrote, or ``None``."""
-        try:
-            return json.loads((self.root / "status.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        """The live status a running (or the last) sweep wrote, or ``None`` (also for a
+        ``status.json`` of a user's own)."""
+        path = self.root / "status.json"
+        return json.loads(path.read_text()) if _MARKERS["status.json"](path) else None
 
     def state(self) -> Optional[str]:
         """The sweep's state as ``status.json`` says (``running``, ``done``, ``interrupted``),
@@ -476,8 +481,9 @@ class ResultStore:
 
     # ---- single writer ----------------------------------------------------------------------
     def is_store(self) -> bool:
-        """Whether the folder holds a sweep's files (its spec, status, lock or job records)."""
-        if any((self.root / name).is_file() for name in ("spec.json", "status.json", "sweep.lock")):
+        """Whether the folder holds a sweep's files (its spec, status, lock or job records); a
+        ``spec.json`` or ``status.json`` of a user's own (another tool's) is none of them."""
+        if any(check(self.root / name) for name, check in _MARKERS.items()):
             return True
         return any(folder.is_dir() and any(pattern.fullmatch(p.name) for p in folder.iterdir())
                    for folder, pattern in ((self.records_dir, _RECORD), (self.shards_dir, _SHARD)))

@@ -1138,6 +1138,19 @@ def test_status_of_a_folder_that_is_no_sweep_is_an_error(tmp_path, capsys):
     for folder, said in ((mine, "holds no sweep's files"), (tmp_path / "none", "does not exist")):
         assert sweep_main(["status", "--out", str(folder)]) == 2
         assert f"Expected a sweep results folder, but {str(folder)!r} {said}" in capsys.readouterr().err
+    # a spec.json or status.json of another tool's (a common name) made it a sweep's: `sweep
+    # status` failed with "KeyError: 'jobs'", `sweep report` with "KeyError: 'spec'"
+    (mine / "spec.json").write_text('{"model": "resnet", "lr": 0.1}')
+    (mine / "status.json").write_text('["idle"]')
+    assert not ResultStore(mine).is_store()
+    for command in ("status", "report"):
+        assert sweep_main([command, "--out", str(mine)]) == 2
+        assert (f"Expected a sweep results folder, but {str(mine)!r} holds no sweep's files"
+                in capsys.readouterr().err)
+    assert ResultStore(mine).read_spec() is None and ResultStore(mine).read_status() is None
+    store = ResultStore(tmp_path / "sweep")  # a sweep's own files still mark it
+    store.write_spec({"models": []}, ["a" * 16])
+    assert store.is_store() and store.read_spec()["jobs"] == ["a" * 16]
 
 
 def test_report_of_measured_accuracy_without_labels_says_so(folder, tmp_path, capsys):
