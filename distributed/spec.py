@@ -1092,6 +1092,18 @@ def _families(value, problems) -> Dict[str, str]:
     return out
 
 
+def _name(value, where: str, problems: List[str]) -> Optional[str]:
+    """A model's label or a dataset's name as the spec gives it: text (YAML reads ``label: 2024``
+    as a number: its text), or ``None`` where not given; a list, mapping or boolean is a
+    problem (``label: [r18]`` was the label "['r18']" in every table and figure)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        problems.append(f"{where}: Expected a name (text), but got {value!r}.")
+        return None
+    return str(value)
+
+
 def _unknown_model_hint(name: str) -> str:
     close = close_model_names(name, n=4)
     return (f" (did you mean {', '.join(close)}?)" if close else "") + \
@@ -1177,7 +1189,8 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
             accuracy = float(accuracy) / 100.0 if accuracy > 1 else float(accuracy)
     elif weights is not None:  # 'default' or named torchvision weights; None for other weights
         accuracy = hub_accuracy(arch, weights) if ok else None
-    label = entry.get("label") or name or arch
+    label = (_name(entry.get("label"), f"{where}.label", problems)
+             or (_name(name, f"{where}.name", problems) if "arch" in entry else name) or arch)
     res = _resources(entry.get("resources"), f"{where}.resources", problems)
     batch_size = number("batch_size", entry.get("batch_size"), 1, allow_none=True,
                         where=f"{where}.batch_size")
@@ -1296,7 +1309,7 @@ def _dataset(entry, where, base_dir, problems, number) -> Optional[DatasetEntry]
         elif cls is not None:
             _check_dataset_args(cls, raw_args, f"{where}.args", problems)
         args = tuple(sorted(raw_args.items()))
-    label = entry.get("name") or (
+    label = _name(entry.get("name"), f"{where}.name", problems) or (
         Path(path).name if kind == "folder" and path else name if kind == "torchvision" else kind)
     return DatasetEntry(label=str(label), kind=kind, path=path, name=name, root=root, args=args,
                         image_size=image_size, crop_pct=float(crop_pct), n_images=n_images,

@@ -494,6 +494,22 @@ def test_a_metric_that_is_a_mapping_is_a_problem_of_the_spec(folder, tmp_path, c
     assert "metrics: Expected each metric" in capsys.readouterr().err
 
 
+def test_a_label_or_dataset_name_that_is_no_text_is_refused(folder):
+    # `label: [r18]` (or `name: {a: 1}`) was the model "['r18']" in every table and figure
+    model = dict(MODELS[0])
+    for bad in (["r18"], {"a": 1}, True):
+        _one_problem(_spec(folder, models=[dict(model, label=bad)]),
+                     rf"^models\[0\]\.label: Expected a name \(text\), but got {re.escape(repr(bad))}\.$")
+        _one_problem(_spec(folder, models=[dict(model, name=bad, arch="resnet18")]),
+                     rf"^models\[0\]\.name: Expected a name \(text\)")
+        _one_problem(_spec(folder, datasets=[{"name": bad, "path": str(folder), "image_size": 32}]),
+                     rf"^datasets\[0\]\.name: Expected a name \(text\), but got {re.escape(repr(bad))}\.$")
+    # a number is its text (YAML's `label: 2024`), as a family's name
+    spec = load_spec(_spec(folder, models=[dict(model, label=2024)],
+                           datasets=[{"name": 7, "path": str(folder), "image_size": 32}]))
+    assert {(j.model.label, j.dataset.label) for j in spec.jobs()} == {("2024", "7")}
+
+
 def test_a_transform_family_without_a_name_is_refused(folder):
     # {"": rotation} was a job "resnet18 / tiny /  / seed 0" and an empty cell in the tables'
     # CSV files; YAML's `~: rotation` a family named 'None'
