@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import pandas as pd
 
-from equifast._io import SYSTEM_FILES, write_csv_atomic
+from equifast._io import SYSTEM_FILES, lies_in, write_csv_atomic
 from equifast.report import over_runs, shift_table
 from equifast.warning import EquifastWarning, warn
 
@@ -357,6 +357,26 @@ def _check_figures_folder(path: os.PathLike, own: Optional[set] = None) -> Path:
     return path
 
 
+def _check_outside_data(store: ResultStore, out_dir: os.PathLike) -> None:
+    """Raise ValueError where ``out_dir`` lies in the folder of a folder dataset of the sweep's
+    jobs (as their records resolved it): the next run read the figures there as that dataset's
+    images, a class folder of them, and measured its jobs again on them (as an --out there,
+    which :meth:`~.spec.SweepSpec.check_out` refuses). Only the records' heads are read."""
+    saved = store.read_spec()
+    ids = saved["jobs"] if saved else sorted(store.states())
+    folders: Dict[str, str] = {}
+    for jid in ids:
+        data = ((store.head_of(jid) or {}).get("job") or {}).get("dataset") or {}
+        if data.get("kind") == "folder" and data.get("resolved_path"):
+            folders.setdefault(data["resolved_path"], data.get("label"))
+    for path, label in folders.items():
+        if lies_in(out_dir, path):
+            raise ValueError(f"Expected --figures outside the images of dataset {label!r}, but "
+                             f"{str(out_dir)!r} lies in its folder {path!r}: the next run would "
+                             "measure the report's figures as that dataset's images; use another "
+                             "--figures.")
+
+
 def _report_table(path: Path) -> bool:
     """Whether ``path`` is a ``part_scores.csv`` a sweep report wrote: its header is
     :func:`part_scores`' columns."""
@@ -463,6 +483,10 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
 
     _check_figures_folder(out_dir)  # a file: said before the tables are read
     stored = None if isinstance(source, pd.DataFrame) else _store_tables(source)
+    store = None if stored is None else (
+        source if isinstance(source, ResultStore) else ResultStore(source))
+    if store is not None:
+        _check_outside_data(store, out_dir)
     scores = part_scores(source if stored is None else stored["parts"], metric=metric,
                          accuracy=accuracy)
     _check_distinct_slugs(list(dict.fromkeys(scores["dataset"])))
@@ -473,8 +497,7 @@ def sweep_figures(source: Union[str, os.PathLike, ResultStore, pd.DataFrame], ou
     points = None if stored is None else stored["points"]
     shifts = shift_scores(points, metric=metric) if points is not None and len(points) else None
     # what this report, or an earlier one of the same sweep, writes: its figures are replaced
-    saved = None if stored is None else (
-        source if isinstance(source, ResultStore) else ResultStore(source)).read_spec()
+    saved = None if store is None else store.read_spec()
     datasets = set(scores["dataset"]) | {d.get("label") for d in ((saved or {}).get("spec") or {})
                                          .get("datasets", []) if d.get("label")}
     own = _own_figures(datasets, set(_families()) | set(scores["family"]))

@@ -1239,6 +1239,27 @@ def test_a_bad_min_models_from_the_command_line_names_the_flag(folder, tmp_path,
     assert not (out / "figures").exists()
 
 
+def test_report_figures_inside_a_datasets_folder_are_refused(folder, tmp_path, capsys):
+    # `sweep report --figures DATA/figs` wrote its PNGs into the dataset's folder: the next run
+    # read figs/ as a class of images and measured every job of the dataset again on them
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    classes = ef.data.ImageFiles(data).classes
+    out = tmp_path / "sweep"
+    _finished_records(load_spec(_spec(data)), out)
+    assert sweep_main(["report", "--out", str(out), "--figures", str(data / "figs")]) == 2
+    err = capsys.readouterr().err
+    assert (f"Expected --figures outside the images of dataset 'tiny', but {str(data / 'figs')!r} "
+            f"lies in its folder {str(data)!r}") in err
+    assert not (data / "figs").exists() and ef.data.ImageFiles(data).classes == classes
+    with pytest.raises(ValueError, match="Expected --figures outside the images"):
+        analysis.sweep_figures(out, data)
+    files = analysis.sweep_figures(out, tmp_path / "figures")  # elsewhere: drawn
+    assert all(p.parent == tmp_path / "figures" for p in files["tables"] + files["figures"])
+
+
 def test_report_never_removes_a_users_figure_named_like_one(folder, tmp_path):
     out = tmp_path / "sweep"
     spec = load_spec(_spec(folder))
