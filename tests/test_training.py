@@ -499,6 +499,28 @@ def test_a_damaged_or_unfinished_run_is_said_so(tmp_path):
 
 
 @needs_fmnist
+def test_a_torch_file_that_is_no_checkpoint_is_said_so(tmp_path):
+    # model.pt copied over checkpoint.pt (a state_dict: loads, but holds no epoch) failed with a
+    # bare KeyError 'model' on resuming and KeyError 'epoch' in load_model
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=32, test_subset=8, device="cpu")
+    run = tmp_path / "run"
+    train(recipe, str(run))
+    weights = (run / "model.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(weights)
+    (run / "result.json").unlink()
+    (run / "model.pt").unlink()
+    said = r"Could not read the run file .*checkpoint.pt.* \(KeyError: 'epoch'\): it is damaged"
+    with pytest.raises(ValueError, match=said):
+        train(recipe, str(run))
+    with pytest.raises(ValueError, match=said):
+        load_model(str(run))
+    assert (run / "checkpoint.pt").read_bytes() == weights  # the user's file is left as it was
+    torch.save([torch.zeros(1)], run / "checkpoint.pt")  # not even a dict
+    with pytest.raises(ValueError, match=r"checkpoint.pt.* \(TypeError: a list, not a dict\)"):
+        load_model(str(run))
+
+
+@needs_fmnist
 def test_short_real_run_learns(tmp_path):
     recipe = get_recipe("cnn7-fmnist6", epochs=2, train_subset=2000, test_subset=2000,
                         device="cpu")

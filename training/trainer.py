@@ -463,13 +463,24 @@ def read_run_recipe(path, stored: Optional[Dict] = None) -> Recipe:
                          "file.") from err
 
 
+# What every reader of a checkpoint takes from it (load_model, trained_epochs, Ray's driver).
+_CHECKPOINT_KEYS = ("epoch", "model")
+
+
 def _load_checkpoint(path: Path, map_location="cpu", recipe: Optional[Recipe] = None,
                      mmap: bool = False) -> Dict:
     """``checkpoint.pt``; with ``recipe``, refused (``ValueError``) when it was written by a run
     of another recipe (a file copied in from another run folder); ``mmap``: see
     :func:`read_run_file` (for a few fields, not the weights and optimiser state)."""
     ckpt = read_run_file(path, map_location, mmap)
-    stored = ckpt.get("recipe") if recipe is not None and isinstance(ckpt, dict) else None
+    # a torch file that is no checkpoint (model.pt copied over it: a state_dict) failed later
+    # with a bare KeyError 'model' or 'epoch', in load_model, trained_epochs or resuming
+    if not isinstance(ckpt, dict):
+        raise _damaged(path, TypeError(f"a {type(ckpt).__name__}, not a dict"))
+    for key in _CHECKPOINT_KEYS:
+        if key not in ckpt:
+            raise _damaged(path, KeyError(key))
+    stored = ckpt.get("recipe") if recipe is not None else None
     if stored is not None:
         diff = read_run_recipe(path, stored).differences(recipe)
         if diff:
