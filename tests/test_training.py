@@ -521,6 +521,24 @@ def test_a_torch_file_that_is_no_checkpoint_is_said_so(tmp_path):
 
 
 @needs_fmnist
+def test_a_result_json_that_is_no_result_is_said_so(tmp_path):
+    # JSON, but not a run's result (a key missing, a list): a bare KeyError or TypeError
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=32, test_subset=8, device="cpu")
+    run = tmp_path / "run"
+    first = train(recipe, str(run))
+    stored = json.loads((run / "result.json").read_text())
+    assert train(recipe, str(run)).test_acc == stored["test_acc"] == first.test_acc
+    for key in ("recipe", "epochs", "test_acc"):
+        (run / "result.json").write_text(json.dumps({k: v for k, v in stored.items() if k != key}))
+        with pytest.raises(ValueError, match=rf"run file .*result.json.* \(KeyError: '{key}'\): "
+                                             "it is damaged"):
+            train(recipe, str(run))
+    (run / "result.json").write_text("[1]")
+    with pytest.raises(ValueError, match=r"run file .*result.json.* \(TypeError: .*\): it is damaged"):
+        train(recipe, str(run))
+
+
+@needs_fmnist
 def test_short_real_run_learns(tmp_path):
     recipe = get_recipe("cnn7-fmnist6", epochs=2, train_subset=2000, test_subset=2000,
                         device="cpu")

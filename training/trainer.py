@@ -562,10 +562,14 @@ def _result_from_dir(out: Path, resumed_from: Optional[int] = None) -> TrainResu
                         for r in csv.DictReader(f)]
         except (ValueError, TypeError, csv.Error) as err:  # edited, or cut short
             raise _damaged(out / METRICS, err) from err
-    return TrainResult(out_dir=str(out), recipe=read_run_recipe(out / RESULT, d["recipe"]),
-                       epochs=d["epochs"], test_acc=d["test_acc"], test_loss=d["test_loss"],
-                       test_rot_acc=d.get("test_rot_acc"), metrics=rows,
-                       resumed_from=d["epochs"] if resumed_from is None else resumed_from)
+    try:  # JSON, but not a result (edited, or written by something else): a bare KeyError
+        recipe, epochs = read_run_recipe(out / RESULT, d["recipe"]), d["epochs"]
+        scores = dict(test_acc=d["test_acc"], test_loss=d["test_loss"],
+                      test_rot_acc=d.get("test_rot_acc"))
+    except (KeyError, TypeError, AttributeError) as err:
+        raise _damaged(out / RESULT, err) from err
+    return TrainResult(out_dir=str(out), recipe=recipe, epochs=epochs, metrics=rows,
+                       resumed_from=epochs if resumed_from is None else resumed_from, **scores)
 
 
 def _will_train(out_dir: str, overwrite: bool) -> bool:
