@@ -1037,6 +1037,25 @@ def test_summarize_and_plot(tmp_path):
     assert len(fig.axes) == 2 and (tmp_path / "f.png").is_file()
 
 
+def test_summarize_and_plot_refuse_the_other_table(tmp_path):
+    # plot_study of the per-seed table (runs.csv) drew each part's seeds joined by one line,
+    # without a word; summarize of a summary (summary.csv) raised pandas' bare KeyError
+    rows = [dict(setting="none", recipe="r", seed=k, part=p, family="rotation", channel=0.1 * k,
+                 layer=0.5, test_acc=0.9) for k in (0, 1) for p in ("early", "late")]
+    runs = pd.DataFrame(rows)
+    summary = summarize(runs)
+    assert summary.channel_mean.tolist() == [runs.channel.mean()] * 2
+    with pytest.raises(ValueError, match=r"Expected `summary` to be one of summarize's tables .* "
+                                         r"lacks \['channel_mean', 'layer_mean'\]"):
+        plot_study(runs, str(tmp_path / "f.png"))
+    assert not (tmp_path / "f.png").exists()
+    with pytest.raises(ValueError, match=r"Expected `runs` to be one of measure_study's tables .* "
+                                         r"lacks \['seed', 'channel', 'layer'\]"):
+        summarize(summary)
+    with pytest.raises(ValueError, match=r"lacks \['setting', .*\(list\)"):
+        summarize(rows)
+
+
 def test_studies_transforms():
     # 4.2.1: rotations by 90, 180, 270 degrees, three seeds; 4.2.2: diagonal shifts 1..16, three
     # seeds; 4.2.3 names neither (same as 4.2.2 read here)

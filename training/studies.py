@@ -318,6 +318,17 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
     return runs, (pd.concat(shift_rows, ignore_index=True) if shift_rows else pd.DataFrame())
 
 
+def _check_columns(table, name: str, columns: Sequence[str], what: str) -> None:
+    """Raise ValueError unless ``table`` is a DataFrame with ``columns`` (``what`` it should be)."""
+    missing = ([c for c in columns if c not in table] if isinstance(table, pd.DataFrame)
+               else list(columns))
+    if missing:
+        got = (f"columns {list(table.columns)}" if isinstance(table, pd.DataFrame)
+               else type(table).__name__)
+        raise ValueError(f"Expected `{name}` to be {what}, with columns {list(columns)}, but it "
+                         f"lacks {missing} ({got}).")
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds of accuracy and part scores, or of the scores at each shift.
 
@@ -331,6 +342,10 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         undefined_fraction, test_acc`` (+ ``test_rot_acc``) and ``n_seeds``; settings keep their study order,
         parts the order early, middle, late, pool, final, and shifts the order measured.
     """
+    # another table (summary.csv read back, a report's parts) failed in pandas with a bare
+    # KeyError 'Column not found: seed'
+    _check_columns(runs, "runs", ("setting", "seed", "part", "family", "channel", "layer"),
+                   "one of measure_study's tables (runs.csv, shift_runs.csv)")
     # equifast.measure may give categorical columns: compare and group them as strings
     runs = runs.astype({c: str for c in ("setting", "part", "family") if c in runs})
     # each metric apart (measure_study's metric may be both): not more seeds of one score
@@ -367,6 +382,10 @@ def plot_study(summary: pd.DataFrame, path: Optional[str] = None, title: str = "
     """
     from equifast.figures import plot_parts, plot_shifts
 
+    # a per-seed table (runs.csv) was drawn without a word: each part's seeds joined by one line
+    _check_columns(summary, "summary", ("setting", "part", "family", "channel_mean", "layer_mean"),
+                   "one of summarize's tables (summary.csv, shift_summary.csv; summarize(runs) "
+                   "of runs.csv)")
     frames = {str(setting): df.rename(columns={"channel_mean": "channel", "layer_mean": "layer"})
               for setting, df in summary.groupby("setting", sort=False)}
     plot = plot_shifts if "dy" in summary else plot_parts
