@@ -1226,6 +1226,27 @@ def test_evaluate_refuses_an_empty_data_set(fake_mnist):
     assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(out, y[None]).item())
 
 
+def test_evaluate_on_another_device_than_the_model_is_refused(fake_mnist):
+    # the batches went to `device` and the model stayed: a bare RuntimeError in the first
+    # forward ("Tensor on device cpu is not on the expected device meta!"); on a GPU machine,
+    # evaluate(cpu_model, data, device="cuda") failed the same way
+    from torch.utils.data import Subset
+
+    from equifast.training.trainer import evaluate
+    torch.manual_seed(0)
+    model = build_model("cnn7", num_classes=6).eval()
+    test = Subset(build_dataset("mnist6", fake_mnist, train=False), range(8))
+    x, y = torch.stack([test[i][0] for i in range(8)]), torch.stack([test[i][1] for i in range(8)])
+    with torch.no_grad():
+        want = (model(x).argmax(1) == y).double().mean().item()
+    for device in (None, "cpu", torch.device("cpu")):  # the model's, named or not
+        assert evaluate(model, test, device=device)["acc"] == pytest.approx(want)
+    with pytest.raises(ValueError, match=r"Expected `device` to be the model's \(cpu\) or None, "
+                                         r"but got 'meta': move the model there first"):
+        evaluate(model, test, device="meta")
+    assert next(model.parameters()).device.type == "cpu"
+
+
 @needs_fmnist
 def test_measuring_a_run_on_a_folder_without_its_data_says_to_pass_data(tmp_path, capsys):
     from equifast.cli import main as cli

@@ -379,13 +379,24 @@ def _run_epoch(model, loader, device, num_classes, optimizer=None,
 def evaluate(model: nn.Module, dataset, batch_size: int = 256, device=None) -> Dict[str, float]:
     """Test loss and accuracies of ``model`` on ``dataset``.
 
+    ``device``: the model's device (``None``: wherever its parameters are), where the batches go;
+    the model is not moved.
+
     Returns:
         ``{"loss", "acc"}`` (+ ``"rot_acc"`` for a Rot-Eq model on a data set with turns; on
         one without, its class logits alone are scored). The model's mode is left as it was.
     """
     if not len(dataset):  # no batch: loss and accuracy read 0.0, as if measured
         raise ValueError("Expected `dataset` to hold at least one image, but it is empty.")
-    device = torch.device(device) if device else next(model.parameters()).device
+    held = next(model.parameters()).device
+    device = torch.device(device) if device else held
+    # the batches go to `device`, the model stays where it is: another device failed in the
+    # first forward, deep in torch ("Tensor on device cpu is not on the expected device ...")
+    other_index = None not in (device.index, held.index) and device.index != held.index
+    if device.type != held.type or other_index:
+        raise ValueError(f"Expected `device` to be the model's ({held}) or None, but got "
+                         f"{str(device)!r}: move the model there first (model.to({str(device)!r})).")
+    device = held
     num_classes = getattr(model, "num_classes", None) or 10
     first = torch.as_tensor(dataset[0][1])
     turns_in_data = not first.is_floating_point() and tuple(first.shape) == (2,)
