@@ -434,7 +434,8 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
 
     Raises ``ValueError`` when runs of one group measured other transforms (a family's mean
     over other transforms is another number, not another seed) or other points: points of its
-    own, lacking some of the others' (another model's).
+    own, lacking some of the others' (another model's), or the same points on maps of other
+    sizes (images of another size: its shifts are scaled otherwise).
 
     Args:
         reports: reports of repeated runs; ``report.meta`` keys named in ``by`` (e.g. the
@@ -485,8 +486,18 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
                              f"{sorted(metrics)} and run {first} {sorted(first_metrics)}; keep the "
                              f"metric they share (Report(r.points[r.points.metric == m], r.meta)) "
                              f"or measure every run with the same metrics.")
-        points = set(r.points["point"].astype(str)) if len(r.points) else set()
-        first_points = point_sets.setdefault(group, points)
+        shapes = (dict(zip(r.points["point"].astype(str), r.points["shape"].astype(str)))
+                  if "shape" in r.points else dict.fromkeys(r.points["point"].astype(str)))
+        points, first_shapes = set(shapes), point_sets.setdefault(group, shapes)
+        first_points = set(first_shapes)
+        resized = [p for p in first_shapes if shapes.get(p, first_shapes[p]) != first_shapes[p]]
+        if resized:  # the same points on maps of other sizes: shifts scaled otherwise, no seed
+            p = resized[0]
+            raise ValueError(f"Expected the runs combined{' per ' + ', '.join(by) if by else ''} "
+                             f"to have measured maps of one size, but run {i}'s point {p!r} is "
+                             f"{shapes[p]} where run {first}'s is {first_shapes[p]} (images of "
+                             f"another size, or another width); group the runs by a meta key "
+                             f"that tells them apart (by=[...]), or combine each size alone.")
         # points of its own and lacking some: another model's (a run without a part's points is
         # one whose part is undefined, as documented)
         if names and points - first_points and first_points - points:

@@ -238,6 +238,27 @@ def test_combine_runs_refuses_runs_of_other_models_in_one_group():
     assert sorted(set(zip(out.model, out.runs))) == [("a", 2), ("b", 1)]
 
 
+def test_combine_runs_refuses_runs_measured_at_other_sizes_in_one_group():
+    # a run at 64 px beside one at 32 px was averaged as a second seed
+    import torch
+    import torchvision
+    import equifast as ef
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    small, large = (ef.measure(model, torch.rand(2, 3, s, s), transforms=ef.rotations(), batch_size=2)
+                    for s in (32, 64))
+    with pytest.raises(ValueError, match=r"maps of one size, but run 1's point 'stem' is 64x16x16 "
+                                         r"where run 0's is 64x8x8"):
+        ef.combine_runs([small, large])
+    small.meta["size"], large.meta["size"] = 32, 64
+    out = ef.combine_runs([small, large, small], by="size")  # each size's runs alone: fine
+    assert sorted(set(zip(out["size"], out.runs))) == [(32, 2), (64, 1)]
+    both = out[(out["size"] == 32) & (out.part == "early")].iloc[0]
+    assert math.isclose(both.channel, small.parts[small.parts.part == "early"].channel.iloc[0],
+                        rel_tol=1e-12)
+
+
 def test_combine_runs_is_the_same_to_the_last_bit_in_any_order_of_the_runs():
     # a sweep's records or a study's seeds may come in any order: the same mean and std,
     # bit for bit (float sums in the order given differed in the last bit)
