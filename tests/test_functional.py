@@ -181,11 +181,12 @@ def test_scores_carry_no_gradient_in_any_backend(backend):
 
 
 @pytest.mark.skipif(not ef.ops.available(), reason="equifast._C not built")
-def test_the_operator_refuses_a_backward_pass():
+def test_the_operators_scores_carry_no_gradient_to_go_back_through():
     fx = torch.randn(1, 2, 4, 4, requires_grad=True)
     a, b = ef.Identity().index_map((4, 4), (4, 4))
     channel, _, _ = ef.ops.equivariance_scores(fx, fx.detach(), a, b, True, ef.TOLERANCE)
-    with pytest.raises(RuntimeError, match="not implemented"):
+    assert not channel.requires_grad  # as the functional's and the reference's
+    with pytest.raises(RuntimeError, match="does not require grad"):
         channel.nansum().backward()
 
 
