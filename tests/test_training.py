@@ -1245,6 +1245,11 @@ def test_evaluate_on_another_device_than_the_model_is_refused(fake_mnist):
                                          r"but got 'meta': move the model there first"):
         evaluate(model, test, device="meta")
     assert next(model.parameters()).device.type == "cpu"
+    # a DataLoader of the data failed as "'DataLoader' object is not subscriptable"
+    from torch.utils.data import DataLoader
+    with pytest.raises(TypeError, match=r"`dataset` to be a Dataset .* but got a DataLoader; "
+                                        r"pass loader.dataset"):
+        evaluate(model, DataLoader(test, batch_size=4))
 
 
 @needs_fmnist

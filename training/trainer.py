@@ -386,6 +386,9 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 256, device=None) -> D
         ``{"loss", "acc"}`` (+ ``"rot_acc"`` for a Rot-Eq model on a data set with turns; on
         one without, its class logits alone are scored). The model's mode is left as it was.
     """
+    if isinstance(dataset, DataLoader):  # failed as "'DataLoader' object is not subscriptable"
+        raise TypeError("Expected `dataset` to be a Dataset (evaluate batches it by `batch_size`), "
+                        "but got a DataLoader; pass loader.dataset.")
     if not len(dataset):  # no batch: loss and accuracy read 0.0, as if measured
         raise ValueError("Expected `dataset` to hold at least one image, but it is empty.")
     held = next(model.parameters()).device
