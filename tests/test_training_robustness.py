@@ -381,18 +381,19 @@ def test_an_overwrite_interrupted_while_deleting_leaves_the_old_run_or_an_unfini
     shutil.copytree(run, saved)
     files = ["result.json", "model.pt", "metrics.csv", "checkpoint.pt", "recipe.json"]
     assert set(files) | {"tb"} <= set(_names(run))
+    deletable = files[:-1] + ["tb"]  # recipe.json is replaced by the new one, never deleted
     recipe = get_recipe("cnn7-fmnist6", seed=0, **overrides)
     unlink, rmtree = pathlib.Path.unlink, shutil.rmtree
     deleted = []
 
     def deleting(path, stop_after):
         path = pathlib.Path(path)
-        if path.parent == run and path.name in files + ["tb"] and path.exists():
+        if path.parent == run and path.name in deletable and path.exists():
             if len(deleted) == stop_after:
                 raise _Interrupted
             deleted.append(path.name)
 
-    for k in range(len(files) + 1):
+    for k in range(len(deletable)):
         shutil.rmtree(run)
         shutil.copytree(saved, run)
         deleted.clear()
@@ -420,6 +421,36 @@ def test_an_overwrite_interrupted_while_deleting_leaves_the_old_run_or_an_unfini
         ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
         model = torch.load(run / "model.pt", weights_only=True)
         assert all(torch.equal(model[n], ckpt["model"][n]) for n in model), k
+
+
+@needs_fmnist
+def test_an_overwrite_interrupted_before_its_new_recipe_is_written_is_started_again(
+        tmp_path, monkeypatch, same_run):
+    # --overwrite deleted recipe.json, then wrote the new one: interrupted between, a run folder
+    # holding the user's notes beside the run read as a folder of the user's files, and every
+    # later `equifast train` of it (with --overwrite too) was refused
+    import shutil
+
+    import equifast.training.trainer as trainer
+
+    recipe = get_recipe("cnn7-fmnist6", seed=0, **{**TINY, "epochs": 1})
+    fresh, run = tmp_path / "fresh", tmp_path / "run"
+    train(recipe, str(fresh))
+    shutil.copytree(fresh, run)
+    (run / "notes.txt").write_text("mine")
+
+    def interrupted(path, data):
+        raise _Interrupted
+
+    monkeypatch.setattr(trainer, "write_text_atomic", interrupted)  # the new recipe.json
+    with pytest.raises(_Interrupted):
+        train(recipe.replace(seed=1), str(run), overwrite=True)
+    monkeypatch.undo()
+    assert not {"result.json", "checkpoint.pt", "model.pt"} & set(_names(run))
+    assert train(recipe, str(run)).epochs == 1  # started again, not refused
+    same_run(fresh, run)
+    assert (run / "notes.txt").read_text() == "mine"
+    assert json.loads((run / "recipe.json").read_text()) == recipe.to_dict()
 
 
 @needs_fmnist

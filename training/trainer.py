@@ -596,12 +596,13 @@ def _will_train(out_dir: str, overwrite: bool) -> bool:
 # so that a deletion interrupted anywhere never leaves a folder that reads as finished with some
 # of its files gone; model.pt and metrics.csv before checkpoint.pt, so that what is left is an
 # unfinished run whose weights and rows are its checkpoint's (a rerun resumes it and rewrites
-# them), or restarts once that is gone too, never beside another run's rows; recipe.json last,
-# as it makes the folder a run's (check_own_folder): without it, a leftover tb/ read as a
-# user's files and the folder was refused.
+# them), or restarts once that is gone too, never beside another run's rows. recipe.json is not
+# deleted but replaced by the new recipe (prepare_out_dir), as it makes the folder a run's
+# (check_own_folder): interrupted without it, a leftover tb/ or a user's notes beside the run
+# read as a user's folder, and the rerun refused it.
 # "ray": Ray Train's own storage of a run trained on it (train_ray's default storage_path),
 # whose logs and results would otherwise pile up under the new run's
-_OVERWRITTEN = (RESULT, MODEL, METRICS, CHECKPOINT, "tb", "ray", RECIPE)
+_OVERWRITTEN = (RESULT, MODEL, METRICS, CHECKPOINT, "tb", "ray")
 # a recipe.json of the user's own makes no folder a run's: its files would be replaced
 _OURS = {RECIPE: json_object_with("name", "model", "dataset", "epochs")}
 
@@ -647,7 +648,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
         _delete_run(out)
     out.mkdir(parents=True, exist_ok=True)
     # what a run killed while writing left: as large as a checkpoint, and never read
-    remove_stale_temps(out, tuple(n for n in _OVERWRITTEN if n not in ("tb", "ray")))
+    remove_stale_temps(out, tuple(n for n in _OVERWRITTEN + (RECIPE,) if n not in ("tb", "ray")))
     started = (out / CHECKPOINT).is_file() or (out / RESULT).is_file()
     if (out / RECIPE).is_file() and started:  # without them no epoch was trained: nothing to keep
         stored = read_run_recipe(out / RECIPE)
