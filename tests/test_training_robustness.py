@@ -553,6 +553,42 @@ def test_a_study_interrupted_while_writing_its_tables_keeps_the_earlier_set_whol
 
 
 @needs_fmnist
+def test_a_study_killed_while_moving_its_tables_in_is_completed_by_the_next_call(
+        tmp_path, monkeypatch):
+    # killed between the renames of its new runs.csv and summary.csv, a study left the new
+    # runs.csv beside the earlier summary.csv and figure.png, and a next `equifast study
+    # --no-measure` (or one of training only) left that mix as it was
+    import equifast._io as io
+    from equifast.training import run_study
+
+    kw = dict(seeds=[0], measure=False, overrides={**TINY, "epochs": 1})
+    run_study("objective-fashion", str(tmp_path), **kw)
+    tables = ["runs.csv", "summary.csv", "figure.png"]
+    for name in tables:
+        (tmp_path / name).write_text(f"earlier {name}")
+    stage = io.stage_folder(tmp_path)
+    for name in tables:
+        (stage / name).write_text(f"new {name}")
+    replace, moved = os.replace, []
+
+    def killed_after_one_table(src, dst):
+        if Path(dst).name in tables:
+            if moved:
+                raise _Interrupted  # as SIGKILL: nothing after it runs
+            moved.append(Path(dst).name)
+        replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", killed_after_one_table)
+    with pytest.raises(_Interrupted):
+        io.commit_staged(stage, tmp_path, tables, remove=[])
+    monkeypatch.undo()
+    assert [(tmp_path / n).read_text().split()[0] for n in tables] == ["new", "earlier", "earlier"]
+    run_study("objective-fashion", str(tmp_path), **kw)  # trains nothing, measures nothing
+    assert {n: (tmp_path / n).read_text() for n in tables} == {n: f"new {n}" for n in tables}
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@needs_fmnist
 def test_a_study_overwrite_interrupted_between_runs_is_carried_on_by_the_next_call(tmp_path):
     # interrupted after retraining the first run, the study rerun without --overwrite reused the
     # other runs' old models (measured beside the new one); rerun with it, it trained the first

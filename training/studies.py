@@ -36,8 +36,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 
 from equifast._checks import check_integer, checked_seed
-from equifast._io import (check_own_folder, commit_staged, stage_folder, write_csv_atomic,
-                          write_text_atomic)
+from equifast._io import (check_own_folder, commit_staged, finish_commit, stage_folder,
+                          write_csv_atomic, write_text_atomic)
 from equifast.report import over_runs
 
 from .recipes import get_recipe
@@ -510,6 +510,9 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     if measure:
         resolve_device(device)
     _claim_folder(out, study.name)
+    # the tables a killed study had committed but not all moved in (runs.csv new, summary.csv
+    # old): moved in whole first, also where this call measures nothing (--no-measure)
+    finish_commit(out)
     plan = _overwrite_plan(out, [_run_dir(out, label, seed) for label, _, seed in runs], overwrite)
     say = echo or (lambda _line: None)
     for i, ((label, recipe_name, seed), recipe) in enumerate(zip(runs, recipes), 1):
