@@ -279,7 +279,10 @@ def deferred_interrupt():
 def stage_folder(out: Union[str, os.PathLike]) -> Path:
     """A new hidden folder in ``out`` to write a set of files into before
     :func:`commit_staged` moves them in."""
-    return Path(tempfile.mkdtemp(prefix=f"{_STAGE}{os.getpid()}-", dir=out))
+    # named by host and pid: on a shared file system, another host's finish_commit (a Report.load,
+    # the refused `equifast measure` of a second host) would otherwise read a live stage as that
+    # of a process gone there, and delete files it had written
+    return Path(tempfile.mkdtemp(prefix=f"{_STAGE}{socket.gethostname()}-{os.getpid()}-", dir=out))
 
 
 def commit_staged(stage: Path, out: Union[str, os.PathLike], names: Sequence[str],
@@ -348,8 +351,11 @@ def _finish(out: Path) -> bool:
     if pending.is_dir():
         shutil.rmtree(pending)
     for p in out.glob(_STAGE + "*"):
-        pid = p.name[len(_STAGE):].split("-")[0]
-        if p.is_dir() and not (pid.isdigit() and pid_alive(int(pid))):
+        # "<host>-<pid>-<random>" (a host name may hold "-"), or "<pid>-<random>" of this host
+        fields = p.name[len(_STAGE):].rsplit("-", 2)
+        host = fields[0] if len(fields) == 3 else None
+        pid = fields[-2] if len(fields) > 1 else ""
+        if p.is_dir() and not (pid.isdigit() and process_alive(host, int(pid))):
             shutil.rmtree(p, ignore_errors=True)
     return done
 

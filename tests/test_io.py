@@ -173,6 +173,30 @@ def test_without_fcntl_equifast_imports_and_commits_unlocked(tmp_path):
     assert (tmp_path / "report.json").read_text() == "new"
 
 
+def test_finish_commit_keeps_the_staging_folder_of_a_process_on_another_host(tmp_path):
+    # on a shared file system, a Report.load (or a refused `equifast measure`) on a second host
+    # deleted the staging folder of a measurement running on the first (its pid is no process
+    # here), and the files it had written there were missing from the set it committed
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(gone.stdout)  # a process that has exited
+    live = _stage(tmp_path, "new")
+    other = live.rename(tmp_path / f".equifast-staging-other-host.lan-{pid}-a1b2c3d4")
+    here = tmp_path / f".equifast-staging-{socket.gethostname()}-{pid}-e5f6a7b8"
+    old_style = tmp_path / f".equifast-staging-{pid}-c9d0e1f2"  # of this host, before hosts
+    here.mkdir()
+    old_style.mkdir()
+    assert finish_commit(tmp_path) is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name]
+    assert sorted(p.name for p in other.iterdir()) == ["a.txt", "report.json"]
+    assert stage_folder(tmp_path).name.startswith(f".equifast-staging-{socket.gethostname()}-"
+                                                  f"{os.getpid()}-")
+
+
 def test_report_load_finishes_a_first_set_killed_before_its_report_json_was_moved_in(
         tmp_path, monkeypatch):
     # `equifast measure --out DIR` into a new DIR, killed right after the commit (the stage
