@@ -217,7 +217,8 @@ class FolderLock:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                # a data file's mode (os.open's default, 0o777, made it executable)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
                 holder, who = self.holder()
                 if holder == "this process":

@@ -1021,6 +1021,10 @@ def test_a_sweep_already_writing_the_folder_is_one_line(ray_session, folder, tmp
     store = ResultStore(out)
     store.lock()
     assert json.loads((out / "sweep.lock").read_text())["pid"] == os.getpid()
+    # created as a data file, as open() makes them (os.open's default mode made it executable)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "sweep.lock").stat().st_mode & 0o777 == 0o666 & ~umask
     assert sorted(p.name for p in (out / "records").iterdir()) == [f"{'b' * 16}.json", "notes.tmp"]
     store.unlock()
 
