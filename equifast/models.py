@@ -245,6 +245,7 @@ def check_model_args(name: str, weights: Optional[str] = "default",
     """
     name = _timm_hub_name(name)
     _check_timm_tag(name)
+    weights = _weights_argument(weights)  # a Path, "~/ckpt.pt": as load_model reads them
     path = checkpoint_path(name, weights)
     if check_file and path is not None:
         check_weights_file(path, name)
@@ -355,13 +356,16 @@ def _timm_cfg(name: str):
 
 
 def _weights_argument(weights):
-    """``weights`` as :func:`load_model` takes it: a path-like as its string, a torchvision
+    """``weights`` as :func:`load_model` takes it: a path-like as its string (``~`` expanded:
+    from Python no shell expanded it, as the CLI's and a sweep spec's are), a torchvision
     weights member as its name; anything else but a string or ``None`` is a ``TypeError`` (it
     would have meant random weights, silently)."""
     from torchvision.models import WeightsEnum
 
     if isinstance(weights, os.PathLike):
-        return os.fspath(weights)
+        weights = os.fspath(weights)
+    if isinstance(weights, str) and weights.startswith("~"):  # no weights' name starts so
+        return os.path.expanduser(weights)
     if isinstance(weights, WeightsEnum):
         return f"{type(weights).__name__}.{weights.name}"
     if weights is not None and not isinstance(weights, str):

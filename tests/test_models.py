@@ -56,6 +56,24 @@ def test_weights_as_paths_and_torchvision_members_and_nothing_else(tmp_path):
         "ResNet18_Weights.IMAGENET1K_V1"
 
 
+def test_a_weights_path_under_home_is_expanded_from_python_as_on_the_command_line(tmp_path, monkeypatch):
+    # "~/ckpt.pt" from Python: no shell expanded it, and the file "did not exist"
+    import equifast as ef
+    from equifast.models import check_model_args
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    m, _ = load_model("resnet18", weights=None, num_classes=3)
+    torch.save(m.state_dict(), tmp_path / "ckpt.pt")
+    check_model_args("resnet18", "~/ckpt.pt")
+    m2, _ = load_model("resnet18", weights="~/ckpt.pt")
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    x = torch.rand(2, 3, 32, 32)
+    for weights in ("~/ckpt.pt", tmp_path / "ckpt.pt"):  # a Path's meta was as typed, relative
+        rep = ef.measure("resnet18", x, weights=weights, transforms=[ef.Rotation(1)], device="cpu")
+        assert rep.meta["weights"] == str((tmp_path / "ckpt.pt").resolve())
+        assert rep.points.equals(ef.measure(m, x, transforms=[ef.Rotation(1)], device="cpu").points)
+
+
 @pytest.mark.parametrize("prefix", ["_orig_mod.", "model.",  # torch.compile's, Lightning's
                                     # stacked: Lightning of a compiled model, DDP in DDP, ...
                                     "model._orig_mod.", "_orig_mod.module.", "module.module."])
