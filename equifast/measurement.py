@@ -558,10 +558,11 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         torch.default_generator.manual_seed(seed)  # CPU only: the caller's CUDA stream is theirs
         meta = {"seed": seed, "backend": backend_name() if backend == "auto" else backend}
         if isinstance(model, str):
-            from .models import _is_run_folder, _weights_argument, checkpoint_path
+            from .models import _is_run_folder, _user_path, _weights_argument, checkpoint_path
 
-            # as load_model reads it: a Path's checkpoint and "~/ckpt.pt" go into meta absolute
-            weights = _weights_argument(weights)
+            # as load_model reads them: "~/runs/x", a Path's checkpoint and "~/ckpt.pt" go into
+            # meta absolute
+            model, weights = _user_path(model), _weights_argument(weights)
             run = model if _is_run_folder(model) else None
             # paths absolute: the report says what was measured wherever it is read
             meta.update(model=model if run is None else _absolute(model),

@@ -356,22 +356,28 @@ def _timm_cfg(name: str):
 
 
 def _weights_argument(weights):
-    """``weights`` as :func:`load_model` takes it: a path-like as its string (``~`` expanded:
-    from Python no shell expanded it, as the CLI's and a sweep spec's are), a torchvision
-    weights member as its name; anything else but a string or ``None`` is a ``TypeError`` (it
-    would have meant random weights, silently)."""
+    """``weights`` as :func:`load_model` takes it: a path-like as its string (``~`` expanded,
+    see :func:`_user_path`), a torchvision weights member as its name; anything else but a
+    string or ``None`` is a ``TypeError`` (it would have meant random weights, silently)."""
     from torchvision.models import WeightsEnum
 
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
-    if isinstance(weights, str) and weights.startswith("~"):  # no weights' name starts so
-        return os.path.expanduser(weights)
+    if isinstance(weights, str):
+        weights = _user_path(weights)
     if isinstance(weights, WeightsEnum):
         return f"{type(weights).__name__}.{weights.name}"
     if weights is not None and not isinstance(weights, str):
         raise TypeError(f"Expected `weights` to be 'default', 'none', None, a checkpoint path or "
                         f"torchvision weights, but got {weights!r}.")
     return weights
+
+
+def _user_path(value: str) -> str:
+    """``value`` with a leading ``~`` expanded: a checkpoint or run folder given from Python,
+    where no shell expanded it (the CLI's flags and a sweep spec's paths are); no model or
+    weights name starts so."""
+    return os.path.expanduser(value) if value.startswith("~") else value
 
 
 def close_model_names(name: str, n: int = 5) -> List[str]:
@@ -818,6 +824,7 @@ def load_model(name: str, weights: Optional[str] = "default",
 
     if not isinstance(name, str) or not name:
         raise TypeError(f"Expected `name` to be a model name, but got {name!r}.")
+    name = _user_path(name)  # "~/runs/x": a run folder that was "no such folder"
     weights = _weights_argument(weights)
     check_model_name(name)  # a folder without recipe.json, a checkpoint given as the name
     if _is_run_folder(name):

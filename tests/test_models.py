@@ -74,6 +74,29 @@ def test_a_weights_path_under_home_is_expanded_from_python_as_on_the_command_lin
         assert rep.points.equals(ef.measure(m, x, transforms=[ef.Rotation(1)], device="cpu").points)
 
 
+def test_a_run_folder_under_home_is_expanded_from_python_as_on_the_command_line(tmp_path, monkeypatch):
+    # "~/run" from Python was "neither (no such folder)", though the run was there
+    import json
+
+    import equifast as ef
+    from equifast.training.recipes import get_recipe
+    from equifast.training.trainer import build_model_for
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, device="cpu")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.json").write_text(json.dumps(recipe.to_dict()))
+    torch.save(build_model_for(recipe).state_dict(), tmp_path / "run" / "model.pt")
+    by_path, _ = load_model(str(tmp_path / "run"))
+    by_home, _ = load_model("~/run")
+    assert all(torch.equal(a, b) for a, b in zip(by_path.state_dict().values(),
+                                                 by_home.state_dict().values()))
+    x = torch.rand(2, 1, 28, 28)
+    rep = ef.measure("~/run", x, transforms=[ef.Rotation(1)], device="cpu")
+    assert rep.meta["model"] == str((tmp_path / "run").resolve())
+    assert rep.points.equals(ef.measure(by_path, x, transforms=[ef.Rotation(1)], device="cpu").points)
+
+
 @pytest.mark.parametrize("prefix", ["_orig_mod.", "model.",  # torch.compile's, Lightning's
                                     # stacked: Lightning of a compiled model, DDP in DDP, ...
                                     "model._orig_mod.", "_orig_mod.module.", "module.module."])
