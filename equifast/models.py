@@ -722,11 +722,17 @@ def _without_classifier(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dic
     the ``weight`` and ``bias`` of each layer its pretrained config names ``classifier``
     (``fc``; ``head.fc``; a distilled model's ``head`` and ``head_dist``), as timm's
     ``load_pretrained`` drops them for another ``num_classes``; the rest still loads strictly."""
+    drop = _classifier_keys(model) - set(model.state_dict())
+    return {k: v for k, v in state.items() if k not in drop}
+
+
+def _classifier_keys(model: nn.Module) -> set:
+    """The state-dict keys of the classifier that the timm ``model``'s pretrained config names
+    (``fc.weight``, ``fc.bias``; a distilled model's two heads'), whether it has them or not;
+    empty for other models."""
     named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
     names = (named,) if isinstance(named, str) else tuple(named or ())
-    own = model.state_dict()
-    drop = {f"{c}.{p}" for c in names for p in ("weight", "bias")} - set(own)
-    return {k: v for k, v in state.items() if k not in drop}
+    return {f"{c}.{p}" for c in names for p in ("weight", "bias")}
 
 
 def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], path: str, name: str) -> None:
@@ -932,6 +938,16 @@ def _with_checkpoint(build: Callable[..., nn.Module], kwargs: Dict, state, path,
                          f"{classes}.")
     if classes is not None and "num_classes" not in kwargs:
         model = build(**{**kwargs, "num_classes": classes})
+    own = set(model.state_dict())
+    missing = own - set(state)
+    if "num_classes" not in kwargs and missing and missing == own & _classifier_keys(model):
+        # all of the classifier and nothing else: saved from timm's model built headless
+        # (num_classes=0), where "Name the architecture" was no help
+        raise ModelArgumentError(
+            f"Expected `weights` {path!r} to hold the classifier of {name!r}, but it has none "
+            f"(missing: {', '.join(sorted(missing))}; the weights of a headless model); pass "
+            "num_classes=0 (--num-classes 0) to measure its pooled features as `final`.",
+            "num_classes")
     if kwargs.get("num_classes") == 0:
         state = _without_classifier(model, state)
     _load_state(model, state, path, name)

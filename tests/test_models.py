@@ -551,6 +551,31 @@ def test_a_timm_model_built_without_a_classifier_is_refused_unless_asked(tmp_pat
         load_model(name, weights=str(tmp_path / "none.pt"))
 
 
+def test_a_headless_checkpoint_of_a_timm_classifier_says_to_pass_num_classes_0(tmp_path):
+    # saved from timm.create_model(..., num_classes=0): it was "Name the architecture the
+    # checkpoint was saved from", which it was
+    import timm
+
+    import equifast as ef
+    from equifast.models import ModelArgumentError
+
+    m = timm.create_model("resnet10t", pretrained=False, num_classes=0).eval()
+    torch.save(m.state_dict(), tmp_path / "features.pt")
+    with pytest.raises(ModelArgumentError, match=r"has none \(missing: fc.bias, fc.weight; the "
+                                                 r"weights of a headless model\); pass num_classes=0") as got:
+        load_model("resnet10t", weights=str(tmp_path / "features.pt"))
+    assert got.value.argument == "num_classes"
+    x = torch.rand(2, 3, 32, 32)
+    rep = ef.measure("resnet10t", x, weights=str(tmp_path / "features.pt"), num_classes=0,
+                     transforms=[ef.Rotation(1)], device="cpu")
+    assert rep.points.equals(ef.measure(m, x, transforms=[ef.Rotation(1)], device="cpu").points)
+    # a classifier's bias alone missing is not that: the keys that do not fit are named
+    full = timm.create_model("resnet10t", pretrained=False).state_dict()
+    torch.save({k: v for k, v in full.items() if k != "fc.bias"}, tmp_path / "nobias.pt")
+    with pytest.raises(ValueError, match=r"do not fit that model \(1 missing: fc.bias\)"):
+        load_model("resnet10t", weights=str(tmp_path / "nobias.pt"))
+
+
 def test_torchvision_only_names_are_known():
     from equifast.models import check_model_name, is_known_model
 
