@@ -616,16 +616,19 @@ def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
             break
     if not isinstance(state, dict):
         raise ValueError(f"Expected {path!r} to hold a state dict, but got {type(state).__name__}.")
-    # the wrappers' prefixes: DistributedDataParallel's, torch.compile's, Lightning's module's;
     # wrappers stack in any order (Lightning of a compiled model: "model._orig_mod."), so strip
     # until none is left
-    prefixes = ("module.", "_orig_mod.", "model.")
     while True:
-        prefix = next((p for p in prefixes if state and all(
+        prefix = next((p for p in _WRAPPER_PREFIXES if state and all(
             isinstance(k, str) and k.startswith(p) for k in state)), None)
         if prefix is None:
             return state
         state = {k.removeprefix(prefix): v for k, v in state.items()}
+
+
+# the wrappers' prefixes, stripped where every key carries one: DistributedDataParallel's,
+# torch.compile's, Lightning's module's
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 def _looks_like_safetensors(path: str) -> bool:
@@ -765,7 +768,15 @@ def _key_problems(own: Dict[str, torch.Tensor], state: Dict) -> str:
              for what, keys in (("missing", missing), ("unexpected", unexpected),
                                 ("of another shape", shapes)) if keys]
     prefix = _extra_prefix(missing, unexpected)
-    if prefix:
+    others = [k for k in unexpected if prefix and not k.startswith(prefix)]
+    if prefix and others and all(p + "." in _WRAPPER_PREFIXES for p in prefix[:-1].split(".")):
+        # a wrapper's prefix on the model's keys but not on all of them (a LightningModule's
+        # weighted loss, criterion.weight): "only module., model. ... are stripped" named it
+        parts.append(f"its model's keys carry the wrapper's prefix {prefix!r}, which is stripped "
+                     f"only where every key carries it, and these do not ({len(others)}: "
+                     f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); save the "
+                     "state dict of the wrapped model alone")
+    elif prefix:
         parts.append(f"its keys carry the prefix {prefix!r} (only wrappers' module., _orig_mod. and "
                      "model. are stripped): save the state dict without it")
     return "; ".join(parts)

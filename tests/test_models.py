@@ -406,6 +406,19 @@ def test_a_checkpoint_that_fits_in_part_names_its_missing_unexpected_and_reshape
                                          r"backbone\.conv1\.weight, .*its keys carry the prefix "
                                          r"'backbone\.' \(only wrappers'"):
         load_model("resnet18", weights=str(tmp_path / "bb.pt"))
+    # a wrapper's prefix not on every key (a LightningModule's weighted loss beside its model):
+    # it was "carry the prefix 'model.' (only ... model. are stripped)"
+    torch.save({"state_dict": {**{"model." + k: v for k, v in own.items()},
+                               "criterion.weight": torch.ones(3)}}, tmp_path / "pl.pt")
+    with pytest.raises(ValueError, match=r"carry the wrapper's prefix 'model\.', which is stripped "
+                                         r"only where every key carries it, and these do not "
+                                         r"\(1: criterion\.weight\); save the state dict of the "
+                                         r"wrapped model alone"):
+        load_model("resnet18", weights=str(tmp_path / "pl.pt"))
+    # without the loss's keys it loads, as the model's own state dict does
+    torch.save({"model." + k: v for k, v in own.items()}, tmp_path / "alone.pt")
+    m, _ = load_model("resnet18", weights=str(tmp_path / "alone.pt"), num_classes=len(own["fc.bias"]))
+    assert all(torch.equal(own[k], v) for k, v in m.state_dict().items())
 
 
 def test_a_checkpoint_torch_loads_is_loaded_as_torch_loads_it(tmp_path):
