@@ -531,6 +531,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         >>> list(report.parts.part.unique())
         ['early', 'middle', 'late', 'pool', 'final']
     """
+    if isinstance(model, os.PathLike):  # a run folder as a Path was "no ... run folder"
+        model = os.fspath(model)
     if not isinstance(model, (nn.Module, str)):
         raise TypeError(f"Expected `model` to be an nn.Module, a torchvision/timm name or a run "
                         f"folder, but got {type(model).__name__}.")

@@ -839,6 +839,8 @@ def load_model(name: str, weights: Optional[str] = "default",
     import timm
     import torchvision
 
+    if isinstance(name, os.PathLike):  # a run folder as a Path
+        name = os.fspath(name)
     if not isinstance(name, str) or not name:
         raise TypeError(f"Expected `name` to be a model name, but got {name!r}.")
     name = _user_path(name)  # "~/runs/x": a run folder that was "no such folder"

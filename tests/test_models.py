@@ -97,6 +97,29 @@ def test_a_run_folder_under_home_is_expanded_from_python_as_on_the_command_line(
     assert rep.points.equals(ef.measure(by_path, x, transforms=[ef.Rotation(1)], device="cpu").points)
 
 
+def test_a_run_folder_as_a_path_object_is_measured_as_its_string(tmp_path):
+    # a Path was refused: "Expected `model` to be ... a run folder, but got PosixPath"
+    import json
+
+    import equifast as ef
+    from equifast.training.recipes import get_recipe
+    from equifast.training.trainer import build_model_for
+
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, device="cpu")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.json").write_text(json.dumps(recipe.to_dict()))
+    torch.save(build_model_for(recipe).state_dict(), run / "model.pt")
+    by_str, _ = load_model(str(run))
+    by_path, _ = load_model(run)
+    assert all(torch.equal(a, b) for a, b in zip(by_str.state_dict().values(),
+                                                 by_path.state_dict().values()))
+    x = torch.rand(2, 1, 28, 28)
+    rep = ef.measure(run, x, transforms=[ef.Rotation(1)], device="cpu")
+    assert rep.meta["model"] == str(run.resolve())
+    assert rep.points.equals(ef.measure(by_str, x, transforms=[ef.Rotation(1)], device="cpu").points)
+
+
 @pytest.mark.parametrize("prefix", ["_orig_mod.", "model.",  # torch.compile's, Lightning's
                                     # stacked: Lightning of a compiled model, DDP in DDP, ...
                                     "model._orig_mod.", "_orig_mod.module.", "module.module."])
