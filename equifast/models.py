@@ -821,7 +821,9 @@ def load_model(name: str, weights: Optional[str] = "default",
             the name of a torchvision model's weights (``"IMAGENET1K_V1"``: the thesis' era
             ResNets, whose default is now the 2022 ``IMAGENET1K_V2``; timm weights are named
             by the model name's tag instead),
-            ``"embedded"`` (``efficientnet_lite0`` only), a path to a checkpoint file
+            ``"embedded"`` (``efficientnet_lite0`` only; with a checkpoint it is timm's
+            ``efficientnet_lite0``, padded symmetrically, with a warning: the embedded weights
+            run in ``tf_efficientnet_lite0``), a path to a checkpoint file
             (a state dict, or a dict holding one under ``state_dict``/``model``, saved with
             ``torch.save``; or a ``.safetensors`` file, as the hub keeps them; ``inception_v3``
             and ``googlenet`` checkpoints are built as torchvision builds them for its weights,
@@ -857,6 +859,14 @@ def load_model(name: str, weights: Optional[str] = "default",
     name = _timm_hub_name(name)  # built from the registry: offline, random weights need no hub
     named, path = torchvision_weights(name, weights), checkpoint_path(name, weights)
     state = _read_checkpoint(path, name) if path else None
+    if name == EMBEDDED and path:
+        # the embedded weights' network pads as TensorFlow does; a checkpoint fine-tuned from it
+        # loads into timm's efficientnet_lite0 as well (the same keys) and computes otherwise
+        from .warning import warn
+
+        warn(f"Measuring {EMBEDDED!r} with the checkpoint {path!r} in timm's {EMBEDDED}, which "
+             "pads symmetrically; the embedded weights run in tf_efficientnet_lite0 (TensorFlow's "
+             "padding): for a checkpoint fine-tuned from them, name that model instead.")
     check_model_args(name, weights, num_classes)  # before any hub weights are fetched for nothing
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if name == EMBEDDED and weights in ("default", "embedded"):

@@ -74,6 +74,27 @@ def test_a_weights_path_under_home_is_expanded_from_python_as_on_the_command_lin
         assert rep.points.equals(ef.measure(m, x, transforms=[ef.Rotation(1)], device="cpu").points)
 
 
+def test_efficientnet_lite0_with_a_checkpoint_warns_it_is_not_the_embedded_network(tmp_path):
+    # a checkpoint fine-tuned from the embedded model (tf_efficientnet_lite0, TensorFlow's
+    # padding) loaded into timm's efficientnet_lite0 without a word: same keys, other numbers
+    import warnings
+
+    import equifast as ef
+    from equifast.models import embedded_lite0
+
+    tuned = embedded_lite0()
+    torch.save(tuned.state_dict(), tmp_path / "tuned.pt")
+    with pytest.warns(ef.EquifastWarning, match="name that model instead"):
+        as_named, _ = load_model("efficientnet_lite0", weights=str(tmp_path / "tuned.pt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        right, _ = load_model("tf_efficientnet_lite0", weights=str(tmp_path / "tuned.pt"))
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(right(x), tuned.eval()(x))
+        assert not torch.allclose(as_named(x), right(x), atol=1e-3)  # the padding the warning names
+
+
 def test_a_run_folder_under_home_is_expanded_from_python_as_on_the_command_line(tmp_path, monkeypatch):
     # "~/run" from Python was "neither (no such folder)", though the run was there
     import json
