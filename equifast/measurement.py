@@ -569,11 +569,11 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             # paths absolute: the report says what was measured wherever it is read
             meta.update(model=model if run is None else _absolute(model),
                         weights=None if weights is None else str(weights))  # JSON null
-            if num_classes is not None:
-                meta["num_classes"] = num_classes
             if weights is not None and checkpoint_path(model, weights):  # a checkpoint file
                 meta["weights"] = _absolute(weights)
             model, model_preprocess = load_model(model, weights=weights, num_classes=num_classes)
+            if num_classes is not None:  # checked by load_model: a whole number (np.int64 too)
+                meta["num_classes"] = int(num_classes)
             inner = model
             preprocess = preprocess or model_preprocess
             if run is not None:  # an unfinished run's report says so (load_model warned)

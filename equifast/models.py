@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from ._checks import is_integer
 from ._hints import did_you_mean
 
 __all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "checkpoint_path",
@@ -249,8 +250,7 @@ def check_model_args(name: str, weights: Optional[str] = "default",
     path = checkpoint_path(name, weights)
     if check_file and path is not None:
         check_weights_file(path, name)
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 0):
+    if num_classes is not None and (not is_integer(num_classes) or num_classes < 0):
         raise ModelArgumentError(f"Expected `num_classes` to be a whole number >= 1 (or 0: a timm "
                                  f"model's pooled features), but got {num_classes!r}.", "num_classes")
     if num_classes == 0 and _is_torchvision(name):
@@ -859,6 +859,7 @@ def load_model(name: str, weights: Optional[str] = "default",
     name = _timm_hub_name(name)  # built from the registry: offline, random weights need no hub
     named, path = torchvision_weights(name, weights), checkpoint_path(name, weights)
     state = _read_checkpoint(path, name) if path else None
+    check_model_args(name, weights, num_classes)  # before any hub weights are fetched for nothing
     if name == EMBEDDED and path:
         # the embedded weights' network pads as TensorFlow does; a checkpoint fine-tuned from it
         # loads into timm's efficientnet_lite0 as well (the same keys) and computes otherwise
@@ -867,8 +868,7 @@ def load_model(name: str, weights: Optional[str] = "default",
         warn(f"Measuring {EMBEDDED!r} with the checkpoint {path!r} in timm's {EMBEDDED}, which "
              "pads symmetrically; the embedded weights run in tf_efficientnet_lite0 (TensorFlow's "
              "padding): for a checkpoint fine-tuned from them, name that model instead.")
-    check_model_args(name, weights, num_classes)  # before any hub weights are fetched for nothing
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}  # np.int64: a count
     if name == EMBEDDED and weights in ("default", "embedded"):
         model = embedded_lite0()
         return model, _timm_preprocess(model)

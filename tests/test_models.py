@@ -74,6 +74,23 @@ def test_a_weights_path_under_home_is_expanded_from_python_as_on_the_command_lin
         assert rep.points.equals(ef.measure(m, x, transforms=[ef.Rotation(1)], device="cpu").points)
 
 
+def test_num_classes_as_a_numpy_integer_is_a_count(tmp_path):
+    # np.int64(7) (a count read from a table) was "Expected `num_classes` to be a whole number"
+    import numpy as np
+
+    import equifast as ef
+    from equifast.models import ModelArgumentError
+
+    model, _ = load_model("resnet18", weights=None, num_classes=np.int64(7))
+    assert model.fc.out_features == 7
+    rep = ef.measure("resnet18", torch.rand(2, 3, 32, 32), weights=None, num_classes=np.int64(7),
+                     transforms=[ef.Rotation(1)], device="cpu")
+    assert rep.meta["num_classes"] == 7 and type(rep.meta["num_classes"]) is int
+    for bad in (True, 2.0, np.float32(3), -1):
+        with pytest.raises(ModelArgumentError, match="`num_classes` to be a whole number"):
+            load_model("resnet18", weights=None, num_classes=bad)
+
+
 def test_efficientnet_lite0_with_a_checkpoint_warns_it_is_not_the_embedded_network(tmp_path):
     # a checkpoint fine-tuned from the embedded model (tf_efficientnet_lite0, TensorFlow's
     # padding) loaded into timm's efficientnet_lite0 without a word: same keys, other numbers
