@@ -768,6 +768,13 @@ def test_bad_recipe_values_are_refused_before_the_run_folder(tmp_path):
         with pytest.raises(TypeError, match=rf"^Expected `{next(iter(bad))}` to be {said}"):
             get_recipe("cnn7-fmnist6", **bad)
     assert get_recipe("cnn7-fmnist6", lr=1, data_root=tmp_path).data_root == str(tmp_path)
+    # NumPy's numbers (a setting read from a table) are counts and rates, kept as Python's (JSON)
+    numpy = get_recipe("cnn7-fmnist6", epochs=np.int64(2), lr=np.float32(0.5), batch_size=np.int32(8))
+    assert numpy == get_recipe("cnn7-fmnist6", epochs=2, lr=0.5, batch_size=8)
+    assert (type(numpy.epochs), type(numpy.lr)) == (int, float)
+    json.dumps(numpy.to_dict())
+    with pytest.raises(TypeError, match=r"^Expected `epochs` to be an int"):
+        get_recipe("cnn7-fmnist6", epochs=np.float64(2))
     # a string's characters or floats were read as other epochs: "59" as 5 and 9
     for bad in ("59", (99.9, 150.5), (True,), 3):  # 3: "'int' object is not iterable"
         with pytest.raises(TypeError, match="`milestones` to be a sequence of int epochs"):

@@ -129,6 +129,11 @@ class Recipe:
             if kind == "str" and isinstance(value, os.PathLike):  # data_root=Path(...)
                 value = os.fspath(value)
                 object.__setattr__(self, f.name, value)
+            # NumPy's numbers (a setting read from a table) as Python's: the recipe is JSON
+            if kind in ("int", "float") and type(value) not in (bool, int, float) and \
+                    isinstance(value, numbers.Integral if kind == "int" else numbers.Real):
+                value = int(value) if isinstance(value, numbers.Integral) else float(value)
+                object.__setattr__(self, f.name, value)
             if not isinstance(value, allowed[kind]) or (kind != "bool" and isinstance(value, bool)):
                 raise TypeError(f"Expected `{f.name}` to be {'an' if kind == 'int' else 'a'} "
                                 f"{kind}{' or None' if optional else ''}, but got {value!r}.")
