@@ -490,7 +490,9 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
                   if "shape" in r.points else dict.fromkeys(r.points["point"].astype(str)))
         points, first_shapes = set(shapes), point_sets.setdefault(group, shapes)
         first_points = set(first_shapes)
-        resized = [p for p in first_shapes if shapes.get(p, first_shapes[p]) != first_shapes[p]]
+        # a table without shapes (SPEC's columns; an older report's) tells no size: not None
+        resized = [p for p in first_shapes if None not in (shapes.get(p), first_shapes[p])
+                   and shapes[p] != first_shapes[p]]
         if resized:  # the same points on maps of other sizes: shifts scaled otherwise, no seed
             p = resized[0]
             raise ValueError(f"Expected the runs combined{' per ' + ', '.join(by) if by else ''} "

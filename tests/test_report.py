@@ -259,6 +259,20 @@ def test_combine_runs_refuses_runs_measured_at_other_sizes_in_one_group():
                         rel_tol=1e-12)
 
 
+def test_combine_runs_of_a_table_without_shapes_beside_one_with_them():
+    # a points table of SPEC's columns (no shape) beside a measured one was refused as "maps
+    # of one size, but run 1's point 'p0' is 8x4x4 where run 0's is None"
+    plain = Report.from_rows(_rows(), {"seed": 0})
+    shaped = Report.from_rows([dict(r, channel=r["channel"] + 0.1, shape="8x4x4") for r in _rows()],
+                              {"seed": 1})
+    for runs in ([plain, shaped], [shaped, plain]):
+        out = combine_runs(runs)
+        for part, channel in out.groupby(["part", "family", "metric"]).channel.first().items():
+            both = [r.parts.set_index(["part", "family", "metric"]).channel[part] for r in runs]
+            assert math.isclose(channel, sum(both) / 2, rel_tol=1e-12)
+        assert set(out.runs) == {2}
+
+
 def test_combine_runs_is_the_same_to_the_last_bit_in_any_order_of_the_runs():
     # a sweep's records or a study's seeds may come in any order: the same mean and std,
     # bit for bit (float sums in the order given differed in the last bit)
