@@ -1252,6 +1252,16 @@ def test_evaluate_on_another_device_than_the_model_is_refused(fake_mnist):
                                          r"but got 'meta': move the model there first"):
         evaluate(model, test, device="meta")
     assert next(model.parameters()).device.type == "cpu"
+    # a model of no weights runs where the batches are (it failed with a bare StopIteration)
+    class Fixed(torch.nn.Module):
+        num_classes = 6
+
+        def forward(self, x):
+            return x.flatten(1)[:, :6]
+
+    with torch.no_grad():
+        fixed = (x.flatten(1)[:, :6].argmax(1) == y).double().mean().item()
+    assert evaluate(Fixed(), test)["acc"] == evaluate(Fixed(), test, device="cpu")["acc"] == pytest.approx(fixed)
     # a DataLoader of the data failed as "'DataLoader' object is not subscriptable"
     from torch.utils.data import DataLoader
     with pytest.raises(TypeError, match=r"`dataset` to be a Dataset .* but got a DataLoader; "

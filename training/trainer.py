@@ -40,6 +40,7 @@ target.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -391,7 +392,9 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 256, device=None) -> D
                         "but got a DataLoader; pass loader.dataset.")
     if not len(dataset):  # no batch: loss and accuracy read 0.0, as if measured
         raise ValueError("Expected `dataset` to hold at least one image, but it is empty.")
-    held = next(model.parameters()).device
+    # a model of no weights (a fixed filter bank) runs wherever the batches are
+    any_tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    held = torch.device(device or "cpu") if any_tensor is None else any_tensor.device
     device = torch.device(device) if device else held
     # the batches go to `device`, the model stays where it is: another device failed in the
     # first forward, deep in torch ("Tensor on device cpu is not on the expected device ...")
