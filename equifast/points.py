@@ -1058,13 +1058,17 @@ def _tracer_kwargs() -> Dict[str, Any]:
     return kwargs
 
 
+class _HooksOfItsOwn(RuntimeError):
+    """A model fx cannot read right: its own forward hooks are not in a graph of its forward."""
+
+
 def _check_no_hooks_of_its_own(model: nn.Module) -> None:
     """fx traces ``model.forward``: forward (pre-)hooks on the model itself are not in its
     graph (those on its submodules are). An input normalised by a pre-hook, or logits scaled
     by a hook, came out as if the hooks were not there."""
     if model._forward_pre_hooks or model._forward_hooks:
-        raise RuntimeError(f"{type(model).__name__} has forward hooks of its own, which a "
-                           "torch.fx graph of its forward leaves out")
+        raise _HooksOfItsOwn(f"{type(model).__name__} has forward hooks of its own, which a "
+                             "torch.fx graph of its forward leaves out")
 
 
 class _Graph:
@@ -1744,10 +1748,12 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
             graph = _Graph(model)
         except Exception as e:  # noqa: BLE001 - any tracing failure means: use hooks
             if method == "fx":
-                raise ValueError(
-                    f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}). Use "
-                    "method='hooks', or register the untraceable modules/functions as leaves "
-                    "(timm.layers.register_notrace_module / register_notrace_function).") from e
+                # leaves are no help where the model's own hooks are what a graph leaves out
+                leaves = "" if isinstance(e, _HooksOfItsOwn) else (
+                    ", or register the untraceable modules/functions as leaves "
+                    "(timm.layers.register_notrace_module / register_notrace_function)")
+                raise ValueError(f"torch.fx cannot trace {type(model).__name__} "
+                                 f"({type(e).__name__}: {e}). Use method='hooks'{leaves}.") from e
             _warn(f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}); "
                   "using forward hooks instead.")
 
