@@ -460,7 +460,7 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
             keys = sorted(set().union(*(r.meta for r in reports)))
             raise ValueError(f"Expected each name in `by` to be a key of the reports' meta, but "
                              f"{k!r} is in none of them (their keys: {', '.join(keys)}).")
-    frames, measured, point_sets = [], {}, {}
+    frames, measured, point_sets, size_sets = [], {}, {}, {}
     for i, r in enumerate(reports):
         # a family's mean over other transforms is another number: not a seed of the same run
         group = tuple(r.meta.get(k) for k in by)
@@ -488,18 +488,23 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
                              f"or measure every run with the same metrics.")
         shapes = (dict(zip(r.points["point"].astype(str), r.points["shape"].astype(str)))
                   if "shape" in r.points else dict.fromkeys(r.points["point"].astype(str)))
-        points, first_shapes = set(shapes), point_sets.setdefault(group, shapes)
-        first_points = set(first_shapes)
-        # a table without shapes (SPEC's columns; an older report's) tells no size: not None
-        resized = [p for p in first_shapes if None not in (shapes.get(p), first_shapes[p])
-                   and shapes[p] != first_shapes[p]]
+        points = set(shapes)
+        first_points = point_sets.setdefault(group, points)
+        # each point's map shape and the run that first recorded one: a table without shapes
+        # (SPEC's columns; an older report's) tells no size
+        sizes = size_sets.setdefault(group, {})
+        resized = [(p, shape, *sizes[p]) for p, shape in shapes.items()
+                   if shape is not None and p in sizes and sizes[p][0] != shape]
         if resized:  # the same points on maps of other sizes: shifts scaled otherwise, no seed
-            p = resized[0]
+            p, shape, was, run = resized[0]
             raise ValueError(f"Expected the runs combined{' per ' + ', '.join(by) if by else ''} "
                              f"to have measured maps of one size, but run {i}'s point {p!r} is "
-                             f"{shapes[p]} where run {first}'s is {first_shapes[p]} (images of "
-                             f"another size, or another width); group the runs by a meta key "
-                             f"that tells them apart (by=[...]), or combine each size alone.")
+                             f"{shape} where run {run}'s is {was} (images of another size, or "
+                             f"another width); group the runs by a meta key that tells them "
+                             f"apart (by=[...]), or combine each size alone.")
+        for p, shape in shapes.items():
+            if shape is not None:
+                sizes.setdefault(p, (shape, i))
         # points of its own and lacking some: another model's (a run without a part's points is
         # one whose part is undefined, as documented)
         if names and points - first_points and first_points - points:

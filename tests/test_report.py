@@ -271,6 +271,10 @@ def test_combine_runs_of_a_table_without_shapes_beside_one_with_them():
             both = [r.parts.set_index(["part", "family", "metric"]).channel[part] for r in runs]
             assert math.isclose(channel, sum(both) / 2, rel_tol=1e-12)
         assert set(out.runs) == {2}
+    # a first run without shapes hides no size two later runs differ in
+    other = Report.from_rows([dict(r, shape="8x8x8") for r in _rows()], {"seed": 2})
+    with pytest.raises(ValueError, match=r"run 2's point 'p0' is 8x8x8 where run 1's is 8x4x4"):
+        combine_runs([plain, shaped, other])
 
 
 def test_combine_runs_is_the_same_to_the_last_bit_in_any_order_of_the_runs():
