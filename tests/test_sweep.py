@@ -501,7 +501,7 @@ def test_a_label_or_dataset_name_that_is_no_text_is_refused(folder):
         _one_problem(_spec(folder, models=[dict(model, label=bad)]),
                      rf"^models\[0\]\.label: Expected a name \(text\), but got {re.escape(repr(bad))}\.$")
         _one_problem(_spec(folder, models=[dict(model, name=bad, arch="resnet18")]),
-                     rf"^models\[0\]\.name: Expected a name \(text\)")
+                     r"^models\[0\]\.name: Expected a name \(text\)")
         _one_problem(_spec(folder, datasets=[{"name": bad, "path": str(folder), "image_size": 32}]),
                      rf"^datasets\[0\]\.name: Expected a name \(text\), but got {re.escape(repr(bad))}\.$")
     # a number is its text (YAML's `label: 2024`), as a family's name
