@@ -298,7 +298,16 @@ def _interrupt_the_move_in(monkeypatch, out, at, action):
     monkeypatch.setattr(os, "replace", replace)
 
 
-def test_ctrl_c_while_the_set_is_moved_in_waits_for_it(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler for the test: a job a shell starts in the background (`make
+    test &`, nohup) inherits SIGINT ignored, and Python then installs none."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_while_the_set_is_moved_in_waits_for_it(tmp_path, monkeypatch, capsys, python_sigint):
     # Ctrl-C between two of the moves left the new report.json beside the old report.meta.json,
     # and the old shifts.png and metric bias tables deleted with the rest of the new set
     data, out = _two_images(tmp_path / "img"), tmp_path / "out"
