@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 __all__ = ["atomic_write", "write_text_atomic", "write_csv_atomic", "save_figure_atomic",
            "save_torch_atomic", "remove_stale_temps", "check_own_folder", "json_object_with",
@@ -256,25 +256,27 @@ def _age(path: Path) -> float:
 
 @contextlib.contextmanager
 def deferred_interrupt():
-    """Ctrl-C (SIGINT) during the block takes effect when it ends: for a few renames that
-    must all happen. Only in the main thread (elsewhere the block runs as it is)."""
-    # elsewhere than the main thread, or under a handler installed outside Python (which
-    # signal.signal could not put back), the block runs as it is
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is None):
+    """Ctrl-C (SIGINT) and SIGTERM (``timeout``, a batch scheduler's time limit) during the block
+    take effect when it ends: for a few renames that must all happen. Only in the main thread
+    (elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    # a handler installed outside Python (getsignal: None) could not be put back: left alone
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
+    caught: Dict[int, Any] = {}
+    previous = {s: signal.signal(s, lambda signum, frame: caught.setdefault(signum, frame))
+                for s in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            if callable(previous):
-                previous(signal.SIGINT, caught[0])  # Python's: KeyboardInterrupt
-            elif previous == signal.SIG_DFL:
-                signal.raise_signal(signal.SIGINT)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s, frame in caught.items():
+            if callable(previous[s]):
+                previous[s](s, frame)  # Python's SIGINT handler: KeyboardInterrupt
+            elif previous[s] == signal.SIG_DFL:
+                signal.raise_signal(s)  # SIGTERM's default: the process ends, its set whole
 
 
 def stage_folder(out: Union[str, os.PathLike]) -> Path:

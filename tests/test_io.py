@@ -85,6 +85,41 @@ def test_a_sigint_handler_from_outside_python_is_left_alone(monkeypatch):
     assert ran == [True] and installed == []
 
 
+def test_sigterm_during_a_commit_ends_the_process_once_the_set_is_whole(tmp_path):
+    # `timeout` and batch schedulers stop a run with SIGTERM: it ended the process between two
+    # renames, leaving the new points beside the earlier meta until a later run finished them
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as a job a shell started may not have it\n"
+        "from equifast._io import deferred_interrupt\n"
+        "with deferred_interrupt():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        f"    open({str(tmp_path / 'second')!r}, 'w').close()\n"
+        f"open({str(tmp_path / 'after')!r}, 'w').close()\n")
+    done = subprocess.run([sys.executable, "-c", script], timeout=120)
+    assert done.returncode == -signal.SIGTERM  # it still ends, by the signal, after the block
+    assert (tmp_path / "second").exists() and not (tmp_path / "after").exists()
+    # a SIGTERM handler of the caller's runs after the block, as Python's SIGINT one does
+    seen = []
+
+    def mine(signum, frame):
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        from equifast._io import deferred_interrupt
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert seen == []
+        assert seen == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_atomic_write_flushes_a_handle_open_for_writing(tmp_path, monkeypatch):
     # Windows flushes a file to disk (FlushFileBuffers) only through a handle that may write:
     # the file was reopened read-only for os.fsync, which failed there with EBADF, so every
