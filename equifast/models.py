@@ -377,7 +377,7 @@ def _user_path(value: str) -> str:
     """``value`` with a leading ``~`` expanded: a checkpoint or run folder given from Python,
     where no shell expanded it (the CLI's flags and a sweep spec's paths are); no model or
     weights name starts so."""
-    return os.path.expanduser(value) if value.startswith("~") else value
+    return os.path.expanduser(value)  # which leaves any other string as it is
 
 
 def close_model_names(name: str, n: int = 5) -> List[str]:
