@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import itertools
 import os
 import re
@@ -68,11 +69,15 @@ class MeasureState:
     labelled: int = 0
     n_images: int = 0
     shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+    # what the model ran at (its dtype, or amp's) and a fingerprint of its weights
+    # (:func:`weights_fingerprint`); "" where unknown (a state built by hand)
+    precision: str = ""
+    weights: str = ""
 
     def merge(self, other: "MeasureState") -> "MeasureState":
         """Add another :class:`MeasureState` measured with the same points, transforms, metrics,
-        vector mode and eps, at the same map shapes (input size), into this one (in place;
-        ``other`` is left as it was) and return this one."""
+        vector mode and eps, at the same map shapes (input size), precision and weights, into
+        this one (in place; ``other`` is left as it was) and return this one."""
         if not isinstance(other, MeasureState):
             raise TypeError(f"Expected a MeasureState (measure(..., return_state=True)), but got "
                             f"{type(other).__name__}.")
@@ -83,12 +88,16 @@ class MeasureState:
             ("vector mode", self.vector_mode, other.vector_mode), ("eps", self.eps, other.eps),
             # another input size scales every shift otherwise: two geometries in one mean
             ("map shapes", {p: s for p, s in self.shapes.items() if p in other.shapes},
-             {p: s for p, s in other.shapes.items() if p in self.shapes}))
+             {p: s for p, s in other.shapes.items() if p in self.shapes}),
+            # another model's scores, or float16 ones, were averaged in as the same model's
+            ("precision", self.precision or other.precision, other.precision or self.precision),
+            ("weights", self.weights or other.weights, other.weights or self.weights))
             if mine != theirs]
         if differ:
             raise ValueError(f"Expected states of the same points, transforms, metrics, vector "
-                             f"mode, eps and map shapes, but their {' and '.join(differ)} differ; "
-                             "measure every shard with the same settings and input size.")
+                             f"mode, eps, map shapes, precision and weights, but their "
+                             f"{' and '.join(differ)} differ; measure every shard of the same "
+                             "model with the same settings and input size.")
         for mine, theirs in ((self.scores, other.scores), (self.vectors, other.vectors),
                              (self.activations, other.activations)):
             for key, state in theirs.items():
@@ -100,6 +109,7 @@ class MeasureState:
         self.labelled += other.labelled
         self.n_images += other.n_images
         self.shapes.update(other.shapes)
+        self.precision, self.weights = self.precision or other.precision, self.weights or other.weights
         return self
 
     def report(self, meta: Optional[dict] = None) -> Report:
@@ -130,6 +140,18 @@ class MeasureState:
                     # 0.5 may be 1 of 2 labelled images among many measured
                     accuracy_images=self.labelled or None)
         return Report.from_rows(rows, meta)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A hash of ``model``'s tensor shapes and the first values of each: the same for the same
+    weights on any device, in any memory format, and (but for a rare collision) another for
+    another checkpoint or initialisation. A whole hash would copy every weight to the host."""
+    tensors = [t.detach() for t in itertools.chain(model.parameters(), model.buffers())]
+    heads = [t.reshape(-1)[:4].to(torch.float64) for t in tensors if t.numel() and not t.is_complex()]
+    digest = hashlib.sha256(repr([tuple(t.shape) for t in tensors]).encode())
+    if heads:  # one copy to the host
+        digest.update(torch.cat([h.to(heads[0].device) for h in heads]).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def metric_list(metric: Union[str, Sequence[str]], name: str = "`metric`") -> List[str]:
@@ -309,7 +331,9 @@ class Measurer:
         self.eps = eps
         self.backend = backend
         self.tensor_cores = tensor_cores
-        self.state = MeasureState(self.points, transforms, metrics, vector_mode, eps)
+        self.state = MeasureState(self.points, transforms, metrics, vector_mode, eps,
+                                  precision=f"amp {amp}" if amp else str(self.input_dtype or "").replace("torch.", ""),
+                                  weights=weights_fingerprint(self.model))
         # labels -> the model's classes (class folders: see equifast.data.model_classes)
         self.label_classes: Optional[torch.Tensor] = None
         # top-1 of the logits [N, K] only: a map's arg-max over its last dim (a fully

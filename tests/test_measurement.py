@@ -1,4 +1,5 @@
 """End to end on small real models: exact cases, batch independence, merges, errors."""
+import copy
 import math
 import re
 import time
@@ -13,7 +14,7 @@ import torchvision
 from torch import nn
 
 import equifast as ef
-from equifast.measurement import Measurer, MeasureState
+from equifast.measurement import Measurer, MeasureState, weights_fingerprint
 from equifast.models import default_preprocess, load_model
 
 
@@ -761,10 +762,23 @@ def test_merge_refuses_states_of_other_settings():
                         # merged silently: another tolerance, or other map sizes (another input
                         # size scales the shifts otherwise)
                         (dict(base, eps=0.5), "eps"), (dict(base, images=torch.rand(2, 3, 16, 16)), "map shapes")):
-        with pytest.raises(ValueError, match=f"same points, transforms, metrics, vector mode, eps and "
-                                             f"map shapes, but their {what} differ"):
+        with pytest.raises(ValueError, match=f"same points, transforms, metrics, vector mode, eps, "
+                                             f"map shapes, precision and weights, but their {what} differ"):
             copy_of_a = ef.measure(model, x, **base)
             copy_of_a.merge(ef.measure(model, **{"images": x, **other}))
+    # averaged in as the same model's: bfloat16 scores, or another initialisation's
+    retrained = circular_net()
+    with torch.no_grad():
+        retrained[-1].bias += 1
+    for other, what in ((dict(model=model, amp="bfloat16"), "precision"),
+                        (dict(model=retrained), "weights")):
+        with pytest.raises(ValueError, match=f"but their {what} differ"):
+            ef.measure(**{"model": model, "images": x, **base}).merge(ef.measure(images=x, **{**base, **other}))
+    # the same weights elsewhere (a channels-last copy) merge, as does a state built by hand
+    same = ef.measure(copy.deepcopy(model).to(memory_format=torch.channels_last), x, **base)
+    built = MeasureState(a.points, a.transforms, a.metrics, a.vector_mode)
+    assert built.merge(same).merge(ef.measure(model, x, **base)).n_images == 4
+    assert built.weights == ef.measure(model, x, **base).weights == weights_fingerprint(model)
     with pytest.raises(TypeError, match="Expected a MeasureState .* but got Report"):
         a.merge(ef.measure(model, x, transforms=[ef.Rotation(1)]))
     assert a.n_images == 2
