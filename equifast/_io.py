@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Uni
 __all__ = ["atomic_write", "write_text_atomic", "write_csv_atomic", "save_figure_atomic",
            "save_torch_atomic", "remove_stale_temps", "check_own_folder", "json_object_with",
            "stage_folder", "commit_staged", "finish_commit", "deferred_interrupt", "FolderLock",
-           "process_alive", "json_safe"]
+           "process_alive", "json_safe", "make_parent"]
 
 # what atomic_write names its temporary file: .<name>.<pid>.<8 hex>.tmp
 _TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
@@ -36,16 +36,22 @@ _OWN_LOCK = re.compile(r"\.equifast-[a-z]+\.lock")
 SYSTEM_FILES = frozenset({".DS_Store", ".localized", "Thumbs.db", "desktop.ini"})
 
 
-def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a uniquely named file beside ``path``, flush it to disk and
-    rename it over ``path`` (``os.replace`` is atomic on POSIX and Windows). The temporary
-    file is removed if ``write`` fails."""
+def make_parent(path: Union[str, os.PathLike]) -> Path:
+    """Make the folder ``path`` is to be written in (and its parents); returns ``Path(path)``."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # "[Errno 17] File exists: 'a'" named a part of the path alone
         raise OSError(err.errno, f"Cannot make the folder to write {str(path)!r} in "
                                  f"({err.strerror}: {err.filename!r})") from err
+    return path
+
+
+def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a uniquely named file beside ``path``, flush it to disk and
+    rename it over ``path`` (``os.replace`` is atomic on POSIX and Windows). The temporary
+    file is removed if ``write`` fails."""
+    path = make_parent(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_write, json_safe, write_text_atomic
+from ._io import (atomic_write, commit_staged, json_safe, make_parent, stage_folder,
+                  write_text_atomic)
 from .transforms import shift_family
 
 # pandas 2's default CSV parser can be an ulp off the float64 that was written; pandas 3 reads
@@ -632,16 +634,26 @@ class Report:
             return [path]
         meta = stem.with_name(f"{stem.name}.meta.json")
         self._check_shared_meta(meta, stem, suffix)
-        written = []
         # a table of no columns is a blank line in a CSV, which no reader takes back
         points = self.points if len(self.points.columns) else pd.DataFrame(columns=_REQUIRED)
-        for name, df in (("points", points), ("parts", self.parts)):
-            target = stem.with_name(f"{stem.name}.{name}{suffix}")
-            atomic_write(target, lambda tmp, df=df: (df.to_csv(tmp, index=False) if suffix == ".csv"
-                                                     else df.to_parquet(tmp, index=False)))
-            written.append(target)
-        write_text_atomic(meta, json.dumps(json_safe(self.meta), indent=1, allow_nan=False))
-        return written + [meta]  # .csv and .parquet share the meta file
+        # the three files as one set: an interruption or a full disk between them left this
+        # report's points beside the earlier one's parts and meta, the earlier report lost
+        make_parent(meta)
+        stage = stage_folder(meta.parent)
+        try:
+            for name, df in (("points", points), ("parts", self.parts)):
+                atomic_write(stage / f"{stem.name}.{name}{suffix}",
+                             lambda tmp, df=df: (df.to_csv(tmp, index=False) if suffix == ".csv"
+                                                 else df.to_parquet(tmp, index=False)))
+            write_text_atomic(stage / meta.name, json.dumps(json_safe(self.meta), indent=1, allow_nan=False))
+            commit_staged(stage, meta.parent, [t.name for t in targets])  # the meta last
+        except OSError as err:  # named the hidden stage's file, not the one asked for
+            if err.filename is None or Path(err.filename).parent != stage or err.errno is None:
+                raise
+            raise OSError(err.errno, err.strerror, str(meta.parent / Path(err.filename).name)) from err
+        finally:  # gone once committed
+            shutil.rmtree(stage, ignore_errors=True)
+        return targets  # .csv and .parquet share the meta file
 
     def _check_shared_meta(self, meta: Path, stem: Path, suffix: str) -> None:
         """Raise unless the meta file that ``.csv`` and ``.parquet`` share is free or this

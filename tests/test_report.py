@@ -1300,3 +1300,35 @@ def test_a_line_whose_label_starts_with_an_underscore_is_named_in_the_legend():
     # each entry is drawn as its line is
     handles = fig.legends[0].legend_handles
     assert [h.get_color() for h in handles] == [c.lines[0].get_color() for c in fig.axes[0].containers]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_a_save_stopped_between_its_files_leaves_the_earlier_report_whole(tmp_path, monkeypatch,
+                                                                         suffix, error):
+    earlier = Report.from_rows(_rows(), {"model": "earlier"})
+    earlier.save(tmp_path / f"r{suffix}")
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    writer = "to_csv" if suffix == ".csv" else "to_parquet"
+    real = getattr(pd.DataFrame, writer)
+    calls = []
+
+    def stops_at_the_parts(df, *args, **kwargs):  # the points written, the parts not
+        calls.append(1)
+        if len(calls) == 2:
+            raise error
+        return real(df, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, writer, stops_at_the_parts)
+    rows = _rows()
+    for r in rows:
+        r["channel"] = r["channel"] / 2
+    with pytest.raises(type(error)) as got:
+        Report.from_rows(rows, {"model": "later"}).save(tmp_path / f"r{suffix}")
+    if isinstance(error, OSError):  # named as the file asked for, not the hidden stage's
+        assert got.value.filename == str(tmp_path / f"r.parts{suffix}")
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+    monkeypatch.undo()
+    back = Report.load(tmp_path / f"r{suffix}")
+    assert back.meta["model"] == "earlier"
+    pd.testing.assert_frame_equal(back.points[earlier.points.columns], earlier.points, check_exact=True)
