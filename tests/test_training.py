@@ -1233,6 +1233,24 @@ def test_evaluate_refuses_an_empty_data_set(fake_mnist):
     assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(out, y[None]).item())
 
 
+def test_evaluate_refuses_labels_beyond_the_models_logits(fake_mnist):
+    # "IndexError: Target 6 is out of bounds" (a device-side assert on a GPU); -100 was
+    # cross_entropy's ignore_index: left out of the loss, counted as a wrong image
+    from torch.utils.data import TensorDataset
+
+    from equifast.training.trainer import evaluate
+    torch.manual_seed(0)
+    model = build_model("cnn7", num_classes=6).eval()
+    x = torch.rand(4, 1, 28, 28)
+    for labels, seen in (([0, 1, 6, 2], r"\[0, 6\]"), ([0, -100, 3, 2], r"\[-100, 3\]")):
+        with pytest.raises(ValueError, match=rf"Expected class labels in \[0, 6\) \(the model's class "
+                                             rf"logits\), but a batch holds labels in {seen}"):
+            evaluate(model, TensorDataset(x, torch.tensor(labels)))
+    with torch.no_grad():  # labels within the logits: scored as before
+        want = (model(x).argmax(1) == torch.tensor([0, 1, 5, 2])).double().mean().item()
+    assert evaluate(model, TensorDataset(x, torch.tensor([0, 1, 5, 2])))["acc"] == pytest.approx(want)
+
+
 def test_evaluate_on_another_device_than_the_model_is_refused(fake_mnist):
     # the batches went to `device` and the model stayed: a bare RuntimeError in the first
     # forward ("Tensor on device cpu is not on the expected device meta!"); on a GPU machine,

@@ -344,11 +344,13 @@ def _run_epoch(model, loader, device, num_classes, optimizer=None,
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # no host sync per batch
     steps = len(loader)
     with torch.set_grad_enabled(train):
-        for step, (x, y) in enumerate(loader):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for step, (x, labels) in enumerate(loader):
+            x, y = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            out = model(x)
+            _check_targets(labels, out.shape[1], num_classes)
             if shares is not None:
                 w = shares.weights(step, x.shape[0], device)
-                loss, correct, rot_correct = _loss_and_counts(model(x), y, num_classes, "none")
+                loss, correct, rot_correct = _loss_and_counts(out, y, num_classes, "none")
                 mask = w > 0
                 real = mask.double()
                 optimizer.zero_grad(set_to_none=True)
@@ -363,7 +365,7 @@ def _run_epoch(model, loader, device, num_classes, optimizer=None,
                     watch.see(step, loss)
                     watch.check(step, steps, sums)
                 continue
-            loss, correct, rot_correct = _loss_and_counts(model(x), y, num_classes)
+            loss, correct, rot_correct = _loss_and_counts(out, y, num_classes)
             if train:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -375,6 +377,25 @@ def _run_epoch(model, loader, device, num_classes, optimizer=None,
                 watch.see(step, loss.detach())
                 watch.check(step, steps, sums)
     return sums.cpu()
+
+
+def _check_targets(labels: torch.Tensor, width: int, num_classes: int) -> None:
+    """``ValueError`` unless a batch's class (and turn) indices lie within the model's logits;
+    read on the host before the loss: cross_entropy failed with "IndexError: Target 12 is out
+    of bounds" (on a GPU, a device-side assert that ends the process's CUDA use), and ignored
+    -100 while counting its image. Probability targets (CutMix) and labels already on a
+    device (read there only at a cost) are left to the loss."""
+    if labels.device.type != "cpu" or labels.is_floating_point() or not labels.numel():
+        return
+    parts = ([("class", labels, width)] if labels.dim() == 1 else
+             [("class", labels[:, 0], num_classes), ("quarter turn", labels[:, 1], width - num_classes)])
+    for what, values, bound in parts:
+        lo, hi = torch.aminmax(values)
+        if lo < 0 or hi >= bound:
+            raise ValueError(f"Expected {what} labels in [0, {bound}) (the model's {what} logits), "
+                             f"but a batch holds labels in [{int(lo)}, {int(hi)}]; give the model "
+                             f"as many classes as the data set (num_classes) or the data set's "
+                             f"labels as indices from 0.")
 
 
 def evaluate(model: nn.Module, dataset, batch_size: int = 256, device=None) -> Dict[str, float]:
