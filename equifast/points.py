@@ -365,11 +365,18 @@ def unwrapped(model: nn.Module) -> Tuple[nn.Module, str]:
     prefix = ""
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model, prefix = model.module, prefix + "module."
+            inner, attribute = model.module, "module"
         elif _is_compiled(model):
-            model, prefix = model._orig_mod, prefix + "_orig_mod."
+            inner, attribute = model._orig_mod, "_orig_mod"
         else:
             break
+        hooks = len(model._forward_hooks) + len(model._forward_pre_hooks)
+        if hooks:  # the module inside is run: the wrapper's hooks (on the logits, say) were skipped
+            raise ValueError(f"Expected the forward hooks of the model on the module it wraps, but "
+                             f"its {type(model).__name__} wrapper holds {hooks}, which measuring "
+                             f"would skip (it runs the wrapped module, .{attribute}); register them "
+                             f"on model.{prefix}{attribute} instead.")
+        model, prefix = inner, prefix + attribute + "."
     if isinstance(model, torch.jit.ScriptModule):
         raise TypeError(f"Expected a Python nn.Module, but got a TorchScript module "
                         f"({type(model).__name__}, from torch.jit.script or torch.jit.trace): its "

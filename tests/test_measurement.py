@@ -1329,6 +1329,19 @@ def test_wrapped_models_are_measured_as_the_module_they_wrap():
         assert rep.meta["model"] == "Sequential"
     named = ef.measure(nn.DataParallel(model), x, transforms=ts, points=["module.1", "2"])
     assert list(named.points.point.unique()) == ["1", "2", "pool", "final"]
+    # the wrapper's own hooks (here doubling the logits) were skipped: scores of another model
+    for wrapped, inner in ((nn.DataParallel(model), "module"),
+                           (nn.DataParallel(torch.compile(model, backend="eager")), "module"),
+                           (torch.compile(nn.DataParallel(model), backend="eager"), "_orig_mod")):
+        wrapped.register_forward_hook(lambda module, args, out: out * 2)
+        with pytest.raises(ValueError, match=rf"wrapper holds 1, which measuring would skip .* "
+                                             rf"register them on model\.{inner} instead"):
+            ef.measure(wrapped, x, transforms=ts)
+    inner_hooked = nn.DataParallel(copy.deepcopy(model))
+    inner_hooked.module.register_forward_hook(lambda module, args, out: out * 2)
+    doubled = ef.measure(inner_hooked, x, transforms=ts, points=["final"])  # on the module: run
+    once = plain.points.set_index("point").loc["final", "mean_magnitude"]
+    assert doubled.points.set_index("point").loc["final", "mean_magnitude"] == pytest.approx(2 * once)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
