@@ -23,6 +23,28 @@ def _pyplot():
     return plt
 
 
+def _checked_frames(frames, what: str) -> Dict[str, pd.DataFrame]:
+    """``frames`` checked to be a mapping of label -> DataFrame: one table given alone failed
+    deep inside (an AttributeError on ``.items()`` or of a Series)."""
+    if not isinstance(frames, Mapping) or not all(isinstance(df, pd.DataFrame)
+                                                  for df in frames.values()):
+        got = (f"a {type(frames).__name__}" if not isinstance(frames, Mapping) else
+               ", ".join(f"{label!r}: a {type(df).__name__}" for label, df in frames.items()
+                         if not isinstance(df, pd.DataFrame)))
+        raise TypeError(f"Expected `frames` to be a dict of label -> {what}, but got {got}; "
+                        "e.g. {'resnet18': table}.")
+    return dict(frames)
+
+
+def _check_table(df: pd.DataFrame, name: str, columns, what: str) -> None:
+    """``ValueError`` naming ``name`` unless ``df`` has ``columns`` (a missing one failed deep
+    inside in a bare KeyError)."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"Expected {name} to be {what}, with columns {list(columns)}, but it lacks "
+                         f"{missing} (columns {list(df.columns)}).")
+
+
 def _of_one_metric(frames: Mapping[str, pd.DataFrame], metric: Optional[str]) -> Dict[str, pd.DataFrame]:
     """Each table's rows of ``metric`` (see :func:`~equifast.report.rows_of_metric`), refused
     where the lines would be of different metrics: a cosine line beside a correlation one read
@@ -59,7 +81,10 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
     between two it has, is marked with an ``x`` at the bottom of the panel, not bridged.
     """
     plt = _pyplot()
-    frames = _of_one_metric(frames, metric)
+    frames = _of_one_metric(_checked_frames(frames, "part table"), metric)
+    for label, df in frames.items():
+        _check_table(df, f"the table of {label!r}", ("part", "family", "channel", "layer"),
+                     "a part table (Report.parts)")
     metrics = list(dict.fromkeys(m for df in frames.values() if "metric" in df for m in df["metric"]))
     families = []
     for df in frames.values():
@@ -122,12 +147,15 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
     from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
-    frames = {label: df for label, df in frames.items() if not df.empty}
+    frames = {label: df for label, df in _checked_frames(frames, "shift table").items()
+              if not df.empty}
     if not frames:
         raise ValueError("Expected translations to draw (a table from shift_table), but the "
                          "tables hold none; measure with shifts, e.g. ef.diagonal_shifts(1, 16).")
     rows = []
     for label, df in _of_one_metric(frames, metric).items():
+        _check_table(df, f"the table of {label!r}", ("part", "family", "dy", "dx", "channel", "layer"),
+                     "a shift table (Report.shifts, equifast.report.shift_table)")
         rows += [(label, fam, df[df["family"] == fam]) for fam in dict.fromkeys(df["family"])]
     fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.4 * len(rows)), squeeze=False)
     for row, (label, fam, d) in enumerate(rows):
@@ -265,6 +293,11 @@ def plot_accuracy_correlation(table: pd.DataFrame, path=None, title: Optional[st
         path: where to save the PNG/PDF (optional).
     """
     plt = _pyplot()
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"Expected `table` to be a DataFrame of correlations, but got a "
+                        f"{type(table).__name__}.")
+    _check_table(table, "`table`", ("part", "family", "score", "spearman"),
+                 "a table of correlations (distributed.analysis.accuracy_correlation)")
     families = list(table["family"].unique())
     if not families:  # matplotlib's "Number of columns must be a positive integer, not 0"
         raise ValueError("Expected correlations to draw (a table of part, family, score and "

@@ -1332,3 +1332,25 @@ def test_a_save_stopped_between_its_files_leaves_the_earlier_report_whole(tmp_pa
     back = Report.load(tmp_path / f"r{suffix}")
     assert back.meta["model"] == "earlier"
     pd.testing.assert_frame_equal(back.points[earlier.points.columns], earlier.points, check_exact=True)
+
+
+def test_figures_name_a_table_without_the_columns_they_draw():
+    # each failed deep inside: a bare KeyError ('family', 'dy', 'score') or, for one table given
+    # without its label, an AttributeError of a Series
+    from equifast.figures import plot_accuracy_correlation, plot_parts, plot_shifts
+    rep = Report.from_rows(_shift_rows())
+    with pytest.raises(ValueError, match=r"Expected the table of 'toy' to be a part table .* but "
+                                         r"it lacks \['family'\]"):
+        plot_parts({"toy": rep.parts.drop(columns="family")})
+    with pytest.raises(TypeError, match=r"Expected `frames` to be a dict of label -> part table, "
+                                        r"but got a DataFrame"):
+        plot_parts(rep.parts)
+    with pytest.raises(TypeError, match=r"dict of label -> shift table, but got 'toy': a list"):
+        plot_shifts({"toy": [rep.shifts]})
+    with pytest.raises(ValueError, match=r"Expected the table of 'toy' to be a shift table .* "
+                                         r"lacks \['dy', 'dx'\]"):
+        plot_shifts({"toy": rep.parts})  # the part table given for the shift table
+    rows = pd.DataFrame({"part": ["early", "late"], "family": "rotation", "spearman": [0.2, 0.5]})
+    with pytest.raises(ValueError, match=r"Expected `table` to be a table of correlations .* lacks "
+                                         r"\['score'\]"):
+        plot_accuracy_correlation(rows)
