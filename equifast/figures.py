@@ -36,13 +36,33 @@ def _checked_frames(frames, what: str) -> Dict[str, pd.DataFrame]:
     return dict(frames)
 
 
-def _check_table(df: pd.DataFrame, name: str, columns, what: str) -> None:
+def _check_table(df: pd.DataFrame, name: str, columns, what: str, keys=()) -> None:
     """``ValueError`` naming ``name`` unless ``df`` has ``columns`` (a missing one failed deep
-    inside in a bare KeyError)."""
+    inside in a bare KeyError), its parts are among :data:`PARTS` and it has one row per
+    ``keys`` (what one line draws at one place)."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"Expected {name} to be {what}, with columns {list(columns)}, but it lacks "
                          f"{missing} (columns {list(df.columns)}).")
+    # another part was drawn at x = -1, outside the panel, or (shifts) left out: silently gone
+    unknown = sorted(set(df["part"].astype(str)) - set(PARTS))
+    if unknown:
+        raise ValueError(f"Expected the parts of {name} to be among {', '.join(PARTS)}, but it has "
+                         f"{', '.join(map(repr, unknown))}; the figures draw these parts only.")
+    # rows of several models, seeds, datasets or points at one place were joined by one line
+    # running back and forth between them, read as one setting's scores
+    named = df[list(keys)].astype(str)
+    repeated = named.duplicated(keep=False)
+    if repeated.any():
+        first = named[repeated].iloc[0]
+        same = df[repeated & (named == first).all(axis=1)]
+        apart = [c for c in same.select_dtypes(exclude="floating").columns
+                 if c not in keys and same[c].astype(str).nunique() > 1]
+        raise ValueError(
+            f"Expected one row per ({', '.join(keys)}) in {name}, but it has {len(same)} of "
+            f"{', '.join(f'{k}={first[k]}' for k in keys)}"
+            f"{f' (told apart by {apart})' if apart else ''}; one line would run through them "
+            f"all: draw one table per line (filter the others out).")
 
 
 def _of_one_metric(frames: Mapping[str, pd.DataFrame], metric: Optional[str]) -> Dict[str, pd.DataFrame]:
@@ -84,7 +104,7 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
     frames = _of_one_metric(_checked_frames(frames, "part table"), metric)
     for label, df in frames.items():
         _check_table(df, f"the table of {label!r}", ("part", "family", "channel", "layer"),
-                     "a part table (Report.parts)")
+                     "a part table (Report.parts)", keys=("family", "part"))
     metrics = list(dict.fromkeys(m for df in frames.values() if "metric" in df for m in df["metric"]))
     families = []
     for df in frames.values():
@@ -155,7 +175,8 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
     rows = []
     for label, df in _of_one_metric(frames, metric).items():
         _check_table(df, f"the table of {label!r}", ("part", "family", "dy", "dx", "channel", "layer"),
-                     "a shift table (Report.shifts, equifast.report.shift_table)")
+                     "a shift table (Report.shifts, equifast.report.shift_table)",
+                     keys=("family", "part", "dy", "dx"))
         rows += [(label, fam, df[df["family"] == fam]) for fam in dict.fromkeys(df["family"])]
     fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.4 * len(rows)), squeeze=False)
     for row, (label, fam, d) in enumerate(rows):
@@ -297,7 +318,8 @@ def plot_accuracy_correlation(table: pd.DataFrame, path=None, title: Optional[st
         raise TypeError(f"Expected `table` to be a DataFrame of correlations, but got a "
                         f"{type(table).__name__}.")
     _check_table(table, "`table`", ("part", "family", "score", "spearman"),
-                 "a table of correlations (distributed.analysis.accuracy_correlation)")
+                 "a table of correlations (distributed.analysis.accuracy_correlation)",
+                 keys=("family", "score") + ("transforms",) * ("transforms" in table) + ("part",))
     families = list(table["family"].unique())
     if not families:  # matplotlib's "Number of columns must be a positive integer, not 0"
         raise ValueError("Expected correlations to draw (a table of part, family, score and "

@@ -1354,3 +1354,37 @@ def test_figures_name_a_table_without_the_columns_they_draw():
     with pytest.raises(ValueError, match=r"Expected `table` to be a table of correlations .* lacks "
                                          r"\['score'\]"):
         plot_accuracy_correlation(rows)
+
+
+def test_figures_refuse_rows_one_line_would_zigzag_through_and_parts_they_cannot_place():
+    from equifast.figures import plot_accuracy_correlation, plot_parts, plot_shifts
+    from equifast.report import shift_table
+    rep = Report.from_rows(_shift_rows())
+    correlation = rep.points[rep.points.metric == "correlation"]
+    # the points table for the part table: early's line ran back and forth through its 6 rows
+    # (2 points x 3 shifts), each drawn at 'early', none the part's score
+    assert (correlation.part == "early").sum() == 6
+    with pytest.raises(ValueError, match=r"one row per \(family, part\) in the table of 'toy', but "
+                                         r"it has 6 of family=translation, part=early \(told apart "
+                                         r"by \['point', 'transform'"):
+        plot_parts({"toy": correlation})
+    # two seeds' shift tables joined: a line through both seeds' scores at every shift
+    seeds = pd.concat([shift_table(correlation).assign(seed=s) for s in (0, 1)])
+    with pytest.raises(ValueError, match=r"has 2 of family=translation, part=early, dy=1, dx=1 "
+                                         r"\(told apart by \['seed'\]\)"):
+        plot_shifts({"toy": seeds})
+    # a whole accuracy_correlation table of two datasets: one line through both
+    rows = [{"dataset": d, "part": p, "family": "rotation", "score": "channel", "spearman": rho}
+            for d, rho in (("a", 0.5), ("b", -0.5)) for p in ("early", "middle")]
+    with pytest.raises(ValueError, match=r"told apart by \['dataset'\]"):
+        plot_accuracy_correlation(pd.DataFrame(rows))
+    drawn = plot_accuracy_correlation(pd.DataFrame(rows[:2])).axes[0].get_lines()[0]
+    assert drawn.get_xydata().tolist() == [[0, 0.5], [1, 0.5]]  # one dataset's: drawn
+    # a part of another name was drawn at x = -1, outside the panel, in plot_parts (left out of
+    # plot_shifts): gone without a word
+    stem = rep.parts.assign(part=rep.parts.part.astype(str).replace({"early": "stem"}))
+    with pytest.raises(ValueError, match=r"parts of the table of 'toy' to be among early, middle, "
+                                         r"late, pool, final, but it has 'stem'"):
+        plot_parts({"toy": stem})
+    with pytest.raises(ValueError, match=r"but it has 'stem'"):
+        plot_shifts({"toy": rep.shifts.assign(part=rep.shifts.part.astype(str).replace({"early": "stem"}))})
