@@ -117,18 +117,9 @@ def plot_parts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[s
         for col, score in enumerate(("channel", "layer")):
             ax = axes[row][col]
             for i, (label, df) in enumerate(frames.items()):
-                d = df[df["family"] == fam]
-                d = d.assign(part=pd.Categorical(d["part"].astype(str), PARTS, ordered=True)).sort_values("part")
+                d = _at_parts(df[df["family"] == fam])
                 if d.empty:
                     continue
-                codes = d["part"].cat.codes
-                if codes.is_unique and codes.min() >= 0:
-                    # a part without points between two with them (late of a model of two points
-                    # before pooling, the pool SqueezeNet has not) has no score: NaN, marked
-                    # undefined, where the line ran across it from the parts beside it
-                    span = pd.CategoricalIndex(PARTS[codes.min():codes.max() + 1], PARTS,
-                                               ordered=True, name="part")
-                    d = d.set_index("part").reindex(span).reset_index()
                 err = d[f"{score}_std"].to_numpy(float) if f"{score}_std" in d else None
                 # at the parts' positions: as strings, a part missing from the first line would
                 # be put after the others
@@ -210,6 +201,20 @@ def plot_shifts(frames: Mapping[str, pd.DataFrame], path=None, metric: Optional[
                 ax.set_ylabel(_ylabel(None, "channel_std" in d or "layer_std" in d))
     _score_limits(fig.axes)
     return _finish(fig, PARTS, path, title, ncol=len(PARTS))
+
+
+def _at_parts(d: pd.DataFrame) -> pd.DataFrame:
+    """``d`` (one row per part, as :func:`_check_table` makes sure) in the order of
+    :data:`PARTS`, with a row of NaN for each part it lacks between two it has: a part without
+    points between two with them (late of a model of two points before pooling, the pool
+    SqueezeNet has not) has no score, marked undefined, where the line ran across it from the
+    parts beside it."""
+    d = d.assign(part=pd.Categorical(d["part"].astype(str), PARTS, ordered=True)).sort_values("part")
+    if d.empty:
+        return d
+    codes = d["part"].cat.codes
+    span = pd.CategoricalIndex(PARTS[codes.min():codes.max() + 1], PARTS, ordered=True, name="part")
+    return d.set_index("part").reindex(span).reset_index()
 
 
 def _ylabel(metric: Optional[str], bars: bool) -> str:
@@ -309,8 +314,8 @@ def plot_accuracy_correlation(table: pd.DataFrame, path=None, title: Optional[st
     Args:
         table: columns ``part, family, score`` ("channel"/"layer"), ``spearman``; with a
             ``transforms`` column holding several transform sets of a family, one line each.
-            An undefined correlation (NaN: too few models, or equal scores) is marked, not
-            bridged by the line.
+            An undefined correlation (NaN: too few models, or equal scores), and a part a line
+            has no row of between two it has, is marked, not bridged by the line.
         path: where to save the PNG/PDF (optional).
     """
     plt = _pyplot()
@@ -330,7 +335,7 @@ def plot_accuracy_correlation(table: pd.DataFrame, path=None, title: Optional[st
         d = table[table["family"] == fam]
         sets = "transforms" in d and d["transforms"].nunique() > 1
         for key, g in d.groupby(["score", "transforms"] if sets else ["score"], sort=False):
-            g = g.assign(part=pd.Categorical(g["part"].astype(str), PARTS, ordered=True)).sort_values("part")
+            g = _at_parts(g)
             label = f"{key[0]} ({key[1]})" if sets else key[0]
             order += [label] if label not in order else []
             x, y = g["part"].cat.codes.to_numpy(), g["spearman"].to_numpy(float)

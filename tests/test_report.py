@@ -1388,3 +1388,18 @@ def test_figures_refuse_rows_one_line_would_zigzag_through_and_parts_they_cannot
         plot_parts({"toy": stem})
     with pytest.raises(ValueError, match=r"but it has 'stem'"):
         plot_shifts({"toy": rep.shifts.assign(part=rep.shifts.part.astype(str).replace({"early": "stem"}))})
+
+
+def test_accuracy_figure_marks_a_part_without_a_row_between_two_and_does_not_bridge_it():
+    from equifast import figures
+    from equifast.points import PARTS
+    # no model has a pool (SqueezeNets): the channel line ran from late straight to final
+    rows = pd.DataFrame([{"part": p, "family": "rotation", "score": "channel", "spearman": rho}
+                         for p, rho in (("early", 0.4), ("middle", 0.2), ("late", -0.1), ("final", 0.6))])
+    ax = figures.plot_accuracy_correlation(rows).axes[0]
+    line = next(line for line in ax.get_lines() if line.get_label() == "channel")
+    want = rows.set_index("part")["spearman"].reindex(list(PARTS))  # pool: no row, NaN
+    assert list(line.get_xdata()) == list(range(len(PARTS)))
+    np.testing.assert_array_equal(line.get_ydata(), want.to_numpy())
+    assert [list(m.get_xdata()) for m in ax.get_lines() if m.get_gid() == figures.UNDEFINED] == [
+        [PARTS.index("pool")]]

@@ -1434,10 +1434,12 @@ def test_figure13_marks_an_undefined_part_and_does_not_bridge_it(tmp_path, monke
     analysis.sweep_figures(pd.DataFrame(rows), tmp_path / "figures")
     ax = drawn[0].axes[0]
     channel = next(line for line in ax.get_lines() if line.get_label() == "channel")
-    # the middle part was dropped before drawing, and the line went straight from early to final
-    assert list(channel.get_xdata()) == [0, 1, 4] and np.isnan(channel.get_ydata()[1])
+    # the middle part was dropped before drawing, and the line went straight from early to final;
+    # late and pool, which no model has, are marked too, as in figures 11 and 12
+    assert list(channel.get_xdata()) == [0, 1, 2, 3, 4]
+    assert np.isnan(channel.get_ydata()[1:4]).all()
     assert [list(line.get_xdata()) for line in ax.get_lines()
-            if line.get_gid() == figures.UNDEFINED] == [[1]]
+            if line.get_gid() == figures.UNDEFINED] == [[1, 2, 3], [2, 3]]  # channel, layer
     assert drawn[0]._suptitle.get_text().endswith("(d, 4 models)")
 
 
