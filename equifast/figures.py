@@ -279,6 +279,8 @@ def _score_limits(axes):
 def _finish(fig, order, path, title, ncol):
     """One legend below the panels for the lines of all of them (in ``order``), the title
     above, the layout, and the figure saved to ``path`` when given."""
+    # as matplotlib labels the lines: a setting keyed by a number (a width, 0.5) had no entry
+    order = [str(label) for label in order]
     found, wanted = {}, set(order)
     for ax in fig.axes:
         # the lines by their labels: get_legend_handles_labels leaves out a label that starts

@@ -1403,3 +1403,14 @@ def test_accuracy_figure_marks_a_part_without_a_row_between_two_and_does_not_bri
     np.testing.assert_array_equal(line.get_ydata(), want.to_numpy())
     assert [list(m.get_xdata()) for m in ax.get_lines() if m.get_gid() == figures.UNDEFINED] == [
         [PARTS.index("pool")]]
+
+
+def test_parts_figure_names_lines_keyed_by_numbers_in_its_legend():
+    # settings keyed by a width (0.5, 1.0): the lines were drawn, the legend left empty
+    from equifast.figures import plot_parts
+    narrow, wide = Report.from_rows(_rows(late=True)), Report.from_rows(_rows(late=True))
+    fig = plot_parts({0.5: narrow.parts, 1.0: wide.parts}, metric="correlation")
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["0.5", "1.0"]
+    drawn = {c.get_label(): c.lines[0].get_color() for c in fig.axes[0].containers}
+    assert [h.get_color() for h in legend.legend_handles] == [drawn["0.5"], drawn["1.0"]]
