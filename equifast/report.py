@@ -76,8 +76,16 @@ def shift_table(points: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     order the shifts were measured; other transforms are left out. Averaged over a family's
     shifts (where every point is defined at every shift) these are the family's scores in
     :func:`part_table`, whose order of means (points first) SPEC section 1 fixes. ``by``: more
-    columns whose values are kept apart (the models and seeds of a sweep's points), first."""
-    columns = list(by) + ["part", "family", "transform", "dy", "dx"]
+    columns whose values are kept apart (the models and seeds of a sweep's points), first; one
+    name or a list."""
+    # as combine_runs: "seed" is one column, not four letters (KeyError: 's')
+    by = [] if by is None else [by] if isinstance(by, str) else list(by)
+    missing = [c for c in by if c not in points.columns]
+    if missing:  # a bare KeyError from pandas otherwise
+        raise ValueError(f"Expected each name in `by` to be a column of the points table, but "
+                         f"{', '.join(map(repr, missing))} {'is' if len(missing) == 1 else 'are'} not (its columns: "
+                         f"{', '.join(map(str, points.columns))}).")
+    columns = by + ["part", "family", "transform", "dy", "dx"]
     keys = ["metric"] if "metric" in points.columns else []
     shift = points["transform"].astype(str).str.extract(_SHIFT) if len(points) else None
     if shift is None or shift[0].isna().all():
@@ -88,7 +96,7 @@ def shift_table(points: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     rows = rows.astype({"dy": int, "dx": int, "part": str, "family": str, "transform": str})
     table = _over_points(rows, columns + keys)
     table["part"] = pd.Categorical(table["part"], categories=PARTS, ordered=True)
-    return table.sort_values(list(by) + keys + ["family", "part"], kind="stable").reset_index(drop=True)
+    return table.sort_values(by + keys + ["family", "part"], kind="stable").reset_index(drop=True)
 
 
 def _saved_as(path: Path) -> str:

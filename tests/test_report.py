@@ -1414,3 +1414,19 @@ def test_parts_figure_names_lines_keyed_by_numbers_in_its_legend():
     assert [t.get_text() for t in legend.get_texts()] == ["0.5", "1.0"]
     drawn = {c.get_label(): c.lines[0].get_color() for c in fig.axes[0].containers}
     assert [h.get_color() for h in legend.legend_handles] == [drawn["0.5"], drawn["1.0"]]
+
+
+def test_shift_table_takes_one_by_column_by_name_and_names_a_missing_one():
+    from equifast.report import shift_table
+    points = pd.concat([Report.from_rows(_shift_rows()).points.assign(seed=s, channel=lambda d, s=s: d.channel + s)
+                        for s in (0, 1)], ignore_index=True)
+    # "seed" was taken letter by letter: KeyError: 's'
+    table = shift_table(points, by="seed")
+    pd.testing.assert_frame_equal(table, shift_table(points, by=["seed"]))
+    keys = ["seed", "part", "transform", "metric"]
+    want = points.astype({"part": str}).groupby(keys).channel.mean()  # each seed apart
+    got = table.astype({"part": str}).set_index(keys).channel
+    assert len(got) == len(want) and np.allclose(got.reindex(want.index), want)
+    with pytest.raises(ValueError, match=r"Expected each name in `by` to be a column of the points "
+                                         r"table, but 'model' is not \(its columns: point, part"):
+        shift_table(points, by=["seed", "model"])  # a bare KeyError: 'model'
