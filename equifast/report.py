@@ -67,6 +67,12 @@ def part_table(points: pd.DataFrame) -> pd.DataFrame:
 _SHIFT = re.compile(r"^translation\((-?\d+),(-?\d+)")  # Translation.name: translation(dy,dx[,...])
 
 
+def _names(by) -> List[str]:
+    """``by`` (``None``, one column name or several) as a list: "seed" is one column, not four
+    letters (a ``KeyError: 's'``)."""
+    return [] if by is None else [by] if isinstance(by, str) else list(by)
+
+
 def shift_table(points: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     """Per (part, translation[, metric]) scores from a points table: at each shift, the plain
     mean over the part's points (thesis figure 8, where maps smaller than the input lose their
@@ -78,8 +84,7 @@ def shift_table(points: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     :func:`part_table`, whose order of means (points first) SPEC section 1 fixes. ``by``: more
     columns whose values are kept apart (the models and seeds of a sweep's points), first; one
     name or a list."""
-    # as combine_runs: "seed" is one column, not four letters (KeyError: 's')
-    by = [] if by is None else [by] if isinstance(by, str) else list(by)
+    by = _names(by)
     missing = [c for c in by if c not in points.columns]
     if missing:  # a bare KeyError from pandas otherwise
         raise ValueError(f"Expected each name in `by` to be a column of the points table, but "
@@ -452,7 +457,7 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
             setting of a study; one name or a list) group them.
     """
     # "seed" is one key, not four letters; None no key ("'NoneType' object is not iterable")
-    by = [] if by is None else [by] if isinstance(by, str) else list(by)
+    by = _names(by)
     # one report failed as "'Report' object is not iterable"; a dict's runs were its labels
     if isinstance(reports, (Report, Mapping)):
         raise TypeError(f"Expected `reports` to be a list of Reports (one per run), but got a "
