@@ -37,6 +37,9 @@ Size = Tuple[int, int]
 def _whole(v) -> int:
     if isinstance(v, float) and v.is_integer():
         return int(v)
+    if isinstance(v, bool) or getattr(v, "dtype", None) == torch.bool:
+        # operator.index(True) is 1: a size (True, 32) was read as (1, 32)
+        raise TypeError(f"a bool, {v!r}, is no size")
     return operator.index(v)
 
 

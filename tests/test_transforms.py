@@ -65,8 +65,10 @@ def test_index_map_reads_values_like_the_transform():
     (lambda t: t.index_map(4, (8, 8)), "map_size", 4),                  # "cannot unpack"
     (lambda t: t.map_shift((4, 4), (8, 0)), "input_size", (8, 0)),      # ZeroDivisionError
     (lambda t: t.on_map(torch.zeros(1, 4, 4), (0, 0)), "input_size", (0, 0)),
+    (lambda t: t.index_map((4, 4), (True, 8)), "input_size", (True, 8)),  # was read as 1x8
+    (lambda t: t.index_map((4, torch.tensor(True)), (8, 8)), "map_size", (4, torch.tensor(True))),
 ], ids=["map-fraction", "input-fraction", "input-zero", "map-negative", "map-int",
-        "map_shift-zero", "on_map-zero"])
+        "map_shift-zero", "on_map-zero", "input-bool", "map-bool-tensor"])
 def test_index_map_sizes_are_two_positive_ints(call, name, size):
     with pytest.raises(ValueError, match=re.escape(
             f"Expected `{name}` to be (H, W), two positive ints, but got {size!r}.")):
