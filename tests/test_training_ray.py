@@ -96,6 +96,23 @@ def test_a_worker_count_that_is_no_integer_is_refused(tmp_path, workers):
         train_ray(get_recipe("cnn7-fmnist6"), str(tmp_path / "run"), num_workers=np.int64(3))
 
 
+def test_train_ray_says_what_it_takes_as_train_does(tmp_path, monkeypatch):
+    # a recipe's name: "'str' object has no attribute 'batch_size'"; "" was made absolute to
+    # the working directory, which the workers then trained into (train refuses both)
+    from equifast.training import ray_train, train
+    monkeypatch.setattr(ray_train, "_local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    monkeypatch.chdir(tmp_path)
+    for recipe, out in (("cnn7-fmnist6", "run"),
+                        # no data: the old code stopped there, before training into tmp_path
+                        (get_recipe("cnn7-fmnist6", data_root=str(tmp_path / "no-data")), "")):
+        with pytest.raises(TypeError) as single:
+            train(recipe, out)
+        with pytest.raises(TypeError) as workers:
+            train_ray(recipe, out, num_workers=2)
+        assert str(workers.value) == str(single.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_study_gpu_flag_reaches_ray_train(tmp_path, monkeypatch):
     # `equifast study --gpu` trained every run without use_gpu
     from equifast.training import cli, ray_train

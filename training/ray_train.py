@@ -47,8 +47,8 @@ from equifast.warning import warn
 
 from .recipes import Recipe
 from .trainer import (CHECKPOINT, TrainResult, _damaged, _datasets, _fit, _load_checkpoint,
-                      _device_record, _result_from_dir, _will_train, prepare_out_dir,
-                      _warn_if_resumed_otherwise, run_lock, start_lines)
+                      _device_record, _result_from_dir, _will_train, check_run_args,
+                      prepare_out_dir, _warn_if_resumed_otherwise, run_lock, start_lines)
 
 __all__ = ["train_ray", "WorkerDiedError"]
 
@@ -189,6 +189,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         The :class:`~equifast.training.trainer.TrainResult` read back from ``out_dir``.
 
     Raises:
+        TypeError: ``recipe`` is no :class:`Recipe` (a name), or ``out_dir`` no path (as
+            :func:`train`).
         ValueError: ``recipe.device`` disagrees with ``use_gpu``; or the local cluster it
             would start (or started for an earlier run) has fewer CPUs or GPUs than the workers
             need (checked before anything starts: Ray Train would wait for them for ever); for
@@ -209,6 +211,9 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         >>> recipe = get_recipe("cnn7-fmnist6", epochs=1)
         >>> train_ray(recipe, "runs/ddp", num_workers=2).test_acc  # doctest: +SKIP
     """
+    # as train's: a recipe's name failed in check_workers with an AttributeError, and "" was
+    # made absolute to the working directory, which the workers then trained into
+    check_run_args(recipe, out_dir)
     check_workers(recipe, num_workers, use_gpu)
     import_optional("ray.train.torch", "distributed", "Training on Ray Train workers (--workers N, --gpu)")
     import ray

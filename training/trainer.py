@@ -924,6 +924,17 @@ def _fit(recipe: Recipe, out_dir: str, callback: Optional[Callable[[int, Dict], 
     return result
 
 
+def check_run_args(recipe: Recipe, out_dir: str) -> None:
+    """Raise ``TypeError`` unless ``recipe`` is a :class:`Recipe` and ``out_dir`` a path
+    (checked by :func:`train` and :func:`~equifast.training.ray_train.train_ray`)."""
+    if not isinstance(recipe, Recipe):  # a recipe's name: "'str' object has no attribute 'device'"
+        raise TypeError(f"Expected `recipe` to be a Recipe (get_recipe({recipe!r}) for a recipe by "
+                        f"name), but got {type(recipe).__name__} {recipe!r:.60}.")
+    # "" is no folder: Path("") is the working directory, which a run would have filled
+    if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
+        raise TypeError(f"Expected `out_dir` to be the path of a run folder, but got {out_dir!r}.")
+
+
 def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = False,
           callback: Optional[Callable[[int, Dict], None]] = None,
           say: Optional[Callable[[str], None]] = None) -> TrainResult:
@@ -947,11 +958,7 @@ def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = F
         >>> train(r, "/tmp/run").test_acc  # doctest: +SKIP
         0.62
     """
-    if not isinstance(recipe, Recipe):  # a recipe's name: "'str' object has no attribute 'device'"
-        raise TypeError(f"Expected `recipe` to be a Recipe (get_recipe({recipe!r}) for a recipe by "
-                        f"name), but got {type(recipe).__name__} {recipe!r:.60}.")
-    if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
-        raise TypeError(f"Expected `out_dir` to be the path of a run folder, but got {out_dir!r}.")
+    check_run_args(recipe, out_dir)
     device = resolve_device(recipe.device)  # a missing GPU fails here, before the run folder is touched
     # and missing data too, whenever it will train: --overwrite deletes the old run
     datasets = _datasets(recipe) if _will_train(out_dir, overwrite) else None
