@@ -135,13 +135,19 @@ def test_cuda_without_a_gpu_is_a_usage_error(name, capsys):
     ("run_end_to_end", ["--output", "."], "is a folder; name the markdown file"),
     ("run_ratios", ["--output", "."], "is a folder; name the markdown file"),
     ("run_ratios", ["--peak-tflops", "-1"], "invalid positive float value: '-1'"),
+    ("bench_fingerprint", ["--repeat", "0"], "argument --repeat: invalid positive int value: '0'"),
+    ("bench_fingerprint", ["--shards", "0"], "argument --shards: invalid positive int value: '0'"),
+    ("bench_fingerprint", ["--classes", "0"], "argument --classes: invalid positive int value: '0'"),
+    ("bench_fingerprint", ["--per-class", "-1"], "invalid positive int value: '-1'"),
 ])
 def test_bad_arguments_are_usage_errors_before_anything_runs(name, argv, said, capsys, tmp_path,
                                                             monkeypatch):
     # raw tracebacks from range(), torch or the model; a folder as --output failed at the end
     monkeypatch.chdir(tmp_path)
     script = _script(name)
-    monkeypatch.setattr(script, "alternating_medians", lambda *a, **k: pytest.fail("it ran"))
+    for work in ("alternating_medians", "make_folder"):  # what each script runs first
+        if hasattr(script, work):
+            monkeypatch.setattr(script, work, lambda *a, **k: pytest.fail("it ran"))
     with pytest.raises(SystemExit) as exit_:
         script.main(argv)
     assert exit_.value.code == 2 and said in capsys.readouterr().err
