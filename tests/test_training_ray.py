@@ -239,6 +239,19 @@ def test_a_workers_error_reaches_the_command_as_itself(tmp_path, local_ray):
     assert "Training failed due to worker errors" in str(raised.value.__cause__)
 
 
+def test_a_relative_storage_path_is_taken_from_the_working_directory(tmp_path, local_ray,
+                                                                     monkeypatch):
+    # Ray Train's controller refused it ("URI has empty scheme"), and the run ended in a
+    # WorkerDiedError that blamed a worker killed or out of memory
+    monkeypatch.chdir(tmp_path)
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=32, test_subset=8, device="cpu")
+    result = train_ray(recipe, "run", num_workers=1, storage_path="store")
+    assert result.epochs == 1 and (tmp_path / "run" / "result.json").is_file()
+    # Ray Train's records where the path names, none beside the run
+    assert (tmp_path / "store" / f"equifast-{recipe.name}").is_dir()
+    assert not (tmp_path / "run" / "ray").exists()
+
+
 def test_the_workers_error_chosen_is_the_cause_not_its_consequences():
     from equifast.training.ray_train import _worker_error
 

@@ -178,7 +178,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         resume: continue an unfinished run in ``out_dir``.
         overwrite: delete a previous run in ``out_dir`` first.
         resources_per_worker: e.g. ``{"CPU": 1}`` (Ray's default when ``None``).
-        storage_path: Ray Train's own run storage (default: ``out_dir/ray``).
+        storage_path: Ray Train's own run storage (default: ``out_dir/ray``): a URI
+            (``s3://...``) or a folder, relative to the working directory as ``out_dir``.
         say: where the lines of :func:`~equifast.training.trainer.start_lines` go, once the
             workers' resources (and, on a local Ray, the data) are found.
         _fail: tests only: ``{"fail_after_epoch": e, "fail_rank": r}`` makes worker ``r``
@@ -233,6 +234,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     # Workers run elsewhere: they need absolute paths (what is said and returned keeps the
     # user's own, as train's).
     given, out_dir = out_dir, os.path.abspath(out_dir)
+    storage_path = _storage(storage_path, out_dir)
     if recipe.data_root:
         recipe = recipe.replace(data_root=os.path.abspath(os.path.expanduser(recipe.data_root)))
     if local is not None and _will_train(out_dir, overwrite):
@@ -259,7 +261,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=scaling,
             run_config=RunConfig(name=f"equifast-{recipe.name}",
-                                 storage_path=storage_path or os.path.join(out_dir, "ray")),
+                                 storage_path=storage_path),
         )
         start = _resume_check(Path(given), recipe, int(num_workers), use_gpu)
         _without_controller_output()
@@ -412,6 +414,17 @@ def _died_error(dead: Dict[Optional[int], str], out: Optional[Path], recipe: Opt
     if unread is not None:
         kept = f"no epoch saved that could be read: {unread.rstrip('.')}"
     return WorkerDiedError(f"{what}, so the run stopped; {kept}.", ranks, epoch)
+
+
+def _storage(storage_path, out_dir: str) -> str:
+    """Ray Train's ``storage_path`` for a run in ``out_dir`` (absolute): a URI as it is, a
+    folder made absolute, as ``out_dir`` is. Ray Train reads a path through pyarrow, which
+    refuses a relative one ("URI has empty scheme") in the controller: the run ended in a
+    :class:`WorkerDiedError` that blamed a worker killed or out of memory."""
+    if not storage_path:
+        return os.path.join(out_dir, "ray")
+    storage_path = os.fspath(storage_path)
+    return storage_path if "://" in storage_path else os.path.abspath(os.path.expanduser(storage_path))
 
 
 def _local_resources() -> Dict[str, float]:
