@@ -252,6 +252,17 @@ def test_a_relative_storage_path_is_taken_from_the_working_directory(tmp_path, l
     assert not (tmp_path / "run" / "ray").exists()
 
 
+def test_a_controller_that_fails_to_start_is_not_said_to_be_a_dead_worker(tmp_path, local_ray):
+    # Ray Train's controller refused the storage (its constructor raised): the run ended in a
+    # WorkerDiedError that blamed a worker killed or out of memory, and a rerun failed alike
+    from equifast.training.ray_train import WorkerDiedError
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=32, test_subset=8, device="cpu")
+    with pytest.raises(Exception) as raised:
+        train_ray(recipe, str(tmp_path / "run"), num_workers=1, storage_path="nosuch://store")
+    assert not isinstance(raised.value, WorkerDiedError)
+    assert "nosuch" in str(raised.value)  # Ray's error names pyarrow's
+
+
 def test_the_workers_error_chosen_is_the_cause_not_its_consequences():
     from equifast.training.ray_train import _worker_error
 

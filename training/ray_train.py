@@ -345,6 +345,10 @@ def _died(error: BaseException) -> Optional[str]:
         seen.add(id(error))
         if isinstance(error, rex.OutOfMemoryError):
             return "out of memory: Ray's memory monitor killed it"
+        if isinstance(error, rex.RayActorError) and getattr(error, "actor_init_failed", False):
+            # its constructor raised (Ray Train's controller refusing a storage_path it cannot
+            # open): a Python error, which Ray's names, not a process killed
+            return None
         if isinstance(error, (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError)):
             return "killed by a signal, or out of memory?"
         error = getattr(error, "health_check_failure", None) or error.__cause__
