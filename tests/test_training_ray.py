@@ -397,6 +397,21 @@ def test_the_driver_maps_the_checkpoint_rather_than_reading_it(tmp_path):
     assert peak_mib() - before < 32, peak_mib() - before  # of a 128 MiB optimiser state
 
 
+def test_too_many_workers_for_a_ray_this_process_started_fail_before_anything(tmp_path,
+                                                                           local_ray):
+    # ray.init(num_cpus=2) (train_ray's example) was taken for a cluster that may autoscale:
+    # a warning, then Ray Train waited for the workers for ever
+    cpus = ray.cluster_resources()["CPU"]
+    workers = int(cpus) * 2
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, batch_size=8 * workers, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the old warning ends the test rather than the wait
+        with pytest.raises(ValueError, match=rf"{workers} workers \(1 CPU each: {workers} CPU in "
+                                             rf"all\), but it has {cpus:g} CPU; use fewer"):
+            train_ray(recipe, str(tmp_path / "run"), num_workers=workers)
+    assert not (tmp_path / "run").exists()
+
+
 def test_too_many_workers_for_a_running_cluster_is_a_warning(local_ray):
     # a running cluster may autoscale (distributed/cluster.yaml starts with 0 workers), so what
     # it lacks now is said, not refused; the check reads the real cluster's resources

@@ -193,9 +193,10 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         TypeError: ``recipe`` is no :class:`Recipe` (a name), or ``out_dir`` no path (as
             :func:`train`).
         ValueError: ``recipe.device`` disagrees with ``use_gpu``; or the local cluster it
-            would start (or started for an earlier run) has fewer CPUs or GPUs than the workers
-            need (checked before anything starts: Ray Train would wait for them for ever); for
-            a running cluster, which may autoscale, this is a warning.
+            would start (or started for an earlier run), or the one this process started
+            itself (``ray.init()``), has fewer CPUs or GPUs than the workers need (checked
+            before anything starts: Ray Train would wait for them for ever); for a running
+            cluster joined, which may autoscale, this is a warning.
         WorkerDiedError: a worker's process died (killed, out of memory); its message names
             the worker and the last epoch saved, its cause is Ray Train's error.
         Exception: a worker's own error (an ``OSError`` of a full disk, ...) when the workers
@@ -230,7 +231,7 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     # the worker group, for resources the cluster does not have. A running cluster may grow
     # (distributed/cluster.yaml autoscales from 0 workers): there it is a warning.
     _check_resources(scaling, ray.cluster_resources() if local is None else local,
-                     can_grow=local is None)
+                     can_grow=local is None and not _started_here())
     # Workers run elsewhere: they need absolute paths (what is said and returned keeps the
     # user's own, as train's).
     given, out_dir = out_dir, os.path.abspath(out_dir)
@@ -325,6 +326,17 @@ def _own_ray_resources() -> Optional[Dict[str, float]]:
     if _OWN_RAY and _ray_node() == _OWN_RAY["node"]:
         return dict(_OWN_RAY["resources"])
     return None
+
+
+def _started_here() -> bool:
+    """Whether the Ray this process is connected to is one it started (``ray.init()`` without
+    a cluster's address, as in :func:`train_ray`'s example): a local instance of the size it was
+    given, which no autoscaler grows (a cluster joined, or Ray Client, is not)."""
+    try:
+        from ray._private import worker
+    except ImportError:  # Ray's private API changed in another version: taken as a cluster
+        return False
+    return getattr(getattr(worker, "_global_node", None), "head", False) is True
 
 
 def _ray_node() -> Tuple[str, str]:
