@@ -191,6 +191,20 @@ def local_ray():
         ray.shutdown()
 
 
+def test_overwrite_keeps_the_old_run_when_the_data_is_missing_on_a_ray_the_caller_started(
+        tmp_path, local_ray):
+    # ray.init(num_cpus=2) (train_ray's example) runs the workers on this machine too, but the
+    # data was only looked for by the workers: after --overwrite had deleted the finished run
+    from test_training import _finished_run
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, device="cpu")
+    before = _finished_run(tmp_path / "run", recipe)
+    with pytest.raises(FileNotFoundError):
+        train_ray(recipe.replace(data_root=str(tmp_path / "missing")), str(tmp_path / "run"),
+                  num_workers=2, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(before)
+    assert {p.name: p.read_text() for p in (tmp_path / "run").iterdir()} == before
+
+
 def test_two_worker_run_writes_single_process_format(tmp_path, local_ray, monkeypatch):
     # 999 images: DistributedSampler pads each worker's share with a copy of an image, which
     # was trained on and counted twice (the accuracy was a count over 1000)

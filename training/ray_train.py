@@ -227,22 +227,24 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
         ray.init()  # the cluster RAY_ADDRESS names (as under `ray job submit`)
     # the local Ray an earlier run started (a study's first) is this machine's, as before
     local = _own_ray_resources() if ray.is_initialized() else _local_resources()
+    # this machine's alone, of a fixed size: that one, or one the caller started (ray.init())
+    here = local is not None or _started_here()
     # before the run folder is touched (--overwrite deletes): Ray Train waits forever, retrying
     # the worker group, for resources the cluster does not have. A running cluster may grow
     # (distributed/cluster.yaml autoscales from 0 workers): there it is a warning.
     _check_resources(scaling, ray.cluster_resources() if local is None else local,
-                     can_grow=local is None and not _started_here())
+                     can_grow=not here)
     # Workers run elsewhere: they need absolute paths (what is said and returned keeps the
     # user's own, as train's).
     given, out_dir = out_dir, os.path.abspath(out_dir)
     storage_path = _storage(storage_path, out_dir)
     if recipe.data_root:
         recipe = recipe.replace(data_root=os.path.abspath(os.path.expanduser(recipe.data_root)))
-    if local is not None and _will_train(out_dir, overwrite):
-        # A local cluster shares this machine's files: the data is found (or fetched) here
-        # first, so a missing root fails with its own message before workers start, not wrapped
-        # in a Ray Train worker error, and before --overwrite deletes the old run. (On a
-        # cluster the data may be on the workers only.)
+    if here and _will_train(out_dir, overwrite):
+        # A local cluster (its own, or one the caller started) shares this machine's files: the
+        # data is found (or fetched) here first, so a missing root fails with its own message
+        # before workers start, not wrapped in a Ray Train worker error, and before --overwrite
+        # deletes the old run. (On a cluster joined the data may be on the workers only.)
         _datasets(recipe)
     for line in start_lines(recipe, given, overwrite, resume) if say is not None else ():
         say(line)
