@@ -834,7 +834,7 @@ def _normalize_step(preprocess):
 def input_size(preprocess, default: int = 224) -> int:
     """The square size a pipeline crops images to: the ``crop_size`` of a torchvision weights'
     preset, or the size of its ``CenterCrop`` (``Resize`` to a square) step, of
-    ``torchvision.transforms`` or ``transforms.v2``; ``default``
+    ``torchvision.transforms`` or ``transforms.v2`` (timm's ``CenterCropOrPad`` too); ``default``
     (also for a crop that is not square: see :func:`input_shape`)."""
     h, w = input_shape(preprocess, default)
     return h if h == w else default
@@ -850,8 +850,12 @@ def input_shape(preprocess, default: int = 224) -> Tuple[int, int]:
     if crop is not None:
         return (int(crop[0] if isinstance(crop, (list, tuple)) else crop),) * 2
     # a transforms.v2 pipeline's steps are other classes: its CenterCrop(96) was the default 224,
-    # and the embedded photos were cut at 224 for it
-    for crops, cls in ((True, (T.CenterCrop, v2.CenterCrop)), (False, (T.Resize, v2.Resize))):
+    # and the embedded photos were cut at 224 for it. timm's pipelines of crop_mode "border"
+    # (deepseek_vit's, at 546) crop with its own CenterCropOrPad: not imported for this, as no
+    # pipeline holds one unless timm's transforms are loaded
+    pad = getattr(sys.modules.get("timm.data.transforms"), "CenterCropOrPad", None)
+    centre = (T.CenterCrop, v2.CenterCrop) + ((pad,) if pad is not None else ())
+    for crops, cls in ((True, centre), (False, (T.Resize, v2.Resize))):
         for step in getattr(preprocess, "transforms", []):
             size = getattr(step, "size", None) if isinstance(step, cls) else None
             if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(set(size)) == 1):

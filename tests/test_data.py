@@ -242,6 +242,19 @@ def test_normalise_like_reads_every_kind_of_pipeline():
     assert data.input_size(T.Compose([T.ToTensor()]), default=99) == 99
 
 
+def test_the_crop_of_timms_pipelines_of_every_crop_mode_is_read():
+    # crop_mode "border" (deepseek_vit's) crops with timm's CenterCropOrPad: the embedded photos
+    # were cut at the default 224 for it, and a model of one input size failed on them
+    import timm.data
+
+    for mode in ("center", "squash", "border"):
+        for size in ((40, 40), (32, 48)):
+            pipeline = timm.data.create_transform(input_size=(3, *size), crop_pct=0.9,
+                                                  crop_mode=mode)
+            made = pipeline(Image.new("RGB", (70, 50))).shape[-2:]  # what it makes of an image
+            assert data.input_shape(pipeline) == tuple(made) == size, mode
+
+
 def test_image_folder_follows_linked_class_folders(tmp_path):
     root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
     for folder in (root / "a", elsewhere):
