@@ -69,6 +69,13 @@ def test_read_idx_roundtrip(tmp_path):
     (tmp_path / "cut-idx3-ubyte.gz").write_bytes((tmp_path / "x-idx3-ubyte.gz").read_bytes()[:-12])
     with pytest.raises(ValueError, match=r"Could not read the idx file .*cut-idx3-ubyte.gz.*re-download"):
         read_idx(str(tmp_path / "cut-idx3-ubyte.gz"))
+    # gzip or not told by the bytes, not the name: a plain file a browser unpacked keeps its
+    # ".gz" (BadGzipFile), a gzipped one renamed without it was "its header is b'\x1f\x8b'"; both
+    # said to re-download, which got the same file again
+    (tmp_path / "unpacked-idx3-ubyte.gz").write_bytes(whole)
+    (tmp_path / "renamed-idx3-ubyte").write_bytes((tmp_path / "x-idx3-ubyte.gz").read_bytes())
+    for name in ("unpacked-idx3-ubyte.gz", "renamed-idx3-ubyte"):
+        np.testing.assert_array_equal(read_idx(tmp_path / name), a)
 
 
 @pytest.mark.parametrize("images, labels, match", [

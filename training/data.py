@@ -73,18 +73,22 @@ _MEAN_STD = {"mnist": (0.1307, 0.3081), "fmnist": (0.2860, 0.3530),
 
 # ------------------------------------------------------------------------------ idx files
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an idx file (``*-idx3-ubyte`` or ``*-idx1-ubyte``, optionally ``.gz``), a path
-    given as a string or a ``pathlib.Path``.
+    """Read an idx file (``*-idx3-ubyte`` or ``*-idx1-ubyte``, plain or gzipped, whatever its
+    name says: ``.gz`` or not), a path given as a string or a ``pathlib.Path``.
 
     Example:
         >>> read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").shape
         (10000,)
     """
-    path = os.fspath(path)  # a pathlib.Path: "'PosixPath' object has no attribute 'endswith'"
-    opener = gzip.open if path.endswith(".gz") else open
+    path = os.fspath(path)  # a pathlib.Path: named as a string in the messages
     try:
-        with opener(path, "rb") as f:
+        # gzip told by its magic bytes, not by the name: a browser that unpacks a download
+        # keeps ".gz" on the plain file (BadGzipFile), a file renamed without ".gz" is still
+        # gzip ("its header is b'\\x1f\\x8b'"); "re-download" got the same file again
+        with open(path, "rb") as f:
             data = f.read()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # a cut or damaged download
         raise ValueError(f"Could not read the idx file {path!r} ({type(err).__name__}: {err}); "
                          "re-download the file.") from err
