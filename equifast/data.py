@@ -818,8 +818,13 @@ def normalise_like(images: torch.Tensor, preprocess) -> torch.Tensor:
     from torchvision import transforms as T
 
     step = _normalize_step(preprocess)
-    return images if step is None else T.functional.normalize(images, list(step.mean),
-                                                              list(step.std))
+    if step is None:
+        return images
+    # numbers, lists or tensors as lists: Normalize(0.5, 0.5), which a folder's images go
+    # through (it normalises any channels), failed here on list(0.5)
+    mean, std = (torch.as_tensor(v, dtype=torch.float64).reshape(-1).tolist()
+                 for v in (step.mean, step.std))
+    return T.functional.normalize(images, mean, std)
 
 
 def _normalize_step(preprocess):

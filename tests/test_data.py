@@ -255,6 +255,20 @@ def test_the_crop_of_timms_pipelines_of_every_crop_mode_is_read():
             assert data.input_shape(pipeline) == tuple(made) == size, mode
 
 
+def test_a_normalisation_by_numbers_normalises_the_embedded_photos():
+    # Normalize(0.5, 0.5) takes any channels (a folder's images go through it as they are):
+    # the embedded photos cut for it failed in list(0.5), "'float' object is not iterable"
+    import torchvision.transforms as T
+
+    x = torch.rand(2, 3, 8, 8)
+    for mean, std in ((0.5, 0.25), (torch.tensor(0.5), torch.tensor(0.25))):  # numbers: RGB
+        pre = T.Compose([T.Resize(8), T.CenterCrop(8), T.ToTensor(), T.Normalize(mean, std)])
+        torch.testing.assert_close(data.normalise_like(x, pre), (x - 0.5) / 0.25)
+        photos = data.EmbeddedPhotos(2, size=8, seed=3, preprocess=pre)
+        torch.testing.assert_close(torch.stack([photos[0], photos[1]]),
+                                   (data.embedded_photos(2, size=8, seed=3) - 0.5) / 0.25)
+
+
 def test_image_folder_follows_linked_class_folders(tmp_path):
     root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
     for folder in (root / "a", elsewhere):
