@@ -827,10 +827,28 @@ def normalise_like(images: torch.Tensor, preprocess) -> torch.Tensor:
     return T.functional.normalize(images, mean, std)
 
 
+def _steps(preprocess, nested: bool = False) -> list:
+    """The steps of a pipeline in order: a ``Compose``'s ``transforms`` (torchvision's, v2's,
+    timm's), an ``nn.Sequential``'s modules (torchvision's scriptable pipelines, of v2
+    transforms), and those of a ``Compose`` or ``Sequential`` nested in one (not a
+    ``RandomApply``'s, which may not run); none for another callable. A Sequential was read as
+    no steps: its images were cut at 224 and not normalised, whatever its own crop and
+    ``Normalize``."""
+    if isinstance(preprocess, torch.nn.Sequential):
+        steps = list(preprocess)
+    elif nested and type(preprocess).__name__ != "Compose":
+        return []
+    else:
+        steps = getattr(preprocess, "transforms", None)
+        if not isinstance(steps, (list, tuple, torch.nn.ModuleList)):
+            return []
+    return [each for step in steps for each in [step] + _steps(step, nested=True)]
+
+
 def _normalize_step(preprocess):
     """The step of a pipeline that holds its ``mean`` and ``std`` (a ``Normalize``, or a
     torchvision weights' preset itself), or ``None``."""
-    for step in [preprocess] + list(getattr(preprocess, "transforms", [])):
+    for step in [preprocess] + _steps(preprocess):
         if getattr(step, "mean", None) is not None and getattr(step, "std", None) is not None:
             return step
     return None
@@ -861,7 +879,7 @@ def input_shape(preprocess, default: int = 224) -> Tuple[int, int]:
     pad = getattr(sys.modules.get("timm.data.transforms"), "CenterCropOrPad", None)
     centre = (T.CenterCrop, v2.CenterCrop) + ((pad,) if pad is not None else ())
     for crops, cls in ((True, centre), (False, (T.Resize, v2.Resize))):
-        for step in getattr(preprocess, "transforms", []):
+        for step in _steps(preprocess):
             size = getattr(step, "size", None) if isinstance(step, cls) else None
             if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(set(size)) == 1):
                 return (int(size if isinstance(size, int) else size[0]),) * 2

@@ -269,6 +269,33 @@ def test_a_normalisation_by_numbers_normalises_the_embedded_photos():
                                    (data.embedded_photos(2, size=8, seed=3) - 0.5) / 0.25)
 
 
+def test_pipelines_of_v2_transforms_in_a_sequential_or_nested_are_read(tmp_path):
+    # torchvision's scriptable pipeline is an nn.Sequential (of v2 transforms), without
+    # `transforms`: its photos were cut at 224 and not normalised, a folder's grey image went in
+    # grey (one channel for an RGB model)
+    from torch import nn
+    from torchvision import transforms as T
+    from torchvision.transforms import v2
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    sequential = nn.Sequential(v2.ToImage(), v2.Resize(20), v2.CenterCrop(16),
+                               v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std))
+    nested = T.Compose([T.Compose([T.Resize(20), T.CenterCrop(16)]), T.ToTensor(),
+                        T.Normalize(mean, std)])
+    Image.new("L", (30, 24), 100).save(tmp_path / "grey.png")
+    for pre in (sequential, nested):
+        made = pre(Image.new("RGB", (30, 24)))
+        assert data.input_shape(pre) == tuple(made.shape[-2:]) == (16, 16)
+        photos = data.EmbeddedPhotos(2, size=data.input_shape(pre), seed=1, preprocess=pre)
+        torch.testing.assert_close(torch.stack([photos[0], photos[1]]), T.functional.normalize(
+            data.embedded_photos(2, size=16, seed=1), mean, std))
+        x, _ = _collect(data.batches(tmp_path, preprocess=pre))
+        torch.testing.assert_close(x[0], pre(Image.open(tmp_path / "grey.png").convert("RGB")))
+    # a RandomApply's steps may not run: not the pipeline's crop
+    maybe = T.Compose([T.RandomApply([T.CenterCrop(10)], p=0.5), T.Resize(20), T.CenterCrop(16)])
+    assert data.input_shape(maybe) == tuple(maybe(Image.new("RGB", (30, 24))).size[::-1]) == (16, 16)
+
+
 def test_image_folder_follows_linked_class_folders(tmp_path):
     root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
     for folder in (root / "a", elsewhere):
