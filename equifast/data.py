@@ -185,10 +185,12 @@ class ImageFiles(Dataset):
         classes = subfolders if self.labelled else []
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.labels = [self.class_index[cls] if folder != top else -1 for cls, folder, _ in found]
-        if not self.labelled and _SYNSET.fullmatch(root.name):
+        # its name as written out: "." and "../n02123045" are named "" and ".." (no class)
+        name = os.path.basename(os.path.abspath(top))
+        if not self.labelled and _SYNSET.fullmatch(name):
             # one ImageNet class folder given (a root one level too low): its images are that class
-            classes, self.labels, self.labelled = [root.name], [0] * len(found), True
-            self.class_index = {root.name: 0}
+            classes, self.labels, self.labelled = [name], [0] * len(found), True
+            self.class_index = {name: 0}
         self.strays_why = ""  # why the strays have no label, where not beside class folders
         if not self.labelled:
             names = [name for _, _, name in found]

@@ -474,7 +474,7 @@ def test_numbered_class_folders_are_the_class_of_their_number(tmp_path):
     assert rep.accuracy is None and rep.meta["n_images"] == 11
 
 
-def test_one_synset_folder_given_alone_is_that_class(tmp_path):
+def test_one_synset_folder_given_alone_is_that_class(tmp_path, monkeypatch):
     # val/n02123045 given (a root one level too low) had no labels: no accuracy for its cats
     cats = tmp_path / "val" / TABBY
     cats.mkdir(parents=True)
@@ -483,6 +483,13 @@ def test_one_synset_folder_given_alone_is_that_class(tmp_path):
     files = data.ImageFiles(cats)
     assert files.classes == [TABBY] and [files[i][1] for i in range(2)] == [0, 0]
     assert data.model_classes(files, 1000).tolist() == [281] and files.strays == []
+
+    # given as "." from inside it (cd val/n02123045), or through "..": it is named "" and ".."
+    # there, and its images had no labels
+    monkeypatch.chdir(cats)
+    for given in (".", "./", os.path.join("..", TABBY)):
+        files = data.ImageFiles(given)
+        assert files.classes == [TABBY] and files.labels == [0, 0], given
 
 
 def test_a_folder_under_the_home_folder_from_python(tmp_path, monkeypatch):
