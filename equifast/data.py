@@ -139,7 +139,8 @@ class ImageFiles(Dataset):
     synsets, the order ImageNet models are trained with; its images the file does not name, and
     files among them not named as its images, are ``strays`` (label -1; ``strays_why`` says
     which). Hidden files and folders, a macOS zip's
-    ``__MACOSX``, a NAS's ``@eaDir``, a disk's ``lost+found`` and the devkit's folder are no
+    ``__MACOSX``, a NAS's ``@eaDir`` and ``#recycle``, a disk's ``lost+found``,
+    ``System Volume Information`` and ``$RECYCLE.BIN`` and the devkit's folder are no
     images or classes; a folder
     that cannot be listed is an ``OSError``. A folder of split folders (``imagenet/`` holding
     ``train/`` and ``val/``) is refused, naming the split to give.
@@ -459,8 +460,12 @@ def _eight_bits(levels: np.ndarray) -> np.ndarray:
 # NAS keeps thumbnails (SYNOPHOTO_THUMB_*.jpg) in an @eaDir/ in each folder: in a class folder
 # they were measured as images of that class. A data set on its own ext4 disk has the file
 # system's lost+found/ at its root, readable by root only: every other user's listing failed on
-# it ("make it readable, or move it"), and for root it was an empty class, one too many.
-_NOT_CLASSES = frozenset({"__MACOSX", "@eaDir", DEVKIT, "lost+found"})
+# it ("make it readable, or move it"), and for root it was an empty class, one too many. So
+# were a disk Windows has mounted (a USB drive's exFAT or NTFS) its System Volume Information/
+# and $RECYCLE.BIN/, and a Synology share's #recycle/, whose deleted images (in their class
+# folders) were measured as one more class.
+_NOT_CLASSES = frozenset({"__MACOSX", "@eaDir", DEVKIT, "lost+found", "System Volume Information",
+                          "$RECYCLE.BIN", "#recycle"})
 
 
 def _data_folder(name: str) -> bool:

@@ -666,6 +666,17 @@ def test_a_disks_lost_and_found_is_no_class(tmp_path):
     files = data.ImageFiles(tmp_path)
     assert files.classes == want.classes == ["cat", "dog"] and files.labels == want.labels == [0, 1]
     assert data.model_classes(files, 2).tolist() == [0, 1]
+    # a disk Windows mounted (a USB drive) holds System Volume Information/ and $RECYCLE.BIN/ at
+    # its root, a Synology share #recycle/ with the deleted images in their class folders: more
+    # classes (no accuracy), and deleted images measured
+    (tmp_path / "System Volume Information").mkdir()
+    (tmp_path / "System Volume Information" / "WPSettings.dat").write_bytes(b"x")
+    (tmp_path / "$RECYCLE.BIN").mkdir()
+    (tmp_path / "#recycle" / "cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "#recycle" / "cat" / "deleted.png")
+    files = data.ImageFiles(tmp_path)
+    assert files.classes == want.classes and files.paths == want.paths
+    assert files.labels == want.labels and data.model_classes(files, 2).tolist() == [0, 1]
 
 
 def test_n_images_must_be_a_positive_integer():
