@@ -162,8 +162,20 @@ class ImageFiles(Dataset):
             raise FileNotFoundError(
                 f"Expected `images` to be a folder of images, but {str(root)!r} does not exist.")
         # the class folders (sorted: folder i is class i), listed once for both uses
-        subfolders = sorted(e.name for e in os.scandir(root) if e.is_dir() and _data_folder(e.name))
+        entries = list(os.scandir(root))
+        subfolders = sorted(e.name for e in entries if e.is_dir() and _data_folder(e.name))
         _check_not_splits(root, subfolders)
+        # links that lead nowhere (a class folder linked from a disk not mounted): no folder, so
+        # no class, and its images were left out without a word (a link named as an image
+        # fails when it is read, naming it)
+        gone = sorted(e.name for e in entries if e.is_symlink() and not os.path.exists(e.path)
+                      and _data_folder(e.name) and not _image_name(e.name))
+        if gone:
+            from .warning import warn
+            warn(f"{len(gone)} link(s) in {str(root)!r} lead to nothing (e.g. {gone[0]!r} -> "
+                 f"{os.readlink(os.path.join(root, gone[0]))!r}): a class folder among them is "
+                 "no class, and its images are left out; mount or fix its target, or remove "
+                 "the link.")
         # torchvision ImageFolder's order (class folders by name; in each, folders by path,
         # files by name), so that a seeded n_images subset draws the same images as from it.
         # Strings, not Paths: pathlib took 1.3 s of 1.4 to list 50,000 files.

@@ -641,6 +641,21 @@ def test_a_dangling_link_is_named_as_one(tmp_path):
         files[1]
 
 
+def test_a_class_folders_link_that_leads_nowhere_is_said(tmp_path):
+    # a class folder linked from a disk that is not mounted was no class, its images left out
+    # without a word (and the folders after it took its label)
+    for name in ("a", "c"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "x.png")
+    want = data.ImageFiles(tmp_path)
+    (tmp_path / "b").symlink_to(tmp_path / "unmounted" / "b")
+    with pytest.warns(UserWarning, match=r"1 link\(s\) in .* lead to nothing \(e\.g\. 'b' -> "
+                                         r"'.*unmounted/b'\): a class folder among them is no "
+                                         r"class, and its images are left out"):
+        files = data.ImageFiles(tmp_path)
+    assert files.classes == want.classes == ["a", "c"] and files.paths == want.paths
+
+
 def test_a_nas_thumbnail_folder_is_not_images_of_a_class(tmp_path):
     # a Synology NAS keeps thumbnails in an @eaDir/ in each folder: they were measured as more
     # images of the class folder they lie in
