@@ -897,12 +897,14 @@ def input_shape(preprocess, default: int = 224) -> Tuple[int, int]:
     # pipeline holds one unless timm's transforms are loaded
     pad = getattr(sys.modules.get("timm.data.transforms"), "CenterCropOrPad", None)
     centre = (T.CenterCrop, v2.CenterCrop) + ((pad,) if pad is not None else ())
-    for crops, cls in ((True, centre), (False, (T.Resize, v2.Resize))):
+    for cls in (centre, (T.Resize, v2.Resize)):
         for step in _steps(preprocess):
             size = getattr(step, "size", None) if isinstance(step, cls) else None
             if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(set(size)) == 1):
                 return (int(size if isinstance(size, int) else size[0]),) * 2
-            if crops and isinstance(size, (list, tuple)) and len(size) == 2:
+            # Resize((H, W)) makes H x W images too: a pipeline that squashes to a ViT's 64 x 96
+            # without a crop had its photos cut at the default 224 x 224
+            if isinstance(size, (list, tuple)) and len(size) == 2:
                 return int(size[0]), int(size[1])
     return default, default
 

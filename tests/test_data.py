@@ -400,6 +400,9 @@ def test_helpers_of_subsets_sizes_and_batches(tmp_path):
     files = data.ImageFiles(tmp_path)
     assert data.image_folder(Subset(Subset(files, [0]), [0])) is files
     assert data.input_size(T.Compose([T.Resize((8, 16))]), default=99) == 99  # not square
+    # a squash to an oblong size without a crop: its photos were cut at the default 224 x 224
+    squash = T.Compose([T.Resize((8, 16)), T.ToTensor()])
+    assert data.input_shape(squash) == tuple(squash(Image.new("RGB", (30, 20))).shape[-2:]) == (8, 16)
     assert data.input_size(T.Compose([T.Resize((8, 8))]), default=99) == 8
     # a seeded subset keeps the dataset's order; another seed, other images
     x, y = torch.rand(20, 3, 4, 4), torch.arange(20)
