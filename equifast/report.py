@@ -363,6 +363,8 @@ def metric_bias(points: pd.DataFrame,
     score}``. The correlation is across the maps before global pooling, the points of the
     early, middle and late parts: ``pool`` and ``final`` (invariance scores near 1, logits with
     any mean) are in the table but not in the correlation unless ``parts=None`` (all points).
+    A correlation is NaN with fewer than three defined points, or where the scores or the
+    statistic vary by no more than ``TOLERANCE`` of their size (scores all 1 under the identity).
     Those parts hold a ResNet's stem too, where the thesis correlates "after each residual
     block" (21 points of ResNet-44, not 22): for its set, leave the stem's rows out,
     ``metric_bias(points[points.point != "stem"])``.
@@ -397,10 +399,24 @@ def metric_bias(points: pd.DataFrame,
             row = {"family": fam, "metric": m}
             for c in stats:
                 ok = g[[m, c]].dropna()
-                row[f"correlation_with_{c}"] = (float(np.corrcoef(ok[m], ok[c])[0, 1])
+                row[f"correlation_with_{c}"] = (_pearson(ok[m], ok[c])
                                                 if len(ok) > 2 else float("nan"))
             rows.append(row)
     return {"table": table, "correlation": pd.DataFrame(rows)}
+
+
+def _pearson(a: pd.Series, b: pd.Series) -> float:
+    """Pearson correlation of two columns under the one rule of the scores
+    (:func:`equifast.reference.similarity_matrix`, ``TOLERANCE``): NaN where either column
+    varies by no more than ``TOLERANCE`` of its size. Scores that are all 1 up to float32
+    rounding (``--transforms identity``, a perfectly equivariant model) have nothing to
+    correlate; ``np.corrcoef`` correlated their rounding noise (0.70 for ResNet-18's)."""
+    import torch
+
+    from .reference import similarity_matrix
+
+    rows = [torch.tensor(col.to_numpy(dtype=float), dtype=torch.float64)[None] for col in (a, b)]
+    return float(similarity_matrix(*rows, metric="correlation")[0, 0])
 
 
 def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run: str = "run",

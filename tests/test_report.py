@@ -2,6 +2,7 @@
 import json
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -1430,3 +1431,32 @@ def test_shift_table_takes_one_by_column_by_name_and_names_a_missing_one():
     with pytest.raises(ValueError, match=r"Expected each name in `by` to be a column of the points "
                                          r"table, but 'model' is not \(its columns: point, part"):
         shift_table(points, by=["seed", "model"])  # a bare KeyError: 'model'
+
+
+def test_metric_bias_of_scores_that_do_not_vary_is_undefined():
+    # under the identity every score is 1 up to float32 rounding: np.corrcoef correlated that
+    # rounding noise with the activations (0.70 for ResNet-18); the scores' own rule
+    # (TOLERANCE) says such a column has nothing to correlate
+    from equifast import TOLERANCE
+
+    acts, noise, varied = [0.2, 0.33, 0.56, 0.44], [5e-8, 2e-8, 6e-8, 1e-8], [0.3, 0.9, 0.4, 0.6]
+    rows = []
+    for order in range(4):
+        for metric, c in (("cosine", 1.0 - noise[order]), ("correlation", varied[order])):
+            rows.append({"point": f"q{order}", "part": "early", "transform": "identity",
+                         "family": "identity", "metric": metric, "channel": c, "layer": c,
+                         "undefined_fraction": 0.0, "n_images": 2, "order": order,
+                         "mean_activation": acts[order], "mean_magnitude": 1.0 + noise[order]})
+    corr = Report.from_rows(rows).metric_bias()["correlation"].set_index("metric")
+    # the columns' spread against their size, as the rule reads it
+    spread = np.linalg.norm(np.subtract(1.0, noise) - np.mean(np.subtract(1.0, noise)))
+    assert spread <= TOLERANCE * np.linalg.norm(np.subtract(1.0, noise))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an exactly constant column: no RuntimeWarning either
+        assert math.isnan(corr.loc["cosine", "correlation_with_mean_activation"])
+        constant = Report.from_rows([dict(r, channel=1.0) for r in rows]).metric_bias()
+    assert constant["correlation"]["correlation_with_mean_activation"].isna().all()
+    # the magnitude does not vary either; the scores that do still correlate with the activations
+    assert corr["correlation_with_mean_magnitude"].isna().all()
+    assert math.isclose(corr.loc["correlation", "correlation_with_mean_activation"],
+                        float(np.corrcoef(varied, acts)[0, 1]))
