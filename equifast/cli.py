@@ -92,7 +92,10 @@ def _run_measure(args) -> int:
     from .transforms import check_distinct, parse_transforms
 
     # Every input is checked before the model runs: a measurement can take hours.
-    transforms = parse_transforms(args.transforms or _default_transforms(args.model))
+    # "" (an unset variable) is refused by parse_transforms, not read as the default: a
+    # --transforms "$T" of a few transforms measured the 35 of the default
+    transforms = parse_transforms(_default_transforms(args.model) if args.transforms is None
+                                  else args.transforms)
     check_distinct(transforms)
     metrics = metric_list([m.strip().lower() for m in args.metric.split(",") if m.strip()], "--metric")
     for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--n-images", args.n_images, 1),

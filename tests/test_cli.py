@@ -105,6 +105,16 @@ def test_user_errors_exit_2_with_a_message(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("spec", ["", " "])
+def test_an_empty_transforms_flag_is_refused_not_read_as_the_default(spec, tmp_path, capsys):
+    # an unset variable: --transforms "$T" measured the default's 32 shifts and 3 rotations
+    out = tmp_path / "m"
+    assert main(["measure", "--model", "resnet18", "--weights", "none", "--n-images", "1",
+                 "--device", "cpu", "--transforms", spec, "--out", str(out), "--no-progress"]) == 2
+    assert "Expected at least one transform spec, but got" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("argv, flag", [
     (["train", "cnn7-fmnist6", "--out", ""], "--out"),
     (["train", "cnn7-fmnist6", "--data-root", " "], "--data-root"),
