@@ -113,7 +113,7 @@ def _run_measure(args) -> int:
             raise ValueError(f"Expected no --weights or --num-classes with the run folder "
                              f"{args.model!r} (it is measured with its own trained weights), but "
                              f"got {' and '.join(given)}.")
-    elif not Path(args.model).is_dir():
+    else:  # a name, also where a folder of that name lies in the working folder (check_model_name)
         check_model_args(args.model, weights, args.num_classes)  # before --out is made
     check_path_flags([("--data", args.data), ("--out", args.out)])
     if args.data is not None and not Path(args.data).is_dir():

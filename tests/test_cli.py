@@ -566,6 +566,16 @@ def test_model_arguments_are_checked_before_anything_is_printed_or_made(tmp_path
         captured = capsys.readouterr()
         assert captured.out == "" and said in captured.err and captured.err.count("\n") == 1
         assert not (tmp_path / "m").exists()
+    # the same with a folder named as the model in the working folder (an --out of it): its
+    # checks were skipped, and failed in load_model after the header was printed
+    (tmp_path / "resnet18").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert main(["measure", "--transforms", "rotation:90", "--model", "resnet18",
+                     "--weights", "nosuch.pt", "--out", str(tmp_path / "m")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "'nosuch.pt' does not exist" in captured.err
+    assert not (tmp_path / "m").exists()
 
 
 def test_a_failed_measurement_removes_the_parent_folders_it_made(tmp_path, capsys):
