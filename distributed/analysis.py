@@ -70,6 +70,11 @@ def _store_table(source, name: str) -> pd.DataFrame:
 
 def _with_job_columns(df: pd.DataFrame, metric: Optional[str]) -> pd.DataFrame:
     """``df`` with the job columns a hand-made table may lack, and only ``metric``'s rows."""
+    unknown = sorted(set(df["part"].astype(str)) - set(PARTS))
+    if unknown:  # NaN in the parts' Categorical: one part of them all, each model in it twice
+        raise ValueError(f"Expected the table's parts to be some of {', '.join(PARTS)}, but it "
+                         f"names {', '.join(map(repr, unknown[:5]))}; rename them to the part "
+                         "each measures.")
     for col, default in (("metric", "correlation"), ("dataset", "data"), ("seed", 0)):
         if col not in df:
             df[col] = default

@@ -104,3 +104,20 @@ def test_datasets_whose_names_make_one_figure_file_name_are_refused(tmp_path):
                                    tmp_path / "figures", min_models=2)
     assert {p.name for p in files["figures"]} >= {"fig12_rotation_img_net.png",
                                                   "fig12_rotation_img-net.png"}
+
+
+def test_parts_of_other_names_are_refused_not_merged_into_one():
+    # 'stage1' and 'stage2' both became NaN in the parts' Categorical: one part of them, where
+    # each model was counted twice in a Spearman (n_models 8 of 4 models)
+    df = _parts({"m0": .7, "m1": .8, "m2": .6, "m3": .9}, seeds=(0,))
+    named = df.assign(part=df["part"].map({"early": "stage1", "middle": "stage2"}).fillna(df["part"]))
+    for f in (analysis.part_scores, analysis.accuracy_correlation, analysis.final_correlation):
+        with pytest.raises(ValueError, match=r"parts to be some of early, middle, late, pool, "
+                                             r"final, but it names 'stage1', 'stage2'"):
+            f(named)
+    # the parts it knows: each model once in each part's correlation
+    corr = analysis.accuracy_correlation(df)
+    assert set(corr["n_models"]) <= {3, 4} and corr["part"].notna().all()
+    for (part, score), row in corr.set_index(["part", "score"]).iterrows():
+        g = df[df.part == part][["model", score, "accuracy"]].dropna()
+        assert row.n_models == len(g) == g["model"].nunique()
