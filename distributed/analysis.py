@@ -68,6 +68,16 @@ def _store_table(source, name: str) -> pd.DataFrame:
     return source.copy() if isinstance(source, pd.DataFrame) else _store_tables(source)[name]
 
 
+def _check_columns(df: pd.DataFrame, columns: List[str], what: str) -> None:
+    """Raise ValueError where a hand-made table lacks one of ``columns`` (a bare ``KeyError``
+    from pandas otherwise); ``what``: the table it should be."""
+    missing = [c for c in columns if c not in df]
+    if missing:
+        raise ValueError(f"Expected {what} with the columns {', '.join(columns)}, but it lacks "
+                         f"{', '.join(map(repr, missing))} (its columns: "
+                         f"{', '.join(map(str, df.columns))}).")
+
+
 def _with_job_columns(df: pd.DataFrame, metric: Optional[str]) -> pd.DataFrame:
     """``df`` with the job columns a hand-made table may lack, and only ``metric``'s rows."""
     unknown = sorted(set(df["part"].astype(str)) - set(PARTS))
@@ -123,6 +133,7 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
     if df.empty:
         raise ValueError("Expected finished jobs in the sweep, but there are none; run the sweep "
                          "(`equifast sweep run SPEC`) or check `equifast sweep status`.")
+    _check_columns(df, ["model", "family", "part", "channel", "layer"], "a parts table")
     df = df.assign(accuracy=_accuracy_column(df, accuracy))
     if df["accuracy"].isna().all():  # else a silent all-NaN correlation and no figure 13
         warn(f"{_NO_ACCURACY[accuracy]}: the accuracies are NaN and no Spearman "
@@ -176,6 +187,8 @@ def shift_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
     if df.empty:
         raise ValueError("Expected finished jobs in the sweep, but there are none; run the sweep "
                          "(`equifast sweep run SPEC`) or check `equifast sweep status`.")
+    _check_columns(df, ["model", "point", "part", "transform", "family", "channel", "layer",
+                        "undefined_fraction"], "a points table")
     df = _with_job_columns(df, metric)
     table = shift_table(df, by=["dataset", "transforms", "model", "seed"]).astype({"part": str})
     keys = _KEYS + ["part", "transform", "dy", "dx"]

@@ -121,3 +121,18 @@ def test_parts_of_other_names_are_refused_not_merged_into_one():
     for (part, score), row in corr.set_index(["part", "score"]).iterrows():
         g = df[df.part == part][["model", score, "accuracy"]].dropna()
         assert row.n_models == len(g) == g["model"].nunique()
+
+
+def test_a_table_lacking_a_column_is_said_by_its_name():
+    # a bare KeyError 'layer' (or 'transform', of the shifts) from pandas
+    df = _parts({"m0": .7, "m1": .8, "m2": .6}, seeds=(0,))
+    for col in ("model", "family", "part", "channel", "layer"):
+        for f in (analysis.part_scores, analysis.accuracy_correlation, analysis.final_correlation):
+            with pytest.raises(ValueError, match=rf"Expected a parts table with the columns model, "
+                                                 rf"family, part, channel, layer, but it lacks '{col}'"):
+                f(df.drop(columns=col))
+    points = df.assign(point="p", transform="rotation(90)", undefined_fraction=0.0)
+    for col in ("point", "transform", "undefined_fraction", "layer"):
+        with pytest.raises(ValueError, match=rf"Expected a points table .* but it lacks '{col}'"):
+            analysis.shift_scores(points.drop(columns=col))
+    assert len(analysis.shift_scores(points)) == 0  # no translation: no rows, as documented
