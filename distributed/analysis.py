@@ -138,9 +138,9 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
     if df["accuracy"].isna().all():  # else a silent all-NaN correlation and no figure 13
         warn(f"{_NO_ACCURACY[accuracy]}: the accuracies are NaN and no Spearman "
              f"correlation (figure 13) is computed; {_INSTEAD[accuracy]}.")
-    if accuracy == "auto":
-        _warn_mixed_accuracies(df)
     df = _with_job_columns(df, metric)
+    if accuracy == "auto":  # after the columns a hand-made table may lack (its dataset)
+        _warn_mixed_accuracies(df)
     out = over_runs(df, _KEYS + ["part"], ["channel", "layer", "accuracy"], run="seed", count="seeds")
     out = out.drop(columns="accuracy_std")[_PART_SCORES]
     out["part"] = pd.Categorical(out["part"], categories=PARTS, ordered=True)

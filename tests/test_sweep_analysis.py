@@ -136,3 +136,15 @@ def test_a_table_lacking_a_column_is_said_by_its_name():
         with pytest.raises(ValueError, match=rf"Expected a points table .* but it lacks '{col}'"):
             analysis.shift_scores(points.drop(columns=col))
     assert len(analysis.shift_scores(points)) == 0  # no translation: no rows, as documented
+
+
+def test_mixed_accuracies_of_a_table_without_a_dataset_column_are_said():
+    # its dataset is 'data' (part_scores' default): a bare KeyError "['dataset'] not in index"
+    source = {"m0": "measured", "m1": "measured", "m2": "known"}
+    df = _parts({"m0": .7, "m1": .8, "m2": .75}, source).drop(columns="dataset")
+    with pytest.warns(UserWarning, match=r"dataset 'data': the accuracies mix top-1 measured .* "
+                                         r"\(2 models\) with known accuracies \(1: m2\)"):
+        scores = analysis.part_scores(df)
+    means = df.groupby(["model", "part"])["accuracy"].mean()
+    got = scores.astype({"part": str}).set_index(["model", "part"])["accuracy"]
+    pd.testing.assert_series_equal(got.sort_index(), means.sort_index(), check_names=False)
