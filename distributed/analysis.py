@@ -141,7 +141,8 @@ def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
     df = _with_job_columns(df, metric)
     if accuracy == "auto":  # after the columns a hand-made table may lack (its dataset)
         _warn_mixed_accuracies(df)
-    out = over_runs(df, _KEYS + ["part"], ["channel", "layer", "accuracy"], run="seed", count="seeds")
+    out = over_runs(df, _KEYS + ["part"], ["channel", "layer", "accuracy"], run="seed", count="seeds",
+                    one_row_per_run=True)
     out = out.drop(columns="accuracy_std")[_PART_SCORES]
     out["part"] = pd.Categorical(out["part"], categories=PARTS, ordered=True)
     return out.sort_values(_KEYS + ["part"], kind="stable").reset_index(drop=True)

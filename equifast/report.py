@@ -420,7 +420,7 @@ def _pearson(a: pd.Series, b: pd.Series) -> float:
 
 
 def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run: str = "run",
-              count: str = "runs") -> pd.DataFrame:
+              count: str = "runs", one_row_per_run: bool = False) -> pd.DataFrame:
     """SPEC aggregation step 4: mean and standard deviation over repeated runs (seeds).
 
     One row per ``keys`` (in order of appearance) with ``<v>`` (mean) and ``<v>_std`` (the
@@ -431,8 +431,21 @@ def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run:
     The mean and std do not depend on the order of the rows (runs given in another order,
     records read in another order): each group's values are taken in sorted order, so they
     are the same to the last bit: those of ``np.mean`` / ``np.std(ddof=1)`` of the sorted values.
+    ``one_row_per_run``: raise ``ValueError`` where a group has several rows of one run (a table
+    joined twice, or without the column that tells them apart): each would count in the mean
+    and std as a run of its own, while ``count`` says one.
     """
     keys = list(keys)
+    if one_row_per_run:
+        repeated = df.duplicated(keys + [run], keep=False).to_numpy()
+        if repeated.any():
+            # as Python values: a seed np.int64(0) otherwise
+            row = df.iloc[[int(np.flatnonzero(repeated)[0])]][keys + [run]].to_dict("records")[0]
+            which = ", ".join(f"{k} {v!r}" for k, v in row.items())
+            raise ValueError(f"Expected one row per {run} of each {', '.join(keys)}, but "
+                             f"{int(repeated.sum())} rows repeat theirs (the first: {which}): "
+                             f"a table joined twice, or one lacking the column that tells its "
+                             f"rows apart?")
     g = df.groupby(keys, sort=False, observed=True, dropna=False)
     group = g.ngroup().to_numpy()  # numbered in order of appearance (sort=False)
     firsts = np.unique(group, return_index=True)[1]

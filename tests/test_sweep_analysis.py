@@ -148,3 +148,20 @@ def test_mixed_accuracies_of_a_table_without_a_dataset_column_are_said():
     means = df.groupby(["model", "part"])["accuracy"].mean()
     got = scores.astype({"part": str}).set_index(["model", "part"])["accuracy"]
     pd.testing.assert_series_equal(got.sort_index(), means.sort_index(), check_names=False)
+
+
+def test_rows_of_one_seed_repeated_are_refused_not_counted_as_seeds():
+    # two datasets' rows without their dataset column: each model's mean was over both, with a
+    # standard deviation over "1 seed"
+    df = _parts({"m0": .7, "m1": .8, "m2": .6}, datasets=("a", "b"), seeds=(0,))
+    with pytest.raises(ValueError, match=rf"Expected one row per seed of each dataset, metric, "
+                                         rf"transforms, family, model, part, but {len(df)} rows "
+                                         rf"repeat theirs \(the first: dataset 'data', .* seed 0\)"):
+        analysis.part_scores(df.drop(columns="dataset"))
+    with pytest.raises(ValueError, match="one row per seed"):
+        analysis.accuracy_correlation(pd.concat([df, df.iloc[:1]], ignore_index=True))
+    scores = analysis.part_scores(df)  # told apart: one seed each, no spread
+    assert (scores["seeds"] == 1).all() and scores["channel_std"].isna().all()
+    means = df.groupby(["dataset", "model", "part"])["channel"].mean()
+    got = scores.astype({"part": str}).set_index(["dataset", "model", "part"])["channel"]
+    pd.testing.assert_series_equal(got.sort_index(), means.sort_index(), check_names=False)

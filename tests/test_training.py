@@ -1070,6 +1070,22 @@ def test_summarize_and_plot_refuse_the_other_table(tmp_path):
         summarize(rows)
 
 
+def test_summarize_refuses_rows_of_one_seed_repeated():
+    # runs.csv of two measures joined: seed 0's rows counted twice in the mean and std, while
+    # n_seeds said 3
+    rows = [dict(setting="none", recipe="r", seed=k, part="final", family="rotation",
+                 channel=c, layer=c, test_acc=0.9) for k, c in ((0, 0.1), (1, 0.3), (2, 0.5))]
+    runs = pd.DataFrame(rows)
+    with pytest.raises(ValueError, match=r"Expected one row per seed of each setting, part, "
+                                         r"family, but 2 rows repeat theirs \(the first: setting "
+                                         r"'none', part 'final', family 'rotation', seed 0\)"):
+        summarize(pd.concat([runs, runs.iloc[:1].assign(channel=0.9)], ignore_index=True))
+    summary = summarize(runs).iloc[0]
+    assert summary.n_seeds == 3
+    assert summary.channel_mean == pytest.approx(np.mean(runs.channel))
+    assert summary.channel_std == pytest.approx(np.std(runs.channel, ddof=1))
+
+
 def test_studies_transforms():
     # 4.2.1: rotations by 90, 180, 270 degrees, three seeds; 4.2.2: diagonal shifts 1..16, three
     # seeds; 4.2.3 names neither (same as 4.2.2 read here)

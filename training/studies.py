@@ -354,7 +354,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     # undefined_fraction: the share of entries the scores leave out, never hidden (SPEC 1)
     values = [c for c in ("channel", "layer", "undefined_fraction", "test_acc", "test_rot_acc")
               if c in runs]
-    out = over_runs(runs, keys, values, run="seed", count="n_seeds")
+    out = over_runs(runs, keys, values, run="seed", count="n_seeds", one_row_per_run=True)
     out = out.rename(columns={v: f"{v}_mean" for v in values})
     out = out[keys + [f"{v}_{s}" for v in values for s in ("mean", "std")] + ["n_seeds"]]
     order = {p: i for i, p in enumerate(PART_ORDER)}
