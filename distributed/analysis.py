@@ -265,6 +265,13 @@ def _rank_correlation(scores: pd.DataFrame, targets: Dict[str, str], min_models:
 
     if not isinstance(min_models, int) or min_models < 2:
         raise ValueError(f"Expected `min_models` to be an integer >= 2, but got {min_models!r}.")
+    repeated = scores.duplicated(_KEYS + ["part"]).to_numpy()
+    if repeated.any():  # one model's rows were ranked as several models
+        row = scores.iloc[[int(repeated.argmax())]][_KEYS + ["part"]].astype(str).to_dict("records")[0]
+        raise ValueError(f"Expected one row per model of each dataset, metric, transforms, family "
+                         f"and part, but model {row['model']!r} has several of part {row['part']!r} "
+                         f"({row['dataset']}, {row['metric']}, {row['transforms']}, {row['family']}): "
+                         "part_scores of sweeps joined, each with that model? Keep one of its rows.")
     rows = []
     keys = [k for k in _KEYS if k != "model"] + ["part"]
     for key, g in scores.groupby(keys, sort=False, observed=True, dropna=False):

@@ -165,3 +165,22 @@ def test_rows_of_one_seed_repeated_are_refused_not_counted_as_seeds():
     means = df.groupby(["dataset", "model", "part"])["channel"].mean()
     got = scores.astype({"part": str}).set_index(["dataset", "model", "part"])["channel"]
     pd.testing.assert_series_equal(got.sort_index(), means.sort_index(), check_names=False)
+
+
+def test_a_model_of_two_joined_score_tables_is_refused_not_ranked_twice():
+    # part_scores of two sweeps joined, m0 in both: it was ranked as two models (n_models 6)
+    first = analysis.part_scores(_parts({"m0": .7, "m1": .8, "m2": .6}, seeds=(0,)))
+    second = analysis.part_scores(_parts({"m0": .7, "m3": .9, "m4": .5}, seeds=(0,), seed=1))
+    joined = pd.concat([first, second], ignore_index=True)
+    for f in (analysis.accuracy_correlation, analysis.final_correlation):
+        with pytest.raises(ValueError, match=r"one row per model .* but model 'm0' has several of "
+                                             r"part 'early' \(a, correlation, rotation, rotation\)"):
+            f(joined)
+    # each model once: as scipy ranks the five
+    kept = joined[~((joined.model == "m0") & joined.index.isin(second.index + len(first)))]
+    corr = analysis.accuracy_correlation(kept)
+    for (part, score), row in corr.set_index(["part", "score"]).iterrows():
+        g = kept[kept.part == part][[score, "accuracy"]].dropna()
+        assert row.n_models == len(g) <= 5
+        if len(g) >= 3:
+            assert row.spearman == pytest.approx(spearmanr(g[score], g["accuracy"]).statistic)
