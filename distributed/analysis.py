@@ -108,7 +108,13 @@ def _accuracy_column(df: pd.DataFrame, accuracy: str) -> pd.Series:
         col = "accuracy"
     if col not in df:
         return pd.Series(np.nan, index=df.index)
-    return pd.to_numeric(df[col], errors="coerce")
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = values.isna() & df[col].notna()
+    if bad.any():  # NaN: the model was left out of every correlation without a word
+        raise ValueError(f"Expected the column {col!r} to hold top-1 accuracies (numbers, or empty "
+                         f"where unknown), but it holds {df.loc[bad, col].iloc[0]!r} (model "
+                         f"{df.loc[bad, 'model'].iloc[0]!r}); write it as a number (0.712).")
+    return values
 
 
 def part_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],

@@ -184,3 +184,19 @@ def test_a_model_of_two_joined_score_tables_is_refused_not_ranked_twice():
         assert row.n_models == len(g) <= 5
         if len(g) >= 3:
             assert row.spearman == pytest.approx(spearmanr(g[score], g["accuracy"]).statistic)
+
+
+def test_an_accuracy_that_is_no_number_is_refused_not_left_out():
+    # '71.2%' was made NaN: its model left out of every Spearman (n_models 3 of 5)
+    acc = {"m0": "71.2%", "m1": "75.0", "m2": 0.69, "m3": 0.8, "m4": 77}
+    df = _parts({m: 0.5 for m in acc}, seeds=(0,)).assign(accuracy=lambda d: d.model.map(acc))
+    with pytest.raises(ValueError, match=r"column 'accuracy' to hold top-1 accuracies .* but it "
+                                         r"holds '71.2%' \(model 'm0'\)"):
+        analysis.accuracy_correlation(df)
+    numbers = {"m0": 71.2, "m1": 75.0, "m2": 0.69, "m3": 0.8, "m4": 77}
+    df = df.assign(accuracy=df.model.map(numbers).astype(object).where(df.model != "m1", "75.0"))
+    corr = analysis.accuracy_correlation(df)  # '75.0' is a number, as read from a CSV
+    for (part, score), row in corr.set_index(["part", "score"]).iterrows():
+        g = df[df.part == part].assign(accuracy=lambda d: d.model.map(numbers))[[score, "accuracy"]].dropna()
+        assert row.n_models == len(g)
+        assert row.spearman == pytest.approx(spearmanr(g[score], g["accuracy"]).statistic)
