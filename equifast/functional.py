@@ -259,6 +259,9 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
         True
     """
     _check(fx, ftx, metric, vector_mode, eps, backend)
+    # bool() of anything was taken before: check=None skipped the finiteness check, and
+    # tensor_cores="False" multiplied on tensor cores
+    check, tensor_cores = ops._flag("check", check), ops._flag("tensor_cores", tensor_cores)
     reference.check_transform(transform)
     if input_size is not None:
         input_size = reference.check_input_size(input_size)
@@ -302,5 +305,5 @@ def equivariance_scores(fx: torch.Tensor, ftx: torch.Tensor, transform: Optional
                            "run `pip install --no-build-isolation -e .`.")
     channel, layer, index = ops.equivariance_scores(fx, ftx, a_index, b_index,
                                                     metric == "correlation", float(eps),
-                                                    bool(tensor_cores), check_indices=False)
+                                                    tensor_cores, check_indices=False)
     return Scores(channel, layer, index)

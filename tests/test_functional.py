@@ -81,6 +81,21 @@ def test_nan_input_is_a_clear_error():
         equivariance_scores(fx, fx)
 
 
+@pytest.mark.parametrize("backend", ["operator", "reference"])
+@pytest.mark.parametrize("name", ["check", "tensor_cores"])
+@pytest.mark.parametrize("value", [None, "False", 0.5])
+def test_a_flag_that_is_no_bool_is_refused(backend, name, value):
+    # bool() of anything was taken: check=None skipped the finiteness check (NaN was scored),
+    # tensor_cores="False" multiplied on tensor cores
+    fx = torch.randn(2, 3, 4, 4)
+    fx[0, 1, 2, 2] = float("nan")
+    with pytest.raises(TypeError, match=rf"Expected `{name}` to be a bool, but got {value!r}"):
+        equivariance_scores(fx, torch.randn(2, 3, 4, 4), backend=backend, **{name: value})
+    # numpy bools and the integers 0 and 1 are flags as before
+    s = equivariance_scores(fx, fx, backend=backend, check=np.bool_(False), tensor_cores=0)
+    assert torch.isnan(s.channel[0, 1]) and not torch.isnan(s.channel[1]).any()
+
+
 def test_check_all_finite_names_the_broken_tensor():
     # one transfer for all; a finite tensor whose float32 sum overflows is not an error, nor are
     # float64 values past float32's range
