@@ -106,8 +106,8 @@ def scores_from_similarity(s: torch.Tensor) -> Scores:
 
 
 def check_pair(fx: torch.Tensor, ftx: torch.Tensor) -> None:
-    """``TypeError``/``ValueError`` unless ``fx`` and ``ftx`` are float16, bfloat16, float32 or
-    float64 tensors of one shape, ``[N, K, H, W]`` or ``[N, K]`` with no empty dim, on one
+    """``TypeError``/``ValueError`` unless ``fx`` and ``ftx`` are dense float16, bfloat16, float32
+    or float64 tensors of one shape, ``[N, K, H, W]`` or ``[N, K]`` with no empty dim, on one
     device (a batch of one would broadcast silently)."""
     for name, t in (("fx", fx), ("ftx", ftx)):
         if not isinstance(t, torch.Tensor):
@@ -133,6 +133,9 @@ def check_pair(fx: torch.Tensor, ftx: torch.Tensor) -> None:
         if t.dtype not in _SCORED_DTYPES:  # float8: torch's aminmax and flip raised deep inside
             raise TypeError(f"Expected `{name}` to be float16, bfloat16, float32 or float64, but "
                             f"got {t.dtype}; widen it (`{name}.float()`, which is exact).")
+        if t.layout != torch.strided:  # sparse, mkldnn: reshape or as_strided raised deep inside
+            raise TypeError(f"Expected `{name}` to be a dense (strided) tensor, but got layout "
+                            f"{t.layout}; make it dense (`{name}.to_dense()`).")
     if 0 in fx.shape:  # no channel crashed the layer max, a 0xW map gave NaN everywhere
         raise ValueError(f"Expected at least one image and one channel (and maps of one position "
                          f"or more), but got shape {tuple(fx.shape)}.")

@@ -248,6 +248,29 @@ def test_reference_checks_its_inputs_as_the_public_function_does():
                                torch.ones(2, 3))
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("layout", ["sparse_coo", "sparse_csr", "mkldnn"])
+def test_sparse_and_mkldnn_maps_are_refused_with_the_fix(layout):
+    # their layouts passed the checks, then reshape (sparse) or as_strided (mkldnn) raised deep
+    # inside the backends
+    x, y = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    if layout == "sparse_csr":  # 2-D only: as vectors [N, K]
+        x, y = x.flatten(1)[:, :8], y.flatten(1)[:, :8]
+    make = {"sparse_coo": torch.Tensor.to_sparse, "sparse_csr": torch.Tensor.to_sparse_csr,
+            "mkldnn": torch.Tensor.to_mkldnn}[layout]
+    for score in (R.equivariance_scores, ef.functional.equivariance_scores):
+        for fx, ftx, name in ((make(x), y, "fx"), (x, make(y), "ftx")):
+            with pytest.raises(TypeError, match=re.escape(
+                    f"Expected `{name}` to be a dense (strided) tensor, but got layout "
+                    f"{make(x).layout}; make it dense (`{name}.to_dense()`)")):
+                score(fx, ftx, ef.Flip() if x.dim() == 4 else None)
+    # the fix it names: the dense maps' scores, computed the plain way
+    got = ef.functional.equivariance_scores(make(x).to_dense(), y)
+    want = R.scores_from_similarity(R.similarity_matrix(x.flatten(2).double(), y.flatten(2).double())) \
+        if x.dim() == 4 else R.vector_scores(x.double(), y.double(), "correlation", "per_image")
+    torch.testing.assert_close(got.channel, want.channel, atol=1e-5, rtol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 def test_float8_maps_are_refused_with_the_fix(dtype):
     # torch has no aminmax (the finiteness check) or flip for float8: a raw NotImplementedError
