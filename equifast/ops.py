@@ -146,7 +146,10 @@ def equivariance_scores(fx: Tensor, ftx: Tensor, a_index: Tensor, b_index: Tenso
         _flag(name, value) for name, value in (("centered", centered),
                                                ("tensor_cores", tensor_cores),
                                                ("check_indices", check_indices)))
-    if isinstance(eps, bool) or not isinstance(eps, (numbers.Real, Tensor)):  # float(None) failed
+    # float(None) failed with no word of `eps`, and so did float() of a tensor that holds no
+    # one real value (several, a complex one, a meta tensor's none)
+    if (isinstance(eps, bool) or not isinstance(eps, (numbers.Real, Tensor))
+            or isinstance(eps, Tensor) and (eps.numel() != 1 or eps.is_complex() or eps.is_meta)):
         raise TypeError(f"Expected `eps` to be a finite number >= 0, but got {eps!r}.")
     eps = float(eps)
     # not a tensor: the schema's own error ("Expected a value of type 'Tensor' for argument

@@ -1045,8 +1045,16 @@ def test_flags_as_numpy_bools_and_integers(centered):
     _assert_matches(got, fx, ftx, Rotation(1), "correlation" if centered else "cosine", (4, 4))
 
 
-@pytest.mark.parametrize("eps", [None, "1e-5", True])
+@pytest.mark.parametrize("eps", [None, "1e-5", True, torch.tensor([EPS, 1.0]), torch.tensor([]),
+                                 torch.tensor(EPS + 1j), torch.tensor(EPS, device="meta")],
+                         ids=["None", "str", "bool", "two-values", "no-value", "complex", "meta"])
 def test_an_eps_that_is_no_number_is_refused(eps):
-    fx, ftx, a, b = _good()  # float(None) failed with no word of `eps`
+    fx, ftx, a, b = _good()  # float(None), or of a tensor of two values, failed with no word of `eps`
     with pytest.raises(TypeError, match=r"Expected `eps` to be a finite number >= 0, but got "):
         ops.equivariance_scores(fx, ftx, a, b, True, eps)
+
+
+def test_an_eps_tensor_of_one_value_is_that_value():
+    fx, ftx, a, b = _good()
+    got = ops.equivariance_scores(fx, ftx, a, b, True, torch.tensor([EPS], dtype=torch.float64))
+    _assert_matches(got, fx, ftx, Rotation(1), "correlation", (4, 4))
