@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -160,9 +161,11 @@ def check_options(metric: str = METRICS[0], vector_mode: str = VECTOR_MODES[0],
         raise ValueError(f"Expected `metric` to be one of {METRICS}, but got {metric!r}.")
     if vector_mode not in VECTOR_MODES:
         raise ValueError(f"Expected `vector_mode` to be one of {VECTOR_MODES}, but got {vector_mode!r}.")
-    # NaN made every score undefined, a negative eps made constant rows defined
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < math.inf:
-        raise ValueError(f"Expected `eps` to be a finite number >= 0, but got {eps!r}.")
+    # NaN made every score undefined, a negative eps made constant rows defined, and an int
+    # beyond any float (10**400) failed later in float() with a bare OverflowError
+    if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
+            or not 0 <= eps < math.inf or eps > sys.float_info.max):
+        raise ValueError(f"Expected `eps` to be a finite number >= 0, but got {eps!r:.40}.")
 
 
 def vector_scores(fx: torch.Tensor, ftx: torch.Tensor, metric: str, vector_mode: str,

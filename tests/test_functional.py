@@ -210,7 +210,7 @@ def test_eps_must_be_a_finite_number_at_least_zero(backend):
     # the operator refused NaN and -1 from C++, the reference and vectors took them: NaN made
     # every score undefined, -1 made constant channels defined
     for fx in (torch.randn(2, 3, 4, 4), torch.randn(2, 3)):
-        for eps in (float("nan"), -1.0, float("inf"), "1e-5", True):
+        for eps in (float("nan"), -1.0, float("inf"), "1e-5", True, 10 ** 400):
             with pytest.raises(ValueError, match="`eps` to be a finite number >= 0"):
                 equivariance_scores(fx, fx, None, eps=eps, backend=backend)
     with pytest.raises(ValueError, match="`eps` to be a finite number >= 0"):
