@@ -134,8 +134,10 @@ class MeasureState:
                                  "order": order, "shape": "x".join(map(str, self.shapes.get(p.name, ()))),
                                  **act})
         meta = dict(meta or {})
+        # eps too: another tolerance leaves other entries undefined, so other scores (a float:
+        # np.float32 is no JSON number)
         meta.update(n_images=self.n_images, metrics=self.metrics, vector_mode=self.vector_mode,
-                    transforms=[t.name for t in self.transforms],
+                    eps=float(self.eps), transforms=[t.name for t in self.transforms],
                     accuracy=self.correct / self.labelled if self.labelled else None,
                     # 0.5 may be 1 of 2 labelled images among many measured
                     accuracy_images=self.labelled or None)
@@ -733,8 +735,9 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                            and torch.cuda.get_device_capability(measurer.device)[0] >= 8)
         from . import __version__
 
+        # channels_last as batch_size: the model's convolutions round otherwise without it
         meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size,
-                    tensor_cores=bool(on_tensor_cores),
+                    channels_last=bool(channels_last), tensor_cores=bool(on_tensor_cores),
                     versions={"equifast": __version__, "torch": torch.__version__})  # to repeat it
         if backend == "auto" and torch.float64 in measurer.map_dtypes:  # scored in float64
             meta["backend"] = ("reference" if measurer.map_dtypes == {torch.float64}

@@ -208,3 +208,24 @@ def test_the_command_run_twice_writes_the_same_files_but_its_timing(tmp_path, ca
             assert da == db, name
         else:
             assert a == b, name  # tables, figures and the metric-bias files to the byte
+
+
+def test_a_run_repeated_from_its_meta_gives_the_same_scores(tmp_path):
+    # the meta said neither eps nor channels_last: a run measured with eps=0.3 (other entries
+    # undefined) or channels-last off read as one of the defaults, and could not be repeated
+    x = torch.rand(5, 3, 12, 12)
+    first = ef.measure(net(), x, transforms=TRANSFORMS, metric=["correlation", "cosine"],
+                       batch_size=2, eps=0.3, channels_last=False)
+    first.save(tmp_path / "r.json")
+    meta = Report.load(tmp_path / "r.json").meta
+    assert meta["transforms"] == [t.name for t in TRANSFORMS]
+    again = ef.measure(net(), x, transforms=TRANSFORMS, metric=meta["metrics"],
+                       batch_size=meta["batch_size"], eps=meta["eps"],
+                       channels_last=meta["channels_last"], vector_mode=meta["vector_mode"],
+                       seed=meta["seed"])
+    pd.testing.assert_frame_equal(again.points, first.points, check_exact=True)
+    # and the default's tolerance is another measurement: the undefined entries differ
+    default = ef.measure(net(), x, transforms=TRANSFORMS, metric=["correlation", "cosine"],
+                         batch_size=2, channels_last=False)
+    assert (default.points.undefined_fraction != first.points.undefined_fraction).any()
+    assert default.meta["eps"] == ef.TOLERANCE and default.meta["channels_last"] is False
