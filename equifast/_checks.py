@@ -31,17 +31,22 @@ def check_integer(name: str, value, minimum: int = 1, allow_none: bool = False,
     return int(value)
 
 
-SEED_RANGE = (-2 ** 63, 2 ** 64 - 1)  # what torch's generators take (negatives wrap around)
+# what torch's generators take, but negatives: torch takes a seed s < 0 as 2**64 + s, so -1
+# was another seed than 2**64 - 1 in the meta, and in a mean over seeds, but the same run
+SEED_RANGE = (0, 2 ** 64 - 1)
 
 
 def checked_seed(seed, name: str = "`seed`") -> int:
     """``seed`` as a Python ``int``, or a ``ValueError`` naming ``name``: a NumPy integer (a seed
     from ``np.arange`` or a pandas table) and a 0-dim integer tensor are taken (torch's
     ``manual_seed`` raised "an integer is required" for a NumPy one, and "Overflow when
-    unpacking long long" for one out of its range)."""
+    unpacking long long" for one out of its range); a negative one is refused, as the sweeps
+    refuse it (it draws what ``2**64 + seed`` draws)."""
     if not is_integer(seed) or not SEED_RANGE[0] <= int(seed) <= SEED_RANGE[1]:
+        negative = (f" (torch draws for it what it draws for {2 ** 64 + int(seed)}: pass that)"
+                    if is_integer(seed) and -2 ** 63 <= int(seed) < 0 else "")
         raise ValueError(f"Expected {name} to be an integer in {SEED_RANGE[0]}..{SEED_RANGE[1]} "
-                         f"(the seeds torch takes), but got {seed!r}.")
+                         f"(the seeds torch takes), but got {seed!r}{negative}.")
     return int(seed)
 
 

@@ -229,3 +229,17 @@ def test_a_run_repeated_from_its_meta_gives_the_same_scores(tmp_path):
                          batch_size=2, channels_last=False)
     assert (default.points.undefined_fraction != first.points.undefined_fraction).any()
     assert default.meta["eps"] == ef.TOLERANCE and default.meta["channels_last"] is False
+
+
+def test_a_negative_seed_is_refused_as_the_seed_torch_takes_it_for():
+    # torch takes a seed s < 0 as 2**64 + s: seed=-1 was measured as the run of 2**64 - 1, with
+    # another seed in its meta, and two such runs averaged as two seeds with a std of 0
+    kw = dict(transforms=[ef.Rotation(1)], n_images=2, batch_size=2)
+    for seed in (-1, -2 ** 63):
+        same = torch.Generator().manual_seed(seed).initial_seed()  # what torch draws with
+        assert same != seed
+        with pytest.raises(ValueError, match=rf"Expected `seed` to be an integer in 0\.\.{2 ** 64 - 1}"
+                                             rf" .* but got {seed} .* draws for {same}: pass that"):
+            ef.measure(net(), None, seed=seed, **kw)
+    a, b = (ef.measure(net(), None, seed=s, **kw) for s in (2 ** 64 - 1, 1))
+    assert a.meta["seed"] == 2 ** 64 - 1 and not a.points.channel.equals(b.points.channel)
