@@ -611,7 +611,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 meta["weights"] = _absolute(final if os.path.isfile(final)
                                             else os.path.join(run, "checkpoint.pt"))
             if run is not None and (images is None or isinstance(images, (str, os.PathLike))):
-                images, run_labels = _run_images(run, images, n_images or 2000, seed)
+                images, run_labels = _run_images(run, images, n_images or 2000)
                 labels = run_labels if labels is None else labels
                 meta["images"] = "test set of the run's recipe"
         else:
@@ -816,17 +816,20 @@ def _absolute(path) -> str:
     return str(Path(path).resolve()) if os.path.exists(path) else os.fspath(path)
 
 
-def _run_images(run: str, root, n: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _run_images(run: str, root, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """The test images of a training run's data set and their classes (``root`` overrides the
-    recipe's data folder)."""
+    recipe's data folder), whatever the measurement's seed."""
     import json
 
     from .training import measure_images
+    from .training.recipes import Recipe
 
     recipe = json.loads(Path(run, "recipe.json").read_text())  # closed (open() was left open)
     root = str(root) if root else recipe.get("data_root")
     try:
-        return measure_images(recipe["dataset"], root, n, recipe.get("data_seed", seed),
+        # the turns and subset the run was tested on: a recipe without data_seed trained with
+        # Recipe's default (the measurement's seed drew other turns of a rotated test set)
+        return measure_images(recipe["dataset"], root, n, recipe.get("data_seed", Recipe.data_seed),
                               labels=True)
     except (FileNotFoundError, ValueError) as err:
         why = _as_measure_advice(str(err))

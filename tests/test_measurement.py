@@ -1,6 +1,7 @@
 """End to end on small real models: exact cases, batch independence, merges, errors."""
 import copy
 import math
+import os
 import re
 import time
 import warnings
@@ -364,6 +365,32 @@ def test_across_images_of_one_image_is_refused_before_measuring(tmp_path):
     assert list(rep.points.point) == ["1"] and rep.points.channel.notna().all()
 
 
+def test_a_runs_test_images_are_its_recipes_whatever_the_seed(tmp_path):
+    # a recipe.json without data_seed (the run trained and tested with Recipe's default) was
+    # measured on turns drawn with measure's seed: another rotated test set for each --seed,
+    # not the one the run was tested on
+    import json
+
+    from equifast.training import get_recipe, load_model, train
+    from equifast.training.data import FASHION_MNIST_ROOT, measure_images
+
+    if not os.path.isdir(FASHION_MNIST_ROOT):
+        pytest.skip("no Fashion-MNIST")
+    run = tmp_path / "run"
+    recipe = get_recipe("cnn7-fmnist6-rot-inv", epochs=1, train_subset=32, test_subset=32,
+                        data_root=FASHION_MNIST_ROOT, device="cpu")
+    train(recipe, str(run))
+    stored = json.loads((run / "recipe.json").read_text())
+    del stored["data_seed"]
+    (run / "recipe.json").write_text(json.dumps(stored))
+    x, y = measure_images(recipe.dataset, FASHION_MNIST_ROOT, 4, recipe.data_seed, labels=True)
+    want = ef.measure(load_model(str(run)), x, labels=y, transforms=[ef.Rotation(1)])
+    for seed in (0, 5):
+        got = ef.measure(str(run), transforms=[ef.Rotation(1)], n_images=4, seed=seed)
+        pd.testing.assert_frame_equal(got.points, want.points, check_exact=True)
+        assert got.accuracy == want.accuracy
+
+
 def test_a_runs_missing_data_keeps_trainings_whole_advice_in_measures_options(tmp_path):
     # only its first sentence was kept: "It is in '/data/mnist': pass that folder ..." was lost
     import json
@@ -376,7 +403,7 @@ def test_a_runs_missing_data_keeps_trainings_whole_advice_in_measures_options(tm
     def error(dataset, root):
         (run / "recipe.json").write_text(json.dumps({"dataset": dataset, "data_root": None}))
         with pytest.raises(FileNotFoundError) as got:
-            _run_images(str(run), root, 4, 0)
+            _run_images(str(run), root, 4)
         msg = str(got.value)
         assert msg.startswith(f"The run {str(run)!r} is measured on the test set of its recipe "
                               f"({dataset}), which could not be read from ")
