@@ -733,12 +733,19 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only
         on_tensor_cores = (tensor_cores and measurer.device.type == "cuda"
                            and torch.cuda.get_device_capability(measurer.device)[0] >= 8)
+        import timm
+        import torchvision
+
         from . import __version__
 
-        # channels_last as batch_size: the model's convolutions round otherwise without it
+        # channels_last as batch_size: the model's convolutions round otherwise without it;
+        # timm's and torchvision's versions with torch's: a model by name is their definition,
+        # its "default" weights their tag of the day and its preprocess theirs
         meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size,
                     channels_last=bool(channels_last), tensor_cores=bool(on_tensor_cores),
-                    versions={"equifast": __version__, "torch": torch.__version__})  # to repeat it
+                    versions={"equifast": __version__, "torch": torch.__version__,
+                              "torchvision": torchvision.__version__,
+                              "timm": timm.__version__})  # to repeat it
         if backend == "auto" and torch.float64 in measurer.map_dtypes:  # scored in float64
             meta["backend"] = ("reference" if measurer.map_dtypes == {torch.float64}
                                else "operator, reference for float64 maps")

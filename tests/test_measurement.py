@@ -1383,13 +1383,19 @@ def test_torchscript_is_refused_naming_what_to_pass():
 
 
 def test_meta_says_random_weights_as_null_and_the_versions_measured_with(tmp_path):
-    # random weights were saved as the string "None"; nothing said which equifast and torch
+    # random weights were saved as the string "None"; nothing said which equifast and torch,
+    # nor which timm and torchvision built the model by name (its definition, its "default"
+    # weights' tag, its preprocessing)
+    import timm
+
     import equifast
     from equifast.report import Report
     rep = ef.measure("resnet18", torch.rand(2, 3, 32, 32), weights=None, num_classes=10,
                      transforms=[ef.Rotation(1)])
     assert rep.meta["weights"] is None
-    assert rep.meta["versions"] == {"equifast": equifast.__version__, "torch": torch.__version__}
+    assert rep.meta["versions"] == {"equifast": equifast.__version__, "torch": torch.__version__,
+                                    "torchvision": torchvision.__version__,
+                                    "timm": timm.__version__}
     rep.save(str(tmp_path / "r.json"))
     back = Report.load(str(tmp_path / "r.json"))
     assert back.meta["weights"] is None and back.meta["versions"] == rep.meta["versions"]
