@@ -478,8 +478,9 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
 
     Raises ``ValueError`` when runs of one group measured other transforms (a family's mean
     over other transforms is another number, not another seed) or other points: points of its
-    own, lacking some of the others' (another model's), or the same points on maps of other
-    sizes (images of another size: its shifts are scaled otherwise).
+    own, lacking some of the others' (another model's), the same points on maps of other
+    sizes (images of another size: its shifts are scaled otherwise), or with another
+    ``vector_mode`` or ``eps`` in their meta (other scores of the same points).
 
     Args:
         reports: reports of repeated runs; ``report.meta`` keys named in ``by`` (e.g. the
@@ -504,7 +505,7 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
             keys = sorted(set().union(*(r.meta for r in reports)))
             raise ValueError(f"Expected each name in `by` to be a key of the reports' meta, but "
                              f"{k!r} is in none of them (their keys: {', '.join(keys)}).")
-    frames, measured, point_sets, size_sets = [], {}, {}, {}
+    frames, measured, point_sets, size_sets, measured_settings = [], {}, {}, {}, {}
     for i, r in enumerate(reports):
         # a family's mean over other transforms is another number: not a seed of the same run
         group = tuple(r.meta.get(k) for k in by)
@@ -530,6 +531,19 @@ def combine_runs(reports: Sequence["Report"], by: Sequence[str] = ()) -> pd.Data
                              f"{sorted(metrics)} and run {first} {sorted(first_metrics)}; keep the "
                              f"metric they share (Report(r.points[r.points.metric == m], r.meta)) "
                              f"or measure every run with the same metrics.")
+        # the same scores of another measure: a vector's invariance per image and its
+        # correlation across images, or entries left undefined by another eps, were averaged as
+        # two seeds of one run (where both metas say: reports of Report.from_rows may not)
+        settings = {k: r.meta[k] for k in ("vector_mode", "eps") if k in r.meta}
+        first_settings = measured_settings.setdefault(group, (i, settings))[1]
+        other = [f"{k} {settings[k]!r} where run {measured_settings[group][0]}'s is "
+                 f"{first_settings[k]!r}" for k in settings
+                 if k in first_settings and settings[k] != first_settings[k]]
+        if other:
+            raise ValueError(f"Expected the runs combined{' per ' + ', '.join(by) if by else ''} "
+                             f"to have measured with the same settings, but run {i} has "
+                             f"{' and '.join(other)}; group the runs by it (by=[...]), or combine "
+                             f"each alone.")
         shapes = (dict(zip(r.points["point"].astype(str), r.points["shape"].astype(str)))
                   if "shape" in r.points else dict.fromkeys(r.points["point"].astype(str)))
         points = set(shapes)

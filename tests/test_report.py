@@ -590,6 +590,33 @@ def test_runs_of_other_transforms_are_not_combined_as_seeds():
     assert set(combine_runs([one, three], by=["setting"])["runs"]) == {1}
 
 
+def test_runs_of_another_vector_mode_or_eps_are_not_combined_as_seeds():
+    # a vector's invariance per image and its correlation across images (or entries another
+    # eps left undefined) were averaged as two seeds of one run, with a std of their difference
+    import torch
+
+    import equifast as ef
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x = torch.rand(4, 3, 12, 12)
+    per, across, loose = (ef.measure(model, x, transforms=[ef.Rotation(1)], **kw) for kw in
+                          ({}, dict(vector_mode="across_images"), dict(eps=0.5)))
+    assert not per.parts.channel.equals(across.parts.channel)  # other scores of the same points
+    with pytest.raises(ValueError, match=r"same settings, but run 1 has vector_mode "
+                                         r"'across_images' where run 0's is 'per_image'"):
+        combine_runs([per, across])
+    with pytest.raises(ValueError, match=r"same settings, but run 2 has eps 0\.5 where run 0's "
+                                         r"is 1e-05"):
+        combine_runs([per, per, loose])
+    # grouped by it, each alone: its own scores
+    out = combine_runs([per, across, per], by="vector_mode")
+    for mode, want in (("per_image", per), ("across_images", across)):
+        got = out[out.vector_mode == mode].reset_index(drop=True)
+        np.testing.assert_array_equal(got.channel, want.parts.channel)
+
+
 def test_load_takes_a_measure_out_folder_and_says_which_path_to_give(tmp_path):
     rep = Report.from_rows(_rows(), {"model": "toy"})
     rep.save(tmp_path / "out" / "report.json")  # as `equifast measure --out out` names it
