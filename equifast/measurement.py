@@ -716,6 +716,16 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
             bar = tqdm(total=total, unit="img", desc="measuring")
         try:
             for x, y in _chain(first, stream):
+                size = tuple(int(s) for s in x.shape[-2:])
+                if x.dim() == 4 and size != measurer.input_size:
+                    # images of several sizes in different batches (batch_size=1, or one size a
+                    # batch): the Measurer's advice, a Measurer per size, is no fix for `measure`
+                    h, w = measurer.input_size
+                    raise ValueError(
+                        f"Expected every image to have one size after preprocessing, but a batch "
+                        f"holds {size[0]}x{size[1]} images after {h}x{w} ones: give a "
+                        "`preprocess` that resizes and crops to one size (as the models' own do: "
+                        "Resize(256), CenterCrop(224)), or tensors of one size.")
                 measurer.update(x, y)
                 if bar is not None:
                     bar.update(len(x))

@@ -1684,3 +1684,21 @@ def test_a_state_of_no_image_has_no_report():
     m.update(x)  # one batch: the report of measure on it
     want = ef.measure(circular_net(), x, transforms=[ef.Rotation(1)])
     pd.testing.assert_frame_equal(m.state.report().parts, want.parts)
+
+
+def test_images_of_several_sizes_in_different_batches_say_to_resize(tmp_path):
+    # one image a batch (or one size a batch): the error was the Measurer's, "measure each input
+    # size with a Measurer of its own", which `measure` gives no way to do
+    from PIL import Image
+    import torchvision.transforms as T
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    Image.new("RGB", (20, 16)).save(tmp_path / "b.png")
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 3)).eval()
+    loader = torch.utils.data.DataLoader([torch.rand(3, 16, 16), torch.rand(3, 16, 20)], batch_size=1)
+    for images, kw in ((str(tmp_path), {"preprocess": T.ToTensor()}), (loader, {})):
+        with pytest.raises(ValueError, match=r"one size after preprocessing, but a batch holds "
+                                             r"16x20 images after 16x16 ones: .*resizes and crops") as err:
+            ef.measure(net, images, transforms=[ef.Flip("horizontal")], batch_size=1, **kw)
+        assert "Measurer" not in str(err.value)
