@@ -980,7 +980,7 @@ def test_study_takes_a_numpy_integer_n_images_as_an_int():
     ([], "Expected at least one seed (--seeds), but got none."),
     (0, "Expected `seeds` (--seeds) to be a list of integers, but got 0."),
     ("012", "Expected `seeds` (--seeds) to be a list of integers, but got '012'."),
-    ([0, 1.5], "Expected each of `seeds` (--seeds) to be an integer"),
+    ([0, 1.5], "Expected `seeds` to be an integer"),
 ])
 def test_bad_seeds_of_a_study_are_refused_before_its_folder_is_claimed(seeds, said, tmp_path):
     # seeds=[] wrote study.json, then failed in pandas ("No objects to concatenate"); 0 was

@@ -138,7 +138,7 @@ def _run_study(args) -> int:
     _check_workers(args)
     out = args.out or os.path.join("runs", study.name)
     # --workers is train_ray's num_workers (the recipe's data-loader workers have no flag)
-    with _errors_name_flags(seed="--seeds", num_workers="--workers"):
+    with _errors_name_flags(seed="--seeds", seeds="--seeds", num_workers="--workers"):
         summary = run_study(study.name, out, seeds=args.seeds, overrides=_overrides(args),
                             workers=args.workers, use_gpu=args.gpu, measure=not args.no_measure,
                             n_images=args.n_images, device=args.device, overwrite=args.overwrite,

@@ -156,7 +156,7 @@ def _check_seeds_and_images(seeds: Optional[Sequence[int]], n_images) -> Tuple[O
         return None, n_images
     if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
         raise ValueError(f"Expected `seeds` (--seeds) to be a list of integers, but got {seeds!r}.")
-    seeds = [checked_seed(s, "each of `seeds` (--seeds)") for s in seeds]  # np.arange's too
+    seeds = [checked_seed(s, "`seeds`") for s in seeds]  # np.arange's too
     if not seeds:
         raise ValueError("Expected at least one seed (--seeds), but got none.")
     if len(set(seeds)) != len(seeds):
