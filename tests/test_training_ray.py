@@ -57,6 +57,20 @@ def test_too_many_workers_for_a_local_cluster_fail_before_ray_starts(tmp_path, m
     assert not ray.is_initialized() and not (tmp_path / "run").exists()  # nothing started or made
 
 
+def test_a_study_with_too_many_workers_fails_before_it_claims_its_folder(tmp_path, monkeypatch):
+    # the check ran in the first run's train_ray: study.json was written by then, and the
+    # folder, now another study's, refused the rerun with another study name
+    if ray.is_initialized():
+        pytest.skip("another test's Ray is running: the local-cluster path is not taken")
+    from equifast.training import ray_train, run_study
+    monkeypatch.setattr(ray_train, "_local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    out = tmp_path / "study"
+    with pytest.raises(ValueError, match=r"4 workers \(1 CPU each: 4 CPU in all\), but it has 2 CPU;"):
+        run_study("objective-fashion", str(out), seeds=[0], workers=4,
+                  overrides={"epochs": 1, "device": None})
+    assert not out.exists() and not ray.is_initialized()
+
+
 def test_overwrite_keeps_the_old_run_when_the_data_is_missing(tmp_path, monkeypatch):
     # the local data check came after --overwrite had deleted the finished run
     if ray.is_initialized():
@@ -124,6 +138,8 @@ def test_study_gpu_flag_reaches_ray_train(tmp_path, monkeypatch):
         raise Asked(kwargs)
 
     monkeypatch.setattr(ray_train, "train_ray", fake)
+    # no GPU here: the study's check of the cluster is another test's
+    monkeypatch.setattr(ray_train, "check_cluster", lambda *args, **kwargs: None)
     for extra in ([], ["--workers", "2"]):
         with pytest.raises(Asked) as asked:
             cli.main(["study", "objective-fashion", "--out", str(tmp_path / "s"), "--gpu", *extra])

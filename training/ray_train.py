@@ -217,23 +217,12 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     # made absolute to the working directory, which the workers then trained into
     check_run_args(recipe, out_dir)
     check_workers(recipe, num_workers, use_gpu)
-    import_optional("ray.train.torch", "distributed", "Training on Ray Train workers (--workers N, --gpu)")
+    # before the run folder is touched (--overwrite deletes)
+    scaling, local, here = check_cluster(int(num_workers), use_gpu, resources_per_worker)
     import ray
     from ray.train import RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    scaling = _scaling(int(num_workers), use_gpu, resources_per_worker)
-    if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
-        ray.init()  # the cluster RAY_ADDRESS names (as under `ray job submit`)
-    # the local Ray an earlier run started (a study's first) is this machine's, as before
-    local = _own_ray_resources() if ray.is_initialized() else _local_resources()
-    # this machine's alone, of a fixed size: that one, or one the caller started (ray.init())
-    here = local is not None or _started_here()
-    # before the run folder is touched (--overwrite deletes): Ray Train waits forever, retrying
-    # the worker group, for resources the cluster does not have. A running cluster may grow
-    # (distributed/cluster.yaml autoscales from 0 workers): there it is a warning.
-    _check_resources(scaling, ray.cluster_resources() if local is None else local,
-                     can_grow=not here)
     # Workers run elsewhere: they need absolute paths (what is said and returned keeps the
     # user's own, as train's).
     given, out_dir = out_dir, os.path.abspath(out_dir)
@@ -306,6 +295,34 @@ def check_workers(recipe: Recipe, num_workers: int, use_gpu: bool = False) -> No
                 f"for the recipe's device {recipe.device!r}: Ray workers train on "
                 f"{'a GPU each' if use_gpu else 'CPUs'} with use_gpu={bool(use_gpu)}. Leave the "
                 "device unset (--device) to let use_gpu decide.")
+
+
+def check_cluster(num_workers: int, use_gpu: bool = False,
+                  resources_per_worker: Optional[Dict[str, float]] = None):
+    """Raise ``ValueError`` when the Ray :func:`train_ray` would use cannot hold
+    ``num_workers`` workers (only warn for a running cluster, which may autoscale): Ray Train
+    waits for ever, retrying the worker group, for resources the cluster does not have.
+    Checked by :func:`train_ray`, and by a study before it claims its folder.
+
+    Returns:
+        ``(scaling, local, here)``: the ``ScalingConfig``, the resources of the local Ray
+        :func:`train_ray` starts or started (``None`` for another), and whether the Ray is this
+        machine's alone, of a fixed size.
+    """
+    import_optional("ray.train.torch", "distributed", "Training on Ray Train workers (--workers N, --gpu)")
+    import ray
+
+    scaling = _scaling(num_workers, use_gpu, resources_per_worker)
+    if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
+        ray.init()  # the cluster RAY_ADDRESS names (as under `ray job submit`)
+    # the local Ray an earlier run started (a study's first) is this machine's, as before
+    local = _own_ray_resources() if ray.is_initialized() else _local_resources()
+    # this machine's alone, of a fixed size: that one, or one the caller started (ray.init())
+    here = local is not None or _started_here()
+    # distributed/cluster.yaml autoscales from 0 workers: there too few is a warning
+    _check_resources(scaling, ray.cluster_resources() if local is None else local,
+                     can_grow=not here)
+    return scaling, local, here
 
 
 def _resume_check(out: Path, recipe: Recipe, num_workers: int, use_gpu: bool) -> int:

@@ -504,9 +504,10 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     if not (workers > 1 or use_gpu):  # Ray workers take --gpu, not a device
         resolve_device(overrides.get("device"))
     else:
-        from .ray_train import check_workers
+        from .ray_train import check_cluster, check_workers
         for recipe in recipes:
             check_workers(recipe, workers, use_gpu)
+        check_cluster(workers, use_gpu)  # else found by the first run, study.json written
     if measure:
         resolve_device(device)
     _claim_folder(out, study.name)
