@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from equifast._io import SYSTEM_FILES, lies_in, write_csv_atomic
-from equifast.report import over_runs, shift_table
+from equifast.report import check_one_row_per_run, over_runs, shift_table
 from equifast.warning import EquifastWarning, warn
 
 from .store import ResultStore
@@ -197,6 +197,8 @@ def shift_scores(source: Union[str, os.PathLike, ResultStore, pd.DataFrame],
     _check_columns(df, ["model", "point", "part", "transform", "family", "channel", "layer",
                         "undefined_fraction"], "a points table")
     df = _with_job_columns(df, metric)
+    # runs not told apart (no seed column) were averaged as more points of one run
+    check_one_row_per_run(df, _KEYS + ["point", "transform"], run="seed")
     table = shift_table(df, by=["dataset", "transforms", "model", "seed"]).astype({"part": str})
     keys = _KEYS + ["part", "transform", "dy", "dx"]
     columns = keys + ["channel", "channel_std", "layer", "layer_std", "seeds"]

@@ -39,6 +39,25 @@ _NUMBERS = ["n_images", "order", "mean_activation", "mean_magnitude", "layer_und
             "offdiagonal_fraction"]
 
 
+def _numbers(df: pd.DataFrame, column: str) -> np.ndarray:
+    """``df[column]`` as floats (missing: NaN); a value that is no number is named with its
+    column (numpy's "could not convert string to float: 'x'" named neither)."""
+    try:
+        return df[column].to_numpy(dtype=float, na_value=np.nan)
+    except (TypeError, ValueError):
+        bad = df[column][pd.to_numeric(df[column], errors="coerce").isna() & df[column].notna()]
+        raise ValueError(f"Expected the column {column!r} to hold numbers, but it holds "
+                         f"{bad.iloc[0]!r} (row {bad.index[0]!r}); write it as a number, or "
+                         "leave it empty where undefined.") from None
+
+
+def _with_numbers(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``table`` with ``columns`` as floats where a hand-made table holds them as text
+    (pandas' mean of them failed with "agg function failed [how->mean,dtype->object]")."""
+    text = [c for c in columns if not pd.api.types.is_numeric_dtype(table[c])]
+    return table.assign(**{c: _numbers(table, c) for c in text}) if text else table
+
+
 def _over_points(rows: pd.DataFrame, keys: List[str]) -> pd.DataFrame:
     """The plain means of the scores over the points of each group of ``keys``."""
     return (rows.groupby(keys, sort=False, observed=True, dropna=False)
@@ -54,6 +73,7 @@ def part_table(points: pd.DataFrame) -> pd.DataFrame:
     means skip it, as they skip undefined entries, and ``undefined_fraction`` (its mean, with
     that point's 1.0 in it) shows it."""
     keys = ["metric"] if "metric" in points.columns else []
+    points = _with_numbers(points, SCORES)
     # observed: pandas 2 grouped categorical columns (a points table read from Parquet) by every
     # category, as a row of NaN for each point in every part: a part with no points, every part
     # counting every point
@@ -97,7 +117,7 @@ def shift_table(points: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
         empty = pd.DataFrame(columns=columns + keys + SCORES + ["n_points"])
         return empty.astype({"dy": int, "dx": int, "part": pd.CategoricalDtype(PARTS, ordered=True),
                              **dict.fromkeys(SCORES, float), "n_points": int})
-    rows = points.assign(dy=shift[0], dx=shift[1])[shift[0].notna()]
+    rows = _with_numbers(points.assign(dy=shift[0], dx=shift[1])[shift[0].notna()], SCORES)
     rows = rows.astype({"dy": int, "dx": int, "part": str, "family": str, "transform": str})
     table = _over_points(rows, columns + keys)
     table["part"] = pd.Categorical(table["part"], categories=PARTS, ordered=True)
@@ -419,6 +439,22 @@ def _pearson(a: pd.Series, b: pd.Series) -> float:
     return float(similarity_matrix(*rows, metric="correlation")[0, 0])
 
 
+def check_one_row_per_run(df: pd.DataFrame, keys: Sequence[str], run: str = "run") -> None:
+    """Raise ``ValueError`` where rows of ``df`` repeat their ``keys`` and ``run`` (a table
+    joined twice, or without the column that tells its rows apart): each would count as a run
+    of its own, or as another point of one run."""
+    keys = list(keys)
+    repeated = df.duplicated(keys + [run], keep=False).to_numpy()
+    if repeated.any():
+        # as Python values: a seed np.int64(0) otherwise
+        row = df.iloc[[int(np.flatnonzero(repeated)[0])]][keys + [run]].to_dict("records")[0]
+        which = ", ".join(f"{k} {v!r}" for k, v in row.items())
+        raise ValueError(f"Expected one row per {run} of each {', '.join(keys)}, but "
+                         f"{int(repeated.sum())} rows repeat theirs (the first: {which}): "
+                         f"a table joined twice, or one lacking the column that tells its "
+                         f"rows apart?")
+
+
 def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run: str = "run",
               count: str = "runs", one_row_per_run: bool = False) -> pd.DataFrame:
     """SPEC aggregation step 4: mean and standard deviation over repeated runs (seeds).
@@ -437,15 +473,7 @@ def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run:
     """
     keys = list(keys)
     if one_row_per_run:
-        repeated = df.duplicated(keys + [run], keep=False).to_numpy()
-        if repeated.any():
-            # as Python values: a seed np.int64(0) otherwise
-            row = df.iloc[[int(np.flatnonzero(repeated)[0])]][keys + [run]].to_dict("records")[0]
-            which = ", ".join(f"{k} {v!r}" for k, v in row.items())
-            raise ValueError(f"Expected one row per {run} of each {', '.join(keys)}, but "
-                             f"{int(repeated.sum())} rows repeat theirs (the first: {which}): "
-                             f"a table joined twice, or one lacking the column that tells its "
-                             f"rows apart?")
+        check_one_row_per_run(df, keys, run)
     g = df.groupby(keys, sort=False, observed=True, dropna=False)
     group = g.ngroup().to_numpy()  # numbered in order of appearance (sort=False)
     firsts = np.unique(group, return_index=True)[1]
@@ -453,7 +481,7 @@ def over_runs(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], run:
     sizes = np.bincount(group, minlength=len(firsts))
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     for v in values:
-        x = df[v].to_numpy(dtype=float, na_value=np.nan)
+        x = _numbers(df, v)
         x = x[np.lexsort((x, group))]  # each group's rows together, its values sorted, NaN last
         mean, std = np.full(len(sizes), np.nan), np.full(len(sizes), np.nan)
         # a matrix of the groups of each size: numpy reduces each row as it would the values

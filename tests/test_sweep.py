@@ -2134,3 +2134,21 @@ def test_repeated_jobs_are_named_by_their_entries_and_the_spec_file(folder, tmp_
             "the same") in problem
     assert "transform family" in problem
     assert str(err.value).startswith(f"Invalid sweep spec {spec_file} (1 problem)")
+
+
+def test_shift_scores_refuse_points_of_runs_not_told_apart():
+    # two seeds' points without their seed column: each shift's mean was over the points of
+    # both runs, said to be one seed
+    rows = [{"model": "a", "dataset": "d", "transforms": "translation", "seed": seed,
+             "point": point, "part": "early", "transform": f"translation({s},{s})",
+             "family": "translation", "metric": "correlation", "channel": 0.1 * s + seed,
+             "layer": 0.2 * s + seed, "undefined_fraction": 0.0}
+            for seed in (0, 1) for point in ("p0", "p1") for s in (1, 2)]
+    table = pd.DataFrame(rows)
+    with pytest.raises(ValueError, match=r"Expected one row per seed of each dataset, metric, "
+                                         r"transforms, family, model, point, transform, but 8 rows "
+                                         r"repeat theirs \(the first: dataset 'd', .* seed 0\)"):
+        analysis.shift_scores(table.drop(columns="seed"))
+    got = analysis.shift_scores(table)  # told apart: the mean of the seeds' means
+    row = got[got.dy == 2].iloc[0]
+    assert row.seeds == 2 and row.channel == pytest.approx(np.mean([0.2, 1.2]))

@@ -131,7 +131,7 @@ def test_a_table_lacking_a_column_is_said_by_its_name():
             with pytest.raises(ValueError, match=rf"Expected a parts table with the columns model, "
                                                  rf"family, part, channel, layer, but it lacks '{col}'"):
                 f(df.drop(columns=col))
-    points = df.assign(point="p", transform="rotation(90)", undefined_fraction=0.0)
+    points = df.assign(point=df["part"], transform="rotation(90)", undefined_fraction=0.0)
     for col in ("point", "transform", "undefined_fraction", "layer"):
         with pytest.raises(ValueError, match=rf"Expected a points table .* but it lacks '{col}'"):
             analysis.shift_scores(points.drop(columns=col))
@@ -200,3 +200,22 @@ def test_an_accuracy_that_is_no_number_is_refused_not_left_out():
         g = df[df.part == part].assign(accuracy=lambda d: d.model.map(numbers))[[score, "accuracy"]].dropna()
         assert row.n_models == len(g)
         assert row.spearman == pytest.approx(spearmanr(g[score], g["accuracy"]).statistic)
+
+
+def test_a_score_that_is_no_number_is_named_by_its_column():
+    # "could not convert string to float: 'x'" (parts) and "agg function failed
+    # [how->mean,dtype->object]" (shifts) named neither the column nor the row
+    df = _parts({"m0": .7, "m1": .8, "m2": .6}, seeds=(0,))
+    bad = df.astype({"channel": object})
+    bad.loc[3, "channel"] = "n/a"
+    with pytest.raises(ValueError, match=r"^Expected the column 'channel' to hold numbers, but "
+                                         r"it holds 'n/a' \(row 3\)"):
+        analysis.part_scores(bad)
+    points = bad.assign(point=bad["part"], transform="translation(1,1)", family="translation",
+                        undefined_fraction=0.0)
+    with pytest.raises(ValueError, match=r"^Expected the column 'channel' to hold numbers, but "
+                                         r"it holds 'n/a' \(row 3\)"):
+        analysis.shift_scores(points)
+    # numbers written as text (a table read as strings) are the numbers they spell
+    text = df.astype({"layer": str})
+    pd.testing.assert_frame_equal(analysis.part_scores(text), analysis.part_scores(df))
