@@ -51,7 +51,8 @@ def _add_measure(sub) -> None:
                         "recipe's data set (default: where it was trained from)")
     p.add_argument("--transforms", default=None,
                    help="comma-separated: translation:1-32, translation:1-16:zero, translation:1-8:nearest, "
-                        "rotation, rotation:90, flip, flip:horizontal (default: translation:1-32,rotation; "
+                        "rotation, rotation:90, flip, flip:horizontal, or the names a report's meta "
+                        "lists: translation(2,5), rotation(90) (default: translation:1-32,rotation; "
                         "for a run folder its study's: rotation for the digits, translation:1-16 for CIFAR-10)")
     p.add_argument("--metric", default="correlation",
                    help="correlation, cosine, or both (correlation,cosine: adds the metric-bias analysis)")

@@ -403,16 +403,35 @@ def _shift_range(rng: str) -> Tuple[int, int]:
     return int(m.group(1)), int(m.group(2) or m.group(1))
 
 
+def _translation_named(args: str) -> Translation:
+    """The translation whose name is ``translation(args)``: ``dy,dx[,zero][,nearest]``."""
+    fields = [a.strip().lower() for a in args.split(",")]
+    options = fields[2:]
+    if len(fields) < 2 or not all(re.fullmatch(r"-?\d+", f) for f in fields[:2]) or not (
+            set(options) <= {"zero", "nearest"} and len(set(options)) == len(options)):
+        raise ValueError(f"the name of a translation is translation(dy,dx), then zero and/or "
+                         f"nearest where not circular or rounded down, but got "
+                         f"'translation({args})'")
+    dy, dx = fields[:2]
+    return Translation(int(dy), int(dx), mode="zero" if "zero" in options else "circular",
+                       rounding="nearest" if "nearest" in options else "down")
+
+
 def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
     """Parse command-line transform specs into transforms.
 
     Accepted: ``translation:1-32`` (diagonal shifts 1..32), ``translation:4`` (shift 4),
     ``translation:1-16:zero``, ``translation:1-16:nearest`` (scaled shifts rounded to nearest),
     ``rotation`` (90/180/270), ``rotation:90``, ``flip``,
-    ``flip:horizontal``, ``identity``. Several specs may be joined with commas.
+    ``flip:horizontal``, ``identity``; and the transforms' own names, as a report's
+    ``meta["transforms"]`` lists them (``translation(2,5)``, ``translation(3,3,zero)``,
+    ``rotation(90)``, ``flip(vertical)``). Several specs may be joined with commas.
 
     >>> [t.name for t in parse_transforms("translation:1-2,rotation:180")]
     ['translation(1,1)', 'translation(2,2)', 'rotation(180)']
+    >>> parse_transforms("translation(2,5,zero),flip(vertical)") == [
+    ...     Translation(2, 5, mode="zero"), Flip("vertical")]
+    True
     """
     if isinstance(specs, str):
         specs = [specs]
@@ -420,13 +439,19 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
         raise TypeError(f"Expected transform specs as a string or a list of strings, like "
                         f"'translation:1-32,rotation', but got {specs!r}.")
     out: List[Transform] = []
-    for spec in (s.strip() for chunk in specs for s in chunk.split(",")):
+    # the commas inside a name's parentheses are its own: "translation(1,1),rotation"
+    for spec in (s.strip() for chunk in specs for s in re.split(r",(?![^()]*\))", chunk)):
         if not spec:
             continue
         kind, _, rest = spec.partition(":")
         kind = kind.lower()
         try:
-            if kind in ("translation", "shift", "shifts"):
+            named = re.fullmatch(r"(\w+)\(([^()]+)\)", spec)  # rotation(90): rotation:90
+            if named:
+                kind, rest = named[1].lower(), named[2]
+            if named and kind == "translation":
+                out.append(_translation_named(rest))
+            elif kind in ("translation", "shift", "shifts"):
                 rng, _, options = rest.partition(":")
                 kw, given = {"mode": "circular", "rounding": "down"}, {}
                 for opt in filter(None, options.lower().split(":")):
@@ -465,7 +490,8 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
             raise ValueError(
                 f"Expected a transform spec like 'translation:1-32', 'translation:4', "
                 f"'translation:1-16:zero:nearest', 'rotation', 'rotation:90', 'flip:horizontal' "
-                f"or 'identity', but got {spec!r} ({str(err).rstrip('.')})."
+                f"or 'identity', or a transform's name like 'translation(2,5)', but got {spec!r} "
+                f"({str(err).rstrip('.')})."
             ) from None
     if not out:
         raise ValueError(f"Expected at least one transform spec, but got {specs!r}.")

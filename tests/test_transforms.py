@@ -147,6 +147,26 @@ def test_parse_transforms():
         ef.Flip("horizontal"), ef.Flip("vertical"), ef.Flip("vertical")]
 
 
+def test_a_reports_transform_names_parse_back_to_its_transforms():
+    # meta["transforms"] lists names ("translation(1,1)"), which --transforms refused: a run
+    # could not be repeated from its meta, nor a shift off the diagonal given on the command line
+    measured = [ef.Translation(2, 5), ef.Translation(-1, 0, mode="zero"),
+                ef.Translation(3, 3, rounding="nearest"),
+                ef.Translation(1, 4, mode="zero", rounding="nearest"), *ef.rotations(),
+                *ef.flips(), ef.Identity()]
+    names = [t.name for t in measured]
+    assert ef.parse_transforms(",".join(names)) == measured
+    assert ef.parse_transforms(names) == measured  # as a list, one name each
+    assert ef.parse_transforms("translation:1-2, Rotation(180)") == [
+        ef.Translation(1, 1), ef.Translation(2, 2), ef.Rotation(2)]
+    for bad, why in (("translation(1)", "translation(dy,dx)"), ("translation(1,1,up)", "zero and/or"),
+                     ("translation(1,1,zero,zero)", "zero and/or"), ("rotation(45)", "multiples of 90"),
+                     ("flip(diagonal)", "'horizontal' or 'vertical'"), ("rotation()", "unknown kind"),
+                     ("translation(0,0)", "identity")):
+        with pytest.raises(ValueError, match=rf"but got {re.escape(repr(bad))} \(.*{re.escape(why)}"):
+            ef.parse_transforms(bad)
+
+
 def test_malformed_spec_numbers_say_the_expected_form():
     # a bad number ended in Python's "invalid literal for int() with base 10: ''"
     for spec in ("translation:-3", "translation:1-x", "translation:1.5", "translation:1--3",
