@@ -78,6 +78,29 @@ def test_read_idx_roundtrip(tmp_path):
         np.testing.assert_array_equal(read_idx(tmp_path / name), a)
 
 
+def test_a_plain_idx_file_cut_short_yields_to_the_whole_gz_beside_it(tmp_path):
+    from equifast.training.data import load_mnist
+    # torchvision extracts raw/*.gz beside them: an extraction stopped part way left a short
+    # plain file, preferred to the intact .gz, and the data set failed to load ("re-download")
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (20, 28, 28)), np.arange(20) % 10
+    for stem, array in (("t10k-images-idx3-ubyte", images), ("t10k-labels-idx1-ubyte", labels)):
+        _write_idx(str(tmp_path / (stem + ".gz")), array)
+    _write_idx(str(tmp_path / "t10k-labels-idx1-ubyte"), labels)  # whole: read, without a word
+    _write_idx(str(tmp_path / "t10k-images-idx3-ubyte"), images)
+    whole = (tmp_path / "t10k-images-idx3-ubyte").read_bytes()
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(whole[:5000])
+    with pytest.warns(UserWarning, match=r"t10k-images-idx3-ubyte' holds 5000 of its 15696 bytes "
+                                         r"\(an extraction stopped part way\): read "
+                                         r"'t10k-images-idx3-ubyte.gz' beside it"):
+        got_images, got_labels = load_mnist(str(tmp_path), train=False)
+    np.testing.assert_array_equal(got_images, images)
+    np.testing.assert_array_equal(got_labels, labels)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()  # alone, it is read and said to be cut
+    with pytest.raises(ValueError, match=r"Expected 15680 bytes of data .* holds 4984; re-download"):
+        load_mnist(str(tmp_path), train=False)
+
+
 @pytest.mark.parametrize("images, labels, match", [
     # another split's labels: the first images took the test labels (at chance), silently
     ((12, 28, 28), np.arange(10) % 10, r"as many labels as images, but .*images-idx3-ubyte' holds "

@@ -120,12 +120,33 @@ def _fetch(what: str, root: str, fetch: Callable[[], object], download: bool = T
             f"internet, put its files in that folder yourself and drop --download.") from err
 
 
+def _cut_short(path: str) -> Optional[str]:
+    """Why the plain idx file ``path`` is shorter than its header says (an extraction of the
+    ``.gz`` stopped part way), else ``None``: read from its header alone."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+            return None  # not a plain idx file: read_idx says what it is
+        dims = f.read(4 * head[3])
+    shape = [int.from_bytes(dims[i:i + 4], "big") for i in range(0, len(dims), 4)]
+    want, size = 4 + len(dims) + math.prod(shape), os.path.getsize(path)
+    return f"{size} of its {want} bytes" if size < want else None
+
+
 def _find_idx(root: str, sub: str, stem: str) -> Optional[str]:
     for d in (root, os.path.join(root, "raw"), os.path.join(root, sub, "raw")):
-        for ext in ("", ".gz"):
-            p = os.path.join(d, stem + ext)
-            if os.path.isfile(p):
-                return p
+        plain, packed = os.path.join(d, stem), os.path.join(d, stem + ".gz")
+        if os.path.isfile(plain):
+            cut = _cut_short(plain) if os.path.isfile(packed) else None
+            if cut is None:
+                return plain
+            # torchvision extracts the .gz beside it: that extraction was stopped part way
+            warn(f"the idx file {plain!r} holds {cut} (an extraction stopped part way): read "
+                 f"{os.path.basename(packed)!r} beside it instead; delete the plain file to "
+                 "silence this.")
+            return packed
+        if os.path.isfile(packed):
+            return packed
     return None
 
 
