@@ -40,7 +40,7 @@ import torch
 
 from equifast._io import writable_folder
 from equifast._hints import import_optional, without_download_advice
-from equifast.data import ClassFolders
+from equifast.data import ClassFolders, _pil_rgb
 from equifast.warning import warn
 
 from .spec import (Folders, Job, SweepSpec, _hash_lines, file_stats, image_names, load_spec,
@@ -105,7 +105,7 @@ class _TorchvisionImages(torch.utils.data.Dataset):
     A dataset that names no classes has no labels here."""
 
     def __init__(self, dataset, name: str):
-        self.dataset = dataset
+        self.dataset, self.name = dataset, name
         classes = getattr(dataset, "wnids", None) or getattr(dataset, "classes", None)  # ImageNet: wnids
         self.classes = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else []
         # equifast.measure maps these labels as it maps class folders' (image_folder)
@@ -121,7 +121,8 @@ class _TorchvisionImages(torch.utils.data.Dataset):
         item = self.dataset[i]
         x, y = (item[0], item[1] if len(item) > 1 else -1) if isinstance(item, (tuple, list)) else (item, -1)
         if getattr(x, "mode", "RGB") != "RGB" and hasattr(x, "convert"):  # a PIL image
-            x = x.convert("RGB")
+            # as image files are read: convert clipped 16-bit images to white
+            x = _pil_rgb(x, f"{self.name}[{i}]")
         return x, (y if self.classes else -1)
 
 

@@ -2152,3 +2152,28 @@ def test_shift_scores_refuse_points_of_runs_not_told_apart():
     got = analysis.shift_scores(table)  # told apart: the mean of the seeds' means
     row = got[got.dy == 2].iloc[0]
     assert row.seeds == 2 and row.channel == pytest.approx(np.mean([0.2, 1.2]))
+
+
+def test_a_torchvision_datasets_16_bit_images_are_scaled_not_clipped():
+    # PIL's convert("RGB") clipped a 16-bit image to white: every pixel above 255 read as 255
+    from PIL import Image
+
+    from equifast.data import _eight_bits
+    from equifast.distributed.sweep import _TorchvisionImages
+
+    pixels = (np.arange(32 * 32).reshape(32, 32) * 63).astype(np.uint16)
+
+    class Sixteen(torch.utils.data.Dataset):
+        classes = ["a", "b"]
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return Image.fromarray(pixels), 1
+
+    x, y = _TorchvisionImages(Sixteen(), "Sixteen")[0]
+    assert x.mode == "RGB" and y == 1
+    for channel in np.moveaxis(np.asarray(x), -1, 0):  # as an image file of these pixels is read
+        np.testing.assert_array_equal(channel, _eight_bits(pixels))
+    assert len(np.unique(np.asarray(x))) > 200  # not white where the pixels pass 255
