@@ -41,8 +41,9 @@ from ._checks import checked_seed
 from ._hints import did_you_mean, without_download_advice
 from .reference import METRICS, TOLERANCE, check_options, is_vector
 from .report import Report
-from .points import METHODS as SPLIT_METHODS
-from .points import Point, model_dtype, modes_kept, representations, split, unwrapped
+from .points import Point, representations, split
+from .points.point import METHODS as SPLIT_METHODS
+from .points.structure import model_dtype, modes_kept, unwrapped
 from .transforms import (Transform, check_distinct, check_labels, diagonal_shifts, parse_transforms,
                          rotations)
 from .warning import EquifastWarning, warn

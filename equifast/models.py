@@ -51,7 +51,7 @@ def module_preprocess(model: nn.Module) -> Callable:
     takes only one (a ViT built at 384 or 96 pixels, or at 64 x 96: timm's ``img_size``,
     torchvision's ``image_size``), not the size of its config; grey for a model whose first
     convolution takes one channel (normalised by the mean of the RGB means and stds)."""
-    from .points import _fixed_input_size
+    from .points.structure import _fixed_input_size
 
     fixed = _fixed_input_size(model)
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
@@ -677,7 +677,7 @@ def _classifier(model: nn.Module) -> Optional[Tuple[str, int]]:
     ``get_classifier()``. A timm model built headless (``num_classes=0``, an ``Identity`` head)
     has 0 classes under the name its pretrained config gives the classifier.
     """
-    from .points import _is_weight
+    from .points.structure import _is_weight
 
     classes = getattr(model, "num_classes", None)
     named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")

@@ -768,7 +768,7 @@ def test_a_module_of_one_input_size_gets_a_pipeline_of_that_size():
     import equifast as ef
     from equifast.data import input_size
     from equifast.models import module_preprocess
-    from equifast.points import _fixed_input_size
+    from equifast.points.structure import _fixed_input_size
 
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=96, depth=1,
                             num_classes=10).eval()

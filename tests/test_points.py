@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from equifast.points import PARTS, Point, Representations, _normalise, representations, split
+from equifast.points import PARTS, Point, Representations, representations, split
+from equifast.points.layouts import _normalise
 
 tv = pytest.importorskip("torchvision").models
 timm = pytest.importorskip("timm")
