@@ -972,6 +972,29 @@ def test_study_checks_its_arguments_and_folder_before_training(tmp_path):
     assert (mine / "summary.csv").read_text() == "my own table"
 
 
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_study_refuses_overrides_of_the_field_that_tells_its_settings_apart(tmp_path, name):
+    # overrides={"dataset": "fmnist6"} trained the objective study's three settings all on plain
+    # FMNIST6, each under its own label (Rot-Inv, Rot-Eq): identical rows read as three objectives
+    from equifast.training.studies import measure_study
+
+    study = STUDIES[name]
+    recipes = [get_recipe(r).to_dict() for _, r in study.settings]
+    apart = [f for f in recipes[0] if f != "name" and len({str(r[f]) for r in recipes}) > 1]
+    assert apart  # the thesis' factor: dataset (objective), augment, width
+    for field in apart:
+        value = recipes[0][field]
+        # what the override did: every setting the first one's recipe
+        same = [get_recipe(r, **{field: value}).to_dict() for _, r in study.settings]
+        assert all({**d, "name": ""} == {**same[0], "name": ""} for d in same)
+        for call in (run_study, measure_study):
+            with pytest.raises(ValueError, match=rf"^Expected `overrides` not to set '{field}', "
+                                                 rf"which tells the settings of study '{name}' apart"):
+                call(name, str(tmp_path / "study"), seeds=[0],
+                     overrides={field: value, "data_root": str(tmp_path / "no-data")})
+    assert not (tmp_path / "study").exists()
+
+
 @pytest.mark.parametrize("kwargs, said", [
     ({"metric": "cosin"}, "Expected `metric` to be one of ('correlation', 'cosine'), but got 'cosin'"),
     ({"metric": ["cosine", "cosine"]}, "Expected `metric` to be one or more distinct metrics"),

@@ -165,6 +165,28 @@ def _check_seeds_and_images(seeds: Optional[Sequence[int]], n_images) -> Tuple[O
     return seeds, n_images
 
 
+def _setting_fields(study: Study) -> List[str]:
+    """The recipe fields, other than the name, whose values tell the settings of ``study``
+    apart: ``dataset`` (objective), ``augment`` (augmentation), ``width`` (capacity)."""
+    recipes = [get_recipe(recipe).to_dict() for _, recipe in study.settings]
+    return [f for f in recipes[0] if f != "name" and any(r[f] != recipes[0][f] for r in recipes)]
+
+
+def _check_overrides(study: Study, overrides: Dict) -> None:
+    """Raise ``ValueError`` where ``overrides`` set a field that tells the study's settings
+    apart: every setting trained (or was expected) alike under its own label, a study of
+    identical runs drawn as different ones (``augment="crop"``: five crop runs, one labelled
+    ``none``)."""
+    fixed = [f for f in _setting_fields(study) if f in overrides]
+    if fixed:
+        values = {label: {f: getattr(get_recipe(recipe), f) for f in fixed}
+                  for label, recipe in study.settings}
+        raise ValueError(f"Expected `overrides` not to set {', '.join(map(repr, fixed))}, which "
+                         f"tells the settings of study {study.name!r} apart ({values}), but got "
+                         f"{ {f: overrides[f] for f in fixed} }; train a recipe with other values "
+                         "by itself (equifast.training.train(get_recipe(name, ...), out)).")
+
+
 def _run_dir(out: str, label: str, seed: int) -> str:
     safe = label.replace(" ", "-").replace("/", "-")
     return os.path.join(out, safe, f"seed{seed}")
@@ -252,12 +274,14 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
         overrides: the recipe fields :func:`run_study` changed for every run (default: the
             values of ``epochs, milestones, batch_size, lr, train_subset, test_subset`` that
             the runs share, the fields ``equifast study`` has flags for; a field on which every
-            run has its own recipe's value is not overridden).
+            run has its own recipe's value is not overridden). Not the field that tells the
+            settings apart (``dataset``, ``augment``, ``width``).
 
     Raises:
         FileNotFoundError: a run is not finished.
         ValueError: a run's recipe is not the study's for it, or the runs neither share the
-            value of a field above nor each have their own recipe's.
+            value of a field above nor each have their own recipe's, or ``overrides`` set the
+            field that tells the settings apart.
 
     Returns:
         One row per (setting, seed, part, family): ``setting, recipe, seed, part, family,
@@ -285,6 +309,8 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
     shifted = return_shifts and any(isinstance(t, Translation) for t in transforms)
     rows, shift_rows, cache = [], [], {}
     runs = study.runs(seeds)
+    if overrides:
+        _check_overrides(study, overrides)
     # every run checked before any is measured (minutes each)
     recipes = _check_run_recipes(study, out, runs, overrides)
     for (label, recipe_name, seed), recipe in zip(runs, recipes):
@@ -468,7 +494,8 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         out: study folder.
         seeds: seeds (default: the study's three).
         overrides: recipe fields to change for every run (``epochs``, ``data_root``, ...; not
-            ``seed``: ``seeds`` gives the runs theirs).
+            ``seed``: ``seeds`` gives the runs theirs; nor the field that tells the settings
+            apart, ``dataset``, ``augment`` or ``width``: every setting would train alike).
         workers: Ray Train workers per run (1: in this process, unless ``use_gpu``).
         use_gpu: one GPU per Ray Train worker (as ``equifast train --gpu``).
         measure: measure and draw after training.
@@ -497,6 +524,7 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     if "seed" in overrides:  # each run's seed replaced it: every run trained on its own seed
         raise ValueError(f"Expected the seeds of a study in `seeds` (--seeds), but got "
                          f"overrides={{'seed': {overrides['seed']!r}}}; pass seeds=[...] instead.")
+    _check_overrides(study, overrides)
     runs = study.runs(seeds)
     # every run's recipe and the devices, before the folder is claimed or anything trains
     recipes = [get_recipe(recipe_name, **{**overrides, "seed": seed}) for _, recipe_name, seed in runs]
