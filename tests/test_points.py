@@ -606,6 +606,27 @@ def test_squeezenet_has_no_pool_point_and_says_why():
     torch.testing.assert_close(reps["final"], model(x))
 
 
+def test_densenet_points_are_the_maps_each_dense_layer_adds():
+    # as the split's table says: the growth-rate maps of each dense layer (the concatenation
+    # the next layer reads holds the earlier layers' maps, measured at their own points);
+    # the transitions between dense blocks are no points
+    torch.manual_seed(0)
+    model = tv.densenet121(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    points = split(model, x)
+    layers = [f"features.denseblock{b}.denselayer{j}"
+              for b, n in enumerate((6, 12, 24, 16), 1) for j in range(1, n + 1)]
+    assert [p.name for p in points] == ["stem", *layers, "pool", "final"]
+    assert {p.shape[0] for p in points[1:-2]} == {32}  # the growth rate
+    with torch.no_grad():
+        reps = representations(model, points)(x)
+        block = model.features.denseblock1
+        stem = model.features[:4](x)
+        added = block.denselayer1([stem])
+    torch.testing.assert_close(reps["stem"], stem)
+    torch.testing.assert_close(reps["features.denseblock1.denselayer1"], added)
+
+
 def test_dla_classifier_is_a_1x1_conv_on_the_pooled_map():
     torch.manual_seed(0)
     model = timm.create_model("dla46_c", pretrained=False, num_classes=10).eval()

@@ -138,6 +138,11 @@ GCViT (timm)                               ``stem``, every ``stages.i.blocks.j``
                                            of one block is one point)
 NesT (timm)                                ``stem``, every ``levels.i`` (its blocks' blocked      ``head``
                                            tokens are no map)
+DenseNet (torchvision)                     ``stem``, every dense layer                            ``classifier``
+                                           ``features.denseblockI.denselayerJ``: the growth-rate
+                                           maps it adds (the concatenation the next layer reads
+                                           holds the earlier ones, measured at their own points;
+                                           transitions are transitions; 121: 59)
 SqueezeNet (torchvision)                   ``stem``, every Fire module, the class map             none (no ``pool``)
                                            ``classifier.2`` (1_1: 10)
 plain CNN (``nn.Sequential`` or modules    one point per conv layer up to global pooling; with    the first ``Linear``
