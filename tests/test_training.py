@@ -402,6 +402,15 @@ def test_resnet44_structure_and_widths():
         assert mw.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 64 * w, 8, 8)
     with pytest.raises(ValueError, match="Expected `name`"):
         build_model("vgg")
+    # the name fixes the depth: Python's "got multiple values for keyword argument 'depth'"
+    from equifast.training.models import ResNet, WideResNet
+    for name, cls, depth in (("resnet44", ResNet, 44), ("wrn40", WideResNet, 40)):
+        with pytest.raises(ValueError, match=rf"^Expected no `depth` for '{name}', whose depth is "
+                                             rf"{depth}, but got depth=20; build .*"
+                                             rf"models\.{cls.__name__}\(depth=\.\.\.\)"):
+            build_model(name, depth=20)
+        assert sum(p.numel() for p in cls(depth=depth - 24).parameters()) < sum(
+            p.numel() for p in build_model(name).parameters())  # the way it names
 
 
 def test_wrn40_structure_widths_and_parts():
@@ -867,6 +876,14 @@ def test_digits_dataset_takes_uint8_pixels_and_refuses_others(fake_mnist):
             DigitsDataset(bad, labels)
     with pytest.raises(ValueError, match=r"`labels` to be \[N\] classes, one per image \(50\)"):
         DigitsDataset(images, labels[:-1])
+    # labels of another data set (EMNIST's 0..46, one-based, -1): dropped as removed classes
+    for wrong, first in ((np.where(labels == 3, 12, labels), 12), (labels - 1, -1), (labels + 0.5, 0.5)):
+        outside = int(np.sum(~np.isin(wrong, np.arange(10))))
+        with pytest.raises(ValueError, match=rf"`labels` to be the classes 0..9 .* but got "
+                                             rf"{re.escape(repr(first))} \({outside} of 50"):
+            DigitsDataset(images, wrong)
+    as_floats = DigitsDataset(images, labels.astype(np.float32))  # whole numbers: the classes
+    torch.testing.assert_close(as_floats.labels, ds.labels)
 
 
 def test_a_subset_larger_than_the_data_says_all_are_used():

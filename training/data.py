@@ -326,6 +326,12 @@ class DigitsDataset(Dataset):
         if labels.ndim != 1 or len(labels) != len(images):
             raise ValueError(f"Expected `labels` to be [N] classes, one per image ({len(images)}), "
                              f"but got shape {list(labels.shape)}.")
+        outside = labels[~np.isin(labels, np.arange(10))]
+        if outside.size:  # dropped as a removed class would be, without a word
+            raise ValueError(f"Expected `labels` to be the classes 0..9 of MNIST or Fashion-MNIST, "
+                             f"but got {outside[0].item()!r} ({outside.size} of {labels.size} "
+                             "labels are not).")
+        labels = labels.astype(np.int64)  # 3.0 is class 3: an index into remap below
         keep = np.flatnonzero(np.isin(labels, KEPT_CLASSES))
         remap = np.full(10, -1, dtype=np.int64)
         remap[list(KEPT_CLASSES)] = np.arange(len(KEPT_CLASSES))
