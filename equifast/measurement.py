@@ -845,8 +845,9 @@ def _run_images(run: str, root, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
     recipe = json.loads(Path(run, "recipe.json").read_text())  # closed (open() was left open)
     root = str(root) if root else recipe.get("data_root")
     try:
-        # the turns and subset the run was tested on: a recipe without data_seed trained with
-        # Recipe's default (the measurement's seed drew other turns of a rotated test set)
+        # the first images of the whole test split, turned as the run's were (its test_subset
+        # is not taken): a recipe without data_seed trained with Recipe's default (the
+        # measurement's seed drew other turns of a rotated test set)
         return measure_images(recipe["dataset"], root, n, recipe.get("data_seed", Recipe.data_seed),
                               labels=True)
     except (FileNotFoundError, ValueError) as err:

@@ -299,13 +299,24 @@ def cnn7(num_classes: int = 6, num_rotations: int = 0, **kwargs) -> CNN7:
     return CNN7(num_classes=num_classes, num_rotations=num_rotations, **kwargs)
 
 
+def _named_depth(name: str, cls: type, depth: int, kwargs: dict) -> None:
+    """Refuse a ``depth`` for a model whose name fixes it (Python's "got multiple values for
+    keyword argument 'depth'" said neither which model nor what to do)."""
+    if "depth" in kwargs:
+        raise ValueError(f"Expected no `depth` for {name!r}, whose depth is {depth}, but got "
+                         f"depth={kwargs['depth']!r}; build another depth with "
+                         f"equifast.training.models.{cls.__name__}(depth=...).")
+
+
 def resnet44(num_classes: int = 10, width: int = 1, **kwargs) -> ResNet:
     """ResNet-44 for CIFAR-10, optionally widened (see :class:`ResNet`)."""
+    _named_depth("resnet44", ResNet, 44, kwargs)
     return ResNet(depth=44, num_classes=num_classes, width=width, **kwargs)
 
 
 def wrn40(num_classes: int = 10, width: int = 1, **kwargs) -> WideResNet:
     """WideResNet-40-``width`` for CIFAR-10 (see :class:`WideResNet`)."""
+    _named_depth("wrn40", WideResNet, 40, kwargs)
     return WideResNet(depth=40, num_classes=num_classes, width=width, **kwargs)
 
 
