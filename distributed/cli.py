@@ -29,6 +29,11 @@ __all__ = ["add_sweep_parser", "main"]
 def _out(args, spec=None) -> Path:
     from .sweep import DEFAULT_OUT
 
+    folder = getattr(args, "folder", None)  # `sweep status runs/x`: the folder, as --out
+    if folder is not None and args.out is not None and Path(folder) != Path(args.out):
+        raise ValueError(f"Expected one results folder, but got {folder!r} and --out {args.out!r}; "
+                         "give one of them.")
+    args.out = args.out if args.out is not None else folder
     check_path_flags([("--out", args.out)])
     if args.out:
         return Path(args.out)
@@ -214,6 +219,8 @@ def add_sweep_parser(subparsers, run_prog: Optional[str] = None) -> argparse.Arg
                             description="Count a sweep's finished, running, failed and pending "
                                         "jobs (while it runs, or after) and list the failed ones "
                                         "with their errors.", formatter_class=HelpFormatter)
+    status.add_argument("folder", nargs="?", type=os.path.expanduser, default=None, metavar="OUT",
+                        help="results folder, as --out")
     status.add_argument("--out", type=os.path.expanduser, default=None, help="results folder (default: runs/sweep)")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(func=_status)
@@ -223,6 +230,8 @@ def add_sweep_parser(subparsers, run_prog: Optional[str] = None) -> argparse.Arg
                                         "Spearman correlation with top-1 accuracy) and write "
                                         "their tables.",
                             formatter_class=HelpFormatter)
+    report.add_argument("folder", nargs="?", type=os.path.expanduser, default=None, metavar="OUT",
+                        help="results folder, as --out")
     report.add_argument("--out", type=os.path.expanduser, default=None, help="results folder (default: runs/sweep)")
     report.add_argument("--figures", type=os.path.expanduser, default=None, help="where figures go (default: OUT/figures)")
     report.add_argument("--metric", default="auto",

@@ -2177,3 +2177,21 @@ def test_a_torchvision_datasets_16_bit_images_are_scaled_not_clipped():
     for channel in np.moveaxis(np.asarray(x), -1, 0):  # as an image file of these pixels is read
         np.testing.assert_array_equal(channel, _eight_bits(pixels))
     assert len(np.unique(np.asarray(x))) > 200  # not white where the pixels pass 255
+
+
+def test_status_and_report_take_the_folder_as_an_argument_too(tmp_path, capsys):
+    # `equifast sweep status runs/x` failed with the top-level usage: "unrecognized arguments"
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "status.json").write_text(json.dumps({"sweep": "s", "state": "finished", "pid": 1,
+                                                "host": socket.gethostname(), "running_ids": []}))
+    assert sweep_main(["status", "--out", str(out), "--json"]) == 0
+    with_flag = json.loads(capsys.readouterr().out)
+    assert sweep_main(["status", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == with_flag
+    (tmp_path / "mine").mkdir()
+    assert sweep_main(["report", str(tmp_path / "mine")]) == 2  # the folder given is the one read
+    assert f"{str(tmp_path / 'mine')!r} holds no sweep's files" in capsys.readouterr().err
+    assert sweep_main(["status", str(out), "--out", str(tmp_path / "mine")]) == 2
+    assert "Expected one results folder, but got" in capsys.readouterr().err
+    assert sweep_main(["status", str(out), "--out", str(out), "--json"]) == 0  # the same: fine
