@@ -492,10 +492,10 @@ def _describe(error: BaseException) -> str:
 
 
 def _versions() -> Dict[str, str]:
-    import equifast
+    from equifast.measurement import library_versions
 
     # plain strings (torch's is a TorchVersion): a kept shard holds them, read weights_only
-    out = {"equifast": str(getattr(equifast, "__version__", "?")), "torch": str(torch.__version__)}
+    out = library_versions()
     try:
         import ray
 
@@ -944,9 +944,12 @@ def _previous_attempts(store: ResultStore, before: Dict[str, Optional[dict]],
 
 def _shard_versions() -> Dict[str, str]:
     """What a kept shard must have been measured with to be merged with new ones: this
-    equifast and torch (another version may measure otherwise, or pickle other classes)."""
-    versions = _versions()
-    return {k: versions[k] for k in ("equifast", "torch")}
+    equifast and torch (another version may measure otherwise, or pickle other classes), and
+    this timm and torchvision (a model by name is their definition, its preprocess theirs: a
+    shard of another one's model is no slice of this one's job)."""
+    from equifast.measurement import library_versions
+
+    return library_versions()
 
 
 def _shard_payload(job: Job, result: Tuple[Any, Dict[str, Any]], folders: Folders) -> Dict[str, Any]:
@@ -1050,7 +1053,7 @@ _UNSEEN = object()  # a folder the driver cannot list
 def _kept_shards(store: ResultStore, todo: List[Job], say, folders: Optional[Folders] = None,
                  loaded: Optional[Dict[Tuple[str, int], dict]] = None) -> Dict[str, List[int]]:
     """For each job to run, the shards a run before this one finished and kept that it reuses:
-    of the job's number of shards, readable, measured with this equifast and torch
+    of the job's number of shards, readable, measured with this equifast, torch, timm and torchvision
     (:func:`_shard_versions`), and of the same images as the job has now (a folder's, where
     the driver can list it: :func:`shard_fingerprint`). The files of the others of the job's
     number of shards are deleted (another number of shards cuts other slices: their files

@@ -145,6 +145,20 @@ class MeasureState:
         return Report.from_rows(rows, meta)
 
 
+def library_versions() -> Dict[str, str]:
+    """The versions a measurement depends on, as plain strings (torch's is a ``TorchVersion``):
+    equifast's and torch's, and timm's and torchvision's with them: a model by name is their
+    definition, its "default" weights their tag of the day and its preprocess theirs. A report's
+    ``meta["versions"]``, and what a sweep's kept shard must match to be merged."""
+    import timm
+    import torchvision
+
+    from . import __version__
+
+    return {"equifast": str(__version__), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "timm": str(timm.__version__)}
+
+
 def weights_fingerprint(model: nn.Module) -> str:
     """A hash of ``model``'s tensor shapes and the first values of each: the same for the same
     weights on any device, in any memory format, and (but for a rare collision) another for
@@ -744,19 +758,10 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         # whether tensor cores did the products: the operator uses them on CUDA sm_80 and newer only
         on_tensor_cores = (tensor_cores and measurer.device.type == "cuda"
                            and torch.cuda.get_device_capability(measurer.device)[0] >= 8)
-        import timm
-        import torchvision
-
-        from . import __version__
-
-        # channels_last as batch_size: the model's convolutions round otherwise without it;
-        # timm's and torchvision's versions with torch's: a model by name is their definition,
-        # its "default" weights their tag of the day and its preprocess theirs
+        # channels_last as batch_size: the model's convolutions round otherwise without it
         meta.update(device=str(measurer.device), amp=amp, batch_size=batch_size,
                     channels_last=bool(channels_last), tensor_cores=bool(on_tensor_cores),
-                    versions={"equifast": __version__, "torch": torch.__version__,
-                              "torchvision": torchvision.__version__,
-                              "timm": timm.__version__})  # to repeat it
+                    versions=library_versions())  # to repeat it
         if backend == "auto" and torch.float64 in measurer.map_dtypes:  # scored in float64
             meta["backend"] = ("reference" if measurer.map_dtypes == {torch.float64}
                                else "operator, reference for float64 maps")

@@ -2,7 +2,7 @@
 
 Each finished shard of an unfinished job is kept in the store (``shards/<id>.<i>-of-<k>.pt``)
 until the job's record is written; a rerun reuses the kept shards that still fit the job (its
-number of shards, this equifast and torch, the same images) and merges them in shard order,
+number of shards, this equifast, torch, timm and torchvision, the same images) and merges them in shard order,
 as an uninterrupted run does.
 """
 from __future__ import annotations
@@ -231,6 +231,28 @@ def test_kept_shards_that_no_longer_fit_the_job_are_measured_again(tmp_path):
     store.shard_path(job.id, 1, 2).write_bytes(b"torn")
     assert sweep_mod._kept_shards(store, [job], say.append) == {}
     assert store.shard_files() == {}
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_kept_shards_of_another_timm_or_torchvision_are_measured_again(tmp_path, library):
+    # only equifast's and torch's versions were checked: a rerun after a timm (or torchvision)
+    # upgrade, which changes a model by name and its preprocessing, merged the shards of both
+    import importlib
+
+    folder = _folder(tmp_path / "data")
+    (job,) = load_spec(_spec(folder)).jobs()
+    store = ResultStore(tmp_path / "out")
+    now = str(importlib.import_module(library).__version__)
+    kept = _keep_in_process(store, job, shards=(0,))
+    assert store.read_shard(job.id, 0, 2)["versions"][library] == now
+    _keep_in_process(store, job, shards=(1,), versions={
+        **store.read_shard(job.id, 0, 2)["versions"], library: now + ".old"})
+    say = []
+    assert sweep_mod._kept_shards(store, [job], say.append) == {job.id: [0]}
+    assert [s for s, _, _ in store.shard_files()[job.id]] == [0]
+    assert any("shard 1 of 2" in line and library in line and now + ".old" in line
+               for line in say), say
+    assert store.read_shard(job.id, 0, 2)["info"] == kept[0][1]
 
 
 def test_kept_shards_of_another_job_id_are_never_reused(tmp_path):
