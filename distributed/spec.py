@@ -52,9 +52,10 @@ from equifast._hints import did_you_mean
 from equifast._io import lies_in
 from equifast.data import IMAGE_SUFFIXES, has_images
 from equifast.devices import parse_device
-from equifast.models import (ModelArgumentError, check_model_args, check_weights_file,
-                             checkpoint_path, close_model_names, crop_shape, input_sizes,
-                             is_known_model, torchvision_weights, torchvision_weights_names)
+from equifast.models import (ModelArgumentError, check_checkpoint, check_model_args,
+                             check_weights_file, checkpoint_path, close_model_names, crop_shape,
+                             input_sizes, is_known_model, torchvision_weights,
+                             torchvision_weights_names)
 
 __all__ = ["SweepSpec", "ModelEntry", "DatasetEntry", "Job", "SpecError", "load_spec",
            "validate_spec", "job_id", "hub_accuracy", "SPEC_VERSION"]
@@ -1173,6 +1174,15 @@ def _model(entry, where, base_dir, problems, number) -> Optional[ModelEntry]:
         except ModelArgumentError as err:
             problems.append(f"{where}.{key if err.argument == 'name' else err.argument}: {err}")
             ok = ok and err.argument == "num_classes"
+        else:
+            try:  # a checkpoint of another model (or classes) failed on every worker, after Ray
+                # started: built here on the meta device, from the checkpoint's shapes alone
+                if ok and checkpoint_path(arch, weights) is not None:
+                    check_checkpoint(arch, _resolve(weights, base_dir), num_classes)
+            except (ModelArgumentError, ValueError, OSError) as err:
+                argument = getattr(err, "argument", "weights")
+                problems.append(f"{where}.{argument} ({name}): {err}")
+                ok = ok and argument == "num_classes"
     accuracy = entry.get("accuracy")
     if accuracy == "hub":
         accuracy = hub_accuracy(arch, weights) if weights is not None else None

@@ -13,6 +13,7 @@ import contextlib
 import difflib
 import functools
 import os
+import warnings
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -22,9 +23,9 @@ from ._checks import is_integer
 from ._hints import did_you_mean
 
 __all__ = ["load_model", "torchvision_weights", "torchvision_weights_names", "checkpoint_path",
-           "WeightsUnavailableError", "ModelArgumentError", "available_models", "is_known_model",
-           "check_model_name", "check_model_args", "check_weights_file", "given_model_args",
-           "input_sizes", "crop_shape",
+           "check_checkpoint", "WeightsUnavailableError", "ModelArgumentError", "available_models",
+           "is_known_model", "check_model_name", "check_model_args", "check_weights_file",
+           "given_model_args", "input_sizes", "crop_shape",
            "close_model_names", "EMBEDDED", "embedded_lite0", "default_preprocess",
            "module_preprocess"]
 
@@ -595,21 +596,22 @@ def _timm_tag_hint(name: str, weights: str) -> str:
             "'default' (CLI --model " + tagged + ").")
 
 
-def _read_checkpoint(path: str, name: str = "") -> Dict[str, torch.Tensor]:
-    """The state dict in a checkpoint file (bare, or under ``state_dict``/``model``)."""
+def _read_checkpoint(path: str, name: str = "", shapes_only: bool = False) -> Dict[str, torch.Tensor]:
+    """The state dict in a checkpoint file (bare, or under ``state_dict``/``model``);
+    ``shapes_only``: its tensors on the meta device, their data not read (:func:`check_checkpoint`)."""
     check_weights_file(path, name)
     if path.endswith(".safetensors"):  # the hub's format (timm's model.safetensors)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            state = load_file(path)
+            state = _safetensors_shapes(path) if shapes_only else load_file(path)
         except SafetensorError as err:
             named = " It looks like a torch.save file: name it .pt." if _looks_like_torch_save(path) else ""
             raise ValueError(f"Expected `weights` {path!r} to be a safetensors file, but it could "
                              f"not be read ({err}).{named}") from None
     else:
-        state = _torch_saved(path)
+        state = _torch_saved(path, "meta" if shapes_only else "cpu")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -644,13 +646,21 @@ def _looks_like_torch_save(path: str) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # zip, or legacy pickle
 
 
-def _torch_saved(path: str):
+def _safetensors_shapes(path: str) -> Dict[str, torch.Tensor]:
+    """A ``.safetensors`` file's tensors as meta tensors of their shapes (its header only)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+
+
+def _torch_saved(path: str, map_location: str = "cpu"):
     """What a ``torch.save`` file holds (:func:`check_weights_file` first), read weights-only
-    (no code runs)."""
+    (no code runs); ``map_location="meta"``: its tensors' shapes, their data not read."""
     try:
         # weights only: a checkpoint from elsewhere must not run code when it is read
         with torch.serialization.safe_globals(_checkpoint_extras()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling raises many kinds: all mean "not a checkpoint"
         others = _code_in_checkpoint(path) if "Weights only load failed" in str(err) else []
         if others:
@@ -838,6 +848,26 @@ def load_model(name: str, weights: Optional[str] = "default",
     Example:
         >>> model, preprocess = load_model("efficientnet_lite0")   # real ImageNet weights, offline
     """
+    return _load_model(name, weights, num_classes)
+
+
+def check_checkpoint(name: str, weights: Optional[str], num_classes: Optional[int] = None) -> None:
+    """Raise the error :func:`load_model` gives when the checkpoint ``weights`` does not fit the
+    model ``name`` (keys, shapes, classes; ``ValueError``, :class:`ModelArgumentError`), reading
+    no weights: the model is built on the meta device and the checkpoint's tensors are read as
+    their shapes. Nothing for ``weights`` that name no checkpoint. A sweep's spec is checked so:
+    a checkpoint of another model failed on every worker, after the sweep had started."""
+    if checkpoint_path(_timm_hub_name(name), _weights_argument(weights)) is None:
+        return
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")  # the load's own (the embedded model's padding) say so
+        _load_model(name, weights, num_classes, shapes_only=True)
+
+
+def _load_model(name: str, weights: Optional[str], num_classes: Optional[int],
+                shapes_only: bool = False) -> Tuple[nn.Module, Callable]:
+    """:func:`load_model`; ``shapes_only``: a checkpoint's tensors read as their shapes, on the
+    meta device (:func:`check_checkpoint`)."""
     import timm
     import torchvision
 
@@ -858,7 +888,7 @@ def load_model(name: str, weights: Optional[str] = "default",
         return load_run(name, class_logits_only=True), None  # a Rot-Eq run's final: its classes
     name = _timm_hub_name(name)  # built from the registry: offline, random weights need no hub
     named, path = torchvision_weights(name, weights), checkpoint_path(name, weights)
-    state = _read_checkpoint(path, name) if path else None
+    state = _read_checkpoint(path, name, shapes_only) if path else None
     check_model_args(name, weights, num_classes)  # before any hub weights are fetched for nothing
     if name == EMBEDDED and path:
         # the embedded weights' network pads as TensorFlow does; a checkpoint fine-tuned from it

@@ -495,6 +495,47 @@ def test_a_checkpoint_torch_loads_is_loaded_as_torch_loads_it(tmp_path):
     assert all(int(got[k]) == 0 for k in got if k.endswith("num_batches_tracked"))
 
 
+def test_check_checkpoint_says_what_load_model_says_without_reading_the_weights(tmp_path, monkeypatch):
+    # a sweep's driver checks its checkpoints so before any job is submitted: the same verdict
+    # as load_model's on the workers, from the checkpoint's shapes on the meta device
+    import timm
+    from safetensors.torch import save_file
+
+    from equifast.models import ModelArgumentError, check_checkpoint
+
+    own = load_model("resnet18", weights=None, num_classes=10)[0].state_dict()
+    torch.save(own, tmp_path / "ten.pt")
+    save_file(own, str(tmp_path / "ten.safetensors"))
+    torch.save({k: v for k, v in own.items() if not k.endswith("num_batches_tracked")},
+               tmp_path / "old.pt")  # torch fills them in: fits
+    torch.save({**own, "conv1.weight": torch.zeros(64, 1, 7, 7)}, tmp_path / "grey.pt")
+    torch.save({"backbone." + k: v for k, v in own.items()}, tmp_path / "bb.pt")
+    torch.save(timm.create_model("resnet10t", num_classes=0).state_dict(), tmp_path / "headless.pt")
+    cases = [("resnet18", "ten.pt", None), ("resnet18", "ten.pt", 5), ("resnet18", "ten.safetensors", 10),
+             ("resnet34", "ten.safetensors", None), ("resnet18", "old.pt", 10), ("resnet18", "grey.pt", None),
+             ("resnet18", "bb.pt", None), ("resnet10t", "headless.pt", None), ("resnet10t", "headless.pt", 0),
+             ("resnet34", "ten.pt", None)]
+    loads = torch.load
+    maps = []
+    for name, file, classes in cases:
+        weights = str(tmp_path / file)
+        try:
+            load_model(name, weights=weights, num_classes=classes)
+            want = None
+        except (ValueError, ModelArgumentError) as err:
+            want = (type(err), str(err))
+        monkeypatch.setattr(torch, "load", lambda *a, **k: maps.append(k.get("map_location")) or loads(*a, **k))
+        try:
+            check_checkpoint(name, weights, classes)
+            got = None
+        except (ValueError, ModelArgumentError) as err:
+            got = (type(err), str(err))
+        monkeypatch.setattr(torch, "load", loads)
+        assert got == want, (name, file, classes)
+    assert maps and set(maps) == {"meta"}  # no tensor's data read
+    assert sum(1 for name, file, classes in cases if file.endswith(".pt")) <= len(maps)
+
+
 def test_timm_model_without_pretrained_weights_says_what_to_do():
     import timm
     # a small model in timm's registry with no pretrained weights (the names vary by version)

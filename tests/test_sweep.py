@@ -1904,7 +1904,9 @@ def test_the_readme_spec_validates(tmp_path):
 
     (tmp_path / "val" / "n01440764").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "val" / "n01440764" / "a.JPEG")
-    torch.save(torch.nn.Linear(1, 1).state_dict(), tmp_path / "r18.pt")
+    import torchvision  # the checkpoint the spec describes (a Linear's no longer passes: it does not fit)
+
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pt")
     by_name = {d["name"]: d for d in spec["datasets"]}
     by_name["imagenet-val"]["path"] = str(tmp_path / "val")
     by_name["cifar10"]["root"] = str(tmp_path)
@@ -2035,6 +2037,32 @@ def test_an_empty_folder_and_a_checkpoint_that_is_no_checkpoint_are_refused_befo
     assert (f"models[1].weights: Expected `weights` {str(tmp_path / 'real.safetensors')!r} to be a "
             "safetensors file, but it could not be read (it does not start with a safetensors header). "
             "It looks like a torch.save file: name it .pt.") in text
+
+
+def test_a_checkpoint_that_does_not_fit_its_model_is_refused_before_anything_runs(tmp_path):
+    # found only by load_model on every worker, after Ray had started and the jobs were submitted
+    import timm
+    import torchvision
+    from safetensors.torch import save_file
+
+    from equifast.models import load_model
+
+    torch.save(timm.create_model("resnet10t", num_classes=2).state_dict(), tmp_path / "r10t.pt")
+    save_file(torchvision.models.resnet18(num_classes=10).state_dict(), str(tmp_path / "r18.safetensors"))
+    models = [{"name": "mine", "arch": "resnet18", "weights": "r10t.pt", "num_classes": 2},
+              {"name": "resnet18", "label": "ten", "weights": "r18.safetensors", "num_classes": 5},
+              {"name": "resnet18", "label": "fits", "weights": "r18.safetensors"}]
+    with pytest.raises(SpecError) as err:
+        validate_spec({"models": models, "datasets": [{"kind": "random", "image_size": 32}],
+                       "transforms": {"rotation": "rotation:90"}, "n_images": 2}, base_dir=str(tmp_path))
+    want = []
+    for i, (arch, path, classes) in enumerate([("resnet18", "r10t.pt", 2), ("resnet18", "r18.safetensors", 5)]):
+        with pytest.raises(ValueError) as loaded:  # what each worker said, after the sweep started
+            load_model(arch, weights=str(tmp_path / path), num_classes=classes)
+        want.append(f"models[{i}].weights ({models[i]['name']}): {loaded.value}")
+    assert err.value.problems == want  # one line each; the fitting checkpoint passes
+    assert all("\n" not in p and str(tmp_path) in p for p in err.value.problems)
+    assert "checkpoint of 'resnet18'" in want[0] and "classifier has 10" in want[1]
 
 
 def test_a_key_given_twice_in_a_spec_file_is_an_error_not_the_last_one_kept(tmp_path):
