@@ -59,7 +59,7 @@ def _run(args) -> int:
     if args.dry_run:
         from .spec import Folders
         from .store import ResultStore
-        from .sweep import _moved, _previous_records
+        from .sweep import _damaged, _moved, _previous_records
 
         folders = Folders()  # each folder listed once, as a run does
         jobs = spec.jobs(folders)
@@ -71,6 +71,7 @@ def _run(args) -> int:
         states = {jid: rec.get("status") for jid, rec in before.items() if rec}
         # finished, but on other images: moved, changed or unstamped (measured again)
         states.update(_moved(before, jobs, folders))
+        states.update((j.id, "damaged") for j in _damaged(store, jobs, before))  # measured again
         kept = store.shard_files()  # by name: the run checks that they still fit
         print(f"{spec.name}: {len(jobs)} jobs -> {out}")
         for job in jobs:

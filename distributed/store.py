@@ -21,11 +21,14 @@ Layout of a store folder::
 
 A record file appears only complete (written to a temporary name in the same folder, then
 ``os.replace``), so a killed driver never leaves a half-written result, and there is exactly
-one record per job id: a rerun replaces a failed record and skips a finished one.
+one record per job id: a rerun replaces a failed record and skips a finished one. Its first
+field is the SHA-256 of the whole file (that field's value read as zeros): a record damaged
+anywhere, in the middle of its tables too, reads as unreadable, and its job runs again.
 """
 from __future__ import annotations
 
 import codecs
+import hashlib
 import inspect
 import itertools
 import json
@@ -291,11 +294,11 @@ class ResultStore:
             raise ValueError("Expected a record dict with an 'id' and status 'ok' or 'failed', "
                              f"but got {got!r}.")
         # id, status, total_attempts and the job before the tables: head_of(), status_of() and
-        # states() read no further
+        # states() read no further (to parse; the file is read whole for its digest)
         head = {k: record[k] for k in ("id", "status", "total_attempts", "job") if k in record}
-        record = {**head, **record}
-        return write_text_atomic(self.record_path(record["id"]),
-                                 json.dumps(json_safe(record), indent=1, allow_nan=False))
+        record = {_DIGEST: _UNSEALED, **head, **{k: v for k, v in record.items() if k != _DIGEST}}
+        text = json.dumps(json_safe(record), indent=1, allow_nan=False)
+        return write_text_atomic(self.record_path(record["id"]), _sealed(text))
 
     def records(self, status: Optional[str] = None,
                 ids: Optional[Collection[str]] = None) -> Iterator[Dict[str, Any]]:
@@ -651,12 +654,43 @@ def _shard_classes() -> List[type]:
     return [MeasureState, ScoreState, VectorState, ActivationState, Point, *own]
 
 
+# A record's first field: the SHA-256 of its file with this field's value as zeros
+# (ResultStore.write_record). The head of a finished record lies before its tables, which are
+# most of the file: a file damaged in their middle (not cut short, which its end shows) had a
+# whole head, and its job counted as finished, its numbers left out of the tables unsaid.
+_DIGEST = "sha256"
+_UNSEALED = "0" * 64
+_SEAL = b'{\n "sha256": "'  # how json.dumps(indent=1) writes it first
+_SEALED_HEAD = len(_SEAL) + 64
+
+
+def _sealed(text: str) -> str:
+    """``text`` (a record's JSON, :data:`_DIGEST` first with :data:`_UNSEALED`) with its digest."""
+    data = text.encode()  # ASCII: json.dumps' ensure_ascii
+    assert data.startswith(_SEAL + _UNSEALED.encode())
+    return text.replace(_UNSEALED, hashlib.sha256(data).hexdigest(), 1)
+
+
+def _intact(data: bytes) -> bool:
+    """Whether a record file's bytes are as :meth:`ResultStore.write_record` wrote them (its
+    digest holds); a record written before records had one (no digest first) cannot be checked."""
+    if not data.startswith(_SEAL):
+        return True
+    digest = data[len(_SEAL):_SEALED_HEAD]
+    return hashlib.sha256(_SEAL + _UNSEALED.encode() + data[_SEALED_HEAD:]).hexdigest().encode() == digest
+
+
 def _read(path: Path) -> Optional[Dict[str, Any]]:
-    """A record file's content, or ``None`` (missing or unreadable)."""
+    """A record file's content, or ``None`` (missing or unreadable: damaged anywhere, where it
+    has a digest, :func:`_intact`)."""
     try:
-        return json.loads(path.read_text())
+        data = path.read_bytes()
+        rec = json.loads(data) if _intact(data) else None
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):  # OSError: missing too
         return None
+    if isinstance(rec, dict):
+        rec.pop(_DIGEST, None)  # the store's, not the record's
+    return rec
 
 
 _HEAD = 4096
@@ -683,13 +717,23 @@ def _read_head(path: Path) -> Optional[Dict[str, Any]]:
 def _front_fields(path: Path) -> Optional[Dict[str, Any]]:
     """The fields of :func:`_read_head`, read from the front a block at a time (doubled until
     the fields before the tables are whole) where the file ends as
-    :meth:`ResultStore.write_record` writes it; else parsed whole (then every field but the
-    tables)."""
+    :meth:`ResultStore.write_record` writes it (one with a digest read whole to check it,
+    :func:`_intact`, and parsed as far); else parsed whole (then every field but the tables)."""
     try:
         with open(path, "rb") as fh:
             size = fh.seek(0, os.SEEK_END)
             fh.seek(max(0, size - 2))
             if fh.read(2) == b"\n}":  # complete (a torn file is parsed whole, and refused)
+                fh.seek(0)
+                if fh.read(len(_SEAL)) == _SEAL:  # a digest: read whole to check it, not parsed
+                    fh.seek(0)
+                    data = fh.read()
+                    if not _intact(data):
+                        return None
+                    head = _head_fields(data.decode())
+                    if head is not None:
+                        head.pop(_DIGEST, None)
+                        return head
                 fh.seek(0)
                 decoder = codecs.getincrementaldecoder("utf-8")()
                 text, block = "", _HEAD

@@ -731,6 +731,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
                          {j.id: j.model.label for j in jobs}, {j.id: j.dataset.label for j in jobs},
                          {j.id: j.family for j in jobs})
         before = _previous_records(store, jobs)  # again, under the lock
+        _warn_damaged(store, _damaged(store, jobs, before))
         done, old_failed, todo = _todo(before, jobs, retry_failed, folders)
         _previous_attempts(store, before, todo)
         for job in todo:  # the records' fingerprints: of the images before they are read
@@ -928,6 +929,21 @@ def _previous_records(store: ResultStore, jobs: List[Job]) -> Dict[str, Optional
             "status": rec.get("status"), "total_attempts": rec.get("total_attempts"),
             "job": {"dataset": (rec.get("job") or {}).get("dataset") or {}}}
     return out
+
+
+def _damaged(store: ResultStore, jobs: List[Job], before: Dict[str, Optional[dict]]) -> List[Job]:
+    """The ``jobs`` whose record file is there but cannot be read (:func:`_previous_records`
+    has ``None``: damaged, :meth:`~.store.ResultStore.unreadable`): they run again."""
+    return [j for j in jobs if before.get(j.id) is None and store.record_path(j.id).is_file()]
+
+
+def _warn_damaged(store: ResultStore, damaged: List[Job]) -> None:
+    """Say the jobs of :func:`_damaged` (a damaged finished record was read as a finished job,
+    its numbers left out of the tables unsaid)."""
+    if damaged:
+        names = ", ".join(j.title for j in damaged[:5]) + (", ..." if len(damaged) > 5 else "")
+        warn(f"{len(damaged)} record file(s) in {str(store.records_dir)!r} cannot be read "
+             f"(damaged?): {names}; their jobs are measured again, and their records replaced.")
 
 
 def _previous_attempts(store: ResultStore, before: Dict[str, Optional[dict]],

@@ -314,6 +314,68 @@ def test_status_of_a_store_reads_no_finished_record_whole(measured, tmp_path, mo
     assert read == [f"{1:016x}"]  # the failed record, to list it
 
 
+_SCALE_SPEC = {"name": "scale", "datasets": [{"name": "noise", "kind": "random", "image_size": 32}],
+               "models": [{"name": "resnet18", "weights": "none", "num_classes": 2}],
+               "transforms": {"translation": "translation:1-3", "rotation": "rotation"},
+               "metrics": ["correlation", "cosine"], "n_images": 2, "batch_size": 2}
+
+
+def _zeroed(text: str, at: int) -> str:
+    return text[:at] + "\0" * 64 + text[at + 64:]  # a block of the disk lost: no JSON
+
+
+def _other_digit(text: str, at: int) -> str:
+    at = text.index('"channel": 0.', at) + len('"channel": 0.')  # still JSON: another number
+    return text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1:]
+
+
+@pytest.mark.parametrize("damage", [_zeroed, _other_digit])
+def test_a_record_damaged_in_the_middle_of_its_tables_is_no_finished_job(measured, tmp_path, capsys,
+                                                                          damage):
+    # its head, before the tables, was read whole: the job counted as finished, a rerun skipped
+    # it, and the tables left its numbers out (zeroed bytes) or read other ones (a digit changed)
+    import yaml
+
+    from equifast.distributed import sweep
+    from equifast.distributed.cli import main as sweep_main
+
+    spec = load_spec(_SCALE_SPEC)
+    jobs = spec.jobs()
+    assert [j.id for j in jobs] == [r["id"] for r in measured]
+    intact = ResultStore(tmp_path / "intact")  # the other job's record alone
+    intact.write_record(measured[1])
+    store = ResultStore(tmp_path / "out")
+    for rec in measured:
+        store.write_record(rec)
+    assert store.get(jobs[0].id) == json.loads(json.dumps(store_mod.json_safe(measured[0])))
+    for s in (store, intact):
+        s.write_spec(spec.to_dict(), [j.id for j in jobs])
+    path = store.record_path(jobs[0].id)
+    text = path.read_text()
+    path.write_text(damage(text, text.index('"points"') + len(text) // 4))
+    assert path.read_text().endswith("\n}") and len(path.read_text()) == len(text)
+    assert store.get(jobs[0].id) is None and store.head_of(jobs[0].id) is None
+    assert store.states() == {jobs[1].id: "ok"} and store.unreadable() == [path]
+    assert store.counts() == {"finished": 1, "running": 0, "failed": 0, "pending": 1}
+    got, want = store.tables(), intact.tables()
+    for name in ("points", "parts"):
+        pd.testing.assert_frame_equal(got[name], want[name])
+    # a run measures it again, and says so
+    before = sweep._previous_records(store, jobs)
+    assert before[jobs[0].id] is None and sweep._todo(before, jobs, True)[2] == [jobs[0]]
+    assert sweep._damaged(store, jobs, before) == [jobs[0]]
+    with pytest.warns(UserWarning, match=r"1 record file\(s\) in .* cannot be read \(damaged\?\): "
+                                         + re.escape(jobs[0].title) + "; their jobs are measured again"):
+        sweep._warn_damaged(store, sweep._damaged(store, jobs, before))
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_SCALE_SPEC))
+    assert sweep_main(["run", str(spec_file), "--out", str(store.root), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert dict(line.split()[:2] for line in lines[1:]) == {jobs[0].id: "damaged", jobs[1].id: "ok"}
+    assert sweep_main(["status", "--out", str(store.root)]) == 0
+    assert "1 record file(s) in" in capsys.readouterr().out
+
+
 # ---- the driver ----------------------------------------------------------------------------------
 
 def test_the_driver_keeps_no_finished_records_tables(measured, tmp_path, monkeypatch):
@@ -337,7 +399,8 @@ def test_the_driver_keeps_no_finished_records_tables(measured, tmp_path, monkeyp
 
 
 def _head(text: str):
-    """A record's fields before its first table, by parsing it whole (``None``: unreadable)."""
+    """A record's fields before its first table, by parsing it whole (``None``: unreadable),
+    less the store's digest of the file (``sha256``, first)."""
     try:
         rec = json.loads(text)
     except json.JSONDecodeError:
@@ -349,6 +412,7 @@ def _head(text: str):
         if key in ("points", "parts"):
             break
         head[key] = value
+    head.pop("sha256", None)
     return head
 
 
