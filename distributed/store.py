@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import zipfile
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Collection, Dict, Iterator, List, Optional, Tuple
@@ -356,12 +357,17 @@ class ResultStore:
                                   "shards": int(shards)}, self.shard_path(job_id, shard, shards))
 
     def read_shard(self, job_id: str, shard: int, shards: int) -> Optional[Dict[str, Any]]:
-        """What :meth:`write_shard` kept, or ``None`` (no file, or an unreadable one, or one of
-        another job or shard)."""
+        """What :meth:`write_shard` kept, or ``None`` (no file, or an unreadable one: damaged,
+        an entry's CRC-32 does not hold, or of another format; or one of another job or shard)."""
         import torch
 
         path = self.shard_path(job_id, shard, shards)
         try:
+            # torch.load does not check the CRC-32 of each entry of torch.save's zip: a byte
+            # changed in the middle of the pickle was read as other sums, merged into the record
+            with zipfile.ZipFile(path) as archive:
+                if archive.testzip() is not None:
+                    return None
             # weights_only: a file in OUT/shards runs no code when read, whoever put it there;
             # only the plain classes of a MeasureState are rebuilt (_shard_classes)
             with torch.serialization.safe_globals(_shard_classes()):

@@ -18,6 +18,7 @@ import yaml
 ray = pytest.importorskip("ray")
 
 from equifast.distributed import ResultStore, job_record, load_spec, measure_job, run_sweep  # noqa: E402
+from equifast.distributed import store as store_mod  # noqa: E402
 from equifast.distributed import sweep as sweep_mod  # noqa: E402
 from equifast.distributed.cli import main as sweep_main  # noqa: E402
 from equifast._io import json_safe  # noqa: E402
@@ -357,6 +358,45 @@ def test_a_kept_shard_is_read_without_running_its_code_and_an_old_format_one_is_
         **sweep_mod._shard_versions(), "torch": torch.__version__}})
     assert type(torch.__version__) is not str and store.read_shard(job.id, 0, 2) is None
     assert sweep_mod._kept_shards(store, [job], say.append) == {} and store.shard_files() == {}
+
+
+def test_a_kept_shard_damaged_in_its_middle_is_measured_again(tmp_path):
+    # torch.load reads a byte changed inside the pickle of a MeasureState (its integer sums) as
+    # other numbers: merged into the job's record without a word
+    import zipfile
+
+    import torch
+
+    spec = _spec(_folder(tmp_path / "data"), datasets=[{"name": "noise", "kind": "random",
+                                                        "image_size": 32}], n_images=4)
+    (job,) = load_spec(spec).jobs()
+    store = ResultStore(tmp_path / "out")
+    kept = _keep_in_process(store, job)
+    path = store.shard_path(job.id, 1, 2)
+    whole = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        entry = archive.getinfo(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    start = entry.header_offset + 30 + len(entry.filename.encode()) + len(entry.extra)
+    want = kept[1][0].report().points
+    for at in range(start + entry.file_size // 2, start + entry.file_size):
+        damaged = bytearray(whole)
+        damaged[at] ^= 1
+        path.write_bytes(bytes(damaged))
+        try:  # what read_shard read before: torch.load alone
+            with torch.serialization.safe_globals(store_mod._shard_classes()):
+                state = torch.load(path, map_location="cpu", weights_only=True)["state"]
+            points = state.report().points
+        except Exception:  # noqa: BLE001 -- a byte torch.load refuses: no silent damage
+            continue
+        if not points.equals(want):
+            break
+    else:
+        pytest.fail("no byte of the pickle changes the numbers")
+    assert store.read_shard(job.id, 1, 2) is None
+    say = []
+    assert sweep_mod._kept_shards(store, [job], say.append) == {job.id: [0]}
+    assert any("shard 1 of 2" in line and "unreadable" in line for line in say), say
+    assert not path.exists() and store.read_shard(job.id, 0, 2)["info"] == kept[0][1]
 
 
 def test_kept_shards_of_a_copied_folder_are_reused_by_names_and_sizes(tmp_path):
