@@ -378,6 +378,7 @@ def measure_job(job: Job, shard: int = 0, shards: Optional[int] = None):
 
 def _measure_shard(job: Job, shard: int, shards: int):
     import equifast
+    from equifast.measurement import library_versions
     from equifast.models import checkpoint_path, load_model
     from equifast.transforms import parse_transforms
 
@@ -393,7 +394,8 @@ def _measure_shard(job: Job, shard: int, shards: int):
     workers = _loader_workers(job, part)
     info = {"host": socket.gethostname(), "pid": os.getpid(), "shard": shard, "shards": shards,
             "started_at": started, "load_s": loaded - started, "backend": equifast.backend(),
-            "n_images": len(part), "loader_workers": workers}
+            "n_images": len(part), "loader_workers": workers,
+            "versions": library_versions()}  # this worker's: job_record merges one install's only
     if shards > 1:  # what a rerun checks before it reuses this shard (kept until the job ends)
         info["data_sha256"] = shard_fingerprint(part)
     if len(part) == 0:
@@ -424,6 +426,18 @@ def job_record(job: Job, results: List[Tuple[Any, Dict[str, Any]]], attempts: in
     shard_ids = [i["shard"] for _, i in results]
     if len(set(shard_ids)) != len(shard_ids):
         raise ValueError(f"Expected each shard of job {job.title} once, but got shards {shard_ids}.")
+    # each worker's install (the driver's check of a kept shard is of its own): a node of another
+    # timm or torchvision (an autoscaled one of a newer image) measures another model definition
+    installs: Dict[str, List[int]] = {}
+    for _, i in results:
+        if i.get("versions"):  # (kept by an equifast that did not say them: the driver's check)
+            installs.setdefault(json.dumps(i["versions"], sort_keys=True), []).append(i["shard"])
+    if len(installs) > 1:
+        raise ValueError(f"Expected the shards of job {job.title} to be measured with the same "
+                         "equifast, torch, timm and torchvision, but the workers' differ: "
+                         + "; ".join(f"shard(s) {ids} {v}" for v, ids in installs.items())
+                         + ". Install the same versions on every node; a rerun measures every "
+                         "shard again.")
     states = [s for s, _ in results if s is not None]
     if not states:
         raise ValueError(f"Expected at least one image for job {job.title}, but every shard was empty.")

@@ -7,6 +7,7 @@ as an uninterrupted run does.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -254,6 +255,26 @@ def test_kept_shards_of_another_timm_or_torchvision_are_measured_again(tmp_path,
     assert any("shard 1 of 2" in line and library in line and now + ".old" in line
                for line in say), say
     assert store.read_shard(job.id, 0, 2)["info"] == kept[0][1]
+
+
+def test_shards_measured_by_workers_of_other_versions_are_not_merged(tmp_path):
+    # a kept shard is checked against the driver's versions, but the workers measure: a node of
+    # another timm (an autoscaled one of a newer image) measured its shard of another model
+    import timm
+
+    (job,) = load_spec(_spec(_folder(tmp_path / "data"))).jobs()
+    results = [measure_job(job, shard) for shard in (0, 1)]
+    assert all(info["versions"]["timm"] == timm.__version__ for _, info in results)
+    want = job_record(job, copy.deepcopy(results))  # one install: merged (merge adds in place)
+    other = (results[1][0], {**results[1][1], "versions": {**results[1][1]["versions"],
+                                                            "timm": timm.__version__ + ".other"}})
+    with pytest.raises(ValueError, match=r"Expected the shards of job .* to be measured with the "
+                                         r"same equifast, torch, timm and torchvision, but the "
+                                         r"workers' differ: shard\(s\) \[0\] .*; shard\(s\) \[1\] .*\.other"):
+        job_record(job, copy.deepcopy([results[0], other]))
+    # a shard kept by an equifast that did not say them: as the driver's check found it
+    old = (results[1][0], {k: v for k, v in results[1][1].items() if k != "versions"})
+    _same_results(job_record(job, [results[0], old]), want)
 
 
 def test_kept_shards_of_another_job_id_are_never_reused(tmp_path):
