@@ -226,12 +226,16 @@ class FolderLock:
                 # a data file's mode (os.open's default, 0o777, made it executable)
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
-                holder, who = self.holder()
-                if holder == "this process":
-                    return False
-                if holder == "another":
-                    raise self._refusal(who) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                # read and deleted under the folder's lock: two processes that both read one
+                # stale lock both deleted it, the second the lock the first had just taken
+                # over, and both went on writing to the folder
+                with _locked(self.folder):
+                    holder, who = self.holder()
+                    if holder == "this process":
+                        return False
+                    if holder == "another":
+                        raise self._refusal(who) from None
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)

@@ -292,3 +292,49 @@ def test_a_report_that_cannot_be_written_names_the_file_asked_for(tmp_path, monk
         report.save(str(tmp_path / "r.json"))
     assert err.value.filename == str(tmp_path / "r.json") and ".tmp" not in str(err.value)
     assert list(tmp_path.iterdir()) == [tmp_path / "afile.txt"]
+
+
+def test_a_stale_lock_found_by_two_processes_at_once_is_taken_over_by_one(tmp_path):
+    # both read the killed writer's lock as stale and deleted it, the second deleting the lock
+    # the first had just taken over: both went on writing into the folder. Reading the lock is
+    # slowed (a slow or network file system) so that the two reads always overlap.
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    folder, ready = tmp_path / "out", tmp_path / "ready"
+    folder.mkdir()
+    ready.mkdir()
+    lock = folder / ".equifast-measure.lock"
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(gone.stdout)}))
+    code = (
+        "import os, time\n"
+        "from pathlib import Path\n"
+        "from equifast._io import FolderLock\n"
+        "read = FolderLock.holder\n"
+        "def slow(self):\n"
+        "    found = read(self)\n"
+        "    time.sleep(0.5)\n"
+        "    return found\n"
+        "FolderLock.holder = slow\n"
+        f"Path({str(ready)!r}, str(os.getpid())).touch()\n"  # both imported: they start at once
+        f"while len(list(Path({str(ready)!r}).iterdir())) < 2:\n"
+        "    time.sleep(0.001)\n"
+        f"lock = FolderLock({str(folder)!r}, '.equifast-measure.lock', 'x')\n"
+        "try:\n"
+        "    lock.acquire()\n"
+        "except BlockingIOError:\n"
+        "    print('refused')\n"
+        "else:\n"
+        "    print('holds', flush=True)\n"
+        "    time.sleep(3)\n"
+        "    lock.release()\n")
+    runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [run.communicate(timeout=120) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err for _, err in outs]
+    assert sorted(out.strip() for out, _ in outs) == ["holds", "refused"]
+    assert not lock.exists()  # released by its holder
