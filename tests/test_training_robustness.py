@@ -676,3 +676,73 @@ def test_a_study_overwrite_deletes_the_tables_of_the_runs_it_retrains(tmp_path):
                                   summary.reset_index(drop=True), check_dtype=False)
     run_study("objective-fashion", str(tmp_path), **kw)  # nothing retrained: they stay
     assert all((tmp_path / n).is_file() for n in tables)
+
+
+@needs_fmnist
+def test_measure_study_refuses_a_run_another_process_begins_to_retrain_meanwhile(tmp_path, monkeypatch):
+    # `equifast train --overwrite` of a study's run started while the study measured its other
+    # runs: its result.json gone, the study wrote its own recipe.json over the one the run
+    # trains with, then failed on the missing weights (after its first epoch: measured its
+    # checkpoint, and failed with "'NoneType' object has no attribute 'test_acc'")
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    import equifast
+    from equifast.training import measure_study, run_study
+
+    study = tmp_path / "study"
+    run_study("objective-fashion", str(study), seeds=[0], measure=False,
+              overrides={**TINY, "epochs": 1})
+    rot_eq = study / "FMNIST6-Rot-Eq" / "seed0"
+    shutil.copytree(rot_eq, tmp_path / "kept")
+    theirs = {**json.loads((rot_eq / "recipe.json").read_text()), "epochs": 3}
+    real = equifast.measure
+
+    def retrained_meanwhile(holder):
+        """Measure, the first time after another process (pid ``holder``, or one gone: None)
+        began to retrain the Rot-Eq run, as train(overwrite=True) does."""
+        shutil.rmtree(rot_eq)
+        shutil.copytree(tmp_path / "kept", rot_eq)
+        measured = []
+
+        def measure(*args, **kwargs):
+            if not measured:
+                if holder is not None:
+                    (rot_eq / ".equifast-train.lock").write_text(
+                        json.dumps({"host": socket.gethostname(), "pid": holder}))
+                for name in ("result.json", "model.pt", "metrics.csv", "checkpoint.pt"):
+                    (rot_eq / name).unlink(missing_ok=True)
+                (rot_eq / "recipe.json").write_text(json.dumps(theirs))
+            measured.append(1)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(equifast, "measure", measure)
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        retrained_meanwhile(other.pid)
+        with pytest.raises(BlockingIOError, match=rf"training writing to '.*FMNIST6-Rot-Eq/seed0', "
+                                                  rf"but pid {other.pid} "):
+            measure_study("objective-fashion", str(study), seeds=[0], n_images=8)
+    finally:
+        other.kill()
+        other.wait()
+    assert json.loads((rot_eq / "recipe.json").read_text()) == theirs  # the other run's, kept
+    # its process killed before its first epoch: refused as unfinished, the recipe kept again
+    retrained_meanwhile(None)
+    with pytest.raises(FileNotFoundError, match=r"finished run in '.*FMNIST6-Rot-Eq/seed0', but it "
+                                                r"has no result\.json"):
+        measure_study("objective-fashion", str(study), seeds=[0], n_images=8)
+    assert json.loads((rot_eq / "recipe.json").read_text()) == theirs
+    # runs this process cannot write to (a read-only copy) take no lock, and are measured
+    shutil.rmtree(rot_eq)
+    shutil.copytree(tmp_path / "kept", rot_eq)
+    monkeypatch.setattr(equifast, "measure", real)
+    from equifast._io import FolderLock
+
+    def read_only(self):
+        raise PermissionError(13, "Permission denied", str(self.path))
+    monkeypatch.setattr(FolderLock, "acquire", read_only)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False)
+    assert len(measure_study("objective-fashion", str(study), seeds=[0], n_images=8)) > 0

@@ -26,6 +26,7 @@ and drawn by the same two functions.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -197,6 +198,14 @@ def _run_dir(out: str, label: str, seed: int) -> str:
 _STUDY_WIDE = ("epochs", "milestones", "batch_size", "lr", "train_subset", "test_subset")
 
 
+def _check_finished(study: Study, run: str) -> None:
+    """Raise ``FileNotFoundError`` unless the run folder ``run`` of ``study`` is finished."""
+    from .trainer import RESULT
+    if not os.path.isfile(os.path.join(run, RESULT)):
+        raise FileNotFoundError(f"Expected a finished run in {run!r}, but it has no "
+                                f"{RESULT}. Train it with `equifast study {study.name}`.")
+
+
 def _check_run_recipes(study: Study, out: str, runs: Sequence[Tuple[str, str, int]],
                        overrides: Optional[Dict] = None) -> List:
     """The stored recipes of ``runs`` (``(label, recipe name, seed)``), each checked to be
@@ -205,13 +214,11 @@ def _check_run_recipes(study: Study, out: str, runs: Sequence[Tuple[str, str, in
     Without ``overrides``, a field of :data:`_STUDY_WIDE` is overridden with the value the runs
     share, unless every run has its own recipe's (recipes of other defaults in one study). A run
     an interrupted ``overwrite`` has yet to retrain (:class:`_OverwritePlan`) is refused."""
-    from .trainer import RECIPE, RESULT, read_run_recipe
+    from .trainer import RECIPE, read_run_recipe
     stored = []
     for label, _, seed in runs:
         run = _run_dir(out, label, seed)
-        if not os.path.isfile(os.path.join(run, RESULT)):
-            raise FileNotFoundError(f"Expected a finished run in {run!r}, but it has no "
-                                    f"{RESULT}. Train it with `equifast study {study.name}`.")
+        _check_finished(study, run)
         stored.append(read_run_recipe(Path(run, RECIPE)))
     plan = _overwrite_plan(out, [], overwrite=False)
     for (label, _, seed), recipe in zip(runs, stored):
@@ -297,7 +304,7 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
     from equifast.transforms import Translation
 
     from .data import measure_images
-    from .trainer import load_model, prepare_out_dir
+    from .trainer import load_model, prepare_out_dir, run_lock
     study = get_study(study) if isinstance(study, str) else study
     seeds, n_images = _check_seeds_and_images(seeds, n_images)
     # measure's own arguments, before any run: their error read as the first run's ("Could not
@@ -315,14 +322,22 @@ def measure_study(study: Study | str, out: str, seeds: Optional[Sequence[int]] =
     recipes = _check_run_recipes(study, out, runs, overrides)
     for (label, recipe_name, seed), recipe in zip(runs, recipes):
         run = _run_dir(out, label, seed)
-        result = prepare_out_dir(recipe, run)  # reads the finished result, trains nothing
+        # read under the run's lock: a run that another process began to (re)train since it
+        # was checked above had no result.json, so prepare_out_dir wrote this study's
+        # recipe.json over the one it trains with and returned None, and its half-trained
+        # checkpoint was measured ("'NoneType' object has no attribute 'test_acc'"); now it is
+        # refused, naming the process. A run this process cannot write to (a read-only copy)
+        # takes no lock file, and is read as before.
+        with run_lock(run) if os.access(run, os.W_OK) else contextlib.nullcontext():
+            _check_finished(study, run)  # a retraining killed since
+            result = prepare_out_dir(recipe, run)  # reads the finished result, trains nothing
+            model = load_model(run, class_logits_only=True)  # a Rot-Eq model's final: its classes
         n = recipe.measure_images if n_images is None else n_images
         root = data_root or recipe.data_root
         key = (recipe.dataset, root, recipe.data_seed, n)
         if key not in cache:
             cache[key] = measure_images(recipe.dataset, root, n, recipe.data_seed,
                                         download=download)
-        model = load_model(run, class_logits_only=True)  # a Rot-Eq model's final: its classes
         try:
             report = equifast.measure(model, cache[key], transforms=transforms,
                                       metric=metric, batch_size=batch_size, n_images=n,
