@@ -299,16 +299,20 @@ def stage_folder(out: Union[str, os.PathLike]) -> Path:
 
 
 def commit_staged(stage: Path, out: Union[str, os.PathLike], names: Sequence[str],
-                  remove: Iterable[str] = ()) -> None:
+                  remove: Iterable[str] = (), check: Optional[Callable[[], None]] = None) -> None:
     """Move the files ``names`` (the last one last: a marker) from ``stage`` into ``out``,
     replacing those there, and delete ``remove`` from ``out``: all of it or, until it is
     done, nothing. The plan is written into ``stage``, which is then renamed
     ``.equifast-commit`` (the commit); a process killed after that leaves the rest to
     :func:`finish_commit`, which the next writer or reader of ``out`` calls. Ctrl-C waits
-    until the set is in."""
+    until the set is in. ``check()``, called with the lock of ``out`` held before anything
+    is moved, raises to commit nothing: a check of the files there that another writer's
+    commit could otherwise change between it and this commit."""
     out = Path(out)
     with _locked(out):  # another writer's or reader's commit is not interleaved with this one
         _finish(out)  # an earlier set first: its plan would otherwise be replaced
+        if check is not None:
+            check()
         write_text_atomic(stage / _JOURNAL, json.dumps(
             {"move": list(names), "remove": [n for n in remove if n not in names]}))
         with deferred_interrupt():

@@ -730,7 +730,11 @@ class Report:
                              lambda tmp, df=df: (df.to_csv(tmp, index=False) if suffix == ".csv"
                                                  else df.to_parquet(tmp, index=False)))
             write_text_atomic(stage / meta.name, json.dumps(json_safe(self.meta), indent=1, allow_nan=False))
-            commit_staged(stage, meta.parent, [t.name for t in targets])  # the meta last
+            # checked again as the set is committed: a save of another report in the other
+            # format at the same time passed the check above too, and the report committed
+            # first then loaded with the meta of the one committed last
+            commit_staged(stage, meta.parent, [t.name for t in targets],  # the meta last
+                          check=lambda: self._check_shared_meta(meta, stem, suffix))
         except OSError as err:  # named the hidden stage's file, not the one asked for
             if err.filename is None or Path(err.filename).parent != stage or err.errno is None:
                 raise

@@ -1090,6 +1090,30 @@ def test_csv_and_parquet_of_one_stem_never_pair_a_report_with_anothers_meta(tmp_
     assert Report.load(tmp_path / "r.parquet").meta == {"model": "B", "seed": 1}
 
 
+def test_csv_and_parquet_of_one_stem_saved_at_once_never_pair_a_report_with_anothers_meta(
+        tmp_path, monkeypatch):
+    # B saved as r.parquet by another process while A was being saved as r.csv: both passed the
+    # check of the shared meta before either was committed, and A then loaded as model B
+    from equifast import report as report_module
+
+    a = Report.from_rows(_rows(), {"model": "A", "seed": 0})
+    b = Report.from_rows(_rows(), {"model": "B", "seed": 1})
+    real = report_module.stage_folder
+
+    def other_save_meanwhile(folder):  # A checked, not yet committed: B saved in full
+        monkeypatch.setattr(report_module, "stage_folder", real)
+        b.save(tmp_path / "r.parquet")
+        return real(folder)
+
+    monkeypatch.setattr(report_module, "stage_folder", other_save_meanwhile)
+    with pytest.raises(FileExistsError, match=r"holds the meta of another report saved as "
+                                              r".*r\.points\.parquet'"):
+        a.save(tmp_path / "r.csv")
+    assert not (tmp_path / "r.points.csv").exists()
+    assert not list(tmp_path.glob(".equifast-*"))  # no stage left behind
+    assert Report.load(tmp_path / "r.parquet").meta == {"model": "B", "seed": 1}
+
+
 def test_a_json_report_whose_score_is_true_is_refused(tmp_path):
     # true was read as a score of 1.0
     path = _saved(tmp_path, ".json", _rows())
