@@ -30,7 +30,7 @@ _TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
 # a set of files being written (stage_folder), and one committed but not all moved in yet
 _STAGE, _COMMIT, _JOURNAL = ".equifast-staging-", ".equifast-commit", "commit.json"
 # the lock of a command writing into a folder (FolderLock: ".equifast-measure.lock")
-_OWN_LOCK = re.compile(r"\.equifast-[a-z]+\.lock")
+_OWN_LOCK = re.compile(r"\.equifast-(?P<command>[a-z]+)\.lock")
 # what a file manager leaves in a folder it opened (macOS Finder, Windows Explorer): a new
 # output folder holding them was refused as "holding other files"
 SYSTEM_FILES = frozenset({".DS_Store", ".localized", "Thumbs.db", "desktop.ini"})
@@ -471,20 +471,28 @@ def json_object_with(*keys: str) -> Callable[[Path], bool]:
 
 
 def check_own_folder(path: Union[str, os.PathLike], markers: Sequence[str], what: str,
-                     flag: str, ours: Optional[Dict[str, Callable[[Path], bool]]] = None) -> Path:
+                     flag: str, ours: Optional[Dict[str, Callable[[Path], bool]]] = None,
+                     lock: Optional[str] = None) -> Path:
     """Raise ``FileExistsError`` unless ``path`` is missing, empty (but for a file manager's
     ``.DS_Store``, ``Thumbs.db``, ...: kept as they are), or holds one of ``markers``
     (what this library writes there first): a user's own files are never replaced. ``what``
     names the folder ("a run folder"), ``flag`` the argument that gave it (``--out``);
     ``ours``: ``{marker: check}`` for markers a user's file may share a name with
     (``recipe.json``, ``spec.json``): one that fails its check (:func:`json_object_with`) marks
-    nothing."""
+    nothing. ``lock``: the :class:`FolderLock` file of the caller's own command (its refusal is
+    the caller's to raise); a live lock of another command there (``equifast measure``
+    writing into it, its files not in yet) is a ``BlockingIOError``, a stale one is left out."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"Expected {flag} {str(path)!r} to be a folder, but it is a file.")
     present = [m for m in markers if (path / m).exists()]
     foreign = [m for m in present if ours and m in ours and not ours[m](path / m)]
     if path.is_dir() and len(foreign) == len(present):
+        for p in path.iterdir():
+            command = _OWN_LOCK.fullmatch(p.name)
+            if command and p.name != lock:  # a study's figure.png was replaced by the
+                # measurement's (or its shifts.png deleted) as that committed its set
+                FolderLock(path, p.name, f"`equifast {command['command']}`").check()
         others = sorted(p.name for p in path.iterdir()
                         if not (p.name.startswith(_STAGE) or p.name == _COMMIT or p.name in SYSTEM_FILES
                                 or _OWN_LOCK.fullmatch(p.name) or _stale_temp(p.name)))

@@ -136,7 +136,7 @@ def _run_measure(args) -> int:
     try:
         # a second `equifast measure` into the same folder is refused: both would say "wrote",
         # and only the set committed last would be there
-        with FolderLock(out, ".equifast-measure.lock", "`equifast measure`"):
+        with FolderLock(out, _LOCK, "`equifast measure`"):
             return _measure_into(out, args, transforms, metrics, weights)
     except BaseException:
         for folder in made:  # a failed measurement leaves no empty folder of ours behind
@@ -244,6 +244,7 @@ def _in_flags(message: str) -> str:
 _MARKER = "report.meta.json"
 _ALWAYS = ("report.json", "report.points.csv", "report.points.parquet", "figure.png")
 _OPTIONAL = ("shifts.png", "metric_bias.csv", "metric_bias_correlation.csv")
+_LOCK = ".equifast-measure.lock"  # held in --out while a measurement runs
 
 
 def _write_outputs(out: Path, report, label: str, metric: str, bias) -> List[Path]:
@@ -299,7 +300,8 @@ def _output_folder(path: str) -> Path:
         finish_commit(path)
     meta = json_object_with("backend", "transforms")
     out = check_own_folder(path, [_MARKER], "an output folder of `equifast measure`", "--out",
-                           {_MARKER: lambda m: meta(m) and all((m.parent / n).is_file() for n in _ALWAYS)})
+                           {_MARKER: lambda m: meta(m) and all((m.parent / n).is_file() for n in _ALWAYS)},
+                           lock=_LOCK)
     return writable_folder(out, "the --out folder")
 
 

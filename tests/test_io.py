@@ -338,3 +338,42 @@ def test_a_stale_lock_found_by_two_processes_at_once_is_taken_over_by_one(tmp_pa
     assert all(run.returncode == 0 for run in runs), [err for _, err in outs]
     assert sorted(out.strip() for out, _ in outs) == ["holds", "refused"]
     assert not lock.exists()  # released by its holder
+
+
+def test_a_folder_another_command_is_writing_into_is_refused_by_the_others(tmp_path):
+    # a study, a training run or a sweep started in a folder where `equifast measure` ran took it
+    # as empty (its lock left out as the writer's own): the measurement then committed its
+    # figure.png over the study's, or deleted its shifts.png
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from equifast._io import check_own_folder
+    from equifast.distributed.store import ResultStore
+    from equifast.training.studies import _claim_folder
+    from equifast.training.trainer import run_lock
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    callers = {"study": lambda p: _claim_folder(str(p), "objective-fashion"),
+               "train": lambda p: run_lock(str(p)),
+               "sweep": lambda p: ResultStore(p).check_folder()}
+    try:
+        for name, call in callers.items():
+            out = tmp_path / name
+            out.mkdir()
+            (out / ".equifast-measure.lock").write_text(
+                json.dumps({"host": socket.gethostname(), "pid": live.pid}))
+            with pytest.raises(BlockingIOError, match=rf"no other `equifast measure` writing to "
+                                                      rf"'.*{name}', but pid {live.pid} "):
+                call(out)
+            assert [p.name for p in out.iterdir()] == [".equifast-measure.lock"]  # nothing written
+        # a measurement's own lock is left to its FolderLock
+        assert check_own_folder(tmp_path / "study", ["report.meta.json"], "an output", "--out",
+                                lock=".equifast-measure.lock") == tmp_path / "study"
+    finally:
+        live.kill()
+        live.wait()
+    for name, call in callers.items():  # its process gone: the lock is stale, the folder empty
+        call(tmp_path / name)
+    assert (tmp_path / "study" / "study.json").is_file()

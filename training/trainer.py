@@ -629,6 +629,7 @@ def _will_train(out_dir: str, overwrite: bool) -> bool:
 _OVERWRITTEN = (RESULT, MODEL, METRICS, CHECKPOINT, "tb", "ray")
 # a recipe.json of the user's own makes no folder a run's: its files would be replaced
 _OURS = {RECIPE: json_object_with("name", "model", "dataset", "epochs")}
+_LOCK = ".equifast-train.lock"  # held in a run folder while it is prepared and trained (run_lock)
 
 
 def _delete_run(out: Path) -> None:
@@ -646,8 +647,8 @@ def run_lock(out_dir: str) -> FolderLock:
     process training the same folder (another terminal, a study started twice) is refused, as
     it would delete (``overwrite``) or interleave the first one's checkpoints and metrics. A
     folder of a user's own files is refused first, and gets no lock file."""
-    check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir` (--out)", _OURS)
-    return FolderLock(out_dir, ".equifast-train.lock", "training")
+    check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir` (--out)", _OURS, lock=_LOCK)
+    return FolderLock(out_dir, _LOCK, "training")
 
 
 def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
@@ -667,7 +668,7 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
         ValueError: the stored recipe differs from ``recipe``.
     """
     # not a run (no recipe.json): files of the user's, never replaced, even with overwrite
-    out = check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir` (--out)", _OURS)
+    out = check_own_folder(out_dir, [RECIPE], "a run folder", "`out_dir` (--out)", _OURS, lock=_LOCK)
     if overwrite and out.exists():
         _delete_run(out)
     out.mkdir(parents=True, exist_ok=True)
