@@ -161,14 +161,34 @@ def _pid_alive_windows(pid: int) -> bool:
         kernel32.CloseHandle(handle)
 
 
-def process_alive(host: Optional[str], pid: Optional[int]) -> bool:
+def process_alive(host: Optional[str], pid: Optional[int], since: Optional[float] = None) -> bool:
     """Whether process ``pid`` on ``host`` still runs (assumed so for another host, which
-    cannot be asked)."""
+    cannot be asked); with ``since`` (when that process wrote what names it), a process of
+    that id that started later is another one, the id reused (after a reboot, or many
+    processes later)."""
     if not pid:
         return False
     if host and host != socket.gethostname():
         return True
-    return pid_alive(int(pid))
+    if not pid_alive(int(pid)):
+        return False
+    started = _start_time(int(pid)) if isinstance(since, (int, float)) else None
+    # a second of slack: the boot time is read in whole seconds, and clocks are adjusted
+    return started is None or started <= since + 1
+
+
+def _start_time(pid: int) -> Optional[float]:
+    """When process ``pid`` started (seconds since the epoch), where the system says (Linux's
+    /proc); else ``None``."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            # field 22, after the command name in parentheses (which may hold spaces)
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        return None
 
 
 class FolderLock:
@@ -197,7 +217,8 @@ class FolderLock:
         if other.get("pid") == os.getpid() and other.get("host") == socket.gethostname():
             return "this process", ""
         # an empty lock is one another writer has created and not yet written into
-        if (not other and _age(self.path) < 10) or process_alive(other.get("host"), other.get("pid")):
+        if (not other and _age(self.path) < 10) or process_alive(other.get("host"), other.get("pid"),
+                                                                  other.get("since")):
             return "another", (f"pid {other.get('pid')} on {other.get('host')}" if other
                                else f"a {self.what} starting")
         return None, ""

@@ -377,3 +377,34 @@ def test_a_folder_another_command_is_writing_into_is_refused_by_the_others(tmp_p
     for name, call in callers.items():  # its process gone: the lock is stale, the folder empty
         call(tmp_path / name)
     assert (tmp_path / "study" / "study.json").is_file()
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="process start times from /proc")
+def test_a_lock_whose_process_id_another_process_has_since_is_taken_over(tmp_path):
+    # the writer killed, its process id was reused (after a reboot, or by a later process) and
+    # the lock was held by that unrelated process: every run was refused until it was deleted
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from equifast._io import FolderLock
+
+    lock = FolderLock(tmp_path, ".equifast-measure.lock", "`equifast measure`")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        before, after = time.time() - 3600, time.time() + 60  # written before it started, or after
+        lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
+                                         "since": after}))
+        with pytest.raises(BlockingIOError, match=rf"but pid {other.pid} on "):
+            lock.acquire()  # its holder, as far as can be told
+        lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
+                                         "since": before}))
+        assert lock.acquire()
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        lock.release()
+    finally:
+        other.kill()
+        other.wait()
+    assert not lock.path.exists()
