@@ -443,7 +443,8 @@ class ResultStore:
         if status is None:
             return None
         state = status.get("state")
-        if state == "running" and not process_alive(status.get("host"), status.get("pid")):
+        if state == "running" and not process_alive(status.get("host"), status.get("pid"),
+                                                    status.get("started_at")):
             return "stopped"
         return state
 

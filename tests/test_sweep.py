@@ -1062,6 +1062,26 @@ def test_a_second_driver_is_refused_before_it_starts_ray(folder, tmp_path, monke
     assert not (out / "free").exists()
 
 
+@pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="process start times from /proc")
+def test_status_of_a_sweep_whose_drivers_process_id_is_taken_since_says_stopped(tmp_path):
+    # the driver killed and its process id reused by a later process: "running" for ever
+    import subprocess
+    import sys
+    import time
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        store = ResultStore(tmp_path)
+        for started, state in ((time.time() + 60, "running"), (time.time() - 3600, "stopped")):
+            (tmp_path / "status.json").write_text(json.dumps(
+                {"sweep": "s", "state": "running", "pid": other.pid, "host": socket.gethostname(),
+                 "started_at": started, "running_ids": []}))
+            assert store.state() == state
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_status_of_a_sweep_whose_driver_is_gone_says_stopped(tmp_path, capsys, monkeypatch):
     import subprocess
     import sys
