@@ -444,7 +444,7 @@ class ResultStore:
             return None
         state = status.get("state")
         if state == "running" and not process_alive(status.get("host"), status.get("pid"),
-                                                    status.get("started_at")):
+                                                    status.get("started_at"), status.get("started")):
             return "stopped"
         return state
 

@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from equifast._io import writable_folder
+from equifast._io import start_ticks, writable_folder
 from equifast._hints import import_optional, without_download_advice
 from equifast.data import ClassFolders, _pil_rgb
 from equifast.warning import warn
@@ -759,7 +759,8 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         loaded: Dict[Tuple[str, int], dict] = {}  # the kept shards' contents, each read once
         kept = _kept_shards(store, todo, say, folders, loaded)  # {job id: shards of an earlier run}
         status = {"sweep": spec.name, "state": "running", "total": len(jobs), "out": str(store.root),
-                  "host": socket.gethostname(), "pid": os.getpid(), "started_at": t0}
+                  "host": socket.gethostname(), "pid": os.getpid(), "started_at": t0,
+                  "started": start_ticks(os.getpid())}
         counts = _Counts(jobs, done, set() if retry_failed else old_failed)
         store.write_status({**status, **counts.as_dict(set())})
         partial: Dict[str, List[Tuple[Any, dict]]] = {}  # each job's shards measured in this run

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Uni
 __all__ = ["atomic_write", "write_text_atomic", "write_csv_atomic", "save_figure_atomic",
            "save_torch_atomic", "remove_stale_temps", "check_own_folder", "json_object_with",
            "stage_folder", "commit_staged", "finish_commit", "deferred_interrupt", "FolderLock",
-           "process_alive", "json_safe", "make_parent"]
+           "process_alive", "start_ticks", "json_safe", "make_parent"]
 
 # what atomic_write names its temporary file: .<name>.<pid>.<8 hex>.tmp
 _TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
@@ -161,32 +161,48 @@ def _pid_alive_windows(pid: int) -> bool:
         kernel32.CloseHandle(handle)
 
 
-def process_alive(host: Optional[str], pid: Optional[int], since: Optional[float] = None) -> bool:
+def process_alive(host: Optional[str], pid: Optional[int], since: Optional[float] = None,
+                  started: Optional[int] = None) -> bool:
     """Whether process ``pid`` on ``host`` still runs (assumed so for another host, which
-    cannot be asked); with ``since`` (when that process wrote what names it), a process of
-    that id that started later is another one, the id reused (after a reboot, or many
-    processes later)."""
+    cannot be asked). A process of that id that is not the one named (the id reused, after a
+    reboot or many processes later) is not: told by ``started``, its start in clock ticks since
+    boot (:func:`start_ticks`, exact), else by ``since``, when it wrote what names it (a start
+    after that, with a second of slack for the wall clock)."""
     if not pid:
         return False
     if host and host != socket.gethostname():
         return True
     if not pid_alive(int(pid)):
         return False
-    started = _start_time(int(pid)) if isinstance(since, (int, float)) else None
-    # a second of slack: the boot time is read in whole seconds, and clocks are adjusted
-    return started is None or started <= since + 1
+    if isinstance(started, int) and not isinstance(started, bool):
+        # not the wall clock: a clock stepped forward while a lock was held made its live
+        # holder look younger than the lock, and the lock stale
+        ticks = start_ticks(int(pid))
+        return ticks is None or ticks == started
+    begun = _start_time(int(pid)) if isinstance(since, (int, float)) else None
+    # a second of slack: the boot time is read in whole seconds
+    return begun is None or begun <= since + 1
+
+
+def start_ticks(pid: int) -> Optional[int]:
+    """When process ``pid`` started, in clock ticks since boot, where the system says (Linux's
+    /proc); else ``None``. With the pid it names one process."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            # field 22, after the command name in parentheses (which may hold spaces)
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _start_time(pid: int) -> Optional[float]:
     """When process ``pid`` started (seconds since the epoch), where the system says (Linux's
     /proc); else ``None``."""
+    ticks = start_ticks(pid)
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            # field 22, after the command name in parentheses (which may hold spaces)
-            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
         with open("/proc/stat") as fh:
             boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
+        return None if ticks is None else boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration, AttributeError):
         return None
 
@@ -218,7 +234,7 @@ class FolderLock:
             return "this process", ""
         # an empty lock is one another writer has created and not yet written into
         if (not other and _age(self.path) < 10) or process_alive(other.get("host"), other.get("pid"),
-                                                                  other.get("since")):
+                                                                  other.get("since"), other.get("started")):
             return "another", (f"pid {other.get('pid')} on {other.get('host')}" if other
                                else f"a {self.what} starting")
         return None, ""
@@ -241,7 +257,8 @@ class FolderLock:
             BlockingIOError: when a live process holds it.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
+              "started": start_ticks(os.getpid())}
         for _ in range(2):
             try:
                 # a data file's mode (os.open's default, 0o777, made it executable)

@@ -408,3 +408,37 @@ def test_a_lock_whose_process_id_another_process_has_since_is_taken_over(tmp_pat
         other.kill()
         other.wait()
     assert not lock.path.exists()
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="process start times from /proc")
+def test_a_lock_names_its_process_by_its_start_not_by_the_wall_clock(tmp_path):
+    # a lock told its holder by the wall clock alone: a clock stepped forward while it was held
+    # made the live holder look younger than its lock, and the lock stale (two writers)
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from equifast._io import FolderLock, start_ticks
+
+    lock = FolderLock(tmp_path, ".equifast-measure.lock", "`equifast measure`")
+    assert lock.acquire()
+    written = json.loads(lock.path.read_text())
+    assert written["started"] == start_ticks(os.getpid()) is not None
+    lock.release()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        mine = start_ticks(other.pid)
+        for since in (0.0, 1e12):  # whatever the clock said: the start decides
+            lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
+                                             "since": since, "started": mine}))
+            with pytest.raises(BlockingIOError, match=rf"but pid {other.pid} on "):
+                lock.acquire()
+        # another start under that id: another process, the lock's holder gone
+        lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
+                                         "since": 1e12, "started": mine - 1}))
+        assert lock.acquire()
+        lock.release()
+    finally:
+        other.kill()
+        other.wait()
