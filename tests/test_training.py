@@ -1012,6 +1012,20 @@ def test_study_refuses_overrides_of_the_field_that_tells_its_settings_apart(tmp_
     assert not (tmp_path / "study").exists()
 
 
+def test_study_folder_that_cannot_be_made_is_named_as_out(tmp_path):
+    # a path under a file failed in mkdir with a bare "[Errno 20] Not a directory: ..."
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    out = afile / "study"
+    with pytest.raises(NotADirectoryError) as made:  # what mkdir itself says of that path
+        out.mkdir(parents=True)
+    with pytest.raises(OSError, match=r"^Cannot create `out` \(--out\) " + re.escape(repr(str(out)))
+                       + r" \(" + re.escape(made.value.strerror) + r"\)\.$"):
+        run_study("objective-fashion", str(out), seeds=[0], measure=False,
+                  overrides={**QUICK, "epochs": 1, "train_subset": 64, "test_subset": 64})
+    assert afile.read_text() == "mine"
+
+
 @pytest.mark.parametrize("kwargs, said", [
     ({"metric": "cosin"}, "Expected `metric` to be one of ('correlation', 'cosine'), but got 'cosin'"),
     ({"metric": ["cosine", "cosine"]}, "Expected `metric` to be one or more distinct metrics"),

@@ -38,7 +38,7 @@ import pandas as pd
 
 from equifast._checks import check_integer, checked_seed
 from equifast._io import (check_own_folder, commit_staged, finish_commit, stage_folder,
-                          write_csv_atomic, write_text_atomic)
+                          writable_folder, write_csv_atomic, write_text_atomic)
 from equifast.report import over_runs
 
 from .recipes import get_recipe
@@ -142,7 +142,8 @@ def _claim_folder(out: str, name: str) -> None:
             raise FileExistsError(f"Expected `out` {out!r} to be a folder of study {name!r}, but it "
                                   f"holds study {other!r}. Use another --out.")
         return
-    marker.parent.mkdir(parents=True, exist_ok=True)
+    # a path under a file (or a read-only folder) said only "[Errno 20] Not a directory: ..."
+    writable_folder(out, "`out` (--out)")
     write_text_atomic(marker, json.dumps({"study": name}))
 
 
