@@ -1115,6 +1115,35 @@ def test_run_study_tables_and_figure(tmp_path, monkeypatch):
     assert (tmp_path / "summary.csv").is_file()
 
 
+@needs_fmnist
+def test_study_says_which_left_out_seeds_another_seeds_would_take_in(tmp_path, monkeypatch):
+    # runs of other seeds trained with other options were said to be taken in by
+    # "--seeds 0 1", which then refused them at their first run
+    import equifast
+    from equifast.training.trainer import read_run_recipe
+    monkeypatch.setattr(equifast, "measure", _fake_measure, raising=False)
+    quick = {**QUICK, "epochs": 1, "train_subset": 64, "test_subset": 64}
+    run_study("objective-fashion", str(tmp_path), seeds=[0], overrides=quick, n_images=8)
+    lines = []
+    run_study("objective-fashion", str(tmp_path), seeds=[1], overrides={**quick, "epochs": 2},
+              n_images=8, echo=lines.append)
+    seed0 = tmp_path / "FMNIST6" / "seed0"
+    trained = read_run_recipe(seed0 / "recipe.json").epochs
+    assert trained == quick["epochs"]
+    assert "takes them in)" not in lines[-1]
+    assert (f"the runs of seeds [0] in {str(tmp_path)!r} are kept but left out: they were "
+            f"trained with other options (the run's, these: {str(seed0)!r} "
+            f"{{'epochs': ({trained}, 2)}}), so --seeds takes them in only with theirs") in lines[-1]
+    with pytest.raises(ValueError, match=r"stored recipe differs .* \{'epochs': \(1, 2\)\}"):
+        run_study("objective-fashion", str(tmp_path), seeds=[0, 1],
+                  overrides={**quick, "epochs": 2}, n_images=8)
+    # with the options of seed 0's runs, seed 1's are the other ones
+    lines = []
+    run_study("objective-fashion", str(tmp_path), seeds=[0], overrides=quick, n_images=8,
+              echo=lines.append)
+    assert "seeds [1]" in lines[-1] and "takes them in)" not in lines[-1]
+
+
 def test_summarize_and_plot(tmp_path):
     rows = [dict(setting=s, recipe=s, seed=k, part=p, family="translation", channel=c + k * 0.1,
                  layer=c + 0.05, test_acc=0.9) for s, c in (("none", 0.3), ("crop", 0.5))

@@ -610,21 +610,46 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # gone once committed
     seeds = sorted({seed for _, _, seed in study.runs(seeds)})
-    left_out = _seeds_left_out(study, out, seeds)
+    left_out, other = _seeds_left_out(study, out, seeds, overrides)
     if left_out:  # a rerun with fewer --seeds: the tables cover those asked for, not the rest
-        every = " ".join(map(str, sorted({*seeds, *left_out})))
-        say(f"[{study.name}] the tables cover seeds {seeds}; the runs of seeds {left_out} "
-            f"in {out!r} are kept but left out (--seeds {every} takes them in)")
+        said = []
+        same = [s for s in left_out if s not in other]
+        if same:
+            every = " ".join(map(str, sorted({*seeds, *same})))
+            said.append(f"the runs of seeds {same} in {out!r} are kept but left out "
+                        f"(--seeds {every} takes them in)")
+        if other:  # --seeds with them would be refused at their runs: not "takes them in"
+            run, diff = other[min(other)]
+            said.append(f"the runs of seeds {sorted(other)} in {out!r} are kept but left out: "
+                        f"they were trained with other options (the run's, these: {run!r} "
+                        f"{diff}), so --seeds takes them in only with theirs")
+        say(f"[{study.name}] the tables cover seeds {seeds}; " + "; ".join(said))
     return summaries[0]
 
 
-def _seeds_left_out(study: Study, out: str, seeds: Sequence[int]) -> List[int]:
-    """Seeds other than ``seeds`` that a setting of ``study`` in ``out`` has a run folder of."""
-    from .trainer import RECIPE
-    found = set()
-    for label, _ in study.settings:
-        for run in Path(_run_dir(out, label, 0)).parent.glob("seed*"):
+def _seeds_left_out(study: Study, out: str, seeds: Sequence[int],
+                    overrides: Optional[Dict] = None) -> Tuple[List[int], Dict]:
+    """Seeds other than ``seeds`` that a setting of ``study`` in ``out`` has a run folder of,
+    and ``{seed: (run, differences)}`` of those with a trained run (an epoch or more) that is
+    not the run the study trains now with ``overrides`` (another --epochs, ...)."""
+    from .trainer import CHECKPOINT, RECIPE, RESULT, read_run_recipe
+    found, other = set(), {}
+    for label, recipe_name in study.settings:
+        for run in sorted(Path(_run_dir(out, label, 0)).parent.glob("seed*")):
             seed = run.name[len("seed"):]
-            if (run / RECIPE).is_file() and seed.lstrip("-").isdigit():
-                found.add(int(seed))
-    return sorted(found - set(seeds))
+            if not ((run / RECIPE).is_file() and seed.lstrip("-").isdigit()):
+                continue
+            seed = int(seed)
+            found.add(seed)
+            # an untrained run's recipe.json is replaced when it trains (prepare_out_dir)
+            trained = any((run / f).is_file() for f in (CHECKPOINT, RESULT))
+            if seed in seeds or seed in other or not trained:
+                continue
+            try:
+                diff = read_run_recipe(run / RECIPE).differences(
+                    get_recipe(recipe_name, **{**(overrides or {}), "seed": seed}))
+            except ValueError as err:  # a recipe.json this version cannot read, a bad seed
+                diff = str(err)
+            if diff:
+                other[seed] = (str(run), diff)
+    return sorted(found - set(seeds)), other
