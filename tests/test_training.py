@@ -1144,6 +1144,37 @@ def test_study_says_which_left_out_seeds_another_seeds_would_take_in(tmp_path, m
     assert "seeds [1]" in lines[-1] and "takes them in)" not in lines[-1]
 
 
+@needs_fmnist
+def test_study_overwrite_stopped_before_its_first_run_is_deleted_keeps_the_tables(tmp_path,
+                                                                                 monkeypatch):
+    # --overwrite with a typo in --data-root deleted runs.csv, summary.csv and figure.png, then
+    # stopped on the missing data: every model they measured was left as it was
+    import equifast
+    from equifast.training import trainer
+    monkeypatch.setattr(equifast, "measure", _fake_measure, raising=False)
+    quick = {**QUICK, "epochs": 1, "train_subset": 64, "test_subset": 64}
+    run_study("objective-fashion", str(tmp_path), seeds=[0], overrides=quick, n_images=8)
+    names = ("runs.csv", "summary.csv", "figure.png")
+    tables = {name: (tmp_path / name).read_bytes() for name in names}
+    model = (tmp_path / "FMNIST6" / "seed0" / "model.pt").read_bytes()
+    with pytest.raises((FileNotFoundError, ValueError), match="no-data"):
+        run_study("objective-fashion", str(tmp_path), seeds=[0], overwrite=True, n_images=8,
+                  overrides={**quick, "data_root": str(tmp_path / "no-data")})
+    assert (tmp_path / "FMNIST6" / "seed0" / "model.pt").read_bytes() == model
+    assert {name: (tmp_path / name).read_bytes() for name in names} == tables
+    # retrained, they are gone before the first old run is deleted, and measured anew
+    deleting = []
+    delete_run = trainer._delete_run
+    monkeypatch.setattr(trainer, "_delete_run", lambda out: (
+        deleting.append([name for name in names if (tmp_path / name).exists()]), delete_run(out)))
+    run_study("objective-fashion", str(tmp_path), seeds=[0], overwrite=True, n_images=8,
+              overrides={**quick, "epochs": 2})
+    assert deleting == [[]] * 3
+    acc = json.loads((tmp_path / "FMNIST6" / "seed0" / "result.json").read_text())["test_acc"]
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert (runs[runs.setting == "FMNIST6"].test_acc == acc).all()
+
+
 def test_summarize_and_plot(tmp_path):
     rows = [dict(setting=s, recipe=s, seed=k, part=p, family="translation", channel=c + k * 0.1,
                  layer=c + 0.05, test_acc=0.9) for s, c in (("none", 0.3), ("crop", 0.5))

@@ -161,7 +161,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
               resume: bool = True, overwrite: bool = False,
               resources_per_worker: Optional[Dict[str, float]] = None,
               storage_path: Optional[str] = None, _fail: Optional[Dict] = None,
-              say: Optional[Callable[[str], None]] = None) -> TrainResult:
+              say: Optional[Callable[[str], None]] = None,
+              on_overwrite: Optional[Callable[[], None]] = None) -> TrainResult:
     """Train ``recipe`` on ``num_workers`` Ray Train workers; files as in :func:`train`.
 
     Uses the Ray this process is connected to, else the cluster ``RAY_ADDRESS`` names (as
@@ -182,6 +183,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
             (``s3://...``) or a folder, relative to the working directory as ``out_dir``.
         say: where the lines of :func:`~equifast.training.trainer.start_lines` go, once the
             workers' resources (and, on a local Ray, the data) are found.
+        on_overwrite: with ``overwrite``, called once those are found and the run is locked,
+            just before the old run is deleted (as :func:`~equifast.training.trainer.train`).
         _fail: tests only: ``{"fail_after_epoch": e, "fail_rank": r}`` makes worker ``r``
             raise a RuntimeError (an OSError with ``"fail_with": "OSError"``, or exit at once
             with ``"exit"``) after epoch ``e``'s checkpoint.
@@ -238,6 +241,8 @@ def train_ray(recipe: Recipe, out_dir: str, num_workers: int = 2, use_gpu: bool 
     for line in start_lines(recipe, given, overwrite, resume) if say is not None else ():
         say(line)
     with run_lock(out_dir):  # the driver's: the workers write into the folder it holds
+        if overwrite and on_overwrite is not None:
+            on_overwrite()
         done = prepare_out_dir(recipe, given, resume=resume, overwrite=overwrite)
         if done is not None:
             return done

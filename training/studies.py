@@ -564,17 +564,23 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         run = _run_dir(out, label, seed)
         say(f"[{study.name} {i}/{len(runs)}] {label}, seed {seed} -> {run}")
         again = plan is not None and plan.retrains(run, recipe)
-        if again and any(Path(out, name).exists() for name in _TABLES):
+
+        def drop_tables():
             # they measured the models retrained now: kept, they read as this study's results
-            # while (interrupted, or --no-measure) the runs are others
-            commit_staged(stage_folder(out), out, [], remove=_TABLES)
+            # while (interrupted, or --no-measure) the runs are others. Called by train just
+            # before it deletes the run: a missing data set (a typo in --data-root) stops the
+            # run first, and the tables of the models left as they were are kept
+            if any(Path(out, name).exists() for name in _TABLES):
+                commit_staged(stage_folder(out), out, [], remove=_TABLES)
         if workers > 1 or use_gpu:
             from .ray_train import train_ray
             result = train_ray(recipe, run, num_workers=workers, use_gpu=use_gpu,
-                               overwrite=again, say=lambda line: say("  " + line))
+                               overwrite=again, say=lambda line: say("  " + line),
+                               on_overwrite=drop_tables)
         else:
             result = train(recipe, run, overwrite=again, say=lambda line: say("  " + line),
-                           callback=lambda e, row: say("  " + epoch_line(e, recipe.epochs, row)))
+                           callback=lambda e, row: say("  " + epoch_line(e, recipe.epochs, row)),
+                           on_overwrite=drop_tables)
         if again:
             plan.done(run, recipe)
         say(f"  test acc {result.test_acc:.4f} ({result.epochs} epochs)")

@@ -938,7 +938,8 @@ def check_run_args(recipe: Recipe, out_dir: str) -> None:
 
 def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = False,
           callback: Optional[Callable[[int, Dict], None]] = None,
-          say: Optional[Callable[[str], None]] = None) -> TrainResult:
+          say: Optional[Callable[[str], None]] = None,
+          on_overwrite: Optional[Callable[[], None]] = None) -> TrainResult:
     """Train ``recipe`` in this process, writing checkpoints and metrics to ``out_dir``.
 
     Args:
@@ -949,6 +950,9 @@ def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = F
         callback: ``callback(epoch, row)`` after each epoch's checkpoint is written.
         say: where the lines of :func:`start_lines` go, once the device and the data are
             found (before, a missing data set's error followed a line on the schedule).
+        on_overwrite: with ``overwrite``, called once the device and the data are found and
+            the run is locked, just before the old run is deleted (a study deletes the tables
+            that measured it then, not when a missing data set stops the run first).
 
     Returns:
         The :class:`TrainResult`; for a finished ``out_dir``, the stored one (no training).
@@ -966,6 +970,8 @@ def train(recipe: Recipe, out_dir: str, resume: bool = True, overwrite: bool = F
     for line in start_lines(recipe, out_dir, overwrite, resume) if say is not None else ():
         say(line)
     with run_lock(out_dir):
+        if overwrite and on_overwrite is not None:
+            on_overwrite()
         done = prepare_out_dir(recipe, out_dir, resume=resume, overwrite=overwrite)
         if done is not None:
             return done
