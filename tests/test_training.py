@@ -1026,6 +1026,20 @@ def test_study_folder_that_cannot_be_made_is_named_as_out(tmp_path):
     assert afile.read_text() == "mine"
 
 
+def test_study_refuses_n_images_it_would_not_measure_with(tmp_path, capsys):
+    # `--no-measure --n-images 500` trained and measured nothing, without a word about 500
+    from equifast.training import cli
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["study", "objective-fashion", "--seeds", "0", "--no-measure", "--n-images",
+                  "500", "--out", str(out), "--data-root", str(tmp_path / "no-data")])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == (
+        "equifast study: error: Expected no `n_images` (--n-images) with measure=False "
+        "(--no-measure), which measures nothing, but got 500: leave one of them out.\n")
+    assert not out.exists()  # refused before the folder is claimed or anything trains
+
+
 @pytest.mark.parametrize("kwargs, said", [
     ({"metric": "cosin"}, "Expected `metric` to be one of ('correlation', 'cosine'), but got 'cosin'"),
     ({"metric": ["cosine", "cosine"]}, "Expected `metric` to be one or more distinct metrics"),

@@ -534,6 +534,9 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
     from .trainer import epoch_line, train
     study = get_study(name)
     seeds, n_images = _check_seeds_and_images(seeds, n_images)
+    if not measure and n_images is not None:  # it was ignored without a word: nothing measured
+        raise ValueError(f"Expected no `n_images` (--n-images) with measure=False (--no-measure), "
+                         f"which measures nothing, but got {n_images}: leave one of them out.")
     # 0 or -1 trained in this process without a word, as 1 does; "2" failed on a comparison
     workers = check_integer("`workers` (--workers)", workers, 1)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
