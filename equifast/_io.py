@@ -220,8 +220,8 @@ class FolderLock:
         self.folder, self.path, self.what = Path(folder), Path(folder) / name, what
 
     def holder(self) -> Tuple[Optional[str], str]:
-        """``"this process"``, ``"another"`` (live) or ``None`` (no lock, or a stale one), and
-        how to name the holder."""
+        """``"this process"``, ``"another"`` (live), ``"stale"`` (its process gone) or ``None``
+        (no lock), and how to name the holder."""
         try:
             other = json.loads(self.path.read_text() or "{}")
         except FileNotFoundError:
@@ -237,7 +237,7 @@ class FolderLock:
                                                                   other.get("since"), other.get("started")):
             return "another", (f"pid {other.get('pid')} on {other.get('host')}" if other
                                else f"a {self.what} starting")
-        return None, ""
+        return "stale", ""
 
     def _refusal(self, who: str) -> BlockingIOError:
         return BlockingIOError(
@@ -259,7 +259,7 @@ class FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
               "started": start_ticks(os.getpid())}
-        for _ in range(2):
+        for _ in range(3):
             try:
                 # a data file's mode (os.open's default, 0o777, made it executable)
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
@@ -273,7 +273,10 @@ class FolderLock:
                         return False
                     if holder == "another":
                         raise self._refusal(who) from None
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    # only a lock read as stale: one read as missing (released meanwhile) may
+                    # have been taken since by a process that found none (not under this lock)
+                    if holder == "stale":
+                        self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)

@@ -340,6 +340,32 @@ def test_a_stale_lock_found_by_two_processes_at_once_is_taken_over_by_one(tmp_pa
     assert not lock.exists()  # released by its holder
 
 
+def test_a_lock_released_and_taken_while_it_is_read_is_not_deleted(tmp_path, monkeypatch):
+    # a lock found at creation, then released by its holder before it was read, was read as
+    # missing: the acquirer deleted whatever lock was there by then, one another process had
+    # just taken (outside the folder's lock), and both went on writing to the folder
+    from equifast._io import FolderLock
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    lock = FolderLock(folder, ".equifast-measure.lock", "measurement")
+    lock.path.write_text("{}")  # a holder's, at the moment this process tries to create it
+    read, calls = FolderLock.holder, []
+
+    def released_then_taken(self):
+        calls.append(1)
+        if len(calls) == 1:
+            self.path.unlink()  # its holder releases it
+            found = read(self)
+            self.path.write_text("")  # and another process takes it, starting
+            return found
+        return read(self)
+    monkeypatch.setattr(FolderLock, "holder", released_then_taken)
+    with pytest.raises(BlockingIOError, match="a measurement starting holds"):
+        lock.acquire()
+    assert lock.path.read_text() == ""  # the other's lock, kept
+
+
 def test_a_folder_another_command_is_writing_into_is_refused_by_the_others(tmp_path):
     # a study, a training run or a sweep started in a folder where `equifast measure` ran took it
     # as empty (its lock left out as the writer's own): the measurement then committed its
