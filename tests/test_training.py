@@ -1026,6 +1026,43 @@ def test_study_folder_that_cannot_be_made_is_named_as_out(tmp_path):
     assert afile.read_text() == "mine"
 
 
+def test_study_folder_a_live_study_writes_to_is_refused_and_its_lock_released(tmp_path):
+    # two studies in one folder at once both trained its runs and each committed its tables
+    # over the other's: the second is refused while the first holds the folder's lock
+    import socket
+    import subprocess
+    import sys
+    out = tmp_path / "study"
+    tiny = {**QUICK, "epochs": 1, "train_subset": 64, "test_subset": 64}
+    run_study("objective-fashion", str(out), seeds=[0], measure=False, overrides=tiny)
+    lock = out / ".equifast-study.lock"
+    assert json.loads((out / "study.json").read_text()) == {"study": "objective-fashion"}
+    assert not lock.exists()  # released when the study returned
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid}))
+        for overwrite in (False, True):
+            with pytest.raises(BlockingIOError, match=f"no other study writing to .*pid {other.pid}"):
+                run_study("objective-fashion", str(out), seeds=[0], measure=False,
+                          overrides=tiny, overwrite=overwrite)
+        # an empty folder (its study.json not yet written) is refused too, and left empty
+        fresh = tmp_path / "fresh"
+        fresh.mkdir()
+        (fresh / lock.name).write_text(lock.read_text())
+        with pytest.raises(BlockingIOError, match=f"pid {other.pid}"):
+            run_study("objective-fashion", str(fresh), seeds=[0], measure=False, overrides=tiny)
+        assert [p.name for p in fresh.iterdir()] == [lock.name]
+    finally:
+        other.kill()
+        other.wait()
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p != lock} == kept
+    # its holder gone, the lock is stale: taken over, and the finished run reused
+    run_study("objective-fashion", str(out), seeds=[0], measure=False, overrides=tiny)
+    assert not lock.exists()
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == kept
+
+
 def test_study_refuses_n_images_it_would_not_measure_with(tmp_path, capsys):
     # `--no-measure --n-images 500` trained and measured nothing, without a word about 500
     from equifast.training import cli

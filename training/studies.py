@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 
 from equifast._checks import check_integer, checked_seed
-from equifast._io import (check_own_folder, commit_staged, finish_commit, stage_folder,
+from equifast._io import (FolderLock, check_own_folder, commit_staged, finish_commit, stage_folder,
                           writable_folder, write_csv_atomic, write_text_atomic)
 from equifast.report import over_runs
 
@@ -48,6 +48,7 @@ __all__ = ["Study", "STUDIES", "get_study", "run_study", "measure_study", "summa
 
 PART_ORDER = ("early", "middle", "late", "pool", "final")
 _OVERWRITE = "overwrite.json"  # see _OverwritePlan
+_LOCK = ".equifast-study.lock"  # held in a study folder while the study runs (_claim_folder)
 _SHIFT_FILES = ("shift_runs.csv", "shift_summary.csv", "shifts.png")  # of a study of translations
 _TABLES = ("runs.csv", "summary.csv", "figure.png") + _SHIFT_FILES  # what a measure writes
 
@@ -130,21 +131,30 @@ def _overwrite_plan_fields(plan):
     return plan
 
 
-def _claim_folder(out: str, name: str) -> None:
-    """Mark ``out`` as study ``name``'s (``study.json``); another study's folder is refused, so
-    that its runs.csv, summary.csv and figure.png are never replaced."""
+def _claim_folder(out: str, name: str) -> FolderLock:
+    """Take the study lock of ``out`` and mark it as study ``name``'s (``study.json``); use the
+    lock returned in ``with``, which releases it. Another study's folder is refused, so that its
+    runs.csv, summary.csv and figure.png are never replaced, and so is a folder a study is
+    writing to."""
     marker = Path(out, "study.json")
-    check_own_folder(out, [marker.name], "a study folder", "`out` (--out)")  # runs.csv, summary.csv, ...
-    if marker.is_file():
-        other = _read_json(marker, f"name the study of `out` ({json.dumps({'study': name})})",
-                           "Restore it, or use another --out.", lambda d: d["study"])
-        if other != name:
-            raise FileExistsError(f"Expected `out` {out!r} to be a folder of study {name!r}, but it "
-                                  f"holds study {other!r}. Use another --out.")
-        return
+    check_own_folder(out, [marker.name], "a study folder", "`out` (--out)", lock=_LOCK)  # runs.csv, ...
     # a path under a file (or a read-only folder) said only "[Errno 20] Not a directory: ..."
     writable_folder(out, "`out` (--out)")
-    write_text_atomic(marker, json.dumps({"study": name}))
+    lock = FolderLock(out, _LOCK, "study")
+    lock.acquire()  # before study.json is read: of two studies starting at once, one is refused
+    try:
+        if marker.is_file():
+            other = _read_json(marker, f"name the study of `out` ({json.dumps({'study': name})})",
+                               "Restore it, or use another --out.", lambda d: d["study"])
+            if other != name:
+                raise FileExistsError(f"Expected `out` {out!r} to be a folder of study {name!r}, "
+                                      f"but it holds study {other!r}. Use another --out.")
+        else:
+            write_text_atomic(marker, json.dumps({"study": name}))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _check_seeds_and_images(seeds: Optional[Sequence[int]], n_images) -> Tuple[Optional[List[int]],
@@ -557,83 +567,85 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         check_cluster(workers, use_gpu)  # else found by the first run, study.json written
     if measure:
         resolve_device(device)
-    _claim_folder(out, study.name)
-    # the tables a killed study had committed but not all moved in (runs.csv new, summary.csv
-    # old): moved in whole first, also where this call measures nothing (--no-measure)
-    finish_commit(out)
-    plan = _overwrite_plan(out, [_run_dir(out, label, seed) for label, _, seed in runs], overwrite)
-    say = echo or (lambda _line: None)
-    for i, ((label, recipe_name, seed), recipe) in enumerate(zip(runs, recipes), 1):
-        run = _run_dir(out, label, seed)
-        say(f"[{study.name} {i}/{len(runs)}] {label}, seed {seed} -> {run}")
-        again = plan is not None and plan.retrains(run, recipe)
+    # held until the tables are in: two studies in one folder at once trained its runs twice
+    # over and each committed its own tables over the other's
+    with _claim_folder(out, study.name):
+        # the tables a killed study had committed but not all moved in (runs.csv new, summary.csv
+        # old): moved in whole first, also where this call measures nothing (--no-measure)
+        finish_commit(out)
+        plan = _overwrite_plan(out, [_run_dir(out, label, seed) for label, _, seed in runs], overwrite)
+        say = echo or (lambda _line: None)
+        for i, ((label, recipe_name, seed), recipe) in enumerate(zip(runs, recipes), 1):
+            run = _run_dir(out, label, seed)
+            say(f"[{study.name} {i}/{len(runs)}] {label}, seed {seed} -> {run}")
+            again = plan is not None and plan.retrains(run, recipe)
 
-        def drop_tables():
-            # they measured the models retrained now: kept, they read as this study's results
-            # while (interrupted, or --no-measure) the runs are others. Called by train just
-            # before it deletes the run: a missing data set (a typo in --data-root) stops the
-            # run first, and the tables of the models left as they were are kept
-            if any(Path(out, name).exists() for name in _TABLES):
-                commit_staged(stage_folder(out), out, [], remove=_TABLES)
-        if workers > 1 or use_gpu:
-            from .ray_train import train_ray
-            result = train_ray(recipe, run, num_workers=workers, use_gpu=use_gpu,
-                               overwrite=again, say=lambda line: say("  " + line),
+            def drop_tables():
+                # they measured the models retrained now: kept, they read as this study's results
+                # while (interrupted, or --no-measure) the runs are others. Called by train just
+                # before it deletes the run: a missing data set (a typo in --data-root) stops the
+                # run first, and the tables of the models left as they were are kept
+                if any(Path(out, name).exists() for name in _TABLES):
+                    commit_staged(stage_folder(out), out, [], remove=_TABLES)
+            if workers > 1 or use_gpu:
+                from .ray_train import train_ray
+                result = train_ray(recipe, run, num_workers=workers, use_gpu=use_gpu,
+                                   overwrite=again, say=lambda line: say("  " + line),
+                                   on_overwrite=drop_tables)
+            else:
+                result = train(recipe, run, overwrite=again, say=lambda line: say("  " + line),
+                               callback=lambda e, row: say("  " + epoch_line(e, recipe.epochs, row)),
                                on_overwrite=drop_tables)
-        else:
-            result = train(recipe, run, overwrite=again, say=lambda line: say("  " + line),
-                           callback=lambda e, row: say("  " + epoch_line(e, recipe.epochs, row)),
-                           on_overwrite=drop_tables)
-        if again:
-            plan.done(run, recipe)
-        say(f"  test acc {result.test_acc:.4f} ({result.epochs} epochs)")
-    if plan is not None:
-        plan.save()  # done, when its runs were all retrained before (an --overwrite repeated)
-    if not measure:
-        return None
-    say(f"[{study.name}] measuring {len(runs)} runs")
-    # the value asked for now: a finished run reused keeps the recipe.json it trained with,
-    # whose measure_images does not count as another run (Recipe.differences)
-    if n_images is None:
-        n_images = overrides.get("measure_images")
-    runs, shifts = measure_study(study, out, seeds, n_images=n_images, device=device,
-                                 data_root=overrides.get("data_root"),
-                                 download=bool(overrides.get("download", False)),
-                                 return_shifts=True, overrides=overrides)
-    import matplotlib.pyplot as plt
-    tables = [("runs.csv", "summary.csv", "figure.png", runs, study.title)]
-    if len(shifts):
-        tables.append((*_SHIFT_FILES, shifts,
-                       f"{study.title}: each shift"))
-    # one set, staged then committed: an interruption (Ctrl-C while a figure is drawn) or a full
-    # disk left this measure's runs.csv and summary.csv beside the earlier figure and shift tables
-    summaries, stage = [], stage_folder(out)
-    try:
-        for per_seed, over_seeds, figure, table, title in tables:
-            write_csv_atomic(stage / per_seed, table)
-            summaries.append(summarize(table))
-            write_csv_atomic(stage / over_seeds, summaries[-1])
-            plt.close(plot_study(summaries[-1], str(stage / figure), title))
-        names = [name for t in tables for name in t[:3]]
-        commit_staged(stage, out, names, remove=_TABLES)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)  # gone once committed
-    seeds = sorted({seed for _, _, seed in study.runs(seeds)})
-    left_out, other = _seeds_left_out(study, out, seeds, overrides)
-    if left_out:  # a rerun with fewer --seeds: the tables cover those asked for, not the rest
-        said = []
-        same = [s for s in left_out if s not in other]
-        if same:
-            every = " ".join(map(str, sorted({*seeds, *same})))
-            said.append(f"the runs of seeds {same} in {out!r} are kept but left out "
-                        f"(--seeds {every} takes them in)")
-        if other:  # --seeds with them would be refused at their runs: not "takes them in"
-            run, diff = other[min(other)]
-            said.append(f"the runs of seeds {sorted(other)} in {out!r} are kept but left out: "
-                        f"they were trained with other options (the run's, these: {run!r} "
-                        f"{diff}), so --seeds takes them in only with theirs")
-        say(f"[{study.name}] the tables cover seeds {seeds}; " + "; ".join(said))
-    return summaries[0]
+            if again:
+                plan.done(run, recipe)
+            say(f"  test acc {result.test_acc:.4f} ({result.epochs} epochs)")
+        if plan is not None:
+            plan.save()  # done, when its runs were all retrained before (an --overwrite repeated)
+        if not measure:
+            return None
+        say(f"[{study.name}] measuring {len(runs)} runs")
+        # the value asked for now: a finished run reused keeps the recipe.json it trained with,
+        # whose measure_images does not count as another run (Recipe.differences)
+        if n_images is None:
+            n_images = overrides.get("measure_images")
+        runs, shifts = measure_study(study, out, seeds, n_images=n_images, device=device,
+                                     data_root=overrides.get("data_root"),
+                                     download=bool(overrides.get("download", False)),
+                                     return_shifts=True, overrides=overrides)
+        import matplotlib.pyplot as plt
+        tables = [("runs.csv", "summary.csv", "figure.png", runs, study.title)]
+        if len(shifts):
+            tables.append((*_SHIFT_FILES, shifts,
+                           f"{study.title}: each shift"))
+        # one set, staged then committed: an interruption (Ctrl-C while a figure is drawn) or a full
+        # disk left this measure's runs.csv and summary.csv beside the earlier figure and shift tables
+        summaries, stage = [], stage_folder(out)
+        try:
+            for per_seed, over_seeds, figure, table, title in tables:
+                write_csv_atomic(stage / per_seed, table)
+                summaries.append(summarize(table))
+                write_csv_atomic(stage / over_seeds, summaries[-1])
+                plt.close(plot_study(summaries[-1], str(stage / figure), title))
+            names = [name for t in tables for name in t[:3]]
+            commit_staged(stage, out, names, remove=_TABLES)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)  # gone once committed
+        seeds = sorted({seed for _, _, seed in study.runs(seeds)})
+        left_out, other = _seeds_left_out(study, out, seeds, overrides)
+        if left_out:  # a rerun with fewer --seeds: the tables cover those asked for, not the rest
+            said = []
+            same = [s for s in left_out if s not in other]
+            if same:
+                every = " ".join(map(str, sorted({*seeds, *same})))
+                said.append(f"the runs of seeds {same} in {out!r} are kept but left out "
+                            f"(--seeds {every} takes them in)")
+            if other:  # --seeds with them would be refused at their runs: not "takes them in"
+                run, diff = other[min(other)]
+                said.append(f"the runs of seeds {sorted(other)} in {out!r} are kept but left out: "
+                            f"they were trained with other options (the run's, these: {run!r} "
+                            f"{diff}), so --seeds takes them in only with theirs")
+            say(f"[{study.name}] the tables cover seeds {seeds}; " + "; ".join(said))
+        return summaries[0]
 
 
 def _seeds_left_out(study: Study, out: str, seeds: Sequence[int],
