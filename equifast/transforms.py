@@ -81,15 +81,13 @@ def repeated_position(index: torch.Tensor):
 
 def _whole_field(transform, arg: str) -> None:
     """Check that field ``arg`` is an integer and store it as a Python int: a NumPy or torch
-    integer (``np.arange``'s) is taken, and a float or bool refused."""
+    integer (``np.arange``'s) is taken, and a float or bool refused (a bool tensor too:
+    ``operator.index(torch.tensor(True))`` is 1, so ``Translation(torch.tensor(True), 1)`` was
+    a shift of 1)."""
     v = getattr(transform, arg)
-    try:
-        if isinstance(v, bool):
-            raise TypeError
-        whole = operator.index(v)
-    except TypeError:
-        raise TypeError(f"Expected `{arg}` to be an int, but got {v!r}.") from None
-    object.__setattr__(transform, arg, whole)  # the report's meta is JSON, the cache key exact
+    if not is_integer(v):
+        raise TypeError(f"Expected `{arg}` to be an int, but got {v!r}.")
+    object.__setattr__(transform, arg, operator.index(v))  # the report's meta is JSON, the cache key exact
 
 
 class Transform(abc.ABC):

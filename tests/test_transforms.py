@@ -385,6 +385,11 @@ def test_bools_are_not_shifts_or_turns():
         ef.Translation(1, True)
     with pytest.raises(TypeError, match="`quarter_turns` to be an int"):
         ef.Rotation(True)
+    # a bool tensor (a mask's element) was taken as 1 by operator.index: a shift or turn of 1
+    with pytest.raises(TypeError, match=r"`dy` to be an int, but got tensor\(True\)"):
+        ef.Translation(torch.tensor(True), 1)
+    with pytest.raises(TypeError, match=r"`quarter_turns` to be an int, but got tensor\(True\)"):
+        ef.Rotation(torch.tensor(True))
 
 
 def test_numpy_and_torch_integers_are_shifts_and_turns():
