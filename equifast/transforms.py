@@ -139,7 +139,9 @@ class Transform(abc.ABC):
         here (it must only move, drop or fill positions), so that the maps lie in ``[0, h*w)``.
         """
         h, w = _size(map_size, "`map_size`")
-        _size(input_size)
+        # the input is checked here too: the maps are public (ops.equivariance_scores takes
+        # them), and a shift as large as the input rolled each map back onto itself, scoring 1
+        self.check_input(_size(input_size))
         grid = torch.arange(h * w, dtype=torch.int64, device=device).view(1, h, w)
         moved = self.on_map(grid, input_size, fill=-1)
         # A subclass's on_map may be wrong; a map that does not only move positions would make

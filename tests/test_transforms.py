@@ -455,6 +455,23 @@ def test_a_shift_as_large_as_the_image_is_not_called_larger():
     ef.Translation(7, -7)(torch.randn(1, 1, 8, 8))  # smaller than the image: taken
 
 
+def test_index_map_refuses_an_input_the_transform_refuses():
+    # the maps go to ops.equivariance_scores as they are: a shift as large as the input scaled
+    # to a whole turn of the map, an identity map that scored any map 1 under a "translation"
+    f = torch.randn(2, 3, 4, 4)
+    ftx = torch.roll(f, (1, 1), (-2, -1))  # what a shift of 2 on an 8x8 input moves a 4x4 map by
+    a, b = ef.Translation(2, 2).index_map((4, 4), (8, 8))
+    moved = torch.roll(torch.arange(16).view(4, 4), (1, 1), (0, 1)).flatten()
+    assert torch.equal(a, moved[b])
+    for t, size, match in ((ef.Translation(8, 8), (8, 8), "as large as or larger than the 8x8"),
+                           (ef.Translation(-9, 1, mode="zero"), (8, 8), "larger than the 8x8"),
+                           (ef.Rotation(1), (8, 6), "square image or map for rotation\\(90\\), but got 8x6")):
+        with pytest.raises(ValueError, match=match):
+            t.index_map((4, 4), size)
+        with pytest.raises(ValueError, match=match):  # as the public function says
+            ef.functional.equivariance_scores(f, ftx, t, input_size=size)
+
+
 def test_a_family_is_no_argument_and_no_shift_is_no_translation():
     with pytest.raises(TypeError):
         ef.Flip("horizontal", "vertical")  # a stray argument once became the family
