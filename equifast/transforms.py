@@ -454,7 +454,9 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
             elif kind in ("translation", "shift", "shifts"):
                 rng, _, options = rest.partition(":")
                 kw, given = {"mode": "circular", "rounding": "down"}, {}
-                for opt in filter(None, options.lower().split(":")):
+                # spaces around an option, as around the shifts ("translation:1-3 : zero" was
+                # an unknown option ' zero')
+                for opt in filter(None, (o.strip() for o in options.lower().split(":"))):
                     if opt not in ("circular", "zero", "down", "nearest"):
                         raise ValueError(f"unknown option {opt!r}: a mode (circular, zero) "
                                          "or a rounding (down, nearest)")

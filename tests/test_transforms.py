@@ -189,6 +189,9 @@ def test_malformed_spec_numbers_say_the_expected_form():
     # what parsed before still does, spaces around the numbers too
     assert [t.name for t in ef.parse_transforms("translation: 1 - 2,rotation: -90")] == [
         "translation(1,1)", "translation(2,2)", "rotation(270)"]
+    # and around the options
+    assert ef.parse_transforms("translation:1-2 : Zero : nearest ") == [
+        ef.Translation(s, s, mode="zero", rounding="nearest") for s in (1, 2)]
 
 
 def test_bad_inputs_raise_clear_errors():
