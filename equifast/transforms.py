@@ -446,7 +446,8 @@ def parse_transforms(specs: Sequence[str] | str) -> List[Transform]:
         kind, _, rest = spec.partition(":")
         kind = kind.lower()
         try:
-            named = re.fullmatch(r"(\w+)\(([^()]+)\)", spec)  # rotation(90): rotation:90
+            # rotation(90): rotation:90; a space before the "(" was an unknown kind 'rotation (90)'
+            named = re.fullmatch(r"(\w+)\s*\(([^()]+)\)", spec)
             if named:
                 kind, rest = named[1].lower(), named[2]
             if named and kind == "translation":

@@ -159,6 +159,10 @@ def test_a_reports_transform_names_parse_back_to_its_transforms():
     assert ef.parse_transforms(names) == measured  # as a list, one name each
     assert ef.parse_transforms("translation:1-2, Rotation(180)") == [
         ef.Translation(1, 1), ef.Translation(2, 2), ef.Rotation(2)]
+    # spaces before the parenthesis, as inside it ("unknown kind 'translation (2,5)'; did you
+    # mean 'translation'?")
+    assert ef.parse_transforms("translation (2, 5, zero), rotation (90),flip (vertical)") == [
+        ef.Translation(2, 5, mode="zero"), ef.Rotation(1), ef.Flip("vertical")]
     for bad, why in (("translation(1)", "translation(dy,dx)"), ("translation(1,1,up)", "zero and/or"),
                      ("translation(1,1,zero,zero)", "zero and/or"), ("rotation(45)", "multiples of 90"),
                      ("flip(diagonal)", "'horizontal' or 'vertical'"), ("rotation()", "unknown kind"),
