@@ -164,6 +164,16 @@ def _keep_in_process(store, job, shards=(0, 1), versions=None):
     return kept
 
 
+def _kept_noise_job(tmp_path, **spec):
+    """The one job of a sweep over 4 random 32x32 images, its two shards kept in OUT/shards:
+    ``(spec, job, store, kept)``."""
+    spec = _spec(_folder(tmp_path / "data"), datasets=[{"name": "noise", "kind": "random",
+                                                        "image_size": 32}], n_images=4, **spec)
+    (job,) = load_spec(spec).jobs()
+    store = ResultStore(tmp_path / "out")
+    return spec, job, store, _keep_in_process(store, job)
+
+
 def test_a_job_whose_every_shard_was_kept_is_merged_without_measuring(ray_session, tmp_path,
                                                                      monkeypatch):
     # the driver stopped after the last shard came back, before the record: nothing to measure
@@ -296,11 +306,7 @@ def test_kept_shards_of_another_job_id_are_never_reused(tmp_path):
 def test_shards_of_finished_jobs_are_deleted_and_an_earlier_specs_are_kept(tmp_path):
     # left by a driver stopped between a job's record and deleting its shards; and the
     # shards of a job the spec no longer has (kept, as its records are)
-    spec = _spec(_folder(tmp_path / "data"), datasets=[{"name": "noise", "kind": "random",
-                                                        "image_size": 32}], n_images=4)
-    (job,) = load_spec(spec).jobs()
-    store = ResultStore(tmp_path / "out")
-    kept = _keep_in_process(store, job)
+    spec, job, store, kept = _kept_noise_job(tmp_path)
     store.write_record(job_record(job, list(kept.values())))
     gone = "0123456789abcdef"
     store.write_shard(gone, 0, 2, {"state": None, "info": {"shard": 0}, "versions": {}})
@@ -352,12 +358,9 @@ class _RunsCode:
 def test_a_kept_shard_is_read_without_running_its_code_and_an_old_format_one_is_measured_again(
         tmp_path):
     # shards were read with torch.load(weights_only=False): a file in OUT/shards ran its code
-    spec = _spec(_folder(tmp_path / "data"), datasets=[{"name": "noise", "kind": "random",
-                                                        "image_size": 32}], n_images=4,
-                 transforms={"rf": "rotation:90,flip:horizontal"}, vector_mode="across_images")
-    (job,) = load_spec(spec).jobs()
-    store = ResultStore(tmp_path / "out")
-    kept = _keep_in_process(store, job)  # a real state: rotations, flips, across-image vectors
+    # a real state: rotations, flips, across-image vectors
+    spec, job, store, kept = _kept_noise_job(
+        tmp_path, transforms={"rf": "rotation:90,flip:horizontal"}, vector_mode="across_images")
     back = store.read_shard(job.id, 0, 2)
     assert back["info"] == kept[0][1] and back["versions"] == sweep_mod._shard_versions()
     merged = back["state"].merge(store.read_shard(job.id, 1, 2)["state"]).report().points
@@ -388,11 +391,7 @@ def test_a_kept_shard_damaged_in_its_middle_is_measured_again(tmp_path):
 
     import torch
 
-    spec = _spec(_folder(tmp_path / "data"), datasets=[{"name": "noise", "kind": "random",
-                                                        "image_size": 32}], n_images=4)
-    (job,) = load_spec(spec).jobs()
-    store = ResultStore(tmp_path / "out")
-    kept = _keep_in_process(store, job)
+    spec, job, store, kept = _kept_noise_job(tmp_path)
     path = store.shard_path(job.id, 1, 2)
     whole = path.read_bytes()
     with zipfile.ZipFile(path) as archive:
