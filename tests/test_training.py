@@ -13,6 +13,7 @@ import re
 import struct
 import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -1061,6 +1062,26 @@ def test_study_folder_a_live_study_writes_to_is_refused_and_its_lock_released(tm
     run_study("objective-fashion", str(out), seeds=[0], measure=False, overrides=tiny)
     assert not lock.exists()
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == kept
+
+
+def test_study_run_of_other_options_is_refused_before_any_run_trains(tmp_path):
+    # train refused it at that run: the runs before it in the study trained first (hours, on a
+    # real study) and the study then stopped
+    import shutil
+    out = tmp_path / "study"
+    tiny = {**QUICK, "epochs": 1, "train_subset": 64, "test_subset": 64}
+    run_study("objective-fashion", str(out), seeds=[0], measure=False, overrides=tiny)
+    from equifast.training.studies import _run_dir, get_study
+    first, second, *_ = (Path(_run_dir(str(out), label, seed))
+                         for label, _, seed in get_study("objective-fashion").runs([0]))
+    shutil.rmtree(first)  # it would train first, the others being kept runs of epochs=1
+    kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=re.escape(repr(str(second))) + " to hold a run of the same "
+                                         r"recipe, but the stored recipe differs .*'epochs': \(1, 2\)"):
+        run_study("objective-fashion", str(out), seeds=[0], measure=False,
+                  overrides={**tiny, "epochs": 2})
+    assert not first.exists()
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == kept
 
 
 def test_study_refuses_n_images_it_would_not_measure_with(tmp_path, capsys):

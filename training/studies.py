@@ -541,7 +541,7 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         >>> run_study("objective-fashion", "runs/objective-fashion",
         ...           overrides={"epochs": 2, "train_subset": 2000})  # doctest: +SKIP
     """
-    from .trainer import epoch_line, train
+    from .trainer import epoch_line, started_recipe, train
     study = get_study(name)
     seeds, n_images = _check_seeds_and_images(seeds, n_images)
     if not measure and n_images is not None:  # it was ignored without a word: nothing measured
@@ -574,6 +574,12 @@ def run_study(name: str, out: str, seeds: Optional[Sequence[int]] = None,
         # old): moved in whole first, also where this call measures nothing (--no-measure)
         finish_commit(out)
         plan = _overwrite_plan(out, [_run_dir(out, label, seed) for label, _, seed in runs], overwrite)
+        for (label, _, seed), recipe in zip(runs, recipes):
+            run = _run_dir(out, label, seed)
+            if plan is None or not plan.retrains(run, recipe):
+                # as train refuses it, but before any run trains: the study's fourth run, trained
+                # with other options, was refused after the first three had trained for hours
+                started_recipe(recipe, run)
         say = echo or (lambda _line: None)
         for i, ((label, recipe_name, seed), recipe) in enumerate(zip(runs, recipes), 1):
             run = _run_dir(out, label, seed)

@@ -49,7 +49,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -651,6 +651,21 @@ def run_lock(out_dir: str) -> FolderLock:
     return FolderLock(out_dir, _LOCK, "training")
 
 
+def started_recipe(recipe: Recipe, out_dir: Union[str, os.PathLike]) -> Optional[Recipe]:
+    """The stored recipe of the run started in ``out_dir`` (``None`` where no epoch was trained:
+    nothing to keep), checked to describe the same run as ``recipe`` (``ValueError``)."""
+    out = Path(out_dir)
+    if not ((out / RECIPE).is_file() and ((out / CHECKPOINT).is_file() or (out / RESULT).is_file())):
+        return None
+    stored = read_run_recipe(out / RECIPE)
+    diff = stored.differences(recipe)
+    if diff:
+        raise ValueError(f"Expected `out_dir` (--out) {str(out)!r} to hold a run of the same recipe, "
+                         f"but the stored recipe differs (stored, given): {diff}. Use another "
+                         f"`out_dir` or pass overwrite=True (--overwrite) to replace it.")
+    return stored
+
+
 def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
                     overwrite: bool = False) -> Optional[TrainResult]:
     """Check ``out_dir`` before training; returns the result when the run is finished.
@@ -674,14 +689,8 @@ def prepare_out_dir(recipe: Recipe, out_dir: str, resume: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     # what a run killed while writing left: as large as a checkpoint, and never read
     remove_stale_temps(out, tuple(n for n in _OVERWRITTEN + (RECIPE,) if n not in ("tb", "ray")))
-    started = (out / CHECKPOINT).is_file() or (out / RESULT).is_file()
-    if (out / RECIPE).is_file() and started:  # without them no epoch was trained: nothing to keep
-        stored = read_run_recipe(out / RECIPE)
-        diff = stored.differences(recipe)
-        if diff:
-            raise ValueError(f"Expected `out_dir` (--out) {str(out)!r} to hold a run of the same recipe, "
-                             f"but the stored recipe differs (stored, given): {diff}. Use another "
-                             f"`out_dir` or pass overwrite=True (--overwrite) to replace it.")
+    stored = started_recipe(recipe, out)
+    if stored is not None:
         if (out / RESULT).is_file():
             return _result_from_dir(out)
         # the device is compared where the one used is known (_fit: the checkpoint's record)
