@@ -102,6 +102,25 @@ def test_a_plain_idx_file_cut_short_yields_to_the_whole_gz_beside_it(tmp_path):
         load_mnist(str(tmp_path), train=False)
 
 
+@pytest.mark.parametrize("keep", [0, 3, 10])
+def test_a_plain_idx_file_cut_within_its_header_yields_to_the_gz_beside_it(tmp_path, keep):
+    from equifast.training.data import load_mnist
+    # an extraction stopped before the shape was written (an empty file, most often) hid the
+    # .gz as well: "its header is b''", or 10 bytes read as a shape of 0 images
+    rng = np.random.default_rng(1)
+    images, labels = rng.integers(0, 256, (20, 28, 28)), np.arange(20) % 10
+    for stem, array in (("t10k-images-idx3-ubyte", images), ("t10k-labels-idx1-ubyte", labels)):
+        _write_idx(str(tmp_path / (stem + ".gz")), array)
+    _write_idx(str(tmp_path / "t10k-images-idx3-ubyte"), images)
+    whole = (tmp_path / "t10k-images-idx3-ubyte").read_bytes()
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(whole[:keep])
+    with pytest.warns(UserWarning, match=rf"t10k-images-idx3-ubyte' holds {keep} bytes, not even "
+                                         r"its whole header \(an extraction stopped part way\)"):
+        got_images, got_labels = load_mnist(str(tmp_path), train=False)
+    np.testing.assert_array_equal(got_images, images)
+    np.testing.assert_array_equal(got_labels, labels)
+
+
 @pytest.mark.parametrize("images, labels, match", [
     # another split's labels: the first images took the test labels (at chance), silently
     ((12, 28, 28), np.arange(10) % 10, r"as many labels as images, but .*images-idx3-ubyte' holds "

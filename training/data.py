@@ -125,11 +125,15 @@ def _cut_short(path: str) -> Optional[str]:
     ``.gz`` stopped part way), else ``None``: read from its header alone."""
     with open(path, "rb") as f:
         head = f.read(4)
-        if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+        if head[:3] != b"\x00\x00\x08"[:len(head)]:
             return None  # not a plain idx file: read_idx says what it is
-        dims = f.read(4 * head[3])
+        dims = f.read(4 * head[3]) if len(head) == 4 else b""
+    size = os.path.getsize(path)
+    if len(head) < 4 or len(dims) < 4 * head[3]:
+        # stopped before its shape was written (an empty file, most often): that hid the .gz
+        return f"{size} bytes, not even its whole header"
     shape = [int.from_bytes(dims[i:i + 4], "big") for i in range(0, len(dims), 4)]
-    want, size = 4 + len(dims) + math.prod(shape), os.path.getsize(path)
+    want = 4 + len(dims) + math.prod(shape)
     return f"{size} of its {want} bytes" if size < want else None
 
 
