@@ -230,7 +230,11 @@ class FolderLock:
             other = {}
         if not isinstance(other, dict):
             other = {}
-        if other.get("pid") == os.getpid() and other.get("host") == socket.gethostname():
+        # this pid and host, and this process's start: a lock an earlier process of this pid left
+        # (a container restarted, its host name and pid the same) was taken as held already,
+        # never rewritten, and so stale to every other process, which took it over as well
+        if (other.get("pid") == os.getpid() and other.get("host") == socket.gethostname()
+                and process_alive(None, os.getpid(), other.get("since"), other.get("started"))):
             return "this process", ""
         # an empty lock is one another writer has created and not yet written into
         if (not other and _age(self.path) < 10) or process_alive(other.get("host"), other.get("pid"),

@@ -468,3 +468,34 @@ def test_a_lock_names_its_process_by_its_start_not_by_the_wall_clock(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="process start times from /proc")
+def test_a_lock_an_earlier_process_of_this_pid_left_is_taken_over_not_taken_as_held(tmp_path):
+    # a container restarted has the host name and the pid of the killed one: its lock was taken
+    # as this process's own (acquire: False, the file left as it was), and another process,
+    # told by the lock's start that its holder was gone, took it over too: two writers
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from equifast._io import FolderLock, start_ticks
+
+    lock = FolderLock(tmp_path, ".equifast-train.lock", "training")
+    mine = start_ticks(os.getpid())
+    for left in ({"started": mine - 1, "since": time.time()},  # this version's
+                 {"since": time.time() - 3600}):  # an older version's (no start), before ours
+        lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), **left}))
+        assert lock.holder()[0] is None
+        assert lock.acquire()  # taken over: rewritten with this process's start
+        assert json.loads(lock.path.read_text())["started"] == mine
+        seen = subprocess.run(
+            [sys.executable, "-c", "import sys; from equifast._io import FolderLock; "
+             "print(FolderLock(sys.argv[1], '.equifast-train.lock', 'training').holder()[0])",
+             str(tmp_path)], capture_output=True, text=True, check=True)
+        assert seen.stdout.strip() == "another"  # this live process, to any other
+        assert lock.acquire() is False  # held: by this process
+        lock.release()
+        assert not lock.path.exists()
