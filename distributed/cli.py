@@ -30,7 +30,9 @@ def _out(args, spec=None) -> Path:
     from .sweep import DEFAULT_OUT
 
     folder = getattr(args, "folder", None)  # `sweep status runs/x`: the folder, as --out
-    if folder is not None and args.out is not None and Path(folder) != Path(args.out):
+    # one folder however spelled: `runs/x --out $PWD/runs/x` was refused as two
+    if folder is not None and args.out is not None and (
+            os.path.realpath(folder) != os.path.realpath(args.out)):
         raise ValueError(f"Expected one results folder, but got {folder!r} and --out {args.out!r}; "
                          "give one of them.")
     args.out = args.out if args.out is not None else folder

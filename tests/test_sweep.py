@@ -2243,3 +2243,17 @@ def test_status_and_report_take_the_folder_as_an_argument_too(tmp_path, capsys):
     assert sweep_main(["status", str(out), "--out", str(tmp_path / "mine")]) == 2
     assert "Expected one results folder, but got" in capsys.readouterr().err
     assert sweep_main(["status", str(out), "--out", str(out), "--json"]) == 0  # the same: fine
+    assert json.loads(capsys.readouterr().out) == with_flag
+
+
+def test_status_takes_one_folder_given_both_ways_however_spelled(tmp_path, capsys, monkeypatch):
+    # relative as the argument, absolute as --out: one folder, refused as "two"
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "status.json").write_text(json.dumps({"sweep": "s", "state": "finished", "pid": 1,
+                                                "host": socket.gethostname(), "running_ids": []}))
+    assert sweep_main(["status", "--out", str(out), "--json"]) == 0
+    with_flag = json.loads(capsys.readouterr().out)
+    monkeypatch.chdir(tmp_path)
+    assert sweep_main(["status", "sweep", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == with_flag
