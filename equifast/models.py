@@ -859,9 +859,18 @@ def check_checkpoint(name: str, weights: Optional[str], num_classes: Optional[in
     a checkpoint of another model failed on every worker, after the sweep had started."""
     if checkpoint_path(_timm_hub_name(name), _weights_argument(weights)) is None:
         return
-    with warnings.catch_warnings(), torch.device("meta"):
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the load's own (the embedded model's padding) say so
-        _load_model(name, weights, num_classes, shapes_only=True)
+        try:
+            with torch.device("meta"):
+                _load_model(name, weights, num_classes, shapes_only=True)
+        except (NotImplementedError, RuntimeError) as err:
+            if "meta" not in str(err):
+                raise
+            # a model whose constructor reads tensor values (torchvision's RegNets: widths by
+            # .tolist(), "Cannot copy out of meta tensor") cannot be built on the meta device:
+            # a valid spec failed with that error; checked by loading it, as the workers will
+            _load_model(name, weights, num_classes)
 
 
 def _load_model(name: str, weights: Optional[str], num_classes: Optional[int],

@@ -536,6 +536,25 @@ def test_check_checkpoint_says_what_load_model_says_without_reading_the_weights(
     assert sum(1 for name, file, classes in cases if file.endswith(".pt")) <= len(maps)
 
 
+def test_check_checkpoint_of_a_model_the_meta_device_cannot_build(tmp_path):
+    # torchvision's RegNets compute their widths with .tolist() as they are built: on the meta
+    # device a valid checkpoint (a sweep's spec) failed with "Cannot copy out of meta tensor"
+    import torchvision
+
+    from equifast.models import check_checkpoint
+
+    own = torchvision.models.regnet_x_400mf(num_classes=10).state_dict()
+    torch.save(own, tmp_path / "ten.pt")
+    torch.save({k: v for k, v in own.items() if k != "fc.bias"}, tmp_path / "lacks.pt")
+    check_checkpoint("regnet_x_400mf", str(tmp_path / "ten.pt"), 10)  # load_model takes it
+    load_model("regnet_x_400mf", weights=str(tmp_path / "ten.pt"), num_classes=10)
+    with pytest.raises(ValueError) as want:
+        load_model("regnet_x_400mf", weights=str(tmp_path / "lacks.pt"))
+    with pytest.raises(ValueError) as got:
+        check_checkpoint("regnet_x_400mf", str(tmp_path / "lacks.pt"))
+    assert str(got.value) == str(want.value)
+
+
 def test_timm_model_without_pretrained_weights_says_what_to_do():
     import timm
     # a small model in timm's registry with no pretrained weights (the names vary by version)
