@@ -41,11 +41,15 @@ _NUMBERS = ["n_images", "order", "mean_activation", "mean_magnitude", "layer_und
 
 def _numbers(df: pd.DataFrame, column: str) -> np.ndarray:
     """``df[column]`` as floats (missing: NaN); a value that is no number is named with its
-    column (numpy's "could not convert string to float: 'x'" named neither)."""
+    column (numpy's "could not convert string to float: 'x'" named neither). A blank text cell
+    is missing, as the empty cell of a CSV reads (it was refused, told to be left empty)."""
+    values = df[column]
+    if not pd.api.types.is_numeric_dtype(values):  # object, or pandas' str
+        values = values.map(lambda v: np.nan if isinstance(v, str) and not v.strip() else v)
     try:
-        return df[column].to_numpy(dtype=float, na_value=np.nan)
+        return values.to_numpy(dtype=float, na_value=np.nan)
     except (TypeError, ValueError):
-        bad = df[column][pd.to_numeric(df[column], errors="coerce").isna() & df[column].notna()]
+        bad = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()]
         raise ValueError(f"Expected the column {column!r} to hold numbers, but it holds "
                          f"{bad.iloc[0]!r} (row {bad.index[0]!r}); write it as a number, or "
                          "leave it empty where undefined.") from None

@@ -219,3 +219,8 @@ def test_a_score_that_is_no_number_is_named_by_its_column():
     # numbers written as text (a table read as strings) are the numbers they spell
     text = df.astype({"layer": str})
     pd.testing.assert_frame_equal(analysis.part_scores(text), analysis.part_scores(df))
+    # a blank text cell is a missing score, as an empty CSV cell (it was refused, and told to
+    # be "left empty")
+    blank, missing = df.astype({"layer": str}), df.copy()
+    blank.loc[3, "layer"], missing.loc[3, "layer"] = " ", np.nan
+    pd.testing.assert_frame_equal(analysis.part_scores(blank), analysis.part_scores(missing))
