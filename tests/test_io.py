@@ -488,7 +488,7 @@ def test_a_lock_an_earlier_process_of_this_pid_left_is_taken_over_not_taken_as_h
     for left in ({"started": mine - 1, "since": time.time()},  # this version's
                  {"since": time.time() - 3600}):  # an older version's (no start), before ours
         lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), **left}))
-        assert lock.holder()[0] is None
+        assert lock.holder()[0] == "stale"
         assert lock.acquire()  # taken over: rewritten with this process's start
         assert json.loads(lock.path.read_text())["started"] == mine
         seen = subprocess.run(
