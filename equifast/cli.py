@@ -60,8 +60,8 @@ def _add_measure(sub) -> None:
                    help="vectors (pool, final): one score per image over its K entries (invariance), "
                         "or per channel across the images")
     p.add_argument("--n-images", type=int, default=None,
-                   help="images to use (default: 192 embedded photos, 2000 of a run's test set, "
-                        "all of --data)")
+                   help="images to use (default: 192 embedded photos, a run's recipe's "
+                        "measure_images (2000) of its test set, all of --data)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--loader-workers", type=int, default=None,
                    help="processes decoding the images of --data while the model runs (default: "

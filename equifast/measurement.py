@@ -521,7 +521,8 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
         batch_size: images per forward pass (transformed batches are stacked up to it).
         n_images: at most this many images; a warning says when the input holds fewer. Of
             a tensor or a ``DataLoader``, the first ``n_images``; of a ``Dataset`` or a folder, a
-            subset drawn with ``seed`` and kept in their order (the same seed, the same images).
+            subset drawn with ``seed`` and kept in their order (the same seed, the same images);
+            of a run folder's test set, the first (default: its recipe's ``measure_images``).
         labels: class indices for a tensor input (``[N]``; -1 marks an image without a label;
             with another input a ``ValueError``): top-1 accuracy over the labelled images goes
             into ``report.meta`` (``accuracy``, and ``accuracy_images``: how many labelled images).
@@ -626,7 +627,7 @@ def measure(model: Union[nn.Module, str], images=None, transforms: Optional[Sequ
                 meta["weights"] = _absolute(final if os.path.isfile(final)
                                             else os.path.join(run, "checkpoint.pt"))
             if run is not None and (images is None or isinstance(images, (str, os.PathLike))):
-                images, run_labels = _run_images(run, images, n_images or 2000)
+                images, run_labels = _run_images(run, images, n_images)
                 labels = run_labels if labels is None else labels
                 meta["images"] = "test set of the run's recipe"
         else:
@@ -839,8 +840,9 @@ def _absolute(path) -> str:
     return str(Path(path).resolve()) if os.path.exists(path) else os.fspath(path)
 
 
-def _run_images(run: str, root, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The test images of a training run's data set and their classes (``root`` overrides the
+def _run_images(run: str, root, n: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images of a training run's data set (``None``: its recipe's
+    ``measure_images``, as its study measures it) and their classes (``root`` overrides the
     recipe's data folder), whatever the measurement's seed."""
     import json
 
@@ -853,6 +855,9 @@ def _run_images(run: str, root, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
         # the first images of the whole test split, turned as the run's were (its test_subset
         # is not taken): a recipe without data_seed trained with Recipe's default (the
         # measurement's seed drew other turns of a rotated test set)
+        # its study's count: 2000 was measured where the study measured its own (a report of
+        # the run did not match the study's)
+        n = n or recipe.get("measure_images", Recipe.measure_images)
         return measure_images(recipe["dataset"], root, n, recipe.get("data_seed", Recipe.data_seed),
                               labels=True)
     except (FileNotFoundError, ValueError) as err:

@@ -391,6 +391,27 @@ def test_a_runs_test_images_are_its_recipes_whatever_the_seed(tmp_path):
         assert got.accuracy == want.accuracy
 
 
+def test_a_run_is_measured_by_default_on_its_recipes_measure_images(tmp_path):
+    # 2000 test images were measured whatever the recipe's measure_images, the count its study
+    # measures it on: a run's own report and the study's were over other images
+    from equifast.training import get_recipe, load_model, train
+    from equifast.training.data import FASHION_MNIST_ROOT, measure_images
+
+    if not os.path.isdir(FASHION_MNIST_ROOT):
+        pytest.skip("no Fashion-MNIST")
+    run = tmp_path / "run"
+    recipe = get_recipe("cnn7-fmnist6", epochs=1, train_subset=32, test_subset=32,
+                        measure_images=12, data_root=FASHION_MNIST_ROOT, device="cpu")
+    train(recipe, str(run))
+    x, y = measure_images(recipe.dataset, FASHION_MNIST_ROOT, 12, recipe.data_seed, labels=True)
+    want = ef.measure(load_model(str(run)), x, labels=y, transforms=[ef.Rotation(1)])
+    got = ef.measure(str(run), transforms=[ef.Rotation(1)])
+    assert got.meta["n_images"] == 12 and got.meta["accuracy_images"] == 12
+    pd.testing.assert_frame_equal(got.points, want.points, check_exact=True)
+    # an n_images given is taken as before
+    assert ef.measure(str(run), transforms=[ef.Rotation(1)], n_images=5).meta["n_images"] == 5
+
+
 def test_a_runs_missing_data_keeps_trainings_whole_advice_in_measures_options(tmp_path):
     # only its first sentence was kept: "It is in '/data/mnist': pass that folder ..." was lost
     import json
