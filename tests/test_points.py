@@ -240,6 +240,26 @@ def test_user_named_points_override():
     assert [(p.name, p.part) for p in points] == [("layer2", "early"), ("final", "final")]
 
 
+@pytest.mark.parametrize("method", ["auto", "hooks"])
+def test_a_splits_own_point_names_are_taken_back_as_points(method):
+    # "stem" (the name of a stem of one layer) was refused as no module name: a report's points
+    # could not be named back (report.points.point.unique())
+    model = tv.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    auto = split(model, x, method=method)
+    named = split(model, x, points=[p.name for p in auto], method=method)
+    assert [(p.name, p.part) for p in named] == [(p.name, p.part) for p in auto]
+    (stem,) = split(model, x, points=["stem", "final"], method=method)[:1]
+    with torch.no_grad():
+        got = representations(model, [stem])(x)["stem"]
+        want = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    torch.testing.assert_close(got, want)
+    # a model whose stem is several layers has no point of that name: still refused
+    with pytest.raises(ValueError, match="Expected each of `points` to be .*, but got 'stem'"):
+        split(tv.inception_v3(weights=None, aux_logits=False, init_weights=False).eval(),
+              torch.randn(2, 3, 96, 96), points=["stem"], method=method)
+
+
 @pytest.mark.parametrize("names, method, late", [
     (["layer1", "fc"], "auto", "'fc'"),  # the logits
     (["layer4", "avgpool", "fc"], "auto", "'avgpool', 'fc'"),  # the pooled map [N, K, 1, 1]

@@ -54,10 +54,11 @@ def split(model: nn.Module, example_input: Tensor, points: Optional[Sequence[str
             module it wraps is split, and the points have the plain model's names (names with
             the wrapper's prefix, ``module.layer1``, are taken too); TorchScript is refused.
         example_input: ``[N, C, H, W]``, a batch of the size you will measure at.
-        points: names of your own (module names or fx node names) for the points before
-            pooling (a vector from pooling or after it is a ``ValueError``); ``"pool"`` /
-            ``"final"`` in the list place those two, otherwise both are appended. ``None``: find
-            the points automatically.
+        points: names of your own (module names or fx node names, or ``"stem"``: the
+            automatic split's stem point, so that a report's point names are taken back) for
+            the points before pooling (a vector from pooling or after it is a
+            ``ValueError``); ``"pool"`` / ``"final"`` in the list place those two, otherwise
+            both are appended. ``None``: find the points automatically.
         method: ``"fx"`` (trace with torch.fx), ``"hooks"`` (forward hooks), or ``"auto"``
             (fx, falling back to hooks with a warning when the model does not trace).
 
@@ -274,6 +275,17 @@ def _refuse_named_after_pooling(points: List[Point], an: _Analysis, graph: Optio
             f"in the list to place them). {_LIST_HINT}")
 
 
+def _auto_stem(an: _Analysis) -> Optional[str]:
+    """The module whose output :func:`split` names ``"stem"`` (a stem of one layer), if any."""
+    try:
+        with warnings.catch_warnings():  # the automatic split's own warnings are not the caller's
+            warnings.simplefilter("ignore")
+            found = _auto_points(an)
+    except Exception:  # noqa: BLE001 -- a model split() cannot find blocks of: no stem
+        return None
+    return next((module for name, module, _ in found if name == "stem"), None)
+
+
 def _warn_if_a_block_too(name: str, names: Sequence[str], an: _Analysis) -> None:
     """Warn where ``name`` (``pool`` or ``final``, the reserved point) is also a block that
     :func:`split` finds (as ``name (module)``) and ``names`` leave it out: the reserved point is
@@ -338,6 +350,10 @@ def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module]
             found.append((an.calls[n].end, (n, n, "output")))
         elif graph is not None and graph.resolve(n) is not None:
             found.append((None, (n, None, "output")))
+        elif n == "stem" and _auto_stem(an) is not None:
+            # the name the automatic split gives the stem's output (a report's point): refused
+            # as no module, so a report's points could not be named back
+            found.append((an.calls[_auto_stem(an)].end, (n, _auto_stem(an), "output")))
         else:
             where = ("a module name or an fx node name" if graph is not None else
                      "a module name (fx node names need method='fx' or 'auto' and a traceable model)")
