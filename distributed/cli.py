@@ -136,8 +136,9 @@ def _status(args) -> int:
     ours = set(saved["jobs"]) if saved else None  # an earlier spec's failures are not counted
     running, retried = store.live_ids(states)  # being run again: not failed (yet)
     kept = store.shard_files()
-    for rec in store.records(status="failed"):
-        if (ours is not None and rec["id"] not in ours) or rec["id"] in running | retried:
+    # a failed record has no tables: its head (read for the counts) is all of it
+    for rec in (store.head_of(jid) for jid in sorted(states) if states[jid] == "failed"):
+        if rec is None or (ours is not None and rec["id"] not in ours) or rec["id"] in running | retried:
             continue
         job = rec.get("job", {})
         n = _kept(kept, rec["id"], job.get("shards"))

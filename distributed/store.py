@@ -28,6 +28,7 @@ anywhere, in the middle of its tables too, reads as unreadable, and its job runs
 from __future__ import annotations
 
 import codecs
+import copy
 import hashlib
 import inspect
 import itertools
@@ -193,14 +194,15 @@ def _stamp(path: Path) -> Optional[Tuple[int, ...]]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _parse(path: Path) -> Optional[Tuple[Dict[str, Any], Dict[str, Tuple[int, Dict[str, Any]]]]]:
-    """A record file as ``(the record less its rows, {"points": _columns, "parts": _columns})``,
-    or ``None`` (unreadable)."""
+def _parse(path: Path) -> Optional[Tuple[Dict[str, Any], Dict[str, Tuple[int, Dict[str, Any]]],
+                                          Dict[str, Any]]]:
+    """A record file as ``(the record less its rows, {"points": _columns, "parts": _columns},
+    its head: _head_of)``, or ``None`` (unreadable)."""
     rec = _read(path)
     if not isinstance(rec, dict):
         return None
     rows = {name: _columns(rec.get(name) or []) for name in ("points", "parts")}
-    return {k: v for k, v in rec.items() if k not in ("points", "parts")}, rows
+    return {k: v for k, v in rec.items() if k not in ("points", "parts")}, rows, _head_of(rec)
 
 
 class _Parsed:
@@ -232,6 +234,8 @@ class _Parsed:
         parsed = _parse(path)
         if parsed is None:
             return None
+        *parsed, head = parsed
+        _HEADS.put(path, stamp, head)  # the report's heads (_check_outside_data): not read again
         entry = (stamp, *parsed)
         n = sum(k for k, _ in entry[2].values())
         if self.rows + n <= _CACHE_ROWS:
@@ -241,6 +245,46 @@ class _Parsed:
 
 
 _PARSED = _Parsed()
+
+
+class _Heads:
+    """The heads (:func:`_read_head`) of the record files of the records folder read last, each
+    kept with the :func:`_stamp` of its file, so that a command reads (and hashes) each record
+    file once however often it asks for its head: ``sweep status`` read every record twice
+    (for the counts, then to list the failed ones), a run's start twice (which jobs run, before
+    Ray starts; then again under the lock), and ``sweep report`` once more after the tables
+    (:meth:`_Parsed.get` keeps the head of each record it parses). A record file is only ever
+    replaced, which changes its stamp: it is read again."""
+
+    def __init__(self):
+        self.folder: Optional[str] = None
+        self.files: Dict[str, Tuple[Optional[Tuple[int, ...]], Optional[Dict[str, Any]]]] = {}
+
+    def _name(self, path: Path) -> str:
+        folder = os.path.abspath(path.parent)
+        if folder != self.folder:  # one records folder at a time
+            self.folder, self.files = folder, {}
+        return os.path.abspath(path)
+
+    def get(self, path: Path) -> Optional[Dict[str, Any]]:
+        """:func:`_front_fields` of ``path`` (a copy: callers may change it), read only where
+        its stamp is not the one it was read at."""
+        name = self._name(path)
+        stamp = _stamp(path)  # before reading: a file replaced in between is read again next time
+        if stamp is None:
+            return None
+        entry = self.files.get(name)
+        if entry is None or entry[0] != stamp:
+            entry = self.files[name] = (stamp, _front_fields(path))
+        return copy.deepcopy(entry[1])
+
+    def put(self, path: Path, stamp: Tuple[int, ...], head: Dict[str, Any]) -> None:
+        """Keep the head of ``path`` as read (whole) at ``stamp``."""
+        name = self._name(path)  # (first: it may start the folder's dict afresh)
+        self.files[name] = (stamp, head)
+
+
+_HEADS = _Heads()
 
 
 class ResultStore:
@@ -713,11 +757,20 @@ def _read_head(path: Path) -> Optional[Dict[str, Any]]:
     of them where it has none, and its ``status`` wherever it lies; ``None`` where :func:`_read`
     gives no dict (missing, unreadable). A finished job's tables are most of its record: a run
     of a large sweep parsed gigabytes of them for each job's dataset entry."""
-    head = _front_fields(path)
+    head = _HEADS.get(path)
     if head is not None and "status" not in head:  # a file written another way: after its tables?
         rec = _read(path)
         if isinstance(rec, dict) and "status" in rec:
             head["status"] = rec["status"]
+    return head
+
+
+def _head_of(rec: Dict[str, Any]) -> Dict[str, Any]:
+    """The head of a record parsed whole, as :func:`_read_head` reads it from the front of its
+    file: its fields before its first table (all of them where it has none), and its status."""
+    head = dict(itertools.takewhile(lambda kv: kv[0] not in _TABLES, rec.items()))
+    if "status" in rec:
+        head.setdefault("status", rec["status"])
     return head
 
 

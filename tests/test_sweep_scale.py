@@ -314,6 +314,48 @@ def test_status_of_a_store_reads_no_finished_record_whole(measured, tmp_path, mo
     assert read == [f"{1:016x}"]  # the failed record, to list it
 
 
+def _count_reads(monkeypatch):
+    """``{record id: how many times its file was read whole}`` (to check its digest: for its
+    head, or to parse it), filled as the store reads them; no record read before counts."""
+    reads = {}
+    monkeypatch.setattr(store_mod, "_PARSED", store_mod._Parsed())
+    monkeypatch.setattr(store_mod, "_HEADS", store_mod._Heads())
+    for name in ("_front_fields", "_read"):
+        real = getattr(store_mod, name)
+        monkeypatch.setattr(store_mod, name, lambda path, real=real: (
+            reads.__setitem__(path.stem, reads.get(path.stem, 0) + 1), real(path))[1])
+    return reads
+
+
+def test_a_command_reads_each_record_file_once(measured, tmp_path, monkeypatch, capsys):
+    # each read is hashed whole (the record's digest): `sweep status` read every record twice
+    # (its counts, then its failed ones), a run's start twice (which jobs run, before Ray starts;
+    # then under the lock) before the tables' read, and `sweep report` once more after its tables
+    from equifast.distributed import analysis, run_sweep
+    from equifast.distributed.cli import main as sweep_main
+
+    store = _fill(tmp_path / "sweep", measured, n_models=3, seeds=2, failed={1, 6})
+    ids = sorted(p.stem for p in store.records_dir.glob("*.json"))
+    reads = _count_reads(monkeypatch)
+    assert sweep_main(["status", str(store.root)]) == 0
+    assert "finished 10/12" in capsys.readouterr().out
+    assert reads == dict.fromkeys(ids, 1)
+    reads.clear()
+    with pytest.warns(UserWarning, match="holds 10 of the sweep's 12 jobs"):
+        analysis.sweep_figures(store.root, tmp_path / "figures", accuracy="known")
+    assert reads == dict.fromkeys(ids, 1)
+    # a finished sweep run again: each record's head once (nothing to run: no Ray), then the
+    # tables, read whole again
+    spec = load_spec(_SCALE_SPEC)
+    done = ResultStore(tmp_path / "done")
+    for rec in measured:
+        done.write_record(rec)
+    reads = _count_reads(monkeypatch)
+    result = run_sweep(spec, out=done.root, progress=False)
+    assert (result.ran, result.skipped) == (0, 2)
+    assert reads == {rec["id"]: 2 for rec in measured}
+
+
 _SCALE_SPEC = {"name": "scale", "datasets": [{"name": "noise", "kind": "random", "image_size": 32}],
                "models": [{"name": "resnet18", "weights": "none", "num_classes": 2}],
                "transforms": {"translation": "translation:1-3", "rotation": "rotation"},
