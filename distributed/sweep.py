@@ -755,7 +755,7 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
         say = echo if progress else (lambda _line: None)
         say(f"[{spec.name}] {len(jobs)} job{'s' * (len(jobs) != 1)}: {len(done)} already finished, "
             f"{len(todo)} to run -> {store.root}")
-        _tidy_shards(store, jobs, done, say)
+        listed = _tidy_shards(store, jobs, done, say)  # {job id: its kept shards' files}
         loaded: Dict[Tuple[str, int], dict] = {}  # the kept shards' contents, each read once
         kept = _kept_shards(store, todo, say, folders, loaded)  # {job id: shards of an earlier run}
         status = {"sweep": spec.name, "state": "running", "total": len(jobs), "out": str(store.root),
@@ -783,11 +783,11 @@ def run_sweep(spec: Union[str, os.PathLike, dict, SweepSpec], out: Optional[os.P
                                                                loaded)
                 rec = job_record(job, results, attempts, before[job.id], folders)
             except Exception as err:  # noqa: BLE001 -- a failure record, as a task's error
-                store.remove_shards(job.id)  # no merge of these again: the rerun measures afresh
+                _remove_shards(store, job, listed)  # no merge of these again: the rerun measures afresh
                 fail(job, err, attempts, hosts)
                 return
             store.write_record(rec)
-            store.remove_shards(job.id)  # after the record: a crash between leaves them to _tidy
+            _remove_shards(store, job, listed)  # after the record: a crash between leaves them to _tidy
             counts.finish(job.id)
             reused = (f", {len(rec['reused_shards'])} of {job.shards} shards kept from an earlier "
                       "run" if rec["reused_shards"] else "")
@@ -1130,16 +1130,18 @@ def _kept_shards(store: ResultStore, todo: List[Job], say, folders: Optional[Fol
     return kept
 
 
-def _tidy_shards(store: ResultStore, jobs: List[Job], done: set, say) -> None:
+def _tidy_shards(store: ResultStore, jobs: List[Job], done: set, say) -> Dict[str, List[Path]]:
     """Delete the kept shards of finished jobs (a driver stopped between a job's record and
     deleting its shards), and say how many jobs of no job of the spec have shards kept (an
-    earlier spec's: kept, as its records are, for a run of it to reuse)."""
+    earlier spec's: kept, as its records are, for a run of it to reuse). Returns the files of
+    the others, ``{job id: paths}``, as listed: the folder is listed once a run
+    (:func:`_remove_shards`)."""
     files = store.shard_files()
     ours = {j.id for j in jobs}
     others = []
-    for jid in files:
+    for jid in list(files):
         if jid in done or (jid not in ours and store.status_of(jid) == "ok"):
-            store.remove_shards(jid)
+            store.remove_shards(jid, [path for _, _, path in files.pop(jid)])
         elif jid not in ours:
             others.append(jid)
     if others:
@@ -1147,6 +1149,15 @@ def _tidy_shards(store: ResultStore, jobs: List[Job], done: set, say) -> None:
         say(f"  {n} shard(s) of {len(others)} unfinished job(s) not in this spec are kept in "
             f"{store.shards_dir} (an earlier spec's: a run of it reuses them; delete them if "
             "it will not run again)")
+    return {jid: [path for _, _, path in found] for jid, found in files.items()}
+
+
+def _remove_shards(store: ResultStore, job: Job, listed: Dict[str, List[Path]]) -> None:
+    """Delete the kept shards of ``job``, finished or failed in its merge: those of another
+    number of shards listed at the run's start (``listed``: :func:`_tidy_shards`) and those of
+    its own, which this run keeps (only the driver holding the lock writes shards), by name."""
+    own = [store.shard_path(job.id, i, job.shards) for i in range(job.shards)] if job.shards > 1 else []
+    store.remove_shards(job.id, list(dict.fromkeys(listed.get(job.id, []) + own)))
 
 
 def _to_run(record: Optional[dict], retry_failed: bool) -> bool:
