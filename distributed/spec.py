@@ -265,7 +265,10 @@ def _job_content(model, dataset, transforms, metrics, seed, n_images, batch_size
                  tensor_cores=True, base_dir=".", families=(), labels_source=None):
     """``labels_source``: :func:`folder_labels_source` of the dataset (taken here when ``None``)."""
     out = {"version": SPEC_VERSION, "model": model.content(), "dataset": dataset.content(),
-           "transforms": list(transforms), "metrics": list(metrics), "seed": seed,
+           # metrics in any order: measured in the same passes, the same numbers (only the
+           # rows' order differs); listed in another order, every job was measured again.
+           # Sorted, the ids of lists in this order (the default, [correlation, cosine]) stay
+           "transforms": list(transforms), "metrics": sorted(metrics), "seed": seed,
            "n_images": n_images, "batch_size": batch_size, "vector_mode": vector_mode, "amp": amp}
     source = folder_labels_source(dataset, base_dir) if labels_source is None else labels_source
     if source:  # only where one decides: the ids of other folders' jobs stay as they were

@@ -96,6 +96,19 @@ def test_spec_expands_into_jobs_with_stable_ids(folder):
     assert [j.id for j in alias.jobs()] == [j.id for j in jobs]
 
 
+def test_metrics_in_another_order_are_the_same_jobs(folder):
+    # measured in the same passes, the same numbers: a spec listing [cosine, correlation]
+    # measured every job of a sweep of [correlation, cosine] again
+    jobs = load_spec(_spec(folder, metrics=["correlation", "cosine"])).jobs()
+    other = load_spec(_spec(folder, metrics=["cosine", "correlation"])).jobs()
+    assert [j.id for j in other] == [j.id for j in jobs]
+    assert [j.metrics for j in other] == [("cosine", "correlation")] * len(jobs)  # as listed
+    # the ids of a list in sorted order (the default's) are those hashed before
+    assert jobs[0].id == job_id({**jobs[0].content(), "metrics": ["correlation", "cosine"]})
+    assert {j.id for j in load_spec(_spec(folder, metrics=["cosine"])).jobs()}.isdisjoint(
+        j.id for j in jobs)
+
+
 def test_shifts_of_their_own_family_get_their_own_job_ids(folder):
     from equifast.distributed.spec import _job_content
 
