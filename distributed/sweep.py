@@ -401,8 +401,10 @@ def _measure_shard(job: Job, shard: int, shards: int):
     if len(part) == 0:
         info.update(measure_s=0.0, finished_at=time.time(), device=None)
         return None, info
+    # sorted, as the job id hashes them: a shard kept by a run of [cosine, correlation] is one of
+    # this job's too, and a state of the other order was refused by the merge (a failed job)
     state = equifast.measure(model, part, transforms=parse_transforms(job.transform_spec),
-                             metric=list(job.metrics), batch_size=job.batch_size, n_images=None,
+                             metric=sorted(job.metrics), batch_size=job.batch_size, n_images=None,
                              vector_mode=job.vector_mode, device=job.device, amp=job.amp,
                              tensor_cores=job.tensor_cores, seed=job.seed,
                              # embedded and random images come model-ready

@@ -311,6 +311,18 @@ def test_shards_measured_by_workers_of_other_versions_are_not_merged(tmp_path):
     _same_results(job_record(job, [results[0], old]), want)
 
 
+def test_a_kept_shard_of_the_metrics_in_another_order_is_merged(tmp_path):
+    # one job id for [cosine, correlation] and [correlation, cosine]: a shard kept by a run of
+    # the one order was refused by the merge of the other's ("their metrics differ"), failing the job
+    spec, ja, store, kept = _kept_noise_job(tmp_path, metrics=["cosine", "correlation"])
+    (jb,) = load_spec({**spec, "metrics": ["correlation", "cosine"]}).jobs()
+    assert jb.id == ja.id
+    back = store.read_shard(jb.id, 0, 2)
+    merged = job_record(jb, [(back["state"], {**back["info"], "reused": True}), measure_job(jb, 1)])
+    whole = job_record(ja, [measure_job(ja, 0), measure_job(ja, 1)])
+    _same_results(merged, whole)
+
+
 def test_kept_shards_of_another_job_id_are_never_reused(tmp_path):
     # a changed setting that changes results (batch size) is another job: its own shard files
     folder = _folder(tmp_path / "data")
