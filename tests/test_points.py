@@ -260,6 +260,24 @@ def test_a_splits_own_point_names_are_taken_back_as_points(method):
               torch.randn(2, 3, 96, 96), points=["stem"], method=method)
 
 
+@pytest.mark.parametrize("method", ["fx", "hooks"])
+def test_a_reports_stem_is_taken_back_where_the_model_has_a_larger_module_named_stem(method):
+    # timm's EfficientViT: module `stem` is in_conv then res0, the automatic stem point in_conv.
+    # "stem" named back took the whole module: the output of res0 under the report's name
+    # (with hooks also placed after stem.res0)
+    model = timm.create_model("efficientvit_b0", pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    auto = split(model, x, method=method)
+    assert (auto[0].name, auto[0].module) == ("stem", "stem.in_conv")
+    with pytest.warns(UserWarning, match="automatic split's stem point"):
+        named = split(model, x, points=[p.name for p in auto], method=method)
+    assert [(p.name, p.module) for p in named] == [(p.name, p.module) for p in auto]
+    with torch.no_grad():
+        got = representations(model, named[:1])(x)["stem"]
+        want = model.stem.in_conv(x)
+    torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("names, method, late", [
     (["layer1", "fc"], "auto", "'fc'"),  # the logits
     (["layer4", "avgpool", "fc"], "auto", "'avgpool', 'fc'"),  # the pooled map [N, K, 1, 1]

@@ -331,6 +331,18 @@ def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module]
             _check_batched(n, an.calls[block].out, an.n)
             found.append((an.calls[block].end, (n, block, "output")))
             continue
+        stem = _auto_stem(an) if n == "stem" else None
+        if stem is not None and stem != n:
+            # the name the automatic split gives the stem's output (a report's point): refused
+            # as no module, so a report's points could not be named back; and where the model
+            # has a module `stem` of more than that (timm's EfficientViT: in_conv, then res0),
+            # that module was taken, another point than the report's under its name
+            if n in modules:
+                _warn(f"'stem' in `points` is the automatic split's stem point (module {stem!r}), "
+                      f"as a report names it, not the module 'stem' of {type(an.model).__name__}: "
+                      "name a module inside that one to take its output.")
+            found.append((an.calls[stem].end, (n, stem, "output")))
+            continue
         if n in modules:
             if n not in an.calls:
                 raise ValueError(f"Expected point {n!r} to run in the forward pass, but module {n!r} "
@@ -350,10 +362,6 @@ def _named_points(names: List[str], an: _Analysis, modules: Dict[str, nn.Module]
             found.append((an.calls[n].end, (n, n, "output")))
         elif graph is not None and graph.resolve(n) is not None:
             found.append((None, (n, None, "output")))
-        elif n == "stem" and _auto_stem(an) is not None:
-            # the name the automatic split gives the stem's output (a report's point): refused
-            # as no module, so a report's points could not be named back
-            found.append((an.calls[_auto_stem(an)].end, (n, _auto_stem(an), "output")))
         else:
             where = ("a module name or an fx node name" if graph is not None else
                      "a module name (fx node names need method='fx' or 'auto' and a traceable model)")
