@@ -842,7 +842,7 @@ def _absolute(path) -> str:
 
 def _run_images(run: str, root, n: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` test images of a training run's data set (``None``: its recipe's
-    ``measure_images``, as its study measures it) and their classes (``root`` overrides the
+    ``measure_images``, a study's default) and their classes (``root`` overrides the
     recipe's data folder), whatever the measurement's seed."""
     import json
 
