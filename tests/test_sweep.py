@@ -2240,14 +2240,20 @@ def test_a_torchvision_datasets_16_bit_images_are_scaled_not_clipped():
     assert len(np.unique(np.asarray(x))) > 200  # not white where the pixels pass 255
 
 
-def test_status_and_report_take_the_folder_as_an_argument_too(tmp_path, capsys):
-    # `equifast sweep status runs/x` failed with the top-level usage: "unrecognized arguments"
+def _finished_sweep_status(tmp_path, capsys):
+    """A results folder of a finished sweep (its status.json alone) and what `sweep status
+    --out FOLDER --json` prints of it."""
     out = tmp_path / "sweep"
     out.mkdir()
     (out / "status.json").write_text(json.dumps({"sweep": "s", "state": "finished", "pid": 1,
                                                 "host": socket.gethostname(), "running_ids": []}))
     assert sweep_main(["status", "--out", str(out), "--json"]) == 0
-    with_flag = json.loads(capsys.readouterr().out)
+    return out, json.loads(capsys.readouterr().out)
+
+
+def test_status_and_report_take_the_folder_as_an_argument_too(tmp_path, capsys):
+    # `equifast sweep status runs/x` failed with the top-level usage: "unrecognized arguments"
+    out, with_flag = _finished_sweep_status(tmp_path, capsys)
     assert sweep_main(["status", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == with_flag
     (tmp_path / "mine").mkdir()
@@ -2261,12 +2267,7 @@ def test_status_and_report_take_the_folder_as_an_argument_too(tmp_path, capsys):
 
 def test_status_takes_one_folder_given_both_ways_however_spelled(tmp_path, capsys, monkeypatch):
     # relative as the argument, absolute as --out: one folder, refused as "two"
-    out = tmp_path / "sweep"
-    out.mkdir()
-    (out / "status.json").write_text(json.dumps({"sweep": "s", "state": "finished", "pid": 1,
-                                                "host": socket.gethostname(), "running_ids": []}))
-    assert sweep_main(["status", "--out", str(out), "--json"]) == 0
-    with_flag = json.loads(capsys.readouterr().out)
+    out, with_flag = _finished_sweep_status(tmp_path, capsys)
     monkeypatch.chdir(tmp_path)
     assert sweep_main(["status", "sweep", "--out", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == with_flag
