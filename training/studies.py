@@ -659,7 +659,7 @@ def _seeds_left_out(study: Study, out: str, seeds: Sequence[int],
     """Seeds other than ``seeds`` that a setting of ``study`` in ``out`` has a run folder of,
     and ``{seed: (run, differences)}`` of those with a trained run (an epoch or more) that is
     not the run the study trains now with ``overrides`` (another --epochs, ...)."""
-    from .trainer import CHECKPOINT, RECIPE, RESULT, read_run_recipe
+    from .trainer import RECIPE, trained_recipe
     found, other = set(), {}
     for label, recipe_name in study.settings:
         for run in sorted(Path(_run_dir(out, label, 0)).parent.glob("seed*")):
@@ -668,13 +668,13 @@ def _seeds_left_out(study: Study, out: str, seeds: Sequence[int],
                 continue
             seed = int(seed)
             found.add(seed)
-            # an untrained run's recipe.json is replaced when it trains (prepare_out_dir)
-            trained = any((run / f).is_file() for f in (CHECKPOINT, RESULT))
-            if seed in seeds or seed in other or not trained:
+            if seed in seeds or seed in other:
                 continue
             try:
-                diff = read_run_recipe(run / RECIPE).differences(
-                    get_recipe(recipe_name, **{**(overrides or {}), "seed": seed}))
+                stored = trained_recipe(run)
+                if stored is None:
+                    continue
+                diff = stored.differences(get_recipe(recipe_name, **{**(overrides or {}), "seed": seed}))
             except ValueError as err:  # a recipe.json this version cannot read, a bad seed
                 diff = str(err)
             if diff:

@@ -651,13 +651,21 @@ def run_lock(out_dir: str) -> FolderLock:
     return FolderLock(out_dir, _LOCK, "training")
 
 
-def started_recipe(recipe: Recipe, out_dir: Union[str, os.PathLike]) -> Optional[Recipe]:
-    """The stored recipe of the run started in ``out_dir`` (``None`` where no epoch was trained:
-    nothing to keep), checked to describe the same run as ``recipe`` (``ValueError``)."""
+def trained_recipe(out_dir: Union[str, os.PathLike]) -> Optional[Recipe]:
+    """The stored recipe of the run in ``out_dir``, or ``None`` where no epoch was trained (an
+    untrained run's recipe.json is replaced when it trains: nothing to keep)."""
     out = Path(out_dir)
     if not ((out / RECIPE).is_file() and ((out / CHECKPOINT).is_file() or (out / RESULT).is_file())):
         return None
-    stored = read_run_recipe(out / RECIPE)
+    return read_run_recipe(out / RECIPE)
+
+
+def started_recipe(recipe: Recipe, out_dir: Union[str, os.PathLike]) -> Optional[Recipe]:
+    """:func:`trained_recipe`, checked to describe the same run as ``recipe`` (``ValueError``)."""
+    out = Path(out_dir)
+    stored = trained_recipe(out)
+    if stored is None:
+        return None
     diff = stored.differences(recipe)
     if diff:
         raise ValueError(f"Expected `out_dir` (--out) {str(out)!r} to hold a run of the same recipe, "
